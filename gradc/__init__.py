@@ -1,0 +1,26 @@
+"""gradc: a compiler-style differentiation engine for NumPy code.
+
+    import numpy as np, gradc
+    g = gradc.grad(lambda x: np.sum(np.sin(x) ** 2))(np.ones(3))
+    print(gradc.make_graph(lambda x: np.sum(np.sin(x) ** 2))(np.ones(3)))
+"""
+from . import methods as _methods  # noqa: F401  (installs Tracer operators and methods)
+from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functions)
+from . import ops  # noqa: F401
+from .api import grad, jvp, make_graph, stop_gradient, value_and_grad, vjp
+from .errors import (ArgumentError, ConcretizationError, GradcError, NonScalarOutputError,
+                     ShapeError, TracerLeakError, UnsupportedError)
+from .interpret import eval_graph
+from .ir import Eqn, Graph, Lit, Primitive, Var
+from .lib.conv import conv2d
+from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "grad", "value_and_grad", "jvp", "vjp", "make_graph", "stop_gradient", "eval_graph",
+    "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
+    "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
+    "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
+    "NonScalarOutputError", "TracerLeakError",
+]

@@ -1,0 +1,475 @@
+"""The public transformations: grad, value_and_grad, jvp, vjp, make_graph, stop_gradient.
+
+Every transformation follows the same path:
+
+1. flatten the arguments (pytrees) into leaves; Python ints/bools and non-array objects
+   are *static* (baked into the trace and part of the cache key), floats and arrays are
+   *dynamic* (graph inputs);
+2. trace the user's function on the concrete dynamic leaves into a Graph, recording
+   guards for Python control flow;
+3. run passes (linearize, transpose, jvp, simplify) to build the derived Graph;
+4. evaluate it (the NumPy interpreter for now; compiled backends later).
+
+Derived Graphs are cached per argument signature.  A signature may hold several
+specialisations, one per path through the user's Python control flow: evaluation tries
+them in turn and a failed guard moves on, or re-traces when none fits.  Called with
+Tracers (inside another transformation), the derived Graph is inlined into the outer
+trace, which is how ``grad(grad(f))`` works.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+
+import numpy as np
+
+from . import pytree
+from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
+                     with_location)
+from .interpret import eval_graph
+from .ir import Graph, dtype_name, is_float, type_str
+from .passes import jvp_graph, linearize_graph, simplify
+from .passes.transpose import backward_pass, transpose_graph
+from .trace import Tracer, trace_graph
+
+MAX_SPECIALISATIONS = 32
+
+
+# ---------------------------------------------------------------- argument handling
+
+def _is_static(leaf) -> bool:
+    if isinstance(leaf, Tracer):
+        return False
+    if isinstance(leaf, (bool, np.bool_)) or isinstance(leaf, numbers.Integral):
+        return True
+    return not isinstance(leaf, (float, complex, np.ndarray, np.generic))
+
+
+class _Args:
+    """Flattened arguments: the dynamic leaves and everything needed to rebuild them."""
+
+    def __init__(self, args):
+        self.leaves, self.treedef = pytree.flatten(list(args))
+        self.static = [_is_static(x) for x in self.leaves]
+        self.dynamic = [self._as_array(x) for x, s in zip(self.leaves, self.static) if not s]
+        self.pyfloat = [isinstance(x, (float, complex)) and not isinstance(x, np.generic)
+                        for x, s in zip(self.leaves, self.static) if not s]
+        # which argument each dynamic leaf came from
+        self.owner = []
+        for i, arg in enumerate(args):
+            n = pytree.flatten(arg)[0]
+            self.owner += [i] * len(n)
+        self.owner = [o for o, s in zip(self.owner, self.static) if not s]
+
+    @staticmethod
+    def _as_array(x):
+        return x if isinstance(x, Tracer) else np.asarray(x)
+
+    def key(self):
+        parts = []
+        for x, s in zip(self.leaves, self.static):
+            if s:
+                try:
+                    hash(x)
+                    parts.append(("static", type(x), x))
+                except TypeError:
+                    parts.append(("static-id", id(x)))
+            else:
+                parts.append(("dyn", tuple(np.shape(x)), np.dtype(x.dtype if hasattr(
+                    x, "dtype") else np.asarray(x).dtype).str, isinstance(x, float)))
+        return (self.treedef, tuple(parts))
+
+    def rebuild(self, dynamic):
+        it = iter(dynamic)
+        leaves = [x if s else next(it) for x, s in zip(self.leaves, self.static)]
+        return pytree.unflatten(self.treedef, leaves)
+
+    def avals(self):
+        return [(tuple(np.shape(x)), x.dtype) for x in self.dynamic]
+
+    def values(self):
+        return [x.val if isinstance(x, Tracer) else x for x in self.dynamic]
+
+
+def _fun_name(fun) -> str:
+    return getattr(fun, "__qualname__", getattr(fun, "__name__", repr(fun)))
+
+
+def _fun_location(fun) -> str:
+    code = getattr(fun, "__code__", None)
+    return f" (defined at {code.co_filename}:{code.co_firstlineno})" if code else ""
+
+
+def _trace(fun, args: _Args, kwargs, has_aux=False):
+    """Trace ``fun`` on the dynamic leaves.  Returns (graph, out_treedef, captured, n_aux)."""
+    box = {}
+
+    def flat_fun(*dynamic):
+        out = fun(*args.rebuild(dynamic), **kwargs)
+        aux = None
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ArgumentError(with_location(
+                    f"has_aux=True requires {_fun_name(fun)} to return a pair (output, aux)"))
+            out, aux = out
+        leaves, box["treedef"] = pytree.flatten(out)
+        aux_leaves, box["aux_treedef"] = pytree.flatten(aux)
+        box["n_out"] = len(leaves)
+        return [_output_leaf(x, fun) for x in leaves + aux_leaves]
+
+    graph, _, captured = trace_graph(flat_fun, args.avals(), args.values())
+    return graph, box, captured
+
+
+def _output_leaf(x, fun):
+    if isinstance(x, Tracer) or isinstance(x, (np.ndarray, np.generic, float, int, bool, complex)):
+        return x
+    raise ArgumentError(with_location(
+        f"{_fun_name(fun)} returned a {type(x).__name__}; gradc functions return arrays, "
+        "floats, or tuples/lists/dicts of them"))
+
+
+class _Cache:
+    """Derived graphs per argument signature, several per signature (one per path)."""
+
+    def __init__(self):
+        self.entries: dict = {}
+
+    def run(self, key, build, dynamic):
+        """Evaluate the first specialisation whose guards hold; build a new one if none."""
+        specs = self.entries.setdefault(key, [])
+        for spec in specs:
+            try:
+                return spec, spec.evaluate(dynamic)
+            except GuardFailure:
+                continue
+        spec = build()
+        if spec.cacheable:
+            specs.append(spec)
+            del specs[:-MAX_SPECIALISATIONS]
+        return spec, spec.evaluate(dynamic)
+
+
+class _Spec:
+    """One derived Graph with the output structure needed to unflatten its results."""
+
+    def __init__(self, graph: Graph, info: dict, captured):
+        self.graph = graph
+        self.info = info
+        self.captured = list(captured)
+        self.cacheable = not captured
+
+    def evaluate(self, dynamic):
+        return eval_graph(self.graph, list(dynamic) + self.captured)
+
+
+# ---------------------------------------------------------------- output conversion
+
+def _to_user(x, like=None, pyfloat=False):
+    """Results leave gradc as NumPy values (Tracers stay Tracers inside a trace)."""
+    if isinstance(x, Tracer):
+        return x
+    x = np.asarray(x)
+    if pyfloat:
+        return float(x) if not np.iscomplexobj(x) else complex(x)
+    if x.ndim == 0:
+        return x[()]
+    return x
+
+
+def _check_wrt(args: _Args, argnums, fun, what="grad"):
+    wrt = [o in argnums for o in args.owner]
+    owned = {o for o in args.owner}
+    for i in argnums:
+        if i >= len(args.treedef.children):
+            raise ArgumentError(with_location(
+                f"{what}: argnums={i} but {_fun_name(fun)} was called with "
+                f"{len(args.treedef.children)} positional arguments"))
+        if i not in owned:
+            arg = pytree.unflatten(args.treedef, args.leaves)[i]
+            raise ArgumentError(with_location(
+                f"{what} of {_fun_name(fun)} with respect to argument {i}, which is "
+                f"{_describe(arg)}: only floating-point values (floats, float arrays) can be "
+                f"differentiated; integers are static. Pass a float (e.g. {_as_float_hint(arg)}) "
+                "or a float array"))
+    arg_leaves = pytree.unflatten(args.treedef, [
+        x for x in args.leaves])
+    for i in argnums:
+        for leaf in pytree.flatten(arg_leaves[i])[0]:
+            dtype = np.asarray(leaf).dtype if not isinstance(leaf, Tracer) else leaf.dtype
+            if _is_static(leaf) or not is_float(dtype):
+                raise ArgumentError(with_location(
+                    f"{what} of {_fun_name(fun)} with respect to argument {i}, which holds "
+                    f"{_describe(leaf)}: only floating-point values can be differentiated. "
+                    f"Convert it with np.asarray(x, dtype=float)"))
+    return wrt
+
+
+def _describe(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return f"the bool {x!r}"
+    if isinstance(x, numbers.Integral):
+        return f"the int {x!r}"
+    if isinstance(x, (np.ndarray, Tracer)):
+        return f"an array of type {type_str(x.shape, x.dtype)}"
+    return f"a {type(x).__name__}"
+
+
+def _as_float_hint(x):
+    return f"{float(x)!r}" if isinstance(x, numbers.Number) else "1.0"
+
+
+def _normalise_argnums(argnums):
+    if isinstance(argnums, int):
+        return (argnums,), True
+    return tuple(argnums), False
+
+
+# ---------------------------------------------------------------- grad, value_and_grad
+
+def value_and_grad(fun=None, argnums=0, has_aux=False):
+    """``value_and_grad(f)(*args) -> (f(*args), ∇f(*args))`` (JAX's conventions).
+
+    ``argnums`` (an int or a tuple of ints) picks the arguments to differentiate; the
+    gradient has their structure (a tuple of them for a tuple ``argnums``).  With
+    ``has_aux=True``, ``f`` returns ``(output, aux)`` and the result is
+    ``((output, aux), grad)``.
+    """
+    if fun is None:
+        return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux)
+    nums, single = _normalise_argnums(argnums)
+    cache = _Cache()
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        flat = _Args(args)
+        wrt = _check_wrt(flat, nums, fun)
+        key = (flat.key(), _kwargs_key(kwargs))
+        spec, results = cache.run(key, lambda: _build_grad(fun, flat, kwargs, wrt, has_aux),
+                                  flat.dynamic)
+        info = spec.info
+        n_out, n_aux = info["n_out"], info["n_aux"]
+        value = _to_user(results[0])
+        aux = pytree.unflatten(info["aux_treedef"], [_to_user(r) for r in
+                                                     results[n_out:n_out + n_aux]])
+        grads = iter(results[n_out + n_aux:])
+        dyn_iter = iter(zip(flat.dynamic, flat.pyfloat, wrt))
+        leaves = []
+        for leaf, static in zip(flat.leaves, flat.static):
+            if static:
+                leaves.append(None)
+                continue
+            x, pyf, w = next(dyn_iter)
+            leaves.append(_to_user(next(grads), pyfloat=pyf) if w else None)
+        rebuilt = pytree.unflatten(flat.treedef, leaves)
+        g = rebuilt[nums[0]] if single else tuple(rebuilt[i] for i in nums)
+        if has_aux:
+            return (value, aux), g
+        return value, g
+
+    return wrapper
+
+
+def _kwargs_key(kwargs):
+    try:
+        return tuple(sorted(kwargs.items()))
+    except TypeError:
+        return ("id", id(kwargs))
+
+
+def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux) -> _Spec:
+    graph, info, captured = _trace(fun, flat, kwargs, has_aux)
+    n_out = info["n_out"]
+    if n_out != 1 or graph.outputs[0].shape != () or not is_float(graph.outputs[0].dtype):
+        got = ", ".join(type_str(o.shape, o.dtype) for o in graph.outputs[:n_out]) or "nothing"
+        raise NonScalarOutputError(with_location(
+            f"grad requires {_fun_name(fun)}{_fun_location(fun)} to return a floating-point "
+            f"scalar (shape ()), but it returned {got}. Reduce it to a scalar (e.g. np.sum), "
+            "or use gradc.vjp / gradc.jvp for non-scalar outputs"))
+    n_aux = len(graph.outputs) - n_out
+    wrt_full = list(wrt) + [False] * len(captured)
+    primal, linear = linearize_graph(graph, wrt_full)
+    n_outs = len(graph.outputs)
+    n_res = len(primal.outputs) - n_outs
+
+    def grad_fn(*xs):
+        outs_res = eval_graph(primal, list(xs))
+        outs, res = outs_res[:n_outs], outs_res[n_outs:]
+        one = np.ones((), dtype=graph.outputs[0].dtype)
+        cts = backward_pass(linear, res, [one] + [None] * n_aux)
+        wrt_vars = [v for v, w in zip(graph.inputs, wrt_full) if w]
+        return outs + [np.zeros(v.shape, v.dtype) if c is None else c
+                       for v, c in zip(wrt_vars, cts)]
+
+    del n_res
+    avals = [(v.shape, v.dtype) for v in graph.inputs]
+    derived, _, inner = trace_graph(grad_fn, avals)
+    assert not inner
+    info = dict(info, n_aux=n_aux, primal=graph)
+    return _Spec(simplify(derived), info, captured)
+
+
+def grad(fun=None, argnums=0, has_aux=False):
+    """The gradient of a scalar function (JAX's ``grad``); also usable as a decorator.
+
+    >>> gradc.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
+    array([2., 4.])
+    """
+    if fun is None:
+        return functools.partial(grad, argnums=argnums, has_aux=has_aux)
+    vg = value_and_grad(fun, argnums=argnums, has_aux=has_aux)
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        if has_aux:
+            (_, aux), g = vg(*args, **kwargs)
+            return g, aux
+        return vg(*args, **kwargs)[1]
+
+    wrapper.value_and_grad = vg
+    return wrapper
+
+
+# ---------------------------------------------------------------- jvp
+
+_JVP_CACHE: dict = {}
+
+
+def jvp(fun, primals, tangents, has_aux=False):
+    """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
+
+    ``primals`` and ``tangents`` are tuples of arguments with the same structure,
+    shapes and dtypes; tangents of static (integer) arguments are ignored.
+    """
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise ArgumentError(with_location(
+            "jvp(f, primals, tangents): primals and tangents must be tuples of arguments"))
+    flat = _Args(primals)
+    tflat, ttree = pytree.flatten(list(tangents))
+    if ttree != flat.treedef:
+        raise ArgumentError(with_location(
+            f"jvp: tangents have structure {ttree}, primals have {flat.treedef}"))
+    tdyn = []
+    for p, t, s in zip(flat.leaves, tflat, flat.static):
+        if s:
+            continue
+        t = t if isinstance(t, Tracer) else np.asarray(t)
+        if tuple(np.shape(t)) != tuple(np.shape(p)):
+            raise ArgumentError(with_location(
+                f"jvp: a tangent of shape {np.shape(t)} for a primal of shape {np.shape(p)}"))
+        pd = p.dtype
+        if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
+            t = t.astype(pd) if not isinstance(t, Tracer) else t
+        tdyn.append(t)
+    wrt = [is_float(x.dtype) for x in flat.dynamic]
+    key = (id(fun), flat.key(), has_aux)
+    cache = _JVP_CACHE.setdefault(id(fun), (fun, _Cache()))[1]
+
+    def build():
+        graph, info, captured = _trace(fun, flat, {}, has_aux)
+        jg = simplify(jvp_graph(graph, wrt + [False] * len(captured)))
+        return _Spec(jg, info, captured)
+
+    dynamic = list(flat.dynamic)
+    tangent_args = [t for t, w in zip(tdyn, wrt) if w]
+    # the jvp graph takes (primals..., captured..., tangents...)
+    spec, _ = None, None
+    specs = cache.entries.setdefault(key, [])
+    for candidate in specs + [None]:
+        if candidate is None:
+            candidate = build()
+            if candidate.cacheable:
+                specs.append(candidate)
+        try:
+            results = eval_graph(candidate.graph, dynamic + candidate.captured + tangent_args)
+            spec = candidate
+            break
+        except GuardFailure:
+            continue
+    n = len(spec.graph.outputs) // 2
+    outs, touts = results[:n], results[n:]
+    info = spec.info
+    n_out = info["n_out"]
+    primal_out = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
+    tangent_out = pytree.unflatten(info["treedef"], [_to_user(o) for o in touts[:n_out]])
+    if has_aux:
+        aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]])
+        return primal_out, tangent_out, aux
+    return primal_out, tangent_out
+
+
+# ---------------------------------------------------------------- vjp
+
+def vjp(fun, *primals, has_aux=False):
+    """Reverse mode: ``(f(*primals), vjp_fn)`` where ``vjp_fn(ct)`` returns a tuple with
+    one cotangent per primal argument (JAX's ``vjp``)."""
+    flat = _Args(primals)
+    graph, info, captured = _trace(fun, flat, {}, has_aux)
+    wrt = [is_float(x.dtype) for x in flat.dynamic] + [False] * len(captured)
+    primal, linear = linearize_graph(graph, wrt)
+    n_outs = len(graph.outputs)
+    outs_res = eval_graph(primal, list(flat.dynamic) + list(captured))
+    outs, res = outs_res[:n_outs], outs_res[n_outs:]
+    n_out = info["n_out"]
+    out_tree = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
+    back = None
+
+    def vjp_fn(ct):
+        nonlocal back
+        cts, tree = pytree.flatten(ct)
+        if tree != info["treedef"]:
+            raise ArgumentError(with_location(
+                f"vjp_fn: cotangent has structure {tree}, the output has {info['treedef']}"))
+        for c, o in zip(cts, graph.outputs):
+            if tuple(np.shape(c)) != tuple(o.shape):
+                raise ArgumentError(with_location(
+                    f"vjp_fn: a cotangent of shape {np.shape(c)} for an output of type "
+                    f"{type_str(o.shape, o.dtype)}"))
+        if back is None:
+            back = simplify(_transpose_with_aux(linear, len(res), n_outs - n_out))
+        cts = [c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
+               for c, o in zip(cts, graph.outputs)]
+        in_cts = iter(eval_graph(back, list(res) + cts))
+        leaves = []
+        dyn = iter(zip(flat.pyfloat, wrt))
+        for leaf, static in zip(flat.leaves, flat.static):
+            if static:
+                leaves.append(None)
+                continue
+            pyf, w = next(dyn)
+            leaves.append(_to_user(next(in_cts), pyfloat=pyf) if w else None)
+        return tuple(pytree.unflatten(flat.treedef, leaves))
+
+    if has_aux:
+        aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]])
+        return out_tree, vjp_fn, aux
+    return out_tree, vjp_fn
+
+
+def _transpose_with_aux(linear, n_res, n_aux):
+    """The transposed linear graph, taking cotangents for the main outputs only."""
+    if n_aux:
+        linear = linear.replace(outputs=linear.outputs[:len(linear.outputs) - n_aux])
+    return transpose_graph(linear, n_res)
+
+
+# ---------------------------------------------------------------- graphs, stop_gradient
+
+def make_graph(fun, static_argnums=()):
+    """``make_graph(f)(*args)`` returns the traced primal Graph of ``f`` at ``args``."""
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        flat = _Args(args)
+        graph, _, _ = _trace(fun, flat, kwargs)
+        return graph
+    return wrapper
+
+
+def stop_gradient(x):
+    """The identity on a pytree, with a zero derivative (JAX's ``lax.stop_gradient``)."""
+    from .ops import stop_gradient as _sg
+    return pytree.tree_map(_sg, x)
+
+
+__all__ = ["grad", "value_and_grad", "jvp", "vjp", "make_graph", "stop_gradient",
+           "GradcError", "dtype_name"]

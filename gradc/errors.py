@@ -1,0 +1,91 @@
+"""The gradc error hierarchy.
+
+Every error a user can provoke is a subclass of :class:`GradcError`.  Messages say
+what went wrong, where in the user's code (``file:line`` and the source text), and
+what to do instead.  The user's source line is found by walking the Python stack
+to the first frame that is not inside the ``gradc`` package.
+"""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class GradcError(Exception):
+    """Base class of every error gradc raises on purpose."""
+
+
+class UnsupportedError(GradcError, NotImplementedError):
+    """A NumPy function, ufunc, method or argument that gradc cannot trace."""
+
+
+class ConcretizationError(GradcError, TypeError):
+    """A traced value was turned into a Python number (``float()``, ``int()``, ``math.*``)."""
+
+
+class ArgumentError(GradcError, TypeError):
+    """Bad arguments to a gradc transformation (e.g. differentiating an integer)."""
+
+
+class ShapeError(GradcError, ValueError):
+    """Operand shapes that do not fit together."""
+
+
+class NonScalarOutputError(GradcError, TypeError):
+    """``grad`` of a function whose output is not a scalar."""
+
+
+class TracerLeakError(GradcError, RuntimeError):
+    """A traced value escaped the function being traced and was used later."""
+
+
+class GuardFailure(GradcError):
+    """Raised inside evaluation when a recorded control-flow guard does not hold.
+
+    Users never see it: transformations catch it and re-trace for the new path.
+    """
+
+
+class IRError(GradcError, AssertionError):
+    """A Graph that violates the IR's invariants (raised by ``Graph.verify``)."""
+
+
+def _in_gradc(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep)
+
+
+def user_frame():
+    """The innermost stack frame that belongs to user code (not gradc, not NumPy)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _in_gradc(filename) and "numpy" + os.sep not in filename:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def user_location() -> str | None:
+    """``'file.py:12: y = float(x)'`` for the user's current line, or None."""
+    frame = user_frame()
+    if frame is None:
+        return None
+    return format_location(frame.f_code.co_filename, frame.f_lineno)
+
+
+def format_location(filename: str, lineno: int) -> str:
+    text = linecache.getline(filename, lineno).strip()
+    where = f"{filename}:{lineno}"
+    return f"{where}: {text}" if text else where
+
+
+def with_location(message: str, location: str | None = None) -> str:
+    """Append the user's source line to a message."""
+    location = location if location is not None else user_location()
+    if location:
+        return f"{message}\n  at {location}"
+    return message

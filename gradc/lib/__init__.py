@@ -1,0 +1,1 @@
+"""Differentiable algorithms written with gradc operations (composites, not primitives)."""

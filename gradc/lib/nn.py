@@ -1,0 +1,44 @@
+"""Composite operations common in numerical and ML code, written with NumPy calls so
+they trace into primitives (and also run on plain arrays)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..api import stop_gradient
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """``log Σ exp(x)`` along ``axis``, shifted by the maximum for stability.  The shift
+    is held constant (``stop_gradient``): the result does not depend on it, and this keeps
+    ties in the maximum from splitting the derivative."""
+    x = np.asarray(x) if not hasattr(x, "shape") else x
+    shift = stop_gradient(np.max(x, axis=axis, keepdims=True))
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    out = np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+    if not keepdims:
+        out = np.squeeze(out, axis=axis) if axis is not None else np.reshape(out, ())
+    return out
+
+
+def softmax(x, axis=-1):
+    """``exp(x) / Σ exp(x)`` along ``axis``."""
+    return np.exp(x - logsumexp(x, axis=axis, keepdims=True))
+
+
+def log_softmax(x, axis=-1):
+    return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    """The logistic function ``1 / (1 + exp(-x))``, written as ``(1 + tanh(x/2)) / 2``,
+    which is stable for large |x|."""
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def softplus(x):
+    """``log(1 + exp(x))`` without overflow."""
+    return np.logaddexp(x, 0.0)

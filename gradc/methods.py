@@ -1,0 +1,97 @@
+"""Operators and ndarray methods on Tracer, written in terms of the NumPy layer.
+
+In-place operators (``x += y``) and item assignment (``x[i] = v``) are functionalised:
+the Tracer object is rebound to the updated value (an ``index_set`` equation), which
+is what NumPy code that mutates its own arrays expects.  Writes through *views* are
+not propagated (a slice of a traced array is a new value, not a view).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import numpy_api as npa
+from . import numpy_funcs as npf
+from .trace import Tracer
+
+
+def _binary(ufunc):
+    impl = npa.UFUNCS[ufunc]
+    return (lambda self, other: impl(self, other)), (lambda self, other: impl(other, self))
+
+
+def _inplace(ufunc):
+    impl = npa.UFUNCS[ufunc]
+
+    def op(self, other):
+        result = impl(self, other)
+        result = npa.astype(result, self.dtype)
+        self.ir_var, self.val, self.owner = result.ir_var, result.val, result.owner
+        return self
+    return op
+
+
+_OPERATORS = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+    "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+}
+for _name, _uf in _OPERATORS.items():
+    _fwd, _rev = _binary(_uf)
+    setattr(Tracer, f"__{_name}__", _fwd)
+    setattr(Tracer, f"__r{_name}__", _rev)
+    setattr(Tracer, f"__i{_name}__", _inplace(_uf))
+
+for _name, _uf in {"lt": np.less, "le": np.less_equal, "gt": np.greater,
+                   "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal}.items():
+    setattr(Tracer, f"__{_name}__", _binary(_uf)[0])
+
+Tracer.__neg__ = lambda self: npa.UFUNCS[np.negative](self)
+Tracer.__pos__ = lambda self: self
+Tracer.__abs__ = lambda self: npa.UFUNCS[np.absolute](self)
+Tracer.__invert__ = lambda self: npa.UFUNCS[np.invert](self)
+Tracer.__getitem__ = npa.getitem
+Tracer.__setitem__ = npa.setitem
+
+Tracer.T = property(lambda self: npf.transpose(self))
+Tracer.mT = property(lambda self: npf.swapaxes(self, -1, -2))
+
+
+def _method(func):
+    def method(self, *args, **kwargs):
+        return func(self, *args, **kwargs)
+    method.__name__ = func.__name__
+    return method
+
+
+for _name in ("sum", "mean", "var", "std", "max", "min", "prod", "any", "all", "cumsum",
+              "ravel", "squeeze", "swapaxes", "dot", "clip", "diagonal", "trace", "round",
+              "repeat", "take"):
+    setattr(Tracer, _name, _method(getattr(npf, _name)))
+
+Tracer.argmax = lambda self, axis=None, out=None, keepdims=False: \
+    npa.FUNCTIONS[np.argmax](self, axis)
+Tracer.argmin = lambda self, axis=None, out=None, keepdims=False: \
+    npa.FUNCTIONS[np.argmin](self, axis)
+
+
+def _reshape(self, *shape, order="C"):
+    if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+        shape = shape[0]
+    return npf.reshape(self, tuple(shape), order=order)
+
+
+def _transpose(self, *axes):
+    if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
+        axes = axes[0]
+    return npf.transpose(self, axes or None)
+
+
+def _astype(self, dtype, *args, **kwargs):
+    return npf.copy(npa.astype(self, dtype))
+
+
+Tracer.reshape = _reshape
+Tracer.transpose = _transpose
+Tracer.astype = _astype
+Tracer.copy = lambda self, order="C": npf.copy(self)
+Tracer.flatten = lambda self, order="C": npf.copy(npf.ravel(self, order))

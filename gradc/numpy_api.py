@@ -1,0 +1,438 @@
+"""The NumPy surface: how NumPy calls on Tracers become gradc operations.
+
+Tracers reach this module through NumPy's protocols: ``__array_ufunc__`` (ufuncs,
+operators) and ``__array_function__`` (``np.sum``, ``np.linalg.solve``, ...), and
+through the methods and operators installed on ``Tracer`` at the bottom of this file.
+Here NumPy's conventions are made explicit for the primitives: type promotion
+(Python scalars are weak, NEP 50), broadcasting (explicit ``broadcast_in_dim``),
+``axis``/``keepdims`` handling, and indexing.
+
+The tables ``UFUNCS`` and ``FUNCTIONS`` (filled here and in ``numpy_funcs``) name every
+supported entry point; anything else raises ``UnsupportedError`` naming it.
+"""
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from . import ops
+from .errors import ShapeError, UnsupportedError, with_location
+from .ir import is_float
+from .prims.index import normalise_slice
+from .trace import Tracer, dtype_of, shape_of
+
+UFUNCS: dict = {}
+FUNCTIONS: dict = {}
+
+
+def implements(*funcs, table=None):
+    """Register a gradc implementation of NumPy functions (or ufuncs)."""
+    def register(impl):
+        for f in funcs:
+            (table if table is not None else
+             (UFUNCS if isinstance(f, np.ufunc) else FUNCTIONS))[f] = impl
+        return impl
+    return register
+
+
+def _numpy_name(func) -> str:
+    module = getattr(func, "__module__", None) or "numpy"
+    module = module.replace("numpy._core.", "numpy.").replace("numpy.core.", "numpy.")
+    if module.startswith("numpy._") or module == "numpy.numeric":
+        module = "numpy"
+    return f"{module.replace('numpy', 'np', 1)}.{func.__name__}"
+
+
+def dispatch_ufunc(ufunc, method, inputs, kwargs):
+    name = f"np.{ufunc.__name__}"
+    if method == "__call__":
+        if kwargs.get("out") is not None:
+            raise UnsupportedError(with_location(
+                f"{name}(..., out=...) on a traced array: gradc traces pure functions; "
+                "write the result to a new variable instead"))
+        extra = {k: v for k, v in kwargs.items() if k not in ("dtype", "casting")}
+        if extra:
+            raise UnsupportedError(with_location(
+                f"{name}: argument(s) {', '.join(extra)} are not supported on traced arrays"))
+        impl = UFUNCS.get(ufunc)
+        if impl is None:
+            raise UnsupportedError(with_location(
+                f"{name} is not supported by gradc (it has no derivative rule); see "
+                "docs/adding_a_primitive.md, or wrap the value in gradc.stop_gradient"))
+        result = impl(*inputs)
+        if kwargs.get("dtype") is not None:
+            result = astype(result, kwargs["dtype"])
+        return result
+    reducers = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min",
+                np.logical_and: "all", np.logical_or: "any"}
+    if method == "reduce" and ufunc in reducers:
+        x, *rest = inputs
+        axis = kwargs.get("axis", rest[0] if rest else 0)
+        return FUNCTIONS[getattr(np, reducers[ufunc])](x, axis=axis,
+                                                       keepdims=kwargs.get("keepdims", False))
+    if method == "accumulate" and ufunc is np.add:
+        return FUNCTIONS[np.cumsum](inputs[0], axis=kwargs.get("axis", 0))
+    raise UnsupportedError(with_location(
+        f"{name}.{method} is not supported on traced arrays"))
+
+
+def dispatch_function(func, args, kwargs):
+    impl = FUNCTIONS.get(func)
+    if impl is None:
+        raise UnsupportedError(with_location(
+            f"{_numpy_name(func)} is not supported by gradc; see docs/adding_a_primitive.md, "
+            "or wrap its inputs in gradc.stop_gradient if no derivative is needed"))
+    return impl(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- operands
+
+def operand(x):
+    """A Tracer stays; Python scalars stay (weakly typed); anything else becomes an array."""
+    if isinstance(x, (Tracer, np.ndarray, bool, int, float, complex)):
+        return x
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    if isinstance(x, (list, tuple)) and any(isinstance(e, Tracer) for e in _iter_nested(x)):
+        return stack([operand(e) for e in x])
+    return np.asarray(x)
+
+
+def _iter_nested(x):
+    for e in x:
+        if isinstance(e, (list, tuple)):
+            yield from _iter_nested(e)
+        else:
+            yield e
+
+
+def result_dtype(*xs):
+    return np.result_type(*[x if isinstance(x, (bool, int, float, complex)) else dtype_of(x)
+                            for x in xs])
+
+
+def astype(x, dtype):
+    dtype = np.dtype(dtype)
+    if isinstance(x, (bool, int, float, complex)):
+        return np.asarray(x, dtype=dtype)
+    return ops.convert_element_type(x, dtype)
+
+
+def promote(*xs, float_result=False):
+    """Convert operands to their common NumPy result dtype (or the float it implies)."""
+    xs = [operand(x) for x in xs]
+    dtype = result_dtype(*xs)
+    if float_result and not is_float(dtype):
+        dtype = np.result_type(dtype, 1.0) if dtype != np.dtype(bool) else np.dtype(np.float64)
+    return [astype(x, dtype) for x in xs]
+
+
+def broadcast(*xs):
+    """Broadcast operands to a common shape; rank-0 operands are left as they are
+    (the elementwise primitives broadcast those implicitly)."""
+    shapes = [shape_of(x) for x in xs]
+    try:
+        target = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ShapeError(with_location(
+            "operands could not be broadcast together with shapes "
+            + " ".join(str(s) for s in shapes))) from None
+    return [x if shape_of(x) in ((), target) else ops.broadcast_to(x, target) for x in xs]
+
+
+def elementwise(op, float_result=False):
+    def apply(*xs):
+        return op(*broadcast(*promote(*xs, float_result=float_result)))
+    apply.__name__ = getattr(op, "__name__", "elementwise")
+    return apply
+
+
+# ---------------------------------------------------------------- ufuncs
+
+_FLOAT_UNARY = {
+    np.sin: ops.sin, np.cos: ops.cos, np.tan: ops.tan, np.arcsin: ops.asin,
+    np.arccos: ops.acos, np.arctan: ops.atan, np.sinh: ops.sinh, np.cosh: ops.cosh,
+    np.tanh: ops.tanh, np.arcsinh: ops.asinh, np.arccosh: ops.acosh, np.arctanh: ops.atanh,
+    np.exp: ops.exp, np.expm1: ops.expm1, np.log: ops.log, np.log1p: ops.log1p,
+    np.sqrt: ops.sqrt, np.cbrt: ops.cbrt,
+}
+for _uf, _op in _FLOAT_UNARY.items():
+    UFUNCS[_uf] = elementwise(_op, float_result=True)
+
+UFUNCS.update({
+    np.add: elementwise(ops.add), np.subtract: elementwise(ops.sub),
+    np.multiply: elementwise(ops.mul), np.true_divide: elementwise(ops.div, float_result=True),
+    np.power: elementwise(ops.pow), np.float_power: elementwise(ops.pow, float_result=True),
+    np.maximum: elementwise(ops.maximum), np.minimum: elementwise(ops.minimum),
+    np.fmax: elementwise(ops.maximum), np.fmin: elementwise(ops.minimum),
+    np.arctan2: elementwise(ops.atan2, float_result=True),
+    np.remainder: elementwise(ops.rem),
+    np.negative: elementwise(ops.neg), np.positive: lambda x: x,
+    np.absolute: elementwise(ops.abs), np.fabs: elementwise(ops.abs, float_result=True),
+    np.sign: elementwise(ops.sign), np.floor: elementwise(ops.floor, float_result=True),
+    np.ceil: elementwise(ops.ceil, float_result=True),
+    np.rint: elementwise(ops.round, float_result=True),
+    np.trunc: elementwise(ops.trunc, float_result=True),
+    np.less: elementwise(ops.lt), np.less_equal: elementwise(ops.le),
+    np.greater: elementwise(ops.gt), np.greater_equal: elementwise(ops.ge),
+    np.equal: elementwise(ops.eq), np.not_equal: elementwise(ops.ne),
+    np.isnan: elementwise(ops.isnan), np.isfinite: elementwise(ops.isfinite),
+})
+
+
+def _logical(op):
+    def apply(*xs):
+        xs = [astype(operand(x), bool) for x in xs]
+        return op(*broadcast(*xs))
+    return apply
+
+
+UFUNCS.update({np.logical_and: _logical(ops.logical_and),
+               np.logical_or: _logical(ops.logical_or),
+               np.logical_xor: _logical(ops.logical_xor),
+               np.logical_not: _logical(ops.logical_not)})
+
+
+def _bitwise(op, name):
+    def apply(*xs):
+        if any(dtype_of(operand(x)) != np.dtype(bool) for x in xs):
+            raise UnsupportedError(with_location(f"np.{name} is supported on boolean arrays only"))
+        return _logical(op)(*xs)
+    return apply
+
+
+UFUNCS.update({np.bitwise_and: _bitwise(ops.logical_and, "bitwise_and"),
+               np.bitwise_or: _bitwise(ops.logical_or, "bitwise_or"),
+               np.bitwise_xor: _bitwise(ops.logical_xor, "bitwise_xor"),
+               np.invert: _bitwise(ops.logical_not, "invert")})
+
+
+@implements(np.floor_divide)
+def floor_divide(x, y):
+    x, y = broadcast(*promote(x, y))
+    if is_float(dtype_of(x)):
+        return ops.floor(ops.div(x, y))
+    raise UnsupportedError(with_location("np.floor_divide on traced integer arrays"))
+
+
+@implements(np.square)
+def square(x):
+    (x,) = promote(x)
+    return ops.mul(x, x)
+
+
+@implements(np.reciprocal)
+def reciprocal(x):
+    (x,) = promote(x, float_result=True)
+    return ops.div(np.ones((), x.dtype), x)
+
+
+@implements(np.exp2)
+def exp2(x):
+    (x,) = promote(x, float_result=True)
+    return ops.exp(ops.mul(x, np.log(2.0)))
+
+
+@implements(np.log2)
+def log2(x):
+    (x,) = promote(x, float_result=True)
+    return ops.div(ops.log(x), np.log(2.0))
+
+
+@implements(np.log10)
+def log10(x):
+    (x,) = promote(x, float_result=True)
+    return ops.div(ops.log(x), np.log(10.0))
+
+
+@implements(np.deg2rad, np.radians)
+def deg2rad(x):
+    (x,) = promote(x, float_result=True)
+    return ops.mul(x, np.pi / 180.0)
+
+
+@implements(np.rad2deg, np.degrees)
+def rad2deg(x):
+    (x,) = promote(x, float_result=True)
+    return ops.mul(x, 180.0 / np.pi)
+
+
+@implements(np.hypot)
+def hypot(x, y):
+    # scaled by max(|x|, |y|) so that it neither overflows nor underflows
+    x, y = broadcast(*promote(x, y, float_result=True))
+    ax, ay = ops.abs(x), ops.abs(y)
+    big, small = ops.maximum(ax, ay), ops.minimum(ax, ay)
+    safe = ops.select(ops.eq(big, 0.0), ops.add(big, 1.0), big)
+    ratio = ops.div(small, safe)
+    return ops.mul(big, ops.sqrt(ops.add(ops.mul(ratio, ratio), 1.0)))
+
+
+@implements(np.logaddexp)
+def logaddexp(x, y):
+    # log(e^x + e^y) = max + log1p(exp(-|x - y|))
+    x, y = broadcast(*promote(x, y, float_result=True))
+    big = ops.maximum(x, y)
+    return ops.add(big, ops.log1p(ops.exp(ops.neg(ops.abs(ops.sub(x, y))))))
+
+
+@implements(np.logaddexp2)
+def logaddexp2(x, y):
+    x, y = broadcast(*promote(x, y, float_result=True))
+    ln2 = np.log(2.0)
+    return ops.div(logaddexp(ops.mul(x, ln2), ops.mul(y, ln2)), ln2)
+
+
+@implements(np.heaviside)
+def heaviside(x, h0):
+    x, h0 = broadcast(*promote(x, h0, float_result=True))
+    step = ops.select(ops.gt(x, 0.0), np.ones((), x.dtype), np.zeros((), x.dtype))
+    return ops.select(ops.eq(x, 0.0), h0, step)
+
+
+@implements(np.matmul)
+def matmul(a, b):
+    from .numpy_funcs import matmul as _matmul
+    return _matmul(a, b)
+
+
+# ---------------------------------------------------------------- stacking (used above)
+
+def stack(arrays, axis=0):
+    arrays = promote(*arrays)
+    shapes = {shape_of(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ShapeError(with_location("all input arrays must have the same shape, got "
+                                       + ", ".join(str(shape_of(a)) for a in arrays)))
+    shape = shapes.pop()
+    axis = _axis(axis, len(shape) + 1)
+    new_shape = shape[:axis] + (1,) + shape[axis:]
+    return ops.concatenate([ops.reshape(a, new_shape) for a in arrays], axis)
+
+
+def _axis(axis, ndim):
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ShapeError(with_location(f"axis {axis} is out of bounds for array of dimension "
+                                       f"{ndim}"))
+    return axis % ndim
+
+
+# ---------------------------------------------------------------- indexing
+
+def _index_spec(x, key):
+    """Translate a NumPy index into ``(spec, index arrays, basic)``; see prims/index.py."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    key = tuple(_coerce_index(k) for k in key)
+    n_used = builtins.sum(1 if not (k is None or k is Ellipsis) else 0 for k in key)
+    n_used += builtins.sum(max(len(shape_of(k)) - 1, 0) for k in key if _is_bool_array(k))
+    if builtins.sum(k is Ellipsis for k in key) > 1:
+        raise ShapeError(with_location("an index can only have a single ellipsis ('...')"))
+    if n_used > x.ndim:
+        raise ShapeError(with_location(
+            f"too many indices for an array of shape {x.shape}: {n_used} given"))
+    expanded = []
+    for k in key:
+        if k is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_used))
+        else:
+            expanded.append(k)
+    if Ellipsis not in key:
+        expanded.extend([slice(None)] * (x.ndim - n_used))
+    spec, arrays, dim, basic = [], [], 0, True
+    for k in expanded:
+        if k is None:
+            spec.append(("n",))
+        elif isinstance(k, slice):
+            spec.append(("s",) + normalise_slice(k, x.shape[dim]))
+            dim += 1
+        elif isinstance(k, (int, np.integer)):
+            n = x.shape[dim]
+            if not -n <= int(k) < n:
+                raise ShapeError(with_location(
+                    f"index {int(k)} is out of bounds for axis {dim} with size {n}"))
+            spec.append(("i", int(k) % n))
+            dim += 1
+        elif _is_bool_array(k):
+            basic = False
+            kshape = shape_of(k)
+            if tuple(x.shape[dim:dim + len(kshape)]) != tuple(kshape):
+                raise ShapeError(with_location(
+                    f"boolean index of shape {kshape} does not match the indexed array's "
+                    f"shape {x.shape[dim:dim + len(kshape)]}"))
+            for idx in _mask_indices(k):
+                spec.append(("a", len(arrays)))
+                arrays.append(idx)
+            dim += len(kshape)
+        else:
+            basic = False
+            if not np.issubdtype(dtype_of(k), np.integer):
+                raise ShapeError(with_location(
+                    f"arrays used as indices must be of integer or boolean type, "
+                    f"got {dtype_of(k)}"))
+            spec.append(("a", len(arrays)))
+            arrays.append(k)
+            dim += 1
+    return tuple(spec), arrays, basic
+
+
+def _coerce_index(k):
+    if isinstance(k, (list, tuple)):
+        return np.asarray(k)
+    if isinstance(k, np.ndarray) and k.ndim == 0 and np.issubdtype(k.dtype, np.integer):
+        return int(k)
+    if isinstance(k, Tracer) and k.ndim == 0 and k.dtype != np.dtype(bool):
+        return k
+    return k
+
+
+def _is_bool_array(k) -> bool:
+    return isinstance(k, (Tracer, np.ndarray)) and dtype_of(k) == np.dtype(bool)
+
+
+def _mask_indices(mask):
+    if not isinstance(mask, Tracer):
+        return [i.astype(np.int64) for i in np.nonzero(mask)]
+    if mask.val is None:
+        raise UnsupportedError(with_location("boolean-mask indexing on an abstract value"))
+    count = int(np.count_nonzero(mask.val))
+    # The output's shape depends on the number of True entries: nonzero checks it and
+    # raises GuardFailure (a re-trace) when a later call's mask has another count.
+    return ops.nonzero(mask, count)
+
+
+def getitem(x, key):
+    spec, arrays, basic = _index_spec(x, key)
+    if not basic:
+        return ops.gather(x, arrays, spec)
+    window, shape = [], []
+    for entry in spec:
+        if entry[0] == "s":
+            window.append(entry[1:])
+            shape.append(len(range(*slice(*entry[1:]).indices(x.shape[len(window) - 1]))))
+        elif entry[0] == "i":
+            window.append((entry[1], entry[1] + 1, 1))
+        else:
+            shape.append(1)
+    return ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
+
+
+def setitem(x, key, value):
+    """``x[key] = value`` on a Tracer: rebinds the Tracer to the updated array."""
+    spec, arrays, _ = _index_spec(x, key)
+    (value,) = [astype(operand(value), x.dtype)]
+    from .prims.index import _indexed_shape
+    window = _indexed_shape(x.shape, spec, arrays)
+    if shape_of(value) not in ((), tuple(window)):
+        try:
+            value = ops.broadcast_to(value, window)
+        except Exception:
+            raise ShapeError(with_location(
+                f"could not broadcast a value of shape {shape_of(value)} into a window of "
+                f"shape {tuple(window)}")) from None
+    updated = ops.index_set(x, value, arrays, spec)
+    if not isinstance(updated, Tracer):
+        raise TypeError("setitem on a non-traced array")
+    x.ir_var, x.val, x.owner = updated.ir_var, updated.val, updated.owner

@@ -1,0 +1,41 @@
+"""gradc's operation namespace (like ``jax.lax``): one function per primitive, plus a few
+helpers.  Rules are written with these, so every derivative is itself traceable.
+
+Operands are arrays or Tracers.  Elementwise operations accept equal shapes or rank-0
+operands; Python scalars take the dtype of the array they meet.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .trace import dtype_of
+
+from .prims.control import guard, stop_gradient  # noqa: F401
+from .prims.conv import conv2d  # noqa: F401
+from .prims.elementwise import (  # noqa: F401
+    abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, cbrt, ceil, convert_element_type,
+    cos, cosh, div, eq, exp, expm1, floor, ge, gt, isfinite, isnan, le, log, log1p,
+    logical_and, logical_not, logical_or, logical_xor, lt, maximum, minimum, mul, ne, neg,
+    pow, rem, round, select, sign, sin, sinh, sqrt, sub, tan, tanh, trunc,
+)
+from .prims.index import gather, index_set, nonzero, pad, scatter_add, slice_  # noqa: F401
+from .prims.linalg import det, einsum2, matmul2, slogdet, solve  # noqa: F401
+from .prims.reduce import (  # noqa: F401
+    argmax, argmin, cumsum, reduce_max, reduce_min, reduce_prod, reduce_sum,
+)
+from .prims.shape import (  # noqa: F401
+    broadcast_in_dim, broadcast_to, concatenate, reshape, transpose,
+)
+
+
+def full(shape, value, dtype):
+    """A constant array (folded at trace time; it becomes a literal)."""
+    return np.full(tuple(shape), value, dtype=dtype)
+
+
+def zeros_like(x):
+    return np.zeros(np.shape(x), dtype=dtype_of(x))
+
+
+def ones_like(x):
+    return np.ones(np.shape(x), dtype=dtype_of(x))

@@ -1,0 +1,78 @@
+"""Forward mode: the JVP pass.
+
+``jvp_graph(g, wrt)`` returns a Graph of ``(primals..., tangents for wrt...)`` that
+computes ``(outputs..., output tangents...)``.  Each equation is replaced by its
+primitive's JVP rule; rules are traced (they call gradc operations), so the result is
+an ordinary Graph that can be differentiated again.
+
+Symbolic zeros: a tangent is ``None`` until something nonzero flows into it.  An
+equation none of whose operands has a tangent is copied as it is, so parts of the
+program that do not depend on the differentiated inputs cost nothing extra.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GradcError
+from ..ir import Graph, Lit, is_float
+from ..trace import bind, trace_graph
+
+
+def jvp_eval(graph: Graph, primals, tangents):
+    """Run the JVP of ``graph`` on values or Tracers.  ``tangents`` has one entry per
+    input, ``None`` for a zero tangent.  Returns ``(outputs, output_tangents)`` with
+    ``None`` for zero output tangents."""
+    env = dict(zip(graph.inputs, primals))
+    tenv = {v: t for v, t in zip(graph.inputs, tangents) if t is not None}
+
+    def read(a):
+        return a.value if isinstance(a, Lit) else env[a]
+
+    for eqn in graph.eqns:
+        xs = [read(a) for a in eqn.inputs]
+        ts = [None if isinstance(a, Lit) else tenv.get(a) for a in eqn.inputs]
+        differentiable = any(is_float(v.dtype) for v in eqn.outputs)
+        if all(t is None for t in ts) or not differentiable:
+            outs = bind(eqn.prim, *xs, **eqn.params)
+            touts = None
+        else:
+            if eqn.prim.jvp is None:
+                raise GradcError(f"primitive {eqn.prim.name} has no JVP rule"
+                                 + (f"\n  at {eqn.source}" if eqn.source else ""))
+            outs, touts = eqn.prim.jvp(xs, ts, **eqn.params)
+        if eqn.prim.multiple_results:
+            env.update(zip(eqn.outputs, outs))
+            for v, t in zip(eqn.outputs, touts or [None] * len(eqn.outputs)):
+                if t is not None:
+                    tenv[v] = t
+        else:
+            env[eqn.outputs[0]] = outs
+            if touts is not None:
+                tenv[eqn.outputs[0]] = touts
+    outs = [read(a) for a in graph.outputs]
+    touts = [None if isinstance(a, Lit) else tenv.get(a) for a in graph.outputs]
+    return outs, touts
+
+
+def zero_tangent(like):
+    return np.zeros(np.shape(like), dtype=like.dtype)
+
+
+def jvp_graph(graph: Graph, wrt=None) -> Graph:
+    """The forward-mode Graph: inputs ``primals + tangents[wrt]``, outputs
+    ``outputs + output tangents`` (zero tangents materialised)."""
+    wrt = tuple(is_float(v.dtype) for v in graph.inputs) if wrt is None else tuple(wrt)
+    n = len(graph.inputs)
+    avals = [(v.shape, v.dtype) for v in graph.inputs]
+    avals += [(v.shape, v.dtype) for v, w in zip(graph.inputs, wrt) if w]
+
+    def fn(*args):
+        primals, rest = list(args[:n]), iter(args[n:])
+        tangents = [next(rest) if w else None for w in wrt]
+        outs, touts = jvp_eval(graph, primals, tangents)
+        touts = [zero_tangent(o) if t is None else t for o, t in zip(outs, touts)]
+        return outs + touts
+
+    new, _, captured = trace_graph(fn, avals)
+    assert not captured, "jvp_graph of a closed graph captured a value"
+    return new

@@ -1,0 +1,105 @@
+"""Simplification: constant folding, algebraic identities, common subexpressions, and
+dead-code elimination.  Every rewrite preserves results exactly (to the bit): identities
+that change NaN/Inf behaviour, like ``x * 0 -> 0``, are not applied.
+
+``simplify(g)`` runs the named pipeline ``fold_cse`` then ``dce``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Lit, Var, atoms_key, make_eqn, params_key
+
+FOLD_LIMIT = 1 << 16   # fold constants of at most this many elements
+
+
+def _is_const(atom, value) -> bool:
+    return isinstance(atom, Lit) and atom.value.size > 0 and bool(np.all(atom.value == value))
+
+
+def _same_type(atom, out) -> bool:
+    return tuple(atom.shape) == tuple(out.shape) and np.dtype(atom.dtype) == np.dtype(out.dtype)
+
+
+def _identity(eqn, ins):
+    """The operand an equation reduces to by an exact algebraic identity, or None."""
+    name = eqn.prim.name
+    out = eqn.outputs[0] if len(eqn.outputs) == 1 else None
+    if out is None:
+        return None
+    candidate = None
+    if name == "add":
+        candidate = ins[0] if _is_const(ins[1], 0) else ins[1] if _is_const(ins[0], 0) else None
+    elif name == "sub" and _is_const(ins[1], 0):
+        candidate = ins[0]
+    elif name == "mul":
+        candidate = ins[0] if _is_const(ins[1], 1) else ins[1] if _is_const(ins[0], 1) else None
+    elif name == "div" and _is_const(ins[1], 1):
+        candidate = ins[0]
+    elif name == "pow" and _is_const(ins[1], 1):
+        candidate = ins[0]
+    elif name in ("reshape", "convert_element_type", "broadcast_in_dim"):
+        candidate = ins[0]
+    if candidate is not None and _same_type(candidate, out):
+        return candidate
+    return None
+
+
+def fold_cse(graph: Graph) -> Graph:
+    subst: dict = {}
+    seen: dict = {}
+    producers: dict = {}     # Var -> the equation that defines it (after rewriting)
+    eqns = []
+
+    def read(a):
+        return subst.get(a, a) if isinstance(a, Var) else a
+
+    for eqn in graph.eqns:
+        ins = tuple(read(a) for a in eqn.inputs)
+        prim = eqn.prim
+        # neg(neg(x)) -> x
+        if prim.name == "neg" and isinstance(ins[0], Var) and ins[0] in producers \
+                and producers[ins[0]].prim.name == "neg":
+            subst[eqn.outputs[0]] = producers[ins[0]].inputs[0]
+            continue
+        if not prim.effect and all(isinstance(a, Lit) for a in ins) \
+                and all(int(np.prod(v.shape)) <= FOLD_LIMIT for v in eqn.outputs):
+            result = prim.impl(*[a.value for a in ins], **eqn.params)
+            results = result if prim.multiple_results else [result]
+            for v, r in zip(eqn.outputs, results):
+                subst[v] = Lit(np.asarray(r, dtype=v.dtype))
+            continue
+        same = _identity(eqn, ins)
+        if same is not None:
+            subst[eqn.outputs[0]] = same
+            continue
+        key = (prim, atoms_key(ins), params_key(eqn.params))
+        if key in seen:
+            for v, w in zip(eqn.outputs, seen[key]):
+                subst[v] = w
+            continue
+        new = make_eqn(prim, ins, eqn.outputs, eqn.params, eqn.source)
+        seen[key] = eqn.outputs
+        for v in eqn.outputs:
+            producers[v] = new
+        eqns.append(new)
+    return Graph(graph.inputs, tuple(eqns), tuple(read(a) for a in graph.outputs))
+
+
+def dce(graph: Graph) -> Graph:
+    live = {a for a in graph.outputs if isinstance(a, Var)}
+    kept = []
+    for eqn in reversed(graph.eqns):
+        if eqn.prim.effect or any(v in live for v in eqn.outputs):
+            kept.append(eqn)
+            live.update(a for a in eqn.inputs if isinstance(a, Var))
+    return graph.replace(eqns=tuple(reversed(kept)))
+
+
+PIPELINE = (fold_cse, dce)
+
+
+def simplify(graph: Graph) -> Graph:
+    for rewrite in PIPELINE:
+        graph = rewrite(graph)
+    return graph

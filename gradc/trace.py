@@ -1,0 +1,241 @@
+"""Concrete tracing: Tracer objects stand in for arrays and record a Graph.
+
+A ``Trace`` collects equations.  Traces nest (``grad(grad(f))``, or a pass that
+re-traces a graph while its rules call gradc operations); the innermost active
+trace records.  A Tracer of an enclosing trace used inside an inner one is
+*captured*: it becomes an extra input of the inner graph, so the inner graph stays
+closed and the outer trace can later differentiate through it.
+
+Tracers made from example arguments carry their concrete value (``val``), so Python
+control flow on them works: ``bool(tracer)`` takes the branch the value dictates
+and records a ``guard`` equation, which evaluation checks later.  Tracers made by
+passes are abstract (``val is None``); branching on them is an error.
+
+``bind`` is the single entry point that applies a primitive: with no Tracer among
+its arguments it simply runs the NumPy implementation (constants fold at trace
+time); otherwise it records an equation in the innermost trace.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from . import errors
+from .errors import ConcretizationError, GradcError, TracerLeakError, with_location
+from .ir import Graph, Lit, Primitive, Var, make_eqn, type_str
+
+_TRACES: list["Trace"] = []   # the stack of active traces, innermost last
+_trace_ids = itertools.count()
+
+
+class Trace:
+    """A recording in progress: the equations of one Graph being built."""
+
+    def __init__(self):
+        self.id = next(_trace_ids)
+        self.inputs: list[Var] = []
+        self.eqns: list = []
+        self.captures: dict = {}      # id(outer Tracer) -> (outer Tracer, inner Var)
+        self.active = False
+
+    # -- life cycle
+    def __enter__(self) -> "Trace":
+        self.active = True
+        _TRACES.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert _TRACES and _TRACES[-1] is self, "traces must nest"
+        _TRACES.pop()
+        self.active = False
+
+    # -- building
+    def new_input(self, shape, dtype, value=None) -> "Tracer":
+        var = Var(tuple(shape), np.dtype(dtype))
+        self.inputs.append(var)
+        return Tracer(var, value, self)
+
+    def to_atom(self, x):
+        """The operand for ``x`` in this trace: a Var, a captured Var, or a Lit."""
+        if isinstance(x, Tracer):
+            if x.owner is self:
+                return x.ir_var
+            if not x.owner.active:
+                raise TracerLeakError(with_location(
+                    "a traced value escaped the function that was being traced "
+                    "(e.g. stored in a global or a closure) and is used after its trace "
+                    "ended; pass it as an argument instead"))
+            key = id(x)
+            if key not in self.captures:
+                self.captures[key] = (x, Var(x.ir_var.shape, x.ir_var.dtype))
+            return self.captures[key][1]
+        return Lit(np.asarray(x))
+
+    def to_graph(self, outputs) -> tuple[Graph, list]:
+        """Close the recording.  Returns the Graph and the captured outer Tracers,
+        which are the Graph's trailing inputs."""
+        outs = [self.to_atom(o) for o in outputs]
+        captured = [t for t, _ in self.captures.values()]
+        cap_vars = [v for _, v in self.captures.values()]
+        graph = Graph(tuple(self.inputs) + tuple(cap_vars), tuple(self.eqns), tuple(outs))
+        return graph, captured
+
+
+def current_trace() -> Trace | None:
+    return _TRACES[-1] if _TRACES else None
+
+
+class Tracer:
+    """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
+
+    __slots__ = ("ir_var", "val", "owner")
+    __array_priority__ = 1000
+
+    def __init__(self, var: Var, val, trace: Trace):
+        self.ir_var = var
+        self.val = val
+        self.owner = trace
+
+    # -- array attributes
+    shape = property(lambda self: self.ir_var.shape)
+    dtype = property(lambda self: self.ir_var.dtype)
+    ndim = property(lambda self: len(self.ir_var.shape))
+    size = property(lambda self: int(np.prod(self.ir_var.shape, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of unsized object (a 0-d traced array)")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d traced array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __repr__(self) -> str:
+        kind = "abstract" if self.val is None else "concrete"
+        return f"Tracer<{type_str(self.shape, self.dtype)}, {kind}>"
+
+    # -- the NumPy protocols; the tables live in numpy_api
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import numpy_api
+        return numpy_api.dispatch_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from . import numpy_api
+        return numpy_api.dispatch_function(func, args, kwargs)
+
+    def __array__(self, dtype=None, copy=None):
+        raise ConcretizationError(with_location(
+            "a traced array was converted to a NumPy array (np.asarray/np.array, or "
+            "storing it into a NumPy array), which would cut its derivative. Build arrays "
+            "from traced values with np.stack/np.concatenate or functional updates, or "
+            "wrap the value in gradc.stop_gradient if no derivative is wanted"))
+
+    # -- concretisation is an error, not a silent constant
+    def _concretize(self, what: str, spelling: str):
+        raise ConcretizationError(with_location(
+            f"{what} on a traced value would cut its derivative. Use {spelling} instead, "
+            f"or gradc.stop_gradient(x) if the value is meant to be a constant"))
+
+    def __float__(self):
+        self._concretize("float() (or a math.* function)", "NumPy operations (np.sin, ...) "
+                         "on the array")
+
+    def __int__(self):
+        self._concretize("int()", "integer NumPy operations, or a static int argument")
+
+    def __index__(self):
+        self._concretize("using a traced value as a Python index", "array indexing with "
+                         "integer arrays")
+
+    def __complex__(self):
+        self._concretize("complex()", "NumPy operations")
+
+    def item(self, *args):
+        self._concretize("x.item()", "the 0-d array itself")
+
+    def tolist(self):
+        self._concretize("x.tolist()", "the array itself")
+
+    def __bool__(self):
+        """Python control flow on a traced value: take the concrete branch, record a guard."""
+        if self.size != 1:
+            raise GradcError(with_location(
+                f"the truth value of a traced array of shape {self.shape} is ambiguous; "
+                "use np.any(...) or np.all(...)"))
+        if self.val is None:
+            raise ConcretizationError(with_location(
+                "Python control flow (if/while/and/or) on an abstract traced value; "
+                "use np.where or gradc's structured control flow"))
+        outcome = bool(np.asarray(self.val).reshape(()))
+        from .prims.control import guard
+        guard(self, outcome)
+        return outcome
+
+    def __hash__(self):
+        raise TypeError("traced arrays are unhashable")
+
+
+# operators, methods, indexing and in-place updates are installed by numpy_api
+
+
+def bind(prim: Primitive, *args, **params):
+    """Apply ``prim``: evaluate it on constants, or record an equation."""
+    if not any(isinstance(a, Tracer) for a in args):
+        return _normalise(prim, prim.impl(*args, **params))
+    trace = current_trace()
+    if trace is None:
+        raise TracerLeakError(with_location(
+            "a traced value was used after the function that made it returned"))
+    atoms = [trace.to_atom(a) for a in args]
+    try:
+        avals = prim.abstract(*atoms, **params)
+    except GradcError as e:
+        if "\n  at " in str(e):
+            raise
+        raise type(e)(with_location(str(e))) from None
+    outs = [Var(tuple(shape), np.dtype(dtype)) for shape, dtype in avals]
+    values = [None] * len(outs)
+    if all(not isinstance(a, Tracer) or a.val is not None for a in args):
+        concrete = [a.val if isinstance(a, Tracer) else a for a in args]
+        result = _normalise(prim, prim.impl(*concrete, **params))
+        values = list(result) if prim.multiple_results else [result]
+    trace.eqns.append(make_eqn(prim, atoms, outs, params, errors.user_location()))
+    tracers = [Tracer(v, val, trace) for v, val in zip(outs, values)]
+    if prim.multiple_results:
+        return tracers
+    return tracers[0] if tracers else None
+
+
+def _normalise(prim, result):
+    if prim.multiple_results:
+        return [np.asarray(r) for r in result]
+    return None if result is None else np.asarray(result)
+
+
+def is_tracer(x) -> bool:
+    return isinstance(x, Tracer)
+
+
+def shape_of(x) -> tuple:
+    return tuple(np.shape(x)) if not isinstance(x, Tracer) else x.shape
+
+
+def dtype_of(x) -> np.dtype:
+    return x.dtype if isinstance(x, (Tracer, np.ndarray, np.generic)) else np.asarray(x).dtype
+
+
+def trace_graph(fn, avals, values=None):
+    """Trace ``fn`` on fresh inputs with the given ``(shape, dtype)`` avals.
+
+    Returns ``(graph, outputs, captured)``: ``outputs`` is what ``fn`` returned (Tracers
+    or constants), ``captured`` the outer Tracers that became trailing graph inputs.
+    """
+    values = values if values is not None else [None] * len(avals)
+    with Trace() as trace:
+        ins = [trace.new_input(s, d, v) for (s, d), v in zip(avals, values)]
+        outs = fn(*ins)
+    graph, captured = trace.to_graph(outs)
+    return graph, outs, captured
