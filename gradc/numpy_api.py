@@ -328,7 +328,8 @@ def _index_spec(x, key):
     key = tuple(_coerce_index(k) for k in key)
     n_used = builtins.sum(1 if not (k is None or k is Ellipsis) else 0 for k in key)
     n_used += builtins.sum(max(len(shape_of(k)) - 1, 0) for k in key if _is_bool_array(k))
-    if builtins.sum(k is Ellipsis for k in key) > 1:
+    n_ellipsis = builtins.sum(k is Ellipsis for k in key)
+    if n_ellipsis > 1:
         raise ShapeError(with_location("an index can only have a single ellipsis ('...')"))
     if n_used > x.ndim:
         raise ShapeError(with_location(
@@ -339,7 +340,7 @@ def _index_spec(x, key):
             expanded.extend([slice(None)] * (x.ndim - n_used))
         else:
             expanded.append(k)
-    if Ellipsis not in key:
+    if n_ellipsis == 0:
         expanded.extend([slice(None)] * (x.ndim - n_used))
     spec, arrays, dim, basic = [], [], 0, True
     for k in expanded:
