@@ -12,6 +12,7 @@ from .errors import (ArgumentError, ConcretizationError, GradcError, NonScalarOu
                      ShapeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
 from .ir import Eqn, Graph, Lit, Primitive, Var
+from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 

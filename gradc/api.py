@@ -178,31 +178,32 @@ def _to_user(x, like=None, pyfloat=False):
 
 
 def _check_wrt(args: _Args, argnums, fun, what="grad"):
-    wrt = [o in argnums for o in args.owner]
-    owned = {o for o in args.owner}
+    """Which dynamic leaves to differentiate: the floating-point leaves of the ``argnums``
+    arguments.  Static leaves (ints, bools) inside a pytree argument are skipped (their
+    gradient is None); an argument with no floating-point leaf at all is an error."""
+    n_args = len(args.treedef.children)
+    arg_trees = pytree.unflatten(args.treedef, list(args.leaves))
     for i in argnums:
-        if i >= len(args.treedef.children):
+        if not -n_args <= i < n_args:
             raise ArgumentError(with_location(
                 f"{what}: argnums={i} but {_fun_name(fun)} was called with "
-                f"{len(args.treedef.children)} positional arguments"))
-        if i not in owned:
-            arg = pytree.unflatten(args.treedef, args.leaves)[i]
+                f"{n_args} positional arguments"))
+        leaves = pytree.flatten(arg_trees[i])[0]
+        if not any(not _is_static(x) and is_float(_leaf_dtype(x)) for x in leaves):
+            bad = next((x for x in leaves if _is_static(x) or not is_float(_leaf_dtype(x))),
+                       arg_trees[i])
             raise ArgumentError(with_location(
-                f"{what} of {_fun_name(fun)} with respect to argument {i}, which is "
-                f"{_describe(arg)}: only floating-point values (floats, float arrays) can be "
-                f"differentiated; integers are static. Pass a float (e.g. {_as_float_hint(arg)}) "
-                "or a float array"))
-    arg_leaves = pytree.unflatten(args.treedef, [
-        x for x in args.leaves])
-    for i in argnums:
-        for leaf in pytree.flatten(arg_leaves[i])[0]:
-            dtype = np.asarray(leaf).dtype if not isinstance(leaf, Tracer) else leaf.dtype
-            if _is_static(leaf) or not is_float(dtype):
-                raise ArgumentError(with_location(
-                    f"{what} of {_fun_name(fun)} with respect to argument {i}, which holds "
-                    f"{_describe(leaf)}: only floating-point values can be differentiated. "
-                    f"Convert it with np.asarray(x, dtype=float)"))
-    return wrt
+                f"{what} of {_fun_name(fun)} with respect to argument {i}, which "
+                f"{'is' if bad is arg_trees[i] else 'holds'} {_describe(bad)}: only "
+                f"floating-point values (floats, float arrays) can be differentiated; "
+                f"integers and bools are static. Pass a float (e.g. {_as_float_hint(bad)}) "
+                "or a float array (np.asarray(x, dtype=float))"))
+    nums = {i % n_args for i in argnums}
+    return [o in nums and is_float(_leaf_dtype(x)) for o, x in zip(args.owner, args.dynamic)]
+
+
+def _leaf_dtype(x):
+    return x.dtype if isinstance(x, (Tracer, np.ndarray, np.generic)) else np.asarray(x).dtype
 
 
 def _describe(x) -> str:
@@ -357,7 +358,7 @@ def jvp(fun, primals, tangents, has_aux=False):
         if tuple(np.shape(t)) != tuple(np.shape(p)):
             raise ArgumentError(with_location(
                 f"jvp: a tangent of shape {np.shape(t)} for a primal of shape {np.shape(p)}"))
-        pd = p.dtype
+        pd = _leaf_dtype(p)
         if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
             t = t.astype(pd) if not isinstance(t, Tracer) else t
         tdyn.append(t)

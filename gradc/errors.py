@@ -22,8 +22,19 @@ class UnsupportedError(GradcError, NotImplementedError):
     """A NumPy function, ufunc, method or argument that gradc cannot trace."""
 
 
-class ConcretizationError(GradcError, TypeError):
-    """A traced value was turned into a Python number (``float()``, ``int()``, ``math.*``)."""
+class ConcretizationError(GradcError):
+    """A traced value was turned into a Python number (``float()``, ``int()``, ``math.*``)
+    or stored into a NumPy array.
+
+    Deliberately not a ``TypeError``: NumPy catches ``TypeError`` from ``__float__`` while
+    converting (``z[0] = traced``) and retries in ways that end in an unrelated
+    ``ValueError``, which would hide this message.
+    """
+
+
+class UnsupportedAttributeError(UnsupportedError, AttributeError):
+    """An ``ndarray`` attribute or method that traced arrays do not provide.  Also an
+    ``AttributeError``, so ``hasattr`` and ``getattr(x, name, default)`` keep working."""
 
 
 class ArgumentError(GradcError, TypeError):
@@ -66,6 +77,15 @@ def user_frame():
         if not _in_gradc(filename) and "numpy" + os.sep not in filename:
             return frame
         frame = frame.f_back
+    return None
+
+
+def user_instruction(frame) -> str | None:
+    """The name of the bytecode instruction ``frame`` is executing (e.g. ``STORE_SUBSCR``)."""
+    import dis
+    for ins in dis.get_instructions(frame.f_code):
+        if ins.offset == frame.f_lasti:
+            return ins.opname
     return None
 
 

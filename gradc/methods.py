@@ -95,3 +95,8 @@ Tracer.transpose = _transpose
 Tracer.astype = _astype
 Tracer.copy = lambda self, order="C": npf.copy(self)
 Tracer.flatten = lambda self, order="C": npf.copy(npf.ravel(self, order))
+Tracer.real = property(lambda self: npa.UFUNCS[np.conjugate](self))
+Tracer.imag = property(lambda self: np.zeros(self.shape, self.dtype))
+Tracer.conj = Tracer.conjugate = lambda self: npa.UFUNCS[np.conjugate](self)
+Tracer.nbytes = property(lambda self: self.size * self.dtype.itemsize)
+Tracer.itemsize = property(lambda self: self.dtype.itemsize)

@@ -13,6 +13,7 @@ supported entry point; anything else raises ``UnsupportedError`` naming it.
 from __future__ import annotations
 
 import builtins
+import inspect
 
 import numpy as np
 
@@ -83,6 +84,12 @@ def dispatch_function(func, args, kwargs):
         raise UnsupportedError(with_location(
             f"{_numpy_name(func)} is not supported by gradc; see docs/adding_a_primitive.md, "
             "or wrap its inputs in gradc.stop_gradient if no derivative is needed"))
+    try:
+        inspect.signature(impl).bind(*args, **kwargs)
+    except TypeError as e:
+        raise UnsupportedError(with_location(
+            f"{_numpy_name(func)}: {e} (this argument is not supported on traced arrays)"
+        )) from None
     return impl(*args, **kwargs)
 
 
@@ -206,6 +213,20 @@ UFUNCS.update({np.bitwise_and: _bitwise(ops.logical_and, "bitwise_and"),
                np.bitwise_or: _bitwise(ops.logical_or, "bitwise_or"),
                np.bitwise_xor: _bitwise(ops.logical_xor, "bitwise_xor"),
                np.invert: _bitwise(ops.logical_not, "invert")})
+
+
+@implements(np.isinf)
+def isinf(x):
+    (x,) = promote(x)
+    return ops.logical_not(ops.logical_or(ops.isfinite(x), ops.isnan(x)))
+
+
+@implements(np.conjugate)
+def conjugate(x):
+    (x,) = promote(x)
+    if np.issubdtype(dtype_of(x), np.complexfloating):
+        raise UnsupportedError(with_location("complex arrays are not supported by gradc"))
+    return x
 
 
 @implements(np.floor_divide)

@@ -45,6 +45,15 @@ def _no_out(out, name):
 
 # ---------------------------------------------------------------- reductions
 
+def _masked(x, where, fill):
+    """``x`` with the entries outside ``where`` replaced by ``fill`` (for ``where=``)."""
+    if where is None or where is True:
+        return x
+    x, where = operand(x), astype(operand(where), bool)
+    where = broadcast(where, np.zeros(shape_of(x), bool))[0]
+    return ops.select(where, x, np.asarray(fill, dtype_of(x)))
+
+
 @implements(np.sum)
 def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
     _no_out(out, "sum")
@@ -53,6 +62,7 @@ def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=
         x = astype(x, dtype)
     elif dtype_of(x) == np.dtype(bool):
         x = astype(x, np.int64)
+    x = _masked(x, where, 0)
     axes = _axes(axis, _ndim(x))
     y = ops.reduce_sum(x, axes)
     if initial is not None:
@@ -61,10 +71,14 @@ def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=
 
 
 @implements(np.mean)
-def mean(x, axis=None, dtype=None, out=None, keepdims=False):
+def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     _no_out(out, "mean")
     (x,) = promote(x, float_result=True)
     axes = _axes(axis, _ndim(x))
+    if where is not None and where is not True:
+        count = sum(astype(broadcast(operand(where), np.zeros(shape_of(x), bool))[0],
+                           dtype_of(x)), axes, keepdims=keepdims)
+        return ops.div(sum(x, axes, dtype=dtype, keepdims=keepdims, where=where), count)
     count = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
     return ops.div(sum(x, axes, dtype=dtype, keepdims=keepdims), float(count))
 
@@ -89,6 +103,11 @@ def _extremum(op, name):
     def reduce(x, axis=None, out=None, keepdims=False, initial=None, where=None):
         _no_out(out, name)
         x = operand(x)
+        if where is not None and where is not True:
+            if initial is None:
+                raise UnsupportedError(with_location(
+                    f"np.{name}(..., where=...) needs initial=... (as in NumPy)"))
+            x = _masked(x, where, initial)
         axes = _axes(axis, _ndim(x))
         y = op(x, axes)
         if initial is not None:
@@ -108,6 +127,7 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
     x = operand(x)
     if dtype is not None:
         x = astype(x, dtype)
+    x = _masked(x, where, 1)
     axes = _axes(axis, _ndim(x))
     y = ops.reduce_prod(x, axes)
     if initial is not None:
@@ -117,14 +137,16 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
 
 @implements(np.any)
 def any(x, axis=None, out=None, keepdims=False, where=None):
-    x = astype(operand(x), bool)
+    _no_out(out, "any")
+    x = _masked(astype(operand(x), bool), where, False)
     axes = _axes(axis, _ndim(x))
     return _keep(ops.reduce_max(x, axes), shape_of(x), axes, keepdims)
 
 
 @implements(np.all)
 def all(x, axis=None, out=None, keepdims=False, where=None):
-    x = astype(operand(x), bool)
+    _no_out(out, "all")
+    x = _masked(astype(operand(x), bool), where, True)
     axes = _axes(axis, _ndim(x))
     return _keep(ops.reduce_min(x, axes), shape_of(x), axes, keepdims)
 
@@ -154,6 +176,8 @@ def cumsum(x, axis=None, dtype=None, out=None):
 
 @implements(np.average)
 def average(x, axis=None, weights=None, returned=False, keepdims=False):
+    if returned:
+        raise UnsupportedError(with_location("np.average(..., returned=True) on traced arrays"))
     if weights is None:
         return mean(x, axis, keepdims=keepdims)
     x, w = promote(x, weights, float_result=True)
@@ -422,6 +446,9 @@ def repeat(x, repeats, axis=None):
 
 @implements(np.take)
 def take(x, indices, axis=None, out=None, mode=None):
+    _no_out(out, "take")
+    if mode not in (None, "raise"):
+        raise UnsupportedError(with_location(f"np.take(..., mode={mode!r}) on traced arrays"))
     x = operand(x)
     if axis is None:
         x, axis = ravel(x), 0
@@ -525,16 +552,17 @@ def matmul(a, b):
     a, b = promote(a, b)
     if _ndim(a) == 0 or _ndim(b) == 0:
         raise ShapeError(with_location("matmul: operands must not be scalars (use *)"))
+    sa, sb = shape_of(a), shape_of(b)
+    inner_a, inner_b = sa[-1], (sb[0] if len(sb) == 1 else sb[-2])
+    if inner_a != inner_b:
+        raise ShapeError(with_location(
+            f"matmul: shapes {sa} and {sb} do not align ({inner_a} != {inner_b})"))
     if _ndim(a) == 1 and _ndim(b) == 1:
         return einsum("i,i->", a, b)
     if _ndim(a) == 1:
         return einsum("j,...jk->...k", a, b)
     if _ndim(b) == 1:
         return einsum("...ij,j->...i", a, b)
-    sa, sb = shape_of(a), shape_of(b)
-    if sa[-1] != sb[-2]:
-        raise ShapeError(with_location(
-            f"matmul: shapes {sa} and {sb} do not align ({sa[-1]} != {sb[-2]})"))
     batch = np.broadcast_shapes(sa[:-2], sb[:-2])
     if sa[:-2] != batch:
         a = ops.broadcast_to(a, batch + sa[-2:])

@@ -18,12 +18,18 @@ time); otherwise it records an equation in the innermost trace.
 from __future__ import annotations
 
 import itertools
+import linecache
+import re
 
 import numpy as np
 
 from . import errors
 from .errors import ConcretizationError, GradcError, TracerLeakError, with_location
 from .ir import Graph, Lit, Primitive, Var, make_eqn, type_str
+
+_MATH_TO_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
+                  "acosh": "arccosh", "atanh": "arctanh", "atan2": "arctan2", "pow": "power",
+                  "fabs": "abs", "radians": "deg2rad", "degrees": "rad2deg"}
 
 _TRACES: list["Trace"] = []   # the stack of active traces, innermost last
 _trace_ids = itertools.count()
@@ -135,6 +141,26 @@ class Tracer:
 
     # -- concretisation is an error, not a silent constant
     def _concretize(self, what: str, spelling: str):
+        frame = errors.user_frame()
+        line = ""
+        if frame is not None:
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+            if errors.user_instruction(frame) == "STORE_SUBSCR":
+                raise ConcretizationError(with_location(
+                    "storing a traced value into a NumPy array (an array made by np.zeros, "
+                    "np.empty, ... is a constant, not a traced array) would cut its "
+                    "derivative. Collect the values in a list and combine them with "
+                    "np.stack/np.concatenate, or start from a traced array (e.g. z = x.copy()) "
+                    "whose items can be assigned"))
+        math_call = re.search(r"\bmath\.(\w+)\s*\(", line)
+        if math_call and what.startswith("float()"):
+            name = math_call.group(1)
+            np_name = _MATH_TO_NUMPY.get(name, name)
+            suggestion = f"np.{np_name}" if hasattr(np, np_name) else "the NumPy function"
+            raise ConcretizationError(with_location(
+                f"math.{name} on a traced value converts it to a Python float, which would "
+                f"cut its derivative. Use {suggestion} instead, or gradc.stop_gradient(x) if "
+                "the value is meant to be a constant"))
         raise ConcretizationError(with_location(
             f"{what} on a traced value would cut its derivative. Use {spelling} instead, "
             f"or gradc.stop_gradient(x) if the value is meant to be a constant"))
@@ -176,6 +202,15 @@ class Tracer:
 
     def __hash__(self):
         raise TypeError("traced arrays are unhashable")
+
+    def __getattr__(self, name):
+        # only called for attributes Tracer lacks: name the ndarray ones plainly
+        if not name.startswith("__") and hasattr(np.ndarray, name):
+            raise errors.UnsupportedAttributeError(with_location(
+                f"x.{name} is not supported on traced arrays (gradc traces pure, "
+                "differentiable NumPy code); use an equivalent NumPy function or "
+                "gradc.stop_gradient"))
+        raise AttributeError(f"'Tracer' object has no attribute {name!r}")
 
 
 # operators, methods, indexing and in-place updates are installed by numpy_api
@@ -236,6 +271,14 @@ def trace_graph(fn, avals, values=None):
     values = values if values is not None else [None] * len(avals)
     with Trace() as trace:
         ins = [trace.new_input(s, d, v) for (s, d), v in zip(avals, values)]
-        outs = fn(*ins)
+        try:
+            outs = fn(*ins)
+        except Exception as e:
+            # NumPy re-raises errors from a Tracer's __float__ as its own ValueError
+            # ("setting an array element with a sequence"); surface gradc's message
+            cause = e.__cause__
+            if not isinstance(e, GradcError) and isinstance(cause, GradcError):
+                raise cause.with_traceback(cause.__traceback__) from None
+            raise
     graph, captured = trace.to_graph(outs)
     return graph, outs, captured

@@ -1,0 +1,325 @@
+"""The public API: grad, value_and_grad, jvp, vjp, stop_gradient, make_graph, pytrees,
+higher order, nesting with closures, and caching."""
+import numpy as np
+import pytest
+
+import gradc
+
+RNG = np.random.default_rng(1)
+
+
+def fd_grad(f, x, eps=1e-6):
+    """Central finite differences of a scalar function of one array."""
+    x = np.asarray(x, dtype=float)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
+
+
+def rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+# ---------------------------------------------------------------- grad
+
+def test_grad_of_rosenbrock_matches_analytic():
+    x = np.array([0.5, -1.0, 2.0])
+    g = gradc.grad(rosen)(x)
+    expected = np.zeros(3)
+    expected[:-1] += -400.0 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2.0 * (1.0 - x[:-1])
+    expected[1:] += 200.0 * (x[1:] - x[:-1] ** 2)
+    np.testing.assert_allclose(g, expected, rtol=1e-12)
+    assert isinstance(g, np.ndarray) and g.shape == (3,)
+
+
+def test_grad_as_decorator_and_with_arguments():
+    @gradc.grad
+    def energy(a, b):
+        return np.sin(a * b) + a ** 2
+
+    assert energy(0.3, 0.5) == pytest.approx(0.5 * np.cos(0.15) + 0.6, rel=1e-12)
+
+    @gradc.grad(argnums=1)
+    def energy_b(a, b):
+        return np.sin(a * b) + a ** 2
+
+    assert energy_b(0.3, 0.5) == pytest.approx(0.3 * np.cos(0.15), rel=1e-12)
+
+
+def test_argnums_int_and_tuple():
+    def f(x, y, z):
+        return np.sum(x * y ** 2) + np.sum(z) * x[0]
+
+    x, y, z = RNG.normal(size=3), RNG.normal(size=3), RNG.normal(size=2)
+    gy = gradc.grad(f, argnums=1)(x, y, z)
+    np.testing.assert_allclose(gy, 2 * x * y)
+    gx, gz = gradc.grad(f, argnums=(0, 2))(x, y, z)
+    np.testing.assert_allclose(gx, y ** 2 + np.array([np.sum(z), 0, 0]))
+    np.testing.assert_allclose(gz, np.full(2, x[0]))
+    (g1,) = gradc.grad(f, argnums=(1,))(x, y, z)
+    np.testing.assert_allclose(g1, gy)
+
+
+def test_has_aux():
+    def loss(w, x):
+        pred = x @ w
+        return np.sum(pred ** 2), {"pred": pred, "n": 3}
+
+    w, x = RNG.normal(size=2), RNG.normal(size=(3, 2))
+    g, aux = gradc.grad(loss, has_aux=True)(w, x)
+    np.testing.assert_allclose(g, 2 * x.T @ (x @ w))
+    np.testing.assert_allclose(aux["pred"], x @ w)
+    assert aux["n"] == 3
+    (value, aux2), g2 = gradc.value_and_grad(loss, has_aux=True)(w, x)
+    assert value == pytest.approx(np.sum((x @ w) ** 2))
+    np.testing.assert_allclose(g2, g)
+    np.testing.assert_allclose(aux2["pred"], x @ w)
+
+
+def test_value_and_grad():
+    x = RNG.normal(size=4)
+    v, g = gradc.value_and_grad(rosen)(x)
+    assert v == pytest.approx(rosen(x), rel=1e-14)
+    np.testing.assert_allclose(g, fd_grad(rosen, x), rtol=1e-6, atol=1e-6)
+    v, g = gradc.value_and_grad(lambda a: a ** 3)(2.0)
+    assert type(v) in (float, np.float64) and v == 8.0
+    assert type(g) is float and g == 12.0
+
+
+def test_pytree_arguments():
+    params = {"w": RNG.normal(size=(3, 2)), "b": [RNG.normal(size=2), 0.5],
+              "meta": (RNG.normal(size=3), 4)}
+
+    def f(p):
+        h = np.tanh(p["meta"][0] @ p["w"] + p["b"][0]) * p["b"][1]
+        return np.sum(h ** 2) * p["meta"][1]
+
+    g = gradc.grad(f)(params)
+    assert set(g) == {"w", "b", "meta"}
+    assert isinstance(g["b"], list) and isinstance(g["meta"], tuple)
+    assert g["meta"][1] is None                     # an int leaf is static: no gradient
+    assert type(g["b"][1]) is float
+
+    def along(path, x):
+        p = {"w": params["w"], "b": list(params["b"]), "meta": params["meta"]}
+        if path == "w":
+            p["w"] = x
+        elif path == "b0":
+            p["b"][0] = x
+        elif path == "b1":
+            p["b"][1] = float(x)
+        else:
+            p["meta"] = (x, 4)
+        return f(p)
+
+    np.testing.assert_allclose(g["w"], fd_grad(lambda x: along("w", x), params["w"]), rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(g["b"][0], fd_grad(lambda x: along("b0", x), params["b"][0]),
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(g["b"][1], fd_grad(lambda x: along("b1", x), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(g["meta"][0],
+                               fd_grad(lambda x: along("meta", x), params["meta"][0]), rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_pytree_outputs_with_jvp_and_vjp():
+    def f(x, y):
+        return {"s": np.sin(x) * y, "pair": (x ** 2, [np.sum(y)])}
+
+    x, y = RNG.normal(size=3), RNG.normal(size=3)
+    tx, ty = RNG.normal(size=3), RNG.normal(size=3)
+    out, tout = gradc.jvp(f, (x, y), (tx, ty))
+    np.testing.assert_allclose(out["s"], np.sin(x) * y)
+    np.testing.assert_allclose(tout["s"], np.cos(x) * tx * y + np.sin(x) * ty)
+    np.testing.assert_allclose(tout["pair"][0], 2 * x * tx)
+    np.testing.assert_allclose(tout["pair"][1][0], np.sum(ty))
+
+    out, vjp_fn = gradc.vjp(f, x, y)
+    ct = {"s": RNG.normal(size=3), "pair": (RNG.normal(size=3), [1.5])}
+    cx, cy = vjp_fn(ct)
+    np.testing.assert_allclose(cx, ct["s"] * np.cos(x) * y + ct["pair"][0] * 2 * x)
+    np.testing.assert_allclose(cy, ct["s"] * np.sin(x) + 1.5)
+    # <ct, J t> == <J^T ct, t>
+    lhs = np.sum(ct["s"] * tout["s"]) + np.sum(ct["pair"][0] * tout["pair"][0]) + \
+        1.5 * tout["pair"][1][0]
+    assert lhs == pytest.approx(np.sum(cx * tx) + np.sum(cy * ty), rel=1e-12)
+
+
+def test_vjp_rejects_cotangent_of_wrong_structure():
+    _, vjp_fn = gradc.vjp(lambda x: (x, x * 2), np.ones(2))
+    with pytest.raises(gradc.ArgumentError, match="structure"):
+        vjp_fn(np.ones(2))
+    with pytest.raises(gradc.ArgumentError, match="shape"):
+        vjp_fn((np.ones(2), np.ones(3)))
+
+
+def test_jvp_with_python_floats_and_static_ints():
+    def f(a, n, x):
+        return a ** n * np.sum(x)
+
+    out, t = gradc.jvp(f, (2.0, 3, np.ones(2)), (1.0, 0, np.array([0.5, 0.5])))
+    assert out == pytest.approx(16.0)
+    assert t == pytest.approx(3 * 4.0 * 2.0 + 8.0 * 1.0)
+
+
+def test_stop_gradient():
+    def f(x):
+        return np.sum(x * gradc.stop_gradient(x ** 2))
+
+    x = RNG.normal(size=3)
+    np.testing.assert_allclose(gradc.grad(f)(x), x ** 2)
+    tree = gradc.stop_gradient({"a": 1.0, "b": (np.ones(2),)})
+    assert tree["a"] == 1.0 and np.array_equal(tree["b"][0], np.ones(2))
+    _, t = gradc.jvp(lambda x: gradc.stop_gradient(x) * x, (2.0,), (1.0,))
+    assert t == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- higher order, nesting
+
+def test_third_derivative_of_scalar_function():
+    def f(x):
+        return np.sin(x) * x ** 3
+
+    d1 = gradc.grad(f)
+    d2 = gradc.grad(d1)
+    d3 = gradc.grad(d2)
+    x = 0.7
+    s, c = np.sin(x), np.cos(x)
+    assert d1(x) == pytest.approx(c * x ** 3 + 3 * x ** 2 * s, rel=1e-12)
+    assert d2(x) == pytest.approx(-s * x ** 3 + 6 * x ** 2 * c + 6 * x * s, rel=1e-12)
+    assert d3(x) == pytest.approx(-c * x ** 3 - 9 * x ** 2 * s + 18 * x * c + 6 * s, rel=1e-12)
+
+
+def test_hessian_vector_product_by_jvp_of_grad():
+    def f(x):
+        return np.sum(np.exp(x[:-1]) * x[1:] ** 2)
+
+    x, v = RNG.normal(size=4), RNG.normal(size=4)
+    _, hv = gradc.jvp(gradc.grad(f), (x,), (v,))
+    eps = 1e-5
+    numeric = (gradc.grad(f)(x + eps * v) - gradc.grad(f)(x - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hv, numeric, rtol=1e-6, atol=1e-8)
+    _, vjp_fn = gradc.vjp(gradc.grad(f), x)
+    np.testing.assert_allclose(vjp_fn(v)[0], hv, rtol=1e-10)      # the Hessian is symmetric
+
+
+def test_no_perturbation_confusion():
+    # d/dx [x * d/dy (x + y)] = d/dx [x * 1] = 1, at any y
+    def outer(x):
+        inner = gradc.grad(lambda y: x + y)
+        return x * inner(3.0)
+
+    assert gradc.grad(outer)(2.0) == pytest.approx(1.0)
+    _, t = gradc.jvp(outer, (2.0,), (1.0,))
+    assert t == pytest.approx(1.0)
+
+    # a closure whose inner derivative does depend on x: d/dx [x * d/dy (x*y)] = 2x
+    def outer2(x):
+        return x * gradc.grad(lambda y: x * y)(3.0)
+
+    assert gradc.grad(outer2)(2.5) == pytest.approx(5.0)
+
+
+def test_grad_inside_grad_with_array_closure():
+    a = RNG.normal(size=3)
+
+    def outer(w):
+        def inner(v):
+            return np.sum(np.sin(w * v) * a)
+        g = gradc.grad(inner)(np.ones(3))                 # a * w * cos(w)
+        return np.sum(g ** 2)
+
+    w = RNG.normal(size=3)
+    expected = fd_grad(lambda w: np.sum((a * w * np.cos(w)) ** 2), w)
+    np.testing.assert_allclose(gradc.grad(outer)(w), expected, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------- graphs
+
+def test_make_graph_prints_one_equation_per_line():
+    x = np.array([0.5, -1.0, 2.0])
+    graph = gradc.make_graph(rosen)(x)
+    assert isinstance(graph, gradc.Graph)
+    text = str(graph)
+    lines = text.splitlines()
+    eqn_lines = [line for line in lines if " = " in line]
+    assert len(eqn_lines) == len(graph.eqns) > 0
+    for line, eqn in zip(eqn_lines, graph.eqns):
+        assert eqn.prim.name in line
+    assert "f64[3]" in lines[0]
+    assert "reduce_sum" in text and "f64[]" in text
+    graph.verify()
+    assert gradc.eval_graph(graph, [x])[0] == pytest.approx(rosen(x))
+
+
+def test_to_networkx():
+    import networkx as nx
+
+    graph = gradc.make_graph(lambda x, y: np.sum(np.sin(x) * y))(np.ones(2), np.ones(2))
+    g = graph.to_networkx()
+    assert isinstance(g, nx.DiGraph)
+    assert nx.is_directed_acyclic_graph(g)
+    prims = [d.get("prim") for _, d in g.nodes(data=True) if d.get("kind") == "eqn"]
+    assert sorted(prims) == sorted(e.prim.name for e in graph.eqns)
+    inputs = [n for n, d in g.nodes(data=True) if d.get("kind") == "input"]
+    assert len(inputs) == 2
+    assert all(nx.has_path(g, i, ("eqn", len(graph.eqns) - 1)) for i in inputs)
+
+
+def test_make_graph_static_ints_are_constants():
+    graph = gradc.make_graph(lambda x, n: x * n)(np.ones(2), 3)
+    assert len(graph.inputs) == 1
+    assert "3" in str(graph)
+
+
+# ---------------------------------------------------------------- caching
+
+def test_grad_does_not_retrace_for_same_signature():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return np.sum(np.sin(x) ** 2)
+
+    df = gradc.grad(f)
+    x = RNG.normal(size=5)
+    g1 = df(x)
+    n = len(calls)
+    g2 = df(x + 1.0)
+    g3 = df(x - 1.0)
+    assert len(calls) == n                         # cached: the Python function is not called
+    np.testing.assert_allclose(g2, np.sin(2 * (x + 1.0)))
+    np.testing.assert_allclose(g3, np.sin(2 * (x - 1.0)))
+    np.testing.assert_allclose(g1, np.sin(2 * x))
+    df(np.ones(3))                                 # another shape: a new trace
+    assert len(calls) == n + 1
+    df(np.ones(3, np.float32))                     # another dtype: a new trace
+    assert len(calls) == n + 2
+    df(np.ones(3) * 2)
+    assert len(calls) == n + 2
+
+
+def test_static_int_argument_is_part_of_the_cache_key():
+    calls = []
+
+    def f(x, n):
+        calls.append(n)
+        return np.sum(x ** n)
+
+    df = gradc.grad(f)
+    x = np.array([1.5, 2.0])
+    np.testing.assert_allclose(df(x, 2), 2 * x)
+    np.testing.assert_allclose(df(x, 3), 3 * x ** 2)
+    np.testing.assert_allclose(df(x * 2, 2), 4 * x)
+    assert calls == [2, 3]
+
+
+def test_python_float_and_array_do_not_share_cache_entry_wrongly():
+    df = gradc.grad(lambda a: a ** 2)
+    assert type(df(3.0)) is float
+    g = df(np.float64(3.0))
+    assert g == 6.0 and not isinstance(g, float) or type(g) is np.float64
+    assert np.asarray(df(np.array(3.0))).shape == ()

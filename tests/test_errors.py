@@ -1,0 +1,293 @@
+"""Every error a user can provoke is a GradcError whose message names the problem and the
+user's source line (file and text), and says what to do instead."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+import gradc
+
+X = np.array([0.5, -1.0, 2.0])
+
+
+def expect(error, fragments, line, call):
+    """``call()`` raises ``error``; the message holds every fragment and the source line."""
+    with pytest.raises(error) as info:
+        call()
+    err = info.value
+    assert isinstance(err, gradc.GradcError)
+    message = str(err)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    assert os.path.basename(__file__) in message, message
+    assert line in message, f"source line {line!r} not in:\n{message}"
+    return message
+
+
+# ---------------------------------------------------------------- unsupported NumPy
+
+def test_unsupported_function_is_named():
+    def f(x):
+        return np.sum(np.fft.fft(x).real)
+
+    expect(gradc.UnsupportedError, ["np.fft.fft", "not supported"],
+           "return np.sum(np.fft.fft(x).real)", lambda: gradc.grad(f)(X))
+
+
+def test_sort_is_unsupported():
+    def f(x):
+        return np.sum(np.sort(x) * X)
+
+    expect(gradc.UnsupportedError, ["np.sort"], "return np.sum(np.sort(x) * X)",
+           lambda: gradc.grad(f)(X))
+
+
+def test_unsupported_ufunc_is_named():
+    def f(x):
+        return np.sum(np.copysign(x, 1.0) ** 2) + np.sum(np.spacing(x))
+
+    expect(gradc.UnsupportedError, ["np.spacing"], "np.sum(np.spacing(x))",
+           lambda: gradc.grad(f)(X))
+
+
+def test_unsupported_ufunc_method_and_out_argument():
+    def f(x):
+        return np.multiply.outer(x, x).sum()
+
+    expect(gradc.UnsupportedError, ["np.multiply.outer"], "np.multiply.outer(x, x)",
+           lambda: gradc.grad(f)(X))
+
+    def g(x):
+        out = np.empty(3)
+        np.sin(x, out=out)
+        return np.sum(out)
+
+    expect(gradc.UnsupportedError, ["np.sin", "out="], "np.sin(x, out=out)",
+           lambda: gradc.grad(g)(X))
+
+
+def test_unsupported_keyword_argument_is_named():
+    def f(x):
+        return np.sum(np.concatenate([x, x], casting="unsafe"))
+
+    expect(gradc.UnsupportedError, ["np.concatenate", "casting"],
+           'np.concatenate([x, x], casting="unsafe")', lambda: gradc.grad(f)(X))
+
+
+def test_unsupported_ndarray_attribute_is_named():
+    def f(x):
+        return np.sum(x.nonzero()[0])
+
+    expect(gradc.UnsupportedError, ["nonzero"], "x.nonzero()", lambda: gradc.grad(f)(X))
+
+
+# ---------------------------------------------------------------- concretisation
+
+def test_float_of_traced_value():
+    def f(x):
+        scale = float(x[0])
+        return np.sum(x) * scale
+
+    expect(gradc.ConcretizationError, ["float()", "cut", "gradc.stop_gradient"],
+           "scale = float(x[0])", lambda: gradc.grad(f)(X))
+
+
+def test_int_of_traced_value():
+    def f(x):
+        n = int(x[0])
+        return np.sum(x) * n
+
+    expect(gradc.ConcretizationError, ["int()", "gradc.stop_gradient"], "n = int(x[0])",
+           lambda: gradc.grad(f)(X))
+
+
+def test_math_function_on_traced_value_suggests_numpy():
+    def f(x):
+        return math.sin(x) * 2.0
+
+    expect(gradc.ConcretizationError, ["math.sin", "np.sin", "gradc.stop_gradient"],
+           "return math.sin(x) * 2.0", lambda: gradc.grad(f)(0.3))
+
+
+def test_storing_traced_value_into_numpy_array():
+    def f(x):
+        z = np.zeros(3)
+        z[0] = x[1]
+        return np.sum(z)
+
+    expect(gradc.ConcretizationError, ["NumPy array", "np.stack"], "z[0] = x[1]",
+           lambda: gradc.grad(f)(X))
+
+
+def test_np_array_of_traced_values():
+    def f(x):
+        return np.sum(np.array([x[0], x[1]]))
+
+    expect(gradc.ConcretizationError, ["np.stack"], "np.array([x[0], x[1]])",
+           lambda: gradc.grad(f)(X))
+
+
+def test_stop_gradient_is_the_way_out():
+    def f(x):
+        return np.sum(x) * float(gradc.stop_gradient(x[0]).val)
+
+    # the escape hatch the messages recommend: no error, a derivative without the scale
+    def g(x):
+        return np.sum(x) * gradc.stop_gradient(x[0])
+
+    np.testing.assert_allclose(gradc.grad(g)(X), np.full(3, X[0]))
+    del f
+
+
+# ---------------------------------------------------------------- arguments
+
+def test_grad_with_respect_to_int():
+    def f(x, n):
+        return np.sum(x ** n)
+
+    expect(gradc.ArgumentError, ["argument 1", "int", "float"],
+           "gradc.grad(f, argnums=1)(X, 2)", lambda: gradc.grad(f, argnums=1)(X, 2))
+
+
+def test_grad_with_respect_to_bool_and_int_array():
+    def f(flag, x):
+        return np.sum(x) if flag else np.sum(x ** 2)
+
+    expect(gradc.ArgumentError, ["bool", "argument 0"], "gradc.grad(f)(True, X)",
+           lambda: gradc.grad(f)(True, X))
+    expect(gradc.ArgumentError, ["i64[3]"], "gradc.grad(np.sum)(np.arange(3))",
+           lambda: gradc.grad(np.sum)(np.arange(3)))
+
+
+def test_argnums_out_of_range():
+    expect(gradc.ArgumentError, ["argnums=2"], "gradc.grad(np.dot, argnums=2)(X, X)",
+           lambda: gradc.grad(np.dot, argnums=2)(X, X))
+
+
+def test_non_scalar_output():
+    def f(x):
+        return np.sin(x)
+
+    message = expect(gradc.NonScalarOutputError, ["scalar", "f64[3]", "vjp"],
+                     "gradc.grad(f)(X)", lambda: gradc.grad(f)(X))
+    assert "test_errors.py" in message and "f" in message
+
+
+def test_integer_output_to_grad():
+    def f(x):
+        return np.argmax(x)
+
+    expect(gradc.NonScalarOutputError, ["floating-point"], "gradc.grad(f)(X)",
+           lambda: gradc.grad(f)(X))
+
+
+def test_has_aux_without_pair():
+    def f(x):
+        return np.sum(x)
+
+    expect(gradc.ArgumentError, ["has_aux", "pair"], "gradc.grad(f, has_aux=True)(X)",
+           lambda: gradc.grad(f, has_aux=True)(X))
+
+
+def test_returning_a_non_array():
+    def f(x):
+        return "loss"
+
+    expect(gradc.ArgumentError, ["returned a str"], "gradc.grad(f)(X)",
+           lambda: gradc.grad(f)(X))
+
+
+# ---------------------------------------------------------------- shapes
+
+def test_broadcast_failure():
+    def f(x):
+        return np.sum(x + np.ones(4))
+
+    expect(gradc.ShapeError, ["broadcast", "(3,)", "(4,)"], "return np.sum(x + np.ones(4))",
+           lambda: gradc.grad(f)(X))
+
+
+def test_matmul_mismatch():
+    def f(x):
+        return np.sum(np.ones((2, 4)) @ x)
+
+    expect(gradc.ShapeError, ["matmul", "(2, 4)", "(3,)"], "np.ones((2, 4)) @ x",
+           lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return np.sum(np.dot(x.reshape(3, 1), np.ones((2, 2))))
+
+    expect(gradc.ShapeError, ["(3, 1)", "(2, 2)"], "np.dot(x.reshape(3, 1), np.ones((2, 2)))",
+           lambda: gradc.grad(g)(X))
+
+
+def test_reshape_mismatch():
+    def f(x):
+        return np.sum(x.reshape(2, 2))
+
+    expect(gradc.ShapeError, ["reshape", "(3,)", "(2, 2)"], "x.reshape(2, 2)",
+           lambda: gradc.grad(f)(X))
+
+
+def test_concatenate_and_stack_mismatch():
+    def f(x):
+        return np.sum(np.stack([x, x[:2]]))
+
+    expect(gradc.ShapeError, ["same shape"], "np.stack([x, x[:2]])", lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return np.sum(np.concatenate([x[None], np.ones((1, 2))]))
+
+    expect(gradc.ShapeError, ["concatenate"], "np.concatenate([x[None], np.ones((1, 2))])",
+           lambda: gradc.grad(g)(X))
+
+
+def test_index_out_of_bounds_and_too_many_indices():
+    def f(x):
+        return x[5]
+
+    expect(gradc.ShapeError, ["index 5", "size 3"], "return x[5]", lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return x[0, 1]
+
+    expect(gradc.ShapeError, ["too many indices"], "return x[0, 1]", lambda: gradc.grad(g)(X))
+
+
+def test_solve_shape_mismatch():
+    def f(x):
+        return np.sum(np.linalg.solve(np.eye(2), x))
+
+    expect(gradc.ShapeError, ["solve"], "np.linalg.solve(np.eye(2), x)",
+           lambda: gradc.grad(f)(X))
+
+
+def test_jvp_tangent_mismatch():
+    expect(gradc.ArgumentError, ["tangent"], "gradc.jvp(np.sin, (X,), (np.ones(2),))",
+           lambda: gradc.jvp(np.sin, (X,), (np.ones(2),)))
+
+
+def test_ambiguous_truth_value():
+    def f(x):
+        if x > 0:
+            return np.sum(x)
+        return 0.0
+
+    expect(gradc.GradcError, ["ambiguous", "np.any"], "if x > 0:", lambda: gradc.grad(f)(X))
+
+
+def test_leaked_tracer():
+    leaked = []
+
+    def f(x):
+        leaked.append(x)
+        return np.sum(x)
+
+    gradc.grad(f)(X)
+
+    def g(y):
+        return np.sum(y * leaked[0])
+
+    expect(gradc.TracerLeakError, ["escaped"], "return np.sum(y * leaked[0])",
+           lambda: gradc.grad(g)(X))

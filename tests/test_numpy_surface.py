@@ -1,0 +1,538 @@
+"""The NumPy surface: every ufunc and function gradc registers, traced and differentiated.
+
+For each case we check that
+
+* the traced Graph, evaluated by the reference interpreter, gives NumPy's values
+  (shapes and dtypes included);
+* reverse mode (``gradc.vjp``) and forward mode (``gradc.jvp``) agree with central
+  finite differences along random directions.
+
+``test_tables_are_covered`` fails when a new entry is added to ``numpy_api.UFUNCS`` or
+``numpy_api.FUNCTIONS`` without a case here.
+"""
+import numpy as np
+import pytest
+
+import gradc
+from gradc import numpy_api
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape, low=-1.0, high=1.0):
+    return RNG.uniform(low, high, size=shape)
+
+
+def pos(*shape):
+    return rand(*shape, low=0.5, high=2.0)
+
+
+# ---------------------------------------------------------------- checkers
+
+def _leaves(x):
+    return gradc.pytree.flatten(x)[0]
+
+
+def _is_float_array(x):
+    return np.issubdtype(np.asarray(x).dtype, np.floating)
+
+
+def check_values(f, *args):
+    """The traced graph, run by the interpreter, reproduces NumPy's results."""
+    expected = _leaves(f(*args))
+    graph = gradc.make_graph(f)(*args)
+    dynamic = [np.asarray(a) for a in _leaves(list(args))
+               if not isinstance(a, (bool, int, np.integer))]
+    got = gradc.eval_graph(graph, dynamic)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        g, e = np.asarray(g), np.asarray(e)
+        assert g.shape == e.shape, (g.shape, e.shape)
+        assert g.dtype == e.dtype, (g.dtype, e.dtype)
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+def _fd_jvp(f, args, tangents, eps=1e-6):
+    plus = [a + eps * t if t is not None else a for a, t in zip(args, tangents)]
+    minus = [a - eps * t if t is not None else a for a, t in zip(args, tangents)]
+    return [(np.asarray(p, float) - np.asarray(m, float)) / (2 * eps)
+            for p, m in zip(_leaves(f(*plus)), _leaves(f(*minus)))]
+
+
+def check_grads(f, *args, rtol=1e-5, atol=1e-6):
+    """jvp and vjp against central finite differences along random directions."""
+    args = list(args)
+    wrt = [_is_float_array(a) and not isinstance(a, (bool, int)) for a in args]
+    tangents = [rand(*np.shape(a)) if w else None for a, w in zip(args, wrt)]
+    numeric = _fd_jvp(f, args, tangents)
+    float_out = [_is_float_array(o) for o in _leaves(f(*args))]
+    # forward mode
+    jvp_tangents = [t if w else np.zeros(np.shape(a)) for a, t, w in zip(args, tangents, wrt)]
+    _, tout = gradc.jvp(f, tuple(args), tuple(jvp_tangents))
+    for t, n, fl in zip(_leaves(tout), numeric, float_out):
+        if fl:
+            np.testing.assert_allclose(t, n, rtol=rtol, atol=atol)
+    # reverse mode: <u, J t> computed as <J^T u, t>
+    out, vjp_fn = gradc.vjp(f, *args)
+    outs, treedef = gradc.pytree.flatten(out)
+    cts = [rand(*np.shape(o)) if fl else np.zeros(np.shape(o), np.asarray(o).dtype)
+           for o, fl in zip(outs, float_out)]
+    in_cts = vjp_fn(gradc.pytree.unflatten(treedef, cts))
+    lhs = sum(float(np.sum(c * n)) for c, n, fl in zip(cts, numeric, float_out) if fl)
+    rhs = sum(float(np.sum(np.asarray(c) * t)) for c, t, w in zip(in_cts, tangents, wrt) if w)
+    assert np.isclose(lhs, rhs, rtol=rtol, atol=atol), (lhs, rhs)
+
+
+def check(f, *args, grads=True, **tol):
+    check_values(f, *args)
+    if grads:
+        check_grads(f, *args, **tol)
+
+
+# ---------------------------------------------------------------- ufuncs
+
+UNARY = [  # (ufunc, input maker)
+    (np.sin, rand), (np.cos, rand), (np.tan, rand),
+    (np.arcsin, lambda *s: rand(*s, low=-0.9, high=0.9)),
+    (np.arccos, lambda *s: rand(*s, low=-0.9, high=0.9)),
+    (np.arctan, rand), (np.sinh, rand), (np.cosh, rand), (np.tanh, rand),
+    (np.arcsinh, rand), (np.arccosh, lambda *s: rand(*s, low=1.2, high=3.0)),
+    (np.arctanh, lambda *s: rand(*s, low=-0.9, high=0.9)),
+    (np.exp, rand), (np.exp2, rand), (np.expm1, rand), (np.log, pos), (np.log2, pos),
+    (np.log10, pos), (np.log1p, pos), (np.sqrt, pos), (np.cbrt, pos), (np.square, rand),
+    (np.reciprocal, pos), (np.negative, rand), (np.positive, rand), (np.absolute, rand),
+    (np.fabs, rand), (np.sign, rand), (np.deg2rad, rand), (np.rad2deg, rand),
+    (np.radians, rand), (np.degrees, rand),
+    # piecewise constant: zero derivative away from the jumps
+    (np.floor, lambda *s: rand(*s, low=0.1, high=0.9)),
+    (np.ceil, lambda *s: rand(*s, low=0.1, high=0.9)),
+    (np.rint, lambda *s: rand(*s, low=0.1, high=0.4)),
+    (np.trunc, lambda *s: rand(*s, low=0.1, high=0.9)),
+]
+
+BINARY = [  # (ufunc, first input maker, second input maker)
+    (np.add, rand, rand), (np.subtract, rand, rand), (np.multiply, rand, rand),
+    (np.divide, rand, pos), (np.power, pos, rand), (np.float_power, pos, rand),
+    (np.maximum, rand, rand), (np.minimum, rand, rand), (np.fmax, rand, rand),
+    (np.fmin, rand, rand), (np.arctan2, rand, rand), (np.hypot, rand, rand),
+    (np.logaddexp, rand, rand), (np.logaddexp2, rand, rand),
+    (np.remainder, lambda *s: rand(*s, low=0.1, high=0.9), lambda *s: rand(*s, low=1, high=2)),
+    (np.floor_divide, lambda *s: rand(*s, low=0.1, high=0.9), lambda *s: rand(*s, low=1, high=2)),
+    (np.heaviside, rand, rand),
+]
+
+COMPARE = [np.less, np.less_equal, np.greater, np.greater_equal, np.equal, np.not_equal]
+LOGICAL = [np.logical_and, np.logical_or, np.logical_xor, np.bitwise_and, np.bitwise_or,
+           np.bitwise_xor]
+
+
+@pytest.mark.parametrize("ufunc,make", UNARY, ids=lambda u: getattr(u, "__name__", ""))
+def test_unary_ufunc(ufunc, make):
+    check(lambda x: ufunc(x), make(3, 4))
+    check(lambda x: ufunc(x), make())                    # 0-d
+
+
+@pytest.mark.parametrize("ufunc,make_x,make_y", BINARY, ids=lambda u: getattr(u, "__name__", ""))
+def test_binary_ufunc(ufunc, make_x, make_y):
+    check(lambda x, y: ufunc(x, y), make_x(3, 4), make_y(3, 4))
+    check(lambda x, y: ufunc(x, y), make_x(2, 1, 4), make_y(3, 1))   # broadcasting
+    check(lambda x: ufunc(x, 0.7), make_x(5))                          # Python float
+    c = make_x()
+    check(lambda y: ufunc(c, y), make_y(2, 3))                         # 0-d array first
+
+
+def test_heaviside_at_zero_takes_h0():
+    x = np.array([-1.0, 0.0, 2.0])
+    check(lambda h: np.heaviside(x, h), np.array([0.3, 0.6, 0.9]))
+
+
+@pytest.mark.parametrize("ufunc", COMPARE, ids=lambda u: u.__name__)
+def test_comparison(ufunc):
+    x = rand(3, 4)
+    y = x.copy()
+    y[0] = rand(4)
+    check(lambda x, y: ufunc(x, y), x, y, grads=False)
+    # used to select, a comparison differentiates through np.where (away from ties)
+    y = x + np.where(rand(3, 4) > 0, 0.5, -0.5)
+    check(lambda x, y: np.where(ufunc(x, y), x * y, np.sin(x)), x, y)
+
+
+@pytest.mark.parametrize("ufunc", LOGICAL, ids=lambda u: u.__name__)
+def test_logical(ufunc):
+    check(lambda x, y: ufunc(x > 0, y > 0), rand(6), rand(6), grads=False)
+
+
+def test_logical_not_invert_isnan_isfinite():
+    x = np.array([1.0, -2.0, np.inf, np.nan, 0.0])
+    check(lambda x: np.logical_not(x > 0), x, grads=False)
+    check(lambda x: ~(x > 0), x, grads=False)
+    check(lambda x: np.isnan(x), x, grads=False)
+    check(lambda x: np.isfinite(x), x, grads=False)
+
+
+def test_bitwise_on_floats_is_rejected():
+    with pytest.raises(gradc.UnsupportedError, match="bitwise_and"):
+        gradc.make_graph(lambda x: np.bitwise_and(x, x))(rand(3))
+
+
+def test_matmul_ufunc_and_operator():
+    a, b = rand(3, 4), rand(4, 2)
+    check(lambda a, b: np.matmul(a, b), a, b)
+    check(lambda a, b: a @ b, a, b)
+    check(lambda a, b: a @ b, rand(2, 3, 4), rand(4, 5))        # batched, broadcast
+    check(lambda a, b: a @ b, rand(2, 1, 3, 4), rand(5, 4, 2))  # batch dims broadcast
+    check(lambda a, b: a @ b, rand(4), rand(4, 3))              # 1-d on the left
+    check(lambda a, b: a @ b, rand(3, 4), rand(4))              # 1-d on the right
+    check(lambda a, b: a @ b, rand(4), rand(4))                 # 1-d · 1-d
+    check(lambda a, b: a @ b, rand(4), rand(2, 4, 3))           # 1-d with a batch
+    check(lambda a, b: b.T @ a, rand(4, 2), b)                  # constant on the left
+
+
+def test_operators():
+    x, y = rand(3, 4), pos(3, 4)
+    check(lambda x, y: (x + y, x - y, x * y, x / y, y ** x, x ** 2, -x, +x, abs(x)), x, y)
+    check(lambda x, y: (2.0 - x, 3.0 / y, 2.0 ** x, 1 + x, x // 1.5, x % 0.7), x, y)
+    check(lambda x, y: (x < y, x <= y, x > y, x >= y, x == x, x != y), x, y, grads=False)
+
+
+# ---------------------------------------------------------------- functions
+
+def _aug(x):
+    """Makes a well-conditioned matrix from a random one."""
+    return x + 3.0 * np.eye(x.shape[-1])
+
+
+FUNCTION_CASES = {
+    np.sum: [lambda x: np.sum(x, where=x > 0),
+             lambda x: np.sum(x, axis=1, where=[True, False, True, True]),
+             lambda x: np.sum(x), lambda x: np.sum(x, axis=0),
+             lambda x: np.sum(x, 1, keepdims=True),
+             lambda x: np.sum(x, axis=(0, 1)), lambda x: np.sum(x, axis=-1),
+             lambda x: np.sum(x > 0), lambda x: np.sum(x, initial=1.5)],
+    np.mean: [lambda x: np.mean(x, where=x > 0), lambda x: np.mean(x, axis=0, where=x > 0),
+              lambda x: np.mean(x), lambda x: np.mean(x, axis=1),
+              lambda x: np.mean(x, axis=0, keepdims=True)],
+    np.var: [lambda x: np.var(x), lambda x: np.var(x, axis=0), lambda x: np.var(x, 1, ddof=1),
+             lambda x: np.var(x, axis=1, keepdims=True)],
+    np.std: [lambda x: np.std(x), lambda x: np.std(x, axis=1), lambda x: np.std(x, ddof=1)],
+    np.max: [lambda x: np.max(x, where=x < 0.5, initial=-2.0), lambda x: np.max(x),
+             lambda x: np.max(x, axis=0), lambda x: np.max(x, 1, keepdims=True)],
+    np.amax: [lambda x: np.amax(x, axis=1)],
+    np.min: [lambda x: np.min(x), lambda x: np.min(x, axis=1),
+             lambda x: np.min(x, 0, keepdims=True)],
+    np.amin: [lambda x: np.amin(x, axis=0)],
+    np.prod: [lambda x: np.prod(x, where=x > 0), lambda x: np.prod(x), lambda x: np.prod(x, axis=0),
+              lambda x: np.prod(x, axis=1, keepdims=True)],
+    np.any: [lambda x: np.any(x > 0.5, where=x < 0.9), lambda x: np.any(x > 0.5),
+             lambda x: np.any(x > 0.5, axis=1)],
+    np.all: [lambda x: np.all(x > -0.5), lambda x: np.all(x > -0.5, axis=0, keepdims=True)],
+    np.argmax: [lambda x: np.argmax(x), lambda x: np.argmax(x, axis=1)],
+    np.argmin: [lambda x: np.argmin(x), lambda x: np.argmin(x, axis=0)],
+    np.cumsum: [lambda x: np.cumsum(x), lambda x: np.cumsum(x, axis=0),
+                lambda x: np.cumsum(x, axis=1)],
+    np.average: [lambda x: np.average(x), lambda x: np.average(x, axis=0),
+                 lambda x: np.average(x, axis=1, weights=x * x + 1.0)],
+    np.where: [lambda x: np.where(x > 0, x, -2.0 * x), lambda x: np.where(x > 0, np.sin(x), 1.0),
+               lambda x: np.where(x[0] > 0, x, x[1])],
+    np.clip: [lambda x: np.clip(x, -0.5, 0.5), lambda x: np.clip(x, None, 0.3),
+              lambda x: np.clip(x, x[0], 0.7), lambda x: x.clip(min=-0.2)],
+    np.round: [lambda x: np.round(x * 3.0 + 0.25), lambda x: np.round(x, 1)],
+    np.around: [lambda x: np.around(x, 2)],
+    np.sinc: [lambda x: np.sinc(x), lambda x: np.sinc(x * 0.0)],
+    np.isclose: [lambda x: np.isclose(x, x + 1e-9)],
+    np.allclose: [lambda x: np.allclose(x, x * 1.5)],
+    np.reshape: [lambda x: np.reshape(x, (4, 3)), lambda x: np.reshape(x, -1),
+                 lambda x: np.reshape(x, (2, -1)), lambda x: x.reshape(2, 6),
+                 lambda x: x.reshape((-1, 2, 2)), lambda x: np.reshape(x, (1, 12, 1))],
+    np.ravel: [lambda x: np.ravel(x), lambda x: x.ravel(), lambda x: x.flatten()],
+    np.transpose: [lambda x: np.transpose(x), lambda x: x.T, lambda x: x.transpose(1, 0),
+                   lambda x: np.transpose(x[None], (2, 0, 1))],
+    np.swapaxes: [lambda x: np.swapaxes(x, 0, 1), lambda x: x[None].swapaxes(0, 2)],
+    np.moveaxis: [lambda x: np.moveaxis(x[None], 0, -1),
+                  lambda x: np.moveaxis(x[None], [0, 1], [2, 0])],
+    np.squeeze: [lambda x: np.squeeze(x[None, :, None]), lambda x: np.squeeze(x[None], axis=0),
+                 lambda x: x[:, None].squeeze(1)],
+    np.expand_dims: [lambda x: np.expand_dims(x, 0), lambda x: np.expand_dims(x, -1),
+                     lambda x: np.expand_dims(x, (0, 2))],
+    np.atleast_1d: [lambda x: np.atleast_1d(x[0, 0]), lambda x: np.atleast_1d(x)],
+    np.atleast_2d: [lambda x: np.atleast_2d(x[0]), lambda x: np.atleast_2d(x)],
+    np.broadcast_to: [lambda x: np.broadcast_to(x, (2, 3, 4)),
+                      lambda x: np.broadcast_to(x[0, 0], (5,)),
+                      lambda x: np.broadcast_to(x[:, :1], (3, 4))],
+    np.concatenate: [lambda x: np.concatenate([x, x * 2.0]),
+                     lambda x: np.concatenate([x, x[:, :2]], axis=1),
+                     lambda x: np.concatenate([x, np.ones((1, 4))], axis=0),
+                     lambda x: np.concatenate([x, x[:2]], axis=None)],
+    np.stack: [lambda x: np.stack([x, x ** 2]), lambda x: np.stack([x[0], x[1]], axis=1),
+               lambda x: np.stack([x, x], axis=-1), lambda x: np.stack([x[0, 0], 2.0, x[1, 1]])],
+    np.hstack: [lambda x: np.hstack([x, x]), lambda x: np.hstack([x[0], x[1, :2]])],
+    np.vstack: [lambda x: np.vstack([x, x[0]])],
+    np.column_stack: [lambda x: np.column_stack([x[0], x[1]]),
+                      lambda x: np.column_stack([x, x[:, 0]])],
+    np.flip: [lambda x: np.flip(x), lambda x: np.flip(x, 0), lambda x: np.flip(x, axis=1)],
+    np.fliplr: [lambda x: np.fliplr(x)],
+    np.flipud: [lambda x: np.flipud(x)],
+    np.roll: [lambda x: np.roll(x, 1), lambda x: np.roll(x, -2, axis=1),
+              lambda x: np.roll(x, (1, 3), axis=(0, 1)), lambda x: np.roll(x, 5, axis=0)],
+    np.tile: [lambda x: np.tile(x, 2), lambda x: np.tile(x, (2, 1)),
+              lambda x: np.tile(x[0], (3, 2))],
+    np.repeat: [lambda x: np.repeat(x, 2), lambda x: np.repeat(x, 3, axis=1),
+                lambda x: np.repeat(x, [1, 0, 2], axis=0), lambda x: x.repeat(2, axis=0)],
+    np.take: [lambda x: np.take(x, [0, 2, 2]), lambda x: np.take(x, [3, 0], axis=1),
+              lambda x: x.take(np.array([[1, 0], [2, 2]]), axis=0)],
+    np.diagonal: [lambda x: np.diagonal(x), lambda x: np.diagonal(x, 1),
+                  lambda x: np.diagonal(x, -1),
+                  lambda x: x.diagonal()],
+    np.diag: [lambda x: np.diag(x), lambda x: np.diag(x, 1), lambda x: np.diag(x[0]),
+              lambda x: np.diag(x[0], -1), lambda x: np.diag(x[1], 2)],
+    np.trace: [lambda x: np.trace(x), lambda x: np.trace(x, 1), lambda x: x.trace()],
+    np.tril: [lambda x: np.tril(x), lambda x: np.tril(x, -1), lambda x: np.tril(x, 1)],
+    np.triu: [lambda x: np.triu(x), lambda x: np.triu(x, 1), lambda x: np.triu(x[None], -1)],
+    np.zeros_like: [lambda x: np.zeros_like(x) + x],
+    np.empty_like: [lambda x: np.empty_like(x).shape == x.shape],
+    np.ones_like: [lambda x: np.ones_like(x) * x, lambda x: np.ones_like(x, dtype=np.float32)],
+    np.full_like: [lambda x: np.full_like(x, 2.5) * x, lambda x: np.full_like(x, x[0, 0])],
+    np.copy: [lambda x: np.copy(x), lambda x: x.copy()],
+    np.shape: [lambda x: np.reshape(x, np.shape(x)[::-1])],
+    np.ndim: [lambda x: x * np.ndim(x)],
+    np.size: [lambda x: x / np.size(x), lambda x: x * np.size(x, 1)],
+    np.result_type: [lambda x: x.astype(np.result_type(x, np.float32))],
+    np.dot: [lambda x: np.dot(x, x.T), lambda x: np.dot(x[0], x[1]), lambda x: np.dot(x, x[0]),
+             lambda x: np.dot(x, 2.0), lambda x: x.dot(x[1]),
+             lambda x: np.dot(np.stack([x, x * x]), x.T)],
+    np.vdot: [lambda x: np.vdot(x, x * x)],
+    np.inner: [lambda x: np.inner(x, x), lambda x: np.inner(x[0], x[1])],
+    np.outer: [lambda x: np.outer(x[0], x[1]), lambda x: np.outer(x, x[0])],
+    np.tensordot: [lambda x: np.tensordot(x, x, 2), lambda x: np.tensordot(x, x.T, axes=1),
+                   lambda x: np.tensordot(x, x, axes=([1], [1]))],
+    np.einsum: [lambda x: np.einsum("ij,kj->ik", x, x), lambda x: np.einsum("ij,ij", x, x),
+                lambda x: np.einsum("ij->ji", x), lambda x: np.einsum("ij", x),
+                lambda x: np.einsum("ij,jk", x, x.T), lambda x: np.einsum("ii", x[:, :3]),
+                lambda x: np.einsum("ii->i", x[:, :3]), lambda x: np.einsum("...j,j->...", x, x[0]),
+                lambda x: np.einsum("i...,i->...", x, x[:, 0]),
+                lambda x: np.einsum("ij,ij,ij->i", x, x, x),
+                lambda x: np.einsum("bi,bj->bij", x, x), lambda x: np.einsum("ij->", x),
+                lambda x: np.einsum("ij, jk -> ik", x, np.ones((4, 2))),
+                lambda x: np.einsum("...ij,...jk->...ik", x[None], x.T[None])],
+    np.linalg.solve: [lambda x: np.linalg.solve(_aug(x[:, :3]), x[:, 3]),
+                      lambda x: np.linalg.solve(_aug(x[:, :3]), x[:, 1:]),
+                      lambda x: np.linalg.solve(np.stack([_aug(x[:, :3]), _aug(x[:, 1:])]),
+                                                x[:, 0]),
+                      lambda x: np.linalg.solve(np.stack([_aug(x[:, :3])] * 2), x[None, :, :2])],
+    np.linalg.inv: [lambda x: np.linalg.inv(_aug(x[:, :3])),
+                    lambda x: np.linalg.inv(np.stack([_aug(x[:, :3]), _aug(x[:, 1:])]))],
+    np.linalg.det: [lambda x: np.linalg.det(_aug(x[:, :3])), lambda x: np.linalg.det(x[:, :3]),
+                    lambda x: np.linalg.det(np.stack([_aug(x[:, :3]), x[:, 1:]]))],
+    np.linalg.slogdet: [lambda x: np.linalg.slogdet(x[:, :3]),
+                        lambda x: np.linalg.slogdet(-_aug(x[:, :3]))[1]],
+    np.diff: [lambda x: np.diff(x), lambda x: np.diff(x, axis=0), lambda x: np.diff(x, n=2),
+              lambda x: np.diff(x, prepend=0.5), lambda x: np.diff(x, append=x[:, :1])],
+    np.ediff1d: [lambda x: np.ediff1d(x),
+                 lambda x: np.ediff1d(x[0], to_begin=x[1, :1], to_end=[2.0])],
+    np.pad: [lambda x: np.pad(x, 1), lambda x: np.pad(x, ((0, 1), (2, 0)), constant_values=1.5),
+             lambda x: np.pad(x, 2, mode="edge"), lambda x: np.pad(x, (1, 2), mode="reflect"),
+             lambda x: np.pad(x, ((2, 0), (3, 1)), mode="reflect"),
+             lambda x: np.pad(x, 1, mode="wrap")],
+    np.split: [lambda x: np.split(x, 2, axis=1), lambda x: np.split(x, [1, 2])],
+    np.array_split: [lambda x: np.array_split(x, 3, axis=1), lambda x: np.array_split(x, 2)],
+    np.append: [lambda x: np.append(x, x[0]), lambda x: np.append(x, x[:1], axis=0)],
+    np.ptp: [lambda x: np.ptp(x), lambda x: np.ptp(x, axis=1)],
+    np.count_nonzero: [lambda x: np.count_nonzero(x > 0),
+                       lambda x: np.count_nonzero(x > 0, axis=0)],
+    np.select: [lambda x: np.select([x > 0.3, x < -0.3], [x ** 2, np.sin(x)], 0.1)],
+    np.real: [lambda x: np.real(x), lambda x: x.real],
+    np.imag: [lambda x: np.imag(x) + x, lambda x: x.imag + x],
+    np.conjugate: [lambda x: np.conj(x), lambda x: x.conj(), lambda x: x.conjugate()],
+    np.cross: [lambda x: np.cross(x[0, :3], x[1, 1:]), lambda x: np.cross(x[:, :3], x[0, 1:])],
+    np.kron: [lambda x: np.kron(x, x[:2, :2]), lambda x: np.kron(x[0], x[1])],
+    np.trapezoid: [lambda x: np.trapezoid(x), lambda x: np.trapezoid(x, dx=0.5, axis=0),
+                   lambda x: np.trapezoid(x, x=np.array([0.0, 0.5, 1.5, 3.0]))],
+    np.polyval: [lambda x: np.polyval(x[0], x[1]), lambda x: np.polyval([1.0, -2.0, 0.5], x)],
+    np.linalg.multi_dot: [lambda x: np.linalg.multi_dot([x, x.T, x])],
+    np.linalg.matrix_power: [lambda x: np.linalg.matrix_power(x[:, :3], 3),
+                             lambda x: np.linalg.matrix_power(_aug(x[:, :3]), -2),
+                             lambda x: np.linalg.matrix_power(x[:, :3], 0)],
+    np.nan_to_num: [lambda x: np.nan_to_num(np.log(x)),
+                    lambda x: np.nan_to_num(x * 2.0, posinf=5.0)],
+    np.isinf: [lambda x: np.isinf(x / (x > 0))],
+    np.linalg.norm: [lambda x: np.linalg.norm(x), lambda x: np.linalg.norm(x[0]),
+                     lambda x: np.linalg.norm(x, axis=1), lambda x: np.linalg.norm(x, "fro"),
+                     lambda x: np.linalg.norm(x[0], 1), lambda x: np.linalg.norm(x[0], np.inf),
+                     lambda x: np.linalg.norm(x[0], 3), lambda x: np.linalg.norm(x[0], -np.inf),
+                     lambda x: np.linalg.norm(x, 1), lambda x: np.linalg.norm(x, np.inf),
+                     lambda x: np.linalg.norm(x, axis=0, keepdims=True),
+                     lambda x: np.linalg.norm(x, ord=2, axis=1)],
+}
+
+
+def _cases():
+    for func, fs in FUNCTION_CASES.items():
+        for i, f in enumerate(fs):
+            yield pytest.param(f, id=f"{getattr(func, '__name__', func)}-{i}")
+
+
+@pytest.mark.parametrize("f", list(_cases()))
+def test_function(f):
+    check(f, rand(3, 4))
+
+
+def test_tables_are_covered():
+    ufuncs = {u for u, _ in UNARY} | {u for u, _, _ in BINARY} | set(COMPARE) | set(LOGICAL)
+    ufuncs |= {np.logical_not, np.invert, np.isnan, np.isfinite, np.matmul}
+    ufuncs |= {f for f in FUNCTION_CASES if isinstance(f, np.ufunc)}
+    missing = [u.__name__ for u in numpy_api.UFUNCS if u not in ufuncs]
+    assert not missing, f"ufuncs without a test case: {missing}"
+    missing = [f.__name__ for f in numpy_api.FUNCTIONS if f not in FUNCTION_CASES]
+    assert not missing, f"functions without a test case: {missing}"
+
+
+# ---------------------------------------------------------------- indexing
+
+INDEX_CASES = [
+    lambda x: x[1], lambda x: x[-1], lambda x: x[1, 2], lambda x: x[:, 1], lambda x: x[1:],
+    lambda x: x[:-1], lambda x: x[::-1], lambda x: x[::2, 1::2], lambda x: x[-1::-2],
+    lambda x: x[3:0:-1, ::-3], lambda x: x[None], lambda x: x[:, None, 1:3],
+    lambda x: x[..., 0], lambda x: x[0, ...], lambda x: x[..., None], lambda x: x[1:1],
+    lambda x: x[[0, 2, 2]], lambda x: x[np.array([[0, 1], [3, 3]])], lambda x: x[:, [3, 0]],
+    lambda x: x[[0, 1], [2, 3]], lambda x: x[[0, 3], 1:], lambda x: x[1:, [0, 0, 2]],
+    lambda x: x[[-1, 0]], lambda x: x[np.array([0, 2]), None], lambda x: x[..., [1, 2]],
+    lambda x: x[[[0], [2]], [1, 3]], lambda x: x[[1], [0, 2]],
+    lambda x: x[x[:, 0] > 0], lambda x: x[x > 0], lambda x: x[:, x[0] > 0],
+    lambda x: x[np.array([True, False, True, True])], lambda x: x[0][1:3][::-1],
+    lambda x: x[np.int64(2)], lambda x: x[np.array(1)],
+]
+
+
+@pytest.mark.parametrize("i", range(len(INDEX_CASES)))
+def test_indexing(i):
+    x = rand(4, 5)
+    x[0, 0], x[2, 0] = 0.5, -0.5                      # a fixed mix of signs for the masks
+    check(INDEX_CASES[i], x)
+
+
+def test_integer_indices_from_traced_computation():
+    x = rand(6)
+    check(lambda x: x[np.argmax(x)], x)
+    check(lambda x: x[np.argmax(x) - 1] * x[np.argmin(x)], x)
+
+
+SETITEM_CASES = [
+    ("x[1] = 0", lambda x, y: _set(x, 1, 0.0)),
+    ("x[1:3] = y", lambda x, y: _set(x, slice(1, 3), y[:5])),
+    ("x[:, 0] = y", lambda x, y: _set(x, (slice(None), 0), y[:4])),
+    ("x[[0, 2]] = y row", lambda x, y: _set(x, [0, 2], y[:5])),
+    ("x[x > 0] = y scalar", lambda x, y: _set(x, x > 0, y[0])),
+    ("x[::-1, 1] *= y", lambda x, y: _iop(x, (slice(None, None, -1), 1), y[:4])),
+    ("x[1:] += y", lambda x, y: _iop(x, slice(1, None), y[:5])),
+]
+
+
+def _set(x, key, value):
+    x = x.copy()
+    x[key] = value
+    return x
+
+
+def _iop(x, key, value):
+    x = x.copy()
+    if isinstance(key, tuple) and isinstance(key[0], slice) and key[0].step == -1:
+        x[key] *= value
+    else:
+        x[key] += value
+    return x
+
+
+@pytest.mark.parametrize("name,f", SETITEM_CASES, ids=[n for n, _ in SETITEM_CASES])
+def test_setitem(name, f):
+    x = rand(4, 5)
+    x[0, 0], x[2, 0] = 0.5, -0.5
+    check(f, x, rand(5))
+
+
+# ---------------------------------------------------------------- methods, dtypes, scalars
+
+METHOD_CASES = [
+    lambda x: x.sum(), lambda x: x.sum(axis=0), lambda x: x.sum(1, keepdims=True),
+    lambda x: x.mean(), lambda x: x.mean(0), lambda x: x.var(), lambda x: x.std(axis=1),
+    lambda x: x.max(), lambda x: x.min(axis=1), lambda x: x.prod(), lambda x: x.prod(axis=0),
+    lambda x: x.cumsum(axis=1), lambda x: x.T, lambda x: x.mT, lambda x: x.reshape(-1),
+    lambda x: x.reshape(2, 2, 3), lambda x: x.transpose(), lambda x: x.transpose((1, 0)),
+    lambda x: x.ravel(), lambda x: x.flatten(), lambda x: x.squeeze(), lambda x: x.copy(),
+    lambda x: x.astype(float), lambda x: x.round(1),
+    lambda x: x.clip(-0.3, 0.3), lambda x: x.dot(x.T), lambda x: x.argmax(), lambda x: x.argmin(1),
+    lambda x: (x > 0).any(), lambda x: (x > -2).all(axis=0), lambda x: x.take([1, 2], axis=1),
+    lambda x: x.diagonal(1), lambda x: x.trace(), lambda x: x.repeat(2),
+    lambda x: x.swapaxes(0, 1), lambda x: (x.shape, x.ndim, x.size, len(x), x * 1.0)[4],
+    lambda x: [row.sum() for row in x],
+]
+
+
+@pytest.mark.parametrize("i", range(len(METHOD_CASES)))
+def test_method(i):
+    check(METHOD_CASES[i], rand(3, 4))
+
+
+def test_astype_float32():
+    x = rand(3, 4)
+    check_values(lambda x: x.astype(np.float32), x)
+    g = gradc.grad(lambda x: np.sum(x.astype(np.float32) * np.float32(3.0)))(x)
+    assert g.dtype == np.float64
+    np.testing.assert_array_equal(g, np.full((3, 4), 3.0))
+
+
+def test_astype_int_has_zero_derivative():
+    x = rand(3, 4) * 5
+    check(lambda x: x.astype(np.int64), x, grads=False)
+    g = gradc.grad(lambda x: np.sum(x.astype(np.int32) * x))(x)
+    np.testing.assert_array_equal(g, x.astype(np.int32))
+
+
+def test_float32_stays_float32():
+    x = rand(3, 4).astype(np.float32)
+
+    def f(x):
+        return np.sum(np.sin(x) * 2.0 + x ** 2 / 3.0 + np.exp(x) @ np.ones((4, 4), np.float32))
+
+    graph = gradc.make_graph(f)(x)
+    assert all(v.dtype == np.float32 for e in graph.eqns for v in e.outputs
+               if np.issubdtype(v.dtype, np.floating))
+    out = gradc.eval_graph(graph, [x])[0]
+    assert out.dtype == np.float32
+    g = gradc.grad(f)(x)
+    assert g.dtype == np.float32
+    expected = gradc.grad(f)(x.astype(np.float64))
+    np.testing.assert_allclose(g, expected, rtol=1e-4)
+    v, gv = gradc.value_and_grad(f)(x)
+    assert np.asarray(v).dtype == np.float32
+
+
+def test_python_floats_in_floats_out():
+    def f(a, b):
+        return np.sin(a * b) + a ** 2
+
+    g = gradc.grad(f)(0.3, 0.5)
+    assert type(g) is float
+    assert g == pytest.approx(0.5 * np.cos(0.15) + 0.6, rel=1e-12)
+    g = gradc.grad(f, argnums=(0, 1))(0.3, 0.5)
+    assert all(type(v) is float for v in g)
+    np.testing.assert_allclose(g[1], 0.3 * np.cos(0.15))
+    g32 = gradc.grad(f)(np.float32(0.3), np.float32(0.5))
+    assert np.asarray(g32).dtype == np.float32
+
+
+def test_integer_inputs_promote_to_float():
+    x = rand(3)
+    check(lambda x: x * np.arange(3) + np.sin(np.arange(3)), x)
+    check(lambda x: x / 2 + np.array([1, 2, 3]) / 2, x)
+    check(lambda x: np.sqrt(np.arange(3)) * x, x)
+
+
+def test_broadcasting_in_arithmetic():
+    check(lambda x, y: x * y + y, rand(3, 1, 4), rand(2, 1))
+    check(lambda x, y: x[:, None] - y[None, :], rand(3), rand(4))
+    check(lambda x, y: np.maximum(x, y.T), rand(3, 4), rand(4, 1))
+
+
+def test_sum_of_list_of_tracers_and_builtin_sum():
+    check(lambda x: sum(x[i] * i for i in range(4)), rand(4))
+    check(lambda x: np.array([1.0, 2.0]) * 3.0 + x, rand(2))

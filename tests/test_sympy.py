@@ -1,0 +1,94 @@
+"""Scalar expressions differentiated by gradc and by SymPy, evaluated at the same points.
+
+Each expression is written once as a SymPy expression in ``a`` and ``b`` and once as
+NumPy code; first derivatives come from both reverse (``grad``) and forward (``jvp``)
+mode, second derivatives from grad-of-grad and jvp-of-grad.
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc
+
+a, b = sp.symbols("a b", real=True)
+
+EXPRESSIONS = {   # name: (sympy expression, NumPy function, domain of a, domain of b)
+    "sin_ab_plus_a2": (sp.sin(a * b) + a ** 2,
+                       lambda a, b: np.sin(a * b) + a ** 2, (-2, 2), (-2, 2)),
+    "exp_log": (sp.exp(a) * sp.log(b), lambda a, b: np.exp(a) * np.log(b), (-1, 1), (0.5, 3)),
+    "sqrt_quotient": (sp.sqrt(a ** 2 + b ** 2 + 1) / (1 + b ** 2),
+                      lambda a, b: np.sqrt(a ** 2 + b ** 2 + 1) / (1 + b ** 2), (-2, 2), (-2, 2)),
+    "tanh_mix": (sp.tanh(a - 2 * b) * b, lambda a, b: np.tanh(a - 2 * b) * b, (-1, 1), (-1, 1)),
+    "arctan": (sp.atan(a * b + 1), lambda a, b: np.arctan(a * b + 1), (-2, 2), (-2, 2)),
+    "arcsinh": (sp.asinh(a ** 3 - b), lambda a, b: np.arcsinh(a ** 3 - b), (-1, 1), (-1, 1)),
+    "hypot": (sp.sqrt(a ** 2 + b ** 2), lambda a, b: np.hypot(a, b), (0.3, 2), (-2, -0.3)),
+    "atan2": (sp.atan2(a, b), lambda a, b: np.arctan2(a, b), (-2, 2), (0.3, 2)),
+    "pow_both": (a ** b, lambda a, b: a ** b, (0.5, 2), (-1.5, 1.5)),
+    "pow_float": (sp.Pow(a, sp.Rational(5, 2)) * b, lambda a, b: a ** 2.5 * b, (0.5, 2), (-1, 1)),
+    "division": ((a - b) / (a * b + 3), lambda a, b: (a - b) / (a * b + 3), (-1, 1), (-1, 1)),
+    "nested": (sp.sin(sp.cos(sp.exp(a * b / 2))) * sp.log(1 + a ** 2),
+               lambda a, b: np.sin(np.cos(np.exp(a * b / 2))) * np.log1p(a ** 2), (-1, 1), (-1, 1)),
+    "logistic": (1 / (1 + sp.exp(-a * b)), lambda a, b: 1 / (1 + np.exp(-a * b)), (-2, 2), (-2, 2)),
+    "cosh_sinh": (sp.cosh(a) ** 2 - sp.sinh(b) * a, lambda a, b: np.cosh(a) ** 2 - np.sinh(b) * a,
+                  (-1, 1), (-1, 1)),
+    "tan_arcsin": (sp.tan(a / 2) + sp.asin(b / 2), lambda a, b: np.tan(a / 2) + np.arcsin(b / 2),
+                   (-1, 1), (-1, 1)),
+    "arccos_arctanh": (sp.acos(a / 3) * sp.atanh(b / 2),
+                       lambda a, b: np.arccos(a / 3) * np.arctanh(b / 2), (-1, 1), (-1, 1)),
+    "cbrt_expm1": (sp.cbrt(a) * (sp.exp(b) - 1),
+                   lambda a, b: np.cbrt(a) * np.expm1(b), (0.5, 2), (-1, 1)),
+    "log_base": (sp.log(a, 2) + sp.log(b, 10),
+                 lambda a, b: np.log2(a) + np.log10(b), (0.5, 3), (0.5, 3)),
+    "logaddexp": (sp.log(sp.exp(a) + sp.exp(b)), lambda a, b: np.logaddexp(a, b), (-2, 2), (-2, 2)),
+    "arccosh": (sp.acosh(a ** 2 + 1.5) * b,
+                lambda a, b: np.arccosh(a ** 2 + 1.5) * b, (-1, 1), (-1, 1)),
+    "square_recip": (a ** 2 / b + 1 / (a + 3), lambda a, b: np.square(a) / b + np.reciprocal(a + 3),
+                     (-1, 1), (0.5, 2)),
+}
+
+
+def _points(da, db, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return list(zip(rng.uniform(*da, n), rng.uniform(*db, n)))
+
+
+def _sympy_at(expr, pa, pb):
+    return float(expr.evalf(subs={a: pa, b: pb}, n=30))
+
+
+@pytest.mark.parametrize("name", list(EXPRESSIONS))
+def test_first_derivatives(name):
+    expr, f, da, db = EXPRESSIONS[name]
+    grads = [sp.diff(expr, v) for v in (a, b)]
+    for pa, pb in _points(da, db):
+        assert f(pa, pb) == pytest.approx(_sympy_at(expr, pa, pb), rel=1e-12)
+        exact = [_sympy_at(g, pa, pb) for g in grads]
+        reverse = gradc.grad(f, argnums=(0, 1))(pa, pb)
+        np.testing.assert_allclose(reverse, exact, rtol=1e-10, atol=1e-12)
+        for i in range(2):
+            tangents = (1.0, 0.0) if i == 0 else (0.0, 1.0)
+            _, forward = gradc.jvp(f, (pa, pb), tangents)
+            assert forward == pytest.approx(exact[i], rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", list(EXPRESSIONS))
+def test_second_derivatives(name):
+    expr, f, da, db = EXPRESSIONS[name]
+    hess = [[sp.diff(expr, u, v) for v in (a, b)] for u in (a, b)]
+    for pa, pb in _points(da, db, n=2, seed=1):
+        exact = np.array([[_sympy_at(h, pa, pb) for h in row] for row in hess])
+        # reverse over reverse: each row is the gradient of one partial derivative
+        for i in range(2):
+            partial = gradc.grad(f, argnums=i)
+            row = gradc.grad(partial, argnums=(0, 1))(pa, pb)
+            np.testing.assert_allclose(row, exact[i], rtol=1e-9, atol=1e-10)
+        # forward over reverse: the Hessian times each unit vector
+        full = gradc.grad(f, argnums=(0, 1))
+        for j in range(2):
+            tangents = (1.0, 0.0) if j == 0 else (0.0, 1.0)
+            _, column = gradc.jvp(full, (pa, pb), tangents)
+            np.testing.assert_allclose(column, exact[:, j], rtol=1e-9, atol=1e-10)
+
+
+def test_there_are_enough_expressions():
+    assert len(EXPRESSIONS) >= 15
