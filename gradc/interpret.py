@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import Graph, Lit
-from .trace import bind
+from .trace import bind, source_line
 
 
 def eval_graph(graph: Graph, args) -> list:
@@ -26,7 +26,8 @@ def eval_graph(graph: Graph, args) -> list:
         return atom.value if isinstance(atom, Lit) else env[atom]
 
     for eqn in graph.eqns:
-        result = bind(eqn.prim, *[read(a) for a in eqn.inputs], **eqn.params)
+        with source_line(eqn.source):
+            result = bind(eqn.prim, *[read(a) for a in eqn.inputs], **eqn.params)
         if eqn.prim.multiple_results:
             env.update(zip(eqn.outputs, result))
         else:

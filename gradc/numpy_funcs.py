@@ -16,7 +16,7 @@ from .errors import ShapeError, UnsupportedError, with_location
 from .numpy_api import (_axis, astype, broadcast, elementwise, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
-from .trace import Tracer, dtype_of, shape_of
+from .trace import Tracer, dtype_of, full_traced, shape_of
 
 implements(np.stack)(stack)
 
@@ -504,19 +504,19 @@ def triu(x, k=0):
 
 @implements(np.zeros_like, np.empty_like)
 def zeros_like(x, dtype=None, *args, **kwargs):
-    return np.zeros(shape_of(x), dtype or dtype_of(x))
+    return full_traced(shape_of(x), 0, dtype or dtype_of(x), x)
 
 
 @implements(np.ones_like)
 def ones_like(x, dtype=None, *args, **kwargs):
-    return np.ones(shape_of(x), dtype or dtype_of(x))
+    return full_traced(shape_of(x), 1, dtype or dtype_of(x), x)
 
 
 @implements(np.full_like)
 def full_like(x, fill_value, dtype=None, *args, **kwargs):
     if isinstance(fill_value, Tracer):
         return ops.broadcast_to(astype(fill_value, dtype or dtype_of(x)), shape_of(x))
-    return np.full(shape_of(x), fill_value, dtype or dtype_of(x))
+    return full_traced(shape_of(x), fill_value, dtype or dtype_of(x), x)
 
 
 @implements(np.copy)

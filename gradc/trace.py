@@ -237,11 +237,47 @@ def bind(prim: Primitive, *args, **params):
         concrete = [a.val if isinstance(a, Tracer) else a for a in args]
         result = _normalise(prim, prim.impl(*concrete, **params))
         values = list(result) if prim.multiple_results else [result]
-    trace.eqns.append(make_eqn(prim, atoms, outs, params, errors.user_location()))
+    source = _SOURCE[-1] if _SOURCE else errors.user_location()
+    trace.eqns.append(make_eqn(prim, atoms, outs, params, source))
     tracers = [Tracer(v, val, trace) for v, val in zip(outs, values)]
     if prim.multiple_results:
         return tracers
     return tracers[0] if tracers else None
+
+
+_SOURCE: list = []   # while re-tracing a graph: the source line of the equation being rewritten
+
+
+class source_line:
+    """Equations recorded inside ``with source_line(eqn.source):`` carry that source
+    instead of the current Python line: passes keep pointing at the user's code."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __enter__(self):
+        if self.source is not None:
+            _SOURCE.append(self.source)
+
+    def __exit__(self, *exc):
+        if self.source is not None:
+            _SOURCE.pop()
+
+
+def full_traced(shape, fill, dtype, like):
+    """An array of ``fill`` as a traced value of ``like``'s trace, so that it can be
+    updated in place (``z = np.zeros_like(x); z[0] = x[1]``).  It is recorded as a
+    ``broadcast_in_dim`` of a scalar literal.  When ``like`` is not a Tracer: a NumPy array."""
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    trace = current_trace()
+    if not isinstance(like, Tracer) or trace is None:
+        return np.full(shape, fill, dtype)
+    from .prims.shape import broadcast_p
+    var = Var(shape, dtype)
+    source = _SOURCE[-1] if _SOURCE else errors.user_location()
+    trace.eqns.append(make_eqn(broadcast_p, [Lit(np.asarray(fill, dtype))], [var],
+                               {"shape": shape, "dims": ()}, source))
+    return Tracer(var, None if like.val is None else np.full(shape, fill, dtype), trace)
 
 
 def _normalise(prim, result):

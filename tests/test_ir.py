@@ -118,3 +118,14 @@ def test_pretty_indent():
 def test_eqn_is_a_record():
     assert {f for f in Eqn.__dataclass_fields__} == {"prim", "inputs", "outputs", "params",
                                                       "source"}
+
+
+def test_derived_equations_keep_the_user_source_line():
+    def f(x):
+        y = np.sin(x)  # the sin line
+        return np.sum(y * x)
+
+    graph = gradc.make_graph(gradc.grad(f))(np.ones(3))
+    sources = {e.prim.name: e.source for e in graph.eqns}
+    # the derivative of sin (a cos) is attributed to the line that called np.sin
+    assert "# the sin line" in sources["cos"]

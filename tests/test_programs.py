@@ -190,3 +190,19 @@ def test_second_order_of_a_program():
     _, hv = gradc.jvp(g, (w2,), (v,))
     numeric = (g(w2 + 1e-5 * v) - g(w2 - 1e-5 * v)) / 2e-5
     np.testing.assert_allclose(hv, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_inplace_writes_into_zeros_like():
+    def f(x):
+        z = np.zeros_like(x)
+        z[0] = x[1] ** 2
+        z[1:] += x[:-1]
+        w = np.ones_like(x)
+        w[2] = np.sin(x[0])
+        return np.sum(z * z * w)
+
+    x = np.array([1.0, 2.0, 3.0])
+    g = gradc.grad(f)(x)
+    eps = 1e-6
+    fd = np.array([(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(3)])
+    assert np.allclose(g, fd, rtol=1e-6)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import GradcError
 from ..ir import Graph, Lit, is_float
-from ..trace import bind, trace_graph
+from ..trace import bind, source_line, trace_graph
 
 
 def jvp_eval(graph: Graph, primals, tangents):
@@ -32,14 +32,15 @@ def jvp_eval(graph: Graph, primals, tangents):
         xs = [read(a) for a in eqn.inputs]
         ts = [None if isinstance(a, Lit) else tenv.get(a) for a in eqn.inputs]
         differentiable = any(is_float(v.dtype) for v in eqn.outputs)
-        if all(t is None for t in ts) or not differentiable:
-            outs = bind(eqn.prim, *xs, **eqn.params)
-            touts = None
-        else:
-            if eqn.prim.jvp is None:
-                raise GradcError(f"primitive {eqn.prim.name} has no JVP rule"
-                                 + (f"\n  at {eqn.source}" if eqn.source else ""))
-            outs, touts = eqn.prim.jvp(xs, ts, **eqn.params)
+        with source_line(eqn.source):
+            if all(t is None for t in ts) or not differentiable:
+                outs = bind(eqn.prim, *xs, **eqn.params)
+                touts = None
+            else:
+                if eqn.prim.jvp is None:
+                    raise GradcError(f"primitive {eqn.prim.name} has no JVP rule"
+                                     + (f"\n  at {eqn.source}" if eqn.source else ""))
+                outs, touts = eqn.prim.jvp(xs, ts, **eqn.params)
         if eqn.prim.multiple_results:
             env.update(zip(eqn.outputs, outs))
             for v, t in zip(eqn.outputs, touts or [None] * len(eqn.outputs)):

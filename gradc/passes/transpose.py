@@ -18,7 +18,7 @@ from ..errors import GradcError
 from ..interpret import eval_graph
 from ..ir import Graph, Lit, Var, is_float
 from ..prims.rules import UndefinedPrimal, add_tangents
-from ..trace import bind, trace_graph
+from ..trace import bind, source_line, trace_graph
 from .linearize import linearize_graph
 
 
@@ -34,7 +34,8 @@ def backward_pass(linear: Graph, residuals, cts):
             linear_eqns.append(eqn)
             linear_vars.update(eqn.outputs)
         else:
-            out = bind(eqn.prim, *[_read(env, a) for a in eqn.inputs], **eqn.params)
+            with source_line(eqn.source):
+                out = bind(eqn.prim, *[_read(env, a) for a in eqn.inputs], **eqn.params)
             env.update(zip(eqn.outputs, out if eqn.prim.multiple_results else [out]))
 
     ct_env: dict = {}
@@ -58,10 +59,11 @@ def backward_pass(linear: Graph, residuals, cts):
                 if isinstance(a, Var) and a in linear_vars else _read(env, a)
                 for a in eqn.inputs]
         ct = out_cts if eqn.prim.multiple_results else out_cts[0]
-        in_cts = eqn.prim.transpose(ct, *args, **eqn.params)
-        for a, c in zip(eqn.inputs, in_cts):
-            if isinstance(a, Var) and a in linear_vars:
-                accumulate(a, c)
+        with source_line(eqn.source):
+            in_cts = eqn.prim.transpose(ct, *args, **eqn.params)
+            for a, c in zip(eqn.inputs, in_cts):
+                if isinstance(a, Var) and a in linear_vars:
+                    accumulate(a, c)
     return [ct_env.get(v) for v in lin_inputs]
 
 
