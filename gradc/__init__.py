@@ -6,6 +6,7 @@
 """
 from . import methods as _methods  # noqa: F401  (installs Tracer operators and methods)
 from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functions)
+from . import numpy_linalg as _numpy_linalg  # noqa: F401
 from . import ops  # noqa: F401
 from .api import grad, jvp, make_graph, stop_gradient, value_and_grad, vjp
 from .errors import (ArgumentError, ConcretizationError, GradcError, NonScalarOutputError,

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import numpy_api as npa
 from . import numpy_funcs as npf
+from . import numpy_linalg as npl
 from .trace import Tracer
 
 
@@ -64,7 +65,7 @@ def _method(func):
 
 
 for _name in ("sum", "mean", "var", "std", "max", "min", "prod", "any", "all", "cumsum",
-              "ravel", "squeeze", "swapaxes", "dot", "clip", "diagonal", "trace", "round",
+              "ravel", "squeeze", "swapaxes", "clip", "diagonal", "trace", "round",
               "repeat", "take"):
     setattr(Tracer, _name, _method(getattr(npf, _name)))
 
@@ -90,6 +91,7 @@ def _astype(self, dtype, *args, **kwargs):
     return npf.copy(npa.astype(self, dtype))
 
 
+Tracer.dot = _method(npl.dot)
 Tracer.reshape = _reshape
 Tracer.transpose = _transpose
 Tracer.astype = _astype

@@ -7,8 +7,9 @@ Here NumPy's conventions are made explicit for the primitives: type promotion
 (Python scalars are weak, NEP 50), broadcasting (explicit ``broadcast_in_dim``),
 ``axis``/``keepdims`` handling, and indexing.
 
-The tables ``UFUNCS`` and ``FUNCTIONS`` (filled here and in ``numpy_funcs``) name every
-supported entry point; anything else raises ``UnsupportedError`` naming it.
+The tables ``UFUNCS`` and ``FUNCTIONS`` (filled here, in ``numpy_funcs`` and
+``numpy_linalg``) name every supported entry point; anything else raises
+``UnsupportedError`` naming it.
 """
 from __future__ import annotations
 
@@ -314,7 +315,7 @@ def heaviside(x, h0):
 
 @implements(np.matmul)
 def matmul(a, b):
-    from .numpy_funcs import matmul as _matmul
+    from .numpy_linalg import matmul as _matmul
     return _matmul(a, b)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import numpy_funcs as npf
+from .. import numpy_linalg as npl
 from .. import ops
 from ..errors import ShapeError, UnsupportedError, with_location
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
@@ -223,7 +224,7 @@ def multi_dot(arrays, *, out=None):
     npf._no_out(out, "linalg.multi_dot")
     result = arrays[0]
     for a in arrays[1:]:
-        result = npf.dot(result, a)
+        result = npl.dot(result, a)
     return result
 
 
@@ -232,16 +233,16 @@ def matrix_power(a, n):
     (a,) = promote(a)
     n = int(n)
     if n < 0:
-        a, n = npf.inv(a), -n
+        a, n = npl.inv(a), -n
     size = shape_of(a)[-1]
     result = np.broadcast_to(np.eye(size, dtype=dtype_of(a)), shape_of(a))
     base = a
     while n:
         if n & 1:
-            result = npf.matmul(result, base)
+            result = npl.matmul(result, base)
         n >>= 1
         if n:
-            base = npf.matmul(base, base)
+            base = npl.matmul(base, base)
     return result
 
 

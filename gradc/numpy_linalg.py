@@ -1,0 +1,239 @@
+"""NumPy's contractions (``matmul``, ``dot``, ``tensordot``, ``inner``, ``outer``, ``vdot``,
+``einsum``) and ``np.linalg``, written with gradc operations.
+
+Every contraction lowers to the two-operand ``einsum`` primitive: multi-operand
+``einsum`` contracts left to right, first summing out indices that occur in one operand
+only, and takes diagonals for indices repeated within an operand.
+"""
+from __future__ import annotations
+
+import builtins
+import string
+
+import numpy as np
+
+from . import ops
+from .errors import ShapeError, UnsupportedError, with_location
+from .numpy_api import _axis, elementwise, implements, promote
+from .numpy_funcs import (_axes, _ndim, _no_out, diagonal, max, min, ravel, reshape, sum)
+from .trace import dtype_of, shape_of
+
+# ---------------------------------------------------------------- contractions
+
+def matmul(a, b):
+    a, b = promote(a, b)
+    if _ndim(a) == 0 or _ndim(b) == 0:
+        raise ShapeError(with_location("matmul: operands must not be scalars (use *)"))
+    sa, sb = shape_of(a), shape_of(b)
+    inner_a, inner_b = sa[-1], (sb[0] if len(sb) == 1 else sb[-2])
+    if inner_a != inner_b:
+        raise ShapeError(with_location(
+            f"matmul: shapes {sa} and {sb} do not align ({inner_a} != {inner_b})"))
+    if _ndim(a) == 1 and _ndim(b) == 1:
+        return einsum("i,i->", a, b)
+    if _ndim(a) == 1:
+        return einsum("j,...jk->...k", a, b)
+    if _ndim(b) == 1:
+        return einsum("...ij,j->...i", a, b)
+    batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    if sa[:-2] != batch:
+        a = ops.broadcast_to(a, batch + sa[-2:])
+    if sb[:-2] != batch:
+        b = ops.broadcast_to(b, batch + sb[-2:])
+    return einsum("...ij,...jk->...ik", a, b)
+
+
+@implements(np.dot)
+def dot(a, b, out=None):
+    _no_out(out, "dot")
+    a, b = promote(a, b)
+    if _ndim(a) == 0 or _ndim(b) == 0:
+        return elementwise(ops.mul)(a, b)
+    if _ndim(b) == 1:
+        return tensordot(a, b, ([_ndim(a) - 1], [0]))
+    return tensordot(a, b, ([_ndim(a) - 1], [_ndim(b) - 2]))
+
+
+@implements(np.vdot)
+def vdot(a, b):
+    return dot(ravel(a), ravel(b))
+
+
+@implements(np.inner)
+def inner(a, b):
+    a, b = promote(a, b)
+    if _ndim(a) == 0 or _ndim(b) == 0:
+        return elementwise(ops.mul)(a, b)
+    return tensordot(a, b, ([_ndim(a) - 1], [_ndim(b) - 1]))
+
+
+@implements(np.outer)
+def outer(a, b, out=None):
+    return einsum("i,j->ij", ravel(a), ravel(b))
+
+
+@implements(np.tensordot)
+def tensordot(a, b, axes=2):
+    a, b = promote(a, b)
+    na, nb = _ndim(a), _ndim(b)
+    if isinstance(axes, (int, np.integer)):
+        ax_a, ax_b = list(range(na - axes, na)), list(range(int(axes)))
+    else:
+        ax_a, ax_b = [list(np.atleast_1d(t)) for t in axes]
+    ax_a = [_axis(i, na) for i in ax_a]
+    ax_b = [_axis(i, nb) for i in ax_b]
+    letters = iter(string.ascii_letters)
+    la = [next(letters) for _ in range(na)]
+    lb = [next(letters) for _ in range(nb)]
+    for i, j in zip(ax_a, ax_b):
+        lb[j] = la[i]
+    out = [c for i, c in enumerate(la) if i not in ax_a] + \
+          [c for j, c in enumerate(lb) if j not in ax_b]
+    return einsum(f"{''.join(la)},{''.join(lb)}->{''.join(out)}", a, b)
+
+
+@implements(np.einsum)
+def einsum(subscripts, *operands, optimize=None, **kwargs):
+    if not isinstance(subscripts, str):
+        raise UnsupportedError(with_location("np.einsum: only the string form is supported"))
+    operands = promote(*operands)
+    terms, out = _parse_einsum(subscripts.replace(" ", ""), [_ndim(x) for x in operands])
+    for t, x in zip(terms, operands):
+        if len(t) != _ndim(x):
+            raise ShapeError(with_location(
+                f"einsum {subscripts!r}: term {t!r} does not match an operand of shape "
+                f"{shape_of(x)}"))
+    pairs = [(_diagonal_of(x, t), "".join(dict.fromkeys(t))) for t, x in zip(terms, operands)]
+    pairs = [(x, t) for x, t in pairs]
+    while True:
+        # sum out indices that occur in one operand only and not in the output
+        reduced = []
+        for i, (x, t) in enumerate(pairs):
+            elsewhere = out + "".join(u for j, (_, u) in enumerate(pairs) if j != i)
+            drop = tuple(k for k, c in enumerate(t) if c not in elsewhere)
+            if drop:
+                x = ops.reduce_sum(x, drop)
+                t = "".join(c for k, c in enumerate(t) if k not in drop)
+            reduced.append((x, t))
+        pairs = reduced
+        if len(pairs) == 1:
+            break
+        (x, tx), (y, ty), rest = pairs[0], pairs[1], pairs[2:]
+        later = out + "".join(u for _, u in rest)
+        keep = "".join(c for c in dict.fromkeys(tx + ty) if c in later)
+        pairs = [(ops.einsum2(f"{tx},{ty}->{keep}", x, y), keep)] + rest
+    x, t = pairs[0]
+    return ops.transpose(x, tuple(t.index(c) for c in out))
+
+
+def _parse_einsum(spec, ndims):
+    if "->" in spec:
+        lhs, out = spec.split("->")
+    else:
+        lhs, out = spec, None
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        raise ShapeError(with_location(f"einsum {spec!r}: {len(terms)} terms for "
+                                       f"{len(ndims)} operands"))
+    if "..." in spec:
+        n_ell = builtins.max(nd - len(t.replace("...", "")) for t, nd in zip(terms, ndims)
+                             if "..." in t)
+        free = [c for c in string.ascii_uppercase if c not in spec][:n_ell]
+        new_terms = []
+        for t, nd in zip(terms, ndims):
+            if "..." in t:
+                k = nd - len(t.replace("...", ""))
+                t = t.replace("...", "".join(free[n_ell - k:]))
+            new_terms.append(t)
+        terms = new_terms
+        ell = "".join(free)
+        if out is not None:
+            out = out.replace("...", ell)
+    if out is None:
+        counts = {}
+        for c in "".join(terms):
+            counts[c] = counts.get(c, 0) + 1
+        out = "".join(sorted(c for c, n in counts.items() if n == 1))
+    return terms, out
+
+
+def _diagonal_of(x, term):
+    """Take the diagonal over repeated indices within one operand (``'ii->i'``)."""
+    while len(set(term)) != len(term):
+        c = next(c for c in term if term.count(c) > 1)
+        i = term.index(c)
+        j = term.index(c, i + 1)
+        x = diagonal(x, 0, i, j)
+        term = "".join(t for k, t in enumerate(term) if k not in (i, j)) + c
+    return x
+
+
+# ---------------------------------------------------------------- linalg
+
+@implements(np.linalg.solve)
+def solve(a, b):
+    a, b = promote(a, b, float_result=True)
+    if _ndim(b) == 1 and _ndim(a) > 2:
+        b = ops.broadcast_to(b, shape_of(a)[:-2] + shape_of(b))
+        return ops.reshape(solve(a, reshape(b, shape_of(b) + (1,))), shape_of(b))
+    if _ndim(b) >= 2:
+        batch = np.broadcast_shapes(shape_of(a)[:-2], shape_of(b)[:-2])
+        if shape_of(a)[:-2] != batch:
+            a = ops.broadcast_to(a, batch + shape_of(a)[-2:])
+        if shape_of(b)[:-2] != batch:
+            b = ops.broadcast_to(b, batch + shape_of(b)[-2:])
+    return ops.solve(a, b)
+
+
+@implements(np.linalg.inv)
+def inv(a):
+    (a,) = promote(a, float_result=True)
+    n = shape_of(a)[-1]
+    eye = np.broadcast_to(np.eye(n, dtype=dtype_of(a)), shape_of(a))
+    return ops.solve(a, eye)
+
+
+@implements(np.linalg.det)
+def det(a):
+    (a,) = promote(a, float_result=True)
+    return ops.det(a)
+
+
+@implements(np.linalg.slogdet)
+def slogdet(a):
+    (a,) = promote(a, float_result=True)
+    sign, logabs = ops.slogdet(a)
+    return sign, logabs
+
+
+@implements(np.linalg.norm)
+def norm(x, ord=None, axis=None, keepdims=False):
+    (x,) = promote(x, float_result=True)
+    nd = _ndim(x)
+    if axis is None and (ord is None or ord == "fro" or nd == 1):
+        axes = tuple(range(nd))
+        vector = nd == 1
+    else:
+        axes = _axes(axis, nd)
+        vector = len(axes) == 1
+    if ord is None or ord == "fro" or (vector and ord == 2):
+        y = ops.sqrt(sum(ops.mul(x, x), axes, keepdims=keepdims))
+        return y
+    absx = ops.abs(x)
+    if vector:
+        if ord == np.inf:
+            return max(absx, axes, keepdims=keepdims)
+        if ord == -np.inf:
+            return min(absx, axes, keepdims=keepdims)
+        if ord == 1:
+            return sum(absx, axes, keepdims=keepdims)
+        if ord == 0:
+            raise UnsupportedError(with_location("np.linalg.norm(ord=0) has no derivative"))
+        p = float(ord)
+        return ops.pow(sum(ops.pow(absx, p), axes, keepdims=keepdims), 1.0 / p)
+    if ord == 1:
+        return max(sum(absx, axes[0], keepdims=True), axes, keepdims=keepdims)
+    if ord == np.inf:
+        return max(sum(absx, axes[1], keepdims=True), axes, keepdims=keepdims)
+    raise UnsupportedError(with_location(
+        f"np.linalg.norm(ord={ord!r}) of a matrix (it needs the SVD, not yet in gradc)"))
