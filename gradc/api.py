@@ -19,6 +19,7 @@ trace, which is how ``grad(grad(f))`` works.
 from __future__ import annotations
 
 import functools
+import weakref
 import numbers
 
 import numpy as np
@@ -135,19 +136,20 @@ class _Cache:
     def __init__(self):
         self.entries: dict = {}
 
-    def run(self, key, build, dynamic):
-        """Evaluate the first specialisation whose guards hold; build a new one if none."""
+    def run(self, key, build, dynamic, extra=()):
+        """Evaluate the first specialisation whose guards hold; build a new one if none.
+        A derived graph takes ``dynamic + captured + extra`` as inputs."""
         specs = self.entries.setdefault(key, [])
         for spec in specs:
             try:
-                return spec, spec.evaluate(dynamic)
+                return spec, spec.evaluate(dynamic, extra)
             except GuardFailure:
                 continue
         spec = build()
         if spec.cacheable:
             specs.append(spec)
             del specs[:-MAX_SPECIALISATIONS]
-        return spec, spec.evaluate(dynamic)
+        return spec, spec.evaluate(dynamic, extra)
 
 
 class _Spec:
@@ -159,8 +161,8 @@ class _Spec:
         self.captured = list(captured)
         self.cacheable = not captured
 
-    def evaluate(self, dynamic):
-        return eval_graph(self.graph, list(dynamic) + self.captured)
+    def evaluate(self, dynamic, extra=()):
+        return eval_graph(self.graph, list(dynamic) + self.captured + list(extra))
 
 
 # ---------------------------------------------------------------- output conversion
@@ -333,7 +335,7 @@ def grad(fun=None, argnums=0, has_aux=False):
 
 # ---------------------------------------------------------------- jvp
 
-_JVP_CACHE: dict = {}
+_JVP_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def jvp(fun, primals, tangents, has_aux=False):
@@ -360,33 +362,23 @@ def jvp(fun, primals, tangents, has_aux=False):
                 f"jvp: a tangent of shape {np.shape(t)} for a primal of shape {np.shape(p)}"))
         pd = _leaf_dtype(p)
         if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
-            t = t.astype(pd) if not isinstance(t, Tracer) else t
+            t = t.astype(pd)
         tdyn.append(t)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (id(fun), flat.key(), has_aux)
-    cache = _JVP_CACHE.setdefault(id(fun), (fun, _Cache()))[1]
+    key = (flat.key(), has_aux)
+    try:
+        cache = _JVP_CACHE.setdefault(fun, _Cache())
+    except TypeError:          # not weak-referenceable: no caching
+        cache = _Cache()
 
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
         jg = simplify(jvp_graph(graph, wrt + [False] * len(captured)))
         return _Spec(jg, info, captured)
 
-    dynamic = list(flat.dynamic)
-    tangent_args = [t for t, w in zip(tdyn, wrt) if w]
     # the jvp graph takes (primals..., captured..., tangents...)
-    spec, _ = None, None
-    specs = cache.entries.setdefault(key, [])
-    for candidate in specs + [None]:
-        if candidate is None:
-            candidate = build()
-            if candidate.cacheable:
-                specs.append(candidate)
-        try:
-            results = eval_graph(candidate.graph, dynamic + candidate.captured + tangent_args)
-            spec = candidate
-            break
-        except GuardFailure:
-            continue
+    tangent_args = [t for t, w in zip(tdyn, wrt) if w]
+    spec, results = cache.run(key, build, flat.dynamic, tangent_args)
     n = len(spec.graph.outputs) // 2
     outs, touts = results[:n], results[n:]
     info = spec.info
