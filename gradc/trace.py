@@ -150,8 +150,8 @@ class Tracer:
                     "storing a traced value into a NumPy array (an array made by np.zeros, "
                     "np.empty, ... is a constant, not a traced array) would cut its "
                     "derivative. Collect the values in a list and combine them with "
-                    "np.stack/np.concatenate, or start from a traced array (e.g. z = x.copy()) "
-                    "whose items can be assigned"))
+                    "np.stack/np.concatenate, or start from a traced array whose items can "
+                    "be assigned (z = np.zeros_like(x), or z = x.copy())"))
         math_call = re.search(r"\bmath\.(\w+)\s*\(", line)
         if math_call and what.startswith("float()"):
             name = math_call.group(1)
