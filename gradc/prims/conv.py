@@ -26,10 +26,11 @@ conv2d_p = Primitive("conv2d")
 
 
 def _pad_or_crop(x, padding):
-    (t, b), (l, r) = padding
-    x = np.pad(x, ((0, 0), (0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0))))
+    (top, bottom), (left, right) = padding
+    x = np.pad(x, ((0, 0), (0, 0), (max(top, 0), max(bottom, 0)),
+                   (max(left, 0), max(right, 0))))
     h, w = x.shape[2], x.shape[3]
-    return x[:, :, max(-t, 0):h - max(-b, 0), max(-l, 0):w - max(-r, 0)]
+    return x[:, :, max(-top, 0):h - max(-bottom, 0), max(-left, 0):w - max(-right, 0)]
 
 
 def _conv2d_impl(image, kernel, padding):
@@ -47,8 +48,8 @@ def _conv2d_abstract(image, kernel, padding):
     o, c2, kh, kw = kernel.shape
     if c != c2:
         raise ShapeError(f"conv2d: image has {c} channels but the kernel expects {c2}")
-    (t, b), (l, r) = padding
-    ho, wo = h + t + b - kh + 1, w + l + r - kw + 1
+    (top, bottom), (left, right) = padding
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
     if ho <= 0 or wo <= 0:
         raise ShapeError(f"conv2d: kernel {kh}x{kw} is larger than the padded image")
     if np.dtype(image.dtype) != np.dtype(kernel.dtype):
@@ -60,11 +61,12 @@ def _transpose_image(ct, image, kernel, padding):
     from .index import slice_
     from .shape import transpose
     kh, kw = kernel.shape[2], kernel.shape[3]
-    (t, b), (l, r) = padding
+    (top, bottom), (left, right) = padding
     rotated = slice_(kernel, ((0, kernel.shape[0], 1), (0, kernel.shape[1], 1),
                               (kh - 1, None, -1), (kw - 1, None, -1)))
     flipped = transpose(rotated, (1, 0, 2, 3))
-    return conv2d(ct, flipped, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
+    return conv2d(ct, flipped, ((kh - 1 - top, kh - 1 - bottom),
+                                (kw - 1 - left, kw - 1 - right)))
 
 
 def _transpose_kernel(ct, image, kernel, padding):

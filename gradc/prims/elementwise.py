@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ir import Primitive, dtype_name, is_float
-from ..trace import bind, dtype_of
+from ..trace import Tracer, bind, dtype_of
 from .rules import deflinear, defjvp, defzero, is_undefined, unbroadcast
 
 
@@ -176,8 +176,18 @@ def _ones_like(x):
     return broadcast_in_dim(one, tuple(x.shape), ()) if x.shape else one
 
 
-# d(x^y)/dx = y x^(y-1)
-defjvp(pow_p, lambda t, ans, x, y: mul(t, mul(y, pow(x, sub(y, 1.0)))), _pow_dy)
+def _pow_dx(t, ans, x, y):
+    # d(x^y)/dx = y x^(y-1), taken as 0 where y == 0: x^0 is constant, also at x = 0
+    # where y x^(y-1) would be 0·inf.  This also makes every higher derivative of an
+    # integer power finite at 0 (d²(x¹)/dx² = 1·0·x⁻¹ → 0).  A constant exponent with no
+    # zeros needs no select.
+    d = mul(y, pow(x, sub(y, 1.0)))
+    if isinstance(y, Tracer) or np.any(np.asarray(y) == 0):
+        d = select(eq(y, 0.0), np.zeros((), dtype_of(d)), d)
+    return mul(t, d)
+
+
+defjvp(pow_p, _pow_dx, _pow_dy)
 
 
 def pow(x, y):

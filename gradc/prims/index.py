@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir import Primitive
 from ..trace import bind
+from .elementwise import eq, select
 from .rules import add_tangents, defzero, is_undefined, unbroadcast
 
 
@@ -165,7 +166,8 @@ def _scatter_add_jvp(primals, tangents, shape, spec):
 scatter_add_p.impl = _scatter_add_impl
 scatter_add_p.abstract = _scatter_add_abstract
 scatter_add_p.jvp = _scatter_add_jvp
-scatter_add_p.transpose = lambda ct, v, *idx, shape, spec: [gather(ct, idx, spec)] + [None] * len(idx)
+scatter_add_p.transpose = lambda ct, v, *idx, shape, spec: (
+    [gather(ct, idx, spec)] + [None] * len(idx))
 
 
 def scatter_add(v, idx, shape, spec):
@@ -206,12 +208,27 @@ def _index_set_jvp(primals, tangents, spec):
 
 
 def _index_set_transpose(ct, x, v, *idx, spec):
-    # y = x with window W replaced by v:  ct_x = ct with W zeroed,  ct_v = ct[W].
-    # (With repeated indices NumPy keeps the last write; the cotangent of each earlier,
-    # overwritten write should then be zero, which this rule does not model.)
+    # y = x with window W replaced by v:  ct_x = ct with W zeroed,  ct_v = ct[W] where
+    # that element of v was the one written.  With repeated indices NumPy keeps one write
+    # per position (the last); the overwritten elements of v have zero cotangent.
     ct_x = index_set(ct, np.zeros((), ct.dtype), idx, spec) if is_undefined(x) else None
-    ct_v = unbroadcast(gather(ct, idx, spec), v.shape) if is_undefined(v) else None
+    ct_v = None
+    if is_undefined(v):
+        window = gather(ct, idx, spec)
+        if idx:
+            window = select(_written(x.shape, idx, spec, window.shape), window,
+                            np.zeros((), ct.dtype))
+        ct_v = unbroadcast(window, v.shape)
     return [ct_x, ct_v] + [None] * len(idx)
+
+
+def _written(shape, idx, spec, window_shape):
+    """Mask over the window of ``x[spec] = v``: True where that element of the window is
+    the write NumPy keeps.  Found by writing each element's position and reading back."""
+    positions = np.arange(int(np.prod(window_shape, dtype=np.int64)),
+                          dtype=np.int64).reshape(window_shape)
+    stamped = index_set(np.full(tuple(shape), -1, np.int64), positions, idx, spec)
+    return eq(gather(stamped, idx, spec), positions)
 
 
 index_set_p.impl = _index_set_impl

@@ -154,12 +154,17 @@ argmin_p.abstract = _arg_abstract
 defzero(argmin_p)
 
 
+def _normalise_axis(axis, ndim):
+    (axis,) = _normalise_axes(axis, ndim)
+    return axis
+
+
 def argmax(x, axis):
-    return bind(argmax_p, x, axis=int(axis))
+    return bind(argmax_p, x, axis=_normalise_axis(axis, len(np.shape(x))))
 
 
 def argmin(x, axis):
-    return bind(argmin_p, x, axis=int(axis))
+    return bind(argmin_p, x, axis=_normalise_axis(axis, len(np.shape(x))))
 
 
 # ---------------------------------------------------------------- cumsum
@@ -186,4 +191,5 @@ deflinear(cumsum_p, lambda ct, x, axis, reverse: [cumsum(ct, axis, not reverse)]
 
 
 def cumsum(x, axis, reverse=False):
-    return bind(cumsum_p, x, axis=int(axis), reverse=bool(reverse))
+    return bind(cumsum_p, x, axis=_normalise_axis(axis, len(np.shape(x))),
+                reverse=bool(reverse))

@@ -1,0 +1,685 @@
+"""Every primitive, one table: values against NumPy, derivatives to second order in both
+modes (``gradc.testing.check_grads``), and ``verify()`` on every traced and derived graph.
+
+``ROWS`` has one or more rows per primitive of ``gradc.prims.all_primitives()``
+(``test_every_primitive_has_a_row`` fails when one is missing).  A row names the
+primitive it exercises, the function (written with ``gradc.ops`` or the NumPy surface),
+an input generator that respects the primitive's domain, and the shapes to try:
+``ELEMENTWISE`` draws random shapes (rank 0..3, dims 1..4) with hypothesis, otherwise a
+fixed list of shape families.  Values come from ``numpy.random.default_rng(seed)`` with
+a hypothesis-drawn seed.  Piecewise-constant and integer-valued primitives (comparisons,
+``argmax``, ``nonzero``, ``guard``) get rows with ``zero=True``: their values are checked
+against NumPy and their tangents and cotangents must be zero.
+
+conv2d is also checked against a direct six-nested-loop cross-correlation, and its two
+transposes against the formulas of ``shared/seeds/003`` (dL/dI = CC(dL/dO padded,
+rot180(K) with O and C swapped), dL/dK = CC(I, dL/dO)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradc
+from gradc import ops
+from gradc.errors import GuardFailure
+from gradc.interpret import run
+from gradc.passes import jvp_graph, vjp_graph
+from gradc.prims import all_primitives
+from gradc.testing import check_grads, numerical_jvp
+
+ELEMENTWISE = "elementwise"
+
+
+@dataclass
+class Row:
+    prim: str                     # the primitive this row exercises
+    fn: Callable                  # the function under test
+    gen: Callable                 # gen(rng, shape) -> tuple of arguments
+    shapes: object = ELEMENTWISE  # ELEMENTWISE or a list of shape families
+    ref: Callable | None = None   # NumPy reference of fn, compared on the traced graph
+    order: int = 2
+    zero: bool = False            # piecewise constant: tangents must be zero
+    tol: dict = field(default_factory=dict)  # check_grads overrides (eps/rtol/atol)
+    id: str = ""
+
+    def __post_init__(self):
+        self.id = self.id or self.prim
+
+
+# ---------------------------------------------------------------- input generators
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def positive(rng, shape, lo=0.5, hi=2.0):
+    return rng.uniform(lo, hi, shape)
+
+
+def away_from_zero(rng, shape, lo=0.3, hi=2.0):
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(lo, hi, shape)
+
+
+def unary(values):
+    return lambda rng, shape: (values(rng, shape),)
+
+
+def binary(x_values, y_values=normal):
+    """Two operands; the second is sometimes rank 0 (elementwise primitives broadcast
+    rank-0 operands implicitly), which exercises unbroadcast in the transposes."""
+    def gen(rng, shape):
+        y_shape = () if rng.random() < 0.3 else shape
+        x_shape = () if (y_shape == shape and rng.random() < 0.2) else shape
+        return x_values(rng, x_shape), y_values(rng, y_shape)
+    return gen
+
+
+def distinct_pair(rng, shape):
+    """x and y at least 0.2 apart, so max/min have no ties within a finite-difference step."""
+    x = normal(rng, shape)
+    return x, x + away_from_zero(rng, shape, 0.2, 1.0)
+
+
+def off_integer(rng, shape, lo=0.15, hi=0.85):
+    """Values whose fractional part is in (lo, hi): away from the jumps of floor/ceil."""
+    return rng.integers(-3, 3, shape) + rng.uniform(lo, hi, shape)
+
+
+def rem_pair(rng, shape):
+    y = rng.uniform(0.5, 2.0, shape)
+    return y * off_integer(rng, shape), y
+
+
+def well_conditioned(rng, shape):
+    n = shape[-1]
+    return n * np.eye(n) + 0.5 * rng.standard_normal(shape)
+
+
+def spd_or_not(rng, shape):
+    """Well-conditioned, with a negative determinant in half the draws (slogdet's sign)."""
+    a = well_conditioned(rng, shape)
+    if rng.random() < 0.5:
+        a[..., 0, :] *= -1.0
+    return a
+
+
+# ---------------------------------------------------------------- helper functions
+
+def sum_axes(rng, shape):
+    """A random non-empty subset of the axes (or None for all)."""
+    if not shape or rng.random() < 0.25:
+        return None
+    axes = tuple(i for i in range(len(shape)) if rng.random() < 0.5)
+    return axes or (len(shape) - 1,)
+
+
+def reduce_row(prim, op, np_op, values=normal):
+    # the axes are drawn with the values and passed as a static (int tuple) argument
+    def gen(rng, shape):
+        axes = sum_axes(rng, shape)
+        return values(rng, shape), axes
+    return Row(prim, lambda x, axes: op(x, axes), gen,
+               ref=lambda x, axes: np_op(x, axis=axes))
+
+
+IDX = np.array([2, 0, 2, 1])           # with a duplicate: scatter_add must accumulate
+
+
+def elementwise_unary(prim, op, np_op, values=normal, **kw):
+    return Row(prim, op, unary(values), ref=np_op, **kw)
+
+
+def elementwise_binary(prim, op, np_op, gen=None, **kw):
+    return Row(prim, op, gen or binary(normal, normal), ref=np_op, **kw)
+
+
+def conv_ref_loops(image, kernel, padding):
+    """Direct cross-correlation: six nested loops over (n, o, y, x) and (c, u, v)."""
+    (top, bottom), (left, right) = padding
+    n_, c_, h, w = image.shape
+    o_, _, kh, kw = kernel.shape
+    padded = np.zeros((n_, c_, h + max(top, 0) + max(bottom, 0),
+                       w + max(left, 0) + max(right, 0)))
+    padded[:, :, max(top, 0):max(top, 0) + h, max(left, 0):max(left, 0) + w] = image
+    padded = padded[:, :, max(-top, 0):padded.shape[2] - max(-bottom, 0),
+                    max(-left, 0):padded.shape[3] - max(-right, 0)]
+    ho, wo = padded.shape[2] - kh + 1, padded.shape[3] - kw + 1
+    out = np.zeros((n_, o_, ho, wo))
+    for n in range(n_):
+        for o in range(o_):
+            for y in range(ho):
+                for x in range(wo):
+                    acc = 0.0
+                    for c in range(c_):
+                        for u in range(kh):
+                            for v in range(kw):
+                                acc += padded[n, c, y + u, x + v] * kernel[o, c, u, v]
+                    out[n, o, y, x] = acc
+    return out
+
+
+def conv_gen(padding):
+    def gen(rng, shape):
+        image_shape, kernel_shape = shape
+        return normal(rng, image_shape), normal(rng, kernel_shape), padding
+    return gen
+
+
+CONV_SHAPES = [((1, 1, 4, 4), (1, 1, 3, 3)), ((2, 3, 5, 4), (2, 3, 2, 3)),
+               ((1, 2, 3, 5), (3, 2, 1, 2))]
+
+
+def guarded(x):
+    """Python control flow on a traced value: records a guard equation."""
+    if np.sum(x) > 0:
+        return np.sin(x) * 2.0
+    return np.cos(x)
+
+
+def not_positive_mask(x, y):
+    return ops.logical_not(ops.gt(x, y))
+
+
+# ---------------------------------------------------------------- the table
+
+ROWS = [
+    # arithmetic
+    elementwise_unary("neg", ops.neg, np.negative),
+    elementwise_binary("add", ops.add, np.add),
+    elementwise_binary("sub", ops.sub, np.subtract),
+    elementwise_binary("mul", ops.mul, np.multiply),
+    Row("mul", lambda x: ops.mul(x, 3.0), unary(normal), ref=lambda x: 3.0 * x, id="mul-literal"),
+    elementwise_binary("div", ops.div, np.true_divide, binary(normal, away_from_zero)),
+    elementwise_binary("pow", ops.pow, np.power, binary(positive, normal)),
+    Row("pow", lambda x: x ** 3, unary(normal), ref=lambda x: x ** 3, id="pow-int-exponent"),
+    elementwise_binary("max", ops.maximum, np.maximum, distinct_pair),
+    elementwise_binary("min", ops.minimum, np.minimum, distinct_pair),
+    elementwise_binary("atan2", ops.atan2, np.arctan2, binary(away_from_zero, away_from_zero)),
+    elementwise_binary("rem", ops.rem, np.mod, rem_pair),
+    # transcendental
+    elementwise_unary("exp", ops.exp, np.exp),
+    elementwise_unary("expm1", ops.expm1, np.expm1),
+    elementwise_unary("log", ops.log, np.log, positive),
+    elementwise_unary("log1p", ops.log1p, np.log1p, lambda r, s: r.uniform(-0.5, 2.0, s)),
+    elementwise_unary("sqrt", ops.sqrt, np.sqrt, positive),
+    elementwise_unary("cbrt", ops.cbrt, np.cbrt, away_from_zero),
+    elementwise_unary("sin", ops.sin, np.sin),
+    elementwise_unary("cos", ops.cos, np.cos),
+    elementwise_unary("tan", ops.tan, np.tan, lambda r, s: r.uniform(-1.2, 1.2, s)),
+    elementwise_unary("asin", ops.asin, np.arcsin, lambda r, s: r.uniform(-0.9, 0.9, s)),
+    elementwise_unary("acos", ops.acos, np.arccos, lambda r, s: r.uniform(-0.9, 0.9, s)),
+    elementwise_unary("atan", ops.atan, np.arctan),
+    elementwise_unary("sinh", ops.sinh, np.sinh),
+    elementwise_unary("cosh", ops.cosh, np.cosh),
+    elementwise_unary("tanh", ops.tanh, np.tanh),
+    elementwise_unary("asinh", ops.asinh, np.arcsinh),
+    elementwise_unary("acosh", ops.acosh, np.arccosh, lambda r, s: r.uniform(1.2, 3.0, s)),
+    elementwise_unary("atanh", ops.atanh, np.arctanh, lambda r, s: r.uniform(-0.9, 0.9, s)),
+    elementwise_unary("abs", ops.abs, np.abs, away_from_zero),
+    # piecewise constant: derivative zero almost everywhere
+    elementwise_unary("sign", ops.sign, np.sign, away_from_zero, zero=True),
+    elementwise_unary("floor", ops.floor, np.floor, off_integer, zero=True),
+    elementwise_unary("ceil", ops.ceil, np.ceil, off_integer, zero=True),
+    elementwise_unary("round", ops.round, np.rint, lambda r, s: off_integer(r, s, -0.35, 0.35),
+                      zero=True),
+    elementwise_unary("trunc", ops.trunc, np.trunc, off_integer, zero=True),
+    # comparisons and logic: boolean results, zero tangents
+    elementwise_binary("lt", ops.lt, np.less, distinct_pair, zero=True),
+    elementwise_binary("le", ops.le, np.less_equal, distinct_pair, zero=True),
+    elementwise_binary("gt", ops.gt, np.greater, distinct_pair, zero=True),
+    elementwise_binary("ge", ops.ge, np.greater_equal, distinct_pair, zero=True),
+    elementwise_binary("eq", ops.eq, np.equal, distinct_pair, zero=True),
+    elementwise_binary("ne", ops.ne, np.not_equal, distinct_pair, zero=True),
+    elementwise_binary("and", lambda x, y: ops.logical_and(ops.gt(x, 0.0), ops.gt(y, 0.0)),
+                       lambda x, y: (x > 0) & (y > 0), binary(away_from_zero, away_from_zero),
+                       zero=True),
+    elementwise_binary("or", lambda x, y: ops.logical_or(ops.gt(x, 0.0), ops.gt(y, 0.0)),
+                       lambda x, y: (x > 0) | (y > 0), binary(away_from_zero, away_from_zero),
+                       zero=True),
+    elementwise_binary("xor", lambda x, y: ops.logical_xor(ops.gt(x, 0.0), ops.gt(y, 0.0)),
+                       lambda x, y: (x > 0) ^ (y > 0), binary(away_from_zero, away_from_zero),
+                       zero=True),
+    elementwise_binary("not", not_positive_mask, lambda x, y: ~(x > y), distinct_pair,
+                       zero=True),
+    elementwise_unary("isnan", lambda x: ops.isnan(ops.log(x)), lambda x: np.isnan(np.log(x)),
+                      away_from_zero, zero=True),
+    elementwise_unary("isfinite", lambda x: ops.isfinite(ops.div(1.0, x)),
+                      lambda x: np.isfinite(1.0 / x), away_from_zero, zero=True),
+    # select and dtype conversion
+    Row("select", lambda p, x, y: ops.select(p, x, y),
+        lambda r, s: (r.random(s) < 0.5, normal(r, s), normal(r, () if r.random() < 0.3 else s)),
+        ref=np.where),
+    Row("select", lambda x, y: ops.select(ops.gt(x, y), ops.sin(x), y), distinct_pair,
+        ref=lambda x, y: np.where(x > y, np.sin(x), y), id="select-computed-pred"),
+    Row("convert_element_type", lambda x: ops.convert_element_type(x, np.float64),
+        lambda r, s: (normal(r, s).astype(np.float32),), ref=lambda x: x.astype(np.float64),
+        id="convert-f32-to-f64"),
+    Row("convert_element_type", lambda x: ops.convert_element_type(x, np.float32),
+        unary(normal), ref=lambda x: x.astype(np.float32),
+        tol=dict(eps=1e-2, rtol=2e-2, atol=2e-2), id="convert-f64-to-f32"),
+    Row("convert_element_type",
+        lambda x: ops.mul(x, ops.convert_element_type(
+            ops.convert_element_type(ops.floor(x), np.int64), np.float64)),
+        unary(off_integer), ref=lambda x: x * np.floor(x), id="convert-via-floor"),
+    Row("convert_element_type", lambda x: ops.convert_element_type(x, np.int64),
+        unary(off_integer), ref=lambda x: x.astype(np.int64), zero=True, id="convert-to-int"),
+    # reductions and scans
+    reduce_row("reduce_sum", ops.reduce_sum, np.sum),
+    reduce_row("reduce_max", ops.reduce_max, np.max),
+    reduce_row("reduce_min", ops.reduce_min, np.min),
+    reduce_row("reduce_prod", ops.reduce_prod, np.prod, lambda r, s: r.uniform(0.5, 1.5, s)),
+    Row("reduce_prod", lambda x: ops.reduce_prod(x, (1,)),
+        lambda r, s: (np.where(r.random(s) < 0.3, 0.0, normal(r, s)),), [(2, 3), (3, 4)],
+        ref=lambda x: np.prod(x, axis=1), id="reduce_prod-with-zeros"),
+    Row("cumsum", lambda x, axis, rev: ops.cumsum(x, axis, rev),
+        lambda r, s: (normal(r, s), int(r.integers(-len(s), len(s))), bool(r.random() < 0.5)),
+        [(4,), (2, 3), (2, 3, 4)],
+        ref=lambda x, axis, rev: (np.flip(np.cumsum(np.flip(x, axis), axis), axis) if rev
+                                  else np.cumsum(x, axis))),
+    Row("argmax", lambda x: ops.argmax(x, 1), unary(normal), [(3, 4), (2, 3, 2)],
+        ref=lambda x: np.argmax(x, 1), zero=True),
+    Row("argmin", lambda x: ops.argmin(x, -1), unary(normal), [(3, 4), (2, 3, 2)],
+        ref=lambda x: np.argmin(x, -1), zero=True),
+    Row("argmax", lambda x: x[np.argmax(x)], unary(normal), [(5,)], ref=np.max,
+        id="argmax-selects"),
+    # shape
+    Row("reshape", lambda x: ops.reshape(x, (x.size,)), unary(normal),
+        ref=lambda x: x.reshape(-1)),
+    Row("reshape", lambda x: ops.reshape(x, (2, 3, 2)), unary(normal), [(3, 4), (12,)],
+        ref=lambda x: x.reshape(2, 3, 2), id="reshape-fixed"),
+    Row("broadcast_in_dim", lambda x: ops.broadcast_in_dim(x, (2,) + x.shape + (3,),
+                                                           tuple(range(1, x.ndim + 1))),
+        unary(normal), ref=lambda x: np.broadcast_to(x[None, ..., None], (2,) + x.shape + (3,))),
+    Row("broadcast_in_dim", lambda x: ops.broadcast_in_dim(x, (3, 4, 2), (0, 2)),
+        unary(normal), [(3, 1), (1, 2), (1, 1)],
+        ref=lambda x: np.broadcast_to(x[:, None, :], (3, 4, 2)), id="broadcast-size-one"),
+    Row("transpose", lambda x: ops.transpose(x, tuple(reversed(range(x.ndim)))), unary(normal),
+        ref=np.transpose),
+    Row("transpose", lambda x: ops.transpose(x, (1, 2, 0)), unary(normal), [(2, 3, 4)],
+        ref=lambda x: np.transpose(x, (1, 2, 0)), id="transpose-cycle"),
+    Row("concatenate", lambda x, y, z: ops.concatenate([x, y, z], axis=1),
+        lambda r, s: (normal(r, (2, 1, 3)), normal(r, (2, 2, 3)), normal(r, (2, 3, 3))),
+        [()], ref=lambda x, y, z: np.concatenate([x, y, z], axis=1)),
+    Row("concatenate", lambda x: ops.concatenate([x, ops.sin(x)], axis=0), unary(normal),
+        [(1,), (3, 2)], ref=lambda x: np.concatenate([x, np.sin(x)]), id="concatenate-reuse"),
+    # indexing
+    Row("slice", lambda x: ops.slice_(x, ((1, 4, 2), (3, None, -1))), unary(normal), [(5, 4)],
+        ref=lambda x: x[1:4:2, 3::-1]),
+    Row("slice", lambda x: x[1:, ::-2, 0], unary(normal), [(3, 5, 2)],
+        ref=lambda x: x[1:, ::-2, 0], id="slice-numpy"),
+    Row("pad", lambda x: ops.pad(x, (5, 4), ((1, 4, 2), (3, None, -1))), unary(normal),
+        [(2, 4)], ref=lambda x: _np_pad_window(x)),
+    Row("gather", lambda x, i: ops.gather(x, [i], (("s", None, None, None), ("a", 0))),
+        lambda r, s: (normal(r, s), IDX), [(3, 3), (2, 4)], ref=lambda x, i: x[:, i]),
+    Row("gather", lambda x: x[np.array([[0, 1], [1, 1]]), None, 1:], unary(normal), [(2, 3)],
+        ref=lambda x: x[np.array([[0, 1], [1, 1]]), None, 1:], id="gather-numpy"),
+    Row("scatter_add", lambda v, i: ops.scatter_add(v, [i], (4, 3), (("a", 0),)),
+        lambda r, s: (normal(r, s), IDX), [(4, 3)], ref=lambda v, i: _np_scatter(v, i, (4, 3))),
+    Row("scatter_add", lambda v, i: ops.scatter_add(ops.mul(v, v), [i], (2, 3),
+                                                    (("i", 1), ("a", 0))),
+        lambda r, s: (normal(r, s), IDX[:3]), [(3,)],
+        ref=lambda v, i: _np_scatter_row(v * v, i), id="scatter_add-int-index"),
+    Row("index_set", lambda x, v: ops.index_set(x, v, [], (("i", 1), ("s", 0, 3, 2))),
+        lambda r, s: (normal(r, (3, 3)), normal(r, (2,))), [()], ref=lambda x, v: _np_set(x, v)),
+    Row("index_set", lambda x, v: ops.index_set(x, v, [np.array([2, 0])], (("a", 0),)),
+        lambda r, s: (normal(r, (3, 2)), normal(r, ())), [()],
+        ref=lambda x, v: _np_set_rows(x, v), id="index_set-scalar-value"),
+    Row("index_set", lambda x, v, i: ops.index_set(x, v, [i], (("a", 0),)),
+        lambda r, s: (normal(r, (4,)), normal(r, s), np.array([2, 0, 2])), [(3,), ()],
+        ref=lambda x, v, i: _np_set_rows(x, v, i), id="index_set-repeated-index"),
+    Row("index_set", lambda x, v: _setitem(x, v),
+        lambda r, s: (normal(r, (4,)), normal(r, (2,))), [()],
+        ref=lambda x, v: _setitem(x.copy(), v), id="index_set-numpy"),
+    Row("nonzero", lambda x: ops.nonzero(ops.gt(x, 0.0), int(np.sum(_value(x) > 0))),
+        unary(away_from_zero), [(4,), (2, 3)], ref=lambda x: list(np.nonzero(x > 0)),
+        zero=True),
+    Row("nonzero", lambda x: x[x > 0], unary(away_from_zero), [(6,)], ref=lambda x: x[x > 0],
+        id="nonzero-mask-index"),
+    # linear algebra
+    Row("einsum", lambda a, b: ops.einsum2("ij,jk->ik", a, b),
+        lambda r, s: (normal(r, (2, 3)), normal(r, (3, 4))), [()],
+        ref=lambda a, b: a @ b),
+    Row("einsum", lambda a, b: ops.einsum2("bij,bjk->bik", a, b),
+        lambda r, s: (normal(r, (2, 2, 3)), normal(r, (2, 3, 2))), [()],
+        ref=lambda a, b: a @ b, id="einsum-batched"),
+    Row("einsum", lambda a, b: ops.einsum2("ij,ij->j", a, b),
+        lambda r, s: (normal(r, (3, 2)), normal(r, (3, 2))), [()],
+        ref=lambda a, b: np.sum(a * b, 0), id="einsum-hadamard-sum"),
+    Row("einsum", lambda a, b: ops.einsum2("i,jk->kij", a, b),
+        lambda r, s: (normal(r, (2,)), normal(r, (3, 2))), [()],
+        ref=lambda a, b: np.einsum("i,jk->kij", a, b), id="einsum-outer"),
+    Row("einsum", lambda a, b: ops.matmul2(a, b),
+        lambda r, s: (normal(r, (3, 3)), normal(r, (3,))), [()], ref=lambda a, b: a @ b,
+        id="einsum-matvec"),
+    Row("einsum", lambda a: a @ a.T, unary(normal), [(2, 3)], ref=lambda a: a @ a.T,
+        id="einsum-gram"),
+    Row("solve", ops.solve, lambda r, s: (well_conditioned(r, s[0]), normal(r, s[1])),
+        [((3, 3), (3,)), ((3, 3), (3, 2)), ((2, 3, 3), (2, 3, 1))],
+        ref=lambda a, b: np.linalg.solve(a, b[..., None])[..., 0] if b.ndim == 1
+        else np.linalg.solve(a, b)),
+    Row("det", ops.det, unary(spd_or_not), [(1, 1), (3, 3), (2, 2, 2)], ref=np.linalg.det),
+    Row("slogdet", lambda a: ops.slogdet(a)[1], unary(spd_or_not), [(1, 1), (3, 3), (2, 2, 2)],
+        ref=lambda a: np.linalg.slogdet(a)[1]),
+    Row("slogdet", lambda a: ops.slogdet(a)[0], unary(spd_or_not), [(3, 3), (2, 2, 2)],
+        ref=lambda a: np.linalg.slogdet(a)[0], zero=True, id="slogdet-sign"),
+    # convolution
+    Row("conv2d", lambda i, k, p: ops.conv2d(i, k, p), conv_gen(((0, 0), (0, 0))), CONV_SHAPES,
+        ref=conv_ref_loops, id="conv2d-valid"),
+    Row("conv2d", lambda i, k, p: ops.conv2d(i, k, p), conv_gen(((1, 0), (2, -1))),
+        CONV_SHAPES, ref=conv_ref_loops, id="conv2d-asymmetric-crop"),
+    Row("conv2d", lambda i, k: gradc.conv2d(i, k, padding="same"),
+        lambda r, s: (normal(r, s[0]), normal(r, s[1])), CONV_SHAPES,
+        ref=lambda i, k: conv_ref_loops(i, k, _same_padding(k)), id="conv2d-same"),
+    # control
+    Row("guard", guarded, unary(lambda r, s: r.uniform(0.2, 1.0, s) * r.choice([-1, 1])),
+        [(3,), (2, 2)], ref=lambda x: np.sin(x) * 2.0 if np.sum(x) > 0 else np.cos(x)),
+    Row("stop_gradient", lambda x: ops.stop_gradient(ops.sin(x)), unary(normal),
+        ref=np.sin, zero=True),
+]
+
+
+# definitions used by rows above (kept below the table so it reads first)
+
+def _value(x):
+    return x.val if isinstance(x, gradc.trace.Tracer) else np.asarray(x)
+
+
+def _np_pad_window(x):
+    out = np.zeros((5, 4))
+    out[1:4:2, 3::-1] = x
+    return out
+
+
+def _np_scatter(v, i, shape):
+    out = np.zeros(shape)
+    np.add.at(out, i, v)
+    return out
+
+
+def _np_scatter_row(v, i):
+    out = np.zeros((2, 3))
+    np.add.at(out[1], i, v)
+    return out
+
+
+def _np_set(x, v):
+    out = x.copy()
+    out[1, 0:3:2] = v
+    return out
+
+
+def _np_set_rows(x, v, i=np.array([2, 0])):
+    out = x.copy()
+    out[i] = v
+    return out
+
+
+def _setitem(x, v):
+    x = x * 1.0
+    x[1:3] = v * 2.0
+    return x
+
+
+def _same_padding(kernel):
+    kh, kw = kernel.shape[2], kernel.shape[3]
+    return (((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2))
+
+
+NOT_DIFFERENTIABLE = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
+                      "isfinite", "argmax", "argmin", "nonzero", "guard", "sign", "floor",
+                      "ceil", "round", "trunc", "stop_gradient"}
+
+
+# ---------------------------------------------------------------- strategies
+
+SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
+SEEDS = st.integers(0, 2 ** 32 - 1)
+
+
+def draw_args(row, data):
+    if row.shapes == ELEMENTWISE:
+        shape = data.draw(SHAPES, label="shape")
+    else:
+        shape = data.draw(st.sampled_from(row.shapes), label="shape")
+    seed = data.draw(SEEDS, label="seed")
+    args = row.gen(np.random.default_rng(seed), shape)
+    # NumPy scalars (rank-0 draws) become 0-d arrays: np.bool_ would be a static argument
+    return tuple(np.asarray(a) if isinstance(a, np.generic) else a for a in args)
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_every_primitive_has_a_row():
+    covered = {row.prim for row in ROWS}
+    missing = sorted(set(all_primitives()) - covered)
+    assert not missing, f"primitives without a row in ROWS: {missing}"
+    unknown = sorted(covered - set(all_primitives()))
+    assert not unknown, f"rows name unknown primitives: {unknown}"
+
+
+def test_non_differentiable_rows_are_marked():
+    for row in ROWS:
+        if row.prim in NOT_DIFFERENTIABLE and row.prim not in ("argmax", "nonzero", "guard"):
+            assert row.zero, f"row {row.id}: {row.prim} has zero derivative; mark it zero=True"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+@settings(max_examples=max(25, settings().max_examples))
+@given(data=st.data())
+def test_rows(row, data):
+    args = draw_args(row, data)
+    graph = gradc.make_graph(row.fn)(*args)
+    graph.verify()
+    # (rows drawn at rank 0 may trace to no equation at all: reducing or reshaping a
+    # scalar is the identity)
+    assert not graph.eqns or any(e.prim.name == row.prim for e in graph.eqns), (
+        f"row {row.id} does not exercise {row.prim}:\n{graph}")
+
+    # values: the traced graph, run by the reference interpreter, against NumPy
+    if row.ref is not None:
+        want = row.ref(*args)
+        got = row.fn(*args)
+        _assert_tree_equal(got, want)
+        dynamic = [a for a in args if not _is_static(a)]
+        ran = run(graph, *dynamic)
+        _assert_tree_equal(ran if len(ran) > 1 or isinstance(want, list) else ran[0], want)
+
+    # derived graphs are valid and keep the primal outputs
+    wrt = [v.dtype.kind == "f" for v in graph.inputs]
+    if any(wrt):
+        jg = jvp_graph(graph, wrt).verify()
+        vg = vjp_graph(graph, wrt).verify()
+        dynamic = [a for a in args if not _is_static(a)]
+        n_out = len(graph.outputs)
+        primal = run(graph, *dynamic)
+        tangents = [np.zeros(np.shape(a), np.asarray(a).dtype) for a, w in zip(dynamic, wrt)
+                    if w]
+        for a, b in zip(run(jg, *dynamic, *tangents)[:n_out], primal):
+            np.testing.assert_array_equal(a, b)
+        cts = [np.zeros(o.shape, o.dtype) for o in graph.outputs]
+        for a, b in zip(run(vg, *dynamic, *cts)[:n_out], primal):
+            np.testing.assert_array_equal(a, b)
+
+    if row.zero:
+        _check_zero_derivative(row, args)
+    else:
+        check_grads(row.fn, args, order=row.order, modes=("fwd", "rev"), **row.tol)
+
+
+def _check_zero_derivative(row, args):
+    """jvp tangents and vjp cotangents of a piecewise-constant row are exactly zero."""
+    v = tuple(np.ones_like(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+              for a in args)
+    out, t_out = gradc.jvp(row.fn, args, v)
+    for t in _leaves(t_out):
+        assert not np.any(np.asarray(t)), f"row {row.id}: nonzero tangent {t!r}"
+    out, vjp_fn = gradc.vjp(row.fn, *args)
+    cts = vjp_fn(gradc.pytree.tree_map(np.ones_like, out))
+    for c in _leaves(cts):
+        assert not np.any(np.asarray(c)), f"row {row.id}: nonzero cotangent {c!r}"
+    # and finite differences agree that the function is locally constant
+    if row.prim != "stop_gradient":
+        for n in _leaves(numerical_jvp(row.fn, args, v, 1e-6)):
+            assert not np.any(n), f"row {row.id}: inputs are too close to a jump: {n!r}"
+
+
+FLOAT32_ROWS = ["neg", "mul", "div", "pow", "max", "atan2", "rem", "sin", "log", "tanh",
+                "select", "convert-f32-to-f64", "reduce_sum", "reduce_max", "reduce_prod",
+                "cumsum", "broadcast_in_dim", "concatenate", "slice", "pad", "gather",
+                "scatter_add", "index_set-repeated-index", "einsum-batched", "solve", "det",
+                "slogdet", "conv2d-same"]
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.id in FLOAT32_ROWS], ids=lambda r: r.id)
+def test_float32_rows(row):
+    """In float32, tangents and cotangents stay float32 (check_grads checks dtypes) and
+    agree with finite differences at float32 tolerances."""
+    shape = (2, 3) if row.shapes == ELEMENTWISE else row.shapes[0]
+    args = row.gen(np.random.default_rng(7), shape)
+    args = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+                 else a for a in args)
+    for x in _leaves(row.fn(*args)):
+        assert np.asarray(x).dtype in (np.float32, np.float64), np.asarray(x).dtype
+    check_grads(row.fn, args, order=2)
+
+
+def test_pow_derivatives_at_zero_base():
+    """x**y at x = 0: d/dx is 0 for y = 0 (not 0·inf), and d/dy is 0 (limit for y > 0)."""
+    x, y = np.zeros(3), np.array([0.0, 1.0, 2.0])
+    _, t = gradc.jvp(ops.pow, (x, y), (np.ones(3), np.zeros(3)))
+    np.testing.assert_array_equal(t, [0.0, 1.0, 0.0])
+    _, t = gradc.jvp(ops.pow, (x, y), (np.zeros(3), np.ones(3)))
+    np.testing.assert_array_equal(t, [0.0, 0.0, 0.0])
+    # all derivatives of an integer power stay finite at 0
+    g = lambda x: x ** 2.0  # noqa: E731
+    assert gradc.grad(gradc.grad(gradc.grad(g)))(0.0) == 0.0
+    assert gradc.grad(gradc.grad(g))(0.0) == 2.0
+
+
+def test_extremum_ties_share_the_tangent():
+    """At ties max/min (elementwise and reductions) split the tangent equally (as JAX)."""
+    x = np.array([1.0, 3.0, 3.0])
+    _, t = gradc.jvp(lambda x: ops.reduce_max(x), (x,), (np.array([1.0, 2.0, 4.0]),))
+    assert t == 3.0
+    np.testing.assert_array_equal(gradc.grad(lambda x: ops.reduce_max(x))(x), [0.0, 0.5, 0.5])
+    _, t = gradc.jvp(ops.maximum, (x, np.full(3, 3.0)), (np.ones(3), np.zeros(3)))
+    np.testing.assert_array_equal(t, [0.0, 0.5, 0.5])
+    _, t = gradc.jvp(ops.minimum, (x, np.full(3, 3.0)), (np.ones(3), np.zeros(3)))
+    np.testing.assert_array_equal(t, [1.0, 0.5, 0.5])
+
+
+# ---------------------------------------------------------------- conv2d and the seed
+
+@pytest.mark.parametrize("shapes", CONV_SHAPES)
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv2d_transposes_follow_the_seed_formulas(shapes, padding):
+    rng = np.random.default_rng(3)
+    image, kernel = normal(rng, shapes[0]), normal(rng, shapes[1])
+    out, vjp_fn = gradc.vjp(lambda i, k: gradc.conv2d(i, k, padding=padding), image, kernel)
+    pads = _same_padding(kernel) if padding == "same" else ((0, 0), (0, 0))
+    np.testing.assert_allclose(out, conv_ref_loops(image, kernel, pads), rtol=1e-12, atol=1e-12)
+    d_out = normal(rng, out.shape)
+    d_image, d_kernel = vjp_fn(d_out)
+    kh, kw = kernel.shape[2:]
+    (top, bottom), (left, right) = pads
+    # dL/dI = CC(dL/dO zero-padded by (KH-1-top, KH-1-bottom) x (KW-1-left, KW-1-right),
+    #            K rotated by 180° with the O and C axes swapped)
+    rotated = kernel[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    want_image = conv_ref_loops(d_out, rotated, full)
+    np.testing.assert_allclose(d_image, want_image, rtol=1e-12, atol=1e-12)
+    # dL/dK = CC(Î, dL/dO): the batch axis plays the channel axis
+    want_kernel = conv_ref_loops(image.transpose(1, 0, 2, 3), d_out.transpose(1, 0, 2, 3),
+                                 pads).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(d_kernel, want_kernel, rtol=1e-12, atol=1e-12)
+
+
+def test_guard_rejects_the_other_branch():
+    x = np.array([0.5, 0.25])
+    graph = gradc.make_graph(guarded)(x).verify()
+    assert [e.prim.name for e in graph.guards] == ["guard"]
+    np.testing.assert_allclose(run(graph, x)[0], np.sin(x) * 2.0)
+    with pytest.raises(GuardFailure):
+        run(graph, -x)
+    jg = jvp_graph(graph).verify()
+    assert any(e.prim.name == "guard" for e in jg.eqns)
+    with pytest.raises(GuardFailure):
+        run(jg, -x, np.ones(2))
+    # and the transformation re-traces for the new branch rather than reusing the old one
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(guarded(x)))(-x), -np.sin(-x))
+
+
+def test_stop_gradient_cuts_only_its_operand():
+    x = np.array([0.3, -1.2, 2.0])
+    v = np.array([1.0, 2.0, -1.0])
+    f = lambda x: x * ops.stop_gradient(np.sin(x))  # noqa: E731
+    _, t = gradc.jvp(f, (x,), (v,))
+    np.testing.assert_allclose(t, v * np.sin(x), rtol=1e-14)
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(f(x)))(x), np.sin(x), rtol=1e-14)
+
+
+def test_check_grads_catches_a_wrong_rule():
+    """The checker is able to fail: a sin whose JVP rule is off by a sign is caught in
+    both modes."""
+    from gradc.prims import elementwise as ew
+    from gradc.prims.rules import defjvp
+    x = np.array([0.3, -0.7])
+    saved = ew.sin_p.jvp
+    try:
+        defjvp(ew.sin_p, lambda t, ans, x: ew.neg(ew.mul(t, ew.cos(x))))
+        with pytest.raises(AssertionError, match="fwd mode"):
+            check_grads(lambda x: ops.sin(x), (x,), modes=("fwd",))
+        with pytest.raises(AssertionError, match="rev mode"):
+            check_grads(lambda x: ops.sin(x), (x,), modes=("rev",))
+    finally:
+        ew.sin_p.jvp = saved
+    check_grads(lambda x: ops.sin(x), (x,), order=2)
+
+
+def test_check_grads_catches_a_wrong_second_derivative():
+    """Right first derivative, wrong second: only order 2 notices."""
+    from gradc.prims import elementwise as ew
+    from gradc.prims.rules import defjvp
+    x = np.array([0.3, -0.7])
+    saved = ew.cos_p.jvp
+    try:
+        # cos with the wrong sign: sin's first derivative t·cos(x) only evaluates cos,
+        # its second derivative differentiates cos
+        defjvp(ew.cos_p, lambda t, ans, x: ew.mul(t, ew.sin(x)))
+        check_grads(lambda x: ops.sin(x), (x,), order=1)
+        with pytest.raises(AssertionError, match="order 2"):
+            check_grads(lambda x: ops.sin(x), (x,), order=2)
+    finally:
+        ew.cos_p.jvp = saved
+
+
+def test_check_grads_passes_integer_args_through():
+    x = np.array([0.5, 1.5])
+    check_grads(lambda x, n, flag: x ** n if flag else x, (x, 3, True), order=2)
+    check_grads(lambda p: p["w"] * np.sum(p["b"]), ({"w": 2.0, "b": np.ones(2)},), order=2)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _is_static(a):
+    return isinstance(a, (bool, int, tuple, type(None))) and not isinstance(a, float)
+
+
+def _leaves(tree):
+    return gradc.pytree.flatten(tree)[0]
+
+
+def _assert_tree_equal(got, want):
+    got_l, want_l = _leaves(got), _leaves(want)
+    assert len(got_l) == len(want_l), (got, want)
+    for g, w in zip(got_l, want_l):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        assert g.dtype == w.dtype or (g.dtype.kind == w.dtype.kind == "i"), (g.dtype, w.dtype)
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
