@@ -333,6 +333,9 @@ ROWS = [
     Row("index_set", lambda x, v, i: ops.index_set(x, v, [i], (("a", 0),)),
         lambda r, s: (normal(r, (4,)), normal(r, s), np.array([2, 0, 2])), [(3,), ()],
         ref=lambda x, v, i: _np_set_rows(x, v, i), id="index_set-repeated-index"),
+    Row("index_set", lambda x, v: _add_at_repeated(x, v),
+        lambda r, s: (normal(r, (3, 2)), normal(r, (3, 2))), [()],
+        ref=lambda x, v: _add_at_repeated(x, v), id="index_set-numpy-repeated-iadd"),
     Row("index_set", lambda x, v: _setitem(x, v),
         lambda r, s: (normal(r, (4,)), normal(r, (2,))), [()],
         ref=lambda x, v: _setitem(x.copy(), v), id="index_set-numpy"),
@@ -426,6 +429,13 @@ def _setitem(x, v):
     return x
 
 
+def _add_at_repeated(x, v):
+    """``x[i] += v`` with a repeated index: NumPy keeps the last write, no accumulation."""
+    x = x * 1.0
+    x[np.array([0, 2, 0])] += v
+    return x
+
+
 def _same_padding(kernel):
     kh, kw = kernel.shape[2], kernel.shape[3]
     return (((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2))
@@ -495,6 +505,9 @@ def test_rows(row, data):
     if any(wrt):
         jg = jvp_graph(graph, wrt).verify()
         vg = vjp_graph(graph, wrt).verify()
+        if not row.zero:   # second order, as graphs: forward-over-reverse, reverse-over-forward
+            jvp_graph(vg).verify()
+            vjp_graph(jg).verify()
         dynamic = [a for a in args if not _is_static(a)]
         n_out = len(graph.outputs)
         primal = run(graph, *dynamic)
