@@ -22,7 +22,7 @@ import numpy as np
 from . import pytree
 from .ir import is_float
 
-__all__ = ["check_grads", "numerical_jvp"]
+__all__ = ["check_grads", "numerical_grad", "numerical_jvp"]
 
 # (eps, rtol, atol) per precision: central differences have truncation error O(eps²)
 # and rounding error O(ulp / eps); these keep both well below the tolerance.
@@ -47,6 +47,18 @@ def _perturb(x, t, step):
         return float(x + step * float(np.asarray(t)))
     x = np.asarray(x)
     return (x + step * np.asarray(t, dtype=np.float64)).astype(x.dtype)
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central finite-difference gradient of a scalar function of one array (or float),
+    one coordinate at a time: ``g[i] = (f(x + eps e_i) - f(x - eps e_i)) / 2eps``."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
 
 
 def numerical_jvp(f, args, tangents, eps):

@@ -4,19 +4,9 @@ import numpy as np
 import pytest
 
 import gradc
+from gradc.testing import numerical_grad as fd_grad
 
 RNG = np.random.default_rng(1)
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central finite differences of a scalar function of one array."""
-    x = np.asarray(x, dtype=float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
 
 
 def rosen(x):

@@ -8,16 +8,7 @@ import numpy as np
 import pytest
 
 import gradc
-
-
-def fd(f, x, eps=1e-6):
-    x = np.asarray(x, dtype=float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
+from gradc.testing import numerical_grad as fd
 
 
 class Counted:

@@ -4,18 +4,9 @@ import numpy as np
 import pytest
 
 import gradc
+from gradc.testing import numerical_grad as fd
 
 RNG = np.random.default_rng(7)
-
-
-def fd(f, x, eps=1e-6):
-    x = np.asarray(x, dtype=float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
 
 
 def check_program(f, args, rtol=1e-6, atol=1e-8):
