@@ -543,3 +543,27 @@ def size(x, axis=None):
 @implements(np.result_type)
 def result_type(*xs):
     return np.result_type(*[dtype_of(x) if isinstance(x, Tracer) else x for x in xs])
+
+
+# ---------------------------------------------------------------- indices of True entries
+
+@implements(np.nonzero)
+def nonzero(x):
+    """Indices of the nonzero entries.  Their number is data-dependent: it is fixed at
+    trace time and checked when the graph runs (a different count re-traces)."""
+    from .numpy_api import _mask_indices
+    x = operand(x)
+    if _ndim(x) == 0:
+        raise UnsupportedError(with_location("np.nonzero of a 0-d array; use np.atleast_1d"))
+    mask = x if dtype_of(x) == np.dtype(bool) else ops.ne(x, np.zeros((), dtype_of(x)))
+    return tuple(_mask_indices(mask))
+
+
+@implements(np.flatnonzero)
+def flatnonzero(x):
+    return nonzero(ravel(x))[0]
+
+
+@implements(np.argwhere)
+def argwhere(x):
+    return stack(list(nonzero(atleast_1d(x))), axis=1)

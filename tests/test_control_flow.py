@@ -197,3 +197,21 @@ def test_guards_inside_inner_transformation():
 def test_ambiguous_truth_value_is_an_error():
     with pytest.raises(gradc.GradcError, match="ambiguous"):
         gradc.grad(lambda x: np.sum(x) if x > 0 else 0.0)(np.ones(3))
+
+
+def test_nonzero_count_is_guarded():
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        (idx,) = np.nonzero(x > 0)
+        return np.sum(x[idx] ** 2) + np.sum(np.argwhere(x < 0)) * 0.0
+
+    g = gradc.grad(f)
+    x = np.array([1.0, -2.0, 3.0])
+    assert np.allclose(g(x), [2.0, 0.0, 6.0])
+    assert np.allclose(g(np.array([2.0, -1.0, 1.0])), [4.0, 0.0, 2.0])   # same count
+    assert len(traces) == 1
+    assert np.allclose(g(np.array([2.0, 1.0, 1.0])), [4.0, 2.0, 2.0])    # new count
+    assert len(traces) == 2
+    assert np.array_equal(np.flatnonzero(np.array([0.0, 1.0])), [1])
