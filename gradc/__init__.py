@@ -9,7 +9,8 @@ from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functi
 from . import numpy_linalg as _numpy_linalg  # noqa: F401
 from . import ops  # noqa: F401
 from .api import grad, jvp, make_graph, stop_gradient, value_and_grad, vjp
-from .errors import (ArgumentError, ConcretizationError, GradcError, NonScalarOutputError,
+from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
+                     GradcError, NonScalarOutputError,
                      ShapeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
 from .ir import Eqn, Graph, Lit, Primitive, Var
@@ -24,5 +25,5 @@ __all__ = [
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
-    "NonScalarOutputError", "TracerLeakError",
+    "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",
 ]

@@ -200,6 +200,12 @@ def _check_wrt(args: _Args, argnums, fun, what="grad"):
                 f"floating-point values (floats, float arrays) can be differentiated; "
                 f"integers and bools are static. Pass a float (e.g. {_as_float_hint(bad)}) "
                 "or a float array (np.asarray(x, dtype=float))"))
+        if any(not _is_static(x) and np.iscomplexobj(np.empty(0, _leaf_dtype(x)))
+               for x in leaves):
+            raise ArgumentError(with_location(
+                f"{what} of {_fun_name(fun)} with respect to argument {i}, which is complex: "
+                "gradc differentiates real-valued inputs only; split it into real and "
+                "imaginary parts"))
     nums = {i % n_args for i in argnums}
     return [o in nums and is_float(_leaf_dtype(x)) for o, x in zip(args.owner, args.dynamic)]
 

@@ -45,6 +45,14 @@ class ShapeError(GradcError, ValueError):
     """Operand shapes that do not fit together."""
 
 
+class DTypeError(GradcError, TypeError):
+    """Operand dtypes that a primitive does not accept together."""
+
+
+class EvaluationError(GradcError):
+    """A NumPy implementation failed on the traced values (e.g. a singular matrix)."""
+
+
 class NonScalarOutputError(GradcError, TypeError):
     """``grad`` of a function whose output is not a scalar."""
 

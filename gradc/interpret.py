@@ -32,7 +32,8 @@ def eval_graph(graph: Graph, args) -> list:
             env.update(zip(eqn.outputs, result))
         else:
             env[eqn.outputs[0]] = result
-    return [read(a) for a in graph.outputs]
+    # literal outputs are copied: a caller mutating a result must not change the graph
+    return [np.array(a.value) if isinstance(a, Lit) else env[a] for a in graph.outputs]
 
 
 def run(graph: Graph, *args) -> list:

@@ -50,6 +50,9 @@ Tracer.__neg__ = lambda self: npa.UFUNCS[np.negative](self)
 Tracer.__pos__ = lambda self: self
 Tracer.__abs__ = lambda self: npa.UFUNCS[np.absolute](self)
 Tracer.__invert__ = lambda self: npa.UFUNCS[np.invert](self)
+Tracer.__round__ = lambda self, ndigits=None: npf.round(self, ndigits or 0)
+Tracer.__divmod__ = lambda self, other: (self // other, self % other)
+Tracer.__rdivmod__ = lambda self, other: (other // self, other % self)
 Tracer.__getitem__ = npa.getitem
 Tracer.__setitem__ = npa.setitem
 

@@ -173,7 +173,6 @@ UFUNCS.update({
     np.multiply: elementwise(ops.mul), np.true_divide: elementwise(ops.div, float_result=True),
     np.power: elementwise(ops.pow), np.float_power: elementwise(ops.pow, float_result=True),
     np.maximum: elementwise(ops.maximum), np.minimum: elementwise(ops.minimum),
-    np.fmax: elementwise(ops.maximum), np.fmin: elementwise(ops.minimum),
     np.arctan2: elementwise(ops.atan2, float_result=True),
     np.remainder: elementwise(ops.rem),
     np.negative: elementwise(ops.neg), np.positive: lambda x: x,
@@ -253,19 +252,19 @@ def reciprocal(x):
 @implements(np.exp2)
 def exp2(x):
     (x,) = promote(x, float_result=True)
-    return ops.exp(ops.mul(x, np.log(2.0)))
+    return ops.exp(ops.mul(x, float(np.log(2.0))))
 
 
 @implements(np.log2)
 def log2(x):
     (x,) = promote(x, float_result=True)
-    return ops.div(ops.log(x), np.log(2.0))
+    return ops.div(ops.log(x), float(np.log(2.0)))
 
 
 @implements(np.log10)
 def log10(x):
     (x,) = promote(x, float_result=True)
-    return ops.div(ops.log(x), np.log(10.0))
+    return ops.div(ops.log(x), float(np.log(10.0)))
 
 
 @implements(np.deg2rad, np.radians)
@@ -302,8 +301,21 @@ def logaddexp(x, y):
 @implements(np.logaddexp2)
 def logaddexp2(x, y):
     x, y = broadcast(*promote(x, y, float_result=True))
-    ln2 = np.log(2.0)
+    ln2 = float(np.log(2.0))
     return ops.div(logaddexp(ops.mul(x, ln2), ops.mul(y, ln2)), ln2)
+
+
+def _nan_ignoring(op):
+    # fmax/fmin: like maximum/minimum, but a NaN operand yields the other one
+    def apply(x, y):
+        x, y = broadcast(*promote(x, y))
+        both = op(x, y)
+        return ops.select(ops.isnan(x), y, ops.select(ops.isnan(y), x, both))
+    return apply
+
+
+UFUNCS[np.fmax] = _nan_ignoring(ops.maximum)
+UFUNCS[np.fmin] = _nan_ignoring(ops.minimum)
 
 
 @implements(np.heaviside)

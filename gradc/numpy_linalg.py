@@ -132,6 +132,7 @@ def _parse_einsum(spec, ndims):
     else:
         lhs, out = spec, None
     terms = lhs.split(",")
+    ell = ""
     if len(terms) != len(ndims):
         raise ShapeError(with_location(f"einsum {spec!r}: {len(terms)} terms for "
                                        f"{len(ndims)} operands"))
@@ -153,7 +154,12 @@ def _parse_einsum(spec, ndims):
         counts = {}
         for c in "".join(terms):
             counts[c] = counts.get(c, 0) + 1
-        out = "".join(sorted(c for c, n in counts.items() if n == 1))
+        single = "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+        out = ell + single
+    unknown = [c for c in out if not any(c in t for t in terms)]
+    if unknown or len(set(out)) != len(out):
+        raise ShapeError(with_location(
+            f"einsum {spec!r}: output subscripts must be distinct and appear in an input"))
     return terms, out
 
 
@@ -188,6 +194,9 @@ def solve(a, b):
 @implements(np.linalg.inv)
 def inv(a):
     (a,) = promote(a, float_result=True)
+    if _ndim(a) < 2 or shape_of(a)[-1] != shape_of(a)[-2]:
+        raise ShapeError(with_location(
+            f"np.linalg.inv: expected square matrices (..., n, n), got {shape_of(a)}"))
     n = shape_of(a)[-1]
     eye = np.broadcast_to(np.eye(n, dtype=dtype_of(a)), shape_of(a))
     return ops.solve(a, eye)

@@ -219,7 +219,7 @@ class Tracer:
 def bind(prim: Primitive, *args, **params):
     """Apply ``prim``: evaluate it on constants, or record an equation."""
     if not any(isinstance(a, Tracer) for a in args):
-        return _normalise(prim, prim.impl(*args, **params))
+        return _normalise(prim, _run_impl(prim, args, params))
     trace = current_trace()
     if trace is None:
         raise TracerLeakError(with_location(
@@ -235,7 +235,7 @@ def bind(prim: Primitive, *args, **params):
     values = [None] * len(outs)
     if all(not isinstance(a, Tracer) or a.val is not None for a in args):
         concrete = [a.val if isinstance(a, Tracer) else a for a in args]
-        result = _normalise(prim, prim.impl(*concrete, **params))
+        result = _normalise(prim, _run_impl(prim, concrete, params))
         values = list(result) if prim.multiple_results else [result]
     source = _SOURCE[-1] if _SOURCE else errors.user_location()
     trace.eqns.append(make_eqn(prim, atoms, outs, params, source))
@@ -278,6 +278,19 @@ def full_traced(shape, fill, dtype, like):
     trace.eqns.append(make_eqn(broadcast_p, [Lit(np.asarray(fill, dtype))], [var],
                                {"shape": shape, "dims": ()}, source))
     return Tracer(var, None if like.val is None else np.full(shape, fill, dtype), trace)
+
+
+def _run_impl(prim, args, params):
+    """The NumPy implementation; its failures (a singular matrix, an index out of
+    bounds) become a GradcError that names the primitive and the user's line."""
+    try:
+        return prim.impl(*args, **params)
+    except GradcError:
+        raise
+    except Exception as e:
+        where = _SOURCE[-1] if _SOURCE else None
+        raise errors.EvaluationError(with_location(
+            f"{prim.name} failed on the traced values: {type(e).__name__}: {e}", where)) from e
 
 
 def _normalise(prim, result):

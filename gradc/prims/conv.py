@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive
 from ..trace import bind
 from .rules import defbilinear
@@ -53,7 +53,7 @@ def _conv2d_abstract(image, kernel, padding):
     if ho <= 0 or wo <= 0:
         raise ShapeError(f"conv2d: kernel {kh}x{kw} is larger than the padded image")
     if np.dtype(image.dtype) != np.dtype(kernel.dtype):
-        raise TypeError("conv2d: image and kernel dtypes differ")
+        raise DTypeError("conv2d: image and kernel dtypes differ")
     return [((n, o, ho, wo), image.dtype)]
 
 

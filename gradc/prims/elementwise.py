@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive, dtype_name, is_float
 from ..trace import Tracer, bind, dtype_of
 from .rules import deflinear, defjvp, defzero, is_undefined, unbroadcast
@@ -34,7 +34,7 @@ def _elementwise_shape(*avals):
 def _same_dtype(prim, avals):
     dtypes = {np.dtype(a.dtype) for a in avals}
     if len(dtypes) > 1:
-        raise TypeError(f"{prim}: operands have different dtypes "
+        raise DTypeError(f"{prim}: operands have different dtypes "
                         + ", ".join(dtype_name(d) for d in dtypes))
     return dtypes.pop()
 
@@ -45,7 +45,7 @@ def _unary(name, impl, float_only=True):
 
     def abstract(x):
         if float_only and not is_float(x.dtype):
-            raise TypeError(f"{name} needs a floating-point operand, got {dtype_name(x.dtype)}")
+            raise DTypeError(f"{name} needs a floating-point operand, got {dtype_name(x.dtype)}")
         return [(tuple(x.shape), x.dtype)]
     prim.abstract = abstract
     return prim
@@ -374,7 +374,7 @@ select_p.impl = lambda pred, on_true, on_false: np.where(pred, on_true, on_false
 
 def _select_abstract(pred, on_true, on_false):
     if np.dtype(pred.dtype) != _BOOL:
-        raise TypeError(f"select: predicate must be bool, got {dtype_name(pred.dtype)}")
+        raise DTypeError(f"select: predicate must be bool, got {dtype_name(pred.dtype)}")
     dtype = _same_dtype("select", (on_true, on_false))
     return [(_elementwise_shape(pred, on_true, on_false), dtype)]
 

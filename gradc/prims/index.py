@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive
 from ..trace import bind
 from .elementwise import eq, select
@@ -191,7 +191,7 @@ def _index_set_abstract(x, v, *idx, spec):
         raise ShapeError(f"cannot assign a value of shape {tuple(v.shape)} to a window of "
                          f"shape {tuple(window)}")
     if np.dtype(v.dtype) != np.dtype(x.dtype):
-        raise TypeError("index_set: value and array dtypes differ")
+        raise DTypeError("index_set: value and array dtypes differ")
     return [(tuple(x.shape), x.dtype)]
 
 

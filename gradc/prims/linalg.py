@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive
 from ..trace import bind
 from .rules import defbilinear, is_undefined
@@ -41,7 +41,7 @@ def _einsum_abstract(a, b, spec):
         if c not in so and (c not in sa or c not in sb):
             raise ShapeError(f"einsum {spec!r}: index {c!r} must be summed before einsum")
     if np.dtype(a.dtype) != np.dtype(b.dtype):
-        raise TypeError(f"einsum {spec!r}: operand dtypes differ")
+        raise DTypeError(f"einsum {spec!r}: operand dtypes differ")
     return [(tuple(sizes[c] for c in so), a.dtype)]
 
 
@@ -108,7 +108,7 @@ def _solve_abstract(a, b):
     elif tuple(b.shape[:-2]) != tuple(a.shape[:-2]) or b.shape[-2] != n:
         raise ShapeError(f"solve: shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
     if np.dtype(a.dtype) != np.dtype(b.dtype):
-        raise TypeError("solve: operand dtypes differ")
+        raise DTypeError("solve: operand dtypes differ")
     return [(tuple(b.shape), b.dtype)]
 
 

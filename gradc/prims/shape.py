@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive
 from ..trace import bind
 from .rules import deflinear, is_undefined
@@ -125,7 +125,7 @@ def _concatenate_abstract(*xs, axis):
                              + f" do not match outside axis {axis}")
     dtypes = {np.dtype(x.dtype) for x in xs}
     if len(dtypes) != 1:
-        raise TypeError("concatenate: operands must share a dtype")
+        raise DTypeError("concatenate: operands must share a dtype")
     total = sum(x.shape[axis] for x in xs)
     return [(first[:axis] + (total,) + first[axis + 1:], xs[0].dtype)]
 
