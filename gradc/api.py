@@ -19,12 +19,12 @@ trace, which is how ``grad(grad(f))`` works.
 from __future__ import annotations
 
 import functools
-import weakref
 import numbers
+import weakref
 
 import numpy as np
 
-from . import pytree
+from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
                      with_location)
 from .interpret import eval_graph
@@ -307,7 +307,7 @@ def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux) -> _Spec:
         one = np.ones((), dtype=graph.outputs[0].dtype)
         cts = backward_pass(linear, res, [one] + [None] * n_aux)
         wrt_vars = [v for v, w in zip(graph.inputs, wrt_full) if w]
-        return outs + [np.zeros(v.shape, v.dtype) if c is None else c
+        return outs + [ops.full(v.shape, 0, v.dtype) if c is None else c
                        for v, c in zip(wrt_vars, cts)]
 
     del n_res

@@ -29,13 +29,15 @@ from .prims.shape import (  # noqa: F401
 
 
 def full(shape, value, dtype):
-    """A constant array (folded at trace time; it becomes a literal)."""
-    return np.full(tuple(shape), value, dtype=dtype)
+    """A constant array: a broadcast of a scalar.  Evaluated at once when small or when
+    nothing is being traced; recorded as an equation when large, so derived graphs do not
+    carry big literals."""
+    return broadcast_in_dim(np.asarray(value, dtype=dtype), tuple(shape), ())
 
 
 def zeros_like(x):
-    return np.zeros(np.shape(x), dtype=dtype_of(x))
+    return full(np.shape(x), 0, dtype_of(x))
 
 
 def ones_like(x):
-    return np.ones(np.shape(x), dtype=dtype_of(x))
+    return full(np.shape(x), 1, dtype_of(x))

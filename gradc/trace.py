@@ -44,6 +44,7 @@ class Trace:
         self.eqns: list = []
         self.captures: dict = {}      # id(outer Tracer) -> (outer Tracer, inner Var)
         self.active = False
+        self.concrete = False         # its inputs carry values (concrete tracing)
 
     # -- life cycle
     def __enter__(self) -> "Trace":
@@ -218,12 +219,33 @@ class Tracer:
 
 def bind(prim: Primitive, *args, **params):
     """Apply ``prim``: evaluate it on constants, or record an equation."""
-    if not any(isinstance(a, Tracer) for a in args):
-        return _normalise(prim, _run_impl(prim, args, params))
     trace = current_trace()
-    if trace is None:
+    if not any(isinstance(a, Tracer) for a in args):
+        if trace is None or not _is_large(prim, args, params):
+            return _normalise(prim, _run_impl(prim, args, params))
+    elif trace is None:
         raise TracerLeakError(with_location(
             "a traced value was used after the function that made it returned"))
+    return _record(trace, prim, args, params)
+
+
+FOLD_LIMIT = 1 << 16   # constants of more elements stay equations (not literals) in graphs
+
+
+def _is_large(prim, args, params) -> bool:
+    """Whether a constant result would be a big literal (a graph keeps it an equation)."""
+    if prim.effect:
+        return False
+    try:
+        avals = prim.abstract(*[Lit(np.asarray(a)) for a in args], **params)
+    except Exception:
+        return False
+    return any(int(np.prod(shape, dtype=np.int64)) > FOLD_LIMIT for shape, _ in avals)
+
+
+def _record(trace, prim, args, params):
+    """Record ``prim`` applied to ``args`` in ``trace``; return Tracers for its outputs
+    (with values when the trace is concrete and every traced operand has one)."""
     atoms = [trace.to_atom(a) for a in args]
     try:
         avals = prim.abstract(*atoms, **params)
@@ -233,7 +255,8 @@ def bind(prim: Primitive, *args, **params):
         raise type(e)(with_location(str(e))) from None
     outs = [Var(tuple(shape), np.dtype(dtype)) for shape, dtype in avals]
     values = [None] * len(outs)
-    if all(not isinstance(a, Tracer) or a.val is not None for a in args):
+    tracers_in = [a for a in args if isinstance(a, Tracer)]
+    if all(a.val is not None for a in tracers_in) and (tracers_in or trace.concrete):
         concrete = [a.val if isinstance(a, Tracer) else a for a in args]
         result = _normalise(prim, _run_impl(prim, concrete, params))
         values = list(result) if prim.multiple_results else [result]
@@ -319,6 +342,7 @@ def trace_graph(fn, avals, values=None):
     """
     values = values if values is not None else [None] * len(avals)
     with Trace() as trace:
+        trace.concrete = any(v is not None for v in values)
         ins = [trace.new_input(s, d, v) for (s, d), v in zip(avals, values)]
         try:
             outs = fn(*ins)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Lit, Var, atoms_key, make_eqn, params_key
-
-FOLD_LIMIT = 1 << 16   # fold constants of at most this many elements
+from ..trace import FOLD_LIMIT  # fold constants of at most this many elements
 
 
 def _is_const(atom, value) -> bool:

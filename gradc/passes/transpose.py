@@ -12,7 +12,6 @@ something flows into them.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ..errors import GradcError
 from ..interpret import eval_graph
@@ -72,7 +71,8 @@ def _read(env, atom):
 
 
 def _zeros(v):
-    return np.zeros(v.shape, dtype=v.dtype)
+    from .. import ops
+    return ops.full(v.shape, 0, v.dtype)
 
 
 def transpose_graph(linear: Graph, n_res: int) -> Graph:
