@@ -19,6 +19,7 @@ trace, which is how ``grad(grad(f))`` works.
 from __future__ import annotations
 
 import functools
+import hashlib
 import numbers
 import weakref
 
@@ -33,7 +34,8 @@ from .passes import jvp_graph, linearize_graph, simplify
 from .passes.transpose import backward_pass, transpose_graph
 from .trace import Tracer, trace_graph
 
-MAX_SPECIALISATIONS = 32
+MAX_SPECIALISATIONS = 32   # paths kept per argument signature
+MAX_SIGNATURES = 256       # argument signatures kept per transformed function
 
 
 # ---------------------------------------------------------------- argument handling
@@ -140,6 +142,8 @@ class _Cache:
         """Evaluate the first specialisation whose guards hold; build a new one if none.
         A derived graph takes ``dynamic + captured + extra`` as inputs."""
         specs = self.entries.setdefault(key, [])
+        while len(self.entries) > MAX_SIGNATURES:      # forget the oldest signature
+            del self.entries[next(iter(self.entries))]
         for spec in specs:
             try:
                 return spec, spec.evaluate(dynamic, extra)
@@ -179,11 +183,11 @@ def _to_user(x, like=None, pyfloat=False):
     return x
 
 
-def _check_wrt(args: _Args, argnums, fun, what="grad"):
+def _check_wrt(args: _Args, argnums, fun, what="grad", n_positional=None):
     """Which dynamic leaves to differentiate: the floating-point leaves of the ``argnums``
     arguments.  Static leaves (ints, bools) inside a pytree argument are skipped (their
     gradient is None); an argument with no floating-point leaf at all is an error."""
-    n_args = len(args.treedef.children)
+    n_args = len(args.treedef.children) if n_positional is None else n_positional
     arg_trees = pytree.unflatten(args.treedef, list(args.leaves))
     for i in argnums:
         if not -n_args <= i < n_args:
@@ -251,10 +255,11 @@ def value_and_grad(fun=None, argnums=0, has_aux=False):
 
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
-        flat = _Args(args)
-        wrt = _check_wrt(flat, nums, fun)
-        key = (flat.key(), _kwargs_key(kwargs))
-        spec, results = cache.run(key, lambda: _build_grad(fun, flat, kwargs, wrt, has_aux),
+        call, all_args, names = _positional(fun, args, kwargs)
+        flat = _Args(all_args)
+        wrt = _check_wrt(flat, nums, fun, n_positional=len(args))
+        key = (flat.key(), names, _fingerprint(fun))
+        spec, results = cache.run(key, lambda: _build_grad(call, flat, {}, wrt, has_aux),
                                   flat.dynamic)
         info = spec.info
         n_out, n_aux = info["n_out"], info["n_aux"]
@@ -279,11 +284,64 @@ def value_and_grad(fun=None, argnums=0, has_aux=False):
     return wrapper
 
 
-def _kwargs_key(kwargs):
+def _positional(fun, args, kwargs):
+    """Keyword arguments become trailing positional ones (so arrays and floats passed by
+    keyword are traced like any argument).  Returns (callable, all args, keyword names)."""
+    if not kwargs:
+        return fun, tuple(args), ()
+    names = tuple(sorted(kwargs))
+    n = len(args)
+
+    def call(*all_args):
+        return fun(*all_args[:n], **dict(zip(names, all_args[n:])))
+    call.__qualname__ = _fun_name(fun)
+    return call, tuple(args) + tuple(kwargs[k] for k in names), names
+
+
+def _fingerprint(fun, depth=3, seen=None):
+    """What ``fun`` reads besides its arguments, for the cache key: the contents of its
+    closure cells and of the module globals its code names, following functions found
+    there ``depth`` levels deep.  Arrays are identified by content (a hash of their
+    bytes), scalars by value, other objects by identity, so rebinding or mutating a
+    closed-over array re-traces instead of reusing a stale derivative."""
+    seen = set() if seen is None else seen
+    code = getattr(fun, "__code__", None)
+    if code is None or id(fun) in seen or depth == 0:
+        return ()
+    seen.add(id(fun))
+    values = [c.cell_contents for c in (fun.__closure__ or ()) if _cell_filled(c)]
+    names = set(code.co_names)
+    for const in code.co_consts:          # lambdas and comprehensions defined inside
+        if hasattr(const, "co_names"):
+            names.update(const.co_names)
+    glob = getattr(fun, "__globals__", {})
+    values += [glob[n] for n in sorted(names) if n in glob]
+    out = []
+    for v in values:
+        if callable(v) and hasattr(v, "__code__"):
+            out.append(("fn", id(v), _fingerprint(v, depth - 1, seen)))
+        else:
+            out.append(_value_key(v))
+    return tuple(out)
+
+
+def _cell_filled(cell) -> bool:
     try:
-        return tuple(sorted(kwargs.items()))
-    except TypeError:
-        return ("id", id(kwargs))
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
+def _value_key(v):
+    if isinstance(v, np.ndarray) and v.dtype != object:
+        return ("nd", v.shape, v.dtype.str, hashlib.blake2b(
+            np.ascontiguousarray(v).view(np.uint8).data, digest_size=16).digest())
+    if isinstance(v, (int, float, complex, str, bool, bytes, type(None), np.generic)):
+        return ("val", type(v), v)
+    if isinstance(v, Tracer):
+        return ("tracer", id(v))
+    return ("id", id(v))
 
 
 def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux) -> _Spec:
@@ -371,7 +429,7 @@ def jvp(fun, primals, tangents, has_aux=False):
             t = t.astype(pd)
         tdyn.append(t)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (flat.key(), has_aux)
+    key = (flat.key(), has_aux, _fingerprint(fun))
     try:
         cache = _JVP_CACHE.setdefault(fun, _Cache())
     except TypeError:          # not weak-referenceable: no caching
