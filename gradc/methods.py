@@ -25,8 +25,7 @@ def _inplace(ufunc):
 
     def op(self, other):
         result = impl(self, other)
-        result = npa.astype(result, self.dtype)
-        self.ir_var, self.val, self.owner = result.ir_var, result.val, result.owner
+        self.assign(npa.astype(result, self.dtype))
         return self
     return op
 

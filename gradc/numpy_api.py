@@ -451,7 +451,11 @@ def getitem(x, key):
             window.append((entry[1], entry[1] + 1, 1))
         else:
             shape.append(1)
-    return ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
+    view = ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
+    if isinstance(view, Tracer) and isinstance(x, Tracer):
+        # basic indexing makes a view: writes to it reach x
+        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec))
+    return view
 
 
 def setitem(x, key, value):
@@ -468,6 +472,4 @@ def setitem(x, key, value):
                 f"could not broadcast a value of shape {shape_of(value)} into a window of "
                 f"shape {tuple(window)}")) from None
     updated = ops.index_set(x, value, arrays, spec)
-    if not isinstance(updated, Tracer):
-        raise TypeError("setitem on a non-traced array")
-    x.ir_var, x.val, x.owner = updated.ir_var, updated.val, updated.owner
+    x.assign(updated)

@@ -248,6 +248,24 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
 
 # ---------------------------------------------------------------- shapes
 
+def _reshape_view(x, shape):
+    """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x."""
+    x = operand(x)
+    y = ops.reshape(x, shape)
+    if isinstance(x, Tracer) and isinstance(y, Tracer):
+        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)))
+    return y
+
+
+def _transpose_view(x, perm):
+    """transpose, swapaxes, moveaxis return views in NumPy: writes reach x."""
+    x = operand(x)
+    y = ops.transpose(x, perm)
+    if isinstance(x, Tracer) and isinstance(y, Tracer):
+        y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))))
+    return y
+
+
 @implements(np.reshape)
 def reshape(x, *args, **kwargs):
     shape = kwargs.pop("shape", kwargs.pop("newshape", None))
@@ -268,7 +286,7 @@ def reshape(x, *args, **kwargs):
     if int(np.prod(shape, dtype=np.int64)) != size:
         raise ShapeError(with_location(
             f"cannot reshape an array of shape {shape_of(x)} into shape {tuple(shape)}"))
-    return ops.reshape(operand(x), tuple(shape))
+    return _reshape_view(x, tuple(shape))
 
 
 @implements(np.ravel)
@@ -280,7 +298,7 @@ def ravel(x, order="C"):
 def transpose(x, axes=None):
     n = _ndim(x)
     perm = tuple(reversed(range(n))) if axes is None else tuple(_axis(a, n) for a in axes)
-    return ops.transpose(operand(x), perm)
+    return _transpose_view(x, perm)
 
 
 @implements(np.swapaxes)
@@ -288,7 +306,7 @@ def swapaxes(x, axis1, axis2):
     perm = list(range(_ndim(x)))
     a, b = _axis(axis1, len(perm)), _axis(axis2, len(perm))
     perm[a], perm[b] = perm[b], perm[a]
-    return ops.transpose(operand(x), tuple(perm))
+    return _transpose_view(x, tuple(perm))
 
 
 @implements(np.moveaxis)
@@ -299,7 +317,7 @@ def moveaxis(x, source, destination):
     order = [i for i in range(n) if i not in src]
     for d, s in sorted(zip(dst, src)):
         order.insert(d, s)
-    return ops.transpose(operand(x), tuple(order))
+    return _transpose_view(x, tuple(order))
 
 
 @implements(np.squeeze)
@@ -311,7 +329,7 @@ def squeeze(x, axis=None):
             raise ShapeError(with_location(
                 f"cannot select an axis to squeeze out which has size not equal to one "
                 f"(axis {a} of shape {shape})"))
-    return ops.reshape(operand(x), tuple(d for i, d in enumerate(shape) if i not in axes))
+    return _reshape_view(x, tuple(d for i, d in enumerate(shape) if i not in axes))
 
 
 @implements(np.expand_dims)
@@ -320,7 +338,7 @@ def expand_dims(x, axis):
     axes = _axes(axis, len(shape) + len(np.atleast_1d(axis)))
     for a in axes:
         shape.insert(a, 1)
-    return ops.reshape(operand(x), tuple(shape))
+    return _reshape_view(x, tuple(shape))
 
 
 @implements(np.atleast_1d)

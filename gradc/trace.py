@@ -96,13 +96,30 @@ def current_trace() -> Trace | None:
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
-    __slots__ = ("ir_var", "val", "owner")
+    __slots__ = ("ir_var", "val", "owner", "view")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
         self.ir_var = var
         self.val = val
         self.owner = trace
+        self.view = None     # (base Tracer, write_back) when this is a view of base
+
+    def assign(self, new: "Tracer") -> None:
+        """An in-place update: this Tracer now stands for ``new``.  If it is a view of
+        another Tracer (a basic slice, reshape or transpose of it, as in NumPy), the write
+        goes through to the base.  (Writes to the base do not reach views made earlier.)"""
+        self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
+        if self.view is not None:
+            base, write_back = self.view
+            base.assign(write_back(self))
+
+    def as_view_of(self, base: "Tracer", write_back) -> "Tracer":
+        """Mark this Tracer as a view of ``base``; ``write_back(view)`` gives base's value
+        with the view's current contents written into it."""
+        if self is not base:
+            self.view = (base, write_back)
+        return self
 
     # -- array attributes
     shape = property(lambda self: self.ir_var.shape)

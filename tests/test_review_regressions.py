@@ -102,3 +102,33 @@ def test_bad_input_raises_a_gradc_error_with_the_line(f, arg, error):
 def test_round_and_divmod_on_traced_values():
     g = gradc.grad(lambda x: round(x) * x + divmod(x, 2.5)[1])(3.2)
     assert np.isclose(g, 4.0)
+
+
+def _through_slice(x):
+    y = x[1:]
+    y[0] = 10.0
+    return np.sum(x ** 2)
+
+
+def _through_reshape(x):
+    a = x.reshape(2, 2)
+    a[0, 0] = 0.0
+    return np.sum(x ** 2 * np.arange(1, 5))
+
+
+def _through_transpose_and_row(x):
+    a = x.reshape(2, 2)
+    a.T[0, 1] = 3.0 * x[0]
+    row = a[1]
+    row += 1.0
+    return np.sum(x ** 3)
+
+
+@pytest.mark.parametrize("f", [_through_slice, _through_reshape, _through_transpose_and_row])
+def test_writes_through_views_reach_the_base(f):
+    from gradc.testing import numerical_grad
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    expected = f(x.copy())                       # NumPy's own semantics
+    graph = gradc.make_graph(f)(x)
+    assert np.isclose(gradc.eval_graph(graph, [x])[0], expected)
+    assert np.allclose(gradc.grad(f)(x), numerical_grad(lambda z: f(z.copy()), x))
