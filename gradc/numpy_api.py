@@ -454,13 +454,16 @@ def getitem(x, key):
     view = ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
     if isinstance(view, Tracer) and isinstance(x, Tracer):
         # basic indexing makes a view: writes to it reach x
-        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec))
+        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec)
     return view
 
 
 def setitem(x, key, value):
     """``x[key] = value`` on a Tracer: rebinds the Tracer to the updated array."""
     spec, arrays, _ = _index_spec(x, key)
+    if isinstance(value, Tracer) and value.view is not None and value.view[0] is x \
+            and value.view[2] == spec and not arrays:
+        return      # x[k] op= v: the update of the view x[k] already reached x
     (value,) = [astype(operand(value), x.dtype)]
     from .prims.index import _indexed_shape
     window = _indexed_shape(x.shape, spec, arrays)

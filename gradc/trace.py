@@ -103,7 +103,7 @@ class Tracer:
         self.ir_var = var
         self.val = val
         self.owner = trace
-        self.view = None     # (base Tracer, write_back) when this is a view of base
+        self.view = None     # (base Tracer, write_back, key) when this is a view of base
 
     def assign(self, new: "Tracer") -> None:
         """An in-place update: this Tracer now stands for ``new``.  If it is a view of
@@ -111,14 +111,15 @@ class Tracer:
         goes through to the base.  (Writes to the base do not reach views made earlier.)"""
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
         if self.view is not None:
-            base, write_back = self.view
+            base, write_back, _ = self.view
             base.assign(write_back(self))
 
-    def as_view_of(self, base: "Tracer", write_back) -> "Tracer":
+    def as_view_of(self, base: "Tracer", write_back, key=None) -> "Tracer":
         """Mark this Tracer as a view of ``base``; ``write_back(view)`` gives base's value
-        with the view's current contents written into it."""
+        with the view's current contents written into it (``key``: the index spec of a
+        sliced view)."""
         if self is not base:
-            self.view = (base, write_back)
+            self.view = (base, write_back, key)
         return self
 
     # -- array attributes
