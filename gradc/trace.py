@@ -152,6 +152,13 @@ class Tracer:
         return numpy_api.dispatch_function(func, args, kwargs)
 
     def __array__(self, dtype=None, copy=None):
+        if not np.issubdtype(self.dtype, np.inexact):
+            raise ConcretizationError(with_location(
+                "a traced integer or boolean array was converted to a NumPy array, e.g. to "
+                "index a NumPy constant (table[idx], np.take(table, idx)); NumPy does not let "
+                "gradc see that. Put the traced array first, e.g. a one-hot as "
+                "(idx[:, None] == np.arange(K)), or pass the table as an argument and index "
+                "it (table[idx])"))
         raise ConcretizationError(with_location(
             "a traced array was converted to a NumPy array (np.asarray/np.array, or "
             "storing it into a NumPy array), which would cut its derivative. Build arrays "

@@ -132,3 +132,17 @@ def test_writes_through_views_reach_the_base(f):
     graph = gradc.make_graph(f)(x)
     assert np.isclose(gradc.eval_graph(graph, [x])[0], expected)
     assert np.allclose(gradc.grad(f)(x), numerical_grad(lambda z: f(z.copy()), x))
+
+
+def test_traced_labels_indexing_a_constant_explains_the_fix():
+    def loss(w, y):
+        return np.sum(w * np.eye(3)[y])
+
+    with pytest.raises(gradc.ConcretizationError, match="one-hot"):
+        gradc.grad(loss)(np.ones((2, 3)), np.array([0, 2]))
+
+    def fixed(w, y):
+        return np.sum(w * (y[:, None] == np.arange(3)))
+
+    assert np.allclose(gradc.grad(fixed)(np.ones((2, 3)), np.array([0, 2])),
+                       [[1, 0, 0], [0, 0, 1]])
