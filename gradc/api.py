@@ -512,12 +512,15 @@ def _transpose_with_aux(linear, n_res, n_aux):
 
 # ---------------------------------------------------------------- graphs, stop_gradient
 
-def make_graph(fun, static_argnums=()):
-    """``make_graph(f)(*args)`` returns the traced primal Graph of ``f`` at ``args``."""
+def make_graph(fun):
+    """``make_graph(f)(*args, **kwargs)`` returns the traced primal Graph of ``f``.
+
+    Its inputs are the floating-point and array leaves of the arguments, in order
+    (keyword arguments last, by name); Python ints and bools are static and baked in."""
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
-        flat = _Args(args)
-        graph, _, _ = _trace(fun, flat, kwargs)
+        call, all_args, _ = _positional(fun, args, kwargs)
+        graph, _, _ = _trace(call, _Args(all_args), {})
         return graph
     return wrapper
 
