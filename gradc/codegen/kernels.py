@@ -1,0 +1,373 @@
+"""Numba kernels that the generated code calls where Numba's NumPy support lacks a
+feature (reductions and scans over chosen axes, batched BLAS/LAPACK, conv2d).
+
+Conventions: a reduction or scan over an arbitrary set of axes is brought to a 2-D
+problem by the generated code (transpose the reduced axes to the end, make the array
+C-contiguous, reshape to ``(kept, reduced)``); the kernels here then work on rows.
+Batched linear algebra takes ``(batch, n, m)`` C-contiguous arrays.  Every kernel
+allocates its result in the dtype of its operand, so float32 stays float32.
+
+Specialised code (gather, scatter_add, index_set, which depend on an index spec)
+is generated per equation by ``gradc.codegen.pysource`` instead of living here.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import GuardFailure
+
+njit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------- layout
+
+# for functions generated per equation (no on-disk cache: they live in generated modules)
+jit_helper = numba.njit(nogil=True, error_model="numpy")
+
+
+@njit
+def regroup(x, perm, shape):
+    """``x`` with its axes permuted by ``perm``, C-contiguous, reshaped to ``shape``
+    (e.g. ``(kept, reduced)`` for a reduction, ``(batch, m, k)`` for a contraction)."""
+    return np.ascontiguousarray(x.transpose(perm)).reshape(shape)
+
+
+@njit
+def contiguous(x):
+    return np.ascontiguousarray(x)
+
+
+@njit
+def broadcast(x, expanded, shape):
+    """``x`` reshaped to ``expanded`` (size-1 axes where it has none), then broadcast to
+    ``shape`` and materialised."""
+    out = np.empty(shape, x.dtype)
+    out[...] = np.ascontiguousarray(x).reshape(expanded)
+    return out
+
+
+@njit
+def full(shape, value):
+    out = np.empty(shape, np.asarray(value).dtype)
+    out[...] = value
+    return out
+
+
+# ---------------------------------------------------------------- reductions over rows
+
+@njit
+def sum_rows(x):
+    out = np.zeros(x.shape[0], x.dtype)
+    for k in range(x.shape[0]):
+        acc = out[k]
+        for r in range(x.shape[1]):
+            acc += x[k, r]
+        out[k] = acc
+    return out
+
+
+@njit
+def prod_rows(x):
+    out = np.ones(x.shape[0], x.dtype)
+    for k in range(x.shape[0]):
+        acc = out[k]
+        for r in range(x.shape[1]):
+            acc *= x[k, r]
+        out[k] = acc
+    return out
+
+
+@njit
+def max_rows(x):
+    # NaN propagates, as in np.max
+    out = np.empty(x.shape[0], x.dtype)
+    for k in range(x.shape[0]):
+        m = x[k, 0]
+        for r in range(1, x.shape[1]):
+            if m != m:
+                break
+            v = x[k, r]
+            if v > m or v != v:
+                m = v
+        out[k] = m
+    return out
+
+
+@njit
+def min_rows(x):
+    out = np.empty(x.shape[0], x.dtype)
+    for k in range(x.shape[0]):
+        m = x[k, 0]
+        for r in range(1, x.shape[1]):
+            if m != m:
+                break
+            v = x[k, r]
+            if v < m or v != v:
+                m = v
+        out[k] = m
+    return out
+
+
+@njit
+def argmax_rows(x):
+    # the first maximum; the first NaN if there is one (np.argmax)
+    out = np.empty(x.shape[0], np.int64)
+    for k in range(x.shape[0]):
+        best, m = 0, x[k, 0]
+        if m == m:
+            for r in range(1, x.shape[1]):
+                v = x[k, r]
+                if v != v:
+                    best = r
+                    break
+                if v > m:
+                    best, m = r, v
+        out[k] = best
+    return out
+
+
+@njit
+def argmin_rows(x):
+    out = np.empty(x.shape[0], np.int64)
+    for k in range(x.shape[0]):
+        best, m = 0, x[k, 0]
+        if m == m:
+            for r in range(1, x.shape[1]):
+                v = x[k, r]
+                if v != v:
+                    best = r
+                    break
+                if v < m:
+                    best, m = r, v
+        out[k] = best
+    return out
+
+
+@njit
+def cumsum_rows(x, reverse):
+    out = np.empty_like(x)
+    n = x.shape[1]
+    zero = np.zeros(1, x.dtype)[0]
+    for k in range(x.shape[0]):
+        acc = zero
+        for j in range(n):
+            r = n - 1 - j if reverse else j
+            acc += x[k, r]
+            out[k, r] = acc
+    return out
+
+
+# ---------------------------------------------------------------- linear algebra
+
+@njit
+def matmul_batched(a, b):
+    """``(B, M, K) @ (B, K, N)`` by one BLAS call per batch element (floats), or loops."""
+    nb, m, n = a.shape[0], a.shape[1], b.shape[2]
+    out = np.empty((nb, m, n), a.dtype)
+    for i in range(nb):
+        out[i] = np.dot(a[i], b[i])
+    return out
+
+
+@njit
+def matmul_batched_loops(a, b):
+    """The same for integer and boolean operands (no BLAS)."""
+    nb, m, kk, n = a.shape[0], a.shape[1], a.shape[2], b.shape[2]
+    out = np.zeros((nb, m, n), a.dtype)
+    for i in range(nb):
+        for p in range(m):
+            for q in range(kk):
+                s = a[i, p, q]
+                for r in range(n):
+                    out[i, p, r] += s * b[i, q, r]
+    return out
+
+
+@njit
+def solve_batched(a, b):
+    out = np.empty_like(b)
+    for i in range(a.shape[0]):
+        out[i] = np.linalg.solve(a[i], b[i])
+    return out
+
+
+@njit
+def det_batched(a):
+    out = np.empty(a.shape[0], a.dtype)
+    for i in range(a.shape[0]):
+        out[i] = np.linalg.det(a[i])
+    return out
+
+
+@njit
+def slogdet_batched(a):
+    sign = np.empty(a.shape[0], a.dtype)
+    logabs = np.empty(a.shape[0], a.dtype)
+    for i in range(a.shape[0]):
+        s, v = np.linalg.slogdet(a[i])
+        sign[i] = s
+        logabs[i] = v
+    return sign, logabs
+
+
+# ---------------------------------------------------------------- conv2d
+
+@njit
+def conv2d(image, kernel, top, bottom, left, right):
+    """O[n,o,y,x] = Σ_{c,u,v} Î[n,c,y+u,x+v] K[o,c,u,v], Î zero-padded by (top, bottom,
+    left, right); negative entries crop.  Reads outside the padded window are zeros."""
+    nn, cc, h, w = image.shape
+    oo, _, kh, kw = kernel.shape
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    out = np.zeros((nn, oo, ho, wo), image.dtype)
+    for n in range(nn):
+        for o in range(oo):
+            for y in range(ho):
+                for x in range(wo):
+                    acc = out[n, o, y, x]
+                    for c in range(cc):
+                        for u in range(kh):
+                            iy = y + u - top
+                            if iy < 0 or iy >= h:
+                                continue
+                            for v in range(kw):
+                                ix = x + v - left
+                                if 0 <= ix < w:
+                                    acc += image[n, c, iy, ix] * kernel[o, c, u, v]
+                    out[n, o, y, x] = acc
+    return out
+
+
+# ---------------------------------------------------------------- nonzero
+
+@njit
+def nonzero_checked(mask, size):
+    found = np.nonzero(mask)
+    if found[0].shape[0] != size:
+        raise GuardFailure("nonzero: the mask has a different number of True entries "
+                           "than when traced")
+    return found
+
+
+@njit
+def wrap_index(i, n):
+    """A possibly negative index into an axis of length n (NumPy's convention)."""
+    return i + n if i < 0 else i
+
+
+# ---------------------------------------------------------------- indexing, per spec
+
+def index_function(name: str, kind: str, eqn) -> str:
+    """Source of a jitted function for one ``gather``, ``scatter_add`` or ``index_set``
+    equation: explicit loops over the window ``x[spec]``, each window element mapped to
+    its position in ``x`` by NumPy's indexing rules (advanced indices broadcast
+    together; their axes go where the first one stood if they are adjacent, else first).
+    ``index_set`` writes in C order, so with repeated indices the last write wins."""
+    from ..prims.index import _indexed_shape
+    if kind == "gather":
+        x, *idx = eqn.inputs
+        x_shape, dtype = tuple(x.shape), x.dtype
+        params = ["x"]
+    elif kind == "scatter_add":
+        v, *idx = eqn.inputs
+        x_shape, dtype = tuple(eqn.params["shape"]), v.dtype
+        params = ["v"]
+    else:
+        x, v, *idx = eqn.inputs
+        x_shape, dtype = tuple(x.shape), x.dtype
+        params = ["x", "v"]
+    spec = tuple(eqn.params["spec"])
+    window = tuple(_indexed_shape(x_shape, spec, idx))
+    loops, position = _index_plan(x_shape, spec, [tuple(i.shape) for i in idx])
+    assert tuple(n for _, n in loops) == window, (loops, window)
+    params += [f"i{k}" for k in range(len(idx))]
+    element = f"[{', '.join(position)}]" if x_shape else ""
+    here = f"[{', '.join(o for o, _ in loops)}]" if window else ""
+    dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
+
+    lines = [f"@_k.jit_helper", f"def {name}({', '.join(params)}):",
+             f"    # {kind}[spec={spec!r}]"]
+    if kind == "gather":
+        if not window:
+            return "\n".join(lines + [f"    return x{element}"])
+        lines.append(f"    out = np.empty({window!r}, {dt})")
+        inner = f"out{here} = x{element}"
+    elif kind == "scatter_add":
+        lines.append(f"    out = np.zeros({x_shape!r}, {dt})")
+        inner = f"out{element} += v{here if v.ndim else ''}"
+    else:
+        if not x_shape:
+            return "\n".join(lines + ["    return v"])
+        lines.append("    out = x.copy()")
+        inner = f"out{element} = v{here if v.ndim else ''}"
+    pad = "    "
+    for o, n in loops:
+        lines.append(f"{pad}for {o} in range({n}):")
+        pad += "    "
+    lines.append(pad + inner)
+    lines.append("    return out")
+    return "\n".join(lines)
+
+
+def _index_plan(x_shape, spec, idx_shapes):
+    """``(loops, position)``: the window's loop variables with their lengths, in output
+    order, and for each axis of x the expression of the position it reads or writes."""
+    consumed = sum(1 for e in spec if e[0] in "sia")
+    entries = list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
+    has_arrays = any(e[0] == "a" for e in entries)
+    advanced = [j for j, e in enumerate(entries) if has_arrays and e[0] in "ia"]
+    adjacent = not advanced or advanced[-1] - advanced[0] + 1 == len(advanced)
+    bshape = np.broadcast_shapes(*[idx_shapes[e[1]] for e in entries if e[0] == "a"]) \
+        if has_arrays else ()
+
+    # the output axes in order: ("basic", length) or the block of broadcast axes
+    slots = []
+    for j, e in enumerate(entries):
+        if e[0] == "s":
+            slots.append(("axis", j))
+        elif e[0] == "n":
+            slots.append(("new", j))
+        elif advanced and j == advanced[0] and adjacent:
+            slots.append(("block", j))
+    if advanced and not adjacent:
+        slots.insert(0, ("block", advanced[0]))
+
+    loops, axis_var, block_vars = [], {}, []
+    for what, j in slots:
+        if what == "block":
+            for n in bshape:
+                block_vars.append(f"o{len(loops)}")
+                loops.append((block_vars[-1], int(n)))
+        elif what == "new":
+            loops.append((f"o{len(loops)}", 1))
+        else:
+            d = _x_axis(entries, j)
+            start, stop, step = slice(*entries[j][1:]).indices(x_shape[d])
+            axis_var[j] = f"o{len(loops)}"
+            loops.append((axis_var[j], len(range(start, stop, step))))
+
+    position = []
+    for j, e in enumerate(entries):
+        if e[0] == "n":
+            continue
+        n = x_shape[_x_axis(entries, j)]
+        if e[0] == "s":
+            start, _, step = slice(*e[1:]).indices(n)
+            o = axis_var[j]
+            term = o if step == 1 else f"{step} * {o}"
+            position.append(term if start == 0 else f"{start} + {term}")
+        elif e[0] == "i":
+            position.append(str(e[1] % n))
+        else:
+            shape = idx_shapes[e[1]]
+            lead = len(bshape) - len(shape)
+            sub = [("0" if s == 1 else block_vars[lead + k]) for k, s in enumerate(shape)]
+            ref = f"i{e[1]}[{', '.join(sub)}]" if shape else f"i{e[1]}"
+            position.append(f"_k.wrap_index({ref}, {n})")
+    return loops, position
+
+
+def _x_axis(entries, j):
+    """The axis of x that index entry j addresses (new axes address none)."""
+    return sum(1 for e in entries[:j] if e[0] in "sia")

@@ -1,0 +1,410 @@
+"""Lower a Graph to readable Python source for Numba's nopython mode.
+
+Conventions of the generated code
+---------------------------------
+* One statement (rarely a few) per equation, with the equation as ``pretty`` prints it
+  (and the user's source line, where known and different from the previous equation's)
+  in a comment above it.  Variables keep the
+  printer's names (``a``, ``b``, ...); a name that is a Python keyword or would shadow
+  a name the code uses (``np``) gets a trailing underscore.
+* A rank-0 value is a NumPy *scalar* of its dtype, never a 0-d array (Numba supports
+  0-d arrays poorly); every other value is an ndarray, possibly a strided view.
+  Generated code never writes into an array it did not allocate itself.
+* Scalar literals are written inline in their dtype (``2.0`` for f64,
+  ``np.float32(2.0)`` for f32); array literals become trailing parameters ``_c0, _c1,
+  ...`` that the caller passes (``Lowered.consts``), so large constants are not frozen
+  into the compiled module.
+* Lowering is the table ``TEMPLATES`` (primitive -> expression, ``{0}``, ``{1}`` the
+  operands) with functions in ``HANDLERS`` for the primitives whose code depends on
+  their params or on ranks.  Helpers for what Numba lacks live in
+  ``gradc.codegen.kernels`` (imported as ``_k``); indexing code is generated per
+  equation as a small jitted function above the main one.
+"""
+from __future__ import annotations
+
+import builtins
+import keyword
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..ir import Graph, Lit, Var, _names, pretty
+from .kernels import index_function
+
+# ---------------------------------------------------------------- the template table
+
+TEMPLATES = {
+    "neg": "np.negative({0})", "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}",
+    "div": "np.true_divide({0}, {1})", "pow": "np.power({0}, {1})",
+    "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
+    "atan2": "np.arctan2({0}, {1})", "rem": "np.mod({0}, {1})",
+    "exp": "np.exp({0})", "expm1": "np.expm1({0})", "log": "np.log({0})",
+    "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})", "cbrt": "np.cbrt({0})",
+    "sin": "np.sin({0})", "cos": "np.cos({0})", "tan": "np.tan({0})",
+    "asin": "np.arcsin({0})", "acos": "np.arccos({0})", "atan": "np.arctan({0})",
+    "sinh": "np.sinh({0})", "cosh": "np.cosh({0})", "tanh": "np.tanh({0})",
+    "asinh": "np.arcsinh({0})", "acosh": "np.arccosh({0})", "atanh": "np.arctanh({0})",
+    "abs": "np.abs({0})", "sign": "np.sign({0})", "floor": "np.floor({0})",
+    "ceil": "np.ceil({0})", "round": "np.rint({0})", "trunc": "np.trunc({0})",
+    "lt": "np.less({0}, {1})", "le": "np.less_equal({0}, {1})",
+    "gt": "np.greater({0}, {1})", "ge": "np.greater_equal({0}, {1})",
+    "eq": "np.equal({0}, {1})", "ne": "np.not_equal({0}, {1})",
+    "and": "np.logical_and({0}, {1})", "or": "np.logical_or({0}, {1})",
+    "xor": "np.logical_xor({0}, {1})", "not": "np.logical_not({0})",
+    "isnan": "np.isnan({0})", "isfinite": "np.isfinite({0})",
+    "stop_gradient": "{0}",
+}
+
+_RESERVED = {"np", "numba", "GuardFailure"} | set(dir(builtins))
+
+
+def dtype_expr(dtype) -> str:
+    dtype = np.dtype(dtype)
+    return "np.bool_" if dtype == np.bool_ else f"np.{dtype.name}"
+
+
+def scalar_literal(value, dtype) -> str:
+    """A rank-0 constant as a Python expression of exactly ``dtype`` inside Numba."""
+    dtype = np.dtype(dtype)
+    value = np.asarray(value, dtype).item()
+    if dtype == np.bool_:
+        return repr(bool(value))
+    if dtype.kind == "f":
+        text = repr(float(value))
+        text = {"inf": "np.inf", "-inf": "-np.inf", "nan": "np.nan"}.get(text, text)
+        if dtype == np.float64:
+            return f"({text})" if text.startswith("-") else text
+        return f"{dtype_expr(dtype)}({text})"
+    if dtype == np.int64:
+        return f"({value})" if value < 0 else repr(value)
+    return f"{dtype_expr(dtype)}({value})"
+
+
+def _tuple(values) -> str:
+    values = tuple(int(v) for v in values)
+    return repr(values)
+
+
+def _slices(index) -> str:
+    parts = []
+    for start, stop, step in index:
+        text = f"{start}:{'' if stop is None else stop}"
+        parts.append(text if step == 1 else f"{text}:{step}")
+    return ", ".join(parts)
+
+
+def _prod(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+# ---------------------------------------------------------------- lowering state
+
+@dataclass
+class Lowered:
+    source: str
+    name: str
+    inputs: list             # parameter names of the graph inputs
+    consts: dict = field(default_factory=dict)   # parameter name -> ndarray (trailing)
+
+
+class _Context:
+    def __init__(self):
+        self.helpers: list[str] = []   # source of generated helper functions
+        self.consts: dict = {}
+        self.temps = 0
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"_t{self.temps}"
+
+    def helper(self, make) -> str:
+        name = f"_h{len(self.helpers)}"
+        self.helpers.append(make(name))
+        return name
+
+
+def _identifier(name: str) -> str:
+    return name + "_" if keyword.iskeyword(name) or name in _RESERVED else name
+
+
+# ---------------------------------------------------------------- handlers (hard cases)
+
+def _convert(ctx, eqn, a, outs):
+    (x,), dtype = eqn.inputs, np.dtype(eqn.params["dtype"])
+    if dtype == np.bool_:
+        return f"{a[0]} != 0"
+    if x.ndim == 0:
+        return f"{dtype_expr(dtype)}({a[0]})"
+    return f"{a[0]}.astype({dtype_expr(dtype)})"
+
+
+def _select(ctx, eqn, a, outs):
+    if eqn.outputs[0].ndim == 0:
+        return f"{a[1]} if {a[0]} else {a[2]}"
+    return f"np.where({a[0]}, {a[1]}, {a[2]})"
+
+
+def _reshape(ctx, eqn, a, outs):
+    (x,), shape = eqn.inputs, eqn.params["shape"]
+    if len(shape) == 0:
+        return f"{a[0]}[{', '.join(['0'] * x.ndim)}]"
+    if x.ndim == 0:
+        return f"_k.full({_tuple(shape)}, {a[0]})"
+    return f"_k.contiguous({a[0]}).reshape({_tuple(shape)})"
+
+
+def _broadcast(ctx, eqn, a, outs):
+    (x,), shape, dims = eqn.inputs, eqn.params["shape"], eqn.params["dims"]
+    if x.ndim == 0:
+        return f"_k.full({_tuple(shape)}, {a[0]})"
+    expanded = [1] * len(shape)
+    for i, d in enumerate(dims):
+        expanded[d] = x.shape[i]
+    return f"_k.broadcast({a[0]}, {_tuple(expanded)}, {_tuple(shape)})"
+
+
+def _transpose(ctx, eqn, a, outs):
+    return f"{a[0]}.transpose({_tuple(eqn.params['perm'])})"
+
+
+def _concatenate(ctx, eqn, a, outs):
+    parts = ", ".join(f"_k.contiguous({x})" for x in a)
+    return f"np.concatenate(({parts},), axis={eqn.params['axis']})"
+
+
+def _slice(ctx, eqn, a, outs):
+    return f"{a[0]}[{_slices(eqn.params['index'])}]"
+
+
+def _pad(ctx, eqn, a, outs):
+    out = eqn.outputs[0]
+    return [f"{outs[0]} = np.zeros({_tuple(eqn.params['shape'])}, {dtype_expr(out.dtype)})",
+            f"{outs[0]}[{_slices(eqn.params['index'])}] = {a[0]}"]
+
+
+def _rows(x: Var, axes, operand: str) -> str:
+    """``operand`` as a C-contiguous (kept, reduced) 2-D array."""
+    kept = tuple(i for i in range(x.ndim) if i not in axes)
+    perm = kept + tuple(axes)
+    shape = (_prod([x.shape[i] for i in kept]), _prod([x.shape[i] for i in axes]))
+    return f"_k.regroup({operand}, {_tuple(perm)}, {_tuple(shape)})"
+
+
+def _over_rows(kernel, axes_of):
+    def handler(ctx, eqn, a, outs):
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        call = f"_k.{kernel}({_rows(x, axes_of(eqn.params), a[0])})"
+        return f"{call}[0]" if out.ndim == 0 else f"{call}.reshape({_tuple(out.shape)})"
+    return handler
+
+
+def _cumsum(ctx, eqn, a, outs):
+    x, axis, reverse = eqn.inputs[0], eqn.params["axis"], eqn.params["reverse"]
+    kept = tuple(i for i in range(x.ndim) if i != axis)
+    perm = kept + (axis,)
+    moved = tuple(x.shape[i] for i in perm)
+    call = f"_k.cumsum_rows({_rows(x, (axis,), a[0])}, {reverse}).reshape({_tuple(moved)})"
+    if perm == tuple(range(x.ndim)):
+        return call
+    return f"{call}.transpose({_tuple(np.argsort(perm))})"
+
+
+def _einsum(ctx, eqn, a, outs):
+    # Σ over contracted letters as one batched matmul: A (batch, a-only, contracted) @
+    # B (batch, contracted, b-only) -> (batch, a-only, b-only), then to the output order.
+    from ..prims.linalg import parse_spec
+    sa, sb, so = parse_spec(eqn.params["spec"])
+    x, y = eqn.inputs
+    size = dict(zip(sa, x.shape)) | dict(zip(sb, y.shape))
+    batch = [c for c in so if c in sa and c in sb]
+    a_only = [c for c in sa if c not in sb]
+    b_only = [c for c in sb if c not in sa]
+    contracted = [c for c in sa if c in sb and c not in so]
+
+    def grouped(letters, operand, var, groups):
+        shape = tuple(_prod([size[c] for c in g]) for g in groups)
+        if var.ndim == 0:
+            return f"_k.full({_tuple(shape)}, {operand})"
+        perm = [letters.index(c) for g in groups for c in g]
+        return f"_k.regroup({operand}, {_tuple(perm)}, {_tuple(shape)})"
+
+    kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
+    call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
+            f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
+    if not so:
+        return f"{call}[0, 0, 0]"
+    order = batch + a_only + b_only
+    call += f".reshape({_tuple(size[c] for c in order)})"
+    perm = tuple(order.index(c) for c in so)
+    return call if perm == tuple(range(len(so))) else f"{call}.transpose({_tuple(perm)})"
+
+
+def _batched(operand, var, core):
+    """``operand`` of shape (..., *core) as a C-contiguous (batch, *core) array."""
+    batch = _prod(var.shape[:var.ndim - core])
+    shape = (batch,) + tuple(var.shape[var.ndim - core:])
+    return f"_k.regroup({operand}, {_tuple(range(var.ndim))}, {_tuple(shape)})"
+
+
+def _as(var, expr):
+    """``expr`` converted to ``var``'s dtype where Numba's LAPACK wrappers return float64
+    (det and slogdet of float32 matrices)."""
+    if np.dtype(var.dtype) == np.float64:
+        return expr
+    if var.ndim == 0:
+        return f"{dtype_expr(var.dtype)}({expr})"
+    return f"({expr}).astype({dtype_expr(var.dtype)})"
+
+
+def _solve(ctx, eqn, a, outs):
+    m, b = eqn.inputs
+    if m.ndim == 2:
+        return f"np.linalg.solve(_k.contiguous({a[0]}), _k.contiguous({a[1]}))"
+    call = f"_k.solve_batched({_batched(a[0], m, 2)}, {_batched(a[1], b, 2)})"
+    return f"{call}.reshape({_tuple(b.shape)})"
+
+
+def _det(ctx, eqn, a, outs):
+    m = eqn.inputs[0]
+    if m.ndim == 2:
+        return _as(eqn.outputs[0], f"np.linalg.det(_k.contiguous({a[0]}))")
+    return f"_k.det_batched({_batched(a[0], m, 2)}).reshape({_tuple(m.shape[:-2])})"
+
+
+def _slogdet(ctx, eqn, a, outs):
+    m = eqn.inputs[0]
+    t1, t2 = ctx.temp(), ctx.temp()
+    if m.ndim == 2:
+        return [f"{t1}, {t2} = np.linalg.slogdet(_k.contiguous({a[0]}))",
+                f"{outs[0]} = {_as(eqn.outputs[0], t1)}",
+                f"{outs[1]} = {_as(eqn.outputs[1], t2)}"]
+    batch = _tuple(m.shape[:-2])
+    return [f"{t1}, {t2} = _k.slogdet_batched({_batched(a[0], m, 2)})",
+            f"{outs[0]} = {t1}.reshape({batch})",
+            f"{outs[1]} = {t2}.reshape({batch})"]
+
+
+def _conv2d(ctx, eqn, a, outs):
+    (top, bottom), (left, right) = eqn.params["padding"]
+    return (f"_k.conv2d(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
+            f"{top}, {bottom}, {left}, {right})")
+
+
+def _nonzero(ctx, eqn, a, outs):
+    t = ctx.temp()
+    lines = [f"{t} = _k.nonzero_checked({a[0]}, {eqn.params['size']})"]
+    return lines + [f"{o} = {t}[{i}]" for i, o in enumerate(outs)]
+
+
+def _guard(ctx, eqn, a, outs):
+    pred = eqn.inputs[0]
+    value = a[0] if pred.ndim == 0 else f"{a[0]}[{', '.join(['0'] * pred.ndim)}]"
+    expected = bool(eqn.params["expected"])
+    return [f"if {value} != {expected}:",
+            f"    raise GuardFailure(\"branch predicate is now {not expected}, "
+            f"traced with {expected}\")"]
+
+
+def _indexing(kind):
+    def handler(ctx, eqn, a, outs):
+        name = ctx.helper(lambda name: index_function(name, kind, eqn))
+        return f"{name}({', '.join(a)})"
+    return handler
+
+
+HANDLERS = {
+    "convert_element_type": _convert, "select": _select, "reshape": _reshape,
+    "broadcast_in_dim": _broadcast, "transpose": _transpose, "concatenate": _concatenate,
+    "slice": _slice, "pad": _pad,
+    "reduce_sum": _over_rows("sum_rows", lambda p: p["axes"]),
+    "reduce_max": _over_rows("max_rows", lambda p: p["axes"]),
+    "reduce_min": _over_rows("min_rows", lambda p: p["axes"]),
+    "reduce_prod": _over_rows("prod_rows", lambda p: p["axes"]),
+    "argmax": _over_rows("argmax_rows", lambda p: (p["axis"],)),
+    "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
+    "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
+    "slogdet": _slogdet, "conv2d": _conv2d, "nonzero": _nonzero, "guard": _guard,
+    "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
+    "index_set": _indexing("index_set"),
+}
+
+
+def lowerable() -> set:
+    """Names of the primitives this module can lower."""
+    return set(TEMPLATES) | set(HANDLERS)
+
+
+# ---------------------------------------------------------------- the driver
+
+def lower(graph: Graph, name: str = "gradc_fn") -> Lowered:
+    """The generated module's source, its main function's name, and its constants."""
+    ctx = _Context()
+    names: dict = {}
+    gen = _names()
+    for v in graph.inputs:
+        names[v] = _identifier(next(gen))
+    for eqn in graph.eqns:
+        for v in eqn.outputs:
+            names[v] = _identifier(next(gen))
+
+    def atom(x) -> str:
+        if isinstance(x, Var):
+            return names[x]
+        if x.ndim == 0:
+            return scalar_literal(x.value, x.dtype)
+        const = f"_c{len(ctx.consts)}"
+        ctx.consts[const] = x.value
+        return const
+
+    printed = pretty(graph).split("\n")[1:-1]
+    assert len(printed) == len(graph.eqns)
+    body, last_source = [], None
+    for eqn, line in zip(graph.eqns, printed):
+        prim = eqn.prim.name
+        if prim not in TEMPLATES and prim not in HANDLERS:
+            where = f"\n  at {eqn.source}" if eqn.source else ""
+            raise UnsupportedError(f"the numba backend has no lowering for primitive "
+                                   f"{prim!r} (equation: {line.strip()}){where}")
+        args = [atom(x) for x in eqn.inputs]
+        outs = [names[v] for v in eqn.outputs]
+        body.append("    # " + line.strip().removeprefix("let "))
+        if eqn.source and eqn.source != last_source:
+            body.append(f"    #   from {eqn.source}")
+        last_source = eqn.source
+        if prim in TEMPLATES:
+            code = TEMPLATES[prim].format(*args)
+        else:
+            code = HANDLERS[prim](ctx, eqn, args, outs)
+        if isinstance(code, str):
+            code = [f"{', '.join(outs)} = {code}" if outs else code]
+        body.extend("    " + c for c in code)
+
+    results = [atom(x) for x in graph.outputs]
+    body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
+    params = [names[v] for v in graph.inputs] + list(ctx.consts)
+    header = [
+        f'"""Generated by gradc from a Graph; one statement per equation.',
+        "",
+        pretty(graph, indent=4),
+        '"""',
+        "import numpy as np",
+        "",
+        "from gradc.codegen import kernels as _k",
+        "from gradc.errors import GuardFailure",
+        "",
+    ]
+    if ctx.consts:
+        header.append("# array constants, passed in by the caller after the inputs:")
+        header += [f"#   {k}: {v.dtype}{list(v.shape)}" for k, v in ctx.consts.items()]
+        header.append("")
+    helpers = [h + "\n" for h in ctx.helpers]
+    main = [f"def {name}({', '.join(params)}):"] + body
+    source = "\n".join(header + helpers + main) + "\n"
+    return Lowered(source, name, [names[v] for v in graph.inputs], dict(ctx.consts))
+
+
+def to_source(graph: Graph, name: str = "gradc_fn") -> str:
+    """Readable Python source for ``graph``: one statement per equation, the equation as
+    a comment above it.  Array constants are trailing parameters (see ``lower``)."""
+    return lower(graph, name).source

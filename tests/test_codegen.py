@@ -1,0 +1,208 @@
+"""The Numba CPU backend against the reference interpreter.
+
+For every row of the primitive table (``tests/test_prims.py``'s ``ROWS``) the traced
+primal graph, its forward graph (``jvp_graph``) and its reverse graph (``vjp_graph``)
+are compiled once and run on random inputs; outputs must equal the interpreter's to
+rounding with the same dtypes (f64: rtol 1e-12; rows re-run in float32 stay float32,
+rtol 1e-5).  Elementwise rows also run at rank 0, where the generated code works on
+scalars.  Compiles are slow (tens of ms per equation), so every graph is compiled
+exactly once per test session (``_compiled``).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import linecache
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.codegen import compile_graph, to_source
+from gradc.codegen.pysource import lowerable
+from gradc.errors import GuardFailure, UnsupportedError
+from gradc.interpret import run
+from gradc.ir import Primitive, Var, make_eqn, pretty
+from gradc.passes import jvp_graph, simplify, vjp_graph
+from gradc.prims import all_primitives
+
+from test_prims import (ELEMENTWISE, FLOAT32_ROWS, ROWS, _is_static, guarded,
+                        pytestmark)  # noqa: F401  (pytestmark: the same warning filters)
+
+# primitives the backend does not lower yet (each skipped row is named in the report)
+NOT_LOWERED: set = set()
+
+KINDS = ("primal", "jvp", "vjp")
+
+
+def test_not_lowered_list_is_short():
+    assert len(NOT_LOWERED) <= 2, NOT_LOWERED
+    assert set(all_primitives()) - NOT_LOWERED <= lowerable()
+
+
+# ---------------------------------------------------------------- cases
+
+def _case(row, rank0=False, float32=False):
+    if row.shapes == ELEMENTWISE:
+        shape = () if rank0 else (2, 3)
+    else:
+        shape = row.shapes[0]
+    args = row.gen(np.random.default_rng(11), shape)
+    args = tuple(np.asarray(a) if isinstance(a, np.generic) else a for a in args)
+    if float32:
+        args = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+                     else a for a in args)
+    return args
+
+
+@functools.lru_cache(maxsize=None)
+def _graphs(row_id, rank0, float32):
+    row = next(r for r in ROWS if r.id == row_id)
+    args = _case(row, rank0, float32)
+    graph = gradc.make_graph(row.fn)(*args)
+    dynamic = [a for a in args if not _is_static(a)]
+    wrt = [v.dtype.kind == "f" for v in graph.inputs]
+    graphs = {"primal": graph}
+    if any(wrt):
+        graphs["jvp"] = jvp_graph(graph, wrt)
+        graphs["vjp"] = vjp_graph(graph, wrt)
+    return graphs, dynamic
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(row_id, rank0, float32, kind):
+    graphs, _ = _graphs(row_id, rank0, float32)
+    return compile_graph(graphs[kind], name=f"{kind}_{row_id.replace('-', '_')}")
+
+
+def _inputs(graph, dynamic, rng):
+    """The row's own values for the primal inputs, random tangents/cotangents after."""
+    values = list(dynamic)
+    for v in graph.inputs[len(dynamic):]:
+        if v.dtype.kind == "f":
+            values.append(rng.standard_normal(v.shape).astype(v.dtype))
+        elif v.dtype == np.bool_:
+            values.append(rng.random(v.shape) < 0.5)
+        else:
+            values.append(np.zeros(v.shape, v.dtype))
+    return values
+
+
+def _check(row, kind, rank0=False, float32=False):
+    if row.prim in NOT_LOWERED:
+        pytest.skip(f"{row.prim} is not lowered yet")
+    graphs, dynamic = _graphs(row.id, rank0, float32)
+    if kind not in graphs:
+        pytest.skip("no float inputs: nothing to differentiate")
+    graph = graphs[kind]
+    args = _inputs(graph, dynamic, np.random.default_rng(5))
+    want = run(graph, *args)
+    got = _compiled(row.id, rank0, float32, kind)(*args)
+    assert len(got) == len(want)
+    rtol = 1e-5 if float32 else 1e-12
+    for g, w, v in zip(got, want, graph.outputs):
+        assert g.dtype == w.dtype == v.dtype, (g.dtype, w.dtype, v.dtype)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        if w.dtype.kind in "fc":
+            scale = float(np.max(np.abs(w), initial=0.0, where=np.isfinite(w)))
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(scale, 1e-300))
+        else:
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+def test_rows_compiled(row, kind):
+    _check(row, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("row", [r for r in ROWS if r.shapes == ELEMENTWISE],
+                         ids=lambda r: r.id)
+def test_rows_compiled_rank0(row, kind):
+    _check(row, kind, rank0=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("row", [r for r in ROWS if r.id in FLOAT32_ROWS], ids=lambda r: r.id)
+def test_rows_compiled_float32(row, kind):
+    _check(row, kind, float32=True)
+
+
+# ---------------------------------------------------------------- source, inspection
+
+def rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def test_rosenbrock_source_has_one_commented_equation_per_statement():
+    graph = gradc.make_graph(rosen)(np.array([0.5, -1.0, 2.0]))
+    source = to_source(graph, name="rosen")
+    body = source[source.index("def rosen(a):"):].splitlines()[1:]
+    printed = [line.strip().removeprefix("let ") for line in pretty(graph).splitlines()[1:-1]]
+    comments = [line.strip()[2:] for line in body if line.strip().startswith("# ")
+                and not line.strip().startswith("#   from")]
+    assert comments == printed
+    code = [line.strip() for line in body if not line.strip().startswith("#")]
+    assert len(code) == len(graph.eqns) + 1 and code[-1] == "return (l,)"
+    assert code[0] == "b = a[1:3]" and "np.power(c, 2.0)" in code[2]
+    # each statement directly follows its comment
+    for i, line in enumerate(body[:-1]):
+        if line.strip().startswith("# ") and not line.strip().startswith("#   from"):
+            following = body[i + 1].strip()
+            assert following.startswith("#   from") or not following.startswith("#")
+
+
+def test_source_is_a_real_file_and_inspectable():
+    graph = gradc.make_graph(rosen)(np.array([0.5, -1.0, 2.0]))
+    compiled = compile_graph(graph, name="rosen")
+    assert open(compiled.path).read() == compiled.source
+    assert "def rosen(a):" in inspect.getsource(compiled.py_func)
+    assert linecache.getline(compiled.path, 1).startswith('"""Generated by gradc')
+
+
+def test_llvm_and_asm_are_text():
+    compiled = _compiled("sin", False, False, "vjp")
+    llvm, asm = compiled.llvm(), compiled.asm()
+    assert isinstance(llvm, str) and "define" in llvm
+    assert isinstance(asm, str) and len(asm) > 100
+
+
+def test_float32_literals_stay_float32():
+    graph = gradc.make_graph(lambda x: x * np.float32(2.5) + 1.0)(np.ones(3, np.float32))
+    assert "np.float32(2.5)" in to_source(graph)
+    out = compile_graph(graph)(np.arange(3, dtype=np.float32))
+    assert out[0].dtype == np.float32
+
+
+def test_guard_failure_raises_from_compiled_code():
+    x = np.array([0.5, 0.25])
+    compiled = compile_graph(gradc.make_graph(guarded)(x))
+    np.testing.assert_allclose(compiled(x)[0], np.sin(x) * 2.0, rtol=1e-15)
+    with pytest.raises(GuardFailure):
+        compiled(-x)
+
+
+def test_nonzero_count_mismatch_raises_guard_failure():
+    x = np.array([1.0, -2.0, 3.0])
+    compiled = compile_graph(gradc.make_graph(lambda x: x[x > 0])(x))
+    np.testing.assert_array_equal(compiled(x)[0], [1.0, 3.0])
+    with pytest.raises(GuardFailure):
+        compiled(np.array([1.0, 2.0, 3.0]))
+
+
+def test_unlowered_primitive_is_named():
+    mystery = Primitive("mystery_op")
+    mystery.abstract = lambda x: [(tuple(x.shape), x.dtype)]
+    x, y = Var((2,), np.dtype(np.float64)), Var((2,), np.dtype(np.float64))
+    graph = gradc.ir.Graph((x,), (make_eqn(mystery, [x], [y]),), (y,))
+    with pytest.raises(UnsupportedError, match="mystery_op"):
+        compile_graph(graph)
+
+
+def test_rosenbrock_gradient_n1000_matches_interpreter():
+    x = np.random.default_rng(0).uniform(-2.0, 2.0, 1000)
+    graph = simplify(gradc.make_graph(gradc.grad(rosen))(x))
+    got = compile_graph(graph, name="rosen_grad")(x)[0]
+    np.testing.assert_allclose(got, run(graph, x)[0], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got, gradc.grad(rosen)(x), rtol=1e-12, atol=1e-9)
