@@ -286,7 +286,7 @@ def index_function(name: str, kind: str, eqn) -> str:
     here = f"[{', '.join(o for o, _ in loops)}]" if window else ""
     dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
 
-    lines = [f"@_k.jit_helper", f"def {name}({', '.join(params)}):",
+    lines = ["@_k.jit_helper", f"def {name}({', '.join(params)}):",
              f"    # {kind}[spec={spec!r}]"]
     if kind == "gather":
         if not window:
