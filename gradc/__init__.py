@@ -8,7 +8,9 @@ from . import methods as _methods  # noqa: F401  (installs Tracer operators and 
 from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functions)
 from . import numpy_linalg as _numpy_linalg  # noqa: F401
 from . import ops  # noqa: F401
-from .api import grad, jvp, make_graph, stop_gradient, value_and_grad, vjp
+from .api import grad, jit, jvp, make_graph, stop_gradient, value_and_grad, vjp
+from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.directory())
+from .codegen.compile import GradcWarning
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
                      GradcError, NonScalarOutputError,
                      ShapeError, TracerLeakError, UnsupportedError)
@@ -17,11 +19,13 @@ from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
+from .transformed import show
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "grad", "value_and_grad", "jvp", "vjp", "make_graph", "stop_gradient", "eval_graph",
+    "grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient", "eval_graph",
+    "show", "cache", "GradcWarning",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",

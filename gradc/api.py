@@ -28,11 +28,13 @@ import numpy as np
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
                      with_location)
+from .codegen.compile import Executable, check_target, optimise
 from .interpret import eval_graph
 from .ir import Graph, dtype_name, is_float, type_str
 from .passes import jvp_graph, linearize_graph, simplify
 from .passes.transpose import backward_pass, transpose_graph
 from .trace import Tracer, trace_graph
+from .transformed import Transformed
 
 MAX_SPECIALISATIONS = 32   # paths kept per argument signature
 MAX_SIGNATURES = 256       # argument signatures kept per transformed function
@@ -157,16 +159,36 @@ class _Cache:
 
 
 class _Spec:
-    """One derived Graph with the output structure needed to unflatten its results."""
+    """One derived Graph with the output structure needed to unflatten its results.
 
-    def __init__(self, graph: Graph, info: dict, captured):
+    ``graph`` is the derived Graph as the passes built it; ``optimised`` is what runs
+    (after ``codegen.optimise``), compiled for ``target`` at its first concrete call.
+    Called with Tracers (inside an outer transformation), the derived graph is inlined
+    into the outer trace instead."""
+
+    def __init__(self, graph: Graph, info: dict, captured, target="numpy", fastmath=False,
+                 name="gradc_fn"):
         self.graph = graph
         self.info = info
         self.captured = list(captured)
         self.cacheable = not captured
+        self.target = target
+        self.fastmath = fastmath
+        self.name = name
+        self._exe = None
+
+    @property
+    def executable(self) -> Executable:
+        if self._exe is None:
+            self._exe = Executable(optimise(self.graph, self.target), self.target,
+                                   self.fastmath, self.name)
+        return self._exe
 
     def evaluate(self, dynamic, extra=()):
-        return eval_graph(self.graph, list(dynamic) + self.captured + list(extra))
+        values = list(dynamic) + self.captured + list(extra)
+        if any(isinstance(v, Tracer) for v in values):
+            return eval_graph(self.graph, values)
+        return self.executable(values)
 
 
 # ---------------------------------------------------------------- output conversion
@@ -240,48 +262,127 @@ def _normalise_argnums(argnums):
 
 # ---------------------------------------------------------------- grad, value_and_grad
 
-def value_and_grad(fun=None, argnums=0, has_aux=False):
+class ValueAndGrad(Transformed):
+    """What ``value_and_grad(f)`` returns (see there)."""
+
+    kind = "value_and_grad"
+    with_value = True
+
+    def __init__(self, fun, argnums=0, has_aux=False, **options):
+        super().__init__(fun, **options)
+        self.argnums = argnums
+        self.nums, self.single = _normalise_argnums(argnums)
+        self.has_aux = has_aux
+
+    def _options(self):
+        return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
+
+    def _prepare(self, args, kwargs):
+        fun = self.fun
+        call, all_args, names = _positional(fun, args, kwargs)
+        flat = _Args(all_args)
+        wrt = _check_wrt(flat, self.nums, fun, n_positional=len(args))
+        key = (flat.key(), names, _fingerprint(fun))
+
+        def build():
+            return _build_grad(call, flat, {}, wrt, self.has_aux, self.target,
+                               self.fastmath, self.with_value)
+        return key, build, flat.dynamic, (flat, wrt)
+
+    def _finish(self, spec, results, state):
+        flat, wrt = state
+        info = spec.info
+        n_out = 1 if info["with_value"] else 0
+        n_aux = info["n_aux"]
+        value = _to_user(results[0]) if n_out else None
+        aux = pytree.unflatten(info["aux_treedef"], [_to_user(r) for r in
+                                                     results[n_out:n_out + n_aux]])
+        grads = iter(results[n_out + n_aux:])
+        dyn_iter = iter(zip(flat.pyfloat, wrt))
+        leaves = []
+        for static in flat.static:
+            if static:
+                leaves.append(None)
+                continue
+            pyf, w = next(dyn_iter)
+            leaves.append(_to_user(next(grads), pyfloat=pyf) if w else None)
+        rebuilt = pytree.unflatten(flat.treedef, leaves)
+        g = rebuilt[self.nums[0]] if self.single else tuple(rebuilt[i] for i in self.nums)
+        if self.has_aux:
+            return (value, aux), g
+        return value, g
+
+
+class Grad(ValueAndGrad):
+    """What ``grad(f)`` returns (see there)."""
+
+    kind = "grad"
+    with_value = False       # the value is not computed at all
+
+    def _finish(self, spec, results, state):
+        out = super()._finish(spec, results, state)
+        if self.has_aux:
+            (_, aux), g = out
+            return g, aux
+        return out[1]
+
+    @property
+    def value_and_grad(self):
+        return ValueAndGrad(self.fun, **self._options())
+
+
+class Evaluate(Transformed):
+    """What ``jit(f)`` returns: ``f`` itself, traced once per signature and compiled."""
+
+    kind = "jit"
+
+    def _prepare(self, args, kwargs):
+        call, all_args, names = _positional(self.fun, args, kwargs)
+        flat = _Args(all_args)
+        key = (flat.key(), names, _fingerprint(self.fun))
+
+        def build():
+            graph, info, captured = _trace(call, flat, {})
+            return _Spec(graph, dict(info, primal=graph), captured, self.target,
+                         self.fastmath, _code_name(self.fun, "fn"))
+        return key, build, flat.dynamic, None
+
+    def _finish(self, spec, results, state):
+        info = spec.info
+        n_out = info["n_out"]
+        return pytree.unflatten(info["treedef"], [_to_user(r) for r in results[:n_out]])
+
+
+def _code_name(fun, suffix) -> str:
+    """A Python identifier for generated code: ``<function name>_<suffix>``."""
+    import re
+    base = re.sub(r"\W", "_", getattr(fun, "__name__", "f")).strip("_") or "f"
+    if base[0].isdigit() or base == "lambda":
+        base = "f_" + base
+    return f"{base}_{suffix}"
+
+
+def jit(fun=None, *, target=None, fastmath=False):
+    """Compile ``fun`` itself (no derivative): traced once per argument signature, run as
+    generated code on ``target`` ("cpu", "parallel" or "numpy")."""
+    if fun is None:
+        return functools.partial(jit, target=target, fastmath=fastmath)
+    return Evaluate(fun, target=target, fastmath=fastmath)
+
+
+def value_and_grad(fun=None, argnums=0, has_aux=False, *, target=None, fastmath=False):
     """``value_and_grad(f)(*args) -> (f(*args), ∇f(*args))`` (JAX's conventions).
 
     ``argnums`` (an int or a tuple of ints) picks the arguments to differentiate; the
     gradient has their structure (a tuple of them for a tuple ``argnums``).  With
     ``has_aux=True``, ``f`` returns ``(output, aux)`` and the result is
-    ``((output, aux), grad)``.
+    ``((output, aux), grad)``.  ``target`` is "cpu" (Numba, the default), "parallel"
+    or "numpy" (the reference interpreter); ``fastmath`` lets Numba reassociate.
     """
     if fun is None:
-        return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux)
-    nums, single = _normalise_argnums(argnums)
-    cache = _Cache()
-
-    @functools.wraps(fun)
-    def wrapper(*args, **kwargs):
-        call, all_args, names = _positional(fun, args, kwargs)
-        flat = _Args(all_args)
-        wrt = _check_wrt(flat, nums, fun, n_positional=len(args))
-        key = (flat.key(), names, _fingerprint(fun))
-        spec, results = cache.run(key, lambda: _build_grad(call, flat, {}, wrt, has_aux),
-                                  flat.dynamic)
-        info = spec.info
-        n_out, n_aux = info["n_out"], info["n_aux"]
-        value = _to_user(results[0])
-        aux = pytree.unflatten(info["aux_treedef"], [_to_user(r) for r in
-                                                     results[n_out:n_out + n_aux]])
-        grads = iter(results[n_out + n_aux:])
-        dyn_iter = iter(zip(flat.dynamic, flat.pyfloat, wrt))
-        leaves = []
-        for leaf, static in zip(flat.leaves, flat.static):
-            if static:
-                leaves.append(None)
-                continue
-            x, pyf, w = next(dyn_iter)
-            leaves.append(_to_user(next(grads), pyfloat=pyf) if w else None)
-        rebuilt = pytree.unflatten(flat.treedef, leaves)
-        g = rebuilt[nums[0]] if single else tuple(rebuilt[i] for i in nums)
-        if has_aux:
-            return (value, aux), g
-        return value, g
-
-    return wrapper
+        return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux,
+                                 target=target, fastmath=fastmath)
+    return ValueAndGrad(fun, argnums, has_aux, target=target, fastmath=fastmath)
 
 
 def _positional(fun, args, kwargs):
@@ -344,7 +445,10 @@ def _value_key(v):
     return ("id", id(v))
 
 
-def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux) -> _Spec:
+def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux, target="numpy",
+                fastmath=False, with_value=True) -> _Spec:
+    """The derived graph of (value, aux..., gradients...); without ``with_value`` the
+    value is left out (and whatever only it needed is dropped by DCE)."""
     graph, info, captured = _trace(fun, flat, kwargs, has_aux)
     n_out = info["n_out"]
     if n_out != 1 or graph.outputs[0].shape != () or not is_float(graph.outputs[0].dtype):
@@ -365,36 +469,30 @@ def _build_grad(fun, flat: _Args, kwargs, wrt, has_aux) -> _Spec:
         one = np.ones((), dtype=graph.outputs[0].dtype)
         cts = backward_pass(linear, res, [one] + [None] * n_aux)
         wrt_vars = [v for v, w in zip(graph.inputs, wrt_full) if w]
-        return outs + [ops.full(v.shape, 0, v.dtype) if c is None else c
-                       for v, c in zip(wrt_vars, cts)]
+        return outs[0 if with_value else 1:] + [ops.full(v.shape, 0, v.dtype) if c is None
+                                               else c for v, c in zip(wrt_vars, cts)]
 
     del n_res
     avals = [(v.shape, v.dtype) for v in graph.inputs]
     derived, _, inner = trace_graph(grad_fn, avals)
     assert not inner
-    info = dict(info, n_aux=n_aux, primal=graph)
-    return _Spec(simplify(derived), info, captured)
+    info = dict(info, n_aux=n_aux, primal=graph, with_value=with_value)
+    return _Spec(simplify(derived), info, captured, target, fastmath, _code_name(fun, "grad"))
 
 
-def grad(fun=None, argnums=0, has_aux=False):
+def grad(fun=None, argnums=0, has_aux=False, *, target=None, fastmath=False):
     """The gradient of a scalar function (JAX's ``grad``); also usable as a decorator.
 
     >>> gradc.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
     array([2., 4.])
+
+    Options as for ``value_and_grad``.  The result also shows what it runs:
+    ``.graph(*args)``, ``.source(*args)``, ``.llvm(*args)``, ``.asm(*args)``.
     """
     if fun is None:
-        return functools.partial(grad, argnums=argnums, has_aux=has_aux)
-    vg = value_and_grad(fun, argnums=argnums, has_aux=has_aux)
-
-    @functools.wraps(fun)
-    def wrapper(*args, **kwargs):
-        if has_aux:
-            (_, aux), g = vg(*args, **kwargs)
-            return g, aux
-        return vg(*args, **kwargs)[1]
-
-    wrapper.value_and_grad = vg
-    return wrapper
+        return functools.partial(grad, argnums=argnums, has_aux=has_aux, target=target,
+                                 fastmath=fastmath)
+    return Grad(fun, argnums, has_aux, target=target, fastmath=fastmath)
 
 
 # ---------------------------------------------------------------- jvp
@@ -402,12 +500,14 @@ def grad(fun=None, argnums=0, has_aux=False):
 _JVP_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def jvp(fun, primals, tangents, has_aux=False):
+def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
     ``primals`` and ``tangents`` are tuples of arguments with the same structure,
-    shapes and dtypes; tangents of static (integer) arguments are ignored.
+    shapes and dtypes; tangents of static (integer) arguments are ignored.  The forward
+    graph is cached per function and argument signature and runs on ``target``.
     """
+    target = check_target(target)
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise ArgumentError(with_location(
             "jvp(f, primals, tangents): primals and tangents must be tuples of arguments"))
@@ -429,7 +529,7 @@ def jvp(fun, primals, tangents, has_aux=False):
             t = t.astype(pd)
         tdyn.append(t)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (flat.key(), has_aux, _fingerprint(fun))
+    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
     try:
         cache = _JVP_CACHE.setdefault(fun, _Cache())
     except TypeError:          # not weak-referenceable: no caching
@@ -438,7 +538,8 @@ def jvp(fun, primals, tangents, has_aux=False):
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
         jg = simplify(jvp_graph(graph, wrt + [False] * len(captured)))
-        return _Spec(jg, info, captured)
+        return _Spec(jg, dict(info, primal=graph), captured, target, fastmath,
+                     _code_name(fun, "jvp"))
 
     # the jvp graph takes (primals..., captured..., tangents...)
     tangent_args = [t for t, w in zip(tdyn, wrt) if w]
@@ -457,22 +558,65 @@ def jvp(fun, primals, tangents, has_aux=False):
 
 # ---------------------------------------------------------------- vjp
 
-def vjp(fun, *primals, has_aux=False):
+_VJP_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class _VjpSpec:
+    """The two halves of reverse mode for one signature: the primal graph extended with
+    the residuals (``forward``), and the transposed linear graph (``backward``, built at
+    the first cotangent), each run on the target like any derived graph."""
+
+    def __init__(self, graph, info, captured, target, fastmath, name):
+        self.graph = graph
+        self.info = info
+        self.captured = list(captured)
+        self.cacheable = not captured
+        wrt = info["wrt"] + [False] * len(captured)
+        primal, self.linear = linearize_graph(graph, wrt)
+        self.n_res = len(primal.outputs) - len(graph.outputs)
+        self.forward = _Spec(primal, info, (), target, fastmath, name + "_fwd")
+        self.target, self.fastmath, self.name = target, fastmath, name
+        self._backward = None
+
+    def evaluate(self, dynamic, extra=()):
+        return self.forward.evaluate(list(dynamic) + self.captured)
+
+    @property
+    def backward(self) -> _Spec:
+        if self._backward is None:
+            n_aux = len(self.graph.outputs) - self.info["n_out"]
+            back = simplify(_transpose_with_aux(self.linear, self.n_res, n_aux))
+            self._backward = _Spec(back, self.info, (), self.target, self.fastmath,
+                                   self.name + "_bwd")
+        return self._backward
+
+
+def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     """Reverse mode: ``(f(*primals), vjp_fn)`` where ``vjp_fn(ct)`` returns a tuple with
-    one cotangent per primal argument (JAX's ``vjp``)."""
+    one cotangent per primal argument (JAX's ``vjp``).  Both halves are cached per
+    function and argument signature and run on ``target``."""
+    target = check_target(target)
     flat = _Args(primals)
-    graph, info, captured = _trace(fun, flat, {}, has_aux)
-    wrt = [is_float(x.dtype) for x in flat.dynamic] + [False] * len(captured)
-    primal, linear = linearize_graph(graph, wrt)
+    wrt = [is_float(x.dtype) for x in flat.dynamic]
+    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
+    try:
+        cache = _VJP_CACHE.setdefault(fun, _Cache())
+    except TypeError:          # not weak-referenceable: no caching
+        cache = _Cache()
+
+    def build():
+        graph, info, captured = _trace(fun, flat, {}, has_aux)
+        return _VjpSpec(graph, dict(info, wrt=wrt, primal=graph), captured, target,
+                        fastmath, _code_name(fun, "vjp"))
+
+    spec, outs_res = cache.run(key, build, flat.dynamic)
+    graph, info = spec.graph, spec.info
     n_outs = len(graph.outputs)
-    outs_res = eval_graph(primal, list(flat.dynamic) + list(captured))
     outs, res = outs_res[:n_outs], outs_res[n_outs:]
     n_out = info["n_out"]
     out_tree = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
-    back = None
 
     def vjp_fn(ct):
-        nonlocal back
         cts, tree = pytree.flatten(ct)
         if tree != info["treedef"]:
             raise ArgumentError(with_location(
@@ -482,14 +626,12 @@ def vjp(fun, *primals, has_aux=False):
                 raise ArgumentError(with_location(
                     f"vjp_fn: a cotangent of shape {np.shape(c)} for an output of type "
                     f"{type_str(o.shape, o.dtype)}"))
-        if back is None:
-            back = simplify(_transpose_with_aux(linear, len(res), n_outs - n_out))
         cts = [c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
                for c, o in zip(cts, graph.outputs)]
-        in_cts = iter(eval_graph(back, list(res) + cts))
+        in_cts = iter(spec.backward.evaluate(list(res) + cts))
         leaves = []
         dyn = iter(zip(flat.pyfloat, wrt))
-        for leaf, static in zip(flat.leaves, flat.static):
+        for static in flat.static:
             if static:
                 leaves.append(None)
                 continue
@@ -531,5 +673,5 @@ def stop_gradient(x):
     return pytree.tree_map(_sg, x)
 
 
-__all__ = ["grad", "value_and_grad", "jvp", "vjp", "make_graph", "stop_gradient",
+__all__ = ["grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient",
            "GradcError", "dtype_name"]

@@ -96,6 +96,12 @@ Atom = Union[Var, Lit]
 
 # ---------------------------------------------------------------- primitives
 
+def _primitive_named(name: str) -> "Primitive":
+    from .passes.fuse import fused_p
+    from .prims import all_primitives
+    return fused_p if name == fused_p.name else all_primitives()[name]
+
+
 class Primitive:
     """A named operation of the closed primitive set, with its rules attached.
 
@@ -123,6 +129,10 @@ class Primitive:
     def __repr__(self) -> str:
         return self.name
 
+    def __reduce__(self):
+        # pickled by name: the receiving process has the same closed primitive set
+        return (_primitive_named, (self.name,))
+
     def bind(self, *args, **params):
         from .trace import bind
         return bind(self, *args, **params)
@@ -140,6 +150,10 @@ class Eqn:
 
     def replace(self, **changes) -> "Eqn":
         return dataclasses.replace(self, **changes)
+
+    def __reduce__(self):
+        return (make_eqn, (self.prim, self.inputs, self.outputs, dict(self.params),
+                           self.source))
 
 
 def make_eqn(prim, inputs, outputs, params=None, source=None) -> Eqn:
@@ -229,32 +243,65 @@ def _param_str(value) -> str:
     return str(value)
 
 
-def pretty(graph: Graph, indent: int = 0) -> str:
-    names: dict[Var, str] = {}
-    gen = _names()
+class _Namer:
+    """Names variables in order of first appearance (a, b, ..., z, ba, ...)."""
 
-    def name(atom) -> str:
+    def __init__(self):
+        self.names: dict = {}
+        self._gen = _names()
+
+    def __call__(self, atom) -> str:
         if isinstance(atom, Lit):
             return _lit_str(atom)
-        if atom not in names:
-            names[atom] = next(gen)
-        return names[atom]
+        if atom not in self.names:
+            self.names[atom] = next(self._gen)
+        return self.names[atom]
 
-    def binder(v: Var) -> str:
-        return f"{name(v)}:{type_str(v.shape, v.dtype)}"
+    def binder(self, v) -> str:
+        return f"{self(v)}:{type_str(v.shape, v.dtype)}"
 
-    pad = " " * indent
-    lines = [pad + "{ lambda " + " ".join(binder(v) for v in graph.inputs) + " ."]
+
+def _eqn_head(eqn, name: _Namer) -> str:
+    """``lhs = prim[params] args`` (binding the outputs' names first)."""
+    lhs = " ".join(name.binder(v) for v in eqn.outputs) if eqn.outputs else "_"
+    params = " ".join(f"{k}={_param_str(v)}" for k, v in sorted(eqn.params.items())
+                      if k != "body")          # a body is printed below the equation
+    head = eqn.prim.name + (f"[{params}]" if params else "")
+    args = " ".join(name(a) for a in eqn.inputs)
+    return f"{lhs} = {head} {args}".rstrip()
+
+
+def _eqn_text(eqn, name: _Namer, pad: str) -> list:
+    """An equation's lines: the head, then a nested body (``fused``) indented below."""
+    lines = [_eqn_head(eqn, name)]
+    body = eqn.params.get("body")
+    if isinstance(body, Graph):
+        lines += _graph_lines(body, name, pad + "    ")
+    return lines
+
+
+def _graph_lines(graph: Graph, name: _Namer, pad: str) -> list:
+    lines = [pad + "{ lambda " + " ".join(name.binder(v) for v in graph.inputs) + " ."]
     for i, eqn in enumerate(graph.eqns):
         lead = "let " if i == 0 else "    "
-        params = " ".join(f"{k}={_param_str(v)}" for k, v in sorted(eqn.params.items()))
-        head = eqn.prim.name + (f"[{params}]" if params else "")
-        args = " ".join(name(a) for a in eqn.inputs)
-        lhs = " ".join(binder(v) for v in eqn.outputs) if eqn.outputs else "_"
-        lines.append(f"{pad}  {lead}{lhs} = {head} {args}".rstrip())
+        text = _eqn_text(eqn, name, pad + "      ")
+        lines.append(f"{pad}  {lead}{text[0]}")
+        lines += text[1:]
     outs = ", ".join(name(a) for a in graph.outputs)
     lines.append(f"{pad}  in ({outs}) }}")
-    return "\n".join(lines)
+    return lines
+
+
+def pretty(graph: Graph, indent: int = 0) -> str:
+    return "\n".join(_graph_lines(graph, _Namer(), " " * indent))
+
+
+def pretty_parts(graph: Graph):
+    """``(namer, [lines of each equation])`` with the names ``pretty`` uses."""
+    name = _Namer()
+    for v in graph.inputs:
+        name(v)
+    return name, [_eqn_text(eqn, name, "") for eqn in graph.eqns]
 
 
 # ---------------------------------------------------------------- verification

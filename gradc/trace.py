@@ -246,7 +246,11 @@ def bind(prim: Primitive, *args, **params):
     """Apply ``prim``: evaluate it on constants, or record an equation."""
     trace = current_trace()
     if not any(isinstance(a, Tracer) for a in args):
-        if trace is None or not _is_large(prim, args, params):
+        # constants are computed now, except in a trace: big results, and broadcasts
+        # (a broadcast scalar stays a scalar in fused loops instead of becoming an array)
+        if trace is None or not (_is_large(prim, args, params)
+                                 or prim.name == "broadcast_in_dim"
+                                 and int(np.prod(params["shape"], dtype=np.int64)) > 1):
             return _normalise(prim, _run_impl(prim, args, params))
     elif trace is None:
         raise TracerLeakError(with_location(

@@ -24,6 +24,9 @@ njit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 # for functions generated per equation (no on-disk cache: they live in generated modules)
 jit_helper = numba.njit(nogil=True, error_model="numpy")
+# the loop nests of fused equations (codegen.loops), one thread or several
+jit_loops = numba.njit(nogil=True, error_model="numpy")
+jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
 
 
 @njit

@@ -1,68 +1,65 @@
 """Compile a Graph for the CPU through Numba.
 
 ``compile_graph(graph)`` lowers the graph to Python source (``pysource.lower``), writes
-it to a real file in the per-user cache directory (``$GRADC_CACHE_DIR``, else
-``~/.cache/gradc``, under ``src/<sha256 of the source>.py``) so that tracebacks,
+it to a real file in the cache directory (``gradc.cache``) so that tracebacks,
 ``inspect`` and ``pdb`` show the generated lines, registers it with ``linecache``,
-executes it and wraps its main function with ``numba.njit`` (nopython,
-``fastmath=False``, NumPy's error model so that 1/0 is inf as in the interpreter).
+executes it as a module and wraps its main function with ``numba.njit`` (nopython,
+``fastmath=False`` unless asked, NumPy's error model so that 1/0 is inf as in the
+interpreter, ``cache=True`` so that a new process loads the machine code from disk).
 
 The returned ``Compiled`` takes the graph's inputs (rank-0 inputs as Python or NumPy
 scalars or 0-d arrays) and returns a list of NumPy arrays, like ``gradc.interpret.run``.
+It pickles as its Graph and options: the receiving process lowers the Graph again (the
+same text, so the same cache key) and loads the machine code from its disk cache.
 """
 from __future__ import annotations
 
-import hashlib
 import linecache
-import os
-import pathlib
-import tempfile
+import sys
+import types
 
 import numba
 import numpy as np
 
 from ..ir import Graph
+from . import cache
 from .pysource import lower
-
-
-def cache_dir() -> pathlib.Path:
-    root = os.environ.get("GRADC_CACHE_DIR")
-    if root:
-        return pathlib.Path(root)
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "gradc"
-
-
-def write_source(source: str) -> str:
-    """Write ``source`` to ``<cache>/src/<sha256>.py`` (atomically; an existing file with
-    that name already holds that text) and return the path."""
-    digest = hashlib.sha256(source.encode()).hexdigest()
-    folder = cache_dir() / "src"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    return str(path)
 
 
 class Compiled:
     """A Graph compiled by Numba: call it with the graph's inputs."""
 
-    def __init__(self, graph: Graph, name: str = "gradc_fn"):
+    def __init__(self, graph: Graph, name: str = "gradc_fn", *, parallel: bool = False,
+                 fastmath: bool = False):
         self.graph = graph
-        lowered = lower(graph, name)
+        self.name = name
+        self.options = dict(parallel=bool(parallel), fastmath=bool(fastmath))
+        lowered = lower(graph, name, parallel=parallel)
         self.source = lowered.source
-        self.path = write_source(self.source)
+        self.key = cache.key_of(self.source + repr(sorted(self.options.items())))
+        self.path = str(cache.write_source(self.key, self.source))
         lines = self.source.splitlines(keepends=True)
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
-        namespace = {"__name__": f"gradc_generated_{name}", "__file__": self.path}
-        exec(compile(self.source, self.path, "exec"), namespace)
-        self.py_func = namespace[name]
-        self.dispatcher = numba.njit(self.py_func, fastmath=False, error_model="numpy",
-                                     nogil=True)
+        # a real module, so that Numba's disk cache can find it again by name
+        module = sys.modules.get(f"gradc_generated_{self.key}")
+        if module is None or getattr(module, "__gradc_source__", None) != self.source:
+            module = types.ModuleType(f"gradc_generated_{self.key}")
+            module.__file__ = self.path
+            module.__gradc_source__ = self.source
+            exec(compile(self.source, self.path, "exec"), module.__dict__)
+            sys.modules[module.__name__] = module
+        self.py_func = getattr(module, name)
+        cache.validate(self.key)          # stale or corrupt machine code is dropped
+        # (parallel loops live in the helpers the lowering decorates; the main function
+        # only calls them)
+        self.dispatcher = numba.njit(self.py_func, error_model="numpy", nogil=True,
+                                     cache=True, fastmath=self.options["fastmath"])
         self._consts = tuple(lowered.consts.values())
+        self._outs = tuple(lowered.outs.values())
+        self._sealed = False
+        self._inspector = None
+
+    # ------------------------------------------------------------ calling
 
     def _convert(self, args):
         if len(args) != len(self.graph.inputs):
@@ -81,8 +78,18 @@ class Compiled:
         return tuple(out) + self._consts
 
     def __call__(self, *args) -> list:
-        results = self.dispatcher(*self._convert(args))
+        results = self.call_raw(*self._convert(args)[:len(args)])
         return [np.asarray(r, dtype=o.dtype) for r, o in zip(results, self.graph.outputs)]
+
+    def call_raw(self, *args):
+        """Call with arguments of exactly the graph's shapes and dtypes (rank-0 ones as
+        NumPy scalars): no checks.  Returns Numba's tuple of results."""
+        results = self.dispatcher(*args, *self._consts,
+                                  *[np.empty(shape, dtype) for shape, dtype in self._outs])
+        if not self._sealed:
+            self._sealed = True
+            cache.seal(self.key)
+        return results
 
     # ------------------------------------------------------------ inspection
 
@@ -91,23 +98,43 @@ class Compiled:
         return tuple(np.zeros(v.shape, v.dtype) for v in self.graph.inputs)
 
     def signature(self):
-        """The Numba signature compiled for C-contiguous inputs (compiling it if needed)."""
-        types = tuple(numba.typeof(a) for a in self._convert(self.example_args()))
-        self.dispatcher.compile(types)
-        return types
+        """The Numba signature for C-contiguous inputs."""
+        args = self._convert(self.example_args()) + tuple(
+            np.empty(shape, dtype) for shape, dtype in self._outs)
+        return tuple(numba.typeof(a) for a in args)
+
+    def _inspectable(self):
+        # code loaded from Numba's disk cache keeps no LLVM IR: inspection compiles a
+        # separate, uncached copy once
+        if self._inspector is None:
+            options = {k: v for k, v in self.dispatcher.targetoptions.items()
+                       if k not in ("cache", "nopython")}
+            self._inspector = numba.njit(self.py_func, **options)
+            self._inspector.compile(self.signature())
+        return self._inspector
 
     def llvm(self) -> str:
         """LLVM IR of the main function for C-contiguous inputs."""
-        return self.dispatcher.inspect_llvm(self.signature())
+        return self._inspectable().inspect_llvm(self.signature())
 
     def asm(self) -> str:
         """Machine code (assembly text) of the main function for C-contiguous inputs."""
-        return self.dispatcher.inspect_asm(self.signature())
+        return self._inspectable().inspect_asm(self.signature())
 
     def __repr__(self) -> str:
-        return f"<gradc.Compiled {self.py_func.__name__} from {self.path}>"
+        return f"<gradc.Compiled {self.name} from {self.path}>"
+
+    # ------------------------------------------------------------ pickling
+
+    def __reduce__(self):
+        return (_rebuild, (self.graph, self.name, self.options))
 
 
-def compile_graph(graph: Graph, name: str = "gradc_fn") -> Compiled:
+def _rebuild(graph, name, options):
+    return Compiled(graph, name, **options)
+
+
+def compile_graph(graph: Graph, name: str = "gradc_fn", *, parallel: bool = False,
+                  fastmath: bool = False) -> Compiled:
     """Compile ``graph`` with Numba (compilation proper happens at the first call)."""
-    return Compiled(graph, name)
+    return Compiled(graph, name, parallel=parallel, fastmath=fastmath)

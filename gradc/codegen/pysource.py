@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..ir import Graph, Var, _names, pretty
+from ..ir import Graph, Var, pretty, pretty_parts
 from .kernels import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -106,17 +106,36 @@ class Lowered:
     name: str
     inputs: list             # parameter names of the graph inputs
     consts: dict = field(default_factory=dict)   # parameter name -> ndarray (trailing)
+    outs: dict = field(default_factory=dict)     # parameter name -> (shape, dtype), last
 
 
 class _Context:
     def __init__(self):
         self.helpers: list[str] = []   # source of generated helper functions
         self.consts: dict = {}
+        self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.temps = 0
 
     def temp(self) -> str:
         self.temps += 1
         return f"_t{self.temps}"
+
+    def const(self, value) -> str:
+        """The parameter name of an array constant (passed in by the caller)."""
+        for name, known in self.consts.items():
+            if known is value:
+                return name
+        name = f"_c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def out_buffer(self, shape, dtype) -> str:
+        """A parameter for an array the caller allocates with NumPy and the code fills:
+        NumPy's allocator asks the kernel for huge pages, Numba's does not, and a fresh
+        80 MB array costs 4x less to fault in that way."""
+        name = f"_o{len(self.outs)}"
+        self.outs[name] = (tuple(int(n) for n in shape), np.dtype(dtype))
+        return name
 
     def helper(self, make) -> str:
         name = f"_h{len(self.helpers)}"
@@ -330,6 +349,9 @@ HANDLERS = {
 }
 
 
+_VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient"}
+
+
 def lowerable() -> set:
     """Names of the primitives this module can lower."""
     return set(TEMPLATES) | set(HANDLERS)
@@ -337,32 +359,25 @@ def lowerable() -> set:
 
 # ---------------------------------------------------------------- the driver
 
-def lower(graph: Graph, name: str = "gradc_fn") -> Lowered:
-    """The generated module's source, its main function's name, and its constants."""
+def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False) -> Lowered:
+    """The generated module's source, its main function's name, and its constants.
+    With ``parallel``, fused loop nests run their outer loop with ``numba.prange``."""
     ctx = _Context()
-    names: dict = {}
-    gen = _names()
-    for v in graph.inputs:
-        names[v] = _identifier(next(gen))
-    for eqn in graph.eqns:
-        for v in eqn.outputs:
-            names[v] = _identifier(next(gen))
+    namer, printed = pretty_parts(graph)
+    names = {v: _identifier(n) for v, n in namer.names.items()}
 
     def atom(x) -> str:
         if isinstance(x, Var):
             return names[x]
         if x.ndim == 0:
             return scalar_literal(x.value, x.dtype)
-        const = f"_c{len(ctx.consts)}"
-        ctx.consts[const] = x.value
-        return const
+        return ctx.const(x.value)
 
-    printed = pretty(graph).split("\n")[1:-1]
-    assert len(printed) == len(graph.eqns)
     body, last_source = [], None
-    for eqn, line in zip(graph.eqns, printed):
+    for eqn, text in zip(graph.eqns, printed):
+        line = text[0]
         prim = eqn.prim.name
-        if prim not in TEMPLATES and prim not in HANDLERS:
+        if prim not in TEMPLATES and prim not in HANDLERS and prim != "fused":
             where = f"\n  at {eqn.source}" if eqn.source else ""
             raise UnsupportedError(f"the numba backend has no lowering for primitive "
                                    f"{prim!r} (equation: {line.strip()}){where}")
@@ -374,20 +389,34 @@ def lower(graph: Graph, name: str = "gradc_fn") -> Lowered:
         last_source = eqn.source
         if prim in TEMPLATES:
             code = TEMPLATES[prim].format(*args)
+        elif prim == "fused":
+            from .loops import lower_fused
+            inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}
+            inner[eqn] = [line]
+            code = lower_fused(ctx, eqn, names, inner, parallel)
         else:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
             code = [f"{', '.join(outs)} = {code}" if outs else code]
         body.extend("    " + c for c in code)
 
-    results = [atom(x) for x in graph.outputs]
+    # results never alias the caller's inputs, the constants or each other's storage
+    # through a view: those are copied (a caller may mutate what it gets back)
+    producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
+    results = []
+    for x in graph.outputs:
+        text = atom(x)
+        aliased = x.ndim > 0 and (not isinstance(x, Var) or x not in producer
+                                  or producer[x] in _VIEWS)
+        results.append(f"np.ascontiguousarray({text}).copy()" if aliased else text)
     body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
-    params = [names[v] for v in graph.inputs] + list(ctx.consts)
+    params = [names[v] for v in graph.inputs] + list(ctx.consts) + list(ctx.outs)
     header = [
         '"""Generated by gradc from a Graph; one statement per equation.',
         "",
         pretty(graph, indent=4),
         '"""',
+        "import numba",
         "import numpy as np",
         "",
         "from gradc.codegen import kernels as _k",
@@ -398,10 +427,22 @@ def lower(graph: Graph, name: str = "gradc_fn") -> Lowered:
         header.append("# array constants, passed in by the caller after the inputs:")
         header += [f"#   {k}: {v.dtype}{list(v.shape)}" for k, v in ctx.consts.items()]
         header.append("")
+    if ctx.outs:
+        header.append("# output buffers, allocated by the caller (np.empty) after those:")
+        header += [f"#   {k}: {d}{list(s)}" for k, (s, d) in ctx.outs.items()]
+        header.append("")
     helpers = [h + "\n" for h in ctx.helpers]
     main = [f"def {name}({', '.join(params)}):"] + body
     source = "\n".join(header + helpers + main) + "\n"
-    return Lowered(source, name, [names[v] for v in graph.inputs], dict(ctx.consts))
+    return Lowered(source, name, [names[v] for v in graph.inputs], dict(ctx.consts),
+                   dict(ctx.outs))
+
+
+def text_of_body(eqn, text) -> list:
+    """The printed lines of each equation of a ``fused`` equation's body, from the lines
+    ``pretty_parts`` gave the fused equation (head, ``{ lambda``, equations, ``in``)."""
+    lines = [t.strip() for t in text[2:-1]]
+    return [[line.removeprefix("let ")] for line in lines]
 
 
 def to_source(graph: Graph, name: str = "gradc_fn") -> str:

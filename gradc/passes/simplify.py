@@ -61,7 +61,9 @@ def fold_cse(graph: Graph) -> Graph:
                 and producers[ins[0]].prim.name == "neg":
             subst[eqn.outputs[0]] = producers[ins[0]].inputs[0]
             continue
+        # (a broadcast of a constant stays symbolic: folding it would only grow the graph)
         if not prim.effect and all(isinstance(a, Lit) for a in ins) \
+                and prim.name != "broadcast_in_dim" \
                 and all(int(np.prod(v.shape)) <= FOLD_LIMIT for v in eqn.outputs):
             result = prim.impl(*[a.value for a in ins], **eqn.params)
             results = result if prim.multiple_results else [result]

@@ -1,0 +1,98 @@
+"""From an optimised Graph to something callable, per target.
+
+* ``"cpu"`` (the default): Numba, nopython, one thread;
+* ``"parallel"``: Numba with ``parallel=True`` (fused loop nests use ``prange``);
+* ``"numpy"``: the reference interpreter (``gradc.interpret``), no compilation.
+
+``GRADC_TARGET`` in the environment changes the default (the test suite runs most
+derivative tests with ``numpy``, the reference, and checks the compiled targets against
+it in ``tests/test_codegen.py`` and ``tests/test_compiled_api.py``).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from ..errors import ArgumentError, GradcError, GuardFailure, with_location
+from ..interpret import eval_graph
+from ..ir import Graph
+
+TARGETS = ("cpu", "parallel", "numpy")
+
+
+class GradcWarning(UserWarning):
+    """A warning from gradc (for example: a compiled target fell back to the interpreter)."""
+
+
+def default_target() -> str:
+    return os.environ.get("GRADC_TARGET", "cpu")
+
+
+def check_target(target) -> str:
+    target = default_target() if target is None else target
+    if target not in TARGETS:
+        raise ArgumentError(with_location(
+            f"target={target!r} is not one of {', '.join(map(repr, TARGETS))}"))
+    return target
+
+
+def optimise(graph: Graph, target: str) -> Graph:
+    """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for
+    the compiled targets, loop fusion."""
+    from ..passes import simplify
+    graph = simplify(graph)
+    if target != "numpy":
+        from ..passes.fuse import fuse
+        graph = fuse(graph)
+    return graph
+
+
+class Executable:
+    """An optimised Graph ready to run on one target: ``exe(values) -> list of arrays``.
+
+    Compilation is lazy (at the first call) and a compile that Numba rejects falls back
+    to the interpreter with a ``GradcWarning`` naming the problem, so a result is never
+    lost to a backend gap."""
+
+    def __init__(self, graph: Graph, target: str, fastmath: bool = False,
+                 name: str = "gradc_fn"):
+        self.graph = graph
+        self.target = target
+        self.fastmath = fastmath
+        self.name = name
+        self._compiled = None
+        self._scalar = [v.ndim == 0 for v in graph.inputs]
+        self._fallback = target == "numpy"
+
+    @property
+    def compiled(self):
+        """The ``gradc.codegen.Compiled`` (None for the numpy target)."""
+        if self._compiled is None and not self._fallback:
+            from .numba_cpu import Compiled
+            self._compiled = Compiled(self.graph, self.name,
+                                      parallel=self.target == "parallel",
+                                      fastmath=self.fastmath)
+        return self._compiled
+
+    def __call__(self, values) -> list:
+        if self._fallback:
+            return eval_graph(self.graph, values)
+        args = [np.asarray(v)[()] if s else v for v, s in zip(values, self._scalar)]
+        compiled = self.compiled
+        try:
+            return list(compiled.call_raw(*args))
+        except (GuardFailure, GradcError, ArithmeticError, ValueError,
+                np.linalg.LinAlgError):
+            raise
+        except Exception as e:          # Numba could not compile this graph
+            from numba.core.errors import NumbaError
+            if not isinstance(e, NumbaError):
+                raise
+            warnings.warn(GradcWarning(
+                f"gradc: the {self.target!r} target could not compile {self.name} "
+                f"({type(e).__name__}: {str(e).splitlines()[0]}); running it with the "
+                "interpreter (target='numpy') instead"), stacklevel=3)
+            self._fallback = True
+            return eval_graph(self.graph, values)

@@ -1,0 +1,280 @@
+"""Lowering of ``fused`` equations (``gradc.passes.fuse``) to one loop nest each.
+
+The loop runs over the equation's domain in C order.  For each root the body asks for
+``value(var, index)``: an operand read from outside is an array element (or a scalar),
+an inlined equation is computed from its operands at the indices its structure maps to:
+
+* elementwise, select, convert: the same index;
+* ``broadcast_in_dim``: the index with broadcast dimensions dropped (size-1 ones read 0);
+* ``slice``: ``start + step * i`` per dimension;
+* ``transpose``: the index permuted back; unit-dimension ``reshape``: unit dims dropped;
+* ``pad``: a conditional read: ``x[(i - start) / step]`` inside the window, else 0.
+
+Index components are affine in one loop (or window) variable, ``mult * sym + offset``,
+so composed slices and pads print as ``i0 + 1``, not nested arithmetic, and bounds that
+hold for every iteration are not tested.  Values computed at an index are kept in locals
+for the rest of their block (CSE across roots); a value first needed inside a pad's
+window is local to that window.  Reductions accumulate in a local (rank-0 result) or
+into an array initialised with the identity.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Lit
+from ..passes.indexmap import Affine as _Affine
+from ..passes.indexmap import operand_indices, pad_window
+from .pysource import TEMPLATES as ELEMENT_TEMPLATES   # NumPy's ufuncs work on scalars too
+from .pysource import dtype_expr, scalar_literal
+
+_IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
+
+
+class _Emitter:
+    def __init__(self, ctx, eqn, names, producer, comments):
+        self.ctx = ctx
+        self.eqn = eqn
+        self.names = names            # Var -> identifier (outer names and body names)
+        self.producer = producer      # body Var -> body eqn
+        self.comments = comments      # body eqn -> its printed text
+        self.lines: list = []
+        self.memo: list = [{}]        # a stack of scopes: (var, index key) -> local name
+        self.commented: set = set()
+        self.counts: dict = {}
+        self.breakpoints: dict = {}   # loop variable -> where a pad's window starts/ends
+        self.used_consts: list = []   # array constants read (parameters of the helper)
+
+    # -------------------------------------------------------- bookkeeping
+
+    def emit(self, depth, text):
+        self.lines.append("    " * depth + text)
+
+    def local(self, var) -> str:
+        base = self.names[var]
+        k = self.counts.get(var, 0)
+        self.counts[var] = k + 1
+        return f"{base}_{k}" if k else f"{base}_"
+
+    def lookup(self, key):
+        for scope in reversed(self.memo):
+            if key in scope:
+                return scope[key]
+        return None
+
+    # -------------------------------------------------------- values
+
+    def value(self, atom, idx, depth) -> str:
+        """An expression for ``atom`` at index ``idx`` (a tuple of _Affine)."""
+        if isinstance(atom, Lit):
+            if atom.ndim == 0:
+                return scalar_literal(atom.value, atom.dtype)
+            name = self.ctx.const(atom.value)
+            self.used_consts.append(name)
+            return self.read(name, atom, idx)
+        if atom.ndim == 0 and atom not in self.producer:
+            return self.names[atom]
+        if atom not in self.producer:
+            return self.read(self.names[atom], atom, idx)
+        key = (atom, tuple(c.key() for c in idx))
+        found = self.lookup(key)
+        if found is not None:
+            return found
+        eqn = self.producer[atom]
+        expr = self.compute(eqn, idx, depth)
+        if eqn not in self.commented:
+            self.commented.add(eqn)
+            for line in self.comments[eqn]:
+                self.emit(depth, "# " + line)
+        name = self.local(atom)
+        self.emit(depth, f"{name} = {expr}")
+        self.memo[-1][key] = name
+        return name
+
+    def read(self, array, var, idx) -> str:
+        return f"{array}[{', '.join(str(c) for c in idx)}]"
+
+    def compute(self, eqn, idx, depth):
+        name, p = eqn.prim.name, eqn.params
+        if name == "pad":
+            return self.pad(eqn, idx, depth)
+        subs = operand_indices(eqn, idx)
+        args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
+        if name in ("broadcast_in_dim", "slice", "transpose", "reshape"):
+            return args[0]
+        if name == "select":
+            return f"({args[1]} if {args[0]} else {args[2]})"
+        if name == "convert_element_type":
+            dtype = np.dtype(p["dtype"])
+            return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
+        return ELEMENT_TEMPLATES[name].format(*args)
+
+    def pad(self, eqn, idx, depth):
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        zero = scalar_literal(0, out.dtype)
+        dims, outside = pad_window(eqn, idx)
+        if outside:
+            return zero
+        conds, sub, pre = [], [], []
+        for d, n in zip(dims, x.shape):
+            if d[0] == "affine":
+                k = d[1]
+                if (k.lo < 0 or k.hi > n - 1) and abs(k.mult) == 1:
+                    self.breakpoints.setdefault(k.sym, set()).update(
+                        (-k.offset, n - k.offset) if k.mult == 1
+                        else (k.offset + 1, k.offset - n + 1))
+                if k.lo < 0:
+                    conds.append(f"{k} >= 0")
+                if k.hi > n - 1:
+                    conds.append(f"{k} < {n}")
+                sub.append(k.clamp(0, n - 1))
+            else:
+                _, c, start, step = d
+                w = self.ctx.temp()
+                pre.append("    " * depth + f"{w} = ({c} - {start}) // {step}")
+                conds.append(f"({c} - {start}) % {step} == 0 and 0 <= {w} < {n}")
+                sub.append(_Affine(w, 1, 0, 0, n - 1))
+        if not conds:
+            return self.value(x, tuple(sub), depth)
+        result = self.ctx.temp()
+        self.lines.extend(pre)
+        self.emit(depth, f"if {' and '.join(conds)}:")
+        self.memo.append({})
+        inner = self.value(x, tuple(sub), depth + 1)
+        self.memo.pop()
+        self.emit(depth + 1, f"{result} = {inner}")
+        self.emit(depth, "else:")
+        self.emit(depth + 1, f"{result} = {zero}")
+        return result
+
+
+def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool) -> list:
+    """One ``fused`` equation as a jitted helper function holding its loop nest (kept
+    out of the main function: Numba's analyses grow quadratically with a function's
+    blocks), and the line of the main function that calls it."""
+    used: list = []
+    nest = _loop_nest(ctx, eqn, names, comments, parallel, used)
+    body = eqn.params["body"]
+    params = [names[v] for v in body.inputs] + [c for c in dict.fromkeys(used)]
+    params += [line.split(" = ")[1] for line in nest
+               if line.startswith(tuple(names[r] + " = _o" for r in body.outputs))]
+    results = ", ".join(names[r] for r in body.outputs)
+    uses_prange = any("numba.prange" in line for line in nest)
+    decorator = "@_k.jit_loops_parallel" if uses_prange else "@_k.jit_loops"
+
+    def make(name):
+        head = [decorator, f"def {name}({', '.join(params)}):",
+                f"    # {comments[eqn][0]}"]
+        return "\n".join(head + ["    " + line for line in nest]
+                         + [f"    return ({results},)"])
+    helper = ctx.helper(make)
+    return [f"{results}, = {helper}({', '.join(params)})"]
+
+
+def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
+    body = eqn.params["body"]
+    domain = tuple(eqn.params["domain"])
+    producer = {v: e for e in body.eqns for v in e.outputs}
+    lines = []
+    roots = list(body.outputs)
+    reductions = {}
+    for r in roots:
+        e = producer[r]
+        kind = _reduction_kind(e)
+        if kind is None:
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype)}")
+            continue
+        init = scalar_literal(_IDENTITY[kind], r.dtype) if kind in ("sum", "prod") \
+            or np.dtype(r.dtype).kind == "f" else _int_extreme(kind, r.dtype)
+        reductions[r] = (kind, e)
+        if r.ndim == 0:
+            lines.append(f"{names[r]} = {init}")
+        else:
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype)}")
+            lines.append(f"{names[r]}.fill({init})")
+    loop_vars = [f"i{k}" for k in range(len(domain))]
+    can_prange = parallel and len(domain) > 0 and all(
+        r.ndim == 0 and k in ("sum", "prod") or 0 not in e.params["axes"]
+        for r, (k, e) in reductions.items())
+    # a first pass over the whole domain finds where pads' windows begin and end; the
+    # domain is then split there, so that every nest's body is free of window tests
+    probe = _Emitter(ctx, eqn, names, producer, comments)
+    _emit_body(probe, roots, reductions, names, comments,
+               tuple((0, n) for n in domain), loop_vars)
+    pieces = _split(domain, loop_vars, probe.breakpoints)
+    if len(pieces) * len(probe.lines) > MAX_SPLIT_LINES:      # too much code: keep tests
+        pieces = [tuple((0, n) for n in domain)]
+    shared = set()
+    for ranges in pieces:
+        em = _Emitter(ctx, eqn, names, producer, comments)
+        em.used_consts = used
+        em.commented = shared
+        if len(pieces) > 1:
+            lines.append("# " + ", ".join(f"{v} in [{a}, {b})"
+                                          for v, (a, b) in zip(loop_vars, ranges)))
+        for depth, (v, (a, b)) in enumerate(zip(loop_vars, ranges)):
+            rng = "numba.prange" if depth == 0 and can_prange else "range"
+            bounds = f"{b}" if a == 0 else f"{a}, {b}"
+            lines.append("    " * depth + f"for {v} in {rng}({bounds}):")
+        lines.extend(_emit_body(em, roots, reductions, names, comments, ranges, loop_vars))
+    return lines
+
+
+MAX_PIECES = 9             # loop nests one fused equation may be split into
+MAX_SPLIT_LINES = 1500     # and the lines of code they may take together
+
+
+def _split(domain, loop_vars, breakpoints) -> list:
+    """The domain cut at the breakpoints: a list of per-dimension (start, stop) tuples."""
+    import itertools
+    per_dim = []
+    for v, n in zip(loop_vars, domain):
+        cuts = sorted({0, n} | {b for b in breakpoints.get(v, ()) if 0 < b < n})
+        per_dim.append(list(zip(cuts[:-1], cuts[1:])) or [(0, n)])
+    count = 1
+    for d in per_dim:
+        count *= len(d)
+    if count > MAX_PIECES:
+        return [tuple((0, n) for n in domain)]
+    return list(itertools.product(*per_dim))
+
+
+def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars) -> list:
+    depth = len(ranges)
+    idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
+    for r in roots:
+        if r in reductions:
+            kind, e = reductions[r]
+            val = em.value(e.inputs[0], idx, depth)
+            axes = e.params["axes"]
+            kept = [str(c) for k, c in enumerate(idx) if k not in axes]
+            target = names[r] if r.ndim == 0 else f"{names[r]}[{', '.join(kept)}]"
+            if e not in em.commented:
+                em.commented.add(e)
+                em.emit(depth, f"# {comments[e][0]}")
+            em.emit(depth, f"{target} = {_combine(kind, target, val)}")
+        else:
+            val = em.value(r, idx, depth)
+            em.emit(depth, f"{names[r]}[{', '.join(loop_vars)}] = {val}")
+    return em.lines
+
+
+def _reduction_kind(eqn):
+    from ..passes.fuse import REDUCTIONS
+    return REDUCTIONS.get(eqn.prim.name)
+
+
+def _int_extreme(kind, dtype):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is None:
+        return "True" if kind == "min" else "False"
+    return scalar_literal(info.min if kind == "max" else info.max, dtype)
+
+
+def _combine(kind, acc, val) -> str:
+    if kind == "sum":
+        return f"{acc} + {val}"
+    if kind == "prod":
+        return f"{acc} * {val}"
+    return f"np.{'maximum' if kind == 'max' else 'minimum'}({acc}, {val})"
+
+

@@ -1,0 +1,303 @@
+"""Loop fusion: chains of elementwise, broadcast, slice, pad, transpose, select and
+reduction equations become single ``fused`` equations, each lowered to one loop nest.
+
+The fused form is *gather* form: a ``fused`` equation's outputs (its *roots*) are
+computed element by element, each output element in one place, reading the
+equation's operands at the indices the chain of slices, pads, broadcasts and
+transposes maps it to.  Values inside the chain are never stored: a pad is a
+conditional read, a broadcast a read that ignores an index, a reduction an
+accumulator in the loop.
+
+How equations are grouped
+-------------------------
+1. A value is *inlined* into its consumers when it is produced by a fusible
+   equation (elementwise, select, convert, broadcast_in_dim, slice, pad, transpose,
+   unit-dimension reshape), has rank >= 1, is not an output of the graph, and every
+   consumer is fusible.  Inlined values are recomputed by each consumer that reads
+   them (cheap: a few flops against a memory round trip).
+2. Every other value produced by a fusible or reduction equation is a *root*: it is
+   materialised.  A root's loop *domain* is its shape, or for a reduction the shape
+   of the reduced operand.
+3. Roots with the same domain share one loop nest (one ``fused`` equation) unless one
+   depends on another; equations are then re-ordered topologically.
+4. A body that would evaluate more than ``MAX_BODY`` (value, index) pairs per element
+   (recomputation through many shifted reads) materialises its most-read inlined
+   values instead and tries again.
+
+The ``fused`` primitive holds its equations as a Graph (``body``) whose inputs are
+the operands read from outside; the interpreter runs it by evaluating the body, so a
+fused graph still runs on every target, and the printer shows the body indented
+under the equation.
+"""
+from __future__ import annotations
+
+import heapq
+import types
+
+from ..interpret import eval_graph
+from ..ir import Graph, Primitive, Var, make_eqn
+from . import indexmap
+from .indexmap import Affine
+
+MAX_BODY = 400
+
+ELEMENTWISE = {
+    "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "exp", "expm1",
+    "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
+    "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "round",
+    "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
+    "isfinite", "stop_gradient", "select", "convert_element_type",
+}
+STRUCTURAL = {"broadcast_in_dim", "slice", "pad", "transpose", "reshape"}
+REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
+              "reduce_prod": "prod"}
+
+# ---------------------------------------------------------------- the fused primitive
+
+fused_p = Primitive("fused", multiple_results=True)
+fused_p.impl = lambda *args, body, domain: eval_graph(body, list(args))
+fused_p.abstract = lambda *args, body, domain: [(v.shape, v.dtype) for v in body.outputs]
+
+
+def _unit_reshape(eqn) -> bool:
+    """A reshape that only inserts or removes dimensions of size 1."""
+    src = [d for d in eqn.inputs[0].shape if d != 1]
+    dst = [d for d in eqn.params["shape"] if d != 1]
+    return src == dst
+
+
+def _fusible(eqn) -> bool:
+    name = eqn.prim.name
+    if name in REDUCTIONS:
+        return eqn.inputs[0].ndim >= 1
+    if len(eqn.outputs) != 1 or eqn.outputs[0].ndim == 0:
+        return False
+    if name == "reshape":
+        return _unit_reshape(eqn)
+    return name in ELEMENTWISE or name in STRUCTURAL
+
+
+def _domain(eqn):
+    return tuple(eqn.inputs[0].shape) if eqn.prim.name in REDUCTIONS \
+        else tuple(eqn.outputs[0].shape)
+
+
+# ---------------------------------------------------------------- the pass
+
+def fuse(graph: Graph) -> Graph:
+    """Group fusible equations into ``fused`` equations (see the module docstring)."""
+    materialise: set = set()
+    while True:
+        plan = _plan(graph, materialise)
+        extra = _oversized(plan)
+        if not extra:
+            return _rebuild(graph, plan)
+        materialise |= extra
+
+
+def _plan(graph: Graph, materialise: set):
+    producer = {}
+    consumers: dict = {}
+    for i, eqn in enumerate(graph.eqns):
+        for v in eqn.outputs:
+            producer[v] = i
+        for a in eqn.inputs:
+            if isinstance(a, Var):
+                consumers.setdefault(a, []).append(i)
+    outputs = {a for a in graph.outputs if isinstance(a, Var)}
+    fusible = [_fusible(e) for e in graph.eqns]
+
+    def inlined(v) -> bool:
+        i = producer.get(v)
+        return (i is not None and fusible[i] and graph.eqns[i].prim.name not in REDUCTIONS
+                and v.ndim >= 1 and v not in outputs and v not in materialise
+                and all(fusible[j] for j in consumers.get(v, ())))
+
+    inline = {v for v in producer if inlined(v)}
+
+    def cluster(i) -> list:
+        """The equation indices a root equation reads through inlined values."""
+        seen, stack = {i}, [i]
+        while stack:
+            for a in graph.eqns[stack.pop()].inputs:
+                if a in inline and producer[a] not in seen:
+                    seen.add(producer[a])
+                    stack.append(producer[a])
+        return sorted(seen)
+
+    # group roots by domain; a root joins a group it does not depend on, even through
+    # other groups (gdeps[g]: every group g depends on, transitively)
+    depends: dict = {}          # var -> set of group ids it depends on (directly)
+    group_of: dict = {}         # root eqn index -> group id
+    groups: list = []           # group id -> dict(domain, roots, eqns)
+    gdeps: list = []
+
+    def closure(ids) -> set:
+        out = set(ids)
+        for g in ids:
+            out |= gdeps[g]
+        return out
+
+    for i, eqn in enumerate(graph.eqns):
+        if inline_eqns(graph, inline, i):
+            continue
+        ids = cluster(i) if fusible[i] else [i]
+        deps = closure(set().union(*[depends.get(a, set()) for a in
+                                     _external_inputs(graph, ids, inline)]))
+        if fusible[i]:
+            dom = _domain(eqn)
+            gid = next((g for g, grp in enumerate(groups)
+                        if grp["domain"] == dom and g not in deps), None)
+            if gid is None:
+                gid = len(groups)
+                groups.append({"domain": dom, "roots": [], "eqns": set()})
+                gdeps.append(set())
+            groups[gid]["roots"].append(i)
+            groups[gid]["eqns"].update(ids)
+            group_of[i] = gid
+            gdeps[gid] |= deps
+            for h in range(len(groups)):
+                if gid in gdeps[h]:
+                    gdeps[h] |= gdeps[gid]
+            deps = {gid}
+        for v in eqn.outputs:
+            depends[v] = set(deps)
+    return types.SimpleNamespace(graph=graph, inline=inline, groups=groups,
+                                 group_of=group_of, producer=producer)
+
+
+def inline_eqns(graph, inline, i) -> set:
+    """{i} when every output of equation i is inlined (it has no place of its own)."""
+    outs = graph.eqns[i].outputs
+    return {i} if outs and all(v in inline for v in outs) else set()
+
+
+def _external_inputs(graph, eqn_ids, inline) -> list:
+    inside = {v for i in eqn_ids for v in graph.eqns[i].outputs}
+    found = []
+    for i in eqn_ids:
+        for a in graph.eqns[i].inputs:
+            if isinstance(a, Var) and a not in inside and a not in found:
+                found.append(a)
+    return found
+
+
+def _oversized(plan) -> set:
+    """Inlined values to materialise because a body reads too many (value, index) pairs."""
+    extra = set()
+    for grp in plan.groups:
+        count, reads = _body_size(plan, grp)
+        if count > MAX_BODY:
+            ranked = sorted(((n, id(v), v) for v, n in reads.items() if n > 1),
+                            key=lambda t: -t[0])
+            extra.update(v for _, _, v in ranked[:max(1, len(ranked) // 2)])
+    return extra
+
+
+def _body_size(plan, grp, limit=None):
+    """How many values one element of the group computes, counted as the loop lowering
+    emits them (CSE per index, but a value first needed inside a pad's window is local
+    to that window), stopping past ``limit`` (10 x ``MAX_BODY``: far enough to see which
+    values are recomputed); and how often each inlined value is computed."""
+    graph = plan.graph
+    limit = 10 * MAX_BODY if limit is None else limit
+    counts: dict = {}
+    total = 0
+    scopes: list = [set()]
+
+    def visit(v, idx):
+        nonlocal total
+        if v not in plan.inline or total > limit:
+            return
+        key = (v, tuple(c.key() for c in idx))
+        if any(key in scope for scope in scopes):
+            return
+        scopes[-1].add(key)
+        total += 1
+        counts[v] = counts.get(v, 0) + 1
+        eqn = graph.eqns[plan.producer[v]]
+        tested = eqn.prim.name == "pad" and _window_tested(eqn, idx)
+        if tested:
+            scopes.append(set())
+        for a, sub in indexmap.reads(eqn, idx):
+            if isinstance(a, Var):
+                visit(a, sub)
+        if tested:
+            scopes.pop()
+
+    for r in grp["roots"]:
+        eqn = graph.eqns[r]
+        idx = tuple(Affine(f"i{k}", 1, 0, 0, max(n - 1, 0))
+                    for k, n in enumerate(grp["domain"]))
+        for a, sub in indexmap.reads(eqn, idx):
+            if isinstance(a, Var):
+                visit(a, sub)
+    return total, counts
+
+
+def _window_tested(eqn, idx) -> bool:
+    """Whether the loop lowering tests the pad's window at this index (needs a branch)."""
+    dims, outside = indexmap.pad_window(eqn, idx)
+    if outside:
+        return False
+    return any(d[0] != "affine" or d[1].lo < 0 or d[1].hi > n - 1
+               for d, n in zip(dims, eqn.inputs[0].shape))
+
+
+def _rebuild(graph: Graph, plan) -> Graph:
+    """The graph with one ``fused`` equation per group, in a topological order that
+    keeps the original order where it can."""
+    units = []          # (position, eqn)
+    placed_groups = set()
+    for i, eqn in enumerate(graph.eqns):
+        if i in plan.group_of:
+            gid = plan.group_of[i]
+            if gid in placed_groups:
+                continue
+            placed_groups.add(gid)
+            units.append((i, _fused_eqn(graph, plan.groups[gid])))
+        elif not inline_eqns(graph, plan.inline, i):
+            units.append((i, eqn))
+    return graph.replace(eqns=tuple(_toposort(graph, units)))
+
+
+def _fused_eqn(graph: Graph, grp):
+    ids = sorted(grp["eqns"])
+    roots = [v for r in grp["roots"] for v in graph.eqns[r].outputs]
+    if len(ids) == 1 and graph.eqns[ids[0]].prim.name in STRUCTURAL | {"stop_gradient"}:
+        return graph.eqns[ids[0]]          # a lone slice or transpose is a view: keep it
+    inputs = _external_inputs(graph, ids, set())
+    body = Graph(tuple(inputs), tuple(graph.eqns[i] for i in ids), tuple(roots))
+    sources = [graph.eqns[i].source for i in ids if graph.eqns[i].source]
+    return make_eqn(fused_p, inputs, roots, {"body": body, "domain": grp["domain"]},
+                    sources[-1] if sources else None)
+
+
+def _toposort(graph: Graph, units):
+    defined = {v for v in graph.inputs}
+    produced_by = {}
+    for k, (_, eqn) in enumerate(units):
+        for v in eqn.outputs:
+            produced_by[v] = k
+    waiting = {}
+    blockers = []
+    for k, (_, eqn) in enumerate(units):
+        need = {produced_by[a] for a in eqn.inputs
+                if isinstance(a, Var) and a not in defined and a in produced_by}
+        need.discard(k)
+        blockers.append(len(need))
+        for j in need:
+            waiting.setdefault(j, []).append(k)
+    ready = [(units[k][0], k) for k in range(len(units)) if blockers[k] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        order.append(units[k][1])
+        for j in waiting.get(k, ()):
+            blockers[j] -= 1
+            if blockers[j] == 0:
+                heapq.heappush(ready, (units[j][0], j))
+    assert len(order) == len(units), "fusion created a cycle"
+    return order
+

@@ -1,0 +1,251 @@
+"""The transformations on the compiled targets: results equal the interpreter's, the
+inspection methods, guards, the in-memory and on-disk caches, pickling."""
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.codegen import cache
+from gradc.errors import ArgumentError
+
+
+def rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def mlp(w1, w2, x, onehot):
+    z = np.tanh(x @ w1) @ w2
+    return np.mean(gradc.logsumexp(z, axis=1) - np.sum(z * onehot, axis=1))
+
+
+def stencil(u):
+    # shifted reads of shifted values: pads inside pads after differentiation
+    v = u[1:] * u[:-1]
+    w = np.sin(v[1:]) - v[:-1] ** 2
+    return np.sum(w * np.exp(-u[2:]))
+
+
+def masked(x, y):
+    return np.sum(np.where(x > 0, x * y, np.maximum(x, -1.0) ** 2)) + np.max(y)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(3)
+
+
+def _close(a, b, rtol=1e-12):
+    for x, y in zip(np.atleast_1d(a) if not isinstance(a, tuple) else a,
+                    np.atleast_1d(b) if not isinstance(b, tuple) else b):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------- results
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_grad_matches_interpreter(rng, target):
+    x = rng.uniform(-2, 2, 50)
+    _close(gradc.grad(rosen, target=target)(x), gradc.grad(rosen, target="numpy")(x))
+    u = rng.uniform(0.1, 1.0, 40)
+    _close(gradc.grad(stencil, target=target)(u), gradc.grad(stencil, target="numpy")(u))
+
+
+def test_value_and_grad_of_mlp_two_arguments(rng):
+    w1, w2 = rng.standard_normal((6, 5)), rng.standard_normal((5, 3))
+    x, onehot = rng.standard_normal((4, 6)), np.eye(3)[[0, 2, 1, 2]]
+    v, (g1, g2) = gradc.value_and_grad(mlp, argnums=(0, 1))(w1, w2, x, onehot)
+    vr, (r1, r2) = gradc.value_and_grad(mlp, argnums=(0, 1), target="numpy")(w1, w2, x,
+                                                                             onehot)
+    assert v == pytest.approx(vr, rel=1e-13)
+    _close(g1, r1)
+    _close(g2, r2)
+
+
+def test_where_max_and_select(rng):
+    x, y = rng.standard_normal(30), rng.standard_normal(30)
+    got = gradc.grad(masked, argnums=(0, 1))(x, y)
+    want = gradc.grad(masked, argnums=(0, 1), target="numpy")(x, y)
+    _close(got[0], want[0])
+    _close(got[1], want[1])
+
+
+def test_jvp_and_vjp_compiled(rng):
+    x, t = rng.uniform(-1, 1, 20), rng.standard_normal(20)
+    y, ty = gradc.jvp(rosen, (x,), (t,))
+    yr, tyr = gradc.jvp(rosen, (x,), (t,), target="numpy")
+    assert y == pytest.approx(yr, rel=1e-13) and ty == pytest.approx(tyr, rel=1e-12)
+    out, back = gradc.vjp(lambda u: np.sin(u[1:]) * u[:-1], x)
+    ct = rng.standard_normal(19)
+    (g,) = back(ct)
+    # <u, J v> = <J^T u, v>
+    _, jv = gradc.jvp(lambda u: np.sin(u[1:]) * u[:-1], (x,), (t,))
+    assert np.dot(ct, jv) == pytest.approx(np.dot(g, t), rel=1e-12)
+
+
+def test_float32_stays_float32(rng):
+    x = rng.uniform(-1, 1, 16).astype(np.float32)
+    g = gradc.grad(rosen)(x)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, gradc.grad(rosen, target="numpy")(x), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_python_floats_in_float_out():
+    @gradc.grad
+    def energy(a, b):
+        return np.sin(a * b) + a ** 2
+    d = energy(0.3, 0.5)
+    assert isinstance(d, float) and d == pytest.approx(0.5 * np.cos(0.15) + 0.6, rel=1e-15)
+
+
+def test_results_do_not_alias_inputs_or_constants():
+    g = gradc.grad(lambda x: np.sum(x * 3.0))
+    a = g(np.ones(4))
+    a *= 7
+    np.testing.assert_array_equal(g(np.ones(4)), 3.0)
+    ident = gradc.jit(lambda x: x[1:])
+    x = np.arange(4.0)
+    y = ident(x)
+    y[:] = -1
+    np.testing.assert_array_equal(x, np.arange(4.0))
+
+
+def test_bad_target_is_a_gradc_error():
+    with pytest.raises(ArgumentError, match="target='gpu'"):
+        gradc.grad(rosen, target="gpu")
+
+
+# ---------------------------------------------------------------- guards
+
+def piecewise(x):
+    if np.sum(x) > 0:
+        return np.sum(np.sin(x))
+    return np.sum(x ** 3)
+
+
+def test_guard_failure_retraces_and_cache_keeps_both_paths():
+    g = gradc.grad(piecewise)
+    up, down = np.array([0.5, 0.25]), np.array([-0.5, -0.25])
+    np.testing.assert_allclose(g(up), np.cos(up), rtol=1e-15)
+    np.testing.assert_allclose(g(down), 3 * down ** 2, rtol=1e-15)
+    np.testing.assert_allclose(g(up * 2), np.cos(up * 2), rtol=1e-15)
+    (specs,) = g._cache.entries.values()
+    assert len(specs) == 2
+    assert "raise GuardFailure" in g.source(up)
+
+
+# ---------------------------------------------------------------- inspection
+
+def test_inspection_methods():
+    x = np.linspace(-1.0, 1.0, 8)
+    g = gradc.grad(rosen)
+    graph = g.graph(x)
+    assert [e.prim.name for e in graph.eqns] == ["fused"]
+    src = g.source(x)
+    assert "def rosen_grad(a, _o0):" in src and "np.zeros" not in src
+    assert "for i0 in range(1, 7):" in src           # the pad windows split the loop
+    assert "define" in g.llvm(x)
+    assert len(g.asm(x)) > 200
+
+
+def test_show_prints_every_stage():
+    out = io.StringIO()
+    gradc.show(gradc.grad(rosen), np.ones(5), file=out)
+    text = out.getvalue()
+    assert text.count("{ lambda") >= 3
+    for heading in ("# traced IR of rosen", "# grad after the passes", "# generated source"):
+        assert heading in text
+    out = io.StringIO()
+    gradc.show(rosen, np.ones(5), file=out)         # a plain function: its primal
+    assert "# jit after the passes" in out.getvalue()
+
+
+# ---------------------------------------------------------------- disk cache
+
+_CHILD = textwrap.dedent("""
+    import time, numpy as np, gradc
+    def rosen(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    g = gradc.grad(rosen)
+    x = np.linspace(-1.0, 1.0, 64)
+    t = time.perf_counter()
+    r = g(x)
+    dt = time.perf_counter() - t
+    c = g.compile(x)
+    hits = sum(c.dispatcher.stats.cache_hits.values())
+    print(repr(float(np.sum(r * np.arange(64)))), hits, dt)
+""")
+
+
+def _child(cache_dir):
+    env = dict(os.environ, GRADC_CACHE_DIR=str(cache_dir), GRADC_TARGET="cpu")
+    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    value, hits, seconds = out.stdout.split()
+    return float(value), int(hits), float(seconds)
+
+
+def test_disk_cache_survives_a_new_process_and_ignores_corrupt_entries(tmp_path):
+    want = float(np.sum(gradc.grad(rosen, target="numpy")(np.linspace(-1.0, 1.0, 64))
+                        * np.arange(64)))
+    cold = _child(tmp_path)
+    assert cold[1] == 0 and cold[0] == pytest.approx(want, rel=1e-12)
+    warm = _child(tmp_path)
+    assert warm[1] == 1 and warm[0] == pytest.approx(want, rel=1e-12)
+    # corrupt every machine-code file: the entry is rebuilt, the result still right
+    pycache = tmp_path / "src" / "__pycache__"
+    files = [p for p in pycache.iterdir() if p.suffix in (".nbi", ".nbc")]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2] + b"garbage")
+    rebuilt = _child(tmp_path)
+    assert rebuilt[1] == 0 and rebuilt[0] == pytest.approx(want, rel=1e-12)
+    again = _child(tmp_path)
+    assert again[1] == 1 and again[0] == pytest.approx(want, rel=1e-12)
+
+
+def test_cache_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "c"))
+    gradc.grad(lambda x: np.sum(np.cos(x) * 2.5))(np.ones(3))
+    assert cache.entries()
+    gradc.cache.clear()
+    assert not cache.entries() and not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- pickling
+
+def _run_compiled(job):
+    compiled, x = job
+    return compiled(x)[0]
+
+
+def test_compiled_function_pickles_and_runs_in_worker_processes():
+    x = np.linspace(-1.0, 1.0, 12)
+    compiled = gradc.grad(rosen).compile(x)
+    clone = pickle.loads(pickle.dumps(compiled))
+    np.testing.assert_array_equal(clone(x)[0], compiled(x)[0])
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.map_async(_run_compiled, [(compiled, x), (compiled, 2 * x)]).get(
+            timeout=240)
+    np.testing.assert_allclose(results[0], gradc.grad(rosen, target="numpy")(x), rtol=1e-13)
+    np.testing.assert_allclose(results[1], gradc.grad(rosen, target="numpy")(2 * x),
+                               rtol=1e-13)
+
+
+def test_transformed_function_pickles_by_function():
+    g = gradc.grad(rosen, target="cpu")
+    clone = pickle.loads(pickle.dumps(g))
+    x = np.linspace(0.0, 1.0, 5)
+    np.testing.assert_array_equal(clone(x), g(x))
+    assert clone.target == "cpu"
