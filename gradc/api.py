@@ -273,9 +273,67 @@ class ValueAndGrad(Transformed):
         self.argnums = argnums
         self.nums, self.single = _normalise_argnums(argnums)
         self.has_aux = has_aux
+        self._fast: dict = {}
 
     def _options(self):
         return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
+
+    # ---------------------------------------------------- the per-call fast path
+    # A call whose arguments are plain floats, ints and non-scalar ndarrays, and whose
+    # function reads no arrays besides them, is looked up by a cheap key (types, shapes,
+    # dtypes, int values) and goes straight to the compiled code; everything else, and
+    # any miss or failed guard, takes the general path (which also fills the fast table).
+
+    def __call__(self, *args, **kwargs):
+        if not kwargs and self._fast:
+            entry = self._fast.get(_fast_key(args))
+            if entry is not None and _reads_unchanged(entry[0]):
+                try:
+                    results = entry[1](*[args[i] for i in entry[2]])
+                except GuardFailure:
+                    pass
+                else:
+                    return self._fast_finish(results, entry[3])
+        key, build, dynamic, state = self._prepare(args, kwargs)
+        spec, results = self._cache.run(key, build, dynamic)
+        out = self._finish(spec, results, state)
+        if not kwargs and not self.has_aux:
+            self._remember(args, spec, state)
+        return out
+
+    def _remember(self, args, spec, state):
+        fkey = _fast_key(args)
+        if fkey is None or not spec.cacheable or spec.target == "numpy":
+            return
+        reads = _reads(self.fun)
+        if any(isinstance(v, np.ndarray) for _, _, v in reads):
+            return
+        flat, wrt = state
+        if len(flat.leaves) != len(args):        # pytrees: not on the fast path
+            return
+        compiled = spec.executable.compiled
+        if compiled is None or spec.executable._fallback:
+            return
+        dyn = [i for i, st in enumerate(flat.static) if not st]
+        grads, k = {}, 0
+        for i in dyn:
+            if wrt[dyn.index(i)]:
+                grads[i] = (k, flat.pyfloat[dyn.index(i)])
+                k += 1
+        picks = tuple(grads[i % len(args)] for i in self.nums)
+        if len(self._fast) > MAX_SIGNATURES:
+            self._fast.clear()
+        value_type = np.dtype(spec.graph.outputs[0].dtype).type
+        self._fast[fkey] = (reads, compiled.call_raw, dyn, (picks, value_type))
+
+    def _fast_finish(self, results, how):
+        picks, value_type = how
+        off = 1 if self.with_value else 0
+        g = [float(results[off + k]) if pyf else results[off + k] for k, pyf in picks]
+        g = g[0] if self.single else tuple(g)
+        if self.with_value:
+            return value_type(results[0]), g
+        return g
 
     def _prepare(self, args, kwargs):
         fun = self.fun
@@ -353,6 +411,23 @@ class Evaluate(Transformed):
         return pytree.unflatten(info["treedef"], [_to_user(r) for r in results[:n_out]])
 
 
+def _fast_key(args):
+    """A cheap key for the fast path, or None: per argument its type, and its shape and
+    dtype (non-scalar arrays) or value (ints and bools, which are static)."""
+    key = []
+    for a in args:
+        t = type(a)
+        if t is float:
+            key.append(t)
+        elif t is np.ndarray and a.ndim:
+            key.append((a.shape, a.dtype, a.flags.c_contiguous))
+        elif t is int or t is bool:
+            key.append((t, a))
+        else:
+            return None
+    return tuple(key)
+
+
 def _code_name(fun, suffix) -> str:
     """A Python identifier for generated code: ``<function name>_<suffix>``."""
     import re
@@ -399,31 +474,49 @@ def _positional(fun, args, kwargs):
     return call, tuple(args) + tuple(kwargs[k] for k in names), names
 
 
-def _fingerprint(fun, depth=3, seen=None):
-    """What ``fun`` reads besides its arguments, for the cache key: the contents of its
-    closure cells and of the module globals its code names, following functions found
-    there ``depth`` levels deep.  Arrays are identified by content (a hash of their
-    bytes), scalars by value, other objects by identity, so rebinding or mutating a
-    closed-over array re-traces instead of reusing a stale derivative."""
+_MISSING = object()
+
+
+def _reads(fun, depth=3, seen=None) -> list:
+    """What ``fun`` reads besides its arguments: ``(holder, name, value)`` for each of its
+    closure cells (``name`` None) and each module global its code names (``holder`` the
+    globals dict; ``value`` ``_MISSING`` if not defined yet), following functions found
+    there ``depth`` levels deep."""
     seen = set() if seen is None else seen
     code = getattr(fun, "__code__", None)
     if code is None or id(fun) in seen or depth == 0:
-        return ()
+        return []
     seen.add(id(fun))
-    values = [c.cell_contents for c in (fun.__closure__ or ()) if _cell_filled(c)]
+    out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
     names = set(code.co_names)
     for const in code.co_consts:          # lambdas and comprehensions defined inside
         if hasattr(const, "co_names"):
             names.update(const.co_names)
     glob = getattr(fun, "__globals__", {})
-    values += [glob[n] for n in sorted(names) if n in glob]
-    out = []
-    for v in values:
+    out += [(glob, n, glob.get(n, _MISSING)) for n in sorted(names)]
+    for _, _, v in list(out):
         if callable(v) and hasattr(v, "__code__"):
-            out.append(("fn", id(v), _fingerprint(v, depth - 1, seen)))
-        else:
-            out.append(_value_key(v))
-    return tuple(out)
+            out += _reads(v, depth - 1, seen)
+    return out
+
+
+def _fingerprint(fun):
+    """The part of the cache key for what ``fun`` reads (``_reads``): arrays by content
+    (a hash of their bytes), scalars by value, other objects by identity, so rebinding
+    or mutating a closed-over array re-traces instead of reusing a stale derivative."""
+    return tuple(("fn", id(v)) if callable(v) and hasattr(v, "__code__") else
+                 ("missing",) if v is _MISSING else _value_key(v)
+                 for _, _, v in _reads(fun))
+
+
+def _reads_unchanged(reads) -> bool:
+    """Whether everything in ``reads`` is still the same object (the fast path's check;
+    only used when no array is among them, arrays being keyed by content)."""
+    for holder, name, value in reads:
+        now = holder.cell_contents if name is None else holder.get(name, _MISSING)
+        if now is not value:
+            return False
+    return True
 
 
 def _cell_filled(cell) -> bool:

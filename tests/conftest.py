@@ -1,7 +1,22 @@
-"""Shared test settings: a hypothesis profile that keeps the suite fast on two cores."""
+"""Shared test settings.
+
+* A hypothesis profile that keeps the suite fast on two cores.
+* The derivative tests run on the reference interpreter (``GRADC_TARGET=numpy``): they
+  check the mathematics, and compiling each of their hundreds of small functions with
+  Numba would take most of an hour.  The compiled targets are checked against the
+  interpreter in ``test_codegen.py`` (every primitive row, forward and reverse),
+  ``test_fuse.py`` and ``test_compiled_api.py``, which ask for them explicitly.
+  ``GRADC_TARGET=cpu python -m pytest`` runs everything compiled.
+* Generated code goes to a cache directory of this test session unless
+  ``GRADC_CACHE_DIR`` says otherwise.
+"""
 import os
+import tempfile
 
 from hypothesis import HealthCheck, settings
+
+os.environ.setdefault("GRADC_TARGET", "numpy")
+os.environ.setdefault("GRADC_CACHE_DIR", tempfile.mkdtemp(prefix="gradc-test-cache-"))
 
 settings.register_profile(
     "gradc", deadline=None, max_examples=10, derandomize=True,

@@ -2,7 +2,8 @@
 
 For every row of the primitive table (``tests/test_prims.py``'s ``ROWS``) the traced
 primal graph, its forward graph (``jvp_graph``) and its reverse graph (``vjp_graph``)
-are compiled once and run on random inputs; outputs must equal the interpreter's to
+are optimised as the cpu target does (simplify, fuse), compiled once and run on random
+inputs; outputs must equal the interpreter's (on the unoptimised graphs) to
 rounding with the same dtypes (f64: rtol 1e-12; rows re-run in float32 stay float32,
 rtol 1e-5).  Elementwise rows also run at rank 0, where the generated code works on
 scalars.  Compiles are slow (10-30 ms per equation with numba 0.68), so every graph
@@ -19,6 +20,7 @@ import pytest
 
 import gradc
 from gradc.codegen import compile_graph, to_source
+from gradc.codegen.compile import optimise
 from gradc.codegen.pysource import lowerable
 from gradc.errors import GuardFailure, UnsupportedError
 from gradc.interpret import run
@@ -71,8 +73,10 @@ def _graphs(row_id, rank0, float32):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(row_id, rank0, float32, kind):
+    """The graph as the cpu target runs it: simplified and fused, then compiled."""
     graphs, _ = _graphs(row_id, rank0, float32)
-    return compile_graph(graphs[kind], name=f"{kind}_{row_id.replace('-', '_')}")
+    return compile_graph(optimise(graphs[kind], "cpu"),
+                         name=f"{kind}_{row_id.replace('-', '_')}")
 
 
 def _inputs(graph, dynamic, rng):

@@ -38,6 +38,12 @@ def masked(x, y):
     return np.sum(np.where(x > 0, x * y, np.maximum(x, -1.0) ** 2)) + np.max(y)
 
 
+@pytest.fixture(autouse=True)
+def compiled_by_default(monkeypatch):
+    # conftest makes the interpreter the default for the suite; here it is the compiler
+    monkeypatch.setenv("GRADC_TARGET", "cpu")
+
+
 @pytest.fixture(scope="module")
 def rng():
     return np.random.default_rng(3)
@@ -249,3 +255,44 @@ def test_transformed_function_pickles_by_function():
     x = np.linspace(0.0, 1.0, 5)
     np.testing.assert_array_equal(clone(x), g(x))
     assert clone.target == "cpu"
+
+
+# ---------------------------------------------------------------- the per-call fast path
+
+SCALE = 2.0
+
+
+def scaled(a, b):
+    return np.sin(a * b) * SCALE + a ** 2
+
+
+def test_fast_path_gives_the_general_paths_results_and_sees_rebinding(monkeypatch):
+    g = gradc.grad(scaled, argnums=(0, 1))
+    first = g(0.3, 0.5)
+    assert g._fast                                  # the fast table was filled
+    assert g(0.3, 0.5) == first                     # ... and gives the same answer
+    assert all(isinstance(v, float) for v in first)
+    want = (0.5 * np.cos(0.15) * 2.0 + 0.6, 0.3 * np.cos(0.15) * 2.0)
+    assert first == pytest.approx(want, rel=1e-15)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
+    assert g(0.3, 0.5)[1] == pytest.approx(0.3 * np.cos(0.15) * 3.0, rel=1e-15)
+
+
+def test_fast_path_falls_back_on_a_failed_guard():
+    g = gradc.value_and_grad(piecewise)
+    up, down = np.array([0.5, 0.25]), np.array([-0.5, -0.25])
+    g(up)
+    g(up)
+    v, d = g(down)                                   # same key, other branch
+    assert v == pytest.approx(np.sum(down ** 3), rel=1e-15)
+    np.testing.assert_allclose(d, 3 * down ** 2, rtol=1e-15)
+
+
+def test_fast_path_is_skipped_when_the_function_reads_an_array():
+    weights = np.array([1.0, 2.0])
+    g = gradc.grad(lambda x: np.sum(weights * x ** 2))
+    x = np.array([1.0, 1.0])
+    np.testing.assert_allclose(g(x), [2.0, 4.0])
+    assert not g._fast
+    weights[1] = 5.0                                 # mutated in place: re-traced
+    np.testing.assert_allclose(g(x), [2.0, 10.0])

@@ -18,6 +18,11 @@ from gradc.passes.fuse import _body_size, _plan, fuse
 from test_passes import OPS, make_program, programs
 
 
+@pytest.fixture(autouse=True)
+def compiled_by_default(monkeypatch):
+    monkeypatch.setenv("GRADC_TARGET", "cpu")
+
+
 def _fused(graph):
     return fuse(simplify(graph)).verify()
 

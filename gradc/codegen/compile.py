@@ -64,6 +64,9 @@ class Executable:
         self.name = name
         self._compiled = None
         self._scalar = [v.ndim == 0 for v in graph.inputs]
+        # Numba returns rank-0 results as Python scalars: they get their dtype back
+        self._scalar_out = [(i, np.dtype(v.dtype).type) for i, v in enumerate(graph.outputs)
+                            if v.ndim == 0]
         self._fallback = target == "numpy"
 
     @property
@@ -82,7 +85,10 @@ class Executable:
         args = [np.asarray(v)[()] if s else v for v, s in zip(values, self._scalar)]
         compiled = self.compiled
         try:
-            return list(compiled.call_raw(*args))
+            results = list(compiled.call_raw(*args))
+            for i, scalar in self._scalar_out:
+                results[i] = scalar(results[i])
+            return results
         except (GuardFailure, GradcError, ArithmeticError, ValueError,
                 np.linalg.LinAlgError):
             raise
