@@ -296,3 +296,10 @@ def test_fast_path_is_skipped_when_the_function_reads_an_array():
     assert not g._fast
     weights[1] = 5.0                                 # mutated in place: re-traced
     np.testing.assert_allclose(g(x), [2.0, 10.0])
+
+
+def test_fastmath_reaches_the_loop_helpers(rng):
+    g = gradc.grad(rosen, fastmath=True)
+    x = rng.uniform(-1, 1, 30)
+    assert "@_k.jit_loops_fastmath" in g.source(x)
+    np.testing.assert_allclose(g(x), gradc.grad(rosen, target="numpy")(x), rtol=1e-10)

@@ -1,5 +1,6 @@
-"""Golden tests of printed IR: a change to tracing, a rule or a pass that changes the
-graphs of these functions shows up in review as a diff of tests/golden/*.txt.
+"""Golden tests of printed IR and generated source: a change to tracing, a rule, a pass
+or the lowering that changes the graphs or the code of these functions shows up in review
+as a diff of tests/golden/*.txt (IR) and tests/golden/*.py.txt (generated source).
 
 To accept intended changes:  python tests/test_golden.py --update
 """
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 import gradc
+from gradc.codegen import to_source
+from gradc.codegen.compile import optimise
 from gradc.passes import jvp_graph, simplify
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
@@ -57,6 +60,29 @@ CASES = {
 }
 
 
+def softmax_rows(x):
+    e = np.exp(x - np.max(x, axis=1, keepdims=True))
+    return np.sum(e / np.sum(e, axis=1, keepdims=True) * X[:, :1])
+
+
+# generated source, as the cpu target lowers it (optimised: simplified and fused)
+SOURCES = {
+    "rosen_grad": lambda: to_source(optimise(CASES["rosen_grad"](), "cpu"), "rosen_grad"),
+    "mlp_grad": lambda: to_source(optimise(CASES["mlp_grad"](), "cpu"), "mlp_grad"),
+    "softmax_rows_grad": lambda: to_source(optimise(gradc.make_graph(
+        gradc.grad(softmax_rows))(X[:, :1] * X), "cpu"), "softmax_rows_grad"),
+    "branchy_jvp": lambda: to_source(optimise(CASES["branchy_jvp"](), "cpu"), "branchy_jvp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_golden_source(name):
+    text = SOURCES[name]()
+    expected = (GOLDEN / f"{name}.py.txt").read_text()
+    assert text == expected, (f"generated source of {name} changed; "
+                              "run python tests/test_golden.py --update")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name):
     text = str(CASES[name]().verify()) + "\n"
@@ -69,3 +95,6 @@ if __name__ == "__main__" and "--update" in sys.argv:
     for name, make in CASES.items():
         (GOLDEN / f"{name}.txt").write_text(str(make()) + "\n")
         print("wrote", GOLDEN / f"{name}.txt")
+    for name, make in SOURCES.items():
+        (GOLDEN / f"{name}.py.txt").write_text(make())
+        print("wrote", GOLDEN / f"{name}.py.txt")

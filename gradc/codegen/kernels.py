@@ -27,6 +27,9 @@ jit_helper = numba.njit(nogil=True, error_model="numpy")
 # the loop nests of fused equations (codegen.loops), one thread or several
 jit_loops = numba.njit(nogil=True, error_model="numpy")
 jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
+jit_loops_fastmath = numba.njit(nogil=True, error_model="numpy", fastmath=True)
+jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
+                                         fastmath=True)
 
 
 @njit

@@ -147,7 +147,8 @@ class _Emitter:
         return result
 
 
-def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool) -> list:
+def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
+                fastmath: bool = False) -> list:
     """One ``fused`` equation as a jitted helper function holding its loop nest (kept
     out of the main function: Numba's analyses grow quadratically with a function's
     blocks), and the line of the main function that calls it."""
@@ -159,7 +160,8 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool) -> list:
                if line.startswith(tuple(names[r] + " = _o" for r in body.outputs))]
     results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)
-    decorator = "@_k.jit_loops_parallel" if uses_prange else "@_k.jit_loops"
+    decorator = "@_k.jit_loops" + ("_parallel" if uses_prange else "") \
+        + ("_fastmath" if fastmath else "")
 
     def make(name):
         head = [decorator, f"def {name}({', '.join(params)}):",

@@ -34,7 +34,7 @@ class Compiled:
         self.graph = graph
         self.name = name
         self.options = dict(parallel=bool(parallel), fastmath=bool(fastmath))
-        lowered = lower(graph, name, parallel=parallel)
+        lowered = lower(graph, name, parallel=parallel, fastmath=fastmath)
         self.source = lowered.source
         self.key = cache.key_of(self.source + repr(sorted(self.options.items())))
         self.path = str(cache.write_source(self.key, self.source))

@@ -359,9 +359,11 @@ def lowerable() -> set:
 
 # ---------------------------------------------------------------- the driver
 
-def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False) -> Lowered:
+def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
+          fastmath: bool = False) -> Lowered:
     """The generated module's source, its main function's name, and its constants.
-    With ``parallel``, fused loop nests run their outer loop with ``numba.prange``."""
+    With ``parallel``, fused loop nests run their outer loop with ``numba.prange``;
+    with ``fastmath``, their helpers are compiled with Numba's ``fastmath``."""
     ctx = _Context()
     namer, printed = pretty_parts(graph)
     names = {v: _identifier(n) for v, n in namer.names.items()}
@@ -393,7 +395,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False) -> Lower
             from .loops import lower_fused
             inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}
             inner[eqn] = [line]
-            code = lower_fused(ctx, eqn, names, inner, parallel)
+            code = lower_fused(ctx, eqn, names, inner, parallel, fastmath)
         else:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
