@@ -285,15 +285,16 @@ class ValueAndGrad(Transformed):
     # any miss or failed guard, takes the general path (which also fills the fast table).
 
     def __call__(self, *args, **kwargs):
-        if not kwargs and self._fast:
-            entry = self._fast.get(_fast_key(args))
-            if entry is not None and _reads_unchanged(entry[0]):
+        fast = self._fast
+        if fast and not kwargs:
+            entry = fast.get(tuple(map(type, args)))        # all-float signatures
+            if entry is None:
+                entry = fast.get(_fast_key(args))
+            if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
                 try:
-                    results = entry[1](*[args[i] for i in entry[2]])
+                    return entry[1](args)
                 except GuardFailure:
                     pass
-                else:
-                    return self._fast_finish(results, entry[3])
         key, build, dynamic, state = self._prepare(args, kwargs)
         spec, results = self._cache.run(key, build, dynamic)
         out = self._finish(spec, results, state)
@@ -309,31 +310,48 @@ class ValueAndGrad(Transformed):
         if any(isinstance(v, np.ndarray) for _, _, v in reads):
             return
         flat, wrt = state
-        if len(flat.leaves) != len(args):        # pytrees: not on the fast path
-            return
-        compiled = spec.executable.compiled
-        if compiled is None or spec.executable._fallback:
-            return
+        exe = spec.executable
+        if len(flat.leaves) != len(args) or exe.compiled is None or exe._fallback:
+            return                                  # pytrees, or not compiled
         dyn = [i for i, st in enumerate(flat.static) if not st]
-        grads, k = {}, 0
-        for i in dyn:
-            if wrt[dyn.index(i)]:
-                grads[i] = (k, flat.pyfloat[dyn.index(i)])
+        where, k = {}, 0                            # argument -> its gradient's position
+        for j, i in enumerate(dyn):
+            if wrt[j]:
+                where[i] = k
                 k += 1
-        picks = tuple(grads[i % len(args)] for i in self.nums)
-        if len(self._fast) > MAX_SIGNATURES:
-            self._fast.clear()
-        value_type = np.dtype(spec.graph.outputs[0].dtype).type
-        self._fast[fkey] = (reads, compiled.call_raw, dyn, (picks, value_type))
+        picks = [where[i % len(args)] for i in self.nums]
+        if len(fast := self._fast) > MAX_SIGNATURES:
+            fast.clear()
+        if all(t is float for t in fkey):
+            fkey = tuple(float for _ in args)
+        fast[fkey] = (tuple(reads), self._runner(exe, dyn, len(args), picks))
 
-    def _fast_finish(self, results, how):
-        picks, value_type = how
+    def _runner(self, exe, dyn, n_args, picks):
+        """A function of the argument tuple for one signature: the compiled call and the
+        conversion of its results, specialised to the common shapes of the problem.
+        Numba returns float64 scalars as Python floats, as gradc returns them for
+        Python-float arguments; array results are fresh NumPy arrays."""
+        call = exe.compiled.fast_callable()
         off = 1 if self.with_value else 0
-        g = [float(results[off + k]) if pyf else results[off + k] for k, pyf in picks]
-        g = g[0] if self.single else tuple(g)
-        if self.with_value:
-            return value_type(results[0]), g
-        return g
+        n = len(picks)
+        all_dynamic = len(dyn) == n_args
+        value_type = dict(exe._scalar_out).get(0, np.asarray)
+
+        def inputs(args):
+            return args if all_dynamic else [args[i] for i in dyn]
+
+        if not self.with_value and picks == list(range(n)) and not self.single:
+            return lambda args: call(*inputs(args))
+        if not self.with_value and self.single:
+            k = picks[0]
+            return lambda args: call(*inputs(args))[k]
+
+        def run(args):
+            r = call(*inputs(args))
+            g = r[off + picks[0]] if self.single else tuple(r[off + k] for k in picks)
+            return (value_type(r[0]), g) if self.with_value else g
+        return run
+
 
     def _prepare(self, args, kwargs):
         fun = self.fun

@@ -91,6 +91,14 @@ class Compiled:
             cache.seal(self.key)
         return results
 
+    def fast_callable(self):
+        """The quickest way to call with exactly-typed arguments: the Numba dispatcher
+        itself when the code takes no constants or output buffers (after the first call
+        has sealed the disk cache entry), else ``call_raw``."""
+        if self._sealed and not self._consts and not self._outs:
+            return self.dispatcher
+        return self.call_raw
+
     # ------------------------------------------------------------ inspection
 
     def example_args(self) -> tuple:
