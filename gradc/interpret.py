@@ -32,8 +32,14 @@ def eval_graph(graph: Graph, args) -> list:
             env.update(zip(eqn.outputs, result))
         else:
             env[eqn.outputs[0]] = result
-    # literal outputs are copied: a caller mutating a result must not change the graph
-    return [np.array(a.value) if isinstance(a, Lit) else env[a] for a in graph.outputs]
+    # literal outputs are copied (a caller mutating a result must not change the graph),
+    # and so are read-only views (a broadcast): results are ordinary writable arrays
+    return [np.array(a.value) if isinstance(a, Lit) else _writable(env[a])
+            for a in graph.outputs]
+
+
+def _writable(x):
+    return np.array(x) if isinstance(x, np.ndarray) and not x.flags.writeable else x
 
 
 def run(graph: Graph, *args) -> list:

@@ -12,7 +12,11 @@ from ..ir import Graph, Lit, Var, atoms_key, make_eqn, params_key
 from ..trace import FOLD_LIMIT  # fold constants of at most this many elements
 
 
-def _is_const(atom, value) -> bool:
+def _is_literal(atom, value, splats=None) -> bool:
+    """Whether ``atom`` is a constant equal to ``value`` everywhere: a literal, or a
+    broadcast of a scalar literal (``splats``: Var -> that literal)."""
+    if splats and atom in splats:
+        atom = splats[atom]
     return isinstance(atom, Lit) and atom.value.size > 0 and bool(np.all(atom.value == value))
 
 
@@ -20,9 +24,12 @@ def _same_type(atom, out) -> bool:
     return tuple(atom.shape) == tuple(out.shape) and np.dtype(atom.dtype) == np.dtype(out.dtype)
 
 
-def _identity(eqn, ins):
+def _identity(eqn, ins, splats=None):
     """The operand an equation reduces to by an exact algebraic identity, or None."""
     name = eqn.prim.name
+
+    def _is_const(atom, value):
+        return _is_literal(atom, value, splats)
     out = eqn.outputs[0] if len(eqn.outputs) == 1 else None
     if out is None:
         return None
@@ -44,11 +51,24 @@ def _identity(eqn, ins):
     return None
 
 
+_ELEMENTWISE = _broadcast_p = None
+
+
+def _elementwise_names():
+    from .fuse import ELEMENTWISE
+    return ELEMENTWISE - {"select"}
+
+
 def fold_cse(graph: Graph) -> Graph:
     subst: dict = {}
     seen: dict = {}
     producers: dict = {}     # Var -> the equation that defines it (after rewriting)
+    splats: dict = {}        # Var -> the scalar literal it is a broadcast of
     eqns = []
+    global _ELEMENTWISE, _broadcast_p
+    if _ELEMENTWISE is None:
+        from ..prims.shape import broadcast_p
+        _ELEMENTWISE, _broadcast_p = _elementwise_names(), broadcast_p
 
     def read(a):
         return subst.get(a, a) if isinstance(a, Var) else a
@@ -70,7 +90,23 @@ def fold_cse(graph: Graph) -> Graph:
             for v, r in zip(eqn.outputs, results):
                 subst[v] = Lit(np.asarray(r, dtype=v.dtype))
             continue
-        same = _identity(eqn, ins)
+        # an elementwise equation of splats is a splat: compute the scalar once
+        if prim.name in _ELEMENTWISE and any(a in splats for a in ins) and all(
+                a in splats or isinstance(a, Lit) and a.ndim == 0 for a in ins):
+            scalars = [splats[a].value if a in splats else a.value for a in ins]
+            value = np.asarray(prim.impl(*scalars, **eqn.params), eqn.outputs[0].dtype)
+            out = eqn.outputs[0]
+            ins = (Lit(value),)
+            prim = _broadcast_p
+            eqn = make_eqn(prim, ins, eqn.outputs, {"shape": tuple(out.shape), "dims": ()},
+                           eqn.source)
+        # a splat operand beside a full-shape one is just its scalar (rank-0 operands
+        # broadcast implicitly in elementwise equations)
+        elif prim.name in _ELEMENTWISE and any(a in splats for a in ins) and any(
+                isinstance(a, Var) and a not in splats and a.shape == eqn.outputs[0].shape
+                for a in ins):
+            ins = tuple(splats.get(a, a) if isinstance(a, Var) else a for a in ins)
+        same = _identity(eqn, ins, splats)
         if same is not None:
             subst[eqn.outputs[0]] = same
             continue
@@ -80,6 +116,8 @@ def fold_cse(graph: Graph) -> Graph:
                 subst[v] = w
             continue
         new = make_eqn(prim, ins, eqn.outputs, eqn.params, eqn.source)
+        if prim.name == "broadcast_in_dim" and isinstance(ins[0], Lit) and ins[0].ndim == 0:
+            splats[eqn.outputs[0]] = ins[0]
         seen[key] = eqn.outputs
         for v in eqn.outputs:
             producers[v] = new
