@@ -222,7 +222,33 @@ def slogdet_batched(a):
 @njit
 def conv2d(image, kernel, top, bottom, left, right):
     """O[n,o,y,x] = Σ_{c,u,v} Î[n,c,y+u,x+v] K[o,c,u,v], Î zero-padded by (top, bottom,
-    left, right); negative entries crop.  Reads outside the padded window are zeros."""
+    left, right); negative entries crop.  Reads outside the padded window are zeros.
+
+    As one BLAS product: the patches of all images side by side (im2col, rows
+    (c, u, v), columns (n, y, x)) multiplied by the kernel as an (O, C·kh·kw) matrix."""
+    nn, cc, h, w = image.shape
+    oo, _, kh, kw = kernel.shape
+    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    cols = np.zeros((cc * kh * kw, nn * ho * wo), image.dtype)
+    for c in range(cc):
+        for u in range(kh):
+            for v in range(kw):
+                row = (c * kh + u) * kw + v
+                for n in range(nn):
+                    for y in range(ho):
+                        iy = y + u - top
+                        if iy < 0 or iy >= h:
+                            continue
+                        base = (n * ho + y) * wo
+                        for x in range(max(0, left - v), min(wo, w + left - v)):
+                            cols[row, base + x] = image[n, c, iy, x + v - left]
+    flat = np.dot(np.ascontiguousarray(kernel).reshape(oo, cc * kh * kw), cols)
+    return np.ascontiguousarray(flat.reshape(oo, nn, ho, wo).transpose(1, 0, 2, 3))
+
+
+@njit
+def conv2d_loops(image, kernel, top, bottom, left, right):
+    """The same by direct loops (integer operands: no BLAS)."""
     nn, cc, h, w = image.shape
     oo, _, kh, kw = kernel.shape
     ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1

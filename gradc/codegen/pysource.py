@@ -113,6 +113,7 @@ class _Context:
     def __init__(self):
         self.helpers: list[str] = []   # source of generated helper functions
         self.consts: dict = {}
+        self.producer: dict = {}  # Var -> the name of the primitive that defines it
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.temps = 0
 
@@ -248,6 +249,17 @@ def _einsum(ctx, eqn, a, outs):
         perm = [letters.index(c) for g in groups for c in g]
         return f"_k.regroup({operand}, {_tuple(perm)}, {_tuple(shape)})"
 
+    if (not batch and len(a_only) == len(b_only) == len(contracted) == 1 and x.ndim == 2
+            and y.ndim == 2 and np.dtype(x.dtype).kind in "fc" and np.dtype(x.dtype) ==
+            np.dtype(y.dtype)):
+        # a plain matrix product: one BLAS call on (possibly transposed) views; an
+        # operand that is itself a view (a slice, a transpose) is made contiguous first
+        ops = [f"_k.contiguous({t})" if ctx.producer.get(v) in _VIEWS else t
+               for t, v in zip(a, (x, y))]
+        lhs = ops[0] if list(sa) == a_only + contracted else f"{ops[0]}.T"
+        rhs = ops[1] if list(sb) == contracted + b_only else f"{ops[1]}.T"
+        call = f"np.dot({lhs}, {rhs})"
+        return call if list(so) == a_only + b_only else f"{call}.T"
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
@@ -306,7 +318,8 @@ def _slogdet(ctx, eqn, a, outs):
 
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
-    return (f"_k.conv2d(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
+    kernel = "conv2d" if np.dtype(eqn.inputs[0].dtype).kind in "fc" else "conv2d_loops"
+    return (f"_k.{kernel}(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
             f"{top}, {bottom}, {left}, {right})")
 
 
@@ -365,6 +378,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     With ``parallel``, fused loop nests run their outer loop with ``numba.prange``;
     with ``fastmath``, their helpers are compiled with Numba's ``fastmath``."""
     ctx = _Context()
+    ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
     namer, printed = pretty_parts(graph)
     names = {v: _identifier(n) for v, n in namer.names.items()}
 
