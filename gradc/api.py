@@ -611,6 +611,15 @@ def grad(fun=None, argnums=0, has_aux=False, *, target=None, fastmath=False):
 _JVP_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _cache_for(table, fun) -> _Cache:
+    """The cache of ``fun`` in ``table`` (a WeakKeyDictionary); a fresh one, not kept,
+    for a function that cannot be weakly referenced."""
+    try:
+        return table.setdefault(fun, _Cache())
+    except TypeError:
+        return _Cache()
+
+
 def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
@@ -641,10 +650,7 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
         tdyn.append(t)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
     key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
-    try:
-        cache = _JVP_CACHE.setdefault(fun, _Cache())
-    except TypeError:          # not weak-referenceable: no caching
-        cache = _Cache()
+    cache = _cache_for(_JVP_CACHE, fun)
 
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
@@ -710,10 +716,7 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     flat = _Args(primals)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
     key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
-    try:
-        cache = _VJP_CACHE.setdefault(fun, _Cache())
-    except TypeError:          # not weak-referenceable: no caching
-        cache = _Cache()
+    cache = _cache_for(_VJP_CACHE, fun)
 
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
