@@ -31,9 +31,8 @@ _IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
 
 
 class _Emitter:
-    def __init__(self, ctx, eqn, names, producer, comments):
+    def __init__(self, ctx, names, producer, comments):
         self.ctx = ctx
-        self.eqn = eqn
         self.names = names            # Var -> identifier (outer names and body names)
         self.producer = producer      # body Var -> body eqn
         self.comments = comments      # body eqn -> its printed text
@@ -70,11 +69,11 @@ class _Emitter:
                 return scalar_literal(atom.value, atom.dtype)
             name = self.ctx.const(atom.value)
             self.used_consts.append(name)
-            return self.read(name, atom, idx)
+            return self.read(name, idx)
         if atom.ndim == 0 and atom not in self.producer:
             return self.names[atom]
         if atom not in self.producer:
-            return self.read(self.names[atom], atom, idx)
+            return self.read(self.names[atom], idx)
         key = (atom, tuple(c.key() for c in idx))
         found = self.lookup(key)
         if found is not None:
@@ -90,7 +89,7 @@ class _Emitter:
         self.memo[-1][key] = name
         return name
 
-    def read(self, array, var, idx) -> str:
+    def read(self, array, idx) -> str:
         return f"{array}[{', '.join(str(c) for c in idx)}]"
 
     def compute(self, eqn, idx, depth):
@@ -199,7 +198,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
         for r, (k, e) in reductions.items())
     # a first pass over the whole domain finds where pads' windows begin and end; the
     # domain is then split there, so that every nest's body is free of window tests
-    probe = _Emitter(ctx, eqn, names, producer, comments)
+    probe = _Emitter(ctx, names, producer, comments)
     _emit_body(probe, roots, reductions, names, comments,
                tuple((0, n) for n in domain), loop_vars)
     pieces = _split(domain, loop_vars, probe.breakpoints)
@@ -207,7 +206,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
         pieces = [tuple((0, n) for n in domain)]
     shared = set()
     for ranges in pieces:
-        em = _Emitter(ctx, eqn, names, producer, comments)
+        em = _Emitter(ctx, names, producer, comments)
         em.used_consts = used
         em.commented = shared
         if len(pieces) > 1:

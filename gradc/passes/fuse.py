@@ -139,11 +139,11 @@ def _plan(graph: Graph, materialise: set):
         return out
 
     for i, eqn in enumerate(graph.eqns):
-        if inline_eqns(graph, inline, i):
+        if _all_inlined(graph, inline, i):
             continue
         ids = cluster(i) if fusible[i] else [i]
         deps = closure(set().union(*[depends.get(a, set()) for a in
-                                     _external_inputs(graph, ids, inline)]))
+                                     _external_inputs(graph, ids)]))
         if fusible[i]:
             dom = _domain(eqn)
             gid = next((g for g, grp in enumerate(groups)
@@ -166,13 +166,13 @@ def _plan(graph: Graph, materialise: set):
                                  group_of=group_of, producer=producer)
 
 
-def inline_eqns(graph, inline, i) -> set:
-    """{i} when every output of equation i is inlined (it has no place of its own)."""
+def _all_inlined(graph, inline, i) -> bool:
+    """Whether every output of equation i is inlined (it has no place of its own)."""
     outs = graph.eqns[i].outputs
-    return {i} if outs and all(v in inline for v in outs) else set()
+    return bool(outs) and all(v in inline for v in outs)
 
 
-def _external_inputs(graph, eqn_ids, inline) -> list:
+def _external_inputs(graph, eqn_ids) -> list:
     inside = {v for i in eqn_ids for v in graph.eqns[i].outputs}
     found = []
     for i in eqn_ids:
@@ -256,7 +256,7 @@ def _rebuild(graph: Graph, plan) -> Graph:
                 continue
             placed_groups.add(gid)
             units.append((i, _fused_eqn(graph, plan.groups[gid])))
-        elif not inline_eqns(graph, plan.inline, i):
+        elif not _all_inlined(graph, plan.inline, i):
             units.append((i, eqn))
     return graph.replace(eqns=tuple(_toposort(graph, units)))
 
@@ -266,7 +266,7 @@ def _fused_eqn(graph: Graph, grp):
     roots = [v for r in grp["roots"] for v in graph.eqns[r].outputs]
     if len(ids) == 1 and graph.eqns[ids[0]].prim.name in STRUCTURAL | {"stop_gradient"}:
         return graph.eqns[ids[0]]          # a lone slice or transpose is a view: keep it
-    inputs = _external_inputs(graph, ids, set())
+    inputs = _external_inputs(graph, ids)
     body = Graph(tuple(inputs), tuple(graph.eqns[i] for i in ids), tuple(roots))
     sources = [graph.eqns[i].source for i in ids if graph.eqns[i].source]
     return make_eqn(fused_p, inputs, roots, {"body": body, "domain": grp["domain"]},
