@@ -303,3 +303,16 @@ def test_fastmath_reaches_the_loop_helpers(rng):
     x = rng.uniform(-1, 1, 30)
     assert "@_k.jit_loops_fastmath" in g.source(x)
     np.testing.assert_allclose(g(x), gradc.grad(rosen, target="numpy")(x), rtol=1e-10)
+
+
+def test_large_matrix_products_use_numpys_blas(rng):
+    # past OBJMODE_FLOPS multiply-adds a product runs in an object-mode block on NumPy's
+    # BLAS (one thread pool with the caller's NumPy); results as the interpreter's
+    w1, w2 = rng.standard_normal((64, 48)) * 0.1, rng.standard_normal((48, 3))
+    x, onehot = rng.standard_normal((40, 64)), np.eye(3)[rng.integers(0, 3, 40)]
+    g = gradc.grad(mlp, argnums=(0, 1))
+    assert "numba.objmode" in g.source(w1, w2, x, onehot)
+    got, want = g(w1, w2, x, onehot), gradc.grad(mlp, argnums=(0, 1), target="numpy")(
+        w1, w2, x, onehot)
+    _close(got[0], want[0])
+    _close(got[1], want[1])

@@ -51,8 +51,8 @@ class Compiled:
         self.py_func = getattr(module, name)
         cache.validate(self.key)          # stale or corrupt machine code is dropped
         # (parallel loops live in the helpers the lowering decorates; the main function
-        # only calls them)
-        self.dispatcher = numba.njit(self.py_func, error_model="numpy", nogil=True,
+        # only calls them, and holds the GIL: large matrix products run in object mode)
+        self.dispatcher = numba.njit(self.py_func, error_model="numpy",
                                      cache=True, fastmath=self.options["fastmath"])
         self._consts = tuple(lowered.consts.values())
         self._outs = tuple(lowered.outs.values())
