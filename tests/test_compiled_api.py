@@ -316,3 +316,26 @@ def test_large_matrix_products_use_numpys_blas(rng):
         w1, w2, x, onehot)
     _close(got[0], want[0])
     _close(got[1], want[1])
+
+
+def test_large_results_reuse_blocks_but_never_ones_still_in_use(rng):
+    from gradc.codegen import buffers
+    buffers.clear()
+    n = buffers.MIN_BYTES // 8 + 10          # a gradient just over the pool's threshold
+    g, want_of = gradc.grad(rosen), gradc.grad(rosen, target="numpy")
+    xs = [rng.uniform(-1, 1, n) for _ in range(4)]
+    kept = g(xs[0])                          # held by the caller
+    view = g(xs[1])[5:]                      # only a view of the result is held
+    address = g(xs[2]).ctypes.data           # dropped at once: its block goes back
+    assert buffers.held() == n * 8
+    again = g(xs[3])
+    assert again.ctypes.data == address      # ... and is handed out again
+    assert buffers.held() == 0
+    # the results still reachable were never written over
+    _close(kept, want_of(xs[0]))
+    _close(view, want_of(xs[1])[5:])
+    _close(again, want_of(xs[3]))
+    del kept, view, again
+    assert buffers.held() == 3 * n * 8
+    buffers.clear()
+    assert buffers.held() == 0

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from ..ir import Graph
-from . import cache
+from . import buffers, cache
 from .pysource import lower
 
 
@@ -55,7 +55,11 @@ class Compiled:
         self.dispatcher = numba.njit(self.py_func, error_model="numpy",
                                      cache=True, fastmath=self.options["fastmath"])
         self._consts = tuple(lowered.consts.values())
-        self._outs = tuple(lowered.outs.values())
+        # output buffers: large ones come from the pool of reused blocks
+        self._outs = tuple(
+            (shape, dtype, buffers.empty if np.dtype(dtype).itemsize * int(np.prod(shape))
+             >= buffers.MIN_BYTES else np.empty)
+            for shape, dtype in lowered.outs.values())
         self._sealed = False
         self._inspector = None
 
@@ -85,7 +89,7 @@ class Compiled:
         """Call with arguments of exactly the graph's shapes and dtypes (rank-0 ones as
         NumPy scalars): no checks.  Returns Numba's tuple of results."""
         results = self.dispatcher(*args, *self._consts,
-                                  *[np.empty(shape, dtype) for shape, dtype in self._outs])
+                                  *[alloc(shape, dtype) for shape, dtype, alloc in self._outs])
         if not self._sealed:
             self._sealed = True
             cache.seal(self.key)
@@ -108,7 +112,7 @@ class Compiled:
     def signature(self):
         """The Numba signature for C-contiguous inputs."""
         args = self._convert(self.example_args()) + tuple(
-            np.empty(shape, dtype) for shape, dtype in self._outs)
+            np.empty(shape, dtype) for shape, dtype, _ in self._outs)
         return tuple(numba.typeof(a) for a in args)
 
     def _inspectable(self):
