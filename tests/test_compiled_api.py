@@ -339,3 +339,29 @@ def test_large_results_reuse_blocks_but_never_ones_still_in_use(rng):
     assert buffers.held() == 3 * n * 8
     buffers.clear()
     assert buffers.held() == 0
+
+
+@pytest.mark.parametrize("image_shape, kernel_shape, padding", [
+    ((2, 8, 16, 16), (8, 8, 3, 3), (1, 1, 1, 1)),      # im2col rows along output rows
+    ((2, 8, 16, 16), (8, 8, 3, 3), (0, 2, -1, 1)),     # asymmetric, one side cropped
+    ((8, 2, 16, 16), (4, 2, 16, 16), (1, 1, 1, 1)),    # kernel wider than the output
+    ((3, 2, 5, 7), (2, 2, 3, 3), (1, 1, 1, 1)),        # small: Numba's own np.dot
+])
+def test_conv2d_kernel_layouts_agree_with_direct_loops(rng, image_shape, kernel_shape,
+                                                       padding):
+    from gradc.codegen import kernels
+    image, kernel = rng.standard_normal(image_shape), rng.standard_normal(kernel_shape)
+    got = kernels.conv2d(image, kernel, *padding)
+    want = kernels.conv2d_loops(image, kernel, *padding)
+    assert got.shape == want.shape and got.flags.c_contiguous
+    _close(got, want)
+
+
+def test_conv_gradient_on_numpys_blas_matches_interpreter(rng):
+    def loss(img, k):
+        return np.sum(np.tanh(gradc.conv2d(img, k, padding="same")))
+    img, k = rng.standard_normal((4, 8, 12, 12)), rng.standard_normal((8, 8, 3, 3)) * 0.2
+    got = gradc.grad(loss, argnums=(0, 1))(img, k)
+    want = gradc.grad(loss, argnums=(0, 1), target="numpy")(img, k)
+    _close(got[0], want[0])
+    _close(got[1], want[1])

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
-from .kernels import index_function
+from .kernels import OBJMODE_FLOPS, index_function
 
 # ---------------------------------------------------------------- the template table
 
@@ -262,10 +262,7 @@ def _einsum(ctx, eqn, a, outs):
         call = call if list(so) == a_only + b_only else f"{call}.T"
         if _prod(x.shape) * size[b_only[0]] < OBJMODE_FLOPS:
             return call
-        # a large product goes to NumPy's own BLAS (an object-mode block costs ~2 µs):
-        # Numba's np.dot calls SciPy's OpenBLAS, a second thread pool that spins against
-        # NumPy's when both are used in one process (measured: 4.0 ms instead of 1.9 ms
-        # for 512x784 @ 784x256 beside NumPy matmuls)
+        # a large product goes to NumPy's own BLAS (see kernels.OBJMODE_FLOPS)
         kind = f"{np.dtype(x.dtype).name}[:, ::1]"
         return [f"with numba.objmode({outs[0]}={kind!r}):",
                 f"    {outs[0]} = np.ascontiguousarray({call})"]
@@ -278,9 +275,6 @@ def _einsum(ctx, eqn, a, outs):
     call += f".reshape({_tuple(size[c] for c in order)})"
     perm = tuple(order.index(c) for c in so)
     return call if perm == tuple(range(len(so))) else f"{call}.transpose({_tuple(perm)})"
-
-
-OBJMODE_FLOPS = 1 << 16     # multiply-adds from which a matrix product uses NumPy's BLAS
 
 
 def _batched(operand, var, core):
