@@ -325,6 +325,9 @@ class ValueAndGrad(Transformed):
         if all(t is float for t in fkey):
             fkey = tuple(float for _ in args)
         fast[fkey] = (tuple(reads), self._runner(exe, dyn, len(args), picks))
+        if fast.clear not in exe.compiled.on_switch:
+            # calls moved from a cached shared library to Numba: runners are made anew
+            exe.compiled.on_switch.append(fast.clear)
 
     def _runner(self, exe, dyn, n_args, picks):
         """A function of the argument tuple for one signature: the compiled call and the

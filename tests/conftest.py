@@ -9,6 +9,8 @@
   ``GRADC_TARGET=cpu python -m pytest`` runs everything compiled.
 * Generated code goes to a cache directory of this test session unless
   ``GRADC_CACHE_DIR`` says otherwise.
+* No shared libraries are built for the disk cache (``GRADC_NATIVE=0``): each would add
+  ~0.1 s to a compile; ``test_native.py`` turns them on where it tests them.
 """
 import os
 import tempfile
@@ -16,6 +18,7 @@ import tempfile
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("GRADC_TARGET", "numpy")
+os.environ.setdefault("GRADC_NATIVE", "0")
 os.environ.setdefault("GRADC_CACHE_DIR", tempfile.mkdtemp(prefix="gradc-test-cache-"))
 
 settings.register_profile(

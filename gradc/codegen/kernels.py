@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from ..errors import GuardFailure
+from .pysource import OBJMODE_FLOPS
 
 njit = numba.njit(cache=True, nogil=True, error_model="numpy")
 # kernels with an object-mode block (NumPy's BLAS) hold the GIL
@@ -167,13 +168,6 @@ def cumsum_rows(x, reverse):
 
 
 # ---------------------------------------------------------------- linear algebra
-
-# From this many multiply-adds on, a product runs on NumPy's BLAS in an object-mode
-# block (~2 µs to enter): Numba's np.dot calls SciPy's OpenBLAS, a second thread pool
-# that spins against NumPy's when both are used in one process (measured: 4.0 ms instead
-# of 1.9 ms for 512x784 @ 784x256 beside NumPy matmuls).
-OBJMODE_FLOPS = 1 << 16
-
 
 @njit_gil
 def dot(a, b, out):
@@ -362,120 +356,3 @@ def nonzero_checked(mask, size):
 def wrap_index(i, n):
     """A possibly negative index into an axis of length n (NumPy's convention)."""
     return i + n if i < 0 else i
-
-
-# ---------------------------------------------------------------- indexing, per spec
-
-def index_function(name: str, kind: str, eqn) -> str:
-    """Source of a jitted function for one ``gather``, ``scatter_add`` or ``index_set``
-    equation: explicit loops over the window ``x[spec]``, each window element mapped to
-    its position in ``x`` by NumPy's indexing rules (advanced indices broadcast
-    together; their axes go where the first one stood if they are adjacent, else first).
-    ``index_set`` writes in C order, so with repeated indices the last write wins."""
-    from ..prims.index import _indexed_shape
-    if kind == "gather":
-        x, *idx = eqn.inputs
-        x_shape, dtype = tuple(x.shape), x.dtype
-        params = ["x"]
-    elif kind == "scatter_add":
-        v, *idx = eqn.inputs
-        x_shape, dtype = tuple(eqn.params["shape"]), v.dtype
-        params = ["v"]
-    else:
-        x, v, *idx = eqn.inputs
-        x_shape, dtype = tuple(x.shape), x.dtype
-        params = ["x", "v"]
-    spec = tuple(eqn.params["spec"])
-    window = tuple(_indexed_shape(x_shape, spec, idx))
-    loops, position = _index_plan(x_shape, spec, [tuple(i.shape) for i in idx])
-    assert tuple(n for _, n in loops) == window, (loops, window)
-    params += [f"i{k}" for k in range(len(idx))]
-    element = f"[{', '.join(position)}]" if x_shape else ""
-    here = f"[{', '.join(o for o, _ in loops)}]" if window else ""
-    dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
-
-    lines = ["@_k.jit_helper", f"def {name}({', '.join(params)}):",
-             f"    # {kind}[spec={spec!r}]"]
-    if kind == "gather":
-        if not window:
-            return "\n".join(lines + [f"    return x{element}"])
-        lines.append(f"    out = np.empty({window!r}, {dt})")
-        inner = f"out{here} = x{element}"
-    elif kind == "scatter_add":
-        lines.append(f"    out = np.zeros({x_shape!r}, {dt})")
-        inner = f"out{element} += v{here if v.ndim else ''}"
-    else:
-        if not x_shape:
-            return "\n".join(lines + ["    return v"])
-        lines.append("    out = x.copy()")
-        inner = f"out{element} = v{here if v.ndim else ''}"
-    pad = "    "
-    for o, n in loops:
-        lines.append(f"{pad}for {o} in range({n}):")
-        pad += "    "
-    lines.append(pad + inner)
-    lines.append("    return out")
-    return "\n".join(lines)
-
-
-def _index_plan(x_shape, spec, idx_shapes):
-    """``(loops, position)``: the window's loop variables with their lengths, in output
-    order, and for each axis of x the expression of the position it reads or writes."""
-    consumed = sum(1 for e in spec if e[0] in "sia")
-    entries = list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
-    has_arrays = any(e[0] == "a" for e in entries)
-    advanced = [j for j, e in enumerate(entries) if has_arrays and e[0] in "ia"]
-    adjacent = not advanced or advanced[-1] - advanced[0] + 1 == len(advanced)
-    bshape = np.broadcast_shapes(*[idx_shapes[e[1]] for e in entries if e[0] == "a"]) \
-        if has_arrays else ()
-
-    # the output axes in order: ("basic", length) or the block of broadcast axes
-    slots = []
-    for j, e in enumerate(entries):
-        if e[0] == "s":
-            slots.append(("axis", j))
-        elif e[0] == "n":
-            slots.append(("new", j))
-        elif advanced and j == advanced[0] and adjacent:
-            slots.append(("block", j))
-    if advanced and not adjacent:
-        slots.insert(0, ("block", advanced[0]))
-
-    loops, axis_var, block_vars = [], {}, []
-    for what, j in slots:
-        if what == "block":
-            for n in bshape:
-                block_vars.append(f"o{len(loops)}")
-                loops.append((block_vars[-1], int(n)))
-        elif what == "new":
-            loops.append((f"o{len(loops)}", 1))
-        else:
-            d = _x_axis(entries, j)
-            start, stop, step = slice(*entries[j][1:]).indices(x_shape[d])
-            axis_var[j] = f"o{len(loops)}"
-            loops.append((axis_var[j], len(range(start, stop, step))))
-
-    position = []
-    for j, e in enumerate(entries):
-        if e[0] == "n":
-            continue
-        n = x_shape[_x_axis(entries, j)]
-        if e[0] == "s":
-            start, _, step = slice(*e[1:]).indices(n)
-            o = axis_var[j]
-            term = o if step == 1 else f"{step} * {o}"
-            position.append(term if start == 0 else f"{start} + {term}")
-        elif e[0] == "i":
-            position.append(str(e[1] % n))
-        else:
-            shape = idx_shapes[e[1]]
-            lead = len(bshape) - len(shape)
-            sub = [("0" if s == 1 else block_vars[lead + k]) for k, s in enumerate(shape)]
-            ref = f"i{e[1]}[{', '.join(sub)}]" if shape else f"i{e[1]}"
-            position.append(f"_k.wrap_index({ref}, {n})")
-    return loops, position
-
-
-def _x_axis(entries, j):
-    """The axis of x that index entry j addresses (new axes address none)."""
-    return sum(1 for e in entries[:j] if e[0] in "sia")

@@ -9,6 +9,12 @@ interpreter, ``cache=True`` so that a new process loads the machine code from di
 
 The returned ``Compiled`` takes the graph's inputs (rank-0 inputs as Python or NumPy
 scalars or 0-d arrays) and returns a list of NumPy arrays, like ``gradc.interpret.run``.
+
+Numba is imported at the first call, not before: when the cache holds a shared library
+of the code (``gradc.codegen.native``, built after the first compile), a new process
+runs that, without importing Numba (a few ms instead of ~0.35 s).  Its calls cost ~5 µs
+more than the dispatcher's, so after ``NATIVE_CALLS`` calls that took less than
+``NATIVE_KEEP_SECONDS`` each on average, calls move to Numba's dispatcher.
 It pickles as its Graph and options: the receiving process lowers the Graph again (the
 same text, so the same cache key) and loads the machine code from its disk cache.
 """
@@ -16,14 +22,17 @@ from __future__ import annotations
 
 import linecache
 import sys
+import time
 import types
 
-import numba
 import numpy as np
 
 from ..ir import Graph
-from . import buffers, cache
+from . import buffers, cache, native
 from .pysource import lower
+
+NATIVE_CALLS = 100            # calls run by a cached shared library before deciding
+NATIVE_KEEP_SECONDS = 1e-3    # ... to keep it (longer calls) or move to Numba (shorter)
 
 
 class Compiled:
@@ -40,20 +49,6 @@ class Compiled:
         self.path = str(cache.write_source(self.key, self.source))
         lines = self.source.splitlines(keepends=True)
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
-        # a real module, so that Numba's disk cache can find it again by name
-        module = sys.modules.get(f"gradc_generated_{self.key}")
-        if module is None or getattr(module, "__gradc_source__", None) != self.source:
-            module = types.ModuleType(f"gradc_generated_{self.key}")
-            module.__file__ = self.path
-            module.__gradc_source__ = self.source
-            exec(compile(self.source, self.path, "exec"), module.__dict__)
-            sys.modules[module.__name__] = module
-        self.py_func = getattr(module, name)
-        cache.validate(self.key)          # stale or corrupt machine code is dropped
-        # (parallel loops live in the helpers the lowering decorates; the main function
-        # only calls them, and holds the GIL: large matrix products run in object mode)
-        self.dispatcher = numba.njit(self.py_func, error_model="numpy",
-                                     cache=True, fastmath=self.options["fastmath"])
         self._consts = tuple(lowered.consts.values())
         # output buffers: large ones come from the pool of reused blocks
         self._outs = tuple(
@@ -62,6 +57,39 @@ class Compiled:
             for shape, dtype in lowered.outs.values())
         self._sealed = False
         self._inspector = None
+        self._py_func = self._dispatcher = None
+        self._native, self._native_known = native.load(self)
+        self._native_calls, self._native_seconds = 0, 0.0
+        self.on_switch = []     # called when calls move from the shared library to Numba
+
+    @property
+    def py_func(self):
+        """The generated main function (its module is executed at the first use)."""
+        if self._py_func is None:
+            # a real module, so that Numba's disk cache can find it again by name
+            module = sys.modules.get(f"gradc_generated_{self.key}")
+            if module is None or getattr(module, "__gradc_source__", None) != self.source:
+                module = types.ModuleType(f"gradc_generated_{self.key}")
+                module.__file__ = self.path
+                module.__gradc_source__ = self.source
+                exec(compile(self.source, self.path, "exec"), module.__dict__)
+                sys.modules[module.__name__] = module
+            self._py_func = getattr(module, self.name)
+        return self._py_func
+
+    @property
+    def dispatcher(self):
+        """The Numba dispatcher of the main function (created at the first use)."""
+        if self._dispatcher is None:
+            import numba
+            py_func = self.py_func
+            cache.validate(self.key)      # stale or corrupt machine code is dropped
+            # (parallel loops live in the helpers the lowering decorates; the main
+            # function only calls them, and holds the GIL: large matrix products run in
+            # object mode)
+            self._dispatcher = numba.njit(py_func, error_model="numpy", cache=True,
+                                          fastmath=self.options["fastmath"])
+        return self._dispatcher
 
     # ------------------------------------------------------------ calling
 
@@ -88,18 +116,39 @@ class Compiled:
     def call_raw(self, *args):
         """Call with arguments of exactly the graph's shapes and dtypes (rank-0 ones as
         NumPy scalars): no checks.  Returns Numba's tuple of results."""
-        results = self.dispatcher(*args, *self._consts,
-                                  *[alloc(shape, dtype) for shape, dtype, alloc in self._outs])
+        outs = [alloc(shape, dtype) for shape, dtype, alloc in self._outs]
+        if self._native is not None:
+            if self._native_calls == NATIVE_CALLS:
+                self._native_calls += 1
+                if self._native_seconds < NATIVE_CALLS * NATIVE_KEEP_SECONDS:
+                    self._switch()          # short calls: Numba's cost less
+            if self._native is not None:
+                self._native_calls += 1
+                start = time.perf_counter()
+                results = self._native(args + self._consts, outs)
+                self._native_seconds += time.perf_counter() - start
+                if results is not None:
+                    return results
+                self._switch()      # the code raised: Numba's code raises it, with its message
+        results = self.dispatcher(*args, *self._consts, *outs)
         if not self._sealed:
             self._sealed = True
             cache.seal(self.key)
+            if not self._native_known:
+                self._native_known = True
+                native.build(self)
         return results
+
+    def _switch(self):
+        self._native = None
+        for hook in self.on_switch:
+            hook()
 
     def fast_callable(self):
         """The quickest way to call with exactly-typed arguments: the Numba dispatcher
         itself when the code takes no constants or output buffers (after the first call
         has sealed the disk cache entry), else ``call_raw``."""
-        if self._sealed and not self._consts and not self._outs:
+        if self._native is None and self._sealed and not self._consts and not self._outs:
             return self.dispatcher
         return self.call_raw
 
@@ -111,6 +160,7 @@ class Compiled:
 
     def signature(self):
         """The Numba signature for C-contiguous inputs."""
+        import numba
         args = self._convert(self.example_args()) + tuple(
             np.empty(shape, dtype) for shape, dtype, _ in self._outs)
         return tuple(numba.typeof(a) for a in args)
@@ -119,6 +169,7 @@ class Compiled:
         # code loaded from Numba's disk cache keeps no LLVM IR: inspection compiles a
         # separate, uncached copy once
         if self._inspector is None:
+            import numba
             options = {k: v for k, v in self.dispatcher.targetoptions.items()
                        if k not in ("cache", "nopython")}
             self._inspector = numba.njit(self.py_func, **options)
