@@ -8,7 +8,7 @@ Batched linear algebra takes ``(batch, n, m)`` C-contiguous arrays.  Every kerne
 allocates its result in the dtype of its operand, so float32 stays float32.
 
 Specialised code (gather, scatter_add, index_set, which depend on an index spec)
-is generated per equation by ``gradc.codegen.pysource`` instead of living here.
+is generated per equation by ``gradc.codegen.indexing`` instead of living here.
 """
 from __future__ import annotations
 
@@ -296,17 +296,49 @@ def _im2col_t(image, kh, kw, top, left, ho, wo):
     return cols
 
 
+@njit
+def _shift_sum(z, nn, oo, kh, kw, h, w, top, left, ho, wo):
+    """out[n,o,y,x] = Σ_{u,v} Z[(o,u,v), (n, y+u-top, x+v-left)], over the positions
+    inside the image: the second half of a convolution computed as Z = K·I first."""
+    out = np.zeros((nn, oo, ho, wo), z.dtype)
+    z6 = z.reshape(oo, kh, kw, nn, h, w)
+    for n in range(nn):
+        for o in range(oo):
+            for u in range(kh):
+                for v in range(kw):
+                    x0, x1 = min(max(0, left - v), wo), max(min(wo, w + left - v), 0)
+                    for y in range(ho):
+                        iy = y + u - top
+                        if iy < 0 or iy >= h:
+                            continue
+                        for x in range(x0, x1):
+                            out[n, o, y, x] += z6[o, u, v, n, iy, x + v - left]
+    return out
+
+
 @njit_gil
 def conv2d(image, kernel, top, bottom, left, right):
     """O[n,o,y,x] = Σ_{c,u,v} Î[n,c,y+u,x+v] K[o,c,u,v], Î zero-padded by (top, bottom,
     left, right); negative entries crop.  Reads outside the padded window are zeros.
 
-    As one BLAS product: the kernel as an (O, C·kh·kw) matrix times the patches of all
-    images (im2col), laid out so that the copy loop runs along the longer of an output
-    row and a kernel row."""
+    As one BLAS product, in whichever of two forms materialises less:
+
+    * im2col: the kernel as an (O, C·kh·kw) matrix times the patches of all images
+      (C·kh·kw, N·ho·wo), laid out so that the copy loop runs along the longer of an
+      output row and a kernel row;
+    * shift-sum (fewer output than input channels, as in the image gradient): Z = the
+      kernel as an (O·kh·kw, C) matrix times the images as (C, N·h·w), then each output
+      sums its kh·kw shifted entries of Z."""
     nn, cc, h, w = image.shape
     oo, _, kh, kw = kernel.shape
     ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+    if oo * h * w < cc * ho * wo:
+        flat_kernel = np.ascontiguousarray(kernel.transpose(0, 2, 3, 1)).reshape(
+            oo * kh * kw, cc)
+        images = np.ascontiguousarray(image.transpose(1, 0, 2, 3)).reshape(cc, nn * h * w)
+        z = np.empty((oo * kh * kw, nn * h * w), image.dtype)
+        dot(flat_kernel, images, z)
+        return _shift_sum(z, nn, oo, kh, kw, h, w, top, left, ho, wo)
     flat_kernel = np.ascontiguousarray(kernel).reshape(oo, cc * kh * kw)
     flat = np.empty((oo, nn * ho * wo), image.dtype)
     if kw > wo:
