@@ -12,7 +12,8 @@ How equations are grouped
 -------------------------
 1. A value is *inlined* into its consumers when it is produced by a fusible
    equation (elementwise, select, convert, broadcast_in_dim, slice, pad, transpose,
-   unit-dimension reshape), has rank >= 1, is not an output of the graph, and every
+   unit-dimension reshape; not a transcendental function of 4096 or more elements,
+   which runs as one SIMD NumPy call: ``codegen.pysource.VECTOR_UFUNCS``), has rank >= 1, is not an output of the graph, and every
    consumer is fusible.  Inlined values are recomputed by each consumer that reads
    them (cheap: a few flops against a memory round trip).
 2. Every other value produced by a fusible or reduction equation is a *root*: it is
@@ -34,6 +35,7 @@ from __future__ import annotations
 import heapq
 import types
 
+from ..codegen.pysource import numpy_ufunc_call
 from ..interpret import eval_graph
 from ..ir import Graph, Primitive, Var, make_eqn
 from . import indexmap
@@ -68,6 +70,8 @@ def _unit_reshape(eqn) -> bool:
 
 def _fusible(eqn) -> bool:
     name = eqn.prim.name
+    if numpy_ufunc_call(eqn):
+        return False        # a large transcendental: one SIMD NumPy call beats the loop
     if name in REDUCTIONS:
         return eqn.inputs[0].ndim >= 1
     if len(eqn.outputs) != 1 or eqn.outputs[0].ndim == 0:
