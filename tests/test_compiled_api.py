@@ -346,7 +346,9 @@ def test_large_results_reuse_blocks_but_never_ones_still_in_use(rng):
     ((2, 8, 16, 16), (8, 8, 3, 3), (0, 2, -1, 1)),     # asymmetric, one side cropped
     ((8, 2, 16, 16), (4, 2, 16, 16), (1, 1, 1, 1)),    # kernel wider than the output
     ((3, 2, 5, 7), (2, 2, 3, 3), (1, 1, 1, 1)),        # small: Numba's own np.dot
-    ((2, 16, 16, 16), (4, 16, 3, 3), (2, 0, 1, -1)),   # shift-sum: fewer outputs than inputs
+    ((4, 2, 12, 12), (3, 2, 10, 10), (0, 0, 1, 1)),    # wider than the output, not the image
+    ((2, 16, 16, 16), (4, 16, 3, 3), (2, 0, 1, -1)),   # fewer outputs, one side cropped
+    ((2, 16, 16, 16), (4, 16, 3, 3), (2, 0, 0, 2)),    # shift-sum: fewer outputs than inputs
     ((2, 8, 10, 10), (3, 8, 3, 3), (1, 1, 1, 1)),      # shift-sum, small product
 ])
 def test_conv2d_kernel_layouts_agree_with_direct_loops(rng, image_shape, kernel_shape,
