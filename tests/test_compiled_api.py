@@ -361,11 +361,42 @@ def test_conv2d_kernel_layouts_agree_with_direct_loops(rng, image_shape, kernel_
     _close(got, want)
 
 
-def test_conv_gradient_on_numpys_blas_matches_interpreter(rng):
+@pytest.mark.parametrize("padding, kernel_shape", [
+    ("same", (8, 8, 3, 3)), ("valid", (8, 8, 3, 3)), ("same", (5, 8, 5, 3))])
+def test_conv_gradient_on_numpys_blas_matches_interpreter(rng, padding, kernel_shape):
     def loss(img, k):
-        return np.sum(np.tanh(gradc.conv2d(img, k, padding="same")))
-    img, k = rng.standard_normal((4, 8, 12, 12)), rng.standard_normal((8, 8, 3, 3)) * 0.2
-    got = gradc.grad(loss, argnums=(0, 1))(img, k)
+        return np.sum(np.tanh(gradc.conv2d(img, k, padding=padding)))
+    img, k = rng.standard_normal((4, 8, 12, 12)), rng.standard_normal(kernel_shape) * 0.2
+    g = gradc.grad(loss, argnums=(0, 1))
+    # the kernel gradient reuses the forward convolution's patch matrix
+    assert "_k.conv2d_kernel_grad_from_cols(" in g.source(img, k)
+    got = g(img, k)
     want = gradc.grad(loss, argnums=(0, 1), target="numpy")(img, k)
     _close(got[0], want[0])
     _close(got[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_convolution_over_the_batch_axis_standalone(rng, dtype):
+    # conv2d of batch-and-channel-swapped operands (the kernel gradient's form) becomes
+    # conv2d_over_batch, with its own patch matrix when no forward convolution has one
+    def f(a, b):
+        return gradc.conv2d(a.transpose(1, 0, 2, 3), b.transpose(1, 0, 2, 3), padding="same")
+    a = (rng.standard_normal((6, 4, 9, 9)) * 3).astype(dtype)
+    b = (rng.standard_normal((6, 5, 3, 3)) * 3).astype(dtype)
+    jf = gradc.jit(f)
+    assert "conv2d_over_batch" in str(jf.graph(a, b))
+    got, want = jf(a, b), gradc.jit(f, target="numpy")(a, b)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_kernel_gradient_without_a_forward_convolution(rng):
+    def loss(img, k, w):      # linear in k: the forward convolution is not needed
+        return np.sum(gradc.conv2d(img, k, padding="valid") * w)
+    img, w = rng.standard_normal((3, 4, 10, 10)), rng.standard_normal((3, 6, 8, 8))
+    k = rng.standard_normal((6, 4, 3, 3))
+    g = gradc.grad(loss, argnums=1)
+    source = g.source(img, k, w)
+    assert "conv2d_cols" in source and "conv2d_from_cols" not in source
+    _close(g(img, k, w), gradc.grad(loss, argnums=1, target="numpy")(img, k, w))

@@ -463,6 +463,35 @@ def conv2d(image, kernel, top, bottom, left, right):
 
 
 @njit
+def conv2d_cols(image, kh, kw, top, bottom, left, right):
+    """The im2col matrix of ``image`` for a (kh, kw) kernel and this padding: shared by a
+    convolution and the gradient with respect to its kernel (``pysource._conv_plan``)."""
+    h, w = image.shape[2], image.shape[3]
+    return _im2col(image, kh, kw, top, left, h + top + bottom - kh + 1,
+                   w + left + right - kw + 1)
+
+
+@njit_gil
+def conv2d_from_cols(cols, kernel, nn, ho, wo):
+    """``conv2d`` of the images whose im2col matrix is ``cols``."""
+    oo = kernel.shape[0]
+    flat_kernel = np.ascontiguousarray(kernel).reshape(oo, cols.shape[0])
+    return _per_image_product(flat_kernel, cols, nn).reshape(nn, oo, ho, wo)
+
+
+@njit_gil
+def conv2d_kernel_grad_from_cols(cols, cot, cc, kh, kw):
+    """G[c,o,u,v] = Σ_{n,y,x} Î[n,c,y+u,x+v] cot[n,o,y,x], the images given by their
+    im2col matrix ``cols`` (rows (c,u,v), columns (n,y,x)): ``conv2d`` of the images and
+    the cotangent with batch and channel axes swapped, as one product cot · colsᵀ."""
+    nn, oo, ho, wo = cot.shape
+    flat = np.ascontiguousarray(cot.transpose(1, 0, 2, 3)).reshape(oo, nn * ho * wo)
+    out = np.empty((oo, cols.shape[0]), cot.dtype)
+    dot(flat, cols.T, out)
+    return np.ascontiguousarray(out.reshape(oo, cc, kh, kw).transpose(1, 0, 2, 3))
+
+
+@njit
 def conv2d_loops(image, kernel, top, bottom, left, right):
     """The same by direct loops (integer operands: no BLAS)."""
     nn, cc, h, w = image.shape

@@ -148,6 +148,7 @@ class _Context:
         self.consts: dict = {}
         self.producer: dict = {}  # Var -> the name of the primitive that defines it
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
+        self.conv_plan: dict = {}  # see _conv_plan
         self.temps = 0
 
     def temp(self) -> str:
@@ -357,9 +358,51 @@ def _slogdet(ctx, eqn, a, outs):
 
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
+    cols = ctx.conv_plan.get(id(eqn))
+    if cols is not None:            # the patch matrix is kept for a kernel gradient
+        k = eqn.inputs[1]
+        n, _, ho, wo = eqn.outputs[0].shape
+        return [f"{cols} = _k.conv2d_cols(_k.contiguous({a[0]}), {k.shape[2]}, "
+                f"{k.shape[3]}, {top}, {bottom}, {left}, {right})",
+                f"{outs[0]} = _k.conv2d_from_cols({cols}, _k.contiguous({a[1]}), {n}, "
+                f"{ho}, {wo})"]
     kernel = "conv2d" if np.dtype(eqn.inputs[0].dtype).kind in "fc" else "conv2d_loops"
     return (f"_k.{kernel}(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
             f"{top}, {bottom}, {left}, {right})")
+
+
+def _conv2d_over_batch(ctx, eqn, a, outs):
+    (top, bottom), (left, right) = eqn.params["padding"]
+    image, other = eqn.inputs
+    c, _, kh, kw = eqn.outputs[0].shape
+    cols = ctx.conv_plan.get(id(eqn))
+    if cols is None:
+        cols = ctx.temp()
+        lines = [f"{cols} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
+                 f"{bottom}, {left}, {right})"]
+    else:
+        lines = []
+    return lines + [f"{outs[0]} = _k.conv2d_kernel_grad_from_cols({cols}, "
+                    f"_k.contiguous({a[1]}), {c}, {kh}, {kw})"]
+
+
+def _conv_plan(ctx, graph) -> dict:
+    """Convolutions that share their patch matrix with the gradient of their kernel
+    (``passes.conv``): a ``conv2d_over_batch(I, Ȳ)`` after a ``conv2d(I, K)`` with the
+    same padding, K as large as its output, Ȳ of the forward output's shape.  Returns
+    ``id(eqn) -> name of the shared patch matrix`` for both equations."""
+    forward, plan = {}, {}
+    for e in graph.eqns:
+        if e.prim.name == "conv2d" and isinstance(e.inputs[0], Var) \
+                and np.dtype(e.inputs[0].dtype).kind in "fc":
+            key = (e.inputs[0], e.params["padding"], tuple(e.inputs[1].shape[2:]))
+            forward.setdefault(key, e)
+        elif e.prim.name == "conv2d_over_batch":
+            image, other = e.inputs
+            f = forward.get((image, e.params["padding"], tuple(e.outputs[0].shape[2:])))
+            if f is not None and tuple(other.shape) == tuple(f.outputs[0].shape):
+                plan[id(e)] = plan.setdefault(id(f), ctx.temp())
+    return plan
 
 
 def _nonzero(ctx, eqn, a, outs):
@@ -395,7 +438,8 @@ HANDLERS = {
     "argmax": _over_rows("argmax_rows", lambda p: (p["axis"],)),
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
-    "slogdet": _slogdet, "conv2d": _conv2d, "nonzero": _nonzero, "guard": _guard,
+    "slogdet": _slogdet, "conv2d": _conv2d,
+    "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
 }
@@ -420,6 +464,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
     namer, printed = pretty_parts(graph)
     names = {v: _identifier(n) for v, n in namer.names.items()}
+    ctx.conv_plan = _conv_plan(ctx, graph)
 
     def atom(x) -> str:
         if isinstance(x, Var):
