@@ -6,7 +6,8 @@ registries and SciPy's import; measured in docs/benchmarks.md, C1).  For code th
 no Python objects at run time, gradc therefore also writes the machine code as a shared
 library, which a later process loads with ``ctypes`` in a few milliseconds:
 
-* **build** (in the process that compiles, Numba at hand): a ``numba.cfunc`` entry with a
+* **build** (in the process that compiles, Numba at hand, in a background thread after
+  the first call, ``build_soon``): a ``numba.cfunc`` entry with a
   C signature, ``int64 entry(void **pointers)``, takes the data pointers of the inputs,
   constants and output buffers, calls the generated main function, and reports where
   each result is: ``info[i] = j`` when result ``i`` is output buffer ``j``, ``-1`` when
@@ -37,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -177,6 +179,24 @@ def _thunks(decls: dict) -> str:
                 f"  ret {ret} %r" if ret != "void" else "  ret void",
                 "}"]
     return "\n".join(out) + "\n"
+
+
+_pending: list = []
+
+
+def build_soon(compiled) -> None:
+    """``build(compiled)`` in a background thread, so that the first call does not wait
+    for it (~0.2 s).  The thread is not a daemon: the interpreter waits for it at exit,
+    so a short script still leaves the library for the next process."""
+    thread = threading.Thread(target=build, args=(compiled,), name="gradc-native-build")
+    _pending.append(thread)
+    thread.start()
+
+
+def wait() -> None:
+    """Wait for the libraries being built in the background."""
+    while _pending:
+        _pending.pop().join()
 
 
 def build(compiled) -> bool:

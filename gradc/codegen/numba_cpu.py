@@ -136,7 +136,7 @@ class Compiled:
             cache.seal(self.key)
             if not self._native_known:
                 self._native_known = True
-                native.build(self)
+                native.build_soon(self)
         return results
 
     def _switch(self):
