@@ -509,16 +509,25 @@ def _reads(fun, depth=3, seen=None) -> list:
         return []
     seen.add(id(fun))
     out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
-    names = set(code.co_names)
-    for const in code.co_consts:          # lambdas and comprehensions defined inside
-        if hasattr(const, "co_names"):
-            names.update(const.co_names)
     glob = getattr(fun, "__globals__", {})
-    out += [(glob, n, glob.get(n, _MISSING)) for n in sorted(names)]
+    out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(code)]
     for _, _, v in list(out):
         if callable(v) and hasattr(v, "__code__"):
             out += _reads(v, depth - 1, seen)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code) -> tuple:
+    """The global names ``code`` loads (``LOAD_GLOBAL``: not attribute names such as the
+    ``sin`` of ``np.sin``), with those of the lambdas and comprehensions defined inside."""
+    import dis
+    names = {i.argval for i in dis.get_instructions(code)
+             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
 
 
 def _fingerprint(fun):
