@@ -9,8 +9,8 @@
   ``GRADC_TARGET=cpu python -m pytest`` runs everything compiled.
 * Generated code goes to a cache directory of this test session unless
   ``GRADC_CACHE_DIR`` says otherwise.
-* No shared libraries are built for the disk cache (``GRADC_NATIVE=0``): each would add
-  ~0.1 s to a compile; ``test_native.py`` turns them on where it tests them.
+* No shared libraries are built for the disk cache (``GRADC_NATIVE=0``): each costs
+  ~0.2 s of CPU after a compile; ``test_native.py`` turns them on where it tests them.
 """
 import os
 import tempfile

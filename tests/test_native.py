@@ -183,3 +183,49 @@ def test_a_new_process_runs_the_library_without_importing_numba(tmp_path):
     # over; every result the same
     assert warm[0] == pytest.approx(want, rel=1e-12)
     assert warm[1] is False and warm[2] is True and warm[3]
+
+
+def test_one_build_per_key_however_often_the_function_is_remade(monkeypatch):
+    started = []
+    real_build = native.build
+
+    def slow_build(compiled):
+        started.append(compiled.key)
+        import time
+        time.sleep(0.3)
+        return real_build(compiled)
+    monkeypatch.setattr(native, "build", slow_build)
+    x = np.linspace(-1.0, 1.0, 40)
+    for _ in range(5):                      # a new transformation each time, as in a loop
+        gradc.grad(rosen)(x)
+    native.wait()
+    assert len(started) == 1
+
+
+def test_building_keeps_numbas_cache_entry_valid():
+    # the first call takes a non-contiguous array; the library's entry adds a
+    # C-contiguous overload of the main function to Numba's cache, sealed afterwards
+    from gradc.codegen import cache
+    x = np.linspace(-1.0, 1.0, 80)[::2]
+    compiled = gradc.grad(rosen).compile(x)
+    compiled(x)
+    native.wait()
+    assert cache.validate(compiled.key)
+
+
+def test_pool_blocks_are_not_handed_out_again_at_exit(tmp_path):
+    script = textwrap.dedent("""
+        import atexit, numpy as np
+        from gradc.codegen import buffers
+        keep = buffers.empty((1 << 18,), np.float64)
+        keep[:] = 1.0
+        def late():
+            other = buffers.empty((1 << 18,), np.float64)
+            other[:] = 7.0
+            print(bool(np.shares_memory(keep, other)), keep[0])
+        atexit.register(late)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "1.0"]

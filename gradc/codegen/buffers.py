@@ -47,7 +47,8 @@ def empty(shape, dtype) -> np.ndarray:
     if block is None:
         block = np.empty(nbytes, np.uint8)
     flat = np.frombuffer(memoryview(block), dtype, count)
-    weakref.finalize(flat.base, _give_back, block)
+    # (not at interpreter exit: a block still held must never be handed out again)
+    weakref.finalize(flat.base, _give_back, block).atexit = False
     return flat.reshape(shape)
 
 

@@ -57,8 +57,11 @@ def _versions() -> str:
         import numpy
 
         from .. import __version__
+        # (the kernels the generated code calls are compiled into its machine code)
+        kernels = pathlib.Path(__file__).with_name("kernels.py").stat()
         VERSION_TAG = (f"gradc {__version__} numpy {numpy.__version__} "
-                       f"{_installed('numba')} {_installed('llvmlite')}")
+                       f"{_installed('numba')} {_installed('llvmlite')} "
+                       f"kernels {kernels.st_size} {kernels.st_mtime_ns}")
     return VERSION_TAG
 
 

@@ -48,7 +48,9 @@ FORMAT = 1           # of the manifest and the entry's calling convention
 
 
 def enabled() -> bool:
-    return os.environ.get("GRADC_NATIVE", "1") != "0"
+    """On Linux (where the processor can be fingerprinted cheaply), unless
+    ``GRADC_NATIVE=0``."""
+    return os.environ.get("GRADC_NATIVE", "1") != "0" and sys.platform.startswith("linux")
 
 
 def _paths(key: str):
@@ -59,20 +61,27 @@ def _paths(key: str):
 _CPU = []
 
 
+_CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "flags",  # x86
+               "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
+               "Features", "isa", "uarch")                                 # arm, riscv
+
+
 def cpu_fingerprint() -> str:
-    """The processor the machine code was built for (model and instruction-set flags)."""
+    """The processor the machine code was built for: the machine type and the model and
+    instruction-set lines of the first processor in ``/proc/cpuinfo`` (read in ~0.1 ms;
+    LLVM's own host query needs llvmlite, a 35 ms import)."""
     if not _CPU:
-        text = ""
+        import platform
+        text = platform.machine() + "\n"
         try:
             with open("/proc/cpuinfo") as f:
                 for line in f:
-                    if line.startswith(("model name", "flags")):
-                        text += line
-                    elif not line.strip() and text:
+                    if not line.strip():
                         break
+                    if line.split(":")[0].strip() in _CPU_FIELDS:
+                        text += line
         except OSError:
-            import platform
-            text = platform.processor() + platform.machine()
+            pass
         _CPU.append(hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
     return _CPU[0]
 
@@ -181,22 +190,51 @@ def _thunks(decls: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-_pending: list = []
+_pending: dict = {}            # key -> the thread building its library
+_lock = threading.Lock()
 
 
 def build_soon(compiled) -> None:
     """``build(compiled)`` in a background thread, so that the first call does not wait
-    for it (~0.2 s).  The thread is not a daemon: the interpreter waits for it at exit,
-    so a short script still leaves the library for the next process."""
-    thread = threading.Thread(target=build, args=(compiled,), name="gradc-native-build")
-    _pending.append(thread)
+    for it (~0.2 s), unless this process builds that key already.  The thread is not a
+    daemon: the interpreter waits for it at exit, so a short script still leaves the
+    library for the next process."""
+    with _lock:
+        if compiled.key in _pending:
+            return
+        thread = threading.Thread(target=_build_and_forget, args=(compiled,),
+                                  name="gradc-native-build")
+        _pending[compiled.key] = thread
     thread.start()
+
+
+def _build_and_forget(compiled) -> None:
+    try:
+        build(compiled)
+    finally:
+        with _lock:
+            _pending.pop(compiled.key, None)
+
+
+def building(key: str) -> bool:
+    with _lock:
+        return key in _pending
 
 
 def wait() -> None:
     """Wait for the libraries being built in the background."""
-    while _pending:
-        _pending.pop().join()
+    while True:
+        with _lock:
+            threads = list(_pending.values())
+        if not threads:
+            return
+        for thread in threads:
+            thread.join()
+
+
+if hasattr(os, "register_at_fork"):
+    # a child forked while a build holds Numba's compiler lock would wait on it forever
+    os.register_at_fork(before=wait)
 
 
 def build(compiled) -> bool:
@@ -207,8 +245,12 @@ def build(compiled) -> bool:
         return False
     try:
         reason = _build(compiled)
-    except Exception as e:          # never fail the user's call over a cache entry
-        reason = f"{type(e).__name__}: {e}"
+    except Exception:               # never fail the user's code over a cache entry; a
+        return False                # later process tries again (a full disk, a timeout)
+    finally:
+        # compiling the entry may have added an overload of the main function to
+        # Numba's cache: record it, or the next process would find the entry altered
+        cache.seal(compiled.key)
     if reason:
         manifest = {"format": FORMAT, "none": reason, "cpu": cpu_fingerprint()}
         _, manifest_path = _paths(compiled.key)
@@ -223,7 +265,7 @@ def _build(compiled) -> str:
     """Build; the reason why not, or ''."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        return "no C compiler (cc, gcc or $CC) to link a shared library"
+        raise OSError("no C compiler (cc, gcc or $CC) to link a shared library")
     import llvmlite.binding as llvm
     import numba
     from numba import types
@@ -271,7 +313,7 @@ def _build(compiled) -> str:
         done = subprocess.run([compiler, "-shared", "-o", so, obj], capture_output=True,
                               timeout=120)
         if done.returncode != 0:
-            return f"{compiler} failed: {done.stderr.decode(errors='replace')[:500]}"
+            raise OSError(f"{compiler} failed: {done.stderr.decode(errors='replace')[:500]}")
         with open(so, "rb") as f:
             data = f.read()
     cache._atomic_write(lib_path, data)
@@ -343,8 +385,8 @@ def load(compiled) -> tuple:
         for name in manifest["thunks"]:
             ctypes.c_void_p.in_dll(library, f"__gradc_slot.{name}").value = helpers[name]
         function = library[manifest["entry"]]
-    except (OSError, KeyError, AttributeError, ImportError, TypeError):
-        return None, False
+    except (OSError, KeyError, AttributeError, ImportError, TypeError, ValueError):
+        return None, True           # intact but unusable here: Numba's cache serves
     function.restype = ctypes.c_int64
     function.argtypes = [ctypes.c_void_p]
     return Native(library, function, compiled), True

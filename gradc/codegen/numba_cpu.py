@@ -68,7 +68,8 @@ class Compiled:
         if self._py_func is None:
             # a real module, so that Numba's disk cache can find it again by name
             module = sys.modules.get(f"gradc_generated_{self.key}")
-            if module is None or getattr(module, "__gradc_source__", None) != self.source:
+            if (module is None or getattr(module, "__gradc_source__", None) != self.source
+                    or module.__file__ != self.path):      # (the cache directory moved)
                 module = types.ModuleType(f"gradc_generated_{self.key}")
                 module.__file__ = self.path
                 module.__gradc_source__ = self.source
@@ -117,15 +118,17 @@ class Compiled:
         """Call with arguments of exactly the graph's shapes and dtypes (rank-0 ones as
         NumPy scalars): no checks.  Returns Numba's tuple of results."""
         outs = [alloc(shape, dtype) for shape, dtype, alloc in self._outs]
-        if self._native is not None:
+        library = self._native          # (read once: another thread may switch)
+        if library is not None:
             if self._native_calls == NATIVE_CALLS:
                 self._native_calls += 1
                 if self._native_seconds < NATIVE_CALLS * NATIVE_KEEP_SECONDS:
                     self._switch()          # short calls: Numba's cost less
-            if self._native is not None:
+                    library = None
+            if library is not None:
                 self._native_calls += 1
                 start = time.perf_counter()
-                results = self._native(args + self._consts, outs)
+                results = library(args + self._consts, outs)
                 self._native_seconds += time.perf_counter() - start
                 if results is not None:
                     return results
