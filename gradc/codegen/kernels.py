@@ -266,6 +266,19 @@ def _zero_run(dst, d, length):
 
 
 @njit
+def _window_run(dst, d, src, plane, iy, h, w, shift, length, lo, hi):
+    """``dst[d + t] = src[plane + iy*w + t + shift]`` for ``lo <= t < hi`` when row ``iy``
+    of the ``h x w`` plane exists, 0 elsewhere in ``[0, length)``: one row of a patch
+    matrix (``lo``/``hi`` bound the positions that fall inside the row)."""
+    if iy < 0 or iy >= h:
+        _zero_run(dst, d, length)
+        return
+    _zero_run(dst, d, lo)
+    _copy_run(dst, d + lo, src, plane + iy * w + shift + lo, hi - lo)
+    _zero_run(dst, d + hi, length - hi)
+
+
+@njit
 def _shifted_plane(dst, d0, src, s0, rows, src_rows, width, dr, dx):
     """``dst[d0 + r*width + x] = src[s0 + (r+dr)*width + (x+dx)]`` for r < rows and
     x < width where the source position lies inside the ``src_rows x width`` plane at
@@ -303,25 +316,18 @@ def _im2col(image, kh, kw, top, left, ho, wo):
                         _shifted_plane(flat, (r * nn + n) * ho * wo, src, (n * cc + c) * h * w,
                                        ho, h, w, u - top, v - left)
         return cols
+    flat, src, ncol = cols.ravel(), image.ravel(), nn * ho * wo
     for c in range(cc):
         for u in range(kh):
             for v in range(kw):
                 r = (c * kh + u) * kw + v
-                x0, x1 = min(max(0, left - v), wo), max(min(wo, w + left - v), 0)
+                x0 = min(max(0, left - v), wo)
+                x1 = max(min(wo, w + left - v), x0)
                 for n in range(nn):
                     for y in range(ho):
-                        base = (n * ho + y) * wo
-                        iy = y + u - top
-                        if iy < 0 or iy >= h or x0 >= x1:
-                            for x in range(wo):
-                                cols[r, base + x] = 0
-                            continue
-                        for x in range(x0):
-                            cols[r, base + x] = 0
-                        for x in range(x0, x1):
-                            cols[r, base + x] = image[n, c, iy, x + v - left]
-                        for x in range(x1, wo):
-                            cols[r, base + x] = 0
+                        _window_run(flat, r * ncol + (n * ho + y) * wo, src,
+                                    (n * cc + c) * h * w, y + u - top, h, w,
+                                    v - left, wo, x0, x1)
     return cols
 
 
@@ -343,25 +349,18 @@ def _im2col_t(image, kh, kw, top, left, ho, wo):
                         _shifted_plane(flat, (r * cc + c) * kh * kw, src,
                                        (n * cc + c) * h * w, kh, h, w, y - top, x - left)
         return cols
+    flat, src, ckk = cols.ravel(), image.ravel(), cc * kh * kw
     for n in range(nn):
         for y in range(ho):
             for x in range(wo):
                 r = (n * ho + y) * wo + x
-                v0, v1 = min(max(0, left - x), kw), max(min(kw, w + left - x), 0)
+                v0 = min(max(0, left - x), kw)
+                v1 = max(min(kw, w + left - x), v0)
                 for c in range(cc):
                     for u in range(kh):
-                        base = (c * kh + u) * kw
-                        iy = y + u - top
-                        if iy < 0 or iy >= h or v0 >= v1:
-                            for v in range(kw):
-                                cols[r, base + v] = 0
-                            continue
-                        for v in range(v0):
-                            cols[r, base + v] = 0
-                        for v in range(v0, v1):
-                            cols[r, base + v] = image[n, c, iy, x + v - left]
-                        for v in range(v1, kw):
-                            cols[r, base + v] = 0
+                        _window_run(flat, r * ckk + (c * kh + u) * kw, src,
+                                    (n * cc + c) * h * w, y + u - top, h, w,
+                                    x - left, kw, v0, v1)
     return cols
 
 
