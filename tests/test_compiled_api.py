@@ -389,6 +389,10 @@ def test_convolution_over_the_batch_axis_standalone(rng, dtype):
     got, want = jf(a, b), gradc.jit(f, target="numpy")(a, b)
     assert got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12)
+    # the primitive's own implementation (what the interpreter runs in a fused graph)
+    from gradc.passes.conv import conv2d_over_batch_p
+    np.testing.assert_allclose(conv2d_over_batch_p.impl(a, b, padding=((1, 1), (1, 1))),
+                               want, rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
 def test_kernel_gradient_without_a_forward_convolution(rng):
