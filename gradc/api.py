@@ -344,9 +344,13 @@ class ValueAndGrad(Transformed):
             return args if all_dynamic else [args[i] for i in dyn]
 
         if not self.with_value and picks == list(range(n)) and not self.single:
+            if all_dynamic:                 # the commonest case: no argument is static
+                return lambda args: call(*args)
             return lambda args: call(*inputs(args))
         if not self.with_value and self.single:
             k = picks[0]
+            if all_dynamic:
+                return lambda args: call(*args)[k]
             return lambda args: call(*inputs(args))[k]
 
         def run(args):
