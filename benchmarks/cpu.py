@@ -338,6 +338,15 @@ def to_np_list(res):
     return [np.asarray(res)]
 
 
+def jax_jit_grad(loss, args, argnums=0, on_device=True):
+    """JAX's peer entry: ``jax.jit(jax.grad(loss))``, the arguments put on the device
+    first (Python floats stay floats), each call waited for with ``block_until_ready``."""
+    jax = PEERS["jax"]
+    g = jax.jit(jax.grad(loss, argnums=argnums))
+    args = tuple(jax.device_put(a) for a in args) if on_device else tuple(args)
+    return (lambda *s: jax.block_until_ready(g(*s))), args, to_np_list
+
+
 # --------------------------------------------------------------------------- W1
 
 
@@ -430,11 +439,8 @@ def bench_w1(cfg, rng):
             return f, (x,), None
         if "jax" in PEERS:
             def b_jax(x=x):
-                jax = PEERS["jax"]
                 import jax.numpy as jnp
-                g = jax.jit(jax.grad(_make_rosen(jnp)))
-                xj = jax.device_put(x)
-                return (lambda a: jax.block_until_ready(g(a))), (xj,), to_np_list
+                return jax_jit_grad(_make_rosen(jnp), (x,))
             impls.append(("JAX jit(grad)", b_jax, False, "jax"))
         if "torch" in PEERS:
             def b_torch(x=x):
@@ -535,10 +541,8 @@ def bench_w2(cfg, rng):
     impls.append(("gradc", b_gradc, True, "gradc"))
     if "jax" in PEERS:
         def b_jax():
-            jax = PEERS["jax"]
             import jax.numpy as jnp
-            g = jax.jit(jax.grad(_make_w2(jnp), argnums=(0, 1, 2)))
-            return (lambda *s: jax.block_until_ready(g(*s))), (a, b, c), to_np_list
+            return jax_jit_grad(_make_w2(jnp), (a, b, c), (0, 1, 2), on_device=False)
         impls.append(("JAX jit(grad)", b_jax, False, "jax"))
     if "torch" in PEERS:
         def b_torch():
@@ -628,9 +632,7 @@ def bench_w3(cfg, rng):
             def loss(W1, W2, X, onehot):
                 z = jnp.tanh(X @ W1) @ W2
                 return jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.sum(z * onehot, axis=1))
-            g = jax.jit(jax.grad(loss, argnums=(0, 1)))
-            ja = tuple(jax.device_put(a) for a in args)
-            return (lambda *s: jax.block_until_ready(g(*s))), ja, to_np_list
+            return jax_jit_grad(loss, args, (0, 1))
         impls.append(("JAX jit(grad)", b_jax, False, "jax"))
     if "torch" in PEERS:
         def b_torch():
@@ -736,9 +738,7 @@ def bench_w5(cfg, rng):
                     dimension_numbers=("NCHW", "OIHW", "NCHW"),
                     precision=jax.lax.Precision.HIGHEST)
                 return jnp.sum(jnp.tanh(out))
-            g = jax.jit(jax.grad(loss, argnums=(0, 1)))
-            ja = (jax.device_put(img), jax.device_put(K))
-            return (lambda *s: jax.block_until_ready(g(*s))), ja, to_np_list
+            return jax_jit_grad(loss, (img, K), (0, 1))
         impls.append(("JAX jit(grad)", b_jax, False, "jax"))
     if "torch" in PEERS:
         def b_torch():
