@@ -216,11 +216,6 @@ def _build_and_forget(compiled) -> None:
             _pending.pop(compiled.key, None)
 
 
-def building(key: str) -> bool:
-    with _lock:
-        return key in _pending
-
-
 def wait() -> None:
     """Wait for the libraries being built in the background."""
     while True:
