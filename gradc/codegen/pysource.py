@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
+from ..passes.fuse import numpy_ufunc_call
 from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -99,24 +100,6 @@ def _prod(shape) -> int:
 
 
 # ---------------------------------------------------------------- lowering state
-
-# Transcendental functions that NumPy evaluates with SIMD kernels and Numba with scalar
-# libm calls (measured on W5's 262,144 elements: np.tanh 0.21 ms, Numba's loop 4.0 ms).
-# From UFUNC_ELEMENTS elements on they are not fused (``passes.fuse``) and run as one
-# NumPy ufunc call in an object-mode block: bit for bit the interpreter's results.
-VECTOR_UFUNCS = {"exp", "expm1", "log", "log1p", "sin", "cos", "tan", "asin", "acos",
-                 "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "cbrt"}
-UFUNC_ELEMENTS = 1 << 12
-
-
-def numpy_ufunc_call(eqn) -> bool:
-    """Whether ``eqn`` runs as a NumPy ufunc call (see ``VECTOR_UFUNCS``)."""
-    out = eqn.outputs[0] if eqn.outputs else None
-    return (eqn.prim.name in VECTOR_UFUNCS and out is not None and out.ndim >= 1
-            and _prod(out.shape) >= UFUNC_ELEMENTS
-            and np.dtype(out.dtype) in (np.float32, np.float64)
-            and np.dtype(eqn.inputs[0].dtype) == np.dtype(out.dtype))
-
 
 def _ufunc_objmode(eqn, a, outs) -> list:
     out = eqn.outputs[0]
