@@ -65,6 +65,34 @@ def test_grad_matches_interpreter(rng, target):
     _close(gradc.grad(stencil, target=target)(u), gradc.grad(stencil, target="numpy")(u))
 
 
+def flipped_product(x):
+    # a 2-D domain whose reads run backwards along one axis, and a full reduction
+    return np.sum(np.sin(x)[:, ::-1] * x[::-1, :] + np.cos(x[:, 1:]).sum(axis=1)[:, None])
+
+
+@pytest.mark.parametrize("n", [40_000, 100_003])
+def test_parallel_loops_shared_among_threads(rng, n):
+    # large loop nests: the outer loop is a prange over blocks with unsigned indices
+    # (loops._chunked_prange); block edges fall inside the pads' windows for odd n
+    x = rng.uniform(-2, 2, n)
+    g = gradc.grad(rosen, target="parallel")
+    assert "numba.prange(" in g.source(x) and "np.uint64(i0" in g.source(x)
+    _close(g(x), gradc.grad(rosen, target="numpy")(x))
+    u = rng.uniform(0.1, 1.0, n)
+    _close(gradc.grad(stencil, target="parallel")(u), gradc.grad(stencil, target="numpy")(u))
+    v, gv = gradc.value_and_grad(flipped_product, target="parallel")(x[:n // 200 * 200]
+                                                                        .reshape(200, -1))
+    vr, gr = gradc.value_and_grad(flipped_product, target="numpy")(x[:n // 200 * 200]
+                                                                     .reshape(200, -1))
+    assert v == pytest.approx(vr, rel=1e-12)
+    _close(gv, gr)
+
+
+def test_small_parallel_loops_stay_on_one_thread(rng):
+    x = rng.uniform(-2, 2, 1000)         # below loops.PRANGE_MIN: no thread launch
+    assert "prange" not in gradc.grad(rosen, target="parallel").source(x)
+
+
 def test_value_and_grad_of_mlp_two_arguments(rng):
     w1, w2 = rng.standard_normal((6, 5)), rng.standard_normal((5, 3))
     x, onehot = rng.standard_normal((4, 6)), np.eye(3)[[0, 2, 1, 2]]

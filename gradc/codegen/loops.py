@@ -42,6 +42,7 @@ class _Emitter:
         self.counts: dict = {}
         self.breakpoints: dict = {}   # loop variable -> where a pad's window starts/ends
         self.used_consts: list = []   # array constants read (parameters of the helper)
+        self.unsigned: set = set()    # loop variables whose indices are cast to uint64
 
     # -------------------------------------------------------- bookkeeping
 
@@ -90,7 +91,14 @@ class _Emitter:
         return name
 
     def read(self, array, idx) -> str:
-        return f"{array}[{', '.join(str(c) for c in idx)}]"
+        return f"{array}[{self.subscript(idx)}]"
+
+    def subscript(self, idx) -> str:
+        """Index components, those in a variable of ``unsigned`` cast to ``np.uint64``: an
+        unsigned index has no negative-index test, which LLVM cannot drop when it does
+        not know the loop's bounds (``_chunked_prange``)."""
+        return ", ".join(f"np.uint64({c})" if getattr(c, "sym", c) in self.unsigned
+                         else str(c) for c in idx)
 
     def compute(self, eqn, idx, depth):
         name, p = eqn.prim.name, eqn.params
@@ -209,15 +217,47 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
         em = _Emitter(ctx, names, producer, comments)
         em.used_consts = used
         em.commented = shared
+        chunked = can_prange and _worth_threads(ranges)
+        if chunked:
+            em.unsigned = {loop_vars[0]}
         if len(pieces) > 1:
             lines.append("# " + ", ".join(f"{v} in [{a}, {b})"
                                           for v, (a, b) in zip(loop_vars, ranges)))
         for depth, (v, (a, b)) in enumerate(zip(loop_vars, ranges)):
-            rng = "numba.prange" if depth == 0 and can_prange else "range"
+            if depth == 0 and chunked:
+                lines.extend(_chunked_prange(v, a, b, len(loop_vars)))
+                continue
             bounds = f"{b}" if a == 0 else f"{a}, {b}"
-            lines.append("    " * depth + f"for {v} in {rng}({bounds}):")
-        lines.extend(_emit_body(em, roots, reductions, names, comments, ranges, loop_vars))
+            lines.append("    " * (depth + chunked) + f"for {v} in range({bounds}):")
+        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars)
+        lines.extend(("    " + line) if chunked else line for line in body)
     return lines
+
+
+PRANGE_MIN = 1 << 15       # elements a loop nest needs before it is shared among threads
+PRANGE_CHUNKS = 64         # blocks of outer iterations the threads share out
+
+
+def _worth_threads(ranges) -> bool:
+    size = 1
+    for a, b in ranges:
+        size *= b - a
+    return size >= PRANGE_MIN and ranges[0][1] - ranges[0][0] > 1
+
+
+def _chunked_prange(v, a, b, depth) -> list:
+    """The outer loop as ``numba.prange`` over blocks, each running a plain ``range``
+    whose start is bounded below by the constant ``a``.  Numba hands a prange body its
+    bounds at run time, so LLVM cannot tell that an index such as ``i0 - 1`` is
+    non-negative: the test Numba adds for negative indices stays in the loop and keeps
+    it from being vectorised (measured: the Rosenbrock gradient over 1e6 elements 2.9 ms
+    in a prange, 0.32 ms in a range).  The body therefore indexes with that variable
+    cast to ``np.uint64`` (``_Emitter.subscript``): 0.18 ms on two threads."""
+    size = -(-(b - a) // PRANGE_CHUNKS)
+    count = -(-(b - a) // size)
+    base = "" if a == 0 else f"{a} + "
+    return [f"for {v}_ in numba.prange({count}):",
+            f"    for {v} in range({base}{v}_ * {size}, min({base}({v}_ + 1) * {size}, {b})):"]
 
 
 MAX_PIECES = 9             # loop nests one fused equation may be split into
@@ -247,15 +287,15 @@ def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars) -> lis
             kind, e = reductions[r]
             val = em.value(e.inputs[0], idx, depth)
             axes = e.params["axes"]
-            kept = [str(c) for k, c in enumerate(idx) if k not in axes]
-            target = names[r] if r.ndim == 0 else f"{names[r]}[{', '.join(kept)}]"
+            kept = [c for k, c in enumerate(idx) if k not in axes]
+            target = names[r] if r.ndim == 0 else f"{names[r]}[{em.subscript(kept)}]"
             if e not in em.commented:
                 em.commented.add(e)
                 em.emit(depth, f"# {comments[e][0]}")
             em.emit(depth, f"{target} = {_combine(kind, target, val)}")
         else:
             val = em.value(r, idx, depth)
-            em.emit(depth, f"{names[r]}[{', '.join(loop_vars)}] = {val}")
+            em.emit(depth, f"{names[r]}[{em.subscript(loop_vars)}] = {val}")
     return em.lines
 
 

@@ -21,6 +21,7 @@ same text, so the same cache key) and loads the machine code from its disk cache
 from __future__ import annotations
 
 import linecache
+import os
 import sys
 import time
 import types
@@ -33,6 +34,21 @@ from .pysource import lower
 
 NATIVE_CALLS = 100            # calls run by a cached shared library before deciding
 NATIVE_KEEP_SECONDS = 1e-3    # ... to keep it (longer calls) or move to Numba (shorter)
+OPENMP_SPIN = "10000"         # GOMP_SPINCOUNT for the parallel target (see below)
+
+
+def _openmp_yields_to_blas() -> None:
+    """Shorten the time the threads of Numba's OpenMP layer spin after a parallel loop.
+
+    By default they spin for about 300,000 iterations before sleeping, and the BLAS
+    product that usually follows waits for the core they hold: the W3 and W5 gradients
+    on target="parallel" took 12.3 ms against 4.9-5.5 ms on target="cpu" (2 cores).
+    With 10,000 spins: 5.2 and 4.9 ms, while back-to-back loops keep most of their
+    speed-up (W1 n=1e6: 125 µs, against 156 µs spinning long and 247 µs not spinning).
+    Applied only when the user set neither variable, before OpenMP starts (its runtime
+    reads them when Numba loads it, at the first parallel call)."""
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
 
 
 class Compiled:
@@ -43,6 +59,8 @@ class Compiled:
         self.graph = graph
         self.name = name
         self.options = dict(parallel=bool(parallel), fastmath=bool(fastmath))
+        if parallel:
+            _openmp_yields_to_blas()
         lowered = lower(graph, name, parallel=parallel, fastmath=fastmath)
         self.source = lowered.source
         self.key = cache.key_of(self.source + repr(sorted(self.options.items())))
