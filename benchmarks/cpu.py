@@ -18,7 +18,8 @@ differences of the NumPy forward function.
 Times are medians over repeats; each repeat times a batch of calls (sized so that a
 batch takes a few ms) and reports the time per call.  Repeats of the implementations
 of one case are interleaved round-robin, so drifting machine load hits all of them
-alike.  The ratio column is ``gradc time / this implementation's time`` for the same
+alike, with a pause before each batch so that one library's idle threads have stopped
+spinning when the next is timed.  The ratio column is ``gradc time / this implementation's time`` for the same
 case in the same run (< 1: gradc is faster).  A failure (an exception, a gradient
 mismatch, a fallback to gradc's interpreter) is recorded in the table, never fatal.
 Progress goes to stderr, the tables to stdout.
@@ -154,6 +155,13 @@ def wait_for_idle(max_wait_s, threshold=0.2):
 # --------------------------------------------------------------------------- timing
 
 
+# A pause before each batch: the idle threads of the implementation timed before (OpenBLAS
+# spins for ~0.1 s after a product, measured as 0.10 s of CPU time in the 0.5 s after one
+# np.dot) would otherwise share the cores with the next one, which hurts an
+# implementation in proportion to the threads it runs.
+SETTLE_S = 0.15
+
+
 def _batch_time(fn, args, number):
     gcold = gc.isenabled()
     gc.disable()
@@ -187,6 +195,7 @@ def measure(impls, cfg):
         for name, fn, args in impls:
             number, reps = plan[name]
             if r < reps:
+                time.sleep(cfg.settle_s)
                 times[name].append(_batch_time(fn, args, number))
     return {name: (float(np.median(ts)), len(ts), plan[name][0]) for name, ts in times.items()}
 
@@ -285,6 +294,11 @@ def run_case(workload, size, ref, impls, cfg, extra_rows=()):
                 FULL_ERRORS.append((f"{workload} {size}", name, "\n".join(fallbacks)))
             if is_gradc:
                 row.note = (row.note + "; " if row.note else "") + f"first call {first:.2f} s"
+                # a first compile goes on in the background (the shared library of the
+                # disk cache, codegen.native): once per cache entry, not per call (C1
+                # times it), so it is let finish before the timing
+                from gradc.codegen import native
+                native.wait()
             if ref is not None and to_numpy is not None:
                 err = rel_err(to_numpy(result), ref)
                 ok = err <= cfg.tol
@@ -1116,6 +1130,7 @@ def main(argv=None):
         cfg.w3_sizes = (128, 196, 64, 10)
         cfg.w5_sizes = (2, 4, 16, 8, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 5, 3, 0.002, 0.5
+        cfg.settle_s = 0.0
         cfg.c1_repeats = 1
         cfg.autograd_max_n = 10 ** 6
     else:
@@ -1123,6 +1138,7 @@ def main(argv=None):
         cfg.w3_sizes = (512, 784, 256, 10)
         cfg.w5_sizes = (8, 16, 32, 32, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 21, 5, 0.02, 4.0
+        cfg.settle_s = SETTLE_S
         cfg.c1_repeats = 3
         cfg.autograd_max_n = 10 ** 7
 

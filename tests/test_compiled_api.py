@@ -423,6 +423,58 @@ def test_convolution_over_the_batch_axis_standalone(rng, dtype):
                                want, rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
+@pytest.fixture
+def direct_convolutions(monkeypatch):
+    # small problems take the direct loop nests too (codegen.convgen), so that these
+    # tests compile quickly; rows must still be wide enough to vectorise
+    from gradc.codegen import convgen
+    monkeypatch.setattr(convgen, "MIN_FLOPS", 0)
+
+
+@pytest.mark.parametrize("dtype, padding, image_shape, kernel_shape", [
+    ("float64", "same", (2, 3, 6, 26), (5, 3, 3, 3)),            # odd O: a remainder block
+    ("float64", "valid", (1, 2, 5, 28), (4, 2, 3, 3)),
+    ("float32", ((2, 0), (1, 3)), (2, 2, 4, 24), (3, 2, 3, 2)),  # asymmetric, float32
+    ("float64", ((1, -1), (0, 1)), (2, 2, 5, 25), (2, 2, 2, 2)),  # one side cropped
+])
+def test_direct_convolution_and_both_gradients(rng, direct_convolutions, dtype, padding,
+                                               image_shape, kernel_shape):
+    def loss(img, k):
+        return np.sum(np.tanh(gradc.conv2d(img, k, padding=padding)))
+    img = rng.standard_normal(image_shape).astype(dtype)
+    k = (rng.standard_normal(kernel_shape) * 0.3).astype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    def conv(a, b):
+        return gradc.conv2d(a, b, padding=padding)
+    compiled = gradc.jit(conv)
+    assert "direct convolution" in compiled.source(img, k)
+    got, want = compiled(img, k), gradc.jit(conv, target="numpy")(img, k)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    g = gradc.grad(loss, argnums=(0, 1))
+    source = g.source(img, k)
+    # the kernel gradient reads the padded images the forward convolution made
+    assert source.count("_k.padded_image(") == 2 and "direct kernel gradient" in source
+    got, want = g(img, k), gradc.grad(loss, argnums=(0, 1), target="numpy")(img, k)
+    for a, b in zip(got, want):
+        assert a.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_padded_image_crops_and_pads(rng):
+    from gradc.codegen import kernels
+    image = rng.standard_normal((2, 3, 5, 6))
+    for pads in [(1, 2, 0, 3), (-1, 2, 2, -3), (0, 0, -6, 1), (-5, 1, 1, 1)]:
+        top, bottom, left, right = pads
+        want = np.pad(image[:, :, max(0, -top):5 - max(0, -bottom),
+                            max(0, -left):6 - max(0, -right)],
+                      ((0, 0), (0, 0), (max(0, top), max(0, bottom)),
+                       (max(0, left), max(0, right))))
+        got = kernels.padded_image(image, *pads)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
 def test_kernel_gradient_without_a_forward_convolution(rng):
     def loss(img, k, w):      # linear in k: the forward convolution is not needed
         return np.sum(gradc.conv2d(img, k, padding="valid") * w)

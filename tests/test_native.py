@@ -100,6 +100,28 @@ def test_code_with_python_calls_is_not_built():
     assert again._native is None and again._native_known    # not tried again
 
 
+def test_threaded_code_is_not_built():
+    # loops on Numba's threading layer (target="parallel"), which only Numba starts
+    x = np.linspace(-1.0, 1.0, 40_000)
+    compiled = gradc.grad(rosen, target="parallel").compile(x)
+    assert "numba.prange(" in compiled.source
+    compiled(x)
+    native.wait()
+    assert not native._paths(compiled.key)[1].exists()     # nothing built, nothing noted
+    again = _fresh(compiled)
+    assert again._native is None and again._native_known     # and never tried
+
+
+def test_direct_convolutions_are_not_built(monkeypatch):
+    # they run on a thread pool from an object-mode block: known from the source alone
+    from gradc.codegen import convgen
+    monkeypatch.setattr(convgen, "MIN_FLOPS", 0)
+    img, k = np.ones((1, 1, 3, 26)), np.ones((2, 1, 3, 3))
+    compiled = gradc.jit(lambda a, b: gradc.conv2d(a, b)).compile(img, k)
+    compiled(img, k)
+    assert "object-mode" in _manifest(compiled)["none"]
+
+
 def test_damaged_library_is_ignored_and_rebuilt(rng=np.random.default_rng(3)):
     x = rng.uniform(-1, 1, 20)
     compiled = gradc.grad(rosen).compile(x)

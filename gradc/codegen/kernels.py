@@ -63,6 +63,68 @@ jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parall
                                          fastmath=True)
 
 
+def jit_noalias(fn):
+    """``jit_helper`` for a function whose array arguments never overlap one another,
+    compiled with Numba's ``noalias`` flag (which ``parallel=True`` sets for the bodies
+    it outlines, but no option exposes): LLVM may then keep values read or written
+    through one argument in registers across writes through another.  The flag is set
+    through the dispatcher's compiler hook; where a Numba version lacks the hook the
+    function is compiled without it (same results, slower)."""
+    dispatcher = jit_helper(fn)
+    compiler = getattr(dispatcher, "_compiler", None)
+    if compiler is not None and hasattr(compiler, "_customize_flags"):
+        def customize(flags):
+            flags.noalias = True
+            return flags
+        compiler._customize_flags = customize
+    return dispatcher
+
+
+_POOL = None        # (pid, ThreadPoolExecutor) for on_threads
+
+
+def threads() -> int:
+    """Threads that split a kernel's work: Numba's thread count (``NUMBA_NUM_THREADS``,
+    else the CPUs)."""
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def on_threads(fn, count, *args):
+    """``fn(*args, lo, hi)`` over ``[0, count)``: this thread and a pool's threads (``fn``
+    releases the GIL) take contiguous chunks, four per thread, until none is left.
+    Taking chunks rather than one range each keeps a thread that shares its core with
+    another library's busy threads (OpenBLAS's idle threads spin for ~0.1 s after a
+    product) from holding up the rest.  Called from object-mode blocks, like NumPy's
+    BLAS; a pool made before a fork is not used by the child (its threads are gone)."""
+    global _POOL
+    parts = min(threads(), count)
+    if parts <= 1:
+        fn(*args, 0, count)
+        return
+    import os
+    import threading
+    if _POOL is None or _POOL[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = (os.getpid(), ThreadPoolExecutor(threads() - 1,
+                                                 thread_name_prefix="gradc-kernel"))
+    chunks = min(count, 4 * parts)
+    cuts = [count * k // chunks for k in range(chunks + 1)]
+    order, lock = iter(range(chunks)), threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                k = next(order, None)
+            if k is None:
+                return
+            fn(*args, cuts[k], cuts[k + 1])
+
+    futures = [_POOL[1].submit(work) for _ in range(parts - 1)]
+    work()
+    for f in futures:
+        f.result()
+
+
 @njit
 def regroup(x, perm, shape):
     """``x`` with its axes permuted by ``perm``, C-contiguous, reshaped to ``shape``
@@ -487,6 +549,35 @@ def conv2d(image, kernel, top, bottom, left, right):
     else:
         out = _per_image_product(flat_kernel, _im2col(image, kh, kw, top, left, ho, wo), nn)
     return out.reshape(nn, oo, ho, wo)
+
+
+@njit
+def padded_image(image, top, bottom, left, right):
+    """``image`` (N, C, h, w) zero-padded by (top, bottom, left, right), C-contiguous;
+    negative entries crop."""
+    nn, cc, h, w = image.shape
+    hp, wp = h + top + bottom, w + left + right
+    out = np.empty((nn, cc, hp, wp), image.dtype)
+    flat, src = out.ravel(), image.ravel()
+    y0, y1 = min(max(0, top), hp), max(min(hp, h + top), 0)
+    x0, x1 = min(max(0, left), wp), max(min(wp, w + left), 0)
+    for p in range(nn * cc):
+        base = p * hp * wp
+        _zero_run(flat, base, y0 * wp)
+        for y in range(y0, max(y0, y1)):
+            row = base + y * wp
+            _zero_run(flat, row, x0)
+            if x1 > x0:
+                _copy_run(flat, row + x0, src, (p * h + y - top) * w + x0 - left, x1 - x0)
+            _zero_run(flat, row + max(x0, x1), wp - max(x0, x1))
+        _zero_run(flat, base + max(y0, y1) * wp, (hp - max(y0, y1)) * wp)
+    return out
+
+
+@njit
+def channels_last(kernel):
+    """A (O, C, kh, kw) kernel as a flat (C, kh, kw, O) array."""
+    return np.ascontiguousarray(kernel.transpose(1, 2, 3, 0)).ravel()
 
 
 @njit

@@ -17,7 +17,8 @@ library, which a later process loads with ``ctypes`` in a few milliseconds:
   compiler (``$CC``, else ``cc``).  Calls to Numba's C helpers (the runtime's allocator,
   exception helpers) go through pointer slots ("thunks") that the loader fills.
   Graphs that run Python code (object-mode blocks: large matrix products on NumPy's
-  BLAS) and the parallel target are not built: they keep Numba's own disk cache.
+  BLAS) and threaded code (the parallel target, direct convolutions) are not built: they
+  keep Numba's own disk cache.
 * **load** (no Numba import): the manifest is checked (digest of the library, CPU),
   Numba's two C extension modules ``_helperlib`` and ``_nrt_python`` are loaded by file
   (their initialisers are C, not Python), the library is opened with ``ctypes`` and the
@@ -236,7 +237,7 @@ def build(compiled) -> bool:
     """Build and store the shared library of ``compiled``.  Where the graph does not
     qualify or a tool is missing, the manifest says so (a later process does not try
     again) and False is returned: the caller keeps using Numba."""
-    if not enabled() or compiled.options.get("parallel"):
+    if not enabled() or _threaded(compiled):
         return False
     try:
         reason = _build(compiled)
@@ -258,6 +259,8 @@ def build(compiled) -> bool:
 
 def _build(compiled) -> str:
     """Build; the reason why not, or ''."""
+    if "numba.objmode(" in compiled.source:      # known without compiling the entry
+        return "runs Python code (an object-mode block)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or $CC) to link a shared library")
@@ -352,11 +355,16 @@ class Native:
                      for i, j in enumerate(info.tolist()))
 
 
+def _threaded(compiled) -> bool:
+    """Code that runs loops on Numba's threading layer, which only Numba can start."""
+    return bool(compiled.options.get("parallel")) or "numba.prange(" in compiled.source
+
+
 def load(compiled) -> tuple:
     """``(native, known)``: the shared library of ``compiled`` from the cache (or None),
     and whether the cache has settled the question for this CPU (a library, or a note
     that the graph does not qualify).  When not ``known``, the caller builds one."""
-    if not enabled() or compiled.options.get("parallel"):
+    if not enabled() or _threaded(compiled):
         return None, True
     lib_path, manifest_path = _paths(compiled.key)
     try:

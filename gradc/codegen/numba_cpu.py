@@ -59,10 +59,10 @@ class Compiled:
         self.graph = graph
         self.name = name
         self.options = dict(parallel=bool(parallel), fastmath=bool(fastmath))
-        if parallel:
-            _openmp_yields_to_blas()
         lowered = lower(graph, name, parallel=parallel, fastmath=fastmath)
         self.source = lowered.source
+        if "numba.prange(" in self.source:
+            _openmp_yields_to_blas()
         self.key = cache.key_of(self.source + repr(sorted(self.options.items())))
         self.path = str(cache.write_source(self.key, self.source))
         lines = self.source.splitlines(keepends=True)

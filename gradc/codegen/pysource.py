@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
+from . import convgen
 from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -341,39 +342,71 @@ def _slogdet(ctx, eqn, a, outs):
 
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
-    cols = ctx.conv_plan.get(id(eqn))
-    if cols is not None:            # the patch matrix is kept for a kernel gradient
-        k = eqn.inputs[1]
-        n, _, ho, wo = eqn.outputs[0].shape
-        return [f"{cols} = _k.conv2d_cols(_k.contiguous({a[0]}), {k.shape[2]}, "
-                f"{k.shape[3]}, {top}, {bottom}, {left}, {right})",
-                f"{outs[0]} = _k.conv2d_from_cols({cols}, _k.contiguous({a[1]}), {n}, "
+    image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    nn, cc, h, w = image.shape
+    oo, _, kh, kw = kernel.shape
+    ho, wo = out.shape[2:]
+    shared = ctx.conv_plan.get(id(eqn))   # kept for the kernel gradient (_conv_plan)
+    if convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype):
+        padded = shared or ctx.temp()
+        fn = ctx.helper(lambda name: convgen.forward_function(
+            name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
+        flat_kernel = ctx.temp()
+        return [f"{padded} = _k.padded_image(_k.contiguous({a[0]}), {top}, {bottom}, "
+                f"{left}, {right})",
+                f"{flat_kernel} = _k.channels_last({a[1]})",
+                f"{outs[0]} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
+                "with numba.objmode():",
+                f"    _k.on_threads({fn}, {convgen.rows(nn, ho)}, {padded}.ravel(), "
+                f"{flat_kernel}, {outs[0]}.ravel())"]
+    if shared is not None:          # the patch matrix is kept for a kernel gradient
+        return [f"{shared} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
+                f"{bottom}, {left}, {right})",
+                f"{outs[0]} = _k.conv2d_from_cols({shared}, _k.contiguous({a[1]}), {nn}, "
                 f"{ho}, {wo})"]
-    kernel = "conv2d" if np.dtype(eqn.inputs[0].dtype).kind in "fc" else "conv2d_loops"
-    return (f"_k.{kernel}(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
+    kind = "conv2d" if np.dtype(image.dtype).kind in "fc" else "conv2d_loops"
+    return (f"_k.{kind}(_k.contiguous({a[0]}), _k.contiguous({a[1]}), "
             f"{top}, {bottom}, {left}, {right})")
 
 
 def _conv2d_over_batch(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
-    image, other = eqn.inputs
-    c, _, kh, kw = eqn.outputs[0].shape
-    cols = ctx.conv_plan.get(id(eqn))
+    image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    nn, cc, h, w = image.shape
+    _, oo, ho, wo = other.shape
+    kh, kw = out.shape[2:]
+    shared = ctx.conv_plan.get(id(eqn))
+    lines = []
+    if convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype):
+        padded = shared
+        if padded is None:
+            padded = ctx.temp()
+            lines.append(f"{padded} = _k.padded_image(_k.contiguous({a[0]}), {top}, "
+                         f"{bottom}, {left}, {right})")
+        fn = ctx.helper(lambda name: convgen.kernel_grad_function(
+            name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
+        flat_other = ctx.temp()
+        return lines + [
+            f"{flat_other} = _k.contiguous({a[1]}).ravel()",
+            f"{outs[0]} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
+            "with numba.objmode():",
+            f"    _k.on_threads({fn}, {convgen.items(nn, cc, oo, kh)}, {padded}.ravel(), "
+            f"{flat_other}, {outs[0]}.ravel())"]
+    cols = shared
     if cols is None:
         cols = ctx.temp()
-        lines = [f"{cols} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
-                 f"{bottom}, {left}, {right})"]
-    else:
-        lines = []
+        lines.append(f"{cols} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
+                     f"{bottom}, {left}, {right})")
     return lines + [f"{outs[0]} = _k.conv2d_kernel_grad_from_cols({cols}, "
-                    f"_k.contiguous({a[1]}), {c}, {kh}, {kw})"]
+                    f"_k.contiguous({a[1]}), {cc}, {kh}, {kw})"]
 
 
 def _conv_plan(ctx, graph) -> dict:
-    """Convolutions that share their patch matrix with the gradient of their kernel
+    """Convolutions that share their input with the gradient of their kernel
     (``passes.conv``): a ``conv2d_over_batch(I, Ȳ)`` after a ``conv2d(I, K)`` with the
     same padding, K as large as its output, Ȳ of the forward output's shape.  Returns
-    ``id(eqn) -> name of the shared patch matrix`` for both equations."""
+    ``id(eqn) -> name of the shared array`` for both equations: the padded images when
+    both run as direct loop nests (``convgen``), else the patch matrix."""
     forward, plan = {}, {}
     for e in graph.eqns:
         if e.prim.name == "conv2d" and isinstance(e.inputs[0], Var) \
