@@ -18,9 +18,10 @@ differences of the NumPy forward function.
 Times are medians over repeats; each repeat times a batch of calls (sized so that a
 batch takes a few ms) and reports the time per call.  Repeats of the implementations
 of one case are interleaved round-robin, so drifting machine load hits all of them
-alike, with a pause before each batch so that one library's idle threads have stopped
-spinning when the next is timed.  The ratio column is ``gradc time / this implementation's time`` for the same
-case in the same run (< 1: gradc is faster).  A failure (an exception, a gradient
+alike, with untimed calls before each batch so that one library's idle threads have
+stopped spinning, and the clock and caches have settled, when the next is timed.  The
+ratio column is ``gradc time / this implementation's time`` for the same case in the
+same run (< 1: gradc is faster).  A failure (an exception, a gradient
 mismatch, a fallback to gradc's interpreter) is recorded in the table, never fatal.
 Progress goes to stderr, the tables to stdout.
 """
@@ -155,11 +156,21 @@ def wait_for_idle(max_wait_s, threshold=0.2):
 # --------------------------------------------------------------------------- timing
 
 
-# A pause before each batch: the idle threads of the implementation timed before (OpenBLAS
-# spins for ~0.1 s after a product, measured as 0.10 s of CPU time in the 0.5 s after one
-# np.dot) would otherwise share the cores with the next one, which hurts an
-# implementation in proportion to the threads it runs.
-SETTLE_S = 0.15
+# Before each batch, untimed calls for WARM_S.  The implementation timed before may have
+# left idle threads spinning (OpenBLAS spins for ~0.1 s after a product: 0.10 s of CPU
+# time in the 0.5 s after one np.dot), which share the cores with the next one and hurt
+# it in proportion to the threads it runs; and the first calls after another library's
+# work run slower (clock and caches: gradc's W5 forward convolution took 240 µs per
+# chunk in the first call after the hand-written gradient, 125 µs in the next ones).
+# A batch of a few calls would count both.  Measured on W5: gradc / JAX 1.13-1.26 with
+# no warm-up, 1.0 with 0.03 s, 0.76 with 0.1 s.
+WARM_S = 0.12
+
+
+def _warm(fn, args, seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn(*args)
 
 
 def _batch_time(fn, args, number):
@@ -195,7 +206,7 @@ def measure(impls, cfg):
         for name, fn, args in impls:
             number, reps = plan[name]
             if r < reps:
-                time.sleep(cfg.settle_s)
+                _warm(fn, args, cfg.warm_s)
                 times[name].append(_batch_time(fn, args, number))
     return {name: (float(np.median(ts)), len(ts), plan[name][0]) for name, ts in times.items()}
 
@@ -1130,7 +1141,7 @@ def main(argv=None):
         cfg.w3_sizes = (128, 196, 64, 10)
         cfg.w5_sizes = (2, 4, 16, 8, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 5, 3, 0.002, 0.5
-        cfg.settle_s = 0.0
+        cfg.warm_s = 0.0
         cfg.c1_repeats = 1
         cfg.autograd_max_n = 10 ** 6
     else:
@@ -1138,7 +1149,7 @@ def main(argv=None):
         cfg.w3_sizes = (512, 784, 256, 10)
         cfg.w5_sizes = (8, 16, 32, 32, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 21, 5, 0.02, 4.0
-        cfg.settle_s = SETTLE_S
+        cfg.warm_s = WARM_S
         cfg.c1_repeats = 3
         cfg.autograd_max_n = 10 ** 7
 
