@@ -88,6 +88,48 @@ def test_parallel_loops_shared_among_threads(rng, n):
     _close(gv, gr)
 
 
+@pytest.mark.parametrize("n", [5_000, 10_007])
+def test_large_loops_on_the_thread_pool(rng, monkeypatch, n):
+    # target="cpu": a large reduction-free nest runs in ranges of its outer loop on
+    # kernels.on_threads; the ranges cut through the pads' windows
+    from gradc.codegen import loops
+    monkeypatch.setattr(loops, "POOL_MIN", 1000)
+    x = rng.uniform(-2, 2, n)
+    g = gradc.grad(rosen)
+    assert "_k.on_threads(" in g.source(x) and "np.uint64(i0" in g.source(x)
+    _close(g(x), gradc.grad(rosen, target="numpy")(x))
+    _close(gradc.grad(stencil)(x), gradc.grad(stencil, target="numpy")(x))
+    m = x[:n // 50 * 50].reshape(50, -1)
+    v, gv = gradc.value_and_grad(flipped_product)(m)
+    vr, gr = gradc.value_and_grad(flipped_product, target="numpy")(m)
+    assert v == pytest.approx(vr, rel=1e-12)
+    _close(gv, gr)
+
+
+def _count_calls(out, lo, hi):
+    for i in range(lo, hi):
+        out[i] += 1
+
+
+def _pool_in_child():
+    from gradc.codegen import kernels
+    out = np.zeros(100)
+    kernels.on_threads(kernels.jit_helper(_count_calls), 100, out)
+    return float(out.sum())
+
+
+def test_thread_pool_runs_every_item_once_and_survives_fork():
+    from gradc.codegen import kernels
+    mark = kernels.jit_helper(_count_calls)
+    for count in (1, 2, 7, 100):
+        out = np.zeros(count)
+        kernels.on_threads(mark, count, out)
+        assert (out == 1).all()
+    # a child forked after the pool started makes a pool of its own
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_pool_in_child) == 100.0
+
+
 def test_small_parallel_loops_stay_on_one_thread(rng):
     x = rng.uniform(-2, 2, 1000)         # below loops.PRANGE_MIN: no thread launch
     assert "prange" not in gradc.grad(rosen, target="parallel").source(x)

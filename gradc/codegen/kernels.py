@@ -81,6 +81,7 @@ def jit_noalias(fn):
 
 
 _POOL = None        # (pid, ThreadPoolExecutor) for on_threads
+CHUNKS_PER_THREAD = 4
 
 
 def threads() -> int:
@@ -107,7 +108,7 @@ def on_threads(fn, count, *args):
         from concurrent.futures import ThreadPoolExecutor
         _POOL = (os.getpid(), ThreadPoolExecutor(threads() - 1,
                                                  thread_name_prefix="gradc-kernel"))
-    chunks = min(count, 4 * parts)
+    chunks = min(count, CHUNKS_PER_THREAD * parts)
     cuts = [count * k // chunks for k in range(chunks + 1)]
     order, lock = iter(range(chunks)), threading.Lock()
 

@@ -160,26 +160,44 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     out of the main function: Numba's analyses grow quadratically with a function's
     blocks), and the line of the main function that calls it."""
     used: list = []
-    nest = _loop_nest(ctx, eqn, names, comments, parallel, used)
+    pooled = not parallel and _on_pool(eqn)
+    nest = _loop_nest(ctx, eqn, names, comments, parallel, used, pooled)
     body = eqn.params["body"]
     params = [names[v] for v in body.inputs] + [c for c in dict.fromkeys(used)]
-    params += [line.split(" = ")[1] for line in nest
-               if line.startswith(tuple(names[r] + " = _o" for r in body.outputs))]
+    outs = [line.split(" = ") for line in nest
+            if line.startswith(tuple(names[r] + " = _o" for r in body.outputs))]
+    params += [buffer for _, buffer in outs]
     results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)
     decorator = "@_k.jit_loops" + ("_parallel" if uses_prange else "") \
         + ("_fastmath" if fastmath else "")
 
     def make(name):
-        head = [decorator, f"def {name}({', '.join(params)}):",
+        head = [decorator, f"def {name}({', '.join(params + ['lo', 'hi'] * pooled)}):",
                 f"    # {comments[eqn][0]}"]
         return "\n".join(head + ["    " + line for line in nest]
                          + [f"    return ({results},)"])
     helper = ctx.helper(make)
+    if pooled:         # the outer loop shared out among threads (kernels.on_threads)
+        return (["with numba.objmode():",
+                 f"    _k.on_threads({helper}, {eqn.params['domain'][0]}, "
+                 f"{', '.join(params)})"]
+                + [f"{result} = {buffer}" for result, buffer in outs])
     return [f"{results}, = {helper}({', '.join(params)})"]
 
 
-def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
+POOL_MIN = 1 << 18   # elements of a fused nest (target "cpu") run on kernels.on_threads
+
+
+def _on_pool(eqn) -> bool:
+    """Whether a fused nest is large enough, and free of reductions, to be cut into
+    ranges of its outer loop that threads run (target="cpu")."""
+    domain = eqn.params["domain"]
+    return (len(domain) > 0 and domain[0] > 1 and int(np.prod(domain)) >= POOL_MIN
+            and not any(_reduction_kind(e) for e in eqn.params["body"].eqns))
+
+
+def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     body = eqn.params["body"]
     domain = tuple(eqn.params["domain"])
     producer = {v: e for e in body.eqns for v in e.outputs}
@@ -218,7 +236,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
         em.used_consts = used
         em.commented = shared
         chunked = can_prange and _worth_threads(ranges)
-        if chunked:
+        if chunked or pooled:
             em.unsigned = {loop_vars[0]}
         if len(pieces) > 1:
             lines.append("# " + ", ".join(f"{v} in [{a}, {b})"
@@ -226,6 +244,9 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used) -> list:
         for depth, (v, (a, b)) in enumerate(zip(loop_vars, ranges)):
             if depth == 0 and chunked:
                 lines.extend(_chunked_prange(v, a, b, len(loop_vars)))
+                continue
+            if depth == 0 and pooled:          # this thread's share: [lo, hi)
+                lines.append(f"for {v} in range(max({a}, lo), min({b}, hi)):")
                 continue
             bounds = f"{b}" if a == 0 else f"{a}, {b}"
             lines.append("    " * (depth + chunked) + f"for {v} in range({bounds}):")
