@@ -160,7 +160,7 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     out of the main function: Numba's analyses grow quadratically with a function's
     blocks), and the line of the main function that calls it."""
     used: list = []
-    pooled = not parallel and _on_pool(eqn)
+    pooled = not parallel and ctx.pool_loops and _on_pool(eqn)
     nest = _loop_nest(ctx, eqn, names, comments, parallel, used, pooled)
     body = eqn.params["body"]
     params = [names[v] for v in body.inputs] + [c for c in dict.fromkeys(used)]

@@ -133,6 +133,7 @@ class _Context:
         self.producer: dict = {}  # Var -> the name of the primitive that defines it
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.conv_plan: dict = {}  # see _conv_plan
+        self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
         self.temps = 0
 
     def temp(self) -> str:
@@ -421,6 +422,22 @@ def _conv_plan(ctx, graph) -> dict:
     return plan
 
 
+def _calls_blas(graph) -> bool:
+    """Whether a product of the graph runs on NumPy's BLAS (``OBJMODE_FLOPS``).  Its
+    threads spin for ~0.1 s after each product, on the cores that gradc's thread pool
+    would use: W3's gradient took 6.8-8.1 ms with two of its products on the pool beside
+    BLAS calls, 4.7 ms with all of them on BLAS.  Such graphs keep their fused loops on
+    one thread (``loops.POOL_MIN``)."""
+    from ..prims.linalg import parse_spec
+    for e in graph.eqns:
+        if e.prim.name == "einsum":
+            sa, sb, _ = parse_spec(e.params["spec"])
+            size = dict(zip(sa, e.inputs[0].shape)) | dict(zip(sb, e.inputs[1].shape))
+            if _prod(list(size.values())) >= OBJMODE_FLOPS:
+                return True
+    return False
+
+
 def _nonzero(ctx, eqn, a, outs):
     t = ctx.temp()
     lines = [f"{t} = _k.nonzero_checked({a[0]}, {eqn.params['size']})"]
@@ -481,6 +498,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     namer, printed = pretty_parts(graph)
     names = {v: _identifier(n) for v, n in namer.names.items()}
     ctx.conv_plan = _conv_plan(ctx, graph)
+    ctx.pool_loops = not _calls_blas(graph)
 
     def atom(x) -> str:
         if isinstance(x, Var):
