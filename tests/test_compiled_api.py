@@ -92,8 +92,9 @@ def test_parallel_loops_shared_among_threads(rng, n):
 def test_large_loops_on_the_thread_pool(rng, monkeypatch, n):
     # target="cpu": a large reduction-free nest runs in ranges of its outer loop on
     # kernels.on_threads; the ranges cut through the pads' windows
-    from gradc.codegen import loops
+    from gradc.codegen import kernels, loops
     monkeypatch.setattr(loops, "POOL_MIN", 1000)
+    monkeypatch.setattr(kernels, "threads", lambda: 4)   # a pool even on one CPU
     x = rng.uniform(-2, 2, n)
     g = gradc.grad(rosen)
     assert "_k.on_threads(" in g.source(x) and "np.uint64(i0" in g.source(x)
@@ -112,6 +113,27 @@ def test_large_loops_on_the_thread_pool(rng, monkeypatch, n):
     _close(gv, gr)
 
 
+def test_pooled_loops_keep_names_and_scalar_types(rng, monkeypatch):
+    from gradc.codegen import kernels, loops, pysource
+    monkeypatch.setattr(loops, "POOL_MIN", 1000)
+    monkeypatch.setattr(kernels, "threads", lambda: 4)
+    real = pysource.pretty_parts
+
+    def renamed(graph):        # values named like the loop bounds (as in big graphs)
+        namer, printed = real(graph)
+        for v, name in list(namer.names.items()):
+            namer.names[v] = {"a": "hi", "b": "lo", "c": "hi_"}.get(name, name)
+        return namer, printed
+    monkeypatch.setattr(pysource, "pretty_parts", renamed)
+    x = rng.uniform(-1, 1, 5000).astype(np.float32)
+    s = np.float32(0.1)
+    f = gradc.jit(lambda x, s: x * s + x)
+    source = f.source(x, s)
+    assert "_k.on_threads(" in source and "def _h0(hi, lo" in source
+    # the scalar reaches the helper as float32: float32 arithmetic, NumPy's results
+    np.testing.assert_array_equal(f(x, s), x * s + x)
+
+
 def _count_calls(out, lo, hi):
     for i in range(lo, hi):
         out[i] += 1
@@ -124,8 +146,9 @@ def _pool_in_child():
     return float(out.sum())
 
 
-def test_thread_pool_runs_every_item_once_and_survives_fork():
+def test_thread_pool_runs_every_item_once_and_survives_fork(monkeypatch):
     from gradc.codegen import kernels
+    monkeypatch.setattr(kernels, "threads", lambda: 4)   # a pool even on one CPU
     mark = kernels.jit_helper(_count_calls)
     for count in (1, 2, 7, 100):
         out = np.zeros(count)

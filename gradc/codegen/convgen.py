@@ -84,11 +84,11 @@ def forward_function(name, nn, cc, hp, wp, oo, kh, kw, dtype) -> str:
 {ind}for x in range({wo}):
 {stores}"""
 
-    lines = [f"@_k.jit_noalias",
+    lines = ["@_k.jit_noalias",
              f"def {name}(ip, kt, out, lo, hi):",
              f"    # direct convolution: N={nn} C={cc} padded {hp}x{wp} -> O={oo} "
              f"{ho}x{wo}, kernel {kh}x{kw}; output rows [lo, hi) of {nn * ho}",
-             f"    for r in range(lo, hi):",
+             "    for r in range(lo, hi):",
              f"        n = r // {ho}",
              f"        y = r - n * {ho}",
              f"        acc = np.empty(({BLOCK}, {wo}), {_dtype(dtype)})"]
@@ -129,11 +129,11 @@ def kernel_grad_function(name, nn, cc, hp, wp, oo, kh, kw, dtype) -> str:
 {ind}            s += acc[i, v, x]
 {ind}        g[{_u(f'((c * {oo} + ob + i) * {kh} + u) * {kw} + v')}] = s"""
 
-    lines = [f"@_k.jit_noalias",
+    lines = ["@_k.jit_noalias",
              f"def {name}(ip, e, g, lo, hi):",
              f"    # direct kernel gradient: N={nn} C={cc} padded {hp}x{wp}, O={oo} "
              f"{ho}x{wo} -> kernel {kh}x{kw}; items [lo, hi) of {items(nn, cc, oo, kh)}",
-             f"    for item in range(lo, hi):",
+             "    for item in range(lo, hi):",
              f"        c = item // {kh * blocks}",
              f"        u = (item - c * {kh * blocks}) // {blocks}",
              f"        ob = (item - c * {kh * blocks} - u * {blocks}) * {BLOCK}",

@@ -61,16 +61,21 @@ jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
 jit_loops_fastmath = numba.njit(nogil=True, error_model="numpy", fastmath=True)
 jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                          fastmath=True)
+# loop nests run from object-mode blocks (on_threads) are compiled on their own, not into
+# the main function's machine code: they get disk-cache entries of their own, beside it
+# (named after the generated module, so cache.seal covers them)
+jit_pooled = numba.njit(cache=True, nogil=True, error_model="numpy")
+jit_pooled_fastmath = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 
 
 def jit_noalias(fn):
-    """``jit_helper`` for a function whose array arguments never overlap one another,
+    """``jit_pooled`` for a function whose array arguments never overlap one another,
     compiled with Numba's ``noalias`` flag (which ``parallel=True`` sets for the bodies
     it outlines, but no option exposes): LLVM may then keep values read or written
     through one argument in registers across writes through another.  The flag is set
     through the dispatcher's compiler hook; where a Numba version lacks the hook the
     function is compiled without it (same results, slower)."""
-    dispatcher = jit_helper(fn)
+    dispatcher = jit_pooled(fn)
     compiler = getattr(dispatcher, "_compiler", None)
     if compiler is not None and hasattr(compiler, "_customize_flags"):
         def customize(flags):
@@ -120,8 +125,17 @@ def on_threads(fn, count, *args):
                 return
             fn(*args, cuts[k], cuts[k + 1])
 
-    futures = [_POOL[1].submit(work) for _ in range(parts - 1)]
-    work()
+    futures = []
+    try:
+        for _ in range(parts - 1):
+            futures.append(_POOL[1].submit(work))
+    except RuntimeError:        # no new threads at interpreter exit: this thread does it
+        pass
+    try:
+        work()
+    finally:                    # the pool's threads still write into the arrays: wait
+        for f in futures:
+            f.exception()
     for f in futures:
         f.result()
 

@@ -169,19 +169,24 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     params += [buffer for _, buffer in outs]
     results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)
-    decorator = "@_k.jit_loops" + ("_parallel" if uses_prange else "") \
-        + ("_fastmath" if fastmath else "")
+    decorator = ("@_k.jit_pooled" if pooled else "@_k.jit_loops"
+                 + ("_parallel" if uses_prange else "")) + ("_fastmath" if fastmath else "")
 
     def make(name):
-        head = [decorator, f"def {name}({', '.join(params + ['lo', 'hi'] * pooled)}):",
+        # (bounds named with an underscore: graph values are named with letters only)
+        head = [decorator, f"def {name}({', '.join(params + ['_lo', '_hi'] * pooled)}):",
                 f"    # {comments[eqn][0]}"]
         return "\n".join(head + ["    " + line for line in nest]
                          + [f"    return ({results},)"])
     helper = ctx.helper(make)
     if pooled:         # the outer loop shared out among threads (kernels.on_threads)
+        # scalars leave compiled code as Python floats: typed again, or a float32
+        # scalar would make the helper compute in float64
+        scalars = {names[v]: dtype_expr(v.dtype) for v in body.inputs if v.ndim == 0}
+        args = [f"{scalars[p]}({p})" if p in scalars else p for p in params]
         return (["with numba.objmode():",
                  f"    _k.on_threads({helper}, {eqn.params['domain'][0]}, "
-                 f"{', '.join(params)})"]
+                 f"{', '.join(args)})"]
                 + [f"{result} = {buffer}" for result, buffer in outs])
     return [f"{results}, = {helper}({', '.join(params)})"]
 
@@ -245,8 +250,8 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
             if depth == 0 and chunked:
                 lines.extend(_chunked_prange(v, a, b, len(loop_vars)))
                 continue
-            if depth == 0 and pooled:          # this thread's share: [lo, hi)
-                lines.append(f"for {v} in range(max({a}, lo), min({b}, hi)):")
+            if depth == 0 and pooled:          # this thread's share: [_lo, _hi)
+                lines.append(f"for {v} in range(max({a}, _lo), min({b}, _hi)):")
                 continue
             bounds = f"{b}" if a == 0 else f"{a}, {b}"
             lines.append("    " * (depth + chunked) + f"for {v} in range({bounds}):")

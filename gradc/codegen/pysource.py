@@ -341,6 +341,19 @@ def _slogdet(ctx, eqn, a, outs):
             f"{outs[1]} = {t2}.reshape({batch})"]
 
 
+def _conv_direct(eqn) -> bool:
+    """Whether a conv2d or conv2d_over_batch equation runs as a direct loop nest."""
+    image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    nn, cc = image.shape[:2]
+    if eqn.prim.name == "conv2d":
+        oo, _, kh, kw = other.shape
+        ho, wo = out.shape[2:]
+    else:
+        _, oo, ho, wo = other.shape
+        kh, kw = out.shape[2:]
+    return convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype)
+
+
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
@@ -348,7 +361,7 @@ def _conv2d(ctx, eqn, a, outs):
     oo, _, kh, kw = kernel.shape
     ho, wo = out.shape[2:]
     shared = ctx.conv_plan.get(id(eqn))   # kept for the kernel gradient (_conv_plan)
-    if convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype):
+    if _conv_direct(eqn):
         padded = shared or ctx.temp()
         fn = ctx.helper(lambda name: convgen.forward_function(
             name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
@@ -378,7 +391,7 @@ def _conv2d_over_batch(ctx, eqn, a, outs):
     kh, kw = out.shape[2:]
     shared = ctx.conv_plan.get(id(eqn))
     lines = []
-    if convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype):
+    if _conv_direct(eqn):
         padded = shared
         if padded is None:
             padded = ctx.temp()
@@ -430,6 +443,8 @@ def _calls_blas(graph) -> bool:
     one thread (``loops.POOL_MIN``)."""
     from ..prims.linalg import parse_spec
     for e in graph.eqns:
+        if e.prim.name in ("conv2d", "conv2d_over_batch") and not _conv_direct(e):
+            return True
         if e.prim.name == "einsum":
             sa, sb, _ = parse_spec(e.params["spec"])
             size = dict(zip(sa, e.inputs[0].shape)) | dict(zip(sb, e.inputs[1].shape))

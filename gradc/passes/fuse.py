@@ -14,8 +14,8 @@ How equations are grouped
    equation (elementwise, select, convert, broadcast_in_dim, slice, pad, transpose,
    unit-dimension reshape; not a transcendental function of 4096 or more elements,
    which runs as one SIMD NumPy call: ``VECTOR_UFUNCS``), has rank >= 1, is not an
-   output of the graph, and every consumer is fusible.  Inlined values are recomputed by each consumer that reads
-   them (cheap: a few flops against a memory round trip).
+   output of the graph, and every consumer is fusible.  Inlined values are recomputed
+   by each consumer that reads them (cheap: a few flops against a memory round trip).
 2. Every other value produced by a fusible or reduction equation is a *root*: it is
    materialised.  A root's loop *domain* is its shape, or for a reduction the shape
    of the reduced operand.
