@@ -93,6 +93,18 @@ def current_trace() -> Trace | None:
     return _TRACES[-1] if _TRACES else None
 
 
+class no_trace:
+    """Run primitives on NumPy values without recording anything, even while a function
+    is being traced (a loop's implementation running its body for the traced values)."""
+
+    def __enter__(self):
+        self.saved = _TRACES[:]
+        _TRACES.clear()
+
+    def __exit__(self, *exc):
+        _TRACES[:] = self.saved
+
+
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import ArgumentError, GradcError, GuardFailure, with_location
+from ..errors import ArgumentError, GradcError, GuardFailure, UnsupportedError, with_location
 from ..interpret import eval_graph
 from ..ir import Graph
 
@@ -85,7 +85,15 @@ class Executable:
         if self._fallback:
             return eval_graph(self.graph, values)
         args = [np.asarray(v)[()] if s else v for v, s in zip(values, self._scalar)]
-        compiled = self.compiled
+        try:
+            compiled = self.compiled
+        except UnsupportedError as e:   # a primitive without a lowering (a loop: scan)
+            warnings.warn(GradcWarning(
+                f"gradc: the {self.target!r} target cannot compile {self.name} yet "
+                f"({str(e).splitlines()[0]}); running it with the interpreter "
+                "(target='numpy') instead"), stacklevel=3)
+            self._fallback = True
+            return eval_graph(self.graph, values)
         try:
             results = list(compiled.call_raw(*args))
             for i, scalar in self._scalar_out:

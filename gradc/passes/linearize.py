@@ -13,6 +13,7 @@ primal values the linear part reads.  Reverse mode is this split followed by
 """
 from __future__ import annotations
 
+from ..errors import GradcError
 from ..ir import Graph, Var, free_vars, is_float
 from .jvp import jvp_graph
 
@@ -30,6 +31,18 @@ def linearize_graph(graph: Graph, wrt=None):
             linear_vars.update(eqn.outputs)
         else:
             primal_eqns.append(eqn)
+    primal_outs = {v for v in jg.outputs[:m] if isinstance(v, Var)}
+    needed = {v for e in linear_eqns if primal_outs.intersection(e.outputs)
+              for v in e.outputs}
+    # the loop itself, not the arithmetic after it, is named
+    for eqn in sorted(linear_eqns, key=lambda e: "body" not in e.params):
+        if needed and ("body" in eqn.params or needed.intersection(eqn.outputs)):
+            # one equation computes primal values and tangents together (a loop): the
+            # split needs a partial evaluation of its body, not written yet
+            raise GradcError(f"reverse mode (grad, vjp) through {eqn.prim.name} is not "
+                             "implemented yet: use forward mode (gradc.jvp), or a Python "
+                             "loop, which gradc unrolls"
+                             + (f"\n  at {eqn.source}" if eqn.source else ""))
     tangent_outs = jg.outputs[m:]
     residuals = [v for v in free_vars(linear_eqns) if v not in linear_vars]
     for o in tangent_outs:

@@ -1,0 +1,157 @@
+"""Structured loops (gradc.scan, gradc.fori_loop): one equation in the Graph however many
+steps, the same values as the unrolled Python loop, forward mode through the loop
+against finite differences and against gradc's own forward mode of the unrolled loop,
+clear errors for what is not allowed or not written yet."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gradc
+
+
+def rnn(h0, xs, W):
+    def step(h, x):
+        h = np.tanh(W @ h + x)
+        return h, np.sum(h ** 2)
+    return gradc.scan(step, h0, xs)
+
+
+def rnn_unrolled(h0, xs, W):
+    h, ys = h0, []
+    for x in xs:
+        h = np.tanh(W @ h + x)
+        ys.append(np.sum(h ** 2))
+    return h, np.stack(ys)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def _args(rng, steps=7):
+    return (rng.standard_normal(4), rng.standard_normal((steps, 4)),
+            rng.standard_normal((4, 4)) * 0.5)
+
+
+def test_scan_equals_the_unrolled_loop_and_stays_one_equation(rng):
+    args = _args(rng, steps=300)
+    h, ys = rnn(*args)
+    hu, ysu = rnn_unrolled(*args)
+    np.testing.assert_allclose(h, hu, rtol=1e-13)
+    np.testing.assert_allclose(ys, ysu, rtol=1e-13)
+    graph = gradc.make_graph(lambda *a: rnn(*a)[0])(*args)
+    assert [e.prim.name for e in graph.eqns] == ["scan"]
+    assert "scan[length=300 n_carry=1 n_consts=1 reverse=False]" in str(graph)
+
+
+def test_pytree_carry_reverse_and_length_without_xs():
+    def body(c, x):
+        return {"a": c["a"] * 2.0 + x, "n": (c["n"][0] + 1,)}, c["a"]
+    carry, ys = gradc.scan(body, {"a": 1.0, "n": (np.int64(0),)}, np.arange(4.0),
+                           reverse=True)
+    # reverse: x = 3, 2, 1, 0 in that order; ys stacked in the order of xs
+    a, seen = 1.0, []
+    for x in [3.0, 2.0, 1.0, 0.0]:
+        seen.append(a)
+        a = a * 2.0 + x
+    assert carry["a"] == a and carry["n"][0] == 4
+    np.testing.assert_array_equal(ys, seen[::-1])
+    total, none = gradc.scan(lambda c, _: (c + 1.5, None), 0.0, None, length=5)
+    assert total == 7.5 and none is None
+
+
+def test_fori_loop_and_zero_iterations():
+    assert gradc.fori_loop(0, 5, lambda i, v: v * 2.0 + i, 1.0) == 58.0
+    x = np.array([1.0, -2.0])
+    np.testing.assert_array_equal(gradc.fori_loop(3, 3, lambda i, v: v * 0.0, x), x)
+    np.testing.assert_array_equal(gradc.fori_loop(5, 2, lambda i, v: v * 0.0, x), x)
+
+
+def test_forward_mode_through_the_loop(rng):
+    args = _args(rng)
+    v = _args(rng)
+
+    def f(h0, xs, W):
+        h, ys = rnn(h0, xs, W)
+        return np.sum(h ** 3) + np.sum(np.sin(ys))
+
+    def f_unrolled(h0, xs, W):
+        h, ys = rnn_unrolled(h0, xs, W)
+        return np.sum(h ** 3) + np.sum(np.sin(ys))
+
+    y, ty = gradc.jvp(f, args, v, target="numpy")
+    yu, tyu = gradc.jvp(f_unrolled, args, v, target="numpy")
+    assert y == pytest.approx(yu, rel=1e-13) and ty == pytest.approx(tyu, rel=1e-12)
+    eps = 1e-6
+    plus = f(*[a + eps * t for a, t in zip(args, v)])
+    minus = f(*[a - eps * t for a, t in zip(args, v)])
+    assert ty == pytest.approx((plus - minus) / (2 * eps), rel=1e-7)
+
+
+def test_forward_mode_of_a_loop_in_a_loop_and_a_carry_that_starts_constant(rng):
+    x0 = rng.standard_normal(3)
+
+    def f(x):
+        def outer(c, _):
+            inner, _ = gradc.scan(lambda d, __: (np.sin(d) * x + 0.1, None), c, None,
+                                  length=3)
+            return inner, None
+        # the carry starts as a constant; x enters through the body only
+        c, _ = gradc.scan(outer, np.ones(3), None, length=4)
+        return np.sum(c)
+
+    def f_unrolled(x):
+        c = np.ones(3)
+        for _ in range(4):
+            for _ in range(3):
+                c = np.sin(c) * x + 0.1
+        return np.sum(c)
+
+    t = rng.standard_normal(3)
+    _, ty = gradc.jvp(f, (x0,), (t,), target="numpy")
+    _, tyu = gradc.jvp(f_unrolled, (x0,), (t,), target="numpy")
+    assert ty == pytest.approx(tyu, rel=1e-12)
+
+
+def test_compiled_targets_run_the_loop_with_the_interpreter_and_say_so(rng):
+    args = _args(rng)
+    f = gradc.jit(lambda *a: rnn(*a)[0], target="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = f(*args)
+    assert any("scan" in str(w.message) for w in caught
+               if issubclass(w.category, gradc.GradcWarning))
+    np.testing.assert_allclose(got, rnn_unrolled(*args)[0], rtol=1e-13)
+
+
+def test_reverse_mode_says_it_is_not_written_yet(rng):
+    args = _args(rng)
+    with pytest.raises(gradc.GradcError, match="reverse mode .* through scan"):
+        gradc.grad(lambda *a: np.sum(rnn(*a)[0]), target="numpy")(*args)
+
+
+@pytest.mark.parametrize("body, message", [
+    (lambda c, x: (np.concatenate([c, x]), None), r"changes carry leaf 0 from f64\[2\]"),
+    (lambda c, x: (c.astype(np.float32), None), r"from f64\[2\] to f32\[2\]"),
+    (lambda c, x: ((c, c), None), "structure"),
+    (lambda c, x: c, "pair"),
+])
+def test_bad_bodies_are_named(body, message):
+    with pytest.raises(gradc.ArgumentError, match=message):
+        gradc.scan(body, np.zeros(2), np.ones((3, 2)))
+
+
+def test_bad_lengths_and_bounds_are_named():
+    with pytest.raises(gradc.ArgumentError, match="leading axis"):
+        gradc.scan(lambda c, x: (c, x), 0.0, 1.0)
+    with pytest.raises(gradc.ArgumentError, match="leading lengths"):
+        gradc.scan(lambda c, x: (c, x), 0.0, (np.ones(3), np.ones(4)))
+    with pytest.raises(gradc.ArgumentError, match="length=2"):
+        gradc.scan(lambda c, x: (c, x), 0.0, np.ones(3), length=2)
+    with pytest.raises(gradc.ArgumentError, match="bounds must be Python ints"):
+        gradc.jvp(lambda n: gradc.fori_loop(0, n, lambda i, v: v + 1.0, 0.0),
+                  (np.float64(3.0),), (np.float64(1.0),), target="numpy")
