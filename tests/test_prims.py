@@ -186,6 +186,20 @@ def guarded(x):
     return np.cos(x)
 
 
+def scanned(x):
+    """A loop over the rows of x: the carry starts at x[0], each step reads a row."""
+    c, ys = gradc.scan(lambda c, r: (np.sin(c) * r + c, c * r), x[0], x)
+    return c * 2.0 + np.sum(ys, axis=0)
+
+
+def scanned_ref(x):
+    c, ys = x[0], []
+    for r in x:
+        c, y = np.sin(c) * r + c, c * r
+        ys.append(y)
+    return c * 2.0 + np.sum(ys, axis=0)
+
+
 def not_positive_mask(x, y):
     return ops.logical_not(ops.gt(x, y))
 
@@ -388,6 +402,7 @@ ROWS = [
         [(3,), (2, 2)], ref=lambda x: np.sin(x) * 2.0 if np.sum(x) > 0 else np.cos(x)),
     Row("stop_gradient", lambda x: ops.stop_gradient(ops.sin(x)), unary(normal),
         ref=np.sin, zero=True),
+    Row("scan", scanned, unary(normal), [(4, 3), (1, 2)], ref=scanned_ref),
 ]
 
 

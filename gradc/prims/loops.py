@@ -6,16 +6,17 @@ backwards with ``reverse``) and returns the final carry and the stacked ys.  The
 is a closed Graph: values of the enclosing function that it reads are its leading
 ``consts`` inputs (captured when the body is traced).
 
-Forward mode differentiates the body (``jvp_graph``) and scans it with the tangents as
-extra consts, carries and xs, so the tangent of a loop is again one loop.  Reverse mode
-needs the loop split into a primal scan that stores what the body's adjoint reads and a
-backward scan over them; it is not written yet and says so.
+Derivatives split the body (``linearize_graph``) into its primal part, which a first
+scan runs while it stacks the values the tangent part reads (the residuals: the tape),
+and its tangent part, which a second scan runs over the residuals.  Forward mode runs
+both; reverse mode transposes the second into a scan running the other way.  Memory:
+the residuals of every step (a value per step for each intermediate the tangent part
+reads), as for JAX's ``lax.scan``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GradcError
 from ..ir import Graph, Primitive, is_float
 
 scan_p = Primitive("scan", multiple_results=True)
@@ -55,44 +56,117 @@ scan_p.abstract = _scan_abstract
 
 
 def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
+    """Two loops: a primal scan of the body's primal part, which also stacks the values
+    its tangent part reads (residuals), then a scan of the tangent part over them.  The
+    second depends on the tangents only linearly, so reverse mode (linearize, then
+    transpose) finds the split made: the first loop is primal, the second is linear and
+    is transposed by ``_scan_transpose``."""
     from .. import ops
-    from ..passes.jvp import jvp_graph
+    from ..passes.linearize import linearize_graph
     consts, carry, xs = _split(primals, n_consts, n_carry)
     tconsts, tcarry, txs = _split(tangents, n_consts, n_carry)
     # every float carry gets a tangent: one that starts at zero may not stay zero
     carry_t = [is_float(v.dtype) for v in body.inputs[n_consts:n_consts + n_carry]]
-    wrt = ([t is not None for t in tconsts] + carry_t + [t is not None for t in txs])
-    jbody = jvp_graph(body, wrt)
-    n_in, n_out = len(body.inputs), len(body.outputs)
-    prim_in, tan_in = list(jbody.inputs[:n_in]), iter(jbody.inputs[n_in:])
+    wrt = [t is not None for t in tconsts] + carry_t + [t is not None for t in txs]
+    primal_body, linear_body = linearize_graph(body, wrt)
+    n_y = len(body.outputs) - n_carry
+    n_res = len(primal_body.outputs) - len(body.outputs)
+    # residuals that are consts of the body are the same at every step: passed as they
+    # are, not stacked
+    res_out = primal_body.outputs[len(body.outputs):]
+    const_of = {v: k for k, v in enumerate(primal_body.inputs[:n_consts])}
+    stacked = [r for r in res_out if r not in const_of]
+    primal_body = Graph(primal_body.inputs, primal_body.eqns,
+                        primal_body.outputs[:len(body.outputs)] + tuple(stacked))
+    out = scan_p.bind(*consts, *carry, *xs, body=primal_body, n_consts=n_consts,
+                      n_carry=n_carry, length=length, reverse=reverse)
+    carry_out, ys, res = out[:n_carry], out[n_carry:n_carry + n_y], out[n_carry + n_y:]
+    # the tangent loop: consts = the invariant residuals, then const tangents; carries =
+    # float carries' tangents; xs = stacked residuals, then xs' tangents; ys = tangents
+    # of the float ys
+    res_in, tan_in = linear_body.inputs[:n_res], iter(linear_body.inputs[n_res:])
+    fixed_in = [v for v, r in zip(res_in, res_out) if r in const_of]
+    fixed = [consts[const_of[r]] for r in res_out if r in const_of]
+    step_in = [v for v, r in zip(res_in, res_out) if r not in const_of]
     tan_of = [next(tan_in) if w else None for w in wrt]
-    c_in, k_in, x_in = _split(prim_in, n_consts, n_carry)
     tc_in, tk_in, tx_in = _split(tan_of, n_consts, n_carry)
-    outs, touts = list(jbody.outputs[:n_out]), list(jbody.outputs[n_out:])
     y_float = [is_float(v.dtype) for v in body.outputs[n_carry:]]
-    inputs = (c_in + [t for t in tc_in if t is not None] + k_in
-              + [t for t in tk_in if t is not None] + x_in + [t for t in tx_in if t is not None])
-    outputs = (outs[:n_carry] + [t for t, w in zip(touts[:n_carry], carry_t) if w]
-               + outs[n_carry:] + [t for t, w in zip(touts[n_carry:], y_float) if w])
-    new_body = Graph(tuple(inputs), jbody.eqns, tuple(outputs))
+    touts = linear_body.outputs
+    inputs = (fixed_in + [t for t in tc_in if t is not None]
+              + [t for t in tk_in if t is not None]
+              + step_in + [t for t in tx_in if t is not None])
+    outputs = ([t for t, w in zip(touts[:n_carry], carry_t) if w]
+               + [t for t, w in zip(touts[n_carry:], y_float) if w])
     zeros = [t if t is not None else ops.zeros_like(c)
              for c, t, w in zip(carry, tcarry, carry_t) if w]
-    args = (consts + [t for t in tconsts if t is not None] + carry + zeros
-            + xs + [t for t in txs if t is not None])
-    n_tc = sum(t is not None for t in tconsts)
-    result = scan_p.bind(*args, body=new_body, n_consts=n_consts + n_tc,
-                         n_carry=n_carry + sum(carry_t), length=length, reverse=reverse)
-    res = iter(result)
-    carry_out = [next(res) for _ in range(n_carry)]
-    tcarry_out = [next(res) if w else None for w in carry_t]
-    ys = [next(res) for _ in y_float]
-    tys = [next(res) if w else None for w in y_float]
-    return carry_out + ys, tcarry_out + tys
+    tc = fixed + [t for t in tconsts if t is not None]
+    tout = scan_p.bind(*tc, *zeros, *res, *[t for t in txs if t is not None],
+                       body=Graph(tuple(inputs), linear_body.eqns, tuple(outputs)),
+                       n_consts=len(tc), n_carry=len(zeros), length=length, reverse=reverse)
+    tout = iter(tout)
+    tcarry_out = [next(tout) if w else None for w in carry_t]
+    tys = [next(tout) if w else None for w in y_float]
+    return list(carry_out) + list(ys), tcarry_out + tys
 
 
-def _scan_transpose(cts, *args, **params):
-    raise GradcError("reverse mode (grad, vjp) through scan is not implemented yet: use "
-                     "forward mode (gradc.jvp), or a Python loop, which gradc unrolls")
+def _scan_transpose(cts, *args, body, n_consts, n_carry, length, reverse):
+    """The adjoint of a scan that is linear in its carries and in some consts and xs
+    (the tangent loop ``_scan_jvp`` writes): a scan running the other way over the
+    transposed body, its carries the carries' cotangents and the sums of the linear
+    consts' cotangents, its xs the non-linear xs and the ys' cotangents."""
+    from .. import ops
+    from ..interpret import eval_graph
+    from ..passes.transpose import transpose_graph
+    from ..trace import trace_graph
+    from .rules import UndefinedPrimal
+    # the carries are tangents, so the body is linear in them, even where one starts
+    # from a constant (the zero tangent of an input not differentiated): its cotangent is
+    # then simply not returned
+    consts, carry, xs = _split(list(args), n_consts, n_carry)
+    lin = lambda a: isinstance(a, UndefinedPrimal)          # noqa: E731
+    c_in, k_in, x_in = _split(list(body.inputs), n_consts, n_carry)
+    nl_c = [v for v, a in zip(c_in, consts) if not lin(a)]
+    l_c = [v for v, a in zip(c_in, consts) if lin(a)]
+    nl_x = [v for v, a in zip(x_in, xs) if not lin(a)]
+    l_x = [v for v, a in zip(x_in, xs) if lin(a)]
+    linear = Graph(tuple(nl_c + nl_x + l_c + k_in + l_x), body.eqns, body.outputs)
+    back = transpose_graph(linear, len(nl_c) + len(nl_x))
+    n_y = len(body.outputs) - n_carry
+    # the backward body: consts (non-linear consts), carries (carry cotangents, sums of
+    # the linear consts' cotangents), xs (non-linear xs, ys' cotangents)
+    avals = ([(v.shape, v.dtype) for v in nl_c] + [(v.shape, v.dtype) for v in k_in]
+             + [(v.shape, v.dtype) for v in l_c] + [(v.shape, v.dtype) for v in nl_x]
+             + [(v.shape, v.dtype) for v in body.outputs[n_carry:]])
+
+    def step(*vals):
+        it = iter(vals)
+        ncs = [next(it) for _ in nl_c]
+        ct_k = [next(it) for _ in k_in]
+        acc = [next(it) for _ in l_c]
+        nxs = [next(it) for _ in nl_x]
+        ct_y = [next(it) for _ in range(n_y)]
+        got = eval_graph(back, ncs + nxs + ct_k + ct_y)
+        ct_lc, ct_kk, ct_lx = (got[:len(l_c)], got[len(l_c):len(l_c) + n_carry],
+                               got[len(l_c) + n_carry:])
+        return list(ct_kk) + [a + c for a, c in zip(acc, ct_lc)] + list(ct_lx)
+
+    step_graph, _, captured = trace_graph(step, avals)
+    assert not captured
+    ct_carry = [ops.full(tuple(v.shape), 0, v.dtype) if c is None else c
+                for v, c in zip(body.outputs[:n_carry], cts[:n_carry])]
+    ct_ys = [ops.full((length,) + tuple(v.shape), 0, v.dtype) if c is None else c
+             for v, c in zip(body.outputs[n_carry:], cts[n_carry:])]
+    acc0 = [ops.full(tuple(v.shape), 0, v.dtype) for v in l_c]
+    out = scan_p.bind(*[a for a in consts if not lin(a)], *ct_carry, *acc0,
+                      *[a for a in xs if not lin(a)], *ct_ys, body=step_graph,
+                      n_consts=len(nl_c), n_carry=n_carry + len(l_c), length=length,
+                      reverse=not reverse)
+    ct_k0, ct_lc, ct_lx = (out[:n_carry], out[n_carry:n_carry + len(l_c)],
+                           iter(out[n_carry + len(l_c):]))
+    ct_lc = iter(ct_lc)
+    return ([next(ct_lc) if lin(a) else None for a in consts]
+            + [c if lin(a) else None for a, c in zip(carry, ct_k0)]
+            + [next(ct_lx) if lin(a) else None for a in xs])
 
 
 scan_p.jvp = _scan_jvp
