@@ -245,3 +245,68 @@ def test_bad_lengths_and_bounds_are_named():
     with pytest.raises(gradc.ArgumentError, match="bounds must be Python ints"):
         gradc.jvp(lambda n: gradc.fori_loop(0, n, lambda i, v: v + 1.0, 0.0),
                   (np.float64(3.0),), (np.float64(1.0),), target="numpy")
+
+
+# ---------------------------------------------------------------- cond
+
+W3 = np.array([1.0, 2.0, -0.5])
+
+
+def branchy(x, a):
+    return gradc.cond(np.sum(x) > a, lambda x: np.sin(x) * W3, lambda x: np.cos(x) ** 2 + a, x)
+
+
+@pytest.mark.parametrize("a", [0.0, 5.0])
+def test_cond_values_and_derivatives_follow_the_branch_taken(rng, a):
+    x = np.array([0.3, -0.2, 0.9])
+    taken = (lambda x, a: np.sin(x) * W3) if a == 0.0 else (lambda x, a: np.cos(x) ** 2 + a)
+    np.testing.assert_array_equal(branchy(x, a), taken(x, a))
+    graph = gradc.make_graph(branchy)(x, a)
+    assert [e.prim.name for e in graph.eqns][-1] == "cond" and not graph.guards
+    loss = lambda f: (lambda x, a: np.sum(f(x, a) ** 2))     # noqa: E731
+    got = gradc.grad(loss(branchy), argnums=(0, 1), target="numpy")(x, a)
+    want = gradc.grad(loss(taken), argnums=(0, 1), target="numpy")(x, a)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-13)
+    assert got[1] == pytest.approx(want[1], rel=1e-13, abs=1e-15)
+    t = rng.standard_normal(3)
+    _, jv = gradc.jvp(lambda x: branchy(x, a), (x,), (t,), target="numpy")
+    _, jvu = gradc.jvp(lambda x: taken(x, a), (x,), (t,), target="numpy")
+    np.testing.assert_allclose(jv, jvu, rtol=1e-13)
+
+
+def test_cond_inside_scan_with_a_pytree_result(rng):
+    xs = rng.standard_normal((6, 2))
+
+    def f(w):
+        def step(c, x):
+            out = gradc.cond(np.sum(x) > 0, lambda c: {"v": c * w}, lambda c: {"v": c + w}, c)
+            return out["v"], np.sum(out["v"])
+        c, ys = gradc.scan(step, np.ones(2), xs)
+        return np.sum(c) + np.sum(ys)
+
+    def f_unrolled(w):
+        c, ys = np.ones(2), []
+        for x in xs:
+            c = c * w if np.sum(x) > 0 else c + w
+            ys.append(np.sum(c))
+        return np.sum(c) + sum(ys)
+
+    w = rng.uniform(0.5, 1.5, 2)
+    assert f(w) == pytest.approx(f_unrolled(w), rel=1e-13)
+    np.testing.assert_allclose(gradc.grad(f, target="numpy")(w),
+                               gradc.grad(f_unrolled, target="numpy")(w), rtol=1e-12)
+
+
+@pytest.mark.parametrize("false_fun, message", [
+    (lambda x: x[:2], r"output 0 is f64\[3\] in the true branch and f64\[2\]"),
+    (lambda x: x.astype(np.float32), r"f32\[3\] in the false branch"),
+    (lambda x: (x, x), "different structures"),
+])
+def test_cond_branches_that_disagree_are_named(false_fun, message):
+    with pytest.raises(gradc.ArgumentError, match=message):
+        gradc.cond(True, lambda x: x * 2.0, false_fun, np.ones(3))
+
+
+def test_cond_predicate_must_be_a_scalar():
+    with pytest.raises(gradc.ArgumentError, match="scalar"):
+        gradc.cond(np.ones(2) > 0, lambda x: x, lambda x: x, np.ones(2))

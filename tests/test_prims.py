@@ -200,6 +200,15 @@ def scanned_ref(x):
     return c * 2.0 + np.sum(ys, axis=0)
 
 
+def conded(x):
+    """Both branches in the graph; the one the values pick runs."""
+    return gradc.cond(np.sum(x) > 0, lambda x: np.sin(x) * x, lambda x: np.exp(x) - x, x)
+
+
+def conded_ref(x):
+    return np.sin(x) * x if np.sum(x) > 0 else np.exp(x) - x
+
+
 def not_positive_mask(x, y):
     return ops.logical_not(ops.gt(x, y))
 
@@ -403,6 +412,7 @@ ROWS = [
     Row("stop_gradient", lambda x: ops.stop_gradient(ops.sin(x)), unary(normal),
         ref=np.sin, zero=True),
     Row("scan", scanned, unary(normal), [(4, 3), (1, 2)], ref=scanned_ref),
+    Row("cond", conded, unary(normal), [(3,), (2, 2)], ref=conded_ref),
 ]
 
 

@@ -253,3 +253,144 @@ def fori_loop(lower, upper, body_fun, init_val):
     carry, _ = scan(lambda val, i: (body_fun(i, val), None), init_val, steps,
                     length=len(steps))
     return carry
+
+
+# ---------------------------------------------------------------- cond
+
+cond_p = Primitive("cond", multiple_results=True)
+
+
+def _cond_impl(pred, *args, branches):
+    from ..interpret import eval_graph
+    from ..trace import no_trace
+    with no_trace():
+        return [np.asarray(v) for v in
+                eval_graph(branches[int(bool(np.asarray(pred)))], [np.asarray(a) for a in args])]
+
+
+cond_p.impl = _cond_impl
+cond_p.abstract = lambda pred, *args, branches: [(tuple(v.shape), v.dtype)
+                                                 for v in branches[0].outputs]
+
+
+def _cond_jvp(primals, tangents, branches):
+    """As for scan: a primal cond whose branches also return their residuals (each
+    branch zeros for the other's), then a cond of the branches' linear parts."""
+    from .. import ops
+    from ..passes.linearize import linearize_graph
+    pred, args = primals[0], primals[1:]
+    targs = tangents[1:]
+    wrt = [t is not None for t in targs]
+    parts = [linearize_graph(b, wrt) for b in branches]
+    n_out = len(branches[0].outputs)
+    res_avals = [[(tuple(v.shape), v.dtype) for v in p.outputs[n_out:]] for p, _ in parts]
+
+    def primal_branch(k):
+        primal = parts[k][0]
+
+        def fn(*xs):
+            from ..interpret import eval_graph
+            got = eval_graph(primal, list(xs))
+            others = [[ops.full(s, 0, d) for s, d in res_avals[j]] for j in range(2)]
+            others[k] = got[n_out:]
+            return got[:n_out] + others[0] + others[1]
+        return _closed(fn, [(tuple(v.shape), v.dtype) for v in branches[k].inputs])
+
+    out = cond_p.bind(pred, *args, branches=(primal_branch(0), primal_branch(1)))
+    outs, res = out[:n_out], out[n_out:]
+    n0 = len(res_avals[0])
+    t_avals = [(tuple(v.shape), v.dtype) for v, w in zip(branches[0].inputs, wrt) if w]
+    all_res = res_avals[0] + res_avals[1]
+
+    def linear_branch(k):
+        linear = parts[k][1]
+
+        def fn(*xs):
+            from ..interpret import eval_graph
+            mine = xs[:n0] if k == 0 else xs[n0:len(all_res)]
+            return eval_graph(linear, list(mine) + list(xs[len(all_res):]))
+        return _closed(fn, all_res + t_avals)
+
+    tin = [t for t in targs if t is not None]
+    tout = cond_p.bind(pred, *res, *tin, branches=(linear_branch(0), linear_branch(1)))
+    floats = [is_float(v.dtype) for v in branches[0].outputs]
+    return list(outs), [t if f else None for t, f in zip(tout, floats)]
+
+
+def _closed(fn, avals) -> Graph:
+    from ..trace import trace_graph
+    graph, _, captured = trace_graph(fn, avals)
+    assert not captured
+    return graph
+
+
+def _cond_transpose(cts, pred, *args, branches):
+    """Each branch transposed (residuals and the predicate are not linear), in a cond."""
+    from .. import ops
+    from ..passes.transpose import transpose_graph
+    from .rules import UndefinedPrimal
+    lin = [isinstance(a, UndefinedPrimal) for a in args]
+    outs = branches[0].outputs
+    cts = [ops.full(tuple(v.shape), 0, v.dtype) if c is None else c
+           for v, c in zip(outs, cts)]
+
+    def transposed(b):
+        ins = ([v for v, m in zip(b.inputs, lin) if not m]
+               + [v for v, m in zip(b.inputs, lin) if m])
+        return transpose_graph(Graph(tuple(ins), b.eqns, b.outputs), sum(not m for m in lin))
+
+    got = iter(cond_p.bind(pred, *[a for a, m in zip(args, lin) if not m], *cts,
+                           branches=tuple(transposed(b) for b in branches)))
+    return [None] + [next(got) if m else None for m in lin]
+
+
+cond_p.jvp = _cond_jvp
+cond_p.transpose = _cond_transpose
+
+
+def cond(pred, true_fun, false_fun, *operands):
+    """``true_fun(*operands)`` if ``pred`` else ``false_fun(*operands)`` (JAX's
+    ``lax.cond``), as one equation holding both branches: the branch is chosen when
+    the function runs, not when it is traced, and both are differentiated.  The
+    branches must return the same structure of the same shapes and dtypes."""
+    from ..errors import ArgumentError, with_location
+    from ..ir import Var, type_str
+    from ..pytree import flatten, unflatten
+    from ..trace import dtype_of, shape_of, trace_graph
+    if tuple(shape_of(pred)) != ():
+        raise ArgumentError(with_location(f"cond: the predicate must be a scalar, got shape "
+                                          f"{tuple(shape_of(pred))}"))
+    leaves, tree = flatten(operands)
+    avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
+    traced, trees = [], []
+    for fun in (false_fun, true_fun):
+        def fn(*xs, fun=fun):
+            out_leaves, out_tree = flatten(fun(*unflatten(tree, xs)))
+            trees.append(out_tree)
+            return list(out_leaves)
+        traced.append(trace_graph(fn, avals))
+    if trees[0] != trees[1]:
+        raise ArgumentError(with_location(
+            f"cond: the branches return different structures: {trees[1]} (true) and "
+            f"{trees[0]} (false)"))
+    for k, (a, b) in enumerate(zip(traced[1][0].outputs, traced[0][0].outputs)):
+        if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
+            raise ArgumentError(with_location(
+                f"cond: output {k} is {type_str(a.shape, a.dtype)} in the true branch and "
+                f"{type_str(b.shape, b.dtype)} in the false branch; both must agree"))
+    # the values either branch reads from the enclosing function, as common inputs
+    consts, seen = [], set()
+    for _, _, captured in traced:
+        for c in captured:
+            if id(c) not in seen:
+                seen.add(id(c))
+                consts.append(c)
+    branches = []
+    for graph, _, captured in traced:
+        mine = {id(c): v for c, v in zip(captured, graph.inputs[len(leaves):])}
+        ins = [mine.get(id(c)) or Var(tuple(c.shape), np.dtype(c.dtype)) for c in consts]
+        branches.append(Graph(tuple(ins) + tuple(graph.inputs[:len(leaves)]), graph.eqns,
+                              graph.outputs))
+    pred = pred if not isinstance(pred, (bool, np.bool_)) else np.asarray(pred)
+    out = cond_p.bind(pred, *consts, *leaves, branches=tuple(branches))
+    return unflatten(trees[0], out)
