@@ -18,7 +18,7 @@ from .interpret import eval_graph
 from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
-from .prims.loops import cond, fori_loop, scan
+from .prims.loops import cond, fori_loop, scan, while_loop
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 from .transformed import show
 
@@ -28,7 +28,7 @@ __all__ = [
     "grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient", "eval_graph",
     "show", "cache", "GradcWarning",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
-    "scan", "fori_loop", "cond",
+    "scan", "fori_loop", "cond", "while_loop",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",

@@ -310,3 +310,41 @@ def test_cond_branches_that_disagree_are_named(false_fun, message):
 def test_cond_predicate_must_be_a_scalar():
     with pytest.raises(gradc.ArgumentError, match="scalar"):
         gradc.cond(np.ones(2) > 0, lambda x: x, lambda x: x, np.ones(2))
+
+
+# ---------------------------------------------------------------- while_loop
+
+def newton_sqrt(a):
+    def body(c):
+        x, i = c
+        return 0.5 * (x + a / x), i + 1
+    return gradc.while_loop(lambda c: np.abs(c[0] * c[0] - a) > 1e-12, body, (a, 0))
+
+
+def test_while_loop_runs_to_its_condition_and_forward_mode_goes_through():
+    x, steps = newton_sqrt(2.0)
+    assert x == pytest.approx(np.sqrt(2.0), rel=1e-15) and steps == 5
+    graph = gradc.make_graph(lambda a: newton_sqrt(a)[0])(2.0)
+    assert [e.prim.name for e in graph.eqns] == ["while_loop"]
+    # the same graph at another value takes another number of steps
+    assert newton_sqrt(9.0)[0] == pytest.approx(3.0, rel=1e-15)
+    for a in (2.0, 9.0):
+        _, t = gradc.jvp(lambda a: newton_sqrt(a)[0], (a,), (1.0,), target="numpy")
+        assert t == pytest.approx(0.5 / np.sqrt(a), rel=1e-10)
+
+
+def test_while_loop_with_zero_steps_and_arrays():
+    v = np.array([1.0, 2.0])
+    np.testing.assert_array_equal(
+        gradc.while_loop(lambda c: np.sum(c) > 100.0, lambda c: c * 2.0, v), v)
+    out = gradc.while_loop(lambda c: np.sum(c) < 100.0, lambda c: c * 2.0, v)
+    np.testing.assert_array_equal(out, v * 64.0)
+
+
+def test_while_loop_errors_are_named():
+    with pytest.raises(gradc.ArgumentError, match="boolean scalar"):
+        gradc.while_loop(lambda c: c, lambda c: c, np.ones(2))
+    with pytest.raises(gradc.ArgumentError, match=r"changes leaf 0 from f64\[2\]"):
+        gradc.while_loop(lambda c: np.sum(c) < 1.0, lambda c: c[:1], np.zeros(2))
+    with pytest.raises(gradc.GradcError, match="reverse mode .* through while_loop"):
+        gradc.grad(lambda a: newton_sqrt(a)[0], target="numpy")(2.0)

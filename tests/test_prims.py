@@ -494,8 +494,13 @@ def draw_args(row, data):
 
 # ---------------------------------------------------------------- the tests
 
+# primitives whose reverse mode is not written yet (the rows check it): tested in
+# tests/test_loops.py, forward mode and the error reverse mode raises
+WITHOUT_ROW = {"while_loop"}
+
+
 def test_every_primitive_has_a_row():
-    covered = {row.prim for row in ROWS}
+    covered = {row.prim for row in ROWS} | WITHOUT_ROW
     missing = sorted(set(all_primitives()) - covered)
     assert not missing, f"primitives without a row in ROWS: {missing}"
     unknown = sorted(covered - set(all_primitives()))

@@ -394,3 +394,109 @@ def cond(pred, true_fun, false_fun, *operands):
     pred = pred if not isinstance(pred, (bool, np.bool_)) else np.asarray(pred)
     out = cond_p.bind(pred, *consts, *leaves, branches=tuple(branches))
     return unflatten(trees[0], out)
+
+
+# ---------------------------------------------------------------- while_loop
+
+while_p = Primitive("while_loop", multiple_results=True)
+
+
+def _while_impl(*args, branches, n_cond, n_body):
+    from ..interpret import eval_graph
+    from ..trace import no_trace
+    cond_graph, body_graph = branches
+    cc, bc = list(args[:n_cond]), list(args[n_cond:n_cond + n_body])
+    carry = [np.asarray(a) for a in args[n_cond + n_body:]]
+    with no_trace():
+        while bool(np.asarray(eval_graph(cond_graph, cc + carry)[0])):
+            carry = [np.asarray(c) for c in eval_graph(body_graph, bc + carry)]
+    return carry
+
+
+while_p.impl = _while_impl
+while_p.abstract = lambda *args, branches, n_cond, n_body: [
+    (tuple(v.shape), v.dtype) for v in branches[1].outputs]
+
+
+def _while_jvp(primals, tangents, branches, n_cond, n_body):
+    """A while loop over the carries and their tangents: the body's JVP, the condition
+    reading the primal carries only.  (Reverse mode needs a tape whose length the data
+    decide; not written yet: the linearisation says so.)"""
+    from .. import ops
+    from ..passes.jvp import jvp_graph
+    cond_graph, body_graph = branches
+    cc, bc, carry = (primals[:n_cond], primals[n_cond:n_cond + n_body],
+                     primals[n_cond + n_body:])
+    tbc, tcarry = tangents[n_cond:n_cond + n_body], tangents[n_cond + n_body:]
+    carry_t = [is_float(v.dtype) for v in body_graph.inputs[n_body:]]
+    wrt = [t is not None for t in tbc] + carry_t
+    jbody = jvp_graph(body_graph, wrt)
+    n_in = len(body_graph.inputs)
+    prim_in, tan_in = list(jbody.inputs[:n_in]), iter(jbody.inputs[n_in:])
+    tan_of = [next(tan_in) if w else None for w in wrt]
+    t_bc = [t for t in tan_of[:n_body] if t is not None]
+    t_k = [t for t in tan_of[n_body:] if t is not None]
+    touts = jbody.outputs[len(body_graph.outputs):]
+    body = Graph(tuple(prim_in[:n_body] + t_bc + prim_in[n_body:] + t_k), jbody.eqns,
+                 tuple(jbody.outputs[:len(body_graph.outputs)])
+                 + tuple(t for t, w in zip(touts, carry_t) if w))
+    # the condition takes the tangent carries too, and ignores them
+    from ..ir import Var
+    extra = tuple(Var(tuple(v.shape), v.dtype) for v, w in
+                  zip(body_graph.inputs[n_body:], carry_t) if w)
+    cond = Graph(cond_graph.inputs + extra, cond_graph.eqns, cond_graph.outputs)
+    zeros = [t if t is not None else ops.zeros_like(c)
+             for c, t, w in zip(carry, tcarry, carry_t) if w]
+    out = while_p.bind(*cc, *bc, *[t for t in tbc if t is not None], *carry, *zeros,
+                       branches=(cond, body), n_cond=n_cond,
+                       n_body=n_body + len(t_bc))
+    out = iter(out)
+    prim = [next(out) for _ in carry]
+    return prim, [next(out) if w else None for w in carry_t]
+
+
+while_p.jvp = _while_jvp
+
+
+def while_loop(cond_fun, body_fun, init_val):
+    """``while cond_fun(val): val = body_fun(val)`` (JAX's ``lax.while_loop``), as one
+    equation: the number of steps is decided when the function runs.  Forward mode goes
+    through it; reverse mode is not written yet and says so."""
+    from ..errors import ArgumentError, with_location
+    from ..ir import type_str
+    from ..pytree import flatten, unflatten
+    from ..trace import dtype_of, shape_of, trace_graph
+    leaves, tree = flatten(init_val)
+    avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
+    n = len(leaves)
+
+    def cond_fn(*xs):
+        return [cond_fun(unflatten(tree, xs))]
+
+    def body_fn(*xs):
+        new, new_tree = flatten(body_fun(unflatten(tree, xs)))
+        if new_tree != tree:
+            raise ArgumentError(with_location(
+                f"while_loop: the body returns a value of structure {new_tree}, but the "
+                f"initial value has structure {tree}"))
+        return list(new)
+
+    cond_graph, _, cond_caps = trace_graph(cond_fn, avals)
+    out = cond_graph.outputs[0]
+    if tuple(out.shape) != () or np.dtype(out.dtype) != np.bool_:
+        raise ArgumentError(with_location(
+            f"while_loop: the condition must return a boolean scalar, got "
+            f"{type_str(out.shape, out.dtype)}"))
+    body_graph, _, body_caps = trace_graph(body_fn, avals)
+    for k, (o, (shape, dtype)) in enumerate(zip(body_graph.outputs, avals)):
+        if tuple(o.shape) != shape or np.dtype(o.dtype) != dtype:
+            raise ArgumentError(with_location(
+                f"while_loop: the body changes leaf {k} from {type_str(shape, dtype)} to "
+                f"{type_str(o.shape, o.dtype)}; the loop value keeps its shape and dtype"))
+    cond_graph = Graph(cond_graph.inputs[n:] + cond_graph.inputs[:n], cond_graph.eqns,
+                       cond_graph.outputs)
+    body_graph = Graph(body_graph.inputs[n:] + body_graph.inputs[:n], body_graph.eqns,
+                       body_graph.outputs)
+    out = while_p.bind(*cond_caps, *body_caps, *leaves, branches=(cond_graph, body_graph),
+                       n_cond=len(cond_caps), n_body=len(body_caps))
+    return unflatten(tree, out)
