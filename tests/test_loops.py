@@ -92,24 +92,30 @@ def test_forward_mode_through_the_loop(rng):
     assert ty == pytest.approx((plus - minus) / (2 * eps), rel=1e-7)
 
 
+def nested(x):
+    """A scan of scans (4 x 3 steps); the carry starts as a constant and x enters through
+    the inner body only."""
+    def outer(c, _):
+        inner, _ = gradc.scan(lambda d, __: (np.sin(d) * x + 0.1, None), c, None, length=3)
+        return inner, None
+    return gradc.scan(outer, np.ones(3), None, length=4)[0]
+
+
+def nested_unrolled(x):
+    c = np.ones(3)
+    for _ in range(12):
+        c = np.sin(c) * x + 0.1
+    return c
+
+
 def test_forward_mode_of_a_loop_in_a_loop_and_a_carry_that_starts_constant(rng):
     x0 = rng.standard_normal(3)
 
     def f(x):
-        def outer(c, _):
-            inner, _ = gradc.scan(lambda d, __: (np.sin(d) * x + 0.1, None), c, None,
-                                  length=3)
-            return inner, None
-        # the carry starts as a constant; x enters through the body only
-        c, _ = gradc.scan(outer, np.ones(3), None, length=4)
-        return np.sum(c)
+        return np.sum(nested(x))
 
     def f_unrolled(x):
-        c = np.ones(3)
-        for _ in range(4):
-            for _ in range(3):
-                c = np.sin(c) * x + 0.1
-        return np.sum(c)
+        return np.sum(nested_unrolled(x))
 
     t = rng.standard_normal(3)
     _, ty = gradc.jvp(f, (x0,), (t,), target="numpy")
@@ -203,18 +209,10 @@ def test_second_order_and_nested_loops(rng):
     x0, t = rng.standard_normal(3), rng.standard_normal(3)
 
     def f(x):
-        def outer(c, _):
-            inner, _ = gradc.scan(lambda d, __: (np.sin(d) * x + 0.1, None), c, None,
-                                  length=3)
-            return inner, None
-        c, _ = gradc.scan(outer, np.ones(3), None, length=4)
-        return np.sum(c ** 2)
+        return np.sum(nested(x) ** 2)
 
     def f_unrolled(x):
-        c = np.ones(3)
-        for _ in range(12):
-            c = np.sin(c) * x + 0.1
-        return np.sum(c ** 2)
+        return np.sum(nested_unrolled(x) ** 2)
 
     np.testing.assert_allclose(gradc.grad(f, target="numpy")(x0),
                                gradc.grad(f_unrolled, target="numpy")(x0), rtol=1e-12)

@@ -88,12 +88,8 @@ class Executable:
         try:
             compiled = self.compiled
         except UnsupportedError as e:   # a primitive without a lowering (a loop: scan)
-            warnings.warn(GradcWarning(
-                f"gradc: the {self.target!r} target cannot compile {self.name} yet "
-                f"({str(e).splitlines()[0]}); running it with the interpreter "
-                "(target='numpy') instead"), stacklevel=3)
-            self._fallback = True
-            return eval_graph(self.graph, values)
+            return self._interpret(values, f"cannot compile {self.name} yet "
+                                           f"({str(e).splitlines()[0]})")
         try:
             results = list(compiled.call_raw(*args))
             for i, scalar in self._scalar_out:
@@ -106,9 +102,13 @@ class Executable:
             from numba.core.errors import NumbaError
             if not isinstance(e, NumbaError):
                 raise
-            warnings.warn(GradcWarning(
-                f"gradc: the {self.target!r} target could not compile {self.name} "
-                f"({type(e).__name__}: {str(e).splitlines()[0]}); running it with the "
-                "interpreter (target='numpy') instead"), stacklevel=3)
-            self._fallback = True
-            return eval_graph(self.graph, values)
+            return self._interpret(values, f"could not compile {self.name} "
+                                           f"({type(e).__name__}: {str(e).splitlines()[0]})")
+
+    def _interpret(self, values, why: str) -> list:
+        """Fall back to the interpreter for good, saying why (a ``GradcWarning``)."""
+        warnings.warn(GradcWarning(
+            f"gradc: the {self.target!r} target {why}; running it with the interpreter "
+            "(target='numpy') instead"), stacklevel=4)
+        self._fallback = True
+        return eval_graph(self.graph, values)

@@ -356,8 +356,9 @@ class Native:
 
 
 def _threaded(compiled) -> bool:
-    """Code that runs loops on Numba's threading layer, which only Numba can start."""
-    return bool(compiled.options.get("parallel")) or "numba.prange(" in compiled.source
+    """Code that runs loops on Numba's threading layer (target="parallel"), which only
+    Numba can start."""
+    return bool(compiled.options.get("parallel"))
 
 
 def load(compiled) -> tuple:

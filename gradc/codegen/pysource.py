@@ -354,6 +354,20 @@ def _conv_direct(eqn) -> bool:
     return convgen.direct(nn, cc, oo, ho, wo, kh, kw, out.dtype)
 
 
+def _padded_image(name, image, eqn) -> str:
+    (top, bottom), (left, right) = eqn.params["padding"]
+    return (f"{name} = _k.padded_image(_k.contiguous({image}), {top}, {bottom}, {left}, "
+            f"{right})")
+
+
+def _direct(fn, items, padded, other, result, out) -> list:
+    """A direct-convolution function (``convgen``) over its work items on the thread
+    pool, writing into a fresh result array."""
+    return [f"{result} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
+            "with numba.objmode():",
+            f"    _k.on_threads({fn}, {items}, {padded}.ravel(), {other}, {result}.ravel())"]
+
+
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
@@ -366,13 +380,9 @@ def _conv2d(ctx, eqn, a, outs):
         fn = ctx.helper(lambda name: convgen.forward_function(
             name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
         flat_kernel = ctx.temp()
-        return [f"{padded} = _k.padded_image(_k.contiguous({a[0]}), {top}, {bottom}, "
-                f"{left}, {right})",
-                f"{flat_kernel} = _k.channels_last({a[1]})",
-                f"{outs[0]} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
-                "with numba.objmode():",
-                f"    _k.on_threads({fn}, {convgen.rows(nn, ho)}, {padded}.ravel(), "
-                f"{flat_kernel}, {outs[0]}.ravel())"]
+        return ([_padded_image(padded, a[0], eqn),
+                 f"{flat_kernel} = _k.channels_last({a[1]})"]
+                + _direct(fn, convgen.rows(nn, ho), padded, flat_kernel, outs[0], out))
     if shared is not None:          # the patch matrix is kept for a kernel gradient
         return [f"{shared} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
                 f"{bottom}, {left}, {right})",
@@ -395,17 +405,13 @@ def _conv2d_over_batch(ctx, eqn, a, outs):
         padded = shared
         if padded is None:
             padded = ctx.temp()
-            lines.append(f"{padded} = _k.padded_image(_k.contiguous({a[0]}), {top}, "
-                         f"{bottom}, {left}, {right})")
+            lines.append(_padded_image(padded, a[0], eqn))
         fn = ctx.helper(lambda name: convgen.kernel_grad_function(
             name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
         flat_other = ctx.temp()
-        return lines + [
-            f"{flat_other} = _k.contiguous({a[1]}).ravel()",
-            f"{outs[0]} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
-            "with numba.objmode():",
-            f"    _k.on_threads({fn}, {convgen.items(nn, cc, oo, kh)}, {padded}.ravel(), "
-            f"{flat_other}, {outs[0]}.ravel())"]
+        return (lines + [f"{flat_other} = _k.contiguous({a[1]}).ravel()"]
+                + _direct(fn, convgen.items(nn, cc, oo, kh), padded, flat_other, outs[0],
+                          out))
     cols = shared
     if cols is None:
         cols = ctx.temp()

@@ -32,17 +32,16 @@ def linearize_graph(graph: Graph, wrt=None):
         else:
             primal_eqns.append(eqn)
     primal_outs = {v for v in jg.outputs[:m] if isinstance(v, Var)}
-    needed = {v for e in linear_eqns if primal_outs.intersection(e.outputs)
-              for v in e.outputs}
-    # the loop itself, not the arithmetic after it, is named
-    for eqn in sorted(linear_eqns, key=lambda e: "body" not in e.params):
-        if needed and ("body" in eqn.params or needed.intersection(eqn.outputs)):
-            # one equation computes primal values and tangents together (a loop): the
-            # split needs a partial evaluation of its body, not written yet
-            raise GradcError(f"reverse mode (grad, vjp) through {eqn.prim.name} is not "
-                             "implemented yet: use forward mode (gradc.jvp), or a Python "
-                             "loop, which gradc unrolls"
-                             + (f"\n  at {eqn.source}" if eqn.source else ""))
+    leaked = [e for e in linear_eqns if primal_outs.intersection(e.outputs)]
+    if leaked:
+        # an equation computes primal values and tangents together (a loop whose JVP
+        # rule does not split itself): name the loop, not the arithmetic after it
+        loops = [e for e in linear_eqns if "body" in e.params or "branches" in e.params]
+        eqn = (loops or leaked)[0]
+        raise GradcError(f"reverse mode (grad, vjp) through {eqn.prim.name} is not "
+                         "implemented yet: use forward mode (gradc.jvp), or a Python "
+                         "loop, which gradc unrolls"
+                         + (f"\n  at {eqn.source}" if eqn.source else ""))
     tangent_outs = jg.outputs[m:]
     residuals = [v for v in free_vars(linear_eqns) if v not in linear_vars]
     for o in tangent_outs:

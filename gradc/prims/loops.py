@@ -17,9 +17,41 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Primitive, is_float
+from ..errors import ArgumentError, with_location
+from ..interpret import eval_graph
+from ..ir import Graph, Primitive, Var, is_float, type_str
+from ..pytree import flatten, unflatten
+from ..trace import Tracer, dtype_of, no_trace, shape_of, trace_graph
+from .rules import UndefinedPrimal
 
 scan_p = Primitive("scan", multiple_results=True)
+
+
+def _avals(leaves, drop=0) -> list:
+    """``(shape, dtype)`` of each leaf, without its first ``drop`` axes."""
+    return [(tuple(shape_of(x))[drop:], np.dtype(dtype_of(x))) for x in leaves]
+
+
+def _closed(fn, avals) -> Graph:
+    """``fn`` traced on abstract inputs, as a Graph that reads nothing from outside."""
+    graph, _, captured = trace_graph(fn, avals)
+    assert not captured
+    return graph
+
+
+def _consts_first(graph, n_own) -> Graph:
+    """A traced body with the values it captured (its trailing inputs) moved first."""
+    return Graph(tuple(graph.inputs[n_own:]) + tuple(graph.inputs[:n_own]), graph.eqns,
+                 graph.outputs)
+
+
+def _check_kept(what, outputs, avals, hint):
+    """A loop's new value has the shapes and dtypes of its old one."""
+    for k, (out, (shape, dtype)) in enumerate(zip(outputs, avals)):
+        if tuple(out.shape) != shape or np.dtype(out.dtype) != dtype:
+            raise ArgumentError(with_location(
+                f"{what} {k} from {type_str(shape, dtype)} to "
+                f"{type_str(out.shape, out.dtype)}; {hint}"))
 
 
 def _split(args, n_consts, n_carry):
@@ -28,8 +60,6 @@ def _split(args, n_consts, n_carry):
 
 
 def _scan_impl(*args, body, n_consts, n_carry, length, reverse):
-    from ..interpret import eval_graph
-    from ..trace import no_trace
     consts, carry, xs = _split([np.asarray(a) for a in args], n_consts, n_carry)
     steps = range(length - 1, -1, -1) if reverse else range(length)
     ys = []
@@ -115,10 +145,7 @@ def _scan_transpose(cts, *args, body, n_consts, n_carry, length, reverse):
     transposed body, its carries the carries' cotangents and the sums of the linear
     consts' cotangents, its xs the non-linear xs and the ys' cotangents."""
     from .. import ops
-    from ..interpret import eval_graph
     from ..passes.transpose import transpose_graph
-    from ..trace import trace_graph
-    from .rules import UndefinedPrimal
     # the carries are tangents, so the body is linear in them, even where one starts
     # from a constant (the zero tangent of an input not differentiated): its cotangent is
     # then simply not returned
@@ -150,8 +177,7 @@ def _scan_transpose(cts, *args, body, n_consts, n_carry, length, reverse):
                                got[len(l_c) + n_carry:])
         return list(ct_kk) + [a + c for a, c in zip(acc, ct_lc)] + list(ct_lx)
 
-    step_graph, _, captured = trace_graph(step, avals)
-    assert not captured
+    step_graph = _closed(step, avals)
     ct_carry = [ops.full(tuple(v.shape), 0, v.dtype) if c is None else c
                 for v, c in zip(body.outputs[:n_carry], cts[:n_carry])]
     ct_ys = [ops.full((length,) + tuple(v.shape), 0, v.dtype) if c is None else c
@@ -182,9 +208,6 @@ def scan(f, init, xs=None, length=None, reverse=False):
     how many steps.  The loop stays one equation of the Graph, however many steps.
     ``f`` is traced once, without concrete values: Python branches on the carry are an
     error inside it."""
-    from ..errors import ArgumentError, with_location
-    from ..pytree import flatten, unflatten
-    from ..trace import dtype_of, shape_of, trace_graph
     carry_leaves, carry_def = flatten(init)
     x_leaves, x_def = flatten(xs)
     sizes = set()
@@ -204,8 +227,7 @@ def scan(f, init, xs=None, length=None, reverse=False):
             f"scan: length={length} but xs have leading lengths {sorted(sizes)}"))
     length = int(length)
     n_carry = len(carry_leaves)
-    carry_avals = [(tuple(shape_of(c)), np.dtype(dtype_of(c))) for c in carry_leaves]
-    x_avals = [(tuple(shape_of(x))[1:], np.dtype(dtype_of(x))) for x in x_leaves]
+    carry_avals, x_avals = _avals(carry_leaves), _avals(x_leaves, drop=1)
     y_def = []
 
     def body(*leaves):
@@ -223,16 +245,9 @@ def scan(f, init, xs=None, length=None, reverse=False):
         return list(new_leaves) + list(y_leaves)
 
     graph, _, captured = trace_graph(body, carry_avals + x_avals)
-    for k, (out, (shape, dtype)) in enumerate(zip(graph.outputs[:n_carry], carry_avals)):
-        if tuple(out.shape) != shape or np.dtype(out.dtype) != dtype:
-            from ..ir import type_str
-            raise ArgumentError(with_location(
-                f"scan: the body changes carry leaf {k} from {type_str(shape, dtype)} to "
-                f"{type_str(out.shape, out.dtype)}; a carry keeps its shape and dtype "
-                "(convert it explicitly, e.g. with .astype)"))
-    n_own = n_carry + len(x_leaves)
-    body_graph = Graph(tuple(graph.inputs[n_own:]) + tuple(graph.inputs[:n_own]),
-                       graph.eqns, graph.outputs)
+    _check_kept("scan: the body changes carry leaf", graph.outputs[:n_carry], carry_avals,
+                "a carry keeps its shape and dtype (convert it explicitly, e.g. with .astype)")
+    body_graph = _consts_first(graph, n_carry + len(x_leaves))
     result = scan_p.bind(*captured, *carry_leaves, *x_leaves, body=body_graph,
                          n_consts=len(captured), n_carry=n_carry, length=length,
                          reverse=bool(reverse))
@@ -242,8 +257,6 @@ def scan(f, init, xs=None, length=None, reverse=False):
 def fori_loop(lower, upper, body_fun, init_val):
     """``val = body_fun(i, val)`` for i from ``lower`` to ``upper - 1`` (JAX's
     ``lax.fori_loop``), as one ``scan`` over the indices: bounds are Python ints."""
-    from ..errors import ArgumentError, with_location
-    from ..trace import Tracer
     if isinstance(lower, Tracer) or isinstance(upper, Tracer):
         raise ArgumentError(with_location(
             "fori_loop: the bounds must be Python ints (a traced bound makes the trip "
@@ -261,8 +274,6 @@ cond_p = Primitive("cond", multiple_results=True)
 
 
 def _cond_impl(pred, *args, branches):
-    from ..interpret import eval_graph
-    from ..trace import no_trace
     with no_trace():
         return [np.asarray(v) for v in
                 eval_graph(branches[int(bool(np.asarray(pred)))], [np.asarray(a) for a in args])]
@@ -289,7 +300,6 @@ def _cond_jvp(primals, tangents, branches):
         primal = parts[k][0]
 
         def fn(*xs):
-            from ..interpret import eval_graph
             got = eval_graph(primal, list(xs))
             others = [[ops.full(s, 0, d) for s, d in res_avals[j]] for j in range(2)]
             others[k] = got[n_out:]
@@ -306,7 +316,6 @@ def _cond_jvp(primals, tangents, branches):
         linear = parts[k][1]
 
         def fn(*xs):
-            from ..interpret import eval_graph
             mine = xs[:n0] if k == 0 else xs[n0:len(all_res)]
             return eval_graph(linear, list(mine) + list(xs[len(all_res):]))
         return _closed(fn, all_res + t_avals)
@@ -317,18 +326,10 @@ def _cond_jvp(primals, tangents, branches):
     return list(outs), [t if f else None for t, f in zip(tout, floats)]
 
 
-def _closed(fn, avals) -> Graph:
-    from ..trace import trace_graph
-    graph, _, captured = trace_graph(fn, avals)
-    assert not captured
-    return graph
-
-
 def _cond_transpose(cts, pred, *args, branches):
     """Each branch transposed (residuals and the predicate are not linear), in a cond."""
     from .. import ops
     from ..passes.transpose import transpose_graph
-    from .rules import UndefinedPrimal
     lin = [isinstance(a, UndefinedPrimal) for a in args]
     outs = branches[0].outputs
     cts = [ops.full(tuple(v.shape), 0, v.dtype) if c is None else c
@@ -353,15 +354,11 @@ def cond(pred, true_fun, false_fun, *operands):
     ``lax.cond``), as one equation holding both branches: the branch is chosen when
     the function runs, not when it is traced, and both are differentiated.  The
     branches must return the same structure of the same shapes and dtypes."""
-    from ..errors import ArgumentError, with_location
-    from ..ir import Var, type_str
-    from ..pytree import flatten, unflatten
-    from ..trace import dtype_of, shape_of, trace_graph
     if tuple(shape_of(pred)) != ():
         raise ArgumentError(with_location(f"cond: the predicate must be a scalar, got shape "
                                           f"{tuple(shape_of(pred))}"))
     leaves, tree = flatten(operands)
-    avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
+    avals = _avals(leaves)
     traced, trees = [], []
     for fun in (false_fun, true_fun):
         def fn(*xs, fun=fun):
@@ -402,8 +399,6 @@ while_p = Primitive("while_loop", multiple_results=True)
 
 
 def _while_impl(*args, branches, n_cond, n_body):
-    from ..interpret import eval_graph
-    from ..trace import no_trace
     cond_graph, body_graph = branches
     cc, bc = list(args[:n_cond]), list(args[n_cond:n_cond + n_body])
     carry = [np.asarray(a) for a in args[n_cond + n_body:]]
@@ -441,7 +436,6 @@ def _while_jvp(primals, tangents, branches, n_cond, n_body):
                  tuple(jbody.outputs[:len(body_graph.outputs)])
                  + tuple(t for t, w in zip(touts, carry_t) if w))
     # the condition takes the tangent carries too, and ignores them
-    from ..ir import Var
     extra = tuple(Var(tuple(v.shape), v.dtype) for v, w in
                   zip(body_graph.inputs[n_body:], carry_t) if w)
     cond = Graph(cond_graph.inputs + extra, cond_graph.eqns, cond_graph.outputs)
@@ -462,12 +456,8 @@ def while_loop(cond_fun, body_fun, init_val):
     """``while cond_fun(val): val = body_fun(val)`` (JAX's ``lax.while_loop``), as one
     equation: the number of steps is decided when the function runs.  Forward mode goes
     through it; reverse mode is not written yet and says so."""
-    from ..errors import ArgumentError, with_location
-    from ..ir import type_str
-    from ..pytree import flatten, unflatten
-    from ..trace import dtype_of, shape_of, trace_graph
     leaves, tree = flatten(init_val)
-    avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
+    avals = _avals(leaves)
     n = len(leaves)
 
     def cond_fn(*xs):
@@ -488,15 +478,9 @@ def while_loop(cond_fun, body_fun, init_val):
             f"while_loop: the condition must return a boolean scalar, got "
             f"{type_str(out.shape, out.dtype)}"))
     body_graph, _, body_caps = trace_graph(body_fn, avals)
-    for k, (o, (shape, dtype)) in enumerate(zip(body_graph.outputs, avals)):
-        if tuple(o.shape) != shape or np.dtype(o.dtype) != dtype:
-            raise ArgumentError(with_location(
-                f"while_loop: the body changes leaf {k} from {type_str(shape, dtype)} to "
-                f"{type_str(o.shape, o.dtype)}; the loop value keeps its shape and dtype"))
-    cond_graph = Graph(cond_graph.inputs[n:] + cond_graph.inputs[:n], cond_graph.eqns,
-                       cond_graph.outputs)
-    body_graph = Graph(body_graph.inputs[n:] + body_graph.inputs[:n], body_graph.eqns,
-                       body_graph.outputs)
+    _check_kept("while_loop: the body changes leaf", body_graph.outputs, avals,
+                "the loop value keeps its shape and dtype")
+    cond_graph, body_graph = _consts_first(cond_graph, n), _consts_first(body_graph, n)
     out = while_p.bind(*cond_caps, *body_caps, *leaves, branches=(cond_graph, body_graph),
                        n_cond=len(cond_caps), n_body=len(body_caps))
     return unflatten(tree, out)
