@@ -2,11 +2,14 @@
 """CPU benchmarks: gradc side by side with its peers, in one run.
 
 Workloads (see BENCHMARKS.md): W1 Rosenbrock gradient, W2 scalar-function gradient
-(per-call latency), W3 MLP-loss gradient, W5 conv2d gradient, C1 compile latency.
+(per-call latency), W3 MLP-loss gradient, W4 CRF log-partition gradient (reverse mode
+through a loop: gradc.scan / lax.scan / a Python loop), W5 conv2d gradient, C1 compile
+latency.
 
 Peers, each an optional import (a missing one is skipped): JAX (``jax.jit(jax.grad(f))``
 with float64), PyTorch eager (``torch.autograd.grad``), HIPS ``autograd``, and a
-hand-written gradient (Numba loop for W1/W2, NumPy/BLAS for W3/W5) that is both the
+hand-written gradient (Numba loop for W1/W2, NumPy/BLAS for W3/W5, NumPy
+forward-backward for W4) that is both the
 practical floor and the reference every gradient is checked against before it is
 timed.  The hand-written gradients are themselves checked against central finite
 differences of the NumPy forward function.
@@ -14,6 +17,7 @@ differences of the NumPy forward function.
     python benchmarks/cpu.py                    # full run (a few minutes on 2 cores)
     python benchmarks/cpu.py --quick            # smoke test: small sizes, few repeats
     python benchmarks/cpu.py --only W1,C1 --markdown
+    python benchmarks/cpu.py --only W4          # the CRF workload alone
 
 Times are medians over repeats; each repeat times a batch of calls (sized so that a
 batch takes a few ms) and reports the time per call.  Repeats of the implementations
@@ -689,6 +693,152 @@ def bench_w3(cfg, rng):
             r.note = f"the reference; FD check {fd:.1e}"
 
 
+# --------------------------------------------------------------------------- W4
+
+
+def _lse_np(x, axis):
+    m = np.max(x, axis=axis, keepdims=True)
+    return np.squeeze(np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m, axis=axis)
+
+
+def crf_logz_np(U, A):
+    """Sum over the batch of the CRF log-partition log Z (forward algorithm, NumPy):
+    alpha_0 = U[:, 0], alpha_t[j] = logsumexp_i(alpha_{t-1}[i] + A[i, j]) + U[:, t, j],
+    log Z = logsumexp_j(alpha_{T-1}[j])."""
+    alpha = U[:, 0]
+    for t in range(1, U.shape[1]):
+        alpha = _lse_np(alpha[:, :, None] + A[None], 1) + U[:, t]
+    return np.sum(_lse_np(alpha, 1))
+
+
+def crf_grad_np(U, A):
+    """Hand-written forward-backward: d(sum log Z)/dU = node marginals
+    p(y_t = j), d/dA = pairwise marginals p(y_{t-1} = i, y_t = j) summed over t and batch."""
+    B, T, K = U.shape
+    alpha = np.empty((T, B, K))
+    beta = np.empty((T, B, K))
+    alpha[0] = U[:, 0]
+    for t in range(1, T):
+        alpha[t] = _lse_np(alpha[t - 1][:, :, None] + A[None], 1) + U[:, t]
+    beta[T - 1] = 0.0
+    for t in range(T - 2, -1, -1):
+        beta[t] = _lse_np(A[None] + (U[:, t + 1] + beta[t + 1])[:, None, :], 2)
+    logz = _lse_np(alpha[T - 1], 1)                               # (B,)
+    dU = np.exp(alpha + beta - logz[None, :, None]).transpose(1, 0, 2)
+    # dA[i, j] = sum over t = 1..T-1 and b of exp(a[t,b,i] + A[i,j] + c[t,b,j]) with
+    # a = alpha_{t-1} - log Z and c = U_t + beta_t.  Each (t, b) row is shifted by its
+    # maximum before exp(); the shifts go into one weight per row, which stays in
+    # [1/K^2, exp(max A - min A)] because each pairwise marginal sums to 1.
+    a = (alpha[:-1] - logz[None, :, None]).reshape(-1, K)
+    c = (U.transpose(1, 0, 2)[1:] + beta[1:]).reshape(-1, K)
+    sa, sc, sA = np.max(a, axis=1), np.max(c, axis=1), np.max(A)
+    wa = np.exp(a - sa[:, None]) * np.exp(sa + sc + sA)[:, None]
+    dA = (wa.T @ np.exp(c - sc[:, None])) * np.exp(A - sA)
+    return dU, dA
+
+
+def crf_grad_np_matmul(U, A):
+    """The same forward-backward with each step's logsumexp as a matrix product in
+    exp space, rows shifted by their maximum (``log(exp(alpha - m) @ exp(A - max A)) + m +
+    max A``): BLAS instead of a (B, K, K) temporary; exact while exp(A - max A) does not
+    underflow (A's range below ~700)."""
+    B, T, K = U.shape
+    sA = np.max(A)
+    eA = np.exp(A - sA)
+    alpha = np.empty((T, B, K))
+    beta = np.empty((T, B, K))
+    alpha[0] = U[:, 0]
+    for t in range(1, T):
+        m = np.max(alpha[t - 1], axis=1, keepdims=True)
+        alpha[t] = np.log(np.exp(alpha[t - 1] - m) @ eA) + (m + sA) + U[:, t]
+    beta[T - 1] = 0.0
+    for t in range(T - 2, -1, -1):
+        c = U[:, t + 1] + beta[t + 1]
+        m = np.max(c, axis=1, keepdims=True)
+        beta[t] = np.log(np.exp(c - m) @ eA.T) + (m + sA)
+    logz = _lse_np(alpha[T - 1], 1)
+    dU = np.exp(alpha + beta - logz[None, :, None]).transpose(1, 0, 2)
+    a = (alpha[:-1] - logz[None, :, None]).reshape(-1, K)
+    c = (U.transpose(1, 0, 2)[1:] + beta[1:]).reshape(-1, K)
+    sa, sc = np.max(a, axis=1), np.max(c, axis=1)
+    wa = np.exp(a - sa[:, None]) * np.exp(sa + sc + sA)[:, None]
+    dA = (wa.T @ np.exp(c - sc[:, None])) * eA
+    return dU, dA
+
+
+def bench_w4(cfg, rng):
+    import gradc
+    B, T, K = cfg.w4_sizes
+    U = rng.standard_normal((B, T, K))
+    A = 0.5 * rng.standard_normal((K, K))
+    ref = list(crf_grad_np(U, A))
+    fd = fd_check(crf_logz_np, [U, A], ref, rng)
+    label = f"B={B} T={T} K={K}"
+
+    def loss_gradc(U, A):
+        def step(alpha, u):
+            return gradc.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
+        xs = np.transpose(U, (1, 0, 2))                           # (T, B, K): loop axis first
+        alpha, _ = gradc.scan(step, xs[0], xs[1:])
+        return np.sum(gradc.logsumexp(alpha, axis=1))
+
+    args = (U, A)
+    impls = [("gradc (scan)", lambda: (gradc.grad(loss_gradc, argnums=(0, 1),
+                                                  target=cfg.target), args, to_np_list),
+              True, "gradc")]
+    if cfg.parallel:
+        impls.append(("gradc (scan, parallel)",
+                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
+                               args, to_np_list), True, "gradc-parallel"))
+    if "jax" in PEERS:
+        def b_jax():
+            jax = PEERS["jax"]
+            import jax.numpy as jnp
+
+            def loss(U, A):
+                def step(alpha, u):
+                    return jax.nn.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
+                xs = jnp.transpose(U, (1, 0, 2))
+                alpha, _ = jax.lax.scan(step, xs[0], xs[1:])
+                return jnp.sum(jax.nn.logsumexp(alpha, axis=1))
+            return jax_jit_grad(loss, args, (0, 1))
+        impls.append(("JAX jit(grad) lax.scan", b_jax, False, "jax"))
+    if "torch" in PEERS:
+        def b_torch():
+            torch = PEERS["torch"]
+            tU = torch.from_numpy(U).requires_grad_(True)
+            tA = torch.from_numpy(A).requires_grad_(True)
+
+            def g(U, A):
+                alpha = U[:, 0]
+                for t in range(1, U.shape[1]):
+                    alpha = torch.logsumexp(alpha[:, :, None] + A[None], dim=1) + U[:, t]
+                loss = torch.sum(torch.logsumexp(alpha, dim=1))
+                return torch.autograd.grad(loss, (U, A))
+            return g, (tU, tA), lambda r: [t.detach().numpy() for t in r]
+        impls.append(("PyTorch eager (Python loop)", b_torch, False, "torch"))
+    if "autograd" in PEERS:
+        def b_ag():
+            import autograd.numpy as anp
+            from autograd.scipy.special import logsumexp
+
+            def loss(U, A):
+                alpha = U[:, 0]
+                for t in range(1, U.shape[1]):
+                    alpha = logsumexp(alpha[:, :, None] + A[None], axis=1) + U[:, t]
+                return anp.sum(logsumexp(alpha, axis=1))
+            return PEERS["autograd"].grad(loss, argnum=(0, 1)), args, to_np_list
+        impls.append(("autograd (Python loop)", b_ag, False, "autograd"))
+    impls.append(("hand NumPy forward-backward", lambda: (crf_grad_np, args, to_np_list),
+                  False, "hand"))
+    impls.append(("hand NumPy forward-backward, exp-space matmuls",
+                  lambda: (crf_grad_np_matmul, args, to_np_list), False, "hand-matmul"))
+    rows = run_case("W4", label, ref, impls, cfg)
+    for r in rows:
+        if r.key == "hand":
+            r.note = f"the reference; FD check {fd:.1e}"
+
+
 # --------------------------------------------------------------------------- W5
 
 
@@ -1058,6 +1208,12 @@ def targets():
         elif g:
             out.append([f"{w}: ≤ 1.1× faster of JAX, PyTorch", g.error or "no peer",
                         "not measured"])
+    g, j = _find("W4", "gradc"), _find("W4", "jax")
+    if g and g.seconds and j and j.seconds:
+        out.append(["W4: ≤ 0.5× JAX's time", f"{fmt_time(g.seconds)} vs JAX "
+                    f"{fmt_time(j.seconds)}", _verdict(g.seconds / j.seconds, 0.5, "×")])
+    elif g:
+        out.append(["W4: ≤ 0.5× JAX's time", g.error or "no JAX", "not measured"])
     cold, warm = _find("C1", "gradc-cold"), _find("C1", "gradc-warm")
     if cold:
         out.append(["C1: cold first call ≤ 1 s", fmt_time(cold.seconds) if cold.seconds else
@@ -1115,7 +1271,7 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W2")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--parallel", action="store_true",
-                    help="also time gradc target='parallel' (W1, W3, W5)")
+                    help="also time gradc target='parallel' (W1, W3, W4, W5)")
     ap.add_argument("--target", default="cpu", help="gradc target for the main rows")
     ap.add_argument("--json", default="", help="also write the raw results to this file")
     ap.add_argument("--threads", default=None,
@@ -1139,6 +1295,7 @@ def main(argv=None):
     if cfg.quick:
         cfg.w1_sizes = [10 ** 4, 10 ** 6]
         cfg.w3_sizes = (128, 196, 64, 10)
+        cfg.w4_sizes = (8, 16, 8)
         cfg.w5_sizes = (2, 4, 16, 8, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 5, 3, 0.002, 0.5
         cfg.warm_s = 0.0
@@ -1147,6 +1304,7 @@ def main(argv=None):
     else:
         cfg.w1_sizes = [10 ** 4, 10 ** 6, 10 ** 7]
         cfg.w3_sizes = (512, 784, 256, 10)
+        cfg.w4_sizes = (32, 64, 32)
         cfg.w5_sizes = (8, 16, 32, 32, 3)
         cfg.repeats, cfg.min_repeats, cfg.min_batch_s, cfg.max_impl_s = 21, 5, 0.02, 4.0
         cfg.warm_s = WARM_S
@@ -1158,7 +1316,7 @@ def main(argv=None):
     if cfg.load_retries is None:
         cfg.load_retries = 0 if cfg.quick else 2
 
-    all_w = ["W1", "W2", "W3", "W5", "C1"]
+    all_w = ["W1", "W2", "W3", "W4", "W5", "C1"]
     only = [w.strip().upper() for w in cfg.only.split(",") if w.strip()] or all_w
     bad = [w for w in only if w not in all_w]
     if bad:
@@ -1184,8 +1342,8 @@ def main(argv=None):
     for p, e in PEER_ERRORS.items():
         log(f"peer {p} skipped: {e}")
     rng = np.random.default_rng(0)
-    benches = {"W1": bench_w1, "W2": bench_w2, "W3": bench_w3, "W5": bench_w5,
-               "C1": bench_c1}
+    benches = {"W1": bench_w1, "W2": bench_w2, "W3": bench_w3, "W4": bench_w4,
+               "W5": bench_w5, "C1": bench_c1}
     try:
         for w in all_w:
             if w in only:

@@ -209,6 +209,21 @@ def conded_ref(x):
     return np.sin(x) * x if np.sum(x) > 0 else np.exp(x) - x
 
 
+def whiled(x):
+    """Three steps counted by an integer carry (a fixed count keeps finite differences
+    away from a jump in the trip count)."""
+    c, _ = gradc.while_loop(lambda s: s[1] < 3, lambda s: (np.sin(s[0]) * x + s[0], s[1] + 1),
+                            (x * 0.5, 0))
+    return c
+
+
+def whiled_ref(x):
+    c = x * 0.5
+    for _ in range(3):
+        c = np.sin(c) * x + c
+    return c
+
+
 def not_positive_mask(x, y):
     return ops.logical_not(ops.gt(x, y))
 
@@ -413,6 +428,9 @@ ROWS = [
         ref=np.sin, zero=True),
     Row("scan", scanned, unary(normal), [(4, 3), (1, 2)], ref=scanned_ref),
     Row("cond", conded, unary(normal), [(3,), (2, 2)], ref=conded_ref),
+    # (order 1: reverse over reverse through while_loop is not written; the row checks
+    # forward over reverse and reverse over forward as graphs, test_loops.py as values)
+    Row("while_loop", whiled, unary(normal), [(3,), (2, 2)], ref=whiled_ref, order=1),
 ]
 
 
@@ -494,9 +512,9 @@ def draw_args(row, data):
 
 # ---------------------------------------------------------------- the tests
 
-# primitives whose reverse mode is not written yet (the rows check it): tested in
-# tests/test_loops.py, forward mode and the error reverse mode raises
-WITHOUT_ROW = {"while_loop"}
+# primitives only reverse mode writes (the while_loop row differentiates through them,
+# to second order): tested in tests/test_loops.py
+WITHOUT_ROW = {"while_tangent", "while_adjoint"}
 
 
 def test_every_primitive_has_a_row():

@@ -11,6 +11,7 @@ program that do not depend on the differentiated inputs cost nothing extra.
 """
 from __future__ import annotations
 
+import contextvars
 
 from ..errors import GradcError
 from ..ir import Graph, Lit, is_float
@@ -59,9 +60,29 @@ def zero_tangent(like):
     return ops.zeros_like(like)
 
 
-def jvp_graph(graph: Graph, wrt=None) -> Graph:
+_SPLIT = contextvars.ContextVar("gradc_jvp_split", default=False)
+
+
+def splitting() -> bool:
+    """Whether the JVP being built is for reverse mode (``linearize_graph``).  A loop's
+    rule then writes its primal and tangent work as separate equations (the tangent one
+    reading primal values only as residuals), so that the tangent part can be
+    transposed; for forward mode alone it runs both in one loop."""
+    return _SPLIT.get()
+
+
+def jvp_graph(graph: Graph, wrt=None, split: bool = False) -> Graph:
     """The forward-mode Graph: inputs ``primals + tangents[wrt]``, outputs
-    ``outputs + output tangents`` (zero tangents materialised)."""
+    ``outputs + output tangents`` (zero tangents materialised).  ``split``: see
+    ``splitting``."""
+    token = _SPLIT.set(split)
+    try:
+        return _jvp_graph(graph, wrt)
+    finally:
+        _SPLIT.reset(token)
+
+
+def _jvp_graph(graph: Graph, wrt) -> Graph:
     wrt = tuple(is_float(v.dtype) for v in graph.inputs) if wrt is None else tuple(wrt)
     n = len(graph.inputs)
     avals = [(v.shape, v.dtype) for v in graph.inputs]

@@ -20,7 +20,7 @@ from .jvp import jvp_graph
 
 def linearize_graph(graph: Graph, wrt=None):
     wrt = tuple(is_float(v.dtype) for v in graph.inputs) if wrt is None else tuple(wrt)
-    jg = jvp_graph(graph, wrt)
+    jg = jvp_graph(graph, wrt, split=True)
     n, m = len(graph.inputs), len(graph.outputs)
     tangent_ins = jg.inputs[n:]
     linear_vars = set(tangent_ins)

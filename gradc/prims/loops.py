@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ArgumentError, with_location
+from ..errors import ArgumentError, GradcError, with_location
 from ..interpret import eval_graph
 from ..ir import Graph, Primitive, Var, is_float, type_str
 from ..pytree import flatten, unflatten
@@ -398,7 +398,7 @@ def cond(pred, true_fun, false_fun, *operands):
 while_p = Primitive("while_loop", multiple_results=True)
 
 
-def _while_impl(*args, branches, n_cond, n_body):
+def _while_impl(*args, branches, n_cond, n_body, checkpoint=None):
     cond_graph, body_graph = branches
     cc, bc = list(args[:n_cond]), list(args[n_cond:n_cond + n_body])
     carry = [np.asarray(a) for a in args[n_cond + n_body:]]
@@ -409,22 +409,21 @@ def _while_impl(*args, branches, n_cond, n_body):
 
 
 while_p.impl = _while_impl
-while_p.abstract = lambda *args, branches, n_cond, n_body: [
+while_p.abstract = lambda *args, branches, n_cond, n_body, checkpoint=None: [
     (tuple(v.shape), v.dtype) for v in branches[1].outputs]
 
 
-def _while_jvp(primals, tangents, branches, n_cond, n_body):
-    """A while loop over the carries and their tangents: the body's JVP, the condition
-    reading the primal carries only.  (Reverse mode needs a tape whose length the data
-    decide; not written yet: the linearisation says so.)"""
-    from .. import ops
+def _float_carries(body_graph, n_body) -> list:
+    return [is_float(v.dtype) for v in body_graph.inputs[n_body:]]
+
+
+def _tangent_body(body_graph, n_body, lin) -> Graph:
+    """The body of a while loop over values and tangents: inputs ``consts...,
+    tangents of consts[lin]..., carries..., tangents of the float carries...``, outputs
+    the new carries, then their tangents (float carries only)."""
     from ..passes.jvp import jvp_graph
-    cond_graph, body_graph = branches
-    cc, bc, carry = (primals[:n_cond], primals[n_cond:n_cond + n_body],
-                     primals[n_cond + n_body:])
-    tbc, tcarry = tangents[n_cond:n_cond + n_body], tangents[n_cond + n_body:]
-    carry_t = [is_float(v.dtype) for v in body_graph.inputs[n_body:]]
-    wrt = [t is not None for t in tbc] + carry_t
+    carry_t = _float_carries(body_graph, n_body)
+    wrt = list(lin) + carry_t
     jbody = jvp_graph(body_graph, wrt)
     n_in = len(body_graph.inputs)
     prim_in, tan_in = list(jbody.inputs[:n_in]), iter(jbody.inputs[n_in:])
@@ -432,9 +431,26 @@ def _while_jvp(primals, tangents, branches, n_cond, n_body):
     t_bc = [t for t in tan_of[:n_body] if t is not None]
     t_k = [t for t in tan_of[n_body:] if t is not None]
     touts = jbody.outputs[len(body_graph.outputs):]
-    body = Graph(tuple(prim_in[:n_body] + t_bc + prim_in[n_body:] + t_k), jbody.eqns,
+    return Graph(tuple(prim_in[:n_body] + t_bc + prim_in[n_body:] + t_k), jbody.eqns,
                  tuple(jbody.outputs[:len(body_graph.outputs)])
                  + tuple(t for t, w in zip(touts, carry_t) if w))
+
+
+def _while_jvp(primals, tangents, branches, n_cond, n_body, checkpoint=None):
+    """Forward mode alone: one while loop over the carries and their tangents (the
+    body's JVP; the condition reads the primal carries only).  For reverse mode
+    (``splitting``): ``_while_jvp_split``."""
+    from .. import ops
+    from ..passes.jvp import splitting
+    if splitting():
+        return _while_jvp_split(primals, tangents, branches, n_cond, n_body, checkpoint)
+    cond_graph, body_graph = branches
+    cc, bc, carry = (primals[:n_cond], primals[n_cond:n_cond + n_body],
+                     primals[n_cond + n_body:])
+    tbc, tcarry = tangents[n_cond:n_cond + n_body], tangents[n_cond + n_body:]
+    carry_t = _float_carries(body_graph, n_body)
+    lin = [t is not None for t in tbc]
+    body = _tangent_body(body_graph, n_body, lin)
     # the condition takes the tangent carries too, and ignores them
     extra = tuple(Var(tuple(v.shape), v.dtype) for v, w in
                   zip(body_graph.inputs[n_body:], carry_t) if w)
@@ -443,19 +459,243 @@ def _while_jvp(primals, tangents, branches, n_cond, n_body):
              for c, t, w in zip(carry, tcarry, carry_t) if w]
     out = while_p.bind(*cc, *bc, *[t for t in tbc if t is not None], *carry, *zeros,
                        branches=(cond, body), n_cond=n_cond,
-                       n_body=n_body + len(t_bc))
+                       n_body=n_body + sum(lin), checkpoint=checkpoint)
     out = iter(out)
     prim = [next(out) for _ in carry]
     return prim, [next(out) if w else None for w in carry_t]
 
 
+def _while_jvp_split(primals, tangents, branches, n_cond, n_body, checkpoint):
+    """For reverse mode: the primal loop, which also counts its steps, then
+    ``while_tangent``: the tangents carried through that many steps of the body's JVP,
+    from the initial carries.  That equation reads primal values (the body's consts, the
+    initial carries, the count) and is linear in the tangents; its transpose
+    (``while_adjoint``) replays the loop to store the carries (the tape), then runs the
+    body's VJP backwards over them."""
+    from .. import ops
+    cond_graph, body_graph = branches
+    cc, bc, carry = (primals[:n_cond], primals[n_cond:n_cond + n_body],
+                     primals[n_cond + n_body:])
+    tbc, tcarry = tangents[n_cond:n_cond + n_body], tangents[n_cond + n_body:]
+    count = ((), np.dtype(np.int64))
+
+    def counted(*vals):
+        return list(eval_graph(body_graph, list(vals[:-1]))) + [vals[-1] + np.int64(1)]
+
+    counted_body = _closed(counted, [(v.shape, v.dtype) for v in body_graph.inputs] + [count])
+    counted_cond = Graph(cond_graph.inputs + (Var(*count),), cond_graph.eqns,
+                         cond_graph.outputs)
+    out = while_p.bind(*cc, *bc, *carry, np.int64(0),
+                       branches=(counted_cond, counted_body), n_cond=n_cond, n_body=n_body,
+                       checkpoint=checkpoint)
+    carry_out, steps = list(out[:-1]), out[-1]
+    lin = tuple(t is not None for t in tbc)
+    carry_t = _float_carries(body_graph, n_body)
+    jbody = _tangent_body(body_graph, n_body, lin)
+    zeros = [t if t is not None else ops.zeros_like(c)
+             for c, t, w in zip(carry, tcarry, carry_t) if w]
+    tout = iter(while_tangent_p.bind(
+        *bc, *carry, steps, *[t for t in tbc if t is not None], *zeros,
+        branches=(body_graph, jbody), n_body=n_body, lin=lin, checkpoint=checkpoint))
+    return carry_out, [next(tout) if w else None for w in carry_t]
+
+
 while_p.jvp = _while_jvp
 
+# while_tangent[branches=(body, jvp of body), n_body, lin, checkpoint]
+#     consts... carry0... steps tangents of consts[lin]... tangents of float carry0...
+# -> tangents of the float carries after ``steps`` steps of the body
+while_tangent_p = Primitive("while_tangent", multiple_results=True)
 
-def while_loop(cond_fun, body_fun, init_val):
+
+def _split_tangent_args(args, body, n_body, lin):
+    n_carry = len(body.inputs) - n_body
+    bc, carry = list(args[:n_body]), list(args[n_body:n_body + n_carry])
+    steps = args[n_body + n_carry]
+    rest = list(args[n_body + n_carry + 1:])
+    n_lin = sum(lin)
+    return bc, carry, steps, rest[:n_lin], rest[n_lin:]
+
+
+def _while_tangent_impl(*args, branches, n_body, lin, checkpoint=None):
+    body, jbody = branches
+    bc, carry, steps, tbc, tcarry = _split_tangent_args(args, body, n_body, lin)
+    floats = _float_carries(body, n_body)
+    n_out = len(body.outputs)
+    with no_trace():
+        for _ in range(int(steps)):
+            got = eval_graph(jbody, bc + tbc + carry + tcarry)
+            carry = [np.asarray(c) for c in got[:n_out]]
+            tcarry = [np.asarray(t) for t, f in zip(got[n_out:], floats) if f]
+    return tcarry
+
+
+while_tangent_p.impl = _while_tangent_impl
+while_tangent_p.abstract = lambda *args, branches, n_body, lin, checkpoint=None: [
+    (tuple(v.shape), v.dtype) for v, f in
+    zip(branches[0].outputs, _float_carries(branches[0], n_body)) if f]
+
+
+def _while_tangent_transpose(cts, *args, branches, n_body, lin, checkpoint=None):
+    from .. import ops
+    from ..passes.transpose import vjp_graph
+    body = branches[0]
+    bc, carry, steps, tbc, tcarry = _split_tangent_args(args, body, n_body, lin)
+    floats = _float_carries(body, n_body)
+    # one step's VJP: (consts, carries, cotangents of the new carries) -> (new carries,
+    # cotangents of the consts[lin] and of the float carries)
+    step = vjp_graph(body, list(lin) + floats)
+    outs = [v for v, f in zip(body.outputs, floats) if f]
+    cts = [ops.full(tuple(v.shape), 0, v.dtype) if c is None else c
+           for v, c in zip(outs, cts)]
+    got = iter(while_adjoint_p.bind(*bc, *carry, steps, *cts, branches=(body, step),
+                                    n_body=n_body, lin=lin, checkpoint=checkpoint))
+    ct_bc = [next(got) for _ in tbc]
+    ct_carry = [next(got) for _ in tcarry]
+    undefined = lambda a: isinstance(a, UndefinedPrimal)      # noqa: E731
+    return ([None] * (len(bc) + len(carry) + 1)
+            + [c if undefined(a) else None for a, c in zip(tbc, ct_bc)]
+            + [c if undefined(a) else None for a, c in zip(tcarry, ct_carry)])
+
+
+def _while_tangent_jvp(primals, tangents, branches, n_body, lin, checkpoint=None):
+    """``while_tangent`` is a while loop over (carries, tangents, a step counter) that
+    stops at ``steps``: differentiated as one (``_while_jvp``)."""
+    from .. import ops
+    body, jbody = branches
+    bc, carry, steps, tbc, tcarry = _split_tangent_args(primals, body, n_body, lin)
+    _, dcarry, _, dtbc, dtcarry = _split_tangent_args(tangents, body, n_body, lin)
+    count = ((), np.dtype(np.int64))
+
+    def counted(*vals):
+        return list(eval_graph(jbody, list(vals[:-1]))) + [vals[-1] + np.int64(1)]
+    counted_body = _closed(counted, [(v.shape, v.dtype) for v in jbody.inputs] + [count])
+    state = [(v.shape, v.dtype) for v in jbody.inputs[n_body + sum(lin):]]
+    cond = _closed(lambda limit, *vals: [vals[-1] < limit], [count] + state + [count])
+    n_in = n_body + sum(lin)
+    got_p, got_t = _while_jvp(
+        [steps] + bc + tbc + carry + tcarry + [np.int64(0)],
+        [None] + tangents[:n_body] + dtbc + dcarry + dtcarry + [None],
+        (cond, counted_body), 1, n_in, checkpoint)
+    n_carry = len(carry)
+    keep = slice(n_carry, n_carry + len(tcarry))
+    return got_p[keep], [t if t is not None else ops.zeros_like(p)
+                         for p, t in zip(got_p[keep], got_t[keep])]
+
+
+while_tangent_p.transpose = _while_tangent_transpose
+while_tangent_p.jvp = _while_tangent_jvp
+
+# while_adjoint[branches=(body, vjp of body), n_body, lin, checkpoint]
+#     consts... carry0... steps cotangents of the final float carries...
+# -> cotangents of consts[lin]... and of the float carry0...
+while_adjoint_p = Primitive("while_adjoint", multiple_results=True)
+
+
+def _while_adjoint_impl(*args, branches, n_body, lin, checkpoint=None):
+    """The tape: the carries before each step (every ``checkpoint``-th one only, the
+    others recomputed from it a segment at a time); then the body's VJP from the last
+    step to the first, summing the consts' cotangents."""
+    body, step = branches
+    n_carry = len(body.inputs) - n_body
+    bc = [np.asarray(a) for a in args[:n_body]]
+    carry = [np.asarray(a) for a in args[n_body:n_body + n_carry]]
+    steps = int(args[n_body + n_carry])
+    ct = [np.asarray(a) for a in args[n_body + n_carry + 1:]]
+    floats = _float_carries(body, n_body)
+    n_lin = sum(lin)
+    acc = [np.zeros(v.shape, v.dtype) for v, w in zip(body.inputs[:n_body], lin) if w]
+    every = max(1, steps if checkpoint is None else int(checkpoint))
+    with no_trace():
+        def advance(c, n):
+            tape = []
+            for _ in range(n):
+                tape.append(c)
+                c = [np.asarray(x) for x in eval_graph(body, bc + c)]
+            return c, tape
+        snapshots, c = [], carry
+        for lo in range(0, steps, every):
+            snapshots.append(c)
+            c, _ = advance(c, min(every, steps - lo))
+        for k in range(len(snapshots) - 1, -1, -1):
+            lo = k * every
+            _, tape = advance(snapshots[k], min(every, steps - lo))
+            for c in reversed(tape):
+                cts = iter(ct)
+                full = [next(cts) if f else np.zeros(v.shape, v.dtype)
+                        for v, f in zip(body.outputs, floats)]
+                got = eval_graph(step, bc + c + full)[len(body.outputs):]
+                acc = [a + np.asarray(g) for a, g in zip(acc, got[:n_lin])]
+                ct = [np.asarray(g) for g in got[n_lin:]]
+    return acc + ct
+
+
+while_adjoint_p.impl = _while_adjoint_impl
+while_adjoint_p.abstract = lambda *args, branches, n_body, lin, checkpoint=None: (
+    [(tuple(v.shape), v.dtype) for v, w in zip(branches[0].inputs[:n_body], lin) if w]
+    + [(tuple(v.shape), v.dtype) for v, f in
+       zip(branches[0].inputs[n_body:], _float_carries(branches[0], n_body)) if f])
+
+
+def _while_adjoint_jvp(primals, tangents, branches, n_body, lin, checkpoint=None):
+    """Forward over reverse.  With ``G`` the body over (values, tangents)
+    (``_tangent_body``), the VJP of ``G`` at cotangents (u, w) gives, at the tangent
+    carries, ``J^T w`` (the adjoint itself) and, at the carries, ``J^T u + (dJ)^T w``
+    (its derivative along the tangents, by the symmetry of second derivatives).  So the
+    JVP of the adjoint loop is the adjoint loop of ``G``, with u = the cotangents'
+    tangents and w = the cotangents."""
+    from .. import ops
+    from ..passes.jvp import splitting
+    from ..passes.transpose import vjp_graph
+    if splitting():
+        raise GradcError(with_location(
+            "reverse mode over reverse mode through while_loop (e.g. grad of grad) is not "
+            "implemented yet: take second derivatives forward over reverse (gradc.jvp of "
+            "gradc.grad) or reverse over forward (gradc.grad of gradc.jvp)"))
+    body = branches[0]
+    n_carry = len(body.inputs) - n_body
+    bc, carry = list(primals[:n_body]), list(primals[n_body:n_body + n_carry])
+    steps, ct = primals[n_body + n_carry], list(primals[n_body + n_carry + 1:])
+    dbc, dcarry = tangents[:n_body], tangents[n_body:n_body + n_carry]
+    dct = tangents[n_body + n_carry + 1:]
+    floats = _float_carries(body, n_body)
+    lin2 = [w or d is not None for w, d in zip(lin, dbc)]
+    big = _tangent_body(body, n_body, lin2)
+    zeros = ops.zeros_like
+    t_bc = [d if d is not None else zeros(b) for b, d, w in zip(bc, dbc, lin2) if w]
+    t_carry = [d if d is not None else zeros(c) for c, d, f in zip(carry, dcarry, floats)
+               if f]
+    u = [d if d is not None else zeros(c) for c, d in zip(ct, dct)]
+    big_lin = tuple(lin) + tuple(w for w, w2 in zip(lin, lin2) if w2)
+    big_floats = _float_carries(big, n_body + sum(lin2))
+    step = vjp_graph(big, list(big_lin) + big_floats)
+    got = while_adjoint_p.bind(*bc, *t_bc, *carry, *t_carry, steps, *u, *ct,
+                               branches=(big, step), n_body=n_body + sum(lin2), lin=big_lin,
+                               checkpoint=checkpoint)
+    n_lin = sum(lin)
+    n_float = sum(floats)
+    d_bc, ct_bc = got[:n_lin], got[n_lin:2 * n_lin]
+    d_carry, ct_carry = got[2 * n_lin:2 * n_lin + n_float], got[2 * n_lin + n_float:]
+    return list(ct_bc) + list(ct_carry), list(d_bc) + list(d_carry)
+
+
+while_adjoint_p.jvp = _while_adjoint_jvp
+
+
+def while_loop(cond_fun, body_fun, init_val, checkpoint=None):
     """``while cond_fun(val): val = body_fun(val)`` (JAX's ``lax.while_loop``), as one
-    equation: the number of steps is decided when the function runs.  Forward mode goes
-    through it; reverse mode is not written yet and says so."""
+    equation: the number of steps is decided when the function runs.
+
+    Both modes differentiate it.  Reverse mode stores the loop value before every step
+    (the tape: steps x the size of ``val``) and runs the body's VJP backwards over it;
+    with ``checkpoint=k`` it stores every k-th value only and recomputes the k steps
+    after one when the backward sweep reaches them: (steps / k + k) values stored, for
+    one more forward pass.  The primal loop runs once more than without reverse mode
+    (the backward sweep replays it to fill the tape)."""
+    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(
+            checkpoint, (int, np.integer)) or checkpoint < 1):
+        raise ArgumentError(with_location(
+            f"while_loop: checkpoint must be None or a positive int, got {checkpoint!r}"))
     leaves, tree = flatten(init_val)
     avals = _avals(leaves)
     n = len(leaves)
@@ -482,5 +722,6 @@ def while_loop(cond_fun, body_fun, init_val):
                 "the loop value keeps its shape and dtype")
     cond_graph, body_graph = _consts_first(cond_graph, n), _consts_first(body_graph, n)
     out = while_p.bind(*cond_caps, *body_caps, *leaves, branches=(cond_graph, body_graph),
-                       n_cond=len(cond_caps), n_body=len(body_caps))
+                       n_cond=len(cond_caps), n_body=len(body_caps),
+                       checkpoint=None if checkpoint is None else int(checkpoint))
     return unflatten(tree, out)
