@@ -2,8 +2,9 @@
 """Memory (and time) of reverse mode through ``gradc.while_loop``, with and without
 checkpointing.
 
-The loop (its trip count is data: ``limit`` is an argument of the function, so the
-compiled code cannot know it)::
+The loop (its trip count is data: ``limit`` is an argument of the function, passed as a
+0-d int64 array, so the compiled code cannot know it; a Python or NumPy integer scalar
+would be static for gradc, and each new value would compile anew)::
 
     def loss(p, x0, limit):
         def cond(c):  i, x = c;  return i < limit
@@ -62,7 +63,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 
 import numpy as np
@@ -176,7 +176,10 @@ def worker(spec):
     target, checkpoint = spec["target"], spec["checkpoint"]
     n, steps, repeats = spec["n"], spec["steps"], spec["repeats"]
     p, x0 = inputs(n)
-    limit, warm_limit = np.int64(steps), np.int64(WARM_LIMIT)
+    # 0-d int64 arrays: gradc takes Python and NumPy integer scalars (np.int64 too) as
+    # static, baked into the trace, so that each new limit would compile anew
+    limit = np.array(steps, dtype=np.int64)
+    warm_limit = np.array(WARM_LIMIT, dtype=np.int64)
     loss = make_loss(checkpoint)
     res = {"notes": []}
     g = gradc.grad(loss, target=target)
@@ -255,7 +258,8 @@ def worker(spec):
 
 
 def run_worker(spec, timeout):
-    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import sys, json; sys.path.insert(0, {here!r})\n"
             "import while_memory as w\n"
             f"spec = json.loads({json.dumps(spec)!r})\n"
             "try:\n"
@@ -447,7 +451,10 @@ def main(argv=None):
           f"tolerance {cfg.tol:g} (max abs error / max abs reference)")
     print("- grad time: median of the calls at full size; the memory columns are for one "
           "call, after a warm-up call with limit=3; tracemalloc does not see memory that "
-          "compiled code allocates itself")
+          "compiled code allocates itself; RSS HWM Δ (getrusage) is the growth of the "
+          "process's lifetime peak RSS, a lower bound (0 when the call's peak stays under "
+          "an earlier one, e.g. from imports and compiling); RSS HWM Δ (reset VmHWM) is the "
+          "peak above the RSS at the start of the call")
     print()
     print_table(header, rows, md)
     return 0 if all(r["grad"] is not None for _, _, r in results) else 1

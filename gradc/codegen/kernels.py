@@ -61,11 +61,17 @@ jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
 jit_loops_fastmath = numba.njit(nogil=True, error_model="numpy", fastmath=True)
 jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                          fastmath=True)
+# nests that sum floats: LLVM may reassociate (several partial sums), nothing more
+jit_loops_reassoc = numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+jit_loops_parallel_reassoc = numba.njit(nogil=True, error_model="numpy", parallel=True,
+                                        fastmath={"reassoc"})
 # loop nests run from object-mode blocks (on_threads) are compiled on their own, not into
 # the main function's machine code: they get disk-cache entries of their own, beside it
 # (named after the generated module, so cache.seal covers them)
 jit_pooled = numba.njit(cache=True, nogil=True, error_model="numpy")
 jit_pooled_fastmath = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+jit_pooled_reassoc = numba.njit(cache=True, nogil=True, error_model="numpy",
+                                fastmath={"reassoc"})
 
 
 def jit_noalias(fn):

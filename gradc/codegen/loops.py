@@ -165,12 +165,14 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     body = eqn.params["body"]
     params = [names[v] for v in body.inputs] + [c for c in dict.fromkeys(used)]
     outs = [line.split(" = ") for line in nest
-            if line.startswith(tuple(names[r] + " = _o" for r in body.outputs))]
+            if line.startswith(tuple(names[r] + f" = {b}" for r in body.outputs
+                                     for b in ("_o", "_y")))]
     params += [buffer for _, buffer in outs]
     results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)
     decorator = ("@_k.jit_pooled" if pooled else "@_k.jit_loops"
-                 + ("_parallel" if uses_prange else "")) + ("_fastmath" if fastmath else "")
+                 + ("_parallel" if uses_prange else "")) + (
+        "_fastmath" if fastmath else "_reassoc" if _reassociates(eqn) else "")
 
     def make(name):
         # (bounds named with an underscore: graph values are named with letters only)
@@ -213,15 +215,14 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
         e = producer[r]
         kind = _reduction_kind(e)
         if kind is None:
-            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype)}")
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r)}")
             continue
-        init = scalar_literal(_IDENTITY[kind], r.dtype) if kind in ("sum", "prod") \
-            or np.dtype(r.dtype).kind == "f" else _int_extreme(kind, r.dtype)
+        init = _init(kind, r)
         reductions[r] = (kind, e)
         if r.ndim == 0:
             lines.append(f"{names[r]} = {init}")
         else:
-            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype)}")
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r)}")
             lines.append(f"{names[r]}.fill({init})")
     loop_vars = [f"i{k}" for k in range(len(domain))]
     can_prange = parallel and len(domain) > 0 and all(
@@ -231,10 +232,17 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     # domain is then split there, so that every nest's body is free of window tests
     probe = _Emitter(ctx, names, producer, comments)
     _emit_body(probe, roots, reductions, names, comments,
-               tuple((0, n) for n in domain), loop_vars)
+               tuple((0, n) for n in domain), loop_vars, {})
     pieces = _split(domain, loop_vars, probe.breakpoints)
     if len(pieces) * len(probe.lines) > MAX_SPLIT_LINES:      # too much code: keep tests
         pieces = [tuple((0, n) for n in domain)]
+    # an array reduced along the innermost loop accumulates in a local over that loop:
+    # LLVM keeps it in a register (an array element it must reload after every store
+    # through another array that may alias it), and vectorises the sum (``reassoc``:
+    # ``_reassociates``)
+    last = len(domain) - 1
+    accs = {r: f"{names[r]}_acc" for r, (kind, e) in reductions.items()
+            if r.ndim > 0 and last in e.params["axes"]}
     shared = set()
     for ranges in pieces:
         em = _Emitter(ctx, names, producer, comments)
@@ -254,10 +262,36 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
                 lines.append(f"for {v} in range(max({a}, _lo), min({b}, _hi)):")
                 continue
             bounds = f"{b}" if a == 0 else f"{a}, {b}"
-            lines.append("    " * (depth + chunked) + f"for {v} in range({bounds}):")
-        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars)
+            pad = "    " * (depth + chunked)
+            if depth == last:
+                lines.extend(pad + f"{acc} = {_init(*reductions[r][:1], r)}"
+                             for r, acc in accs.items())
+            lines.append(pad + f"for {v} in range({bounds}):")
+        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs)
         lines.extend(("    " + line) if chunked else line for line in body)
+        idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
+        for r, acc in accs.items():
+            kind, e = reductions[r]
+            kept = [c for k, c in enumerate(idx) if k not in e.params["axes"]]
+            target = f"{names[r]}[{em.subscript(kept)}]"
+            lines.append("    " * (last + chunked) + f"{target} = {_combine(kind, target, acc)}")
     return lines
+
+
+def _init(kind, r) -> str:
+    """The identity of a reduction, in the result's dtype."""
+    if kind in ("sum", "prod") or np.dtype(r.dtype).kind == "f":
+        return scalar_literal(_IDENTITY[kind], r.dtype)
+    return _int_extreme(kind, r.dtype)
+
+
+def _reassociates(eqn) -> bool:
+    """Whether a fused nest sums or multiplies floats into an accumulator: compiled with
+    LLVM's ``reassoc`` flag only (no other fast-math assumption: infinities and NaNs
+    keep their meaning), which lets it keep several partial sums in vector registers.
+    A 32x32x32 nest reducing along its inner loop: 43 µs without, 6 µs with."""
+    return any(_reduction_kind(e) in ("sum", "prod") and np.dtype(e.outputs[0].dtype).kind
+               in "fc" for e in eqn.params["body"].eqns)
 
 
 PRANGE_MIN = 1 << 15       # elements a loop nest needs before it is shared among threads
@@ -305,7 +339,7 @@ def _split(domain, loop_vars, breakpoints) -> list:
     return list(itertools.product(*per_dim))
 
 
-def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars) -> list:
+def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs) -> list:
     depth = len(ranges)
     idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
     for r in roots:
@@ -314,7 +348,8 @@ def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars) -> lis
             val = em.value(e.inputs[0], idx, depth)
             axes = e.params["axes"]
             kept = [c for k, c in enumerate(idx) if k not in axes]
-            target = names[r] if r.ndim == 0 else f"{names[r]}[{em.subscript(kept)}]"
+            target = (accs[r] if r in accs else names[r] if r.ndim == 0
+                      else f"{names[r]}[{em.subscript(kept)}]")
             if e not in em.commented:
                 em.commented.add(e)
                 em.emit(depth, f"# {comments[e][0]}")

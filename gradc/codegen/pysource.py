@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
-from . import convgen
+from . import control, convgen
 from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -102,10 +103,13 @@ def _prod(shape) -> int:
 
 # ---------------------------------------------------------------- lowering state
 
-def _ufunc_objmode(eqn, a, outs) -> list:
+def _ufunc_objmode(ctx, eqn, a, outs) -> list:
     out = eqn.outputs[0]
-    kind = f"{np.dtype(out.dtype).name}[{', '.join([':'] * (out.ndim - 1) + ['::1'])}]"
+    dest = ctx.dest.pop(out, None)
     call = TEMPLATES[eqn.prim.name].format(*a)
+    if dest is not None:        # written where the loop keeps it (see body_function)
+        return ["with numba.objmode():", f"    {call[:-1]}, out={dest})", f"{outs[0]} = {dest}"]
+    kind = f"{np.dtype(out.dtype).name}[{', '.join([':'] * (out.ndim - 1) + ['::1'])}]"
     return [f"with numba.objmode({outs[0]}={kind!r}):",
             f"    {outs[0]} = np.ascontiguousarray({call})"]
 
@@ -134,6 +138,9 @@ class _Context:
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.conv_plan: dict = {}  # see _conv_plan
         self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
+        self.inner = False         # lowering a loop's body (a function called per step)
+        self.dest = {}             # body output Var -> parameter it is written into
+        self.parallel = self.fastmath = False
         self.temps = 0
 
     def temp(self) -> str:
@@ -149,10 +156,12 @@ class _Context:
         self.consts[name] = value
         return name
 
-    def out_buffer(self, shape, dtype) -> str:
+    def out_buffer(self, shape, dtype, var=None) -> str:
         """A parameter for an array the caller allocates with NumPy and the code fills:
         NumPy's allocator asks the kernel for huge pages, Numba's does not, and a fresh
         80 MB array costs 4x less to fault in that way."""
+        if self.inner:      # a loop body's: its destination, or allocated here
+            return self.dest.pop(var, None) or f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
         name = f"_o{len(self.outs)}"
         self.outs[name] = (tuple(int(n) for n in shape), np.dtype(dtype))
         return name
@@ -496,6 +505,7 @@ HANDLERS = {
     "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
+    **control.HANDLERS,
 }
 
 
@@ -507,27 +517,16 @@ def lowerable() -> set:
     return set(TEMPLATES) | set(HANDLERS)
 
 
-# ---------------------------------------------------------------- the driver
+def _atom(ctx, names, x) -> str:
+    if isinstance(x, Var):
+        return names[x]
+    if x.ndim == 0:
+        return scalar_literal(x.value, x.dtype)
+    return ctx.const(x.value)
 
-def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
-          fastmath: bool = False) -> Lowered:
-    """The generated module's source, its main function's name, and its constants.
-    With ``parallel``, fused loop nests run their outer loop with ``numba.prange``;
-    with ``fastmath``, their helpers are compiled with Numba's ``fastmath``."""
-    ctx = _Context()
-    ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
-    namer, printed = pretty_parts(graph)
-    names = {v: _identifier(n) for v, n in namer.names.items()}
-    ctx.conv_plan = _conv_plan(ctx, graph)
-    ctx.pool_loops = not _calls_blas(graph)
 
-    def atom(x) -> str:
-        if isinstance(x, Var):
-            return names[x]
-        if x.ndim == 0:
-            return scalar_literal(x.value, x.dtype)
-        return ctx.const(x.value)
-
+def _statements(ctx, graph: Graph, names: dict, printed) -> list:
+    """The lines of a function body computing ``graph``'s equations (indented once)."""
     body, last_source = [], None
     for eqn, text in zip(graph.eqns, printed):
         line = text[0]
@@ -536,26 +535,87 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
             where = f"\n  at {eqn.source}" if eqn.source else ""
             raise UnsupportedError(f"the numba backend has no lowering for primitive "
                                    f"{prim!r} (equation: {line.strip()}){where}")
-        args = [atom(x) for x in eqn.inputs]
+        args = [_atom(ctx, names, x) for x in eqn.inputs]
         outs = [names[v] for v in eqn.outputs]
         body.append("    # " + line.strip().removeprefix("let "))
         if eqn.source and eqn.source != last_source:
             body.append(f"    #   from {eqn.source}")
         last_source = eqn.source
         if prim in TEMPLATES and numpy_ufunc_call(eqn):
-            code = _ufunc_objmode(eqn, args, outs)
+            code = _ufunc_objmode(ctx, eqn, args, outs)
         elif prim in TEMPLATES:
             code = TEMPLATES[prim].format(*args)
         elif prim == "fused":
             from .loops import lower_fused
             inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}
             inner[eqn] = [line]
-            code = lower_fused(ctx, eqn, names, inner, parallel, fastmath)
+            code = lower_fused(ctx, eqn, names, inner, ctx.parallel and not ctx.inner,
+                               ctx.fastmath)
         else:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
             code = [f"{', '.join(outs)} = {code}" if outs else code]
         body.extend("    " + c for c in code)
+    return body
+
+
+def body_function(ctx, graph: Graph, what: str, dests=()):
+    """A loop's body (or a branch) as a jitted function of the module, optimised like a
+    whole graph (``compile.optimise``: simplified, fused) and lowered like one.
+
+    ``dests``: positions of outputs the caller stores in arrays of its own (a scan's ys);
+    the function takes a destination for each (after its inputs), and a loop nest or
+    NumPy call computing such an output writes it there, sparing the copy.  Returns the
+    function's name, the array constants it reads (parameters of the main function,
+    passed last) and the positions written in place."""
+    from .compile import optimise
+    graph = optimise(graph, "cpu")
+    saved = ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest
+    ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
+    ctx.conv_plan = _conv_plan(ctx, graph)
+    ctx.pool_loops, ctx.inner = False, True     # (called once a step: no thread pool)
+    made = {v for e in graph.eqns for v in e.outputs if e.prim.name not in _VIEWS}
+    dest_of = {k: f"_y{j}" for j, k in enumerate(dests)}
+    ctx.dest = {graph.outputs[k]: name for k, name in dest_of.items()
+                if graph.outputs[k] in made and list(graph.outputs).count(graph.outputs[k]) == 1}
+    wanted = dict(ctx.dest)
+    try:
+        namer, printed = pretty_parts(graph)
+        names = {v: _identifier(n) for v, n in namer.names.items()}
+        body = _statements(ctx, graph, names, printed)
+        results = [_atom(ctx, names, x) for x in graph.outputs]
+        written = {k for k, name in dest_of.items()
+                   if graph.outputs[k] in wanted and graph.outputs[k] not in ctx.dest}
+    finally:
+        ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest = saved
+    text = "\n".join(body + results)
+    consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
+    params = [names[v] for v in graph.inputs] + list(dest_of.values()) + consts
+
+    def make(name):
+        head = ["@_k.jit_helper", f"def {name}({', '.join(params)}):", f"    # {what}"]
+        return "\n".join(head + body + [f"    return ({''.join(r + ', ' for r in results)})"])
+    return ctx.helper(make), consts, written
+
+
+# ---------------------------------------------------------------- the driver
+
+def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
+          fastmath: bool = False) -> Lowered:
+    """The generated module's source, its main function's name, and its constants.
+    With ``parallel``, fused loop nests run their outer loop with ``numba.prange``;
+    with ``fastmath``, their helpers are compiled with Numba's ``fastmath``."""
+    ctx = _Context()
+    ctx.parallel, ctx.fastmath = parallel, fastmath
+    ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
+    namer, printed = pretty_parts(graph)
+    names = {v: _identifier(n) for v, n in namer.names.items()}
+    ctx.conv_plan = _conv_plan(ctx, graph)
+    ctx.pool_loops = not _calls_blas(graph)
+    body = _statements(ctx, graph, names, printed)
+
+    def atom(x) -> str:
+        return _atom(ctx, names, x)
 
     # results never alias the caller's inputs, the constants or each other's storage
     # through a view: those are copied (a caller may mutate what it gets back)
@@ -564,7 +624,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     for x in graph.outputs:
         text = atom(x)
         aliased = x.ndim > 0 and (not isinstance(x, Var) or x not in producer
-                                  or producer[x] in _VIEWS)
+                                  or producer[x] in _VIEWS or producer[x] in control.PASSING)
         results.append(f"np.ascontiguousarray({text}).copy()" if aliased else text)
     body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
     params = [names[v] for v in graph.inputs] + list(ctx.consts) + list(ctx.outs)

@@ -9,10 +9,11 @@ from ..api import stop_gradient
 
 def logsumexp(x, axis=None, keepdims=False):
     """``log Σ exp(x)`` along ``axis``, shifted by the maximum for stability.  The shift
-    is held constant (``stop_gradient``): the result does not depend on it, and this keeps
-    ties in the maximum from splitting the derivative."""
+    is held constant: the result does not depend on it.  It is the maximum of
+    ``stop_gradient(x)``, so that derivatives do not even compute the maximum's (the tie
+    mask, a residual as large as x that reverse mode through a loop would store)."""
     x = np.asarray(x) if not hasattr(x, "shape") else x
-    shift = stop_gradient(np.max(x, axis=axis, keepdims=True))
+    shift = np.max(stop_gradient(x), axis=axis, keepdims=True)
     shift = np.where(np.isfinite(shift), shift, 0.0)
     out = np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
     if not keepdims:

@@ -92,12 +92,16 @@ def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
     transpose) finds the split made: the first loop is primal, the second is linear and
     is transposed by ``_scan_transpose``."""
     from .. import ops
+    from ..passes.jvp import splitting
     from ..passes.linearize import linearize_graph
     consts, carry, xs = _split(primals, n_consts, n_carry)
     tconsts, tcarry, txs = _split(tangents, n_consts, n_carry)
     # every float carry gets a tangent: one that starts at zero may not stay zero
     carry_t = [is_float(v.dtype) for v in body.inputs[n_consts:n_consts + n_carry]]
     wrt = [t is not None for t in tconsts] + carry_t + [t is not None for t in txs]
+    if not splitting():
+        return _scan_jvp_fused(body, consts, carry, xs, tconsts, tcarry, txs, wrt, carry_t,
+                               length, reverse)
     primal_body, linear_body = linearize_graph(body, wrt)
     n_y = len(body.outputs) - n_carry
     n_res = len(primal_body.outputs) - len(body.outputs)
@@ -137,6 +141,42 @@ def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
     tcarry_out = [next(tout) if w else None for w in carry_t]
     tys = [next(tout) if w else None for w in y_float]
     return list(carry_out) + list(ys), tcarry_out + tys
+
+
+def _scan_jvp_fused(body, consts, carry, xs, tconsts, tcarry, txs, wrt, carry_t, length,
+                    reverse):
+    """Forward mode alone: one scan of the body's JVP, the tangents carried beside the
+    values (no tape)."""
+    from .. import ops
+    from ..passes.jvp import jvp_graph
+    n_consts, n_carry = len(consts), len(carry)
+    jbody = jvp_graph(body, wrt)
+    n_in = len(body.inputs)
+    prim_in, tan_in = list(jbody.inputs[:n_in]), iter(jbody.inputs[n_in:])
+    tan_of = [next(tan_in) if w else None for w in wrt]
+    tc_in, tk_in, tx_in = _split(tan_of, n_consts, n_carry)
+    pc_in, pk_in, px_in = _split(prim_in, n_consts, n_carry)
+    n_out = len(body.outputs)
+    touts = jbody.outputs[n_out:]
+    y_float = [is_float(v.dtype) for v in body.outputs[n_carry:]]
+    some = lambda vs: [v for v in vs if v is not None]          # noqa: E731
+    inputs = pc_in + some(tc_in) + pk_in + some(tk_in) + px_in + some(tx_in)
+    outputs = (list(jbody.outputs[:n_carry]) + [t for t, w in zip(touts[:n_carry], carry_t) if w]
+               + list(jbody.outputs[n_carry:n_out])
+               + [t for t, w in zip(touts[n_carry:], y_float) if w])
+    zeros = [t if t is not None else ops.zeros_like(c)
+             for c, t, w in zip(carry, tcarry, carry_t) if w]
+    tc = some(tconsts)
+    out = scan_p.bind(*consts, *tc, *carry, *zeros, *xs, *some(txs),
+                      body=Graph(tuple(inputs), jbody.eqns, tuple(outputs)),
+                      n_consts=n_consts + len(tc), n_carry=n_carry + len(zeros),
+                      length=length, reverse=reverse)
+    out = iter(out)
+    prim_carry = [next(out) for _ in carry]
+    t_carry = [next(out) if w else None for w in carry_t]
+    ys = [next(out) for _ in y_float]
+    t_ys = [next(out) if w else None for w in y_float]
+    return prim_carry + ys, t_carry + t_ys
 
 
 def _scan_transpose(cts, *args, body, n_consts, n_carry, length, reverse):

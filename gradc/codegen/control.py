@@ -1,0 +1,193 @@
+"""Structured control flow as real loops in the generated source.
+
+Each body (a scan's step, a cond's branches, a while loop's condition and body, the
+steps of reverse mode through a while loop) becomes a jitted function of the module
+(``pysource.body_function``), optimised and fused like a whole graph; the equation
+becomes a Python ``for``/``while``/``if`` in the calling function that calls it.
+
+* ``scan``: ``for t in range(length)`` (or backwards) over the carries, each y written
+  into a stacked array allocated before the loop.  The backward sweep of a scan (its
+  transpose, see ``prims.loops``) is a scan with ``reverse`` flipped, so it is the same
+  loop run backwards over the stored residuals.
+* ``cond``: ``if pred: outs = true(...) else: outs = false(...)``.
+* ``while_loop``: ``while cond(...)[0]: carries = body(...)``.
+* ``while_tangent``: ``for _ in range(steps)`` over values and tangents.
+* ``while_adjoint``: the tape (``np.empty((steps,) + shape)`` per carry, or every
+  ``checkpoint``-th carry and a segment buffer of ``checkpoint`` carries), a forward loop
+  that fills it, and a backward loop over the body's VJP.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+
+# primitives whose results may be one of their inputs (a carry passed through): the
+# main function copies such results before returning them
+PASSING = {"scan", "cond", "while_loop", "while_tangent", "while_adjoint"}
+
+
+def _fn(ctx, graph, what):
+    from .pysource import body_function
+    name, consts, _ = body_function(ctx, graph, what)
+    return name, consts
+
+
+def _empty(shape, dtype, lead: str) -> str:
+    from .pysource import dtype_expr
+    dims = ", ".join([lead] + [str(int(n)) for n in shape])
+    return f"np.empty(({dims},), {dtype_expr(dtype)})"
+
+
+def _zero(v) -> str:
+    from .pysource import _tuple, dtype_expr, scalar_literal
+    if len(v.shape) == 0:
+        return scalar_literal(0, v.dtype)
+    return f"np.zeros({_tuple(v.shape)}, {dtype_expr(v.dtype)})"
+
+
+def _call(fn, args, consts) -> str:
+    return f"{fn}({', '.join(list(args) + list(consts))})"
+
+
+def _unpack(names) -> str:
+    return "".join(n + ", " for n in names).rstrip()
+
+
+def _scan(ctx, eqn, a, outs):
+    p = eqn.params
+    n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
+    from .pysource import body_function
+    n_ys = len(eqn.outputs) - n_carry
+    fn, extra, written = body_function(ctx, p["body"], f"scan body, {length} steps",
+                                       dests=range(n_carry, n_carry + n_ys))
+    consts, carry, xs = a[:n_consts], a[n_consts:n_consts + n_carry], a[n_consts + n_carry:]
+    k = [ctx.temp() for _ in carry]
+    t = ctx.temp()
+    lines = [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    lines += [f"{o} = {_empty(v.shape[1:], v.dtype, str(length))}"
+              for o, v in zip(outs[n_carry:], eqn.outputs[n_carry:])]
+    steps = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
+    r = ctx.temp()
+    step_args = consts + k + [f"{x}[{t}]" for x in xs]
+    dests = [f"{o}[{t}]" for o in outs[n_carry:]]
+    lines += [f"for {t} in {steps}:", f"    {r} = {_call(fn, step_args, dests + extra)}"]
+    lines += [f"    {kk} = {r}[{j}]" for j, kk in enumerate(k)]
+    # (the ys the body wrote in place are not copied)
+    lines += [f"    {o}[{t}] = {r}[{n_carry + j}]" for j, o in enumerate(outs[n_carry:])
+              if n_carry + j not in written]
+    return lines + [f"{o} = {kk}" for o, kk in zip(outs, k)]
+
+
+def _cond(ctx, eqn, a, outs):
+    false, true = eqn.params["branches"]
+    f_fn, f_extra = _fn(ctx, false, "cond: the false branch")
+    t_fn, t_extra = _fn(ctx, true, "cond: the true branch")
+    return [f"if {a[0]}:",
+            f"    {_unpack(outs)} = {_call(t_fn, a[1:], t_extra)}",
+            "else:",
+            f"    {_unpack(outs)} = {_call(f_fn, a[1:], f_extra)}"]
+
+
+def _while(ctx, eqn, a, outs):
+    p = eqn.params
+    n_cond, n_body = p["n_cond"], p["n_body"]
+    cond, body = p["branches"]
+    c_fn, c_extra = _fn(ctx, cond, "while_loop: the condition")
+    b_fn, b_extra = _fn(ctx, body, "while_loop: the body")
+    cc, bc, carry = a[:n_cond], a[n_cond:n_cond + n_body], a[n_cond + n_body:]
+    k = [ctx.temp() for _ in carry]
+    return ([f"{kk} = {c}" for kk, c in zip(k, carry)]
+            + [f"while {_call(c_fn, cc + k, c_extra)}[0]:",
+               f"    {_unpack(k)} = {_call(b_fn, bc + k, b_extra)}"]
+            + [f"{o} = {kk}" for o, kk in zip(outs, k)])
+
+
+def _floats(body, n_body):
+    from ..ir import is_float
+    return [is_float(v.dtype) for v in body.inputs[n_body:]]
+
+
+def _while_tangent(ctx, eqn, a, outs):
+    p = eqn.params
+    body, jbody = p["branches"]
+    n_body, lin = p["n_body"], p["lin"]
+    n_carry = len(body.inputs) - n_body
+    fn, extra = _fn(ctx, jbody, "while_tangent: a step of the values and their tangents")
+    bc, carry, steps = a[:n_body], a[n_body:n_body + n_carry], a[n_body + n_carry]
+    tbc, tcarry = a[n_body + n_carry + 1:][:sum(lin)], a[n_body + n_carry + 1 + sum(lin):]
+    k = [ctx.temp() for _ in carry]
+    tk = [ctx.temp() for _ in tcarry]
+    return ([f"{kk} = {c}" for kk, c in zip(k + tk, carry + tcarry)]
+            + [f"for _ in range({steps}):",
+               f"    {_unpack(k + tk)} = {_call(fn, bc + tbc + k + tk, extra)}"]
+            + [f"{o} = {kk}" for o, kk in zip(outs, tk)])
+
+
+def _while_adjoint(ctx, eqn, a, outs):
+    p = eqn.params
+    body, step = p["branches"]
+    n_body, lin, every = p["n_body"], p["lin"], p["checkpoint"]
+    n_carry = len(body.inputs) - n_body
+    n_out = len(body.outputs)
+    floats = _floats(body, n_body)
+    b_fn, b_extra = _fn(ctx, body, "while_adjoint: a step of the loop (to fill the tape)")
+    # the VJP of a step, without the step's own results
+    back = Graph(step.inputs, step.eqns, step.outputs[n_out:])
+    v_fn, v_extra = _fn(ctx, back, "while_adjoint: a step of the backward sweep")
+    bc, carry, n = a[:n_body], a[n_body:n_body + n_carry], a[n_body + n_carry]
+    ct_in = iter(a[n_body + n_carry + 1:])
+    carries = body.inputs[n_body:]
+    lines = []
+    # cotangents of the carries (zeros for the integer ones, which have none)
+    ct = []
+    for v, f in zip(carries, floats):
+        name = ctx.temp()
+        lines.append(f"{name} = {next(ct_in) if f else _zero(v)}")
+        ct.append(name)
+    acc = []
+    for v, w in zip(body.inputs[:n_body], lin):
+        if w:
+            acc.append(ctx.temp())
+            lines.append(f"{acc[-1]} = {_zero(v)}")
+    k = [ctx.temp() for _ in carry]
+    tape = [ctx.temp() for _ in carry]
+    lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    i, r = ctx.temp(), ctx.temp()
+    step_k = f"    {_unpack(k)} = {_call(b_fn, bc + k, b_extra)}"
+
+    def backward(at, pad):
+        cur = [f"{t}[{at}]" for t in tape]
+        body_lines = [f"{r} = {_call(v_fn, bc + cur + ct, v_extra)}"]
+        body_lines += [f"{m} += {r}[{j}]" for j, m in enumerate(acc)]
+        floats_ct = [c for c, f in zip(ct, floats) if f]
+        body_lines += [f"{c} = {r}[{len(acc) + j}]" for j, c in enumerate(floats_ct)]
+        return [pad + x for x in body_lines]
+
+    if every is None:
+        lines += [f"{t} = {_empty(v.shape, v.dtype, n)}" for t, v in zip(tape, carries)]
+        lines += [f"for {i} in range({n}):"]
+        lines += [f"    {t}[{i}] = {kk}" for t, kk in zip(tape, k)]
+        lines += [step_k, f"for {i} in range({n} - 1, -1, -1):"] + backward(i, "    ")
+    else:
+        snaps = [ctx.temp() for _ in carry]
+        count, s, lo, hi, j = (ctx.temp() for _ in range(5))
+        lines += [f"{count} = ({n} + {every - 1}) // {every}"]
+        lines += [f"{sn} = {_empty(v.shape, v.dtype, count)}" for sn, v in zip(snaps, carries)]
+        lines += [f"{t} = {_empty(v.shape, v.dtype, str(every))}"
+                  for t, v in zip(tape, carries)]
+        lines += [f"for {i} in range({n}):", f"    if {i} % {every} == 0:"]
+        lines += [f"        {sn}[{i} // {every}] = {kk}" for sn, kk in zip(snaps, k)]
+        lines += [step_k]
+        lines += [f"for {s} in range({count} - 1, -1, -1):",
+                  f"    {lo} = {s} * {every}",
+                  f"    {hi} = min({n}, {lo} + {every})"]
+        lines += [f"    {kk} = {sn}[{s}]" for kk, sn in zip(k, snaps)]
+        lines += [f"    for {j} in range({hi} - {lo}):"]
+        lines += [f"        {t}[{j}] = {kk}" for t, kk in zip(tape, k)]
+        lines += ["    " + step_k]
+        lines += [f"    for {j} in range({hi} - {lo} - 1, -1, -1):"] + backward(j, "        ")
+    return lines + [f"{o} = {c}" for o, c in zip(outs, acc + [c for c, f in zip(ct, floats)
+                                                               if f])]
+
+
+HANDLERS = {"scan": _scan, "cond": _cond, "while_loop": _while,
+            "while_tangent": _while_tangent, "while_adjoint": _while_adjoint}
