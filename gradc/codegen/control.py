@@ -63,7 +63,9 @@ def _scan(ctx, eqn, a, outs):
     k = [ctx.temp() for _ in carry]
     t = ctx.temp()
     lines = [f"{kk} = {c}" for kk, c in zip(k, carry)]
-    lines += [f"{o} = {_empty(v.shape[1:], v.dtype, str(length))}"
+    # (the stacked ys, a tape in reverse mode, come from the caller's pool of large
+    # buffers: a fresh 16 MB array costs ~1 ms of page faults at each call)
+    lines += [f"{o} = {ctx.out_buffer(v.shape, v.dtype)}"
               for o, v in zip(outs[n_carry:], eqn.outputs[n_carry:])]
     steps = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
     r = ctx.temp()

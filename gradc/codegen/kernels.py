@@ -55,14 +55,35 @@ njit_gil = numba.njit(cache=True, error_model="numpy")
 
 # for functions generated per equation (no on-disk cache: they live in generated modules)
 jit_helper = numba.njit(nogil=True, error_model="numpy")
+
+
+def _noalias(decorator):
+    """``decorator`` compiling with Numba's ``noalias`` flag (see ``jit_noalias``).  A
+    fused nest writes only arrays it allocates or that its caller allocated for it
+    (``_o``, ``_y`` buffers), which no argument overlaps: the flag lets LLVM keep a
+    reduction's element in a register across the loop's reads (a 32x32x32 max over the
+    middle axis: 8.4 -> 6.0 µs)."""
+    def wrap(fn):
+        dispatcher = decorator(fn)
+        compiler = getattr(dispatcher, "_compiler", None)
+        if compiler is not None and hasattr(compiler, "_customize_flags"):
+            def customize(flags):
+                flags.noalias = True
+                return flags
+            compiler._customize_flags = customize
+        return dispatcher
+    return wrap
+
+
 # the loop nests of fused equations (codegen.loops), one thread or several
-jit_loops = numba.njit(nogil=True, error_model="numpy")
+jit_loops = _noalias(numba.njit(nogil=True, error_model="numpy"))
 jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
-jit_loops_fastmath = numba.njit(nogil=True, error_model="numpy", fastmath=True)
+jit_loops_fastmath = _noalias(numba.njit(nogil=True, error_model="numpy", fastmath=True))
 jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                          fastmath=True)
 # nests that sum floats: LLVM may reassociate (several partial sums), nothing more
-jit_loops_reassoc = numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc"})
+jit_loops_reassoc = _noalias(numba.njit(nogil=True, error_model="numpy",
+                                        fastmath={"reassoc"}))
 jit_loops_parallel_reassoc = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                         fastmath={"reassoc"})
 # loop nests run from object-mode blocks (on_threads) are compiled on their own, not into
@@ -81,14 +102,7 @@ def jit_noalias(fn):
     through one argument in registers across writes through another.  The flag is set
     through the dispatcher's compiler hook; where a Numba version lacks the hook the
     function is compiled without it (same results, slower)."""
-    dispatcher = jit_pooled(fn)
-    compiler = getattr(dispatcher, "_compiler", None)
-    if compiler is not None and hasattr(compiler, "_customize_flags"):
-        def customize(flags):
-            flags.noalias = True
-            return flags
-        compiler._customize_flags = customize
-    return dispatcher
+    return _noalias(jit_pooled)(fn)
 
 
 _POOL = None        # (pid, ThreadPoolExecutor) for on_threads
