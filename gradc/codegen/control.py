@@ -14,7 +14,8 @@ becomes a Python ``for``/``while``/``if`` in the calling function that calls it.
 * ``while_tangent``: ``for _ in range(steps)`` over values and tangents.
 * ``while_adjoint``: the tape (``np.empty((steps,) + shape)`` per carry, or every
   ``checkpoint``-th carry and a segment buffer of ``checkpoint`` carries), a forward loop
-  that fills it, and a backward loop over the body's VJP.
+  that fills it, and a backward loop over the body's VJP; ``while_hessian`` is the same
+  over the body's JVP.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..ir import Graph
 
 # primitives whose results may be one of their inputs (a carry passed through): the
 # main function copies such results before returning them
-PASSING = {"scan", "cond", "while_loop", "while_tangent", "while_adjoint"}
+PASSING = {"scan", "cond", "while_loop", "while_tangent", "while_adjoint", "while_hessian"}
 
 
 def _fn(ctx, graph, what):
@@ -126,8 +127,32 @@ def _while_tangent(ctx, eqn, a, outs):
 
 def _while_adjoint(ctx, eqn, a, outs):
     p = eqn.params
-    body, step = p["branches"]
-    n_body, lin, every = p["n_body"], p["lin"], p["checkpoint"]
+    lines, results = _adjoint(ctx, *p["branches"], p["n_body"], p["lin"], p["checkpoint"], a)
+    return lines + [f"{o} = {r}" for o, r in zip(outs, results)]
+
+
+def _while_hessian(ctx, eqn, a, outs):
+    """The adjoint loop of the body over values and tangents (``prims.loops``), keeping
+    the tangent half of its results."""
+    p = eqn.params
+    body, big, step = p["branches"]
+    n_body, lin, lin2 = p["n_body"], p["lin"], p["lin2"]
+    n_carry = len(body.inputs) - n_body
+    n_float = sum(_floats(body, n_body))
+    bc, carry, steps = a[:n_body], a[n_body:n_body + n_carry], a[n_body + n_carry]
+    rest = a[n_body + n_carry + 1:]
+    ct, t_bc = rest[:n_float], rest[n_float:n_float + sum(lin2)]
+    t_carry, u = rest[n_float + sum(lin2):][:n_float], rest[n_float + sum(lin2):][n_float:]
+    big_lin = tuple(lin) + tuple(w for w, w2 in zip(lin, lin2) if w2)
+    lines, results = _adjoint(ctx, big, step, n_body + sum(lin2), big_lin, p["checkpoint"],
+                              bc + t_bc + carry + t_carry + [steps] + u + ct)
+    n_lin = sum(lin)
+    kept = results[:n_lin] + results[2 * n_lin:2 * n_lin + n_float]
+    return lines + [f"{o} = {r}" for o, r in zip(outs, kept)]
+
+
+def _adjoint(ctx, body, step, n_body, lin, every, a):
+    """The lines of a ``while_adjoint`` and the names of its results."""
     n_carry = len(body.inputs) - n_body
     n_out = len(body.outputs)
     floats = _floats(body, n_body)
@@ -187,9 +212,9 @@ def _while_adjoint(ctx, eqn, a, outs):
         lines += [f"        {t}[{j}] = {kk}" for t, kk in zip(tape, k)]
         lines += ["    " + step_k]
         lines += [f"    for {j} in range({hi} - {lo} - 1, -1, -1):"] + backward(j, "        ")
-    return lines + [f"{o} = {c}" for o, c in zip(outs, acc + [c for c, f in zip(ct, floats)
-                                                               if f])]
+    return lines, acc + [c for c, f in zip(ct, floats) if f]
 
 
 HANDLERS = {"scan": _scan, "cond": _cond, "while_loop": _while,
-            "while_tangent": _while_tangent, "while_adjoint": _while_adjoint}
+            "while_tangent": _while_tangent, "while_adjoint": _while_adjoint,
+            "while_hessian": _while_hessian}

@@ -86,6 +86,9 @@ jit_loops_reassoc = _noalias(numba.njit(nogil=True, error_model="numpy",
                                         fastmath={"reassoc"}))
 jit_loops_parallel_reassoc = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                         fastmath={"reassoc"})
+# the body of a structured loop (codegen.control): it calls the nests (an object-mode
+# block in it holds the GIL anyway)
+jit_body = numba.njit(error_model="numpy")
 # loop nests run from object-mode blocks (on_threads) are compiled on their own, not into
 # the main function's machine code: they get disk-cache entries of their own, beside it
 # (named after the generated module, so cache.seal covers them)

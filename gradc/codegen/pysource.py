@@ -593,7 +593,7 @@ def body_function(ctx, graph: Graph, what: str, dests=()):
     params = [names[v] for v in graph.inputs] + list(dest_of.values()) + consts
 
     def make(name):
-        head = ["@_k.jit_helper", f"def {name}({', '.join(params)}):", f"    # {what}"]
+        head = ["@_k.jit_body", f"def {name}({', '.join(params)}):", f"    # {what}"]
         return "\n".join(head + body + [f"    return ({''.join(r + ', ' for r in results)})"])
     return ctx.helper(make), consts, written
 

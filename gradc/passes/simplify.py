@@ -130,9 +130,50 @@ def dce(graph: Graph) -> Graph:
     kept = []
     for eqn in reversed(graph.eqns):
         if eqn.prim.effect or any(v in live for v in eqn.outputs):
+            if eqn.prim.name == "scan":
+                eqn = _prune_scan(eqn, live)
             kept.append(eqn)
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     return graph.replace(eqns=tuple(reversed(kept)))
+
+
+def _reached(graph: Graph, outputs) -> set:
+    """The inputs of ``graph`` that ``outputs`` depend on."""
+    live = {a for a in outputs if isinstance(a, Var)}
+    for eqn in reversed(graph.eqns):
+        if any(v in live for v in eqn.outputs):
+            live.update(a for a in eqn.inputs if isinstance(a, Var))
+    return live.intersection(graph.inputs)
+
+
+def _prune_scan(eqn, live):
+    """A scan without the ys nobody reads, the carries neither read afterwards nor
+    needed by a kept output, and the consts and xs its remaining body does not read (so
+    that a residual reverse mode stacks but its backward loop never reads costs
+    nothing).  Returns ``eqn`` itself when nothing goes."""
+    p = eqn.params
+    body, n_consts, n_carry = p["body"], p["n_consts"], p["n_carry"]
+    n_y = len(eqn.outputs) - n_carry
+    keep_y = [eqn.outputs[n_carry + j] in live for j in range(n_y)]
+    keep_k = [eqn.outputs[j] in live for j in range(n_carry)]
+    while True:     # a kept carry keeps the carries its next value reads
+        wanted = ([o for o, k in zip(body.outputs[:n_carry], keep_k) if k]
+                  + [o for o, k in zip(body.outputs[n_carry:], keep_y) if k])
+        reads = _reached(body, wanted)
+        grown = [k or v in reads for k, v in zip(keep_k, body.inputs[n_consts:n_consts + n_carry])]
+        if grown == keep_k:
+            break
+        keep_k = grown
+    keep_in = ([v in reads for v in body.inputs[:n_consts]] + keep_k
+               + [v in reads for v in body.inputs[n_consts + n_carry:]])
+    if all(keep_in) and all(keep_k) and all(keep_y):
+        return eqn
+    keep_out = keep_k + keep_y
+    pick = lambda xs, ks: tuple(x for x, k in zip(xs, ks) if k)     # noqa: E731
+    new_body = dce(Graph(pick(body.inputs, keep_in), body.eqns, pick(body.outputs, keep_out)))
+    params = dict(p, body=new_body, n_consts=sum(keep_in[:n_consts]), n_carry=sum(keep_k))
+    return make_eqn(eqn.prim, pick(eqn.inputs, keep_in), pick(eqn.outputs, keep_out), params,
+                    eqn.source)
 
 
 PIPELINE = (fold_cse, dce)

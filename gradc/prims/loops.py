@@ -677,21 +677,26 @@ while_adjoint_p.abstract = lambda *args, branches, n_body, lin, checkpoint=None:
        zip(branches[0].inputs[n_body:], _float_carries(branches[0], n_body)) if f])
 
 
+def _second_order_loop(body, n_body, lin, lin2):
+    """The body over values and tangents of consts[lin2] and float carries, and the VJP
+    of its step, as ``while_adjoint`` runs them for second derivatives."""
+    from ..passes.transpose import vjp_graph
+    big = _tangent_body(body, n_body, lin2)
+    big_lin = tuple(lin) + tuple(w for w, w2 in zip(lin, lin2) if w2)
+    step = vjp_graph(big, list(big_lin) + _float_carries(big, n_body + sum(lin2)))
+    return big, step, big_lin
+
+
 def _while_adjoint_jvp(primals, tangents, branches, n_body, lin, checkpoint=None):
     """Forward over reverse.  With ``G`` the body over (values, tangents)
     (``_tangent_body``), the VJP of ``G`` at cotangents (u, w) gives, at the tangent
     carries, ``J^T w`` (the adjoint itself) and, at the carries, ``J^T u + (dJ)^T w``
     (its derivative along the tangents, by the symmetry of second derivatives).  So the
     JVP of the adjoint loop is the adjoint loop of ``G``, with u = the cotangents'
-    tangents and w = the cotangents."""
+    tangents and w = the cotangents.  For reverse mode over it (``splitting``), the
+    tangent half is its own equation, ``while_hessian``, linear in (tangents, u)."""
     from .. import ops
     from ..passes.jvp import splitting
-    from ..passes.transpose import vjp_graph
-    if splitting():
-        raise GradcError(with_location(
-            "reverse mode over reverse mode through while_loop (e.g. grad of grad) is not "
-            "implemented yet: take second derivatives forward over reverse (gradc.jvp of "
-            "gradc.grad) or reverse over forward (gradc.grad of gradc.jvp)"))
     body = branches[0]
     n_carry = len(body.inputs) - n_body
     bc, carry = list(primals[:n_body]), list(primals[n_body:n_body + n_carry])
@@ -699,24 +704,109 @@ def _while_adjoint_jvp(primals, tangents, branches, n_body, lin, checkpoint=None
     dbc, dcarry = tangents[:n_body], tangents[n_body:n_body + n_carry]
     dct = tangents[n_body + n_carry + 1:]
     floats = _float_carries(body, n_body)
-    lin2 = [w or d is not None for w, d in zip(lin, dbc)]
-    big = _tangent_body(body, n_body, lin2)
+    lin2 = tuple(w or d is not None for w, d in zip(lin, dbc))
     zeros = ops.zeros_like
     t_bc = [d if d is not None else zeros(b) for b, d, w in zip(bc, dbc, lin2) if w]
     t_carry = [d if d is not None else zeros(c) for c, d, f in zip(carry, dcarry, floats)
                if f]
     u = [d if d is not None else zeros(c) for c, d in zip(ct, dct)]
-    big_lin = tuple(lin) + tuple(w for w, w2 in zip(lin, lin2) if w2)
-    big_floats = _float_carries(big, n_body + sum(lin2))
-    step = vjp_graph(big, list(big_lin) + big_floats)
+    big, step, big_lin = _second_order_loop(body, n_body, lin, lin2)
+    n_lin, n_float = sum(lin), sum(floats)
+    if splitting():
+        primal = while_adjoint_p.bind(*primals, branches=branches, n_body=n_body, lin=lin,
+                                      checkpoint=checkpoint)
+        tangent = while_hessian_p.bind(*bc, *carry, steps, *ct, *t_bc, *t_carry, *u,
+                                       branches=(body, big, step), n_body=n_body, lin=lin,
+                                       lin2=lin2, checkpoint=checkpoint)
+        return list(primal), list(tangent)
     got = while_adjoint_p.bind(*bc, *t_bc, *carry, *t_carry, steps, *u, *ct,
                                branches=(big, step), n_body=n_body + sum(lin2), lin=big_lin,
                                checkpoint=checkpoint)
-    n_lin = sum(lin)
-    n_float = sum(floats)
     d_bc, ct_bc = got[:n_lin], got[n_lin:2 * n_lin]
     d_carry, ct_carry = got[2 * n_lin:2 * n_lin + n_float], got[2 * n_lin + n_float:]
     return list(ct_bc) + list(ct_carry), list(d_bc) + list(d_carry)
+
+
+# while_hessian[branches=(body, body over values and tangents, VJP of its step), n_body,
+#               lin, lin2, checkpoint]
+#     consts... carry0... steps cotangents...  tangents of consts[lin2]... tangents of the
+#     float carry0... tangents of the cotangents...
+# -> the tangents of while_adjoint's results (linear in the last three groups)
+while_hessian_p = Primitive("while_hessian", multiple_results=True)
+
+
+def _split_hessian_args(args, body, n_body, lin2):
+    n_carry = len(body.inputs) - n_body
+    n_float = sum(_float_carries(body, n_body))
+    bc, carry = list(args[:n_body]), list(args[n_body:n_body + n_carry])
+    steps = args[n_body + n_carry]
+    rest = list(args[n_body + n_carry + 1:])
+    ct, rest = rest[:n_float], rest[n_float:]
+    t_bc, rest = rest[:sum(lin2)], rest[sum(lin2):]
+    return bc, carry, steps, ct, t_bc, rest[:n_float], rest[n_float:]
+
+
+def _while_hessian_impl(*args, branches, n_body, lin, lin2, checkpoint=None):
+    body, big, step = branches
+    bc, carry, steps, ct, t_bc, t_carry, u = _split_hessian_args(args, body, n_body, lin2)
+    big_lin = tuple(lin) + tuple(w for w, w2 in zip(lin, lin2) if w2)
+    got = _while_adjoint_impl(*bc, *t_bc, *carry, *t_carry, steps, *u, *ct,
+                              branches=(big, step), n_body=n_body + sum(lin2), lin=big_lin,
+                              checkpoint=checkpoint)
+    n_lin, n_float = sum(lin), len(ct)
+    return got[:n_lin] + got[2 * n_lin:2 * n_lin + n_float]
+
+
+def _while_hessian_transpose(cts, *args, branches, n_body, lin, lin2, checkpoint=None):
+    """The tangent half of ``while_adjoint``'s JVP maps (a, u) to ``H a + J^T u``, H the
+    Hessian of <ct, loop(consts, carry0)>; its transpose maps cotangents b to
+    ``(H b, J b)``: H is symmetric, so the same adjoint loop over values and tangents
+    (u = 0, and the consts' rows wanted over lin2), and ``while_tangent`` for ``J b``."""
+    from .. import ops
+    body, big, _ = branches
+    bc, carry, steps, ct, t_bc, t_carry, u = _split_hessian_args(args, body, n_body, lin2)
+    floats = _float_carries(body, n_body)
+    n_lin = sum(lin)
+    b_bc = [ops.zeros_like(x) if c is None else c for x, c in
+            zip([x for x, w in zip(bc, lin) if w], cts[:n_lin])]
+    b_carry = [ops.zeros_like(x) if c is None else c for x, c in
+               zip([x for x, f in zip(carry, floats) if f], cts[n_lin:])]
+    # b in the tangent slots of consts[lin2] (zero where lin2 but not lin)
+    given = iter(b_bc)
+    slots = [next(given) if w else ops.zeros_like(x)
+             for x, w, w2 in zip(bc, lin, lin2) if w2]
+    rows = tuple(lin2) + (False,) * sum(lin2)
+    from ..passes.transpose import vjp_graph
+    step = vjp_graph(big, list(rows) + _float_carries(big, n_body + sum(lin2)))
+    zero_u = [ops.zeros_like(c) for c in ct]
+    got = while_adjoint_p.bind(*bc, *slots, *carry, *b_carry, steps, *zero_u, *ct,
+                               branches=(big, step), n_body=n_body + sum(lin2), lin=rows,
+                               checkpoint=checkpoint)
+    n_float = len(ct)
+    h_bc, h_carry = got[:sum(lin2)], got[sum(lin2):sum(lin2) + n_float]
+    jb = list(while_tangent_p.bind(
+        *bc, *carry, steps, *b_bc, *b_carry,
+        branches=(body, _tangent_body(body, n_body, lin)), n_body=n_body, lin=tuple(lin),
+        checkpoint=checkpoint))
+    undefined = lambda a: isinstance(a, UndefinedPrimal)      # noqa: E731
+    return ([None] * (len(bc) + len(carry) + 1 + len(ct))
+            + [c if undefined(a) else None for a, c in zip(t_bc, h_bc)]
+            + [c if undefined(a) else None for a, c in zip(t_carry, h_carry)]
+            + [c if undefined(a) else None for a, c in zip(u, jb)])
+
+
+def _third_order(primals, tangents, **params):
+    raise GradcError(with_location(
+        "third derivatives through while_loop's reverse mode are not implemented yet"))
+
+
+while_hessian_p.impl = _while_hessian_impl
+while_hessian_p.abstract = lambda *args, branches, n_body, lin, lin2, checkpoint=None: (
+    [(tuple(v.shape), v.dtype) for v, w in zip(branches[0].inputs[:n_body], lin) if w]
+    + [(tuple(v.shape), v.dtype) for v, f in
+       zip(branches[0].inputs[n_body:], _float_carries(branches[0], n_body)) if f])
+while_hessian_p.transpose = _while_hessian_transpose
+while_hessian_p.jvp = _third_order
 
 
 while_adjoint_p.jvp = _while_adjoint_jvp
