@@ -201,9 +201,12 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
         lines += [f"{sn} = {_empty(v.shape, v.dtype, count)}" for sn, v in zip(snaps, carries)]
         lines += [f"{t} = {_empty(v.shape, v.dtype, str(every))}"
                   for t, v in zip(tape, carries)]
-        lines += [f"for {i} in range({n}):", f"    if {i} % {every} == 0:"]
+        # (the snapshots' loop stops where the last segment starts)
+        lines += [f"for {i} in range(({count} - 1) * {every}):",
+                  f"    if {i} % {every} == 0:"]
         lines += [f"        {sn}[{i} // {every}] = {kk}" for sn, kk in zip(snaps, k)]
-        lines += [step_k]
+        lines += [step_k, f"if {count} > 0:"]
+        lines += [f"    {sn}[{count} - 1] = {kk}" for sn, kk in zip(snaps, k)]
         lines += [f"for {s} in range({count} - 1, -1, -1):",
                   f"    {lo} = {s} * {every}",
                   f"    {hi} = min({n}, {lo} + {every})"]

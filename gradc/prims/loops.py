@@ -647,19 +647,20 @@ def _while_adjoint_impl(*args, branches, n_body, lin, checkpoint=None):
     acc = [np.zeros(v.shape, v.dtype) for v, w in zip(body.inputs[:n_body], lin) if w]
     every = max(1, steps if checkpoint is None else int(checkpoint))
     with no_trace():
-        def advance(c, n):
-            tape = []
+        def advance(c, n, tape=None):
             for _ in range(n):
-                tape.append(c)
+                if tape is not None:
+                    tape.append(c)
                 c = [np.asarray(x) for x in eval_graph(body, bc + c)]
-            return c, tape
-        snapshots, c = [], carry
-        for lo in range(0, steps, every):
+            return c
+        # the carries at the start of each segment (the last one's end is not needed)
+        snapshots, c = [carry], carry
+        for lo in range(every, steps, every):
+            c = advance(c, every)
             snapshots.append(c)
-            c, _ = advance(c, min(every, steps - lo))
         for k in range(len(snapshots) - 1, -1, -1):
-            lo = k * every
-            _, tape = advance(snapshots[k], min(every, steps - lo))
+            lo, tape = k * every, []
+            advance(snapshots[k], min(every, steps - lo), tape)
             for c in reversed(tape):
                 cts = iter(ct)
                 full = [next(cts) if f else np.zeros(v.shape, v.dtype)
