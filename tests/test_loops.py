@@ -264,9 +264,31 @@ def test_bad_lengths_and_bounds_are_named():
         gradc.scan(lambda c, x: (c, x), 0.0, (np.ones(3), np.ones(4)))
     with pytest.raises(gradc.ArgumentError, match="length=2"):
         gradc.scan(lambda c, x: (c, x), 0.0, np.ones(3), length=2)
-    with pytest.raises(gradc.ArgumentError, match="bounds must be Python ints"):
+    with pytest.raises(gradc.ArgumentError, match=r"bound must be an integer scalar, got f64"):
         gradc.jvp(lambda n: gradc.fori_loop(0, n, lambda i, v: v + 1.0, 0.0),
                   (np.float64(3.0),), (np.float64(1.0),), target="numpy")
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_fori_loop_with_a_traced_bound_is_a_while_loop_both_modes_go_through(target):
+    def f(x, n):
+        return gradc.fori_loop(0, n, lambda i, v: v * x + i, 1.0)
+
+    def f_np(x, n):
+        v = 1.0
+        for i in range(n):
+            v = v * x + i
+        return v
+    n = np.asarray(4)             # a 0-d array is data, not a static int
+    graph = gradc.make_graph(f)(0.7, n)
+    assert [e.prim.name for e in graph.eqns] == ["while_loop"]
+    for k in (0, 4, 6):
+        assert f(0.7, np.asarray(k)) == pytest.approx(f_np(0.7, k), rel=1e-14)
+        g = gradc.grad(f, target=target)(0.7, np.asarray(k))
+        fd = (f_np(0.7 + 1e-6, k) - f_np(0.7 - 1e-6, k)) / 2e-6
+        assert g == pytest.approx(fd, rel=1e-7, abs=1e-12)
+        _, t = gradc.jvp(lambda x: f(x, np.asarray(k)), (0.7,), (1.0,), target=target)
+        assert t == pytest.approx(g, rel=1e-13, abs=1e-15)
 
 
 # ---------------------------------------------------------------- cond

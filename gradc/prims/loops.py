@@ -296,11 +296,20 @@ def scan(f, init, xs=None, length=None, reverse=False):
 
 def fori_loop(lower, upper, body_fun, init_val):
     """``val = body_fun(i, val)`` for i from ``lower`` to ``upper - 1`` (JAX's
-    ``lax.fori_loop``), as one ``scan`` over the indices: bounds are Python ints."""
-    if isinstance(lower, Tracer) or isinstance(upper, Tracer):
-        raise ArgumentError(with_location(
-            "fori_loop: the bounds must be Python ints (a traced bound makes the trip "
-            "count depend on data)"))
+    ``lax.fori_loop``): one ``scan`` over the indices when the bounds are Python ints, a
+    ``while_loop`` over ``(i, val)`` when one is traced (the trip count then depends on
+    data; both modes of differentiation still go through it)."""
+    traced = [b for b in (lower, upper) if isinstance(b, Tracer)]
+    if traced:
+        for b in traced:
+            if tuple(shape_of(b)) != () or np.dtype(dtype_of(b)).kind not in "iu":
+                raise ArgumentError(with_location(
+                    f"fori_loop: a bound must be an integer scalar, got "
+                    f"{type_str(tuple(shape_of(b)), dtype_of(b))}"))
+        start = lower if isinstance(lower, Tracer) else np.int64(lower)
+        _, val = while_loop(lambda s: s[0] < upper,
+                            lambda s: (s[0] + 1, body_fun(s[0], s[1])), (start, init_val))
+        return val
     lower, upper = int(lower), int(upper)
     steps = np.arange(lower, max(lower, upper), dtype=np.int64)
     carry, _ = scan(lambda val, i: (body_fun(i, val), None), init_val, steps,
