@@ -22,14 +22,24 @@ from __future__ import annotations
 from ..ir import Graph
 
 # primitives whose results may be one of their inputs (a carry passed through): the
-# main function copies such results before returning them
+# main function copies such results before returning them (``passing``)
 PASSING = {"scan", "cond", "while_loop", "while_tangent", "while_adjoint", "while_hessian"}
 
 
-def _fn(ctx, graph, what):
+def passing(eqn) -> tuple:
+    """The results of a loop equation that may be one of its inputs: all but a scan's
+    stacked ys, which are arrays of its own."""
+    if eqn.prim.name == "scan":
+        return eqn.outputs[:eqn.params["n_carry"]]
+    return eqn.outputs if eqn.prim.name in PASSING else ()
+
+
+def _fn(ctx, graph, what, dests=None):
+    """``pysource.body_function``: its name and constants (and, given ``dests``, the
+    outputs it writes in place)."""
     from .pysource import body_function
-    name, consts, _ = body_function(ctx, graph, what)
-    return name, consts
+    name, consts, written = body_function(ctx, graph, what, dests or ())
+    return (name, consts) if dests is None else (name, consts, written)
 
 
 def _empty(shape, dtype, lead: str) -> str:
@@ -56,10 +66,9 @@ def _unpack(names) -> str:
 def _scan(ctx, eqn, a, outs):
     p = eqn.params
     n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
-    from .pysource import body_function
     n_ys = len(eqn.outputs) - n_carry
-    fn, extra, written = body_function(ctx, p["body"], f"scan body, {length} steps",
-                                       dests=range(n_carry, n_carry + n_ys))
+    fn, extra, written = _fn(ctx, p["body"], f"scan body, {length} steps",
+                             dests=range(n_carry, n_carry + n_ys))
     consts, carry, xs = a[:n_consts], a[n_consts:n_consts + n_carry], a[n_consts + n_carry:]
     k = [ctx.temp() for _ in carry]
     t = ctx.temp()
@@ -199,7 +208,7 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
         count, s, lo, hi, j = (ctx.temp() for _ in range(5))
         lines += [f"{count} = ({n} + {every - 1}) // {every}"]
         lines += [f"{sn} = {_empty(v.shape, v.dtype, count)}" for sn, v in zip(snaps, carries)]
-        lines += [f"{t} = {_empty(v.shape, v.dtype, str(every))}"
+        lines += [f"{t} = {_empty(v.shape, v.dtype, f'min({n}, {every})')}"
                   for t, v in zip(tape, carries)]
         # (the snapshots' loop stops where the last segment starts)
         lines += [f"for {i} in range(({count} - 1) * {every}):",

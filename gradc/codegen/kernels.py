@@ -81,7 +81,8 @@ jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
 jit_loops_fastmath = _noalias(numba.njit(nogil=True, error_model="numpy", fastmath=True))
 jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
                                          fastmath=True)
-# nests that sum floats: LLVM may reassociate (several partial sums), nothing more
+# nests whose results are all float sums: LLVM may reassociate their arithmetic (several
+# partial sums), nothing more (see codegen.loops._reassociates)
 jit_loops_reassoc = _noalias(numba.njit(nogil=True, error_model="numpy",
                                         fastmath={"reassoc"}))
 jit_loops_parallel_reassoc = numba.njit(nogil=True, error_model="numpy", parallel=True,
@@ -94,8 +95,6 @@ jit_body = numba.njit(error_model="numpy")
 # (named after the generated module, so cache.seal covers them)
 jit_pooled = numba.njit(cache=True, nogil=True, error_model="numpy")
 jit_pooled_fastmath = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
-jit_pooled_reassoc = numba.njit(cache=True, nogil=True, error_model="numpy",
-                                fastmath={"reassoc"})
 
 
 def jit_noalias(fn):

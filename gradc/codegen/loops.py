@@ -286,12 +286,18 @@ def _init(kind, r) -> str:
 
 
 def _reassociates(eqn) -> bool:
-    """Whether a fused nest sums or multiplies floats into an accumulator: compiled with
-    LLVM's ``reassoc`` flag only (no other fast-math assumption: infinities and NaNs
-    keep their meaning), which lets it keep several partial sums in vector registers.
-    A 32x32x32 nest reducing along its inner loop: 43 µs without, 6 µs with."""
-    return any(_reduction_kind(e) in ("sum", "prod") and np.dtype(e.outputs[0].dtype).kind
-               in "fc" for e in eqn.params["body"].eqns)
+    """Whether a fused nest's results are all float sums or products: it is compiled
+    with LLVM's ``reassoc`` flag only (no other fast-math assumption: infinities and
+    NaNs keep their meaning), which lets it keep several partial sums in vector
+    registers (a 32x32x32 nest reducing along its inner loop: 43 µs without, 6 µs with).
+    The flag covers every instruction of the function, so a nest that also writes an
+    elementwise result does without it: ``(x * 0.1) * 3.0`` may become ``x * 0.3``,
+    which is not the value NumPy computes; a sum's last bits depend on its order
+    anyway (NumPy's are pairwise)."""
+    body = eqn.params["body"]
+    producer = {v: e for e in body.eqns for v in e.outputs}
+    return all(_reduction_kind(producer[r]) in ("sum", "prod")
+               and np.dtype(r.dtype).kind in "fc" for r in body.outputs)
 
 
 PRANGE_MIN = 1 << 15       # elements a loop nest needs before it is shared among threads

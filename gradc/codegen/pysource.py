@@ -620,11 +620,12 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     # results never alias the caller's inputs, the constants or each other's storage
     # through a view: those are copied (a caller may mutate what it gets back)
     producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
+    passing = {v for e in graph.eqns for v in control.passing(e)}
     results = []
     for x in graph.outputs:
         text = atom(x)
         aliased = x.ndim > 0 and (not isinstance(x, Var) or x not in producer
-                                  or producer[x] in _VIEWS or producer[x] in control.PASSING)
+                                  or producer[x] in _VIEWS or x in passing)
         results.append(f"np.ascontiguousarray({text}).copy()" if aliased else text)
     body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
     params = [names[v] for v in graph.inputs] + list(ctx.consts) + list(ctx.outs)

@@ -335,12 +335,20 @@ cond_p.abstract = lambda pred, *args, branches: [(tuple(v.shape), v.dtype)
 
 def _cond_jvp(primals, tangents, branches):
     """As for scan: a primal cond whose branches also return their residuals (each
-    branch zeros for the other's), then a cond of the branches' linear parts."""
+    branch zeros for the other's), then a cond of the branches' linear parts (for
+    forward mode alone: one cond of the branches' JVPs)."""
     from .. import ops
+    from ..passes.jvp import jvp_graph, splitting
     from ..passes.linearize import linearize_graph
     pred, args = primals[0], primals[1:]
     targs = tangents[1:]
     wrt = [t is not None for t in targs]
+    floats = [is_float(v.dtype) for v in branches[0].outputs]
+    if not splitting():     # forward mode alone: a cond of the branches' JVPs
+        out = cond_p.bind(pred, *args, *[t for t in targs if t is not None],
+                          branches=tuple(jvp_graph(b, wrt) for b in branches))
+        n_out = len(floats)
+        return list(out[:n_out]), [t if f else None for t, f in zip(out[n_out:], floats)]
     parts = [linearize_graph(b, wrt) for b in branches]
     n_out = len(branches[0].outputs)
     res_avals = [[(tuple(v.shape), v.dtype) for v in p.outputs[n_out:]] for p, _ in parts]
@@ -371,7 +379,6 @@ def _cond_jvp(primals, tangents, branches):
 
     tin = [t for t in targs if t is not None]
     tout = cond_p.bind(pred, *res, *tin, branches=(linear_branch(0), linear_branch(1)))
-    floats = [is_float(v.dtype) for v in branches[0].outputs]
     return list(outs), [t if f else None for t, f in zip(tout, floats)]
 
 
@@ -569,13 +576,12 @@ def _split_tangent_args(args, body, n_body, lin):
 def _while_tangent_impl(*args, branches, n_body, lin, checkpoint=None):
     body, jbody = branches
     bc, carry, steps, tbc, tcarry = _split_tangent_args(args, body, n_body, lin)
-    floats = _float_carries(body, n_body)
     n_out = len(body.outputs)
     with no_trace():
         for _ in range(int(steps)):
             got = eval_graph(jbody, bc + tbc + carry + tcarry)
             carry = [np.asarray(c) for c in got[:n_out]]
-            tcarry = [np.asarray(t) for t, f in zip(got[n_out:], floats) if f]
+            tcarry = [np.asarray(t) for t in got[n_out:]]     # (the float carries')
     return tcarry
 
 
@@ -664,7 +670,7 @@ def _while_adjoint_impl(*args, branches, n_body, lin, checkpoint=None):
             return c
         # the carries at the start of each segment (the last one's end is not needed)
         snapshots, c = [carry], carry
-        for lo in range(every, steps, every):
+        for _ in range(every, steps, every):
             c = advance(c, every)
             snapshots.append(c)
         for k in range(len(snapshots) - 1, -1, -1):
