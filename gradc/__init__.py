@@ -8,13 +8,14 @@ from . import methods as _methods  # noqa: F401  (installs Tracer operators and 
 from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functions)
 from . import numpy_linalg as _numpy_linalg  # noqa: F401
 from . import ops  # noqa: F401
-from .api import grad, jit, jvp, make_graph, stop_gradient, value_and_grad, vjp
+from .api import grad, jit, jvp, make_graph, stop_gradient, value_and_grad, vjp, vmap
 from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.directory())
 from .codegen.compile import GradcWarning
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
                      GradcError, NonScalarOutputError,
                      ShapeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
+from .jacobians import hessian, hvp, jacfwd, jacrev
 from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
@@ -25,7 +26,8 @@ from .transformed import show
 __version__ = "0.1.0"
 
 __all__ = [
-    "grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient", "eval_graph",
+    "grad", "value_and_grad", "jvp", "vjp", "jit", "vmap", "make_graph", "stop_gradient",
+    "eval_graph", "jacfwd", "jacrev", "hessian", "hvp",
     "show", "cache", "GradcWarning",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop",

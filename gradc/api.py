@@ -805,3 +805,94 @@ def stop_gradient(x):
 
 __all__ = ["grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient",
            "GradcError", "dtype_name"]
+
+
+# ---------------------------------------------------------------- vmap
+
+class Batched(Transformed):
+    """What ``vmap(f)`` returns: ``f`` over a batch of examples, as one Graph (the
+    batching pass, ``passes.batching``), compiled like any other."""
+
+    kind = "vmap"
+
+    def __init__(self, fun, in_axes=0, out_axes=0, **options):
+        super().__init__(fun, **options)
+        self.in_axes, self.out_axes = in_axes, out_axes
+
+    def _axes(self, args) -> list:
+        """The example axis of each argument (an int or None)."""
+        axes = self.in_axes
+        if not isinstance(axes, (tuple, list)):
+            return [axes] * len(args)
+        if len(axes) != len(args):
+            raise ArgumentError(with_location(
+                f"vmap: in_axes has {len(axes)} entries for {len(args)} arguments"))
+        for a in axes:
+            if a is not None and not isinstance(a, int):
+                raise ArgumentError(with_location(
+                    f"vmap: in_axes entries are ints or None (one per argument), got {a!r}"))
+        return list(axes)
+
+    def _prepare(self, args, kwargs):
+        if kwargs:
+            raise ArgumentError(with_location(
+                "vmap: pass the arguments positionally (in_axes names them by position)"))
+        axes = self._axes(args)
+        flat = _Args(args)
+        leaf_axes = [axes[o] for o in flat.owner]
+        moved, sizes = [], {}
+        for i, (x, ax) in enumerate(zip(flat.dynamic, leaf_axes)):
+            if ax is None:
+                moved.append(x)
+                continue
+            ndim = len(np.shape(x))
+            if not -ndim <= ax < ndim:
+                raise ArgumentError(with_location(
+                    f"vmap: argument {flat.owner[i]} of shape {tuple(np.shape(x))} has no "
+                    f"axis {ax} to map over"))
+            ax %= ndim
+            sizes.setdefault(np.shape(x)[ax], []).append(flat.owner[i])
+            moved.append(x if ax == 0 else np.moveaxis(x, ax, 0))
+        if len(sizes) != 1:
+            raise ArgumentError(with_location(
+                "vmap: the mapped axes must have one size; got " + (", ".join(
+                    f"{n} (arguments {sorted(set(o))})" for n, o in sizes.items())
+                    or "no mapped argument")))
+        size = next(iter(sizes))
+        batched = [ax is not None for ax in leaf_axes]
+        example = _Args(args)           # one example's leaves, for tracing
+        example.dynamic = [x[0] if b else x for x, b in zip(moved, batched)]
+        key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun))
+
+        def build():
+            graph, info, captured = _trace(self.fun, example, {})
+            from .passes.batching import batch_graph
+            bg = simplify(batch_graph(graph, batched + [False] * len(captured), size))
+            return _Spec(bg, dict(info, primal=graph), captured, self.target, self.fastmath,
+                         _code_name(self.fun, "vmap"))
+        return key, build, moved, None
+
+    def _finish(self, spec, results, state):
+        info = spec.info
+        outs = [_to_user(r) for r in results[:info["n_out"]]]
+        if self.out_axes != 0:
+            outs = [np.moveaxis(o, 0, self.out_axes) if not isinstance(o, Tracer) else
+                    ops.transpose(o, _moved_perm(len(o.shape), self.out_axes)) for o in outs]
+        return pytree.unflatten(info["treedef"], outs)
+
+
+def _moved_perm(ndim, axis) -> tuple:
+    axis %= ndim
+    rest = list(range(1, ndim))
+    return tuple(rest[:axis] + [0] + rest[axis:])
+
+
+def vmap(fun=None, in_axes=0, out_axes=0, *, target=None, fastmath=False):
+    """``f`` mapped over an axis of its arguments (JAX's ``vmap``): ``in_axes`` is an int
+    (every argument), or one int or None (not mapped) per argument; results get the
+    example axis at ``out_axes``.  Not a Python loop: the function is traced once, for one
+    example, and the batching pass rewrites its Graph for the whole batch."""
+    if fun is None:
+        return functools.partial(vmap, in_axes=in_axes, out_axes=out_axes, target=target,
+                                 fastmath=fastmath)
+    return Batched(fun, in_axes, out_axes, target=target, fastmath=fastmath)

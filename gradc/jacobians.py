@@ -1,0 +1,103 @@
+"""Jacobians and Hessian-vector products by composition (JAX's conventions).
+
+* ``jacfwd(f)``: ``vmap`` of ``jvp`` over the columns of the identity: one batched
+  forward pass, as many tangents as inputs.
+* ``jacrev(f)``: ``vmap`` of the VJP over the rows of the identity: one forward pass and
+  one batched backward pass, as many cotangents as outputs.
+* ``hessian(f)``: ``jacfwd(jacrev(f))``.
+* ``hvp(f, primals, tangents)``: forward over reverse (``J_{∇f} v``), or with
+  ``method="rev-rev"`` the gradient of ``<v, ∇f(x)>``; both give ``∇²f(x) v``.
+
+The Jacobian of ``f: R^(in shape) -> R^(out shape)`` has shape ``out shape + in shape``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ArgumentError, with_location
+from .trace import Tracer, dtype_of, shape_of
+
+
+def _with(args, argnums, x):
+    return tuple(args[:argnums]) + (x,) + tuple(args[argnums + 1:])
+
+
+def _checked(args, argnums, what):
+    if not isinstance(argnums, int) or not -len(args) <= argnums < len(args):
+        raise ArgumentError(with_location(
+            f"{what}: argnums must be the position of one argument, got {argnums!r} for "
+            f"{len(args)} arguments"))
+    argnums %= len(args)
+    x = args[argnums]
+    x = x if isinstance(x, Tracer) else np.asarray(x)
+    if np.dtype(dtype_of(x)).kind != "f":
+        raise ArgumentError(with_location(
+            f"{what}: argument {argnums} must be a float array, got dtype {dtype_of(x)}"))
+    return argnums, x
+
+
+def _basis(shape, dtype):
+    n = int(np.prod(shape, dtype=np.int64))
+    return np.eye(n, dtype=dtype).reshape((n,) + tuple(shape))
+
+
+def _columns_last(stacked, out_shape, in_shape):
+    """(n, *out) stacked by input component -> (*out, *in)."""
+    moved = np.moveaxis(stacked, 0, -1)
+    return np.reshape(moved, tuple(out_shape) + tuple(in_shape))
+
+
+def jacfwd(fun, argnums=0, *, target=None):
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by forward mode, batched."""
+    from .api import jvp, vmap
+
+    def jac(*args):
+        k, x = _checked(args, argnums, "jacfwd")
+        in_shape = tuple(shape_of(x))
+        g = lambda xx: fun(*_with(args, k, xx))       # noqa: E731
+
+        def push(t):
+            return jvp(g, (x,), (t,), target=target)[1]
+        stacked = vmap(push, target=target)(_basis(in_shape, np.dtype(dtype_of(x))))
+        out_shape = tuple(shape_of(stacked))[1:]
+        return _columns_last(stacked, out_shape, in_shape)
+    return jac
+
+
+def jacrev(fun, argnums=0, *, target=None):
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by reverse mode, batched."""
+    from .api import vjp, vmap
+
+    def jac(*args):
+        k, x = _checked(args, argnums, "jacrev")
+        in_shape = tuple(shape_of(x))
+        g = lambda xx: fun(*_with(args, k, xx))       # noqa: E731
+        y, pull = vjp(g, x, target=target)
+        out_shape = tuple(shape_of(y))
+        stacked = vmap(lambda u: pull(u)[0], target=target)(
+            _basis(out_shape, np.dtype(dtype_of(y))))
+        # (m, *in): row i is the gradient of output component i
+        return np.reshape(stacked, out_shape + in_shape)
+    return jac
+
+
+def hessian(fun, argnums=0, *, target=None):
+    """``jacfwd(jacrev(fun))``: the dense Hessian of a scalar function."""
+    return jacfwd(jacrev(fun, argnums, target=target), argnums, target=target)
+
+
+def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
+    """``∇²f(x) v`` for a scalar ``f`` of one array ``x`` (``primals = (x,)``,
+    ``tangents = (v,)``).  ``method="fwd-rev"``: the JVP of the gradient (one forward
+    pass over the reverse pass); ``"rev-rev"``: the gradient of ``<v, ∇f(x)>``."""
+    from .api import grad, jvp
+    if len(primals) != 1 or len(tangents) != 1:
+        raise ArgumentError(with_location(
+            "hvp(f, (x,), (v,)): one primal and one tangent (differentiate w.r.t. x)"))
+    (x,), (v,) = primals, tangents
+    if method == "fwd-rev":
+        return jvp(grad(fun, target=target), (x,), (v,), target=target)[1]
+    if method == "rev-rev":
+        return grad(lambda x: np.sum(grad(fun)(x) * v), target=target)(x)
+    raise ArgumentError(with_location(
+        f"hvp: method is 'fwd-rev' or 'rev-rev', got {method!r}"))

@@ -1,0 +1,180 @@
+"""Batching: the vmap pass.
+
+``batch_graph(g, batched, size)`` returns a Graph computing ``g`` for ``size`` examples
+at once: each input marked in ``batched`` gains a leading axis of ``size`` (the example
+index), and every output has it.  Each equation with a batched operand is replaced by its
+primitive's batching rule; an equation reading no batched value is copied as it is
+(computed once for all examples).
+
+A rule has the signature ``rule(prim, args, batched, count, **params) -> outputs`` where
+``args`` are the operands (batched ones with the example axis first) and every output
+is batched, example axis first.  Rules are written with gradc operations, so a batched
+Graph can be differentiated and batched again.  Most rules move the example axis through
+the primitive's params (``axes`` + 1, a new einsum letter, ...); a primitive without
+such a rule is batched by ``_by_scan``: a ``scan`` over the examples, one call of the
+primitive per example, which is correct for every primitive and compiles to a loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ArgumentError, with_location
+from ..ir import Graph, Lit
+from ..trace import bind, shape_of, source_line, trace_graph
+
+
+def batch_graph(graph: Graph, batched, size: int) -> Graph:
+    batched = [bool(b) for b in batched]
+    avals = [(((size,) if b else ()) + tuple(v.shape), v.dtype)
+             for v, b in zip(graph.inputs, batched)]
+
+    def fn(*args):
+        env = dict(zip(graph.inputs, args))
+        marked = {v for v, b in zip(graph.inputs, batched) if b}
+
+        def read(a):
+            return a.value if isinstance(a, Lit) else env[a]
+
+        for eqn in graph.eqns:
+            xs = [read(a) for a in eqn.inputs]
+            bs = [not isinstance(a, Lit) and a in marked for a in eqn.inputs]
+            with source_line(eqn.source):
+                if not any(bs):
+                    outs = bind(eqn.prim, *xs, **eqn.params)
+                    outs = outs if eqn.prim.multiple_results else [outs]
+                else:
+                    rule = RULES.get(eqn.prim.name, _by_scan)
+                    outs = rule(eqn.prim, xs, bs, size, **eqn.params)
+                    marked.update(eqn.outputs)
+            env.update(zip(eqn.outputs, outs))
+        return [read(o) if not isinstance(o, Lit) and o in marked
+                else _batched(read(o), o.shape, size) for o in graph.outputs]
+
+    new, _, captured = trace_graph(fn, avals)
+    assert not captured, "batch_graph of a closed graph captured a value"
+    return new
+
+
+def _batched(x, shape, size):
+    """An unbatched value repeated for every example."""
+    from ..prims.shape import broadcast_in_dim
+    shape = tuple(shape)
+    return broadcast_in_dim(x, (size,) + shape, tuple(range(1, len(shape) + 1)))
+
+
+def _single(prim, args, params):
+    return [bind(prim, *args, **params)]
+
+
+# ---------------------------------------------------------------- rules
+
+def _elementwise(prim, args, batched, count, **params):
+    """Operands of one shape (rank-0 ones broadcast implicitly): an unbatched operand of
+    rank > 0, or a batched one of rank 0 beside larger ones, is broadcast to the batched
+    output shape."""
+    from ..prims.shape import broadcast_in_dim
+    shapes = [tuple(shape_of(a))[1:] if b else tuple(shape_of(a))
+              for a, b in zip(args, batched)]
+    out = max(shapes, key=len)
+    full = (count,) + out
+    fixed = []
+    for a, b, s in zip(args, batched, shapes):
+        if b and s != out:
+            a = broadcast_in_dim(a, full, (0,))
+        elif not b and s:
+            a = _batched(a, s, count)
+        fixed.append(a)
+    return _single(prim, fixed, params)
+
+
+def _shifted(name):
+    """A primitive whose ``name`` param is an axis or a tuple of axes: each moves by one."""
+    def rule(prim, args, batched, count, **params):
+        value = params[name]
+        params = dict(params, **{name: tuple(a + 1 for a in value) if isinstance(value, tuple)
+                                 else value + 1})
+        return _single(prim, args, params)
+    return rule
+
+
+def _broadcast_rule(prim, args, batched, count, shape, dims):
+    return _single(prim, args, dict(shape=(count,) + tuple(shape),
+                                    dims=(0,) + tuple(d + 1 for d in dims)))
+
+
+def _reshape_rule(prim, args, batched, count, shape):
+    return _single(prim, args, dict(shape=(count,) + tuple(shape)))
+
+
+def _transpose_rule(prim, args, batched, count, perm):
+    return _single(prim, args, dict(perm=(0,) + tuple(p + 1 for p in perm)))
+
+
+def _slice_rule(prim, args, batched, count, index):
+    return _single(prim, args, dict(index=((0, count, 1),) + tuple(index)))
+
+
+def _pad_rule(prim, args, batched, count, index, shape):
+    return _single(prim, args, dict(index=((0, count, 1),) + tuple(index),
+                                    shape=(count,) + tuple(shape)))
+
+
+def _concatenate_rule(prim, args, batched, count, axis):
+    args = [a if b else _batched(a, shape_of(a), count) for a, b in zip(args, batched)]
+    return _single(prim, args, dict(axis=axis + 1))
+
+
+def _einsum_rule(prim, args, batched, count, spec):
+    """A new letter for the example index, on the batched operands and the output."""
+    from ..prims.linalg import parse_spec
+    sa, sb, so = parse_spec(spec)
+    used = set(sa + sb + so)
+    z = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA" if c not in used)
+    sa, sb = (z + sa if batched[0] else sa), (z + sb if batched[1] else sb)
+    return _single(prim, args, dict(spec=f"{sa},{sb}->{z}{so}"))
+
+
+def _guard_rule(prim, args, batched, count, **params):
+    raise ArgumentError(with_location(
+        "vmap: Python control flow (if, while, bool()) on a value that differs between "
+        "the examples; use np.where or gradc.cond, which batch"))
+
+
+def _by_scan(prim, args, batched, count, **params):
+    """Any primitive: a scan over the examples calling it once per example."""
+    from ..prims.loops import _closed, scan_p
+    consts = [a for a, b in zip(args, batched) if not b]
+    xs = [a for a, b in zip(args, batched) if b]
+    avals = ([(tuple(shape_of(a)), _dtype(a)) for a in consts]
+             + [(tuple(shape_of(a))[1:], _dtype(a)) for a in xs])
+
+    def body(*vals):
+        c, x = iter(vals[:len(consts)]), iter(vals[len(consts):])
+        out = bind(prim, *[next(x) if b else next(c) for b in batched], **params)
+        return list(out) if prim.multiple_results else [out]
+
+    graph = _closed(body, avals)
+    return list(scan_p.bind(*consts, *xs, body=graph, n_consts=len(consts), n_carry=0,
+                            length=count, reverse=False))
+
+
+def _dtype(x):
+    from ..trace import dtype_of
+    return np.dtype(dtype_of(x))
+
+
+def _rules() -> dict:
+    from .fuse import ELEMENTWISE
+    rules = {name: _elementwise for name in ELEMENTWISE}
+    rules.update({
+        "reduce_sum": _shifted("axes"), "reduce_max": _shifted("axes"),
+        "reduce_min": _shifted("axes"), "reduce_prod": _shifted("axes"),
+        "argmax": _shifted("axis"), "argmin": _shifted("axis"), "cumsum": _shifted("axis"),
+        "broadcast_in_dim": _broadcast_rule, "reshape": _reshape_rule,
+        "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
+        "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
+    })
+    return rules
+
+
+RULES = _rules()

@@ -1,0 +1,86 @@
+"""jacfwd, jacrev, hessian and hvp (gradc/jacobians.py): compositions of vmap with jvp,
+vjp and grad, against finite differences and against each other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradc
+
+RNG = np.random.default_rng(4)
+W = RNG.standard_normal((4, 3))
+
+
+def layer(x):
+    return np.tanh(W @ x) * np.sum(x ** 2)
+
+
+def scalar(x):
+    return np.sum(np.sin(x) * x[::-1]) + np.prod(x) + np.log(np.sum(np.exp(x)))
+
+
+def _fd_jacobian(f, x, h=1e-6):
+    cols = []
+    for k in range(x.size):
+        e = np.zeros(x.size)
+        e[k] = h
+        e = e.reshape(x.shape)
+        cols.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h))
+    return np.moveaxis(np.stack(cols), 0, -1).reshape(np.shape(f(x)) + x.shape)
+
+
+@pytest.mark.parametrize("f, x", [
+    (layer, RNG.standard_normal(3)),
+    (lambda M: np.tanh(M @ W.T) ** 2, RNG.standard_normal((2, 3))),
+    (lambda x: np.cumsum(x * x[0]), RNG.standard_normal(5)),
+    (scalar, RNG.standard_normal(4)),
+])
+def test_jacfwd_and_jacrev_agree_with_each_other_and_finite_differences(f, x):
+    jf, jr = gradc.jacfwd(f)(x), gradc.jacrev(f)(x)
+    assert jf.shape == np.shape(f(x)) + x.shape
+    np.testing.assert_allclose(jf, jr, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(jf, _fd_jacobian(f, x), rtol=1e-6, atol=1e-8)
+
+
+def test_jacobians_are_one_batched_graph_not_a_loop():
+    x = RNG.standard_normal(3)
+    for jac in (gradc.jacfwd, gradc.jacrev):
+        graph = gradc.make_graph(lambda x: jac(layer)(x))(x)
+        assert "scan" not in str(graph), jac.__name__
+    # and the second argument, compiled
+    f = lambda a, b: np.sin(a * b) * b  # noqa: E731
+    a, b = RNG.standard_normal(3), RNG.standard_normal(3)
+    np.testing.assert_allclose(gradc.jacfwd(f, argnums=1, target="cpu")(a, b),
+                               np.diag(a * np.cos(a * b) * b + np.sin(a * b)), rtol=1e-13)
+
+
+def test_hessian_and_both_hvps():
+    x, v = RNG.standard_normal(4), RNG.standard_normal(4)
+    hess = gradc.hessian(scalar)(x)
+    np.testing.assert_allclose(hess, hess.T, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(hess, _fd_jacobian(gradc.grad(scalar), x), rtol=1e-6,
+                               atol=1e-8)
+    fwd_rev = gradc.hvp(scalar, (x,), (v,))
+    rev_rev = gradc.hvp(scalar, (x,), (v,), method="rev-rev")
+    np.testing.assert_allclose(fwd_rev, hess @ v, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rev_rev, fwd_rev, rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_through_a_loop():
+    def rnn(h0):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(W[:3, :3] @ h + x), None), h0,
+                          RNG.standard_normal((6, 3)) * 0 + 0.1)
+        return h
+    h0 = RNG.standard_normal(3)
+    np.testing.assert_allclose(gradc.jacfwd(rnn)(h0), gradc.jacrev(rnn)(h0), rtol=1e-12)
+    np.testing.assert_allclose(gradc.jacrev(rnn)(h0), _fd_jacobian(rnn, h0), rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_errors_are_named():
+    with pytest.raises(gradc.ArgumentError, match="argnums must be the position"):
+        gradc.jacfwd(layer, argnums=3)(np.ones(3))
+    with pytest.raises(gradc.ArgumentError, match="must be a float array"):
+        gradc.jacrev(lambda n: n * 2.0)(np.arange(3))
+    with pytest.raises(gradc.ArgumentError, match="method is 'fwd-rev' or 'rev-rev'"):
+        gradc.hvp(scalar, (np.ones(2),), (np.ones(2),), method="fwd-fwd")

@@ -1,0 +1,107 @@
+"""gradc.vmap: the batching pass against a Python loop over the examples, for every row of
+the primitive table (tests/test_prims.py), batched twice, composed with grad both ways,
+compiled, and its errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradc
+from test_prims import ELEMENTWISE, ROWS, _assert_tree_equal, _is_static
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning",
+                                        "ignore:divide by zero:RuntimeWarning")
+
+
+def _examples(row, count=3):
+    """Inputs for ``count`` examples, of one signature (a generator may draw a shape: the
+    seeds that draw another are passed over)."""
+    shape = (2, 3) if row.shapes == ELEMENTWISE else row.shapes[0]
+
+    def signature(args):
+        # (nonzero's result size is the mask's count: the same in every example, or the
+        # examples' results would not stack)
+        return [(np.shape(a), np.asarray(a).dtype,
+                 int(np.sum(np.asarray(a) > 0)) if row.prim == "nonzero" else None)
+                if not _is_static(a) else a for a in args]
+    found = []
+    for seed in range(200):
+        args = row.gen(np.random.default_rng(seed), shape)
+        if not found or signature(args) == signature(found[0]):
+            found.append(args)
+        if len(found) == count:
+            return found
+    raise AssertionError(f"row {row.id}: no {count} examples of one signature")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+def test_vmap_of_every_row_equals_a_loop_over_the_examples(row):
+    examples = _examples(row)
+    first = examples[0]
+    axes = tuple(None if _is_static(a) else 0 for a in first)
+    stacked = tuple(a if ax is None else np.stack([np.asarray(e[i]) for e in examples])
+                    for i, (a, ax) in enumerate(zip(first, axes)))
+    batched = gradc.vmap(row.fn, in_axes=axes)
+    if row.prim == "guard":           # Python control flow on a batched value
+        with pytest.raises(gradc.ArgumentError, match="vmap: Python control flow"):
+            batched(*stacked)
+        return
+    want = [row.fn(*e) for e in examples]
+    got = batched(*stacked)
+    for k, w in enumerate(want):
+        _assert_tree_equal(gradc.pytree.tree_map(lambda g: np.asarray(g)[k], got), w)
+
+
+def test_vmap_of_vmap_axes_and_unmapped_arguments():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 4)), rng.standard_normal(4)
+    f = lambda x, w: np.sin(x) * np.sum(x * w)  # noqa: E731
+    got = gradc.vmap(gradc.vmap(f, in_axes=(0, None)), in_axes=(0, None))(x, w)
+    want = np.array([[f(r, w) for r in m] for m in x])
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    # the example axis elsewhere, in and out
+    got = gradc.vmap(f, in_axes=(1, None), out_axes=1)(x, w)
+    want = np.stack([f(x[:, j], w) for j in range(3)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    # one Graph, not a loop: no scan for elementwise work and an einsum
+    def layer(x, W):
+        return gradc.vmap(lambda x: np.tanh(W @ x))(x)
+    graph = gradc.make_graph(layer)(x[0], rng.standard_normal((5, 4)))
+    assert "scan" not in str(graph) and "einsum" in str(graph)
+
+
+def test_vmap_composes_with_grad_both_ways():
+    rng = np.random.default_rng(1)
+    X, W = rng.standard_normal((6, 3)), rng.standard_normal((4, 3))
+    f = lambda x, W: np.sum(np.tanh(W @ x) ** 2) + np.max(x) * x[0]  # noqa: E731
+    per_example = gradc.vmap(gradc.grad(f), in_axes=(0, None))(X, W)
+    np.testing.assert_allclose(per_example, [gradc.grad(f)(x, W) for x in X], rtol=1e-13)
+    # the gradient of a batched sum: each example's gradient w.r.t. W, summed
+    total = gradc.grad(lambda W: np.sum(gradc.vmap(f, in_axes=(0, None))(X, W)))(W)
+    np.testing.assert_allclose(total, sum(gradc.grad(f, argnums=1)(x, W) for x in X),
+                               rtol=1e-13)
+
+
+def test_vmap_compiles_and_batches_loops():
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((4, 5, 3))
+
+    def run(x):
+        c, ys = gradc.scan(lambda c, r: (np.tanh(c + r), np.sum(c)), np.zeros(3), x)
+        return c, ys
+    want = [run(x) for x in xs]
+    for target in ("numpy", "cpu"):
+        got = gradc.vmap(run, target=target)(xs)
+        for k, (c, ys) in enumerate(want):
+            np.testing.assert_allclose(got[0][k], c, rtol=1e-13)
+            np.testing.assert_allclose(got[1][k], ys, rtol=1e-13)
+
+
+def test_vmap_errors_are_named():
+    with pytest.raises(gradc.ArgumentError, match=r"one size; got 3 \(arguments \[0\]\), "
+                                                  r"4 \(arguments \[1\]\)"):
+        gradc.vmap(lambda a, b: a + b[:3])(np.ones(3), np.ones(4))
+    with pytest.raises(gradc.ArgumentError, match="has no axis 2"):
+        gradc.vmap(np.sin, in_axes=2)(np.ones((2, 2)))
+    with pytest.raises(gradc.ArgumentError, match="in_axes has 1 entries for 2"):
+        gradc.vmap(lambda a, b: a, in_axes=(0,))(np.ones(2), np.ones(2))
