@@ -9,8 +9,12 @@
   ``method="rev-rev"`` the gradient of ``<v, ∇f(x)>``; both give ``∇²f(x) v``.
 
 The Jacobian of ``f: R^(in shape) -> R^(out shape)`` has shape ``out shape + in shape``.
+Each is a ``jit`` of the composition: traced once per argument signature into one Graph
+(the inner transformations inline theirs) and compiled for ``target``.
 """
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -49,7 +53,7 @@ def _columns_last(stacked, out_shape, in_shape):
 
 def jacfwd(fun, argnums=0, *, target=None):
     """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by forward mode, batched."""
-    from .api import jvp, vmap
+    from .api import jit, jvp, vmap
 
     def jac(*args):
         k, x = _checked(args, argnums, "jacfwd")
@@ -57,28 +61,29 @@ def jacfwd(fun, argnums=0, *, target=None):
         g = lambda xx: fun(*_with(args, k, xx))       # noqa: E731
 
         def push(t):
-            return jvp(g, (x,), (t,), target=target)[1]
-        stacked = vmap(push, target=target)(_basis(in_shape, np.dtype(dtype_of(x))))
+            return jvp(g, (x,), (t,))[1]
+        stacked = vmap(push)(_basis(in_shape, np.dtype(dtype_of(x))))
         out_shape = tuple(shape_of(stacked))[1:]
         return _columns_last(stacked, out_shape, in_shape)
-    return jac
+    jac.__name__ = jac.__qualname__ = f"jacfwd_{getattr(fun, '__name__', 'f')}"
+    return jit(jac, target=target)
 
 
 def jacrev(fun, argnums=0, *, target=None):
     """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by reverse mode, batched."""
-    from .api import vjp, vmap
+    from .api import jit, vjp, vmap
 
     def jac(*args):
         k, x = _checked(args, argnums, "jacrev")
         in_shape = tuple(shape_of(x))
         g = lambda xx: fun(*_with(args, k, xx))       # noqa: E731
-        y, pull = vjp(g, x, target=target)
+        y, pull = vjp(g, x)
         out_shape = tuple(shape_of(y))
-        stacked = vmap(lambda u: pull(u)[0], target=target)(
-            _basis(out_shape, np.dtype(dtype_of(y))))
+        stacked = vmap(lambda u: pull(u)[0])(_basis(out_shape, np.dtype(dtype_of(y))))
         # (m, *in): row i is the gradient of output component i
         return np.reshape(stacked, out_shape + in_shape)
-    return jac
+    jac.__name__ = jac.__qualname__ = f"jacrev_{getattr(fun, '__name__', 'f')}"
+    return jit(jac, target=target)
 
 
 def hessian(fun, argnums=0, *, target=None):
@@ -90,14 +95,35 @@ def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
     """``∇²f(x) v`` for a scalar ``f`` of one array ``x`` (``primals = (x,)``,
     ``tangents = (v,)``).  ``method="fwd-rev"``: the JVP of the gradient (one forward
     pass over the reverse pass); ``"rev-rev"``: the gradient of ``<v, ∇f(x)>``."""
-    from .api import grad, jvp
     if len(primals) != 1 or len(tangents) != 1:
         raise ArgumentError(with_location(
             "hvp(f, (x,), (v,)): one primal and one tangent (differentiate w.r.t. x)"))
+    if method not in ("fwd-rev", "rev-rev"):
+        raise ArgumentError(with_location(
+            f"hvp: method is 'fwd-rev' or 'rev-rev', got {method!r}"))
     (x,), (v,) = primals, tangents
-    if method == "fwd-rev":
-        return jvp(grad(fun, target=target), (x,), (v,), target=target)[1]
-    if method == "rev-rev":
-        return grad(lambda x: np.sum(grad(fun)(x) * v), target=target)(x)
-    raise ArgumentError(with_location(
-        f"hvp: method is 'fwd-rev' or 'rev-rev', got {method!r}"))
+    return _hvp_function(fun, method, target)(x, v)
+
+
+_HVP: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _hvp_function(fun, method, target):
+    """``(x, v) -> ∇²f(x) v`` compiled once per function, method and target (a call of
+    ``hvp`` would otherwise trace anew each time)."""
+    from .api import grad, jit, jvp
+    try:
+        table = _HVP.setdefault(fun, {})
+    except TypeError:           # (not weakly referenceable: not kept)
+        table = {}
+    key = (method, target)
+    if key not in table:
+        if method == "fwd-rev":
+            def product(x, v):
+                return jvp(grad(fun), (x,), (v,))[1]
+        else:
+            def product(x, v):
+                return grad(lambda x: np.sum(grad(fun)(x) * v))(x)
+        product.__name__ = product.__qualname__ = f"hvp_{getattr(fun, '__name__', 'f')}"
+        table[key] = jit(product, target=target)
+    return table[key]
