@@ -84,3 +84,15 @@ def test_errors_are_named():
         gradc.jacrev(lambda n: n * 2.0)(np.arange(3))
     with pytest.raises(gradc.ArgumentError, match="method is 'fwd-rev' or 'rev-rev'"):
         gradc.hvp(scalar, (np.ones(2),), (np.ones(2),), method="fwd-fwd")
+
+
+def test_repeated_calls_reuse_one_compiled_function():
+    """hvp keeps one jit per function and method (a call would otherwise trace anew), and
+    a jacfwd object traces once per signature."""
+    from gradc.jacobians import _hvp_function
+    assert _hvp_function(scalar, "fwd-rev", "numpy") is _hvp_function(scalar, "fwd-rev",
+                                                                     "numpy")
+    jac = gradc.jacfwd(layer)
+    x = RNG.standard_normal(3)
+    np.testing.assert_allclose(jac(x), jac(x + 0.0), rtol=0)
+    assert len(jac._cache.entries) == 1
