@@ -584,3 +584,24 @@ def test_forward_mode_through_cond_is_one_cond():
         _, t = gradc.jvp(f, (x,), (np.arange(3.0),), target="numpy")
         want = (np.cos(x) * x + np.sin(x) if x[0] > 0 else np.exp(x) - 1.0) * np.arange(3.0)
         np.testing.assert_allclose(t, want, rtol=1e-14)
+
+
+def test_while_hessian_runs_interpreted_and_compiled(rng):
+    """while_hessian (the tangent half of while_adjoint's JVP) is usually transposed
+    away; evaluated as it is, in a linearised VJP graph, it gives the JVP of the VJP."""
+    from gradc.codegen.compile import Executable, optimise
+    from gradc.passes import linearize_graph, vjp_graph
+    W, b = rng.standard_normal((4, 4)) * 0.3, rng.standard_normal(4)
+    graph = gradc.make_graph(lambda W, b: _fixed_point_loss(W, b))(W, b)
+    primal, linear = linearize_graph(vjp_graph(graph))      # inputs (W, b, ct)
+    assert "while_hessian" in str(linear)
+    dW, db = rng.standard_normal((4, 4)), rng.standard_normal(4)
+    outs = gradc.eval_graph(primal, [W, b, 1.0])
+    n_out = len(linear.outputs)
+    residuals = outs[n_out:]
+    want = gradc.jvp(lambda W, b: gradc.grad(_fixed_point_loss, argnums=(0, 1))(W, b),
+                     (W, b), (dW, db), target="numpy")[1]
+    for target in ("numpy", "cpu"):
+        got = Executable(optimise(linear, target), target)(residuals + [dW, db, 0.0])
+        np.testing.assert_allclose(got[1], want[0], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(got[2], want[1], rtol=1e-10, atol=1e-13)
