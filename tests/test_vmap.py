@@ -105,3 +105,19 @@ def test_vmap_errors_are_named():
         gradc.vmap(np.sin, in_axes=2)(np.ones((2, 2)))
     with pytest.raises(gradc.ArgumentError, match="in_axes has 1 entries for 2"):
         gradc.vmap(lambda a, b: a, in_axes=(0,))(np.ones(2), np.ones(2))
+
+
+def test_linear_algebra_batches_without_a_loop():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((4, 3, 3)) + 3.0 * np.eye(3)
+    b, B = rng.standard_normal((4, 3)), rng.standard_normal((4, 3, 2))
+    shared = b[0]
+    for rhs, axes, per_example in ((b, 0, b), (B, 0, B), (shared, (0, None), [shared] * 4)):
+        f = gradc.vmap(np.linalg.solve, in_axes=axes)
+        want = [np.linalg.solve(a, r) for a, r in zip(A, per_example)]
+        np.testing.assert_allclose(f(A, rhs), want, rtol=1e-12)
+        assert "scan" not in str(f.graph(A, rhs))
+    logdet = gradc.vmap(lambda a: np.linalg.slogdet(a)[1] + np.linalg.det(a))
+    np.testing.assert_allclose(logdet(A), [np.linalg.slogdet(a)[1] + np.linalg.det(a)
+                                           for a in A], rtol=1e-12)
+    assert "scan" not in str(logdet.graph(A))

@@ -134,6 +134,24 @@ def _einsum_rule(prim, args, batched, count, spec):
     return _single(prim, args, dict(spec=f"{sa},{sb}->{z}{so}"))
 
 
+def _leading_batch(prim, args, batched, count, **params):
+    """A primitive that maps over leading axes of its one operand already (det,
+    slogdet): the example axis is one more."""
+    out = bind(prim, *args, **params)
+    return list(out) if prim.multiple_results else [out]
+
+
+def _solve_rule(prim, args, batched, count, **params):
+    """solve maps over leading axes shared by the matrix and the right-hand sides; a
+    vector right-hand side becomes a one-column matrix for the batch."""
+    from ..prims.shape import reshape
+    a, b = [x if bt else _batched(x, shape_of(x), count) for x, bt in zip(args, batched)]
+    if len(shape_of(b)) == 2:          # one example: a (n, n) and b (n,)
+        n = shape_of(b)[1]
+        return [reshape(bind(prim, a, reshape(b, (count, n, 1)), **params), (count, n))]
+    return _single(prim, [a, b], params)
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -173,6 +191,7 @@ def _rules() -> dict:
         "broadcast_in_dim": _broadcast_rule, "reshape": _reshape_rule,
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
+        "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
     })
     return rules
 
