@@ -121,3 +121,17 @@ def test_linear_algebra_batches_without_a_loop():
     np.testing.assert_allclose(logdet(A), [np.linalg.slogdet(a)[1] + np.linalg.det(a)
                                            for a in A], rtol=1e-12)
     assert "scan" not in str(logdet.graph(A))
+
+
+def test_conv2d_batches_images_natively_and_kernels_by_a_loop():
+    rng = np.random.default_rng(5)
+    images, kernel = rng.standard_normal((3, 2, 2, 5, 5)), rng.standard_normal((4, 2, 3, 3))
+    f = gradc.vmap(lambda i, k: gradc.conv2d(i, k, padding="same"), in_axes=(0, None))
+    want = [gradc.conv2d(i, kernel, padding="same") for i in images]
+    np.testing.assert_allclose(f(images, kernel), want, rtol=1e-12)
+    assert "scan" not in str(f.graph(images, kernel))
+    # per-example gradients w.r.t. the kernel: a loop over the examples, same values
+    loss = lambda k, i: np.sum(np.tanh(gradc.conv2d(i, k, padding="same")))  # noqa: E731
+    per_example = gradc.vmap(gradc.grad(loss), in_axes=(None, 0))(kernel, images)
+    np.testing.assert_allclose(per_example, [gradc.grad(loss)(kernel, i) for i in images],
+                               rtol=1e-12)

@@ -152,6 +152,18 @@ def _solve_rule(prim, args, batched, count, **params):
     return _single(prim, [a, b], params)
 
 
+def _conv2d_rule(prim, args, batched, count, **params):
+    """Images batched, kernel shared: the examples' images are one larger batch of
+    images.  A kernel per example is a loop over the examples (``_by_scan``)."""
+    from ..prims.shape import reshape
+    if batched[1]:
+        return _by_scan(prim, args, batched, count, **params)
+    image = args[0]
+    _, n, c, h, w = shape_of(image)
+    out = bind(prim, reshape(image, (count * n, c, h, w)), args[1], **params)
+    return [reshape(out, (count, n) + tuple(shape_of(out))[1:])]
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -192,6 +204,7 @@ def _rules() -> dict:
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
         "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
+        "conv2d": _conv2d_rule,
     })
     return rules
 
