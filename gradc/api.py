@@ -561,10 +561,25 @@ def _cell_filled(cell) -> bool:
         return False
 
 
+DIGEST_KERNEL_BYTES = 1 << 14     # larger arrays are digested by kernels.digest_words
+
+
+def _digest(v: np.ndarray):
+    """The content of ``v`` for a cache key: blake2b for small arrays, a compiled
+    128-bit mix for large ones (blake2b runs at ~0.8 GB/s: 0.4 ms per call for W7's four
+    closed-over matrices)."""
+    data = np.ascontiguousarray(v).view(np.uint8).reshape(-1)
+    if data.size < DIGEST_KERNEL_BYTES:
+        return hashlib.blake2b(data.data, digest_size=16).digest()
+    from .codegen.kernels import digest_words
+    n = data.size - data.size % 8
+    head = digest_words(data[:n].view(np.uint64))
+    return (int(head[0]), int(head[1]), bytes(data[n:]))
+
+
 def _value_key(v):
     if isinstance(v, np.ndarray) and v.dtype != object:
-        return ("nd", v.shape, v.dtype.str, hashlib.blake2b(
-            np.ascontiguousarray(v).view(np.uint8).data, digest_size=16).digest())
+        return ("nd", v.shape, v.dtype.str, _digest(v))
     if isinstance(v, (int, float, complex, str, bool, bytes, type(None), np.generic)):
         return ("val", type(v), v)
     if isinstance(v, Tracer):

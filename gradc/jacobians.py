@@ -86,8 +86,14 @@ def jacrev(fun, argnums=0, *, target=None):
     return jit(jac, target=target)
 
 
-def hessian(fun, argnums=0, *, target=None):
-    """``jacfwd(jacrev(fun))``: the dense Hessian of a scalar function."""
+def hessian(fun, argnums=0, *, sparse=False, target=None):
+    """``jacfwd(jacrev(fun))``: the dense Hessian of a scalar function.  With
+    ``sparse=True`` the pattern is found from the gradient's Graph and the Hessian is
+    recovered from one HVP per colour of its columns, as a ``scipy.sparse`` matrix
+    (``gradc.sparsity``)."""
+    if sparse:
+        from .sparsity import sparse_hessian
+        return sparse_hessian(fun, argnums, target=target)
     return jacfwd(jacrev(fun, argnums, target=target), argnums, target=target)
 
 
@@ -127,3 +133,77 @@ def _hvp_function(fun, method, target):
         product.__name__ = product.__qualname__ = f"hvp_{getattr(fun, '__name__', 'f')}"
         table[key] = jit(product, target=target)
     return table[key]
+
+
+# ---------------------------------------------------------------- Jacobian chains
+
+_MODES = ("fwd", "rev", "optimal")
+
+
+def _graph_of(fun, args, k, x, what):
+    """The Graph of ``fun`` as a function of argument ``k`` alone (the other arguments,
+    Tracers of an enclosing trace, become its trailing inputs) and those inputs."""
+    from .passes.simplify import simplify
+    from .trace import trace_graph
+
+    def g(xx):
+        out = fun(*_with(args, k, xx))
+        if not (isinstance(out, Tracer) or isinstance(out, (np.ndarray, np.generic, float, int))):
+            raise ArgumentError(with_location(
+                f"{what}: the function must return one array, got {type(out).__name__} "
+                "(use jacfwd/jacrev for pytrees of outputs)"))
+        return [out]
+    graph, outs, captured = trace_graph(g, [(tuple(shape_of(x)), dtype_of(x))])
+    graph = simplify(graph)
+    return graph, [x] + list(captured)
+
+
+def _check_mode(mode, what):
+    if mode not in _MODES:
+        raise ArgumentError(with_location(
+            f"{what}: mode is one of {', '.join(map(repr, _MODES))}, got {mode!r}"))
+
+
+def jacobian_plan(fun, argnums=0, *, mode="optimal"):
+    """``jacobian_plan(f)(*args)``: how ``jacobian(f, mode=mode)`` evaluates the
+    Jacobian at these arguments' shapes: the chain's stages, the bracketing and mode of
+    every product, its estimated cost and those of all-forward and all-reverse.  The
+    plan prints as a table and ``plan.draw(path)`` draws it."""
+    from .chain import plan_graph
+    _check_mode(mode, "jacobian_plan")
+
+    def planner(*args):
+        k, x = _checked(args, argnums, "jacobian_plan")
+        graph, _ = _graph_of(fun, args, k, x, "jacobian_plan")
+        return plan_graph(graph, 0, mode, getattr(fun, "__name__", "f"))
+    return planner
+
+
+def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` (shape: out shape + in shape).
+
+    ``mode="fwd"`` is ``jacfwd``, ``"rev"`` is ``jacrev``; ``"optimal"`` cuts the Graph
+    into a chain of stages and evaluates the chain product in the order of least
+    estimated cost (``gradc.chain``; see ``jacobian_plan``).  ``sparse=True``: the
+    sparsity pattern is detected from the Graph and the matrix recovered from one JVP per
+    colour of its columns (``gradc.sparsity``)."""
+    _check_mode(mode, "jacobian")
+    if sparse:
+        from .sparsity import sparse_jacobian
+        return sparse_jacobian(fun, argnums, target=target)
+    if mode == "fwd":
+        return jacfwd(fun, argnums, target=target)
+    if mode == "rev":
+        return jacrev(fun, argnums, target=target)
+    from .api import jit
+    from .chain import evaluate, plan_graph
+
+    def jac(*args):
+        k, x = _checked(args, argnums, "jacobian")
+        graph, inputs = _graph_of(fun, args, k, x, "jacobian")
+        plan = plan_graph(graph, 0, "optimal", getattr(fun, "__name__", "f"))
+        matrix = evaluate(plan, graph, inputs)
+        y = graph.outputs[0]
+        return np.reshape(matrix, tuple(y.shape) + tuple(shape_of(x)))
+    jac.__name__ = jac.__qualname__ = f"jacobian_{getattr(fun, '__name__', 'f')}"
+    return jit(jac, target=target)

@@ -135,3 +135,57 @@ def test_conv2d_batches_images_natively_and_kernels_by_a_loop():
     per_example = gradc.vmap(gradc.grad(loss), in_axes=(None, 0))(kernel, images)
     np.testing.assert_allclose(per_example, [gradc.grad(loss)(kernel, i) for i in images],
                                rtol=1e-12)
+
+
+IDX = np.array([2, 0, 2, 1])
+IDX2 = np.array([[0, 3], [1, 1]])
+
+
+@pytest.mark.parametrize("f", [
+    lambda x: x[IDX] * 2.0,                       # gather, advanced index first
+    lambda x: x[:, IDX2],                         # a 2-D index array after a slice
+    lambda x: x[IDX, :, IDX[::-1]] + 1.0,         # advanced indices apart: moved first
+    lambda x: x[1, :, IDX],                       # an integer and an array, apart
+    lambda x: x[IDX, 1:3],                        # an array and a slice
+    lambda x: x[..., 1][IDX],
+], ids=["first", "2d-after-slice", "apart", "int-apart", "array-slice", "ellipsis"])
+def test_indexing_with_shared_indices_batches_without_a_loop(f):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 3, 4, 4))
+    got = gradc.vmap(f)(x)
+    np.testing.assert_array_equal(got, np.stack([f(e) for e in x]))
+    graph = gradc.make_graph(gradc.vmap(f))(x)
+    assert "scan" not in str(graph) and "gather" in str(graph)
+    # its gradient scatters (scatter_add), batched too
+    g = gradc.vmap(gradc.grad(lambda e: np.sum(np.sin(f(e)))))
+    want = np.stack([gradc.grad(lambda e: np.sum(np.sin(f(e))))(e) for e in x])
+    np.testing.assert_allclose(g(x), want, rtol=1e-14)
+    assert "scan" not in str(gradc.make_graph(g)(x))
+
+
+def _set_rows(x, v):
+    y = x * 1.0
+    y[IDX[1:]] = v
+    return y
+
+
+def _set_apart(x, v):
+    y = x * 1.0
+    y[IDX, :, IDX] = v
+    return y
+
+
+@pytest.mark.parametrize("f, v_shape", [
+    (_set_rows, (3, 4)), (_set_rows, ()), (_set_apart, (4, 3)), (_set_apart, ()),
+])
+def test_index_set_batches_for_either_operand(f, v_shape):
+    rng = np.random.default_rng(6)
+    x, v = rng.standard_normal((5, 4, 3, 4)), rng.standard_normal((5,) + v_shape)
+    for axes in ((0, 0), (0, None), (None, 0)):
+        xs = x if axes[0] == 0 else x[0]
+        vs = v if axes[1] == 0 else v[0]
+        got = gradc.vmap(f, in_axes=axes)(xs, vs)
+        want = np.stack([f(xs[k] if axes[0] == 0 else xs, vs[k] if axes[1] == 0 else vs)
+                         for k in range(5)])
+        np.testing.assert_array_equal(got, want)
+        assert "scan" not in str(gradc.make_graph(gradc.vmap(f, in_axes=axes))(xs, vs))

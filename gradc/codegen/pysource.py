@@ -284,16 +284,21 @@ def _einsum(ctx, eqn, a, outs):
         # operand that is itself a view (a slice, a transpose) is made contiguous first
         ops = [f"_k.contiguous({t})" if ctx.producer.get(v) in _VIEWS else t
                for t, v in zip(a, (x, y))]
-        lhs = ops[0] if list(sa) == a_only + contracted else f"{ops[0]}.T"
-        rhs = ops[1] if list(sb) == contracted + b_only else f"{ops[1]}.T"
+        if list(so) == a_only + b_only:         # A (a, k) @ B (k, b)
+            lhs = ops[0] if list(sa) == a_only + contracted else f"{ops[0]}.T"
+            rhs = ops[1] if list(sb) == contracted + b_only else f"{ops[1]}.T"
+        else:                                   # the output is (b, a): B (b, k) @ A (k, a)
+            lhs = ops[1] if list(sb) == b_only + contracted else f"{ops[1]}.T"
+            rhs = ops[0] if list(sa) == contracted + a_only else f"{ops[0]}.T"
+        # (the product is written in the output's order: a C-contiguous result, no copy)
         call = f"np.dot({lhs}, {rhs})"
-        call = call if list(so) == a_only + b_only else f"{call}.T"
         if _prod(x.shape) * size[b_only[0]] < OBJMODE_FLOPS:
             return call
-        # a large product goes to NumPy's own BLAS (see OBJMODE_FLOPS)
+        # a large product goes to NumPy's own BLAS (see OBJMODE_FLOPS), through matmul:
+        # np.dot took 0.52-0.66 ms for 1000x10 @ 10x1000 where matmul took 0.40-0.53
         kind = f"{np.dtype(x.dtype).name}[:, ::1]"
         return [f"with numba.objmode({outs[0]}={kind!r}):",
-                f"    {outs[0]} = np.ascontiguousarray({call})"]
+                f"    {outs[0]} = np.ascontiguousarray(np.matmul({lhs}, {rhs}))"]
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")

@@ -164,6 +164,71 @@ def _conv2d_rule(prim, args, batched, count, **params):
     return [reshape(out, (count, n) + tuple(shape_of(out))[1:])]
 
 
+_FULL = ("s", None, None, None)
+
+
+def _example_axis(spec, idx):
+    """Where the example axis lands in ``x[:, *spec]``: 0, unless the spec's advanced
+    indices (arrays, and integers beside them) are not adjacent, when NumPy puts their
+    broadcast dimensions first and the example axis after them; None (left to the scan)
+    for a spec mixing newaxis with index arrays."""
+    kinds = [e[0] for e in spec]
+    if "a" not in kinds:
+        return 0
+    if "n" in kinds:
+        return None
+    adv = [i for i, k in enumerate(kinds) if k in ("a", "i")]
+    if adv == list(range(adv[0], adv[-1] + 1)):
+        return 0
+    return len(np.broadcast_shapes(*[tuple(shape_of(idx[e[1]])) for e in spec if e[0] == "a"]))
+
+
+def _moved(x, src, dst):
+    """``x`` with its axis ``src`` moved to ``dst``."""
+    from ..prims.shape import transpose
+    if src == dst:
+        return x
+    perm = [i for i in range(len(shape_of(x))) if i != src]
+    perm.insert(dst, src)
+    return transpose(x, tuple(perm))
+
+
+def _gather_rule(prim, args, batched, count, spec):
+    """Examples batched, indices shared: a leading full slice (``x[:, *spec]``)."""
+    where = _example_axis(spec, args[1:])
+    if any(batched[1:]) or where is None:
+        return _by_scan(prim, args, batched, count, spec=spec)
+    out = bind(prim, *args, spec=(_FULL,) + tuple(spec))
+    return [_moved(out, where, 0)]
+
+
+def _scatter_add_rule(prim, args, batched, count, shape, spec):
+    where = _example_axis(spec, args[1:])
+    if any(batched[1:]) or where is None:
+        return _by_scan(prim, args, batched, count, shape=shape, spec=spec)
+    return _single(prim, [_moved(args[0], 0, where)] + list(args[1:]),
+                   dict(shape=(count,) + tuple(shape), spec=(_FULL,) + tuple(spec)))
+
+
+def _index_set_rule(prim, args, batched, count, spec):
+    from ..prims.index import _indexed_shape
+    x, v, idx = args[0], args[1], args[2:]
+    where = _example_axis(spec, idx)
+    if any(batched[2:]) or where is None:
+        return _by_scan(prim, args, batched, count, spec=spec)
+    if not batched[0]:
+        x = _batched(x, shape_of(x), count)
+    window = tuple(_indexed_shape(tuple(shape_of(x))[1:], spec, idx))
+    if batched[1] or len(shape_of(v)) > 0:
+        from ..prims.shape import broadcast_in_dim
+        if not batched[1]:
+            v = _batched(v, shape_of(v), count)
+        if tuple(shape_of(v))[1:] != window:          # a scalar per example
+            v = broadcast_in_dim(v, (count,) + window, (0,))
+        v = _moved(v, 0, where)
+    return _single(prim, [x, v] + list(idx), dict(spec=(_FULL,) + tuple(spec)))
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -204,7 +269,8 @@ def _rules() -> dict:
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
         "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
-        "conv2d": _conv2d_rule,
+        "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
+        "index_set": _index_set_rule,
     })
     return rules
 

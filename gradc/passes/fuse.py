@@ -14,7 +14,9 @@ How equations are grouped
    equation (elementwise, select, convert, broadcast_in_dim, slice, pad, transpose,
    unit-dimension reshape; not a transcendental function of 4096 or more elements,
    which runs as one SIMD NumPy call: ``VECTOR_UFUNCS``), has rank >= 1, is not an
-   output of the graph, and every consumer is fusible.  Inlined values are recomputed
+   output of the graph, and every consumer is fusible; an ``EXPENSIVE`` function (a
+   transcendental, a power, a division) only when no consumer reads it in a larger
+   loop domain (through a broadcast it would be recomputed for every element).  Inlined values are recomputed
    by each consumer that reads them (cheap: a few flops against a memory round trip).
 2. Every other value produced by a fusible or reduction equation is a *root*: it is
    materialised.  A root's loop *domain* is its shape, or for a reduction the shape
@@ -63,6 +65,13 @@ REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
 VECTOR_UFUNCS = {"exp", "expm1", "log", "log1p", "sin", "cos", "tan", "asin", "acos",
                  "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "cbrt"}
 UFUNC_ELEMENTS = 1 << 12
+# not recomputed for every element of a larger loop domain (see ``_plan``'s ``reach``)
+EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem"}
+RECOMPUTE = 4      # ... in a domain this many times its size (a pad or slice is not)
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def numpy_ufunc_call(eqn) -> bool:
@@ -131,11 +140,27 @@ def _plan(graph: Graph, materialise: set):
     outputs = {a for a in graph.outputs if isinstance(a, Var)}
     fusible = [_fusible(e) for e in graph.eqns]
 
+    # the largest loop domain each value may be read in through fusible consumers: a
+    # transcendental function inlined into a bigger domain (through a broadcast) would
+    # be recomputed for every element of it (tanh of 1000 values, in a 1000 x 1000
+    # reverse-mode Jacobian, took 10 ms instead of 10 us), so it is materialised
+    reach: dict = {}
+    for i in range(len(graph.eqns) - 1, -1, -1):
+        for v in graph.eqns[i].outputs:
+            r = _size(v.shape)
+            for j in consumers.get(v, ()):
+                if fusible[j]:
+                    r = max([r, _size(_domain(graph.eqns[j]))]
+                            + [reach.get(o, 0) for o in graph.eqns[j].outputs])
+            reach[v] = r
+
     def inlined(v) -> bool:
         i = producer.get(v)
         return (i is not None and fusible[i] and graph.eqns[i].prim.name not in REDUCTIONS
                 and v.ndim >= 1 and v not in outputs and v not in materialise
-                and all(fusible[j] for j in consumers.get(v, ())))
+                and all(fusible[j] for j in consumers.get(v, ()))
+                and not (graph.eqns[i].prim.name in EXPENSIVE
+                         and reach[v] >= RECOMPUTE * _size(v.shape)))
 
     inline = {v for v in producer if inlined(v)}
 
