@@ -514,11 +514,17 @@ def _reads(fun, depth=3, seen=None) -> list:
     seen.add(id(fun))
     out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
     glob = getattr(fun, "__globals__", {})
-    out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(code)]
+    if not _is_gradc(glob):     # gradc's own globals are code, not user state
+        out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(code)]
     for _, _, v in list(out):
         if callable(v) and hasattr(v, "__code__"):
             out += _reads(v, depth - 1, seen)
     return out
+
+
+def _is_gradc(glob) -> bool:
+    name = glob.get("__name__", "")
+    return name == "gradc" or name.startswith("gradc.")
 
 
 @functools.lru_cache(maxsize=1024)

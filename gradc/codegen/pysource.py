@@ -296,9 +296,12 @@ def _einsum(ctx, eqn, a, outs):
             return call
         # a large product goes to NumPy's own BLAS (see OBJMODE_FLOPS), through matmul:
         # np.dot took 0.52-0.66 ms for 1000x10 @ 10x1000 where matmul took 0.40-0.53
-        kind = f"{np.dtype(x.dtype).name}[:, ::1]"
-        return [f"with numba.objmode({outs[0]}={kind!r}):",
-                f"    {outs[0]} = np.ascontiguousarray(np.matmul({lhs}, {rhs}))"]
+        # written into a buffer the caller allocates (from the pool of dropped results:
+        # a fresh 8 MB result costs its page faults at every call)
+        out = eqn.outputs[0]
+        dest = ctx.out_buffer(out.shape, out.dtype, out)
+        return ["with numba.objmode():", f"    np.matmul({lhs}, {rhs}, out={dest})",
+                f"{outs[0]} = {dest}"]
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
