@@ -51,9 +51,23 @@ def _columns_last(stacked, out_shape, in_shape):
     return np.reshape(moved, tuple(out_shape) + tuple(in_shape))
 
 
-def jacfwd(fun, argnums=0, *, target=None):
-    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by forward mode, batched."""
+def _each(make, fun, argnums, target):
+    """``argnums`` a tuple: a tuple of Jacobians, one per argument (JAX's convention)."""
     from .api import jit
+    parts = [make(fun, k, target=target) for k in argnums]
+
+    def jac(*args):
+        return tuple(p(*args) for p in parts)
+    jac.__name__ = jac.__qualname__ = f"{make.__name__}_{getattr(fun, '__name__', 'f')}"
+    return jit(jac, target=target)
+
+
+def jacfwd(fun, argnums=0, *, target=None):
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by forward mode, batched (a
+    tuple of them for a tuple of argnums)."""
+    from .api import jit
+    if isinstance(argnums, (tuple, list)):
+        return _each(jacfwd, fun, argnums, target)
 
     def jac(*args):
         k, x = _checked(args, argnums, "jacfwd")
@@ -81,8 +95,11 @@ def _reverse(g, x):
 
 
 def jacrev(fun, argnums=0, *, target=None):
-    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by reverse mode, batched."""
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by reverse mode, batched (a
+    tuple of them for a tuple of argnums)."""
     from .api import jit
+    if isinstance(argnums, (tuple, list)):
+        return _each(jacrev, fun, argnums, target)
 
     def jac(*args):
         k, x = _checked(args, argnums, "jacrev")
@@ -193,6 +210,11 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
     sparsity pattern is detected from the Graph and the matrix recovered from one JVP per
     colour of its columns (``gradc.sparsity``)."""
     _check_mode(mode, "jacobian")
+    if isinstance(argnums, (tuple, list)) and not sparse:
+        def one(f, k, target=None):
+            return jacobian(f, k, mode=mode, target=target)
+        one.__name__ = "jacobian"
+        return _each(one, fun, argnums, target)
     if sparse:
         from .sparsity import sparse_jacobian
         return sparse_jacobian(fun, argnums, target=target)

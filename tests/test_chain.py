@@ -210,3 +210,12 @@ def test_plan_draws_a_picture(tmp_path):
     path = tmp_path / "plan.png"
     plan.draw(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_example_runs():
+    import runpy
+    module = runpy.run_path(str(__import__("pathlib").Path(__file__).parent.parent
+                                / "examples" / "jacobians.py"))
+    plan, hess = module["main"]()
+    assert plan.cost < min(plan.cost_fwd, plan.cost_rev) / 4
+    assert hess.shape == (10_000, 10_000) and hess.nnz == 3 * 10_000 - 2

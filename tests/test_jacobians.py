@@ -96,3 +96,14 @@ def test_repeated_calls_reuse_one_compiled_function():
     x = RNG.standard_normal(3)
     np.testing.assert_allclose(jac(x), jac(x + 0.0), rtol=0)
     assert len(jac._cache.entries) == 1
+
+
+def test_a_tuple_of_argnums_gives_a_tuple_of_jacobians():
+    a, b = RNG.standard_normal(3), RNG.standard_normal((2, 3))
+    f = lambda a, b: np.tanh(b @ a) * np.sum(b)      # noqa: E731
+    for jac in (gradc.jacfwd, gradc.jacrev, gradc.jacobian):
+        ja, jb = jac(f, argnums=(0, 1))(a, b)
+        assert ja.shape == (2, 3) and jb.shape == (2, 2, 3)
+        np.testing.assert_allclose(ja, gradc.jacfwd(f, argnums=0)(a, b), rtol=1e-12)
+        np.testing.assert_allclose(jb, _fd_jacobian(lambda b: f(a, b), b), rtol=1e-6,
+                                   atol=1e-8)

@@ -189,3 +189,35 @@ def test_index_set_batches_for_either_operand(f, v_shape):
                          for k in range(5)])
         np.testing.assert_array_equal(got, want)
         assert "scan" not in str(gradc.make_graph(gradc.vmap(f, in_axes=axes))(xs, vs))
+
+
+def test_scan_and_cond_batch_without_a_loop_over_the_examples():
+    rng = np.random.default_rng(8)
+    xs, w = rng.standard_normal((4, 6, 3)), rng.standard_normal(3)
+
+    def f(seq, w):
+        def step(h, x):
+            h = np.tanh(h * w + x)
+            return h, np.sum(h)
+        h, ys = gradc.scan(step, np.zeros(3), seq)
+        return h * 2.0, ys
+    got = gradc.vmap(f, in_axes=(0, None))(xs, w)
+    for k in range(4):
+        want = f(xs[k], w)
+        np.testing.assert_allclose(got[0][k], want[0], rtol=1e-14)
+        np.testing.assert_allclose(got[1][k], want[1], rtol=1e-14)
+    graph = str(gradc.make_graph(gradc.vmap(f, in_axes=(0, None)))(xs, w))
+    assert graph.count("scan") == 1          # the loop over steps; none over examples
+    # the batched scan differentiates
+    g = gradc.vmap(gradc.grad(lambda s: np.sum(f(s, w)[1] ** 2)))(xs)
+    want = [gradc.grad(lambda s: np.sum(f(s, w)[1] ** 2))(s) for s in xs]
+    np.testing.assert_allclose(g, want, rtol=1e-13)
+
+    def c(x, flag):
+        return gradc.cond(flag, lambda v: np.sin(v) * 2.0, lambda v: v ** 2, x)
+    x, flags = rng.standard_normal((5, 3)), np.array([True, False, True, True, False])
+    for axes, fl in (((0, None), True), ((0, 0), flags)):
+        got = gradc.vmap(c, in_axes=axes)(x, fl)
+        want = [c(x[k], fl if axes[1] is None else fl[k]) for k in range(5)]
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+        assert "scan" not in str(gradc.make_graph(gradc.vmap(c, in_axes=axes))(x, fl))

@@ -229,6 +229,42 @@ def _index_set_rule(prim, args, batched, count, spec):
     return _single(prim, [x, v] + list(idx), dict(spec=(_FULL,) + tuple(spec)))
 
 
+def _scan_rule(prim, args, batched, count, body, n_consts, n_carry, length, reverse):
+    """The body batched (``batch_graph``), every carry batched (an unbatched one is
+    repeated: the body may make it differ between examples); batched xs and the ys
+    carry the example axis second, after the step axis."""
+    consts, carry, xs = args[:n_consts], args[n_consts:n_consts + n_carry], \
+        args[n_consts + n_carry:]
+    flags = list(batched)
+    carry = [c if b else _batched(c, shape_of(c), count)
+             for c, b in zip(carry, flags[n_consts:n_consts + n_carry])]
+    xs = [_moved(x, 0, 1) if b else x for x, b in zip(xs, flags[n_consts + n_carry:])]
+    flags[n_consts:n_consts + n_carry] = [True] * n_carry
+    new_body = batch_graph(body, flags, count)
+    out = prim.bind(*consts, *carry, *xs, body=new_body, n_consts=n_consts,
+                    n_carry=n_carry, length=length, reverse=reverse)
+    return list(out[:n_carry]) + [_moved(y, 1, 0) for y in out[n_carry:]]
+
+
+def _cond_rule(prim, args, batched, count, branches):
+    """A shared predicate: both branches batched, one cond.  A predicate per example:
+    both branches run for every example and ``select`` picks each one's (JAX's rule)."""
+    from ..prims.elementwise import select
+    from ..prims.shape import broadcast_in_dim
+    pred, ops_, flags = args[0], list(args[1:]), list(batched[1:])
+    new = tuple(batch_graph(b, flags, count) for b in branches)
+    if not batched[0]:
+        return list(prim.bind(pred, *ops_, branches=new))
+    if np.dtype(_dtype(pred)) != np.bool_:
+        return _by_scan(prim, args, batched, count, branches=branches)
+    from ..interpret import eval_graph
+    outs = []
+    for no, yes in zip(eval_graph(new[0], ops_), eval_graph(new[1], ops_)):
+        shape = tuple(shape_of(yes))
+        outs.append(select(broadcast_in_dim(pred, shape, (0,)), yes, no))
+    return outs
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -270,7 +306,7 @@ def _rules() -> dict:
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
         "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
-        "index_set": _index_set_rule,
+        "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
     })
     return rules
 
