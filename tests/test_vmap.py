@@ -221,3 +221,22 @@ def test_scan_and_cond_batch_without_a_loop_over_the_examples():
         want = [c(x[k], fl if axes[1] is None else fl[k]) for k in range(5)]
         np.testing.assert_allclose(got, want, rtol=1e-14)
         assert "scan" not in str(gradc.make_graph(gradc.vmap(c, in_axes=axes))(x, fl))
+
+
+def test_while_loop_batches_examples_that_stop_at_different_steps():
+    def newton_sqrt(a):
+        def body(s):
+            x, k = s
+            return 0.5 * (x + a / x), k + 1
+        return gradc.while_loop(lambda s: np.abs(s[0] * s[0] - a) > 1e-12 * a, body,
+                                (a * 1.0, 0))
+    a = np.array([2.0, 9.0, 1e6, 0.25])
+    x, steps = gradc.vmap(newton_sqrt)(a)
+    np.testing.assert_allclose(x, np.sqrt(a), rtol=1e-12)
+    np.testing.assert_array_equal(steps, [newton_sqrt(v)[1] for v in a])
+    assert len(set(steps.tolist())) > 1           # they did stop at different steps
+    graph = str(gradc.make_graph(gradc.vmap(newton_sqrt))(a))
+    assert graph.count("while_loop") == 1 and "scan" not in graph
+    # per-example gradients through the batched loop
+    g = gradc.vmap(gradc.grad(lambda a: newton_sqrt(a)[0]))(a)
+    np.testing.assert_allclose(g, 0.5 / np.sqrt(a), rtol=1e-8)

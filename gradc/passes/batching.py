@@ -265,6 +265,42 @@ def _cond_rule(prim, args, batched, count, branches):
     return outs
 
 
+def _while_rule(prim, args, batched, count, branches, n_cond, n_body, checkpoint=None):
+    """JAX's rule: every carry batched; the loop runs while any example's condition
+    holds, and the body keeps the carries of the examples whose condition is false as
+    they are (``select``).  The body reads the condition's consts too."""
+    from ..interpret import eval_graph
+    from ..prims.elementwise import select
+    from ..prims.reduce import reduce_max
+    from ..prims.shape import broadcast_in_dim
+    cond_graph, body_graph = branches
+    cc, bc, carry = args[:n_cond], args[n_cond:n_cond + n_body], args[n_cond + n_body:]
+    fc, fb, fk = batched[:n_cond], batched[n_cond:n_cond + n_body], batched[n_cond + n_body:]
+    carry = [c if b else _batched(c, shape_of(c), count) for c, b in zip(carry, fk)]
+    n_carry = len(carry)
+    bcond = batch_graph(cond_graph, list(fc) + [True] * n_carry, count)
+    bbody = batch_graph(body_graph, list(fb) + [True] * n_carry, count)
+    c_avals = [(tuple(shape_of(a)), _dtype(a)) for a in cc]
+    b_avals = [(tuple(shape_of(a)), _dtype(a)) for a in bc]
+    k_avals = [(tuple(shape_of(a)), _dtype(a)) for a in carry]
+
+    def keep_going(*vals):
+        pred = eval_graph(bcond, list(vals))[0]
+        return [reduce_max(pred, (0,))]
+
+    def step(*vals):
+        c, b, k = vals[:n_cond], vals[n_cond:n_cond + n_body], list(vals[n_cond + n_body:])
+        pred = eval_graph(bcond, list(c) + k)[0]
+        new = eval_graph(bbody, list(b) + k)
+        return [select(broadcast_in_dim(pred, tuple(shape_of(v)), (0,)), v, old)
+                for v, old in zip(new, k)]
+    new_cond, _, cap1 = trace_graph(keep_going, c_avals + k_avals)
+    new_body, _, cap2 = trace_graph(step, c_avals + b_avals + k_avals)
+    assert not cap1 and not cap2
+    return list(prim.bind(*cc, *cc, *bc, *carry, branches=(new_cond, new_body),
+                          n_cond=n_cond, n_body=n_cond + n_body, checkpoint=checkpoint))
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -307,6 +343,7 @@ def _rules() -> dict:
         "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
+        "while_loop": _while_rule,
     })
     return rules
 
