@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .ir import Graph, Lit, Var, is_float, type_str
-from .trace import bind, source_line
+from .trace import bind, dtype_of, source_line
 
 # ---------------------------------------------------------------- the cost model
 
@@ -132,6 +132,8 @@ def split_chain(graph: Graph, wrt: int = 0, max_stages: int = 48):
             if is_float(o.dtype):
                 active.add(o)
                 flow.add_edges_from((a, o) for a in ins)
+    if y is x:
+        return [Stage(1, x, x, (), 0.0)], "the output is the input"
     if not isinstance(y, Var) or y not in active:
         return [], "the output does not depend on the input"
     relevant = nx.ancestors(flow, y) | {y}
@@ -427,30 +429,36 @@ def evaluate(plan: JacobianPlan, graph: Graph, args, wrt: int = 0):
     env = _primal_env(graph, args)
     x = graph.inputs[wrt]
     y = graph.outputs[0]
-    dtype = x.dtype
     if plan.root is None:
-        return np.zeros((_size(y.shape), _size(x.shape)), dtype)
+        return np.zeros((_size(y.shape), _size(x.shape)), y.dtype)
 
     def point(k):        # z_{k-1}, flat: the input of stage k (0-based)
         return np.reshape(env[stages[k].source], (-1,))
 
+    def cast(a, dtype):  # stages of a mixed-precision chain: each in its own dtype
+        return a if np.dtype(dtype_of(a)) == np.dtype(dtype) else a.astype(dtype)
+
     def tangents(lo, hi, columns):      # columns: (count, n_lo) -> (m_hi, count)
         seg, z = _segment(stages, lo, hi, env), point(lo)
+        columns = cast(columns, stages[lo].source.dtype)
         return np.transpose(vmap(lambda t: jvp(seg, (z,), (t,))[1])(columns))
 
     def adjoints(lo, hi, rows):         # rows: (count, m_hi) -> (count, n_lo)
         _, pull = vjp(_segment(stages, lo, hi, env), point(lo))
-        return vmap(lambda u: pull(u)[0])(rows)
+        return vmap(lambda u: pull(u)[0])(cast(rows, stages[hi].target.dtype))
 
     def dense(st: Step):
         lo, hi, k = st.lo, st.hi, st.split
         if st.kind == "fwd":
-            return tangents(lo, hi, np.eye(stages[lo].n, dtype=dtype))
+            return tangents(lo, hi, np.eye(stages[lo].n, dtype=stages[lo].source.dtype))
         if st.kind == "rev":
-            return adjoints(lo, hi, np.eye(stages[hi].m, dtype=dtype))
+            return adjoints(lo, hi, np.eye(stages[hi].m, dtype=stages[hi].target.dtype))
         if st.kind == "mul":
-            return dense(st.outer) @ dense(st.inner)
+            a, b = dense(st.outer), dense(st.inner)
+            common = np.result_type(dtype_of(a), dtype_of(b))
+            return cast(a, common) @ cast(b, common)
         if st.kind == "tan":
             return tangents(k + 1, hi, np.transpose(dense(st.inner)))
         return adjoints(lo, k, dense(st.outer))
-    return dense(plan.root)
+    # the dtype jacfwd gives: the output's tangents'
+    return cast(dense(plan.root), y.dtype)

@@ -175,7 +175,10 @@ def _graph_of(fun, args, k, x, what):
                 f"{what}: the function must return one array, got {type(out).__name__} "
                 "(use jacfwd/jacrev for pytrees of outputs)"))
         return [out]
-    graph, outs, captured = trace_graph(g, [(tuple(shape_of(x)), dtype_of(x))])
+    # traced with x's value where it has one (Python control flow on it is decided, and
+    # recorded as guards: the enclosing jit re-traces on another path)
+    value = x.val if isinstance(x, Tracer) else np.asarray(x)
+    graph, outs, captured = trace_graph(g, [(tuple(shape_of(x)), dtype_of(x))], [value])
     graph = simplify(graph)
     return graph, [x] + list(captured)
 

@@ -303,12 +303,15 @@ class SparseJacobian:
         from .jacobians import _checked, _graph_of
         k, x = _checked(args, self.argnums, "hessian" if self.hessian else "jacobian")
         key = self._key(args, k)
-        if key not in self._colorings:
-            from .api import grad
-            fun = grad(self.fun, argnums=k) if self.hessian else self.fun
-            graph, _ = _graph_of(fun, args, k, x, "sparse jacobian")
-            self._colorings[key] = color_columns(jacobian_pattern(graph, 0))
-        return self._colorings[key]
+        if key in self._colorings:
+            return self._colorings[key]
+        from .api import grad
+        fun = grad(self.fun, argnums=k) if self.hessian else self.fun
+        graph, _ = _graph_of(fun, args, k, x, "sparse jacobian")
+        coloring = color_columns(jacobian_pattern(graph, 0))
+        if not graph.guards:    # with Python control flow on x the pattern may change
+            self._colorings[key] = coloring
+        return coloring
 
     def _products(self):
         if self._compressed is None:
@@ -321,7 +324,8 @@ class SparseJacobian:
                 x = args[kk]
                 g = lambda xx: fun(*_with(args, kk, xx))     # noqa: E731
                 inner = grad(g) if hess else g
-                out = vmap(lambda t: jvp(inner, (x,), (t,))[1])(seeds)
+                shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+                out = vmap(lambda t: jvp(inner, (x,), (np.reshape(t, shape),))[1])(seeds)
                 return np.reshape(out, (seeds.shape[0], -1))
             compressed.__name__ = f"sparse_{'hessian' if hess else 'jacobian'}_" \
                                   f"{getattr(fun, '__name__', 'f')}"

@@ -219,3 +219,25 @@ def test_the_example_runs():
     plan, hess = module["main"]()
     assert plan.cost < min(plan.cost_fwd, plan.cost_rev) / 4
     assert hess.shape == (10_000, 10_000) and hess.nnz == 3 * 10_000 - 2
+
+
+def test_review_cases_identity_mixed_precision_and_python_control_flow():
+    x = RNG.standard_normal(4)
+    for f in (lambda x: x * 1.0, lambda x: x.reshape(4), lambda x: x + 0.0):
+        np.testing.assert_array_equal(gradc.jacobian(f)(x), np.eye(4))
+    W1 = RNG.standard_normal((3, 40)).astype(np.float32)
+    W2 = RNG.standard_normal((40, 3))
+    g = lambda x: np.tanh(W2 @ np.tanh(W1 @ x))        # noqa: E731
+    x32 = RNG.standard_normal(40).astype(np.float32)
+    got, want = gradc.jacobian(g)(x32), gradc.jacfwd(g)(x32)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    def branchy(x):
+        if x[0] > 0:
+            return np.tanh(W2[:5, :3] @ x) * 2.0
+        return np.sin(W2[:5, :3] @ x) * x[::-1][0]
+    jac = gradc.jacobian(branchy)
+    for v in (np.array([1.0, 2.0, 3.0]), np.array([-1.0, 2.0, 3.0])):
+        np.testing.assert_allclose(jac(v), gradc.jacfwd(branchy)(v), rtol=1e-12)
+        assert gradc.jacobian_plan(branchy)(v).stages      # planned on either path

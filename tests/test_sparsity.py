@@ -112,3 +112,21 @@ def test_the_pattern_is_found_once_per_signature():
     traced = len(calls)
     jac(RNG.standard_normal(5))
     assert len(calls) == traced
+
+
+def test_matrix_inputs_and_python_control_flow():
+    X = RNG.standard_normal((3, 4))
+    f = lambda X: np.tanh(X @ X.T)                         # noqa: E731
+    np.testing.assert_allclose(gradc.jacobian(f, sparse=True)(X).toarray(),
+                               gradc.jacfwd(f)(X).reshape(9, 12), rtol=1e-13, atol=1e-14)
+    h = lambda X: np.sum(X[:, 1:] * X[:, :-1] ** 2)       # noqa: E731
+    np.testing.assert_allclose(gradc.hessian(h, sparse=True)(X).toarray(),
+                               gradc.hessian(h)(X).reshape(12, 12), rtol=1e-12, atol=1e-13)
+
+    def branchy(x):
+        if x[0] > 0:
+            return np.sin(x) * 2.0                         # diagonal
+        return np.sin(x) * x[::-1]                         # an anti-diagonal too
+    jac = gradc.jacobian(branchy, sparse=True)
+    for v in (np.array([1.0, 2.0, 3.0, 4.0]), np.array([-1.0, 2.0, 3.0, 4.0])):
+        np.testing.assert_allclose(jac(v).toarray(), gradc.jacfwd(branchy)(v), rtol=1e-13)
