@@ -71,11 +71,9 @@ def tangent_cost(eqn, active) -> float:
     if name == "scan":
         return eqn.params["length"] * graph_cost(eqn.params["body"])
     if name == "cond":
-        return max(graph_cost(b) for b in eqn.params["branches"]) if "branches" in eqn.params \
-            else float(out)
-    if name.startswith("while"):
-        body = eqn.params.get("body")
-        return graph_cost(body) if isinstance(body, Graph) else float(out)
+        return max(graph_cost(b) for b in eqn.params["branches"])
+    if name == "while_loop":        # one step's (the trip count is known only when it runs)
+        return graph_cost(eqn.params["branches"][1])
     return float(n_active * out)
 
 
