@@ -25,7 +25,8 @@ the segments, matrix products), so under ``jit`` the whole plan is one compiled 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import ChainMap
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -244,7 +245,6 @@ class JacobianPlan:
     note: str = ""
     cost_fwd: float = 0.0
     cost_rev: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def cost(self) -> float:
@@ -388,9 +388,9 @@ def plan_graph(graph: Graph, wrt: int = 0, mode: str = "optimal", name: str = "f
 
 # ---------------------------------------------------------------- evaluating a plan
 
-def _primal_env(graph: Graph, args) -> dict:
-    env = dict(zip(graph.inputs, args))
-    for eqn in graph.eqns:
+def _run(eqns, env):
+    """Apply ``eqns`` through ``bind``, reading and writing ``env``; returns it."""
+    for eqn in eqns:
         with source_line(eqn.source):
             res = bind(eqn.prim, *[a.value if isinstance(a, Lit) else env[a]
                                    for a in eqn.inputs], **eqn.params)
@@ -405,16 +405,7 @@ def _segment(stages, lo, hi, env):
     src, dst = stages[lo].source, stages[hi].target
 
     def segment(z):
-        local = {src: np.reshape(z, src.shape)}
-
-        def read(a):
-            if isinstance(a, Lit):
-                return a.value
-            return local[a] if a in local else env[a]
-        for eqn in eqns:
-            with source_line(eqn.source):
-                res = bind(eqn.prim, *[read(a) for a in eqn.inputs], **eqn.params)
-            local.update(zip(eqn.outputs, res if eqn.prim.multiple_results else [res]))
+        local = _run(eqns, ChainMap({src: np.reshape(z, src.shape)}, env))
         return np.reshape(local[dst], (-1,))
     return segment
 
@@ -424,7 +415,7 @@ def evaluate(plan: JacobianPlan, graph: Graph, args, wrt: int = 0):
     shape ``(size of output, size of input)``."""
     from .api import jvp, vjp, vmap
     stages = plan.stages
-    env = _primal_env(graph, args)
+    env = _run(graph.eqns, dict(zip(graph.inputs, args)))
     x = graph.inputs[wrt]
     y = graph.outputs[0]
     if plan.root is None:

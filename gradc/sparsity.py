@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import UnsupportedError, with_location
 from .ir import Graph, Lit, Var, is_float
+from .trace import shape_of
 
 DENSE_LIMIT = 50_000_000     # nonzeros a conservative pattern may have
 EINSUM_SPACE = 1 << 23       # index-space size up to which einsum is followed exactly
@@ -324,7 +325,7 @@ class SparseJacobian:
                 x = args[kk]
                 g = lambda xx: fun(*_with(args, kk, xx))     # noqa: E731
                 inner = grad(g) if hess else g
-                shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+                shape = shape_of(x)
                 out = vmap(lambda t: jvp(inner, (x,), (np.reshape(t, shape),))[1])(seeds)
                 return np.reshape(out, (seeds.shape[0], -1))
             compressed.__name__ = f"sparse_{'hessian' if hess else 'jacobian'}_" \
