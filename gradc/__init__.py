@@ -15,7 +15,9 @@ from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationE
                      GradcError, NonScalarOutputError,
                      ShapeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
+from .implicit import argmin, custom_root, fixed_point, implicit_diff, linear_solve
 from .jacobians import hessian, hvp, jacfwd, jacobian, jacobian_plan, jacrev
+from .prims.implicit import ConvergenceWarning
 from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
@@ -28,7 +30,8 @@ __version__ = "0.1.0"
 __all__ = [
     "grad", "value_and_grad", "jvp", "vjp", "jit", "vmap", "make_graph", "stop_gradient",
     "eval_graph", "jacfwd", "jacrev", "jacobian", "jacobian_plan", "hessian", "hvp",
-    "show", "cache", "GradcWarning",
+    "show", "cache", "GradcWarning", "ConvergenceWarning",
+    "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",

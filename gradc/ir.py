@@ -267,7 +267,8 @@ def _eqn_head(eqn, name: _Namer) -> str:
     """``lhs = prim[params] args`` (binding the outputs' names first)."""
     lhs = " ".join(name.binder(v) for v in eqn.outputs) if eqn.outputs else "_"
     params = " ".join(f"{k}={_param_str(v)}" for k, v in sorted(eqn.params.items())
-                      if k not in ("body", "branches"))   # printed below the equation
+                      if k not in ("body", "branches")    # printed below the equation
+                      and not isinstance(v, Graph))
     head = eqn.prim.name + (f"[{params}]" if params else "")
     args = " ".join(name(a) for a in eqn.inputs)
     return f"{lhs} = {head} {args}".rstrip()
@@ -281,6 +282,10 @@ def _eqn_text(eqn, name: _Namer, pad: str) -> list:
         lines += _graph_lines(body, name, pad + "    ")
     for graph in eqn.params.get("branches", ()):    # cond: the false branch, then the true
         lines += _graph_lines(graph, name, pad + "    ")
+    for key, graph in sorted(eqn.params.items()):    # other sub-Graphs, named
+        if key != "body" and isinstance(graph, Graph):
+            lines.append(f"{pad}    {key}=")
+            lines += _graph_lines(graph, name, pad + "    ")
     return lines
 
 

@@ -40,11 +40,14 @@ def check_target(target) -> str:
 
 def optimise(graph: Graph, target: str) -> Graph:
     """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for
-    the compiled targets, kernel gradients of convolutions as ``conv2d_over_batch``
+    the compiled targets, solver regions expanded into their algorithms
+    (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
     (``passes.conv``) and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
+        from ..passes.implicit import expand
+        graph = simplify(expand(graph))
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
         graph = fuse(over_batch(graph))

@@ -724,3 +724,27 @@ def digest_words(w):
         ha = _mix(ha, h[k], p2, s2)
         hb = _mix(hb, h[k], p1, s1)
     return ha, hb
+
+
+# ---------------------------------------------------------------- Python solvers
+
+# solver regions whose solver is Python (prims.implicit.PyCallback), by the key the
+# generated source names them with; the key holds the process id, so a disk-cached
+# module of another process never finds (or calls) a callback it does not own
+_CALLBACKS: dict = {}
+
+
+def register_callback(callback) -> str:
+    import os
+    key = f"{callback.name}@{os.getpid()}:{id(callback):x}"
+    _CALLBACKS[key] = callback
+    return key
+
+
+def run_callback(key, *args):
+    return np.ascontiguousarray(_CALLBACKS[key](*args))
+
+
+def warn_unconverged(what, where, residual):
+    from ..prims.implicit import warn_unconverged
+    warn_unconverged(what, where, residual)

@@ -491,6 +491,32 @@ def _guard(ctx, eqn, a, outs):
             f"traced with {expected}\")"]
 
 
+def _root_callback(ctx, eqn, a, outs):
+    """A solver region whose solver is Python (``implicit_diff``, ``argmin``): called
+    from an object-mode block (expanded traced solvers never reach code generation)."""
+    from ..prims.implicit import PyCallback
+    solver, out = eqn.params["solver"], eqn.outputs[0]
+    if not isinstance(solver, PyCallback):
+        raise UnsupportedError("a traced solver region reached code generation unexpanded")
+    key = _k_register(solver)
+    kind = np.dtype(out.dtype).name + (
+        f"[{', '.join([':'] * (out.ndim - 1) + ['::1'])}]" if out.ndim else "")
+    return [f"with numba.objmode({outs[0]}={kind!r}):",
+            f"    {outs[0]} = _k.run_callback({key!r}, {', '.join(a)})"]
+
+
+def _k_register(callback) -> str:
+    from . import kernels
+    return kernels.register_callback(callback)
+
+
+def _report(ctx, eqn, a, outs):
+    what, where = eqn.params["what"], eqn.params["where"]
+    return [f"if not {a[0]}:",
+            "    with numba.objmode():",
+            f"        _k.warn_unconverged({what!r}, {where!r}, {a[1]})"]
+
+
 def _indexing(kind):
     def handler(ctx, eqn, a, outs):
         name = ctx.helper(lambda name: index_function(name, kind, eqn))
@@ -511,6 +537,7 @@ HANDLERS = {
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "conv2d": _conv2d,
     "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
+    "root": _root_callback, "report": _report,
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
     **control.HANDLERS,

@@ -1,7 +1,7 @@
 """The closed primitive set.  Each module holds one stanza per primitive: its NumPy
 implementation, shape/dtype rule, JVP rule and (for linear primitives) transpose rule,
 followed by the function users of ``gradc.ops`` call to apply it."""
-from . import control, conv, elementwise, index, linalg, loops, reduce, shape  # noqa: F401
+from . import control, conv, elementwise, implicit, index, linalg, loops, reduce, shape  # noqa: F401
 from .rules import UndefinedPrimal  # noqa: F401
 
 
@@ -9,7 +9,8 @@ def all_primitives():
     """Every Primitive object defined in gradc.prims, by name."""
     from ..ir import Primitive
     found = {}
-    for module in (elementwise, reduce, shape, index, linalg, conv, control, loops):
+    for module in (elementwise, reduce, shape, index, linalg, conv, control, loops,
+                   implicit):
         for value in vars(module).values():
             if isinstance(value, Primitive):
                 found[value.name] = value

@@ -1,0 +1,213 @@
+"""Implicit differentiation: derivatives of solvers from their optimality conditions.
+
+* ``linear_solve(matvec, b, solve=...)``: ``A x = b`` whose derivative is another solve
+  (JAX's ``custom_linear_solve``);
+* ``custom_root(f, initial_guess, solve, tangent_solve)``: a root of ``f`` found by any
+  traceable ``solve`` (JAX's ``custom_root``);
+* ``@implicit_diff(optimality_fn)``: any solver ``solver(init, *params) -> y``, even
+  untraceable Python, differentiated through ``optimality_fn(y, *params) = 0`` (JAXopt);
+* ``fixed_point(f, x0, *params)``: ``x = f(x, *params)``;
+* ``argmin(objective, x0, *params, constraints=...)``: smooth minimisation, with equality
+  and inequality constraints through the KKT conditions (OptNet's QP layer).
+
+Each becomes one ``root`` or ``linear_solve`` equation (``prims.implicit``) whose rules
+are the implicit function theorem; the solver's iterations are never differentiated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ArgumentError, GradcError, with_location
+from .interpret import eval_graph
+from .ir import Graph
+from .lib.solvers import UserSolve, as_method
+from .prims.implicit import PyCallback, linear_solve_p, report, root_p
+from .prims.loops import while_loop
+from .pytree import flatten, unflatten
+from .trace import dtype_of, is_tracer, shape_of, trace_graph
+
+__all__ = ["linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin"]
+
+
+def _aval(x, what):
+    if isinstance(x, (list, tuple, dict)):
+        raise ArgumentError(with_location(
+            f"{what} must be one array (gradc's solvers work on arrays, not pytrees); "
+            "concatenate the parts"))
+    dtype = np.dtype(dtype_of(x))
+    if dtype.kind != "f":
+        raise ArgumentError(with_location(
+            f"{what} must be a floating-point array, got dtype {dtype}"))
+    return tuple(shape_of(x)), dtype
+
+
+def _as_array(x, dtype):
+    return x if is_tracer(x) else np.asarray(x, dtype)
+
+
+def _traced(fn, avals, what):
+    """``fn`` traced as a Graph of its own inputs then the outer values it reads
+    (``captured``); its single output checked against ``avals[0]``."""
+    graph, _, captured = trace_graph(lambda *xs: [fn(*xs)], avals)
+    out = graph.outputs[0]
+    if (tuple(out.shape), np.dtype(out.dtype)) != tuple(avals[0]):
+        shape, dtype = avals[0]
+        raise ArgumentError(with_location(
+            f"{what} returns shape {tuple(out.shape)} {out.dtype}; it must return "
+            f"{shape} {dtype}, like its argument"))
+    return graph, list(captured)
+
+
+def _with_inputs(graph: Graph, own, everything) -> Graph:
+    """``graph`` (its ``own`` inputs' values, then one input per captured value) as a
+    Graph of its first input and then ``everything`` (values matched by identity; a
+    value may be both a parameter and captured)."""
+    n = 1 + len(own)
+
+    def fn(y, *values):
+        by_id = {id(x): v for x, v in zip(everything, values)}
+        return eval_graph(graph, [y] + [by_id[id(x)] for x in own])
+
+    avals = [(v.shape, v.dtype) for v in graph.inputs[:1]]
+    avals += [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in everything]
+    new, _, captured = trace_graph(fn, avals)
+    assert not captured and n <= len(graph.inputs)
+    return new
+
+
+def _union(*groups) -> list:
+    seen, out = set(), []
+    for group in groups:
+        for x in group:
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out
+
+
+# ---------------------------------------------------------------- linear_solve
+
+def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *,
+                 tol=1e-10, maxiter=None, ridge=0.0):
+    """``x`` with ``matvec(x) = b``; ``matvec`` is linear and may read traced values.
+
+    ``solve``: ``"cg"`` (symmetric positive definite), ``"gmres"``, ``"bicgstab"``,
+    ``"dense"`` or a function ``solve(matvec, b) -> x``; default CG when ``symmetric``,
+    else GMRES.  Its derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode
+    solves with ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to
+    ``solve`` (the same algorithm on the transposed matrix) and is not needed when
+    ``symmetric``.  ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
+    aval = _aval(b, "linear_solve: b")
+    method = as_method(solve or ("cg" if symmetric else "gmres"), tol, maxiter, ridge,
+                       symmetric)
+    back = None if transpose_solve is None else as_method(transpose_solve, tol, maxiter,
+                                                          ridge)
+    graph, captured = _traced(matvec, [aval], "linear_solve: matvec")
+    mv = Graph(tuple(graph.inputs[1:]) + (graph.inputs[0],), graph.eqns, graph.outputs)
+    return linear_solve_p.bind(*captured, _as_array(b, aval[1]), matvec=mv, solve=method,
+                               transpose_solve=back, symmetric=bool(symmetric))
+
+
+# ---------------------------------------------------------------- roots
+
+def _root(kind, solver, optimality, init, params, method, init_aval):
+    """One ``root`` equation: ``solver`` (a function ``(init, *params) -> y`` to trace,
+    or a ``PyCallback``) and ``optimality(y, *params) = 0``."""
+    avals = [init_aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in params]
+    opt, opt_caps = _traced(optimality, avals, f"{kind}: the optimality function")
+    if isinstance(solver, PyCallback):
+        sol, sol_caps = None, []
+    else:
+        sol, sol_caps = _traced(solver, avals, f"{kind}: the solver")
+    everything = _union(params, opt_caps, sol_caps)
+    opt = _with_inputs(opt, params + opt_caps, everything)
+    if sol is not None:
+        solver = _with_inputs(sol, params + sol_caps, everything)
+    return root_p.bind(_as_array(init, init_aval[1]), *everything, solver=solver,
+                       optimality=opt, solve=method, kind=kind)
+
+
+def custom_root(f, initial_guess, solve, tangent_solve):
+    """A root ``y`` of ``f`` (``f(y) = 0``) computed as ``solve(f, initial_guess)``,
+    differentiated implicitly (JAX's ``lax.custom_root``): ``tangent_solve(g, v)`` solves
+    the linear ``g(x) = v`` (``g`` is ``∂f/∂y``); ``f`` may read traced values, and the
+    derivative with respect to them is ``−(∂f/∂y)⁻¹ ∂f/∂θ``."""
+    aval = _aval(initial_guess, "custom_root: initial_guess")
+    if not callable(tangent_solve):
+        raise ArgumentError(with_location(
+            "custom_root: tangent_solve must be a function tangent_solve(g, y)"))
+    return _root("custom_root", lambda y0: solve(f, y0), lambda y: f(y),
+                 initial_guess, [], UserSolve(tangent_solve), aval)
+
+
+def implicit_diff(optimality_fn, solve="gmres", *, tol=1e-10, maxiter=None, ridge=0.0):
+    """Decorator: ``solver(init, *params) -> y`` differentiated through
+    ``optimality_fn(y, *params) = 0`` (JAXopt's ``custom_root``).  The solver runs as
+    ordinary Python on NumPy arrays (never traced: it may use SciPy, loops, anything);
+    its result must have ``init``'s shape.  ``solve``: how the derivative's linear
+    systems ``∂F/∂y`` are solved (``"cg"`` when ``∂F/∂y`` is symmetric positive
+    definite, ``"gmres"``, ``"bicgstab"``, ``"dense"``), matrix-free except ``"dense"``."""
+    method = as_method(solve, tol, maxiter, ridge)
+
+    def decorate(solver):
+        def wrapped(init, *params):
+            aval = _aval(init, f"{getattr(solver, '__name__', 'solver')}: init")
+            leaves, tree = flatten(list(params))
+            leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+            callback = PyCallback(lambda y0, *ps: solver(y0, *unflatten(tree, list(ps))),
+                                  aval[0], aval[1], getattr(solver, "__qualname__", None))
+            return _root("implicit_diff", callback,
+                         lambda y, *ps: optimality_fn(y, *unflatten(tree, list(ps))),
+                         init, leaves, method, aval)
+        wrapped.__name__ = getattr(solver, "__name__", "solver")
+        wrapped.__doc__ = getattr(solver, "__doc__", None)
+        wrapped.__wrapped__ = solver
+        return wrapped
+    return decorate
+
+
+def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="gmres", implicit=True,
+                ridge=0.0):
+    """The solution of ``x = f(x, *params)`` by fixed-point iteration from ``x0`` (until
+    the step is below ``tol`` relative to ``1 + |x|``; a warning if ``maxiter`` steps do
+    not get there).  Derivatives by the implicit function theorem on ``x − f(x, θ) = 0``
+    (``solve`` for its linear systems), or, with ``implicit=False``, through the
+    iterations themselves (reverse mode stores every step: for comparison)."""
+    aval = _aval(x0, "fixed_point: x0")
+    leaves, tree = flatten(list(params))
+    leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+    goal = float(tol) ** 2
+
+    def iterate(x0, *ps):
+        user = unflatten(tree, list(ps))
+
+        def go(s):
+            x, dx2, k = s
+            return (k < maxiter) & (dx2 > goal * (1.0 + np.dot(np.ravel(x), np.ravel(x))))
+
+        def step(s):
+            x, _, k = s
+            new = f(x, *user)
+            d = np.ravel(new - x)
+            return new, np.dot(d, d), k + 1
+
+        x, dx2, k = while_loop(go, step, (x0, np.asarray(np.inf, aval[1]), np.int64(0)))
+        rel = np.sqrt(dx2 / (1.0 + np.dot(np.ravel(x), np.ravel(x))))
+        report(rel <= tol, rel, what=f"fixed_point after {maxiter} steps")
+        return x
+
+    if not implicit:
+        return iterate(_as_array(x0, aval[1]), *leaves)
+    return _root("fixed_point", iterate,
+                 lambda x, *ps: x - f(x, *unflatten(tree, list(ps))),
+                 x0, leaves, as_method(solve, tol, None, ridge), aval)
+
+
+def argmin(objective, x0, *params, constraints=None, tol=1e-10, maxiter=1000, solve=None,
+           ridge=0.0):
+    """``argmin_x objective(x, *params)`` from ``x0``, differentiated through its
+    optimality conditions.  See ``gradc.lib.optimize`` for the solvers and the
+    constraint format."""
+    from .lib.optimize import minimize
+    return minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, _root)
+

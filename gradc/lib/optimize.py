@@ -1,0 +1,210 @@
+"""``gradc.argmin``: smooth minimisation differentiated through its optimality conditions.
+
+Unconstrained: ``y = argmin f(y, θ)`` satisfies ``∇_y f(y, θ) = 0``; its derivative
+solves with the Hessian ``∇²_yy f`` (matrix-free Hessian-vector products, CG by default).
+
+Constrained (``constraints={"eq": h, "ineq": g}`` with ``h(y, *params) = 0`` and
+``g(y, *params) <= 0``, each returning a vector): the KKT point ``z = (y, ν, λ)`` solves
+
+    ∇_y f + J_hᵀ ν + J_gᵀ λ = 0,    h(y) = 0,    λ ⊙ g(y) = 0,
+
+and those conditions are the optimality function (OptNet's differentiation of a QP;
+GMRES by default, the KKT matrix being unsymmetric).  The forward solve runs SciPy on
+NumPy values (L-BFGS-B, or SLSQP with constraints, each with gradc's compiled gradients),
+estimates the multipliers from the active constraints, and polishes ``z`` with Newton
+steps on the KKT conditions, so the point the derivative is taken at solves them to
+rounding.  The solver is a ``PyCallback``: it is never traced.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import ArgumentError, with_location
+from ..prims.implicit import ConvergenceWarning, PyCallback
+from ..pytree import flatten, unflatten
+from ..trace import is_tracer
+from .solvers import as_method
+
+
+def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, root):
+    from ..implicit import _aval
+    aval = _aval(x0, "argmin: x0")
+    if aval[0] != (int(np.prod(aval[0], dtype=np.int64)),):
+        raise ArgumentError(with_location(
+            f"argmin: x0 must be a vector, got shape {aval[0]}"))
+    leaves, tree = flatten(list(params))
+    leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+
+    def f(y, ps):
+        return objective(y, *unflatten(tree, list(ps)))
+
+    constraints = dict(constraints or {})
+    unknown = set(constraints) - {"eq", "ineq"}
+    if unknown:
+        raise ArgumentError(with_location(
+            f"argmin: constraints takes 'eq' (h(x, *params) = 0) and 'ineq' "
+            f"(g(x, *params) <= 0), not {sorted(unknown)}"))
+    eq, ineq = constraints.get("eq"), constraints.get("ineq")
+    if eq is None and ineq is None:
+        return _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root)
+    return _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge,
+                        root)
+
+
+def _grad_y(f):
+    from ..api import grad
+    return grad(lambda y, ps: f(y, ps))
+
+
+def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
+    from ..api import value_and_grad
+    from ..jacobians import hvp
+    vg = value_and_grad(lambda y, ps: f(y, ps))
+    dtype = aval[1]
+
+    def solver(y0, *ps):
+        import scipy.optimize
+        ps = tuple(ps)
+
+        def fun(y):
+            v, g = vg(y.astype(dtype), ps)
+            return float(v), np.asarray(g, np.float64)
+
+        res = scipy.optimize.minimize(fun, np.asarray(y0, np.float64), jac=True,
+                                      method="L-BFGS-B",
+                                      options=dict(maxiter=maxiter, gtol=tol, ftol=0.0))
+        y = res.x
+        for _ in range(3):         # Newton polish: H d = -g by CG on Hessian-vector products
+            g = fun(y)[1]
+            if np.linalg.norm(g) <= tol * max(1.0, np.linalg.norm(y)):
+                break
+            import scipy.sparse.linalg as sla
+            op = sla.LinearOperator((y.size, y.size), dtype=np.float64, matvec=lambda v: np.asarray(
+                hvp(lambda z: f(z, ps), (y.astype(dtype),), (v.astype(dtype),)), np.float64))
+            d, _ = sla.cg(op, -g, rtol=1e-12, maxiter=10 * y.size)
+            y = y + d
+        g = fun(y)[1]
+        if not np.linalg.norm(g) <= max(tol, 1e-8) * max(1.0, np.linalg.norm(y)):
+            warnings.warn(ConvergenceWarning(with_location(
+                f"gradc: argmin did not converge (|gradient| {np.linalg.norm(g):.3g}; "
+                f"{res.message})")), stacklevel=2)
+        return y.astype(dtype)
+
+    grad_y = _grad_y(f)
+    return root("argmin", PyCallback(solver, aval[0], dtype, "argmin(L-BFGS-B)"),
+                lambda y, *ps: grad_y(y, tuple(ps)), x0, leaves,
+                as_method(solve or "cg", tol, None, ridge), aval)
+
+
+def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge, root):
+    from ..api import grad, jit, value_and_grad
+    from ..jacobians import jacfwd
+    n, dtype = aval[0][0], aval[1]
+
+    def user(fn):
+        if fn is None:
+            return None
+        return lambda y, ps: fn(y, *unflatten(tree, list(ps)))
+
+    h, g = user(eq), user(ineq)
+    values = [np.asarray(getattr(p, "val", p)) for p in leaves]
+    y_val = np.asarray(getattr(x0, "val", x0), dtype)
+    if any(v is None or v.dtype == object for v in values) or y_val.dtype == object:
+        raise ArgumentError(with_location("argmin with constraints needs concrete values"))
+    m_eq = 0 if h is None else int(np.size(jit(h)(y_val, tuple(values))))
+    m_in = 0 if g is None else int(np.size(jit(g)(y_val, tuple(values))))
+
+    def split(z):
+        return z[:n], z[n:n + m_eq], z[n + m_eq:]
+
+    def lagrangian(y, nu, lam, ps):
+        total = f(y, ps)
+        if m_eq:
+            total = total + np.dot(nu, h(y, ps))
+        if m_in:
+            total = total + np.dot(lam, g(y, ps))
+        return total
+
+    grad_l = grad(lagrangian)
+
+    def kkt(z, *ps):
+        y, nu, lam = split(z)
+        parts = [grad_l(y, nu, lam, tuple(ps))]
+        if m_eq:
+            parts.append(h(y, tuple(ps)))
+        if m_in:
+            parts.append(lam * g(y, tuple(ps)))
+        return np.concatenate(parts)
+
+    vg = value_and_grad(lambda y, ps: f(y, ps))
+    jh = None if h is None else jacfwd(h)
+    jg = None if g is None else jacfwd(g)
+    kkt_jac = jacfwd(kkt)
+    kkt_jit = jit(kkt)
+
+    def solver(z0, *ps):
+        import scipy.optimize
+        ps = tuple(ps)
+        cons = []
+        if m_eq:
+            cons.append(dict(type="eq", fun=lambda y: np.asarray(h(y, ps), np.float64),
+                             jac=lambda y: np.asarray(jh(y, ps), np.float64)))
+        if m_in:   # SciPy's inequalities are >= 0
+            cons.append(dict(type="ineq", fun=lambda y: -np.asarray(g(y, ps), np.float64),
+                             jac=lambda y: -np.asarray(jg(y, ps), np.float64)))
+
+        def fun(y):
+            v, gr = vg(y.astype(dtype), ps)
+            return float(v), np.asarray(gr, np.float64)
+
+        res = scipy.optimize.minimize(fun, np.asarray(z0[:n], np.float64), jac=True,
+                                      method="SLSQP", constraints=cons,
+                                      options=dict(maxiter=maxiter, ftol=1e-15))
+        y = res.x
+        # multipliers of the active constraints, by least squares on stationarity
+        cols, act = [], np.zeros(m_in, bool)
+        if m_eq:
+            cols.append(np.asarray(jh(y, ps), np.float64).T)
+        if m_in:
+            gy = np.asarray(g(y, ps), np.float64)
+            act = gy > -1e-7 * max(1.0, np.abs(gy).max())
+            cols.append(np.asarray(jg(y, ps), np.float64).T[:, act])
+        mult = np.linalg.lstsq(np.hstack(cols), -fun(y)[1], rcond=None)[0] if cols else []
+        lam = np.zeros(m_in)
+        lam[act] = np.maximum(mult[m_eq:], 0.0)
+        z = np.concatenate([y, mult[:m_eq], lam]).astype(dtype)
+        # Newton polish on the KKT conditions (same active set)
+        r = np.asarray(kkt_jit(z, *ps), np.float64)
+        for _ in range(5):
+            if np.linalg.norm(r) <= 1e-14 * max(1.0, np.linalg.norm(z)):
+                break
+            try:
+                step = np.linalg.solve(np.asarray(kkt_jac(z, *ps), np.float64), -r)
+            except np.linalg.LinAlgError:
+                break
+            trial = z + step
+            r_new = np.asarray(kkt_jit(trial, *ps), np.float64)
+            if not (np.linalg.norm(r_new) < np.linalg.norm(r)) or (
+                    m_in and trial[n + m_eq:].min() < -1e-10):
+                break
+            z, r = trial, r_new
+        if not np.linalg.norm(r) <= max(tol, 1e-8) * max(1.0, np.linalg.norm(z)):
+            warnings.warn(ConvergenceWarning(with_location(
+                f"gradc: argmin with constraints did not converge (KKT residual "
+                f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
+        return z
+
+    from ..trace import shape_of
+    zaval = ((n + m_eq + m_in,), dtype)
+    z0 = np.zeros(zaval[0], dtype) if not is_tracer(x0) else None
+    if z0 is None:
+        from .. import ops
+        z0 = ops.concatenate([x0, np.zeros(m_eq + m_in, dtype)], 0)
+    else:
+        z0[:n] = np.asarray(x0, dtype)
+    del shape_of
+    z = root("argmin", PyCallback(solver, zaval[0], dtype, "argmin(SLSQP)"), kkt, z0,
+             leaves, as_method(solve or "gmres", tol, None, ridge), zaval)
+    return z[:n]

@@ -1,0 +1,221 @@
+"""Linear solvers written with gradc operations: ``cg``, ``gmres``, ``bicgstab``, ``dense``.
+
+Each takes ``matvec`` (a function ``v -> A v``, linear) and ``b`` and returns ``x`` with
+``A x = b`` (``(A + ridge·I) x = b`` with ``ridge``).  They are ordinary traceable code
+(``while_loop`` iterations), so they compile with the rest of a derivative; the implicit
+rules (``prims.implicit``) call them through a ``Method``, which names the algorithm and
+its settings and prints as, e.g., ``gmres(tol=1e-10)``.
+
+The iterative methods work on ``b`` flattened to a vector, stop when the residual is
+below ``tol`` relative to ``|b|`` or after ``maxiter`` matrix-vector products, and then
+*report*: a warning (``gradc.ConvergenceWarning``) when they stopped at the limit, an
+error when the iteration broke down (a NaN or infinite residual: a singular or, for CG,
+an indefinite system), suggesting ``ridge=``.  ``dense`` materialises ``A`` with one
+batched matvec over the identity and calls LAPACK (a singular ``A`` is a clear error).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ArgumentError, with_location
+from ..prims.implicit import report
+from ..prims.loops import fori_loop, while_loop
+
+METHODS = ("cg", "gmres", "bicgstab", "dense")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A linear-solve algorithm and its settings; ``method(matvec, b) -> x``."""
+    name: str = "gmres"
+    tol: float = 1e-10
+    maxiter: int | None = None      # matrix-vector products (default: 10 n, at least 100)
+    ridge: float = 0.0
+    restart: int = 30               # GMRES: Krylov vectors per cycle
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ArgumentError(with_location(
+                f"solve={self.name!r} is not one of {', '.join(map(repr, METHODS))} "
+                "(or a function solve(matvec, b))"))
+        if not self.tol > 0 or self.ridge < 0:
+            raise ArgumentError(with_location(
+                f"solve={self.name!r}: tol must be > 0 and ridge >= 0 (got tol={self.tol}, "
+                f"ridge={self.ridge})"))
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the method needs a symmetric matrix (its transpose is itself)."""
+        return self.name == "cg"
+
+    def __call__(self, matvec, b):
+        shape = np.shape(b)
+        n = int(np.prod(shape, dtype=np.int64))
+
+        def mv(v):
+            out = np.reshape(matvec(np.reshape(v, shape)), (n,))
+            return out + self.ridge * v if self.ridge else out
+
+        solver = {"cg": _cg, "gmres": _gmres, "bicgstab": _bicgstab, "dense": _dense}[self.name]
+        maxiter = self.maxiter or max(10 * n, 100)
+        return np.reshape(solver(self, mv, np.reshape(b, (n,)), n, maxiter), shape)
+
+    def __str__(self):
+        parts = [f"tol={self.tol:g}"] if self.name != "dense" else []
+        if self.maxiter:
+            parts.append(f"maxiter={self.maxiter}")
+        if self.ridge:
+            parts.append(f"ridge={self.ridge:g}")
+        return f"{self.name}({', '.join(parts)})"
+
+
+class UserSolve:
+    """A user's ``solve(matvec, b)`` (``linear_solve``, ``custom_root``'s
+    ``tangent_solve``) with the attributes the rules read."""
+
+    def __init__(self, fn, symmetric=False):
+        self.fn, self.symmetric = fn, bool(symmetric)
+
+    def __call__(self, matvec, b):
+        return self.fn(matvec, b)
+
+    def __str__(self):
+        return f"python:{getattr(self.fn, '__qualname__', type(self.fn).__name__)}"
+
+
+def as_method(solve, tol=1e-10, maxiter=None, ridge=0.0, symmetric=False):
+    """``solve`` (a method name, a ``Method`` or a function) as a callable solve."""
+    if isinstance(solve, (Method, UserSolve)):
+        return solve
+    if isinstance(solve, str):
+        return Method(solve, float(tol), None if maxiter is None else int(maxiter),
+                      float(ridge))
+    if callable(solve):
+        return UserSolve(solve, symmetric)
+    raise ArgumentError(with_location(
+        f"solve must be one of {', '.join(map(repr, METHODS))} or a function "
+        f"solve(matvec, b), got {solve!r}"))
+
+
+def _norm2(v):
+    return np.dot(v, v)
+
+
+def _check(method, residual2, bb, steps, maxiter):
+    rel = np.sqrt(residual2 / np.maximum(bb, np.finfo(np.float64).tiny))
+    report(rel <= method.tol, rel, what=f"{method} after at most {maxiter} matvecs")
+
+
+def _cg(method, mv, b, n, maxiter):
+    bb = _norm2(b)
+    goal = method.tol ** 2 * bb
+    x0 = np.zeros_like(b)
+    r0 = b - mv(x0)
+    state = (x0, r0, r0, _norm2(r0), np.int64(0))
+
+    def go(s):
+        return (s[4] < maxiter) & (s[3] > goal)
+
+    def step(s):
+        x, r, p, rr, k = s
+        ap = mv(p)
+        alpha = rr / np.dot(p, ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = _norm2(r)
+        return x, r, r + (rr_new / rr) * p, rr_new, k + 1
+
+    x, _, _, rr, k = while_loop(go, step, state)
+    _check(method, rr, bb, k, maxiter)
+    return x
+
+
+def _bicgstab(method, mv, b, n, maxiter):
+    bb = _norm2(b)
+    goal = method.tol ** 2 * bb
+    x0 = np.zeros_like(b)
+    r0 = b - mv(x0)
+    one = np.ones((), b.dtype)
+    state = (x0, r0, np.zeros_like(b), np.zeros_like(b), one, one, one, _norm2(r0),
+             np.int64(0))
+
+    def go(s):
+        return (s[8] < maxiter) & (s[7] > goal)
+
+    def step(s):
+        x, r, p, v, rho, alpha, omega, _, k = s
+        rho_new = np.dot(r0, r)
+        beta = (rho_new / rho) * (alpha / omega)
+        p = r + beta * (p - omega * v)
+        v = mv(p)
+        alpha = rho_new / np.dot(r0, v)
+        h = x + alpha * p
+        s_ = r - alpha * v
+        t = mv(s_)
+        omega = np.dot(t, s_) / np.dot(t, t)
+        x = h + omega * s_
+        r = s_ - omega * t
+        return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2
+
+    x, r, *_ = while_loop(go, step, state)
+    _check(method, _norm2(b - mv(x)), bb, None, maxiter)
+    return x
+
+
+def _gmres(method, mv, b, n, maxiter):
+    """Restarted GMRES(m): ``m`` Arnoldi steps (Gram-Schmidt twice), the small
+    least-squares problem by its normal equations, then a restart from the true
+    residual, until converged (the restarts refine what the normal equations lose)."""
+    m = max(1, min(method.restart, n))
+    bb = _norm2(b)
+    goal = method.tol ** 2 * bb
+    rows = np.arange(m + 1)
+    x0 = np.zeros_like(b)
+    r0 = b - mv(x0)
+
+    def cycle(s):
+        x, r, rr, k = s
+        beta = np.sqrt(rr)
+        V = np.zeros((m + 1, n), b.dtype)
+        V = V + np.outer((rows == 0).astype(b.dtype), r / beta)
+        H = np.zeros((m + 1, m), b.dtype)
+
+        def arnoldi(j, VH):
+            V, H = VH
+            vj = np.dot((rows == j).astype(b.dtype), V)
+            w = mv(vj)
+            h1 = V @ w
+            w = w - V.T @ h1
+            h2 = V @ w
+            w = w - V.T @ h2
+            hn = np.sqrt(_norm2(w))
+            live = hn > 1e-300 * beta
+            w = w / np.where(live, hn, 1.0)
+            nxt = (rows == j + 1).astype(b.dtype)
+            V = V + np.outer(nxt, np.where(live, w, 0.0))
+            H = H + np.outer(h1 + h2 + nxt * hn, (np.arange(m) == j).astype(b.dtype))
+            return V, H
+
+        V, H = fori_loop(0, m, arnoldi, (V, H))
+        G = H.T @ H
+        unused = (np.diagonal(G) == 0).astype(b.dtype)
+        y = np.linalg.solve(G + np.diag(unused), beta * H[0])
+        x = x + V[:m].T @ y
+        r = b - mv(x)
+        return x, r, _norm2(r), k + m + 1
+
+    def go(s):
+        return (s[3] < maxiter) & (s[2] > goal)
+
+    x, _, rr, k = while_loop(go, cycle, (x0, r0, _norm2(r0), np.int64(0)))
+    _check(method, rr, bb, k, maxiter)
+    return x
+
+
+def _dense(method, mv, b, n, maxiter):
+    from ..api import vmap
+    eye = np.eye(n, dtype=b.dtype)
+    A = vmap(mv)(eye).T         # row i of vmap(mv)(eye) is A e_i, column i of A
+    return np.linalg.solve(A, b)

@@ -1,0 +1,104 @@
+"""The implicit-differentiation rewrite, and the lowering of solver regions.
+
+Solver regions are ``root`` equations (made by ``gradc.fixed_point``, ``argmin``,
+``custom_root``, ``implicit_diff``) and ``linear_solve`` equations (``gradc.linear_solve``,
+and every derivative of a ``root``).  Differentiation never enters them: the JVP rule of
+``root`` (``prims.implicit``) *is* the rewrite — it replaces what would be the derivative
+of the solver's iterations by one ``linear_solve`` with ``∂F/∂y`` — so the derivative
+Graph holds ``linear_solve`` equations where unrolled reverse mode would hold a tape of
+every iteration.  ``regions(graph)`` lists them (``gradc.show`` prints the list).
+
+``expand(graph)`` runs before code generation: each ``linear_solve`` becomes its solve
+algorithm's equations (a ``while_loop`` for CG/GMRES/BiCGSTAB) and each ``root`` with a
+traced solver becomes the solver's equations; a ``root`` whose solver is Python stays
+(an object-mode call).  Sub-Graphs of loops and branches are expanded too.
+"""
+from __future__ import annotations
+
+from ..interpret import eval_graph
+from ..ir import Graph, Lit
+from ..prims.implicit import PyCallback, solve_graph
+from ..trace import source_line, trace_graph
+
+SOLVER_PRIMS = ("root", "linear_solve")
+
+
+def _needs(graph: Graph) -> bool:
+    for eqn in graph.eqns:
+        if eqn.prim.name in SOLVER_PRIMS:
+            return True
+        if any(_needs(g) for g in _subgraphs(eqn)):
+            return True
+    return False
+
+
+def _subgraphs(eqn):
+    for value in eqn.params.values():
+        if isinstance(value, Graph):
+            yield value
+        elif isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, Graph))
+
+
+def _expanded_params(eqn):
+    new = {}
+    for k, value in eqn.params.items():
+        if isinstance(value, Graph):
+            value = expand(value)
+        elif isinstance(value, tuple) and any(isinstance(v, Graph) for v in value):
+            value = tuple(expand(v) if isinstance(v, Graph) else v for v in value)
+        new[k] = value
+    return new
+
+
+def expand(graph: Graph) -> Graph:
+    """``graph`` with every traceable solver region replaced by its algorithm."""
+    if not _needs(graph):
+        return graph
+    from ..trace import bind
+
+    def fn(*args):
+        env = dict(zip(graph.inputs, args))
+
+        def read(a):
+            return a.value if isinstance(a, Lit) else env[a]
+
+        for eqn in graph.eqns:
+            xs = [read(a) for a in eqn.inputs]
+            with source_line(eqn.source):
+                name, p = eqn.prim.name, eqn.params
+                if name == "linear_solve":
+                    outs = eval_graph(expand(solve_graph(p["matvec"], p["solve"])), xs)
+                elif name == "root" and not isinstance(p["solver"], PyCallback):
+                    outs = eval_graph(expand(p["solver"]), xs)
+                else:
+                    out = bind(eqn.prim, *xs, **_expanded_params(eqn))
+                    outs = out if eqn.prim.multiple_results else [out]
+            env.update(zip(eqn.outputs, outs))
+        return [read(o) for o in graph.outputs]
+
+    new, _, captured = trace_graph(fn, [(v.shape, v.dtype) for v in graph.inputs])
+    assert not captured
+    return new
+
+
+def regions(graph: Graph) -> list:
+    """One line per solver region of ``graph`` (sub-Graphs included)."""
+    lines = []
+    for eqn in graph.eqns:
+        p, where = eqn.params, f"  at {eqn.source}" if eqn.source else ""
+        if eqn.prim.name == "root":
+            solver = p["solver"] if isinstance(p["solver"], PyCallback) else (
+                f"traced ({len(p['solver'].eqns)} equations)")
+            lines.append(f"root[{p['kind']}] solver={solver}: differentiated by the implicit "
+                         f"function theorem on its optimality conditions "
+                         f"({len(p['optimality'].eqns)} equations), linear systems by "
+                         f"{p['solve']}{where}")
+        elif eqn.prim.name == "linear_solve":
+            how = ("materialised by one batched matvec" if "dense" in str(p["solve"])
+                   else "never materialised")
+            lines.append(f"linear_solve by {p['solve']}: x = A⁻¹ b with A a matvec of "
+                         f"{len(p['matvec'].eqns)} equations, {how}{where}")
+        for sub in _subgraphs(eqn):
+            lines += ["  " + line for line in regions(sub)]
+    return lines
