@@ -202,6 +202,40 @@ def inv(a):
     return ops.solve(a, eye)
 
 
+@implements(np.linalg.cholesky)
+def cholesky(a, upper=False):
+    (a,) = promote(a, float_result=True)
+    low = ops.cholesky(a)
+    return low.T if upper else low
+
+
+@implements(np.linalg.eigh)
+def eigh(a, UPLO="L"):
+    (a,) = promote(a, float_result=True)
+    if UPLO not in ("L", "l"):
+        a = a.T            # the upper triangle, read as the lower one of the transpose
+    w, v = ops.eigh(a)
+    return w, v
+
+
+@implements(np.linalg.eigvalsh)
+def eigvalsh(a, UPLO="L"):
+    return eigh(a, UPLO)[0]
+
+
+@implements(np.linalg.svd)
+def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
+    (a,) = promote(a, float_result=True)
+    m, n = shape_of(a)[-2:] if _ndim(a) >= 2 else (0, 0)
+    if full_matrices and compute_uv and m != n:
+        raise UnsupportedError(with_location(
+            f"np.linalg.svd of a {m}x{n} matrix with full_matrices=True: the extra "
+            "singular vectors are not unique, so gradc differentiates the reduced SVD "
+            "only; pass full_matrices=False"))
+    u, s, vt = ops.svd(a)
+    return (u, s, vt) if compute_uv else s
+
+
 @implements(np.linalg.det)
 def det(a):
     (a,) = promote(a, float_result=True)

@@ -12,6 +12,7 @@ from .trace import dtype_of
 
 from .prims.control import guard, stop_gradient  # noqa: F401
 from .prims.conv import conv2d  # noqa: F401
+from .prims.decomp import cholesky, eigh, svd  # noqa: F401
 from .prims.elementwise import (  # noqa: F401
     abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, cbrt, ceil, convert_element_type,
     cos, cosh, div, eq, exp, expm1, floor, ge, gt, isfinite, isnan, le, log, log1p,

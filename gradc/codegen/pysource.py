@@ -491,6 +491,16 @@ def _guard(ctx, eqn, a, outs):
             f"traced with {expected}\")"]
 
 
+def _decomposition(call):
+    def handler(ctx, eqn, a, outs):
+        text = call.format(f"_k.contiguous({a[0]})")
+        if len(outs) == 1:
+            return text
+        return [f"{', '.join(outs)} = {text}"] + [
+            f"{o} = np.ascontiguousarray({o})" for o in outs]
+    return handler
+
+
 def _root_callback(ctx, eqn, a, outs):
     """A solver region whose solver is Python (``implicit_diff``, ``argmin``): called
     from an object-mode block (expanded traced solvers never reach code generation)."""
@@ -538,6 +548,9 @@ HANDLERS = {
     "slogdet": _slogdet, "conv2d": _conv2d,
     "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
     "root": _root_callback, "report": _report,
+    "cholesky": _decomposition("np.linalg.cholesky({})"),
+    "eigh": _decomposition("np.linalg.eigh({})"),
+    "svd": _decomposition("np.linalg.svd({}, full_matrices=False)"),
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
     **control.HANDLERS,
