@@ -129,6 +129,12 @@ def show(f, *args, file=None, **kwargs) -> None:
     print(f"{rule}\n# traced IR of {getattr(f.fun, '__qualname__', f.fun)}\n{rule}",
           file=out)
     print(spec.info["primal"], file=out)
+    from .passes.implicit import regions
+    found = regions(spec.graph)
+    if found:
+        print(f"{rule}\n# solver regions: differentiated implicitly, not through their "
+              f"iterations\n{rule}", file=out)
+        print("\n".join(found), file=out)
     print(f"{rule}\n# {f.kind} after the passes (target={f.target!r})\n{rule}", file=out)
     print(exe.graph, file=out)
     if exe.compiled is not None:

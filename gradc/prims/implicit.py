@@ -88,13 +88,22 @@ def solve_graph(matvec: Graph, solve) -> Graph:
 
 @functools.lru_cache(maxsize=256)
 def transposed(matvec: Graph) -> Graph:
-    """The adjoint of ``matvec``: ``(consts..., u) -> Aᵀ u``."""
-    from ..passes.transpose import transpose_graph
-    try:
-        return transpose_graph(matvec, len(matvec.inputs) - 1)
-    except GradcError as e:
-        raise ArgumentError(with_location(
-            f"linear_solve: matvec is not linear in its argument ({e})")) from None
+    """The adjoint of ``matvec``: ``(consts..., u) -> Aᵀ u``, as the VJP of ``matvec`` in
+    its argument (at 0: ``matvec`` is linear, so any point gives ``Aᵀ``)."""
+    from ..interpret import eval_graph
+    from ..passes.simplify import simplify
+    from ..passes.transpose import vjp_graph
+    n = len(matvec.inputs) - 1
+    v = matvec.inputs[-1]
+    vjp = vjp_graph(matvec, (False,) * n + (True,))
+
+    def fn(*args):
+        zero = np.zeros(v.shape, v.dtype)
+        return [eval_graph(vjp, list(args[:-1]) + [zero, args[-1]])[-1]]
+
+    graph, _, captured = trace_graph(fn, [(x.shape, x.dtype) for x in matvec.inputs])
+    assert not captured
+    return simplify(graph)
 
 
 def _linear_solve_impl(*args, matvec, solve, transpose_solve, symmetric):

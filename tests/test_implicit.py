@@ -1,0 +1,366 @@
+"""Implicit differentiation (issue 6): linear_solve, custom_root, implicit_diff,
+fixed_point, argmin (with and without constraints), the decompositions, and the errors
+for singular, indefinite and unconverged systems.  References: closed forms, NumPy's
+dense solves, finite differences of the full solve, and the unrolled iterations."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+import gradc
+from gradc.errors import ArgumentError, EvaluationError
+
+
+def fd(f, x, eps=1e-6):
+    x = np.asarray(x, float)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def spd(rng, n):
+    m = rng.standard_normal((n, n))
+    return m @ m.T + n * np.eye(n)
+
+
+# ---------------------------------------------------------------- linear_solve
+
+@pytest.mark.parametrize("solve", ["cg", "gmres", "bicgstab", "dense"])
+def test_linear_solve_gradients_equal_numpy_solve(rng, solve):
+    n = 6
+    A, b = spd(rng, n), rng.standard_normal(n)
+
+    def f(A, b):
+        x = gradc.linear_solve(lambda v: A @ v, b, solve=solve, symmetric=solve == "cg")
+        return np.sum(np.sin(x))
+
+    def ref(A, b):
+        return np.sum(np.sin(np.linalg.solve(A, b)))
+
+    assert abs(f(A, b) - ref(A, b)) < 1e-10
+    gA, gb = gradc.grad(f, argnums=(0, 1))(A, b)
+    assert np.abs(gA - fd(lambda A: ref(A, b), A)).max() < 1e-7
+    assert np.abs(gb - fd(lambda b: ref(A, b), b)).max() < 1e-7
+
+
+def test_linear_solve_unsymmetric_forward_equals_reverse(rng):
+    n = 5
+    A = rng.standard_normal((n, n)) + 4 * np.eye(n)
+    b = rng.standard_normal(n)
+
+    def f(A, b):
+        return np.tanh(gradc.linear_solve(lambda v: A @ v + 0.1 * v ** 1, b, solve="gmres"))
+
+    tA, tb = rng.standard_normal((n, n)), rng.standard_normal(n)
+    u = rng.standard_normal(n)
+    _, jv = gradc.jvp(f, (A, b), (tA, tb))
+    _, vjp_fn = gradc.vjp(f, A, b)
+    cA, cb = vjp_fn(u)
+    assert abs(np.dot(u, jv) - (np.sum(cA * tA) + np.dot(cb, tb))) < 1e-10
+    # and the values: x = (A + 0.1 I)^-1 b
+    x = np.linalg.solve(A + 0.1 * np.eye(n), b)
+    assert np.abs(f(A, b) - np.tanh(x)).max() < 1e-10
+
+
+def test_linear_solve_matrix_shaped_unknown_and_user_solve(rng):
+    """x of any shape; a user's solve function (reverse mode reuses it on Aᵀ)."""
+    A = spd(rng, 4)
+    B = rng.standard_normal((4, 3))
+
+    def user_solve(matvec, b):        # three Jacobi-preconditioned... dense, by hand
+        return gradc.lib.solvers.Method("dense")(matvec, b)
+
+    def f(A, B):
+        X = gradc.linear_solve(lambda V: A @ V, B, solve=user_solve)
+        return np.sum(X ** 3)
+
+    def ref(A, B):
+        return np.sum(np.linalg.solve(A, B) ** 3)
+
+    gA, gB = gradc.grad(f, argnums=(0, 1))(A, B)
+    assert np.abs(gA - fd(lambda A: ref(A, B), A)).max() < 1e-7
+    assert np.abs(gB - fd(lambda B: ref(A, B), B)).max() < 1e-7
+
+
+def test_linear_solve_compiled(rng):
+    n = 8
+    A, b = spd(rng, n), rng.standard_normal(n)
+
+    def f(A, b):
+        x = gradc.linear_solve(lambda v: A @ v, b, symmetric=True)
+        return np.sum(x ** 2)
+
+    g_numpy = gradc.grad(f, argnums=(0, 1), target="numpy")(A, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.GradcWarning)   # no fallback to the interpreter
+        g_cpu = gradc.grad(f, argnums=(0, 1), target="cpu")(A, b)
+    for a, c in zip(g_numpy, g_cpu):
+        assert np.abs(a - c).max() < 1e-12
+
+
+def test_singular_and_indefinite_systems_are_clear_errors_or_ridge(rng):
+    n = 4
+    A = np.zeros((n, n))
+    A[:3, :3] = spd(rng, 3)                    # singular
+    b = rng.standard_normal(n)
+    with pytest.raises(EvaluationError, match="singular|Singular"):
+        gradc.linear_solve(lambda v: A @ v, b, solve="dense")
+    with pytest.raises(EvaluationError, match="broke down.*ridge="):
+        gradc.linear_solve(lambda v: -A @ v + np.diag([1., 1., 1., -1.]) @ v * 0, b,
+                           solve="cg", symmetric=True)
+    # ridge: the documented regularised answer (A + ridge I) x = b
+    x = gradc.linear_solve(lambda v: A @ v, b, solve="cg", symmetric=True, ridge=1e-3)
+    assert np.abs(x - np.linalg.solve(A + 1e-3 * np.eye(n), b)).max() < 1e-8
+    with pytest.raises(ArgumentError, match="solve='qr'"):
+        gradc.linear_solve(lambda v: A @ v, b, solve="qr")
+    with pytest.raises(ArgumentError, match="matvec returns shape"):
+        gradc.linear_solve(lambda v: v[:2], b)
+
+
+def test_unconverged_solver_warns(rng):
+    A, b = spd(rng, 30), rng.standard_normal(30)
+    with pytest.warns(gradc.ConvergenceWarning, match="did not converge"):
+        gradc.linear_solve(lambda v: A @ v, b, solve="cg", symmetric=True, maxiter=2)
+
+
+# ---------------------------------------------------------------- roots
+
+def test_custom_root_newton_sqrt():
+    def sqrt(a):
+        def f(x):
+            return x * x - a
+
+        def solve(f, x0):
+            return gradc.fori_loop(0, 40, lambda i, x: x - f(x) / (2 * x), x0)
+
+        return gradc.custom_root(f, np.ones(()), solve, lambda g, y: y / g(np.ones(())))
+
+    for a in (2.0, 9.0, 0.25):
+        assert abs(sqrt(np.float64(a)) - np.sqrt(a)) < 1e-14
+        assert abs(gradc.grad(sqrt)(np.float64(a)) - 0.5 / np.sqrt(a)) < 1e-12
+        assert abs(gradc.grad(gradc.grad(sqrt))(np.float64(a)) + 0.25 * a ** -1.5) < 1e-10
+
+
+def ridge_problem(rng, n=5, m=20):
+    X, y = rng.standard_normal((m, n)), rng.standard_normal(m)
+    return X, y
+
+
+def test_implicit_diff_untraceable_solver(rng):
+    X, y = ridge_problem(rng)
+    n = X.shape[1]
+    calls = []
+
+    def optimality(w, lam):
+        return X.T @ (X @ w - y) + lam * w
+
+    @gradc.implicit_diff(optimality, solve="cg")
+    def ridge(init, lam):
+        calls.append(type(lam))
+        lam = float(lam)                       # untraceable on purpose
+        w = np.array(init, float)
+        for _ in range(2000):                  # plain gradient descent, in Python
+            w -= 0.01 * (X.T @ (X @ w - y) + lam * w)
+        return w
+
+    def loss(lam):
+        return np.sum(ridge(np.zeros(n), lam) ** 2)
+
+    def exact(lam):
+        return np.sum(np.linalg.solve(X.T @ X + lam * np.eye(n), X.T @ y) ** 2)
+
+    for lam in (0.3, 2.0):
+        g = gradc.grad(loss)(np.float64(lam))
+        assert abs(g - fd(exact, np.float64(lam))) < 1e-7
+    assert all(t is not gradc.trace.Tracer for t in calls)       # never traced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.GradcWarning)
+        g_cpu = gradc.grad(loss, target="cpu")(np.float64(0.3))
+    assert abs(g_cpu - fd(exact, np.float64(0.3))) < 1e-7
+
+
+def deq_setup(rng, n=6):
+    W = rng.standard_normal((n, n)) * 0.5 / np.sqrt(n)
+    U = rng.standard_normal((n, 3))
+    return W, U, rng.standard_normal(3)
+
+
+def deq(W, U, x, implicit=True):
+    z = gradc.fixed_point(lambda z, W, b: np.tanh(W @ z + b), np.zeros(W.shape[0]), W,
+                          U @ x, implicit=implicit, tol=1e-13)
+    return np.sum(z ** 2) + np.sum(z)
+
+
+def test_fixed_point_implicit_equals_unrolled_and_fd(rng):
+    W, U, x = deq_setup(rng)
+    implicit = gradc.grad(deq, argnums=(0, 1, 2))(W, U, x)
+    unrolled = gradc.grad(lambda W, U, x: deq(W, U, x, False), argnums=(0, 1, 2))(W, U, x)
+    for a, b in zip(implicit, unrolled):
+        assert np.abs(a - b).max() < 1e-8
+    assert np.abs(implicit[2] - fd(lambda x: deq(W, U, x), x)).max() < 1e-7
+
+
+def test_fixed_point_second_order(rng):
+    """hvp through the implicit rule: the JVP of linear_solve in its matvec's values."""
+    W, U, x = deq_setup(rng, 4)
+    v = rng.standard_normal(3)
+    hv = gradc.hvp(lambda x: deq(W, U, x), (x,), (v,))
+    g = gradc.grad(lambda x: deq(W, U, x))
+    ref = (g(x + 1e-5 * v) - g(x - 1e-5 * v)) / 2e-5
+    assert np.abs(np.asarray(hv).ravel() - ref).max() < 1e-6
+
+
+def test_fixed_point_that_does_not_converge_warns():
+    with pytest.warns(gradc.ConvergenceWarning, match="fixed_point"):
+        gradc.fixed_point(lambda z, a: a * np.cos(3 * z) + 0.0, np.zeros(2),
+                          np.float64(2.0), maxiter=50)
+
+
+# ---------------------------------------------------------------- argmin
+
+def test_argmin_unconstrained_matches_closed_form_derivative():
+    # x* solves (x - t)^3 + x = 0 elementwise: dx/dt = 3(x-t)^2 / (3(x-t)^2 + 1)
+    def obj(x, t):
+        return np.sum((x - t) ** 4) / 4 + np.sum(x ** 2) / 2
+
+    t = np.array([0.3, -0.5, 1.2])
+    w = np.arange(1.0, 4.0)
+    x = gradc.argmin(obj, np.zeros(3), t)
+    assert np.abs((x - t) ** 3 + x).max() < 1e-10
+    d = 3 * (x - t) ** 2
+    g = gradc.grad(lambda t: np.sum(gradc.argmin(obj, np.zeros(3), t) * w))(t)
+    assert np.abs(g - w * d / (d + 1)).max() < 1e-9
+
+
+def qp_setup(rng, n=4, m=3):
+    L = rng.standard_normal((n, n))
+    Q = L @ L.T + np.eye(n)
+    G, h = rng.standard_normal((m, n)), rng.standard_normal(m) * 0.1 + 0.2
+    A, b = rng.standard_normal((1, n)), rng.standard_normal(1)
+    return Q, G, h, A, b
+
+
+def test_argmin_qp_equals_kkt_of_the_active_set():
+    rng = np.random.default_rng(1)
+    Q, G, h, A, b = qp_setup(rng)
+    n = Q.shape[0]
+    q0 = rng.standard_normal(n) * 3
+    w = np.arange(1.0, n + 1)
+
+    def qp(q, h):
+        return gradc.argmin(lambda x, q, h: 0.5 * x @ Q @ x + q @ x, np.zeros(n), q, h,
+                            constraints=dict(eq=lambda x, q, h: A @ x - b,
+                                             ineq=lambda x, q, h: G @ x - h))
+
+    x = qp(q0, h)
+    assert (G @ x - h).max() < 1e-10 and abs(A @ x - b).max() < 1e-10
+    active = np.abs(G @ x - h) < 1e-9
+    assert 0 < active.sum() < len(h)              # a real inequality constraint is active
+    C = np.vstack([A, G[active]])
+    K = np.block([[Q, C.T], [C, np.zeros((len(C), len(C)))]])
+
+    def exact(q, hh):
+        rhs = np.concatenate([-q, b, hh[active]])
+        return np.linalg.solve(K, rhs)[:n] @ w
+
+    assert np.abs(np.linalg.solve(K, np.concatenate([-q0, b, h[active]]))[:n] - x).max() < 1e-9
+    gq, gh = gradc.grad(lambda q, h: qp(q, h) @ w, argnums=(0, 1))(q0, h)
+    assert np.abs(gq - fd(lambda q: exact(q, h), q0)).max() < 1e-7
+    assert np.abs(gh - fd(lambda hh: exact(q0, hh), h)).max() < 1e-7
+    assert np.abs(gh[~active]).max() == 0.0        # inactive constraints: no influence
+    ref = scipy.optimize.minimize(lambda x: 0.5 * x @ Q @ x + q0 @ x, np.zeros(n),
+                                  constraints=[dict(type="eq", fun=lambda x: A @ x - b),
+                                               dict(type="ineq", fun=lambda x: h - G @ x)])
+    assert np.abs(ref.x - x).max() < 1e-5
+
+
+def test_argmin_bad_constraints():
+    with pytest.raises(ArgumentError, match="'eq'.*'ineq'"):
+        gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints=dict(le=None))
+
+
+# ---------------------------------------------------------------- decompositions
+
+def _decomp_cases(rng):
+    S = spd(rng, 4)
+    W = rng.standard_normal((4, 4))
+    return {
+        "cholesky": (lambda A: np.sum(np.sin(np.linalg.cholesky(A)) * W), S),
+        "eigh": (lambda A: np.sum(np.linalg.eigh(A)[0] ** 3)
+                 + np.sum(np.linalg.eigh(A)[1] ** 4 * W), S + np.diag(np.arange(4.0))),
+        "svd tall": (lambda A: np.sum(np.linalg.svd(A, full_matrices=False)[1] ** 3)
+                     + np.sum(np.linalg.svd(A, full_matrices=False)[0] ** 4)
+                     + np.sum(np.linalg.svd(A, full_matrices=False)[2] ** 4),
+                     rng.standard_normal((5, 3))),
+        "svd wide": (lambda A: np.sum(np.linalg.svd(A, full_matrices=False)[0] ** 4)
+                     + np.sum(np.linalg.svd(A, full_matrices=False)[2] ** 4)
+                     + np.sum(np.linalg.svd(A, compute_uv=False)),
+                     rng.standard_normal((3, 5))),
+        "svd square": (lambda A: np.sum(np.linalg.svd(A)[0] ** 4 * W), rng.standard_normal((4, 4))),
+        "inv": (lambda A: np.sum(np.linalg.inv(A) * W), S),
+        "det": (lambda A: np.linalg.det(A), S / 4),
+        "slogdet": (lambda A: np.linalg.slogdet(A)[1], S),
+        "solve": (lambda A: np.sum(np.linalg.solve(A, W[0]) ** 2), S),
+    }
+
+
+@pytest.mark.parametrize("name", ["cholesky", "eigh", "svd tall", "svd wide", "svd square",
+                                  "inv", "det", "slogdet", "solve"])
+def test_decompositions_against_fd_and_forward_mode(rng, name):
+    f, A = _decomp_cases(rng)[name]
+    g = gradc.grad(f)(A)
+    assert np.abs(g - fd(f, A, 1e-5)).max() < 1e-6 * max(1.0, np.abs(g).max())
+    u = rng.standard_normal(A.shape)
+    _, jv = gradc.jvp(f, (A,), (u,))
+    assert abs(jv - np.sum(g * u)) < 1e-10 * max(1.0, abs(jv))
+
+
+def test_decompositions_compiled(rng):
+    cases = _decomp_cases(rng)
+    for name in ("cholesky", "eigh", "svd tall"):
+        f, A = cases[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", gradc.GradcWarning)
+            g = gradc.grad(f, target="cpu")(A)
+        assert np.abs(g - gradc.grad(f, target="numpy")(A)).max() < 1e-10
+
+
+def test_repeated_eigenvalues_give_finite_basis_independent_derivatives():
+    A = np.diag([1.0, 2.0, 2.0, 3.0])
+    P = np.zeros((4, 4))
+    P[1:3, 1:3] = 1.0
+
+    def f(A):               # the projector onto the repeated eigenspace: basis-independent
+        w, V = np.linalg.eigh(A)
+        return np.sum(w ** 2) + np.sum((V[:, 1:3] @ V[:, 1:3].T) * P)
+
+    g = gradc.grad(f)(A)
+    assert np.all(np.isfinite(g))
+    assert np.abs(g - np.diag([2.0, 4.0, 4.0, 6.0])).max() < 1e-12
+    s_only = gradc.grad(lambda A: np.sum(np.linalg.svd(A, compute_uv=False)))(np.eye(3))
+    assert np.abs(s_only - np.eye(3)).max() < 1e-12
+    with pytest.raises(gradc.UnsupportedError, match="full_matrices=False"):
+        gradc.grad(lambda A: np.sum(np.linalg.svd(A)[0]))(np.ones((3, 2)))
+
+
+# ---------------------------------------------------------------- inspection
+
+def test_show_lists_the_solver_regions(rng):
+    W, U, x = deq_setup(rng, 3)
+    out = io.StringIO()
+    gradc.show(gradc.grad(lambda x: deq(W, U, x), target="numpy"), x, file=out)
+    text = out.getvalue()
+    assert "# solver regions" in text
+    assert "root[fixed_point]" in text and "implicit function theorem" in text
+    assert "linear_solve by gmres" in text
+    assert "linear_solve[" in text and "matvec=" in text        # in the derivative IR
