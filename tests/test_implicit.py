@@ -364,3 +364,34 @@ def test_show_lists_the_solver_regions(rng):
     assert "root[fixed_point]" in text and "implicit function theorem" in text
     assert "linear_solve by gmres" in text
     assert "linear_solve[" in text and "matvec=" in text        # in the derivative IR
+
+
+# ---------------------------------------------------------------- the examples
+
+def _example(name):
+    import runpy
+    from pathlib import Path
+    return runpy.run_path(str(Path(__file__).parent.parent / "examples" / f"{name}.py"))
+
+
+def test_example_gaussian_crf():
+    history, g, g_dense = _example("gaussian_crf")["main"](n=120, steps=8, verbose=False)
+    assert history[-1] < history[0]
+    assert abs(g - g_dense) < 1e-8
+
+
+def test_example_deq():
+    history, gap = _example("deq")["main"](hidden=4, steps=4, verbose=False)
+    assert history[-1] < history[0] and gap < 1e-8
+
+
+def test_example_ridge_tuning():
+    history, g, g_exact = _example("ridge_tuning")["main"](n=8, m=12, steps=4, verbose=False)
+    assert history[-1] < history[0]
+    assert abs(g - g_exact) < 1e-7 * max(1.0, abs(g_exact))
+
+
+def test_example_optnet_qp():
+    history, g, g_exact = _example("optnet_qp")["main"](steps=4, verbose=False)
+    assert history[-1] < history[0]
+    assert np.abs(g - g_exact).max() < 1e-8

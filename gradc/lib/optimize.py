@@ -59,10 +59,14 @@ def _grad_y(f):
 
 
 def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
-    from ..api import value_and_grad
-    from ..jacobians import hvp
+    from ..api import jvp, value_and_grad
     vg = value_and_grad(lambda y, ps: f(y, ps))
+    grad_y = _grad_y(f)
     dtype = aval[1]
+
+    def hvp(y, v, ps):       # one function object: compiled once, not per call
+        zeros = tuple(np.zeros_like(p) for p in ps)
+        return jvp(grad_y, (y, ps), (v, zeros))[1]
 
     def solver(y0, *ps):
         import scipy.optimize
@@ -82,7 +86,7 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
                 break
             import scipy.sparse.linalg as sla
             op = sla.LinearOperator((y.size, y.size), dtype=np.float64, matvec=lambda v: np.asarray(
-                hvp(lambda z: f(z, ps), (y.astype(dtype),), (v.astype(dtype),)), np.float64))
+                hvp(y.astype(dtype), v.astype(dtype), ps), np.float64))
             d, _ = sla.cg(op, -g, rtol=1e-12, maxiter=10 * y.size)
             y = y + d
         g = fun(y)[1]
@@ -92,7 +96,6 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
                 f"{res.message})")), stacklevel=2)
         return y.astype(dtype)
 
-    grad_y = _grad_y(f)
     return root("argmin", PyCallback(solver, aval[0], dtype, "argmin(L-BFGS-B)"),
                 lambda y, *ps: grad_y(y, tuple(ps)), x0, leaves,
                 as_method(solve or "cg", tol, None, ridge), aval)
@@ -196,7 +199,6 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
                 f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
         return z
 
-    from ..trace import shape_of
     zaval = ((n + m_eq + m_in,), dtype)
     z0 = np.zeros(zaval[0], dtype) if not is_tracer(x0) else None
     if z0 is None:
@@ -204,7 +206,6 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         z0 = ops.concatenate([x0, np.zeros(m_eq + m_in, dtype)], 0)
     else:
         z0[:n] = np.asarray(x0, dtype)
-    del shape_of
     z = root("argmin", PyCallback(solver, zaval[0], dtype, "argmin(SLSQP)"), kkt, z0,
              leaves, as_method(solve or "gmres", tol, None, ridge), zaval)
     return z[:n]
