@@ -3,7 +3,7 @@
 Run:  python examples/deq.py
 
 ``gradc.fixed_point`` finds z by iteration and differentiates it implicitly
-(``(I − ∂f/∂z) dz = ∂f/∂θ dθ``, solved by GMRES with Jacobian-vector products), so
+(``(I − ∂f/∂z) dz = ∂f/∂θ dθ``, solved by BiCGSTAB with Jacobian-vector products), so
 training never stores the iterations.  A few steps of gradient descent fit the layer
 (read out by ``c·z``) to a smooth target; the implicit gradient is compared with the
 gradient through the unrolled iterations.

@@ -6,7 +6,7 @@ Run:  python examples/optnet_qp.py
 ``x*(q) = argmin ½ xᵀQx + qᵀx  s.t.  G x <= h,  A x = b`` (``gradc.argmin`` with
 ``constraints=``; SLSQP then Newton polish on the KKT conditions).  The layer's input
 ``q`` is fitted by gradient descent so that ``x*`` lands on a target that the
-constraints partly forbid; the derivative (GMRES on the KKT system's Jacobian-vector
+constraints partly forbid; the derivative (BiCGSTAB on the KKT system's Jacobian-vector
 products) is checked against the exact derivative on the active set.
 """
 import numpy as np

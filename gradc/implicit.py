@@ -93,12 +93,12 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
 
     ``solve``: ``"cg"`` (symmetric positive definite), ``"gmres"``, ``"bicgstab"``,
     ``"dense"`` or a function ``solve(matvec, b) -> x``; default CG when ``symmetric``,
-    else GMRES.  Its derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode
+    else BiCGSTAB (short recurrences: no restarts, memory of a few vectors).  Its derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode
     solves with ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to
     ``solve`` (the same algorithm on the transposed matrix) and is not needed when
     ``symmetric``.  ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
     aval = _aval(b, "linear_solve: b")
-    method = as_method(solve or ("cg" if symmetric else "gmres"), tol, maxiter, ridge,
+    method = as_method(solve or ("cg" if symmetric else "bicgstab"), tol, maxiter, ridge,
                        symmetric)
     back = None if transpose_solve is None else as_method(transpose_solve, tol, maxiter,
                                                           ridge)
@@ -140,7 +140,7 @@ def custom_root(f, initial_guess, solve, tangent_solve):
                  initial_guess, [], UserSolve(tangent_solve), aval)
 
 
-def implicit_diff(optimality_fn, solve="gmres", *, tol=1e-10, maxiter=None, ridge=0.0):
+def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, ridge=0.0):
     """Decorator: ``solver(init, *params) -> y`` differentiated through
     ``optimality_fn(y, *params) = 0`` (JAXopt's ``custom_root``).  The solver runs as
     ordinary Python on NumPy arrays (never traced: it may use SciPy, loops, anything);
@@ -166,7 +166,7 @@ def implicit_diff(optimality_fn, solve="gmres", *, tol=1e-10, maxiter=None, ridg
     return decorate
 
 
-def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="gmres", implicit=True,
+def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", implicit=True,
                 ridge=0.0):
     """The solution of ``x = f(x, *params)`` by fixed-point iteration from ``x0`` (until
     the step is below ``tol`` relative to ``1 + |x|``; a warning if ``maxiter`` steps do

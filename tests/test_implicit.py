@@ -362,7 +362,7 @@ def test_show_lists_the_solver_regions(rng):
     text = out.getvalue()
     assert "# solver regions" in text
     assert "root[fixed_point]" in text and "implicit function theorem" in text
-    assert "linear_solve by gmres" in text
+    assert "linear_solve by bicgstab" in text
     assert "linear_solve[" in text and "matvec=" in text        # in the derivative IR
 
 

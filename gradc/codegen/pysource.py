@@ -302,6 +302,18 @@ def _einsum(ctx, eqn, a, outs):
         dest = ctx.out_buffer(out.shape, out.dtype, out)
         return ["with numba.objmode():", f"    np.matmul({lhs}, {rhs}, out={dest})",
                 f"{outs[0]} = {dest}"]
+    if (not batch and len(contracted) == 1 and sorted((x.ndim, y.ndim)) == [1, 2]
+            and np.dtype(x.dtype).kind == "f" and np.dtype(x.dtype) == np.dtype(y.dtype)):
+        # a matrix-vector product, either way round: one BLAS gemv on the matrix as it
+        # is stored (M v, or v M = Mᵀ v); regrouping the matrix would copy it at every
+        # call (a transposed matvec in a solver's loop: n² bytes per iteration)
+        mat, vec = (0, 1) if x.ndim == 2 else (1, 0)
+        letters = (sa, sb)[mat]
+        m_op = (f"_k.contiguous({a[mat]})" if ctx.producer.get((x, y)[mat]) in _VIEWS
+                else a[mat])
+        if letters.index(contracted[0]) == 1:
+            return f"np.dot({m_op}, {a[vec]})"
+        return f"np.dot({a[vec]}, {m_op})"
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")

@@ -9,7 +9,7 @@ Constrained (``constraints={"eq": h, "ineq": g}`` with ``h(y, *params) = 0`` and
     ∇_y f + J_hᵀ ν + J_gᵀ λ = 0,    h(y) = 0,    λ ⊙ g(y) = 0,
 
 and those conditions are the optimality function (OptNet's differentiation of a QP;
-GMRES by default, the KKT matrix being unsymmetric).  The forward solve runs SciPy on
+BiCGSTAB by default, the KKT matrix being unsymmetric).  The forward solve runs SciPy on
 NumPy values (L-BFGS-B, or SLSQP with constraints, each with gradc's compiled gradients),
 estimates the multipliers from the active constraints, and polishes ``z`` with Newton
 steps on the KKT conditions, so the point the derivative is taken at solves them to
@@ -207,5 +207,5 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
     else:
         z0[:n] = np.asarray(x0, dtype)
     z = root("argmin", PyCallback(solver, zaval[0], dtype, "argmin(SLSQP)"), kkt, z0,
-             leaves, as_method(solve or "gmres", tol, None, ridge), zaval)
+             leaves, as_method(solve or "bicgstab", tol, None, ridge), zaval)
     return z[:n]

@@ -29,7 +29,7 @@ METHODS = ("cg", "gmres", "bicgstab", "dense")
 @dataclass(frozen=True)
 class Method:
     """A linear-solve algorithm and its settings; ``method(matvec, b) -> x``."""
-    name: str = "gmres"
+    name: str = "bicgstab"
     tol: float = 1e-10
     maxiter: int | None = None      # matrix-vector products (default: 10 n, at least 100)
     ridge: float = 0.0
