@@ -105,6 +105,12 @@ def well_conditioned(rng, shape):
     return n * np.eye(n) + 0.5 * rng.standard_normal(shape)
 
 
+def spd(rng, shape):
+    """Symmetric positive definite with well-separated eigenvalues."""
+    m = rng.standard_normal(shape)
+    return m @ m.T + np.diag(np.arange(1.0, shape[-1] + 1) * 2)
+
+
 def spd_or_not(rng, shape):
     """Well-conditioned, with a negative determinant in half the draws (slogdet's sign)."""
     a = well_conditioned(rng, shape)
@@ -413,6 +419,18 @@ ROWS = [
         ref=lambda a: np.linalg.slogdet(a)[1]),
     Row("slogdet", lambda a: ops.slogdet(a)[0], unary(spd_or_not), [(3, 3), (2, 2, 2)],
         ref=lambda a: np.linalg.slogdet(a)[0], zero=True, id="slogdet-sign"),
+    # decompositions (implicit rules: prims/decomp.py)
+    Row("cholesky", ops.cholesky, unary(spd), [(1, 1), (3, 3)], ref=np.linalg.cholesky),
+    Row("eigh", lambda a: ops.eigh(a)[0], unary(spd), [(3, 3)],
+        ref=lambda a: np.linalg.eigh(a)[0], id="eigh-values"),
+    Row("eigh", lambda a: ops.eigh(a)[1], unary(spd), [(3, 3)],
+        ref=lambda a: np.linalg.eigh(a)[1], id="eigh-vectors"),
+    Row("svd", lambda a: ops.svd(a)[1], unary(normal), [(3, 2), (2, 3), (3, 3)],
+        ref=lambda a: np.linalg.svd(a, compute_uv=False), id="svd-values"),
+    Row("svd", lambda a: ops.svd(a)[0], unary(normal), [(3, 2), (2, 3)],
+        ref=lambda a: np.linalg.svd(a, full_matrices=False)[0], id="svd-u"),
+    Row("svd", lambda a: ops.svd(a)[2], unary(normal), [(3, 2), (2, 3)],
+        ref=lambda a: np.linalg.svd(a, full_matrices=False)[2], id="svd-vt"),
     # convolution
     Row("conv2d", lambda i, k, p: ops.conv2d(i, k, p), conv_gen(((0, 0), (0, 0))), CONV_SHAPES,
         ref=conv_ref_loops, id="conv2d-valid"),
@@ -512,7 +530,9 @@ def draw_args(row, data):
 
 # primitives only reverse mode writes (the while_loop row differentiates through them,
 # to second order): tested in tests/test_loops.py
-WITHOUT_ROW = {"while_tangent", "while_adjoint", "while_hessian"}
+# solver regions hold sub-Graphs: tests/test_implicit.py exercises them
+WITHOUT_ROW = {"while_tangent", "while_adjoint", "while_hessian", "root", "linear_solve",
+               "report"}
 
 
 def test_every_primitive_has_a_row():

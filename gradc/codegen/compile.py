@@ -47,7 +47,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     graph = simplify(graph)
     if target != "numpy":
         from ..passes.implicit import expand
-        graph = simplify(expand(graph))
+        expanded = expand(graph)
+        graph = graph if expanded is graph else simplify(expanded)
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
         graph = fuse(over_batch(graph))

@@ -573,8 +573,9 @@ _VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient"}
 
 
 def lowerable() -> set:
-    """Names of the primitives this module can lower."""
-    return set(TEMPLATES) | set(HANDLERS)
+    """Names of the primitives this module can lower (``linear_solve`` reaches it
+    expanded into its algorithm: ``passes.implicit``)."""
+    return set(TEMPLATES) | set(HANDLERS) | {"linear_solve"}
 
 
 def _atom(ctx, names, x) -> str:
