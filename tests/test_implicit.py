@@ -72,6 +72,18 @@ def test_linear_solve_unsymmetric_forward_equals_reverse(rng):
     assert np.abs(f(A, b) - np.tanh(x)).max() < 1e-10
 
 
+@pytest.mark.parametrize("restart", [3, 20, 200])
+def test_gmres_restarts_and_full_krylov(rng, restart):
+    """Short cycles (restarts from the true residual), and a basis as large as the
+    system (the Krylov space fills up: a lucky breakdown, no NaN)."""
+    from gradc.lib.solvers import Method
+    n = 40
+    A = rng.standard_normal((n, n)) / np.sqrt(n) + 2 * np.eye(n)
+    b = rng.standard_normal(n)
+    x = gradc.linear_solve(lambda v: A @ v, b, solve=Method("gmres", 1e-12, restart=restart))
+    assert np.abs(x - np.linalg.solve(A, b)).max() < 1e-10
+
+
 def test_linear_solve_matrix_shaped_unknown_and_user_solve(rng):
     """x of any shape; a user's solve function (reverse mode reuses it on Aᵀ)."""
     A = spd(rng, 4)

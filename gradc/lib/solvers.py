@@ -33,7 +33,7 @@ class Method:
     tol: float = 1e-10
     maxiter: int | None = None      # matrix-vector products (default: 10 n, at least 100)
     ridge: float = 0.0
-    restart: int = 30               # GMRES: Krylov vectors per cycle
+    restart: int = 50               # GMRES: Krylov vectors per cycle (memory: restart x n)
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -165,50 +165,73 @@ def _bicgstab(method, mv, b, n, maxiter):
 
 
 def _gmres(method, mv, b, n, maxiter):
-    """Restarted GMRES(m): ``m`` Arnoldi steps (Gram-Schmidt twice), the small
-    least-squares problem by its normal equations, then a restart from the true
-    residual, until converged (the restarts refine what the normal equations lose)."""
-    m = max(1, min(method.restart, n))
+    """Restarted GMRES(m) (Saad and Schultz): Arnoldi with Gram-Schmidt done twice, the
+    Hessenberg matrix reduced by Givens rotations as it grows (so the residual norm is
+    known at every step without forming ``x``), a cycle ending at ``m`` steps or at the
+    tolerance, then the small triangular solve and a restart from the true residual."""
+    m = max(1, min(method.restart, n, max(10, (1 << 24) // n)))   # basis <= 128 MiB f64
+    dt = b.dtype
     bb = _norm2(b)
-    goal = method.tol ** 2 * bb
-    rows = np.arange(m + 1)
-    x0 = np.zeros_like(b)
-    r0 = b - mv(x0)
+    goal = method.tol * np.sqrt(bb)
+    rows, cols = np.arange(m + 1), np.arange(m)
 
     def cycle(s):
         x, r, rr, k = s
         beta = np.sqrt(rr)
-        V = np.zeros((m + 1, n), b.dtype)
-        V = V + np.outer((rows == 0).astype(b.dtype), r / beta)
-        H = np.zeros((m + 1, m), b.dtype)
+        V = np.concatenate([np.reshape(r / beta, (1, n)), np.zeros((m, n), dt)])
+        g = np.concatenate([np.reshape(beta, (1,)), np.zeros(m, dt)])
 
-        def arnoldi(j, VH):
-            V, H = VH
-            vj = np.dot((rows == j).astype(b.dtype), V)
-            w = mv(vj)
+        def step(t):
+            V, R, g, cs, sn, j, res = t
+            w = mv(V[j])
             h1 = V @ w
             w = w - V.T @ h1
             h2 = V @ w
             w = w - V.T @ h2
             hn = np.sqrt(_norm2(w))
-            live = hn > 1e-300 * beta
-            w = w / np.where(live, hn, 1.0)
-            nxt = (rows == j + 1).astype(b.dtype)
-            V = V + np.outer(nxt, np.where(live, w, 0.0))
-            H = H + np.outer(h1 + h2 + nxt * hn, (np.arange(m) == j).astype(b.dtype))
-            return V, H
+            h = (h1 + h2) * (rows <= j)
+            h[j + 1] = hn
+            V[j + 1] = w / np.where(hn > 0, hn, 1.0)
 
-        V, H = fori_loop(0, m, arnoldi, (V, H))
-        G = H.T @ H
-        unused = (np.diagonal(G) == 0).astype(b.dtype)
-        y = np.linalg.solve(G + np.diag(unused), beta * H[0])
+            def rotate(i, h):                  # the rotations of the earlier columns
+                a, c = h[i], h[i + 1]
+                h[i] = cs[i] * a + sn[i] * c
+                h[i + 1] = cs[i] * c - sn[i] * a
+                return h
+
+            h = fori_loop(0, j, rotate, h)
+            a, c = h[j], h[j + 1]
+            rad = np.sqrt(a * a + c * c)
+            safe = np.where(rad > 0, rad, 1.0)
+            cj, sj = np.where(rad > 0, a / safe, 1.0), np.where(rad > 0, c / safe, 0.0)
+            h[j] = rad
+            h[j + 1] = 0.0
+            gj = g[j]
+            g[j] = cj * gj
+            g[j + 1] = -sj * gj
+            R[:, j] = h
+            cs[j] = cj
+            sn[j] = sj
+            return V, R, g, cs, sn, j + 1, np.abs(sj * gj)
+
+        def more(t):
+            return (t[5] < m) & (t[6] > goal)
+
+        init = (V, np.zeros((m + 1, m), dt), g, np.ones(m, dt), np.zeros(m, dt), np.int64(0),
+                beta)
+        V, R, g, _, _, j, _ = while_loop(more, step, init)
+        used = cols < j                        # solve the leading j x j triangle
+        T = R[:m] * used[None, :] * used[:, None] + np.diag(1.0 - used)
+        y = np.linalg.solve(T, g[:m] * used)
         x = x + V[:m].T @ y
         r = b - mv(x)
-        return x, r, _norm2(r), k + m + 1
+        return x, r, _norm2(r), k + j + 1
 
     def go(s):
-        return (s[3] < maxiter) & (s[2] > goal)
+        return (s[3] < maxiter) & (s[2] > goal * goal)
 
+    x0 = np.zeros_like(b)
+    r0 = b - mv(x0)
     x, _, rr, k = while_loop(go, cycle, (x0, r0, _norm2(r0), np.int64(0)))
     _check(method, rr, bb, k, maxiter)
     return x
