@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ArgumentError, GradcError, with_location
+from .errors import ArgumentError, with_location
 from .interpret import eval_graph
 from .ir import Graph
 from .lib.solvers import UserSolve, as_method
@@ -93,10 +93,10 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
 
     ``solve``: ``"cg"`` (symmetric positive definite), ``"gmres"``, ``"bicgstab"``,
     ``"dense"`` or a function ``solve(matvec, b) -> x``; default CG when ``symmetric``,
-    else BiCGSTAB (short recurrences: no restarts, memory of a few vectors).  Its derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode
-    solves with ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to
-    ``solve`` (the same algorithm on the transposed matrix) and is not needed when
-    ``symmetric``.  ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
+    else BiCGSTAB (short recurrences: no restarts, memory of a few vectors).  Its
+    derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode solves with
+    ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to ``solve``
+    (the same algorithm on the transposed matrix) and is not needed when ``symmetric``.  ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
     aval = _aval(b, "linear_solve: b")
     method = as_method(solve or ("cg" if symmetric else "bicgstab"), tol, maxiter, ridge,
                        symmetric)
