@@ -96,7 +96,8 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
     else BiCGSTAB (short recurrences: no restarts, memory of a few vectors).  Its
     derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode solves with
     ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to ``solve``
-    (the same algorithm on the transposed matrix) and is not needed when ``symmetric``.  ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
+    (the same algorithm on the transposed matrix) and is not needed when ``symmetric``.
+    ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
     aval = _aval(b, "linear_solve: b")
     method = as_method(solve or ("cg" if symmetric else "bicgstab"), tol, maxiter, ridge,
                        symmetric)
