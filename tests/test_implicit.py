@@ -407,3 +407,37 @@ def test_example_optnet_qp():
     history, g, g_exact = _example("optnet_qp")["main"](steps=4, verbose=False)
     assert history[-1] < history[0]
     assert np.abs(g - g_exact).max() < 1e-8
+
+
+def test_implicit_gradient_memory_does_not_grow_with_the_iterations():
+    """W8's memory point, with the interpreter (tracemalloc sees NumPy's allocations):
+    exactly K iterations (tol unreachable); the implicit gradient's peak is the same for
+    K = 50 and 400, the unrolled one stores a vector per iteration."""
+    import tracemalloc
+    from gradc.lib.solvers import Method
+    n = 50
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((n, n))
+    W = (W + W.T) / np.linalg.norm(W + W.T, 2)
+    u = 0.1 * rng.standard_normal(n)
+
+    def peak(K, implicit):
+        def loss(W, u):
+            z = gradc.fixed_point(lambda z, W, u: np.tanh(0.9 * (W @ z) + u), np.zeros(n),
+                                  W, u, tol=1e-300, maxiter=K, implicit=implicit,
+                                  solve=Method("bicgstab", 1e-10))
+            return np.sum(z ** 2)
+        g = gradc.grad(loss, target="numpy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gradc.ConvergenceWarning)
+            g(W, u)
+            tracemalloc.start()
+            g(W, u)
+            top = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return top
+
+    implicit = [peak(K, True) for K in (50, 400)]
+    unrolled = [peak(K, False) for K in (50, 400)]
+    assert abs(implicit[1] - implicit[0]) < 0.05 * implicit[0]
+    assert unrolled[1] - unrolled[0] > 350 * n * 8 * 0.9      # a vector per extra step
