@@ -376,6 +376,11 @@ def test_show_lists_the_solver_regions(rng):
     assert "root[fixed_point]" in text and "implicit function theorem" in text
     assert "linear_solve by bicgstab" in text
     assert "linear_solve[" in text and "matvec=" in text        # in the derivative IR
+    out = io.StringIO()
+    A = spd(rng, 3)
+    gradc.show(gradc.grad(lambda b: np.sum(np.linalg.solve(A, b) ** 2), target="numpy"),
+               np.ones(3), file=out)
+    assert "solve (np.linalg.solve)" in out.getvalue()
 
 
 # ---------------------------------------------------------------- the examples

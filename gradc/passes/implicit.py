@@ -20,7 +20,7 @@ from ..ir import Graph, Lit
 from ..prims.implicit import PyCallback, solve_graph
 from ..trace import source_line, trace_graph
 
-SOLVER_PRIMS = ("root", "linear_solve")
+SOLVER_PRIMS = ("root", "linear_solve")     # expanded before code generation
 
 
 def _needs(graph: Graph) -> bool:
@@ -94,6 +94,9 @@ def regions(graph: Graph) -> list:
                          f"function theorem on its optimality conditions "
                          f"({len(p['optimality'].eqns)} equations), linear systems by "
                          f"{p['solve']}{where}")
+        elif eqn.prim.name == "solve":
+            lines.append("solve (np.linalg.solve): LAPACK; its derivative is another solve, "
+                         f"dy = A⁻¹ (db − dA y), adjoint A⁻ᵀ ȳ and −(A⁻ᵀ ȳ) yᵀ{where}")
         elif eqn.prim.name == "linear_solve":
             how = ("materialised by one batched matvec" if "dense" in str(p["solve"])
                    else "never materialised")

@@ -108,7 +108,8 @@ def transposed(matvec: Graph) -> Graph:
 
 def _linear_solve_impl(*args, matvec, solve, transpose_solve, symmetric):
     from ..interpret import eval_graph
-    with no_trace():
+    # a breakdown (NaN) is reported by the solver's own check, as an error naming it
+    with no_trace(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return np.asarray(eval_graph(solve_graph(matvec, solve), list(args))[0])
 
 
