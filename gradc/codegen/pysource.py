@@ -313,7 +313,7 @@ def _einsum(ctx, eqn, a, outs):
                 else a[mat])
         if letters.index(contracted[0]) == 1:
             return f"np.dot({m_op}, {a[vec]})"
-        return f"np.dot({a[vec]}, {m_op})"
+        return f"np.dot({m_op}.T, {a[vec]})"
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
