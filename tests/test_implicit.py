@@ -11,16 +11,10 @@ import scipy.optimize
 
 import gradc
 from gradc.errors import ArgumentError, EvaluationError
+from gradc.testing import numerical_grad
 
 
-def fd(f, x, eps=1e-6):
-    x = np.asarray(x, float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
+fd = numerical_grad       # central differences, one coordinate at a time
 
 
 @pytest.fixture
@@ -446,3 +440,17 @@ def test_implicit_gradient_memory_does_not_grow_with_the_iterations():
     unrolled = [peak(K, False) for K in (50, 400)]
     assert abs(implicit[1] - implicit[0]) < 0.05 * implicit[0]
     assert unrolled[1] - unrolled[0] > 350 * n * 8 * 0.9      # a vector per extra step
+
+
+def test_vmap_of_solver_regions_and_decompositions(rng):
+    """vmap batches linear_solve and the decompositions (by a loop over the examples)."""
+    A = rng.standard_normal((4, 4)) + 4 * np.eye(4)
+    B = rng.standard_normal((3, 4))
+    xs = gradc.vmap(lambda b: gradc.linear_solve(lambda v: A @ v, b))(B)
+    assert np.abs(xs - np.linalg.solve(A, B.T).T).max() < 1e-10
+
+    def g(b):
+        return np.sum(np.linalg.svd(np.outer(b, b) + A, compute_uv=False))
+
+    per_example = np.stack([gradc.grad(g)(b) for b in B])
+    assert np.abs(gradc.vmap(gradc.grad(g))(B) - per_example).max() < 1e-12
