@@ -520,16 +520,12 @@ def _root_callback(ctx, eqn, a, outs):
     solver, out = eqn.params["solver"], eqn.outputs[0]
     if not isinstance(solver, PyCallback):
         raise UnsupportedError("a traced solver region reached code generation unexpanded")
-    key = _k_register(solver)
+    from . import kernels
+    key = kernels.register_callback(solver)
     kind = np.dtype(out.dtype).name + (
         f"[{', '.join([':'] * (out.ndim - 1) + ['::1'])}]" if out.ndim else "")
     return [f"with numba.objmode({outs[0]}={kind!r}):",
             f"    {outs[0]} = _k.run_callback({key!r}, {', '.join(a)})"]
-
-
-def _k_register(callback) -> str:
-    from . import kernels
-    return kernels.register_callback(callback)
 
 
 def _report(ctx, eqn, a, outs):

@@ -200,12 +200,9 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         return z
 
     zaval = ((n + m_eq + m_in,), dtype)
-    z0 = np.zeros(zaval[0], dtype) if not is_tracer(x0) else None
-    if z0 is None:
-        from .. import ops
-        z0 = ops.concatenate([x0, np.zeros(m_eq + m_in, dtype)], 0)
-    else:
-        z0[:n] = np.asarray(x0, dtype)
+    # (y0, ν0 = 0, λ0 = 0): np.concatenate traces when x0 is traced
+    z0 = np.concatenate([x0 if is_tracer(x0) else np.asarray(x0, dtype),
+                         np.zeros(m_eq + m_in, dtype)])
     z = root("argmin", PyCallback(solver, zaval[0], dtype, "argmin(SLSQP)"), kkt, z0,
              leaves, as_method(solve or "bicgstab", tol, None, ridge), zaval)
     return z[:n]

@@ -103,7 +103,7 @@ def _norm2(v):
     return np.dot(v, v)
 
 
-def _check(method, residual2, bb, steps, maxiter):
+def _check(method, residual2, bb, maxiter):
     rel = np.sqrt(residual2 / np.maximum(bb, np.finfo(np.float64).tiny))
     report(rel <= method.tol, rel, what=f"{method} after at most {maxiter} matvecs")
 
@@ -127,8 +127,8 @@ def _cg(method, mv, b, n, maxiter):
         rr_new = _norm2(r)
         return x, r, r + (rr_new / rr) * p, rr_new, k + 1
 
-    x, _, _, rr, k = while_loop(go, step, state)
-    _check(method, rr, bb, k, maxiter)
+    x, _, _, rr, _ = while_loop(go, step, state)
+    _check(method, rr, bb, maxiter)
     return x
 
 
@@ -159,8 +159,8 @@ def _bicgstab(method, mv, b, n, maxiter):
         r = s_ - omega * t
         return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2
 
-    x, r, *_ = while_loop(go, step, state)
-    _check(method, _norm2(b - mv(x)), bb, None, maxiter)
+    x = while_loop(go, step, state)[0]
+    _check(method, _norm2(b - mv(x)), bb, maxiter)
     return x
 
 
@@ -232,8 +232,8 @@ def _gmres(method, mv, b, n, maxiter):
 
     x0 = np.zeros_like(b)
     r0 = b - mv(x0)
-    x, _, rr, k = while_loop(go, cycle, (x0, r0, _norm2(r0), np.int64(0)))
-    _check(method, rr, bb, k, maxiter)
+    x, _, rr, _ = while_loop(go, cycle, (x0, r0, _norm2(r0), np.int64(0)))
+    _check(method, rr, bb, maxiter)
     return x
 
 
