@@ -38,7 +38,7 @@ def _fn(ctx, graph, what, dests=None):
     """``pysource.body_function``: its name and constants (and, given ``dests``, the
     outputs it writes in place)."""
     from .pysource import body_function
-    name, consts, written = body_function(ctx, graph, what, dests or ())
+    name, consts, written, _ = body_function(ctx, graph, what, dests or ())
     return (name, consts) if dests is None else (name, consts, written)
 
 
@@ -103,11 +103,17 @@ def _while(ctx, eqn, a, outs):
     p = eqn.params
     n_cond, n_body = p["n_cond"], p["n_body"]
     cond, body = p["branches"]
+    from .pysource import body_function
     c_fn, c_extra = _fn(ctx, cond, "while_loop: the condition")
-    b_fn, b_extra = _fn(ctx, body, "while_loop: the body")
+    b_fn, b_extra, _, mutated = body_function(ctx, body, "while_loop: the body",
+                                              n_body=n_body)
     cc, bc, carry = a[:n_cond], a[n_cond:n_cond + n_body], a[n_cond + n_body:]
     k = [ctx.temp() for _ in carry]
-    return ([f"{kk} = {c}" for kk, c in zip(k, carry)]
+    # the carries the body updates in place start in buffers of their own
+    free = ctx.inplace.free_inits.get(id(eqn), ())
+    init = [f"{c}.copy()" if j in mutated and j not in free else c
+            for j, c in enumerate(carry)]
+    return ([f"{kk} = {c}" for kk, c in zip(k, init)]
             + [f"while {_call(c_fn, cc + k, c_extra)}[0]:",
                f"    {_unpack(k)} = {_call(b_fn, bc + k, b_extra)}"]
             + [f"{o} = {kk}" for o, kk in zip(outs, k)])

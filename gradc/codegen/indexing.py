@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def index_function(name: str, kind: str, eqn) -> str:
+def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     """Source of a jitted function for one ``gather``, ``scatter_add`` or ``index_set``
     equation: explicit loops over the window ``x[spec]``, each window element mapped to
     its position in ``x`` by NumPy's indexing rules (advanced indices broadcast
     together; their axes go where the first one stood if they are adjacent, else first).
-    ``index_set`` writes in C order, so with repeated indices the last write wins."""
+    ``index_set`` writes in C order, so with repeated indices the last write wins, into
+    a copy of ``x`` or, ``inplace`` (``codegen.inplace``: nothing reads ``x`` after it),
+    into ``x`` itself."""
     from ..prims.index import _indexed_shape
     if kind == "gather":
         x, *idx = eqn.inputs
@@ -34,7 +36,7 @@ def index_function(name: str, kind: str, eqn) -> str:
     dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
 
     lines = ["@_k.jit_helper", f"def {name}({', '.join(params)}):",
-             f"    # {kind}[spec={spec!r}]"]
+             f"    # {kind}[spec={spec!r}]" + (", in place" if inplace else "")]
     if kind == "gather":
         if not window:
             return "\n".join(lines + [f"    return x{element}"])
@@ -46,7 +48,7 @@ def index_function(name: str, kind: str, eqn) -> str:
     else:
         if not x_shape:
             return "\n".join(lines + ["    return v"])
-        lines.append("    out = x.copy()")
+        lines.append("    out = x" if inplace else "    out = x.copy()")
         inner = f"out{element} = v{here if v.ndim else ''}"
     pad = "    "
     for o, n in loops:

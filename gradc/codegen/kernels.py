@@ -13,6 +13,7 @@ is generated per equation by ``gradc.codegen.indexing`` instead of living here.
 from __future__ import annotations
 
 import numba
+import numba.extending
 import numpy as np
 
 from ..errors import GuardFailure
@@ -172,6 +173,20 @@ def regroup(x, perm, shape):
 @njit
 def contiguous(x):
     return np.ascontiguousarray(x)
+
+
+def blas_operand(x):
+    """``x`` as BLAS takes it: itself when C- or F-contiguous (a transposed matrix
+    included), else a C-contiguous copy."""
+    return x if x.flags.c_contiguous or x.flags.f_contiguous else np.ascontiguousarray(x)
+
+
+@numba.extending.overload(blas_operand)
+def _blas_operand(x):
+    # (decided by the type's layout: Numba's np.dot takes 'C' and 'F' arrays, not 'A')
+    if isinstance(x, numba.types.Array) and x.layout in "CF":
+        return lambda x: x
+    return lambda x: np.ascontiguousarray(x)
 
 
 @njit

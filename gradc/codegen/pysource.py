@@ -9,7 +9,9 @@ Conventions of the generated code
   a name the code uses (``np``) gets a trailing underscore.
 * A rank-0 value is a NumPy *scalar* of its dtype, never a 0-d array (Numba supports
   0-d arrays poorly); every other value is an ndarray, possibly a strided view.
-  Generated code never writes into an array it did not allocate itself.
+  Generated code never writes into an array it does not own: one it allocated, or a
+  loop carry its driver copied for it (``inplace``: functional updates ``index_set``
+  write into their operand when nothing reads it afterwards).
 * Scalar literals are written inline in their dtype (``2.0`` for f64,
   ``np.float32(2.0)`` for f32); array literals become trailing parameters ``_c0, _c1,
   ...`` that the caller passes (``Lowered.consts``), so large constants are not frozen
@@ -32,7 +34,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
-from . import control, convgen
+from . import control, convgen, inplace
 from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -141,6 +143,7 @@ class _Context:
         self.inner = False         # lowering a loop's body (a function called per step)
         self.dest = {}             # body output Var -> parameter it is written into
         self.parallel = self.fastmath = False
+        self.inplace = inplace.Plan()  # the updates that write into their operand
         self.temps = 0
 
     def temp(self) -> str:
@@ -213,7 +216,12 @@ def _broadcast(ctx, eqn, a, outs):
 
 
 def _transpose(ctx, eqn, a, outs):
-    return f"{a[0]}.transpose({_tuple(eqn.params['perm'])})"
+    perm = tuple(eqn.params["perm"])
+    if perm == tuple(range(len(perm) - 1, -1, -1)):
+        # (``.T`` keeps the layout known to Numba: a C array's is an F array, which BLAS
+        # calls take as it is; ``.transpose(perm)`` gives an 'A' array they must copy)
+        return f"{a[0]}.T"
+    return f"{a[0]}.transpose({_tuple(perm)})"
 
 
 def _concatenate(ctx, eqn, a, outs):
@@ -281,8 +289,9 @@ def _einsum(ctx, eqn, a, outs):
             and y.ndim == 2 and np.dtype(x.dtype).kind in "fc" and np.dtype(x.dtype) ==
             np.dtype(y.dtype)):
         # a plain matrix product: one BLAS call on (possibly transposed) views; an
-        # operand that is itself a view (a slice, a transpose) is made contiguous first
-        ops = [f"_k.contiguous({t})" if ctx.producer.get(v) in _VIEWS else t
+        # operand that is itself a view is made contiguous first unless BLAS takes it as
+        # it is (``_k.blas_operand``: a transposed matrix is F-contiguous)
+        ops = [f"_k.blas_operand({t})" if ctx.producer.get(v) in _VIEWS else t
                for t, v in zip(a, (x, y))]
         if list(so) == a_only + b_only:         # A (a, k) @ B (k, b)
             lhs = ops[0] if list(sa) == a_only + contracted else f"{ops[0]}.T"
@@ -309,7 +318,7 @@ def _einsum(ctx, eqn, a, outs):
         # call (a transposed matvec in a solver's loop: n² bytes per iteration)
         mat, vec = (0, 1) if x.ndim == 2 else (1, 0)
         letters = (sa, sb)[mat]
-        m_op = (f"_k.contiguous({a[mat]})" if ctx.producer.get((x, y)[mat]) in _VIEWS
+        m_op = (f"_k.blas_operand({a[mat]})" if ctx.producer.get((x, y)[mat]) in _VIEWS
                 else a[mat])
         if letters.index(contracted[0]) == 1:
             return f"np.dot({m_op}, {a[vec]})"
@@ -537,7 +546,8 @@ def _report(ctx, eqn, a, outs):
 
 def _indexing(kind):
     def handler(ctx, eqn, a, outs):
-        name = ctx.helper(lambda name: index_function(name, kind, eqn))
+        inplace = id(eqn) in ctx.inplace.inplace
+        name = ctx.helper(lambda name: index_function(name, kind, eqn, inplace))
         return f"{name}({', '.join(a)})"
     return handler
 
@@ -616,7 +626,7 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
     return body
 
 
-def body_function(ctx, graph: Graph, what: str, dests=()):
+def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
     """A loop's body (or a branch) as a jitted function of the module, optimised like a
     whole graph (``compile.optimise``: simplified, fused) and lowered like one.
 
@@ -624,10 +634,12 @@ def body_function(ctx, graph: Graph, what: str, dests=()):
     the function takes a destination for each (after its inputs), and a loop nest or
     NumPy call computing such an output writes it there, sparing the copy.  Returns the
     function's name, the array constants it reads (parameters of the main function,
-    passed last) and the positions written in place."""
+    passed last), the positions written in place, and, for a ``while_loop``'s body
+    (``n_body``: its leading constant inputs), the carries it updates in place
+    (``inplace.body_slots``: the driver must hand it buffers of their own)."""
     from .compile import optimise
     graph = optimise(graph, "cpu")
-    saved = ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest
+    saved = ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest, ctx.inplace
     ctx.producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
     ctx.conv_plan = _conv_plan(ctx, graph)
     ctx.pool_loops, ctx.inner = False, True     # (called once a step: no thread pool)
@@ -636,6 +648,11 @@ def body_function(ctx, graph: Graph, what: str, dests=()):
     ctx.dest = {graph.outputs[k]: name for k, name in dest_of.items()
                 if graph.outputs[k] in made and list(graph.outputs).count(graph.outputs[k]) == 1}
     wanted = dict(ctx.dest)
+    if n_body is None:
+        ctx.inplace, mutated = inplace.plan(graph, exclude=set(wanted)), set()
+    else:
+        _, ctx.inplace = inplace.body_slots(graph, n_body, exclude=set(wanted))
+        mutated = inplace.written_carries(graph, ctx.inplace, n_body)
     try:
         namer, printed = pretty_parts(graph)
         names = {v: _identifier(n) for v, n in namer.names.items()}
@@ -644,7 +661,7 @@ def body_function(ctx, graph: Graph, what: str, dests=()):
         written = {k for k, name in dest_of.items()
                    if graph.outputs[k] in wanted and graph.outputs[k] not in ctx.dest}
     finally:
-        ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest = saved
+        ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest, ctx.inplace = saved
     text = "\n".join(body + results)
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = [names[v] for v in graph.inputs] + list(dest_of.values()) + consts
@@ -652,7 +669,7 @@ def body_function(ctx, graph: Graph, what: str, dests=()):
     def make(name):
         head = ["@_k.jit_body", f"def {name}({', '.join(params)}):", f"    # {what}"]
         return "\n".join(head + body + [f"    return ({''.join(r + ', ' for r in results)})"])
-    return ctx.helper(make), consts, written
+    return ctx.helper(make), consts, written, mutated
 
 
 # ---------------------------------------------------------------- the driver
@@ -669,6 +686,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
     names = {v: _identifier(n) for v, n in namer.names.items()}
     ctx.conv_plan = _conv_plan(ctx, graph)
     ctx.pool_loops = not _calls_blas(graph)
+    ctx.inplace = inplace.plan(graph)
     body = _statements(ctx, graph, names, printed)
 
     def atom(x) -> str:

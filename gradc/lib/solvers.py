@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ArgumentError, with_location
 from ..prims.implicit import report
-from ..prims.loops import fori_loop, while_loop
+from ..prims.loops import cond, fori_loop, while_loop
 
 METHODS = ("cg", "gmres", "bicgstab", "dense")
 
@@ -112,8 +112,7 @@ def _cg(method, mv, b, n, maxiter):
     bb = _norm2(b)
     goal = method.tol ** 2 * bb
     x0 = np.zeros_like(b)
-    r0 = b - mv(x0)
-    state = (x0, r0, r0, _norm2(r0), np.int64(0))
+    state = (x0, b, b, bb, np.int64(0))         # (x0 = 0: the residual is b)
 
     def go(s):
         return (s[4] < maxiter) & (s[3] > goal)
@@ -135,10 +134,9 @@ def _cg(method, mv, b, n, maxiter):
 def _bicgstab(method, mv, b, n, maxiter):
     bb = _norm2(b)
     goal = method.tol ** 2 * bb
-    x0 = np.zeros_like(b)
-    r0 = b - mv(x0)
+    r0 = b                                      # (x0 = 0: the residual is b)
     one = np.ones((), b.dtype)
-    state = (x0, r0, np.zeros_like(b), np.zeros_like(b), one, one, one, _norm2(r0),
+    state = (np.zeros_like(b), r0, np.zeros_like(b), np.zeros_like(b), one, one, one, bb,
              np.int64(0))
 
     def go(s):
@@ -165,7 +163,9 @@ def _bicgstab(method, mv, b, n, maxiter):
 
 
 def _gmres(method, mv, b, n, maxiter):
-    """Restarted GMRES(m) (Saad and Schultz): Arnoldi with Gram-Schmidt done twice, the
+    """Restarted GMRES(m) (Saad and Schultz): Arnoldi with classical Gram-Schmidt (two
+    products with the basis) repeated when it lost more than ~30% of the vector's norm
+    (the criterion of Daniel, Gragg, Kaufman and Stewart: "twice is enough"), the
     Hessenberg matrix reduced by Givens rotations as it grows (so the residual norm is
     known at every step without forming ``x``), a cycle ending at ``m`` steps or at the
     tolerance, then the small triangular solve and a restart from the true residual."""
@@ -184,12 +184,18 @@ def _gmres(method, mv, b, n, maxiter):
         def step(t):
             V, R, g, cs, sn, j, res = t
             w = mv(V[j])
-            h1 = V @ w
-            w = w - V.T @ h1
-            h2 = V @ w
-            w = w - V.T @ h2
+            before = _norm2(w)
+            h = V @ w
+            w = w - V.T @ h
+
+            def again(w, h):
+                h2 = V @ w
+                return w - V.T @ h2, h + h2
+
+            hn2 = _norm2(w)
+            w, h = cond(hn2 < 0.5 * before, again, lambda w, h: (w, h), w, h)
             hn = np.sqrt(_norm2(w))
-            h = (h1 + h2) * (rows <= j)
+            h = h * (rows <= j)
             h[j + 1] = hn
             V[j + 1] = w / np.where(hn > 0, hn, 1.0)
 
@@ -215,7 +221,7 @@ def _gmres(method, mv, b, n, maxiter):
             return V, R, g, cs, sn, j + 1, np.abs(sj * gj)
 
         def more(t):
-            return (t[5] < m) & (t[6] > goal)
+            return (t[5] < m) & (t[6] > goal) & (k + t[5] < maxiter)
 
         init = (V, np.zeros((m + 1, m), dt), g, np.ones(m, dt), np.zeros(m, dt), np.int64(0),
                 beta)
@@ -230,9 +236,7 @@ def _gmres(method, mv, b, n, maxiter):
     def go(s):
         return (s[3] < maxiter) & (s[2] > goal * goal)
 
-    x0 = np.zeros_like(b)
-    r0 = b - mv(x0)
-    x, _, rr, _ = while_loop(go, cycle, (x0, r0, _norm2(r0), np.int64(0)))
+    x, _, rr, _ = while_loop(go, cycle, (np.zeros_like(b), b, bb, np.int64(0)))
     _check(method, rr, bb, maxiter)
     return x
 

@@ -16,8 +16,9 @@ How equations are grouped
    which runs as one SIMD NumPy call: ``VECTOR_UFUNCS``), has rank >= 1, is not an
    output of the graph, and every consumer is fusible; an ``EXPENSIVE`` function (a
    transcendental, a power, a division) only when no consumer reads it in a larger
-   loop domain (through a broadcast it would be recomputed for every element).  Inlined values are recomputed
-   by each consumer that reads them (cheap: a few flops against a memory round trip).
+   loop domain (through a broadcast it would be recomputed for every element).  Inlined
+   values are recomputed by each consumer that reads them (cheap: a few flops against a
+   memory round trip).
 2. Every other value produced by a fusible or reduction equation is a *root*: it is
    materialised.  A root's loop *domain* is its shape, or for a reduction the shape
    of the reduced operand.
