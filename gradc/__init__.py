@@ -24,13 +24,16 @@ from .lib.conv import conv2d
 from .prims.loops import cond, fori_loop, scan, while_loop
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 from .transformed import show
+from .symbolic import to_sympy
+from .checking import check
+from .drawing import draw
 
 __version__ = "0.1.0"
 
 __all__ = [
     "grad", "value_and_grad", "jvp", "vjp", "jit", "vmap", "make_graph", "stop_gradient",
     "eval_graph", "jacfwd", "jacrev", "jacobian", "jacobian_plan", "hessian", "hvp",
-    "show", "cache", "GradcWarning", "ConvergenceWarning",
+    "show", "to_sympy", "check", "draw", "cache", "GradcWarning", "ConvergenceWarning",
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop",

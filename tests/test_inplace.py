@@ -149,3 +149,37 @@ def test_plan_refuses_a_view_of_the_buffer_used_later():
     assert not inplace.plan(graph).inplace
     got, want = _both(f, x)
     np.testing.assert_allclose(got, want)
+
+
+def test_nested_loops_never_write_the_callers_array():
+    def f(T):
+        def outer(s):
+            U, i = s
+
+            def inner(t):
+                V, j = t
+                V[j] = V[j] + 1.0
+                return V, j + 1
+            U, _ = gradc.while_loop(lambda t: t[1] < 2, inner, (U, np.int64(0)))
+            return U, i + 1
+        return gradc.while_loop(lambda s: s[1] < 3, outer, (T, np.int64(0)))[0]
+    T = np.zeros(4)
+    got, want = _both(f, T)                # (_both checks that T is unchanged)
+    np.testing.assert_array_equal(got, [3.0, 3.0, 0.0, 0.0])
+
+
+C = np.array([10.0, 20.0, 30.0])
+
+
+def test_a_branch_returning_a_constant_is_not_updated_in_place():
+    def f(x, p):
+        y = np.exp(x)
+        z = gradc.cond(p > 0, lambda y: y * 2.0, lambda y: C, y)
+        z[0] = -1.0
+        return z
+    x = np.zeros(3)
+    got, want = _both(f, x, -1.0)
+    np.testing.assert_array_equal(got, [-1.0, 20.0, 30.0])
+    np.testing.assert_array_equal(C, [10.0, 20.0, 30.0])
+    got = gradc.jit(f, target="cpu")(x, -1.0)     # and again, from the compiled code
+    np.testing.assert_array_equal(C, [10.0, 20.0, 30.0])

@@ -13,6 +13,8 @@ of Futhark's uniqueness types, done on one Graph at a time:
   primitive's result may be (a view of) any of its inputs, so it has all their roots.
   This is conservative: an unknown primitive never makes a write unsafe, only a copy
   necessary.
+  The results of a primitive with sub-Graphs (a loop, a branch) may also be an array
+  constant of a body, memory the function does not see: they are never owned.
 * A buffer is *owned* when the function may overwrite it: a fresh value, or an input
   the caller says it owns (``mutable``: a ``while_loop`` carry that the loop driver
   copied once before the loop).
@@ -24,7 +26,8 @@ of Futhark's uniqueness types, done on one Graph at a time:
   carry is owned and shares its buffer with no other result (so each step hands the
   next an unaliased buffer): ``body_slots`` finds the largest such set of carries by
   fixed point.  The driver copies once, before the loop, the initial value of every carry
-  whose buffer may be written (``written_carries``: buffers move between carries),
+  whose buffer may be written (``written_carries``: buffers move between carries, and
+  an inner loop may take a carry's buffer without copying it),
   unless that value is itself owned and dead after the loop (``Plan.free_inits``).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..ir import Graph, Var
 
 FRESH = {"fused", "index_set", "scatter_add", "gather"}
 LOOPS = {"while_loop"}
+FOREIGN = object()      # the root of memory the function does not see (a body's constants)
 
 
 @dataclass
@@ -113,6 +117,8 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
                     free.add(j)
             if free:
                 out.free_inits[id(e)] = free
+        nested = any(isinstance(v, Graph) or isinstance(v, (tuple, list)) and
+                     any(isinstance(w, Graph) for w in v) for v in e.params.values())
         for y in e.outputs:
             if y.ndim == 0:
                 roots[y] = frozenset()
@@ -122,9 +128,13 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
                 sharing[y] = [(k, y)]
             else:
                 rs = frozenset().union(*(roots_of(a) for a in e.inputs))
+                if nested:
+                    # a loop's or branch's result may also be an array constant of its
+                    # body (a parameter of the main function): never owned
+                    rs = rs | {FOREIGN}
                 roots[y] = rs
                 for r in rs:
-                    sharing[r].append((k, y))
+                    sharing.setdefault(r, []).append((k, y))
     return out
 
 
@@ -143,7 +153,8 @@ def body_slots(graph: Graph, n_body: int, exclude=frozenset()):
             if len(rs) != 1:
                 continue
             r = next(iter(rs))
-            fresh = r not in graph.inputs or r in {carries[i] for i in slots}
+            fresh = r is not FOREIGN and (r not in graph.inputs
+                                          or r in {carries[i] for i in slots})
             alone = not any(r in p.roots.get(o, ()) for i, o in enumerate(graph.outputs)
                             if i != j and isinstance(o, Var))
             if fresh and alone:
@@ -162,6 +173,10 @@ def written_carries(graph: Graph, p: Plan, n_body: int) -> set:
     for e in graph.eqns:
         if id(e) in p.inplace:
             written |= p.roots[e.inputs[0]]
+        # an inner loop that takes a carry's buffer without copying it may write it
+        n_skip = e.params.get("n_cond", 0) + e.params.get("n_body", 0)
+        for j in p.free_inits.get(id(e), ()):
+            written |= p.roots[e.inputs[n_skip + j]]
     flows = {}                          # carry i -> the carries its buffer moves to
     for j, y in enumerate(graph.outputs):
         for r in p.roots.get(y, ()) if isinstance(y, Var) else ():

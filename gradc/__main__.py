@@ -1,0 +1,6 @@
+"""``python -m gradc``: the ``gradc`` command (``gradc.cli``)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""``gradc.check``: gradc's derivatives against SymPy's and against finite differences.
+
+``report = gradc.check(f, *args)`` computes the Jacobian of ``f``'s result with respect
+to each floating-point argument in every requested mode (``modes``: reverse, forward)
+on every requested backend (``targets``: the NumPy interpreter, the compiled CPU code),
+and compares each with each reference (``against``):
+
+* ``"sympy"``: ``gradc.to_sympy(f)`` turned into expressions, differentiated by
+  ``sympy.diff`` and evaluated at ``args`` with mpmath at 30 significant digits: exact
+  up to the float64 rounding of the inputs.  Skipped (with the reason in the table) for
+  programs SymPy cannot express (a data-dependent loop, a decomposition) or too large
+  (``SYMPY_MAX`` derivative entries).
+* ``"fd"``: the complex step ``Im f(x + ih e_k) / h`` where the function allows it
+  (evaluated in NumPy with a complex input, it must give a complex result and agree
+  with the next method along a random direction), else central differences with a step
+  chosen per element, ``h = ε^(1/3) max(1, |x_k|)``, improved by one Richardson
+  extrapolation ``(4 D(h/2) - D(h)) / 3`` (truncation error O(h⁴)).
+
+Errors are normwise over each Jacobian: ``abs = max |J - R|``, ``rel = abs / max |R|``;
+a row passes when ``abs <= atol + rtol * max |R|``, the tolerances set per reference
+(``TOLERANCES``; float32 inputs get looser ones).  ``print(report)`` shows the table;
+``report.ok`` is True when every row that ran passed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ArgumentError, GradcError, with_location
+
+SYMPY_MAX = 2000        # derivative entries SymPy is asked for, at most
+FD_MAX = 4000           # input elements finite differences perturb, at most
+
+# reference -> (rtol, atol) for float64; float32 inputs use FLOAT32
+TOLERANCES = {"sympy": (1e-9, 1e-12), "complex step": (1e-9, 1e-12),
+              "central + Richardson": (1e-6, 1e-9)}
+FLOAT32 = (2e-3, 1e-5)
+
+__all__ = ["check", "CheckReport", "Row"]
+
+
+@dataclass
+class Row:
+    """One comparison: the derivative w.r.t. ``input`` from ``mode`` on ``target``
+    against ``reference``."""
+    input: str
+    mode: str
+    target: str
+    reference: str
+    abs_err: float = math.nan
+    rel_err: float = math.nan
+    rtol: float = math.nan
+    atol: float = math.nan
+    ok: bool | None = None          # None: skipped (see note)
+    note: str = ""
+
+
+@dataclass
+class CheckReport:
+    """The rows of a ``gradc.check`` call; prints as a table, ``ok`` for scripts."""
+    function: str
+    rows: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        ran = [r for r in self.rows if r.ok is not None]
+        return bool(ran) and all(r.ok for r in ran)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.rows if r.ok is False]
+
+    def __str__(self) -> str:
+        head = ("input", "mode", "target", "reference", "max abs err", "max rel err",
+                "tolerance", "result")
+        lines = []
+        for r in self.rows:
+            if r.ok is None:
+                lines.append((r.input, r.mode, r.target, r.reference, "-", "-", "-",
+                               f"skipped: {r.note}"))
+                continue
+            lines.append((r.input, r.mode, r.target, r.reference, f"{r.abs_err:.2e}",
+                          f"{r.rel_err:.2e}", f"rtol {r.rtol:.0e}, atol {r.atol:.0e}",
+                          "pass" if r.ok else "FAIL"))
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+
+        def fmt(cells):
+            return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        verdict = "all checks passed" if self.ok else (
+            f"{len(self.failures)} check(s) FAILED" if self.failures else "nothing was checked")
+        return "\n".join([f"gradc.check of {self.function}: {verdict}", fmt(head),
+                          fmt(["-" * w for w in widths])] + [fmt(x) for x in lines])
+
+    __repr__ = __str__
+
+
+# ---------------------------------------------------------------- gradc's Jacobians
+
+def _jacobians(f, args, wrt, mode, target):
+    """Jacobians ``out_shape + in_shape`` of ``f`` w.r.t. the arguments ``wrt``."""
+    import gradc
+    out = np.asarray(f(*args))
+    argnums = tuple(wrt)
+    if mode == "rev" and out.ndim == 0:
+        got = gradc.grad(f, argnums=argnums, target=target)(*args)
+    elif mode == "rev":
+        got = gradc.jacrev(f, argnums=argnums, target=target)(*args)
+    else:
+        got = gradc.jacfwd(f, argnums=argnums, target=target)(*args)
+    return [np.asarray(g, dtype=np.float64) for g in got]
+
+
+# ---------------------------------------------------------------- references
+
+def _call(f, args, i, x):
+    a = list(args)
+    a[i] = x if np.ndim(args[i]) else x.reshape(())[()]
+    return np.asarray(f(*a))
+
+
+def _sample(size):
+    if size <= FD_MAX:
+        return np.arange(size)
+    return np.random.default_rng(0).choice(size, FD_MAX, replace=False)
+
+
+def _fd_richardson(f, args, i, elements):
+    x = np.array(args[i], dtype=np.float64)
+    flat = x.reshape(-1)
+    cols = {}
+    for k in elements:
+        h = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, abs(flat[k]))
+
+        def d(step):
+            up, down = flat.copy(), flat.copy()
+            up[k] += step
+            down[k] -= step
+            return (_call(f, args, i, up.reshape(x.shape)).astype(np.float64)
+                    - _call(f, args, i, down.reshape(x.shape)).astype(np.float64)) / (2 * step)
+        cols[k] = (4 * d(h / 2) - d(h)) / 3
+    return cols
+
+
+def _fd_complex(f, args, i, elements):
+    x = np.array(args[i], dtype=np.complex128)
+    flat = x.reshape(-1)
+    h = 1e-30
+    cols = {}
+    for k in elements:
+        z = flat.copy()
+        z[k] += 1j * h
+        y = _call(f, args, i, z.reshape(x.shape))
+        if not np.iscomplexobj(y):
+            return None
+        cols[k] = np.imag(y) / h
+    return cols
+
+
+def _directional(f, args, i, d, complex_step):
+    """The derivative of ``f`` along ``d`` in argument ``i``: by the complex step, or by
+    central differences with one Richardson extrapolation."""
+    x = np.array(args[i], dtype=np.complex128 if complex_step else np.float64)
+    if complex_step:
+        y = _call(f, args, i, x + 1j * 1e-30 * d)
+        return None if not np.iscomplexobj(y) else np.imag(y) / 1e-30
+    h = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x))))
+
+    def central(step):
+        return (_call(f, args, i, x + step * d).astype(np.float64)
+                - _call(f, args, i, x - step * d).astype(np.float64)) / (2 * step)
+    return (4 * central(h / 2) - central(h)) / 3
+
+
+def _complex_allowed(f, args, i, elements):
+    """The complex-step columns when ``f`` runs on complex input and agrees with central
+    differences along a random direction (every element at once: a function that drops
+    the imaginary part for one element only, ``x[0] * abs(x[1])``, disagrees); else
+    None."""
+    d = np.random.default_rng(1).standard_normal(np.shape(args[i]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with np.errstate(all="raise"):
+                probe = _directional(f, args, i, d, True)
+    except Exception:          # noqa: BLE001  (any failure: the function is not analytic here)
+        return None
+    if probe is None:
+        return None
+    ref = _directional(f, args, i, d, False)
+    if not np.allclose(probe, ref, rtol=1e-5, atol=1e-7):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _fd_complex(f, args, i, elements)
+    except Exception:          # noqa: BLE001
+        return None
+
+
+def _fd(f, args, i, out_shape):
+    """(method name, Jacobian estimate, mask of the columns computed)."""
+    size = int(np.size(args[i]))
+    elements = _sample(size)
+    cols = _complex_allowed(f, args, i, list(elements))
+    name = "complex step"
+    if cols is None:
+        cols, name = _fd_richardson(f, args, i, elements), "central + Richardson"
+    J = np.zeros(tuple(out_shape) + (size,))
+    for k, c in cols.items():
+        J[..., k] = c
+    mask = np.zeros(size, bool)
+    mask[list(cols)] = True
+    return name, J.reshape(tuple(out_shape) + np.shape(args[i])), mask.reshape(np.shape(args[i]))
+
+
+def _sympy_jacobians(f, args, wrt, out_shape):
+    """Jacobians from SymPy, one per argument in ``wrt`` (float64 arrays)."""
+    import mpmath
+    import sympy as sp
+
+    from .symbolic import to_sympy
+    conv = to_sympy(f)
+    expr = conv(*args)
+    syms = conv.symbols(*args)
+    exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
+    flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
+    values = [v for a in args for v in np.asarray(a, np.float64).reshape(-1)]
+    subs_syms = list(flat_syms)
+    out = []
+    for i in wrt:
+        group = np.asarray(syms[i], object).reshape(-1)
+        J = np.empty(exprs.shape + (group.size,))
+        with mpmath.workdps(30):
+            point = [mpmath.mpf(float(v)) for v in values]
+            for o in np.ndindex(exprs.shape):
+                e = exprs[o]
+                for k, s in enumerate(group):
+                    d = sp.diff(e, s)
+                    fn = sp.lambdify(subs_syms, d, modules="mpmath")
+                    J[o + (k,)] = float(mpmath.re(fn(*point)))
+        out.append(J.reshape(tuple(out_shape) + np.shape(args[i])))
+    return out
+
+
+# ---------------------------------------------------------------- the entry
+
+def _describe(name, a):
+    a = np.asarray(a)
+    return f"{name}: {a.dtype.name}{list(a.shape)}" if a.ndim else f"{name}: {a.dtype.name}"
+
+
+def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("numpy", "cpu"),
+          rtol=None, atol=None) -> CheckReport:
+    """Compare gradc's derivatives of ``f`` at ``args`` with SymPy's and with finite
+    differences (see the module docstring).  ``f`` takes NumPy arrays or floats and
+    returns one floating-point array or scalar.  ``rtol``/``atol`` override the
+    per-reference tolerances."""
+    from .symbolic import _names
+    against, modes, targets = tuple(against), tuple(modes), tuple(targets)
+    for name, given, allowed in (("against", against, ("sympy", "fd")),
+                                 ("modes", modes, ("rev", "fwd")),
+                                 ("targets", targets, ("numpy", "cpu", "parallel"))):
+        bad = [g for g in given if g not in allowed]
+        if bad or not given:
+            raise ArgumentError(with_location(
+                f"gradc.check: {name} must be some of {allowed}, got {given}"))
+    if not callable(f):
+        raise ArgumentError(with_location(
+            f"gradc.check expects a function, got a {type(f).__name__}"))
+    for a in args:
+        if not isinstance(a, (float, int, np.ndarray, np.generic)):
+            raise ArgumentError(with_location(
+                f"gradc.check takes NumPy arrays and numbers as arguments, got a "
+                f"{type(a).__name__}"))
+    out = np.asarray(f(*args))
+    if out.dtype.kind != "f":
+        raise ArgumentError(with_location(
+            f"gradc.check: f must return one floating-point array or number, got "
+            f"{out.dtype} {out.shape}"))
+    wrt = [i for i, a in enumerate(args) if np.asarray(a).dtype.kind == "f"]
+    if not wrt:
+        raise ArgumentError(with_location(
+            "gradc.check: no floating-point argument to differentiate with respect to"))
+    names = _names(f, len(args))
+    report = CheckReport(getattr(f, "__qualname__", repr(f)))
+
+    refs = {}                          # (reference, i) -> (name, J, mask) or a reason
+    if "sympy" in against:
+        size = out.size * sum(np.size(args[i]) for i in wrt)
+        if size > SYMPY_MAX:
+            reason = f"{size} derivative entries (more than {SYMPY_MAX})"
+            refs.update({("sympy", i): reason for i in wrt})
+        else:
+            try:
+                Js = _sympy_jacobians(f, args, wrt, out.shape)
+                for i, J in zip(wrt, Js):
+                    refs[("sympy", i)] = ("sympy", J, None)
+            except GradcError as e:
+                reason = str(e).splitlines()[0].removeprefix("to_sympy: ")
+                refs.update({("sympy", i): reason for i in wrt})
+            except Exception as e:      # noqa: BLE001  (SymPy or mpmath could not: a skip)
+                reason = f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                refs.update({("sympy", i): reason for i in wrt})
+    if "fd" in against:
+        for i in wrt:
+            refs[("fd", i)] = _fd(f, args, i, out.shape)
+
+    for mode in modes:
+        for target in targets:
+            got = _jacobians(f, args, wrt, mode, target)
+            for i, J in zip(wrt, got):
+                label = _describe(names[i], args[i])
+                f32 = np.asarray(args[i]).dtype == np.float32
+                for ref in against:
+                    r = refs[(ref, i)]
+                    if isinstance(r, str):
+                        report.rows.append(Row(label, mode, target, ref, note=r))
+                        continue
+                    rname, R, mask = r
+                    rt, at = FLOAT32 if f32 else TOLERANCES[rname]
+                    rt, at = rtol if rtol is not None else rt, atol if atol is not None else at
+                    G = np.broadcast_to(J, R.shape)
+                    if mask is not None and not mask.all():
+                        G, R = G[..., mask], R[..., mask]
+                    err = float(np.max(np.abs(G - R))) if R.size else 0.0
+                    scale = float(np.max(np.abs(R))) if R.size else 0.0
+                    ok = bool(np.isfinite(err) and err <= at + rt * scale)
+                    report.rows.append(Row(label, mode, target,
+                                           "fd: " + rname if ref == "fd" else rname, err,
+                                           err / scale if scale > 0 else err, rt, at, ok))
+    return report

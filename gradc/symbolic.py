@@ -1,0 +1,411 @@
+"""The bridge to SymPy: a traced Graph evaluated on symbols.
+
+``gradc.to_sympy(f)(*args)`` traces ``f`` at ``args`` (for their shapes) and runs the
+Graph with SymPy expressions in place of numbers: a scalar argument becomes one real
+symbol named after its parameter (``a``), an array argument one symbol per element
+(``x_0, x_1, ...``; ``W_0_1`` for ``W[0, 1]``).  The result has the structure of the
+function's flat results: one expression for a scalar, a ``sympy.Array`` for an array, a
+tuple for several.  ``f`` may be a gradc transformation (``gradc.grad(g)``): its
+derivative Graph is evaluated, so its expressions can be compared with ``sympy.diff``.
+
+How each primitive maps: the elementwise ones to SymPy functions (``expm1(x)`` is
+``exp(x) - 1``, ``max`` is ``Max``, ``select`` a ``Piecewise``); structural ones
+(reshape, transpose, slices, pads, concatenation, broadcasts, static indexing, sums,
+``einsum``) run their NumPy implementation on object arrays of expressions; ``solve``
+and ``det`` use SymPy's matrices; a ``scan`` is unrolled, and so is a ``while_loop`` or
+``cond`` whose condition is decided by the numbers alone.  A primitive with no closed
+form (a decomposition, a solver's iterations whose count depends on the inputs) raises
+``UnsupportedError`` naming it.  Literal floats become exact rationals of their decimal
+form (``0.1`` is ``1/10``), except the floats of a few constants (``π``, ``e``,
+``log 2``, ``log 10``, ``√2``, and simple multiples and reciprocals), which become them.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+
+from .errors import ArgumentError, UnsupportedError, with_location
+from .ir import Graph, Lit
+
+MAX_ELEMENTS = 4096      # symbols per call (SymPy is slow beyond small problems)
+MAX_STEPS = 10_000       # steps of an unrolled loop
+
+__all__ = ["to_sympy", "symbols_for", "evaluate"]
+
+
+def _sympy():
+    try:
+        import sympy
+    except ImportError:           # pragma: no cover - sympy is a dependency
+        raise UnsupportedError("gradc.to_sympy needs SymPy (pip install sympy)") from None
+    return sympy
+
+
+# ---------------------------------------------------------------- numbers
+
+def number(value):
+    """A NumPy scalar as an exact SymPy number."""
+    sp = _sympy()
+    arr = np.asarray(value)
+    v = arr.item()
+    if arr.dtype == np.float32 and math.isfinite(v) and v != int(v):
+        return sp.Rational(str(np.float32(v)))       # the float32's shortest decimal
+    if isinstance(v, (bool, np.bool_)):
+        return sp.true if v else sp.false
+    if isinstance(v, int):
+        return sp.Integer(v)
+    if isinstance(v, complex):
+        return number(v.real) + sp.I * number(v.imag)
+    if math.isnan(v):
+        return sp.nan
+    if math.isinf(v):
+        return sp.oo if v > 0 else -sp.oo
+    if v == int(v) and abs(v) < 2 ** 53:
+        return sp.Integer(int(v))
+    for const in _constants():
+        c = float(const)
+        for k in (1, -1, 2, -2, sp.Rational(1, 2), -sp.Rational(1, 2)):
+            if v == float(k * c):
+                return k * const
+            if v == float(k / c):
+                return k / const
+    return sp.Rational(repr(float(v)))
+
+
+_CONSTANTS = None
+
+
+def _constants():
+    """Constants a literal may be the float of (π, e, log 2, log 10, √2, √π, ...)."""
+    global _CONSTANTS
+    if _CONSTANTS is None:
+        sp = _sympy()
+        _CONSTANTS = (sp.pi, sp.E, sp.log(2), sp.log(10), sp.sqrt(2), sp.sqrt(3),
+                      sp.sqrt(sp.pi), sp.sqrt(2 * sp.pi), sp.pi / 4)
+    return _CONSTANTS
+
+
+def _obj(x):
+    """An object array of expressions (rank 0 included)."""
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return x
+    if isinstance(x, np.ndarray):
+        out = np.empty(x.shape, object)
+        for i in np.ndindex(x.shape):
+            out[i] = number(x[i])
+        return out
+    out = np.empty((), object)
+    out[()] = x
+    return out
+
+
+# ---------------------------------------------------------------- primitives
+
+def _elementwise_table():
+    sp = _sympy()
+
+    def cbrt(x):
+        return sp.real_root(x, 3) if not x.is_nonnegative else sp.cbrt(x)
+
+    def select(p, a, b):
+        if p is sp.true or p is True:
+            return a
+        if p is sp.false or p is False:
+            return b
+        return sp.Piecewise((a, p), (b, True))
+
+    def trunc(x):
+        return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
+
+    return {
+        "neg": lambda x: -x, "add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+        "mul": lambda x, y: x * y, "div": lambda x, y: x / y, "pow": lambda x, y: x ** y,
+        "max": sp.Max, "min": sp.Min, "atan2": sp.atan2, "rem": sp.Mod,
+        "exp": sp.exp, "expm1": lambda x: sp.exp(x) - 1, "log": sp.log,
+        "log1p": lambda x: sp.log(1 + x), "sqrt": sp.sqrt, "cbrt": cbrt,
+        "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "asin": sp.asin, "acos": sp.acos,
+        "atan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh,
+        "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh, "abs": sp.Abs,
+        "sign": sp.sign, "floor": sp.floor, "ceil": sp.ceiling, "trunc": trunc,
+        "lt": sp.Lt, "le": sp.Le, "gt": sp.Gt, "ge": sp.Ge, "eq": sp.Eq, "ne": sp.Ne,
+        "and": sp.And, "or": sp.Or, "xor": sp.Xor, "not": sp.Not,
+        "isnan": lambda x: sp.false, "isfinite": lambda x: sp.true,
+        "select": select, "stop_gradient": lambda x: x,
+    }
+
+
+_TABLE = None
+
+
+def _elementwise(name, args):
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _elementwise_table()
+    fn = np.frompyfunc(_TABLE[name], len(args), 1)
+    return _obj(fn(*args))
+
+
+# primitives whose NumPy implementation works on object arrays as it is
+_STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "concatenate", "slice", "pad",
+               "reduce_sum", "reduce_prod", "cumsum"}
+
+
+def _concrete(x, what):
+    """An index array's numbers (indices must not depend on the inputs)."""
+    sp = _sympy()
+    try:
+        return np.vectorize(lambda e: int(e) if isinstance(e, (int, np.integer))
+                            else int(sp.Integer(e)), otypes=[np.int64])(x)
+    except (TypeError, ValueError):
+        raise UnsupportedError(with_location(
+            f"to_sympy: {what} with indices that depend on the inputs has no closed form"
+        )) from None
+
+
+def _indicator(e):
+    """A boolean as 1 or 0."""
+    sp = _sympy()
+    if e in (True, sp.true):
+        return sp.Integer(1)
+    if e in (False, sp.false):
+        return sp.Integer(0)
+    return sp.Piecewise((1, e), (0, True))
+
+
+def _reduce_extreme(x, axes, fn):
+    x = _obj(x)
+    axes = tuple(axes)
+    moved = np.moveaxis(x, axes, range(x.ndim - len(axes), x.ndim)) if axes else x
+    lead = moved.shape[:x.ndim - len(axes)]
+    flat = moved.reshape(lead + (-1,))
+    out = np.empty(lead, object)
+    for i in np.ndindex(lead):
+        out[i] = fn(*flat[i])
+    return out
+
+
+def _truth(v):
+    """True/False when ``v`` is decided, else None."""
+    sp = _sympy()
+    v = v[()] if isinstance(v, np.ndarray) else v
+    if v in (True, sp.true) or (isinstance(v, (int, np.integer)) and v):
+        return True
+    if v in (False, sp.false) or (isinstance(v, (int, np.integer)) and not v):
+        return False
+    if isinstance(v, sp.Basic) and v.is_number:
+        return bool(v != 0)
+    return None
+
+
+def _apply(eqn, ins):
+    name = eqn.prim.name
+    p = eqn.params
+    sp = _sympy()
+    if name in _TABLE_NAMES:
+        return [_elementwise(name, ins)]
+    if name == "convert_element_type":
+        dt = np.dtype(p.get("new_dtype", p.get("dtype", np.float64)))
+        if np.dtype(eqn.inputs[0].dtype) == np.bool_ and dt.kind != "b":
+            return [_obj(np.frompyfunc(_indicator, 1, 1)(ins[0]))]
+        if dt.kind in "fc":
+            return [ins[0]]
+        if dt.kind == "b":
+            return [_elementwise("ne", [ins[0], _obj(sp.Integer(0))])]
+        return [_obj(np.vectorize(lambda e: sp.Integer(int(e)) if getattr(e, "is_number", True)
+                                  else sp.Piecewise((sp.floor(e), e >= 0),
+                                                    (sp.ceiling(e), True)),
+                                  otypes=[object])(ins[0]))]
+    if name in _STRUCTURAL:
+        return [_obj(eqn.prim.impl(*ins, **p))]
+    if name == "gather":
+        x, *idx = ins
+        return [_obj(eqn.prim.impl(x, *[_concrete(i, "indexing") for i in idx], **p))]
+    if name == "index_set":
+        x, v, *idx = ins
+        v = v[()] if v.ndim == 0 else v            # (an element, not a 0-d array in it)
+        return [_obj(eqn.prim.impl(x, v, *[_concrete(i, "indexing") for i in idx], **p))]
+    if name == "scatter_add":
+        v, *idx = ins
+        return [_obj(eqn.prim.impl(v, *[_concrete(i, "indexing") for i in idx], **p))]
+    if name == "einsum":
+        return [_obj(np.einsum(p["spec"], *ins, optimize=False))]
+    if name in ("reduce_max", "reduce_min"):
+        return [_reduce_extreme(ins[0], p["axes"], sp.Max if name == "reduce_max" else sp.Min)]
+    if name == "solve":
+        a, b = ins
+        A = sp.Matrix(a.tolist())
+        B = sp.Matrix(b.reshape(b.shape[0], -1).tolist())
+        return [_obj(np.array(A.LUsolve(B).tolist(), object).reshape(b.shape))]
+    if name in ("det", "slogdet"):
+        det = sp.Matrix(ins[0].tolist()).det()
+        if name == "det":
+            return [_obj(det)]
+        return [_obj(sp.sign(det)), _obj(sp.log(sp.Abs(det)))]
+    if name == "report":
+        return []
+    if name == "scan":
+        return _scan(eqn, ins)
+    if name == "while_loop":
+        return _while(eqn, ins)
+    if name == "cond":
+        return _cond(eqn, ins)
+    raise UnsupportedError(with_location(
+        f"to_sympy: primitive {name!r} has no SymPy form (a decomposition, a solver or a "
+        f"data-dependent loop)" + (f"\n  at {eqn.source}" if eqn.source else "")))
+
+
+_TABLE_NAMES = {
+    "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "exp", "expm1",
+    "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
+    "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "trunc",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan", "isfinite",
+    "select", "stop_gradient"}
+
+
+def _scan(eqn, ins):
+    p = eqn.params
+    n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
+    consts, carry, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
+    steps = range(length - 1, -1, -1) if p["reverse"] else range(length)
+    ys = []
+    for t in steps:
+        out = evaluate(p["body"], consts + list(carry) + [_obj(x[t]) for x in xs])
+        carry, y = out[:n_carry], out[n_carry:]
+        ys.append(y)
+    if p["reverse"]:
+        ys.reverse()
+    n_ys = len(eqn.outputs) - n_carry
+    stacked = [_obj(np.stack([y[k] for y in ys])) if ys else
+               np.empty(tuple(eqn.outputs[n_carry + k].shape), object)
+               for k in range(n_ys)]
+    return list(carry) + stacked
+
+
+def _while(eqn, ins):
+    p = eqn.params
+    n_cond, n_body = p["n_cond"], p["n_body"]
+    cond, body = p["branches"]
+    cc, bc, carry = ins[:n_cond], ins[n_cond:n_cond + n_body], list(ins[n_cond + n_body:])
+    for _ in range(MAX_STEPS):
+        go = _truth(evaluate(cond, cc + carry)[0])
+        if go is None:
+            raise UnsupportedError(with_location(
+                "to_sympy: a while_loop whose condition depends on the inputs has no closed "
+                "form" + (f"\n  at {eqn.source}" if eqn.source else "")))
+        if not go:
+            return carry
+        carry = evaluate(body, bc + carry)
+    raise UnsupportedError(with_location(
+        f"to_sympy: a while_loop ran more than {MAX_STEPS} steps"))
+
+
+def _cond(eqn, ins):
+    sp = _sympy()
+    false, true = eqn.params["branches"]
+    pred, args = ins[0], list(ins[1:])
+    decided = _truth(pred)
+    if decided is not None:
+        return evaluate(true if decided else false, args)
+    t, f = evaluate(true, args), evaluate(false, args)
+    c = pred[()]
+    return [_obj(np.frompyfunc(lambda a, b: sp.Piecewise((a, c), (b, True)), 2, 1)(x, y))
+            for x, y in zip(t, f)]
+
+
+def evaluate(graph: Graph, args) -> list:
+    """Run ``graph`` on object arrays of SymPy expressions; returns object arrays."""
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _elementwise_table()
+    env = dict(zip(graph.inputs, (_obj(a) for a in args)))
+
+    def read(atom):
+        return _obj(atom.value) if isinstance(atom, Lit) else env[atom]
+
+    for eqn in graph.eqns:
+        out = _apply(eqn, [read(a) for a in eqn.inputs])
+        env.update(zip(eqn.outputs, out))
+    return [read(a) for a in graph.outputs]
+
+
+# ---------------------------------------------------------------- the user's entry
+
+def _names(fun, count):
+    """Parameter names for ``count`` inputs (``x0, x1, ...`` when they do not fit)."""
+    target = getattr(fun, "fun", fun)
+    try:
+        params = [q.name for q in inspect.signature(target).parameters.values()
+                  if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return params[:count] if len(params) >= count else [f"x{i}" for i in range(count)]
+
+
+def symbols_for(name, shape):
+    """The symbols of one input: a real symbol (rank 0) or an object array of them."""
+    sp = _sympy()
+    if not shape:
+        return sp.Symbol(name, real=True)
+    out = np.empty(shape, object)
+    for i in np.ndindex(*shape):
+        out[i] = sp.Symbol(f"{name}_{'_'.join(map(str, i))}", real=True)
+    return out
+
+
+def _graph_and_names(f, args):
+    from . import api
+    from .transformed import Transformed
+    if isinstance(f, Transformed):
+        graph = f.specialise(*args).graph
+    elif callable(f):
+        graph = api.make_graph(f)(*args)
+    else:
+        raise ArgumentError(with_location(
+            f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
+    return graph, _names(f, len(graph.inputs))
+
+
+def _dynamic_leaves(args):
+    """The argument leaves that are graph inputs (arrays and floats; Python ints and
+    bools are static)."""
+    from . import pytree
+    leaves, _ = pytree.flatten(list(args))
+    return [x for x in leaves if not isinstance(x, (bool, int))]
+
+
+def _as_user(x):
+    sp = _sympy()
+    x = _obj(x)
+    if x.ndim == 0:
+        return x[()]
+    return sp.Array(x.tolist())
+
+
+def to_sympy(f):
+    """``to_sympy(f)(*args)``: the SymPy expressions of ``f``'s results at ``args``'
+    shapes (see the module docstring); ``to_sympy(f).symbols(*args)`` the symbols used
+    for each input."""
+    def convert(*args):
+        graph, names = _graph_and_names(f, args)
+        size = sum(int(np.prod(v.shape)) for v in graph.inputs)
+        if size > MAX_ELEMENTS:
+            raise ArgumentError(with_location(
+                f"gradc.to_sympy: the inputs have {size} elements; SymPy is practical up to "
+                f"{MAX_ELEMENTS} (one symbol per element)"))
+        syms = [symbols_for(n, tuple(v.shape)) for n, v in zip(names, graph.inputs)]
+        values = _dynamic_leaves(args)
+        if len(values) == len(graph.inputs):      # integer inputs (indices) keep their values
+            syms = [s if np.dtype(v.dtype).kind in "fc" else np.asarray(x)
+                    for s, v, x in zip(syms, graph.inputs, values)]
+        out = [_as_user(r) for r in evaluate(graph, syms)]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def symbols(*args):
+        graph, names = _graph_and_names(f, args)
+        return tuple(symbols_for(n, tuple(v.shape)) for n, v in zip(names, graph.inputs))
+
+    convert.symbols = symbols
+    convert.__name__ = f"to_sympy({getattr(f, '__name__', 'f')})"
+    return convert

@@ -1,0 +1,190 @@
+"""The SymPy bridge (``gradc.to_sympy``) and the derivative checker (``gradc.check``).
+
+* ``to_sympy`` of a function is its SymPy expression, and ``to_sympy`` of its gradient
+  simplifies to what ``sympy.diff`` gives, for every scalar expression of
+  ``test_sympy.EXPRESSIONS`` and for ``MORE`` (the elementwise primitives that table
+  lacks, ``where``, powers, logs and roots near their domain edges).
+* ``check`` passes on correct derivatives in every mode and backend, and fails (with a
+  table naming the row) on a primitive with a deliberately wrong rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc
+from gradc.errors import ArgumentError, UnsupportedError
+from gradc.ir import Primitive
+from gradc.prims.rules import defjvp
+from gradc.trace import bind
+from test_sympy import EXPRESSIONS, a, b
+
+MORE = {   # name: (sympy expression, NumPy function, domain of a, domain of b)
+    "maximum": (sp.Max(a * b, a + b), lambda a, b: np.maximum(a * b, a + b), (0.5, 2), (-2, -0.5)),
+    "minimum": (sp.Min(sp.sin(a), b), lambda a, b: np.minimum(np.sin(a), b), (-1, 1), (2, 3)),
+    "where": (sp.Piecewise((a ** 2, a > b), (sp.exp(b), True)),
+              lambda a, b: np.where(a > b, a ** 2, np.exp(b)), (-2, 2), (-2, 2)),
+    "abs_sign": (sp.Abs(a) * b + sp.sign(b) * a, lambda a, b: np.abs(a) * b + np.sign(b) * a,
+                 (0.5, 2), (-2, -0.5)),
+    # (SymPy leaves d floor / da unevaluated: their derivatives are given, 5th entry)
+    "floor_ceil": (sp.floor(a) * b + sp.ceiling(b) * a,
+                   lambda a, b: np.floor(a) * b + np.ceil(b) * a, (0.1, 0.9), (1.1, 1.9),
+                   (sp.ceiling(b), sp.floor(a))),
+    "mod": (sp.Mod(a, 1) * b, lambda a, b: np.mod(a, 1.0) * b, (0.1, 0.9), (-1, 1),
+            (b, sp.Mod(a, 1))),
+    "sqrt_near_zero": (sp.sqrt(a) * b, lambda a, b: np.sqrt(a) * b, (1e-6, 1e-4), (-1, 1)),
+    "log_near_zero": (sp.log(a) + b, lambda a, b: np.log(a) + b, (1e-8, 1e-6), (-1, 1)),
+    "log1p_near_minus_one": (sp.log(1 + a) * b, lambda a, b: np.log1p(a) * b,
+                             (-1 + 1e-6, -1 + 1e-4), (0.5, 1)),
+    "arcsin_near_one": (sp.asin(a) * b, lambda a, b: np.arcsin(a) * b,
+                        (1 - 1e-4, 1 - 1e-6), (0.5, 1)),
+    "power_negative_base_int": (a ** 3 * b ** -2, lambda a, b: a ** 3 * b ** -2,
+                                (-2, -0.5), (0.5, 2)),
+    "power_both_near_zero": (a ** b, lambda a, b: a ** b, (1e-3, 1e-2), (0.5, 2)),
+    "sin_cos_tan": (sp.sin(a) * sp.cos(b) + sp.tan(a * b),
+                    lambda a, b: np.sin(a) * np.cos(b) + np.tan(a * b), (-1, 1), (-1, 1)),
+    "atan_tanh": (sp.atan(a) + sp.tanh(b), lambda a, b: np.arctan(a) + np.tanh(b),
+                  (-2, 2), (-2, 2)),
+    "neg_sub_div": (-(a - b) / (a + 2), lambda a, b: -(a - b) / (a + 2), (-1, 1), (-1, 1)),
+}
+TABLE = {**EXPRESSIONS, **MORE}
+
+
+def _points(da, db, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return list(zip(rng.uniform(*da, n), rng.uniform(*db, n)))
+
+
+def _zero(expr, points):
+    """``expr`` is 0: expanded, it is 0, or (what only ``sympy.simplify`` would reduce,
+    which can take minutes: square roots of sums, Piecewise, Max) it is 0 to 30 digits
+    at every point."""
+    if expr == 0 or sp.expand(expr) == 0:
+        return True
+    return all(abs(complex(expr.xreplace({a: sp.Float(pa, 40), b: sp.Float(pb, 40)})
+                           .evalf(30))) < 1e-25 for pa, pb in points)
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_to_sympy_of_the_function_and_of_its_gradient(name):
+    expr, f, da, db, *given = TABLE[name]
+    pa, pb = _points(da, db, n=1)[0]
+    points = _points(da, db)
+    got = gradc.to_sympy(f)(pa, pb)
+    assert _zero(got - expr, points), (got, expr)
+    ga, gb = gradc.to_sympy(gradc.grad(f, argnums=(0, 1)))(pa, pb)
+    exact = given[0] if given else (sp.diff(expr, a), sp.diff(expr, b))
+    for got_d, want in zip((ga, gb), exact):
+        assert _zero(got_d - want, points), (got_d, want)
+
+
+def test_to_sympy_of_arrays_names_each_element():
+    def f(x, w):
+        return np.sum(np.tanh(w @ x))
+    x, w = np.ones(2), np.ones((2, 2))
+    expr = gradc.to_sympy(f)(x, w)
+    (x0, x1), ((w00, w01), (w10, w11)) = gradc.to_sympy(f).symbols(x, w)
+    assert expr == sp.tanh(w00 * x0 + w01 * x1) + sp.tanh(w10 * x0 + w11 * x1)
+    g = gradc.to_sympy(gradc.grad(f))(x, w)
+    assert isinstance(g, sp.Array) and g.shape == (2,)
+    assert sp.simplify(g[0] - sp.diff(expr, x0)) == 0
+
+
+def test_to_sympy_unrolls_static_loops_and_refuses_data_dependent_ones():
+    def unrolled(x):
+        return gradc.fori_loop(0, 3, lambda i, c: c * x + 1.0, x)
+    c = gradc.to_sympy(unrolled)(0.5)
+    x = sp.Symbol("x", real=True)
+    assert sp.expand(c - (((x * x + 1) * x + 1) * x + 1)) == 0
+
+    def newton(x):
+        return gradc.while_loop(lambda s: np.abs(s * s - x) > 1e-12,
+                                lambda s: 0.5 * (s + x / s), x)
+    with pytest.raises(UnsupportedError, match="while_loop whose condition depends"):
+        gradc.to_sympy(newton)(2.0)
+    with pytest.raises(ArgumentError, match="to_sympy"):
+        gradc.to_sympy(lambda x: np.sum(x))(np.ones(5000))
+
+
+def _f(x, y):
+    return np.sum(np.sin(x) * y ** 2) + np.prod(np.exp(x[:2]))
+
+
+def test_check_passes_in_both_modes_and_backends():
+    x, y = np.array([0.3, -0.7, 1.1]), np.array([0.5, 2.0, -1.0])
+    report = gradc.check(_f, x, y)
+    assert report.ok, report
+    # 2 inputs x 2 modes x 2 targets x 2 references
+    assert len(report.rows) == 16
+    assert {r.reference for r in report.rows} == {"sympy", "fd: complex step"}
+    assert max(r.rel_err for r in report.rows) < 1e-12
+    text = str(report)
+    assert "all checks passed" in text and "x: float64[3]" in text and "cpu" in text
+
+
+def test_check_of_a_vector_valued_function_uses_jacobians_and_richardson():
+    def f(x):
+        return np.abs(x) * np.tanh(x[::-1])      # |x|: no complex step
+    report = gradc.check(f, np.array([0.5, -1.0, 2.0]), targets=("numpy",))
+    assert report.ok, report
+    assert {r.reference for r in report.rows} == {"sympy", "fd: central + Richardson"}
+    fd = [r for r in report.rows if r.reference.startswith("fd")]
+    assert all(r.abs_err < 1e-8 for r in fd)
+
+
+# a primitive whose derivative rule is deliberately wrong: d sin = 2 cos
+_bad_sin_p = Primitive("bad_sin_for_test")
+_bad_sin_p.impl = np.sin
+_bad_sin_p.abstract = lambda x: [(tuple(x.shape), x.dtype)]
+defjvp(_bad_sin_p, lambda t, ans, x: t * np.cos(x) * 2.0)
+
+
+def _uses_bad_rule(x):
+    return np.sum(bind(_bad_sin_p, x) * x)
+
+
+@pytest.mark.filterwarnings("ignore::gradc.GradcWarning")
+def test_check_fails_on_a_wrong_rule_and_says_where():
+    x = np.array([0.3, -0.7, 1.1])
+    report = gradc.check(_uses_bad_rule, x, targets=("numpy",))
+    assert not report.ok
+    failed = report.failures
+    assert {r.mode for r in failed} == {"rev", "fwd"}
+    assert all(r.reference.startswith("fd") for r in failed)
+    assert min(r.rel_err for r in failed) > 0.1
+    sympy_rows = [r for r in report.rows if r.reference == "sympy"]
+    assert sympy_rows and all(r.ok is None and "bad_sin_for_test" in r.note for r in sympy_rows)
+    assert "FAIL" in str(report) and "check(s) FAILED" in str(report)
+
+
+def test_check_rejects_bad_arguments():
+    with pytest.raises(ArgumentError, match="against"):
+        gradc.check(_f, np.ones(3), np.ones(3), against=("magic",))
+    with pytest.raises(ArgumentError, match="floating-point"):
+        gradc.check(lambda n: np.arange(3) * n, 2)
+    with pytest.raises(ArgumentError, match="arrays and numbers"):
+        gradc.check(_f, [1.0, 2.0], np.ones(2))
+
+
+def test_to_sympy_of_masks_and_tables_filled_in_a_loop():
+    x = sp.Symbol("x", real=True)
+    relu = gradc.to_sympy(lambda x: (x > 0) * x)(0.5)
+    assert relu.subs(x, 2) == 2 and relu.subs(x, -2) == 0
+
+    def table(x):
+        def body(s):
+            T, i = s
+            T[i] = T[i - 1] * x
+            return T, i + 1
+        T0 = np.concatenate([np.ones(1) * x, np.zeros(3)])
+        return gradc.while_loop(lambda s: s[1] < 4, body, (T0, np.int64(1)))[0]
+    got = gradc.to_sympy(table)(0.5)
+    assert list(got) == [x, x ** 2, x ** 3, x ** 4]
+
+
+def test_complex_step_is_refused_when_one_element_is_not_analytic():
+    report = gradc.check(lambda x: x[0] * np.abs(x[1]), np.array([2.0, 3.0]),
+                         targets=("numpy",), modes=("rev",))
+    assert report.ok, report
+    assert "fd: central + Richardson" in {r.reference for r in report.rows}

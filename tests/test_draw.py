@@ -1,0 +1,70 @@
+"""``gradc.draw``: the Graph as networkx, DOT text, SVG and PNG files that parse."""
+from __future__ import annotations
+
+import importlib.util
+import xml.dom.minidom
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.drawing import to_dot, drawing_graph
+from gradc.errors import ArgumentError
+
+
+def rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def looped(x):
+    return gradc.while_loop(lambda c: c[1] < 3, lambda c: (np.sin(c[0]), c[1] + 1),
+                            (x, 0))[0].sum()
+
+
+def test_networkx_model_follows_the_ir():
+    x = np.array([0.5, -1.0, 2.0])
+    graph = gradc.make_graph(rosen)(x)
+    g = drawing_graph(graph)
+    kinds = [d["kind"] for _, d in g.nodes(data=True)]
+    assert kinds.count("input") == 1 and kinds.count("output") == 1
+    assert kinds.count("eqn") == len(graph.eqns)
+    labels = " ".join(d["label"] for _, d in g.nodes(data=True))
+    for eqn in graph.eqns:
+        assert eqn.prim.name in labels
+    # every value read is an edge from the equation that makes it
+    reads = sum(1 for e in graph.eqns for v in e.inputs if isinstance(v, gradc.Var))
+    assert g.number_of_edges() == reads + 1           # + the result
+
+
+def test_dot_has_clusters_for_loop_bodies(tmp_path):
+    x = np.array([0.5, -1.0, 2.0])
+    path = gradc.draw(looped, x, path=tmp_path / "loop.dot")
+    text = path.read_text()
+    assert text.startswith("digraph gradc {") and text.rstrip().endswith("}")
+    assert text.count("subgraph cluster_") == 2          # the condition and the body
+    assert "while_loop: branches[1]" in text and "sin" in text
+    assert text.count("{") == text.count("}")
+
+
+def test_svg_and_png_files_parse(tmp_path):
+    x = np.array([0.5, -1.0, 2.0])
+    svg = gradc.draw(rosen, x, path=tmp_path / "g.svg", grad=True)
+    doc = xml.dom.minidom.parse(str(svg))
+    assert doc.documentElement.tagName == "svg"
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert any("gradient of rosen" in t for t in texts)
+    assert (tmp_path / "g.svg.dot").read_text().startswith("digraph")
+    if importlib.util.find_spec("matplotlib") is None:
+        with pytest.raises(gradc.UnsupportedError, match="matplotlib"):
+            gradc.draw(rosen, x, path=tmp_path / "g.png")
+        return
+    png = gradc.draw(rosen, x, path=tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_draw_of_a_transformation_and_bad_paths(tmp_path):
+    x = np.array([0.5, -1.0, 2.0])
+    dot = to_dot(drawing_graph(gradc.grad(rosen, target="numpy").graph(x)), "t")
+    assert "pad" in dot and "result 0" in dot
+    with pytest.raises(ArgumentError, match=".svg, .png or .dot"):
+        gradc.draw(rosen, x, path=tmp_path / "g.gif")
