@@ -119,6 +119,11 @@ def _elementwise_table():
     def trunc(x):
         return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
 
+    def rint(x):            # NumPy rounds half to even
+        return sp.Piecewise((2 * sp.floor(x / 2 + sp.Rational(1, 4)),
+                             sp.Eq(x - sp.floor(x), sp.Rational(1, 2))),
+                            (sp.floor(x + sp.Rational(1, 2)), True))
+
     return {
         "neg": lambda x: -x, "add": lambda x, y: x + y, "sub": lambda x, y: x - y,
         "mul": lambda x, y: x * y, "div": lambda x, y: x / y, "pow": lambda x, y: x ** y,
@@ -128,7 +133,7 @@ def _elementwise_table():
         "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "asin": sp.asin, "acos": sp.acos,
         "atan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh,
         "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh, "abs": sp.Abs,
-        "sign": sp.sign, "floor": sp.floor, "ceil": sp.ceiling, "trunc": trunc,
+        "sign": sp.sign, "floor": sp.floor, "ceil": sp.ceiling, "trunc": trunc, "round": rint,
         "lt": sp.Lt, "le": sp.Le, "gt": sp.Gt, "ge": sp.Ge, "eq": sp.Eq, "ne": sp.Ne,
         "and": sp.And, "or": sp.Or, "xor": sp.Xor, "not": sp.Not,
         "isnan": lambda x: sp.false, "isfinite": lambda x: sp.true,
@@ -259,7 +264,7 @@ def _apply(eqn, ins):
 _TABLE_NAMES = {
     "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "exp", "expm1",
     "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
-    "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "trunc",
+    "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "trunc", "round",
     "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan", "isfinite",
     "select", "stop_gradient"}
 

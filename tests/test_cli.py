@@ -50,6 +50,10 @@ def test_show_prints_ir_derivative_and_source():
     assert "# traced IR" in r.stdout and "reduce_sum" in r.stdout
     assert "# derivative IR after the passes" in r.stdout and "fused" in r.stdout
     assert "def rosen_grad(" in r.stdout or "@_k.jit" in r.stdout
+    r = gradc("show", ROSEN, "--args", "f64[5]", "--emit", "llvm,asm")
+    assert r.returncode == 0, r.stderr
+    assert "# LLVM IR" in r.stdout and "define " in r.stdout
+    assert "# assembly" in r.stdout and ("ret" in r.stdout or "call" in r.stdout)
 
 
 def test_show_on_the_interpreter_and_args_from_a_file(user_file):
