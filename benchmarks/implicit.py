@@ -23,6 +23,7 @@ process after a warm-up call with the same shapes (``VmHWM`` reset through
 ``/proc/self/clear_refs``), so that compiled code's own allocations count.
 
     /work/bench-venv/bin/python benchmarks/implicit.py [--sizes 200 1000 2000] [--markdown]
+        [--no-memory] [--solve bicgstab|gmres]
 """
 from __future__ import annotations
 
@@ -45,12 +46,16 @@ def problem(n, seed=0):
     return W, 0.01 * rng.standard_normal(n)
 
 
+SOLVE = ["bicgstab"]      # the adjoint's method (--solve)
+
+
 def make(implicit):
     import gradc
 
     def loss(W, u, s):
         z = gradc.fixed_point(lambda z, W, u, s: np.tanh(s * (W @ z) + u), np.zeros(u.size),
-                              W, u, s, tol=1e-11, maxiter=5000, implicit=implicit)
+                              W, u, s, tol=1e-11, maxiter=5000, implicit=implicit,
+                              solve=SOLVE[0])
         return np.sum(z ** 2) + np.sum(z)
     return loss
 
@@ -147,7 +152,10 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 2000])
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--solve", default="bicgstab", choices=("bicgstab", "gmres", "cg"),
+                    help="the adjoint system's method (memory runs use the default)")
     args = ap.parse_args()
+    SOLVE[0] = args.solve
     rows = []
     for n in args.sizes:
         t = timing(n)
