@@ -52,7 +52,11 @@ def score(y, U, A):
 
 
 def main():
-    np.set_printoptions(precision=4, suppress=True)
+    with np.printoptions(precision=4, suppress=True):
+        _main()
+
+
+def _main():
     rng = np.random.default_rng(0)
     T, K = 6, 3
     U = rng.standard_normal((T, K))

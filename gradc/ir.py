@@ -222,7 +222,11 @@ def _lit_str(lit: Lit) -> str:
     if v.ndim == 0:
         return f"{_format_number(v[()])}:{dtype_name(v.dtype)}"
     if v.size <= 6:
-        body = np.array2string(v, separator=",").replace("\n", "").replace(" ", "")
+        # (NumPy's default print options, whatever the user's program has set)
+        with np.printoptions(precision=8, suppress=False, floatmode="maxprec", sign="-",
+                             threshold=1000, edgeitems=3, linewidth=75, formatter=None,
+                             legacy=False):
+            body = np.array2string(v, separator=",").replace("\n", "").replace(" ", "")
         return f"{body}:{type_str(v.shape, v.dtype)}"
     return f"const:{type_str(v.shape, v.dtype)}"
 

@@ -129,3 +129,12 @@ def test_derived_equations_keep_the_user_source_line():
     sources = {e.prim.name: e.source for e in graph.eqns}
     # the derivative of sin (a cos) is attributed to the line that called np.sin
     assert "# the sin line" in sources["cos"]
+
+
+def test_printed_literals_ignore_the_users_numpy_print_options():
+    import gradc
+    g = gradc.make_graph(lambda x: x * np.array([1 / 3, 2 / 7]))(np.ones(2))
+    text = str(g)
+    with np.printoptions(precision=2, suppress=True):
+        assert str(g) == text
+    assert "0.33333333" in text
