@@ -142,13 +142,10 @@ def _args_from_file(path: Path) -> tuple:
 
 # ---------------------------------------------------------------- subcommands
 
-def _gradient(fn, args, target="cpu"):
-    from .drawing import derivative_of
-    return derivative_of(fn, args, target)[0]
-
-
 def cmd_show(ns, out):
     import gradc
+
+    from .drawing import derivative_of
     fn = load_function(ns.function)
     args = parse_args_spec(ns.args, ns.seed, *ns.range)
     emits = [e.strip() for e in ns.emit.split(",") if e.strip()]
@@ -158,8 +155,8 @@ def cmd_show(ns, out):
     rule = "=" * 72
     if ns.target == "numpy" and set(emits) & {"source", "llvm", "asm"}:
         raise CliError("--emit source/llvm/asm needs a compiled --target (cpu or parallel)")
-    derived = (_gradient(fn, args, ns.target) if set(emits) & {"grad", "source", "llvm", "asm"}
-               else None)
+    derived = (derivative_of(fn, args, ns.target)[0]
+               if set(emits) & {"grad", "source", "llvm", "asm"} else None)
     for what in emits:
         if what == "ir":
             print(f"{rule}\n# traced IR of {ns.function}\n{rule}", file=out)

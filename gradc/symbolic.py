@@ -21,6 +21,7 @@ form (``0.1`` is ``1/10``), except the floats of a few constants (``π``, ``e``,
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -74,17 +75,12 @@ def number(value):
     return sp.Rational(repr(float(v)))
 
 
-_CONSTANTS = None
-
-
+@functools.lru_cache(maxsize=None)
 def _constants():
     """Constants a literal may be the float of (π, e, log 2, log 10, √2, √π, ...)."""
-    global _CONSTANTS
-    if _CONSTANTS is None:
-        sp = _sympy()
-        _CONSTANTS = (sp.pi, sp.E, sp.log(2), sp.log(10), sp.sqrt(2), sp.sqrt(3),
-                      sp.sqrt(sp.pi), sp.sqrt(2 * sp.pi), sp.pi / 4)
-    return _CONSTANTS
+    sp = _sympy()
+    return (sp.pi, sp.E, sp.log(2), sp.log(10), sp.sqrt(2), sp.sqrt(3), sp.sqrt(sp.pi),
+            sp.sqrt(2 * sp.pi), sp.pi / 4)
 
 
 def _obj(x):
@@ -103,7 +99,9 @@ def _obj(x):
 
 # ---------------------------------------------------------------- primitives
 
-def _elementwise_table():
+@functools.lru_cache(maxsize=None)
+def _table():
+    """Elementwise primitive name -> the SymPy function of its operands."""
     sp = _sympy()
 
     def cbrt(x):
@@ -141,14 +139,8 @@ def _elementwise_table():
     }
 
 
-_TABLE = None
-
-
 def _elementwise(name, args):
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _elementwise_table()
-    fn = np.frompyfunc(_TABLE[name], len(args), 1)
+    fn = np.frompyfunc(_table()[name], len(args), 1)
     return _obj(fn(*args))
 
 
@@ -208,7 +200,7 @@ def _apply(eqn, ins):
     name = eqn.prim.name
     p = eqn.params
     sp = _sympy()
-    if name in _TABLE_NAMES:
+    if name in _table():
         return [_elementwise(name, ins)]
     if name == "convert_element_type":
         dt = np.dtype(p.get("new_dtype", p.get("dtype", np.float64)))
@@ -259,14 +251,6 @@ def _apply(eqn, ins):
     raise UnsupportedError(with_location(
         f"to_sympy: primitive {name!r} has no SymPy form (a decomposition, a solver or a "
         f"data-dependent loop)" + (f"\n  at {eqn.source}" if eqn.source else "")))
-
-
-_TABLE_NAMES = {
-    "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "exp", "expm1",
-    "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
-    "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "trunc", "round",
-    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan", "isfinite",
-    "select", "stop_gradient"}
 
 
 def _scan(eqn, ins):
@@ -321,9 +305,6 @@ def _cond(eqn, ins):
 
 def evaluate(graph: Graph, args) -> list:
     """Run ``graph`` on object arrays of SymPy expressions; returns object arrays."""
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _elementwise_table()
     env = dict(zip(graph.inputs, (_obj(a) for a in args)))
 
     def read(atom):
