@@ -29,6 +29,7 @@ from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
                      with_location)
 from .codegen.compile import Executable, check_target, optimise
+from .codegen.cuda import is_device_array
 from .interpret import eval_graph
 from .ir import Graph, dtype_name, is_float, type_str
 from .passes import jvp_graph, linearize_graph, simplify
@@ -47,7 +48,24 @@ def _is_static(leaf) -> bool:
         return False
     if isinstance(leaf, (bool, np.bool_)) or isinstance(leaf, numbers.Integral):
         return True
-    return not isinstance(leaf, (float, complex, np.ndarray, np.generic))
+    return not isinstance(leaf, (float, complex, np.ndarray, np.generic)) \
+        and not is_device_array(leaf)
+
+
+def _device_dtype(x):
+    """A device array's dtype as NumPy's (a PyTorch tensor's ``dtype`` is torch's)."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        return dtype
+    return np.dtype(x.__cuda_array_interface__["typestr"])
+
+
+def _host_copy(x):
+    """A device array's values on the host (for tracing: Python control flow may read
+    them; the compiled code reads the device array itself)."""
+    from .codegen.cuda import host, import_cuda
+    cuda = import_cuda()
+    return host(x if hasattr(x, "copy_to_host") else cuda.as_cuda_array(x))
 
 
 class _Args:
@@ -68,7 +86,7 @@ class _Args:
 
     @staticmethod
     def _as_array(x):
-        return x if isinstance(x, Tracer) else np.asarray(x)
+        return x if isinstance(x, Tracer) or is_device_array(x) else np.asarray(x)
 
     def key(self):
         parts = []
@@ -80,8 +98,8 @@ class _Args:
                 except TypeError:
                     parts.append(("static-id", id(x)))
             else:
-                parts.append(("dyn", tuple(np.shape(x)), np.dtype(x.dtype if hasattr(
-                    x, "dtype") else np.asarray(x).dtype).str, isinstance(x, float)))
+                parts.append(("dyn", tuple(np.shape(x)), _leaf_dtype(x).str,
+                              isinstance(x, float)))
         return (self.treedef, tuple(parts))
 
     def rebuild(self, dynamic):
@@ -90,10 +108,11 @@ class _Args:
         return pytree.unflatten(self.treedef, leaves)
 
     def avals(self):
-        return [(tuple(np.shape(x)), x.dtype) for x in self.dynamic]
+        return [(tuple(np.shape(x)), _leaf_dtype(x)) for x in self.dynamic]
 
     def values(self):
-        return [x.val if isinstance(x, Tracer) else x for x in self.dynamic]
+        return [x.val if isinstance(x, Tracer) else _host_copy(x) if is_device_array(x)
+                else x for x in self.dynamic]
 
 
 def _fun_name(fun) -> str:
@@ -195,7 +214,7 @@ class _Spec:
 
 def _to_user(x, like=None, pyfloat=False):
     """Results leave gradc as NumPy values (Tracers stay Tracers inside a trace)."""
-    if isinstance(x, Tracer):
+    if isinstance(x, Tracer) or is_device_array(x):
         return x
     x = np.asarray(x)
     if pyfloat:
@@ -237,7 +256,9 @@ def _check_wrt(args: _Args, argnums, fun, what="grad", n_positional=None):
 
 
 def _leaf_dtype(x):
-    return x.dtype if isinstance(x, (Tracer, np.ndarray, np.generic)) else np.asarray(x).dtype
+    if isinstance(x, (Tracer, np.ndarray, np.generic)):
+        return np.dtype(x.dtype)
+    return _device_dtype(x) if is_device_array(x) else np.asarray(x).dtype
 
 
 def _describe(x) -> str:

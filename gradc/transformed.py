@@ -83,6 +83,16 @@ class Transformed:
         """The generated Python source (the text Numba compiles)."""
         return self.compile(*args, **kwargs).source
 
+    def ptx(self, *args, kernel=None, **kwargs) -> str:
+        """target='cuda': the PTX of the generated kernels (numba.cuda's compiler; needs
+        CUDA's NVVM but no GPU: the function is traced and lowered, not run)."""
+        if self.target != "cuda":
+            raise ArgumentError(with_location(
+                f"{self.__name__} runs on target={self.target!r}; PTX is generated for "
+                "target='cuda'"))
+        _, build, _, _ = self._prepare(args, kwargs)
+        return build().executable.compiled.ptx(kernel)
+
     def llvm(self, *args, **kwargs) -> str:
         """The LLVM IR Numba produced for the main function."""
         return self.compile(*args, **kwargs).llvm()

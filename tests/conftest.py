@@ -9,6 +9,9 @@
   ``GRADC_TARGET=cpu python -m pytest`` runs everything compiled.
 * Generated code goes to a cache directory of this test session unless
   ``GRADC_CACHE_DIR`` says otherwise.
+* CUDA: without an NVIDIA GPU (no ``/dev/nvidia0``), numba.cuda runs kernels in its
+  simulator (``NUMBA_ENABLE_CUDASIM=1``, read when Numba is imported), so that
+  ``tests/test_cuda.py`` checks the CUDA target on any machine; with a GPU it runs there.
 * No shared libraries are built for the disk cache (``GRADC_NATIVE=0``): each costs
   ~0.2 s of CPU after a compile; ``test_native.py`` turns them on where it tests them.
 """
@@ -20,6 +23,8 @@ from hypothesis import HealthCheck, settings
 os.environ.setdefault("GRADC_TARGET", "numpy")
 os.environ.setdefault("GRADC_NATIVE", "0")
 os.environ.setdefault("GRADC_CACHE_DIR", tempfile.mkdtemp(prefix="gradc-test-cache-"))
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 settings.register_profile(
     "gradc", deadline=None, max_examples=10, derandomize=True,

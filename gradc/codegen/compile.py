@@ -2,6 +2,8 @@
 
 * ``"cpu"`` (the default): Numba, nopython, one thread;
 * ``"parallel"``: Numba with ``parallel=True`` (fused loop nests use ``prange``);
+* ``"cuda"``: numba.cuda kernels on an NVIDIA GPU (``codegen.cuda``; Numba's simulator
+  with ``NUMBA_ENABLE_CUDASIM=1``);
 * ``"numpy"``: the reference interpreter (``gradc.interpret``), no compilation.
 
 ``GRADC_TARGET`` in the environment changes the default (the test suite runs most
@@ -19,7 +21,7 @@ from ..errors import ArgumentError, GradcError, GuardFailure, UnsupportedError, 
 from ..interpret import eval_graph
 from ..ir import Graph
 
-TARGETS = ("cpu", "parallel", "numpy")
+TARGETS = ("cpu", "parallel", "cuda", "numpy")
 
 
 class GradcWarning(UserWarning):
@@ -51,7 +53,7 @@ def optimise(graph: Graph, target: str) -> Graph:
         graph = graph if expanded is graph else simplify(expanded)
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
-        graph = fuse(over_batch(graph))
+        graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 
 
@@ -78,6 +80,9 @@ class Executable:
     @property
     def compiled(self):
         """The ``gradc.codegen.Compiled`` (None for the numpy target)."""
+        if self._compiled is None and not self._fallback and self.target == "cuda":
+            from .cuda import Compiled as CudaCompiled
+            self._compiled = CudaCompiled(self.graph, self.name)
         if self._compiled is None and not self._fallback:
             from .numba_cpu import Compiled
             self._compiled = Compiled(self.graph, self.name,
@@ -88,6 +93,12 @@ class Executable:
     def __call__(self, values) -> list:
         if self._fallback:
             return eval_graph(self.graph, values)
+        if self.target == "cuda":          # (device arrays pass as they are)
+            return self.compiled(*values)
+        from .cuda import is_device_array
+        if any(is_device_array(v) for v in values):     # a CPU target: copied in
+            from ..api import _host_copy
+            values = [_host_copy(v) if is_device_array(v) else v for v in values]
         args = [np.asarray(v)[()] if s else v for v, s in zip(values, self._scalar)]
         try:
             compiled = self.compiled

@@ -98,9 +98,9 @@ def _unit_reshape(eqn) -> bool:
     return src == dst
 
 
-def _fusible(eqn) -> bool:
+def _fusible(eqn, vector_ufuncs=True) -> bool:
     name = eqn.prim.name
-    if numpy_ufunc_call(eqn):
+    if vector_ufuncs and numpy_ufunc_call(eqn):
         return False        # a large transcendental: one SIMD NumPy call beats the loop
     if name in REDUCTIONS:
         return eqn.inputs[0].ndim >= 1
@@ -118,18 +118,20 @@ def _domain(eqn):
 
 # ---------------------------------------------------------------- the pass
 
-def fuse(graph: Graph) -> Graph:
-    """Group fusible equations into ``fused`` equations (see the module docstring)."""
+def fuse(graph: Graph, vector_ufuncs: bool = True) -> Graph:
+    """Group fusible equations into ``fused`` equations (see the module docstring).
+    ``vector_ufuncs=False`` fuses large transcendental functions too (the CUDA target:
+    a GPU thread evaluates them as fast as any library call would)."""
     materialise: set = set()
     while True:
-        plan = _plan(graph, materialise)
+        plan = _plan(graph, materialise, vector_ufuncs)
         extra = _oversized(plan)
         if not extra:
             return _rebuild(graph, plan)
         materialise |= extra
 
 
-def _plan(graph: Graph, materialise: set):
+def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
     producer = {}
     consumers: dict = {}
     for i, eqn in enumerate(graph.eqns):
@@ -139,7 +141,7 @@ def _plan(graph: Graph, materialise: set):
             if isinstance(a, Var):
                 consumers.setdefault(a, []).append(i)
     outputs = {a for a in graph.outputs if isinstance(a, Var)}
-    fusible = [_fusible(e) for e in graph.eqns]
+    fusible = [_fusible(e, vector_ufuncs) for e in graph.eqns]
 
     # the largest loop domain each value may be read in through fusible consumers: a
     # transcendental function inlined into a bigger domain (through a broadcast) would

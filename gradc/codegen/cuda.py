@@ -1,0 +1,333 @@
+"""The CUDA target: a Graph lowered by ``cudagen`` to numba.cuda kernels and a host
+function that launches them, run on an NVIDIA GPU (or in Numba's simulator).
+
+Importing numba.cuda
+    ``import_cuda()`` imports it once, after one compatibility shim: numba-cuda
+    releases up to at least 0.30 call ``np.row_stack``, which NumPy 2.5 removed; it is
+    put back as ``np.vstack`` (the function it was an alias of) when missing.  With
+    ``NUMBA_ENABLE_CUDASIM=1`` in the environment (read by Numba at import), kernels run
+    in Numba's simulator on the CPU: slow, but the same kernels, indexing and thread
+    organisation, which is how the test suite checks this target without a GPU.
+
+Arguments and results
+    Arrays may be NumPy arrays (copied to the device, results copied back) or device
+    arrays: numba.cuda's, or anything with ``__cuda_array_interface__`` (CuPy arrays,
+    PyTorch tensors on the GPU); when any argument is a device array, array results stay
+    on the device (numba.cuda device arrays, which CuPy and PyTorch take without a
+    copy).  Rank-0 results come back as NumPy scalars.
+
+Inside kernels
+    The functions a kernel calls through ``_d`` (this module) are libdevice's or
+    ``math``'s under CUDA and NumPy's ufuncs under the simulator, so that a NaN or an
+    infinity comes out as NumPy gives it in both (Python's ``math.sqrt(-1.0)`` raises).
+"""
+from __future__ import annotations
+
+import linecache
+import math
+import os
+import sys
+import types
+
+import numpy as np
+
+from ..errors import ArgumentError, GradcError
+from ..ir import Graph
+from . import cache
+
+_CUDA = None
+
+
+def import_cuda():
+    """``numba.cuda``, imported after the NumPy 2.5 shim (see the module docstring)."""
+    global _CUDA
+    if _CUDA is None:
+        if not hasattr(np, "row_stack"):
+            np.row_stack = np.vstack          # numba-cuda <= 0.30 on NumPy >= 2.5
+        from numba import cuda
+        _CUDA = cuda
+        _define_device_functions(cuda)
+    return _CUDA
+
+
+def simulator() -> bool:
+    """Whether numba.cuda runs kernels in its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+# ---------------------------------------------------------------- device functions
+
+def _define_device_functions(cuda) -> None:
+    g = globals()
+    names = {"exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
+             "sqrt": "sqrt", "sin": "sin", "cos": "cos", "tan": "tan", "asin": "arcsin",
+             "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh",
+             "tanh": "tanh", "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh",
+             "atan2": "arctan2"}
+    if simulator():
+        for ours, numpys in names.items():
+            g[ours] = getattr(np, numpys)
+        for ours, numpys in {"floor": "floor", "ceil": "ceil", "rint": "rint",
+                             "trunc": "trunc", "cbrt": "cbrt", "sign": "sign",
+                             "maximum": "maximum", "minimum": "minimum",
+                             "power": "power", "mod": "mod"}.items():
+            g[ours] = g[ours + "_f32"] = getattr(np, numpys)
+        return
+    from numba.cuda import libdevice
+    for ours in names:
+        g[ours] = getattr(math, ours)
+    for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
+        g[ours] = getattr(libdevice, ours)
+        g[ours + "_f32"] = getattr(libdevice, ours + "f")
+
+    # (``register_jitable``: inlined into each kernel by the type it is called with;
+    # a ``cuda.jit(device=True)`` function would need a GPU to compile)
+    from numba.extending import register_jitable
+
+    @register_jitable
+    def sign(x):
+        return x if x == 0 or x != x else x / abs(x)
+
+    @register_jitable
+    def maximum(a, b):
+        return a if (a > b or a != a) else b
+
+    @register_jitable
+    def minimum(a, b):
+        return a if (a < b or a != a) else b
+
+    @register_jitable
+    def power(a, b):
+        return a ** b
+
+    @register_jitable
+    def mod(a, b):
+        r = math.fmod(a, b)
+        if r != 0 and (r < 0) != (b < 0):
+            r += b
+        return r
+
+    for name, f in (("sign", sign), ("maximum", maximum), ("minimum", minimum),
+                    ("power", power), ("mod", mod)):
+        g[name] = g[name + "_f32"] = f
+
+
+# ---------------------------------------------------------------- host-side helpers
+
+def empty(shape, dtype):
+    return _CUDA.device_array(shape, dtype)
+
+
+def dev(x):
+    """A host array's device copy."""
+    return _CUDA.to_device(np.ascontiguousarray(x))
+
+
+def host(x, scalar=False):
+    """A device array's host copy (a cell's as a NumPy scalar with ``scalar``)."""
+    out = x.copy_to_host()
+    return out.reshape(-1)[0] if scalar else out
+
+
+def put(dest, t, value):
+    """``dest[t] = value`` on the device (a scan's stacked results)."""
+    dest[t].copy_to_device(value)
+
+
+def run_host(graph: Graph, args):
+    """An equation without a CUDA lowering, run by the interpreter on the host."""
+    from ..interpret import eval_graph
+    return [np.asarray(r) for r in eval_graph(graph, list(args))]
+
+
+def is_device_array(x) -> bool:
+    """A device array: numba.cuda's, or one exposing ``__cuda_array_interface__``."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ in (
+        "DeviceNDArray", "FakeCUDAArray", "MappedNDArray")
+
+
+def _cupy():
+    if os.environ.get("GRADC_CUDA_CUPY", "1") == "0":
+        return None
+    try:
+        import cupy
+    except Exception:           # not installed, or no CUDA libraries for it
+        return None
+    return cupy
+
+
+cupy_einsum = None
+
+
+def _set_cupy_einsum() -> None:
+    global cupy_einsum
+    cp = None if simulator() else _cupy()
+    if cp is None:
+        cupy_einsum = None
+        return
+
+    def einsum(spec, x, y, shape):
+        out = cp.ascontiguousarray(cp.einsum(spec, cp.asarray(x), cp.asarray(y)))
+        return _CUDA.as_cuda_array(out.reshape(shape))
+    cupy_einsum = einsum
+
+
+# ---------------------------------------------------------------- the compiled program
+
+class Compiled:
+    """A Graph lowered for the GPU: call it with the graph's inputs."""
+
+    def __init__(self, graph: Graph, name: str = "gradc_fn"):
+        from . import cudagen
+        import_cuda()
+        _set_cupy_einsum()
+        self.graph = graph
+        self.name = name
+        self.simulator = simulator()
+        lowered = cudagen.lower(graph, name, self.simulator)
+        self.lowered = lowered
+        self.source = lowered.source
+        self.key = cache.key_of(self.source + f"cuda sim={self.simulator}")
+        self.path = str(cache.write_source(self.key, self.source))
+        lines = self.source.splitlines(keepends=True)
+        linecache.cache[self.path] = (len(self.source), None, lines, self.path)
+        module = types.ModuleType(f"gradc_cuda_{self.key}")
+        module.__file__ = self.path
+        exec(compile(self.source, self.path, "exec"), module.__dict__)
+        sys.modules[module.__name__] = module
+        self.module = module
+        self._uploaded = not lowered.consts     # (constants go to the device at the first
+        for k, v in lowered.host_eqns.items():  # call: lowering and PTX need no GPU)
+            module.__dict__[k] = v
+        self._fn = getattr(module, name)
+        self.on_switch = []        # (numba_cpu.Compiled's interface; nothing switches here)
+
+    @property
+    def kernels(self) -> list:
+        """The names of the generated kernels, in launch order."""
+        return [k.name for k in self.lowered.kernels]
+
+    @property
+    def on_host(self) -> list:
+        """Primitives of the Graph that run on the host (no CUDA lowering)."""
+        return list(self.lowered.on_host)
+
+    # ------------------------------------------------------------ calling
+
+    def __call__(self, *args) -> list:
+        cuda = _CUDA
+        if len(args) != len(self.graph.inputs):
+            raise TypeError(f"compiled graph takes {len(self.graph.inputs)} inputs, "
+                            f"got {len(args)}")
+        if not self._uploaded:
+            for k, v in self.lowered.consts.items():
+                self.module.__dict__[k] = cuda.to_device(v)
+            self._uploaded = True
+        on_device = any(is_device_array(a) for a in args)
+        converted = []
+        for i, (a, v) in enumerate(zip(args, self.graph.inputs)):
+            dtype = np.dtype(v.dtype)
+            if v.ndim == 0:
+                x = host(cuda.as_cuda_array(a)) if is_device_array(a) else a
+                converted.append(np.asarray(x, dtype).reshape(())[()])
+                continue
+            if is_device_array(a):
+                d = a if type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray") \
+                    else cuda.as_cuda_array(a)
+                if tuple(d.shape) != tuple(v.shape) or np.dtype(d.dtype) != dtype:
+                    raise ArgumentError(
+                        f"gradc: argument {i} is a device array of shape {tuple(d.shape)} "
+                        f"and dtype {np.dtype(d.dtype)}; the traced function takes "
+                        f"{tuple(v.shape)} {dtype}")
+                if not d.is_c_contiguous():
+                    raise ArgumentError(f"gradc: argument {i} is a device array that is "
+                                        "not C-contiguous; pass a contiguous copy")
+                converted.append(d)
+            else:
+                converted.append(cuda.to_device(np.ascontiguousarray(a, dtype)))
+        try:
+            results = self._fn(*converted)
+        except GradcError:
+            raise
+        except Exception as e:
+            if type(e).__name__ == "CudaSupportError":
+                raise GradcError(
+                    "gradc: target='cuda' needs an NVIDIA GPU and its driver, which "
+                    f"numba.cuda did not find ({str(e).strip().splitlines()[0]}); set "
+                    "NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's simulator") from e
+            raise
+        out = []
+        for r, v, place in zip(results, self.graph.outputs, self.lowered.outputs):
+            dtype = np.dtype(v.dtype)
+            if v.ndim == 0:
+                x = host(r, scalar=True) if place == "dev" else r
+                out.append(np.asarray(x, dtype).reshape(())[()])
+            elif on_device:
+                out.append(r if place == "dev" else dev(np.asarray(r, dtype)))
+            else:
+                out.append(r.copy_to_host() if place == "dev" else np.asarray(r, dtype))
+        return out
+
+    call_raw = __call__
+
+    def fast_callable(self):
+        """(The interface of ``numba_cpu.Compiled`` that gradc's fast call path uses.)"""
+        return self.__call__
+
+    # ------------------------------------------------------------ inspection
+
+    def ptx(self, kernel=None, cc=None) -> str:
+        """PTX of the generated kernels (or of the one named ``kernel``), compiled by
+        numba.cuda for compute capability ``cc`` (default: the GPU's, else
+        ``GRADC_CUDA_CC`` or 8.0).  Needs CUDA's NVVM, not a GPU; not in the simulator."""
+        if self.simulator:
+            raise ArgumentError(
+                "gradc: PTX needs numba.cuda's compiler, which the simulator "
+                "(NUMBA_ENABLE_CUDASIM=1) replaces; run without it (no GPU is needed)")
+        import numba
+        cuda = _CUDA
+        cc = cc or _compute_capability(cuda)
+        parts = []
+        for k in self.lowered.kernels:
+            if kernel is not None and k.name != kernel:
+                continue
+            sig = []
+            for _, dtype, ndim in k.params:
+                t = numba.from_dtype(np.dtype(dtype))
+                sig.append(t if ndim == 0 else numba.types.Array(t, ndim, "C"))
+            ptx, _ = cuda.compile_ptx(getattr(self.module, k.name).py_func, tuple(sig),
+                                      cc=cc)
+            parts.append(f"// kernel {k.name}\n{ptx}")
+        if not parts and kernel is None:
+            return "// no kernels: every equation of this graph runs on the host\n"
+        if not parts:
+            raise ArgumentError(f"gradc: no kernel named {kernel!r} "
+                                f"(kernels: {', '.join(self.kernels) or 'none'})")
+        return "\n".join(parts)
+
+    def llvm(self) -> str:
+        raise ArgumentError("gradc: target='cuda' compiles to PTX: use .ptx(...)")
+
+    asm = llvm
+
+    def __repr__(self) -> str:
+        return f"<gradc.codegen.cuda.Compiled {self.name} from {self.path}>"
+
+    def __reduce__(self):
+        return (Compiled, (self.graph, self.name))
+
+
+def _compute_capability(cuda) -> tuple:
+    text = os.environ.get("GRADC_CUDA_CC")
+    if text:
+        major, minor = text.split(".")
+        return int(major), int(minor)
+    try:
+        if cuda.is_available():
+            return tuple(cuda.get_current_device().compute_capability)
+    except Exception:
+        pass
+    return (8, 0)

@@ -1,0 +1,800 @@
+"""Lowering of an optimised Graph to a CUDA program: numba.cuda kernels and the host
+function that launches them (``gradc.codegen.cuda`` runs it).
+
+Every value of the Graph lives in one place, known when the source is generated:
+
+* arrays (rank >= 1) computed by kernels, and every array input, on the **device**;
+* rank-0 results of reductions on the device too, as one-element arrays ("cells"):
+  kernels read them as ``x[0]``, so a sum feeding the next kernel never visits the host;
+* rank-0 inputs and the results of equations without a CUDA lowering on the **host**
+  (NumPy scalars and arrays); a host value a kernel reads is copied to the device once
+  (``_d.dev``), a device value a host equation reads is copied back once (``_d.host``).
+
+What becomes a kernel:
+
+* a ``fused`` equation (``passes.fuse`` with ``vector_ufuncs=False``: transcendental
+  functions fuse too) without reductions: one kernel in gather form, a grid-stride loop
+  over its domain, each thread computing its elements of every root from the operands
+  (the same per-element code as the CPU loop nests, ``loops._Emitter``, with CUDA's
+  spellings of the functions: ``TEMPLATES``);
+* a fused equation with reductions: per set of reduced axes, a *segmented* reduction:
+  K kept elements × P blocks per kept element; each block's threads stride over the
+  reduced elements, accumulate in registers, combine in a shared-memory tree, and thread
+  0 writes the block's partial; a second kernel combines the P partials of each kept
+  element (no atomics: the result does not depend on the order blocks run in).  When
+  the reduced extent is small (<= ``THREAD_REDUCE``) one thread reduces one element;
+* ``einsum``: CuPy's ``einsum`` (cuBLAS) when CuPy is installed and the operands are
+  floats, else a tiled contraction kernel (``TILE`` x ``TILE`` threads, both operands'
+  tiles staged in shared memory) that reads the operands where they are, through
+  their index maps (no transposed copies); a contraction with a small result and a long
+  sum runs as a segmented reduction instead;
+* ``reshape`` of a device value: a view.
+
+Every other equation (gathers, scatters, control flow, decompositions, ...) runs on the
+host through the interpreter (``gradc.interpret``), and the generated source says so on
+its line: the program is always complete and correct; ``Lowered.on_host`` lists them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import Graph, Lit, make_eqn
+from ..passes.fuse import REDUCTIONS
+from ..passes.indexmap import Affine, operand_indices
+from ..prims.linalg import parse_spec
+from . import loops
+from .pysource import dtype_expr, scalar_literal
+
+THREADS = 256          # threads per block (one dimension)
+THREADS_SIM = 16       # ... under the simulator (each thread a Python thread: a barrier costs ms)
+TILE = 16              # contraction tiles (TILE x TILE threads)
+TILE_SIM = 4
+MAX_BLOCKS = 8192      # grid-stride loops: at most this many blocks per launch
+TARGET_BLOCKS = 1024   # blocks a segmented reduction aims for (K x P)
+PER_THREAD = 8         # reduced elements per thread before another block helps
+THREAD_REDUCE = 32     # reduced extents up to this: one thread per kept element
+SMALL_OUTPUT = 1024    # contractions with at most this many results and ...
+LONG_SUM = 512         # ... at least this long a sum: a segmented reduction
+DIRECT_SUM = 8         # sums this short: one thread per result, no tiles
+
+# elementwise primitives in numba.cuda's spelling; ``_d`` is the module of device
+# functions (``gradc.codegen.cuda.device_functions``): libdevice's under CUDA, NumPy's
+# under the simulator (where ``math.sqrt(-1.0)`` would raise instead of giving NaN)
+TEMPLATES = {
+    "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
+    "div": "({0} / {1})", "pow": "_d.power({0}, {1})",
+    "max": "_d.maximum({0}, {1})", "min": "_d.minimum({0}, {1})",
+    "atan2": "_d.atan2({0}, {1})", "rem": "_d.mod({0}, {1})",
+    "exp": "_d.exp({0})", "expm1": "_d.expm1({0})", "log": "_d.log({0})",
+    "log1p": "_d.log1p({0})", "sqrt": "_d.sqrt({0})", "cbrt": "_d.cbrt({0})",
+    "sin": "_d.sin({0})", "cos": "_d.cos({0})", "tan": "_d.tan({0})",
+    "asin": "_d.asin({0})", "acos": "_d.acos({0})", "atan": "_d.atan({0})",
+    "sinh": "_d.sinh({0})", "cosh": "_d.cosh({0})", "tanh": "_d.tanh({0})",
+    "asinh": "_d.asinh({0})", "acosh": "_d.acosh({0})", "atanh": "_d.atanh({0})",
+    "abs": "abs({0})", "sign": "_d.sign({0})", "floor": "_d.floor({0})",
+    "ceil": "_d.ceil({0})", "round": "_d.rint({0})", "trunc": "_d.trunc({0})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "eq": "({0} == {1})", "ne": "({0} != {1})",
+    "and": "({0} and {1})", "or": "({0} or {1})", "xor": "({0} != {1})",
+    "not": "(not {0})", "isnan": "({0} != {0})", "isfinite": "({0} - {0} == 0)",
+    "stop_gradient": "{0}",
+}
+# functions whose float32 form has its own name in libdevice (``_d.floor_f32`` ...)
+_PER_DTYPE = {"floor", "ceil", "round", "trunc", "sign", "maximum", "minimum", "power",
+              "mod", "cbrt"}
+
+
+def template(name: str, dtype) -> str:
+    text = TEMPLATES[name]
+    if np.dtype(dtype) == np.float32:
+        for f in _PER_DTYPE:
+            text = text.replace(f"_d.{f}(", f"_d.{f}_f32(")
+    return text
+
+
+@dataclass
+class Kernel:
+    name: str
+    params: list           # (name, dtype, ndim): ndim 0 = a scalar argument
+    source: str
+
+
+@dataclass
+class Lowered:
+    source: str
+    name: str
+    inputs: list
+    kernels: list = field(default_factory=list)      # Kernel
+    consts: dict = field(default_factory=dict)       # name -> ndarray (uploaded once)
+    host_eqns: dict = field(default_factory=dict)    # name -> one-equation Graph
+    on_host: list = field(default_factory=list)      # primitive names run on the host
+    outputs: list = field(default_factory=list)      # (name, place) per graph output
+
+
+def _numba_type(dtype) -> str:
+    dtype = np.dtype(dtype)
+    return "numba.boolean" if dtype == np.bool_ else f"numba.{dtype.name}"
+
+
+class _Emitter(loops._Emitter):
+    """The CPU loop nests' per-element code generator, with CUDA's function names."""
+
+    def compute(self, eqn, idx, depth):
+        name = eqn.prim.name
+        if name not in TEMPLATES:
+            return super().compute(eqn, idx, depth)
+        subs = operand_indices(eqn, idx)
+        args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
+        dtype = eqn.outputs[0].dtype
+        if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
+            power = float(eqn.inputs[1].value)       # small whole powers as products
+            if power in (1.0, 2.0, 3.0, 4.0):
+                return "(" + " * ".join([args[0]] * int(power)) + ")"
+            if power == 0.5:
+                return template("sqrt", dtype).format(args[0])
+        if np.dtype(dtype).kind in "iub" and name in ("floor", "ceil", "round", "trunc"):
+            return args[0]
+        if np.dtype(dtype).kind in "iu" and name == "rem":
+            return f"({args[0]} % {args[1]})"
+        return template(name, dtype).format(*args)
+
+
+class _Context:
+    """What the lowering accumulates: kernels, constants, host equations, names."""
+
+    def __init__(self, simulator: bool):
+        self.threads = THREADS_SIM if simulator else THREADS
+        self.tile = TILE_SIM if simulator else TILE
+        self.kernels: list = []
+        self.consts: dict = {}
+        self.host_eqns: dict = {}
+        self.temps = 0
+        self.names: dict = {}
+        self.place: dict = {}          # Var -> "dev" | "host"
+        self.copies: dict = {}         # (Var, place) -> name of the copy there
+        self.lines: list = []
+        self.on_host: list = []
+        self.functions: list = []      # host functions of loop bodies and branches
+
+    # (the interface loops._Emitter uses)
+    def temp(self) -> str:
+        self.temps += 1
+        return f"_t{self.temps}"
+
+    def const(self, value) -> str:
+        for name, known in self.consts.items():
+            if known is value:
+                return name
+        name = f"_c{len(self.consts)}"
+        self.consts[name] = np.ascontiguousarray(value)
+        return name
+
+    def kernel_name(self) -> str:
+        return f"_k{len(self.kernels)}"
+
+    # values where a consumer needs them
+    def on_device(self, v) -> str:
+        """The name of ``v``'s device copy (arrays) or of ``v`` itself (host scalars and
+        device cells, which kernels take as they are)."""
+        if isinstance(v, Lit):
+            return scalar_literal(v.value, v.dtype) if v.ndim == 0 else self.const(v.value)
+        if self.place[v] == "dev" or v.ndim == 0:
+            return self.names[v]
+        key = (v, "dev")
+        if key not in self.copies:
+            self.copies[key] = f"{self.names[v]}_dev"
+            self.lines.append(f"{self.copies[key]} = _d.dev({self.names[v]})")
+        return self.copies[key]
+
+    def on_host_value(self, v) -> str:
+        if isinstance(v, Lit):
+            if v.ndim == 0:
+                return scalar_literal(v.value, v.dtype)
+            name = f"_lit{self.temp()}"
+            self.host_eqns[name] = np.asarray(v.value, v.dtype)
+            return name
+        if self.place[v] == "host":
+            return self.names[v]
+        key = (v, "host")
+        if key not in self.copies:
+            self.copies[key] = f"{self.names[v]}_host"
+            scalar = ", scalar=True" if v.ndim == 0 else ""
+            self.lines.append(f"{self.copies[key]} = _d.host({self.names[v]}{scalar})")
+        return self.copies[key]
+
+    def scalar_read(self, v) -> str:
+        """How a kernel reads rank-0 ``v``: a host scalar as it is, a cell as ``[0]``."""
+        if isinstance(v, Lit):
+            return scalar_literal(v.value, v.dtype)
+        return self.names[v] + ("[0]" if self.place[v] == "dev" else "")
+
+
+def lower(graph: Graph, name: str, simulator: bool) -> Lowered:
+    from ..ir import pretty
+    ctx = _Context(simulator)
+    main, outputs = _function(ctx, graph, name, canonical=False)
+    head = [
+        '"""Generated by gradc from a Graph for target="cuda": '
+        f'{len(ctx.kernels)} kernels, {len(ctx.on_host)} equations on the host.',
+        "", pretty(graph, indent=4), '"""',
+        "import math", "", "import numba", "import numpy as np", "from numba import cuda",
+        "", "from gradc.codegen import cuda as _d", "", ""]
+    if ctx.consts:
+        head.insert(-2, "# array constants (uploaded once): " + ", ".join(
+            f"{k}: {v.dtype}{list(v.shape)}" for k, v in ctx.consts.items()))
+    parts = [k.source for k in ctx.kernels] + ctx.functions + [main]
+    source = "\n".join(head) + "\n\n\n".join(parts) + "\n"
+    return Lowered(source, name, [ctx.names[v] for v in graph.inputs], ctx.kernels,
+                   ctx.consts, ctx.host_eqns, ctx.on_host, outputs)
+
+
+def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
+    """The host function computing ``graph``: its source and the place of each result.
+    Inputs arrive in the canonical places (arrays on the device, rank-0 values on the
+    host); with ``canonical``, results leave in them too (loop bodies and branches:
+    each iteration hands its results to the next as its inputs)."""
+    from ..ir import pretty_parts
+    from .pysource import _identifier
+    saved = ctx.lines, ctx.copies
+    ctx.lines, ctx.copies = [], {}
+    namer, printed = pretty_parts(graph)
+    ctx.names.update({v: _identifier(n) + ("_" if n in ("cuda", "math") else "")
+                      for v, n in namer.names.items()})
+    for v in graph.inputs:
+        ctx.place[v] = "dev" if v.ndim else "host"
+    last_source = None
+    for eqn, text in zip(graph.eqns, printed):
+        ctx.lines.append("# " + text[0].strip().removeprefix("let "))
+        if eqn.source and eqn.source != last_source:
+            ctx.lines.append(f"#   from {eqn.source}")
+        last_source = eqn.source
+        _lower_eqn(ctx, eqn, text)
+    places, results = [], []
+    for v in graph.outputs:
+        if canonical:
+            results.append(ctx.on_device(v) if v.ndim else ctx.on_host_value(v))
+            places.append("dev" if v.ndim else "host")
+        elif isinstance(v, Lit):
+            results.append(ctx.on_host_value(v))
+            places.append("host")
+        else:
+            results.append(ctx.names[v])
+            places.append(ctx.place[v])
+    body = ctx.lines + [f"return ({''.join(r + ', ' for r in results).rstrip()})"]
+    ctx.lines, ctx.copies = saved
+    head = [f"def {fname}({', '.join(ctx.names[v] for v in graph.inputs)}):"]
+    if what:
+        head.append(f"    # {what}")
+    return "\n".join(head + ["    " + line for line in body]), places
+
+
+def _nested(ctx, graph: Graph, what: str) -> str:
+    """A sub-Graph (a loop's body, a branch) as a host function of the module,
+    optimised for the target first (fused like a whole graph)."""
+    from .compile import optimise
+    fname = f"_b{len(ctx.functions)}"
+    ctx.functions.append(None)                  # (reserve the name: bodies nest)
+    text, _ = _function(ctx, optimise(graph, "cuda"), fname, canonical=True, what=what)
+    ctx.functions[int(fname[2:])] = text
+    return fname
+
+
+# ---------------------------------------------------------------- equations
+
+def _lower_eqn(ctx, eqn, text):
+    name = eqn.prim.name
+    if name == "fused":
+        _fused(ctx, eqn, text)
+    elif name == "einsum" and _contractible(eqn):
+        _einsum(ctx, eqn)
+    elif name == "reshape" and not isinstance(eqn.inputs[0], Lit) and \
+            ctx.place[eqn.inputs[0]] == "dev":
+        x, out = eqn.inputs[0], eqn.outputs[0]
+        shape = tuple(out.shape) or (1,)
+        ctx.place[out] = "dev"
+        ctx.lines.append(f"{ctx.names[out]} = {ctx.names[x]}.reshape({shape!r})")
+    elif name in ("scan", "while_loop", "cond"):
+        {"scan": _scan, "while_loop": _while, "cond": _cond}[name](ctx, eqn)
+    elif _kernel_alone(eqn):
+        # an elementwise or structural equation the fusion pass left alone (a slice
+        # feeding a loop, a broadcast of a constant): a fused equation of one
+        from ..passes.fuse import fused_p
+        ins = list(dict.fromkeys(v for v in eqn.inputs if not isinstance(v, Lit)))
+        body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
+        domain = tuple(eqn.inputs[0].shape) if name in REDUCTIONS else tuple(
+            eqn.outputs[0].shape)
+        fused = make_eqn(fused_p, ins, eqn.outputs, {"body": body, "domain": domain})
+        _fused(ctx, fused, None, {eqn: [text[0].strip().removeprefix("let ")]})
+    elif eqn.outputs and all(v.ndim == 0 for v in eqn.outputs) and len(eqn.outputs) == 1 \
+            and _host_scalar(eqn) is not None:
+        out = eqn.outputs[0]
+        args = [ctx.on_host_value(v) for v in eqn.inputs]
+        ctx.place[out] = "host"
+        ctx.lines.append(f"{ctx.names[out]} = {_host_scalar(eqn).format(*args)}")
+    else:
+        _host(ctx, eqn)
+
+
+def _kernel_alone(eqn) -> bool:
+    from ..passes.fuse import ELEMENTWISE, STRUCTURAL
+    name = eqn.prim.name
+    if len(eqn.outputs) != 1:
+        return False
+    if name in REDUCTIONS:
+        return eqn.inputs[0].ndim >= 1
+    if eqn.outputs[0].ndim == 0 or name == "reshape":
+        return False
+    return name in ELEMENTWISE or name in STRUCTURAL
+
+
+def _host_scalar(eqn):
+    """A rank-0 elementwise equation as a NumPy expression on host scalars (its operands
+    are read on the host anyway: a branch or loop condition, a solver's step size)."""
+    from .pysource import TEMPLATES as NUMPY
+    name = eqn.prim.name
+    if name == "select":
+        return "({1} if {0} else {2})"
+    if name == "convert_element_type":
+        dtype = np.dtype(eqn.params["dtype"])
+        return "({0} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({{0}})"
+    text = NUMPY.get(name)
+    if text is None:
+        return None
+    return f"{dtype_expr(eqn.outputs[0].dtype)}({text})"
+
+
+def _canonical(ctx, v) -> str:
+    """``v`` in its canonical place (arrays on the device, rank-0 values on the host)."""
+    return ctx.on_device(v) if v.ndim else ctx.on_host_value(v)
+
+
+def _bind(ctx, eqn, results, places=None):
+    for k, (v, r) in enumerate(zip(eqn.outputs, results)):
+        ctx.place[v] = places[k] if places else "dev" if v.ndim else "host"
+        ctx.lines.append(f"{ctx.names[v]} = {r}")
+
+
+def _scan(ctx, eqn):
+    p = eqn.params
+    n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
+    body = _nested(ctx, p["body"], f"scan body, {length} steps")
+    ins = eqn.inputs
+    consts = [_canonical(ctx, v) for v in ins[:n_consts]]
+    carry = [_canonical(ctx, v) for v in ins[n_consts:n_consts + n_carry]]
+    # xs: stepped along their first axis (rank-1 ones on the host: a scalar per step)
+    xs = [ctx.on_device(v) if v.ndim > 1 else ctx.on_host_value(v)
+          for v in ins[n_consts + n_carry:]]
+    k = [ctx.temp() for _ in carry]
+    t, r = ctx.temp(), ctx.temp()
+    ys, places = [], ["dev" if v.ndim else "host" for v in eqn.outputs[:n_carry]]
+    for v in eqn.outputs[n_carry:]:      # (a scalar per step: stacked on the host)
+        y = ctx.temp()
+        alloc = "_d.empty" if v.ndim > 1 else "np.empty"
+        ctx.lines.append(f"{y} = {alloc}({tuple(v.shape)!r}, {dtype_expr(v.dtype)})")
+        ys.append(y)
+        places.append("dev" if v.ndim > 1 else "host")
+    ctx.lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    steps = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
+    args = consts + k + [f"{x}[{t}]" for x in xs]
+    ctx.lines.append(f"for {t} in {steps}:")
+    ctx.lines.append(f"    {r} = {body}({', '.join(args)})")
+    ctx.lines += [f"    {kk} = {r}[{j}]" for j, kk in enumerate(k)]
+    ctx.lines += [f"    _d.put({y}, {t}, {r}[{n_carry + j}])" if pl == "dev"
+                  else f"    {y}[{t}] = {r}[{n_carry + j}]"
+                  for j, (y, pl) in enumerate(zip(ys, places[n_carry:]))]
+    _bind(ctx, eqn, k + ys, places)
+
+
+def _while(ctx, eqn):
+    p = eqn.params
+    n_cond, n_body = p["n_cond"], p["n_body"]
+    cond_graph, body_graph = p["branches"]
+    cond = _nested(ctx, cond_graph, "while_loop: the condition")
+    body = _nested(ctx, body_graph, "while_loop: the body")
+    ins = [_canonical(ctx, v) for v in eqn.inputs]
+    cc, bc, carry = ins[:n_cond], ins[n_cond:n_cond + n_body], ins[n_cond + n_body:]
+    k = [ctx.temp() for _ in carry]
+    ctx.lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    ctx.lines.append(f"while {cond}({', '.join(cc + k)})[0]:")
+    ctx.lines.append(f"    {''.join(kk + ', ' for kk in k)}= {body}({', '.join(bc + k)})")
+    _bind(ctx, eqn, k)
+
+
+def _cond(ctx, eqn):
+    false, true = eqn.params["branches"]
+    f_fn = _nested(ctx, false, "cond: the false branch")
+    t_fn = _nested(ctx, true, "cond: the true branch")
+    pred = ctx.on_host_value(eqn.inputs[0])
+    ops = [_canonical(ctx, v) for v in eqn.inputs[1:]]
+    r = ctx.temp()
+    ctx.lines += [f"if {pred}:", f"    {r} = {t_fn}({', '.join(ops)})", "else:",
+                  f"    {r} = {f_fn}({', '.join(ops)})"]
+    _bind(ctx, eqn, [f"{r}[{j}]" for j in range(len(eqn.outputs))])
+
+
+def _host(ctx, eqn):
+    """An equation without a CUDA lowering: the interpreter runs it on the host."""
+    ins = list(dict.fromkeys(v for v in eqn.inputs if not isinstance(v, Lit)))
+    args = [ctx.on_host_value(v) for v in ins]
+    graph = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
+    key = f"_h{len(ctx.host_eqns)}"
+    ctx.host_eqns[key] = graph
+    ctx.on_host.append(eqn.prim.name)
+    outs = [ctx.names[v] for v in eqn.outputs]
+    for v in eqn.outputs:
+        ctx.place[v] = "host"
+    call_args = ", ".join(args)
+    ctx.lines.append(f"{', '.join(outs)}{',' if outs else '_'} = _d.run_host({key}, "
+                     f"[{call_args}])   # on the host: no CUDA lowering of "
+                     f"{eqn.prim.name}")
+
+
+# ---------------------------------------------------------------- kernel text helpers
+
+def _decode(var, dims, names, indent) -> list:
+    """Lines setting ``names`` (C order) from the linear index ``var`` over ``dims``."""
+    lines = []
+    if not dims:
+        return lines
+    if len(dims) == 1:
+        return [indent + f"{names[0]} = {var}"]
+    rest = f"{var}_r"
+    lines.append(indent + f"{rest} = {var}")
+    for k in range(len(dims) - 1, 0, -1):
+        lines.append(indent + f"{names[k]} = {rest} % {dims[k]}")
+        lines.append(indent + f"{rest} = {rest} // {dims[k]}")
+    lines.append(indent + f"{names[0]} = {rest}")
+    return lines
+
+
+def _launch(ctx, kname, blocks, threads, args) -> str:
+    return f"{kname}[{blocks}, {threads}]({', '.join(args)})"
+
+
+def _kernel_params(ctx, operands) -> tuple:
+    """Kernel parameter names and the host expressions passed for them."""
+    params, args, kinds = [], [], []
+    for v in operands:
+        pname = ctx.names[v]
+        params.append(pname)
+        if v.ndim == 0:
+            args.append(ctx.names[v])
+            kinds.append((pname, v.dtype, 1 if ctx.place[v] == "dev" else 0))
+        else:
+            args.append(ctx.on_device(v))
+            kinds.append((pname, v.dtype, v.ndim))
+    return params, args, kinds
+
+
+# ---------------------------------------------------------------- fused equations
+
+def _fused(ctx, eqn, text, comments=None):
+    from .pysource import text_of_body
+    body = eqn.params["body"]
+    domain = tuple(int(d) for d in eqn.params["domain"])
+    producer = {v: e for e in body.eqns for v in e.outputs}
+    if comments is None:
+        comments = dict(zip(body.eqns, text_of_body(eqn, text)))
+    outer = dict(zip(body.inputs, eqn.inputs))
+    # body values by their printed names; operands read from outside by their kernel
+    # parameters (a rank-0 cell as ``x[0]``, a literal as a constant)
+    names = {v: ctx.names[v] for e in body.eqns for v in e.outputs}
+    for bv, ov in outer.items():
+        if isinstance(ov, Lit):
+            names[bv] = (scalar_literal(ov.value, ov.dtype) if ov.ndim == 0
+                         else ctx.const(ov.value))
+        else:
+            names[bv] = ctx.scalar_read(ov) if bv.ndim == 0 else ctx.names[ov]
+    groups: dict = {}
+    for r, o in zip(body.outputs, eqn.outputs):
+        e = producer.get(r)
+        kind = REDUCTIONS.get(e.prim.name) if e is not None else None
+        axes = tuple(sorted(e.params["axes"])) if kind else None
+        groups.setdefault(axes, []).append((r, o, kind))
+    elementwise = groups.pop(None, [])
+    for o in eqn.outputs:
+        ctx.place[o] = "dev"
+    for r, o, _ in elementwise:
+        ctx.lines.append(f"{ctx.names[o]} = _d.empty({tuple(o.shape)!r}, "
+                         f"{dtype_expr(o.dtype)})")
+    if not groups:
+        _map_kernel(ctx, eqn, domain, elementwise, names, producer, comments, outer)
+        return
+    first = True
+    for axes, roots in groups.items():
+        _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise if first else [],
+                       names, producer, comments, outer)
+        first = False
+
+
+def _operands(ctx, outer):
+    return [ov for ov in outer.values() if not isinstance(ov, Lit)]
+
+
+def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=()):
+    """Record kernel ``kname``; returns the array constants it reads (parameters after
+    ``head_params``, passed by the host function)."""
+    text = "\n".join(lines)
+    consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
+    params = head_params + consts
+    kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
+    text = "\n".join(["@cuda.jit", f"def {kname}({', '.join(params)}):"] +
+                     ["    " + line for line in lines])
+    ctx.kernels.append(Kernel(kname, kinds, text))
+    return consts
+
+
+def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
+    kname = ctx.kernel_name()
+    params, args, kinds = _kernel_params(ctx, _operands(ctx, outer))
+    outs = [ctx.names[o] for _, o, _ in roots]
+    kinds += [(ctx.names[o], o.dtype, o.ndim) for _, o, _ in roots]
+    size = int(np.prod(domain))
+    ivars = [f"i{k}" for k in range(len(domain))]
+    em = _Emitter(ctx, names, producer, comments)
+    idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
+    body = []
+    for r, o, _ in roots:
+        val = em.value(r, idx, 0)
+        em.emit(0, f"{ctx.names[o]}[{', '.join(ivars)}] = {val}")
+    lines = [f"for _i in range(cuda.grid(1), {size}, cuda.gridsize(1)):"]
+    lines += _decode("_i", domain, ivars, "    ")
+    lines += ["    " + line for line in em.lines + body]
+    consts = _finish_kernel(ctx, kname, params + outs, lines, kinds, em.used_consts)
+    blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
+    ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + outs + consts))
+
+
+def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, comments,
+                   outer):
+    """A segmented reduction over ``axes`` of ``domain`` (see the module docstring)."""
+    kname = ctx.kernel_name()
+    params, args, kinds = _kernel_params(ctx, _operands(ctx, outer))
+    kept = [d for d in range(len(domain)) if d not in axes]
+    K = int(np.prod([domain[d] for d in kept]))
+    R = int(np.prod([domain[d] for d in axes]))
+    ivars = [f"i{k}" for k in range(len(domain))]
+    idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
+    T = ctx.threads
+    thread_mode = R <= THREAD_REDUCE
+    P = 1 if thread_mode else max(1, min(-(-R // (T * PER_THREAD)),
+                                         max(1, TARGET_BLOCKS // K)))
+    # outputs: reductions as flat (K,) arrays (cells when K == 1), partials (K, P)
+    red_outs, part_names = [], []
+    for j, (r, o, kind) in enumerate(roots):
+        flat = f"{ctx.names[o]}_flat"
+        ctx.lines.append(f"{flat} = _d.empty(({K},), {dtype_expr(o.dtype)})")
+        red_outs.append(flat)
+        if P > 1:
+            part = f"{ctx.names[o]}_part"
+            ctx.lines.append(f"{part} = _d.empty(({K}, {P}), {dtype_expr(o.dtype)})")
+            part_names.append(part)
+    ew_outs = [ctx.names[o] for _, o, _ in elementwise]
+    dest = part_names if P > 1 else red_outs
+    kinds += [(n, o.dtype, 2 if P > 1 else 1) for n, (_, o, _) in zip(dest, roots)]
+    kinds += [(ctx.names[o], o.dtype, o.ndim) for _, o, _ in elementwise]
+    em = _Emitter(ctx, names, producer, comments)
+    accs = [f"_a{j}" for j in range(len(roots))]
+    for (r, o, kind), acc in zip(roots, accs):
+        e = producer[r]
+        val = em.value(e.inputs[0], idx, 0)
+        em.emit(0, f"{acc} = {loops._combine(kind, acc, val)}")
+    for r, o, _ in elementwise:
+        val = em.value(r, idx, 0)
+        em.emit(0, f"{ctx.names[o]}[{', '.join(ivars)}] = {val}")
+    kept_vars = [ivars[d] for d in kept]
+    red_vars = [ivars[d] for d in axes]
+    kept_dims = [domain[d] for d in kept]
+    red_dims = [domain[d] for d in axes]
+    inits = [f"{acc} = {loops._init(kind, r)}" for (r, o, kind), acc in zip(roots, accs)]
+    lines = []
+    if thread_mode:
+        lines.append(f"for _k in range(cuda.grid(1), {K}, cuda.gridsize(1)):")
+        lines += _decode("_k", kept_dims, kept_vars, "    ")
+        lines += ["    " + s for s in inits]
+        lines.append(f"    for _r in range({R}):")
+        lines += _decode("_r", red_dims, red_vars, "        ")
+        lines += ["        " + s for s in em.lines]
+        lines += [f"    {out}[_k] = {acc}" for out, acc in zip(red_outs, accs)]
+        blocks = max(1, min(-(-K // T), MAX_BLOCKS))
+    else:
+        for (r, o, kind), acc in zip(roots, accs):
+            lines.append(f"{acc}_s = cuda.shared.array({T}, {_numba_type(o.dtype)})")
+        lines += ["_tid = cuda.threadIdx.x",
+                  f"for _b in range(cuda.blockIdx.x, {K * P}, cuda.gridDim.x):",
+                  f"    _k = _b // {P}", f"    _p = _b - _k * {P}"]
+        lines += _decode("_k", kept_dims, kept_vars, "    ")
+        lines += ["    " + s for s in inits]
+        lines.append(f"    for _r in range(_p * {T} + _tid, {R}, {P * T}):")
+        lines += _decode("_r", red_dims, red_vars, "        ")
+        lines += ["        " + s for s in em.lines]
+        lines += [f"    {acc}_s[_tid] = {acc}" for acc in accs]
+        lines += ["    cuda.syncthreads()", f"    _w = {T // 2}", "    while _w > 0:",
+                  "        if _tid < _w:"]
+        lines += [f"            {acc}_s[_tid] = "
+                  f"{loops._combine(kind, f'{acc}_s[_tid]', f'{acc}_s[_tid + _w]')}"
+                  for (r, o, kind), acc in zip(roots, accs)]
+        lines += ["        cuda.syncthreads()", "        _w //= 2", "    if _tid == 0:"]
+        lines += [f"        {d}[_k{', _p' if P > 1 else ''}] = {acc}_s[0]"
+                  for d, acc in zip(dest, accs)]
+        lines.append("    cuda.syncthreads()")
+        blocks = max(1, min(K * P, MAX_BLOCKS))
+    consts = _finish_kernel(ctx, kname, params + dest + ew_outs, lines, kinds,
+                            em.used_consts)
+    ctx.lines.append(_launch(ctx, kname, blocks, T, args + dest + ew_outs + consts))
+    if P > 1:                       # the second pass: each kept element's P partials
+        fname = ctx.kernel_name()
+        flines = [f"for _k in range(cuda.grid(1), {K}, cuda.gridsize(1)):"]
+        fkinds = []
+        for j, ((r, o, kind), part, out) in enumerate(zip(roots, part_names, red_outs)):
+            flines.append(f"    _a = {part}[_k, 0]")
+            flines.append(f"    for _p in range(1, {P}):")
+            flines.append(f"        _a = {loops._combine(kind, '_a', f'{part}[_k, _p]')}")
+            flines.append(f"    {out}[_k] = _a")
+            fkinds += [(part, o.dtype, 2), (out, o.dtype, 1)]
+        fparams = [n for pair in zip(part_names, red_outs) for n in pair]
+        _finish_kernel(ctx, fname, fparams, flines, fkinds, [])
+        ctx.lines.append(_launch(ctx, fname, max(1, min(-(-K // T), MAX_BLOCKS)), T,
+                                 fparams))
+    for (r, o, kind), flat in zip(roots, red_outs):
+        shape = tuple(o.shape)
+        ctx.lines.append(f"{ctx.names[o]} = {flat}" if shape in ((), (K,))
+                         else f"{ctx.names[o]} = {flat}.reshape({shape!r})")
+
+
+# ---------------------------------------------------------------- contractions
+
+def _contractible(eqn) -> bool:
+    x, y = eqn.inputs
+    out = eqn.outputs[0]
+    return (np.dtype(out.dtype).kind in "fiu" and np.dtype(x.dtype) == np.dtype(y.dtype)
+            == np.dtype(out.dtype))
+
+
+def _einsum(ctx, eqn):
+    x, y = eqn.inputs
+    out = eqn.outputs[0]
+    spec = eqn.params["spec"]
+    sa, sb, so = parse_spec(spec)
+    size = dict(zip(sa, x.shape)) | dict(zip(sb, y.shape))
+    batch = [c for c in so if c in sa and c in sb]
+    m_letters = [c for c in so if c in sa and c not in sb]
+    n_letters = [c for c in so if c in sb and c not in sa]
+    k_letters = [c for c in dict.fromkeys(sa + sb) if c not in so]
+    B = int(np.prod([size[c] for c in batch]))
+    M = int(np.prod([size[c] for c in m_letters]))
+    N = int(np.prod([size[c] for c in n_letters]))
+    K = int(np.prod([size[c] for c in k_letters]))
+    ctx.place[out] = "dev"
+    oname = ctx.names[out]
+    shape = tuple(out.shape) or (1,)
+    operands = [v for v in (x, y) if not isinstance(v, Lit)]
+    for v in operands:
+        if v.ndim:
+            ctx.on_device(v)                    # (copies made before the branch below)
+    if np.dtype(out.dtype).kind == "f" and x.ndim and y.ndim and len(operands) == 2:
+        # CuPy's einsum (cuBLAS) when installed; the kernel below otherwise
+        fallback_line = len(ctx.lines)
+    else:
+        fallback_line = None
+    letter_var = {c: f"_l{k}" for k, c in enumerate(dict.fromkeys(sa + sb))}
+
+    def read(v, letters):
+        if isinstance(v, Lit):
+            return scalar_literal(v.value, v.dtype) if v.ndim == 0 else \
+                f"{ctx.const(v.value)}[{', '.join(letter_var[c] for c in letters)}]"
+        if v.ndim == 0:
+            return ctx.scalar_read(v)
+        return f"{ctx.names[v]}[{', '.join(letter_var[c] for c in letters)}]"
+
+    params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
+    ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
+    kinds.append((oname, out.dtype, len(shape)))
+    kname = ctx.kernel_name()
+    zero = scalar_literal(0, out.dtype)
+    T = ctx.threads
+    out_index = ", ".join(letter_var[c] for c in so) if so else "0"
+    dims = lambda letters: [size[c] for c in letters]          # noqa: E731
+    names = lambda letters: [letter_var[c] for c in letters]   # noqa: E731
+    if B * M * N <= SMALL_OUTPUT and K >= LONG_SUM:
+        # a segmented reduction: each output element's sum split over P blocks
+        NO = B * M * N
+        P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // NO)))
+        part = f"{oname}_part"
+        ctx.lines.append(f"{part} = _d.empty(({NO}, {P}), {dtype_expr(out.dtype)})")
+        lines = [f"_s = cuda.shared.array({T}, {_numba_type(out.dtype)})",
+                 "_tid = cuda.threadIdx.x",
+                 f"for _b in range(cuda.blockIdx.x, {NO * P}, cuda.gridDim.x):",
+                 f"    _o = _b // {P}", f"    _p = _b - _o * {P}"]
+        lines += _decode("_o", dims(batch + m_letters + n_letters),
+                         names(batch + m_letters + n_letters), "    ")
+        lines += [f"    _a = {zero}",
+                  f"    for _r in range(_p * {T} + _tid, {K}, {P * T}):"]
+        lines += _decode("_r", dims(k_letters), names(k_letters), "        ")
+        lines += [f"        _a += {read(x, sa)} * {read(y, sb)}",
+                  "    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
+                  "    while _w > 0:", "        if _tid < _w:",
+                  "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
+                  "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]",
+                  "    cuda.syncthreads()"]
+        kinds_k = kinds[:-1] + [(part, out.dtype, 2)]
+        consts = _finish_kernel(ctx, kname, params + [part], lines, kinds_k)
+        ctx.lines.append(_launch(ctx, kname, max(1, min(NO * P, MAX_BLOCKS)), T,
+                                 args + [part] + consts))
+        fname = ctx.kernel_name()
+        flines = [f"for _o in range(cuda.grid(1), {NO}, cuda.gridsize(1)):"]
+        flines += _decode("_o", dims(batch + m_letters + n_letters),
+                          names(batch + m_letters + n_letters), "    ")
+        flines += ["    _a = " + zero, f"    for _p in range({P}):",
+                   f"        _a += {part}[_o, _p]", f"    {oname}[{out_index}] = _a"]
+        _finish_kernel(ctx, fname, [part, oname], flines,
+                       [(part, out.dtype, 2), (oname, out.dtype, len(shape))], [])
+        ctx.lines.append(_launch(ctx, fname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
+                                 [part, oname]))
+    elif K <= DIRECT_SUM:
+        # a short sum (an outer product, a scaling): one thread per result element
+        outs = batch + m_letters + n_letters
+        lines = [f"for _o in range(cuda.grid(1), {B * M * N}, cuda.gridsize(1)):"]
+        lines += _decode("_o", dims(outs), names(outs), "    ")
+        lines.append(f"    _a = {zero}")
+        if k_letters:
+            lines.append(f"    for _r in range({K}):")
+            lines += _decode("_r", dims(k_letters), names(k_letters), "        ")
+            lines.append(f"        _a += {read(x, sa)} * {read(y, sb)}")
+        else:
+            lines.append(f"    _a += {read(x, sa)} * {read(y, sb)}")
+        lines.append(f"    {oname}[{out_index}] = _a")
+        consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
+        blocks = max(1, min(-(-(B * M * N) // T), MAX_BLOCKS))
+        ctx.lines.append(_launch(ctx, kname, blocks, T, args + [oname] + consts))
+    else:
+        # tiled: a (TILE x TILE) block computes a tile of the (B, M, N) result, staging
+        # TILE-wide slabs of both operands (read through their index maps) in shared memory
+        t = ctx.tile
+        TM, TN = -(-M // t), -(-N // t)
+        nt = _numba_type(out.dtype)
+        lines = [f"_sx = cuda.shared.array(({t}, {t}), {nt})",
+                 f"_sy = cuda.shared.array(({t}, {t}), {nt})",
+                 "_tx = cuda.threadIdx.x", "_ty = cuda.threadIdx.y",
+                 f"for _b in range(cuda.blockIdx.x, {B * TM * TN}, cuda.gridDim.x):",
+                 f"    _z = _b // {TM * TN}", f"    _q = _b - _z * {TM * TN}",
+                 f"    _m = (_q // {TN}) * {t} + _ty", f"    _n = (_q % {TN}) * {t} + _tx",
+                 f"    _a = {zero}"]
+        lines += _decode("_z", dims(batch), names(batch), "    ")
+        lines += [f"    for _k0 in range(0, {K}, {t}):",
+                  "        _kx = _k0 + _tx",
+                  f"        if _m < {M} and _kx < {K}:"]
+        lines += _decode("_m", dims(m_letters), names(m_letters), "            ")
+        lines += _decode("_kx", dims(k_letters), names(k_letters), "            ")
+        lines += [f"            _sx[_ty, _tx] = {read(x, sa)}", "        else:",
+                  f"            _sx[_ty, _tx] = {zero}",
+                  "        _ky = _k0 + _ty",
+                  f"        if _n < {N} and _ky < {K}:"]
+        lines += _decode("_n", dims(n_letters), names(n_letters), "            ")
+        lines += _decode("_ky", dims(k_letters), names(k_letters), "            ")
+        lines += [f"            _sy[_ty, _tx] = {read(y, sb)}", "        else:",
+                  f"            _sy[_ty, _tx] = {zero}",
+                  "        cuda.syncthreads()",
+                  f"        for _kk in range({t}):",
+                  "            _a += _sx[_ty, _kk] * _sy[_kk, _tx]",
+                  "        cuda.syncthreads()",
+                  f"    if _m < {M} and _n < {N}:"]
+        lines += _decode("_m", dims(m_letters), names(m_letters), "        ")
+        lines += _decode("_n", dims(n_letters), names(n_letters), "        ")
+        lines += [f"        {oname}[{out_index}] = _a"]
+        consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
+        blocks = max(1, min(B * TM * TN, MAX_BLOCKS))
+        ctx.lines.append(_launch(ctx, kname, blocks, f"({t}, {t})",
+                                 args + [oname] + consts))
+    if fallback_line is not None:
+        # the kernel launches above become the fallback of a CuPy call
+        launches = ctx.lines[fallback_line + 1:]
+        alloc = ctx.lines[fallback_line]
+        ctx.lines[fallback_line:] = [
+            "if _d.cupy_einsum is not None:",
+            f"    {oname} = _d.cupy_einsum({spec!r}, {ctx.on_device(x)}, "
+            f"{ctx.on_device(y)}, {shape!r})",
+            "else:", "    " + alloc] + ["    " + s for s in launches]

@@ -1,0 +1,270 @@
+"""The CUDA target (``gradc.codegen.cuda``) against the CPU backend and the interpreter.
+
+Without a GPU these run in numba.cuda's simulator (``tests/conftest.py``), with the same
+generated kernels; with one, on it.  Sizes are small: the simulator runs each GPU thread
+as a Python thread.  ``test_kernels_compile_to_ptx`` compiles the generated kernels with
+numba.cuda's real compiler in a subprocess (CUDA's NVVM, no GPU needed) so that what the
+simulator accepts but the GPU compiler would not (an unsupported function, a type that
+does not unify) is caught too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.codegen.compile import optimise
+from gradc.errors import GuardFailure
+from gradc.interpret import run
+
+from test_codegen import _graphs, _inputs
+from test_prims import ELEMENTWISE, FLOAT32_ROWS, ROWS, pytestmark  # noqa: F401
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+KINDS = ("primal", "jvp", "vjp")
+
+
+def _compile(graph, name):
+    from gradc.codegen.cuda import Compiled
+    return Compiled(optimise(graph, "cuda"), name)
+
+
+def _check_row(row, kind, float32=False):
+    graphs, dynamic = _graphs(row.id, False, float32)
+    if kind not in graphs:
+        pytest.skip("no float inputs: nothing to differentiate")
+    graph = graphs[kind]
+    args = _inputs(graph, dynamic, np.random.default_rng(5))
+    want = run(graph, *args)
+    try:
+        got = _compile(graph, f"{kind}_{row.id.replace('-', '_')}")(*args)
+    except GuardFailure:
+        with pytest.raises(GuardFailure):
+            run(graph, *args)
+        return
+    rtol = 1e-5 if float32 else 1e-12
+    assert len(got) == len(want)
+    for g, w, v in zip(got, want, graph.outputs):
+        g = np.asarray(g)
+        assert g.dtype == w.dtype == v.dtype, (g.dtype, w.dtype, v.dtype)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        if w.dtype.kind in "fc":
+            scale = float(np.max(np.abs(w), initial=0.0, where=np.isfinite(w)))
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(scale, 1e-300))
+        else:
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+def test_rows_on_cuda(row, kind):
+    """Every primitive row: the traced graph, its JVP and its VJP."""
+    _check_row(row, kind)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.id in FLOAT32_ROWS], ids=lambda r: r.id)
+def test_rows_on_cuda_float32(row):
+    _check_row(row, "vjp", float32=True)
+
+
+# ---------------------------------------------------------------- whole programs
+
+rng = np.random.default_rng(0)
+A = rng.standard_normal((6, 5))
+B = rng.standard_normal((5, 7))
+V5 = rng.standard_normal(5)
+X3 = rng.standard_normal((4, 6, 5))
+Y3 = rng.standard_normal((4, 5, 3))
+BIG = rng.standard_normal(700)      # (> 16 threads x 8 per thread: a two-pass reduction)
+M32 = rng.standard_normal((12, 20)).astype(np.float32)
+
+
+def rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+
+def crf_logz(theta, trans):
+    def step(alpha, th):
+        s = alpha[:, None] + trans
+        m = np.max(s, axis=0)
+        a = m + np.log(np.sum(np.exp(s - m), axis=0)) + th
+        return a, np.sum(a)
+    alpha, ys = gradc.scan(step, theta[0], theta[1:])
+    m = np.max(alpha)
+    return m + np.log(np.sum(np.exp(alpha - m))) + 0.01 * np.sum(ys)
+
+
+def newton_sqrt(a):
+    x, _ = gradc.while_loop(lambda s: s[1] < 20, lambda s: (0.5 * (s[0] + a / s[0]), s[1] + 1),
+                            (np.ones_like(a), 0))
+    return np.sum(x)
+
+
+def branchy(x):
+    return gradc.cond(np.sum(x) > 0, lambda x: np.sum(np.sin(x)), lambda x: np.sum(x ** 2), x)
+
+
+def mlp(W1, W2, x):
+    h = np.tanh(x @ W1)
+    z = h @ W2
+    z = z - np.max(z, axis=1, keepdims=True)
+    return -np.mean(z[:, 0] - np.log(np.sum(np.exp(z), axis=1)))
+
+
+PROGRAMS = {
+    "sum-axis0": (lambda a: np.sum(np.tanh(a), axis=0), (A,)),
+    "sum-axis1": (lambda a: np.sum(np.exp(a) * 2, axis=1), (A,)),
+    "sum-long": (lambda x: np.sum(np.sin(x) ** 2), (BIG,)),       # two-pass reduction
+    "max-min": (lambda a: np.max(a, axis=1) + np.min(a, axis=0).sum(), (A,)),
+    "prod": (lambda a: np.prod(a[:3, :2] * 0.5 + 1), (A,)),
+    "matmul": (lambda a, b: a @ b, (A, B)),
+    "matvec": (lambda a, x: a @ x, (A, V5)),
+    "vecmat-transposed": (lambda a, x: np.tanh(x @ a.T), (A, V5)),
+    "dot-long": (lambda x: x @ x, (BIG,)),                       # a contraction as a sum
+    "batched": (lambda x, y: np.einsum("bij,bjk->bik", x, y), (X3, Y3)),
+    "float32": (lambda m: np.sum(np.log1p(m * m), axis=1), (M32,)),
+    "float32-matmul": (lambda m: (m @ m.T).sum(0), (M32,)),
+    "scalars": (lambda a, s: np.sum(a) * s + s ** 2, (A, 1.5)),
+    "mean-var": (lambda a: ((a - a.mean(0)) ** 2).mean(), (A,)),
+    "where": (lambda a: np.where(a > 0, a, 0.1 * a).sum(1), (A,)),
+    "gather-concat": (lambda x: np.concatenate([x[::2], x[[0, 3, 1]]]).sum(), (V5,)),
+    "rosenbrock": (rosen, (rng.standard_normal(50),)),
+    "crf-scan": (crf_logz, (rng.standard_normal((6, 4)), rng.standard_normal((4, 4)))),
+    "while": (newton_sqrt, (rng.uniform(1, 3, 5),)),
+    "cond-true": (branchy, (rng.uniform(1, 3, 5),)),
+    "cond-false": (branchy, (-rng.uniform(1, 3, 5),)),
+    "mlp": (mlp, (0.3 * rng.standard_normal((8, 6)), 0.3 * rng.standard_normal((6, 3)),
+                  rng.standard_normal((5, 8)))),
+}
+
+
+def _summed(f):
+    return lambda *a: np.sum(f(*a))
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_programs_match_cpu(name):
+    f, args = PROGRAMS[name]
+    tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
+    got = gradc.jit(f, target="cuda")(*args)
+    want = gradc.jit(f, target="cpu")(*args)
+    assert np.asarray(got).dtype == np.asarray(want).dtype
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+    g = gradc.grad(_summed(f), argnums=wrt, target="cuda")(*args)
+    gc = gradc.grad(_summed(f), argnums=wrt, target="cpu")(*args)
+    for a, b in zip(g, gc):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_gradient_against_finite_differences():
+    x = rng.standard_normal(20)
+    g = gradc.grad(rosen, target="cuda")(x)
+    eps = 1e-6
+    fd = np.array([(rosen(x + eps * e) - rosen(x - eps * e)) / (2 * eps) for e in np.eye(20)])
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-5)
+
+
+def w2(p):
+    x, y = p[0], p[1]
+    return np.sin(x) * np.exp(-y * y) + x ** 3 / (1 + y * y) + np.tanh(x * y)
+
+
+def test_vmap_of_grad_is_one_kernel():
+    """G2's shape: the per-point gradient over many points, one thread per point."""
+    pts = rng.standard_normal((300, 2))
+    f = gradc.jit(gradc.vmap(gradc.grad(w2)), target="cuda")
+    np.testing.assert_allclose(f(pts), gradc.jit(gradc.vmap(gradc.grad(w2)))(pts),
+                               rtol=1e-13, atol=1e-13)
+    compiled = f.compile(pts)
+    assert compiled.kernels == ["_k0"] and compiled.on_host == []
+    assert f.source(pts).count("@cuda.jit") == 1
+
+
+def test_reductions_are_segmented_with_a_second_pass():
+    f = gradc.jit(lambda x: np.sum(np.sin(x) ** 2), target="cuda")
+    src = f.source(BIG)
+    assert "cuda.shared.array" in src and "cuda.syncthreads()" in src
+    assert len(f.compile(BIG).kernels) == 2          # partials, then their sum
+
+
+def test_device_arrays_stay_on_the_device():
+    from gradc.codegen.cuda import import_cuda, is_device_array
+    cuda = import_cuda()
+    x = rng.standard_normal(40)
+    dx = cuda.to_device(x)
+    g = gradc.grad(rosen, target="cuda")
+    out = g(dx)
+    assert is_device_array(out)
+    np.testing.assert_allclose(out.copy_to_host(), g(x), rtol=1e-14)
+    value, grad = gradc.value_and_grad(rosen, target="cuda")(dx)
+    assert isinstance(value, (float, np.floating)) and is_device_array(grad)
+    # a CPU target takes device arrays too (copied to the host)
+    np.testing.assert_allclose(gradc.grad(rosen, target="cpu")(dx), g(x), rtol=1e-14)
+
+
+def test_host_equations_are_named_in_the_source():
+    f = gradc.grad(newton_sqrt, target="cuda")
+    x = rng.uniform(1, 3, 5)
+    assert "while_adjoint" in f.compile(x).on_host
+    assert "# on the host: no CUDA lowering of while_adjoint" in f.source(x)
+
+
+def test_numpy_shim_restores_row_stack(monkeypatch):
+    import gradc.codegen.cuda as gcuda
+    monkeypatch.delattr(np, "row_stack", raising=False)
+    monkeypatch.setattr(gcuda, "_CUDA", None)
+    gcuda.import_cuda()
+    assert np.row_stack is np.vstack
+
+
+def test_ptx_needs_the_real_compiler_under_the_simulator():
+    if not SIMULATOR:
+        pytest.skip("runs on a GPU")
+    with pytest.raises(gradc.ArgumentError, match="simulator"):
+        gradc.grad(rosen, target="cuda").ptx(np.ones(5))
+
+
+PTX_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    import gradc
+    from test_cuda import PROGRAMS, _summed, w2
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception as e:
+        print(json.dumps({{"skip": str(e).splitlines()[0] if str(e) else type(e).__name__}}))
+        raise SystemExit
+    done = {{}}
+    for name, (f, args) in PROGRAMS.items():
+        wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+        ptx = gradc.grad(_summed(f), argnums=wrt, target="cuda").ptx(*args)
+        done[name] = ptx.count(".entry")
+    pts = np.zeros((300, 2))
+    done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)), target="cuda").ptx(pts).count(".entry")
+    print(json.dumps(done))
+""")
+
+
+def test_kernels_compile_to_ptx():
+    """The generated kernels through numba.cuda's real compiler (NVVM), not the
+    simulator: every program's gradient."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    script = PTX_SCRIPT.format(tests=os.path.dirname(__file__))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(f"no CUDA NVVM on this machine: {out['skip']}")
+    assert out["vmap-grad"] == 1
+    assert all(n >= 1 for n in out.values()), out
