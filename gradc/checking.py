@@ -250,7 +250,7 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     against, modes, targets = tuple(against), tuple(modes), tuple(targets)
     for name, given, allowed in (("against", against, ("sympy", "fd")),
                                  ("modes", modes, ("rev", "fwd")),
-                                 ("targets", targets, ("numpy", "cpu", "parallel"))):
+                                 ("targets", targets, ("numpy", "cpu", "parallel", "cuda"))):
         bad = [g for g in given if g not in allowed]
         if bad or not given:
             raise ArgumentError(with_location(

@@ -1,6 +1,7 @@
 """The ``gradc`` command (also ``python -m gradc``).
 
-    gradc show  FILE.py:FUNC --args "f64[5]" [--emit ir,grad,source,llvm,asm]
+    gradc show  FILE.py:FUNC --args "f64[5]" [--emit ir,grad,source,llvm,asm,ptx]
+                                             [--target cpu|parallel|cuda|numpy]
     gradc check FILE.py:FUNC --args "f64[5], f64[]" [--against sympy,fd] [--modes rev,fwd]
                                                     [--targets numpy,cpu]
     gradc draw  FILE.py:FUNC --args "f64[3]" [--grad] [-o graph.svg]
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-EMITS = ("ir", "grad", "source", "llvm", "asm")
+EMITS = ("ir", "grad", "source", "llvm", "asm", "ptx")
 _DTYPES = {"f64": np.float64, "f32": np.float32, "i64": np.int64, "i32": np.int32,
            "bool": np.bool_, "float64": np.float64, "float32": np.float32,
            "int64": np.int64, "int32": np.int32}
@@ -153,10 +154,15 @@ def cmd_show(ns, out):
     if bad:
         raise CliError(f"--emit: unknown stage {bad[0]!r} (choose from {', '.join(EMITS)})")
     rule = "=" * 72
-    if ns.target == "numpy" and set(emits) & {"source", "llvm", "asm"}:
-        raise CliError("--emit source/llvm/asm needs a compiled --target (cpu or parallel)")
+    if ns.target == "numpy" and set(emits) & {"source", "llvm", "asm", "ptx"}:
+        raise CliError("--emit source/llvm/asm/ptx needs a compiled --target "
+                       "(cpu, parallel or cuda)")
+    if "ptx" in emits and ns.target != "cuda":
+        raise CliError("--emit ptx needs --target cuda")
+    if ns.target == "cuda" and set(emits) & {"llvm", "asm"}:
+        raise CliError("--target cuda compiles to PTX: use --emit ptx, not llvm/asm")
     derived = (derivative_of(fn, args, ns.target)[0]
-               if set(emits) & {"grad", "source", "llvm", "asm"} else None)
+               if set(emits) & {"grad", "source", "llvm", "asm", "ptx"} else None)
     for what in emits:
         if what == "ir":
             print(f"{rule}\n# traced IR of {ns.function}\n{rule}", file=out)
@@ -167,6 +173,9 @@ def cmd_show(ns, out):
         elif what == "source":
             print(f"{rule}\n# generated source of the derivative\n{rule}", file=out)
             print(derived.source(*args), file=out)
+        elif what == "ptx":
+            print(f"{rule}\n# PTX of the derivative's kernels\n{rule}", file=out)
+            print(derived.ptx(*args), file=out)
         elif what == "llvm":
             print(f"{rule}\n# LLVM IR of the derivative's main function\n{rule}", file=out)
             print(derived.llvm(*args), file=out)
@@ -228,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
     with_function(s)
     s.add_argument("--emit", default="ir,grad,source",
                    help=f"stages to print, comma-separated: {','.join(EMITS)}")
-    s.add_argument("--target", default="cpu", choices=("cpu", "parallel", "numpy"),
+    s.add_argument("--target", default="cpu", choices=("cpu", "parallel", "cuda", "numpy"),
                    help="backend of the derivative (numpy: the interpreter, no code)")
     s.set_defaults(run=cmd_show)
     c = sub.add_parser("check", help="compare derivatives with SymPy and finite differences")

@@ -138,3 +138,16 @@ def test_demo_runs_quick():
 def test_no_command_prints_help():
     r = gradc()
     assert r.returncode == 2 and "usage: gradc" in r.stdout
+
+
+def test_show_cuda_source_and_ptx_errors():
+    """--target cuda: the kernels' source (under the simulator without a GPU); --emit ptx
+    needs --target cuda, and llvm/asm are refused for it, each in one line."""
+    r = gradc("show", ROSEN, "--args", "f64[5]", "--target", "cuda", "--emit", "source")
+    assert r.returncode == 0, r.stderr
+    assert "@cuda.jit" in r.stdout and "cuda.grid(1)" in r.stdout
+    r = gradc("show", ROSEN, "--args", "f64[5]", "--emit", "ptx")
+    assert r.returncode != 0 and "needs --target cuda" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = gradc("show", ROSEN, "--args", "f64[5]", "--target", "cuda", "--emit", "llvm")
+    assert r.returncode != 0 and "use --emit ptx" in r.stderr

@@ -277,3 +277,10 @@ def test_kernels_compile_to_ptx():
         pytest.skip(f"no CUDA NVVM on this machine: {out['skip']}")
     assert out["vmap-grad"] == 1
     assert all(n >= 1 for n in out.values()), out
+
+
+def test_check_runs_the_cuda_target():
+    report = gradc.check(rosen, rng.uniform(0.5, 1.5, 6), targets=("cuda",),
+                         against=("fd",))
+    assert report.ok and len(report.rows) == 2
+    assert all(row.target == "cuda" for row in report.rows)
