@@ -68,11 +68,9 @@ def _define_device_functions(cuda) -> None:
     if simulator():
         for ours, numpys in names.items():
             g[ours] = getattr(np, numpys)
-        for ours, numpys in {"floor": "floor", "ceil": "ceil", "rint": "rint",
-                             "trunc": "trunc", "cbrt": "cbrt", "sign": "sign",
-                             "maximum": "maximum", "minimum": "minimum",
-                             "power": "power", "mod": "mod"}.items():
-            g[ours] = g[ours + "_f32"] = getattr(np, numpys)
+        for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
+            g[ours] = g[ours + "_f32"] = getattr(np, ours)
+        g["fmod"] = np.fmod
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -80,38 +78,7 @@ def _define_device_functions(cuda) -> None:
     for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
-
-    # (``register_jitable``: inlined into each kernel by the type it is called with;
-    # a ``cuda.jit(device=True)`` function would need a GPU to compile)
-    from numba.extending import register_jitable
-
-    @register_jitable
-    def sign(x):
-        return x if x == 0 or x != x else x / abs(x)
-
-    @register_jitable
-    def maximum(a, b):
-        return a if (a > b or a != a) else b
-
-    @register_jitable
-    def minimum(a, b):
-        return a if (a < b or a != a) else b
-
-    @register_jitable
-    def power(a, b):
-        return a ** b
-
-    @register_jitable
-    def mod(a, b):
-        r = math.fmod(a, b)
-        if r != 0 and (r < 0) != (b < 0):
-            r += b
-        return r
-
-    for name, f in (("sign", sign), ("maximum", maximum), ("minimum", minimum),
-                    ("power", power), ("mod", mod)):
-        g[name] = g[name + "_f32"] = f
-
+    g["fmod"] = math.fmod
 
 # ---------------------------------------------------------------- host-side helpers
 
@@ -136,9 +103,21 @@ def put(dest, t, value):
 
 
 def run_host(graph: Graph, args):
-    """An equation without a CUDA lowering, run by the interpreter on the host."""
+    """An equation without a CUDA lowering, run by the interpreter on the host (rank-0
+    results as NumPy scalars, which kernels take as scalar arguments)."""
     from ..interpret import eval_graph
-    return [np.asarray(r) for r in eval_graph(graph, list(args))]
+    out = [np.asarray(r) for r in eval_graph(graph, list(args))]
+    return [r[()] if r.ndim == 0 else r for r in out]
+
+
+def copy(x):
+    """A fresh copy of a result that the program would otherwise hand out by reference
+    (a constant, an argument passed through, a view of one)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.array(x, copy=True)
+    out = _CUDA.device_array(x.shape, x.dtype)
+    out.copy_to_device(x)
+    return out
 
 
 def is_device_array(x) -> bool:
@@ -231,7 +210,10 @@ class Compiled:
         for i, (a, v) in enumerate(zip(args, self.graph.inputs)):
             dtype = np.dtype(v.dtype)
             if v.ndim == 0:
-                x = host(cuda.as_cuda_array(a)) if is_device_array(a) else a
+                if is_device_array(a):
+                    x = host(a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a))
+                else:
+                    x = a
                 converted.append(np.asarray(x, dtype).reshape(())[()])
                 continue
             if is_device_array(a):
@@ -274,8 +256,13 @@ class Compiled:
     call_raw = __call__
 
     def fast_callable(self):
-        """(The interface of ``numba_cpu.Compiled`` that gradc's fast call path uses.)"""
-        return self.__call__
+        """(The interface of ``numba_cpu.Compiled`` that gradc's fast call path uses: a
+        tuple of results, rank-0 ones boxed as Numba boxes them, as Python numbers.)"""
+        call = self.__call__
+
+        def fast(*args):
+            return tuple(r.item() if isinstance(r, np.generic) else r for r in call(*args))
+        return fast
 
     # ------------------------------------------------------------ inspection
 

@@ -65,26 +65,31 @@ DIRECT_SUM = 8         # sums this short: one thread per result, no tiles
 # under the simulator (where ``math.sqrt(-1.0)`` would raise instead of giving NaN)
 TEMPLATES = {
     "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
-    "div": "({0} / {1})", "pow": "_d.power({0}, {1})",
-    "max": "_d.maximum({0}, {1})", "min": "_d.minimum({0}, {1})",
-    "atan2": "_d.atan2({0}, {1})", "rem": "_d.mod({0}, {1})",
+    "div": "({0} / {1})", "pow": "({0} ** {1})",
+    # (NumPy's semantics inline: a NaN operand wins, the remainder takes the divisor's
+    # sign; no device functions, whose compilation would need a GPU for ``.ptx()``)
+    "max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
+    "min": "({0} if ({0} < {1} or {0} != {0}) else {1})",
+    "atan2": "_d.atan2({0}, {1})",
+    "rem": "(_d.fmod({0}, {1}) + {1} if (_d.fmod({0}, {1}) != 0 and "
+           "((_d.fmod({0}, {1}) < 0) != ({1} < 0))) else _d.fmod({0}, {1}))",
     "exp": "_d.exp({0})", "expm1": "_d.expm1({0})", "log": "_d.log({0})",
     "log1p": "_d.log1p({0})", "sqrt": "_d.sqrt({0})", "cbrt": "_d.cbrt({0})",
     "sin": "_d.sin({0})", "cos": "_d.cos({0})", "tan": "_d.tan({0})",
     "asin": "_d.asin({0})", "acos": "_d.acos({0})", "atan": "_d.atan({0})",
     "sinh": "_d.sinh({0})", "cosh": "_d.cosh({0})", "tanh": "_d.tanh({0})",
     "asinh": "_d.asinh({0})", "acosh": "_d.acosh({0})", "atanh": "_d.atanh({0})",
-    "abs": "abs({0})", "sign": "_d.sign({0})", "floor": "_d.floor({0})",
-    "ceil": "_d.ceil({0})", "round": "_d.rint({0})", "trunc": "_d.trunc({0})",
+    "abs": "abs({0})", "sign": "({0} if ({0} == 0 or {0} != {0}) else {0} / abs({0}))",
+    "floor": "_d.floor({0})", "ceil": "_d.ceil({0})", "round": "_d.rint({0})",
+    "trunc": "_d.trunc({0})",
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "({0} and {1})", "or": "({0} or {1})", "xor": "({0} != {1})",
     "not": "(not {0})", "isnan": "({0} != {0})", "isfinite": "({0} - {0} == 0)",
     "stop_gradient": "{0}",
 }
-# functions whose float32 form has its own name in libdevice (``_d.floor_f32`` ...)
-_PER_DTYPE = {"floor", "ceil", "round", "trunc", "sign", "maximum", "minimum", "power",
-              "mod", "cbrt"}
+# libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
+_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt"}
 
 
 def template(name: str, dtype) -> str:
@@ -139,6 +144,8 @@ class _Emitter(loops._Emitter):
             return args[0]
         if np.dtype(dtype).kind in "iu" and name == "rem":
             return f"({args[0]} % {args[1]})"
+        if np.dtype(dtype).kind in "iu" and name == "sign":
+            return f"(({args[0]} > 0) - ({args[0]} < 0))"
         return template(name, dtype).format(*args)
 
 
@@ -158,6 +165,7 @@ class _Context:
         self.lines: list = []
         self.on_host: list = []
         self.functions: list = []      # host functions of loop bodies and branches
+        self.fresh: set = set()        # arrays written by a kernel into a new allocation
 
     # (the interface loops._Emitter uses)
     def temp(self) -> str:
@@ -252,8 +260,17 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
             ctx.lines.append(f"#   from {eqn.source}")
         last_source = eqn.source
         _lower_eqn(ctx, eqn, text)
-    places, results = [], []
+    places, results, seen = [], [], set()
     for v in graph.outputs:
+        if not canonical and v.ndim and (v not in ctx.fresh or v in seen):
+            # a constant, an argument or a view of one, a loop's or branch's result that
+            # may be either, or a result returned twice: a copy of its own, so that
+            # the caller can write into what it gets back
+            value = ctx.on_host_value(v) if isinstance(v, Lit) else ctx.names[v]
+            results.append(f"_d.copy({value})")
+            places.append("host" if isinstance(v, Lit) else ctx.place[v])
+            continue
+        seen.add(v)
         if canonical:
             results.append(ctx.on_device(v) if v.ndim else ctx.on_host_value(v))
             places.append("dev" if v.ndim else "host")
@@ -497,6 +514,7 @@ def _fused(ctx, eqn, text, comments=None):
     elementwise = groups.pop(None, [])
     for o in eqn.outputs:
         ctx.place[o] = "dev"
+        ctx.fresh.add(o)
     for r, o, _ in elementwise:
         ctx.lines.append(f"{ctx.names[o]} = _d.empty({tuple(o.shape)!r}, "
                          f"{dtype_expr(o.dtype)})")
@@ -505,9 +523,27 @@ def _fused(ctx, eqn, text, comments=None):
         return
     first = True
     for axes, roots in groups.items():
-        _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise if first else [],
-                       names, producer, comments, outer)
-        first = False
+        for chunk in _within_shared_memory(roots, ctx.threads):
+            _reduce_kernel(ctx, eqn, domain, axes, chunk, elementwise if first else [],
+                           names, producer, comments, outer)
+            first = False
+
+
+SHARED_BYTES = 40 * 1024    # a kernel's shared arrays (static limit: 48 KiB per block)
+
+
+def _within_shared_memory(roots, threads) -> list:
+    """The reduction roots of one kernel, split so that each kernel's shared arrays (one
+    of ``threads`` elements per root) fit in ``SHARED_BYTES``."""
+    chunks, size = [[]], 0
+    for root in roots:
+        need = threads * np.dtype(root[1].dtype).itemsize
+        if chunks[-1] and size + need > SHARED_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(root)
+        size += need
+    return chunks
 
 
 def _operands(ctx, outer):
@@ -669,6 +705,7 @@ def _einsum(ctx, eqn):
     N = int(np.prod([size[c] for c in n_letters]))
     K = int(np.prod([size[c] for c in k_letters]))
     ctx.place[out] = "dev"
+    ctx.fresh.add(out)
     oname = ctx.names[out]
     shape = tuple(out.shape) or (1,)
     operands = [v for v in (x, y) if not isinstance(v, Lit)]
