@@ -110,6 +110,13 @@ def branchy(x):
     return gradc.cond(np.sum(x) > 0, lambda x: np.sum(np.sin(x)), lambda x: np.sum(x ** 2), x)
 
 
+def _setitem(x):
+    y = x * 2.0
+    y[1:3] = np.sin(x[:2])
+    y[0] = 7.0
+    return np.sum(y ** 2)
+
+
 def mlp(W1, W2, x):
     h = np.tanh(x @ W1)
     z = h @ W2
@@ -147,7 +154,16 @@ PROGRAMS = {
                         + np.abs(x) ** 2.5 + np.minimum(x, -0.1) + np.round(3 * x), (V5,)),
     # a rank-0 value computed on the host (argmax, a gather) read by a kernel
     "host-scalar-into-kernel": (lambda x: np.sum(x * x[np.argmax(x)]), (V5,)),
+    # indexing kernels: gathers (their gradients: scatter_add with repeated indices,
+    # atomics), a set item, concatenations
+    "gather-repeated": (lambda x: np.sum(x[[0, 3, 3, -1]] ** 2), (V5,)),
+    "gather-2d": (lambda m: np.sum(m[np.array([1, 4, 1]), 1:3] * 2), (A,)),
+    "setitem": (_setitem, (V5,)),
+    "concat-axis1": (lambda m: np.sum(np.concatenate([m, np.tanh(m[:, :1])], axis=1) ** 3),
+                     (A,)),
 }
+ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
+             "rosenbrock", "crf-scan", "mlp", "batched", "sum-long")
 
 
 def _summed(f):
@@ -168,6 +184,9 @@ def test_programs_match_cpu(name):
     for a, b in zip(g, gc):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    if name in ON_DEVICE:           # nothing of these runs on the host
+        grad = gradc.grad(_summed(f), argnums=wrt, target="cuda")
+        assert grad.compile(*args).on_host == []
 
 
 def test_gradient_against_finite_differences():

@@ -86,6 +86,17 @@ def empty(shape, dtype):
     return _CUDA.device_array(shape, dtype)
 
 
+def zeros(shape, dtype):
+    """A zero-filled device array (a scatter's destination)."""
+    out = _CUDA.device_array(shape, dtype)
+    if hasattr(out, "gpu_data") and out.size:
+        from numba.cuda.cudadrv.driver import device_memset
+        device_memset(out, 0, out.size * out.dtype.itemsize)
+    else:                                        # (the simulator's arrays)
+        out.copy_to_device(np.zeros(shape, dtype))
+    return out
+
+
 def dev(x):
     """A host array's device copy."""
     return _CUDA.to_device(np.ascontiguousarray(x))

@@ -28,11 +28,16 @@ What becomes a kernel:
   tiles staged in shared memory) that reads the operands where they are, through
   their index maps (no transposed copies); a contraction with a small result and a long
   sum runs as a segmented reduction instead;
-* ``reshape`` of a device value: a view.
+* ``gather``, ``scatter_add`` (atomic adds), ``index_set`` without index arrays and
+  ``concatenate``: a grid-stride loop over the window or the result;
+* ``reshape`` of a device value: a view;
+* ``scan``, ``while_loop``, ``cond``: Python loops and branches in the host function,
+  their bodies lowered as host functions of their own.
 
-Every other equation (gathers, scatters, control flow, decompositions, ...) runs on the
-host through the interpreter (``gradc.interpret``), and the generated source says so on
-its line: the program is always complete and correct; ``Lowered.on_host`` lists them.
+Every other equation (sorting, decompositions, ``while_loop`` adjoints, ...) runs on
+the host through the interpreter (``gradc.interpret``), and the generated source says
+so on its line: the program is always complete and correct; ``Lowered.on_host`` lists
+them.
 """
 from __future__ import annotations
 
@@ -315,6 +320,10 @@ def _lower_eqn(ctx, eqn, text):
         ctx.lines.append(f"{ctx.names[out]} = {ctx.names[x]}.reshape({shape!r})")
     elif name in ("scan", "while_loop", "cond"):
         {"scan": _scan, "while_loop": _while, "cond": _cond}[name](ctx, eqn)
+    elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
+        _indexing(ctx, eqn)
+    elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
+        _concatenate(ctx, eqn)
     elif _kernel_alone(eqn):
         # an elementwise or structural equation the fusion pass left alone (a slice
         # feeding a loop, a broadcast of a constant): a fused equation of one
@@ -835,3 +844,125 @@ def _einsum(ctx, eqn):
             f"    {oname} = _d.cupy_einsum({spec!r}, {ctx.on_device(x)}, "
             f"{ctx.on_device(y)}, {shape!r})",
             "else:", "    " + alloc] + ["    " + s for s in launches]
+
+
+# ---------------------------------------------------------------- indexing
+
+def _indexable(eqn) -> bool:
+    """Indexing equations with a kernel: ``gather`` always; ``scatter_add`` of floats
+    (repeated indices add up with atomics); ``index_set`` only without index arrays
+    (with them, repeated indices would race: NumPy's last-write-wins order is lost)."""
+    name, spec = eqn.prim.name, eqn.params["spec"]
+    if name == "gather":
+        return eqn.inputs[0].ndim > 0
+    if name == "scatter_add":
+        return np.dtype(eqn.inputs[0].dtype) in (np.float32, np.float64)
+    return eqn.inputs[0].ndim > 0 and not any(e[0] == "a" for e in spec)
+
+
+def _indexing(ctx, eqn):
+    """``gather``, ``scatter_add``, ``index_set`` as a grid-stride loop over the window
+    ``x[spec]`` (``codegen.indexing``'s plan of NumPy's indexing rules)."""
+    from ..prims.index import _indexed_shape
+    from .indexing import _index_plan
+    name, spec = eqn.prim.name, tuple(eqn.params["spec"])
+    out = eqn.outputs[0]
+    if name == "gather":
+        x, *idx = eqn.inputs
+        x_shape = tuple(x.shape)
+    elif name == "scatter_add":
+        v, *idx = eqn.inputs
+        x_shape = tuple(eqn.params["shape"])
+    else:
+        x, v, *idx = eqn.inputs
+        x_shape = tuple(x.shape)
+    loops, position = _index_plan(x_shape, spec, [tuple(i.shape) for i in idx])
+    window = tuple(n for _, n in loops)
+    assert window == tuple(_indexed_shape(x_shape, spec, idx))
+    # index arrays are parameters ``i0, i1 ...`` in the plan: here, their kernel names
+    operands = [a for a in eqn.inputs if not isinstance(a, Lit)]
+    params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
+
+    def operand(a, sub) -> str:
+        if isinstance(a, Lit):
+            return scalar_literal(a.value, a.dtype) if a.ndim == 0 else \
+                f"{ctx.const(a.value)}[{sub}]"
+        if a.ndim == 0:
+            return ctx.scalar_read(a)
+        return f"{ctx.names[a]}[{sub}]"
+
+    def resolve(text: str) -> str:
+        def index_ref(m):
+            k, sub = int(m.group(1)), m.group(2)
+            return operand(idx[k], sub[1:-1]) if sub else operand(idx[k], "")
+        text = re.sub(r"\bi(\d+)(\[[^\]]*\])?", index_ref, text)
+        while "_k.wrap_index(" in text:         # NumPy's negative indices, inline
+            start = text.index("_k.wrap_index(")
+            depth, j = 0, start + len("_k.wrap_index(")
+            while not (text[j] == ")" and depth == 0):
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                j += 1
+            ref, n = text[start + len("_k.wrap_index("):j].rsplit(", ", 1)
+            text = f"{text[:start]}({ref} + {n} if {ref} < 0 else {ref}){text[j + 1:]}"
+        return text
+
+    pos = resolve(", ".join(position)) if x_shape else "0"
+    here = ", ".join(o for o, _ in loops) if window else "0"
+    oname = ctx.names[out]
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    shape = tuple(out.shape) or (1,)
+    size = int(np.prod(window)) if window else 1
+    T = ctx.threads
+    blocks = max(1, min(-(-size // T), MAX_BLOCKS))
+    lines = [f"for _i in range(cuda.grid(1), {size}, cuda.gridsize(1)):"]
+    lines += _decode("_i", list(window), [o for o, _ in loops], "    ")
+    if name == "gather":
+        ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
+        lines.append(f"    {oname}[{here}] = {operand(x, pos)}")
+    else:
+        value = operand(v, here) if v.ndim else operand(v, "")
+        if name == "scatter_add":
+            ctx.lines.append(f"{oname} = _d.zeros({shape!r}, {dtype_expr(out.dtype)})")
+            where = pos if len(shape) == 1 else f"({pos})"     # (a 1-tuple does not lower)
+            lines.append(f"    cuda.atomic.add({oname}, {where}, {value})")
+        else:
+            ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
+            lines.append(f"    {oname}[{pos}] = {value}")
+    kname = ctx.kernel_name()
+    kinds.append((oname, out.dtype, len(shape)))
+    consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
+    ctx.lines.append(_launch(ctx, kname, blocks, T, args + [oname] + consts))
+
+
+def _concatenate(ctx, eqn):
+    """A gather-form kernel over the result: each element reads the operand its
+    position along ``axis`` falls in."""
+    axis = eqn.params["axis"]
+    out = eqn.outputs[0]
+    operands = [a for a in eqn.inputs if not isinstance(a, Lit)]
+    params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
+    ivars = [f"i{k}" for k in range(out.ndim)]
+    lines = [f"for _i in range(cuda.grid(1), {int(np.prod(out.shape))}, cuda.gridsize(1)):"]
+    lines += _decode("_i", list(out.shape), ivars, "    ")
+    oname = ctx.names[out]
+    start = 0
+    for k, a in enumerate(eqn.inputs):
+        n = a.shape[axis]
+        sub = list(ivars)
+        sub[axis] = f"{ivars[axis]} - {start}" if start else ivars[axis]
+        array = ctx.const(a.value) if isinstance(a, Lit) else ctx.names[a]
+        test = "if" if k == 0 else "elif"
+        last = k == len(eqn.inputs) - 1
+        lines.append("    else:" if last and k else f"    {test} {ivars[axis]} < {start + n}:")
+        lines.append(f"        {oname}[{', '.join(ivars)}] = {array}[{', '.join(sub)}]")
+        start += n
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    ctx.lines.append(f"{oname} = _d.empty({tuple(out.shape)!r}, {dtype_expr(out.dtype)})")
+    kname = ctx.kernel_name()
+    kinds.append((oname, out.dtype, out.ndim))
+    consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
+    size = int(np.prod(out.shape))
+    blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
+    ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + [oname] + consts))
