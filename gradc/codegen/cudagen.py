@@ -31,10 +31,10 @@ What becomes a kernel:
 * ``gather``, ``scatter_add`` (atomic adds), ``index_set`` without index arrays and
   ``concatenate``: a grid-stride loop over the window or the result;
 * ``reshape`` of a device value: a view;
-* ``scan``, ``while_loop``, ``cond``: Python loops and branches in the host function,
-  their bodies lowered as host functions of their own.
+* ``scan``, ``while_loop``, ``cond``, ``while_adjoint``: Python loops and branches in
+  the host function, their bodies lowered as host functions of their own.
 
-Every other equation (sorting, decompositions, ``while_loop`` adjoints, ...) runs on
+Every other equation (sorting, decompositions, ``while_tangent``, ...) runs on
 the host through the interpreter (``gradc.interpret``), and the generated source says
 so on its line: the program is always complete and correct; ``Lowered.on_host`` lists
 them.
@@ -318,8 +318,9 @@ def _lower_eqn(ctx, eqn, text):
         shape = tuple(out.shape) or (1,)
         ctx.place[out] = "dev"
         ctx.lines.append(f"{ctx.names[out]} = {ctx.names[x]}.reshape({shape!r})")
-    elif name in ("scan", "while_loop", "cond"):
-        {"scan": _scan, "while_loop": _while, "cond": _cond}[name](ctx, eqn)
+    elif name in ("scan", "while_loop", "cond", "while_adjoint"):
+        {"scan": _scan, "while_loop": _while, "cond": _cond,
+         "while_adjoint": _while_adjoint}[name](ctx, eqn)
     elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
@@ -427,6 +428,101 @@ def _while(ctx, eqn):
     ctx.lines.append(f"while {cond}({', '.join(cc + k)})[0]:")
     ctx.lines.append(f"    {''.join(kk + ', ' for kk in k)}= {body}({', '.join(bc + k)})")
     _bind(ctx, eqn, k)
+
+
+def _zeros(ctx, v) -> str:
+    if v.ndim == 0:
+        return scalar_literal(0, v.dtype)
+    return f"_d.zeros({tuple(v.shape)!r}, {dtype_expr(v.dtype)})"
+
+
+def _accumulate(ctx, acc: str, v, value: str) -> list:
+    """Lines adding ``value`` into the accumulator ``acc`` (a device array of its own,
+    updated in place by a kernel; a rank-0 one on the host)."""
+    if v.ndim == 0:
+        return [f"{acc} = {acc} + {value}"]
+    size = int(np.prod(v.shape))
+    kname = ctx.kernel_name()
+    lines = [f"for _i in range(cuda.grid(1), {size}, cuda.gridsize(1)):",
+             "    a[_i] += b[_i]"]
+    _finish_kernel(ctx, kname, ["a", "b"], lines, [("a", v.dtype, 1), ("b", v.dtype, 1)])
+    blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
+    return [f"{kname}[{blocks}, {ctx.threads}]({acc}.reshape({size}), "
+            f"{value}.reshape({size}))"]
+
+
+def _while_adjoint(ctx, eqn):
+    """Reverse mode through a ``while_loop`` (``prims.loops``): the forward steps again,
+    their carries kept on a tape (a Python list of device arrays: values are never
+    written in place, so keeping a reference keeps the value), then the VJP of a step
+    backwards along it; with ``checkpoint=k``, every k-th carry and the segments
+    recomputed from it.  The same algorithm as ``codegen.control._adjoint``."""
+    from ..ir import is_float
+    p = eqn.params
+    body, step = p["branches"]
+    n_body, lin, every = p["n_body"], p["lin"], p["checkpoint"]
+    n_carry = len(body.inputs) - n_body
+    carries = body.inputs[n_body:]
+    floats = [is_float(v.dtype) for v in carries]
+    b_fn = _nested(ctx, body, "while_adjoint: a step of the loop (to fill the tape)")
+    back = Graph(step.inputs, step.eqns, step.outputs[len(body.outputs):])
+    v_fn = _nested(ctx, back, "while_adjoint: a step of the backward sweep")
+    a = [_canonical(ctx, v) for v in eqn.inputs]
+    bc, carry, n = a[:n_body], a[n_body:n_body + n_carry], a[n_body + n_carry]
+    ct_in = iter(a[n_body + n_carry + 1:])
+    lines = ctx.lines
+    ct = []
+    for v, f in zip(carries, floats):
+        ct.append(ctx.temp())
+        lines.append(f"{ct[-1]} = {next(ct_in) if f else _zeros(ctx, v)}")
+    acc, acc_vars = [], []
+    for v, w in zip(body.inputs[:n_body], lin):
+        if w:
+            acc.append(ctx.temp())
+            acc_vars.append(v)
+            lines.append(f"{acc[-1]} = {_zeros(ctx, v)}")
+    k = [ctx.temp() for _ in carry]
+    tape = [ctx.temp() for _ in carry]
+    lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    i, r = ctx.temp(), ctx.temp()
+    unpack = "".join(kk + ", " for kk in k)
+    step_k = f"{unpack}= {b_fn}({', '.join(bc + k)})"
+    floats_ct = [c for c, f in zip(ct, floats) if f]
+
+    def backward(at, pad):
+        cur = [f"{t}[{at}]" for t in tape]
+        out = [f"{r} = {v_fn}({', '.join(bc + cur + ct)})"]
+        for j, (m, v) in enumerate(zip(acc, acc_vars)):
+            out += _accumulate(ctx, m, v, f"{r}[{j}]")
+        out += [f"{c} = {r}[{len(acc) + j}]" for j, c in enumerate(floats_ct)]
+        return [pad + x for x in out]
+
+    lines += [f"{t} = []" for t in tape]
+    if every is None:
+        lines.append(f"for {i} in range({n}):")
+        lines += [f"    {t}.append({kk})" for t, kk in zip(tape, k)]
+        lines += ["    " + step_k, f"for {i} in range({n} - 1, -1, -1):"]
+        lines += backward(i, "    ")
+    else:
+        snaps = [ctx.temp() for _ in carry]
+        count, s, lo, hi, j = (ctx.temp() for _ in range(5))
+        lines += [f"{count} = ({n} + {every - 1}) // {every}"]
+        lines += [f"{sn} = []" for sn in snaps]
+        # (the snapshots' loop stops where the last segment starts)
+        lines += [f"for {i} in range(({count} - 1) * {every}):",
+                  f"    if {i} % {every} == 0:"]
+        lines += [f"        {sn}.append({kk})" for sn, kk in zip(snaps, k)]
+        lines += ["    " + step_k, f"if {count} > 0:"]
+        lines += [f"    {sn}.append({kk})" for sn, kk in zip(snaps, k)]
+        lines += [f"for {s} in range({count} - 1, -1, -1):",
+                  f"    {lo} = {s} * {every}", f"    {hi} = min({n}, {lo} + {every})"]
+        lines += [f"    {kk} = {sn}[{s}]" for kk, sn in zip(k, snaps)]
+        lines += [f"    {t} = []" for t in tape]
+        lines += [f"    for {j} in range({hi} - {lo}):"]
+        lines += [f"        {t}.append({kk})" for t, kk in zip(tape, k)]
+        lines += ["        " + step_k]
+        lines += [f"    for {j} in range({hi} - {lo} - 1, -1, -1):"] + backward(j, "        ")
+    _bind(ctx, eqn, acc + floats_ct)
 
 
 def _cond(ctx, eqn):
