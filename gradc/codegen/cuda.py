@@ -190,7 +190,7 @@ class Compiled:
         sys.modules[module.__name__] = module
         self.module = module
         self._uploaded = not lowered.consts     # (constants go to the device at the first
-        for k, v in lowered.host_eqns.items():  # call: lowering and PTX need no GPU)
+        for k, v in lowered.host_globals.items():  # call: lowering and PTX need no GPU)
             module.__dict__[k] = v
         self._fn = getattr(module, name)
         self.on_switch = []        # (numba_cpu.Compiled's interface; nothing switches here)

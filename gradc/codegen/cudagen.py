@@ -119,7 +119,7 @@ class Lowered:
     inputs: list
     kernels: list = field(default_factory=list)      # Kernel
     consts: dict = field(default_factory=dict)       # name -> ndarray (uploaded once)
-    host_eqns: dict = field(default_factory=dict)    # name -> one-equation Graph
+    host_globals: dict = field(default_factory=dict)  # name -> one-equation Graph or array
     on_host: list = field(default_factory=list)      # primitive names run on the host
     outputs: list = field(default_factory=list)      # (name, place) per graph output
 
@@ -162,7 +162,7 @@ class _Context:
         self.tile = TILE_SIM if simulator else TILE
         self.kernels: list = []
         self.consts: dict = {}
-        self.host_eqns: dict = {}
+        self.host_globals: dict = {}
         self.temps = 0
         self.names: dict = {}
         self.place: dict = {}          # Var -> "dev" | "host"
@@ -207,7 +207,7 @@ class _Context:
             if v.ndim == 0:
                 return scalar_literal(v.value, v.dtype)
             name = f"_lit{self.temp()}"
-            self.host_eqns[name] = np.asarray(v.value, v.dtype)
+            self.host_globals[name] = np.asarray(v.value, v.dtype)
             return name
         if self.place[v] == "host":
             return self.names[v]
@@ -241,7 +241,7 @@ def lower(graph: Graph, name: str, simulator: bool) -> Lowered:
     parts = [k.source for k in ctx.kernels] + ctx.functions + [main]
     source = "\n".join(head) + "\n\n\n".join(parts) + "\n"
     return Lowered(source, name, [ctx.names[v] for v in graph.inputs], ctx.kernels,
-                   ctx.consts, ctx.host_eqns, ctx.on_host, outputs)
+                   ctx.consts, ctx.host_globals, ctx.on_host, outputs)
 
 
 def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
@@ -542,8 +542,8 @@ def _host(ctx, eqn):
     ins = list(dict.fromkeys(v for v in eqn.inputs if not isinstance(v, Lit)))
     args = [ctx.on_host_value(v) for v in ins]
     graph = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
-    key = f"_h{len(ctx.host_eqns)}"
-    ctx.host_eqns[key] = graph
+    key = f"_h{len(ctx.host_globals)}"
+    ctx.host_globals[key] = graph
     ctx.on_host.append(eqn.prim.name)
     outs = [ctx.names[v] for v in eqn.outputs]
     for v in eqn.outputs:
