@@ -23,7 +23,7 @@ from gradc.codegen.compile import optimise
 from gradc.errors import GuardFailure
 from gradc.interpret import run
 
-from test_codegen import _graphs, _inputs
+from test_codegen import _graphs, _inputs, assert_outputs_match
 from test_prims import ELEMENTWISE, FLOAT32_ROWS, ROWS, pytestmark  # noqa: F401
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -48,17 +48,7 @@ def _check_row(row, kind, float32=False):
         with pytest.raises(GuardFailure):
             run(graph, *args)
         return
-    rtol = 1e-5 if float32 else 1e-12
-    assert len(got) == len(want)
-    for g, w, v in zip(got, want, graph.outputs):
-        g = np.asarray(g)
-        assert g.dtype == w.dtype == v.dtype, (g.dtype, w.dtype, v.dtype)
-        assert g.shape == w.shape, (g.shape, w.shape)
-        if w.dtype.kind in "fc":
-            scale = float(np.max(np.abs(w), initial=0.0, where=np.isfinite(w)))
-            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(scale, 1e-300))
-        else:
-            np.testing.assert_array_equal(g, w)
+    assert_outputs_match(got, want, graph.outputs, 1e-5 if float32 else 1e-12)
 
 
 @pytest.mark.parametrize("kind", KINDS)

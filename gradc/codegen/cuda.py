@@ -214,7 +214,7 @@ class Compiled:
                             f"got {len(args)}")
         if not self._uploaded:
             for k, v in self.lowered.consts.items():
-                self.module.__dict__[k] = cuda.to_device(v)
+                self.module.__dict__[k] = cuda.to_device(np.ascontiguousarray(v))
             self._uploaded = True
         on_device = any(is_device_array(a) for a in args)
         converted = []

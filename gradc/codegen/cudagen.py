@@ -51,7 +51,7 @@ from ..passes.fuse import REDUCTIONS
 from ..passes.indexmap import Affine, operand_indices
 from ..prims.linalg import parse_spec
 from . import loops
-from .pysource import dtype_expr, scalar_literal
+from .pysource import Symbols, dtype_expr, scalar_literal
 
 THREADS = 256          # threads per block (one dimension)
 THREADS_SIM = 16       # ... under the simulator (each thread a Python thread: a barrier costs ms)
@@ -154,16 +154,15 @@ class _Emitter(loops._Emitter):
         return template(name, dtype).format(*args)
 
 
-class _Context:
-    """What the lowering accumulates: kernels, constants, host equations, names."""
+class _Context(Symbols):
+    """What the lowering accumulates: kernels, constants, host globals, names, places."""
 
     def __init__(self, simulator: bool):
+        super().__init__()
         self.threads = THREADS_SIM if simulator else THREADS
         self.tile = TILE_SIM if simulator else TILE
         self.kernels: list = []
-        self.consts: dict = {}
         self.host_globals: dict = {}
-        self.temps = 0
         self.names: dict = {}
         self.place: dict = {}          # Var -> "dev" | "host"
         self.copies: dict = {}         # (Var, place) -> name of the copy there
@@ -171,19 +170,6 @@ class _Context:
         self.on_host: list = []
         self.functions: list = []      # host functions of loop bodies and branches
         self.fresh: set = set()        # arrays written by a kernel into a new allocation
-
-    # (the interface loops._Emitter uses)
-    def temp(self) -> str:
-        self.temps += 1
-        return f"_t{self.temps}"
-
-    def const(self, value) -> str:
-        for name, known in self.consts.items():
-            if known is value:
-                return name
-        name = f"_c{len(self.consts)}"
-        self.consts[name] = np.ascontiguousarray(value)
-        return name
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
@@ -906,20 +892,19 @@ def _einsum(ctx, eqn):
                  f"    _m = (_q // {TN}) * {t} + _ty", f"    _n = (_q % {TN}) * {t} + _tx",
                  f"    _a = {zero}"]
         lines += _decode("_z", dims(batch), names(batch), "    ")
-        lines += [f"    for _k0 in range(0, {K}, {t}):",
-                  "        _kx = _k0 + _tx",
-                  f"        if _m < {M} and _kx < {K}:"]
-        lines += _decode("_m", dims(m_letters), names(m_letters), "            ")
-        lines += _decode("_kx", dims(k_letters), names(k_letters), "            ")
-        lines += [f"            _sx[_ty, _tx] = {read(x, sa)}", "        else:",
-                  f"            _sx[_ty, _tx] = {zero}",
-                  "        _ky = _k0 + _ty",
-                  f"        if _n < {N} and _ky < {K}:"]
-        lines += _decode("_n", dims(n_letters), names(n_letters), "            ")
-        lines += _decode("_ky", dims(k_letters), names(k_letters), "            ")
-        lines += [f"            _sy[_ty, _tx] = {read(y, sb)}", "        else:",
-                  f"            _sy[_ty, _tx] = {zero}",
-                  "        cuda.syncthreads()",
+
+        def stage(tile, k, by, outer, outer_letters, bound, value):
+            """Load this thread's element of an operand's tile (zero outside it)."""
+            pad = "            "
+            return ([f"        {k} = _k0 + {by}", f"        if {outer} < {bound} and {k} < {K}:"]
+                    + _decode(outer, dims(outer_letters), names(outer_letters), pad)
+                    + _decode(k, dims(k_letters), names(k_letters), pad)
+                    + [f"{pad}{tile}[_ty, _tx] = {value}", "        else:",
+                       f"{pad}{tile}[_ty, _tx] = {zero}"])
+        lines.append(f"    for _k0 in range(0, {K}, {t}):")
+        lines += stage("_sx", "_kx", "_tx", "_m", m_letters, M, read(x, sa))
+        lines += stage("_sy", "_ky", "_ty", "_n", n_letters, N, read(y, sb))
+        lines += ["        cuda.syncthreads()",
                   f"        for _kk in range({t}):",
                   "            _a += _sx[_ty, _kk] * _sy[_kk, _tx]",
                   "        cuda.syncthreads()",

@@ -132,18 +132,12 @@ class Lowered:
     outs: dict = field(default_factory=dict)     # parameter name -> (shape, dtype), last
 
 
-class _Context:
+class Symbols:
+    """Fresh temporaries and the array constants a generated module reads (shared by
+    this lowering and ``cudagen``'s)."""
+
     def __init__(self):
-        self.helpers: list[str] = []   # source of generated helper functions
         self.consts: dict = {}
-        self.producer: dict = {}  # Var -> the name of the primitive that defines it
-        self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
-        self.conv_plan: dict = {}  # see _conv_plan
-        self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
-        self.inner = False         # lowering a loop's body (a function called per step)
-        self.dest = {}             # body output Var -> parameter it is written into
-        self.parallel = self.fastmath = False
-        self.inplace = inplace.Plan()  # the updates that write into their operand
         self.temps = 0
 
     def temp(self) -> str:
@@ -158,6 +152,20 @@ class _Context:
         name = f"_c{len(self.consts)}"
         self.consts[name] = value
         return name
+
+
+class _Context(Symbols):
+    def __init__(self):
+        super().__init__()
+        self.helpers: list[str] = []   # source of generated helper functions
+        self.producer: dict = {}  # Var -> the name of the primitive that defines it
+        self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
+        self.conv_plan: dict = {}  # see _conv_plan
+        self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
+        self.inner = False         # lowering a loop's body (a function called per step)
+        self.dest = {}             # body output Var -> parameter it is written into
+        self.parallel = self.fastmath = False
+        self.inplace = inplace.Plan()  # the updates that write into their operand
 
     def out_buffer(self, shape, dtype, var=None) -> str:
         """A parameter for an array the caller allocates with NumPy and the code fills:
