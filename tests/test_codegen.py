@@ -93,15 +93,21 @@ def _inputs(graph, dynamic, rng):
     return values
 
 
-def _check(row, kind, rank0=False, float32=False):
-    if row.prim in NOT_LOWERED:
-        pytest.skip(f"{row.prim} is not lowered yet")
+def reference(row, kind, rank0=False, float32=False):
+    """``(graph, inputs, the interpreter's results)`` for one row and kind (skips a row
+    with nothing to differentiate)."""
     graphs, dynamic = _graphs(row.id, rank0, float32)
     if kind not in graphs:
         pytest.skip("no float inputs: nothing to differentiate")
     graph = graphs[kind]
     args = _inputs(graph, dynamic, np.random.default_rng(5))
-    want = run(graph, *args)
+    return graph, args, run(graph, *args)
+
+
+def _check(row, kind, rank0=False, float32=False):
+    if row.prim in NOT_LOWERED:
+        pytest.skip(f"{row.prim} is not lowered yet")
+    graph, args, want = reference(row, kind, rank0, float32)
     got = _compiled(row.id, rank0, float32, kind)(*args)
     assert_outputs_match(got, want, graph.outputs, 1e-5 if float32 else 1e-12)
 

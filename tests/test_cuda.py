@@ -20,10 +20,8 @@ import pytest
 
 import gradc
 from gradc.codegen.compile import optimise
-from gradc.errors import GuardFailure
-from gradc.interpret import run
 
-from test_codegen import _graphs, _inputs, assert_outputs_match
+from test_codegen import assert_outputs_match, reference
 from test_prims import ELEMENTWISE, FLOAT32_ROWS, ROWS, pytestmark  # noqa: F401
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -36,18 +34,8 @@ def _compile(graph, name):
 
 
 def _check_row(row, kind, float32=False):
-    graphs, dynamic = _graphs(row.id, False, float32)
-    if kind not in graphs:
-        pytest.skip("no float inputs: nothing to differentiate")
-    graph = graphs[kind]
-    args = _inputs(graph, dynamic, np.random.default_rng(5))
-    want = run(graph, *args)
-    try:
-        got = _compile(graph, f"{kind}_{row.id.replace('-', '_')}")(*args)
-    except GuardFailure:
-        with pytest.raises(GuardFailure):
-            run(graph, *args)
-        return
+    graph, args, want = reference(row, kind, float32=float32)
+    got = _compile(graph, f"{kind}_{row.id.replace('-', '_')}")(*args)
     assert_outputs_match(got, want, graph.outputs, 1e-5 if float32 else 1e-12)
 
 

@@ -204,6 +204,14 @@ class _Context(Symbols):
             self.lines.append(f"{self.copies[key]} = _d.host({self.names[v]}{scalar})")
         return self.copies[key]
 
+    def element(self, v, sub: str) -> str:
+        """How a kernel reads ``v`` at subscript ``sub``: an array parameter or constant
+        indexed, a rank-0 value as ``scalar_read`` gives it."""
+        if v.ndim == 0:
+            return self.scalar_read(v)
+        array = self.const(v.value) if isinstance(v, Lit) else self.names[v]
+        return f"{array}[{sub}]"
+
     def scalar_read(self, v) -> str:
         """How a kernel reads rank-0 ``v``: a host scalar as it is, a cell as ``[0]``."""
         if isinstance(v, Lit):
@@ -811,12 +819,7 @@ def _einsum(ctx, eqn):
     letter_var = {c: f"_l{k}" for k, c in enumerate(dict.fromkeys(sa + sb))}
 
     def read(v, letters):
-        if isinstance(v, Lit):
-            return scalar_literal(v.value, v.dtype) if v.ndim == 0 else \
-                f"{ctx.const(v.value)}[{', '.join(letter_var[c] for c in letters)}]"
-        if v.ndim == 0:
-            return ctx.scalar_read(v)
-        return f"{ctx.names[v]}[{', '.join(letter_var[c] for c in letters)}]"
+        return ctx.element(v, ", ".join(letter_var[c] for c in letters))
 
     params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
     ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
@@ -964,13 +967,7 @@ def _indexing(ctx, eqn):
     operands = [a for a in eqn.inputs if not isinstance(a, Lit)]
     params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
 
-    def operand(a, sub) -> str:
-        if isinstance(a, Lit):
-            return scalar_literal(a.value, a.dtype) if a.ndim == 0 else \
-                f"{ctx.const(a.value)}[{sub}]"
-        if a.ndim == 0:
-            return ctx.scalar_read(a)
-        return f"{ctx.names[a]}[{sub}]"
+    operand = ctx.element
 
     def resolve(text: str) -> str:
         def index_ref(m):
@@ -1032,11 +1029,10 @@ def _concatenate(ctx, eqn):
         n = a.shape[axis]
         sub = list(ivars)
         sub[axis] = f"{ivars[axis]} - {start}" if start else ivars[axis]
-        array = ctx.const(a.value) if isinstance(a, Lit) else ctx.names[a]
         test = "if" if k == 0 else "elif"
         last = k == len(eqn.inputs) - 1
         lines.append("    else:" if last and k else f"    {test} {ivars[axis]} < {start + n}:")
-        lines.append(f"        {oname}[{', '.join(ivars)}] = {array}[{', '.join(sub)}]")
+        lines.append(f"        {oname}[{', '.join(ivars)}] = {ctx.element(a, ', '.join(sub))}")
         start += n
     ctx.place[out] = "dev"
     ctx.fresh.add(out)
