@@ -150,9 +150,53 @@ PROGRAMS = {
     "concat-axis1": (lambda m: np.sum(np.concatenate([m, np.tanh(m[:, :1])], axis=1) ** 3),
                      (A,)),
 }
+def crf_batched(U, A):
+    """G4's CRF log-partition function: a batch of sequences, ``U`` (B, T, K)."""
+    def step(alpha, u):
+        return gradc.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
+    xs = np.transpose(U, (1, 0, 2))
+    alpha, _ = gradc.scan(step, xs[0], xs[1:])
+    return np.sum(gradc.logsumexp(alpha, axis=1))
+
+
+STEPS = rng.standard_normal(4)
+
+
+def rows_reverse(h0, w):
+    """A reverse scan over a batch: a scalar per step, a stacked result read from the
+    carry, a parameter shared by all rows (its gradient: an accumulating carry)."""
+    def step(h, x):
+        h2 = np.tanh(h * w + x) + 0.1 * h[:, ::-1]
+        return h2, h[:, :2] * 2.0
+    h, ys = gradc.scan(step, h0, STEPS, reverse=True)
+    return np.sum(h ** 2) + np.sum(ys ** 2)
+
+
+def rows_loss(h0, w):
+    """A rank-0 carry summing over the batch at every step (an accumulator forward)."""
+    def step(c, x):
+        h, s = c
+        h2 = np.sin(h * w + x)
+        return (h2, s + np.sum(h2[:, 0])), h2 * x
+    (h, s), ys = gradc.scan(step, (h0, 0.0), STEPS)
+    return s + np.sum(h) + 0.1 * np.sum(ys)
+
+
+PROGRAMS.update({
+    "crf-batched": (crf_batched, (rng.standard_normal((3, 5, 4)),
+                                  rng.standard_normal((4, 4)))),
+    "crf-batched-float32": (crf_batched, (rng.standard_normal((3, 5, 4)).astype(np.float32),
+                                          rng.standard_normal((4, 4)).astype(np.float32))),
+    "rows-reverse": (rows_reverse, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
+    "rows-loss": (rows_loss, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
+})
+# scans whose rows are independent: one kernel per scan (cudarows)
+ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss")
+ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
              "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",
-             "while-checkpointed")
+             "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
+             "rows-loss")
 
 
 def _summed(f):
@@ -165,19 +209,23 @@ def test_programs_match_the_interpreter(name):
     (``target="numpy"``; the CPU target agrees with it by ``test_codegen.py``)."""
     f, args = PROGRAMS[name]
     tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
-    got = gradc.jit(f, target="cuda")(*args)
+    jitted = gradc.jit(f, target="cuda")
+    got = jitted(*args)
     want = gradc.jit(f, target="numpy")(*args)
     assert np.asarray(got).dtype == np.asarray(want).dtype
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
     wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
-    g = gradc.grad(_summed(f), argnums=wrt, target="cuda")(*args)
+    grad = gradc.grad(_summed(f), argnums=wrt, target="cuda")
+    g = grad(*args)
     gc = gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)
     for a, b in zip(g, gc):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     if name in ON_DEVICE:           # nothing of these runs on the host
-        grad = gradc.grad(_summed(f), argnums=wrt, target="cuda")
         assert grad.compile(*args).on_host == []
+    if name in ROW_SCANS:           # the scan as one kernel, forward and backward
+        assert jitted.source(*args).count(ONE_KERNEL) == 1
+        assert grad.source(*args).count(ONE_KERNEL) == 2
 
 
 def test_gradient_against_finite_differences():
@@ -202,6 +250,33 @@ def test_vmap_of_grad_is_one_kernel():
     compiled = f.compile(pts)
     assert compiled.kernels == ["_k0"] and compiled.on_host == []
     assert f.source(pts).count("@cuda.jit") == 1
+
+
+def test_scan_whose_rows_mix_runs_on_the_host_loop():
+    """A step reading another row (``h[::-1]``) cannot be one block per row."""
+    def f(h0, w):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h[::-1] * w + x), None), h0, STEPS)
+        return np.sum(h ** 2)
+    args = (rng.standard_normal((3, 4)), rng.standard_normal(4))
+    g = gradc.grad(f, argnums=(0, 1), target="cuda")
+    assert ONE_KERNEL not in g.source(*args)
+    for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_of_a_scan_is_one_kernel():
+    def logz(u, A):                 # one sequence: u (T, K)
+        def step(alpha, x):
+            return gradc.logsumexp(alpha[:, None] + A, axis=0) + x, None
+        alpha, _ = gradc.scan(step, u[0], u[1:])
+        return gradc.logsumexp(alpha)
+    U, A = PROGRAMS["crf-batched"][1]
+    f = gradc.jit(gradc.vmap(gradc.grad(logz, argnums=(0, 1)), in_axes=(0, None)),
+                  target="cuda")
+    assert f.source(U, A).count(ONE_KERNEL) == 2
+    want = gradc.jit(gradc.vmap(gradc.grad(logz, argnums=(0, 1)), in_axes=(0, None)))(U, A)
+    for a, b in zip(f(U, A), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_reductions_are_segmented_with_a_second_pass():

@@ -243,13 +243,9 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     Inputs arrive in the canonical places (arrays on the device, rank-0 values on the
     host); with ``canonical``, results leave in them too (loop bodies and branches:
     each iteration hands its results to the next as its inputs)."""
-    from ..ir import pretty_parts
-    from .pysource import _identifier
     saved = ctx.lines, ctx.copies
     ctx.lines, ctx.copies = [], {}
-    namer, printed = pretty_parts(graph)
-    ctx.names.update({v: _identifier(n) + ("_" if n in ("cuda", "math") else "")
-                      for v, n in namer.names.items()})
+    printed = _register_names(ctx, graph)
     for v in graph.inputs:
         ctx.place[v] = "dev" if v.ndim else "host"
     last_source = None
@@ -287,13 +283,25 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     return "\n".join(head + ["    " + line for line in body]), places
 
 
-def _nested(ctx, graph: Graph, what: str) -> str:
+def _register_names(ctx, graph: Graph) -> list:
+    """Name ``graph``'s values (nested bodies' too) as ``pretty`` prints them; returns
+    the printed lines of each equation."""
+    from ..ir import pretty_parts
+    from .pysource import _identifier
+    namer, printed = pretty_parts(graph)
+    ctx.names.update({v: _identifier(n) + ("_" if n in ("cuda", "math") else "")
+                      for v, n in namer.names.items()})
+    return printed
+
+
+def _nested(ctx, graph: Graph, what: str, optimised: bool = False) -> str:
     """A sub-Graph (a loop's body, a branch) as a host function of the module,
     optimised for the target first (fused like a whole graph)."""
     from .compile import optimise
     fname = f"_b{len(ctx.functions)}"
     ctx.functions.append(None)                  # (reserve the name: bodies nest)
-    text, _ = _function(ctx, optimise(graph, "cuda"), fname, canonical=True, what=what)
+    graph = graph if optimised else optimise(graph, "cuda")
+    text, _ = _function(ctx, graph, fname, canonical=True, what=what)
     ctx.functions[int(fname[2:])] = text
     return fname
 
@@ -322,13 +330,7 @@ def _lower_eqn(ctx, eqn, text):
     elif _kernel_alone(eqn):
         # an elementwise or structural equation the fusion pass left alone (a slice
         # feeding a loop, a broadcast of a constant): a fused equation of one
-        from ..passes.fuse import fused_p
-        ins = list(dict.fromkeys(v for v in eqn.inputs if not isinstance(v, Lit)))
-        body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
-        domain = tuple(eqn.inputs[0].shape) if name in REDUCTIONS else tuple(
-            eqn.outputs[0].shape)
-        fused = make_eqn(fused_p, ins, eqn.outputs, {"body": body, "domain": domain})
-        _fused(ctx, fused, None, {eqn: [text[0].strip().removeprefix("let ")]})
+        _fused(ctx, _fused_of_one(eqn), None, {eqn: [text[0].strip().removeprefix("let ")]})
     elif eqn.outputs and all(v.ndim == 0 for v in eqn.outputs) and len(eqn.outputs) == 1 \
             and _host_scalar(eqn) is not None:
         out = eqn.outputs[0]
@@ -349,6 +351,16 @@ def _kernel_alone(eqn) -> bool:
     if eqn.outputs[0].ndim == 0 or name == "reshape":
         return False
     return name in ELEMENTWISE or name in STRUCTURAL
+
+
+def _fused_of_one(eqn):
+    """A fused equation whose body is ``eqn`` alone (see ``_kernel_alone``)."""
+    from ..passes.fuse import fused_p
+    ins = list(dict.fromkeys(v for v in eqn.inputs if not isinstance(v, Lit)))
+    body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
+    domain = tuple(eqn.inputs[0].shape) if eqn.prim.name in REDUCTIONS else tuple(
+        eqn.outputs[0].shape)
+    return make_eqn(fused_p, ins, eqn.outputs, {"body": body, "domain": domain})
 
 
 def _host_scalar(eqn):
@@ -379,9 +391,15 @@ def _bind(ctx, eqn, results, places=None):
 
 
 def _scan(ctx, eqn):
+    from .compile import optimise
+    from .cudarows import rows
     p = eqn.params
     n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
-    body = _nested(ctx, p["body"], f"scan body, {length} steps")
+    optimised = optimise(p["body"], "cuda")
+    printed = _register_names(ctx, optimised)
+    if rows(ctx, eqn, optimised, printed):       # one kernel for the whole loop
+        return
+    body = _nested(ctx, optimised, f"scan body, {length} steps", optimised=True)
     ins = eqn.inputs
     consts = [_canonical(ctx, v) for v in ins[:n_consts]]
     carry = [_canonical(ctx, v) for v in ins[n_consts:n_consts + n_carry]]

@@ -1,0 +1,584 @@
+"""A ``scan`` whose rows are independent, as one CUDA kernel for the whole loop.
+
+A scan lowered as a host loop launches the kernels of its body at every step: with
+numba.cuda's dispatcher (tens of µs a launch) a CRF's 128 steps forward and back cost
+milliseconds in launches alone.  Most scans that reach a GPU are batched, though: every
+carry has a leading batch axis, every step of the body computes row ``b`` of its results
+from row ``b`` of its operands (a ``vmap`` of a sequence model, a CRF over a batch of
+sequences).  Such a scan needs no grid-wide synchronisation between steps, only a
+block-wide one: this module lowers it as **one kernel**, a block per row (grid-stride
+over rows), the loop over the steps inside the kernel, the body's fused regions as
+*stages* separated by ``cuda.syncthreads()``:
+
+* a map stage: the block's threads stride over the row's elements of the domain;
+* a reduction stage (axes other than the batch axis): a thread per kept element of the
+  row, the reduced elements in order (the per-element code is the fusion pass's, emitted
+  by the same ``_Emitter`` as every other kernel);
+* the scan's carries live in buffers of their own (copied in once, updated in place at
+  the end of each step); stacked results are written straight into their ``(T, B, ...)``
+  arrays when a stage computes them, else copied there;
+* an *accumulating* carry ``c' = c + sum over the batch of e`` (what reverse mode makes
+  of a parameter shared by all rows: the CRF's transition matrix) cannot be updated by
+  one block; each block adds its rows' terms into a ``(B, ...)`` array of partial sums
+  instead, and after the kernel one reduction over the batch and the body's own update
+  equation give the carry's final value (the sum is linear, so the order does not
+  matter mathematically; the result is deterministic).
+
+Whether a scan qualifies is decided while its kernel is written: every read of a row
+value must be at the block's row (the first index ``i0``), every result must keep the
+batch axis first.  When anything fails, ``rows`` returns False having changed nothing,
+and ``cudagen`` lowers the scan as a host loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Lit, Var, make_eqn
+from ..passes.fuse import REDUCTIONS
+from ..passes.indexmap import Affine
+from . import cudagen as cg
+from . import loops
+from .pysource import dtype_expr, scalar_literal, text_of_body
+
+ROW_BLOCKS = 65535       # at most this many blocks (each strides over rows)
+
+
+class NotRows(Exception):
+    """The scan's rows are not independent (or the body has an equation this lowering
+    does not handle): lower it as a host loop."""
+
+
+class _RowEmitter(cg._Emitter):
+    """Per-element code of a stage: row values must be read at the block's row;
+    stacked arrays (a scan's xs and ys) are indexed by the step first."""
+
+    def __init__(self, ctx, names, producer, comments, rows, stepped):
+        super().__init__(ctx, names, producer, comments)
+        self.rows, self.stepped = rows, stepped
+
+    def read(self, array, idx):
+        if array in self.rows:
+            first = idx[0] if idx else None
+            if not (isinstance(first, Affine) and first.key() == ("i0", 1, 0)):
+                raise NotRows(f"{array} read away from the block's row")
+        sub = self.subscript(idx)
+        return f"{array}[_t, {sub}]" if array in self.stepped else f"{array}[{sub}]"
+
+
+def rows(ctx, eqn, body: Graph, text_of) -> bool:
+    """Lower ``scan`` equation ``eqn`` (``body``: its body, optimised for the target) as
+    one kernel if its rows are independent; False (``ctx`` unchanged) if not."""
+    snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
+                set(ctx.fresh), dict(ctx.place), dict(ctx.copies),
+                len(ctx.host_globals), dict(ctx.host_globals))
+    try:
+        _Rows(ctx, eqn, body, text_of).lower()
+        return True
+    except NotRows:
+        n_kernels, n_lines, consts, temps, fresh, place, copies, _, globs = snapshot
+        del ctx.kernels[n_kernels:]
+        del ctx.lines[n_lines:]
+        ctx.consts.clear()
+        ctx.consts.update(consts)
+        ctx.temps = temps
+        ctx.fresh.clear()
+        ctx.fresh.update(fresh)
+        ctx.place.clear()
+        ctx.place.update(place)
+        ctx.copies.clear()
+        ctx.copies.update(copies)
+        ctx.host_globals.clear()
+        ctx.host_globals.update(globs)
+        return False
+
+
+class _Rows:
+    def __init__(self, ctx, eqn, body, text_of):
+        self.ctx, self.eqn, self.body, self.text_of = ctx, eqn, body, text_of
+        p = eqn.params
+        self.n_consts, self.n_carry, self.length = p["n_consts"], p["n_carry"], p["length"]
+        self.reverse = p["reverse"]
+        self.producer = {v: e for e in body.eqns for v in e.outputs}
+        self.uses: dict = {}
+        for e in body.eqns:
+            for v in e.inputs:
+                if isinstance(v, Var):
+                    self.uses.setdefault(v, []).append(e)
+
+    # ------------------------------------------------------------ analysis
+
+    def _accumulator(self, j):
+        """``(update equation, e)`` if carry ``j`` is updated as ``c + sum_b e_b`` (see the
+        module docstring), else None."""
+        body = self.body
+        c_in, c_out = body.inputs[self.n_consts + j], body.outputs[j]
+        update = self.producer.get(c_out) if isinstance(c_out, Var) else None
+        users = self.uses.get(c_in, [])
+        if update is None or len(users) != 1 or users[0] is not update or \
+                c_in in body.outputs:
+            return None
+        if sum(o is c_out for o in body.outputs) != 1 or c_out in self.uses:
+            return None
+        if np.dtype(c_out.dtype).kind != "f" or c_out.shape != c_in.shape:
+            return None
+        if update.prim.name == "add":
+            inner = [update]
+        elif update.prim.name == "fused":
+            inner = update.params["body"].eqns
+        else:
+            return None
+        ins = [v for v in update.inputs if not isinstance(v, Lit)]
+        others = [v for v in ins if v is not c_in]
+        if len(ins) != 2 or len(others) != 1:
+            return None
+        if sum(e.prim.name == "add" for e in inner) != 1 or any(
+                e.prim.name not in ("add", "reshape") for e in inner):
+            return None
+        e = others[0]
+        source = self.producer.get(e)
+        users = self.uses.get(e, [])
+        if source is None or source.prim.name != "fused" or len(users) != 1 or \
+                users[0] is not update or e in body.outputs:
+            return None
+        fbody = source.params["body"]
+        root = fbody.outputs[list(source.outputs).index(e)]
+        red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
+        if red is None or red.prim.name != "reduce_sum" or tuple(red.params["axes"]) != (0,):
+            return None
+        return update, e
+
+    def analyse(self):
+        body, nc, nk = self.body, self.n_consts, self.n_carry
+        if self.length < 1:
+            raise NotRows("an empty scan")
+        carries = body.inputs[nc:nc + nk]
+        self.acc = {}                      # carry index -> (update eqn, e)
+        for j in range(nk):
+            found = self._accumulator(j)
+            if found is not None:
+                self.acc[j] = found
+        # carries the step hands back unchanged (a cotangent that only accumulates
+        # elsewhere): read like constants
+        self.fixed = {j for j in range(nk) if body.outputs[j] is carries[j]}
+        self.row_carries = row_carries = [j for j in range(nk)
+                                          if j not in self.acc and j not in self.fixed]
+        if not row_carries:
+            raise NotRows("no carry with a batch axis")
+        first = carries[row_carries[0]]
+        if first.ndim == 0:
+            raise NotRows("a rank-0 carry")
+        self.B = int(first.shape[0])
+        self.rows = set()
+        for j in row_carries:
+            self._row(carries[j])
+        for x in body.inputs[nc + nk:]:
+            if x.ndim:
+                self._row(x)
+        updates = {u for u, _ in self.acc.values()}
+        contributions = {e for _, e in self.acc.values()}
+        for e in body.eqns:
+            if e in updates:
+                continue
+            for v in e.outputs:     # (of constants alone: computed row by row too)
+                if v not in contributions:
+                    self._row(v)
+        carry_ins = set(carries)
+        for j in row_carries:
+            out = body.outputs[j]
+            if isinstance(out, Lit) or out not in self.rows or out in carry_ins:
+                raise NotRows("a carry's new value is not computed by the step")
+        xs = set(body.inputs[nc + nk:])
+        for y in body.outputs[nk:]:
+            if not (isinstance(y, Var) and (y in self.rows or y in xs)):
+                raise NotRows("a stacked result without a batch axis")
+
+    def _row(self, v):
+        if v.ndim == 0 or int(v.shape[0]) != self.B:
+            raise NotRows(f"a value of shape {tuple(v.shape)} in a scan over {self.B} rows")
+        self.rows.add(v)
+
+    # ------------------------------------------------------------ lowering
+
+    def lower(self):
+        self.analyse()
+        ctx, eqn, body = self.ctx, self.eqn, self.body
+        nc, nk, T, B = self.n_consts, self.n_carry, self.length, self.B
+        ins = eqn.inputs
+        carries = body.inputs[nc:nc + nk]
+        updates = {u for u, _ in self.acc.values()}
+        ctx.lines.append(f"# the scan as one kernel: a block per row of {B}, the {T} steps "
+                         "inside it (its rows are independent)")
+        self.params, self.args, self.kinds = [], [], []
+        self.names = {}                   # body value -> how the kernel reads it
+        self.stepped = set()              # kernel arrays indexed by the step first
+        self.row_arrays = set()           # kernel arrays holding row values
+        self.buffers = {}                 # body value -> host name of its array
+        self.row_start = []               # lines run before a row's first step
+        param = self._param
+
+        # the scan's constants (and unchanged carries), read whole
+        fixed = [(carries[j], ins[nc + j]) for j in sorted(self.fixed)]
+        for bv, ov in list(zip(body.inputs[:nc], ins[:nc])) + fixed:
+            if isinstance(ov, Lit):
+                self.names[bv] = (scalar_literal(ov.value, ov.dtype) if ov.ndim == 0
+                                  else ctx.const(ov.value))
+            elif ov.ndim == 0:
+                cell = ctx.place[ov] == "dev"
+                param(bv, ctx.names[ov], 1 if cell else 0)
+                self.names[bv] += "[0]" if cell else ""
+            else:
+                param(bv, ctx.on_device(ov), ov.ndim)
+        # carries: buffers of their own, updated in place
+        for j, (bv, ov) in enumerate(zip(carries, ins[nc:nc + nk])):
+            if j in self.row_carries:
+                buf = self._host(f"_d.copy({ctx.on_device(ov)})")
+                self.buffers[bv] = buf
+                param(bv, buf, bv.ndim)
+        # xs: the step's row read from the stacked array (a scalar per step as x[_t])
+        for bv, ov in zip(body.inputs[nc + nk:], ins[nc + nk:]):
+            name = param(bv, ctx.on_device(ov), ov.ndim, stepped=True)
+            if bv.ndim == 0:
+                self.stepped.discard(name)
+                self.names[bv] = f"{name}[_t]"
+
+        # where the step's results go: a stacked result straight into its (T, B, ...)
+        # array from the stage computing it; a carry's new value into the carry's
+        # buffer when no later stage reads the old one; the rest copied at the end
+        order = {e: k for k, e in enumerate(body.eqns)}
+        ys, copies_early, copies_late, into = [], [], [], {}
+        xs = dict(zip(body.inputs[nc + nk:], ins[nc + nk:]))
+        for j, (y, oy) in enumerate(zip(body.outputs[nk:], eqn.outputs[nk:])):
+            if y in xs:                      # a stacked operand handed back: itself
+                ys.append(ctx.on_device(xs[y]))
+                continue
+            arr = self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
+            ys.append(arr)
+            src = self._source(y)
+            if src in self.producer and src not in into:
+                into[src] = f"{arr}.reshape({(T,) + tuple(src.shape)!r})"
+            else:
+                (copies_late if src in self.producer else copies_early).append((j, y, arr))
+        carry_into = {}
+        for j in range(nk):
+            out = body.outputs[j]
+            if j not in self.row_carries or out in into or out in carry_into or \
+                    sum(o is out for o in body.outputs) != 1 or \
+                    self.producer[out].prim.name == "reshape" or \
+                    _reshape_source(self.producer[out]) is not None:
+                continue
+            last = max((order[u] for a in self._aliases(carries[j])
+                        for u in self.uses.get(a, [])), default=-1)
+            if last < order[self.producer[out]]:
+                carry_into[out] = j
+
+        # the body's values: arrays of their own (or a result's), reshapes as views;
+        # an accumulator's partial sums in shared memory while the block works on a row
+        # (written out once per row) when they fit, else in the (B, ...) array itself
+        parts, shared, room = {}, set(), cg.SHARED_BYTES
+        for _, c in self.acc.values():
+            size = int(np.prod(c.shape)) * np.dtype(c.dtype).itemsize
+            if size <= room:
+                room -= size
+                shared.add(c)
+        for e in body.eqns:
+            if e in updates:
+                continue
+            src = _reshape_source(e)
+            for v in e.outputs:
+                part = next((j for j, (_, c) in self.acc.items() if c is v), None)
+                if part is not None:
+                    alloc = "_d.empty" if v in shared else "_d.zeros"
+                    parts[v] = (self._host(f"{alloc}({(B,) + tuple(v.shape)!r}, "
+                                           f"{dtype_expr(v.dtype)})"), part)
+                elif v in into:
+                    self.buffers[v] = self._host(into[v])
+                    param(v, self.buffers[v], v.ndim + 1, stepped=True)
+                elif v in carry_into:
+                    self.buffers[v] = self.buffers[carries[carry_into[v]]]
+                    param(v, self.buffers[v], v.ndim)
+                elif src is not None:
+                    if src not in self.buffers:
+                        raise NotRows("a reshape of a stacked operand")
+                    stepped = self.names[src] in self.stepped
+                    shape = ((T,) if stepped else ()) + tuple(v.shape)
+                    self.buffers[v] = self._host(f"{self.buffers[src]}.reshape({shape!r})")
+                    param(v, self.buffers[v], len(shape), stepped=stepped)
+                else:
+                    self.buffers[v] = self._host(f"_d.empty({tuple(v.shape)!r}, "
+                                                 f"{dtype_expr(v.dtype)})")
+                    param(v, self.buffers[v], v.ndim)
+        part_names, head, flush = {}, [], []
+        for v, (part, j) in parts.items():
+            size = int(np.prod(v.shape))
+            if v in shared:
+                part_names[v] = (f"_ps{j}", True)
+                self._extra(f"_p{j}", f"{part}.reshape(({B}, {size}))", v.dtype, 2)
+                head.append(f"_ps{j} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
+                zero = scalar_literal(0, v.dtype)
+                self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+                                   f"    _ps{j}[_e] = {zero}"]
+                flush += [f"for _e in range(_tid, {size}, _nt):",
+                          f"    _p{j}[i0, _e] = _ps{j}[_e]"]
+            else:
+                part_names[v] = (f"_p{j}", False)
+                self._extra(f"_p{j}", part, v.dtype, v.ndim + 1)
+        for j, y, arr in copies_early + copies_late:
+            self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1)
+
+        # the kernel: a block per row, the steps inside
+        step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"]
+        for j, y, _ in copies_early:         # (from the step's operands: before anything)
+            step += self._copy(f"_y{j}", y)
+        widest = 1
+        for e, text in zip(body.eqns, self.text_of):
+            if e in updates or _reshape_source(e) is not None:
+                continue
+            fused = _as_fused(e)
+            if fused is None:
+                raise NotRows(f"no row lowering of {e.prim.name}")
+            comments = None if fused is e else {e: [text[0].strip().removeprefix("let ")]}
+            lines, width = self._stage(fused, text, comments, part_names, order[e])
+            widest = max(widest, width)
+            step += lines + ["cuda.syncthreads()"]
+        tail = []
+        for j, y, _ in copies_late:
+            tail += self._copy(f"_y{j}", y)
+        for j in range(nk):
+            out = body.outputs[j]
+            if j in self.row_carries and out not in carry_into:
+                tail += self._copy(self.names[carries[j]], out)
+                widest = max(widest, int(np.prod(out.shape[1:])))
+        if tail:
+            step += tail + ["cuda.syncthreads()"]
+        lines = head + ["_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
+                        f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
+        if self.row_start:
+            lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
+        lines.append(f"    for _s in range({T}):")
+        lines += ["        " + s for s in step]
+        lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
+        kname = ctx.kernel_name()
+        consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds)
+        # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
+        # than the widest stage uses)
+        threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
+        ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
+                                    self.args + consts))
+
+        # results: the carries' buffers, the stacked arrays, the accumulators' sums
+        for j, o in enumerate(eqn.outputs[:nk]):
+            if j in self.row_carries:
+                self._result(o, self.buffers[carries[j]])
+            elif j in self.fixed:             # (the value it came in with)
+                ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, ins[nc + j])}")
+                ctx.place[o] = "dev" if o.ndim else "host"
+        for arr, y, o in zip(ys, body.outputs[nk:], eqn.outputs[nk:]):
+            self._result(o, arr)
+            if y in xs:
+                ctx.fresh.discard(o)          # (not a new array: copied if returned)
+        for v, (part, j) in parts.items():
+            self._finish_accumulator(j, v, part)
+
+    def _param(self, v, arg, ndim, stepped=False):
+        """A kernel parameter for body value ``v`` (passed ``arg`` by the host)."""
+        name = self.ctx.names[v]
+        self._extra(name, arg, v.dtype, ndim)
+        self.names[v] = name
+        if stepped:
+            self.stepped.add(name)
+        if v in self.rows:
+            self.row_arrays.add(name)
+        return name
+
+    def _extra(self, name, arg, dtype, ndim):
+        self.params.append(name)
+        self.args.append(arg)
+        self.kinds.append((name, dtype, ndim))
+
+    def _host(self, expr) -> str:
+        name = self.ctx.temp()
+        self.ctx.lines.append(f"{name} = {expr}")
+        return name
+
+    def _result(self, o, name):
+        self.ctx.lines.append(f"{self.ctx.names[o]} = {name}")
+        self.ctx.place[o] = "dev"
+        self.ctx.fresh.add(o)
+
+    def _source(self, v):
+        """``v``, or what it is a reshape of (through any chain of reshapes)."""
+        while v in self.producer and _reshape_source(self.producer[v]) is not None:
+            v = _reshape_source(self.producer[v])
+        return v
+
+    def _aliases(self, v) -> list:
+        """``v`` and every reshape of it (views of one array)."""
+        out, todo = [], [v]
+        while todo:
+            a = todo.pop()
+            out.append(a)
+            todo += [w for u in self.uses.get(a, []) if _reshape_source(u) is a
+                     for w in u.outputs]
+        return out
+
+    def _copy(self, dst, v) -> list:
+        """Lines copying the block's row of body value ``v`` into array ``dst`` (a carry's
+        buffer, or ``_y{j}``: a stacked result, indexed by the step)."""
+        src = self.names[v]
+        size = int(np.prod(v.shape[1:]))
+        jvars = [f"_j{d}" for d in range(1, v.ndim)]
+        sub = ", ".join(["i0"] + jvars)
+        lines = [f"for _e in range(_tid, {size}, _nt):"]
+        lines += cg._decode("_e", tuple(v.shape[1:]), jvars, "    ")
+        lines.append(f"    {dst}[{'_t, ' if dst.startswith('_y') else ''}{sub}] = "
+                     f"{src}[{'_t, ' if src in self.stepped else ''}{sub}]")
+        return lines
+
+    def _stage(self, fused, text, comments, part_names, k):
+        """The lines of one stage (a fused equation for the block's row) and how many
+        threads it can use."""
+        ctx, B = self.ctx, self.B
+        body = fused.params["body"]
+        domain = tuple(int(d) for d in fused.params["domain"])
+        if not domain or domain[0] != B:
+            raise NotRows("a stage whose domain does not start with the batch axis")
+        producer = {v: e for e in body.eqns for v in e.outputs}
+        if comments is None:
+            comments = dict(zip(body.eqns, text_of_body(fused, text)))
+        names = {v: f"{ctx.names.get(v, ctx.temp().lstrip('_'))}" for e in body.eqns
+                 for v in e.outputs}
+        for bv, ov in zip(body.inputs, fused.inputs):
+            if isinstance(ov, Lit):
+                names[bv] = (scalar_literal(ov.value, ov.dtype) if ov.ndim == 0
+                             else ctx.const(ov.value))
+            elif ov in self.names:
+                names[bv] = self.names[ov]
+            else:
+                raise NotRows("a stage reads what no kernel array holds")
+        groups: dict = {}
+        for r, o in zip(body.outputs, fused.outputs):
+            e = producer.get(r)
+            kind = REDUCTIONS.get(e.prim.name) if e is not None else None
+            axes = tuple(sorted(e.params["axes"])) if kind else None
+            if o in part_names:
+                groups.setdefault(None, []).append((r, o, "acc"))
+                continue
+            if kind and 0 in axes:
+                raise NotRows("a reduction over the batch axis")
+            groups.setdefault(axes, []).append((r, o, kind))
+        ivars = [f"i{d}" for d in range(len(domain))]
+        idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
+
+        def write(o, sub):
+            if o in part_names:             # an accumulator's partial sums
+                name, shared = part_names[o]
+                if shared:
+                    return f"{name}[{_linear(sub[1:], domain[1:])}]"
+                return f"{name}[{', '.join(sub)}]"
+            name = self.names[o]
+            step = "_t, " if name in self.stepped else ""
+            return f"{name}[{step}{', '.join(sub)}]"
+
+        def emitter():
+            return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped)
+
+        def pointwise(em, roots):
+            for r, o, kind in roots:
+                if kind == "acc":
+                    val = em.value(producer[r].inputs[0], idx, 0)
+                    em.emit(0, f"{write(o, ivars)} += {val}")
+                else:
+                    if tuple(o.shape) != domain:
+                        raise NotRows("a result of another shape than its domain")
+                    em.emit(0, f"{write(o, ivars)} = {em.value(r, idx, 0)}")
+
+        pointwise_roots = groups.pop(None, [])
+        lines, widest = [], 1
+        if not groups:
+            em = emitter()
+            pointwise(em, pointwise_roots)
+            size = int(np.prod(domain[1:]))
+            lines.append(f"for _e in range(_tid, {size}, _nt):")
+            lines += cg._decode("_e", domain[1:], ivars[1:], "    ")
+            lines += ["    " + s for s in em.lines]
+            return lines, size
+        for g, (axes, roots) in enumerate(groups.items()):
+            em = emitter()
+            accs = [f"_a{k}_{g}_{j}" for j in range(len(roots))]
+            for (r, o, kind), acc in zip(roots, accs):
+                val = em.value(producer[r].inputs[0], idx, 0)
+                em.emit(0, f"{acc} = {loops._combine(kind, acc, val)}")
+            if g == 0:
+                pointwise(em, pointwise_roots)
+            kept = [d for d in range(1, len(domain)) if d not in axes]
+            Kr = int(np.prod([domain[d] for d in kept]))
+            R = int(np.prod([domain[d] for d in axes]))
+            for r, o, _ in roots:
+                if tuple(o.shape) != tuple(domain[d] for d in [0] + kept):
+                    raise NotRows("a reduction whose result is not its kept axes")
+            lines.append(f"for _k in range(_tid, {Kr}, _nt):")
+            lines += cg._decode("_k", [domain[d] for d in kept], [ivars[d] for d in kept],
+                                "    ")
+            lines += [f"    {acc} = {loops._init(kind, r)}"
+                      for (r, o, kind), acc in zip(roots, accs)]
+            lines.append(f"    for _r in range({R}):")
+            lines += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
+                                "        ")
+            lines += ["        " + s for s in em.lines]
+            lines += [f"    {write(o, ['i0'] + [ivars[d] for d in kept])} = {acc}"
+                      for (r, o, kind), acc in zip(roots, accs)]
+            widest = max(widest, Kr)
+        return lines, widest
+
+    def _finish_accumulator(self, j, e, part):
+        """Carry ``j``'s final value: the body's update equation applied to the carry's
+        initial value and the sum over the batch of every block's partial sums."""
+        ctx, eqn, body = self.ctx, self.eqn, self.body
+        update, _ = self.acc[j]
+        from ..prims.reduce import reduce_sum_p
+        whole = Var((self.B,) + tuple(e.shape), e.dtype)
+        total = Var(tuple(e.shape), e.dtype)
+        ctx.names[whole], ctx.names[total] = part, ctx.temp()
+        ctx.place[whole] = "dev"
+        red = make_eqn(reduce_sum_p, [whole], [total], {"axes": (0,)})
+        cg._lower_eqn(ctx, red, [f"{ctx.names[total]} = reduce_sum[axes=(0,)] {part}"])
+        c_in = body.inputs[self.n_consts + j]
+        init = self.eqn.inputs[self.n_consts + j]
+        new = {c_in: init, e: total}
+        finish = update.replace(inputs=tuple(new.get(v, v) for v in update.inputs),
+                                outputs=(eqn.outputs[j],))
+        text = self.text_of[list(body.eqns).index(update)]
+        cg._lower_eqn(ctx, finish, text)
+
+
+def _as_fused(eqn):
+    """``eqn`` as a fused equation (itself, or a fused equation of one for an
+    elementwise or structural equation), None if it is neither."""
+    if eqn.prim.name == "fused":
+        return eqn
+    if not cg._kernel_alone(eqn):
+        return None
+    return cg._fused_of_one(eqn)
+
+
+def _linear(names, dims) -> str:
+    """The C-order linear index of ``names`` over ``dims``."""
+    if not names:
+        return "0"
+    text = names[0]
+    for name, n in zip(names[1:], dims[1:]):
+        text = f"({text}) * {n} + {name}"
+    return text
+
+
+def _reshape_source(eqn):
+    """The operand ``eqn`` is a reshape of (a ``reshape``, or a fused equation of
+    reshapes alone), else None."""
+    if eqn.prim.name == "reshape":
+        return eqn.inputs[0] if isinstance(eqn.inputs[0], Var) else None
+    if eqn.prim.name != "fused" or len(eqn.inputs) != 1 or len(eqn.outputs) != 1 or \
+            not isinstance(eqn.inputs[0], Var):
+        return None
+    if all(e.prim.name == "reshape" for e in eqn.params["body"].eqns):
+        return eqn.inputs[0]
+    return None
