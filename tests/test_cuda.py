@@ -182,6 +182,15 @@ def rows_loss(h0, w):
     return s + np.sum(h) + 0.1 * np.sum(ys)
 
 
+def rows_long(h0, w):
+    """Few kept elements, long sums per row: several threads per kept element."""
+    def step(h, x):
+        s = np.sum(np.tanh(h[:, :, None] * w + x), axis=2)
+        return 0.5 * h + 0.1 * s, None
+    h, _ = gradc.scan(step, h0, STEPS)
+    return np.sum(h ** 2)
+
+
 PROGRAMS.update({
     "crf-batched": (crf_batched, (rng.standard_normal((3, 5, 4)),
                                   rng.standard_normal((4, 4)))),
@@ -189,14 +198,15 @@ PROGRAMS.update({
                                           rng.standard_normal((4, 4)).astype(np.float32))),
     "rows-reverse": (rows_reverse, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rows-loss": (rows_loss, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
+    "rows-long": (rows_long, (rng.standard_normal((3, 2)), rng.standard_normal((2, 40)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
-ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss")
+ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
              "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
-             "rows-loss")
+             "rows-loss", "rows-long")
 
 
 def _summed(f):
@@ -226,6 +236,8 @@ def test_programs_match_the_interpreter(name):
     if name in ROW_SCANS:           # the scan as one kernel, forward and backward
         assert jitted.source(*args).count(ONE_KERNEL) == 1
         assert grad.source(*args).count(ONE_KERNEL) == 2
+    if name == "rows-long":         # (threads split the long sums: partials combined)
+        assert "_q = _k // 2" in grad.source(*args)
 
 
 def test_gradient_against_finite_differences():

@@ -307,13 +307,14 @@ class _Rows:
                     self.buffers[v] = self._host(f"_d.empty({tuple(v.shape)!r}, "
                                                  f"{dtype_expr(v.dtype)})")
                     param(v, self.buffers[v], v.ndim)
-        part_names, head, flush = {}, [], []
+        part_names, flush = {}, []
+        self.head, self.room = [], room
         for v, (part, j) in parts.items():
             size = int(np.prod(v.shape))
             if v in shared:
                 part_names[v] = (f"_ps{j}", True)
                 self._extra(f"_p{j}", f"{part}.reshape(({B}, {size}))", v.dtype, 2)
-                head.append(f"_ps{j} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
+                self.head.append(f"_ps{j} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
                 zero = scalar_literal(0, v.dtype)
                 self.row_start += [f"for _e in range(_tid, {size}, _nt):",
                                    f"    _ps{j}[_e] = {zero}"]
@@ -350,7 +351,7 @@ class _Rows:
                 widest = max(widest, int(np.prod(out.shape[1:])))
         if tail:
             step += tail + ["cuda.syncthreads()"]
-        lines = head + ["_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
+        lines = self.head + ["_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
                         f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
         if self.row_start:
             lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
@@ -516,18 +517,44 @@ class _Rows:
             for r, o, _ in roots:
                 if tuple(o.shape) != tuple(domain[d] for d in [0] + kept):
                     raise NotRows("a reduction whose result is not its kept axes")
-            lines.append(f"for _k in range(_tid, {Kr}, _nt):")
-            lines += cg._decode("_k", [domain[d] for d in kept], [ivars[d] for d in kept],
-                                "    ")
+            kept_dims, kept_vars = [domain[d] for d in kept], [ivars[d] for d in kept]
+            out_sub = ["i0"] + kept_vars
+            # S threads per kept element when there are few kept elements and long sums
+            # (each takes every S-th reduced element; the S partials combined after a
+            # barrier, in a fixed order)
+            S, T = 1, self.ctx.threads
+            need = sum(np.dtype(o.dtype).itemsize for _, o, _ in roots) * Kr
+            while Kr * S * 2 <= T and R >= 16 * S and need * S * 2 <= self.room:
+                S *= 2
+            if S > 1:
+                self.room -= need * S
+            lines.append(f"for _k in range(_tid, {Kr * S}, _nt):")
+            if S > 1:
+                lines += [f"    _q = _k // {Kr}", f"    _kk = _k - _q * {Kr}"]
+            lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
-            lines.append(f"    for _r in range({R}):")
+            lines.append(f"    for _r in range(_q, {R}, {S}):" if S > 1
+                         else f"    for _r in range({R}):")
             lines += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
                                 "        ")
             lines += ["        " + s for s in em.lines]
-            lines += [f"    {write(o, ['i0'] + [ivars[d] for d in kept])} = {acc}"
-                      for (r, o, kind), acc in zip(roots, accs)]
-            widest = max(widest, Kr)
+            if S == 1:
+                lines += [f"    {write(o, out_sub)} = {acc}"
+                          for (r, o, kind), acc in zip(roots, accs)]
+            else:
+                for (r, o, kind), acc in zip(roots, accs):
+                    self.head.append(f"{acc}_s = cuda.shared.array({Kr * S}, "
+                                     f"{cg._numba_type(o.dtype)})")
+                    lines.append(f"    {acc}_s[_k] = {acc}")
+                lines += ["cuda.syncthreads()", f"for _k in range(_tid, {Kr}, _nt):"]
+                lines += cg._decode("_k", kept_dims, kept_vars, "    ")
+                for (r, o, kind), acc in zip(roots, accs):
+                    lines += [f"    {acc} = {acc}_s[_k]", f"    for _q in range(1, {S}):",
+                              f"        {acc} = "
+                              f"{loops._combine(kind, acc, f'{acc}_s[_q * {Kr} + _k]')}",
+                              f"    {write(o, out_sub)} = {acc}"]
+            widest = max(widest, Kr * S)
         return lines, widest
 
     def _finish_accumulator(self, j, e, part):
