@@ -19,6 +19,7 @@ written); "of copy" is copy time / gradc time, the fraction of copy bandwidth gr
 reaches.
 
     python benchmarks/gpu.py [--only G1,G2] [--repeats 30]      # prints a Markdown table
+    GRADC_CUDA_POOL=1 python benchmarks/gpu.py                # gradc's caching allocator
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu.py --quick   # smoke test, no GPU
 """
 from __future__ import annotations
@@ -258,7 +259,9 @@ def run(args):
 
 
 def table(rows):
-    print(f"GPU: {gpu_name()}; Python {platform.python_version()}, NumPy {np.__version__}")
+    pool = "on" if os.environ.get("GRADC_CUDA_POOL") == "1" else "off"
+    print(f"GPU: {gpu_name()}; Python {platform.python_version()}, NumPy {np.__version__}; "
+          f"gradc's memory pool (GRADC_CUDA_POOL): {pool}")
     print()
     print("| workload | dtype | gradc | JAX | PyTorch | gradc / JAX | copy | of copy "
           "| agrees |")

@@ -381,6 +381,56 @@ def test_kernels_compile_to_ptx():
     assert all(n >= 1 for n in out.values()), out
 
 
+POOL_SCRIPT = textwrap.dedent("""
+    import ctypes, gc, json, types
+    from gradc.codegen.cuda import caching_memory_manager
+
+    class Fake(caching_memory_manager()):      # (numba's allocation replaced: no GPU)
+        made = 0
+
+        def _allocate(self, size):
+            self.made += 1
+            return types.SimpleNamespace(device_pointer=ctypes.c_size_t(4096 * self.made))
+
+    m = Fake(context=None)
+    p = m.memalloc(64)
+    first = p.device_pointer.value
+    view = p.view(8)                    # (an array's slice holds the memory too)
+    del p
+    gc.collect()
+    out = {"free_while_viewed": len(m.free_blocks[64])}
+    q = m.memalloc(64)
+    out["second_is_new"] = q.device_pointer.value != first
+    del view
+    gc.collect()
+    out["free_after"] = len(m.free_blocks[64])
+    r = m.memalloc(64)
+    out["reused"] = r.device_pointer.value == first
+    out["other_size_new"] = m.memalloc(128).device_pointer.value not in (first,)
+    out["hits"], out["misses"] = m.hits, m.misses
+    print(json.dumps(out))
+""")
+
+
+def test_memory_pool_hands_a_block_out_again_once_every_view_has_died():
+    """``CachingMemoryManager`` (``GRADC_CUDA_POOL=1``) with numba's allocation replaced
+    by a fake, outside the simulator (numba's real memory classes)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    res = subprocess.run([sys.executable, "-c", POOL_SCRIPT], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"free_while_viewed": 0, "second_is_new": True, "free_after": 1,
+                   "reused": True, "other_size_new": True, "hits": 1, "misses": 3}
+
+
+def test_memory_pool_is_a_no_op_in_the_simulator():
+    from gradc.codegen.cuda import use_memory_pool
+    if not SIMULATOR:
+        pytest.skip("a GPU: the pool applies to contexts created afterwards")
+    assert use_memory_pool() is False
+
+
 def test_check_runs_the_cuda_target():
     report = gradc.check(rosen, rng.uniform(0.5, 1.5, 6), targets=("cuda",),
                          against=("fd",))

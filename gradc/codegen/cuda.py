@@ -16,6 +16,14 @@ Arguments and results
     on the device (numba.cuda device arrays, which CuPy and PyTorch take without a
     copy).  Rank-0 results come back as NumPy scalars.
 
+Device memory
+    Every result and temporary is a fresh numba.cuda device array.  Numba's own
+    allocator calls ``cuMemAlloc`` for each (and ``cuMemFree``, deferred, for each
+    array that dies): on a large array a cost of the order of the kernel's own.
+    ``use_memory_pool()`` (or ``GRADC_CUDA_POOL=1`` in the environment) installs
+    ``CachingMemoryManager``, a numba EMM plugin that keeps blocks of every size it has
+    handed out and hands them out again once every array and view on them has died.
+
 Inside kernels
     The functions a kernel calls through ``_d`` (this module) are libdevice's or
     ``math``'s under CUDA and NumPy's ufuncs under the simulator, so that a NaN or an
@@ -47,7 +55,100 @@ def import_cuda():
         from numba import cuda
         _CUDA = cuda
         _define_device_functions(cuda)
+        if os.environ.get("GRADC_CUDA_POOL") == "1" and not simulator():
+            from numba.cuda.cudadrv import driver
+            driver.set_memory_manager(caching_memory_manager())
     return _CUDA
+
+
+# ---------------------------------------------------------------- device memory
+
+_POOL_CLASS = None
+
+
+def caching_memory_manager():
+    """The class of gradc's numba.cuda EMM plugin (defined on first use: it subclasses
+    numba's own manager).
+
+    A block is one allocation of numba's manager, kept alive by the pool.  Each request
+    of a size the pool has a free block of gets that block, wrapped in a pointer of its
+    own whose finalizer gives the block back: numba runs it when the pointer's reference
+    count reaches zero, that is when the array *and every view of it* have died (views
+    count references on the pointer that owns the memory), so a block is never handed
+    out while anything can still read it.  Out of memory, the free blocks are released
+    and the allocation tried again."""
+    global _POOL_CLASS
+    if _POOL_CLASS is not None:
+        return _POOL_CLASS
+    import functools
+    import itertools
+    import weakref
+    from numba.cuda.cudadrv.driver import (AutoFreePointer, CudaAPIError,
+                                           NumbaCUDAMemoryManager)
+
+    class CachingMemoryManager(NumbaCUDAMemoryManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.free_blocks: dict = {}      # size -> [block nobody uses]
+            self.handed_out: dict = {}       # key -> the pointer an array holds
+            self._keys = itertools.count()
+            self.hits = self.misses = 0
+
+        def memalloc(self, size):
+            if size == 0:
+                return super().memalloc(size)
+            free = self.free_blocks.setdefault(size, [])
+            if free:
+                block = free.pop()
+                self.hits += 1
+            else:
+                block = self._allocate(size)
+                self.misses += 1
+            ctx = None if self.context is None else weakref.proxy(self.context)
+            key = next(self._keys)
+            mem = AutoFreePointer(ctx, block.device_pointer, size,
+                                  finalizer=functools.partial(self._give_back, key, free,
+                                                              block))
+            self.handed_out[key] = mem       # (alive until its finalizer runs)
+            return mem.own()
+
+        def _give_back(self, key, free, block):
+            self.handed_out.pop(key, None)
+            free.append(block)
+
+        def _allocate(self, size):
+            try:
+                return super().memalloc(size)
+            except CudaAPIError:            # (out of memory after numba's own retry)
+                self.release()
+                return super().memalloc(size)
+
+        def release(self):
+            """Give every free block back to the driver."""
+            for free in self.free_blocks.values():
+                free.clear()
+            self.deallocations.clear()
+
+        def reset(self):
+            self.release()
+            super().reset()
+
+    _POOL_CLASS = CachingMemoryManager
+    return _POOL_CLASS
+
+
+def use_memory_pool() -> bool:
+    """Route numba.cuda's device allocations through ``CachingMemoryManager`` (see the
+    module docstring).  It applies to CUDA contexts created afterwards: call it before
+    the process's first CUDA call.  Returns whether the current context uses it (False
+    under the simulator, which allocates NumPy arrays)."""
+    cuda = import_cuda()
+    if simulator():
+        return False
+    from numba.cuda.cudadrv import driver
+    cls = caching_memory_manager()
+    driver.set_memory_manager(cls)
+    return isinstance(cuda.current_context().memory_manager, cls)
 
 
 def simulator() -> bool:
