@@ -150,6 +150,8 @@ PROGRAMS = {
     "concat-axis1": (lambda m: np.sum(np.concatenate([m, np.tanh(m[:, :1])], axis=1) ** 3),
                      (A,)),
 }
+
+
 def crf_batched(U, A):
     """G4's CRF log-partition function: a batch of sequences, ``U`` (B, T, K)."""
     def step(alpha, u):
@@ -191,6 +193,42 @@ def rows_long(h0, w):
     return np.sum(h ** 2)
 
 
+def rnn_rows(h0, W, xs):
+    """An RNN over a batch: contractions in the step (``h @ W``), W's gradient a sum
+    over the batch at every step."""
+    h, _ = gradc.scan(lambda h, x: (np.tanh(h @ W + x), None), h0, xs)
+    return np.sum(h ** 2)
+
+
+XS4 = rng.standard_normal((3, 2, 3, 4))
+
+
+def rows_early_copy(h0, s0):
+    """A stacked result is the old carry, which a reduction stage then writes in place
+    (a barrier between them: review regression)."""
+    def step(c, x):
+        h, s = c
+        return (np.tanh(x), s + np.sum(x * x, axis=2)), h
+    (h, s), ys = gradc.scan(step, (h0, s0), XS4)
+    return np.sum(h) + np.sum(s) + np.sum(ys ** 2)
+
+
+def carry_reshaped(a0, b0):
+    """A carry's new value is a view of another carry (the host loop: review
+    regression)."""
+    def step(c, x):
+        a, b = c
+        return (np.tanh(a + x), a.reshape(2, 2, 2)), None
+    (a, b), _ = gradc.scan(step, (a0, b0), XS4[:, :, 0, :])
+    return np.sum(a) + np.sum(b ** 2)
+
+
+def carry_is_x(h0):
+    """A carry's new value is the step's operand (review regression)."""
+    h, ys = gradc.scan(lambda h, x: (x, h * 2.0), h0, XS4[:, :, 0, :])
+    return np.sum(h) + np.sum(ys ** 2)
+
+
 PROGRAMS.update({
     "crf-batched": (crf_batched, (rng.standard_normal((3, 5, 4)),
                                   rng.standard_normal((4, 4)))),
@@ -199,14 +237,30 @@ PROGRAMS.update({
     "rows-reverse": (rows_reverse, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rows-loss": (rows_loss, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rows-long": (rows_long, (rng.standard_normal((3, 2)), rng.standard_normal((2, 40)))),
+    # solve (CuPy's when installed; else a block per system, partial pivoting: the
+    # matrix's leading entry is 0, so the first pivot must come from another row)
+    "solve": (lambda a, b: np.sum(np.linalg.solve(a, b) ** 2),
+              (np.array([[0.0, 2, 1, 0.5], [1, 0.3, 0, 2], [2, 1, 4, 0], [0.5, 1, 0, 3]]),
+               rng.standard_normal(4))),
+    "solve-batched": (lambda a, b: np.tanh(np.linalg.solve(a, b)),
+                      (rng.standard_normal((2, 3, 3)) + 3 * np.eye(3),
+                       rng.standard_normal((2, 3, 2)))),
+    "rows-early-copy": (rows_early_copy, (rng.standard_normal((2, 3, 4)),
+                                          rng.standard_normal((2, 3)))),
+    "carry-reshaped": (carry_reshaped, (rng.standard_normal((2, 4)),
+                                        rng.standard_normal((2, 2, 2)))),
+    "carry-is-x": (carry_is_x, (rng.standard_normal((2, 4)),)),
+    "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
+                            rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
-ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long")
+ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
+             "rnn-rows", "rows-early-copy")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
              "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
-             "rows-loss", "rows-long")
+             "rows-loss", "rows-long", "rnn-rows", "solve", "solve-batched")
 
 
 def _summed(f):

@@ -251,19 +251,26 @@ def _cupy():
 
 
 cupy_einsum = None
+cupy_solve = None
 
 
 def _set_cupy_einsum() -> None:
-    global cupy_einsum
+    """CuPy's ``einsum`` (cuBLAS) and ``linalg.solve`` (cuSOLVER's LU) for the generated
+    code when CuPy is installed (None otherwise: the generated kernels run instead)."""
+    global cupy_einsum, cupy_solve
     cp = None if simulator() else _cupy()
     if cp is None:
-        cupy_einsum = None
+        cupy_einsum = cupy_solve = None
         return
 
     def einsum(spec, x, y, shape):
         out = cp.ascontiguousarray(cp.einsum(spec, cp.asarray(x), cp.asarray(y)))
         return _CUDA.as_cuda_array(out.reshape(shape))
-    cupy_einsum = einsum
+
+    def solve(a, b):
+        out = cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a), cp.asarray(b)))
+        return _CUDA.as_cuda_array(out)
+    cupy_einsum, cupy_solve = einsum, solve
 
 
 # ---------------------------------------------------------------- the compiled program

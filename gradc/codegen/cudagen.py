@@ -30,9 +30,13 @@ What becomes a kernel:
   sum runs as a segmented reduction instead;
 * ``gather``, ``scatter_add`` (atomic adds), ``index_set`` without index arrays and
   ``concatenate``: a grid-stride loop over the window or the result;
+* ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
+  elimination with partial pivoting, back substitution);
+* a batched ``scan`` (rows independent): one kernel for the whole loop
+  (``cudarows``);
 * ``reshape`` of a device value: a view;
-* ``scan``, ``while_loop``, ``cond``, ``while_adjoint``: Python loops and branches in
-  the host function, their bodies lowered as host functions of their own.
+* other ``scan``s, ``while_loop``, ``cond``, ``while_adjoint``: Python loops and
+  branches in the host function, their bodies lowered as host functions of their own.
 
 Every other equation (sorting, decompositions, ``while_tangent``, ...) runs on
 the host through the interpreter (``gradc.interpret``), and the generated source says
@@ -46,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Lit, make_eqn
+from ..ir import Graph, Lit, Var, make_eqn
 from ..passes.fuse import REDUCTIONS
 from ..passes.indexmap import Affine, operand_indices
 from ..prims.linalg import parse_spec
@@ -323,6 +327,9 @@ def _lower_eqn(ctx, eqn, text):
     elif name in ("scan", "while_loop", "cond", "while_adjoint"):
         {"scan": _scan, "while_loop": _while, "cond": _cond,
          "while_adjoint": _while_adjoint}[name](ctx, eqn)
+    elif name == "solve" and np.dtype(eqn.outputs[0].dtype).kind == "f" and \
+            all(isinstance(v, Var) for v in eqn.inputs):
+        _solve(ctx, eqn)
     elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
@@ -946,6 +953,83 @@ def _einsum(ctx, eqn):
             f"    {oname} = _d.cupy_einsum({spec!r}, {ctx.on_device(x)}, "
             f"{ctx.on_device(y)}, {shape!r})",
             "else:", "    " + alloc] + ["    " + s for s in launches]
+
+
+# ---------------------------------------------------------------- solve
+
+def _solve(ctx, eqn):
+    """``solve(a, b)``: CuPy's ``linalg.solve`` (cuSOLVER) when installed, else a kernel
+    with a block per system: Gaussian elimination with partial pivoting (thread 0 picks
+    the pivot, the block swaps the rows and updates the trailing rows of the matrix and
+    of the right-hand sides together), then column-oriented back substitution.  A
+    singular matrix gives infinities or NaNs, as JAX does (NumPy raises)."""
+    a, b = eqn.inputs
+    out = eqn.outputs[0]
+    n = int(a.shape[-1])
+    systems = int(np.prod(a.shape[:-2]))
+    k = 1 if b.ndim == 1 else int(b.shape[-1])
+    oname = ctx.names[out]
+    da, db = ctx.on_device(a), ctx.on_device(b)
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    kname = ctx.kernel_name()
+    lines = [
+        "_piv = cuda.shared.array(1, numba.int64)",
+        "_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
+        f"for _b in range(cuda.blockIdx.x, {systems}, cuda.gridDim.x):",
+        f"    for _c in range({n}):",
+        "        if _tid == 0:",                    # the pivot: the largest |a[r, c]|, r >= c
+        "            _p = _c",
+        "            _best = abs(a[_b, _c, _c])",
+        f"            for _r in range(_c + 1, {n}):",
+        "                if abs(a[_b, _r, _c]) > _best:",
+        "                    _best = abs(a[_b, _r, _c])",
+        "                    _p = _r",
+        "            _piv[0] = _p",
+        "        cuda.syncthreads()",
+        "        _p = _piv[0]",
+        "        if _p != _c:",
+        f"            for _j in range(_c + _tid, {n}, _nt):",
+        "                _v = a[_b, _c, _j]",
+        "                a[_b, _c, _j] = a[_b, _p, _j]",
+        "                a[_b, _p, _j] = _v",
+        f"            for _j in range(_tid, {k}, _nt):",
+        "                _v = x[_b, _c, _j]",
+        "                x[_b, _c, _j] = x[_b, _p, _j]",
+        "                x[_b, _p, _j] = _v",
+        "        cuda.syncthreads()",
+        f"        _w = {n} - _c - 1",
+        f"        for _e in range(_tid, _w * (_w + {k}), _nt):",
+        f"            _r = _c + 1 + _e // (_w + {k})",
+        f"            _q = _e % (_w + {k})",
+        "            _f = a[_b, _r, _c] / a[_b, _c, _c]",
+        "            if _q < _w:",
+        "                a[_b, _r, _c + 1 + _q] -= _f * a[_b, _c, _c + 1 + _q]",
+        "            else:",
+        "                x[_b, _r, _q - _w] -= _f * x[_b, _c, _q - _w]",
+        "        cuda.syncthreads()",
+        f"    for _c in range({n} - 1, -1, -1):",
+        f"        for _j in range(_tid, {k}, _nt):",
+        "            x[_b, _c, _j] = x[_b, _c, _j] / a[_b, _c, _c]",
+        "        cuda.syncthreads()",
+        f"        for _e in range(_tid, _c * {k}, _nt):",
+        f"            _r = _e // {k}",
+        f"            _j = _e - _r * {k}",
+        "            x[_b, _r, _j] -= a[_b, _r, _c] * x[_b, _c, _j]",
+        "        cuda.syncthreads()",
+    ]
+    _finish_kernel(ctx, kname, ["a", "x"], lines, [("a", out.dtype, 3), ("x", out.dtype, 3)])
+    threads = min(ctx.threads, max(32, -(-(n * (n + k)) // 32) * 32)) \
+        if ctx.threads >= 32 else ctx.threads
+    work = ctx.temp()
+    launch = _launch(ctx, kname, min(systems, MAX_BLOCKS), threads,
+                     [work, f"{oname}.reshape(({systems}, {n}, {k}))"])
+    ctx.lines += [
+        "if _d.cupy_solve is not None:",
+        f"    {oname} = _d.cupy_solve({da}, {db})",
+        "else:",
+        f"    {work} = _d.copy({da}).reshape(({systems}, {n}, {n}))",
+        f"    {oname} = _d.copy({db})", "    " + launch]
 
 
 # ---------------------------------------------------------------- indexing

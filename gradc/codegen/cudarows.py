@@ -94,6 +94,18 @@ def rows(ctx, eqn, body: Graph, text_of) -> bool:
 
 class _Rows:
     def __init__(self, ctx, eqn, body, text_of):
+        # contractions as fused sums of products (a stage like any other)
+        self.comments_of = {}
+        eqns = []
+        for e, text in zip(body.eqns, text_of):
+            fused = _einsum_as_fused(e) if e.prim.name == "einsum" else None
+            if fused is not None:
+                line = text[0].strip().removeprefix("let ")
+                self.comments_of[fused] = {q: [f"{line}   ({q.prim.name})"]
+                                           for q in fused.params["body"].eqns}
+                e = fused
+            eqns.append(e)
+        body = body.replace(eqns=tuple(eqns))
         self.ctx, self.eqn, self.body, self.text_of = ctx, eqn, body, text_of
         p = eqn.params
         self.n_consts, self.n_carry, self.length = p["n_consts"], p["n_carry"], p["length"]
@@ -187,6 +199,9 @@ class _Rows:
             out = body.outputs[j]
             if isinstance(out, Lit) or out not in self.rows or out in carry_ins:
                 raise NotRows("a carry's new value is not computed by the step")
+            if self._source(out) in carry_ins:
+                # (a view of a carry's buffer, which the end of the step overwrites)
+                raise NotRows("a carry's new value is a reshape of a carry")
         xs = set(body.inputs[nc + nk:])
         for y in body.outputs[nk:]:
             if not (isinstance(y, Var) and (y in self.rows or y in xs)):
@@ -262,6 +277,7 @@ class _Rows:
         for j in range(nk):
             out = body.outputs[j]
             if j not in self.row_carries or out in into or out in carry_into or \
+                    out not in self.producer or \
                     sum(o is out for o in body.outputs) != 1 or \
                     self.producer[out].prim.name == "reshape" or \
                     _reshape_source(self.producer[out]) is not None:
@@ -298,7 +314,8 @@ class _Rows:
                     param(v, self.buffers[v], v.ndim)
                 elif src is not None:
                     if src not in self.buffers:
-                        raise NotRows("a reshape of a stacked operand")
+                        raise NotRows("a reshape of a stacked operand, a constant or an "
+                                      "unchanged carry")
                     stepped = self.names[src] in self.stepped
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
                     self.buffers[v] = self._host(f"{self.buffers[src]}.reshape({shape!r})")
@@ -329,7 +346,9 @@ class _Rows:
         # the kernel: a block per row, the steps inside
         step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"]
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
-            step += self._copy(f"_y{j}", y)
+            step += self._copy(f"_y{j}", y, stepped=True)
+        if copies_early:                     # (before a stage writes a carry in place)
+            step.append("cuda.syncthreads()")
         widest = 1
         for e, text in zip(body.eqns, self.text_of):
             if e in updates or _reshape_source(e) is not None:
@@ -337,13 +356,14 @@ class _Rows:
             fused = _as_fused(e)
             if fused is None:
                 raise NotRows(f"no row lowering of {e.prim.name}")
-            comments = None if fused is e else {e: [text[0].strip().removeprefix("let ")]}
+            comments = (self.comments_of.get(e) if fused is e else
+                        {e: [text[0].strip().removeprefix("let ")]})
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
             step += lines + ["cuda.syncthreads()"]
         tail = []
         for j, y, _ in copies_late:
-            tail += self._copy(f"_y{j}", y)
+            tail += self._copy(f"_y{j}", y, stepped=True)
         for j in range(nk):
             out = body.outputs[j]
             if j in self.row_carries and out not in carry_into:
@@ -422,16 +442,16 @@ class _Rows:
                      for w in u.outputs]
         return out
 
-    def _copy(self, dst, v) -> list:
+    def _copy(self, dst, v, stepped=False) -> list:
         """Lines copying the block's row of body value ``v`` into array ``dst`` (a carry's
-        buffer, or ``_y{j}``: a stacked result, indexed by the step)."""
+        buffer, or with ``stepped`` ``_y{j}``: a stacked result, indexed by the step)."""
         src = self.names[v]
         size = int(np.prod(v.shape[1:]))
         jvars = [f"_j{d}" for d in range(1, v.ndim)]
         sub = ", ".join(["i0"] + jvars)
         lines = [f"for _e in range(_tid, {size}, _nt):"]
         lines += cg._decode("_e", tuple(v.shape[1:]), jvars, "    ")
-        lines.append(f"    {dst}[{'_t, ' if dst.startswith('_y') else ''}{sub}] = "
+        lines.append(f"    {dst}[{'_t, ' if stepped else ''}{sub}] = "
                      f"{src}[{'_t, ' if src in self.stepped else ''}{sub}]")
         return lines
 
@@ -586,6 +606,56 @@ def _as_fused(eqn):
     if not cg._kernel_alone(eqn):
         return None
     return cg._fused_of_one(eqn)
+
+
+def _einsum_as_fused(eqn):
+    """A two-operand ``einsum`` as a fused equation: both operands broadcast over the
+    letters (the output's, then the summed ones), multiplied, and summed.  A summed
+    letter leading both operands (a batch the contraction sums over: what reverse mode
+    makes of ``x @ W`` for ``W``) goes first, so that the sum is over axis 0."""
+    from ..passes.fuse import fused_p
+    from ..prims.elementwise import mul_p
+    from ..prims.linalg import parse_spec
+    from ..prims.reduce import reduce_sum_p
+    from ..prims.shape import broadcast_p, transpose_p
+    x, y = eqn.inputs
+    out = eqn.outputs[0]
+    if not (np.dtype(x.dtype) == np.dtype(y.dtype) == np.dtype(out.dtype)):
+        return None
+    sa, sb, so = parse_spec(eqn.params["spec"])
+    summed = [c for c in dict.fromkeys(sa + sb) if c not in so]
+    letters = list(so) + summed
+    if sa and sb and sa[0] == sb[0] and sa[0] in summed:
+        letters = [sa[0]] + [c for c in letters if c != sa[0]]
+    size = dict(zip(sa, x.shape)) | dict(zip(sb, y.shape))
+    domain = tuple(int(size[c]) for c in letters)
+    eqns, operands = [], []
+    for v, s in ((x, sa), (y, sb)):
+        if s:
+            order = sorted(range(len(s)), key=lambda k: letters.index(s[k]))
+            if order != list(range(len(s))):
+                t = Var(tuple(v.shape[k] for k in order), out.dtype)
+                eqns.append(make_eqn(transpose_p, [v], [t], {"perm": tuple(order)}))
+                v = t
+            dims = tuple(sorted(letters.index(c) for c in s))
+        else:
+            dims = ()
+        b = Var(domain, out.dtype)
+        eqns.append(make_eqn(broadcast_p, [v], [b], {"shape": domain, "dims": dims}))
+        operands.append(b)
+    product = Var(domain, out.dtype)
+    eqns.append(make_eqn(mul_p, operands, [product]))
+    root = product
+    if summed:
+        axes = tuple(k for k, c in enumerate(letters) if c in summed)
+        kept = tuple(int(size[c]) for c in letters if c not in summed)
+        root = Var(kept, out.dtype)
+        eqns.append(make_eqn(reduce_sum_p, [product], [root], {"axes": axes}))
+        if [c for c in letters if c not in summed] != list(so):
+            return None            # (the kept letters out of the output's order)
+    ins = list(dict.fromkeys(v for v in (x, y) if isinstance(v, Var)))
+    body = Graph(tuple(ins), tuple(eqns), (root,))
+    return make_eqn(fused_p, ins, [out], {"body": body, "domain": domain})
 
 
 def _linear(names, dims) -> str:
