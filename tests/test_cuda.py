@@ -250,12 +250,16 @@ PROGRAMS.update({
     "carry-reshaped": (carry_reshaped, (rng.standard_normal((2, 4)),
                                         rng.standard_normal((2, 2, 2)))),
     "carry-is-x": (carry_is_x, (rng.standard_normal((2, 4)),)),
+    # w's gradient: a carry adding two sums over the batch at every step
+    "rows-two-terms": (lambda h0, w: np.sum(gradc.scan(
+        lambda h, x: (np.tanh(h * w + x) * np.cos(w * h), None), h0, STEPS)[0]),
+        (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
-             "rnn-rows", "rows-early-copy")
+             "rnn-rows", "rows-early-copy", "rows-two-terms")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
              "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",

@@ -120,8 +120,8 @@ class _Rows:
     # ------------------------------------------------------------ analysis
 
     def _accumulator(self, j):
-        """``(update equation, e)`` if carry ``j`` is updated as ``c + sum_b e_b`` (see the
-        module docstring), else None."""
+        """``(update equation, [e1, e2, ...])`` if carry ``j`` is updated as
+        ``c + sum_b e1_b + sum_b e2_b + ...`` (see the module docstring), else None."""
         body = self.body
         c_in, c_out = body.inputs[self.n_consts + j], body.outputs[j]
         update = self.producer.get(c_out) if isinstance(c_out, Var) else None
@@ -139,32 +139,36 @@ class _Rows:
             inner = update.params["body"].eqns
         else:
             return None
-        ins = [v for v in update.inputs if not isinstance(v, Lit)]
-        others = [v for v in ins if v is not c_in]
-        if len(ins) != 2 or len(others) != 1:
+        # a tree of adds (and reshapes) using every operand once: the sum of them all
+        if any(q.prim.name not in ("add", "reshape") for q in inner):
             return None
-        if sum(e.prim.name == "add" for e in inner) != 1 or any(
-                e.prim.name not in ("add", "reshape") for e in inner):
+        reads = [v for q in inner for v in q.inputs]
+        if any(isinstance(v, Lit) for v in reads) or len(reads) != len(set(reads)):
             return None
-        e = others[0]
-        source = self.producer.get(e)
-        users = self.uses.get(e, [])
-        if source is None or source.prim.name != "fused" or len(users) != 1 or \
-                users[0] is not update or e in body.outputs:
+        ins = list(update.inputs)
+        es = [v for v in ins if v is not c_in]
+        if len(es) != len(ins) - 1 or not es:
             return None
-        fbody = source.params["body"]
-        root = fbody.outputs[list(source.outputs).index(e)]
-        red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
-        if red is None or red.prim.name != "reduce_sum" or tuple(red.params["axes"]) != (0,):
-            return None
-        return update, e
+        for e in es:
+            source = self.producer.get(e)
+            users = self.uses.get(e, [])
+            if source is None or source.prim.name != "fused" or len(users) != 1 or \
+                    users[0] is not update or e in body.outputs:
+                return None
+            fbody = source.params["body"]
+            root = fbody.outputs[list(source.outputs).index(e)]
+            red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
+            if red is None or red.prim.name != "reduce_sum" or \
+                    tuple(red.params["axes"]) != (0,):
+                return None
+        return update, es
 
     def analyse(self):
         body, nc, nk = self.body, self.n_consts, self.n_carry
         if self.length < 1:
             raise NotRows("an empty scan")
         carries = body.inputs[nc:nc + nk]
-        self.acc = {}                      # carry index -> (update eqn, e)
+        self.acc = {}                      # carry index -> (update eqn, [its terms])
         for j in range(nk):
             found = self._accumulator(j)
             if found is not None:
@@ -187,7 +191,7 @@ class _Rows:
             if x.ndim:
                 self._row(x)
         updates = {u for u, _ in self.acc.values()}
-        contributions = {e for _, e in self.acc.values()}
+        contributions = {e for _, es in self.acc.values() for e in es}
         for e in body.eqns:
             if e in updates:
                 continue
@@ -291,21 +295,21 @@ class _Rows:
         # an accumulator's partial sums in shared memory while the block works on a row
         # (written out once per row) when they fit, else in the (B, ...) array itself
         parts, shared, room = {}, set(), cg.SHARED_BYTES
-        for _, c in self.acc.values():
-            size = int(np.prod(c.shape)) * np.dtype(c.dtype).itemsize
+        contributions = [e for _, es in self.acc.values() for e in es]
+        for e in contributions:
+            size = int(np.prod(e.shape)) * np.dtype(e.dtype).itemsize
             if size <= room:
                 room -= size
-                shared.add(c)
+                shared.add(e)
         for e in body.eqns:
             if e in updates:
                 continue
             src = _reshape_source(e)
             for v in e.outputs:
-                part = next((j for j, (_, c) in self.acc.items() if c is v), None)
-                if part is not None:
+                if v in contributions:
                     alloc = "_d.empty" if v in shared else "_d.zeros"
                     parts[v] = (self._host(f"{alloc}({(B,) + tuple(v.shape)!r}, "
-                                           f"{dtype_expr(v.dtype)})"), part)
+                                           f"{dtype_expr(v.dtype)})"), len(parts))
                 elif v in into:
                     self.buffers[v] = self._host(into[v])
                     param(v, self.buffers[v], v.ndim + 1, stepped=True)
@@ -397,8 +401,8 @@ class _Rows:
             self._result(o, arr)
             if y in xs:
                 ctx.fresh.discard(o)          # (not a new array: copied if returned)
-        for v, (part, j) in parts.items():
-            self._finish_accumulator(j, v, part)
+        for j in self.acc:
+            self._finish_accumulator(j, {e: parts[e][0] for e in self.acc[j][1]})
 
     def _param(self, v, arg, ndim, stepped=False):
         """A kernel parameter for body value ``v`` (passed ``arg`` by the host)."""
@@ -577,21 +581,22 @@ class _Rows:
             widest = max(widest, Kr * S)
         return lines, widest
 
-    def _finish_accumulator(self, j, e, part):
+    def _finish_accumulator(self, j, parts):
         """Carry ``j``'s final value: the body's update equation applied to the carry's
-        initial value and the sum over the batch of every block's partial sums."""
+        initial value and, for each of its terms, the sum over the batch of every
+        block's partial sums (``parts``: term -> the (B, ...) array of them)."""
         ctx, eqn, body = self.ctx, self.eqn, self.body
         update, _ = self.acc[j]
         from ..prims.reduce import reduce_sum_p
-        whole = Var((self.B,) + tuple(e.shape), e.dtype)
-        total = Var(tuple(e.shape), e.dtype)
-        ctx.names[whole], ctx.names[total] = part, ctx.temp()
-        ctx.place[whole] = "dev"
-        red = make_eqn(reduce_sum_p, [whole], [total], {"axes": (0,)})
-        cg._lower_eqn(ctx, red, [f"{ctx.names[total]} = reduce_sum[axes=(0,)] {part}"])
-        c_in = body.inputs[self.n_consts + j]
-        init = self.eqn.inputs[self.n_consts + j]
-        new = {c_in: init, e: total}
+        new = {body.inputs[self.n_consts + j]: self.eqn.inputs[self.n_consts + j]}
+        for e, part in parts.items():
+            whole = Var((self.B,) + tuple(e.shape), e.dtype)
+            total = Var(tuple(e.shape), e.dtype)
+            ctx.names[whole], ctx.names[total] = part, ctx.temp()
+            ctx.place[whole] = "dev"
+            red = make_eqn(reduce_sum_p, [whole], [total], {"axes": (0,)})
+            cg._lower_eqn(ctx, red, [f"{ctx.names[total]} = reduce_sum[axes=(0,)] {part}"])
+            new[e] = total
         finish = update.replace(inputs=tuple(new.get(v, v) for v in update.inputs),
                                 outputs=(eqn.outputs[j],))
         text = self.text_of[list(body.eqns).index(update)]
