@@ -254,6 +254,13 @@ PROGRAMS.update({
     "rows-two-terms": (lambda h0, w: np.sum(gradc.scan(
         lambda h, x: (np.tanh(h * w + x) * np.cos(w * h), None), h0, STEPS)[0]),
         (rng.standard_normal((3, 4)), rng.standard_normal(4))),
+    # convolutions (the image gradient a conv2d too; the kernel gradient a sum over
+    # the batch: segmented when long)
+    "conv": (lambda i, k: np.tanh(gradc.conv2d(i, k, ((1, 1), (0, 2)))),
+             (rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 3, 3)))),
+    "conv-long-kernel-sum": (lambda i, k: gradc.conv2d(i, k, ((0, 0), (0, 0))) ** 2,
+                             (rng.standard_normal((2, 1, 17, 17)),
+                              rng.standard_normal((1, 1, 2, 2)))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
@@ -264,7 +271,8 @@ ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
              "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
-             "rows-loss", "rows-long", "rnn-rows", "solve", "solve-batched")
+             "rows-loss", "rows-long", "rnn-rows", "solve", "solve-batched", "conv",
+             "conv-long-kernel-sum")
 
 
 def _summed(f):
@@ -294,6 +302,8 @@ def test_programs_match_the_interpreter(name):
     if name in ROW_SCANS:           # the scan as one kernel, forward and backward
         assert jitted.source(*args).count(ONE_KERNEL) == 1
         assert grad.source(*args).count(ONE_KERNEL) == 2
+    if name == "conv-long-kernel-sum":     # (the kernel gradient: partial sums)
+        assert "_part" in grad.source(*args)
     if name == "rows-long":         # (threads split the long sums: partials combined)
         assert "_q = _k // 2" in grad.source(*args)
 

@@ -30,6 +30,8 @@ What becomes a kernel:
   sum runs as a segmented reduction instead;
 * ``gather``, ``scatter_add`` (atomic adds), ``index_set`` without index arrays and
   ``concatenate``: a grid-stride loop over the window or the result;
+* ``conv2d``, ``conv2d_over_batch``: a thread per output element, or a segmented
+  reduction (few outputs, long sums);
 * ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
   elimination with partial pivoting, back substitution);
 * a batched ``scan`` (rows independent): one kernel for the whole loop
@@ -327,6 +329,9 @@ def _lower_eqn(ctx, eqn, text):
     elif name in ("scan", "while_loop", "cond", "while_adjoint"):
         {"scan": _scan, "while_loop": _while, "cond": _cond,
          "while_adjoint": _while_adjoint}[name](ctx, eqn)
+    elif name in ("conv2d", "conv2d_over_batch") and \
+            all(isinstance(v, Var) for v in eqn.inputs):
+        _conv(ctx, eqn)
     elif name == "solve" and np.dtype(eqn.outputs[0].dtype).kind == "f" and \
             all(isinstance(v, Var) for v in eqn.inputs):
         _solve(ctx, eqn)
@@ -851,61 +856,16 @@ def _einsum(ctx, eqn):
     kinds.append((oname, out.dtype, len(shape)))
     kname = ctx.kernel_name()
     zero = scalar_literal(0, out.dtype)
-    T = ctx.threads
     out_index = ", ".join(letter_var[c] for c in so) if so else "0"
     dims = lambda letters: [size[c] for c in letters]          # noqa: E731
     names = lambda letters: [letter_var[c] for c in letters]   # noqa: E731
-    if B * M * N <= SMALL_OUTPUT and K >= LONG_SUM:
-        # a segmented reduction: each output element's sum split over P blocks
-        NO = B * M * N
-        P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // NO)))
-        part = f"{oname}_part"
-        ctx.lines.append(f"{part} = _d.empty(({NO}, {P}), {dtype_expr(out.dtype)})")
-        lines = [f"_s = cuda.shared.array({T}, {_numba_type(out.dtype)})",
-                 "_tid = cuda.threadIdx.x",
-                 f"for _b in range(cuda.blockIdx.x, {NO * P}, cuda.gridDim.x):",
-                 f"    _o = _b // {P}", f"    _p = _b - _o * {P}"]
-        lines += _decode("_o", dims(batch + m_letters + n_letters),
-                         names(batch + m_letters + n_letters), "    ")
-        lines += [f"    _a = {zero}",
-                  f"    for _r in range(_p * {T} + _tid, {K}, {P * T}):"]
-        lines += _decode("_r", dims(k_letters), names(k_letters), "        ")
-        lines += [f"        _a += {read(x, sa)} * {read(y, sb)}",
-                  "    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
-                  "    while _w > 0:", "        if _tid < _w:",
-                  "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
-                  "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]",
-                  "    cuda.syncthreads()"]
-        kinds_k = kinds[:-1] + [(part, out.dtype, 2)]
-        consts = _finish_kernel(ctx, kname, params + [part], lines, kinds_k)
-        ctx.lines.append(_launch(ctx, kname, max(1, min(NO * P, MAX_BLOCKS)), T,
-                                 args + [part] + consts))
-        fname = ctx.kernel_name()
-        flines = [f"for _o in range(cuda.grid(1), {NO}, cuda.gridsize(1)):"]
-        flines += _decode("_o", dims(batch + m_letters + n_letters),
-                          names(batch + m_letters + n_letters), "    ")
-        flines += ["    _a = " + zero, f"    for _p in range({P}):",
-                   f"        _a += {part}[_o, _p]", f"    {oname}[{out_index}] = _a"]
-        _finish_kernel(ctx, fname, [part, oname], flines,
-                       [(part, out.dtype, 2), (oname, out.dtype, len(shape))], [])
-        ctx.lines.append(_launch(ctx, fname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
-                                 [part, oname]))
-    elif K <= DIRECT_SUM:
-        # a short sum (an outer product, a scaling): one thread per result element
-        outs = batch + m_letters + n_letters
-        lines = [f"for _o in range(cuda.grid(1), {B * M * N}, cuda.gridsize(1)):"]
-        lines += _decode("_o", dims(outs), names(outs), "    ")
-        lines.append(f"    _a = {zero}")
-        if k_letters:
-            lines.append(f"    for _r in range({K}):")
-            lines += _decode("_r", dims(k_letters), names(k_letters), "        ")
-            lines.append(f"        _a += {read(x, sa)} * {read(y, sb)}")
-        else:
-            lines.append(f"    _a += {read(x, sa)} * {read(y, sb)}")
-        lines.append(f"    {oname}[{out_index}] = _a")
-        consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
-        blocks = max(1, min(-(-(B * M * N) // T), MAX_BLOCKS))
-        ctx.lines.append(_launch(ctx, kname, blocks, T, args + [oname] + consts))
+    outs = batch + m_letters + n_letters
+    if B * M * N <= SMALL_OUTPUT and K >= LONG_SUM or K <= DIRECT_SUM:
+        # a segmented reduction (each output element's sum split over P blocks), or a
+        # short sum (an outer product, a scaling): one thread per result element
+        _sum_kernel(ctx, kname, oname, out.dtype, len(shape), params, args, kinds[:-1],
+                    dims(outs), names(outs), out_index, dims(k_letters), names(k_letters),
+                    [f"_a += {read(x, sa)} * {read(y, sb)}"], segmented=K > DIRECT_SUM)
     else:
         # tiled: a (TILE x TILE) block computes a tile of the (B, M, N) result, staging
         # TILE-wide slabs of both operands (read through their index maps) in shared memory
@@ -953,6 +913,96 @@ def _einsum(ctx, eqn):
             f"    {oname} = _d.cupy_einsum({spec!r}, {ctx.on_device(x)}, "
             f"{ctx.on_device(y)}, {shape!r})",
             "else:", "    " + alloc] + ["    " + s for s in launches]
+
+
+def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dims,
+                out_vars, out_index, sum_dims, sum_vars, terms, segmented):
+    """Kernels computing ``oname[out_index] = sum of the terms`` (lines adding to ``_a``,
+    reading the variables ``out_vars`` and ``sum_vars``) for every output element: with
+    ``segmented``, each element's sum split over P blocks (a shared-memory tree, then a
+    second kernel over the P partials), else a thread per element."""
+    T = ctx.threads
+    NO, K = int(np.prod(out_dims)), int(np.prod(sum_dims))
+    zero = scalar_literal(0, dtype)
+    out_kind = (oname, dtype, out_ndim)
+    if not segmented:
+        lines = [f"for _o in range(cuda.grid(1), {NO}, cuda.gridsize(1)):"]
+        lines += _decode("_o", out_dims, out_vars, "    ")
+        lines.append(f"    _a = {zero}")
+        if sum_dims:
+            lines.append(f"    for _r in range({K}):")
+            lines += _decode("_r", sum_dims, sum_vars, "        ")
+            lines += ["        " + t for t in terms]
+        else:
+            lines += ["    " + t for t in terms]
+        lines.append(f"    {oname}[{out_index}] = _a")
+        consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds + [out_kind])
+        ctx.lines.append(_launch(ctx, kname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
+                                 args + [oname] + consts))
+        return
+    P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // NO)))
+    part = f"{oname}_part"
+    ctx.lines.append(f"{part} = _d.empty(({NO}, {P}), {dtype_expr(dtype)})")
+    lines = [f"_s = cuda.shared.array({T}, {_numba_type(dtype)})",
+             "_tid = cuda.threadIdx.x",
+             f"for _b in range(cuda.blockIdx.x, {NO * P}, cuda.gridDim.x):",
+             f"    _o = _b // {P}", f"    _p = _b - _o * {P}"]
+    lines += _decode("_o", out_dims, out_vars, "    ")
+    lines += [f"    _a = {zero}", f"    for _r in range(_p * {T} + _tid, {K}, {P * T}):"]
+    lines += _decode("_r", sum_dims, sum_vars, "        ")
+    lines += ["        " + t for t in terms]
+    lines += ["    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
+              "    while _w > 0:", "        if _tid < _w:",
+              "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
+              "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]",
+              "    cuda.syncthreads()"]
+    consts = _finish_kernel(ctx, kname, params + [part], lines, kinds + [(part, dtype, 2)])
+    ctx.lines.append(_launch(ctx, kname, max(1, min(NO * P, MAX_BLOCKS)), T,
+                             args + [part] + consts))
+    fname = ctx.kernel_name()
+    flines = [f"for _o in range(cuda.grid(1), {NO}, cuda.gridsize(1)):"]
+    flines += _decode("_o", out_dims, out_vars, "    ")
+    flines += ["    _a = " + zero, f"    for _p in range({P}):",
+               f"        _a += {part}[_o, _p]", f"    {oname}[{out_index}] = _a"]
+    _finish_kernel(ctx, fname, [part, oname], flines, [(part, dtype, 2), out_kind], [])
+    ctx.lines.append(_launch(ctx, fname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
+                             [part, oname]))
+
+
+# ---------------------------------------------------------------- convolutions
+
+def _conv(ctx, eqn):
+    """``conv2d`` (each output element a sum over channels and the kernel window) and
+    ``conv2d_over_batch`` (the kernel's gradient: a sum over the batch and the output
+    positions), read in place with the padding as bounds tests: a thread per output
+    element, or a segmented reduction when there are few outputs and long sums."""
+    image, other = eqn.inputs
+    out = eqn.outputs[0]
+    (top, _), (left, _) = eqn.params["padding"]
+    _, _, H, W = image.shape
+    ctx.on_device(image), ctx.on_device(other)
+    params, args, kinds = _kernel_params(ctx, list(dict.fromkeys([image, other])))
+    i, k = ctx.names[image], ctx.names[other]
+    oname = ctx.names[out]
+    if eqn.prim.name == "conv2d":
+        # out[n, o, y, x] = sum over c, u, v of I[n, c, y+u-top, x+v-left] K[o, c, u, v]
+        out_vars, sum_vars = ["_n", "_f", "_y", "_x"], ["_c", "_u", "_v"]
+        sum_dims = list(other.shape[1:])
+        term = f"_a += {i}[_n, _c, _ih, _iw] * {k}[_f, _c, _u, _v]"
+    else:
+        # out[c, o, u, v] = sum over n, y, x of I[n, c, y+u-top, x+v-left] G[n, o, y, x]
+        out_vars, sum_vars = ["_c", "_f", "_u", "_v"], ["_n", "_y", "_x"]
+        sum_dims = [other.shape[0], other.shape[2], other.shape[3]]
+        term = f"_a += {i}[_n, _c, _ih, _iw] * {k}[_n, _f, _y, _x]"
+    terms = [f"_ih = _y + _u - {top}", f"_iw = _x + _v - {left}",
+             f"if 0 <= _ih < {H} and 0 <= _iw < {W}:", "    " + term]
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    ctx.lines.append(f"{oname} = _d.empty({tuple(out.shape)!r}, {dtype_expr(out.dtype)})")
+    NO, K = int(np.prod(out.shape)), int(np.prod(sum_dims))
+    _sum_kernel(ctx, ctx.kernel_name(), oname, out.dtype, 4, params, args, kinds,
+                list(out.shape), out_vars, ", ".join(out_vars), sum_dims, sum_vars,
+                terms, segmented=K >= LONG_SUM and NO < 65536)
 
 
 # ---------------------------------------------------------------- solve
