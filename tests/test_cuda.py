@@ -96,6 +96,12 @@ def branchy(x):
     return gradc.cond(np.sum(x) > 0, lambda x: np.sum(np.sin(x)), lambda x: np.sum(x ** 2), x)
 
 
+def _setitem_repeated(m, v):
+    y = m * 2.0
+    y[np.array([2, 0, 2]), 1:3] = v         # row 2 twice: the last write wins
+    return y ** 2
+
+
 def _setitem(x):
     y = x * 2.0
     y[1:3] = np.sin(x[:2])
@@ -147,6 +153,7 @@ PROGRAMS = {
     "gather-repeated": (lambda x: np.sum(x[[0, 3, 3, -1]] ** 2), (V5,)),
     "gather-2d": (lambda m: np.sum(m[np.array([1, 4, 1]), 1:3] * 2), (A,)),
     "setitem": (_setitem, (V5,)),
+    "setitem-repeated-indices": (_setitem_repeated, (A[:4, :3], rng.standard_normal((3, 2)))),
     "concat-axis1": (lambda m: np.sum(np.concatenate([m, np.tanh(m[:, :1])], axis=1) ** 3),
                      (A,)),
 }
@@ -268,8 +275,9 @@ PROGRAMS.update({
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
              "rnn-rows", "rows-early-copy", "rows-two-terms")
 ONE_KERNEL = "# the scan as one kernel"
-ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "concat-axis1", "gather-concat",
-             "rosenbrock", "crf-scan", "mlp", "batched", "sum-long", "while",
+ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
+             "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
+             "sum-long", "while",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "solve", "solve-batched", "conv",
              "conv-long-kernel-sum")

@@ -28,8 +28,9 @@ What becomes a kernel:
   tiles staged in shared memory) that reads the operands where they are, through
   their index maps (no transposed copies); a contraction with a small result and a long
   sum runs as a segmented reduction instead;
-* ``gather``, ``scatter_add`` (atomic adds), ``index_set`` without index arrays and
-  ``concatenate``: a grid-stride loop over the window or the result;
+* ``gather``, ``scatter_add`` (atomic adds), ``index_set`` (through index arrays: the
+  last write wins, found with an atomic max) and ``concatenate``: a grid-stride loop
+  over the window or the result;
 * ``conv2d``, ``conv2d_over_batch``: a thread per output element, or a segmented
   reduction (few outputs, long sums);
 * ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
@@ -1086,19 +1087,23 @@ def _solve(ctx, eqn):
 
 def _indexable(eqn) -> bool:
     """Indexing equations with a kernel: ``gather`` always; ``scatter_add`` of floats
-    (repeated indices add up with atomics); ``index_set`` only without index arrays
-    (with them, repeated indices would race: NumPy's last-write-wins order is lost)."""
-    name, spec = eqn.prim.name, eqn.params["spec"]
+    (repeated indices add up with atomics); ``index_set`` of an array (with index
+    arrays, NumPy's last write wins: see ``_indexing``)."""
+    name = eqn.prim.name
     if name == "gather":
         return eqn.inputs[0].ndim > 0
     if name == "scatter_add":
         return np.dtype(eqn.inputs[0].dtype) in (np.float32, np.float64)
-    return eqn.inputs[0].ndim > 0 and not any(e[0] == "a" for e in spec)
+    return eqn.inputs[0].ndim > 0
 
 
 def _indexing(ctx, eqn):
     """``gather``, ``scatter_add``, ``index_set`` as a grid-stride loop over the window
-    ``x[spec]`` (``codegen.indexing``'s plan of NumPy's indexing rules)."""
+    ``x[spec]`` (``codegen.indexing``'s plan of NumPy's indexing rules).  An
+    ``index_set`` through index arrays may write one element several times, and NumPy
+    keeps the last write (in the window's C order): a first kernel takes, per element,
+    the largest window position writing it (an atomic max), a second writes only
+    from that position."""
     from ..prims.index import _indexed_shape
     from .indexing import _index_plan
     name, spec = eqn.prim.name, tuple(eqn.params["spec"])
@@ -1156,6 +1161,19 @@ def _indexing(ctx, eqn):
             ctx.lines.append(f"{oname} = _d.zeros({shape!r}, {dtype_expr(out.dtype)})")
             where = pos if len(shape) == 1 else f"({pos})"     # (a 1-tuple does not lower)
             lines.append(f"    cuda.atomic.add({oname}, {where}, {value})")
+        elif any(e[0] == "a" for e in spec):
+            ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
+            last = f"{oname}_last"                # 1 + the last position writing there
+            ctx.lines.append(f"{last} = _d.zeros({shape!r}, np.int64)")
+            where = pos if len(shape) == 1 else f"({pos})"
+            first = lines + [f"    cuda.atomic.max({last}, {where}, _i + 1)"]
+            kname = ctx.kernel_name()
+            consts = _finish_kernel(ctx, kname, params + [last], first,
+                                    kinds + [(last, np.int64, len(shape))])
+            ctx.lines.append(_launch(ctx, kname, blocks, T, args + [last] + consts))
+            lines += [f"    if {last}[{pos}] == _i + 1:", f"        {oname}[{pos}] = {value}"]
+            params, args = params + [last], args + [last]
+            kinds = kinds + [(last, np.int64, len(shape))]
         else:
             ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
             lines.append(f"    {oname}[{pos}] = {value}")
