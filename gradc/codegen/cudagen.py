@@ -31,6 +31,7 @@ What becomes a kernel:
 * ``gather``, ``scatter_add`` (atomic adds), ``index_set`` (through index arrays: the
   last write wins, found with an atomic max) and ``concatenate``: a grid-stride loop
   over the window or the result;
+* ``argmax``, ``argmin``, ``cumsum``: a thread per line along the axis;
 * ``conv2d``, ``conv2d_over_batch``: a thread per output element, or a segmented
   reduction (few outputs, long sums);
 * ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
@@ -330,6 +331,8 @@ def _lower_eqn(ctx, eqn, text):
     elif name in ("scan", "while_loop", "cond", "while_adjoint"):
         {"scan": _scan, "while_loop": _while, "cond": _cond,
          "while_adjoint": _while_adjoint}[name](ctx, eqn)
+    elif name in ("argmax", "argmin", "cumsum") and eqn.inputs[0].ndim:
+        _along_axis(ctx, eqn)
     elif name in ("conv2d", "conv2d_over_batch") and \
             all(isinstance(v, Var) for v in eqn.inputs):
         _conv(ctx, eqn)
@@ -968,6 +971,51 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     _finish_kernel(ctx, fname, [part, oname], flines, [(part, dtype, 2), out_kind], [])
     ctx.lines.append(_launch(ctx, fname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
                              [part, oname]))
+
+
+# ---------------------------------------------------------------- along an axis
+
+def _along_axis(ctx, eqn):
+    """``argmax``, ``argmin``, ``cumsum``: a thread per line along ``axis``, walking it in
+    order (NumPy's ties: the first maximum, the first NaN; a prefix or, with
+    ``reverse``, a suffix sum)."""
+    x = eqn.inputs[0]
+    out = eqn.outputs[0]
+    axis, n = eqn.params["axis"], int(x.shape[eqn.params["axis"]])
+    kept = [int(d) for k, d in enumerate(x.shape) if k != axis]
+    kvars = [f"_m{k}" for k in range(len(kept))]
+
+    def at(j):
+        sub = kvars[:axis] + [j] + kvars[axis:]
+        return ctx.element(x, ", ".join(sub))
+    oname = ctx.names[out]
+    name = eqn.prim.name
+    lines = [f"for _l in range(cuda.grid(1), {int(np.prod(kept))}, cuda.gridsize(1)):"]
+    lines += _decode("_l", kept, kvars, "    ")
+    if name == "cumsum":
+        steps = f"range({n} - 1, -1, -1)" if eqn.params["reverse"] else f"range({n})"
+        here = ", ".join(kvars[:axis] + ["_j"] + kvars[axis:])
+        lines += [f"    _a = {scalar_literal(0, out.dtype)}", f"    for _j in {steps}:",
+                  f"        _a += {at('_j')}", f"        {oname}[{here}] = _a"]
+        shape = tuple(out.shape)
+    else:
+        better = ">" if name == "argmax" else "<"
+        lines += [f"    _best = {at('0')}", "    _k = 0", f"    for _j in range(1, {n}):",
+                  f"        _v = {at('_j')}",
+                  f"        if _v {better} _best or (_v != _v and _best == _best):",
+                  "            _best = _v", "            _k = _j",
+                  f"    {oname}[{', '.join(kvars) or '0'}] = _k"]
+        shape = tuple(out.shape) or (1,)
+    operands = [x] if not isinstance(x, Lit) else []
+    params, args, kinds = _kernel_params(ctx, operands)
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
+    kname = ctx.kernel_name()
+    consts = _finish_kernel(ctx, kname, params + [oname], lines,
+                            kinds + [(oname, out.dtype, len(shape))])
+    blocks = max(1, min(-(-int(np.prod(kept)) // ctx.threads), MAX_BLOCKS))
+    ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + [oname] + consts))
 
 
 # ---------------------------------------------------------------- convolutions
