@@ -552,8 +552,13 @@ class _Rows:
                 S *= 2
             if S > 1:
                 self.room -= need * S
+            # (neighbouring threads read neighbouring elements: along the kept axes, or,
+            # when the innermost axis is summed, along it)
+            inner = len(domain) - 1 in axes
             lines.append(f"for _k in range(_tid, {Kr * S}, _nt):")
-            if S > 1:
+            if S > 1 and inner:
+                lines += [f"    _kk = _k // {S}", f"    _q = _k - _kk * {S}"]
+            elif S > 1:
                 lines += [f"    _q = _k // {Kr}", f"    _kk = _k - _q * {Kr}"]
             lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
             lines += [f"    {acc} = {loops._init(kind, r)}"
@@ -573,10 +578,12 @@ class _Rows:
                     lines.append(f"    {acc}_s[_k] = {acc}")
                 lines += ["cuda.syncthreads()", f"for _k in range(_tid, {Kr}, _nt):"]
                 lines += cg._decode("_k", kept_dims, kept_vars, "    ")
+                first, other = (f"_k * {S}", f"_k * {S} + _q") if inner else \
+                    ("_k", f"_q * {Kr} + _k")
                 for (r, o, kind), acc in zip(roots, accs):
-                    lines += [f"    {acc} = {acc}_s[_k]", f"    for _q in range(1, {S}):",
+                    lines += [f"    {acc} = {acc}_s[{first}]", f"    for _q in range(1, {S}):",
                               f"        {acc} = "
-                              f"{loops._combine(kind, acc, f'{acc}_s[_q * {Kr} + _k]')}",
+                              f"{loops._combine(kind, acc, f'{acc}_s[{other}]')}",
                               f"    {write(o, out_sub)} = {acc}"]
             widest = max(widest, Kr * S)
         return lines, widest
