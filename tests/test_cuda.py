@@ -516,6 +516,22 @@ def test_memory_pool_is_a_no_op_in_the_simulator():
     assert use_memory_pool() is False
 
 
+@pytest.mark.parametrize("spec", ["ij,jk->ik", "ji,jk->ik", "ij,kj->ik", "ij,jk->ki",
+                                  "bij,bjk->bik", "bji,bkj->bki", "i,i->", "i,j->ij",
+                                  "ij,j->i", "abc,bcd->ad", "bij,jk->bik", "ijk,ik->ij"])
+def test_einsum_as_one_matmul(spec):
+    """The CuPy path's einsum as a (batched) matmul of permuted views, run here with
+    NumPy in CuPy's place; a letter summed within one operand is not a matmul."""
+    from gradc.codegen.cuda import matmul_einsum
+    sa, sb, _ = spec.replace("->", ",").split(",")
+    size = {c: 2 + k for k, c in enumerate(sorted(set(sa + sb)))}
+    x = rng.standard_normal([size[c] for c in sa])
+    y = rng.standard_normal([size[c] for c in sb])
+    np.testing.assert_allclose(matmul_einsum(np, spec, x, y), np.einsum(spec, x, y),
+                               rtol=1e-13, atol=1e-13)
+    assert matmul_einsum(np, "ij,jk->", np.ones((2, 3)), np.ones((3, 2))) is None
+
+
 def test_check_runs_the_cuda_target():
     report = gradc.check(rosen, rng.uniform(0.5, 1.5, 6), targets=("cuda",),
                          against=("fd",))

@@ -254,6 +254,35 @@ cupy_einsum = None
 cupy_solve = None
 
 
+def matmul_einsum(xp, spec, x, y):
+    """A two-operand einsum as one (batched) ``xp.matmul``, or None when it is not one
+    (a letter summed within one operand).  The operands are permuted (views) to
+    (batch, M, K) and (batch, K, N); without batch letters they stay 2-D, which a BLAS
+    takes transposed or not without copying; the result comes back permuted to the
+    output's letters.  ``xp`` is CuPy on the GPU (cuBLAS without ``einsum``'s planning)
+    and NumPy in the tests."""
+    from ..prims.linalg import parse_spec
+    sa, sb, so = parse_spec(spec)
+    if any(c not in so and c not in sb for c in sa) or \
+            any(c not in so and c not in sa for c in sb):
+        return None
+    size = dict(zip(sa, x.shape)) | dict(zip(sb, y.shape))
+    batch = [c for c in so if c in sa and c in sb]
+    m = [c for c in so if c in sa and c not in sb]
+    n = [c for c in so if c in sb and c not in sa]
+    k = [c for c in sa if c in sb and c not in so]
+    prod = lambda letters: int(np.prod([size[c] for c in letters]))   # noqa: E731
+    xt = x.transpose([sa.index(c) for c in batch + m + k])
+    yt = y.transpose([sb.index(c) for c in batch + k + n])
+    if batch:
+        xt = xt.reshape(prod(batch), prod(m), prod(k))
+        yt = yt.reshape(prod(batch), prod(k), prod(n))
+    else:
+        xt, yt = xt.reshape(prod(m), prod(k)), yt.reshape(prod(k), prod(n))
+    out = xp.matmul(xt, yt).reshape([size[c] for c in batch + m + n])
+    return out.transpose([(batch + m + n).index(c) for c in so])
+
+
 def _set_cupy_einsum() -> None:
     """CuPy's ``einsum`` (cuBLAS) and ``linalg.solve`` (cuSOLVER's LU) for the generated
     code when CuPy is installed (None otherwise: the generated kernels run instead)."""
@@ -264,8 +293,11 @@ def _set_cupy_einsum() -> None:
         return
 
     def einsum(spec, x, y, shape):
-        out = cp.ascontiguousarray(cp.einsum(spec, cp.asarray(x), cp.asarray(y)))
-        return _CUDA.as_cuda_array(out.reshape(shape))
+        x, y = cp.asarray(x), cp.asarray(y)
+        out = matmul_einsum(cp, spec, x, y)
+        if out is None:
+            out = cp.einsum(spec, x, y)
+        return _CUDA.as_cuda_array(cp.ascontiguousarray(out).reshape(shape))
 
     def solve(a, b):
         out = cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a), cp.asarray(b)))
