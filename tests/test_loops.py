@@ -179,6 +179,31 @@ def test_reverse_mode_through_the_loop_equals_the_unrolled_loop(rng):
     assert scans[1].params["n_consts"] == 1
 
 
+def test_residuals_computed_from_consts_alone_are_computed_once(rng):
+    """A residual that depends on the loop's consts only (here w broadcast to the
+    carry's shape, which the product's derivative reads) is the same at every step:
+    computed once before the loop and handed to the backward loop as a const, not
+    stacked per step."""
+    steps = rng.standard_normal(6)
+
+    def f(h0, w):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h * w + x) + 0.1 * h[:, ::-1], None),
+                          h0, steps)
+        return np.sum(h ** 2)
+    h0, w = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    graph = gradc.make_graph(gradc.grad(f, argnums=(0, 1)))(h0, w)
+    forward, backward = [e for e in graph.eqns if e.prim.name == "scan"]
+    stacked = [tuple(o.shape) for o in forward.outputs[forward.params["n_carry"]:]]
+    assert stacked == [(6, 3, 4)] * 2      # (tanh's derivative, and h for w's: not w)
+    assert backward.params["n_consts"] == 1
+    got = gradc.grad(f, argnums=(0, 1), target="numpy")(h0, w)
+    eps, d = 1e-6, rng.standard_normal(4)
+    fd = (f(h0, w + eps * d) - f(h0, w - eps * d)) / (2 * eps)
+    assert np.dot(got[1], d) == pytest.approx(fd, rel=1e-7)
+    for a, b in zip(gradc.grad(f, argnums=(0, 1))(h0, w), got):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_adjoint_identity_and_finite_differences(rng):
     args = _args(rng)
     ys = lambda h0, xs, W: rnn(h0, xs, W)[1]          # noqa: E731

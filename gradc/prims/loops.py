@@ -11,7 +11,8 @@ scan runs while it stacks the values the tangent part reads (the residuals: the 
 and its tangent part, which a second scan runs over the residuals.  Forward mode runs
 both; reverse mode transposes the second into a scan running the other way.  Memory:
 the residuals of every step (a value per step for each intermediate the tangent part
-reads), as for JAX's ``lax.scan``.
+reads), as for JAX's ``lax.scan``; a residual computed from the loop's consts alone is
+computed once, before the loop, and not stacked.
 """
 from __future__ import annotations
 
@@ -85,6 +86,28 @@ scan_p.impl = _scan_impl
 scan_p.abstract = _scan_abstract
 
 
+def _loop_invariant(graph: Graph, n_consts: int, wanted) -> dict:
+    """The outputs among ``wanted`` that ``graph`` (a loop's body) computes from its
+    first ``n_consts`` inputs alone, not inputs themselves, and the equations computing
+    them: ``{"values": [...], "eqns": (...)}``, empty when there are none."""
+    known = set(graph.inputs[:n_consts])
+    eqns = []
+    for eqn in graph.eqns:
+        if eqn.prim.effect or not eqn.outputs:
+            continue
+        if all(not isinstance(a, Var) or a in known for a in eqn.inputs):
+            known.update(eqn.outputs)
+            eqns.append(eqn)
+    inputs = set(graph.inputs)
+    values = list(dict.fromkeys(r for r in wanted if isinstance(r, Var) and r in known
+                                and r not in inputs))
+    if not values:
+        return {}
+    from ..passes.simplify import dce
+    return {"values": values, "eqns": dce(Graph(graph.inputs[:n_consts], tuple(eqns),
+                                                tuple(values))).eqns}
+
+
 def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
     """Two loops: a primal scan of the body's primal part, which also stacks the values
     its tangent part reads (residuals), then a scan of the tangent part over them.  The
@@ -105,10 +128,17 @@ def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
     primal_body, linear_body = linearize_graph(body, wrt)
     n_y = len(body.outputs) - n_carry
     n_res = len(primal_body.outputs) - len(body.outputs)
-    # residuals that are consts of the body are the same at every step: passed as they
-    # are, not stacked
+    # residuals that are consts of the body, or computed from consts alone (a parameter
+    # broadcast to the carry's shape), are the same at every step: passed as they are
+    # (those computed once, before the loop), not stacked
     res_out = primal_body.outputs[len(body.outputs):]
     const_of = {v: k for k, v in enumerate(primal_body.inputs[:n_consts])}
+    known = list(consts)                 # (the consts, then the hoisted residuals)
+    invariant = _loop_invariant(primal_body, n_consts, res_out)
+    if invariant:
+        known += eval_graph(Graph(primal_body.inputs[:n_consts], invariant["eqns"],
+                                  tuple(invariant["values"])), list(consts))
+        const_of.update({r: n_consts + k for k, r in enumerate(invariant["values"])})
     stacked = [r for r in res_out if r not in const_of]
     primal_body = Graph(primal_body.inputs, primal_body.eqns,
                         primal_body.outputs[:len(body.outputs)] + tuple(stacked))
@@ -120,7 +150,7 @@ def _scan_jvp(primals, tangents, body, n_consts, n_carry, length, reverse):
     # of the float ys
     res_in, tan_in = linear_body.inputs[:n_res], iter(linear_body.inputs[n_res:])
     fixed_in = [v for v, r in zip(res_in, res_out) if r in const_of]
-    fixed = [consts[const_of[r]] for r in res_out if r in const_of]
+    fixed = [known[const_of[r]] for r in res_out if r in const_of]
     step_in = [v for v, r in zip(res_in, res_out) if r not in const_of]
     tan_of = [next(tan_in) if w else None for w in wrt]
     tc_in, tk_in, tx_in = _split(tan_of, n_consts, n_carry)
