@@ -375,6 +375,51 @@ def test_vmap_of_a_scan_is_one_kernel():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_argmax_and_cumsum_over_a_few_long_lines(dtype):
+    """A block per line (chunks scanned, strides combined in shared memory) with NumPy's
+    semantics: the first NaN, the first of equal maxima, prefix and suffix sums."""
+    m = rng.standard_normal((3, 200))
+    m[1, 50] = m[1, 150] = np.nan
+    m[2, 10] = m[2, 190] = 9.0
+    m[0, 30] = m[0, 31] = -9.0
+    m = m.astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for f in (lambda m: np.argmax(m, axis=1), lambda m: np.argmin(m, axis=1),
+              lambda m: np.argmax(m[0]),
+              lambda m: np.cumsum(m, axis=1) + gradc.ops.cumsum(m, 1, reverse=True)):
+        jitted = gradc.jit(f, target="cuda")
+        got, want = jitted(m), gradc.jit(f, target="numpy")(m)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 100)
+        assert "_tot" in jitted.source(m) or "_bk" in jitted.source(m)
+
+
+def test_argmax_of_complex_numbers_stays_on_the_host():
+    """(The kernel's comparison has no complex form on the GPU: review regression.)"""
+    z = np.array([[1 + 2j, 3 - 1j], [3 + 0j, 0j]])
+    f = gradc.jit(lambda z: np.argmax(z, axis=1), target="cuda")
+    assert f.compile(z).on_host == ["argmax"]
+    np.testing.assert_array_equal(f(z), np.argmax(z, axis=1))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_cumsum_of_booleans_and_small_integers_sums_as_numpy(target):
+    """NumPy accumulates booleans and small integers in its default integer (review:
+    the CPU target ORed booleans and wrapped int8)."""
+    b = np.array([[True, False, True], [True, True, False]])
+    i8 = np.array([100, 100, 100], np.int8)
+    for f, x in ((lambda x: np.cumsum(x, axis=1), b), (lambda x: np.cumsum(x), i8)):
+        got = gradc.jit(f, target=target)(x)
+        assert got.dtype == f(x).dtype
+        np.testing.assert_array_equal(got, f(x))
+
+
+def test_solve_of_no_systems():
+    f = gradc.jit(lambda a, b: np.linalg.solve(a, b), target="cuda")
+    assert f(np.zeros((0, 2, 2)), np.zeros((0, 2, 1))).shape == (0, 2, 1)
+    assert "_k0[1, " in f.source(np.zeros((0, 2, 2)), np.zeros((0, 2, 1)))
+
+
 def test_reductions_are_segmented_with_a_second_pass():
     f = gradc.jit(lambda x: np.sum(np.sin(x) ** 2), target="cuda")
     src = f.source(BIG)
@@ -493,6 +538,11 @@ POOL_SCRIPT = textwrap.dedent("""
     out["reused"] = r.device_pointer.value == first
     out["other_size_new"] = m.memalloc(128).device_pointer.value not in (first,)
     out["hits"], out["misses"] = m.hits, m.misses
+    live = m.memalloc(256)
+    m.reset()                           # (the context's memory goes: live's too)
+    del live
+    gc.collect()
+    out["kept_after_reset"] = len(m.free_blocks.get(256, []))
     print(json.dumps(out))
 """)
 
@@ -506,7 +556,8 @@ def test_memory_pool_hands_a_block_out_again_once_every_view_has_died():
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out == {"free_while_viewed": 0, "second_is_new": True, "free_after": 1,
-                   "reused": True, "other_size_new": True, "hits": 1, "misses": 3}
+                   "reused": True, "other_size_new": True, "hits": 1, "misses": 3,
+                   "kept_after_reset": 0}
 
 
 def test_memory_pool_is_a_no_op_in_the_simulator():

@@ -91,36 +91,51 @@ def caching_memory_manager():
             super().__init__(*args, **kwargs)
             self.free_blocks: dict = {}      # size -> [block nobody uses]
             self.handed_out: dict = {}       # key -> the pointer an array holds
+            self.pending: list = []          # given back inside ``cuda.defer_cleanup()``
+            self.generation = 0              # (a reset forgets what was handed out)
             self._keys = itertools.count()
             self.hits = self.misses = 0
 
         def memalloc(self, size):
             if size == 0:
                 return super().memalloc(size)
+            if self.pending and not self.deallocations.is_disabled:
+                for size_, block in self.pending:
+                    self.free_blocks.setdefault(size_, []).append(block)
+                self.pending.clear()
             free = self.free_blocks.setdefault(size, [])
-            if free:
-                block = free.pop()
+            try:
+                block = free.pop()            # (atomic: two threads never get one block)
                 self.hits += 1
-            else:
+            except IndexError:
                 block = self._allocate(size)
                 self.misses += 1
             ctx = None if self.context is None else weakref.proxy(self.context)
             key = next(self._keys)
-            mem = AutoFreePointer(ctx, block.device_pointer, size,
-                                  finalizer=functools.partial(self._give_back, key, free,
-                                                              block))
+            mem = AutoFreePointer(ctx, block.device_pointer, size, finalizer=functools.partial(
+                self._give_back, self.generation, key, size, block))
             self.handed_out[key] = mem       # (alive until its finalizer runs)
             return mem.own()
 
-        def _give_back(self, key, free, block):
+        def _give_back(self, generation, key, size, block):
             self.handed_out.pop(key, None)
-            free.append(block)
+            if generation != self.generation:
+                return                       # (its memory went with a reset)
+            if self.deallocations.is_disabled:
+                self.pending.append((size, block))    # (a kernel may still read it)
+            else:
+                self.free_blocks.setdefault(size, []).append(block)
 
         def _allocate(self, size):
             try:
                 return super().memalloc(size)
-            except CudaAPIError:            # (out of memory after numba's own retry)
+            except CudaAPIError as e:       # (out of memory after numba's own retry)
+                if int(getattr(e, "code", 0)) != 2:       # CUDA_ERROR_OUT_OF_MEMORY
+                    raise
                 self.release()
+                cupy = sys.modules.get("cupy")   # (CuPy's pool may hold idle memory too)
+                if cupy is not None:
+                    cupy.get_default_memory_pool().free_all_blocks()
                 return super().memalloc(size)
 
         def release(self):
@@ -132,6 +147,8 @@ def caching_memory_manager():
         def reset(self):
             self.release()
             super().reset()
+            self.generation += 1
+            self.free_blocks, self.handed_out, self.pending = {}, {}, []
 
     _POOL_CLASS = CachingMemoryManager
     return _POOL_CLASS

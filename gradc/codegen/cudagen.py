@@ -331,7 +331,8 @@ def _lower_eqn(ctx, eqn, text):
     elif name in ("scan", "while_loop", "cond", "while_adjoint"):
         {"scan": _scan, "while_loop": _while, "cond": _cond,
          "while_adjoint": _while_adjoint}[name](ctx, eqn)
-    elif name in ("argmax", "argmin", "cumsum") and eqn.inputs[0].ndim:
+    elif name in ("argmax", "argmin", "cumsum") and eqn.inputs[0].ndim and \
+            np.dtype(eqn.inputs[0].dtype).kind in ("biuf" if name != "cumsum" else "biufc"):
         _along_axis(ctx, eqn)
     elif name in ("conv2d", "conv2d_over_batch") and \
             all(isinstance(v, Var) for v in eqn.inputs):
@@ -976,13 +977,15 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
 # ---------------------------------------------------------------- along an axis
 
 def _along_axis(ctx, eqn):
-    """``argmax``, ``argmin``, ``cumsum``: a thread per line along ``axis``, walking it in
-    order (NumPy's ties: the first maximum, the first NaN; a prefix or, with
-    ``reverse``, a suffix sum)."""
+    """``argmax``, ``argmin``, ``cumsum`` along ``axis`` (NumPy's ties and NaNs: the first
+    maximum, the first NaN; a prefix or, with ``reverse``, a suffix sum): a thread per
+    line, walking it in order; for a few long lines, a block per line (the threads'
+    chunks or strides combined in shared memory)."""
     x = eqn.inputs[0]
     out = eqn.outputs[0]
     axis, n = eqn.params["axis"], int(x.shape[eqn.params["axis"]])
     kept = [int(d) for k, d in enumerate(x.shape) if k != axis]
+    lines_n = int(np.prod(kept))
     kvars = [f"_m{k}" for k in range(len(kept))]
 
     def at(j):
@@ -990,21 +993,65 @@ def _along_axis(ctx, eqn):
         return ctx.element(x, ", ".join(sub))
     oname = ctx.names[out]
     name = eqn.prim.name
-    lines = [f"for _l in range(cuda.grid(1), {int(np.prod(kept))}, cuda.gridsize(1)):"]
+    T = ctx.threads
+    block = n >= 8 * T and lines_n < 4096
+    here = ", ".join(kvars[:axis] + ["_j"] + kvars[axis:])
+    zero = f"{dtype_expr(out.dtype)}(0)"        # (typed: a bool or int8 sums as NumPy's)
+    reverse = name == "cumsum" and eqn.params["reverse"]
+    head = []
+    if block:
+        lines = ["_tid = cuda.threadIdx.x",
+                 f"for _l in range(cuda.blockIdx.x, {lines_n}, cuda.gridDim.x):"]
+    else:
+        lines = [f"for _l in range(cuda.grid(1), {lines_n}, cuda.gridsize(1)):"]
     lines += _decode("_l", kept, kvars, "    ")
-    if name == "cumsum":
-        steps = f"range({n} - 1, -1, -1)" if eqn.params["reverse"] else f"range({n})"
-        here = ", ".join(kvars[:axis] + ["_j"] + kvars[axis:])
-        lines += [f"    _a = {scalar_literal(0, out.dtype)}", f"    for _j in {steps}:",
+    if name == "cumsum" and block:
+        # each thread sums a chunk, the chunks' totals are scanned, then added back
+        chunk = -(-n // T)
+        j = f"{n - 1} - _q" if reverse else "_q"
+        head.append(f"_tot = cuda.shared.array({T}, {_numba_type(out.dtype)})")
+        lines += [f"    _lo = _tid * {chunk}", f"    _hi = min({n}, _lo + {chunk})",
+                  f"    _a = {zero}", "    for _q in range(_lo, _hi):", f"        _j = {j}",
+                  f"        _a += {at('_j')}", f"        {oname}[{here}] = _a",
+                  "    _tot[_tid] = _a", "    cuda.syncthreads()", "    if _tid == 0:",
+                  f"        _run = {zero}", f"        for _p in range({T}):",
+                  "            _v = _tot[_p]", "            _tot[_p] = _run",
+                  "            _run += _v", "    cuda.syncthreads()", "    _off = _tot[_tid]",
+                  "    for _q in range(_lo, _hi):", f"        _j = {j}",
+                  f"        {oname}[{here}] += _off", "    cuda.syncthreads()"]
+        shape = tuple(out.shape)
+    elif name == "cumsum":
+        steps = f"range({n} - 1, -1, -1)" if reverse else f"range({n})"
+        lines += [f"    _a = {zero}", f"    for _j in {steps}:",
                   f"        _a += {at('_j')}", f"        {oname}[{here}] = _a"]
         shape = tuple(out.shape)
     else:
         better = ">" if name == "argmax" else "<"
-        lines += [f"    _best = {at('0')}", "    _k = 0", f"    for _j in range(1, {n}):",
-                  f"        _v = {at('_j')}",
-                  f"        if _v {better} _best or (_v != _v and _best == _best):",
-                  "            _best = _v", "            _k = _j",
-                  f"    {oname}[{', '.join(kvars) or '0'}] = _k"]
+        # (v, j) beats (best, k) when v is larger (smaller), or NaN where best is not;
+        # scanning j upwards keeps the first of equals
+        beats = f"_v {better} _best or (_v != _v and _best == _best)"
+        where = f"{oname}[{', '.join(kvars) or '0'}]"
+        if block:
+            dt = _numba_type(x.dtype)
+            head += [f"_bv = cuda.shared.array({T}, {dt})",
+                     f"_bk = cuda.shared.array({T}, numba.int64)"]
+            lines += [f"    _best = {at('_tid')}", "    _k = _tid",
+                      f"    for _j in range(_tid + {T}, {n}, {T}):",
+                      f"        _v = {at('_j')}", f"        if {beats}:",
+                      "            _best = _v", "            _k = _j",
+                      "    _bv[_tid] = _best", "    _bk[_tid] = _k", "    cuda.syncthreads()",
+                      f"    _w = {T // 2}", "    while _w > 0:", "        if _tid < _w:",
+                      "            _best, _k = _bv[_tid], _bk[_tid]",
+                      "            _v, _j = _bv[_tid + _w], _bk[_tid + _w]",
+                      f"            if {beats} or (_v == _best and _j < _k) or "
+                      "(_v != _v and _best != _best and _j < _k):",
+                      "                _bv[_tid] = _v", "                _bk[_tid] = _j",
+                      "        cuda.syncthreads()", "        _w //= 2",
+                      "    if _tid == 0:", f"        {where} = _bk[0]", "    cuda.syncthreads()"]
+        else:
+            lines += [f"    _best = {at('0')}", "    _k = 0", f"    for _j in range(1, {n}):",
+                      f"        _v = {at('_j')}", f"        if {beats}:",
+                      "            _best = _v", "            _k = _j", f"    {where} = _k"]
         shape = tuple(out.shape) or (1,)
     operands = [x] if not isinstance(x, Lit) else []
     params, args, kinds = _kernel_params(ctx, operands)
@@ -1012,10 +1059,11 @@ def _along_axis(ctx, eqn):
     ctx.fresh.add(out)
     ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
     kname = ctx.kernel_name()
-    consts = _finish_kernel(ctx, kname, params + [oname], lines,
+    consts = _finish_kernel(ctx, kname, params + [oname], head + lines,
                             kinds + [(oname, out.dtype, len(shape))])
-    blocks = max(1, min(-(-int(np.prod(kept)) // ctx.threads), MAX_BLOCKS))
-    ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + [oname] + consts))
+    blocks = lines_n if block else -(-lines_n // T)
+    ctx.lines.append(_launch(ctx, kname, max(1, min(blocks, MAX_BLOCKS)), T,
+                             args + [oname] + consts))
 
 
 # ---------------------------------------------------------------- convolutions
@@ -1121,7 +1169,7 @@ def _solve(ctx, eqn):
     threads = min(ctx.threads, max(32, -(-(n * (n + k)) // 32) * 32)) \
         if ctx.threads >= 32 else ctx.threads
     work = ctx.temp()
-    launch = _launch(ctx, kname, min(systems, MAX_BLOCKS), threads,
+    launch = _launch(ctx, kname, max(1, min(systems, MAX_BLOCKS)), threads,
                      [work, f"{oname}.reshape(({systems}, {n}, {k}))"])
     ctx.lines += [
         "if _d.cupy_solve is not None:",

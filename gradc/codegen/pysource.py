@@ -268,7 +268,10 @@ def _cumsum(ctx, eqn, a, outs):
     kept = tuple(i for i in range(x.ndim) if i != axis)
     perm = kept + (axis,)
     moved = tuple(x.shape[i] for i in perm)
-    call = f"_k.cumsum_rows({_rows(x, (axis,), a[0])}, {reverse}).reshape({_tuple(moved)})"
+    rows = _rows(x, (axis,), a[0])
+    if np.dtype(x.dtype) != np.dtype(eqn.outputs[0].dtype):   # (bool, small ints: NumPy's)
+        rows = f"{rows}.astype({dtype_expr(eqn.outputs[0].dtype)})"
+    call = f"_k.cumsum_rows({rows}, {reverse}).reshape({_tuple(moved)})"
     if perm == tuple(range(x.ndim)):
         return call
     return f"{call}.transpose({_tuple(np.argsort(perm))})"

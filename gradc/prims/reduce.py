@@ -181,7 +181,8 @@ def _cumsum_impl(x, axis, reverse):
 def _cumsum_abstract(x, axis, reverse):
     if not 0 <= axis < len(x.shape):
         raise ShapeError(f"axis {axis} is out of bounds for an array of shape {tuple(x.shape)}")
-    return [(tuple(x.shape), x.dtype)]
+    # NumPy's accumulation dtype: booleans and small integers sum as the default integer
+    return [(tuple(x.shape), np.cumsum(np.zeros(1, np.dtype(x.dtype))).dtype)]
 
 
 cumsum_p.impl = _cumsum_impl
