@@ -31,7 +31,8 @@ What becomes a kernel:
 * ``gather``, ``scatter_add`` (atomic adds), ``index_set`` (through index arrays: the
   last write wins, found with an atomic max) and ``concatenate``: a grid-stride loop
   over the window or the result;
-* ``argmax``, ``argmin``, ``cumsum``: a thread per line along the axis;
+* ``argmax``, ``argmin``, ``cumsum``: a thread per line along the axis (a block per
+  line for a few long lines);
 * ``conv2d``, ``conv2d_over_batch``: a thread per output element, or a segmented
   reduction (few outputs, long sums);
 * ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
