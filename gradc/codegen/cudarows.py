@@ -69,13 +69,12 @@ def rows(ctx, eqn, body: Graph, text_of) -> bool:
     """Lower ``scan`` equation ``eqn`` (``body``: its body, optimised for the target) as
     one kernel if its rows are independent; False (``ctx`` unchanged) if not."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
-                set(ctx.fresh), dict(ctx.place), dict(ctx.copies),
-                len(ctx.host_globals), dict(ctx.host_globals))
+                set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals))
     try:
         _Rows(ctx, eqn, body, text_of).lower()
         return True
     except NotRows:
-        n_kernels, n_lines, consts, temps, fresh, place, copies, _, globs = snapshot
+        n_kernels, n_lines, consts, temps, fresh, place, copies, globs = snapshot
         del ctx.kernels[n_kernels:]
         del ctx.lines[n_lines:]
         ctx.consts.clear()
