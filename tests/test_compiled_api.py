@@ -50,9 +50,14 @@ def rng():
 
 
 def _close(a, b, rtol=1e-12):
-    for x, y in zip(np.atleast_1d(a) if not isinstance(a, tuple) else a,
-                    np.atleast_1d(b) if not isinstance(b, tuple) else b):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
+    """Whole arrays (or tuples of them, part by part), shapes included."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        assert isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _close(x, y, rtol)
+        return
+    assert np.shape(a) == np.shape(b), (np.shape(a), np.shape(b))
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
 
 
 # ---------------------------------------------------------------- results
