@@ -214,6 +214,17 @@ def rnn_rows(h0, W, xs):
     return np.sum(h ** 2)
 
 
+def rows_step_losses(h0, s, w):
+    """Stacked results summed over the batch (per-step losses); reverse mode adds the
+    gradient of ``s``, a per-step scalar every row reads: per-row partial sums, summed
+    over the batch after the kernel."""
+    def step(h, x):
+        z = np.tanh(h * w + x)
+        return z, (np.sum(z ** 2), np.sum(np.sin(h), axis=0))
+    h, (loss, mean) = gradc.scan(step, h0, s)
+    return np.sum(h) + np.sum(loss * s) + np.sum(mean ** 2)
+
+
 XS4 = rng.standard_normal((3, 2, 3, 4))
 
 
@@ -275,19 +286,21 @@ PROGRAMS.update({
     "conv-long-kernel-sum": (lambda i, k: gradc.conv2d(i, k, ((0, 0), (0, 0))) ** 2,
                              (rng.standard_normal((2, 1, 17, 17)),
                               rng.standard_normal((1, 1, 2, 2)))),
+    "rows-step-losses": (rows_step_losses, (rng.standard_normal((3, 4)),
+                                            rng.standard_normal(5), rng.standard_normal(4))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
-             "rnn-rows", "rows-early-copy", "rows-two-terms")
+             "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
-             "rows-loss", "rows-long", "rnn-rows", "solve", "solve-batched", "conv",
-             "conv-long-kernel-sum")
+             "rows-loss", "rows-long", "rnn-rows", "rows-step-losses", "solve",
+             "solve-batched", "conv", "conv-long-kernel-sum")
 
 
 def _summed(f):
@@ -356,6 +369,24 @@ def test_scan_whose_rows_mix_runs_on_the_host_loop():
     args = (rng.standard_normal((3, 4)), rng.standard_normal(4))
     g = gradc.grad(f, argnums=(0, 1), target="cuda")
     assert ONE_KERNEL not in g.source(*args)
+    for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
+    """A per-step sum over the batch that the next step reads mixes the rows (only a
+    sum that is only stacked becomes per-row partial sums)."""
+    def f(h0, w):
+        def step(h, x):
+            total = np.sum(h ** 2)
+            return np.tanh(h * w + x * total), total
+        h, ys = gradc.scan(step, h0, STEPS)
+        return np.sum(h) + np.sum(ys)
+    args = (0.5 * rng.standard_normal((3, 4)), rng.standard_normal(4))
+    j = gradc.jit(f, target="cuda")
+    assert ONE_KERNEL not in j.source(*args)
+    np.testing.assert_allclose(j(*args), gradc.jit(f, target="numpy")(*args), rtol=1e-12)
+    g = gradc.grad(f, argnums=(0, 1), target="cuda")
     for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

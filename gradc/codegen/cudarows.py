@@ -22,7 +22,11 @@ over rows), the loop over the steps inside the kernel, the body's fused regions 
   one block; each block adds its rows' terms into a ``(B, ...)`` array of partial sums
   instead, and after the kernel one reduction over the batch and the body's own update
   equation give the carry's final value (the sum is linear, so the order does not
-  matter mathematically; the result is deterministic).
+  matter mathematically; the result is deterministic);
+* a stacked result that sums over the batch (a per-step loss ``sum(h ** 2)``, or what
+  reverse mode makes of a per-step operand every row reads) is written as the rows'
+  partial sums into a ``(T, B, ...)`` array and summed over the batch after the kernel;
+  stacked operands without a batch axis (such a result's cotangent) are read whole.
 
 Whether a scan qualifies is decided while its kernel is written: every read of a row
 value must be at the block's row (the first index ``i0``), every result must keep the
@@ -183,12 +187,16 @@ class _Rows:
         if first.ndim == 0:
             raise NotRows("a rank-0 carry")
         self.B = int(first.shape[0])
+        self._batch_sums()
+        body = self.body
         self.rows = set()
         for j in row_carries:
             self._row(carries[j])
+        # stacked operands with a batch axis are rows; the others are only read (a
+        # per-step vector every row shares), which any block may do
         for x in body.inputs[nc + nk:]:
-            if x.ndim:
-                self._row(x)
+            if x.ndim and int(x.shape[0]) == self.B:
+                self.rows.add(x)
         updates = {u for u, _ in self.acc.values()}
         contributions = {e for _, es in self.acc.values() for e in es}
         for e in body.eqns:
@@ -209,6 +217,74 @@ class _Rows:
         for y in body.outputs[nk:]:
             if not (isinstance(y, Var) and (y in self.rows or y in xs)):
                 raise NotRows("a stacked result without a batch axis")
+
+    def _batch_sums(self):
+        """Stacked results that sum over the batch (a per-step loss ``sum(h ** 2)``;
+        reverse mode's gradient of a per-step operand shared by the rows): their
+        reduction keeps the batch axis instead, the kernel writes the rows' partial sums
+        into a ``(T, B, ...)`` array like any row result, and one reduction over the
+        batch after the kernel gives the result (``self.batch_sums``: output index ->
+        the per-row value standing for it)."""
+        body, nk, B = self.body, self.n_carry, self.B
+        self.batch_sums = {}
+        new_of = {}                          # old result -> per-row partial sums
+        for j, y in enumerate(body.outputs[nk:]):
+            e = self.producer.get(y) if isinstance(y, Var) else None
+            if e is None or e.prim.name != "fused" or y in self.uses or \
+                    y in new_of or sum(o is y for o in body.outputs) != 1 or \
+                    np.dtype(y.dtype).kind not in "fc":
+                continue
+            fbody = e.params["body"]
+            root = fbody.outputs[list(e.outputs).index(y)]
+            red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
+            if red is None or red.prim.name != "reduce_sum" or \
+                    0 not in red.params["axes"] or \
+                    tuple(int(d) for d in e.params["domain"][:1]) != (B,) or \
+                    tuple(red.inputs[0].shape) != tuple(e.params["domain"]):
+                continue
+            new_of[y] = Var((B,) + tuple(y.shape), y.dtype)
+            self.ctx.names[new_of[y]] = (self.ctx.names.get(y) or
+                                         self.ctx.temp().lstrip("_")) + "_rows"
+            self.batch_sums[j] = new_of[y]
+        if not new_of:
+            return
+        eqns = []
+        for e in body.eqns:
+            if not any(o in new_of for o in e.outputs):
+                eqns.append(e)
+                continue
+            fbody = e.params["body"]
+            roots = list(fbody.outputs)
+            fe = list(fbody.eqns)
+            for k, o in enumerate(e.outputs):
+                if o not in new_of:
+                    continue
+                red = next(q for q in fe if roots[k] in q.outputs)
+                if not any(red.outputs[0] in q.inputs for q in fe) and \
+                        sum(r is red.outputs[0] for r in roots) == 1:
+                    fe.remove(red)          # (no other use of the sum over the batch)
+                axes = tuple(a for a in red.params["axes"] if a != 0)
+                if axes:                    # the other axes still summed, row by row
+                    part = Var(tuple(new_of[o].shape), o.dtype)
+                    fe.append(make_eqn(red.prim, list(red.inputs), [part], {"axes": axes}))
+                    roots[k] = part
+                else:                       # the summand itself
+                    roots[k] = red.inputs[0]
+            fused = e.replace(outputs=tuple(new_of.get(o, o) for o in e.outputs),
+                              params={**e.params,
+                                      "body": fbody.replace(eqns=tuple(fe),
+                                                            outputs=tuple(roots))})
+            if e in self.comments_of:
+                self.comments_of[fused] = self.comments_of[e]
+            eqns.append(fused)
+        self.body = body.replace(eqns=tuple(eqns),
+                                 outputs=tuple(new_of.get(o, o) for o in body.outputs))
+        self.producer = {v: e for e in self.body.eqns for v in e.outputs}
+        self.uses = {}
+        for e in self.body.eqns:
+            for v in e.inputs:
+                if isinstance(v, Var):
+                    self.uses.setdefault(v, []).append(e)
 
     def _row(self, v):
         if v.ndim == 0 or int(v.shape[0]) != self.B:
@@ -269,7 +345,8 @@ class _Rows:
             if y in xs:                      # a stacked operand handed back: itself
                 ys.append(ctx.on_device(xs[y]))
                 continue
-            arr = self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
+            shape = (T,) + tuple(y.shape)   # (a batch sum's: (T, B, ...) partial sums)
+            arr = self._host(f"_d.empty({shape!r}, {dtype_expr(oy.dtype)})")
             ys.append(arr)
             src = self._source(y)
             if src in self.producer and src not in into:
@@ -396,7 +473,10 @@ class _Rows:
             elif j in self.fixed:             # (the value it came in with)
                 ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, ins[nc + j])}")
                 ctx.place[o] = "dev" if o.ndim else "host"
-        for arr, y, o in zip(ys, body.outputs[nk:], eqn.outputs[nk:]):
+        for j, (arr, y, o) in enumerate(zip(ys, body.outputs[nk:], eqn.outputs[nk:])):
+            if j in self.batch_sums:
+                self._sum_rows(arr, (T,) + tuple(y.shape), 1, o)
+                continue
             self._result(o, arr)
             if y in xs:
                 ctx.fresh.discard(o)          # (not a new array: copied if returned)
@@ -593,20 +673,28 @@ class _Rows:
         block's partial sums (``parts``: term -> the (B, ...) array of them)."""
         ctx, eqn, body = self.ctx, self.eqn, self.body
         update, _ = self.acc[j]
-        from ..prims.reduce import reduce_sum_p
         new = {body.inputs[self.n_consts + j]: self.eqn.inputs[self.n_consts + j]}
         for e, part in parts.items():
-            whole = Var((self.B,) + tuple(e.shape), e.dtype)
             total = Var(tuple(e.shape), e.dtype)
-            ctx.names[whole], ctx.names[total] = part, ctx.temp()
-            ctx.place[whole] = "dev"
-            red = make_eqn(reduce_sum_p, [whole], [total], {"axes": (0,)})
-            cg._lower_eqn(ctx, red, [f"{ctx.names[total]} = reduce_sum[axes=(0,)] {part}"])
+            ctx.names[total] = ctx.temp()
+            self._sum_rows(part, (self.B,) + tuple(e.shape), 0, total)
             new[e] = total
         finish = update.replace(inputs=tuple(new.get(v, v) for v in update.inputs),
                                 outputs=(eqn.outputs[j],))
         text = self.text_of[list(body.eqns).index(update)]
         cg._lower_eqn(ctx, finish, text)
+
+
+    def _sum_rows(self, arr, shape, axis, out):
+        """``out`` (named already, or a result of the scan) = the sum of device array
+        ``arr`` (of ``shape``) over its batch axis ``axis``, by the target's reduction."""
+        from ..prims.reduce import reduce_sum_p
+        ctx = self.ctx
+        whole = Var(tuple(shape), out.dtype)
+        ctx.names[whole] = arr
+        ctx.place[whole] = "dev"
+        red = make_eqn(reduce_sum_p, [whole], [out], {"axes": (axis,)})
+        cg._lower_eqn(ctx, red, [f"{ctx.names[out]} = reduce_sum[axes=({axis},)] {arr}"])
 
 
 def _as_fused(eqn):
