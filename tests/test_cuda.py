@@ -615,6 +615,60 @@ def test_einsum_as_one_matmul(spec):
     assert matmul_einsum(np, "ij,jk->", np.ones((2, 3)), np.ones((3, 2))) is None
 
 
+def _spd(n, batch=()):
+    m = rng.standard_normal(batch + (n, n))
+    return m @ np.swapaxes(m, -1, -2) + n * np.eye(n)
+
+
+DECOMPOSITIONS = {
+    "cholesky": (lambda a: np.sum(np.log(np.diagonal(np.linalg.cholesky(a)))), _spd(4)),
+    "eigh": (lambda a: np.sum(np.linalg.eigh(a)[0] ** 2) + np.sum(np.linalg.eigh(a)[1][0] ** 2),
+             _spd(4)),
+    "svd": (lambda a: np.sum(np.linalg.svd(a, full_matrices=False)[1])
+            + np.sum(np.linalg.svd(a, full_matrices=False)[0][:, 0] ** 2),
+            rng.standard_normal((5, 3))),
+    "det": (lambda a: np.sum(np.linalg.det(a) ** 2), rng.standard_normal((2, 3, 3))),
+    "det-one": (lambda a: np.linalg.det(a) * np.sum(a), rng.standard_normal((3, 3))),
+    "slogdet": (lambda a: np.linalg.slogdet(a)[1] * 2.0, _spd(3)),
+}
+
+
+@pytest.mark.parametrize("name", DECOMPOSITIONS)
+def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
+    """With CuPy, decompositions are ``cupy.linalg`` calls on device arrays (no host
+    equations left); here NumPy stands in for CuPy (``linalg_on``), the results moved to
+    the device as CuPy's would be."""
+    from gradc.codegen import cuda
+    dev = cuda.import_cuda()
+    calls = []
+
+    def fake(op, a):
+        calls.append(op)
+        return [r[()] if r.ndim == 0 else dev.to_device(r)
+                for r in cuda.linalg_on(np, op, a.copy_to_host())]
+
+    def with_fake():
+        cuda.cupy_einsum = cuda.cupy_solve = None
+        cuda.cupy_linalg = fake
+    monkeypatch.setattr(cuda, "_set_cupy", with_fake)
+    monkeypatch.setattr(cuda, "cupy_linalg", None)
+    f, a = DECOMPOSITIONS[name]
+    g = gradc.value_and_grad(f, target="cuda")
+    assert g.compile(a).on_host == [] and "_d.cupy_linalg(" in g.source(a)
+    (v, d), (vw, dw) = g(a), gradc.value_and_grad(f, target="numpy")(a)
+    assert calls and set(calls) <= {name.split("-")[0], "det"}
+    np.testing.assert_allclose(v, vw, rtol=1e-12)
+    np.testing.assert_allclose(d, dw, rtol=1e-10, atol=1e-12)
+
+
+def test_decompositions_without_cupy_run_on_the_host():
+    f, a = DECOMPOSITIONS["eigh"]
+    g = gradc.grad(f, target="cuda")
+    assert "eigh" in g.compile(a).on_host
+    np.testing.assert_allclose(g(a), gradc.grad(f, target="numpy")(a), rtol=1e-10,
+                               atol=1e-12)
+
+
 def test_check_runs_the_cuda_target():
     report = gradc.check(rosen, rng.uniform(0.5, 1.5, 6), targets=("cuda",),
                          against=("fd",))

@@ -269,6 +269,24 @@ def _cupy():
 
 cupy_einsum = None
 cupy_solve = None
+cupy_linalg = None
+
+# decompositions CuPy computes on the device (cuSOLVER), NumPy's semantics: the lowering
+# calls ``cupy_linalg(name, a)`` for these when CuPy is installed (codegen.cudagen)
+LINALG = {
+    "cholesky": lambda xp, a: [xp.linalg.cholesky(a)],
+    "eigh": lambda xp, a: list(xp.linalg.eigh(a)),
+    "svd": lambda xp, a: list(xp.linalg.svd(a, full_matrices=False)),
+    "det": lambda xp, a: [xp.linalg.det(a)],
+    "slogdet": lambda xp, a: list(xp.linalg.slogdet(a)),
+}
+
+
+def linalg_on(xp, name, a) -> list:
+    """Decomposition ``name`` of ``a`` by array module ``xp`` (CuPy on the GPU, NumPy in
+    the tests): C-contiguous arrays (cuSOLVER's are column-major), in the primitive's
+    order of results (a rank-0 one as it is: ``ascontiguousarray`` would make it 1-D)."""
+    return [xp.ascontiguousarray(r) if r.ndim else r for r in LINALG[name](xp, a)]
 
 
 def matmul_einsum(xp, spec, x, y):
@@ -300,13 +318,14 @@ def matmul_einsum(xp, spec, x, y):
     return out.transpose([(batch + m + n).index(c) for c in so])
 
 
-def _set_cupy_einsum() -> None:
-    """CuPy's ``einsum`` (cuBLAS) and ``linalg.solve`` (cuSOLVER's LU) for the generated
-    code when CuPy is installed (None otherwise: the generated kernels run instead)."""
-    global cupy_einsum, cupy_solve
+def _set_cupy() -> None:
+    """CuPy's ``einsum`` (cuBLAS), ``linalg.solve`` (cuSOLVER's LU) and decompositions
+    (``LINALG``) for the generated code when CuPy is installed (None otherwise: the
+    generated kernels, or for decompositions the host, run instead)."""
+    global cupy_einsum, cupy_solve, cupy_linalg
     cp = None if simulator() else _cupy()
     if cp is None:
-        cupy_einsum = cupy_solve = None
+        cupy_einsum = cupy_solve = cupy_linalg = None
         return
 
     def einsum(spec, x, y, shape):
@@ -319,7 +338,13 @@ def _set_cupy_einsum() -> None:
     def solve(a, b):
         out = cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a), cp.asarray(b)))
         return _CUDA.as_cuda_array(out)
-    cupy_einsum, cupy_solve = einsum, solve
+
+    def linalg(name, a):
+        # (rank-0 results, a single matrix's det, come back as NumPy scalars: kernels
+        # take them as scalar arguments)
+        return [r.get()[()] if r.ndim == 0 else _CUDA.as_cuda_array(r)
+                for r in linalg_on(cp, name, cp.asarray(a))]
+    cupy_einsum, cupy_solve, cupy_linalg = einsum, solve, linalg
 
 
 # ---------------------------------------------------------------- the compiled program
@@ -330,7 +355,7 @@ class Compiled:
     def __init__(self, graph: Graph, name: str = "gradc_fn"):
         from . import cudagen
         import_cuda()
-        _set_cupy_einsum()
+        _set_cupy()
         self.graph = graph
         self.name = name
         self.simulator = simulator()

@@ -341,6 +341,8 @@ def _lower_eqn(ctx, eqn, text):
     elif name == "solve" and np.dtype(eqn.outputs[0].dtype).kind == "f" and \
             all(isinstance(v, Var) for v in eqn.inputs):
         _solve(ctx, eqn)
+    elif _on_cupy(eqn):
+        _linalg(ctx, eqn)
     elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
@@ -1178,6 +1180,28 @@ def _solve(ctx, eqn):
         "else:",
         f"    {work} = _d.copy({da}).reshape(({systems}, {n}, {n}))",
         f"    {oname} = _d.copy({db})", "    " + launch]
+
+
+def _on_cupy(eqn) -> bool:
+    """A decomposition CuPy computes on the device (``cuda.LINALG``), CuPy installed."""
+    from . import cuda
+    return cuda.cupy_linalg is not None and eqn.prim.name in cuda.LINALG and \
+        isinstance(eqn.inputs[0], Var) and \
+        np.dtype(eqn.inputs[0].dtype) in (np.float32, np.float64)
+
+
+def _linalg(ctx, eqn):
+    """``cholesky``, ``eigh``, ``svd``, ``det``, ``slogdet`` by CuPy (cuSOLVER) on the
+    device: arrays stay there, rank-0 results (one matrix's determinant) come back as
+    host scalars.  Without CuPy these run on the host (``_host``)."""
+    a = eqn.inputs[0]
+    outs = [ctx.names[v] for v in eqn.outputs]
+    ctx.lines.append(f"{', '.join(outs)}, = _d.cupy_linalg({eqn.prim.name!r}, "
+                     f"{ctx.on_device(a)})   # CuPy (cuSOLVER)")
+    for v in eqn.outputs:
+        ctx.place[v] = "dev" if v.ndim else "host"
+        if v.ndim:
+            ctx.fresh.add(v)
 
 
 # ---------------------------------------------------------------- indexing
