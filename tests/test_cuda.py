@@ -373,6 +373,24 @@ def test_scan_whose_rows_mix_runs_on_the_host_loop():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
+    """A per-step vector every row reads along its own axis, of the batch's length (4
+    rows of 4): stacked operands are only read, so the scan stays one kernel."""
+    def f(h0, s, w):
+        def step(h, x):
+            z = np.tanh(h * w + x)
+            return z, np.sum(z, axis=0)
+        h, ys = gradc.scan(step, h0, s)
+        return np.sum(h ** 2) + np.sum(ys * s)
+    args = (rng.standard_normal((4, 4)).astype(np.float32),
+            rng.standard_normal((3, 4)).astype(np.float32),
+            rng.standard_normal(4).astype(np.float32))
+    g = gradc.grad(f, argnums=(0, 1, 2), target="cuda")
+    assert g.source(*args).count(ONE_KERNEL) == 2
+    for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1, 2), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
     """A per-step sum over the batch that the next step reads mixes the rows (only a
     sum that is only stacked becomes per-row partial sums)."""

@@ -192,11 +192,9 @@ class _Rows:
         self.rows = set()
         for j in row_carries:
             self._row(carries[j])
-        # stacked operands with a batch axis are rows; the others are only read (a
-        # per-step vector every row shares), which any block may do
-        for x in body.inputs[nc + nk:]:
-            if x.ndim and int(x.shape[0]) == self.B:
-                self.rows.add(x)
+        # (the stacked operands are only read, which any block may do anywhere: a
+        # per-step vector every row shares as well as the block's own row)
+        xs = set(body.inputs[nc + nk:])
         updates = {u for u, _ in self.acc.values()}
         contributions = {e for _, es in self.acc.values() for e in es}
         for e in body.eqns:
@@ -208,12 +206,12 @@ class _Rows:
         carry_ins = set(carries)
         for j in row_carries:
             out = body.outputs[j]
-            if isinstance(out, Lit) or out not in self.rows or out in carry_ins:
+            if isinstance(out, Lit) or out in carry_ins or not (
+                    out in self.rows or out in xs and out.shape == carries[j].shape):
                 raise NotRows("a carry's new value is not computed by the step")
             if self._source(out) in carry_ins:
                 # (a view of a carry's buffer, which the end of the step overwrites)
                 raise NotRows("a carry's new value is a reshape of a carry")
-        xs = set(body.inputs[nc + nk:])
         for y in body.outputs[nk:]:
             if not (isinstance(y, Var) and (y in self.rows or y in xs)):
                 raise NotRows("a stacked result without a batch axis")
