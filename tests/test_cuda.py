@@ -288,18 +288,24 @@ PROGRAMS.update({
                               rng.standard_normal((1, 1, 2, 2)))),
     "rows-step-losses": (rows_step_losses, (rng.standard_normal((3, 4)),
                                             rng.standard_normal(5), rng.standard_normal(4))),
+    # a per-step vector all rows read: its gradient a batch sum, then reshapes
+    "rows-shared-vector": (lambda h0, vs: np.sum(gradc.scan(
+        lambda h, v: (np.tanh(h * v[None, :]) + 0.1, None), h0, vs)[0] ** 2),
+        (rng.standard_normal((3, 5)), rng.standard_normal((4, 5)))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
-             "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses")
+             "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
+             "rows-shared-vector")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
-             "rows-loss", "rows-long", "rnn-rows", "rows-step-losses", "solve",
+             "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
+             "rows-shared-vector", "solve",
              "solve-batched", "conv", "conv-long-kernel-sum")
 
 

@@ -218,40 +218,59 @@ class _Rows:
 
     def _batch_sums(self):
         """Stacked results that sum over the batch (a per-step loss ``sum(h ** 2)``;
-        reverse mode's gradient of a per-step operand shared by the rows): their
-        reduction keeps the batch axis instead, the kernel writes the rows' partial sums
-        into a ``(T, B, ...)`` array like any row result, and one reduction over the
-        batch after the kernel gives the result (``self.batch_sums``: output index ->
-        the per-row value standing for it)."""
+        reverse mode's gradient of a per-step operand shared by the rows, possibly
+        reshaped): their reduction keeps the batch axis instead, the kernel writes the
+        rows' partial sums into a ``(T, B, ...)`` array like any row result, and one
+        reduction over the batch after the kernel gives the result (``self.batch_sums``:
+        output index -> the per-row value standing for it; the reshapes between the sum
+        and the result are dropped from the body and applied to the final sum)."""
         body, nk, B = self.body, self.n_carry, self.B
         self.batch_sums = {}
-        new_of = {}                          # old result -> per-row partial sums
+        new_of, dropped = {}, set()         # old sum -> per-row partial sums
+        out_of = {}                         # body result -> what stands for it
         for j, y in enumerate(body.outputs[nk:]):
-            e = self.producer.get(y) if isinstance(y, Var) else None
-            if e is None or e.prim.name != "fused" or y in self.uses or \
-                    y in new_of or sum(o is y for o in body.outputs) != 1 or \
+            if not isinstance(y, Var) or y in self.uses or y in out_of or \
+                    sum(o is y for o in body.outputs) != 1 or \
                     np.dtype(y.dtype).kind not in "fc":
                 continue
-            fbody = e.params["body"]
-            root = fbody.outputs[list(e.outputs).index(y)]
-            red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
-            if red is None or red.prim.name != "reduce_sum" or \
-                    0 not in red.params["axes"] or \
-                    tuple(int(d) for d in e.params["domain"][:1]) != (B,) or \
-                    tuple(red.inputs[0].shape) != tuple(e.params["domain"]):
-                continue
-            new_of[y] = Var((B,) + tuple(y.shape), y.dtype)
-            self.ctx.names[new_of[y]] = (self.ctx.names.get(y) or
-                                         self.ctx.temp().lstrip("_")) + "_rows"
-            self.batch_sums[j] = new_of[y]
+            src, chain = y, []              # (through reshapes used once)
+            while src in self.producer and _reshape_source(self.producer[src]) is not None:
+                chain.append(self.producer[src])
+                src = _reshape_source(chain[-1])
+                if len(self.uses.get(src, [])) != 1 or src in body.outputs:
+                    break
+            else:
+                e = self.producer.get(src)
+                if e is None or e.prim.name != "fused" or src in new_of or \
+                        self.uses.get(src, []) != chain[-1:]:
+                    continue
+                fbody = e.params["body"]
+                root = fbody.outputs[list(e.outputs).index(src)]
+                red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
+                if red is None or red.prim.name != "reduce_sum" or \
+                        0 not in red.params["axes"] or \
+                        tuple(int(d) for d in e.params["domain"][:1]) != (B,) or \
+                        tuple(red.inputs[0].shape) != tuple(e.params["domain"]):
+                    continue
+                new_of[src] = Var((B,) + tuple(src.shape), src.dtype)
+                self.ctx.names[new_of[src]] = (self.ctx.names.get(src) or
+                                               self.ctx.temp().lstrip("_")) + "_rows"
+                self.batch_sums[j] = new_of[src]
+                out_of[y] = new_of[src]
+                dropped.update(chain)
         if not new_of:
             return
-        eqns = []
-        for e in body.eqns:
+        eqns, texts = [], []
+        for e, text in zip(body.eqns, self.text_of):
+            if e in dropped:
+                continue
+            texts.append(text)
             if not any(o in new_of for o in e.outputs):
                 eqns.append(e)
                 continue
             fbody = e.params["body"]
+            comments = self.comments_of.get(e) or dict(zip(fbody.eqns,
+                                                            text_of_body(e, text)))
             roots = list(fbody.outputs)
             fe = list(fbody.eqns)
             for k, o in enumerate(e.outputs):
@@ -265,6 +284,8 @@ class _Rows:
                 if axes:                    # the other axes still summed, row by row
                     part = Var(tuple(new_of[o].shape), o.dtype)
                     fe.append(make_eqn(red.prim, list(red.inputs), [part], {"axes": axes}))
+                    comments[fe[-1]] = [f"{line}   (each row's part)"
+                                        for line in comments.get(red, [])]
                     roots[k] = part
                 else:                       # the summand itself
                     roots[k] = red.inputs[0]
@@ -272,11 +293,11 @@ class _Rows:
                               params={**e.params,
                                       "body": fbody.replace(eqns=tuple(fe),
                                                             outputs=tuple(roots))})
-            if e in self.comments_of:
-                self.comments_of[fused] = self.comments_of[e]
+            self.comments_of[fused] = comments
             eqns.append(fused)
+        self.text_of = texts
         self.body = body.replace(eqns=tuple(eqns),
-                                 outputs=tuple(new_of.get(o, o) for o in body.outputs))
+                                 outputs=tuple(out_of.get(o, o) for o in body.outputs))
         self.producer = {v: e for e in self.body.eqns for v in e.outputs}
         self.uses = {}
         for e in self.body.eqns:
@@ -473,7 +494,13 @@ class _Rows:
                 ctx.place[o] = "dev" if o.ndim else "host"
         for j, (arr, y, o) in enumerate(zip(ys, body.outputs[nk:], eqn.outputs[nk:])):
             if j in self.batch_sums:
-                self._sum_rows(arr, (T,) + tuple(y.shape), 1, o)
+                if tuple(o.shape) == (T,) + tuple(y.shape[1:]):
+                    self._sum_rows(arr, (T,) + tuple(y.shape), 1, o)
+                else:                         # (the result a reshape of the sum)
+                    total = Var((T,) + tuple(y.shape[1:]), o.dtype)
+                    ctx.names[total] = ctx.temp()
+                    self._sum_rows(arr, (T,) + tuple(y.shape), 1, total)
+                    self._result(o, f"{ctx.names[total]}.reshape({tuple(o.shape)!r})")
                 continue
             self._result(o, arr)
             if y in xs:
