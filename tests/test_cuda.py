@@ -292,20 +292,24 @@ PROGRAMS.update({
     "rows-shared-vector": (lambda h0, vs: np.sum(gradc.scan(
         lambda h, v: (np.tanh(h * v[None, :]) + 0.1, None), h0, vs)[0] ** 2),
         (rng.standard_normal((3, 5)), rng.standard_normal((4, 5)))),
+    # an unrolled integrator with a step size per step (dt's gradient: a batch sum)
+    "rows-euler-dt": (lambda h0, dts, w: np.sum(gradc.scan(
+        lambda h, dt: (h + dt * np.tanh(h * w), None), h0, dts)[0] ** 2),
+        (rng.standard_normal((3, 4)), rng.uniform(0.05, 0.15, 6), rng.standard_normal(4))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
              "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
-             "rows-shared-vector")
+             "rows-shared-vector", "rows-euler-dt")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
-             "rows-shared-vector", "solve",
+             "rows-shared-vector", "rows-euler-dt", "solve",
              "solve-batched", "conv", "conv-long-kernel-sum")
 
 
@@ -395,6 +399,33 @@ def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
     assert g.source(*args).count(ONE_KERNEL) == 2
     for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1, 2), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_arithmetic_on_per_step_scalars_is_done_by_every_thread():
+    """Rank-0 values of per-step scalars and constants alone (``2 * x``; a mean's
+    cotangent going back) are the same for every row: each thread computes them into a
+    local, and the scan stays one kernel.  (Arithmetic after a sum over the batch, a
+    per-step mean going forward, still keeps the host loop: correct, slower.)"""
+    h0, xs, w = rng.standard_normal((3, 4)), rng.standard_normal(5), rng.standard_normal(4)
+
+    def scaled(h0, xs, w):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h * w + 2.0 * x * x), None), h0, xs)
+        return np.sum(h ** 2)
+
+    def mean_loss(h0, xs, w):
+        return np.sum(gradc.scan(lambda h, x: (np.tanh(h * w + x), np.mean(h ** 2)),
+                                 h0, xs)[1])
+    for f, forward, backward in ((scaled, 1, 1), (mean_loss, 0, 2)):
+        j = gradc.jit(f, target="cuda")
+        assert j.source(h0, xs, w).count(ONE_KERNEL) == forward
+        np.testing.assert_allclose(j(h0, xs, w), gradc.jit(f, target="numpy")(h0, xs, w),
+                                   rtol=1e-12)
+        g = gradc.grad(f, argnums=(0, 1, 2), target="cuda")
+        src = g.source(h0, xs, w)
+        assert src.count(ONE_KERNEL) == backward and "_u = " in src
+        want = gradc.grad(f, argnums=(0, 1, 2), target="numpy")(h0, xs, w)
+        for a, b in zip(g(h0, xs, w), want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_a_batch_sum_the_step_reads_keeps_the_host_loop():

@@ -26,7 +26,11 @@ over rows), the loop over the steps inside the kernel, the body's fused regions 
 * a stacked result that sums over the batch (a per-step loss ``sum(h ** 2)``, or what
   reverse mode makes of a per-step operand every row reads) is written as the rows'
   partial sums into a ``(T, B, ...)`` array and summed over the batch after the kernel;
-  stacked operands without a batch axis (such a result's cotangent) are read whole.
+  stacked operands are only read, so any block may read any element of them (a
+  per-step vector every row shares);
+* a rank-0 value of per-step scalars and constants alone (a step size ``2 * dt``) is
+  the same for every row: every thread computes it into a local (no barrier), and if it
+  is stacked, the block on row 0 writes it.
 
 Whether a scan qualifies is decided while its kernel is written: every read of a row
 value must be at the block's row (the first index ``i0``), every result must keep the
@@ -197,8 +201,18 @@ class _Rows:
         xs = set(body.inputs[nc + nk:])
         updates = {u for u, _ in self.acc.values()}
         contributions = {e for _, es in self.acc.values() for e in es}
+        # rank-0 values of per-step scalars and constants alone (a step size ``2 * x``):
+        # the same for every row, so every thread computes them into a local
+        self.uniform = set()
+        shared = set(body.inputs[:nc]) | {carries[j] for j in self.fixed} | xs
         for e in body.eqns:
             if e in updates:
+                continue
+            if e.outputs and all(v.ndim == 0 for v in e.outputs) and \
+                    _scalar_fused(e) is not None and \
+                    all(isinstance(v, Lit) or v.ndim == 0 and (v in shared or v in self.uniform)
+                        for v in e.inputs):
+                self.uniform.update(e.outputs)
                 continue
             for v in e.outputs:     # (of constants alone: computed row by row too)
                 if v not in contributions:
@@ -213,7 +227,7 @@ class _Rows:
                 # (a view of a carry's buffer, which the end of the step overwrites)
                 raise NotRows("a carry's new value is a reshape of a carry")
         for y in body.outputs[nk:]:
-            if not (isinstance(y, Var) and (y in self.rows or y in xs)):
+            if not (isinstance(y, Var) and (y in self.rows or y in xs or y in self.uniform)):
                 raise NotRows("a stacked result without a batch axis")
 
     def _batch_sums(self):
@@ -358,7 +372,7 @@ class _Rows:
         # array from the stage computing it; a carry's new value into the carry's
         # buffer when no later stage reads the old one; the rest copied at the end
         order = {e: k for k, e in enumerate(body.eqns)}
-        ys, copies_early, copies_late, into = [], [], [], {}
+        ys, copies_early, copies_late, into, uniform_ys = [], [], [], {}, []
         xs = dict(zip(body.inputs[nc + nk:], ins[nc + nk:]))
         for j, (y, oy) in enumerate(zip(body.outputs[nk:], eqn.outputs[nk:])):
             if y in xs:                      # a stacked operand handed back: itself
@@ -368,7 +382,9 @@ class _Rows:
             arr = self._host(f"_d.empty({shape!r}, {dtype_expr(oy.dtype)})")
             ys.append(arr)
             src = self._source(y)
-            if src in self.producer and src not in into:
+            if y in self.uniform:            # (written once a step: see below)
+                uniform_ys.append((j, y, arr))
+            elif src in self.producer and src not in into:
                 into[src] = f"{arr}.reshape({(T,) + tuple(src.shape)!r})"
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
@@ -401,7 +417,9 @@ class _Rows:
                 continue
             src = _reshape_source(e)
             for v in e.outputs:
-                if v in contributions:
+                if v in self.uniform:       # (a local of every thread)
+                    self.names[v] = f"{ctx.names[v]}_u"
+                elif v in contributions:
                     alloc = "_d.empty" if v in shared else "_d.zeros"
                     parts[v] = (self._host(f"{alloc}({(B,) + tuple(v.shape)!r}, "
                                            f"{dtype_expr(v.dtype)})"), len(parts))
@@ -439,7 +457,7 @@ class _Rows:
             else:
                 part_names[v] = (f"_p{j}", False)
                 self._extra(f"_p{j}", part, v.dtype, v.ndim + 1)
-        for j, y, arr in copies_early + copies_late:
+        for j, y, arr in copies_early + copies_late + uniform_ys:
             self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1)
 
         # the kernel: a block per row, the steps inside
@@ -452,17 +470,22 @@ class _Rows:
         for e, text in zip(body.eqns, self.text_of):
             if e in updates or _reshape_source(e) is not None:
                 continue
-            fused = _as_fused(e)
+            fused = _scalar_fused(e) if e.outputs[0] in self.uniform else _as_fused(e)
             if fused is None:
                 raise NotRows(f"no row lowering of {e.prim.name}")
             comments = (self.comments_of.get(e) if fused is e else
                         {e: [text[0].strip().removeprefix("let ")]})
+            if all(v in self.uniform for v in e.outputs):
+                step += self._uniform(fused, text, comments)
+                continue
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
             step += lines + ["cuda.syncthreads()"]
         tail = []
         for j, y, _ in copies_late:
             tail += self._copy(f"_y{j}", y, stepped=True)
+        for j, y, _ in uniform_ys:           # (the same in every block: row 0's writes it)
+            tail += ["if i0 == 0 and _tid == 0:", f"    _y{j}[_t] = {self.names[y]}"]
         for j in range(nk):
             out = body.outputs[j]
             if j in self.row_carries and out not in carry_into:
@@ -563,6 +586,35 @@ class _Rows:
                      f"{src}[{'_t, ' if src in self.stepped else ''}{sub}]")
         return lines
 
+    def _names(self, fused):
+        """How the code of fused equation ``fused`` names its body's values and reads
+        its operands."""
+        ctx, body = self.ctx, fused.params["body"]
+        names = {v: f"{ctx.names.get(v, ctx.temp().lstrip('_'))}" for e in body.eqns
+                 for v in e.outputs}
+        for bv, ov in zip(body.inputs, fused.inputs):
+            if isinstance(ov, Lit):
+                names[bv] = (scalar_literal(ov.value, ov.dtype) if ov.ndim == 0
+                             else ctx.const(ov.value))
+            elif ov in self.names:
+                names[bv] = self.names[ov]
+            else:
+                raise NotRows("a stage reads what no kernel array holds")
+        return names
+
+    def _uniform(self, fused, text, comments):
+        """Lines computing rank-0 values the same for every row (``self.uniform``) into
+        locals, run by every thread (no barrier after them)."""
+        body = fused.params["body"]
+        if comments is None:
+            comments = dict(zip(body.eqns, text_of_body(fused, text)))
+        producer = {v: e for e in body.eqns for v in e.outputs}
+        em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
+                         self.row_arrays, self.stepped)
+        for r, o in zip(body.outputs, fused.outputs):
+            em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
+        return em.lines
+
     def _stage(self, fused, text, comments, part_names, k):
         """The lines of one stage (a fused equation for the block's row) and how many
         threads it can use."""
@@ -574,16 +626,7 @@ class _Rows:
         producer = {v: e for e in body.eqns for v in e.outputs}
         if comments is None:
             comments = dict(zip(body.eqns, text_of_body(fused, text)))
-        names = {v: f"{ctx.names.get(v, ctx.temp().lstrip('_'))}" for e in body.eqns
-                 for v in e.outputs}
-        for bv, ov in zip(body.inputs, fused.inputs):
-            if isinstance(ov, Lit):
-                names[bv] = (scalar_literal(ov.value, ov.dtype) if ov.ndim == 0
-                             else ctx.const(ov.value))
-            elif ov in self.names:
-                names[bv] = self.names[ov]
-            else:
-                raise NotRows("a stage reads what no kernel array holds")
+        names = self._names(fused)
         groups: dict = {}
         for r, o in zip(body.outputs, fused.outputs):
             e = producer.get(r)
@@ -730,6 +773,16 @@ def _as_fused(eqn):
     if not cg._kernel_alone(eqn):
         return None
     return cg._fused_of_one(eqn)
+
+
+def _scalar_fused(eqn):
+    """A rank-0 fused or elementwise equation as a fused equation, else None."""
+    from ..passes.fuse import ELEMENTWISE
+    if eqn.prim.name == "fused":
+        return eqn
+    if len(eqn.outputs) == 1 and eqn.prim.name in ELEMENTWISE:
+        return cg._fused_of_one(eqn)
+    return None
 
 
 def _einsum_as_fused(eqn):
