@@ -296,20 +296,25 @@ PROGRAMS.update({
     "rows-euler-dt": (lambda h0, dts, w: np.sum(gradc.scan(
         lambda h, dt: (h + dt * np.tanh(h * w), None), h0, dts)[0] ** 2),
         (rng.standard_normal((3, 4)), rng.uniform(0.05, 0.15, 6), rng.standard_normal(4))),
+    # per-step results after a sum over the batch (the epilogue, after the kernel)
+    "rows-step-mean": (lambda h0, xs, w: (lambda m, g: m + g)(*gradc.scan(
+        lambda h, x: (np.tanh(h * w + x), (np.mean(h ** 2), np.log(np.sum(h ** 2)) * x)),
+        h0, xs)[1]), (rng.standard_normal((3, 4)), rng.standard_normal(5),
+                      rng.standard_normal(4))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
              "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
-             "rows-shared-vector", "rows-euler-dt")
+             "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
              "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
-             "rows-shared-vector", "rows-euler-dt", "solve",
+             "rows-shared-vector", "rows-euler-dt", "rows-step-mean", "solve",
              "solve-batched", "conv", "conv-long-kernel-sum")
 
 
@@ -404,8 +409,8 @@ def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
 def test_arithmetic_on_per_step_scalars_is_done_by_every_thread():
     """Rank-0 values of per-step scalars and constants alone (``2 * x``; a mean's
     cotangent going back) are the same for every row: each thread computes them into a
-    local, and the scan stays one kernel.  (Arithmetic after a sum over the batch, a
-    per-step mean going forward, still keeps the host loop: correct, slower.)"""
+    local, and the scan stays one kernel; arithmetic after a sum over the batch (a
+    per-step mean; ``x``'s gradient, a batch sum times ``4 x``) runs after the kernel."""
     h0, xs, w = rng.standard_normal((3, 4)), rng.standard_normal(5), rng.standard_normal(4)
 
     def scaled(h0, xs, w):
@@ -415,7 +420,7 @@ def test_arithmetic_on_per_step_scalars_is_done_by_every_thread():
     def mean_loss(h0, xs, w):
         return np.sum(gradc.scan(lambda h, x: (np.tanh(h * w + x), np.mean(h ** 2)),
                                  h0, xs)[1])
-    for f, forward, backward in ((scaled, 1, 1), (mean_loss, 0, 2)):
+    for f, forward, backward in ((scaled, 1, 2), (mean_loss, 1, 2)):
         j = gradc.jit(f, target="cuda")
         assert j.source(h0, xs, w).count(ONE_KERNEL) == forward
         np.testing.assert_allclose(j(h0, xs, w), gradc.jit(f, target="numpy")(h0, xs, w),

@@ -30,7 +30,11 @@ over rows), the loop over the steps inside the kernel, the body's fused regions 
   per-step vector every row shares);
 * a rank-0 value of per-step scalars and constants alone (a step size ``2 * dt``) is
   the same for every row: every thread computes it into a local (no barrier), and if it
-  is stacked, the block on row 0 writes it.
+  is stacked, the block on row 0 writes it;
+* stacked results computed from batch sums, per-step operands and constants alone (a
+  per-step ``mean``, ``log`` of a sum) are an *epilogue*: the kernel writes the sums'
+  per-row partials, and after it the epilogue's equations, batched over the steps by
+  the vmap pass, run once on the ``(T, ...)`` sums.
 
 Whether a scan qualifies is decided while its kernel is written: every read of a row
 value must be at the block's row (the first index ``i0``), every result must keep the
@@ -226,7 +230,9 @@ class _Rows:
             if self._source(out) in carry_ins:
                 # (a view of a carry's buffer, which the end of the step overwrites)
                 raise NotRows("a carry's new value is a reshape of a carry")
-        for y in body.outputs[nk:]:
+        for j, y in enumerate(body.outputs[nk:]):
+            if j in self.after:              # (computed after the kernel)
+                continue
             if not (isinstance(y, Var) and (y in self.rows or y in xs or y in self.uniform)):
                 raise NotRows("a stacked result without a batch axis")
 
@@ -272,6 +278,7 @@ class _Rows:
                 self.batch_sums[j] = new_of[src]
                 out_of[y] = new_of[src]
                 dropped.update(chain)
+        self._find_epilogue(new_of, dropped)
         if not new_of:
             return
         eqns, texts = [], []
@@ -318,6 +325,95 @@ class _Rows:
             for v in e.inputs:
                 if isinstance(v, Var):
                     self.uses.setdefault(v, []).append(e)
+
+    def _find_epilogue(self, new_of, dropped):
+        """Stacked results computed from sums over the batch, per-step operands and
+        constants alone (a per-step ``mean``; ``2 * sum_b ...``): no row computes them,
+        so they run after the kernel, for all steps at once (the vmap pass batches their
+        equations over the steps), on the batch sums, which the kernel writes as per-row
+        partial sums (``self.hidden``).  Adds to ``new_of`` and ``dropped``; sets
+        ``self.after`` (output index -> result) and ``self.epilogue``."""
+        body, nc, nk, B = self.body, self.n_consts, self.n_carry, self.B
+        self.after, self.hidden, self.epilogue = {}, [], None
+        carries = body.inputs[nc:nc + nk]
+        shared = set(body.inputs[:nc]) | {carries[j] for j in self.fixed} | \
+            set(body.inputs[nc + nk:])
+        contributions = {e for _, es in self.acc.values() for e in es}
+        sums = {}                           # a sum over the batch -> its fused equation
+        for e in body.eqns:
+            domain = e.params.get("domain") if e.prim.name == "fused" else None
+            if not domain or int(domain[0]) != B:
+                continue
+            red_of = {v: q for q in e.params["body"].eqns for v in q.outputs}
+            for o, r in zip(e.outputs, e.params["body"].outputs):
+                red = red_of.get(r)
+                if o not in new_of and o not in contributions and red is not None and \
+                        red.prim.name == "reduce_sum" and 0 in red.params["axes"] and \
+                        tuple(red.inputs[0].shape) == tuple(domain) and \
+                        np.dtype(o.dtype).kind in "fc":
+                    sums[o] = e
+        nonrow, dep = set(shared) | set(sums), set(sums)
+        for e in body.eqns:
+            if e in dropped or any(o in sums for o in e.outputs):
+                continue
+            vins = [v for v in e.inputs if isinstance(v, Var)]
+            if e.outputs and all(v in nonrow for v in vins):
+                nonrow.update(e.outputs)
+                if any(v in dep for v in vins):
+                    dep.update(e.outputs)
+        targets = {j: y for j, y in enumerate(body.outputs[nk:])
+                   if isinstance(y, Var) and y in dep and j not in self.batch_sums}
+        if not targets:
+            return
+        # the equations the targets need (back to the sums, operands and constants)
+        needed, todo = set(), list(targets.values())
+        while todo:
+            v = todo.pop()
+            if v in shared or v in sums or v not in self.producer:
+                continue
+            e = self.producer[v]
+            if e not in needed:
+                needed.add(e)
+                todo += [u for u in e.inputs if isinstance(u, Var)]
+        used_sums = [v for v in sums if v in targets.values() or
+                     any(v in e.inputs for e in needed)]
+        inside = set(needed)
+        for e in needed | {sums[v] for v in used_sums}:
+            for v in e.outputs:
+                if e in needed and v not in dep:
+                    continue                # (of operands alone: may stay in the kernel)
+                if v not in sums and e not in needed:
+                    continue
+                if any(u not in inside for u in self.uses.get(v, [])) or \
+                        v in body.outputs[:nk] or (v in body.outputs[nk:] and
+                                                   v not in targets.values()):
+                    return                  # (a row or a carry reads it: the host loop)
+        ins = self.eqn.inputs
+        outer = dict(zip(body.inputs, ins))
+        operands = [v for v in dict.fromkeys(u for e in self.body.eqns if e in needed
+                                             for u in e.inputs if isinstance(u, Var))
+                    if v in shared]
+        if any(isinstance(outer[v], Lit) for v in operands):
+            return
+        eqns = _inlined([e for e in body.eqns if e in needed])
+        if eqns is None:
+            return
+        inputs = used_sums + operands
+        graph = Graph(tuple(inputs), tuple(eqns), tuple(targets.values()))
+        xs = set(body.inputs[nc + nk:])
+        self.epilogue = (graph, [v in xs or v in sums for v in inputs],
+                         [v if v in sums else outer[v] for v in inputs], dict(targets))
+        self.after = dict(targets)
+        for v in used_sums:
+            new_of[v] = Var((B,) + tuple(v.shape), v.dtype)
+            self.ctx.names[new_of[v]] = (self.ctx.names.get(v) or
+                                         self.ctx.temp().lstrip("_")) + "_rows"
+            self.hidden.append((v, new_of[v]))
+        # (what only the epilogue reads leaves the kernel)
+        for e in needed:
+            if e.outputs and all(o in dep or all(u in inside for u in self.uses.get(o, []))
+                                 and o not in body.outputs for o in e.outputs):
+                dropped.add(e)
 
     def _row(self, v):
         if v.ndim == 0 or int(v.shape[0]) != self.B:
@@ -375,6 +471,9 @@ class _Rows:
         ys, copies_early, copies_late, into, uniform_ys = [], [], [], {}, []
         xs = dict(zip(body.inputs[nc + nk:], ins[nc + nk:]))
         for j, (y, oy) in enumerate(zip(body.outputs[nk:], eqn.outputs[nk:])):
+            if j in self.after:              # (the epilogue's, after the kernel)
+                ys.append(None)
+                continue
             if y in xs:                      # a stacked operand handed back: itself
                 ys.append(ctx.on_device(xs[y]))
                 continue
@@ -388,6 +487,11 @@ class _Rows:
                 into[src] = f"{arr}.reshape({(T,) + tuple(src.shape)!r})"
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
+        hidden = {}                          # the epilogue's sums: per-row partials
+        for v, rows_of in self.hidden:
+            hidden[v] = self._host(f"_d.empty({(T,) + tuple(rows_of.shape)!r}, "
+                                   f"{dtype_expr(v.dtype)})")
+            into[rows_of] = f"{hidden[v]}.reshape({(T,) + tuple(rows_of.shape)!r})"
         carry_into = {}
         for j in range(nk):
             out = body.outputs[j]
@@ -516,6 +620,8 @@ class _Rows:
                 ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, ins[nc + j])}")
                 ctx.place[o] = "dev" if o.ndim else "host"
         for j, (arr, y, o) in enumerate(zip(ys, body.outputs[nk:], eqn.outputs[nk:])):
+            if j in self.after:
+                continue
             if j in self.batch_sums:
                 if tuple(o.shape) == (T,) + tuple(y.shape[1:]):
                     self._sum_rows(arr, (T,) + tuple(y.shape), 1, o)
@@ -530,6 +636,36 @@ class _Rows:
                 ctx.fresh.discard(o)          # (not a new array: copied if returned)
         for j in self.acc:
             self._finish_accumulator(j, {e: parts[e][0] for e in self.acc[j][1]})
+        if self.epilogue is not None:
+            self._run_epilogue(hidden)
+
+    def _run_epilogue(self, hidden):
+        """The epilogue (``_find_epilogue``) for all steps at once: each batch sum is its
+        partials summed over the batch, a ``(T, ...)`` array; the epilogue's Graph,
+        batched over the steps by the vmap pass, is lowered equation by equation."""
+        from ..passes.batching import batch_graph
+        ctx, T, nk = self.ctx, self.length, self.n_carry
+        graph, batched, outer, targets = self.epilogue
+        bg = batch_graph(graph, batched, T)
+        for bv, v, x in zip(bg.inputs, graph.inputs, outer):
+            if v in hidden:
+                ctx.names[bv] = ctx.temp()
+                self._sum_rows(hidden[v], (T, self.B) + tuple(v.shape), 1, bv)
+            else:
+                ctx.names[bv], ctx.place[bv] = ctx.names[x], ctx.place[x]
+        for q in bg.eqns:
+            for v in q.outputs:
+                ctx.names[v] = ctx.temp()
+            cg._lower_eqn(ctx, q, [f"{', '.join(ctx.names[v] for v in q.outputs)} = "
+                                   f"{q.prim.name} ...   (after the scan, every step at once)"])
+        seen = set()
+        for j, r in zip(targets, bg.outputs):
+            o = self.eqn.outputs[nk + j]
+            ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, r)}")
+            ctx.place[o] = "dev"
+            if r in ctx.fresh and r not in seen:    # (a kernel's new array, once)
+                ctx.fresh.add(o)
+            seen.add(r)
 
     def _param(self, v, arg, ndim, stepped=False):
         """A kernel parameter for body value ``v`` (passed ``arg`` by the host)."""
@@ -773,6 +909,28 @@ def _as_fused(eqn):
     if not cg._kernel_alone(eqn):
         return None
     return cg._fused_of_one(eqn)
+
+
+def _inlined(eqns):
+    """``eqns`` with each fused equation replaced by its body's equations (operands and
+    results renamed to the outer values); None if a fused result is not computed in its
+    body (an operand handed through)."""
+    out = []
+    for q in eqns:
+        if q.prim.name != "fused":
+            out.append(q)
+            continue
+        fb = q.params["body"]
+        if any(not isinstance(r, Var) or r in fb.inputs for r in fb.outputs) or \
+                len(set(fb.outputs)) != len(fb.outputs):
+            return None
+        sub = dict(zip(fb.inputs, q.inputs)) | dict(zip(fb.outputs, q.outputs))
+        for inner in fb.eqns:
+            out.append(inner.replace(
+                inputs=tuple(sub.get(v, v) if isinstance(v, Var) else v
+                             for v in inner.inputs),
+                outputs=tuple(sub.get(v, v) for v in inner.outputs)))
+    return out
 
 
 def _scalar_fused(eqn):
