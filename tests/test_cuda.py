@@ -433,6 +433,31 @@ def test_arithmetic_on_per_step_scalars_is_done_by_every_thread():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_epilogue_sums_of_operands_and_values_the_kernel_also_reads():
+    """Review regressions: a per-step sum of an operand alone (the per-row partials are
+    a copy of it: an empty fused body, which is not a reshape) and a value of per-step
+    scalars read both by the kernel and by the epilogue (its inputs stay in the
+    kernel)."""
+    h0, w = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    xb, xs, v = rng.standard_normal((5, 3)), rng.standard_normal(5), rng.standard_normal(3)
+    cases = [
+        (lambda h0, xs, w: gradc.scan(lambda h, x: (np.tanh(h * w + x[:, None]),
+                                                    np.mean(h) * np.sum(x)), h0, xs)[1],
+         (h0, xb, w)),
+        (lambda h0, xs, w, v: gradc.scan(lambda h, x: (np.tanh(h * w + x),
+                                                       np.mean(h) + np.sum(v)), h0, xs)[1],
+         (h0, xs, w, v)),
+        (lambda h0, xs, w: gradc.scan(lambda h, x: (np.tanh(h * w + (2 * x + 1)),
+                                                    np.sum(h) * (2 * x + 1)), h0, xs)[1],
+         (h0, xs, w)),
+    ]
+    for f, args in cases:
+        j = gradc.jit(f, target="cuda")
+        np.testing.assert_allclose(j(*args), gradc.jit(f, target="numpy")(*args),
+                                   rtol=1e-12, atol=1e-12)
+    assert ONE_KERNEL in gradc.jit(cases[2][0], target="cuda").source(*cases[2][1])
+
+
 def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
     """A per-step sum over the batch that the next step reads mixes the rows (only a
     sum that is only stacked becomes per-row partial sums)."""

@@ -409,11 +409,18 @@ class _Rows:
             self.ctx.names[new_of[v]] = (self.ctx.names.get(v) or
                                          self.ctx.temp().lstrip("_")) + "_rows"
             self.hidden.append((v, new_of[v]))
-        # (what only the epilogue reads leaves the kernel)
-        for e in needed:
-            if e.outputs and all(o in dep or all(u in inside for u in self.uses.get(o, []))
-                                 and o not in body.outputs for o in e.outputs):
-                dropped.add(e)
+        # (what only the epilogue reads leaves the kernel: its own equations, and those
+        # of operands alone that nothing left in the kernel reads)
+        drop = {e for e in needed if any(o in dep for o in e.outputs)}
+        changed = True
+        while changed:
+            changed = False
+            for e in needed - drop:
+                if all(o not in body.outputs and
+                       all(u in drop for u in self.uses.get(o, [])) for o in e.outputs):
+                    drop.add(e)
+                    changed = True
+        dropped.update(drop)
 
     def _row(self, v):
         if v.ndim == 0 or int(v.shape[0]) != self.B:
@@ -1011,6 +1018,7 @@ def _reshape_source(eqn):
     if eqn.prim.name != "fused" or len(eqn.inputs) != 1 or len(eqn.outputs) != 1 or \
             not isinstance(eqn.inputs[0], Var):
         return None
-    if all(e.prim.name == "reshape" for e in eqn.params["body"].eqns):
+    eqns = eqn.params["body"].eqns
+    if eqns and all(e.prim.name == "reshape" for e in eqns):
         return eqn.inputs[0]
-    return None
+    return None                     # (no equations: a copy, e.g. per-row sums of an operand)
