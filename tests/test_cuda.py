@@ -451,6 +451,9 @@ def test_epilogue_sums_of_operands_and_values_the_kernel_also_reads():
                                                     np.sum(h) * (2 * x + 1)), h0, xs)[1],
          (h0, xs, w)),
     ]
+    c = np.array([1.0, 2.0, 3.0])       # (a reduction of per-step scalars: the host loop)
+    cases.append((lambda h0, xs, w: np.sum(gradc.scan(
+        lambda h, x: (np.tanh(h * w + np.sum(c * x)), None), h0, xs)[0] ** 2), (h0, xs, w)))
     for f, args in cases:
         j = gradc.jit(f, target="cuda")
         np.testing.assert_allclose(j(*args), gradc.jit(f, target="numpy")(*args),

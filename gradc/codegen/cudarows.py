@@ -212,8 +212,8 @@ class _Rows:
         for e in body.eqns:
             if e in updates:
                 continue
-            if e.outputs and all(v.ndim == 0 for v in e.outputs) and \
-                    _scalar_fused(e) is not None and \
+            if e.outputs and all(v.ndim == 0 and v not in contributions for v in e.outputs) \
+                    and _scalar_fused(e) is not None and _reshape_source(e) is None and \
                     all(isinstance(v, Lit) or v.ndim == 0 and (v in shared or v in self.uniform)
                         for v in e.inputs):
                 self.uniform.update(e.outputs)
@@ -941,10 +941,11 @@ def _inlined(eqns):
 
 
 def _scalar_fused(eqn):
-    """A rank-0 fused or elementwise equation as a fused equation, else None."""
+    """A rank-0 fused (over no axes: no reductions) or elementwise equation as a fused
+    equation, else None."""
     from ..passes.fuse import ELEMENTWISE
     if eqn.prim.name == "fused":
-        return eqn
+        return eqn if tuple(eqn.params["domain"]) == () else None
     if len(eqn.outputs) == 1 and eqn.prim.name in ELEMENTWISE:
         return cg._fused_of_one(eqn)
     return None
