@@ -461,6 +461,23 @@ def test_epilogue_sums_of_operands_and_values_the_kernel_also_reads():
     assert ONE_KERNEL in gradc.jit(cases[2][0], target="cuda").source(*cases[2][1])
 
 
+def test_an_unexpected_failure_of_the_one_kernel_lowering_keeps_the_host_loop(monkeypatch):
+    """A case the row lowering misjudges (here: any error inside it) must not break the
+    program: the host loop runs, and the source says why."""
+    from gradc.codegen import cudarows
+
+    def broken(self):
+        raise KeyError("made up")
+    monkeypatch.setattr(cudarows._Rows, "lower", broken)
+    f, args = PROGRAMS["rows-loss"]
+    g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
+    src = g.source(*args)
+    assert "one-kernel lowering of this scan failed (KeyError: 'made up')" in src
+    assert ONE_KERNEL not in src
+    for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
     """A per-step sum over the batch that the next step reads mixes the rows (only a
     sum that is only stacked becomes per-row partial sums)."""

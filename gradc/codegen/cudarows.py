@@ -79,28 +79,37 @@ class _RowEmitter(cg._Emitter):
 
 def rows(ctx, eqn, body: Graph, text_of) -> bool:
     """Lower ``scan`` equation ``eqn`` (``body``: its body, optimised for the target) as
-    one kernel if its rows are independent; False (``ctx`` unchanged) if not."""
+    one kernel if its rows are independent; False (``ctx`` unchanged but for a comment
+    when the lowering failed unexpectedly) if not."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
                 set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals))
+    note = None
     try:
         _Rows(ctx, eqn, body, text_of).lower()
         return True
     except NotRows:
-        n_kernels, n_lines, consts, temps, fresh, place, copies, globs = snapshot
-        del ctx.kernels[n_kernels:]
-        del ctx.lines[n_lines:]
-        ctx.consts.clear()
-        ctx.consts.update(consts)
-        ctx.temps = temps
-        ctx.fresh.clear()
-        ctx.fresh.update(fresh)
-        ctx.place.clear()
-        ctx.place.update(place)
-        ctx.copies.clear()
-        ctx.copies.update(copies)
-        ctx.host_globals.clear()
-        ctx.host_globals.update(globs)
-        return False
+        pass
+    except Exception as e:   # (a case this lowering misjudged: the host loop is correct)
+        first = str(e).splitlines()[0] if str(e) else ""
+        note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: {first}): "
+                "the host loop instead")
+    n_kernels, n_lines, consts, temps, fresh, place, copies, globs = snapshot
+    del ctx.kernels[n_kernels:]
+    del ctx.lines[n_lines:]
+    ctx.consts.clear()
+    ctx.consts.update(consts)
+    ctx.temps = temps
+    ctx.fresh.clear()
+    ctx.fresh.update(fresh)
+    ctx.place.clear()
+    ctx.place.update(place)
+    ctx.copies.clear()
+    ctx.copies.update(copies)
+    ctx.host_globals.clear()
+    ctx.host_globals.update(globs)
+    if note:
+        ctx.lines.append(note)
+    return False
 
 
 class _Rows:
