@@ -246,47 +246,13 @@ class _Rows:
                 raise NotRows("a stacked result without a batch axis")
 
     def _batch_sums(self):
-        """Stacked results that sum over the batch (a per-step loss ``sum(h ** 2)``;
-        reverse mode's gradient of a per-step operand shared by the rows, possibly
-        reshaped): their reduction keeps the batch axis instead, the kernel writes the
-        rows' partial sums into a ``(T, B, ...)`` array like any row result, and one
-        reduction over the batch after the kernel gives the result (``self.batch_sums``:
-        output index -> the per-row value standing for it; the reshapes between the sum
-        and the result are dropped from the body and applied to the final sum)."""
-        body, nk, B = self.body, self.n_carry, self.B
-        self.batch_sums = {}
-        new_of, dropped = {}, set()         # old sum -> per-row partial sums
-        out_of = {}                         # body result -> what stands for it
-        for j, y in enumerate(body.outputs[nk:]):
-            if not isinstance(y, Var) or y in self.uses or y in out_of or \
-                    sum(o is y for o in body.outputs) != 1 or \
-                    np.dtype(y.dtype).kind not in "fc":
-                continue
-            src, chain = y, []              # (through reshapes used once)
-            while src in self.producer and _reshape_source(self.producer[src]) is not None:
-                chain.append(self.producer[src])
-                src = _reshape_source(chain[-1])
-                if len(self.uses.get(src, [])) != 1 or src in body.outputs:
-                    break
-            else:
-                e = self.producer.get(src)
-                if e is None or e.prim.name != "fused" or src in new_of or \
-                        self.uses.get(src, []) != chain[-1:]:
-                    continue
-                fbody = e.params["body"]
-                root = fbody.outputs[list(e.outputs).index(src)]
-                red = {v: q for q in fbody.eqns for v in q.outputs}.get(root)
-                if red is None or red.prim.name != "reduce_sum" or \
-                        0 not in red.params["axes"] or \
-                        tuple(int(d) for d in e.params["domain"][:1]) != (B,) or \
-                        tuple(red.inputs[0].shape) != tuple(e.params["domain"]):
-                    continue
-                new_of[src] = Var((B,) + tuple(src.shape), src.dtype)
-                self.ctx.names[new_of[src]] = (self.ctx.names.get(src) or
-                                               self.ctx.temp().lstrip("_")) + "_rows"
-                self.batch_sums[j] = new_of[src]
-                out_of[y] = new_of[src]
-                dropped.update(chain)
+        """Sums over the batch that only stacked results need (a per-step loss
+        ``sum(h ** 2)``, its ``mean``, reverse mode's gradient of a per-step operand
+        every row reads): their reduction keeps the batch axis instead, and the kernel
+        writes the rows' partial sums into ``(T, B, ...)`` arrays; what the results
+        compute from them runs after the kernel (``_find_epilogue``)."""
+        body = self.body
+        new_of, dropped = {}, set()         # a sum over the batch -> per-row partial sums
         self._find_epilogue(new_of, dropped)
         if not new_of:
             return
@@ -326,8 +292,7 @@ class _Rows:
             self.comments_of[fused] = comments
             eqns.append(fused)
         self.text_of = texts
-        self.body = body.replace(eqns=tuple(eqns),
-                                 outputs=tuple(out_of.get(o, o) for o in body.outputs))
+        self.body = body.replace(eqns=tuple(eqns))
         self.producer = {v: e for e in self.body.eqns for v in e.outputs}
         self.uses = {}
         for e in self.body.eqns:
@@ -337,7 +302,8 @@ class _Rows:
 
     def _find_epilogue(self, new_of, dropped):
         """Stacked results computed from sums over the batch, per-step operands and
-        constants alone (a per-step ``mean``; ``2 * sum_b ...``): no row computes them,
+        constants alone (a sum itself, a reshape of it, a per-step ``mean``,
+        ``2 * sum_b ...``): no row computes them,
         so they run after the kernel, for all steps at once (the vmap pass batches their
         equations over the steps), on the batch sums, which the kernel writes as per-row
         partial sums (``self.hidden``).  Adds to ``new_of`` and ``dropped``; sets
@@ -371,7 +337,7 @@ class _Rows:
                 if any(v in dep for v in vins):
                     dep.update(e.outputs)
         targets = {j: y for j, y in enumerate(body.outputs[nk:])
-                   if isinstance(y, Var) and y in dep and j not in self.batch_sums}
+                   if isinstance(y, Var) and y in dep}
         if not targets:
             return
         # the equations the targets need (back to the sums, operands and constants)
@@ -493,8 +459,7 @@ class _Rows:
             if y in xs:                      # a stacked operand handed back: itself
                 ys.append(ctx.on_device(xs[y]))
                 continue
-            shape = (T,) + tuple(y.shape)   # (a batch sum's: (T, B, ...) partial sums)
-            arr = self._host(f"_d.empty({shape!r}, {dtype_expr(oy.dtype)})")
+            arr = self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
             ys.append(arr)
             src = self._source(y)
             if y in self.uniform:            # (written once a step: see below)
@@ -637,15 +602,6 @@ class _Rows:
                 ctx.place[o] = "dev" if o.ndim else "host"
         for j, (arr, y, o) in enumerate(zip(ys, body.outputs[nk:], eqn.outputs[nk:])):
             if j in self.after:
-                continue
-            if j in self.batch_sums:
-                if tuple(o.shape) == (T,) + tuple(y.shape[1:]):
-                    self._sum_rows(arr, (T,) + tuple(y.shape), 1, o)
-                else:                         # (the result a reshape of the sum)
-                    total = Var((T,) + tuple(y.shape[1:]), o.dtype)
-                    ctx.names[total] = ctx.temp()
-                    self._sum_rows(arr, (T,) + tuple(y.shape), 1, total)
-                    self._result(o, f"{ctx.names[total]}.reshape({tuple(o.shape)!r})")
                 continue
             self._result(o, arr)
             if y in xs:
