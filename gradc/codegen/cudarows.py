@@ -252,8 +252,7 @@ class _Rows:
         writes the rows' partial sums into ``(T, B, ...)`` arrays; what the results
         compute from them runs after the kernel (``_find_epilogue``)."""
         body = self.body
-        new_of, dropped = {}, set()         # a sum over the batch -> per-row partial sums
-        self._find_epilogue(new_of, dropped)
+        new_of, dropped = self._find_epilogue()   # (sum -> per-row partials, left out)
         if not new_of:
             return
         eqns, texts = [], []
@@ -300,16 +299,17 @@ class _Rows:
                 if isinstance(v, Var):
                     self.uses.setdefault(v, []).append(e)
 
-    def _find_epilogue(self, new_of, dropped):
+    def _find_epilogue(self):
         """Stacked results computed from sums over the batch, per-step operands and
         constants alone (a sum itself, a reshape of it, a per-step ``mean``,
         ``2 * sum_b ...``): no row computes them,
         so they run after the kernel, for all steps at once (the vmap pass batches their
         equations over the steps), on the batch sums, which the kernel writes as per-row
-        partial sums (``self.hidden``).  Adds to ``new_of`` and ``dropped``; sets
-        ``self.after`` (output index -> result) and ``self.epilogue``."""
+        partial sums (``self.hidden``: sum -> its per-row value).  Sets ``self.after``
+        (output index -> result) and ``self.epilogue``; returns ``self.hidden`` and the
+        equations that leave the kernel."""
         body, nc, nk, B = self.body, self.n_consts, self.n_carry, self.B
-        self.after, self.hidden, self.epilogue = {}, [], None
+        self.after, self.hidden, self.epilogue = {}, {}, None
         carries = body.inputs[nc:nc + nk]
         shared = set(body.inputs[:nc]) | {carries[j] for j in self.fixed} | \
             set(body.inputs[nc + nk:])
@@ -322,14 +322,14 @@ class _Rows:
             red_of = {v: q for q in e.params["body"].eqns for v in q.outputs}
             for o, r in zip(e.outputs, e.params["body"].outputs):
                 red = red_of.get(r)
-                if o not in new_of and o not in contributions and red is not None and \
+                if o not in contributions and red is not None and \
                         red.prim.name == "reduce_sum" and 0 in red.params["axes"] and \
                         tuple(red.inputs[0].shape) == tuple(domain) and \
                         np.dtype(o.dtype).kind in "fc":
                     sums[o] = e
         nonrow, dep = set(shared) | set(sums), set(sums)
         for e in body.eqns:
-            if e in dropped or any(o in sums for o in e.outputs):
+            if any(o in sums for o in e.outputs):
                 continue
             vins = [v for v in e.inputs if isinstance(v, Var)]
             if e.outputs and all(v in nonrow for v in vins):
@@ -339,7 +339,7 @@ class _Rows:
         targets = {j: y for j, y in enumerate(body.outputs[nk:])
                    if isinstance(y, Var) and y in dep}
         if not targets:
-            return
+            return {}, set()
         # the equations the targets need (back to the sums, operands and constants)
         needed, todo = set(), list(targets.values())
         while todo:
@@ -352,38 +352,34 @@ class _Rows:
                 todo += [u for u in e.inputs if isinstance(u, Var)]
         used_sums = [v for v in sums if v in targets.values() or
                      any(v in e.inputs for e in needed)]
-        inside = set(needed)
         for e in needed | {sums[v] for v in used_sums}:
             for v in e.outputs:
                 if e in needed and v not in dep:
                     continue                # (of operands alone: may stay in the kernel)
                 if v not in sums and e not in needed:
                     continue
-                if any(u not in inside for u in self.uses.get(v, [])) or \
+                if any(u not in needed for u in self.uses.get(v, [])) or \
                         v in body.outputs[:nk] or (v in body.outputs[nk:] and
                                                    v not in targets.values()):
-                    return                  # (a row or a carry reads it: the host loop)
+                    return {}, set()        # (a row or a carry reads it: the host loop)
         ins = self.eqn.inputs
         outer = dict(zip(body.inputs, ins))
         operands = [v for v in dict.fromkeys(u for e in self.body.eqns if e in needed
                                              for u in e.inputs if isinstance(u, Var))
                     if v in shared]
-        if any(isinstance(outer[v], Lit) for v in operands):
-            return
         eqns = _inlined([e for e in body.eqns if e in needed])
-        if eqns is None:
-            return
+        if eqns is None or any(isinstance(outer[v], Lit) for v in operands):
+            return {}, set()
         inputs = used_sums + operands
         graph = Graph(tuple(inputs), tuple(eqns), tuple(targets.values()))
         xs = set(body.inputs[nc + nk:])
         self.epilogue = (graph, [v in xs or v in sums for v in inputs],
-                         [v if v in sums else outer[v] for v in inputs], dict(targets))
-        self.after = dict(targets)
+                         [v if v in sums else outer[v] for v in inputs])
+        self.after = targets
         for v in used_sums:
-            new_of[v] = Var((B,) + tuple(v.shape), v.dtype)
-            self.ctx.names[new_of[v]] = (self.ctx.names.get(v) or
-                                         self.ctx.temp().lstrip("_")) + "_rows"
-            self.hidden.append((v, new_of[v]))
+            self.hidden[v] = Var((B,) + tuple(v.shape), v.dtype)
+            self.ctx.names[self.hidden[v]] = (self.ctx.names.get(v) or
+                                              self.ctx.temp().lstrip("_")) + "_rows"
         # (what only the epilogue reads leaves the kernel: its own equations, and those
         # of operands alone that nothing left in the kernel reads)
         drop = {e for e in needed if any(o in dep for o in e.outputs)}
@@ -395,7 +391,7 @@ class _Rows:
                        all(u in drop for u in self.uses.get(o, [])) for o in e.outputs):
                     drop.add(e)
                     changed = True
-        dropped.update(drop)
+        return self.hidden, drop
 
     def _row(self, v):
         if v.ndim == 0 or int(v.shape[0]) != self.B:
@@ -469,7 +465,7 @@ class _Rows:
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
         hidden = {}                          # the epilogue's sums: per-row partials
-        for v, rows_of in self.hidden:
+        for v, rows_of in self.hidden.items():
             hidden[v] = self._host(f"_d.empty({(T,) + tuple(rows_of.shape)!r}, "
                                    f"{dtype_expr(v.dtype)})")
             into[rows_of] = f"{hidden[v]}.reshape({(T,) + tuple(rows_of.shape)!r})"
@@ -617,7 +613,7 @@ class _Rows:
         batched over the steps by the vmap pass, is lowered equation by equation."""
         from ..passes.batching import batch_graph
         ctx, T, nk = self.ctx, self.length, self.n_carry
-        graph, batched, outer, targets = self.epilogue
+        graph, batched, outer = self.epilogue
         bg = batch_graph(graph, batched, T)
         for bv, v, x in zip(bg.inputs, graph.inputs, outer):
             if v in hidden:
@@ -631,7 +627,7 @@ class _Rows:
             cg._lower_eqn(ctx, q, [f"{', '.join(ctx.names[v] for v in q.outputs)} = "
                                    f"{q.prim.name} ...   (after the scan, every step at once)"])
         seen = set()
-        for j, r in zip(targets, bg.outputs):
+        for j, r in zip(self.after, bg.outputs):
             o = self.eqn.outputs[nk + j]
             ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, r)}")
             ctx.place[o] = "dev"
