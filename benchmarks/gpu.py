@@ -6,7 +6,11 @@ bandwidth reference.
 * G1: Rosenbrock gradient, n = 2^26 (float64 and float32);
 * G2: W2's scalar function ``sin(ab) + exp(c / (1 + a²)) log(1 + b²) - abc``, its
   gradient at each of n = 2^24 independent points (``vmap(grad)``; one gradc kernel);
-* G3: the W3 MLP loss gradient, float32, B=4096, D=1024, H=1024, C=10;
+* G3: the W3 MLP loss gradient, float32, B=4096, D=1024, H=1024, C=10, twice: with
+  float32 products for everyone ("highest": gradc's default, PyTorch's, JAX's
+  ``jax_default_matmul_precision="float32"``), and with TensorFloat-32 products for
+  everyone ("high": ``gradc.set_float32_matmul_precision("high")``, JAX's default on
+  these GPUs, PyTorch's ``allow_tf32``);
 * G4: the W4 CRF log-partition gradient through ``scan``, float32, B=256, T=128, K=64.
 
 Inputs live on the device for every implementation (numba.cuda device arrays for
@@ -124,7 +128,17 @@ def crf_gradc(U, A):
     return np.sum(gradc.logsumexp(alpha, axis=1))
 
 
-def cases(name, size, dtype, rng, found):
+def with_precision(jax, fn, precision):
+    """A JAX function traced and run with float32 products at ``precision``."""
+    level = {"highest": "float32", "high": "tensorfloat32"}[precision]
+
+    def run(*args):
+        with jax.default_matmul_precision(level):
+            return fn(*args)
+    return run
+
+
+def cases(name, size, dtype, rng, found, precision="highest"):
     """(inputs on the host, gradc's function for a target, {peer: (function, inputs on
     its device)}, bytes moved) for one workload."""
     out = {}
@@ -163,10 +177,12 @@ def cases(name, size, dtype, rng, found):
         g = lambda target: gradc.grad(mlp(np), argnums=(0, 1), target=target)  # noqa: E731
         if "jax" in found:
             jax = found["jax"]
-            out["JAX jit(grad)"] = (jax.jit(jax.grad(mlp(jax.numpy), argnums=(0, 1))),
-                                    [jax.device_put(v) for v in (W1, W2, X, onehot)])
+            out["JAX jit(grad)"] = (with_precision(jax, jax.jit(jax.grad(
+                mlp(jax.numpy), argnums=(0, 1))), precision),
+                [jax.device_put(v) for v in (W1, W2, X, onehot)])
         if "torch" in found:
             torch = found["torch"]
+            torch.backends.cuda.matmul.allow_tf32 = precision == "high"
             ts = [torch.tensor(v, device="cuda") for v in (W1, W2, X, onehot)]
             ts[0].requires_grad_(True)
             ts[1].requires_grad_(True)
@@ -220,9 +236,14 @@ def run(args):
     rng = np.random.default_rng(0)
     rows = []
     for name in args.only:
-        dtypes = (np.float64, np.float32) if name in ("G1", "G2") else (np.float32,)
-        for dtype in dtypes:
-            host, make, peer_fns, nbytes = cases(name, sizes[name], dtype, rng, found)
+        variants = [(np.float64, "highest"), (np.float32, "highest")] \
+            if name in ("G1", "G2") else [(np.float32, "highest")]
+        if name == "G3":
+            variants.append((np.float32, "high"))
+        for dtype, precision in variants:
+            gradc.set_float32_matmul_precision(precision)
+            host, make, peer_fns, nbytes = cases(name, sizes[name], dtype, rng, found,
+                                                 precision)
             g = make("cuda")
             dev = [cuda.to_device(v) for v in host]
             ours = g(*dev)
@@ -244,12 +265,13 @@ def run(args):
                 else:
                     times[label] = timed(lambda: fn(*inputs), sync_for(label, found),
                                          args.repeats)
-            tol = 1e-3 if dtype == np.float32 else 1e-9
+            tol = 1e-9 if dtype == np.float64 else 1e-3 if precision == "highest" else 2e-2
             err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
                       for a, b in zip(ours, ref))
             copy = copy_time(nbytes, args.repeats) if nbytes else None
-            rows.append((name, np.dtype(dtype).name, times, copy, nbytes, err, err <= tol))
-            print(f"{name} {np.dtype(dtype).name}: " + ", ".join(
+            label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
+            rows.append((name, label, times, copy, nbytes, err, err <= tol))
+            print(f"{name} {label}: " + ", ".join(
                 f"{k} {v * 1e3:.3f} ms" for k, v in times.items())
                 + (f", copy {copy * 1e3:.3f} ms" if copy else "")
                 + f"; max rel difference {err:.1e}; peers' max abs differences "

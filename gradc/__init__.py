@@ -11,6 +11,7 @@ from . import ops  # noqa: F401
 from .api import grad, jit, jvp, make_graph, stop_gradient, value_and_grad, vjp, vmap
 from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.directory())
 from .codegen.compile import GradcWarning
+from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_precision
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
                      GradcError, NonScalarOutputError,
                      ShapeError, TracerLeakError, UnsupportedError)
@@ -34,6 +35,7 @@ __all__ = [
     "grad", "value_and_grad", "jvp", "vjp", "jit", "vmap", "make_graph", "stop_gradient",
     "eval_graph", "jacfwd", "jacrev", "jacobian", "jacobian_plan", "hessian", "hvp",
     "show", "to_sympy", "check", "draw", "cache", "GradcWarning", "ConvergenceWarning",
+    "set_float32_matmul_precision", "get_float32_matmul_precision",
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop",

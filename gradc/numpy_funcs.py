@@ -44,6 +44,15 @@ def _no_out(out, name):
 
 # ---------------------------------------------------------------- reductions
 
+def _accumulating(x, dtype):
+    """``x`` in the dtype NumPy sums, multiplies or accumulates it in: ``dtype`` when
+    given, else NumPy's default, which widens bool and the integers narrower than the
+    platform integer (``np.sum`` of int8 is int64, of uint16 uint64)."""
+    if dtype is None:
+        dtype = np.add.reduce(np.zeros(1, dtype_of(x))).dtype
+    return x if np.dtype(dtype) == dtype_of(x) else astype(x, dtype)
+
+
 def _masked(x, where, fill):
     """``x`` with the entries outside ``where`` replaced by ``fill`` (for ``where=``)."""
     if where is None or where is True:
@@ -56,12 +65,7 @@ def _masked(x, where, fill):
 @implements(np.sum)
 def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
     _no_out(out, "sum")
-    x = operand(x)
-    if dtype is not None:
-        x = astype(x, dtype)
-    elif dtype_of(x) == np.dtype(bool):
-        x = astype(x, np.int64)
-    x = _masked(x, where, 0)
+    x = _masked(_accumulating(operand(x), dtype), where, 0)
     axes = _axes(axis, _ndim(x))
     y = ops.reduce_sum(x, axes)
     if initial is not None:
@@ -123,10 +127,7 @@ min = implements(np.min, np.amin)(_extremum(ops.reduce_min, "min"))
 @implements(np.prod)
 def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
     _no_out(out, "prod")
-    x = operand(x)
-    if dtype is not None:
-        x = astype(x, dtype)
-    x = _masked(x, where, 1)
+    x = _masked(_accumulating(operand(x), dtype), where, 1)
     axes = _axes(axis, _ndim(x))
     y = ops.reduce_prod(x, axes)
     if initial is not None:
@@ -165,9 +166,8 @@ implements(np.argmin)(_arg(ops.argmin))
 
 @implements(np.cumsum)
 def cumsum(x, axis=None, dtype=None, out=None):
-    x = operand(x)
-    if dtype is not None:
-        x = astype(x, dtype)
+    _no_out(out, "cumsum")
+    x = _accumulating(operand(x), dtype)
     if axis is None:
         x, axis = ravel(x), 0
     return ops.cumsum(x, _axis(axis, _ndim(x)))

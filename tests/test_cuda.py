@@ -551,6 +551,35 @@ def test_cumsum_of_booleans_and_small_integers_sums_as_numpy(target):
         np.testing.assert_array_equal(got, f(x))
 
 
+def _narrow(x):
+    u = x.astype(np.uint8)
+    return (np.sum(x * x), np.sum(x * 3, dtype=np.int8), (x * x) > 0, x[0] * x[1] + x[2],
+            np.prod(x[:40].astype(np.int16) + 3, dtype=np.int16), u * u, np.sum(u > 100),
+            np.max(np.outer(x[:5], x[:5]) * 2, axis=1))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "parallel", "cuda"])
+def test_narrow_integers_wrap_and_widen_as_numpy(target):
+    """Integers narrower than 64 bits wrap at their own width (Numba computes with them
+    as int64: int8 ``100 * 3`` must be 44 before it is compared or summed), and
+    ``np.sum``/``np.prod`` widen them to the default integer unless given a dtype (a
+    review found int8 kept: wrong sums, and an OverflowError from a rank-0 result)."""
+    import warnings
+    n = 20_000 if target == "parallel" else 300                # (prange-sized)
+    x = (np.arange(n) % 251 - 120).astype(np.int8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # NumPy's overflow warnings
+        want = _narrow(x)
+        f = gradc.jit(_narrow, target=target)
+        got = f(x)
+    for g, w in zip(got, want):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
+        assert g.dtype == np.asarray(w).dtype
+        np.testing.assert_array_equal(g, w)
+    if target == "cuda":               # (the simulator wraps anyway: the casts are there)
+        assert "np.int8((a[" in f.source(x)
+
+
 def test_solve_of_no_systems():
     f = gradc.jit(lambda a, b: np.linalg.solve(a, b), target="cuda")
     assert f(np.zeros((0, 2, 2)), np.zeros((0, 2, 1))).shape == (0, 2, 1)
@@ -764,6 +793,64 @@ def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
     assert calls and set(calls) <= {name.split("-")[0], "det"}
     np.testing.assert_allclose(v, vw, rtol=1e-12)
     np.testing.assert_allclose(d, dw, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stream, waits", [(0, False), (7, True)])
+def test_cupy_results_are_imported_without_a_host_wait_on_the_null_stream(
+        monkeypatch, stream, waits):
+    """CuPy's products come back as numba views; on the legacy default stream (shared
+    with numba's launches) the view drops the ``stream`` entry, so that importing it
+    does not synchronise (a host wait after every cuBLAS call); on another stream the
+    entry stays and the import waits for it."""
+    import types
+
+    from gradc.codegen import cuda
+    seen = []
+    fake_cuda = types.SimpleNamespace(from_cuda_array_interface=lambda desc, owner: (
+        seen.append(desc) or ("view", owner)))
+    fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_current_stream=lambda: types.SimpleNamespace(ptr=stream)))
+    out = types.SimpleNamespace(__cuda_array_interface__={
+        "shape": (2, 3), "typestr": "<f4", "data": (1234, False), "version": 3,
+        "strides": None, "stream": stream or 1})
+    monkeypatch.setattr(cuda, "_CUDA", fake_cuda)
+    assert cuda.from_cupy(fake_cp, out) == ("view", out)
+    assert ("stream" in seen[0]) == waits
+    assert seen[0]["data"] == (1234, False) and seen[0]["shape"] == (2, 3)
+
+
+def test_float32_matmul_precision_sets_cublas_compute_type_for_one_call():
+    """``set_float32_matmul_precision("high")``: CuPy's float32 products use
+    TensorFloat-32 during gradc's call (what cuBLAS reads when the product is
+    launched), and CuPy's own setting is back afterwards; float64 is untouched.  A
+    stand-in records the compute type each product saw."""
+    import types
+
+    from gradc.codegen import cuda
+    state = {np.dtype(np.float32): 1, np.dtype(np.float64): 1}
+    seen = []
+    lin = types.SimpleNamespace(
+        COMPUTE_TYPE_TF32=7, COMPUTE_TYPE_BF16=6,
+        get_compute_type=lambda dt: state[np.dtype(dt)],
+        set_compute_type=lambda dt, ct: state.__setitem__(np.dtype(dt), ct))
+    fake_cp = types.SimpleNamespace(
+        _core=types.SimpleNamespace(_routines_linalg=lin),
+        matmul=lambda x, y: seen.append(state[x.dtype]) or x @ y)
+    a32, a64 = np.ones((2, 3), np.float32), np.ones((2, 3))
+    assert gradc.get_float32_matmul_precision() == "highest"
+    try:
+        for precision, want in (("highest", [1, 1]), ("high", [7, 1]), ("medium", [6, 1])):
+            gradc.set_float32_matmul_precision(precision)
+            seen.clear()
+            for a in (a32, a64):
+                with cuda._ComputeType(fake_cp, a.dtype):
+                    out = cuda.matmul_einsum(fake_cp, "ij,kj->ik", a, a)
+                np.testing.assert_array_equal(out, a @ a.T)
+            assert seen == want and set(state.values()) == {1}
+        with pytest.raises(gradc.ArgumentError, match="'low' is not one of"):
+            gradc.set_float32_matmul_precision("low")
+    finally:
+        gradc.set_float32_matmul_precision("highest")
 
 
 def test_decompositions_without_cupy_run_on_the_host():

@@ -24,6 +24,13 @@ Device memory
     ``CachingMemoryManager``, a numba EMM plugin that keeps blocks of every size it has
     handed out and hands them out again once every array and view on them has died.
 
+Matrix products in float32
+    ``gradc.set_float32_matmul_precision`` (PyTorch's names): "highest", the default,
+    computes float32 products in float32; "high" lets cuBLAS use TensorFloat-32 tensor
+    cores (10-bit mantissas in, float32 sums: JAX's default on such GPUs), "medium"
+    bfloat16 ones.  Read at each call, for the products CuPy computes (cuBLAS); the
+    generated tiled kernels and the CPU targets always compute in float32.
+
 Inside kernels
     The functions a kernel calls through ``_d`` (this module) are libdevice's or
     ``math``'s under CUDA and NumPy's ufuncs under the simulator, so that a NaN or an
@@ -318,6 +325,64 @@ def matmul_einsum(xp, spec, x, y):
     return out.transpose([(batch + m + n).index(c) for c in so])
 
 
+_PRECISIONS = {"highest": None, "high": "COMPUTE_TYPE_TF32", "medium": "COMPUTE_TYPE_BF16"}
+_precision = "highest"
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """How float32 matrix products on the GPU are computed: "highest" (float32, the
+    default), "high" (TensorFloat-32 tensor cores where the GPU has them: about 3
+    decimal digits per product, float32 sums; JAX's default on such GPUs) or "medium"
+    (bfloat16).  As ``torch.set_float32_matmul_precision``: it applies to the products
+    cuBLAS computes for ``target="cuda"`` (with CuPy installed), read at each call;
+    the CPU targets and float64 always compute exactly as NumPy does."""
+    global _precision
+    if precision not in _PRECISIONS:
+        raise ArgumentError(f"gradc.set_float32_matmul_precision: {precision!r} is not "
+                            f"one of {', '.join(map(repr, _PRECISIONS))}")
+    _precision = precision
+
+
+def get_float32_matmul_precision() -> str:
+    return _precision
+
+
+class _ComputeType:
+    """CuPy's cuBLAS compute type for float32 products set to the chosen precision's
+    for the duration of one call, then put back (it is CuPy's process-wide setting)."""
+
+    def __init__(self, cp, dtype):
+        name = _PRECISIONS[_precision] if np.dtype(dtype) == np.float32 else None
+        self.linalg = getattr(getattr(cp, "_core", None), "_routines_linalg", None)
+        self.wanted = None if name is None or self.linalg is None \
+            else getattr(self.linalg, name, None)
+        self.dtype = dtype
+
+    def __enter__(self):
+        if self.wanted is not None:
+            self.old = self.linalg.get_compute_type(self.dtype)
+            self.linalg.set_compute_type(self.dtype, self.wanted)
+
+    def __exit__(self, *exc):
+        if self.wanted is not None:
+            self.linalg.set_compute_type(self.dtype, self.old)
+
+
+def from_cupy(cp, out):
+    """A numba view of CuPy's result ``out``, without a host wait where none is needed.
+    CuPy's array interface names the stream that wrote ``out``, and a consumer imports
+    it by synchronising that stream: the host would wait for every cuBLAS product
+    before launching the next kernel.  On CuPy's null stream, the legacy default
+    stream that numba's launches use too, the GPU already runs the work in order: the
+    view is made as of the default stream (no ``stream`` entry), so neither numba now
+    nor CuPy, reading the view back for a next product, waits.  From any other stream
+    the import waits, as the protocol asks."""
+    desc = out.__cuda_array_interface__
+    if cp.cuda.get_current_stream().ptr == 0:
+        desc = {k: v for k, v in desc.items() if k != "stream"}
+    return _CUDA.from_cuda_array_interface(desc, owner=out)
+
+
 def _set_cupy() -> None:
     """CuPy's ``einsum`` (cuBLAS), ``linalg.solve`` (cuSOLVER's LU) and decompositions
     (``LINALG``) for the generated code when CuPy is installed (None otherwise: the
@@ -330,19 +395,20 @@ def _set_cupy() -> None:
 
     def einsum(spec, x, y, shape):
         x, y = cp.asarray(x), cp.asarray(y)
-        out = matmul_einsum(cp, spec, x, y)
-        if out is None:
-            out = cp.einsum(spec, x, y)
-        return _CUDA.as_cuda_array(cp.ascontiguousarray(out).reshape(shape))
+        with _ComputeType(cp, x.dtype):
+            out = matmul_einsum(cp, spec, x, y)
+            if out is None:
+                out = cp.einsum(spec, x, y)
+        return from_cupy(cp, cp.ascontiguousarray(out).reshape(shape))
 
     def solve(a, b):
-        out = cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a), cp.asarray(b)))
-        return _CUDA.as_cuda_array(out)
+        return from_cupy(cp, cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a),
+                                                                  cp.asarray(b))))
 
     def linalg(name, a):
         # (rank-0 results, a single matrix's det, come back as NumPy scalars: kernels
         # take them as scalar arguments)
-        return [r.get()[()] if r.ndim == 0 else _CUDA.as_cuda_array(r)
+        return [r.get()[()] if r.ndim == 0 else from_cupy(cp, r)
                 for r in linalg_on(cp, name, cp.asarray(a))]
     cupy_einsum, cupy_solve, cupy_linalg = einsum, solve, linalg
 

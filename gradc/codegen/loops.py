@@ -25,7 +25,7 @@ from ..ir import Lit
 from ..passes.indexmap import Affine as _Affine
 from ..passes.indexmap import operand_indices, pad_window
 from .pysource import TEMPLATES as ELEMENT_TEMPLATES   # NumPy's ufuncs work on scalars too
-from .pysource import dtype_expr, scalar_literal
+from .pysource import dtype_expr, narrow, scalar_literal
 
 _IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
 
@@ -81,6 +81,8 @@ class _Emitter:
             return found
         eqn = self.producer[atom]
         expr = self.compute(eqn, idx, depth)
+        if eqn.prim.name in ELEMENT_TEMPLATES and eqn.prim.name != "convert_element_type":
+            expr = narrow(expr, atom.dtype)
         if eqn not in self.commented:
             self.commented.add(eqn)
             for line in self.comments[eqn]:
@@ -275,6 +277,10 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
             kept = [c for k, c in enumerate(idx) if k not in e.params["axes"]]
             target = f"{names[r]}[{em.subscript(kept)}]"
             lines.append("    " * (last + chunked) + f"{target} = {_combine(kind, target, acc)}")
+    # a rank-0 sum or product of narrow integers accumulates as int64 (a prange
+    # reduction must be a plain ``+=``); wrapped once at the end, it is NumPy's value
+    lines.extend(f"{names[r]} = {narrow(names[r], r.dtype)}" for r in reductions
+                 if r.ndim == 0 and narrow("", r.dtype))
     return lines
 
 

@@ -86,6 +86,17 @@ def scalar_literal(value, dtype) -> str:
     return f"{dtype_expr(dtype)}({value})"
 
 
+def narrow(expr: str, dtype) -> str:
+    """``expr`` cast back to ``dtype`` when that is an integer narrower than 64 bits:
+    Numba computes with those as int64 where NumPy wraps them at their own width, so a
+    value kept in a local (a loop's element, a rank-0 result) must wrap where NumPy's
+    would (int8 ``100 * 3`` is 44, and ``np.sum`` of int8 products adds the 44s)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and dtype.itemsize < 8:
+        return f"{dtype_expr(dtype)}({expr})"
+    return expr
+
+
 def _tuple(values) -> str:
     values = tuple(int(v) for v in values)
     return repr(values)
@@ -623,6 +634,8 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             code = _ufunc_objmode(ctx, eqn, args, outs)
         elif prim in TEMPLATES:
             code = TEMPLATES[prim].format(*args)
+            if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
+                code = narrow(code, eqn.outputs[0].dtype)
         elif prim == "fused":
             from .loops import lower_fused
             inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}

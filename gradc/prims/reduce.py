@@ -49,7 +49,7 @@ def _normalise_axes(axes, ndim):
 # ---------------------------------------------------------------- sum
 
 reduce_sum_p = Primitive("reduce_sum")
-reduce_sum_p.impl = lambda x, axes: np.sum(x, axis=axes)
+reduce_sum_p.impl = lambda x, axes: np.sum(x, axis=axes, dtype=x.dtype)   # (no widening)
 reduce_sum_p.abstract = _reduce_abstract
 deflinear(reduce_sum_p, lambda ct, x, axes: [_expand(ct, x.shape, axes)])
 
@@ -101,7 +101,7 @@ def reduce_min(x, axes=None):
 # ---------------------------------------------------------------- prod
 
 reduce_prod_p = Primitive("reduce_prod")
-reduce_prod_p.impl = lambda x, axes: np.prod(x, axis=axes)
+reduce_prod_p.impl = lambda x, axes: np.prod(x, axis=axes, dtype=x.dtype)
 reduce_prod_p.abstract = _reduce_abstract
 
 
