@@ -19,8 +19,8 @@ import inspect
 import numpy as np
 
 from . import ops
-from .errors import ShapeError, UnsupportedError, with_location
-from .ir import is_float
+from .errors import DTypeError, ShapeError, UnsupportedError, with_location
+from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .trace import Tracer, dtype_of, shape_of
 
@@ -201,18 +201,29 @@ UFUNCS.update({np.logical_and: _logical(ops.logical_and),
                np.logical_not: _logical(ops.logical_not)})
 
 
-def _bitwise(op, name):
+def _bitwise(logical, integer, name):
+    """NumPy's bitwise ufuncs: logical on booleans, bit by bit on integers."""
     def apply(*xs):
-        if any(dtype_of(operand(x)) != np.dtype(bool) for x in xs):
-            raise UnsupportedError(with_location(f"np.{name} is supported on boolean arrays only"))
-        return _logical(op)(*xs)
+        xs = promote(*xs)
+        dtype = dtype_of(xs[0])
+        if dtype == np.dtype(bool) and logical is not None:
+            return logical(*broadcast(*xs))
+        if not np.issubdtype(dtype, np.integer):
+            raise DTypeError(with_location(
+                f"np.{name} needs integer or boolean operands, got {dtype_name(dtype)}"))
+        return integer(*broadcast(*xs))
+    apply.__name__ = name
     return apply
 
 
-UFUNCS.update({np.bitwise_and: _bitwise(ops.logical_and, "bitwise_and"),
-               np.bitwise_or: _bitwise(ops.logical_or, "bitwise_or"),
-               np.bitwise_xor: _bitwise(ops.logical_xor, "bitwise_xor"),
-               np.invert: _bitwise(ops.logical_not, "invert")})
+UFUNCS.update({
+    np.bitwise_and: _bitwise(ops.logical_and, ops.bitwise_and, "bitwise_and"),
+    np.bitwise_or: _bitwise(ops.logical_or, ops.bitwise_or, "bitwise_or"),
+    np.bitwise_xor: _bitwise(ops.logical_xor, ops.bitwise_xor, "bitwise_xor"),
+    np.invert: _bitwise(ops.logical_not, ops.bitwise_not, "invert"),
+    np.left_shift: _bitwise(None, ops.left_shift, "left_shift"),
+    np.right_shift: _bitwise(None, ops.right_shift, "right_shift"),
+})
 
 
 @implements(np.isinf)
@@ -232,9 +243,30 @@ def conjugate(x):
 @implements(np.floor_divide)
 def floor_divide(x, y):
     x, y = broadcast(*promote(x, y))
-    if is_float(dtype_of(x)):
-        return ops.floor(ops.div(x, y))
-    raise UnsupportedError(with_location("np.floor_divide on traced integer arrays"))
+    if dtype_of(x) == np.dtype(bool):
+        x, y = astype(x, np.int8), astype(y, np.int8)
+    if not is_float(dtype_of(x)):
+        return ops.floordiv(x, y)
+    # NumPy's float floor division is exact: the quotient of x minus its remainder
+    # (itself exact) is within rounding of an integer, which rint recovers; floor(x / y)
+    # is not (1.0 // 0.1 is 9.0: x / y rounds up to 10.0).  As NumPy's: x // 0 is x / 0,
+    # a zero quotient takes the sign of x / y, and a finite x over an infinite y is -1
+    # when their signs differ.  Piecewise constant: no derivative flows.
+    x, y = ops.stop_gradient(x), ops.stop_gradient(y)
+    quotient = ops.div(x, y)
+    signed_zero = ops.mul(quotient, 0.0)
+    q = ops.round(ops.div(ops.sub(x, ops.rem(x, y)), y))
+    q = ops.select(ops.eq(q, 0.0), signed_zero, q)
+    opposite = ops.logical_and(ops.ne(x, 0.0), ops.ne(ops.lt(x, 0.0), ops.lt(y, 0.0)))
+    over_infinity = ops.select(opposite, np.asarray(-1.0, dtype_of(x)), signed_zero)
+    infinite_y = ops.logical_not(ops.logical_or(ops.isfinite(y), ops.isnan(y)))
+    q = ops.select(ops.logical_and(infinite_y, ops.isfinite(x)), over_infinity, q)
+    return ops.select(ops.eq(y, 0.0), quotient, q)
+
+
+@implements(np.divmod)
+def divmod_(x, y):
+    return floor_divide(x, y), UFUNCS[np.remainder](x, y)
 
 
 @implements(np.square)

@@ -11,7 +11,7 @@ import builtins
 import numpy as np
 
 from . import ops
-from .errors import ShapeError, UnsupportedError, with_location
+from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
 from .numpy_api import (_axis, astype, broadcast, elementwise, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
@@ -473,6 +473,161 @@ def take(x, indices, axis=None, out=None, mode=None):
     key = (slice(None),) * axis + (operand(indices),)
     from .numpy_api import getitem
     return getitem(x, key)
+
+
+# ---------------------------------------------------------------- sorting
+
+@implements(np.take_along_axis)
+def take_along_axis(arr, indices, axis=-1):
+    arr, indices = operand(arr), operand(indices)
+    if axis is None:
+        arr, axis = ravel(arr), 0
+    if not np.issubdtype(dtype_of(indices), np.integer):
+        raise DTypeError(with_location("np.take_along_axis: indices must be integers, got "
+                                       f"{dtype_of(indices)}"))
+    nd = _ndim(arr)
+    if _ndim(indices) != nd:
+        raise ShapeError(with_location("np.take_along_axis: indices and arr must have the "
+                                       f"same number of dimensions ({_ndim(indices)} != {nd})"))
+    axis = _axis(axis, nd)
+    key = tuple(indices if d == axis else
+                np.arange(n).reshape(tuple(n if k == d else 1 for k in range(nd)))
+                for d, n in enumerate(shape_of(arr)))
+    from .numpy_api import getitem
+    return getitem(arr, key)
+
+
+def _sorted_along(x, axis, name, order=None):
+    if order is not None:
+        raise UnsupportedError(with_location(f"np.{name}(..., order=...) on traced arrays"))
+    x = operand(x)
+    if axis is None:
+        x, axis = ravel(x), 0
+    return x, _axis(axis, _ndim(x))
+
+
+@implements(np.argsort)
+def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
+    """A stable sort (NaNs last): NumPy's default kind is not stable, so the order of
+    equal elements may differ from NumPy's unless ``kind="stable"``."""
+    a, axis = _sorted_along(a, axis, "argsort", order)
+    return ops.argsort(a, axis)
+
+
+@implements(np.sort)
+def sort(a, axis=-1, kind=None, order=None, *, stable=None):
+    """The elements gathered in their sorted order: the derivative moves with them."""
+    a, axis = _sorted_along(a, axis, "sort", order)
+    return take_along_axis(a, ops.argsort(a, axis), axis)
+
+
+def _check_kth(a, kth, axis):
+    n = shape_of(a)[axis]
+    for k in np.atleast_1d(np.asarray(kth)).ravel():
+        if not -n <= int(k) < n:
+            raise ShapeError(with_location(f"kth(={int(k)}) out of bounds ({n})"))
+
+
+@implements(np.partition)
+def partition(a, kth, axis=-1, kind="introselect", order=None):
+    """A full sort: one of the partitions NumPy's contract allows."""
+    a, ax = _sorted_along(a, axis, "partition", order)
+    _check_kth(a, kth, ax)
+    return sort(a, ax)
+
+
+@implements(np.argpartition)
+def argpartition(a, kth, axis=-1, kind="introselect", order=None):
+    a, ax = _sorted_along(a, axis, "argpartition", order)
+    _check_kth(a, kth, ax)
+    return ops.argsort(a, ax)
+
+
+def _sorted_lines(a, axis):
+    """``a`` (promoted to float) sorted along the given axes merged into the last one,
+    the kept axes in front; with the kept shape and the axes."""
+    (a,) = promote(a, float_result=True)
+    axes = _axes(axis, _ndim(a))
+    kept = tuple(d for i, d in enumerate(shape_of(a)) if i not in axes)
+    n = int(np.prod([shape_of(a)[i] for i in axes], dtype=np.int64))
+    lines = reshape(moveaxis(a, axes, tuple(range(-len(axes), 0))), kept + (n,))
+    return sort(lines, -1), kept, axes, n
+
+
+_QUANTILE_METHODS = ("linear", "lower", "higher", "nearest", "midpoint")
+
+
+def _quantile(a, q, axis, method, keepdims, name):
+    if isinstance(q, Tracer):
+        raise UnsupportedError(with_location(
+            f"np.{name}: q must be a constant (the positions read depend on it)"))
+    if method not in _QUANTILE_METHODS:
+        raise UnsupportedError(with_location(
+            f"np.{name}(..., method={method!r}) on traced arrays; supported: "
+            + ", ".join(_QUANTILE_METHODS)))
+    q = np.asarray(q, np.float64)
+    if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
+        scale = "[0, 100]" if name == "percentile" else "[0, 1]"
+        raise ArgumentError(with_location(f"np.{name}: q must be in the range {scale}"))
+    s, kept, axes, n = _sorted_lines(a, axis)
+    if n == 0:
+        raise ShapeError(with_location(f"np.{name} of an empty array"))
+    virtual = q * (n - 1)
+    lo = np.floor(virtual).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    t = virtual - lo
+    if method == "lower":
+        hi, t = lo, np.zeros_like(t)
+    elif method == "higher":
+        lo, t = np.ceil(virtual).astype(np.int64), np.zeros_like(t)
+    elif method == "nearest":
+        lo, t = np.around(virtual).astype(np.int64), np.zeros_like(t)
+    elif method == "midpoint":
+        t = np.where(virtual == lo, 0.0, 0.5)
+    from .numpy_api import getitem
+    below, above = getitem(s, (Ellipsis, lo.ravel())), getitem(s, (Ellipsis, hi.ravel()))
+    t = np.broadcast_to(t.ravel().astype(dtype_of(s)), shape_of(below))
+    diff = ops.sub(above, below)
+    # NumPy's interpolation: from the nearer end (exact at t = 0 and t = 1)
+    value = ops.select(np.asarray(t >= 0.5), ops.sub(above, ops.mul(diff, 1 - t)),
+                       ops.add(below, ops.mul(diff, t)))
+    # a NaN anywhere along the line makes its quantiles NaN (sorted, it is last)
+    last = getitem(s, (Ellipsis, slice(n - 1, n)))
+    value = ops.select(ops.broadcast_to(ops.isnan(last), shape_of(value)),
+                       ops.broadcast_to(last, shape_of(value)), value)
+    value = reshape(value, kept + q.shape)
+    value = moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)), tuple(range(q.ndim)))
+    if keepdims:
+        full = tuple(1 if i in axes else d for i, d in enumerate(shape_of(operand(a))))
+        value = reshape(value, q.shape + full)
+    return value
+
+
+@implements(np.quantile)
+def quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+             keepdims=False, *, weights=None, interpolation=None):
+    _no_out(out, "quantile")
+    if weights is not None:
+        raise UnsupportedError(with_location("np.quantile(..., weights=...) on traced arrays"))
+    return _quantile(a, q, axis, interpolation or method, keepdims, "quantile")
+
+
+@implements(np.percentile)
+def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+               keepdims=False, *, weights=None, interpolation=None):
+    _no_out(out, "percentile")
+    if weights is not None:
+        raise UnsupportedError(with_location("np.percentile(..., weights=...) on traced arrays"))
+    if isinstance(q, Tracer):
+        return _quantile(a, q, axis, method, keepdims, "percentile")
+    return _quantile(a, np.asarray(q, np.float64) / 100.0, axis, interpolation or method,
+                     keepdims, "percentile")
+
+
+@implements(np.median)
+def median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
+    _no_out(out, "median")
+    return _quantile(a, 0.5, axis, "linear", keepdims, "median")
 
 
 @implements(np.diagonal)

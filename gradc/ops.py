@@ -14,15 +14,16 @@ from .prims.control import guard, stop_gradient  # noqa: F401
 from .prims.conv import conv2d  # noqa: F401
 from .prims.decomp import cholesky, eigh, svd  # noqa: F401
 from .prims.elementwise import (  # noqa: F401
-    abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, cbrt, ceil, convert_element_type,
-    cos, cosh, div, eq, exp, expm1, floor, ge, gt, isfinite, isnan, le, log, log1p,
-    logical_and, logical_not, logical_or, logical_xor, lt, maximum, minimum, mul, ne, neg,
-    pow, rem, round, select, sign, sin, sinh, sqrt, sub, tan, tanh, trunc,
+    abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, bitwise_and, bitwise_not,
+    bitwise_or, bitwise_xor, cbrt, ceil, convert_element_type, cos, cosh, div, eq, exp, expm1,
+    floor, floordiv, ge, gt, isfinite, isnan, le, left_shift, log, log1p, logical_and,
+    logical_not, logical_or, logical_xor, lt, maximum, minimum, mul, ne, neg, pow, rem,
+    right_shift, round, select, sign, sin, sinh, sqrt, sub, tan, tanh, trunc,
 )
 from .prims.index import gather, index_set, nonzero, pad, scatter_add, slice_  # noqa: F401
 from .prims.linalg import det, einsum2, matmul2, slogdet, solve  # noqa: F401
 from .prims.reduce import (  # noqa: F401
-    argmax, argmin, cumsum, reduce_max, reduce_min, reduce_prod, reduce_sum,
+    argmax, argmin, argsort, cumsum, reduce_max, reduce_min, reduce_prod, reduce_sum,
 )
 from .prims.shape import (  # noqa: F401
     broadcast_in_dim, broadcast_to, concatenate, reshape, transpose,

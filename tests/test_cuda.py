@@ -650,6 +650,9 @@ PTX_SCRIPT = textwrap.dedent("""
             wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
             ptx = gradc.grad(_summed(f), argnums=wrt, target="cuda").ptx(*args)
             done[name] = ptx.count(".entry")
+        from test_numpy_surface import _integers, integer_inputs
+        done["integers"] = gradc.jit(_integers, target="cuda").ptx(
+            *integer_inputs()).count(".entry")
         pts = np.zeros((300, 2))
         done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)),
                                       target="cuda").ptx(pts).count(".entry")

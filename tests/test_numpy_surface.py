@@ -171,8 +171,66 @@ def test_logical_not_invert_isnan_isfinite():
 
 
 def test_bitwise_on_floats_is_rejected():
-    with pytest.raises(gradc.UnsupportedError, match="bitwise_and"):
-        gradc.make_graph(lambda x: np.bitwise_and(x, x))(rand(3))
+    x = rand(3)
+    for f in (lambda x: np.bitwise_and(x, x), lambda x: ~x, lambda x: x << 1):
+        with pytest.raises(gradc.DTypeError, match="needs integer or boolean operands"):
+            gradc.make_graph(f)(x)
+
+
+I64 = np.iinfo(np.int64)
+
+
+def _integers(a, b, s, a8, b8, u8):
+    """Floor division, remainders, bits and shifts at NumPy's edges: x // 0 and x % 0
+    are 0, INT_MIN // -1 wraps, shifts by the width or more (or a negative count) give
+    0, or -1 for a right shift of a negative number; int8 wraps, uint8 too."""
+    return (a // b, a % b, np.divmod(a, b), a & b, a | b, a ^ b, ~a, a << s, a >> s,
+            1 << s[:3], a8 // b8, a8 % b8, a8 << 5, a8 >> 9, ~a8, a8 ^ b8,
+            u8 // 3, u8 << 4, ~u8, u8 >> 10)
+
+
+def integer_inputs():
+    return (np.array([7, -7, 5, 0, -9, I64.min, I64.max, 12345, -1, 64]),
+            np.array([2, 2, 0, 0, -2, -1, 3, -100, 7, 5]),
+            np.array([0, 1, 63, 64, 65, -1, 200, 3, 62, 2]),
+            np.array([100, -100, -128, 127, 3, -1, 0, 55, -7, 9], np.int8),
+            np.array([3, -3, -1, 0, 7, 2, 5, -6, 0, 1], np.int8),
+            np.array([0, 1, 255, 128, 200, 17, 3, 99, 250, 7], np.uint8))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_integer_division_bits_and_shifts_as_numpy(target):
+    """(The CUDA kernels also go through NVVM: ``test_cuda.test_kernels_compile_to_ptx``.)"""
+    import warnings
+    args = integer_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # NumPy's x // 0 warnings
+        want = gradc.pytree.flatten(_integers(*args))[0]
+        got = gradc.pytree.flatten(gradc.jit(_integers, target=target)(*args))[0]
+    for k, (g, w) in enumerate(zip(got, want)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else g
+        assert np.asarray(g).dtype == w.dtype, k
+        np.testing.assert_array_equal(g, w, err_msg=f"output {k}")
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_float_floor_division_is_numpys_exact_one(target):
+    """np.floor_divide of floats is exact (1.0 // 0.1 is 9.0, where floor(1.0 / 0.1) is
+    10.0), x // 0 is x / 0, a zero quotient keeps its sign; its derivative is zero."""
+    import warnings
+    x = np.array([1.0, -7.5, 5.0, 0.3, 9.0, -3.0, 1e300, 7.0, -0.0, 0.0, 0.5, -0.5, 2.9])
+    y = np.array([0.1, 2.0, 0.0, -0.1, -3.0, 0.0, 1e-300, np.inf, 3.0, 0.0, -np.inf, 3.0, 0.1])
+    for dtype in (np.float64, np.float32):
+        xd, yd = x.astype(dtype), y.astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.floor_divide(xd, yd)
+            got = gradc.jit(lambda x, y: x // y, target=target)(xd, yd)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    g = gradc.grad(lambda x: np.sum(x // 0.1 + x), target=target)(x[:5])
+    np.testing.assert_array_equal(g, np.ones(5))
 
 
 def test_matmul_ufunc_and_operator():
@@ -372,6 +430,22 @@ FUNCTION_CASES = {
                      lambda x: np.linalg.norm(x, 1), lambda x: np.linalg.norm(x, np.inf),
                      lambda x: np.linalg.norm(x, axis=0, keepdims=True),
                      lambda x: np.linalg.norm(x, ord=2, axis=1)],
+    # sorting: values move with their elements (distinct random values: no ties)
+    np.sort: [lambda x: np.sort(x), lambda x: np.sort(x, axis=0), lambda x: np.sort(x, None),
+              lambda x: np.sort(x, axis=1)[:, -2:] ** 2],
+    np.argsort: [lambda x: np.argsort(x), lambda x: np.argsort(x, axis=0),
+                 lambda x: x[0][np.argsort(x[1])]],
+    np.take_along_axis: [lambda x: np.take_along_axis(x, np.argmax(x, 1)[:, None], 1),
+                         lambda x: np.take_along_axis(x, np.array([[2, -1]]), 1),
+                         lambda x: np.take_along_axis(x[0], np.array([3, 3, 0]), None)],
+    np.partition: [lambda x: np.partition(x, 1, axis=0), lambda x: np.partition(x, -1)],
+    np.argpartition: [lambda x: x[0][np.argpartition(x[0], 2)]],
+    np.median: [lambda x: np.median(x), lambda x: np.median(x, axis=1),
+                lambda x: np.median(x, axis=0, keepdims=True)],
+    np.quantile: [lambda x: np.quantile(x, 0.3), lambda x: np.quantile(x, [0.1, 0.5, 1.0], 1),
+                  lambda x: np.quantile(x, [[0.25], [0.75]], axis=0, method="nearest")],
+    np.percentile: [lambda x: np.percentile(x, 40, axis=1, keepdims=True),
+                    lambda x: np.percentile(x, [0, 35, 50], method="midpoint")],
 }
 
 
@@ -386,9 +460,45 @@ def test_function(f):
     check(f, rand(3, 4))
 
 
+def _sorting(x):
+    return (np.sort(x, axis=1), np.argsort(x, axis=0, kind="stable"), np.median(x, axis=1),
+            np.quantile(x, [0.0, 0.3, 1.0], axis=0), np.percentile(x, 75, keepdims=True),
+            np.take_along_axis(x, np.argmin(x, 1)[:, None], 1))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_sorting_with_ties_and_nans_as_numpy(target):
+    """Ties keep their order (a stable sort), NaNs sort last, and a NaN in a line makes
+    its median and quantiles NaN, on every target (the CUDA target sorts on the host)."""
+    x = np.round(np.random.default_rng(3).standard_normal((4, 6)), 1)
+    x[1, 2] = x[1, 4] = x[1, 0]
+    x[2, 3] = np.nan
+    want = _sorting(x)
+    got = gradc.jit(_sorting, target=target)(x)
+    for k, (g, w) in enumerate(zip(got, want)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
+        assert g.dtype == w.dtype and g.shape == w.shape, k
+        np.testing.assert_allclose(g, w, rtol=1e-14, err_msg=f"output {k}")
+
+
+def test_sorting_errors_name_the_problem():
+    x = rand(3, 4)
+    with pytest.raises(gradc.UnsupportedError, match="q must be a constant"):
+        gradc.make_graph(lambda x, q: np.quantile(x, q))(x, 0.5 * np.ones(()))
+    with pytest.raises(gradc.ArgumentError, match=r"in the range \[0, 100\]"):
+        gradc.make_graph(lambda x: np.percentile(x, 120))(x)
+    with pytest.raises(gradc.UnsupportedError, match="method='weibull'"):
+        gradc.make_graph(lambda x: np.quantile(x, 0.5, method="weibull"))(x)
+    with pytest.raises(gradc.UnsupportedError, match="order="):
+        gradc.make_graph(lambda x: np.sort(x, order="a"))(x)
+    with pytest.raises(gradc.ShapeError, match="same number of dimensions"):
+        gradc.make_graph(lambda x: np.take_along_axis(x, np.array([0, 1]), 1))(x)
+
+
 def test_tables_are_covered():
     ufuncs = {u for u, _ in UNARY} | {u for u, _, _ in BINARY} | set(COMPARE) | set(LOGICAL)
-    ufuncs |= {np.logical_not, np.invert, np.isnan, np.isfinite, np.matmul}
+    ufuncs |= {np.logical_not, np.invert, np.isnan, np.isfinite, np.matmul, np.left_shift,
+               np.right_shift, np.divmod}   # (test_integer_division_bits_and_shifts_as_numpy)
     ufuncs |= {f for f in FUNCTION_CASES if isinstance(f, np.ufunc)}
     missing = [u.__name__ for u in numpy_api.UFUNCS if u not in ufuncs]
     assert not missing, f"ufuncs without a test case: {missing}"

@@ -149,6 +149,22 @@ def elementwise_binary(prim, op, np_op, gen=None, **kw):
     return Row(prim, op, gen or binary(normal, normal), ref=np_op, **kw)
 
 
+def _ints(x, scale=4.0):
+    """Integers from a float array (traced or not): floor(scale x) as int64."""
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return np.floor(np.asarray(x) * scale).astype(np.int64)
+    return ops.convert_element_type(ops.floor(ops.mul(x, scale)), np.int64)
+
+
+def integer_row(prim, op, np_op, counts=False):
+    """An integer primitive on integers made from floats; ``counts``: the second operand
+    is a shift count in [-4, 90) (NumPy's edges: negative, and 64 or more)."""
+    scale = 30.0 if counts else 4.0
+    second = (lambda r, s: r.uniform(-0.1, 3.0, s)) if counts else normal
+    return Row(prim, lambda x, y: op(_ints(x), _ints(y, scale)), binary(normal, second),
+               ref=lambda x, y: np_op(_ints(x), _ints(y, scale)), zero=True)
+
+
 def conv_ref_loops(image, kernel, padding):
     """Direct cross-correlation: six nested loops over (n, o, y, x) and (c, u, v)."""
     (top, bottom), (left, right) = padding
@@ -299,6 +315,16 @@ ROWS = [
                       away_from_zero, zero=True),
     elementwise_unary("isfinite", lambda x: ops.isfinite(ops.div(1.0, x)),
                       lambda x: np.isfinite(1.0 / x), away_from_zero, zero=True),
+    # integers (from floats, so that every row draws the same way): NumPy's edges, x // 0,
+    # shifts by 64 or more
+    integer_row("floordiv", ops.floordiv, np.floor_divide),
+    integer_row("bitand", ops.bitwise_and, np.bitwise_and),
+    integer_row("bitor", ops.bitwise_or, np.bitwise_or),
+    integer_row("bitxor", ops.bitwise_xor, np.bitwise_xor),
+    Row("bitnot", lambda x: ops.bitwise_not(_ints(x)), unary(normal),
+        ref=lambda x: np.invert(_ints(x)), zero=True),
+    integer_row("shl", ops.left_shift, np.left_shift, counts=True),
+    integer_row("shr", ops.right_shift, np.right_shift, counts=True),
     # select and dtype conversion
     Row("select", lambda p, x, y: ops.select(p, x, y),
         lambda r, s: (r.random(s) < 0.5, normal(r, s), normal(r, () if r.random() < 0.3 else s)),
@@ -330,6 +356,10 @@ ROWS = [
         [(4,), (2, 3), (2, 3, 4)],
         ref=lambda x, axis, rev: (np.flip(np.cumsum(np.flip(x, axis), axis), axis) if rev
                                   else np.cumsum(x, axis))),
+    Row("argsort", lambda x, axis: ops.argsort(x, axis),
+        lambda r, s: (np.round(normal(r, s), 1), int(r.integers(-len(s), len(s)))),
+        [(5,), (3, 4), (2, 3, 4)], ref=lambda x, axis: np.argsort(x, axis, kind="stable"),
+        zero=True, id="argsort-with-ties"),
     Row("argmax", lambda x: ops.argmax(x, 1), unary(normal), [(3, 4), (2, 3, 2)],
         ref=lambda x: np.argmax(x, 1), zero=True),
     Row("argmin", lambda x: ops.argmin(x, -1), unary(normal), [(3, 4), (2, 3, 2)],
@@ -506,7 +536,8 @@ def _same_padding(kernel):
 
 NOT_DIFFERENTIABLE = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
                       "isfinite", "argmax", "argmin", "nonzero", "guard", "sign", "floor",
-                      "ceil", "round", "trunc", "stop_gradient"}
+                      "ceil", "round", "trunc", "stop_gradient", "argsort", "floordiv",
+                      "bitand", "bitor", "bitxor", "bitnot", "shl", "shr"}
 
 
 # ---------------------------------------------------------------- strategies

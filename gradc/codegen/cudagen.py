@@ -101,6 +101,12 @@ TEMPLATES = {
     "and": "({0} and {1})", "or": "({0} or {1})", "xor": "({0} != {1})",
     "not": "(not {0})", "isnan": "({0} != {0})", "isfinite": "({0} - {0} == 0)",
     "stop_gradient": "{0}",
+    # integers, with NumPy's edges written out (x // 0 is 0; see pysource.TEMPLATES)
+    "floordiv": "(({0} // {1} if {1} != -1 else -{0}) if {1} != 0 else {0} * 0)",
+    "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
+    "bitnot": "(~{0})",
+    "shl": "(({0} << {1}) if 0 <= {1} < 64 else {0} * 0)",
+    "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
 # libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
 _PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt"}
@@ -156,8 +162,9 @@ class _Emitter(loops._Emitter):
                 return template("sqrt", dtype).format(args[0])
         if np.dtype(dtype).kind in "iub" and name in ("floor", "ceil", "round", "trunc"):
             return args[0]
-        if np.dtype(dtype).kind in "iu" and name == "rem":
-            return f"({args[0]} % {args[1]})"
+        if np.dtype(dtype).kind in "iu" and name == "rem":   # (NumPy's x % 0, INT_MIN % -1)
+            return (f"({args[0]} % {args[1]} if {args[1]} != 0 and {args[1]} != -1 "
+                    f"else {args[0]} * 0)")
         if np.dtype(dtype).kind in "iu" and name == "sign":
             return f"(({args[0]} > 0) - ({args[0]} < 0))"
         return template(name, dtype).format(*args)

@@ -309,6 +309,15 @@ def cumsum_rows(x, reverse):
     return out
 
 
+@njit
+def argsort_rows(x):
+    """Each row's stable argsort (Numba's mergesort: NaNs last, as NumPy's)."""
+    out = np.empty(x.shape, np.int64)
+    for k in range(x.shape[0]):
+        out[k] = np.argsort(x[k], kind="mergesort")
+    return out
+
+
 # ---------------------------------------------------------------- linear algebra
 
 @njit_gil

@@ -25,7 +25,7 @@ from ..ir import Lit
 from ..passes.indexmap import Affine as _Affine
 from ..passes.indexmap import operand_indices, pad_window
 from .pysource import TEMPLATES as ELEMENT_TEMPLATES   # NumPy's ufuncs work on scalars too
-from .pysource import dtype_expr, narrow, scalar_literal
+from .pysource import dtype_expr, element_template, narrow, scalar_literal
 
 _IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
 
@@ -115,7 +115,7 @@ class _Emitter:
         if name == "convert_element_type":
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
-        return ELEMENT_TEMPLATES[name].format(*args)
+        return element_template(name, eqn.outputs[0].dtype).format(*args)
 
     def pad(self, eqn, idx, depth):
         x, out = eqn.inputs[0], eqn.outputs[0]

@@ -59,7 +59,25 @@ TEMPLATES = {
     "xor": "np.logical_xor({0}, {1})", "not": "np.logical_not({0})",
     "isnan": "np.isnan({0})", "isfinite": "np.isfinite({0})",
     "stop_gradient": "{0}",
+    # integers (NumPy's edges: Numba's ``x // 0`` is already 0 under error_model="numpy";
+    # shifts by 64 or more, or by a negative count, are undefined in LLVM: written out)
+    "floordiv": "({0} // {1} if {1} != -1 else -{0})",
+    "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
+    "bitnot": "(~{0})",
+    "shl": "(({0} << {1}) if 0 <= {1} < 64 else {0} * 0)",
+    "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
+
+# integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
+_INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else {0} * 0)"}
+
+
+def element_template(name: str, dtype) -> str:
+    """The template of elementwise primitive ``name`` with a result of ``dtype``."""
+    if np.dtype(dtype).kind in "iu" and name in _INTEGER_TEMPLATES:
+        return _INTEGER_TEMPLATES[name]
+    return TEMPLATES[name]
+
 
 _RESERVED = {"np", "numba", "GuardFailure"} | set(dir(builtins))
 
@@ -283,6 +301,17 @@ def _cumsum(ctx, eqn, a, outs):
     if np.dtype(x.dtype) != np.dtype(eqn.outputs[0].dtype):   # (bool, small ints: NumPy's)
         rows = f"{rows}.astype({dtype_expr(eqn.outputs[0].dtype)})"
     call = f"_k.cumsum_rows({rows}, {reverse}).reshape({_tuple(moved)})"
+    if perm == tuple(range(x.ndim)):
+        return call
+    return f"{call}.transpose({_tuple(np.argsort(perm))})"
+
+
+def _argsort(ctx, eqn, a, outs):
+    x, axis = eqn.inputs[0], eqn.params["axis"]
+    kept = tuple(i for i in range(x.ndim) if i != axis)
+    perm = kept + (axis,)
+    call = (f"_k.argsort_rows({_rows(x, (axis,), a[0])})"
+            f".reshape({_tuple(x.shape[i] for i in perm)})")
     if perm == tuple(range(x.ndim)):
         return call
     return f"{call}.transpose({_tuple(np.argsort(perm))})"
@@ -583,6 +612,7 @@ HANDLERS = {
     "reduce_min": _over_rows("min_rows", lambda p: p["axes"]),
     "reduce_prod": _over_rows("prod_rows", lambda p: p["axes"]),
     "argmax": _over_rows("argmax_rows", lambda p: (p["axis"],)),
+    "argsort": _argsort,
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "conv2d": _conv2d,
@@ -633,7 +663,7 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
         if prim in TEMPLATES and numpy_ufunc_call(eqn):
             code = _ufunc_objmode(ctx, eqn, args, outs)
         elif prim in TEMPLATES:
-            code = TEMPLATES[prim].format(*args)
+            code = element_template(prim, eqn.outputs[0].dtype).format(*args)
             if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
                 code = narrow(code, eqn.outputs[0].dtype)
         elif prim == "fused":

@@ -337,6 +337,7 @@ def _rules() -> dict:
         "reduce_sum": _shifted("axes"), "reduce_max": _shifted("axes"),
         "reduce_min": _shifted("axes"), "reduce_prod": _shifted("axes"),
         "argmax": _shifted("axis"), "argmin": _shifted("axis"), "cumsum": _shifted("axis"),
+        "argsort": _shifted("axis"),
         "broadcast_in_dim": _broadcast_rule, "reshape": _reshape_rule,
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,

@@ -52,7 +52,8 @@ ELEMENTWISE = {
     "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
     "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "round",
     "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
-    "isfinite", "stop_gradient", "select", "convert_element_type",
+    "isfinite", "stop_gradient", "select", "convert_element_type", "floordiv", "bitand",
+    "bitor", "bitxor", "bitnot", "shl", "shr",
 }
 STRUCTURAL = {"broadcast_in_dim", "slice", "pad", "transpose", "reshape"}
 REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",

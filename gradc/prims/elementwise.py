@@ -366,6 +366,39 @@ isfinite_p.abstract = lambda x: [(tuple(x.shape), _BOOL)]
 defzero(isfinite_p)
 isfinite = _make_unary_op(isfinite_p)
 
+# ---------------------------------------------------------------- integer arithmetic
+# (NumPy's semantics at the edges: ``x // 0`` is 0, a shift by the width or more, or by
+# a negative count, gives 0, or for a right shift of a negative number -1)
+
+def _integer(name, impl, arity=2):
+    prim = _binary(name, impl) if arity == 2 else _unary(name, impl, float_only=False)
+    shape_rule = prim.abstract
+
+    def abstract(*avals):
+        out = shape_rule(*avals)
+        if not np.issubdtype(out[0][1], np.integer):
+            raise DTypeError(f"{name} needs integer operands, got {dtype_name(out[0][1])}")
+        return out
+    prim.abstract = abstract
+    defzero(prim)
+
+    def op(*xs):
+        if arity == 1:
+            return bind(prim, xs[0])
+        x, y = xs
+        return bind(prim, _lift(x, y), _lift(y, x))
+    op.__name__ = name
+    return prim, op
+
+
+floordiv_p, floordiv = _integer("floordiv", np.floor_divide)
+bitand_p, bitwise_and = _integer("bitand", np.bitwise_and)
+bitor_p, bitwise_or = _integer("bitor", np.bitwise_or)
+bitxor_p, bitwise_xor = _integer("bitxor", np.bitwise_xor)
+bitnot_p, bitwise_not = _integer("bitnot", np.invert, arity=1)
+shl_p, left_shift = _integer("shl", np.left_shift)
+shr_p, right_shift = _integer("shr", np.right_shift)
+
 # ---------------------------------------------------------------- select
 
 select_p = Primitive("select")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Primitive
 from ..trace import bind
 from .rules import deflinear, defzero
@@ -165,6 +165,28 @@ def argmax(x, axis):
 
 def argmin(x, axis):
     return bind(argmin_p, x, axis=_normalise_axis(axis, len(np.shape(x))))
+
+
+# ---------------------------------------------------------------- argsort
+
+def _argsort_abstract(x, axis):
+    if not 0 <= axis < len(x.shape):
+        raise ShapeError(f"axis {axis} is out of bounds for an array of shape {tuple(x.shape)}")
+    if np.dtype(x.dtype).kind == "c":
+        raise DTypeError("argsort of complex arrays is not supported by gradc")
+    return [(tuple(x.shape), np.dtype(np.int64))]
+
+
+# a stable sort: ties keep their order, NaNs go last (NumPy's order for every kind;
+# NumPy's default kind is not stable, so its order among equal elements may differ)
+argsort_p = Primitive("argsort")
+argsort_p.impl = lambda x, axis: np.argsort(x, axis=axis, kind="stable").astype(np.int64)
+argsort_p.abstract = _argsort_abstract
+defzero(argsort_p)
+
+
+def argsort(x, axis):
+    return bind(argsort_p, x, axis=_normalise_axis(axis, len(np.shape(x))))
 
 
 # ---------------------------------------------------------------- cumsum
