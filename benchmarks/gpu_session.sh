@@ -8,10 +8,13 @@ mkdir -p "$OUT"
 export PYTHONPATH=.
 nvidia-smi -L > "$OUT/gpu.txt" 2>&1
 python -c "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)" >> "$OUT/gpu.txt" 2>&1
-# (decomposition rows: cupy.linalg on a machine with CuPy)
-timeout 240 python -m pytest tests/test_cuda.py -q --maxfail=10 -o addopts="" \
-    -p no:cacheprovider -k "programs or vmap or device or fresh or scan or \
-    (rows_on_cuda and (cholesky or eigh or svd or det))" > "$OUT/tests.txt" 2>&1
+# (decomposition and argsort rows: CuPy's cuSOLVER and CUB on a machine with CuPy;
+# integers and sorting on the real compiler: wrapping int8, NumPy's edges)
+timeout 240 python -m pytest tests/test_cuda.py tests/test_numpy_surface.py -q \
+    --maxfail=10 -o addopts="" -p no:cacheprovider -k "programs or vmap or device or \
+    fresh or scan or narrow or integer_division or sorting or \
+    (rows_on_cuda and (cholesky or eigh or svd or det or argsort or shl or shr or floordiv))" \
+    > "$OUT/tests.txt" 2>&1
 echo "tests rc $?" >> "$OUT/tests.txt"
 timeout 200 python benchmarks/gpu.py --repeats 20 > "$OUT/bench.md" 2> "$OUT/bench.err"
 echo "rc $?" >> "$OUT/bench.err"

@@ -543,10 +543,13 @@ def argpartition(a, kth, axis=-1, kind="introselect", order=None):
     return ops.argsort(a, ax)
 
 
-def _sorted_lines(a, axis):
-    """``a`` (promoted to float) sorted along the given axes merged into the last one,
-    the kept axes in front; with the kept shape and the axes."""
+def _sorted_lines(a, axis, q_dtype=None):
+    """``a`` (promoted to float, and with ``q_dtype``, as NumPy's result) sorted along
+    the given axes merged into the last one, the kept axes in front; with the kept
+    shape and the axes."""
     (a,) = promote(a, float_result=True)
+    if q_dtype is not None:
+        a = astype(a, np.result_type(dtype_of(a), q_dtype))
     axes = _axes(axis, _ndim(a))
     kept = tuple(d for i, d in enumerate(shape_of(a)) if i not in axes)
     n = int(np.prod([shape_of(a)[i] for i in axes], dtype=np.int64))
@@ -565,11 +568,14 @@ def _quantile(a, q, axis, method, keepdims, name):
         raise UnsupportedError(with_location(
             f"np.{name}(..., method={method!r}) on traced arrays; supported: "
             + ", ".join(_QUANTILE_METHODS)))
+    # a Python number is weak in NumPy's promotion, any other q counts (float32 data
+    # with q = [0.5] gives float64)
+    q_dtype = None if type(q) in (int, float) else np.asarray(q).dtype
     q = np.asarray(q, np.float64)
     if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
         scale = "[0, 100]" if name == "percentile" else "[0, 1]"
         raise ArgumentError(with_location(f"np.{name}: q must be in the range {scale}"))
-    s, kept, axes, n = _sorted_lines(a, axis)
+    s, kept, axes, n = _sorted_lines(a, axis, q_dtype)
     if n == 0:
         raise ShapeError(with_location(f"np.{name} of an empty array"))
     virtual = q * (n - 1)
@@ -620,8 +626,8 @@ def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear"
         raise UnsupportedError(with_location("np.percentile(..., weights=...) on traced arrays"))
     if isinstance(q, Tracer):
         return _quantile(a, q, axis, method, keepdims, "percentile")
-    return _quantile(a, np.asarray(q, np.float64) / 100.0, axis, interpolation or method,
-                     keepdims, "percentile")
+    q = q / 100.0 if type(q) in (int, float) else np.true_divide(q, 100)
+    return _quantile(a, q, axis, interpolation or method, keepdims, "percentile")
 
 
 @implements(np.median)

@@ -767,31 +767,34 @@ DECOMPOSITIONS = {
     "det": (lambda a: np.sum(np.linalg.det(a) ** 2), rng.standard_normal((2, 3, 3))),
     "det-one": (lambda a: np.linalg.det(a) * np.sum(a), rng.standard_normal((3, 3))),
     "slogdet": (lambda a: np.linalg.slogdet(a)[1] * 2.0, _spd(3)),
+    # (not a decomposition: the other primitive CuPy computes, with a sort's derivative)
+    "argsort": (lambda a: np.sum(np.sort(a, axis=0)[-2:] ** 2) + np.median(a),
+                rng.standard_normal((5, 3))),
 }
 
 
 @pytest.mark.parametrize("name", DECOMPOSITIONS)
 def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
     """With CuPy, decompositions are ``cupy.linalg`` calls on device arrays (no host
-    equations left); here NumPy stands in for CuPy (``linalg_on``), the results moved to
+    equations left); here NumPy stands in for CuPy (``library_call``), the results moved to
     the device as CuPy's would be."""
     from gradc.codegen import cuda
     dev = cuda.import_cuda()
     calls = []
 
-    def fake(op, a):
+    def fake(op, a, **params):
         calls.append(op)
         return [r[()] if r.ndim == 0 else dev.to_device(r)
-                for r in cuda.linalg_on(np, op, a.copy_to_host())]
+                for r in cuda.library_call(np, op, a.copy_to_host(), **params)]
 
     def with_fake():
         cuda.cupy_einsum = cuda.cupy_solve = None
-        cuda.cupy_linalg = fake
+        cuda.cupy_library = fake
     monkeypatch.setattr(cuda, "_set_cupy", with_fake)
-    monkeypatch.setattr(cuda, "cupy_linalg", None)
+    monkeypatch.setattr(cuda, "cupy_library", None)
     f, a = DECOMPOSITIONS[name]
     g = gradc.value_and_grad(f, target="cuda")
-    assert g.compile(a).on_host == [] and "_d.cupy_linalg(" in g.source(a)
+    assert g.compile(a).on_host == [] and "_d.cupy_library(" in g.source(a)
     (v, d), (vw, dw) = g(a), gradc.value_and_grad(f, target="numpy")(a)
     assert calls and set(calls) <= {name.split("-")[0], "det"}
     np.testing.assert_allclose(v, vw, rtol=1e-12)

@@ -481,6 +481,17 @@ def test_sorting_with_ties_and_nans_as_numpy(target):
         np.testing.assert_allclose(g, w, rtol=1e-14, err_msg=f"output {k}")
 
 
+def test_quantile_dtype_follows_numpys_promotion():
+    """float32 data: a Python q keeps float32, a float64 q (array, list, NumPy scalar)
+    gives float64, as NumPy's."""
+    x = rand(3, 4).astype(np.float32)
+    for q in (0.3, 1, np.float32(0.3), np.float64(0.3), [0.3], np.array(0.3)):
+        for f in (lambda x: np.quantile(x, q), lambda x: np.percentile(x, np.multiply(q, 100))):
+            got, want = gradc.jit(f)(x), f(x)
+            assert got.dtype == want.dtype, (q, got.dtype, want.dtype)
+            np.testing.assert_allclose(got, want, rtol=1e-6)       # (float32 rounding)
+
+
 def test_sorting_errors_name_the_problem():
     x = rand(3, 4)
     with pytest.raises(gradc.UnsupportedError, match="q must be a constant"):

@@ -276,24 +276,27 @@ def _cupy():
 
 cupy_einsum = None
 cupy_solve = None
-cupy_linalg = None
+cupy_library = None
 
-# decompositions CuPy computes on the device (cuSOLVER), NumPy's semantics: the lowering
-# calls ``cupy_linalg(name, a)`` for these when CuPy is installed (codegen.cudagen)
-LINALG = {
+# primitives CuPy computes on the device with NumPy's semantics, by name: decompositions
+# (cuSOLVER) and the stable argsort (CUB's radix sort: ties keep their order, NaNs go
+# last); the lowering calls ``cupy_library(name, a, **params)`` for these when CuPy is
+# installed (codegen.cudagen)
+LIBRARY = {
     "cholesky": lambda xp, a: [xp.linalg.cholesky(a)],
     "eigh": lambda xp, a: list(xp.linalg.eigh(a)),
     "svd": lambda xp, a: list(xp.linalg.svd(a, full_matrices=False)),
     "det": lambda xp, a: [xp.linalg.det(a)],
     "slogdet": lambda xp, a: list(xp.linalg.slogdet(a)),
+    "argsort": lambda xp, a, axis: [xp.argsort(a, axis=axis, kind="stable").astype(np.int64)],
 }
 
 
-def linalg_on(xp, name, a) -> list:
-    """Decomposition ``name`` of ``a`` by array module ``xp`` (CuPy on the GPU, NumPy in
-    the tests): C-contiguous arrays (cuSOLVER's are column-major), in the primitive's
-    order of results (a rank-0 one as it is: ``ascontiguousarray`` would make it 1-D)."""
-    return [xp.ascontiguousarray(r) if r.ndim else r for r in LINALG[name](xp, a)]
+def library_call(xp, name, a, **params) -> list:
+    """Primitive ``name`` of ``a`` by array module ``xp`` (CuPy on the GPU, NumPy in the
+    tests): C-contiguous arrays (cuSOLVER's are column-major), in the primitive's order
+    of results (a rank-0 one as it is: ``ascontiguousarray`` would make it 1-D)."""
+    return [xp.ascontiguousarray(r) if r.ndim else r for r in LIBRARY[name](xp, a, **params)]
 
 
 def matmul_einsum(xp, spec, x, y):
@@ -385,12 +388,12 @@ def from_cupy(cp, out):
 
 def _set_cupy() -> None:
     """CuPy's ``einsum`` (cuBLAS), ``linalg.solve`` (cuSOLVER's LU) and decompositions
-    (``LINALG``) for the generated code when CuPy is installed (None otherwise: the
+    and argsort (``LIBRARY``) for the generated code when CuPy is installed (None otherwise: the
     generated kernels, or for decompositions the host, run instead)."""
-    global cupy_einsum, cupy_solve, cupy_linalg
+    global cupy_einsum, cupy_solve, cupy_library
     cp = None if simulator() else _cupy()
     if cp is None:
-        cupy_einsum = cupy_solve = cupy_linalg = None
+        cupy_einsum = cupy_solve = cupy_library = None
         return
 
     def einsum(spec, x, y, shape):
@@ -405,12 +408,12 @@ def _set_cupy() -> None:
         return from_cupy(cp, cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a),
                                                                   cp.asarray(b))))
 
-    def linalg(name, a):
+    def library(name, a, **params):
         # (rank-0 results, a single matrix's det, come back as NumPy scalars: kernels
         # take them as scalar arguments)
         return [r.get()[()] if r.ndim == 0 else from_cupy(cp, r)
-                for r in linalg_on(cp, name, cp.asarray(a))]
-    cupy_einsum, cupy_solve, cupy_linalg = einsum, solve, linalg
+                for r in library_call(cp, name, cp.asarray(a), **params)]
+    cupy_einsum, cupy_solve, cupy_library = einsum, solve, library
 
 
 # ---------------------------------------------------------------- the compiled program

@@ -349,7 +349,7 @@ def _lower_eqn(ctx, eqn, text):
             all(isinstance(v, Var) for v in eqn.inputs):
         _solve(ctx, eqn)
     elif _on_cupy(eqn):
-        _linalg(ctx, eqn)
+        _library(ctx, eqn)
     elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
@@ -1190,21 +1190,27 @@ def _solve(ctx, eqn):
 
 
 def _on_cupy(eqn) -> bool:
-    """A decomposition CuPy computes on the device (``cuda.LINALG``), CuPy installed."""
+    """A primitive CuPy computes on the device (``cuda.LIBRARY``: decompositions of float
+    matrices, argsort of real arrays), CuPy installed."""
     from . import cuda
-    return cuda.cupy_linalg is not None and eqn.prim.name in cuda.LINALG and \
-        isinstance(eqn.inputs[0], Var) and \
-        np.dtype(eqn.inputs[0].dtype) in (np.float32, np.float64)
+    if cuda.cupy_library is None or eqn.prim.name not in cuda.LIBRARY or \
+            not isinstance(eqn.inputs[0], Var) or not eqn.inputs[0].ndim:
+        return False
+    kinds = "biuf" if eqn.prim.name == "argsort" else "f"
+    return np.dtype(eqn.inputs[0].dtype).kind in kinds and \
+        np.dtype(eqn.inputs[0].dtype) != np.float16
 
 
-def _linalg(ctx, eqn):
-    """``cholesky``, ``eigh``, ``svd``, ``det``, ``slogdet`` by CuPy (cuSOLVER) on the
-    device: arrays stay there, rank-0 results (one matrix's determinant) come back as
-    host scalars.  Without CuPy these run on the host (``_host``)."""
+def _library(ctx, eqn):
+    """``cholesky``, ``eigh``, ``svd``, ``det``, ``slogdet`` by CuPy (cuSOLVER), and
+    ``argsort`` (CUB), on the device: arrays stay there, rank-0 results (one matrix's
+    determinant) come back as host scalars.  Without CuPy these run on the host
+    (``_host``)."""
     a = eqn.inputs[0]
     outs = [ctx.names[v] for v in eqn.outputs]
-    ctx.lines.append(f"{', '.join(outs)}, = _d.cupy_linalg({eqn.prim.name!r}, "
-                     f"{ctx.on_device(a)})   # CuPy (cuSOLVER)")
+    params = "".join(f", {k}={v!r}" for k, v in eqn.params.items())
+    ctx.lines.append(f"{', '.join(outs)}, = _d.cupy_library({eqn.prim.name!r}, "
+                     f"{ctx.on_device(a)}{params})   # CuPy")
     for v in eqn.outputs:
         ctx.place[v] = "dev" if v.ndim else "host"
         if v.ndim:
