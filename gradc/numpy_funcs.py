@@ -543,6 +543,82 @@ def argpartition(a, kth, axis=-1, kind="introselect", order=None):
     return ops.argsort(a, ax)
 
 
+@implements(np.searchsorted)
+def searchsorted(a, v, side="left", sorter=None):
+    if sorter is not None:
+        a = take(a, sorter)
+    a, v = promote(a, v)
+    if _ndim(a) != 1:
+        raise ShapeError(with_location(f"np.searchsorted: a must be 1-D, got shape "
+                                       f"{shape_of(a)}"))
+    if side not in ("left", "right"):
+        raise ArgumentError(with_location(f"np.searchsorted: side must be 'left' or "
+                                          f"'right', got {side!r}"))
+    return ops.searchsorted(a, v, side)
+
+
+@implements(np.digitize)
+def digitize(x, bins, right=False):
+    """For constant bins (NumPy checks their order at run time; traced bins would need
+    that check on every target)."""
+    if isinstance(bins, Tracer):
+        raise UnsupportedError(with_location("np.digitize with traced bins; use "
+                                             "np.searchsorted on increasing bins"))
+    bins = np.asarray(bins)
+    if bins.ndim != 1:
+        raise ShapeError(with_location("np.digitize: bins must be 1-D"))
+    if np.all(bins[1:] >= bins[:-1]):
+        return searchsorted(bins, x, "left" if right else "right")
+    if np.all(bins[1:] <= bins[:-1]):
+        flipped = searchsorted(bins[::-1], x, "left" if right else "right")
+        return ops.sub(np.int64(len(bins)), flipped)
+    raise ArgumentError(with_location("np.digitize: bins must be monotonically increasing "
+                                      "or decreasing"))
+
+
+@implements(np.interp)
+def interp(x, xp, fp, left=None, right=None, period=None):
+    """Piecewise-linear interpolation as NumPy computes it (float64, NaN for a NaN x,
+    ``left``/``right`` outside ``xp``, the value at a knot exactly ``fp`` there);
+    differentiable in ``x``, ``xp`` and ``fp``."""
+    if period is not None:
+        raise UnsupportedError(with_location("np.interp(..., period=...) on traced arrays"))
+    x, xp, fp = (astype(operand(v), np.float64) for v in (x, xp, fp))
+    if _ndim(xp) != 1 or shape_of(fp) != shape_of(xp):
+        raise ShapeError(with_location("np.interp: xp and fp must be 1-D sequences of the "
+                                       f"same length, got {shape_of(xp)} and {shape_of(fp)}"))
+    n = shape_of(xp)[0]
+    if n == 0:
+        raise ShapeError(with_location("np.interp: the array of sample points is empty"))
+    from .numpy_api import getitem
+    first, last = getitem(fp, 0), getitem(fp, n - 1)
+    left = first if left is None else astype(operand(left), np.float64)
+    right = last if right is None else astype(operand(right), np.float64)
+    x, left, right = broadcast(x, left, right)
+    if n == 1:
+        inside = ops.broadcast_to(first, shape_of(x)) if shape_of(x) else first
+    else:
+        j = ops.searchsorted(xp, x, "right")
+        j = ops.maximum(ops.minimum(ops.sub(j, np.int64(1)), np.int64(n - 2)), np.int64(0))
+        xj, fj = getitem(xp, j), getitem(fp, j)
+        j1 = ops.add(j, np.int64(1))
+        xj1, fj1 = getitem(xp, j1), getitem(fp, j1)
+        slope = ops.div(ops.sub(fj1, fj), ops.sub(xj1, xj))
+        inside = ops.add(ops.mul(slope, ops.sub(x, xj)), fj)
+        from_right = ops.add(ops.mul(slope, ops.sub(x, xj1)), fj1)
+        # NumPy's fallbacks: from the right end when the left one is not finite, the
+        # common value of a flat interval, and the right end's formula at the last knot
+        inside = ops.select(ops.isnan(inside), from_right, inside)
+        inside = ops.select(ops.logical_and(ops.isnan(inside), ops.eq(fj, fj1)), fj, inside)
+        inside = ops.select(ops.logical_and(ops.eq(x, xj), ops.logical_not(
+            ops.isfinite(slope))), fj, inside)
+        inside = ops.select(ops.eq(x, getitem(xp, n - 1)), from_right, inside)
+    below, above = ops.lt(x, getitem(xp, 0)), ops.gt(x, getitem(xp, n - 1))
+    out = ops.select(below, left, ops.select(above, right, inside))
+    # a NaN x gives NaN (but with one sample point NumPy's comparisons give fp[0])
+    return out if n == 1 else ops.select(ops.isnan(x), x, out)
+
+
 def _sorted_lines(a, axis, q_dtype=None):
     """``a`` (promoted to float, and with ``q_dtype``, as NumPy's result) sorted along
     the given axes merged into the last one, the kept axes in front; with the kept

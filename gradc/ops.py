@@ -24,6 +24,7 @@ from .prims.index import gather, index_set, nonzero, pad, scatter_add, slice_  #
 from .prims.linalg import det, einsum2, matmul2, slogdet, solve  # noqa: F401
 from .prims.reduce import (  # noqa: F401
     argmax, argmin, argsort, cumsum, reduce_max, reduce_min, reduce_prod, reduce_sum,
+    searchsorted,
 )
 from .prims.shape import (  # noqa: F401
     broadcast_in_dim, broadcast_to, concatenate, reshape, transpose,

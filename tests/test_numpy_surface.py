@@ -446,6 +446,14 @@ FUNCTION_CASES = {
                   lambda x: np.quantile(x, [[0.25], [0.75]], axis=0, method="nearest")],
     np.percentile: [lambda x: np.percentile(x, 40, axis=1, keepdims=True),
                     lambda x: np.percentile(x, [0, 35, 50], method="midpoint")],
+    np.searchsorted: [lambda x: np.searchsorted(np.sort(x[0]), x[1:]),
+                      lambda x: x[0][np.searchsorted([-0.5, 0.0, 0.5], x[1], side="right")]],
+    np.digitize: [lambda x: np.digitize(x, [-0.5, 0.0, 0.5]),
+                  lambda x: np.digitize(x, [0.5, 0.0, -0.5], right=True)],
+    # (derivatives in x, in the sample points and in the values)
+    np.interp: [lambda x: np.interp(x, np.linspace(-1, 1, 5), np.sin(np.linspace(-1, 1, 5))),
+                lambda x: np.interp(x[0], np.sort(x[1]) * 2, x[2]),
+                lambda x: np.interp(x, [-0.5, 0.5], [0.0, 1.0], left=x[0, 0], right=-1.0)],
 }
 
 
@@ -479,6 +487,28 @@ def test_sorting_with_ties_and_nans_as_numpy(target):
         g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
         assert g.dtype == w.dtype and g.shape == w.shape, k
         np.testing.assert_allclose(g, w, rtol=1e-14, err_msg=f"output {k}")
+
+
+XP = np.array([-1.0, -0.2, 0.0, 0.0, 0.5, 2.0])
+FP = np.array([1.0, 3.0, -1.0, 4.0, 0.5, 0.5])
+
+
+def _lookups(x):
+    return (np.interp(x, XP, FP), np.interp(x, XP, FP, left=-7.0, right=9.0),
+            np.interp(x, [0.5], [2.0]), np.searchsorted(XP, x),
+            np.searchsorted(XP, x, side="right"), np.digitize(x, XP[::-1], right=True),
+            np.interp(x.astype(np.float32), XP, FP))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_interp_and_searchsorted_at_numpys_edges(target):
+    """Outside the sample points, at them (the last one, a repeated one), NaN and
+    infinite x, one sample point: NumPy's values exactly, on every target."""
+    x = np.array([-2.0, -1.0, -0.6, -0.2, 0.0, 0.3, 0.5, 1.0, 2.0, 2.5, np.nan, np.inf, -np.inf])
+    for g, w in zip(gradc.jit(_lookups, target=target)(x), _lookups(x)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
 
 
 def test_quantile_dtype_follows_numpys_promotion():

@@ -360,6 +360,11 @@ ROWS = [
         lambda r, s: (np.round(normal(r, s), 1), int(r.integers(-len(s), len(s)))),
         [(5,), (3, 4), (2, 3, 4)], ref=lambda x, axis: np.argsort(x, axis, kind="stable"),
         zero=True, id="argsort-with-ties"),
+    Row("searchsorted", lambda a, v, right: ops.searchsorted(a, v, "right" if right else "left"),
+        lambda r, s: (np.sort(np.round(r.standard_normal(6), 1)), np.round(normal(r, s), 1),
+                      bool(r.random() < 0.5)),
+        [(), (5,), (2, 3)], zero=True, id="searchsorted-with-ties",
+        ref=lambda a, v, right: np.searchsorted(a, v, "right" if right else "left")),
     Row("argmax", lambda x: ops.argmax(x, 1), unary(normal), [(3, 4), (2, 3, 2)],
         ref=lambda x: np.argmax(x, 1), zero=True),
     Row("argmin", lambda x: ops.argmin(x, -1), unary(normal), [(3, 4), (2, 3, 2)],
@@ -536,7 +541,8 @@ def _same_padding(kernel):
 
 NOT_DIFFERENTIABLE = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
                       "isfinite", "argmax", "argmin", "nonzero", "guard", "sign", "floor",
-                      "ceil", "round", "trunc", "stop_gradient", "argsort", "floordiv",
+                      "ceil", "round", "trunc", "stop_gradient", "argsort", "searchsorted",
+                      "floordiv",
                       "bitand", "bitor", "bitxor", "bitnot", "shl", "shr"}
 
 

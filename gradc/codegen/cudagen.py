@@ -350,6 +350,8 @@ def _lower_eqn(ctx, eqn, text):
         _solve(ctx, eqn)
     elif _on_cupy(eqn):
         _library(ctx, eqn)
+    elif name == "searchsorted" and np.dtype(eqn.inputs[0].dtype).kind in "biuf":
+        _search(ctx, eqn)
     elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
@@ -1074,6 +1076,37 @@ def _along_axis(ctx, eqn):
     blocks = lines_n if block else -(-lines_n // T)
     ctx.lines.append(_launch(ctx, kname, max(1, min(blocks, MAX_BLOCKS)), T,
                              args + [oname] + consts))
+
+
+def _search(ctx, eqn):
+    """``searchsorted``: a thread per value, a binary search in the sorted array.  It moves
+    past ``a[mid]`` when that comes before the value (``side="left"``) or not after it
+    (``"right"``), in NumPy's order, where NaNs come last."""
+    a, v = eqn.inputs
+    out = eqn.outputs[0]
+    oname = ctx.names[out]
+    vvars = [f"_m{k}" for k in range(v.ndim)]
+    here = ", ".join(vvars) or "0"
+    size = int(np.prod(v.shape, dtype=np.int64))
+    before = "_a < _x or (_x != _x and _a == _a)" if eqn.params["side"] == "left" else \
+        "not (_x < _a or (_a != _a and _x == _x))"
+    lines = [f"for _i in range(cuda.grid(1), {size}, cuda.gridsize(1)):"]
+    lines += _decode("_i", [int(d) for d in v.shape], vvars, "    ")
+    lines += [f"    _x = {ctx.element(v, here)}", "    _lo = 0", f"    _hi = {int(a.shape[0])}",
+              "    while _lo < _hi:", "        _mid = (_lo + _hi) // 2",
+              f"        _a = {ctx.element(a, '_mid')}", f"        if {before}:",
+              "            _lo = _mid + 1", "        else:", "            _hi = _mid",
+              f"    {oname}[{here}] = _lo"]
+    shape = tuple(out.shape) or (1,)
+    params, args, kinds = _kernel_params(ctx, [x for x in (a, v) if not isinstance(x, Lit)])
+    ctx.place[out] = "dev"
+    ctx.fresh.add(out)
+    ctx.lines.append(f"{oname} = _d.empty({shape!r}, np.int64)")
+    kname = ctx.kernel_name()
+    consts = _finish_kernel(ctx, kname, params + [oname], lines,
+                            kinds + [(oname, out.dtype, len(shape))])
+    blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
+    ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + [oname] + consts))
 
 
 # ---------------------------------------------------------------- convolutions

@@ -317,6 +317,11 @@ def _argsort(ctx, eqn, a, outs):
     return f"{call}.transpose({_tuple(np.argsort(perm))})"
 
 
+def _searchsorted(ctx, eqn, a, outs):
+    # (Numba's np.searchsorted: NumPy's order, NaNs last; an array or one position)
+    return f"np.searchsorted({a[0]}, {a[1]}, side={eqn.params['side']!r})"
+
+
 def _einsum(ctx, eqn, a, outs):
     # Σ over contracted letters as one batched matmul: A (batch, a-only, contracted) @
     # B (batch, contracted, b-only) -> (batch, a-only, b-only), then to the output order.
@@ -612,7 +617,7 @@ HANDLERS = {
     "reduce_min": _over_rows("min_rows", lambda p: p["axes"]),
     "reduce_prod": _over_rows("prod_rows", lambda p: p["axes"]),
     "argmax": _over_rows("argmax_rows", lambda p: (p["axis"],)),
-    "argsort": _argsort,
+    "argsort": _argsort, "searchsorted": _searchsorted,
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "conv2d": _conv2d,

@@ -141,6 +141,14 @@ def _leading_batch(prim, args, batched, count, **params):
     return list(out) if prim.multiple_results else [out]
 
 
+def _searchsorted_rule(prim, args, batched, count, **params):
+    """Values batched, sorted array shared: elementwise in the values.  A sorted array
+    per example is a loop over the examples (``_by_scan``)."""
+    if batched[0]:
+        return _by_scan(prim, args, batched, count, **params)
+    return _single(prim, args, params)
+
+
 def _solve_rule(prim, args, batched, count, **params):
     """solve maps over leading axes shared by the matrix and the right-hand sides; a
     vector right-hand side becomes a one-column matrix for the batch."""
@@ -337,7 +345,7 @@ def _rules() -> dict:
         "reduce_sum": _shifted("axes"), "reduce_max": _shifted("axes"),
         "reduce_min": _shifted("axes"), "reduce_prod": _shifted("axes"),
         "argmax": _shifted("axis"), "argmin": _shifted("axis"), "cumsum": _shifted("axis"),
-        "argsort": _shifted("axis"),
+        "argsort": _shifted("axis"), "searchsorted": _searchsorted_rule,
         "broadcast_in_dim": _broadcast_rule, "reshape": _reshape_rule,
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,

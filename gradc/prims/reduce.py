@@ -189,6 +189,33 @@ def argsort(x, axis):
     return bind(argsort_p, x, axis=_normalise_axis(axis, len(np.shape(x))))
 
 
+# ---------------------------------------------------------------- searchsorted
+
+def _searchsorted_abstract(a, v, side):
+    if len(a.shape) != 1:
+        raise ShapeError(f"searchsorted: the sorted array must be 1-D, got shape "
+                         f"{tuple(a.shape)}")
+    if np.dtype(a.dtype) != np.dtype(v.dtype) or np.dtype(a.dtype).kind == "c":
+        raise DTypeError(f"searchsorted: operands must have one real dtype, got "
+                         f"{np.dtype(a.dtype)} and {np.dtype(v.dtype)}")
+    if side not in ("left", "right"):
+        raise ValueError(f"searchsorted: side must be 'left' or 'right', got {side!r}")
+    return [(tuple(v.shape), np.dtype(np.int64))]
+
+
+# where each v would go into the sorted 1-D a to keep it sorted: the first such place
+# (side="left") or the last; NaNs count as larger than everything (NumPy's order)
+searchsorted_p = Primitive("searchsorted")
+searchsorted_p.impl = lambda a, v, side: np.asarray(
+    np.searchsorted(a, v, side=side), np.int64)
+searchsorted_p.abstract = _searchsorted_abstract
+defzero(searchsorted_p)
+
+
+def searchsorted(a, v, side="left"):
+    return bind(searchsorted_p, a, v, side=side)
+
+
 # ---------------------------------------------------------------- cumsum
 
 cumsum_p = Primitive("cumsum")
