@@ -450,6 +450,36 @@ FUNCTION_CASES = {
                       lambda x: x[0][np.searchsorted([-0.5, 0.0, 0.5], x[1], side="right")]],
     np.digitize: [lambda x: np.digitize(x, [-0.5, 0.0, 0.5]),
                   lambda x: np.digitize(x, [0.5, 0.0, -0.5], right=True)],
+    # NaN-ignoring reductions (no NaNs here: their values and derivatives; NaNs below)
+    np.nansum: [lambda x: np.nansum(x), lambda x: np.nansum(x, axis=1, keepdims=True)],
+    np.nanprod: [lambda x: np.nanprod(x, axis=0)],
+    np.nancumsum: [lambda x: np.nancumsum(x, axis=1)],
+    np.nanmean: [lambda x: np.nanmean(x), lambda x: np.nanmean(x, axis=0)],
+    np.nanvar: [lambda x: np.nanvar(x, axis=1), lambda x: np.nanvar(x, ddof=1)],
+    np.nanstd: [lambda x: np.nanstd(x, axis=0, keepdims=True)],
+    np.nanmax: [lambda x: np.nanmax(x, axis=1), lambda x: np.nanmax(x)],
+    np.nanmin: [lambda x: np.nanmin(x, axis=0)],
+    np.nanargmax: [lambda x: np.nanargmax(x, axis=1)],
+    np.nanargmin: [lambda x: np.nanargmin(x, axis=0)],
+    np.nanmedian: [lambda x: np.nanmedian(x, axis=1), lambda x: np.nanmedian(x)],
+    np.nanquantile: [lambda x: np.nanquantile(x, [0.2, 0.7], axis=0)],
+    np.nanpercentile: [lambda x: np.nanpercentile(x, 65, axis=1, keepdims=True)],
+    np.copysign: [lambda x: np.copysign(x[0], x[1]), lambda x: np.copysign(2.0, x)],
+    np.fmod: [lambda x: np.fmod(x, 0.3), lambda x: np.fmod(x[0] * 3, x[1] + 2.0)],
+    np.modf: [lambda x: np.modf(x * 3)],
+    np.ldexp: [lambda x: np.ldexp(x, np.array([[1], [-2], [3]]))],
+    np.rot90: [lambda x: np.rot90(x), lambda x: np.rot90(x, 3), lambda x: np.rot90(x, 2, (1, 0))],
+    np.meshgrid: [lambda x: np.meshgrid(x[0], x[1, :2]),
+                  lambda x: np.meshgrid(x[0], x[1, :2], indexing="ij", sparse=True)],
+    np.cov: [lambda x: np.cov(x), lambda x: np.cov(x, rowvar=False, bias=True),
+             lambda x: np.cov(x[0], x[1])],
+    np.corrcoef: [lambda x: np.corrcoef(x), lambda x: np.corrcoef(x[0], x[2])],
+    np.gradient: [lambda x: np.gradient(x), lambda x: np.gradient(x, 0.5, axis=1, edge_order=2)],
+    np.convolve: [lambda x: np.convolve(x[0], x[1, :3]),
+                  lambda x: np.convolve(x[0, :2], x[1], "same"),
+                  lambda x: np.convolve(x[0], x[1, :2], "valid")],
+    np.correlate: [lambda x: np.correlate(x[0], x[1, :3]),
+                   lambda x: np.correlate(x[0, :3], x[1], "full")],
     # (derivatives in x, in the sample points and in the values)
     np.interp: [lambda x: np.interp(x, np.linspace(-1, 1, 5), np.sin(np.linspace(-1, 1, 5))),
                 lambda x: np.interp(x[0], np.sort(x[1]) * 2, x[2]),
@@ -509,6 +539,63 @@ def test_interp_and_searchsorted_at_numpys_edges(target):
         g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
         assert g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
+
+
+def _with_nans(x):
+    return (np.nansum(x, axis=1), np.nanmean(x, axis=0), np.nanvar(x, axis=1),
+            np.nanmax(x, axis=1), np.nanmin(x), np.nanmedian(x, axis=1),
+            np.nanquantile(x, [0.25, 0.9], axis=1), np.nancumsum(x, axis=1),
+            np.nanprod(x, axis=0), np.nanargmax(x, axis=1))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_nan_reductions_skip_nans_as_numpy(target):
+    """NaNs skipped; a line of NaNs only gives NaN (nanargmax: -1, where NumPy raises)."""
+    import warnings
+    x = np.round(np.random.default_rng(5).standard_normal((4, 5)), 1)
+    x[0, 1] = x[3, 0] = x[3, 4] = np.nan
+    x[2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = gradc.jit(_with_nans, target=target)(x)
+        want = [f(x) for f in (lambda x: np.nansum(x, axis=1), lambda x: np.nanmean(x, axis=0),
+                               lambda x: np.nanvar(x, axis=1), lambda x: np.nanmax(x, axis=1),
+                               np.nanmin, lambda x: np.nanmedian(x, axis=1),
+                               lambda x: np.nanquantile(x, [0.25, 0.9], axis=1),
+                               lambda x: np.nancumsum(x, axis=1), lambda x: np.nanprod(x, axis=0))]
+    want.append(np.array([np.nanargmax(r) if not np.isnan(r).all() else -1 for r in x]))
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert np.asarray(g).dtype == w.dtype, k
+        np.testing.assert_allclose(g, w, rtol=1e-13, err_msg=f"output {k}")
+
+
+def test_nan_reductions_have_zero_derivative_at_nans():
+    """The NaNs are replaced before any arithmetic, so their derivative is 0, not NaN,
+    and the others' derivatives are those of the numbers alone."""
+    x = rand(3, 4)
+    x[1, 2] = np.nan
+    keep = ~np.isnan(x)
+    for f, g in ((np.nansum, np.sum), (np.nanmean, np.mean), (np.nanvar, np.var),
+                 (np.nanstd, np.std), (np.nanmax, np.max), (np.nanmedian, np.median)):
+        d = gradc.grad(lambda x: f(x) ** 2)(x)
+        assert d[1, 2] == 0.0, f.__name__
+        ref = gradc.grad(lambda v: g(v) ** 2)(x[keep])
+        np.testing.assert_allclose(d[keep], ref, rtol=1e-12, err_msg=f.__name__)
+
+
+def test_float_edges_of_copysign_fmod_modf_as_numpy():
+    s = np.array([1.5, -2.5, 0.0, -0.0, np.inf, -np.inf, np.nan, 7.0, -7.0, 3.0, 1e-300])
+    y = np.array([2.0, 2.0, -1.0, 3.0, 2.0, 5.0, 1.0, np.inf, np.inf, -0.0, -np.inf])
+    for f in (lambda s, y: np.copysign(s, y), lambda s, y: np.fmod(s, y),
+              lambda s, y: np.modf(s), lambda s, y: np.fmod(s.astype(int)[7:], [3, -3, 0, 2])):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got, want = gradc.jit(f)(s, y), f(s, y)
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
 
 
 def test_quantile_dtype_follows_numpys_promotion():

@@ -11,7 +11,7 @@ import numpy as np
 from .. import numpy_funcs as npf
 from .. import numpy_linalg as npl
 from .. import ops
-from ..errors import ShapeError, UnsupportedError, with_location
+from ..errors import ArgumentError, ShapeError, UnsupportedError, with_location
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
 from ..trace import dtype_of, shape_of
 
@@ -254,3 +254,398 @@ def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     neginf = info.min if neginf is None else neginf
     x = npf.where(np.isnan(x), nan, x)
     return npf.where(np.isinf(x), npf.where(x > 0, posinf, neginf), x)
+
+
+# ---------------------------------------------------------------- NaN-ignoring reductions
+# A NaN is replaced before any arithmetic touches it (0 for sums, 1 for products, -inf or
+# inf for extrema), so that its derivative is 0 rather than 0 * NaN.
+
+def _nan_filled(a, fill):
+    (a,) = promote(a)
+    if not np.issubdtype(dtype_of(a), np.inexact):
+        return a, None
+    missing = np.isnan(a)
+    return npf.where(missing, np.asarray(fill, dtype_of(a)), a), missing
+
+
+@implements(np.nansum)
+def nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    npf._no_out(out, "nansum")
+    a, _ = _nan_filled(a, 0)
+    return npf.sum(a, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.nanprod)
+def nanprod(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    npf._no_out(out, "nanprod")
+    a, _ = _nan_filled(a, 1)
+    return npf.prod(a, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.nancumsum)
+def nancumsum(a, axis=None, dtype=None, out=None):
+    npf._no_out(out, "nancumsum")
+    a, _ = _nan_filled(a, 0)
+    return npf.cumsum(a, axis, dtype=dtype)
+
+
+def _count(a, missing, axis, keepdims):
+    present = npf.ones_like(a, dtype=bool) if missing is None else ~missing
+    return npf.sum(present, axis, keepdims=keepdims)
+
+
+@implements(np.nanmean)
+def nanmean(a, axis=None, dtype=None, out=None, keepdims=False):
+    """An all-NaN line gives NaN (0 / 0), as NumPy's (which also warns)."""
+    npf._no_out(out, "nanmean")
+    (a,) = promote(a, float_result=True)
+    filled, missing = _nan_filled(a, 0)
+    total = npf.sum(filled, axis, dtype=dtype, keepdims=keepdims)
+    return total / astype(_count(a, missing, axis, keepdims), dtype_of(total))
+
+
+@implements(np.nanvar)
+def nanvar(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    npf._no_out(out, "nanvar")
+    (a,) = promote(a, float_result=True)
+    filled, missing = _nan_filled(a, 0)
+    mean = nanmean(a, axis, keepdims=True)
+    centred = npf.where(missing, np.zeros((), dtype_of(a)), filled - mean)
+    count = astype(_count(a, missing, axis, keepdims), dtype_of(a))
+    return npf.sum(centred * centred, axis, keepdims=keepdims) / (count - ddof)
+
+
+@implements(np.nanstd)
+def nanstd(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    return np.sqrt(nanvar(a, axis, dtype, out, ddof, keepdims))
+
+
+def _nan_extremum(name, fill):
+    reduce = getattr(npf, name)
+
+    def apply(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+        npf._no_out(out, f"nan{name}")
+        filled, missing = _nan_filled(a, fill)
+        kw = {} if initial is None and where is None else dict(initial=initial, where=where)
+        result = reduce(filled, axis, keepdims=keepdims, **kw)
+        if missing is None:
+            return result
+        # a line of NaNs only: NaN, as NumPy's (which also warns)
+        empty = npf.all(missing, axis, keepdims=keepdims)
+        return npf.where(empty, np.asarray(np.nan, dtype_of(result)), result)
+    apply.__name__ = f"nan{name}"
+    return apply
+
+
+nanmax = implements(np.nanmax)(_nan_extremum("max", -np.inf))
+nanmin = implements(np.nanmin)(_nan_extremum("min", np.inf))
+
+
+def _nan_arg(name, fill):
+    def apply(a, axis=None, out=None, *, keepdims=False):
+        """An all-NaN line gives -1 (NumPy raises ValueError; the value depends on data
+        the traced program cannot raise on)."""
+        npf._no_out(out, f"nanarg{name}")
+        filled, missing = _nan_filled(a, fill)
+        index = getattr(np, f"arg{name}")(filled, axis, keepdims=keepdims)
+        if missing is None:
+            return index
+        empty = npf.all(missing, axis, keepdims=keepdims)
+        return npf.where(empty, np.int64(-1), index)
+    apply.__name__ = f"nanarg{name}"
+    return apply
+
+
+nanargmax = implements(np.nanargmax)(_nan_arg("max", -np.inf))
+nanargmin = implements(np.nanargmin)(_nan_arg("min", np.inf))
+
+
+def _nan_quantile(a, q, axis, method, keepdims, name):
+    """Quantiles of the numbers of each line: sorted, NaNs come last, so the positions
+    read are those of the line's count of numbers (data, so gathered per line)."""
+    if isinstance(q, npf.Tracer):
+        raise UnsupportedError(with_location(
+            f"np.{name}: q must be a constant (the positions read depend on it)"))
+    if method not in npf._QUANTILE_METHODS:
+        raise UnsupportedError(with_location(
+            f"np.{name}(..., method={method!r}) on traced arrays; supported: "
+            + ", ".join(npf._QUANTILE_METHODS)))
+    q_dtype = None if type(q) in (int, float) else np.asarray(q).dtype
+    q = np.asarray(q, np.float64)
+    if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
+        raise ArgumentError(with_location(f"np.{name}: q must be in the range "
+                                          + ("[0, 100]" if "percentile" in name else "[0, 1]")))
+    s, kept, axes, n = npf._sorted_lines(a, axis, q_dtype)
+    dt = dtype_of(s)
+    count = npf.sum(~np.isnan(s), axis=-1, keepdims=True)               # (kept..., 1)
+    last = np.maximum(count - 1, 0)
+    qs = q.reshape((1,) * len(kept) + (q.size,)).astype(dt)
+    virtual = qs * astype(last, dt)                                       # (kept..., Q)
+    lo = np.floor(virtual)
+    t = virtual - lo
+    if method == "lower":
+        t = t * 0
+    elif method == "higher":
+        lo, t = np.ceil(virtual), t * 0
+    elif method == "nearest":
+        lo, t = np.rint(virtual), t * 0
+    elif method == "midpoint":
+        t = npf.where(t == 0, t, np.asarray(0.5, dt))
+    lo = astype(lo, np.int64)
+    hi = np.minimum(lo + 1, last)
+    below = npf.take_along_axis(s, lo, -1)
+    above = npf.take_along_axis(s, hi, -1)
+    diff = above - below
+    value = npf.where(t >= 0.5, above - diff * (1 - t), below + diff * t)
+    value = npf.where(count == 0, np.asarray(np.nan, dt), value)      # only NaNs: NaN
+    value = npf.reshape(value, kept + q.shape)
+    value = npf.moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)),
+                         tuple(range(q.ndim)))
+    if keepdims:
+        full = tuple(1 if i in axes else d for i, d in enumerate(shape_of(operand(a))))
+        value = npf.reshape(value, q.shape + full)
+    return value
+
+
+@implements(np.nanquantile)
+def nanquantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+                keepdims=False, *, weights=None, interpolation=None):
+    npf._no_out(out, "nanquantile")
+    if weights is not None:
+        raise UnsupportedError(with_location("np.nanquantile(..., weights=...) on traced arrays"))
+    return _nan_quantile(a, q, axis, interpolation or method, keepdims, "nanquantile")
+
+
+@implements(np.nanpercentile)
+def nanpercentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+                  keepdims=False, *, weights=None, interpolation=None):
+    npf._no_out(out, "nanpercentile")
+    if weights is not None:
+        raise UnsupportedError(with_location("np.nanpercentile(..., weights=...) on traced "
+                                             "arrays"))
+    if not isinstance(q, npf.Tracer):
+        q = q / 100.0 if type(q) in (int, float) else np.true_divide(q, 100)
+    return _nan_quantile(a, q, axis, interpolation or method, keepdims, "nanpercentile")
+
+
+@implements(np.nanmedian)
+def nanmedian(a, axis=None, out=None, overwrite_input=False, keepdims=False):
+    npf._no_out(out, "nanmedian")
+    return _nan_quantile(a, 0.5, axis, "linear", keepdims, "nanmedian")
+
+
+# ---------------------------------------------------------------- more ufuncs
+
+def _negative_sign(x):
+    """Whether x's sign bit is set, for the numbers arithmetic can see: x < 0, or a
+    negative zero (1 / -0.0 is -inf).  (A NaN's sign bit is invisible to arithmetic.)"""
+    zero = np.zeros((), dtype_of(x))
+    return (x < zero) | ((x == zero) & (np.true_divide(1.0, x) < zero))
+
+
+@implements(np.copysign)
+def copysign(x1, x2):
+    """|x1| with the sign of x2 (a NaN x2 counts as positive)."""
+    x1, x2 = broadcast(*promote(x1, x2, float_result=True))
+    return npf.where(_negative_sign(x2), -np.abs(x1), np.abs(x1))
+
+
+@implements(np.fmod)
+def fmod(x1, x2):
+    """C's remainder, with the sign of x1: NumPy's remainder (which takes x2's sign)
+    moved back by x2 where the signs differ; x1 over an infinite x2 is x1."""
+    x1, x2 = broadcast(*promote(x1, x2))
+    r = np.remainder(x1, x2)
+    if dtype_of(r) == np.dtype(bool):
+        return r
+    zero = np.zeros((), dtype_of(r))
+    moved = npf.where((r != zero) & ((r < zero) != (x1 < zero)), r - x2, r)
+    if np.issubdtype(dtype_of(r), np.floating):
+        moved = npf.where(r == zero, x1 * zero, moved)          # a zero takes x1's sign
+        moved = npf.where(np.isinf(x2) & np.isfinite(x1), x1, moved)
+    return moved
+
+
+@implements(np.modf)
+def modf(x):
+    """(fractional part, integral part), both with x's sign; ±inf gives (±0, ±inf)."""
+    (x,) = promote(x, float_result=True)
+    whole = np.trunc(x)
+    frac = npf.where(np.isinf(x), np.zeros((), dtype_of(x)), x - whole)
+    return copysign(frac, x), whole
+
+
+@implements(np.ldexp)
+def ldexp(x1, x2):
+    """x1 · 2^x2, the power split in two so that neither half overflows on its own."""
+    (x1,) = promote(x1, float_result=True)
+    x2 = operand(x2)
+    if not np.issubdtype(dtype_of(x2), np.integer):
+        raise ShapeError(with_location("np.ldexp: the exponent must be an integer array"))
+    half = x2 // 2
+    two = np.asarray(2.0, dtype_of(x1))
+    return x1 * np.power(two, astype(half, dtype_of(x1))) * \
+        np.power(two, astype(x2 - half, dtype_of(x1)))
+
+
+# ---------------------------------------------------------------- arrangement
+
+@implements(np.rot90)
+def rot90(m, k=1, axes=(0, 1)):
+    m = operand(m)
+    nd = len(shape_of(m))
+    if len(axes) != 2 or _axis(axes[0], nd) == _axis(axes[1], nd):
+        raise ShapeError(with_location("np.rot90: axes must be two different axes"))
+    a0, a1 = _axis(axes[0], nd), _axis(axes[1], nd)
+    k %= 4
+    if k == 0:
+        return m
+    if k == 2:
+        return npf.flip(npf.flip(m, a0), a1)
+    perm = list(range(nd))
+    perm[a0], perm[a1] = perm[a1], perm[a0]
+    if k == 1:
+        return npf.transpose(npf.flip(m, a1), perm)
+    return npf.flip(npf.transpose(m, perm), a1)
+
+
+@implements(np.meshgrid)
+def meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
+    if indexing not in ("xy", "ij"):
+        raise ArgumentError(with_location("np.meshgrid: indexing must be 'xy' or 'ij'"))
+    xs = [npf.ravel(operand(x)) for x in xi]
+    n = len(xs)
+    shapes = [[1] * n for _ in xs]
+    for i, x in enumerate(xs):
+        shapes[i][i] = shape_of(x)[0]
+    if indexing == "xy" and n > 1:
+        for s in shapes:
+            s[0], s[1] = s[1], s[0]
+    out = [npf.reshape(x, tuple(s)) for x, s in zip(xs, shapes)]
+    if sparse:
+        return tuple(out)
+    full = np.broadcast_shapes(*[tuple(s) for s in shapes])
+    return tuple(npf.broadcast_to(x, full) for x in out)
+
+
+# ---------------------------------------------------------------- statistics
+
+@implements(np.cov)
+def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=None, *,
+        dtype=None):
+    if fweights is not None or aweights is not None:
+        raise UnsupportedError(with_location("np.cov with weights on traced arrays"))
+    (m,) = promote(m, float_result=True)
+    if len(shape_of(m)) > 2:
+        raise ShapeError(with_location("np.cov: m has more than 2 dimensions"))
+    x = npf.reshape(m, (1, -1)) if len(shape_of(m)) < 2 else m
+    if not rowvar and len(shape_of(m)) == 2:
+        x = x.T
+    if y is not None:
+        (y,) = promote(y, float_result=True)
+        y = npf.reshape(y, (1, -1)) if len(shape_of(y)) < 2 else y
+        if not rowvar and len(shape_of(y)) == 2:
+            y = y.T
+        x = npf.concatenate(promote(x, y), axis=0)
+    if dtype is not None:
+        x = astype(x, dtype)
+    ddof = (0 if bias else 1) if ddof is None else ddof
+    n = shape_of(x)[1]
+    centred = x - npf.mean(x, axis=1, keepdims=True)
+    c = npl.matmul(centred, centred.T) / float(n - ddof)
+    return npf.reshape(c, ()) if shape_of(c) == (1, 1) else c
+
+
+@implements(np.corrcoef)
+def corrcoef(x, y=None, rowvar=True, *, dtype=None):
+    c = cov(x, y, rowvar, dtype=dtype)
+    if len(shape_of(c)) == 0:
+        return c / c
+    d = np.sqrt(npf.diagonal(c))
+    c = c / d[:, None] / d[None, :]
+    return npf.clip(c, -1, 1)
+
+
+@implements(np.gradient)
+def gradient(f, *varargs, axis=None, edge_order=1):
+    """Central differences inside, one-sided ones (first or second order) at the ends,
+    for uniform spacings (scalars)."""
+    f = operand(f)
+    if not np.issubdtype(dtype_of(f), np.inexact):
+        f = astype(f, np.float64)
+    nd = len(shape_of(f))
+    axes = list(range(nd)) if axis is None else \
+        [_axis(a, nd) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))]
+    if len(varargs) == 0:
+        spacing = [1.0] * len(axes)
+    elif len(varargs) == 1:
+        spacing = list(varargs) * len(axes)
+    else:
+        spacing = list(varargs)
+    if len(spacing) != len(axes) or any(np.ndim(h) != 0 or isinstance(h, npf.Tracer)
+                                        for h in spacing):
+        raise UnsupportedError(with_location(
+            "np.gradient: one constant scalar spacing per axis on traced arrays"))
+    if edge_order not in (1, 2):
+        raise ArgumentError(with_location("np.gradient: edge_order must be 1 or 2"))
+    out = []
+    for ax, h in zip(axes, spacing):
+        n = shape_of(f)[ax]
+        if n < edge_order + 1:
+            raise ShapeError(with_location("np.gradient: an axis has too few elements for "
+                                           "this edge order"))
+        h = float(h)
+        inner = (_slice_along(f, ax, 2, None) - _slice_along(f, ax, None, -2)) / (2 * h)
+        if edge_order == 1:
+            first = (_slice_along(f, ax, 1, 2) - _slice_along(f, ax, 0, 1)) / h
+            last = (_slice_along(f, ax, n - 1, n) - _slice_along(f, ax, n - 2, n - 1)) / h
+        else:
+            first = (-1.5 * _slice_along(f, ax, 0, 1) + 2.0 * _slice_along(f, ax, 1, 2)
+                     - 0.5 * _slice_along(f, ax, 2, 3)) / h
+            last = (0.5 * _slice_along(f, ax, n - 3, n - 2)
+                    - 2.0 * _slice_along(f, ax, n - 2, n - 1)
+                    + 1.5 * _slice_along(f, ax, n - 1, n)) / h
+        out.append(npf.concatenate([first, inner, last], axis=ax))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+# ---------------------------------------------------------------- 1-D convolution
+
+def _full_convolution(a, v):
+    """Σ_j a[j] v[k - j] for every k: windows of a zero-padded a (one gather) times v
+    reversed."""
+    n, m = shape_of(a)[0], shape_of(v)[0]
+    padded = pad(a, (m - 1, m - 1))
+    windows = padded[np.arange(n + m - 1)[:, None] + np.arange(m)[None, :]]
+    return npl.matmul(windows, v[::-1])
+
+
+def _convolution(a, v, mode, name):
+    a, v = promote(a, v)
+    if len(shape_of(a)) != 1 or len(shape_of(v)) != 1:
+        raise ShapeError(with_location(f"np.{name}: a and v must be 1-D"))
+    n, m = shape_of(a)[0], shape_of(v)[0]
+    if n == 0 or m == 0:
+        raise ShapeError(with_location(f"np.{name}: a and v must not be empty"))
+    full = _full_convolution(a, v) if n >= m else _full_convolution(v, a)
+    short, long = min(n, m), max(n, m)
+    if mode == "full":
+        return full
+    if mode == "same":
+        start = (short - 1) // 2
+        return full[start:start + long]
+    if mode == "valid":
+        return full[short - 1:long]
+    raise ArgumentError(with_location(f"np.{name}: mode must be 'full', 'same' or 'valid', "
+                                      f"got {mode!r}"))
+
+
+@implements(np.convolve)
+def convolve(a, v, mode="full"):
+    return _convolution(a, v, mode, "convolve")
+
+
+@implements(np.correlate)
+def correlate(a, v, mode="valid"):
+    """Σ_n a[n + k] v[n] (real arrays): a convolution with v reversed."""
+    return _convolution(a, operand(v)[::-1], mode, "correlate")
