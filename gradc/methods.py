@@ -72,6 +72,25 @@ for _name in ("sum", "mean", "var", "std", "max", "min", "prod", "any", "all", "
               "repeat", "take"):
     setattr(Tracer, _name, _method(getattr(npf, _name)))
 
+def _late_method(func):
+    """A method whose NumPy function is registered after this module (gradc.lib)."""
+    def method(self, *args, **kwargs):
+        return npa.FUNCTIONS[func](self, *args, **kwargs)
+    method.__name__ = func.__name__
+    return method
+
+
+for _name in ("cumprod", "argsort", "searchsorted"):
+    setattr(Tracer, _name, _late_method(getattr(np, _name)))
+
+
+def _sort_in_place(self, axis=-1, kind=None, order=None, *, stable=None):
+    """``x.sort()``: x becomes its sorted copy (as NumPy's, in place; returns None)."""
+    self.assign(npa.FUNCTIONS[np.sort](self, axis, kind, order))
+
+
+Tracer.sort = _sort_in_place
+
 Tracer.argmax = lambda self, axis=None, out=None, keepdims=False: \
     npa.FUNCTIONS[np.argmax](self, axis)
 Tracer.argmin = lambda self, axis=None, out=None, keepdims=False: \

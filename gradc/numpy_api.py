@@ -73,8 +73,13 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
         axis = kwargs.get("axis", rest[0] if rest else 0)
         return FUNCTIONS[getattr(np, reducers[ufunc])](x, axis=axis,
                                                        keepdims=kwargs.get("keepdims", False))
-    if method == "accumulate" and ufunc is np.add:
-        return FUNCTIONS[np.cumsum](inputs[0], axis=kwargs.get("axis", 0))
+    if method == "accumulate" and ufunc in UFUNCS and ufunc.nin == 2:
+        from .lib.numpy_composites import accumulate
+        x = inputs[0]
+        if ufunc is np.add:          # (in the operand's dtype: np.cumsum would widen)
+            return FUNCTIONS[np.cumsum](x, axis=kwargs.get("axis", 0),
+                                        dtype=kwargs.get("dtype") or dtype_of(operand(x)))
+        return accumulate(ufunc, x, kwargs.get("axis", 0), kwargs.get("dtype"))
     raise UnsupportedError(with_location(
         f"{name}.{method} is not supported on traced arrays"))
 

@@ -464,6 +464,9 @@ FUNCTION_CASES = {
     np.nanmedian: [lambda x: np.nanmedian(x, axis=1), lambda x: np.nanmedian(x)],
     np.nanquantile: [lambda x: np.nanquantile(x, [0.2, 0.7], axis=0)],
     np.nanpercentile: [lambda x: np.nanpercentile(x, 65, axis=1, keepdims=True)],
+    np.cumprod: [lambda x: np.cumprod(x), lambda x: np.cumprod(x, axis=0),
+                 lambda x: np.cumprod(x[:, :1], axis=1)],
+    np.nancumprod: [lambda x: np.nancumprod(x, axis=1)],
     np.copysign: [lambda x: np.copysign(x[0], x[1]), lambda x: np.copysign(2.0, x)],
     np.fmod: [lambda x: np.fmod(x, 0.3), lambda x: np.fmod(x[0] * 3, x[1] + 2.0)],
     np.modf: [lambda x: np.modf(x * 3)],
@@ -598,6 +601,21 @@ def test_float_edges_of_copysign_fmod_modf_as_numpy():
             np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
 
 
+def test_accumulate_of_ufuncs_and_cumprod_through_zeros():
+    """ufunc.accumulate as a scan: the ufunc's dtype (np.add.accumulate of int8 wraps in
+    int8, np.cumsum widens), and a product's derivative through zeros is exact."""
+    x = rand(3, 5)
+    x[1, 2] = 0.0
+    check(lambda x: (np.maximum.accumulate(x, axis=1), np.minimum.accumulate(x),
+                     np.logaddexp.accumulate(x, axis=1), np.cumprod(x, axis=1)), x)
+    i8 = np.array([100, 100, 3, -128], np.int8)
+    for f in (lambda v: np.add.accumulate(v), lambda v: np.cumsum(v), lambda v: np.cumprod(v),
+              lambda v: np.maximum.accumulate(v)):
+        got, want = gradc.jit(f)(i8), f(i8)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
 def test_quantile_dtype_follows_numpys_promotion():
     """float32 data: a Python q keeps float32, a float64 q (array, list, NumPy scalar)
     gives float64, as NumPy's."""
@@ -699,6 +717,12 @@ def test_setitem(name, f):
 
 # ---------------------------------------------------------------- methods, dtypes, scalars
 
+def _sorted_copy(x):
+    y = x * 1.0
+    y.sort(axis=1)              # (in place, as NumPy's: returns None)
+    return y
+
+
 METHOD_CASES = [
     lambda x: x.sum(), lambda x: x.sum(axis=0), lambda x: x.sum(1, keepdims=True),
     lambda x: x.mean(), lambda x: x.mean(0), lambda x: x.var(), lambda x: x.std(axis=1),
@@ -712,6 +736,8 @@ METHOD_CASES = [
     lambda x: x.diagonal(1), lambda x: x.trace(), lambda x: x.repeat(2),
     lambda x: x.swapaxes(0, 1), lambda x: (x.shape, x.ndim, x.size, len(x), x * 1.0)[4],
     lambda x: [row.sum() for row in x],
+    lambda x: x.cumprod(axis=1), lambda x: x.argsort(axis=0), lambda x: x[0].searchsorted(0.1),
+    lambda x: _sorted_copy(x),
 ]
 
 

@@ -649,3 +649,46 @@ def convolve(a, v, mode="full"):
 def correlate(a, v, mode="valid"):
     """Σ_n a[n + k] v[n] (real arrays): a convolution with v reversed."""
     return _convolution(a, operand(v)[::-1], mode, "correlate")
+
+
+# ---------------------------------------------------------------- accumulations
+
+def accumulate(ufunc, a, axis=0, dtype=None):
+    """``ufunc.accumulate``: out[0] = a[0], out[t] = ufunc(out[t - 1], a[t]) along
+    ``axis``, as one ``scan`` (a loop in the Graph, differentiated exactly: zeros in a
+    product, ties in a running maximum), in the ufunc's result dtype."""
+    from ..numpy_api import UFUNCS
+    from ..prims.loops import scan
+    op = UFUNCS[ufunc]
+    a = operand(a)
+    if dtype is not None:
+        a = astype(a, dtype)
+    nd = len(shape_of(a))
+    if nd == 0:
+        raise ShapeError(with_location(f"np.{ufunc.__name__}.accumulate of a 0-d array"))
+    moved = npf.moveaxis(a, _axis(axis, nd), 0)
+    moved = astype(moved, dtype_of(op(moved[:1], moved[:1])))
+    if shape_of(moved)[0] <= 1:
+        return npf.moveaxis(moved, 0, _axis(axis, nd))
+
+    def step(carry, x):
+        y = astype(op(carry, x), dtype_of(carry))
+        return y, y
+    _, ys = scan(step, moved[0], moved[1:])
+    return npf.moveaxis(npf.concatenate([moved[:1], ys], axis=0), 0, _axis(axis, nd))
+
+
+@implements(np.cumprod)
+def cumprod(a, axis=None, dtype=None, out=None):
+    npf._no_out(out, "cumprod")
+    a = npf._accumulating(operand(a), dtype)
+    if axis is None:
+        a, axis = npf.ravel(a), 0
+    return accumulate(np.multiply, a, axis)
+
+
+@implements(np.nancumprod)
+def nancumprod(a, axis=None, dtype=None, out=None):
+    npf._no_out(out, "nancumprod")
+    a, _ = _nan_filled(a, 1)
+    return cumprod(a, axis, dtype)
