@@ -76,9 +76,9 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
     if method == "accumulate" and ufunc in UFUNCS and ufunc.nin == 2:
         from .lib.numpy_composites import accumulate
         x = inputs[0]
-        if ufunc is np.add:          # (in the operand's dtype: np.cumsum would widen)
+        if ufunc is np.add:
             return FUNCTIONS[np.cumsum](x, axis=kwargs.get("axis", 0),
-                                        dtype=kwargs.get("dtype") or dtype_of(operand(x)))
+                                        dtype=kwargs.get("dtype"))
         return accumulate(ufunc, x, kwargs.get("axis", 0), kwargs.get("dtype"))
     raise UnsupportedError(with_location(
         f"{name}.{method} is not supported on traced arrays"))
@@ -213,6 +213,8 @@ def _bitwise(logical, integer, name):
         dtype = dtype_of(xs[0])
         if dtype == np.dtype(bool) and logical is not None:
             return logical(*broadcast(*xs))
+        if dtype == np.dtype(bool):             # (shifts of booleans: NumPy's int8)
+            xs, dtype = [astype(x, np.int8) for x in xs], np.dtype(np.int8)
         if not np.issubdtype(dtype, np.integer):
             raise DTypeError(with_location(
                 f"np.{name} needs integer or boolean operands, got {dtype_name(dtype)}"))
@@ -252,21 +254,21 @@ def floor_divide(x, y):
         x, y = astype(x, np.int8), astype(y, np.int8)
     if not is_float(dtype_of(x)):
         return ops.floordiv(x, y)
-    # NumPy's float floor division is exact: the quotient of x minus its remainder
-    # (itself exact) is within rounding of an integer, which rint recovers; floor(x / y)
-    # is not (1.0 // 0.1 is 9.0: x / y rounds up to 10.0).  As NumPy's: x // 0 is x / 0,
-    # a zero quotient takes the sign of x / y, and a finite x over an infinite y is -1
-    # when their signs differ.  Piecewise constant: no derivative flows.
+    # NumPy's float floor division (npy_divmod): exact, from C's remainder (fmod);
+    # floor(x / y) is not (1.0 // 0.1 is 9.0: x / y rounds up to 10.0).  x // 0 is
+    # x / 0, a zero quotient takes the sign of x / y, a finite x over an infinite y of
+    # the other sign is -1.  Piecewise constant: no derivative flows.
     x, y = ops.stop_gradient(x), ops.stop_gradient(y)
+    zero = np.zeros((), dtype_of(x))
     quotient = ops.div(x, y)
-    signed_zero = ops.mul(quotient, 0.0)
-    q = ops.round(ops.div(ops.sub(x, ops.rem(x, y)), y))
-    q = ops.select(ops.eq(q, 0.0), signed_zero, q)
-    opposite = ops.logical_and(ops.ne(x, 0.0), ops.ne(ops.lt(x, 0.0), ops.lt(y, 0.0)))
-    over_infinity = ops.select(opposite, np.asarray(-1.0, dtype_of(x)), signed_zero)
-    infinite_y = ops.logical_not(ops.logical_or(ops.isfinite(y), ops.isnan(y)))
-    q = ops.select(ops.logical_and(infinite_y, ops.isfinite(x)), over_infinity, q)
-    return ops.select(ops.eq(y, 0.0), quotient, q)
+    mod = ops.fmod(x, y)
+    q = ops.div(ops.sub(x, mod), y)
+    adjust = ops.logical_and(ops.ne(mod, zero), ops.ne(ops.lt(y, zero), ops.lt(mod, zero)))
+    q = ops.select(adjust, ops.sub(q, 1.0), q)
+    whole = ops.floor(q)
+    whole = ops.select(ops.gt(ops.sub(q, whole), 0.5), ops.add(whole, 1.0), whole)
+    whole = ops.select(ops.eq(q, zero), ops.mul(quotient, zero), whole)
+    return ops.select(ops.eq(y, zero), quotient, whole)
 
 
 @implements(np.divmod)

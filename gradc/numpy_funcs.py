@@ -583,6 +583,10 @@ def interp(x, xp, fp, left=None, right=None, period=None):
     differentiable in ``x``, ``xp`` and ``fp``."""
     if period is not None:
         raise UnsupportedError(with_location("np.interp(..., period=...) on traced arrays"))
+    if builtins.any(np.issubdtype(dtype_of(operand(v)), np.complexfloating)
+                    for v in (x, xp, fp)):
+        raise UnsupportedError(with_location("np.interp of complex values: complex arrays "
+                                             "are not supported by gradc"))
     x, xp, fp = (astype(operand(v), np.float64) for v in (x, xp, fp))
     if _ndim(xp) != 1 or shape_of(fp) != shape_of(xp):
         raise ShapeError(with_location("np.interp: xp and fp must be 1-D sequences of the "
@@ -607,24 +611,34 @@ def interp(x, xp, fp, left=None, right=None, period=None):
         inside = ops.add(ops.mul(slope, ops.sub(x, xj)), fj)
         from_right = ops.add(ops.mul(slope, ops.sub(x, xj1)), fj1)
         # NumPy's fallbacks: from the right end when the left one is not finite, the
-        # common value of a flat interval, and the right end's formula at the last knot
+        # common value of a flat interval
         inside = ops.select(ops.isnan(inside), from_right, inside)
         inside = ops.select(ops.logical_and(ops.isnan(inside), ops.eq(fj, fj1)), fj, inside)
-        inside = ops.select(ops.logical_and(ops.eq(x, xj), ops.logical_not(
-            ops.isfinite(slope))), fj, inside)
-        inside = ops.select(ops.eq(x, getitem(xp, n - 1)), from_right, inside)
+        # at a knot, NumPy's value is the knot's fp exactly (the last one's at the last
+        # knot, repeated or infinite); an exact zero carries the slope's derivative
+        # in x there (a nonzero fp only: adding a zero would turn -0.0 into 0.0)
+        safe = ops.select(ops.isfinite(slope), slope, 0.0)
+        moved = ops.sub(x, ops.stop_gradient(x))
+        carry = ops.select(ops.isfinite(x), ops.mul(moved, safe), 0.0)
+
+        def knot(f):
+            return ops.select(ops.eq(f, 0.0), f, ops.add(f, carry))
+        inside = ops.select(ops.eq(x, xj), knot(fj), inside)
+        inside = ops.select(ops.eq(x, getitem(xp, n - 1)), knot(ops.broadcast_to(last, shape_of(x))
+                                                                if shape_of(x) else last),
+                            inside)
     below, above = ops.lt(x, getitem(xp, 0)), ops.gt(x, getitem(xp, n - 1))
     out = ops.select(below, left, ops.select(above, right, inside))
     # a NaN x gives NaN (but with one sample point NumPy's comparisons give fp[0])
     return out if n == 1 else ops.select(ops.isnan(x), x, out)
 
 
-def _sorted_lines(a, axis, q_dtype=None):
-    """``a`` (promoted to float, and with ``q_dtype``, as NumPy's result) sorted along
-    the given axes merged into the last one, the kept axes in front; with the kept
-    shape and the axes."""
-    (a,) = promote(a, float_result=True)
-    if q_dtype is not None:
+def _sorted_lines(a, axis, q_dtype=None, to_float=True):
+    """``a`` (promoted to float unless ``to_float`` is false, and with ``q_dtype``, as
+    NumPy's result) sorted along the given axes merged into the last one, the kept axes
+    in front; with the kept shape and the axes."""
+    (a,) = promote(a, float_result=to_float)
+    if q_dtype is not None and to_float:
         a = astype(a, np.result_type(dtype_of(a), q_dtype))
     axes = _axes(axis, _ndim(a))
     kept = tuple(d for i, d in enumerate(shape_of(a)) if i not in axes)
@@ -634,9 +648,12 @@ def _sorted_lines(a, axis, q_dtype=None):
 
 
 _QUANTILE_METHODS = ("linear", "lower", "higher", "nearest", "midpoint")
+# methods that pick an element (NumPy keeps its dtype, and reads nothing else)
+_PICKING = ("lower", "higher", "nearest")
 
 
-def _quantile(a, q, axis, method, keepdims, name):
+def _check_q(q, method, name):
+    """q as a float64 array, and the dtype it promotes the result to (None: none)."""
     if isinstance(q, Tracer):
         raise UnsupportedError(with_location(
             f"np.{name}: q must be a constant (the positions read depend on it)"))
@@ -644,39 +661,57 @@ def _quantile(a, q, axis, method, keepdims, name):
         raise UnsupportedError(with_location(
             f"np.{name}(..., method={method!r}) on traced arrays; supported: "
             + ", ".join(_QUANTILE_METHODS)))
-    # a Python number is weak in NumPy's promotion, any other q counts (float32 data
-    # with q = [0.5] gives float64)
-    q_dtype = None if type(q) in (int, float) else np.asarray(q).dtype
+    # a Python number is weak in NumPy's promotion, as are integers; a float q counts
+    # (float32 data with q = [0.5] gives float64)
+    q_dtype = None if type(q) in (int, float) or np.asarray(q).dtype.kind in "biu" \
+        else np.asarray(q).dtype
     q = np.asarray(q, np.float64)
     if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
-        scale = "[0, 100]" if name == "percentile" else "[0, 1]"
+        scale = "[0, 100]" if "percentile" in name else "[0, 1]"
         raise ArgumentError(with_location(f"np.{name}: q must be in the range {scale}"))
-    s, kept, axes, n = _sorted_lines(a, axis, q_dtype)
+    return q, q_dtype
+
+
+def _blend(below, above, t):
+    """NumPy's interpolation between neighbours: from the nearer end, exact at t = 0
+    and t = 1."""
+    diff = ops.sub(above, below)
+    return ops.select(ops.ge(t, 0.5), ops.sub(above, ops.mul(diff, ops.sub(1.0, t))),
+                      ops.add(below, ops.mul(diff, t)))
+
+
+def _quantile(a, q, axis, method, keepdims, name):
+    """Quantiles (and with ``method="median"``, NumPy's median: the mean of the middle
+    elements) of the sorted lines; a NaN in a line makes its results NaN."""
+    if method == "median":
+        q, q_dtype = np.asarray(0.5), None
+    else:
+        q, q_dtype = _check_q(q, method, name)
+    s, kept, axes, n = _sorted_lines(a, axis, q_dtype, to_float=method not in _PICKING)
     if n == 0:
         raise ShapeError(with_location(f"np.{name} of an empty array"))
+    from .numpy_api import getitem
+
+    def at(index):
+        return getitem(s, (Ellipsis, np.asarray(index, np.int64).ravel()))
     virtual = q * (n - 1)
     lo = np.floor(virtual).astype(np.int64)
-    hi = np.minimum(lo + 1, n - 1)
-    t = virtual - lo
-    if method == "lower":
-        hi, t = lo, np.zeros_like(t)
-    elif method == "higher":
-        lo, t = np.ceil(virtual).astype(np.int64), np.zeros_like(t)
-    elif method == "nearest":
-        lo, t = np.around(virtual).astype(np.int64), np.zeros_like(t)
-    elif method == "midpoint":
-        t = np.where(virtual == lo, 0.0, 0.5)
-    from .numpy_api import getitem
-    below, above = getitem(s, (Ellipsis, lo.ravel())), getitem(s, (Ellipsis, hi.ravel()))
-    t = np.broadcast_to(t.ravel().astype(dtype_of(s)), shape_of(below))
-    diff = ops.sub(above, below)
-    # NumPy's interpolation: from the nearer end (exact at t = 0 and t = 1)
-    value = ops.select(np.asarray(t >= 0.5), ops.sub(above, ops.mul(diff, 1 - t)),
-                       ops.add(below, ops.mul(diff, t)))
-    # a NaN anywhere along the line makes its quantiles NaN (sorted, it is last)
-    last = getitem(s, (Ellipsis, slice(n - 1, n)))
-    value = ops.select(ops.broadcast_to(ops.isnan(last), shape_of(value)),
-                       ops.broadcast_to(last, shape_of(value)), value)
+    if method == "median":
+        mid = at([n // 2])
+        value = mid if n % 2 else ops.div(ops.add(at([n // 2 - 1]), mid), 2.0)
+    elif method in _PICKING:
+        value = at({"lower": lo, "higher": np.ceil(virtual),
+                    "nearest": np.around(virtual)}[method])
+    else:
+        t = virtual - lo if method == "linear" else np.where(virtual == lo, 0.0, 0.5)
+        below, above = at(lo), at(np.minimum(lo + 1, n - 1))
+        value = _blend(below, above, np.broadcast_to(t.ravel().astype(dtype_of(s)),
+                                                     shape_of(below)))
+    if np.issubdtype(dtype_of(s), np.inexact):
+        # a NaN anywhere along the line makes its quantiles NaN (sorted, it is last)
+        last = getitem(s, (Ellipsis, slice(n - 1, n)))
+        value = ops.select(ops.broadcast_to(ops.isnan(last), shape_of(value)),
+                           ops.broadcast_to(last, shape_of(value)), value)
     value = reshape(value, kept + q.shape)
     value = moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)), tuple(range(q.ndim)))
     if keepdims:
@@ -709,7 +744,7 @@ def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear"
 @implements(np.median)
 def median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
     _no_out(out, "median")
-    return _quantile(a, 0.5, axis, "linear", keepdims, "median")
+    return _quantile(a, 0.5, axis, "median", keepdims, "median")
 
 
 @implements(np.diagonal)

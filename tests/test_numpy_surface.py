@@ -180,13 +180,14 @@ def test_bitwise_on_floats_is_rejected():
 I64 = np.iinfo(np.int64)
 
 
-def _integers(a, b, s, a8, b8, u8):
+def _integers(a, b, s, a8, b8, u8, ua, ub):
     """Floor division, remainders, bits and shifts at NumPy's edges: x // 0 and x % 0
     are 0, INT_MIN // -1 wraps, shifts by the width or more (or a negative count) give
-    0, or -1 for a right shift of a negative number; int8 wraps, uint8 too."""
+    0, or -1 for a right shift of a negative number; int8 wraps, uint8 too; uint64
+    keeps all 64 bits (a review found % and << going through float64)."""
     return (a // b, a % b, np.divmod(a, b), a & b, a | b, a ^ b, ~a, a << s, a >> s,
             1 << s[:3], a8 // b8, a8 % b8, a8 << 5, a8 >> 9, ~a8, a8 ^ b8,
-            u8 // 3, u8 << 4, ~u8, u8 >> 10)
+            u8 // 3, u8 << 4, ~u8, u8 >> 10, ua % ub, ua // ub, ua << (ub % 70), ua >> 3)
 
 
 def integer_inputs():
@@ -195,7 +196,10 @@ def integer_inputs():
             np.array([0, 1, 63, 64, 65, -1, 200, 3, 62, 2]),
             np.array([100, -100, -128, 127, 3, -1, 0, 55, -7, 9], np.int8),
             np.array([3, -3, -1, 0, 7, 2, 5, -6, 0, 1], np.int8),
-            np.array([0, 1, 255, 128, 200, 17, 3, 99, 250, 7], np.uint8))
+            np.array([0, 1, 255, 128, 200, 17, 3, 99, 250, 7], np.uint8),
+            # (above 2**53: a float64 on the way would round them)
+            np.array([2**63 + 1, 2**64 - 3, 5, 7, 0, 1, 2**64 - 1, 3, 99, 2**60], np.uint64),
+            np.array([2**64 - 1, 2**64 - 1, 0, 2, 3, 1, 2**62 + 1, 64, 70, 5], np.uint64))
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
@@ -602,18 +606,63 @@ def test_float_edges_of_copysign_fmod_modf_as_numpy():
 
 
 def test_accumulate_of_ufuncs_and_cumprod_through_zeros():
-    """ufunc.accumulate as a scan: the ufunc's dtype (np.add.accumulate of int8 wraps in
-    int8, np.cumsum widens), and a product's derivative through zeros is exact."""
+    """ufunc.accumulate as a scan, in NumPy's dtype (sums and products of int8 widen, a
+    running maximum stays int8), and a product's derivative through zeros is exact."""
     x = rand(3, 5)
     x[1, 2] = 0.0
     check(lambda x: (np.maximum.accumulate(x, axis=1), np.minimum.accumulate(x),
                      np.logaddexp.accumulate(x, axis=1), np.cumprod(x, axis=1)), x)
     i8 = np.array([100, 100, 3, -128], np.int8)
     for f in (lambda v: np.add.accumulate(v), lambda v: np.cumsum(v), lambda v: np.cumprod(v),
-              lambda v: np.maximum.accumulate(v)):
+              lambda v: np.maximum.accumulate(v), lambda v: np.multiply.accumulate(v)):
         got, want = gradc.jit(f)(i8), f(i8)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+REVIEW_EDGES = [   # (function, arguments): each found wrong by a review, NumPy's value now
+    (lambda a: np.quantile(a, .5, method="lower"), (np.array([1., np.inf, np.inf]),)),
+    (lambda a: np.percentile(a, 0, method="nearest"), (np.array([-0., 1.]),)),
+    (lambda a: np.quantile(a, [.5, 1.], method="higher"), (np.array([1, 2, 3], np.int8),)),
+    (lambda a: np.median(a), (np.array([1., 2., np.inf]),)),
+    (lambda a: np.median(a), (np.array([1., np.inf]),)),
+    (lambda a: np.median(a), (np.array([-0.1, 0.3]),)),          # (the mean of the two)
+    (lambda a: np.nanmedian(a, axis=1), (np.array([[-0.1, np.nan, 0.3], [1., 2., 4.]]),)),
+    (lambda x, xp, fp: np.interp(x, xp, fp), ([1.], [0., 1., 1.], [0., 1., 2.])),
+    (lambda x, xp, fp: np.interp(x, xp, fp),
+     ([-np.inf, np.inf, .5], [-np.inf, 0., 1., 2., np.inf], [5., 1., 2., 3., 4.])),
+    (lambda x, xp, fp: np.interp(x, xp, fp), ([0., 1.], [0., 1.], [-0., -0.])),
+    (lambda x, xp, fp: np.interp(x, xp, fp), ([2., 1.5], [0., 1., 2.], [0., np.inf, 3.])),
+    (lambda a: np.cumsum(a, dtype=np.uint8), (np.array([200, 100, 3, 255], np.uint8),)),
+    (lambda a: (a << a, a >> a), (np.array([True, False, True]),)),
+    (lambda x, y: x // y, ([1e16, -1e16, 2**53 + 2.0], [3.0, 3.0, 3.0])),
+    (lambda x, y: x // y, (np.float32([2**24 + 2, -1e7]), np.float32([3, 3]))),
+]
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_review_edges_match_numpy_exactly(target):
+    """Values (NaN, infinities, signed zeros) and dtypes exactly NumPy's."""
+    import warnings
+    for k, (f, args) in enumerate(REVIEW_EDGES):
+        args = tuple(np.asarray(a) for a in args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want, got = f(*args), gradc.jit(f, target=target)(*args)
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            g, w = np.asarray(g), np.asarray(w)
+            assert g.dtype == w.dtype, (k, g.dtype, w.dtype)
+            np.testing.assert_array_equal(g, w, err_msg=str(k))
+            np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=str(k))
+
+
+def test_interp_derivative_at_a_knot_is_the_slope_on_its_right():
+    """At a knot the value is fp exactly (NumPy's) and the derivative in x is the slope
+    of the interval starting there (at the last knot, the last interval's)."""
+    xp, fp = np.array([0., 1., 2.]), np.array([1., -2., 5.])
+    d = gradc.grad(lambda x: np.sum(np.interp(x, xp, fp)))(np.array([0., 1., 0.5, 2.]))
+    np.testing.assert_array_equal(d, [-3., 7., -3., 7.])
 
 
 def test_quantile_dtype_follows_numpys_promotion():

@@ -266,6 +266,7 @@ ROWS = [
     elementwise_binary("min", ops.minimum, np.minimum, distinct_pair),
     elementwise_binary("atan2", ops.atan2, np.arctan2, binary(away_from_zero, away_from_zero)),
     elementwise_binary("rem", ops.rem, np.mod, rem_pair),
+    elementwise_binary("fmod", ops.fmod, np.fmod, rem_pair),
     # transcendental
     elementwise_unary("exp", ops.exp, np.exp),
     elementwise_unary("expm1", ops.expm1, np.expm1),

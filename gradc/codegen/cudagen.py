@@ -84,7 +84,7 @@ TEMPLATES = {
     # sign; no device functions, whose compilation would need a GPU for ``.ptx()``)
     "max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
     "min": "({0} if ({0} < {1} or {0} != {0}) else {1})",
-    "atan2": "_d.atan2({0}, {1})",
+    "atan2": "_d.atan2({0}, {1})", "fmod": "_d.fmod({0}, {1})",
     "rem": "(_d.fmod({0}, {1}) + {1} if (_d.fmod({0}, {1}) != 0 and "
            "((_d.fmod({0}, {1}) < 0) != ({1} < 0))) else _d.fmod({0}, {1}))",
     "exp": "_d.exp({0})", "expm1": "_d.expm1({0})", "log": "_d.log({0})",
@@ -102,10 +102,10 @@ TEMPLATES = {
     "not": "(not {0})", "isnan": "({0} != {0})", "isfinite": "({0} - {0} == 0)",
     "stop_gradient": "{0}",
     # integers, with NumPy's edges written out (x // 0 is 0; see pysource.TEMPLATES)
-    "floordiv": "(({0} // {1} if {1} != -1 else -{0}) if {1} != 0 else {0} * 0)",
+    "floordiv": "(({0} // {1} if {1} != -1 else ({0} - {0} - {0})) if {1} != 0 else ({0} - {0}))",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
     "bitnot": "(~{0})",
-    "shl": "(({0} << {1}) if 0 <= {1} < 64 else {0} * 0)",
+    "shl": "(({0} << {1}) if 0 <= {1} < 64 else ({0} - {0}))",
     "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
 # libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
@@ -164,7 +164,12 @@ class _Emitter(loops._Emitter):
             return args[0]
         if np.dtype(dtype).kind in "iu" and name == "rem":   # (NumPy's x % 0, INT_MIN % -1)
             return (f"({args[0]} % {args[1]} if {args[1]} != 0 and {args[1]} != -1 "
-                    f"else {args[0]} * 0)")
+                    f"else ({args[0]} - {args[0]}))")
+        if np.dtype(dtype).kind in "iu" and name == "fmod":   # (truncated; x % 0 is 0)
+            a, b = args
+            r = f"({a} % {b})"
+            return (f"(({r} - {b} if ({r} != 0 and (({r} < 0) != ({a} < 0))) else {r}) "
+                    f"if {b} != 0 and {b} != -1 else ({a} - {a}))")
         if np.dtype(dtype).kind in "iu" and name == "sign":
             return f"(({args[0]} > 0) - ({args[0]} < 0))"
         return template(name, dtype).format(*args)

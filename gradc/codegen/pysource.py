@@ -43,7 +43,7 @@ TEMPLATES = {
     "neg": "np.negative({0})", "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}",
     "div": "np.true_divide({0}, {1})", "pow": "np.power({0}, {1})",
     "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
-    "atan2": "np.arctan2({0}, {1})", "rem": "np.mod({0}, {1})",
+    "atan2": "np.arctan2({0}, {1})", "rem": "np.mod({0}, {1})", "fmod": "np.fmod({0}, {1})",
     "exp": "np.exp({0})", "expm1": "np.expm1({0})", "log": "np.log({0})",
     "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})", "cbrt": "np.cbrt({0})",
     "sin": "np.sin({0})", "cos": "np.cos({0})", "tan": "np.tan({0})",
@@ -61,15 +61,16 @@ TEMPLATES = {
     "stop_gradient": "{0}",
     # integers (NumPy's edges: Numba's ``x // 0`` is already 0 under error_model="numpy";
     # shifts by 64 or more, or by a negative count, are undefined in LLVM: written out)
-    "floordiv": "({0} // {1} if {1} != -1 else -{0})",
+    "floordiv": "({0} // {1} if {1} != -1 else ({0} - {0} - {0}))",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
     "bitnot": "(~{0})",
-    "shl": "(({0} << {1}) if 0 <= {1} < 64 else {0} * 0)",
+    "shl": "(({0} << {1}) if 0 <= {1} < 64 else ({0} - {0}))",
     "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
 
 # integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
-_INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else {0} * 0)"}
+_INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else ({0} - {0}))",
+                      "fmod": "(np.fmod({0}, {1}) if {1} != -1 else ({0} - {0}))"}
 
 
 def element_template(name: str, dtype) -> str:

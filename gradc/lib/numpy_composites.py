@@ -361,42 +361,37 @@ nanargmin = implements(np.nanargmin)(_nan_arg("min", np.inf))
 
 
 def _nan_quantile(a, q, axis, method, keepdims, name):
-    """Quantiles of the numbers of each line: sorted, NaNs come last, so the positions
-    read are those of the line's count of numbers (data, so gathered per line)."""
-    if isinstance(q, npf.Tracer):
-        raise UnsupportedError(with_location(
-            f"np.{name}: q must be a constant (the positions read depend on it)"))
-    if method not in npf._QUANTILE_METHODS:
-        raise UnsupportedError(with_location(
-            f"np.{name}(..., method={method!r}) on traced arrays; supported: "
-            + ", ".join(npf._QUANTILE_METHODS)))
-    q_dtype = None if type(q) in (int, float) else np.asarray(q).dtype
-    q = np.asarray(q, np.float64)
-    if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
-        raise ArgumentError(with_location(f"np.{name}: q must be in the range "
-                                          + ("[0, 100]" if "percentile" in name else "[0, 1]")))
-    s, kept, axes, n = npf._sorted_lines(a, axis, q_dtype)
+    """Quantiles of the numbers of each line (``method="median"``: the mean of the middle
+    two): sorted, NaNs come last, so the positions read depend on the line's count of
+    numbers (data, so gathered per line); a line of NaNs only gives NaN."""
+    if method == "median":
+        q, q_dtype = np.asarray(0.5), None
+    else:
+        q, q_dtype = npf._check_q(q, method, name)
+    picking = method in npf._PICKING
+    s, kept, axes, n = npf._sorted_lines(a, axis, q_dtype, to_float=not picking)
+    if not np.issubdtype(dtype_of(s), np.inexact):       # (no NaNs: NumPy's quantile)
+        return npf._quantile(a, q, axis, method, keepdims, name)
     dt = dtype_of(s)
     count = npf.sum(~np.isnan(s), axis=-1, keepdims=True)               # (kept..., 1)
     last = np.maximum(count - 1, 0)
     qs = q.reshape((1,) * len(kept) + (q.size,)).astype(dt)
     virtual = qs * astype(last, dt)                                       # (kept..., Q)
     lo = np.floor(virtual)
-    t = virtual - lo
-    if method == "lower":
-        t = t * 0
-    elif method == "higher":
-        lo, t = np.ceil(virtual), t * 0
-    elif method == "nearest":
-        lo, t = np.rint(virtual), t * 0
-    elif method == "midpoint":
-        t = npf.where(t == 0, t, np.asarray(0.5, dt))
-    lo = astype(lo, np.int64)
-    hi = np.minimum(lo + 1, last)
-    below = npf.take_along_axis(s, lo, -1)
-    above = npf.take_along_axis(s, hi, -1)
-    diff = above - below
-    value = npf.where(t >= 0.5, above - diff * (1 - t), below + diff * t)
+
+    def at(index):
+        return npf.take_along_axis(s, astype(index, np.int64), -1)
+    if method == "median":
+        below, above = at(lo), at(np.ceil(virtual))
+        value = npf.where(lo == np.ceil(virtual), below, (below + above) / 2.0)
+    elif picking:
+        value = at({"lower": lo, "higher": np.ceil(virtual),
+                    "nearest": np.rint(virtual)}[method])
+    else:
+        t = virtual - lo
+        if method == "midpoint":
+            t = npf.where(t == 0, t, np.asarray(0.5, dt))
+        value = npf._blend(at(lo), at(np.minimum(lo + 1, astype(last, dt))), t)
     value = npf.where(count == 0, np.asarray(np.nan, dt), value)      # only NaNs: NaN
     value = npf.reshape(value, kept + q.shape)
     value = npf.moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)),
@@ -431,7 +426,7 @@ def nanpercentile(a, q, axis=None, out=None, overwrite_input=False, method="line
 @implements(np.nanmedian)
 def nanmedian(a, axis=None, out=None, overwrite_input=False, keepdims=False):
     npf._no_out(out, "nanmedian")
-    return _nan_quantile(a, 0.5, axis, "linear", keepdims, "nanmedian")
+    return _nan_quantile(a, 0.5, axis, "median", keepdims, "nanmedian")
 
 
 # ---------------------------------------------------------------- more ufuncs
@@ -452,18 +447,11 @@ def copysign(x1, x2):
 
 @implements(np.fmod)
 def fmod(x1, x2):
-    """C's remainder, with the sign of x1: NumPy's remainder (which takes x2's sign)
-    moved back by x2 where the signs differ; x1 over an infinite x2 is x1."""
+    """C's remainder (x1's sign), exact: its own primitive."""
     x1, x2 = broadcast(*promote(x1, x2))
-    r = np.remainder(x1, x2)
-    if dtype_of(r) == np.dtype(bool):
-        return r
-    zero = np.zeros((), dtype_of(r))
-    moved = npf.where((r != zero) & ((r < zero) != (x1 < zero)), r - x2, r)
-    if np.issubdtype(dtype_of(r), np.floating):
-        moved = npf.where(r == zero, x1 * zero, moved)          # a zero takes x1's sign
-        moved = npf.where(np.isinf(x2) & np.isfinite(x1), x1, moved)
-    return moved
+    if dtype_of(x1) == np.dtype(bool):
+        x1, x2 = astype(x1, np.int8), astype(x2, np.int8)
+    return ops.fmod(x1, x2)
 
 
 @implements(np.modf)
@@ -656,12 +644,15 @@ def correlate(a, v, mode="valid"):
 def accumulate(ufunc, a, axis=0, dtype=None):
     """``ufunc.accumulate``: out[0] = a[0], out[t] = ufunc(out[t - 1], a[t]) along
     ``axis``, as one ``scan`` (a loop in the Graph, differentiated exactly: zeros in a
-    product, ties in a running maximum), in the ufunc's result dtype."""
+    product, ties in a running maximum), in NumPy's dtype (the ufunc's; sums and
+    products of small integers in the default integer)."""
     from ..numpy_api import UFUNCS
     from ..prims.loops import scan
     op = UFUNCS[ufunc]
     a = operand(a)
-    if dtype is not None:
+    if ufunc in (np.add, np.multiply):      # (small integers widen, as in np.cumsum)
+        a = npf._accumulating(a, dtype)
+    elif dtype is not None:
         a = astype(a, dtype)
     nd = len(shape_of(a))
     if nd == 0:

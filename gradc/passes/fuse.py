@@ -48,7 +48,8 @@ from .indexmap import Affine
 MAX_BODY = 400
 
 ELEMENTWISE = {
-    "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "exp", "expm1",
+    "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "fmod", "exp",
+    "expm1",
     "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
     "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "round",
     "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
@@ -68,7 +69,7 @@ VECTOR_UFUNCS = {"exp", "expm1", "log", "log1p", "sin", "cos", "tan", "asin", "a
                  "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "cbrt"}
 UFUNC_ELEMENTS = 1 << 12
 # not recomputed for every element of a larger loop domain (see ``_plan``'s ``reach``)
-EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem"}
+EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem", "fmod"}
 RECOMPUTE = 4      # ... in a domain this many times its size (a pad or slice is not)
 
 

@@ -248,6 +248,16 @@ def rem(x, y):
     return bind(rem_p, _lift(x, y), _lift(y, x))
 
 
+fmod_p = _binary("fmod", np.fmod)
+# C's remainder, exact, with x's sign: x - y trunc(x / y): d/dx = 1, d/dy = -trunc(x / y)
+defjvp(fmod_p, lambda t, ans, x, y: _broadcast_like(t, ans),
+       lambda t, ans, x, y: neg(mul(t, trunc(div(x, y)))))
+
+
+def fmod(x, y):
+    return bind(fmod_p, _lift(x, y), _lift(y, x))
+
+
 # ---------------------------------------------------------------- transcendental
 
 def _def_unary(name, impl, rule):

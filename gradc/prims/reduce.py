@@ -222,16 +222,19 @@ cumsum_p = Primitive("cumsum")
 
 
 def _cumsum_impl(x, axis, reverse):
+    # (in the operand's dtype: np.cumsum's widening of small integers is the tracer's)
     if reverse:
-        return np.flip(np.cumsum(np.flip(x, axis), axis=axis), axis)
-    return np.cumsum(x, axis=axis)
+        return np.flip(np.cumsum(np.flip(x, axis), axis=axis, dtype=x.dtype), axis)
+    return np.cumsum(x, axis=axis, dtype=x.dtype)
 
 
 def _cumsum_abstract(x, axis, reverse):
     if not 0 <= axis < len(x.shape):
         raise ShapeError(f"axis {axis} is out of bounds for an array of shape {tuple(x.shape)}")
-    # NumPy's accumulation dtype: booleans and small integers sum as the default integer
-    return [(tuple(x.shape), np.cumsum(np.zeros(1, np.dtype(x.dtype))).dtype)]
+    if np.dtype(x.dtype) == np.dtype(bool):
+        raise DTypeError("cumsum of booleans: convert them to integers first (np.cumsum "
+                         "does: gradc.numpy_funcs.cumsum)")
+    return [(tuple(x.shape), np.dtype(x.dtype))]
 
 
 cumsum_p.impl = _cumsum_impl
