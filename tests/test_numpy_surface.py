@@ -640,21 +640,29 @@ REVIEW_EDGES = [   # (function, arguments): each found wrong by a review, NumPy'
 ]
 
 
+def _review_edges(*flat):
+    """Every REVIEW_EDGES case in one function (one compile)."""
+    out, k = [], 0
+    for f, args in REVIEW_EDGES:
+        result = f(*flat[k:k + len(args)])
+        out.extend(result if isinstance(result, tuple) else (result,))
+        k += len(args)
+    return tuple(out)
+
+
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
 def test_review_edges_match_numpy_exactly(target):
     """Values (NaN, infinities, signed zeros) and dtypes exactly NumPy's."""
     import warnings
-    for k, (f, args) in enumerate(REVIEW_EDGES):
-        args = tuple(np.asarray(a) for a in args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            want, got = f(*args), gradc.jit(f, target=target)(*args)
-        for g, w in zip(got if isinstance(got, tuple) else (got,),
-                        want if isinstance(want, tuple) else (want,)):
-            g, w = np.asarray(g), np.asarray(w)
-            assert g.dtype == w.dtype, (k, g.dtype, w.dtype)
-            np.testing.assert_array_equal(g, w, err_msg=str(k))
-            np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=str(k))
+    flat = [np.asarray(a) for _, args in REVIEW_EDGES for a in args]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want, got = _review_edges(*flat), gradc.jit(_review_edges, target=target)(*flat)
+    for k, (g, w) in enumerate(zip(got, want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype, (k, g.dtype, w.dtype)
+        np.testing.assert_array_equal(g, w, err_msg=str(k))
+        np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=str(k))
 
 
 def test_interp_derivative_at_a_knot_is_the_slope_on_its_right():

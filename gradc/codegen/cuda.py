@@ -279,9 +279,10 @@ cupy_solve = None
 cupy_library = None
 
 # primitives CuPy computes on the device with NumPy's semantics, by name: decompositions
-# (cuSOLVER) and the stable argsort (CUB's radix sort: ties keep their order, NaNs go
-# last); the lowering calls ``cupy_library(name, a, **params)`` for these when CuPy is
-# installed (codegen.cudagen)
+# (cuSOLVER) and the stable argsort (CuPy's stable sort: ties keep their order, NaNs go
+# last; checked against the interpreter by benchmarks/gpu_session.sh on a GPU); the
+# lowering calls ``cupy_library(name, a, **params)`` for these when CuPy is installed
+# (codegen.cudagen)
 LIBRARY = {
     "cholesky": lambda xp, a: [xp.linalg.cholesky(a)],
     "eigh": lambda xp, a: list(xp.linalg.eigh(a)),
