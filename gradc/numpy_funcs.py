@@ -712,6 +712,12 @@ def _quantile(a, q, axis, method, keepdims, name):
         last = getitem(s, (Ellipsis, slice(n - 1, n)))
         value = ops.select(ops.broadcast_to(ops.isnan(last), shape_of(value)),
                            ops.broadcast_to(last, shape_of(value)), value)
+    return quantile_layout(value, a, kept, axes, q, keepdims)
+
+
+def quantile_layout(value, a, kept, axes, q, keepdims):
+    """Quantiles computed as (kept..., Q) into NumPy's layout: q's axes first, then the
+    kept axes (with ``keepdims``, ``a``'s with the reduced ones as 1)."""
     value = reshape(value, kept + q.shape)
     value = moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)), tuple(range(q.ndim)))
     if keepdims:
@@ -720,25 +726,24 @@ def _quantile(a, q, axis, method, keepdims, name):
     return value
 
 
-@implements(np.quantile)
-def quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
-             keepdims=False, *, weights=None, interpolation=None):
-    _no_out(out, "quantile")
-    if weights is not None:
-        raise UnsupportedError(with_location("np.quantile(..., weights=...) on traced arrays"))
-    return _quantile(a, q, axis, interpolation or method, keepdims, "quantile")
+def quantile_function(name, compute, percent):
+    """NumPy's signature of ``np.<name>`` over ``compute(a, q, axis, method, keepdims,
+    name)``; ``percent``: q in [0, 100]."""
+    def function(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+                 keepdims=False, *, weights=None, interpolation=None):
+        _no_out(out, name)
+        if weights is not None:
+            raise UnsupportedError(with_location(f"np.{name}(..., weights=...) on traced "
+                                                 "arrays"))
+        if percent and not isinstance(q, Tracer):
+            q = q / 100.0 if type(q) in (int, float) else np.true_divide(q, 100)
+        return compute(a, q, axis, interpolation or method, keepdims, name)
+    function.__name__ = name
+    return implements(getattr(np, name))(function)
 
 
-@implements(np.percentile)
-def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
-               keepdims=False, *, weights=None, interpolation=None):
-    _no_out(out, "percentile")
-    if weights is not None:
-        raise UnsupportedError(with_location("np.percentile(..., weights=...) on traced arrays"))
-    if isinstance(q, Tracer):
-        return _quantile(a, q, axis, method, keepdims, "percentile")
-    q = q / 100.0 if type(q) in (int, float) else np.true_divide(q, 100)
-    return _quantile(a, q, axis, interpolation or method, keepdims, "percentile")
+quantile = quantile_function("quantile", _quantile, percent=False)
+percentile = quantile_function("percentile", _quantile, percent=True)
 
 
 @implements(np.median)

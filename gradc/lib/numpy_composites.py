@@ -393,34 +393,11 @@ def _nan_quantile(a, q, axis, method, keepdims, name):
             t = npf.where(t == 0, t, np.asarray(0.5, dt))
         value = npf._blend(at(lo), at(np.minimum(lo + 1, astype(last, dt))), t)
     value = npf.where(count == 0, np.asarray(np.nan, dt), value)      # only NaNs: NaN
-    value = npf.reshape(value, kept + q.shape)
-    value = npf.moveaxis(value, tuple(range(len(kept), len(kept) + q.ndim)),
-                         tuple(range(q.ndim)))
-    if keepdims:
-        full = tuple(1 if i in axes else d for i, d in enumerate(shape_of(operand(a))))
-        value = npf.reshape(value, q.shape + full)
-    return value
+    return npf.quantile_layout(value, a, kept, axes, q, keepdims)
 
 
-@implements(np.nanquantile)
-def nanquantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
-                keepdims=False, *, weights=None, interpolation=None):
-    npf._no_out(out, "nanquantile")
-    if weights is not None:
-        raise UnsupportedError(with_location("np.nanquantile(..., weights=...) on traced arrays"))
-    return _nan_quantile(a, q, axis, interpolation or method, keepdims, "nanquantile")
-
-
-@implements(np.nanpercentile)
-def nanpercentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
-                  keepdims=False, *, weights=None, interpolation=None):
-    npf._no_out(out, "nanpercentile")
-    if weights is not None:
-        raise UnsupportedError(with_location("np.nanpercentile(..., weights=...) on traced "
-                                             "arrays"))
-    if not isinstance(q, npf.Tracer):
-        q = q / 100.0 if type(q) in (int, float) else np.true_divide(q, 100)
-    return _nan_quantile(a, q, axis, interpolation or method, keepdims, "nanpercentile")
+nanquantile = npf.quantile_function("nanquantile", _nan_quantile, percent=False)
+nanpercentile = npf.quantile_function("nanpercentile", _nan_quantile, percent=True)
 
 
 @implements(np.nanmedian)

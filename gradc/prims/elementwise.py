@@ -344,11 +344,15 @@ _BOOL = np.dtype(bool)
 def _compare(name, impl):
     prim = _binary(name, impl, out_dtype=_BOOL)
     defzero(prim)
+    return prim, _binary_op(prim)
 
+
+def _binary_op(prim):
+    """The operation binding binary ``prim``, Python scalars taking the other's dtype."""
     def op(x, y):
         return bind(prim, _lift(x, y), _lift(y, x))
-    op.__name__ = name
-    return prim, op
+    op.__name__ = prim.name
+    return op
 
 
 lt_p, lt = _compare("lt", np.less)
@@ -392,13 +396,7 @@ def _integer(name, impl, arity=2):
     prim.abstract = abstract
     defzero(prim)
 
-    def op(*xs):
-        if arity == 1:
-            return bind(prim, xs[0])
-        x, y = xs
-        return bind(prim, _lift(x, y), _lift(y, x))
-    op.__name__ = name
-    return prim, op
+    return prim, (_make_unary_op(prim) if arity == 1 else _binary_op(prim))
 
 
 floordiv_p, floordiv = _integer("floordiv", np.floor_divide)
