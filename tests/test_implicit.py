@@ -47,6 +47,23 @@ def test_linear_solve_gradients_equal_numpy_solve(rng, solve):
     assert np.abs(gb - fd(lambda b: ref(A, b), b)).max() < 1e-7
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_bicgstab_solved_in_a_half_step(rng, target):
+    """A system BiCGSTAB solves exactly in its first half step (A = 2I: alpha = 1/2 and
+    s = b - Ab/2 = 0 with no rounding): omega would be 0/0; the solution must come back,
+    with its gradient (this happened by rounding to a random 4x4 system on one CPU)."""
+    b = rng.standard_normal(5)
+
+    def f(b):
+        return np.sum(np.sin(gradc.linear_solve(lambda v: 2.0 * v, b, solve="bicgstab")))
+
+    x = gradc.jit(lambda b: gradc.linear_solve(lambda v: 2.0 * v, b, solve="bicgstab"),
+                  target=target)(b)
+    np.testing.assert_array_equal(x, b / 2)
+    np.testing.assert_allclose(gradc.grad(f, target=target)(b), np.cos(b / 2) / 2,
+                               rtol=1e-14)
+
+
 def test_linear_solve_unsymmetric_forward_equals_reverse(rng):
     n = 5
     A = rng.standard_normal((n, n)) + 4 * np.eye(n)

@@ -152,7 +152,10 @@ def _bicgstab(method, mv, b, n, maxiter):
         h = x + alpha * p
         s_ = r - alpha * v
         t = mv(s_)
-        omega = np.dot(t, s_) / np.dot(t, t)
+        # s_ = 0 when the half step solved the system exactly (a small system, or a lucky
+        # rounding): then t = 0 too, and omega = 0 keeps x = h and r = 0 instead of 0/0
+        tt = np.dot(t, t)
+        omega = np.dot(t, s_) / np.where(tt > 0, tt, one)
         x = h + omega * s_
         r = s_ - omega * t
         return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2
