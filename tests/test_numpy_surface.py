@@ -217,22 +217,29 @@ def test_integer_division_bits_and_shifts_as_numpy(target):
         np.testing.assert_array_equal(g, w, err_msg=f"output {k}")
 
 
-@pytest.mark.parametrize("target", ["numpy", "cpu"])
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
 def test_float_floor_division_is_numpys_exact_one(target):
     """np.floor_divide of floats is exact (1.0 // 0.1 is 9.0, where floor(1.0 / 0.1) is
-    10.0), x // 0 is x / 0, a zero quotient keeps its sign; its derivative is zero."""
+    10.0), x // 0 is x / 0, a zero quotient keeps its sign; its derivative is zero.  The
+    remainder too, bit for bit: a zero remainder has the divisor's sign (1.0 % -1.0 is
+    -0.0), an infinite divisor of the other sign gives it (-1.0 % inf is inf)."""
     import warnings
-    x = np.array([1.0, -7.5, 5.0, 0.3, 9.0, -3.0, 1e300, 7.0, -0.0, 0.0, 0.5, -0.5, 2.9])
-    y = np.array([0.1, 2.0, 0.0, -0.1, -3.0, 0.0, 1e-300, np.inf, 3.0, 0.0, -np.inf, 3.0, 0.1])
+    x = np.array([1.0, -7.5, 5.0, 0.3, 9.0, -3.0, 1e300, 7.0, -0.0, 0.0, 0.5, -0.5, 2.9,
+                  1.0, -1.0, 0.0, -0.0, -1.0, 1.0, -5.0, 6.0, np.inf, np.nan])
+    y = np.array([0.1, 2.0, 0.0, -0.1, -3.0, 0.0, 1e-300, np.inf, 3.0, 0.0, -np.inf, 3.0, 0.1,
+                  -1.0, 1.0, -1.0, 1.0, np.inf, -np.inf, -np.inf, -3.0, 2.0, 1.0])
     for dtype in (np.float64, np.float32):
         xd, yd = x.astype(dtype), y.astype(dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            want = np.floor_divide(xd, yd)
-            got = gradc.jit(lambda x, y: x // y, target=target)(xd, yd)
-        assert got.dtype == dtype
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+            want = (np.floor_divide(xd, yd), np.remainder(xd, yd))
+            got = gradc.jit(lambda x, y: (x // y, x % y), target=target)(xd, yd)
+        for g, w in zip(got, want):
+            g = g.copy_to_host() if hasattr(g, "copy_to_host") else g
+            assert g.dtype == dtype
+            np.testing.assert_array_equal(g, w)
+            number = ~np.isnan(w)                   # (a NaN's sign bit means nothing)
+            np.testing.assert_array_equal(np.signbit(g[number]), np.signbit(w[number]))
     g = gradc.grad(lambda x: np.sum(x // 0.1 + x), target=target)(x[:5])
     np.testing.assert_array_equal(g, np.ones(5))
 

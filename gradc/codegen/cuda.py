@@ -195,7 +195,7 @@ def _define_device_functions(cuda) -> None:
             g[ours] = getattr(np, numpys)
         for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
-        g["fmod"] = np.fmod
+        g["fmod"], g["copysign"] = np.fmod, np.copysign
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -203,7 +203,7 @@ def _define_device_functions(cuda) -> None:
     for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
-    g["fmod"] = math.fmod
+    g["fmod"], g["copysign"] = math.fmod, math.copysign
 
 # ---------------------------------------------------------------- host-side helpers
 

@@ -60,7 +60,7 @@ from ..passes.fuse import REDUCTIONS
 from ..passes.indexmap import Affine, operand_indices
 from ..prims.linalg import parse_spec
 from . import loops
-from .pysource import Symbols, dtype_expr, scalar_literal
+from .pysource import FLOAT_REM, Symbols, dtype_expr, scalar_literal
 
 THREADS = 256          # threads per block (one dimension)
 THREADS_SIM = 16       # ... under the simulator (each thread a Python thread: a barrier costs ms)
@@ -81,12 +81,12 @@ TEMPLATES = {
     "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
     "div": "({0} / {1})", "pow": "({0} ** {1})",
     # (NumPy's semantics inline: a NaN operand wins, the remainder takes the divisor's
-    # sign; no device functions, whose compilation would need a GPU for ``.ptx()``)
+    # sign as pysource.FLOAT_REM says; no device functions, whose compilation would need
+    # a GPU for ``.ptx()``)
     "max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
     "min": "({0} if ({0} < {1} or {0} != {0}) else {1})",
     "atan2": "_d.atan2({0}, {1})", "fmod": "_d.fmod({0}, {1})",
-    "rem": "(_d.fmod({0}, {1}) + {1} if (_d.fmod({0}, {1}) != 0 and "
-           "((_d.fmod({0}, {1}) < 0) != ({1} < 0))) else _d.fmod({0}, {1}))",
+    "rem": FLOAT_REM.format(fmod="_d.fmod", copysign="_d.copysign"),
     "exp": "_d.exp({0})", "expm1": "_d.expm1({0})", "log": "_d.log({0})",
     "log1p": "_d.log1p({0})", "sqrt": "_d.sqrt({0})", "cbrt": "_d.cbrt({0})",
     "sin": "_d.sin({0})", "cos": "_d.cos({0})", "tan": "_d.tan({0})",

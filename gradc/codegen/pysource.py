@@ -39,11 +39,18 @@ from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
 
+# NumPy's float remainder (npy_divmod): C's fmod moved into the divisor's sign, and a
+# zero remainder signed as the divisor (Numba's np.mod gives +0.0 for 1.0 % -1.0)
+FLOAT_REM = ("({fmod}({{0}}, {{1}}) + {{1}} if ({fmod}({{0}}, {{1}}) != 0 and "
+             "(({fmod}({{0}}, {{1}}) < 0) != ({{1}} < 0))) else "
+             "{copysign}({fmod}({{0}}, {{1}}), {{1}}))")
+
 TEMPLATES = {
     "neg": "np.negative({0})", "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}",
     "div": "np.true_divide({0}, {1})", "pow": "np.power({0}, {1})",
     "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})",
-    "atan2": "np.arctan2({0}, {1})", "rem": "np.mod({0}, {1})", "fmod": "np.fmod({0}, {1})",
+    "atan2": "np.arctan2({0}, {1})", "fmod": "np.fmod({0}, {1})",
+    "rem": FLOAT_REM.format(fmod="np.fmod", copysign="np.copysign"),
     "exp": "np.exp({0})", "expm1": "np.expm1({0})", "log": "np.log({0})",
     "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})", "cbrt": "np.cbrt({0})",
     "sin": "np.sin({0})", "cos": "np.cos({0})", "tan": "np.tan({0})",
