@@ -49,6 +49,11 @@ class DTypeError(GradcError, TypeError):
     """Operand dtypes that a primitive does not accept together."""
 
 
+class ScalarOverflowError(GradcError, OverflowError):
+    """A Python integer that does not fit the dtype NumPy's promotion gives it
+    (``uint8_array + 300``: NumPy 2 keeps the array's dtype and raises OverflowError)."""
+
+
 class EvaluationError(GradcError):
     """A NumPy implementation failed on the traced values (e.g. a singular matrix)."""
 

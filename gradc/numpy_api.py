@@ -19,7 +19,8 @@ import inspect
 import numpy as np
 
 from . import ops
-from .errors import DTypeError, ShapeError, UnsupportedError, with_location
+from .errors import (DTypeError, ScalarOverflowError, ShapeError, UnsupportedError,
+                     with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .trace import Tracer, dtype_of, shape_of
@@ -128,7 +129,13 @@ def result_dtype(*xs):
 def astype(x, dtype):
     dtype = np.dtype(dtype)
     if isinstance(x, (bool, int, float, complex)):
-        return np.asarray(x, dtype=dtype)
+        try:
+            return np.asarray(x, dtype=dtype)
+        except OverflowError:
+            raise ScalarOverflowError(with_location(
+                f"Python integer {x} out of bounds for {dtype}: NumPy gives a Python "
+                f"scalar the array's dtype; convert the array first "
+                f"(x.astype(np.int64))")) from None
     return ops.convert_element_type(x, dtype)
 
 

@@ -547,6 +547,10 @@ def argpartition(a, kth, axis=-1, kind="introselect", order=None):
 def searchsorted(a, v, side="left", sorter=None):
     if sorter is not None:
         a = take(a, sorter)
+    if isinstance(v, (bool, int, float)):
+        # NumPy compares a Python scalar at its own precision (0.1 as a float64 against
+        # a float32 array; 300 against uint8), not at the array's
+        v = np.asarray(v)
     a, v = promote(a, v)
     if _ndim(a) != 1:
         raise ShapeError(with_location(f"np.searchsorted: a must be 1-D, got shape "

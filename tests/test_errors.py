@@ -43,6 +43,20 @@ def test_unique_is_unsupported():
            lambda: gradc.grad(f)(X))
 
 
+def test_python_integer_out_of_bounds_for_a_narrow_array():
+    """NumPy 2 raises OverflowError for uint8_array + 300; so does gradc, as its own error
+    with the user's line (and still an OverflowError)."""
+    def f(x):
+        return np.sum(x.astype(np.uint8) + 300)
+
+    expect(OverflowError, ["300", "uint8"], "np.sum(x.astype(np.uint8) + 300)",
+           lambda: gradc.jit(f)(X))
+    expect(gradc.ScalarOverflowError, ["300"], "np.sum(x.astype(np.uint8) + 300)",
+           lambda: gradc.jit(f)(X))
+    with pytest.raises(OverflowError):
+        np.arange(4, dtype=np.uint8) + 300
+
+
 def test_unsupported_ufunc_is_named():
     def f(x):
         return np.sum(np.copysign(x, 1.0) ** 2) + np.sum(np.spacing(x))

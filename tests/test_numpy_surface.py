@@ -555,6 +555,21 @@ def test_interp_and_searchsorted_at_numpys_edges(target):
         np.testing.assert_array_equal(g, w)
 
 
+def test_searchsorted_compares_a_python_scalar_at_its_own_precision():
+    """NumPy compares 0.1 with a float32 array as float64 (0.1f > 0.1), and 300 with a
+    uint8 array without overflow; traced arrays give the same answers."""
+    a32, u8 = np.array([0.1, 0.5], np.float32), np.array([1, 7, 200], np.uint8)
+
+    def f(a, u):
+        return (np.searchsorted(a, 0.1, side="right"), np.searchsorted(u, 300),
+                np.searchsorted(u, -1), np.searchsorted(a, np.float32(0.1), side="right"),
+                np.digitize(0.1, np.array([0.1, 0.5], np.float32)))
+
+    got = gradc.jit(f, target="numpy")(a32, u8)
+    want = f(a32, u8)
+    assert [int(g) for g in got] == [int(w) for w in want] == [0, 3, 0, 1, 0]
+
+
 def _with_nans(x):
     return (np.nansum(x, axis=1), np.nanmean(x, axis=0), np.nanvar(x, axis=1),
             np.nanmax(x, axis=1), np.nanmin(x), np.nanmedian(x, axis=1),
