@@ -35,12 +35,19 @@ def test_unsupported_function_is_named():
            "return np.sum(np.fft.fft(x).real)", lambda: gradc.grad(f)(X))
 
 
-def test_unique_is_unsupported():
+def test_unique_along_an_axis_is_unsupported():
     def f(x):
-        return np.sum(np.unique(x) * X)
+        return np.sum(np.unique(np.outer(x, x), axis=0))
 
-    expect(gradc.UnsupportedError, ["np.unique"], "return np.sum(np.unique(x) * X)",
-           lambda: gradc.grad(f)(X))
+    expect(gradc.UnsupportedError, ["np.unique", "axis"],
+           "return np.sum(np.unique(np.outer(x, x), axis=0))", lambda: gradc.grad(f)(X))
+
+
+def test_bincount_of_negative_or_float_values():
+    expect(gradc.ArgumentError, ["np.bincount", "negative"], "np.bincount(k - 3)",
+           lambda: gradc.jit(lambda k: np.bincount(k - 3))(np.arange(4)))
+    expect(gradc.DTypeError, ["np.bincount", "float64"], "np.bincount(x)",
+           lambda: gradc.jit(lambda x: np.bincount(x))(X))
 
 
 def test_python_integer_out_of_bounds_for_a_narrow_array():

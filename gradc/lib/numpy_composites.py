@@ -11,7 +11,7 @@ import numpy as np
 from .. import numpy_funcs as npf
 from .. import numpy_linalg as npl
 from .. import ops
-from ..errors import ArgumentError, ShapeError, UnsupportedError, with_location
+from ..errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
 from ..trace import dtype_of, shape_of
 
@@ -660,3 +660,91 @@ def nancumprod(a, axis=None, dtype=None, out=None):
     npf._no_out(out, "nancumprod")
     a, _ = _nan_filled(a, 1)
     return cumprod(a, axis, dtype)
+
+
+# ---------------------------------------------------------------- data-dependent sizes
+# The length of these results depends on the values (how many distinct ones, the largest
+# one).  Traced with the concrete values, the length is fixed and checked: a guard (or
+# ``nonzero``'s count) fails on a call whose values would give another length, and the
+# function is traced again, as for Python control flow on traced values.
+
+def _holds(pred) -> bool:
+    """``bool(pred)``, recorded as a guard when ``pred`` is traced (a re-trace when a
+    later call's values disagree)."""
+    return bool(pred)
+
+
+@implements(np.unique)
+def unique(ar, return_index=False, return_inverse=False, return_counts=False, axis=None, *,
+           equal_nan=True, sorted=True):
+    """The sorted distinct values (a stable sort: ``return_index`` gives first
+    occurrences, as NumPy's).  Differentiable in the values: each distinct value's
+    derivative goes to its first occurrence."""
+    if axis is not None:
+        raise UnsupportedError(with_location("np.unique(..., axis=...) on traced arrays; "
+                                             "flatten, or compare rows yourself"))
+    x = operand(ar)
+    flat = npf.ravel(x)
+    n = shape_of(flat)[0]
+    order = npf.argsort(flat, kind="stable")
+    s = npf.take(flat, order)
+    if n:
+        new = s[1:] != s[:-1]
+        if equal_nan and np.issubdtype(dtype_of(s), np.inexact):
+            new = new & ~(np.isnan(s[1:]) & np.isnan(s[:-1]))   # one NaN, as NumPy
+        first = npf.concatenate([np.ones(1, bool), new])
+    else:
+        first = np.zeros(0, bool)
+    starts = npf.flatnonzero(first)          # (their number checked on every call)
+    out = [npf.take(s, starts)]
+    if return_index:
+        out.append(npf.take(order, starts))
+    if return_inverse:
+        rank = npf.cumsum(astype(first, np.int64)) - 1          # in sorted order
+        inverse = npf.take(rank, npf.argsort(order, kind="stable"))
+        out.append(np.reshape(inverse, shape_of(x)) if shape_of(x) else inverse)
+    if return_counts:
+        out.append(diff(starts, append=np.array([n], np.int64)))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+@implements(np.bincount)
+def bincount(x, weights=None, minlength=0):
+    """Counts (or sums of ``weights``, as float64) of each non-negative integer; the
+    length, ``max(x) + 1`` or ``minlength``, is checked on every call.  Differentiable in
+    ``weights``."""
+    x = operand(x)
+    if len(shape_of(x)) != 1:
+        raise ShapeError(with_location(f"np.bincount: x must be 1-D, got shape "
+                                       f"{shape_of(x)}"))
+    if not (np.issubdtype(dtype_of(x), np.integer) or dtype_of(x) == np.bool_) \
+            or dtype_of(x) == np.uint64:
+        raise DTypeError(with_location(f"np.bincount: x must hold integers that fit "
+                                           f"int64, got {dtype_of(x)}"))
+    minlength = int(minlength)
+    if minlength < 0:
+        raise ArgumentError(with_location("np.bincount: minlength must be non-negative"))
+    n = shape_of(x)[0]
+    length = minlength
+    if n:
+        if _holds(np.min(x) < 0):
+            raise ArgumentError(with_location("np.bincount: x must have no negative "
+                                              "elements"))
+        top = np.max(astype(x, np.int64))
+        concrete = getattr(top, "val", top)
+        if concrete is None:
+            raise UnsupportedError(with_location("np.bincount of abstract values (inside "
+                                                 "vmap or a loop body): its length is "
+                                                 "data-dependent"))
+        length = max(minlength, int(concrete) + 1)
+        _holds(top + 1 == length if length > minlength else top < length)
+    if weights is None:
+        w = np.ones(n, np.int64)
+    else:
+        w = astype(operand(weights), np.float64)
+        if shape_of(w) != (n,):
+            raise ShapeError(with_location("np.bincount: weights must have the shape of x, "
+                                           f"{(n,)}, got {shape_of(w)}"))
+    if not n:
+        return np.zeros(length, np.int64 if weights is None else np.float64)
+    return ops.scatter_add(w, [astype(x, np.int64)], (length,), (("a", 0),))

@@ -315,6 +315,13 @@ def _guard_rule(prim, args, batched, count, **params):
         "the examples; use np.where or gradc.cond, which batch"))
 
 
+def _nonzero_rule(prim, args, batched, count, **params):
+    raise ArgumentError(with_location(
+        "vmap: a result whose length depends on values that differ between the examples "
+        "(boolean-mask indexing, np.nonzero, np.unique); use np.where(mask, x, 0), which "
+        "keeps the shape"))
+
+
 def _by_scan(prim, args, batched, count, **params):
     """Any primitive: a scan over the examples calling it once per example."""
     from ..prims.loops import _closed, scan_p
@@ -349,7 +356,8 @@ def _rules() -> dict:
         "broadcast_in_dim": _broadcast_rule, "reshape": _reshape_rule,
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
-        "solve": _solve_rule, "det": _leading_batch, "slogdet": _leading_batch,
+        "nonzero": _nonzero_rule, "solve": _solve_rule, "det": _leading_batch,
+        "slogdet": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
         "while_loop": _while_rule,
