@@ -469,6 +469,11 @@ FUNCTION_CASES = {
                 lambda x: np.unique(np.round(x * 2), return_inverse=True)[1] * x],
     np.bincount: [lambda x: np.bincount(np.array([3, 0, 3, 1]), weights=x[0]),
                   lambda x: np.bincount((x[1] > 0).astype(np.int64), x[2] ** 2, minlength=3)],
+    np.linspace: [lambda x: np.linspace(x[0, 0], x[1, 1], 5),
+                  lambda x: np.linspace(x[0], x[1], 3, axis=1, endpoint=False, retstep=True)],
+    np.histogram: [lambda x: np.histogram(x, 3)[1],
+                   lambda x: np.histogram(x[0], 3, range=(-1, 1), weights=np.exp(x[1])),
+                   lambda x: np.histogram(x, [-1.0, 0.0, 0.5, 1.0], weights=x, density=True)],
     # NaN-ignoring reductions (no NaNs here: their values and derivatives; NaNs below)
     np.nansum: [lambda x: np.nansum(x), lambda x: np.nansum(x, axis=1, keepdims=True)],
     np.nanprod: [lambda x: np.nanprod(x, axis=0)],
@@ -603,6 +608,36 @@ def test_unique_and_bincount_as_numpy(target):
             np.testing.assert_array_equal(g, e, err_msg=str(n))
             if n == 0:      # (-0.0 or 0.0: NumPy's sort is stable only with return_index)
                 np.testing.assert_array_equal(np.signbit(g), np.signbit(e))
+
+
+def _histograms(a, w):
+    return (np.histogram(a), np.histogram(a, 7, range=(-1, 1)), np.histogram(a, 5, weights=w),
+            np.histogram(a, 5, density=True), np.histogram(a.astype(np.float32), 4, (-1, 1)),
+            np.histogram(np.round(a * 3).astype(np.int64), 6), np.histogram(a * 0 + 1, 3),
+            np.histogram(a, [-2, -0.5, 0, 0.3, 2]), np.linspace(a[0], a[1], 7),
+            np.linspace(a[:3], a[3:6], 5, axis=1, endpoint=False, retstep=True),
+            np.linspace(0, a[0] * 1e-320, 4), np.linspace(a[0], 10.0, 6, dtype=int))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_histogram_and_linspace_as_numpy(target):
+    """NumPy's edges and counts exactly: equal bins over the data or a range (float32
+    edges for float32 data), integer data, data of one value, given edges (a value on
+    the last edge in the last bin, values outside dropped), weights, density; linspace's
+    points to the last bit (subnormal steps, integer dtype, arrays of endpoints)."""
+    rng = np.random.default_rng(4)
+    a, w = np.round(rng.standard_normal(60), 1), rng.uniform(size=60)
+    a[:3] = [-0.5, 2.0, 0.3]        # (on edges)
+    got = _leaves(gradc.jit(_histograms, target=target)(a, w))
+    want = _leaves(_histograms(a, w))
+    assert len(got) == len(want)
+    for n, (g, e) in enumerate(zip(got, want)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
+        assert (g.dtype, g.shape) == (e.dtype, e.shape), n
+        if target == "cuda" and n == 4:       # (weights summed by atomics: any order)
+            np.testing.assert_allclose(g, e, rtol=1e-14)
+        else:
+            np.testing.assert_array_equal(g, e, err_msg=str(n))
 
 
 def test_unique_and_bincount_derivatives():

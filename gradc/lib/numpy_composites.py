@@ -13,7 +13,7 @@ from .. import numpy_linalg as npl
 from .. import ops
 from ..errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
-from ..trace import dtype_of, shape_of
+from ..trace import Tracer, dtype_of, shape_of
 
 
 def _slice_along(x, axis, start, stop, step=1):
@@ -748,3 +748,98 @@ def bincount(x, weights=None, minlength=0):
     if not n:
         return np.zeros(length, np.int64 if weights is None else np.float64)
     return ops.scatter_add(w, [astype(x, np.int64)], (length,), (("a", 0),))
+
+
+@implements(np.linspace)
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0, *,
+             device=None):
+    """NumPy's arithmetic, so the points are NumPy's to the last bit (``start + k·step``;
+    ``k/div·delta`` where a step is 0; ``stop`` itself at the end); differentiable in
+    ``start`` and ``stop``."""
+    num = int(num)
+    if num < 0:
+        raise ArgumentError(with_location(f"np.linspace: number of samples, {num}, must be "
+                                          "non-negative"))
+    start, stop = promote(start, stop, float_result=True)
+    start, stop = broadcast(start, stop)
+    dt = dtype_of(start)
+    div = num - 1 if endpoint else num
+    delta = stop - start
+    k = np.arange(num, dtype=dt).reshape((-1,) + (1,) * len(shape_of(delta)))
+    if div > 0:
+        step = delta / div
+        y = np.where(np.any(step == 0), k / div * delta, k * step)     # (gh-5437)
+    else:
+        step = np.full(shape_of(delta), np.nan, dt)
+        y = k * delta
+    y = y + start
+    if endpoint and num > 1:
+        y = npf.concatenate([y[:-1], np.expand_dims(stop, 0)])
+    nd = len(shape_of(y))
+    if axis != 0:
+        y = np.moveaxis(y, 0, _axis(axis, nd))
+    if dtype is not None:
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            y = np.floor(y)
+        y = astype(y, dtype)
+    return (y, step) if retstep else y
+
+
+@implements(np.histogram)
+def histogram(a, bins=10, range=None, density=None, weights=None):
+    """Counts per bin (or sums of ``weights``): the bin of ``x`` is the ``i`` with
+    ``edges[i] <= x < edges[i + 1]``, the last bin closed, values outside the edges
+    dropped.  ``bins`` a number (equal bins over ``range`` or the data's extent, then
+    differentiable in the data through the edges) or constant edges; the counts have a
+    zero derivative, sums of weights their own."""
+    if isinstance(bins, str):
+        raise UnsupportedError(with_location(f"np.histogram(bins={bins!r}) on traced "
+                                             "arrays; give a number of bins or the edges"))
+    a = npf.ravel(operand(a))
+    w = None if weights is None else npf.ravel(operand(weights))
+    if w is not None and shape_of(w) != shape_of(a):
+        raise ShapeError(with_location("np.histogram: weights should have the same shape "
+                                       "as a"))
+    if np.ndim(bins) == 0:
+        n = int(bins)
+        if n < 1:
+            raise ArgumentError(with_location("np.histogram: bins must be positive"))
+        if range is not None:            # (Python floats: weak, as in NumPy's dtype)
+            first, last = (float(e) for e in range)
+            if first > last:
+                raise ArgumentError(with_location("np.histogram: max must be larger than "
+                                                  "min in range parameter"))
+        elif shape_of(a)[0] == 0:
+            first, last = 0, 1
+        else:
+            first, last = np.min(a), np.max(a)
+        if not _holds(np.isfinite(first) & np.isfinite(last)):
+            raise ArgumentError(with_location("np.histogram: the range of the data is not "
+                                              "finite (NaN or infinite values)"))
+        if _holds(first == last):
+            first, last = first - 0.5, last + 0.5
+        kind = np.result_type(*[e if isinstance(e, (int, float)) else dtype_of(e)
+                                for e in (first, last)], dtype_of(a))
+        kind = kind if np.issubdtype(kind, np.inexact) else np.result_type(kind, 1.0)
+        edges = linspace(first, last, n + 1, dtype=kind)
+    else:
+        edges = operand(bins)
+        if len(shape_of(edges)) != 1:
+            raise ShapeError(with_location("np.histogram: bins must be 1-D"))
+        if not isinstance(edges, Tracer) and np.any(edges[:-1] > edges[1:]):
+            raise ArgumentError(with_location("np.histogram: bins must increase "
+                                              "monotonically"))
+        n = shape_of(edges)[0] - 1
+    index = npf.searchsorted(edges, a, side="right") - 1
+    index = np.where(a == edges[-1], n - 1, index)            # (the last bin is closed)
+    inside = (index >= 0) & (index < n)
+    index = np.where(inside, index, 0)
+    if w is None:
+        kept = astype(inside, np.int64)
+    else:
+        kept = np.where(inside, w, np.zeros((), dtype_of(w)))
+    counts = ops.scatter_add(kept, [astype(index, np.int64)], (n,), (("a", 0),)) \
+        if shape_of(a)[0] else np.zeros(n, dtype_of(kept))
+    if density:
+        counts = counts / astype(diff(edges), np.float64) / np.sum(counts)
+    return counts, edges
