@@ -471,6 +471,8 @@ FUNCTION_CASES = {
                   lambda x: np.bincount((x[1] > 0).astype(np.int64), x[2] ** 2, minlength=3)],
     np.linspace: [lambda x: np.linspace(x[0, 0], x[1, 1], 5),
                   lambda x: np.linspace(x[0], x[1], 3, axis=1, endpoint=False, retstep=True)],
+    np.logspace: [lambda x: np.logspace(x[0, 0], x[1, 1], 4),
+                  lambda x: np.logspace(x[0], x[1], 3, base=2.0, axis=-1)],
     np.histogram: [lambda x: np.histogram(x, 3)[1],
                    lambda x: np.histogram(x[0], 3, range=(-1, 1), weights=np.exp(x[1])),
                    lambda x: np.histogram(x, [-1.0, 0.0, 0.5, 1.0], weights=x, density=True)],
@@ -616,7 +618,8 @@ def _histograms(a, w):
             np.histogram(np.round(a * 3).astype(np.int64), 6), np.histogram(a * 0 + 1, 3),
             np.histogram(a, [-2, -0.5, 0, 0.3, 2]), np.linspace(a[0], a[1], 7),
             np.linspace(a[:3], a[3:6], 5, axis=1, endpoint=False, retstep=True),
-            np.linspace(0, a[0] * 1e-320, 4), np.linspace(a[0], 10.0, 6, dtype=int))
+            np.linspace(0, a[0] * 1e-320, 4), np.linspace(a[0], 10.0, 6, dtype=int),
+            np.logspace(a[:2], 3.0, 5, base=2.0, axis=1))
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
@@ -624,7 +627,8 @@ def test_histogram_and_linspace_as_numpy(target):
     """NumPy's edges and counts exactly: equal bins over the data or a range (float32
     edges for float32 data), integer data, data of one value, given edges (a value on
     the last edge in the last bin, values outside dropped), weights, density; linspace's
-    points to the last bit (subnormal steps, integer dtype, arrays of endpoints)."""
+    points to the last bit (subnormal steps, integer dtype, arrays of endpoints), and
+    logspace's."""
     rng = np.random.default_rng(4)
     a, w = np.round(rng.standard_normal(60), 1), rng.uniform(size=60)
     a[:3] = [-0.5, 2.0, 0.3]        # (on edges)

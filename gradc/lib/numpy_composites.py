@@ -761,7 +761,14 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
         raise ArgumentError(with_location(f"np.linspace: number of samples, {num}, must be "
                                           "non-negative"))
     start, stop = promote(start, stop, float_result=True)
-    start, stop = broadcast(start, stop)
+    try:
+        shape = np.broadcast_shapes(shape_of(start), shape_of(stop))
+    except ValueError:
+        raise ShapeError(with_location(f"np.linspace: start and stop of shapes "
+                                       f"{shape_of(start)} and {shape_of(stop)} do not "
+                                       "broadcast")) from None
+    start, stop = (v if shape_of(v) == shape else npf.broadcast_to(v, shape)
+                   for v in (start, stop))
     dt = dtype_of(start)
     div = num - 1 if endpoint else num
     delta = stop - start
@@ -843,3 +850,13 @@ def histogram(a, bins=10, range=None, density=None, weights=None):
     if density:
         counts = counts / astype(diff(edges), np.float64) / np.sum(counts)
     return counts, edges
+
+
+@implements(np.logspace)
+def logspace(start, stop, num=50, endpoint=True, base=10.0, dtype=None, axis=0):
+    """``base ** linspace(start, stop)``, as NumPy computes it (a scalar base)."""
+    if np.ndim(base) != 0:
+        raise UnsupportedError(with_location("np.logspace with an array base on traced "
+                                             "arrays"))
+    y = np.power(base, linspace(start, stop, num, endpoint, axis=axis))
+    return y if dtype is None else astype(y, dtype)
