@@ -175,7 +175,8 @@ _FLOAT_UNARY = {
     np.arccos: ops.acos, np.arctan: ops.atan, np.sinh: ops.sinh, np.cosh: ops.cosh,
     np.tanh: ops.tanh, np.arcsinh: ops.asinh, np.arccosh: ops.acosh, np.arctanh: ops.atanh,
     np.exp: ops.exp, np.expm1: ops.expm1, np.log: ops.log, np.log1p: ops.log1p,
-    np.sqrt: ops.sqrt, np.cbrt: ops.cbrt,
+    np.sqrt: ops.sqrt, np.cbrt: ops.cbrt, np.exp2: ops.exp2, np.log2: ops.log2,
+    np.log10: ops.log10,
 }
 for _uf, _op in _FLOAT_UNARY.items():
     UFUNCS[_uf] = elementwise(_op, float_result=True)
@@ -293,24 +294,6 @@ def square(x):
 def reciprocal(x):
     (x,) = promote(x, float_result=True)
     return ops.div(np.ones((), x.dtype), x)
-
-
-@implements(np.exp2)
-def exp2(x):
-    (x,) = promote(x, float_result=True)
-    return ops.exp(ops.mul(x, float(np.log(2.0))))
-
-
-@implements(np.log2)
-def log2(x):
-    (x,) = promote(x, float_result=True)
-    return ops.div(ops.log(x), float(np.log(2.0)))
-
-
-@implements(np.log10)
-def log10(x):
-    (x,) = promote(x, float_result=True)
-    return ops.div(ops.log(x), float(np.log(10.0)))
 
 
 @implements(np.deg2rad, np.radians)

@@ -15,8 +15,9 @@ from .prims.conv import conv2d  # noqa: F401
 from .prims.decomp import cholesky, eigh, svd  # noqa: F401
 from .prims.elementwise import (  # noqa: F401
     abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, bitwise_and, bitwise_not,
-    bitwise_or, bitwise_xor, cbrt, ceil, convert_element_type, cos, cosh, div, eq, exp, expm1,
-    floor, floordiv, fmod, ge, gt, isfinite, isnan, le, left_shift, log, log1p, logical_and,
+    bitwise_or, bitwise_xor, cbrt, ceil, convert_element_type, cos, cosh, div, eq, exp, exp2,
+    expm1, floor, floordiv, fmod, ge, gt, isfinite, isnan, le, left_shift, log, log1p, log2,
+    log10, logical_and,
     logical_not, logical_or, logical_xor, lt, maximum, minimum, mul, ne, neg, pow, rem,
     right_shift, round, select, sign, sin, sinh, sqrt, sub, tan, tanh, trunc,
 )

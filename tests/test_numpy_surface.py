@@ -471,6 +471,54 @@ FUNCTION_CASES = {
                   lambda x: np.bincount((x[1] > 0).astype(np.int64), x[2] ** 2, minlength=3)],
     np.linspace: [lambda x: np.linspace(x[0, 0], x[1, 1], 5),
                   lambda x: np.linspace(x[0], x[1], 3, axis=1, endpoint=False, retstep=True)],
+    np.geomspace: [lambda x: np.geomspace(np.exp(x[0, 0]), 8.0, 4),
+                   lambda x: np.geomspace(-np.exp(x[0]), -2.0, 3, endpoint=False, axis=1)],
+    # element rearrangements (NumPy's own on element numbers, then a gather)
+    np.delete: [lambda x: np.delete(x, 1, axis=1), lambda x: np.delete(x, [0, 5, 11]),
+                lambda x: np.delete(x, slice(0, 3, 2), axis=0)],
+    np.insert: [lambda x: np.insert(x, 1, x[0] * 2, axis=0),
+                lambda x: np.insert(x, [1, 1, 3], 7.0), lambda x: np.insert(x, 2, x[:, 0], 1)],
+    np.resize: [lambda x: np.resize(x, (5, 3)), lambda x: np.resize(x[0], 6)],
+    np.rollaxis: [lambda x: np.rollaxis(x[None], 2)],
+    np.diagflat: [lambda x: np.diagflat(x[0]), lambda x: np.diagflat(x[:, :2], k=-1)],
+    np.matrix_transpose: [lambda x: np.matrix_transpose(x[None])],
+    np.hsplit: [lambda x: np.hsplit(x, 2), lambda x: np.hsplit(x[0], [1, 3])],
+    np.vsplit: [lambda x: np.vsplit(x, [1])],
+    np.dsplit: [lambda x: np.dsplit(x.reshape(3, 2, 2), 2)],
+    np.atleast_3d: [lambda x: np.atleast_3d(x), lambda x: np.atleast_3d(x[0], x[0, 0])],
+    np.dstack: [lambda x: np.dstack([x, x * 2]), lambda x: np.dstack([x[0], x[1]])],
+    np.broadcast_arrays: [lambda x: np.broadcast_arrays(x, x[0], x[:, :1])],
+    np.unstack: [lambda x: np.unstack(x, axis=1)],
+    np.astype: [lambda x: np.astype(x, np.float64, copy=False) * 1.5,
+                lambda x: np.astype(x * 4, np.int32)],
+    np.block: [lambda x: np.block([[x, x[:, :1]], [x[:1], x[:1, :1]]]),
+               lambda x: np.block([x[0], 2.0, x[1]])],
+    np.cumulative_sum: [lambda x: np.cumulative_sum(x, axis=1, include_initial=True),
+                        lambda x: np.cumulative_sum(x[0])],
+    np.cumulative_prod: [lambda x: np.cumulative_prod(x, axis=0, include_initial=True)],
+    np.vander: [lambda x: np.vander(x[0]), lambda x: np.vander(x[1], 3, increasing=True)],
+    np.lexsort: [lambda x: x[0][np.lexsort((x[1], np.round(x[0])))],
+                 lambda x: np.lexsort(np.round(x[:2] * 2), axis=0)],
+    np.apply_along_axis: [lambda x: np.apply_along_axis(lambda v: v[1:] * v[0], 1, x),
+                          lambda x: np.apply_along_axis(np.sum, 0, x)],
+    np.piecewise: [lambda x: np.piecewise(x, [x < 0, x >= 0], [lambda v: v ** 2,
+                                                                lambda v: np.sqrt(v)]),
+                   lambda x: np.piecewise(x, [x < -0.5], [lambda v: -v, 0.25])],
+    np.isin: [lambda x: np.where(np.isin(np.round(x * 3), [0.0, 1.0]), x, -x),
+              lambda x: np.isin(np.round(x), np.round(x[0]), invert=True)],
+    np.extract: [lambda x: np.extract(x > 0, x * 2)],
+    np.array_equal: [lambda x: np.array_equal(x, x) * x, lambda x: np.array_equal(x, x[0]),
+                     lambda x: np.array_equal(x / 0.0 * 0.0, x * np.nan, equal_nan=True)],
+    np.fix: [lambda x: np.fix(x * 3) + x],
+    np.isposinf: [lambda x: np.isposinf(x / x[0, 0] / 0.0)],
+    np.isneginf: [lambda x: np.isneginf(x / x[0, 0] / 0.0)],
+    np.isreal: [lambda x: np.isreal(x)], np.iscomplex: [lambda x: np.iscomplex(x)],
+    np.real_if_close: [lambda x: np.real_if_close(x) * 2],
+    np.signbit: [lambda x: np.signbit(x), lambda x: np.signbit(x * 0.0),
+                 lambda x: np.signbit(np.round(x * 2).astype(np.int8))],
+    np.vecdot: [lambda x: np.vecdot(x, x[0])],
+    np.matvec: [lambda x: np.matvec(x, x[0]), lambda x: np.matvec(x[None], x[:2, 0:4])],
+    np.vecmat: [lambda x: np.vecmat(x[:, 0], x)],
     np.logspace: [lambda x: np.logspace(x[0, 0], x[1, 1], 4),
                   lambda x: np.logspace(x[0], x[1], 3, base=2.0, axis=-1)],
     np.histogram: [lambda x: np.histogram(x, 3)[1],
@@ -642,6 +690,30 @@ def test_histogram_and_linspace_as_numpy(target):
             np.testing.assert_allclose(g, e, rtol=1e-14)
         else:
             np.testing.assert_array_equal(g, e, err_msg=str(n))
+
+
+def _assorted(x):
+    return (np.piecewise(x, [x < 0, x >= 0], [lambda v: v ** 2, np.sqrt]),
+            np.insert(x, [1, 1, 3], 7.0), np.delete(x, 1, axis=1), np.resize(x[0], 7),
+            np.lexsort((x[1], np.round(x[0]))), np.vander(x[0], 3),
+            np.block([[x, x[:, :1]], [x[:1], x[:1, :1]]]), np.isin(np.round(x), [0.0, 1.0]),
+            np.geomspace(np.exp(x[0, :2]), 5.0, 4, axis=1), np.signbit(x * 0.0),
+            np.matvec(x, x[0]), np.cumulative_sum(x, axis=1, include_initial=True),
+            np.diagflat(x[0], 1), np.fix(x * 3), np.log10(np.abs(x) * 100.0),
+            np.exp2(x), np.log2(np.abs(x) + 1.0))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_assorted_functions_on_every_target(target):
+    x = np.round(np.random.default_rng(9).uniform(-1.0, 1.0, (3, 4)), 2)
+    x[0, 2], x[1, 1] = -0.0, 0.1
+    got = _leaves(gradc.jit(_assorted, target=target)(x))
+    want = _leaves(_assorted(x))
+    for n, (g, e) in enumerate(zip(got, want)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else np.asarray(g)
+        assert (g.dtype, g.shape) == (e.dtype, e.shape), n
+        np.testing.assert_allclose(g, e, rtol=1e-15, atol=0, err_msg=str(n))
+        np.testing.assert_array_equal(np.signbit(g), np.signbit(e), err_msg=str(n))
 
 
 def test_unique_and_bincount_derivatives():

@@ -189,18 +189,18 @@ def _define_device_functions(cuda) -> None:
              "sqrt": "sqrt", "sin": "sin", "cos": "cos", "tan": "tan", "asin": "arcsin",
              "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh",
              "tanh": "tanh", "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh",
-             "atan2": "arctan2"}
+             "atan2": "arctan2", "log2": "log2", "log10": "log10"}
     if simulator():
         for ours, numpys in names.items():
             g[ours] = getattr(np, numpys)
-        for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
+        for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
         return
     from numba.cuda import libdevice
     for ours in names:
         g[ours] = getattr(math, ours)
-    for ours in ("floor", "ceil", "rint", "trunc", "cbrt"):
+    for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
     g["fmod"], g["copysign"] = math.fmod, math.copysign

@@ -88,7 +88,8 @@ TEMPLATES = {
     "atan2": "_d.atan2({0}, {1})", "fmod": "_d.fmod({0}, {1})",
     "rem": FLOAT_REM.format(fmod="_d.fmod", copysign="_d.copysign"),
     "exp": "_d.exp({0})", "expm1": "_d.expm1({0})", "log": "_d.log({0})",
-    "log1p": "_d.log1p({0})", "sqrt": "_d.sqrt({0})", "cbrt": "_d.cbrt({0})",
+    "log1p": "_d.log1p({0})", "log2": "_d.log2({0})", "log10": "_d.log10({0})",
+    "exp2": "_d.exp2({0})", "sqrt": "_d.sqrt({0})", "cbrt": "_d.cbrt({0})",
     "sin": "_d.sin({0})", "cos": "_d.cos({0})", "tan": "_d.tan({0})",
     "asin": "_d.asin({0})", "acos": "_d.acos({0})", "atan": "_d.atan({0})",
     "sinh": "_d.sinh({0})", "cosh": "_d.cosh({0})", "tanh": "_d.tanh({0})",
@@ -109,7 +110,7 @@ TEMPLATES = {
     "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
 # libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
-_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt"}
+_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2"}
 
 
 def template(name: str, dtype) -> str:

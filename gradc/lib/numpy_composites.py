@@ -860,3 +860,365 @@ def logspace(start, stop, num=50, endpoint=True, base=10.0, dtype=None, axis=0):
                                              "arrays"))
     y = np.power(base, linspace(start, stop, num, endpoint, axis=axis))
     return y if dtype is None else astype(y, dtype)
+
+
+# ---------------------------------------------------------------- rearrangements
+# NumPy functions that only move, repeat or drop elements: NumPy itself runs them on an
+# array of element numbers, and the result is a gather of those elements (every corner
+# of their argument handling is NumPy's own).
+
+def _rearranged(fn, x, *args, **kwargs):
+    x = operand(x)
+    numbers = np.arange(int(np.prod(shape_of(x))), dtype=np.int64).reshape(shape_of(x))
+    where = fn(numbers, *args, **kwargs)
+    if isinstance(where, (list, tuple)):
+        return type(where)(npf.take(npf.ravel(x), w) for w in where)
+    return npf.take(npf.ravel(x), where)
+
+
+@implements(np.delete)
+def delete(arr, obj, axis=None):
+    if isinstance(obj, Tracer):
+        raise UnsupportedError(with_location("np.delete with traced indices"))
+    return _rearranged(np.delete, arr, obj, axis)
+
+
+@implements(np.resize)
+def resize(a, new_shape):
+    return _rearranged(np.resize, a, new_shape)
+
+
+@implements(np.rollaxis)
+def rollaxis(a, axis, start=0):
+    return _rearranged(np.rollaxis, a, axis, start)
+
+
+@implements(np.matrix_transpose)
+def matrix_transpose(x):
+    if len(shape_of(operand(x))) < 2:
+        raise ShapeError(with_location("np.matrix_transpose: x must be at least 2-D"))
+    return npf.swapaxes(x, -1, -2)
+
+
+def _splitter(name, axis, least):
+    def impl(ary, indices_or_sections):
+        ary = operand(ary)
+        if len(shape_of(ary)) < least:
+            raise ShapeError(with_location(f"np.{name} only works on arrays of {least} or "
+                                           "more dimensions"))
+        ax = 0 if name == "hsplit" and len(shape_of(ary)) == 1 else axis
+        return split(ary, indices_or_sections, axis=ax)
+    impl.__name__ = name
+    return impl
+
+
+for _name, _axis_of, _least in (("hsplit", 1, 1), ("vsplit", 0, 2), ("dsplit", 2, 3)):
+    implements(getattr(np, _name))(_splitter(_name, _axis_of, _least))
+
+
+@implements(np.insert)
+def insert(arr, obj, values, axis=None):
+    """Positions from NumPy's own ``np.insert`` of element numbers; the values (cast to
+    ``arr``'s dtype, broadcast as NumPy broadcasts them) gathered in."""
+    if isinstance(obj, Tracer):
+        raise UnsupportedError(with_location("np.insert with traced indices"))
+    arr, values = operand(arr), operand(values)
+    size = int(np.prod(shape_of(arr)))
+    numbers = np.arange(size, dtype=np.int64).reshape(shape_of(arr))
+    tags = size + np.arange(int(np.prod(shape_of(values))), dtype=np.int64)
+    where = np.insert(numbers, obj, tags.reshape(shape_of(values)), axis)
+    pool = npf.concatenate([npf.ravel(arr), astype(npf.ravel(values), dtype_of(arr))])
+    return npf.take(pool, where)
+
+
+@implements(np.diagflat)
+def diagflat(v, k=0):
+    v = npf.ravel(operand(v))
+    numbers = 1 + np.arange(shape_of(v)[0], dtype=np.int64)
+    where = np.diagflat(numbers, k)            # (0: off the diagonal)
+    return npf.take(npf.concatenate([np.zeros(1, dtype_of(v)), v]), where)
+
+
+@implements(np.atleast_3d)
+def atleast_3d(*arys):
+    out = []
+    for x in arys:
+        x = operand(x)
+        shape = shape_of(x)
+        new = {0: (1, 1, 1), 1: (1,) + shape + (1,), 2: shape + (1,)}.get(len(shape), shape)
+        out.append(npf.reshape(x, new) if new != shape else x)
+    return out[0] if len(out) == 1 else out
+
+
+@implements(np.dstack)
+def dstack(tup):
+    return npf.concatenate([atleast_3d(a) for a in tup], axis=2)
+
+
+@implements(np.broadcast_arrays)
+def broadcast_arrays(*args, subok=False):
+    args = [operand(a) for a in args]
+    try:
+        shape = np.broadcast_shapes(*[shape_of(a) for a in args])
+    except ValueError:
+        raise ShapeError(with_location(
+            "np.broadcast_arrays: shapes " + ", ".join(str(shape_of(a)) for a in args)
+            + " do not broadcast")) from None
+    return tuple(a if shape_of(a) == shape else npf.broadcast_to(a, shape) for a in args)
+
+
+@implements(np.unstack)
+def unstack(x, /, *, axis=0):
+    x = operand(x)
+    moved = np.moveaxis(x, _axis(axis, len(shape_of(x))), 0)
+    return tuple(moved[i] for i in range(shape_of(moved)[0]))
+
+
+@implements(np.astype)
+def astype_function(x, dtype, /, *, copy=True, device=None):
+    return astype(operand(x), dtype)
+
+
+@implements(np.block)
+def block(arrays):
+    """Nested lists joined from the innermost (the last axis) outwards, each piece raised
+    to the result's rank first, as NumPy's block."""
+    def depth(a):
+        return 1 + depth(a[0]) if isinstance(a, list) and a else (0 if not
+                                                                  isinstance(a, list) else 1)
+
+    def ranks(a):
+        return max(ranks(e) for e in a) if isinstance(a, list) else len(shape_of(operand(a)))
+    if isinstance(arrays, tuple):
+        raise ArgumentError(with_location("np.block: tuples are not allowed, use lists"))
+    levels = depth(arrays)
+    nd = max(levels, ranks(arrays))
+
+    def join(a, level):
+        if not isinstance(a, list):
+            a = operand(a)
+            return npf.reshape(a, (1,) * (nd - len(shape_of(a))) + shape_of(a))
+        if not a:
+            raise ArgumentError(with_location("np.block: lists cannot be empty"))
+        return npf.concatenate([join(e, level + 1) for e in a], axis=nd - levels + level)
+    return join(arrays, 0)
+
+
+def _cumulative_of(name, running, initial):
+    def impl(x, /, *, axis=None, dtype=None, out=None, include_initial=False):
+        npf._no_out(out, name)
+        x = operand(x)
+        if axis is None:
+            if len(shape_of(x)) != 1:
+                raise ArgumentError(with_location(f"np.{name}: axis must be given for "
+                                                  "arrays of more than one dimension"))
+            axis = 0
+        axis = _axis(axis, len(shape_of(x)))
+        y = running(x, axis=axis, dtype=dtype)
+        if include_initial:
+            shape = list(shape_of(y))
+            shape[axis] = 1
+            y = npf.concatenate([np.full(shape, initial, dtype_of(y)), y], axis=axis)
+        return y
+    impl.__name__ = name
+    return impl
+
+
+implements(np.cumulative_sum)(_cumulative_of("cumulative_sum", npf.cumsum, 0))
+implements(np.cumulative_prod)(_cumulative_of("cumulative_prod",
+                                              lambda x, axis, dtype: cumprod(x, axis, dtype), 1))
+
+
+@implements(np.fix)
+def fix(x, out=None):
+    npf._no_out(out, "fix")
+    x = operand(x)
+    return np.trunc(x) if np.issubdtype(dtype_of(x), np.floating) else x
+
+
+@implements(np.isposinf)
+def isposinf(x, out=None):
+    npf._no_out(out, "isposinf")
+    return operand(x) == np.inf
+
+
+@implements(np.isneginf)
+def isneginf(x, out=None):
+    npf._no_out(out, "isneginf")
+    return operand(x) == -np.inf
+
+
+@implements(np.signbit)
+def signbit(x):
+    """The sign bit of a number, -0.0's included (a NaN's is invisible to arithmetic:
+    False here, whatever NumPy reads off its bits)."""
+    x = operand(x)
+    if not np.issubdtype(dtype_of(x), np.floating):
+        return x < 0 if np.issubdtype(dtype_of(x), np.signedinteger) else \
+            np.zeros(shape_of(x), bool)
+    return _negative_sign(x)
+
+
+@implements(np.vecdot)
+def vecdot(x1, x2):
+    x1, x2 = promote(x1, x2)
+    return np.sum(x1 * x2, axis=-1)
+
+
+@implements(np.matvec)
+def matvec(x1, x2):
+    return np.matmul(x1, npf.expand_dims(operand(x2), -1))[..., 0]
+
+
+@implements(np.vecmat)
+def vecmat(x1, x2):
+    return np.matmul(npf.expand_dims(operand(x1), -2), x2)[..., 0, :]
+
+
+@implements(np.geomspace)
+def geomspace(start, stop, num=50, endpoint=True, dtype=None, axis=0):
+    """NumPy's steps: ``logspace`` of the magnitudes' ``log10``, then the ends exactly
+    ``start`` and ``stop`` and the sign put back."""
+    start, stop = (v if isinstance(v, Tracer) else np.asarray(v) for v in (start, stop))
+    if _holds(np.any(start == 0) | np.any(stop == 0)):
+        raise ArgumentError(with_location("np.geomspace: a geometric sequence cannot "
+                                          "include zero"))
+    dt = np.result_type(dtype_of(start), dtype_of(stop), float(num),
+                        np.zeros((), dtype).dtype)
+    start, stop = broadcast_arrays(astype(start, dt), astype(stop, dt))
+    sign = np.sign(start)
+    start, stop = start / sign, stop / sign
+    result = logspace(np.log10(start), np.log10(stop), num, endpoint, base=10.0)
+    if num > 0:
+        ends = [npf.expand_dims(start, 0), result[1:]]
+        if num > 1 and endpoint:
+            ends = [ends[0], result[1:-1], npf.expand_dims(stop, 0)]
+        result = npf.concatenate(ends)
+    result = result * sign
+    if axis != 0:
+        result = np.moveaxis(result, 0, _axis(axis, len(shape_of(result))))
+    return astype(result, dt if dtype is None else dtype)
+
+
+@implements(np.isreal)
+def isreal(x):
+    return np.ones(shape_of(operand(x)), bool)        # (traced arrays are never complex)
+
+
+@implements(np.iscomplex)
+def iscomplex(x):
+    return np.zeros(shape_of(operand(x)), bool)
+
+
+@implements(np.real_if_close)
+def real_if_close(a, tol=100):
+    return operand(a)
+
+
+@implements(np.isin)
+def isin(element, test_elements, assume_unique=False, invert=False, *, kind=None):
+    element, tests = operand(element), npf.ravel(operand(test_elements))
+    if not shape_of(tests)[0]:
+        found = np.zeros(shape_of(element), bool)
+    else:
+        found = np.any(npf.expand_dims(element, -1) == tests, axis=-1)
+    return ~found if invert else found
+
+
+@implements(np.extract)
+def extract(condition, arr):
+    return npf.ravel(operand(arr))[npf.ravel(astype(operand(condition), bool))]
+
+
+@implements(np.array_equal)
+def array_equal(a1, a2, equal_nan=False):
+    a1, a2 = operand(a1), operand(a2)
+    if shape_of(a1) != shape_of(a2):
+        return False
+    same = a1 == a2
+    if equal_nan:
+        same = same | (np.isnan(a1) & np.isnan(a2))
+    return np.all(same)
+
+
+@implements(np.lexsort)
+def lexsort(keys, axis=-1):
+    """Stable sorts by each key in turn, the last key primary (as NumPy)."""
+    keys = list(keys) if isinstance(keys, (list, tuple)) else \
+        [operand(keys)[i] for i in range(shape_of(operand(keys))[0])]
+    keys = [operand(k) for k in keys]
+    if not keys:
+        raise ArgumentError(with_location("np.lexsort: need at least one key"))
+    first = keys[0]
+    ax = _axis(axis, len(shape_of(first)))
+    order = None
+    for k in keys:
+        if order is None:
+            order = npf.argsort(k, axis=ax, kind="stable")
+        else:
+            order = npf.take_along_axis(order, npf.argsort(
+                npf.take_along_axis(k, order, ax), axis=ax, kind="stable"), ax)
+    return order
+
+
+@implements(np.vander)
+def vander(x, N=None, increasing=False):
+    """Columns of repeated products (NumPy's ``multiply.accumulate``), not powers."""
+    x = operand(x)
+    if len(shape_of(x)) != 1:
+        raise ShapeError(with_location("np.vander: x must be a one-dimensional array"))
+    n = shape_of(x)[0] if N is None else int(N)
+    cols = [np.ones(shape_of(x), dtype_of(x))] if n else []
+    for _ in range(1, n):
+        cols.append(cols[-1] * x)
+    if not cols:
+        return np.zeros(shape_of(x) + (0,), dtype_of(x))
+    return npf.stack(cols if increasing else cols[::-1], axis=1)
+
+
+@implements(np.apply_along_axis)
+def apply_along_axis(func1d, axis, arr, *args, **kwargs):
+    """``func1d`` called on every 1-D slice (unrolled: one call per slice)."""
+    arr = operand(arr)
+    nd = len(shape_of(arr))
+    moved = np.moveaxis(arr, _axis(axis, nd), -1)
+    outer = shape_of(moved)[:-1]
+    results = [operand(func1d(moved[i], *args, **kwargs)) for i in np.ndindex(*outer)]
+    if not results:
+        raise ArgumentError(with_location("np.apply_along_axis: cannot apply func1d to 0 "
+                                          "slices"))
+    out = npf.reshape(npf.stack(results), outer + shape_of(results[0]))
+    inner = len(shape_of(results[0]))
+    # the function's axes replace ``axis`` (as NumPy places them)
+    dest = list(range(_axis(axis, nd), _axis(axis, nd) + inner))
+    return np.moveaxis(out, list(range(len(outer), len(outer) + inner)), dest)
+
+
+@implements(np.piecewise)
+def piecewise(x, condlist, funclist, *args, **kw):
+    """As NumPy: each function sees only the elements its condition selects (so a
+    function undefined elsewhere, a square root say, gives no NaN derivative), later
+    conditions win; zeros where none holds, or the extra function."""
+    x = operand(x)
+    if isinstance(condlist, (bool, np.bool_)) or (not isinstance(condlist, list)
+                                                   and len(shape_of(condlist)) == 0):
+        condlist = [condlist]
+    conds = [npf.broadcast_to(astype(operand(c), bool), shape_of(x)) for c in condlist]
+    if len(funclist) == len(conds) + 1:
+        conds.append(~np.any(npf.stack(conds), axis=0))
+    elif len(funclist) != len(conds):
+        raise ArgumentError(with_location(
+            f"np.piecewise: with {len(conds)} condition(s), either {len(conds)} or "
+            f"{len(conds) + 1} functions are expected"))
+    y = np.zeros(shape_of(x), dtype_of(x))
+    for cond, f in zip(conds, funclist):
+        if callable(f):
+            picked = npf.ravel(x)[npf.ravel(cond)]
+            values = npf.broadcast_to(operand(f(picked, *args, **kw)), shape_of(picked))
+        else:
+            values = f
+        index = npf.flatnonzero(cond)
+        values = astype(npf.broadcast_to(operand(values), shape_of(index)), dtype_of(y))
+        flat = ops.index_set(operand(npf.ravel(y)), values, [index], (("a", 0),))
+        y = npf.reshape(flat, shape_of(x))
+    return y

@@ -49,7 +49,7 @@ MAX_BODY = 400
 
 ELEMENTWISE = {
     "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "fmod", "exp",
-    "expm1",
+    "expm1", "exp2", "log2", "log10",
     "log", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
     "cosh", "tanh", "asinh", "acosh", "atanh", "abs", "sign", "floor", "ceil", "round",
     "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
@@ -65,8 +65,9 @@ REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
 # From UFUNC_ELEMENTS elements on they are not fused, and the lowering runs each as one
 # NumPy ufunc call in an object-mode block (``codegen.pysource``): bit for bit the
 # interpreter's results.
-VECTOR_UFUNCS = {"exp", "expm1", "log", "log1p", "sin", "cos", "tan", "asin", "acos",
-                 "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "cbrt"}
+VECTOR_UFUNCS = {"exp", "expm1", "exp2", "log", "log1p", "log2", "log10", "sin", "cos",
+                 "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
+                 "atanh", "cbrt"}
 UFUNC_ELEMENTS = 1 << 12
 # not recomputed for every element of a larger loop domain (see ``_plan``'s ``reach``)
 EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem", "fmod"}
