@@ -653,10 +653,13 @@ PTX_SCRIPT = textwrap.dedent("""
         from test_numpy_surface import _integers, integer_inputs
         done["integers"] = gradc.jit(_integers, target="cuda").ptx(
             *integer_inputs()).count(".entry")
-        for dt in (np.float32, np.float64):      # (NumPy's float // and %: fmod, copysign)
+        for dt in (np.float32, np.float64):      # (fmod, copysign, log2/log10, exp2(f))
             x = np.linspace(-3, 3, 7).astype(dt)
             done["float-division-" + np.dtype(dt).name] = gradc.jit(
                 lambda x, y: (x // y, x % y), target="cuda").ptx(x, x[::-1]).count(".entry")
+            done["log10-log2-exp2-" + np.dtype(dt).name] = gradc.jit(
+                lambda x: (np.log10(x), np.log2(x), np.exp2(x)), target="cuda").ptx(
+                    np.abs(x) + 1).count(".entry")
         pts = np.zeros((300, 2))
         done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)),
                                       target="cuda").ptx(pts).count(".entry")
