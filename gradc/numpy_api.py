@@ -168,6 +168,33 @@ def elementwise(op, float_result=False):
     return apply
 
 
+def fits(value, dtype) -> bool:
+    """Whether Python int ``value`` is a value of ``dtype`` (any value fits a float)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return True
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
+
+
+def _comparison(op):
+    """A comparison: NumPy 2 compares a Python integer outside an integer array's range
+    exactly (``uint8_array < 300`` is all True), where arithmetic would overflow."""
+    def apply(*xs):
+        xs = [operand(x) for x in xs]
+        dtypes = [dtype_of(x) for x in xs if not isinstance(x, (bool, int, float, complex))]
+        out = []
+        for x in xs:
+            if isinstance(x, int) and not isinstance(x, bool) and \
+                    not builtins.all(fits(x, d) for d in dtypes):
+                kind = np.min_scalar_type(x)
+                x = np.asarray(x, kind) if kind.kind != "O" else np.asarray(float(x))
+            out.append(x)
+        return op(*broadcast(*promote(*out)))
+    apply.__name__ = getattr(op, "__name__", "comparison")
+    return apply
+
+
 # ---------------------------------------------------------------- ufuncs
 
 _FLOAT_UNARY = {
@@ -194,9 +221,9 @@ UFUNCS.update({
     np.ceil: elementwise(ops.ceil, float_result=True),
     np.rint: elementwise(ops.round, float_result=True),
     np.trunc: elementwise(ops.trunc, float_result=True),
-    np.less: elementwise(ops.lt), np.less_equal: elementwise(ops.le),
-    np.greater: elementwise(ops.gt), np.greater_equal: elementwise(ops.ge),
-    np.equal: elementwise(ops.eq), np.not_equal: elementwise(ops.ne),
+    np.less: _comparison(ops.lt), np.less_equal: _comparison(ops.le),
+    np.greater: _comparison(ops.gt), np.greater_equal: _comparison(ops.ge),
+    np.equal: _comparison(ops.eq), np.not_equal: _comparison(ops.ne),
     np.isnan: elementwise(ops.isnan), np.isfinite: elementwise(ops.isfinite),
 })
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
-from .numpy_api import (_axis, astype, broadcast, elementwise, implements, operand, promote,
+from .numpy_api import (_axis, astype, broadcast, elementwise, fits, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
 from .trace import Tracer, dtype_of, full_traced, shape_of
@@ -208,6 +208,14 @@ def clip(x, a_min=None, a_max=None, out=None, **kwargs):
     _no_out(out, "clip")
     a_min = kwargs.pop("min", a_min)
     a_max = kwargs.pop("max", a_max)
+    x = operand(x)
+    # (a Python integer bound beyond the dtype's range clips nothing, as in NumPy 2)
+    if isinstance(a_max, int) and not isinstance(a_max, bool) and \
+            not fits(a_max, dtype_of(x)) and a_max > 0:
+        a_max = None
+    if isinstance(a_min, int) and not isinstance(a_min, bool) and \
+            not fits(a_min, dtype_of(x)) and a_min < 0:
+        a_min = None
     if a_min is not None:
         x = elementwise(ops.maximum)(x, a_min)
     if a_max is not None:

@@ -232,7 +232,7 @@ def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
             f"np.linalg.svd of a {m}x{n} matrix with full_matrices=True: the extra "
             "singular vectors are not unique, so gradc differentiates the reduced SVD "
             "only; pass full_matrices=False"))
-    u, s, vt = ops.svd(a)
+    u, s, vt = _per_matrix(ops.svd, a) if _ndim(a) != 2 else ops.svd(a)
     return (u, s, vt) if compute_uv else s
 
 
@@ -262,21 +262,206 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if ord is None or ord == "fro" or (vector and ord == 2):
         y = ops.sqrt(sum(ops.mul(x, x), axes, keepdims=keepdims))
         return y
-    absx = ops.abs(x)
     if vector:
-        if ord == np.inf:
-            return max(absx, axes, keepdims=keepdims)
-        if ord == -np.inf:
-            return min(absx, axes, keepdims=keepdims)
-        if ord == 1:
-            return sum(absx, axes, keepdims=keepdims)
-        if ord == 0:
-            raise UnsupportedError(with_location("np.linalg.norm(ord=0) has no derivative"))
-        p = float(ord)
-        return ops.pow(sum(ops.pow(absx, p), axes, keepdims=keepdims), 1.0 / p)
-    if ord == 1:
-        return max(sum(absx, axes[0], keepdims=True), axes, keepdims=keepdims)
+        return _vector_norm(x, ord, axes, keepdims)
+    if len(axes) != 2 or axes[0] == axes[1]:
+        raise ShapeError(with_location(f"np.linalg.norm: a matrix norm needs two distinct "
+                                       f"axes, got {axis}"))
+    absx = ops.abs(x)
+    extreme = {1: max, -1: min, np.inf: max, -np.inf: min}
+    if ord in extreme:       # the largest (smallest) column sum (1) or row sum (inf)
+        summed = axes[0] if ord in (1, -1) else axes[1]
+        return extreme[ord](sum(absx, summed, keepdims=True), axes, keepdims=keepdims)
+    if ord in (2, -2, "nuc"):         # the singular values of the matrices
+        s = _singular_values(x, axes)
+        y = {2: lambda: max(s, -1), -2: lambda: min(s, -1), "nuc": lambda: sum(s, -1)}[ord]()
+        if keepdims:
+            y = reshape(y, tuple(1 if d in axes else n for d, n in enumerate(shape_of(x))))
+        return y
+    raise ShapeError(with_location(f"np.linalg.norm: invalid norm order {ord!r} for "
+                                   "matrices"))
+
+
+def _vector_norm(x, ord, axes, keepdims):
+    absx = ops.abs(x)
+    if ord is None or ord == 2:
+        return ops.sqrt(sum(ops.mul(x, x), axes, keepdims=keepdims))
     if ord == np.inf:
-        return max(sum(absx, axes[1], keepdims=True), axes, keepdims=keepdims)
-    raise UnsupportedError(with_location(
-        f"np.linalg.norm(ord={ord!r}) of a matrix (it needs the SVD, not yet in gradc)"))
+        return max(absx, axes, keepdims=keepdims)
+    if ord == -np.inf:
+        return min(absx, axes, keepdims=keepdims)
+    if ord == 1:
+        return sum(absx, axes, keepdims=keepdims)
+    if ord == 0:            # the number of nonzeros (piecewise constant)
+        return ops.convert_element_type(
+            sum(ops.convert_element_type(ops.ne(x, np.zeros((), dtype_of(x))), np.int64),
+                axes, keepdims=keepdims), dtype_of(x))
+    if isinstance(ord, str):
+        raise ShapeError(with_location(f"np.linalg.norm: invalid norm order {ord!r} for "
+                                       "vectors"))
+    p = float(ord)
+    return ops.pow(sum(ops.pow(absx, p), axes, keepdims=keepdims), 1.0 / p)
+
+
+def _singular_values(x, axes=(-2, -1)):
+    nd = _ndim(x)
+    x = np.moveaxis(x, [a % nd for a in axes], [nd - 2, nd - 1])
+    return svd(x, full_matrices=False, compute_uv=False)
+
+
+def _per_matrix(fn, a):
+    """The results of ``fn`` (a tuple) for each matrix of a stack ``(..., m, n)``, stacked
+    (one call per matrix; ``gradc.vmap`` of the caller batches instead)."""
+    lead = shape_of(a)[:-2]
+    flat = reshape(a, (-1,) + shape_of(a)[-2:])
+    outs = [fn(flat[k]) for k in range(shape_of(flat)[0])]
+    return tuple(reshape(np.stack([o[j] for o in outs]), lead + shape_of(outs[0][j]))
+                 for j in range(len(outs[0])))
+
+
+def _matrices(a, name):
+    (a,) = promote(a, float_result=True)
+    if _ndim(a) < 2:
+        raise ShapeError(with_location(f"np.linalg.{name}: expected matrices (..., m, n), "
+                                       f"got shape {shape_of(a)}"))
+    return a
+
+
+@implements(np.linalg.vector_norm)
+def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):
+    (x,) = promote(x, float_result=True)
+    axes = tuple(range(_ndim(x))) if axis is None else _axes(axis, _ndim(x))
+    return _vector_norm(x, ord, axes, keepdims)
+
+
+@implements(np.linalg.matrix_norm)
+def matrix_norm(x, /, *, keepdims=False, ord="fro"):
+    return norm(_matrices(x, "matrix_norm"), ord, (-2, -1), keepdims)
+
+
+@implements(np.linalg.svdvals)
+def svdvals(x, /):
+    return _singular_values(_matrices(x, "svdvals"))
+
+
+@implements(np.linalg.cond)
+def cond(x, p=None):
+    """The ratio of extreme singular values (``p`` None, 2, -2), else ``‖x‖ ‖x⁻¹‖``."""
+    x = _matrices(x, "cond")
+    if p in (None, 2, -2):
+        s = _singular_values(x)
+        big, small = max(s, -1), min(s, -1)
+        return ops.div(small, big) if p == -2 else ops.div(big, small)
+    return ops.mul(norm(x, p, (-2, -1)), norm(inv(x), p, (-2, -1)))
+
+
+@implements(np.linalg.matrix_rank)
+def matrix_rank(A, tol=None, hermitian=False, *, rtol=None):
+    (A,) = promote(A, float_result=True)
+    if _ndim(A) < 2:
+        return np.any(A != 0).astype(np.int64)
+    S = _singular_values(A)
+    if tol is None:
+        scale = builtins.max(shape_of(A)[-2:]) * np.finfo(dtype_of(S)).eps if rtol is None \
+            else np.asarray(rtol)[..., None]
+        tol = max(S, -1, keepdims=True) * scale
+    else:
+        tol = np.asarray(tol)[..., None]
+    return sum((S > tol).astype(np.int64), -1)
+
+
+def _pinv_default(a, rcond, rtol):
+    if rcond is not None:
+        return rcond
+    if rtol is None:
+        return builtins.max(shape_of(a)[-2:]) * np.finfo(dtype_of(a)).eps
+    return rtol
+
+
+@implements(np.linalg.pinv)
+def pinv(a, rcond=None, hermitian=False, *, rtol=None):
+    """NumPy's: the reduced SVD with singular values at or below ``rcond`` times the
+    largest dropped.  Differentiable where the rank does not change."""
+    a = _matrices(a, "pinv")
+    rcond = 1e-15 if rcond is None and rtol is None else _pinv_default(a, rcond, rtol)
+    u, s, vt = svd(a, full_matrices=False)
+    cutoff = np.asarray(rcond, dtype_of(s))[..., None] * max(s, -1, keepdims=True)
+    large = s > cutoff
+    inv_s = np.where(large, 1.0 / np.where(large, s, 1.0), 0.0)
+    return matmul(np.swapaxes(vt, -1, -2), inv_s[..., None] * np.swapaxes(u, -1, -2))
+
+
+@implements(np.linalg.lstsq)
+def lstsq(a, b, rcond=None):
+    """``(x, residuals, rank, s)`` as NumPy's: the minimum-norm least-squares solution
+    (through the SVD, singular values at or below ``rcond`` times the largest dropped;
+    NumPy's LAPACK ``gelsd`` gives the same up to rounding)."""
+    a, b = promote(a, b, float_result=True)
+    if _ndim(a) != 2 or _ndim(b) not in (1, 2) or shape_of(b)[0] != shape_of(a)[0]:
+        raise ShapeError(with_location(f"np.linalg.lstsq: a (m, n) and b (m,) or (m, k) "
+                                       f"expected, got {shape_of(a)} and {shape_of(b)}"))
+    m, n = shape_of(a)
+    if rcond is None:
+        rcond = np.finfo(dtype_of(a)).eps * builtins.max(m, n)
+    x = matmul(pinv(a, rcond), b)
+    s = _singular_values(a)
+    # (LAPACK's rank: an int32)
+    rank = matrix_rank(a, tol=None, rtol=rcond).astype(np.int32) if m and n else np.int32(0)
+    full = getattr(rank, "val", rank)
+    if full is None or int(full) == n and m > n:
+        r = ops.sub(matmul(a, x), b)
+        residuals = sum(ops.mul(r, r), 0)
+        residuals = reshape(residuals, (1,)) if _ndim(b) == 1 else residuals
+    else:
+        residuals = np.zeros((0,), dtype_of(b))
+    return x, residuals, rank, s
+
+
+@implements(np.linalg.tensorinv)
+def tensorinv(a, ind=2):
+    (a,) = promote(a, float_result=True)
+    old = shape_of(a)
+    rows = int(np.prod(old[:ind]))
+    if ind <= 0 or rows != int(np.prod(old[ind:])):
+        raise ShapeError(with_location("np.linalg.tensorinv: the product of the first ind "
+                                       "dimensions must equal that of the rest"))
+    return reshape(inv(reshape(a, (rows, -1))), old[ind:] + old[:ind])
+
+
+@implements(np.linalg.tensorsolve)
+def tensorsolve(a, b, axes=None):
+    a, b = promote(a, b, float_result=True)
+    if axes is not None:
+        nd = _ndim(a)
+        rest = [k for k in range(nd) if k not in [x % nd for x in axes]]
+        a = np.transpose(a, rest + [x % nd for x in axes])
+    out = shape_of(a)[_ndim(b):]
+    rows = int(np.prod(shape_of(b)))
+    if rows != int(np.prod(out)):
+        raise ShapeError(with_location("np.linalg.tensorsolve: a's trailing dimensions must "
+                                       "match b's size"))
+    return reshape(solve(reshape(a, (rows, -1)), ravel(b)), out)
+
+
+@implements(np.linalg.outer)
+def linalg_outer(x1, x2, /):
+    if _ndim(x1) != 1 or _ndim(x2) != 1:
+        raise ShapeError(with_location("np.linalg.outer: both inputs must be 1-D"))
+    return outer(x1, x2)
+
+
+@implements(np.linalg.diagonal)
+def linalg_diagonal(x, /, *, offset=0):
+    return diagonal(x, offset, -2, -1)
+
+
+@implements(np.linalg.trace)
+def linalg_trace(x, /, *, offset=0, dtype=None):
+    return np.trace(x, offset, -2, -1, dtype)
+
+
+@implements(np.linalg.cross)
+def linalg_cross(x1, x2, /, *, axis=-1):
+    if axis != -1:
+        return np.cross(x1, x2, axis=axis)
+    return np.cross(x1, x2)

@@ -43,6 +43,21 @@ def test_unique_along_an_axis_is_unsupported():
            "return np.sum(np.unique(np.outer(x, x), axis=0))", lambda: gradc.grad(f)(X))
 
 
+def test_lengths_and_counts_that_are_not_integers():
+    expect(gradc.ArgumentError, ["np.linspace: num", "float"], "np.linspace(x[0], x[1], 5.0)",
+           lambda: gradc.jit(lambda x: np.linspace(x[0], x[1], 5.0))(X))
+    expect(gradc.ArgumentError, ["np.histogram: bins"], "np.histogram(x, 4.0)",
+           lambda: gradc.jit(lambda x: np.histogram(x, 4.0))(X))
+    expect(gradc.ArgumentError, ["minlength", "NoneType"], "np.bincount(k, minlength=None)",
+           lambda: gradc.jit(lambda k: np.bincount(k, minlength=None))(np.arange(3)))
+    expect(gradc.ShapeError, ["weights should have the same shape"],
+           "np.histogram(x.reshape(3, 1), 2, weights=x)",
+           lambda: gradc.jit(lambda x: np.histogram(x.reshape(3, 1), 2, weights=x))(X))
+    big = np.array([2**60, 2**60 + 1, 2**60 + 5])
+    expect(gradc.ArgumentError, ["too many bins"], "np.histogram(k, 3)",
+           lambda: gradc.jit(lambda k: np.histogram(k, 3))(big))
+
+
 def test_bincount_of_negative_or_float_values():
     expect(gradc.ArgumentError, ["np.bincount", "negative"], "np.bincount(k - 3)",
            lambda: gradc.jit(lambda k: np.bincount(k - 3))(np.arange(4)))

@@ -6,6 +6,9 @@ Registered like the rest of the surface (``@implements``); they also run on plai
 """
 from __future__ import annotations
 
+import builtins
+import operator
+
 import numpy as np
 
 from .. import numpy_funcs as npf
@@ -702,7 +705,7 @@ def unique(ar, return_index=False, return_inverse=False, return_counts=False, ax
     if return_inverse:
         rank = npf.cumsum(astype(first, np.int64)) - 1          # in sorted order
         inverse = npf.take(rank, npf.argsort(order, kind="stable"))
-        out.append(np.reshape(inverse, shape_of(x)) if shape_of(x) else inverse)
+        out.append(np.reshape(inverse, shape_of(x)))
     if return_counts:
         out.append(diff(starts, append=np.array([n], np.int64)))
     return out[0] if len(out) == 1 else tuple(out)
@@ -717,11 +720,10 @@ def bincount(x, weights=None, minlength=0):
     if len(shape_of(x)) != 1:
         raise ShapeError(with_location(f"np.bincount: x must be 1-D, got shape "
                                        f"{shape_of(x)}"))
-    if not (np.issubdtype(dtype_of(x), np.integer) or dtype_of(x) == np.bool_) \
-            or dtype_of(x) == np.uint64:
-        raise DTypeError(with_location(f"np.bincount: x must hold integers that fit "
-                                           f"int64, got {dtype_of(x)}"))
-    minlength = int(minlength)
+    if not (np.issubdtype(dtype_of(x), np.integer) or dtype_of(x) == np.bool_):
+        raise DTypeError(with_location(f"np.bincount: x must hold integers, got "
+                                       f"{dtype_of(x)}"))
+    minlength = _index(minlength, "np.bincount: minlength")
     if minlength < 0:
         raise ArgumentError(with_location("np.bincount: minlength must be non-negative"))
     n = shape_of(x)[0]
@@ -745,8 +747,8 @@ def bincount(x, weights=None, minlength=0):
         if shape_of(w) != (n,):
             raise ShapeError(with_location("np.bincount: weights must have the shape of x, "
                                            f"{(n,)}, got {shape_of(w)}"))
-    if not n:
-        return np.zeros(length, np.int64 if weights is None else np.float64)
+    if not n:                  # (NumPy's counts, even with weights)
+        return np.zeros(length, np.int64)
     return ops.scatter_add(w, [astype(x, np.int64)], (length,), (("a", 0),))
 
 
@@ -756,7 +758,7 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
     """NumPy's arithmetic, so the points are NumPy's to the last bit (``start + k·step``;
     ``k/div·delta`` where a step is 0; ``stop`` itself at the end); differentiable in
     ``start`` and ``stop``."""
-    num = int(num)
+    num = _index(num, "np.linspace: num")
     if num < 0:
         raise ArgumentError(with_location(f"np.linspace: number of samples, {num}, must be "
                                           "non-negative"))
@@ -792,28 +794,45 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
     return (y, step) if retstep else y
 
 
+_BLOCK = 65536      # NumPy's histogram works through its data in blocks of this many
+
+
+def _index(value, what):
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ArgumentError(with_location(f"{what} must be an integer, got "
+                                          f"{type(value).__name__}")) from None
+
+
 @implements(np.histogram)
 def histogram(a, bins=10, range=None, density=None, weights=None):
     """Counts per bin (or sums of ``weights``): the bin of ``x`` is the ``i`` with
     ``edges[i] <= x < edges[i + 1]``, the last bin closed, values outside the edges
     dropped.  ``bins`` a number (equal bins over ``range`` or the data's extent, then
     differentiable in the data through the edges) or constant edges; the counts have a
-    zero derivative, sums of weights their own."""
+    zero derivative, sums of weights their own.  NumPy's arithmetic: blocks of 65536,
+    weights summed in float64 per block for equal bins, differences of a running sum
+    for given edges."""
     if isinstance(bins, str):
         raise UnsupportedError(with_location(f"np.histogram(bins={bins!r}) on traced "
                                              "arrays; give a number of bins or the edges"))
-    a = npf.ravel(operand(a))
-    w = None if weights is None else npf.ravel(operand(weights))
+    a = operand(a)
+    w = None if weights is None else operand(weights)
     if w is not None and shape_of(w) != shape_of(a):
         raise ShapeError(with_location("np.histogram: weights should have the same shape "
                                        "as a"))
-    if np.ndim(bins) == 0:
-        n = int(bins)
+    a = npf.ravel(a)
+    w = None if w is None else npf.ravel(w)
+    uniform = np.ndim(bins) == 0
+    if uniform:
+        n = _index(bins, "np.histogram: bins")
         if n < 1:
             raise ArgumentError(with_location("np.histogram: bins must be positive"))
-        if range is not None:            # (Python floats: weak, as in NumPy's dtype)
-            first, last = (float(e) for e in range)
-            if first > last:
+        if range is not None:
+            first, last = (e if isinstance(e, (Tracer, int, float)) else np.asarray(e)
+                           for e in range)
+            if _holds(first > last):
                 raise ArgumentError(with_location("np.histogram: max must be larger than "
                                                   "min in range parameter"))
         elif shape_of(a)[0] == 0:
@@ -829,6 +848,9 @@ def histogram(a, bins=10, range=None, density=None, weights=None):
                                 for e in (first, last)], dtype_of(a))
         kind = kind if np.issubdtype(kind, np.inexact) else np.result_type(kind, 1.0)
         edges = linspace(first, last, n + 1, dtype=kind)
+        if _holds(np.any(edges[:-1] >= edges[1:])):
+            raise ArgumentError(with_location(f"np.histogram: too many bins for the data "
+                                              f"range; cannot create {n} finite-sized bins"))
     else:
         edges = operand(bins)
         if len(shape_of(edges)) != 1:
@@ -837,19 +859,45 @@ def histogram(a, bins=10, range=None, density=None, weights=None):
             raise ArgumentError(with_location("np.histogram: bins must increase "
                                               "monotonically"))
         n = shape_of(edges)[0] - 1
-    index = npf.searchsorted(edges, a, side="right") - 1
-    index = np.where(a == edges[-1], n - 1, index)            # (the last bin is closed)
-    inside = (index >= 0) & (index < n)
-    index = np.where(inside, index, 0)
-    if w is None:
-        kept = astype(inside, np.int64)
-    else:
-        kept = np.where(inside, w, np.zeros((), dtype_of(w)))
-    counts = ops.scatter_add(kept, [astype(index, np.int64)], (n,), (("a", 0),)) \
-        if shape_of(a)[0] else np.zeros(n, dtype_of(kept))
+    ntype = np.dtype(np.int64) if w is None else dtype_of(w)
+    # equal bins: counts added block by block; given edges: running counts at the edges
+    # added block by block, their differences at the end
+    total = np.zeros(n if uniform else n + 1, ntype)
+    for start in builtins.range(0, shape_of(a)[0], _BLOCK):
+        part = a[start:start + _BLOCK]
+        part_w = None if w is None else w[start:start + _BLOCK]
+        more = (_equal_bins if uniform else _running_at_edges)(part, part_w, edges, n)
+        total = more if start == 0 else total + more
+    counts = total if uniform else diff(total)
     if density:
         counts = counts / astype(diff(edges), np.float64) / np.sum(counts)
     return counts, edges
+
+
+def _equal_bins(a, w, edges, n):
+    """NumPy's ``bincount`` of the bins: weights summed in float64, then cast back."""
+    index = npf.searchsorted(edges, a, side="right") - 1
+    index = np.where(a == edges[-1], n - 1, index)            # (the last bin is closed)
+    inside = (index >= 0) & (index < n)
+    index = astype(np.where(inside, index, 0), np.int64)
+    if w is None:
+        return ops.scatter_add(astype(inside, np.int64), [index], (n,), (("a", 0),))
+    kept = np.where(inside, astype(w, np.float64), 0.0)
+    return astype(ops.scatter_add(kept, [index], (n,), (("a", 0),)), dtype_of(w))
+
+
+def _running_at_edges(a, w, edges, n):
+    """NumPy's way for given edges: the data sorted, each edge's place in it, and the
+    count (or the weights' running sum, in their dtype) up to each place.  (NumPy's sort
+    is not stable: with equal values and weights the sums may differ in the last bit.)"""
+    order = npf.argsort(a, kind="stable")
+    sa = npf.take(a, order)
+    places = npf.concatenate([npf.searchsorted(sa, edges[:-1], side="left"),
+                              npf.searchsorted(sa, edges[-1:], side="right")])
+    if w is None:
+        return places
+    cw = npf.concatenate([np.zeros(1, dtype_of(w)), npf.cumsum(npf.take(w, order))])
+    return npf.take(cw, places)
 
 
 @implements(np.logspace)
