@@ -370,20 +370,13 @@ def matrix_rank(A, tol=None, hermitian=False, *, rtol=None):
     return sum((S > tol).astype(np.int64), -1)
 
 
-def _pinv_default(a, rcond, rtol):
-    if rcond is not None:
-        return rcond
-    if rtol is None:
-        return builtins.max(shape_of(a)[-2:]) * np.finfo(dtype_of(a)).eps
-    return rtol
-
-
 @implements(np.linalg.pinv)
 def pinv(a, rcond=None, hermitian=False, *, rtol=None):
     """NumPy's: the reduced SVD with singular values at or below ``rcond`` times the
     largest dropped.  Differentiable where the rank does not change."""
     a = _matrices(a, "pinv")
-    rcond = 1e-15 if rcond is None and rtol is None else _pinv_default(a, rcond, rtol)
+    if rcond is None:           # (NumPy's default cut-off, or the relative one given)
+        rcond = 1e-15 if rtol is None else rtol
     u, s, vt = svd(a, full_matrices=False)
     cutoff = np.asarray(rcond, dtype_of(s))[..., None] * max(s, -1, keepdims=True)
     large = s > cutoff
@@ -407,8 +400,9 @@ def lstsq(a, b, rcond=None):
     s = _singular_values(a)
     # (LAPACK's rank: an int32)
     rank = matrix_rank(a, tol=None, rtol=rcond).astype(np.int32) if m and n else np.int32(0)
-    full = getattr(rank, "val", rank)
-    if full is None or int(full) == n and m > n:
+    # (the residuals' shape depends on the rank: ``bool`` of a traced rank records a
+    # guard, so a later call of another rank is traced again)
+    if m > n and bool(rank == n):
         r = ops.sub(matmul(a, x), b)
         residuals = sum(ops.mul(r, r), 0)
         residuals = reshape(residuals, (1,)) if _ndim(b) == 1 else residuals

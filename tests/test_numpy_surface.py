@@ -788,6 +788,20 @@ def test_histogram_in_blocks_as_numpy():
             np.testing.assert_array_equal(g, e)
 
 
+def test_lstsq_residuals_follow_the_rank_of_each_call():
+    """NumPy gives residuals only for a full-rank tall matrix: a later call of lower rank
+    must not reuse the first call's trace (its residuals' shape)."""
+    rng = np.random.default_rng(11)
+    f = gradc.jit(lambda a, b: np.linalg.lstsq(a, b)[1:3])
+    full, low = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    low[:, 2] = low[:, 0] + low[:, 1]
+    b = rng.standard_normal(5)
+    for a in (full, low, full):
+        (got_res, got_rank), (want_res, want_rank) = f(a, b), np.linalg.lstsq(a, b)[1:3]
+        assert got_res.shape == want_res.shape and int(got_rank) == int(want_rank)
+        np.testing.assert_allclose(got_res, want_res, rtol=1e-10)
+
+
 def test_unique_and_bincount_derivatives():
     """A distinct value's derivative goes to its first occurrence; bincount's weights
     are summed per bin."""

@@ -711,6 +711,11 @@ def unique(ar, return_index=False, return_inverse=False, return_counts=False, ax
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def _sum_into_bins(values, bins, n):
+    """``out[bins[i]] += values[i]`` into ``n`` zeros (NumPy's ``np.add.at``)."""
+    return ops.scatter_add(values, [astype(bins, np.int64)], (n,), (("a", 0),))
+
+
 @implements(np.bincount)
 def bincount(x, weights=None, minlength=0):
     """Counts (or sums of ``weights``, as float64) of each non-negative integer; the
@@ -749,7 +754,7 @@ def bincount(x, weights=None, minlength=0):
                                            f"{(n,)}, got {shape_of(w)}"))
     if not n:                  # (NumPy's counts, even with weights)
         return np.zeros(length, np.int64)
-    return ops.scatter_add(w, [astype(x, np.int64)], (length,), (("a", 0),))
+    return _sum_into_bins(w, x, length)
 
 
 @implements(np.linspace)
@@ -881,9 +886,9 @@ def _equal_bins(a, w, edges, n):
     inside = (index >= 0) & (index < n)
     index = astype(np.where(inside, index, 0), np.int64)
     if w is None:
-        return ops.scatter_add(astype(inside, np.int64), [index], (n,), (("a", 0),))
+        return _sum_into_bins(astype(inside, np.int64), index, n)
     kept = np.where(inside, astype(w, np.float64), 0.0)
-    return astype(ops.scatter_add(kept, [index], (n,), (("a", 0),)), dtype_of(w))
+    return astype(_sum_into_bins(kept, index, n), dtype_of(w))
 
 
 def _running_at_edges(a, w, edges, n):
