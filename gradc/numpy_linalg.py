@@ -18,6 +18,20 @@ from .numpy_api import _axis, elementwise, implements, promote
 from .numpy_funcs import (_axes, _ndim, _no_out, diagonal, max, min, ravel, reshape, sum)
 from .trace import dtype_of, shape_of
 
+
+def _result_type(example):
+    """NumPy's named tuple of results (``QRResult``, ``SVDResult``, ...), found from an
+    example result, so that ``np.linalg.qr(a).Q`` works on traced arrays too."""
+    kind = type(example)
+    return kind if hasattr(kind, "_fields") else (lambda *parts: tuple(parts))
+
+
+_QR = _result_type(np.linalg.qr(np.eye(1)))
+_EIGH = _result_type(np.linalg.eigh(np.eye(1)))
+_SVD = _result_type(np.linalg.svd(np.eye(1)))
+_SLOGDET = _result_type(np.linalg.slogdet(np.eye(1)))
+
+
 # ---------------------------------------------------------------- contractions
 
 def matmul(a, b):
@@ -215,7 +229,7 @@ def eigh(a, UPLO="L"):
     if UPLO not in ("L", "l"):
         a = a.T            # the upper triangle, read as the lower one of the transpose
     w, v = ops.eigh(a)
-    return w, v
+    return _EIGH(w, v)
 
 
 @implements(np.linalg.eigvalsh)
@@ -233,7 +247,26 @@ def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
             "singular vectors are not unique, so gradc differentiates the reduced SVD "
             "only; pass full_matrices=False"))
     u, s, vt = _per_matrix(ops.svd, a) if _ndim(a) != 2 else ops.svd(a)
-    return (u, s, vt) if compute_uv else s
+    return _SVD(u, s, vt) if compute_uv else s
+
+
+@implements(np.linalg.qr)
+def qr(a, mode="reduced"):
+    """``Q, R`` of each matrix (LAPACK's signs, as NumPy); ``mode="r"`` gives ``R`` only,
+    ``"complete"`` is the reduced form where that is all of ``Q`` (m <= n)."""
+    a = _matrices(a, "qr")
+    m, n = shape_of(a)[-2:]
+    if mode not in ("reduced", "complete", "r"):
+        raise UnsupportedError(with_location(
+            f"np.linalg.qr(mode={mode!r}): gradc gives mode 'reduced', 'complete' or 'r' "
+            "('raw' is LAPACK's Householder storage)"))
+    if mode == "complete" and m > n:
+        raise UnsupportedError(with_location(
+            f"np.linalg.qr of a {m}x{n} matrix with mode='complete': the extra columns of Q "
+            "are not unique, so gradc differentiates the reduced QR only; pass "
+            "mode='reduced'"))
+    q, r = _per_matrix(ops.qr, a) if _ndim(a) != 2 else ops.qr(a)
+    return r if mode == "r" else _QR(q, r)
 
 
 @implements(np.linalg.det)
@@ -246,7 +279,7 @@ def det(a):
 def slogdet(a):
     (a,) = promote(a, float_result=True)
     sign, logabs = ops.slogdet(a)
-    return sign, logabs
+    return _SLOGDET(sign, logabs)
 
 
 @implements(np.linalg.norm)

@@ -771,6 +771,8 @@ DECOMPOSITIONS = {
     "svd": (lambda a: np.sum(np.linalg.svd(a, full_matrices=False)[1])
             + np.sum(np.linalg.svd(a, full_matrices=False)[0][:, 0] ** 2),
             rng.standard_normal((5, 3))),
+    "qr": (lambda a: np.sum(np.linalg.qr(a).Q[:, 0] ** 3) + np.sum(np.linalg.qr(a).R ** 2),
+           rng.standard_normal((5, 3))),
     "det": (lambda a: np.sum(np.linalg.det(a) ** 2), rng.standard_normal((2, 3, 3))),
     "det-one": (lambda a: np.linalg.det(a) * np.sum(a), rng.standard_normal((3, 3))),
     "slogdet": (lambda a: np.linalg.slogdet(a)[1] * 2.0, _spd(3)),

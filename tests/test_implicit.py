@@ -330,6 +330,12 @@ def _decomp_cases(rng):
                      + np.sum(np.linalg.svd(A, compute_uv=False)),
                      rng.standard_normal((3, 5))),
         "svd square": (lambda A: np.sum(np.linalg.svd(A)[0] ** 4 * W), rng.standard_normal((4, 4))),
+        "qr tall": (lambda A: np.sum(np.linalg.qr(A).Q ** 3) + np.sum(np.linalg.qr(A).R ** 3),
+                    rng.standard_normal((5, 3))),
+        "qr wide": (lambda A: np.sum(np.linalg.qr(A)[0] ** 3) + np.sum(np.linalg.qr(A)[1] ** 3),
+                    rng.standard_normal((3, 5))),
+        "qr square": (lambda A: np.sum(np.linalg.qr(A)[0] * W) + np.sum(np.linalg.qr(A)[1] ** 2),
+                      rng.standard_normal((4, 4))),
         "inv": (lambda A: np.sum(np.linalg.inv(A) * W), S),
         "det": (lambda A: np.linalg.det(A), S / 4),
         "slogdet": (lambda A: np.linalg.slogdet(A)[1], S),
@@ -338,7 +344,8 @@ def _decomp_cases(rng):
 
 
 @pytest.mark.parametrize("name", ["cholesky", "eigh", "svd tall", "svd wide", "svd square",
-                                  "inv", "det", "slogdet", "solve"])
+                                  "qr tall", "qr wide", "qr square", "inv", "det", "slogdet",
+                                  "solve"])
 def test_decompositions_against_fd_and_forward_mode(rng, name):
     f, A = _decomp_cases(rng)[name]
     g = gradc.grad(f)(A)
@@ -350,12 +357,58 @@ def test_decompositions_against_fd_and_forward_mode(rng, name):
 
 def test_decompositions_compiled(rng):
     cases = _decomp_cases(rng)
-    for name in ("cholesky", "eigh", "svd tall"):
+    for name in ("cholesky", "eigh", "svd tall", "qr tall", "qr wide"):
         f, A = cases[name]
         with warnings.catch_warnings():
             warnings.simplefilter("error", gradc.GradcWarning)
             g = gradc.grad(f, target="cpu")(A)
         assert np.abs(g - gradc.grad(f, target="numpy")(A)).max() < 1e-10
+
+
+def _named_results(A):
+    q, e = np.linalg.qr(A), np.linalg.eigh(A.T @ A)
+    s, d = np.linalg.svd(A, full_matrices=False), np.linalg.slogdet(A.T @ A)
+    return (q.Q, q.R, e.eigenvalues, e.eigenvectors, s.U, s.S, s.Vh, d.sign, d.logabsdet)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_decompositions_give_numpys_named_results(rng, target):
+    A = rng.standard_normal((5, 3))
+    got, want = gradc.jit(_named_results, target=target)(A), _named_results(A)
+    for k, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14, err_msg=f"result {k}")
+    assert type(gradc.jit(np.linalg.qr)(A)) is type(np.linalg.qr(A))
+
+
+def test_qr_second_derivatives_batches_and_float32(rng):
+    A = rng.standard_normal((4, 3))
+
+    def f(A):
+        return np.sum(np.linalg.qr(A).R ** 3) + np.sum(np.linalg.qr(A).Q[:, :2] ** 3)
+
+    g = gradc.grad(f)
+    h = gradc.hessian(f)(A).reshape(12, 12)
+    assert np.abs(h - h.T).max() < 1e-9 * np.abs(h).max()
+    v = rng.standard_normal(A.shape)
+    hv_fd = (g(A + 1e-5 * v) - g(A - 1e-5 * v)) / 2e-5
+    assert np.abs(h @ v.ravel() - hv_fd.ravel()).max() < 1e-6 * np.abs(h).max()
+    stack = rng.standard_normal((3, 4, 3))
+    batched = gradc.vmap(g)(stack)
+    assert np.abs(batched - np.stack([g(a) for a in stack])).max() < 1e-12
+    a32 = A.astype(np.float32)
+    q, r = gradc.jit(np.linalg.qr, target="cpu")(a32)
+    assert q.dtype == r.dtype == np.float32
+    np.testing.assert_allclose(q @ r, a32, atol=1e-5)
+    np.testing.assert_allclose(gradc.grad(f, target="cpu")(a32), g(A), rtol=1e-3, atol=1e-3)
+
+
+def test_qr_refuses_non_unique_modes():
+    with pytest.raises(gradc.UnsupportedError, match="mode='reduced'"):
+        gradc.grad(lambda A: np.sum(np.linalg.qr(A, mode="complete")[0]))(np.ones((3, 2)))
+    with pytest.raises(gradc.UnsupportedError, match="'raw' is LAPACK"):
+        gradc.jit(lambda A: np.linalg.qr(A, mode="raw"))(np.ones((3, 2)))
+    with pytest.raises(gradc.ShapeError, match="expected matrices"):
+        gradc.jit(np.linalg.qr)(np.ones(3))
 
 
 def test_repeated_eigenvalues_give_finite_basis_independent_derivatives():

@@ -287,6 +287,7 @@ LIBRARY = {
     "cholesky": lambda xp, a: [xp.linalg.cholesky(a)],
     "eigh": lambda xp, a: list(xp.linalg.eigh(a)),
     "svd": lambda xp, a: list(xp.linalg.svd(a, full_matrices=False)),
+    "qr": lambda xp, a: list(xp.linalg.qr(a)),
     "det": lambda xp, a: [xp.linalg.det(a)],
     "slogdet": lambda xp, a: list(xp.linalg.slogdet(a)),
     "argsort": lambda xp, a, axis: [xp.argsort(a, axis=axis, kind="stable").astype(np.int64)],

@@ -1241,7 +1241,7 @@ def _on_cupy(eqn) -> bool:
 
 
 def _library(ctx, eqn):
-    """``cholesky``, ``eigh``, ``svd``, ``det``, ``slogdet`` by CuPy (cuSOLVER), and
+    """``cholesky``, ``eigh``, ``svd``, ``qr``, ``det``, ``slogdet`` by CuPy (cuSOLVER), and
     ``argsort`` (its stable sort), on the device: arrays stay there, rank-0 results (one matrix's
     determinant) come back as host scalars.  Without CuPy these run on the host
     (``_host``)."""

@@ -635,6 +635,7 @@ HANDLERS = {
     "cholesky": _decomposition("np.linalg.cholesky({})"),
     "eigh": _decomposition("np.linalg.eigh({})"),
     "svd": _decomposition("np.linalg.svd({}, full_matrices=False)"),
+    "qr": _decomposition("np.linalg.qr({})"),
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
     **control.HANDLERS,

@@ -1,4 +1,4 @@
-"""Matrix decompositions: ``cholesky``, ``eigh``, ``svd`` (one matrix, float).
+"""Matrix decompositions: ``cholesky``, ``eigh``, ``svd``, ``qr`` (one matrix, float).
 
 Their derivatives are implicit in the defining equations (A = L Lᵀ, A V = V diag(w),
 A = U diag(s) Vᵀ); the JVP rules below solve those equations for the tangents and are
@@ -13,6 +13,12 @@ derivatives follow.
 * ``svd`` (``full_matrices=False``): ``dP = Uᵀ dA V``, ``ds = diag(dP)``, and
   ``K_ij = 1/(σ_j² − σ_i²)`` couples the singular vectors (the seed's formula), plus the
   terms for the part of ``dA`` outside the span of ``U`` or ``V`` when ``A`` is not square.
+* ``qr`` (reduced: ``Q`` is m×k, ``R`` k×n, k = min(m, n); LAPACK's signs, which are
+  locally constant): for m ≥ n, with ``B = dA R⁻¹`` and ``C = Qᵀ B``, the upper-triangular
+  ``U = triu(C) + tril(C, −1)ᵀ`` gives ``dR = U R`` and ``dQ = B − Q U`` (then ``QᵀdQ =
+  C − U`` is antisymmetric and ``dQ R + Q dR = dA``).  For m < n, ``A = [X Y]`` with ``X``
+  square: ``Q, R₁`` follow ``X`` as above and ``R₂ = Qᵀ Y`` gives ``dR₂ = dQᵀ Y + Qᵀ dY``.
+  ``A`` (its first k columns) must have full rank: ``R⁻¹`` appears in the derivative.
 
 Repeated eigenvalues / singular values: the vector derivatives are not defined there
 (the basis of the repeated subspace is arbitrary).  gradc drops the coupling terms of
@@ -170,3 +176,45 @@ svd_p.jvp = _svd_jvp
 
 def svd(a):
     return bind(svd_p, a)
+
+
+# ---------------------------------------------------------------- qr
+
+qr_p = Primitive("qr", multiple_results=True)
+qr_p.impl = lambda a: list(np.linalg.qr(a))
+
+
+def _qr_abstract(a):
+    _matrix(a, "qr")
+    m, n = a.shape
+    k = min(m, n)
+    return [((m, k), a.dtype), ((k, n), a.dtype)]
+
+
+def _qr_jvp(primals, tangents):
+    from .linalg import solve
+    (a,), (t,) = primals, tangents
+    q, r = qr(a)
+    if t is None:
+        return [q, r], [None, None]
+    m, n = np.shape(a)
+    k = min(m, n)
+    r1, t1 = (r, t) if m >= n else (r[:, :k], t[:, :k])
+    b = solve(r1.T, t1.T).T                       # dA R⁻¹  (m x k)
+    c = q.T @ b
+    strict = np.tril(np.ones((k, k), dtype=a.dtype), -1)
+    up = c * (1.0 - strict) + (c * strict).T      # triu(C) + tril(C, -1)ᵀ
+    dq = b - q @ up
+    dr = up @ r1
+    if m < n:
+        y, dy = a[:, k:], t[:, k:]
+        dr = np.concatenate([dr, dq.T @ y + q.T @ dy], axis=1)
+    return [q, r], [dq, dr]
+
+
+qr_p.abstract = _qr_abstract
+qr_p.jvp = _qr_jvp
+
+
+def qr(a):
+    return bind(qr_p, a)
