@@ -10,6 +10,7 @@ For each case we check that
 ``test_tables_are_covered`` fails when a new entry is added to ``numpy_api.UFUNCS`` or
 ``numpy_api.FUNCTIONS`` without a case here.
 """
+import warnings
 import zlib
 
 import numpy as np
@@ -434,6 +435,10 @@ FUNCTION_CASES = {
     np.trapezoid: [lambda x: np.trapezoid(x), lambda x: np.trapezoid(x, dx=0.5, axis=0),
                    lambda x: np.trapezoid(x, x=np.array([0.0, 0.5, 1.5, 3.0]))],
     np.polyval: [lambda x: np.polyval(x[0], x[1]), lambda x: np.polyval([1.0, -2.0, 0.5], x)],
+    np.polyfit: [lambda x: np.polyfit(x[0], x[1], 2), lambda x: np.polyfit(x[0], x.T, 1),
+                 lambda x: np.polyfit(x[0], x[1], 2, w=x[2] ** 2 + 1.0),
+                 lambda x: np.polyfit(x[0], x[1:].T, 1, cov=True),
+                 lambda x: np.polyfit(x[0], x[1], 1, full=True)[:2]],
     np.linalg.multi_dot: [lambda x: np.linalg.multi_dot([x, x.T, x])],
     np.linalg.matrix_power: [lambda x: np.linalg.matrix_power(x[:, :3], 3),
                              lambda x: np.linalg.matrix_power(_aug(x[:, :3]), -2),
@@ -1137,3 +1142,22 @@ def test_broadcasting_in_arithmetic():
 def test_sum_of_list_of_tracers_and_builtin_sum():
     check(lambda x: sum(x[i] * i for i in range(4)), rand(4))
     check(lambda x: np.array([1.0, 2.0]) * 3.0 + x, rand(2))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_polyfit_warns_of_a_deficient_rank_once_per_rank(target):
+    """A rank-deficient fit warns as NumPy does; the rank is guarded, so the next full-rank
+    call is traced again and gives NumPy's coefficients (no stale trace, no warning)."""
+    fit = gradc.jit(lambda x, y: np.polyfit(x, y, 2), target=target)
+    y = np.arange(5.0) ** 2
+    with pytest.warns(np.exceptions.RankWarning, match="poorly conditioned"):
+        got = fit(np.ones(5), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        np.testing.assert_allclose(got, np.polyfit(np.ones(5), y, 2), rtol=1e-10, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = np.linspace(0.0, 1.0, 5)
+        np.testing.assert_allclose(fit(x, y), np.polyfit(x, y, 2), rtol=1e-10, atol=1e-12)
+    with pytest.raises(gradc.ShapeError, match="np.polyfit: expected y of shape"):
+        fit(np.ones(5), np.ones(4))

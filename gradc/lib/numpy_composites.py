@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import warnings
 
 import numpy as np
 
@@ -220,6 +221,58 @@ def polyval(p, x):
     for i in range(1, n):
         out = out * x + p[i]
     return out
+
+
+_RANK_WARNING = getattr(getattr(np, "exceptions", np), "RankWarning", UserWarning)
+
+
+@implements(np.polyfit)
+def polyfit(x, y, deg, rcond=None, full=False, w=None, cov=False):
+    """NumPy's least-squares fit: the Vandermonde matrix, weighted, its columns scaled to
+    unit norm, solved by ``np.linalg.lstsq`` (here through the SVD, where NumPy calls
+    LAPACK's ``gelsd``: equal up to rounding).  The ``RankWarning`` of a rank-deficient
+    fit is raised when gradc traces it (the rank is guarded: a call of another rank is
+    traced again), so it shows once per rank, not on every call."""
+    order = int(deg) + 1
+    x, y = operand(x) + 0.0, operand(y) + 0.0
+    if deg < 0:
+        raise ArgumentError(with_location("np.polyfit: expected deg >= 0"))
+    if len(shape_of(x)) != 1 or not shape_of(x)[0]:
+        raise ShapeError(with_location(f"np.polyfit: expected a non-empty 1-D x, got shape "
+                                       f"{shape_of(x)}"))
+    if len(shape_of(y)) not in (1, 2) or shape_of(y)[0] != shape_of(x)[0]:
+        raise ShapeError(with_location(f"np.polyfit: expected y of shape ({shape_of(x)[0]},) "
+                                       f"or ({shape_of(x)[0]}, k), got {shape_of(y)}"))
+    if rcond is None:
+        rcond = shape_of(x)[0] * np.finfo(dtype_of(x)).eps
+    lhs, rhs = vander(x, order), y
+    if w is not None:
+        w = operand(w) + 0.0
+        if shape_of(w) != shape_of(x):
+            raise ShapeError(with_location(f"np.polyfit: expected weights w of shape "
+                                           f"{shape_of(x)}, got {shape_of(w)}"))
+        lhs = lhs * w[:, None]
+        rhs = rhs * (w[:, None] if len(shape_of(rhs)) == 2 else w)
+    scale = np.sqrt(npf.sum(lhs * lhs, axis=0))
+    lhs = lhs / scale
+    c, resids, rank, s = npl.lstsq(lhs, rhs, rcond)
+    c = (c.T / scale).T
+    if full:
+        return c, resids, rank, s, rcond
+    if bool(rank != order):              # (a guard: see the docstring)
+        warnings.warn(_RANK_WARNING(with_location("Polyfit may be poorly conditioned")),
+                      stacklevel=2)
+    if not cov:
+        return c
+    base = npl.inv(npl.dot(lhs.T, lhs)) / npl.outer(scale, scale)
+    if cov == "unscaled":
+        fac = 1.0
+    else:
+        if shape_of(x)[0] <= order:
+            raise ArgumentError(with_location("np.polyfit: the number of data points must "
+                                              "exceed order to scale the covariance matrix"))
+        fac = resids / (shape_of(x)[0] - order)
+    return c, (base * fac if len(shape_of(y)) == 1 else base[:, :, None] * fac)
 
 
 @implements(np.linalg.multi_dot)
