@@ -907,7 +907,9 @@ class Batched(Transformed):
         key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun))
 
         def build():
-            graph, info, captured = _trace(self.fun, example, {})
+            from .trace import one_example
+            with one_example():
+                graph, info, captured = _trace(self.fun, example, {})
             from .passes.batching import batch_graph
             bg = simplify(batch_graph(graph, batched + [False] * len(captured), size))
             return _Spec(bg, dict(info, primal=graph), captured, self.target, self.fastmath,

@@ -17,6 +17,8 @@ time); otherwise it records an equation in the innermost trace.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import linecache
 import re
@@ -373,6 +375,29 @@ def shape_of(x) -> tuple:
 
 def dtype_of(x) -> np.dtype:
     return x.dtype if isinstance(x, (Tracer, np.ndarray, np.generic)) else np.asarray(x).dtype
+
+
+_ONE_EXAMPLE = contextvars.ContextVar("gradc_one_example", default=False)
+
+
+@contextlib.contextmanager
+def one_example():
+    """Tracing with one example's values (``vmap`` traces its function on the first
+    example): a guard recorded then would hold for that example only."""
+    token = _ONE_EXAMPLE.set(True)
+    try:
+        yield
+    finally:
+        _ONE_EXAMPLE.reset(token)
+
+
+def checkable(x) -> bool:
+    """Whether a check of ``x``'s value while tracing (a guard, then an error when it
+    fails) covers every call of the traced program: not when the value is abstract, nor
+    when it is one example's of a ``vmap``."""
+    if not isinstance(x, Tracer):
+        return True
+    return x.val is not None and not _ONE_EXAMPLE.get()
 
 
 def trace_graph(fn, avals, values=None):

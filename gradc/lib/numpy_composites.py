@@ -17,7 +17,7 @@ from .. import numpy_linalg as npl
 from .. import ops
 from ..errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
-from ..trace import Tracer, dtype_of, shape_of
+from ..trace import Tracer, checkable, dtype_of, shape_of
 
 
 def _slice_along(x, axis, start, stop, step=1):
@@ -399,14 +399,18 @@ nanmin = implements(np.nanmin)(_nan_extremum("min", np.inf))
 
 def _nan_arg(name, fill):
     def apply(a, axis=None, out=None, *, keepdims=False):
-        """An all-NaN line gives -1 (NumPy raises ValueError; the value depends on data
-        the traced program cannot raise on)."""
+        """An all-NaN line raises, as in NumPy: whether one is there is guarded (a guard
+        holds while no line is all NaN).  Where the values are not known when tracing
+        (a loop body, ``vmap``: ``trace.checkable``) such a line gives -1 instead."""
         npf._no_out(out, f"nanarg{name}")
         filled, missing = _nan_filled(a, fill)
         index = getattr(np, f"arg{name}")(filled, axis, keepdims=keepdims)
         if missing is None:
             return index
         empty = npf.all(missing, axis, keepdims=keepdims)
+        some = npf.any(empty)
+        if checkable(some) and _holds(some):
+            raise ArgumentError(with_location(f"np.nanarg{name}: All-NaN slice encountered"))
         return npf.where(empty, np.int64(-1), index)
     apply.__name__ = f"nanarg{name}"
     return apply
