@@ -16,7 +16,7 @@ from . import ops
 from .errors import ShapeError, UnsupportedError, with_location
 from .numpy_api import _axis, elementwise, implements, promote
 from .numpy_funcs import (_axes, _ndim, _no_out, diagonal, max, min, ravel, reshape, sum)
-from .trace import dtype_of, shape_of
+from .trace import checkable, dtype_of, shape_of
 
 
 def _result_type(example):
@@ -421,7 +421,9 @@ def pinv(a, rcond=None, hermitian=False, *, rtol=None):
 def lstsq(a, b, rcond=None):
     """``(x, residuals, rank, s)`` as NumPy's: the minimum-norm least-squares solution
     (through the SVD, singular values at or below ``rcond`` times the largest dropped;
-    NumPy's LAPACK ``gelsd`` gives the same up to rounding)."""
+    NumPy's LAPACK ``gelsd`` gives the same up to rounding).  Under ``vmap`` the
+    residuals of an m > n system are there whatever the rank (NumPy's are empty for a
+    deficient rank)."""
     a, b = promote(a, b, float_result=True)
     if _ndim(a) != 2 or _ndim(b) not in (1, 2) or shape_of(b)[0] != shape_of(a)[0]:
         raise ShapeError(with_location(f"np.linalg.lstsq: a (m, n) and b (m,) or (m, k) "
@@ -434,8 +436,9 @@ def lstsq(a, b, rcond=None):
     # (LAPACK's rank: an int32)
     rank = matrix_rank(a, tol=None, rtol=rcond).astype(np.int32) if m and n else np.int32(0)
     # (the residuals' shape depends on the rank: ``bool`` of a traced rank records a
-    # guard, so a later call of another rank is traced again)
-    if m > n and bool(rank == n):
+    # guard, so a later call of another rank is traced again; inside ``vmap`` or a loop
+    # body, where one trace serves every rank, the residuals are always there)
+    if m > n and (not checkable(rank) or bool(rank == n)):
         r = ops.sub(matmul(a, x), b)
         residuals = sum(ops.mul(r, r), 0)
         residuals = reshape(residuals, (1,)) if _ndim(b) == 1 else residuals

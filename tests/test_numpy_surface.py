@@ -1169,3 +1169,19 @@ def test_polyfit_warns_of_a_deficient_rank_once_per_rank(target):
         np.testing.assert_allclose(fit(x, y), np.polyfit(x, y, 2), rtol=1e-10, atol=1e-12)
     with pytest.raises(gradc.ShapeError, match="np.polyfit: expected y of shape"):
         fit(np.ones(5), np.ones(4))
+
+
+def test_polyfit_and_lstsq_batch_under_vmap():
+    """One trace serves every example (the rank's guard is not recorded inside vmap)."""
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    got = gradc.vmap(lambda x, y: np.polyfit(x, y, 2, full=True)[:2], target="cpu")(x, y)
+    for k in range(5):
+        c, res = np.polyfit(x[k], y[k], 2, full=True)[:2]
+        np.testing.assert_allclose(got[0][k], c, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got[1][k], res, rtol=1e-10)
+    g = gradc.vmap(gradc.grad(lambda x, y: np.sum(np.polyfit(x, y, 1) ** 2), argnums=1))(x, y)
+    for k in range(5):
+        fd = [(np.sum(np.polyfit(x[k], y[k] + e, 1) ** 2)
+               - np.sum(np.polyfit(x[k], y[k] - e, 1) ** 2)) / 2e-6 for e in 1e-6 * np.eye(7)]
+        np.testing.assert_allclose(g[k], fd, rtol=1e-6, atol=1e-8)

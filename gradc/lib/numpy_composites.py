@@ -232,7 +232,7 @@ def polyfit(x, y, deg, rcond=None, full=False, w=None, cov=False):
     unit norm, solved by ``np.linalg.lstsq`` (here through the SVD, where NumPy calls
     LAPACK's ``gelsd``: equal up to rounding).  The ``RankWarning`` of a rank-deficient
     fit is raised when gradc traces it (the rank is guarded: a call of another rank is
-    traced again), so it shows once per rank, not on every call."""
+    traced again), so it shows once per rank, not on every call; not inside ``vmap``."""
     order = int(deg) + 1
     x, y = operand(x) + 0.0, operand(y) + 0.0
     if deg < 0:
@@ -259,7 +259,7 @@ def polyfit(x, y, deg, rcond=None, full=False, w=None, cov=False):
     c = (c.T / scale).T
     if full:
         return c, resids, rank, s, rcond
-    if bool(rank != order):              # (a guard: see the docstring)
+    if checkable(rank) and bool(rank != order):      # (a guard: see the docstring)
         warnings.warn(_RANK_WARNING(with_location("Polyfit may be poorly conditioned")),
                       stacklevel=2)
     if not cov:
