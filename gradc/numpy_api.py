@@ -47,8 +47,20 @@ def _numpy_name(func) -> str:
     return f"{module.replace('numpy', 'np', 1)}.{func.__name__}"
 
 
+def _ufunc_name(ufunc) -> str:
+    """How the user spelled ``ufunc``: NumPy's, or one of ``scipy.special``'s (whose
+    derivative rules ``lib.scipy_special`` registers when one first reaches gradc)."""
+    import sys
+    special = sys.modules.get("scipy.special")
+    if special is not None and getattr(special, ufunc.__name__, None) is ufunc:
+        from .lib import scipy_special
+        scipy_special.register()
+        return f"scipy.special.{ufunc.__name__}"
+    return f"np.{ufunc.__name__}"
+
+
 def dispatch_ufunc(ufunc, method, inputs, kwargs):
-    name = f"np.{ufunc.__name__}"
+    name = _ufunc_name(ufunc)
     if method == "__call__":
         if kwargs.get("out") is not None:
             raise UnsupportedError(with_location(

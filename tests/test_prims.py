@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -290,6 +291,19 @@ ROWS = [
     elementwise_unary("acosh", ops.acosh, np.arccosh, lambda r, s: r.uniform(1.2, 3.0, s)),
     elementwise_unary("atanh", ops.atanh, np.arctanh, lambda r, s: r.uniform(-0.9, 0.9, s)),
     elementwise_unary("abs", ops.abs, np.abs, away_from_zero),
+    # special functions (SciPy's values)
+    elementwise_unary("erf", ops.erf, scipy.special.erf),
+    elementwise_unary("erfc", ops.erfc, scipy.special.erfc),
+    elementwise_unary("lgamma", ops.lgamma, scipy.special.gammaln, positive),
+    elementwise_unary("lgamma", ops.lgamma, scipy.special.gammaln,
+                      lambda r, s: r.uniform(-2.9, -2.1, s), id="lgamma-negative"),
+    elementwise_unary("digamma", ops.digamma, scipy.special.psi, positive),
+    elementwise_unary("digamma", ops.digamma, scipy.special.psi,
+                      lambda r, s: r.uniform(-1.8, -1.2, s), id="digamma-negative"),
+    Row("polygamma", lambda x: ops.polygamma(1.0, x), unary(positive),
+        ref=lambda x: scipy.special.polygamma(1, x)),
+    Row("polygamma", lambda x: ops.polygamma(3.0, x), unary(positive),
+        ref=lambda x: scipy.special.polygamma(3, x), id="polygamma-3"),
     # piecewise constant: derivative zero almost everywhere
     elementwise_unary("sign", ops.sign, np.sign, away_from_zero, zero=True),
     elementwise_unary("floor", ops.floor, np.floor, off_integer, zero=True),
@@ -470,6 +484,10 @@ ROWS = [
         ref=lambda a: np.linalg.svd(a, full_matrices=False)[0], id="svd-u"),
     Row("svd", lambda a: ops.svd(a)[2], unary(normal), [(3, 2), (2, 3)],
         ref=lambda a: np.linalg.svd(a, full_matrices=False)[2], id="svd-vt"),
+    Row("qr", lambda a: ops.qr(a)[0], unary(normal), [(3, 2), (2, 3), (3, 3)],
+        ref=lambda a: np.linalg.qr(a)[0], id="qr-q"),
+    Row("qr", lambda a: ops.qr(a)[1], unary(normal), [(3, 2), (2, 3), (3, 3)],
+        ref=lambda a: np.linalg.qr(a)[1], id="qr-r"),
     # convolution
     Row("conv2d", lambda i, k, p: ops.conv2d(i, k, p), conv_gen(((0, 0), (0, 0))), CONV_SHAPES,
         ref=conv_ref_loops, id="conv2d-valid"),
@@ -654,6 +672,7 @@ def _check_zero_derivative(row, args):
 
 
 FLOAT32_ROWS = ["neg", "mul", "div", "pow", "max", "atan2", "rem", "sin", "log", "tanh",
+                "erf", "lgamma", "digamma",
                 "select", "convert-f32-to-f64", "reduce_sum", "reduce_max", "reduce_prod",
                 "cumsum", "broadcast_in_dim", "concatenate", "slice", "pad", "gather",
                 "scatter_add", "index_set-repeated-index", "einsum-batched", "solve", "det",

@@ -6,6 +6,7 @@ mode, second derivatives from grad-of-grad and jvp-of-grad.
 """
 import numpy as np
 import pytest
+import scipy.special as sc
 import sympy as sp
 
 import gradc
@@ -44,6 +45,18 @@ EXPRESSIONS = {   # name: (sympy expression, NumPy function, domain of a, domain
                 lambda a, b: np.arccosh(a ** 2 + 1.5) * b, (-1, 1), (-1, 1)),
     "square_recip": (a ** 2 / b + 1 / (a + 3), lambda a, b: np.square(a) / b + np.reciprocal(a + 3),
                      (-1, 1), (0.5, 2)),
+    # scipy.special's ufuncs (gradc's erf/erfc/lgamma/digamma primitives)
+    "erf_erfc": (sp.erf(a * b) + sp.erfc(a - b) ** 2,
+                 lambda a, b: sc.erf(a * b) + sc.erfc(a - b) ** 2, (-1, 1), (-1, 1)),
+    "gammaln_psi": (sp.loggamma(a ** 2 + b) * sp.digamma(b),
+                    lambda a, b: sc.gammaln(a ** 2 + b) * sc.psi(b), (-1, 1), (0.5, 3)),
+    "gammaln_negative": (sp.log(-sp.gamma(a - 2.5)) + b * sp.loggamma(b),   # (Γ < 0 there)
+                         lambda a, b: sc.gammaln(a - 2.5) + b * sc.gammaln(b),
+                         (0.1, 0.4), (0.5, 3)),
+    "expit_ndtr": (1 / (1 + sp.exp(-a)) * (1 + sp.erf(b / sp.sqrt(2))) / 2,
+                   lambda a, b: sc.expit(a) * sc.ndtr(b), (-3, 3), (-3, 3)),
+    "logit_xlogy": (sp.log(a / (1 - a)) + a * sp.log(b),
+                    lambda a, b: sc.logit(a) + sc.xlogy(a, b), (0.1, 0.9), (0.5, 2)),
 }
 
 

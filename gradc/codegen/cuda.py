@@ -196,6 +196,9 @@ def _define_device_functions(cuda) -> None:
         for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
+        import scipy.special        # (math.lgamma raises at its poles)
+        g["erf"], g["erfc"], g["lgamma"] = (scipy.special.erf, scipy.special.erfc,
+                                            scipy.special.gammaln)
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -204,6 +207,7 @@ def _define_device_functions(cuda) -> None:
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
     g["fmod"], g["copysign"] = math.fmod, math.copysign
+    g["erf"], g["erfc"], g["lgamma"] = math.erf, math.erfc, math.lgamma
 
 # ---------------------------------------------------------------- host-side helpers
 

@@ -59,7 +59,7 @@ from ..ir import Graph, Lit, Var, make_eqn
 from ..passes.fuse import REDUCTIONS
 from ..passes.indexmap import Affine, operand_indices
 from ..prims.linalg import parse_spec
-from . import loops
+from . import loops, special
 from .pysource import FLOAT_REM, Symbols, dtype_expr, scalar_literal
 
 THREADS = 256          # threads per block (one dimension)
@@ -104,6 +104,10 @@ TEMPLATES = {
     "stop_gradient": "{0}",
     # integers, with NumPy's edges written out (x // 0 is 0; see pysource.TEMPLATES)
     "floordiv": "(({0} // {1} if {1} != -1 else ({0} - {0} - {0})) if {1} != 0 else ({0} - {0}))",
+    # special functions: libdevice's erf/erfc/lgamma; digamma and polygamma as inner
+    # functions of the kernel (``codegen.special.DEVICE_SOURCE``, see ``_finish_kernel``)
+    "erf": "_d.erf({0})", "erfc": "_d.erfc({0})", "lgamma": "_d.lgamma({0})",
+    "digamma": "_sp_digamma({0})", "polygamma": "_sp_polygamma({0}, {1})",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
     "bitnot": "(~{0})",
     "shl": "(({0} << {1}) if 0 <= {1} < 64 else ({0} - {0}))",
@@ -409,7 +413,7 @@ def _host_scalar(eqn):
         dtype = np.dtype(eqn.params["dtype"])
         return "({0} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({{0}})"
     text = NUMPY.get(name)
-    if text is None:
+    if text is None or text.startswith("_k."):     # (the CPU kernels': the interpreter)
         return None
     return f"{dtype_expr(eqn.outputs[0].dtype)}({text})"
 
@@ -709,6 +713,9 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=()):
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
+    if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
+        # (inner functions, which Numba inlines; both, as polygamma calls digamma)
+        lines = special.DEVICE_SOURCE.splitlines() + lines
     text = "\n".join(["@cuda.jit", f"def {kname}({', '.join(params)}):"] +
                      ["    " + line for line in lines])
     ctx.kernels.append(Kernel(kname, kinds, text))

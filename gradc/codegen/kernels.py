@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import GuardFailure
 from .pysource import OBJMODE_FLOPS
+from .special import digamma, erf, erfc, lgamma, polygamma  # noqa: F401  (templates' _k.erf ...)
 
 
 

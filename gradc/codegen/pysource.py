@@ -66,6 +66,9 @@ TEMPLATES = {
     "and": "np.logical_and({0}, {1})", "or": "np.logical_or({0}, {1})",
     "xor": "np.logical_xor({0}, {1})", "not": "np.logical_not({0})",
     "isnan": "np.isnan({0})", "isfinite": "np.isfinite({0})",
+    # special functions (codegen.special: float64, rounded back for float32 below)
+    "erf": "_k.erf({0})", "erfc": "_k.erfc({0})", "lgamma": "_k.lgamma({0})",
+    "digamma": "_k.digamma({0})", "polygamma": "_k.polygamma({0}, {1})",
     "stop_gradient": "{0}",
     # integers (NumPy's edges: Numba's ``x // 0`` is already 0 under error_model="numpy";
     # shifts by 64 or more, or by a negative count, are undefined in LLVM: written out)
@@ -77,6 +80,7 @@ TEMPLATES = {
 }
 
 # integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
+SPECIAL = {"erf", "erfc", "lgamma", "digamma", "polygamma"}     # (computed in float64)
 _INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else ({0} - {0}))",
                       "fmod": "(np.fmod({0}, {1}) if {1} != -1 else ({0} - {0}))"}
 
@@ -85,6 +89,8 @@ def element_template(name: str, dtype) -> str:
     """The template of elementwise primitive ``name`` with a result of ``dtype``."""
     if np.dtype(dtype).kind in "iu" and name in _INTEGER_TEMPLATES:
         return _INTEGER_TEMPLATES[name]
+    if np.dtype(dtype) == np.float32 and name in SPECIAL:
+        return f"np.float32({TEMPLATES[name]})"
     return TEMPLATES[name]
 
 

@@ -55,6 +55,7 @@ ELEMENTWISE = {
     "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
     "isfinite", "stop_gradient", "select", "convert_element_type", "floordiv", "bitand",
     "bitor", "bitxor", "bitnot", "shl", "shr",
+    "erf", "erfc", "lgamma", "digamma", "polygamma",          # (prims/special.py)
 }
 STRUCTURAL = {"broadcast_in_dim", "slice", "pad", "transpose", "reshape"}
 REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
@@ -70,7 +71,8 @@ VECTOR_UFUNCS = {"exp", "expm1", "exp2", "log", "log1p", "log2", "log10", "sin",
                  "atanh", "cbrt"}
 UFUNC_ELEMENTS = 1 << 12
 # not recomputed for every element of a larger loop domain (see ``_plan``'s ``reach``)
-EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem", "fmod"}
+EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem", "fmod", "erf", "erfc",
+                             "lgamma", "digamma", "polygamma"}
 RECOMPUTE = 4      # ... in a domain this many times its size (a pad or slice is not)
 
 

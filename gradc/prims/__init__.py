@@ -2,7 +2,7 @@
 implementation, shape/dtype rule, JVP rule and (for linear primitives) transpose rule,
 followed by the function users of ``gradc.ops`` call to apply it."""
 from . import (control, conv, decomp, elementwise, implicit, index, linalg, loops,  # noqa: F401
-               reduce, shape)
+               reduce, shape, special)
 from .rules import UndefinedPrimal  # noqa: F401
 
 
@@ -11,7 +11,7 @@ def all_primitives():
     from ..ir import Primitive
     found = {}
     for module in (elementwise, reduce, shape, index, linalg, conv, control, loops,
-                   implicit, decomp):
+                   implicit, decomp, special):
         for value in vars(module).values():
             if isinstance(value, Primitive):
                 found[value.name] = value

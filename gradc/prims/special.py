@@ -1,0 +1,75 @@
+"""Special functions: ``erf``, ``erfc``, ``lgamma``, ``digamma``, ``polygamma``.
+
+Elementwise on floats, like ``elementwise.py``'s (and fused with them).  The interpreter
+runs SciPy's (``scipy.special.erf``, ``erfc``, ``gammaln``, ``psi``, ``polygamma``), the
+compiled targets ``codegen.special``'s.  Derivatives:
+
+* ``erf′(x) = 2/√π e^(−x²)``, ``erfc′ = −erf′``;
+* ``lgamma′ = digamma``, ``digamma′ = polygamma(1, ·)``, and
+  ``∂ polygamma(n, x)/∂x = polygamma(n + 1, x)``, so every order of derivative is a
+  primitive here.  The order ``n`` (a float array holding integers, as SciPy takes it)
+  has no derivative: one asked for is an error.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UnsupportedError, with_location
+from ..trace import bind
+from .elementwise import _binary, _lift, _unary, add, exp, mul, neg
+from .rules import defjvp
+
+
+def _scipy(name):
+    def impl(*args):
+        import scipy.special
+        dtype = np.result_type(*args)
+        with np.errstate(all="ignore"):
+            return np.asarray(getattr(scipy.special, name)(*args), dtype)
+    impl.__name__ = name
+    return impl
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+erf_p = _unary("erf", _scipy("erf"))
+defjvp(erf_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), _TWO_OVER_SQRT_PI)))
+erfc_p = _unary("erfc", _scipy("erfc"))
+defjvp(erfc_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), -_TWO_OVER_SQRT_PI)))
+lgamma_p = _unary("lgamma", _scipy("gammaln"))
+defjvp(lgamma_p, lambda t, ans, x: mul(t, digamma(x)))
+digamma_p = _unary("digamma", _scipy("psi"))
+defjvp(digamma_p, lambda t, ans, x: mul(t, polygamma(np.asarray(1.0, x.dtype), x)))
+polygamma_p = _binary("polygamma", _scipy("polygamma"))
+
+
+def _no_order_derivative(t, ans, n, x):
+    raise UnsupportedError(with_location(
+        "polygamma(n, x) has no derivative with respect to its order n (an integer); "
+        "pass n as a constant, or through gradc.stop_gradient"))
+
+
+defjvp(polygamma_p, _no_order_derivative,
+       lambda t, ans, n, x: mul(t, polygamma(add(n, 1.0), x)))
+
+
+def erf(x):
+    return bind(erf_p, x)
+
+
+def erfc(x):
+    return bind(erfc_p, x)
+
+
+def lgamma(x):
+    return bind(lgamma_p, x)
+
+
+def digamma(x):
+    return bind(digamma_p, x)
+
+
+def polygamma(n, x):
+    return bind(polygamma_p, _lift(n, x), _lift(x, n))
