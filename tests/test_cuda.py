@@ -660,6 +660,10 @@ PTX_SCRIPT = textwrap.dedent("""
             done["log10-log2-exp2-" + np.dtype(dt).name] = gradc.jit(
                 lambda x: (np.log10(x), np.log2(x), np.exp2(x)), target="cuda").ptx(
                     np.abs(x) + 1).count(".entry")
+            import scipy.special as sc      # (libdevice's erf/lgamma, inner digamma)
+            done["special-" + np.dtype(dt).name] = gradc.grad(
+                lambda x: np.sum(sc.gammaln(x) * sc.psi(x) + sc.erfc(x)),
+                target="cuda").ptx(np.abs(x) + 1).count(".entry")
         pts = np.zeros((300, 2))
         done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)),
                                       target="cuda").ptx(pts).count(".entry")
