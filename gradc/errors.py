@@ -82,15 +82,40 @@ def _in_gradc(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep)
 
 
+_LIBRARIES = ("numpy" + os.sep, "scipy" + os.sep)
+
+
+def _in_library(filename: str) -> bool:
+    return any(lib in filename for lib in _LIBRARIES)
+
+
 def user_frame():
-    """The innermost stack frame that belongs to user code (not gradc, not NumPy)."""
+    """The innermost stack frame that belongs to user code (not gradc, NumPy or SciPy)."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _in_gradc(filename) and "numpy" + os.sep not in filename:
+        if not _in_gradc(filename) and not _in_library(filename):
             return frame
         frame = frame.f_back
     return None
+
+
+def library_call() -> str | None:
+    """``'scipy.special.logsumexp'`` when the user's line called a NumPy or SciPy Python
+    function that is running now (the outermost such frame below the user's), else None."""
+    frame, outer = sys._getframe(1), None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if _in_library(filename):
+            outer = frame
+        elif not _in_gradc(filename):
+            break
+        frame = frame.f_back
+    if outer is None:
+        return None
+    module = outer.f_globals.get("__name__", "")
+    public = ".".join(p for p in module.split(".") if not p.startswith("_"))
+    return f"{public}.{outer.f_code.co_name}"
 
 
 def user_instruction(frame) -> str | None:

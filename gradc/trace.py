@@ -166,6 +166,13 @@ class Tracer:
         return numpy_api.dispatch_function(func, args, kwargs)
 
     def __array__(self, dtype=None, copy=None):
+        library = errors.library_call()
+        if library is not None:
+            instead = _GRADC_FOR.get(library, "NumPy functions gradc traces")
+            raise ConcretizationError(with_location(
+                f"{library} converts its arguments with np.asarray, which would cut the "
+                f"derivative of a traced array; use {instead} instead, or wrap the "
+                "argument in gradc.stop_gradient if no derivative is wanted"))
         if not np.issubdtype(self.dtype, np.inexact):
             raise ConcretizationError(with_location(
                 "a traced integer or boolean array was converted to a NumPy array, e.g. to "
@@ -376,6 +383,13 @@ def shape_of(x) -> tuple:
 def dtype_of(x) -> np.dtype:
     return x.dtype if isinstance(x, (Tracer, np.ndarray, np.generic)) else np.asarray(x).dtype
 
+
+# what to call instead of a library's Python function that converts with np.asarray
+_GRADC_FOR = {
+    "scipy.special.logsumexp": "gradc.logsumexp", "scipy.special.softmax": "gradc.softmax",
+    "scipy.special.log_softmax": "gradc.log_softmax",
+    "scipy.special.polygamma": "gradc.ops.polygamma(n, x) (or scipy.special.psi for n = 0)",
+}
 
 _ONE_EXAMPLE = contextvars.ContextVar("gradc_one_example", default=False)
 

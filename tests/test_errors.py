@@ -35,6 +35,24 @@ def test_unsupported_function_is_named():
            "return np.sum(np.fft.fft(x).real)", lambda: gradc.grad(f)(X))
 
 
+def test_library_functions_that_convert_with_asarray_are_named():
+    """SciPy's Python functions (not ufuncs) call np.asarray: the error names the one the
+    user's line called (not a line inside SciPy) and what to call instead."""
+    import scipy.special as sc
+
+    expect(gradc.ConcretizationError, ["scipy.special.logsumexp", "gradc.logsumexp"],
+           "return sc.logsumexp(x)", lambda: gradc.grad(lambda x: _logsumexp(sc, x))(X))
+    expect(gradc.ConcretizationError, ["scipy.special.polygamma", "gradc.ops.polygamma"],
+           "np.sum(sc.polygamma(1, x))",
+           lambda: gradc.grad(lambda x: np.sum(sc.polygamma(1, x)))(X))
+    expect(gradc.UnsupportedError, ["scipy.special.i0e", "not supported"],
+           "np.sum(sc.i0e(x))", lambda: gradc.grad(lambda x: np.sum(sc.i0e(x)))(X))
+
+
+def _logsumexp(sc, x):
+    return sc.logsumexp(x)
+
+
 def test_unique_along_an_axis_is_unsupported():
     def f(x):
         return np.sum(np.unique(np.outer(x, x), axis=0))
