@@ -138,7 +138,8 @@ def _table():
         "isnan": lambda x: sp.false, "isfinite": lambda x: sp.true,
         "select": select, "stop_gradient": lambda x: x,
         "erf": sp.erf, "erfc": sp.erfc, "lgamma": sp.loggamma, "digamma": sp.digamma,
-        "polygamma": sp.polygamma,
+        "polygamma": sp.polygamma, "erfinv": sp.erfinv,
+        "ndtri": lambda p: sp.sqrt(2) * sp.erfinv(2 * p - 1),
     }
 
 

@@ -660,9 +660,11 @@ PTX_SCRIPT = textwrap.dedent("""
             done["log10-log2-exp2-" + np.dtype(dt).name] = gradc.jit(
                 lambda x: (np.log10(x), np.log2(x), np.exp2(x)), target="cuda").ptx(
                     np.abs(x) + 1).count(".entry")
-            import scipy.special as sc      # (libdevice's erf/lgamma, inner digamma)
+            import scipy.special as sc      # (libdevice's erf/lgamma/normcdfinv/erfinv,
+            #                                  digamma as an inner function)
             done["special-" + np.dtype(dt).name] = gradc.grad(
-                lambda x: np.sum(sc.gammaln(x) * sc.psi(x) + sc.erfc(x)),
+                lambda x: np.sum(sc.gammaln(x) * sc.psi(x) + sc.erfc(x)
+                                 + sc.ndtri(x / 5.0) * sc.erfinv(x / 5.0)),
                 target="cuda").ptx(np.abs(x) + 1).count(".entry")
         pts = np.zeros((300, 2))
         done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)),

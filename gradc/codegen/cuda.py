@@ -199,6 +199,8 @@ def _define_device_functions(cuda) -> None:
         import scipy.special        # (math.lgamma raises at its poles)
         g["erf"], g["erfc"], g["lgamma"] = (scipy.special.erf, scipy.special.erfc,
                                             scipy.special.gammaln)
+        for ours in ("ndtri", "erfinv"):
+            g[ours] = g[ours + "_f32"] = getattr(scipy.special, ours)
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -208,6 +210,8 @@ def _define_device_functions(cuda) -> None:
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
     g["fmod"], g["copysign"] = math.fmod, math.copysign
     g["erf"], g["erfc"], g["lgamma"] = math.erf, math.erfc, math.lgamma
+    for ours, name in (("ndtri", "normcdfinv"), ("erfinv", "erfinv")):
+        g[ours], g[ours + "_f32"] = getattr(libdevice, name), getattr(libdevice, name + "f")
 
 # ---------------------------------------------------------------- host-side helpers
 

@@ -108,13 +108,14 @@ TEMPLATES = {
     # functions of the kernel (``codegen.special.DEVICE_SOURCE``, see ``_finish_kernel``)
     "erf": "_d.erf({0})", "erfc": "_d.erfc({0})", "lgamma": "_d.lgamma({0})",
     "digamma": "_sp_digamma({0})", "polygamma": "_sp_polygamma({0}, {1})",
+    "ndtri": "_d.ndtri({0})", "erfinv": "_d.erfinv({0})",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",
     "bitnot": "(~{0})",
     "shl": "(({0} << {1}) if 0 <= {1} < 64 else ({0} - {0}))",
     "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
 }
 # libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
-_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2"}
+_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2", "ndtri", "erfinv"}
 
 
 def template(name: str, dtype) -> str:

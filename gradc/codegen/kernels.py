@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import GuardFailure
 from .pysource import OBJMODE_FLOPS
-from .special import digamma, erf, erfc, lgamma, polygamma  # noqa: F401  (templates' _k.erf ...)
+from .special import (digamma, erf, erfc, erfinv, lgamma, ndtri,  # noqa: F401  (_k.erf ...)
+                      polygamma)
 
 
 

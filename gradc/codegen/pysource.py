@@ -69,6 +69,7 @@ TEMPLATES = {
     # special functions (codegen.special: float64, rounded back for float32 below)
     "erf": "_k.erf({0})", "erfc": "_k.erfc({0})", "lgamma": "_k.lgamma({0})",
     "digamma": "_k.digamma({0})", "polygamma": "_k.polygamma({0}, {1})",
+    "ndtri": "_k.ndtri({0})", "erfinv": "_k.erfinv({0})",
     "stop_gradient": "{0}",
     # integers (NumPy's edges: Numba's ``x // 0`` is already 0 under error_model="numpy";
     # shifts by 64 or more, or by a negative count, are undefined in LLVM: written out)
@@ -80,7 +81,7 @@ TEMPLATES = {
 }
 
 # integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
-SPECIAL = {"erf", "erfc", "lgamma", "digamma", "polygamma"}     # (computed in float64)
+SPECIAL = {"erf", "erfc", "lgamma", "digamma", "polygamma", "ndtri", "erfinv"}   # (in float64)
 _INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else ({0} - {0}))",
                       "fmod": "(np.fmod({0}, {1}) if {1} != -1 else ({0} - {0}))"}
 

@@ -1,5 +1,6 @@
 """Scalar special functions for the compiled targets: ``erf``, ``erfc``, ``lgamma``
-(libm's, through Numba's ``math``), and ``digamma`` / ``polygamma`` written out here.
+(libm's, through Numba's ``math``), and ``digamma``, ``polygamma``, ``ndtri`` and
+``erfinv`` written out here (the last two for the CPU only: CUDA has libdevice's).
 
 ``digamma`` and ``polygamma`` are plain Python on floats and ``math``, so that one text
 serves both targets: the CPU lowering calls them jitted (``kernels.digamma``, ...), and
@@ -85,6 +86,86 @@ def _sp_polygamma(n, x):
     return sign * factorial * total
 
 
+# Acklam's rational approximation of the normal quantile (relative error < 1.2e-9),
+# refined below by Halley steps on libm's erf/erfc
+_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+      1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+      6.680131188771972e+01, -1.328068155288572e+01)
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+      -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+      3.754408661907416e+00)
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+
+
+def _quantile_guess(p):
+    """Acklam's approximation of Φ⁻¹(p) for 0 < p <= 1/2."""
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        return ((((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
+                / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0))
+    q = p - 0.5
+    r = q * q
+    return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
+
+
+def _lower_quantile(p):
+    """Φ⁻¹(p) for 0 < p <= 1/2: the guess, then two Halley steps on Φ(x) − p, written
+    as ½ erf(x/√2) − (p − ½) from 1/4 on (no cancellation near the median) and as
+    ½ erfc(−x/√2) − p below (relative accuracy in the tail)."""
+    x = _quantile_guess(p)
+    if p < 1e-300:
+        # (exp(x²/2) would overflow: Newton steps on log Φ(x) = log p instead, with
+        # log Φ(x) = −x²/2 − log(−x) − ½ log 2π + log S, S = 1 − 1/x² + 3/x⁴ − ...,
+        # whose derivative is −x/S)
+        log_p = math.log(p)
+        for _ in range(3):
+            z = 1.0 / (x * x)
+            s = 1.0 - z * (1.0 - z * (3.0 - z * (15.0 - z * (105.0 - z * 945.0))))
+            log_cdf = -0.5 * x * x - math.log(-x) - 0.9189385332046728 + math.log(s)
+            x = x + (log_cdf - log_p) * s / x
+        return x
+    for _ in range(2):
+        if p >= 0.25:
+            e = 0.5 * math.erf(x * 0.7071067811865476) - (p - 0.5)
+        else:
+            e = 0.5 * math.erfc(-x * 0.7071067811865476) - p
+        u = e * _SQRT2PI * math.exp(0.5 * x * x)
+        x = x - u / (1.0 + 0.5 * x * u)
+    return x
+
+
+def ndtri(p):
+    """Φ⁻¹(p), the standard normal quantile (SciPy's ``ndtri``)."""
+    p = float(p)
+    if not (0.0 <= p <= 1.0):
+        return math.nan
+    if p == 0.0:
+        return -math.inf
+    if p == 1.0:
+        return math.inf
+    return _lower_quantile(p) if p <= 0.5 else -_lower_quantile(1.0 - p)
+
+
+def erfinv(y):
+    """The inverse of erf: a guess from the normal quantile, then two Halley steps on
+    erf(x) − y (or (1 − y) − erfc(x) from 1/2 on, where 1 − y is exact)."""
+    y = float(y)
+    if not (-1.0 <= y <= 1.0):
+        return math.nan
+    if y == 0.0 or abs(y) == 1.0:
+        return y * math.inf if y != 0.0 else y
+    a = abs(y)
+    x = -_lower_quantile(0.5 * (1.0 - a)) * 0.7071067811865476
+    for _ in range(2):
+        e = math.erf(x) - a if a < 0.5 else (1.0 - a) - math.erfc(x)
+        u = e * 0.886226925452758 * math.exp(x * x)          # e / erf′(x)
+        x = x - u / (1.0 + x * u)
+    return x if y > 0.0 else -x
+
+
 def _device_source() -> str:
     """The two functions' text, for a kernel's inner functions."""
     return "\n".join(inspect.getsource(f) for f in (_sp_digamma, _sp_polygamma)).replace(
@@ -129,4 +210,9 @@ def polygamma(n, x):
     return _sp_polygamma(float(n), float(x))
 
 
-NAMES = ("erf", "erfc", "lgamma", "digamma", "polygamma")
+_quantile_guess = _jit(_quantile_guess)
+_lower_quantile = _jit(_lower_quantile)
+ndtri = _jit(ndtri)
+erfinv = _jit(erfinv)
+
+NAMES = ("erf", "erfc", "lgamma", "digamma", "polygamma", "ndtri", "erfinv")

@@ -1,8 +1,9 @@
 """``scipy.special``'s ufuncs on traced arrays: ``erf``, ``erfc``, ``gammaln``,
-``psi``/``digamma`` (primitives, ``prims/special.py``), and ``expit``, ``log_expit``,
-``logit``, ``ndtr``, ``xlogy``, ``xlog1py``, ``entr``, ``rel_entr``, ``kl_div`` written
-with them and NumPy's functions, by SciPy's own formulas (so the interpreter's values
-are SciPy's, to the bit where the formula's pieces are).
+``psi``/``digamma``, ``ndtri``, ``erfinv`` (primitives, ``prims/special.py``), and
+``expit``, ``log_expit``, ``logit``, ``ndtr``, ``log_ndtr``, ``erfcinv``, ``xlogy``,
+``xlog1py``, ``entr``, ``rel_entr``, ``kl_div`` written with them and NumPy's functions,
+by SciPy's own formulas (so the interpreter's values are SciPy's, to the bit where the
+formula's pieces are).
 
 Every branch is computed on inputs made safe for it (the other branch's points replaced
 by a harmless value), so a branch not taken never sends NaN into a derivative:
@@ -63,6 +64,31 @@ def ndtr(x):
     z = np.abs(t)
     tail = 0.5 * ops.erfc(z)
     return np.where(z < np.sqrt(0.5), 0.5 + 0.5 * ops.erf(t), np.where(t > 0, 1.0 - tail, tail))
+
+
+def log_ndtr(x):
+    """``log Φ(x)``, SciPy's way: ``−Φ(−x)`` above 6, ``log Φ(x)`` down to −20, and
+    below the asymptotic series ``−x²/2 − log(−x) − ½ log 2π + log(1 − 1/x² + 3/x⁴ − …)``
+    (twelve terms: converged to the last bit from −20 down)."""
+    (x,) = _floats(x)
+    high, low = x > 6.0, x <= -20.0
+    mid = ~high & ~low
+    top = -ndtr(-np.where(high, x, 7.0))
+    middle = np.log(ndtr(np.where(mid, x, 0.0)))
+    xl = np.where(low, x, -21.0)
+    z = 1.0 / (xl * xl)
+    total, term = 1.0, 1.0
+    for i in range(1, 13):
+        term = term * -(2.0 * i - 1.0) * z
+        total = total + term
+    tail = -0.5 * xl * xl - np.log(-xl) - 0.5 * np.log(2.0 * np.pi) + np.log(total)
+    return np.where(high, top, np.where(mid, middle, tail))
+
+
+def erfcinv(y):
+    """``−ndtri(y/2)/√2``: accurate for small ``y``, where ``erfinv(1 − y)`` is not."""
+    (y,) = _floats(y)
+    return -ops.ndtri(0.5 * y) * np.sqrt(0.5).astype(y.dtype)
 
 
 def _x_times(log_fn, x, y, finite):
@@ -127,6 +153,9 @@ def register() -> None:
         "erfc": elementwise(ops.erfc, float_result=True),
         "gammaln": elementwise(ops.lgamma, float_result=True),
         "psi": elementwise(ops.digamma, float_result=True),
+        "ndtri": elementwise(ops.ndtri, float_result=True),
+        "erfinv": elementwise(ops.erfinv, float_result=True),
+        "erfcinv": erfcinv, "log_ndtr": log_ndtr,
         "expit": expit, "log_expit": log_expit, "logit": logit, "ndtr": ndtr,
         "xlogy": xlogy, "xlog1py": xlog1py, "entr": entr, "rel_entr": rel_entr,
         "kl_div": kl_div,

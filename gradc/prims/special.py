@@ -1,4 +1,5 @@
-"""Special functions: ``erf``, ``erfc``, ``lgamma``, ``digamma``, ``polygamma``.
+"""Special functions: ``erf``, ``erfc``, ``lgamma``, ``digamma``, ``polygamma``,
+``ndtri`` (the standard normal quantile) and ``erfinv``.
 
 Elementwise on floats, like ``elementwise.py``'s (and fused with them).  The interpreter
 runs SciPy's (``scipy.special.erf``, ``erfc``, ``gammaln``, ``psi``, ``polygamma``), the
@@ -8,7 +9,9 @@ compiled targets ``codegen.special``'s.  Derivatives:
 * ``lgamma′ = digamma``, ``digamma′ = polygamma(1, ·)``, and
   ``∂ polygamma(n, x)/∂x = polygamma(n + 1, x)``, so every order of derivative is a
   primitive here.  The order ``n`` (a float array holding integers, as SciPy takes it)
-  has no derivative: one asked for is an error.
+  has no derivative: one asked for is an error;
+* inverses from their results: ``ndtri′(p) = √(2π) e^(x²/2)`` and
+  ``erfinv′(y) = (√π/2) e^(x²)`` at ``x`` the result.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ def _scipy(name):
 
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_SQRT_2PI, _SQRT_PI_OVER_2 = math.sqrt(2.0 * math.pi), math.sqrt(math.pi) / 2.0
 
 erf_p = _unary("erf", _scipy("erf"))
 defjvp(erf_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), _TWO_OVER_SQRT_PI)))
@@ -43,6 +47,12 @@ defjvp(lgamma_p, lambda t, ans, x: mul(t, digamma(x)))
 digamma_p = _unary("digamma", _scipy("psi"))
 defjvp(digamma_p, lambda t, ans, x: mul(t, polygamma(np.asarray(1.0, x.dtype), x)))
 polygamma_p = _binary("polygamma", _scipy("polygamma"))
+
+
+ndtri_p = _unary("ndtri", _scipy("ndtri"))
+defjvp(ndtri_p, lambda t, ans, p: mul(t, mul(exp(mul(mul(ans, ans), 0.5)), _SQRT_2PI)))
+erfinv_p = _unary("erfinv", _scipy("erfinv"))
+defjvp(erfinv_p, lambda t, ans, y: mul(t, mul(exp(mul(ans, ans)), _SQRT_PI_OVER_2)))
 
 
 def _no_order_derivative(t, ans, n, x):
@@ -73,3 +83,11 @@ def digamma(x):
 
 def polygamma(n, x):
     return bind(polygamma_p, _lift(n, x), _lift(x, n))
+
+
+def ndtri(p):
+    return bind(ndtri_p, p)
+
+
+def erfinv(y):
+    return bind(erfinv_p, y)
