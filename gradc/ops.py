@@ -13,7 +13,8 @@ from .trace import dtype_of
 from .prims.control import guard, stop_gradient  # noqa: F401
 from .prims.conv import conv2d  # noqa: F401
 from .prims.decomp import cholesky, eigh, qr, svd  # noqa: F401
-from .prims.special import digamma, erf, erfc, erfinv, lgamma, ndtri, polygamma  # noqa: F401
+from .prims.special import (digamma, erf, erfc, erfinv, gamma, lgamma, ndtri,  # noqa: F401
+                            polygamma)
 from .prims.elementwise import (  # noqa: F401
     abs, acos, acosh, add, asin, asinh, atan, atan2, atanh, bitwise_and, bitwise_not,
     bitwise_or, bitwise_xor, cbrt, ceil, convert_element_type, cos, cosh, div, eq, exp, exp2,

@@ -137,8 +137,8 @@ def _table():
         "and": sp.And, "or": sp.Or, "xor": sp.Xor, "not": sp.Not,
         "isnan": lambda x: sp.false, "isfinite": lambda x: sp.true,
         "select": select, "stop_gradient": lambda x: x,
-        "erf": sp.erf, "erfc": sp.erfc, "lgamma": sp.loggamma, "digamma": sp.digamma,
-        "polygamma": sp.polygamma, "erfinv": sp.erfinv,
+        "erf": sp.erf, "erfc": sp.erfc, "gamma": sp.gamma, "lgamma": sp.loggamma,
+        "digamma": sp.digamma, "polygamma": sp.polygamma, "erfinv": sp.erfinv,
         "ndtri": lambda p: sp.sqrt(2) * sp.erfinv(2 * p - 1),
     }
 

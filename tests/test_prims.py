@@ -294,6 +294,9 @@ ROWS = [
     # special functions (SciPy's values)
     elementwise_unary("erf", ops.erf, scipy.special.erf),
     elementwise_unary("erfc", ops.erfc, scipy.special.erfc),
+    elementwise_unary("gamma", ops.gamma, scipy.special.gamma, positive),
+    elementwise_unary("gamma", ops.gamma, scipy.special.gamma,
+                      lambda r, s: r.uniform(-1.8, -1.2, s), id="gamma-negative"),
     elementwise_unary("lgamma", ops.lgamma, scipy.special.gammaln, positive),
     elementwise_unary("lgamma", ops.lgamma, scipy.special.gammaln,
                       lambda r, s: r.uniform(-2.9, -2.1, s), id="lgamma-negative"),

@@ -26,6 +26,7 @@ Q = np.concatenate([RNG.uniform(0, 1, 40), 10.0 ** -np.arange(1, 324, 17.0),
 # name: (arguments, whether the interpreter gives SciPy's values to the bit)
 UFUNCS = {
     "erf": ((X,), True), "erfc": ((X,), True), "gammaln": ((X,), True),
+    "gamma": ((np.concatenate([X, [171.5, 172.0, -180.5, -1e-310]]),), True),
     "psi": ((X,), True), "expit": ((X[X > -709],), False), "log_expit": ((X,), False),
     "logit": ((P,), True), "ndtr": ((X,), True), "xlogy": ((XX, Y), True),
     "xlog1py": ((XX, Y), False), "entr": ((Y,), True), "rel_entr": ((XX, Y), False),
@@ -81,7 +82,7 @@ def _mixed(x, y):
             + sc.ndtr(x) + sc.xlogy(x, y + 1.2) + sc.xlog1py(y, x + 2.0) + sc.entr(y + 1.1)
             + sc.rel_entr(x + 2.0, y + 1.5) + sc.kl_div(y + 1.2, x + 2.5)
             + sc.ndtri(sc.expit(y)) * sc.erfinv(0.9 * x) + sc.erfcinv(1.0 + 0.5 * y)
-            + sc.log_ndtr(8.0 * x))
+            + sc.log_ndtr(8.0 * x) + sc.gamma(x + 1.5) * sc.gamma(y - 1.5))
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])

@@ -55,6 +55,8 @@ EXPRESSIONS = {   # name: (sympy expression, NumPy function, domain of a, domain
                          (0.1, 0.4), (0.5, 3)),
     "expit_ndtr": (1 / (1 + sp.exp(-a)) * (1 + sp.erf(b / sp.sqrt(2))) / 2,
                    lambda a, b: sc.expit(a) * sc.ndtr(b), (-3, 3), (-3, 3)),
+    "gamma": (sp.gamma(a * b + 2) + sp.gamma(a - 1.5), lambda a, b: sc.gamma(a * b + 2)
+              + sc.gamma(a - 1.5), (-0.4, 0.4), (-1, 1)),
     "ndtri_erfinv": (sp.sqrt(2) * sp.erfinv(2 * a - 1) + sp.erfinv(a * b),
                      lambda a, b: sc.ndtri(a) + sc.erfinv(a * b), (0.1, 0.9), (-0.9, 0.9)),
     "logit_xlogy": (sp.log(a / (1 - a)) + a * sp.log(b),

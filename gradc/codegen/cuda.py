@@ -197,8 +197,8 @@ def _define_device_functions(cuda) -> None:
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
         import scipy.special        # (math.lgamma raises at its poles)
-        g["erf"], g["erfc"], g["lgamma"] = (scipy.special.erf, scipy.special.erfc,
-                                            scipy.special.gammaln)
+        g["erf"], g["erfc"], g["lgamma"], g["gamma"] = (
+            scipy.special.erf, scipy.special.erfc, scipy.special.gammaln, scipy.special.gamma)
         for ours in ("ndtri", "erfinv"):
             g[ours] = g[ours + "_f32"] = getattr(scipy.special, ours)
         return
@@ -209,7 +209,7 @@ def _define_device_functions(cuda) -> None:
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
     g["fmod"], g["copysign"] = math.fmod, math.copysign
-    g["erf"], g["erfc"], g["lgamma"] = math.erf, math.erfc, math.lgamma
+    g["erf"], g["erfc"], g["lgamma"], g["gamma"] = math.erf, math.erfc, math.lgamma, math.gamma
     for ours, name in (("ndtri", "normcdfinv"), ("erfinv", "erfinv")):
         g[ours], g[ours + "_f32"] = getattr(libdevice, name), getattr(libdevice, name + "f")
 

@@ -107,6 +107,7 @@ TEMPLATES = {
     # special functions: libdevice's erf/erfc/lgamma; digamma and polygamma as inner
     # functions of the kernel (``codegen.special.DEVICE_SOURCE``, see ``_finish_kernel``)
     "erf": "_d.erf({0})", "erfc": "_d.erfc({0})", "lgamma": "_d.lgamma({0})",
+    "gamma": "_d.gamma({0})",
     "digamma": "_sp_digamma({0})", "polygamma": "_sp_polygamma({0}, {1})",
     "ndtri": "_d.ndtri({0})", "erfinv": "_d.erfinv({0})",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})",

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import GuardFailure
 from .pysource import OBJMODE_FLOPS
-from .special import (digamma, erf, erfc, erfinv, lgamma, ndtri,  # noqa: F401  (_k.erf ...)
-                      polygamma)
+from .special import (digamma, erf, erfc, erfinv, gamma, lgamma,  # noqa: F401  (_k.erf ...)
+                      ndtri, polygamma)
 
 
 

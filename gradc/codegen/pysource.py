@@ -68,6 +68,7 @@ TEMPLATES = {
     "isnan": "np.isnan({0})", "isfinite": "np.isfinite({0})",
     # special functions (codegen.special: float64, rounded back for float32 below)
     "erf": "_k.erf({0})", "erfc": "_k.erfc({0})", "lgamma": "_k.lgamma({0})",
+    "gamma": "_k.gamma({0})",
     "digamma": "_k.digamma({0})", "polygamma": "_k.polygamma({0}, {1})",
     "ndtri": "_k.ndtri({0})", "erfinv": "_k.erfinv({0})",
     "stop_gradient": "{0}",
@@ -81,7 +82,8 @@ TEMPLATES = {
 }
 
 # integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
-SPECIAL = {"erf", "erfc", "lgamma", "digamma", "polygamma", "ndtri", "erfinv"}   # (in float64)
+SPECIAL = {"erf", "erfc", "gamma", "lgamma", "digamma", "polygamma", "ndtri",   # (in float64)
+           "erfinv"}
 _INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else ({0} - {0}))",
                       "fmod": "(np.fmod({0}, {1}) if {1} != -1 else ({0} - {0}))"}
 

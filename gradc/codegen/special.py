@@ -1,5 +1,5 @@
-"""Scalar special functions for the compiled targets: ``erf``, ``erfc``, ``lgamma``
-(libm's, through Numba's ``math``), and ``digamma``, ``polygamma``, ``ndtri`` and
+"""Scalar special functions for the compiled targets: ``erf``, ``erfc``, ``gamma``,
+``lgamma`` (libm's, through Numba's ``math``), and ``digamma``, ``polygamma``, ``ndtri`` and
 ``erfinv`` written out here (the last two for the CPU only: CUDA has libdevice's).
 
 ``digamma`` and ``polygamma`` are plain Python on floats and ``math``, so that one text
@@ -195,6 +195,11 @@ def erfc(x):
 
 
 @_jit
+def gamma(x):
+    return math.gamma(float(x))
+
+
+@_jit
 def lgamma(x):
     x = float(x)
     return -math.inf if x == -math.inf else math.lgamma(x)     # (SciPy's gammaln(-inf))
@@ -215,4 +220,4 @@ _lower_quantile = _jit(_lower_quantile)
 ndtri = _jit(ndtri)
 erfinv = _jit(erfinv)
 
-NAMES = ("erf", "erfc", "lgamma", "digamma", "polygamma", "ndtri", "erfinv")
+NAMES = ("erf", "erfc", "gamma", "lgamma", "digamma", "polygamma", "ndtri", "erfinv")

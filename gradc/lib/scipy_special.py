@@ -1,4 +1,4 @@
-"""``scipy.special``'s ufuncs on traced arrays: ``erf``, ``erfc``, ``gammaln``,
+"""``scipy.special``'s ufuncs on traced arrays: ``erf``, ``erfc``, ``gamma``, ``gammaln``,
 ``psi``/``digamma``, ``ndtri``, ``erfinv`` (primitives, ``prims/special.py``), and
 ``expit``, ``log_expit``, ``logit``, ``ndtr``, ``log_ndtr``, ``erfcinv``, ``xlogy``,
 ``xlog1py``, ``entr``, ``rel_entr``, ``kl_div`` written with them and NumPy's functions,
@@ -152,6 +152,7 @@ def register() -> None:
         "erf": elementwise(ops.erf, float_result=True),
         "erfc": elementwise(ops.erfc, float_result=True),
         "gammaln": elementwise(ops.lgamma, float_result=True),
+        "gamma": elementwise(ops.gamma, float_result=True),
         "psi": elementwise(ops.digamma, float_result=True),
         "ndtri": elementwise(ops.ndtri, float_result=True),
         "erfinv": elementwise(ops.erfinv, float_result=True),

@@ -55,7 +55,7 @@ ELEMENTWISE = {
     "trunc", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "not", "isnan",
     "isfinite", "stop_gradient", "select", "convert_element_type", "floordiv", "bitand",
     "bitor", "bitxor", "bitnot", "shl", "shr",
-    "erf", "erfc", "lgamma", "digamma", "polygamma", "ndtri", "erfinv",   # (prims/special.py)
+    "erf", "erfc", "gamma", "lgamma", "digamma", "polygamma", "ndtri", "erfinv",  # special.py
 }
 STRUCTURAL = {"broadcast_in_dim", "slice", "pad", "transpose", "reshape"}
 REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
@@ -72,7 +72,7 @@ VECTOR_UFUNCS = {"exp", "expm1", "exp2", "log", "log1p", "log2", "log10", "sin",
 UFUNC_ELEMENTS = 1 << 12
 # not recomputed for every element of a larger loop domain (see ``_plan``'s ``reach``)
 EXPENSIVE = VECTOR_UFUNCS | {"pow", "sqrt", "div", "atan2", "rem", "fmod", "erf", "erfc",
-                             "lgamma", "digamma", "polygamma", "ndtri", "erfinv"}
+                             "gamma", "lgamma", "digamma", "polygamma", "ndtri", "erfinv"}
 RECOMPUTE = 4      # ... in a domain this many times its size (a pad or slice is not)
 
 

@@ -1,12 +1,12 @@
-"""Special functions: ``erf``, ``erfc``, ``lgamma``, ``digamma``, ``polygamma``,
-``ndtri`` (the standard normal quantile) and ``erfinv``.
+"""Special functions: ``erf``, ``erfc``, ``gamma``, ``lgamma``, ``digamma``,
+``polygamma``, ``ndtri`` (the standard normal quantile) and ``erfinv``.
 
 Elementwise on floats, like ``elementwise.py``'s (and fused with them).  The interpreter
 runs SciPy's (``scipy.special.erf``, ``erfc``, ``gammaln``, ``psi``, ``polygamma``), the
 compiled targets ``codegen.special``'s.  Derivatives:
 
 * ``erf′(x) = 2/√π e^(−x²)``, ``erfc′ = −erf′``;
-* ``lgamma′ = digamma``, ``digamma′ = polygamma(1, ·)``, and
+* ``gamma′ = gamma · digamma``, ``lgamma′ = digamma``, ``digamma′ = polygamma(1, ·)``, and
   ``∂ polygamma(n, x)/∂x = polygamma(n + 1, x)``, so every order of derivative is a
   primitive here.  The order ``n`` (a float array holding integers, as SciPy takes it)
   has no derivative: one asked for is an error;
@@ -42,6 +42,8 @@ erf_p = _unary("erf", _scipy("erf"))
 defjvp(erf_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), _TWO_OVER_SQRT_PI)))
 erfc_p = _unary("erfc", _scipy("erfc"))
 defjvp(erfc_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), -_TWO_OVER_SQRT_PI)))
+gamma_p = _unary("gamma", _scipy("gamma"))
+defjvp(gamma_p, lambda t, ans, x: mul(t, mul(ans, digamma(x))))
 lgamma_p = _unary("lgamma", _scipy("gammaln"))
 defjvp(lgamma_p, lambda t, ans, x: mul(t, digamma(x)))
 digamma_p = _unary("digamma", _scipy("psi"))
@@ -71,6 +73,10 @@ def erf(x):
 
 def erfc(x):
     return bind(erfc_p, x)
+
+
+def gamma(x):
+    return bind(gamma_p, x)
 
 
 def lgamma(x):
