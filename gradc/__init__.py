@@ -13,7 +13,7 @@ from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.dire
 from .codegen.compile import GradcWarning
 from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_precision
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
-                     GradcError, NonScalarOutputError, ScalarOverflowError,
+                     GradcError, InvalidValueError, NonScalarOutputError, ScalarOverflowError,
                      ShapeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
 from .implicit import argmin, custom_root, fixed_point, implicit_diff, linear_solve
@@ -42,5 +42,5 @@ __all__ = [
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",
-    "ScalarOverflowError",
+    "ScalarOverflowError", "InvalidValueError",
 ]

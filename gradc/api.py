@@ -161,7 +161,11 @@ class _Cache:
 
     def run(self, key, build, dynamic, extra=()):
         """Evaluate the first specialisation whose guards hold; build a new one if none.
-        A derived graph takes ``dynamic + captured + extra`` as inputs."""
+        A derived graph takes ``dynamic + captured + extra`` as inputs.  Traces made
+        while ``vmap`` traces one example leave out value checks (``trace.checkable``),
+        so they are kept apart from the others."""
+        from .trace import tracing_one_example
+        key = (key, tracing_one_example())
         specs = self.entries.setdefault(key, [])
         while len(self.entries) > MAX_SIGNATURES:      # forget the oldest signature
             del self.entries[next(iter(self.entries))]

@@ -45,6 +45,11 @@ class ShapeError(GradcError, ValueError):
     """Operand shapes that do not fit together."""
 
 
+class InvalidValueError(GradcError, ValueError):
+    """Values NumPy refuses with a ValueError (an all-NaN line for ``nanargmax``, a
+    negative count for ``bincount``): checked on every call, through a guard."""
+
+
 class DTypeError(GradcError, TypeError):
     """Operand dtypes that a primitive does not accept together."""
 

@@ -135,20 +135,28 @@ def prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where
     return _keep(y, shape_of(x), axes, keepdims)
 
 
+def _logical_reduction(x, axes, keepdims, reduce, empty_value):
+    """``any``/``all``: a max/min of booleans; over no elements NumPy's False/True."""
+    shape = shape_of(x)
+    if builtins.any(shape[a] == 0 for a in axes):
+        kept = tuple(1 if k in axes else d for k, d in enumerate(shape)) if keepdims else \
+            tuple(d for k, d in enumerate(shape) if k not in axes)
+        return np.full(kept, empty_value)
+    return _keep(reduce(x, axes), shape, axes, keepdims)
+
+
 @implements(np.any)
 def any(x, axis=None, out=None, keepdims=False, where=None):
     _no_out(out, "any")
     x = _masked(astype(operand(x), bool), where, False)
-    axes = _axes(axis, _ndim(x))
-    return _keep(ops.reduce_max(x, axes), shape_of(x), axes, keepdims)
+    return _logical_reduction(x, _axes(axis, _ndim(x)), keepdims, ops.reduce_max, False)
 
 
 @implements(np.all)
 def all(x, axis=None, out=None, keepdims=False, where=None):
     _no_out(out, "all")
     x = _masked(astype(operand(x), bool), where, True)
-    axes = _axes(axis, _ndim(x))
-    return _keep(ops.reduce_min(x, axes), shape_of(x), axes, keepdims)
+    return _logical_reduction(x, _axes(axis, _ndim(x)), keepdims, ops.reduce_min, True)
 
 
 def _arg(op):

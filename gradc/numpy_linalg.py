@@ -246,7 +246,12 @@ def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
             f"np.linalg.svd of a {m}x{n} matrix with full_matrices=True: the extra "
             "singular vectors are not unique, so gradc differentiates the reduced SVD "
             "only; pass full_matrices=False"))
-    u, s, vt = _per_matrix(ops.svd, a) if _ndim(a) != 2 else ops.svd(a)
+    if 0 in shape_of(a):              # (LAPACK refuses empty matrices; NumPy's shapes)
+        lead, dt, k = shape_of(a)[:-2], dtype_of(a), builtins.min(m, n)
+        u, s, vt = (np.zeros(lead + (m, k), dt), np.zeros(lead + (k,), dt),
+                    np.zeros(lead + (k, n), dt))
+    else:
+        u, s, vt = _per_matrix(ops.svd, a) if _ndim(a) != 2 else ops.svd(a)
     return _SVD(u, s, vt) if compute_uv else s
 
 
@@ -265,7 +270,12 @@ def qr(a, mode="reduced"):
             f"np.linalg.qr of a {m}x{n} matrix with mode='complete': the extra columns of Q "
             "are not unique, so gradc differentiates the reduced QR only; pass "
             "mode='reduced'"))
-    q, r = _per_matrix(ops.qr, a) if _ndim(a) != 2 else ops.qr(a)
+    k = builtins.min(m, n)
+    if 0 in shape_of(a):              # (LAPACK refuses empty matrices; NumPy's shapes)
+        lead, dt = shape_of(a)[:-2], dtype_of(a)
+        q, r = np.zeros(lead + (m, k), dt), np.zeros(lead + (k, n), dt)
+    else:
+        q, r = _per_matrix(ops.qr, a) if _ndim(a) != 2 else ops.qr(a)
     return r if mode == "r" else _QR(q, r)
 
 

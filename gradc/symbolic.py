@@ -114,6 +114,9 @@ def _table():
             return b
         return sp.Piecewise((a, p), (b, True))
 
+    def lgamma(x):          # SciPy's gammaln: log |Γ(x)|, real for negative x too
+        return sp.log(sp.Abs(sp.gamma(x)))
+
     def trunc(x):
         return sp.Piecewise((sp.floor(x), x >= 0), (sp.ceiling(x), True))
 
@@ -137,7 +140,7 @@ def _table():
         "and": sp.And, "or": sp.Or, "xor": sp.Xor, "not": sp.Not,
         "isnan": lambda x: sp.false, "isfinite": lambda x: sp.true,
         "select": select, "stop_gradient": lambda x: x,
-        "erf": sp.erf, "erfc": sp.erfc, "gamma": sp.gamma, "lgamma": sp.loggamma,
+        "erf": sp.erf, "erfc": sp.erfc, "gamma": sp.gamma, "lgamma": lgamma,
         "digamma": sp.digamma, "polygamma": sp.polygamma, "erfinv": sp.erfinv,
         "ndtri": lambda p: sp.sqrt(2) * sp.erfinv(2 * p - 1),
     }

@@ -405,6 +405,10 @@ def one_example():
         _ONE_EXAMPLE.reset(token)
 
 
+def tracing_one_example() -> bool:
+    return _ONE_EXAMPLE.get()
+
+
 def checkable(x) -> bool:
     """Whether a check of ``x``'s value while tracing (a guard, then an error when it
     fails) covers every call of the traced program: not when the value is abstract, nor

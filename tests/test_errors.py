@@ -77,7 +77,7 @@ def test_lengths_and_counts_that_are_not_integers():
 
 
 def test_bincount_of_negative_or_float_values():
-    expect(gradc.ArgumentError, ["np.bincount", "negative"], "np.bincount(k - 3)",
+    expect(gradc.InvalidValueError, ["np.bincount", "negative"], "np.bincount(k - 3)",
            lambda: gradc.jit(lambda k: np.bincount(k - 3))(np.arange(4)))
     expect(gradc.DTypeError, ["np.bincount", "float64"], "np.bincount(x)",
            lambda: gradc.jit(lambda x: np.bincount(x))(X))

@@ -28,7 +28,7 @@ UFUNCS = {
     "erf": ((X,), True), "erfc": ((X,), True), "gammaln": ((X,), True),
     "gamma": ((np.concatenate([X, [171.5, 172.0, -180.5, -1e-310]]),), True),
     "psi": ((X,), True), "expit": ((X[X > -709],), False), "log_expit": ((X,), False),
-    "logit": ((P,), True), "ndtr": ((X,), True), "xlogy": ((XX, Y), True),
+    "logit": ((P,), False), "ndtr": ((X,), True), "xlogy": ((XX, Y), True),
     "xlog1py": ((XX, Y), False), "entr": ((Y,), True), "rel_entr": ((XX, Y), False),
     "kl_div": ((XX, Y), True), "ndtri": ((Q,), True), "erfinv": ((2.0 * Q - 1.0,), True),
     "erfcinv": ((2.0 * Q,), True), "log_ndtr": ((np.concatenate([X, [-20.0, 6.0]]),), False),
@@ -67,7 +67,10 @@ def test_values_as_scipy(name, target):
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
 def test_float32_stays_float32(target):
     x = np.linspace(0.2, 3.0, 7).astype(np.float32)
-    fns = (sc.erf, sc.erfc, sc.gammaln, sc.psi, sc.expit, sc.ndtr)
+    fns = (sc.erf, sc.erfc, sc.gammaln, sc.psi, sc.expit, sc.ndtr, sc.entr, sc.logit,
+           sc.log_expit, sc.log_ndtr, sc.gamma, lambda x: sc.xlogy(x, x),
+           lambda x: sc.kl_div(x, x * x), lambda x: sc.ndtri(x / 4.0),
+           lambda x: sc.erfinv(x / 4.0))
     got = gradc.jit(lambda x: tuple(f(x) for f in fns), target=target)(x)
     for f, g in zip(fns, got):
         assert g.dtype == np.float32
@@ -96,8 +99,8 @@ def test_derivatives_against_finite_differences(target):
     np.testing.assert_allclose(gx, numerical_grad(lambda x: f(x, y), x), rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(gy, numerical_grad(lambda y: f(x, y), y), rtol=1e-7, atol=1e-8)
     u, v = RNG.standard_normal(6), RNG.standard_normal(6)
-    _, jv = gradc.jvp(f, (x, y), (u, v))
-    assert jv == pytest.approx(gx @ u + gy @ v, rel=1e-12)
+    _, jv = gradc.jvp(f, (x, y), (u, v), target=target)
+    assert float(_host(jv)) == pytest.approx(gx @ u + gy @ v, rel=1e-12)
 
 
 def test_every_derivative_of_gammaln_is_a_polygamma():
@@ -119,7 +122,9 @@ def test_compiled_digamma_and_polygamma_as_scipy():
     """codegen.special's series against SciPy, to a few ulps of the value or of the
     rounding of x, and SciPy's poles and limits exactly."""
     xs = np.concatenate([np.linspace(-20.3, 40.0, 3001), 10.0 ** np.arange(-300, 301, 25.0),
-                         [0.0, -0.0, -1.0, -3.0, np.inf, -np.inf, np.nan, 1.4616321449683622]])
+                         -(10.0 ** np.arange(-300, 0, 25.0)), [-1e-8, -1e-12, -2.5, -0.5],
+                         [0.0, -0.0, -1.0, -3.0, -1e300, np.inf, -np.inf, np.nan,
+                          1.4616321449683622]])
     with np.errstate(all="ignore"):
         for n in (0, 1, 2, 3, 6):
             got = np.array([special.polygamma(float(n), x) for x in xs])
@@ -132,6 +137,29 @@ def test_compiled_digamma_and_polygamma_as_scipy():
             tol = 8e-16 * (4 * np.abs(want) + 64 * slope)
             assert np.all(np.abs(got - want)[~edge] <= tol[~edge]), n
         assert np.isnan(special.polygamma(1.5, 2.0)) and np.isnan(special.polygamma(-1.0, 2.0))
+    # far below 0, orders 1 and 2 by reflection (SciPy sums for |x| steps there):
+    # ψ′(x) = π² csc²(πx) − ψ′(1 − x), 2π² at x = 1/4 − 10¹⁵ up to ψ′(10¹⁵) ≈ 1e-15
+    assert special.polygamma(1.0, 0.25 - 1e15) == pytest.approx(2 * np.pi ** 2, rel=1e-14)
+    # orders from 171 on: n! overflows, as in SciPy
+    for n, x in ((200, 2.0), (171, 0.5), (200, 200.0), (1e300, 2.0)):
+        np.testing.assert_array_equal(special.polygamma(float(n), x), sc.polygamma(n, x))
+
+
+def test_small_negative_arguments_of_the_compiled_digamma():
+    """The reflection reads cot(πx) at x minus its nearest whole number: ψ(−1e-8) is
+    1e8 + ..., not the 9.9999998e7 of 1 − 1e-8 rounded."""
+    x = np.array([-1e-8, -1e-12, -1e-200, -2.5, -0.25])
+    for target in ("cpu", "cuda"):
+        got = _host(gradc.jit(lambda a: sc.psi(a), target=target)(x))
+        np.testing.assert_allclose(got, sc.psi(x), rtol=4e-15)
+        g = _host(gradc.grad(lambda a: np.sum(sc.gammaln(a)), target=target)(x))
+        np.testing.assert_allclose(g, sc.psi(x), rtol=4e-15)
+
+
+def test_integer_arguments_of_polygamma_are_floats():
+    got = gradc.jit(lambda a: ops.polygamma(1, a))(np.array([1, 2, 3]))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, sc.polygamma(1, [1, 2, 3]), rtol=1e-15)
 
 
 def test_polygamma_order_has_no_derivative():
@@ -156,6 +184,9 @@ def test_branches_not_taken_give_no_nan_derivatives():
     np.testing.assert_allclose(gy, [0.0, 0.0, 2.0 / 3.0 + 2.0 / 4.0])
     ge = gradc.grad(lambda y: np.sum(sc.entr(y)))(np.array([0.0, 0.5]))
     np.testing.assert_allclose(ge, [0.0, -np.log(0.5) - 1.0])
+    with np.errstate(divide="ignore"):       # logit′ = 1/(x(1 − x)): inf at 0 and 1
+        gl = gradc.grad(lambda p: np.sum(sc.logit(p)))(np.array([0.0, 1.0, 0.2]))
+    np.testing.assert_allclose(gl, [np.inf, np.inf, 1.0 / (0.2 * 0.8)], rtol=1e-15)
 
 
 def test_vmap_and_unsupported_ufuncs():

@@ -196,9 +196,9 @@ def _define_device_functions(cuda) -> None:
         for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
-        import scipy.special        # (math.lgamma raises at its poles)
+        import scipy.special        # (math.lgamma and math.gamma raise at their poles)
         g["erf"], g["erfc"], g["lgamma"], g["gamma"] = (
-            scipy.special.erf, scipy.special.erfc, scipy.special.gammaln, scipy.special.gamma)
+            math.erf, math.erfc, scipy.special.gammaln, scipy.special.gamma)
         for ours in ("ndtri", "erfinv"):
             g[ours] = g[ours + "_f32"] = getattr(scipy.special, ours)
         return

@@ -14,7 +14,8 @@ would need a GPU just to compile to PTX).  The interpreter uses SciPy's (``psi``
   (truncation error under 1e-16 from 10 on).
 * ``polygamma`` of order ``n ≥ 1``: ``(−1)ⁿ⁺¹ n! ζ(n + 1, x)``, the Hurwitz zeta summed
   directly up to ``10 + n`` and by Euler–Maclaurin beyond (eight Bernoulli terms).
-  Negative ``x`` is summed up from ``x``, so its cost grows with ``|x|``.
+  Negative ``x`` is reflected for orders 1 and 2 (the derivatives of π cot(πx)), and
+  summed up from ``x`` for higher orders, so that cost grows with ``|x|``.
 
 Edges as SciPy's: poles give ``±inf`` (``ψ(±0) = ∓inf``, ``ψ`` of a negative integer
 NaN, ``ψ⁽ⁿ⁾`` of a non-positive integer ``(−1)ⁿ⁺¹ inf``), a non-integer or negative
@@ -30,6 +31,24 @@ import numba
 _INF = math.inf
 
 
+def _sp_whole(v):
+    """Whether float ``v`` is a whole number (every float from 2⁵² on is; below, Numba's
+    ``math.floor`` gives an int64)."""
+    return abs(v) >= 4503599627370496.0 or v == math.floor(v)
+
+
+def _sp_offset(x):
+    """``x`` minus its nearest whole number, exact (for ``|x| < 2⁵²``): where the
+    reflections' cot(πx) and sin(πx), of period 1, are read without losing digits."""
+    return x - math.floor(x + 0.5)
+
+
+def _sp_cotpi(r):
+    """cot(πr) for |r| <= 1/2, its cosine as sin(π(1/2 − |r|)): exactly 0 at r = ±1/2,
+    where cos(π/2) would leave 6e-17."""
+    return math.sin(math.pi * (0.5 - abs(r))) / math.sin(math.pi * r)
+
+
 def _sp_digamma(x):
     if x != x or x == -_INF:
         return math.nan
@@ -37,12 +56,11 @@ def _sp_digamma(x):
         return _INF
     if x == 0.0:
         return -_INF if math.copysign(1.0, x) > 0 else _INF
-    if x < 0.0 and x == math.floor(x):
+    if x < 0.0 and _sp_whole(x):
         return math.nan
     shift = 0.0
-    if x < 0.5:                       # ψ(x) = ψ(1 − x) − π cot(πx), cot of period 1
-        r = x - math.floor(x)
-        shift = -math.pi / math.tan(math.pi * r)
+    if x < 0.5:                       # ψ(x) = ψ(1 − x) − π cot(πx)
+        shift = -math.pi * _sp_cotpi(_sp_offset(x))
         x = 1.0 - x
     while x < 10.0:
         shift -= 1.0 / x
@@ -54,16 +72,27 @@ def _sp_digamma(x):
 
 
 def _sp_polygamma(n, x):
-    if n != n or x != x or n < 0.0 or n != math.floor(n):
+    if n != n or x != x or n < 0.0 or not _sp_whole(n):
         return math.nan
     if n == 0.0:
         return _sp_digamma(x)
     s = n + 1.0
-    sign = 1.0 if n - 2.0 * math.floor(0.5 * n) == 1.0 else -1.0     # (−1)ⁿ⁺¹
+    odd = n < 4503599627370496.0 and n - 2.0 * math.floor(0.5 * n) == 1.0
+    sign = 1.0 if odd else -1.0                                        # (−1)ⁿ⁺¹
     if x == _INF:
         return sign * 0.0
-    if x == -_INF or (x <= 0.0 and x == math.floor(x)):
+    if x == -_INF or (x <= 0.0 and _sp_whole(x)):
         return sign * _INF
+    if n > 170.0:                 # n! overflows: SciPy's ±inf, NaN where ζ underflows
+        return sign * _INF if x > 0.0 and x ** -s > 0.0 else math.nan
+    reflected = 0.0
+    if x < 0.0 and n <= 2.0:
+        # ψ′(x) = π² csc²(πx) − ψ′(1 − x), ψ″(x) = −2π³ cot(πx) csc²(πx) + ψ″(1 − x)
+        # (negative x is otherwise summed up from x: a cost that grows with |x|)
+        r = _sp_offset(x)
+        csc2 = (math.pi / math.sin(math.pi * r)) ** 2
+        reflected = csc2 if n == 1.0 else -2.0 * math.pi * csc2 * _sp_cotpi(r)
+        x = 1.0 - x
     factorial = 1.0
     k = 2.0
     while k <= n:
@@ -83,7 +112,8 @@ def _sp_polygamma(n, x):
         total += b[j] * c
         m = 2.0 * j + 2.0
         c *= (s + m - 1.0) * (s + m) / ((m + 1.0) * (m + 2.0) * x * x)
-    return sign * factorial * total
+    value = sign * factorial * total
+    return value if reflected == 0.0 else reflected - sign * value
 
 
 # Acklam's rational approximation of the normal quantile (relative error < 1.2e-9),
@@ -96,7 +126,7 @@ _C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
       -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
 _D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
       3.754408661907416e+00)
-_SQRT2PI = math.sqrt(2.0 * math.pi)
+_SQRT2PI = 2.5066282746310007          # √(2π), correctly rounded
 
 
 def _quantile_guess(p):
@@ -168,15 +198,19 @@ def erfinv(y):
 
 def _device_source() -> str:
     """The two functions' text, for a kernel's inner functions."""
-    return "\n".join(inspect.getsource(f) for f in (_sp_digamma, _sp_polygamma)).replace(
-        "_INF", "math.inf")
+    return "\n".join(inspect.getsource(f) for f in (
+        _sp_whole, _sp_offset, _sp_cotpi, _sp_digamma, _sp_polygamma)).replace(
+            "_INF", "math.inf")
 
 
 DEVICE_SOURCE = _device_source()
-DEVICE_FUNCTIONS = ("_sp_digamma", "_sp_polygamma")
+DEVICE_FUNCTIONS = ("_sp_digamma", "_sp_polygamma")       # (the entry points)
 
 _jit = numba.njit(cache=True, error_model="numpy")
-# (rebound to their jitted forms: _sp_polygamma's call of _sp_digamma then finds one)
+# (rebound to their jitted forms: calls between them then find jitted functions)
+_sp_whole = _jit(_sp_whole)
+_sp_offset = _jit(_sp_offset)
+_sp_cotpi = _jit(_sp_cotpi)
 _sp_digamma = _jit(_sp_digamma)
 _sp_polygamma = _jit(_sp_polygamma)
 

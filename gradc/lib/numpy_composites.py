@@ -15,7 +15,8 @@ import numpy as np
 from .. import numpy_funcs as npf
 from .. import numpy_linalg as npl
 from .. import ops
-from ..errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
+from ..errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, UnsupportedError,
+                      with_location)
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
 from ..trace import Tracer, checkable, dtype_of, shape_of
 
@@ -236,21 +237,23 @@ def polyfit(x, y, deg, rcond=None, full=False, w=None, cov=False):
     order = int(deg) + 1
     x, y = operand(x) + 0.0, operand(y) + 0.0
     if deg < 0:
-        raise ArgumentError(with_location("np.polyfit: expected deg >= 0"))
+        raise InvalidValueError(with_location("np.polyfit: expected deg >= 0"))
+    # (NumPy raises TypeError for these)
     if len(shape_of(x)) != 1 or not shape_of(x)[0]:
-        raise ShapeError(with_location(f"np.polyfit: expected a non-empty 1-D x, got shape "
-                                       f"{shape_of(x)}"))
+        raise ArgumentError(with_location(f"np.polyfit: expected a non-empty 1-D x, got "
+                                          f"shape {shape_of(x)}"))
     if len(shape_of(y)) not in (1, 2) or shape_of(y)[0] != shape_of(x)[0]:
-        raise ShapeError(with_location(f"np.polyfit: expected y of shape ({shape_of(x)[0]},) "
-                                       f"or ({shape_of(x)[0]}, k), got {shape_of(y)}"))
+        raise ArgumentError(with_location(f"np.polyfit: expected y of shape "
+                                          f"({shape_of(x)[0]},) or ({shape_of(x)[0]}, k), got "
+                                          f"{shape_of(y)}"))
     if rcond is None:
         rcond = shape_of(x)[0] * np.finfo(dtype_of(x)).eps
     lhs, rhs = vander(x, order), y
     if w is not None:
         w = operand(w) + 0.0
         if shape_of(w) != shape_of(x):
-            raise ShapeError(with_location(f"np.polyfit: expected weights w of shape "
-                                           f"{shape_of(x)}, got {shape_of(w)}"))
+            raise ArgumentError(with_location(f"np.polyfit: expected weights w of shape "
+                                              f"{shape_of(x)}, got {shape_of(w)}"))
         lhs = lhs * w[:, None]
         rhs = rhs * (w[:, None] if len(shape_of(rhs)) == 2 else w)
     scale = np.sqrt(npf.sum(lhs * lhs, axis=0))
@@ -269,7 +272,7 @@ def polyfit(x, y, deg, rcond=None, full=False, w=None, cov=False):
         fac = 1.0
     else:
         if shape_of(x)[0] <= order:
-            raise ArgumentError(with_location("np.polyfit: the number of data points must "
+            raise InvalidValueError(with_location("np.polyfit: the number of data points must "
                                               "exceed order to scale the covariance matrix"))
         fac = resids / (shape_of(x)[0] - order)
     return c, (base * fac if len(shape_of(y)) == 1 else base[:, :, None] * fac)
@@ -410,7 +413,8 @@ def _nan_arg(name, fill):
         empty = npf.all(missing, axis, keepdims=keepdims)
         some = npf.any(empty)
         if checkable(some) and _holds(some):
-            raise ArgumentError(with_location(f"np.nanarg{name}: All-NaN slice encountered"))
+            raise InvalidValueError(with_location(
+                f"np.nanarg{name}: All-NaN slice encountered"))
         return npf.where(empty, np.int64(-1), index)
     apply.__name__ = f"nanarg{name}"
     return apply
@@ -792,7 +796,7 @@ def bincount(x, weights=None, minlength=0):
     length = minlength
     if n:
         if _holds(np.min(x) < 0):
-            raise ArgumentError(with_location("np.bincount: x must have no negative "
+            raise InvalidValueError(with_location("np.bincount: x must have no negative "
                                               "elements"))
         top = np.max(astype(x, np.int64))
         concrete = getattr(top, "val", top)
@@ -1273,12 +1277,15 @@ def lexsort(keys, axis=-1):
 
 @implements(np.vander)
 def vander(x, N=None, increasing=False):
-    """Columns of repeated products (NumPy's ``multiply.accumulate``), not powers."""
+    """Columns of repeated products (NumPy's ``multiply.accumulate``), not powers, in
+    NumPy's dtype: ``promote_types(x.dtype, int)`` (float32 gives float64)."""
     x = operand(x)
     if len(shape_of(x)) != 1:
         raise ShapeError(with_location("np.vander: x must be a one-dimensional array"))
+    dtype = np.promote_types(dtype_of(x), int)
+    x = astype(x, dtype)
     n = shape_of(x)[0] if N is None else int(N)
-    cols = [np.ones(shape_of(x), dtype_of(x))] if n else []
+    cols = [np.ones(shape_of(x), dtype)] if n else []
     for _ in range(1, n):
         cols.append(cols[-1] * x)
     if not cols:

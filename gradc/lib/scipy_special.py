@@ -15,12 +15,15 @@ NumPy expressions instead.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import ops
 from ..numpy_api import UFUNCS, elementwise, operand, promote
 
 _REGISTERED = False
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)      # (a Python float: keeps float32)
 
 
 def _floats(*xs):
@@ -47,13 +50,15 @@ def log_expit(x):
 
 
 def logit(x):
-    """``log(x / (1 − x))``; ``log1p(s) − log1p(−s)`` with ``s = 2x − 1`` for x in
-    [0.3, 0.65], where the quotient loses digits (SciPy's split)."""
+    """``log x − log1p(−x)``; ``log1p(s) − log1p(−s)`` with ``s = 2x − 1`` for x in
+    [0.3, 0.65], where that loses digits (SciPy's split; SciPy's outer branch is
+    ``log(x / (1 − x))``, within an ulp or two, whose derivative at 0 and 1 would be
+    NaN, inf · 0 in the quotient rule, where this one gives inf)."""
     (x,) = _floats(x)
     mid = (x >= 0.3) & (x <= 0.65)
     s = 2.0 * (np.where(mid, x, 0.5) - 0.5)
     out = np.where(mid, 0.25, x)
-    return np.where(mid, np.log1p(s) - np.log1p(-s), np.log(out / (1.0 - out)))
+    return np.where(mid, np.log1p(s) - np.log1p(-s), np.log(out) - np.log1p(-out))
 
 
 def ndtr(x):
@@ -81,7 +86,7 @@ def log_ndtr(x):
     for i in range(1, 13):
         term = term * -(2.0 * i - 1.0) * z
         total = total + term
-    tail = -0.5 * xl * xl - np.log(-xl) - 0.5 * np.log(2.0 * np.pi) + np.log(total)
+    tail = -0.5 * xl * xl - np.log(-xl) - _HALF_LOG_2PI + np.log(total)
     return np.where(high, top, np.where(mid, middle, tail))
 
 
@@ -111,8 +116,8 @@ def entr(x):
     (x,) = _floats(x)
     pos = x > 0
     safe = np.where(pos, x, 1.0)
-    return np.where(pos, -safe * np.log(safe),
-                    np.where(x == 0, 0.0, np.where(np.isnan(x), np.nan, -np.inf)))
+    below = np.where(np.isnan(x), x, np.zeros_like(x) - np.inf)     # (in x's dtype)
+    return np.where(pos, -safe * np.log(safe), np.where(x == 0, 0.0, below))
 
 
 def _relative(x, y, inside, at_zero):

@@ -15,11 +15,11 @@ compiled targets ``codegen.special``'s.  Derivatives:
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from ..errors import UnsupportedError, with_location
+from ..errors import DTypeError, UnsupportedError, with_location
+from ..ir import dtype_name, is_float
 from ..trace import bind
 from .elementwise import _binary, _lift, _unary, add, exp, mul, neg
 from .rules import defjvp
@@ -35,8 +35,9 @@ def _scipy(name):
     return impl
 
 
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-_SQRT_2PI, _SQRT_PI_OVER_2 = math.sqrt(2.0 * math.pi), math.sqrt(math.pi) / 2.0
+# (correctly rounded, so that gradc.to_sympy reads them as 2/√π, √(2π), √π/2)
+_TWO_OVER_SQRT_PI = 1.1283791670955126
+_SQRT_2PI, _SQRT_PI_OVER_2 = 2.5066282746310007, 0.886226925452758
 
 erf_p = _unary("erf", _scipy("erf"))
 defjvp(erf_p, lambda t, ans, x: mul(t, mul(exp(neg(mul(x, x))), _TWO_OVER_SQRT_PI)))
@@ -49,6 +50,16 @@ defjvp(lgamma_p, lambda t, ans, x: mul(t, digamma(x)))
 digamma_p = _unary("digamma", _scipy("psi"))
 defjvp(digamma_p, lambda t, ans, x: mul(t, polygamma(np.asarray(1.0, x.dtype), x)))
 polygamma_p = _binary("polygamma", _scipy("polygamma"))
+_same_dtype_abstract = polygamma_p.abstract
+
+
+def _polygamma_abstract(n, x):
+    if not is_float(x.dtype):
+        raise DTypeError(f"polygamma needs floating-point operands, got {dtype_name(x.dtype)}")
+    return _same_dtype_abstract(n, x)
+
+
+polygamma_p.abstract = _polygamma_abstract
 
 
 ndtri_p = _unary("ndtri", _scipy("ndtri"))
@@ -88,7 +99,16 @@ def digamma(x):
 
 
 def polygamma(n, x):
+    """ψ⁽ⁿ⁾(x); an integer ``x`` (or ``n``) is taken as float64, as SciPy does."""
+    n, x = _as_float(n), _as_float(x)
     return bind(polygamma_p, _lift(n, x), _lift(x, n))
+
+
+def _as_float(v):
+    from ..numpy_api import astype
+    if isinstance(v, (int, float)) or is_float(np.dtype(getattr(v, "dtype", float))):
+        return v
+    return astype(v, np.float64)
 
 
 def ndtri(p):
