@@ -35,6 +35,14 @@ UFUNCS = {
 }
 
 
+def test_every_registered_ufunc_has_a_case():
+    from gradc.lib import scipy_special
+    from gradc.numpy_api import UFUNCS as TABLE
+    scipy_special.register()
+    registered = {u.__name__ for u in TABLE if getattr(sc, u.__name__, None) is u}
+    assert registered == set(UFUNCS), registered ^ set(UFUNCS)
+
+
 def _host(x):
     return x.copy_to_host() if hasattr(x, "copy_to_host") else np.asarray(x)
 
