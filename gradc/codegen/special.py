@@ -253,5 +253,3 @@ _quantile_guess = _jit(_quantile_guess)
 _lower_quantile = _jit(_lower_quantile)
 ndtri = _jit(ndtri)
 erfinv = _jit(erfinv)
-
-NAMES = ("erf", "erfc", "gamma", "lgamma", "digamma", "polygamma", "ndtri", "erfinv")

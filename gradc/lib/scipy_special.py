@@ -20,14 +20,14 @@ import math
 import numpy as np
 
 from .. import ops
-from ..numpy_api import UFUNCS, elementwise, operand, promote
+from ..numpy_api import UFUNCS, elementwise, promote
 
 _REGISTERED = False
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)      # (a Python float: keeps float32)
 
 
 def _floats(*xs):
-    return promote(*[operand(x) for x in xs], float_result=True)
+    return promote(*xs, float_result=True)
 
 
 def expit(x):

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DTypeError, UnsupportedError, with_location
 from ..ir import dtype_name, is_float
 from ..trace import bind
-from .elementwise import _binary, _lift, _unary, add, exp, mul, neg
+from .elementwise import _binary, _unary, add, exp, mul, neg
 from .rules import defjvp
 
 
@@ -99,16 +99,10 @@ def digamma(x):
 
 
 def polygamma(n, x):
-    """ψ⁽ⁿ⁾(x); an integer ``x`` (or ``n``) is taken as float64, as SciPy does."""
-    n, x = _as_float(n), _as_float(x)
-    return bind(polygamma_p, _lift(n, x), _lift(x, n))
-
-
-def _as_float(v):
-    from ..numpy_api import astype
-    if isinstance(v, (int, float)) or is_float(np.dtype(getattr(v, "dtype", float))):
-        return v
-    return astype(v, np.float64)
+    """ψ⁽ⁿ⁾(x), the operands in NumPy's common float dtype (integers as float64, as in
+    SciPy)."""
+    from ..numpy_api import promote
+    return bind(polygamma_p, *promote(n, x, float_result=True))
 
 
 def ndtri(p):
