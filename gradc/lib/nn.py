@@ -31,9 +31,14 @@ def log_softmax(x, axis=-1):
 
 
 def sigmoid(x):
-    """The logistic function ``1 / (1 + exp(-x))``, written as ``(1 + tanh(x/2)) / 2``,
-    which is stable for large |x|."""
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+    """The logistic function ``1 / (1 + e^−x)``, as ``e^x / (1 + e^x)`` below 0: one
+    ``exp`` of ``−|x|`` (written as a choice, not with ``abs``, whose derivative at 0 would
+    be 0), never overflowing, and accurate to an ulp or two for large negative x, where
+    ``(1 + tanh(x/2)) / 2`` cancels (1.7e-4 relative error at −30, 0 below −38)."""
+    neg = x < 0
+    e = np.exp(np.where(neg, x, -x))
+    s = 1.0 / (1.0 + e)
+    return np.where(neg, e * s, s)
 
 
 def relu(x):
