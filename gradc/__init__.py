@@ -27,6 +27,7 @@ from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 from .transformed import show
 from .symbolic import to_sympy
 from .checking import check
+from .custom import custom_jvp, custom_vjp
 from .drawing import draw
 
 __version__ = "0.1.0"
@@ -38,7 +39,7 @@ __all__ = [
     "set_float32_matmul_precision", "get_float32_matmul_precision",
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
-    "scan", "fori_loop", "cond", "while_loop",
+    "scan", "fori_loop", "cond", "while_loop", "custom_jvp", "custom_vjp",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",

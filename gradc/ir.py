@@ -271,7 +271,7 @@ def _eqn_head(eqn, name: _Namer) -> str:
     """``lhs = prim[params] args`` (binding the outputs' names first)."""
     lhs = " ".join(name.binder(v) for v in eqn.outputs) if eqn.outputs else "_"
     params = " ".join(f"{k}={_param_str(v)}" for k, v in sorted(eqn.params.items())
-                      if k not in ("body", "branches")    # printed below the equation
+                      if k not in ("body", "branches", "where")   # below; the source line
                       and not isinstance(v, Graph))
     head = eqn.prim.name + (f"[{params}]" if params else "")
     args = " ".join(name(a) for a in eqn.inputs)

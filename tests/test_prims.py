@@ -596,9 +596,10 @@ def draw_args(row, data):
 
 # primitives only reverse mode writes (the while_loop row differentiates through them,
 # to second order): tested in tests/test_loops.py
-# solver regions hold sub-Graphs: tests/test_implicit.py exercises them
+# solver regions hold sub-Graphs: tests/test_implicit.py exercises them; user rules
+# (custom_jvp, custom_vjp) hold the user's Graphs: tests/test_custom.py
 WITHOUT_ROW = {"while_tangent", "while_adjoint", "while_hessian", "root", "linear_solve",
-               "report"}
+               "report", "custom_jvp_call", "custom_vjp_call", "custom_lin"}
 
 
 def test_every_primitive_has_a_row():

@@ -655,9 +655,11 @@ _VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient"}
 
 
 def lowerable() -> set:
-    """Names of the primitives this module can lower (``linear_solve`` reaches it
-    expanded into its algorithm: ``passes.implicit``)."""
-    return set(TEMPLATES) | set(HANDLERS) | {"linear_solve"}
+    """Names of the primitives this module can lower (those of
+    ``passes.implicit.EXPANDED`` reach it expanded: a solver's algorithm, a function
+    with a user rule as the function itself)."""
+    from ..passes.implicit import EXPANDED
+    return set(TEMPLATES) | set(HANDLERS) | set(EXPANDED)
 
 
 def _atom(ctx, names, x) -> str:

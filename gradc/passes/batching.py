@@ -309,6 +309,39 @@ def _while_rule(prim, args, batched, count, branches, n_cond, n_body, checkpoint
                           n_cond=n_cond, n_body=n_cond + n_body, checkpoint=checkpoint))
 
 
+def _custom_jvp_rule(prim, args, batched, count, fun, rule, n_args, name, where):
+    """The function and its rule batched alike (the rule's tangents as their primals)."""
+    flags = list(batched)
+    return list(prim.bind(*args, fun=batch_graph(fun, flags, count),
+                          rule=rule.batched(flags[:n_args] * 2, count), n_args=n_args,
+                          name=name, where=where))
+
+
+def _all_batched(args, batched, count):
+    return [a if b else _batched(a, shape_of(a), count) for a, b in zip(args, batched)]
+
+
+def _custom_vjp_rule(prim, args, batched, count, fun, fwd, bwd, n_args, name, where):
+    """Every argument batched (``bwd`` batched returns batched cotangents), then ``fun``,
+    ``fwd`` and ``bwd`` batched; ``fwd``'s residuals are all batched."""
+    from ..prims.custom import Deferred
+    flags = [True] * n_args + list(batched[n_args:])
+    args = _all_batched(args[:n_args], batched[:n_args], count) + list(args[n_args:])
+    new_fwd = fwd.batched([True] * n_args, count)
+    new_bwd = Deferred(lambda: batch_graph(bwd.graph, [True] * len(bwd.graph.inputs), count),
+                       f"{bwd} (batched)")
+    return list(prim.bind(*args, fun=batch_graph(fun, flags, count), fwd=new_fwd,
+                          bwd=new_bwd, n_args=n_args, name=name, where=where))
+
+
+def _custom_lin_rule(prim, args, batched, count, bwd, n_res, name, where):
+    """Every tangent batched, and ``bwd`` batched with its residuals as they are."""
+    flags = list(batched[:n_res]) + [True] * (len(bwd.inputs) - n_res)
+    args = list(args[:n_res]) + _all_batched(args[n_res:], batched[n_res:], count)
+    return list(prim.bind(*args, bwd=batch_graph(bwd, flags, count), n_res=n_res,
+                          name=name, where=where))
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -360,7 +393,8 @@ def _rules() -> dict:
         "slogdet": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
-        "while_loop": _while_rule,
+        "while_loop": _while_rule, "custom_jvp_call": _custom_jvp_rule,
+        "custom_vjp_call": _custom_vjp_rule, "custom_lin": _custom_lin_rule,
     })
     return rules
 

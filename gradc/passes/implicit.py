@@ -11,21 +11,28 @@ every iteration.  ``regions(graph)`` lists them (``gradc.show`` prints the list)
 ``expand(graph)`` runs before code generation: each ``linear_solve`` becomes its solve
 algorithm's equations (a ``while_loop`` for CG/GMRES/BiCGSTAB) and each ``root`` with a
 traced solver becomes the solver's equations; a ``root`` whose solver is Python stays
-(an object-mode call).  Sub-Graphs of loops and branches are expanded too.
+(an object-mode call).  Functions with user rules (``custom_jvp_call``,
+``custom_vjp_call``) become the function's equations, and ``custom_lin`` (seen only
+when a matvec holds one) the transpose of its ``bwd``.  Sub-Graphs of loops and branches
+are expanded too.
 """
 from __future__ import annotations
 
 from ..interpret import eval_graph
 from ..ir import Graph, Lit
+from ..prims.custom import forward_of
 from ..prims.implicit import PyCallback, solve_graph
 from ..trace import source_line, trace_graph
 
-SOLVER_PRIMS = ("root", "linear_solve")     # expanded before code generation
+SOLVER_PRIMS = ("root", "linear_solve")
+# user rules (``prims.custom``): the function itself is what runs
+CUSTOM_PRIMS = ("custom_jvp_call", "custom_vjp_call", "custom_lin")
+EXPANDED = SOLVER_PRIMS + CUSTOM_PRIMS      # expanded before code generation
 
 
 def _needs(graph: Graph) -> bool:
     for eqn in graph.eqns:
-        if eqn.prim.name in SOLVER_PRIMS:
+        if eqn.prim.name in EXPANDED:
             return True
         if any(_needs(g) for g in _subgraphs(eqn)):
             return True
@@ -71,6 +78,11 @@ def expand(graph: Graph) -> Graph:
                     outs = eval_graph(expand(solve_graph(p["matvec"], p["solve"])), xs)
                 elif name == "root" and not isinstance(p["solver"], PyCallback):
                     outs = eval_graph(expand(p["solver"]), xs)
+                elif name in ("custom_jvp_call", "custom_vjp_call"):
+                    outs = eval_graph(expand(p["fun"]), xs)
+                elif name == "custom_lin":
+                    outs = eval_graph(expand(forward_of(p["bwd"], p["n_res"], p["name"],
+                                                        p["where"])), xs)
                 else:
                     out = bind(eqn.prim, *xs, **_expanded_params(eqn))
                     outs = out if eqn.prim.multiple_results else [out]

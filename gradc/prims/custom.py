@@ -1,0 +1,215 @@
+"""Primitives for user-defined derivative rules: ``custom_jvp_call``, ``custom_vjp_call``
+and ``custom_lin`` (``gradc.custom_jvp`` and ``gradc.custom_vjp`` make them).
+
+``custom_jvp_call[fun, rule, n_args] args... consts... -> outs...`` computes the Graph
+``fun(args..., consts...)``.  Its JVP rule runs the user's rule, a Graph ``(args...,
+tangents...) -> (outs..., tangent outs...)``, in place of differentiating ``fun``; the
+rule is ordinary traced code, so it is differentiated again for higher orders and
+transposed for reverse mode (its tangent part must be linear in the tangents, as every
+JVP is).
+
+``custom_vjp_call[fun, fwd, bwd, n_args] args... consts... -> outs...`` computes ``fun``
+too.  Differentiated:
+
+* for reverse mode (``passes.linearize`` splits), ``fwd`` ``(args...) -> (outs...,
+  residuals...)`` runs inline and the tangents are one ``custom_lin`` equation, whose
+  transpose is the user's ``bwd`` ``(residuals..., cotangents...) -> argument
+  cotangents``;
+* for forward mode, the tangents are ``bwd`` transposed (``transpose_graph``): ``bwd`` is
+  linear in the cotangents, so its transpose is the JVP that ``bwd`` is the adjoint of.
+  A ``bwd`` that is not linear (gradient clipping) has no forward mode; the error says so.
+
+``custom_lin[bwd, n_res] residuals... tangents... -> tangent outs...`` is linear in the
+tangents.  Evaluated forward (a matvec of an implicit solve) it is ``bwd`` transposed.
+
+The rules are ``Deferred``: traced when a derivative first needs them, not when the
+function is called, because a rule usually calls the function itself (``fwd`` returns
+``f(x)``), which would otherwise trace the rule again without end.  So rules read only
+their arguments and constants; a traced value they read from outside is an error naming
+the rule.  ``fun`` is traced at the call and may read outer values (``consts``); a
+derivative flowing into one of those is an error too, as the rule says nothing about it.
+Compiled targets inline ``fun`` (``passes.implicit``).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..errors import ArgumentError, UnsupportedError, with_location
+from ..ir import Graph, Primitive, is_float
+from ..trace import no_trace
+
+
+class Deferred:
+    """A Graph traced when first needed (``make()``), then kept.  Hashed by identity;
+    prints as its description."""
+
+    def __init__(self, make, description: str):
+        self._make = make
+        self._graph = None
+        self.description = description
+
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = self._make()
+        return self._graph
+
+    def batched(self, flags, count) -> "Deferred":
+        from ..passes.batching import batch_graph
+        return Deferred(lambda: batch_graph(self.graph, flags, count),
+                        f"{self.description} (batched)")
+
+    def __str__(self):
+        return self.description
+
+
+def _run(graph: Graph, args) -> list:
+    from ..interpret import eval_graph
+    with no_trace():
+        return [np.asarray(v) for v in eval_graph(graph, list(args))]
+
+
+def _avals(graph: Graph):
+    return [(tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
+
+
+def _closure_check(who, where, tangents) -> None:
+    if any(t is not None for t in tangents):
+        raise ArgumentError(with_location(
+            f"{who} reads a value being differentiated from outside its arguments (a "
+            "closure); its derivative rule cannot account for it: pass the value as an "
+            "argument", where))
+
+
+def _zeros_for(primals, tangents):
+    from .. import ops
+    return [ops.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
+
+
+def _tangents_or_none(outs, touts):
+    """Tangents of the floating-point outputs; ``None`` (no derivative) for the others."""
+    from ..trace import dtype_of
+    return [t if is_float(dtype_of(o)) else None for o, t in zip(outs, touts)]
+
+
+# ---------------------------------------------------------------- custom_jvp_call
+
+custom_jvp_call_p = Primitive("custom_jvp_call", multiple_results=True)
+
+
+def _cj_impl(*args, fun, rule, n_args, name, where):
+    return _run(fun, args)
+
+
+def _cj_abstract(*args, fun, rule, n_args, name, where):
+    return _avals(fun)
+
+
+def _cj_jvp(primals, tangents, fun, rule, n_args, name, where):
+    from ..interpret import eval_graph
+    xs = list(primals[:n_args])
+    _closure_check(f"gradc.custom_jvp function {name}", where, tangents[n_args:])
+    out = eval_graph(rule.graph, xs + _zeros_for(xs, tangents[:n_args]))
+    m = len(fun.outputs)
+    return out[:m], _tangents_or_none(out[:m], out[m:])
+
+
+custom_jvp_call_p.impl = _cj_impl
+custom_jvp_call_p.abstract = _cj_abstract
+custom_jvp_call_p.jvp = _cj_jvp
+
+
+# ---------------------------------------------------------------- custom_vjp_call
+
+custom_vjp_call_p = Primitive("custom_vjp_call", multiple_results=True)
+
+
+def _cv_impl(*args, fun, fwd, bwd, n_args, name, where):
+    return _run(fun, args)
+
+
+def _cv_abstract(*args, fun, fwd, bwd, n_args, name, where):
+    return _avals(fun)
+
+
+def _cv_jvp(primals, tangents, fun, fwd, bwd, n_args, name, where):
+    from ..interpret import eval_graph
+    from ..passes.jvp import splitting
+    xs = list(primals[:n_args])
+    _closure_check(f"gradc.custom_vjp function {name}", where, tangents[n_args:])
+    m = len(fun.outputs)
+    out = eval_graph(fwd.graph, xs)
+    outs, res = out[:m], out[m:]
+    ts = _zeros_for(xs, tangents[:n_args])
+    if splitting():
+        # reverse mode: one linear equation whose transpose is bwd
+        touts = custom_lin_p.bind(*res, *ts, bwd=bwd.graph, n_res=len(res), name=name,
+                                  where=where)
+    else:
+        touts = eval_graph(forward_of(bwd.graph, len(res), name, where), res + ts)
+    return outs, _tangents_or_none(outs, touts)
+
+
+custom_vjp_call_p.impl = _cv_impl
+custom_vjp_call_p.abstract = _cv_abstract
+custom_vjp_call_p.jvp = _cv_jvp
+
+
+# ---------------------------------------------------------------- custom_lin
+
+custom_lin_p = Primitive("custom_lin", multiple_results=True)
+
+
+@functools.lru_cache(maxsize=256)
+def forward_of(bwd: Graph, n_res: int, name: str, where) -> Graph:
+    """``bwd`` ``(residuals..., cotangents...) -> argument cotangents`` transposed in its
+    cotangents: ``(residuals..., argument tangents...) -> output tangents``, the
+    forward-mode map whose adjoint ``bwd`` is."""
+    from ..errors import GradcError
+    from ..passes.simplify import simplify
+    from ..passes.transpose import transpose_graph
+    try:
+        return simplify(transpose_graph(bwd, n_res))
+    except GradcError as e:
+        raise UnsupportedError(with_location(
+            f"forward mode (jvp, jacfwd, hessian) of gradc.custom_vjp function {name}: "
+            "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
+            "(gradient clipping, for one, has no forward mode); use reverse mode, or "
+            "give the function a gradc.custom_jvp rule "
+            f"(transposing bwd failed: {str(e).splitlines()[0]})", where)) from None
+
+
+def _lin_impl(*args, bwd, n_res, name, where):
+    return _run(forward_of(bwd, n_res, name, where), args)
+
+
+def _lin_abstract(*args, bwd, n_res, name, where):
+    return [(tuple(v.shape), np.dtype(v.dtype)) for v in bwd.inputs[n_res:]]
+
+
+def _lin_jvp(primals, tangents, bwd, n_res, name, where):
+    from ..passes.jvp import jvp_eval
+    return jvp_eval(forward_of(bwd, n_res, name, where), list(primals), list(tangents))
+
+
+def _lin_transpose(cts, *args, bwd, n_res, name, where):
+    from .. import ops
+    from ..interpret import eval_graph
+    from .rules import is_undefined
+    if any(is_undefined(a) for a in args[:n_res]):
+        raise UnsupportedError(with_location(
+            f"gradc.custom_vjp function {name}: its bwd is linear in the cotangents only, "
+            "not in the residuals", where))
+    cts = [ops.full(v.shape, 0, v.dtype) if c is None else c
+           for v, c in zip(bwd.inputs[n_res:], cts)]
+    in_cts = eval_graph(bwd, list(args[:n_res]) + cts)
+    return [None] * n_res + [c if is_undefined(a) else None
+                             for a, c in zip(args[n_res:], in_cts)]
+
+
+custom_lin_p.impl = _lin_impl
+custom_lin_p.abstract = _lin_abstract
+custom_lin_p.jvp = _lin_jvp
+custom_lin_p.transpose = _lin_transpose
