@@ -682,6 +682,29 @@ def _cache_for(table, fun) -> _Cache:
         return _Cache()
 
 
+def _tangent_leaves(flat: "_Args", tangents, what) -> list:
+    """The tangents of ``flat``'s dynamic leaves, checked against their primals (same
+    structure and shapes; floating-point ones cast to the primal's dtype)."""
+    tflat, ttree = pytree.flatten(list(tangents))
+    if ttree != flat.treedef:
+        raise ArgumentError(with_location(
+            f"{what}: tangents have structure {ttree}, primals have {flat.treedef}"))
+    tdyn = []
+    for p, t, s in zip(flat.leaves, tflat, flat.static):
+        if s:
+            continue
+        t = t if isinstance(t, Tracer) else np.asarray(t)
+        if tuple(np.shape(t)) != tuple(np.shape(p)):
+            raise ArgumentError(with_location(
+                f"{what}: a tangent of shape {np.shape(t)} for a primal of shape "
+                f"{np.shape(p)}"))
+        pd = _leaf_dtype(p)
+        if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
+            t = t.astype(pd)
+        tdyn.append(t)
+    return tdyn
+
+
 def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
@@ -694,22 +717,7 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
         raise ArgumentError(with_location(
             "jvp(f, primals, tangents): primals and tangents must be tuples of arguments"))
     flat = _Args(primals)
-    tflat, ttree = pytree.flatten(list(tangents))
-    if ttree != flat.treedef:
-        raise ArgumentError(with_location(
-            f"jvp: tangents have structure {ttree}, primals have {flat.treedef}"))
-    tdyn = []
-    for p, t, s in zip(flat.leaves, tflat, flat.static):
-        if s:
-            continue
-        t = t if isinstance(t, Tracer) else np.asarray(t)
-        if tuple(np.shape(t)) != tuple(np.shape(p)):
-            raise ArgumentError(with_location(
-                f"jvp: a tangent of shape {np.shape(t)} for a primal of shape {np.shape(p)}"))
-        pd = _leaf_dtype(p)
-        if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
-            t = t.astype(pd)
-        tdyn.append(t)
+    tdyn = _tangent_leaves(flat, tangents, "jvp")
     wrt = [is_float(x.dtype) for x in flat.dynamic]
     key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
     cache = _cache_for(_JVP_CACHE, fun)
@@ -755,7 +763,7 @@ class _VjpSpec:
         self.n_res = len(primal.outputs) - len(graph.outputs)
         self.forward = _Spec(primal, info, (), target, fastmath, name + "_fwd")
         self.target, self.fastmath, self.name = target, fastmath, name
-        self._backward = None
+        self._backward = self._tangent = None
 
     def evaluate(self, dynamic, extra=()):
         return self.forward.evaluate(list(dynamic) + self.captured)
@@ -768,6 +776,16 @@ class _VjpSpec:
             self._backward = _Spec(back, self.info, (), self.target, self.fastmath,
                                    self.name + "_bwd")
         return self._backward
+
+    @property
+    def tangent(self) -> _Spec:
+        """The linear graph itself (``linearize``): residuals and input tangents to the
+        main outputs' tangents."""
+        if self._tangent is None:
+            linear = self.linear.replace(outputs=self.linear.outputs[:self.info["n_out"]])
+            self._tangent = _Spec(simplify(linear), self.info, (), self.target,
+                                  self.fastmath, self.name + "_lin")
+        return self._tangent
 
 
 def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
@@ -821,6 +839,40 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     return out_tree, vjp_fn
 
 
+def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
+    """``(f(*primals), f_jvp)`` where ``f_jvp(*tangents)`` is the JVP at ``primals``
+    (JAX's ``linearize``), taking one tangent per primal argument.  The primal work and
+    the values the tangent map reads (residuals) are computed once, here; each call of
+    ``f_jvp`` runs only the linear part, compiled for ``target``.  It shares its trace and
+    forward pass with ``vjp``."""
+    target = check_target(target)
+    flat = _Args(primals)
+    wrt = [is_float(x.dtype) for x in flat.dynamic]
+    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
+    cache = _cache_for(_VJP_CACHE, fun)
+
+    def build():
+        graph, info, captured = _trace(fun, flat, {}, has_aux)
+        return _VjpSpec(graph, dict(info, wrt=wrt, primal=graph), captured, target,
+                        fastmath, _code_name(fun, "vjp"))
+
+    spec, outs_res = cache.run(key, build, flat.dynamic)
+    n_outs, info = len(spec.graph.outputs), spec.info
+    outs, res = outs_res[:n_outs], outs_res[n_outs:]
+    n_out = info["n_out"]
+    out_tree = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
+
+    def f_jvp(*tangents):
+        tdyn = _tangent_leaves(flat, tangents, "linearize's f_jvp")
+        touts = spec.tangent.evaluate(list(res) + [t for t, w in zip(tdyn, wrt) if w])
+        return pytree.unflatten(info["treedef"], [_to_user(t) for t in touts])
+
+    if has_aux:
+        aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]])
+        return out_tree, f_jvp, aux
+    return out_tree, f_jvp
+
+
 def _transpose_with_aux(linear, n_res, n_aux):
     """The transposed linear graph, taking cotangents for the main outputs only."""
     if n_aux:
@@ -849,8 +901,8 @@ def stop_gradient(x):
     return pytree.tree_map(_sg, x)
 
 
-__all__ = ["grad", "value_and_grad", "jvp", "vjp", "jit", "make_graph", "stop_gradient",
-           "GradcError", "dtype_name"]
+__all__ = ["grad", "value_and_grad", "jvp", "vjp", "linearize", "jit", "make_graph",
+           "stop_gradient", "GradcError", "dtype_name"]
 
 
 # ---------------------------------------------------------------- vmap
