@@ -28,7 +28,7 @@ from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 from .transformed import show
 from .symbolic import to_sympy
 from .checking import check
-from .custom import custom_jvp, custom_vjp
+from .custom import checkpoint, custom_jvp, custom_vjp, remat
 from .drawing import draw
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop", "custom_jvp", "custom_vjp",
+    "checkpoint", "remat",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",

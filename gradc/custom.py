@@ -41,11 +41,11 @@ import numpy as np
 
 from .errors import ArgumentError, TracerLeakError, user_location, with_location
 from .ir import is_float, type_str
-from .prims.custom import Deferred, custom_jvp_call_p, custom_vjp_call_p
+from .prims.custom import Deferred, checkpoint_p, custom_jvp_call_p, custom_vjp_call_p
 from .pytree import flatten, tree_map, unflatten
 from .trace import dtype_of, is_tracer, shape_of, trace_graph
 
-__all__ = ["custom_jvp", "custom_vjp"]
+__all__ = ["custom_jvp", "custom_vjp", "checkpoint", "remat"]
 
 
 def _name(fun) -> str:
@@ -56,6 +56,7 @@ class _Custom:
     """What custom_jvp and custom_vjp share: argument handling and tracing."""
 
     kind = ""
+    _static_word = "nondiff_argnums"
 
     def __init__(self, fun, nondiff_argnums=()):
         functools.update_wrapper(self, fun)
@@ -147,8 +148,8 @@ class _Custom:
             return None
         if any(is_tracer(x) for x in flatten(static)[0]):
             raise ArgumentError(with_location(
-                f"{self.name}: an argument in nondiff_argnums is a traced array; "
-                "nondiff_argnums are for settings (numbers, strings, functions): pass "
+                f"{self.name}: an argument in {self._static_word} is a traced array; "
+                f"{self._static_word} are for settings (numbers, strings, functions): pass "
                 "arrays as ordinary arguments"))
         avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
         box = {}
@@ -336,3 +337,34 @@ class custom_vjp(_Custom):
 
 def _graph_avals(vs):
     return [(tuple(v.shape), np.dtype(v.dtype)) for v in vs]
+
+
+class checkpoint(_Custom):
+    """``f`` whose inner values are recomputed in reverse mode instead of kept (JAX's
+    ``checkpoint``, or ``remat``): the values stored between the forward and the
+    backward pass are ``f``'s inputs, not everything its derivative reads, at the cost
+    of running ``f`` again.  Values and derivatives are unchanged; forward mode is
+    ``f``'s own.  ``static_argnums`` are settings passed through unchanged."""
+
+    kind = "checkpoint"
+    _static_word = "static_argnums"
+
+    def __init__(self, fun, static_argnums=()):
+        super().__init__(fun, static_argnums)
+
+    @property
+    def name(self) -> str:
+        return f"gradc.checkpoint of {_name(self.fun)}"
+
+    def __call__(self, *args, **kwargs):
+        args = self._positional(args, kwargs)
+        call = self._call(args)
+        if call is None:
+            return self.fun(*args)
+        _, _, _, leaves, _, fun, consts, out_tree = call
+        outs = checkpoint_p.bind(*leaves, *consts, fun=fun, name=_name(self.fun),
+                                 where=user_location())
+        return unflatten(out_tree, list(outs))
+
+
+remat = checkpoint

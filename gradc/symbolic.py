@@ -255,7 +255,7 @@ def _apply(eqn, ins):
         return _while(eqn, ins)
     if name == "cond":
         return _cond(eqn, ins)
-    if name in ("custom_jvp_call", "custom_vjp_call"):
+    if name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
         return evaluate(p["fun"], ins)      # the function itself (its rule is a derivative's)
     raise UnsupportedError(with_location(
         f"to_sympy: primitive {name!r} has no SymPy form (a decomposition, a solver or a "

@@ -406,3 +406,62 @@ def test_nondiff_argnums_must_not_be_traced():
     np.testing.assert_array_equal(gradc.grad(lambda x: np.sum(f(x, 3.0)))(x), [3.0, 3.0])
     with pytest.raises(ArgumentError, match="nondiff_argnums is a traced array"):
         gradc.grad(lambda x: np.sum(f(x, x)))(x)
+
+
+# ---------------------------------------------------------------- checkpoint
+
+def _layers(x, w):
+    for _ in range(10):
+        x = np.tanh(x * w + 0.1)
+    return x
+
+
+def _residual_elements(f, *args):
+    """Elements stored between reverse mode's forward and backward passes."""
+    from gradc.passes import linearize_graph
+    graph = gradc.make_graph(f)(*args)
+    primal, _ = linearize_graph(graph)
+    return sum(int(np.prod(v.shape)) for v in primal.outputs[len(graph.outputs):])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_checkpoint_keeps_only_inputs_and_changes_no_derivative(rng, target):
+    x, w = rng.standard_normal(1000), 0.9
+    plain = lambda x, w: np.sum(_layers(x, w) ** 2)                       # noqa: E731
+    remat = lambda x, w: np.sum(gradc.checkpoint(_layers)(x, w) ** 2)     # noqa: E731
+    # ten tanh layers keep ten arrays (and the last output); checkpointed, the inputs
+    assert _residual_elements(plain, x, w) == 21001
+    assert _residual_elements(remat, x, w) == 2001
+    g_plain = gradc.grad(plain, argnums=(0, 1), target=target)(x, w)
+    g_remat = gradc.grad(remat, argnums=(0, 1), target=target)(x, w)
+    np.testing.assert_allclose(g_remat[0], g_plain[0], rtol=1e-14)
+    assert g_remat[1] == pytest.approx(g_plain[1], rel=1e-14)
+    out, pull = gradc.vjp(remat, x, w, target=target)
+    assert out == pytest.approx(plain(x, w), rel=1e-15)
+    np.testing.assert_allclose(pull(1.0)[0], g_plain[0], rtol=1e-14)
+    t = gradc.jvp(remat, (x, w), (np.ones(1000), 1.0), target=target)[1]
+    assert t == pytest.approx(gradc.jvp(plain, (x, w), (np.ones(1000), 1.0))[1], rel=1e-13)
+
+
+def test_checkpoint_second_order_vmap_closures_and_static_args(rng):
+    x = rng.standard_normal(4)
+    scale = 1.7
+
+    def f(x, n):
+        return np.sin(x * scale) ** n        # reads scale from outside: a constant
+
+    ck = gradc.checkpoint(f, static_argnums=(1,))
+    check_grads(lambda x: ck(x, 3), (x,), order=2)
+    np.testing.assert_allclose(gradc.hessian(lambda x: np.sum(ck(x, 3)))(x),
+                               gradc.hessian(lambda x: np.sum(f(x, 3)))(x), rtol=1e-13)
+    xs = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(
+        gradc.vmap(gradc.grad(lambda x: np.sum(ck(x, 2))))(xs),
+        gradc.vmap(gradc.grad(lambda x: np.sum(f(x, 2))))(xs), rtol=1e-14)
+
+    def g(x, w):                             # the closure is differentiated: allowed here
+        return np.sum(gradc.checkpoint(lambda x: np.tanh(x * w))(x))
+
+    gw = gradc.grad(g, argnums=1)(x, 0.3)
+    assert gw == pytest.approx(fd(lambda w: g(x, w), np.array(0.3)), rel=1e-7)
+    assert gradc.remat is gradc.checkpoint

@@ -599,7 +599,7 @@ def draw_args(row, data):
 # solver regions hold sub-Graphs: tests/test_implicit.py exercises them; user rules
 # (custom_jvp, custom_vjp) hold the user's Graphs: tests/test_custom.py
 WITHOUT_ROW = {"while_tangent", "while_adjoint", "while_hessian", "root", "linear_solve",
-               "report", "custom_jvp_call", "custom_vjp_call", "custom_lin"}
+               "report", "custom_jvp_call", "custom_vjp_call", "custom_lin", "checkpoint"}
 
 
 def test_every_primitive_has_a_row():

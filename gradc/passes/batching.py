@@ -342,6 +342,11 @@ def _custom_lin_rule(prim, args, batched, count, bwd, n_res, name, where):
                           name=name, where=where))
 
 
+def _checkpoint_rule(prim, args, batched, count, fun, name, where):
+    return list(prim.bind(*args, fun=batch_graph(fun, batched, count), name=name,
+                          where=where))
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -395,6 +400,7 @@ def _rules() -> dict:
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
         "while_loop": _while_rule, "custom_jvp_call": _custom_jvp_rule,
         "custom_vjp_call": _custom_vjp_rule, "custom_lin": _custom_lin_rule,
+        "checkpoint": _checkpoint_rule,
     })
     return rules
 

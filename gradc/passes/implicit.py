@@ -26,7 +26,7 @@ from ..trace import source_line, trace_graph
 
 SOLVER_PRIMS = ("root", "linear_solve")
 # user rules (``prims.custom``): the function itself is what runs
-CUSTOM_PRIMS = ("custom_jvp_call", "custom_vjp_call", "custom_lin")
+CUSTOM_PRIMS = ("custom_jvp_call", "custom_vjp_call", "custom_lin", "checkpoint")
 EXPANDED = SOLVER_PRIMS + CUSTOM_PRIMS      # expanded before code generation
 
 
@@ -78,7 +78,7 @@ def expand(graph: Graph) -> Graph:
                     outs = eval_graph(expand(solve_graph(p["matvec"], p["solve"])), xs)
                 elif name == "root" and not isinstance(p["solver"], PyCallback):
                     outs = eval_graph(expand(p["solver"]), xs)
-                elif name in ("custom_jvp_call", "custom_vjp_call"):
+                elif name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
                     outs = eval_graph(expand(p["fun"]), xs)
                 elif name == "custom_lin":
                     outs = eval_graph(expand(forward_of(p["bwd"], p["n_res"], p["name"],

@@ -19,8 +19,14 @@ too.  Differentiated:
   linear in the cotangents, so its transpose is the JVP that ``bwd`` is the adjoint of.
   A ``bwd`` that is not linear (gradient clipping) has no forward mode; the error says so.
 
-``custom_lin[bwd, n_res] residuals... tangents... -> tangent outs...`` is linear in the
-tangents.  Evaluated forward (a matvec of an implicit solve) it is ``bwd`` transposed.
+``custom_lin[bwd, n_res, name] residuals... tangents... -> tangent outs...`` (``name``
+describes whose map it is) is linear in the tangents.  Evaluated forward (a matvec of an
+implicit solve) it is ``bwd`` transposed.
+
+``checkpoint[fun] args... -> outs...`` (``gradc.checkpoint``) is ``fun`` whose inner
+values are not kept for reverse mode: its JVP rule under ``linearize`` keeps the outputs
+as one equation and writes the tangents as a ``custom_lin`` whose ``bwd`` recomputes
+``fun`` from the inputs and runs its VJP, so the residuals are the inputs alone.
 
 The rules are ``Deferred``: traced when a derivative first needs them, not when the
 function is called, because a rule usually calls the function itself (``fwd`` returns
@@ -138,17 +144,18 @@ def _cv_jvp(primals, tangents, fun, fwd, bwd, n_args, name, where):
     from ..interpret import eval_graph
     from ..passes.jvp import splitting
     xs = list(primals[:n_args])
-    _closure_check(f"gradc.custom_vjp function {name}", where, tangents[n_args:])
+    who = f"gradc.custom_vjp function {name}"
+    _closure_check(who, where, tangents[n_args:])
     m = len(fun.outputs)
     out = eval_graph(fwd.graph, xs)
     outs, res = out[:m], out[m:]
     ts = _zeros_for(xs, tangents[:n_args])
     if splitting():
         # reverse mode: one linear equation whose transpose is bwd
-        touts = custom_lin_p.bind(*res, *ts, bwd=bwd.graph, n_res=len(res), name=name,
+        touts = custom_lin_p.bind(*res, *ts, bwd=bwd.graph, n_res=len(res), name=who,
                                   where=where)
     else:
-        touts = eval_graph(forward_of(bwd.graph, len(res), name, where), res + ts)
+        touts = eval_graph(forward_of(bwd.graph, len(res), who, where), res + ts)
     return outs, _tangents_or_none(outs, touts)
 
 
@@ -163,7 +170,7 @@ custom_lin_p = Primitive("custom_lin", multiple_results=True)
 
 
 @functools.lru_cache(maxsize=256)
-def forward_of(bwd: Graph, n_res: int, name: str, where) -> Graph:
+def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
     """``bwd`` ``(residuals..., cotangents...) -> argument cotangents`` transposed in its
     cotangents: ``(residuals..., argument tangents...) -> output tangents``, the
     forward-mode map whose adjoint ``bwd`` is."""
@@ -174,7 +181,7 @@ def forward_of(bwd: Graph, n_res: int, name: str, where) -> Graph:
         return simplify(transpose_graph(bwd, n_res))
     except GradcError as e:
         raise UnsupportedError(with_location(
-            f"forward mode (jvp, jacfwd, hessian) of gradc.custom_vjp function {name}: "
+            f"forward mode (jvp, jacfwd, hessian) of {who}: "
             "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
             "(gradient clipping, for one, has no forward mode); use reverse mode, or "
             "give the function a gradc.custom_jvp rule "
@@ -200,7 +207,7 @@ def _lin_transpose(cts, *args, bwd, n_res, name, where):
     from .rules import is_undefined
     if any(is_undefined(a) for a in args[:n_res]):
         raise UnsupportedError(with_location(
-            f"gradc.custom_vjp function {name}: its bwd is linear in the cotangents only, "
+            f"{name}: its bwd is linear in the cotangents only, "
             "not in the residuals", where))
     cts = [ops.full(v.shape, 0, v.dtype) if c is None else c
            for v, c in zip(bwd.inputs[n_res:], cts)]
@@ -213,3 +220,60 @@ custom_lin_p.impl = _lin_impl
 custom_lin_p.abstract = _lin_abstract
 custom_lin_p.jvp = _lin_jvp
 custom_lin_p.transpose = _lin_transpose
+
+
+# ---------------------------------------------------------------- checkpoint
+
+checkpoint_p = Primitive("checkpoint", multiple_results=True)
+
+
+@functools.lru_cache(maxsize=256)
+def recomputing_vjp(fun: Graph) -> Graph:
+    """``(inputs..., output cotangents...) -> a cotangent per input``: ``fun``'s forward
+    pass recomputed from its inputs, then its VJP (zeros for non-float inputs)."""
+    from .. import ops
+    from ..interpret import eval_graph
+    from ..passes.simplify import simplify
+    from ..passes.transpose import vjp_graph
+    from ..trace import trace_graph
+    wrt = tuple(is_float(v.dtype) for v in fun.inputs)
+    vjp = vjp_graph(fun, wrt)
+    n, m = len(fun.inputs), len(fun.outputs)
+
+    def fn(*args):
+        cts = iter(eval_graph(vjp, list(args))[m:])
+        return [next(cts) if w else ops.full(v.shape, 0, v.dtype)
+                for v, w in zip(fun.inputs, wrt)]
+
+    avals = [(v.shape, v.dtype) for v in fun.inputs] + [(v.shape, v.dtype)
+                                                         for v in fun.outputs]
+    graph, _, captured = trace_graph(fn, avals)
+    assert not captured and len(graph.inputs) == n + m
+    return simplify(graph)
+
+
+def _ck_impl(*args, fun, name, where):
+    return _run(fun, args)
+
+
+def _ck_abstract(*args, fun, name, where):
+    return _avals(fun)
+
+
+def _ck_jvp(primals, tangents, fun, name, where):
+    """Forward mode: ``fun``'s own JVP.  Reverse mode: the outputs as one equation (its
+    inner values are no residuals) and the tangents as a ``custom_lin`` that reads only
+    the inputs, whose transpose recomputes ``fun`` and runs its VJP."""
+    from ..passes.jvp import jvp_eval, splitting
+    if not splitting():
+        return jvp_eval(fun, list(primals), list(tangents))
+    outs = checkpoint_p.bind(*primals, fun=fun, name=name, where=where)
+    ts = _zeros_for(primals, tangents)
+    touts = custom_lin_p.bind(*primals, *ts, bwd=recomputing_vjp(fun), n_res=len(primals),
+                              name=f"gradc.checkpoint of {name}", where=where)
+    return outs, _tangents_or_none(outs, touts)
+
+
+checkpoint_p.impl = _ck_impl
+checkpoint_p.abstract = _ck_abstract
+checkpoint_p.jvp = _ck_jvp
