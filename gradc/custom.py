@@ -344,7 +344,12 @@ class checkpoint(_Custom):
     ``checkpoint``, or ``remat``): the values stored between the forward and the
     backward pass are ``f``'s inputs, not everything its derivative reads, at the cost
     of running ``f`` again.  Values and derivatives are unchanged; forward mode is
-    ``f``'s own.  ``static_argnums`` are settings passed through unchanged."""
+    ``f``'s own.  ``static_argnums`` are settings passed through unchanged.
+
+    The saving is in what ``vjp`` and ``linearize`` keep between their two passes.  In
+    ``grad``, forward and backward are one Graph, and common-subexpression elimination
+    merges the recomputation back into the forward pass (JAX's ``prevent_cse`` barrier
+    is not implemented)."""
 
     kind = "checkpoint"
     _static_word = "static_argnums"
