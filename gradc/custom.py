@@ -43,7 +43,7 @@ from .errors import ArgumentError, TracerLeakError, user_location, with_location
 from .ir import is_float, type_str
 from .prims.custom import Deferred, checkpoint_p, custom_jvp_call_p, custom_vjp_call_p
 from .pytree import flatten, tree_map, unflatten
-from .trace import dtype_of, is_tracer, shape_of, trace_graph
+from .trace import dtype_of, is_tracer, shape_of, standing_in, trace_graph
 
 __all__ = ["custom_jvp", "custom_vjp", "checkpoint", "remat"]
 
@@ -52,8 +52,73 @@ def _name(fun) -> str:
     return getattr(fun, "__name__", repr(fun))
 
 
+def _graph_avals(vs):
+    return [(tuple(v.shape), np.dtype(v.dtype)) for v in vs]
+
+
+class _Call:
+    """One call's arguments: the settings (``nondiff_argnums``), then the leaves of the
+    others, split into traced or array leaves (``dynamic``: inputs of the Graphs) and
+    Python or NumPy scalars, which stay constants (as in plain code: a Python float
+    keeps float32 float32)."""
+
+    def __init__(self, custom, args):
+        self.custom = custom
+        n = len(args)
+        for i in custom.nondiff_argnums:
+            if not -n <= i < n:
+                raise ArgumentError(with_location(
+                    f"{custom.name}: {custom._static_word} has {i}, but it was called with "
+                    f"{n} arguments"))
+        self.fixed = {i % n for i in custom.nondiff_argnums}
+        self.n = n
+        self.static = tuple(args[i] for i in sorted(self.fixed))
+        self.args = tuple(a for i, a in enumerate(args) if i not in self.fixed)
+        self.leaves, self.treedef = flatten(self.args)
+        self.is_dynamic = []
+        for x in self.leaves:
+            if is_tracer(x) or isinstance(x, np.ndarray):
+                kind = np.dtype(dtype_of(x)).kind
+            elif isinstance(x, (bool, int, float, np.generic)):
+                kind = None
+            else:
+                kind = "O"
+            if kind is not None and kind not in "biuf":
+                raise ArgumentError(with_location(
+                    f"{custom.name}: an argument leaf of type {type(x).__name__} is not an "
+                    f"array; pass settings through {custom._static_word}"))
+            self.is_dynamic.append(kind is not None)
+        self.dynamic = [x for x, d in zip(self.leaves, self.is_dynamic) if d]
+        self.avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in self.dynamic]
+
+    def traced(self) -> bool:
+        if any(is_tracer(x) for x in flatten(self.static)[0]):
+            word = self.custom._static_word
+            raise ArgumentError(with_location(
+                f"{self.custom.name}: an argument in {word} is a traced array; {word} are "
+                "for settings (numbers, strings, functions): pass arrays as ordinary "
+                "arguments"))
+        return any(is_tracer(x) for x in self.dynamic)
+
+    def tree(self, values, scalar=lambda x: x):
+        """The differentiated arguments as a tuple, with ``values`` for the dynamic
+        leaves and ``scalar(x)`` for the constant ones."""
+        it = iter(values)
+        leaves = [next(it) if d else scalar(x) for x, d in zip(self.leaves, self.is_dynamic)]
+        return tuple(unflatten(self.treedef, leaves))
+
+    def full(self, values):
+        """Every argument, settings included, in the call's order."""
+        s, d = iter(self.static), iter(self.tree(values))
+        return tuple(next(s) if i in self.fixed else next(d) for i in range(self.n))
+
+
+def _zero_like_scalar(x):
+    return type(x)(0) if isinstance(x, (bool, int, float)) else np.zeros_like(x)
+
+
 class _Custom:
-    """What custom_jvp and custom_vjp share: argument handling and tracing."""
+    """What custom_jvp, custom_vjp and checkpoint share: arguments and tracing."""
 
     kind = ""
     _static_word = "nondiff_argnums"
@@ -62,19 +127,27 @@ class _Custom:
         functools.update_wrapper(self, fun)
         self.fun = fun
         self.nondiff_argnums = tuple(sorted(int(i) for i in nondiff_argnums))
-        self._signature = None
+        self._signature = False
 
     @property
     def name(self) -> str:
         return f"gradc.{self.kind} function {_name(self.fun)}"
 
     def _positional(self, args, kwargs) -> tuple:
-        if not kwargs:
+        """The arguments as positional ones, defaults filled in (as JAX binds them)."""
+        if self._signature is False:
+            try:
+                self._signature = inspect.signature(self.fun)
+            except (TypeError, ValueError):
+                self._signature = None
+        if self._signature is None:
+            if kwargs:
+                raise ArgumentError(with_location(
+                    f"{self.name}: keyword arguments need a function with a signature"))
             return tuple(args)
         try:
-            self._signature = self._signature or inspect.signature(self.fun)
             bound = self._signature.bind(*args, **kwargs)
-        except (TypeError, ValueError) as e:
+        except TypeError as e:
             raise ArgumentError(with_location(f"{self.name}: {e}")) from None
         bound.apply_defaults()
         if bound.kwargs:
@@ -83,97 +156,84 @@ class _Custom:
                 "supported; make them positional"))
         return tuple(bound.args)
 
-    def _split(self, args):
-        n = len(args)
-        for i in self.nondiff_argnums:
-            if not -n <= i < n:
-                raise ArgumentError(with_location(
-                    f"{self.name}: nondiff_argnums has {i}, but it was called with {n} "
-                    "arguments"))
-        fixed = self._fixed(n)
-        static = tuple(args[i] for i in sorted(fixed))
-        dynamic = tuple(a for i, a in enumerate(args) if i not in fixed)
-        return static, dynamic, fixed
-
-    def _fixed(self, n) -> set:
-        return {i % n for i in self.nondiff_argnums}
-
-    @staticmethod
-    def _merge(static, dynamic, fixed):
-        s, d = iter(static), iter(dynamic)
-        return tuple(next(s) if i in fixed else next(d)
-                     for i in range(len(static) + len(dynamic)))
-
-    def _leaves(self, dynamic):
-        leaves, treedef = flatten(dynamic)
-        out = []
-        for x in leaves:
-            if is_tracer(x):
-                out.append(x)
-                continue
-            try:
-                a = np.asarray(x)
-            except Exception:
-                a = np.asarray(None)
-            if a.dtype == object or a.dtype.kind not in "biuf":
-                raise ArgumentError(with_location(
-                    f"{self.name}: an argument leaf of type {type(x).__name__} is not an "
-                    "array; pass settings through nondiff_argnums"))
-            out.append(a)
-        return out, treedef
-
-    def _fit(self, leaves, avals, what, rule, where):
-        """``leaves`` (a rule's outputs) have the shapes of ``avals``; floating-point
-        dtypes are cast to them."""
+    def _fit(self, leaves, avals, what, rule, where, first=0):
+        """``leaves`` (a rule's outputs) have the shapes of ``avals`` and their dtypes
+        (floating-point ones are cast; integer ones must match)."""
         from .prims.elementwise import convert_element_type
         fixed = []
-        for k, (x, (shape, dtype)) in enumerate(zip(leaves, avals)):
-            if tuple(shape_of(x)) != tuple(shape):
+        for k, (x, (shape, dtype)) in enumerate(zip(leaves, avals), first):
+            have = np.dtype(dtype_of(x))
+            if tuple(shape_of(x)) != tuple(shape) or (have != dtype and not (
+                    is_float(dtype) and have.kind in "biuf")):
                 raise ArgumentError(with_location(
                     f"{self.name}: {what} {k} of {_name(rule)} is "
-                    f"{type_str(shape_of(x), dtype_of(x))}; it must be "
+                    f"{type_str(shape_of(x), have)}; it must be "
                     f"{type_str(shape, dtype)}", where))
-            if np.dtype(dtype_of(x)) != np.dtype(dtype) and is_float(dtype):
+            if have != dtype:
                 x = convert_element_type(x, dtype) if is_tracer(x) else np.asarray(x, dtype)
             fixed.append(x)
         return fixed
 
-    def _call(self, args):
-        """None when no argument is traced (the function just runs); else ``(static,
-        fixed, treedef, leaves, avals, fun, consts, out_tree)`` with ``fun`` traced as a
-        Graph of the leaves then the outer values it reads (``consts``)."""
-        static, dynamic, fixed = self._split(args)
-        leaves, treedef = self._leaves(dynamic)
-        if not any(is_tracer(x) for x in leaves):
-            return None
-        if any(is_tracer(x) for x in flatten(static)[0]):
-            raise ArgumentError(with_location(
-                f"{self.name}: an argument in {self._static_word} is a traced array; "
-                f"{self._static_word} are for settings (numbers, strings, functions): pass "
-                "arrays as ordinary arguments"))
-        avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in leaves]
+    def _trace_fun(self, call: _Call):
+        """``fun`` as a Graph of the dynamic leaves then the outer values it reads
+        (``consts``); returns ``(fun, consts, out_tree)``."""
         box = {}
 
         def flat(*xs):
-            out = self.fun(*self._merge(static, unflatten(treedef, list(xs)), fixed))
-            parts, box["out"] = flatten(out)
+            parts, box["out"] = flatten(self.fun(*call.full(xs)))
             return parts
 
-        fun, _, consts = trace_graph(flat, avals)
-        return static, fixed, treedef, leaves, avals, fun, list(consts), box["out"]
+        fun, _, consts = trace_graph(flat, call.avals)
+        return fun, list(consts), box["out"]
 
-    def _rule_graph(self, flat, avals, rule, where):
-        """A rule traced (when a derivative first needs it) as a closed Graph."""
+    def _rule_graph(self, flat, avals, consts, rule, where):
+        """A rule traced (when a derivative first needs it) as a Graph of ``avals`` then
+        ``consts``: the values the function read from outside, which the rule (or the
+        function, called again in the rule) reads as these inputs."""
+        n = len(avals)
+
+        def with_consts(*xs):
+            with standing_in(zip(consts, xs[n:])):
+                return flat(*xs[:n])
+
         try:
-            graph, _, captured = trace_graph(flat, avals)
+            graph, _, captured = trace_graph(with_consts, avals + _graph_avals_of(consts))
         except TracerLeakError:
             captured = True
         if captured:
             raise ArgumentError(with_location(
                 f"{self.name}: its rule {_name(rule)} reads a traced value from outside its "
-                "arguments (a closure); rules are traced when a derivative needs them, so "
-                f"pass the value as an argument of {_name(self.fun)}", where))
+                f"arguments that {_name(self.fun)} does not read (a closure); rules are "
+                f"traced when a derivative needs them, so pass the value as an argument",
+                where))
         return graph
+
+
+def _graph_avals_of(values):
+    return [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in values]
+
+
+def _fill(td, ct, what):
+    """The leaves of cotangent ``ct`` for an argument of structure ``td``, ``None``
+    (zero) for each leaf under a ``None`` subtree."""
+    if ct is None:
+        return [None] * td.num_leaves
+    if td.kind == "leaf":
+        return [ct]
+    if td.kind == "none":
+        return []
+    try:
+        if td.kind == "dict":
+            if sorted(ct) != sorted(td.meta):
+                raise KeyError
+            children = [ct[k] for k in td.meta]
+        else:
+            children = list(ct)
+            if len(children) != len(td.children):
+                raise KeyError
+    except (KeyError, TypeError):
+        raise ArgumentError(what) from None
+    return [leaf for c, x in zip(td.children, children) for leaf in _fill(c, x, what)]
 
 
 class custom_jvp(_Custom):
@@ -201,8 +261,10 @@ class custom_jvp(_Custom):
         tangent``, the parts summed (``None`` for an argument without derivative)."""
         def jvp(*args):
             *static, primals, tangents = args
-            out = self(*self._merge(tuple(static), primals, self._fixed(len(primals)
-                                                                        + len(static))))
+            fixed = {i % (len(primals) + len(static)) for i in self.nondiff_argnums}
+            s, d = iter(static), iter(primals)
+            out = self(*[next(s) if i in fixed else next(d)
+                         for i in range(len(primals) + len(static))])
             total = None
             for rule, t in zip(jvps, tangents):
                 if rule is not None:
@@ -219,17 +281,17 @@ class custom_jvp(_Custom):
         if self.jvp is None:
             raise ArgumentError(with_location(
                 f"{self.name} has no JVP rule: define one with @{_name(self.fun)}.defjvp"))
-        call = self._call(args)
-        if call is None:
+        call = _Call(self, args)
+        if not call.traced():
             return self.fun(*args)
-        static, fixed, treedef, leaves, avals, fun, consts, out_tree = call
+        fun, consts, out_tree = self._trace_fun(call)
         out_avals = _graph_avals(fun.outputs)
-        n, where = len(leaves), user_location()
+        n, where = len(call.dynamic), user_location()
 
         def flat_rule(*xs):
-            primals = unflatten(treedef, list(xs[:n]))
-            tangents = unflatten(treedef, list(xs[n:]))
-            out = self.jvp(*static, tuple(primals), tuple(tangents))
+            primals = call.tree(xs[:n])
+            tangents = call.tree(xs[n:], _zero_like_scalar)
+            out = self.jvp(*call.static, primals, tangents)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise ArgumentError(with_location(
                     f"{self.name}: its JVP rule {_name(self.jvp)} must return a pair "
@@ -240,12 +302,17 @@ class custom_jvp(_Custom):
                     raise ArgumentError(with_location(
                         f"{self.name}: the {what} of its JVP rule {_name(self.jvp)} has "
                         f"structure {tree}; {_name(self.fun)} returns {out_tree}", where))
-            return (self._fit(p[0], out_avals, "primal output", self.jvp, where)
-                    + self._fit(t[0], out_avals, "tangent output", self.jvp, where))
+            from . import ops
+            tangents = [self._fit([x], [(shape, dtype)], "tangent output", self.jvp, where,
+                                  first=k)[0] if is_float(dtype)
+                        else ops.full(shape, 0, dtype)   # an integer output's: no derivative
+                        for k, (x, (shape, dtype)) in enumerate(zip(t[0], out_avals))]
+            return self._fit(p[0], out_avals, "primal output", self.jvp, where) + tangents
 
-        rule = Deferred(lambda: self._rule_graph(flat_rule, avals + avals, self.jvp, where),
+        rule = Deferred(lambda: self._rule_graph(flat_rule, call.avals + call.avals, consts,
+                                                 self.jvp, where),
                         f"python:{_name(self.jvp)}")
-        outs = custom_jvp_call_p.bind(*leaves, *consts, fun=fun, rule=rule, n_args=n,
+        outs = custom_jvp_call_p.bind(*call.dynamic, *consts, fun=fun, rule=rule, n_args=n,
                                       name=_name(self.fun), where=where)
         return unflatten(out_tree, list(outs))
 
@@ -255,9 +322,9 @@ class custom_vjp(_Custom):
 
     ``f.defvjp(fwd, bwd)``: ``fwd(*args) -> (out, residuals)`` computes the output and
     whatever ``bwd`` needs (a pytree of arrays); ``bwd(*nondiff, residuals, ct) ->
-    tuple of cotangents``, one per differentiated argument of ``f`` (``None`` for a
-    zero), given the cotangent ``ct`` of the output.  Forward mode uses ``bwd``
-    transposed, which needs ``bwd`` linear in ``ct``."""
+    tuple of cotangents``, one per differentiated argument of ``f`` (``None``, also for
+    a subtree, is a zero), given the cotangent ``ct`` of the output.  Forward mode uses
+    ``bwd`` transposed, which needs ``bwd`` linear in ``ct``."""
 
     kind = "custom_vjp"
 
@@ -275,16 +342,15 @@ class custom_vjp(_Custom):
             raise ArgumentError(with_location(
                 f"{self.name} has no VJP rule: define one with "
                 f"{_name(self.fun)}.defvjp(fwd, bwd)"))
-        call = self._call(args)
-        if call is None:
+        call = _Call(self, args)
+        if not call.traced():
             return self.fun(*args)
-        static, fixed, treedef, leaves, avals, fun, consts, out_tree = call
+        fun, consts, out_tree = self._trace_fun(call)
         out_avals = _graph_avals(fun.outputs)
-        dynamic = unflatten(treedef, leaves)
-        where, box = user_location(), {}
+        m, where, box = len(out_avals), user_location(), {}
 
         def flat_fwd(*xs):
-            out = self.fwd(*self._merge(static, unflatten(treedef, list(xs)), fixed))
+            out = self.fwd(*call.full(xs))
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise ArgumentError(with_location(
                     f"{self.name}: fwd {_name(self.fwd)} must return a pair "
@@ -297,46 +363,48 @@ class custom_vjp(_Custom):
             res, box["res"] = flatten(out[1])
             return self._fit(parts, out_avals, "output", self.fwd, where) + res
 
-        fwd = Deferred(lambda: self._rule_graph(flat_fwd, avals, self.fwd, where),
+        fwd = Deferred(lambda: self._rule_graph(flat_fwd, call.avals, consts, self.fwd,
+                                                where),
                        f"python:{_name(self.fwd)}")
 
         def flat_bwd(*xs):
-            n_res = len(xs) - len(out_avals)
+            n_res = len(xs) - m
             res = unflatten(box["res"], list(xs[:n_res]))
-            out = self.bwd(*static, res, unflatten(out_tree, list(xs[n_res:])))
-            if not isinstance(out, (tuple, list)) or len(out) != len(dynamic):
+            out = self.bwd(*call.static, res, unflatten(out_tree, list(xs[n_res:])))
+            if not isinstance(out, (tuple, list)) or len(out) != len(call.args):
                 raise ArgumentError(with_location(
                     f"{self.name}: bwd {_name(self.bwd)} must return a tuple of "
-                    f"{len(dynamic)} cotangents, one per differentiated argument", where))
+                    f"{len(call.args)} cotangents, one per differentiated argument", where))
             cts = []
-            for arg, ct in zip(dynamic, out):
-                arg_leaves, arg_tree = flatten(arg)
-                if ct is None:
-                    cts += [None] * len(arg_leaves)
-                    continue
-                parts, tree = flatten(ct)
-                if tree != arg_tree:
-                    raise ArgumentError(with_location(
-                        f"{self.name}: a cotangent from bwd {_name(self.bwd)} has "
-                        f"structure {tree}; its argument has {arg_tree}", where))
-                cts += parts
+            for i, (arg, ct) in enumerate(zip(call.args, out)):
+                cts += _fill(flatten(arg)[1], ct, with_location(
+                    f"{self.name}: the cotangent of argument {i} from bwd "
+                    f"{_name(self.bwd)} has structure {flatten(ct)[1]}; the argument has "
+                    f"{flatten(arg)[1]}", where))
             from . import ops
-            return [ops.full(shape, 0, dtype) if c is None or not is_float(dtype)
-                    else self._fit([c], [(shape, dtype)], "cotangent", self.bwd, where)[0]
-                    for c, (shape, dtype) in zip(cts, avals)]
+            fitted = []
+            for k, (c, d) in enumerate(zip(cts, call.is_dynamic)):
+                if not d:
+                    continue
+                shape, dtype = call.avals[len(fitted)]
+                fitted += ([ops.full(shape, 0, dtype)] if c is None or not is_float(dtype)
+                           else self._fit([c], [(shape, dtype)], "cotangent leaf",
+                                          self.bwd, where, first=k))
+            return fitted
 
         def make_bwd():
-            res_avals = _graph_avals(fwd.graph.outputs[len(out_avals):])
-            return self._rule_graph(flat_bwd, res_avals + out_avals, self.bwd, where)
+            res_avals = _graph_avals(fwd.graph.outputs[m:])
+            traced = self._rule_graph(flat_bwd, res_avals + out_avals, consts, self.bwd,
+                                      where)
+            # inputs: residuals, the function's outside values, then the cotangents
+            ins, r = traced.inputs, len(res_avals)
+            return traced.replace(inputs=ins[:r] + ins[r + m:] + ins[r:r + m])
 
         bwd = Deferred(make_bwd, f"python:{_name(self.bwd)}")
-        outs = custom_vjp_call_p.bind(*leaves, *consts, fun=fun, fwd=fwd, bwd=bwd,
-                                      n_args=len(leaves), name=_name(self.fun), where=where)
+        outs = custom_vjp_call_p.bind(*call.dynamic, *consts, fun=fun, fwd=fwd, bwd=bwd,
+                                      n_args=len(call.dynamic), name=_name(self.fun),
+                                      where=where)
         return unflatten(out_tree, list(outs))
-
-
-def _graph_avals(vs):
-    return [(tuple(v.shape), np.dtype(v.dtype)) for v in vs]
 
 
 class checkpoint(_Custom):
@@ -363,11 +431,11 @@ class checkpoint(_Custom):
 
     def __call__(self, *args, **kwargs):
         args = self._positional(args, kwargs)
-        call = self._call(args)
-        if call is None:
+        call = _Call(self, args)
+        if not call.traced():
             return self.fun(*args)
-        _, _, _, leaves, _, fun, consts, out_tree = call
-        outs = checkpoint_p.bind(*leaves, *consts, fun=fun, name=_name(self.fun),
+        fun, consts, out_tree = self._trace_fun(call)
+        outs = checkpoint_p.bind(*call.dynamic, *consts, fun=fun, name=_name(self.fun),
                                  where=user_location())
         return unflatten(out_tree, list(outs))
 

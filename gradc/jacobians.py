@@ -229,14 +229,18 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
     from .chain import evaluate, plan_graph
 
     def jac(*args):
+        from .prims.custom import NoForwardMode
         k, x = _checked(args, argnums, "jacobian")
         graph, inputs = _graph_of(fun, args, k, x, "jacobian")
         plan = plan_graph(graph, 0, "optimal", getattr(fun, "__name__", "f"))
-        if plan.root is not None and plan.root.kind in ("fwd", "rev") \
-                and plan.root.hi == len(plan.stages) - 1:      # a pure mode: jacfwd's code
-            g = lambda xx: fun(*_with(args, k, xx))            # noqa: E731
-            return (_forward if plan.root.kind == "fwd" else _reverse)(g, x)
-        matrix = evaluate(plan, graph, inputs)
+        g = lambda xx: fun(*_with(args, k, xx))                # noqa: E731
+        try:
+            if plan.root is not None and plan.root.kind in ("fwd", "rev") \
+                    and plan.root.hi == len(plan.stages) - 1:  # a pure mode: jacfwd's code
+                return (_forward if plan.root.kind == "fwd" else _reverse)(g, x)
+            matrix = evaluate(plan, graph, inputs)
+        except NoForwardMode:           # a custom_vjp rule without forward mode
+            return _reverse(g, x)
         y = graph.outputs[0]
         return np.reshape(matrix, tuple(y.shape) + tuple(shape_of(x)))
     jac.__name__ = jac.__qualname__ = f"jacobian_{getattr(fun, '__name__', 'f')}"

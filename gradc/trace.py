@@ -68,6 +68,7 @@ class Trace:
     def to_atom(self, x):
         """The operand for ``x`` in this trace: a Var, a captured Var, or a Lit."""
         if isinstance(x, Tracer):
+            x = _standing_in(x)
             if x.owner is self:
                 return x.ir_var
             if not x.owner.active:
@@ -263,8 +264,36 @@ class Tracer:
 # operators, methods, indexing and in-place updates are installed by numpy_api
 
 
+_STAND_INS: contextvars.ContextVar = contextvars.ContextVar("gradc_stand_ins", default=None)
+
+
+def _standing_in(x):
+    table = _STAND_INS.get()
+    return table.get(id(x), x) if table else x
+
+
+class standing_in:
+    """Within the block, each Tracer of ``pairs`` ``(old, new)`` is read as ``new``: a
+    rule traced after its call's trace ended reads the call's values (``old``, Tracers of
+    that trace) as inputs of its own (``new``)."""
+
+    def __init__(self, pairs):
+        self.pairs = [(old, new) for old, new in pairs]
+
+    def __enter__(self):
+        table = dict(_STAND_INS.get() or {})
+        table.update({id(old): new for old, new in self.pairs})
+        self._token = _STAND_INS.set(table)
+        return self
+
+    def __exit__(self, *exc):
+        _STAND_INS.reset(self._token)
+
+
 def bind(prim: Primitive, *args, **params):
     """Apply ``prim``: evaluate it on constants, or record an equation."""
+    if _STAND_INS.get():
+        args = tuple(_standing_in(a) if isinstance(a, Tracer) else a for a in args)
     trace = current_trace()
     if not any(isinstance(a, Tracer) for a in args):
         # constants are computed now, except in a trace: big results, and broadcasts

@@ -465,3 +465,126 @@ def test_checkpoint_second_order_vmap_closures_and_static_args(rng):
     gw = gradc.grad(g, argnums=1)(x, 0.3)
     assert gw == pytest.approx(fd(lambda w: g(x, w), np.array(0.3)), rel=1e-7)
     assert gradc.remat is gradc.checkpoint
+
+
+# ---------------------------------------------------------------- review regressions
+
+def test_bwd_not_linear_in_its_cotangent_has_no_forward_mode():
+    """A bwd that ignores the cotangent, or adds a term without it, is the adjoint of no
+    JVP: forward mode says so instead of dropping the term (it gave 0 and I)."""
+    @gradc.custom_vjp
+    def loss(x):
+        return np.sum(x * x)
+
+    loss.defvjp(lambda x: (loss(x), x), lambda x, ct: (2.0 * x,))
+
+    @gradc.custom_vjp
+    def decay(x):
+        return x
+
+    decay.defvjp(lambda x: (x, x), lambda x, ct: (ct + 0.1 * x,))
+    x = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(gradc.grad(loss)(x), 2 * x)
+    for f in (loss, decay):
+        with pytest.raises(UnsupportedError, match="bwd is not linear"):
+            gradc.jacfwd(f)(x)
+    # jacobian's optimal plan falls back on reverse mode: row i is bwd(e_i)
+    np.testing.assert_allclose(gradc.jacobian(decay)(x), np.eye(3) + 0.1 * x[None, :],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(
+        gradc.jacobian(lambda x: clip_gradient(x, -0.5, 0.5))(x), 0.5 * np.eye(3))
+
+
+def test_custom_jvp_applied_to_a_tangent_transposes_as_its_function(rng):
+    """JAX's idiom for a linear function: the rule is the function of the tangents, so
+    in reverse mode the equation is transposed as the function itself."""
+    @gradc.custom_jvp
+    def double(x):
+        return 2.0 * x
+
+    double.defjvp(lambda p, t: (double(*p), double(*t)))
+    x = rng.standard_normal(3)
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(np.sin(double(x))))(x),
+                               2 * np.cos(2 * x), rtol=1e-15)
+    A = np.diag([3.0, 4.0, 5.0])
+    g = gradc.grad(lambda b: np.sum(gradc.linear_solve(lambda v: double(A @ v), b)))(x)
+    np.testing.assert_allclose(g, 1 / (2 * np.diag(A)), rtol=1e-12)
+
+
+def test_arguments_as_plain_code_sees_them(rng):
+    """Python scalars stay Python scalars (float32 stays float32), defaults are bound
+    before the rule sees the arguments, and a rule gets zero tangents for them."""
+    @gradc.custom_jvp
+    def scale(x, s=2.0):
+        return x * s
+
+    seen = []
+
+    @scale.defjvp
+    def scale_jvp(primals, tangents):
+        seen.append(len(primals))
+        x, s = primals
+        tx, ts = tangents
+        return scale(x, s), tx * s + x * ts
+
+    x32 = rng.standard_normal(3).astype(np.float32)
+    assert gradc.jit(lambda x: scale(x, 0.5))(x32).dtype == np.float32
+    assert gradc.vmap(lambda x: scale(x, 3))(x32).dtype == np.float32
+    np.testing.assert_array_equal(gradc.grad(lambda x: np.sum(scale(x)))(np.ones(2)), [2, 2])
+    assert seen and set(seen) == {2}
+
+
+def test_function_closing_over_a_traced_value_with_a_rule_that_calls_it():
+    def run(x, w):
+        @gradc.custom_jvp
+        def f(x):
+            return x * w
+
+        f.defjvp(lambda p, t: (f(p[0]), 2.0 * t[0]))
+        return np.sum(f(x))
+
+    x = np.ones(2)
+    np.testing.assert_array_equal(gradc.grad(run)(x, 3.0), [2.0, 2.0])
+    np.testing.assert_array_equal(gradc.jit(gradc.grad(run))(x, 3.0), [2.0, 2.0])
+    np.testing.assert_array_equal(
+        gradc.vmap(gradc.grad(run), in_axes=(None, 0))(x, np.array([1.0, 5.0])),
+        [[2.0, 2.0], [2.0, 2.0]])
+
+
+def test_bwd_cotangent_structure_errors_and_none_subtrees():
+    @gradc.custom_vjp
+    def f(p):
+        return p["a"] * 2.0 + p["b"]
+
+    f.defvjp(lambda p: (f(p), None), lambda res, ct: ({"a": 3.0 * ct, "b": None},))
+    p = {"a": np.ones(3), "b": np.ones(3)}
+    g = gradc.grad(lambda p: np.sum(f(p)))(p)
+    np.testing.assert_array_equal(g["a"], [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(g["b"], [0.0, 0.0, 0.0])
+
+    h = gradc.custom_vjp(lambda x, y: x * y)
+    h.defvjp(lambda x, y: (h(x, y), None), lambda res, ct: (None, np.ones(3)))
+    with pytest.raises(ArgumentError, match=r"cotangent leaf 1 of <lambda> is f64\[3\]; it "
+                       r"must be f64\[\]"):
+        gradc.grad(lambda y: np.sum(h(np.ones(3), y)))(2.0)
+
+
+def test_integer_outputs_and_traced_settings():
+    @gradc.custom_jvp
+    def f(x):
+        return np.sin(x), np.argmax(x)
+
+    f.defjvp(lambda p, t: ((np.sin(p[0]), np.argmax(p[0])), (np.cos(p[0]) * t[0], 0.0)))
+    x = np.array([0.3, 1.2, -0.4])
+    g = gradc.grad(lambda x: np.sum(f(x)[0]) + x[f(x)[1]])(x)
+    np.testing.assert_allclose(g, np.cos(x) + [0, 1, 0], rtol=1e-15)
+
+    f.defjvp(lambda p, t: ((np.sin(p[0]), np.argmax(p[0]) * 1.0), (t[0], 0.0)))
+    with pytest.raises(ArgumentError, match=r"primal output 1 of <lambda> is f64\[\]; it "
+                       r"must be i64\[\]"):
+        gradc.grad(lambda x: np.sum(f(x)[0]))(x)
+
+    k = gradc.custom_jvp(lambda x, n: x * n, nondiff_argnums=(1,))
+    k.defjvp(lambda n, p, t: (p[0] * n, t[0] * n))
+    with pytest.raises(ArgumentError, match="nondiff_argnums is a traced array"):
+        gradc.grad(lambda n: np.sum(k(np.ones(2), n)))(3.0)

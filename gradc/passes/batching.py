@@ -313,8 +313,8 @@ def _custom_jvp_rule(prim, args, batched, count, fun, rule, n_args, name, where)
     """The function and its rule batched alike (the rule's tangents as their primals)."""
     flags = list(batched)
     return list(prim.bind(*args, fun=batch_graph(fun, flags, count),
-                          rule=rule.batched(flags[:n_args] * 2, count), n_args=n_args,
-                          name=name, where=where))
+                          rule=rule.batched(flags[:n_args] * 2 + flags[n_args:], count),
+                          n_args=n_args, name=name, where=where))
 
 
 def _all_batched(args, batched, count):
@@ -323,13 +323,20 @@ def _all_batched(args, batched, count):
 
 def _custom_vjp_rule(prim, args, batched, count, fun, fwd, bwd, n_args, name, where):
     """Every argument batched (``bwd`` batched returns batched cotangents), then ``fun``,
-    ``fwd`` and ``bwd`` batched; ``fwd``'s residuals are all batched."""
+    ``fwd`` and ``bwd`` batched; ``fwd``'s residuals are all batched, the function's
+    outside values as they are."""
     from ..prims.custom import Deferred
-    flags = [True] * n_args + list(batched[n_args:])
+    consts = list(batched[n_args:])
+    flags = [True] * n_args + consts
     args = _all_batched(args[:n_args], batched[:n_args], count) + list(args[n_args:])
-    new_fwd = fwd.batched([True] * n_args, count)
-    new_bwd = Deferred(lambda: batch_graph(bwd.graph, [True] * len(bwd.graph.inputs), count),
-                       f"{bwd} (batched)")
+    new_fwd = fwd.batched(flags, count)
+
+    def make_bwd():
+        n_res = len(fwd.graph.outputs) - len(fun.outputs)
+        return batch_graph(bwd.graph, [True] * n_res + consts + [True] * len(fun.outputs),
+                           count)
+
+    new_bwd = Deferred(make_bwd, f"{bwd} (batched)")
     return list(prim.bind(*args, fun=batch_graph(fun, flags, count), fwd=new_fwd,
                           bwd=new_bwd, n_args=n_args, name=name, where=where))
 

@@ -71,6 +71,11 @@ class Deferred:
         return self.description
 
 
+class NoForwardMode(UnsupportedError):
+    """A ``custom_vjp`` whose ``bwd`` is not linear in the cotangents: reverse mode only
+    (``gradc.jacobian`` then takes reverse mode)."""
+
+
 def _run(graph: Graph, args) -> list:
     from ..interpret import eval_graph
     with no_trace():
@@ -115,16 +120,42 @@ def _cj_abstract(*args, fun, rule, n_args, name, where):
 
 def _cj_jvp(primals, tangents, fun, rule, n_args, name, where):
     from ..interpret import eval_graph
-    xs = list(primals[:n_args])
+    xs, consts = list(primals[:n_args]), list(primals[n_args:])
     _closure_check(f"gradc.custom_jvp function {name}", where, tangents[n_args:])
-    out = eval_graph(rule.graph, xs + _zeros_for(xs, tangents[:n_args]))
+    out = eval_graph(rule.graph, xs + _zeros_for(xs, tangents[:n_args]) + consts)
     m = len(fun.outputs)
     return out[:m], _tangents_or_none(out[:m], out[m:])
+
+
+def _transpose_fun(cts, args, fun, who, where):
+    """The transpose of ``fun`` in its undefined (linear) operands: a function with a
+    rule applied to tangents (a linear function, as JAX allows) transposes as itself."""
+    from ..errors import GradcError
+    from ..passes.transpose import backward_pass
+    from .rules import is_undefined
+    linear = [i for i, a in enumerate(args) if is_undefined(a)]
+    known = [i for i, a in enumerate(args) if not is_undefined(a)]
+    graph = fun.replace(inputs=tuple(fun.inputs[i] for i in known + linear))
+    try:
+        in_cts = backward_pass(graph, [args[i] for i in known], list(cts))
+    except GradcError as e:
+        raise UnsupportedError(with_location(
+            f"reverse mode: {who} is applied to a tangent, so it must be linear in it, "
+            f"and it is not ({str(e).splitlines()[0]})", where)) from None
+    out = [None] * len(args)
+    for i, c in zip(linear, in_cts):
+        out[i] = c
+    return out
+
+
+def _cj_transpose(cts, *args, fun, rule, n_args, name, where):
+    return _transpose_fun(cts, args, fun, f"gradc.custom_jvp function {name}", where)
 
 
 custom_jvp_call_p.impl = _cj_impl
 custom_jvp_call_p.abstract = _cj_abstract
 custom_jvp_call_p.jvp = _cj_jvp
+custom_jvp_call_p.transpose = _cj_transpose
 
 
 # ---------------------------------------------------------------- custom_vjp_call
@@ -143,12 +174,12 @@ def _cv_abstract(*args, fun, fwd, bwd, n_args, name, where):
 def _cv_jvp(primals, tangents, fun, fwd, bwd, n_args, name, where):
     from ..interpret import eval_graph
     from ..passes.jvp import splitting
-    xs = list(primals[:n_args])
+    xs, consts = list(primals[:n_args]), list(primals[n_args:])
     who = f"gradc.custom_vjp function {name}"
     _closure_check(who, where, tangents[n_args:])
     m = len(fun.outputs)
-    out = eval_graph(fwd.graph, xs)
-    outs, res = out[:m], out[m:]
+    out = eval_graph(fwd.graph, xs + consts)
+    outs, res = out[:m], out[m:] + consts       # bwd reads the outside values too
     ts = _zeros_for(xs, tangents[:n_args])
     if splitting():
         # reverse mode: one linear equation whose transpose is bwd
@@ -159,9 +190,14 @@ def _cv_jvp(primals, tangents, fun, fwd, bwd, n_args, name, where):
     return outs, _tangents_or_none(outs, touts)
 
 
+def _cv_transpose(cts, *args, fun, fwd, bwd, n_args, name, where):
+    return _transpose_fun(cts, args, fun, f"gradc.custom_vjp function {name}", where)
+
+
 custom_vjp_call_p.impl = _cv_impl
 custom_vjp_call_p.abstract = _cv_abstract
 custom_vjp_call_p.jvp = _cv_jvp
+custom_vjp_call_p.transpose = _cv_transpose
 
 
 # ---------------------------------------------------------------- custom_lin
@@ -178,14 +214,50 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
     from ..passes.simplify import simplify
     from ..passes.transpose import transpose_graph
     try:
+        _check_linear(bwd, n_res)
         return simplify(transpose_graph(bwd, n_res))
     except GradcError as e:
-        raise UnsupportedError(with_location(
+        raise NoForwardMode(with_location(
             f"forward mode (jvp, jacfwd, hessian) of {who}: "
             "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
             "(gradient clipping, for one, has no forward mode); use reverse mode, or "
             "give the function a gradc.custom_jvp rule "
             f"(transposing bwd failed: {str(e).splitlines()[0]})", where)) from None
+
+
+# equations whose operands are added (or chosen between): in a linear map, each of them
+# must be linear too, or zero; the others are linear in one operand scaled by the rest
+_ADDITIVE = {"add", "sub", "select", "concatenate", "pad", "scatter_add", "index_set",
+             "max", "min"}
+
+
+def _check_linear(graph: Graph, n_res: int) -> None:
+    """Raise unless ``graph`` is linear (not affine, not constant) in the inputs after
+    the first ``n_res``: transposition would drop a term that does not read them."""
+    from ..errors import GradcError
+    from ..ir import Lit, Var
+    linear, zero = set(graph.inputs[n_res:]), set()
+
+    def is_zero(a):
+        return (a in zero) if isinstance(a, Var) else not np.any(np.asarray(a.value))
+
+    for eqn in graph.eqns:
+        reads = [isinstance(a, Var) and a in linear for a in eqn.inputs]
+        name = eqn.prim.name
+        if not any(reads):
+            if all(isinstance(a, Lit) or a in zero for a in eqn.inputs) and all(
+                    is_zero(a) for a in eqn.inputs if not (
+                        name == "select" and a is eqn.inputs[0])):
+                zero.update(eqn.outputs)         # a zero built from zeros (ops.full)
+            continue
+        if name in _ADDITIVE:
+            if any(not r and is_float(a.dtype) and not is_zero(a)
+                   for a, r in zip(eqn.inputs, reads)):
+                raise GradcError(f"{name} adds a term that does not read the cotangents")
+        linear.update(eqn.outputs)
+    for o in graph.outputs:
+        if not (isinstance(o, Var) and o in linear) and not is_zero(o):
+            raise GradcError("a result that does not read the cotangents")
 
 
 def _lin_impl(*args, bwd, n_res, name, where):
