@@ -30,10 +30,11 @@ as one equation and writes the tangents as a ``custom_lin`` whose ``bwd`` recomp
 
 The rules are ``Deferred``: traced when a derivative first needs them, not when the
 function is called, because a rule usually calls the function itself (``fwd`` returns
-``f(x)``), which would otherwise trace the rule again without end.  So rules read only
-their arguments and constants; a traced value they read from outside is an error naming
-the rule.  ``fun`` is traced at the call and may read outer values (``consts``); a
-derivative flowing into one of those is an error too, as the rule says nothing about it.
+``f(x)``), which would otherwise trace the rule again without end.  ``fun`` is traced at
+the call and may read outer values (``consts``, trailing operands); the rules take them
+as trailing inputs too (``rule(args..., tangents..., consts...)``, ``fwd(args...,
+consts...)``, ``bwd(residuals..., consts..., cotangents...)``).  A derivative flowing
+into a const is an error, as the rule says nothing about it.
 Compiled targets inline ``fun`` (``passes.implicit``).
 """
 from __future__ import annotations
