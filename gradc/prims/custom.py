@@ -1,9 +1,11 @@
 """Primitives for user-defined derivative rules: ``custom_jvp_call``, ``custom_vjp_call``
-and ``custom_lin`` (``gradc.custom_jvp`` and ``gradc.custom_vjp`` make them).
+and ``custom_lin`` (``gradc.custom_jvp`` and ``gradc.custom_vjp`` make them), and
+``checkpoint`` (``gradc.checkpoint``).  Applied to tangents (a linear function whose
+rule is itself, JAX's idiom), the first two transpose as their function.
 
 ``custom_jvp_call[fun, rule, n_args] args... consts... -> outs...`` computes the Graph
 ``fun(args..., consts...)``.  Its JVP rule runs the user's rule, a Graph ``(args...,
-tangents...) -> (outs..., tangent outs...)``, in place of differentiating ``fun``; the
+tangents..., consts...) -> (outs..., tangent outs...)``, in place of differentiating ``fun``; the
 rule is ordinary traced code, so it is differentiated again for higher orders and
 transposed for reverse mode (its tangent part must be linear in the tangents, as every
 JVP is).
@@ -11,13 +13,14 @@ JVP is).
 ``custom_vjp_call[fun, fwd, bwd, n_args] args... consts... -> outs...`` computes ``fun``
 too.  Differentiated:
 
-* for reverse mode (``passes.linearize`` splits), ``fwd`` ``(args...) -> (outs...,
-  residuals...)`` runs inline and the tangents are one ``custom_lin`` equation, whose
-  transpose is the user's ``bwd`` ``(residuals..., cotangents...) -> argument
-  cotangents``;
+* for reverse mode (``passes.linearize`` splits), ``fwd`` ``(args..., consts...) ->
+  (outs..., residuals...)`` runs inline and the tangents are one ``custom_lin`` equation,
+  whose transpose is the user's ``bwd`` ``(residuals..., consts..., cotangents...) ->
+  argument cotangents``;
 * for forward mode, the tangents are ``bwd`` transposed (``transpose_graph``): ``bwd`` is
   linear in the cotangents, so its transpose is the JVP that ``bwd`` is the adjoint of.
-  A ``bwd`` that is not linear (gradient clipping) has no forward mode; the error says so.
+  A ``bwd`` that is not linear (gradient clipping), or affine, has no forward mode
+  (``_check_linear``); the error (``NoForwardMode``) says so.
 
 ``custom_lin[bwd, n_res, name] residuals... tangents... -> tangent outs...`` (``name``
 describes whose map it is) is linear in the tangents.  Evaluated forward (a matvec of an
