@@ -43,7 +43,7 @@ from .errors import ArgumentError, TracerLeakError, user_location, with_location
 from .ir import is_float, type_str
 from .prims.custom import Deferred, checkpoint_p, custom_jvp_call_p, custom_vjp_call_p
 from .pytree import flatten, tree_map, unflatten
-from .trace import dtype_of, is_tracer, shape_of, standing_in, trace_graph
+from .trace import dtype_of, is_tracer, shape_of, stand_ins, standing_in, trace_graph
 
 __all__ = ["custom_jvp", "custom_vjp", "checkpoint", "remat"]
 
@@ -184,17 +184,26 @@ class _Custom:
             return parts
 
         fun, _, consts = trace_graph(flat, call.avals)
+        # a call inside a rule being traced reads the user's values through stand-ins:
+        # its own rules will need those values' stand-ins too (see _rule_graph)
+        call.outer = [(old, new) for old, new in stand_ins()
+                      if any(new is c for c in consts)]
         return fun, list(consts), box["out"]
 
-    def _rule_graph(self, flat, avals, consts, rule, where):
+    def _rule_graph(self, flat, avals, consts, rule, where, outer=()):
         """A rule traced (when a derivative first needs it) as a Graph of ``avals`` then
         ``consts``: the values the function read from outside, which the rule (or the
-        function, called again in the rule) reads as these inputs."""
+        function, called again in the rule) reads as these inputs.  ``outer``: older
+        values the consts stood in for (a call inside a rule), read as the same inputs."""
         n = len(avals)
 
         def with_consts(*xs):
-            with standing_in(zip(consts, xs[n:])):
-                return flat(*xs[:n])
+            pairs = list(zip(consts, xs[n:]))
+            pairs += [(old, x) for old, new in outer for c, x in pairs if new is c]
+            with standing_in(pairs):
+                from .trace import Tracer, _standing_in
+                return [_standing_in(o) if isinstance(o, Tracer) else o
+                        for o in flat(*xs[:n])]
 
         try:
             graph, _, captured = trace_graph(with_consts, avals + _graph_avals_of(consts))
@@ -310,7 +319,7 @@ class custom_jvp(_Custom):
             return self._fit(p[0], out_avals, "primal output", self.jvp, where) + tangents
 
         rule = Deferred(lambda: self._rule_graph(flat_rule, call.avals + call.avals, consts,
-                                                 self.jvp, where),
+                                                 self.jvp, where, call.outer),
                         f"python:{_name(self.jvp)}")
         outs = custom_jvp_call_p.bind(*call.dynamic, *consts, fun=fun, rule=rule, n_args=n,
                                       name=_name(self.fun), where=where)
@@ -364,7 +373,7 @@ class custom_vjp(_Custom):
             return self._fit(parts, out_avals, "output", self.fwd, where) + res
 
         fwd = Deferred(lambda: self._rule_graph(flat_fwd, call.avals, consts, self.fwd,
-                                                where),
+                                                where, call.outer),
                        f"python:{_name(self.fwd)}")
 
         def flat_bwd(*xs):
@@ -395,7 +404,7 @@ class custom_vjp(_Custom):
         def make_bwd():
             res_avals = _graph_avals(fwd.graph.outputs[m:])
             traced = self._rule_graph(flat_bwd, res_avals + out_avals, consts, self.bwd,
-                                      where)
+                                      where, call.outer)
             # inputs: residuals, the function's outside values, then the cotangents
             ins, r = traced.inputs, len(res_avals)
             return traced.replace(inputs=ins[:r] + ins[r + m:] + ins[r:r + m])

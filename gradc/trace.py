@@ -269,20 +269,31 @@ _STAND_INS: contextvars.ContextVar = contextvars.ContextVar("gradc_stand_ins", d
 
 def _standing_in(x):
     table = _STAND_INS.get()
-    return table.get(id(x), x) if table else x
+    if not table:
+        return x
+    entry = table.get(id(x.ir_var))
+    return x if entry is None else entry[1]
+
+
+def stand_ins() -> list:
+    """The ``(old, new)`` pairs in force (see ``standing_in``)."""
+    table = _STAND_INS.get()
+    return list(table.values()) if table else []
 
 
 class standing_in:
     """Within the block, each Tracer of ``pairs`` ``(old, new)`` is read as ``new``: a
     rule traced after its call's trace ended reads the call's values (``old``, Tracers of
-    that trace) as inputs of its own (``new``)."""
+    that trace) as inputs of its own (``new``).  Keyed by the old value's Var, so a copy
+    of an old Tracer is read as ``new`` too; the table holds the old Tracers, so no key
+    is reused while it lives."""
 
     def __init__(self, pairs):
         self.pairs = [(old, new) for old, new in pairs]
 
     def __enter__(self):
         table = dict(_STAND_INS.get() or {})
-        table.update({id(old): new for old, new in self.pairs})
+        table.update({id(old.ir_var): (old, new) for old, new in self.pairs})
         self._token = _STAND_INS.set(table)
         return self
 

@@ -588,3 +588,72 @@ def test_integer_outputs_and_traced_settings():
     k.defjvp(lambda n, p, t: (p[0] * n, t[0] * n))
     with pytest.raises(ArgumentError, match="nondiff_argnums is a traced array"):
         gradc.grad(lambda n: np.sum(k(np.ones(2), n)))(3.0)
+
+
+def test_second_derivatives_of_a_closure_whose_rule_calls_the_function():
+    """The rule's call of f reads the outside value through the rule's stand-in; the
+    nested rule, traced later, reads it through its own (chained stand-ins)."""
+    def run(x, w):
+        @gradc.custom_jvp
+        def f(x):
+            return np.sin(x) * w
+
+        f.defjvp(lambda p, t: (f(p[0]), np.cos(p[0]) * w * t[0]))
+
+        @gradc.custom_vjp
+        def g(x):
+            return np.sin(x) * w
+
+        g.defvjp(lambda x: (g(x), (x, w)), lambda r, ct: (np.cos(r[0]) * r[1] * ct,))
+        return np.sum(f(x)) + np.sum(g(x))
+
+    x, w = np.array([0.1, 0.5, 1.2]), 2.0
+    want = np.diag(-2 * np.sin(x) * w)
+    np.testing.assert_allclose(gradc.hessian(run)(x, w), want, rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(gradc.jit(gradc.hessian(run), target="cpu")(x, w), want,
+                               rtol=1e-14, atol=1e-300)
+
+
+def test_rules_may_return_the_outside_value_itself():
+    def run(x, w):
+        @gradc.custom_vjp
+        def f(x):
+            return x * w
+
+        f.defvjp(lambda x: (f(x), w), lambda w_, ct: (w_ * ct,))     # residual: w itself
+        return np.sum(f(x))
+
+    np.testing.assert_array_equal(gradc.grad(run)(np.ones(3), np.full(3, 3.0)), [3, 3, 3])
+
+
+def test_linearity_check_sees_into_subgraphs_and_products():
+    """An affine term inside a cond, a loop or a nested custom function, and a product
+    of two cotangents, all leave forward mode unavailable (it gave wrong values);
+    zeros made from residuals (0 * r) are still zeros."""
+    x = np.array([0.3, -0.2, 0.9])
+    bwds = {
+        "cond": lambda r, ct: (gradc.cond(True, lambda c: c + 1.0, lambda c: c - 1.0, ct),),
+        "loop": lambda r, ct: (gradc.fori_loop(0, 2, lambda i, c: c + 1.0, ct),),
+        "product": lambda r, ct: (np.sign(ct) * ct,),
+    }
+    for name, bwd in bwds.items():
+        f = gradc.custom_vjp(lambda x: np.sin(x))
+        f.defvjp(lambda x: (f(x), x), bwd)
+        with pytest.raises(UnsupportedError, match="bwd is not linear"):
+            gradc.jacfwd(f)(x)
+        np.testing.assert_allclose(gradc.jacobian(f)(x), gradc.jacrev(f)(x))
+    m = gradc.custom_vjp(lambda x: np.sin(x))
+    m.defvjp(lambda x: (m(x), x), lambda r, ct: (np.where(r > 0, ct, 0.0 * r),))
+    np.testing.assert_array_equal(gradc.jacfwd(m)(x), np.diag(x > 0).astype(float))
+
+
+def test_checkpoint_applied_to_tangents_transposes_as_its_function():
+    lin = gradc.checkpoint(lambda a, b: a * b)
+
+    @gradc.custom_jvp
+    def f(x):
+        return np.sin(x)
+
+    f.defjvp(lambda p, t: (f(p[0]), lin(t[0], np.cos(p[0]))))
+    x = np.array([0.3, 1.2, 2.0])
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(f(x)))(x), np.cos(x), rtol=1e-15)

@@ -220,7 +220,7 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
     try:
         _check_linear(bwd, n_res)
         return simplify(transpose_graph(bwd, n_res))
-    except GradcError as e:
+    except (GradcError, ValueError) as e:
         raise NoForwardMode(with_location(
             f"forward mode (jvp, jacfwd, hessian) of {who}: "
             "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
@@ -233,14 +233,28 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
 # must be linear too, or zero; the others are linear in one operand scaled by the rest
 _ADDITIVE = {"add", "sub", "select", "concatenate", "pad", "scatter_add", "index_set",
              "max", "min"}
+# a zero operand makes their result zero
+_PRODUCTS = {"mul", "einsum", "dot"}
+# sub-Graphs read the equation's operands in order (their linear inputs are checked too)
+_SAME_INPUTS = {"custom_jvp_call", "custom_vjp_call", "checkpoint", "scan"}
 
 
 def _check_linear(graph: Graph, n_res: int) -> None:
     """Raise unless ``graph`` is linear (not affine, not constant) in the inputs after
-    the first ``n_res``: transposition would drop a term that does not read them."""
+    the first ``n_res``: transposition would drop a term that does not read them, and
+    could not transpose a product of two of them."""
+    _linear_outputs(graph, [False] * n_res + [True] * (len(graph.inputs) - n_res),
+                    [False] * len(graph.inputs), check_outputs=True)
+
+
+def _linear_outputs(graph: Graph, linear_in, zero_in, check_outputs=False) -> list:
+    """Which outputs of ``graph`` are linear in the inputs flagged ``linear_in`` (the
+    others must then be zero, for a linear map); raises ``GradcError`` where a term is
+    added without reading them, or two of them are multiplied."""
     from ..errors import GradcError
-    from ..ir import Lit, Var
-    linear, zero = set(graph.inputs[n_res:]), set()
+    from ..ir import Var
+    linear = {v for v, f in zip(graph.inputs, linear_in) if f}
+    zero = {v for v, f in zip(graph.inputs, zero_in) if f}
 
     def is_zero(a):
         return (a in zero) if isinstance(a, Var) else not np.any(np.asarray(a.value))
@@ -249,19 +263,47 @@ def _check_linear(graph: Graph, n_res: int) -> None:
         reads = [isinstance(a, Var) and a in linear for a in eqn.inputs]
         name = eqn.prim.name
         if not any(reads):
-            if all(isinstance(a, Lit) or a in zero for a in eqn.inputs) and all(
-                    is_zero(a) for a in eqn.inputs if not (
-                        name == "select" and a is eqn.inputs[0])):
-                zero.update(eqn.outputs)         # a zero built from zeros (ops.full)
+            floats = [a for a in eqn.inputs if is_float(a.dtype)]
+            if (name in _PRODUCTS and any(is_zero(a) for a in floats)) or (
+                    floats and all(is_zero(a) for a in floats)
+                    and not any(isinstance(v, Graph) for v in eqn.params.values())):
+                zero.update(eqn.outputs)         # zeros (ops.full, 0 * r)
             continue
+        subgraphs = [v for v in eqn.params.values() if isinstance(v, Graph)] + [
+            g for v in eqn.params.values() if isinstance(v, tuple)
+            for g in v if isinstance(g, Graph)]
         if name in _ADDITIVE:
             if any(not r and is_float(a.dtype) and not is_zero(a)
                    for a, r in zip(eqn.inputs, reads)):
                 raise GradcError(f"{name} adds a term that does not read the cotangents")
+        elif name in _PRODUCTS and sum(reads) > 1:
+            raise GradcError(f"{name} multiplies two values that read the cotangents")
+        elif name == "cond":
+            if reads[0]:
+                raise GradcError("cond branches on a value that reads the cotangents")
+            outs = [_linear_outputs(b, reads[1:], [is_zero(a) for a in eqn.inputs[1:]])
+                    for b in eqn.params["branches"]]
+            linear.update(v for k, v in enumerate(eqn.outputs) if any(o[k] for o in outs))
+            zero.update(v for k, v in enumerate(eqn.outputs) if not any(o[k] for o in outs))
+            continue
+        elif name in _SAME_INPUTS:
+            body = eqn.params.get("body") or eqn.params["fun"]
+            flags = list(reads)
+            if name == "scan":      # a carry that starts at zero may accumulate tangents
+                c0, c1 = eqn.params["n_consts"], eqn.params["n_consts"] + eqn.params["n_carry"]
+                flags[c0:c1] = [r or is_zero(a) for a, r in
+                                zip(eqn.inputs[c0:c1], reads[c0:c1])]
+            _linear_outputs(body, flags, [False] * len(flags))
+        elif name == "linear_solve":
+            if any(reads[:-1]):
+                raise GradcError("linear_solve's matrix reads the cotangents")
+        elif subgraphs:
+            raise GradcError(f"{name} over values that read the cotangents")
         linear.update(eqn.outputs)
-    for o in graph.outputs:
-        if not (isinstance(o, Var) and o in linear) and not is_zero(o):
-            raise GradcError("a result that does not read the cotangents")
+    flags = [isinstance(o, Var) and o in linear for o in graph.outputs]
+    if check_outputs and not all(f or is_zero(o) for f, o in zip(flags, graph.outputs)):
+        raise GradcError("a result that does not read the cotangents")
+    return flags
 
 
 def _lin_impl(*args, bwd, n_res, name, where):
@@ -350,6 +392,11 @@ def _ck_jvp(primals, tangents, fun, name, where):
     return outs, _tangents_or_none(outs, touts)
 
 
+def _ck_transpose(cts, *args, fun, name, where):
+    return _transpose_fun(cts, args, fun, f"gradc.checkpoint of {name}", where)
+
+
 checkpoint_p.impl = _ck_impl
 checkpoint_p.abstract = _ck_abstract
 checkpoint_p.jvp = _ck_jvp
+checkpoint_p.transpose = _ck_transpose
