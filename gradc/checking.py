@@ -296,9 +296,17 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
         for i in wrt:
             refs[("fd", i)] = _fd(f, args, i, out.shape)
 
+    from .prims.custom import NoForwardMode
     for mode in modes:
         for target in targets:
-            got = _jacobians(f, args, wrt, mode, target)
+            try:
+                got = _jacobians(f, args, wrt, mode, target)
+            except NoForwardMode as e:      # a custom_vjp rule with reverse mode only
+                note = str(e).splitlines()[0].split(":")[0].replace(
+                    "forward mode (jvp, jacfwd, hessian) of ", "no forward mode for ")
+                report.rows += [Row(_describe(names[i], args[i]), mode, target, ref,
+                                    note=note) for i in wrt for ref in against]
+                continue
             for i, J in zip(wrt, got):
                 label = _describe(names[i], args[i])
                 f32 = np.asarray(args[i]).dtype == np.float32

@@ -657,3 +657,12 @@ def test_checkpoint_applied_to_tangents_transposes_as_its_function():
     f.defjvp(lambda p, t: (f(p[0]), lin(t[0], np.cos(p[0]))))
     x = np.array([0.3, 1.2, 2.0])
     np.testing.assert_allclose(gradc.grad(lambda x: np.sum(f(x)))(x), np.cos(x), rtol=1e-15)
+
+
+def test_check_skips_forward_mode_where_a_rule_has_none():
+    report = gradc.check(lambda x: np.sin(clip_gradient(x, -1.0, 1.0)), np.array([0.3, 0.5]))
+    assert report.ok
+    skipped = [r for r in report.rows if r.ok is None]
+    assert skipped and all(r.mode == "fwd" for r in skipped)
+    assert "no forward mode for gradc.custom_vjp function clip_gradient" in str(report)
+    assert all(r.ok for r in report.rows if r.mode == "rev")
