@@ -43,7 +43,8 @@ from .errors import ArgumentError, TracerLeakError, user_location, with_location
 from .ir import is_float, type_str
 from .prims.custom import Deferred, checkpoint_p, custom_jvp_call_p, custom_vjp_call_p
 from .pytree import flatten, tree_map, unflatten
-from .trace import dtype_of, is_tracer, shape_of, stand_ins, standing_in, trace_graph
+from .trace import (current_trace, dtype_of, is_tracer, shape_of, stand_ins, standing_in,
+                    trace_graph)
 
 __all__ = ["custom_jvp", "custom_vjp", "checkpoint", "remat"]
 
@@ -92,6 +93,8 @@ class _Call:
         self.avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in self.dynamic]
 
     def traced(self) -> bool:
+        """Whether an argument is traced (inside a trace, the function is recorded with
+        its rule even when none is: it may read traced values from outside)."""
         if any(is_tracer(x) for x in flatten(self.static)[0]):
             word = self.custom._static_word
             raise ArgumentError(with_location(
@@ -149,11 +152,12 @@ class _Custom:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as e:
             raise ArgumentError(with_location(f"{self.name}: {e}")) from None
-        bound.apply_defaults()
-        if bound.kwargs:
+        given = [k for k in bound.kwargs if k in kwargs]
+        if given:
             raise ArgumentError(with_location(
-                f"{self.name}: keyword-only arguments ({', '.join(bound.kwargs)}) are not "
+                f"{self.name}: keyword-only arguments ({', '.join(given)}) are not "
                 "supported; make them positional"))
+        bound.apply_defaults()          # keyword-only ones keep their defaults in the call
         return tuple(bound.args)
 
     def _fit(self, leaves, avals, what, rule, where, first=0):
@@ -291,7 +295,7 @@ class custom_jvp(_Custom):
             raise ArgumentError(with_location(
                 f"{self.name} has no JVP rule: define one with @{_name(self.fun)}.defjvp"))
         call = _Call(self, args)
-        if not call.traced():
+        if not call.traced() and current_trace() is None:
             return self.fun(*args)
         fun, consts, out_tree = self._trace_fun(call)
         out_avals = _graph_avals(fun.outputs)
@@ -352,7 +356,7 @@ class custom_vjp(_Custom):
                 f"{self.name} has no VJP rule: define one with "
                 f"{_name(self.fun)}.defvjp(fwd, bwd)"))
         call = _Call(self, args)
-        if not call.traced():
+        if not call.traced() and current_trace() is None:
             return self.fun(*args)
         fun, consts, out_tree = self._trace_fun(call)
         out_avals = _graph_avals(fun.outputs)
@@ -441,7 +445,7 @@ class checkpoint(_Custom):
     def __call__(self, *args, **kwargs):
         args = self._positional(args, kwargs)
         call = _Call(self, args)
-        if not call.traced():
+        if not call.traced() and current_trace() is None:
             return self.fun(*args)
         fun, consts, out_tree = self._trace_fun(call)
         outs = checkpoint_p.bind(*call.dynamic, *consts, fun=fun, name=_name(self.fun),

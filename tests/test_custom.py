@@ -666,3 +666,22 @@ def test_check_skips_forward_mode_where_a_rule_has_none():
     assert skipped and all(r.mode == "fwd" for r in skipped)
     assert "no forward mode for gradc.custom_vjp function clip_gradient" in str(report)
     assert all(r.ok for r in report.rows if r.mode == "rev")
+
+
+def test_inside_a_trace_the_rule_holds_even_for_constant_arguments():
+    """Called with constants only, a custom function may still read a traced value
+    from outside: it is recorded (and its closure checked), not run past its rule."""
+    def run(w):
+        @gradc.custom_jvp
+        def f(x):
+            return x * w
+
+        f.defjvp(lambda p, t: (f(p[0]), 2.0 * t[0]))
+        return np.sum(f(np.ones(2)))
+
+    with pytest.raises(ArgumentError, match="reads a value being differentiated"):
+        gradc.grad(run)(3.0)
+    assert gradc.jit(run)(3.0) == 6.0
+    # a ufunc (keyword-only parameters with defaults) checkpointed
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(gradc.checkpoint(np.sin)(x)))(
+        np.ones(2)), np.cos(np.ones(2)), rtol=1e-15)
