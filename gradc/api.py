@@ -792,23 +792,9 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     """Reverse mode: ``(f(*primals), vjp_fn)`` where ``vjp_fn(ct)`` returns a tuple with
     one cotangent per primal argument (JAX's ``vjp``).  Both halves are cached per
     function and argument signature and run on ``target``."""
-    target = check_target(target)
-    flat = _Args(primals)
-    wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
-    cache = _cache_for(_VJP_CACHE, fun)
-
-    def build():
-        graph, info, captured = _trace(fun, flat, {}, has_aux)
-        return _VjpSpec(graph, dict(info, wrt=wrt, primal=graph), captured, target,
-                        fastmath, _code_name(fun, "vjp"))
-
-    spec, outs_res = cache.run(key, build, flat.dynamic)
+    flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
+                                                        fastmath)
     graph, info = spec.graph, spec.info
-    n_outs = len(graph.outputs)
-    outs, res = outs_res[:n_outs], outs_res[n_outs:]
-    n_out = info["n_out"]
-    out_tree = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
 
     def vjp_fn(ct):
         cts, tree = pytree.flatten(ct)
@@ -833,18 +819,12 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
             leaves.append(_to_user(next(in_cts), pyfloat=pyf) if w else None)
         return tuple(pytree.unflatten(flat.treedef, leaves))
 
-    if has_aux:
-        aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]])
-        return out_tree, vjp_fn, aux
-    return out_tree, vjp_fn
+    return (out_tree, vjp_fn, aux) if has_aux else (out_tree, vjp_fn)
 
 
-def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
-    """``(f(*primals), f_jvp)`` where ``f_jvp(*tangents)`` is the JVP at ``primals``
-    (JAX's ``linearize``), taking one tangent per primal argument.  The primal work and
-    the values the tangent map reads (residuals) are computed once, here; each call of
-    ``f_jvp`` runs only the linear part, compiled for ``target``.  It shares its trace and
-    forward pass with ``vjp``."""
+def _forward_pass(fun, primals, has_aux, target, fastmath):
+    """Reverse mode's first half, shared by ``vjp`` and ``linearize`` (one cache entry):
+    ``(flat args, wrt, spec, residuals, output tree, aux tree or None)``."""
     target = check_target(target)
     flat = _Args(primals)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
@@ -857,20 +837,31 @@ def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
                         fastmath, _code_name(fun, "vjp"))
 
     spec, outs_res = cache.run(key, build, flat.dynamic)
-    n_outs, info = len(spec.graph.outputs), spec.info
+    info, n_outs = spec.info, len(spec.graph.outputs)
     outs, res = outs_res[:n_outs], outs_res[n_outs:]
     n_out = info["n_out"]
     out_tree = pytree.unflatten(info["treedef"], [_to_user(o) for o in outs[:n_out]])
+    aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]]) \
+        if has_aux else None
+    return flat, wrt, spec, res, out_tree, aux
+
+
+def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
+    """``(f(*primals), f_jvp)`` where ``f_jvp(*tangents)`` is the JVP at ``primals``
+    (JAX's ``linearize``), taking one tangent per primal argument.  The primal work and
+    the values the tangent map reads (residuals) are computed once, here; each call of
+    ``f_jvp`` runs only the linear part, compiled for ``target``.  It shares its trace and
+    forward pass with ``vjp``."""
+    flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
+                                                        fastmath)
+    info = spec.info
 
     def f_jvp(*tangents):
         tdyn = _tangent_leaves(flat, tangents, "linearize's f_jvp")
         touts = spec.tangent.evaluate(list(res) + [t for t, w in zip(tdyn, wrt) if w])
         return pytree.unflatten(info["treedef"], [_to_user(t) for t in touts])
 
-    if has_aux:
-        aux = pytree.unflatten(info["aux_treedef"], [_to_user(o) for o in outs[n_out:]])
-        return out_tree, f_jvp, aux
-    return out_tree, f_jvp
+    return (out_tree, f_jvp, aux) if has_aux else (out_tree, f_jvp)
 
 
 def _transpose_with_aux(linear, n_res, n_aux):

@@ -136,6 +136,26 @@ class _Custom:
     def name(self) -> str:
         return f"gradc.{self.kind} function {_name(self.fun)}"
 
+    def __call__(self, *args, **kwargs):
+        args = self._positional(args, kwargs)
+        missing = self._missing()
+        if missing:
+            raise ArgumentError(with_location(f"{self.name} {missing}"))
+        call = _Call(self, args)
+        if not call.traced() and current_trace() is None:
+            return self.fun(*args)        # plain NumPy values: the function just runs
+        fun, consts, out_tree = self._trace_fun(call)
+        outs = self._bind(call, fun, consts, out_tree, user_location())
+        return unflatten(out_tree, list(outs))
+
+    def _missing(self):
+        """What is missing before the function can be called (a rule), or None."""
+        return None
+
+    def _bind(self, call, fun, consts, out_tree, where):
+        """The equation for one call, given ``fun`` traced; returns its outputs."""
+        raise NotImplementedError
+
     def _positional(self, args, kwargs) -> tuple:
         """The arguments as positional ones, defaults filled in (as JAX binds them)."""
         if self._signature is False:
@@ -289,17 +309,14 @@ class custom_jvp(_Custom):
         jvp.__name__ = f"{_name(self.fun)}_jvps"
         return self.defjvp(jvp)
 
-    def __call__(self, *args, **kwargs):
-        args = self._positional(args, kwargs)
+    def _missing(self):
         if self.jvp is None:
-            raise ArgumentError(with_location(
-                f"{self.name} has no JVP rule: define one with @{_name(self.fun)}.defjvp"))
-        call = _Call(self, args)
-        if not call.traced() and current_trace() is None:
-            return self.fun(*args)
-        fun, consts, out_tree = self._trace_fun(call)
+            return f"has no JVP rule: define one with @{_name(self.fun)}.defjvp"
+        return None
+
+    def _bind(self, call, fun, consts, out_tree, where):
         out_avals = _graph_avals(fun.outputs)
-        n, where = len(call.dynamic), user_location()
+        n = len(call.dynamic)
 
         def flat_rule(*xs):
             primals = call.tree(xs[:n])
@@ -325,9 +342,8 @@ class custom_jvp(_Custom):
         rule = Deferred(lambda: self._rule_graph(flat_rule, call.avals + call.avals, consts,
                                                  self.jvp, where, call.outer),
                         f"python:{_name(self.jvp)}")
-        outs = custom_jvp_call_p.bind(*call.dynamic, *consts, fun=fun, rule=rule, n_args=n,
+        return custom_jvp_call_p.bind(*call.dynamic, *consts, fun=fun, rule=rule, n_args=n,
                                       name=_name(self.fun), where=where)
-        return unflatten(out_tree, list(outs))
 
 
 class custom_vjp(_Custom):
@@ -349,18 +365,14 @@ class custom_vjp(_Custom):
         self.fwd, self.bwd = fwd, bwd
         return self
 
-    def __call__(self, *args, **kwargs):
-        args = self._positional(args, kwargs)
+    def _missing(self):
         if self.fwd is None:
-            raise ArgumentError(with_location(
-                f"{self.name} has no VJP rule: define one with "
-                f"{_name(self.fun)}.defvjp(fwd, bwd)"))
-        call = _Call(self, args)
-        if not call.traced() and current_trace() is None:
-            return self.fun(*args)
-        fun, consts, out_tree = self._trace_fun(call)
+            return f"has no VJP rule: define one with {_name(self.fun)}.defvjp(fwd, bwd)"
+        return None
+
+    def _bind(self, call, fun, consts, out_tree, where):
         out_avals = _graph_avals(fun.outputs)
-        m, where, box = len(out_avals), user_location(), {}
+        m, box = len(out_avals), {}
 
         def flat_fwd(*xs):
             out = self.fwd(*call.full(xs))
@@ -414,10 +426,9 @@ class custom_vjp(_Custom):
             return traced.replace(inputs=ins[:r] + ins[r + m:] + ins[r:r + m])
 
         bwd = Deferred(make_bwd, f"python:{_name(self.bwd)}")
-        outs = custom_vjp_call_p.bind(*call.dynamic, *consts, fun=fun, fwd=fwd, bwd=bwd,
+        return custom_vjp_call_p.bind(*call.dynamic, *consts, fun=fun, fwd=fwd, bwd=bwd,
                                       n_args=len(call.dynamic), name=_name(self.fun),
                                       where=where)
-        return unflatten(out_tree, list(outs))
 
 
 class checkpoint(_Custom):
@@ -442,15 +453,9 @@ class checkpoint(_Custom):
     def name(self) -> str:
         return f"gradc.checkpoint of {_name(self.fun)}"
 
-    def __call__(self, *args, **kwargs):
-        args = self._positional(args, kwargs)
-        call = _Call(self, args)
-        if not call.traced() and current_trace() is None:
-            return self.fun(*args)
-        fun, consts, out_tree = self._trace_fun(call)
-        outs = checkpoint_p.bind(*call.dynamic, *consts, fun=fun, name=_name(self.fun),
-                                 where=user_location())
-        return unflatten(out_tree, list(outs))
+    def _bind(self, call, fun, consts, out_tree, where):
+        return checkpoint_p.bind(*call.dynamic, *consts, fun=fun, name=_name(self.fun),
+                                 where=where)
 
 
 remat = checkpoint
