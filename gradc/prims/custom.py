@@ -99,8 +99,9 @@ def _closure_check(who, where, tangents) -> None:
 
 
 def _zeros_for(primals, tangents):
-    from .. import ops
-    return [ops.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
+    """The tangents with each symbolic zero (``None``) made an array of zeros."""
+    from ..passes.jvp import zero_tangent
+    return [zero_tangent(p) if t is None else t for p, t in zip(primals, tangents)]
 
 
 def _tangents_or_none(outs, touts):
