@@ -23,14 +23,17 @@
     clip_gradient.defvjp(fwd, bwd)
 
 Called on NumPy values, the function simply runs.  Called while gradc traces, the
-function, its rule (and ``fwd``/``bwd``) are traced on abstract values into sub-Graphs of
-one equation (``prims.custom``), which every transformation then treats by the rule:
-``grad``, ``jvp``, ``jacfwd``/``jacrev``, ``hessian`` and ``vmap`` (which batches the
-function and its rule alike).  A ``custom_vjp`` gets forward mode too, as ``bwd``
-transposed, when ``bwd`` is linear in the cotangents.
+function is traced on abstract values into one equation (``prims.custom``), and its rules
+(the JVP rule, or ``fwd``/``bwd``) are traced into sub-Graphs of it when a derivative
+first needs them.  Every transformation then treats the function by its rule: ``grad``,
+``jvp``, ``jacfwd``/``jacrev``, ``hessian`` and ``vmap`` (which batches the function and
+its rule alike).  A ``custom_vjp`` gets forward mode too, as ``bwd`` transposed, when
+``bwd`` is linear in the cotangents.  ``checkpoint`` (JAX's remat) uses the same
+machinery with a rule of its own: recompute, then differentiate.
 
-Arguments are pytrees of arrays; ``nondiff_argnums`` names arguments that are passed
-unchanged to the rule as its leading arguments (hashable settings, callables), as in JAX.
+Arguments are pytrees of arrays and scalars (Python scalars stay constants, as in plain
+code); ``nondiff_argnums`` names arguments that are passed unchanged to the rule as its
+leading arguments (hashable settings, callables), as in JAX.
 """
 from __future__ import annotations
 
