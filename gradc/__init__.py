@@ -24,6 +24,7 @@ from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
 from .prims.loops import cond, fori_loop, scan, while_loop
+from .lib import nn  # noqa: F401  (gradc.nn: jax.nn's activations)
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
 from .transformed import show
 from .symbolic import to_sympy
@@ -42,7 +43,7 @@ __all__ = [
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop", "custom_jvp", "custom_vjp",
-    "checkpoint", "remat",
+    "checkpoint", "remat", "nn",
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",

@@ -1,10 +1,19 @@
 """Composite operations common in numerical and ML code, written with NumPy calls so
-they trace into primitives (and also run on plain arrays)."""
+they trace into primitives (and also run on plain arrays): ``gradc.nn``, after
+``jax.nn``.  Each branchy one computes every branch on inputs made safe for it, so a
+branch not taken puts no NaN or inf into a derivative."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..api import stop_gradient
+from ..custom import custom_jvp
+
+__all__ = ["logsumexp", "softmax", "log_softmax", "sigmoid", "log_sigmoid", "relu", "relu6",
+           "leaky_relu", "elu", "celu", "selu", "silu", "swish", "gelu", "softplus",
+           "softsign", "soft_sign", "hard_tanh", "one_hot"]
 
 
 def logsumexp(x, axis=None, keepdims=False):
@@ -41,10 +50,91 @@ def sigmoid(x):
     return np.where(neg, e * s, s)
 
 
+@custom_jvp
 def relu(x):
+    """``max(x, 0)``, whose derivative at 0 is 0 (as in JAX and PyTorch; the derivative
+    of ``np.maximum`` splits a tie, 0.5)."""
     return np.maximum(x, 0.0)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return relu(x), np.where(x > 0, t, 0.0)
+
+
+def relu6(x):
+    """``min(max(x, 0), 6)``; derivative 1 strictly inside."""
+    return np.where(x >= 6.0, 6.0, relu(x))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return np.where(x >= 0, x, negative_slope * x)
+
+
+def _expm1_below(x, alpha=1.0):
+    """``expm1(x / alpha)`` for the branch x ≤ 0, read at 0 where x > 0 so that the branch
+    not taken cannot overflow (a choice, not ``minimum``, whose derivative at the tie
+    x = 0 would be 1/2: the slope at 0 is 1, as in JAX)."""
+    return np.expm1(np.where(x > 0, 0.0, x) / alpha)
+
+
+def elu(x, alpha=1.0):
+    return np.where(x > 0, x, alpha * _expm1_below(x))
+
+
+def celu(x, alpha=1.0):
+    return np.where(x > 0, x, alpha * _expm1_below(x, alpha))
+
+
+def selu(x):
+    """Scaled ELU with the self-normalising constants of Klambauer et al. (2017)."""
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+    return scale * elu(x, alpha)
+
+
+def silu(x):
+    """``x · sigmoid(x)`` (swish)."""
+    return x * sigmoid(x)
+
+
+swish = silu
+
+
+def gelu(x, approximate=True):
+    """``x Φ(x)``: with ``approximate`` (JAX's default) the tanh form
+    ``x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))``, else exactly, ``x/2 erfc(−x/√2)`` (``1 + erf`` would cancel for x < 0)."""
+    if approximate:
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+        return 0.5 * x * (1.0 + np.tanh(inner))
+    from .. import ops
+    return 0.5 * x * ops.erfc(x * (-1.0 / math.sqrt(2.0)))    # 1 + erf, no cancellation
 
 
 def softplus(x):
     """``log(1 + exp(x))`` without overflow."""
     return np.logaddexp(x, 0.0)
+
+
+def log_sigmoid(x):
+    """``log sigmoid(x) = −softplus(−x)``, finite for every finite x."""
+    return -softplus(-x)
+
+
+def softsign(x):
+    return x / (1.0 + np.abs(x))
+
+
+soft_sign = softsign            # JAX's name
+
+
+def hard_tanh(x):
+    """``clip(x, −1, 1)``; derivative 1 strictly inside, 0 outside."""
+    return np.where(x > 1.0, 1.0, np.where(x < -1.0, -1.0, x))
+
+
+def one_hot(x, num_classes, dtype=np.float64):
+    """``x[..., None] == arange(num_classes)`` as ``dtype`` (zeros for out-of-range)."""
+    from ..trace import is_tracer
+    x = x if is_tracer(x) else np.asarray(x)
+    return (x[..., None] == np.arange(num_classes)).astype(dtype)
