@@ -1,7 +1,7 @@
 """gradc.nn (jax.nn's activations): values against their formulas on plain NumPy, the
 interpreter and the compiled code; derivatives against central differences away from
-the kinks; the slopes at 0 that JAX gives (checked by hand against jax.nn); finite values and derivatives
-at ±1000; float32 kept."""
+the kinks; the slopes at 0 that JAX gives (checked by hand against jax.nn); finite
+values and derivatives at ±1000; float32 kept."""
 import math
 
 import numpy as np

@@ -103,7 +103,8 @@ swish = silu
 
 def gelu(x, approximate=True):
     """``x Φ(x)``: with ``approximate`` (JAX's default) the tanh form
-    ``x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))``, else exactly, ``x/2 erfc(−x/√2)`` (``1 + erf`` would cancel for x < 0)."""
+    ``x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))``, else exactly, ``x/2 erfc(−x/√2)``
+    (``1 + erf`` would cancel for x < 0)."""
     if approximate:
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
         return 0.5 * x * (1.0 + np.tanh(inner))
