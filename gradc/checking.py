@@ -302,8 +302,7 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
             try:
                 got = _jacobians(f, args, wrt, mode, target)
             except NoForwardMode as e:      # a custom_vjp rule with reverse mode only
-                note = str(e).splitlines()[0].split(":")[0].replace(
-                    "forward mode (jvp, jacfwd, hessian) of ", "no forward mode for ")
+                note = f"no forward mode for {e.who}"
                 report.rows += [Row(_describe(names[i], args[i]), mode, target, ref,
                                     note=note) for i in wrt for ref in against]
                 continue

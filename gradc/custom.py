@@ -44,7 +44,8 @@ import numpy as np
 
 from .errors import ArgumentError, TracerLeakError, user_location, with_location
 from .ir import is_float, type_str
-from .prims.custom import Deferred, checkpoint_p, custom_jvp_call_p, custom_vjp_call_p
+from .prims.custom import (Deferred, avals_of, checkpoint_p, custom_jvp_call_p,
+                           custom_vjp_call_p)
 from .pytree import flatten, tree_map, unflatten
 from .trace import (current_trace, dtype_of, is_tracer, shape_of, stand_ins, standing_in,
                     trace_graph)
@@ -54,10 +55,6 @@ __all__ = ["custom_jvp", "custom_vjp", "checkpoint", "remat"]
 
 def _name(fun) -> str:
     return getattr(fun, "__name__", repr(fun))
-
-
-def _graph_avals(vs):
-    return [(tuple(v.shape), np.dtype(v.dtype)) for v in vs]
 
 
 class _Call:
@@ -93,7 +90,7 @@ class _Call:
                     f"array; pass settings through {custom._static_word}"))
             self.is_dynamic.append(kind is not None)
         self.dynamic = [x for x, d in zip(self.leaves, self.is_dynamic) if d]
-        self.avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in self.dynamic]
+        self.avals = avals_of(self.dynamic)
 
     def traced(self) -> bool:
         """Whether an argument is traced (inside a trace, the function is recorded with
@@ -233,7 +230,7 @@ class _Custom:
                         for o in flat(*xs[:n])]
 
         try:
-            graph, _, captured = trace_graph(with_consts, avals + _graph_avals_of(consts))
+            graph, _, captured = trace_graph(with_consts, avals + avals_of(consts))
         except TracerLeakError:
             captured = True
         if captured:
@@ -243,10 +240,6 @@ class _Custom:
                 f"traced when a derivative needs them, so pass the value as an argument",
                 where))
         return graph
-
-
-def _graph_avals_of(values):
-    return [(tuple(shape_of(x)), np.dtype(dtype_of(x))) for x in values]
 
 
 def _fill(td, ct, what):
@@ -318,7 +311,7 @@ class custom_jvp(_Custom):
         return None
 
     def _bind(self, call, fun, consts, out_tree, where):
-        out_avals = _graph_avals(fun.outputs)
+        out_avals = avals_of(fun.outputs)
         n = len(call.dynamic)
 
         def flat_rule(*xs):
@@ -374,7 +367,7 @@ class custom_vjp(_Custom):
         return None
 
     def _bind(self, call, fun, consts, out_tree, where):
-        out_avals = _graph_avals(fun.outputs)
+        out_avals = avals_of(fun.outputs)
         m, box = len(out_avals), {}
 
         def flat_fwd(*xs):
@@ -421,7 +414,7 @@ class custom_vjp(_Custom):
             return fitted
 
         def make_bwd():
-            res_avals = _graph_avals(fwd.graph.outputs[m:])
+            res_avals = avals_of(fwd.graph.outputs[m:])
             traced = self._rule_graph(flat_bwd, res_avals + out_avals, consts, self.bwd,
                                       where, call.outer)
             # inputs: residuals, the function's outside values, then the cotangents

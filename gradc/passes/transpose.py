@@ -70,7 +70,8 @@ def _read(env, atom):
     return atom.value if isinstance(atom, Lit) else env[atom]
 
 
-def _zeros(v):
+def zeros_of(v):
+    """An array of zeros shaped like the Var ``v`` (a zero cotangent made concrete)."""
     from .. import ops
     return ops.full(v.shape, 0, v.dtype)
 
@@ -82,7 +83,7 @@ def transpose_graph(linear: Graph, n_res: int) -> Graph:
 
     def fn(*args):
         cts = backward_pass(linear, list(args[:n_res]), list(args[n_res:]))
-        return [_zeros(v) if c is None else c for v, c in zip(lin_inputs, cts)]
+        return [zeros_of(v) if c is None else c for v, c in zip(lin_inputs, cts)]
 
     graph, _, captured = trace_graph(fn, avals)
     assert not captured

@@ -57,14 +57,11 @@ class Deferred:
 
     def __init__(self, make, description: str):
         self._make = make
-        self._graph = None
         self.description = description
 
-    @property
+    @functools.cached_property
     def graph(self) -> Graph:
-        if self._graph is None:
-            self._graph = self._make()
-        return self._graph
+        return self._make()
 
     def batched(self, flags, count) -> "Deferred":
         from ..passes.batching import batch_graph
@@ -77,7 +74,11 @@ class Deferred:
 
 class NoForwardMode(UnsupportedError):
     """A ``custom_vjp`` whose ``bwd`` is not linear in the cotangents: reverse mode only
-    (``gradc.jacobian`` then takes reverse mode)."""
+    (``gradc.jacobian`` then takes reverse mode).  ``who`` names the function."""
+
+    def __init__(self, message: str, who: str):
+        super().__init__(message)
+        self.who = who
 
 
 def _run(graph: Graph, args) -> list:
@@ -86,8 +87,9 @@ def _run(graph: Graph, args) -> list:
         return [np.asarray(v) for v in eval_graph(graph, list(args))]
 
 
-def _avals(graph: Graph):
-    return [(tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
+def avals_of(values) -> list:
+    """``(shape, dtype)`` of each of ``values`` (Vars, Tracers or arrays)."""
+    return [(tuple(v.shape), np.dtype(v.dtype)) for v in values]
 
 
 def _closure_check(who, where, tangents) -> None:
@@ -120,7 +122,7 @@ def _cj_impl(*args, fun, rule, n_args, name, where):
 
 
 def _cj_abstract(*args, fun, rule, n_args, name, where):
-    return _avals(fun)
+    return avals_of(fun.outputs)
 
 
 def _cj_jvp(primals, tangents, fun, rule, n_args, name, where):
@@ -173,7 +175,7 @@ def _cv_impl(*args, fun, fwd, bwd, n_args, name, where):
 
 
 def _cv_abstract(*args, fun, fwd, bwd, n_args, name, where):
-    return _avals(fun)
+    return avals_of(fun.outputs)
 
 
 def _cv_jvp(primals, tangents, fun, fwd, bwd, n_args, name, where):
@@ -227,7 +229,7 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
             "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
             "(gradient clipping, for one, has no forward mode); use reverse mode, or "
             "give the function a gradc.custom_jvp rule "
-            f"(transposing bwd failed: {str(e).splitlines()[0]})", where)) from None
+            f"(transposing bwd failed: {str(e).splitlines()[0]})", where), who) from None
 
 
 # equations whose operands are added (or chosen between): in a linear map, each of them
@@ -312,7 +314,7 @@ def _lin_impl(*args, bwd, n_res, name, where):
 
 
 def _lin_abstract(*args, bwd, n_res, name, where):
-    return [(tuple(v.shape), np.dtype(v.dtype)) for v in bwd.inputs[n_res:]]
+    return avals_of(bwd.inputs[n_res:])
 
 
 def _lin_jvp(primals, tangents, bwd, n_res, name, where):
@@ -321,14 +323,14 @@ def _lin_jvp(primals, tangents, bwd, n_res, name, where):
 
 
 def _lin_transpose(cts, *args, bwd, n_res, name, where):
-    from .. import ops
     from ..interpret import eval_graph
+    from ..passes.transpose import zeros_of
     from .rules import is_undefined
     if any(is_undefined(a) for a in args[:n_res]):
         raise UnsupportedError(with_location(
             f"{name}: its bwd is linear in the cotangents only, "
             "not in the residuals", where))
-    cts = [ops.full(v.shape, 0, v.dtype) if c is None else c
+    cts = [zeros_of(v) if c is None else c
            for v, c in zip(bwd.inputs[n_res:], cts)]
     in_cts = eval_graph(bwd, list(args[:n_res]) + cts)
     return [None] * n_res + [c if is_undefined(a) else None
@@ -350,10 +352,9 @@ checkpoint_p = Primitive("checkpoint", multiple_results=True)
 def recomputing_vjp(fun: Graph) -> Graph:
     """``(inputs..., output cotangents...) -> a cotangent per input``: ``fun``'s forward
     pass recomputed from its inputs, then its VJP (zeros for non-float inputs)."""
-    from .. import ops
     from ..interpret import eval_graph
     from ..passes.simplify import simplify
-    from ..passes.transpose import vjp_graph
+    from ..passes.transpose import vjp_graph, zeros_of
     from ..trace import trace_graph
     wrt = tuple(is_float(v.dtype) for v in fun.inputs)
     vjp = vjp_graph(fun, wrt)
@@ -361,11 +362,10 @@ def recomputing_vjp(fun: Graph) -> Graph:
 
     def fn(*args):
         cts = iter(eval_graph(vjp, list(args))[m:])
-        return [next(cts) if w else ops.full(v.shape, 0, v.dtype)
+        return [next(cts) if w else zeros_of(v)
                 for v, w in zip(fun.inputs, wrt)]
 
-    avals = [(v.shape, v.dtype) for v in fun.inputs] + [(v.shape, v.dtype)
-                                                         for v in fun.outputs]
+    avals = avals_of(fun.inputs) + avals_of(fun.outputs)
     graph, _, captured = trace_graph(fn, avals)
     assert not captured and len(graph.inputs) == n + m
     return simplify(graph)
@@ -376,7 +376,7 @@ def _ck_impl(*args, fun, name, where):
 
 
 def _ck_abstract(*args, fun, name, where):
-    return _avals(fun)
+    return avals_of(fun.outputs)
 
 
 def _ck_jvp(primals, tangents, fun, name, where):
