@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gradc
+from gradc.pytree import flatten
 
 
 def rnn(h0, xs, W):
@@ -630,3 +631,32 @@ def test_while_hessian_runs_interpreted_and_compiled(rng):
         got = Executable(optimise(linear, target), target)(residuals + [dW, db, 0.0])
         np.testing.assert_allclose(got[1], want[0], rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(got[2], want[1], rtol=1e-10, atol=1e-13)
+
+
+def test_large_products_in_loop_bodies(rng):
+    # from OBJMODE_FLOPS multiply-adds on a product runs on NumPy's BLAS, written into a
+    # buffer; in a body that buffer was an np.empty(...) written twice, so the body read
+    # a second, uninitialised array (wrong values, both directions, on target="cpu")
+    from gradc.codegen.pysource import OBJMODE_FLOPS
+    W = rng.standard_normal((64, 64)) / 8
+    x = rng.standard_normal((32, 64))
+    assert 32 * 64 * 64 >= OBJMODE_FLOPS
+
+    def f(x, W):
+        def step(h, _):
+            h = np.tanh(h @ W)
+            return h, np.sum(h)
+        h, s = gradc.scan(step, x, None, length=3)
+        h = gradc.while_loop(lambda c: c[1] < 2, lambda c: (np.sin(c[0] @ W), c[1] + 1),
+                             (h, 0))[0]
+        return gradc.cond(np.sum(h) > 0, lambda h: h @ W, lambda h: (h @ W) * 2, h), s
+
+    def loss(x, W):
+        return np.sum(f(x, W)[0] ** 2)
+
+    for make in (lambda t: gradc.jit(f, target=t),
+                 lambda t: gradc.value_and_grad(loss, argnums=(0, 1), target=t)):
+        got = flatten(make("cpu")(x, W))[0]
+        want = flatten(make("numpy")(x, W))[0]
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)

@@ -381,10 +381,11 @@ def _einsum(ctx, eqn, a, outs):
         # np.dot took 0.52-0.66 ms for 1000x10 @ 10x1000 where matmul took 0.40-0.53
         # written into a buffer the caller allocates (from the pool of dropped results:
         # a fresh 8 MB result costs its page faults at every call)
+        # (named first: in a loop's body the buffer is an expression, np.empty(...))
         out = eqn.outputs[0]
         dest = ctx.out_buffer(out.shape, out.dtype, out)
-        return ["with numba.objmode():", f"    np.matmul({lhs}, {rhs}, out={dest})",
-                f"{outs[0]} = {dest}"]
+        return [f"{outs[0]} = {dest}", "with numba.objmode():",
+                f"    np.matmul({lhs}, {rhs}, out={outs[0]})"]
     if (not batch and len(contracted) == 1 and sorted((x.ndim, y.ndim)) == [1, 2]
             and np.dtype(x.dtype).kind == "f" and np.dtype(x.dtype) == np.dtype(y.dtype)):
         # a matrix-vector product, either way round: one BLAS gemv on the matrix as it
