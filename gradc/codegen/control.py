@@ -75,7 +75,8 @@ def _scan(ctx, eqn, a, outs):
     lines = [f"{kk} = {c}" for kk, c in zip(k, carry)]
     # (the stacked ys, a tape in reverse mode, come from the caller's pool of large
     # buffers: a fresh 16 MB array costs ~1 ms of page faults at each call)
-    lines += [f"{o} = {ctx.out_buffer(v.shape, v.dtype)}"
+    # (in a body, not its caller's destination: the body returns the ys as a value)
+    lines += [f"{o} = {ctx.out_buffer(v.shape, v.dtype, None if ctx.inner else v)}"
               for o, v in zip(outs[n_carry:], eqn.outputs[n_carry:])]
     steps = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
     r = ctx.temp()

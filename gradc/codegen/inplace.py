@@ -57,6 +57,12 @@ def _fresh(eqn, exclude) -> bool:
     return not any(v in exclude for v in eqn.outputs)
 
 
+def allocates(eqn, p: Plan) -> bool:
+    """Whether ``eqn``'s array results are memory of their own under plan ``p`` (a
+    fresh-allocating primitive, not an update written into its operand)."""
+    return _fresh(eqn, ()) and id(eqn) not in p.inplace
+
+
 def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
     """The in-place updates of ``graph``'s equations (in their order of execution).
 

@@ -73,6 +73,13 @@ class Compiled:
             (shape, dtype, buffers.empty if np.dtype(dtype).itemsize * int(np.prod(shape))
              >= buffers.MIN_BYTES else np.empty)
             for shape, dtype in lowered.outs.values())
+        # a buffer in the memory of an earlier one (memplan): its position, and whether
+        # it is seen in another shape
+        names = list(lowered.outs)
+        self._shares = tuple(
+            (names.index(lowered.shares[n]),
+             lowered.outs[lowered.shares[n]][0] != lowered.outs[n][0])
+            if n in lowered.shares else None for n in names)
         self._sealed = False
         self._inspector = None
         self._py_func = self._dispatcher = None
@@ -135,7 +142,13 @@ class Compiled:
     def call_raw(self, *args):
         """Call with arguments of exactly the graph's shapes and dtypes (rank-0 ones as
         NumPy scalars): no checks.  Returns Numba's tuple of results."""
-        outs = [alloc(shape, dtype) for shape, dtype, alloc in self._outs]
+        outs = []
+        for (shape, dtype, alloc), shared in zip(self._outs, self._shares):
+            if shared is None:
+                outs.append(alloc(shape, dtype))
+            else:
+                j, reshaped = shared
+                outs.append(outs[j].reshape(shape) if reshaped else outs[j])
         library = self._native          # (read once: another thread may switch)
         if library is not None:
             if self._native_calls == NATIVE_CALLS:

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..ir import Graph, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
-from . import control, convgen, inplace
+from . import control, convgen, inplace, memplan
 from .indexing import index_function
 
 # ---------------------------------------------------------------- the template table
@@ -177,6 +177,9 @@ class Lowered:
     inputs: list             # parameter names of the graph inputs
     consts: dict = field(default_factory=dict)   # parameter name -> ndarray (trailing)
     outs: dict = field(default_factory=dict)     # parameter name -> (shape, dtype), last
+    shares: dict = field(default_factory=dict)   # out name -> the earlier one whose memory
+                                                 # it takes (``memplan.share``)
+    ranges: dict = field(default_factory=dict)   # out name -> the equations it is live over
 
 
 class Symbols:
@@ -207,6 +210,9 @@ class _Context(Symbols):
         self.helpers: list[str] = []   # source of generated helper functions
         self.producer: dict = {}  # Var -> the name of the primitive that defines it
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
+        self.made: dict = {}      # out name -> (index of its equation, Var) (``memplan``)
+        self.at = None            # index of the main function's equation being lowered
+        self.fresh: set = set()   # its Vars a NumPy call allocates (``memplan``)
         self.conv_plan: dict = {}  # see _conv_plan
         self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
         self.inner = False         # lowering a loop's body (a function called per step)
@@ -222,6 +228,7 @@ class _Context(Symbols):
             return self.dest.pop(var, None) or f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
         name = f"_o{len(self.outs)}"
         self.outs[name] = (tuple(int(n) for n in shape), np.dtype(dtype))
+        self.made[name] = (self.at, var)
         return name
 
     def helper(self, make) -> str:
@@ -578,6 +585,11 @@ def _nonzero(ctx, eqn, a, outs):
     return lines + [f"{o} = {t}[{i}]" for i, o in enumerate(outs)]
 
 
+def _barrier(ctx, eqn, a, outs):
+    # (the other operands are computed before this line: that is the barrier)
+    return [f"{o} = {x}" for o, x in zip(outs, a)]
+
+
 def _guard(ctx, eqn, a, outs):
     pred = eqn.inputs[0]
     value = a[0] if pred.ndim == 0 else f"{a[0]}[{', '.join(['0'] * pred.ndim)}]"
@@ -641,7 +653,7 @@ HANDLERS = {
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "conv2d": _conv2d,
     "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
-    "root": _root_callback, "report": _report,
+    "root": _root_callback, "report": _report, "barrier": _barrier,
     "cholesky": _decomposition("np.linalg.cholesky({})"),
     "eigh": _decomposition("np.linalg.eigh({})"),
     "svd": _decomposition("np.linalg.svd({}, full_matrices=False)"),
@@ -652,7 +664,7 @@ HANDLERS = {
 }
 
 
-_VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient"}
+_VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient", "barrier"}
 
 
 def lowerable() -> set:
@@ -674,7 +686,9 @@ def _atom(ctx, names, x) -> str:
 def _statements(ctx, graph: Graph, names: dict, printed) -> list:
     """The lines of a function body computing ``graph``'s equations (indented once)."""
     body, last_source = [], None
-    for eqn, text in zip(graph.eqns, printed):
+    for k, (eqn, text) in enumerate(zip(graph.eqns, printed)):
+        if not ctx.inner:
+            ctx.at = k
         line = text[0]
         prim = eqn.prim.name
         if prim not in TEMPLATES and prim not in HANDLERS and prim != "fused":
@@ -689,6 +703,8 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
         last_source = eqn.source
         if prim in TEMPLATES and numpy_ufunc_call(eqn):
             code = _ufunc_objmode(ctx, eqn, args, outs)
+            if not ctx.inner:
+                ctx.fresh.add(eqn.outputs[0])       # (the ufunc's own result)
         elif prim in TEMPLATES:
             code = element_template(prim, eqn.outputs[0].dtype).format(*args)
             if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
@@ -801,15 +817,24 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
         header.append("# array constants, passed in by the caller after the inputs:")
         header += [f"#   {k}: {v.dtype}{list(v.shape)}" for k, v in ctx.consts.items()]
         header.append("")
+    fresh = ctx.fresh | {v for e in graph.eqns if inplace.allocates(e, ctx.inplace)
+                         for v in e.outputs}
+    ranges = memplan.live_ranges(graph, ctx.made, fresh)
+    shares = memplan.share(ranges, ctx.outs)
     if ctx.outs:
         header.append("# output buffers, allocated by the caller (np.empty) after those:")
-        header += [f"#   {k}: {d}{list(s)}" for k, (s, d) in ctx.outs.items()]
+        if shares:
+            header.append("# (one \"in _oK's memory\" is passed _oK's array: _oK's value is "
+                          "dead by then)")
+        header += [f"#   {k}: {d}{list(s)}" + (f" in {shares[k]}'s memory" if k in shares
+                                                    else "")
+                   for k, (s, d) in ctx.outs.items()]
         header.append("")
     helpers = [h + "\n" for h in ctx.helpers]
     main = [f"def {name}({', '.join(params)}):"] + body
     source = "\n".join(header + helpers + main) + "\n"
     return Lowered(source, name, [names[v] for v in graph.inputs], dict(ctx.consts),
-                   dict(ctx.outs))
+                   dict(ctx.outs), shares, ranges)
 
 
 def text_of_body(eqn, text) -> list:
