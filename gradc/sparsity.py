@@ -102,6 +102,11 @@ def _rule(eqn, pats, values, n):
     active = [i for i, p in enumerate(pats) if p is not None]
     if name == "stop_gradient":
         return [_sp().csr_matrix((_size(outs[0].shape), n), dtype=np.int8)]
+    if name == "barrier":       # its values; the other operands are read for their time
+        return list(pats[:params["n"]])
+    if name == "checkpoint":    # its function (recomputed, but the same values)
+        return _propagate(params["fun"], list(pats), dict(zip(params["fun"].inputs, values)),
+                          n)
     if name in ELEMENTWISE:
         out = outs[0]
         return [_union([_moved(np.broadcast_to(_ids(eqn.inputs[i].shape), out.shape),
@@ -203,11 +208,20 @@ def jacobian_pattern(graph: Graph, wrt: int = 0, values=None):
     values of the other inputs, where known (they make gathers and einsums exact)."""
     x = graph.inputs[wrt]
     n = _size(x.shape)
-    pats = {x: _sp().identity(n, dtype=np.int8, format="csr")}
-    known = {}
-    for i, v in enumerate(graph.inputs):
-        if i != wrt and values is not None and values[i] is not None:
-            known[v] = np.asarray(values[i])
+    known = {v: np.asarray(values[i]) for i, v in enumerate(graph.inputs)
+             if i != wrt and values is not None and values[i] is not None}
+    pats = [_sp().identity(n, dtype=np.int8, format="csr") if v is x else None
+            for v in graph.inputs]
+    y = _propagate(graph, pats, known, n)[0]
+    return _sp().csr_matrix((_size(graph.outputs[0].shape), n), dtype=np.int8) \
+        if y is None else y
+
+
+def _propagate(graph: Graph, in_pats, known: dict, n: int) -> list:
+    """The patterns of ``graph``'s outputs (None: not dependent) from its inputs'
+    ``in_pats``; ``known``: concrete values of some Vars."""
+    pats = {v: p for v, p in zip(graph.inputs, in_pats) if p is not None}
+    known = {v: x for v, x in known.items() if x is not None}
 
     def value(a):
         return a.value if isinstance(a, Lit) else known.get(a)
@@ -225,11 +239,7 @@ def jacobian_pattern(graph: Graph, wrt: int = 0, values=None):
         for o, p in zip(eqn.outputs, outs):
             if p is not None and is_float(o.dtype):
                 pats[o] = p
-    y = graph.outputs[0]
-    m = _size(y.shape)
-    if not isinstance(y, Var) or y not in pats:
-        return _sp().csr_matrix((m, n), dtype=np.int8)
-    return pats[y]
+    return [pats.get(y) if isinstance(y, Var) else None for y in graph.outputs]
 
 
 # ---------------------------------------------------------------- colouring

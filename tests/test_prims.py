@@ -32,6 +32,7 @@ from gradc.errors import GuardFailure
 from gradc.interpret import run
 from gradc.passes import jvp_graph, vjp_graph
 from gradc.prims import all_primitives
+from gradc.prims.custom import barrier_p
 from gradc.testing import check_grads, numerical_jvp
 
 # deliberate: the isnan row takes logs of negatives, the pow-at-zero test divides by zero
@@ -508,6 +509,9 @@ ROWS = [
         [(3,), (2, 2)], ref=lambda x: np.sin(x) * 2.0 if np.sum(x) > 0 else np.cos(x)),
     Row("stop_gradient", lambda x: ops.stop_gradient(ops.sin(x)), unary(normal),
         ref=np.sin, zero=True),
+    Row("barrier", lambda x, y: barrier_p.bind(ops.sin(x), y, n=1)[0] * y,
+        lambda r, s: (normal(r, s), normal(r, s)), [(3,), (2, 2)],
+        ref=lambda x, y: np.sin(x) * y),
     Row("scan", scanned, unary(normal), [(4, 3), (1, 2)], ref=scanned_ref),
     Row("cond", conded, unary(normal), [(3,), (2, 2)], ref=conded_ref),
     Row("while_loop", whiled, unary(normal), [(3,), (2, 2)], ref=whiled_ref),

@@ -130,3 +130,15 @@ def test_matrix_inputs_and_python_control_flow():
     jac = gradc.jacobian(branchy, sparse=True)
     for v in (np.array([1.0, 2.0, 3.0, 4.0]), np.array([-1.0, 2.0, 3.0, 4.0])):
         np.testing.assert_allclose(jac(v).toarray(), gradc.jacfwd(branchy)(v), rtol=1e-13)
+
+
+def test_a_checkpointed_function_keeps_its_pattern():
+    # the gradient's Graph holds the checkpoint (its function's pattern) and the
+    # recomputation behind a barrier (its values' pattern)
+    def f(x):
+        return rosen(gradc.checkpoint(lambda x: np.tanh(x) * 2.0)(x))
+    x = RNG.standard_normal(30)
+    hess = gradc.hessian(f, sparse=True)
+    np.testing.assert_allclose(hess(x).toarray(), gradc.hessian(f)(x), rtol=1e-12, atol=1e-12)
+    col = hess.coloring(x)
+    assert col.nnz == 3 * 30 - 2 and col.ncolors == 3

@@ -348,6 +348,11 @@ def _lower_eqn(ctx, eqn, text):
         shape = tuple(out.shape) or (1,)
         ctx.place[out] = "dev"
         ctx.lines.append(f"{ctx.names[out]} = {ctx.names[x]}.reshape({shape!r})")
+    elif name == "barrier":       # its values, named once its other operands exist
+        for x, out in zip(eqn.inputs, eqn.outputs):
+            ctx.place[out] = "host" if isinstance(x, Lit) else ctx.place[x]
+            value = ctx.on_host_value(x) if isinstance(x, Lit) else ctx.names[x]
+            ctx.lines.append(f"{ctx.names[out]} = {value}")
     elif name in ("scan", "while_loop", "cond", "while_adjoint"):
         {"scan": _scan, "while_loop": _while, "cond": _cond,
          "while_adjoint": _while_adjoint}[name](ctx, eqn)

@@ -354,6 +354,10 @@ def _checkpoint_rule(prim, args, batched, count, fun, name, where):
                           where=where))
 
 
+def _barrier_rule(prim, args, batched, count, n):
+    return list(prim.bind(*_all_batched(args[:n], batched[:n], count), *args[n:], n=n))
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
@@ -407,7 +411,7 @@ def _rules() -> dict:
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
         "while_loop": _while_rule, "custom_jvp_call": _custom_jvp_rule,
         "custom_vjp_call": _custom_vjp_rule, "custom_lin": _custom_lin_rule,
-        "checkpoint": _checkpoint_rule,
+        "checkpoint": _checkpoint_rule, "barrier": _barrier_rule,
     })
     return rules
 

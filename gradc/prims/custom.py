@@ -220,6 +220,7 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
     from ..errors import GradcError
     from ..passes.simplify import simplify
     from ..passes.transpose import transpose_graph
+    bwd = without_barriers(bwd)
     try:
         _check_linear(bwd, n_res)
         return simplify(transpose_graph(bwd, n_res))
@@ -348,10 +349,67 @@ custom_lin_p.transpose = _lin_transpose
 checkpoint_p = Primitive("checkpoint", multiple_results=True)
 
 
+# ``barrier[n] values... deps... -> values...``: the identity on its first n operands,
+# whose results exist only once the other operands do.  ``checkpoint``'s recomputation
+# starts from its inputs passed through a barrier on the output cotangents: CSE cannot
+# merge it back into the forward pass (its operands are other values), and no schedule
+# can run it before the backward pass reaches it, so the forward pass's inner values
+# are dead by then and their memory is reused (``codegen/memplan``).  Its derivative is
+# the identity's: the deps are read for their time, not their value.
+barrier_p = Primitive("barrier", multiple_results=True)
+
+
+def _barrier_impl(*args, n):
+    return [np.asarray(a) for a in args[:n]]
+
+
+def _barrier_abstract(*args, n):
+    return avals_of(args[:n])
+
+
+def _barrier_jvp(primals, tangents, n):
+    return barrier_p.bind(*primals, n=n), list(tangents[:n])
+
+
+def _barrier_transpose(cts, *args, n):
+    from .rules import is_undefined
+    return [c if is_undefined(a) else None for a, c in zip(args[:n], cts)] + \
+        [None] * (len(args) - n)
+
+
+barrier_p.impl = _barrier_impl
+barrier_p.abstract = _barrier_abstract
+barrier_p.jvp = _barrier_jvp
+barrier_p.transpose = _barrier_transpose
+
+
+def without_barriers(graph: Graph) -> Graph:
+    """``graph`` with each ``barrier``'s results replaced by its values (sub-Graphs
+    keep theirs): for analyses that read values, not schedules (transposition)."""
+    if not any(e.prim is barrier_p for e in graph.eqns):
+        return graph
+    from ..ir import Lit, Var
+    sub: dict = {}
+    eqns = []
+
+    def read(a):
+        return sub.get(a, a) if isinstance(a, Var) else a
+
+    for e in graph.eqns:
+        if e.prim is barrier_p:
+            sub.update(zip(e.outputs, (read(a) for a in e.inputs[:e.params["n"]])))
+            continue
+        eqns.append(e.replace(inputs=tuple(read(a) for a in e.inputs)))
+    outputs = tuple(read(o) for o in graph.outputs)
+    assert all(isinstance(o, (Var, Lit)) for o in outputs)
+    return Graph(graph.inputs, tuple(eqns), outputs)
+
+
 @functools.lru_cache(maxsize=256)
 def recomputing_vjp(fun: Graph) -> Graph:
     """``(inputs..., output cotangents...) -> a cotangent per input``: ``fun``'s forward
-    pass recomputed from its inputs, then its VJP (zeros for non-float inputs)."""
+    pass recomputed from its inputs, once the cotangents exist (a ``barrier``), then its
+    VJP (zeros for non-float inputs)."""
     from ..interpret import eval_graph
     from ..passes.simplify import simplify
     from ..passes.transpose import vjp_graph, zeros_of
@@ -361,7 +419,8 @@ def recomputing_vjp(fun: Graph) -> Graph:
     n, m = len(fun.inputs), len(fun.outputs)
 
     def fn(*args):
-        cts = iter(eval_graph(vjp, list(args))[m:])
+        args = list(barrier_p.bind(*args, n=n)) + list(args[n:])
+        cts = iter(eval_graph(vjp, args)[m:])
         return [next(cts) if w else zeros_of(v)
                 for v, w in zip(fun.inputs, wrt)]
 
