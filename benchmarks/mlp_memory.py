@@ -129,8 +129,8 @@ def main(argv=None):
             r = measure(who, a.layers, a.batch, a.width, seg)
             kept = act if not seg else (a.layers // seg + seg) * act / a.layers
             rows.append((who, seg, r, kept))
-    print(f"| implementation | checkpoint | RSS before the call | peak rise in the call "
-          f"| time per call | activations kept (theory) | sum of dW₀ |")
+    print("| implementation | checkpoint | RSS before the call | peak rise in the call "
+          "| time per call | activations kept (theory) | sum of dW₀ |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for who, seg, r, kept in rows:
         name = "gradc grad (cpu)" if who == "gradc" else "JAX jit(grad)"
