@@ -71,6 +71,10 @@ def live_ranges(graph: Graph, made: dict, fresh=frozenset()) -> dict:
     for k, e in enumerate(eqns):
         for x in e.inputs:
             read(x, k)
+        if e.prim.name == "barrier":        # its values, as they are (the rest: deps)
+            roots.update((y, roots.get(x, frozenset()) if isinstance(x, Var)
+                          else frozenset()) for y, x in zip(e.outputs, e.inputs))
+            continue
         union = frozenset().union(*(roots.get(x, ()) for x in e.inputs
                                     if isinstance(x, Var)))
         for y in e.outputs:

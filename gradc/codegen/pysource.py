@@ -223,7 +223,9 @@ class _Context(Symbols):
     def out_buffer(self, shape, dtype, var=None) -> str:
         """A parameter for an array the caller allocates with NumPy and the code fills:
         NumPy's allocator asks the kernel for huge pages, Numba's does not, and a fresh
-        80 MB array costs 4x less to fault in that way."""
+        80 MB array costs 4x less to fault in that way.  ``var``: the value it will
+        hold (the memory plan, ``memplan``, reads when it is dead; without it, any
+        result of the equation may be in it)."""
         if self.inner:      # a loop body's: its destination, or allocated here
             return self.dest.pop(var, None) or f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
         name = f"_o{len(self.outs)}"

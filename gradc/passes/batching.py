@@ -8,7 +8,8 @@ primitive's batching rule; an equation reading no batched value is copied as it 
 
 A rule has the signature ``rule(prim, args, batched, count, **params) -> outputs`` where
 ``args`` are the operands (batched ones with the example axis first) and every output
-is batched, example axis first.  Rules are written with gradc operations, so a batched
+is batched, example axis first (unless the rule returns a ``_Partly``, which says which
+are).  Rules are written with gradc operations, so a batched
 Graph can be differentiated and batched again.  Most rules move the example axis through
 the primitive's params (``axes`` + 1, a new einsum letter, ...); a primitive without
 such a rule is batched by ``_by_scan``: a ``scan`` over the examples, one call of the
@@ -45,7 +46,8 @@ def batch_graph(graph: Graph, batched, size: int) -> Graph:
                 else:
                     rule = RULES.get(eqn.prim.name, _by_scan)
                     outs = rule(eqn.prim, xs, bs, size, **eqn.params)
-                    marked.update(eqn.outputs)
+                    flags = getattr(outs, "batched", [True] * len(eqn.outputs))
+                    marked.update(v for v, b in zip(eqn.outputs, flags) if b)
             env.update(zip(eqn.outputs, outs))
         return [read(o) if not isinstance(o, Lit) and o in marked
                 else _batched(read(o), o.shape, size) for o in graph.outputs]
@@ -354,8 +356,17 @@ def _checkpoint_rule(prim, args, batched, count, fun, name, where):
                           where=where))
 
 
+class _Partly(list):
+    """A rule's outputs of which only those flagged in ``batched`` are batched."""
+
+    def __init__(self, outs, batched):
+        super().__init__(outs)
+        self.batched = list(batched)
+
+
 def _barrier_rule(prim, args, batched, count, n):
-    return list(prim.bind(*_all_batched(args[:n], batched[:n], count), *args[n:], n=n))
+    # each value keeps its batching (a weight stays one weight, not one per example)
+    return _Partly(prim.bind(*args, n=n), batched[:n])
 
 
 def _guard_rule(prim, args, batched, count, **params):

@@ -43,6 +43,7 @@ Compiled targets inline ``fun`` (``passes.implicit``).
 from __future__ import annotations
 
 import functools
+import types
 
 import numpy as np
 
@@ -226,7 +227,7 @@ def forward_of(bwd: Graph, n_res: int, who: str, where) -> Graph:
         return simplify(transpose_graph(bwd, n_res))
     except (GradcError, ValueError) as e:
         raise NoForwardMode(with_location(
-            f"forward mode (jvp, jacfwd, hessian) of {who}: "
+            f"forward mode (jvp, linearize, jacfwd, hessian) of {who}: "
             "its bwd is not linear in the cotangents, so it is the adjoint of no JVP "
             "(gradient clipping, for one, has no forward mode); use reverse mode, or "
             "give the function a gradc.custom_jvp rule "
@@ -273,9 +274,7 @@ def _linear_outputs(graph: Graph, linear_in, zero_in, check_outputs=False) -> li
                     and not any(isinstance(v, Graph) for v in eqn.params.values())):
                 zero.update(eqn.outputs)         # zeros (ops.full, 0 * r)
             continue
-        subgraphs = [v for v in eqn.params.values() if isinstance(v, Graph)] + [
-            g for v in eqn.params.values() if isinstance(v, tuple)
-            for g in v if isinstance(g, Graph)]
+        subgraphs = _subgraphs(eqn)
         if name in _ADDITIVE:
             if any(not r and is_float(a.dtype) and not is_zero(a)
                    for a, r in zip(eqn.inputs, reads)):
@@ -383,26 +382,44 @@ barrier_p.jvp = _barrier_jvp
 barrier_p.transpose = _barrier_transpose
 
 
+def _has_barrier(graph: Graph) -> bool:
+    return any(e.prim is barrier_p or any(_has_barrier(g) for g in _subgraphs(e))
+               for e in graph.eqns)
+
+
+def _subgraphs(eqn) -> list:
+    return [v for v in eqn.params.values() if isinstance(v, Graph)] + [
+        g for v in eqn.params.values() if isinstance(v, tuple) for g in v
+        if isinstance(g, Graph)]
+
+
 def without_barriers(graph: Graph) -> Graph:
-    """``graph`` with each ``barrier``'s results replaced by its values (sub-Graphs
-    keep theirs): for analyses that read values, not schedules (transposition)."""
-    if not any(e.prim is barrier_p for e in graph.eqns):
+    """``graph`` with each ``barrier``'s results replaced by its values, in sub-Graphs
+    too (a loop's body): for analyses that read values, not schedules (transposition;
+    a barrier's other operands would count as read)."""
+    if not _has_barrier(graph):
         return graph
-    from ..ir import Lit, Var
+    from ..ir import Var
     sub: dict = {}
     eqns = []
 
     def read(a):
         return sub.get(a, a) if isinstance(a, Var) else a
 
+    def strip(v):
+        if isinstance(v, Graph):
+            return without_barriers(v)
+        if isinstance(v, tuple) and any(isinstance(g, Graph) for g in v):
+            return tuple(without_barriers(g) if isinstance(g, Graph) else g for g in v)
+        return v
+
     for e in graph.eqns:
         if e.prim is barrier_p:
             sub.update(zip(e.outputs, (read(a) for a in e.inputs[:e.params["n"]])))
             continue
-        eqns.append(e.replace(inputs=tuple(read(a) for a in e.inputs)))
-    outputs = tuple(read(o) for o in graph.outputs)
-    assert all(isinstance(o, (Var, Lit)) for o in outputs)
-    return Graph(graph.inputs, tuple(eqns), outputs)
+        params = types.MappingProxyType({k: strip(v) for k, v in e.params.items()})
+        eqns.append(e.replace(inputs=tuple(read(a) for a in e.inputs), params=params))
+    return Graph(graph.inputs, tuple(eqns), tuple(read(o) for o in graph.outputs))
 
 
 @functools.lru_cache(maxsize=256)
