@@ -14,7 +14,9 @@ buffer assignment and of TVM's storage rewrite, on one Graph:
   holds has that buffer; a value its primitive is known to allocate (``fresh``: a NumPy
   ufunc's result, those of ``inplace.allocates``) has none; any other array value may be
   (a view of) any of its equation's inputs, so it has all their roots (conservative, as
-  in ``inplace``: an unknown primitive never makes sharing unsafe, only less frequent).
+  in ``inplace``: an unknown primitive never makes sharing unsafe, only less frequent);
+  a ``barrier``'s results have their values' roots only (its other operands are read
+  for their time).
   A rank-0 value is a number, with no memory.
 * A buffer is *live* from the equation that makes it to the last equation reading a
   value with that root; a value the function returns keeps it live to the end.
