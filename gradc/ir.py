@@ -191,6 +191,29 @@ class Graph:
         return to_networkx(self)
 
 
+def subgraphs(eqn: Eqn) -> list:
+    """The Graphs ``eqn`` holds in its params (a loop's body, a cond's branches, a
+    function with a rule), in the order of its params."""
+    found = []
+    for value in eqn.params.values():
+        if isinstance(value, Graph):
+            found.append(value)
+        elif isinstance(value, tuple):
+            found.extend(v for v in value if isinstance(v, Graph))
+    return found
+
+
+def map_subgraphs(eqn: Eqn, fn) -> dict:
+    """``eqn``'s params with each Graph among them replaced by ``fn(graph)``."""
+    def one(value):
+        if isinstance(value, Graph):
+            return fn(value)
+        if isinstance(value, tuple) and any(isinstance(v, Graph) for v in value):
+            return tuple(fn(v) if isinstance(v, Graph) else v for v in value)
+        return value
+    return {k: one(v) for k, v in eqn.params.items()}
+
+
 # ---------------------------------------------------------------- printing
 
 def _names():

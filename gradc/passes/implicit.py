@@ -19,7 +19,7 @@ are expanded too.
 from __future__ import annotations
 
 from ..interpret import eval_graph
-from ..ir import Graph, Lit
+from ..ir import Graph, Lit, map_subgraphs, subgraphs
 from ..prims.custom import forward_of
 from ..prims.implicit import PyCallback, solve_graph
 from ..trace import source_line, trace_graph
@@ -34,28 +34,13 @@ def _needs(graph: Graph) -> bool:
     for eqn in graph.eqns:
         if eqn.prim.name in EXPANDED:
             return True
-        if any(_needs(g) for g in _subgraphs(eqn)):
+        if any(_needs(g) for g in subgraphs(eqn)):
             return True
     return False
 
 
-def _subgraphs(eqn):
-    for value in eqn.params.values():
-        if isinstance(value, Graph):
-            yield value
-        elif isinstance(value, tuple):
-            yield from (v for v in value if isinstance(v, Graph))
-
-
 def _expanded_params(eqn):
-    new = {}
-    for k, value in eqn.params.items():
-        if isinstance(value, Graph):
-            value = expand(value)
-        elif isinstance(value, tuple) and any(isinstance(v, Graph) for v in value):
-            value = tuple(expand(v) if isinstance(v, Graph) else v for v in value)
-        new[k] = value
-    return new
+    return map_subgraphs(eqn, expand)
 
 
 def expand(graph: Graph) -> Graph:
@@ -114,6 +99,6 @@ def regions(graph: Graph) -> list:
                    else "never materialised")
             lines.append(f"linear_solve by {p['solve']}: x = A⁻¹ b with A a matvec of "
                          f"{len(p['matvec'].eqns)} equations, {how}{where}")
-        for sub in _subgraphs(eqn):
+        for sub in subgraphs(eqn):
             lines += ["  " + line for line in regions(sub)]
     return lines

@@ -48,7 +48,7 @@ import types
 import numpy as np
 
 from ..errors import ArgumentError, UnsupportedError, with_location
-from ..ir import Graph, Primitive, is_float
+from ..ir import Graph, Primitive, is_float, map_subgraphs, subgraphs
 from ..trace import no_trace
 
 
@@ -270,11 +270,10 @@ def _linear_outputs(graph: Graph, linear_in, zero_in, check_outputs=False) -> li
         if not any(reads):
             floats = [a for a in eqn.inputs if is_float(a.dtype)]
             if (name in _PRODUCTS and any(is_zero(a) for a in floats)) or (
-                    floats and all(is_zero(a) for a in floats)
-                    and not any(isinstance(v, Graph) for v in eqn.params.values())):
+                    floats and all(is_zero(a) for a in floats) and not subgraphs(eqn)):
                 zero.update(eqn.outputs)         # zeros (ops.full, 0 * r)
             continue
-        subgraphs = _subgraphs(eqn)
+        inner = subgraphs(eqn)
         if name in _ADDITIVE:
             if any(not r and is_float(a.dtype) and not is_zero(a)
                    for a, r in zip(eqn.inputs, reads)):
@@ -300,7 +299,7 @@ def _linear_outputs(graph: Graph, linear_in, zero_in, check_outputs=False) -> li
         elif name == "linear_solve":
             if any(reads[:-1]):
                 raise GradcError("linear_solve's matrix reads the cotangents")
-        elif subgraphs:
+        elif inner:
             raise GradcError(f"{name} over values that read the cotangents")
         linear.update(eqn.outputs)
     flags = [isinstance(o, Var) and o in linear for o in graph.outputs]
@@ -383,14 +382,8 @@ barrier_p.transpose = _barrier_transpose
 
 
 def _has_barrier(graph: Graph) -> bool:
-    return any(e.prim is barrier_p or any(_has_barrier(g) for g in _subgraphs(e))
+    return any(e.prim is barrier_p or any(_has_barrier(g) for g in subgraphs(e))
                for e in graph.eqns)
-
-
-def _subgraphs(eqn) -> list:
-    return [v for v in eqn.params.values() if isinstance(v, Graph)] + [
-        g for v in eqn.params.values() if isinstance(v, tuple) for g in v
-        if isinstance(g, Graph)]
 
 
 def without_barriers(graph: Graph) -> Graph:
@@ -406,18 +399,11 @@ def without_barriers(graph: Graph) -> Graph:
     def read(a):
         return sub.get(a, a) if isinstance(a, Var) else a
 
-    def strip(v):
-        if isinstance(v, Graph):
-            return without_barriers(v)
-        if isinstance(v, tuple) and any(isinstance(g, Graph) for g in v):
-            return tuple(without_barriers(g) if isinstance(g, Graph) else g for g in v)
-        return v
-
     for e in graph.eqns:
         if e.prim is barrier_p:
             sub.update(zip(e.outputs, (read(a) for a in e.inputs[:e.params["n"]])))
             continue
-        params = types.MappingProxyType({k: strip(v) for k, v in e.params.items()})
+        params = types.MappingProxyType(map_subgraphs(e, without_barriers))
         eqns.append(e.replace(inputs=tuple(read(a) for a in e.inputs), params=params))
     return Graph(graph.inputs, tuple(eqns), tuple(read(o) for o in graph.outputs))
 
