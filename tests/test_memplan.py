@@ -166,7 +166,11 @@ def test_scan_stacked_outputs_take_part():
     rng = np.random.default_rng(4)
     x, W = rng.standard_normal((B // 4, D)), rng.standard_normal((D, D)) / np.sqrt(D)
     g = gradc.grad(f)
-    _disjoint(g, x, W)
+    lowered = _disjoint(g, x, W)
+    # the scan's stacked ys are buffers of the plan, one dead before the end
+    n_eqns = len(optimise(gradc.make_graph(g)(x, W), "cpu").eqns)
+    stacked = [lowered.ranges[n] for n, (s, _) in lowered.outs.items() if s == (4, B // 4, D)]
+    assert len(stacked) >= 2 and min(end for _, end in stacked) < n_eqns
     got = gradc.grad(f, target="cpu")(x, W)
     want = gradc.grad(f, target="numpy")(x, W)
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)

@@ -93,11 +93,11 @@ def live_ranges(graph: Graph, made: dict, fresh=frozenset()) -> dict:
 
 def share(ranges: dict, outs: dict) -> dict:
     """``name -> name``: the buffers that take the memory of an earlier one (the earliest
-    buffer of their group), from their ``live_ranges``.  ``outs``: buffer name ->
-    (shape, dtype)."""
+    buffer of their group), from their ``live_ranges`` (in the order the buffers are
+    made, which is their equations' order).  ``outs``: buffer name -> (shape, dtype)."""
     free: dict = {}            # (size, dtype) -> [[end of the last user, first name]]
     shared = {}
-    for name in sorted(ranges, key=lambda n: (ranges[n][0], int(n[2:]))):
+    for name in ranges:
         shape, dtype = outs[name]
         dtype = np.dtype(dtype)
         size = int(np.prod(shape, dtype=np.int64))

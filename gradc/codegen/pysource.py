@@ -158,6 +158,7 @@ def _ufunc_objmode(ctx, eqn, a, outs) -> list:
     call = TEMPLATES[eqn.prim.name].format(*a)
     if dest is not None:        # written where the loop keeps it (see body_function)
         return ["with numba.objmode():", f"    {call[:-1]}, out={dest})", f"{outs[0]} = {dest}"]
+    ctx.fresh.add(out)          # (the ufunc's own result: memory no other value has)
     kind = f"{np.dtype(out.dtype).name}[{', '.join([':'] * (out.ndim - 1) + ['::1'])}]"
     return [f"with numba.objmode({outs[0]}={kind!r}):",
             f"    {outs[0]} = np.ascontiguousarray({call})"]
@@ -212,7 +213,7 @@ class _Context(Symbols):
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.made: dict = {}      # out name -> (index of its equation, Var) (``memplan``)
         self.at = None            # index of the main function's equation being lowered
-        self.fresh: set = set()   # its Vars a NumPy call allocates (``memplan``)
+        self.fresh: set = set()   # Vars a NumPy call allocates (``memplan``)
         self.conv_plan: dict = {}  # see _conv_plan
         self.pool_loops = True     # large fused loops may use the thread pool (_calls_blas)
         self.inner = False         # lowering a loop's body (a function called per step)
@@ -705,8 +706,6 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
         last_source = eqn.source
         if prim in TEMPLATES and numpy_ufunc_call(eqn):
             code = _ufunc_objmode(ctx, eqn, args, outs)
-            if not ctx.inner:
-                ctx.fresh.add(eqn.outputs[0])       # (the ufunc's own result)
         elif prim in TEMPLATES:
             code = element_template(prim, eqn.outputs[0].dtype).format(*args)
             if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
