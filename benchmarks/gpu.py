@@ -34,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -241,43 +242,57 @@ def run(args):
         if name == "G3":
             variants.append((np.float32, "high"))
         for dtype, precision in variants:
-            gradc.set_float32_matmul_precision(precision)
-            host, make, peer_fns, nbytes = cases(name, sizes[name], dtype, rng, found,
-                                                 precision)
-            g = make("cuda")
-            dev = [cuda.to_device(v) for v in host]
-            ours = g(*dev)
-            ours = [to_host(o) for o in (ours if isinstance(ours, tuple) else (ours,))]
-            ref = make("cpu")(*host)            # the reference: gradc's CPU target
-            ref = [np.asarray(r) for r in (ref if isinstance(ref, tuple) else (ref,))]
-            peer_err = {}
-            times = {"gradc cuda": timed(lambda: g(*dev), cuda.synchronize, args.repeats)}
-            for label, (fn, inputs) in peer_fns.items():
-                result = fn(*inputs)
-                result = [to_host(r) for r in (result if isinstance(result, tuple)
-                                                else (result,))]
-                peer_err[label] = max(float(np.max(np.abs(a - b))) for a, b in
-                                      zip(result, ref))
-                if label.startswith("JAX"):
-                    jfn = fn
-                    times[label] = timed(lambda: found["jax"].block_until_ready(
-                        jfn(*inputs)), lambda: None, args.repeats)
-                else:
-                    times[label] = timed(lambda: fn(*inputs), sync_for(label, found),
-                                         args.repeats)
-            tol = 1e-9 if dtype == np.float64 else 1e-3 if precision == "highest" else 2e-2
-            err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-                      for a, b in zip(ours, ref))
-            copy = copy_time(nbytes, args.repeats) if nbytes else None
             label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
-            rows.append((name, label, times, copy, nbytes, err, err <= tol))
-            print(f"{name} {label}: " + ", ".join(
-                f"{k} {v * 1e3:.3f} ms" for k, v in times.items())
-                + (f", copy {copy * 1e3:.3f} ms" if copy else "")
-                + f"; max rel difference {err:.1e}; peers' max abs differences "
-                + ", ".join(f"{k} {v:.1e}" for k, v in peer_err.items()),
-                file=sys.stderr, flush=True)
+            try:
+                rows.append(one_row(name, dtype, precision, sizes, rng, found, args))
+            except Exception:           # (one workload failing must not hide the others)
+                traceback.print_exc()
+                print(f"{name} {label}: FAILED (traceback above)", file=sys.stderr,
+                      flush=True)
+                rows.append((name, label, None, None, None, float("nan"), False))
     return rows
+
+
+def one_row(name, dtype, precision, sizes, rng, found, args):
+    """One table row: gradc's CUDA target checked against its CPU target, then timed
+    beside each peer (a peer that fails is reported and left out of the row)."""
+    gradc.set_float32_matmul_precision(precision)
+    host, make, peer_fns, nbytes = cases(name, sizes[name], dtype, rng, found, precision)
+    g = make("cuda")
+    dev = [cuda.to_device(v) for v in host]
+    ours = g(*dev)
+    ours = [to_host(o) for o in (ours if isinstance(ours, tuple) else (ours,))]
+    ref = make("cpu")(*host)                    # the reference: gradc's CPU target
+    ref = [np.asarray(r) for r in (ref if isinstance(ref, tuple) else (ref,))]
+    tol = 1e-9 if dtype == np.float64 else 1e-3 if precision == "highest" else 2e-2
+    err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+              for a, b in zip(ours, ref))
+    times = {"gradc cuda": timed(lambda: g(*dev), cuda.synchronize, args.repeats)}
+    peer_err = {}
+    for label, (fn, inputs) in peer_fns.items():
+        try:
+            result = fn(*inputs)
+            result = [to_host(r) for r in (result if isinstance(result, tuple)
+                                            else (result,))]
+            peer_err[label] = max(float(np.max(np.abs(a - b))) for a, b in
+                                  zip(result, ref))
+            if label.startswith("JAX"):
+                times[label] = timed(lambda: found["jax"].block_until_ready(
+                    fn(*inputs)), lambda: None, args.repeats)
+            else:
+                times[label] = timed(lambda: fn(*inputs), sync_for(label, found),
+                                     args.repeats)
+        except Exception:
+            traceback.print_exc()
+            print(f"{name}: peer {label} failed", file=sys.stderr, flush=True)
+    copy = copy_time(nbytes, args.repeats) if nbytes else None
+    label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
+    print(f"{name} {label}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in times.items())
+          + (f", copy {copy * 1e3:.3f} ms" if copy else "")
+          + f"; max rel difference {err:.1e}; peers' max abs differences "
+          + ", ".join(f"{k} {v:.1e}" for k, v in peer_err.items()),
+          file=sys.stderr, flush=True)
+    return (name, label, times, copy, nbytes, err, err <= tol)
 
 
 def table(rows):
@@ -289,6 +304,9 @@ def table(rows):
           "| agrees |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, dtype, times, copy, nbytes, err, ok in rows:
+        if times is None:
+            print(f"| {name} | {dtype} | failed | | | | | | NO |")
+            continue
         ours = times["gradc cuda"]
         jax = next((v for k, v in times.items() if k.startswith("JAX")), None)
         torch = next((v for k, v in times.items() if k.startswith("PyTorch")), None)
