@@ -18,12 +18,12 @@ gradc, ``jax.device_put`` arrays, CUDA tensors), so no transfer is timed.  Each 
 the median of ``--repeats`` calls, each followed by a device synchronisation; every
 result is checked against gradc's CPU target (relative to the largest entry; the
 peers' differences go to stderr) before anything is timed.  ``copy`` is a
-device-to-device copy of the bytes the gradient must move (x read, the gradient
-written); "of copy" is copy time / gradc time, the fraction of copy bandwidth gradc
-reaches.
+device-to-device copy that moves as many bytes as the gradient must (G1: x read, the
+gradient written, so a copy of x; G2: a copy of a, b and c); "of copy" is copy time /
+gradc time, the fraction of copy bandwidth gradc reaches.
 
     python benchmarks/gpu.py [--only G1,G2] [--repeats 30]      # prints a Markdown table
-    GRADC_CUDA_POOL=1 python benchmarks/gpu.py                # gradc's caching allocator
+    GRADC_CUDA_POOL=0 python benchmarks/gpu.py                # numba's allocator, no cache
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu.py --quick   # smoke test, no GPU
 """
 from __future__ import annotations
@@ -92,9 +92,9 @@ def to_host(x):
 
 
 def copy_time(nbytes, repeats):
-    """A device-to-device copy of ``nbytes`` (read and written once)."""
-    src = cuda.device_array(nbytes // 8, np.float64)
-    dst = cuda.device_array(nbytes // 8, np.float64)
+    """A device-to-device copy moving ``nbytes``: half of them read, half written."""
+    src = cuda.device_array(nbytes // 16, np.float64)
+    dst = cuda.device_array(nbytes // 16, np.float64)
     return timed(lambda: dst.copy_to_device(src), cuda.synchronize, repeats)
 
 
@@ -115,7 +115,7 @@ def w2(xp):
 def mlp(xp):
     def f(W1, W2, X, onehot):
         z = xp.tanh(X @ W1) @ W2
-        m = xp.max(z, axis=1, keepdims=True)
+        m = xp.amax(z, axis=1, keepdims=True)     # (torch.max gives values and indices)
         lse = xp.log(xp.sum(xp.exp(z - m), axis=1)) + m[:, 0]
         return xp.mean(lse - xp.sum(z * onehot, axis=1))
     return f
@@ -296,7 +296,7 @@ def one_row(name, dtype, precision, sizes, rng, found, args):
 
 
 def table(rows):
-    pool = "on" if os.environ.get("GRADC_CUDA_POOL") == "1" else "off"
+    pool = "off" if os.environ.get("GRADC_CUDA_POOL") == "0" else "on"
     print(f"GPU: {gpu_name()}; Python {platform.python_version()}, NumPy {np.__version__}; "
           f"gradc's memory pool (GRADC_CUDA_POOL): {pool}")
     print()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs (device time is short: one script, results under $OUT, at
 # most ~8 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
-# PyTorch, the CUDA tests on the real compiler and GPU, then G1-G4 with gradc's caching
-# allocator.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
+# PyTorch, where each workload's time goes (benchmarks/gpu_profile.py), then the CUDA
+# tests on the real compiler and GPU.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -52,18 +52,18 @@ fi
 timeout 230 "$PY" benchmarks/gpu.py --repeats 20 > "$OUT/bench.md" 2> "$OUT/bench.err"
 echo "rc $?" >> "$OUT/bench.err"
 
+timeout 120 "$PY" benchmarks/gpu_profile.py --peer > "$OUT/profile.txt" 2>&1
+echo "profile rc $?" >> "$OUT/profile.txt"
+
 # (JAX stays on the CPU in the tests: twelve processes must not each take 75% of the GPU)
 JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 "$PY" -m pytest \
     tests/test_cuda.py tests/test_numpy_surface.py -k "cuda" -n 12 -v -o addopts="" \
     -p no:cacheprovider --timeout 100 > "$OUT/tests.txt" 2>&1
 echo "tests rc $?" >> "$OUT/tests.txt"
 
-GRADC_CUDA_POOL=1 timeout 80 "$PY" benchmarks/gpu.py --repeats 20 --no-peers \
-    > "$OUT/bench-pool.md" 2> "$OUT/bench-pool.err"
-echo "rc $?" >> "$OUT/bench-pool.err"
-
 cat "$OUT/gpu.txt"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -n 3
 grep -c PASSED "$OUT/tests.txt"; grep -E "FAILED|ERROR" "$OUT/tests.txt" | head -n 20
-cat "$OUT/bench.md" "$OUT/bench-pool.md"
+grep -v "^    .*us  x" "$OUT/profile.txt" | grep -v Warn | tail -n 20
+cat "$OUT/bench.md"
 tail -n 25 "$OUT/bench.err"

@@ -19,10 +19,14 @@ Arguments and results
 Device memory
     Every result and temporary is a fresh numba.cuda device array.  Numba's own
     allocator calls ``cuMemAlloc`` for each (and ``cuMemFree``, deferred, for each
-    array that dies): on a large array a cost of the order of the kernel's own.
-    ``use_memory_pool()`` (or ``GRADC_CUDA_POOL=1`` in the environment) installs
-    ``CachingMemoryManager``, a numba EMM plugin that keeps blocks of every size it has
-    handed out and hands them out again once every array and view on them has died.
+    array that dies): on a large array a cost of the order of the kernel's own (on an
+    H200, G1's gradient took 0.665 ms with it and 0.494 ms without).  So, as JAX and
+    PyTorch do, gradc caches device memory by default: the first ``import_cuda()``
+    installs ``CachingMemoryManager``, a numba EMM plugin that keeps blocks of every
+    size it has handed out and hands them out again once every array and view on them
+    has died, for the CUDA contexts created afterwards.  ``GRADC_CUDA_POOL=0`` in the
+    environment leaves numba's allocator in place; ``release_memory()`` gives the idle
+    blocks back to the driver.
 
 Matrix products in float32
     ``gradc.set_float32_matmul_precision`` (PyTorch's names): "highest", the default,
@@ -62,7 +66,7 @@ def import_cuda():
         from numba import cuda
         _CUDA = cuda
         _define_device_functions(cuda)
-        if os.environ.get("GRADC_CUDA_POOL") == "1" and not simulator():
+        if os.environ.get("GRADC_CUDA_POOL", "1") != "0" and not simulator():
             from numba.cuda.cudadrv import driver
             driver.set_memory_manager(caching_memory_manager())
     return _CUDA
@@ -173,6 +177,17 @@ def use_memory_pool() -> bool:
     cls = caching_memory_manager()
     driver.set_memory_manager(cls)
     return isinstance(cuda.current_context().memory_manager, cls)
+
+
+def release_memory() -> None:
+    """Give the device memory that gradc's caching allocator keeps for reuse back to
+    the driver (as ``torch.cuda.empty_cache()``); arrays still alive keep theirs."""
+    cuda = import_cuda()
+    if simulator():
+        return
+    manager = cuda.current_context().memory_manager
+    if isinstance(manager, caching_memory_manager()):
+        manager.release()
 
 
 def simulator() -> bool:

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Where a GPU workload's time goes: for each of G1-G4 (``benchmarks/gpu.py``'s cases),
+the time per call with a device synchronisation, the host's share (the call returning
+with the GPU idle before it: Python, numba's launches, allocation), and every kernel's
+GPU time per call, read by CUPTI through PyTorch's profiler (which sees the kernels of
+every library in the process: numba's, CuPy's cuBLAS, XLA's).  Needs PyTorch with CUDA.
+
+    python benchmarks/gpu_profile.py [--only G1,G4] [--peer]   # --peer: JAX's kernels too
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu          # noqa: E402  (gradc, numba.cuda after its shim, the workloads)
+
+
+def host_and_total(fn, sync, repeats=20):
+    for _ in range(3):
+        fn()
+    sync()
+    host, total = [], []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        sync()
+        host.append(t1 - t0)
+        total.append(time.perf_counter() - t0)
+    return statistics.median(host), statistics.median(total)
+
+
+def kernels(torch, fn, sync, calls=10):
+    """(name, launches per call, µs per call) of every GPU kernel over ``calls`` calls."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t:
+            rows.append((e.key[:70], e.count / calls, t / calls))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="G1,G2,G3,G4")
+    ap.add_argument("--peer", action="store_true")
+    args = ap.parse_args()
+    import torch
+    found = gpu.peers(("jax",) if args.peer else ())
+    rng = np.random.default_rng(0)
+    for name in args.only.split(","):
+        dtype = np.float32
+        host, make, peer_fns, _ = gpu.cases(name, gpu.SIZES[name], dtype, rng, found)
+        g = make("cuda")
+        dev = [gpu.cuda.to_device(v) for v in host]
+        runs = [("gradc", lambda: g(*dev), gpu.cuda.synchronize)]
+        for label, (fn, inputs) in peer_fns.items():
+            jax = found["jax"]
+            runs.append((label, lambda fn=fn, inputs=inputs: jax.block_until_ready(
+                fn(*inputs)), lambda: None))
+        for label, fn, sync in runs:
+            h, t = host_and_total(fn, sync)
+            rows = kernels(torch, fn, sync)
+            gpu_us = sum(r[2] for r in rows)
+            print(f"## {name} float32, {label}: {t * 1e3:.3f} ms per call, host "
+                  f"{h * 1e3:.3f} ms, kernels {gpu_us / 1e3:.3f} ms "
+                  f"({sum(r[1] for r in rows):.0f} launches)")
+            for k, n, us in rows[:12]:
+                print(f"    {us:9.1f} us  x{n:5.1f}  {k}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
