@@ -268,6 +268,10 @@ def one_row(name, dtype, precision, sizes, rng, found, args):
     err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
               for a, b in zip(ours, ref))
     times = {"gradc cuda": timed(lambda: g(*dev), cuda.synchronize, args.repeats)}
+    again = g(*dev)                             # (the launch path after warm-up, checked too)
+    again = [to_host(o) for o in (again if isinstance(again, tuple) else (again,))]
+    err = max([err] + [float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+                       for a, b in zip(again, ref)])
     peer_err = {}
     for label, (fn, inputs) in peer_fns.items():
         try:

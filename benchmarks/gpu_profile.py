@@ -6,6 +6,8 @@ GPU time per call, read by CUPTI through PyTorch's profiler (which sees the kern
 every library in the process: numba's, CuPy's cuBLAS, XLA's).  Needs PyTorch with CUDA.
 
     python benchmarks/gpu_profile.py [--only G1,G4] [--peer]   # --peer: JAX's kernels too
+    python benchmarks/gpu_profile.py --host          # + cProfile of gradc's host side
+    ncu ... python benchmarks/gpu_profile.py --plain # each workload run twice, no profiler
 """
 from __future__ import annotations
 
@@ -58,7 +60,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="G1,G2,G3,G4")
     ap.add_argument("--peer", action="store_true")
+    ap.add_argument("--host", action="store_true", help="cProfile the host side")
+    ap.add_argument("--plain", action="store_true", help="no profiler (for ncu)")
     args = ap.parse_args()
+    if args.plain:
+        rng = np.random.default_rng(0)
+        for name in args.only.split(","):
+            host, make, _, _ = gpu.cases(name, gpu.SIZES[name], np.float32, rng, {})
+            g = make("cuda")
+            dev = [gpu.cuda.to_device(v) for v in host]
+            for _ in range(2):
+                g(*dev)
+            gpu.cuda.synchronize()
+        return
     import torch
     found = gpu.peers(("jax",) if args.peer else ())
     rng = np.random.default_rng(0)
@@ -81,7 +95,27 @@ def main():
                   f"({sum(r[1] for r in rows):.0f} launches)")
             for k, n, us in rows[:12]:
                 print(f"    {us:9.1f} us  x{n:5.1f}  {k}")
+            if args.host and label == "gradc":
+                host_profile(fn, sync)
             sys.stdout.flush()
+
+
+def host_profile(fn, sync, calls=100):
+    """The host side of ``calls`` calls by cProfile (the GPU's time is not in it)."""
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    sync()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    text = out.getvalue()
+    print("    host, cProfile of %d calls (seconds in all):" % calls)
+    print("\n".join("      " + line for line in text.splitlines()[4:] if line.strip()))
 
 
 if __name__ == "__main__":

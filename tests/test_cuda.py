@@ -992,3 +992,38 @@ def test_float32_rounding_stays_float32():
     from gradc.codegen.cudagen import template
     assert "_f32(" in template("round", np.float32)
     assert "_f32(" not in template("round", np.float64)
+
+
+def test_kernels_are_specialized_after_their_first_launch():
+    """``Compiled._specialize``: a kernel with one compiled definition is marked
+    specialized (numba skips typing its arguments at later launches); one not launched
+    yet waits; anything else is left alone.  With fake dispatchers: the simulator has
+    none."""
+    import types as pytypes
+    from gradc.codegen.cuda import Compiled
+    compiled = Compiled(optimise(gradc.make_graph(rosen)(np.ones(5)), "cuda"), "f")
+
+    def fake(n_overloads):
+        return pytypes.SimpleNamespace(overloads=dict.fromkeys(range(n_overloads)),
+                                       specialized=False, _specialized=False)
+    launched, waiting, twice = fake(1), fake(0), fake(2)
+    compiled.module.__dict__.update(_ka=launched, _kb=waiting, _kc=twice, _kd=object())
+    compiled._unspecialized = ["_ka", "_kb", "_kc", "_kd"]
+    compiled._specialize()
+    assert launched._specialized and not waiting._specialized and not twice._specialized
+    assert compiled._unspecialized == ["_kb"]
+
+
+def test_repeated_calls_give_each_inputs_gradient():
+    """The second and later calls (on a GPU, with the kernels specialized) compute from
+    their own inputs: map kernels, a reduction and a scan."""
+    def f(x, w):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h * w + x), None), x[0], x[1:])
+        return np.sum(h ** 2) + np.sum(np.sin(x) * x)
+    g = gradc.grad(f, argnums=(0, 1), target="cuda")
+    ref = gradc.grad(f, argnums=(0, 1), target="numpy")
+    for seed in range(4):
+        r = np.random.default_rng(seed)
+        x, w = r.standard_normal((6, 5)), r.standard_normal(5)
+        for got, want in zip(g(x, w), ref(x, w)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -65,11 +65,25 @@ def import_cuda():
             np.row_stack = np.vstack          # numba-cuda <= 0.30 on NumPy >= 2.5
         from numba import cuda
         _CUDA = cuda
+        _quiet_occupancy_warnings()
         _define_device_functions(cuda)
         if os.environ.get("GRADC_CUDA_POOL", "1") != "0" and not simulator():
             from numba.cuda.cudadrv import driver
             driver.set_memory_manager(caching_memory_manager())
     return _CUDA
+
+
+def _quiet_occupancy_warnings() -> None:
+    """numba.cuda warns at every launch of fewer than 128 blocks; gradc sizes its grids
+    itself (a block per row of a small batch, one block for a short reduction), and the
+    warning, issued on each call, costs host time.  Left alone when the user has set
+    ``NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS``."""
+    if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" in os.environ:
+        return
+    for name in ("numba.cuda.core.config", "numba.core.config"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "CUDA_LOW_OCCUPANCY_WARNINGS"):
+            module.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 # ---------------------------------------------------------------- device memory
@@ -470,6 +484,8 @@ class Compiled:
             module.__dict__[k] = v
         self._fn = getattr(module, name)
         self.on_switch = []        # (numba_cpu.Compiled's interface; nothing switches here)
+        # kernels not yet launched once (see _specialize; none under the simulator)
+        self._unspecialized = [] if self.simulator else [k.name for k in lowered.kernels]
 
     @property
     def kernels(self) -> list:
@@ -528,6 +544,8 @@ class Compiled:
                     f"numba.cuda did not find ({str(e).strip().splitlines()[0]}); set "
                     "NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's simulator") from e
             raise
+        if self._unspecialized:
+            self._specialize()
         out = []
         for r, v, place in zip(results, self.graph.outputs, self.lowered.outputs):
             dtype = np.dtype(v.dtype)
@@ -541,6 +559,27 @@ class Compiled:
         return out
 
     call_raw = __call__
+
+    def _specialize(self) -> None:
+        """Mark each kernel that has been launched, with one set of argument types,
+        specialized: numba then launches its one compiled definition without working
+        out the arguments' numba types again (``typeof`` of every argument, then a
+        lookup: most of a launch's host time).  Sound because the generated host code
+        passes a kernel the same types at every call: inputs become C-contiguous
+        arrays of the traced dtypes and rank-0 inputs NumPy scalars of theirs, and every
+        other argument is made by the same code from them.  A kernel not launched yet
+        (a branch not taken) waits for its first launch."""
+        left = []
+        for name in self._unspecialized:
+            kernel = self.module.__dict__.get(name)
+            overloads = getattr(kernel, "overloads", None)
+            if overloads is None or getattr(kernel, "specialized", True):
+                continue                   # (not numba's CUDA dispatcher, or already so)
+            if len(overloads) == 1:
+                kernel._specialized = True
+            elif not overloads:
+                left.append(name)
+        self._unspecialized = left
 
     def fast_callable(self):
         """(The interface of ``numba_cpu.Compiled`` that gradc's fast call path uses: a
