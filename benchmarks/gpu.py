@@ -327,7 +327,8 @@ def gpu_name():
     if simulator():
         return "numba.cuda simulator (no GPU: times mean nothing)"
     try:
-        return cuda.get_current_device().name.decode()
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
     except Exception:
         return "unknown"
 

@@ -50,6 +50,7 @@ them.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -67,8 +68,9 @@ THREADS_SIM = 16       # ... under the simulator (each thread a Python thread: a
 TILE = 16              # contraction tiles (TILE x TILE threads)
 TILE_SIM = 4
 MAX_BLOCKS = 8192      # grid-stride loops: at most this many blocks per launch
-UNROLL = 4             # map kernels: elements per thread per trip (their loads in flight
-#                        together: one 4-byte load per thread leaves HBM idle; see _map_kernel)
+UNROLL = 4             # map kernels: loads in flight per thread (one 4-byte load per thread
+#                        leaves HBM idle; see _map_kernel); GRADC_CUDA_UNROLL=n sets the
+#                        elements per thread per trip instead, for measuring
 TARGET_BLOCKS = 1024   # blocks a segmented reduction aims for (K x P)
 PER_THREAD = 8         # reduced elements per thread before another block helps
 THREAD_REDUCE = 32     # reduced extents up to this: one thread per kept element
@@ -741,18 +743,27 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     """An elementwise kernel in gather form.  The value of every output at one linear
     index is an inner function of the kernel, ``_at(_i, operands...)`` (Numba inlines
     it), that reads and computes but stores nothing.  The kernel's grid-stride loop
-    calls it at ``UNROLL`` indices one grid apart (each coalesced across a warp) and
-    only then stores the results, so that the compiler can issue all of their loads
-    before the first store (a store might alias any load after it).  One 4-byte load in
-    flight per thread keeps a third of an H200's bandwidth busy (G1 in float32 ran at
-    1.4 TB/s so).  The tail runs one index per trip."""
+    calls it at ``UNROLL // arrays read`` indices one grid apart (each coalesced across
+    a warp) and only then stores the results, so that the compiler can issue all of
+    their loads before the first store (a store might alias any load after it).  One
+    4-byte load in flight per thread keeps a third of an H200's bandwidth busy (G1 in
+    float32 ran at 1.4 TB/s so); a body reading several arrays has several in flight
+    already, and its copies would cost registers instead.  Indices are cast to
+    ``uint64`` where arrays are read and written: every index here is in bounds, and
+    Numba then drops its negative-index test (three 64-bit instructions a read).  The
+    tail runs one index per trip."""
     kname = ctx.kernel_name()
     params, args, kinds = _kernel_params(ctx, _operands(ctx, outer))
+    # about UNROLL loads in flight per thread: a kernel reading several arrays has
+    # that many already (G2's three need 34 registers at 1, 66 at 4, on sm_90)
+    streams = sum(1 for _, _, ndim in kinds if ndim > 0)
+    unroll = max(1, int(os.environ.get("GRADC_CUDA_UNROLL", UNROLL // max(1, streams))))
     outs = [ctx.names[o] for _, o, _ in roots]
     kinds += [(ctx.names[o], o.dtype, o.ndim) for _, o, _ in roots]
     size = int(np.prod(domain))
     ivars = [f"i{k}" for k in range(len(domain))]
     em = _Emitter(ctx, names, producer, comments)
+    em.unsigned = set(ivars)    # (in-bounds reads by construction: no negative-index test)
     idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
     vals = []
     for r, o, _ in roots:
@@ -765,6 +776,7 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     at = "_at"
     define = [f"def {at}({', '.join(['_i'] + operands)}):"] + [
         "    " + line for line in body + [f"return {', '.join(vals)}"]]
+
     def call(index, k):
         got = ", ".join(f"_w{k}_{n}" for n in range(len(vals)))
         return [f"{got} = {at}({', '.join([index] + operands)})"]
@@ -772,20 +784,21 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     def store(index, k):
         where = [f"_s{k}_{d}" for d in range(len(domain))]
         return _decode(index, domain, where, "") + [
-            f"{o}[{', '.join(where)}] = _w{k}_{n}" for n, o in enumerate(outs)]
+            f"{o}[{', '.join(f'np.uint64({w})' for w in where)}] = _w{k}_{n}"
+            for n, o in enumerate(outs)]
     lines = define + ["_g = cuda.gridsize(1)",
-                      f"for _j in range(cuda.grid(1), {size}, {UNROLL} * _g):",
-             f"    if _j + {UNROLL - 1} * _g < {size}:"]
-    at_k = [f"_j{k}" for k in range(UNROLL)]
-    lines += ["        _j0 = _j"] + [f"        _j{k} = _j{k - 1} + _g" for k in range(1, UNROLL)]
-    for k in range(UNROLL):
+                      f"for _j in range(cuda.grid(1), {size}, {unroll} * _g):",
+                      f"    if _j + {unroll - 1} * _g < {size}:"]
+    at_k = [f"_j{k}" for k in range(unroll)]
+    lines += ["        _j0 = _j"] + [f"        _j{k} = _j{k - 1} + _g" for k in range(1, unroll)]
+    for k in range(unroll):
         lines += ["        " + line for line in call(at_k[k], k)]
-    for k in range(UNROLL):
+    for k in range(unroll):
         lines += ["        " + line for line in store(at_k[k], k)]
     lines += ["    else:", f"        for _i in range(_j, {size}, _g):"]
     lines += ["            " + line for line in call("_i", 0) + store("_i", 0)]
     _finish_kernel(ctx, kname, params + outs, lines, kinds, em.used_consts)
-    blocks = max(1, min(-(-size // (ctx.threads * UNROLL)), MAX_BLOCKS))
+    blocks = max(1, min(-(-size // (ctx.threads * unroll)), MAX_BLOCKS))
     ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + outs + consts))
 
 
