@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a GPU session runs (device time is short: one script, results under $OUT, at
 # most ~8 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
-# PyTorch, where each workload's time goes (benchmarks/gpu_profile.py), then the CUDA
-# tests on the real compiler and GPU.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
+# PyTorch (and G2 at the other unroll depth), where each workload's time goes
+# (benchmarks/gpu_profile.py), the CUDA tests on the real compiler and GPU, and Nsight
+# Compute's counters for G1's and G2's kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -52,14 +53,19 @@ fi
 timeout 140 "$PY" benchmarks/gpu.py --repeats 20 > "$OUT/bench.md" 2> "$OUT/bench.err"
 echo "rc $?" >> "$OUT/bench.err"
 
+# G2 at both unroll depths (gradc picks 1 for its three arrays; run 2 measured 4)
+GRADC_CUDA_UNROLL=4 timeout 40 "$PY" benchmarks/gpu.py --only G2 --no-peers --repeats 20 \
+    >> "$OUT/bench.md" 2>> "$OUT/bench.err"
+
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"
 
 # (JAX stays on the CPU in the tests: twelve processes must not each take 75% of the GPU;
 # the whole CUDA suite takes over two minutes here: GPU_TESTS picks a part)
-JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 50 "$PY" -m pytest \
+JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TESTS_S:-50}" "$PY" -m pytest \
     tests/test_cuda.py tests/test_numpy_surface.py -n 12 -v -o addopts="" --tb=short \
     -p no:cacheprovider --timeout 45 -k "${GPU_TESTS:-cuda}" > "$OUT/tests.txt" 2>&1
+# (GPU_TESTS unset runs every CUDA test: give it TESTS_S=200 seconds)
 echo "tests rc $?" >> "$OUT/tests.txt"
 
 # kernel counters (registers, occupancy, DRAM throughput) of G1's and G2's kernels

@@ -444,6 +444,50 @@ class Evaluate(Transformed):
 
     kind = "jit"
 
+    def __init__(self, fun, *, target=None, fastmath=False):
+        super().__init__(fun, target=target, fastmath=fastmath)
+        self._fast: dict = {}
+
+    def __call__(self, *args, **kwargs):
+        # (the per-call fast path of ValueAndGrad: a signature seen before, with
+        # nothing else the function reads changed, goes straight to the executable)
+        fast = self._fast
+        if fast and not kwargs:
+            entry = fast.get(_fast_key(args))
+            if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+                try:
+                    return entry[1](args)
+                except GuardFailure:
+                    pass
+        key, build, dynamic, state = self._prepare(args, kwargs)
+        spec, results = self._cache.run(key, build, dynamic)
+        out = self._finish(spec, results, state)
+        if not kwargs:
+            self._remember(args, spec)
+        return out
+
+    def _remember(self, args, spec):
+        fkey = _fast_key(args)
+        if fkey is None or not spec.cacheable or spec.target == "numpy":
+            return
+        reads = _reads(self.fun)
+        if any(isinstance(v, np.ndarray) for _, _, v in reads):
+            return
+        exe = spec.executable
+        if exe.compiled is None or exe._fallback:
+            return
+        dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
+        finish = self._finish
+
+        def run(args):
+            return finish(spec, exe([args[i] if type(args[i]) is not float
+                                     else np.asarray(args[i]) for i in dyn]), None)
+        if len(self._fast) > MAX_SIGNATURES:
+            self._fast.clear()
+        self._fast[fkey] = (tuple(reads), run)
+        if self._fast.clear not in exe.compiled.on_switch:
+            exe.compiled.on_switch.append(self._fast.clear)
+
     def _prepare(self, args, kwargs):
         call, all_args, names = _positional(self.fun, args, kwargs)
         flat = _Args(all_args)
@@ -463,7 +507,8 @@ class Evaluate(Transformed):
 
 def _fast_key(args):
     """A cheap key for the fast path, or None: per argument its type, and its shape and
-    dtype (non-scalar arrays) or value (ints and bools, which are static)."""
+    dtype (non-scalar arrays, numba.cuda's device arrays) or value (ints and bools,
+    which are static)."""
     key = []
     for a in args:
         t = type(a)
@@ -473,9 +518,14 @@ def _fast_key(args):
             key.append((a.shape, a.dtype, a.flags.c_contiguous))
         elif t is int or t is bool:
             key.append((t, a))
+        elif t.__name__ in _NUMBA_ARRAYS:   # (numba.cuda's device arrays: traced by
+            key.append((t, a.shape, a.dtype))  # shape and dtype alone, as ndarrays)
         else:
             return None
     return tuple(key)
+
+
+_NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray"))
 
 
 def _code_name(fun, suffix) -> str:

@@ -402,6 +402,33 @@ def test_fast_path_is_skipped_when_the_function_reads_an_array():
     np.testing.assert_allclose(g(x), [2.0, 10.0])
 
 
+def test_jit_fast_path_gives_the_general_paths_results(monkeypatch):
+    """``jit``'s table: the same results of the same types (rank-0 results as NumPy
+    scalars, ints static), a rebound global seen, a failed guard taking the general
+    path, and no table for a function that reads an array."""
+    f = gradc.jit(lambda a, b, n: (np.sin(a * b) * SCALE * n, a + b))
+    x = np.array([0.25, 0.5, 0.75])
+    first = f(x, 0.5, 2)
+    assert f._fast
+    again = f(x, 0.5, 2)
+    assert [type(v) for v in again] == [type(v) for v in first]
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(f(x, 0.5, 3)[0], first[0] * 1.5)   # (n is static)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
+    np.testing.assert_allclose(f(x, 0.5, 2)[0], first[0] * 1.5, rtol=1e-15)
+    p = gradc.jit(lambda v: piecewise(v) * 2.0)
+    up, down = np.array([0.5, 0.25]), np.array([-0.5, -0.25])
+    p(up)
+    p(up)
+    assert p(down) == pytest.approx(2 * np.sum(down ** 3), rel=1e-15)
+    weights = np.array([1.0, 2.0])
+    w = gradc.jit(lambda v: weights * v)
+    np.testing.assert_array_equal(w(np.ones(2)), [1.0, 2.0])
+    assert not w._fast
+    weights[1] = 5.0
+    np.testing.assert_array_equal(w(np.ones(2)), [1.0, 5.0])
+
+
 def test_fastmath_reaches_the_loop_helpers(rng):
     g = gradc.grad(rosen, fastmath=True)
     x = rng.uniform(-1, 1, 30)

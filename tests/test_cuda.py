@@ -1027,3 +1027,22 @@ def test_repeated_calls_give_each_inputs_gradient():
         x, w = r.standard_normal((6, 5)), r.standard_normal(5)
         for got, want in zip(g(x, w), ref(x, w)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_device_array_calls_take_the_fast_path():
+    """numba.cuda's device arrays are keyed like ndarrays (type, shape, dtype): later
+    calls skip the general argument handling (about 50 µs of Python before, under 10
+    after, launches aside) and still compute from their own inputs, for ``grad`` and
+    ``jit``."""
+    from gradc.codegen.cuda import import_cuda
+    cuda = import_cuda()
+    g = gradc.grad(rosen, target="cuda")
+    j = gradc.jit(lambda x: (np.sin(x) * 2.0, np.sum(x)), target="cuda")
+    for seed in range(3):
+        x = np.random.default_rng(seed).uniform(-1, 1, 40)
+        d = cuda.to_device(x)
+        np.testing.assert_allclose(g(d).copy_to_host(), gradc.grad(rosen)(x), rtol=1e-12)
+        s, t = j(d)
+        np.testing.assert_allclose(s.copy_to_host(), np.sin(x) * 2.0, rtol=1e-13)
+        assert t == pytest.approx(np.sum(x), rel=1e-13)
+    assert g._fast and j._fast

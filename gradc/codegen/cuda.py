@@ -293,12 +293,16 @@ def copy(x):
     return out
 
 
+_NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
+
+
 def is_device_array(x) -> bool:
-    """A device array: numba.cuda's, or one exposing ``__cuda_array_interface__``."""
+    """A device array: numba.cuda's, or one exposing ``__cuda_array_interface__``.
+    (numba's own are known by their class first: their interface is a property that
+    builds a dict, and a call asks about every argument more than once.)"""
     if isinstance(x, (np.ndarray, np.generic)):
         return False
-    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ in (
-        "DeviceNDArray", "FakeCUDAArray", "MappedNDArray")
+    return type(x).__name__ in _NUMBA_ARRAYS or hasattr(x, "__cuda_array_interface__")
 
 
 def _cupy():
@@ -508,18 +512,19 @@ class Compiled:
             for k, v in self.lowered.consts.items():
                 self.module.__dict__[k] = cuda.to_device(np.ascontiguousarray(v))
             self._uploaded = True
-        on_device = any(is_device_array(a) for a in args)
+        device = [is_device_array(a) for a in args]
+        on_device = any(device)
         converted = []
         for i, (a, v) in enumerate(zip(args, self.graph.inputs)):
             dtype = np.dtype(v.dtype)
             if v.ndim == 0:
-                if is_device_array(a):
+                if device[i]:
                     x = host(a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a))
                 else:
                     x = a
                 converted.append(np.asarray(x, dtype).reshape(())[()])
                 continue
-            if is_device_array(a):
+            if device[i]:
                 d = a if type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray") \
                     else cuda.as_cuda_array(a)
                 if tuple(d.shape) != tuple(v.shape) or np.dtype(d.dtype) != dtype:
