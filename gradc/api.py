@@ -29,7 +29,7 @@ from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
                      with_location)
 from .codegen.compile import Executable, check_target, optimise
-from .codegen.cuda import is_device_array
+from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
 from .ir import Graph, dtype_name, is_float, type_str
 from .passes import jvp_graph, linearize_graph, simplify
@@ -287,27 +287,13 @@ def _normalise_argnums(argnums):
 
 # ---------------------------------------------------------------- grad, value_and_grad
 
-class ValueAndGrad(Transformed):
-    """What ``value_and_grad(f)`` returns (see there)."""
-
-    kind = "value_and_grad"
-    with_value = True
-
-    def __init__(self, fun, argnums=0, has_aux=False, **options):
-        super().__init__(fun, **options)
-        self.argnums = argnums
-        self.nums, self.single = _normalise_argnums(argnums)
-        self.has_aux = has_aux
-        self._fast: dict = {}
-
-    def _options(self):
-        return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
-
-    # ---------------------------------------------------- the per-call fast path
-    # A call whose arguments are plain floats, ints and non-scalar ndarrays, and whose
-    # function reads no arrays besides them, is looked up by a cheap key (types, shapes,
-    # dtypes, int values) and goes straight to the compiled code; everything else, and
-    # any miss or failed guard, takes the general path (which also fills the fast table).
+class _FastPath:
+    """The per-call fast path of a transformation: a call whose arguments are plain
+    floats, ints, non-scalar ndarrays and numba.cuda device arrays, and whose function
+    reads no arrays besides them, is looked up by a cheap key (types, shapes, dtypes,
+    int values) and goes straight to the compiled code; everything else, and any miss
+    or failed guard, takes the general path, which then fills the table through the
+    subclass's ``_remember``."""
 
     def __call__(self, *args, **kwargs):
         fast = self._fast
@@ -323,21 +309,58 @@ class ValueAndGrad(Transformed):
         key, build, dynamic, state = self._prepare(args, kwargs)
         spec, results = self._cache.run(key, build, dynamic)
         out = self._finish(spec, results, state)
-        if not kwargs and not self.has_aux:
+        if not kwargs:
             self._remember(args, spec, state)
         return out
 
     def _remember(self, args, spec, state):
+        raise NotImplementedError
+
+    def _fast_entry(self, args, spec):
+        """(key, reads, executable) when calls like ``args`` may take the fast path."""
         fkey = _fast_key(args)
         if fkey is None or not spec.cacheable or spec.target == "numpy":
-            return
+            return None
         reads = _reads(self.fun)
         if any(isinstance(v, np.ndarray) for _, _, v in reads):
-            return
-        flat, wrt = state
+            return None
         exe = spec.executable
-        if len(flat.leaves) != len(args) or exe.compiled is None or exe._fallback:
-            return                                  # pytrees, or not compiled
+        if exe.compiled is None or exe._fallback:
+            return None
+        return fkey, tuple(reads), exe
+
+    def _store(self, fkey, reads, runner, exe):
+        if len(fast := self._fast) > MAX_SIGNATURES:
+            fast.clear()
+        fast[fkey] = (reads, runner)
+        if fast.clear not in exe.compiled.on_switch:
+            # calls moved from a cached shared library to Numba: runners are made anew
+            exe.compiled.on_switch.append(fast.clear)
+
+
+class ValueAndGrad(_FastPath, Transformed):
+    """What ``value_and_grad(f)`` returns (see there)."""
+
+    kind = "value_and_grad"
+    with_value = True
+
+    def __init__(self, fun, argnums=0, has_aux=False, **options):
+        super().__init__(fun, **options)
+        self.argnums = argnums
+        self.nums, self.single = _normalise_argnums(argnums)
+        self.has_aux = has_aux
+        self._fast: dict = {}
+
+    def _options(self):
+        return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
+
+    def _remember(self, args, spec, state):
+        if self.has_aux or (found := self._fast_entry(args, spec)) is None:
+            return
+        fkey, reads, exe = found
+        flat, wrt = state
+        if len(flat.leaves) != len(args):
+            return                                  # pytrees
         dyn = [i for i, st in enumerate(flat.static) if not st]
         where, k = {}, 0                            # argument -> its gradient's position
         for j, i in enumerate(dyn):
@@ -345,14 +368,9 @@ class ValueAndGrad(Transformed):
                 where[i] = k
                 k += 1
         picks = [where[i % len(args)] for i in self.nums]
-        if len(fast := self._fast) > MAX_SIGNATURES:
-            fast.clear()
         if all(t is float for t in fkey):
             fkey = tuple(float for _ in args)
-        fast[fkey] = (tuple(reads), self._runner(exe, dyn, len(args), picks))
-        if fast.clear not in exe.compiled.on_switch:
-            # calls moved from a cached shared library to Numba: runners are made anew
-            exe.compiled.on_switch.append(fast.clear)
+        self._store(fkey, reads, self._runner(exe, dyn, len(args), picks), exe)
 
     def _runner(self, exe, dyn, n_args, picks):
         """A function of the argument tuple for one signature: the compiled call and the
@@ -439,7 +457,7 @@ class Grad(ValueAndGrad):
         return ValueAndGrad(self.fun, **self._options())
 
 
-class Evaluate(Transformed):
+class Evaluate(_FastPath, Transformed):
     """What ``jit(f)`` returns: ``f`` itself, traced once per signature and compiled."""
 
     kind = "jit"
@@ -448,45 +466,17 @@ class Evaluate(Transformed):
         super().__init__(fun, target=target, fastmath=fastmath)
         self._fast: dict = {}
 
-    def __call__(self, *args, **kwargs):
-        # (the per-call fast path of ValueAndGrad: a signature seen before, with
-        # nothing else the function reads changed, goes straight to the executable)
-        fast = self._fast
-        if fast and not kwargs:
-            entry = fast.get(_fast_key(args))
-            if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
-                try:
-                    return entry[1](args)
-                except GuardFailure:
-                    pass
-        key, build, dynamic, state = self._prepare(args, kwargs)
-        spec, results = self._cache.run(key, build, dynamic)
-        out = self._finish(spec, results, state)
-        if not kwargs:
-            self._remember(args, spec)
-        return out
-
-    def _remember(self, args, spec):
-        fkey = _fast_key(args)
-        if fkey is None or not spec.cacheable or spec.target == "numpy":
+    def _remember(self, args, spec, state):
+        if (found := self._fast_entry(args, spec)) is None:
             return
-        reads = _reads(self.fun)
-        if any(isinstance(v, np.ndarray) for _, _, v in reads):
-            return
-        exe = spec.executable
-        if exe.compiled is None or exe._fallback:
-            return
+        fkey, reads, exe = found
         dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
         finish = self._finish
 
-        def run(args):
+        def run(args):           # (the general path's conversions: a float as a 0-d array)
             return finish(spec, exe([args[i] if type(args[i]) is not float
                                      else np.asarray(args[i]) for i in dyn]), None)
-        if len(self._fast) > MAX_SIGNATURES:
-            self._fast.clear()
-        self._fast[fkey] = (tuple(reads), run)
-        if self._fast.clear not in exe.compiled.on_switch:
-            exe.compiled.on_switch.append(self._fast.clear)
+        self._store(fkey, reads, run, exe)
 
     def _prepare(self, args, kwargs):
         call, all_args, names = _positional(self.fun, args, kwargs)
@@ -518,14 +508,11 @@ def _fast_key(args):
             key.append((a.shape, a.dtype, a.flags.c_contiguous))
         elif t is int or t is bool:
             key.append((t, a))
-        elif t.__name__ in _NUMBA_ARRAYS:   # (numba.cuda's device arrays: traced by
+        elif t.__name__ in NUMBA_ARRAYS:    # (numba.cuda's device arrays: traced by
             key.append((t, a.shape, a.dtype))  # shape and dtype alone, as ndarrays)
         else:
             return None
     return tuple(key)
-
-
-_NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray"))
 
 
 def _code_name(fun, suffix) -> str:

@@ -293,7 +293,7 @@ def copy(x):
     return out
 
 
-_NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
+NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
 
 
 def is_device_array(x) -> bool:
@@ -302,7 +302,7 @@ def is_device_array(x) -> bool:
     builds a dict, and a call asks about every argument more than once.)"""
     if isinstance(x, (np.ndarray, np.generic)):
         return False
-    return type(x).__name__ in _NUMBA_ARRAYS or hasattr(x, "__cuda_array_interface__")
+    return type(x).__name__ in NUMBA_ARRAYS or hasattr(x, "__cuda_array_interface__")
 
 
 def _cupy():
