@@ -244,7 +244,8 @@ def run(args):
         for dtype, precision in variants:
             label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
             try:
-                rows.append(one_row(name, dtype, precision, sizes, rng, found, args))
+                rows.append(one_row(name, label, dtype, precision, sizes, rng, found,
+                                    args))
             except Exception:           # (one workload failing must not hide the others)
                 traceback.print_exc()
                 print(f"{name} {label}: FAILED (traceback above)", file=sys.stderr,
@@ -253,7 +254,7 @@ def run(args):
     return rows
 
 
-def one_row(name, dtype, precision, sizes, rng, found, args):
+def one_row(name, label, dtype, precision, sizes, rng, found, args):
     """One table row: gradc's CUDA target checked against its CPU target, then timed
     beside each peer (a peer that fails is reported and left out of the row)."""
     gradc.set_float32_matmul_precision(precision)
@@ -290,7 +291,6 @@ def one_row(name, dtype, precision, sizes, rng, found, args):
             traceback.print_exc()
             print(f"{name}: peer {label} failed", file=sys.stderr, flush=True)
     copy = copy_time(nbytes, args.repeats) if nbytes else None
-    label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
     print(f"{name} {label}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in times.items())
           + (f", copy {copy * 1e3:.3f} ms" if copy else "")
           + f"; max rel difference {err:.1e}; peers' max abs differences "

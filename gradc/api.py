@@ -295,6 +295,10 @@ class _FastPath:
     or failed guard, takes the general path, which then fills the table through the
     subclass's ``_remember``."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fast: dict = {}               # fast key -> (what fun reads, runner)
+
     def __call__(self, *args, **kwargs):
         fast = self._fast
         if fast and not kwargs:
@@ -349,7 +353,6 @@ class ValueAndGrad(_FastPath, Transformed):
         self.argnums = argnums
         self.nums, self.single = _normalise_argnums(argnums)
         self.has_aux = has_aux
-        self._fast: dict = {}
 
     def _options(self):
         return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
@@ -461,10 +464,6 @@ class Evaluate(_FastPath, Transformed):
     """What ``jit(f)`` returns: ``f`` itself, traced once per signature and compiled."""
 
     kind = "jit"
-
-    def __init__(self, fun, *, target=None, fastmath=False):
-        super().__init__(fun, target=target, fastmath=fastmath)
-        self._fast: dict = {}
 
     def _remember(self, args, spec, state):
         if (found := self._fast_entry(args, spec)) is None:

@@ -724,19 +724,13 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=()):
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
+    if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
+        # (inner functions, which Numba inlines; both, as polygamma calls digamma)
+        lines = special.DEVICE_SOURCE.splitlines() + lines
     text = "\n".join(["@cuda.jit", f"def {kname}({', '.join(params)}):"] +
-                     ["    " + line for line in _with_special(lines)])
+                     ["    " + line for line in lines])
     ctx.kernels.append(Kernel(kname, kinds, text))
     return consts
-
-
-def _with_special(lines) -> list:
-    """``lines`` preceded by the inner functions they call (which Numba inlines; all of
-    them, as polygamma calls digamma)."""
-    text = "\n".join(lines)
-    if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
-        return special.DEVICE_SOURCE.splitlines() + lines
-    return lines
 
 
 def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
