@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -494,6 +495,35 @@ def test_an_unexpected_failure_of_the_one_kernel_lowering_keeps_the_host_loop(mo
     assert "one-kernel lowering of this scan failed (KeyError: 'made up')" in src
     assert ONE_KERNEL not in src
     for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _kernel_text(src, name):
+    start = src.index(f"def {name}(")
+    end = src.find("@cuda.jit", start)
+    return src[start:end if end >= 0 else None]
+
+
+def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes():
+    """The CRF's forward scan as one kernel: the block's row of the carry and of the
+    step's maximum live in shared memory (read in before the first step, the carry
+    written back after the last); ``exp`` of the scores is computed by the stage that
+    sums it, which also writes it where reverse mode needs it (three stages a step:
+    the maximum, the sum, the new carry).  The gradient is still the CPU's."""
+    U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
+    g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+    src = g.source(U, A)
+    forward = _kernel_text(src, "_k2")
+    assert "for _s in range(4):" in forward
+    shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
+    assert len(shared) == 2                       # (the carry's row, the maximum's)
+    steps = forward[forward.index("for _s in range"):]
+    assert steps.count("cuda.syncthreads()") == 3 + 1     # (+ after the write-back)
+    summed = steps[steps.index("_a1_0_0 = 0.0"):]
+    summed = summed[:summed.index("cuda.syncthreads()")]
+    assert "_d.exp(" in summed and "_a1_0_0 = _a1_0_0 + k_" in summed
+    assert "k[_t, i0, i1, i2] = k_" in summed
+    for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -1012,6 +1042,106 @@ def test_kernels_are_specialized_after_their_first_launch():
     compiled._specialize()
     assert launched._specialized and not waiting._specialized and not twice._specialized
     assert compiled._unspecialized == ["_kb"]
+
+
+class _FakeDeviceArray:
+    """What ``DirectKernel.flatten`` reads of a numba device array."""
+
+    def __init__(self, shape, dtype, pointer):
+        import ctypes
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.size = int(np.prod(shape))
+        self.strides = tuple(int(s) for s in np.empty(shape, dtype).strides)
+        self.device_ctypes_pointer = ctypes.c_size_t(pointer)
+
+
+def _direct(kinds, prepare):
+    """A ``DirectKernel`` over fakes: ``prepare`` stands for numba's ``_prepare_args``;
+    returns it, the launches it made and those numba made."""
+    import types as pytypes
+    from gradc.codegen.cuda import DirectKernel
+    direct_calls, numba_calls = [], []
+
+    class Dispatcher:
+        def __getitem__(self, config):
+            return lambda *args: numba_calls.append((config, args))
+    overload = pytypes.SimpleNamespace(argument_types=list(range(len(kinds))),
+                                       _prepare_args=prepare)
+    d = DirectKernel(Dispatcher(), overload, "kernel", kinds,
+                     lambda stream, config, kernel, *flat: direct_calls.append(
+                         (stream, config, kernel, flat)),
+                     lambda **kw: kw, "stream", _FakeDeviceArray)
+    return d, direct_calls, numba_calls
+
+
+def _numbas_way(ty, a, stream, retr, out):
+    """numba-cuda's ``_prepare_args`` for a device array or a float32 (its data model:
+    meminfo, parent, size, itemsize, data, shape, strides)."""
+    import ctypes
+    if isinstance(a, _FakeDeviceArray):
+        out += [0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value]
+        out += list(a.shape) + list(a.strides)
+    else:
+        out.append(ctypes.c_float(a))
+
+
+def test_direct_launches_flatten_arguments_as_numba_does():
+    """``DirectKernel``: once its flattening of the first launch's arguments equals
+    numba's, launches go straight to cuda.core's ``launch`` with numba's array
+    parameters (here of a (3, 4) float64 array at 4096 and a (5,) int32 one) and the
+    scalar's ctypes value; a launch of other arguments, or from another thread, goes
+    through numba."""
+    import ctypes
+    import threading
+    d, direct, slow = _direct([None, ctypes.c_float, None], _numbas_way)
+    x, y = _FakeDeviceArray((3, 4), np.float64, 4096), _FakeDeviceArray((5,), np.int32, 8192)
+    d[8, 256](x, np.float32(1.5), y)
+    assert d.state is True and not slow
+    (stream, config, kernel, flat), = direct
+    flat = list(flat)
+    assert (stream, config, kernel) == ("stream", {"grid": 8, "block": 256, "shmem_size": 0},
+                                        "kernel")
+    assert flat[:9] == [0, 0, 12, 8, 4096, 3, 4, 32, 8]
+    assert isinstance(flat[9], ctypes.c_float) and flat[9].value == 1.5
+    assert flat[10:] == [0, 0, 5, 4, 8192, 5, 4]
+    assert d[8, 256] is d[8, 256]                       # (one launcher per configuration)
+    d[8, 256](np.zeros((3, 4)), np.float32(1.5), y)     # (a host array: numba copies it)
+    assert len(direct) == 1 and len(slow) == 1
+    t = threading.Thread(target=lambda: d[8, 256](x, np.float32(1.5), y))
+    t.start()
+    t.join()
+    assert len(direct) == 1 and len(slow) == 2
+
+
+def test_direct_launches_left_to_numba_when_it_flattens_otherwise():
+    """A numba that passes other parameters (here: strides in elements) keeps every
+    launch, and ``state`` says why."""
+    def otherwise(ty, a, stream, retr, out):
+        _numbas_way(ty, a, stream, retr, out)
+        out[-1] //= a.dtype.itemsize
+    d, direct, slow = _direct([None], otherwise)
+    x = _FakeDeviceArray((4,), np.float32, 64)
+    for _ in range(2):
+        d[1, 32](x)
+    assert not direct and len(slow) == 2
+    assert d.state == "numba flattens the arguments otherwise"
+
+
+@pytest.mark.skipif(SIMULATOR, reason="numba's launch path on a GPU")
+def test_direct_launches_on_a_gpu():
+    """On a GPU, every kernel of a CRF gradient (map kernels, reductions, a one-kernel
+    scan) launches directly after its first launch, with the results of numba's path."""
+    from gradc.codegen.cuda import DirectKernel
+    U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
+    g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+    first = g(U, A)
+    again = g(U, A)
+    compiled = g.compile(U, A)
+    kernels = [compiled.module.__dict__[k] for k in compiled.kernels]
+    assert kernels and all(isinstance(k, DirectKernel) and k.state is True for k in kernels), \
+        [getattr(k, "state", type(k).__name__) for k in kernels]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_repeated_calls_give_each_inputs_gradient():

@@ -582,6 +582,8 @@ class Compiled:
                 continue                   # (not numba's CUDA dispatcher, or already so)
             if len(overloads) == 1:
                 kernel._specialized = True
+                if direct_launches():
+                    self.module.__dict__[name] = direct_kernel(kernel)
             elif not overloads:
                 left.append(name)
         self._unspecialized = left
@@ -636,6 +638,154 @@ class Compiled:
 
     def __reduce__(self):
         return (Compiled, (self.graph, self.name))
+
+
+# ---------------------------------------------------------------- direct launches
+
+def direct_launches() -> bool:
+    """Whether specialized kernels launch through ``DirectKernel`` (the default;
+    ``GRADC_CUDA_DIRECT=0`` in the environment keeps numba's launch path)."""
+    return os.environ.get("GRADC_CUDA_DIRECT", "1") != "0"
+
+
+def direct_kernel(dispatcher):
+    """``dispatcher`` (numba.cuda's, specialized: one compiled definition) as a
+    ``DirectKernel`` when this numba-cuda launches through cuda.core (numba-cuda 0.2x
+    and later) and every parameter is of a kind it flattens; else ``dispatcher``."""
+    import ctypes
+    try:
+        from cuda.core import LaunchConfig, launch
+        from numba.cuda.cudadrv import driver
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        overload = next(iter(dispatcher.overloads.values()))
+        kernel = overload._codelibrary.get_cufunc().kernel
+        stream = driver._to_core_stream(0)
+        types_ = list(overload.argument_types)
+        overload._prepare_args                 # noqa: B018 (the check calls it)
+    except Exception:                         # (an older numba.cuda: its own path)
+        return dispatcher
+    try:                                      # (the types numba-cuda's launch path tests)
+        from numba.cuda import types as nt
+        nt.Array, nt.Integer                   # noqa: B018
+    except (ImportError, AttributeError):
+        from numba.core import types as nt
+    kinds = []
+    for ty in types_:
+        if isinstance(ty, nt.Array):
+            kinds.append(None)
+        elif isinstance(ty, nt.Integer):
+            kinds.append(getattr(ctypes, f"c_{ty}"))
+        elif ty == nt.float64:
+            kinds.append(ctypes.c_double)
+        elif ty == nt.float32:
+            kinds.append(ctypes.c_float)
+        elif ty == nt.boolean:
+            kinds.append(_same)
+        else:
+            return dispatcher
+    return DirectKernel(dispatcher, overload, kernel, kinds, launch, LaunchConfig, stream,
+                        DeviceNDArray)
+
+
+def _same(x):
+    return x
+
+
+class DirectKernel:
+    """A specialized kernel launched straight through cuda.core's ``launch``, its
+    arguments flattened here: numba's launch path costs tens of µs a launch on a
+    GPU's host (a launch configuration with a new stream object, the arguments'
+    conversion, a strided memory view of each array), the most of a small kernel's time
+    and, with a dozen launches, milliseconds of G4's.
+
+    Used in place of numba's dispatcher as ``kernel[grid, block](*args)``.  Each
+    array argument becomes numba's array parameters (meminfo, parent, size, itemsize,
+    data pointer, shape, strides: numba's data model), each scalar the ctypes value
+    numba passes.  **Checked against numba:** the first launch compares the flattened
+    arguments with those numba's own ``_prepare_args`` makes of the same arguments;
+    if they differ, or an argument is not a numba device array (numba would convert
+    it), or the launch comes from another thread than the first (whose CUDA context
+    is current there), numba launches it, as before.  ``state`` says which: None
+    before the first launch, True when launches are direct, else why not."""
+
+    def __init__(self, dispatcher, overload, kernel, kinds, launch, config_type, stream,
+                 array_type):
+        import threading
+        self.dispatcher, self.overload, self.kernel = dispatcher, overload, kernel
+        self.kinds, self.launch, self.config_type = kinds, launch, config_type
+        self.stream, self.array_type = stream, array_type
+        self.thread = threading.get_ident()
+        self._ident = threading.get_ident
+        self.state = None
+        self.launchers: dict = {}
+
+    @property
+    def py_func(self):
+        return self.dispatcher.py_func
+
+    def __getitem__(self, config):
+        run = self.launchers.get(config)
+        if run is None:
+            grid, block = config
+            run = self.launchers[config] = _Launcher(
+                self, self.dispatcher[config], self.config_type(grid=grid, block=block,
+                                                                shmem_size=0))
+        return run
+
+    def flatten(self, args):
+        """The kernel's parameters for ``args``, None if one is not a numba device
+        array where the kernel takes an array."""
+        flat = []
+        array_type = self.array_type
+        for kind, a in zip(self.kinds, args):
+            if kind is None:
+                if type(a) is not array_type:
+                    return None
+                flat += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value or 0)
+                flat += a.shape
+                flat += a.strides
+            else:
+                flat.append(kind(a))
+        return flat
+
+    def check(self, args):
+        """True if ``flatten(args)`` is what numba passes for ``args``, else why not."""
+        flat = self.flatten(args)
+        if flat is None:
+            return "an argument that is not a numba device array"
+        theirs, retr = [], []
+        for ty, a in zip(self.overload.argument_types, args):
+            self.overload._prepare_args(ty, a, self.stream, retr, theirs)
+        if retr:
+            return "numba copies an argument back after the launch"
+        if _plain(flat) != _plain(theirs):
+            return "numba flattens the arguments otherwise"
+        return True
+
+
+class _Launcher:
+    """``DirectKernel[grid, block]``: launches the kernel with that configuration."""
+    __slots__ = ("direct", "slow", "config")
+
+    def __init__(self, direct, slow, config):
+        self.direct, self.slow, self.config = direct, slow, config
+
+    def __call__(self, *args):
+        d = self.direct
+        if d.state is not True or d._ident() != d.thread:
+            if d.state is None and d._ident() == d.thread:
+                d.state = d.check(args)
+            if d.state is not True or d._ident() != d.thread:
+                return self.slow(*args)
+        flat = d.flatten(args)
+        if flat is None:
+            return self.slow(*args)
+        d.launch(d.stream, self.config, d.kernel, *flat)
+
+
+def _plain(flat) -> list:
+    """Kernel parameters as comparable (type name, value) pairs."""
+    return [(type(x).__name__, x.value if hasattr(x, "_type_") else x) for x in flat]
 
 
 def _compute_capability(cuda) -> tuple:

@@ -14,9 +14,18 @@ over rows), the loop over the steps inside the kernel, the body's fused regions 
 * a reduction stage (axes other than the batch axis): a thread per kept element of the
   row, the reduced elements in order (the per-element code is the fusion pass's, emitted
   by the same ``_Emitter`` as every other kernel);
+* an elementwise stage whose results the next stage reduces over the same domain is
+  merged into it: the reduction computes the elements as it sums them (and writes them
+  where they are needed too: the CRF's ``exp`` scores, stacked for reverse mode),
+  one barrier and a round trip through memory fewer;
 * the scan's carries live in buffers of their own (copied in once, updated in place at
   the end of each step); stacked results are written straight into their ``(T, B, ...)``
   arrays when a stage computes them, else copied there;
+* the block's row of each carry and of each of the step's temporaries lives in shared
+  memory while it fits (a carry's row read in before the row's first step and written
+  back after its last): every stage reads what an earlier one wrote, and a read from
+  global memory after a barrier waits for L2 (hundreds of cycles, at each of a few
+  hundred steps), one from shared memory tens;
 * an *accumulating* carry ``c' = c + sum over the batch of e`` (what reverse mode makes
   of a parameter shared by all rows: the CRF's transition matrix) cannot be updated by
   one block; each block adds its rows' terms into a ``(B, ...)`` array of partial sums
@@ -53,6 +62,8 @@ from . import loops
 from .pysource import dtype_expr, scalar_literal, text_of_body
 
 ROW_BLOCKS = 65535       # at most this many blocks (each strides over rows)
+ROW_SHARED = 16 * 1024   # a row of a carry or temporary up to this size: in shared memory
+RESERVE = 4 * 1024       # ... leaving this much for the reductions' per-thread partials
 
 
 class NotRows(Exception):
@@ -64,15 +75,17 @@ class _RowEmitter(cg._Emitter):
     """Per-element code of a stage: row values must be read at the block's row;
     stacked arrays (a scan's xs and ys) are indexed by the step first."""
 
-    def __init__(self, ctx, names, producer, comments, rows, stepped):
+    def __init__(self, ctx, names, producer, comments, rows, stepped, shared):
         super().__init__(ctx, names, producer, comments)
-        self.rows, self.stepped = rows, stepped
+        self.rows, self.stepped, self.shared = rows, stepped, shared
 
     def read(self, array, idx):
         if array in self.rows:
             first = idx[0] if idx else None
             if not (isinstance(first, Affine) and first.key() == ("i0", 1, 0)):
                 raise NotRows(f"{array} read away from the block's row")
+        if array in self.shared:             # (the block's row of it, in shared memory)
+            return f"{array}[{_linear([str(c) for c in idx[1:]], self.shared[array])}]"
         sub = self.subscript(idx)
         return f"{array}[_t, {sub}]" if array in self.stepped else f"{array}[{sub}]"
 
@@ -125,6 +138,7 @@ class _Rows:
                                            for q in fused.params["body"].eqns}
                 e = fused
             eqns.append(e)
+        eqns, text_of = _merge_into_reductions(eqns, list(text_of), self.comments_of)
         body = body.replace(eqns=tuple(eqns))
         self.ctx, self.eqn, self.body, self.text_of = ctx, eqn, body, text_of
         p = eqn.params
@@ -415,7 +429,20 @@ class _Rows:
         self.row_arrays = set()           # kernel arrays holding row values
         self.buffers = {}                 # body value -> host name of its array
         self.row_start = []               # lines run before a row's first step
+        self.flush = []                   # lines run after a row's last step
+        self.head = []                    # the kernel's shared arrays (and their aliases)
+        self.shared_rows = {}             # kernel name -> its row's shape (shared memory)
         param = self._param
+        # shared memory: an accumulator's partial sums first (see below), then the rows
+        # of the carries and of the step's temporaries, smallest first, each while it
+        # fits (a reduction's partials per thread need some of what is left)
+        contributions = [e for _, es in self.acc.values() for e in es]
+        shared, self.room = set(), cg.SHARED_BYTES
+        for e in contributions:
+            size = _row_bytes((1,) + tuple(e.shape), e.dtype)
+            if size <= self.room:
+                self.room -= size
+                shared.add(e)
 
         # the scan's constants (and unchanged carries), read whole
         fixed = [(carries[j], ins[nc + j]) for j in sorted(self.fixed)]
@@ -429,12 +456,22 @@ class _Rows:
                 self.names[bv] += "[0]" if cell else ""
             else:
                 param(bv, ctx.on_device(ov), ov.ndim)
-        # carries: buffers of their own, updated in place
+        # carries: buffers of their own, updated in place (the block's row of one in
+        # shared memory while the block works on the row: read in before the first step,
+        # written back after the last)
         for j, (bv, ov) in enumerate(zip(carries, ins[nc:nc + nk])):
             if j in self.row_carries:
                 buf = self._host(f"_d.copy({ctx.on_device(ov)})")
                 self.buffers[bv] = buf
-                param(bv, buf, bv.ndim)
+                if self._share(bv):
+                    name, size = self.names[bv], int(np.prod(bv.shape[1:]))
+                    self._extra(f"{name}_g", f"{buf}.reshape(({B}, {size}))", bv.dtype, 2)
+                    self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+                                       f"    {name}[_e] = {name}_g[i0, _e]"]
+                    self.flush += [f"for _e in range(_tid, {size}, _nt):",
+                                   f"    {name}_g[i0, _e] = {name}[_e]"]
+                else:
+                    param(bv, buf, bv.ndim)
         # xs: the step's row read from the stacked array (a scalar per step as x[_t])
         for bv, ov in zip(body.inputs[nc + nk:], ins[nc + nk:]):
             name = param(bv, ctx.on_device(ov), ov.ndim, stepped=True)
@@ -486,13 +523,13 @@ class _Rows:
         # the body's values: arrays of their own (or a result's), reshapes as views;
         # an accumulator's partial sums in shared memory while the block works on a row
         # (written out once per row) when they fit, else in the (B, ...) array itself
-        parts, shared, room = {}, set(), cg.SHARED_BYTES
-        contributions = [e for _, es in self.acc.values() for e in es]
-        for e in contributions:
-            size = int(np.prod(e.shape)) * np.dtype(e.dtype).itemsize
-            if size <= room:
-                room -= size
-                shared.add(e)
+        parts = {}
+        temps = sorted((v for e in body.eqns if e not in updates and
+                        _reshape_source(e) is None for v in e.outputs
+                        if v in self.rows and v not in into and v not in carry_into and
+                        v not in contributions),
+                       key=lambda v: _row_bytes(v.shape, v.dtype))
+        self.share_temps = {v for v in temps if self._fits(v)}
         for e in body.eqns:
             if e in updates:
                 continue
@@ -508,22 +545,32 @@ class _Rows:
                     self.buffers[v] = self._host(into[v])
                     param(v, self.buffers[v], v.ndim + 1, stepped=True)
                 elif v in carry_into:
-                    self.buffers[v] = self.buffers[carries[carry_into[v]]]
-                    param(v, self.buffers[v], v.ndim)
+                    carry = carries[carry_into[v]]
+                    self.buffers[v] = self.buffers[carry]
+                    if self.names[carry] in self.shared_rows:
+                        self._alias(v, carry)
+                    else:
+                        param(v, self.buffers[v], v.ndim)
                 elif src is not None:
                     if src not in self.buffers:
                         raise NotRows("a reshape of a stacked operand, a constant or an "
                                       "unchanged carry")
+                    if self.names[src] in self.shared_rows:
+                        self.buffers[v] = self.buffers[src]
+                        self._alias(v, src)
+                        continue
                     stepped = self.names[src] in self.stepped
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
                     self.buffers[v] = self._host(f"{self.buffers[src]}.reshape({shape!r})")
                     param(v, self.buffers[v], len(shape), stepped=stepped)
+                elif v in self.share_temps:
+                    self.buffers[v] = "(in shared memory)"
+                    self._share(v, checked=True)
                 else:
                     self.buffers[v] = self._host(f"_d.empty({tuple(v.shape)!r}, "
                                                  f"{dtype_expr(v.dtype)})")
                     param(v, self.buffers[v], v.ndim)
-        part_names, flush = {}, []
-        self.head, self.room = [], room
+        part_names, flush = {}, self.flush
         for v, (part, j) in parts.items():
             size = int(np.prod(v.shape))
             if v in shared:
@@ -574,8 +621,12 @@ class _Rows:
                 widest = max(widest, int(np.prod(out.shape[1:])))
         if tail:
             step += tail + ["cuda.syncthreads()"]
-        lines = self.head + ["_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
-                        f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
+        # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
+        # than the widest stage uses)
+        threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
+        lines = self.head + ["_tid = cuda.threadIdx.x",
+                             f"_nt = {threads}   # (the block's size: its launch's)",
+                             f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
         if self.row_start:
             lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
         lines.append(f"    for _s in range({T}):")
@@ -583,9 +634,6 @@ class _Rows:
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
         kname = ctx.kernel_name()
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds)
-        # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
-        # than the widest stage uses)
-        threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
@@ -634,6 +682,37 @@ class _Rows:
             if r in ctx.fresh and r not in seen:    # (a kernel's new array, once)
                 ctx.fresh.add(o)
             seen.add(r)
+
+    def _fits(self, v) -> bool:
+        """Whether the block's row of body value ``v`` fits in the shared memory left
+        (taking it if so)."""
+        size = _row_bytes(v.shape, v.dtype)
+        if size > min(ROW_SHARED, self.room - RESERVE):
+            return False
+        self.room -= size
+        return True
+
+    def _share(self, v, checked=False) -> bool:
+        """Give row value ``v`` a shared array for the block's row (its own kernel
+        name, indexed by the row's linear index) if it fits."""
+        if not checked and not self._fits(v):
+            return False
+        name = self.ctx.names[v]
+        size = max(1, int(np.prod(v.shape[1:])))
+        self.head.append(f"{name} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
+        self.names[v] = name
+        self.shared_rows[name] = tuple(int(d) for d in v.shape[1:])
+        self.row_arrays.add(name)
+        return True
+
+    def _alias(self, v, root):
+        """Body value ``v`` (a reshape of ``root``, or a carry's new value written into
+        the carry's buffer) as another name of ``root``'s shared array."""
+        name = self.ctx.names[v]
+        self.head.append(f"{name} = {self.names[root]}")
+        self.names[v] = name
+        self.shared_rows[name] = tuple(int(d) for d in v.shape[1:])
+        self.row_arrays.add(name)
 
     def _param(self, v, arg, ndim, stepped=False):
         """A kernel parameter for body value ``v`` (passed ``arg`` by the host)."""
@@ -685,9 +764,15 @@ class _Rows:
         jvars = [f"_j{d}" for d in range(1, v.ndim)]
         sub = ", ".join(["i0"] + jvars)
         lines = [f"for _e in range(_tid, {size}, _nt):"]
-        lines += cg._decode("_e", tuple(v.shape[1:]), jvars, "    ")
-        lines.append(f"    {dst}[{'_t, ' if stepped else ''}{sub}] = "
-                     f"{src}[{'_t, ' if src in self.stepped else ''}{sub}]")
+        if dst not in self.shared_rows or src not in self.shared_rows:
+            lines += cg._decode("_e", tuple(v.shape[1:]), jvars, "    ")
+
+        def at(name, step):
+            if name in self.shared_rows:        # (a row of v's shape: _e is its index)
+                assert self.shared_rows[name] == tuple(v.shape[1:])
+                return f"{name}[_e]"
+            return f"{name}[{'_t, ' if step else ''}{sub}]"
+        lines.append(f"    {at(dst, stepped)} = {at(src, src in self.stepped)}")
         return lines
 
     def _names(self, fused):
@@ -714,7 +799,8 @@ class _Rows:
             comments = dict(zip(body.eqns, text_of_body(fused, text)))
         producer = {v: e for e in body.eqns for v in e.outputs}
         em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
-                         self.row_arrays, self.stepped)
+                         self.row_arrays, self.stepped,
+                         self.shared_rows)
         for r, o in zip(body.outputs, fused.outputs):
             em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
         return em.lines
@@ -752,11 +838,14 @@ class _Rows:
                     return f"{name}[{_linear(sub[1:], domain[1:])}]"
                 return f"{name}[{', '.join(sub)}]"
             name = self.names[o]
+            if name in self.shared_rows:
+                return f"{name}[{_linear(sub[1:], self.shared_rows[name])}]"
             step = "_t, " if name in self.stepped else ""
             return f"{name}[{step}{', '.join(sub)}]"
 
         def emitter():
-            return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped)
+            return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
+                               self.shared_rows)
 
         def pointwise(em, roots):
             for r, o, kind in roots:
@@ -814,8 +903,12 @@ class _Rows:
             lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
-            lines.append(f"    for _r in range(_q, {R}, {S}):" if S > 1
-                         else f"    for _r in range({R}):")
+            if S > 1 and R % S == 0:         # (a constant trip count: LLVM unrolls it,
+                lines += [f"    for _u in range({R // S}):",   # issuing loads together)
+                          f"        _r = _u * {S} + _q"]
+            else:
+                lines.append(f"    for _r in range(_q, {R}, {S}):" if S > 1
+                             else f"    for _r in range({R}):")
             lines += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
                                 "        ")
             lines += ["        " + s for s in em.lines]
@@ -877,6 +970,90 @@ def _as_fused(eqn):
     if not cg._kernel_alone(eqn):
         return None
     return cg._fused_of_one(eqn)
+
+
+def _merge_into_reductions(eqns, texts, comments_of):
+    """``eqns`` (and their texts) with each elementwise stage whose results the next
+    stage reduces, over the same domain, merged into that stage: the reduction computes
+    the elements as it sums them (and writes them, where they are needed as well),
+    instead of reading them back from memory after a barrier.  ``comments_of`` gets the
+    merged equations' comments."""
+    from ..passes.fuse import ELEMENTWISE, fused_p
+    out, out_texts = [], []
+    k = 0
+    while k < len(eqns):
+        e1, t1 = eqns[k], texts[k]
+        e2 = eqns[k + 1] if k + 1 < len(eqns) else None
+        merged = None
+        if e2 is not None and e1.prim.name == "fused" and e2.prim.name == "fused" and \
+                _reshape_source(e1) is None and \
+                tuple(e1.params["domain"]) == tuple(e2.params["domain"]):
+            merged = _merged(e1, e2, ELEMENTWISE, fused_p)
+        if merged is None:
+            out.append(e1)
+            out_texts.append(t1)
+            k += 1
+            continue
+        c1 = comments_of.get(e1) or dict(zip(e1.params["body"].eqns, text_of_body(e1, t1)))
+        c2 = comments_of.get(e2) or dict(zip(e2.params["body"].eqns,
+                                             text_of_body(e2, texts[k + 1])))
+        fused, renamed = merged
+        comments_of[fused] = {q: c1.get(q, []) for q in e1.params["body"].eqns} | \
+            {new: c2.get(old, []) for old, new in renamed.items()}
+        eqns = eqns[:k] + [fused] + eqns[k + 2:]     # (and perhaps into the next one)
+        texts = texts[:k] + [texts[k + 1]] + texts[k + 2:]
+    return out, out_texts
+
+
+def _merged(e1, e2, elementwise, fused_p):
+    """``(fused equation, {e2's body equation: its copy})`` computing ``e1`` (elementwise
+    alone) inside ``e2`` (reductions over axes other than the batch axis) when ``e2``
+    reads a result of ``e1`` at each of its own elements; else None."""
+    b1, b2 = e1.params["body"], e2.params["body"]
+    domain = tuple(e1.params["domain"])
+    if any(q.prim.name in REDUCTIONS for q in b1.eqns):
+        return None
+    reds = [q for q in b2.eqns if q.prim.name in REDUCTIONS]
+    if not reds or any(0 in q.params["axes"] for q in reds):
+        return None
+    if any(tuple(o.shape) != domain for o in e1.outputs):
+        return None
+    root_of = dict(zip(e1.outputs, b1.outputs))
+    sub = {}
+    for bv, ov in zip(b2.inputs, e2.inputs):
+        if isinstance(ov, Var) and ov in root_of:
+            sub[bv] = root_of[ov]
+    if not sub:
+        return None
+    # (read where it is computed: by elementwise equations and the reductions alone)
+    for q in b2.eqns:
+        if any(isinstance(v, Var) and v in sub for v in q.inputs) and \
+                q.prim.name not in elementwise and q.prim.name not in REDUCTIONS:
+            return None
+    if any(isinstance(r, Var) and r in sub for r in b2.outputs):
+        return None
+    inputs, body_inputs = list(e1.inputs), list(b1.inputs)
+    outer_of = {}
+    for bv, ov in zip(b1.inputs, e1.inputs):
+        if isinstance(ov, Var):
+            outer_of.setdefault(ov, bv)
+    for bv, ov in zip(b2.inputs, e2.inputs):
+        if bv in sub:
+            continue
+        if isinstance(ov, Var) and ov in outer_of:
+            sub[bv] = outer_of[ov]
+        else:
+            inputs.append(ov)
+            body_inputs.append(bv)
+    renamed = {}
+    for q in b2.eqns:
+        renamed[q] = q.replace(inputs=tuple(sub.get(v, v) if isinstance(v, Var) else v
+                                            for v in q.inputs))
+    body = Graph(tuple(body_inputs), tuple(b1.eqns) + tuple(renamed.values()),
+                 tuple(b1.outputs) + tuple(b2.outputs))
+    fused = make_eqn(fused_p, inputs, list(e1.outputs) + list(e2.outputs),
+                     {**e2.params, "body": body})
+    return fused, renamed
 
 
 def _inlined(eqns):
@@ -960,6 +1137,11 @@ def _einsum_as_fused(eqn):
     ins = list(dict.fromkeys(v for v in (x, y) if isinstance(v, Var)))
     body = Graph(tuple(ins), tuple(eqns), (root,))
     return make_eqn(fused_p, ins, [out], {"body": body, "domain": domain})
+
+
+def _row_bytes(shape, dtype) -> int:
+    """The bytes of one row (everything but the leading axis) of an array."""
+    return max(1, int(np.prod(shape[1:]))) * np.dtype(dtype).itemsize
 
 
 def _linear(names, dims) -> str:
