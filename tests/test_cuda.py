@@ -1144,6 +1144,64 @@ def test_direct_launches_on_a_gpu():
         np.testing.assert_array_equal(a, b)
 
 
+def _column_major(buf, rows, cols, ld):
+    """The rows x cols matrix a BLAS reads from ``buf`` with leading dimension ld."""
+    return buf[:ld * cols].reshape(cols, ld)[:, :rows].T
+
+
+def _blas_gemm(op_a, op_b, m, n, k, a, lda, b, ldb, ldc):
+    """What cuBLAS's gemm writes (column-major, leading dimension ldc) for
+    ``C = op(A) op(B)`` of the flat buffers ``a`` and ``b``."""
+    A = _column_major(a, m, k, lda) if op_a == 0 else _column_major(a, k, m, lda).T
+    B = _column_major(b, k, n, ldb) if op_b == 0 else _column_major(b, n, k, ldb).T
+    out = np.zeros(ldc * n)
+    out.reshape(n, ldc)[:, :m] = (A @ B).T
+    return out
+
+
+@pytest.mark.parametrize("spec", ["ij,jk->ik", "ji,jk->ik", "ij,kj->ik", "ji,kj->ik",
+                                  "ij,ik->jk", "ik,jk->ij"])
+def test_gemm_plans_compute_the_einsum(spec):
+    """``gemm_plan`` (2-D products straight through cuBLAS, column-major): the call it
+    plans, run by a NumPy model of BLAS's gemm on the operands' C-order bytes, gives
+    the einsum, for each placement of the summed letter (G3's three among them)."""
+    from gradc.codegen.cuda import gemm_plan
+    from gradc.prims.linalg import parse_spec
+    sa, sb, so = parse_spec(spec)
+    size = dict(zip(sorted(set(sa + sb)), (3, 5, 4)))
+    x = rng.standard_normal([size[c] for c in sa])
+    y = rng.standard_normal([size[c] for c in sb])
+    op_y, op_x, m, n, k, ld_y, ld_x, ld_out = gemm_plan(spec, x.shape, y.shape)
+    out = _blas_gemm(op_y, op_x, m, n, k, y.ravel(), ld_y, x.ravel(), ld_x, ld_out)
+    want = np.einsum(spec, x, y)
+    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_plans_only_plain_products():
+    from gradc.codegen.cuda import gemm_plan
+    assert gemm_plan("ij,jk->ki", (2, 3), (3, 4)) is None        # (the result transposed)
+    assert gemm_plan("bij,bjk->bik", (2, 2, 3), (2, 3, 4)) is None
+    assert gemm_plan("ij,jk->ijk", (2, 3), (3, 4)) is None
+    assert gemm_plan("ij,jk->ik", (2, 0), (0, 4)) is None        # (an empty sum)
+
+
+@pytest.mark.skipif(SIMULATOR, reason="cuBLAS on a GPU")
+def test_gemm_plans_checked_on_a_gpu():
+    """On a GPU with CuPy, an MLP's products (three placements of the summed letter)
+    go straight to cuBLAS: every plan passes its check against CuPy, and the gradient
+    is the CPU's."""
+    pytest.importorskip("cupy")
+    from gradc.codegen import cuda
+    f = lambda W1, W2, X: np.sum(np.tanh(X @ W1) @ W2)          # noqa: E731
+    args = [rng.standard_normal(s) for s in ((5, 7), (7, 3), (6, 5))]
+    got = gradc.grad(f, argnums=(0, 1), target="cuda")(*args)
+    want = gradc.grad(f, argnums=(0, 1), target="numpy")(*args)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    plans = cuda.cupy_gemm.plans
+    assert len(plans) >= 3 and all(plans.values()), plans
+
+
 def test_repeated_calls_give_each_inputs_gradient():
     """The second and later calls (on a GPU, with the kernels specialized) compute from
     their own inputs: map kernels, a reduction and a scan."""

@@ -318,6 +318,7 @@ def _cupy():
 cupy_einsum = None
 cupy_solve = None
 cupy_library = None
+cupy_gemm = None        # (the Gemm cupy_einsum tries first: its plans, for inspection)
 
 # primitives CuPy computes on the device with NumPy's semantics, by name: decompositions
 # (cuSOLVER) and the stable argsort (CuPy's stable sort: ties keep their order, NaNs go
@@ -429,17 +430,143 @@ def from_cupy(cp, out):
     return _CUDA.from_cuda_array_interface(desc, owner=out)
 
 
+def gemm_plan(spec, xshape, yshape):
+    """How cuBLAS (column-major) computes the 2-D einsum ``spec`` of C-contiguous
+    operands of these shapes into a C-contiguous result: ``(op_y, op_x, m, n, k,
+    ld_y, ld_x, ld_out)`` for ``gemm(op_y, op_x, m, n, k, 1, y, ld_y, x, ld_x, 0, out,
+    ld_out)`` (a row-major ``out = A @ B`` is the column-major ``out^T = B^T A^T``,
+    and a row-major array is the transpose of the column-major one of the same bytes),
+    or None when the einsum is not one such product (batch letters, a letter summed
+    within one operand, the result's letters in the other order, an empty axis)."""
+    from ..prims.linalg import parse_spec
+    sa, sb, so = parse_spec(spec)
+    if len(sa) != 2 or len(sb) != 2 or len(so) != 2 or len(set(sa + sb)) != 3:
+        return None
+    summed = [c for c in sa if c in sb]
+    if len(summed) != 1 or summed[0] in so:
+        return None
+    kc = summed[0]
+    mc, nc = (c for c in so)
+    if mc not in sa or nc not in sb:
+        return None
+    size = dict(zip(sa, xshape)) | dict(zip(sb, yshape))
+    M, N, K = int(size[mc]), int(size[nc]), int(size[kc])
+    if min(M, N, K) < 1:
+        return None
+    # y stored (k, n): column-major (n, k) = B^T as it is; stored (n, k): its transpose
+    op_y, ld_y = (0, N) if sb == kc + nc else (1, K)
+    # x stored (m, k): column-major (k, m) = A^T as it is; stored (k, m): transposed
+    op_x, ld_x = (0, K) if sa == mc + kc else (1, M)
+    return op_y, op_x, N, M, K, ld_y, ld_x, N
+
+
+class Gemm:
+    """Two-dimensional products of numba device arrays straight through cuBLAS, by
+    CuPy's bindings on CuPy's handle and the arrays' pointers (``gemm_plan``): CuPy's
+    own path makes a CuPy array of each operand, views of them and a numba view of the
+    result, some 50 µs of host time a product (G3 makes five a call).
+
+    **Checked against CuPy:** before its first use, each plan (einsum, shapes, dtype,
+    float32 precision) computes a product of random operands both ways; a plan whose
+    result differs (or a binding that fails) is not used again, and CuPy computes those
+    products.  ``plans`` holds each plan, or False."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.plans: dict = {}
+        try:
+            from cupy_backends.cuda.libs import cublas
+            self.cublas = cublas
+            from numba.cuda.cudadrv.devicearray import DeviceNDArray
+            self.array_type = DeviceNDArray
+        except Exception:
+            self.cublas = None
+
+    def __call__(self, spec, x, y, shape):
+        if self.cublas is None or type(x) is not self.array_type or \
+                type(y) is not self.array_type or x.dtype != y.dtype:
+            return None
+        key = (spec, x.shape, y.shape, x.dtype.char, _precision)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self._checked(spec, x, y, shape)
+        if plan is False or not (x.is_c_contiguous() and y.is_c_contiguous()):
+            return None
+        out = empty(shape, x.dtype)
+        self._run(plan, x.device_ctypes_pointer.value, y.device_ctypes_pointer.value,
+                  out.device_ctypes_pointer.value)
+        return out
+
+    def _call_for(self, dtype):
+        """(the cuBLAS call, alpha, beta) for ``dtype`` at the chosen precision."""
+        import ctypes
+        cublas = self.cublas
+        if dtype == np.float64:
+            return cublas.dgemm, ctypes.c_double(1.0), ctypes.c_double(0.0), None
+        if dtype != np.float32:
+            return None
+        compute = {"highest": None, "high": 77, "medium": 75}[_precision]
+        # (CUBLAS_COMPUTE_32F_FAST_TF32 = 77, _FAST_16BF = 75; CUDA_R_32F = 0)
+        return cublas.sgemm, ctypes.c_float(1.0), ctypes.c_float(0.0), compute
+
+    def _run(self, plan, xp, yp, outp):
+        import ctypes
+        op_y, op_x, m, n, k, ld_y, ld_x, ld_out, dtype = plan
+        fn, alpha, beta, compute = self._call_for(dtype)
+        cublas = self.cublas
+        handle = self.cp.cuda.device.get_cublas_handle()
+        mode = cublas.getPointerMode(handle)
+        cublas.setPointerMode(handle, 0)          # (CUBLAS_POINTER_MODE_HOST)
+        try:
+            a, b = ctypes.addressof(alpha), ctypes.addressof(beta)
+            if compute is None:
+                fn(handle, op_y, op_x, m, n, k, a, yp, ld_y, xp, ld_x, b, outp, ld_out)
+            else:
+                cublas.gemmEx(handle, op_y, op_x, m, n, k, a, yp, 0, ld_y, xp, 0, ld_x,
+                              b, outp, 0, ld_out, compute, -1)
+        finally:
+            cublas.setPointerMode(handle, mode)
+
+    def _checked(self, spec, x, y, shape):
+        plan = gemm_plan(spec, x.shape, y.shape)
+        if plan is None or self._call_for(np.dtype(x.dtype)) is None:
+            return False
+        plan = plan + (np.dtype(x.dtype),)
+        cp = self.cp
+        try:
+            rng = cp.random.default_rng(0)
+            rx = rng.standard_normal(x.shape, dtype=np.float64).astype(x.dtype)
+            ry = rng.standard_normal(y.shape, dtype=np.float64).astype(x.dtype)
+            with _ComputeType(cp, x.dtype):
+                want = cp.asnumpy(cp.einsum(spec, rx, ry)).astype(np.float64)
+            got = cp.empty(tuple(shape), x.dtype)
+            self._run(plan, rx.data.ptr, ry.data.ptr, got.data.ptr)
+            got = cp.asnumpy(got).astype(np.float64)
+        except Exception:
+            return False
+        tol = {"d": 1e-9, "f": 1e-3 if _precision == "highest" else 5e-2}[np.dtype(x.dtype).char]
+        scale = max(1.0, float(np.abs(want).max()))
+        if got.shape != want.shape or not np.all(np.abs(got - want) <= tol * scale):
+            return False
+        return plan
+
+
 def _set_cupy() -> None:
     """CuPy's ``einsum`` (cuBLAS), ``linalg.solve`` (cuSOLVER's LU) and decompositions
     and argsort (``LIBRARY``) for the generated code when CuPy is installed (None otherwise: the
     generated kernels, or for decompositions the host, run instead)."""
-    global cupy_einsum, cupy_solve, cupy_library
+    global cupy_einsum, cupy_solve, cupy_library, cupy_gemm
     cp = None if simulator() else _cupy()
     if cp is None:
-        cupy_einsum = cupy_solve = cupy_library = None
+        cupy_einsum = cupy_solve = cupy_library = cupy_gemm = None
         return
 
+    gemm = cupy_gemm = Gemm(cp)
+
     def einsum(spec, x, y, shape):
+        out = gemm(spec, x, y, shape)
+        if out is not None:
+            return out
         x, y = cp.asarray(x), cp.asarray(y)
         with _ComputeType(cp, x.dtype):
             out = matmul_einsum(cp, spec, x, y)
