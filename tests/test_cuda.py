@@ -372,6 +372,24 @@ def test_programs_match_the_interpreter(name):
         assert "_kk = _k // 4" in src and "_q = _k // 2" in src   # (summing axis 2, 1)
 
 
+@pytest.mark.parametrize("name", ROW_SCANS)
+def test_row_scans_with_their_rows_in_global_memory(name, monkeypatch):
+    """Rows too large for shared memory stay in global memory (the carries' buffers,
+    the step's temporaries, a carry's new value written into its buffer through a
+    reshape): each one-kernel scan and its gradient, with no row in shared memory."""
+    from gradc.codegen import cudarows
+    monkeypatch.setattr(cudarows, "ROW_SHARED", 0)
+    f, args = PROGRAMS[name]
+    tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
+    wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+    grad = gradc.grad(_summed(f), argnums=wrt, target="cuda")
+    src = grad.source(*args)
+    assert src.count(ONE_KERNEL) == 2
+    assert re.search(r"\n +[a-z]\w* = cuda\.shared\.array", src) is None   # (no row's)
+    for a, b in zip(grad(*args), gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 def test_gradient_against_finite_differences():
     x = rng.standard_normal(20)
     g = gradc.grad(rosen, target="cuda")(x)
@@ -506,17 +524,21 @@ def _kernel_text(src, name):
 
 def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes():
     """The CRF's forward scan as one kernel: the block's row of the carry and of the
-    step's maximum live in shared memory (read in before the first step, the carry
-    written back after the last); ``exp`` of the scores is computed by the stage that
-    sums it, which also writes it where reverse mode needs it (three stages a step:
-    the maximum, the sum, the new carry).  The gradient is still the CPU's."""
+    step's maximum live in shared memory (the carry read in before the first step and
+    written back after the last), and so does a copy of the sum of exponentials,
+    stacked for reverse mode and read by the step's last stage; ``exp`` of the scores
+    is computed by the stage that sums it, which also writes it where reverse mode
+    needs it (three stages a step: the maximum, the sum, the new carry).  The gradient
+    is still the CPU's."""
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
     forward = _kernel_text(src, "_k2")
     assert "for _s in range(4):" in forward
     shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
-    assert len(shared) == 2                       # (the carry's row, the maximum's)
+    assert len(shared) == 3              # (the carry's row, the maximum's, the sum's)
+    assert "q_s[i2] = q[_t, i0, i2] = _a1_0_0" in forward
+    assert "_d.log(q_s[" in forward
     steps = forward[forward.index("for _s in range"):]
     assert steps.count("cuda.syncthreads()") == 3 + 1     # (+ after the write-back)
     summed = steps[steps.index("_a1_0_0 = 0.0"):]

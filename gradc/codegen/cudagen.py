@@ -191,6 +191,7 @@ class _Context(Symbols):
 
     def __init__(self, simulator: bool):
         super().__init__()
+        self.simulator = simulator
         self.threads = THREADS_SIM if simulator else THREADS
         self.tile = TILE_SIM if simulator else TILE
         self.kernels: list = []
@@ -717,9 +718,10 @@ def _operands(ctx, outer):
     return [ov for ov in outer.values() if not isinstance(ov, Lit)]
 
 
-def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=()):
+def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=(), max_registers=None):
     """Record kernel ``kname``; returns the array constants it reads (parameters after
-    ``head_params``, passed by the host function)."""
+    ``head_params``, passed by the host function).  ``max_registers``: a limit on the
+    registers per thread (not under the simulator, whose ``jit`` takes none)."""
     text = "\n".join(lines)
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
@@ -727,7 +729,9 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=()):
     if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
         # (inner functions, which Numba inlines; both, as polygamma calls digamma)
         lines = special.DEVICE_SOURCE.splitlines() + lines
-    text = "\n".join(["@cuda.jit", f"def {kname}({', '.join(params)}):"] +
+    jit = "@cuda.jit" if max_registers is None or ctx.simulator else \
+        f"@cuda.jit(max_registers={max_registers})"
+    text = "\n".join([jit, f"def {kname}({', '.join(params)}):"] +
                      ["    " + line for line in lines])
     ctx.kernels.append(Kernel(kname, kinds, text))
     return consts

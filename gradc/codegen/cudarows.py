@@ -64,6 +64,7 @@ from .pysource import dtype_expr, scalar_literal, text_of_body
 ROW_BLOCKS = 65535       # at most this many blocks (each strides over rows)
 ROW_SHARED = 16 * 1024   # a row of a carry or temporary up to this size: in shared memory
 RESERVE = 4 * 1024       # ... leaving this much for the reductions' per-thread partials
+REGISTERS = 65536        # registers of an SM (every GPU since compute capability 5.0)
 
 
 class NotRows(Exception):
@@ -75,9 +76,9 @@ class _RowEmitter(cg._Emitter):
     """Per-element code of a stage: row values must be read at the block's row;
     stacked arrays (a scan's xs and ys) are indexed by the step first."""
 
-    def __init__(self, ctx, names, producer, comments, rows, stepped, shared):
+    def __init__(self, ctx, names, producer, comments, rows, stepped, shared, mirrors):
         super().__init__(ctx, names, producer, comments)
-        self.rows, self.stepped, self.shared = rows, stepped, shared
+        self.rows, self.stepped, self.shared, self.mirrors = rows, stepped, shared, mirrors
 
     def read(self, array, idx):
         if array in self.rows:
@@ -86,6 +87,9 @@ class _RowEmitter(cg._Emitter):
                 raise NotRows(f"{array} read away from the block's row")
         if array in self.shared:             # (the block's row of it, in shared memory)
             return f"{array}[{_linear([str(c) for c in idx[1:]], self.shared[array])}]"
+        if array in self.mirrors:            # (a stacked result's copy there)
+            mirror, dims = self.mirrors[array]
+            return f"{mirror}[{_linear([str(c) for c in idx[1:]], dims)}]"
         sub = self.subscript(idx)
         return f"{array}[_t, {sub}]" if array in self.stepped else f"{array}[{sub}]"
 
@@ -432,6 +436,8 @@ class _Rows:
         self.flush = []                   # lines run after a row's last step
         self.head = []                    # the kernel's shared arrays (and their aliases)
         self.shared_rows = {}             # kernel name -> its row's shape (shared memory)
+        self.mirrors = {}                 # stacked result's kernel name -> (its row's
+        #                                   copy in shared memory, the row's shape)
         param = self._param
         # shared memory: an accumulator's partial sums first (see below), then the rows
         # of the carries and of the step's temporaries, smallest first, each while it
@@ -506,19 +512,22 @@ class _Rows:
             hidden[v] = self._host(f"_d.empty({(T,) + tuple(rows_of.shape)!r}, "
                                    f"{dtype_expr(v.dtype)})")
             into[rows_of] = f"{hidden[v]}.reshape({(T,) + tuple(rows_of.shape)!r})"
+        # (the stage computing a carry's new value, or what it is a reshape of, writes
+        # it into the carry's buffer when no later stage reads the old value)
         carry_into = {}
         for j in range(nk):
             out = body.outputs[j]
-            if j not in self.row_carries or out in into or out in carry_into or \
-                    out not in self.producer or \
-                    sum(o is out for o in body.outputs) != 1 or \
-                    self.producer[out].prim.name == "reshape" or \
-                    _reshape_source(self.producer[out]) is not None:
+            if j not in self.row_carries or isinstance(out, Lit):
+                continue
+            src = self._source(out)
+            if src in into or src in carry_into or src not in self.producer or \
+                    sum(isinstance(o, Var) and self._source(o) is src
+                        for o in body.outputs) != 1:
                 continue
             last = max((order[u] for a in self._aliases(carries[j])
                         for u in self.uses.get(a, [])), default=-1)
-            if last < order[self.producer[out]]:
-                carry_into[out] = j
+            if last < order[self.producer[src]]:
+                carry_into[src] = j
 
         # the body's values: arrays of their own (or a result's), reshapes as views;
         # an accumulator's partial sums in shared memory while the block works on a row
@@ -544,12 +553,17 @@ class _Rows:
                 elif v in into:
                     self.buffers[v] = self._host(into[v])
                     param(v, self.buffers[v], v.ndim + 1, stepped=True)
+                    if self._read_in_the_step(v) and self._fits(v):
+                        self._mirror(v)
                 elif v in carry_into:
                     carry = carries[carry_into[v]]
                     self.buffers[v] = self.buffers[carry]
                     if self.names[carry] in self.shared_rows:
                         self._alias(v, carry)
                     else:
+                        if tuple(v.shape) != tuple(carry.shape):
+                            self.buffers[v] = self._host(f"{self.buffers[carry]}.reshape("
+                                                         f"{tuple(v.shape)!r})")
                         param(v, self.buffers[v], v.ndim)
                 elif src is not None:
                     if src not in self.buffers:
@@ -563,6 +577,9 @@ class _Rows:
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
                     self.buffers[v] = self._host(f"{self.buffers[src]}.reshape({shape!r})")
                     param(v, self.buffers[v], len(shape), stepped=stepped)
+                    if self.names[src] in self.mirrors:
+                        self.mirrors[self.names[v]] = (self.mirrors[self.names[src]][0],
+                                                       tuple(int(d) for d in v.shape[1:]))
                 elif v in self.share_temps:
                     self.buffers[v] = "(in shared memory)"
                     self._share(v, checked=True)
@@ -616,7 +633,7 @@ class _Rows:
             tail += ["if i0 == 0 and _tid == 0:", f"    _y{j}[_t] = {self.names[y]}"]
         for j in range(nk):
             out = body.outputs[j]
-            if j in self.row_carries and out not in carry_into:
+            if j in self.row_carries and self._source(out) not in carry_into:
                 tail += self._copy(self.names[carries[j]], out)
                 widest = max(widest, int(np.prod(out.shape[1:])))
         if tail:
@@ -624,8 +641,10 @@ class _Rows:
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
         threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
+        # (the block's size read when the kernel runs: as a constant, LLVM unrolls every
+        # stage's loop over the row, and G4's backward scan took 137 registers, not 56)
         lines = self.head + ["_tid = cuda.threadIdx.x",
-                             f"_nt = {threads}   # (the block's size: its launch's)",
+                             "_nt = cuda.blockDim.x",
                              f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
         if self.row_start:
             lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
@@ -633,7 +652,10 @@ class _Rows:
         lines += ["        " + s for s in step]
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
         kname = ctx.kernel_name()
-        consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds)
+        # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
+        # SMs in one wave; unrolled sums would take more registers than that allows)
+        consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
+                                   max_registers=min(255, REGISTERS // (2 * threads)))
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
@@ -704,6 +726,21 @@ class _Rows:
         self.shared_rows[name] = tuple(int(d) for d in v.shape[1:])
         self.row_arrays.add(name)
         return True
+
+    def _read_in_the_step(self, v) -> bool:
+        """Whether a stage reads stacked result ``v`` (or a reshape of it) after the
+        stage computing it."""
+        return any(_reshape_source(u) is None for a in self._aliases(v)
+                   for u in self.uses.get(a, []))
+
+    def _mirror(self, v):
+        """A shared array holding the block's row of stacked result ``v`` too: the stage
+        computing ``v`` writes both, later stages read the copy."""
+        name = self.names[v]
+        size = max(1, int(np.prod(v.shape[1:])))
+        self.head.append(f"{name}_s = cuda.shared.array({size}, "
+                         f"{cg._numba_type(v.dtype)})")
+        self.mirrors[name] = (f"{name}_s", tuple(int(d) for d in v.shape[1:]))
 
     def _alias(self, v, root):
         """Body value ``v`` (a reshape of ``root``, or a carry's new value written into
@@ -800,7 +837,7 @@ class _Rows:
         producer = {v: e for e in body.eqns for v in e.outputs}
         em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
                          self.row_arrays, self.stepped,
-                         self.shared_rows)
+                         self.shared_rows, self.mirrors)
         for r, o in zip(body.outputs, fused.outputs):
             em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
         return em.lines
@@ -841,11 +878,14 @@ class _Rows:
             if name in self.shared_rows:
                 return f"{name}[{_linear(sub[1:], self.shared_rows[name])}]"
             step = "_t, " if name in self.stepped else ""
+            if name in self.mirrors:           # (both: the copy, then the stacked array)
+                mirror, dims = self.mirrors[name]
+                return f"{mirror}[{_linear(sub[1:], dims)}] = {name}[{step}{', '.join(sub)}]"
             return f"{name}[{step}{', '.join(sub)}]"
 
         def emitter():
             return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
-                               self.shared_rows)
+                               self.shared_rows, self.mirrors)
 
         def pointwise(em, roots):
             for r, o, kind in roots:
@@ -903,9 +943,14 @@ class _Rows:
             lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
-            if S > 1 and R % S == 0:         # (a constant trip count: LLVM unrolls it,
-                lines += [f"    for _u in range({R // S}):",   # issuing loads together)
-                          f"        _r = _u * {S} + _q"]
+            if S > 1 and R % S == 0 and (R // S) % cg.UNROLL == 0:
+                # (an inner loop of a constant trip count, which LLVM unrolls: each
+                # thread's loads issued cg.UNROLL at a time, not one by one)
+                n, u = R // S // cg.UNROLL, cg.UNROLL
+                lines += [f"    for _u in range({n}):", f"     for _v in range({u}):",
+                          f"        _r = (_u * {u} + _v) * {S} + _q"]
+            elif S > 1 and R % S == 0:
+                lines += [f"    for _u in range({R // S}):", f"        _r = _u * {S} + _q"]
             else:
                 lines.append(f"    for _r in range(_q, {R}, {S}):" if S > 1
                              else f"    for _r in range({R}):")
