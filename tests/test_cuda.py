@@ -516,6 +516,26 @@ def test_an_unexpected_failure_of_the_one_kernel_lowering_keeps_the_host_loop(mo
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_map_kernels_load_each_element_once_before_computing():
+    """A map kernel reads each array element it needs once, at the top of its
+    per-element code: Rosenbrock's gradient reads x[i], x[i + 1] and x[i - 1] (the
+    last two clamped into the array), and its pads' windows become selects, with no
+    branch left to hold a load up.  The gradient is still the CPU's (ends included)."""
+    x = rng.standard_normal(37)
+    g = gradc.grad(rosen, target="cuda")
+    src = g.source(x)
+    at = src[src.index("def _at("):src.index("_g = cuda.gridsize")]
+    loads = re.findall(r"(_h\d+) = a\[(.*)\]", at)
+    assert [index for _, index in loads] == [
+        "np.uint64(i0)", "np.uint64((i0 + 1 if i0 + 1 < 36 else 36))",
+        "np.uint64((i0 - 1 if i0 - 1 > 0 else 0))"]
+    code = [line.strip() for line in at.splitlines()[1:] if not line.strip().startswith("#")]
+    assert not [line for line in code if line.startswith(("if ", "else"))]
+    assert sum("a[" in line for line in code) == 3
+    np.testing.assert_allclose(g(x), gradc.grad(rosen, target="numpy")(x), rtol=1e-12,
+                               atol=1e-12)
+
+
 def _kernel_text(src, name):
     start = src.index(f"def {name}(")
     end = src.find("@cuda.jit", start)

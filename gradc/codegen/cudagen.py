@@ -156,7 +156,85 @@ def _numba_type(dtype) -> str:
 
 
 class _Emitter(loops._Emitter):
-    """The CPU loop nests' per-element code generator, with CUDA's function names."""
+    """The CPU loop nests' per-element code generator, with CUDA's function names.
+
+    With ``hoist`` (loop variable -> its range; map kernels set it), every read of an
+    array at affine indices in those variables is one load at the top of the
+    per-element code, shared by every use: inside a pad's window too, at indices
+    clamped into the array (the window's test then only selects the value).  A load in
+    a window waits for the test and holds up what follows it, and the same element read
+    in two windows was loaded twice: G1's gradient loaded x[i] three times, one load
+    after another."""
+
+    hoist = None
+
+    def value(self, atom, idx, depth) -> str:
+        if self.hoist is not None and atom.ndim > 0 and \
+                (isinstance(atom, Lit) or atom not in self.producer):
+            got = self._hoisted(atom, idx)
+            if got is not None:
+                return got
+        return super().value(atom, idx, depth)
+
+    def window(self, x, sub, cond, zero, depth, affine) -> str:
+        """With ``hoist``: a window whose code reads nothing but hoisted loads and
+        branches nowhere is computed unconditionally and then selected, so that LLVM
+        cannot sink the loads back into a branch (a load used in one branch only goes
+        there)."""
+        if self.hoist is None or not affine:
+            return super().window(x, sub, cond, zero, depth, affine)
+        start = len(self.lines)
+        self.memo.append({})
+        inner = self.value(x, sub, depth + 1)
+        self.memo.pop()
+        body = self.lines[start:]
+        code = [line.strip() for line in body if not line.strip().startswith("#")]
+        if any("[" in line or line.endswith(":") for line in code):
+            self.lines.insert(start, "    " * depth + f"if {cond}:")
+            result = self.ctx.temp()
+            self.emit(depth + 1, f"{result} = {inner}")
+            self.emit(depth, "else:")
+            self.emit(depth + 1, f"{result} = {zero}")
+            return result
+        self.lines[start:] = [line[4:] for line in body]       # (one level out)
+        return f"({inner} if {cond} else {zero})"
+
+    def _hoisted(self, atom, idx):
+        """The local holding ``atom`` (an operand or constant array) at ``idx``, loaded
+        before any other line; None when an index is not affine in a loop variable."""
+        shape = tuple(int(n) for n in atom.shape)
+        if 0 in shape or len(idx) != len(shape) or not all(
+                isinstance(c, Affine) and (c.sym is None or c.mult == 0 or
+                                           c.sym in self.hoist) for c in idx):
+            return None
+        if isinstance(atom, Lit):
+            name = self.ctx.const(atom.value)
+            self.used_consts.append(name)
+        else:
+            name = self.names[atom]
+        key = (name, tuple(c.key() for c in idx))
+        found = self.hoisted.get(key)
+        if found is not None:
+            return found
+        sub = []
+        for c, n in zip(idx, shape):
+            if c.sym is None or c.mult == 0:
+                sub.append(str(min(max(c.offset, 0), n - 1)))
+                continue
+            lo, hi = self.hoist[c.sym]
+            ends = (c.mult * lo + c.offset, c.mult * hi + c.offset)
+            text = str(c)
+            # (conditional expressions, which LLVM makes selects: numba.cuda's typing of
+            # the min and max builtins asks the GPU about half precision)
+            if min(ends) < 0:
+                text = f"({text} if {text} > 0 else 0)"
+            if max(ends) > n - 1:
+                text = f"({text} if {text} < {n - 1} else {n - 1})"
+            sub.append(f"np.uint64({text})")
+        local = f"_h{len(self.hoisted)}"
+        self.hoisted[key] = local
+        self.hoisted_lines.append(f"{local} = {name}[{', '.join(sub)}]")
+        return local
 
     def compute(self, eqn, idx, depth):
         name = eqn.prim.name
@@ -748,8 +826,9 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     float32 ran at 1.4 TB/s so); a body reading several arrays has several in flight
     already, and its copies would cost registers instead.  Indices are cast to
     ``uint64`` where arrays are read and written: every index here is in bounds, and
-    Numba then drops its negative-index test (three 64-bit instructions a read).  The
-    tail runs one index per trip."""
+    Numba then drops its negative-index test (three 64-bit instructions a read).  Each
+    array element ``_at`` needs is loaded once, before anything is computed, pads'
+    windows included (``_Emitter.hoist``).  The tail runs one index per trip."""
     kname = ctx.kernel_name()
     params, args, kinds = _kernel_params(ctx, _operands(ctx, outer))
     # about UNROLL loads in flight per thread: a kernel reading several arrays has
@@ -762,13 +841,15 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     ivars = [f"i{k}" for k in range(len(domain))]
     em = _Emitter(ctx, names, producer, comments)
     em.unsigned = set(ivars)    # (in-bounds reads by construction: no negative-index test)
+    em.hoist = {v: (0, n - 1) for v, n in zip(ivars, domain)}
+    em.hoisted, em.hoisted_lines = {}, []
     idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
     vals = []
     for r, o, _ in roots:
         val = em.value(r, idx, 0)
         vals.append(f"_val{len(vals)}")
         em.emit(0, f"{vals[-1]} = {val}")
-    body = _decode("_i", domain, ivars, "") + em.lines
+    body = _decode("_i", domain, ivars, "") + em.hoisted_lines + em.lines
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", "\n".join(body))]
     operands = params + consts
     at = "_at"

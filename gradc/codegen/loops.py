@@ -144,11 +144,17 @@ class _Emitter:
                 sub.append(_Affine(w, 1, 0, 0, n - 1))
         if not conds:
             return self.value(x, tuple(sub), depth)
-        result = self.ctx.temp()
         self.lines.extend(pre)
-        self.emit(depth, f"if {' and '.join(conds)}:")
+        return self.window(x, tuple(sub), " and ".join(conds), zero, depth, not pre)
+
+    def window(self, x, sub, cond, zero, depth, affine) -> str:
+        """``x`` at ``sub`` where ``cond`` holds (a pad's window), else ``zero``: the
+        window's code inside an ``if`` (``affine``: its indices are affine in the loop
+        variables)."""
+        result = self.ctx.temp()
+        self.emit(depth, f"if {cond}:")
         self.memo.append({})
-        inner = self.value(x, tuple(sub), depth + 1)
+        inner = self.value(x, sub, depth + 1)
         self.memo.pop()
         self.emit(depth + 1, f"{result} = {inner}")
         self.emit(depth, "else:")
