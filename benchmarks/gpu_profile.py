@@ -95,9 +95,29 @@ def main():
                   f"({sum(r[1] for r in rows):.0f} launches)")
             for k, n, us in rows[:12]:
                 print(f"    {us:9.1f} us  x{n:5.1f}  {k}")
+            if label == "gradc":
+                print("    " + launch_report(g, dev))
             if args.host and label == "gradc":
                 host_profile(fn, sync)
             sys.stdout.flush()
+
+
+def launch_report(g, dev) -> str:
+    """How gradc's kernels launch (directly, or through numba, and why) and how its
+    products run (cuBLAS directly, or through CuPy): whether the checks of
+    ``DirectKernel`` and ``Gemm`` passed on this GPU."""
+    from gradc.codegen import cuda
+    compiled = g.compile(*dev)
+    states = {}
+    for k in compiled.kernels:
+        obj = compiled.module.__dict__[k]
+        state = getattr(obj, "state", "numba's dispatcher")
+        states[str(state)] = states.get(str(state), 0) + 1
+    gemm = cuda.cupy_gemm
+    plans = "no CuPy" if gemm is None else (
+        f"{sum(bool(p) for p in gemm.plans.values())} of {len(gemm.plans)} products "
+        "straight to cuBLAS" if gemm.cublas is not None else "products through CuPy")
+    return f"launches: {states}; {plans}"
 
 
 def host_profile(fn, sync, calls=100):

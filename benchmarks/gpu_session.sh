@@ -59,6 +59,11 @@ GRADC_CUDA_UNROLL=4 timeout 40 "$PY" benchmarks/gpu.py --only G2 --no-peers --re
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"
+# A/B of the host-side paths and the scans' shared rows (numba's launches, CuPy's
+# products, every row in global memory), each against the default run above
+GRADC_CUDA_DIRECT=0 GRADC_CUDA_GEMM=0 GRADC_CUDA_ROW_SHARED=0 timeout 50 "$PY" \
+    benchmarks/gpu_profile.py --only G1,G3,G4 > "$OUT/profile-off.txt" 2>&1
+echo "profile (direct, gemm, shared rows off) rc $?" >> "$OUT/profile-off.txt"
 
 # (JAX stays on the CPU in the tests: twelve processes must not each take 75% of the GPU;
 # the whole CUDA suite takes over two minutes here: GPU_TESTS picks a part)
@@ -79,6 +84,7 @@ launch__grid_size,smsp__inst_executed.sum \
 cat "$OUT/gpu.txt"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -n 3
 grep -E "FAILED|ERROR" "$OUT/tests.txt" | head -n 10
-grep "^## " "$OUT/profile.txt"
+grep -E "^## |launches:" "$OUT/profile.txt"
+grep -E "^## |launches:" "$OUT/profile-off.txt"
 grep -E "registers|warps_active|dram__|duration" "$OUT/ncu.txt" | head -n 12
 cat "$OUT/bench.md"

@@ -469,11 +469,15 @@ class Gemm:
     **Checked against CuPy:** before its first use, each plan (einsum, shapes, dtype,
     float32 precision) computes a product of random operands both ways; a plan whose
     result differs (or a binding that fails) is not used again, and CuPy computes those
-    products.  ``plans`` holds each plan, or False."""
+    products.  ``plans`` holds each plan, or False.  ``GRADC_CUDA_GEMM=0`` in the
+    environment leaves every product to CuPy."""
 
     def __init__(self, cp):
         self.cp = cp
         self.plans: dict = {}
+        self.cublas = None
+        if os.environ.get("GRADC_CUDA_GEMM", "1") == "0":    # (CuPy's path, to compare)
+            return
         try:
             from cupy_backends.cuda.libs import cublas
             self.cublas = cublas

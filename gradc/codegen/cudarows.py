@@ -52,6 +52,8 @@ and ``cudagen`` lowers the scan as a host loop.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..ir import Graph, Lit, Var, make_eqn
@@ -709,7 +711,8 @@ class _Rows:
         """Whether the block's row of body value ``v`` fits in the shared memory left
         (taking it if so)."""
         size = _row_bytes(v.shape, v.dtype)
-        if size > min(ROW_SHARED, self.room - RESERVE):
+        limit = int(os.environ.get("GRADC_CUDA_ROW_SHARED", ROW_SHARED))  # (0: none)
+        if size > min(limit, self.room - RESERVE):
             return False
         self.room -= size
         return True
