@@ -536,6 +536,69 @@ def test_map_kernels_load_each_element_once_before_computing():
                                atol=1e-12)
 
 
+ROW_RUNS = ("crf-scan", "mlp", "crf-batched", "crf-batched-float32")
+
+
+@pytest.mark.parametrize("name", ROW_RUNS)
+def test_row_runs_match_the_interpreter(name, monkeypatch):
+    """Runs of row-wise equations (a softmax's maximum, its sum of exponentials, what
+    reverse mode makes of them) as one kernel with a block per row: the programs'
+    values and gradients, with the least batch a run needs lowered to these tests'."""
+    monkeypatch.setattr(cudagen, "ROW_RUN_BATCH", 1)
+    f, args = PROGRAMS[name]
+    tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
+    wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+    grad = gradc.grad(_summed(f), argnums=wrt, target="cuda")
+    assert "# rows: these" in grad.source(*args)
+    for a, b in zip(grad(*args), gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gradc.jit(f, target="cuda")(*args),
+                               gradc.jit(f, target="numpy")(*args), rtol=tol, atol=tol)
+
+
+def _layer_norm_softmax(x, w):
+    mu = np.mean(x, axis=1, keepdims=True)
+    h = (x - mu) / np.sqrt(np.mean((x - mu) ** 2, axis=1, keepdims=True) + 1e-5)
+    z = h * w
+    e = np.exp(z - np.max(z, axis=1, keepdims=True))
+    return np.sum(e / np.sum(e, axis=1, keepdims=True) * np.cos(x))
+
+
+def test_layer_norm_and_softmax_rows_are_one_kernel():
+    """A layer norm then a softmax over 80 rows: the forward pass's four reductions
+    and the backward pass's are each one kernel with a block per row; the gradient is
+    the CPU's."""
+    x, w = rng.standard_normal((80, 7)), rng.standard_normal(7)
+    g = gradc.grad(_layer_norm_softmax, argnums=(0, 1), target="cuda")
+    src = g.source(x, w)
+    assert src.count("# rows: these") >= 2
+    for a, b in zip(g(x, w), gradc.grad(_layer_norm_softmax, argnums=(0, 1),
+                                        target="numpy")(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_run_reading_other_rows_keeps_its_kernels(monkeypatch):
+    """A run whose stage reads another row's value (each row shifted by the maximum of
+    the row mirrored to it) is not one kernel: its equations are lowered one by one."""
+    def f(x):
+        m = np.max(x, axis=1)[::-1]
+        return np.sum(np.exp(x - m[:, None]) / np.sum(np.exp(x), axis=1, keepdims=True))
+    from gradc.codegen import cudarows
+    tried = []
+
+    def spy(*args):
+        tried.append(row_run(*args))
+        return tried[-1]
+    row_run = cudarows.row_run
+    monkeypatch.setattr(cudarows, "row_run", spy)
+    x = rng.standard_normal((70, 5))
+    g = gradc.grad(f, target="cuda")
+    assert "# rows: these" not in g.source(x)
+    assert tried and not any(tried)             # (runs were found, and turned down)
+    np.testing.assert_allclose(g(x), gradc.grad(f, target="numpy")(x), rtol=1e-12,
+                               atol=1e-12)
+
+
 def _kernel_text(src, name):
     start = src.index(f"def {name}(")
     end = src.find("@cuda.jit", start)

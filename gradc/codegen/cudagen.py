@@ -360,12 +360,33 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     for v in graph.inputs:
         ctx.place[v] = "dev" if v.ndim else "host"
     last_source = None
-    for eqn, text in zip(graph.eqns, printed):
+    eqns = list(graph.eqns)
+    last_use = {}                   # value -> the last equation reading it (outputs: all)
+    for k, eqn in enumerate(eqns):
+        for v in eqn.inputs:
+            last_use[v] = k
+    for v in graph.outputs:
+        last_use[v] = len(eqns)
+    k = 0
+    while k < len(eqns):
+        end = _row_run(eqns, k)
+        if end - k >= 2:            # (a run of row-wise equations: try one kernel)
+            from .cudarows import row_run
+            for eqn, text in zip(eqns[k:end], printed[k:end]):
+                ctx.lines.append("# " + text[0].strip().removeprefix("let "))
+            if row_run(ctx, eqns[k:end], printed[k:end],
+                       [v for e in eqns[k:end] for v in e.outputs
+                        if last_use.get(v, -1) >= end]):
+                k = end
+                continue
+            del ctx.lines[len(ctx.lines) - (end - k):]
+        eqn, text = eqns[k], printed[k]
         ctx.lines.append("# " + text[0].strip().removeprefix("let "))
         if eqn.source and eqn.source != last_source:
             ctx.lines.append(f"#   from {eqn.source}")
         last_source = eqn.source
         _lower_eqn(ctx, eqn, text)
+        k += 1
     places, results, seen = [], [], set()
     for v in graph.outputs:
         if not canonical and v.ndim and (v not in ctx.fresh or v in seen):
@@ -392,6 +413,39 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     if what:
         head.append(f"    # {what}")
     return "\n".join(head + ["    " + line for line in body]), places
+
+
+ROW_RUN_BATCH = 64         # row runs: at least this many rows (a block each) ...
+ROW_RUN_ELEMENTS = 16384   # ... of at most this many elements each
+
+
+def _row_run(eqns, k) -> int:
+    """The end of the run of equations from ``k`` that may be one kernel with a block
+    per row (``cudarows.row_run``): fused equations over domains with the same first
+    axis, none reducing over it, at least one reducing over another (elementwise runs
+    the fusion pass has fused already), and reshapes keeping that axis; ``k`` when
+    there is none."""
+    B, end, reduces = None, k, False
+    while end < len(eqns):
+        e = eqns[end]
+        if e.prim.name == "fused":
+            domain = tuple(int(d) for d in e.params["domain"])
+            if not domain or (B is not None and domain[0] != B) or \
+                    domain[0] < ROW_RUN_BATCH or int(np.prod(domain[1:])) > ROW_RUN_ELEMENTS:
+                break
+            reds = [q for q in e.params["body"].eqns if q.prim.name in REDUCTIONS]
+            if any(0 in q.params["axes"] for q in reds) or \
+                    any(o.ndim == 0 or int(o.shape[0]) != domain[0] for o in e.outputs):
+                break
+            B, reduces = domain[0], reduces or bool(reds)
+        elif not (e.prim.name == "reshape" and B is not None and
+                  isinstance(e.inputs[0], Var) and e.outputs[0].ndim and
+                  int(e.outputs[0].shape[0]) == B):
+            break
+        end += 1
+    while end > k and eqns[end - 1].prim.name == "reshape":
+        end -= 1
+    return end if reduces else k
 
 
 def _register_names(ctx, graph: Graph) -> list:

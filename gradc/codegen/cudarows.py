@@ -53,6 +53,7 @@ and ``cudagen`` lowers the scan as a host loop.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -96,22 +97,56 @@ class _RowEmitter(cg._Emitter):
         return f"{array}[_t, {sub}]" if array in self.stepped else f"{array}[{sub}]"
 
 
-def rows(ctx, eqn, body: Graph, text_of) -> bool:
+def row_run(ctx, eqns, text_of, outputs) -> bool:
+    """Lower a run of equations (``cudagen._row_run``: fused equations over ``(B, ...)``
+    domains, reductions over other axes than the first, reshapes) as one kernel with a
+    block per row, their fused regions as stages, if every value the run computes is
+    read at the block's row (a softmax's maximum, its sum of exponentials, the
+    normalised row: one launch instead of one per reduction).  ``outputs``: the values
+    read after the run.  It is the one-kernel lowering of a scan of one step, without
+    carries, the values read from outside the run its constants and ``outputs`` its
+    stacked results.  False (``ctx`` unchanged) when the rows are not independent."""
+    from types import SimpleNamespace
+    made = {v for e in eqns for v in e.outputs}
+    consts = list(dict.fromkeys(v for e in eqns for v in e.inputs
+                                if isinstance(v, Var) and v not in made))
+    if not outputs:
+        return False
+    stacked = [Var((1,) + tuple(v.shape), v.dtype) for v in outputs]
+    body = Graph(tuple(consts), tuple(eqns), tuple(outputs))
+    eqn = SimpleNamespace(inputs=tuple(consts), outputs=tuple(stacked),
+                          params={"n_consts": len(consts), "n_carry": 0, "length": 1,
+                                  "reverse": False, "body": body})
+    for v in stacked:
+        ctx.names[v] = ctx.temp()
+    if not rows(ctx, eqn, body, text_of, batch=int(eqns[0].params["domain"][0])):
+        return False
+    for v, st in zip(outputs, stacked):
+        ctx.lines.append(f"{ctx.names[v]} = {ctx.names[st]}.reshape("
+                         f"{tuple(v.shape) or (1,)!r})")
+        ctx.place[v] = "dev"
+        if st in ctx.fresh:
+            ctx.fresh.add(v)
+    return True
+
+
+def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     """Lower ``scan`` equation ``eqn`` (``body``: its body, optimised for the target) as
     one kernel if its rows are independent; False (``ctx`` unchanged but for a comment
-    when the lowering failed unexpectedly) if not."""
+    when the lowering failed unexpectedly) if not.  ``batch``: the number of rows of a
+    scan without carries (``row_run``'s)."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
                 set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals))
     note = None
     try:
-        _Rows(ctx, eqn, body, text_of).lower()
+        _Rows(ctx, eqn, body, text_of, batch).lower()
         return True
     except NotRows:
         pass
     except Exception as e:   # (a case this lowering misjudged: the host loop is correct)
         first = str(e).splitlines()[0] if str(e) else ""
         note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: {first}): "
-                "the host loop instead")
+                "the host loop instead") if batch is None else None
     n_kernels, n_lines, consts, temps, fresh, place, copies, globs = snapshot
     del ctx.kernels[n_kernels:]
     del ctx.lines[n_lines:]
@@ -132,7 +167,8 @@ def rows(ctx, eqn, body: Graph, text_of) -> bool:
 
 
 class _Rows:
-    def __init__(self, ctx, eqn, body, text_of):
+    def __init__(self, ctx, eqn, body, text_of, batch=None):
+        self.batch = batch
         # contractions as fused sums of products (a stage like any other)
         self.comments_of = {}
         eqns = []
@@ -218,12 +254,15 @@ class _Rows:
         self.fixed = {j for j in range(nk) if body.outputs[j] is carries[j]}
         self.row_carries = row_carries = [j for j in range(nk)
                                           if j not in self.acc and j not in self.fixed]
-        if not row_carries:
+        if not row_carries and self.batch is None:
             raise NotRows("no carry with a batch axis")
-        first = carries[row_carries[0]]
-        if first.ndim == 0:
-            raise NotRows("a rank-0 carry")
-        self.B = int(first.shape[0])
+        if row_carries:
+            first = carries[row_carries[0]]
+            if first.ndim == 0:
+                raise NotRows("a rank-0 carry")
+            self.B = int(first.shape[0])
+        else:                             # (a run of equations: row_run)
+            self.B = self.batch
         self._batch_sums()
         body = self.body
         self.rows = set()
@@ -427,8 +466,10 @@ class _Rows:
         ins = eqn.inputs
         carries = body.inputs[nc:nc + nk]
         updates = {u for u, _ in self.acc.values()}
-        ctx.lines.append(f"# the scan as one kernel: a block per row of {B}, the {T} steps "
-                         "inside it (its rows are independent)")
+        ctx.lines.append(
+            f"# the scan as one kernel: a block per row of {B}, the {T} steps inside it "
+            "(its rows are independent)" if self.batch is None else
+            f"# rows: these {len(body.eqns)} equations as one kernel, a block per row of {B}")
         self.params, self.args, self.kinds = [], [], []
         self.names = {}                   # body value -> how the kernel reads it
         self.stepped = set()              # kernel arrays indexed by the step first
@@ -473,7 +514,9 @@ class _Rows:
                 self.buffers[bv] = buf
                 if self._share(bv):
                     name, size = self.names[bv], int(np.prod(bv.shape[1:]))
-                    self._extra(f"{name}_g", f"{buf}.reshape(({B}, {size}))", bv.dtype, 2)
+                    flat = buf if tuple(bv.shape) == (B, size) else \
+                        f"{buf}.reshape(({B}, {size}))"
+                    self._extra(f"{name}_g", flat, bv.dtype, 2)
                     self.row_start += [f"for _e in range(_tid, {size}, _nt):",
                                        f"    {name}[_e] = {name}_g[i0, _e]"]
                     self.flush += [f"for _e in range(_tid, {size}, _nt):",
@@ -506,7 +549,8 @@ class _Rows:
             if y in self.uniform:            # (written once a step: see below)
                 uniform_ys.append((j, y, arr))
             elif src in self.producer and src not in into:
-                into[src] = f"{arr}.reshape({(T,) + tuple(src.shape)!r})"
+                shape = (T,) + tuple(src.shape)
+                into[src] = arr if shape == tuple(oy.shape) else f"{arr}.reshape({shape!r})"
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
         hidden = {}                          # the epilogue's sums: per-row partials
@@ -653,6 +697,13 @@ class _Rows:
         lines.append(f"    for _s in range({T}):")
         lines += ["        " + s for s in step]
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
+        # (parameters no line reads: a stacked result's views that later stages read
+        # through its copy in shared memory)
+        text = "\n".join(line.split("#")[0] for line in lines)      # (not comments)
+        used = [k for k, name in enumerate(self.params) if re.search(rf"\b{name}\b", text)]
+        self.params = [self.params[k] for k in used]
+        self.args = [self.args[k] for k in used]
+        self.kinds = [self.kinds[k] for k in used]
         kname = ctx.kernel_name()
         # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
         # SMs in one wave; unrolled sums would take more registers than that allows)
