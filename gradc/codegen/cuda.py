@@ -858,9 +858,10 @@ class DirectKernel:
         run = self.launchers.get(config)
         if run is None:
             grid, block = config
-            run = self.launchers[config] = _Launcher(
-                self, self.dispatcher[config], self.config_type(grid=grid, block=block,
-                                                                shmem_size=0))
+            run = _Launcher(self, self.dispatcher[config],
+                            self.config_type(grid=grid, block=block, shmem_size=0))
+            if len(self.launchers) < 64:       # (a grid sized at run time: a few kept)
+                self.launchers[config] = run
         return run
 
     def flatten(self, args):
