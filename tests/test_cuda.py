@@ -565,10 +565,10 @@ def _layer_norm_softmax(x, w):
 
 
 def test_layer_norm_and_softmax_rows_are_one_kernel():
-    """A layer norm then a softmax over 80 rows: the forward pass's four reductions
+    """A layer norm then a softmax over 130 rows: the forward pass's four reductions
     and the backward pass's are each one kernel with a block per row; the gradient is
     the CPU's."""
-    x, w = rng.standard_normal((80, 7)), rng.standard_normal(7)
+    x, w = rng.standard_normal((130, 7)), rng.standard_normal(7)
     g = gradc.grad(_layer_norm_softmax, argnums=(0, 1), target="cuda")
     src = g.source(x, w)
     assert src.count("# rows: these") >= 2
@@ -591,7 +591,7 @@ def test_a_run_reading_other_rows_keeps_its_kernels(monkeypatch):
         return tried[-1]
     row_run = cudarows.row_run
     monkeypatch.setattr(cudarows, "row_run", spy)
-    x = rng.standard_normal((70, 5))
+    x = rng.standard_normal((130, 5))
     g = gradc.grad(f, target="cuda")
     assert "# rows: these" not in g.source(x)
     assert tried and not any(tried)             # (runs were found, and turned down)

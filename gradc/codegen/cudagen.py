@@ -415,8 +415,10 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     return "\n".join(head + ["    " + line for line in body]), places
 
 
-ROW_RUN_BATCH = 64         # row runs: at least this many rows (a block each) ...
-ROW_RUN_ELEMENTS = 16384   # ... of at most this many elements each
+ROW_RUN_BATCH = 128        # row runs: at least this many rows (a block each) ...
+ROW_RUN_ELEMENTS = 8192    # ... of at most this many elements each (fewer rows, or
+#                            longer ones, leave an H200's 132 SMs underused: segmented
+#                            reductions spread one row over several blocks)
 
 
 def _row_run(eqns, k) -> int:
