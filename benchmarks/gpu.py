@@ -19,8 +19,9 @@ the median of ``--repeats`` calls, each followed by a device synchronisation; ev
 result is checked against gradc's CPU target (relative to the largest entry; the
 peers' differences go to stderr) before anything is timed.  ``copy`` is a
 device-to-device copy that moves as many bytes as the gradient must (G1: x read, the
-gradient written, so a copy of x; G2: a copy of a, b and c); "of copy" is copy time /
-gradc time, the fraction of copy bandwidth gradc reaches.
+gradient written, so a copy of x; G2: a copy of a, b and c), the fastest of numba's,
+PyTorch's and CuPy's; "of copy" is copy time / gradc time, the fraction of copy
+bandwidth gradc reaches.
 
     python benchmarks/gpu.py [--only G1,G2] [--repeats 30]      # prints a Markdown table
     GRADC_CUDA_POOL=0 python benchmarks/gpu.py                # numba's allocator, no cache
@@ -91,11 +92,28 @@ def to_host(x):
     return np.asarray(x)
 
 
-def copy_time(nbytes, repeats):
-    """A device-to-device copy moving ``nbytes``: half of them read, half written."""
-    src = cuda.device_array(nbytes // 16, np.float64)
-    dst = cuda.device_array(nbytes // 16, np.float64)
-    return timed(lambda: dst.copy_to_device(src), cuda.synchronize, repeats)
+def copy_time(nbytes, repeats, found=None):
+    """A device-to-device copy moving ``nbytes`` (half of them read, half written): the
+    fastest of numba's ``copy_to_device`` (one ``cuMemcpyDtoD`` behind tens of µs of
+    Python) and PyTorch's ``copy_`` and CuPy's ``copyto`` where installed, so that
+    "of copy" compares with the GPU's bandwidth rather than with a library's overhead."""
+    n = nbytes // 16
+    src = cuda.device_array(n, np.float64)
+    dst = cuda.device_array(n, np.float64)
+    best = timed(lambda: dst.copy_to_device(src), cuda.synchronize, repeats)
+    torch = (found or {}).get("torch")
+    if torch is not None:
+        a, b = torch.empty(n, dtype=torch.float64, device="cuda"), \
+            torch.empty(n, dtype=torch.float64, device="cuda")
+        best = min(best, timed(lambda: b.copy_(a), torch.cuda.synchronize, repeats))
+    try:
+        import cupy
+        a, b = cupy.empty(n, np.float64), cupy.empty(n, np.float64)
+        best = min(best, timed(lambda: cupy.copyto(b, a), cupy.cuda.Device().synchronize,
+                               repeats))
+    except Exception:                   # (no CuPy, or none that works here)
+        pass
+    return best
 
 
 # ---------------------------------------------------------------- workloads
@@ -290,7 +308,7 @@ def one_row(name, label, dtype, precision, sizes, rng, found, args):
         except Exception:
             traceback.print_exc()
             print(f"{name}: peer {label} failed", file=sys.stderr, flush=True)
-    copy = copy_time(nbytes, args.repeats) if nbytes else None
+    copy = copy_time(nbytes, args.repeats, found) if nbytes else None
     print(f"{name} {label}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in times.items())
           + (f", copy {copy * 1e3:.3f} ms" if copy else "")
           + f"; max rel difference {err:.1e}; peers' max abs differences "
