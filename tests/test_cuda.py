@@ -1218,6 +1218,21 @@ def test_direct_launches_flatten_arguments_as_numba_does():
     assert len(direct) == 1 and len(slow) == 2
 
 
+def test_direct_launches_left_to_numba_when_the_first_fails():
+    """A cuda.core whose ``launch`` rejects the flattened arguments: that launch and
+    every later one go through numba, and ``state`` says why."""
+    d, direct, slow = _direct([None], _numbas_way)
+
+    def failing(*args):
+        raise TypeError("made up")
+    d.launch = failing
+    x = _FakeDeviceArray((4,), np.float32, 64)
+    for _ in range(2):
+        d[1, 32](x)
+    assert len(slow) == 2
+    assert d.state == "cuda.core's launch failed (TypeError: made up)"
+
+
 def test_direct_launches_left_to_numba_when_it_flattens_otherwise():
     """A numba that passes other parameters (here: strides in elements) keeps every
     launch, and ``state`` says why."""

@@ -836,8 +836,9 @@ class DirectKernel:
     arguments with those numba's own ``_prepare_args`` makes of the same arguments;
     if they differ, or an argument is not a numba device array (numba would convert
     it), or the launch comes from another thread than the first (whose CUDA context
-    is current there), numba launches it, as before.  ``state`` says which: None
-    before the first launch, True when launches are direct, else why not."""
+    is current there), numba launches it, as before; so it does when the first direct
+    launch fails.  ``state`` says which: None before the first launch, True once a
+    launch went directly, else why not."""
 
     def __init__(self, dispatcher, overload, kernel, kinds, launch, config_type, stream,
                  array_type):
@@ -881,7 +882,8 @@ class DirectKernel:
         return flat
 
     def check(self, args):
-        """True if ``flatten(args)`` is what numba passes for ``args``, else why not."""
+        """"checked" if ``flatten(args)`` is what numba passes for ``args``, else why
+        not."""
         flat = self.flatten(args)
         if flat is None:
             return "an argument that is not a numba device array"
@@ -892,7 +894,7 @@ class DirectKernel:
             return "numba copies an argument back after the launch"
         if _plain(flat) != _plain(theirs):
             return "numba flattens the arguments otherwise"
-        return True
+        return "checked"
 
 
 class _Launcher:
@@ -905,10 +907,19 @@ class _Launcher:
     def __call__(self, *args):
         d = self.direct
         if d.state is not True or d._ident() != d.thread:
-            if d.state is None and d._ident() == d.thread:
-                d.state = d.check(args)
-            if d.state is not True or d._ident() != d.thread:
+            if d._ident() != d.thread:
                 return self.slow(*args)
+            if d.state is None:
+                d.state = d.check(args)
+            if d.state != "checked":
+                return self.slow(*args)
+            try:                                # (the first direct launch: numba's if
+                d.launch(d.stream, self.config, d.kernel, *d.flatten(args))   # it fails)
+            except Exception as e:
+                d.state = f"cuda.core's launch failed ({type(e).__name__}: {e})"
+                return self.slow(*args)
+            d.state = True
+            return
         flat = d.flatten(args)
         if flat is None:
             return self.slow(*args)
