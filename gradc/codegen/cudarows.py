@@ -701,9 +701,17 @@ class _Rows:
         # through its copy in shared memory)
         text = "\n".join(line.split("#")[0] for line in lines)      # (not comments)
         used = [k for k, name in enumerate(self.params) if re.search(rf"\b{name}\b", text)]
+        dropped = [a for k, a in enumerate(self.args) if k not in used]
         self.params = [self.params[k] for k in used]
         self.args = [self.args[k] for k in used]
         self.kinds = [self.kinds[k] for k in used]
+        for arg in reversed(dropped):        # (and the host's views made for them alone)
+            mine = [j for j, line in enumerate(ctx.lines) if line.startswith(f"{arg} = ")]
+            if len(mine) == 1 and arg.startswith("_t") and not any(
+                    re.search(rf"\b{arg}\b", line) for j, line in enumerate(ctx.lines)
+                    if j != mine[0]) and not any(re.search(rf"\b{arg}\b", a)
+                                                 for a in self.args):
+                del ctx.lines[mine[0]]
         kname = ctx.kernel_name()
         # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
         # SMs in one wave; unrolled sums would take more registers than that allows)
