@@ -1297,6 +1297,102 @@ def test_gemm_plans_compute_the_einsum(spec):
     np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-12, atol=1e-12)
 
 
+class _FakeBlas:
+    """Just enough of CuPy and of its cuBLAS bindings for ``Gemm``, on NumPy buffers
+    addressed by made-up device pointers: ``sgemm``/``dgemm``/``gemmEx`` compute as
+    column-major BLAS does (``_blas_gemm``)."""
+
+    def __init__(self, wrong=False):
+        import types as pytypes
+        self.memory, self.calls, self.wrong, self.mode = {}, [], wrong, 1
+        blas = self
+
+        class Array:
+            def __init__(self, a):
+                self.a = np.ascontiguousarray(a)
+                self.data = pytypes.SimpleNamespace(ptr=blas.put(self.a))
+
+            def astype(self, dtype):
+                return Array(self.a.astype(dtype))
+        self.Array = Array
+        rng_ = np.random.default_rng(1)
+        self.cuda = pytypes.SimpleNamespace(
+            get_current_stream=lambda: pytypes.SimpleNamespace(ptr=0),
+            device=pytypes.SimpleNamespace(get_cublas_handle=lambda: 7))
+        self.random = pytypes.SimpleNamespace(default_rng=lambda seed: pytypes.SimpleNamespace(
+            standard_normal=lambda shape, dtype: Array(rng_.standard_normal(shape))))
+        self.einsum = lambda spec, x, y: Array(np.einsum(spec, x.a, y.a))
+        self.asnumpy = lambda x: x.a.copy()
+        self.empty = lambda shape, dtype: Array(np.zeros(shape, dtype))
+
+    def put(self, a):
+        ptr = 4096 * (len(self.memory) + 1)
+        self.memory[ptr] = a
+        return ptr
+
+    def getPointerMode(self, handle):
+        return self.mode
+
+    def setPointerMode(self, handle, mode):
+        self.mode = mode
+
+    def _gemm(self, ctype, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+              ldc):
+        assert handle == 7 and self.mode == 0
+        assert ctype.from_address(alpha).value == 1 and ctype.from_address(beta).value == 0
+        out = _blas_gemm(op_a, op_b, m, n, k, self.memory[a].ravel(), lda,
+                         self.memory[b].ravel(), ldb, ldc)
+        if self.wrong:
+            out = out[::-1]
+        self.memory[c].reshape(-1)[:] = out[:self.memory[c].size]
+        self.calls.append((m, n, k))
+
+    def sgemm(self, *args):
+        import ctypes
+        self._gemm(ctypes.c_float, *args)
+
+    def dgemm(self, *args):
+        import ctypes
+        self._gemm(ctypes.c_double, *args)
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_gemm_checks_each_plan_against_cupy(wrong):
+    """``Gemm`` on a model of CuPy and cuBLAS: a plan passes its check (a product of
+    small random operands computed both ways) and then computes the product into a
+    new array straight through the binding; a binding that computes something else
+    fails the check, and the product is left to CuPy (None)."""
+    import types as pytypes
+    from gradc.codegen import cuda
+    blas = _FakeBlas(wrong)
+    gemm = cuda.Gemm(blas)
+    gemm.cublas = blas
+    gemm.array_type = blas.Array
+    x, y = blas.Array(rng.standard_normal((50, 60))), blas.Array(rng.standard_normal((70, 60)))
+    for a in (x, y):
+        a.dtype, a.shape = a.a.dtype, a.a.shape
+        a.is_c_contiguous = lambda: True
+        a.device_ctypes_pointer = pytypes.SimpleNamespace(value=a.data.ptr)
+
+    def empty(shape, dtype):
+        out = blas.Array(np.zeros(shape, dtype))
+        out.device_ctypes_pointer = pytypes.SimpleNamespace(value=out.data.ptr)
+        return out
+    old = cuda.empty
+    cuda.empty = empty
+    try:
+        out = gemm("ik,jk->ij", x, y, (50, 70))
+    finally:
+        cuda.empty = old
+    plan = gemm.plans[("ik,jk->ij", (50, 60), (70, 60), "d", "highest")]
+    if wrong:
+        assert out is None and plan is False
+        return
+    assert blas.calls == [(41, 37, 43), (70, 50, 60)]       # (the check's, the product)
+    np.testing.assert_allclose(out.a, x.a @ y.a.T, rtol=1e-12)
+    assert blas.mode == 1                                   # (the handle's mode restored)
+
+
 def test_gemm_plans_only_plain_products():
     from gradc.codegen.cuda import gemm_plan
     assert gemm_plan("ij,jk->ki", (2, 3), (3, 4)) is None        # (the result transposed)

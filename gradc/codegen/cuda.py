@@ -467,10 +467,12 @@ class Gemm:
     result, some 50 µs of host time a product (G3 makes five a call).
 
     **Checked against CuPy:** before its first use, each plan (einsum, shapes, dtype,
-    float32 precision) computes a product of random operands both ways; a plan whose
-    result differs (or a binding that fails) is not used again, and CuPy computes those
-    products.  ``plans`` holds each plan, or False.  ``GRADC_CUDA_GEMM=0`` in the
-    environment leaves every product to CuPy."""
+    float32 precision) computes a product of small random operands both ways (the same
+    planning for sizes capped at 37, 41 and 43); a plan whose result differs (or a
+    binding that fails) is not used again, and CuPy computes those products, as it does
+    while CuPy's current stream is not the default one (numba's kernels run there, and
+    only CuPy's path waits for them).  ``plans`` holds each plan, or False.
+    ``GRADC_CUDA_GEMM=0`` in the environment leaves every product to CuPy."""
 
     def __init__(self, cp):
         self.cp = cp
@@ -488,8 +490,9 @@ class Gemm:
 
     def __call__(self, spec, x, y, shape):
         if self.cublas is None or type(x) is not self.array_type or \
-                type(y) is not self.array_type or x.dtype != y.dtype:
-            return None
+                type(y) is not self.array_type or x.dtype != y.dtype or \
+                self.cp.cuda.get_current_stream().ptr != 0:
+            return None          # (CuPy on a stream of its own: its path, which waits)
         key = (spec, x.shape, y.shape, x.dtype.char, _precision)
         plan = self.plans.get(key)
         if plan is None:
@@ -533,21 +536,31 @@ class Gemm:
 
     def _checked(self, spec, x, y, shape):
         plan = gemm_plan(spec, x.shape, y.shape)
-        if plan is None or self._call_for(np.dtype(x.dtype)) is None:
+        dtype = np.dtype(x.dtype)
+        if plan is None or self._call_for(dtype) is None:
             return False
-        plan = plan + (np.dtype(x.dtype),)
+        # (the check runs the same plan on operands of at most 37, 41 and 43 along the
+        # three letters: a few µs, and no symmetry to hide a transposition)
+        from ..prims.linalg import parse_spec
+        sa, sb, so = parse_spec(spec)
+        size = dict(zip(sa, x.shape)) | dict(zip(sb, y.shape))
+        caps = dict(zip(list(so) + [c for c in sa if c not in so], (37, 41, 43)))
+        small = {c: min(int(n), caps[c]) for c, n in size.items()}
+        sx, sy = tuple(small[c] for c in sa), tuple(small[c] for c in sb)
+        trial = gemm_plan(spec, sx, sy)
         cp = self.cp
         try:
             rng = cp.random.default_rng(0)
-            rx = rng.standard_normal(x.shape, dtype=np.float64).astype(x.dtype)
-            ry = rng.standard_normal(y.shape, dtype=np.float64).astype(x.dtype)
-            with _ComputeType(cp, x.dtype):
+            rx = rng.standard_normal(sx, dtype=np.float64).astype(dtype)
+            ry = rng.standard_normal(sy, dtype=np.float64).astype(dtype)
+            with _ComputeType(cp, dtype):
                 want = cp.asnumpy(cp.einsum(spec, rx, ry)).astype(np.float64)
-            got = cp.empty(tuple(shape), x.dtype)
-            self._run(plan, rx.data.ptr, ry.data.ptr, got.data.ptr)
+            got = cp.empty(tuple(small[c] for c in so), dtype)
+            self._run(trial + (dtype,), rx.data.ptr, ry.data.ptr, got.data.ptr)
             got = cp.asnumpy(got).astype(np.float64)
         except Exception:
             return False
+        plan = plan + (dtype,)
         tol = {"d": 1e-9, "f": 1e-3 if _precision == "highest" else 5e-2}[np.dtype(x.dtype).char]
         scale = max(1.0, float(np.abs(want).max()))
         if got.shape != want.shape or not np.all(np.abs(got - want) <= tol * scale):
@@ -923,7 +936,10 @@ class _Launcher:
         flat = d.flatten(args)
         if flat is None:
             return self.slow(*args)
-        d.launch(d.stream, self.config, d.kernel, *flat)
+        try:
+            d.launch(d.stream, self.config, d.kernel, *flat)
+        except Exception:       # (another device's context current: numba loads the
+            return self.slow(*args)     # module there; a real error, it raises again)
 
 
 def _plain(flat) -> list:

@@ -189,7 +189,13 @@ class _Emitter(loops._Emitter):
         self.memo.pop()
         body = self.lines[start:]
         code = [line.strip() for line in body if not line.strip().startswith("#")]
-        if any("[" in line or line.endswith(":") for line in code):
+        # (and only a short one of floating-point arithmetic: every element computes it
+        # now, and an integer division at an index outside the window is none of its
+        # business; inner functions of loops, like digamma's, stay behind the test)
+        if len(code) > WINDOW_SELECT or any(
+                "[" in line or line.endswith(":") or "//" in line or "%" in line or
+                "np.int" in line or "np.uint" in line or
+                any(f + "(" in line for f in special.DEVICE_FUNCTIONS) for line in code):
             self.lines.insert(start, "    " * depth + f"if {cond}:")
             result = self.ctx.temp()
             self.emit(depth + 1, f"{result} = {inner}")
@@ -367,10 +373,12 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
             last_use[v] = k
     for v in graph.outputs:
         last_use[v] = len(eqns)
-    k = 0
+    k, tried = 0, 0
     while k < len(eqns):
-        end = _row_run(eqns, k)
-        if end - k >= 2:            # (a run of row-wise equations: try one kernel)
+        end = _row_run(eqns, k) if k >= tried else k
+        if end - k >= 2:            # (a run of row-wise equations: try one kernel; if it
+            # fails, its tails too, unless it is long: each try lowers the whole run)
+            tried = end if end - k > ROW_RUN_RETRIES else k + 1
             from .cudarows import row_run
             for eqn, text in zip(eqns[k:end], printed[k:end]):
                 ctx.lines.append("# " + text[0].strip().removeprefix("let "))
@@ -415,6 +423,10 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     return "\n".join(head + ["    " + line for line in body]), places
 
 
+WINDOW_SELECT = 24         # a pad's window of at most this many lines: a select
+
+ROW_RUN_RETRIES = 16       # a run of at most this many equations that is not one
+#                            kernel: its tails are tried
 ROW_RUN_BATCH = 128        # row runs: at least this many rows (a block each) ...
 ROW_RUN_ELEMENTS = 8192    # ... of at most this many elements each (fewer rows, or
 #                            longer ones, leave an H200's 132 SMs underused: segmented

@@ -263,6 +263,8 @@ class _Rows:
             self.B = int(first.shape[0])
         else:                             # (a run of equations: row_run)
             self.B = self.batch
+        if self.B == 0:
+            raise NotRows("no rows")      # (a grid of no blocks is no launch)
         self._batch_sums()
         body = self.body
         self.rows = set()
@@ -1137,8 +1139,6 @@ def _merged(e1, e2, elementwise, fused_p):
         if any(isinstance(v, Var) and v in sub for v in q.inputs) and \
                 q.prim.name not in elementwise and q.prim.name not in REDUCTIONS:
             return None
-    if any(isinstance(r, Var) and r in sub for r in b2.outputs):
-        return None
     inputs, body_inputs = list(e1.inputs), list(b1.inputs)
     outer_of = {}
     for bv, ov in zip(b1.inputs, e1.inputs):
@@ -1152,6 +1152,8 @@ def _merged(e1, e2, elementwise, fused_p):
         else:
             inputs.append(ov)
             body_inputs.append(bv)
+    if any(isinstance(r, Var) and r in sub for r in b2.outputs):
+        return None                 # (an operand handed through: it would dangle)
     renamed = {}
     for q in b2.eqns:
         renamed[q] = q.replace(inputs=tuple(sub.get(v, v) if isinstance(v, Var) else v
