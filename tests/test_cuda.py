@@ -1218,6 +1218,47 @@ def test_direct_launches_flatten_arguments_as_numba_does():
     assert len(direct) == 1 and len(slow) == 2
 
 
+def test_empty_arrays_after_the_first_copy_its_attributes(monkeypatch):
+    """``_d.empty``: the first array of a shape and dtype comes from numba's
+    constructor; later ones copy its attributes and take memory of their own from the
+    context's ``memalloc``.  Anything but numba's device array with numba's attributes
+    (the simulator's) is made by numba each time."""
+    import types as pytypes
+    from gradc.codegen import cuda
+
+    class DeviceNDArray:
+        def __init__(self, shape, dtype, pointer):
+            self.ndim, self._dummy, self.shape = len(shape), object(), shape
+            self.strides, self.dtype = np.empty(shape, dtype).strides, np.dtype(dtype)
+            self.size = int(np.prod(shape))
+            self.alloc_size, self.gpu_data, self.stream = self.size * 4, pointer, 0
+    if SIMULATOR:                         # (the simulator's arrays are no prototype)
+        assert cuda._prototype(cuda.import_cuda().device_array((2,), np.float32)) is False
+    made, given = [], []
+
+    def device_array(shape, dtype):
+        made.append(shape)
+        return DeviceNDArray(shape, dtype, f"numba's {len(made)}")
+
+    def memalloc(size):
+        given.append(size)
+        return f"pool's {len(given)}"
+    monkeypatch.setattr(cuda, "_CUDA", pytypes.SimpleNamespace(device_array=device_array))
+    monkeypatch.setattr(cuda, "_EMPTY", {})
+    first = cuda.empty((3, 4), np.float32)
+    cuda._EMPTY[(3, 4), np.float32] = cuda._prototype(
+        first, lambda: pytypes.SimpleNamespace(memalloc=memalloc))
+    second = cuda.empty((3, 4), np.float32)
+    assert made == [(3, 4)] and given == [48]
+    assert type(second) is DeviceNDArray and second.gpu_data == "pool's 1"
+    assert {k: v for k, v in vars(second).items() if k != "gpu_data"} == \
+        {k: v for k, v in vars(first).items() if k != "gpu_data"}
+    other = DeviceNDArray((2,), np.float32, "x")
+    other.extra = 1                       # (not numba's attributes: numba each time)
+    assert cuda._prototype(other, lambda: None) is False
+    assert cuda._prototype(pytypes.SimpleNamespace(), lambda: None) is False
+
+
 def test_direct_launches_left_to_numba_when_the_first_fails():
     """A cuda.core whose ``launch`` rejects the flattened arguments: that launch and
     every later one go through numba, and ``state`` says why."""

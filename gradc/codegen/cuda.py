@@ -244,8 +244,46 @@ def _define_device_functions(cuda) -> None:
 
 # ---------------------------------------------------------------- host-side helpers
 
+_EMPTY: dict = {}        # (shape, dtype) -> a prototype (see _prototype), or False
+
+
 def empty(shape, dtype):
-    return _CUDA.device_array(shape, dtype)
+    """A new device array.  After the first of a shape and dtype, a copy of that one's
+    attributes with memory of its own: numba's constructor (under a context guard)
+    works out the strides, a dummy array of the layout and the size again at each of
+    the tens of arrays a call may make."""
+    proto = _EMPTY.get((shape, dtype))
+    if proto:
+        cls, attrs, size, context = proto
+        out = cls.__new__(cls)
+        out.__dict__.update(attrs)
+        out.gpu_data = context().memalloc(size)
+        return out
+    out = _CUDA.device_array(shape, dtype)
+    if proto is None:
+        _EMPTY[(shape, dtype)] = _prototype(out)
+    return out
+
+
+_ARRAY_ATTRIBUTES = frozenset(("ndim", "_dummy", "shape", "strides", "dtype", "size",
+                               "alloc_size", "gpu_data", "stream"))
+
+
+def _prototype(out, context=None):
+    """``(class, attributes but the memory, bytes, context getter)`` to make arrays like
+    ``out`` from, if ``out`` is a numba device array with exactly the attributes
+    numba-cuda's constructor sets (its memory from the current context's
+    ``memalloc``, on the default stream); else False (numba's constructor each time)."""
+    if type(out).__name__ != "DeviceNDArray" or set(vars(out)) != _ARRAY_ATTRIBUTES or \
+            out.stream != 0 or not out.size:
+        return False
+    if context is None:
+        try:
+            from numba.cuda.cudadrv.devices import get_context as context
+        except ImportError:
+            return False
+    attrs = {k: v for k, v in vars(out).items() if k != "gpu_data"}
+    return type(out), attrs, out.alloc_size, context
 
 
 def zeros(shape, dtype):
