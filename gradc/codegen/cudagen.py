@@ -184,9 +184,7 @@ class _Emitter(loops._Emitter):
         if self.hoist is None or not affine:
             return super().window(x, sub, cond, zero, depth, affine)
         start = len(self.lines)
-        self.memo.append({})
-        inner = self.value(x, sub, depth + 1)
-        self.memo.pop()
+        inner = self.window_body(x, sub, depth)
         body = self.lines[start:]
         code = [line.strip() for line in body if not line.strip().startswith("#")]
         # (and only a short one of floating-point arithmetic: every element computes it
@@ -196,12 +194,7 @@ class _Emitter(loops._Emitter):
                 "[" in line or line.endswith(":") or "//" in line or "%" in line or
                 "np.int" in line or "np.uint" in line or
                 any(f + "(" in line for f in special.DEVICE_FUNCTIONS) for line in code):
-            self.lines.insert(start, "    " * depth + f"if {cond}:")
-            result = self.ctx.temp()
-            self.emit(depth + 1, f"{result} = {inner}")
-            self.emit(depth, "else:")
-            self.emit(depth + 1, f"{result} = {zero}")
-            return result
+            return self.guarded(start, self.ctx.temp(), cond, inner, zero, depth)
         self.lines[start:] = [line[4:] for line in body]       # (one level out)
         return f"({inner} if {cond} else {zero})"
 

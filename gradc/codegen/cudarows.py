@@ -586,7 +586,7 @@ class _Rows:
                         if v in self.rows and v not in into and v not in carry_into and
                         v not in contributions),
                        key=lambda v: _row_bytes(v.shape, v.dtype))
-        self.share_temps = {v for v in temps if self._fits(v)}
+        share_temps = {v for v in temps if self._fits(v)}
         for e in body.eqns:
             if e in updates:
                 continue
@@ -628,7 +628,7 @@ class _Rows:
                     if self.names[src] in self.mirrors:
                         self.mirrors[self.names[v]] = (self.mirrors[self.names[src]][0],
                                                        tuple(int(d) for d in v.shape[1:]))
-                elif v in self.share_temps:
+                elif v in share_temps:
                     self.buffers[v] = "(in shared memory)"
                     self._share(v, checked=True)
                 else:

@@ -152,10 +152,22 @@ class _Emitter:
         window's code inside an ``if`` (``affine``: its indices are affine in the loop
         variables)."""
         result = self.ctx.temp()
-        self.emit(depth, f"if {cond}:")
+        start = len(self.lines)
+        inner = self.window_body(x, sub, depth)
+        return self.guarded(start, result, cond, inner, zero, depth)
+
+    def window_body(self, x, sub, depth) -> str:
+        """The lines computing ``x`` at ``sub`` one level in (values local to the
+        window); returns its expression."""
         self.memo.append({})
         inner = self.value(x, sub, depth + 1)
         self.memo.pop()
+        return inner
+
+    def guarded(self, start, result, cond, inner, zero, depth) -> str:
+        """The window's lines from ``start`` on under ``if cond``, ``result`` set to its
+        value there and to ``zero`` elsewhere."""
+        self.lines.insert(start, "    " * depth + f"if {cond}:")
         self.emit(depth + 1, f"{result} = {inner}")
         self.emit(depth, "else:")
         self.emit(depth + 1, f"{result} = {zero}")
