@@ -279,6 +279,10 @@ PROGRAMS.update({
                                   rng.standard_normal((4, 4)))),
     "crf-batched-float32": (crf_batched, (rng.standard_normal((3, 5, 4)).astype(np.float32),
                                           rng.standard_normal((4, 4)).astype(np.float32))),
+    # K = 16: the tape cut (passes.remat) keeps the carry, the max and the sum, and the
+    # backward scan recomputes the (B, K, K) exponentials
+    "crf-batched-wide": (crf_batched, (rng.standard_normal((3, 4, 16)),
+                                       rng.standard_normal((16, 16)))),
     "rows-reverse": (rows_reverse, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rows-loss": (rows_loss, (rng.standard_normal((3, 4)), rng.standard_normal(4))),
     "rows-long": (rows_long, (rng.standard_normal((3, 2)), rng.standard_normal((2, 40)))),
@@ -325,14 +329,15 @@ PROGRAMS.update({
                             rng.standard_normal((4, 3, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
-ROW_SCANS = ("crf-batched", "crf-batched-float32", "rows-reverse", "rows-loss", "rows-long",
-             "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
+ROW_SCANS = ("crf-batched", "crf-batched-float32", "crf-batched-wide", "rows-reverse",
+             "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
              "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
-             "while-checkpointed", "crf-batched", "crf-batched-float32", "rows-reverse",
+             "while-checkpointed", "crf-batched", "crf-batched-float32", "crf-batched-wide",
+             "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
              "rows-shared-vector", "rows-euler-dt", "rows-step-mean", "solve",
              "solve-batched", "conv", "conv-long-kernel-sum")

@@ -44,7 +44,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for
     the compiled targets, solver regions expanded into their algorithms
     (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
-    (``passes.conv``) and loop fusion."""
+    (``passes.conv``), for the GPU smaller loop tapes (``passes.remat``: there a value
+    recomputed costs less than its memory traffic), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -53,6 +54,9 @@ def optimise(graph: Graph, target: str) -> Graph:
         graph = graph if expanded is graph else simplify(expanded)
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
+        if target == "cuda":
+            from ..passes.remat import remat_scans
+            graph = remat_scans(graph)
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 

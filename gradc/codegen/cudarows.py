@@ -657,8 +657,9 @@ class _Rows:
         step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"]
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
             step += self._copy(f"_y{j}", y, stepped=True)
-        if copies_early:                     # (before a stage writes a carry in place)
-            step.append("cuda.syncthreads()")
+        # (a barrier between those copies and a stage writing a carry in place, unless
+        # another stage's barrier comes first)
+        early = bool(copies_early)
         widest = 1
         for e, text in zip(body.eqns, self.text_of):
             if e in updates or _reshape_source(e) is not None:
@@ -673,8 +674,11 @@ class _Rows:
                 continue
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
+            if early and carry_into.keys() & set(e.outputs):
+                step.append("cuda.syncthreads()")
+            early = False
             step += lines + ["cuda.syncthreads()"]
-        tail = []
+        tail = [] if not early else ["cuda.syncthreads()"]
         for j, y, _ in copies_late:
             tail += self._copy(f"_y{j}", y, stepped=True)
         for j, y, _ in uniform_ys:           # (the same in every block: row 0's writes it)
