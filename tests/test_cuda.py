@@ -431,6 +431,26 @@ def test_scan_whose_rows_mix_runs_on_the_host_loop():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_the_next_steps_rows_are_loaded_while_a_step_runs():
+    """A one-kernel scan loads the next step's row of each stacked operand into a
+    register at the top of a step and stores it into shared memory at its end; a stage
+    reading the operand at another row (``x[::-1]``) reads the array itself."""
+    def f(h0, xs):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h * x + 0.5 * x[::-1]), None), h0, xs)
+        return np.sum(h ** 2)
+    args = (rng.standard_normal((3, 4)), rng.standard_normal((5, 3, 4)))
+    for fn in (gradc.jit(f, target="cuda"), gradc.grad(f, argnums=(0, 1), target="cuda")):
+        src = fn.source(*args)
+        assert src.count(ONE_KERNEL) >= 1
+        assert "_pf0 = " in src and "_pf[(1 - _pb) * " in src and "_pf[_pb * " in src
+        assert "[_t, -i0 + 2, i1]" in src        # (x[::-1]: the row 2 - i0)
+    want = gradc.grad(f, argnums=(0, 1), target="numpy")(*args)
+    for a, b in zip(gradc.grad(f, argnums=(0, 1), target="cuda")(*args), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gradc.jit(f, target="cuda")(*args),
+                               gradc.jit(f, target="numpy")(*args), rtol=1e-12)
+
+
 def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
     """A per-step vector every row reads along its own axis, of the batch's length (4
     rows of 4): stacked operands are only read, so the scan stays one kernel."""

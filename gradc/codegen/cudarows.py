@@ -79,9 +79,11 @@ class _RowEmitter(cg._Emitter):
     """Per-element code of a stage: row values must be read at the block's row;
     stacked arrays (a scan's xs and ys) are indexed by the step first."""
 
-    def __init__(self, ctx, names, producer, comments, rows, stepped, shared, mirrors):
+    def __init__(self, ctx, names, producer, comments, rows, stepped, shared, mirrors,
+                 prefetched=None):
         super().__init__(ctx, names, producer, comments)
         self.rows, self.stepped, self.shared, self.mirrors = rows, stepped, shared, mirrors
+        self.prefetched = prefetched or {}
 
     def read(self, array, idx):
         if array in self.rows:
@@ -93,6 +95,11 @@ class _RowEmitter(cg._Emitter):
         if array in self.mirrors:            # (a stacked result's copy there)
             mirror, dims = self.mirrors[array]
             return f"{mirror}[{_linear([str(c) for c in idx[1:]], dims)}]"
+        first = idx[0] if idx else None
+        if array in self.prefetched and isinstance(first, Affine) and \
+                first.key() == ("i0", 1, 0):     # (the step's row of an xs, prefetched)
+            buf, dims, size = self.prefetched[array]
+            return f"{buf}[_pb * {size} + {_linear([str(c) for c in idx[1:]], dims)}]"
         sub = self.subscript(idx)
         return f"{array}[_t, {sub}]" if array in self.stepped else f"{array}[{sub}]"
 
@@ -653,8 +660,10 @@ class _Rows:
         for j, y, arr in copies_early + copies_late + uniform_ys:
             self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1)
 
+        prefetch, stored = self._prefetch(body.inputs[nc + nk:], T)
+
         # the kernel: a block per row, the steps inside
-        step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"]
+        step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"] + prefetch
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
             step += self._copy(f"_y{j}", y, stepped=True)
         # (a barrier between those copies and a stage writing a carry in place, unless
@@ -690,6 +699,12 @@ class _Rows:
                 widest = max(widest, int(np.prod(out.shape[1:])))
         if tail:
             step += tail + ["cuda.syncthreads()"]
+        if stored:      # (the next step's rows, stored before the step's last barrier)
+            if step[-1] == "cuda.syncthreads()":
+                step[-1:] = stored + ["cuda.syncthreads()"]
+            else:
+                step += stored + ["cuda.syncthreads()"]
+            widest = max([widest] + [size for _, _, size in self.prefetched.values()])
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
         threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
@@ -781,6 +796,54 @@ class _Rows:
             return False
         self.room -= size
         return True
+
+    def _prefetch(self, xs, T):
+        """Double buffers in shared memory for the step's rows of the stacked operands
+        ``xs`` that stages read, while they fit (a stage reading another row reads the
+        array itself).  The row of step 0 is read before the first step; each step
+        loads the next step's row into registers first (a row of at most one element per
+        thread) and stores it into the other buffer last, so that the load's latency
+        overlaps the step's work instead of holding up the stage that reads the row.
+        Returns the lines a step starts and ends with; ``self.prefetched`` says how
+        stages read the buffers."""
+        self.prefetched = {}
+        if T < 2:
+            return [], []
+        limit = int(os.environ.get("GRADC_CUDA_ROW_SHARED", ROW_SHARED))  # (0: none)
+        first, nxt = (T - 1, "_t - 1") if self.reverse else (0, "_t + 1")
+        start, end = [], []
+        for bv in xs:
+            name = self.names.get(bv)
+            size = int(np.prod(bv.shape[1:]))
+            if bv.ndim == 0 or int(bv.shape[0]) != self.B or name not in self.stepped \
+                    or size > self.ctx.threads or not self._read_in_the_step(bv):
+                continue
+            need = 2 * _row_bytes(bv.shape, bv.dtype)
+            if need > min(limit, self.room - RESERVE):
+                continue
+            self.room -= need
+            k = len(self.prefetched)
+            buf, reg = f"{name}_pf", f"_pf{k}"
+            self.head.append(f"{buf} = cuda.shared.array({2 * size}, "
+                             f"{cg._numba_type(bv.dtype)})")
+            for a in self._aliases(bv):          # (and its reshapes)
+                if self.names.get(a) in self.stepped:
+                    self.prefetched[self.names[a]] = (buf, tuple(int(d) for d in a.shape[1:]),
+                                                      size)
+            jvars = [f"_j{d}" for d in range(1, bv.ndim)]
+            sub = ", ".join(["i0"] + jvars)
+            self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+                               *cg._decode("_e", tuple(bv.shape[1:]), jvars, "    "),
+                               f"    {buf}[_e] = {name}[{first}, {sub}]"]
+            start += [f"{reg} = {scalar_literal(0, bv.dtype)}",
+                      f"if _s + 1 < {T} and _tid < {size}:",
+                      *cg._decode("_tid", tuple(bv.shape[1:]), jvars, "    "),
+                      f"    {reg} = {name}[{nxt}, {sub}]"]
+            end += [f"if _s + 1 < {T} and _tid < {size}:",
+                    f"    {buf}[(1 - _pb) * {size} + _tid] = {reg}"]
+        if start:
+            start.insert(0, "_pb = _s & 1")
+        return start, end
 
     def _share(self, v, checked=False) -> bool:
         """Give row value ``v`` a shared array for the block's row (its own kernel
@@ -905,7 +968,7 @@ class _Rows:
         producer = {v: e for e in body.eqns for v in e.outputs}
         em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
                          self.row_arrays, self.stepped,
-                         self.shared_rows, self.mirrors)
+                         self.shared_rows, self.mirrors, self.prefetched)
         for r, o in zip(body.outputs, fused.outputs):
             em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
         return em.lines
@@ -953,7 +1016,7 @@ class _Rows:
 
         def emitter():
             return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
-                               self.shared_rows, self.mirrors)
+                               self.shared_rows, self.mirrors, self.prefetched)
 
         def pointwise(em, roots):
             for r, o, kind in roots:
