@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs (device time is short: one script, results under $OUT, at
-# most ~8 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
-# PyTorch (and G2 at the other unroll depth), where each workload's time goes
+# most ~9 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
+# PyTorch (G2 at the other unroll depth, G4 without its tape cut and at two other
+# block sizes), where each workload's time goes
 # (benchmarks/gpu_profile.py), the CUDA tests on the real compiler and GPU, and Nsight
 # Compute's counters for G1's and G2's kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
@@ -56,6 +57,14 @@ echo "rc $?" >> "$OUT/bench.err"
 # G2 at both unroll depths (gradc picks 1 for its three arrays; run 2 measured 4)
 GRADC_CUDA_UNROLL=4 timeout 40 "$PY" benchmarks/gpu.py --only G2 --no-peers --repeats 20 \
     >> "$OUT/bench.md" 2>> "$OUT/bench.err"
+
+# G4's A/B: the tape cut off (passes.remat: the (B, K, K) exponentials stacked again),
+# and 512 or 128 threads a row in the one-kernel scans (256 by default)
+for v in GRADC_REMAT=0 GRADC_CUDA_ROW_THREADS=512 GRADC_CUDA_ROW_THREADS=128; do
+    echo "G4 with $v" >> "$OUT/bench.md"
+    env "$v" timeout 40 "$PY" benchmarks/gpu.py --only G4 --no-peers --repeats 20 \
+        >> "$OUT/bench.md" 2>> "$OUT/bench.err"
+done
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"

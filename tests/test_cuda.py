@@ -451,6 +451,20 @@ def test_the_next_steps_rows_are_loaded_while_a_step_runs():
                                gradc.jit(f, target="numpy")(*args), rtol=1e-12)
 
 
+def test_per_row_sums_in_shared_memory_have_padded_rows():
+    """The CRF's transition gradient, summed per row in shared memory: rows of 32
+    columns are laid out 36 apart (no bank conflicts among the threads summing a row),
+    and written out unpadded."""
+    U, A = rng.standard_normal((2, 3, 32)), rng.standard_normal((32, 32))
+    g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+    src = g.source(U, A)
+    assert "_ps0 = cuda.shared.array(1152," in src          # (32 rows of 36)
+    assert "_ps0[(_e // 32) * 36 + _e % 32]" in src
+    assert re.search(r"_ps0\[\(i1\) \* 36 \+ i2\] \+=", src)
+    for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
     """A per-step vector every row reads along its own axis, of the batch's length (4
     rows of 4): stacked operands are only read, so the scan stays one kernel."""

@@ -67,6 +67,7 @@ from .pysource import dtype_expr, scalar_literal, text_of_body
 ROW_BLOCKS = 65535       # at most this many blocks (each strides over rows)
 ROW_SHARED = 16 * 1024   # a row of a carry or temporary up to this size: in shared memory
 RESERVE = 4 * 1024       # ... leaving this much for the reductions' per-thread partials
+PAD = 4                  # elements added to each row of a per-row accumulator (_padded)
 REGISTERS = 65536        # registers of an SM (every GPU since compute capability 5.0)
 
 
@@ -480,6 +481,10 @@ class _Rows:
             "(its rows are independent)" if self.batch is None else
             f"# rows: these {len(body.eqns)} equations as one kernel, a block per row of {B}")
         self.params, self.args, self.kinds = [], [], []
+        # threads per block (a block per row: how many share a row's work; the
+        # environment's GRADC_CUDA_ROW_THREADS, a multiple of 32, lets a GPU session
+        # compare sizes)
+        self.threads = int(os.environ.get("GRADC_CUDA_ROW_THREADS", 0)) or ctx.threads
         self.names = {}                   # body value -> how the kernel reads it
         self.stepped = set()              # kernel arrays indexed by the step first
         self.row_arrays = set()           # kernel arrays holding row values
@@ -497,7 +502,7 @@ class _Rows:
         contributions = [e for _, es in self.acc.values() for e in es]
         shared, self.room = set(), cg.SHARED_BYTES
         for e in contributions:
-            size = _row_bytes((1,) + tuple(e.shape), e.dtype)
+            size = _row_bytes((1,) + _padded(e.shape), e.dtype)
             if size <= self.room:
                 self.room -= size
                 shared.add(e)
@@ -646,16 +651,21 @@ class _Rows:
         for v, (part, j) in parts.items():
             size = int(np.prod(v.shape))
             if v in shared:
-                part_names[v] = (f"_ps{j}", True)
+                dims = _padded(v.shape)
+                part_names[v] = (f"_ps{j}", dims)
                 self._extra(f"_p{j}", f"{part}.reshape(({B}, {size}))", v.dtype, 2)
-                self.head.append(f"_ps{j} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
+                padded = int(np.prod(dims))
+                self.head.append(f"_ps{j} = cuda.shared.array({padded}, "
+                                 f"{cg._numba_type(v.dtype)})")
                 zero = scalar_literal(0, v.dtype)
-                self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+                self.row_start += [f"for _e in range(_tid, {padded}, _nt):",
                                    f"    _ps{j}[_e] = {zero}"]
+                at = "_e" if dims == tuple(v.shape) else \
+                    f"(_e // {v.shape[-1]}) * {dims[-1]} + _e % {v.shape[-1]}"
                 flush += [f"for _e in range(_tid, {size}, _nt):",
-                          f"    _p{j}[i0, _e] = _ps{j}[_e]"]
+                          f"    _p{j}[i0, _e] = _ps{j}[{at}]"]
             else:
-                part_names[v] = (f"_p{j}", False)
+                part_names[v] = (f"_p{j}", None)
                 self._extra(f"_p{j}", part, v.dtype, v.ndim + 1)
         for j, y, arr in copies_early + copies_late + uniform_ys:
             self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1)
@@ -707,7 +717,7 @@ class _Rows:
             widest = max([widest] + [size for _, _, size in self.prefetched.values()])
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
-        threads = min(ctx.threads, widest if ctx.threads < 32 else -(-widest // 32) * 32)
+        threads = min(self.threads, widest if self.threads < 32 else -(-widest // 32) * 32)
         # (the block's size read when the kernel runs: as a constant, LLVM unrolls every
         # stage's loop over the row, and G4's backward scan took 137 registers, not 56)
         lines = self.head + ["_tid = cuda.threadIdx.x",
@@ -816,7 +826,7 @@ class _Rows:
             name = self.names.get(bv)
             size = int(np.prod(bv.shape[1:]))
             if bv.ndim == 0 or int(bv.shape[0]) != self.B or name not in self.stepped \
-                    or size > self.ctx.threads or not self._read_in_the_step(bv):
+                    or size > self.threads or not self._read_in_the_step(bv):
                 continue
             need = 2 * _row_bytes(bv.shape, bv.dtype)
             if need > min(limit, self.room - RESERVE):
@@ -1001,9 +1011,9 @@ class _Rows:
 
         def write(o, sub):
             if o in part_names:             # an accumulator's partial sums
-                name, shared = part_names[o]
-                if shared:
-                    return f"{name}[{_linear(sub[1:], domain[1:])}]"
+                name, dims = part_names[o]
+                if dims is not None:        # (in shared memory, rows padded)
+                    return f"{name}[{_linear(sub[1:], dims)}]"
                 return f"{name}[{', '.join(sub)}]"
             name = self.names[o]
             if name in self.shared_rows:
@@ -1057,7 +1067,7 @@ class _Rows:
             # S threads per kept element when there are few kept elements and long sums
             # (each takes every S-th reduced element; the S partials combined after a
             # barrier, in a fixed order)
-            S, T = 1, self.ctx.threads
+            S, T = 1, self.threads
             need = sum(np.dtype(o.dtype).itemsize for _, o, _ in roots) * Kr
             while Kr * S * 2 <= T and R >= 16 * S and need * S * 2 <= self.room:
                 S *= 2
@@ -1318,6 +1328,19 @@ def _einsum_as_fused(eqn):
 def _row_bytes(shape, dtype) -> int:
     """The bytes of one row (everything but the leading axis) of an array."""
     return max(1, int(np.prod(shape[1:]))) * np.dtype(dtype).itemsize
+
+
+def _padded(shape) -> tuple:
+    """The shape of a per-row accumulator in shared memory: rows of a multiple of 32
+    elements get ``PAD`` more.  A stage summing its last axis gives S neighbouring
+    threads one kept element (its index the row) and the S residues of the summed
+    index (its column): unpadded, a warp's 32 threads touched S banks, each 32 / S times.
+    With rows PAD = 4 elements longer they touch 32 different banks when S = 4 (G4's
+    backward scan), at most two threads share a bank when S = 2 or 8, four when S = 1."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) >= 2 and shape[-1] % 32 == 0:
+        return shape[:-1] + (shape[-1] + PAD,)
+    return shape
 
 
 def _linear(names, dims) -> str:

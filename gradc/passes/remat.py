@@ -133,11 +133,11 @@ def remat_scans(graph: Graph) -> Graph:
     to it as consts."""
     if os.environ.get("GRADC_REMAT", "1") == "0":     # (the A/B of benchmarks)
         return graph
-    done = set()
+    done = {}                  # id -> scan tried (held, so that no id is reused)
     while True:
         for i, eqn in enumerate(graph.eqns):
             if eqn.prim.name == "scan" and id(eqn) not in done:
-                done.add(id(eqn))
+                done[id(eqn)] = eqn
                 new = _cut_tape(graph, i)
                 if new is not None:
                     graph = new
