@@ -330,8 +330,8 @@ PROGRAMS.update({
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "crf-batched-wide", "rows-reverse",
-             "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms", "rows-step-losses",
-             "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
+             "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms",
+             "rows-step-losses", "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
 ONE_KERNEL = "# the scan as one kernel"
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
