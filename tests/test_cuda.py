@@ -465,6 +465,36 @@ def test_per_row_sums_in_shared_memory_have_padded_rows():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _step_loop(h, n=3):
+    return gradc.scan(lambda c, x: (np.tanh(c * 0.9 + x), None), h,
+                      np.linspace(-0.5, 0.5, n))[0]
+
+
+@pytest.mark.parametrize("case", ["dead", "read-after", "view-read-after", "also-a-const"])
+def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
+    """A carry's initial value that a kernel of this function made and nothing reads
+    after the loop is the loop's buffer (no copy); read afterwards (itself, through a
+    reshape, or by the loop as a constant too) it is copied first."""
+    def f(x):
+        h = np.tanh(x * 2.0)                 # (a kernel's new array)
+        if case == "also-a-const":
+            out = gradc.scan(lambda c, t: (np.tanh(c * 0.9 + t) + 0.1 * h, None), h,
+                             np.linspace(-0.5, 0.5, 3))[0]
+        else:
+            out = _step_loop(h)
+        extra = {"dead": 0.0, "read-after": np.sum(h ** 3),
+                 "view-read-after": np.sum(h.reshape(-1) ** 3)}.get(case, 0.0)
+        return out, extra
+    x = rng.standard_normal((3, 4))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(x)
+    assert src.count(ONE_KERNEL) == 1
+    host = src[src.rindex("\ndef "):]       # (the host function)
+    assert host.count("_d.copy(") == (case != "dead")
+    for a, b in zip(jitted(x), gradc.jit(f, target="numpy")(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
     """A per-step vector every row reads along its own axis, of the batch's length (4
     rows of 4): stacked operands are only read, so the scan stays one kernel."""

@@ -280,6 +280,8 @@ class _Context(Symbols):
         self.on_host: list = []
         self.functions: list = []      # host functions of loop bodies and branches
         self.fresh: set = set()        # arrays written by a kernel into a new allocation
+        self.dying: set = set()        # the equation being lowered's operands it may
+        #                                overwrite (``_function``)
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
@@ -366,6 +368,18 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
             last_use[v] = k
     for v in graph.outputs:
         last_use[v] = len(eqns)
+    # (views: a reshape, a barrier's value: one storage with their operand; a storage
+    # dies with the last use of any name of it)
+    root = {}
+    for eqn in eqns:
+        if eqn.prim.name in ("reshape", "barrier"):
+            for x, out in zip(eqn.inputs, eqn.outputs):
+                if isinstance(x, Var):
+                    root[out] = root.get(x, x)
+    dies = {}
+    for v, k in last_use.items():
+        r = root.get(v, v)
+        dies[r] = max(dies.get(r, -1), k)
     k, tried = 0, 0
     while k < len(eqns):
         end = _row_run(eqns, k) if k >= tried else k
@@ -386,7 +400,14 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         if eqn.source and eqn.source != last_source:
             ctx.lines.append(f"#   from {eqn.source}")
         last_source = eqn.source
+        # (operands whose storage a kernel made for this function and nothing reads
+        # after this equation: a loop may update them in place instead of a copy)
+        reads = [a for a in eqn.inputs if isinstance(a, Var)]
+        ctx.dying = {a for a in reads if root.get(a, a) in ctx.fresh
+                     and dies.get(root.get(a, a), -1) == k
+                     and sum(root.get(b, b) is root.get(a, a) for b in reads) == 1}
         _lower_eqn(ctx, eqn, text)
+        ctx.dying = set()
         k += 1
     places, results, seen = [], [], set()
     for v in graph.outputs:

@@ -470,6 +470,7 @@ class _Rows:
     # ------------------------------------------------------------ lowering
 
     def lower(self):
+        dying = set(self.ctx.dying)        # (read before anything lowers another equation)
         self.analyse()
         ctx, eqn, body = self.ctx, self.eqn, self.body
         nc, nk, T, B = self.n_consts, self.n_carry, self.length, self.B
@@ -524,7 +525,9 @@ class _Rows:
         # written back after the last)
         for j, (bv, ov) in enumerate(zip(carries, ins[nc:nc + nk])):
             if j in self.row_carries:
-                buf = self._host(f"_d.copy({ctx.on_device(ov)})")
+                # (an operand nothing reads afterwards is updated in place: no copy)
+                buf = ctx.names[ov] if ov in dying and ctx.place.get(ov) == "dev" else \
+                    self._host(f"_d.copy({ctx.on_device(ov)})")
                 self.buffers[bv] = buf
                 if self._share(bv):
                     name, size = self.names[bv], int(np.prod(bv.shape[1:]))
