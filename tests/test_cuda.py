@@ -892,6 +892,14 @@ PTX_SCRIPT = textwrap.dedent("""
         pts = np.zeros((300, 2))
         done["vmap-grad"] = gradc.jit(gradc.vmap(gradc.grad(w2)),
                                       target="cuda").ptx(pts).count(".entry")
+        # (a linspace floored to integers: its products rounded on their own, no FMA;
+        # x * y + 1 as a float keeps its FMA)
+        ptx = gradc.jit(lambda a: np.linspace(a[0], 10.0, 6, dtype=int),
+                        target="cuda").ptx(np.linspace(-1.0, 1.0, 5))
+        done["linspace-int-mul-rn"] = ptx.count("mul.rn.f64")
+        done["linspace-int-no-fma"] = int("fma.rn" not in ptx)
+        done["axpy-fma"] = gradc.jit(lambda x, y: x * y + 1.0, target="cuda").ptx(
+            np.ones(50), np.ones(50)).count("fma.rn.f64")
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
         if type(e).__name__ not in MISSING:
             raise
@@ -913,6 +921,7 @@ def test_kernels_compile_to_ptx():
     if "skip" in out:
         pytest.skip(f"no CUDA NVVM on this machine: {out['skip']}")
     assert out["vmap-grad"] == 1
+    assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert all(n >= 1 for n in out.values()), out
 
 

@@ -230,6 +230,7 @@ def _define_device_functions(cuda) -> None:
             math.erf, math.erfc, scipy.special.gammaln, scipy.special.gamma)
         for ours in ("ndtri", "erfinv"):
             g[ours] = g[ours + "_f32"] = getattr(scipy.special, ours)
+        g["mul_rn"] = g["mul_rn_f32"] = np.multiply
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -241,6 +242,8 @@ def _define_device_functions(cuda) -> None:
     g["erf"], g["erfc"], g["lgamma"], g["gamma"] = math.erf, math.erfc, math.lgamma, math.gamma
     for ours, name in (("ndtri", "normcdfinv"), ("erfinv", "erfinv")):
         g[ours], g[ours + "_f32"] = getattr(libdevice, name), getattr(libdevice, name + "f")
+    # (a product rounded on its own: never contracted into a fused multiply-add)
+    g["mul_rn"], g["mul_rn_f32"] = libdevice.dmul_rn, libdevice.fmul_rn
 
 # ---------------------------------------------------------------- host-side helpers
 

@@ -242,6 +242,9 @@ class _Emitter(loops._Emitter):
         subs = operand_indices(eqn, idx)
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         dtype = eqn.outputs[0].dtype
+        if name == "mul" and eqn.outputs[0] in self.ctx.exact:    # (see exact_values)
+            return f"_d.mul_rn{'_f32' if np.dtype(dtype) == np.float32 else ''}" \
+                   f"({args[0]}, {args[1]})"
         if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
             power = float(eqn.inputs[1].value)       # small whole powers as products
             if power in (1.0, 2.0, 3.0, 4.0):
@@ -282,6 +285,7 @@ class _Context(Symbols):
         self.fresh: set = set()        # arrays written by a kernel into a new allocation
         self.dying: set = set()        # the equation being lowered's operands it may
         #                                overwrite (``_function``)
+        self.exact: set = set()        # float values rounded as NumPy does (exact_values)
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
@@ -350,6 +354,57 @@ def lower(graph: Graph, name: str, simulator: bool) -> Lowered:
                    ctx.consts, ctx.host_globals, ctx.on_host, outputs)
 
 
+# Where a float's last bit can change a result: rounding to an integer, comparisons,
+# remainders, searches, sorts.  Values that reach such an operation through these
+# (whose result moves with each operand's rounding) are computed as NumPy does.
+_DISCONTINUOUS = {"floor", "ceil", "round", "trunc", "rem", "fmod", "floordiv", "sign",
+                  "lt", "le", "gt", "ge", "eq", "ne", "searchsorted", "argsort", "argmax",
+                  "argmin"}
+_CARRIES_ROUNDING = {"add", "sub", "neg", "mul", "div", "select", "max", "min", "abs",
+                     "stop_gradient", "broadcast_in_dim", "reshape", "slice", "pad",
+                     "transpose", "concatenate", "convert_element_type"}
+
+
+def exact_values(graph: Graph) -> set:
+    """The float values of ``graph`` (and of its fused equations' bodies) whose rounding
+    reaches a discontinuous operation: there, a product must not be contracted into a
+    fused multiply-add with the sum it feeds (one rounding where NumPy makes two),
+    which NVVM does by default.  ``np.linspace(a, b, n, dtype=int)`` flooring
+    ``a + i * step`` computed with an FMA gave other integers than NumPy; so would a
+    histogram's bin edges.  The emitter writes those products as ``_d.mul_rn``."""
+    feeds: dict = {}                        # value -> values its rounding comes from
+    seeds = []
+
+    def walk(g):
+        for e in g.eqns:
+            name = e.prim.name
+            ins = [a for a in e.inputs if isinstance(a, Var)]
+            if name == "fused":
+                body = e.params["body"]
+                walk(body)
+                for o, r in zip(e.outputs, body.outputs):
+                    feeds.setdefault(o, []).append(r)
+                for a, b in zip(e.inputs, body.inputs):
+                    if isinstance(a, Var):
+                        feeds.setdefault(b, []).append(a)
+            elif name in _DISCONTINUOUS or name == "convert_element_type" and \
+                    np.dtype(e.params["dtype"]).kind != "f":
+                seeds.extend(ins)
+            elif name in _CARRIES_ROUNDING:
+                for o in e.outputs:
+                    feeds.setdefault(o, []).extend(ins)
+
+    walk(graph)
+    exact, todo = set(), [v for v in seeds if np.dtype(v.dtype).kind == "f"]
+    while todo:
+        v = todo.pop()
+        if v in exact:
+            continue
+        exact.add(v)
+        todo += [a for a in feeds.get(v, []) if np.dtype(a.dtype).kind == "f"]
+    return exact
+
+
 def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     """The host function computing ``graph``: its source and the place of each result.
     Inputs arrive in the canonical places (arrays on the device, rank-0 values on the
@@ -357,6 +412,7 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     each iteration hands its results to the next as its inputs)."""
     saved = ctx.lines, ctx.copies
     ctx.lines, ctx.copies = [], {}
+    ctx.exact |= exact_values(graph)
     printed = _register_names(ctx, graph)
     for v in graph.inputs:
         ctx.place[v] = "dev" if v.ndim else "host"
