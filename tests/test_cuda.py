@@ -900,6 +900,10 @@ PTX_SCRIPT = textwrap.dedent("""
         done["linspace-int-no-fma"] = int("fma.rn" not in ptx)
         done["axpy-fma"] = gradc.jit(lambda x, y: x * y + 1.0, target="cuda").ptx(
             np.ones(50), np.ones(50)).count("fma.rn.f64")
+        # (a one-kernel scan's register limit, numba's link option, as PTX's directive)
+        f, args = PROGRAMS["crf-batched-wide"]
+        done["scan-maxnreg"] = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(
+            *args).count(".maxnreg ")
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
         if type(e).__name__ not in MISSING:
             raise
@@ -922,6 +926,7 @@ def test_kernels_compile_to_ptx():
         pytest.skip(f"no CUDA NVVM on this machine: {out['skip']}")
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
+    assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
     assert all(n >= 1 for n in out.values()), out
 
 

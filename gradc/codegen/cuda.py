@@ -45,6 +45,7 @@ from __future__ import annotations
 import linecache
 import math
 import os
+import re
 import sys
 import types
 
@@ -805,6 +806,11 @@ class Compiled:
                 sig.append(t if ndim == 0 else numba.types.Array(t, ndim, "C"))
             ptx, _ = cuda.compile_ptx(getattr(self.module, k.name).py_func, tuple(sig),
                                       cc=cc)
+            if k.max_registers:     # (numba gives the limit to the linker: written here
+                #                     as PTX's directive, which ptxas applies too)
+                ptx = re.sub(r"(\.entry[^{]*?\)\s*)\{",
+                             lambda m: f"{m.group(1)}.maxnreg {k.max_registers}\n{{",
+                             ptx, count=1)
             parts.append(f"// kernel {k.name}\n{ptx}")
         if not parts and kernel is None:
             return "// no kernels: every equation of this graph runs on the host\n"

@@ -136,6 +136,7 @@ class Kernel:
     name: str
     params: list           # (name, dtype, ndim): ndim 0 = a scalar argument
     source: str
+    max_registers: int | None = None    # (per thread; numba hands it to the linker)
 
 
 @dataclass
@@ -949,7 +950,7 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=(), max_regi
         f"@cuda.jit(max_registers={max_registers})"
     text = "\n".join([jit, f"def {kname}({', '.join(params)}):"] +
                      ["    " + line for line in lines])
-    ctx.kernels.append(Kernel(kname, kinds, text))
+    ctx.kernels.append(Kernel(kname, kinds, text, max_registers))
     return consts
 
 
