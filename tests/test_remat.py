@@ -156,3 +156,25 @@ def test_random_steps_cut_or_not_give_the_same_gradient(first, second, reduce, K
         np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-13)
     before = sum(int(np.prod(s)) for s in tape(graph))    # ((B, K, K) arrays: at least 2)
     assert sum(int(np.prod(s)) for s in tape(cut)) * 4 <= before
+
+
+def test_a_kept_residual_is_read_once():
+    """The sum of exponentials is a residual as it is (the tangent of its log reads it)
+    and is kept; the (B, K, K) exponentials are recomputed.  The backward scan reads the
+    kept sum through its old operand, not a second time."""
+    def f(h0, A, xs):
+        def step(h, x):
+            s = np.sum(np.exp(h[:, :, None] * A[None]), axis=1)
+            return 0.5 * h + np.log(s) + x, None
+        h, _ = gradc.scan(step, h0, xs)
+        return np.sum(h)
+    args = (rng.standard_normal((3, 12)) * 0.3, rng.standard_normal((12, 12)) * 0.3,
+            rng.standard_normal((4, 3, 12)))
+    graph = grad_graph(f, *args)
+    cut = remat_scans(graph)
+    assert cut is not graph and all(len(s) == 3 for s in tape(cut))
+    bwd = scans(cut)[1]
+    operands = [a for a in bwd.inputs if isinstance(a, gradc.ir.Var)]
+    assert len(operands) == len(set(operands))
+    for a, b in zip(eval_graph(graph, list(args)), eval_graph(cut, list(args))):
+        np.testing.assert_array_equal(a, b)

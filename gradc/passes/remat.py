@@ -201,7 +201,10 @@ def _cut_tape(graph: Graph, i: int):
     stacked = {o: k for k, o in enumerate(body.outputs[nk:], nk) if isinstance(o, Var)}
     hoisted, outer = [], {v: fwd.inputs[k] for v, k in const_in.items()}
     new_consts, new_xs, new_ys = [], [], []         # (value in the body, outer Var)
+    taped_at = {v: positions[k] for k, v in zip(positions, taped) if v not in defined}
     for v in reads:
+        if v in taped_at:                 # (kept: the later scan reads it already)
+            continue
         if v in free:
             if v not in outer:
                 hoisted += _hoist(body, nc, v, outer)
@@ -226,10 +229,7 @@ def _cut_tape(graph: Graph, i: int):
     # the later loop: the recomputation first, writing the Vars the tape's xs were
     bp = bwd.params
     bbody, bnc, bnk = bp["body"], bp["n_consts"], bp["n_carry"]
-    rename = {}
-    for k, v in zip(positions, taped):
-        if v in defined:
-            rename[v] = bbody.inputs[positions[k]]
+    rename = {v: bbody.inputs[positions[k]] for k, v in zip(positions, taped)}
     const_vars = [new_var_like(v) for v, _ in new_consts]
     xs_vars = [new_var_like(v) for v, _ in new_xs]
     rename.update(zip([v for v, _ in new_consts], const_vars))
