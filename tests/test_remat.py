@@ -178,3 +178,46 @@ def test_a_kept_residual_is_read_once():
     assert len(operands) == len(set(operands))
     for a, b in zip(eval_graph(graph, list(args)), eval_graph(cut, list(args))):
         np.testing.assert_array_equal(a, b)
+
+
+def bilinear(h0, W, xs):
+    def step(h, x):
+        return np.tanh(np.sum(h[:, :, None] * W[None], axis=1) * 0.1 + x), None
+    h, _ = gradc.scan(step, h0, xs)
+    return np.sum(h)
+
+
+def test_the_cpu_cut_recomputes_arithmetic_only():
+    """On the CPU (``cheap``) a broadcast is recomputed, an ``exp`` is not: the bilinear
+    step stacks ``h`` instead of its (B, K, K) broadcast, the CRF keeps its tape."""
+    args = (rng.standard_normal((3, 12)), rng.standard_normal((12, 12)),
+            rng.standard_normal((4, 3, 12)))
+    graph = grad_graph(bilinear, *args)
+    assert (4, 3, 12, 12) in tape(graph)
+    cut = remat_scans(graph, cheap=True)
+    assert tape(cut) == [(4, 3, 12)] * 2                  # (h, and tanh's result)
+    for a, b in zip(eval_graph(graph, list(args)), eval_graph(cut, list(args))):
+        np.testing.assert_array_equal(a, b)
+    U, A = rng.standard_normal((4, 5, 16)), rng.standard_normal((16, 16))
+    crf_graph = grad_graph(crf, U, A)
+    assert remat_scans(crf_graph, cheap=True) is crf_graph
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_compiled_cpu_gradients_with_the_cut_match_finite_differences(target):
+    args = (rng.standard_normal((3, 12)), rng.standard_normal((12, 12)),
+            rng.standard_normal((4, 3, 12)))
+    g = gradc.grad(bilinear, argnums=(0, 1), target=target)
+    optimised = g.specialise(*args).executable.graph      # (after the pass pipeline)
+    fwd = scans(optimised)[0]
+    assert [tuple(y.shape) for y in fwd.outputs[1:]] == [(4, 3, 12)] * 2
+    got = g(*args)
+    eps = 1e-6
+    for k, x in enumerate(args[:2]):
+        fd = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            up, down = [np.array(a) for a in args], [np.array(a) for a in args]
+            up[k][idx] += eps
+            down[k][idx] -= eps
+            fd[idx] = (bilinear(*up) - bilinear(*down)) / (2 * eps)
+        np.testing.assert_allclose(got[k], fd, rtol=1e-6, atol=1e-7)

@@ -44,8 +44,9 @@ def optimise(graph: Graph, target: str) -> Graph:
     """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for
     the compiled targets, solver regions expanded into their algorithms
     (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
-    (``passes.conv``), for the GPU smaller loop tapes (``passes.remat``: there a value
-    recomputed costs less than its memory traffic), and loop fusion."""
+    (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
+    elementwise is recomputed rather than stacked, on the CPU arithmetic and views
+    only), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -54,9 +55,8 @@ def optimise(graph: Graph, target: str) -> Graph:
         graph = graph if expanded is graph else simplify(expanded)
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
-        if target == "cuda":
-            from ..passes.remat import remat_scans
-            graph = remat_scans(graph)
+        from ..passes.remat import remat_scans
+        graph = remat_scans(graph, cheap=target != "cuda")
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 

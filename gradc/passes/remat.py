@@ -29,13 +29,17 @@ found by ``networkx`` (``tape_cut``):
 The cut's edges are the values to keep.  A cut is applied only when it shrinks the tape
 at least ``SAVING`` times: recomputing costs time, which a small saving does not repay.
 
-Whether recomputing beats the memory traffic depends on the machine, so the pass runs in
-the pipeline of the GPU target only (``codegen.compile.optimise``), where an ``exp`` is
-a few cycles of a special-function unit and the tape a round trip through device memory.
-On the CPU it lost: W4's gradient (B=32, T=64, K=32) took 7.4 ms with its tape cut
-against 4.7 ms without (the exponentials cost more than the 16 MB they replace, which
-stay in the caches).  ``GRADC_REMAT=0`` in the environment turns the pass off (read
-when a graph is compiled): the A/B of the GPU benchmarks.
+Whether recomputing beats the memory traffic depends on the machine
+(``codegen.compile.optimise`` says which cut each target gets). On the GPU an ``exp``
+is a few cycles of a special-function unit and the tape a round trip through device
+memory: everything ``RECOMPUTABLE`` is recomputed there.  On the CPU the CRF's cut lost:
+W4's gradient (B=32, T=64, K=32) took 7.4 ms with its tape cut against 4.7 ms without
+(the exponentials cost more than the 16 MB they replace, which stay in the caches), so
+the CPU targets recompute ``CHEAP`` equations only: arithmetic, selects and views.  That
+still catches the tape that is pure waste, a broadcast: ``np.sum(h[:, :, None] * W,
+axis=1)`` stacked its (B, K, K) broadcast of ``h`` for the product's tangent, and now
+stacks ``h``.  ``GRADC_REMAT=0`` in the environment turns the pass off (read when a
+graph is compiled): the A/B of the benchmarks.
 """
 from __future__ import annotations
 
@@ -45,10 +49,11 @@ import networkx as nx
 import numpy as np
 
 from ..ir import Graph, Var, free_vars, make_eqn, new_var_like
-from .fuse import ELEMENTWISE, STRUCTURAL
+from .fuse import ELEMENTWISE, EXPENSIVE, STRUCTURAL
 from .simplify import dce
 
 RECOMPUTABLE = ELEMENTWISE | STRUCTURAL
+CHEAP = RECOMPUTABLE - EXPENSIVE      # (the CPU's: no transcendental, power or division)
 SAVING = 4          # apply a cut only when the tape shrinks at least this many times
 TIE = 1 << 10       # a byte's weight against the tie-breaking one of a computed value
 
@@ -57,8 +62,9 @@ def _nbytes(v) -> int:
     return int(np.prod(v.shape, dtype=np.int64)) * np.dtype(v.dtype).itemsize
 
 
-def _recomputable(eqn) -> bool:
-    return (eqn.prim.name in RECOMPUTABLE and not eqn.prim.effect and bool(eqn.outputs)
+def _recomputable(eqn, cheap=False) -> bool:
+    return (eqn.prim.name in (CHEAP if cheap else RECOMPUTABLE) and not eqn.prim.effect
+            and bool(eqn.outputs)
             and not any("body" in k or "branches" in k for k in eqn.params))
 
 
@@ -73,7 +79,7 @@ def _invariant(graph: Graph, n_free: int) -> set:
     return free
 
 
-def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1):
+def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1, cheap=False):
     """The values of ``primal`` (a loop step: its first ``n_free`` inputs the loop's
     consts, its outputs ``n_out`` values and then the residuals) to keep so that the
     residuals can be recomputed from them, and the equations recomputing them, in
@@ -99,8 +105,8 @@ def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1):
         g.add_edge("source", (v, "in"))          # (no capacity: unbounded)
     for eqn in primal.eqns:
         for o in eqn.outputs:
-            value(o, _recomputable(eqn))
-            if _recomputable(eqn):
+            value(o, _recomputable(eqn, cheap))
+            if _recomputable(eqn, cheap):
                 for a in eqn.inputs:
                     if isinstance(a, Var):
                         g.add_edge((a, "out"), (o, "in"))
@@ -117,20 +123,21 @@ def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1):
     for eqn in reversed(primal.eqns):
         if not wanted.intersection(eqn.outputs):
             continue
-        assert _recomputable(eqn), eqn
+        assert _recomputable(eqn, cheap), eqn
         eqns.append(eqn)
         wanted.update(a for a in eqn.inputs if isinstance(a, Var) and a not in stop)
     assert not wanted.intersection(primal.inputs)
     return {v for v in stop if v not in free}, eqns[::-1]
 
 
-def remat_scans(graph: Graph) -> Graph:
+def remat_scans(graph: Graph, cheap: bool = False) -> Graph:
     """``graph`` with each forward loop's tape cut where ``tape_cut`` finds it at least
     ``SAVING`` times smaller: a scan whose stacked results a later scan of the same
     length alone reads, as xs, stacks the cut's values instead, and the later scan
     recomputes the old ones from them at each step.  Values of the loop's consts alone
     that the recomputation reads are computed once, before the later scan, and passed
-    to it as consts."""
+    to it as consts.  With ``cheap`` (the CPU targets), only arithmetic without a
+    transcendental, a power or a division is recomputed (``CHEAP``)."""
     if os.environ.get("GRADC_REMAT", "1") == "0":     # (the A/B of benchmarks)
         return graph
     done = {}                  # id -> scan tried (held, so that no id is reused)
@@ -138,7 +145,7 @@ def remat_scans(graph: Graph) -> Graph:
         for i, eqn in enumerate(graph.eqns):
             if eqn.prim.name == "scan" and id(eqn) not in done:
                 done[id(eqn)] = eqn
-                new = _cut_tape(graph, i)
+                new = _cut_tape(graph, i, cheap)
                 if new is not None:
                     graph = new
                     break
@@ -156,7 +163,7 @@ def _readers(graph: Graph) -> dict:
     return readers
 
 
-def _cut_tape(graph: Graph, i: int):
+def _cut_tape(graph: Graph, i: int, cheap: bool = False):
     """``graph`` with scan ``i``'s tape cut for the later scan reading it, or None."""
     fwd = graph.eqns[i]
     p = fwd.params
@@ -182,7 +189,7 @@ def _cut_tape(graph: Graph, i: int):
     taped = [body.outputs[k] for k in positions]
     rest = [o for k, o in enumerate(body.outputs) if k not in positions]
     view = Graph(body.inputs, body.eqns, tuple(rest) + tuple(taped))
-    keep, recompute = tape_cut(view, len(rest), nc, length)
+    keep, recompute = tape_cut(view, len(rest), nc, length, cheap)
     if not recompute:
         return None
     free = _invariant(body, nc)
