@@ -274,7 +274,26 @@ def carry_is_x(h0):
     return np.sum(h) + np.sum(ys ** 2)
 
 
+def scan_chain(h0, A, xs):
+    """Three scans, each reading the last one's stacked results; reverse mode's host
+    loop hands a carry back unchanged, which a later scan's initial carry must not
+    overwrite in place (review regression)."""
+    def s1(h, x):
+        e = h[:, :, None] * A[None] + x[:, None, :]
+        return np.tanh(np.sum(e, axis=1) * 0.1), e
+    h, es = gradc.scan(s1, h0, xs)
+
+    def s2(c, e):
+        f = e * c[:, :, None] + e
+        return np.tanh(np.sum(f, axis=2) * 0.1) + c, f
+    c, fs = gradc.scan(s2, h0 * 0.5, es, reverse=True)
+    d, _ = gradc.scan(lambda d, f: (d + np.sum(f * f, axis=1) * 0.01, None), h0, fs)
+    return np.sum(d) + np.sum(c) + np.sum(h)
+
+
 PROGRAMS.update({
+    "scan-chain": (scan_chain, (rng.standard_normal((3, 6)), 0.5 * rng.standard_normal((6, 6)),
+                                rng.standard_normal((4, 3, 6)))),
     "crf-batched": (crf_batched, (rng.standard_normal((3, 5, 4)),
                                   rng.standard_normal((4, 4)))),
     "crf-batched-float32": (crf_batched, (rng.standard_normal((3, 5, 4)).astype(np.float32),
@@ -470,13 +489,18 @@ def _step_loop(h, n=3):
                       np.linspace(-0.5, 0.5, n))[0]
 
 
-@pytest.mark.parametrize("case", ["dead", "read-after", "view-read-after", "also-a-const"])
+@pytest.mark.parametrize("case", ["dead", "read-after", "view-read-after", "also-a-const",
+                                  "handed-back-by-cond"])
 def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
     """A carry's initial value that a kernel of this function made and nothing reads
     after the loop is the loop's buffer (no copy); read afterwards (itself, through a
-    reshape, or by the loop as a constant too) it is copied first."""
+    reshape, by the loop as a constant too, or through a branch that may hand the same
+    array back: review regression) it is copied first."""
     def f(x):
         h = np.tanh(x * 2.0)                 # (a kernel's new array)
+        if case == "handed-back-by-cond":
+            k = gradc.cond(x[0, 0] > -10.0, lambda h: h, lambda h: h * 2.0, h)
+            return _step_loop(h), k
         if case == "also-a-const":
             out = gradc.scan(lambda c, t: (np.tanh(c * 0.9 + t) + 0.1 * h, None), h,
                              np.linspace(-0.5, 0.5, 3))[0]
@@ -490,7 +514,9 @@ def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
     src = jitted.source(x)
     assert src.count(ONE_KERNEL) == 1
     host = src[src.rindex("\ndef "):]       # (the host function)
-    assert host.count("_d.copy(") == (case != "dead")
+    copied = re.search(r"(_t\d+) = _d\.copy\(\w+\)\n\s+_k\d+\[[^\]]*\]\([^)]*\b\1\b",
+                       host)                  # (a copy, and the scan's kernel given it)
+    assert (copied is not None) == (case != "dead"), host
     for a, b in zip(jitted(x), gradc.jit(f, target="numpy")(x)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

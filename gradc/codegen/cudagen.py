@@ -406,6 +406,55 @@ def exact_values(graph: Graph) -> set:
     return exact
 
 
+class _Storages:
+    """Which values of a function may share a device array, as far as the equations
+    lowered so far go: a reshape, a barrier's value and anything a loop or branch
+    returns (an unchanged carry, a branch handing its operand back) may be any of their
+    operands' arrays, so each such equation joins its operands and results into one
+    storage (a union-find, conservative).  A fused equation's results are new arrays.
+    A storage dies with the last use of any of its values."""
+
+    def __init__(self, graph: Graph, last_use: dict):
+        self.parent: dict = {}
+        self.derived: set = set()         # results of the equations that join storages
+        self.inputs = set(graph.inputs)
+        self.last_use = last_use
+
+    def find(self, v):
+        while self.parent.get(v, v) is not v:
+            v = self.parent[v]
+        return v
+
+    def lowered(self, eqn):
+        if eqn.prim.name in ("reshape", "barrier") or eqn.prim.name != "fused" and any(
+                isinstance(p, Graph) or isinstance(p, (tuple, list)) and
+                any(isinstance(q, Graph) for q in p) for p in eqn.params.values()):
+            vs = [a for a in eqn.inputs if isinstance(a, Var)] + list(eqn.outputs)
+            self.derived.update(eqn.outputs)
+            for v in vs[1:]:
+                a, b = self.find(vs[0]), self.find(v)
+                if a is not b:
+                    self.parent[b] = a
+
+    def dying(self, eqn, k, fresh) -> set:
+        """The operands of equation ``k`` that it may overwrite: each the one value of its
+        storage among the operands, the storage made by this function's kernels (no
+        input of the function in it; every value in it a kernel's new array or a view
+        or result made from one) and read by nothing after equation ``k``."""
+        reads = [a for a in eqn.inputs if isinstance(a, Var)]
+        out = set()
+        for a in reads:
+            r = self.find(a)
+            if sum(self.find(b) is r for b in reads) != 1:
+                continue
+            group = [v for v in self.last_use if self.find(v) is r]
+            if all(v not in self.inputs and self.last_use[v] <= k and
+                   (v in fresh or v in self.derived) for v in group) and \
+                    any(v in fresh for v in group):
+                out.add(a)
+        return out
+
+
 def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     """The host function computing ``graph``: its source and the place of each result.
     Inputs arrive in the canonical places (arrays on the device, rank-0 values on the
@@ -425,18 +474,7 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
             last_use[v] = k
     for v in graph.outputs:
         last_use[v] = len(eqns)
-    # (views: a reshape, a barrier's value: one storage with their operand; a storage
-    # dies with the last use of any name of it)
-    root = {}
-    for eqn in eqns:
-        if eqn.prim.name in ("reshape", "barrier"):
-            for x, out in zip(eqn.inputs, eqn.outputs):
-                if isinstance(x, Var):
-                    root[out] = root.get(x, x)
-    dies = {}
-    for v, k in last_use.items():
-        r = root.get(v, v)
-        dies[r] = max(dies.get(r, -1), k)
+    storages = _Storages(graph, last_use)
     k, tried = 0, 0
     while k < len(eqns):
         end = _row_run(eqns, k) if k >= tried else k
@@ -459,12 +497,10 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         last_source = eqn.source
         # (operands whose storage a kernel made for this function and nothing reads
         # after this equation: a loop may update them in place instead of a copy)
-        reads = [a for a in eqn.inputs if isinstance(a, Var)]
-        ctx.dying = {a for a in reads if root.get(a, a) in ctx.fresh
-                     and dies.get(root.get(a, a), -1) == k
-                     and sum(root.get(b, b) is root.get(a, a) for b in reads) == 1}
+        ctx.dying = storages.dying(eqn, k, ctx.fresh) if eqn.prim.name == "scan" else set()
         _lower_eqn(ctx, eqn, text)
         ctx.dying = set()
+        storages.lowered(eqn)
         k += 1
     places, results, seen = [], [], set()
     for v in graph.outputs:
