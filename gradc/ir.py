@@ -343,7 +343,9 @@ def pretty_parts(graph: Graph):
 # ---------------------------------------------------------------- verification
 
 def verify(graph: Graph) -> None:
-    """Check SSA form, dependency order, and every equation's shape/dtype rule."""
+    """Check SSA form, dependency order, and every equation's shape/dtype rule, in
+    ``graph`` and in the Graphs its equations hold (loop bodies, branches, fused
+    regions)."""
     defined: set = set()
     for v in graph.inputs:
         if not isinstance(v, Var):
@@ -374,6 +376,11 @@ def verify(graph: Graph) -> None:
             if v in defined:
                 raise IRError(f"{where}: {v!r} defined twice (not SSA)")
             defined.add(v)
+        for sub in subgraphs(eqn):
+            try:
+                verify(sub)
+            except IRError as e:
+                raise IRError(f"{where}, in its sub-Graph: {e}") from None
     for a in graph.outputs:
         check_use(a, "graph output")
 

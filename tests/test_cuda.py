@@ -521,6 +521,26 @@ def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_products_a_bit_of_which_matters_are_not_fused_into_fmas():
+    """Products whose rounding reaches a floor (through a sum, in a one-kernel scan's
+    step, as a power) are ``_d.mul_rn`` (never an FMA on a GPU); a float result that
+    nothing rounds or compares keeps plain products."""
+    x = rng.standard_normal((130, 8))
+    cases = {
+        "sum": lambda x: np.floor(np.sum(x * x[::-1] + 1.0, axis=1)),
+        "power": lambda x: np.floor(x ** 3 + 0.5),
+        "scan": lambda x: gradc.scan(
+            lambda h, t: (np.tanh(h) + 0.1 * np.floor(h * 3.0 + t), None), x[:3],
+            np.linspace(0.0, 1.0, 4))[0],
+        "float": lambda x: x * x[::-1] + 1.0,
+    }
+    for name, f in cases.items():
+        src = gradc.jit(f, target="cuda").source(x)
+        assert ("_d.mul_rn(" in src) == (name != "float"), name
+        np.testing.assert_allclose(gradc.jit(f, target="cuda")(x),
+                                   gradc.jit(f, target="numpy")(x), rtol=1e-13)
+
+
 def test_a_per_step_vector_as_long_as_the_batch_is_read_whole():
     """A per-step vector every row reads along its own axis, of the batch's length (4
     rows of 4): stacked operands are only read, so the scan stays one kernel."""

@@ -249,6 +249,12 @@ class _Emitter(loops._Emitter):
         if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
             power = float(eqn.inputs[1].value)       # small whole powers as products
             if power in (1.0, 2.0, 3.0, 4.0):
+                if eqn.outputs[0] in self.ctx.exact and power > 1:   # (see exact_values)
+                    mul = f"_d.mul_rn{'_f32' if np.dtype(dtype) == np.float32 else ''}"
+                    text = args[0]
+                    for _ in range(int(power) - 1):
+                        text = f"{mul}({text}, {args[0]})"
+                    return text
                 return "(" + " * ".join([args[0]] * int(power)) + ")"
             if power == 0.5:
                 return template("sqrt", dtype).format(args[0])
@@ -361,9 +367,10 @@ def lower(graph: Graph, name: str, simulator: bool) -> Lowered:
 _DISCONTINUOUS = {"floor", "ceil", "round", "trunc", "rem", "fmod", "floordiv", "sign",
                   "lt", "le", "gt", "ge", "eq", "ne", "searchsorted", "argsort", "argmax",
                   "argmin"}
-_CARRIES_ROUNDING = {"add", "sub", "neg", "mul", "div", "select", "max", "min", "abs",
-                     "stop_gradient", "broadcast_in_dim", "reshape", "slice", "pad",
-                     "transpose", "concatenate", "convert_element_type"}
+_CARRIES_ROUNDING = {"add", "sub", "neg", "mul", "div", "pow", "select", "max", "min",
+                     "abs", "stop_gradient", "broadcast_in_dim", "reshape", "slice", "pad",
+                     "transpose", "concatenate", "convert_element_type", "reduce_sum",
+                     "reduce_max", "reduce_min", "reduce_prod", "cumsum"}
 
 
 def exact_values(graph: Graph) -> set:

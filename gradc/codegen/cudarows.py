@@ -473,6 +473,7 @@ class _Rows:
         dying = set(self.ctx.dying)        # (read before anything lowers another equation)
         self.analyse()
         ctx, eqn, body = self.ctx, self.eqn, self.body
+        ctx.exact |= cg.exact_values(body)    # (products a bit of which matters)
         nc, nk, T, B = self.n_consts, self.n_carry, self.length, self.B
         ins = eqn.inputs
         carries = body.inputs[nc:nc + nk]
@@ -485,7 +486,7 @@ class _Rows:
         # threads per block (a block per row: how many share a row's work; the
         # environment's GRADC_CUDA_ROW_THREADS, a multiple of 32, lets a GPU session
         # compare sizes)
-        self.threads = int(os.environ.get("GRADC_CUDA_ROW_THREADS", 0)) or ctx.threads
+        self.threads = _row_threads() or ctx.threads
         self.names = {}                   # body value -> how the kernel reads it
         self.stepped = set()              # kernel arrays indexed by the step first
         self.row_arrays = set()           # kernel arrays holding row values
@@ -1331,6 +1332,18 @@ def _einsum_as_fused(eqn):
 def _row_bytes(shape, dtype) -> int:
     """The bytes of one row (everything but the leading axis) of an array."""
     return max(1, int(np.prod(shape[1:]))) * np.dtype(dtype).itemsize
+
+
+def _row_threads() -> int:
+    """``GRADC_CUDA_ROW_THREADS`` (0 when unset): a multiple of 32 up to 1024."""
+    text = os.environ.get("GRADC_CUDA_ROW_THREADS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) % 32 or not 32 <= int(text) <= 1024:
+        from ..errors import ArgumentError
+        raise ArgumentError(f"gradc: GRADC_CUDA_ROW_THREADS={text!r} should be a multiple "
+                            "of 32 from 32 to 1024 (threads per block of a row kernel)")
+    return int(text)
 
 
 def _padded(shape) -> tuple:

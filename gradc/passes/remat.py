@@ -9,10 +9,12 @@ comes from is (B, K): kept as it is, the tape is K times larger than the carry (
 533 MB of it, written by the forward loop and read back by the backward one).
 
 ``remat_scans`` moves the boundary in a compiled graph: where a forward scan's stacked
-results are read by a later scan alone (the backward loop of the same derivative), the
-forward scan stacks a cheaper set of values and the later one recomputes the old ones
-from them at each step.  The choice is a minimum cut (as in AOTAutograd's partitioner),
-found by ``networkx`` (``tape_cut``):
+results are read by a later scan alone (the backward loop of the same derivative, or
+any scan of the same length), the forward scan stacks a cheaper set of values and the
+later one recomputes the old ones from them at each step.  Both index the stacked
+arrays by the step, so the values are the same: bit for bit in the interpreter; a
+compiled recomputation may round a last bit differently.  The choice is a minimum cut
+(as in AOTAutograd's partitioner), found by ``networkx`` (``tape_cut``):
 
 * every value ``v`` of the step is an edge ``(v, in) -> (v, out)`` whose capacity is its
   size in bytes at every step, the cost of keeping it on the tape; the loop's consts,
@@ -187,6 +189,8 @@ def _cut_tape(graph: Graph, i: int, cheap: bool = False):
         _nbytes(body.outputs[k]) for k in kv[1]))
     bwd = graph.eqns[b]
     taped = [body.outputs[k] for k in positions]
+    if len(set(taped)) != len(taped):     # (one value stacked twice: left as it is)
+        return None
     rest = [o for k, o in enumerate(body.outputs) if k not in positions]
     view = Graph(body.inputs, body.eqns, tuple(rest) + tuple(taped))
     keep, recompute = tape_cut(view, len(rest), nc, length, cheap)
