@@ -134,6 +134,23 @@ def test_simplify_rewrites():
     assert len(fold_cse(graph).eqns) < len(graph.eqns)
 
 
+def test_transposes_of_transposes_fold():
+    """transpose(transpose(x, p), q) is one transpose by p[q], and none when that is the
+    identity (vmap moving a loop's batch axis out and back in)."""
+    def f(x):
+        back = np.transpose(np.transpose(x, (1, 0, 2)), (1, 0, 2))          # identity
+        turned = np.transpose(np.transpose(x, (1, 2, 0)), (1, 2, 0))       # (2, 0, 1)
+        return back * 2.0, turned + 1.0
+
+    x = np.arange(24.0).reshape(2, 3, 4)
+    graph = gradc.make_graph(f)(x)
+    simple = simplify(graph).verify()
+    perms = [e.params["perm"] for e in simple.eqns if e.prim.name == "transpose"]
+    assert perms == [(2, 0, 1)]
+    for got, want in zip(run(simple, x), f(x)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_dce_keeps_guards():
     def f(x):
         if x > 0:

@@ -242,3 +242,16 @@ def test_a_value_stacked_twice_is_left_alone():
     verify(remat_scans(graph, cheap=True))
     want = gradc.jit(f, target="numpy")(*args)
     np.testing.assert_allclose(gradc.jit(f, target="cpu")(*args), want, rtol=1e-13)
+
+
+def test_a_vmapped_crf_gradient_gets_its_tape_cut():
+    """vmap moves the batch axis out of the forward scan's stacked results and back in
+    (two transposes that simplify folds away); the backward scan then reads the tape
+    directly and the cut applies (review: it did not)."""
+    U, A = rng.standard_normal((2, 3, 5, 16)), rng.standard_normal((16, 16))
+    vg = gradc.vmap(gradc.grad(crf, argnums=(0, 1)), in_axes=(0, None))
+    graph = simplify(gradc.make_graph(vg)(U, A))
+    cut = remat_scans(graph)
+    assert tape(cut) == [(4, 2, 3, 16)] * 3
+    for a, b in zip(eval_graph(graph, [U, A]), eval_graph(cut, [U, A])):
+        np.testing.assert_array_equal(a, b)

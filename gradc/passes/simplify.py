@@ -81,6 +81,18 @@ def fold_cse(graph: Graph) -> Graph:
                 and producers[ins[0]].prim.name == "neg":
             subst[eqn.outputs[0]] = producers[ins[0]].inputs[0]
             continue
+        # transpose(transpose(x, p), q) -> transpose(x, p[q]), and the identity -> x (vmap
+        # moves a loop's batch axis out of its stacked results and back in again)
+        if prim.name == "transpose" and isinstance(ins[0], Var) and ins[0] in producers \
+                and producers[ins[0]].prim.name == "transpose":
+            inner = producers[ins[0]]
+            perm = tuple(inner.params["perm"][i] for i in eqn.params["perm"])
+            ins = (inner.inputs[0],)
+            eqn = make_eqn(prim, ins, eqn.outputs, dict(eqn.params, perm=perm), eqn.source)
+        if prim.name == "transpose" and tuple(eqn.params["perm"]) == tuple(
+                range(len(eqn.params["perm"]))) and _same_type(ins[0], eqn.outputs[0]):
+            subst[eqn.outputs[0]] = ins[0]
+            continue
         # (a broadcast of a constant stays symbolic: folding it would only grow the graph)
         if not prim.effect and all(isinstance(a, Lit) for a in ins) \
                 and prim.name != "broadcast_in_dim" \
