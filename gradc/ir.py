@@ -427,6 +427,21 @@ def free_vars(eqns: Iterable[Eqn]) -> list:
     return free
 
 
+def computed_from(graph: Graph, n_inputs: int):
+    """The values of ``graph`` computed from its first ``n_inputs`` inputs alone (those
+    inputs included) and the equations computing them, in order: a loop body's values
+    of its consts, the same at every step.  Equations with effects are left out."""
+    known = set(graph.inputs[:n_inputs])
+    eqns = []
+    for eqn in graph.eqns:
+        if eqn.prim.effect or not eqn.outputs:
+            continue
+        if all(not isinstance(a, Var) or a in known for a in eqn.inputs):
+            known.update(eqn.outputs)
+            eqns.append(eqn)
+    return known, eqns
+
+
 def new_var_like(atom: Atom) -> Var:
     return Var(tuple(atom.shape), np.dtype(atom.dtype))
 

@@ -50,7 +50,7 @@ import os
 import networkx as nx
 import numpy as np
 
-from ..ir import Graph, Var, free_vars, make_eqn, new_var_like
+from ..ir import Graph, Var, computed_from, free_vars, make_eqn, new_var_like
 from .fuse import ELEMENTWISE, EXPENSIVE, STRUCTURAL
 from .simplify import dce
 
@@ -70,17 +70,6 @@ def _recomputable(eqn, cheap=False) -> bool:
             and not any("body" in k or "branches" in k for k in eqn.params))
 
 
-def _invariant(graph: Graph, n_free: int) -> set:
-    """The first ``n_free`` inputs of ``graph`` and the values computed from them alone."""
-    free = set(graph.inputs[:n_free])
-    for eqn in graph.eqns:
-        if eqn.prim.effect or not eqn.outputs:
-            continue
-        if all(not isinstance(a, Var) or a in free for a in eqn.inputs):
-            free.update(eqn.outputs)
-    return free
-
-
 def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1, cheap=False):
     """The values of ``primal`` (a loop step: its first ``n_free`` inputs the loop's
     consts, its outputs ``n_out`` values and then the residuals) to keep so that the
@@ -90,7 +79,7 @@ def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1, cheap=Fals
     consts alone, not in ``keep``), each costing its bytes once: a const rather than
     its broadcast."""
     residuals = [r for r in primal.outputs[n_out:] if isinstance(r, Var)]
-    free = _invariant(primal, n_free)
+    free, _ = computed_from(primal, n_free)
     g = nx.DiGraph()
     g.add_nodes_from(["source", "sink"])
 
@@ -196,7 +185,7 @@ def _cut_tape(graph: Graph, i: int, cheap: bool = False):
     keep, recompute = tape_cut(view, len(rest), nc, length, cheap)
     if not recompute:
         return None
-    free = _invariant(body, nc)
+    free, _ = computed_from(body, nc)
     defined = {o for e in recompute for o in e.outputs}
     reads = [v for v in free_vars(recompute) if v not in defined]
     reads += [v for v in taped if v not in defined and v not in reads]

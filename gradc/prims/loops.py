@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArgumentError, GradcError, with_location
 from ..interpret import eval_graph
-from ..ir import Graph, Primitive, Var, is_float, type_str
+from ..ir import Graph, Primitive, Var, computed_from, is_float, type_str
 from ..pytree import flatten, unflatten
 from ..trace import Tracer, dtype_of, no_trace, shape_of, trace_graph
 from .rules import UndefinedPrimal
@@ -90,14 +90,7 @@ def _loop_invariant(graph: Graph, n_consts: int, wanted) -> dict:
     """The outputs among ``wanted`` that ``graph`` (a loop's body) computes from its
     first ``n_consts`` inputs alone, not inputs themselves, and the equations computing
     them: ``{"values": [...], "eqns": (...)}``, empty when there are none."""
-    known = set(graph.inputs[:n_consts])
-    eqns = []
-    for eqn in graph.eqns:
-        if eqn.prim.effect or not eqn.outputs:
-            continue
-        if all(not isinstance(a, Var) or a in known for a in eqn.inputs):
-            known.update(eqn.outputs)
-            eqns.append(eqn)
+    known, eqns = computed_from(graph, n_consts)
     inputs = set(graph.inputs)
     values = list(dict.fromkeys(r for r in wanted if isinstance(r, Var) and r in known
                                 and r not in inputs))
