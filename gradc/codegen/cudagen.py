@@ -118,9 +118,11 @@ TEMPLATES = {
     "bitnot": "(~{0})",
     "shl": "(({0} << {1}) if 0 <= {1} < 64 else ({0} - {0}))",
     "shr": "(({0} >> {1}) if 0 <= {1} < 64 else (({0} >> 63) >> 1))",
+    # (no primitive: a product never contracted into an FMA, see exact_values)
+    "mul_rn": "_d.mul_rn({0}, {1})",
 }
 # libdevice functions whose float32 form has its own name (``_d.floor_f32`` ...)
-_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2", "ndtri", "erfinv"}
+_PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2", "ndtri", "erfinv", "mul_rn"}
 
 
 def template(name: str, dtype) -> str:
@@ -244,16 +246,14 @@ class _Emitter(loops._Emitter):
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         dtype = eqn.outputs[0].dtype
         if name == "mul" and eqn.outputs[0] in self.ctx.exact:    # (see exact_values)
-            return f"_d.mul_rn{'_f32' if np.dtype(dtype) == np.float32 else ''}" \
-                   f"({args[0]}, {args[1]})"
+            return template("mul_rn", dtype).format(*args)
         if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
             power = float(eqn.inputs[1].value)       # small whole powers as products
             if power in (1.0, 2.0, 3.0, 4.0):
                 if eqn.outputs[0] in self.ctx.exact and power > 1:   # (see exact_values)
-                    mul = f"_d.mul_rn{'_f32' if np.dtype(dtype) == np.float32 else ''}"
                     text = args[0]
                     for _ in range(int(power) - 1):
-                        text = f"{mul}({text}, {args[0]})"
+                        text = template("mul_rn", dtype).format(text, args[0])
                     return text
                 return "(" + " * ".join([args[0]] * int(power)) + ")"
             if power == 0.5:

@@ -804,7 +804,10 @@ class _Rows:
     def _fits(self, v) -> bool:
         """Whether the block's row of body value ``v`` fits in the shared memory left
         (taking it if so)."""
-        size = _row_bytes(v.shape, v.dtype)
+        return self._take(_row_bytes(v.shape, v.dtype))
+
+    def _take(self, size) -> bool:
+        """Whether ``size`` bytes of shared memory a row are left (taking them if so)."""
         limit = int(os.environ.get("GRADC_CUDA_ROW_SHARED", ROW_SHARED))  # (0: none)
         if size > min(limit, self.room - RESERVE):
             return False
@@ -823,7 +826,6 @@ class _Rows:
         self.prefetched = {}
         if T < 2:
             return [], []
-        limit = int(os.environ.get("GRADC_CUDA_ROW_SHARED", ROW_SHARED))  # (0: none)
         first, nxt = (T - 1, "_t - 1") if self.reverse else (0, "_t + 1")
         start, end = [], []
         for bv in xs:
@@ -832,10 +834,8 @@ class _Rows:
             if bv.ndim == 0 or int(bv.shape[0]) != self.B or name not in self.stepped \
                     or size > self.threads or not self._read_in_the_step(bv):
                 continue
-            need = 2 * _row_bytes(bv.shape, bv.dtype)
-            if need > min(limit, self.room - RESERVE):
+            if not self._take(2 * _row_bytes(bv.shape, bv.dtype)):
                 continue
-            self.room -= need
             k = len(self.prefetched)
             buf, reg = f"{name}_pf", f"_pf{k}"
             self.head.append(f"{buf} = cuda.shared.array({2 * size}, "

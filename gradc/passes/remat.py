@@ -182,7 +182,7 @@ def _cut_tape(graph: Graph, i: int, cheap: bool = False):
         return None
     rest = [o for k, o in enumerate(body.outputs) if k not in positions]
     view = Graph(body.inputs, body.eqns, tuple(rest) + tuple(taped))
-    keep, recompute = tape_cut(view, len(rest), nc, length, cheap)
+    _, recompute = tape_cut(view, len(rest), nc, length, cheap)
     if not recompute:
         return None
     free, _ = computed_from(body, nc)
