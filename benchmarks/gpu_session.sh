@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs (device time is short: one script, results under $OUT, at
 # most ~9 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
-# PyTorch (G2 at the other unroll depth, G4 without its tape cut and at two other
-# block sizes), where each workload's time goes
+# PyTorch (G1 and G2 without vector accesses, G2 with 16-byte ones, G4 without its tape
+# cut and at two other block sizes), where each workload's time goes
 # (benchmarks/gpu_profile.py), the CUDA tests on the real compiler and GPU, and Nsight
 # Compute's counters for G1's and G2's kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
@@ -54,9 +54,14 @@ fi
 timeout 140 "$PY" benchmarks/gpu.py --repeats 20 > "$OUT/bench.md" 2> "$OUT/bench.err"
 echo "rc $?" >> "$OUT/bench.err"
 
-# G2 at both unroll depths (gradc picks 1 for its three arrays; run 2 measured 4)
-GRADC_CUDA_UNROLL=4 timeout 40 "$PY" benchmarks/gpu.py --only G2 --no-peers --repeats 20 \
-    >> "$OUT/bench.md" 2>> "$OUT/bench.err"
+# G1 and G2's map kernels without vectors (the scalar loop, as run 3 measured it), and
+# G2 with 16-byte ones (gradc picks 8 bytes for its three arrays: two float32 lanes)
+for v in GRADC_CUDA_VECTOR=0 GRADC_CUDA_VECTOR=16; do
+    echo "G1, G2 with $v" >> "$OUT/bench.md"
+    only=G1,G2; [ "$v" = GRADC_CUDA_VECTOR=16 ] && only=G2
+    env "$v" timeout 50 "$PY" benchmarks/gpu.py --only $only --no-peers --repeats 20 \
+        >> "$OUT/bench.md" 2>> "$OUT/bench.err"
+done
 
 # G4's A/B: the tape cut off (passes.remat: the (B, K, K) exponentials stacked again),
 # and 512 or 128 threads a row in the one-kernel scans (256 by default)

@@ -651,6 +651,153 @@ def test_map_kernels_load_each_element_once_before_computing():
                                atol=1e-12)
 
 
+def _device(x, offset=0):
+    """``x`` on the device; with ``offset``, a view starting ``offset`` elements into a
+    larger array (its data pointer then off the 16-byte alignment of vectors)."""
+    from numba import cuda
+    if not offset:
+        return cuda.to_device(x)
+    flat = cuda.to_device(np.concatenate([np.zeros(offset, x.dtype), x.ravel()]))
+    return flat[offset:].reshape(x.shape)
+
+
+def _counting_vectors(monkeypatch):
+    """Calls of the device functions' vector loads and stores, counted (the simulator
+    looks them up in ``gradc.codegen.cuda`` at each call)."""
+    from gradc.codegen import cuda as gcuda
+    gcuda.import_cuda()
+    calls = {"vload": 0, "vstore": 0}
+    for lanes in gcuda.VECTOR_LANES:
+        for kind in ("vload", "vstore"):
+            def counted(*args, _f=getattr(gcuda, f"{kind}{lanes}"), _k=kind):
+                calls[_k] += 1
+                return _f(*args)
+            monkeypatch.setattr(gcuda, f"{kind}{lanes}", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, 4), (np.float64, 2)])
+def test_map_kernels_read_and_write_vectors(dtype, lanes, monkeypatch):
+    """Where the last axis splits into 16-byte vectors, a map kernel computes a vector's
+    elements per call: Rosenbrock's gradient loads x[i:i + lanes] with one vector load,
+    its two neighbours outside the vector with scalar loads (clamped), and stores the
+    vector at once.  Aligned arrays take that path; a view one element into an array
+    (misaligned) takes the scalar loop; both give the CPU's gradient."""
+    calls = _counting_vectors(monkeypatch)
+    x = rng.standard_normal(64).astype(dtype)
+    g = gradc.grad(rosen, target="cuda")
+    src = g.source(x)
+    vat = src[src.index("def _vat("):src.index("_g = cuda.gridsize")]
+    assert f"_d.vload{lanes}(a, (np.uint64(i0),))" in vat
+    assert vat.count("_d.vload") == 1 and vat.count(" = a[") == 2, vat
+    assert "np.uint64((i0 - 1 if i0 - 1 > 0 else 0))" in vat
+    assert f"np.uint64((i0 + {lanes} if i0 + {lanes} < 63 else 63))" in vat
+    assert f"if _d.valigned{lanes}(a) and _d.valigned{lanes}(b):" in src
+    assert f"_d.vstore{lanes}(b, " in src
+    want = gradc.grad(rosen, target="numpy")(x)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    calls.update(vload=0, vstore=0)        # (``source`` ran the function once)
+    np.testing.assert_allclose(g(x), want, rtol=tol, atol=tol)
+    assert calls["vload"] == 64 // lanes and calls["vstore"] == 64 // lanes
+    calls.update(vload=0, vstore=0)
+    np.testing.assert_allclose(g(_device(x, offset=1)).copy_to_host(), want, rtol=tol,
+                               atol=tol)
+    assert calls == {"vload": 0, "vstore": 0}
+
+
+def test_vector_lanes_of_broadcast_transposed_and_mixed_operands(monkeypatch):
+    """Operands of every kind in one vector kernel: one read along the last axis (a
+    vector), one broadcast along it (one load for every lane), one transposed (the
+    last axis is its first: a load per lane), one float32 among float64 (lanes of
+    the widest item: two, as one 8-byte vector).  Values and gradients are the CPU's.
+    (16-byte vectors asked for: a kernel reading four arrays gets 8-byte ones.)"""
+    monkeypatch.setenv("GRADC_CUDA_VECTOR", "16")
+    calls = _counting_vectors(monkeypatch)
+    x, z = rng.standard_normal((6, 8)), rng.standard_normal((8, 6))
+    w, y = rng.standard_normal((6, 1)), rng.standard_normal(8).astype(np.float32)
+
+    def f(x, z, w, y):
+        return np.sin(x) * z.T + np.exp(w * x) * y - x[:, ::-1] * x
+    j = gradc.jit(f, target="cuda")
+    src = j.source(x, z, w, y)
+    vat = src[src.index("def _vat("):src.index("_g = cuda.gridsize")]
+    assert "_v0 = _d.vload2(a, (np.uint64(i0), np.uint64(i1),))" in vat
+    assert "_v1 = _d.vload2(d, (np.uint64(i1),))" in vat and vat.count("vload") == 2
+    assert vat.count(" = b[") == 2 and vat.count(" = c[") == 1    # (per lane; shared)
+    assert "if _d.valigned2(a) and _d.valigned2(d) and _d.valigned2(e):" in src
+    calls.update(vload=0, vstore=0)
+    np.testing.assert_allclose(j(x, z, w, y), gradc.jit(f, target="numpy")(x, z, w, y),
+                               rtol=1e-6)
+    assert calls == {"vload": 2 * 6 * 8 // 2, "vstore": 6 * 8 // 2}
+    g = gradc.grad(lambda *a: np.sum(f(*a)), argnums=(0, 1, 2, 3), target="cuda")
+    want = gradc.grad(lambda *a: np.sum(f(*a)), argnums=(0, 1, 2, 3), target="numpy")
+    for a, b in zip(g(x, z, w, y), want(x, z, w, y)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    j = gradc.jit(lambda x, y: (x * y, x > 0.5, (x * 3).astype(np.int32)), target="cuda")
+    for a, b in zip(j(x, y), gradc.jit(lambda x, y: (x * y, x > 0.5, (x * 3).astype(
+            np.int32)), target="numpy")(x, y)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_vector_intrinsics_ir_on_the_cpu():
+    """The LLVM IR of ``vload``, ``vstore`` and ``valigned`` run by Numba's CPU target
+    (the GPU's is the same IR through NVVM): addresses through every stride, lanes in
+    order, and the alignment test on pointers and strides."""
+    import numba
+    from numba.core.extending import intrinsic
+
+    from gradc.codegen.cuda import _vector_intrinsics
+    vload4, vstore4, valigned4 = _vector_intrinsics(4, intrinsic)
+    _, _, valigned2 = _vector_intrinsics(2, intrinsic)
+
+    @numba.njit
+    def reversed_vectors(a, b):
+        if not (valigned4(a) and valigned4(b)):
+            return False
+        for i in range(a.shape[0]):
+            for j in range(0, a.shape[1], 4):
+                v = vload4(a, (np.uint64(i), np.uint64(j)))
+                vstore4(b, (np.uint64(i), np.uint64(j)), (v[3], v[2], v[1], v[0]))
+        return True
+    a = np.arange(96, dtype=np.float32).reshape(8, 12)[::2]      # (rows 96 bytes apart)
+    b = np.zeros((4, 12), np.float32)
+    assert reversed_vectors(a, b)
+    np.testing.assert_array_equal(b, a.reshape(4, 3, 4)[:, :, ::-1].reshape(4, 12))
+    aligned2 = numba.njit(lambda a: valigned2(a))
+    flat = np.zeros(64)
+    base = flat.ctypes.data % 16 // 8           # (the first element 16-byte aligned)
+    assert [aligned2(flat[base + k:base + k + 8]) for k in range(4)] == [
+        True, False, True, False]
+    m = flat[base:base + 48].reshape(6, 8)
+    assert [aligned2(m), aligned2(m[:, 1:]), aligned2(m[:, ::2]), aligned2(m.T),
+            aligned2(m[::3]), aligned2(m[:, :6])] == [True, False, False, False, True,
+                                                      True]
+    assert not reversed_vectors(a[:, 1:9], b[:, :8])
+
+
+def test_vector_width_from_the_environment(monkeypatch):
+    """A kernel reading three arrays gets 8-byte vectors (each lane a copy of its code
+    in registers): two float32 lanes, and none in float64.  ``GRADC_CUDA_VECTOR`` sets
+    the vectors' bytes (0: scalar accesses only); any other value is refused with the
+    variable's name."""
+    def three(a, b, c):
+        return np.sum(np.exp(a * b) / (1.0 + c * c))
+    for dt, lanes in ((np.float32, 2), (np.float64, 0)):
+        abc = [rng.standard_normal(64).astype(dt) for _ in range(3)]
+        src = gradc.grad(three, argnums=(0, 1, 2), target="cuda").source(*abc)
+        assert src.count(f"_d.vload{lanes}(") == (3 if lanes else 0), src
+    x = rng.standard_normal(64).astype(np.float32)
+    monkeypatch.setenv("GRADC_CUDA_VECTOR", "0")
+    assert "_vat" not in gradc.grad(rosen, target="cuda").source(x)
+    monkeypatch.setenv("GRADC_CUDA_VECTOR", "8")
+    g = gradc.grad(rosen, target="cuda")
+    assert "_d.vload2(a" in g.source(x)
+    np.testing.assert_allclose(g(x), gradc.grad(rosen, target="numpy")(x), rtol=1e-5)
+    monkeypatch.setenv("GRADC_CUDA_VECTOR", "12")
+    with pytest.raises(gradc.ArgumentError, match="GRADC_CUDA_VECTOR='12'"):
+        gradc.grad(rosen, target="cuda").source(x)
+
+
 ROW_RUNS = ("crf-scan", "mlp", "crf-batched", "crf-batched-float32")
 
 
@@ -905,7 +1052,7 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import PROGRAMS, _summed, w2
+    from test_cuda import PROGRAMS, _summed, rosen, w2
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -946,6 +1093,11 @@ PTX_SCRIPT = textwrap.dedent("""
         done["linspace-int-no-fma"] = int("fma.rn" not in ptx)
         done["axpy-fma"] = gradc.jit(lambda x, y: x * y + 1.0, target="cuda").ptx(
             np.ones(50), np.ones(50)).count("fma.rn.f64")
+        # (map kernels' 16-byte vector loads and stores: vload4/vstore4 in float32,
+        # vload2/vstore2 in float64)
+        for dt, v in ((np.float32, "v4.f32"), (np.float64, "v2.f64")):
+            ptx = gradc.grad(rosen, target="cuda").ptx(np.ones(64, dt))
+            done["vector-" + v] = [ptx.count("ld.global." + v), ptx.count("st.global." + v)]
         # (a one-kernel scan's register limit, numba's link option, as PTX's directive)
         f, args = PROGRAMS["crf-batched-wide"]
         done["scan-maxnreg"] = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(
@@ -973,6 +1125,9 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    for v in ("v4.f32", "v2.f64"):
+        loads, stores = out.pop("vector-" + v)
+        assert loads >= 1 and stores >= 1, (v, loads, stores)
     assert all(n >= 1 for n in out.values()), out
 
 
@@ -1386,6 +1541,44 @@ def test_empty_arrays_after_the_first_copy_its_attributes(monkeypatch):
     other.extra = 1                       # (not numba's attributes: numba each time)
     assert cuda._prototype(other, lambda: None) is False
     assert cuda._prototype(pytypes.SimpleNamespace(), lambda: None) is False
+
+
+def test_reshapes_after_the_first_copy_its_attributes(monkeypatch):
+    """``_d.reshape``: the first view of a shape and dtype is numba's reshape; later
+    views of C-contiguous arrays copy its attributes onto the viewed array's memory.
+    A strided array, a NumPy array or the simulator's are reshaped by their own
+    method every time."""
+    import types as types_
+
+    from gradc.codegen import cuda
+    made = []
+
+    class DeviceNDArray:
+        def __init__(self, shape, dtype, pointer, c_contig=True):
+            self.ndim, self.shape = len(shape), shape
+            self._dummy = types_.SimpleNamespace(is_c_contig=c_contig)
+            self.strides, self.dtype = np.empty(shape, dtype).strides, np.dtype(dtype)
+            self.size = int(np.prod(shape))
+            self.alloc_size, self.gpu_data, self.stream = self.size * 4, pointer, 0
+
+        def reshape(self, shape):
+            made.append((shape, self.gpu_data))
+            return DeviceNDArray(shape, self.dtype, self.gpu_data)
+    monkeypatch.setattr(cuda, "_VIEWS", {})
+    first = cuda.reshape(DeviceNDArray((4, 6), np.float32, "x's"), (2, 12))
+    second = cuda.reshape(DeviceNDArray((24,), np.float32, "y's"), (2, 12))
+    assert made == [((2, 12), "x's")] and first.gpu_data == "x's"
+    assert type(second) is DeviceNDArray and second.gpu_data == "y's"
+    assert {k: v for k, v in vars(second).items() if k != "gpu_data"} == \
+        {k: v for k, v in vars(first).items() if k != "gpu_data"}
+    strided = DeviceNDArray((24,), np.float32, "z's", c_contig=False)
+    assert cuda.reshape(strided, (2, 12)).gpu_data == "z's" and len(made) == 2
+    np.testing.assert_array_equal(cuda.reshape(np.arange(6.0), (2, 3)),
+                                  np.arange(6.0).reshape(2, 3))
+    if SIMULATOR:
+        x = cuda.import_cuda().to_device(np.arange(6.0))
+        np.testing.assert_array_equal(cuda.reshape(x, (3, 2)).copy_to_host(),
+                                      np.arange(6.0).reshape(3, 2))
 
 
 def test_direct_launches_left_to_numba_when_the_first_fails():

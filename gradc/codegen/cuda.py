@@ -232,6 +232,9 @@ def _define_device_functions(cuda) -> None:
         for ours in ("ndtri", "erfinv"):
             g[ours] = g[ours + "_f32"] = getattr(scipy.special, ours)
         g["mul_rn"] = g["mul_rn_f32"] = np.multiply
+        for lanes in VECTOR_LANES:
+            g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
+                _simulated_vectors(lanes)
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -245,6 +248,132 @@ def _define_device_functions(cuda) -> None:
         g[ours], g[ours + "_f32"] = getattr(libdevice, name), getattr(libdevice, name + "f")
     # (a product rounded on its own: never contracted into a fused multiply-add)
     g["mul_rn"], g["mul_rn_f32"] = libdevice.dmul_rn, libdevice.fmul_rn
+    for lanes in VECTOR_LANES:
+        g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
+            _vector_intrinsics(lanes)
+
+
+# ---------------------------------------------------------------- vector loads and stores
+
+VECTOR_LANES = (2, 4)      # elements per vector access: 16 bytes of float32 or float64
+
+
+def _vector_intrinsics(lanes: int, intrinsic=None):
+    """``vload{lanes}(a, index)``, ``vstore{lanes}(a, index, values)`` and
+    ``valigned{lanes}(a)`` for kernels: ``lanes`` consecutive elements of ``a`` along its
+    last axis, from the element at the tuple ``index`` on, read or written by one vector
+    instruction (``ld.global.v4.f32``: a map kernel then issues one load where it
+    issued four, and a warp reads 512 contiguous bytes).  Valid only where
+    ``valigned{lanes}(a)`` holds (the data pointer and every stride but the last, which
+    must be the item size, multiples of the vector's bytes) and the last index is a
+    multiple of ``lanes``: the kernel tests that once, and takes its scalar loop
+    otherwise.  Written as Numba intrinsics (LLVM IR through llvmlite): Numba has no
+    vector loads of its own.  ``intrinsic``: numba.cuda's decorator by default (the
+    tests run the same IR on the CPU with Numba's own)."""
+    from llvmlite import ir
+    from numba import types as nt
+    if intrinsic is None:
+        from numba.cuda.extending import intrinsic
+
+    def address(context, builder, aryty, ary, idxty, idx, vec):
+        """A pointer to ``vec`` at ``ary[idx]`` (a GEP in bytes, so that NVVM still
+        knows the global address space of a kernel's array)."""
+        arr = context.make_array(aryty)(context, builder, value=ary)
+        offset = ir.Constant(ir.IntType(64), 0)
+        for d in range(aryty.ndim):
+            i = context.cast(builder, builder.extract_value(idx, d), idxty[d], nt.intp)
+            offset = builder.add(offset, builder.mul(i, builder.extract_value(arr.strides, d)))
+        base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        return builder.bitcast(builder.gep(base, [offset], inbounds=True), vec.as_pointer())
+
+    def vector_of(context, aryty):
+        return ir.VectorType(context.get_data_type(aryty.dtype), lanes)
+
+    def check(aryty, idxty):
+        if not isinstance(aryty, nt.Array) or not isinstance(idxty, nt.BaseTuple) or \
+                len(idxty) != aryty.ndim or \
+                not all(isinstance(t, nt.Integer) for t in idxty):
+            raise TypeError(f"vector access to {aryty} at {idxty}")
+
+    @intrinsic
+    def vload(typingctx, a, index):
+        check(a, index)
+
+        def codegen(context, builder, sig, args):
+            vec = vector_of(context, sig.args[0])
+            ptr = address(context, builder, sig.args[0], args[0], sig.args[1], args[1], vec)
+            loaded = builder.load(ptr, align=lanes * sig.args[0].dtype.bitwidth // 8)
+            parts = [builder.extract_element(loaded, ir.Constant(ir.IntType(32), k))
+                     for k in range(lanes)]
+            return context.make_tuple(builder, sig.return_type, parts)
+        return nt.UniTuple(a.dtype, lanes)(a, index), codegen
+
+    @intrinsic
+    def vstore(typingctx, a, index, values):
+        check(a, index)
+        if not isinstance(values, nt.UniTuple) or len(values) != lanes:
+            raise TypeError(f"{lanes} values to store, not {values}")
+
+        def codegen(context, builder, sig, args):
+            vec = vector_of(context, sig.args[0])
+            ptr = address(context, builder, sig.args[0], args[0], sig.args[1], args[1], vec)
+            packed = ir.Constant(vec, ir.Undefined)
+            for k in range(lanes):
+                value = context.cast(builder, builder.extract_value(args[2], k),
+                                     sig.args[2].dtype, sig.args[0].dtype)
+                packed = builder.insert_element(packed, value, ir.Constant(ir.IntType(32), k))
+            builder.store(packed, ptr, align=lanes * sig.args[0].dtype.bitwidth // 8)
+            return context.get_dummy_value()
+        return nt.void(a, index, values), codegen
+
+    @intrinsic
+    def valigned(typingctx, a):
+        if not isinstance(a, nt.Array):
+            raise TypeError(f"alignment of {a}")
+
+        def codegen(context, builder, sig, args):
+            aryty = sig.args[0]
+            arr = context.make_array(aryty)(context, builder, value=args[0])
+            i64 = ir.IntType(64)
+            size = aryty.dtype.bitwidth // 8
+            mask = ir.Constant(i64, lanes * size - 1)
+            zero = ir.Constant(i64, 0)
+            bits = builder.and_(builder.ptrtoint(arr.data, i64), mask)
+            ok = builder.icmp_unsigned("==", bits, zero)
+            for d in range(aryty.ndim):
+                stride = builder.extract_value(arr.strides, d)
+                if d == aryty.ndim - 1:
+                    this = builder.icmp_signed("==", stride, ir.Constant(i64, size))
+                else:
+                    this = builder.icmp_unsigned("==", builder.and_(stride, mask), zero)
+                ok = builder.and_(ok, this)
+            return ok
+        return nt.boolean(a), codegen
+
+    return vload, vstore, valigned
+
+
+def _simulated_vectors(lanes: int):
+    """The simulator's ``vload``, ``vstore`` and ``valigned`` (see ``_vector_intrinsics``):
+    element by element, with the alignment test on the array's own pointer and strides,
+    so that the simulator takes the same path as the GPU would."""
+    def vload(a, index):
+        head, last = tuple(index[:-1]), int(index[-1])
+        return tuple(a[head + (last + k,)] for k in range(lanes))
+
+    def vstore(a, index, values):
+        head, last = tuple(index[:-1]), int(index[-1])
+        for k in range(lanes):
+            a[head + (last + k,)] = values[k]
+
+    def valigned(a):
+        size = np.dtype(a.dtype).itemsize
+        data = a.__cuda_array_interface__["data"][0] if hasattr(
+            a, "__cuda_array_interface__") else np.asarray(a).ctypes.data
+        strides = a.strides
+        return (data % (lanes * size) == 0 and strides[-1] == size and
+                all(s % (lanes * size) == 0 for s in strides[:-1]))
+    return vload, vstore, valigned
 
 # ---------------------------------------------------------------- host-side helpers
 
@@ -288,6 +417,35 @@ def _prototype(out, context=None):
             return False
     attrs = {k: v for k, v in vars(out).items() if k != "gpu_data"}
     return type(out), attrs, out.alloc_size, context
+
+
+_VIEWS: dict = {}        # (shape, dtype) -> a prototype of a C-contiguous view, or False
+
+
+def reshape(x, shape):
+    """``x.reshape(shape)``.  A C-contiguous numba device array's reshape, after the
+    first of a shape and dtype, is a copy of that one's attributes on ``x``'s memory:
+    numba's own works out a dummy array's reshape and the view's layout again (8 us on
+    this machine's CPU; a G4 gradient made four at every call).  Anything else (a
+    NumPy array, the simulator's arrays, a strided view) is reshaped by its own
+    method."""
+    c_contiguous = getattr(getattr(x, "_dummy", None), "is_c_contig", False)
+    key = (shape, x.dtype)
+    proto = _VIEWS.get(key) if c_contiguous else False
+    if proto and type(x) is proto[0]:
+        out = proto[0].__new__(proto[0])
+        out.__dict__.update(proto[1])
+        out.gpu_data = x.gpu_data
+        return out
+    out = x.reshape(shape)
+    if proto is None and x.size:
+        made = _prototype(out, context=_no_context)
+        _VIEWS[key] = made and made[:2]
+    return out
+
+
+def _no_context():          # (views take their memory from the array they view)
+    raise AssertionError("a view allocates nothing")
 
 
 def zeros(shape, dtype):

@@ -16,7 +16,8 @@ What becomes a kernel:
   functions fuse too) without reductions: one kernel in gather form, a grid-stride loop
   over its domain, each thread computing its elements of every root from the operands
   (the same per-element code as the CPU loop nests, ``loops._Emitter``, with CUDA's
-  spellings of the functions: ``TEMPLATES``);
+  spellings of the functions: ``TEMPLATES``), a 16-byte vector of elements per thread
+  where the arrays are aligned for it (``_vector_at``);
 * a fused equation with reductions: per set of reduced axes, a *segmented* reduction:
   K kept elements × P blocks per kept element; each block's threads stride over the
   reduced elements, accumulate in registers, combine in a shared-memory tree, and thread
@@ -236,6 +237,7 @@ class _Emitter(loops._Emitter):
         local = f"_h{len(self.hoisted)}"
         self.hoisted[key] = local
         self.hoisted_lines.append(f"{local} = {name}[{', '.join(sub)}]")
+        self.hoisted_reads.append((local, atom, name, idx, sub))   # (for _vector_at)
         return local
 
     def compute(self, eqn, idx, depth):
@@ -612,7 +614,7 @@ def _lower_eqn(ctx, eqn, text):
         x, out = eqn.inputs[0], eqn.outputs[0]
         shape = tuple(out.shape) or (1,)
         ctx.place[out] = "dev"
-        ctx.lines.append(f"{ctx.names[out]} = {ctx.names[x]}.reshape({shape!r})")
+        ctx.lines.append(f"{ctx.names[out]} = _d.reshape({ctx.names[x]}, {shape!r})")
     elif name == "barrier":       # its values, named once its other operands exist
         for x, out in zip(eqn.inputs, eqn.outputs):
             ctx.place[out] = "host" if isinstance(x, Lit) else ctx.place[x]
@@ -770,8 +772,8 @@ def _accumulate(ctx, acc: str, v, value: str) -> list:
              "    a[_i] += b[_i]"]
     _finish_kernel(ctx, kname, ["a", "b"], lines, [("a", v.dtype, 1), ("b", v.dtype, 1)])
     blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
-    return [f"{kname}[{blocks}, {ctx.threads}]({acc}.reshape({size}), "
-            f"{value}.reshape({size}))"]
+    return [f"{kname}[{blocks}, {ctx.threads}](_d.reshape({acc}, ({size},)), "
+            f"_d.reshape({value}, ({size},)))"]
 
 
 def _while_adjoint(ctx, eqn):
@@ -1010,7 +1012,12 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     ``uint64`` where arrays are read and written: every index here is in bounds, and
     Numba then drops its negative-index test (three 64-bit instructions a read).  Each
     array element ``_at`` needs is loaded once, before anything is computed, pads'
-    windows included (``_Emitter.hoist``).  The tail runs one index per trip."""
+    windows included (``_Emitter.hoist``).  The tail runs one index per trip.
+
+    Where the last axis allows, the kernel first tries 16-byte vectors (``_vector_at``):
+    when every array it reads or writes that way is aligned for them (tested once, at
+    the top), each thread computes ``lanes`` consecutive elements per call, reading and
+    writing them with one instruction per array; otherwise it runs the loop above."""
     kname = ctx.kernel_name()
     params, args, kinds = _kernel_params(ctx, _operands(ctx, outer))
     # about UNROLL loads in flight per thread: a kernel reading several arrays has
@@ -1020,47 +1027,190 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     outs = [ctx.names[o] for _, o, _ in roots]
     kinds += [(ctx.names[o], o.dtype, o.ndim) for _, o, _ in roots]
     size = int(np.prod(domain))
-    ivars = [f"i{k}" for k in range(len(domain))]
-    em = _Emitter(ctx, names, producer, comments)
-    em.unsigned = set(ivars)    # (in-bounds reads by construction: no negative-index test)
-    em.hoist = {v: (0, n - 1) for v, n in zip(ivars, domain)}
-    em.hoisted, em.hoisted_lines = {}, []
-    idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
-    vals = []
-    for r, o, _ in roots:
-        val = em.value(r, idx, 0)
-        vals.append(f"_val{len(vals)}")
-        em.emit(0, f"{vals[-1]} = {val}")
-    body = _decode("_i", domain, ivars, "") + em.hoisted_lines + em.lines
-    consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", "\n".join(body))]
-    operands = params + consts
-    at = "_at"
-    define = [f"def {at}({', '.join(['_i'] + operands)}):"] + [
-        "    " + line for line in body + [f"return {', '.join(vals)}"]]
+    em, ivars, vals = _map_at(ctx, domain, roots, names, producer, comments, 1)
+    at = _define_at(ctx, "_at", params, em, ivars, vals, domain, em.hoisted_lines)
+    operands = params + at.consts
 
-    def call(index, k):
-        got = ", ".join(f"_w{k}_{n}" for n in range(len(vals)))
-        return [f"{got} = {at}({', '.join([index] + operands)})"]
+    def call(fn, index, k):
+        got = ", ".join(f"_w{k}_{n}" for n in range(len(roots)))
+        return [f"{got} = {fn}({', '.join([index] + operands)})"]
 
     def store(index, k):
         where = [f"_s{k}_{d}" for d in range(len(domain))]
         return _decode(index, domain, where, "") + [
             f"{o}[{', '.join(f'np.uint64({w})' for w in where)}] = _w{k}_{n}"
             for n, o in enumerate(outs)]
-    lines = define + ["_g = cuda.gridsize(1)",
-                      f"for _j in range(cuda.grid(1), {size}, {unroll} * _g):",
-                      f"    if _j + {unroll - 1} * _g < {size}:"]
-    at_k = [f"_j{k}" for k in range(unroll)]
-    lines += ["        _j0 = _j"] + [f"        _j{k} = _j{k - 1} + _g" for k in range(1, unroll)]
-    for k in range(unroll):
-        lines += ["        " + line for line in call(at_k[k], k)]
-    for k in range(unroll):
-        lines += ["        " + line for line in store(at_k[k], k)]
-    lines += ["    else:", f"        for _i in range(_j, {size}, _g):"]
-    lines += ["            " + line for line in call("_i", 0) + store("_i", 0)]
-    _finish_kernel(ctx, kname, params + outs, lines, kinds, em.used_consts)
+
+    def grid_loop(fn, step, unroll, calls, stores):
+        """A grid-stride loop over [first, size) in steps of ``step`` elements per
+        thread, ``unroll`` calls of ``fn`` one grid apart before their stores."""
+        first = "cuda.grid(1)" if step == 1 else f"cuda.grid(1) * {step}"
+        stride = "_g" if step == 1 else f"{step} * _g"
+        if unroll == 1:
+            return [f"for _i in range({first}, {size}, {stride}):"] + [
+                "    " + line for line in calls(fn, "_i", 0) + stores("_i", 0)]
+        lines = [f"for _j in range({first}, {size}, {unroll * step} * _g):",
+                 f"    if _j + {unroll - 1} * {stride} < {size}:", "        _j0 = _j"]
+        lines += [f"        _j{k} = _j{k - 1} + {stride}" for k in range(1, unroll)]
+        for k in range(unroll):
+            lines += ["        " + line for line in calls(fn, f"_j{k}", k)]
+        for k in range(unroll):
+            lines += ["        " + line for line in stores(f"_j{k}", k)]
+        lines += ["    else:", f"        for _i in range(_j, {size}, {stride}):"]
+        lines += ["            " + line for line in calls(fn, "_i", 0) + stores("_i", 0)]
+        return lines
+
+    body = ["_g = cuda.gridsize(1)"]
+    scalar = grid_loop("_at", 1, unroll, call, store)
+    vector = _vector_at(ctx, domain, roots, names, producer, comments, params, outs,
+                        streams)
+    if vector is None:
+        lines = at.define + body + scalar
+    else:
+        lanes = vector.lanes
+        operands_v = params + vector.consts
+        tests = " and ".join(f"_d.valigned{lanes}({a})" for a in vector.arrays)
+
+        def call_v(fn, index, k):
+            got = ", ".join(f"_w{k}_{n}" for n in range(len(roots) * lanes))
+            return [f"{got} = {fn}({', '.join([index] + operands_v)})"]
+
+        def store_v(index, k):
+            where = [f"_s{k}_{d}" for d in range(len(domain))]
+            lines = _decode(index, domain, where, "")
+            head = ", ".join(f"np.uint64({w})" for w in where[:-1])
+            for n, o in enumerate(outs):
+                values = [f"_w{k}_{n * lanes + lane}" for lane in range(lanes)]
+                if o in vector.arrays:
+                    sub = f"({head}{', ' if head else ''}np.uint64({where[-1]}),)"
+                    lines.append(f"_d.vstore{lanes}({o}, {sub}, ({', '.join(values)},))")
+                else:
+                    lines += [f"{o}[{head}{', ' if head else ''}np.uint64({where[-1]} + "
+                              f"{lane})] = {value}" for lane, value in enumerate(values)]
+            return lines
+        vector_unroll = max(1, unroll // lanes)
+        lines = at.define + vector.define + body + [f"if {tests}:"] + [
+            "    " + line for line in grid_loop("_vat", lanes, vector_unroll,
+                                                call_v, store_v)] + \
+            ["else:"] + ["    " + line for line in scalar]
+    consts = _finish_kernel(ctx, kname, params + outs, lines, kinds)
     blocks = max(1, min(-(-size // (ctx.threads * unroll)), MAX_BLOCKS))
     ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + outs + consts))
+
+
+class _At:
+    """An inner function of a map kernel: its lines, the constants it takes, and (for
+    ``_vector_at``) the lanes and the arrays accessed as vectors."""
+
+    def __init__(self, define, consts, lanes=1, arrays=()):
+        self.define, self.consts, self.lanes, self.arrays = define, consts, lanes, arrays
+
+
+def _map_at(ctx, domain, roots, names, producer, comments, lanes):
+    """The emitter holding the code of the values of every root at the linear index
+    ``_i`` and, with ``lanes`` > 1, at the ``lanes - 1`` indices after it along the last
+    axis (root 0's lanes, then root 1's), with the index variables and the values'
+    names.  Its ``hoisted_reads`` are the loads (``_vector_at`` rewrites them)."""
+    ivars = [f"i{k}" for k in range(len(domain))]
+    em = _Emitter(ctx, names, producer, comments)
+    em.unsigned = set(ivars)    # (in-bounds reads by construction: no negative-index test)
+    em.hoist = {v: (0, n - 1) for v, n in zip(ivars, domain)}
+    em.hoist[ivars[-1]] = (0, domain[-1] - lanes)   # (a multiple of lanes: their first)
+    em.hoisted, em.hoisted_lines, em.hoisted_reads = {}, [], []
+    head = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars[:-1], domain[:-1]))
+    vals = []
+    for r, o, _ in roots:
+        for lane in range(lanes):
+            last = Affine(ivars[-1], 1, lane, lane, domain[-1] - lanes + lane)
+            val = em.value(r, head + (last,), 0)
+            vals.append(f"_val{len(vals)}")
+            em.emit(0, f"{vals[-1]} = {val}")
+    return em, ivars, vals
+
+
+def _define_at(ctx, fn, params, em, ivars, vals, domain, hoisted_lines, lanes=1,
+               arrays=()) -> _At:
+    """The inner function ``fn(_i, params..., consts...)`` of ``_map_at``'s code."""
+    body = _decode("_i", domain, ivars, "") + hoisted_lines + em.lines
+    consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", "\n".join(body))]
+    define = [f"def {fn}({', '.join(['_i'] + params + consts)}):"] + [
+        "    " + line for line in body + [f"return {', '.join(vals)}"]]
+    return _At(define, consts, lanes, arrays)
+
+
+VECTOR_BYTES = 16       # map kernels' vector accesses: ld.global.v4.f32 / v2.f64 ...
+VECTOR_STREAMS = 2      # ... in kernels reading at most this many arrays; 8 bytes in others
+
+
+def _vector_bytes(streams: int) -> int:
+    """The bytes of a map kernel's vector accesses, for a kernel reading ``streams``
+    arrays.  Each lane is a copy of the per-element code, live at once, as unrolled
+    copies were: a body reading one or two arrays gets 16-byte vectors; one reading
+    more gets 8 (G2 reads three: 42 registers at two float32 lanes, 56 at four, for
+    the 36 of its scalar loop, on sm_90), and in float64 none.
+    ``GRADC_CUDA_VECTOR`` (read at lowering, for measuring) sets the bytes instead: 0
+    (scalar accesses only), 8 or 16."""
+    text = os.environ.get("GRADC_CUDA_VECTOR", "").strip()
+    if not text:
+        return VECTOR_BYTES if streams <= VECTOR_STREAMS else VECTOR_BYTES // 2
+    if text not in ("0", "8", "16"):
+        from ..errors import ArgumentError
+        raise ArgumentError(f"gradc: GRADC_CUDA_VECTOR={text!r} should be 0, 8 or 16 "
+                            "(bytes per vector access of a map kernel; 0: none)")
+    return int(text)
+
+
+def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, streams):
+    """``_vat``: ``_map_at`` for the ``lanes`` elements of a vector (of
+    ``_vector_bytes``) of the kernel's widest item, its reads of ``lanes`` consecutive
+    elements of an array (one per lane, the same other indices) made one vector load
+    each.  A stencil's neighbours outside the vector (G1's ``x[i - 1]`` and
+    ``x[i + 4]``) stay scalar loads, clamped as before.  None where the last axis does
+    not split into vectors, where no output or read is of 4 or 8 bytes, and under
+    ``GRADC_CUDA_VECTOR=0``."""
+    vector_bytes = _vector_bytes(streams)
+    if vector_bytes == 0:
+        return None
+    sizes = [np.dtype(o.dtype).itemsize for _, o, _ in roots]
+    if not any(s in (4, 8) for s in sizes):
+        return None
+    sizes += [np.dtype(v.dtype).itemsize for v in names if v.ndim > 0 and v not in producer]
+    widest = max(s for s in sizes if s in (4, 8))
+    lanes = vector_bytes // widest
+    if lanes < 2 or domain[-1] % lanes:
+        return None
+    em, ivars, vals = _map_at(ctx, domain, roots, names, producer, comments, lanes)
+    last_var = ivars[-1]
+    groups: dict = {}
+    for local, atom, name, idx, sub in em.hoisted_reads:
+        last = idx[-1]
+        if np.dtype(atom.dtype).itemsize not in (4, 8) or \
+                lanes * np.dtype(atom.dtype).itemsize > vector_bytes or \
+                last.sym != last_var or last.mult != 1 or not 0 <= last.offset < lanes or \
+                int(atom.shape[-1]) < domain[-1] or \
+                any(c.sym == last_var and c.mult != 0 for c in idx[:-1]):
+            continue
+        groups.setdefault((name, tuple(sub[:-1])), []).append((last.offset, local))
+    loads, arrays = {}, []
+    for (name, head), members in groups.items():
+        if len(members) < 2:
+            continue
+        vec = f"_v{len(arrays)}"
+        sub = ", ".join(head + (f"np.uint64({last_var})",))
+        loads[members[0][1]] = [f"{vec} = _d.vload{lanes}({name}, ({sub},))"] + [
+            f"{local} = {vec}[{offset}]" for offset, local in members]
+        for _, local in members[1:]:
+            loads[local] = []
+        arrays.append(name)
+    arrays = list(dict.fromkeys(arrays))
+    arrays += [o for (_, v, _), o in zip(roots, outs)
+               if np.dtype(v.dtype).itemsize * lanes == vector_bytes]
+    if not arrays:
+        return None
+    lines = []
+    for (local, *_), line in zip(em.hoisted_reads, em.hoisted_lines):
+        lines += loads.get(local, [line])
+    return _define_at(ctx, "_vat", params, em, ivars, vals, domain, lines, lanes, arrays)
 
 
 def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, comments,
@@ -1157,7 +1307,7 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     for (r, o, kind), flat in zip(roots, red_outs):
         shape = tuple(o.shape)
         ctx.lines.append(f"{ctx.names[o]} = {flat}" if shape in ((), (K,))
-                         else f"{ctx.names[o]} = {flat}.reshape({shape!r})")
+                         else f"{ctx.names[o]} = _d.reshape({flat}, {shape!r})")
 
 
 # ---------------------------------------------------------------- contractions
@@ -1546,12 +1696,12 @@ def _solve(ctx, eqn):
         if ctx.threads >= 32 else ctx.threads
     work = ctx.temp()
     launch = _launch(ctx, kname, max(1, min(systems, MAX_BLOCKS)), threads,
-                     [work, f"{oname}.reshape(({systems}, {n}, {k}))"])
+                     [work, f"_d.reshape({oname}, ({systems}, {n}, {k}))"])
     ctx.lines += [
         "if _d.cupy_solve is not None:",
         f"    {oname} = _d.cupy_solve({da}, {db})",
         "else:",
-        f"    {work} = _d.copy({da}).reshape(({systems}, {n}, {n}))",
+        f"    {work} = _d.reshape(_d.copy({da}), ({systems}, {n}, {n}))",
         f"    {oname} = _d.copy({db})", "    " + launch]
 
 

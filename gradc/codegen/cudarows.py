@@ -130,7 +130,7 @@ def row_run(ctx, eqns, text_of, outputs) -> bool:
     if not rows(ctx, eqn, body, text_of, batch=int(eqns[0].params["domain"][0])):
         return False
     for v, st in zip(outputs, stacked):
-        ctx.lines.append(f"{ctx.names[v]} = {ctx.names[st]}.reshape("
+        ctx.lines.append(f"{ctx.names[v]} = _d.reshape({ctx.names[st]}, "
                          f"{tuple(v.shape) or (1,)!r})")
         ctx.place[v] = "dev"
         if st in ctx.fresh:
@@ -533,7 +533,7 @@ class _Rows:
                 if self._share(bv):
                     name, size = self.names[bv], int(np.prod(bv.shape[1:]))
                     flat = buf if tuple(bv.shape) == (B, size) else \
-                        f"{buf}.reshape(({B}, {size}))"
+                        f"_d.reshape({buf}, ({B}, {size}))"
                     self._extra(f"{name}_g", flat, bv.dtype, 2)
                     self.row_start += [f"for _e in range(_tid, {size}, _nt):",
                                        f"    {name}[_e] = {name}_g[i0, _e]"]
@@ -568,14 +568,15 @@ class _Rows:
                 uniform_ys.append((j, y, arr))
             elif src in self.producer and src not in into:
                 shape = (T,) + tuple(src.shape)
-                into[src] = arr if shape == tuple(oy.shape) else f"{arr}.reshape({shape!r})"
+                into[src] = arr if shape == tuple(oy.shape) else \
+                    f"_d.reshape({arr}, {shape!r})"
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
         hidden = {}                          # the epilogue's sums: per-row partials
         for v, rows_of in self.hidden.items():
             hidden[v] = self._host(f"_d.empty({(T,) + tuple(rows_of.shape)!r}, "
                                    f"{dtype_expr(v.dtype)})")
-            into[rows_of] = f"{hidden[v]}.reshape({(T,) + tuple(rows_of.shape)!r})"
+            into[rows_of] = f"_d.reshape({hidden[v]}, {(T,) + tuple(rows_of.shape)!r})"
         # (the stage computing a carry's new value, or what it is a reshape of, writes
         # it into the carry's buffer when no later stage reads the old value)
         carry_into = {}
@@ -626,7 +627,7 @@ class _Rows:
                         self._alias(v, carry)
                     else:
                         if tuple(v.shape) != tuple(carry.shape):
-                            self.buffers[v] = self._host(f"{self.buffers[carry]}.reshape("
+                            self.buffers[v] = self._host(f"_d.reshape({self.buffers[carry]}, "
                                                          f"{tuple(v.shape)!r})")
                         param(v, self.buffers[v], v.ndim)
                 elif src is not None:
@@ -639,7 +640,7 @@ class _Rows:
                         continue
                     stepped = self.names[src] in self.stepped
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
-                    self.buffers[v] = self._host(f"{self.buffers[src]}.reshape({shape!r})")
+                    self.buffers[v] = self._host(f"_d.reshape({self.buffers[src]}, {shape!r})")
                     param(v, self.buffers[v], len(shape), stepped=stepped)
                     if self.names[src] in self.mirrors:
                         self.mirrors[self.names[v]] = (self.mirrors[self.names[src]][0],
@@ -657,7 +658,7 @@ class _Rows:
             if v in shared:
                 dims = _padded(v.shape)
                 part_names[v] = (f"_ps{j}", dims)
-                self._extra(f"_p{j}", f"{part}.reshape(({B}, {size}))", v.dtype, 2)
+                self._extra(f"_p{j}", f"_d.reshape({part}, ({B}, {size}))", v.dtype, 2)
                 padded = int(np.prod(dims))
                 self.head.append(f"_ps{j} = cuda.shared.array({padded}, "
                                  f"{cg._numba_type(v.dtype)})")
