@@ -775,6 +775,32 @@ def test_vector_intrinsics_ir_on_the_cpu():
     assert not reversed_vectors(a[:, 1:9], b[:, :8])
 
 
+def _code(src: str) -> str:
+    """Generated source without its comments (which quote the user's lines)."""
+    return "\n".join(line for line in src.splitlines() if not line.strip().startswith("#"))
+
+
+def test_no_vectors_of_complex_numbers_or_booleans():
+    """Only integers and floats of 4 or 8 bytes are vector elements: a complex64 array
+    (8 bytes, but a pair of floats) keeps scalar accesses, beside float32 ones that get
+    vectors; booleans too."""
+    z = (np.arange(16) + 1j * np.arange(16)).astype(np.complex64)
+    x = rng.standard_normal(16).astype(np.float32)
+    cases = [(lambda z, x: z * x, (z, x), 0), (lambda z: z * 2, (z,), 0),
+             (lambda x: (x > 0) & (x < 1), (x,), 0),
+             (lambda z, x: (z * x, x * 2.0, x > 0), (z, x), 1)]
+    for f, args, vectors in cases:
+        j = gradc.jit(f, target="cuda")
+        code = _code(j.source(*args))
+        assert code.count("_d.vload4(b, ") == vectors and code.count("_d.vload") == vectors
+        assert code.count("_d.vstore4(d, ") == vectors and code.count("_d.vstore") == vectors
+        assert ("if _d.valigned4(b) and _d.valigned4(d):" in code) == bool(vectors)
+        want = gradc.jit(f, target="numpy")(*args)
+        for a, b in zip(*(((r,) if isinstance(r, np.ndarray) else r) for r in (j(*args),
+                                                                              want))):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_vector_width_from_the_environment(monkeypatch):
     """A kernel reading three arrays gets 8-byte vectors (each lane a copy of its code
     in registers): two float32 lanes, and none in float64.  ``GRADC_CUDA_VECTOR`` sets
@@ -1098,6 +1124,10 @@ PTX_SCRIPT = textwrap.dedent("""
         for dt, v in ((np.float32, "v4.f32"), (np.float64, "v2.f64")):
             ptx = gradc.grad(rosen, target="cuda").ptx(np.ones(64, dt))
             done["vector-" + v] = [ptx.count("ld.global." + v), ptx.count("st.global." + v)]
+        # (complex numbers are no vector elements: their arrays keep scalar accesses)
+        z = (np.arange(16) + 1j).astype(np.complex64)
+        done["complex64-beside-float32"] = gradc.jit(lambda z, x: z * x, target="cuda").ptx(
+            z, np.ones(16, np.float32)).count(".entry")
         # (a one-kernel scan's register limit, numba's link option, as PTX's directive)
         f, args = PROGRAMS["crf-batched-wide"]
         done["scan-maxnreg"] = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(
@@ -1573,6 +1603,8 @@ def test_reshapes_after_the_first_copy_its_attributes(monkeypatch):
         {k: v for k, v in vars(first).items() if k != "gpu_data"}
     strided = DeviceNDArray((24,), np.float32, "z's", c_contig=False)
     assert cuda.reshape(strided, (2, 12)).gpu_data == "z's" and len(made) == 2
+    cuda.reshape(DeviceNDArray((25,), np.float32, "w's"), (2, 12))     # (numba raises)
+    assert made[-1] == ((2, 12), "w's")
     np.testing.assert_array_equal(cuda.reshape(np.arange(6.0), (2, 3)),
                                   np.arange(6.0).reshape(2, 3))
     if SIMULATOR:

@@ -290,8 +290,10 @@ def _vector_intrinsics(lanes: int, intrinsic=None):
         return ir.VectorType(context.get_data_type(aryty.dtype), lanes)
 
     def check(aryty, idxty):
-        if not isinstance(aryty, nt.Array) or not isinstance(idxty, nt.BaseTuple) or \
-                len(idxty) != aryty.ndim or \
+        if not isinstance(aryty, nt.Array) or \
+                not isinstance(aryty.dtype, (nt.Integer, nt.Float)) or \
+                isinstance(aryty.dtype, nt.Boolean) or \
+                not isinstance(idxty, nt.BaseTuple) or len(idxty) != aryty.ndim or \
                 not all(isinstance(t, nt.Integer) for t in idxty):
             raise TypeError(f"vector access to {aryty} at {idxty}")
 
@@ -311,7 +313,7 @@ def _vector_intrinsics(lanes: int, intrinsic=None):
     @intrinsic
     def vstore(typingctx, a, index, values):
         check(a, index)
-        if not isinstance(values, nt.UniTuple) or len(values) != lanes:
+        if not isinstance(values, nt.BaseTuple) or len(values) != lanes:
             raise TypeError(f"{lanes} values to store, not {values}")
 
         def codegen(context, builder, sig, args):
@@ -320,7 +322,7 @@ def _vector_intrinsics(lanes: int, intrinsic=None):
             packed = ir.Constant(vec, ir.Undefined)
             for k in range(lanes):
                 value = context.cast(builder, builder.extract_value(args[2], k),
-                                     sig.args[2].dtype, sig.args[0].dtype)
+                                     sig.args[2][k], sig.args[0].dtype)
                 packed = builder.insert_element(packed, value, ir.Constant(ir.IntType(32), k))
             builder.store(packed, ptr, align=lanes * sig.args[0].dtype.bitwidth // 8)
             return context.get_dummy_value()
@@ -432,7 +434,7 @@ def reshape(x, shape):
     c_contiguous = getattr(getattr(x, "_dummy", None), "is_c_contig", False)
     key = (shape, x.dtype)
     proto = _VIEWS.get(key) if c_contiguous else False
-    if proto and type(x) is proto[0]:
+    if proto and type(x) is proto[0] and x.size == proto[1]["size"]:
         out = proto[0].__new__(proto[0])
         out.__dict__.update(proto[1])
         out.gpu_data = x.gpu_data

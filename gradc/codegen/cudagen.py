@@ -1160,6 +1160,13 @@ def _vector_bytes(streams: int) -> int:
     return int(text)
 
 
+def _vector_item(dtype) -> int:
+    """The bytes of an element of ``dtype`` that vector accesses take (4 or 8: integers
+    and floats), else 0 (booleans, complex numbers, half precision)."""
+    dtype = np.dtype(dtype)
+    return dtype.itemsize if dtype.kind in "iuf" and dtype.itemsize in (4, 8) else 0
+
+
 def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, streams):
     """``_vat``: ``_map_at`` for the ``lanes`` elements of a vector (of
     ``_vector_bytes``) of the kernel's widest item, its reads of ``lanes`` consecutive
@@ -1171,11 +1178,11 @@ def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, stre
     vector_bytes = _vector_bytes(streams)
     if vector_bytes == 0:
         return None
-    sizes = [np.dtype(o.dtype).itemsize for _, o, _ in roots]
-    if not any(s in (4, 8) for s in sizes):
+    sizes = [_vector_item(o.dtype) for _, o, _ in roots]
+    if not any(sizes):
         return None
-    sizes += [np.dtype(v.dtype).itemsize for v in names if v.ndim > 0 and v not in producer]
-    widest = max(s for s in sizes if s in (4, 8))
+    sizes += [_vector_item(v.dtype) for v in names if v.ndim > 0 and v not in producer]
+    widest = max(sizes)
     lanes = vector_bytes // widest
     if lanes < 2 or domain[-1] % lanes:
         return None
@@ -1184,8 +1191,8 @@ def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, stre
     groups: dict = {}
     for local, atom, name, idx, sub in em.hoisted_reads:
         last = idx[-1]
-        if np.dtype(atom.dtype).itemsize not in (4, 8) or \
-                lanes * np.dtype(atom.dtype).itemsize > vector_bytes or \
+        if not _vector_item(atom.dtype) or \
+                lanes * _vector_item(atom.dtype) > vector_bytes or \
                 last.sym != last_var or last.mult != 1 or not 0 <= last.offset < lanes or \
                 int(atom.shape[-1]) < domain[-1] or \
                 any(c.sym == last_var and c.mult != 0 for c in idx[:-1]):
@@ -1204,7 +1211,7 @@ def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, stre
         arrays.append(name)
     arrays = list(dict.fromkeys(arrays))
     arrays += [o for (_, v, _), o in zip(roots, outs)
-               if np.dtype(v.dtype).itemsize * lanes == vector_bytes]
+               if _vector_item(v.dtype) * lanes == vector_bytes]
     if not arrays:
         return None
     lines = []
