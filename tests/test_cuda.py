@@ -1130,8 +1130,13 @@ PTX_SCRIPT = textwrap.dedent("""
             z, np.ones(16, np.float32)).count(".entry")
         # (a one-kernel scan's register limit, numba's link option, as PTX's directive)
         f, args = PROGRAMS["crf-batched-wide"]
-        done["scan-maxnreg"] = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(
-            *args).count(".maxnreg ")
+        ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
+        done["scan-maxnreg"] = ptx.count(".maxnreg ")
+        # (a thread's share of a row as a while loop: no division to count its trips
+        # at each stage of each step; one per kernel is left, for its rows)
+        scans = [k for k in ptx.split("// kernel ") if ".maxnreg " in k]
+        done["scan-divisions"] = [sum(k.count("div.s64") for k in scans),
+                                  sum(k.count("bar.sync") for k in scans)]
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
         if type(e).__name__ not in MISSING:
             raise
@@ -1155,6 +1160,8 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    divisions, barriers = out.pop("scan-divisions")
+    assert divisions <= 2 and barriers >= 6, (divisions, barriers)
     for v in ("v4.f32", "v2.f64"):
         loads, stores = out.pop("vector-" + v)
         assert loads >= 1 and stores >= 1, (v, loads, stores)
