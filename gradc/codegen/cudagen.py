@@ -1029,81 +1029,69 @@ def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
     size = int(np.prod(domain))
     em, ivars, vals = _map_at(ctx, domain, roots, names, producer, comments, 1)
     at = _define_at(ctx, "_at", params, em, ivars, vals, domain, em.hoisted_lines)
-    operands = params + at.consts
 
-    def call(fn, index, k):
-        got = ", ".join(f"_w{k}_{n}" for n in range(len(roots)))
-        return [f"{got} = {fn}({', '.join([index] + operands)})"]
+    def call(at, index, k):
+        got = ", ".join(f"_w{k}_{n}" for n in range(len(roots) * at.lanes))
+        return [f"{got} = {at.fn}({', '.join([index] + params + at.consts)})"]
 
-    def store(index, k):
+    def store(at, index, k):
         where = [f"_s{k}_{d}" for d in range(len(domain))]
-        return _decode(index, domain, where, "") + [
-            f"{o}[{', '.join(f'np.uint64({w})' for w in where)}] = _w{k}_{n}"
-            for n, o in enumerate(outs)]
+        head = [f"np.uint64({w})" for w in where[:-1]]
+        lines = _decode(index, domain, where, "")
+        for n, o in enumerate(outs):
+            values = [f"_w{k}_{n * at.lanes + lane}" for lane in range(at.lanes)]
+            if o in at.arrays:
+                sub = ", ".join(head + [f"np.uint64({where[-1]})"])
+                lines.append(f"_d.vstore{at.lanes}({o}, ({sub},), ({', '.join(values)},))")
+                continue
+            for lane, value in enumerate(values):
+                last = f"{where[-1]} + {lane}" if lane else where[-1]
+                lines.append(f"{o}[{', '.join(head + [f'np.uint64({last})'])}] = {value}")
+        return lines
 
-    def grid_loop(fn, step, unroll, calls, stores):
-        """A grid-stride loop over [first, size) in steps of ``step`` elements per
-        thread, ``unroll`` calls of ``fn`` one grid apart before their stores."""
+    def grid_loop(at, unroll):
+        """A grid-stride loop over the domain, ``at.lanes`` elements per call of ``at``,
+        ``unroll`` calls one grid apart before their stores."""
+        step = at.lanes
         first = "cuda.grid(1)" if step == 1 else f"cuda.grid(1) * {step}"
         stride = "_g" if step == 1 else f"{step} * _g"
         if unroll == 1:
             return [f"for _i in range({first}, {size}, {stride}):"] + [
-                "    " + line for line in calls(fn, "_i", 0) + stores("_i", 0)]
+                "    " + line for line in call(at, "_i", 0) + store(at, "_i", 0)]
         lines = [f"for _j in range({first}, {size}, {unroll * step} * _g):",
                  f"    if _j + {unroll - 1} * {stride} < {size}:", "        _j0 = _j"]
         lines += [f"        _j{k} = _j{k - 1} + {stride}" for k in range(1, unroll)]
         for k in range(unroll):
-            lines += ["        " + line for line in calls(fn, f"_j{k}", k)]
+            lines += ["        " + line for line in call(at, f"_j{k}", k)]
         for k in range(unroll):
-            lines += ["        " + line for line in stores(f"_j{k}", k)]
+            lines += ["        " + line for line in store(at, f"_j{k}", k)]
         lines += ["    else:", f"        for _i in range(_j, {size}, {stride}):"]
-        lines += ["            " + line for line in calls(fn, "_i", 0) + stores("_i", 0)]
+        lines += ["            " + line for line in call(at, "_i", 0) + store(at, "_i", 0)]
         return lines
 
-    body = ["_g = cuda.gridsize(1)"]
-    scalar = grid_loop("_at", 1, unroll, call, store)
+    lines = at.define + ["_g = cuda.gridsize(1)"]
     vector = _vector_at(ctx, domain, roots, names, producer, comments, params, outs,
                         streams)
     if vector is None:
-        lines = at.define + body + scalar
+        lines += grid_loop(at, unroll)
     else:
-        lanes = vector.lanes
-        operands_v = params + vector.consts
-        tests = " and ".join(f"_d.valigned{lanes}({a})" for a in vector.arrays)
-
-        def call_v(fn, index, k):
-            got = ", ".join(f"_w{k}_{n}" for n in range(len(roots) * lanes))
-            return [f"{got} = {fn}({', '.join([index] + operands_v)})"]
-
-        def store_v(index, k):
-            where = [f"_s{k}_{d}" for d in range(len(domain))]
-            lines = _decode(index, domain, where, "")
-            head = ", ".join(f"np.uint64({w})" for w in where[:-1])
-            for n, o in enumerate(outs):
-                values = [f"_w{k}_{n * lanes + lane}" for lane in range(lanes)]
-                if o in vector.arrays:
-                    sub = f"({head}{', ' if head else ''}np.uint64({where[-1]}),)"
-                    lines.append(f"_d.vstore{lanes}({o}, {sub}, ({', '.join(values)},))")
-                else:
-                    lines += [f"{o}[{head}{', ' if head else ''}np.uint64({where[-1]} + "
-                              f"{lane})] = {value}" for lane, value in enumerate(values)]
-            return lines
-        vector_unroll = max(1, unroll // lanes)
-        lines = at.define + vector.define + body + [f"if {tests}:"] + [
-            "    " + line for line in grid_loop("_vat", lanes, vector_unroll,
-                                                call_v, store_v)] + \
-            ["else:"] + ["    " + line for line in scalar]
+        tests = " and ".join(f"_d.valigned{vector.lanes}({a})" for a in vector.arrays)
+        lines[len(at.define):len(at.define)] = vector.define
+        lines += [f"if {tests}:"] + [
+            "    " + line for line in grid_loop(vector, max(1, unroll // vector.lanes))] + \
+            ["else:"] + ["    " + line for line in grid_loop(at, unroll)]
     consts = _finish_kernel(ctx, kname, params + outs, lines, kinds)
     blocks = max(1, min(-(-size // (ctx.threads * unroll)), MAX_BLOCKS))
     ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads, args + outs + consts))
 
 
 class _At:
-    """An inner function of a map kernel: its lines, the constants it takes, and (for
-    ``_vector_at``) the lanes and the arrays accessed as vectors."""
+    """An inner function of a map kernel: its name and lines, the constants it takes,
+    and (for ``_vector_at``) the lanes and the arrays accessed as vectors."""
 
-    def __init__(self, define, consts, lanes=1, arrays=()):
-        self.define, self.consts, self.lanes, self.arrays = define, consts, lanes, arrays
+    def __init__(self, fn, define, consts, lanes=1, arrays=()):
+        self.fn, self.define, self.consts = fn, define, consts
+        self.lanes, self.arrays = lanes, arrays
 
 
 def _map_at(ctx, domain, roots, names, producer, comments, lanes):
@@ -1135,7 +1123,7 @@ def _define_at(ctx, fn, params, em, ivars, vals, domain, hoisted_lines, lanes=1,
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", "\n".join(body))]
     define = [f"def {fn}({', '.join(['_i'] + params + consts)}):"] + [
         "    " + line for line in body + [f"return {', '.join(vals)}"]]
-    return _At(define, consts, lanes, arrays)
+    return _At(fn, define, consts, lanes, arrays)
 
 
 VECTOR_BYTES = 16       # map kernels' vector accesses: ld.global.v4.f32 / v2.f64 ...
