@@ -663,9 +663,12 @@ def _device(x, offset=0):
 
 def _counting_vectors(monkeypatch):
     """Calls of the device functions' vector loads and stores, counted (the simulator
-    looks them up in ``gradc.codegen.cuda`` at each call)."""
+    looks them up in ``gradc.codegen.cuda`` at each call); None on a GPU, whose
+    kernels compile the intrinsics in."""
     from gradc.codegen import cuda as gcuda
     gcuda.import_cuda()
+    if not SIMULATOR:
+        return None
     calls = {"vload": 0, "vstore": 0}
     for lanes in gcuda.VECTOR_LANES:
         for kind in ("vload", "vstore"):
@@ -696,13 +699,16 @@ def test_map_kernels_read_and_write_vectors(dtype, lanes, monkeypatch):
     assert f"_d.vstore{lanes}(b, " in src
     want = gradc.grad(rosen, target="numpy")(x)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    calls.update(vload=0, vstore=0)        # (``source`` ran the function once)
+    if calls is not None:
+        calls.update(vload=0, vstore=0)        # (``source`` ran the function once)
     np.testing.assert_allclose(g(x), want, rtol=tol, atol=tol)
-    assert calls["vload"] == 64 // lanes and calls["vstore"] == 64 // lanes
-    calls.update(vload=0, vstore=0)
+    if calls is not None:
+        assert calls["vload"] == 64 // lanes and calls["vstore"] == 64 // lanes
+        calls.update(vload=0, vstore=0)
     np.testing.assert_allclose(g(_device(x, offset=1)).copy_to_host(), want, rtol=tol,
                                atol=tol)
-    assert calls == {"vload": 0, "vstore": 0}
+    if calls is not None:
+        assert calls == {"vload": 0, "vstore": 0}
 
 
 def test_vector_lanes_of_broadcast_transposed_and_mixed_operands(monkeypatch):
@@ -725,10 +731,12 @@ def test_vector_lanes_of_broadcast_transposed_and_mixed_operands(monkeypatch):
     assert "_v1 = _d.vload2(d, (np.uint64(i1),))" in vat and vat.count("vload") == 2
     assert vat.count(" = b[") == 2 and vat.count(" = c[") == 1    # (per lane; shared)
     assert "if _d.valigned2(a) and _d.valigned2(d) and _d.valigned2(e):" in src
-    calls.update(vload=0, vstore=0)
+    if calls is not None:
+        calls.update(vload=0, vstore=0)
     np.testing.assert_allclose(j(x, z, w, y), gradc.jit(f, target="numpy")(x, z, w, y),
                                rtol=1e-6)
-    assert calls == {"vload": 2 * 6 * 8 // 2, "vstore": 6 * 8 // 2}
+    if calls is not None:
+        assert calls == {"vload": 2 * 6 * 8 // 2, "vstore": 6 * 8 // 2}
     g = gradc.grad(lambda *a: np.sum(f(*a)), argnums=(0, 1, 2, 3), target="cuda")
     want = gradc.grad(lambda *a: np.sum(f(*a)), argnums=(0, 1, 2, 3), target="numpy")
     for a, b in zip(g(x, z, w, y), want(x, z, w, y)):
