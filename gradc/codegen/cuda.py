@@ -255,7 +255,7 @@ def _define_device_functions(cuda) -> None:
 
 # ---------------------------------------------------------------- vector loads and stores
 
-VECTOR_LANES = (2, 4)      # elements per vector access: 16 bytes of float32 or float64
+VECTOR_LANES = (2, 4)      # elements per vector access (8 or 16 bytes: see cudagen)
 
 
 def _vector_intrinsics(lanes: int, intrinsic=None):
@@ -292,7 +292,6 @@ def _vector_intrinsics(lanes: int, intrinsic=None):
     def check(aryty, idxty):
         if not isinstance(aryty, nt.Array) or \
                 not isinstance(aryty.dtype, (nt.Integer, nt.Float)) or \
-                isinstance(aryty.dtype, nt.Boolean) or \
                 not isinstance(idxty, nt.BaseTuple) or len(idxty) != aryty.ndim or \
                 not all(isinstance(t, nt.Integer) for t in idxty):
             raise TypeError(f"vector access to {aryty} at {idxty}")
@@ -427,8 +426,9 @@ _VIEWS: dict = {}        # (shape, dtype) -> a prototype of a C-contiguous view,
 def reshape(x, shape):
     """``x.reshape(shape)``.  A C-contiguous numba device array's reshape, after the
     first of a shape and dtype, is a copy of that one's attributes on ``x``'s memory:
-    numba's own works out a dummy array's reshape and the view's layout again (8 us on
-    this machine's CPU; a G4 gradient made four at every call).  Anything else (a
+    numba's own works out a dummy array's reshape and the view's layout again (6.2 us
+    against 1.2 us with numba-cuda 0.30.4 on this machine's CPU; a G4 gradient makes
+    three at every call).  Anything else (a
     NumPy array, the simulator's arrays, a strided view) is reshaped by its own
     method."""
     c_contiguous = getattr(getattr(x, "_dummy", None), "is_c_contig", False)

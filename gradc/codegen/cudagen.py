@@ -980,7 +980,7 @@ def _operands(ctx, outer):
     return [ov for ov in outer.values() if not isinstance(ov, Lit)]
 
 
-def _finish_kernel(ctx, kname, head_params, lines, kinds, em_consts=(), max_registers=None):
+def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None):
     """Record kernel ``kname``; returns the array constants it reads (parameters after
     ``head_params``, passed by the host function).  ``max_registers``: a limit on the
     registers per thread (not under the simulator, whose ``jit`` takes none)."""
@@ -1282,8 +1282,7 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
                   for d, acc in zip(dest, accs)]
         lines.append("    cuda.syncthreads()")
         blocks = max(1, min(K * P, MAX_BLOCKS))
-    consts = _finish_kernel(ctx, kname, params + dest + ew_outs, lines, kinds,
-                            em.used_consts)
+    consts = _finish_kernel(ctx, kname, params + dest + ew_outs, lines, kinds)
     ctx.lines.append(_launch(ctx, kname, blocks, T, args + dest + ew_outs + consts))
     if P > 1:                       # the second pass: each kept element's P partials
         fname = ctx.kernel_name()
@@ -1296,7 +1295,7 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
             flines.append(f"    {out}[_k] = _a")
             fkinds += [(part, o.dtype, 2), (out, o.dtype, 1)]
         fparams = [n for pair in zip(part_names, red_outs) for n in pair]
-        _finish_kernel(ctx, fname, fparams, flines, fkinds, [])
+        _finish_kernel(ctx, fname, fparams, flines, fkinds)
         ctx.lines.append(_launch(ctx, fname, max(1, min(-(-K // T), MAX_BLOCKS)), T,
                                  fparams))
     for (r, o, kind), flat in zip(roots, red_outs):
@@ -1459,7 +1458,7 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     flines += _decode("_o", out_dims, out_vars, "    ")
     flines += ["    _a = " + zero, f"    for _p in range({P}):",
                f"        _a += {part}[_o, _p]", f"    {oname}[{out_index}] = _a"]
-    _finish_kernel(ctx, fname, [part, oname], flines, [(part, dtype, 2), out_kind], [])
+    _finish_kernel(ctx, fname, [part, oname], flines, [(part, dtype, 2), out_kind])
     ctx.lines.append(_launch(ctx, fname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
                              [part, oname]))
 
