@@ -484,6 +484,122 @@ def test_per_row_sums_in_shared_memory_have_padded_rows():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_the_crf_transition_gradient_starts_from_zeros_without_a_fill():
+    """Reverse mode's gradient of the CRF's transitions is a carry of the backward scan
+    that starts from zeros and adds a sum over the batch at each step: with the scan one
+    kernel, it is the sum of the blocks' partial sums, with no kernel filling the zeros
+    before the scan and none adding them after (G4: 7 launches, was 9)."""
+    U, A = rng.standard_normal((2, 3, 32)), rng.standard_normal((32, 32))
+    g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+    src = g.source(U, A)
+    host = src[src.rindex("\ndef "):]
+    assert host.count(ONE_KERNEL) == 2
+    assert "(from bw, zeros: neither filled nor added)" in host
+    assert re.search(r"\n +bw = ", host) is None and "bw)" not in host
+    # (12 with the fill, the add, and a copy of xs[1:] transposed: a view now)
+    assert len(g.compile(U, A).kernels) == 9
+    for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["argument", "new-array", "reshaped", "handed-back",
+                                  "rows-mix", "also-the-carry"])
+def test_a_scan_reads_its_time_major_operand_through_a_view(case):
+    """``np.transpose(U, (1, 0, 2))[1:]`` read only by a one-kernel scan is a strided
+    view of ``U`` (no kernel copies it), of an argument or of a kernel's new array;
+    where the scan hands it back or runs as a host loop, it is a kernel's copy; where
+    the scan's carry is the viewed array itself, the carry is copied (the loop
+    updates it in place otherwise, under the view)."""
+    def f(U, w):
+        def step(h, x):
+            h = np.tanh((h[::-1] if case == "rows-mix" else h) * w + x)
+            return h, (x if case == "handed-back" else None)
+        if case == "also-the-carry":
+            base = np.cumsum(U[:, 0, :], axis=1)          # (a kernel's new (3, 4) array)
+            return gradc.scan(step, base, np.transpose(base)[:, :, None])[0]
+        base = np.cumsum(U, axis=1) if case == "new-array" else U
+        xs = np.transpose(base, (1, 0, 2))
+        if case == "reshaped":
+            xs = xs.reshape(5, 3, 1, 4)[:, :, 0, :]
+        h, ys = gradc.scan(step, xs[0] * 0.5, xs[1:])
+        return (h, ys) if case == "handed-back" else h
+    U, w = rng.standard_normal((3, 5, 4)), rng.standard_normal(4)
+    jitted = gradc.jit(f, target="cuda")
+    host = jitted.source(U, w)
+    host = host[host.rindex("\ndef "):]
+    viewed = case in ("argument", "new-array", "reshaped", "also-the-carry")
+    assert ("_d.view(" in host) == viewed, host
+    copied = re.search(r"\n +\w+ = _d\.copy\(", host) is not None
+    assert copied == (case == "also-the-carry"), host
+    got, want = jitted(U, w), gradc.jit(f, target="numpy")(U, w)
+    for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (got, want))):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    if case == "also-the-carry":
+        assert ", (4, 3, 1), (1, 4, 0))" in host
+    elif viewed:               # (the kernel reads it with a stride of 4 x 5 per row)
+        assert ", (4, 3, 4), (4, 20, 1))" in host
+        g = gradc.grad(lambda U, w: np.sum(f(U, w) ** 2), argnums=(0, 1), target="cuda")
+        want = gradc.grad(lambda U, w: np.sum(f(U, w) ** 2), argnums=(0, 1),
+                          target="numpy")(U, w)
+        for a, b in zip(g(U, w), want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+XS6 = rng.standard_normal((4, 5, 6))
+
+
+@pytest.mark.parametrize("init", ["zeros", "ones", "zeros_like"])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_an_accumulating_carry_from_a_constant(init, terms):
+    """A forward scan's carry adding sums over the batch (one term or two), starting
+    from zeros (a literal), ones, or ``zeros_like`` (a fill the lowering defers to the
+    scan): the same values as NumPy, forward and reverse; from zeros and with one term,
+    the carry is the partial sums' total alone."""
+    def f(h0, W):
+        def step(carry, x):
+            h, acc = carry
+            hn = np.tanh(h * W + x)
+            extra = np.sum(hn * x, axis=0)
+            if terms == 2:
+                extra = extra + np.sum(hn ** 2, axis=0)
+            return (hn, acc + extra), None
+        start = {"zeros": np.zeros(6), "ones": np.ones(6),
+                 "zeros_like": np.zeros_like(W)}[init]
+        (h, acc), _ = gradc.scan(step, (h0, start), XS6)
+        return np.sum(h ** 2) + np.sum(acc * W)
+    args = (rng.standard_normal((5, 6)), rng.standard_normal(6))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(*args)
+    assert src.count(ONE_KERNEL) == 1
+    assert ("neither filled nor added" in src) == (init != "ones" and terms == 1)
+    np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
+                               rtol=1e-12)
+    g = gradc.grad(f, argnums=(0, 1), target="cuda")
+    for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mixes", [False, True])
+def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixes):
+    """``zeros_like`` as a scan's initial carry is filled where the scan needs it: by a
+    kernel just before the one-kernel scan, which then updates it in place (no copy),
+    or before the host loop of a scan whose rows mix."""
+    def f(W, xs):
+        def step(h, x):
+            return np.tanh((h[::-1] if mixes else h) * W + x), None
+        h, _ = gradc.scan(step, np.zeros_like(xs[0]), xs)
+        return h
+    args = (rng.standard_normal(7), rng.standard_normal((4, 5, 7)))
+    jitted = gradc.jit(f, target="cuda")
+    host = jitted.source(*args)
+    host = host[host.rindex("\ndef "):]
+    assert (ONE_KERNEL in host) != mixes
+    assert "= broadcast_in_dim[dims=() shape=(5,7)] 0.0" in host
+    assert re.search(r"\n +\w+ = _d\.copy\(", host) is None
+    np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
+                               rtol=1e-12, atol=1e-12)
+
+
 def _step_loop(h, n=3):
     return gradc.scan(lambda c, x: (np.tanh(c * 0.9 + x), None), h,
                       np.linspace(-0.5, 0.5, n))[0]
@@ -912,7 +1028,7 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
-    forward = _kernel_text(src, "_k2")
+    forward = _kernel_text(src, "_k1")     # (after xs[0]'s copy; xs[1:] is a view)
     assert "for _s in range(4):" in forward
     shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
     assert len(shared) == 3              # (the carry's row, the maximum's, the sum's)

@@ -403,13 +403,14 @@ _ARRAY_ATTRIBUTES = frozenset(("ndim", "_dummy", "shape", "strides", "dtype", "s
                                "alloc_size", "gpu_data", "stream"))
 
 
-def _prototype(out, context=None):
+def _prototype(out, context=None, contiguous=True):
     """``(class, attributes but the memory, bytes, context getter)`` to make arrays like
     ``out`` from, if ``out`` is a numba device array with exactly the attributes
     numba-cuda's constructor sets (its memory from the current context's
     ``memalloc``, on the default stream); else False (numba's constructor each time)."""
     if type(out).__name__ != "DeviceNDArray" or set(vars(out)) != _ARRAY_ATTRIBUTES or \
-            out.stream != 0 or not out.size:
+            out.stream != 0 or not out.size or \
+            contiguous and not getattr(out._dummy, "is_c_contig", False):
         return False
     if context is None:
         try:
@@ -443,6 +444,36 @@ def reshape(x, shape):
     if proto is None and x.size:
         made = _prototype(out, context=_no_context)
         _VIEWS[key] = made and made[:2]
+    return out
+
+
+_STRIDED: dict = {}      # (class, dtype, shape, strides) -> a view's attributes, or False
+
+
+def view(x, offset, shape, strides):
+    """A view of C-contiguous device array ``x``: ``shape`` and ``strides`` (in
+    elements) from element ``offset``.  A one-kernel scan reads a time-major
+    rearrangement of its operand (``np.transpose(U, (1, 0, 2))[1:]``) through one,
+    where a kernel would copy it.  After the first of a layout, a copy of that one's
+    attributes on a pointer into ``x``'s memory (numba's constructor works out the
+    layout again: 7 against 3 us with numba-cuda 0.30.4 on this machine's CPU)."""
+    item = x.dtype.itemsize
+    if hasattr(x, "_ary"):                  # (the simulator's arrays wrap NumPy's)
+        flat = x._ary.reshape(-1)
+        return type(x)(np.lib.stride_tricks.as_strided(
+            flat[offset:], shape, tuple(int(s) * item for s in strides)))
+    key = (type(x), x.dtype, shape, strides)
+    proto = _STRIDED.get(key)
+    if proto:
+        out = key[0].__new__(key[0])
+        out.__dict__.update(proto)
+        out.gpu_data = x.gpu_data.view(offset * item)
+        return out
+    out = type(x)(shape, tuple(int(s) * item for s in strides), x.dtype, stream=x.stream,
+                  gpu_data=x.gpu_data.view(int(offset) * item))
+    if proto is None:
+        made = _prototype(out, context=_no_context, contiguous=False)
+        _STRIDED[key] = made and made[1]
     return out
 
 
@@ -961,9 +992,10 @@ class Compiled:
             if kernel is not None and k.name != kernel:
                 continue
             sig = []
-            for _, dtype, ndim in k.params:
+            for name, dtype, ndim in k.params:
                 t = numba.from_dtype(np.dtype(dtype))
-                sig.append(t if ndim == 0 else numba.types.Array(t, ndim, "C"))
+                layout = "A" if name in k.strided else "C"
+                sig.append(t if ndim == 0 else numba.types.Array(t, ndim, layout))
             ptx, _ = cuda.compile_ptx(getattr(self.module, k.name).py_func, tuple(sig),
                                       cc=cc)
             if k.max_registers:     # (numba gives the limit to the linker: written here

@@ -140,6 +140,7 @@ class Kernel:
     params: list           # (name, dtype, ndim): ndim 0 = a scalar argument
     source: str
     max_registers: int | None = None    # (per thread; numba hands it to the linker)
+    strided: frozenset = frozenset()    # parameters passed strided views (layout 'A')
 
 
 @dataclass
@@ -295,9 +296,47 @@ class _Context(Symbols):
         self.dying: set = set()        # the equation being lowered's operands it may
         #                                overwrite (``_function``)
         self.exact: set = set()        # float values rounded as NumPy does (exact_values)
+        self.deferred: dict = {}       # equations lowered where a scan reads their value
+        #                                (``_deferrable``): Var -> (equation, printed text)
+        self.views: set = set()        # host names of strided views (``view``)
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
+
+    def materialize(self, v) -> None:
+        """Lower ``v``'s deferred constant fill (see ``_deferrable``) here, if it was
+        deferred and is not lowered yet."""
+        found = self.deferred.pop(v, None) if isinstance(v, Var) else None
+        if found is not None:
+            eqn, text = found
+            self.lines.append("# " + text[0].strip().removeprefix("let "))
+            _lower_eqn(self, eqn, text)
+
+    def view(self, v) -> bool:
+        """Name ``v``, if it is a deferred view (``_view_layout``), as a strided view of
+        its operand's array instead of a kernel's copy; whether it did."""
+        found = self.deferred.get(v) if isinstance(v, Var) else None
+        layout = found and _view_layout(found[0])
+        if not layout:
+            return False
+        eqn, text = self.deferred.pop(v)
+        offset, shape, strides = layout
+        self.lines.append("# " + text[0].strip().removeprefix("let ") +
+                          "   (a view: the kernel reads the operand through strides)")
+        self.lines.append(f"{self.names[v]} = _d.view({self.names[eqn.inputs[0]]}, "
+                          f"{offset}, {shape!r}, {strides!r})")
+        self.place[v] = "dev"
+        self.views.add(self.names[v])
+        return True
+
+    def zero_fill(self, v) -> bool:
+        """Whether ``v`` is zeros that no kernel has written: a literal, or a deferred
+        fill not lowered yet (whose reader may then go without it)."""
+        if isinstance(v, Lit):
+            return not np.any(v.value)
+        found = self.deferred.get(v)
+        return found is not None and found[0].prim.name == "broadcast_in_dim" and \
+            not np.any(found[0].inputs[0].value)
 
     # values where a consumer needs them
     def on_device(self, v) -> str:
@@ -445,6 +484,13 @@ class _Storages:
                 if a is not b:
                     self.parent[b] = a
 
+    def join(self, a, b) -> None:
+        """``b`` is a view of ``a``'s array."""
+        self.derived.add(b)
+        ra, rb = self.find(a), self.find(b)
+        if ra is not rb:
+            self.parent[rb] = ra
+
     def dying(self, eqn, k, fresh) -> set:
         """The operands of equation ``k`` that it may overwrite: each the one value of its
         storage among the operands, the storage made by this function's kernels (no
@@ -484,6 +530,10 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     for v in graph.outputs:
         last_use[v] = len(eqns)
     storages = _Storages(graph, last_use)
+    users: dict = {}
+    for e in eqns:
+        for v in set(e.inputs):
+            users.setdefault(v, []).append(e)
     k, tried = 0, 0
     while k < len(eqns):
         end = _row_run(eqns, k) if k >= tried else k
@@ -500,13 +550,22 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
                 continue
             del ctx.lines[len(ctx.lines) - (end - k):]
         eqn, text = eqns[k], printed[k]
+        if _deferrable(eqn, users, graph.outputs) or not canonical and _deferrable_view(
+                eqn, users, graph, ctx.fresh):
+            ctx.deferred[eqn.outputs[0]] = (eqn, text)
+            if eqn.prim.name == "fused":       # (a view: of its operand's storage)
+                storages.join(eqn.inputs[0], eqn.outputs[0])
+            k += 1
+            continue
         ctx.lines.append("# " + text[0].strip().removeprefix("let "))
         if eqn.source and eqn.source != last_source:
             ctx.lines.append(f"#   from {eqn.source}")
         last_source = eqn.source
         # (operands whose storage a kernel made for this function and nothing reads
         # after this equation: a loop may update them in place instead of a copy)
-        ctx.dying = storages.dying(eqn, k, ctx.fresh) if eqn.prim.name == "scan" else set()
+        # (a deferred fill becomes a new array where it is lowered)
+        ctx.dying = storages.dying(eqn, k, ctx.fresh | set(ctx.deferred)) \
+            if eqn.prim.name == "scan" else set()
         _lower_eqn(ctx, eqn, text)
         ctx.dying = set()
         storages.lowered(eqn)
@@ -547,6 +606,113 @@ ROW_RUN_BATCH = 128        # row runs: at least this many rows (a block each) ..
 ROW_RUN_ELEMENTS = 8192    # ... of at most this many elements each (fewer rows, or
 #                            longer ones, leave an H200's 132 SMs underused: segmented
 #                            reductions spread one row over several blocks)
+
+
+def _deferrable(eqn, users, outputs) -> bool:
+    """Whether ``eqn`` fills an array with a constant read only as a scan's initial
+    carry: lowered when the scan reads it (``_Context.materialize``), and not at all
+    when the scan is one kernel and the carry an accumulator of sums over the batch
+    (``cudarows``), which then starts from zero without a fill kernel and an add
+    (reverse mode's gradient of a scan's weights starts so)."""
+    if eqn.prim.name != "broadcast_in_dim" or not isinstance(eqn.inputs[0], Lit) or \
+            eqn.inputs[0].ndim or not eqn.outputs[0].ndim:
+        return False
+    v = eqn.outputs[0]
+    readers = users.get(v, [])
+    if len(readers) != 1 or v in outputs or readers[0].prim.name != "scan":
+        return False
+    scan = readers[0]
+    n_consts, n_carry = scan.params["n_consts"], scan.params["n_carry"]
+    places = [k for k, x in enumerate(scan.inputs) if x is v]
+    return all(n_consts <= k < n_consts + n_carry for k in places)
+
+
+def _deferrable_view(eqn, users, graph, fresh) -> bool:
+    """Whether ``eqn`` is a fused equation that only rearranges one array (transposes,
+    slices, reshapes: ``_view_layout``), read only by scans as a constant or as the
+    stacked operand (a time-major ``np.transpose(U, (1, 0, 2))``): a one-kernel scan
+    reads it through a strided view of the array, and any other lowering has it
+    lowered where it reads it.  The array must be C-contiguous: an argument of the
+    compiled function (``Compiled`` makes them so) or a kernel's new array."""
+    if eqn.prim.name != "fused" or os.environ.get("GRADC_CUDA_VIEWS") == "0" or \
+            _view_layout(eqn) is None:        # (0: a kernel's copy, for A/B timings)
+        return False
+    x, v = eqn.inputs[0], eqn.outputs[0]
+    if not (x in graph.inputs or x in fresh) or v in graph.outputs:
+        return False
+    readers = users.get(v, [])
+    if not readers or any(r.prim.name != "scan" for r in readers):
+        return False
+    for scan in readers:
+        n_consts, n_carry = scan.params["n_consts"], scan.params["n_carry"]
+        if any(n_consts <= k < n_consts + n_carry for k, a in enumerate(scan.inputs)
+               if a is v):
+            return False
+    return True
+
+
+def _view_layout(eqn):
+    """``(offset, shape, strides)``, in elements, of fused equation ``eqn``'s one result
+    as a view of its one array operand laid out C-contiguously, if its body only
+    transposes, slices (forward) and reshapes (where strides allow); else None."""
+    if eqn.prim.name != "fused" or len(eqn.outputs) != 1 or len(eqn.inputs) != 1 or \
+            not isinstance(eqn.inputs[0], Var) or not eqn.inputs[0].ndim:
+        return None
+    body = eqn.params["body"]
+    x = body.inputs[0]
+    shape = tuple(int(d) for d in x.shape)
+    layout = {x: (0, shape, _c_strides(shape))}
+    for q in body.eqns:
+        if len(q.inputs) != 1 or q.inputs[0] not in layout or len(q.outputs) != 1:
+            return None
+        offset, shape, strides = layout[q.inputs[0]]
+        new = tuple(int(d) for d in q.outputs[0].shape)
+        if q.prim.name == "transpose":
+            perm = tuple(q.params["perm"])
+            shape, strides = tuple(shape[p] for p in perm), tuple(strides[p] for p in perm)
+        elif q.prim.name == "slice":
+            sizes, steps = [], []
+            for (start, stop, step), n, st in zip(q.params["index"], shape, strides):
+                if step < 1 or not 0 <= start <= n:
+                    return None
+                offset += start * st
+                sizes.append(len(range(start, min(stop, n), step)))
+                steps.append(st * step)
+            shape, strides = tuple(sizes), tuple(steps)
+        elif q.prim.name == "reshape":
+            strides = _reshaped_strides(shape, strides, new)
+            if strides is None:
+                return None
+            shape = new
+        else:
+            return None
+        if shape != new:
+            return None
+        layout[q.outputs[0]] = (offset, shape, strides)
+    found = layout.get(body.outputs[0])
+    return found if found is not None and body.outputs[0] is not x else None
+
+
+def _c_strides(shape) -> tuple:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(int(d), 1)
+    return tuple(reversed(strides))
+
+
+def _reshaped_strides(shape, strides, new):
+    """The strides of a reshape of a view to ``new``, if it stays a view: the view is
+    C-contiguous, or the reshape adds or drops axes of length 1 only."""
+    if tuple(strides) == _c_strides(shape):
+        return _c_strides(new)
+    kept = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    if [d for d in new if d != 1] != [d for d, _ in kept]:
+        return None
+    out, it = [], iter(kept)
+    for d in new:
+        out.append(next(it)[1] if d != 1 else 0)
+    return tuple(out)
 
 
 def _row_run(eqns, k) -> int:
@@ -712,6 +878,8 @@ def _scan(ctx, eqn):
     printed = _register_names(ctx, optimised)
     if rows(ctx, eqn, optimised, printed):       # one kernel for the whole loop
         return
+    for v in eqn.inputs:
+        ctx.materialize(v)
     body = _nested(ctx, optimised, f"scan body, {length} steps", optimised=True)
     ins = eqn.inputs
     consts = [_canonical(ctx, v) for v in ins[:n_consts]]
@@ -980,10 +1148,12 @@ def _operands(ctx, outer):
     return [ov for ov in outer.values() if not isinstance(ov, Lit)]
 
 
-def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None):
+def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
+                   strided=frozenset()):
     """Record kernel ``kname``; returns the array constants it reads (parameters after
     ``head_params``, passed by the host function).  ``max_registers``: a limit on the
-    registers per thread (not under the simulator, whose ``jit`` takes none)."""
+    registers per thread (not under the simulator, whose ``jit`` takes none);
+    ``strided``: the parameters given strided views (``_Context.view``)."""
     text = "\n".join(lines)
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
@@ -995,7 +1165,7 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None):
         f"@cuda.jit(max_registers={max_registers})"
     text = "\n".join([jit, f"def {kname}({', '.join(params)}):"] +
                      ["    " + line for line in lines])
-    ctx.kernels.append(Kernel(kname, kinds, text, max_registers))
+    ctx.kernels.append(Kernel(kname, kinds, text, max_registers, frozenset(strided)))
     return consts
 
 

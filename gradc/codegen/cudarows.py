@@ -144,7 +144,8 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     when the lowering failed unexpectedly) if not.  ``batch``: the number of rows of a
     scan without carries (``row_run``'s)."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
-                set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals))
+                set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals),
+                dict(ctx.deferred))
     note = None
     try:
         _Rows(ctx, eqn, body, text_of, batch).lower()
@@ -155,7 +156,7 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
         first = str(e).splitlines()[0] if str(e) else ""
         note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: {first}): "
                 "the host loop instead") if batch is None else None
-    n_kernels, n_lines, consts, temps, fresh, place, copies, globs = snapshot
+    n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred = snapshot
     del ctx.kernels[n_kernels:]
     del ctx.lines[n_lines:]
     ctx.consts.clear()
@@ -169,6 +170,8 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     ctx.copies.update(copies)
     ctx.host_globals.clear()
     ctx.host_globals.update(globs)
+    ctx.deferred.clear()
+    ctx.deferred.update(deferred)
     if note:
         ctx.lines.append(note)
     return False
@@ -476,6 +479,14 @@ class _Rows:
         ctx.exact |= cg.exact_values(body)    # (products a bit of which matters)
         nc, nk, T, B = self.n_consts, self.n_carry, self.length, self.B
         ins = eqn.inputs
+        for j in range(nk):       # (an accumulator's deferred zeros: see _finish_accumulator)
+            if j not in self.acc:
+                ctx.materialize(ins[nc + j])
+        handed_back = set(body.outputs)
+        for bv, ov in list(zip(body.inputs[:nc], ins[:nc])) + list(zip(
+                body.inputs[nc + nk:], ins[nc + nk:])):
+            if bv in handed_back or not ctx.view(ov):      # (a view read in place)
+                ctx.materialize(ov)
         carries = body.inputs[nc:nc + nk]
         updates = {u for u, _ in self.acc.values()}
         ctx.lines.append(
@@ -753,7 +764,9 @@ class _Rows:
         # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
         # SMs in one wave; unrolled sums would take more registers than that allows)
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
-                                   max_registers=min(255, REGISTERS // (2 * threads)))
+                                   max_registers=min(255, REGISTERS // (2 * threads)),
+                                   strided={n for n, a in zip(self.params, self.args)
+                                            if a in ctx.views})
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
@@ -1130,7 +1143,24 @@ class _Rows:
         block's partial sums (``parts``: term -> the (B, ...) array of them)."""
         ctx, eqn, body = self.ctx, self.eqn, self.body
         update, _ = self.acc[j]
-        new = {body.inputs[self.n_consts + j]: self.eqn.inputs[self.n_consts + j]}
+        init, out = eqn.inputs[self.n_consts + j], eqn.outputs[j]
+        if ctx.zero_fill(init) and len(parts) == 1:
+            # (from zeros, a tree of adds and reshapes of one term is that term's sum
+            # over the batch, reshaped: no fill, no add)
+            (e, part), = parts.items()
+            if np.dtype(e.dtype) == np.dtype(out.dtype):
+                shape = (self.B,) + tuple(out.shape)
+                if tuple(e.shape) != tuple(out.shape):
+                    view = ctx.temp()
+                    ctx.lines.append(f"{view} = _d.reshape({part}, {shape!r})")
+                    part = view
+                start = "zeros" if isinstance(init, Lit) else f"{ctx.names[init]}, zeros"
+                ctx.lines.append(f"# {ctx.names[out]}: the sum of the rows' partials (from "
+                                 f"{start}: neither filled nor added)")
+                self._sum_rows(part, shape, 0, out)
+                return
+        ctx.materialize(init)
+        new = {body.inputs[self.n_consts + j]: init}
         for e, part in parts.items():
             total = Var(tuple(e.shape), e.dtype)
             ctx.names[total] = ctx.temp()
