@@ -1322,6 +1322,19 @@ POOL_SCRIPT = textwrap.dedent("""
     out["reused"] = r.device_pointer.value == first
     out["other_size_new"] = m.memalloc(128).device_pointer.value not in (first,)
     out["hits"], out["misses"] = m.hits, m.misses
+    import numpy as np             # (numba's arrays and gradc's views of them)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from gradc.codegen.cuda import view
+    a = DeviceNDArray((16,), (4,), np.float32, gpu_data=m.memalloc(64))
+    at = a.device_ctypes_pointer.value
+    part = view(a, 4, (6,), (2,))
+    out["slice_at"] = part.device_ctypes_pointer.value - at
+    del a
+    gc.collect()
+    out["free_while_sliced"] = at in [b.device_pointer.value for b in m.free_blocks[64]]
+    del part
+    gc.collect()
+    out["free_after_slice"] = at in [b.device_pointer.value for b in m.free_blocks[64]]
     live = m.memalloc(256)
     m.reset()                           # (the context's memory goes: live's too)
     del live
@@ -1342,6 +1355,7 @@ def test_memory_pool_hands_a_block_out_again_once_every_view_has_died():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out == {"free_while_viewed": 0, "second_is_new": True, "free_after": 1,
                    "reused": True, "other_size_new": True, "hits": 1, "misses": 3,
+                   "slice_at": 16, "free_while_sliced": False, "free_after_slice": True,
                    "kept_after_reset": 0}
 
 
@@ -1673,7 +1687,8 @@ def test_empty_arrays_after_the_first_copy_its_attributes(monkeypatch):
 
     class DeviceNDArray:
         def __init__(self, shape, dtype, pointer):
-            self.ndim, self._dummy, self.shape = len(shape), object(), shape
+            self.ndim, self.shape = len(shape), shape
+            self._dummy = pytypes.SimpleNamespace(is_c_contig=True)     # (numba's layout)
             self.strides, self.dtype = np.empty(shape, dtype).strides, np.dtype(dtype)
             self.size = int(np.prod(shape))
             self.alloc_size, self.gpu_data, self.stream = self.size * 4, pointer, 0
@@ -1698,6 +1713,9 @@ def test_empty_arrays_after_the_first_copy_its_attributes(monkeypatch):
     assert type(second) is DeviceNDArray and second.gpu_data == "pool's 1"
     assert {k: v for k, v in vars(second).items() if k != "gpu_data"} == \
         {k: v for k, v in vars(first).items() if k != "gpu_data"}
+    strided = DeviceNDArray((2,), np.float32, "x")
+    strided._dummy = pytypes.SimpleNamespace(is_c_contig=False)
+    assert cuda._prototype(strided, lambda: None) is False       # (C-contiguous only)
     other = DeviceNDArray((2,), np.float32, "x")
     other.extra = 1                       # (not numba's attributes: numba each time)
     assert cuda._prototype(other, lambda: None) is False
