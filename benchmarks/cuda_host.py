@@ -6,8 +6,8 @@ numba.cuda's real array classes on made-up device addresses, gradc's caching all
 gradc's ``DirectKernel`` with cuda.core's ``launch`` replaced by a function that does
 nothing.  So the figure is the Python gradc and numba run per call: what a GPU's host
 adds before and between its launches, less the driver's own calls (the launches, and
-the synchronisation the benchmark waits for).  Without CuPy, G3's products are gradc's
-tiled kernels (with CuPy: cuBLAS calls, not counted here).
+the synchronisation the benchmark waits for).  CuPy is turned off (its cuBLAS calls would
+run on the made-up addresses): G3's products are gradc's tiled kernels here.
 
     python benchmarks/cuda_host.py [--only G1,G2,G4] [--repeats 3000] [--parts]
 
@@ -30,6 +30,7 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack              # numba-cuda <= 0.30 on NumPy >= 2.5
 os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+os.environ["GRADC_CUDA_CUPY"] = "0"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gpu  # noqa: E402

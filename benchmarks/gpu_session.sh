@@ -73,6 +73,9 @@ done
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"
+# (the Python of a call with the launches stubbed out, on this host: the profile's host
+# column less this is what the driver's launches and copies take)
+timeout 30 "$PY" benchmarks/cuda_host.py --repeats 1000 >> "$OUT/profile.txt" 2>&1
 # A/B of the host-side paths and the scans' shared rows (numba's launches, CuPy's
 # products, every row in global memory), each against the default run above
 GRADC_CUDA_DIRECT=0 GRADC_CUDA_GEMM=0 GRADC_CUDA_ROW_SHARED=0 timeout 50 "$PY" \
@@ -98,7 +101,7 @@ launch__grid_size,smsp__inst_executed.sum \
 cat "$OUT/gpu.txt"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -n 3
 grep -E "FAILED|ERROR" "$OUT/tests.txt" | head -n 10
-grep -E "^## |launches:" "$OUT/profile.txt"
+grep -E "^## |launches:|^\| G" "$OUT/profile.txt"
 grep -E "^## |launches:" "$OUT/profile-off.txt"
 grep -E "registers|warps_active|dram__|duration" "$OUT/ncu.txt" | head -n 12
 cat "$OUT/bench.md"
