@@ -1173,6 +1173,24 @@ def test_device_arrays_stay_on_the_device():
     np.testing.assert_allclose(gradc.grad(rosen, target="cpu")(dx), g(x), rtol=1e-14)
 
 
+def test_a_strided_device_array_is_refused_at_the_users_line():
+    """A device array that is not C-contiguous (every other element) gets a gradc
+    error naming the argument, its strides and the calling line; the compiled function
+    itself refuses a device array of another shape."""
+    from gradc.codegen.cuda import import_cuda
+    cuda = import_cuda()
+    g = gradc.grad(rosen, target="cuda")
+    x = rng.standard_normal(40)
+    g(x[::2].copy())
+    with pytest.raises(gradc.ArgumentError, match=r"argument 0 is a device array that is not "
+                       r"C-contiguous \(strides \(16,\)[\s\S]*test_cuda\.py"):
+        g(cuda.to_device(x)[::2])
+    compiled = g.compile(x[::2].copy())
+    with pytest.raises(gradc.ArgumentError, match=r"of shape \(40,\) and dtype float64; the "
+                       r"traced function takes \(20,\)"):
+        compiled(cuda.to_device(x))
+
+
 def test_host_equations_are_named_in_the_source(monkeypatch):
     monkeypatch.setenv("GRADC_CUDA_CUPY", "0")    # (with CuPy, det runs on cuSOLVER)
     f = gradc.grad(lambda x: np.sum(np.linalg.det(np.outer(x, x) + np.eye(5)) * x),

@@ -51,7 +51,7 @@ import types
 
 import numpy as np
 
-from ..errors import ArgumentError, GradcError
+from ..errors import ArgumentError, GradcError, with_location
 from ..ir import Graph
 from . import cache
 
@@ -962,13 +962,15 @@ class Compiled:
                 d = a if type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray") \
                     else cuda.as_cuda_array(a)
                 if tuple(d.shape) != tuple(v.shape) or np.dtype(d.dtype) != dtype:
-                    raise ArgumentError(
+                    raise ArgumentError(with_location(
                         f"gradc: argument {i} is a device array of shape {tuple(d.shape)} "
                         f"and dtype {np.dtype(d.dtype)}; the traced function takes "
-                        f"{tuple(v.shape)} {dtype}")
+                        f"{tuple(v.shape)} {dtype}"))
                 if not d.is_c_contiguous():
-                    raise ArgumentError(f"gradc: argument {i} is a device array that is "
-                                        "not C-contiguous; pass a contiguous copy")
+                    raise ArgumentError(with_location(
+                        f"gradc: argument {i} is a device array that is not C-contiguous "
+                        f"(strides {tuple(d.strides)} for shape {tuple(d.shape)}); pass a "
+                        "contiguous copy (CuPy's ascontiguousarray, PyTorch's contiguous)"))
                 converted.append(d)
             else:
                 converted.append(cuda.to_device(np.ascontiguousarray(a, dtype)))
