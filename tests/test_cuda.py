@@ -545,6 +545,51 @@ def test_a_scan_reads_its_time_major_operand_through_a_view(case):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("second", ["host-loop", "hands-it-back"])
+def test_a_view_read_by_a_second_scan_that_needs_an_array_is_copied_there(second):
+    """Review regression: the first scan (one kernel) reads ``xs`` through a view; a
+    second scan that runs as a host loop (its body reshapes a step of it: numba cannot
+    reshape a strided view), or that hands it back as its stacked result, gets a
+    kernel's contiguous copy, made where it reads it."""
+    w = np.linspace(0.1, 0.5, 4)
+
+    def f(U, h0):
+        xs = np.transpose(U, (1, 0, 2))[1:]
+        a, _ = gradc.scan(lambda h, x: (np.tanh(h * w + x), None), h0, xs)
+        if second == "host-loop":
+            b, _ = gradc.scan(lambda h, x: (np.tanh(h[::-1] * w + x.reshape(12).reshape(
+                3, 4)), None), h0, xs)
+            return a, b
+        b, ys = gradc.scan(lambda h, x: (np.tanh(h * w + x), x), h0, xs)
+        return a, b, ys
+    U, h0 = rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 4))
+    jitted = gradc.jit(f, target="cuda")
+    host = jitted.source(U, h0)
+    host = host[host.rindex("\ndef "):]
+    view = re.search(r"\n +(\w+) = _d\.view\(a, 4, \(5, 3, 4\), \(4, 24, 1\)\)", host)
+    assert view is not None, host
+    copy = host.index(f"\n    {view.group(1)} = _d.empty((5, 3, 4), np.float64)")
+    assert view.start() < copy and host.count("_d.view(") == 1
+    for got, want in zip(jitted(U, h0), gradc.jit(f, target="numpy")(U, h0)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_accumulator_adding_a_broadcast_sum_from_zeros_is_filled_and_added():
+    """Review regression: a carry of 6 that adds one sum over the batch at each step
+    (broadcast into all 6) starts from a fill of zeros and an add, not the partial
+    sums' total alone (5 rows, not 5 x 6)."""
+    def f(h0, W):
+        def step(c, x):
+            h, a = c
+            hn = np.tanh(h * W + x)
+            return (hn, a + np.sum(hn[:, 0])), None
+        (h, a), _ = gradc.scan(step, (h0, np.zeros_like(W)), XS6)
+        return a
+    args = (rng.standard_normal((5, 6)), rng.standard_normal(6))
+    np.testing.assert_allclose(gradc.jit(f, target="cuda")(*args),
+                               gradc.jit(f, target="numpy")(*args), rtol=1e-12)
+
+
 XS6 = rng.standard_normal((4, 5, 6))
 
 

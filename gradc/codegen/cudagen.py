@@ -298,35 +298,42 @@ class _Context(Symbols):
         self.exact: set = set()        # float values rounded as NumPy does (exact_values)
         self.deferred: dict = {}       # equations lowered where a scan reads their value
         #                                (``_deferrable``): Var -> (equation, printed text)
-        self.views: set = set()        # host names of strided views (``view``)
+        self.views: dict = {}          # deferred views named so far (``view``): Var ->
+        #                                the host name, until ``materialize`` copies them
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
 
     def materialize(self, v) -> None:
-        """Lower ``v``'s deferred constant fill (see ``_deferrable``) here, if it was
-        deferred and is not lowered yet."""
+        """Lower ``v``'s deferred equation (see ``_deferrable``, ``_deferrable_view``)
+        here, if it was deferred and is not lowered yet: from here on ``v``'s name is
+        the kernel's new array, also where a one-kernel scan read a view of it before."""
         found = self.deferred.pop(v, None) if isinstance(v, Var) else None
         if found is not None:
             eqn, text = found
+            self.views.pop(v, None)
             self.lines.append("# " + text[0].strip().removeprefix("let "))
             _lower_eqn(self, eqn, text)
 
     def view(self, v) -> bool:
-        """Name ``v``, if it is a deferred view (``_view_layout``), as a strided view of
-        its operand's array instead of a kernel's copy; whether it did."""
+        """Name ``v``, if it is a deferred view (``_view_layout``) not yet lowered, as a
+        strided view of its operand's array (once) instead of a kernel's copy; whether
+        it is one.  (Only a one-kernel scan that does not hand it back may read it so:
+        any other reader materializes it.)"""
+        if v in self.views:
+            return True
         found = self.deferred.get(v) if isinstance(v, Var) else None
         layout = found and _view_layout(found[0])
         if not layout:
             return False
-        eqn, text = self.deferred.pop(v)
+        eqn, text = found
         offset, shape, strides = layout
         self.lines.append("# " + text[0].strip().removeprefix("let ") +
                           "   (a view: the kernel reads the operand through strides)")
         self.lines.append(f"{self.names[v]} = _d.view({self.names[eqn.inputs[0]]}, "
                           f"{offset}, {shape!r}, {strides!r})")
         self.place[v] = "dev"
-        self.views.add(self.names[v])
+        self.views[v] = self.names[v]
         return True
 
     def zero_fill(self, v) -> bool:

@@ -145,7 +145,7 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     scan without carries (``row_run``'s)."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
                 set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals),
-                dict(ctx.deferred))
+                dict(ctx.deferred), dict(ctx.views))
     note = None
     try:
         _Rows(ctx, eqn, body, text_of, batch).lower()
@@ -156,7 +156,8 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
         first = str(e).splitlines()[0] if str(e) else ""
         note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: {first}): "
                 "the host loop instead") if batch is None else None
-    n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred = snapshot
+    n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred, views = \
+        snapshot
     del ctx.kernels[n_kernels:]
     del ctx.lines[n_lines:]
     ctx.consts.clear()
@@ -172,6 +173,8 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     ctx.host_globals.update(globs)
     ctx.deferred.clear()
     ctx.deferred.update(deferred)
+    ctx.views.clear()
+    ctx.views.update(views)
     if note:
         ctx.lines.append(note)
     return False
@@ -766,7 +769,7 @@ class _Rows:
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
                                    max_registers=min(255, REGISTERS // (2 * threads)),
                                    strided={n for n, a in zip(self.params, self.args)
-                                            if a in ctx.views})
+                                            if a in ctx.views.values()})
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
@@ -1146,9 +1149,11 @@ class _Rows:
         init, out = eqn.inputs[self.n_consts + j], eqn.outputs[j]
         if ctx.zero_fill(init) and len(parts) == 1:
             # (from zeros, a tree of adds and reshapes of one term is that term's sum
-            # over the batch, reshaped: no fill, no add)
+            # over the batch, reshaped: no fill, no add; a term broadcast into the
+            # carry needs both)
             (e, part), = parts.items()
-            if np.dtype(e.dtype) == np.dtype(out.dtype):
+            if np.dtype(e.dtype) == np.dtype(out.dtype) and \
+                    int(np.prod(e.shape)) == int(np.prod(out.shape)):
                 shape = (self.B,) + tuple(out.shape)
                 if tuple(e.shape) != tuple(out.shape):
                     view = ctx.temp()
