@@ -75,7 +75,7 @@ timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"
 # (the Python of a call with the launches stubbed out, on this host: the profile's host
 # column less this is what the driver's launches and copies take)
-timeout 30 "$PY" benchmarks/cuda_host.py --repeats 1000 >> "$OUT/profile.txt" 2>&1
+timeout 20 "$PY" benchmarks/cuda_host.py --only G1,G2,G4 --repeats 500 >> "$OUT/profile.txt" 2>&1
 # A/B of the host-side paths and the scans' shared rows (numba's launches, CuPy's
 # products, every row in global memory), each against the default run above
 GRADC_CUDA_DIRECT=0 GRADC_CUDA_GEMM=0 GRADC_CUDA_ROW_SHARED=0 timeout 50 "$PY" \
