@@ -496,8 +496,8 @@ def test_the_crf_transition_gradient_starts_from_zeros_without_a_fill():
     assert host.count(ONE_KERNEL) == 2
     assert "(from bw, zeros: neither filled nor added)" in host
     assert re.search(r"\n +bw = ", host) is None and "bw)" not in host
-    # (12 with the fill, the add, and a copy of xs[1:] transposed: a view now)
-    assert len(g.compile(U, A).kernels) == 9
+    # (12 with the fill, the add, and copies of xs[0] and xs[1:]: views now)
+    assert len(g.compile(U, A).kernels) == 8
     for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -529,7 +529,9 @@ def test_a_scan_reads_its_time_major_operand_through_a_view(case):
     host = host[host.rindex("\ndef "):]
     viewed = case in ("argument", "new-array", "reshaped", "also-the-carry")
     assert ("_d.view(" in host) == viewed, host
-    copied = re.search(r"\n +\w+ = _d\.copy\(", host) is not None
+    scan = host.split(ONE_KERNEL)[1] if ONE_KERNEL in host else ""   # (the carry's own
+    scan = re.split(r"_k\d+\[", scan)[0]         # array, filled by the kernel from the operand)
+    copied = re.search(r"\n +\w+ = _d\.empty\(\(3, 4\), np\.float64\)", scan) is not None
     assert copied == (case == "also-the-carry"), host
     got, want = jitted(U, w), gradc.jit(f, target="numpy")(U, w)
     for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (got, want))):
@@ -588,6 +590,39 @@ def test_an_accumulator_adding_a_broadcast_sum_from_zeros_is_filled_and_added():
     args = (rng.standard_normal((5, 6)), rng.standard_normal(6))
     np.testing.assert_allclose(gradc.jit(f, target="cuda")(*args),
                                gradc.jit(f, target="numpy")(*args), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("start", ["view", "argument", "literal"])
+def test_a_one_kernel_scan_copies_its_carrys_first_value_in_itself(start, shared,
+                                                                    monkeypatch):
+    """A carry that starts from a view (``xs[0]`` of a time-major transpose), from an
+    argument read again afterwards, or from a literal gets an array of its own, which the
+    kernel fills row by row before the row's first step, into shared memory or (rows
+    too large for it) global memory: no copy on the host, and no kernel for ``xs[0]``."""
+    from gradc.codegen import cudarows
+    if not shared:
+        monkeypatch.setattr(cudarows, "ROW_SHARED", 0)
+
+    def f(U, h0):
+        xs = np.transpose(U, (1, 0, 2))
+        init = {"view": xs[0], "argument": h0, "literal": np.ones((3, 4))}[start]
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h * 0.9 + x), None), init, xs[1:])
+        return h, h + h0                        # (h0 read after the loop)
+    U, h0 = rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 4))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(U, h0)
+    host = src[src.rindex("\ndef "):]
+    assert ONE_KERNEL in host and "_d.copy(" not in host.split(ONE_KERNEL)[1].split("_k")[0]
+    assert re.search(r"\w+_[wg]?\[i0, _e\] = \w+_i\[i0, _e\]|\w+\[_e\] = \w+_i\[i0, _e\]",
+                     src), src
+    assert host.count("_d.view(") == (2 if start == "view" else 1)
+    for got, want in zip(jitted(U, h0), gradc.jit(f, target="numpy")(U, h0)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    loss = lambda U, h0: np.sum(f(U, h0)[0] ** 2)       # noqa: E731
+    for got, want in zip(gradc.grad(loss, argnums=(0, 1), target="cuda")(U, h0),
+                         gradc.grad(loss, argnums=(0, 1), target="numpy")(U, h0)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 XS6 = rng.standard_normal((4, 5, 6))
@@ -675,9 +710,11 @@ def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
     src = jitted.source(x)
     assert src.count(ONE_KERNEL) == 1
     host = src[src.rindex("\ndef "):]       # (the host function)
-    copied = re.search(r"(_t\d+) = _d\.copy\(\w+\)\n\s+_k\d+\[[^\]]*\]\([^)]*\b\1\b",
-                       host)                  # (a copy, and the scan's kernel given it)
-    assert (copied is not None) == (case != "dead"), host
+    # (a copy: an array of the carry's own, which the kernel fills from the operand)
+    scan = host[host.index(ONE_KERNEL):]
+    scan = scan[:re.search(r"_k\d+\[", scan).start()]
+    assert ("_d.empty((3, 4), np.float64)" in scan) == (case != "dead"), host
+    assert "_d.copy(" not in scan
     for a, b in zip(jitted(x), gradc.jit(f, target="numpy")(x)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -1073,7 +1110,7 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
-    forward = _kernel_text(src, "_k1")     # (after xs[0]'s copy; xs[1:] is a view)
+    forward = _kernel_text(src, "_k0")     # (xs[0] and xs[1:] are views)
     assert "for _s in range(4):" in forward
     shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
     assert len(shared) == 3              # (the carry's row, the maximum's, the sum's)

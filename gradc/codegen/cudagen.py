@@ -636,10 +636,11 @@ def _deferrable(eqn, users, outputs) -> bool:
 
 def _deferrable_view(eqn, users, graph, fresh) -> bool:
     """Whether ``eqn`` is a fused equation that only rearranges one array (transposes,
-    slices, reshapes: ``_view_layout``), read only by scans as a constant or as the
-    stacked operand (a time-major ``np.transpose(U, (1, 0, 2))``): a one-kernel scan
-    reads it through a strided view of the array, and any other lowering has it
-    lowered where it reads it.  The array must be C-contiguous: an argument of the
+    slices, reshapes: ``_view_layout``), read only by scans (a time-major
+    ``np.transpose(U, (1, 0, 2))``, its first step as the initial carry): a one-kernel
+    scan reads it through a strided view of the array (a constant, the stacked operand,
+    a (B, K) carry's first value), and any other lowering has it lowered where it reads
+    it.  The array must be C-contiguous: an argument of the
     compiled function (``Compiled`` makes them so) or a kernel's new array."""
     if eqn.prim.name != "fused" or os.environ.get("GRADC_CUDA_VIEWS") == "0" or \
             _view_layout(eqn) is None:        # (0: a kernel's copy, for A/B timings)
@@ -648,14 +649,7 @@ def _deferrable_view(eqn, users, graph, fresh) -> bool:
     if not (x in graph.inputs or x in fresh) or v in graph.outputs:
         return False
     readers = users.get(v, [])
-    if not readers or any(r.prim.name != "scan" for r in readers):
-        return False
-    for scan in readers:
-        n_consts, n_carry = scan.params["n_consts"], scan.params["n_carry"]
-        if any(n_consts <= k < n_consts + n_carry for k, a in enumerate(scan.inputs)
-               if a is v):
-            return False
-    return True
+    return bool(readers) and all(r.prim.name == "scan" for r in readers)
 
 
 def _view_layout(eqn):

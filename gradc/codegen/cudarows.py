@@ -483,8 +483,11 @@ class _Rows:
         nc, nk, T, B = self.n_consts, self.n_carry, self.length, self.B
         ins = eqn.inputs
         for j in range(nk):       # (an accumulator's deferred zeros: see _finish_accumulator)
-            if j not in self.acc:
-                ctx.materialize(ins[nc + j])
+            ov, bv = ins[nc + j], body.inputs[nc + j]
+            # (a row carry of (B, K) may start from a view: the kernel copies its rows in)
+            if j not in self.acc and not (j in self.row_carries and bv.ndim == 2 and
+                                          ctx.view(ov)):
+                ctx.materialize(ov)
         handed_back = set(body.outputs)
         for bv, ov in list(zip(body.inputs[:nc], ins[:nc])) + list(zip(
                 body.inputs[nc + nk:], ins[nc + nk:])):
@@ -540,21 +543,40 @@ class _Rows:
         # written back after the last)
         for j, (bv, ov) in enumerate(zip(carries, ins[nc:nc + nk])):
             if j in self.row_carries:
-                # (an operand nothing reads afterwards is updated in place: no copy)
-                buf = ctx.names[ov] if ov in dying and ctx.place.get(ov) == "dev" else \
-                    self._host(f"_d.copy({ctx.on_device(ov)})")
+                size = int(np.prod(bv.shape[1:]))
+
+                def rows_of(array):           # (the array as (B, size): C-contiguous, or
+                    return array if tuple(bv.shape) == (B, size) else \
+                        f"_d.reshape({array}, ({B}, {size}))"     # a view of (B, size))
+                # an operand nothing reads afterwards is updated in place; any other is
+                # copied in by the kernel, each row before its first step, into an array
+                # of the carry's own (no copy on the host, no launch)
+                init = None
+                if ov in dying and ctx.place.get(ov) == "dev" and ov not in ctx.views:
+                    buf = ctx.names[ov]
+                else:
+                    buf = self._host(f"_d.empty({tuple(bv.shape)!r}, "
+                                     f"{dtype_expr(bv.dtype)})")
+                    init = rows_of(ctx.on_device(ov))
                 self.buffers[bv] = buf
                 if self._share(bv):
-                    name, size = self.names[bv], int(np.prod(bv.shape[1:]))
-                    flat = buf if tuple(bv.shape) == (B, size) else \
-                        f"_d.reshape({buf}, ({B}, {size}))"
-                    self._extra(f"{name}_g", flat, bv.dtype, 2)
+                    name = self.names[bv]
+                    self._extra(f"{name}_g", rows_of(buf), bv.dtype, 2)
+                    source = f"{name}_g"
+                    if init is not None:
+                        source = f"{name}_i"
+                        self._extra(source, init, bv.dtype, 2)
                     self.row_start += [f"for _e in range(_tid, {size}, _nt):",
-                                       f"    {name}[_e] = {name}_g[i0, _e]"]
+                                       f"    {name}[_e] = {source}[i0, _e]"]
                     self.flush += [f"for _e in range(_tid, {size}, _nt):",
                                    f"    {name}_g[i0, _e] = {name}[_e]"]
                 else:
-                    param(bv, buf, bv.ndim)
+                    name = param(bv, buf, bv.ndim)
+                    if init is not None:
+                        self._extra(f"{name}_w", rows_of(buf), bv.dtype, 2)
+                        self._extra(f"{name}_i", init, bv.dtype, 2)
+                        self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+                                           f"    {name}_w[i0, _e] = {name}_i[i0, _e]"]
         # xs: the step's row read from the stacked array (a scalar per step as x[_t])
         for bv, ov in zip(body.inputs[nc + nk:], ins[nc + nk:]):
             name = param(bv, ctx.on_device(ov), ov.ndim, stepped=True)
