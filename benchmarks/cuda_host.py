@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu  # noqa: E402
 
 from gradc.codegen import cuda as d  # noqa: E402
+from gradc.codegen.cudagen import _c_strides  # noqa: E402
 
 
 def fake_device():
@@ -71,11 +72,8 @@ def fake_device():
     def device_array(shape, dtype):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dtype = np.dtype(dtype)
-        strides, step = [], dtype.itemsize
-        for n in reversed(shape):
-            strides.append(step)
-            step *= max(n, 1)
-        return DeviceNDArray(shape, tuple(reversed(strides)), dtype)
+        return DeviceNDArray(shape, tuple(s * dtype.itemsize for s in _c_strides(shape)),
+                             dtype)
     cuda.device_array = device_array
     DeviceNDArray.copy_to_host = lambda self, *a, **k: np.zeros(self.shape, self.dtype)
 
