@@ -437,10 +437,7 @@ def empty(shape, dtype):
     proto = _EMPTY.get((shape, dtype))
     if proto:
         cls, attrs, size, context = proto
-        out = cls.__new__(cls)
-        out.__dict__.update(attrs)
-        out.gpu_data = context().memalloc(size)
-        return out
+        return _like(cls, attrs, context().memalloc(size))
     out = _CUDA.device_array(shape, dtype)
     if proto is None:
         _EMPTY[(shape, dtype)] = _prototype(out)
@@ -469,6 +466,15 @@ def _prototype(out, context=None, contiguous=True):
     return type(out), attrs, out.alloc_size, context
 
 
+def _like(cls, attrs, gpu_data):
+    """A numba device array of class ``cls`` with a prototype's ``attrs`` (see
+    ``_prototype``) on memory ``gpu_data``."""
+    out = cls.__new__(cls)
+    out.__dict__.update(attrs)
+    out.gpu_data = gpu_data
+    return out
+
+
 _VIEWS: dict = {}        # (shape, dtype) -> a prototype of a C-contiguous view, or False
 
 
@@ -484,10 +490,7 @@ def reshape(x, shape):
     key = (shape, x.dtype)
     proto = _VIEWS.get(key) if c_contiguous else False
     if proto and type(x) is proto[0] and x.size == proto[1]["size"]:
-        out = proto[0].__new__(proto[0])
-        out.__dict__.update(proto[1])
-        out.gpu_data = x.gpu_data
-        return out
+        return _like(*proto, x.gpu_data)
     out = x.reshape(shape)
     if proto is None and x.size:
         made = _prototype(out, context=_no_context)
@@ -507,16 +510,12 @@ def view(x, offset, shape, strides):
     layout again: 7 against 3 us with numba-cuda 0.30.4 on this machine's CPU)."""
     item = x.dtype.itemsize
     if hasattr(x, "_ary"):                  # (the simulator's arrays wrap NumPy's)
-        flat = x._ary.reshape(-1)
         return type(x)(np.lib.stride_tricks.as_strided(
-            flat[offset:], shape, tuple(int(s) * item for s in strides)))
+            x._ary.reshape(-1)[offset:], shape, tuple(int(s) * item for s in strides)))
     key = (type(x), x.dtype, shape, strides)
     proto = _STRIDED.get(key)
     if proto:
-        out = key[0].__new__(key[0])
-        out.__dict__.update(proto)
-        out.gpu_data = x.gpu_data.view(offset * item)
-        return out
+        return _like(key[0], proto, x.gpu_data.view(offset * item))
     out = type(x)(shape, tuple(int(s) * item for s in strides), x.dtype, stream=x.stream,
                   gpu_data=x.gpu_data.view(int(offset) * item))
     if proto is None:
