@@ -24,6 +24,7 @@ PyTorch's and CuPy's; "of copy" is copy time / gradc time, the fraction of copy
 bandwidth gradc reaches.
 
     python benchmarks/gpu.py [--only G1,G2] [--repeats 30]      # prints a Markdown table
+    python benchmarks/gpu.py --only G1,G2 --fastmath          # gradc with fastmath=True
     GRADC_CUDA_POOL=0 python benchmarks/gpu.py                # numba's allocator, no cache
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu.py --quick   # smoke test, no GPU
 """
@@ -157,13 +158,20 @@ def with_precision(jax, fn, precision):
     return run
 
 
+FASTMATH = False      # (--fastmath: gradc's CUDA functions with fastmath=True)
+
+
+def fast(target) -> dict:
+    return {"fastmath": True} if FASTMATH and target == "cuda" else {}
+
+
 def cases(name, size, dtype, rng, found, precision="highest"):
     """(inputs on the host, gradc's function for a target, {peer: (function, inputs on
     its device)}, bytes moved) for one workload."""
     out = {}
     if name == "G1":
         x = (rng.standard_normal(size) * 0.5).astype(dtype)
-        g = lambda target: gradc.grad(rosen(np), target=target)       # noqa: E731
+        g = lambda target: gradc.grad(rosen(np), target=target, **fast(target))  # noqa
         if "jax" in found:
             jax = found["jax"]
             out["JAX jit(grad)"] = (jax.jit(jax.grad(rosen(jax.numpy))), [jax.device_put(x)])
@@ -176,7 +184,7 @@ def cases(name, size, dtype, rng, found, precision="highest"):
     if name == "G2":
         a, b, c = (rng.uniform(-1, 1, size).astype(dtype) for _ in range(3))
         g = lambda target: gradc.jit(gradc.vmap(gradc.grad(w2(np), argnums=(0, 1, 2))),  # noqa
-                                     target=target)
+                                     target=target, **fast(target))
         if "jax" in found:
             jax = found["jax"]
             jg = jax.jit(jax.vmap(jax.grad(w2(jax.numpy), argnums=(0, 1, 2))))
@@ -193,7 +201,8 @@ def cases(name, size, dtype, rng, found, precision="highest"):
         W1 = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
         W2 = (rng.standard_normal((H, C)) / np.sqrt(H)).astype(dtype)
         onehot = np.eye(C, dtype=dtype)[rng.integers(0, C, B)]
-        g = lambda target: gradc.grad(mlp(np), argnums=(0, 1), target=target)  # noqa: E731
+        g = lambda target: gradc.grad(mlp(np), argnums=(0, 1), target=target,  # noqa: E731
+                                      **fast(target))
         if "jax" in found:
             jax = found["jax"]
             out["JAX jit(grad)"] = (with_precision(jax, jax.jit(jax.grad(
@@ -212,7 +221,8 @@ def cases(name, size, dtype, rng, found, precision="highest"):
         B, T, K = size
         U = rng.standard_normal((B, T, K)).astype(dtype)
         A = (0.5 * rng.standard_normal((K, K))).astype(dtype)
-        g = lambda target: gradc.grad(crf_gradc, argnums=(0, 1), target=target)  # noqa
+        g = lambda target: gradc.grad(crf_gradc, argnums=(0, 1), target=target,  # noqa
+                                      **fast(target))
         if "jax" in found:
             jax = found["jax"]
             jnp = jax.numpy
@@ -260,7 +270,8 @@ def run(args):
         if name == "G3":
             variants.append((np.float32, "high"))
         for dtype, precision in variants:
-            label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)")
+            label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)") \
+                + (" fastmath" if FASTMATH else "")
             try:
                 rows.append(one_row(name, label, dtype, precision, sizes, rng, found,
                                     args))
@@ -357,7 +368,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--fastmath", action="store_true",
+                    help="gradc's functions with fastmath=True (approximate float32 "
+                         "division and functions; the peers unchanged)")
     args = ap.parse_args()
+    global FASTMATH
+    FASTMATH = args.fastmath
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.quick:
         args.repeats = min(args.repeats, 2)

@@ -161,24 +161,52 @@ class _Cache:
 
     def run(self, key, build, dynamic, extra=()):
         """Evaluate the first specialisation whose guards hold; build a new one if none.
-        A derived graph takes ``dynamic + captured + extra`` as inputs.  Traces made
-        while ``vmap`` traces one example leave out value checks (``trace.checkable``),
-        so they are kept apart from the others."""
-        from .trace import tracing_one_example
-        key = (key, tracing_one_example())
-        specs = self.entries.setdefault(key, [])
-        while len(self.entries) > MAX_SIGNATURES:      # forget the oldest signature
-            del self.entries[next(iter(self.entries))]
+        A derived graph takes ``dynamic + captured + extra`` as inputs."""
+        specs = self._specs(key)
         for spec in specs:
             try:
                 return spec, spec.evaluate(dynamic, extra)
             except GuardFailure:
                 continue
+        spec = self._built(specs, build)
+        return spec, spec.evaluate(dynamic, extra)
+
+    def find(self, key, build, dynamic, extra=()):
+        """The specialisation that these arguments run, without running a new one: a
+        specialisation traced from these very values satisfies its own guards, and one
+        without guards is the only one of its signature.  Otherwise the cached ones are
+        run to see whose guards hold (``run``)."""
+        specs = self._specs(key)
+        if len(specs) == 1 and not _guarded(specs[0].graph):
+            return specs[0]
+        if specs:
+            return self.run(key, build, dynamic, extra)[0]
+        return self._built(specs, build)
+
+    def _specs(self, key) -> list:
+        """The specialisations of one signature.  Traces made while ``vmap`` traces one
+        example leave out value checks (``trace.checkable``), so they are kept apart
+        from the others."""
+        from .trace import tracing_one_example
+        specs = self.entries.setdefault((key, tracing_one_example()), [])
+        while len(self.entries) > MAX_SIGNATURES:      # forget the oldest signature
+            del self.entries[next(iter(self.entries))]
+        return specs
+
+    @staticmethod
+    def _built(specs, build):
         spec = build()
         if spec.cacheable:
             specs.append(spec)
             del specs[:-MAX_SPECIALISATIONS]
-        return spec, spec.evaluate(dynamic, extra)
+        return spec
+
+
+def _guarded(graph: Graph) -> bool:
+    """Whether ``graph`` (or a loop body or branch in it) checks a traced value's path."""
+    from .ir import subgraphs
+    return any(e.prim.name == "guard" or any(_guarded(b) for b in subgraphs(e))
+               for e in graph.eqns)
 
 
 class _Spec:
@@ -536,7 +564,7 @@ def _code_name(fun, suffix) -> str:
 
 def jit(fun=None, *, target=None, fastmath=False):
     """Compile ``fun`` itself (no derivative): traced once per argument signature, run as
-    generated code on ``target`` ("cpu", "parallel" or "numpy")."""
+    generated code on ``target`` ("cpu", "parallel", "cuda" or "numpy")."""
     if fun is None:
         return functools.partial(jit, target=target, fastmath=fastmath)
     return Evaluate(fun, target=target, fastmath=fastmath)
@@ -548,8 +576,9 @@ def value_and_grad(fun=None, argnums=0, has_aux=False, *, target=None, fastmath=
     ``argnums`` (an int or a tuple of ints) picks the arguments to differentiate; the
     gradient has their structure (a tuple of them for a tuple ``argnums``).  With
     ``has_aux=True``, ``f`` returns ``(output, aux)`` and the result is
-    ``((output, aux), grad)``.  ``target`` is "cpu" (Numba, the default), "parallel"
-    or "numpy" (the reference interpreter); ``fastmath`` lets Numba reassociate.
+    ``((output, aux), grad)``.  ``target`` is "cpu" (Numba, the default), "parallel",
+    "cuda" or "numpy" (the reference interpreter); ``fastmath`` lets Numba reassociate
+    (and, on the GPU, use approximate float32 division, ``exp``, ``log``, ``sin``, ``cos``).
     """
     if fun is None:
         return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux,

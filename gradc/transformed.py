@@ -54,10 +54,11 @@ class Transformed:
         return self if obj is None else functools.partial(self, obj)
 
     def specialise(self, *args, **kwargs):
-        """The cached specialisation that these arguments run (built and run once)."""
+        """The cached specialisation that these arguments run.  A new one is built, not
+        run: inspecting a large program (``source``, ``graph``, ``ptx``) costs a trace
+        and the passes, not a call (minutes in the CUDA simulator)."""
         key, build, dynamic, _ = self._prepare(args, kwargs)
-        spec, _ = self._cache.run(key, build, dynamic)
-        return spec
+        return self._cache.find(key, build, dynamic)
 
     # -------------------------------------------------------- inspection
 
@@ -90,8 +91,7 @@ class Transformed:
             raise ArgumentError(with_location(
                 f"{self.__name__} runs on target={self.target!r}; PTX is generated for "
                 "target='cuda'"))
-        _, build, _, _ = self._prepare(args, kwargs)
-        return build().executable.compiled.ptx(kernel)
+        return self.specialise(*args, **kwargs).executable.compiled.ptx(kernel)
 
     def llvm(self, *args, **kwargs) -> str:
         """The LLVM IR Numba produced for the main function."""

@@ -267,6 +267,40 @@ def test_inspection_methods():
     assert len(g.asm(x)) > 200
 
 
+def test_inspection_does_not_run_a_new_specialisation(monkeypatch):
+    """source/graph/llvm of a signature not called yet trace and lower it, and do not
+    run it (a large program in the CUDA simulator took minutes just to be shown); the
+    specialisation they built is the one the next call runs."""
+    from gradc.codegen import compile as compile_mod
+    x = np.linspace(-1.0, 1.0, 8)
+    want = gradc.grad(rosen, target="numpy")(x)
+    calls = []
+    run = compile_mod.Executable.__call__
+    monkeypatch.setattr(compile_mod.Executable, "__call__",
+                        lambda self, values: calls.append(1) or run(self, values))
+    g = gradc.grad(rosen)
+    assert "def rosen_grad(" in g.source(x)
+    assert [e.prim.name for e in g.graph(x).eqns] == ["fused"]
+    assert "define" in g.llvm(x)
+    assert calls == []
+    (specs,) = g._cache.entries.values()
+    assert len(specs) == 1
+    np.testing.assert_allclose(g(x), want, rtol=1e-13)
+    assert calls == [1]
+    (again,) = g._cache.entries.values()
+    assert again == specs and len(again) == 1
+
+    # once cached, the specialisations of a signature (a path each) are run to see
+    # whose guards hold
+    h = gradc.jit(piecewise)
+    assert "sin" not in h.source(x - 2.0) and calls == [1]
+    h(x + 2.0)
+    calls.clear()
+    src = h.source(x + 2.0)
+    # (the path of x - 2, built first, fails its guard; then the path of x + 2 runs)
+    assert "sin" in src and "raise GuardFailure" in src and calls == [1, 1]
+
+
 def test_show_prints_every_stage():
     out = io.StringIO()
     gradc.show(gradc.grad(rosen), np.ones(5), file=out)

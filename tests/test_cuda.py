@@ -1282,6 +1282,29 @@ def test_host_equations_are_named_in_the_source(monkeypatch):
     assert "# on the host: no CUDA lowering of det" in f.source(x)
 
 
+def test_fastmath_reaches_every_kernel():
+    """``fastmath=True`` on the CUDA target compiles every kernel with numba.cuda's
+    ``fastmath`` (the simulator ignores it: the same values there); ``ptx`` honours it
+    too (checked in test_kernels_compile_to_ptx)."""
+    import pickle
+
+    def f(x):
+        return np.sum(np.exp(x) / (1 + x * x) + np.sqrt(x))
+    x = np.linspace(0.5, 2.0, 40)
+    g = gradc.grad(f, target="cuda", fastmath=True)
+    c = g.compile(x)
+    assert c.fastmath and c.lowered.kernels
+    assert all(k.fastmath for k in c.lowered.kernels)
+    want = gradc.grad(f, target="numpy")(x)
+    np.testing.assert_allclose(g(x), want, rtol=1e-6)
+    decorators = [line for line in c.source.splitlines() if line.startswith("@cuda.jit")]
+    assert decorators and all(("fastmath=True" in d) != SIMULATOR for d in decorators)
+    assert pickle.loads(pickle.dumps(c)).fastmath is True
+    plain = gradc.grad(f, target="cuda").compile(x)
+    assert not plain.fastmath and not any(k.fastmath for k in plain.lowered.kernels)
+    assert plain.key != c.key
+
+
 def test_numpy_shim_restores_row_stack(monkeypatch):
     import gradc.codegen.cuda as gcuda
     monkeypatch.delattr(np, "row_stack", raising=False)
@@ -1343,6 +1366,13 @@ PTX_SCRIPT = textwrap.dedent("""
         done["linspace-int-no-fma"] = int("fma.rn" not in ptx)
         done["axpy-fma"] = gradc.jit(lambda x, y: x * y + 1.0, target="cuda").ptx(
             np.ones(50), np.ones(50)).count("fma.rn.f64")
+        # (fastmath: float32 division and exp by approximate instructions)
+        x = np.linspace(0.5, 2.0, 64).astype(np.float32)
+        h = lambda x: np.sum(np.exp(x) / (1 + x * x))    # noqa: E731
+        fast = gradc.grad(h, target="cuda", fastmath=True).ptx(x)
+        exact = gradc.grad(h, target="cuda").ptx(x)
+        done["fastmath"] = [fast.count("div.rn.f32"), fast.count("div.approx"),
+                            exact.count("div.rn.f32"), exact.count("div.approx")]
         # (map kernels' 16-byte vector loads and stores: vload4/vstore4 in float32,
         # vload2/vstore2 in float64)
         for dt, v in ((np.float32, "v4.f32"), (np.float64, "v2.f64")):
@@ -1384,6 +1414,8 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    fast_rn, fast_approx, exact_rn, exact_approx = out.pop("fastmath")
+    assert fast_rn == 0 and fast_approx >= 1 and exact_rn >= 1 and exact_approx == 0
     divisions, barriers = out.pop("scan-divisions")
     assert divisions <= 2 and barriers >= 6, (divisions, barriers)
     for v in ("v4.f32", "v2.f64"):

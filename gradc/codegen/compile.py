@@ -86,7 +86,7 @@ class Executable:
         """The ``gradc.codegen.Compiled`` (None for the numpy target)."""
         if self._compiled is None and not self._fallback and self.target == "cuda":
             from .cuda import Compiled as CudaCompiled
-            self._compiled = CudaCompiled(self.graph, self.name)
+            self._compiled = CudaCompiled(self.graph, self.name, self.fastmath)
         if self._compiled is None and not self._fallback:
             from .numba_cpu import Compiled
             self._compiled = Compiled(self.graph, self.name,

@@ -417,8 +417,11 @@ def _simulated_vectors(lanes: int):
 
     def valigned(a):
         size = np.dtype(a.dtype).itemsize
-        data = a.__cuda_array_interface__["data"][0] if hasattr(
-            a, "__cuda_array_interface__") else np.asarray(a).ctypes.data
+        try:            # (numba-cuda's in-kernel arrays raise IndexError for a
+            #             missing attribute, so no hasattr)
+            data = a.__cuda_array_interface__["data"][0]
+        except (AttributeError, IndexError):
+            data = np.asarray(a).ctypes.data
         strides = a.strides
         return (data % (lanes * size) == 0 and strides[-1] == size and
                 all(s % (lanes * size) == 0 for s in strides[:-1]))
@@ -888,17 +891,18 @@ def _set_cupy() -> None:
 class Compiled:
     """A Graph lowered for the GPU: call it with the graph's inputs."""
 
-    def __init__(self, graph: Graph, name: str = "gradc_fn"):
+    def __init__(self, graph: Graph, name: str = "gradc_fn", fastmath: bool = False):
         from . import cudagen
         import_cuda()
         _set_cupy()
         self.graph = graph
         self.name = name
+        self.fastmath = bool(fastmath)
         self.simulator = simulator()
-        lowered = cudagen.lower(graph, name, self.simulator)
+        lowered = cudagen.lower(graph, name, self.simulator, self.fastmath)
         self.lowered = lowered
         self.source = lowered.source
-        self.key = cache.key_of(self.source + f"cuda sim={self.simulator}")
+        self.key = cache.key_of(self.source + f"cuda sim={self.simulator} fast={self.fastmath}")
         self.path = str(cache.write_source(self.key, self.source))
         lines = self.source.splitlines(keepends=True)
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
@@ -1061,7 +1065,7 @@ class Compiled:
                 layout = "A" if name in k.strided else "C"
                 sig.append(t if ndim == 0 else numba.types.Array(t, ndim, layout))
             ptx, _ = cuda.compile_ptx(getattr(self.module, k.name).py_func, tuple(sig),
-                                      cc=cc)
+                                      cc=cc, fastmath=k.fastmath)
             if k.max_registers:     # (numba gives the limit to the linker: written here
                 #                     as PTX's directive, which ptxas applies too)
                 ptx = re.sub(r"(\.entry[^{]*?\)\s*)\{",
@@ -1084,7 +1088,7 @@ class Compiled:
         return f"<gradc.codegen.cuda.Compiled {self.name} from {self.path}>"
 
     def __reduce__(self):
-        return (Compiled, (self.graph, self.name))
+        return (Compiled, (self.graph, self.name, self.fastmath))
 
 
 # ---------------------------------------------------------------- direct launches
