@@ -171,17 +171,18 @@ class _Cache:
         spec = self._built(specs, build)
         return spec, spec.evaluate(dynamic, extra)
 
-    def find(self, key, build, dynamic, extra=()):
-        """The specialisation that these arguments run, without running a new one: a
-        specialisation traced from these very values satisfies its own guards, and one
-        without guards is the only one of its signature.  Otherwise the cached ones are
-        run to see whose guards hold (``run``)."""
+    def find(self, key, build):
+        """The specialisation that these arguments run, for inspection: never run (a
+        CUDA program needs no GPU to be shown, nor minutes of the simulator).  A
+        signature's only specialisation is it when nothing in it checks values; else a
+        new one is traced from these values, which its checks then hold for (kept in
+        the cache when the signature had none, else not: it repeats a cached path)."""
         specs = self._specs(key)
-        if len(specs) == 1 and not _guarded(specs[0].graph):
+        if not specs:
+            return self._built(specs, build)
+        if len(specs) == 1 and not _checks_values(specs[0].graph):
             return specs[0]
-        if specs:
-            return self.run(key, build, dynamic, extra)[0]
-        return self._built(specs, build)
+        return build()
 
     def _specs(self, key) -> list:
         """The specialisations of one signature.  Traces made while ``vmap`` traces one
@@ -202,10 +203,17 @@ class _Cache:
         return spec
 
 
-def _guarded(graph: Graph) -> bool:
-    """Whether ``graph`` (or a loop body or branch in it) checks a traced value's path."""
+# Primitives whose evaluation raises GuardFailure when a value differs from the traced
+# one: a branch's guard (prims.control), a mask's count of True entries (prims.index's
+# nonzero, and its kernel in codegen.kernels)
+_VALUE_CHECKS = frozenset({"guard", "nonzero"})
+
+
+def _checks_values(graph: Graph) -> bool:
+    """Whether ``graph`` (or a loop body or branch in it) holds only for some values of
+    its inputs' signature (see ``_VALUE_CHECKS``)."""
     from .ir import subgraphs
-    return any(e.prim.name == "guard" or any(_guarded(b) for b in subgraphs(e))
+    return any(e.prim.name in _VALUE_CHECKS or any(_checks_values(b) for b in subgraphs(e))
                for e in graph.eqns)
 
 

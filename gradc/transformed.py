@@ -54,11 +54,11 @@ class Transformed:
         return self if obj is None else functools.partial(self, obj)
 
     def specialise(self, *args, **kwargs):
-        """The cached specialisation that these arguments run.  A new one is built, not
-        run: inspecting a large program (``source``, ``graph``, ``ptx``) costs a trace
-        and the passes, not a call (minutes in the CUDA simulator)."""
-        key, build, dynamic, _ = self._prepare(args, kwargs)
-        return self._cache.find(key, build, dynamic)
+        """The specialisation that these arguments run, traced and optimised but not
+        run: inspecting a program (``source``, ``graph``, ``compile``, ``ptx``) costs a
+        trace and the passes, never a call (none on a GPU, none in the simulator)."""
+        key, build, _, _ = self._prepare(args, kwargs)
+        return self._cache.find(key, build)
 
     # -------------------------------------------------------- inspection
 

@@ -267,10 +267,12 @@ def test_inspection_methods():
     assert len(g.asm(x)) > 200
 
 
-def test_inspection_does_not_run_a_new_specialisation(monkeypatch):
-    """source/graph/llvm of a signature not called yet trace and lower it, and do not
-    run it (a large program in the CUDA simulator took minutes just to be shown); the
-    specialisation they built is the one the next call runs."""
+def test_inspection_never_runs_the_function(monkeypatch):
+    """source/graph/compile/llvm trace and lower, and never run (a large program in the
+    CUDA simulator took minutes just to be shown; on a GPU, ptx() must need none).  A
+    new signature's specialisation is the one the next call runs; a signature with
+    several paths, or whose values are checked (a branch, a mask's count), gets a
+    specialisation traced from the values asked about."""
     from gradc.codegen import compile as compile_mod
     x = np.linspace(-1.0, 1.0, 8)
     want = gradc.grad(rosen, target="numpy")(x)
@@ -289,16 +291,29 @@ def test_inspection_does_not_run_a_new_specialisation(monkeypatch):
     assert calls == [1]
     (again,) = g._cache.entries.values()
     assert again == specs and len(again) == 1
+    assert g.compile(x) is specs[0].executable.compiled      # (the one calls run)
 
-    # once cached, the specialisations of a signature (a path each) are run to see
-    # whose guards hold
+    # a branch on a traced value: each inspection shows the path of its own values
     h = gradc.jit(piecewise)
-    assert "sin" not in h.source(x - 2.0) and calls == [1]
+    assert "sin" not in h.source(x - 2.0)
     h(x + 2.0)
     calls.clear()
-    src = h.source(x + 2.0)
-    # (the path of x - 2, built first, fails its guard; then the path of x + 2 runs)
-    assert "sin" in src and "raise GuardFailure" in src and calls == [1, 1]
+    assert "sin" in h.source(x + 2.0) and "sin" not in h.source(x - 2.0)
+    assert "raise GuardFailure" in h.source(x + 2.0)
+    assert calls == []
+    (paths,) = h._cache.entries.values()
+    assert len(paths) == 2
+
+    # a mask's count of True entries: checked when the code runs, so a cached
+    # specialisation of the signature is not taken for other values
+    def masked(v):
+        return np.sum(v[v > 0] ** 2)
+    m = gradc.jit(masked)
+    a, b = np.array([1.0, -1.0, 2.0, -3.0]), np.array([1.0, 2.0, 3.0, -3.0])
+    assert m(a) == 5.0
+    c = m.compile(b)
+    assert [float(r) for r in c(b)] == [14.0]
+    assert m(b) == 14.0
 
 
 def test_show_prints_every_stage():

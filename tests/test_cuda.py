@@ -1366,6 +1366,10 @@ PTX_SCRIPT = textwrap.dedent("""
         done["linspace-int-no-fma"] = int("fma.rn" not in ptx)
         done["axpy-fma"] = gradc.jit(lambda x, y: x * y + 1.0, target="cuda").ptx(
             np.ones(50), np.ones(50)).count("fma.rn.f64")
+        # (ptx() never runs the function: with paths cached, no GPU is needed either)
+        pw = gradc.jit(lambda x: np.sin(x) if np.sum(x) > 0 else x ** 3, target="cuda")
+        done["ptx-guarded-again"] = sum(".entry" in pw.ptx(v)
+                                        for v in (np.ones(8), np.ones(8), -np.ones(8)))
         # (fastmath: float32 division and exp by approximate instructions)
         x = np.linspace(0.5, 2.0, 64).astype(np.float32)
         h = lambda x: np.sum(np.exp(x) / (1 + x * x))    # noqa: E731
@@ -1414,6 +1418,7 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    assert out["ptx-guarded-again"] == 3
     fast_rn, fast_approx, exact_rn, exact_approx = out.pop("fastmath")
     assert fast_rn == 0 and fast_approx >= 1 and exact_rn >= 1 and exact_approx == 0
     divisions, barriers = out.pop("scan-divisions")
