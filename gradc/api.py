@@ -203,17 +203,11 @@ class _Cache:
         return spec
 
 
-# Primitives whose evaluation raises GuardFailure when a value differs from the traced
-# one: a branch's guard (prims.control), a mask's count of True entries (prims.index's
-# nonzero, and its kernel in codegen.kernels)
-_VALUE_CHECKS = frozenset({"guard", "nonzero"})
-
-
 def _checks_values(graph: Graph) -> bool:
     """Whether ``graph`` (or a loop body or branch in it) holds only for some values of
-    its inputs' signature (see ``_VALUE_CHECKS``)."""
+    its inputs' signature (``Primitive.checks_values``: a guard, a mask's count)."""
     from .ir import subgraphs
-    return any(e.prim.name in _VALUE_CHECKS or any(_checks_values(b) for b in subgraphs(e))
+    return any(e.prim.checks_values or any(_checks_values(b) for b in subgraphs(e))
                for e in graph.eqns)
 
 

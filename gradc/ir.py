@@ -119,10 +119,14 @@ class Primitive:
       arguments that are ``UndefinedPrimal``; returns one entry per argument.
     """
 
-    def __init__(self, name: str, *, multiple_results: bool = False, effect: bool = False):
+    def __init__(self, name: str, *, multiple_results: bool = False, effect: bool = False,
+                 checks_values: bool = False):
         self.name = name
         self.multiple_results = multiple_results
         self.effect = effect           # kept by DCE even when its outputs are unused
+        # raises GuardFailure when a value differs from the traced one (a branch's
+        # guard, a mask's count): its graph holds for some values of a signature only
+        self.checks_values = checks_values
         self.impl: Callable | None = None
         self.abstract: Callable | None = None
         self.jvp: Callable | None = None

@@ -15,7 +15,7 @@ from ..ir import Primitive
 from ..trace import bind
 from .rules import defzero
 
-guard_p = Primitive("guard", effect=True, multiple_results=True)
+guard_p = Primitive("guard", effect=True, multiple_results=True, checks_values=True)
 
 
 def _guard_impl(pred, expected):

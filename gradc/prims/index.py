@@ -243,7 +243,7 @@ def index_set(x, v, idx, spec):
 
 # ---------------------------------------------------------------- nonzero
 
-nonzero_p = Primitive("nonzero", multiple_results=True)
+nonzero_p = Primitive("nonzero", multiple_results=True, checks_values=True)
 
 
 def _nonzero_impl(mask, size):
