@@ -158,20 +158,13 @@ def with_precision(jax, fn, precision):
     return run
 
 
-FASTMATH = False      # (--fastmath: gradc's CUDA functions with fastmath=True)
-
-
-def fast(target) -> dict:
-    return {"fastmath": True} if FASTMATH and target == "cuda" else {}
-
-
 def cases(name, size, dtype, rng, found, precision="highest"):
-    """(inputs on the host, gradc's function for a target, {peer: (function, inputs on
-    its device)}, bytes moved) for one workload."""
+    """(inputs on the host, gradc's function for a target (and options: fastmath),
+    {peer: (function, inputs on its device)}, bytes moved) for one workload."""
     out = {}
     if name == "G1":
         x = (rng.standard_normal(size) * 0.5).astype(dtype)
-        g = lambda target: gradc.grad(rosen(np), target=target, **fast(target))  # noqa
+        g = lambda target, **kw: gradc.grad(rosen(np), target=target, **kw)  # noqa: E731
         if "jax" in found:
             jax = found["jax"]
             out["JAX jit(grad)"] = (jax.jit(jax.grad(rosen(jax.numpy))), [jax.device_put(x)])
@@ -183,8 +176,8 @@ def cases(name, size, dtype, rng, found, precision="highest"):
         return [x], g, out, 2 * x.nbytes
     if name == "G2":
         a, b, c = (rng.uniform(-1, 1, size).astype(dtype) for _ in range(3))
-        g = lambda target: gradc.jit(gradc.vmap(gradc.grad(w2(np), argnums=(0, 1, 2))),  # noqa
-                                     target=target, **fast(target))
+        g = lambda target, **kw: gradc.jit(  # noqa: E731
+            gradc.vmap(gradc.grad(w2(np), argnums=(0, 1, 2))), target=target, **kw)
         if "jax" in found:
             jax = found["jax"]
             jg = jax.jit(jax.vmap(jax.grad(w2(jax.numpy), argnums=(0, 1, 2))))
@@ -201,8 +194,8 @@ def cases(name, size, dtype, rng, found, precision="highest"):
         W1 = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
         W2 = (rng.standard_normal((H, C)) / np.sqrt(H)).astype(dtype)
         onehot = np.eye(C, dtype=dtype)[rng.integers(0, C, B)]
-        g = lambda target: gradc.grad(mlp(np), argnums=(0, 1), target=target,  # noqa: E731
-                                      **fast(target))
+        g = lambda target, **kw: gradc.grad(mlp(np), argnums=(0, 1), target=target,  # noqa
+                                            **kw)
         if "jax" in found:
             jax = found["jax"]
             out["JAX jit(grad)"] = (with_precision(jax, jax.jit(jax.grad(
@@ -221,8 +214,8 @@ def cases(name, size, dtype, rng, found, precision="highest"):
         B, T, K = size
         U = rng.standard_normal((B, T, K)).astype(dtype)
         A = (0.5 * rng.standard_normal((K, K))).astype(dtype)
-        g = lambda target: gradc.grad(crf_gradc, argnums=(0, 1), target=target,  # noqa
-                                      **fast(target))
+        g = lambda target, **kw: gradc.grad(crf_gradc, argnums=(0, 1),  # noqa: E731
+                                            target=target, **kw)
         if "jax" in found:
             jax = found["jax"]
             jnp = jax.numpy
@@ -271,7 +264,7 @@ def run(args):
             variants.append((np.float32, "high"))
         for dtype, precision in variants:
             label = np.dtype(dtype).name + ("" if precision == "highest" else " (TF32)") \
-                + (" fastmath" if FASTMATH else "")
+                + (" fastmath" if args.fastmath else "")
             try:
                 rows.append(one_row(name, label, dtype, precision, sizes, rng, found,
                                     args))
@@ -288,7 +281,7 @@ def one_row(name, label, dtype, precision, sizes, rng, found, args):
     beside each peer (a peer that fails is reported and left out of the row)."""
     gradc.set_float32_matmul_precision(precision)
     host, make, peer_fns, nbytes = cases(name, sizes[name], dtype, rng, found, precision)
-    g = make("cuda")
+    g = make("cuda", fastmath=True) if args.fastmath else make("cuda")
     dev = [cuda.to_device(v) for v in host]
     ours = g(*dev)
     ours = [to_host(o) for o in (ours if isinstance(ours, tuple) else (ours,))]
@@ -372,8 +365,6 @@ def main():
                     help="gradc's functions with fastmath=True (approximate float32 "
                          "division and functions; the peers unchanged)")
     args = ap.parse_args()
-    global FASTMATH
-    FASTMATH = args.fastmath
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.quick:
         args.repeats = min(args.repeats, 2)
