@@ -496,8 +496,9 @@ def test_the_crf_transition_gradient_starts_from_zeros_without_a_fill():
     assert host.count(ONE_KERNEL) == 2
     assert "(from bw, zeros: neither filled nor added)" in host
     assert re.search(r"\n +bw = ", host) is None and "bw)" not in host
-    # (12 with the fill, the add, and copies of xs[0] and xs[1:]: views now)
-    assert len(g.compile(U, A).kernels) == 8
+    # (12 with the fill, the add, and copies of xs[0] and xs[1:]: views now; and the
+    # gradient of U transposed back: the backward scan writes into views of it)
+    assert len(g.compile(U, A).kernels) == 7
     for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -678,6 +679,145 @@ def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixe
     assert re.search(r"\n +\w+ = _d\.copy\(", host) is None
     np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
                                rtol=1e-12, atol=1e-12)
+
+
+PLACED = "(no kernel: the scan's kernel wrote it in place)"
+W4 = np.linspace(0.1, 0.5, 4)
+
+
+def _placing(case):
+    """A scan whose results an equation after it only places into its own result."""
+    def f(h0, xs):
+        def step(h, x):
+            hn = np.tanh(h * W4 + x)
+            return hn, hn * 2.0
+        h, ys = gradc.scan(step, h0, xs)
+        if case == "transpose":                   # (batch-major stacked results)
+            return np.transpose(ys, (1, 0, 2))
+        if case == "concatenate":                 # (with the final carry, reshaped)
+            return np.concatenate([h[None], ys])
+        if case == "both":                        # (the carry returned as it is too)
+            return np.transpose(ys, (1, 0, 2)), h
+        if case == "two-placings":                # (a placing of a placing: one only)
+            return np.transpose(np.concatenate([ys, h[None]]), (1, 0, 2))
+        if case == "read-again":                  # (ys read twice: no placing)
+            return np.transpose(ys, (1, 0, 2)), np.sum(ys)
+        if case == "rows-mix":                    # (a host loop: the placing a kernel)
+            h, ys = gradc.scan(lambda h, x: (np.tanh(h[::-1] * W4 + x), h), h0, xs)
+            return np.transpose(ys, (1, 0, 2))
+        raise AssertionError(case)
+    return f
+
+
+@pytest.mark.parametrize("case", ["transpose", "concatenate", "both", "two-placings",
+                                  "read-again", "rows-mix"])
+def test_a_scan_writes_its_results_into_the_array_that_places_them(case):
+    """``np.transpose(ys, (1, 0, 2))`` or ``np.concatenate([h[None], ys])`` of a one-kernel
+    scan's results, read nowhere else: the scan's kernel writes them into strided views
+    of that array, and neither the placing nor the reshape is a kernel; values as
+    NumPy's, forward and reverse."""
+    f = _placing(case)
+    h0, xs = rng.standard_normal((3, 4)), rng.standard_normal((5, 3, 4))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(h0, xs)
+    host = src[src.rindex("\ndef "):]
+    placed = {"transpose": 1, "concatenate": 2, "both": 1, "two-placings": 2}.get(case, 0)
+    assert host.count(PLACED) == placed, host
+    kernels = {"transpose": 1, "concatenate": 1, "both": 1, "two-placings": 2,
+               "read-again": 3}                      # (the scan's, and each placing's)
+    if case in kernels:
+        assert len(jitted.compile(h0, xs).kernels) == kernels[case], host
+    assert (ONE_KERNEL in host) == (case != "rows-mix")
+    if case == "transpose":
+        assert re.search(r"= _d\.view\(\w+, 0, \(5, 3, 4\), \(4, 20, 1\)\)", host), host
+    if case == "concatenate":            # (the carry first, then the five steps)
+        assert ", 0, (3, 4), (4, 1))" in host and ", 12, (5, 3, 4), (12, 4, 1))" in host
+    got, want = jitted(h0, xs), gradc.jit(f, target="numpy")(h0, xs)
+    for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (got, want))):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-13, atol=0)
+    loss = lambda h0, xs: sum(np.sum(np.sin(r)) for r in (lambda o: o if isinstance(     # noqa: E731
+        o, tuple) else (o,))(f(h0, xs)))
+    for a, b in zip(gradc.grad(loss, argnums=(0, 1), target="cuda")(h0, xs),
+                    gradc.grad(loss, argnums=(0, 1), target="numpy")(h0, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("perm", [(1, 0, 2, 3), (1, 0, 3, 2)])
+def test_reverse_modes_transpose_of_a_time_major_operand_is_written_by_the_scan(perm):
+    """Reverse mode's gradient of ``np.transpose(U, perm)`` read as ``xs[0]`` and
+    ``xs[1:]`` by a CRF-like scan with carries of rank 3 (G4's pattern): the backward
+    scan writes its stacked cotangent and final carry into views of the gradient of
+    ``U``, with no kernel to transpose them back.  With the last two axes swapped, the
+    carry's rows are not one stride apart (a view cannot be reshaped to rows): the
+    scan is lowered again with arrays of its own, and the transpose is a kernel."""
+    M = rng.standard_normal((3, 3))
+
+    def f(U):
+        xs = np.transpose(U, perm)
+        h, _ = gradc.scan(lambda h, u: (np.tanh(h @ M) + u, None), xs[0], xs[1:])
+        return np.sum(h ** 2)
+    U = rng.standard_normal((2, 5, 4, 3) if perm == (1, 0, 2, 3) else (2, 5, 3, 4))
+    g = gradc.grad(f, target="cuda")
+    src = g.source(U)
+    host = src[src.rindex("\ndef "):]
+    assert host.count(ONE_KERNEL) == 2, host
+    assert (PLACED in host) == (perm == (1, 0, 2, 3)), host
+    np.testing.assert_allclose(g(U), gradc.grad(f, target="numpy")(U), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_the_crf_gradient_of_U_is_written_by_the_backward_scan():
+    """G4: the backward scan writes its stacked cotangent (steps 1..T-1) and its final
+    carry (step 0) into views of the gradient of ``U`` (B, T, K): no kernel transposes
+    them back and pads them (7 kernels, was 8); ``GRADC_CUDA_VIEWS=0`` restores it."""
+    U, A = rng.standard_normal((3, 6, 4)), rng.standard_normal((4, 4))
+    host = gradc.grad(crf_batched, argnums=(0, 1), target="cuda").source(U, A)
+    host = host[host.rindex("\ndef "):]
+    assert PLACED in host
+    assert ", 0, (3, 4), (24, 1))" in host and ", 4, (5, 3, 4), (4, 24, 1))" in host, host
+    code = textwrap.dedent(f"""
+        import numpy as np, gradc, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_cuda import crf_batched
+        U, A = np.ones((3, 6, 4)), np.eye(4)
+        g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+        print(g.source(U, A).count("(no kernel:"), len(g.compile(U, A).kernels))
+    """)
+    for env, want in (({}, "1 7"), ({"GRADC_CUDA_VIEWS": "0"}, "0 10")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, **env}, timeout=600)
+        assert out.stdout.split() == want.split(), out.stderr[-2000:]
+
+
+def test_reshaped_strides_is_numpys_rule_for_a_reshape_without_a_copy():
+    """``_reshaped_strides`` gives a view exactly where NumPy's reshape would not copy,
+    and its strides read the same elements, on random transposed and sliced views."""
+    r = np.random.default_rng(5)
+    checked = 0
+    for _ in range(3000):
+        a = np.arange(int(np.prod(shape := tuple(r.integers(1, 5, size=r.integers(2, 5))))))
+        v = a.reshape(shape).transpose(r.permutation(len(shape)))
+        v = v[tuple(slice(int(r.integers(0, d)), None, int(r.integers(1, 3)))
+                    if r.random() < 0.3 else slice(None) for d in v.shape)]
+        sizes, rem = [], v.size
+        while rem > 1:
+            d = int(r.choice([d for d in range(2, rem + 1) if rem % d == 0]))
+            sizes += [d] + ([1] if r.random() < 0.2 else [])
+            rem //= d
+        new = tuple(r.permutation(sizes).tolist()) or (1,)
+        got = cudagen._reshaped_strides(v.shape, tuple(s // 8 for s in v.strides), new)
+        w = v.view()
+        try:
+            w.shape = new               # (NumPy refuses where a copy is needed)
+        except AttributeError:
+            assert got is None, (v.shape, v.strides, new, got)
+            continue
+        assert got is not None, (v.shape, v.strides, new)
+        offset = (v.ctypes.data - a.ctypes.data) // 8
+        seen = np.lib.stride_tricks.as_strided(a[offset:], new, tuple(8 * s for s in got))
+        np.testing.assert_array_equal(seen, w)
+        checked += 1
+    assert checked > 1000
 
 
 def _step_loop(h, n=3):
@@ -1325,7 +1465,7 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import PROGRAMS, _summed, rosen, w2
+    from test_cuda import PROGRAMS, _placing, _summed, rosen, w2
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -1393,6 +1533,10 @@ PTX_SCRIPT = textwrap.dedent("""
         # (a thread's share of a row as a while loop: no division to count its trips
         # at each stage of each step; one per kernel is left, for its rows)
         scans = [k for k in ptx.split("// kernel ") if ".maxnreg " in k]
+        # (a scan's results written into strided views of the array placing them)
+        for case in ("transpose", "concatenate"):
+            done["placed-" + case] = gradc.jit(_placing(case), target="cuda").ptx(
+                np.ones((3, 4)), np.ones((5, 3, 4))).count(".entry")
         done["scan-divisions"] = [sum(k.count("div.s64") for k in scans),
                                   sum(k.count("bar.sync") for k in scans)]
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
@@ -1419,6 +1563,7 @@ def test_kernels_compile_to_ptx():
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
     assert out["ptx-guarded-again"] == 3
+    assert out["placed-transpose"] == out["placed-concatenate"] == 1
     fast_rn, fast_approx, exact_rn, exact_approx = out.pop("fastmath")
     assert fast_rn == 0 and fast_approx >= 1 and exact_rn >= 1 and exact_approx == 0
     divisions, barriers = out.pop("scan-divisions")
@@ -1466,10 +1611,17 @@ POOL_SCRIPT = textwrap.dedent("""
     at = a.device_ctypes_pointer.value
     part = view(a, 4, (6,), (2,))
     out["slice_at"] = part.device_ctypes_pointer.value - at
+    sub = DeviceNDArray((2,), (8,), np.float32,      # (what numba's slice part[1:3]
+                        gpu_data=part.gpu_data.view(8, 24))      # makes, without a GPU)
+    out["sub_at"] = sub.device_ctypes_pointer.value - at
+    out["numba_view_at"] = part.gpu_data.device_pointer_value - at   # (numba's, made late)
     del a
     gc.collect()
     out["free_while_sliced"] = at in [b.device_pointer.value for b in m.free_blocks[64]]
     del part
+    gc.collect()
+    out["free_while_subsliced"] = at in [b.device_pointer.value for b in m.free_blocks[64]]
+    del sub
     gc.collect()
     out["free_after_slice"] = at in [b.device_pointer.value for b in m.free_blocks[64]]
     live = m.memalloc(256)
@@ -1492,7 +1644,9 @@ def test_memory_pool_hands_a_block_out_again_once_every_view_has_died():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out == {"free_while_viewed": 0, "second_is_new": True, "free_after": 1,
                    "reused": True, "other_size_new": True, "hits": 1, "misses": 3,
-                   "slice_at": 16, "free_while_sliced": False, "free_after_slice": True,
+                   "slice_at": 16, "sub_at": 24, "numba_view_at": 16,
+                   "free_while_sliced": False, "free_while_subsliced": False,
+                   "free_after_slice": True,
                    "kept_after_reset": 0}
 
 

@@ -302,6 +302,12 @@ class _Context(Symbols):
         #                                (``_deferrable``): Var -> (equation, printed text)
         self.views: dict = {}          # deferred views named so far (``view``): Var ->
         #                                the host name, until ``materialize`` copies them
+        self.destinations: dict = {}   # a scan's result that an equation only places
+        #                                into its own (``_destinations``): Var -> (that
+        #                                result, offset, shape, strides)
+        self.placed: dict = {}         # results whose array a one-kernel scan has
+        #                                filled through views: Var -> True (False: a
+        #                                reshape only the placing reads); no kernel
 
     def kernel_name(self) -> str:
         return f"_k{len(self.kernels)}"
@@ -548,9 +554,21 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
     for e in eqns:
         for v in set(e.inputs):
             users.setdefault(v, []).append(e)
+    ctx.destinations.update(_destinations(graph, users))
     k, tried = 0, 0
     while k < len(eqns):
-        end = _row_run(eqns, k) if k >= tried else k
+        v = eqns[k].outputs[0] if eqns[k].outputs else None
+        if v in ctx.placed:
+            # (a scan's kernel wrote its operands into views of its result, or of a
+            # reshape that only that placing reads)
+            ctx.lines.append("# " + printed[k][0].strip().removeprefix("let ") +
+                             "   (no kernel: the scan's kernel wrote it in place)")
+            if ctx.placed[v]:
+                ctx.place[v] = "dev"
+                ctx.fresh.add(v)
+            k += 1
+            continue
+        end = _row_run(eqns, k, ctx.placed) if k >= tried else k
         if end - k >= 2:            # (a run of row-wise equations: try one kernel; if it
             # fails, its tails too, unless it is long: each try lowers the whole run)
             tried = end if end - k > ROW_RUN_RETRIES else k + 1
@@ -701,6 +719,161 @@ def _view_layout(eqn):
     return found if found is not None and body.outputs[0] is not x else None
 
 
+def _destinations(graph: Graph, users: dict) -> dict:
+    """The results of scans that an equation only places into its own result
+    (``_placements``: a concatenation, a transpose, pads added), each read by that
+    equation alone (directly, or through a reshape read by it alone), all of one scan:
+    result -> ``(the placing equation's result, offset, shape, strides, the reshape's
+    result or None)``.  A one-kernel scan (``cudarows``) makes that array and writes
+    them into views of it, and neither the placing equation nor the reshape is lowered:
+    ``np.transpose(ys, (1, 0, 2))`` of a stacked result, ``np.concatenate([h[None],
+    ys])``, and reverse mode's gradient of ``np.transpose(U, (1, 0, 2))`` (the
+    backward scan's stacked cotangent and final carry, transposed back: G4's last
+    kernel, 16.7 MB read and written)."""
+    if os.environ.get("GRADC_CUDA_VIEWS") == "0":       # (0: kernels' copies, for timings)
+        return {}
+    producer = {v: e for e in graph.eqns for v in e.outputs}
+
+    def only_for(v, e) -> bool:
+        return isinstance(v, Var) and users.get(v) == [e] and v not in graph.outputs
+    found = {}
+    for e in graph.eqns:
+        if not e.inputs or not all(only_for(v, e) for v in e.inputs):
+            continue
+        if e.prim.name == "transpose":
+            places = _placements(_fused_of_one(e))
+        elif e.prim.name in ("fused", "concatenate"):
+            places = _placements(e)
+        else:
+            continue
+        if places is None:
+            continue
+        mine, scans = {}, set()
+        for v, (offset, shape, strides) in zip(e.inputs, places):
+            via = producer.get(v)
+            if via is not None and via.prim.name == "reshape" and only_for(via.inputs[0], via):
+                x = via.inputs[0]
+                strides = _reshaped_strides(shape, strides, tuple(int(d) for d in x.shape))
+                if strides is None:
+                    break
+                mine[x] = (e.outputs[0], offset, tuple(int(d) for d in x.shape), strides, v)
+                v = x
+            else:
+                mine[v] = (e.outputs[0], offset, shape, strides, None)
+            scans.add(producer.get(v))
+        else:
+            scan = scans.pop() if len(scans) == 1 else None
+            if scan is not None and scan.prim.name == "scan":
+                found.update(mine)
+    return found
+
+
+def _placements(eqn):
+    """Where each operand of ``eqn`` lands in its one result, if ``eqn`` only places its
+    operands there, each element of the result one operand's element: a concatenation,
+    or a fused equation whose body pads its operands into disjoint windows that cover
+    the result and adds the pads (concatenation as reverse mode writes it), transposes,
+    reshapes and concatenates.  For each operand, ``(offset, shape, strides)`` in
+    elements: its elements as a view of the result laid out C-contiguously; else None."""
+    out = eqn.outputs[0] if len(eqn.outputs) == 1 else None
+    ins = eqn.inputs
+    if out is None or not out.ndim or len(set(ins)) != len(ins) or \
+            any(not isinstance(v, Var) or not v.ndim or v.dtype != out.dtype for v in ins):
+        return None
+    shape = tuple(int(d) for d in out.shape)
+    top = (0, shape, _c_strides(shape))
+    if eqn.prim.name == "concatenate":
+        return _concatenated(top, ins, eqn.params["axis"])
+    if eqn.prim.name != "fused" or len(eqn.params["body"].outputs) != 1:
+        return None
+    body = eqn.params["body"]
+    producer = {v: q for q in body.eqns for v in q.outputs}
+    placed, todo, visits = {}, [(body.outputs[0], top)], 0
+    while todo:
+        v, (offset, shape, strides) = todo.pop()
+        if v in body.inputs:
+            if v in placed:
+                return None
+            placed[v] = (offset, shape, strides)
+            continue
+        q = producer.get(v) if isinstance(v, Var) else None
+        if q is None or len(q.outputs) != 1:
+            return None
+        visits += 1
+        name = q.prim.name
+        x = q.inputs[0]
+        if name == "transpose":
+            new = [0] * len(strides)
+            for k, p in enumerate(q.params["perm"]):
+                new[p] = strides[k]
+            todo.append((x, (offset, tuple(int(d) for d in x.shape), tuple(new))))
+        elif name == "reshape":
+            xshape = tuple(int(d) for d in x.shape)
+            new = _reshaped_strides(shape, strides, xshape)
+            if new is None:
+                return None
+            todo.append((x, (offset, xshape, new)))
+        elif name == "concatenate":
+            parts = _concatenated((offset, shape, strides), q.inputs, q.params["axis"])
+            if parts is None:
+                return None
+            todo += list(zip(q.inputs, parts))
+        elif name == "add":             # (a sum of pads into disjoint windows)
+            pads, adds = [], [q]
+            while adds:
+                a = adds.pop()
+                for u in a.inputs:
+                    pu = producer.get(u) if isinstance(u, Var) else None
+                    if pu is None:
+                        return None
+                    if pu.prim.name == "add":
+                        visits += 1
+                        adds.append(pu)
+                    elif pu.prim.name == "pad":
+                        pads.append(pu)
+                    else:
+                        return None
+            boxes = []
+            for pu in pads:
+                visits += 1
+                begin, off = [], offset
+                y = pu.inputs[0]
+                for (a, b, c), n, st, m in zip(pu.params["index"], shape, strides, y.shape):
+                    start, _, step = slice(a, b, c).indices(n)
+                    if step != 1:
+                        return None
+                    begin.append(start)
+                    off += start * st
+                if tuple(int(d) for d in pu.outputs[0].shape) != shape:
+                    return None
+                boxes.append((begin, [int(d) for d in y.shape]))
+                todo.append((y, (off, tuple(int(d) for d in y.shape), strides)))
+            if sum(int(np.prod(m)) for _, m in boxes) != int(np.prod(shape)) or any(
+                    all(b1 < b2 + m2 and b2 < b1 + m1
+                        for b1, m1, b2, m2 in zip(p1, s1, p2, s2))
+                    for i, (p1, s1) in enumerate(boxes) for p2, s2 in boxes[:i]):
+                return None
+        else:
+            return None
+    if visits != len(body.eqns) or len(placed) != len(body.inputs):
+        return None
+    return [placed[v] for v in body.inputs]
+
+
+def _concatenated(layout, parts, axis):
+    """The layouts of ``parts`` concatenated along ``axis`` into an array of ``layout``."""
+    offset, shape, strides = layout
+    axis = int(axis) % len(shape)
+    out, at = [], 0
+    for x in parts:
+        if not isinstance(x, Var) or x.ndim != len(shape):
+            return None
+        xshape = tuple(int(d) for d in x.shape)
+        out.append((offset + at * strides[axis], xshape, strides))
+        at += xshape[axis]
+    return out if at == shape[axis] else None
+
+
 def _c_strides(shape) -> tuple:
     strides, step = [], 1
     for d in reversed(shape):
@@ -710,28 +883,51 @@ def _c_strides(shape) -> tuple:
 
 
 def _reshaped_strides(shape, strides, new):
-    """The strides of a reshape of a view to ``new``, if it stays a view: the view is
-    C-contiguous, or the reshape adds or drops axes of length 1 only."""
-    if tuple(strides) == _c_strides(shape):
+    """The strides of a reshape of a view to ``new``, if it stays a view (NumPy's rule
+    for a reshape without a copy): the view is C-contiguous, or the reshape adds or
+    drops axes of length 1 (stride 0), or it merges axes that are contiguous among
+    themselves and splits axes."""
+    shape, new = tuple(int(d) for d in shape), tuple(int(d) for d in new)
+    if tuple(strides) == _c_strides(shape) or 0 in shape:
         return _c_strides(new)
     kept = [(d, s) for d, s in zip(shape, strides) if d != 1]
-    if [d for d in new if d != 1] != [d for d, _ in kept]:
+    dims, steps = [d for d, _ in kept], [s for _, s in kept]
+    wanted = [d for d in new if d != 1]
+    if int(np.prod(dims)) != int(np.prod(wanted)):
         return None
-    out, it = [], iter(kept)
-    for d in new:
-        out.append(next(it)[1] if d != 1 else 0)
-    return tuple(out)
+    out, i, j = [], 0, 0
+    while i < len(dims) and j < len(wanted):     # (groups of axes of equal size)
+        a, b, i2, j2 = dims[i], wanted[j], i + 1, j + 1
+        while a != b:
+            if a < b:
+                a *= dims[i2]
+                i2 += 1
+            else:
+                b *= wanted[j2]
+                j2 += 1
+        if any(steps[k] != dims[k + 1] * steps[k + 1] for k in range(i, i2 - 1)):
+            return None                          # (the old group is not contiguous)
+        step, group = steps[i2 - 1], []
+        for d in reversed(wanted[j:j2]):
+            group.append(step)
+            step *= d
+        out += reversed(group)
+        i, j = i2, j2
+    it = iter(out)
+    return tuple(next(it) if d != 1 else 0 for d in new)
 
 
-def _row_run(eqns, k) -> int:
+def _row_run(eqns, k, placed=()) -> int:
     """The end of the run of equations from ``k`` that may be one kernel with a block
     per row (``cudarows.row_run``): fused equations over domains with the same first
     axis, none reducing over it, at least one reducing over another (elementwise runs
     the fusion pass has fused already), and reshapes keeping that axis; ``k`` when
-    there is none."""
+    there is none.  It stops at the equations a scan's kernel did (``placed``)."""
     B, end, reduces = None, k, False
     while end < len(eqns):
         e = eqns[end]
+        if e.outputs and e.outputs[0] in placed:
+            break
         if e.prim.name == "fused":
             domain = tuple(int(d) for d in e.params["domain"])
             if not domain or (B is not None and domain[0] != B) or \

@@ -71,6 +71,11 @@ PAD = 4                  # elements added to each row of a per-row accumulator (
 REGISTERS = 65536        # registers of an SM (every GPU since compute capability 5.0)
 
 
+class NotPlaced(Exception):
+    """A result of the scan cannot be written into a view of the array that an equation
+    after it places it in (``cudagen._destinations``): lowered again without views."""
+
+
 class NotRows(Exception):
     """The scan's rows are not independent (or the body has an equation this lowering
     does not handle): lower it as a host loop."""
@@ -145,44 +150,46 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     scan without carries (``row_run``'s)."""
     snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
                 set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals),
-                dict(ctx.deferred), dict(ctx.views))
+                dict(ctx.deferred), dict(ctx.views), dict(ctx.placed))
     note = None
-    try:
-        _Rows(ctx, eqn, body, text_of, batch).lower()
-        return True
-    except NotRows:
-        pass
-    except Exception as e:   # (a case this lowering misjudged: the host loop is correct)
-        first = str(e).splitlines()[0] if str(e) else ""
-        note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: {first}): "
-                "the host loop instead") if batch is None else None
-    n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred, views = \
-        snapshot
-    del ctx.kernels[n_kernels:]
-    del ctx.lines[n_lines:]
-    ctx.consts.clear()
-    ctx.consts.update(consts)
-    ctx.temps = temps
-    ctx.fresh.clear()
-    ctx.fresh.update(fresh)
-    ctx.place.clear()
-    ctx.place.update(place)
-    ctx.copies.clear()
-    ctx.copies.update(copies)
-    ctx.host_globals.clear()
-    ctx.host_globals.update(globs)
-    ctx.deferred.clear()
-    ctx.deferred.update(deferred)
-    ctx.views.clear()
-    ctx.views.update(views)
+    for places in (True, False):
+        try:
+            _Rows(ctx, eqn, body, text_of, batch, places).lower()
+            return True
+        except NotPlaced:             # (again, results in arrays of their own)
+            _restore(ctx, snapshot)
+            continue
+        except NotRows:
+            pass
+        except Exception as e:   # (a case this lowering misjudged: the host loop is correct)
+            first = str(e).splitlines()[0] if str(e) else ""
+            note = (f"# the one-kernel lowering of this scan failed ({type(e).__name__}: "
+                    f"{first}): the host loop instead") if batch is None else None
+        break
+    _restore(ctx, snapshot)
     if note:
         ctx.lines.append(note)
     return False
 
 
+def _restore(ctx, snapshot) -> None:
+    n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred, views, \
+        placed = snapshot
+    del ctx.kernels[n_kernels:]
+    del ctx.lines[n_lines:]
+    ctx.temps = temps
+    for mine, saved in ((ctx.consts, consts), (ctx.fresh, fresh), (ctx.place, place),
+                        (ctx.copies, copies), (ctx.host_globals, globs),
+                        (ctx.deferred, deferred), (ctx.views, views),
+                        (ctx.placed, placed)):
+        mine.clear()
+        mine.update(saved)
+
+
 class _Rows:
-    def __init__(self, ctx, eqn, body, text_of, batch=None):
+    def __init__(self, ctx, eqn, body, text_of, batch=None, places=True):
         self.batch = batch
+        self.places = places           # results may go into views of a later array
         # contractions as fused sums of products (a stage like any other)
         self.comments_of = {}
         eqns = []
@@ -514,6 +521,10 @@ class _Rows:
         self.shared_rows = {}             # kernel name -> its row's shape (shared memory)
         self.mirrors = {}                 # stacked result's kernel name -> (its row's
         #                                   copy in shared memory, the row's shape)
+        self.strided = {}                 # host name -> (array, offset, shape, strides):
+        #                                   views of an array a later equation places
+        #                                   results in (``_placements``)
+        places = self._placements()
         param = self._param
         # shared memory: an accumulator's partial sums first (see below), then the rows
         # of the carries and of the step's temporaries, smallest first, each while it
@@ -547,12 +558,16 @@ class _Rows:
 
                 def rows_of(array):           # (the array as (B, size): C-contiguous, or
                     return array if tuple(bv.shape) == (B, size) else \
-                        f"_d.reshape({array}, ({B}, {size}))"     # a view of (B, size))
+                        self._reshaped(array, (B, size))          # a view of (B, size))
                 # an operand nothing reads afterwards is updated in place; any other is
                 # copied in by the kernel, each row before its first step, into an array
-                # of the carry's own (no copy on the host, no launch)
+                # of the carry's own (no copy on the host, no launch), or into the view
+                # of a later array that holds its final value
                 init = None
-                if ov in dying and ctx.place.get(ov) == "dev" and ov not in ctx.views:
+                if j in places:
+                    buf = self._view(places[j])
+                    init = rows_of(ctx.on_device(ov))
+                elif ov in dying and ctx.place.get(ov) == "dev" and ov not in ctx.views:
                     buf = ctx.names[ov]
                 else:
                     buf = self._host(f"_d.empty({tuple(bv.shape)!r}, "
@@ -597,15 +612,15 @@ class _Rows:
             if y in xs:                      # a stacked operand handed back: itself
                 ys.append(ctx.on_device(xs[y]))
                 continue
-            arr = self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
+            arr = self._view(places[nk + j]) if nk + j in places else \
+                self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
             ys.append(arr)
             src = self._source(y)
             if y in self.uniform:            # (written once a step: see below)
                 uniform_ys.append((j, y, arr))
             elif src in self.producer and src not in into:
                 shape = (T,) + tuple(src.shape)
-                into[src] = arr if shape == tuple(oy.shape) else \
-                    f"_d.reshape({arr}, {shape!r})"
+                into[src] = arr if shape == tuple(oy.shape) else self._reshaped(arr, shape)
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
         hidden = {}                          # the epilogue's sums: per-row partials
@@ -663,8 +678,8 @@ class _Rows:
                         self._alias(v, carry)
                     else:
                         if tuple(v.shape) != tuple(carry.shape):
-                            self.buffers[v] = self._host(f"_d.reshape({self.buffers[carry]}, "
-                                                         f"{tuple(v.shape)!r})")
+                            self.buffers[v] = self._host(self._reshaped(self.buffers[carry],
+                                                                        tuple(v.shape)))
                         param(v, self.buffers[v], v.ndim)
                 elif src is not None:
                     if src not in self.buffers:
@@ -676,7 +691,7 @@ class _Rows:
                         continue
                     stepped = self.names[src] in self.stepped
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
-                    self.buffers[v] = self._host(f"_d.reshape({self.buffers[src]}, {shape!r})")
+                    self.buffers[v] = self._host(self._reshaped(self.buffers[src], shape))
                     param(v, self.buffers[v], len(shape), stepped=stepped)
                     if self.names[src] in self.mirrors:
                         self.mirrors[self.names[v]] = (self.mirrors[self.names[src]][0],
@@ -791,27 +806,74 @@ class _Rows:
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
                                    max_registers=min(255, REGISTERS // (2 * threads)),
                                    strided={n for n, a in zip(self.params, self.args)
-                                            if a in ctx.views.values()})
+                                            if a in ctx.views.values() or a in self.strided})
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
         # results: the carries' buffers, the stacked arrays, the accumulators' sums
         for j, o in enumerate(eqn.outputs[:nk]):
             if j in self.row_carries:
-                self._result(o, self.buffers[carries[j]])
+                self._result(o, self.buffers[carries[j]], fresh=j not in places)
             elif j in self.fixed:             # (the value it came in with)
                 ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, ins[nc + j])}")
                 ctx.place[o] = "dev" if o.ndim else "host"
         for j, (arr, y, o) in enumerate(zip(ys, body.outputs[nk:], eqn.outputs[nk:])):
             if j in self.after:
                 continue
-            self._result(o, arr)
+            self._result(o, arr, fresh=nk + j not in places)
             if y in xs:
                 ctx.fresh.discard(o)          # (not a new array: copied if returned)
         for j in self.acc:
             self._finish_accumulator(j, {e: parts[e][0] for e in self.acc[j][1]})
         if self.epilogue is not None:
             self._run_epilogue(hidden)
+        for target, *_, through in places.values():
+            ctx.placed[target] = True
+            if through is not None:
+                ctx.placed[through] = False
+
+    def _placements(self) -> dict:
+        """Where the scan's results that a later equation only places into its own
+        result (``cudagen._destinations``) go: result index -> ``(that result, offset,
+        shape, strides)``, and that result's array made here; for all of them or none
+        (the later equation then runs as a kernel).  A carry's final value is its
+        buffer, a view then (the kernel copies the first value in); a stacked result is
+        written into a view by the stage computing it (or copied there)."""
+        ctx, eqn, nc, nk = self.ctx, self.eqn, self.n_consts, self.n_carry
+        found = {k: ctx.destinations[o] for k, o in enumerate(eqn.outputs)
+                 if o in ctx.destinations} if self.places else {}
+        xs = set(self.body.inputs[nc + nk:])
+        for k in found:
+            if k < nk and k not in self.row_carries or k >= nk and (
+                    k - nk in self.after or self.body.outputs[k] in xs):
+                return {}
+        for target in dict.fromkeys(t for t, *_ in found.values()):
+            ctx.lines.append(f"{ctx.names[target]} = _d.empty({tuple(target.shape)!r}, "
+                             f"{dtype_expr(target.dtype)})")
+        return found
+
+    def _view(self, place) -> str:
+        """A host name for the view ``place`` of a later equation's result."""
+        target, offset, shape, strides, _ = place
+        return self._strided(self.ctx.names[target], offset, tuple(shape), tuple(strides))
+
+    def _strided(self, array, offset, shape, strides) -> str:
+        name = self._host(f"_d.view({array}, {offset}, {shape!r}, {strides!r})")
+        self.strided[name] = (array, offset, shape, strides)
+        return name
+
+    def _reshaped(self, array, shape) -> str:
+        """A host expression for ``array`` reshaped to ``shape``: a view of a view
+        (``_view``) where the strides allow it (else the scan is lowered again without
+        views), ``_d.reshape`` of anything else."""
+        shape = tuple(int(d) for d in shape)
+        if array not in self.strided:
+            return f"_d.reshape({array}, {shape!r})"
+        base, offset, old, strides = self.strided[array]
+        new = cg._reshaped_strides(old, strides, shape)
+        if new is None:
+            raise NotPlaced(f"a view of shape {old} reshaped to {shape}")
+        return self._strided(base, offset, shape, new)
 
     def _run_epilogue(self, hidden):
         """The epilogue (``_find_epilogue``) for all steps at once: each batch sum is its
@@ -955,12 +1017,15 @@ class _Rows:
     def _host(self, expr) -> str:
         name = self.ctx.temp()
         self.ctx.lines.append(f"{name} = {expr}")
+        if expr in self.strided:            # (another name of a view)
+            self.strided[name] = self.strided[expr]
         return name
 
-    def _result(self, o, name):
+    def _result(self, o, name, fresh=True):
         self.ctx.lines.append(f"{self.ctx.names[o]} = {name}")
         self.ctx.place[o] = "dev"
-        self.ctx.fresh.add(o)
+        if fresh:                           # (a view of a later array is not)
+            self.ctx.fresh.add(o)
 
     def _source(self, v):
         """``v``, or what it is a reshape of (through any chain of reshapes)."""
