@@ -352,6 +352,19 @@ ROW_SCANS = ("crf-batched", "crf-batched-float32", "crf-batched-wide", "rows-rev
              "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms",
              "rows-step-losses", "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
 ONE_KERNEL = "# the scan as one kernel"
+
+
+def _uncast(src: str) -> str:
+    """``src`` without the ``np.uint64(...)`` casts of kernels' subscripts
+    (``cudagen.unsigned_subscripts``)."""
+    while "np.uint64(" in src:
+        start = src.index("np.uint64(")
+        depth, j = 0, start + len("np.uint64(")
+        while not (src[j] == ")" and depth == 0):
+            depth += {"(": 1, ")": -1}.get(src[j], 0)
+            j += 1
+        src = src[:start] + src[start + len("np.uint64("):j] + src[j + 1:]
+    return src
 ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indices",
              "concat-axis1", "gather-concat", "rosenbrock", "crf-scan", "mlp", "batched",
              "sum-long", "while", "argmax-gather", "cumsum",
@@ -393,7 +406,8 @@ def test_programs_match_the_interpreter(name):
         assert "_part" in grad.source(*args)
     if name == "rows-long":         # (threads split the long sums: partials combined)
         src = jitted.source(*args)
-        assert "_kk = _k // 4" in src and "_q = _k // 2" in src   # (summing axis 2, 1)
+        # (summing axis 2, then 1: powers of two, as shifts)
+        assert "_kk = (_k >> 2)" in src and "_q = (_k >> 1)" in src
 
 
 @pytest.mark.parametrize("name", ROW_SCANS)
@@ -459,7 +473,7 @@ def test_the_next_steps_rows_are_loaded_while_a_step_runs():
         return np.sum(h ** 2)
     args = (rng.standard_normal((3, 4)), rng.standard_normal((5, 3, 4)))
     for fn in (gradc.jit(f, target="cuda"), gradc.grad(f, argnums=(0, 1), target="cuda")):
-        src = fn.source(*args)
+        src = _uncast(fn.source(*args))
         assert src.count(ONE_KERNEL) >= 1
         assert "_pf0 = " in src and "_pf[(1 - _pb) * " in src and "_pf[_pb * " in src
         assert "[_t, -i0 + 2, i1]" in src        # (x[::-1]: the row 2 - i0)
@@ -476,9 +490,9 @@ def test_per_row_sums_in_shared_memory_have_padded_rows():
     and written out unpadded."""
     U, A = rng.standard_normal((2, 3, 32)), rng.standard_normal((32, 32))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
-    src = g.source(U, A)
+    src = _uncast(g.source(U, A))
     assert "_ps0 = cuda.shared.array(1152," in src          # (32 rows of 36)
-    assert "_ps0[(_e // 32) * 36 + _e % 32]" in src
+    assert "_ps0[(_e >> 5) * 36 + (_e & 31)]" in src
     assert re.search(r"_ps0\[\(i1\) \* 36 \+ i2\] \+=", src)
     for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
@@ -612,7 +626,7 @@ def test_a_one_kernel_scan_copies_its_carrys_first_value_in_itself(start, shared
         return h, h + h0                        # (h0 read after the loop)
     U, h0 = rng.standard_normal((3, 6, 4)), rng.standard_normal((3, 4))
     jitted = gradc.jit(f, target="cuda")
-    src = jitted.source(U, h0)
+    src = _uncast(jitted.source(U, h0))
     host = src[src.rindex("\ndef "):]
     assert ONE_KERNEL in host and "_d.copy(" not in host.split(ONE_KERNEL)[1].split("_k")[0]
     assert re.search(r"\w+_[wg]?\[i0, _e\] = \w+_i\[i0, _e\]|\w+\[_e\] = \w+_i\[i0, _e\]",
@@ -1233,6 +1247,63 @@ def test_a_run_reading_other_rows_keeps_its_kernels(monkeypatch):
                                atol=1e-12)
 
 
+def test_unsigned_subscripts_casts_every_index_of_an_arrays_subscript():
+    """Each index of a subscript of a parameter array, a shared or local array or
+    another name of one is cast to ``np.uint64`` (Numba drops its negative-index test);
+    literals, slices, indices already cast, other subscripts (a tuple's) and comments
+    are left as they are."""
+    lines = ["s = cuda.shared.array(64, numba.float32)",
+             "r = s",
+             "t = (1, 2)",
+             "# a[i] = b[i - 1]   (a comment)",
+             "a[i, j + 1] = b[k - 1] + r[c[i]] + t[i] + a[0, j] + b[np.uint64(k)]",
+             "s[(i1) * 36 + i2] += a[i:, j]"]
+    got = cudagen.unsigned_subscripts(lines, ["a", "b", "c"])
+    assert got[:4] == lines[:4]
+    assert got[4] == ("a[np.uint64(i), np.uint64(j + 1)] = b[np.uint64(k - 1)] + "
+                      "r[np.uint64(c[np.uint64(i)])] + t[i] + a[0, np.uint64(j)] + "
+                      "b[np.uint64(k)]")
+    assert got[5] == "s[np.uint64((i1) * 36 + i2)] += a[i:, np.uint64(j)]"
+
+
+def test_kernel_floor_division_by_a_power_of_two_is_a_shift():
+    """``cudagen.floordiv`` and ``mod`` write ``x // n`` and ``x % n`` as a shift and a
+    mask where ``n`` is a power of two, with NumPy's values for every int64, negative
+    ones included."""
+    assert cudagen.floordiv("_k", 64) == "(_k >> 6)" and cudagen.mod("_k", 64) == "(_k & 63)"
+    assert cudagen.floordiv("_k", 36) == "(_k // 36)" and cudagen.mod("_k", 1) == "0"
+    x = np.concatenate([np.arange(-300, 300), [np.iinfo(np.int64).min,
+                                               np.iinfo(np.int64).max]]).astype(np.int64)
+    for n in range(1, 70):
+        np.testing.assert_array_equal(eval(cudagen.floordiv("x", n)), x // n)
+        np.testing.assert_array_equal(eval(cudagen.mod("x", n)) + 0 * x, x % n)
+
+
+def test_every_kernels_array_subscripts_are_unsigned():
+    """No kernel of any program's gradient indexes an array with a signed index (each
+    would cost Numba's negative-index test), but for literals."""
+    import ast
+    for name, (f, args) in PROGRAMS.items():
+        wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+        compiled = gradc.grad(_summed(f), argnums=wrt, target="cuda").compile(*args)
+        for k in compiled.lowered.kernels:
+            arrays = {p for p, _, ndim in k.params if ndim}
+            tree = ast.parse(k.source)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
+                        ast.unparse(node.value.func) in ("cuda.shared.array",
+                                                         "cuda.local.array"):
+                    arrays.add(node.targets[0].id)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                        and node.value.id in arrays:
+                    idx = node.slice
+                    for part in idx.elts if isinstance(idx, ast.Tuple) else [idx]:
+                        assert isinstance(part, (ast.Constant, ast.Slice)) or \
+                            ast.unparse(part).startswith("np.uint64("), \
+                            (name, k.name, ast.unparse(node))
+
+
 def _kernel_text(src, name):
     start = src.index(f"def {name}(")
     end = src.find("@cuda.jit", start)
@@ -1250,7 +1321,7 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
-    forward = _kernel_text(src, "_k0")     # (xs[0] and xs[1:] are views)
+    forward = _uncast(_kernel_text(src, "_k0"))     # (xs[0] and xs[1:] are views)
     assert "for _s in range(4):" in forward
     shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
     assert len(shared) == 3              # (the carry's row, the maximum's, the sum's)

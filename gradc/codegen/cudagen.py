@@ -1263,10 +1263,30 @@ def _decode(var, dims, names, indent) -> list:
     rest = f"{var}_r"
     lines.append(indent + f"{rest} = {var}")
     for k in range(len(dims) - 1, 0, -1):
-        lines.append(indent + f"{names[k]} = {rest} % {dims[k]}")
-        lines.append(indent + f"{rest} = {rest} // {dims[k]}")
+        lines.append(indent + f"{names[k]} = {mod(rest, dims[k])}")
+        lines.append(indent + f"{rest} = {floordiv(rest, dims[k])}")
     lines.append(indent + f"{names[0]} = {rest}")
     return lines
+
+
+def floordiv(x: str, n) -> str:
+    """Kernel source for ``x // n`` (``n`` a positive constant): a shift where ``n`` is
+    a power of two, which is the same for every integer ``x`` (Numba's floor division of
+    a 64-bit integer by 64 took 11 SASS instructions, its fix-ups for negative ``x``
+    included: G4's reductions decode their index so at every stage of every step)."""
+    n = int(n)
+    if n & (n - 1) == 0:
+        return x if n == 1 else f"({x} >> {n.bit_length() - 1})"
+    return f"({x} // {n})"
+
+
+def mod(x: str, n) -> str:
+    """Kernel source for ``x % n`` (``n`` a positive constant): a mask where ``n`` is a
+    power of two (see ``floordiv``)."""
+    n = int(n)
+    if n & (n - 1) == 0:
+        return "0" if n == 1 else f"({x} & {n - 1})"
+    return f"({x} % {n})"
 
 
 def _launch(ctx, kname, blocks, threads, args) -> str:
@@ -1362,6 +1382,7 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
+    lines = unsigned_subscripts(lines, [name for name, _, ndim in kinds if ndim])
     if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
         # (inner functions, which Numba inlines; both, as polygamma calls digamma)
         lines = special.DEVICE_SOURCE.splitlines() + lines
@@ -1376,6 +1397,50 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
     ctx.kernels.append(Kernel(kname, kinds, text, max_registers, frozenset(strided),
                               ctx.fastmath))
     return consts
+
+
+def unsigned_subscripts(lines: list, arrays) -> list:
+    """The kernel body ``lines`` with each index of each subscript of an array (the
+    parameters ``arrays``, and the body's shared and local arrays and other names of
+    them) cast to ``np.uint64``, as map kernels' reads already are (``_Emitter.hoist``).
+    Numba makes a signed index ``i`` into ``i + n if i < 0 else i`` (Python's negative
+    indices); the kernels' indices are never negative (NumPy's negative indices are
+    resolved where the source is generated, or in the kernel for index arrays), and
+    that test and the 64-bit arithmetic around it were most of the instructions of a
+    one-kernel scan's reductions: G4's forward scan took 27 SASS instructions an element
+    in its maximum and 32 in its sum of exponentials, 12 and 16 with the casts.  (The
+    simulator's ``np.uint64`` of a negative index raises.)"""
+    import ast
+    tree = ast.parse("\n".join(lines))
+    names = set(arrays)
+    assigned = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)]
+    for _ in range(3):                  # (shared arrays, and names given to them)
+        for n in assigned:
+            v = n.value
+            if isinstance(v, ast.Name) and v.id in names or \
+                    isinstance(v, ast.Call) and ast.unparse(v.func) in (
+                        "cuda.shared.array", "cuda.local.array"):
+                names.add(n.targets[0].id)
+    at: dict = {}                       # line -> [(column, text inserted there)]
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and
+                node.value.id in names):
+            continue
+        index = node.slice
+        for part in index.elts if isinstance(index, ast.Tuple) else [index]:
+            if isinstance(part, (ast.Slice, ast.Constant)) or \
+                    isinstance(part, ast.Call) and ast.unparse(part.func) == "np.uint64":
+                continue                # (a literal is no test: LLVM folds it)
+            at.setdefault(part.lineno - 1, []).append((part.col_offset, "np.uint64("))
+            at.setdefault(part.end_lineno - 1, []).append((part.end_col_offset, ")"))
+    out = list(lines)
+    for k, edits in at.items():
+        line = out[k].encode()          # (AST columns count bytes)
+        for col, text in sorted(edits, key=lambda e: (e[0], e[1] != ")"), reverse=True):
+            line = line[:col] + text.encode() + line[col:]
+        out[k] = line.decode()
+    return out
 
 
 def _map_kernel(ctx, eqn, domain, roots, names, producer, comments, outer):
@@ -1644,7 +1709,7 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
             lines.append(f"{acc}_s = cuda.shared.array({T}, {_numba_type(o.dtype)})")
         lines += ["_tid = cuda.threadIdx.x",
                   f"for _b in range(cuda.blockIdx.x, {K * P}, cuda.gridDim.x):",
-                  f"    _k = _b // {P}", f"    _p = _b - _k * {P}"]
+                  f"    _k = {floordiv('_b', P)}", f"    _p = _b - _k * {P}"]
         lines += _decode("_k", kept_dims, kept_vars, "    ")
         lines += ["    " + s for s in inits]
         lines.append(f"    for _r in range(_p * {T} + _tid, {R}, {P * T}):")
@@ -1749,8 +1814,9 @@ def _einsum(ctx, eqn):
                  f"_sy = cuda.shared.array(({t}, {t}), {nt})",
                  "_tx = cuda.threadIdx.x", "_ty = cuda.threadIdx.y",
                  f"for _b in range(cuda.blockIdx.x, {B * TM * TN}, cuda.gridDim.x):",
-                 f"    _z = _b // {TM * TN}", f"    _q = _b - _z * {TM * TN}",
-                 f"    _m = (_q // {TN}) * {t} + _ty", f"    _n = (_q % {TN}) * {t} + _tx",
+                 f"    _z = {floordiv('_b', TM * TN)}", f"    _q = _b - _z * {TM * TN}",
+                 f"    _m = {floordiv('_q', TN)} * {t} + _ty",
+                 f"    _n = {mod('_q', TN)} * {t} + _tx",
                  f"    _a = {zero}"]
         lines += _decode("_z", dims(batch), names(batch), "    ")
 
@@ -1819,7 +1885,7 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     lines = [f"_s = cuda.shared.array({T}, {_numba_type(dtype)})",
              "_tid = cuda.threadIdx.x",
              f"for _b in range(cuda.blockIdx.x, {NO * P}, cuda.gridDim.x):",
-             f"    _o = _b // {P}", f"    _p = _b - _o * {P}"]
+             f"    _o = {floordiv('_b', P)}", f"    _p = _b - _o * {P}"]
     lines += _decode("_o", out_dims, out_vars, "    ")
     lines += [f"    _a = {zero}", f"    for _r in range(_p * {T} + _tid, {K}, {P * T}):"]
     lines += _decode("_r", sum_dims, sum_vars, "        ")
@@ -2059,7 +2125,7 @@ def _solve(ctx, eqn):
         "            x[_b, _c, _j] = x[_b, _c, _j] / a[_b, _c, _c]",
         "        cuda.syncthreads()",
         f"        for _e in range(_tid, _c * {k}, _nt):",
-        f"            _r = _e // {k}",
+        f"            _r = {floordiv('_e', k)}",
         f"            _j = _e - _r * {k}",
         "            x[_b, _r, _j] -= a[_b, _r, _c] * x[_b, _c, _j]",
         "        cuda.syncthreads()",

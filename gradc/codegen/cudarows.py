@@ -717,7 +717,8 @@ class _Rows:
                 self.row_start += [f"for _e in range(_tid, {padded}, _nt):",
                                    f"    _ps{j}[_e] = {zero}"]
                 at = "_e" if dims == tuple(v.shape) else \
-                    f"(_e // {v.shape[-1]}) * {dims[-1]} + _e % {v.shape[-1]}"
+                    f"{cg.floordiv('_e', v.shape[-1])} * {dims[-1]} + " \
+                    f"{cg.mod('_e', v.shape[-1])}"
                 flush += [f"for _e in range(_tid, {size}, _nt):",
                           f"    _p{j}[i0, _e] = _ps{j}[{at}]"]
             else:
@@ -1187,9 +1188,9 @@ class _Rows:
             inner = len(domain) - 1 in axes
             lines.append(f"for _k in range(_tid, {Kr * S}, _nt):")
             if S > 1 and inner:
-                lines += [f"    _kk = _k // {S}", f"    _q = _k - _kk * {S}"]
+                lines += [f"    _kk = {cg.floordiv('_k', S)}", f"    _q = _k - _kk * {S}"]
             elif S > 1:
-                lines += [f"    _q = _k // {Kr}", f"    _kk = _k - _q * {Kr}"]
+                lines += [f"    _q = {cg.floordiv('_k', Kr)}", f"    _kk = _k - _q * {Kr}"]
             lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
