@@ -1279,6 +1279,26 @@ def test_kernel_floor_division_by_a_power_of_two_is_a_shift():
         np.testing.assert_array_equal(eval(cudagen.mod("x", n)) + 0 * x, x % n)
 
 
+def test_signed_indices_come_back_for_ab_timings(monkeypatch):
+    """``GRADC_CUDA_UNSIGNED=0``: the kernels' subscripts and index arithmetic as
+    before (signed, floor division), the same values."""
+    U, A = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 4))
+
+    def kernels(g):
+        src = g.source(U, A)
+        return src[src.index("@cuda.jit"):src.rindex("\ndef ")]
+    unsigned = kernels(gradc.grad(lambda U, A: crf_batched(U, A), argnums=(0, 1),
+                                  target="cuda"))
+    monkeypatch.setenv("GRADC_CUDA_UNSIGNED", "0")
+    g = gradc.grad(lambda U, A: crf_batched(U, A), argnums=(0, 1), target="cuda")
+    signed = kernels(g)
+    # (map kernels cast the indices of their loads themselves, as before)
+    assert unsigned.count("np.uint64(") > 5 * signed.count("np.uint64(")
+    assert ">>" in unsigned and ">>" not in signed and "_r // 4)" in signed
+    for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_every_kernels_array_subscripts_are_unsigned():
     """No kernel of any program's gradient indexes an array with a signed index (each
     would cost Numba's negative-index test), but for literals."""

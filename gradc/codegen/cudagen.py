@@ -1269,13 +1269,19 @@ def _decode(var, dims, names, indent) -> list:
     return lines
 
 
+def _UNSIGNED() -> bool:
+    """Whether kernels index unsigned and divide by powers of two with shifts
+    (``GRADC_CUDA_UNSIGNED=0`` in the environment: signed, as before, for A/B timings)."""
+    return os.environ.get("GRADC_CUDA_UNSIGNED") != "0"
+
+
 def floordiv(x: str, n) -> str:
     """Kernel source for ``x // n`` (``n`` a positive constant): a shift where ``n`` is
     a power of two, which is the same for every integer ``x`` (Numba's floor division of
     a 64-bit integer by 64 took 11 SASS instructions, its fix-ups for negative ``x``
     included: G4's reductions decode their index so at every stage of every step)."""
     n = int(n)
-    if n & (n - 1) == 0:
+    if n & (n - 1) == 0 and _UNSIGNED():
         return x if n == 1 else f"({x} >> {n.bit_length() - 1})"
     return f"({x} // {n})"
 
@@ -1284,7 +1290,7 @@ def mod(x: str, n) -> str:
     """Kernel source for ``x % n`` (``n`` a positive constant): a mask where ``n`` is a
     power of two (see ``floordiv``)."""
     n = int(n)
-    if n & (n - 1) == 0:
+    if n & (n - 1) == 0 and _UNSIGNED():
         return "0" if n == 1 else f"({x} & {n - 1})"
     return f"({x} % {n})"
 
@@ -1382,7 +1388,8 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
-    lines = unsigned_subscripts(lines, [name for name, _, ndim in kinds if ndim])
+    if _UNSIGNED():
+        lines = unsigned_subscripts(lines, [name for name, _, ndim in kinds if ndim])
     if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
         # (inner functions, which Numba inlines; both, as polygamma calls digamma)
         lines = special.DEVICE_SOURCE.splitlines() + lines
