@@ -314,6 +314,7 @@ def _define_device_functions(cuda) -> None:
         for lanes in VECTOR_LANES:
             g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
                 _simulated_vectors(lanes)
+        g["flat"] = _simulated_flat
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -330,6 +331,52 @@ def _define_device_functions(cuda) -> None:
     for lanes in VECTOR_LANES:
         g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
             _vector_intrinsics(lanes)
+    g["flat"] = _flat_intrinsic()
+
+
+def _flat_intrinsic(intrinsic=None):
+    """``flat(a, shape)``: C-contiguous array ``a`` (of ``shape``, which the kernel's
+    source states: see ``cudagen.flat_subscripts``) as a one-dimensional array of its
+    elements, on the same memory: no copy, no call (Numba's ``reshape`` calls a C helper
+    that a GPU does not have).  Indexed with offsets whose strides are constants of the
+    source, an unrolled loop's loads take immediate offsets.  ``intrinsic``:
+    numba.cuda's decorator by default (the tests compile it on the CPU with Numba's)."""
+    from numba import types as nt
+    from numba.core import cgutils
+    if intrinsic is None:
+        from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def flat(typingctx, a, shape):
+        if not isinstance(a, nt.Array) or a.layout != "C":
+            raise TypeError(f"flat of {a}: a C-contiguous array only")
+
+        def codegen(context, builder, sig, args):
+            from numba.np.arrayobj import make_array, populate_array
+            arr = make_array(sig.args[0])(context, builder, value=args[0])
+            out = make_array(sig.return_type)(context, builder)
+            populate_array(out, data=arr.data,
+                           shape=cgutils.pack_array(builder, [arr.nitems]),
+                           strides=cgutils.pack_array(builder, [arr.itemsize]),
+                           itemsize=arr.itemsize, meminfo=arr.meminfo, parent=arr.parent)
+            return out._getvalue()
+        return nt.Array(a.dtype, 1, "C")(a, shape), codegen
+    return flat
+
+
+def _simulated_flat(a, shape):
+    """The simulator's ``flat``: checks that ``a`` is C-contiguous of ``shape``, the
+    shape the generated source assumes for it (a wrong one would read other elements
+    on a GPU), and returns its elements as a view."""
+    try:
+        arr = a._ary                      # (numba's simulated device arrays)
+    except (AttributeError, IndexError):  # (numba-cuda's answer IndexError)
+        arr = a
+    arr = np.asarray(arr)
+    if tuple(arr.shape) != tuple(shape) or not arr.flags.c_contiguous:
+        raise AssertionError(f"gradc: a kernel assumed an array of shape {tuple(shape)}, "
+                             f"C-contiguous; it got {arr.shape} with strides {arr.strides}")
+    return arr.reshape(-1)
 
 
 # ---------------------------------------------------------------- vector loads and stores

@@ -1269,6 +1269,85 @@ def _decode(var, dims, names, indent) -> list:
     return lines
 
 
+def flat_subscripts(lines: list, shapes: dict) -> list:
+    """The kernel body ``lines`` (after ``unsigned_subscripts``) with each subscript of
+    a C-contiguous array parameter of rank 2 or more whose shape is known (``shapes``)
+    at every axis written as a subscript of ``name_f``, its elements as one axis
+    (``_d.flat(name, shape)``, defined at the top of each function reading it), at the
+    offset with the strides as constants: ``a_f[np.uint64((r) * 64 + (i2))]``.  Numba
+    computes a multi-axis address from the shape the array carries at run time, so
+    each load of an unrolled loop takes its own 64-bit address arithmetic; with
+    constant strides it is one load with an immediate offset.  (The simulator's ``flat``
+    checks the shape.)  Subscripts spanning lines, holding another such subscript, or
+    taking fewer indices than axes, stay as they are."""
+    import ast
+    if not shapes:
+        return lines
+    text = "\n".join(lines)
+    tree = ast.parse(text)
+
+    def unwrap(node):                   # (np.uint64(x) -> x: int64 arithmetic inside)
+        while isinstance(node, ast.Call) and ast.unparse(node.func) == "np.uint64" and \
+                len(node.args) == 1:
+            node = node.args[0]
+        return node
+
+    def eligible(node):
+        if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and
+                node.value.id in shapes and node.lineno == node.end_lineno):
+            return None
+        idx = node.slice
+        parts = idx.elts if isinstance(idx, ast.Tuple) else [idx]
+        if len(parts) != len(shapes[node.value.id]) or \
+                any(isinstance(p, ast.Slice) for p in parts):
+            return None
+        if any(eligible(q) is not None for p in parts for q in ast.walk(p)):
+            return None
+        return [unwrap(p) for p in parts]
+
+    def scope_walk(scope):              # (not into nested functions)
+        todo = list(ast.iter_child_nodes(scope))
+        while todo:
+            node = todo.pop()
+            yield node
+            if not isinstance(node, ast.FunctionDef):
+                todo += list(ast.iter_child_nodes(node))
+
+    edits: dict = {}                    # line -> [(start, end, replacement)]
+    defines: dict = {}                  # line -> [(indent, name)]
+    for scope in [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+        used = []
+        for node in sorted(scope_walk(scope), key=lambda n: (getattr(n, "lineno", 0),
+                                                            getattr(n, "col_offset", 0))):
+            parts = eligible(node)
+            if parts is None:
+                continue
+            name = node.value.id
+            strides = _c_strides(shapes[name])
+            terms = [f"({ast.get_source_segment(text, p)})" + (f" * {st}" if st != 1 else "")
+                     for p, st in zip(parts, strides)]
+            edits.setdefault(node.lineno - 1, []).append(
+                (node.col_offset, node.end_col_offset,
+                 f"{name}_f[np.uint64({' + '.join(terms)})]"))
+            if name not in used:
+                used.append(name)
+        if used:
+            first = scope.body[0]
+            at = first.lineno - 1 if isinstance(scope, ast.FunctionDef) else 0
+            indent = first.col_offset if isinstance(scope, ast.FunctionDef) else 0
+            defines.setdefault(at, []).extend((indent, name) for name in used)
+    out = list(lines)
+    for k, changes in edits.items():
+        line = out[k].encode()          # (AST columns count bytes)
+        for start, end, new in sorted(changes, reverse=True):
+            line = line[:start] + new.encode() + line[end:]
+        out[k] = line.decode()
+    for k in sorted(defines, reverse=True):
+        out[k:k] = [" " * indent + f"{name}_f = _d.flat({name}, {shapes[name]!r})"
+                    for indent, name in defines[k]]
+    return out
+
+
 def _UNSIGNED() -> bool:
     """Whether kernels index unsigned and divide by powers of two with shifts
     (``GRADC_CUDA_UNSIGNED=0`` in the environment: signed, as before, for A/B timings)."""
@@ -1281,7 +1360,7 @@ def floordiv(x: str, n) -> str:
     a 64-bit integer by 64 took 11 SASS instructions, its fix-ups for negative ``x``
     included: G4's reductions decode their index so at every stage of every step)."""
     n = int(n)
-    if n & (n - 1) == 0 and _UNSIGNED():
+    if n > 0 and n & (n - 1) == 0 and _UNSIGNED():
         return x if n == 1 else f"({x} >> {n.bit_length() - 1})"
     return f"({x} // {n})"
 
@@ -1290,7 +1369,7 @@ def mod(x: str, n) -> str:
     """Kernel source for ``x % n`` (``n`` a positive constant): a mask where ``n`` is a
     power of two (see ``floordiv``)."""
     n = int(n)
-    if n & (n - 1) == 0 and _UNSIGNED():
+    if n > 0 and n & (n - 1) == 0 and _UNSIGNED():
         return "0" if n == 1 else f"({x} & {n - 1})"
     return f"({x} % {n})"
 
@@ -1379,17 +1458,25 @@ def _operands(ctx, outer):
 
 
 def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
-                   strided=frozenset()):
+                   strided=frozenset(), shapes=None):
     """Record kernel ``kname``; returns the array constants it reads (parameters after
     ``head_params``, passed by the host function).  ``max_registers``: a limit on the
     registers per thread (not under the simulator, whose ``jit`` takes none);
-    ``strided``: the parameters given strided views (``_Context.view``)."""
+    ``strided``: the parameters given strided views (``_Context.view``); ``shapes``:
+    the shapes of the arrays the host passes for parameters (``flat_subscripts``)."""
     text = "\n".join(lines)
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
     if _UNSIGNED():
         lines = unsigned_subscripts(lines, [name for name, _, ndim in kinds if ndim])
+        # (the shapes the caller states, and the constants'; a parameter named after a
+        # Graph's value may hold another array: "a" of a solve's kernel)
+        shapes = {**(shapes or {}), **{c: ctx.consts[c].shape for c in consts}}
+        lines = flat_subscripts(lines, {
+            name: tuple(int(d) for d in shapes[name]) for name, _, ndim in kinds
+            if ndim >= 2 and name not in strided and name in shapes and
+            len(shapes[name]) == ndim})
     if any(f + "(" in text for f in special.DEVICE_FUNCTIONS):
         # (inner functions, which Numba inlines; both, as polygamma calls digamma)
         lines = special.DEVICE_SOURCE.splitlines() + lines
@@ -1672,7 +1759,7 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     T = ctx.threads
     thread_mode = R <= THREAD_REDUCE
     P = 1 if thread_mode else max(1, min(-(-R // (T * PER_THREAD)),
-                                         max(1, TARGET_BLOCKS // K)))
+                                         max(1, TARGET_BLOCKS // max(K, 1))))
     # outputs: reductions as flat (K,) arrays (cells when K == 1), partials (K, P)
     red_outs, part_names = [], []
     for j, (r, o, kind) in enumerate(roots):
@@ -1886,7 +1973,7 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
         ctx.lines.append(_launch(ctx, kname, max(1, min(-(-NO // T), MAX_BLOCKS)), T,
                                  args + [oname] + consts))
         return
-    P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // NO)))
+    P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // max(NO, 1))))
     part = f"{oname}_part"
     ctx.lines.append(f"{part} = _d.empty(({NO}, {P}), {dtype_expr(dtype)})")
     lines = [f"_s = cuda.shared.array({T}, {_numba_type(dtype)})",

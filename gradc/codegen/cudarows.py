@@ -521,6 +521,7 @@ class _Rows:
         self.shared_rows = {}             # kernel name -> its row's shape (shared memory)
         self.mirrors = {}                 # stacked result's kernel name -> (its row's
         #                                   copy in shared memory, the row's shape)
+        self.shapes = {}                  # kernel parameter -> the shape it is passed
         self.strided = {}                 # host name -> (array, offset, shape, strides):
         #                                   views of an array a later equation places
         #                                   results in (``_placements``)
@@ -576,11 +577,11 @@ class _Rows:
                 self.buffers[bv] = buf
                 if self._share(bv):
                     name = self.names[bv]
-                    self._extra(f"{name}_g", rows_of(buf), bv.dtype, 2)
+                    self._extra(f"{name}_g", rows_of(buf), bv.dtype, 2, (B, size))
                     source = f"{name}_g"
                     if init is not None:
                         source = f"{name}_i"
-                        self._extra(source, init, bv.dtype, 2)
+                        self._extra(source, init, bv.dtype, 2, (B, size))
                     self.row_start += [f"for _e in range(_tid, {size}, _nt):",
                                        f"    {name}[_e] = {source}[i0, _e]"]
                     self.flush += [f"for _e in range(_tid, {size}, _nt):",
@@ -588,8 +589,8 @@ class _Rows:
                 else:
                     name = param(bv, buf, bv.ndim)
                     if init is not None:
-                        self._extra(f"{name}_w", rows_of(buf), bv.dtype, 2)
-                        self._extra(f"{name}_i", init, bv.dtype, 2)
+                        self._extra(f"{name}_w", rows_of(buf), bv.dtype, 2, (B, size))
+                        self._extra(f"{name}_i", init, bv.dtype, 2, (B, size))
                         self.row_start += [f"for _e in range(_tid, {size}, _nt):",
                                            f"    {name}_w[i0, _e] = {name}_i[i0, _e]"]
         # xs: the step's row read from the stacked array (a scalar per step as x[_t])
@@ -709,7 +710,8 @@ class _Rows:
             if v in shared:
                 dims = _padded(v.shape)
                 part_names[v] = (f"_ps{j}", dims)
-                self._extra(f"_p{j}", f"_d.reshape({part}, ({B}, {size}))", v.dtype, 2)
+                self._extra(f"_p{j}", f"_d.reshape({part}, ({B}, {size}))", v.dtype, 2,
+                            (B, size))
                 padded = int(np.prod(dims))
                 self.head.append(f"_ps{j} = cuda.shared.array({padded}, "
                                  f"{cg._numba_type(v.dtype)})")
@@ -723,9 +725,9 @@ class _Rows:
                           f"    _p{j}[i0, _e] = _ps{j}[{at}]"]
             else:
                 part_names[v] = (f"_p{j}", None)
-                self._extra(f"_p{j}", part, v.dtype, v.ndim + 1)
+                self._extra(f"_p{j}", part, v.dtype, v.ndim + 1, (B,) + tuple(v.shape))
         for j, y, arr in copies_early + copies_late + uniform_ys:
-            self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1)
+            self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1, (T,) + tuple(y.shape))
 
         prefetch, stored = self._prefetch(body.inputs[nc + nk:], T)
 
@@ -807,7 +809,8 @@ class _Rows:
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
                                    max_registers=min(255, REGISTERS // (2 * threads)),
                                    strided={n for n, a in zip(self.params, self.args)
-                                            if a in ctx.views.values() or a in self.strided})
+                                            if a in ctx.views.values() or a in self.strided},
+                                   shapes=self.shapes)
         ctx.lines.append(cg._launch(ctx, kname, min(B, ROW_BLOCKS), threads,
                                     self.args + consts))
 
@@ -1000,9 +1003,11 @@ class _Rows:
         self.row_arrays.add(name)
 
     def _param(self, v, arg, ndim, stepped=False):
-        """A kernel parameter for body value ``v`` (passed ``arg`` by the host)."""
+        """A kernel parameter for body value ``v`` (passed ``arg`` by the host: of
+        ``v``'s shape, or stacked, of ``(T,) + v.shape``)."""
         name = self.ctx.names[v]
-        self._extra(name, arg, v.dtype, ndim)
+        self._extra(name, arg, v.dtype, ndim,
+                    ((self.length,) if stepped else ()) + tuple(v.shape))
         self.names[v] = name
         if stepped:
             self.stepped.add(name)
@@ -1010,10 +1015,12 @@ class _Rows:
             self.row_arrays.add(name)
         return name
 
-    def _extra(self, name, arg, dtype, ndim):
+    def _extra(self, name, arg, dtype, ndim, shape=None):
         self.params.append(name)
         self.args.append(arg)
         self.kinds.append((name, dtype, ndim))
+        if shape is not None and len(shape) == ndim:
+            self.shapes[name] = tuple(int(d) for d in shape)
 
     def _host(self, expr) -> str:
         name = self.ctx.temp()
