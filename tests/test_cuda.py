@@ -1630,7 +1630,7 @@ def test_ptx_needs_the_real_compiler_under_the_simulator():
 
 
 PTX_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, re, sys
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
@@ -1708,6 +1708,11 @@ PTX_SCRIPT = textwrap.dedent("""
                 np.ones((3, 4)), np.ones((5, 3, 4))).count(".entry")
         done["scan-divisions"] = [sum(k.count("div.s64") for k in scans),
                                   sum(k.count("bar.sync") for k in scans)]
+        # (the forward scan's loads of C arrays at constant-stride offsets: most of
+        # them at an immediate offset from one address, flat_subscripts)
+        done["scan-immediate-loads"] = [
+            len(re.findall(r"ld\\.global(?:\\.nc)?\\.f64\\s+%fd\\d+, \\[%rd\\d+\\+\\d+\\]", scans[0])),
+            len(re.findall(r"ld\\.global(?:\\.nc)?\\.f64", scans[0]))]
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
         if type(e).__name__ not in MISSING:
             raise
@@ -1735,6 +1740,8 @@ def test_kernels_compile_to_ptx():
     assert out["placed-transpose"] == out["placed-concatenate"] == 1
     fast_rn, fast_approx, exact_rn, exact_approx = out.pop("fastmath")
     assert fast_rn == 0 and fast_approx >= 1 and exact_rn >= 1 and exact_approx == 0
+    immediate, loads = out.pop("scan-immediate-loads")
+    assert 2 * immediate > loads, (immediate, loads)
     divisions, barriers = out.pop("scan-divisions")
     assert divisions <= 2 and barriers >= 6, (divisions, barriers)
     for v in ("v4.f32", "v2.f64"):
