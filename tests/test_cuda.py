@@ -1710,9 +1710,10 @@ PTX_SCRIPT = textwrap.dedent("""
                                   sum(k.count("bar.sync") for k in scans)]
         # (the forward scan's loads of C arrays at constant-stride offsets: most of
         # them at an immediate offset from one address, flat_subscripts)
+        load = r"ld\\.global(?:\\.nc)?\\.f64"
         done["scan-immediate-loads"] = [
-            len(re.findall(r"ld\\.global(?:\\.nc)?\\.f64\\s+%fd\\d+, \\[%rd\\d+\\+\\d+\\]", scans[0])),
-            len(re.findall(r"ld\\.global(?:\\.nc)?\\.f64", scans[0]))]
+            len(re.findall(load + r"\\s+%fd\\d+, \\[%rd\\d+\\+\\d+\\]", scans[0])),
+            len(re.findall(load, scans[0]))]
     except Exception as e:      # a CUDA library this numba.cuda needs is not installed
         if type(e).__name__ not in MISSING:
             raise

@@ -1336,12 +1336,7 @@ def flat_subscripts(lines: list, shapes: dict) -> list:
             at = first.lineno - 1 if isinstance(scope, ast.FunctionDef) else 0
             indent = first.col_offset if isinstance(scope, ast.FunctionDef) else 0
             defines.setdefault(at, []).extend((indent, name) for name in used)
-    out = list(lines)
-    for k, changes in edits.items():
-        line = out[k].encode()          # (AST columns count bytes)
-        for start, end, new in sorted(changes, reverse=True):
-            line = line[:start] + new.encode() + line[end:]
-        out[k] = line.decode()
+    out = _edited(lines, edits)
     for k in sorted(defines, reverse=True):
         out[k:k] = [" " * indent + f"{name}_f = _d.flat({name}, {shapes[name]!r})"
                     for indent, name in defines[k]]
@@ -1516,7 +1511,7 @@ def unsigned_subscripts(lines: list, arrays) -> list:
                     isinstance(v, ast.Call) and ast.unparse(v.func) in (
                         "cuda.shared.array", "cuda.local.array"):
                 names.add(n.targets[0].id)
-    at: dict = {}                       # line -> [(column, text inserted there)]
+    at: dict = {}                       # line -> [(column, column, text inserted)]
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and
                 node.value.id in names):
@@ -1526,13 +1521,22 @@ def unsigned_subscripts(lines: list, arrays) -> list:
             if isinstance(part, (ast.Slice, ast.Constant)) or \
                     isinstance(part, ast.Call) and ast.unparse(part.func) == "np.uint64":
                 continue                # (a literal is no test: LLVM folds it)
-            at.setdefault(part.lineno - 1, []).append((part.col_offset, "np.uint64("))
-            at.setdefault(part.end_lineno - 1, []).append((part.end_col_offset, ")"))
+            at.setdefault(part.lineno - 1, []).append(
+                (part.col_offset, part.col_offset, "np.uint64("))
+            at.setdefault(part.end_lineno - 1, []).append(
+                (part.end_col_offset, part.end_col_offset, ")"))
+    return _edited(lines, at)
+
+
+def _edited(lines: list, edits: dict) -> list:
+    """``lines`` with ``edits`` (line -> [(start, end, text)]: the columns, as Python's
+    ``ast`` counts them, in bytes, of a span replaced by ``text``; an insertion where
+    ``start == end``) made; the spans of a line do not overlap."""
     out = list(lines)
-    for k, edits in at.items():
-        line = out[k].encode()          # (AST columns count bytes)
-        for col, text in sorted(edits, key=lambda e: (e[0], e[1] != ")"), reverse=True):
-            line = line[:col] + text.encode() + line[col:]
+    for k, changes in edits.items():
+        line = out[k].encode()
+        for start, end, text in sorted(changes, reverse=True):
+            line = line[:start] + text.encode() + line[end:]
         out[k] = line.decode()
     return out
 

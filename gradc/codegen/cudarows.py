@@ -524,8 +524,8 @@ class _Rows:
         self.shapes = {}                  # kernel parameter -> the shape it is passed
         self.strided = {}                 # host name -> (array, offset, shape, strides):
         #                                   views of an array a later equation places
-        #                                   results in (``_placements``)
-        places = self._placements()
+        #                                   results in (``_place_results``)
+        places = self._place_results()
         param = self._param
         # shared memory: an accumulator's partial sums first (see below), then the rows
         # of the carries and of the step's temporaries, smallest first, each while it
@@ -836,7 +836,7 @@ class _Rows:
             if through is not None:
                 ctx.placed[through] = False
 
-    def _placements(self) -> dict:
+    def _place_results(self) -> dict:
         """Where the scan's results that a later equation only places into its own
         result (``cudagen._destinations``) go: result index -> ``(that result, offset,
         shape, strides)``, and that result's array made here; for all of them or none
