@@ -1307,6 +1307,35 @@ def test_a_sum_over_an_empty_kept_extent(shape, axis):
     assert np.asarray(g).shape == shape
 
 
+@pytest.mark.parametrize("n", [5, 37, 3 * THREADS * 9])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
+def test_max_and_min_reductions_are_numpys_with_nans(n, dtype):
+    """A maximum or minimum reduction's step is the elementwise ``max``'s conditional
+    expression (``cudagen._combine``): NumPy's values, a NaN anywhere in a row winning,
+    in thread-per-element, segmented and one-kernel-scan reductions alike."""
+    x = rng.standard_normal((4, n)) * 10
+    if dtype != np.int64:
+        x[1, n // 2] = np.nan
+        x[2, 0] = np.nan
+        x[3, -1] = -np.inf
+    x = x.astype(dtype)
+    f = lambda x: (np.max(x, axis=1), np.min(x, axis=1), np.max(x[:, ::-1], axis=0))  # noqa: E731
+    for got, want in zip(gradc.jit(f, target="cuda")(x), f(x)):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    if dtype == np.int64 or n > 64:
+        return
+    h0 = np.zeros((4, 3), dtype)
+
+    def g(h0, xs):                      # (a one-kernel scan's maximum stage)
+        return gradc.scan(lambda h, x: (np.maximum(h, np.max(x, axis=1)[:, None]) + 0 * h,
+                                        np.min(x, axis=1)), h0, xs)
+    xs = np.stack([x, x[::-1]]).reshape(2, 4, n)
+    src = gradc.jit(g, target="cuda").source(h0, xs)
+    assert ONE_KERNEL in src and " != _a" in src
+    for got, want in zip(gradc.jit(g, target="cuda")(h0, xs), gradc.jit(g, target="numpy")(h0, xs)):
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_kernel_floor_division_by_a_power_of_two_is_a_shift():
     """``cudagen.floordiv`` and ``mod`` write ``x // n`` and ``x % n`` as a shift and a
     mask where ``n`` is a power of two, with NumPy's values for every int64, negative

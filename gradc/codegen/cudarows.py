@@ -1170,7 +1170,7 @@ class _Rows:
             accs = [f"_a{k}_{g}_{j}" for j in range(len(roots))]
             for (r, o, kind), acc in zip(roots, accs):
                 val = em.value(producer[r].inputs[0], idx, 0)
-                em.emit(0, f"{acc} = {loops._combine(kind, acc, val)}")
+                cg._reduce_step(em, kind, acc, val, o.dtype)
             if g == 0:
                 pointwise(em, pointwise_roots)
             kept = [d for d in range(1, len(domain)) if d not in axes]
