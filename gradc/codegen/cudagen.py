@@ -1501,12 +1501,26 @@ def _combine(kind, acc, val, dtype) -> str:
 
 
 def _reduce_step(em, kind, acc, val, dtype) -> None:
-    """Emit ``acc``'s step by ``val`` (a maximum's or minimum's element first held in a
-    name of its own, ``_combine``'s conditional expression reading it twice)."""
-    if kind in ("max", "min") and not re.fullmatch(r"\w+", val):
-        em.emit(0, f"{acc}_v = {val}")
-        val = f"{acc}_v"
-    em.emit(0, f"{acc} = {_combine(kind, acc, val, dtype)}")
+    """Emit ``acc``'s step by ``val`` (``_steps``)."""
+    for line in _steps(kind, acc, acc, val, dtype):
+        em.emit(0, line)
+
+
+def _steps(kind, target, acc, val, dtype) -> list:
+    """Lines setting ``target`` to ``acc`` combined with ``val`` (``_combine``): a
+    maximum's or minimum's operands that are not names are read into names first
+    (``{target}_x``, ``{target}_v``: its conditional expression reads them twice)."""
+    lines = []
+    if kind in ("max", "min"):
+        base = re.sub(r"\W", "", target.split("[")[0])
+        for name, value in (("x", acc), ("v", val)):
+            if not re.fullmatch(r"\w+", value):
+                lines.append(f"{base}_{name} = {value}")
+                if value == acc:
+                    acc = f"{base}_{name}"
+                else:
+                    val = f"{base}_{name}"
+    return lines + [f"{target} = {_combine(kind, acc, val, dtype)}"]
 
 
 def unsigned_subscripts(lines: list, arrays) -> list:
@@ -1837,9 +1851,9 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
         lines += [f"    {acc}_s[_tid] = {acc}" for acc in accs]
         lines += ["    cuda.syncthreads()", f"    _w = {T // 2}", "    while _w > 0:",
                   "        if _tid < _w:"]
-        lines += [f"            {acc}_s[_tid] = "
-                  f"{loops._combine(kind, f'{acc}_s[_tid]', f'{acc}_s[_tid + _w]')}"
-                  for (r, o, kind), acc in zip(roots, accs)]
+        lines += ["            " + line for (r, o, kind), acc in zip(roots, accs)
+                  for line in _steps(kind, f"{acc}_s[_tid]", f"{acc}_s[_tid]",
+                                     f"{acc}_s[_tid + _w]", o.dtype)]
         lines += ["        cuda.syncthreads()", "        _w //= 2", "    if _tid == 0:"]
         lines += [f"        {d}[_k{', _p' if P > 1 else ''}] = {acc}_s[0]"
                   for d, acc in zip(dest, accs)]
@@ -1854,7 +1868,8 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
         for j, ((r, o, kind), part, out) in enumerate(zip(roots, part_names, red_outs)):
             flines.append(f"    _a = {part}[_k, 0]")
             flines.append(f"    for _p in range(1, {P}):")
-            flines.append(f"        _a = {loops._combine(kind, '_a', f'{part}[_k, _p]')}")
+            flines += ["        " + line
+                       for line in _steps(kind, "_a", "_a", f"{part}[_k, _p]", o.dtype)]
             flines.append(f"    {out}[_k] = _a")
             fkinds += [(part, o.dtype, 2), (out, o.dtype, 1)]
         fparams = [n for pair in zip(part_names, red_outs) for n in pair]

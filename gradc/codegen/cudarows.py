@@ -1228,10 +1228,10 @@ class _Rows:
                 first, other = (f"_k * {S}", f"_k * {S} + _q") if inner else \
                     ("_k", f"_q * {Kr} + _k")
                 for (r, o, kind), acc in zip(roots, accs):
-                    lines += [f"    {acc} = {acc}_s[{first}]", f"    for _q in range(1, {S}):",
-                              f"        {acc} = "
-                              f"{loops._combine(kind, acc, f'{acc}_s[{other}]')}",
-                              f"    {write(o, out_sub)} = {acc}"]
+                    lines += [f"    {acc} = {acc}_s[{first}]", f"    for _q in range(1, {S}):"]
+                    lines += ["        " + line for line in cg._steps(
+                        kind, acc, acc, f"{acc}_s[{other}]", o.dtype)]
+                    lines += [f"    {write(o, out_sub)} = {acc}"]
             widest = max(widest, Kr * S)
         return lines, widest
 
