@@ -1125,6 +1125,28 @@ def test_vector_lanes_of_broadcast_transposed_and_mixed_operands(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_flat_intrinsic_ir_on_the_cpu():
+    """``_d.flat``'s LLVM IR (the GPU's, compiled here by Numba's CPU target): a
+    C-contiguous array's elements as one axis on the same memory, read and written at
+    constant-stride offsets."""
+    import numba
+    from numba.core.extending import intrinsic
+
+    from gradc.codegen.cuda import _flat_intrinsic
+    flat = _flat_intrinsic(intrinsic)
+
+    @numba.njit
+    def doubled_transpose(a, out):
+        a_f, out_f = flat(a, (3, 4)), flat(out, (4, 3))
+        for i in range(3):
+            for j in range(4):
+                out_f[np.uint64(j * 3 + i)] = 2.0 * a_f[np.uint64(i * 4 + j)]
+        return a_f.size, a_f.shape[0]
+    a, out = np.arange(12.0).reshape(3, 4), np.zeros((4, 3))
+    assert doubled_transpose(a, out) == (12, 12)
+    np.testing.assert_array_equal(out, 2.0 * a.T)
+
+
 def test_vector_intrinsics_ir_on_the_cpu():
     """The LLVM IR of ``vload``, ``vstore`` and ``valigned`` run by Numba's CPU target
     (the GPU's is the same IR through NVVM): addresses through every stride, lanes in

@@ -343,6 +343,7 @@ def _flat_intrinsic(intrinsic=None):
     numba.cuda's decorator by default (the tests compile it on the CPU with Numba's)."""
     from numba import types as nt
     from numba.core import cgutils
+    from numba.core.imputils import impl_ret_borrowed
     if intrinsic is None:
         from numba.cuda.extending import intrinsic
 
@@ -359,7 +360,9 @@ def _flat_intrinsic(intrinsic=None):
                            shape=cgutils.pack_array(builder, [arr.nitems]),
                            strides=cgutils.pack_array(builder, [arr.itemsize]),
                            itemsize=arr.itemsize, meminfo=arr.meminfo, parent=arr.parent)
-            return out._getvalue()
+            # (a reference of its own to the memory where there are references: Numba's
+            # CPU runtime; kernels have none)
+            return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
         return nt.Array(a.dtype, 1, "C")(a, shape), codegen
     return flat
 

@@ -772,9 +772,10 @@ def _placements(eqn):
     """Where each operand of ``eqn`` lands in its one result, if ``eqn`` only places its
     operands there, each element of the result one operand's element: a concatenation,
     or a fused equation whose body pads its operands into disjoint windows that cover
-    the result and adds the pads (concatenation as reverse mode writes it), transposes,
-    reshapes and concatenates.  For each operand, ``(offset, shape, strides)`` in
-    elements: its elements as a view of the result laid out C-contiguously; else None."""
+    the result and adds the pads (concatenation as reverse mode writes it), transposes
+    and reshapes (the fusion pass fuses no concatenation).  For each operand,
+    ``(offset, shape, strides)`` in elements: its elements as a view of the result laid
+    out C-contiguously; else None."""
     out = eqn.outputs[0] if len(eqn.outputs) == 1 else None
     ins = eqn.inputs
     if out is None or not out.ndim or len(set(ins)) != len(ins) or \
@@ -813,11 +814,6 @@ def _placements(eqn):
             if new is None:
                 return None
             todo.append((x, (offset, xshape, new)))
-        elif name == "concatenate":
-            parts = _concatenated((offset, shape, strides), q.inputs, q.params["axis"])
-            if parts is None:
-                return None
-            todo += list(zip(q.inputs, parts))
         elif name == "add":             # (a sum of pads into disjoint windows)
             pads, adds = [], [q]
             while adds:
@@ -1343,7 +1339,7 @@ def flat_subscripts(lines: list, shapes: dict) -> list:
     return out
 
 
-def _UNSIGNED() -> bool:
+def _unsigned() -> bool:
     """Whether kernels index unsigned and divide by powers of two with shifts
     (``GRADC_CUDA_UNSIGNED=0`` in the environment: signed, as before, for A/B timings)."""
     return os.environ.get("GRADC_CUDA_UNSIGNED") != "0"
@@ -1355,7 +1351,7 @@ def floordiv(x: str, n) -> str:
     a 64-bit integer by 64 took 11 SASS instructions, its fix-ups for negative ``x``
     included: G4's reductions decode their index so at every stage of every step)."""
     n = int(n)
-    if n > 0 and n & (n - 1) == 0 and _UNSIGNED():
+    if n > 0 and n & (n - 1) == 0 and _unsigned():
         return x if n == 1 else f"({x} >> {n.bit_length() - 1})"
     return f"({x} // {n})"
 
@@ -1364,7 +1360,7 @@ def mod(x: str, n) -> str:
     """Kernel source for ``x % n`` (``n`` a positive constant): a mask where ``n`` is a
     power of two (see ``floordiv``)."""
     n = int(n)
-    if n > 0 and n & (n - 1) == 0 and _UNSIGNED():
+    if n > 0 and n & (n - 1) == 0 and _unsigned():
         return "0" if n == 1 else f"({x} & {n - 1})"
     return f"({x} % {n})"
 
@@ -1463,7 +1459,7 @@ def _finish_kernel(ctx, kname, head_params, lines, kinds, max_registers=None,
     consts = [c for c in ctx.consts if re.search(rf"\b{c}\b", text)]
     params = head_params + consts
     kinds = kinds + [(c, ctx.consts[c].dtype, ctx.consts[c].ndim) for c in consts]
-    if _UNSIGNED():
+    if _unsigned():
         lines = unsigned_subscripts(lines, [name for name, _, ndim in kinds if ndim])
         # (the shapes the caller states, and the constants'; a parameter named after a
         # Graph's value may hold another array: "a" of a solve's kernel)
@@ -1513,13 +1509,12 @@ def _steps(kind, target, acc, val, dtype) -> list:
     lines = []
     if kind in ("max", "min"):
         base = re.sub(r"\W", "", target.split("[")[0])
-        for name, value in (("x", acc), ("v", val)):
-            if not re.fullmatch(r"\w+", value):
-                lines.append(f"{base}_{name} = {value}")
-                if value == acc:
-                    acc = f"{base}_{name}"
-                else:
-                    val = f"{base}_{name}"
+        if not re.fullmatch(r"\w+", acc):
+            lines.append(f"{base}_x = {acc}")
+            acc = f"{base}_x"
+        if not re.fullmatch(r"\w+", val):
+            lines.append(f"{base}_v = {val}")
+            val = f"{base}_v"
     return lines + [f"{target} = {_combine(kind, acc, val, dtype)}"]
 
 
