@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Machine code of gradc's CUDA kernels for G1-G4, measured without a GPU.
 
-Each kernel of each workload (benchmarks/gpu.py's functions at their sizes, float32)
+Each kernel of each workload (benchmarks/gpu.py's functions at their sizes, float32 or ``--dtype``)
 goes through numba.cuda's compiler to PTX (as ``Compiled.ptx`` does), ``ptxas`` to
 an sm_90 cubin and ``nvdisasm`` to SASS.  For each kernel: its registers, its SASS
 instructions, its barriers, and, for a one-kernel scan, the instructions of its step
@@ -72,6 +72,10 @@ def step_loop(sass: str):
         m = re.search(r"BRA `\((\.L_x_\d+)\)", lines[k])
         if m and m.group(1) in labels and labels[m.group(1)] < at[k]:
             loops.append((labels[m.group(1)], at[k]))
+    # (a branch back from code placed after the kernel's exit, such as a shuffle's
+    # path for a diverged warp, is no loop)
+    exits = [at[k] for k in ops if re.search(r"\bEXIT\b", lines[k])]
+    loops = [lp for lp in loops if not any(lp[0] <= e <= lp[1] for e in exits)]
     bars = [at[k] for k in ops if "BAR.SYNC" in lines[k]]
     steps = [lp for lp in loops if sum(lp[0] <= b <= lp[1] for b in bars) >= 2]
     if not steps:
@@ -90,6 +94,7 @@ def main():
                                                     "bin", "ptxas"))
     ap.add_argument("--nvdisasm", default=shutil.which("nvdisasm") or "nvdisasm")
     ap.add_argument("--dump", help="also write each kernel's PTX, cubin and SASS here")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = ap.parse_args()
     cc = tuple(int(p) for p in args.cc.split("."))
     work = args.dump or tempfile.mkdtemp(prefix="gradc-sass-")
@@ -97,20 +102,20 @@ def main():
     print("| workload | kernel | registers | SASS | barriers | a scan's step | loops in it |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.only.split(","):
-        ins, make, _, _ = gpu.cases(name, gpu.SIZES[name], np.float32,
+        ins, make, _, _ = gpu.cases(name, gpu.SIZES[name], np.dtype(args.dtype),
                                     np.random.default_rng(0), {})
         compiled = make("cuda").compile(*ins)
         for k in compiled.lowered.kernels:
             registers, sass = sass_of(compiled, k, cc, args.ptxas, args.nvdisasm, work)
             if args.dump:
-                with open(os.path.join(work, f"{name}_{k.name}.sass"), "w") as f:
+                with open(os.path.join(work, f"{name}_{args.dtype}_{k.name}.sass"), "w") as f:
                     f.write(sass)
             ops = collections.Counter(m.group(1) for m in map(OP.match, sass.splitlines())
                                       if m)
             found = step_loop(sass) if "for _s in range(" in k.source else None
             step, inner = found if found else ("", [])
             sizes = ", ".join(str(hi - lo + 1) for lo, hi in inner)
-            print(f"| {name} float32 | {k.name} | {registers} | {sum(ops.values())} | "
+            print(f"| {name} {args.dtype} | {k.name} | {registers} | {sum(ops.values())} | "
                   f"{ops['BAR']} | {step} | {sizes} |")
 
 

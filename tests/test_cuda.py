@@ -432,8 +432,9 @@ def test_programs_match_the_interpreter(name):
         assert "_part" in grad.source(*args)
     if name == "rows-long":         # (threads split the long sums: partials combined)
         src = jitted.source(*args)
-        # (summing axis 2, then 1: powers of two, as shifts)
-        assert "_kk = (_k >> 2)" in src and "_q = (_k >> 1)" in src
+        # (summing axis 2, then 1: four lanes of a warp per kept element, a power of
+        # two, as shifts; their partials combined in two shuffles each)
+        assert "_kk = (_k >> 2)" in src and src.count("shfl_xor") == 4
 
 
 @pytest.mark.parametrize("name", ROW_SCANS)
@@ -452,6 +453,117 @@ def test_row_scans_with_their_rows_in_global_memory(name, monkeypatch):
     assert re.search(r"\n +[a-z]\w* = cuda\.shared\.array", src) is None   # (no row's)
     for a, b in zip(grad(*args), gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("K,threads,dtype,nan", [
+    (16, 64, np.float64, False),     # S = 2 lanes a column, 32 lanes: whole warps
+    (20, 128, np.float64, False),    # 40 lanes: a warp and a part, the rest idle
+    (20, 128, np.float32, False),
+    (16, 64, np.float64, True),      # a NaN through the shuffled maximum
+])
+def test_row_reductions_combined_across_a_warp(K, threads, dtype, nan, monkeypatch):
+    """The CRF's logsumexp (a maximum, then a sum) and its gradient (a sum and an
+    accumulator) with S threads per kept element as adjacent lanes: the partials
+    combine by shuffles, not in shared memory after a barrier; lanes past the last
+    element take part in the shuffles and write nothing (the accumulator added once).
+    The same with GRADC_CUDA_SHUFFLE=0 (shared memory), both against the CPU."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", str(threads))
+    U = rng.standard_normal((3, 4, K)).astype(dtype)
+    A = (0.5 * rng.standard_normal((K, K))).astype(dtype)
+    if nan:
+        U[1, 2, 3] = np.nan
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    want = gradc.grad(crf_batched, argnums=(0, 1))(U, A)
+    for shuffle in ("1", "0"):
+        monkeypatch.setenv("GRADC_CUDA_SHUFFLE", shuffle)
+        grad = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+        src = grad.source(U, A)
+        assert ("shfl_xor" in src) == (shuffle == "1")
+        if shuffle == "1" and K * 2 % 32:
+            assert re.search(r"if _q == 0 and _k < \d+:", src)
+        for a, b in zip(grad(U, A), want):
+            assert np.isnan(a).any() == nan
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, equal_nan=True)
+
+
+BIG_NAN = BIG.copy()
+BIG_NAN[BIG.size // 3] = np.nan
+LONG_REDUCTIONS = {
+    "max-long": (lambda x: np.max(np.cos(x)) - np.min(x * x), (BIG,)),
+    "max-long-nan": (lambda x: np.max(x) + np.sum(x), (BIG_NAN,)),
+    "sum-long-float32": (lambda x: np.sum(np.sin(x) ** 2), (BIG.astype(np.float32),)),
+}
+
+
+@pytest.mark.parametrize("name", ["sum-long", "dot-long", "conv-long-kernel-sum",
+                                  *LONG_REDUCTIONS])
+@pytest.mark.parametrize("shuffle", ["1", "0"])
+def test_block_reductions_combined_by_warps(name, shuffle, monkeypatch):
+    """A block's partial sums (segmented reductions, contractions as sums) combine in
+    each warp by shuffles, then across the warps' totals in warp 0: at 64 threads a
+    block, two warps, so both levels run; the same values as a tree in shared memory
+    (GRADC_CUDA_SHUFFLE=0) and as the CPU."""
+    monkeypatch.setattr(cudagen, "THREADS_SIM", 64)
+    monkeypatch.setenv("GRADC_CUDA_SHUFFLE", shuffle)
+    f, args = PROGRAMS[name] if name in PROGRAMS else LONG_REDUCTIONS[name]
+    tol = 1e-5 if args[0].dtype == np.float32 else 1e-12
+    wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
+    both = False
+    for fn, ref in ((gradc.jit(f, target="cuda"), gradc.jit(f, target="numpy")),
+                    (gradc.grad(_summed(f), argnums=wrt, target="cuda"),
+                     gradc.grad(_summed(f), argnums=wrt, target="numpy"))):
+        src = fn.source(*args)
+        if shuffle == "0":
+            assert "shfl_xor" not in src
+        elif "if _tid == 0:" in src:          # (a block's combine: both levels)
+            assert "_d.shfl_xor(" in src and "if _tid < 32:" in src
+        got, want = fn(*args), ref(*args)
+        for a, b in zip(*((r if isinstance(r, tuple) else (r,)) for r in (got, want))):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        both = both or "if _tid < 32:" in src
+    assert both == (shuffle == "1")         # (each program has one: a long sum)
+
+
+def test_simulated_shuffle_needs_every_lane(monkeypatch):
+    """The simulator's shuffle waits for every lane of the warp, as a GPU needs them:
+    a warp half of whose lanes skip it fails with gradc's error, not a wrong value."""
+    from gradc.codegen import cuda as _d
+    if not _d.simulator():
+        pytest.skip("the simulator's emulation")
+    from numba import cuda
+    monkeypatch.setattr(_d, "SIMULATED_WAIT", 0.5)
+    scope = {"cuda": cuda, "np": np, "_d": _d}
+    exec(textwrap.dedent("""
+        def k(out):
+            t = cuda.threadIdx.x
+            if t < 8:
+                out[t] = _d.shfl_xor(np.float64(t), 1)
+        """), scope)
+    with pytest.raises(Exception, match="not every lane of its warp"):
+        cuda.jit(scope["k"])[1, 16](np.zeros(16))
+
+
+def test_simulated_shuffle_exchanges_across_the_block():
+    """The simulator's shfl_xor: each thread gets the value of the thread ``offset``
+    away in a butterfly, for every offset of a 16-thread block, and of each warp of a
+    64-thread block."""
+    from gradc.codegen import cuda as _d
+    if not _d.simulator():
+        pytest.skip("the simulator's emulation")
+    from numba import cuda
+    scope = {"cuda": cuda, "np": np, "_d": _d}      # (a module's globals: the simulator
+    exec(textwrap.dedent("""                         # swaps its cuda in them)
+        def k(out):
+            t = cuda.threadIdx.x
+            for j in range(4):
+                out[j, t] = _d.shfl_xor(np.float64(t * 10 + j), 1 << j)
+        """), scope)
+    for threads in (16, 64):
+        out = np.zeros((4, threads))
+        cuda.jit(scope["k"])[2, threads](out)
+        t = np.arange(threads)
+        for j in range(4):
+            np.testing.assert_array_equal(out[j], (t ^ (1 << j)) * 10 + j)
 
 
 def test_gradient_against_finite_differences():
@@ -1750,6 +1862,15 @@ PTX_SCRIPT = textwrap.dedent("""
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
         done["scan-maxnreg"] = ptx.count(".maxnreg ")
+        # (its reductions' partials combined across a warp's lanes: shuffles, no barrier)
+        done["scan-shuffles"] = ptx.count("shfl.sync.bfly")
+        # (a block's partial sums by warps: 5 shuffles, then 3 over 8 warps' totals; an
+        # 8-byte value moves as two 32-bit halves)
+        n = 44 * 256
+        for dt in (np.float64, np.float32, np.int64, np.int32):
+            done["block-shuffles-" + np.dtype(dt).name] = gradc.jit(
+                lambda x: (np.sum(x), np.max(x)), target="cuda").ptx(
+                    np.arange(n).astype(dt)).count("shfl.sync.bfly")
         # (a thread's share of a row as a while loop: no division to count its trips
         # at each stage of each step; one per kernel is left, for its rows)
         scans = [k for k in ptx.split("// kernel ") if ".maxnreg " in k]
@@ -1788,6 +1909,11 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
+    # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is
+    # an int64, as NumPy's)
+    for dt, halves in (("float64", 4), ("float32", 2), ("int64", 4), ("int32", 3)):
+        assert out.pop("block-shuffles-" + dt) == 8 * halves, dt
     assert out["ptx-guarded-again"] == 3
     assert out["placed-transpose"] == out["placed-concatenate"] == 1
     fast_rn, fast_approx, exact_rn, exact_approx = out.pop("fastmath")

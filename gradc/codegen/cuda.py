@@ -47,6 +47,7 @@ import math
 import os
 import re
 import sys
+import threading
 import types
 
 import numpy as np
@@ -315,6 +316,7 @@ def _define_device_functions(cuda) -> None:
             g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
                 _simulated_vectors(lanes)
         g["flat"] = _simulated_flat
+        g["shfl_xor"] = _simulated_shfl_xor
         return
     from numba.cuda import libdevice
     for ours in names:
@@ -332,6 +334,76 @@ def _define_device_functions(cuda) -> None:
         g[f"vload{lanes}"], g[f"vstore{lanes}"], g[f"valigned{lanes}"] = \
             _vector_intrinsics(lanes)
     g["flat"] = _flat_intrinsic()
+    g["shfl_xor"] = _shfl_xor_intrinsic()
+
+
+def _shfl_xor_intrinsic():
+    """``shfl_xor(value, offset)``: ``value`` of the lane ``offset`` away in a butterfly
+    (lane ``l`` reads lane ``l ^ offset``), every lane of the warp taking part: how a
+    reduction's partials in adjacent lanes combine without shared memory or a barrier
+    (``cudarows._shuffle_stage``).  NVVM's ``shfl.sync.bfly`` moves 32 bits, so an 8-byte
+    value moves as two halves.  (numba.cuda's own ``shfl_xor_sync`` is, in Numba 0.68,
+    a device function whose compilation asks the driver for the device: ``ptx()``
+    works without a GPU, so this intrinsic does not.)"""
+    from llvmlite import ir
+    from numba import types as nt
+    from numba.core import cgutils
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def shfl_xor(typingctx, value, offset):
+        if value not in (nt.int32, nt.int64, nt.float32, nt.float64):
+            raise TypeError(f"shfl_xor of {value}: 4- and 8-byte ints and floats only")
+
+        def codegen(context, builder, sig, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i32, [i32] * 4), "llvm.nvvm.shfl.sync.bfly.i32")
+            lane = context.cast(builder, args[1], sig.args[1], nt.int32)
+
+            def moved(bits):
+                return builder.call(fn, [i32(0xFFFFFFFF), bits, lane, i32(0x1F)])
+            v = args[0]
+            if sig.args[0].bitwidth == 32:
+                return builder.bitcast(moved(builder.bitcast(v, i32)), v.type)
+            bits = builder.bitcast(v, i64)
+            low = moved(builder.trunc(bits, i32))
+            high = moved(builder.trunc(builder.lshr(bits, i64(32)), i32))
+            both = builder.or_(builder.zext(low, i64), builder.shl(builder.zext(high, i64),
+                                                                    i64(32)))
+            return builder.bitcast(both, v.type)
+        return value(value, offset), codegen
+    return shfl_xor
+
+
+def _simulated_shfl_xor(value, offset):
+    """The simulator's ``shfl_xor`` (it has no shuffles).  Each thread is a Python
+    thread: the lanes of a warp (32 threads of the block, by thread index) exchange
+    their values through a table of the warp's, between two waits on a barrier of the
+    warp's.  The simulator's own barrier needs the whole block, this one the warp, as
+    a GPU's shuffle does: a warp some of whose lanes never call it fails here (after
+    ``SIMULATED_WAIT`` seconds) where a GPU's result is undefined."""
+    thread = threading.current_thread()
+    manager, tid = thread._manager, thread.thread_id
+    with _simulated_warps_lock:
+        warps = manager.__dict__.setdefault("_gradc_warps", {})
+        if tid // 32 not in warps:
+            lanes = min(32, int(np.prod(manager._block_dim)) - tid // 32 * 32)
+            warps[tid // 32] = (threading.Barrier(lanes), {})
+    barrier, values = warps[tid // 32]
+    values[tid] = value
+    try:
+        barrier.wait(SIMULATED_WAIT)
+        other = values[tid ^ offset]
+        barrier.wait(SIMULATED_WAIT)
+    except threading.BrokenBarrierError:
+        raise RuntimeError("gradc: a shuffle that not every lane of its warp took part "
+                           "in (the simulator waited for them)") from None
+    return other
+
+
+_simulated_warps_lock = threading.Lock()
+SIMULATED_WAIT = 60.0
 
 
 def _flat_intrinsic(intrinsic=None):

@@ -72,6 +72,7 @@ MAX_BLOCKS = 8192      # grid-stride loops: at most this many blocks per launch
 UNROLL = 4             # map kernels: loads in flight per thread (one 4-byte load per thread
 #                        leaves HBM idle; see _map_kernel); GRADC_CUDA_UNROLL=n sets the
 #                        elements per thread per trip instead, for measuring
+WARP = 32              # threads of a warp (the lanes a shuffle reaches)
 TARGET_BLOCKS = 1024   # blocks a segmented reduction aims for (K x P)
 PER_THREAD = 8         # reduced elements per thread before another block helps
 THREAD_REDUCE = 32     # reduced extents up to this: one thread per kept element
@@ -1518,6 +1519,47 @@ def _steps(kind, target, acc, val, dtype) -> list:
     return lines + [f"{target} = {_combine(kind, acc, val, dtype)}"]
 
 
+def shuffles(dtypes) -> bool:
+    """Whether values of ``dtypes`` combine across a warp's lanes in registers
+    (``_d.shfl_xor``: 4- and 8-byte signed integers and floats), not through shared
+    memory between barriers.  ``GRADC_CUDA_SHUFFLE=0`` in the environment (read at
+    lowering): never, as before, for A/B timings."""
+    if os.environ.get("GRADC_CUDA_SHUFFLE") == "0":
+        return False
+    return all(np.dtype(d).kind in "fi" and np.dtype(d).itemsize in (4, 8) for d in dtypes)
+
+
+def _block_combine(roots, T):
+    """Lines after each thread of a block of ``T`` threads has accumulated its share in
+    ``acc`` (``roots``: (acc, kind, dtype, init)) that leave the block's total in thread
+    0's ``acc``: a butterfly of shuffles in each warp, each warp's first lane writing
+    its total to ``{acc}_s`` in shared memory, one barrier, then warp 0 combining those
+    the same way.  Two barriers a block (with the one before the next use of
+    ``{acc}_s``), where a tree in shared memory took log2(T) + 2.  None where shuffles
+    do not apply: other dtypes, a block size not a power of two."""
+    if not shuffles([dt for _, _, dt, _ in roots]) or T & (T - 1):
+        return None
+    W = min(WARP, T)
+
+    def butterfly(width):
+        out, offset = [], width // 2
+        while offset:
+            for acc, kind, dt, _ in roots:
+                out.append(f"{acc}_o = _d.shfl_xor({acc}, {offset})")
+                out += _steps(kind, acc, acc, f"{acc}_o", dt)
+            offset //= 2
+        return out
+    lines = butterfly(W)
+    if T > W:
+        lines.append(f"if (_tid & {W - 1}) == 0:")
+        lines += [f"    {acc}_s[_tid >> {W.bit_length() - 1}] = {acc}" for acc, *_ in roots]
+        lines += ["cuda.syncthreads()", f"if _tid < {W}:"]
+        lines += [f"    {acc} = {acc}_s[_tid] if _tid < {T // W} else {init}"
+                  for acc, _, _, init in roots]
+        lines += ["    " + s for s in butterfly(T // W)]
+    return lines
+
+
 def unsigned_subscripts(lines: list, arrays) -> list:
     """The kernel body ``lines`` with each index of each subscript of an array (the
     parameters ``arrays``, and the body's shared and local arrays and other names of
@@ -1843,15 +1885,22 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
         lines.append(f"    for _r in range(_p * {T} + _tid, {R}, {P * T}):")
         lines += _decode("_r", red_dims, red_vars, "        ")
         lines += ["        " + s for s in em.lines]
-        lines += [f"    {acc}_s[_tid] = {acc}" for acc in accs]
-        lines += ["    cuda.syncthreads()", f"    _w = {T // 2}", "    while _w > 0:",
-                  "        if _tid < _w:"]
-        lines += ["            " + line for (r, o, kind), acc in zip(roots, accs)
-                  for line in _steps(kind, f"{acc}_s[_tid]", f"{acc}_s[_tid]",
-                                     f"{acc}_s[_tid + _w]", o.dtype)]
-        lines += ["        cuda.syncthreads()", "        _w //= 2", "    if _tid == 0:"]
-        lines += [f"        {d}[_k{', _p' if P > 1 else ''}] = {acc}_s[0]"
-                  for d, acc in zip(dest, accs)]
+        warps = _block_combine([(acc, kind, o.dtype, loops._init(kind, r))
+                                for (r, o, kind), acc in zip(roots, accs)], T)
+        if warps is not None:
+            lines += ["    " + s for s in warps] + ["    if _tid == 0:"]
+            lines += [f"        {d}[_k{', _p' if P > 1 else ''}] = {acc}"
+                      for d, acc in zip(dest, accs)]
+        else:
+            lines += [f"    {acc}_s[_tid] = {acc}" for acc in accs]
+            lines += ["    cuda.syncthreads()", f"    _w = {T // 2}", "    while _w > 0:",
+                      "        if _tid < _w:"]
+            lines += ["            " + line for (r, o, kind), acc in zip(roots, accs)
+                      for line in _steps(kind, f"{acc}_s[_tid]", f"{acc}_s[_tid]",
+                                         f"{acc}_s[_tid + _w]", o.dtype)]
+            lines += ["        cuda.syncthreads()", "        _w //= 2", "    if _tid == 0:"]
+            lines += [f"        {d}[_k{', _p' if P > 1 else ''}] = {acc}_s[0]"
+                      for d, acc in zip(dest, accs)]
         lines.append("    cuda.syncthreads()")
         blocks = max(1, min(K * P, MAX_BLOCKS))
     consts = _finish_kernel(ctx, kname, params + dest + ew_outs, lines, kinds)
@@ -2019,11 +2068,17 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     lines += [f"    _a = {zero}", f"    for _r in range(_p * {T} + _tid, {K}, {P * T}):"]
     lines += _decode("_r", sum_dims, sum_vars, "        ")
     lines += ["        " + t for t in terms]
-    lines += ["    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
-              "    while _w > 0:", "        if _tid < _w:",
-              "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
-              "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]",
-              "    cuda.syncthreads()"]
+    warps = _block_combine([("_a", "sum", dtype, zero)], T)
+    if warps is not None:
+        lines[0] = f"_a_s = cuda.shared.array({T}, {_numba_type(dtype)})"
+        lines += ["    " + s for s in warps] + ["    if _tid == 0:",
+                                                 f"        {part}[_o, _p] = _a"]
+    else:
+        lines += ["    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
+                  "    while _w > 0:", "        if _tid < _w:",
+                  "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
+                  "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]"]
+    lines.append("    cuda.syncthreads()")
     consts = _finish_kernel(ctx, kname, params + [part], lines, kinds + [(part, dtype, 2)])
     ctx.lines.append(_launch(ctx, kname, max(1, min(NO * P, MAX_BLOCKS)), T,
                              args + [part] + consts))

@@ -68,6 +68,7 @@ ROW_BLOCKS = 65535       # at most this many blocks (each strides over rows)
 ROW_SHARED = 16 * 1024   # a row of a carry or temporary up to this size: in shared memory
 RESERVE = 4 * 1024       # ... leaving this much for the reductions' per-thread partials
 PAD = 4                  # elements added to each row of a per-row accumulator (_padded)
+WARP = cg.WARP
 REGISTERS = 65536        # registers of an SM (every GPU since compute capability 5.0)
 
 
@@ -1186,13 +1187,20 @@ class _Rows:
             # barrier, in a fixed order)
             S, T = 1, self.threads
             need = sum(np.dtype(o.dtype).itemsize for _, o, _ in roots) * Kr
-            while Kr * S * 2 <= T and R >= 16 * S and need * S * 2 <= self.room:
-                S *= 2
-            if S > 1:
-                self.room -= need * S
             # (neighbouring threads read neighbouring elements: along the kept axes, or,
             # when the innermost axis is summed, along it)
             inner = len(domain) - 1 in axes
+            while Kr * S * 2 <= T and R >= 16 * S and (
+                    self._shuffled(roots, S * 2, inner) or need * S * 2 <= self.room):
+                S *= 2
+            shuffled = S > 1 and self._shuffled(roots, S, inner)
+            if shuffled:
+                lines += self._shuffle_stage(em, roots, accs, write, out_sub, Kr, S, R,
+                                             axes, domain, ivars, kept_dims, kept_vars)
+                widest = max(widest, -(-Kr * S // WARP) * WARP)
+                continue
+            if S > 1:
+                self.room -= need * S
             lines.append(f"for _k in range(_tid, {Kr * S}, _nt):")
             if S > 1 and inner:
                 lines += [f"    _kk = {cg.floordiv('_k', S)}", f"    _q = _k - _kk * {S}"]
@@ -1234,6 +1242,64 @@ class _Rows:
                     lines += [f"    {write(o, out_sub)} = {acc}"]
             widest = max(widest, Kr * S)
         return lines, widest
+
+    def _shuffled(self, roots, S, inner) -> bool:
+        """Whether a reduction's ``S`` partials per kept element combine across the lanes
+        of a warp (``_shuffle_stage``): ``S`` adjacent lanes, at most a warp, of a block
+        of whole warps (or, under the simulator, of a power of two threads), values
+        a shuffle moves (``cudagen.shuffles``, which ``GRADC_CUDA_SHUFFLE=0`` turns
+        off).  When the kept axes are the innermost, lanes next to each other read S
+        rows of 32 / S kept elements: only where those runs fill 32-byte sectors."""
+        T = self.threads
+        dtypes = [o.dtype for _, o, _ in roots]
+        if not cg.shuffles(dtypes) or S > min(WARP, T) or \
+                not (T % WARP == 0 or T & (T - 1) == 0):
+            return False
+        sizes = {np.dtype(d).itemsize for d in dtypes}
+        return inner or (WARP // S) * min(sizes) >= 32
+
+    def _shuffle_stage(self, em, roots, accs, write, out_sub, Kr, S, R, axes, domain,
+                       ivars, kept_dims, kept_vars) -> list:
+        """A reduction stage whose ``S`` threads per kept element are ``S`` adjacent
+        lanes of a warp: each accumulates every S-th reduced element, then the S
+        partials combine through the warp's registers (``_d.shfl_xor``, a butterfly:
+        every lane ends with the same value) and the first lane writes it.  No shared
+        memory, no barrier and no second loop, where the combine in shared memory took
+        a barrier and a pass of its own (G4's forward scan: 5 barriers a step -> 3).
+        The loop over kept elements runs over whole warps (threads past the last kept
+        element read nothing and write nothing, but take part in the shuffles)."""
+        n = Kr * S
+        padded = -(-n // WARP) * WARP
+        lines = [f"for _k in range(_tid, {padded}, _nt):",
+                 f"    _kk = {cg.floordiv('_k', S)}", f"    _q = _k - _kk * {S}"]
+        lines += cg._decode("_kk", kept_dims, kept_vars, "    ")
+        lines += [f"    {acc} = {loops._init(kind, r)}"
+                  for (r, o, kind), acc in zip(roots, accs)]
+        body = []
+        if R % S == 0 and (R // S) % cg.UNROLL == 0:
+            u = cg.UNROLL
+            body += [f"for _u in range({R // S // u}):", f" for _v in range({u}):",
+                     f"    _r = (_u * {u} + _v) * {S} + _q"]
+        elif R % S == 0:
+            body += [f"for _u in range({R // S}):", f"    _r = _u * {S} + _q"]
+        else:
+            body.append(f"for _r in range(_q, {R}, {S}):")
+        body += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
+                           "    ")
+        body += ["    " + s for s in em.lines]
+        if padded != n:
+            lines += [f"    if _k < {n}:"] + ["        " + s for s in body]
+        else:
+            lines += ["    " + s for s in body]
+        offset = S // 2
+        while offset:
+            for (r, o, kind), acc in zip(roots, accs):
+                lines.append(f"    {acc}_o = _d.shfl_xor({acc}, {offset})")
+                lines += ["    " + s for s in cg._steps(kind, acc, acc, f"{acc}_o", o.dtype)]
+            offset //= 2
+        lines.append("    if _q == 0:" if padded == n else f"    if _q == 0 and _k < {n}:")
+        lines += [f"        {write(o, out_sub)} = {acc}" for (r, o, kind), acc in zip(roots, accs)]
+        return lines
 
     def _finish_accumulator(self, j, parts):
         """Carry ``j``'s final value: the body's update equation applied to the carry's
