@@ -524,6 +524,47 @@ def test_block_reductions_combined_by_warps(name, shuffle, monkeypatch):
     assert both == (shuffle == "1")         # (each program has one: a long sum)
 
 
+_X = rng.standard_normal((50, 3, 24))
+_X[7, 1, 5] = np.nan
+COLUMN_SUMS = {      # reductions over outer axes, the innermost kept: a thread per column
+    "sum-axis0-long": (lambda x: np.sum(np.sin(x), axis=0), (rng.standard_normal((300, 40)),)),
+    "max-two-axes-nan": (lambda x: np.max(x, axis=(0, 1)), (_X,)),
+    "sum-middle-axis": (lambda x: np.sum(x * x, axis=1), (rng.standard_normal((20, 70, 9)),)),
+    "min-axis0-float32": (lambda x: np.min(x, axis=0),
+                          (rng.standard_normal((90, 33)).astype(np.float32),)),
+    "bias-gradient": (lambda x, w, b: np.tanh(x @ w + b),
+                      (rng.standard_normal((48, 3)), rng.standard_normal((3, 16)),
+                       rng.standard_normal(16))),
+}
+
+
+@pytest.mark.parametrize("threads", [16, 64])
+@pytest.mark.parametrize("name", COLUMN_SUMS)
+def test_column_reductions(name, threads, monkeypatch):
+    """A reduction over outer axes with the innermost axis kept (a bias's gradient, a
+    sum over a batch) is a thread per kept element, neighbouring threads on
+    neighbouring elements; at 64 threads a block, two warps each sum every other
+    reduced element and warp 0 adds them; long sums are split over blocks (partials,
+    then a second pass).  Against the CPU, and the gradients too."""
+    monkeypatch.setattr(cudagen, "THREADS_SIM", threads)
+    f, args = COLUMN_SUMS[name]
+    tol = 1e-5 if args[0].dtype == np.float32 else 1e-12
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(*args) if name != "bias-gradient" else \
+        gradc.grad(_summed(f), argnums=2, target="cuda").source(*args)
+    assert "_l = " in src
+    if name == "sum-axis0-long" and threads == 16:      # (300 > 64 a thread: partials)
+        assert "_part" in src
+    if threads == 64:
+        assert "for _q in range(1, 2):" in src
+    np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
+                               rtol=tol, atol=tol)
+    wrt = tuple(range(len(args)))
+    for a, b in zip(gradc.grad(_summed(f), argnums=wrt, target="cuda")(*args),
+                    gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 def test_simulated_shuffle_needs_every_lane(monkeypatch):
     """The simulator's shuffle waits for every lane of the warp, as a GPU needs them:
     a warp half of whose lanes skip it fails with gradc's error, not a wrong value."""

@@ -20,10 +20,13 @@ What becomes a kernel:
   where the arrays are aligned for it (``_vector_at``);
 * a fused equation with reductions: per set of reduced axes, a *segmented* reduction:
   K kept elements × P blocks per kept element; each block's threads stride over the
-  reduced elements, accumulate in registers, combine in a shared-memory tree, and thread
-  0 writes the block's partial; a second kernel combines the P partials of each kept
-  element (no atomics: the result does not depend on the order blocks run in).  When
-  the reduced extent is small (<= ``THREAD_REDUCE``) one thread reduces one element;
+  reduced elements, accumulate in registers, combine by warp shuffles (then warp 0 over
+  the warps' totals: ``_block_combine``), and thread 0 writes the block's partial; a
+  second kernel combines the P partials of each kept element (no atomics: the result
+  does not depend on the order blocks run in).  When the reduced extent is small
+  (<= ``THREAD_REDUCE``) one thread reduces one element.  When the innermost axis is
+  kept (a sum over a batch), a block's lanes take neighbouring kept elements and its
+  warps every W-th reduced one, so that a warp reads whole sectors (*columns*);
 * ``einsum``: CuPy's ``einsum`` (cuBLAS) when CuPy is installed and the operands are
   floats, else a tiled contraction kernel (``TILE`` x ``TILE`` threads, both operands'
   tiles staged in shared memory) that reads the operands where they are, through
@@ -76,6 +79,8 @@ WARP = 32              # threads of a warp (the lanes a shuffle reaches)
 TARGET_BLOCKS = 1024   # blocks a segmented reduction aims for (K x P)
 PER_THREAD = 8         # reduced elements per thread before another block helps
 THREAD_REDUCE = 32     # reduced extents up to this: one thread per kept element
+COLUMN_ROWS = 64       # a reduction over outer axes: reduced elements per thread before
+#                        another block (and a second pass) helps
 SMALL_OUTPUT = 1024    # contractions with at most this many results and ...
 LONG_SUM = 512         # ... at least this long a sum: a segmented reduction
 DIRECT_SUM = 8         # sums this short: one thread per result, no tiles
@@ -1834,9 +1839,22 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
     T = ctx.threads
     thread_mode = R <= THREAD_REDUCE
-    P = 1 if thread_mode else max(1, min(-(-R // (T * PER_THREAD)),
-                                         max(1, TARGET_BLOCKS // max(K, 1))))
-    # outputs: reductions as flat (K,) arrays (cells when K == 1), partials (K, P)
+    # (the innermost axis kept, and long enough that a warp's neighbouring threads on
+    # neighbouring kept elements read whole sectors: a thread per kept element, each
+    # summing every P-th reduced element: the sum over a batch of a (B, H) gradient;
+    # threads striding over the reduced elements would read one element a sector)
+    column = not thread_mode and len(domain) - 1 not in axes and domain[-1] >= 8
+    L = min(WARP, T)                    # (columns: a warp's lanes on L kept elements,
+    W = T // L                          # the block's W warps on every W-th reduced one)
+    CB = -(-K // L)
+    if column:
+        P = 1 if -(-R // W) <= COLUMN_ROWS else \
+            max(1, min(-(-R // (W * COLUMN_ROWS)), TARGET_BLOCKS // CB))
+    else:
+        P = 1 if thread_mode else max(1, min(-(-R // (T * PER_THREAD)),
+                                             max(1, TARGET_BLOCKS // max(K, 1))))
+    # outputs: reductions as flat (K,) arrays (cells when K == 1), partials (K, P), or
+    # (P, K) for columns (their second pass reads neighbouring kept elements)
     red_outs, part_names = [], []
     for j, (r, o, kind) in enumerate(roots):
         flat = f"{ctx.names[o]}_flat"
@@ -1844,7 +1862,8 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
         red_outs.append(flat)
         if P > 1:
             part = f"{ctx.names[o]}_part"
-            ctx.lines.append(f"{part} = _d.empty(({K}, {P}), {dtype_expr(o.dtype)})")
+            shape = (P, K) if column else (K, P)
+            ctx.lines.append(f"{part} = _d.empty({shape}, {dtype_expr(o.dtype)})")
             part_names.append(part)
     ew_outs = [ctx.names[o] for _, o, _ in elementwise]
     dest = part_names if P > 1 else red_outs
@@ -1865,7 +1884,39 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     red_dims = [domain[d] for d in axes]
     inits = [f"{acc} = {loops._init(kind, r)}" for (r, o, kind), acc in zip(roots, accs)]
     lines = []
-    if thread_mode:
+    if column:
+        # a block per L kept elements (and per P-th of the reduced ones): lane l of
+        # warp w sums kept element l's reduced elements w, w + W, ...; warp 0 adds the W
+        # warps' sums from shared memory (one barrier) and writes them
+        at = f"{'_p, ' if P > 1 else ''}_k"
+        lines += ["_tid = cuda.threadIdx.x", f"_l = {mod('_tid', L)}",
+                  f"_w = {floordiv('_tid', L)}"]
+        if W > 1:
+            lines += [f"{acc}_s = cuda.shared.array({T}, {_numba_type(o.dtype)})"
+                      for (r, o, kind), acc in zip(roots, accs)]
+        lines += [f"for _b in range(cuda.blockIdx.x, {CB * P}, cuda.gridDim.x):",
+                  f"    _p = {floordiv('_b', CB)}",
+                  f"    _k = (_b - _p * {CB}) * {L} + _l"]
+        lines += ["    " + s for s in inits]
+        lines.append(f"    if _k < {K}:")
+        lines += _decode("_k", kept_dims, kept_vars, "        ")
+        lines.append(f"        for _r in range(_p * {W} + _w, {R}, {P * W}):")
+        lines += _decode("_r", red_dims, red_vars, "            ")
+        lines += ["            " + s for s in em.lines]
+        if W > 1:
+            lines += [f"    {acc}_s[_tid] = {acc}" for acc in accs]
+            lines += ["    cuda.syncthreads()", f"    if _w == 0 and _k < {K}:"]
+            lines.append(f"        for _q in range(1, {W}):")
+            lines += ["            " + line for (r, o, kind), acc in zip(roots, accs)
+                      for line in _steps(kind, acc, acc, f"{acc}_s[_q * {L} + _l]",
+                                         o.dtype)]
+            lines += [f"        {d}[{at}] = {acc}" for d, acc in zip(dest, accs)]
+            lines.append("    cuda.syncthreads()")
+        else:
+            lines.append(f"    if _k < {K}:")
+            lines += [f"        {d}[{at}] = {acc}" for d, acc in zip(dest, accs)]
+        blocks = max(1, min(CB * P, MAX_BLOCKS))
+    elif thread_mode:
         lines.append(f"for _k in range(cuda.grid(1), {K}, cuda.gridsize(1)):")
         lines += _decode("_k", kept_dims, kept_vars, "    ")
         lines += ["    " + s for s in inits]
@@ -1910,10 +1961,11 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
         flines = [f"for _k in range(cuda.grid(1), {K}, cuda.gridsize(1)):"]
         fkinds = []
         for j, ((r, o, kind), part, out) in enumerate(zip(roots, part_names, red_outs)):
-            flines.append(f"    _a = {part}[_k, 0]")
+            at = (lambda p: f"{part}[{p}, _k]") if column else (lambda p: f"{part}[_k, {p}]")
+            flines.append(f"    _a = {at(0)}")
             flines.append(f"    for _p in range(1, {P}):")
             flines += ["        " + line
-                       for line in _steps(kind, "_a", "_a", f"{part}[_k, _p]", o.dtype)]
+                       for line in _steps(kind, "_a", "_a", at("_p"), o.dtype)]
             flines.append(f"    {out}[_k] = _a")
             fkinds += [(part, o.dtype, 2), (out, o.dtype, 1)]
         fparams = [n for pair in zip(part_names, red_outs) for n in pair]
