@@ -584,6 +584,37 @@ def test_simulated_shuffle_needs_every_lane(monkeypatch):
         cuda.jit(scope["k"])[1, 16](np.zeros(16))
 
 
+def _max_then_sum(scale):
+    """A step whose maximum (reading the carry) feeds a sum (reading the maximum at
+    its own element only): one loop for both, unless the sum writes the new carry in
+    place (``scale=None``), which the maximum's other warps may still be reading."""
+    def f(h0, W):
+        def step(h, _):
+            m = np.max(h[:, :, None] + W[None], axis=1)
+            new = np.sum(np.exp(W[None] - m[:, None, :]), axis=1)
+            return (new if scale is None else scale * new), None
+        h, _ = gradc.scan(step, h0, None, length=3)
+        return h
+    return f
+
+
+@pytest.mark.parametrize("scale", [0.1, None])
+def test_consecutive_row_reductions_in_one_loop(scale, monkeypatch):
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    f = _max_then_sum(scale)
+    h0, W = rng.standard_normal((3, 16)), 0.3 * rng.standard_normal((16, 16))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(h0, W)
+    kernel = src[src.index("def _k"):src.index("def f_fn")]
+    # (the sum reads the maximum from the register its lanes hold it in)
+    assert bool(re.search(r"\n +\w+_ = _a0_0_0\n", kernel)) == (scale is not None)
+    np.testing.assert_allclose(jitted(h0, W), gradc.jit(f, target="numpy")(h0, W),
+                               rtol=1e-12, atol=1e-12)
+    g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
+    for a, b in zip(g(h0, W), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(h0, W)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+
+
 def test_simulated_shuffle_exchanges_across_the_block():
     """The simulator's shfl_xor: each thread gets the value of the thread ``offset``
     away in a butterfly, for every offset of a 16-thread block, and of each warp of a
@@ -1618,8 +1649,8 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     written back after the last), and so does a copy of the sum of exponentials,
     stacked for reverse mode and read by the step's last stage; ``exp`` of the scores
     is computed by the stage that sums it, which also writes it where reverse mode
-    needs it (three stages a step: the maximum, the sum, the new carry).  The gradient
-    is still the CPU's."""
+    needs it (three stages a step: the maximum, the sum, the new carry; the first two
+    in one loop).  The gradient is still the CPU's."""
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
@@ -1630,9 +1661,12 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     assert "q_s[i2] = q[_t, i0, i2] = _a1_0_0" in forward
     assert "_d.log(q_s[" in forward
     steps = forward[forward.index("for _s in range"):]
-    assert steps.count("cuda.syncthreads()") == 3 + 1     # (+ after the write-back)
+    # (the maximum and the sum in one loop, each thread's maximum read from its
+    # register: two barriers a step, + one after the write-back)
+    assert steps.count("cuda.syncthreads()") == 2 + 1
     summed = steps[steps.index("_a1_0_0 = 0.0"):]
     summed = summed[:summed.index("cuda.syncthreads()")]
+    assert re.search(r"\n +\w+_ = _a0_0_0\n", summed)
     assert "_d.exp(" in summed and "_a1_0_0 = _a1_0_0 + k_" in summed
     assert "k[_t, i0, i1, i2] = k_" in summed
     for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):

@@ -739,7 +739,7 @@ class _Rows:
         # (a barrier between those copies and a stage writing a carry in place, unless
         # another stage's barrier comes first)
         early = bool(copies_early)
-        widest = 1
+        widest, last = 1, None
         for e, text in zip(body.eqns, self.text_of):
             if e in updates or _reshape_source(e) is not None:
                 continue
@@ -750,12 +750,20 @@ class _Rows:
                         {e: [text[0].strip().removeprefix("let ")]})
             if all(v in self.uniform for v in e.outputs):
                 step += self._uniform(fused, text, comments)
+                last = None
                 continue
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
+            merged = self._merged(last, lines, self.merge_info) if last else None
+            if merged is not None:          # (one loop, no barrier between: _merged)
+                start, info = last[0], (last[1][0], last[1][1] + self.merge_info[1])
+                step[start:] = merged + ["cuda.syncthreads()"]
+                last = (start, info, merged)
+                continue
             if early and carry_into.keys() & set(e.outputs):
                 step.append("cuda.syncthreads()")
             early = False
+            last = (len(step), self.merge_info, lines) if self.merge_info else None
             step += lines + ["cuda.syncthreads()"]
         tail = [] if not early else ["cuda.syncthreads()"]
         for j, y, _ in copies_late:
@@ -1158,6 +1166,7 @@ class _Rows:
 
         pointwise_roots = groups.pop(None, [])
         lines, widest = [], 1
+        self.merge_info = None
         if not groups:
             em = emitter()
             pointwise(em, pointwise_roots)
@@ -1194,6 +1203,14 @@ class _Rows:
                     self._shuffled(roots, S * 2, inner) or need * S * 2 <= self.room):
                 S *= 2
             shuffled = S > 1 and self._shuffled(roots, S, inner)
+            decode = cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
+            if len(groups) == 1 and (shuffled or S == 1):
+                # (the lines every thread runs before its share, and how a later stage
+                # reads each result at the element's own index: see _merged)
+                sub = (idx[0],) + tuple(idx[d] for d in kept)
+                self.merge_info = (len(decode) + (3 if shuffled else 1), [
+                    (emitter().read(self.names[o], sub), acc)
+                    for (r, o, kind), acc in zip(roots, accs)])
             if shuffled:
                 lines += self._shuffle_stage(em, roots, accs, write, out_sub, Kr, S, R,
                                              axes, domain, ivars, kept_dims, kept_vars)
@@ -1206,7 +1223,7 @@ class _Rows:
                 lines += [f"    _kk = {cg.floordiv('_k', S)}", f"    _q = _k - _kk * {S}"]
             elif S > 1:
                 lines += [f"    _q = {cg.floordiv('_k', Kr)}", f"    _kk = _k - _q * {Kr}"]
-            lines += cg._decode("_kk" if S > 1 else "_k", kept_dims, kept_vars, "    ")
+            lines += decode
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
             if S > 1 and R % S == 0 and (R // S) % cg.UNROLL == 0:
@@ -1242,6 +1259,60 @@ class _Rows:
                     lines += [f"    {write(o, out_sub)} = {acc}"]
             widest = max(widest, Kr * S)
         return lines, widest
+
+    def _merged(self, last, lines, info):
+        """The lines of two consecutive reduction stages as one loop, without the
+        barrier between them, or None.  Both must give each thread the same kept
+        elements (the same lines before its share: the same loop, threads per element
+        and decoding), and the second must read the first's results only at the
+        element's own index: every thread of the element then holds that value in its
+        accumulator (S = 1: its own; shuffled: each lane after the butterfly), which
+        the second reads instead.  Neither may write what the other reads or writes
+        (in any of its names: aliases in the kernel, parameters on the same array).
+        G4's forward step: its maximum and its sum of exponentials (2 barriers a step,
+        not 3)."""
+        start, (n, binds), prev = last
+        if info is None or info[0] != n or lines[:n] != prev[:n] or any(
+                "syncthreads" in line for line in prev + lines):
+            return None
+        body = lines[n:]
+        for text, acc in binds:
+            at = re.compile(r"(?<![\w.])" + re.escape(text))
+            body = [at.sub(acc, line) for line in body]
+        memory = self._memory()
+        written = [_written(prev, memory), _written(body, memory)]
+        read = [_subscripted(prev, memory), _subscripted(body, memory)]
+        if written[0] & read[1] or written[1] & (read[0] | written[0]):
+            return None
+        return prev + body
+
+    def _memory(self) -> dict:
+        """Kernel name -> the memory it names: a shared array's aliases (``k = b``)
+        and parameters passed the same host array (or views of it) are one."""
+        host = {}
+        for line in self.ctx.lines:
+            m = re.fullmatch(r"(\w+) = (\w+)", line.strip())
+            if m:
+                host[m.group(1)] = m.group(2)
+
+        def root(name, alias):
+            seen = set()
+            while name in alias and name not in seen:
+                seen.add(name)
+                name = alias[name]
+            return name
+        memory = {}
+        for param, arg in zip(self.params, self.args):
+            base = re.sub(r"^_d\.\w+\(", "", arg)
+            memory[param] = "host:" + root(re.match(r"\w+", base).group(0), host)
+        kernel = {}
+        for line in self.head:
+            m = re.fullmatch(r"(\w+) = (\w+)", line.strip())
+            if m:
+                kernel[m.group(1)] = m.group(2)
+        for name in kernel:
+            memory[name] = memory.get(root(name, kernel), root(name, kernel))
+        return memory
 
     def _shuffled(self, roots, S, inner) -> bool:
         """Whether a reduction's ``S`` partials per kept element combine across the lanes
@@ -1533,6 +1604,19 @@ def _row_bytes(shape, dtype) -> int:
 
 
 _SHARE = re.compile(r"^(\s*)for (\w+) in range\(_tid, (\d+), _nt\):$")
+
+
+def _subscripted(lines, memory) -> set:
+    """The memory of every array the lines subscript (read or written; not in
+    comments)."""
+    return {memory.get(n, n) for line in lines
+            for n in re.findall(r"(\w+)\[", line.split("#")[0])}
+
+
+def _written(lines, memory) -> set:
+    """The memory of every array the lines assign to (``a[...] = ``, ``+=``, chained)."""
+    return {memory.get(n, n) for line in lines
+            for n in re.findall(r"(\w+)\[[^\]]*\]\s*\+?=(?!=)", line.split("#")[0])}
 
 
 def _share_loops(lines: list) -> list:
