@@ -615,6 +615,31 @@ def test_consecutive_row_reductions_in_one_loop(scale, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
 
+def test_reductions_stay_apart_from_an_early_copy_of_the_carry(monkeypatch):
+    """A step handing back its old carry (copied into the stacked result at the top of
+    the step) whose sum writes the new carry in place: the maximum before it reads
+    only the step's operand, but the copy that runs with it reads the carry, so the
+    two reductions keep their barrier (one loop would let the sum overwrite rows
+    other warps are still copying)."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+
+    def f(h0, W, xs):
+        def step(h, x):
+            m = np.max(x[:, :, None] + W[None], axis=1)
+            return np.sum(np.exp(W[None] - m[:, None, :]), axis=1), h
+        return gradc.scan(step, h0, xs)
+    args = (rng.standard_normal((3, 16)), rng.standard_normal((16, 16)),
+            rng.standard_normal((4, 3, 16)))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(*args)
+    kernel = src[src.index("def _k"):src.index("def f_fn")]
+    steps = kernel[kernel.index("for _s in range"):]
+    assert re.search(r"\n +\w+_ = _a0_0_0\n", kernel) is None
+    assert steps.count("cuda.syncthreads()") == 3     # (+ one after the write-back)
+    for a, b in zip(jitted(*args), gradc.jit(f, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_simulated_shuffle_exchanges_across_the_block():
     """The simulator's shfl_xor: each thread gets the value of the thread ``offset``
     away in a butterfly, for every offset of a 16-thread block, and of each warp of a

@@ -758,12 +758,16 @@ class _Rows:
             if merged is not None:          # (one loop, no barrier between: _merged)
                 start, info = last[0], (last[1][0], last[1][1] + self.merge_info[1])
                 step[start:] = merged + ["cuda.syncthreads()"]
-                last = (start, info, merged)
+                last = (start, info, merged, last[3])
                 continue
             if early and carry_into.keys() & set(e.outputs):
                 step.append("cuda.syncthreads()")
             early = False
-            last = (len(step), self.merge_info, lines) if self.merge_info else None
+            # (with what runs before it since the last barrier: the step's early copies)
+            since = len(step) - step[::-1].index("cuda.syncthreads()") \
+                if "cuda.syncthreads()" in step else 0
+            last = (len(step), self.merge_info, lines, step[since:]) \
+                if self.merge_info else None
             step += lines + ["cuda.syncthreads()"]
         tail = [] if not early else ["cuda.syncthreads()"]
         for j, y, _ in copies_late:
@@ -1262,16 +1266,19 @@ class _Rows:
 
     def _merged(self, last, lines, info):
         """The lines of two consecutive reduction stages as one loop, without the
-        barrier between them, or None.  Both must give each thread the same kept
+        barrier between them, or None (``last``: the first's start in the step, its
+        ``merge_info``, its lines, and the lines that run before it since the last
+        barrier: the step's early copies).  Both must give each thread the same kept
         elements (the same lines before its share: the same loop, threads per element
         and decoding), and the second must read the first's results only at the
         element's own index: every thread of the element then holds that value in its
         accumulator (S = 1: its own; shuffled: each lane after the butterfly), which
-        the second reads instead.  Neither may write what the other reads or writes
-        (in any of its names: aliases in the kernel, parameters on the same array).
+        the second reads instead.  Neither may write what the other (or what runs
+        before the first) reads or writes, in any of its names: aliases in the kernel,
+        parameters on the same array.
         G4's forward step: its maximum and its sum of exponentials (2 barriers a step,
         not 3)."""
-        start, (n, binds), prev = last
+        start, (n, binds), prev, before = last
         if info is None or info[0] != n or lines[:n] != prev[:n] or any(
                 "syncthreads" in line for line in prev + lines):
             return None
@@ -1280,8 +1287,8 @@ class _Rows:
             at = re.compile(r"(?<![\w.])" + re.escape(text))
             body = [at.sub(acc, line) for line in body]
         memory = self._memory()
-        written = [_written(prev, memory), _written(body, memory)]
-        read = [_subscripted(prev, memory), _subscripted(body, memory)]
+        written = [_written(before + prev, memory), _written(body, memory)]
+        read = [_subscripted(before + prev, memory), _subscripted(body, memory)]
         if written[0] & read[1] or written[1] & (read[0] | written[0]):
             return None
         return prev + body
