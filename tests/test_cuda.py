@@ -565,6 +565,22 @@ def test_column_reductions(name, threads, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+def test_a_transposed_sum_is_no_column_reduction():
+    """``np.sum(x.T, axis=0)``: the domain's innermost axis is kept, but it is x's
+    first: threads on neighbouring kept elements would read a row apart, so the
+    threads of a block stride over x's rows instead (as before the columns)."""
+    from gradc.passes.indexmap import Affine
+    x = rng.standard_normal((12, 300))
+    jitted = gradc.jit(lambda x: np.sum(x.T, axis=0), target="cuda")
+    assert "_l = " not in jitted.source(x)
+    np.testing.assert_allclose(jitted(x), x.sum(axis=1), rtol=1e-12)
+    i0, i1 = Affine("i0", 1, 0, 0, 9), Affine("i1", 1, 0, 0, 9)
+    assert cudagen._along_last([("a", (i0, i1)), ("b", (i0,))], "i1")
+    assert not cudagen._along_last([("a", (i1, i0))], "i1")
+    assert not cudagen._along_last([("a", (i0, i1.map(2, 0)))], "i1")
+    assert cudagen._along_last([("a", (Affine.const(3), i1.map(-1, 9)))], "i1")
+
+
 def test_simulated_shuffle_needs_every_lane(monkeypatch):
     """The simulator's shuffle waits for every lane of the warp, as a GPU needs them:
     a warp half of whose lanes skip it fails with gradc's error, not a wrong value."""

@@ -179,6 +179,12 @@ class _Emitter(loops._Emitter):
     after another."""
 
     hoist = None
+    reads = None          # (a list: every array read, as (array, idx), appended to it)
+
+    def read(self, array, idx) -> str:
+        if self.reads is not None:
+            self.reads.append((array, idx))
+        return super().read(array, idx)
 
     def value(self, atom, idx, depth) -> str:
         if self.hoist is not None and atom.ndim > 0 and \
@@ -1827,6 +1833,23 @@ def _vector_at(ctx, domain, roots, names, producer, comments, params, outs, stre
     return _define_at(ctx, "_vat", params, em, ivars, vals, domain, lines, lanes, arrays)
 
 
+def _along_last(reads, last) -> bool:
+    """Whether every array read ``reads`` ((array, idx) pairs) either has the domain's
+    innermost variable ``last`` in its own innermost index, one element apart (threads
+    on neighbouring elements of that axis read neighbouring memory), or does not
+    depend on it at all (they read one element); a transposed read (``x.T`` summed
+    over its first axis) has it elsewhere, and neighbours would be a row apart."""
+    for _, idx in reads:
+        if not idx:
+            continue
+        if not all(isinstance(c, Affine) for c in idx):
+            return False
+        uses = [c.sym == last and c.mult != 0 for c in idx]
+        if any(uses[:-1]) or (uses[-1] and abs(idx[-1].mult) != 1):
+            return False
+    return True
+
+
 def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, comments,
                    outer):
     """A segmented reduction over ``axes`` of ``domain`` (see the module docstring)."""
@@ -1839,11 +1862,22 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     idx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(ivars, domain))
     T = ctx.threads
     thread_mode = R <= THREAD_REDUCE
+    em = _Emitter(ctx, names, producer, comments)
+    em.reads = []
+    accs = [f"_a{j}" for j in range(len(roots))]
+    for (r, o, kind), acc in zip(roots, accs):
+        e = producer[r]
+        val = em.value(e.inputs[0], idx, 0)
+        _reduce_step(em, kind, acc, val, o.dtype)
+    for r, o, _ in elementwise:
+        val = em.value(r, idx, 0)
+        em.emit(0, f"{ctx.names[o]}[{', '.join(ivars)}] = {val}")
     # (the innermost axis kept, and long enough that a warp's neighbouring threads on
     # neighbouring kept elements read whole sectors: a thread per kept element, each
     # summing every P-th reduced element: the sum over a batch of a (B, H) gradient;
     # threads striding over the reduced elements would read one element a sector)
-    column = not thread_mode and len(domain) - 1 not in axes and domain[-1] >= 8
+    column = not thread_mode and len(domain) - 1 not in axes and domain[-1] >= 8 and \
+        _along_last(em.reads, ivars[-1])
     L = min(WARP, T)                    # (columns: a warp's lanes on L kept elements,
     W = T // L                          # the block's W warps on every W-th reduced one)
     CB = -(-K // L)
@@ -1869,15 +1903,6 @@ def _reduce_kernel(ctx, eqn, domain, axes, roots, elementwise, names, producer, 
     dest = part_names if P > 1 else red_outs
     kinds += [(n, o.dtype, 2 if P > 1 else 1) for n, (_, o, _) in zip(dest, roots)]
     kinds += [(ctx.names[o], o.dtype, o.ndim) for _, o, _ in elementwise]
-    em = _Emitter(ctx, names, producer, comments)
-    accs = [f"_a{j}" for j in range(len(roots))]
-    for (r, o, kind), acc in zip(roots, accs):
-        e = producer[r]
-        val = em.value(e.inputs[0], idx, 0)
-        _reduce_step(em, kind, acc, val, o.dtype)
-    for r, o, _ in elementwise:
-        val = em.value(r, idx, 0)
-        em.emit(0, f"{ctx.names[o]}[{', '.join(ivars)}] = {val}")
     kept_vars = [ivars[d] for d in kept]
     red_vars = [ivars[d] for d in axes]
     kept_dims = [domain[d] for d in kept]
