@@ -224,3 +224,17 @@ def test_rosenbrock_gradient_n1000_matches_interpreter():
     got = compile_graph(graph, name="rosen_grad")(x)[0]
     np.testing.assert_allclose(got, run(graph, x)[0], rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(got, gradc.grad(rosen)(x), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_float16_runs_on_the_interpreter_with_a_warning(target):
+    """Numba has no half precision on the CPU: a graph with float16 values falls back
+    to the interpreter with a GradcWarning naming them, not Numba's traceback."""
+    x = np.linspace(0.0, 1.0, 40).astype(np.float16)
+    with pytest.warns(gradc.GradcWarning, match=r"float16 values \(an input of f16\[40\]\)"):
+        got = gradc.jit(lambda x: np.sum(np.sin(x) * x), target=target)(x)
+    assert got.dtype == np.float16 and got == np.sum(np.sin(x) * x)
+    with pytest.warns(gradc.GradcWarning, match="no half precision"):
+        g = gradc.grad(lambda x: np.sum(np.sin(x)), target=target)(x)
+    np.testing.assert_array_equal(g, gradc.grad(lambda x: np.sum(np.sin(x)),
+                                                target="numpy")(x))

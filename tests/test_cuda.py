@@ -565,6 +565,17 @@ def test_column_reductions(name, threads, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+def test_float16_reductions():
+    """float16 sums and maxima (their kernels' shared arrays of numba.types.float16),
+    against NumPy's."""
+    x = np.linspace(0.25, 1.0, 44 * 16).astype(np.float16)
+    for f in (lambda x: np.sum(x), lambda x: np.max(x, keepdims=True) * x,
+              lambda x: np.sum(x.reshape(22, 32) ** 2, axis=0)):
+        got = gradc.jit(f, target="cuda")(x)
+        assert np.asarray(got).dtype == np.float16
+        np.testing.assert_allclose(np.asarray(got, float), f(x).astype(float), rtol=1e-2)
+
+
 def test_a_transposed_sum_is_no_column_reduction():
     """``np.sum(x.T, axis=0)``: the domain's innermost axis is kept, but it is x's
     first: threads on neighbouring kept elements would read a row apart, so the
@@ -1970,6 +1981,9 @@ PTX_SCRIPT = textwrap.dedent("""
         for dt, v in ((np.float32, "v4.f32"), (np.float64, "v2.f64")):
             ptx = gradc.grad(rosen, target="cuda").ptx(np.ones(64, dt))
             done["vector-" + v] = [ptx.count("ld.global." + v), ptx.count("st.global." + v)]
+        # (float16 reductions: shared arrays of numba.types.float16)
+        done["float16-sum"] = gradc.jit(lambda x: np.sum(x * x), target="cuda").ptx(
+            np.ones(44 * 256, np.float16)).count(".entry")
         # (complex numbers are no vector elements: their arrays keep scalar accesses)
         z = (np.arange(16) + 1j).astype(np.complex64)
         done["complex64-beside-float32"] = gradc.jit(lambda z, x: z * x, target="cuda").ptx(

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ArgumentError, GradcError, GuardFailure, UnsupportedError, with_location
 from ..interpret import eval_graph
-from ..ir import Graph
+from ..ir import Graph, subgraphs
 
 TARGETS = ("cpu", "parallel", "cuda", "numpy")
 
@@ -61,6 +61,22 @@ def optimise(graph: Graph, target: str) -> Graph:
     return graph
 
 
+def _half_precision(graph: Graph):
+    """The first float16 value of ``graph`` (its bodies' too) as text, or None."""
+    for v in graph.inputs:
+        if np.dtype(v.dtype) == np.float16:
+            return f"an input of f16{list(v.shape)}"
+    for eqn in graph.eqns:
+        for v in eqn.outputs:
+            if np.dtype(v.dtype) == np.float16:
+                return f"{eqn.prim.name} of f16{list(v.shape)}"
+        for body in subgraphs(eqn):
+            found = _half_precision(body)
+            if found is not None:
+                return found
+    return None
+
+
 class Executable:
     """An optimised Graph ready to run on one target: ``exe(values) -> list of arrays``.
 
@@ -88,6 +104,10 @@ class Executable:
             from .cuda import Compiled as CudaCompiled
             self._compiled = CudaCompiled(self.graph, self.name, self.fastmath)
         if self._compiled is None and not self._fallback:
+            half = _half_precision(self.graph)
+            if half is not None:
+                raise UnsupportedError(f"float16 values ({half}): Numba has no half "
+                                       "precision on the CPU")
             from .numba_cpu import Compiled
             self._compiled = Compiled(self.graph, self.name,
                                       parallel=self.target == "parallel",

@@ -164,6 +164,8 @@ class Lowered:
 
 def _numba_type(dtype) -> str:
     dtype = np.dtype(dtype)
+    if dtype == np.float16:              # (not an attribute of numba itself)
+        return "numba.types.float16"
     return "numba.boolean" if dtype == np.bool_ else f"numba.{dtype.name}"
 
 
