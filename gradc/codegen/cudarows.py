@@ -749,8 +749,14 @@ class _Rows:
             comments = (self.comments_of.get(e) if fused is e else
                         {e: [text[0].strip().removeprefix("let ")]})
             if all(v in self.uniform for v in e.outputs):
-                step += self._uniform(fused, text, comments)
-                last = None
+                # (per-step scalars, locals of every thread reading no row: placed
+                # before a reduction stage that a later one may join, not between them)
+                uniform = self._uniform(fused, text, comments)
+                if last is None:
+                    step += uniform
+                else:
+                    step[last[0]:last[0]] = uniform
+                    last = (last[0] + len(uniform),) + last[1:]
                 continue
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
@@ -1296,9 +1302,9 @@ class _Rows:
     def _memory(self) -> dict:
         """Kernel name -> the memory it names: a shared array's aliases (``k = b``)
         and parameters passed the same host array (or views of it) are one."""
-        host = {}
+        host = {}           # (another name, a reshape or a view of the same array)
         for line in self.ctx.lines:
-            m = re.fullmatch(r"(\w+) = (\w+)", line.strip())
+            m = re.fullmatch(r"(\w+) = (?:_d\.(?:reshape|view)\()?(\w+)\b.*", line.strip())
             if m:
                 host[m.group(1)] = m.group(2)
 
@@ -1310,7 +1316,7 @@ class _Rows:
             return name
         memory = {}
         for param, arg in zip(self.params, self.args):
-            base = re.sub(r"^_d\.\w+\(", "", arg)
+            base = re.sub(r"^_d\.(?:reshape|view)\(", "", arg)
             memory[param] = "host:" + root(re.match(r"\w+", base).group(0), host)
         kernel = {}
         for line in self.head:
@@ -1373,7 +1379,19 @@ class _Rows:
         while offset:
             for (r, o, kind), acc in zip(roots, accs):
                 lines.append(f"    {acc}_o = _d.shfl_xor({acc}, {offset})")
-                lines += ["    " + s for s in cg._steps(kind, acc, acc, f"{acc}_o", o.dtype)]
+                if kind in ("max", "min"):
+                    # (both lanes of a pair combine (lower lane's, upper lane's), so
+                    # that every lane ends with the same value: of a +0 and a -0, the
+                    # maximum's pick depends on the order, and a later stage in the
+                    # same loop reads each lane's own: _merged)
+                    lines += [f"    {acc}_h = _q & {offset}",
+                              f"    {acc}_l = {acc}_o if {acc}_h else {acc}",
+                              f"    {acc}_o = {acc} if {acc}_h else {acc}_o"]
+                    lines += ["    " + s for s in cg._steps(kind, acc, f"{acc}_l", f"{acc}_o",
+                                                            o.dtype)]
+                else:       # (IEEE addition and multiplication are commutative)
+                    lines += ["    " + s for s in cg._steps(kind, acc, acc, f"{acc}_o",
+                                                            o.dtype)]
             offset //= 2
         lines.append("    if _q == 0:" if padded == n else f"    if _q == 0 and _k < {n}:")
         lines += [f"        {write(o, out_sub)} = {acc}" for (r, o, kind), acc in zip(roots, accs)]
