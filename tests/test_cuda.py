@@ -722,6 +722,17 @@ def test_a_shuffled_maximum_is_the_same_in_every_lane(monkeypatch):
     np.testing.assert_allclose(np.abs(got), 64 * np.pi, rtol=1e-12)
 
 
+def test_the_crf_gradients_forward_scan_merges_its_reductions(monkeypatch):
+    """G4's forward scan (in reverse mode: its maximum and its sum stacked for the
+    backward scan, in arrays of their own) shares one loop for the two reductions;
+    the host's other arrays (made by ``_d.empty``) are not one memory."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    U, A = rng.standard_normal((3, 4, 16)), 0.5 * rng.standard_normal((16, 16))
+    src = gradc.grad(crf_batched, argnums=(0, 1), target="cuda").source(U, A)
+    forward = _kernel_text(src, "_k0")
+    assert re.search(r"\n +\w+_ = _a0_0_0\n", forward), forward
+
+
 def test_a_per_step_scalar_between_two_reductions(monkeypatch):
     """A step's scalar arithmetic (every thread's local) written between the maximum and
     the sum runs before both, which then share a loop."""

@@ -1304,9 +1304,10 @@ class _Rows:
         and parameters passed the same host array (or views of it) are one."""
         host = {}           # (another name, a reshape or a view of the same array)
         for line in self.ctx.lines:
-            m = re.fullmatch(r"(\w+) = (?:_d\.(?:reshape|view)\()?(\w+)\b.*", line.strip())
+            m = re.fullmatch(r"(\w+) = (\w+)|(\w+) = _d\.(?:reshape|view)\((\w+),.*",
+                             line.strip())
             if m:
-                host[m.group(1)] = m.group(2)
+                host[m.group(1) or m.group(3)] = m.group(2) or m.group(4)
 
         def root(name, alias):
             seen = set()
