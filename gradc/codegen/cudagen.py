@@ -2139,7 +2139,7 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     P = max(1, min(-(-K // (T * PER_THREAD)), max(1, TARGET_BLOCKS // max(NO, 1))))
     part = f"{oname}_part"
     ctx.lines.append(f"{part} = _d.empty(({NO}, {P}), {dtype_expr(dtype)})")
-    lines = [f"_s = cuda.shared.array({T}, {_numba_type(dtype)})",
+    lines = [f"_a_s = cuda.shared.array({T}, {_numba_type(dtype)})",
              "_tid = cuda.threadIdx.x",
              f"for _b in range(cuda.blockIdx.x, {NO * P}, cuda.gridDim.x):",
              f"    _o = {floordiv('_b', P)}", f"    _p = _b - _o * {P}"]
@@ -2149,14 +2149,13 @@ def _sum_kernel(ctx, kname, oname, dtype, out_ndim, params, args, kinds, out_dim
     lines += ["        " + t for t in terms]
     warps = _block_combine([("_a", "sum", dtype, zero)], T)
     if warps is not None:
-        lines[0] = f"_a_s = cuda.shared.array({T}, {_numba_type(dtype)})"
         lines += ["    " + s for s in warps] + ["    if _tid == 0:",
                                                  f"        {part}[_o, _p] = _a"]
     else:
-        lines += ["    _s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
+        lines += ["    _a_s[_tid] = _a", "    cuda.syncthreads()", f"    _w = {T // 2}",
                   "    while _w > 0:", "        if _tid < _w:",
-                  "            _s[_tid] += _s[_tid + _w]", "        cuda.syncthreads()",
-                  "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _s[0]"]
+                  "            _a_s[_tid] += _a_s[_tid + _w]", "        cuda.syncthreads()",
+                  "        _w //= 2", "    if _tid == 0:", f"        {part}[_o, _p] = _a_s[0]"]
     lines.append("    cuda.syncthreads()")
     consts = _finish_kernel(ctx, kname, params + [part], lines, kinds + [(part, dtype, 2)])
     ctx.lines.append(_launch(ctx, kname, max(1, min(NO * P, MAX_BLOCKS)), T,

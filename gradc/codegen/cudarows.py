@@ -1236,17 +1236,7 @@ class _Rows:
             lines += decode
             lines += [f"    {acc} = {loops._init(kind, r)}"
                       for (r, o, kind), acc in zip(roots, accs)]
-            if S > 1 and R % S == 0 and (R // S) % cg.UNROLL == 0:
-                # (an inner loop of a constant trip count, which LLVM unrolls: each
-                # thread's loads issued cg.UNROLL at a time, not one by one)
-                n, u = R // S // cg.UNROLL, cg.UNROLL
-                lines += [f"    for _u in range({n}):", f"     for _v in range({u}):",
-                          f"        _r = (_u * {u} + _v) * {S} + _q"]
-            elif S > 1 and R % S == 0:
-                lines += [f"    for _u in range({R // S}):", f"        _r = _u * {S} + _q"]
-            else:
-                lines.append(f"    for _r in range(_q, {R}, {S}):" if S > 1
-                             else f"    for _r in range({R}):")
+            lines += ["    " + s for s in _share_of(R, S)]
             lines += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
                                 "        ")
             lines += ["        " + s for s in em.lines]
@@ -1360,15 +1350,7 @@ class _Rows:
         lines += cg._decode("_kk", kept_dims, kept_vars, "    ")
         lines += [f"    {acc} = {loops._init(kind, r)}"
                   for (r, o, kind), acc in zip(roots, accs)]
-        body = []
-        if R % S == 0 and (R // S) % cg.UNROLL == 0:
-            u = cg.UNROLL
-            body += [f"for _u in range({R // S // u}):", f" for _v in range({u}):",
-                     f"    _r = (_u * {u} + _v) * {S} + _q"]
-        elif R % S == 0:
-            body += [f"for _u in range({R // S}):", f"    _r = _u * {S} + _q"]
-        else:
-            body.append(f"for _r in range(_q, {R}, {S}):")
+        body = _share_of(R, S)
         body += cg._decode("_r", [domain[d] for d in axes], [ivars[d] for d in axes],
                            "    ")
         body += ["    " + s for s in em.lines]
@@ -1630,6 +1612,20 @@ def _row_bytes(shape, dtype) -> int:
 
 
 _SHARE = re.compile(r"^(\s*)for (\w+) in range\(_tid, (\d+), _nt\):$")
+
+
+def _share_of(R, S) -> list:
+    """The loop over a thread's share of ``R`` reduced elements, every ``S``-th from its
+    ``_q`` (the element ``_r`` for the lines after it, indented by four).  With a
+    constant trip count LLVM unrolls it: each thread's loads issued ``cg.UNROLL`` at a
+    time, not one by one."""
+    if S > 1 and R % S == 0 and (R // S) % cg.UNROLL == 0:
+        n, u = R // S // cg.UNROLL, cg.UNROLL
+        return [f"for _u in range({n}):", f" for _v in range({u}):",
+                f"    _r = (_u * {u} + _v) * {S} + _q"]
+    if S > 1 and R % S == 0:
+        return [f"for _u in range({R // S}):", f"    _r = _u * {S} + _q"]
+    return [f"for _r in range(_q, {R}, {S}):" if S > 1 else f"for _r in range({R}):"]
 
 
 def _subscripted(lines, memory) -> set:
