@@ -1553,24 +1553,39 @@ def _block_combine(roots, T):
     if not shuffles([dt for _, _, dt, _ in roots]) or T & (T - 1):
         return None
     W = min(WARP, T)
-
-    def butterfly(width):
-        out, offset = [], width // 2
-        while offset:
-            for acc, kind, dt, _ in roots:
-                out.append(f"{acc}_o = _d.shfl_xor({acc}, {offset})")
-                out += _steps(kind, acc, acc, f"{acc}_o", dt)
-            offset //= 2
-        return out
-    lines = butterfly(W)
+    accs = [(acc, kind, dt) for acc, kind, dt, _ in roots]
+    lines = butterfly(accs, W)
     if T > W:
         lines.append(f"if (_tid & {W - 1}) == 0:")
         lines += [f"    {acc}_s[_tid >> {W.bit_length() - 1}] = {acc}" for acc, *_ in roots]
         lines += ["cuda.syncthreads()", f"if _tid < {W}:"]
         lines += [f"    {acc} = {acc}_s[_tid] if _tid < {T // W} else {init}"
                   for acc, _, _, init in roots]
-        lines += ["    " + s for s in butterfly(T // W)]
+        lines += ["    " + s for s in butterfly(accs, T // W)]
     return lines
+
+
+def butterfly(accs, width, lane=None) -> list:
+    """Lines combining each accumulator of ``accs`` ((acc, kind, dtype)) across
+    ``width`` adjacent lanes (a power of two, at most a warp) by ``_d.shfl_xor``: every
+    lane ends with the total.  With ``lane`` (an expression: the lane's place among the
+    ``width``), a maximum's or minimum's pair combines (lower lane's, upper lane's) in
+    both lanes, so that every lane ends with the same value: of a +0 and a -0 the pick
+    depends on the order (without it, only one lane's value is to be used).  IEEE
+    addition and multiplication are commutative."""
+    out, offset = [], width // 2
+    while offset:
+        for acc, kind, dt in accs:
+            out.append(f"{acc}_o = _d.shfl_xor({acc}, {offset})")
+            if lane is not None and kind in ("max", "min"):
+                out += [f"{acc}_h = {lane} & {offset}",
+                        f"{acc}_l = {acc}_o if {acc}_h else {acc}",
+                        f"{acc}_o = {acc} if {acc}_h else {acc}_o"]
+                out += _steps(kind, acc, f"{acc}_l", f"{acc}_o", dt)
+            else:
+                out += _steps(kind, acc, acc, f"{acc}_o", dt)
+        offset //= 2
+    return out
 
 
 def unsigned_subscripts(lines: list, arrays) -> list:

@@ -1223,7 +1223,7 @@ class _Rows:
                     for (r, o, kind), acc in zip(roots, accs)])
             if shuffled:
                 lines += self._shuffle_stage(em, roots, accs, write, out_sub, Kr, S, R,
-                                             axes, domain, ivars, kept_dims, kept_vars)
+                                             axes, domain, ivars, decode)
                 widest = max(widest, -(-Kr * S // WARP) * WARP)
                 continue
             if S > 1:
@@ -1334,7 +1334,7 @@ class _Rows:
         return inner or (WARP // S) * min(sizes) >= 32
 
     def _shuffle_stage(self, em, roots, accs, write, out_sub, Kr, S, R, axes, domain,
-                       ivars, kept_dims, kept_vars) -> list:
+                       ivars, decode) -> list:
         """A reduction stage whose ``S`` threads per kept element are ``S`` adjacent
         lanes of a warp: each accumulates every S-th reduced element, then the S
         partials combine through the warp's registers (``_d.shfl_xor``, a butterfly:
@@ -1342,12 +1342,13 @@ class _Rows:
         memory, no barrier and no second loop, where the combine in shared memory took
         a barrier and a pass of its own (G4's forward scan: 5 barriers a step -> 3).
         The loop over kept elements runs over whole warps (threads past the last kept
-        element read nothing and write nothing, but take part in the shuffles)."""
+        element read nothing and write nothing, but take part in the shuffles).
+        ``decode``: the lines naming the kept element's indices from ``_kk``."""
         n = Kr * S
         padded = -(-n // WARP) * WARP
         lines = [f"for _k in range(_tid, {padded}, _nt):",
                  f"    _kk = {cg.floordiv('_k', S)}", f"    _q = _k - _kk * {S}"]
-        lines += cg._decode("_kk", kept_dims, kept_vars, "    ")
+        lines += decode
         lines += [f"    {acc} = {loops._init(kind, r)}"
                   for (r, o, kind), acc in zip(roots, accs)]
         body = _share_of(R, S)
@@ -1358,24 +1359,10 @@ class _Rows:
             lines += [f"    if _k < {n}:"] + ["        " + s for s in body]
         else:
             lines += ["    " + s for s in body]
-        offset = S // 2
-        while offset:
-            for (r, o, kind), acc in zip(roots, accs):
-                lines.append(f"    {acc}_o = _d.shfl_xor({acc}, {offset})")
-                if kind in ("max", "min"):
-                    # (both lanes of a pair combine (lower lane's, upper lane's), so
-                    # that every lane ends with the same value: of a +0 and a -0, the
-                    # maximum's pick depends on the order, and a later stage in the
-                    # same loop reads each lane's own: _merged)
-                    lines += [f"    {acc}_h = _q & {offset}",
-                              f"    {acc}_l = {acc}_o if {acc}_h else {acc}",
-                              f"    {acc}_o = {acc} if {acc}_h else {acc}_o"]
-                    lines += ["    " + s for s in cg._steps(kind, acc, f"{acc}_l", f"{acc}_o",
-                                                            o.dtype)]
-                else:       # (IEEE addition and multiplication are commutative)
-                    lines += ["    " + s for s in cg._steps(kind, acc, acc, f"{acc}_o",
-                                                            o.dtype)]
-            offset //= 2
+        # (every lane ends with the same value: a later stage in the same loop reads
+        # each lane's own, _merged)
+        lines += ["    " + s for s in cg.butterfly(
+            [(acc, kind, o.dtype) for (r, o, kind), acc in zip(roots, accs)], S, lane="_q")]
         lines.append("    if _q == 0:" if padded == n else f"    if _q == 0 and _k < {n}:")
         lines += [f"        {write(o, out_sub)} = {acc}" for (r, o, kind), acc in zip(roots, accs)]
         return lines
