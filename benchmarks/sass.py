@@ -5,7 +5,7 @@ Each kernel of each workload (benchmarks/gpu.py's functions at their sizes, floa
 goes through numba.cuda's compiler to PTX (as ``Compiled.ptx`` does), ``ptxas`` to
 an sm_90 cubin and ``nvdisasm`` to SASS.  For each kernel: its registers, its SASS
 instructions, its barriers, and, for a one-kernel scan, the instructions of its step
-loop (the innermost loop holding two barriers or more), each loop inside it counted
+loop (the innermost loop holding a barrier), each loop inside it counted
 once: a thread's instructions a step where each of those loops runs once (a stage's
 loop over the row's elements does at 256 threads a row of 256 or fewer; a loop LLVM
 did not unroll inside a stage runs more).
@@ -55,7 +55,7 @@ def sass_of(compiled, kernel, cc, ptxas, nvdisasm, work):
 
 
 def step_loop(sass: str):
-    """Instructions of the innermost loop holding two barriers or more (a one-kernel
+    """Instructions of the innermost loop holding a barrier (a one-kernel
     scan's step), and the (first, last) instruction of each loop inside it; None for a
     kernel without one."""
     lines = sass.splitlines()
@@ -77,7 +77,7 @@ def step_loop(sass: str):
     exits = [at[k] for k in ops if re.search(r"\bEXIT\b", lines[k])]
     loops = [lp for lp in loops if not any(lp[0] <= e <= lp[1] for e in exits)]
     bars = [at[k] for k in ops if "BAR.SYNC" in lines[k]]
-    steps = [lp for lp in loops if sum(lp[0] <= b <= lp[1] for b in bars) >= 2]
+    steps = [lp for lp in loops if any(lp[0] <= b <= lp[1] for b in bars)]
     if not steps:
         return None
     step = min(steps, key=lambda lp: lp[1] - lp[0])     # (inside the grid-stride loop)

@@ -614,7 +614,8 @@ def test_simulated_shuffle_needs_every_lane(monkeypatch):
 def _max_then_sum(scale):
     """A step whose maximum (reading the carry) feeds a sum (reading the maximum at
     its own element only): one loop for both, unless the sum writes the new carry in
-    place (``scale=None``), which the maximum's other warps may still be reading."""
+    place (``scale=None``, its row not double buffered), which the maximum's other
+    warps may still be reading."""
     def f(h0, W):
         def step(h, _):
             m = np.max(h[:, :, None] + W[None], axis=1)
@@ -625,16 +626,25 @@ def _max_then_sum(scale):
     return f
 
 
-@pytest.mark.parametrize("scale", [0.1, None])
-def test_consecutive_row_reductions_in_one_loop(scale, monkeypatch):
+@pytest.mark.parametrize("scale,double", [(0.1, "1"), (None, "1"), (None, "0")])
+def test_consecutive_row_reductions_in_one_loop(scale, double, monkeypatch):
     monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    monkeypatch.setenv("GRADC_CUDA_ROW_DOUBLE", double)
     f = _max_then_sum(scale)
     h0, W = rng.standard_normal((3, 16)), 0.3 * rng.standard_normal((16, 16))
     jitted = gradc.jit(f, target="cuda")
     src = jitted.source(h0, W)
     kernel = src[src.index("def _k"):src.index("def f_fn")]
-    # (the sum reads the maximum from the register its lanes hold it in)
-    assert bool(re.search(r"\n +\w+_ = _a0_0_0\n", kernel)) == (scale is not None)
+    # (the sum reads the maximum from the register its lanes hold it in; written in
+    # place, the new carry needs its own half of the carry's double row, and so does
+    # the scaled sum's product, computed by the lanes that hold the sum)
+    in_place = scale is None
+    assert bool(re.search(r"\n +\w+_ = _a0_0_0\n", kernel)) == (not in_place or
+                                                                 double == "1")
+    assert ("_2 = cuda.shared.array(32," in kernel) == (double == "1")
+    step = kernel[kernel.index("for _s in range(3)"):kernel.index("_o0 = 16 - _o0")] \
+        if double == "1" else ""
+    assert step.count("cuda.syncthreads()") == (double == "1")
     np.testing.assert_allclose(jitted(h0, W), gradc.jit(f, target="numpy")(h0, W),
                                rtol=1e-12, atol=1e-12)
     g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
@@ -665,6 +675,152 @@ def test_reductions_stay_apart_from_an_early_copy_of_the_carry(monkeypatch):
     assert steps.count("cuda.syncthreads()") == 3     # (+ one after the write-back)
     for a, b in zip(jitted(*args), gradc.jit(f, target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _merged_steps(case):
+    """Steps whose elementwise stage after a reduction may run in the reduction's loop
+    (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of
+    its double row while other threads read the old one: reading the old carry at the
+    element's own index ("own") or at others ("other"), the reduction at another
+    element ("flipped": no register holds it), two carries ("two"), a carry of rank 3
+    ("rank3"), a reverse scan ("reverse")."""
+    def f(h0, W, xs):
+        def step(h, x):
+            s = gradc.logsumexp(h[:, :, None] + W[None], axis=1)
+            if case == "own":
+                return s + 0.5 * h + x, None
+            if case == "other":
+                return s + 0.5 * h[:, ::-1] + x, None
+            if case == "flipped":
+                m = np.max(h[:, :, None] + W[None], axis=1)
+                return 0.5 * m[:, ::-1] + x, None
+            if case == "reverse":
+                return s - 0.25 * h + x, s
+            raise AssertionError(case)
+        return gradc.scan(step, h0, xs, reverse=case == "reverse")
+
+    def two(h0, W, xs):
+        def step(c, x):
+            h, g = c
+            a = gradc.logsumexp(h[:, :, None] + W[None], axis=1)
+            b = np.max(g[:, :, None] - W[None], axis=1)
+            return (a + 0.1 * g + x, np.tanh(b) + 0.2 * h), None
+        return gradc.scan(step, (h0, 0.5 * h0), xs)
+
+    def rank3(h0, W, xs):
+        def step(h, x):
+            flat = np.reshape(h, (h.shape[0], -1))
+            s = gradc.logsumexp(flat[:, :, None] + W[None], axis=1)
+            return np.reshape(s + x, h.shape) - 0.3 * h, None
+        return gradc.scan(step, np.reshape(h0, (h0.shape[0], 4, 4)), xs)
+    return {"two": two, "rank3": rank3}.get(case, f)
+
+
+def _leaves(x):
+    """The arrays of a nest of tuples (None left out)."""
+    if isinstance(x, (tuple, list)):
+        return [a for v in x for a in _leaves(v)]
+    return [] if x is None else [x]
+
+
+@pytest.mark.parametrize("case", ["own", "other", "flipped", "two", "rank3", "reverse"])
+def test_a_step_merged_into_its_reduction_writes_the_other_half(case, monkeypatch):
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    f = _merged_steps(case)
+    h0, W = rng.standard_normal((3, 16)), 0.3 * rng.standard_normal((16, 16))
+    xs = rng.standard_normal((5, 3, 16))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(h0, W, xs)
+    kernel = src[src.rindex("def _k", 0, src.index("for _s in range")):]
+    steps = kernel[kernel.index("for _s in range"):kernel.index("_o0 = 16 - _o0")] \
+        if "_o0 = 16 - _o0" in kernel else kernel[kernel.index("for _s in range"):]
+    if case == "two":                   # (each carry's rows in a double row)
+        assert kernel.count("_2 = cuda.shared.array(32,") == 2
+    elif case == "flipped":             # (the flipped maximum: read after a barrier)
+        assert "_2 = cuda.shared.array(32," not in kernel
+        steps = steps[:steps.index("\n        _e = _tid\n")]    # (the write-back after)
+        assert steps.count("cuda.syncthreads()") == 2
+    else:
+        assert kernel.count("_2 = cuda.shared.array(32,") == 1
+        assert steps.count("cuda.syncthreads()") == 1
+    want = gradc.jit(f, target="numpy")(h0, W, xs)
+    for a, b in zip(_leaves(jitted(h0, W, xs)), _leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    loss = lambda *a: sum(np.sum(v ** 2) for v in _leaves(f(*a)))   # noqa: E731
+    g = gradc.grad(loss, argnums=(0, 1, 2), target="cuda")(h0, W, xs)
+    for a, b in zip(g, gradc.grad(loss, argnums=(0, 1, 2), target="numpy")(h0, W, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_a_new_carry_written_in_place_keeps_its_barrier(monkeypatch):
+    """Without double rows (``GRADC_CUDA_ROW_DOUBLE=0``) the CRF's new carry is written
+    over the carry the reductions read: its stage keeps the barrier before it."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    monkeypatch.setenv("GRADC_CUDA_ROW_DOUBLE", "0")
+    U, A = rng.standard_normal((3, 6, 16)), 0.3 * rng.standard_normal((16, 16))
+    jitted = gradc.jit(crf_batched, target="cuda")
+    src = jitted.source(U, A)
+    kernel = src[src.rindex("def _k", 0, src.index("for _s in range")):]
+    steps = kernel[kernel.index("for _s in range"):]
+    steps = steps[:steps.index("\n        _e = _tid\n")]
+    assert "_2 = cuda.shared.array" not in kernel and steps.count("cuda.syncthreads()") == 2
+    np.testing.assert_allclose(jitted(U, A), gradc.jit(crf_batched, target="numpy")(U, A),
+                               rtol=1e-12)
+
+
+def test_shared_rows_nothing_reads_are_dropped():
+    """``_unread_shared``: a shared array that is only stored into goes, with its
+    stores (a lone store becomes ``pass``, one of a chain leaves it); one read anywhere
+    (a subscript, another name for it, a slice, ``+=``) keeps it."""
+    from gradc.codegen.cudarows import _unread_shared
+    lines = ["a = cuda.shared.array(4, numba.float32)",
+             "b = cuda.shared.array(4, numba.float32)",
+             "c = cuda.shared.array(8, numba.float32)",
+             "d = cuda.shared.array(4, numba.float32)",
+             "e = cuda.shared.array(4, numba.float32)",
+             "h = c[:4]",
+             "g = d",
+             "for i in range(4):",
+             "    if i == 0:",
+             "        a[i] = 1.0",
+             "    b[i] = out[i] = a[0] * 0.0 + 2.0",
+             "    h[i] = 3.0",
+             "    g[i] = 4.0",
+             "    e[i] += 5.0",
+             "    out[i] = h[i]"]
+    assert _unread_shared(lines) == [
+        "a = cuda.shared.array(4, numba.float32)",
+        "c = cuda.shared.array(8, numba.float32)",
+        "d = cuda.shared.array(4, numba.float32)",
+        "e = cuda.shared.array(4, numba.float32)",
+        "h = c[:4]",
+        "g = d",
+        "for i in range(4):",
+        "    if i == 0:",
+        "        a[i] = 1.0",
+        "    out[i] = a[0] * 0.0 + 2.0",
+        "    h[i] = 3.0",
+        "    g[i] = 4.0",
+        "    e[i] += 5.0",
+        "    out[i] = h[i]"]
+    lines[10] = "    b[i] = 2.0"
+    assert "    pass" in _unread_shared(lines)
+
+
+def test_double_rows_keep_their_parity_from_row_to_row(monkeypatch):
+    """A block that strides over several rows carries the halves' parity from one
+    row to the next: an odd number of steps, five rows on two blocks."""
+    from gradc.codegen import cudarows
+    monkeypatch.setattr(cudarows, "ROW_BLOCKS", 2)
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    f = _merged_steps("own")
+    h0, W = rng.standard_normal((5, 16)), 0.3 * rng.standard_normal((16, 16))
+    xs = rng.standard_normal((3, 5, 16))
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(h0, W, xs)
+    assert "_k0[2, " in src and "_o0 = 16 - _o0" in src
+    np.testing.assert_allclose(jitted(h0, W, xs)[0], gradc.jit(f, target="numpy")(h0, W, xs)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 def _through_reshapes(case):
@@ -1579,6 +1735,29 @@ def test_row_runs_match_the_interpreter(name, monkeypatch):
                                gradc.jit(f, target="numpy")(*args), rtol=tol, atol=tol)
 
 
+def test_a_softmax_cross_entropy_row_reads_its_stages_from_registers(monkeypatch):
+    """G3's loss (an MLP's mean softmax cross-entropy; rows of 10 classes): its
+    gradient's row kernel has a thread per row's sums; the step after the sums (1 / the
+    sum) runs in their loop, and the next sum reads it from the local holding it, as it
+    reads the maximum: 2 barriers a row (5 when each stage waited for the one before)."""
+    monkeypatch.setattr(cudagen, "ROW_RUN_BATCH", 1)
+
+    def loss(W1, W2, X, onehot):
+        z = np.tanh(X @ W1) @ W2
+        m = np.max(z, axis=1, keepdims=True)
+        lse = np.log(np.sum(np.exp(z - m), axis=1)) + m[:, 0]
+        return np.mean(lse - np.sum(z * onehot, axis=1))
+    args = (rng.standard_normal((5, 4)), rng.standard_normal((4, 10)),
+            rng.standard_normal((6, 5)), np.eye(10)[rng.integers(0, 10, 6)])
+    grad = gradc.grad(loss, argnums=(0, 1), target="cuda")
+    src = grad.source(*args)
+    start = src.index("for i0 in range(cuda.blockIdx.x")
+    kernel = src[src.rindex("def _k", 0, start):src.index("\n\n\n", start)]
+    assert kernel.count("cuda.syncthreads()") == 2
+    for a, b in zip(grad(*args), gradc.grad(loss, argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def _layer_norm_softmax(x, w):
     mu = np.mean(x, axis=1, keepdims=True)
     h = (x - mu) / np.sqrt(np.mean((x - mu) ** 2, axis=1, keepdims=True) + 1e-5)
@@ -1787,26 +1966,28 @@ def _kernel_text(src, name):
 
 
 def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes():
-    """The CRF's forward scan as one kernel: the block's row of the carry and of the
-    step's maximum live in shared memory (the carry read in before the first step and
-    written back after the last), and so does a copy of the sum of exponentials,
-    stacked for reverse mode and read by the step's last stage; ``exp`` of the scores
+    """The CRF's forward scan as one kernel: the block's row of the carry lives in
+    shared memory (read in before the first step and written back after the last),
+    with the step's row of the scores (prefetched); ``exp`` of the scores
     is computed by the stage that sums it, which also writes it where reverse mode
-    needs it (three stages a step: the maximum, the sum, the new carry; the first two
-    in one loop).  The gradient is still the CPU's."""
+    needs it (three stages a step: the maximum, the sum, the new carry, in one loop:
+    the lane holding an element's sum computes its new carry, into the other half of
+    the carry's double row).  The gradient is still the CPU's."""
     U, A = rng.standard_normal((6, 5, 4)), rng.standard_normal((4, 4))
     g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
     src = g.source(U, A)
     forward = _uncast(_kernel_text(src, "_k0"))     # (xs[0] and xs[1:] are views)
     assert "for _s in range(4):" in forward
-    shared = re.findall(r"(\w+) = cuda\.shared\.array\(4, numba\.float64\)", forward)
-    assert len(shared) == 3              # (the carry's row, the maximum's, the sum's)
-    assert "q_s[i2] = q[_t, i0, i2] = _a1_0_0" in forward
-    assert "_d.log(q_s[" in forward
+    # (the carry's double row; the maximum's row and the copy of the sum's, read from
+    # registers now, are gone)
+    assert re.findall(r"(\w+) = cuda\.shared\.array\((\d+), numba\.float64\)",
+                      forward) == [("b_2", "8"), ("c_pf", "8")]
+    assert "\n                q[_t, i0, i2] = _a1_0_0\n" in forward
+    assert "_d.log(_a1_0_0)" in forward
     steps = forward[forward.index("for _s in range"):]
-    # (the maximum and the sum in one loop, each thread's maximum read from its
-    # register: two barriers a step, + one after the write-back)
-    assert steps.count("cuda.syncthreads()") == 2 + 1
+    # (the maximum, the sum and the new carry in one loop, each thread's maximum and
+    # sum read from its registers: one barrier a step, + one after the write-back)
+    assert steps.count("cuda.syncthreads()") == 1 + 1
     summed = steps[steps.index("_a1_0_0 = 0.0"):]
     summed = summed[:summed.index("cuda.syncthreads()")]
     assert re.search(r"\n +\w+_ = _a0_0_0\n", summed)

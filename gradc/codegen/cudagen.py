@@ -1604,10 +1604,12 @@ def unsigned_subscripts(lines: list, arrays) -> list:
     names = set(arrays)
     assigned = [n for n in ast.walk(tree) if isinstance(n, ast.Assign)
                 and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)]
-    for _ in range(3):                  # (shared arrays, and names given to them)
+    for _ in range(3):            # (shared arrays, names given to them and their slices)
         for n in assigned:
             v = n.value
             if isinstance(v, ast.Name) and v.id in names or \
+                    isinstance(v, ast.Subscript) and isinstance(v.value, ast.Name) and \
+                    v.value.id in names and isinstance(v.slice, ast.Slice) or \
                     isinstance(v, ast.Call) and ast.unparse(v.func) in (
                         "cuda.shared.array", "cuda.local.array"):
                 names.add(n.targets[0].id)

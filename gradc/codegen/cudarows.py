@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,9 +73,33 @@ WARP = cg.WARP
 REGISTERS = 65536        # registers of an SM (every GPU since compute capability 5.0)
 
 
+class _Merge(NamedTuple):
+    """What a reduction stage tells a later stage joining its loop (``_merged``,
+    ``_merge_pointwise``): how many of its lines every thread runs before its share,
+    how a reduction reads each result at the element's own index (text, local), the
+    index of the kept element (``_kk``, or ``_k``), how many there are, each result's
+    kernel names (and its reshapes') -> (the local holding it, the row's shape), the
+    indentation of the lines writing the results, and which of those results are
+    elementwise stages' locals, set in those lines only (not for a reduction after)."""
+    prefix: int
+    binds: list
+    kept: str
+    Kr: int
+    results: dict
+    indent: str
+    held: frozenset = frozenset()
+    sub: tuple = ()      # (the kept element's subscript, and the kept axes' extents)
+    dims: tuple = ()
+
+
 class NotPlaced(Exception):
     """A result of the scan cannot be written into a view of the array that an equation
     after it places it in (``cudagen._destinations``): lowered again without views."""
+
+
+class Undoubled(Exception):
+    """No barrier went away for a double-buffered carry row (``_Rows._double``): lowered
+    again without it (a shared row and a few registers fewer)."""
 
 
 class NotRows(Exception):
@@ -91,12 +116,19 @@ class _RowEmitter(cg._Emitter):
         super().__init__(ctx, names, producer, comments)
         self.rows, self.stepped, self.shared, self.mirrors = rows, stepped, shared, mirrors
         self.prefetched = prefetched or {}
+        self.registers = {}   # kernel array -> (local, its row's shape): read at the stage's
+        self.own = None       # own element (``own``: its terms) as that local (_merge_pointwise)
 
     def read(self, array, idx):
         if array in self.rows:
             first = idx[0] if idx else None
             if not (isinstance(first, Affine) and first.key() == ("i0", 1, 0)):
                 raise NotRows(f"{array} read away from the block's row")
+        if array in self.registers:
+            local, dims = self.registers[array]
+            if len(idx) == len(dims) + 1 and _terms(idx[1:], dims, self.own[1]) == \
+                    self.own[0]:
+                return local
         if array in self.shared:             # (the block's row of it, in shared memory)
             return f"{array}[{_linear([str(c) for c in idx[1:]], self.shared[array])}]"
         if array in self.mirrors:            # (a stacked result's copy there)
@@ -153,12 +185,21 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
                 set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals),
                 dict(ctx.deferred), dict(ctx.views), dict(ctx.placed))
     note = None
-    for places in (True, False):
+    # (GRADC_CUDA_ROW_DOUBLE=0: no double-buffered carry rows, for a GPU session's A/B)
+    places, double = True, os.environ.get("GRADC_CUDA_ROW_DOUBLE", "1").strip() != "0"
+    while True:
         try:
-            _Rows(ctx, eqn, body, text_of, batch, places).lower()
+            _Rows(ctx, eqn, body, text_of, batch, places, double).lower()
             return True
         except NotPlaced:             # (again, results in arrays of their own)
             _restore(ctx, snapshot)
+            if not places:
+                break
+            places = False
+            continue
+        except Undoubled:             # (again, without rows double-buffered for nothing)
+            _restore(ctx, snapshot)
+            double = False
             continue
         except NotRows:
             pass
@@ -188,9 +229,14 @@ def _restore(ctx, snapshot) -> None:
 
 
 class _Rows:
-    def __init__(self, ctx, eqn, body, text_of, batch=None, places=True):
+    def __init__(self, ctx, eqn, body, text_of, batch=None, places=True, double=True):
         self.batch = batch
+        self.double = double           # carry rows may be double buffered (_double)
+        self.halved = False            # ... and a barrier went away for one
+        self.halving = set()           # new carry values that need a half of their own
         self.places = places           # results may go into views of a later array
+        self.merge_target = None       # the last reduction stage's _Merge (see _stage)
+        self.swaps = []                # double-buffered carry rows (see _double)
         # contractions as fused sums of products (a stage like any other)
         self.comments_of = {}
         eqns = []
@@ -646,6 +692,12 @@ class _Rows:
                         for u in self.uses.get(a, [])), default=-1)
             if last < order[self.producer[src]]:
                 carry_into[src] = j
+            elif self.double and self.names.get(carries[j]) in self.shared_rows and \
+                    self._fits(src):
+                # (read by its own stage or later ones too: into the other half of a
+                # double row, not copied there after a barrier at the end of the step)
+                carry_into[src] = j
+                self.halving.add(src)
 
         # the body's values: arrays of their own (or a result's), reshapes as views;
         # an accumulator's partial sums in shared memory while the block works on a row
@@ -677,7 +729,8 @@ class _Rows:
                     carry = carries[carry_into[v]]
                     self.buffers[v] = self.buffers[carry]
                     if self.names[carry] in self.shared_rows:
-                        self._alias(v, carry)
+                        if not self._double(v, carry):
+                            self._alias(v, carry)
                     else:
                         if tuple(v.shape) != tuple(carry.shape):
                             self.buffers[v] = self._host(self._reshaped(self.buffers[carry],
@@ -758,16 +811,41 @@ class _Rows:
                     step[last[0]:last[0]] = uniform
                     last = (last[0] + len(uniform),) + last[1:]
                 continue
+            self.merge_target = last[1] if last else None
             lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
-            merged = self._merged(last, lines, self.merge_info) if last else None
-            if merged is not None:          # (one loop, no barrier between: _merged)
-                start, info = last[0], (last[1][0], last[1][1] + self.merge_info[1])
+            merged, info = None, None
+            if last and self.merge_info:    # (one loop, no barrier between: _merged)
+                merged = self._merged(last, lines, self.merge_info)
+                kept = {k: v for k, v in last[1].results.items() if k not in last[1].held}
+                info = last[1]._replace(binds=last[1].binds + self.merge_info.binds,
+                                        results={**kept, **self.merge_info.results},
+                                        held=frozenset())
+            elif last and self.merged_pointwise:
+                joining, held = self.merged_pointwise
+                merged = self._merge_pointwise(last, joining)
+                # (its results, in locals of the writing lines: for a stage joining them;
+                # with a thread per kept element, those lines are no branch, and a
+                # reduction joining them reads them there too)
+                info = last[1]._replace(results={**last[1].results, **held},
+                                        held=last[1].held | held.keys())
+                if merged is not None and info.indent == "    ":
+                    em = _RowEmitter(ctx, {}, {}, {}, self.row_arrays, self.stepped,
+                                     self.shared_rows, self.mirrors, self.prefetched)
+                    info = info._replace(binds=info.binds + [
+                        (em.read(name, info.sub), local)
+                        for name, (local, dims) in held.items() if dims == info.dims])
+            if merged is not None:
+                self.halved |= bool(self._doubled(e, carry_into))
+                start = last[0]
                 step[start:] = merged + ["cuda.syncthreads()"]
                 last = (start, info, merged, last[3])
                 continue
             if early and carry_into.keys() & set(e.outputs):
-                step.append("cuda.syncthreads()")
+                if self._doubled(e, carry_into) == carry_into.keys() & set(e.outputs):
+                    self.halved = True
+                else:
+                    step.append("cuda.syncthreads()")
             early = False
             # (with what runs before it since the last barrier: the step's early copies)
             since = len(step) - step[::-1].index("cuda.syncthreads()") \
@@ -793,6 +871,12 @@ class _Rows:
             else:
                 step += stored + ["cuda.syncthreads()"]
             widest = max([widest] + [size for _, _, size in self.prefetched.values()])
+        if self.swaps and not self.halved:
+            raise Undoubled()
+        if self.swaps:      # (the halves of double-buffered rows: the other one next)
+            step = step[:1] + self._halves() + step[1:] + [
+                f"_o{k} = {size} - _o{k}" for k, (_, _, size) in enumerate(self.swaps)]
+            flush[:0] = self._halves(new=False)
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
         threads = min(self.threads, widest if self.threads < 32 else -(-widest // 32) * 32)
@@ -806,7 +890,7 @@ class _Rows:
         lines.append(f"    for _s in range({T}):")
         lines += ["        " + s for s in step]
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
-        lines = _share_loops(lines)
+        lines = _unread_shared(_share_loops(lines))
         # (parameters no line reads: a stacked result's views that later stages read
         # through its copy in shared memory)
         text = "\n".join(line.split("#")[0] for line in lines)      # (not comments)
@@ -1012,6 +1096,55 @@ class _Rows:
                          f"{cg._numba_type(v.dtype)})")
         self.mirrors[name] = (f"{name}_s", tuple(int(d) for d in v.shape[1:]))
 
+    def _double(self, v, carry) -> bool:
+        """Give ``v``, a carry's new value that its stage would write into the carry's
+        row in shared memory, a row of its own (if it fits): the two are the halves of
+        one shared array, which swap at the end of each step (``_halves``).  A stage may
+        then write the new value while other threads still read the old one, with no
+        barrier between (``_merge_pointwise``, and the step's copies of the old row)."""
+        if v in self.halving:               # (its room taken: it must be)
+            self.halved = True
+        elif not self.double or not any(self.uses.get(a) for a in self._aliases(carry)) \
+                or not self._fits(v):
+            return False
+        old, name = self.names[carry], self.ctx.names[v]
+        size = max(1, int(np.prod(v.shape[1:])))
+        k = len(self.swaps)
+        at = self.head.index(f"{old} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
+        self.head[at:at + 1] = [
+            f"{old}_2 = cuda.shared.array({2 * size}, {cg._numba_type(v.dtype)})",
+            f"_o{k} = 0", f"{old} = {old}_2[:{size}]", f"{name} = {old}_2[{size}:]"]
+        self.names[v] = name
+        self.shared_rows[name] = tuple(int(d) for d in v.shape[1:])
+        self.row_arrays.add(name)
+        self.swaps.append((old, name, size))
+        return True
+
+    def _doubled(self, e, carry_into) -> set:
+        """The new values of double-buffered carries that equation ``e`` computes."""
+        halves = {name for _, name, _ in self.swaps}
+        return {o for o in carry_into.keys() & set(e.outputs) if self.names.get(o) in halves}
+
+    def _halves(self, new=True) -> list:
+        """Lines naming the halves of each double-buffered carry row (``_double``) at the
+        step's parity: the carry's name the half holding its value, and (with ``new``)
+        the new value's name the other; then the other names of either.  (Slices of
+        the shared array at an offset the loop carries, not names swapped: NVVM loses
+        a swapped pointer's address space and loads the rows as generic memory.)"""
+        lines, names = [], set()
+        for k, (old, name, size) in enumerate(self.swaps):
+            lines.append(f"{old} = {old}_2[_o{k}:_o{k} + {size}]")
+            names.add(old)
+            if new:
+                lines.append(f"{name} = {old}_2[{size} - _o{k}:{2 * size} - _o{k}]")
+                names.add(name)
+        for line in self.head:              # (aliases, in the order they were made)
+            m = re.fullmatch(r"(\w+) = (\w+)", line.strip())
+            if m and m.group(2) in names:
+                names.add(m.group(1))
+                lines.append(line.strip())
+        return lines
+
     def _alias(self, v, root):
         """Body value ``v`` (a reshape of ``root``, or a carry's new value written into
         the carry's buffer) as another name of ``root``'s shared array."""
@@ -1165,6 +1298,7 @@ class _Rows:
                                self.shared_rows, self.mirrors, self.prefetched)
 
         def pointwise(em, roots):
+            values = {}                     # (result -> the local or literal holding it)
             for r, o, kind in roots:
                 if kind == "acc":
                     val = em.value(producer[r].inputs[0], idx, 0)
@@ -1172,11 +1306,13 @@ class _Rows:
                 else:
                     if tuple(o.shape) != domain:
                         raise NotRows("a result of another shape than its domain")
-                    em.emit(0, f"{write(o, ivars)} = {em.value(r, idx, 0)}")
+                    values[o] = em.value(r, idx, 0)
+                    em.emit(0, f"{write(o, ivars)} = {values[o]}")
+            return values
 
         pointwise_roots = groups.pop(None, [])
         lines, widest = [], 1
-        self.merge_info = None
+        self.merge_info = self.merged_pointwise = None
         if not groups:
             em = emitter()
             pointwise(em, pointwise_roots)
@@ -1184,6 +1320,23 @@ class _Rows:
             lines.append(f"for _e in range(_tid, {size}, _nt):")
             lines += cg._decode("_e", domain[1:], ivars[1:], "    ")
             lines += ["    " + s for s in em.lines]
+            target = self.merge_target
+            if target is not None and target.Kr == size:
+                # (the same stage for the thread holding the previous reduction's kept
+                # element of the same linear index, reading its results there from
+                # registers: _merge_pointwise)
+                em = emitter()
+                em.registers = target.results
+                zero = frozenset(v for v, n in zip(ivars[1:], domain[1:]) if n == 1)
+                em.own = (_terms(idx[1:], domain[1:], zero), zero)
+                values = pointwise(em, pointwise_roots)
+                # (and its own results, for an elementwise stage after it in the same
+                # lines: those held in locals)
+                held = {self.names[a]: (text, tuple(int(d) for d in a.shape[1:]))
+                        for o, text in values.items() if re.fullmatch(r"[A-Za-z_]\w*", text)
+                        for a in self._aliases(o) if a in self.names}
+                self.merged_pointwise = (cg._decode(target.kept, domain[1:], ivars[1:], "")
+                                         + em.lines, held)
             return lines, size
         for g, (axes, roots) in enumerate(groups.items()):
             em = emitter()
@@ -1218,9 +1371,15 @@ class _Rows:
                 # (the lines every thread runs before its share, and how a later stage
                 # reads each result at the element's own index: see _merged)
                 sub = (idx[0],) + tuple(idx[d] for d in kept)
-                self.merge_info = (len(decode) + (3 if shuffled else 1), [
-                    (emitter().read(self.names[o], sub), acc)
-                    for (r, o, kind), acc in zip(roots, accs)])
+                self.merge_info = _Merge(
+                    len(decode) + (3 if shuffled else 1),
+                    [(emitter().read(self.names[o], sub), acc)
+                     for (r, o, kind), acc in zip(roots, accs)],
+                    "_kk" if shuffled else "_k", Kr,
+                    {self.names[a]: (acc, tuple(int(d) for d in a.shape[1:]))
+                     for (r, o, kind), acc in zip(roots, accs) for a in self._aliases(o)
+                     if a in self.names},
+                    "        " if shuffled else "    ", sub=sub, dims=tuple(kept_dims))
             if shuffled:
                 lines += self._shuffle_stage(em, roots, accs, write, out_sub, Kr, S, R,
                                              axes, domain, ivars, decode)
@@ -1274,12 +1433,13 @@ class _Rows:
         parameters on the same array.
         G4's forward step: its maximum and its sum of exponentials (2 barriers a step,
         not 3)."""
-        start, (n, binds), prev, before = last
-        if info is None or info[0] != n or lines[:n] != prev[:n] or any(
+        start, mine, prev, before = last
+        n = mine.prefix
+        if info is None or info.prefix != n or lines[:n] != prev[:n] or any(
                 "syncthreads" in line for line in prev + lines):
             return None
         body = lines[n:]
-        for text, acc in binds:
+        for text, acc in mine.binds:
             at = re.compile(r"(?<![\w.])" + re.escape(text))
             body = [at.sub(acc, line) for line in body]
         memory = self._memory()
@@ -1288,6 +1448,28 @@ class _Rows:
         if written[0] & read[1] or written[1] & (read[0] | written[0]):
             return None
         return prev + body
+
+    def _merge_pointwise(self, last, lines):
+        """The lines of a reduction stage (``last``, as for ``_merged``; with the
+        reductions merged into it) and of the elementwise stage after it as one loop, or
+        None: the thread writing a kept element's results (the first lane of its
+        warp's, or its only thread) also computes the elementwise stage's element of the
+        same linear index (``lines``: its per-element code, the reduction's results read
+        there from the locals that hold them).  The elementwise stage must read nothing
+        that the reduction's stage (or what runs before it since the last barrier)
+        writes, in any of its names, and write nothing that they read or write.
+        G4's forward step: the new carry, log of the sum + the maximum + the step's
+        scores, written by the lane that has just summed it (with the carry's row double
+        buffered, ``_double``): 1 barrier a step, not 2."""
+        start, info, prev, before = last
+        if len(prev[-1]) - len(prev[-1].lstrip()) != len(info.indent):
+            return None
+        memory = self._memory()
+        written = [_written(before + prev, memory), _written(lines, memory)]
+        read = [_subscripted(before + prev, memory), _subscripted(lines, memory)]
+        if written[0] & read[1] or written[1] & (read[0] | written[0]):
+            return None
+        return prev + [info.indent + line for line in lines]
 
     def _memory(self) -> dict:
         """Kernel name -> the memory it names: a shared array's aliases (``k = b``)
@@ -1628,6 +1810,45 @@ def _written(lines, memory) -> set:
             for n in re.findall(r"(\w+)\[[^\]]*\]\s*\+?=(?!=)", line.split("#")[0])}
 
 
+def _unread_shared(lines: list) -> list:
+    """The kernel body ``lines`` without the shared arrays that nothing reads and the
+    stores into them: rows that a stage joining the loop of the stage writing them
+    reads from registers instead (the CRF's maximum, and the copy of its stacked sum
+    of exponentials; ``_merge_pointwise``).  A store alone on its line becomes
+    ``pass``; one of a chain (``a[i] = b[j] = v``) leaves the chain."""
+    import ast
+    tree = ast.parse("\n".join(lines))
+    made = {n.targets[0].id: n for n in ast.walk(tree) if isinstance(n, ast.Assign) and
+            len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) and
+            isinstance(n.value, ast.Call) and ast.unparse(n.value.func) == "cuda.shared.array"}
+    stores = {}                      # (id of a store's Name node -> its statement)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Assign):
+            for t in n.targets:
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+                    stores[id(t.value)] = n
+    unread = set(made)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and n.id in unread and id(n) not in stores and \
+                n is not made[n.id].targets[0]:
+            unread.discard(n.id)
+    if not unread:
+        return lines
+    out = list(lines)
+    for stmt in {id(s): s for s in stores.values()}.values():
+        dead = [t for t in stmt.targets if isinstance(t, ast.Subscript) and
+                isinstance(t.value, ast.Name) and t.value.id in unread]
+        if not dead:
+            continue
+        assert stmt.lineno == stmt.end_lineno
+        k = stmt.lineno - 1
+        indent = out[k][:len(out[k]) - len(out[k].lstrip())]
+        kept = [ast.unparse(t) for t in stmt.targets if t not in dead]
+        out[k] = indent + (" = ".join(kept + [ast.unparse(stmt.value)]) if kept else "pass")
+    drop = {made[name].lineno - 1 for name in unread}
+    return [line for k, line in enumerate(out) if k not in drop]
+
+
 def _share_loops(lines: list) -> list:
     """Each thread's share of a row, ``for _e in range(_tid, N, _nt)``, as a ``while``
     loop (``_e = _tid``, then ``_e += _nt`` after the body).  Numba's ``range`` with a
@@ -1681,6 +1902,22 @@ def _padded(shape) -> tuple:
     if len(shape) >= 2 and shape[-1] % 32 == 0:
         return shape[:-1] + (shape[-1] + PAD,)
     return shape
+
+
+def _terms(idx, dims, zero=frozenset()):
+    """The C-order linear position of subscripts ``idx`` (``Affine``) over ``dims``, as
+    (its terms ``{(index name, multiplier)}``, its constant), the indices named in
+    ``zero`` taken as 0 (a stage's indices over axes of extent 1); None when a subscript
+    is not affine."""
+    terms, const, stride = {}, 0, 1
+    for c, n in zip(reversed(idx), reversed(dims)):
+        if not isinstance(c, Affine):
+            return None
+        if c.sym is not None and c.mult and c.sym not in zero:
+            terms[c.sym] = terms.get(c.sym, 0) + c.mult * stride
+        const += c.offset * stride
+        stride *= int(n)
+    return frozenset((k, m) for k, m in terms.items() if m), const
 
 
 def _linear(names, dims) -> str:
