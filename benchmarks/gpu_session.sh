@@ -2,9 +2,10 @@
 # What a GPU session runs (device time is short: one script, results under $OUT, at
 # most ~9 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
 # PyTorch (G1 and G2 without vector accesses, G2 with 16-byte ones, G1 and G2 with
-# fastmath, G4 without its tape cut, with signed indices and without shuffles), where
-# each workload's time goes (benchmarks/gpu_profile.py), the CUDA tests on the real
-# compiler and GPU, and Nsight Compute's counters for G1's and G2's kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
+# fastmath, G4 without its tape cut, with signed indices, without shuffles and without
+# double rows), where each workload's time goes (benchmarks/gpu_profile.py), the CUDA
+# tests on the real compiler and GPU, and Nsight Compute's counters for G1's and G2's
+# kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -71,11 +72,12 @@ timeout 50 "$PY" benchmarks/gpu.py --only G1,G2 --no-peers --fastmath --repeats 
 
 # G4's A/B: the tape cut off (passes.remat: the (B, K, K) exponentials stacked again),
 # signed indices in the kernels (numba's negative-index test back: about twice the
-# instructions a step in the scans' SASS), and reductions' partials combined in shared
-# memory between barriers, not by warp shuffles (5 barriers a forward step, not 3)
-for v in GRADC_REMAT=0 GRADC_CUDA_UNSIGNED=0 GRADC_CUDA_SHUFFLE=0; do
+# instructions a step in the scans' SASS), reductions' partials combined in shared
+# memory between barriers, not by warp shuffles (5 barriers a forward step, not 1), and
+# the carry's row not double buffered (the new carry's stage after a barrier: 2, not 1)
+for v in GRADC_REMAT=0 GRADC_CUDA_UNSIGNED=0 GRADC_CUDA_SHUFFLE=0 GRADC_CUDA_ROW_DOUBLE=0; do
     echo "G4 with $v" >> "$OUT/bench.md"
-    env "$v" timeout 40 "$PY" benchmarks/gpu.py --only G4 --no-peers --repeats 20 \
+    env "$v" timeout 35 "$PY" benchmarks/gpu.py --only G4 --no-peers --repeats 20 \
         >> "$OUT/bench.md" 2>> "$OUT/bench.err"
 done
 
