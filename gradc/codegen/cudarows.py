@@ -90,6 +90,8 @@ class _Merge(NamedTuple):
     held: frozenset = frozenset()
     sub: tuple = ()      # (the kept element's subscript, and the kept axes' extents)
     dims: tuple = ()
+    tail: int = 0        # (the lines writing the results, last: a reduction joining the
+    #                      loop runs before them; 0 once an elementwise stage joined)
 
 
 class NotPlaced(Exception):
@@ -820,7 +822,8 @@ class _Rows:
                 kept = {k: v for k, v in last[1].results.items() if k not in last[1].held}
                 info = last[1]._replace(binds=last[1].binds + self.merge_info.binds,
                                         results={**kept, **self.merge_info.results},
-                                        held=frozenset())
+                                        held=frozenset(),
+                                        tail=last[1].tail + self.merge_info.tail)
             elif last and self.merged_pointwise:
                 joining, held = self.merged_pointwise
                 merged = self._merge_pointwise(last, joining)
@@ -828,7 +831,7 @@ class _Rows:
                 # with a thread per kept element, those lines are no branch, and a
                 # reduction joining them reads them there too)
                 info = last[1]._replace(results={**last[1].results, **held},
-                                        held=last[1].held | held.keys())
+                                        held=last[1].held | held.keys(), tail=0)
                 if merged is not None and info.indent == "    ":
                     em = _RowEmitter(ctx, {}, {}, {}, self.row_arrays, self.stepped,
                                      self.shared_rows, self.mirrors, self.prefetched)
@@ -1379,7 +1382,8 @@ class _Rows:
                     {self.names[a]: (acc, tuple(int(d) for d in a.shape[1:]))
                      for (r, o, kind), acc in zip(roots, accs) for a in self._aliases(o)
                      if a in self.names},
-                    "        " if shuffled else "    ", sub=sub, dims=tuple(kept_dims))
+                    "        " if shuffled else "    ", sub=sub, dims=tuple(kept_dims),
+                    tail=len(roots) + (1 if shuffled else 0))
             if shuffled:
                 lines += self._shuffle_stage(em, roots, accs, write, out_sub, Kr, S, R,
                                              axes, domain, ivars, decode)
@@ -1432,7 +1436,11 @@ class _Rows:
         before the first) reads or writes, in any of its names: aliases in the kernel,
         parameters on the same array.
         G4's forward step: its maximum and its sum of exponentials (2 barriers a step,
-        not 3)."""
+        not 3).  The first's lines writing its results move after the second's loop
+        (neither touches what the other writes): a store to global memory between the
+        two loops would keep the compiler from reusing the first's loads of the same
+        elements in the second (G4: the 16 elements of the transition matrix each lane
+        reads, loaded again)."""
         start, mine, prev, before = last
         n = mine.prefix
         if info is None or info.prefix != n or lines[:n] != prev[:n] or any(
@@ -1447,6 +1455,9 @@ class _Rows:
         read = [_subscripted(before + prev, memory), _subscripted(body, memory)]
         if written[0] & read[1] or written[1] & (read[0] | written[0]):
             return None
+        if mine.tail:       # (the first's stores after the second's loads: see below)
+            return prev[:-mine.tail] + body[:-info.tail] + prev[-mine.tail:] + \
+                body[-info.tail:]
         return prev + body
 
     def _merge_pointwise(self, last, lines):
