@@ -768,6 +768,62 @@ def test_a_new_carry_written_in_place_keeps_its_barrier(monkeypatch):
                                rtol=1e-12)
 
 
+def _joined_then_reduced(case):
+    """A reduction, an elementwise stage joining its loop, then a second reduction
+    joining it too, where the elementwise stage's indices are not the reduction's kept
+    ones: a rank-3 carry whose maximum keeps axes 2 and 3 ("rank3"), a stage on a
+    reshape of the maximum ("reshaped"), 4 lanes a kept element ("lanes"), and a row
+    run, without a scan ("rows")."""
+    if case == "rows":
+        def f(x, y, z):
+            p = np.max(x, axis=1) * 2.0 + y
+            return np.sum(z * p[:, None], axis=1), p
+        return f, (rng.standard_normal((4, 4, 4, 4)), rng.standard_normal((4, 4, 4)),
+                   rng.standard_normal((4, 3, 4, 4)))
+    if case == "reshaped":
+        W, V = 0.3 * rng.standard_normal((32, 4)), 0.3 * rng.standard_normal((32, 4))
+        C3 = rng.standard_normal((4, 8))
+
+        def step(h, x):
+            m = np.max(h[:, :, None] * W[None], axis=2)
+            p = np.reshape(np.reshape(m, (h.shape[0], 4, 8)) * 2.0 + C3, (h.shape[0], 32))
+            return np.sum(p[:, :, None] * V[None] + h[:, :, None], axis=2) * 0.5 + x, p
+        shape = (32,)
+    else:
+        M, M2, shape = (4, 4, (4, 4)) if case == "rank3" else (32, 48, (2, 4))
+        A1 = 0.3 * rng.standard_normal((M,) + shape)
+        A2 = 0.3 * rng.standard_normal((M2,) + shape)
+
+        def step(h, x):
+            p = np.max(A1[None] * h[:, None], axis=1) * 2.0 + x
+            if case == "rank3":
+                return np.sum(A2[None] * p[:, None] + h[:, None], axis=1) * 0.5, p
+            return np.sum(A2[None] * h[:, None], axis=1) * 0.5 + p, p
+    return (lambda h0, xs: gradc.scan(step, h0, xs)), (
+        rng.standard_normal((3,) + shape), rng.standard_normal((4, 3) + shape))
+
+
+@pytest.mark.parametrize("case", ["rank3", "reshaped", "lanes", "rows"])
+def test_a_reduction_after_a_joined_stage_keeps_its_indices(case, monkeypatch):
+    """The joined elementwise stage names its indices apart from the reduction's, so the
+    reduction joining after it reads and writes its own kept element (they were
+    overwritten: wrong values, and an index out of a shared row with 4 lanes an
+    element)."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_THREADS", "64")
+    monkeypatch.setattr(cudagen, "ROW_RUN_BATCH", 1)
+    f, args = _joined_then_reduced(case)
+    jitted = gradc.jit(f, target="cuda")
+    src = jitted.source(*args)
+    assert "_pi1 = " in src and ("# rows: these" in src or "as one kernel" in src)
+    for a, b in zip(jitted(*args), gradc.jit(f, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    loss = lambda *a: sum(np.sum(v ** 2) for v in f(*a))     # noqa: E731
+    wrt = tuple(range(len(args)))
+    for a, b in zip(gradc.grad(loss, argnums=wrt, target="cuda")(*args),
+                    gradc.grad(loss, argnums=wrt, target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_shared_rows_nothing_reads_are_dropped():
     """``_unread_shared``: a shared array that is only stored into goes, with its
     stores (a lone store becomes ``pass``, one of a chain leaves it); one read anywhere

@@ -879,7 +879,13 @@ class _Rows:
         if self.swaps:      # (the halves of double-buffered rows: the other one next)
             step = step[:1] + self._halves() + step[1:] + [
                 f"_o{k} = {size} - _o{k}" for k, (_, _, size) in enumerate(self.swaps)]
-            flush[:0] = self._halves(new=False)
+            # (a row's copy in and its write back after the last step index the
+            # double row itself: a half's name carried from a loop's last trip is one
+            # NVVM addresses as generic memory)
+            for k, (old, _, _) in enumerate(self.swaps):
+                at = re.compile(rf"\b{old}\[_e\]")
+                for part in (self.row_start, flush):
+                    part[:] = [at.sub(f"{old}_2[_o{k} + _e]", line) for line in part]
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
         threads = min(self.threads, widest if self.threads < 32 else -(-widest // 32) * 32)
@@ -1300,7 +1306,7 @@ class _Rows:
             return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
                                self.shared_rows, self.mirrors, self.prefetched)
 
-        def pointwise(em, roots):
+        def pointwise(em, roots, idx=idx, ivars=ivars):
             values = {}                     # (result -> the local or literal holding it)
             for r, o, kind in roots:
                 if kind == "acc":
@@ -1328,17 +1334,21 @@ class _Rows:
                 # (the same stage for the thread holding the previous reduction's kept
                 # element of the same linear index, reading its results there from
                 # registers: _merge_pointwise)
+                # (its indices named apart from the reduction's: a reduction joining the
+                # loop after it reads the kept element's indices that its loop decoded)
                 em = emitter()
                 em.registers = target.results
-                zero = frozenset(v for v, n in zip(ivars[1:], domain[1:]) if n == 1)
-                em.own = (_terms(idx[1:], domain[1:], zero), zero)
-                values = pointwise(em, pointwise_roots)
+                jvars = ivars[:1] + [f"_pi{d}" for d in range(1, len(domain))]
+                jdx = tuple(Affine(v, 1, 0, 0, n - 1) for v, n in zip(jvars, domain))
+                zero = frozenset(v for v, n in zip(jvars[1:], domain[1:]) if n == 1)
+                em.own = (_terms(jdx[1:], domain[1:], zero), zero)
+                values = pointwise(em, pointwise_roots, jdx, jvars)
                 # (and its own results, for an elementwise stage after it in the same
                 # lines: those held in locals)
                 held = {self.names[a]: (text, tuple(int(d) for d in a.shape[1:]))
                         for o, text in values.items() if re.fullmatch(r"[A-Za-z_]\w*", text)
                         for a in self._aliases(o) if a in self.names}
-                self.merged_pointwise = (cg._decode(target.kept, domain[1:], ivars[1:], "")
+                self.merged_pointwise = (cg._decode(target.kept, domain[1:], jvars[1:], "")
                                          + em.lines, held)
             return lines, size
         for g, (axes, roots) in enumerate(groups.items()):
@@ -1828,6 +1838,7 @@ def _unread_shared(lines: list) -> list:
     of exponentials; ``_merge_pointwise``).  A store alone on its line becomes
     ``pass``; one of a chain (``a[i] = b[j] = v``) leaves the chain."""
     import ast
+    lines = [part for line in lines for part in line.split("\n")]    # (a line each)
     tree = ast.parse("\n".join(lines))
     made = {n.targets[0].id: n for n in ast.walk(tree) if isinstance(n, ast.Assign) and
             len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) and
