@@ -100,8 +100,8 @@ class NotPlaced(Exception):
 
 
 class Undoubled(Exception):
-    """No barrier went away for a double-buffered carry row (``_Rows._double``): lowered
-    again without it (a shared row and a few registers fewer)."""
+    """No barrier went away for a double-buffered carry row (``_Rows._double``), or a
+    line outside the steps names one of its halves: lowered again without it."""
 
 
 class NotRows(Exception):
@@ -886,6 +886,12 @@ class _Rows:
                 at = re.compile(rf"\b{old}\[_e\]")
                 for part in (self.row_start, flush):
                     part[:] = [at.sub(f"{old}_2[_o{k} + _e]", line) for line in part]
+            # (a line there naming a half otherwise would read a stale one: lowered
+            # again without double rows)
+            names = {line.split(" = ")[0] for line in self._halves()}
+            if any(re.search(rf"\b{n}\b", line) for n in names
+                   for line in self.row_start + flush):
+                raise Undoubled()
         # (whole warps on a GPU; under the simulator, each thread a Python thread, no more
         # than the widest stage uses)
         threads = min(self.threads, widest if self.threads < 32 else -(-widest // 32) * 32)
