@@ -1339,9 +1339,8 @@ class _Rows:
             if target is not None and target.Kr == size:
                 # (the same stage for the thread holding the previous reduction's kept
                 # element of the same linear index, reading its results there from
-                # registers: _merge_pointwise)
-                # (its indices named apart from the reduction's: a reduction joining the
-                # loop after it reads the kept element's indices that its loop decoded)
+                # registers: _merge_pointwise; its indices named apart from the
+                # reduction's, which a reduction joining the loop after it reads)
                 em = emitter()
                 em.registers = target.results
                 jvars = ivars[:1] + [f"_pi{d}" for d in range(1, len(domain))]
@@ -1451,8 +1450,8 @@ class _Rows:
         the second reads instead.  Neither may write what the other (or what runs
         before the first) reads or writes, in any of its names: aliases in the kernel,
         parameters on the same array.
-        G4's forward step: its maximum and its sum of exponentials (2 barriers a step,
-        not 3).  The first's lines writing its results move after the second's loop
+        G4's forward step: its maximum and its sum of exponentials.  The first's lines
+        writing its results move after the second's loop
         (neither touches what the other writes): a store to global memory between the
         two loops would keep the compiler from reusing the first's loads of the same
         elements in the second (G4: the 16 elements of the transition matrix each lane
@@ -1466,10 +1465,7 @@ class _Rows:
         for text, acc in mine.binds:
             at = re.compile(r"(?<![\w.])" + re.escape(text))
             body = [at.sub(acc, line) for line in body]
-        memory = self._memory()
-        written = [_written(before + prev, memory), _written(body, memory)]
-        read = [_subscripted(before + prev, memory), _subscripted(body, memory)]
-        if written[0] & read[1] or written[1] & (read[0] | written[0]):
+        if not self._apart(before + prev, body):
             return None
         if mine.tail:       # (the first's stores after the second's loads: see below)
             return prev[:-mine.tail] + body[:-info.tail] + prev[-mine.tail:] + \
@@ -1489,14 +1485,19 @@ class _Rows:
         scores, written by the lane that has just summed it (with the carry's row double
         buffered, ``_double``): 1 barrier a step, not 2."""
         start, info, prev, before = last
-        if len(prev[-1]) - len(prev[-1].lstrip()) != len(info.indent):
-            return None
-        memory = self._memory()
-        written = [_written(before + prev, memory), _written(lines, memory)]
-        read = [_subscripted(before + prev, memory), _subscripted(lines, memory)]
-        if written[0] & read[1] or written[1] & (read[0] | written[0]):
+        if len(prev[-1]) - len(prev[-1].lstrip()) != len(info.indent) or \
+                not self._apart(before + prev, lines):
             return None
         return prev + [info.indent + line for line in lines]
+
+    def _apart(self, first, second) -> bool:
+        """Whether lines ``second`` read nothing that lines ``first`` write and write
+        nothing that they read or write, in any name of the memory (``_memory``): the
+        condition for running them in one loop, no barrier between."""
+        memory = self._memory()
+        written = [_written(first, memory), _written(second, memory)]
+        read = [_subscripted(first, memory), _subscripted(second, memory)]
+        return not (written[0] & read[1] or written[1] & (read[0] | written[0]))
 
     def _memory(self) -> dict:
         """Kernel name -> the memory it names: a shared array's aliases (``k = b``)
