@@ -677,6 +677,20 @@ def test_reductions_stay_apart_from_an_early_copy_of_the_carry(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sign_of_infinities_zeros_and_nan_as_numpy(dtype):
+    """``np.sign`` on the device: ±1 at ±inf (it was inf / inf: NaN), +0 at -0, NaN at
+    NaN; and so ``logaddexp``'s gradient, which takes the sign of a difference, where
+    an operand is -inf."""
+    x = np.array([-np.inf, -2.0, -0.0, 0.0, 3.0, np.inf, np.nan], dtype=dtype)
+    got = gradc.jit(np.sign, target="cuda")(x)
+    np.testing.assert_array_equal(got, np.sign(x))
+    assert not np.signbit(got[2:4]).any() and got.dtype == dtype
+    y = np.array([0.0, -np.inf, 5.0])
+    g = gradc.grad(lambda a: np.sum(np.logaddexp(a, y)), target="cuda")(np.arange(3.0))
+    np.testing.assert_allclose(g, [0.5, 1.0, 1.0 / (1.0 + np.exp(3.0))], rtol=1e-12)
+
+
 def _merged_steps(case):
     """Steps whose elementwise stage after a reduction may run in the reduction's loop
     (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of

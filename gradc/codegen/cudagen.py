@@ -288,6 +288,10 @@ class _Emitter(loops._Emitter):
                     f"if {b} != 0 and {b} != -1 else ({a} - {a}))")
         if np.dtype(dtype).kind in "iu" and name == "sign":
             return f"(({args[0]} > 0) - ({args[0]} < 0))"
+        if np.dtype(dtype).kind == "f" and name == "sign":    # (±1 at ±inf, +0 at ±0, NaN)
+            x, one = args[0], scalar_literal(1, dtype)
+            return (f"({one} if {x} > 0 else (-{one} if {x} < 0 else "
+                    f"({x} if {x} != {x} else {scalar_literal(0, dtype)})))")
         return template(name, dtype).format(*args)
 
 
