@@ -345,3 +345,38 @@ def test_leaked_tracer():
 
     expect(gradc.TracerLeakError, ["escaped"], "return np.sum(y * leaked[0])",
            lambda: gradc.grad(g)(X))
+
+
+def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error():
+    """A compiled gather, its gradient's scatter and an item assignment check the values
+    of their index arrays as NumPy does: a later call with an index out of bounds (the
+    graph was traced with valid ones) raises gradc's error naming the line, where the
+    CPU target read outside the array or crashed the process; negative indices in
+    bounds still count from the end."""
+    x = np.arange(8.0)
+
+    def gather(i, x):
+        return x[i] * 2
+
+    def assign(i, x):
+        y = x.copy()
+        y[i] = 1.0
+        return y
+
+    def picked(y, x):
+        return x[np.argmax(y) + 5]
+    for f, good, bad in ((gather, np.array([1, 2]), np.array([8, 1])),
+                         (gather, np.array([1, 2]), np.array([0, -9])),
+                         (assign, np.array([1, 2]), np.array([1000000, 1])),
+                         (picked, np.array([1.0, 0, 0, 0]), np.array([0.0, 0, 0, 1]))):
+        fn = gradc.jit(f, target="cpu")
+        np.testing.assert_array_equal(fn(good, x), gradc.jit(f, target="numpy")(good, x))
+        with pytest.raises(gradc.EvaluationError, match="out of bounds for an axis of size 8"
+                           r"(.|\n)*test_errors.py:\d+: (return x|y\[i\] = )"):
+            fn(bad, x)
+    g = gradc.grad(lambda x, i: np.sum(gather(i, x) ** 2), target="cpu")
+    np.testing.assert_array_equal(g(x, np.array([1, 1])), [0, 16, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(gradc.EvaluationError, match="out of bounds"):
+        g(x, np.array([1, 9]))
+    np.testing.assert_array_equal(gradc.jit(gather, target="cpu")(np.array([-8, -1]), x),
+                                  [0.0, 14.0])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import with_location
+
 
 def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     """Source of a jitted function for one ``gather``, ``scatter_add`` or ``index_set``
@@ -37,6 +39,16 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
 
     lines = ["@_k.jit_helper", f"def {name}({', '.join(params)}):",
              f"    # {kind}[spec={spec!r}]" + (", in place" if inplace else "")]
+    # (index arrays' values are checked as NumPy checks them: the graph was traced with
+    # valid ones, and a later call's out-of-bounds value would read or write outside x)
+    for k, n in _index_axes(x_shape, spec).items():
+        message = with_location(f"gradc: {kind}: an index is out of bounds for an axis of "
+                                f"size {n} (NumPy raises IndexError)", eqn.source or "")
+        test = f"if _b < {-n} or _b >= {n}:"
+        check = [f"    _b = i{k}", "    " + test] if idx[k].ndim == 0 else \
+            [f"    for _b in i{k}.flat:", "        " + test]
+        lines += check + [" " * (len(check[-1]) - len(check[-1].lstrip()) + 4) +
+                          f"raise _k.EvaluationError({message!r})"]
     if kind == "gather":
         if not window:
             return "\n".join(lines + [f"    return x{element}"])
@@ -115,6 +127,13 @@ def _index_plan(x_shape, spec, idx_shapes):
             ref = f"i{e[1]}[{', '.join(sub)}]" if shape else f"i{e[1]}"
             position.append(f"_k.wrap_index({ref}, {n})")
     return loops, position
+
+
+def _index_axes(x_shape, spec) -> dict:
+    """Index input number -> the length of the axis of x it indexes."""
+    consumed = sum(1 for e in spec if e[0] in "sia")
+    entries = list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
+    return {e[1]: x_shape[_x_axis(entries, j)] for j, e in enumerate(entries) if e[0] == "a"}
 
 
 def _x_axis(entries, j):

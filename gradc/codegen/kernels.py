@@ -16,7 +16,7 @@ import numba
 import numba.extending
 import numpy as np
 
-from ..errors import GuardFailure
+from ..errors import EvaluationError, GuardFailure  # noqa: F401  (_k.EvaluationError)
 from .pysource import OBJMODE_FLOPS
 from .special import (digamma, erf, erfc, erfinv, gamma, lgamma,  # noqa: F401  (_k.erf ...)
                       ndtri, polygamma)
