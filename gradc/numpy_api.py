@@ -360,10 +360,13 @@ def hypot(x, y):
 
 @implements(np.logaddexp)
 def logaddexp(x, y):
-    # log(e^x + e^y) = max + log1p(exp(-|x - y|))
+    # log(e^x + e^y) = max + log1p(exp(-|x - y|)); where x == y, max + log(2) (NumPy's
+    # -inf for two -infs, and inf for two infs: their difference is NaN)
     x, y = broadcast(*promote(x, y, float_result=True))
     big = ops.maximum(x, y)
-    return ops.add(big, ops.log1p(ops.exp(ops.neg(ops.abs(ops.sub(x, y))))))
+    same, zero = ops.eq(x, y), np.zeros((), x.dtype)
+    apart = ops.sub(ops.select(same, zero, x), ops.select(same, zero, y))
+    return ops.add(big, ops.log1p(ops.exp(ops.neg(ops.abs(apart)))))
 
 
 @implements(np.logaddexp2)
@@ -390,6 +393,7 @@ UFUNCS[np.fmin] = _nan_ignoring(ops.minimum)
 def heaviside(x, h0):
     x, h0 = broadcast(*promote(x, h0, float_result=True))
     step = ops.select(ops.gt(x, 0.0), np.ones((), x.dtype), np.zeros((), x.dtype))
+    step = ops.select(ops.isnan(x), ops.stop_gradient(x), step)      # (NaN stays NaN)
     return ops.select(ops.eq(x, 0.0), h0, step)
 
 

@@ -1241,3 +1241,29 @@ def test_polyfit_of_float32_is_float64_as_numpy():
     np.testing.assert_allclose(got, np.polyfit(x, y, 1), rtol=1e-12)
     with pytest.raises(ValueError, match="deg >= 0"):
         gradc.jit(lambda x, y: np.polyfit(x, y, -1))(x, y)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_logaddexp_and_heaviside_at_special_values_as_numpy(target):
+    """``logaddexp`` of two equal infinities is that infinity (its difference, NaN, is
+    not used: NumPy's ``x + log 2`` where ``x == y``), of ``-inf`` and a number that
+    number, with the gradient of the finite entries; ``logaddexp2`` too; ``heaviside``
+    of NaN is NaN, with a zero gradient."""
+    ninf, inf = -np.inf, np.inf
+    x = np.array([ninf, inf, 0.3, 1.0, ninf, 2.0])
+    y = np.array([ninf, inf, 0.3, -1.0, 0.5, ninf])
+    with np.errstate(all="ignore"):
+        for fn in (np.logaddexp, np.logaddexp2):
+            np.testing.assert_array_equal(gradc.jit(fn, target=target)(x, y), fn(x, y))
+        gx, gy = gradc.grad(lambda a, b: np.sum(np.logaddexp(a, b)), argnums=(0, 1),
+                            target=target)(x, y)
+    e = 1.0 / (1.0 + np.exp(-2.0))
+    np.testing.assert_allclose(gx[2:], [0.5, e, 0.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(gy[2:], [0.5, 1.0 - e, 1.0, 0.0], rtol=1e-12)
+    v, h = np.array([np.nan, -1.0, 0.0, 2.0, ninf, inf]), np.full(6, 0.5)
+    np.testing.assert_array_equal(gradc.jit(np.heaviside, target=target)(v, h),
+                                  np.heaviside(v, h))
+    gv, gh = gradc.grad(lambda a, b: np.sum(np.heaviside(a, b)[1:]), argnums=(0, 1),
+                        target=target)(v, h)
+    np.testing.assert_array_equal(gv, np.zeros(6))
+    np.testing.assert_array_equal(gh, [0, 0, 1, 0, 0, 0])
