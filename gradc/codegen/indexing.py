@@ -74,8 +74,7 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
 def _index_plan(x_shape, spec, idx_shapes):
     """``(loops, position)``: the window's loop variables with their lengths, in output
     order, and for each axis of x the expression of the position it reads or writes."""
-    consumed = sum(1 for e in spec if e[0] in "sia")
-    entries = list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
+    entries = _entries(x_shape, spec)
     has_arrays = any(e[0] == "a" for e in entries)
     advanced = [j for j, e in enumerate(entries) if has_arrays and e[0] in "ia"]
     adjacent = not advanced or advanced[-1] - advanced[0] + 1 == len(advanced)
@@ -129,10 +128,15 @@ def _index_plan(x_shape, spec, idx_shapes):
     return loops, position
 
 
+def _entries(x_shape, spec) -> list:
+    """The index spec's entries, with a whole slice for each axis of x it leaves out."""
+    consumed = sum(1 for e in spec if e[0] in "sia")
+    return list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
+
+
 def _index_axes(x_shape, spec) -> dict:
     """Index input number -> the length of the axis of x it indexes."""
-    consumed = sum(1 for e in spec if e[0] in "sia")
-    entries = list(spec) + [("s", None, None, None)] * (len(x_shape) - consumed)
+    entries = _entries(x_shape, spec)
     return {e[1]: x_shape[_x_axis(entries, j)] for j, e in enumerate(entries) if e[0] == "a"}
 
 
