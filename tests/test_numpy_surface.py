@@ -1267,3 +1267,14 @@ def test_logaddexp_and_heaviside_at_special_values_as_numpy(target):
                         target=target)(v, h)
     np.testing.assert_array_equal(gv, np.zeros(6))
     np.testing.assert_array_equal(gh, [0, 0, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sign_of_negative_zero_is_positive_zero(target, dtype):
+    """``np.sign(-0.0)`` is ``+0.0`` in NumPy (Numba's is ``-0.0``), ±1 at ±inf, NaN at
+    NaN, in the argument's dtype."""
+    x = np.array([-np.inf, -2.0, -0.0, 0.0, 3.0, np.inf, np.nan], dtype=dtype)
+    got = gradc.jit(np.sign, target=target)(x)
+    np.testing.assert_array_equal(got, np.sign(x))
+    assert got.dtype == dtype and np.signbit(got).tolist() == np.signbit(np.sign(x)).tolist()

@@ -94,6 +94,8 @@ def element_template(name: str, dtype) -> str:
         return _INTEGER_TEMPLATES[name]
     if np.dtype(dtype) == np.float32 and name in SPECIAL:
         return f"np.float32({TEMPLATES[name]})"
+    if np.dtype(dtype).kind == "f" and name == "sign":     # (Numba's sign(-0.0) is -0.0)
+        return f"(np.sign({{0}}) + np.{np.dtype(dtype).name}(0.0))"
     return TEMPLATES[name]
 
 
