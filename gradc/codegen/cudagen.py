@@ -105,7 +105,8 @@ TEMPLATES = {
     "asin": "_d.asin({0})", "acos": "_d.acos({0})", "atan": "_d.atan({0})",
     "sinh": "_d.sinh({0})", "cosh": "_d.cosh({0})", "tanh": "_d.tanh({0})",
     "asinh": "_d.asinh({0})", "acosh": "_d.acosh({0})", "atanh": "_d.atanh({0})",
-    "abs": "abs({0})", "sign": "({0} if ({0} == 0 or {0} != {0}) else {0} / abs({0}))",
+    "abs": "abs({0})",        # (sign: complex's; real dtypes' in _Emitter.compute)
+    "sign": "({0} if ({0} == 0 or {0} != {0}) else {0} / abs({0}))",
     "floor": "_d.floor({0})", "ceil": "_d.ceil({0})", "round": "_d.rint({0})",
     "trunc": "_d.trunc({0})",
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",

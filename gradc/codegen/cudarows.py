@@ -77,19 +77,18 @@ class _Merge(NamedTuple):
     """What a reduction stage tells a later stage joining its loop (``_merged``,
     ``_merge_pointwise``): how many of its lines every thread runs before its share,
     how a reduction reads each result at the element's own index (text, local), the
-    index of the kept element (``_kk``, or ``_k``), how many there are, each result's
+    index of the kept element (``_kk``, or ``_k``), each result's
     kernel names (and its reshapes') -> (the local holding it, the row's shape), the
     indentation of the lines writing the results, and which of those results are
     elementwise stages' locals, set in those lines only (not for a reduction after)."""
     prefix: int
     binds: list
     kept: str
-    Kr: int
     results: dict
     indent: str
     held: frozenset = frozenset()
-    sub: tuple = ()      # (the kept element's subscript, and the kept axes' extents)
-    dims: tuple = ()
+    sub: tuple = ()      # (the kept element's subscript, and the kept axes' extents:
+    dims: tuple = ()     # their product, the kept elements)
     tail: int = 0        # (the lines writing the results, last: a reduction joining the
     #                      loop runs before them; 0 once an elementwise stage joined)
 
@@ -1140,19 +1139,17 @@ class _Rows:
         halves = {name for _, name, _ in self.swaps}
         return {o for o in carry_into.keys() & set(e.outputs) if self.names.get(o) in halves}
 
-    def _halves(self, new=True) -> list:
+    def _halves(self) -> list:
         """Lines naming the halves of each double-buffered carry row (``_double``) at the
-        step's parity: the carry's name the half holding its value, and (with ``new``)
-        the new value's name the other; then the other names of either.  (Slices of
+        step's parity: the carry's name the half holding its value, and the new value's
+        name the other; then the other names of either.  (Slices of
         the shared array at an offset the loop carries, not names swapped: NVVM loses
         a swapped pointer's address space and loads the rows as generic memory.)"""
         lines, names = [], set()
         for k, (old, name, size) in enumerate(self.swaps):
-            lines.append(f"{old} = {old}_2[_o{k}:_o{k} + {size}]")
-            names.add(old)
-            if new:
-                lines.append(f"{name} = {old}_2[{size} - _o{k}:{2 * size} - _o{k}]")
-                names.add(name)
+            lines += [f"{old} = {old}_2[_o{k}:_o{k} + {size}]",
+                      f"{name} = {old}_2[{size} - _o{k}:{2 * size} - _o{k}]"]
+            names |= {old, name}
         for line in self.head:              # (aliases, in the order they were made)
             m = re.fullmatch(r"(\w+) = (\w+)", line.strip())
             if m and m.group(2) in names:
@@ -1336,7 +1333,7 @@ class _Rows:
             lines += cg._decode("_e", domain[1:], ivars[1:], "    ")
             lines += ["    " + s for s in em.lines]
             target = self.merge_target
-            if target is not None and target.Kr == size:
+            if target is not None and int(np.prod(target.dims)) == size:
                 # (the same stage for the thread holding the previous reduction's kept
                 # element of the same linear index, reading its results there from
                 # registers: _merge_pointwise; its indices named apart from the
@@ -1393,7 +1390,7 @@ class _Rows:
                     len(decode) + (3 if shuffled else 1),
                     [(emitter().read(self.names[o], sub), acc)
                      for (r, o, kind), acc in zip(roots, accs)],
-                    "_kk" if shuffled else "_k", Kr,
+                    "_kk" if shuffled else "_k",
                     {self.names[a]: (acc, tuple(int(d) for d in a.shape[1:]))
                      for (r, o, kind), acc in zip(roots, accs) for a in self._aliases(o)
                      if a in self.names},
