@@ -2108,6 +2108,86 @@ def test_argmax_of_complex_numbers_stays_on_the_host():
     np.testing.assert_array_equal(f(z), np.argmax(z, axis=1))
 
 
+def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error_on_the_gpu():
+    """The kernels of a gather, its gradient's scatter and an item assignment check the
+    values of their index arrays: one out of bounds on a later call (the graph was traced
+    with valid ones) flags the program's error cell and reads or writes nothing, and the
+    host function raises gradc's error naming the line before it returns (under the
+    simulator the kernel raised a bare IndexError; a GPU read or wrote out of bounds).
+    Negative indices in bounds count from the end; a valid call after an error runs."""
+    x = np.arange(8.0)
+
+    def gather(i, x):
+        return x[i] * 2
+
+    def assign(i, x):
+        y = x.copy()
+        y[i] = 1.0
+        return y
+
+    def picked(y, x):
+        return x[np.argmax(y) + 5]
+
+    def looped(i, x):               # (in a loop body: the error surfaces after the loop)
+        return gradc.fori_loop(0, 3, lambda k, c: c + x[i + k], np.zeros(2))
+    for f, good, bad in ((gather, np.array([1, 2]), np.array([8, 1])),
+                         (gather, np.array([1, 2]), np.array([0, -9])),
+                         (assign, np.array([1, 2]), np.array([1000000, 1])),
+                         (picked, np.array([1.0, 0, 0, 0]), np.array([0.0, 0, 0, 1])),
+                         (looped, np.array([0, 5]), np.array([0, 6]))):
+        fn = gradc.jit(f, target="cuda")
+        want = gradc.jit(f, target="numpy")(good, x)
+        np.testing.assert_array_equal(fn(good, x), want)
+        assert "_checks.check()" in fn.source(good, x)
+        with pytest.raises(gradc.EvaluationError, match="out of bounds for an axis of size 8"
+                           r"(.|\n)*test_cuda.py:\d+: (return|y\[i\] = )"):
+            fn(bad, x)
+        np.testing.assert_array_equal(fn(good, x), want)
+    g = gradc.grad(lambda x, i: np.sum(gather(i, x) ** 2), target="cuda")
+    np.testing.assert_array_equal(g(x, np.array([1, 1])), [0, 16, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(gradc.EvaluationError, match="scatter_add: an index is out of bounds"):
+        g(x, np.array([1, 9]))
+    np.testing.assert_array_equal(gradc.jit(gather, target="cuda")(np.array([-8, -1]), x),
+                                  [0.0, 14.0])
+    # (a program without index arrays reads no cell)
+    assert "Checks" not in gradc.jit(_double_the_tail, target="cuda").source(x)
+
+
+def _double_the_tail(x):
+    return x[2:] * 2
+
+
+def test_a_singular_matrix_is_a_gradc_error_on_the_gpu():
+    """The solve kernel flags a zero pivot (LAPACK's ``info > 0``, where NumPy raises
+    ``LinAlgError``): the gradient of ``det`` at a singular matrix, which goes through a
+    solve, and a stack of systems with one singular raise gradc's error naming the line
+    (the CPU target's, and the interpreter's own), where the kernel gave NaNs; a valid
+    call after it runs."""
+    B = np.array([[1.0, 2.0], [3.0, 4.0]])
+    S = np.array([[1.0, 2.0], [2.0, 4.0]])
+    g = gradc.grad(_det_of, target="cuda")
+    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+    with pytest.raises(gradc.EvaluationError, match=r"solve: the matrix is singular"
+                       r"(.|\n)*test_cuda.py:\d+: return np.linalg.det"):
+        g(S)
+    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+    solve = gradc.jit(_solve_of, target="cuda")
+    b = np.ones((3, 2))
+    assert "_chk[0] = 1" in solve.source(np.stack([B, B, B]), b)
+    np.testing.assert_allclose(solve(np.stack([B, 2 * B, B]), b),
+                               np.linalg.solve(np.stack([B, 2 * B, B]), b[..., None])[..., 0])
+    with pytest.raises(gradc.EvaluationError, match=r"singular(.|\n)*return np.linalg.solve"):
+        solve(np.stack([B, S, B]), b)
+
+
+def _det_of(a):
+    return np.linalg.det(a)
+
+
+def _solve_of(a, b):
+    return np.linalg.solve(a, b[..., None])[..., 0]
+
+
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
 def test_cumsum_of_booleans_and_small_integers_sums_as_numpy(target):
     """NumPy accumulates booleans and small integers in its default integer (review:
@@ -2304,6 +2384,9 @@ PTX_SCRIPT = textwrap.dedent("""
         for dt, v in ((np.float32, "v4.f32"), (np.float64, "v2.f64")):
             ptx = gradc.grad(rosen, target="cuda").ptx(np.ones(64, dt))
             done["vector-" + v] = [ptx.count("ld.global." + v), ptx.count("st.global." + v)]
+        # (an index array's values checked in the kernel: its error cell an int32[1])
+        done["index-checks"] = gradc.jit(lambda i, x: x[i] * 2, target="cuda").ptx(
+            np.array([1, -2]), np.ones(8)).count(".entry")
         # (float16 reductions: shared arrays of numba.types.float16)
         done["float16-sum"] = gradc.jit(lambda x: np.sum(x * x), target="cuda").ptx(
             np.ones(44 * 256, np.float16)).count(".entry")
@@ -2512,10 +2595,11 @@ def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
     dev = cuda.import_cuda()
     calls = []
 
-    def fake(op, a, **params):
+    def fake(op, a, failure=None, **params):
         calls.append(op)
-        return [r[()] if r.ndim == 0 else dev.to_device(r)
-                for r in cuda.library_call(np, op, a.copy_to_host(), **params)]
+        with cuda.raising(failure):
+            out = cuda.library_call(np, op, a.copy_to_host(), **params)
+        return [r[()] if r.ndim == 0 else dev.to_device(r) for r in out]
 
     def with_fake():
         cuda.cupy_einsum = cuda.cupy_solve = None
@@ -2529,6 +2613,10 @@ def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
     assert calls and set(calls) <= {name.split("-")[0], "det"}
     np.testing.assert_allclose(v, vw, rtol=1e-12)
     np.testing.assert_allclose(d, dw, rtol=1e-10, atol=1e-12)
+    if name == "cholesky":      # (the library's failure: gradc's error, naming the line)
+        with pytest.raises(gradc.EvaluationError, match="cholesky: the matrix is not "
+                           r"positive definite(.|\n)*test_cuda.py:\d+"):
+            g(-a)
 
 
 @pytest.mark.parametrize("stream, waits", [(0, False), (7, True)])

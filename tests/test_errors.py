@@ -380,3 +380,39 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error():
         g(x, np.array([1, 9]))
     np.testing.assert_array_equal(gradc.jit(gather, target="cpu")(np.array([-8, -1]), x),
                                   [0.0, 14.0])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "parallel"])
+def test_a_linalg_failure_on_a_later_call_is_a_gradc_error(target):
+    """A singular matrix in a solve (the gradient of ``det`` goes through one; a stack
+    of systems with one singular) and a matrix that is not positive definite in a
+    Cholesky factorization raise gradc's error naming the line on every target, where
+    the CPU target let NumPy's ``LinAlgError`` through from inside the compiled code;
+    a valid call after it runs."""
+    B = np.array([[1.0, 2.0], [3.0, 4.0]])
+    S = np.array([[1.0, 2.0], [2.0, 4.0]])
+
+    def det(a):
+        return np.linalg.det(a)
+
+    def solve(a, b):
+        return np.linalg.solve(a, b[..., None])[..., 0]
+
+    def chol(a):
+        return np.sum(np.linalg.cholesky(a))
+    g = gradc.grad(det, target=target)
+    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+    with pytest.raises(gradc.EvaluationError, match=r"(?i)solve.*singular"
+                       r"(.|\n)*test_errors.py:\d+: return np.linalg.det"):
+        g(S)
+    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+    s = gradc.jit(solve, target=target)
+    np.testing.assert_allclose(s(np.stack([B, B]), np.ones((2, 2))), [[-1.0, 1.0]] * 2)
+    with pytest.raises(gradc.EvaluationError, match=r"(?i)singular(.|\n)*return np.linalg"):
+        s(np.stack([B, S]), np.ones((2, 2)))
+    c = gradc.grad(chol, target=target)
+    P = B @ B.T
+    np.testing.assert_allclose(c(P), gradc.grad(chol, target="numpy")(P), rtol=1e-10)
+    with pytest.raises(gradc.EvaluationError, match=r"(?i)cholesky.*positive definite"
+                       r"(.|\n)*return np.sum\(np.linalg.cholesky"):
+        c(-P)

@@ -42,6 +42,8 @@ Inside kernels
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import linecache
 import math
 import os
@@ -697,6 +699,37 @@ def zeros(shape, dtype):
     return out
 
 
+class Checks:
+    """The errors a program's kernels may flag, by number from 1: an index array's value
+    out of bounds (``cudagen._indexing``: the graph was traced with valid ones; the
+    kernel then reads or writes nothing there), a zero pivot in ``solve`` (``_solve``:
+    a singular matrix).  A kernel stores the check's number in one device cell; the host
+    function reads the cell before it returns (one 4-byte copy, which waits for the
+    kernels) and raises gradc's error of that check, where NumPy raises ``IndexError`` or
+    ``LinAlgError`` and the CPU target ``EvaluationError``.  (One cell a program: calls
+    of one program from several threads at once may report each other's errors.)"""
+
+    def __init__(self, messages):
+        self.messages = tuple(messages)
+        self._cell = None
+
+    @property
+    def cell(self):
+        """The device cell (allocated, zero, at the first launch that takes it)."""
+        if self._cell is None:
+            self._cell = zeros((1,), np.int32)
+        return self._cell
+
+    def check(self) -> None:
+        if self._cell is None:
+            return
+        code = int(self._cell.copy_to_host()[0])
+        if code:
+            self._cell.copy_to_device(np.zeros(1, np.int32))
+            from ..errors import EvaluationError
+            raise EvaluationError(self.messages[code - 1])
+
+
 def dev(x):
     """A host array's device copy."""
     return _CUDA.to_device(np.ascontiguousarray(x))
@@ -1029,16 +1062,39 @@ def _set_cupy() -> None:
                 out = cp.einsum(spec, x, y)
         return from_cupy(cp, cp.ascontiguousarray(out).reshape(shape))
 
-    def solve(a, b):
-        return from_cupy(cp, cp.ascontiguousarray(cp.linalg.solve(cp.asarray(a),
-                                                                  cp.asarray(b))))
+    import cupyx
+    errstate = functools.partial(cupyx.errstate, linalg="raise")
 
-    def library(name, a, **params):
+    def solve(a, b, failure):
+        with raising(failure, errstate):
+            x = cp.linalg.solve(cp.asarray(a), cp.asarray(b))
+        return from_cupy(cp, cp.ascontiguousarray(x))
+
+    def library(name, a, failure=None, **params):
         # (rank-0 results, a single matrix's det, come back as NumPy scalars: kernels
         # take them as scalar arguments)
-        return [r.get()[()] if r.ndim == 0 else from_cupy(cp, r)
-                for r in library_call(cp, name, cp.asarray(a), **params)]
+        with raising(failure, errstate):
+            out = library_call(cp, name, cp.asarray(a), **params)
+        return [r.get()[()] if r.ndim == 0 else from_cupy(cp, r) for r in out]
     cupy_einsum, cupy_solve, cupy_library = einsum, solve, library
+
+
+@contextlib.contextmanager
+def raising(failure, errstate=contextlib.nullcontext):
+    """A library's ``LinAlgError`` (LAPACK's or cuSOLVER's ``info > 0``: a singular
+    matrix, one not positive definite) as gradc's error ``failure``, which names the
+    line; ``failure`` None: not checked.  ``errstate``: the context that makes the
+    library raise (CuPy's default ignores them: infinities and NaNs; its check reads
+    the status back, one wait for the device)."""
+    if failure is None:
+        yield
+        return
+    try:
+        with errstate():
+            yield
+    except np.linalg.LinAlgError:
+        from ..errors import EvaluationError
+        raise EvaluationError(failure) from None
 
 
 # ---------------------------------------------------------------- the compiled program

@@ -324,6 +324,7 @@ class _Context(Symbols):
         self.destinations: dict = {}   # a scan's result that an equation only places
         #                                into its own (``_destinations``): Var -> (that
         #                                result, offset, shape, strides)
+        self.checks: list = []         # the errors kernels may flag (``Checks``)
         self.placed: dict = {}         # results whose array a one-kernel scan has
         #                                filled through views: Var -> True (False: a
         #                                reshape only the placing reads); no kernel
@@ -435,6 +436,9 @@ def lower(graph: Graph, name: str, simulator: bool, fastmath: bool = False) -> L
     if ctx.consts:
         head.insert(-2, "# array constants (uploaded once): " + ", ".join(
             f"{k}: {v.dtype}{list(v.shape)}" for k, v in ctx.consts.items()))
+    if ctx.checks:      # (the errors kernels flag in one device cell, by number)
+        head[-2:-2] = ["_checks = _d.Checks(["] + [
+            f"    {m!r}," for m in ctx.checks] + ["])", ""]
     parts = [k.source for k in ctx.kernels] + ctx.functions + [main]
     source = "\n".join(head) + "\n\n\n".join(parts) + "\n"
     return Lowered(source, name, [ctx.names[v] for v in graph.inputs], ctx.kernels,
@@ -641,6 +645,8 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         else:
             results.append(ctx.names[v])
             places.append(ctx.place[v])
+    if not canonical and ctx.checks:      # (the kernels' flagged error, if any)
+        ctx.lines.append("_checks.check()")
     body = ctx.lines + [f"return ({''.join(r + ', ' for r in results).rstrip()})"]
     ctx.lines, ctx.copies = saved
     head = [f"def {fname}({', '.join(ctx.names[v] for v in graph.inputs)}):"]
@@ -2358,7 +2364,10 @@ def _solve(ctx, eqn):
     with a block per system: Gaussian elimination with partial pivoting (thread 0 picks
     the pivot, the block swaps the rows and updates the trailing rows of the matrix and
     of the right-hand sides together), then column-oriented back substitution.  A
-    singular matrix gives infinities or NaNs, as JAX does (NumPy raises)."""
+    singular matrix (a zero pivot, LAPACK's ``info > 0``; cuSOLVER's status) raises
+    gradc's error as NumPy raises ``LinAlgError`` (``Checks``), where JAX gives
+    infinities or NaNs."""
+    from .pysource import linalg_failure
     a, b = eqn.inputs
     out = eqn.outputs[0]
     n = int(a.shape[-1])
@@ -2369,6 +2378,8 @@ def _solve(ctx, eqn):
     ctx.place[out] = "dev"
     ctx.fresh.add(out)
     kname = ctx.kernel_name()
+    ctx.checks.append(linalg_failure(eqn))
+    code = len(ctx.checks)
     lines = [
         "_piv = cuda.shared.array(1, numba.int64)",
         "_tid = cuda.threadIdx.x", "_nt = cuda.blockDim.x",
@@ -2382,6 +2393,8 @@ def _solve(ctx, eqn):
         "                    _best = abs(a[_b, _r, _c])",
         "                    _p = _r",
         "            _piv[0] = _p",
+        "            if _best == 0:",              # (exactly: NaNs go through, as LAPACK's)
+        f"                _chk[0] = {code}",
         "        cuda.syncthreads()",
         "        _p = _piv[0]",
         "        if _p != _c:",
@@ -2414,15 +2427,16 @@ def _solve(ctx, eqn):
         "            x[_b, _r, _j] -= a[_b, _r, _c] * x[_b, _c, _j]",
         "        cuda.syncthreads()",
     ]
-    _finish_kernel(ctx, kname, ["a", "x"], lines, [("a", out.dtype, 3), ("x", out.dtype, 3)])
+    _finish_kernel(ctx, kname, ["a", "x", "_chk"], lines,
+                   [("a", out.dtype, 3), ("x", out.dtype, 3), ("_chk", np.int32, 1)])
     threads = min(ctx.threads, max(32, -(-(n * (n + k)) // 32) * 32)) \
         if ctx.threads >= 32 else ctx.threads
     work = ctx.temp()
     launch = _launch(ctx, kname, max(1, min(systems, MAX_BLOCKS)), threads,
-                     [work, f"_d.reshape({oname}, ({systems}, {n}, {k}))"])
+                     [work, f"_d.reshape({oname}, ({systems}, {n}, {k}))", "_checks.cell"])
     ctx.lines += [
         "if _d.cupy_solve is not None:",
-        f"    {oname} = _d.cupy_solve({da}, {db})",
+        f"    {oname} = _d.cupy_solve({da}, {db}, _checks.messages[{code - 1}])",
         "else:",
         f"    {work} = _d.reshape(_d.copy({da}), ({systems}, {n}, {n}))",
         f"    {oname} = _d.copy({db})", "    " + launch]
@@ -2445,9 +2459,13 @@ def _library(ctx, eqn):
     ``argsort`` (its stable sort), on the device: arrays stay there, rank-0 results (one matrix's
     determinant) come back as host scalars.  Without CuPy these run on the host
     (``_host``)."""
+    from .pysource import LINALG_FAILURES, linalg_failure
     a = eqn.inputs[0]
     outs = [ctx.names[v] for v in eqn.outputs]
     params = "".join(f", {k}={v!r}" for k, v in eqn.params.items())
+    if eqn.prim.name in LINALG_FAILURES:    # (cuSOLVER's status checked: ``_raising``)
+        ctx.checks.append(linalg_failure(eqn))
+        params = f", _checks.messages[{len(ctx.checks) - 1}]" + params
     ctx.lines.append(f"{', '.join(outs)}, = _d.cupy_library({eqn.prim.name!r}, "
                      f"{ctx.on_device(a)}{params})   # CuPy")
     for v in eqn.outputs:
@@ -2478,7 +2496,7 @@ def _indexing(ctx, eqn):
     the largest window position writing it (an atomic max), a second writes only
     from that position."""
     from ..prims.index import _indexed_shape
-    from .indexing import _index_plan
+    from .indexing import _index_plan, bounds_message
     name, spec = eqn.prim.name, tuple(eqn.params["spec"])
     out = eqn.outputs[0]
     if name == "gather":
@@ -2498,6 +2516,7 @@ def _indexing(ctx, eqn):
     params, args, kinds = _kernel_params(ctx, list(dict.fromkeys(operands)))
 
     operand = ctx.element
+    checks = []             # each index array's element read: (local, its read, axis size)
 
     def resolve(text: str) -> str:
         def index_ref(m):
@@ -2511,7 +2530,9 @@ def _indexing(ctx, eqn):
                 depth += {"(": 1, ")": -1}.get(text[j], 0)
                 j += 1
             ref, n = text[start + len("_k.wrap_index("):j].rsplit(", ", 1)
-            text = f"{text[:start]}({ref} + {n} if {ref} < 0 else {ref}){text[j + 1:]}"
+            local = f"_x{len(checks)}"
+            checks.append((local, ref, int(n)))
+            text = f"{text[:start]}({local} + {n} if {local} < 0 else {local}){text[j + 1:]}"
         return text
 
     pos = resolve(", ".join(position)) if x_shape else "0"
@@ -2525,6 +2546,16 @@ def _indexing(ctx, eqn):
     blocks = max(1, min(-(-size // T), MAX_BLOCKS))
     lines = [f"for _i in range(cuda.grid(1), {size}, cuda.gridsize(1)):"]
     lines += _decode("_i", list(window), [o for o, _ in loops], "    ")
+    if checks:
+        # (an index array's values were valid when the graph was traced; a later call's
+        # value out of bounds flags the program's error cell, which the host function
+        # reads before it returns (``Checks``), and reads or writes nothing)
+        for local, ref, n in checks:
+            ctx.checks.append(bounds_message(eqn, n))
+            lines += [f"    {local} = {ref}", f"    if {local} < {-n} or {local} >= {n}:",
+                      f"        _chk[0] = {len(ctx.checks)}", "        continue"]
+        params, args = params + ["_chk"], args + ["_checks.cell"]
+        kinds = kinds + [("_chk", np.int32, 1)]
     if name == "gather":
         ctx.lines.append(f"{oname} = _d.empty({shape!r}, {dtype_expr(out.dtype)})")
         lines.append(f"    {oname}[{here}] = {operand(x, pos)}")

@@ -42,8 +42,7 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     # (index arrays' values are checked as NumPy checks them: the graph was traced with
     # valid ones, and a later call's out-of-bounds value would read or write outside x)
     for k, n in _index_axes(x_shape, spec).items():
-        message = with_location(f"gradc: {kind}: an index is out of bounds for an axis of "
-                                f"size {n} (NumPy raises IndexError)", eqn.source or "")
+        message = bounds_message(eqn, n)
         test = f"if _b < {-n} or _b >= {n}:"
         check = [f"    _b = i{k}", "    " + test] if idx[k].ndim == 0 else \
             [f"    for _b in i{k}.flat:", "        " + test]
@@ -69,6 +68,13 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     lines.append(pad + inner)
     lines.append("    return out")
     return "\n".join(lines)
+
+
+def bounds_message(eqn, n: int) -> str:
+    """The error of an index array of ``eqn`` holding a value outside an axis of size
+    ``n`` (the CPU's index functions and the CUDA kernels raise it alike)."""
+    return with_location(f"gradc: {eqn.prim.name}: an index is out of bounds for an axis "
+                         f"of size {n} (NumPy raises IndexError)", eqn.source or "")
 
 
 def _index_plan(x_shape, spec, idx_shapes):

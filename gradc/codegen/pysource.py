@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, with_location
 from ..ir import Graph, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
 from . import control, convgen, inplace, memplan
@@ -722,8 +722,28 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
             code = [f"{', '.join(outs)} = {code}" if outs else code]
+        if prim in LINALG_FAILURES:     # (Numba raises NumPy's LinAlgError, no line;
+            # and fails to compile a raise inside ``except`` on Python 3.11+)
+            failed = ctx.temp()
+            code = [f"{failed} = False", "try:"] + ["    " + c for c in code] + [
+                "except Exception:", f"    {failed} = True", f"if {failed}:",
+                f"    raise _k.EvaluationError({linalg_failure(eqn)!r})"]
         body.extend("    " + c for c in code)
     return body
+
+
+# What NumPy's LinAlgError of each primitive means (LAPACK's ``info > 0``)
+LINALG_FAILURES = {"solve": "the matrix is singular",
+                   "cholesky": "the matrix is not positive definite",
+                   "eigh": "the eigenvalue algorithm did not converge",
+                   "svd": "the SVD did not converge"}
+
+
+def linalg_failure(eqn) -> str:
+    """The error of ``eqn`` (``LINALG_FAILURES``) failing on a later call's values: the
+    CPU and CUDA targets raise it as the interpreter raises its own, naming the line."""
+    return with_location(f"gradc: {eqn.prim.name}: {LINALG_FAILURES[eqn.prim.name]} "
+                         "(NumPy raises LinAlgError)", eqn.source or "")
 
 
 def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
