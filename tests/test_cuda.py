@@ -2145,8 +2145,8 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error_on_the_gpu():
         np.testing.assert_array_equal(fn(good, x), want)
     g = gradc.grad(lambda x, i: np.sum(gather(i, x) ** 2), target="cuda")
     np.testing.assert_array_equal(g(x, np.array([1, 1])), [0, 16, 0, 0, 0, 0, 0, 0])
-    with pytest.raises(gradc.EvaluationError, match="scatter_add: an index is out of bounds"):
-        g(x, np.array([1, 9]))
+    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
+        g(x, np.array([1, 9]))          # (the first check failing: the forward gather's)
     np.testing.assert_array_equal(gradc.jit(gather, target="cuda")(np.array([-8, -1]), x),
                                   [0.0, 14.0])
     # (a program without index arrays reads no cell)
@@ -2155,6 +2155,57 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error_on_the_gpu():
 
 def _double_the_tail(x):
     return x[2:] * 2
+
+
+def test_the_first_failed_check_is_reported_and_cleared():
+    """(Review of the error cell.)  Of two failing checks the first is reported, as
+    NumPy raises at the first: two gathers, and a gather and its gradient's scatter (the
+    later check used to overwrite the earlier's number); a flagged check is read when
+    another exception leaves the function too (a guard's, before a retrace), so the next
+    valid call does not raise it; a ``while_loop`` reads it at every trip, where a
+    condition on the element left unread looped for ever."""
+    x = np.arange(8.0)
+    two = gradc.jit(_two_gathers, target="cuda")
+    two(np.array([3, 4]), x)
+    with pytest.raises(gradc.EvaluationError, match=r"test_cuda.py:\d+: a = x\[i\] \* 2"):
+        two(np.array([10, 11]), x)
+    rev = gradc.jit(_jacobian_of_a_gather, target="cuda")
+    rev(x, np.array([1, 2]))
+    with pytest.raises(gradc.EvaluationError, match="gradc: gather: "):
+        rev(x, np.array([1, 8]))
+    guarded = gradc.jit(_guarded_gather, target="cuda")
+    np.testing.assert_array_equal(guarded(np.array([1, 2]), x), [2.0, 4.0])
+    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
+        guarded(np.array([9, 2]), -x)
+    np.testing.assert_array_equal(guarded(np.array([1, 2]), x), [2.0, 4.0])
+    walk = gradc.jit(_walk, target="cuda")
+    w = np.zeros(8)
+    w[7] = 1000.0
+    np.testing.assert_array_equal(walk(np.array([3]), w), [7])
+    assert "_checks.passed(" in walk.source(np.array([3]), w)
+    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
+        walk(np.array([3]), np.zeros(8))
+
+
+def _two_gathers(i, x):
+    a = x[i] * 2
+    b = x[i - 3] * 3
+    return a + b
+
+
+def _jacobian_of_a_gather(x, i):
+    return gradc.jacrev(lambda x: x[i] * x[i])(x)
+
+
+def _guarded_gather(i, x):
+    y = x[i] * 2
+    if np.sum(x) > 0:
+        return y
+    return -y
+
+
+def _walk(k, x):
+    return gradc.while_loop(lambda c: np.sum(x[c]) < 100.0, lambda c: c + 1, k)
 
 
 def test_a_singular_matrix_is_a_gradc_error_on_the_gpu():
@@ -2173,7 +2224,7 @@ def test_a_singular_matrix_is_a_gradc_error_on_the_gpu():
     np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
     solve = gradc.jit(_solve_of, target="cuda")
     b = np.ones((3, 2))
-    assert "_chk[0] = 1" in solve.source(np.stack([B, B, B]), b)
+    assert "compare_and_swap(_chk, 0, 1)" in solve.source(np.stack([B, B, B]), b)
     np.testing.assert_allclose(solve(np.stack([B, 2 * B, B]), b),
                                np.linalg.solve(np.stack([B, 2 * B, B]), b[..., None])[..., 0])
     with pytest.raises(gradc.EvaluationError, match=r"singular(.|\n)*return np.linalg.solve"):

@@ -416,3 +416,10 @@ def test_a_linalg_failure_on_a_later_call_is_a_gradc_error(target):
     with pytest.raises(gradc.EvaluationError, match=r"(?i)cholesky.*positive definite"
                        r"(.|\n)*return np.sum\(np.linalg.cholesky"):
         c(-P)
+    # (Numba's LAPACK calls refuse infinities and NaNs, which NumPy's take: said so)
+    N = np.array([[1.0, np.nan], [3.0, 4.0]])
+    if target != "numpy":
+        for f in (gradc.jit(det, target=target), g):
+            with pytest.raises(gradc.EvaluationError, match="infinities or NaNs"
+                               r"(.|\n)*return np.linalg.det"):
+                f(N)

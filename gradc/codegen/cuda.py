@@ -703,11 +703,14 @@ class Checks:
     """The errors a program's kernels may flag, by number from 1: an index array's value
     out of bounds (``cudagen._indexing``: the graph was traced with valid ones; the
     kernel then reads or writes nothing there), a zero pivot in ``solve`` (``_solve``:
-    a singular matrix).  A kernel stores the check's number in one device cell; the host
-    function reads the cell before it returns (one 4-byte copy, which waits for the
-    kernels) and raises gradc's error of that check, where NumPy raises ``IndexError`` or
-    ``LinAlgError`` and the CPU target ``EvaluationError``.  (One cell a program: calls
-    of one program from several threads at once may report each other's errors.)"""
+    a singular matrix).  A kernel stores the check's number in one device cell if it
+    holds none (the first failure is reported); the host function reads the cell before
+    it returns, or before another exception leaves it (one 4-byte copy, which waits for
+    the kernels), and raises gradc's error of that check, where NumPy raises
+    ``IndexError`` or ``LinAlgError`` and the CPU target ``EvaluationError``.  A
+    ``while_loop`` whose kernels check reads it at every trip too (a value left unread
+    could keep it going).  (One cell a program: calls of one program from several
+    threads at once may report each other's errors.)"""
 
     def __init__(self, messages):
         self.messages = tuple(messages)
@@ -721,6 +724,7 @@ class Checks:
         return self._cell
 
     def check(self) -> None:
+        """Raise the flagged check's error, if any (clearing the cell)."""
         if self._cell is None:
             return
         code = int(self._cell.copy_to_host()[0])
@@ -728,6 +732,11 @@ class Checks:
             self._cell.copy_to_device(np.zeros(1, np.int32))
             from ..errors import EvaluationError
             raise EvaluationError(self.messages[code - 1])
+
+    def passed(self, value):
+        """``value`` (a loop's condition) once ``check`` has passed."""
+        self.check()
+        return value
 
 
 def dev(x):

@@ -645,9 +645,14 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         else:
             results.append(ctx.names[v])
             places.append(ctx.place[v])
-    if not canonical and ctx.checks:      # (the kernels' flagged error, if any)
-        ctx.lines.append("_checks.check()")
     body = ctx.lines + [f"return ({''.join(r + ', ' for r in results).rstrip()})"]
+    if not canonical and ctx.checks:
+        # (the kernels' flagged error, if any, before the function returns; and before
+        # any other exception leaves it: the check failed first, and the cell is clear
+        # for the next call)
+        body = ["try:"] + ["    " + line for line in ctx.lines] + [
+            "except BaseException:", "    _checks.check()", "    raise",
+            "_checks.check()"] + body[len(ctx.lines):]
     ctx.lines, ctx.copies = saved
     head = [f"def {fname}({', '.join(ctx.names[v] for v in graph.inputs)}):"]
     if what:
@@ -1137,13 +1142,19 @@ def _while(ctx, eqn):
     p = eqn.params
     n_cond, n_body = p["n_cond"], p["n_body"]
     cond_graph, body_graph = p["branches"]
+    checks = len(ctx.checks)
     cond = _nested(ctx, cond_graph, "while_loop: the condition")
     body = _nested(ctx, body_graph, "while_loop: the body")
     ins = [_canonical(ctx, v) for v in eqn.inputs]
     cc, bc, carry = ins[:n_cond], ins[n_cond:n_cond + n_body], ins[n_cond + n_body:]
     k = [ctx.temp() for _ in carry]
     ctx.lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
-    ctx.lines.append(f"while {cond}({', '.join(cc + k)})[0]:")
+    test = f"{cond}({', '.join(cc + k)})[0]"
+    if len(ctx.checks) > checks:
+        # (a check its kernels flag is read at every trip, with the condition: a value
+        # an index out of bounds left unread could otherwise keep the loop going)
+        test = f"_checks.passed({test})"
+    ctx.lines.append(f"while {test}:")
     ctx.lines.append(f"    {''.join(kk + ', ' for kk in k)}= {body}({', '.join(bc + k)})")
     _bind(ctx, eqn, k)
 
@@ -2363,10 +2374,13 @@ def _solve(ctx, eqn):
     """``solve(a, b)``: CuPy's ``linalg.solve`` (cuSOLVER) when installed, else a kernel
     with a block per system: Gaussian elimination with partial pivoting (thread 0 picks
     the pivot, the block swaps the rows and updates the trailing rows of the matrix and
-    of the right-hand sides together), then column-oriented back substitution.  A
+    of the right-hand sides together; the multipliers by the pivot's reciprocal, as
+    LAPACK's ``getf2`` scales the column), then column-oriented back substitution.  A
     singular matrix (a zero pivot, LAPACK's ``info > 0``; cuSOLVER's status) raises
     gradc's error as NumPy raises ``LinAlgError`` (``Checks``), where JAX gives
-    infinities or NaNs."""
+    infinities or NaNs.  (Whether rounding makes a pivot of a nearly singular matrix
+    exactly zero depends on the order of operations, which differs between LAPACKs
+    too: such a matrix may raise here and not in NumPy, or the other way round.)"""
     from .pysource import linalg_failure
     a, b = eqn.inputs
     out = eqn.outputs[0]
@@ -2394,7 +2408,7 @@ def _solve(ctx, eqn):
         "                    _p = _r",
         "            _piv[0] = _p",
         "            if _best == 0:",              # (exactly: NaNs go through, as LAPACK's)
-        f"                _chk[0] = {code}",
+        f"                {_flag(code)}",
         "        cuda.syncthreads()",
         "        _p = _piv[0]",
         "        if _p != _c:",
@@ -2408,10 +2422,11 @@ def _solve(ctx, eqn):
         "                x[_b, _p, _j] = _v",
         "        cuda.syncthreads()",
         f"        _w = {n} - _c - 1",
+        "        _inv = 1 / a[_b, _c, _c]",
         f"        for _e in range(_tid, _w * (_w + {k}), _nt):",
         f"            _r = _c + 1 + _e // (_w + {k})",
         f"            _q = _e % (_w + {k})",
-        "            _f = a[_b, _r, _c] / a[_b, _c, _c]",
+        "            _f = a[_b, _r, _c] * _inv",
         "            if _q < _w:",
         "                a[_b, _r, _c + 1 + _q] -= _f * a[_b, _c, _c + 1 + _q]",
         "            else:",
@@ -2440,6 +2455,13 @@ def _solve(ctx, eqn):
         "else:",
         f"    {work} = _d.reshape(_d.copy({da}), ({systems}, {n}, {n}))",
         f"    {oname} = _d.copy({db})", "    " + launch]
+
+
+def _flag(code: int) -> str:
+    """The line flagging check ``code`` in the program's error cell (``Checks``) unless
+    an earlier one is there: the first failure is the one reported, as NumPy raises at
+    the first (kernels run in the program's order)."""
+    return f"cuda.atomic.compare_and_swap(_chk, 0, {code})"
 
 
 def _on_cupy(eqn) -> bool:
@@ -2553,7 +2575,7 @@ def _indexing(ctx, eqn):
         for local, ref, n in checks:
             ctx.checks.append(bounds_message(eqn, n))
             lines += [f"    {local} = {ref}", f"    if {local} < {-n} or {local} >= {n}:",
-                      f"        _chk[0] = {len(ctx.checks)}", "        continue"]
+                      f"        {_flag(len(ctx.checks))}", "        continue"]
         params, args = params + ["_chk"], args + ["_checks.cell"]
         kinds = kinds + [("_chk", np.int32, 1)]
     if name == "gather":

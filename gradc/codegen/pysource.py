@@ -722,12 +722,15 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
             code = [f"{', '.join(outs)} = {code}" if outs else code]
-        if prim in LINALG_FAILURES:     # (Numba raises NumPy's LinAlgError, no line;
+        if prim in LINALG_CALLS:        # (Numba raises NumPy's LinAlgError, no line;
             # and fails to compile a raise inside ``except`` on Python 3.11+)
             failed = ctx.temp()
+            finite = " and ".join(f"np.isfinite({x}).all()" for x in args)
             code = [f"{failed} = False", "try:"] + ["    " + c for c in code] + [
                 "except Exception:", f"    {failed} = True", f"if {failed}:",
-                f"    raise _k.EvaluationError({linalg_failure(eqn)!r})"]
+                f"    if {finite}:",
+                f"        raise _k.EvaluationError({linalg_failure(eqn)!r})",
+                f"    raise _k.EvaluationError({linalg_failure(eqn, finite=False)!r})"]
         body.extend("    " + c for c in code)
     return body
 
@@ -737,13 +740,24 @@ LINALG_FAILURES = {"solve": "the matrix is singular",
                    "cholesky": "the matrix is not positive definite",
                    "eigh": "the eigenvalue algorithm did not converge",
                    "svd": "the SVD did not converge"}
+# Numba's LAPACK calls, which also refuse infinities and NaNs (where NumPy's return NaNs
+# or values)
+LINALG_CALLS = {"det", "slogdet", "qr", *LINALG_FAILURES}
 
 
-def linalg_failure(eqn) -> str:
-    """The error of ``eqn`` (``LINALG_FAILURES``) failing on a later call's values: the
-    CPU and CUDA targets raise it as the interpreter raises its own, naming the line."""
-    return with_location(f"gradc: {eqn.prim.name}: {LINALG_FAILURES[eqn.prim.name]} "
-                         "(NumPy raises LinAlgError)", eqn.source or "")
+def linalg_failure(eqn, finite: bool = True) -> str:
+    """The error of ``eqn`` failing on a later call's values: LAPACK's failure
+    (``LINALG_FAILURES``; the CPU and CUDA targets raise it as the interpreter raises
+    its own, naming the line), or, not ``finite``, Numba's refusal of infinities and
+    NaNs in its operands, which NumPy's LAPACK takes."""
+    if finite:
+        what = LINALG_FAILURES.get(eqn.prim.name, "LAPACK failed") + \
+            " (NumPy raises LinAlgError)"
+    else:
+        what = ("an operand holds infinities or NaNs, which the CPU target's LAPACK calls "
+                "(through Numba) refuse (NumPy returns NaNs or values: target='numpy' "
+                "computes as NumPy does)")
+    return with_location(f"gradc: {eqn.prim.name}: {what}", eqn.source or "")
 
 
 def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
