@@ -1412,7 +1412,8 @@ def test_a_one_kernel_scan_updates_a_dying_initial_carry_in_place(case):
             k = gradc.cond(x[0, 0] > -10.0, lambda h: h, lambda h: h * 2.0, h)
             return _step_loop(h), k
         if case == "also-a-const":
-            out = gradc.scan(lambda c, t: (np.tanh(c * 0.9 + t) + 0.1 * h, None), h,
+            # (h itself read at every step: 0.1 * h alone would run once, before it)
+            out = gradc.scan(lambda c, t: (np.tanh(c * 0.9 + t) + h * c * 0.1, None), h,
                              np.linspace(-0.5, 0.5, 3))[0]
         else:
             out = _step_loop(h)

@@ -46,7 +46,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
     (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
-    only), and loop fusion."""
+    only), a scan's invariant work before the loop (``passes.licm``), and loop
+    fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -56,7 +57,11 @@ def optimise(graph: Graph, target: str) -> Graph:
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
         from ..passes.remat import remat_scans
+        from ..passes.licm import hoist_invariants
+        from ..passes.simplify import dce
         graph = remat_scans(graph, cheap=target != "cuda")
+        hoisted = hoist_invariants(graph)
+        graph = graph if hoisted is graph else dce(hoisted)
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 

@@ -311,6 +311,12 @@ def scan(f, init, xs=None, length=None, reverse=False):
     _check_kept("scan: the body changes carry leaf", graph.outputs[:n_carry], carry_avals,
                 "a carry keeps its shape and dtype (convert it explicitly, e.g. with .astype)")
     body_graph = _consts_first(graph, n_carry + len(x_leaves))
+    if length >= 1:     # (the step's work on consts alone, once, before the loop)
+        from ..passes.licm import split_invariants
+        split = split_invariants(body_graph, len(captured))
+        if split is not None:
+            pre, body_graph, keep = split
+            captured = [captured[k] for k in keep] + eval_graph(pre, list(captured))
     result = scan_p.bind(*captured, *carry_leaves, *x_leaves, body=body_graph,
                          n_consts=len(captured), n_carry=n_carry, length=length,
                          reverse=bool(reverse))

@@ -1,0 +1,194 @@
+"""Loop-invariant code motion (``passes.licm``): a scan step's work on consts alone runs
+once, before the loop, when ``gradc.scan`` is traced (and again on the compiled
+targets' graphs, for the loops that differentiation makes).  The same operations on
+the same values: results against a plain NumPy loop, gradients against finite
+differences and across modes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.interpret import eval_graph
+from gradc.ir import Graph, Var, make_eqn, verify
+from gradc.passes import simplify
+from gradc.passes.licm import hoist_invariants, split_invariants
+from gradc.prims.elementwise import add_p
+from gradc.prims.linalg import einsum_p
+from gradc.prims.loops import scan_p
+from gradc.prims.shape import transpose_p
+
+rng = np.random.default_rng(11)
+B, K, T = 3, 4, 5
+W = rng.standard_normal((K, K))
+U = rng.standard_normal((T, B, K))
+
+
+def rnn(W, U):
+    """A step that transposes and squashes its weight matrix at every step."""
+    def step(h, u):
+        V = np.tanh(np.transpose(W)) * 0.5
+        h = np.tanh(h @ V + u)
+        return h, np.sum(h, axis=1)
+    h, ys = gradc.scan(step, np.zeros((B, K)), U)
+    return np.sum(h) + np.sum(ys ** 2)
+
+
+def rnn_numpy(W, U):
+    h = np.zeros((B, K))
+    total = 0.0
+    for u in U:
+        h = np.tanh(h @ (np.tanh(W.T) * 0.5) + u)
+        total += np.sum(np.sum(h, axis=1) ** 2)
+    return np.sum(h) + total
+
+
+def scans(graph):
+    return [e for e in graph.eqns if e.prim.name == "scan"]
+
+
+def names(graph):
+    return [e.prim.name for e in graph.eqns]
+
+
+def test_the_steps_work_on_consts_runs_once_before_the_loop():
+    graph = gradc.make_graph(rnn)(W, U)
+    verify(graph)
+    scan, = scans(graph)
+    body = scan.params["body"]
+    assert "tanh" in names(graph) and "transpose" in names(graph)
+    # the body reads the squashed matrix as a const: one tanh left, the carry's
+    assert names(body).count("tanh") == 1 and "transpose" not in names(body)
+    assert scan.params["n_consts"] == 1 and tuple(body.inputs[0].shape) == (K, K)
+    np.testing.assert_allclose(gradc.jit(rnn, target="numpy")(W, U), rnn_numpy(W, U),
+                               rtol=1e-13)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_gradients_through_hoisted_work(target):
+    """The weight's gradient: the loop sums the cotangent of the squashed matrix, and
+    its pullback runs once after it; against finite differences, forward mode and the
+    reference target."""
+    g = gradc.grad(rnn, argnums=(0, 1), target=target)(W, U)
+    eps = 1e-6
+    for arg, k in ((W, 0), (U, 1)):
+        d = rng.standard_normal(arg.shape)
+        plus = [W, U]
+        minus = [W, U]
+        plus[k], minus[k] = arg + eps * d, arg - eps * d
+        fd = (rnn_numpy(*plus) - rnn_numpy(*minus)) / (2 * eps)
+        np.testing.assert_allclose(np.sum(g[k] * d), fd, rtol=1e-6)
+        tangents = [np.zeros_like(W), np.zeros_like(U)]
+        tangents[k] = d
+        _, jv = gradc.jvp(rnn, (W, U), tuple(tangents))
+        np.testing.assert_allclose(np.sum(g[k] * d), jv, rtol=1e-10)
+    # the backward loop accumulates a plain sum; the weight's pullback follows it
+    graph = simplify(gradc.make_graph(gradc.grad(rnn, target="numpy"))(W, U))
+    back = scans(graph)[-1].params["body"]
+    assert "tanh" not in names(back) and "transpose" not in names(back)
+
+
+def test_views_and_broadcasts_stay_in_the_step():
+    """A reshape or a broadcast of a const costs nothing where it is; work on a broadcast
+    const larger than the const would become an array read at every step."""
+    def f(W, U):
+        def step(h, u):
+            grown = np.exp(np.broadcast_to(W, (B, K, K)))      # larger than W
+            return h + np.sum(grown * h[:, None, :], axis=2) * 0.1 + u, None
+        h, _ = gradc.scan(step, np.zeros((B, K)), U)
+        return np.sum(h)
+    graph = gradc.make_graph(f)(W, U)
+    scan, = scans(graph)
+    assert "exp" in names(scan.params["body"]) and "exp" not in names(graph)
+    want = np.zeros((B, K))
+    for u in U:
+        want = want + np.sum(np.exp(np.broadcast_to(W, (B, K, K))) * want[:, None, :],
+                             axis=2) * 0.1 + u
+    np.testing.assert_allclose(gradc.jit(f, target="cpu")(W, U), np.sum(want), rtol=1e-12)
+
+
+def test_nothing_moves_out_of_a_loop_that_does_not_run():
+    def f(W, U):
+        def step(h, u):
+            return h + np.tanh(W[0]) + u, None
+        h, _ = gradc.scan(step, np.zeros((B, K)), U)
+        return h
+    graph = gradc.make_graph(f)(W, U[:0])
+    assert "tanh" in names(scans(graph)[0].params["body"])
+    np.testing.assert_array_equal(gradc.jit(f, target="numpy")(W, U[:0]), np.zeros((B, K)))
+    graph = gradc.make_graph(f)(W, U)
+    assert "tanh" not in names(scans(graph)[0].params["body"])
+
+
+def test_a_hoisted_failure_names_the_line_in_the_step():
+    S = np.array([[1.0, 2.0], [2.0, 4.0]])
+
+    def f(a, x):
+        def step(c, _):
+            y = np.linalg.solve(a, np.ones(2))
+            return c + y, None
+        c, _ = gradc.scan(step, x, None, length=3)
+        return np.sum(c)
+    graph = gradc.make_graph(f)(np.eye(2), np.zeros(2))
+    assert "solve" in names(graph) and "solve" not in names(scans(graph)[0].params["body"])
+    with pytest.raises(gradc.EvaluationError,
+                       match=r"(?i)singular(.|\n)*test_licm.py:\d+: y = np.linalg.solve"):
+        gradc.jit(f, target="cpu")(S, np.zeros(2))
+
+
+def test_the_compiled_targets_hoist_from_the_loops_differentiation_makes():
+    """A scan made by hand (as the passes make them), its step transposing a const:
+    ``hoist_invariants`` moves the transpose out, nested scans included, and the
+    graph computes what it did."""
+    def var(*shape):
+        return Var(shape, np.dtype(np.float64))
+    w, c, x = var(K, K), var(B, K), var(B, K)
+    wt, prod, out = var(K, K), var(B, K), var(B, K)
+    body = Graph((w, c, x), (
+        make_eqn(transpose_p, (w,), (wt,), {"perm": (1, 0)}),
+        make_eqn(einsum_p, (c, wt), (prod,), {"spec": "ij,jk->ik"}),
+        make_eqn(add_p, (prod, x), (out,), {})), (out, out))
+    split = split_invariants(body, 1)
+    assert split is not None
+    pre, new_body, keep = split
+    assert names(pre) == ["transpose"] and "transpose" not in names(new_body) and keep == []
+    W0, C0, X0 = var(K, K), var(B, K), var(T, B, K)
+    carry, ys = var(B, K), var(T, B, K)
+    outer = Graph((W0, C0, X0), (make_eqn(scan_p, (W0, C0, X0), (carry, ys), {
+        "body": body, "n_consts": 1, "n_carry": 1, "length": T, "reverse": False}),),
+        (carry, ys))
+    hoisted = hoist_invariants(outer)
+    verify(hoisted)
+    assert names(hoisted) == ["transpose", "scan"]
+    args = [W, rng.standard_normal((B, K)), U]
+    for a, b in zip(eval_graph(outer, args), eval_graph(hoisted, args)):
+        np.testing.assert_array_equal(a, b)
+    assert hoist_invariants(hoisted) is hoisted
+
+
+def test_a_step_on_a_transposed_const_is_one_kernel_on_the_gpu():
+    """(The CUDA target's one-kernel scan needs every value of the step to have the
+    batch axis: a transposed const inside the step sent both loops to the host.)"""
+    script = textwrap.dedent("""
+        import os, sys
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+        sys.path.insert(0, {tests!r})
+        import numpy as np, gradc
+        from test_licm import rnn, W, U
+        g = gradc.value_and_grad(rnn, argnums=(0, 1), target="cuda")
+        src = g.source(W, U)
+        (v, (gw, gu)) = g(W, U)
+        (vr, (gwr, gur)) = gradc.value_and_grad(rnn, argnums=(0, 1), target="numpy")(W, U)
+        np.testing.assert_allclose(v, vr, rtol=1e-12)
+        np.testing.assert_allclose(gw, gwr, rtol=1e-10)
+        np.testing.assert_allclose(gu, gur, rtol=1e-10)
+        print(src.count("the scan as one kernel"))
+    """).format(tests=os.path.dirname(__file__))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "2"
