@@ -192,3 +192,10 @@ def test_a_step_on_a_transposed_const_is_one_kernel_on_the_gpu():
                          env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "2"
+
+
+def test_gradc_licm_0_leaves_the_step_as_written(monkeypatch):
+    """(The A/B switch of ``benchmarks/licm.py``.)"""
+    monkeypatch.setenv("GRADC_LICM", "0")
+    body = scans(gradc.make_graph(rnn)(W, U))[0].params["body"]
+    assert names(body).count("tanh") == 2 and "transpose" in names(body)

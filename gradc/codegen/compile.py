@@ -57,10 +57,10 @@ def optimise(graph: Graph, target: str) -> Graph:
         from ..passes.conv import over_batch
         from ..passes.fuse import fuse
         from ..passes.remat import remat_scans
-        from ..passes.licm import hoist_invariants
+        from ..passes import licm
         from ..passes.simplify import dce
         graph = remat_scans(graph, cheap=target != "cuda")
-        hoisted = hoist_invariants(graph)
+        hoisted = licm.hoist_invariants(graph) if licm.enabled() else graph
         graph = graph if hoisted is graph else dce(hoisted)
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph

@@ -22,6 +22,8 @@ What stays in the body:
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, new_var_like, subgraphs
@@ -29,6 +31,12 @@ from .simplify import dce
 
 # equations that only give another view of their operand
 VIEWS = {"reshape", "broadcast_in_dim", "stop_gradient"}
+
+
+def enabled() -> bool:
+    """Whether the pass runs (``GRADC_LICM=0`` in the environment: not, for A/B timings;
+    read when a function is traced or compiled)."""
+    return os.environ.get("GRADC_LICM", "1").strip() != "0"
 
 
 def hoist_invariants(graph: Graph) -> Graph:

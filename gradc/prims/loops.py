@@ -311,9 +311,9 @@ def scan(f, init, xs=None, length=None, reverse=False):
     _check_kept("scan: the body changes carry leaf", graph.outputs[:n_carry], carry_avals,
                 "a carry keeps its shape and dtype (convert it explicitly, e.g. with .astype)")
     body_graph = _consts_first(graph, n_carry + len(x_leaves))
-    if length >= 1:     # (the step's work on consts alone, once, before the loop)
-        from ..passes.licm import split_invariants
-        split = split_invariants(body_graph, len(captured))
+    from ..passes import licm
+    if length >= 1 and licm.enabled():   # (the step's work on consts alone, once, first)
+        split = licm.split_invariants(body_graph, len(captured))
         if split is not None:
             pre, body_graph, keep = split
             captured = [captured[k] for k in keep] + eval_graph(pre, list(captured))

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Loop-invariant code motion (``passes.licm``), A/B on the CPU: the gradient of an RNN
+whose step squashes its weight matrix (``np.tanh(W.T) * 0.5``), with the pass
+(default) and without it (``GRADC_LICM=0``), each in a process of its own, alternating.
+
+    python benchmarks/licm.py [--size B K T] [--rounds 2] [--target cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def run(B, K, T, target, calls):
+    import gradc
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((K, K)) / 8
+    U = rng.standard_normal((T, B, K))
+
+    def rnn(W, U):
+        def step(h, u):
+            V = np.tanh(np.transpose(W)) * 0.5
+            return np.tanh(h @ V + u), None
+        h, _ = gradc.scan(step, np.zeros((B, K)), U)
+        return np.sum(h)
+    g = gradc.grad(rnn, argnums=(0, 1), target=target)
+    first = g(W, U)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        g(W, U)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), float(np.sum(first[0]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, nargs=3, default=(64, 64, 200), metavar=("B", "K", "T"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--calls", type=int, default=15)
+    ap.add_argument("--target", default="cpu")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        t, check = run(*args.size, args.target, args.calls)
+        print(f"{t} {check!r}")
+        return
+    print(f"| round | LICM | median of {args.calls} calls | sum of dW |")
+    print("| --- | --- | --- | --- |")
+    for r in range(args.rounds):
+        for on in ("1", "0"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "--size", *map(str, args.size),
+                 "--calls", str(args.calls), "--target", args.target],
+                env=dict(os.environ, GRADC_LICM=on), capture_output=True, text=True,
+                check=True).stdout.split()
+            print(f"| {r + 1} | {'on' if on == '1' else 'off'} | "
+                  f"{float(out[0]) * 1e3:.2f} ms | {out[1]} |")
+
+
+if __name__ == "__main__":
+    main()
