@@ -2240,6 +2240,41 @@ def _solve_of(a, b):
     return np.linalg.solve(a, b[..., None])[..., 0]
 
 
+def viterbi_scan(A, U, Ui, reverse=False):
+    def step(delta, x):
+        u, ui = x
+        s = delta[:, :, None] + A[None]
+        si = ui[:, :, None] + ui[:, None, :]
+        return np.max(s, axis=1) + u, (np.argmax(s, axis=1), np.argmin(s, axis=2),
+                                       np.argmax(si, axis=2), np.argmax(s[:, :1, :], axis=1))
+    return gradc.scan(step, np.zeros(U.shape[1:]), (U, Ui), reverse=reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_steps_argmax_is_two_reductions_in_the_one_kernel_scan(reverse):
+    """Viterbi's step: a maximum and its argmax over the previous state. The step's
+    ``argmax``/``argmin`` become a maximum (minimum) and the smallest index that holds
+    it, or a NaN (``passes.argreduce``): the scan is one kernel, where it ran as a host
+    loop, and the indices are NumPy's, ties (the first) and NaNs (the first NaN)
+    included; integer scores and an axis of length 1 too."""
+    B, K, T = 3, 5, 4
+    r = np.random.default_rng(5)
+    A = np.round(r.standard_normal((K, K)), 1)      # (rounded: ties)
+    U = np.round(r.standard_normal((T, B, K)), 1)
+    U[1, 0, 2] = np.nan
+    Ui = r.integers(-2, 3, (T, B, K))
+
+    def viterbi(A, U, Ui):
+        return viterbi_scan(A, U, Ui, reverse)
+    jitted = gradc.jit(viterbi, target="cuda")
+    src = jitted.source(A, U, Ui)
+    assert src.count(ONE_KERNEL) == 1 and "argmax" not in src.split('"""')[2]
+    got, want = jitted(A, U, Ui), gradc.jit(viterbi, target="numpy")(A, U, Ui)
+    for a, b in zip(gradc.pytree.flatten(got)[0], gradc.pytree.flatten(want)[0]):
+        np.testing.assert_array_equal(a, b)
+    assert np.isnan(want[0][0]).all()       # (the NaN reached the indices)
+
+
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
 def test_cumsum_of_booleans_and_small_integers_sums_as_numpy(target):
     """NumPy accumulates booleans and small integers in its default integer (review:
@@ -2379,7 +2414,7 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import PROGRAMS, _placing, _summed, rosen, w2
+    from test_cuda import PROGRAMS, _placing, _summed, rosen, viterbi_scan, w2
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -2439,6 +2474,10 @@ PTX_SCRIPT = textwrap.dedent("""
         # (an index array's values checked in the kernel: its error cell an int32[1])
         done["index-checks"] = gradc.jit(lambda i, x: x[i] * 2, target="cuda").ptx(
             np.array([1, -2]), np.ones(8)).count(".entry")
+        # (a step's argmax as two reductions in the one-kernel scan: passes.argreduce)
+        done["scan-argmax"] = gradc.jit(viterbi_scan, target="cuda").ptx(
+            np.ones((4, 4)), np.ones((3, 130, 4)), np.ones((3, 130, 4), np.int64)).count(
+                ".maxnreg ")
         # (float16 reductions: shared arrays of numba.types.float16)
         done["float16-sum"] = gradc.jit(lambda x: np.sum(x * x), target="cuda").ptx(
             np.ones(44 * 256, np.float16)).count(".entry")
@@ -2497,6 +2536,7 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    assert out["scan-argmax"] == 1               # (one kernel, its argmax included)
     assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
     # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is
     # an int64, as NumPy's)

@@ -46,8 +46,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
     (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
-    only), a scan's invariant work before the loop (``passes.licm``), and loop
-    fusion."""
+    only), a scan's invariant work before the loop (``passes.licm``), on the GPU a
+    step's ``argmax`` as reductions (``passes.argreduce``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -62,6 +62,9 @@ def optimise(graph: Graph, target: str) -> Graph:
         graph = remat_scans(graph, cheap=target != "cuda")
         hoisted = licm.hoist_invariants(graph) if licm.enabled() else graph
         graph = graph if hoisted is graph else dce(hoisted)
+        if target == "cuda":
+            from ..passes.argreduce import arg_reductions
+            graph = arg_reductions(graph)
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 
