@@ -199,3 +199,57 @@ def test_gradc_licm_0_leaves_the_step_as_written(monkeypatch):
     monkeypatch.setenv("GRADC_LICM", "0")
     body = scans(gradc.make_graph(rnn)(W, U))[0].params["body"]
     assert names(body).count("tanh") == 2 and "transpose" in names(body)
+
+
+def test_review_regressions():
+    """(Review of the pass.)  A result of the step that hoisted work reads is computed
+    in the step as well (the split read a value it never defined: at trace time, and
+    for a ys of differentiation on a compiled target); a guard on a const in the step
+    keeps the const it reads (``_prune_scan`` dropped it); a broadcast view that hoisted
+    work and the step both read stays a view in the step, not an array of its size
+    made before the loop and read at every step."""
+    V = np.array([[0.5, -0.2], [0.1, 0.3]])
+
+    def handed(W):
+        def step(c, _):
+            a = np.tanh(W)
+            return c + a * 2, a
+        c, ys = gradc.scan(step, np.zeros((2, 2)), None, length=3)
+        return np.sum(c) + np.sum(ys)
+    want = 3 * np.sum(np.tanh(V) * 2) + 3 * np.sum(np.tanh(V))
+    for target in ("numpy", "cpu"):
+        np.testing.assert_allclose(gradc.jit(handed, target=target)(V), want, rtol=1e-14)
+
+    def ys_of_a_const(W):
+        def step(h, x):
+            return h + x, np.tanh(W)
+        _, ys = gradc.scan(step, np.ones(2), np.ones((3, 2)))
+        return np.sum(ys)
+    ref = gradc.jvp(ys_of_a_const, (V,), (np.ones_like(V),), target="numpy")
+    np.testing.assert_allclose(
+        gradc.jvp(ys_of_a_const, (V,), (np.ones_like(V),), target="cpu"), ref, rtol=1e-13)
+
+    def guarded(W, x):
+        def step(c, _):
+            z = np.tanh(W) if W[0, 0] > 0 else np.cos(W)
+            return np.tanh(z @ c), None
+        c, _ = gradc.scan(step, x, None, length=3)
+        return np.sum(c)
+    M = np.arange(9.0).reshape(3, 3) / 10 + 0.1
+    verify(simplify(gradc.make_graph(guarded)(M, np.ones(3))))
+    c = np.ones(3)
+    for _ in range(3):
+        c = np.tanh(np.tanh(M) @ c)
+    np.testing.assert_allclose(gradc.jit(guarded, target="numpy")(M, np.ones(3)), np.sum(c),
+                               rtol=1e-14)
+
+    def viewed(w, X):
+        def step(h, x):
+            Bw = np.broadcast_to(w, (50, 4))
+            return np.tanh(np.sum(Bw * h) * 1e-3 + Bw[0, 0] * x), None
+        h, _ = gradc.scan(step, np.float64(0.1), X)
+        return h
+    graph = gradc.make_graph(viewed)(np.ones(4), np.ones(5))
+    scan, = scans(graph)
+    assert all(np.prod(v.shape) <= 4 for v in scan.params["body"].inputs)   # (no (50, 4))
+    assert "broadcast_in_dim" in names(scan.params["body"])

@@ -12,13 +12,15 @@ batch axis (``cudarows``), which a transpose or ``tanh`` of a const does not.
 
 What stays in the body:
 * views of consts (``reshape``, ``broadcast_in_dim``, ``stop_gradient``), which cost
-  nothing where they are, unless hoisted work reads them;
+  nothing where they are;
 * work on a broadcast const that is larger than the consts it comes from
-  (``tanh(W[None] + 0 * c)`` is not invariant anyway, but ``exp(broadcast(W))`` is):
-  computed once it would be an array of that size read at every step, where fused
-  into the step it is a few instructions per element;
+  (``exp(broadcast(W))``): computed once, it would be an array of that size read at
+  every step, where fused into the step it is a few instructions per element;
+* the step's results (a ``y`` that depends on consts alone);
 * everything of a scan of length 0 (hoisted work would run where the loop does not)
   and equations with effects.
+Hoisted work that reads one of the first three has it computed before the loop too
+(and the step keeps its own, never a const of that size).
 """
 from __future__ import annotations
 
@@ -107,22 +109,33 @@ def split_invariants(body: Graph, nc: int):
     if not candidates:
         return None
     # hoisted: work whose results are no larger than the consts they come from, and
-    # whatever hoisted work reads (a view, a broadcast); not a result of the step
+    # whatever hoisted work reads (a view, a broadcast, a result of the step)
     users: dict = {}
     for e in body.eqns:
         for a in e.inputs:
             if isinstance(a, Var):
                 users.setdefault(a, []).append(e)
-    hoist, handed = set(), {a for a in body.outputs if isinstance(a, Var)}
+    handed = {a for a in body.outputs if isinstance(a, Var)}
+
+    def cheap(e):           # (a view, or work larger than the consts it comes from)
+        return e.prim.name in VIEWS or any(_size(o) > source[o] for o in e.outputs)
+    hoist = set()
     for e in reversed(candidates):
-        if handed.intersection(e.outputs):
-            continue
-        work = e.prim.name not in VIEWS and all(_size(o) <= source[o] for o in e.outputs)
-        if work or any(u in hoist for o in e.outputs for u in users.get(o, [])):
+        if not (cheap(e) or handed.intersection(e.outputs)) or any(
+                u in hoist for o in e.outputs for u in users.get(o, [])):
             hoist.add(e)
-    kept = [e for e in body.eqns if e not in hoist]
+    # ... and computed in the step as well: a result of the step, and a view or large
+    # work that the step reads too (never a const of the loop: an array of that size
+    # read at every step)
+    both = set()
+    for e in reversed(body.eqns):
+        if e in hoist and (handed.intersection(e.outputs) or cheap(e) and any(
+                u not in hoist or u in both for o in e.outputs for u in users.get(o, []))):
+            both.add(e)
+    kept = [e for e in body.eqns if e not in hoist or e in both]
     read = {a for e in kept for a in e.inputs if isinstance(a, Var)} | handed
-    crossing = [o for e in body.eqns if e in hoist for o in e.outputs if o in read]
+    crossing = [o for e in body.eqns if e in hoist and e not in both
+                for o in e.outputs if o in read]
     if not crossing:
         return None
     pre = dce(Graph(tuple(body.inputs[:nc]), tuple(e for e in body.eqns if e in hoist),

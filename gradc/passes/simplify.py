@@ -150,10 +150,11 @@ def dce(graph: Graph) -> Graph:
 
 
 def _reached(graph: Graph, outputs) -> set:
-    """The inputs of ``graph`` that ``outputs`` depend on."""
+    """The inputs of ``graph`` that ``outputs`` depend on, or its equations with effects
+    (a guard, which ``dce`` keeps) read."""
     live = {a for a in outputs if isinstance(a, Var)}
     for eqn in reversed(graph.eqns):
-        if any(v in live for v in eqn.outputs):
+        if eqn.prim.effect or any(v in live for v in eqn.outputs):
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     return live.intersection(graph.inputs)
 
