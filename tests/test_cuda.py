@@ -2115,19 +2115,10 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error_on_the_gpu():
     with valid ones) flags the program's error cell and reads or writes nothing, and the
     host function raises gradc's error naming the line before it returns (under the
     simulator the kernel raised a bare IndexError; a GPU read or wrote out of bounds).
-    Negative indices in bounds count from the end; a valid call after an error runs."""
+    Negative indices in bounds count from the end; a valid call after an error runs.
+    (``test_errors``'s programs, and one with the gather in a loop.)"""
+    from test_errors import assign, gather, picked
     x = np.arange(8.0)
-
-    def gather(i, x):
-        return x[i] * 2
-
-    def assign(i, x):
-        y = x.copy()
-        y[i] = 1.0
-        return y
-
-    def picked(y, x):
-        return x[np.argmax(y) + 5]
 
     def looped(i, x):               # (in a loop body: the error surfaces after the loop)
         return gradc.fori_loop(0, 3, lambda k, c: c + x[i + k], np.zeros(2))
@@ -2141,7 +2132,7 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error_on_the_gpu():
         np.testing.assert_array_equal(fn(good, x), want)
         assert "_checks.check()" in fn.source(good, x)
         with pytest.raises(gradc.EvaluationError, match="out of bounds for an axis of size 8"
-                           r"(.|\n)*test_cuda.py:\d+: (return|y\[i\] = )"):
+                           r"(.|\n)*test_(errors|cuda).py:\d+: (return|y\[i\] = )"):
             fn(bad, x)
         np.testing.assert_array_equal(fn(good, x), want)
     g = gradc.grad(lambda x, i: np.sum(gather(i, x) ** 2), target="cuda")

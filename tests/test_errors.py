@@ -347,24 +347,27 @@ def test_leaked_tracer():
            lambda: gradc.grad(g)(X))
 
 
+def gather(i, x):
+    return x[i] * 2
+
+
+def assign(i, x):
+    y = x.copy()
+    y[i] = 1.0
+    return y
+
+
+def picked(y, x):
+    return x[np.argmax(y) + 5]
+
+
 def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error():
     """A compiled gather, its gradient's scatter and an item assignment check the values
     of their index arrays as NumPy does: a later call with an index out of bounds (the
     graph was traced with valid ones) raises gradc's error naming the line, where the
     CPU target read outside the array or crashed the process; negative indices in
-    bounds still count from the end."""
+    bounds still count from the end.  (``test_cuda`` runs the same programs.)"""
     x = np.arange(8.0)
-
-    def gather(i, x):
-        return x[i] * 2
-
-    def assign(i, x):
-        y = x.copy()
-        y[i] = 1.0
-        return y
-
-    def picked(y, x):
-        return x[np.argmax(y) + 5]
     for f, good, bad in ((gather, np.array([1, 2]), np.array([8, 1])),
                          (gather, np.array([1, 2]), np.array([0, -9])),
                          (assign, np.array([1, 2]), np.array([1000000, 1])),
