@@ -28,7 +28,8 @@ import os
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, new_var_like, subgraphs
+from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, subgraphs
+from .remat import _hoist
 from .simplify import dce
 
 # equations that only give another view of their operand
@@ -77,12 +78,8 @@ def _hoisted(eqn):
     nc = p["n_consts"]
     outer = dict(zip(pre.inputs, eqn.inputs[:nc]))
     before = []
-    for e in pre.eqns:
-        for o in e.outputs:
-            outer[o] = new_var_like(o)
-        before.append(make_eqn(e.prim, tuple(outer[a] if isinstance(a, Var) else a
-                                            for a in e.inputs),
-                               tuple(outer[o] for o in e.outputs), e.params, e.source))
+    for v in pre.outputs:           # (copies of pre's equations, on the outer values)
+        before += _hoist(pre, nc, v, outer)
     ins = [eqn.inputs[k] for k in keep] + [outer[o] for o in pre.outputs]
     scan = make_eqn(eqn.prim, tuple(ins) + tuple(eqn.inputs[nc:]), eqn.outputs,
                     dict(p, body=body, n_consts=len(ins)), eqn.source)
