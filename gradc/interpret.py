@@ -13,8 +13,10 @@ from .ir import Graph, Lit
 from .trace import bind, source_line
 
 
-def eval_graph(graph: Graph, args) -> list:
+def eval_graph(graph: Graph, args, rewrite=None) -> list:
     """Evaluate ``graph`` on ``args`` (arrays or Tracers); returns the list of outputs.
+    ``rewrite(eqn, operands)``: the list of an equation's results computed another way
+    (a pass re-tracing a graph), or None to bind it as it is.
 
     Raises ``GuardFailure`` when a recorded control-flow guard does not hold.
     """
@@ -26,12 +28,13 @@ def eval_graph(graph: Graph, args) -> list:
         return atom.value if isinstance(atom, Lit) else env[atom]
 
     for eqn in graph.eqns:
+        xs = [read(a) for a in eqn.inputs]
         with source_line(eqn.source):
-            result = bind(eqn.prim, *[read(a) for a in eqn.inputs], **eqn.params)
-        if eqn.prim.multiple_results:
-            env.update(zip(eqn.outputs, result))
-        else:
-            env[eqn.outputs[0]] = result
+            outs = None if rewrite is None else rewrite(eqn, xs)
+            if outs is None:
+                result = bind(eqn.prim, *xs, **eqn.params)
+                outs = result if eqn.prim.multiple_results else [result]
+        env.update(zip(eqn.outputs, outs))
     # literal outputs are copied (a caller mutating a result must not change the graph),
     # and so are read-only views (a broadcast): results are ordinary writable arrays
     return [np.array(a.value) if isinstance(a, Lit) else _writable(env[a])

@@ -14,62 +14,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, subgraphs
+from ..ir import Graph, map_subgraphs, subgraphs
 
 ARG = {"argmax": np.max, "argmin": np.min}
 
 
 def arg_reductions(graph: Graph, in_loop: bool = False) -> Graph:
     """``graph`` with each ``argmax``/``argmin`` of real numbers inside a scan's body
-    (at any depth) written as reductions; ``graph`` itself when there is none."""
-    eqns, changed = [], False
-    for eqn in graph.eqns:
-        if subgraphs(eqn):
-            inner = in_loop or eqn.prim.name == "scan"
-            params = map_subgraphs(eqn, lambda g: arg_reductions(g, inner))
-            if any(params[k] is not eqn.params[k] for k in params):
-                eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
-                changed = True
-        x = eqn.inputs[0] if eqn.inputs else None
-        if in_loop and eqn.prim.name in ARG and isinstance(x, Var) and \
-                np.dtype(x.dtype).kind in "biuf":
-            eqns += _decomposed(eqn)
-            changed = True
-            continue
-        eqns.append(eqn)
-    return graph.replace(eqns=tuple(eqns)) if changed else graph
+    (at any depth) written as reductions (the graph traced again, as
+    ``passes.implicit.expand`` does); ``graph`` itself when there is none."""
+    if not _needs(graph, in_loop):
+        return graph
+    from ..interpret import eval_graph
+    from ..trace import bind, trace_graph
 
+    def rewrite(eqn, xs):
+        if _decomposable(eqn, in_loop):
+            return [first_index(xs[0], eqn.prim.name, eqn.params["axis"])]
+        if not subgraphs(eqn):
+            return None
+        inner = in_loop or eqn.prim.name == "scan"
+        out = bind(eqn.prim, *xs, **map_subgraphs(eqn, lambda g: arg_reductions(g, inner)))
+        return out if eqn.prim.multiple_results else [out]
 
-def _decomposed(eqn) -> list:
-    """The equations computing ``eqn``'s result as reductions (traced from NumPy code,
-    then renamed onto ``eqn``'s operand and result)."""
-    from ..trace import source_line, trace_graph
-    x, axis = eqn.inputs[0], eqn.params["axis"]
-    n = int(x.shape[axis])
-    extremum = ARG[eqn.prim.name]
-    iota = np.arange(n, dtype=np.int64).reshape(
-        [n if d == axis else 1 for d in range(x.ndim)])
-
-    def first_index(v):
-        hit = v == extremum(v, axis=axis, keepdims=True)
-        if np.dtype(x.dtype).kind == "f":
-            hit = hit | (v != v)
-        return [np.min(np.where(hit, iota, np.int64(n)), axis=axis)]
-    with source_line(eqn.source):
-        graph, _, captured = trace_graph(first_index, [(tuple(x.shape), x.dtype)])
+    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
+                                   [(v.shape, v.dtype) for v in graph.inputs])
     assert not captured
-    rename = {graph.inputs[0]: x}
-    out = graph.outputs[0]
-    if isinstance(out, Lit) or out in rename:       # (a constant result: n == 1)
-        from ..prims.shape import broadcast_p
-        return [make_eqn(broadcast_p, (Lit(np.asarray(0, np.int64)),), eqn.outputs,
-                         {"shape": tuple(eqn.outputs[0].shape), "dims": ()}, eqn.source)]
-    rename[out] = eqn.outputs[0]
-    made = []
-    for e in graph.eqns:
-        for o in e.outputs:
-            rename.setdefault(o, Var(tuple(o.shape), o.dtype))
-        made.append(make_eqn(e.prim, tuple(rename.get(a, a) if isinstance(a, Var) else a
-                                          for a in e.inputs),
-                             tuple(rename[o] for o in e.outputs), e.params, e.source))
-    return made
+    return new
+
+
+def _decomposable(eqn, in_loop) -> bool:
+    return in_loop and eqn.prim.name in ARG and eqn.inputs[0].ndim > 0 and \
+        np.dtype(eqn.inputs[0].dtype).kind in "biuf"
+
+
+def _needs(graph: Graph, in_loop: bool) -> bool:
+    return any(_decomposable(e, in_loop) or any(
+        _needs(g, in_loop or e.prim.name == "scan") for g in subgraphs(e))
+        for e in graph.eqns)
+
+
+def first_index(v, name: str, axis: int):
+    """``argmax``/``argmin`` (``name``) of traced ``v`` along ``axis`` as reductions."""
+    n = int(v.shape[axis])
+    iota = np.arange(n, dtype=np.int64).reshape(
+        [n if d == axis else 1 for d in range(len(v.shape))])
+    hit = v == ARG[name](v, axis=axis, keepdims=True)
+    if np.dtype(v.dtype).kind == "f":
+        hit = hit | (v != v)
+    return np.min(np.where(hit, iota, np.int64(n)), axis=axis)

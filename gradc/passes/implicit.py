@@ -19,10 +19,10 @@ are expanded too.
 from __future__ import annotations
 
 from ..interpret import eval_graph
-from ..ir import Graph, Lit, map_subgraphs, subgraphs
+from ..ir import Graph, map_subgraphs, subgraphs
 from ..prims.custom import forward_of
 from ..prims.implicit import PyCallback, solve_graph
-from ..trace import source_line, trace_graph
+from ..trace import trace_graph
 
 SOLVER_PRIMS = ("root", "linear_solve")
 # user rules (``prims.custom``): the function itself is what runs
@@ -49,30 +49,24 @@ def expand(graph: Graph) -> Graph:
         return graph
     from ..trace import bind
 
+    def rewrite(eqn, xs):
+        name, p = eqn.prim.name, eqn.params
+        if name == "linear_solve":
+            return eval_graph(expand(solve_graph(p["matvec"], p["solve"])), xs)
+        if name == "root" and not isinstance(p["solver"], PyCallback):
+            return eval_graph(expand(p["solver"]), xs)
+        if name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
+            return eval_graph(expand(p["fun"]), xs)
+        if name == "custom_lin":
+            return eval_graph(expand(forward_of(p["bwd"], p["n_res"], p["name"],
+                                                p["where"])), xs)
+        if not subgraphs(eqn):
+            return None
+        out = bind(eqn.prim, *xs, **_expanded_params(eqn))
+        return out if eqn.prim.multiple_results else [out]
+
     def fn(*args):
-        env = dict(zip(graph.inputs, args))
-
-        def read(a):
-            return a.value if isinstance(a, Lit) else env[a]
-
-        for eqn in graph.eqns:
-            xs = [read(a) for a in eqn.inputs]
-            with source_line(eqn.source):
-                name, p = eqn.prim.name, eqn.params
-                if name == "linear_solve":
-                    outs = eval_graph(expand(solve_graph(p["matvec"], p["solve"])), xs)
-                elif name == "root" and not isinstance(p["solver"], PyCallback):
-                    outs = eval_graph(expand(p["solver"]), xs)
-                elif name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
-                    outs = eval_graph(expand(p["fun"]), xs)
-                elif name == "custom_lin":
-                    outs = eval_graph(expand(forward_of(p["bwd"], p["n_res"], p["name"],
-                                                        p["where"])), xs)
-                else:
-                    out = bind(eqn.prim, *xs, **_expanded_params(eqn))
-                    outs = out if eqn.prim.multiple_results else [out]
-            env.update(zip(eqn.outputs, outs))
-        return [read(o) for o in graph.outputs]
+        return eval_graph(graph, list(args), rewrite)
 
     new, _, captured = trace_graph(fn, [(v.shape, v.dtype) for v in graph.inputs])
     assert not captured
