@@ -3,7 +3,8 @@
 # most ~9 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
 # PyTorch (G1 and G2 without vector accesses, G2 with 16-byte ones, G1 and G2 with
 # fastmath, G4 without its tape cut, with signed indices, without shuffles and without
-# double rows), where each workload's time goes (benchmarks/gpu_profile.py), the CUDA
+# double rows), scans over one sequence (benchmarks/one_sequence.py), where each
+# workload's time goes (benchmarks/gpu_profile.py), the CUDA
 # tests on the real compiler and GPU, and Nsight Compute's counters for G1's and G2's
 # kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
 set -u
@@ -81,6 +82,10 @@ for v in GRADC_REMAT=0 GRADC_CUDA_UNSIGNED=0 GRADC_CUDA_SHUFFLE=0 GRADC_CUDA_ROW
         >> "$OUT/bench.md" 2>> "$OUT/bench.err"
 done
 
+# scans over one sequence: one block, one block of 1024 threads, the host loop, JAX
+timeout 45 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
+echo "rc $?" >> "$OUT/one_sequence.md"
+
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"
 # (the Python of a call with the launches stubbed out, on this host: the profile's host
@@ -115,3 +120,4 @@ grep -E "^## |launches:|^\| G" "$OUT/profile.txt"
 grep -E "^## |launches:" "$OUT/profile-off.txt"
 grep -E "registers|warps_active|dram__|duration" "$OUT/ncu.txt" | head -n 12
 cat "$OUT/bench.md"
+cat "$OUT/one_sequence.md"

@@ -193,6 +193,31 @@ def test_float32_literals_stay_float32():
     assert out[0].dtype == np.float32
 
 
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_constants_of_one_value_or_of_an_index_are_not_read(target):
+    """In a kernel, a constant array whose elements are all equal is that value, and
+    one that is 0, 1, 2, ... along one axis (``np.arange(5)`` as a weight) is the
+    index: neither is an array the kernel reads.  Zeros of both signs are not one
+    value; integer aranges (what ``argmax`` in a scan's step compares against) too."""
+    from gradc.codegen.loops import const_element
+    iota = np.arange(5).reshape(1, 5)
+    signed = np.array([0.0, -0.0, 0.0, 0.0, 0.0])
+
+    def f(x):
+        return x * iota + 1.0, x * signed
+    x = np.random.default_rng(4).standard_normal((3, 5))
+    j = gradc.jit(f, target=target)
+    consts = [line for line in j.source(x).splitlines() if line.startswith("#   _c")]
+    assert consts == ["#   _c0: float64[5]"], consts          # (the signed zeros only)
+    for a, b in zip(j(x), f(x)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+    assert const_element(np.arange(4).reshape(1, 4, 1), ("i0", "i1", "i2")) == "np.int64(i1)"
+    assert const_element(np.full((2, 3), 7, np.int32), ("i0", "i1")) == "np.int32(7)"
+    assert const_element(np.array([1, 0, 2, 3]), ("i0",)) is None
+    assert const_element(np.arange(6).reshape(2, 3), ("i0", "i1")) is None
+
+
 def test_guard_failure_raises_from_compiled_code():
     x = np.array([0.5, 0.25])
     compiled = compile_graph(gradc.make_graph(guarded)(x))

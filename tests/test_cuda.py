@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import gradc
-from gradc.codegen import cudagen
+from gradc.codegen import cudagen, cudarows
 from gradc.codegen.compile import optimise
 
 from test_codegen import assert_outputs_match, reference
@@ -234,6 +234,27 @@ def rnn_rows(h0, W, xs):
     return np.sum(h ** 2)
 
 
+def rnn_one(W, xs):
+    """An RNN over one sequence (no batch axis: ``W @ h``), its per-step losses summed."""
+    def step(h, x):
+        h = np.tanh(W @ h + x)
+        return h, np.sum(h * h)
+    h, ys = gradc.scan(step, np.zeros(W.shape[0], W.dtype), xs)
+    return np.sum(ys) + np.sum(h)
+
+
+def euler_scalars(W, xs, dts):
+    """An unrolled integrator over one sequence: a rank-0 carry (the running loss), a
+    step size per step (a rank-1 stacked operand)."""
+    def step(c, inp):
+        h, s = c
+        x, dt = inp
+        h = h + dt * np.tanh(W @ h + x)
+        return (h, s + dt * np.sum(h * h)), s
+    (h, s), ss = gradc.scan(step, (np.zeros(W.shape[0]), np.float64(0.0)), (xs, dts))
+    return s + 0.5 * np.sum(ss) + np.sum(h)
+
+
 def rows_step_losses(h0, s, w):
     """Stacked results summed over the batch (per-step losses); reverse mode adds the
     gradient of ``s``, a per-step scalar every row reads: per-row partial sums, summed
@@ -346,12 +367,24 @@ PROGRAMS.update({
                       rng.standard_normal(4))),
     "rnn-rows": (rnn_rows, (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
                             rng.standard_normal((4, 3, 4)))),
+    "rnn-one": (rnn_one, (0.4 * rng.standard_normal((6, 6)), rng.standard_normal((9, 6)))),
+    "rnn-one-float32": (rnn_one, ((0.4 * rng.standard_normal((6, 6))).astype(np.float32),
+                                  rng.standard_normal((9, 6)).astype(np.float32))),
+    "euler-scalars": (euler_scalars, (0.3 * rng.standard_normal((5, 5)),
+                                      rng.standard_normal((7, 5)),
+                                      rng.uniform(0.1, 0.2, 7))),
+    "crf-one-row": (crf_batched, (rng.standard_normal((1, 5, 4)),
+                                  rng.standard_normal((4, 4)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "crf-batched-wide", "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms",
              "rows-step-losses", "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
 ONE_KERNEL = "# the scan as one kernel"
+ROW_BLOCKS = "# the scan as one kernel: a block per row"
+ONE_BLOCK = "# the scan as one kernel of one block"
+# scans of one sequence: one kernel of one block per scan (cudarows.one_row)
+ONE_BLOCK_SCANS = ("crf-scan", "rnn-one", "rnn-one-float32", "euler-scalars")
 
 
 def _closing(src: str, j: int) -> int:
@@ -398,7 +431,8 @@ ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indice
              "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
              "rows-shared-vector", "rows-euler-dt", "rows-step-mean", "solve",
-             "solve-batched", "conv", "conv-long-kernel-sum")
+             "solve-batched", "conv", "conv-long-kernel-sum", "rnn-one", "rnn-one-float32",
+             "euler-scalars", "crf-one-row")
 
 
 def _summed(f):
@@ -428,6 +462,13 @@ def test_programs_match_the_interpreter(name):
     if name in ROW_SCANS:           # the scan as one kernel, forward and backward
         assert jitted.source(*args).count(ONE_KERNEL) == 1
         assert grad.source(*args).count(ONE_KERNEL) == 2
+    if name in ONE_BLOCK_SCANS:     # ... of one block
+        assert jitted.source(*args).count(ONE_BLOCK) == 1
+        assert grad.source(*args).count(ONE_BLOCK) == 2
+    if name == "crf-one-row":       # (a batch of one: forward a block per row of one;
+        #                              the backward's sum over the batch folded away)
+        src = grad.source(*args)
+        assert src.count(ROW_BLOCKS + " of 1,") == 1 and src.count(ONE_BLOCK) == 1
     if name == "conv-long-kernel-sum":     # (the kernel gradient: partial sums)
         assert "_part" in grad.source(*args)
     if name == "rows-long":         # (threads split the long sums: partials combined)
@@ -453,6 +494,18 @@ def test_row_scans_with_their_rows_in_global_memory(name, monkeypatch):
     assert re.search(r"\n +[a-z]\w* = cuda\.shared\.array", src) is None   # (no row's)
     for a, b in zip(grad(*args), gradc.grad(_summed(f), argnums=wrt, target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_a_large_step_of_one_sequence_keeps_the_host_loop():
+    """One block runs a scan over one sequence only while its step is small
+    (``ONE_ROW_WORK`` elements in any value or product: a 600 x 600 matrix-vector
+    product is more): a larger one is the host loop, its products on the whole GPU."""
+    W = 0.05 * rng.standard_normal((600, 600))
+    xs = rng.standard_normal((3, 600))
+    assert 600 * 600 > cudarows.ONE_ROW_WORK >= 6 * 6
+    g = gradc.grad(rnn_one, argnums=(0, 1), target="cuda")
+    src = g.source(W, xs)
+    assert ONE_KERNEL not in src and re.search(r"\n +for _t\d+ in range\(", src)
 
 
 @pytest.mark.parametrize("K,threads,dtype,nan", [
@@ -1011,14 +1064,21 @@ def test_vmap_of_grad_is_one_kernel():
     assert f.source(pts).count("@cuda.jit") == 1 and f.source(pts).count("def _at(") == 1
 
 
-def test_scan_whose_rows_mix_runs_on_the_host_loop():
-    """A step reading another row (``h[::-1]``) cannot be one block per row."""
+@pytest.mark.parametrize("work", [cudarows.ONE_ROW_WORK, 0])
+def test_scan_whose_rows_mix_is_one_block(work, monkeypatch):
+    """A step reading another row (``h[::-1]``) cannot be one block per row: the scan
+    is one kernel of one block, or the host loop where its step is larger than
+    ``ONE_ROW_WORK`` elements."""
+    monkeypatch.setattr(cudarows, "ONE_ROW_WORK", work)
+
     def f(h0, w):
         h, _ = gradc.scan(lambda h, x: (np.tanh(h[::-1] * w + x), None), h0, STEPS)
         return np.sum(h ** 2)
     args = (rng.standard_normal((3, 4)), rng.standard_normal(4))
     g = gradc.grad(f, argnums=(0, 1), target="cuda")
-    assert ONE_KERNEL not in g.source(*args)
+    src = g.source(*args)
+    assert ROW_BLOCKS not in src
+    assert src.count(ONE_BLOCK) == (2 if work else 0), src
     for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -1238,7 +1298,7 @@ def test_an_accumulating_carry_from_a_constant(init, terms):
 def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixes):
     """``zeros_like`` as a scan's initial carry is filled where the scan needs it: by a
     kernel just before the one-kernel scan, which then updates it in place (no copy),
-    or before the host loop of a scan whose rows mix."""
+    also where the scan's rows mix (one block)."""
     def f(W, xs):
         def step(h, x):
             return np.tanh((h[::-1] if mixes else h) * W + x), None
@@ -1248,7 +1308,7 @@ def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixe
     jitted = gradc.jit(f, target="cuda")
     host = jitted.source(*args)
     host = host[host.rindex("\ndef "):]
-    assert (ONE_KERNEL in host) != mixes
+    assert (ROW_BLOCKS in host) != mixes and (ONE_BLOCK in host) == mixes
     assert "= broadcast_in_dim[dims=() shape=(5,7)] 0.0" in host
     assert re.search(r"\n +\w+ = _d\.copy\(", host) is None
     np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
@@ -1276,7 +1336,7 @@ def _placing(case):
             return np.transpose(np.concatenate([ys, h[None]]), (1, 0, 2))
         if case == "read-again":                  # (ys read twice: no placing)
             return np.transpose(ys, (1, 0, 2)), np.sum(ys)
-        if case == "rows-mix":                    # (a host loop: the placing a kernel)
+        if case == "rows-mix":                    # (one block: the placing a kernel)
             h, ys = gradc.scan(lambda h, x: (np.tanh(h[::-1] * W4 + x), h), h0, xs)
             return np.transpose(ys, (1, 0, 2))
         raise AssertionError(case)
@@ -1301,7 +1361,7 @@ def test_a_scan_writes_its_results_into_the_array_that_places_them(case):
                "read-again": 3}                      # (the scan's, and each placing's)
     if case in kernels:
         assert len(jitted.compile(h0, xs).kernels) == kernels[case], host
-    assert (ONE_KERNEL in host) == (case != "rows-mix")
+    assert (ROW_BLOCKS in host) == (case != "rows-mix")
     if case == "transpose":
         assert re.search(r"= _d\.view\(\w+, 0, \(5, 3, 4\), \(4, 20, 1\)\)", host), host
     if case == "concatenate":            # (the carry first, then the five steps)
@@ -1774,8 +1834,10 @@ ROW_RUNS = ("crf-scan", "mlp", "crf-batched", "crf-batched-float32")
 def test_row_runs_match_the_interpreter(name, monkeypatch):
     """Runs of row-wise equations (a softmax's maximum, its sum of exponentials, what
     reverse mode makes of them) as one kernel with a block per row: the programs'
-    values and gradients, with the least batch a run needs lowered to these tests'."""
+    values and gradients, with the least batch a run needs lowered to these tests'
+    (and the CRF's scan over one sequence a host loop, not one block)."""
     monkeypatch.setattr(cudagen, "ROW_RUN_BATCH", 1)
+    monkeypatch.setattr(cudarows, "ONE_ROW_WORK", 0)
     f, args = PROGRAMS[name]
     tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
     wrt = tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))
@@ -2049,9 +2111,9 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
+def test_a_batch_sum_the_step_reads_is_one_block():
     """A per-step sum over the batch that the next step reads mixes the rows (only a
-    sum that is only stacked becomes per-row partial sums)."""
+    sum that is only stacked becomes per-row partial sums): one block."""
     def f(h0, w):
         def step(h, x):
             total = np.sum(h ** 2)
@@ -2060,7 +2122,7 @@ def test_a_batch_sum_the_step_reads_keeps_the_host_loop():
         return np.sum(h) + np.sum(ys)
     args = (0.5 * rng.standard_normal((3, 4)), rng.standard_normal(4))
     j = gradc.jit(f, target="cuda")
-    assert ONE_KERNEL not in j.source(*args)
+    assert ONE_BLOCK in j.source(*args) and ROW_BLOCKS not in j.source(*args)
     np.testing.assert_allclose(j(*args), gradc.jit(f, target="numpy")(*args), rtol=1e-12)
     g = gradc.grad(f, argnums=(0, 1), target="cuda")
     for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
@@ -2264,6 +2326,54 @@ def test_a_steps_argmax_is_two_reductions_in_the_one_kernel_scan(reverse):
     for a, b in zip(gradc.pytree.flatten(got)[0], gradc.pytree.flatten(want)[0]):
         np.testing.assert_array_equal(a, b)
     assert np.isnan(want[0][0]).all()       # (the NaN reached the indices)
+
+
+@pytest.mark.parametrize("spec", ["i,j->ij", "j,i->ij", "zi,zj->zij", "ij,k->kji",
+                                  "ab,b->ab", "ba,c->acb"])
+def test_an_outer_product_as_a_broadcast_product(spec):
+    """``passes.steps.outer_product``: an einsum that sums no index as its operands'
+    axes in the result's order, broadcast, and multiplied: NumPy's einsum."""
+    from gradc.passes.steps import outer_product
+    a_terms, out = spec.split("->")
+    sizes = {"i": 3, "j": 4, "z": 1, "k": 2, "a": 3, "b": 5, "c": 2}
+    a, b = (rng.standard_normal([sizes[c] for c in t]) for t in a_terms.split(","))
+    got = gradc.jit(lambda a, b: outer_product(a, b, spec), target="numpy")(a, b)
+    np.testing.assert_allclose(got, np.einsum(spec, a, b), rtol=1e-15)
+
+
+def _step_kernels(compiled):
+    """The sources of a program's one-kernel scans, in the order they run."""
+    return [k.source for k in compiled.lowered.kernels if "for _s in range(" in k.source]
+
+
+def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
+    """An RNN over one sequence: reverse mode adds ``outer(h, d)`` to W's gradient, a
+    (K, K) carry, at each step.  The product is no stage of its own but a broadcast
+    product in the stage of the sum (``passes.steps``), and that stage, which reads
+    each element of the carry only where it writes it, writes the new value over the
+    carry (its row in global memory here): no copy of it into the carry at the end
+    of the step.  A step reading its carry at other elements (``h[::-1]``) keeps the
+    copy."""
+    monkeypatch.setattr(cudarows, "ROW_SHARED", 0)
+    copy = re.compile(r"\n +\w+_f\[[^\n]*\] = \w+_f\[[^\n]*\]\n")
+    f, args = PROGRAMS["rnn-one"]
+    g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
+    forward, backward = _step_kernels(g.compile(*args))
+    assert "spec='zi,zj->zij'" not in backward and "mul" in backward
+    step = backward[backward.index("for _s in range("):]
+    assert copy.search(step) is None, step
+    for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    def mixed(h0, xs):
+        h, _ = gradc.scan(lambda h, x: (np.tanh(h + 0.5 * h[::-1] + x), None), h0, xs)
+        return np.sum(h ** 2)
+    args = (rng.standard_normal(5), rng.standard_normal((4, 5)))
+    j = gradc.jit(mixed, target="cuda")
+    (step,) = _step_kernels(j.compile(*args))
+    assert copy.search(step[step.index("for _s in range("):]) is not None
+    np.testing.assert_allclose(j(*args), gradc.jit(mixed, target="numpy")(*args),
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])

@@ -47,7 +47,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
     only), a scan's invariant work before the loop (``passes.licm``), on the GPU a
-    step's ``argmax`` as reductions (``passes.argreduce``), and loop fusion."""
+    step's ``argmax`` as reductions and its outer products as broadcast products
+    (``passes.steps``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -63,8 +64,8 @@ def optimise(graph: Graph, target: str) -> Graph:
         hoisted = licm.hoist_invariants(graph) if licm.enabled() else graph
         graph = graph if hoisted is graph else dce(hoisted)
         if target == "cuda":
-            from ..passes.argreduce import arg_reductions
-            graph = arg_reductions(graph)
+            from ..passes.steps import step_rewrites
+            graph = step_rewrites(graph)
         graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
     return graph
 

@@ -190,8 +190,9 @@ class _Emitter(loops._Emitter):
         return super().read(array, idx)
 
     def value(self, atom, idx, depth) -> str:
-        if self.hoist is not None and atom.ndim > 0 and \
-                (isinstance(atom, Lit) or atom not in self.producer):
+        if self.hoist is not None and atom.ndim > 0 and (
+                isinstance(atom, Lit) and loops.const_element(atom.value, idx) is None or
+                not isinstance(atom, Lit) and atom not in self.producer):
             got = self._hoisted(atom, idx)
             if got is not None:
                 return got
@@ -1101,12 +1102,14 @@ def _bind(ctx, eqn, results, places=None):
 
 def _scan(ctx, eqn):
     from .compile import optimise
-    from .cudarows import rows
+    from .cudarows import one_row, rows
     p = eqn.params
     n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
     optimised = optimise(p["body"], "cuda")
     printed = _register_names(ctx, optimised)
     if rows(ctx, eqn, optimised, printed):       # one kernel for the whole loop
+        return
+    if one_row(ctx, eqn):                        # ... of one block
         return
     for v in eqn.inputs:
         ctx.materialize(v)

@@ -58,8 +58,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import GradcError
 from ..ir import Graph, Lit, Var, make_eqn
-from ..passes.fuse import REDUCTIONS
+from ..passes.fuse import ELEMENTWISE, REDUCTIONS
 from ..passes.indexmap import Affine
 from . import cudagen as cg
 from . import loops
@@ -113,9 +114,11 @@ class _RowEmitter(cg._Emitter):
     stacked arrays (a scan's xs and ys) are indexed by the step first."""
 
     def __init__(self, ctx, names, producer, comments, rows, stepped, shared, mirrors,
-                 prefetched=None):
+                 prefetched=None, single=False):
         super().__init__(ctx, names, producer, comments)
         self.rows, self.stepped, self.shared, self.mirrors = rows, stepped, shared, mirrors
+        # (one row: an index into the batch axis, of length 1, may have become 0)
+        self.at_row = {("i0", 1, 0), (None, 0, 0)} if single else {("i0", 1, 0)}
         self.prefetched = prefetched or {}
         self.registers = {}   # kernel array -> (local, its row's shape): read at the stage's
         self.own = None       # own element (``own``: its terms) as that local (_merge_pointwise)
@@ -123,7 +126,7 @@ class _RowEmitter(cg._Emitter):
     def read(self, array, idx):
         if array in self.rows:
             first = idx[0] if idx else None
-            if not (isinstance(first, Affine) and first.key() == ("i0", 1, 0)):
+            if not (isinstance(first, Affine) and first.key() in self.at_row):
                 raise NotRows(f"{array} read away from the block's row")
         if array in self.registers:
             local, dims = self.registers[array]
@@ -137,7 +140,7 @@ class _RowEmitter(cg._Emitter):
             return f"{mirror}[{_linear([str(c) for c in idx[1:]], dims)}]"
         first = idx[0] if idx else None
         if array in self.prefetched and isinstance(first, Affine) and \
-                first.key() == ("i0", 1, 0):     # (the step's row of an xs, prefetched)
+                first.key() in self.at_row:     # (the step's row of an xs, prefetched)
             buf, dims, size = self.prefetched[array]
             return f"{buf}[_pb * {size} + {_linear([str(c) for c in idx[1:]], dims)}]"
         sub = self.subscript(idx)
@@ -177,20 +180,18 @@ def row_run(ctx, eqns, text_of, outputs) -> bool:
     return True
 
 
-def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
+def rows(ctx, eqn, body: Graph, text_of, batch=None, one=False) -> bool:
     """Lower ``scan`` equation ``eqn`` (``body``: its body, optimised for the target) as
     one kernel if its rows are independent; False (``ctx`` unchanged but for a comment
     when the lowering failed unexpectedly) if not.  ``batch``: the number of rows of a
-    scan without carries (``row_run``'s)."""
-    snapshot = (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps,
-                set(ctx.fresh), dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals),
-                dict(ctx.deferred), dict(ctx.views), dict(ctx.placed))
+    scan without carries (``row_run``'s); ``one``: ``eqn`` is ``one_row``'s scan."""
+    snapshot = _snapshot(ctx)
     note = None
     # (GRADC_CUDA_ROW_DOUBLE=0: no double-buffered carry rows, for a GPU session's A/B)
     places, double = True, os.environ.get("GRADC_CUDA_ROW_DOUBLE", "1").strip() != "0"
     while True:
         try:
-            _Rows(ctx, eqn, body, text_of, batch, places, double).lower()
+            _Rows(ctx, eqn, body, text_of, batch, places, double, one).lower()
             return True
         except NotPlaced:             # (again, results in arrays of their own)
             _restore(ctx, snapshot)
@@ -215,6 +216,97 @@ def rows(ctx, eqn, body: Graph, text_of, batch=None) -> bool:
     return False
 
 
+ONE_ROW_WORK = 1 << 18    # a one-row scan's step of at most this many elements: one block
+#                           (GRADC_CUDA_ONE_ROW_WORK in the environment, for a GPU's A/B)
+ONE_BLOCK_THREADS = 512   # ... of this many threads (GRADC_CUDA_ROW_THREADS overrides it)
+
+
+def one_row(ctx, eqn) -> bool:
+    """Lower ``scan`` equation ``eqn``, whose rows are not independent (one sequence:
+    carries without a batch axis, a batch of one, or rows that a step mixes), as one
+    kernel of a single block if its step is small: no value or product of more than
+    ``ONE_ROW_WORK`` elements (``GRADC_CUDA_ONE_ROW_WORK`` in the environment; 0:
+    never).  Its body is batched over a new leading axis of one row (``batch_graph``),
+    and ``rows`` lowers that scan, the whole step being its row.  One block uses one
+    multiprocessor, but the host loop launches a kernel for each fused region at each
+    step, tens of µs each: an RNN over one sequence of a thousand steps spends tens of
+    milliseconds in launches alone.  False (``ctx`` unchanged) if it does not qualify."""
+    from ..passes.batching import batch_graph
+    from .compile import optimise
+    p = eqn.params
+    nc, nk, body = p["n_consts"], p["n_carry"], p["body"]
+    limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
+    if p["length"] < 1 or not _small_step(body, int(limit) if limit.isdigit()
+                                          else ONE_ROW_WORK):
+        return False
+    try:
+        lifted_body = batch_graph(body, [False] * nc + [True] * (len(body.inputs) - nc), 1)
+    except GradcError:         # (a body the batching pass refuses: the host loop runs it)
+        return False
+    optimised = optimise(lifted_body, "cuda")
+    if any(e.prim.name in ("scan", "while_loop", "cond") for e in optimised.eqns):
+        return False
+    snapshot = _snapshot(ctx)
+    ins = []
+    for k, v in enumerate(eqn.inputs):
+        if k < nc:
+            ins.append(v)
+            continue
+        shape = (1,) + tuple(v.shape) if k < nc + nk else \
+            (int(v.shape[0]), 1) + tuple(v.shape[1:])
+        if isinstance(v, Lit):
+            ins.append(Lit(np.reshape(v.value, shape)))
+            continue
+        ctx.materialize(v)
+        w = Var(shape, v.dtype)
+        ctx.names[w] = ctx.temp()
+        ctx.place[w] = "dev"
+        value = ctx.names[v] if ctx.place[v] == "dev" else \
+            f"_d.dev(np.asarray({ctx.names[v]}, {dtype_expr(v.dtype)}))"
+        ctx.lines.append(f"{ctx.names[w]} = _d.reshape({value}, {shape!r})")
+        ins.append(w)
+    outs = [Var((1,) + tuple(v.shape) if k < nk else
+                (int(v.shape[0]), 1) + tuple(v.shape[1:]), v.dtype)
+            for k, v in enumerate(eqn.outputs)]
+    for w in outs:
+        ctx.names[w] = ctx.temp()
+    lifted = eqn.replace(inputs=tuple(ins), outputs=tuple(outs),
+                         params={**p, "body": lifted_body})
+    printed = cg._register_names(ctx, optimised)
+    if not rows(ctx, lifted, optimised, printed, one=True):
+        _restore(ctx, snapshot)
+        return False
+    for v, w in zip(eqn.outputs, outs):
+        ctx.lines.append(f"{ctx.names[v]} = _d.reshape({ctx.names[w]}, "
+                         f"{tuple(v.shape) or (1,)!r})")
+        ctx.place[v] = "dev"
+        if w in ctx.fresh:
+            ctx.fresh.add(v)
+    return True
+
+
+def _small_step(body: Graph, limit: int) -> bool:
+    """Whether every value of the step, and every product of its contractions, has at
+    most ``limit`` elements."""
+    for e in body.eqns:
+        sizes = [int(np.prod(v.shape)) for v in e.outputs]
+        if e.prim.name == "einsum":
+            ins, _ = e.params["spec"].split("->")
+            extent = {}
+            for term, v in zip(ins.split(","), e.inputs):
+                extent.update(zip(term, (int(d) for d in v.shape)))
+            sizes.append(int(np.prod(list(extent.values()))))
+        if max(sizes, default=0) > limit:
+            return False
+    return bool(limit)
+
+
+def _snapshot(ctx) -> tuple:
+    return (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps, set(ctx.fresh),
+            dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals), dict(ctx.deferred),
+            dict(ctx.views), dict(ctx.placed))
+
+
 def _restore(ctx, snapshot) -> None:
     n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred, views, \
         placed = snapshot
@@ -230,8 +322,9 @@ def _restore(ctx, snapshot) -> None:
 
 
 class _Rows:
-    def __init__(self, ctx, eqn, body, text_of, batch=None, places=True, double=True):
-        self.batch = batch
+    def __init__(self, ctx, eqn, body, text_of, batch=None, places=True, double=True,
+                 one=False):
+        self.batch, self.one = batch, one
         self.double = double           # carry rows may be double buffered (_double)
         self.halved = False            # ... and a barrier went away for one
         self.halving = set()           # new carry values that need a half of their own
@@ -551,6 +644,8 @@ class _Rows:
         carries = body.inputs[nc:nc + nk]
         updates = {u for u, _ in self.acc.values()}
         ctx.lines.append(
+            f"# the scan as one kernel of one block, the {T} steps inside it (its step "
+            "batched over a row of one)" if self.one else
             f"# the scan as one kernel: a block per row of {B}, the {T} steps inside it "
             "(its rows are independent)" if self.batch is None else
             f"# rows: these {len(body.eqns)} equations as one kernel, a block per row of {B}")
@@ -558,7 +653,10 @@ class _Rows:
         # threads per block (a block per row: how many share a row's work; the
         # environment's GRADC_CUDA_ROW_THREADS, a multiple of 32, lets a GPU session
         # compare sizes)
-        self.threads = _row_threads() or ctx.threads
+        # (one block, on a GPU: twice the threads, and a register limit for one block
+        # to an SM, not two; the simulator's count is kept, each thread a Python one)
+        self.threads = _row_threads() or (
+            ONE_BLOCK_THREADS if self.one and ctx.threads == cg.THREADS else ctx.threads)
         self.names = {}                   # body value -> how the kernel reads it
         self.stepped = set()              # kernel arrays indexed by the step first
         self.row_arrays = set()           # kernel arrays holding row values
@@ -699,6 +797,11 @@ class _Rows:
                 # double row, not copied there after a barrier at the end of the step)
                 carry_into[src] = j
                 self.halving.add(src)
+            elif last == order[self.producer[src]] and \
+                    _in_place(self.producer[src], carries[j], src):
+                # (read by its own stage alone, each element by the thread writing it,
+                # before it writes it: an accumulator's c + e)
+                carry_into[src] = j
 
         # the body's values: arrays of their own (or a result's), reshapes as views;
         # an accumulator's partial sums in shared memory while the block works on a row
@@ -833,7 +936,7 @@ class _Rows:
                                         held=last[1].held | held.keys(), tail=0)
                 if merged is not None and info.indent == "    ":
                     em = _RowEmitter(ctx, {}, {}, {}, self.row_arrays, self.stepped,
-                                     self.shared_rows, self.mirrors, self.prefetched)
+                                     self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
                     info = info._replace(binds=info.binds + [
                         (em.read(name, info.sub), local)
                         for name, (local, dims) in held.items() if dims == info.dims])
@@ -924,7 +1027,8 @@ class _Rows:
         # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
         # SMs in one wave; unrolled sums would take more registers than that allows)
         consts = cg._finish_kernel(ctx, kname, self.params, lines, self.kinds,
-                                   max_registers=min(255, REGISTERS // (2 * threads)),
+                                   max_registers=min(255, REGISTERS // (
+                                       threads if self.one else 2 * threads)),
                                    strided={n for n, a in zip(self.params, self.args)
                                             if a in ctx.views.values() or a in self.strided},
                                    shapes=self.shapes)
@@ -1259,7 +1363,7 @@ class _Rows:
         producer = {v: e for e in body.eqns for v in e.outputs}
         em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
                          self.row_arrays, self.stepped,
-                         self.shared_rows, self.mirrors, self.prefetched)
+                         self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
         for r, o in zip(body.outputs, fused.outputs):
             em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
         return em.lines
@@ -1307,7 +1411,7 @@ class _Rows:
 
         def emitter():
             return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
-                               self.shared_rows, self.mirrors, self.prefetched)
+                               self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
 
         def pointwise(em, roots, idx=idx, ivars=ivars):
             values = {}                     # (result -> the local or literal holding it)
@@ -1621,6 +1725,29 @@ class _Rows:
         ctx.place[whole] = "dev"
         red = make_eqn(reduce_sum_p, [whole], [out], {"axes": (axis,)})
         cg._lower_eqn(ctx, red, [f"{ctx.names[out]} = reduce_sum[axes=({axis},)] {arr}"])
+
+
+def _in_place(e, carry, out) -> bool:
+    """Whether stage ``e`` (a fused equation) may write its result ``out``, the new
+    value of ``carry``, over the carry: a map (no reduction) over the carry's own
+    shape, whose results other than ``out`` do not depend on the carry, and in which
+    everything depending on the carry is elementwise on that shape (so each element of
+    the carry is read only by the thread computing the same element of ``out``, and
+    before that thread writes it)."""
+    if e.prim.name != "fused" or carry not in e.inputs or \
+            tuple(int(d) for d in e.params["domain"]) != tuple(carry.shape) or \
+            tuple(out.shape) != tuple(carry.shape):
+        return False
+    body = e.params["body"]
+    tainted = {body.inputs[list(e.inputs).index(carry)]}
+    for q in body.eqns:
+        if any(isinstance(v, Var) and v in tainted for v in q.inputs):
+            if q.prim.name not in ELEMENTWISE or \
+                    any(tuple(v.shape) != tuple(carry.shape) for v in q.outputs):
+                return False
+            tainted.update(q.outputs)
+    return out in e.outputs and all(r not in tainted for r, o in zip(body.outputs,
+                                                                   e.outputs) if o is not out)
 
 
 def _as_fused(eqn):

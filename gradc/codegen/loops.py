@@ -68,6 +68,9 @@ class _Emitter:
         if isinstance(atom, Lit):
             if atom.ndim == 0:
                 return scalar_literal(atom.value, atom.dtype)
+            known = const_element(atom.value, idx)
+            if known is not None:
+                return known
             name = self.ctx.const(atom.value)
             self.used_consts.append(name)
             return self.read(name, idx)
@@ -172,6 +175,25 @@ class _Emitter:
         self.emit(depth, "else:")
         self.emit(depth + 1, f"{result} = {zero}")
         return result
+
+
+def const_element(value: np.ndarray, idx):
+    """An expression for constant array ``value`` at ``idx`` that reads no array, or
+    None: its one value where all its elements are equal (and of one sign), the index
+    itself where it is 0, 1, 2, ... along one axis, its other axes of length 1
+    (``np.arange(n).reshape(1, n, 1)``: what ``argmax`` inside a scan's step compares
+    against, ``passes.argreduce``; as floats, a weight ``x * np.arange(n)``)."""
+    flat = value.reshape(-1)
+    if flat.size == 0 or value.dtype.kind not in "biuf":
+        return None
+    if flat[0] == flat[-1] and (flat == flat[0]).all() and (
+            value.dtype.kind != "f" or (np.signbit(flat) == np.signbit(flat[0])).all()):
+        return scalar_literal(flat[0], value.dtype)
+    axes = [d for d, n in enumerate(value.shape) if n != 1]
+    if len(axes) != 1 or value.dtype.kind == "b" or flat[0] != 0 or \
+            flat[-1] != flat.size - 1 or not np.array_equal(flat, np.arange(flat.size)):
+        return None
+    return f"{dtype_expr(value.dtype)}({idx[axes[0]]})"
 
 
 def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,

@@ -8,50 +8,20 @@ step):
 The first index of the maximum, or, when ``x`` holds a NaN (the maximum is then NaN,
 and no element equals it), the first NaN's: NumPy's ties and NaNs.  The second
 reduction reads the first's result at its own kept element, so the two merge into one
-loop (``cudarows._merged``).
+loop (``cudarows._merged``).  ``passes.steps`` applies it inside scans' bodies.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, map_subgraphs, subgraphs
-
 ARG = {"argmax": np.max, "argmin": np.min}
 
 
-def arg_reductions(graph: Graph, in_loop: bool = False) -> Graph:
-    """``graph`` with each ``argmax``/``argmin`` of real numbers inside a scan's body
-    (at any depth) written as reductions (the graph traced again, as
-    ``passes.implicit.expand`` does); ``graph`` itself when there is none."""
-    if not _needs(graph, in_loop):
-        return graph
-    from ..interpret import eval_graph
-    from ..trace import bind, trace_graph
-
-    def rewrite(eqn, xs):
-        if _decomposable(eqn, in_loop):
-            return [first_index(xs[0], eqn.prim.name, eqn.params["axis"])]
-        if not subgraphs(eqn):
-            return None
-        inner = in_loop or eqn.prim.name == "scan"
-        out = bind(eqn.prim, *xs, **map_subgraphs(eqn, lambda g: arg_reductions(g, inner)))
-        return out if eqn.prim.multiple_results else [out]
-
-    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
-                                   [(v.shape, v.dtype) for v in graph.inputs])
-    assert not captured
-    return new
-
-
-def _decomposable(eqn, in_loop) -> bool:
-    return in_loop and eqn.prim.name in ARG and eqn.inputs[0].ndim > 0 and \
+def decomposable(eqn) -> bool:
+    """Whether ``eqn`` is an ``argmax``/``argmin`` of real numbers (``passes.steps``
+    rewrites those inside a scan's body)."""
+    return eqn.prim.name in ARG and eqn.inputs[0].ndim > 0 and \
         np.dtype(eqn.inputs[0].dtype).kind in "biuf"
-
-
-def _needs(graph: Graph, in_loop: bool) -> bool:
-    return any(_decomposable(e, in_loop) or any(
-        _needs(g, in_loop or e.prim.name == "scan") for g in subgraphs(e))
-        for e in graph.eqns)
 
 
 def first_index(v, name: str, axis: int):

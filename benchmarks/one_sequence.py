@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Scans over one sequence on the GPU (``cudarows.one_row``): an RNN's gradient and a
+CRF's log-partition gradient, each over a single sequence (no batch axis), as one
+kernel of one block (the default), with 1024 threads in that block, and as the host
+loop (``GRADC_CUDA_ONE_ROW_WORK=0``: a kernel per fused region per step), beside JAX's
+``jit(grad)`` of ``lax.scan`` in the same run.
+
+* RNN: ``h = tanh(W @ h + x_t)``, loss ``sum_t |h_t|^2``, K = 256, T = 1000, float32;
+* CRF: G4's step (``logsumexp(alpha[:, None] + A, axis=0) + u_t``) for B = 1,
+  K = 64, T = 128, float32.
+
+Inputs live on the device; each time is the median of ``--repeats`` calls with a
+device synchronisation; every gradient is checked against gradc's CPU target first.
+
+    python benchmarks/one_sequence.py [--repeats 20] [--no-peers]
+    NUMBA_ENABLE_CUDASIM=1 python benchmarks/one_sequence.py --quick   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu          # noqa: E402  (gradc, numba.cuda after its shim, timing helpers)
+
+gradc = gpu.gradc
+SIZES = {"RNN": (256, 1000), "CRF": (64, 128)}
+QUICK = {"RNN": (6, 5), "CRF": (4, 4)}
+VARIANTS = (("one block", {}),
+            ("one block, 1024 threads", {"GRADC_CUDA_ROW_THREADS": "1024"}),
+            ("host loop", {"GRADC_CUDA_ONE_ROW_WORK": "0"}))
+
+
+def rnn(xp, scan):
+    def f(W, xs):
+        def step(h, x):
+            h = xp.tanh(W @ h + x)
+            return h, xp.sum(h * h)
+        h, ys = scan(step, xp.zeros(W.shape[0], W.dtype), xs)
+        return xp.sum(ys)
+    return f
+
+
+def crf(xp, scan, logsumexp):
+    def f(U, A):
+        def step(alpha, u):
+            return logsumexp(alpha[:, None] + A, axis=0) + u, None
+        alpha, _ = scan(step, U[0], U[1:])
+        return logsumexp(alpha)
+    return f
+
+
+def workload(name, size, rng):
+    K, T = size
+    if name == "RNN":
+        args = [(rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32),
+                rng.standard_normal((T, K)).astype(np.float32)]
+        return args, rnn(np, gradc.scan), lambda jax: rnn(
+            jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x))
+    args = [rng.standard_normal((T, K)).astype(np.float32),
+            (0.5 * rng.standard_normal((K, K))).astype(np.float32)]
+    return args, crf(np, gradc.scan, gradc.logsumexp), lambda jax: crf(
+        jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x), jax.nn.logsumexp)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    found = gpu.peers(() if args.no_peers else ("jax",))
+    rng = np.random.default_rng(0)
+    print(f"GPU: {gpu.gpu_name()}")
+    print()
+    print("| workload | variant | time | kernels compiled | agrees |")
+    print("| --- | --- | --- | --- | --- |")
+    bad = False
+    for name, size in (QUICK if args.quick else SIZES).items():
+        host, f, peer = workload(name, size, rng)
+        label = f"{name} K={size[0]} T={size[1]}"
+        ref = gradc.grad(f, argnums=(0, 1), target="cpu")(*host)
+        dev = [gpu.cuda.to_device(v) for v in host]
+        for variant, env in VARIANTS:
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                g = gradc.grad(f, argnums=(0, 1), target="cuda")
+                got = [gpu.to_host(r) for r in g(*dev)]
+                kernels = len(g.compile(*host).kernels)
+                t = gpu.timed(lambda: g(*dev), gpu.cuda.synchronize, args.repeats)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+                      for a, b in zip(got, ref))
+            bad |= err > 1e-3
+            print(f"| {label} | gradc, {variant} | {t * 1e3:.3f} ms | {kernels} | "
+                  f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+        if "jax" in found:
+            jax = found["jax"]
+            jg = jax.jit(jax.grad(peer(jax), argnums=(0, 1)))
+            jin = [jax.device_put(v) for v in host]
+            got = [np.asarray(r) for r in jg(*jin)]
+            err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+                      for a, b in zip(got, ref))
+            t = gpu.timed(lambda: jax.block_until_ready(jg(*jin)), lambda: None,
+                          args.repeats)
+            print(f"| {label} | JAX jit(grad) lax.scan | {t * 1e3:.3f} ms | — | "
+                  f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""A scan's step rewritten for the CUDA target, where the one-kernel scan
+(``codegen.cudarows``) lowers it: primitives it has no stage for, or lowers as a stage
+of their own, written with primitives the fusion pass joins to their neighbours.
+
+* ``argmax``/``argmin`` as two reductions (``passes.argreduce``): a step holding one
+  otherwise ran as a host loop, a launch or more a step;
+* a product that sums nothing (an ``einsum`` whose every index is in its result: an
+  outer product, ``dW += outer(h, d)`` in the step of an RNN's gradient over one
+  sequence) as its operands broadcast and multiplied: one stage with the sum that
+  accumulates it, not a stage writing the product to memory and another reading it.
+
+The graph is traced again with the rewrites (``interpret.eval_graph``'s ``rewrite``);
+outside a scan's body nothing changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, map_subgraphs, subgraphs
+from ..prims.linalg import parse_spec
+from .argreduce import decomposable, first_index
+
+
+def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
+    """``graph`` with the rewrites above applied inside each scan's body (at any
+    depth); ``graph`` itself when there is nothing to rewrite."""
+    if not _needs(graph, in_loop):
+        return graph
+    from ..interpret import eval_graph
+    from ..trace import bind, trace_graph
+
+    def rewrite(eqn, xs):
+        if in_loop and decomposable(eqn):
+            return [first_index(xs[0], eqn.prim.name, eqn.params["axis"])]
+        if in_loop and _outer(eqn):
+            return [outer_product(xs[0], xs[1], eqn.params["spec"])]
+        if not subgraphs(eqn):
+            return None
+        inner = in_loop or eqn.prim.name == "scan"
+        out = bind(eqn.prim, *xs, **map_subgraphs(eqn, lambda g: step_rewrites(g, inner)))
+        return out if eqn.prim.multiple_results else [out]
+
+    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
+                                   [(v.shape, v.dtype) for v in graph.inputs])
+    assert not captured
+    return new
+
+
+def _outer(eqn) -> bool:
+    if eqn.prim.name != "einsum":
+        return False
+    a, b, out = parse_spec(eqn.params["spec"])
+    return set(a) | set(b) == set(out)
+
+
+def _needs(graph: Graph, in_loop: bool) -> bool:
+    return any(in_loop and (decomposable(e) or _outer(e)) or any(
+        _needs(g, in_loop or e.prim.name == "scan") for g in subgraphs(e))
+        for e in graph.eqns)
+
+
+def outer_product(a, b, spec: str):
+    """``einsum(spec, a, b)`` of traced ``a`` and ``b`` when it sums no index: each
+    operand's axes put in the result's order, size-1 axes for the result's other
+    indices, and the product broadcast."""
+    ta, tb, out = parse_spec(spec)
+
+    def aligned(x, letters):
+        order = sorted(range(len(letters)), key=lambda k: out.index(letters[k]))
+        x = np.transpose(x, order) if order != list(range(len(letters))) else x
+        shape = [int(x.shape[order.index(letters.index(c))]) if c in letters else 1
+                 for c in out]
+        return np.reshape(x, shape)
+    return aligned(a, ta) * aligned(b, tb)
