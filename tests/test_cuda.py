@@ -2346,6 +2346,33 @@ def _step_kernels(compiled):
     return [k.source for k in compiled.lowered.kernels if "for _s in range(" in k.source]
 
 
+@pytest.mark.parametrize("double", ["1", "0"])
+def test_a_new_carry_also_stacked_is_written_by_its_stage_alone(double, monkeypatch):
+    """``return h, h``: the stage computing the new carry writes it into its stacked
+    row and into the other half of the carry's double row in shared memory, so no
+    stage copies the stacked row into the carry after a barrier: one barrier a step
+    (two with ``GRADC_CUDA_ROW_DOUBLE=0``).  Values and gradients as the
+    interpreter's."""
+    monkeypatch.setenv("GRADC_CUDA_ROW_DOUBLE", double)
+
+    def f(h0, W, xs):
+        def step(h, x):
+            n = np.tanh(h @ W + x)
+            return n, n
+        h, ys = gradc.scan(step, h0, xs)
+        return np.sum(ys ** 2) + np.sum(h)
+    args = (rng.standard_normal((3, 4)), 0.5 * rng.standard_normal((4, 4)),
+            rng.standard_normal((5, 3, 4)))
+    j = gradc.jit(f, target="cuda")
+    (step,) = _step_kernels(j.compile(*args))
+    step = step[step.index("for _s in range("):]
+    assert step.count("\n            cuda.syncthreads()") == (1 if double == "1" else 2), step
+    np.testing.assert_allclose(j(*args), gradc.jit(f, target="numpy")(*args), rtol=1e-12)
+    g = gradc.grad(f, argnums=(0, 1, 2), target="cuda")
+    for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1, 2), target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
     """An RNN over one sequence: reverse mode adds ``outer(h, d)`` to W's gradient, a
     (K, K) carry, at each step.  The product is no stage of its own but a broadcast

@@ -778,11 +778,22 @@ class _Rows:
         # (the stage computing a carry's new value, or what it is a reshape of, writes
         # it into the carry's buffer when no later stage reads the old value)
         carry_into = {}
+        self.stacked_carry = {}           # stacked new carry -> the carry's index
         for j in range(nk):
             out = body.outputs[j]
             if j not in self.row_carries or isinstance(out, Lit):
                 continue
             src = self._source(out)
+            if src in into and src in self.producer and src not in self.stacked_carry \
+                    and self.double and self.names.get(carries[j]) in self.shared_rows \
+                    and sum(isinstance(o, Var) and self._source(o) is src
+                            for o in body.outputs[:nk]) == 1 and self._fits(src):
+                # (a new carry that is stacked too, ``return h, h``: its stage writes the
+                # stacked row and the other half of the carry's double row, not the
+                # stacked row alone, copied into the carry after a barrier)
+                self.stacked_carry[src] = j
+                self.halving.add(src)
+                continue
             if src in into or src in carry_into or src not in self.producer or \
                     sum(isinstance(o, Var) and self._source(o) is src
                         for o in body.outputs) != 1:
@@ -827,7 +838,12 @@ class _Rows:
                 elif v in into:
                     self.buffers[v] = self._host(into[v])
                     param(v, self.buffers[v], v.ndim + 1, stepped=True)
-                    if self._read_in_the_step(v) and self._fits(v):
+                    if v in self.stacked_carry:
+                        half = f"{self.names[v]}_n"
+                        self._double(v, carries[self.stacked_carry[v]], half)
+                        self.mirrors[self.names[v]] = (half, tuple(int(d)
+                                                                   for d in v.shape[1:]))
+                    elif self._read_in_the_step(v) and self._fits(v):
                         self._mirror(v)
                 elif v in carry_into:
                     carry = carries[carry_into[v]]
@@ -965,7 +981,8 @@ class _Rows:
             tail += ["if i0 == 0 and _tid == 0:", f"    _y{j}[_t] = {self.names[y]}"]
         for j in range(nk):
             out = body.outputs[j]
-            if j in self.row_carries and self._source(out) not in carry_into:
+            if j in self.row_carries and self._source(out) not in carry_into and \
+                    self._source(out) not in self.stacked_carry:
                 tail += self._copy(self.names[carries[j]], out)
                 widest = max(widest, int(np.prod(out.shape[1:])))
         if tail:
@@ -1214,25 +1231,28 @@ class _Rows:
                          f"{cg._numba_type(v.dtype)})")
         self.mirrors[name] = (f"{name}_s", tuple(int(d) for d in v.shape[1:]))
 
-    def _double(self, v, carry) -> bool:
+    def _double(self, v, carry, half=None) -> bool:
         """Give ``v``, a carry's new value that its stage would write into the carry's
         row in shared memory, a row of its own (if it fits): the two are the halves of
         one shared array, which swap at the end of each step (``_halves``).  A stage may
         then write the new value while other threads still read the old one, with no
-        barrier between (``_merge_pointwise``, and the step's copies of the old row)."""
+        barrier between (``_merge_pointwise``, and the step's copies of the old row).
+        ``half``: the new half's name, where ``v`` keeps its own (a stacked result that
+        the half mirrors)."""
         if v in self.halving:               # (its room taken: it must be)
             self.halved = True
         elif not self.double or not any(self.uses.get(a) for a in self._aliases(carry)) \
                 or not self._fits(v):
             return False
-        old, name = self.names[carry], self.ctx.names[v]
+        old, name = self.names[carry], half or self.ctx.names[v]
         size = max(1, int(np.prod(v.shape[1:])))
         k = len(self.swaps)
         at = self.head.index(f"{old} = cuda.shared.array({size}, {cg._numba_type(v.dtype)})")
         self.head[at:at + 1] = [
             f"{old}_2 = cuda.shared.array({2 * size}, {cg._numba_type(v.dtype)})",
             f"_o{k} = 0", f"{old} = {old}_2[:{size}]", f"{name} = {old}_2[{size}:]"]
-        self.names[v] = name
+        if half is None:
+            self.names[v] = name
         self.shared_rows[name] = tuple(int(d) for d in v.shape[1:])
         self.row_arrays.add(name)
         self.swaps.append((old, name, size))
@@ -1241,7 +1261,8 @@ class _Rows:
     def _doubled(self, e, carry_into) -> set:
         """The new values of double-buffered carries that equation ``e`` computes."""
         halves = {name for _, name, _ in self.swaps}
-        return {o for o in carry_into.keys() & set(e.outputs) if self.names.get(o) in halves}
+        return {o for o in carry_into.keys() & set(e.outputs) if self.names.get(o) in halves} \
+            | (self.stacked_carry.keys() & set(e.outputs))
 
     def _halves(self) -> list:
         """Lines naming the halves of each double-buffered carry row (``_double``) at the
