@@ -375,16 +375,26 @@ PROGRAMS.update({
                                       rng.uniform(0.1, 0.2, 7))),
     "crf-one-row": (crf_batched, (rng.standard_normal((1, 5, 4)),
                                   rng.standard_normal((4, 4)))),
+    # concatenations in the step: a shift register of the previous state and the input
+    # (a stage of its own, each operand read in its window), and a rotation
+    "rows-concatenate": (lambda h0, xs: np.sum(gradc.scan(lambda h, x: (np.tanh(
+        np.concatenate([h[:, 2:], x[:, :2]], axis=1) + 0.5 * np.roll(h, 1, axis=1)),
+        None), h0, xs)[0] ** 2), (rng.standard_normal((3, 5)),
+                                  rng.standard_normal((4, 3, 5)))),
+    "roll-one": (lambda h0, xs: np.sum(gradc.scan(lambda h, x: (np.tanh(
+        np.roll(h, 1) * 0.5 + h + x), None), h0, xs)[0] ** 2),
+        (rng.standard_normal(5), rng.standard_normal((4, 5)))),
 })
 # scans whose rows are independent: one kernel per scan (cudarows)
 ROW_SCANS = ("crf-batched", "crf-batched-float32", "crf-batched-wide", "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-early-copy", "rows-two-terms",
-             "rows-step-losses", "rows-shared-vector", "rows-euler-dt", "rows-step-mean")
+             "rows-step-losses", "rows-shared-vector", "rows-euler-dt", "rows-step-mean",
+             "rows-concatenate")
 ONE_KERNEL = "# the scan as one kernel"
 ROW_BLOCKS = "# the scan as one kernel: a block per row"
 ONE_BLOCK = "# the scan as one kernel of one block"
 # scans of one sequence: one kernel of one block per scan (cudarows.one_row)
-ONE_BLOCK_SCANS = ("crf-scan", "rnn-one", "rnn-one-float32", "euler-scalars")
+ONE_BLOCK_SCANS = ("crf-scan", "rnn-one", "rnn-one-float32", "euler-scalars", "roll-one")
 
 
 def _closing(src: str, j: int) -> int:
@@ -432,7 +442,7 @@ ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indice
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
              "rows-shared-vector", "rows-euler-dt", "rows-step-mean", "solve",
              "solve-batched", "conv", "conv-long-kernel-sum", "rnn-one", "rnn-one-float32",
-             "euler-scalars", "crf-one-row")
+             "euler-scalars", "crf-one-row", "rows-concatenate", "roll-one")
 
 
 def _summed(f):

@@ -109,6 +109,8 @@ class _Emitter:
         name, p = eqn.prim.name, eqn.params
         if name == "pad":
             return self.pad(eqn, idx, depth)
+        if name == "concatenate":
+            return self.concatenate(eqn, idx, depth)
         subs = operand_indices(eqn, idx)
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         if name in ("broadcast_in_dim", "slice", "transpose", "reshape"):
@@ -119,6 +121,29 @@ class _Emitter:
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
         return element_template(name, eqn.outputs[0].dtype).format(*args)
+
+    def concatenate(self, eqn, idx, depth):
+        """An element of a concatenation: each operand as a pad of it into the result
+        (zero outside its window, read only inside it), the one whose window holds the
+        element selected by its index along the axis (a selection, not a sum of the
+        pads: a sum would make a -0.0 +0.0).  Fused equations hold it only where a
+        one-kernel scan's stage is this equation alone (``cudarows._as_fused``)."""
+        from ..prims.index import pad_p
+        from ..ir import make_eqn
+        axis, out = int(eqn.params["axis"]), eqn.outputs[0]
+        k, at, parts = idx[axis], 0, []
+        for x in eqn.inputs:
+            n = int(x.shape[axis])
+            index = tuple((at, at + n, 1) if d == axis else (0, int(m), 1)
+                          for d, m in enumerate(out.shape))
+            pad = make_eqn(pad_p, [x], [out], {"index": index, "shape": tuple(out.shape)})
+            at += n
+            if k.hi >= at - n and k.lo < at:          # (some element in its window)
+                parts.append((at, self.pad(pad, idx, depth)))
+        text = parts[-1][1]
+        for end, value in reversed(parts[:-1]):
+            text = f"({value} if {k} < {end} else {text})"
+        return text
 
     def pad(self, eqn, idx, depth):
         x, out = eqn.inputs[0], eqn.outputs[0]
