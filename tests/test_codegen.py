@@ -216,6 +216,10 @@ def test_constants_of_one_value_or_of_an_index_are_not_read(target):
     assert const_element(np.full((2, 3), 7, np.int32), ("i0", "i1")) == "np.int32(7)"
     assert const_element(np.array([1, 0, 2, 3]), ("i0",)) is None
     assert const_element(np.arange(6).reshape(2, 3), ("i0", "i1")) is None
+    window = np.array([True, True, False, False, False]).reshape(5, 1)
+    assert const_element(window, ("i0", "i1")) == "(i0 < 2)"
+    assert const_element(~window, ("i0", "i1")) == "(i0 >= 2)"
+    assert const_element(np.array([True, False, True]), ("i0",)) is None
 
 
 def test_guard_failure_raises_from_compiled_code():

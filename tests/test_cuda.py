@@ -2383,6 +2383,31 @@ def test_a_new_carry_also_stacked_is_written_by_its_stage_alone(double, monkeypa
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_a_steps_concatenation_is_a_selection_fused_with_its_slices():
+    """A shift register in the step (``np.concatenate([h[:, 1:], x[:, :1]])``): each
+    operand padded into the result and the one whose window holds the element selected
+    by its index (``passes.steps.selection``; the window a comparison of the index, not
+    a constant read), fused with the slices and the arithmetic around it: one stage,
+    one barrier a step.  Signed zeros come through as NumPy's (a sum of the pads would
+    turn -0.0 into +0.0)."""
+    def f(h0, xs):
+        def step(h, x):
+            n = np.concatenate([h[:, 1:], x[:, :1]], axis=1) * 1.0
+            return n, n
+        return gradc.scan(step, h0, xs)
+    h0 = np.array([[-0.0, 1.0, -0.0, 2.0], [0.0, -0.0, -0.0, 3.0]])
+    xs = np.array([[[-0.0, 5.0], [0.0, 6.0]]] * 5)
+    j = gradc.jit(f, target="cuda")
+    (step,) = _step_kernels(j.compile(h0, xs))
+    step = step[step.index("for _s in range("):]
+    assert step.count("\n            cuda.syncthreads()") == 1, step
+    assert "concatenate" not in step and "(i1 < 3)" in step
+    for a, b in zip(gradc.pytree.flatten(j(h0, xs))[0],
+                    gradc.pytree.flatten(gradc.jit(f, target="numpy")(h0, xs))[0]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
 def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
     """An RNN over one sequence: reverse mode adds ``outer(h, d)`` to W's gradient, a
     (K, K) carry, at each step.  The product is no stage of its own but a broadcast

@@ -1773,11 +1773,9 @@ def _in_place(e, carry, out) -> bool:
 
 def _as_fused(eqn):
     """``eqn`` as a fused equation (itself, or a fused equation of one for an
-    elementwise or structural equation, or a concatenation), None if it is neither."""
+    elementwise or structural equation), None if it is neither."""
     if eqn.prim.name == "fused":
         return eqn
-    if eqn.prim.name == "concatenate" and all(v.ndim for v in eqn.inputs):
-        return cg._fused_of_one(eqn)     # (loops._Emitter.concatenate)
     if not cg._kernel_alone(eqn):
         return None
     return cg._fused_of_one(eqn)

@@ -109,8 +109,6 @@ class _Emitter:
         name, p = eqn.prim.name, eqn.params
         if name == "pad":
             return self.pad(eqn, idx, depth)
-        if name == "concatenate":
-            return self.concatenate(eqn, idx, depth)
         subs = operand_indices(eqn, idx)
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         if name in ("broadcast_in_dim", "slice", "transpose", "reshape"):
@@ -121,29 +119,6 @@ class _Emitter:
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
         return element_template(name, eqn.outputs[0].dtype).format(*args)
-
-    def concatenate(self, eqn, idx, depth):
-        """An element of a concatenation: each operand as a pad of it into the result
-        (zero outside its window, read only inside it), the one whose window holds the
-        element selected by its index along the axis (a selection, not a sum of the
-        pads: a sum would make a -0.0 +0.0).  Fused equations hold it only where a
-        one-kernel scan's stage is this equation alone (``cudarows._as_fused``)."""
-        from ..prims.index import pad_p
-        from ..ir import make_eqn
-        axis, out = int(eqn.params["axis"]), eqn.outputs[0]
-        k, at, parts = idx[axis], 0, []
-        for x in eqn.inputs:
-            n = int(x.shape[axis])
-            index = tuple((at, at + n, 1) if d == axis else (0, int(m), 1)
-                          for d, m in enumerate(out.shape))
-            pad = make_eqn(pad_p, [x], [out], {"index": index, "shape": tuple(out.shape)})
-            at += n
-            if k.hi >= at - n and k.lo < at:          # (some element in its window)
-                parts.append((at, self.pad(pad, idx, depth)))
-        text = parts[-1][1]
-        for end, value in reversed(parts[:-1]):
-            text = f"({value} if {k} < {end} else {text})"
-        return text
 
     def pad(self, eqn, idx, depth):
         x, out = eqn.inputs[0], eqn.outputs[0]
@@ -207,7 +182,9 @@ def const_element(value: np.ndarray, idx):
     None: its one value where all its elements are equal (and of one sign), the index
     itself where it is 0, 1, 2, ... along one axis, its other axes of length 1
     (``np.arange(n).reshape(1, n, 1)``: what ``argmax`` inside a scan's step compares
-    against, ``passes.argreduce``; as floats, a weight ``x * np.arange(n)``)."""
+    against, ``passes.argreduce``; as floats, a weight ``x * np.arange(n)``), and
+    ``index < m`` (or ``>=``) where it is booleans that change once along one axis
+    (the window of a concatenation's operand: ``passes.steps.selection``)."""
     flat = value.reshape(-1)
     if flat.size == 0 or value.dtype.kind not in "biuf":
         return None
@@ -215,6 +192,11 @@ def const_element(value: np.ndarray, idx):
             value.dtype.kind != "f" or (np.signbit(flat) == np.signbit(flat[0])).all()):
         return scalar_literal(flat[0], value.dtype)
     axes = [d for d, n in enumerate(value.shape) if n != 1]
+    if len(axes) == 1 and value.dtype.kind == "b":     # (a window: True, then False)
+        m = int(np.argmin(flat) if flat[0] else np.argmax(flat))
+        if (flat[:m] == flat[0]).all() and (flat[m:] != flat[0]).all():
+            return f"({idx[axes[0]]} {'<' if flat[0] else '>='} {m})"
+        return None
     if len(axes) != 1 or value.dtype.kind == "b" or flat[0] != 0 or \
             flat[-1] != flat.size - 1 or not np.array_equal(flat, np.arange(flat.size)):
         return None

@@ -7,7 +7,11 @@ of their own, written with primitives the fusion pass joins to their neighbours.
 * a product that sums nothing (an ``einsum`` whose every index is in its result: an
   outer product, ``dW += outer(h, d)`` in the step of an RNN's gradient over one
   sequence) as its operands broadcast and multiplied: one stage with the sum that
-  accumulates it, not a stage writing the product to memory and another reading it.
+  accumulates it, not a stage writing the product to memory and another reading it;
+* a concatenation (``np.roll``, a shift register ``np.concatenate([h[:, 1:], x])``) as
+  a selection among its operands padded into the result, by the index along the axis:
+  pads and selections fuse (with the slices that feed them), a concatenation has no
+  stage in the one-kernel scan.
 
 The graph is traced again with the rewrites (``interpret.eval_graph``'s ``rewrite``);
 outside a scan's body nothing changes.
@@ -34,6 +38,8 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
             return [first_index(xs[0], eqn.prim.name, eqn.params["axis"])]
         if in_loop and _outer(eqn):
             return [outer_product(xs[0], xs[1], eqn.params["spec"])]
+        if in_loop and _concatenation(eqn):
+            return [selection(xs, eqn.params["axis"], eqn.outputs[0].shape)]
         if not subgraphs(eqn):
             return None
         inner = in_loop or eqn.prim.name == "scan"
@@ -53,8 +59,13 @@ def _outer(eqn) -> bool:
     return set(a) | set(b) == set(out)
 
 
+def _concatenation(eqn) -> bool:
+    return eqn.prim.name == "concatenate" and len(eqn.inputs) > 1 and \
+        all(v.ndim for v in eqn.inputs)
+
+
 def _needs(graph: Graph, in_loop: bool) -> bool:
-    return any(in_loop and (decomposable(e) or _outer(e)) or any(
+    return any(in_loop and (decomposable(e) or _outer(e) or _concatenation(e)) or any(
         _needs(g, in_loop or e.prim.name == "scan") for g in subgraphs(e))
         for e in graph.eqns)
 
@@ -72,3 +83,28 @@ def outer_product(a, b, spec: str):
                  for c in out]
         return np.reshape(x, shape)
     return aligned(a, ta) * aligned(b, tb)
+
+
+def selection(xs, axis: int, shape):
+    """``np.concatenate(xs, axis)`` of traced ``xs`` (of result ``shape``): each operand
+    padded into the result, the one whose window holds an element selected by its
+    index along the axis (0, 1, 2, ... as a constant, which a kernel reads as the index
+    itself: ``codegen.loops.const_element``).  Selected, not added: a sum of the pads
+    would turn a -0.0 into +0.0."""
+    from ..prims.index import pad_p
+    from ..trace import bind
+    shape = tuple(int(d) for d in shape)
+    axis = int(axis) % len(shape)
+    iota = np.arange(shape[axis], dtype=np.int64).reshape(
+        [n if d == axis else 1 for d, n in enumerate(shape)])
+    parts, at = [], 0
+    for x in xs:
+        n = int(np.shape(x)[axis])
+        index = tuple((at, at + n, 1) if d == axis else (0, m, 1)
+                      for d, m in enumerate(shape))
+        at += n
+        parts.append((at, bind(pad_p, x, shape=shape, index=index)))
+    out = parts[-1][1]
+    for end, part in reversed(parts[:-1]):
+        out = np.where(iota < end, part, out)
+    return out
