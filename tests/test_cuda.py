@@ -2415,7 +2415,8 @@ def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
     each element of the carry only where it writes it, writes the new value over the
     carry (its row in global memory here): no copy of it into the carry at the end
     of the step.  A step reading its carry at other elements (``h[::-1]``) keeps the
-    copy."""
+    copy.  Stages apart from each other (neither reads what the other writes) run
+    between the same two barriers."""
     monkeypatch.setattr(cudarows, "ROW_SHARED", 0)
     copy = re.compile(r"\n +\w+_f\[[^\n]*\] = \w+_f\[[^\n]*\]\n")
     f, args = PROGRAMS["rnn-one"]
@@ -2424,6 +2425,9 @@ def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
     assert "spec='zi,zj->zij'" not in backward and "mul" in backward
     step = backward[backward.index("for _s in range("):]
     assert copy.search(step) is None, step
+    # (and the sum of the product, W.T @ d, needs no barrier before that stage: the
+    # two are apart, so the step has two barriers, not three)
+    assert step.count("\n            cuda.syncthreads()") == 2, step
     for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -968,6 +968,16 @@ class _Rows:
                 else:
                     step.append("cuda.syncthreads()")
             early = False
+            # (a stage apart from all that runs since the barrier before the last one
+            # (``_apart``: it reads nothing they write, writes nothing they touch) needs
+            # no barrier after them: the RNN's gradient, ``W.T @ d`` beside W's
+            # gradient's ``+ outer(h, d)``)
+            if step and step[-1] == "cuda.syncthreads()" and \
+                    "cuda.syncthreads()" not in lines:
+                prev = len(step) - 1 - step[-2::-1].index("cuda.syncthreads()") \
+                    if "cuda.syncthreads()" in step[:-1] else 0
+                if self._apart(step[prev:-1], lines):
+                    step.pop()
             # (with what runs before it since the last barrier: the step's early copies)
             since = len(step) - step[::-1].index("cuda.syncthreads()") \
                 if "cuda.syncthreads()" in step else 0
