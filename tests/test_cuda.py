@@ -2251,6 +2251,42 @@ def test_the_first_failed_check_is_reported_and_cleared():
         walk(np.array([3]), np.zeros(8))
 
 
+def test_each_thread_has_its_own_error_cell():
+    """A check flagged in one thread's cell is not another thread's error: each thread
+    calling a program has a cell of its own (``cuda.Checks``), and, on a GPU, calls
+    from two threads at once, one failing, each get their own result."""
+    import threading
+    from gradc.codegen import cuda as dcuda
+    x = np.arange(8.0)
+    fn = gradc.jit(_two_gathers, target="cuda")
+    fn(np.array([3, 4]), x)
+    checks = dcuda.Checks(["gradc: the first check failed"])
+    flagged = threading.Thread(target=lambda: checks.cell.copy_to_device(
+        np.ones(1, np.int32)))
+    flagged.start()
+    flagged.join()
+    checks.check()                  # (this thread's cell: none, or zero)
+    assert int(checks.cell.copy_to_host()[0]) == 0
+    if dcuda.simulator():           # (which runs one kernel at a time)
+        return
+    outcome = {}
+
+    def calls(name, i):
+        try:
+            outcome[name] = [fn(i, x) for _ in range(3)]
+        except gradc.EvaluationError as e:
+            outcome[name] = e
+    threads = [threading.Thread(target=calls, args=("bad", np.array([10, 11]))),
+               threading.Thread(target=calls, args=("good", np.array([3, 4])))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(outcome["bad"], gradc.EvaluationError)
+    for got in outcome["good"]:
+        np.testing.assert_array_equal(got, _two_gathers(np.array([3, 4]), x))
+
+
 def _two_gathers(i, x):
     a = x[i] * 2
     b = x[i - 3] * 3

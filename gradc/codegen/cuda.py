@@ -709,27 +709,30 @@ class Checks:
     the kernels), and raises gradc's error of that check, where NumPy raises
     ``IndexError`` or ``LinAlgError`` and the CPU target ``EvaluationError``.  A
     ``while_loop`` whose kernels check reads it at every trip too (a value left unread
-    could keep it going).  (One cell a program: calls of one program from several
-    threads at once may report each other's errors.)"""
+    could keep it going).  Each thread calling the program has a cell of its own: calls
+    from several threads at once report their own errors."""
 
     def __init__(self, messages):
         self.messages = tuple(messages)
-        self._cell = None
+        self._mine = threading.local()
 
     @property
     def cell(self):
-        """The device cell (allocated, zero, at the first launch that takes it)."""
-        if self._cell is None:
-            self._cell = zeros((1,), np.int32)
-        return self._cell
+        """The calling thread's device cell (allocated, zero, at the first launch of the
+        thread that takes it)."""
+        cell = getattr(self._mine, "cell", None)
+        if cell is None:
+            cell = self._mine.cell = zeros((1,), np.int32)
+        return cell
 
     def check(self) -> None:
         """Raise the flagged check's error, if any (clearing the cell)."""
-        if self._cell is None:
+        cell = getattr(self._mine, "cell", None)
+        if cell is None:
             return
-        code = int(self._cell.copy_to_host()[0])
+        code = int(cell.copy_to_host()[0])
         if code:
-            self._cell.copy_to_device(np.zeros(1, np.int32))
+            cell.copy_to_device(np.zeros(1, np.int32))
             from ..errors import EvaluationError
             raise EvaluationError(self.messages[code - 1])
 
