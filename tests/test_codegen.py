@@ -220,6 +220,12 @@ def test_constants_of_one_value_or_of_an_index_are_not_read(target):
     assert const_element(window, ("i0", "i1")) == "(i0 < 2)"
     assert const_element(~window, ("i0", "i1")) == "(i0 >= 2)"
     assert const_element(np.array([True, False, True]), ("i0",)) is None
+    # (review: a -0.0 where the arange has its 0 is no index)
+    assert const_element(np.array([-0.0, 1.0, 2.0]), ("i0",)) is None
+    c = np.array([-0.0, 1.0, 2.0, 3.0])
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(gradc.jit(lambda x: 1.0 / (x * c), target=target)(
+            np.ones(4)), [-np.inf, 1.0, 0.5, 1 / 3])
 
 
 def test_guard_failure_raises_from_compiled_code():

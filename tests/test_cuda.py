@@ -2467,6 +2467,17 @@ def test_a_steps_outer_product_accumulates_in_place(monkeypatch):
     for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
+    def aliased(w, h0, xs):         # (review: the carry read through its reshape too)
+        def step(h, x):
+            a = h[:, None]
+            y = w @ a                   # (the view's other reader: before the new carry)
+            return h * 0.5 + a[::-1, 0] + x, y[0]
+        h, ys = gradc.scan(step, h0, xs)
+        return h + 0.0 * np.sum(ys)
+    args = (rng.standard_normal((1, 4)), rng.standard_normal(4), rng.standard_normal((2, 4)))
+    np.testing.assert_allclose(gradc.jit(aliased, target="cuda")(*args),
+                               gradc.jit(aliased, target="numpy")(*args), rtol=1e-12)
+
     def mixed(h0, xs):
         h, _ = gradc.scan(lambda h, x: (np.tanh(h + 0.5 * h[::-1] + x), None), h0, xs)
         return np.sum(h ** 2)

@@ -809,7 +809,8 @@ class _Rows:
                 carry_into[src] = j
                 self.halving.add(src)
             elif last == order[self.producer[src]] and \
-                    _in_place(self.producer[src], carries[j], src):
+                    _in_place(self.producer[src], carries[j], src,
+                              self._aliases(carries[j])):
                 # (read by its own stage alone, each element by the thread writing it,
                 # before it writes it: an accumulator's c + e)
                 carry_into[src] = j
@@ -1758,14 +1759,16 @@ class _Rows:
         cg._lower_eqn(ctx, red, [f"{ctx.names[out]} = reduce_sum[axes=({axis},)] {arr}"])
 
 
-def _in_place(e, carry, out) -> bool:
+def _in_place(e, carry, out, aliases) -> bool:
     """Whether stage ``e`` (a fused equation) may write its result ``out``, the new
     value of ``carry``, over the carry: a map (no reduction) over the carry's own
-    shape, whose results other than ``out`` do not depend on the carry, and in which
+    shape, which reads none of the carry's other names (``aliases``: its reshapes),
+    whose results other than ``out`` do not depend on the carry, and in which
     everything depending on the carry is elementwise on that shape (so each element of
     the carry is read only by the thread computing the same element of ``out``, and
     before that thread writes it)."""
     if e.prim.name != "fused" or carry not in e.inputs or \
+            any(a in e.inputs for a in aliases if a is not carry) or \
             tuple(int(d) for d in e.params["domain"]) != tuple(carry.shape) or \
             tuple(out.shape) != tuple(carry.shape):
         return False

@@ -198,6 +198,7 @@ def const_element(value: np.ndarray, idx):
             return f"({idx[axes[0]]} {'<' if flat[0] else '>='} {m})"
         return None
     if len(axes) != 1 or value.dtype.kind == "b" or flat[0] != 0 or \
+            value.dtype.kind == "f" and np.signbit(flat[0]) or \
             flat[-1] != flat.size - 1 or not np.array_equal(flat, np.arange(flat.size)):
         return None
     return f"{dtype_expr(value.dtype)}({idx[axes[0]]})"
