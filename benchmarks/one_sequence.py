@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Scans over one sequence on the GPU (``cudarows.one_row``): an RNN's gradient and a
-CRF's log-partition gradient, each over a single sequence (no batch axis), as one
-kernel of one block (the default), with 1024 threads in that block, and as the host
-loop (``GRADC_CUDA_ONE_ROW_WORK=0``: a kernel per fused region per step), beside JAX's
-``jit(grad)`` of ``lax.scan`` in the same run.
+"""Loops over one sequence on the GPU (``cudarows.one_row``, ``one_row_while``): an
+RNN's gradient and a CRF's log-partition gradient, each over a single sequence (no
+batch axis), and a fixed point's iterations, as one kernel of one block (the
+default), with 1024 threads in that block, and as the host loop
+(``GRADC_CUDA_ONE_ROW_WORK=0``: a kernel per fused region per step, the condition
+copied to the host at each trip), beside JAX's ``jit(grad)`` of ``lax.scan`` (``jit``
+of ``lax.while_loop``) in the same run.
 
 * RNN: ``h = tanh(W @ h + x_t)``, loss ``sum_t |h_t|^2``, K = 256, T = 1000, float32;
 * CRF: G4's step (``logsumexp(alpha[:, None] + A, axis=0) + u_t``) for B = 1,
-  K = 64, T = 128, float32.
+  K = 64, T = 128, float32;
+* DEQ: a deep equilibrium layer's forward solve, ``z = tanh(W z + b)`` until two
+  iterates agree to 1e-5 (about 60 trips), K = 256, float32.
 
 Inputs live on the device; each time is the median of ``--repeats`` calls with a
 device synchronisation; every gradient is checked against gradc's CPU target first.
@@ -27,8 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu          # noqa: E402  (gradc, numba.cuda after its shim, timing helpers)
 
 gradc = gpu.gradc
-SIZES = {"RNN": (256, 1000), "CRF": (64, 128)}
-QUICK = {"RNN": (6, 5), "CRF": (4, 4)}
+SIZES = {"RNN": (256, 1000), "CRF": (64, 128), "DEQ": (256, 0)}
+QUICK = {"RNN": (6, 5), "CRF": (4, 4), "DEQ": (6, 0)}
 VARIANTS = (("one block", {}),
             ("one block, 1024 threads", {"GRADC_CUDA_ROW_THREADS": "1024"}),
             ("host loop", {"GRADC_CUDA_ONE_ROW_WORK": "0"}))
@@ -53,17 +57,37 @@ def crf(xp, scan, logsumexp):
     return f
 
 
+def deq(xp, while_loop):
+    def f(W, b):
+        def cond(c):
+            z, zp = c
+            return xp.max(xp.abs(z - zp)) > 1e-5
+
+        def body(c):
+            z, zp = c
+            return xp.tanh(W @ z + b), z
+        z, _ = while_loop(cond, body, (xp.zeros_like(b), xp.ones_like(b)))
+        return z
+    return f
+
+
 def workload(name, size, rng):
+    """(inputs, gradc's function, the peer's maker, whether it is differentiated)."""
     K, T = size
+    if name == "DEQ":
+        args = [(0.8 * rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32),
+                rng.standard_normal(K).astype(np.float32)]
+        return args, deq(np, gradc.while_loop), lambda jax: deq(
+            jax.numpy, lambda c, b, x: jax.lax.while_loop(c, b, x)), False
     if name == "RNN":
         args = [(rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32),
                 rng.standard_normal((T, K)).astype(np.float32)]
         return args, rnn(np, gradc.scan), lambda jax: rnn(
-            jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x))
+            jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x)), True
     args = [rng.standard_normal((T, K)).astype(np.float32),
             (0.5 * rng.standard_normal((K, K))).astype(np.float32)]
     return args, crf(np, gradc.scan, gradc.logsumexp), lambda jax: crf(
-        jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x), jax.nn.logsumexp)
+        jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x), jax.nn.logsumexp), True
 
 
 def main():
@@ -80,16 +104,23 @@ def main():
     print("| --- | --- | --- | --- | --- |")
     bad = False
     for name, size in (QUICK if args.quick else SIZES).items():
-        host, f, peer = workload(name, size, rng)
-        label = f"{name} K={size[0]} T={size[1]}"
-        ref = gradc.grad(f, argnums=(0, 1), target="cpu")(*host)
+        host, f, peer, differentiated = workload(name, size, rng)
+        label = f"{name} K={size[0]}" + (f" T={size[1]}" if size[1] else "")
+
+        def make(target, f=f, differentiated=differentiated):
+            return gradc.grad(f, argnums=(0, 1), target=target) if differentiated \
+                else gradc.jit(f, target=target)
+
+        def listed(r):
+            return list(r) if isinstance(r, (tuple, list)) else [r]
+        ref = listed(make("cpu")(*host))
         dev = [gpu.cuda.to_device(v) for v in host]
         for variant, env in VARIANTS:
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
             try:
-                g = gradc.grad(f, argnums=(0, 1), target="cuda")
-                got = [gpu.to_host(r) for r in g(*dev)]
+                g = make("cuda")
+                got = [gpu.to_host(r) for r in listed(g(*dev))]
                 kernels = len(g.compile(*host).kernels)
                 t = gpu.timed(lambda: g(*dev), gpu.cuda.synchronize, args.repeats)
             finally:
@@ -105,14 +136,15 @@ def main():
                   f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
         if "jax" in found:
             jax = found["jax"]
-            jg = jax.jit(jax.grad(peer(jax), argnums=(0, 1)))
+            jg = jax.jit(jax.grad(peer(jax), argnums=(0, 1)) if differentiated else peer(jax))
             jin = [jax.device_put(v) for v in host]
-            got = [np.asarray(r) for r in jg(*jin)]
+            got = [np.asarray(r) for r in listed(jg(*jin))]
             err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
                       for a, b in zip(got, ref))
             t = gpu.timed(lambda: jax.block_until_ready(jg(*jin)), lambda: None,
                           args.repeats)
-            print(f"| {label} | JAX jit(grad) lax.scan | {t * 1e3:.3f} ms | — | "
+            what = "jit(grad) lax.scan" if differentiated else "jit lax.while_loop"
+            print(f"| {label} | JAX {what} | {t * 1e3:.3f} ms | — | "
                   f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
     return 1 if bad else 0
 

@@ -104,6 +104,20 @@ def newton_sqrt(a):
     return np.sum(x)
 
 
+def fixed_point(W, b, tol=1e-10):
+    """A deep equilibrium layer's forward solve: ``z = tanh(W z + b)`` iterated until
+    two iterates agree (the previous one a carry too), at most 200 times."""
+    def cond(c):
+        z, zp, k = c
+        return (np.max(np.abs(z - zp)) > tol) & (k < 200)
+
+    def body(c):
+        z, zp, k = c
+        return np.tanh(W @ z + b), z, k + 1
+    z, _, k = gradc.while_loop(cond, body, (np.zeros(b.shape), np.ones(b.shape), 0))
+    return z * (1.0 + 0.0 * k)
+
+
 def newton_checkpointed(a, W):
     def body(s):
         x, k = s
@@ -381,6 +395,8 @@ PROGRAMS.update({
         np.concatenate([h[:, 2:], x[:, :2]], axis=1) + 0.5 * np.roll(h, 1, axis=1)),
         None), h0, xs)[0] ** 2), (rng.standard_normal((3, 5)),
                                   rng.standard_normal((4, 3, 5)))),
+    "while-fixed-point": (fixed_point, (0.3 * rng.standard_normal((5, 5)),
+                                        rng.standard_normal(5))),
     "roll-one": (lambda h0, xs: np.sum(gradc.scan(lambda h, x: (np.tanh(
         np.roll(h, 1) * 0.5 + h + x), None), h0, xs)[0] ** 2),
         (rng.standard_normal(5), rng.standard_normal((4, 5)))),
@@ -395,6 +411,9 @@ ROW_BLOCKS = "# the scan as one kernel: a block per row"
 ONE_BLOCK = "# the scan as one kernel of one block"
 # scans of one sequence: one kernel of one block per scan (cudarows.one_row)
 ONE_BLOCK_SCANS = ("crf-scan", "rnn-one", "rnn-one-float32", "euler-scalars", "roll-one")
+# while_loops: one kernel of one block (cudarows.one_row_while)
+ONE_BLOCK_WHILES = ("while", "while-fixed-point")
+ONE_BLOCK_WHILE = "# the while_loop as one kernel of one block"
 
 
 def _closing(src: str, j: int) -> int:
@@ -475,6 +494,9 @@ def test_programs_match_the_interpreter(name):
     if name in ONE_BLOCK_SCANS:     # ... of one block
         assert jitted.source(*args).count(ONE_BLOCK) == 1
         assert grad.source(*args).count(ONE_BLOCK) == 2
+    if name in ONE_BLOCK_WHILES:    # (the forward loop; reverse mode's tape: the host's)
+        assert jitted.source(*args).count(ONE_BLOCK_WHILE) == 1
+        assert grad.source(*args).count(ONE_BLOCK_WHILE) == 1
     if name == "crf-one-row":       # (a batch of one: forward a block per row of one;
         #                              the backward's sum over the batch folded away)
         src = grad.source(*args)
@@ -2417,6 +2439,31 @@ def test_a_new_carry_also_stacked_is_written_by_its_stage_alone(double, monkeypa
     g = gradc.grad(f, argnums=(0, 1, 2), target="cuda")
     for a, b in zip(g(*args), gradc.grad(f, argnums=(0, 1, 2), target="numpy")(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("env", [{}, {"GRADC_CUDA_ROW_SHARED": "0"},
+                                 {"GRADC_CUDA_ROW_DOUBLE": "0"}])
+def test_a_while_loop_is_one_block(env, monkeypatch):
+    """A fixed point's iterations (``fixed_point``: its previous iterate a carry too,
+    which the body hands over as a copy stage at the end of the trip) as one kernel
+    of one block: the condition's stages, the loop left when it is false, the body's.
+    No trip (a condition false at once), ``vmap`` (the rows' carries, the condition
+    a reduction over them) and ``jvp`` too; with rows in shared memory, in global
+    memory, and without double rows.  Values as the interpreter's."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    W, b = 0.3 * rng.standard_normal((5, 5)), rng.standard_normal(5)
+    cases = [(fixed_point, (W, b)), (lambda W, b: fixed_point(W, b, tol=1e9), (W, b)),
+             (gradc.vmap(fixed_point, in_axes=(None, 0)),
+              (W, rng.standard_normal((3, 5)))),
+             (lambda W, b: gradc.jvp(lambda b: fixed_point(W, b), (b,), (np.ones(5),)),
+              (W, b))]
+    for f, args in cases:
+        j = gradc.jit(f, target="cuda")
+        assert j.source(*args).count(ONE_BLOCK_WHILE) == 1
+        for a, b_ in zip(gradc.pytree.flatten(j(*args))[0],
+                         gradc.pytree.flatten(gradc.jit(f, target="numpy")(*args))[0]):
+            np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
 def test_a_steps_concatenation_is_a_selection_fused_with_its_slices():

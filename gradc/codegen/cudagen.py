@@ -1142,6 +1142,9 @@ def _scan(ctx, eqn):
 
 
 def _while(ctx, eqn):
+    from .cudarows import one_row_while
+    if one_row_while(ctx, eqn):                  # one kernel of one block
+        return
     p = eqn.params
     n_cond, n_body = p["n_cond"], p["n_body"]
     cond_graph, body_graph = p["branches"]

@@ -246,6 +246,59 @@ def one_row(ctx, eqn) -> bool:
     optimised = optimise(lifted_body, "cuda")
     if any(e.prim.name in ("scan", "while_loop", "cond") for e in optimised.eqns):
         return False
+    return _lower_lifted(ctx, eqn, eqn.replace(params={**p, "body": lifted_body}), nc, nk,
+                         optimised)
+
+
+def one_row_while(ctx, eqn) -> bool:
+    """``while_loop`` equation ``eqn`` as one kernel of a single block, if its
+    condition and body are small (as ``one_row``'s step): both batched over a new
+    leading axis of one row, the condition's stages first, then, after a barrier, the
+    loop left when the condition is false, then the body's stages.  The host loop
+    launches the body's kernels at each trip and copies the condition to the host
+    (a fixed point's iterations, a solver's); this waits for nothing until the loop is
+    done.  False (``ctx`` unchanged) if it does not qualify."""
+    from ..passes.batching import batch_graph
+    from .compile import optimise
+    p = eqn.params
+    n_cond, n_body = p["n_cond"], p["n_body"]
+    cond_g, body_g = p["branches"]
+    nc = n_cond + n_body
+    nk = len(eqn.inputs) - nc
+    limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
+    limit = int(limit) if limit.isdigit() else ONE_ROW_WORK
+    if not nk or p.get("checkpoint") is not None or not _small_step(cond_g, limit) or \
+            not _small_step(body_g, limit):
+        return False
+    try:
+        oc = optimise(batch_graph(cond_g, [False] * n_cond + [True] * nk, 1), "cuda")
+        ob = optimise(batch_graph(body_g, [False] * n_body + [True] * nk, 1), "cuda")
+    except GradcError:
+        return False
+    if any(e.prim.name in ("scan", "while_loop", "cond") for e in oc.eqns + ob.eqns):
+        return False
+    # one graph on the body's carries: the condition's equations, then the body's
+    carries = ob.inputs[n_body:]
+    rename = dict(zip(oc.inputs[n_cond:], carries))
+    test = oc.outputs[0]
+    if not isinstance(test, Var) or test in oc.inputs:
+        return False
+    graph = Graph(tuple(oc.inputs[:n_cond]) + tuple(ob.inputs),
+                  tuple(q.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
+                                               for v in q.inputs)) for q in oc.eqns)
+                  + tuple(ob.eqns), tuple(ob.outputs))
+    from types import SimpleNamespace
+    lifted = SimpleNamespace(inputs=eqn.inputs, outputs=eqn.outputs, params={
+        "n_consts": nc, "n_carry": nk, "length": 1, "reverse": False, "body": graph,
+        "test": test})
+    return _lower_lifted(ctx, eqn, lifted, nc, nk, graph)
+
+
+def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
+    """``one_row``'s and ``one_row_while``'s lowering of ``lifted`` (``eqn`` with its
+    body batched over a row of one; ``optimised``: that body for the target): the
+    carries and stacked operands reshaped to a row of one, the loop's kernel, its
+    results reshaped back."""
     snapshot = _snapshot(ctx)
     ins = []
     for k, v in enumerate(eqn.inputs):
@@ -270,8 +323,8 @@ def one_row(ctx, eqn) -> bool:
             for k, v in enumerate(eqn.outputs)]
     for w in outs:
         ctx.names[w] = ctx.temp()
-    lifted = eqn.replace(inputs=tuple(ins), outputs=tuple(outs),
-                         params={**p, "body": lifted_body})
+    from types import SimpleNamespace
+    lifted = SimpleNamespace(inputs=tuple(ins), outputs=tuple(outs), params=lifted.params)
     printed = cg._register_names(ctx, optimised)
     if not rows(ctx, lifted, optimised, printed, one=True):
         _restore(ctx, snapshot)
@@ -342,11 +395,30 @@ class _Rows:
                                            for q in fused.params["body"].eqns}
                 e = fused
             eqns.append(e)
-        eqns, text_of = _merge_into_reductions(eqns, list(text_of), self.comments_of)
-        body = body.replace(eqns=tuple(eqns))
+        text_of = list(text_of)
+        # (a carry's new value that is another carry's old one, ``z_prev = z``: a copy
+        # stage at the end of the step, which reads the old value before the other
+        # carry's new one replaces it)
+        nc, nk = eqn.params["n_consts"], eqn.params["n_carry"]
+        carries, outputs = body.inputs[nc:nc + nk], list(body.outputs)
+        for j in range(nk):
+            o = outputs[j]
+            if isinstance(o, Var) and o in carries and o is not carries[j]:
+                from ..prims.elementwise import convert_p
+                outputs[j] = Var(tuple(o.shape), o.dtype)
+                ctx.names[outputs[j]] = f"{ctx.names[o]}_c{j}"
+                copy = make_eqn(convert_p, [o], [outputs[j]], {"dtype": np.dtype(o.dtype)})
+                eqns.append(cg._fused_of_one(copy))
+                line = f"{ctx.names[outputs[j]]} = {ctx.names[o]}   (a carry's old value " \
+                       "as another's new one)"
+                text_of.append([line])
+                self.comments_of[eqns[-1]] = {copy: [line]}
+        eqns, text_of = _merge_into_reductions(eqns, text_of, self.comments_of)
+        body = body.replace(eqns=tuple(eqns), outputs=tuple(outputs))
         self.ctx, self.eqn, self.body, self.text_of = ctx, eqn, body, text_of
         p = eqn.params
         self.n_consts, self.n_carry, self.length = p["n_consts"], p["n_carry"], p["length"]
+        self.test = p.get("test")          # (a while_loop's condition: one_row_while)
         self.reverse = p["reverse"]
         self.producer = {v: e for e in body.eqns for v in e.outputs}
         self.uses: dict = {}
@@ -644,6 +716,8 @@ class _Rows:
         carries = body.inputs[nc:nc + nk]
         updates = {u for u, _ in self.acc.values()}
         ctx.lines.append(
+            "# the while_loop as one kernel of one block, its trips inside it (its "
+            "condition and body batched over a row of one)" if self.test is not None else
             f"# the scan as one kernel of one block, the {T} steps inside it (its step "
             "batched over a row of one)" if self.one else
             f"# the scan as one kernel: a block per row of {B}, the {T} steps inside it "
@@ -824,7 +898,14 @@ class _Rows:
                         if v in self.rows and v not in into and v not in carry_into and
                         v not in contributions),
                        key=lambda v: _row_bytes(v.shape, v.dtype))
-        share_temps = {v for v in temps if self._fits(v)}
+        if self.test is not None and self.test not in self.uniform:
+            # (in shared memory whatever GRADC_CUDA_ROW_SHARED says: an element)
+            if self.test not in temps:
+                raise NotRows("a while_loop's condition not computed by a stage")
+            temps.remove(self.test)
+            self.room -= _row_bytes(self.test.shape, self.test.dtype)
+        share_temps = {v for v in temps if self._fits(v)} | (
+            {self.test} if self.test is not None and self.test not in self.uniform else set())
         for e in body.eqns:
             if e in updates:
                 continue
@@ -908,6 +989,8 @@ class _Rows:
 
         # the kernel: a block per row, the steps inside
         step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"] + prefetch
+        if self.test is not None:            # (while_loop: no step index)
+            step[0] = "_t = 0"
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
             step += self._copy(f"_y{j}", y, stepped=True)
         # (a barrier between those copies and a stage writing a carry in place, unless
@@ -962,6 +1045,8 @@ class _Rows:
                 start = last[0]
                 step[start:] = merged + ["cuda.syncthreads()"]
                 last = (start, info, merged, last[3])
+                if self._leave(e, step):
+                    last = None
                 continue
             if early and carry_into.keys() & set(e.outputs):
                 if self._doubled(e, carry_into) == carry_into.keys() & set(e.outputs):
@@ -985,6 +1070,8 @@ class _Rows:
             last = (len(step), self.merge_info, lines, step[since:]) \
                 if self.merge_info else None
             step += lines + ["cuda.syncthreads()"]
+            if self._leave(e, step):
+                last = None
         tail = [] if not early else ["cuda.syncthreads()"]
         for j, y, _ in copies_late:
             tail += self._copy(f"_y{j}", y, stepped=True)
@@ -1032,7 +1119,7 @@ class _Rows:
                              f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
         if self.row_start:
             lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
-        lines.append(f"    for _s in range({T}):")
+        lines.append(f"    for _s in range({T}):" if self.test is None else "    while True:")
         lines += ["        " + s for s in step]
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
         lines = _unread_shared(_share_loops(lines))
@@ -1084,6 +1171,17 @@ class _Rows:
             ctx.placed[target] = True
             if through is not None:
                 ctx.placed[through] = False
+
+    def _leave(self, e, step) -> bool:
+        """After the stage of equation ``e``, if it computes a while_loop's condition:
+        the lines leaving the loop when it is false (read by every thread after the
+        stage's barrier: the same in all, so the block leaves together)."""
+        if self.test is None or self.test not in e.outputs:
+            return False
+        test = self.names[self.test]
+        step += [f"if not {test}:" if self.test in self.uniform else f"if not {test}[0]:",
+                 "    break"]
+        return True
 
     def _place_results(self) -> dict:
         """Where the scan's results that a later equation only places into its own
