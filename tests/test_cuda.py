@@ -2441,6 +2441,16 @@ def test_a_new_carry_also_stacked_is_written_by_its_stage_alone(double, monkeypa
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _flagged(W, b):
+    """A while_loop whose condition is a carried flag (``while going``)."""
+    def body(c):
+        h, going, k = c
+        h = np.tanh(W @ h + b)
+        return h, np.max(np.abs(h)) < 0.9, k + 1
+    h, _, k = gradc.while_loop(lambda c: c[1], body, (0.1 * b, np.bool_(True), 0))
+    return h, k
+
+
 @pytest.mark.parametrize("env", [{}, {"GRADC_CUDA_ROW_SHARED": "0"},
                                  {"GRADC_CUDA_ROW_DOUBLE": "0"}])
 def test_a_while_loop_is_one_block(env, monkeypatch):
@@ -2448,8 +2458,9 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
     which the body hands over as a copy stage at the end of the trip) as one kernel
     of one block: the condition's stages, the loop left when it is false, the body's.
     No trip (a condition false at once), ``vmap`` (the rows' carries, the condition
-    a reduction over them) and ``jvp`` too; with rows in shared memory, in global
-    memory, and without double rows.  Values as the interpreter's."""
+    a reduction over them), ``jvp`` and a carried flag as the condition too; with rows
+    in shared memory, in global memory, and without double rows.  Values as the
+    interpreter's."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     W, b = 0.3 * rng.standard_normal((5, 5)), rng.standard_normal(5)
@@ -2457,7 +2468,7 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
              (gradc.vmap(fixed_point, in_axes=(None, 0)),
               (W, rng.standard_normal((3, 5)))),
              (lambda W, b: gradc.jvp(lambda b: fixed_point(W, b), (b,), (np.ones(5),)),
-              (W, b))]
+              (W, b)), (_flagged, (W, b))]
     for f, args in cases:
         j = gradc.jit(f, target="cuda")
         assert j.source(*args).count(ONE_BLOCK_WHILE) == 1

@@ -281,12 +281,18 @@ def one_row_while(ctx, eqn) -> bool:
     carries = ob.inputs[n_body:]
     rename = dict(zip(oc.inputs[n_cond:], carries))
     test = oc.outputs[0]
-    if not isinstance(test, Var) or test in oc.inputs:
+    if not isinstance(test, Var) or test in oc.inputs[:n_cond]:
         return False
+    tests = []
+    if test in rename:          # (a flag carried: ``while not done``, its copy the test)
+        from ..prims.elementwise import convert_p
+        flag, test = rename[test], Var(tuple(test.shape), test.dtype)
+        tests.append(cg._fused_of_one(make_eqn(convert_p, [flag], [test],
+                                               {"dtype": np.dtype(test.dtype)})))
     graph = Graph(tuple(oc.inputs[:n_cond]) + tuple(ob.inputs),
                   tuple(q.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
                                                for v in q.inputs)) for q in oc.eqns)
-                  + tuple(ob.eqns), tuple(ob.outputs))
+                  + tuple(tests) + tuple(ob.eqns), tuple(ob.outputs))
     from types import SimpleNamespace
     lifted = SimpleNamespace(inputs=eqn.inputs, outputs=eqn.outputs, params={
         "n_consts": nc, "n_carry": nk, "length": 1, "reverse": False, "body": graph,
