@@ -2446,9 +2446,19 @@ def _flagged(W, b):
     def body(c):
         h, going, k = c
         h = np.tanh(W @ h + b)
-        return h, np.max(np.abs(h)) < 0.9, k + 1
+        return h, (np.max(np.abs(h)) < 0.9) & (k < 20), k + 1
     h, _, k = gradc.while_loop(lambda c: c[1], body, (0.1 * b, np.bool_(True), 0))
     return h, k
+
+
+def _rolled(W, b):
+    """A while_loop whose body rotates its carry and takes an argmax (``passes.steps``
+    rewrites both in while_loops' bodies as in scans')."""
+    def body(c):
+        h, k, best = c
+        h = np.tanh(np.roll(h, 1) * 0.9 + 0.1 * (W @ h))
+        return h, k + 1, np.argmax(h)
+    return gradc.while_loop(lambda c: c[1] < 7, body, (b, 0, np.int64(0)))
 
 
 @pytest.mark.parametrize("env", [{}, {"GRADC_CUDA_ROW_SHARED": "0"},
@@ -2458,7 +2468,8 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
     which the body hands over as a copy stage at the end of the trip) as one kernel
     of one block: the condition's stages, the loop left when it is false, the body's.
     No trip (a condition false at once), ``vmap`` (the rows' carries, the condition
-    a reduction over them), ``jvp`` and a carried flag as the condition too; with rows
+    a reduction over them), ``jvp``, a carried flag as the condition, and a body with
+    ``np.roll`` and ``argmax`` too; with rows
     in shared memory, in global memory, and without double rows.  Values as the
     interpreter's."""
     for k, v in env.items():
@@ -2468,7 +2479,7 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
              (gradc.vmap(fixed_point, in_axes=(None, 0)),
               (W, rng.standard_normal((3, 5)))),
              (lambda W, b: gradc.jvp(lambda b: fixed_point(W, b), (b,), (np.ones(5),)),
-              (W, b)), (_flagged, (W, b))]
+              (W, b)), (_flagged, (W, b)), (_rolled, (W, b))]
     for f, args in cases:
         j = gradc.jit(f, target="cuda")
         assert j.source(*args).count(ONE_BLOCK_WHILE) == 1

@@ -14,7 +14,8 @@ of their own, written with primitives the fusion pass joins to their neighbours.
   stage in the one-kernel scan.
 
 The graph is traced again with the rewrites (``interpret.eval_graph``'s ``rewrite``);
-outside a scan's body nothing changes.
+outside the bodies of scans and while_loops (``cudarows.one_row_while``) nothing
+changes.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import numpy as np
 from ..ir import Graph, map_subgraphs, subgraphs
 from ..prims.linalg import parse_spec
 from .argreduce import decomposable, first_index
+
+LOOPS = ("scan", "while_loop")     # (whose bodies the one-kernel loops lower)
 
 
 def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
@@ -42,7 +45,7 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
             return [selection(xs, eqn.params["axis"], eqn.outputs[0].shape)]
         if not subgraphs(eqn):
             return None
-        inner = in_loop or eqn.prim.name == "scan"
+        inner = in_loop or eqn.prim.name in LOOPS
         out = bind(eqn.prim, *xs, **map_subgraphs(eqn, lambda g: step_rewrites(g, inner)))
         return out if eqn.prim.multiple_results else [out]
 
@@ -66,7 +69,7 @@ def _concatenation(eqn) -> bool:
 
 def _needs(graph: Graph, in_loop: bool) -> bool:
     return any(in_loop and (decomposable(e) or _outer(e) or _concatenation(e)) or any(
-        _needs(g, in_loop or e.prim.name == "scan") for g in subgraphs(e))
+        _needs(g, in_loop or e.prim.name in LOOPS) for g in subgraphs(e))
         for e in graph.eqns)
 
 
