@@ -171,13 +171,19 @@ def row_run(ctx, eqns, text_of, outputs) -> bool:
         ctx.names[v] = ctx.temp()
     if not rows(ctx, eqn, body, text_of, batch=int(eqns[0].params["domain"][0])):
         return False
-    for v, st in zip(outputs, stacked):
-        ctx.lines.append(f"{ctx.names[v]} = _d.reshape({ctx.names[st]}, "
+    _bind_reshaped(ctx, outputs, stacked)
+    return True
+
+
+def _bind_reshaped(ctx, values, results) -> None:
+    """Each of ``values`` as a reshape of the kernel's result of the same index (a row
+    kernel's results have a batch or step axis more)."""
+    for v, r in zip(values, results):
+        ctx.lines.append(f"{ctx.names[v]} = _d.reshape({ctx.names[r]}, "
                          f"{tuple(v.shape) or (1,)!r})")
         ctx.place[v] = "dev"
-        if st in ctx.fresh:
+        if r in ctx.fresh:
             ctx.fresh.add(v)
-    return True
 
 
 def rows(ctx, eqn, body: Graph, text_of, batch=None, one=False) -> bool:
@@ -335,12 +341,7 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
     if not rows(ctx, lifted, optimised, printed, one=True):
         _restore(ctx, snapshot)
         return False
-    for v, w in zip(eqn.outputs, outs):
-        ctx.lines.append(f"{ctx.names[v]} = _d.reshape({ctx.names[w]}, "
-                         f"{tuple(v.shape) or (1,)!r})")
-        ctx.place[v] = "dev"
-        if w in ctx.fresh:
-            ctx.fresh.add(v)
+    _bind_reshaped(ctx, eqn.outputs, outs)
     return True
 
 
