@@ -47,8 +47,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
     only), a scan's invariant work before the loop (``passes.licm``), on the GPU a
-    step's ``argmax`` as reductions and its outer products as broadcast products
-    (``passes.steps``), and loop fusion."""
+    loop's ``argmax`` as reductions, its outer products as broadcast products and its
+    concatenations as selections (``passes.steps``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -156,7 +157,6 @@ def row_run(ctx, eqns, text_of, outputs) -> bool:
     read after the run.  It is the one-kernel lowering of a scan of one step, without
     carries, the values read from outside the run its constants and ``outputs`` its
     stacked results.  False (``ctx`` unchanged) when the rows are not independent."""
-    from types import SimpleNamespace
     made = {v for e in eqns for v in e.outputs}
     consts = list(dict.fromkeys(v for e in eqns for v in e.inputs
                                 if isinstance(v, Var) and v not in made))
@@ -241,9 +241,7 @@ def one_row(ctx, eqn) -> bool:
     from .compile import optimise
     p = eqn.params
     nc, nk, body = p["n_consts"], p["n_carry"], p["body"]
-    limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
-    if p["length"] < 1 or not _small_step(body, int(limit) if limit.isdigit()
-                                          else ONE_ROW_WORK):
+    if p["length"] < 1 or not _small_step(body):
         return False
     try:
         lifted_body = batch_graph(body, [False] * nc + [True] * (len(body.inputs) - nc), 1)
@@ -271,10 +269,8 @@ def one_row_while(ctx, eqn) -> bool:
     cond_g, body_g = p["branches"]
     nc = n_cond + n_body
     nk = len(eqn.inputs) - nc
-    limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
-    limit = int(limit) if limit.isdigit() else ONE_ROW_WORK
-    if not nk or p.get("checkpoint") is not None or not _small_step(cond_g, limit) or \
-            not _small_step(body_g, limit):
+    if not nk or p.get("checkpoint") is not None or not _small_step(cond_g) or \
+            not _small_step(body_g):
         return False
     try:
         oc = optimise(batch_graph(cond_g, [False] * n_cond + [True] * nk, 1), "cuda")
@@ -291,15 +287,12 @@ def one_row_while(ctx, eqn) -> bool:
         return False
     tests = []
     if test in rename:          # (a flag carried: ``while not done``, its copy the test)
-        from ..prims.elementwise import convert_p
         flag, test = rename[test], Var(tuple(test.shape), test.dtype)
-        tests.append(cg._fused_of_one(make_eqn(convert_p, [flag], [test],
-                                               {"dtype": np.dtype(test.dtype)})))
+        tests.append(_copy_stage(flag, test)[0])
     graph = Graph(tuple(oc.inputs[:n_cond]) + tuple(ob.inputs),
                   tuple(q.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
                                                for v in q.inputs)) for q in oc.eqns)
                   + tuple(tests) + tuple(ob.eqns), tuple(ob.outputs))
-    from types import SimpleNamespace
     lifted = SimpleNamespace(inputs=eqn.inputs, outputs=eqn.outputs, params={
         "n_consts": nc, "n_carry": nk, "length": 1, "reverse": False, "body": graph,
         "test": test})
@@ -335,7 +328,6 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
             for k, v in enumerate(eqn.outputs)]
     for w in outs:
         ctx.names[w] = ctx.temp()
-    from types import SimpleNamespace
     lifted = SimpleNamespace(inputs=tuple(ins), outputs=tuple(outs), params=lifted.params)
     printed = cg._register_names(ctx, optimised)
     if not rows(ctx, lifted, optimised, printed, one=True):
@@ -345,9 +337,11 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
     return True
 
 
-def _small_step(body: Graph, limit: int) -> bool:
+def _small_step(body: Graph) -> bool:
     """Whether every value of the step, and every product of its contractions, has at
-    most ``limit`` elements."""
+    most ``ONE_ROW_WORK`` elements (``GRADC_CUDA_ONE_ROW_WORK``; 0: none is small)."""
+    limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
+    limit = int(limit) if limit.isdigit() else ONE_ROW_WORK
     for e in body.eqns:
         sizes = [int(np.prod(v.shape)) for v in e.outputs]
         if e.prim.name == "einsum":
@@ -359,6 +353,14 @@ def _small_step(body: Graph, limit: int) -> bool:
         if max(sizes, default=0) > limit:
             return False
     return bool(limit)
+
+
+def _copy_stage(src, dst):
+    """``(a stage writing dst = src, its one equation)``: a value a loop hands over as
+    it is, computed by a stage of its own (a conversion to its own dtype)."""
+    from ..prims.elementwise import convert_p
+    copy = make_eqn(convert_p, [src], [dst], {"dtype": np.dtype(src.dtype)})
+    return cg._fused_of_one(copy), copy
 
 
 def _snapshot(ctx) -> tuple:
@@ -411,11 +413,10 @@ class _Rows:
         for j in range(nk):
             o = outputs[j]
             if isinstance(o, Var) and o in carries and o is not carries[j]:
-                from ..prims.elementwise import convert_p
                 outputs[j] = Var(tuple(o.shape), o.dtype)
                 ctx.names[outputs[j]] = f"{ctx.names[o]}_c{j}"
-                copy = make_eqn(convert_p, [o], [outputs[j]], {"dtype": np.dtype(o.dtype)})
-                eqns.append(cg._fused_of_one(copy))
+                stage, copy = _copy_stage(o, outputs[j])
+                eqns.append(stage)
                 line = f"{ctx.names[outputs[j]]} = {ctx.names[o]}   (a carry's old value " \
                        "as another's new one)"
                 text_of.append([line])
@@ -905,14 +906,13 @@ class _Rows:
                         if v in self.rows and v not in into and v not in carry_into and
                         v not in contributions),
                        key=lambda v: _row_bytes(v.shape, v.dtype))
-        if self.test is not None and self.test not in self.uniform:
-            # (in shared memory whatever GRADC_CUDA_ROW_SHARED says: an element)
-            if self.test not in temps:
-                raise NotRows("a while_loop's condition not computed by a stage")
-            temps.remove(self.test)
-            self.room -= _row_bytes(self.test.shape, self.test.dtype)
-        share_temps = {v for v in temps if self._fits(v)} | (
-            {self.test} if self.test is not None and self.test not in self.uniform else set())
+        # (a while_loop's condition in shared memory whatever GRADC_CUDA_ROW_SHARED
+        # says: an element, which every thread reads)
+        tested = {self.test} - self.uniform if self.test is not None else set()
+        if tested - set(temps):
+            raise NotRows("a while_loop's condition not computed by a stage")
+        self.room -= sum(_row_bytes(v.shape, v.dtype) for v in tested)
+        share_temps = {v for v in temps if v not in tested and self._fits(v)} | tested
         for e in body.eqns:
             if e in updates:
                 continue
@@ -995,9 +995,9 @@ class _Rows:
         prefetch, stored = self._prefetch(body.inputs[nc + nk:], T)
 
         # the kernel: a block per row, the steps inside
-        step = [f"_t = {T - 1} - _s" if self.reverse else "_t = _s"] + prefetch
-        if self.test is not None:            # (while_loop: no step index)
-            step[0] = "_t = 0"
+        # (a while_loop: no step index)
+        step = ["_t = 0" if self.test is not None else
+                f"_t = {T - 1} - _s" if self.reverse else "_t = _s"] + prefetch
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
             step += self._copy(f"_y{j}", y, stepped=True)
         # (a barrier between those copies and a stage writing a carry in place, unless
@@ -1042,8 +1042,7 @@ class _Rows:
                 info = last[1]._replace(results={**last[1].results, **held},
                                         held=last[1].held | held.keys(), tail=0)
                 if merged is not None and info.indent == "    ":
-                    em = _RowEmitter(ctx, {}, {}, {}, self.row_arrays, self.stepped,
-                                     self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
+                    em = self._emitter({}, {}, {})
                     info = info._replace(binds=info.binds + [
                         (em.read(name, info.sub), local)
                         for name, (local, dims) in held.items() if dims == info.dims])
@@ -1178,6 +1177,13 @@ class _Rows:
             ctx.placed[target] = True
             if through is not None:
                 ctx.placed[through] = False
+
+    def _emitter(self, names, producer, comments):
+        """A stage's per-element code generator, reading the kernel's arrays where they
+        are placed (rows, stacked, shared, mirrored, prefetched)."""
+        return _RowEmitter(self.ctx, names, producer, comments, self.row_arrays,
+                           self.stepped, self.shared_rows, self.mirrors, self.prefetched,
+                           self.B == 1)
 
     def _leave(self, e, step) -> bool:
         """After the stage of equation ``e``, if it computes a while_loop's condition:
@@ -1498,9 +1504,7 @@ class _Rows:
         if comments is None:
             comments = dict(zip(body.eqns, text_of_body(fused, text)))
         producer = {v: e for e in body.eqns for v in e.outputs}
-        em = _RowEmitter(self.ctx, self._names(fused), producer, comments,
-                         self.row_arrays, self.stepped,
-                         self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
+        em = self._emitter(self._names(fused), producer, comments)
         for r, o in zip(body.outputs, fused.outputs):
             em.emit(0, f"{self.names[o]} = {em.value(r, (), 0)}")
         return em.lines
@@ -1508,7 +1512,7 @@ class _Rows:
     def _stage(self, fused, text, comments, part_names, k):
         """The lines of one stage (a fused equation for the block's row) and how many
         threads it can use."""
-        ctx, B = self.ctx, self.B
+        B = self.B
         body = fused.params["body"]
         domain = tuple(int(d) for d in fused.params["domain"])
         if not domain or domain[0] != B:
@@ -1547,8 +1551,7 @@ class _Rows:
             return f"{name}[{step}{', '.join(sub)}]"
 
         def emitter():
-            return _RowEmitter(ctx, names, producer, comments, self.row_arrays, self.stepped,
-                               self.shared_rows, self.mirrors, self.prefetched, self.B == 1)
+            return self._emitter(names, producer, comments)
 
         def pointwise(em, roots, idx=idx, ivars=ivars):
             values = {}                     # (result -> the local or literal holding it)
