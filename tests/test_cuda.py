@@ -28,6 +28,20 @@ from test_prims import ELEMENTWISE, FLOAT32_ROWS, ROWS, pytestmark  # noqa: F401
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 KINDS = ("primal", "jvp", "vjp")
+ONE_RUN_WORK = cudarows.ONE_RUN_WORK
+
+
+@pytest.fixture(autouse=True)
+def _no_one_block_runs(monkeypatch):
+    """This module's small programs stand for large ones (the simulator runs each thread
+    as a Python thread): runs of small equations outside loops are not one block here
+    (``cudarows.one_run``), so that each test sees the kernels a program of real size
+    gets.  The tests of that lowering turn it back on (``_one_runs``)."""
+    monkeypatch.setattr(cudarows, "ONE_RUN_WORK", 0)
+
+
+def _one_runs(monkeypatch, work=ONE_RUN_WORK):
+    monkeypatch.setattr(cudarows, "ONE_RUN_WORK", work)
 
 
 def _compile(graph, name):
@@ -468,10 +482,15 @@ def _summed(f):
     return lambda *a: np.sum(f(*a))
 
 
+@pytest.mark.parametrize("one_runs", [False, True], ids=["", "one-runs"])
 @pytest.mark.parametrize("name", PROGRAMS)
-def test_programs_match_the_interpreter(name):
+def test_programs_match_the_interpreter(name, one_runs, monkeypatch):
     """Each program and its gradient on the device against the reference interpreter
-    (``target="numpy"``; the CPU target agrees with it by ``test_codegen.py``)."""
+    (``target="numpy"``; the CPU target agrees with it by ``test_codegen.py``); and
+    again with the runs of small equations outside loops as one block each, what a
+    program of these sizes gets on a GPU (``cudarows.one_run``)."""
+    if one_runs:
+        _one_runs(monkeypatch)
     f, args = PROGRAMS[name]
     tol = 1e-4 if any(getattr(a, "dtype", None) == np.float32 for a in args) else 1e-12
     jitted = gradc.jit(f, target="cuda")
@@ -497,6 +516,12 @@ def test_programs_match_the_interpreter(name):
     if name in ONE_BLOCK_WHILES:    # (the forward loop; reverse mode's tape: the host's)
         assert jitted.source(*args).count(ONE_BLOCK_WHILE) == 1
         assert grad.source(*args).count(ONE_BLOCK_WHILE) == 1
+    if one_runs:                    # (never more launches than without the runs)
+        kernels = len(grad.compile(*args).kernels)
+        _one_runs(monkeypatch, 0)
+        assert kernels <= len(gradc.grad(_summed(f), argnums=wrt, target="cuda").compile(
+            *args).kernels)
+        return
     if name == "crf-one-row":       # (a batch of one: forward a block per row of one;
         #                              the backward's sum over the batch folded away)
         src = grad.source(*args)
@@ -1329,8 +1354,9 @@ def test_an_accumulating_carry_from_a_constant(init, terms):
 @pytest.mark.parametrize("mixes", [False, True])
 def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixes):
     """``zeros_like`` as a scan's initial carry is filled where the scan needs it: by a
-    kernel just before the one-kernel scan, which then updates it in place (no copy),
-    also where the scan's rows mix (one block)."""
+    kernel just before the one-kernel scan, which then updates it in place (no copy);
+    where the scan's rows mix (one block), the kernel copies the carry in from a
+    constant instead (``fill_literal``: no fill kernel)."""
     def f(W, xs):
         def step(h, x):
             return np.tanh((h[::-1] if mixes else h) * W + x), None
@@ -1341,7 +1367,7 @@ def test_a_deferred_fill_as_a_rows_carry_is_lowered_where_the_scan_reads_it(mixe
     host = jitted.source(*args)
     host = host[host.rindex("\ndef "):]
     assert (ROW_BLOCKS in host) != mixes and (ONE_BLOCK in host) == mixes
-    assert "= broadcast_in_dim[dims=() shape=(5,7)] 0.0" in host
+    assert ("= broadcast_in_dim[dims=() shape=(5,7)] 0.0" in host) != mixes
     assert re.search(r"\n +\w+ = _d\.copy\(", host) is None
     np.testing.assert_allclose(jitted(*args), gradc.jit(f, target="numpy")(*args),
                                rtol=1e-12, atol=1e-12)
@@ -1451,7 +1477,8 @@ def test_the_crf_gradient_of_U_is_written_by_the_backward_scan():
     """)
     for env, want in (({}, "1 7"), ({"GRADC_CUDA_VIEWS": "0"}, "0 10")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={**os.environ, **env}, timeout=600)
+                             env={**os.environ, **env, "GRADC_CUDA_ONE_RUN_WORK": "0"},
+                             timeout=600)
         assert out.stdout.split() == want.split(), out.stderr[-2000:]
 
 
@@ -2488,6 +2515,102 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
             np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
+ONE_RUN = "equations as one kernel of one block"
+
+
+def test_a_run_of_small_equations_is_one_kernel_of_one_block(monkeypatch):
+    """A logsumexp's gradient over one vector (its maximum, its sum of exponentials,
+    1 / the sum, the scaled exponentials: four kernels one by one) as one kernel of
+    one block (``cudarows.one_run``), in float64 and float32; not where a value has
+    more elements than ``GRADC_CUDA_ONE_RUN_WORK`` (or it is 0).  Values as the
+    interpreter's."""
+    _one_runs(monkeypatch)
+
+    def f(x, s):
+        return gradc.logsumexp(x * s) + np.max(x) * s
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        x = rng.standard_normal(40).astype(dt)
+        g = gradc.grad(f, argnums=(0, 1), target="cuda")
+        assert ONE_RUN in g.source(x, 1.5)
+        assert len(g.compile(x, 1.5).kernels) == 1
+        for a, b in zip(g(x, 1.5), gradc.grad(f, argnums=(0, 1), target="numpy")(x, 1.5)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for limit in ("39", "0"):
+        monkeypatch.setenv("GRADC_CUDA_ONE_RUN_WORK", limit)
+        g = gradc.grad(f, argnums=(0, 1), target="cuda")
+        assert ONE_RUN not in g.source(x, 1.5) and len(g.compile(x, 1.5).kernels) >= 3
+        for a, b in zip(g(x, 1.5), gradc.grad(f, argnums=(0, 1), target="numpy")(x, 1.5)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _gathered_step(P, xs):
+    """A scan whose step gathers a row by its integer carry (a host loop): a softmax of
+    it, a sum of squares stacked."""
+    def step(c, x):
+        h, i = c
+        z = P[i] * h + x
+        z = np.exp(z - np.max(z))
+        return (z / np.sum(z), (i + 1) % 3), np.sum(z * z)
+    (h, i), ys = gradc.scan(step, (np.ones(P.shape[1]), 0), xs)
+    return np.sum(h) + np.sum(ys)
+
+
+def test_a_host_loops_step_runs_its_small_equations_as_one_block(monkeypatch):
+    """A scan lowered as a host loop (its step gathers by the carry) launches, at each
+    step, the gather and one kernel of one block for the softmax's reductions and
+    normalisation (two launches a step, not four); its gradient's steps too.  Values
+    and gradients as the interpreter's."""
+    _one_runs(monkeypatch)
+    P, xs = rng.standard_normal((3, 6)), rng.standard_normal((4, 6))
+    j = gradc.jit(_gathered_step, target="cuda")
+    src = j.source(P, xs)
+    step = src[src.index("def _b0("):src.index("\n\n\n", src.index("def _b0("))]
+    assert ONE_RUN in step and len(re.findall(r"\n +_k\d+\[", step)) == 2, step
+    np.testing.assert_allclose(j(P, xs), gradc.jit(_gathered_step, target="numpy")(P, xs),
+                               rtol=1e-12)
+    g = gradc.grad(_gathered_step, argnums=(0, 1), target="cuda")
+    assert ONE_RUN in g.source(P, xs)
+    for a, b in zip(g(P, xs), gradc.grad(_gathered_step, argnums=(0, 1),
+                                         target="numpy")(P, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _run_mix(x, k, s):
+    """Integers, booleans, a host scalar and results returned from a run."""
+    m = np.max(x, axis=1, keepdims=True)
+    e = np.exp(x - m) * s
+    big = np.sum(e > 0.5, axis=1)
+    return e / np.sum(e, axis=1, keepdims=True), big * k, np.argmax(x, axis=0), m
+
+
+def test_one_block_runs_of_integers_booleans_and_host_scalars(monkeypatch):
+    """A run with integer and boolean values, an argmax, a rank-0 operand on the host
+    (a kernel argument of the row of one) and several of its values returned: as the
+    interpreter's, exactly for the integers."""
+    _one_runs(monkeypatch)
+    x, k = rng.standard_normal((5, 7)), np.int64(3)
+    j = gradc.jit(_run_mix, target="cuda")
+    assert ONE_RUN in j.source(x, k, 0.7)
+    for a, b in zip(j(x, k, 0.7), gradc.jit(_run_mix, target="numpy")(x, k, 0.7)):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_one_block_loop_starts_from_fills_without_kernels():
+    """An RNN over one sequence: its forward scan starts from ``zeros``, its backward
+    scan from zeros for two cotangents and reads a per-step cotangent of ones.  These
+    fills are literals of the one-block loops (``fill_literal``), copied in by the
+    kernel: the gradient is two launches, not five."""
+    f, args = PROGRAMS["rnn-one"]
+    g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
+    host = g.source(*args)
+    host = host[host.rindex("\ndef "):]
+    assert "broadcast_in_dim" not in host and len(g.compile(*args).kernels) == 2, host
+    for a, b in zip(g(*args), gradc.grad(_summed(f), argnums=(0, 1),
+                                         target="numpy")(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_steps_concatenation_is_a_selection_fused_with_its_slices():
     """A shift register in the step (``np.concatenate([h[:, 1:], x[:, :1]])``): each
     operand padded into the result and the one whose window holds the element selected
@@ -2768,7 +2891,13 @@ PTX_SCRIPT = textwrap.dedent("""
         z = (np.arange(16) + 1j).astype(np.complex64)
         done["complex64-beside-float32"] = gradc.jit(lambda z, x: z * x, target="cuda").ptx(
             z, np.ones(16, np.float32)).count(".entry")
-        # (a one-kernel scan's register limit, numba's link option, as PTX's directive)
+        # (a one-kernel scan's register limit, numba's link option, as PTX's directive;
+        # G4's kernels, with its runs outside the scans of real size: not one block)
+        from gradc.codegen import cudarows
+        f, args = PROGRAMS["mlp"]          # (its gradient: one block, one kernel)
+        done["one-run-mlp"] = gradc.grad(_summed(f), argnums=(0, 1, 2),
+                                         target="cuda").ptx(*args).count(".entry")
+        cudarows.ONE_RUN_WORK = 0
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
         done["scan-maxnreg"] = ptx.count(".maxnreg ")
@@ -2819,6 +2948,7 @@ def test_kernels_compile_to_ptx():
     assert out["vmap-grad"] == 1
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
+    assert out["one-run-mlp"] == 1
     assert out["scan-argmax"] == 1               # (one kernel, its argmax included)
     assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
     # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is

@@ -365,6 +365,16 @@ class _Context(Symbols):
         self.views[v] = self.names[v]
         return True
 
+    def fill_literal(self, v):
+        """``v`` as a literal array, if it is a deferred fill not lowered yet of at most
+        ``FILL_LITERAL`` elements (a loop's initial carry, a per-step operand of ones):
+        a one-block loop reads it as a constant, without a fill kernel; else None."""
+        found = self.deferred.get(v) if isinstance(v, Var) else None
+        if found is None or found[0].prim.name != "broadcast_in_dim" or \
+                int(np.prod(v.shape)) > FILL_LITERAL:
+            return None
+        return Lit(np.full(tuple(v.shape), found[0].inputs[0].value, np.dtype(v.dtype)))
+
     def zero_fill(self, v) -> bool:
         """Whether ``v`` is zeros that no kernel has written: a literal, or a deferred
         fill not lowered yet (whose reader may then go without it)."""
@@ -579,7 +589,7 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         for v in set(e.inputs):
             users.setdefault(v, []).append(e)
     ctx.destinations.update(_destinations(graph, users))
-    k, tried = 0, 0
+    k, tried, tried_one = 0, 0, 0
     while k < len(eqns):
         v = eqns[k].outputs[0] if eqns[k].outputs else None
         if v in ctx.placed:
@@ -605,9 +615,23 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
                 k = end
                 continue
             del ctx.lines[len(ctx.lines) - (end - k):]
+
+        def deferrable(eqn):
+            return _deferrable(eqn, users, graph.outputs) or not canonical and \
+                _deferrable_view(eqn, users, graph, ctx.fresh)
+        end = _one_run(eqns, k, ctx.placed, deferrable, last_use) if k >= tried_one else k
+        if end > k:                 # (a run of small equations: try one block)
+            tried_one = end if end - k > ROW_RUN_RETRIES else k + 1
+            from .cudarows import one_run
+            for eqn, text in zip(eqns[k:end], printed[k:end]):
+                ctx.lines.append("# " + text[0].strip().removeprefix("let "))
+            if one_run(ctx, eqns[k:end], [v for e in eqns[k:end] for v in e.outputs
+                                          if last_use.get(v, -1) >= end]):
+                k = end
+                continue
+            del ctx.lines[len(ctx.lines) - (end - k):]
         eqn, text = eqns[k], printed[k]
-        if _deferrable(eqn, users, graph.outputs) or not canonical and _deferrable_view(
-                eqn, users, graph, ctx.fresh):
+        if deferrable(eqn):
             ctx.deferred[eqn.outputs[0]] = (eqn, text)
             if eqn.prim.name == "fused":       # (a view: of its operand's storage)
                 storages.join(eqn.inputs[0], eqn.outputs[0])
@@ -671,6 +695,10 @@ ROW_RUN_ELEMENTS = 8192    # ... of at most this many elements each (fewer rows,
 #                            reductions spread one row over several blocks)
 
 
+FILL_LITERAL = 1 << 16     # a fill a loop reads, of at most this many elements, may be
+#                            a literal of a one-block loop (``_Context.fill_literal``)
+
+
 def _deferrable(eqn, users, outputs) -> bool:
     """Whether ``eqn`` fills an array with a constant read only as a scan's initial
     carry: lowered when the scan reads it (``_Context.materialize``), and not at all
@@ -682,8 +710,11 @@ def _deferrable(eqn, users, outputs) -> bool:
         return False
     v = eqn.outputs[0]
     readers = users.get(v, [])
-    if len(readers) != 1 or v in outputs or readers[0].prim.name != "scan":
+    if len(readers) != 1 or v in outputs or readers[0].prim.name not in ("scan",
+                                                                          "while_loop"):
         return False
+    if readers[0].prim.name == "while_loop" or int(np.prod(v.shape)) <= FILL_LITERAL:
+        return True             # (a one-block loop takes it as a literal: ``fill_literal``)
     scan = readers[0]
     n_consts, n_carry = scan.params["n_consts"], scan.params["n_carry"]
     places = [k for k, x in enumerate(scan.inputs) if x is v]
@@ -975,6 +1006,53 @@ def _row_run(eqns, k, placed=()) -> int:
     return end if reduces else k
 
 
+def _one_run(eqns, k, placed, deferrable, last_use) -> int:
+    """The end of the run of equations from ``k`` that may be one kernel of one block
+    (``cudarows.one_run``): fused equations and two-operand contractions whose values
+    (and products) have at most ``cudarows.one_run_work()`` elements, reshapes, and
+    rank-0 arithmetic (on what the run computes, which the host would otherwise copy
+    back to compute it, or on host scalars that only the run reads: ``last_use``),
+    at least two of them kernels; ``k`` when there is none.  It stops at the equations
+    a scan's kernel did (``placed``) and at those lowered where they are read
+    (``deferrable``)."""
+    from ..passes.fuse import ELEMENTWISE
+    from .cudarows import one_run_work
+    limit, end, made, host = one_run_work(), k, set(), []
+    while end < len(eqns):
+        e = eqns[end]
+        if e.outputs and e.outputs[0] in placed or deferrable(e):
+            break
+        if e.prim.name in ELEMENTWISE and len(e.outputs) == 1 and \
+                e.outputs[0].ndim == 0 and all(v.ndim == 0 for v in e.inputs
+                                               if isinstance(v, Var)):
+            if not any(v in made for v in e.inputs if isinstance(v, Var)):
+                host.append(end)    # (of operands alone: in the run if only it reads it)
+        elif e.prim.name == "fused":
+            if int(np.prod(e.params["domain"])) > limit or \
+                    any(int(np.prod(o.shape)) > limit for o in e.outputs):
+                break
+        elif e.prim.name == "einsum" and len(e.inputs) == 2 and \
+                all(isinstance(v, Var) for v in e.inputs):
+            ins, _ = e.params["spec"].split("->")
+            extent = {}
+            for term, v in zip(ins.split(","), e.inputs):
+                extent.update(zip(term, (int(d) for d in v.shape)))
+            if int(np.prod(list(extent.values()))) > limit:
+                break
+        elif not (e.prim.name == "reshape" and isinstance(e.inputs[0], Var)):
+            break
+        made.update(e.outputs)
+        end += 1
+    for m in host:          # (read after the run too: it stays on the host, and the run
+        if last_use.get(eqns[m].outputs[0], -1) >= end:          # ends before it)
+            end = m
+            break
+    while end > k and (eqns[end - 1].prim.name == "reshape" or end - 1 in host):
+        end -= 1
+    kernels = sum(e.prim.name in ("fused", "einsum") for e in eqns[k:end])
+    return end if kernels >= 2 and limit else k
+
+
 def _register_names(ctx, graph: Graph) -> list:
     """Name ``graph``'s values (nested bodies' too) as ``pretty`` prints them; returns
     the printed lines of each equation."""
@@ -1145,6 +1223,8 @@ def _while(ctx, eqn):
     from .cudarows import one_row_while
     if one_row_while(ctx, eqn):                  # one kernel of one block
         return
+    for v in eqn.inputs:
+        ctx.materialize(v)
     p = eqn.params
     n_cond, n_body = p["n_cond"], p["n_body"]
     cond_graph, body_graph = p["branches"]

@@ -308,10 +308,11 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
     ins = []
     for k, v in enumerate(eqn.inputs):
         if k < nc:
-            ins.append(v)
+            ins.append(ctx.fill_literal(v) or v)
             continue
         shape = (1,) + tuple(v.shape) if k < nc + nk else \
             (int(v.shape[0]), 1) + tuple(v.shape[1:])
+        v = ctx.fill_literal(v) or v      # (a fill: the kernel's constant, no launch)
         if isinstance(v, Lit):
             ins.append(Lit(np.reshape(v.value, shape)))
             continue
@@ -334,6 +335,70 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
         _restore(ctx, snapshot)
         return False
     _bind_reshaped(ctx, eqn.outputs, outs)
+    return True
+
+
+ONE_RUN_WORK = 1 << 14    # a run of equations outside loops whose values have at most
+#                           this many elements: one block (GRADC_CUDA_ONE_RUN_WORK)
+
+
+def one_run_work() -> int:
+    """``ONE_RUN_WORK``, or ``GRADC_CUDA_ONE_RUN_WORK`` from the environment (0: off)."""
+    limit = os.environ.get("GRADC_CUDA_ONE_RUN_WORK", "").strip()
+    return int(limit) if limit.isdigit() else ONE_RUN_WORK
+
+
+def one_run(ctx, eqns, outputs) -> bool:
+    """Lower a run of small equations (``cudagen._one_run``: fused regions, contractions
+    and reshapes, none with a value of more than ``one_run_work()`` elements) as one
+    kernel of a single block: a logsumexp's maximum, its sum of exponentials and its
+    log, then the gradient's scaling, one launch instead of four.  The run's regions,
+    their bodies inlined, are batched over a new leading axis of one row
+    (``batch_graph``, as ``one_row`` does for a step), optimised, and lowered by
+    ``rows`` as a scan of one step without carries, its stages separated by barriers.
+    Its operands are read whole (rank-0 values on the host as kernel arguments),
+    ``outputs`` (the values read after the run) are its results.  False (``ctx``
+    unchanged) if it does not qualify."""
+    from ..passes.batching import batch_graph
+    from .compile import optimise
+    inlined = _inlined(eqns)
+    if inlined is None or not outputs:
+        return False
+    made = {v for e in eqns for v in e.outputs}
+    consts = list(dict.fromkeys(v for e in eqns for v in e.inputs
+                                if isinstance(v, Var) and v not in made))
+    # (a rank-0 value on the host is a kernel argument, the same for the row of one)
+    batched = [not (v.ndim == 0 and ctx.place.get(v) == "host") for v in consts]
+    try:
+        lifted = batch_graph(Graph(tuple(consts), tuple(inlined), tuple(outputs)),
+                             batched, 1)
+    except GradcError:         # (an equation the batching pass refuses: one by one)
+        return False
+    optimised = optimise(lifted, "cuda")
+    if any(e.prim.name in ("scan", "while_loop", "cond") for e in optimised.eqns):
+        return False
+    snapshot = _snapshot(ctx)
+    ins = []
+    for v, b in zip(consts, batched):
+        if not b:
+            ins.append(v)
+            continue
+        ctx.materialize(v)
+        w = Var((1,) + tuple(v.shape), v.dtype)
+        ctx.names[w], ctx.place[w] = ctx.temp(), "dev"
+        ctx.lines.append(f"{ctx.names[w]} = _d.reshape({ctx.on_device(v)}, {w.shape!r})")
+        ins.append(w)
+    stacked = [Var((1,) + tuple(o.shape), o.dtype) for o in optimised.outputs]
+    for w in stacked:
+        ctx.names[w] = ctx.temp()
+    eqn = SimpleNamespace(inputs=tuple(ins), outputs=tuple(stacked), params={
+        "n_consts": len(ins), "n_carry": 0, "length": 1, "reverse": False,
+        "body": optimised})
+    printed = cg._register_names(ctx, optimised)
+    if not rows(ctx, eqn, optimised, printed, batch=1, one=True):
+        _restore(ctx, snapshot)
+        return False
+    _bind_reshaped(ctx, outputs, stacked)
     return True
 
 
@@ -727,9 +792,11 @@ class _Rows:
             "# the while_loop as one kernel of one block, its trips inside it (its "
             "condition and body batched over a row of one)" if self.test is not None else
             f"# the scan as one kernel of one block, the {T} steps inside it (its step "
-            "batched over a row of one)" if self.one else
+            "batched over a row of one)" if self.one and self.batch is None else
             f"# the scan as one kernel: a block per row of {B}, the {T} steps inside it "
             "(its rows are independent)" if self.batch is None else
+            f"# these {len(body.eqns)} equations as one kernel of one block (batched over a "
+            "row of one)" if self.one else
             f"# rows: these {len(body.eqns)} equations as one kernel, a block per row of {B}")
         self.params, self.args, self.kinds = [], [], []
         # threads per block (a block per row: how many share a row's work; the
