@@ -2291,13 +2291,21 @@ def test_the_first_failed_check_is_reported_and_cleared():
     with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
         guarded(np.array([9, 2]), -x)
     np.testing.assert_array_equal(guarded(np.array([1, 2]), x), [2.0, 4.0])
-    walk = gradc.jit(_walk, target="cuda")
     w = np.zeros(8)
     w[7] = 1000.0
-    np.testing.assert_array_equal(walk(np.array([3]), w), [7])
-    assert "_checks.passed(" in walk.source(np.array([3]), w)
-    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
-        walk(np.array([3]), np.zeros(8))
+    for work, check in (("0", "_checks.passed("), ("", "_go = e[0] and _chk[0] == 0")):
+        # (a host loop reads the cell with the condition; one block leaves its loop
+        # when the cell is flagged)
+        os.environ["GRADC_CUDA_ONE_ROW_WORK"] = work
+        try:
+            walk = gradc.jit(_walk, target="cuda")
+            np.testing.assert_array_equal(walk(np.array([3]), w), [7])
+            assert check in walk.source(np.array([3]), w)
+            with pytest.raises(gradc.EvaluationError,
+                               match="gather: an index is out of bounds"):
+                walk(np.array([3]), np.zeros(8))
+        finally:
+            os.environ.pop("GRADC_CUDA_ONE_ROW_WORK")
 
 
 def test_each_thread_has_its_own_error_cell():
@@ -2556,11 +2564,12 @@ def _gathered_step(P, xs):
 
 
 def test_a_host_loops_step_runs_its_small_equations_as_one_block(monkeypatch):
-    """A scan lowered as a host loop (its step gathers by the carry) launches, at each
+    """A scan lowered as a host loop (one-block loops turned off) launches, at each
     step, the gather and one kernel of one block for the softmax's reductions and
     normalisation (two launches a step, not four); its gradient's steps too.  Values
     and gradients as the interpreter's."""
     _one_runs(monkeypatch)
+    monkeypatch.setenv("GRADC_CUDA_ONE_ROW_WORK", "0")
     P, xs = rng.standard_normal((3, 6)), rng.standard_normal((4, 6))
     j = gradc.jit(_gathered_step, target="cuda")
     src = j.source(P, xs)
@@ -2594,6 +2603,60 @@ def test_one_block_runs_of_integers_booleans_and_host_scalars(monkeypatch):
     for a, b in zip(j(x, k, 0.7), gradc.jit(_run_mix, target="numpy")(x, k, 0.7)):
         assert np.asarray(a).dtype == np.asarray(b).dtype
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def backtrack(bp, last):
+    """Viterbi's backtracking: each step's state the backpointer of the next one's."""
+    def step(y, b):
+        y = b[y]
+        return y, y
+    return gradc.scan(step, last, bp, reverse=True)[1]
+
+
+def viterbi_decode(A, U):
+    def step(delta, u):
+        s = delta[:, None] + A
+        return np.max(s, axis=0) + u, np.argmax(s, axis=0)
+    delta, bp = gradc.scan(step, U[0], U[1:])
+    return backtrack(bp, np.argmax(delta)), np.max(delta)
+
+
+def test_a_steps_gather_by_its_carry_is_one_block():
+    """A step that gathers by its carry (Viterbi's backtracking: a backpointer followed
+    from step to step; a row of a matrix picked by an integer carry) was a host loop, a
+    launch and a copy of the index to the host at each step.  The gather is a stage of
+    the one-kernel scan now (the vmap pass batches it: an ``arange`` over the rows the
+    first index), over one sequence (one block) and over a batch (a block per row);
+    negative indices wrap as NumPy's, and one out of bounds is the gather's error."""
+    r = np.random.default_rng(11)
+    T, K, B = 6, 5, 3
+    A, U = r.standard_normal((K, K)), r.standard_normal((T, K))
+    bp = r.integers(-K, K, (T, K))
+    cases = [(backtrack, (bp, np.int64(2)), ONE_BLOCK, 1),
+             (viterbi_decode, (A, U), ONE_BLOCK, None),
+             (gradc.vmap(viterbi_decode, in_axes=(None, 0)),
+              (A, r.standard_normal((B, T, K))), ROW_BLOCKS, None),
+             (gradc.vmap(backtrack), (r.integers(-K, K, (B, T, K)), r.integers(0, K, B)),
+              ROW_BLOCKS, None),
+             (_gathered_step, (r.standard_normal((3, 6)), r.standard_normal((4, 6))),
+              ONE_BLOCK, None)]
+    for f, args, lowering, kernels in cases:
+        j = gradc.jit(f, target="cuda")
+        src = j.source(*args)
+        assert lowering in src and "scan body" not in src, src
+        if kernels is not None:
+            assert len(j.compile(*args).kernels) == kernels
+        for a, b in zip(gradc.pytree.flatten(j(*args))[0],
+                        gradc.pytree.flatten(gradc.jit(f, target="numpy")(*args))[0]):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-12, atol=1e-12)
+    j = gradc.jit(backtrack, target="cuda")
+    np.testing.assert_array_equal(j(bp, np.int64(2)), backtrack(bp, np.int64(2)))
+    bad = np.full((T, K), 7)
+    bad[-1] = 1
+    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds "
+                       r"for an axis of size 5(.|\n)*test_cuda.py:\d+: y = b\[y\]"):
+        j(bad, np.int64(2))
+    np.testing.assert_array_equal(j(bp, np.int64(2)), backtrack(bp, np.int64(2)))
 
 
 def test_a_one_block_loop_starts_from_fills_without_kernels():
@@ -2820,7 +2883,8 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import PROGRAMS, _placing, _summed, rosen, viterbi_scan, w2
+    from test_cuda import (PROGRAMS, _placing, _summed, rosen, viterbi_decode,
+                           viterbi_scan, w2)
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -2897,6 +2961,9 @@ PTX_SCRIPT = textwrap.dedent("""
         f, args = PROGRAMS["mlp"]          # (its gradient: one block, one kernel)
         done["one-run-mlp"] = gradc.grad(_summed(f), argnums=(0, 1, 2),
                                          target="cuda").ptx(*args).count(".entry")
+        # (a gather by the carry, its indices checked, in a one-block scan)
+        done["gather-by-carry"] = gradc.jit(viterbi_decode, target="cuda").ptx(
+            np.ones((5, 5)), np.ones((6, 5))).count(".entry")
         cudarows.ONE_RUN_WORK = 0
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
@@ -2949,6 +3016,7 @@ def test_kernels_compile_to_ptx():
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
     assert out["one-run-mlp"] == 1
+    assert out["gather-by-carry"] == 6          # (both scans one kernel each)
     assert out["scan-argmax"] == 1               # (one kernel, its argmax included)
     assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
     # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is

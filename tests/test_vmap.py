@@ -168,6 +168,40 @@ def test_indexing_with_shared_indices_batches_without_a_loop(f):
     assert "scan" not in str(gradc.make_graph(g)(x))
 
 
+@pytest.mark.parametrize("f, n, ishape", [
+    (lambda x, i: x[i], 5, (3,)),
+    (lambda x, i: x[:, i], 4, (2, 3)),
+    (lambda x, i: x[1:3, i, ::2], 4, (2,)),
+    (lambda x, i: x[i, 2], 5, (3,)),
+    (lambda x, i: x[i, :, 1], 5, (2,)),            # an array and an integer, apart
+    (lambda x, i: x[:, 1, i], 6, (3,)),            # adjacent, after a slice
+    (lambda x, i: x[i, i[::-1] % 4], 5, (2, 2)),  # two arrays, one of them computed
+    (lambda x, i: x[-1, :, i], 6, ()),             # a scalar index per example
+    (lambda x, i: x[i, IDX[:2]], 5, (2, 1)),       # beside a shared index array
+], ids=["first", "after-slice", "between-slices", "array-int", "apart", "adjacent-late",
+        "two-arrays", "scalar", "shared-beside"])
+def test_indexing_with_batched_indices_batches_without_a_loop(f, n, ishape):
+    """Each example's own index arrays (an embedding's rows per example, a backpointer
+    per sequence), into a shared array or each example's own (an arange over the
+    examples then indexes the example axis): NumPy's result for every example, with
+    negative indices, and no scan over the examples; and the gradient through them."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 4, 6))
+    i = rng.integers(-n, n, (3,) + ishape)
+    xs = np.stack([x + k for k in range(3)])
+    for axes, xin in (((None, 0), x), ((0, 0), xs)):
+        g = gradc.vmap(f, in_axes=axes)
+        want = np.stack([f(xin[k] if axes[0] == 0 else xin, i[k]) for k in range(3)])
+        np.testing.assert_array_equal(g(xin, i), want)
+        assert "scan" not in str(gradc.make_graph(g)(xin, i))
+        h = gradc.vmap(gradc.grad(lambda e, j: np.sum(np.sin(f(e, j)))), in_axes=axes)
+        got = h(xin, i)
+        for k in range(3):
+            e = xin[k] if axes[0] == 0 else xin
+            w = gradc.grad(lambda e, j: np.sum(np.sin(f(e, j))))(e, i[k])
+            np.testing.assert_allclose(got[k], w, rtol=1e-12, atol=1e-14)
+
+
 def _set_rows(x, v):
     y = x * 1.0
     y[IDX[1:]] = v

@@ -124,6 +124,52 @@ class _RowEmitter(cg._Emitter):
         self.registers = {}   # kernel array -> (local, its row's shape): read at the stage's
         self.own = None       # own element (``own``: its terms) as that local (_merge_pointwise)
 
+    def compute(self, eqn, idx, depth):
+        if eqn.prim.name == "gather":
+            return self._gather(eqn, idx, depth)
+        return super().compute(eqn, idx, depth)
+
+    def _gather(self, eqn, idx, depth):
+        """``x[spec]`` at ``idx``: each index array's value at its element of the window
+        read into a local, NumPy's negative indices wrapped, a value out of bounds
+        flagged in the program's error cell (``Checks``, as the gather kernel does) and
+        read at 0 instead; ``x`` read at those positions.  An index array that is an
+        ``arange`` along one axis (the vmap pass's over the examples) is that axis's
+        index itself: the block's row, for a batched gather."""
+        from .indexing import bounds_message, index_map
+        x, *arrays = eqn.inputs
+        _, positions = index_map(tuple(x.shape), tuple(eqn.params["spec"]),
+                                 [tuple(a.shape) for a in arrays])
+        sub = []
+        for p in positions:
+            if p[0] == "slice":
+                sub.append(idx[p[1]].map(p[3], p[2]))
+                continue
+            if p[0] == "int":
+                sub.append(Affine.const(p[1]))
+                continue
+            _, k, axes, n = p
+            a = arrays[k]
+            at = tuple(Affine.const(0) if d is None else idx[d] for d in axes)
+            if isinstance(a, Lit) and a.ndim:
+                flat = np.asarray(a.value).reshape(-1)
+                along = [d for d, m in enumerate(a.shape) if m != 1]
+                if flat.size <= n and np.array_equal(flat, np.arange(flat.size)) and \
+                        len(along) <= 1:
+                    sub.append(at[along[0]] if along else Affine.const(0))
+                    continue
+            value = self.value(a, at, depth)
+            local = self.ctx.temp()
+            self.ctx.checks.append(bounds_message(eqn, n))
+            self.emit(depth, f"{local} = numba.int64({value})")
+            self.emit(depth, f"if {local} < 0:")
+            self.emit(depth + 1, f"{local} += {n}")
+            self.emit(depth, f"if {local} < 0 or {local} >= {n}:")
+            self.emit(depth + 1, cg._flag(len(self.ctx.checks)))
+            self.emit(depth + 1, f"{local} = 0")
+            sub.append(Affine(local, 1, 0, 0, n - 1))
+        return self.value(x, tuple(sub), depth)
+
     def read(self, array, idx):
         if array in self.rows:
             first = idx[0] if idx else None
@@ -460,9 +506,12 @@ class _Rows:
         self.swaps = []                # double-buffered carry rows (see _double)
         # contractions as fused sums of products (a stage like any other)
         self.comments_of = {}
+        # (a gather's index arrays are checked: ``_RowEmitter._gather``, ``_leave``)
+        self.checked = any(e.prim.name == "gather" for e in body.eqns)
         eqns = []
         for e, text in zip(body.eqns, text_of):
-            fused = _einsum_as_fused(e) if e.prim.name == "einsum" else None
+            fused = _einsum_as_fused(e) if e.prim.name == "einsum" else \
+                _gather_as_fused(e) if e.prim.name == "gather" else None
             if fused is not None:
                 line = text[0].strip().removeprefix("let ")
                 self.comments_of[fused] = {q: [f"{line}   ({q.prim.name})"]
@@ -1211,6 +1260,8 @@ class _Rows:
                     if j != mine[0]) and not any(re.search(rf"\b{arg}\b", a)
                                                  for a in self.args):
                 del ctx.lines[mine[0]]
+        if any("_chk" in line for line in lines):     # (a gather's indices checked)
+            self._extra("_chk", "_checks.cell", np.int32, 1)
         kname = ctx.kernel_name()
         # (two blocks to an SM: a batch of a few hundred rows on a GPU of a hundred-odd
         # SMs in one wave; unrolled sums would take more registers than that allows)
@@ -1259,8 +1310,14 @@ class _Rows:
         if self.test is None or self.test not in e.outputs:
             return False
         test = self.names[self.test]
-        step += [f"if not {test}:" if self.test in self.uniform else f"if not {test}[0]:",
-                 "    break"]
+        test = test if self.test in self.uniform else f"{test}[0]"
+        if self.checked:
+            # (an index out of bounds leaves the loop too: its element read at 0 instead
+            # may keep the condition true for ever; each thread reads the error cell
+            # before any goes on to the body, which may flag it, so all agree)
+            step += [f"_go = {test} and _chk[0] == 0", "cuda.syncthreads()"]
+            test = "_go"
+        step += [f"if not {test}:", "    break"]
         return True
 
     def _place_results(self) -> dict:
@@ -2084,6 +2141,20 @@ def _scalar_fused(eqn):
     if len(eqn.outputs) == 1 and eqn.prim.name in ELEMENTWISE:
         return cg._fused_of_one(eqn)
     return None
+
+
+def _gather_as_fused(eqn):
+    """A ``gather`` through index arrays as a fused equation of one (a map stage over
+    its window: ``_RowEmitter._gather``), None for any other."""
+    from ..passes.fuse import fused_p
+    x, *arrays = eqn.inputs
+    if not arrays or not isinstance(x, Var) or not x.ndim or not eqn.outputs[0].ndim or \
+            any(e[0] == "n" for e in eqn.params["spec"]):
+        return None
+    ins = list(dict.fromkeys(v for v in eqn.inputs if isinstance(v, Var)))
+    body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
+    return make_eqn(fused_p, ins, eqn.outputs, {"body": body,
+                                                 "domain": tuple(eqn.outputs[0].shape)})
 
 
 def _einsum_as_fused(eqn):

@@ -77,9 +77,14 @@ def bounds_message(eqn, n: int) -> str:
                          f"of size {n} (NumPy raises IndexError)", eqn.source or "")
 
 
-def _index_plan(x_shape, spec, idx_shapes):
-    """``(loops, position)``: the window's loop variables with their lengths, in output
-    order, and for each axis of x the expression of the position it reads or writes."""
+def index_map(x_shape, spec, idx_shapes):
+    """``(window, positions)``: the shape of the window ``x[spec]`` (NumPy's rules:
+    advanced indices, integers beside index arrays included, broadcast together, their
+    axes where the first one stood if they are adjacent, else first), and for each axis
+    of x where an element of the window reads it: ``("slice", axis, start, step)``
+    (``start + step * o[axis]``), ``("int", i)`` (``i`` in ``[0, n)``), or
+    ``("array", k, axes, n)``: index array ``k`` at ``o[a]`` for each ``a`` of ``axes``
+    (0 where it is None: a dimension of length 1), a position in ``[-n, n)``."""
     entries = _entries(x_shape, spec)
     has_arrays = any(e[0] == "a" for e in entries)
     advanced = [j for j, e in enumerate(entries) if has_arrays and e[0] in "ia"]
@@ -99,37 +104,55 @@ def _index_plan(x_shape, spec, idx_shapes):
     if advanced and not adjacent:
         slots.insert(0, ("block", advanced[0]))
 
-    loops, axis_var, block_vars = [], {}, []
+    window, axis_of, block = [], {}, []
     for what, j in slots:
         if what == "block":
             for n in bshape:
-                block_vars.append(f"o{len(loops)}")
-                loops.append((block_vars[-1], int(n)))
+                block.append(len(window))
+                window.append(int(n))
         elif what == "new":
-            loops.append((f"o{len(loops)}", 1))
+            window.append(1)
         else:
             d = _x_axis(entries, j)
             start, stop, step = slice(*entries[j][1:]).indices(x_shape[d])
-            axis_var[j] = f"o{len(loops)}"
-            loops.append((axis_var[j], len(range(start, stop, step))))
+            axis_of[j] = len(window)
+            window.append(len(range(start, stop, step)))
 
-    position = []
+    positions = []
     for j, e in enumerate(entries):
         if e[0] == "n":
             continue
         n = x_shape[_x_axis(entries, j)]
         if e[0] == "s":
             start, _, step = slice(*e[1:]).indices(n)
-            o = axis_var[j]
-            term = o if step == 1 else f"{step} * {o}"
-            position.append(term if start == 0 else f"{start} + {term}")
+            positions.append(("slice", axis_of[j], start, step))
         elif e[0] == "i":
-            position.append(str(e[1] % n))
+            positions.append(("int", e[1] % n))
         else:
             shape = idx_shapes[e[1]]
             lead = len(bshape) - len(shape)
-            sub = [("0" if s == 1 else block_vars[lead + k]) for k, s in enumerate(shape)]
-            ref = f"i{e[1]}[{', '.join(sub)}]" if shape else f"i{e[1]}"
+            positions.append(("array", e[1], tuple(None if s == 1 else block[lead + k]
+                                                   for k, s in enumerate(shape)), n))
+    return tuple(window), positions
+
+
+def _index_plan(x_shape, spec, idx_shapes):
+    """``(loops, position)``: the window's loop variables with their lengths, in output
+    order, and for each axis of x the expression of the position it reads or writes."""
+    window, positions = index_map(x_shape, spec, idx_shapes)
+    loops = [(f"o{d}", n) for d, n in enumerate(window)]
+    position = []
+    for p in positions:
+        if p[0] == "slice":
+            _, d, start, step = p
+            term = f"o{d}" if step == 1 else f"{step} * o{d}"
+            position.append(term if start == 0 else f"{start} + {term}")
+        elif p[0] == "int":
+            position.append(str(p[1]))
+        else:
+            _, k, axes, n = p
+            sub = ["0" if d is None else f"o{d}" for d in axes]
+            ref = f"i{k}[{', '.join(sub)}]" if axes else f"i{k}"
             position.append(f"_k.wrap_index({ref}, {n})")
     return loops, position
 

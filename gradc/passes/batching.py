@@ -204,12 +204,50 @@ def _moved(x, src, dst):
 
 
 def _gather_rule(prim, args, batched, count, spec):
-    """Examples batched, indices shared: a leading full slice (``x[:, *spec]``)."""
-    where = _example_axis(spec, args[1:])
-    if any(batched[1:]) or where is None:
+    """Examples batched, indices shared: a leading full slice (``x[:, *spec]``).
+    Index arrays batched (an embedding's rows, a backpointer followed by each
+    sequence): each example's indices into its own example of ``x`` (``x`` broadcast
+    where it is shared), an ``arange`` over the examples as the first index array."""
+    if not any(batched[1:]):
+        where = _example_axis(spec, args[1:])
+        if where is None:
+            return _by_scan(prim, args, batched, count, spec=spec)
+        out = bind(prim, *args, spec=(_FULL,) + tuple(spec))
+        return [_moved(out, where, 0)]
+    if any(e[0] == "n" for e in spec):
         return _by_scan(prim, args, batched, count, spec=spec)
-    out = bind(prim, *args, spec=(_FULL,) + tuple(spec))
-    return [_moved(out, where, 0)]
+    return [_gather_batched_indices(prim, args, batched, count, spec)]
+
+
+def _gather_batched_indices(prim, args, batched, count, spec):
+    """The batched index arrays' example axes aligned (first, ones padded after them);
+    with ``x`` batched, ``x[arange(count)[:, None...], *spec]``, else ``x[spec]``; then
+    the example axis first and the window's other axes in NumPy's order for one
+    example (the broadcast index axes where the first advanced index stood when the
+    advanced indices are adjacent, else first; the arange's are always first)."""
+    from ..codegen.indexing import _entries
+    from ..prims.shape import reshape, transpose
+    x, idx = args[0], list(args[1:])
+    shapes = [tuple(shape_of(i))[1:] if b else tuple(shape_of(i))
+              for i, b in zip(idx, batched[1:])]
+    r = len(np.broadcast_shapes(*shapes))
+    for k, (i, b, s) in enumerate(zip(idx, batched[1:], shapes)):
+        if not b:
+            continue
+        if len(s) < r:                         # (the example axes aligned)
+            idx[k] = reshape(i, (count,) + (1,) * (r - len(s)) + s)
+    entries = _entries(tuple(shape_of(x))[1 if batched[0] else 0:], spec)
+    advanced = [j for j, e in enumerate(entries) if e[0] in "ia"]
+    adjacent = advanced[-1] - advanced[0] + 1 == len(advanced)
+    p = sum(1 for e in entries[:advanced[0]] if e[0] == "s") if adjacent else 0
+    if not batched[0]:                         # (the example axis leads the index axes)
+        return _moved(bind(prim, x, *idx, spec=tuple(spec)), p, 0)
+    iota = np.arange(count, dtype=np.int64).reshape((count,) + (1,) * r)
+    out = bind(prim, x, *idx, iota, spec=(("a", len(idx)),) + tuple(spec))
+    rest = len(shape_of(out)) - 1 - r
+    perm = [0] + [1 + r + j for j in range(p)] + [1 + j for j in range(r)] + \
+        [1 + r + j for j in range(p, rest)]
+    return out if perm == list(range(len(perm))) else transpose(out, tuple(perm))
 
 
 def _scatter_add_rule(prim, args, batched, count, shape, spec):
