@@ -184,7 +184,8 @@ def test_indexing_with_batched_indices_batches_without_a_loop(f, n, ishape):
     """Each example's own index arrays (an embedding's rows per example, a backpointer
     per sequence), into a shared array or each example's own (an arange over the
     examples then indexes the example axis): NumPy's result for every example, with
-    negative indices, and no scan over the examples; and the gradient through them."""
+    negative indices, and no scan over the examples; and the gradient through them
+    (a ``scatter_add`` through batched indices, batched without a scan too)."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 4, 6))
     i = rng.integers(-n, n, (3,) + ishape)
@@ -196,6 +197,7 @@ def test_indexing_with_batched_indices_batches_without_a_loop(f, n, ishape):
         assert "scan" not in str(gradc.make_graph(g)(xin, i))
         h = gradc.vmap(gradc.grad(lambda e, j: np.sum(np.sin(f(e, j)))), in_axes=axes)
         got = h(xin, i)
+        assert "scan" not in str(gradc.make_graph(h)(xin, i))     # (a scatter_add)
         for k in range(3):
             e = xin[k] if axes[0] == 0 else xin
             w = gradc.grad(lambda e, j: np.sum(np.sin(f(e, j))))(e, i[k])

@@ -219,38 +219,76 @@ def _gather_rule(prim, args, batched, count, spec):
     return [_gather_batched_indices(prim, args, batched, count, spec)]
 
 
-def _gather_batched_indices(prim, args, batched, count, spec):
-    """The batched index arrays' example axes aligned (first, ones padded after them);
-    with ``x`` batched, ``x[arange(count)[:, None...], *spec]``, else ``x[spec]``; then
-    the example axis first and the window's other axes in NumPy's order for one
-    example (the broadcast index axes where the first advanced index stood when the
-    advanced indices are adjacent, else first; the arange's are always first)."""
+def _scatter_batched_indices(prim, args, batched, count, shape, spec):
+    """The transpose of ``_gather_batched_indices``: each example's values added into
+    its own example of the result at its own indices (what reverse mode makes of a
+    gather through batched indices), the values' window axes in the order of that
+    gather's window, an arange over the examples the first index."""
+    from ..prims.shape import transpose
+    v, idx = args[0], list(args[1:])
+    if not batched[0]:
+        v = _batched(v, shape_of(v), count)
+    idx, r, p = _aligned_indices(idx, batched[1:], count, tuple(shape), spec)
+    rest = len(shape_of(v)) - 1 - r
+    perm = _window_order(r, p, rest)
+    inverse = tuple(int(k) for k in np.argsort(perm))
+    if inverse != tuple(range(len(inverse))):
+        v = transpose(v, inverse)
+    iota = np.arange(count, dtype=np.int64).reshape((count,) + (1,) * r)
+    return bind(prim, v, *idx, iota, shape=(count,) + tuple(shape),
+                spec=(("a", len(idx)),) + tuple(spec))
+
+
+def _aligned_indices(idx, batched, count, x_shape, spec):
+    """``(index arrays, r, p)``: the batched index arrays with their example axes
+    aligned (first, ones padded after them, to the rank ``r`` of the broadcast index
+    axes of one example), and where those axes stand in one example's window of
+    ``x[spec]`` (``p``: after ``p`` sliced axes when the advanced indices are
+    adjacent, else first)."""
     from ..codegen.indexing import _entries
-    from ..prims.shape import reshape, transpose
-    x, idx = args[0], list(args[1:])
+    from ..prims.shape import reshape
+    idx = list(idx)
     shapes = [tuple(shape_of(i))[1:] if b else tuple(shape_of(i))
-              for i, b in zip(idx, batched[1:])]
+              for i, b in zip(idx, batched)]
     r = len(np.broadcast_shapes(*shapes))
-    for k, (i, b, s) in enumerate(zip(idx, batched[1:], shapes)):
-        if not b:
-            continue
-        if len(s) < r:                         # (the example axes aligned)
+    for k, (i, b, s) in enumerate(zip(idx, batched, shapes)):
+        if b and len(s) < r:
             idx[k] = reshape(i, (count,) + (1,) * (r - len(s)) + s)
-    entries = _entries(tuple(shape_of(x))[1 if batched[0] else 0:], spec)
+    entries = _entries(x_shape, spec)
     advanced = [j for j, e in enumerate(entries) if e[0] in "ia"]
     adjacent = advanced[-1] - advanced[0] + 1 == len(advanced)
     p = sum(1 for e in entries[:advanced[0]] if e[0] == "s") if adjacent else 0
-    if not batched[0]:                         # (the example axis leads the index axes)
+    return idx, r, p
+
+
+def _window_order(r, p, rest):
+    """The permutation taking a window ``(example, r index axes, rest other axes)``
+    (an arange over the examples first) to ``(example, p other axes, the index
+    axes, the other axes after them)``."""
+    return [0] + [1 + r + j for j in range(p)] + [1 + j for j in range(r)] + \
+        [1 + r + j for j in range(p, rest)]
+
+
+def _gather_batched_indices(prim, args, batched, count, spec):
+    """Each example's index arrays into ``x``: with ``x`` batched,
+    ``x[arange(count)[:, None...], *spec]``, else ``x[spec]`` (the example axis then
+    leads the index axes); then the example axis first and the window's other axes in
+    NumPy's order for one example (``_aligned_indices``)."""
+    from ..prims.shape import transpose
+    x = args[0]
+    x_shape = tuple(shape_of(x))[1 if batched[0] else 0:]
+    idx, r, p = _aligned_indices(args[1:], batched[1:], count, x_shape, spec)
+    if not batched[0]:
         return _moved(bind(prim, x, *idx, spec=tuple(spec)), p, 0)
     iota = np.arange(count, dtype=np.int64).reshape((count,) + (1,) * r)
     out = bind(prim, x, *idx, iota, spec=(("a", len(idx)),) + tuple(spec))
-    rest = len(shape_of(out)) - 1 - r
-    perm = [0] + [1 + r + j for j in range(p)] + [1 + j for j in range(r)] + \
-        [1 + r + j for j in range(p, rest)]
+    perm = _window_order(r, p, len(shape_of(out)) - 1 - r)
     return out if perm == list(range(len(perm))) else transpose(out, tuple(perm))
 
 
 def _scatter_add_rule(prim, args, batched, count, shape, spec):
+    if any(batched[1:]) and not any(e[0] == "n" for e in spec):
+        return [_scatter_batched_indices(prim, args, batched, count, shape, spec)]
     where = _example_axis(spec, args[1:])
     if any(batched[1:]) or where is None:
         return _by_scan(prim, args, batched, count, shape=shape, spec=spec)
