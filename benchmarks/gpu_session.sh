@@ -3,7 +3,8 @@
 # most ~9 minutes): the toolchain checked on a one-line kernel, G1-G4 beside JAX and
 # PyTorch (G1 and G2 without vector accesses, G2 with 16-byte ones, G1 and G2 with
 # fastmath, G4 without its tape cut, with signed indices, without shuffles and without
-# double rows), scans over one sequence (benchmarks/one_sequence.py), where each
+# double rows), scans over one sequence (benchmarks/one_sequence.py), runs of small
+# equations as one block against a kernel each (benchmarks/one_run.py), where each
 # workload's time goes (benchmarks/gpu_profile.py), the CUDA
 # tests on the real compiler and GPU, and Nsight Compute's counters for G1's and G2's
 # kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
@@ -82,9 +83,13 @@ for v in GRADC_REMAT=0 GRADC_CUDA_UNSIGNED=0 GRADC_CUDA_SHUFFLE=0 GRADC_CUDA_ROW
         >> "$OUT/bench.md" 2>> "$OUT/bench.err"
 done
 
-# scans over one sequence: one block, one block of 1024 threads, the host loop, JAX
-timeout 45 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
+# scans over one sequence: one block, one block of 1024 threads, the runs outside the
+# loops apart, the host loop, JAX; then a run of small equations as one block or a
+# kernel each, n = 256 ... 262144 (where the default limit of 2^14 should be)
+timeout 60 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
 echo "rc $?" >> "$OUT/one_sequence.md"
+timeout 25 "$PY" benchmarks/one_run.py --repeats 30 >> "$OUT/one_sequence.md" 2>&1
+echo "one_run rc $?" >> "$OUT/one_sequence.md"
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"

@@ -11,7 +11,13 @@ of ``lax.while_loop``) in the same run.
 * CRF: G4's step (``logsumexp(alpha[:, None] + A, axis=0) + u_t``) for B = 1,
   K = 64, T = 128, float32;
 * DEQ: a deep equilibrium layer's forward solve, ``z = tanh(W z + b)`` until two
-  iterates agree to 1e-5 (about 60 trips), K = 256, float32.
+  iterates agree to 1e-5 (about 60 trips), K = 256, float32;
+* VIT: Viterbi decoding of one sentence, K = 64, T = 128, float32: the max-product
+  scan with its backpointers (``argmax``), then the backtracking scan, which gathers
+  the next state by its carry (``y = bp[t][y]``).
+
+A fourth gradc variant keeps the runs of small equations outside the loops apart
+(``GRADC_CUDA_ONE_RUN_WORK=0``: a kernel each, as before ``cudarows.one_run``).
 
 Inputs live on the device; each time is the median of ``--repeats`` calls with a
 device synchronisation; every gradient is checked against gradc's CPU target first.
@@ -31,10 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu          # noqa: E402  (gradc, numba.cuda after its shim, timing helpers)
 
 gradc = gpu.gradc
-SIZES = {"RNN": (256, 1000), "CRF": (64, 128), "DEQ": (256, 0)}
-QUICK = {"RNN": (6, 5), "CRF": (4, 4), "DEQ": (6, 0)}
+SIZES = {"RNN": (256, 1000), "CRF": (64, 128), "DEQ": (256, 0), "VIT": (64, 128)}
+QUICK = {"RNN": (6, 5), "CRF": (4, 4), "DEQ": (6, 0), "VIT": (4, 5)}
 VARIANTS = (("one block", {}),
             ("one block, 1024 threads", {"GRADC_CUDA_ROW_THREADS": "1024"}),
+            ("one block, runs apart", {"GRADC_CUDA_ONE_RUN_WORK": "0"}),
             ("host loop", {"GRADC_CUDA_ONE_ROW_WORK": "0"}))
 
 
@@ -71,6 +78,21 @@ def deq(xp, while_loop):
     return f
 
 
+def viterbi(xp, scan):
+    def f(A, U):
+        def step(delta, u):
+            s = delta[:, None] + A
+            return xp.max(s, axis=0) + u, xp.argmax(s, axis=0)
+
+        def back(y, b):
+            y = b[y]
+            return y, y
+        delta, bp = scan(step, U[0], U[1:])
+        _, path = scan(back, xp.argmax(delta), bp, reverse=True)
+        return path, xp.max(delta)
+    return f
+
+
 def workload(name, size, rng):
     """(inputs, gradc's function, the peer's maker, whether it is differentiated)."""
     K, T = size
@@ -79,6 +101,12 @@ def workload(name, size, rng):
                 rng.standard_normal(K).astype(np.float32)]
         return args, deq(np, gradc.while_loop), lambda jax: deq(
             jax.numpy, lambda c, b, x: jax.lax.while_loop(c, b, x)), False
+    if name == "VIT":
+        args = [(0.5 * rng.standard_normal((K, K))).astype(np.float32),
+                rng.standard_normal((T, K)).astype(np.float32)]
+        return args, viterbi(np, gradc.scan), lambda jax: viterbi(
+            jax.numpy, lambda s, c, x, reverse=False: jax.lax.scan(s, c, x, reverse=reverse)), \
+            False
     if name == "RNN":
         args = [(rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32),
                 rng.standard_normal((T, K)).astype(np.float32)]
@@ -143,7 +171,8 @@ def main():
                       for a, b in zip(got, ref))
             t = gpu.timed(lambda: jax.block_until_ready(jg(*jin)), lambda: None,
                           args.repeats)
-            what = "jit(grad) lax.scan" if differentiated else "jit lax.while_loop"
+            what = "jit(grad) lax.scan" if differentiated else \
+                "jit lax.scan" if name == "VIT" else "jit lax.while_loop"
             print(f"| {label} | JAX {what} | {t * 1e3:.3f} ms | — | "
                   f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
     return 1 if bad else 0

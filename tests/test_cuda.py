@@ -1197,8 +1197,9 @@ def test_the_crf_transition_gradient_starts_from_zeros_without_a_fill():
                                   "rows-mix", "also-the-carry"])
 def test_a_scan_reads_its_time_major_operand_through_a_view(case):
     """``np.transpose(U, (1, 0, 2))[1:]`` read only by a one-kernel scan is a strided
-    view of ``U`` (no kernel copies it), of an argument or of a kernel's new array;
-    where the scan hands it back or runs as a host loop, it is a kernel's copy; where
+    view of ``U`` (no kernel copies it), of an argument or of a kernel's new array,
+    also where the scan's rows mix (one block: the view over a row of one, a stride of
+    0 for it); where the scan hands it back, it is a kernel's copy; where
     the scan's carry is the viewed array itself, the carry is copied (the loop
     updates it in place otherwise, under the view)."""
     def f(U, w):
@@ -1218,7 +1219,7 @@ def test_a_scan_reads_its_time_major_operand_through_a_view(case):
     jitted = gradc.jit(f, target="cuda")
     host = jitted.source(U, w)
     host = host[host.rindex("\ndef "):]
-    viewed = case in ("argument", "new-array", "reshaped", "also-the-carry")
+    viewed = case in ("argument", "new-array", "reshaped", "also-the-carry", "rows-mix")
     assert ("_d.view(" in host) == viewed, host
     scan = host.split(ONE_KERNEL)[1] if ONE_KERNEL in host else ""   # (the carry's own
     scan = re.split(r"_k\d+\[", scan)[0]         # array, filled by the kernel from the operand)
@@ -1229,8 +1230,10 @@ def test_a_scan_reads_its_time_major_operand_through_a_view(case):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     if case == "also-the-carry":
         assert ", (4, 3, 1), (1, 4, 0))" in host
-    elif viewed:               # (the kernel reads it with a stride of 4 x 5 per row)
-        assert ", (4, 3, 4), (4, 20, 1))" in host
+    elif viewed:               # (the kernel reads it with a stride of 4 x 5 per row; one
+        #                        block, over a row of one, with a stride of 0 for it)
+        assert (", (4, 1, 3, 4), (4, 0, 20, 1))" if case == "rows-mix" else
+                ", (4, 3, 4), (4, 20, 1))") in host
         g = gradc.grad(lambda U, w: np.sum(f(U, w) ** 2), argnums=(0, 1), target="cuda")
         want = gradc.grad(lambda U, w: np.sum(f(U, w) ** 2), argnums=(0, 1),
                           target="numpy")(U, w)
@@ -2551,6 +2554,27 @@ def test_a_run_of_small_equations_is_one_kernel_of_one_block(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def _arg_extremes(x):
+    return np.argmax(x, axis=1), np.argmin(x * 2.0, axis=0), np.argmax(x), np.max(x)
+
+
+def test_a_small_argmax_outside_loops_joins_the_run(monkeypatch):
+    """An ``argmax``/``argmin`` of a small operand outside loops is its two reductions
+    (``passes.steps``), which join the run around it: one kernel of one block.  Ties
+    (the first index), NaNs (the first NaN) and signed zeros as NumPy's; with the runs
+    off it keeps its own kernel."""
+    x = np.array([[0.5, 2.0, 2.0, -1.0], [np.nan, 1.0, np.nan, 3.0],
+                  [-0.0, 0.0, -1.0, -1.0]])
+    for work, fused in ((ONE_RUN_WORK, True), (0, False)):
+        _one_runs(monkeypatch, work)
+        j = gradc.jit(_arg_extremes, target="cuda")
+        host = j.source(x)
+        host = host[host.rindex("\ndef "):]
+        assert ("argm" not in host) == fused and (ONE_RUN in host) == fused, host
+        for a, b in zip(j(x), _arg_extremes(x)):
+            np.testing.assert_array_equal(a, b)
+
+
 def _gathered_step(P, xs):
     """A scan whose step gathers a row by its integer carry (a host loop): a softmax of
     it, a sum of squares stacked."""
@@ -2633,7 +2657,7 @@ def test_a_steps_gather_by_its_carry_is_one_block():
     A, U = r.standard_normal((K, K)), r.standard_normal((T, K))
     bp = r.integers(-K, K, (T, K))
     cases = [(backtrack, (bp, np.int64(2)), ONE_BLOCK, 1),
-             (viterbi_decode, (A, U), ONE_BLOCK, None),
+             (viterbi_decode, (A, U), ONE_BLOCK, 4),
              (gradc.vmap(viterbi_decode, in_axes=(None, 0)),
               (A, r.standard_normal((B, T, K))), ROW_BLOCKS, None),
              (gradc.vmap(backtrack), (r.integers(-K, K, (B, T, K)), r.integers(0, K, B)),
@@ -2657,6 +2681,22 @@ def test_a_steps_gather_by_its_carry_is_one_block():
                        r"for an axis of size 5(.|\n)*test_cuda.py:\d+: y = b\[y\]"):
         j(bad, np.int64(2))
     np.testing.assert_array_equal(j(bp, np.int64(2)), backtrack(bp, np.int64(2)))
+
+
+def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):
+    """Viterbi decoding of one sentence: the max-product scan (one block, its first
+    carry ``U[0]`` and its steps ``U[1:]`` read through views of ``U``, not copied by
+    kernels), the best last state and score (one block: the argmax as reductions), and
+    the backtracking scan (one block).  The path and score as NumPy's."""
+    _one_runs(monkeypatch)
+    r = np.random.default_rng(12)
+    A, U = r.standard_normal((6, 6)), r.standard_normal((9, 6))
+    j = gradc.jit(viterbi_decode, target="cuda")
+    host = j.source(A, U)
+    host = host[host.rindex("\ndef "):]
+    assert host.count("_d.view(b, ") == 2 and len(j.compile(A, U).kernels) == 3, host
+    for a, b in zip(j(A, U), gradc.jit(viterbi_decode, target="numpy")(A, U)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_one_block_loop_starts_from_fills_without_kernels():
@@ -3016,7 +3056,7 @@ def test_kernels_compile_to_ptx():
     assert out["linspace-int-no-fma"] == 1 and out["linspace-int-mul-rn"] >= 2
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
     assert out["one-run-mlp"] == 1
-    assert out["gather-by-carry"] == 6          # (both scans one kernel each)
+    assert out["gather-by-carry"] == 3          # (both scans one kernel each, a run)
     assert out["scan-argmax"] == 1               # (one kernel, its argmax included)
     assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
     # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is

@@ -633,8 +633,8 @@ def _function(ctx, graph: Graph, fname: str, canonical: bool, what: str = ""):
         eqn, text = eqns[k], printed[k]
         if deferrable(eqn):
             ctx.deferred[eqn.outputs[0]] = (eqn, text)
-            if eqn.prim.name == "fused":       # (a view: of its operand's storage)
-                storages.join(eqn.inputs[0], eqn.outputs[0])
+            if eqn.prim.name in ("fused", "slice", "transpose"):   # (a view: of its
+                storages.join(eqn.inputs[0], eqn.outputs[0])        # operand's storage)
             k += 1
             continue
         ctx.lines.append("# " + text[0].strip().removeprefix("let "))
@@ -729,7 +729,8 @@ def _deferrable_view(eqn, users, graph, fresh) -> bool:
     a (B, K) carry's first value), and any other lowering has it lowered where it reads
     it.  The array must be C-contiguous: an argument of the
     compiled function (``Compiled`` makes them so) or a kernel's new array."""
-    if eqn.prim.name != "fused" or os.environ.get("GRADC_CUDA_VIEWS") == "0" or \
+    if eqn.prim.name not in ("fused", "slice", "transpose") or \
+            os.environ.get("GRADC_CUDA_VIEWS") == "0" or \
             _view_layout(eqn) is None:        # (0: a kernel's copy, for A/B timings)
         return False
     x, v = eqn.inputs[0], eqn.outputs[0]
@@ -742,7 +743,11 @@ def _deferrable_view(eqn, users, graph, fresh) -> bool:
 def _view_layout(eqn):
     """``(offset, shape, strides)``, in elements, of fused equation ``eqn``'s one result
     as a view of its one array operand laid out C-contiguously, if its body only
-    transposes, slices (forward) and reshapes (where strides allow); else None."""
+    transposes, slices (forward) and reshapes (where strides allow), or is a slice or
+    transpose itself; else None."""
+    if eqn.prim.name in ("slice", "transpose") and isinstance(eqn.inputs[0], Var) and \
+            eqn.outputs[0].ndim:
+        eqn = _fused_of_one(eqn)
     if eqn.prim.name != "fused" or len(eqn.outputs) != 1 or len(eqn.inputs) != 1 or \
             not isinstance(eqn.inputs[0], Var) or not eqn.inputs[0].ndim:
         return None

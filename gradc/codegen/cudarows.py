@@ -362,6 +362,10 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
         if isinstance(v, Lit):
             ins.append(Lit(np.reshape(v.value, shape)))
             continue
+        viewed = _lifted_view(ctx, v, shape, k < nc + nk, eqn, lifted, k)
+        if viewed is not None:            # (a slice or transpose of an array: read in
+            ins.append(viewed)            # place through strides, not copied)
+            continue
         ctx.materialize(v)
         w = Var(shape, v.dtype)
         ctx.names[w] = ctx.temp()
@@ -446,6 +450,30 @@ def one_run(ctx, eqns, outputs) -> bool:
         return False
     _bind_reshaped(ctx, outputs, stacked)
     return True
+
+
+def _lifted_view(ctx, v, shape, carry, eqn, lifted, k):
+    """Operand ``k`` of loop ``eqn``, ``v``, as a strided view of ``shape`` (``v``'s
+    with the row axis of one: first for a carry, after the step axis for a stacked
+    operand; a stride of 0) of the array it rearranges, if ``v`` is a deferred view
+    (``cudagen._deferrable_view``: ``U[0]`` as the initial carry, ``U[1:]`` as the
+    steps) that the loop's body does not hand back; else None."""
+    found = ctx.deferred.get(v) if isinstance(v, Var) else None
+    layout = found and cg._view_layout(found[0])
+    body = lifted.params["body"]
+    if not layout or body.inputs[k] in body.outputs:
+        return None
+    offset, _, strides = layout
+    strides = (0,) + tuple(strides) if carry else \
+        (strides[0], 0) + tuple(strides[1:])
+    w = Var(shape, v.dtype)
+    ctx.names[w], ctx.place[w] = ctx.temp(), "dev"
+    ctx.lines.append(f"# {ctx.names[v]}: a view of {ctx.names[found[0].inputs[0]]} "
+                     "(the kernel reads it through strides)")
+    ctx.lines.append(f"{ctx.names[w]} = _d.view({ctx.names[found[0].inputs[0]]}, "
+                     f"{offset}, {tuple(shape)!r}, {strides!r})")
+    ctx.views[w] = ctx.names[w]
+    return w
 
 
 def _small_step(body: Graph) -> bool:
@@ -1062,6 +1090,14 @@ class _Rows:
                                                                         tuple(v.shape)))
                         param(v, self.buffers[v], v.ndim)
                 elif src is not None:
+                    outer = dict(zip(body.inputs[:nc], ins[:nc]))
+                    if src not in self.buffers and isinstance(outer.get(src), Var) and \
+                            src.ndim and int(src.shape[0]) == B and v in self.rows:
+                        # (a constant read whole, reshaped: the array's view, passed too)
+                        self.buffers[v] = self._host(self._reshaped(
+                            ctx.on_device(outer[src]), tuple(v.shape)))
+                        param(v, self.buffers[v], v.ndim)
+                        continue
                     if src not in self.buffers:
                         raise NotRows("a reshape of a stacked operand, a constant or an "
                                       "unchanged carry")

@@ -14,8 +14,10 @@ of their own, written with primitives the fusion pass joins to their neighbours.
   stage in the one-kernel scan.
 
 The graph is traced again with the rewrites (``interpret.eval_graph``'s ``rewrite``);
-outside the bodies of scans and while_loops (``cudarows.one_row_while``) nothing
-changes.
+outside the bodies of scans and while_loops (``cudarows.one_row_while``) only a small
+``argmax`` changes (of at most ``cudarows.one_run_work()`` elements: its reductions join
+the run of small equations around it as one block, ``cudarows.one_run``; a large one
+keeps its kernel, which reads its operand once).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
     from ..trace import bind, trace_graph
 
     def rewrite(eqn, xs):
-        if in_loop and decomposable(eqn):
+        if (in_loop or _small(eqn)) and decomposable(eqn):
             return [first_index(xs[0], eqn.prim.name, eqn.params["axis"])]
         if in_loop and _outer(eqn):
             return [outer_product(xs[0], xs[1], eqn.params["spec"])]
@@ -67,8 +69,15 @@ def _concatenation(eqn) -> bool:
         all(v.ndim for v in eqn.inputs)
 
 
+def _small(eqn) -> bool:
+    """An operand of at most ``cudarows.one_run_work()`` elements (0: none is small)."""
+    from ..codegen.cudarows import one_run_work
+    return bool(eqn.inputs) and 0 < int(np.prod(eqn.inputs[0].shape)) <= one_run_work()
+
+
 def _needs(graph: Graph, in_loop: bool) -> bool:
-    return any(in_loop and (decomposable(e) or _outer(e) or _concatenation(e)) or any(
+    return any(in_loop and (decomposable(e) or _outer(e) or _concatenation(e)) or
+               decomposable(e) and _small(e) or any(
         _needs(g, in_loop or e.prim.name in LOOPS) for g in subgraphs(e))
         for e in graph.eqns)
 
