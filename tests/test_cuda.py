@@ -2554,6 +2554,19 @@ def test_a_run_of_small_equations_is_one_kernel_of_one_block(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_an_empty_result_of_a_run_returned_twice(monkeypatch):
+    """(Review.)  A run's empty result returned twice: the second is a copy of the
+    first, of nothing (the simulator refused the copy of an empty view)."""
+    _one_runs(monkeypatch)
+
+    def f(x):
+        y = np.exp(x - np.sum(x, axis=1, keepdims=True))
+        return y, y
+    j = gradc.jit(f, target="cuda")
+    assert ONE_RUN in j.source(np.zeros((0, 3)))
+    assert [np.asarray(r).shape for r in j(np.zeros((0, 3)))] == [(0, 3), (0, 3)]
+
+
 def _arg_extremes(x):
     return np.argmax(x, axis=1), np.argmin(x * 2.0, axis=0), np.argmax(x), np.max(x)
 
