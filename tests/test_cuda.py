@@ -2696,6 +2696,51 @@ def test_a_steps_gather_by_its_carry_is_one_block():
     np.testing.assert_array_equal(j(bp, np.int64(2)), backtrack(bp, np.int64(2)))
 
 
+def _embedded_rnn(E, W, toks):
+    """An RNN over one sequence of tokens, each step's input a row of ``E``."""
+    def step(h, t):
+        h = np.tanh(E[t] + W @ h)
+        return h, np.sum(h * h)
+    h, ys = gradc.scan(step, np.zeros(W.shape[0]), toks)
+    return np.sum(ys) + np.sum(h)
+
+
+def _windowed(E, toks):
+    """A step gathering a window of a matrix by its token: ``E[t, :, 1:]``."""
+    def step(h, t):
+        return np.tanh(h[:2] @ E[t, :, 1:] + h), None
+    return np.sum(gradc.scan(step, np.ones(3), toks)[0] ** 2)
+
+
+def test_a_gathers_gradient_in_a_step_is_a_stage_too(monkeypatch):
+    """Reverse mode makes a step's gather a ``scatter_add`` of one row (or window) per
+    step into the gradient: a map stage over the gradient's row (``_one_hot``), each
+    element the value where the index points at it, else 0 (the index checked as the
+    gather's).  The gradient of an embedding RNN over one sequence (negative tokens
+    too), of a row picked by the carry, and of a window (``E[t, :, 1:]``) have both
+    scans one block (and at most one kernel between them); values as the
+    interpreter's, and a token out of
+    bounds on a later call is the gather's error."""
+    _one_runs(monkeypatch)
+    r = np.random.default_rng(13)
+    E, W = r.standard_normal((7, 5)), 0.3 * r.standard_normal((5, 5))
+    cases = [(_embedded_rnn, (E, W, r.integers(-7, 7, 9)), (0, 1)),
+             (_gathered_step, (r.standard_normal((3, 6)), r.standard_normal((4, 6))),
+              (0, 1)),
+             (_windowed, (r.standard_normal((6, 2, 4)), r.integers(-6, 6, 5)), (0,))]
+    for f, args, wrt in cases:
+        g = gradc.grad(f, argnums=wrt, target="cuda")
+        src = g.source(*args)
+        assert src.count(ONE_BLOCK) == 2 and "scan body" not in src
+        assert "scatter_add" in src and len(g.compile(*args).kernels) <= 3
+        for a, b in zip(g(*args), gradc.grad(f, argnums=wrt, target="numpy")(*args)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    g = gradc.grad(_embedded_rnn, target="cuda")
+    g(*cases[0][1])
+    with pytest.raises(gradc.EvaluationError, match="gather: an index is out of bounds"):
+        g(E, W, np.array([1, 2, 9, 0, 0, 0, 0, 0, 0]))
+
+
 def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):
     """Viterbi decoding of one sentence: the max-product scan (one block, its first
     carry ``U[0]`` and its steps ``U[1:]`` read through views of ``U``, not copied by
@@ -2936,8 +2981,8 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import (PROGRAMS, _placing, _summed, rosen, viterbi_decode,
-                           viterbi_scan, w2)
+    from test_cuda import (PROGRAMS, _embedded_rnn, _placing, _summed, rosen,
+                           viterbi_decode, viterbi_scan, w2)
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -3017,6 +3062,9 @@ PTX_SCRIPT = textwrap.dedent("""
         # (a gather by the carry, its indices checked, in a one-block scan)
         done["gather-by-carry"] = gradc.jit(viterbi_decode, target="cuda").ptx(
             np.ones((5, 5)), np.ones((6, 5))).count(".entry")
+        # (and its gradient's scatter, a stage of the backward scan)
+        done["scatter-by-token"] = gradc.grad(_embedded_rnn, target="cuda").ptx(
+            np.ones((7, 5)), np.eye(5), np.arange(6) % 7).count(".entry")
         cudarows.ONE_RUN_WORK = 0
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
@@ -3070,6 +3118,7 @@ def test_kernels_compile_to_ptx():
     assert out["scan-maxnreg"] == 2              # (the forward and the backward scan)
     assert out["one-run-mlp"] == 1
     assert out["gather-by-carry"] == 3          # (both scans one kernel each, a run)
+    assert out["scatter-by-token"] <= 3
     assert out["scan-argmax"] == 1               # (one kernel, its argmax included)
     assert out["scan-shuffles"] >= 2, out["scan-shuffles"]
     # (8 shuffles each for the sum and the max, of 32-bit halves: an int32's sum is

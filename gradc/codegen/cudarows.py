@@ -127,6 +127,8 @@ class _RowEmitter(cg._Emitter):
     def compute(self, eqn, idx, depth):
         if eqn.prim.name == "gather":
             return self._gather(eqn, idx, depth)
+        if eqn.prim.name == "scatter_add":
+            return self._scatter(eqn, idx, depth)
         return super().compute(eqn, idx, depth)
 
     def _gather(self, eqn, idx, depth):
@@ -136,7 +138,7 @@ class _RowEmitter(cg._Emitter):
         read at 0 instead; ``x`` read at those positions.  An index array that is an
         ``arange`` along one axis (the vmap pass's over the examples) is that axis's
         index itself: the block's row, for a batched gather."""
-        from .indexing import bounds_message, index_map
+        from .indexing import index_map
         x, *arrays = eqn.inputs
         _, positions = index_map(tuple(x.shape), tuple(eqn.params["spec"]),
                                  [tuple(a.shape) for a in arrays])
@@ -158,17 +160,58 @@ class _RowEmitter(cg._Emitter):
                         len(along) <= 1:
                     sub.append(at[along[0]] if along else Affine.const(0))
                     continue
-            value = self.value(a, at, depth)
-            local = self.ctx.temp()
-            self.ctx.checks.append(bounds_message(eqn, n))
-            self.emit(depth, f"{local} = numba.int64({value})")
-            self.emit(depth, f"if {local} < 0:")
-            self.emit(depth + 1, f"{local} += {n}")
-            self.emit(depth, f"if {local} < 0 or {local} >= {n}:")
-            self.emit(depth + 1, cg._flag(len(self.ctx.checks)))
-            self.emit(depth + 1, f"{local} = 0")
+            local = self._index(eqn, a, at, n, depth)
             sub.append(Affine(local, 1, 0, 0, n - 1))
         return self.value(x, tuple(sub), depth)
+
+    def _index(self, eqn, array, at, n, depth) -> str:
+        """A local holding index array ``array``'s value at ``at``, NumPy's negative
+        indices wrapped, one out of ``[-n, n)`` flagged in the error cell and 0."""
+        from .indexing import bounds_message
+        value = self.value(array, at, depth)
+        local = self.ctx.temp()
+        self.ctx.checks.append(bounds_message(eqn, n))
+        self.emit(depth, f"{local} = numba.int64({value})")
+        self.emit(depth, f"if {local} < 0:")
+        self.emit(depth + 1, f"{local} += {n}")
+        self.emit(depth, f"if {local} < 0 or {local} >= {n}:")
+        self.emit(depth + 1, cg._flag(len(self.ctx.checks)))
+        self.emit(depth + 1, f"{local} = 0")
+        return local
+
+    def _scatter(self, eqn, idx, depth):
+        """``scatter_add`` of one element of each index array per example (what reverse
+        mode makes of a gather by the step's carry, ``_one_hot``) at output element
+        ``idx``: the value at the window element that the examples' ``arange`` and the
+        sliced axes pin, where the other index arrays' values (checked as a gather's)
+        are this element's positions, else 0."""
+        v, *arrays = eqn.inputs
+        plan = _one_hot(eqn)
+        window = [None] * len(plan["window"])
+        for a, d in plan["pinned"].items():
+            window[a] = idx[d]
+        for a in range(len(window)):
+            if window[a] is None:
+                window[a] = Affine.const(0)
+        tests = []
+        for p in plan["positions"]:
+            if p[0] == "slice":                     # (a window of the axis: inside it)
+                _, a, start, n, d = p
+                window[a] = idx[d].map(1, -start).clamp(0, n - 1)
+                if start > 0:
+                    tests.append(f"{idx[d]} >= {start}")
+                if start + n < int(eqn.params["shape"][d]):
+                    tests.append(f"{idx[d]} < {start + n}")
+            elif p[0] == "int":
+                tests.append(f"{idx[p[2]]} == {p[1]}")
+            elif p[0] == "array":
+                _, k, axes, n, d = p
+                at = tuple(Affine.const(0) if a is None else window[a] for a in axes)
+                tests.append(f"{idx[d]} == {self._index(eqn, arrays[k], at, n, depth)}")
+        zero = scalar_literal(0, eqn.outputs[0].dtype)
+        if not tests:
+            return self.value(v, tuple(window), depth)
+        return self.window(v, tuple(window), " and ".join(tests), zero, depth, False)
 
     def read(self, array, idx):
         if array in self.rows:
@@ -535,11 +578,12 @@ class _Rows:
         # contractions as fused sums of products (a stage like any other)
         self.comments_of = {}
         # (a gather's index arrays are checked: ``_RowEmitter._gather``, ``_leave``)
-        self.checked = any(e.prim.name == "gather" for e in body.eqns)
+        self.checked = any(e.prim.name in ("gather", "scatter_add") for e in body.eqns)
         eqns = []
         for e, text in zip(body.eqns, text_of):
             fused = _einsum_as_fused(e) if e.prim.name == "einsum" else \
-                _gather_as_fused(e) if e.prim.name == "gather" else None
+                _gather_as_fused(e) if e.prim.name == "gather" else \
+                _scatter_as_fused(e) if e.prim.name == "scatter_add" else None
             if fused is not None:
                 line = text[0].strip().removeprefix("let ")
                 self.comments_of[fused] = {q: [f"{line}   ({q.prim.name})"]
@@ -2186,6 +2230,68 @@ def _gather_as_fused(eqn):
     x, *arrays = eqn.inputs
     if not arrays or not isinstance(x, Var) or not x.ndim or not eqn.outputs[0].ndim or \
             any(e[0] == "n" for e in eqn.params["spec"]):
+        return None
+    ins = list(dict.fromkeys(v for v in eqn.inputs if isinstance(v, Var)))
+    body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
+    return make_eqn(fused_p, ins, eqn.outputs, {"body": body,
+                                                 "domain": tuple(eqn.outputs[0].shape)})
+
+
+def _arange_axis(a):
+    """The one axis along which literal index array ``a`` is 0, 1, 2, ... (its others
+    of length 1; -1 for a single 0), or None."""
+    if not isinstance(a, Lit) or not a.ndim:
+        return None
+    flat = np.asarray(a.value).reshape(-1)
+    along = [d for d, m in enumerate(a.shape) if m != 1]
+    if len(along) > 1 or not np.array_equal(flat, np.arange(flat.size)):
+        return None
+    return along[0] if along else -1
+
+
+def _one_hot(eqn):
+    """How ``_RowEmitter._scatter`` computes ``scatter_add`` equation ``eqn`` at an
+    element of its result, or None if it cannot: every window axis of index arrays
+    pinned by an ``arange`` (the examples') or of length 1, every slice of step 1, so
+    that each result element receives at most one value (no sum of repeated indices).
+    ``{"window": its shape, "pinned": window axis -> result axis, "positions":
+    ("slice", window axis, start, length, result axis) (a step of 1) | ("int", i,
+    result axis) | ("array", k, its window axes, n, result axis)}``."""
+    from .indexing import index_map
+    v, *arrays = eqn.inputs
+    shape, spec = tuple(eqn.params["shape"]), tuple(eqn.params["spec"])
+    if not arrays or any(e[0] == "n" for e in spec) or not isinstance(v, Var):
+        return None
+    window, positions = index_map(shape, spec, [tuple(a.shape) for a in arrays])
+    if tuple(window) != tuple(v.shape):
+        return None
+    pinned, out = {}, []
+    for d, p in enumerate(positions):
+        if p[0] == "array":
+            _, k, axes, n = p
+            along = _arange_axis(arrays[k])
+            if along is not None and along >= 0 and int(arrays[k].shape[along]) <= n:
+                pinned[axes[along]] = d
+                continue
+            out.append(("array", k, axes, n, d))
+        elif p[0] == "slice":
+            _, a, start, step = p
+            if step != 1:
+                return None
+            out.append(("slice", a, start, window[a], d))
+        else:
+            out.append(("int", p[1], d))
+    block = {a for p in positions if p[0] == "array" for a in p[2] if a is not None}
+    if any(a not in pinned and window[a] != 1 for a in block):
+        return None
+    return {"window": tuple(window), "pinned": pinned, "positions": out}
+
+
+def _scatter_as_fused(eqn):
+    """A ``scatter_add`` that ``_one_hot`` can compute element by element as a fused
+    equation of one (a map stage over its result), None for any other."""
+    from ..passes.fuse import fused_p
+    if _one_hot(eqn) is None:
         return None
     ins = list(dict.fromkeys(v for v in eqn.inputs if isinstance(v, Var)))
     body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
