@@ -2270,7 +2270,11 @@ def _one_hot(eqn):
         if p[0] == "array":
             _, k, axes, n = p
             along = _arange_axis(arrays[k])
-            if along is not None and along >= 0 and int(arrays[k].shape[along]) <= n:
+            # (the whole axis, and a window axis no other arange pins: each result
+            # element inverts to one window element; an arange shorter than the axis
+            # would leave elements without one, two on one window axis a diagonal)
+            if along is not None and along >= 0 and int(arrays[k].shape[along]) == n \
+                    and axes[along] not in pinned:
                 pinned[axes[along]] = d
                 continue
             out.append(("array", k, axes, n, d))
