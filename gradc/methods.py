@@ -92,9 +92,9 @@ def _sort_in_place(self, axis=-1, kind=None, order=None, *, stable=None):
 Tracer.sort = _sort_in_place
 
 Tracer.argmax = lambda self, axis=None, out=None, keepdims=False: \
-    npa.FUNCTIONS[np.argmax](self, axis)
+    npa.FUNCTIONS[np.argmax](self, axis, out, keepdims)
 Tracer.argmin = lambda self, axis=None, out=None, keepdims=False: \
-    npa.FUNCTIONS[np.argmin](self, axis)
+    npa.FUNCTIONS[np.argmin](self, axis, out, keepdims)
 
 
 def _reshape(self, *shape, order="C"):

@@ -159,17 +159,22 @@ def all(x, axis=None, out=None, keepdims=False, where=None):
     return _logical_reduction(x, _axes(axis, _ndim(x)), keepdims, ops.reduce_min, True)
 
 
-def _arg(op):
+def _arg(op, name):
     def arg(x, axis=None, out=None, keepdims=False):
+        _no_out(out, name)
         x = operand(x)
+        shape = tuple(shape_of(x))
         if axis is None:
-            x, axis = ravel(x), 0
-        return op(x, _axis(axis, _ndim(x)))
+            r, kept = op(ravel(x), 0), (1,) * len(shape)
+        else:
+            axis = _axis(axis, len(shape))
+            r, kept = op(x, axis), tuple(1 if d == axis else n for d, n in enumerate(shape))
+        return ops.reshape(r, kept) if keepdims else r     # (NumPy's kept axis of 1)
     return arg
 
 
-implements(np.argmax)(_arg(ops.argmax))
-implements(np.argmin)(_arg(ops.argmin))
+implements(np.argmax)(_arg(ops.argmax, "argmax"))
+implements(np.argmin)(_arg(ops.argmin, "argmin"))
 
 
 @implements(np.cumsum)
