@@ -1028,7 +1028,11 @@ class Batched(Transformed):
         size = next(iter(sizes))
         batched = [ax is not None for ax in leaf_axes]
         example = _Args(args)           # one example's leaves, for tracing
-        example.dynamic = [x[0] if b else x for x, b in zip(moved, batched)]
+        # (a batch of none: traced at zeros of an example's shape, which no example
+        # computes with)
+        example.dynamic = [x if not b else x[0] if size or isinstance(x, Tracer) else
+                           np.zeros(np.shape(x)[1:], np.asarray(x).dtype)
+                           for x, b in zip(moved, batched)]
         key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun))
 
         def build():

@@ -281,3 +281,15 @@ def test_while_loop_batches_examples_that_stop_at_different_steps():
     # per-example gradients through the batched loop
     g = gradc.vmap(gradc.grad(lambda a: newton_sqrt(a)[0]))(a)
     np.testing.assert_allclose(g, 0.5 / np.sqrt(a), rtol=1e-8)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_vmap_over_a_batch_of_none(target):
+    """(Review.)  A batch of 0 examples gives empty results of the batched shapes, as
+    NumPy's loop and JAX's vmap do (tracing read the first example, which is not
+    there)."""
+    f = gradc.vmap(lambda x, i: x[i] * 2.0, in_axes=(None, 0), target=target)
+    assert f(np.ones((5, 4)), np.zeros((0, 3), np.int64)).shape == (0, 3, 4)
+    assert gradc.vmap(lambda x: np.sum(x[1] * 2), target=target)(np.ones((0, 4))).shape == (0,)
+    g = gradc.vmap(gradc.grad(lambda x: np.sum(np.sin(x))), target=target)
+    assert g(np.ones((0, 4))).shape == (0, 4)
