@@ -70,6 +70,19 @@ def peers(wanted):
     return found
 
 
+def small_args(doc, repeats):
+    """The command line of a benchmark of small workloads (``one_sequence.py``,
+    ``one_run.py``): ``--repeats``, ``--quick`` (tiny sizes, a smoke test), ``--no-peers``;
+    returns (the arguments, the peers found: JAX unless ``--no-peers``)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    return args, peers(() if args.no_peers else ("jax",))
+
+
 def timed(fn, sync, repeats):
     for _ in range(3):
         fn()

@@ -12,7 +12,6 @@ The crossover sets the default.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -33,12 +32,7 @@ def loss(xp, logsumexp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    ap.add_argument("--no-peers", action="store_true")
-    args = ap.parse_args()
-    found = gpu.peers(() if args.no_peers else ("jax",))
+    args, found = gpu.small_args(__doc__, 50)
     print(f"GPU: {gpu.gpu_name()}")
     print()
     print("| n | one block | a kernel each | JAX jit(grad) | kernels (one block / each) |")

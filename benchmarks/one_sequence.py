@@ -27,7 +27,6 @@ device synchronisation; every gradient is checked against gradc's CPU target fir
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -119,12 +118,7 @@ def workload(name, size, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    ap.add_argument("--no-peers", action="store_true")
-    args = ap.parse_args()
-    found = gpu.peers(() if args.no_peers else ("jax",))
+    args, found = gpu.small_args(__doc__, 20)
     rng = np.random.default_rng(0)
     print(f"GPU: {gpu.gpu_name()}")
     print()

@@ -2226,11 +2226,17 @@ def _scalar_fused(eqn):
 def _gather_as_fused(eqn):
     """A ``gather`` through index arrays as a fused equation of one (a map stage over
     its window: ``_RowEmitter._gather``), None for any other."""
-    from ..passes.fuse import fused_p
     x, *arrays = eqn.inputs
     if not arrays or not isinstance(x, Var) or not x.ndim or not eqn.outputs[0].ndim or \
             any(e[0] == "n" for e in eqn.params["spec"]):
         return None
+    return _map_stage(eqn)
+
+
+def _map_stage(eqn):
+    """Indexing equation ``eqn`` as a fused equation of one over its result (the row
+    emitter computes it element by element)."""
+    from ..passes.fuse import fused_p
     ins = list(dict.fromkeys(v for v in eqn.inputs if isinstance(v, Var)))
     body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
     return make_eqn(fused_p, ins, eqn.outputs, {"body": body,
@@ -2294,13 +2300,7 @@ def _one_hot(eqn):
 def _scatter_as_fused(eqn):
     """A ``scatter_add`` that ``_one_hot`` can compute element by element as a fused
     equation of one (a map stage over its result), None for any other."""
-    from ..passes.fuse import fused_p
-    if _one_hot(eqn) is None:
-        return None
-    ins = list(dict.fromkeys(v for v in eqn.inputs if isinstance(v, Var)))
-    body = Graph(tuple(ins), (eqn,), tuple(eqn.outputs))
-    return make_eqn(fused_p, ins, eqn.outputs, {"body": body,
-                                                 "domain": tuple(eqn.outputs[0].shape)})
+    return None if _one_hot(eqn) is None else _map_stage(eqn)
 
 
 def _einsum_as_fused(eqn):
