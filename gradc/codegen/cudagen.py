@@ -700,11 +700,13 @@ FILL_LITERAL = 1 << 16     # a fill a loop reads, of at most this many elements,
 
 
 def _deferrable(eqn, users, outputs) -> bool:
-    """Whether ``eqn`` fills an array with a constant read only as a scan's initial
-    carry: lowered when the scan reads it (``_Context.materialize``), and not at all
-    when the scan is one kernel and the carry an accumulator of sums over the batch
+    """Whether ``eqn`` fills an array with a constant that one loop alone reads:
+    lowered when the loop reads it (``_Context.materialize``), and not at all when the
+    scan is one kernel and the carry an accumulator of sums over the batch
     (``cudarows``), which then starts from zero without a fill kernel and an add
-    (reverse mode's gradient of a scan's weights starts so)."""
+    (reverse mode's gradient of a scan's weights starts so), or when the loop is one
+    block and the fill small (``_Context.fill_literal``: a constant of the kernel).
+    A large fill a scan reads otherwise than as its initial carry is not deferred."""
     if eqn.prim.name != "broadcast_in_dim" or not isinstance(eqn.inputs[0], Lit) or \
             eqn.inputs[0].ndim or not eqn.outputs[0].ndim:
         return False
@@ -1021,7 +1023,7 @@ def _one_run(eqns, k, placed, deferrable, last_use) -> int:
     a scan's kernel did (``placed``) and at those lowered where they are read
     (``deferrable``)."""
     from ..passes.fuse import ELEMENTWISE
-    from .cudarows import one_run_work
+    from .cudarows import one_run_work, work_of
     limit, end, made, host = one_run_work(), k, set(), []
     while end < len(eqns):
         e = eqns[end]
@@ -1033,16 +1035,11 @@ def _one_run(eqns, k, placed, deferrable, last_use) -> int:
             if not any(v in made for v in e.inputs if isinstance(v, Var)):
                 host.append(end)    # (of operands alone: in the run if only it reads it)
         elif e.prim.name == "fused":
-            if int(np.prod(e.params["domain"])) > limit or \
-                    any(int(np.prod(o.shape)) > limit for o in e.outputs):
+            if int(np.prod(e.params["domain"])) > limit or work_of(e) > limit:
                 break
         elif e.prim.name == "einsum" and len(e.inputs) == 2 and \
                 all(isinstance(v, Var) for v in e.inputs):
-            ins, _ = e.params["spec"].split("->")
-            extent = {}
-            for term, v in zip(ins.split(","), e.inputs):
-                extent.update(zip(term, (int(d) for d in v.shape)))
-            if int(np.prod(list(extent.values()))) > limit:
+            if work_of(e) > limit:
                 break
         elif not (e.prim.name == "reshape" and isinstance(e.inputs[0], Var)):
             break

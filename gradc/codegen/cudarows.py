@@ -153,13 +153,10 @@ class _RowEmitter(cg._Emitter):
             _, k, axes, n = p
             a = arrays[k]
             at = tuple(Affine.const(0) if d is None else idx[d] for d in axes)
-            if isinstance(a, Lit) and a.ndim:
-                flat = np.asarray(a.value).reshape(-1)
-                along = [d for d, m in enumerate(a.shape) if m != 1]
-                if flat.size <= n and np.array_equal(flat, np.arange(flat.size)) and \
-                        len(along) <= 1:
-                    sub.append(at[along[0]] if along else Affine.const(0))
-                    continue
+            along = _arange_axis(a)
+            if along is not None and int(np.prod(a.shape)) <= n:
+                sub.append(at[along] if along >= 0 else Affine.const(0))
+                continue
             local = self._index(eqn, a, at, n, depth)
             sub.append(Affine(local, 1, 0, 0, n - 1))
         return self.value(x, tuple(sub), depth)
@@ -524,17 +521,20 @@ def _small_step(body: Graph) -> bool:
     most ``ONE_ROW_WORK`` elements (``GRADC_CUDA_ONE_ROW_WORK``; 0: none is small)."""
     limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
     limit = int(limit) if limit.isdigit() else ONE_ROW_WORK
-    for e in body.eqns:
-        sizes = [int(np.prod(v.shape)) for v in e.outputs]
-        if e.prim.name == "einsum":
-            ins, _ = e.params["spec"].split("->")
-            extent = {}
-            for term, v in zip(ins.split(","), e.inputs):
-                extent.update(zip(term, (int(d) for d in v.shape)))
-            sizes.append(int(np.prod(list(extent.values()))))
-        if max(sizes, default=0) > limit:
-            return False
-    return bool(limit)
+    return bool(limit) and all(work_of(e) <= limit for e in body.eqns)
+
+
+def work_of(eqn) -> int:
+    """The elements of ``eqn``'s largest result, or of its product where it is an
+    ``einsum`` (every index's extent multiplied)."""
+    sizes = [int(np.prod(v.shape)) for v in eqn.outputs]
+    if eqn.prim.name == "einsum":
+        ins, _ = eqn.params["spec"].split("->")
+        extent = {}
+        for term, v in zip(ins.split(","), eqn.inputs):
+            extent.update(zip(term, (int(d) for d in v.shape)))
+        sizes.append(int(np.prod(list(extent.values()))))
+    return max(sizes, default=0)
 
 
 def _copy_stage(src, dst):
