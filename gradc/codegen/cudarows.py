@@ -243,19 +243,31 @@ def row_run(ctx, eqns, text_of, outputs) -> bool:
     read after the run.  It is the one-kernel lowering of a scan of one step, without
     carries, the values read from outside the run its constants and ``outputs`` its
     stacked results.  False (``ctx`` unchanged) when the rows are not independent."""
-    made = {v for e in eqns for v in e.outputs}
-    consts = list(dict.fromkeys(v for e in eqns for v in e.inputs
-                                if isinstance(v, Var) and v not in made))
+    consts = _operands(eqns)
     if not outputs:
         return False
-    stacked = [Var((1,) + tuple(v.shape), v.dtype) for v in outputs]
     body = Graph(tuple(consts), tuple(eqns), tuple(outputs))
-    eqn = SimpleNamespace(inputs=tuple(consts), outputs=tuple(stacked),
-                          params={"n_consts": len(consts), "n_carry": 0, "length": 1,
-                                  "reverse": False, "body": body})
-    for v in stacked:
-        ctx.names[v] = ctx.temp()
-    if not rows(ctx, eqn, body, text_of, batch=int(eqns[0].params["domain"][0])):
+    return _one_step(ctx, consts, body, outputs, text_of,
+                     batch=int(eqns[0].params["domain"][0]))
+
+
+def _operands(eqns) -> list:
+    """The values a run of equations reads from outside it, in order of first use."""
+    made = {v for e in eqns for v in e.outputs}
+    return list(dict.fromkeys(v for e in eqns for v in e.inputs
+                              if isinstance(v, Var) and v not in made))
+
+
+def _one_step(ctx, ins, body, outputs, text_of, batch, one=False) -> bool:
+    """``body`` (its inputs ``ins``' values) lowered by ``rows`` as a scan of one step
+    without carries (``row_run``, ``one_run``): its results stacked over that step,
+    then ``outputs`` bound to them reshaped.  False if ``rows`` refuses it."""
+    stacked = [Var((1,) + tuple(r.shape), r.dtype) for r in body.outputs]
+    for w in stacked:
+        ctx.names[w] = ctx.temp()
+    eqn = SimpleNamespace(inputs=tuple(ins), outputs=tuple(stacked), params={
+        "n_consts": len(ins), "n_carry": 0, "length": 1, "reverse": False, "body": body})
+    if not rows(ctx, eqn, body, text_of, batch=batch, one=one):
         return False
     _bind_reshaped(ctx, outputs, stacked)
     return True
@@ -454,9 +466,7 @@ def one_run(ctx, eqns, outputs) -> bool:
     inlined = _inlined(eqns)
     if inlined is None or not outputs:
         return False
-    made = {v for e in eqns for v in e.outputs}
-    consts = list(dict.fromkeys(v for e in eqns for v in e.inputs
-                                if isinstance(v, Var) and v not in made))
+    consts = _operands(eqns)
     # (a rank-0 value on the host is a kernel argument, the same for the row of one)
     batched = [not (v.ndim == 0 and ctx.place.get(v) == "host") for v in consts]
     try:
@@ -478,17 +488,10 @@ def one_run(ctx, eqns, outputs) -> bool:
         ctx.names[w], ctx.place[w] = ctx.temp(), "dev"
         ctx.lines.append(f"{ctx.names[w]} = _d.reshape({ctx.on_device(v)}, {w.shape!r})")
         ins.append(w)
-    stacked = [Var((1,) + tuple(o.shape), o.dtype) for o in optimised.outputs]
-    for w in stacked:
-        ctx.names[w] = ctx.temp()
-    eqn = SimpleNamespace(inputs=tuple(ins), outputs=tuple(stacked), params={
-        "n_consts": len(ins), "n_carry": 0, "length": 1, "reverse": False,
-        "body": optimised})
     printed = cg._register_names(ctx, optimised)
-    if not rows(ctx, eqn, optimised, printed, batch=1, one=True):
+    if not _one_step(ctx, ins, optimised, outputs, printed, batch=1, one=True):
         _restore(ctx, snapshot)
         return False
-    _bind_reshaped(ctx, outputs, stacked)
     return True
 
 
