@@ -2767,6 +2767,61 @@ def test_a_gathers_gradient_in_a_step_is_a_stage_too(monkeypatch):
         g(E, W, np.array([1, 2, 9, 0, 0, 0, 0, 0, 0]))
 
 
+def _batched_embedding(E, W, toks):
+    """The loss of a batch of sequences through one embedding RNN (``vmap`` over the
+    sequences, ``E`` and ``W`` shared): reverse mode sums every row's scatter into
+    ``E``'s gradient."""
+    return np.sum(gradc.vmap(_embedded_rnn, in_axes=(None, None, 0))(E, W, toks))
+
+
+def _windowed_embedding(E, toks):
+    """Each step sums the rows of a window of tokens (repeated ones too)."""
+    def one(toks):
+        def step(h, t):
+            return np.tanh(np.sum(E[t], axis=0) + 0.5 * h), None
+        return np.sum(gradc.scan(step, np.zeros(E.shape[1]), toks)[0] ** 2)
+    return np.sum(gradc.vmap(one)(toks))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_batched_gathers_gradient_is_added_in_place(dtype):
+    """``vmap`` of an embedding RNN over a batch of sequences: the gradient of the shared
+    table is a carry of the backward scan adding, at each step, a ``scatter_add`` of
+    every row's token (two rows may hold one token).  It is an accumulator's term
+    (``_Rows._scatter_stage``): each block adds its row's elements where they point,
+    atomically, into its partial sums in shared memory, or, for a table too large for
+    them, into one array for all blocks.  Both scans are one kernel each (the backward
+    one was a host loop launching the step at every step); values as the CPU's, and a
+    token out of bounds is the gather's error."""
+    r = np.random.default_rng(21)
+    W = (0.3 * r.standard_normal((5, 5))).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12,
+                                                                      atol=1e-12)
+    for V, direct in ((7, False), (2200, True)):      # (2200 x 5 floats: no shared room)
+        E = r.standard_normal((V, 5)).astype(dtype)
+        toks = r.integers(-V, V, (6, 8))
+        toks[:, 0] = 3                              # (every row: one token at a step)
+        g = gradc.grad(_batched_embedding, argnums=(0, 1), target="cuda")
+        src = g.source(E, W, toks)
+        assert "scan body" not in src and src.count("a block per row of 6") == 2, src
+        assert src.count("cuda.atomic.add(") == 1 and \
+            ("what the rows added in place" in src) == direct
+        for a, b in zip(g(E, W, toks), gradc.grad(_batched_embedding, argnums=(0, 1),
+                                                  target="numpy")(E, W, toks)):
+            np.testing.assert_allclose(a, b, **tol)
+    toks[2, 5] = V
+    with pytest.raises(gradc.EvaluationError, match="out of bounds"):
+        g(E, W, toks)
+    # a window of tokens a step, repeated within a row: added atomically too
+    E = r.standard_normal((4, 3)).astype(dtype)
+    toks = np.array([[[1, 1, 2], [0, 3, 3]], [[2, 2, 2], [1, 0, 1]]])
+    g = gradc.grad(_windowed_embedding, target="cuda")
+    src = g.source(E, toks)
+    assert "scan body" not in src and "cuda.atomic.add(" in src
+    np.testing.assert_allclose(g(E, toks), gradc.grad(_windowed_embedding,
+                                                      target="numpy")(E, toks), **tol)
+
+
 def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):
     """Viterbi decoding of one sentence: the max-product scan (one block, its first
     carry ``U[0]`` and its steps ``U[1:]`` read through views of ``U``, not copied by
@@ -3007,7 +3062,7 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import (PROGRAMS, _embedded_rnn, _placing, _summed, rosen,
+    from test_cuda import (PROGRAMS, _batched_embedding, _embedded_rnn, _placing, _summed, rosen,
                            viterbi_decode, viterbi_scan, w2)
     try:
         from numba.cuda.cudadrv import nvvm
@@ -3091,6 +3146,15 @@ PTX_SCRIPT = textwrap.dedent("""
         # (and its gradient's scatter, a stage of the backward scan)
         done["scatter-by-token"] = gradc.grad(_embedded_rnn, target="cuda").ptx(
             np.ones((7, 5)), np.eye(5), np.arange(6) % 7).count(".entry")
+        # (a batch's scatter into a shared table: atomic adds into shared memory, or
+        # into one global array for a table too large for it)
+        for V, dt in ((7, np.float64), (2200, np.float64), (7, np.float32),
+                      (2200, np.float32)):
+            ptx = gradc.grad(_batched_embedding, target="cuda").ptx(
+                np.ones((V, 5), dt), np.eye(5, dtype=dt), np.arange(24).reshape(4, 6) % 7)
+            where = "shared" if V == 7 else "global"
+            done[f"atom-{{where}}-{{dt.__name__}}"] = len(re.findall(
+                rf"(?:atom|red)\\.{{where}}(?:\\.\\w+)*\\.add\\.f{{8 * dt().itemsize}}", ptx))
         cudarows.ONE_RUN_WORK = 0
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)

@@ -659,8 +659,12 @@ class _Rows:
         for e in es:
             source = self.producer.get(e)
             users = self.uses.get(e, [])
-            if source is None or source.prim.name != "fused" or len(users) != 1 or \
-                    users[0] is not update or e in body.outputs:
+            if source is None or len(users) != 1 or users[0] is not update or \
+                    e in body.outputs:
+                return None
+            if source.prim.name == "scatter_add" and _scattered(source) is not None:
+                continue                     # (a term the rows add in place: _scatter_stage)
+            if source.prim.name != "fused":
                 return None
             fbody = source.params["body"]
             root = fbody.outputs[list(source.outputs).index(e)]
@@ -706,6 +710,10 @@ class _Rows:
         xs = set(body.inputs[nc + nk:])
         updates = {u for u, _ in self.acc.values()}
         contributions = {e for _, es in self.acc.values() for e in es}
+        # (terms that are scatters: added in place, _scatter_stage)
+        self.scatters = {e for e in contributions
+                         if self.producer[e].prim.name == "scatter_add"}
+        self.direct = set()               # ... into one array, not per-row partials
         # rank-0 values of per-step scalars and constants alone (a step size ``2 * x``):
         # the same for every row, so every thread computes them into a local
         self.uniform = set()
@@ -1113,7 +1121,13 @@ class _Rows:
                     self.names[v] = f"{ctx.names[v]}_u"
                 elif v in contributions:
                     alloc = "_d.empty" if v in shared else "_d.zeros"
-                    parts[v] = (self._host(f"{alloc}({(B,) + tuple(v.shape)!r}, "
+                    rows_of = (B,)
+                    if v in self.scatters and v not in shared:
+                        # (a scatter's term too large for shared memory: every block
+                        # adds into one array, atomically; no partials to sum)
+                        self.direct.add(v)
+                        rows_of = ()
+                    parts[v] = (self._host(f"{alloc}({rows_of + tuple(v.shape)!r}, "
                                            f"{dtype_expr(v.dtype)})"), len(parts))
                 elif v in into:
                     self.buffers[v] = self._host(into[v])
@@ -1185,6 +1199,9 @@ class _Rows:
                     f"{cg.mod('_e', v.shape[-1])}"
                 flush += [f"for _e in range(_tid, {size}, _nt):",
                           f"    _p{j}[i0, _e] = _ps{j}[{at}]"]
+            elif v in self.direct:
+                part_names[v] = (f"_p{j}", None)
+                self._extra(f"_p{j}", part, v.dtype, v.ndim, tuple(v.shape))
             else:
                 part_names[v] = (f"_p{j}", None)
                 self._extra(f"_p{j}", part, v.dtype, v.ndim + 1, (B,) + tuple(v.shape))
@@ -1206,23 +1223,28 @@ class _Rows:
         for e, text in zip(body.eqns, self.text_of):
             if e in updates or _reshape_source(e) is not None:
                 continue
-            fused = _scalar_fused(e) if e.outputs[0] in self.uniform else _as_fused(e)
-            if fused is None:
-                raise NotRows(f"no row lowering of {e.prim.name}")
-            comments = (self.comments_of.get(e) if fused is e else
-                        {e: [text[0].strip().removeprefix("let ")]})
-            if all(v in self.uniform for v in e.outputs):
-                # (per-step scalars, locals of every thread reading no row: placed
-                # before a reduction stage that a later one may join, not between them)
-                uniform = self._uniform(fused, text, comments)
-                if last is None:
-                    step += uniform
-                else:
-                    step[last[0]:last[0]] = uniform
-                    last = (last[0] + len(uniform),) + last[1:]
-                continue
-            self.merge_target = last[1] if last else None
-            lines, width = self._stage(fused, text, comments, part_names, order[e])
+            if e.outputs[0] in self.scatters:      # (an accumulator's scatter term)
+                self.merge_info = self.merged_pointwise = None
+                lines, width = self._scatter_stage(e, text, part_names)
+            else:
+                fused = _scalar_fused(e) if e.outputs[0] in self.uniform else _as_fused(e)
+                if fused is None:
+                    raise NotRows(f"no row lowering of {e.prim.name}")
+                comments = (self.comments_of.get(e) if fused is e else
+                            {e: [text[0].strip().removeprefix("let ")]})
+                if all(v in self.uniform for v in e.outputs):
+                    # (per-step scalars, locals of every thread reading no row: placed
+                    # before a reduction stage that a later one may join, not between
+                    # them)
+                    uniform = self._uniform(fused, text, comments)
+                    if last is None:
+                        step += uniform
+                    else:
+                        step[last[0]:last[0]] = uniform
+                        last = (last[0] + len(uniform),) + last[1:]
+                    continue
+                self.merge_target = last[1] if last else None
+                lines, width = self._stage(fused, text, comments, part_names, order[e])
             widest = max(widest, width)
             merged, info = None, None
             if last and self.merge_info:    # (one loop, no barrier between: _merged)
@@ -1704,6 +1726,47 @@ class _Rows:
                 raise NotRows("a stage reads what no kernel array holds")
         return names
 
+    def _scatter_stage(self, eqn, text, part_names):
+        """The lines of an accumulator's term that is a ``scatter_add`` (``_scattered``:
+        what reverse mode makes of a batched gather from a table every row shares, an
+        embedding's): the block's threads stride over the window elements of the
+        block's row, each computes where its element goes (index arrays read and checked
+        as a gather's) and adds it there atomically, since two elements may go to one
+        place: into the block's partial sums in shared memory, or, where those do not
+        fit, into one array for all blocks (``self.direct``); and how many threads it
+        can use."""
+        v, *arrays = eqn.inputs
+        out = eqn.outputs[0]
+        window, positions = _scattered(eqn)
+        if window[0] != self.B:
+            raise NotRows("a scatter whose window does not start with the batch axis")
+        fused = _map_stage(eqn)
+        em = self._emitter(self._names(fused), {}, {})
+        ivars = [f"i{d}" for d in range(len(window))]
+        idx = tuple(Affine(n, 1, 0, 0, m - 1) for n, m in zip(ivars, window))
+        sub = []
+        for p in positions:
+            if p[0] == "slice":
+                sub.append(str(idx[p[1]].map(p[3], p[2])))
+            elif p[0] == "int":
+                sub.append(str(p[1]))
+            else:
+                _, k, axes, n = p
+                at = tuple(Affine.const(0) if a is None else idx[a] for a in axes)
+                sub.append(em._index(eqn, arrays[k], at, n, 0))
+        value = em.value(v, idx, 0)
+        name, dims = part_names[out]
+        at = _linear(sub, dims) if dims is not None else \
+            f"({', '.join(sub)},)" if out in self.direct else f"(i0, {', '.join(sub)})"
+        line = text[0].strip().removeprefix("let ")
+        size = int(np.prod(window[1:]))
+        lines = [f"# {line}   (added where it points, atomically)",
+                 f"for _e in range(_tid, {size}, _nt):"]
+        lines += cg._decode("_e", window[1:], ivars[1:], "    ")
+        lines += ["    " + s for s in em.lines]
+        lines.append(f"    cuda.atomic.add({name}, {at}, {value})")
+        return lines, size
+
     def _uniform(self, fused, text, comments):
         """Lines computing rank-0 values the same for every row (``self.uniform``) into
         locals, run by every thread (no barrier after them)."""
@@ -2032,7 +2095,18 @@ class _Rows:
         ctx, eqn, body = self.ctx, self.eqn, self.body
         update, _ = self.acc[j]
         init, out = eqn.inputs[self.n_consts + j], eqn.outputs[j]
-        if ctx.zero_fill(init) and len(parts) == 1:
+        if ctx.zero_fill(init) and len(parts) == 1 and set(parts) <= self.direct:
+            (e, part), = parts.items()
+            if np.dtype(e.dtype) == np.dtype(out.dtype) and \
+                    int(np.prod(e.shape)) == int(np.prod(out.shape)):
+                # (from zeros, a scatter's one array is the carry's final value)
+                start = "zeros" if isinstance(init, Lit) else f"{ctx.names[init]}, zeros"
+                ctx.lines.append(f"# {ctx.names[out]}: what the rows added in place (from "
+                                 f"{start}: neither filled nor added)")
+                self._result(out, part if tuple(e.shape) == tuple(out.shape) else
+                             f"_d.reshape({part}, {tuple(out.shape)!r})")
+                return
+        if ctx.zero_fill(init) and len(parts) == 1 and not set(parts) & self.direct:
             # (from zeros, a tree of adds and reshapes of one term is that term's sum
             # over the batch, reshaped: no fill, no add; a term broadcast into the
             # carry needs both)
@@ -2054,7 +2128,11 @@ class _Rows:
         for e, part in parts.items():
             total = Var(tuple(e.shape), e.dtype)
             ctx.names[total] = ctx.temp()
-            self._sum_rows(part, (self.B,) + tuple(e.shape), 0, total)
+            if e in self.direct:              # (the rows' sum already)
+                ctx.lines.append(f"{ctx.names[total]} = {part}")
+                ctx.place[total] = "dev"
+            else:
+                self._sum_rows(part, (self.B,) + tuple(e.shape), 0, total)
             new[e] = total
         finish = update.replace(inputs=tuple(new.get(v, v) for v in update.inputs),
                                 outputs=(eqn.outputs[j],))
@@ -2300,6 +2378,26 @@ def _one_hot(eqn):
     return {"window": tuple(window), "pinned": pinned, "positions": out}
 
 
+def _scattered(eqn):
+    """``(window, positions)`` (``indexing.index_map``'s) of ``scatter_add`` equation
+    ``eqn`` if ``_Rows._scatter_stage`` can add its value in place as an accumulator's
+    term: its value a Var of the window's shape (whose first axis the stage requires to
+    be the batch), no new axes, float32 or float64 (atomic adds); else None."""
+    from .indexing import index_map
+    v, *arrays = eqn.inputs
+    spec = tuple(eqn.params["spec"])
+    if not isinstance(v, Var) or not v.ndim or any(e[0] == "n" for e in spec) or \
+            np.dtype(v.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)) or \
+            np.dtype(eqn.outputs[0].dtype) != np.dtype(v.dtype):
+        return None
+    window, positions = index_map(tuple(eqn.params["shape"]), spec,
+                                  [tuple(a.shape) for a in arrays])
+    window = tuple(int(n) for n in window)
+    if window != tuple(int(d) for d in v.shape):
+        return None
+    return window, positions
+
+
 def _scatter_as_fused(eqn):
     """A ``scatter_add`` that ``_one_hot`` can compute element by element as a fused
     equation of one (a map stage over its result), None for any other."""
@@ -2379,16 +2477,19 @@ def _share_of(R, S) -> list:
 
 
 def _subscripted(lines, memory) -> set:
-    """The memory of every array the lines subscript (read or written; not in
-    comments)."""
+    """The memory of every array the lines subscript (read or written, atomically too;
+    not in comments)."""
     return {memory.get(n, n) for line in lines
-            for n in re.findall(r"(\w+)\[", line.split("#")[0])}
+            for n in re.findall(r"(\w+)\[|cuda\.atomic\.\w+\((\w+),", line.split("#")[0])
+            for n in n if n}
 
 
 def _written(lines, memory) -> set:
-    """The memory of every array the lines assign to (``a[...] = ``, ``+=``, chained)."""
+    """The memory of every array the lines assign to (``a[...] = ``, ``+=``, chained,
+    ``cuda.atomic.add(a, ...)``)."""
     return {memory.get(n, n) for line in lines
-            for n in re.findall(r"(\w+)\[[^\]]*\]\s*\+?=(?!=)", line.split("#")[0])}
+            for n in re.findall(r"(\w+)\[[^\]]*\]\s*\+?=(?!=)|cuda\.atomic\.\w+\((\w+),",
+                                line.split("#")[0]) for n in n if n}
 
 
 def _unread_shared(lines: list) -> list:
