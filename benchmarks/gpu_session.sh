@@ -4,7 +4,8 @@
 # PyTorch (G1 and G2 without vector accesses, G2 with 16-byte ones, G1 and G2 with
 # fastmath, G4 without its tape cut, with signed indices, without shuffles and without
 # double rows), scans over one sequence (benchmarks/one_sequence.py), runs of small
-# equations as one block against a kernel each (benchmarks/one_run.py), where each
+# equations as one block against a kernel each (benchmarks/one_run.py), an embedding
+# RNN's gradient (benchmarks/embedding.py), where each
 # workload's time goes (benchmarks/gpu_profile.py), the CUDA
 # tests on the real compiler and GPU, and Nsight Compute's counters for G1's and G2's
 # kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
@@ -90,6 +91,10 @@ timeout 60 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md
 echo "rc $?" >> "$OUT/one_sequence.md"
 timeout 25 "$PY" benchmarks/one_run.py --repeats 30 >> "$OUT/one_sequence.md" 2>&1
 echo "one_run rc $?" >> "$OUT/one_sequence.md"
+# an embedding RNN's gradient (one sequence, a batch sharing the table, per-example):
+# scatters added in place, atomically, against the one-hot stage or the host loop
+timeout 40 "$PY" benchmarks/embedding.py --repeats 10 >> "$OUT/one_sequence.md" 2>&1
+echo "embedding rc $?" >> "$OUT/one_sequence.md"
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import gradc
+from gradc import ops
 from gradc.codegen import cudagen, cudarows
 from gradc.codegen.compile import optimise
 
@@ -2820,6 +2821,84 @@ def test_a_batched_gathers_gradient_is_added_in_place(dtype):
     assert "scan body" not in src and "cuda.atomic.add(" in src
     np.testing.assert_allclose(g(E, toks), gradc.grad(_windowed_embedding,
                                                       target="numpy")(E, toks), **tol)
+
+
+def test_a_gathers_gradient_from_a_large_table_is_added_in_place(monkeypatch):
+    """One sequence through an embedding RNN whose table is larger than a one-block
+    step may be (``GRADC_CUDA_ONE_ROW_WORK``, 1000 here for a table of 60 x 20): its
+    gradient's scatter, added into a carry that nothing else reads, is added in place
+    (``_added_scatters``; the step's work is the window's, 20, where the one-hot stage
+    computed the table's at every step, which sent the backward scan to a host loop).
+    Both scans are one block, two kernels in all, and the table's gradient starts from
+    zeros no kernel fills (the fill stays deferred at the row's shape).  Per-example
+    gradients (``vmap`` of ``grad``) add each row's scatter into its own row of the
+    result, in place in the carry's first value (``_Rows._seed``).  Values as the
+    CPU's."""
+    monkeypatch.setenv("GRADC_CUDA_ONE_ROW_WORK", "1000")
+    r = np.random.default_rng(22)
+    E, W = r.standard_normal((60, 20)), 0.2 * r.standard_normal((20, 20))
+    toks = r.integers(-60, 60, 7)
+    toks[3] = toks[5]
+    g = gradc.grad(_embedded_rnn, argnums=(0, 1), target="cuda")
+    src = g.source(E, W, toks)
+    host = src[src.rindex("\ndef "):]
+    assert host.count(ONE_BLOCK) == 2 and "scan body" not in src, host
+    assert "broadcast_in_dim" not in host and len(g.compile(E, W, toks).kernels) == 2, host
+    for a, b in zip(g(E, W, toks), gradc.grad(_embedded_rnn, argnums=(0, 1),
+                                              target="numpy")(E, W, toks)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    batch = r.integers(0, 60, (3, 7))
+    per = gradc.vmap(gradc.grad(_embedded_rnn), in_axes=(None, None, 0))
+    j = gradc.jit(per, target="cuda")
+    src = j.source(E, W, batch)
+    host = src[src.rindex("\ndef "):]
+    assert src.count("a block per row of 3") == 2 and "cuda.atomic.add(" in src
+    # (the rows add into the carry's first value, a fill no later equation reads: no
+    # zeros of their own, no add after the kernel)
+    assert "_d.zeros(" not in host and "(from w: no add)" in host, host
+    np.testing.assert_allclose(j(E, W, batch), gradc.jit(per, target="numpy")(E, W, batch),
+                               rtol=1e-12, atol=1e-12)
+
+
+def _histogram_steps(G0, ts, w):
+    """A carry that only adds a scatter of each step's tokens (repeated ones too: two
+    window elements to one place), returned beside a sum of its first value."""
+    def step(G, t):
+        return G + ops.scatter_add(w * 2.0, [t], (6, 3), (("a", 0), ("s", 0, 3, 1))), None
+    G, _ = gradc.scan(step, G0, ts)
+    return G, np.sum(G0)
+
+
+def test_a_carry_that_only_adds_scatters_is_one_block():
+    """A scan whose one carry adds a scatter at each step has no carry with a batch
+    axis once that carry is an accumulator: over one sequence it is one block all the
+    same (the row of one).  It starts from a copy of the caller's array (which stays
+    as it was), and under ``vmap`` from the broadcast of it, which nothing reads
+    afterwards, in place: no zeros, no add.  Values as NumPy's (``np.add.at``)."""
+    r = np.random.default_rng(23)
+    G0, w = r.standard_normal((6, 3)), r.standard_normal((4, 3))
+    ts = r.integers(-6, 6, (5, 4))
+    ts[2] = [1, 1, -5, 0]
+    want = G0.copy()
+    for t in ts:
+        np.add.at(want, t, 2.0 * w)
+    kept = G0.copy()
+    j = gradc.jit(_histogram_steps, target="cuda")
+    host = j.source(G0, ts, w)
+    host = host[host.rindex("\ndef "):]
+    assert host.count(ONE_BLOCK) == 1 and "_d.copy(" in host and "no add" in host, host
+    G, _ = j(G0, ts, w)
+    np.testing.assert_allclose(G, want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(G0, kept)
+    many = np.stack([ts, ts[::-1], np.zeros_like(ts)])
+    jv = gradc.jit(gradc.vmap(_histogram_steps, in_axes=(None, 0, None)), target="cuda")
+    host = jv.source(G0, many, w)
+    host = host[host.rindex("\ndef "):]
+    assert "_d.copy(" not in host.split(ONE_BLOCK)[1] and "no add" in host, host
+    Gs, _ = jv(G0, many, w)
+    np.testing.assert_allclose(Gs[0], want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(Gs, gradc.jit(gradc.vmap(_histogram_steps, in_axes=(
+        None, 0, None)), target="numpy")(G0, many, w)[0], rtol=1e-13, atol=1e-13)
 
 
 def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):

@@ -410,6 +410,19 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
             continue
         shape = (1,) + tuple(v.shape) if k < nc + nk else \
             (int(v.shape[0]), 1) + tuple(v.shape[1:])
+        if k < nc + nk and isinstance(v, Var) and v in ctx.deferred and \
+                ctx.fill_literal(v) is None and ctx.zero_fill(v):
+            # (zeros too large for a literal, a carry's: deferred still, at the row's
+            # shape, so that an accumulator starts from them without a fill kernel)
+            fill, _ = ctx.deferred[v]
+            w = Var(shape, v.dtype)
+            ctx.names[w] = ctx.temp()
+            ctx.deferred[w] = (fill.replace(outputs=(w,), params={**fill.params,
+                                                                   "shape": shape}),
+                               [f"{ctx.names[w]} = zeros {shape!r} (a row of "
+                                f"{ctx.names[v]})"])
+            ins.append(w)
+            continue
         v = ctx.fill_literal(v) or v      # (a fill: the kernel's constant, no launch)
         if isinstance(v, Lit):
             ins.append(Lit(np.reshape(v.value, shape)))
@@ -425,6 +438,8 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
         value = ctx.names[v] if ctx.place[v] == "dev" else \
             f"_d.dev(np.asarray({ctx.names[v]}, {dtype_expr(v.dtype)}))"
         ctx.lines.append(f"{ctx.names[w]} = _d.reshape({value}, {shape!r})")
+        if v in ctx.dying:                # (the same storage: nothing reads it after)
+            ctx.dying = ctx.dying | {w}
         ins.append(w)
     outs = [Var((1,) + tuple(v.shape) if k < nk else
                 (int(v.shape[0]), 1) + tuple(v.shape[1:]), v.dtype)
@@ -524,7 +539,52 @@ def _small_step(body: Graph) -> bool:
     most ``ONE_ROW_WORK`` elements (``GRADC_CUDA_ONE_ROW_WORK``; 0: none is small)."""
     limit = os.environ.get("GRADC_CUDA_ONE_ROW_WORK", "").strip()
     limit = int(limit) if limit.isdigit() else ONE_ROW_WORK
-    return bool(limit) and all(work_of(e) <= limit for e in body.eqns)
+    # (an added scatter and the add: the window's elements, in place)
+    added = {}
+    for e, update in _added_scatters(body).items():
+        added[e] = added[update] = max(added.get(update, 0), int(np.prod(e.inputs[0].shape)))
+    return bool(limit) and all(added.get(e, work_of(e)) <= limit for e in body.eqns)
+
+
+def _in_place_scatters() -> bool:
+    """Whether scatters added into a carry are added in place (``_scatter_stage``);
+    ``GRADC_CUDA_ROW_SCATTER=0`` in the environment turns it off, for a GPU session's
+    A/B (then a one-hot stage where it applies, else the host loop)."""
+    return os.environ.get("GRADC_CUDA_ROW_SCATTER", "1").strip() != "0"
+
+
+def _added_scatters(body: Graph) -> dict:
+    """The ``scatter_add`` equations of scan body ``body`` whose result is only added
+    into a carry that nothing else reads (``c' = c + scatter_add(...)``: reverse mode's
+    gradient of a gather from a table, an embedding's), each -> the add: the rows add
+    them in place (``_Rows._scatter_stage``), a step's work the window's, not the
+    table's.  (What ``_Rows._accumulator`` then checks exactly.)"""
+    if not _in_place_scatters():
+        return {}
+    producer = {v: e for e in body.eqns for v in e.outputs}
+    uses: dict = {}
+    for e in body.eqns:
+        for v in e.inputs:
+            if isinstance(v, Var):
+                uses.setdefault(v, []).append(e)
+    inputs, found = set(body.inputs), {}
+    for c_out in body.outputs:
+        update = producer.get(c_out) if isinstance(c_out, Var) else None
+        if update is None or c_out in uses:
+            continue
+        inner = [update] if update.prim.name == "add" else \
+            update.params["body"].eqns if update.prim.name == "fused" else [None]
+        if any(q is None or q.prim.name not in ("add", "reshape") for q in inner):
+            continue
+        if sum(v in inputs and len(uses[v]) == 1 for v in update.inputs) != 1:
+            continue                         # (the carry, read by its update alone)
+        for v in update.inputs:
+            e = producer.get(v)
+            if e is not None and e.prim.name == "scatter_add" and \
+                    len(uses.get(v, [])) == 1 and v not in body.outputs and \
+                    _scattered(e) is not None:
+                found[e] = update
+    return found
 
 
 def work_of(eqn) -> int:
@@ -583,10 +643,12 @@ class _Rows:
         # (a gather's index arrays are checked: ``_RowEmitter._gather``, ``_leave``)
         self.checked = any(e.prim.name in ("gather", "scatter_add") for e in body.eqns)
         eqns = []
+        added = _added_scatters(body)     # (added in place, atomically: _scatter_stage)
         for e, text in zip(body.eqns, text_of):
             fused = _einsum_as_fused(e) if e.prim.name == "einsum" else \
                 _gather_as_fused(e) if e.prim.name == "gather" else \
-                _scatter_as_fused(e) if e.prim.name == "scatter_add" else None
+                _scatter_as_fused(e) if e.prim.name == "scatter_add" and \
+                e not in added else None
             if fused is not None:
                 line = text[0].strip().removeprefix("let ")
                 self.comments_of[fused] = {q: [f"{line}   ({q.prim.name})"]
@@ -662,7 +724,8 @@ class _Rows:
             if source is None or len(users) != 1 or users[0] is not update or \
                     e in body.outputs:
                 return None
-            if source.prim.name == "scatter_add" and _scattered(source) is not None:
+            if source.prim.name == "scatter_add" and _scattered(source) is not None and \
+                    _in_place_scatters():
                 continue                     # (a term the rows add in place: _scatter_stage)
             if source.prim.name != "fused":
                 return None
@@ -689,15 +752,15 @@ class _Rows:
         self.fixed = {j for j in range(nk) if body.outputs[j] is carries[j]}
         self.row_carries = row_carries = [j for j in range(nk)
                                           if j not in self.acc and j not in self.fixed]
-        if not row_carries and self.batch is None:
+        if not row_carries and self.batch is None and not (self.one and self.acc):
             raise NotRows("no carry with a batch axis")
         if row_carries:
             first = carries[row_carries[0]]
             if first.ndim == 0:
                 raise NotRows("a rank-0 carry")
             self.B = int(first.shape[0])
-        else:                             # (a run of equations: row_run)
-            self.B = self.batch
+        else:                 # (a run of equations: row_run; one_row's accumulators alone)
+            self.B = 1 if self.batch is None else self.batch
         if self.B == 0:
             raise NotRows("no rows")      # (a grid of no blocks is no launch)
         self._batch_sums()
@@ -714,6 +777,7 @@ class _Rows:
         self.scatters = {e for e in contributions
                          if self.producer[e].prim.name == "scatter_add"}
         self.direct = set()               # ... into one array, not per-row partials
+        self.seeded = set()               # ... which starts as the carry's initial value
         # rank-0 values of per-step scalars and constants alone (a step size ``2 * x``):
         # the same for every row, so every thread computes them into a local
         self.uniform = set()
@@ -961,6 +1025,8 @@ class _Rows:
         shared, self.room = set(), cg.SHARED_BYTES
         for e in contributions:
             size = _row_bytes((1,) + _padded(e.shape), e.dtype)
+            if e in self.scatters and e.ndim and int(e.shape[0]) == B:
+                continue           # (a scatter each row adds into its own: _scatter_stage)
             if size <= self.room:
                 self.room -= size
                 shared.add(e)
@@ -1123,10 +1189,16 @@ class _Rows:
                     alloc = "_d.empty" if v in shared else "_d.zeros"
                     rows_of = (B,)
                     if v in self.scatters and v not in shared:
-                        # (a scatter's term too large for shared memory: every block
-                        # adds into one array, atomically; no partials to sum)
+                        # (a scatter's term too large for shared memory, or with the
+                        # batch axis, each row adding into its own (per-example
+                        # gradients; a row of one): every block adds into one array,
+                        # atomically; no partials to sum)
                         self.direct.add(v)
                         rows_of = ()
+                        seed = self._seed(v, dying)
+                        if seed is not None:
+                            parts[v] = (seed, len(parts))
+                            continue
                     parts[v] = (self._host(f"{alloc}({rows_of + tuple(v.shape)!r}, "
                                            f"{dtype_expr(v.dtype)})"), len(parts))
                 elif v in into:
@@ -1726,6 +1798,29 @@ class _Rows:
                 raise NotRows("a stage reads what no kernel array holds")
         return names
 
+    def _seed(self, v, dying):
+        """The array a scatter term ``v`` that every block adds into (``self.direct``)
+        starts as, if it is the carry's initial value: where the carry's update is
+        ``c + v`` alone, of one shape and dtype, and ``c`` starts from an array no
+        kernel knows to be zeros (a fill the vmap pass made of ``zeros_like``: per-example
+        gradients), that array if nothing reads it afterwards, else a copy: no zeros
+        and no add after the kernel (``_finish_accumulator``).  None for any other."""
+        ctx, nc = self.ctx, self.n_consts
+        j = next(j for j, (_, es) in self.acc.items() if v in es)
+        update, es = self.acc[j]
+        init, c = self.eqn.inputs[nc + j], self.body.inputs[nc + j]
+        inner = update.params["body"].eqns if update.prim.name == "fused" else [update]
+        if es != [v] or [q.prim.name for q in inner] != ["add"] or isinstance(init, Lit) or \
+                ctx.zero_fill(init) or tuple(v.shape) != tuple(c.shape) or \
+                np.dtype(v.dtype) != np.dtype(c.dtype) or \
+                np.dtype(init.dtype) != np.dtype(c.dtype) or not init.ndim:
+            return None
+        ctx.materialize(init)
+        self.seeded.add(v)
+        if init in dying and ctx.place.get(init) == "dev" and init not in ctx.views:
+            return self._host(ctx.names[init])
+        return self._host(f"_d.copy({ctx.on_device(init)})")
+
     def _scatter_stage(self, eqn, text, part_names):
         """The lines of an accumulator's term that is a ``scatter_add`` (``_scattered``:
         what reverse mode makes of a batched gather from a table every row shares, an
@@ -2095,14 +2190,18 @@ class _Rows:
         ctx, eqn, body = self.ctx, self.eqn, self.body
         update, _ = self.acc[j]
         init, out = eqn.inputs[self.n_consts + j], eqn.outputs[j]
-        if ctx.zero_fill(init) and len(parts) == 1 and set(parts) <= self.direct:
+        seeded = len(parts) == 1 and set(parts) <= self.seeded
+        if (ctx.zero_fill(init) or seeded) and len(parts) == 1 and \
+                set(parts) <= self.direct:
             (e, part), = parts.items()
             if np.dtype(e.dtype) == np.dtype(out.dtype) and \
                     int(np.prod(e.shape)) == int(np.prod(out.shape)):
-                # (from zeros, a scatter's one array is the carry's final value)
-                start = "zeros" if isinstance(init, Lit) else f"{ctx.names[init]}, zeros"
+                # (from zeros, or from the initial value it started as, a scatter's one
+                # array is the carry's final value)
+                start = f"{ctx.names[init]}: no add" if seeded else "zeros" \
+                    if isinstance(init, Lit) else f"{ctx.names[init]}, zeros"
                 ctx.lines.append(f"# {ctx.names[out]}: what the rows added in place (from "
-                                 f"{start}: neither filled nor added)")
+                                 f"{start}{'' if seeded else ': neither filled nor added'})")
                 self._result(out, part if tuple(e.shape) == tuple(out.shape) else
                              f"_d.reshape({part}, {tuple(out.shape)!r})")
                 return
