@@ -2869,12 +2869,15 @@ def _histogram_steps(G0, ts, w):
     return G, np.sum(G0)
 
 
-def test_a_carry_that_only_adds_scatters_is_one_block():
-    """A scan whose one carry adds a scatter at each step has no carry with a batch
-    axis once that carry is an accumulator: over one sequence it is one block all the
-    same (the row of one).  It starts from a copy of the caller's array (which stays
-    as it was), and under ``vmap`` from the broadcast of it, which nothing reads
-    afterwards, in place: no zeros, no add.  Values as NumPy's (``np.add.at``)."""
+def test_a_carry_that_only_adds_scatters_is_one_block(monkeypatch):
+    """A scan whose one carry adds a scatter of each step's operands is a map over the
+    steps (``passes.licm.maps_of_scans``: no loop).  Where the map would be too large
+    (``MAP_ELEMENTS``, 1 here), it has no carry with a batch axis once that carry is an
+    accumulator: over one sequence it is one block all the same (the row of one).  It
+    starts from a copy of the caller's array (which stays as it was), and under
+    ``vmap`` from the broadcast of it, which nothing reads afterwards, in place: no
+    zeros, no add.  Values as NumPy's (``np.add.at``)."""
+    from gradc.passes import licm
     r = np.random.default_rng(23)
     G0, w = r.standard_normal((6, 3)), r.standard_normal((4, 3))
     ts = r.integers(-6, 6, (5, 4))
@@ -2883,22 +2886,57 @@ def test_a_carry_that_only_adds_scatters_is_one_block():
     for t in ts:
         np.add.at(want, t, 2.0 * w)
     kept = G0.copy()
-    j = gradc.jit(_histogram_steps, target="cuda")
-    host = j.source(G0, ts, w)
-    host = host[host.rindex("\ndef "):]
-    assert host.count(ONE_BLOCK) == 1 and "_d.copy(" in host and "no add" in host, host
-    G, _ = j(G0, ts, w)
-    np.testing.assert_allclose(G, want, rtol=1e-13, atol=1e-13)
-    np.testing.assert_array_equal(G0, kept)
     many = np.stack([ts, ts[::-1], np.zeros_like(ts)])
-    jv = gradc.jit(gradc.vmap(_histogram_steps, in_axes=(None, 0, None)), target="cuda")
-    host = jv.source(G0, many, w)
+    for limit in (licm.MAP_ELEMENTS, 1):
+        monkeypatch.setattr(licm, "MAP_ELEMENTS", limit)
+        j = gradc.jit(_histogram_steps, target="cuda")
+        host = j.source(G0, ts, w)
+        host = host[host.rindex("\ndef "):]
+        if limit > 1:
+            assert "for _t" not in host and "one kernel" not in host, host
+        else:
+            assert host.count(ONE_BLOCK) == 1 and "_d.copy(" in host and "no add" in host, \
+                host
+        G, _ = j(G0, ts, w)
+        np.testing.assert_allclose(G, want, rtol=1e-13, atol=1e-13)
+        np.testing.assert_array_equal(G0, kept)
+        jv = gradc.jit(gradc.vmap(_histogram_steps, in_axes=(None, 0, None)), target="cuda")
+        host = jv.source(G0, many, w)
+        host = host[host.rindex("\ndef "):]
+        if limit == 1:
+            assert "_d.copy(" not in host.split(ONE_BLOCK)[1] and "no add" in host, host
+        Gs, _ = jv(G0, many, w)
+        np.testing.assert_allclose(Gs[0], want, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(Gs, gradc.jit(gradc.vmap(_histogram_steps, in_axes=(
+            None, 0, None)), target="numpy")(G0, many, w)[0], rtol=1e-13, atol=1e-13)
+
+
+def _accumulated(W, xs):
+    """A carry that only accumulates ``d + g(x_t)``."""
+    def step(d, x):
+        return d + np.sum(np.tanh(x @ W) ** 2, axis=1) * 0.5, None
+    d, _ = gradc.scan(step, np.ones(xs.shape[1]), xs)
+    return np.sum(d ** 2)
+
+
+def test_a_scan_that_is_a_map_is_no_loop():
+    """``passes.licm.maps_of_scans``: the accumulating loop and its gradient's loop
+    (the carry's cotangent handed to every step unchanged, W's accumulating) are maps
+    over the steps: no host loop and no scan kernel, each region one launch for all
+    steps (they were two host loops, a launch per region per step); ``scan-chain``'s
+    gradient has none left either.  Values as the interpreter's."""
+    r = np.random.default_rng(24)
+    W, xs = 0.5 * r.standard_normal((4, 4)), r.standard_normal((6, 3, 4))
+    g = gradc.grad(_accumulated, argnums=(0, 1), target="cuda")
+    host = g.source(W, xs)
     host = host[host.rindex("\ndef "):]
-    assert "_d.copy(" not in host.split(ONE_BLOCK)[1] and "no add" in host, host
-    Gs, _ = jv(G0, many, w)
-    np.testing.assert_allclose(Gs[0], want, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(Gs, gradc.jit(gradc.vmap(_histogram_steps, in_axes=(
-        None, 0, None)), target="numpy")(G0, many, w)[0], rtol=1e-13, atol=1e-13)
+    assert "for _t" not in host and "the scan as one kernel" not in host, host
+    for a, b in zip(g(W, xs), gradc.grad(_accumulated, argnums=(0, 1),
+                                         target="numpy")(W, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    f, args = PROGRAMS["scan-chain"]
+    host = gradc.grad(_summed(f), argnums=(0, 1, 2), target="cuda").source(*args)
+    assert "for _t" not in host[host.rindex("\ndef "):]
 
 
 def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):

@@ -15,7 +15,7 @@ import gradc
 from gradc.interpret import eval_graph
 from gradc.ir import Graph, Var, make_eqn, verify
 from gradc.passes import simplify
-from gradc.passes.licm import hoist_invariants, split_invariants
+from gradc.passes.licm import hoist_invariants, maps_of_scans, split_invariants
 from gradc.prims.elementwise import add_p
 from gradc.prims.linalg import einsum_p
 from gradc.prims.loops import scan_p
@@ -192,6 +192,141 @@ def test_a_step_on_a_transposed_const_is_one_kernel_on_the_gpu():
                          env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "2"
+
+
+def accumulated(W, U):
+    """A carry that only adds a function of each step's operand (``d + g(x_t)``):
+    reverse mode's scan hands ``d``'s cotangent to every step unchanged."""
+    def step(d, u):
+        return d + np.sum(np.tanh(u @ W) ** 2, axis=1) * 0.5, None
+    d, _ = gradc.scan(step, np.ones(B), U)
+    return np.sum(d ** 2)
+
+
+def accumulated_numpy(W, U):
+    d = np.ones(B)
+    for u in U:
+        d = d + np.sum(np.tanh(u @ W) ** 2, axis=1) * 0.5
+    return np.sum(d ** 2)
+
+
+@pytest.mark.parametrize("target", ["cpu", "numpy"])
+def test_a_scan_whose_carries_never_change_is_a_map(target):
+    """``maps_of_scans``: a carry that only accumulates ``d + g(x_t)`` is a sum over the
+    steps of ``g`` batched over them, and its gradient a scan whose carry every step
+    hands back unchanged (stacking ``g``'s transposes) while W's cotangent
+    accumulates: on the compiled targets both are their bodies batched over the steps,
+    inlined, with sums over the steps (no loop left), and the gradients are as finite
+    differences' and the interpreter's."""
+    g = gradc.grad(accumulated, argnums=(0, 1), target=target)
+    gw, gu = g(W, U)
+    eps = 1e-6
+    for k in range(3):
+        d = rng.standard_normal(W.shape)
+        fd = (accumulated_numpy(W + eps * d, U) - accumulated_numpy(W - eps * d, U)) / (2 * eps)
+        np.testing.assert_allclose(np.sum(gw * d), fd, rtol=1e-6, atol=1e-8)
+        d = rng.standard_normal(U.shape)
+        fd = (accumulated_numpy(W, U + eps * d) - accumulated_numpy(W, U - eps * d)) / (2 * eps)
+        np.testing.assert_allclose(np.sum(gu * d), fd, rtol=1e-6, atol=1e-8)
+    traced = gradc.make_graph(gradc.grad(accumulated, argnums=(0, 1)))(W, U)
+    assert len(scans(traced)) == 2             # (forward, and the map reverse mode makes)
+    if target == "cpu":
+        assert not scans(g.graph(W, U)), g.graph(W, U)
+        ref = gradc.grad(accumulated, argnums=(0, 1), target="numpy")(W, U)
+        for a, b in zip((gw, gu), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_maps_of_scans_by_hand():
+    """A scan without carries, one whose carry is handed back (read by the step), a
+    scan of no steps, and a map inside a loop's body: the first two become their
+    bodies over all steps, with the carry's final value its first; the others stay; the
+    graph computes what it did."""
+    def var(*shape):
+        return Var(shape, np.dtype(np.float64))
+    w, c, x = var(K, K), var(B, K), var(B, K)
+    prod, out = var(B, K), var(B, K)
+    body = Graph((w, c, x), (
+        make_eqn(einsum_p, (c, w), (prod,), {"spec": "ij,jk->ik"}),
+        make_eqn(add_p, (prod, x), (out,), {})), (c, out))
+    W0, C0, X0 = var(K, K), var(B, K), var(T, B, K)
+    carry, ys = var(B, K), var(T, B, K)
+    scan = make_eqn(scan_p, (W0, C0, X0), (carry, ys), {
+        "body": body, "n_consts": 1, "n_carry": 1, "length": T, "reverse": True})
+    sum_ys = var(B, K)
+    again = make_eqn(add_p, (carry, carry), (sum_ys,), {})
+    outer = Graph((W0, C0, X0), (scan, again), (carry, ys, sum_ys))
+    mapped = maps_of_scans(outer)
+    verify(mapped)
+    assert "scan" not in names(mapped) and mapped.outputs[0] is C0
+    args = [W, rng.standard_normal((B, K)), U]
+    for a, b in zip(eval_graph(outer, args), eval_graph(mapped, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    # (no carries at all)
+    x2, y2 = var(B, K), var(B, K)
+    tanh_body = Graph((x2,), (make_eqn(add_p, (x2, x2), (y2,), {}),), (y2,))
+    Y = var(T, B, K)
+    none = Graph((X0,), (make_eqn(scan_p, (X0,), (Y,), {
+        "body": tanh_body, "n_consts": 0, "n_carry": 0, "length": T, "reverse": False}),),
+        (Y,))
+    assert "scan" not in names(maps_of_scans(none))
+    np.testing.assert_array_equal(eval_graph(maps_of_scans(none), [U])[0], 2 * U)
+    # (a scan of no steps, and a carry that changes, stay)
+    X00, Y0 = var(0, B, K), var(0, B, K)
+    empty = Graph((X00,), (make_eqn(scan_p, (X00,), (Y0,), {
+        "body": tanh_body, "n_consts": 0, "n_carry": 0, "length": 0, "reverse": False}),),
+        (Y0,))
+    assert maps_of_scans(empty) is empty
+    changing = Graph(body.inputs, body.eqns, (out, out))
+    loop = Graph((W0, C0, X0), (make_eqn(scan_p, (W0, C0, X0), (carry, ys), {
+        "body": changing, "n_consts": 1, "n_carry": 1, "length": T, "reverse": False}),),
+        (carry, ys))
+    assert maps_of_scans(loop) is loop
+    # (a map inside a loop's body: rewritten there)
+    C2, Z, C1 = var(B, K), var(T, T, B, K), var(B, K)
+    nested = Graph((W0, C0, X0), (make_eqn(scan_p, (W0, X0, C0), (C2, Z), {
+        "body": Graph((W0, X0, carry), (make_eqn(scan_p, (W0, carry, X0), (C1, ys), {
+            "body": body, "n_consts": 1, "n_carry": 1, "length": T, "reverse": False}),
+            make_eqn(add_p, (C1, C1), (sum_ys,), {})), (sum_ys, ys)),
+        "n_consts": 2, "n_carry": 1, "length": T, "reverse": False}),), (C2, Z))
+    verify(nested)
+    rewritten = maps_of_scans(nested)
+    verify(rewritten)
+    (outer_scan,) = scans(rewritten)
+    assert "scan" not in names(outer_scan.params["body"])
+    args = [W, rng.standard_normal((B, K)), U]
+    for a, b in zip(eval_graph(nested, args), eval_graph(rewritten, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+
+
+def test_what_stays_a_loop(monkeypatch):
+    """A carry accumulating a term that reads another accumulating carry is no map;
+    nor is a map that would make a value larger than the loop's own arrays and than
+    ``MAP_ELEMENTS`` (a step's outer product stacked over the steps); with the limit
+    above it, it is one, and computes what the loop did."""
+    from gradc.passes import licm
+
+    def chained(x0, xs):
+        def step(c, x):
+            a, b = c
+            return (a + x, b + a * x), None
+        (a, b), _ = gradc.scan(step, (x0, x0), xs)
+        return a, b
+
+    def outer(xs):
+        def step(c, x):
+            return c + np.sum(x[:, :, None] * x[:, None, :], axis=0), None
+        return gradc.scan(step, np.zeros((K, K)), xs)[0]
+    g = gradc.make_graph(chained)(np.ones(K), U[:, 0])
+    assert len(scans(licm.maps_of_scans(g))) == 1
+    g = gradc.make_graph(outer)(U)
+    monkeypatch.setattr(licm, "MAP_ELEMENTS", 1)
+    assert len(scans(licm.maps_of_scans(g))) == 1      # ((T, B, K, K) > (T, B, K))
+    monkeypatch.setattr(licm, "MAP_ELEMENTS", T * B * K * K)
+    mapped = licm.maps_of_scans(g)
+    assert not scans(mapped)
+    np.testing.assert_allclose(eval_graph(mapped, [U])[0], eval_graph(g, [U])[0],
+                               rtol=1e-13, atol=1e-13)
 
 
 def test_gradc_licm_0_leaves_the_step_as_written(monkeypatch):

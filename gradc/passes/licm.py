@@ -34,6 +34,9 @@ from .simplify import dce
 
 # equations that only give another view of their operand
 VIEWS = {"reshape", "broadcast_in_dim", "stop_gradient"}
+# a map over a scan's steps may make values of this many elements, or as many as the
+# scan's largest operand or result (maps_of_scans)
+MAP_ELEMENTS = 1 << 20
 
 
 def enabled() -> bool:
@@ -141,3 +144,117 @@ def split_invariants(body: Graph, nc: int):
     new_body = Graph(tuple(body.inputs[k] for k in keep) + tuple(crossing)
                      + tuple(body.inputs[nc:]), tuple(kept), body.outputs)
     return pre, new_body, keep
+
+
+def maps_of_scans(graph: Graph) -> Graph:
+    """``graph`` with each scan that is a map over its steps written as one: its body
+    batched over the steps (the vmap pass's ``batch_graph``) and inlined, whose fused
+    regions cover every step at once where the loop ran them a step at a time (on the
+    GPU, a launch per region per step).  A scan is a map when each carry either never
+    changes (each step hands it back as it got it: its final value is its first) or
+    only accumulates, ``c + e_t`` with ``e_t`` of its shape computed without any
+    accumulating carry (its final value is ``c + sum_t e_t``, a sum over the steps,
+    in another order than the loop's).  Reverse mode makes such scans: the transpose
+    of an accumulating carry ``d + g(x_t)`` hands ``d``'s cotangent to every step
+    unchanged, stacks what ``g``'s transpose makes of it, and accumulates the
+    cotangents of the consts ``g`` reads.  Bodies whose batching would itself loop (a
+    primitive without a batching rule), hold loops or branches, or have effects, stay
+    scans; so does a scan of no steps."""
+    eqns, changed, rename = [], False, {}
+    for eqn in graph.eqns:
+        if rename:
+            eqn = eqn.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
+                                           for v in eqn.inputs))
+        if subgraphs(eqn):
+            params = map_subgraphs(eqn, maps_of_scans)
+            if any(params[k] is not eqn.params[k] for k in params):
+                eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
+                changed = True
+        mapped = _as_map(eqn) if eqn.prim.name == "scan" else None
+        if mapped is None:
+            eqns.append(eqn)
+            continue
+        made, bound = mapped
+        eqns += made
+        rename.update(bound)
+        changed = True
+    if not changed:
+        return graph
+    outputs = tuple(rename.get(v, v) if isinstance(v, Var) else v for v in graph.outputs)
+    return graph.replace(eqns=tuple(eqns), outputs=outputs)
+
+
+def _as_map(eqn):
+    """``(equations, {eqn's result: the value it is})`` computing scan ``eqn`` as a
+    map over its steps, or None (see ``maps_of_scans``)."""
+    from ..prims.elementwise import add_p
+    from ..prims.reduce import reduce_sum_p
+    from .batching import batch_graph
+    p = eqn.params
+    body, nc, nk, T = p["body"], p["n_consts"], p["n_carry"], p["length"]
+    if T < 1 or any(e.prim.effect or subgraphs(e) for e in body.eqns):
+        return None
+    carries, outs = body.inputs[nc:nc + nk], list(body.outputs)
+    producer = {v: e for e in body.eqns for v in e.outputs}
+    users: dict = {}
+    for e in body.eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                users.setdefault(a, []).append(e)
+    terms, adds = {}, set()               # accumulating carry -> its term e_t
+    for j, (c, out) in enumerate(zip(carries, outs)):
+        if out is c:
+            continue
+        add = producer.get(out) if isinstance(out, Var) else None
+        if add is None or add.prim.name != "add" or users.get(c, []) != [add] or \
+                out in users or sum(o is out for o in outs) != 1:
+            return None
+        others = [a for a in add.inputs if a is not c]
+        if len(others) != 1 or not isinstance(others[0], Var) or \
+                tuple(others[0].shape) != tuple(c.shape) or \
+                np.dtype(others[0].dtype) != np.dtype(c.dtype) or \
+                np.dtype(c.dtype).kind not in "fc":
+            return None
+        terms[j] = others[0]
+        adds.add(add)
+    # (what the terms and the stacked results compute reads no accumulating carry)
+    tainted = {carries[j] for j in terms}
+    for e in body.eqns:
+        if e not in adds and any(isinstance(a, Var) and a in tainted for a in e.inputs):
+            tainted.update(e.outputs)
+    wanted = outs[nk:] + [terms[j] for j in sorted(terms)]
+    if any(isinstance(v, Var) and v in tainted for v in wanted):
+        return None
+    steps = Graph(body.inputs, tuple(e for e in body.eqns if e not in adds), tuple(wanted))
+    try:
+        mapped = batch_graph(steps, [False] * (nc + nk) + [True] * (len(body.inputs)
+                                                                  - nc - nk), T)
+    except Exception:        # (GradcError: a body the vmap pass refuses; the loop runs it)
+        return None
+    if any(e.prim.effect or subgraphs(e) for e in mapped.eqns):
+        return None                  # (a primitive batched by a loop of its own)
+    # (no value of the map larger than the loop's own arrays, or than MAP_ELEMENTS: a
+    # step's outer product stacked over a thousand steps would be an array the loop
+    # never made)
+    limit = max([MAP_ELEMENTS] + [_size(v) for v in tuple(eqn.inputs) + tuple(eqn.outputs)
+                                  if isinstance(v, Var)])
+    if any(_size(o) > limit for e in mapped.eqns for o in e.outputs):
+        return None
+    env = dict(zip(mapped.inputs, eqn.inputs))
+
+    def outer(a):
+        return env.get(a, a) if isinstance(a, Var) else a
+    made = [make_eqn(e.prim, tuple(outer(a) for a in e.inputs), e.outputs, e.params,
+                     e.source or eqn.source) for e in mapped.eqns]
+    bound = {o: eqn.inputs[nc + j] for j, o in enumerate(eqn.outputs[:nk])
+             if j not in terms}
+    ny = len(outs) - nk
+    bound.update((o, outer(y)) for o, y in zip(eqn.outputs[nk:], mapped.outputs[:ny]))
+    for j, stacked in zip(sorted(terms), mapped.outputs[ny:]):
+        c = carries[j]
+        total, final = Var(tuple(c.shape), c.dtype), Var(tuple(c.shape), c.dtype)
+        made.append(make_eqn(reduce_sum_p, (outer(stacked),), (total,), {"axes": (0,)},
+                             eqn.source))
+        made.append(make_eqn(add_p, (eqn.inputs[nc + j], total), (final,), {}, eqn.source))
+        bound[eqn.outputs[j]] = final
+    return made, bound
