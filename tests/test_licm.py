@@ -327,6 +327,21 @@ def test_what_stays_a_loop(monkeypatch):
     assert not scans(mapped)
     np.testing.assert_allclose(eval_graph(mapped, [U])[0], eval_graph(g, [U])[0],
                                rtol=1e-13, atol=1e-13)
+    # (a contraction summed over the steps is one contraction: its (T, K, K) terms are
+    # never made, so the limit does not apply to them)
+
+    def gram(xs):
+        def step(c, x):
+            return c + x.T @ x, None
+        return gradc.scan(step, np.zeros((K, K)), xs)[0]
+    monkeypatch.setattr(licm, "MAP_ELEMENTS", 1)
+    g = gradc.make_graph(gram)(U)
+    mapped = licm.maps_of_scans(g)
+    assert not scans(mapped), mapped
+    (e,) = [e for e in mapped.eqns if e.prim.name == "einsum"]
+    assert e.outputs[0].shape == (K, K) and "reduce_sum" not in names(mapped)
+    np.testing.assert_allclose(eval_graph(mapped, [U])[0], np.einsum("tbi,tbj->ij", U, U),
+                               rtol=1e-13, atol=1e-13)
 
 
 def test_gradc_licm_0_leaves_the_step_as_written(monkeypatch):

@@ -233,28 +233,60 @@ def _as_map(eqn):
         return None
     if any(e.prim.effect or subgraphs(e) for e in mapped.eqns):
         return None                  # (a primitive batched by a loop of its own)
+    ny = len(outs) - nk
+    summed = _summed_contractions(mapped, ny, [carries[j] for j in sorted(terms)])
     # (no value of the map larger than the loop's own arrays, or than MAP_ELEMENTS: a
     # step's outer product stacked over a thousand steps would be an array the loop
-    # never made)
+    # never made; one summed over the steps as it is made never is)
     limit = max([MAP_ELEMENTS] + [_size(v) for v in tuple(eqn.inputs) + tuple(eqn.outputs)
                                   if isinstance(v, Var)])
-    if any(_size(o) > limit for e in mapped.eqns for o in e.outputs):
+    if any(_size(o) > limit for e in mapped.eqns if e not in summed for o in e.outputs):
         return None
     env = dict(zip(mapped.inputs, eqn.inputs))
 
     def outer(a):
         return env.get(a, a) if isinstance(a, Var) else a
+    made = [summed.get(e, e) for e in mapped.eqns]
     made = [make_eqn(e.prim, tuple(outer(a) for a in e.inputs), e.outputs, e.params,
-                     e.source or eqn.source) for e in mapped.eqns]
+                     e.source or eqn.source) for e in made]
     bound = {o: eqn.inputs[nc + j] for j, o in enumerate(eqn.outputs[:nk])
              if j not in terms}
-    ny = len(outs) - nk
     bound.update((o, outer(y)) for o, y in zip(eqn.outputs[nk:], mapped.outputs[:ny]))
+    totals = {e.outputs[0]: s.outputs[0] for e, s in summed.items()}
     for j, stacked in zip(sorted(terms), mapped.outputs[ny:]):
         c = carries[j]
-        total, final = Var(tuple(c.shape), c.dtype), Var(tuple(c.shape), c.dtype)
-        made.append(make_eqn(reduce_sum_p, (outer(stacked),), (total,), {"axes": (0,)},
-                             eqn.source))
+        total, final = totals.get(stacked), Var(tuple(c.shape), c.dtype)
+        if total is None:
+            total = Var(tuple(c.shape), c.dtype)
+            made.append(make_eqn(reduce_sum_p, (outer(stacked),), (total,), {"axes": (0,)},
+                                 eqn.source))
         made.append(make_eqn(add_p, (eqn.inputs[nc + j], total), (final,), {}, eqn.source))
         bound[eqn.outputs[j]] = final
     return made, bound
+
+
+def _summed_contractions(mapped: Graph, ny: int, carries) -> dict:
+    """The map's accumulator terms (its outputs after the first ``ny``, each to be summed
+    over the steps into carry of ``carries``) that an ``einsum`` makes and nothing else
+    reads: each -> the same contraction summing the step's letter too (``zij,zik->zjk``
+    summed over ``z`` is ``zij,zik->jk``), whose (T, ...) result is never made."""
+    from ..prims.linalg import einsum_p
+    producer = {v: e for e in mapped.eqns for v in e.outputs}
+    reads: dict = {}
+    for v in [a for e in mapped.eqns for a in e.inputs] + list(mapped.outputs):
+        if isinstance(v, Var):
+            reads[v] = reads.get(v, 0) + 1
+    out = {}
+    for stacked, c in zip(mapped.outputs[ny:], carries):
+        e = producer.get(stacked) if isinstance(stacked, Var) else None
+        if e is None or e.prim is not einsum_p or reads.get(stacked) != 1 or \
+                len(e.outputs) != 1:
+            continue
+        ins, result = e.params["spec"].split("->")
+        if not result or result[0] in result[1:] or result[0] not in ins or \
+                "." in e.params["spec"]:
+            continue
+        total = Var(tuple(c.shape), c.dtype)
+        out[e] = make_eqn(einsum_p, e.inputs, (total,),
+                          {**e.params, "spec": f"{ins}->{result[1:]}"}, e.source)
+    return out
