@@ -5,7 +5,8 @@
 # fastmath, G4 without its tape cut, with signed indices, without shuffles and without
 # double rows), scans over one sequence (benchmarks/one_sequence.py), runs of small
 # equations as one block against a kernel each (benchmarks/one_run.py), an embedding
-# RNN's gradient (benchmarks/embedding.py), where each
+# RNN's gradient (benchmarks/embedding.py), scans as maps (benchmarks/scan_maps.py),
+# where each
 # workload's time goes (benchmarks/gpu_profile.py), the CUDA
 # tests on the real compiler and GPU, and Nsight Compute's counters for G1's and G2's
 # kernels.  Usage: OUT=/some/dir bash benchmarks/gpu_session.sh
@@ -95,6 +96,9 @@ echo "one_run rc $?" >> "$OUT/one_sequence.md"
 # scatters added in place, atomically, against the one-hot stage or the host loop
 timeout 40 "$PY" benchmarks/embedding.py --repeats 10 >> "$OUT/one_sequence.md" 2>&1
 echo "embedding rc $?" >> "$OUT/one_sequence.md"
+# an accumulator's gradient: its loops as maps over the steps, or as loops
+timeout 30 "$PY" benchmarks/scan_maps.py --repeats 20 >> "$OUT/one_sequence.md" 2>&1
+echo "scan_maps rc $?" >> "$OUT/one_sequence.md"
 
 timeout 60 "$PY" benchmarks/gpu_profile.py --host > "$OUT/profile.txt" 2>&1
 echo "profile rc $?" >> "$OUT/profile.txt"

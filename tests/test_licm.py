@@ -349,6 +349,15 @@ def test_what_stays_a_loop(monkeypatch):
                                rtol=1e-13, atol=1e-13)
 
 
+def test_gradc_scan_maps_0_keeps_the_loops(monkeypatch):
+    """(The A/B switch of ``benchmarks/scan_maps.py``.)"""
+    from gradc.codegen.compile import optimise
+    traced = gradc.make_graph(gradc.grad(accumulated, argnums=(0, 1)))(W, U)
+    assert not scans(optimise(traced, "cuda"))
+    monkeypatch.setenv("GRADC_SCAN_MAPS", "0")
+    assert len(scans(optimise(traced, "cuda"))) == 2
+
+
 def test_gradc_licm_0_leaves_the_step_as_written(monkeypatch):
     """(The A/B switch of ``benchmarks/licm.py``.)"""
     monkeypatch.setenv("GRADC_LICM", "0")

@@ -67,8 +67,8 @@ def optimise(graph: Graph, target: str) -> Graph:
         # (on the GPU only: there a loop is a launch per region per step, or one block;
         # on the CPU a compiled loop of small steps beat the map's large contractions,
         # 78 against 109 ms for an accumulator's gradient of T = 1000, B = 32, K = 64)
-        mapped = licm.maps_of_scans(graph) if licm.enabled() and target == "cuda" \
-            else graph
+        mapped = licm.maps_of_scans(graph) if licm.enabled() and licm.maps_enabled() \
+            and target == "cuda" else graph
         graph = graph if mapped is graph else simplify(mapped)
         if target == "cuda":
             from ..passes.steps import step_rewrites

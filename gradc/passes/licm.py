@@ -146,6 +146,12 @@ def split_invariants(body: Graph, nc: int):
     return pre, new_body, keep
 
 
+def maps_enabled() -> bool:
+    """Whether ``maps_of_scans`` runs (``GRADC_SCAN_MAPS=0`` in the environment: not,
+    for a GPU session's A/B; read when a function is compiled)."""
+    return os.environ.get("GRADC_SCAN_MAPS", "1").strip() != "0"
+
+
 def maps_of_scans(graph: Graph) -> Graph:
     """``graph`` with each scan that is a map over its steps written as one: its body
     batched over the steps (the vmap pass's ``batch_graph``) and inlined, whose fused
