@@ -83,6 +83,62 @@ def small_args(doc, repeats):
     return args, peers(() if args.no_peers else ("jax",))
 
 
+TABLE = ("| workload | variant | time | kernels compiled | agrees |\n"
+         "| --- | --- | --- | --- | --- |")
+
+
+def print_table_head():
+    """The GPU's name, then the head of ``TABLE``."""
+    print(f"GPU: {gpu_name()}")
+    print()
+    print(TABLE)
+
+
+def listed(r):
+    """A function's result as a list of its arrays."""
+    return list(r) if isinstance(r, (tuple, list)) else [r]
+
+
+def relative_error(got, ref) -> float:
+    """The largest difference of ``got`` from ``ref``, each array's relative to its
+    largest entry (or 1)."""
+    return max(float(np.max(np.abs(np.asarray(a) - b)) / max(1.0, float(np.max(np.abs(b)))))
+               for a, b in zip(got, ref))
+
+
+def gradc_row(label, variant, env, make, dev, host, ref, repeats) -> bool:
+    """Print the table row (``TABLE``) of gradc's function ``make()`` compiled and run
+    with ``env`` set in the environment (a variant, e.g. an A/B switch), on device
+    inputs ``dev`` (``host``: the same on the host); whether it agrees with ``ref``."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        g = make()
+        err = relative_error([to_host(r) for r in listed(g(*dev))], ref)
+        kernels = len(g.compile(*host).kernels)
+        t = timed(lambda: g(*dev), cuda.synchronize, repeats)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    print(f"| {label} | gradc, {variant} | {t * 1e3:.3f} ms | {kernels} | "
+          f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+    return err <= 1e-3
+
+
+def jax_row(label, what, jax, fn, host, ref, repeats) -> bool:
+    """Print the table row of JAX's jitted ``fn`` on ``host``'s arrays put on the
+    device (``what``: how it is made); whether it agrees with ``ref``."""
+    jin = [jax.device_put(v) for v in host]
+    err = relative_error([np.asarray(r) for r in listed(fn(*jin))], ref)
+    t = timed(lambda: jax.block_until_ready(fn(*jin)), lambda: None, repeats)
+    print(f"| {label} | JAX {what} | {t * 1e3:.3f} ms | — | "
+          f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+    return err <= 1e-3
+
+
 def timed(fn, sync, repeats):
     for _ in range(3):
         fn()

@@ -120,10 +120,7 @@ def workload(name, size, rng):
 def main():
     args, found = gpu.small_args(__doc__, 20)
     rng = np.random.default_rng(0)
-    print(f"GPU: {gpu.gpu_name()}")
-    print()
-    print("| workload | variant | time | kernels compiled | agrees |")
-    print("| --- | --- | --- | --- | --- |")
+    gpu.print_table_head()
     bad = False
     for name, size in (QUICK if args.quick else SIZES).items():
         host, f, peer, differentiated = workload(name, size, rng)
@@ -132,43 +129,17 @@ def main():
         def make(target, f=f, differentiated=differentiated):
             return gradc.grad(f, argnums=(0, 1), target=target) if differentiated \
                 else gradc.jit(f, target=target)
-
-        def listed(r):
-            return list(r) if isinstance(r, (tuple, list)) else [r]
-        ref = listed(make("cpu")(*host))
+        ref = gpu.listed(make("cpu")(*host))
         dev = [gpu.cuda.to_device(v) for v in host]
         for variant, env in VARIANTS:
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                g = make("cuda")
-                got = [gpu.to_host(r) for r in listed(g(*dev))]
-                kernels = len(g.compile(*host).kernels)
-                t = gpu.timed(lambda: g(*dev), gpu.cuda.synchronize, args.repeats)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-                      for a, b in zip(got, ref))
-            bad |= err > 1e-3
-            print(f"| {label} | gradc, {variant} | {t * 1e3:.3f} ms | {kernels} | "
-                  f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+            bad |= not gpu.gradc_row(label, variant, env, lambda: make("cuda"), dev, host,
+                                     ref, args.repeats)
         if "jax" in found:
             jax = found["jax"]
             jg = jax.jit(jax.grad(peer(jax), argnums=(0, 1)) if differentiated else peer(jax))
-            jin = [jax.device_put(v) for v in host]
-            got = [np.asarray(r) for r in listed(jg(*jin))]
-            err = max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-                      for a, b in zip(got, ref))
-            t = gpu.timed(lambda: jax.block_until_ready(jg(*jin)), lambda: None,
-                          args.repeats)
             what = "jit(grad) lax.scan" if differentiated else \
                 "jit lax.scan" if name == "VIT" else "jit lax.while_loop"
-            print(f"| {label} | JAX {what} | {t * 1e3:.3f} ms | — | "
-                  f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+            gpu.jax_row(label, what, jax, jg, host, ref, args.repeats)
     return 1 if bad else 0
 
 

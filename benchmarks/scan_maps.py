@@ -43,44 +43,19 @@ def main():
     W = (rng.standard_normal((K, K)) / K).astype(np.float32)
     xs = rng.standard_normal((T, B, K)).astype(np.float32)
     f = accumulated(np, gradc.scan)
-    ref = gradc.grad(f, argnums=(0, 1), target="cpu")(W, xs)
+    ref = gpu.listed(gradc.grad(f, argnums=(0, 1), target="cpu")(W, xs))
     dev = [gpu.cuda.to_device(v) for v in (W, xs)]
-    print(f"GPU: {gpu.gpu_name()}")
-    print()
-    print("| workload | variant | time | kernels compiled | agrees |")
-    print("| --- | --- | --- | --- | --- |")
+    gpu.print_table_head()
     label = f"accumulator's gradient T={T} B={B} K={K}"
     bad = False
-
-    def error(got):
-        return max(float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-                   for a, b in zip(got, ref))
     for variant, env in VARIANTS:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            g = gradc.grad(f, argnums=(0, 1), target="cuda")
-            err = error([gpu.to_host(r) for r in g(*dev)])
-            kernels = len(g.compile(W, xs).kernels)
-            t = gpu.timed(lambda: g(*dev), gpu.cuda.synchronize, args.repeats)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        bad |= err > 1e-3
-        print(f"| {label} | gradc, {variant} | {t * 1e3:.3f} ms | {kernels} | "
-              f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+        bad |= not gpu.gradc_row(label, variant, env, lambda: gradc.grad(
+            f, argnums=(0, 1), target="cuda"), dev, (W, xs), ref, args.repeats)
     if "jax" in found:
         jax = found["jax"]
         jf = accumulated(jax.numpy, lambda s, c, x: jax.lax.scan(s, c, x))
-        jg = jax.jit(jax.grad(jf, argnums=(0, 1)))
-        jin = [jax.device_put(v) for v in (W, xs)]
-        err = error([np.asarray(r) for r in jg(*jin)])
-        t = gpu.timed(lambda: jax.block_until_ready(jg(*jin)), lambda: None, args.repeats)
-        print(f"| {label} | JAX jit(grad) lax.scan | {t * 1e3:.3f} ms | — | "
-              f"{'yes' if err <= 1e-3 else 'NO'} ({err:.0e}) |", flush=True)
+        gpu.jax_row(label, "jit(grad) lax.scan", jax, jax.jit(jax.grad(jf, argnums=(0, 1))),
+                    (W, xs), ref, args.repeats)
     return 1 if bad else 0
 
 

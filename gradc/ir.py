@@ -431,6 +431,19 @@ def free_vars(eqns: Iterable[Eqn]) -> list:
     return free
 
 
+def producers_and_readers(eqns: Iterable[Eqn]):
+    """``(producer, readers)`` of ``eqns``: each value they compute -> the equation
+    computing it; each Var they read -> the equations reading it, in order (one entry
+    per read)."""
+    producer, readers = {}, {}
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                readers.setdefault(a, []).append(e)
+        producer.update((v, e) for v in e.outputs)
+    return producer, readers
+
+
 def computed_from(graph: Graph, n_inputs: int):
     """The values of ``graph`` computed from its first ``n_inputs`` inputs alone (those
     inputs included) and the equations computing them, in order: a loop body's values

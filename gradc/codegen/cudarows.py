@@ -60,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import GradcError
-from ..ir import Graph, Lit, Var, make_eqn
+from ..ir import Graph, Lit, Var, make_eqn, producers_and_readers
 from ..passes.fuse import ELEMENTWISE, REDUCTIONS
 from ..passes.indexmap import Affine
 from . import cudagen as cg
@@ -561,12 +561,7 @@ def _added_scatters(body: Graph) -> dict:
     table's.  (What ``_Rows._accumulator`` then checks exactly.)"""
     if not _in_place_scatters():
         return {}
-    producer = {v: e for e in body.eqns for v in e.outputs}
-    uses: dict = {}
-    for e in body.eqns:
-        for v in e.inputs:
-            if isinstance(v, Var):
-                uses.setdefault(v, []).append(e)
+    producer, uses = producers_and_readers(body.eqns)
     inputs, found = set(body.inputs), {}
     for c_out in body.outputs:
         update = producer.get(c_out) if isinstance(c_out, Var) else None

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, subgraphs
+from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, producers_and_readers, subgraphs
 from .remat import _hoist
 from .simplify import dce
 
@@ -201,19 +201,15 @@ def _as_map(eqn):
     if T < 1 or any(e.prim.effect or subgraphs(e) for e in body.eqns):
         return None
     carries, outs = body.inputs[nc:nc + nk], list(body.outputs)
-    producer = {v: e for e in body.eqns for v in e.outputs}
-    users: dict = {}
-    for e in body.eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                users.setdefault(a, []).append(e)
+    producer, users = producers_and_readers(body.eqns)
     terms, adds = {}, set()               # accumulating carry -> its term e_t
     for j, (c, out) in enumerate(zip(carries, outs)):
         if out is c:
             continue
         add = producer.get(out) if isinstance(out, Var) else None
-        if add is None or add.prim.name != "add" or users.get(c, []) != [add] or \
-                out in users or sum(o is out for o in outs) != 1:
+        readers = users.get(c, [])
+        if add is None or add.prim.name != "add" or len(readers) != 1 or \
+                readers[0] is not add or out in users or sum(o is out for o in outs) != 1:
             return None
         others = [a for a in add.inputs if a is not c]
         if len(others) != 1 or not isinstance(others[0], Var) or \
@@ -277,9 +273,9 @@ def _summed_contractions(mapped: Graph, ny: int, carries) -> dict:
     reads: each -> the same contraction summing the step's letter too (``zij,zik->zjk``
     summed over ``z`` is ``zij,zik->jk``), whose (T, ...) result is never made."""
     from ..prims.linalg import einsum_p
-    producer = {v: e for e in mapped.eqns for v in e.outputs}
-    reads: dict = {}
-    for v in [a for e in mapped.eqns for a in e.inputs] + list(mapped.outputs):
+    producer, readers = producers_and_readers(mapped.eqns)
+    reads = {v: len(es) for v, es in readers.items()}
+    for v in mapped.outputs:
         if isinstance(v, Var):
             reads[v] = reads.get(v, 0) + 1
     out = {}
