@@ -349,6 +349,25 @@ def test_what_stays_a_loop(monkeypatch):
                                rtol=1e-13, atol=1e-13)
 
 
+def test_a_maps_sum_starts_with_the_carrys_first_value():
+    """(Review.)  The map's sum over the steps adds the carry's first value to the first
+    step's term, as the loop does first: what those first additions cancel or overflow
+    stays as the loop had it (``-1e16 + 1e16`` then a hundred ones: 100, not 96;
+    ``-3e38 + 3e38`` then ``3e38`` in float32: not inf)."""
+    from gradc.codegen.compile import optimise
+
+    def f(c0, xs):
+        return gradc.scan(lambda c, x: (c + x, None), c0, xs)[0]
+    for c0, xs, want in ((np.array([-1e16]), np.array([[1e16]] + [[1.0]] * 100), 100.0),
+                         (np.array([-3e38], np.float32),
+                          np.array([[3e38], [3e38]], np.float32), 3e38)):
+        mapped = optimise(gradc.make_graph(f)(c0, xs), "cuda")
+        assert not scans(mapped)
+        got = eval_graph(mapped, [c0, xs])[0]
+        np.testing.assert_allclose(got, [want], rtol=1e-7)
+        np.testing.assert_array_equal(got, gradc.jit(f, target="numpy")(c0, xs))
+
+
 def test_gradc_scan_maps_0_keeps_the_loops(monkeypatch):
     """(The A/B switch of ``benchmarks/scan_maps.py``.)"""
     from gradc.codegen.compile import optimise

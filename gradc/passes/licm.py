@@ -159,8 +159,9 @@ def maps_of_scans(graph: Graph) -> Graph:
     GPU, a launch per region per step).  A scan is a map when each carry either never
     changes (each step hands it back as it got it: its final value is its first) or
     only accumulates, ``c + e_t`` with ``e_t`` of its shape computed without any
-    accumulating carry (its final value is ``c + sum_t e_t``, a sum over the steps,
-    in another order than the loop's).  Reverse mode makes such scans: the transpose
+    accumulating carry (its final value is ``sum_t e_t`` with ``c`` added to the first
+    term, as the loop adds it first: a sum over the steps, reassociated).  Reverse mode
+    makes such scans: the transpose
     of an accumulating carry ``d + g(x_t)`` hands ``d``'s cotangent to every step
     unchanged, stacks what ``g``'s transpose makes of it, and accumulates the
     cotangents of the consts ``g`` reads.  Bodies whose batching would itself loop (a
@@ -194,7 +195,6 @@ def _as_map(eqn):
     """``(equations, {eqn's result: the value it is})`` computing scan ``eqn`` as a
     map over its steps, or None (see ``maps_of_scans``)."""
     from ..prims.elementwise import add_p
-    from ..prims.reduce import reduce_sum_p
     from .batching import batch_graph
     p = eqn.params
     body, nc, nk, T = p["body"], p["n_consts"], p["n_carry"], p["length"]
@@ -256,15 +256,37 @@ def _as_map(eqn):
     bound.update((o, outer(y)) for o, y in zip(eqn.outputs[nk:], mapped.outputs[:ny]))
     totals = {e.outputs[0]: s.outputs[0] for e, s in summed.items()}
     for j, stacked in zip(sorted(terms), mapped.outputs[ny:]):
-        c = carries[j]
-        total, final = totals.get(stacked), Var(tuple(c.shape), c.dtype)
-        if total is None:
-            total = Var(tuple(c.shape), c.dtype)
-            made.append(make_eqn(reduce_sum_p, (outer(stacked),), (total,), {"axes": (0,)},
-                                 eqn.source))
-        made.append(make_eqn(add_p, (eqn.inputs[nc + j], total), (final,), {}, eqn.source))
+        c, c0 = carries[j], eqn.inputs[nc + j]
+        final = Var(tuple(c.shape), c.dtype)
+        if stacked in totals:               # (c0 + the contraction over the steps)
+            made.append(make_eqn(add_p, (c0, totals[stacked]), (final,), {}, eqn.source))
+        else:
+            made += _first_value_first(c0, outer(stacked), final, T, eqn.source)
         bound[eqn.outputs[j]] = final
     return made, bound
+
+
+def _first_value_first(c0, stacked, final, T, source) -> list:
+    """Equations making ``final = sum over the steps of stacked`` with the carry's first
+    value ``c0`` added to the first step's term (where it is no literal zero): the loop
+    adds ``c0 + e_0`` first, and a sum starting there as well keeps what its first
+    additions cancel or overflow as the loop did (``-1e16 + 1e16``, then the ones)."""
+    from ..prims.elementwise import add_p, select_p
+    from ..prims.reduce import reduce_sum_p
+    from ..prims.shape import broadcast_p
+    shape = tuple(stacked.shape)
+    if isinstance(c0, Lit) and not np.any(c0.value):
+        return [make_eqn(reduce_sum_p, (stacked,), (final,), {"axes": (0,)}, source)]
+    c0_all, plus, first, terms = (Var(shape, stacked.dtype), Var(shape, stacked.dtype),
+                                  Var(shape, np.dtype(bool)), Var(shape, stacked.dtype))
+    mask = Lit(np.arange(T) == 0)
+    return [make_eqn(broadcast_p, (c0,), (c0_all,), {"shape": shape,
+                                                      "dims": tuple(range(1, len(shape)))},
+                     source),
+            make_eqn(add_p, (stacked, c0_all), (plus,), {}, source),
+            make_eqn(broadcast_p, (mask,), (first,), {"shape": shape, "dims": (0,)}, source),
+            make_eqn(select_p, (first, plus, stacked), (terms,), {}, source),
+            make_eqn(reduce_sum_p, (terms,), (final,), {"axes": (0,)}, source)]
 
 
 def _summed_contractions(mapped: Graph, ny: int, carries) -> dict:
