@@ -46,8 +46,9 @@ def optimise(graph: Graph, target: str) -> Graph:
     (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
     (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
-    only), a scan's invariant work before the loop (``passes.licm``), on the GPU a scan
-    whose carries never change or only accumulate as a map over its steps, a
+    only), a scan's invariant work before the loop and a scan whose carries never
+    change or only accumulate as a map over its steps (``passes.licm``; on the CPU not
+    where its step's contractions are large), on the GPU a
     loop's ``argmax`` as reductions, its outer products as broadcast products and its
     concatenations as selections (``passes.steps``), and loop fusion."""
     from ..passes import simplify
@@ -64,11 +65,9 @@ def optimise(graph: Graph, target: str) -> Graph:
         graph = remat_scans(graph, cheap=target != "cuda")
         hoisted = licm.hoist_invariants(graph) if licm.enabled() else graph
         graph = graph if hoisted is graph else dce(hoisted)
-        # (on the GPU only: there a loop is a launch per region per step, or one block;
-        # on the CPU a compiled loop of small steps beat the map's large contractions,
-        # 78 against 109 ms for an accumulator's gradient of T = 1000, B = 32, K = 64)
-        mapped = licm.maps_of_scans(graph) if licm.enabled() and licm.maps_enabled() \
-            and target == "cuda" else graph
+        # (on the CPU, not where a step's contractions are large: licm.CPU_PRODUCT)
+        mapped = licm.maps_of_scans(graph, None if target == "cuda" else licm.CPU_PRODUCT) \
+            if licm.enabled() and licm.maps_enabled() else graph
         graph = graph if mapped is graph else simplify(mapped)
         if target == "cuda":
             from ..passes.steps import step_rewrites
