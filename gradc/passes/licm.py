@@ -199,6 +199,34 @@ def maps_of_scans(graph: Graph, largest_product=None) -> Graph:
     return graph.replace(eqns=tuple(eqns), outputs=outputs)
 
 
+def _scatter_over_steps(e, c):
+    """The batched ``scatter_add`` ``e`` (the vmap pass's: the steps' arange the last
+    index array, pinning the result's first axis) summed over the steps: the same
+    scatter into carry ``c``'s shape without that index, where the window and every
+    other position stay as they were; else None."""
+    from ..codegen.indexing import index_map
+    v, *arrays = e.inputs
+    shape, spec = tuple(e.params["shape"]), tuple(e.params["spec"])
+    steps = arrays[-1] if arrays else None
+    if not spec or spec[0] != ("a", len(arrays) - 1) or not isinstance(steps, Lit) or \
+            any(x[0] == "a" and x[1] == len(arrays) - 1 for x in spec[1:]) or \
+            tuple(shape[1:]) != tuple(c.shape) or not np.array_equal(
+                np.asarray(steps.value).reshape(-1), np.arange(shape[0])) or \
+            int(np.prod(steps.shape)) != shape[0] or int(steps.shape[0]) != shape[0]:
+        return None
+    window, positions = index_map(shape, spec, [tuple(a.shape) for a in arrays])
+    try:
+        new_window, new_positions = index_map(shape[1:], spec[1:],
+                                              [tuple(a.shape) for a in arrays[:-1]])
+    except Exception:
+        return None
+    if tuple(window) != tuple(new_window) or list(positions[1:]) != list(new_positions):
+        return None
+    total = Var(tuple(c.shape), c.dtype)
+    return make_eqn(e.prim, (v, *arrays[:-1]), (total,),
+                    {**e.params, "shape": tuple(shape[1:]), "spec": spec[1:]}, e.source)
+
+
 def _products(eqn) -> int:
     """The products a contraction ``eqn`` makes (every index's extent multiplied; 0 for
     any other equation)."""
@@ -255,7 +283,7 @@ def _as_map(eqn):
     if any(e.prim.effect or subgraphs(e) for e in mapped.eqns):
         return None                  # (a primitive batched by a loop of its own)
     ny = len(outs) - nk
-    summed = _summed_contractions(mapped, ny, [carries[j] for j in sorted(terms)])
+    summed = _summed_over_steps(mapped, ny, [carries[j] for j in sorted(terms)])
     # (no value of the map larger than the loop's own arrays, or than MAP_ELEMENTS: a
     # step's outer product stacked over a thousand steps would be an array the loop
     # never made; one summed over the steps as it is made never is)
@@ -308,11 +336,13 @@ def _first_value_first(c0, stacked, final, T, source) -> list:
             make_eqn(reduce_sum_p, (terms,), (final,), {"axes": (0,)}, source)]
 
 
-def _summed_contractions(mapped: Graph, ny: int, carries) -> dict:
+def _summed_over_steps(mapped: Graph, ny: int, carries) -> dict:
     """The map's accumulator terms (its outputs after the first ``ny``, each to be summed
-    over the steps into carry of ``carries``) that an ``einsum`` makes and nothing else
-    reads: each -> the same contraction summing the step's letter too (``zij,zik->zjk``
-    summed over ``z`` is ``zij,zik->jk``), whose (T, ...) result is never made."""
+    over the steps into carry of ``carries``) that an ``einsum`` or a ``scatter_add``
+    makes and nothing else reads: each -> the same contraction summing the step's
+    letter too (``zij,zik->zjk`` summed over ``z`` is ``zij,zik->jk``), or the same
+    scatter without the steps' index (``_scatter_over_steps``): their (T, ...) results
+    are never made."""
     from ..prims.linalg import einsum_p
     producer, readers = producers_and_readers(mapped.eqns)
     reads = {v: len(es) for v, es in readers.items()}
@@ -322,8 +352,14 @@ def _summed_contractions(mapped: Graph, ny: int, carries) -> dict:
     out = {}
     for stacked, c in zip(mapped.outputs[ny:], carries):
         e = producer.get(stacked) if isinstance(stacked, Var) else None
-        if e is None or e.prim is not einsum_p or reads.get(stacked) != 1 or \
-                len(e.outputs) != 1:
+        if e is None or reads.get(stacked) != 1 or len(e.outputs) != 1:
+            continue
+        if e.prim.name == "scatter_add":
+            folded = _scatter_over_steps(e, c)
+            if folded is not None:
+                out[e] = folded
+            continue
+        if e.prim is not einsum_p:
             continue
         ins, result = e.params["spec"].split("->")
         if not result or result[0] in result[1:] or result[0] not in ins or \
