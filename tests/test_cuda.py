@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 import gradc
-from gradc import ops
 from gradc.codegen import cudagen, cudarows
 from gradc.codegen.compile import optimise
 
 from test_codegen import assert_outputs_match, reference
+from test_licm import histogram_case, histogram_steps
 from test_prims import ELEMENTWISE, FLOAT32_ROWS, ROWS, pytestmark  # noqa: F401
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -2860,15 +2860,6 @@ def test_a_gathers_gradient_from_a_large_table_is_added_in_place(monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
-def _histogram_steps(G0, ts, w):
-    """A carry that only adds a scatter of each step's tokens (repeated ones too: two
-    window elements to one place), returned beside a sum of its first value."""
-    def step(G, t):
-        return G + ops.scatter_add(w * 2.0, [t], (6, 3), (("a", 0), ("s", 0, 3, 1))), None
-    G, _ = gradc.scan(step, G0, ts)
-    return G, np.sum(G0)
-
-
 def test_a_carry_that_only_adds_scatters_is_one_block(monkeypatch):
     """A scan whose one carry adds a scatter of each step's operands is a map over the
     steps (``passes.licm.maps_of_scans``: no loop).  Where the map would be too large
@@ -2878,18 +2869,12 @@ def test_a_carry_that_only_adds_scatters_is_one_block(monkeypatch):
     ``vmap`` from the broadcast of it, which nothing reads afterwards, in place: no
     zeros, no add.  Values as NumPy's (``np.add.at``)."""
     from gradc.passes import licm
-    r = np.random.default_rng(23)
-    G0, w = r.standard_normal((6, 3)), r.standard_normal((4, 3))
-    ts = r.integers(-6, 6, (5, 4))
-    ts[2] = [1, 1, -5, 0]
-    want = G0.copy()
-    for t in ts:
-        np.add.at(want, t, 2.0 * w)
+    G0, ts, w, want = histogram_case(np.random.default_rng(23))
     kept = G0.copy()
     many = np.stack([ts, ts[::-1], np.zeros_like(ts)])
     for limit in (licm.MAP_ELEMENTS, 1):
         monkeypatch.setattr(licm, "MAP_ELEMENTS", limit)
-        j = gradc.jit(_histogram_steps, target="cuda")
+        j = gradc.jit(histogram_steps, target="cuda")
         host = j.source(G0, ts, w)
         host = host[host.rindex("\ndef "):]
         if limit > 1:
@@ -2900,14 +2885,14 @@ def test_a_carry_that_only_adds_scatters_is_one_block(monkeypatch):
         G, _ = j(G0, ts, w)
         np.testing.assert_allclose(G, want, rtol=1e-13, atol=1e-13)
         np.testing.assert_array_equal(G0, kept)
-        jv = gradc.jit(gradc.vmap(_histogram_steps, in_axes=(None, 0, None)), target="cuda")
+        jv = gradc.jit(gradc.vmap(histogram_steps, in_axes=(None, 0, None)), target="cuda")
         host = jv.source(G0, many, w)
         host = host[host.rindex("\ndef "):]
         if limit == 1:
             assert "_d.copy(" not in host.split(ONE_BLOCK)[1] and "no add" in host, host
         Gs, _ = jv(G0, many, w)
         np.testing.assert_allclose(Gs[0], want, rtol=1e-13, atol=1e-13)
-        np.testing.assert_allclose(Gs, gradc.jit(gradc.vmap(_histogram_steps, in_axes=(
+        np.testing.assert_allclose(Gs, gradc.jit(gradc.vmap(histogram_steps, in_axes=(
             None, 0, None)), target="numpy")(G0, many, w)[0], rtol=1e-13, atol=1e-13)
 
 

@@ -377,33 +377,44 @@ def test_a_maps_sum_starts_with_the_carrys_first_value():
         np.testing.assert_array_equal(got, gradc.jit(f, target="numpy")(c0, xs))
 
 
+def histogram_steps(G0, ts, w):
+    """A carry that only adds a scatter of each step's tokens (repeated ones too: two
+    window elements to one place), returned beside a sum of its first value."""
+    from gradc import ops
+
+    def step(G, t):
+        return G + ops.scatter_add(w * 2.0, [t], (6, 3), (("a", 0), ("s", 0, 3, 1))), None
+    G, _ = gradc.scan(step, G0, ts)
+    return G, np.sum(G0)
+
+
+def histogram_case(r):
+    """``(G0, ts, w, what np.add.at makes of them)`` for ``histogram_steps``: negative
+    tokens, and one step with a token twice."""
+    G0, w = r.standard_normal((6, 3)), r.standard_normal((4, 3))
+    ts = r.integers(-6, 6, (5, 4))
+    ts[2] = [1, 1, -5, 0]
+    want = G0.copy()
+    for t in ts:
+        np.add.at(want, t, 2.0 * w)
+    return G0, ts, w, want
+
+
 def test_a_scatter_summed_over_the_steps_is_one_scatter():
     """A carry adding a scatter of each step's values (a histogram over the steps,
     repeated and negative indices): the map is one ``scatter_add`` into the carry's
     shape, the steps' index dropped (``_scatter_over_steps``), no (T, ...) value made;
     the sum as ``np.add.at``'s, on the CPU and in the interpreter."""
-    from gradc import ops
     from gradc.codegen.compile import optimise
-
-    def f(G0, ts, w):
-        def step(G, t):
-            return G + ops.scatter_add(w * 2.0, [t], (6, 3), (("a", 0), ("s", 0, 3, 1))), \
-                None
-        return gradc.scan(step, G0, ts)[0]
-    G0, w = rng.standard_normal((6, 3)), rng.standard_normal((4, 3))
-    ts = rng.integers(-6, 6, (5, 4))
-    ts[2] = [1, 1, -5, 0]
-    want = G0.copy()
-    for t in ts:
-        np.add.at(want, t, 2.0 * w)
-    mapped = optimise(gradc.make_graph(f)(G0, ts, w), "cpu")
+    G0, ts, w, want = histogram_case(rng)
+    mapped = optimise(gradc.make_graph(histogram_steps)(G0, ts, w), "cpu")
     (e,) = [e for e in mapped.eqns if e.prim.name == "scatter_add"]
     assert not scans(mapped) and e.outputs[0].shape == (6, 3)
     assert all(tuple(v.shape) != (5, 6, 3) for q in mapped.eqns for v in q.outputs)
     np.testing.assert_allclose(eval_graph(mapped, [G0, ts, w])[0], want, rtol=1e-13,
                                atol=1e-13)
-    np.testing.assert_allclose(gradc.jit(f, target="cpu")(G0, ts, w), want, rtol=1e-13,
-                               atol=1e-13)
+    np.testing.assert_allclose(gradc.jit(histogram_steps, target="cpu")(G0, ts, w)[0],
+                               want, rtol=1e-13, atol=1e-13)
 
 
 def test_gradc_scan_maps_0_keeps_the_loops(monkeypatch):
