@@ -309,8 +309,8 @@ def rows_early_copy(h0, s0):
 
 
 def carry_reshaped(a0, b0):
-    """A carry's new value is a view of another carry (the host loop: review
-    regression)."""
+    """A carry's new value is a view of another carry (a copy stage at the end of the
+    step: review regression)."""
     def step(c, x):
         a, b = c
         return (np.tanh(a + x), a.reshape(2, 2, 2)), None
@@ -2922,6 +2922,37 @@ def test_a_scan_that_is_a_map_is_no_loop():
     f, args = PROGRAMS["scan-chain"]
     host = gradc.grad(_summed(f), argnums=(0, 1, 2), target="cuda").source(*args)
     assert "for _t" not in host[host.rindex("\ndef "):]
+
+
+def _views_swapped(a0, b0):
+    """Two carries, each one's new value read from a view of the other's old one
+    (``b' = a.reshape(...)``, ``a'`` reads ``b.reshape(...)``), ``a`` stacked too."""
+    xs = np.linspace(-1.0, 1.0, 24).reshape(3, 2, 4)
+
+    def step(c, x):
+        a, b = c
+        return (np.tanh(a + x) + 0.5 * b.reshape(2, 4), a.reshape(2, 2, 2)), a
+    (a, b), ys = gradc.scan(step, (a0, b0), xs)
+    return np.sum(a) + np.sum(b ** 2) + np.sum(ys ** 3)
+
+
+def test_a_carrys_new_value_a_view_of_a_carry_is_a_copy_stage():
+    """A carry whose new value is a reshape of a carry's old value (a view of a buffer
+    the end of the step overwrites) gets a copy stage at the end of the step, as a
+    carry's old value handed to another does: the scans are one kernel each, no host
+    loop (``carry-reshaped`` kept one).  Values as the interpreter's."""
+    r = np.random.default_rng(25)
+    f, args = PROGRAMS["carry-reshaped"]
+    for fn, args in ((_summed(f), args),
+                     (_views_swapped, (r.standard_normal((2, 4)),
+                                       r.standard_normal((2, 2, 2))))):
+        g = gradc.grad(fn, argnums=(0, 1), target="cuda")
+        host = g.source(*args)
+        host = host[host.rindex("\ndef "):]
+        assert "for _t" not in host and "a view of a carry's old value" in g.source(*args), \
+            host
+        for a, b in zip(g(*args), gradc.grad(fn, argnums=(0, 1), target="numpy")(*args)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_viterbi_over_one_sentence_is_three_kernels(monkeypatch):

@@ -651,20 +651,29 @@ class _Rows:
                 e = fused
             eqns.append(e)
         text_of = list(text_of)
-        # (a carry's new value that is another carry's old one, ``z_prev = z``: a copy
-        # stage at the end of the step, which reads the old value before the other
-        # carry's new one replaces it)
+        # (a carry's new value that is another carry's old one, ``z_prev = z``, or a
+        # reshape of a carry's old one: a copy stage at the end of the step, which reads
+        # the old value before the other carry's new one replaces it)
         nc, nk = eqn.params["n_consts"], eqn.params["n_carry"]
         carries, outputs = body.inputs[nc:nc + nk], list(body.outputs)
+        made = {v: e for e in eqns for v in e.outputs}
+
+        def viewed(v):                       # (what v is a reshape of, if anything)
+            while v in made and _reshape_source(made[v]) is not None:
+                v = _reshape_source(made[v])
+            return v
         for j in range(nk):
             o = outputs[j]
-            if isinstance(o, Var) and o in carries and o is not carries[j]:
+            if isinstance(o, Var) and (o in carries and o is not carries[j] or
+                                       o not in carries and viewed(o) in carries):
                 outputs[j] = Var(tuple(o.shape), o.dtype)
                 ctx.names[outputs[j]] = f"{ctx.names[o]}_c{j}"
                 stage, copy = _copy_stage(o, outputs[j])
                 eqns.append(stage)
                 line = f"{ctx.names[outputs[j]]} = {ctx.names[o]}   (a carry's old value " \
-                       "as another's new one)"
+                       "as another's new one)" if o in carries else \
+                    f"{ctx.names[outputs[j]]} = {ctx.names[o]}   (a view of a carry's " \
+                    "old value as a carry's new one)"
                 text_of.append([line])
                 self.comments_of[eqns[-1]] = {copy: [line]}
         eqns, text_of = _merge_into_reductions(eqns, text_of, self.comments_of)
