@@ -166,13 +166,13 @@ def maps_of_scans(graph: Graph, largest_product=None) -> Graph:
     only accumulates, ``c + e_t`` with ``e_t`` of its shape computed without any
     accumulating carry (its final value is ``sum_t e_t`` with ``c`` added to the first
     term, as the loop adds it first: a sum over the steps, reassociated).  Reverse mode
-    makes such scans: the transpose
-    of an accumulating carry ``d + g(x_t)`` hands ``d``'s cotangent to every step
-    unchanged, stacks what ``g``'s transpose makes of it, and accumulates the
-    cotangents of the consts ``g`` reads.  Bodies whose batching would itself loop (a
-    primitive without a batching rule), hold loops or branches, or have effects, stay
-    scans; so does a scan of no steps, and, with ``largest_product``, one whose step
-    has a contraction of more products than that (the CPU's: see ``CPU_PRODUCT``)."""
+    makes such scans: the transpose of an accumulating carry ``d + g(x_t)`` hands
+    ``d``'s cotangent to every step unchanged, stacks what ``g``'s transpose makes of
+    it, and accumulates the cotangents of the consts ``g`` reads.  Bodies whose
+    batching would itself loop (a primitive without a batching rule), hold loops or
+    branches, or have effects, stay scans; so does a scan of no steps, and, with
+    ``largest_product``, one whose step has a contraction of more products than that
+    (the CPU's: see ``CPU_PRODUCT``)."""
     eqns, changed, rename = [], False, {}
     for eqn in graph.eqns:
         if rename:
