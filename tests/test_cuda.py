@@ -429,6 +429,9 @@ ONE_BLOCK_SCANS = ("crf-scan", "rnn-one", "rnn-one-float32", "euler-scalars", "r
 # while_loops: one kernel of one block (cudarows.one_row_while)
 ONE_BLOCK_WHILES = ("while", "while-fixed-point")
 ONE_BLOCK_WHILE = "# the while_loop as one kernel of one block"
+# ... and reverse mode through it (while_adjoint): two kernels of one block
+ONE_BLOCK_TAPE = "# the while_loop's tape as one kernel of one block"
+ONE_BLOCK_SWEEP = "# reverse mode through the while_loop as one kernel of one block"
 
 
 def _closing(src: str, j: int) -> int:
@@ -514,9 +517,12 @@ def test_programs_match_the_interpreter(name, one_runs, monkeypatch):
     if name in ONE_BLOCK_SCANS:     # ... of one block
         assert jitted.source(*args).count(ONE_BLOCK) == 1
         assert grad.source(*args).count(ONE_BLOCK) == 2
-    if name in ONE_BLOCK_WHILES:    # (the forward loop; reverse mode's tape: the host's)
+    if name in ONE_BLOCK_WHILES:    # (the forward loop, the tape, the backward sweep)
         assert jitted.source(*args).count(ONE_BLOCK_WHILE) == 1
-        assert grad.source(*args).count(ONE_BLOCK_WHILE) == 1
+        src = grad.source(*args)
+        assert src.count(ONE_BLOCK_WHILE) == src.count(ONE_BLOCK_TAPE) == \
+            src.count(ONE_BLOCK_SWEEP) == 1
+        assert not re.search(r"^ +for \w+ in range\(", src.split("\ndef ")[-1], re.M)
     if one_runs:                    # (never more launches than without the runs)
         kernels = len(grad.compile(*args).kernels)
         _one_runs(monkeypatch, 0)
@@ -2525,6 +2531,100 @@ def test_a_while_loop_is_one_block(env, monkeypatch):
         for a, b_ in zip(gradc.pytree.flatten(j(*args))[0],
                          gradc.pytree.flatten(gradc.jit(f, target="numpy")(*args))[0]):
             np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def _newton_to(a, lim):
+    x, _ = gradc.while_loop(lambda s: s[1] < lim, lambda s: (0.5 * (s[0] + a / s[0]), s[1] + 1),
+                            (np.ones_like(a), 0))
+    return np.sum(x)
+
+
+def _counted_carries(a, c):
+    """A while_loop with a rank-0 const, an integer array carry and a count that
+    depends on the values."""
+    def body(s):
+        x, m, k = s
+        return x * c + np.sin(a * x), m + 1, k + 1
+    x, m, k = gradc.while_loop(lambda s: s[2] < 3 + (np.sum(s[0]) > 100), body,
+                               (a, np.zeros(3, np.int64), 0))
+    return np.sum(x * x) + np.sum(m)
+
+
+@pytest.mark.parametrize("env", [{}, {"GRADC_CUDA_ROW_SHARED": "0"},
+                                 {"GRADC_CUDA_ROW_DOUBLE": "0"}])
+def test_reverse_mode_through_a_while_loop_is_two_kernels(env, monkeypatch):
+    """``while_adjoint`` (``grad`` of a while_loop) as two kernels of one block: the
+    trips again, each one's carries stacked on an ``(n, 1, ...)`` tape, then the body's
+    VJP backwards along it, the consts' cotangents accumulated.  The count ``n`` is an
+    argument of both kernels: one compiled function for a fixed point of few trips, of
+    many, for a loop of no trip, one trip, and for a count that depends on the values.
+    Only the carries the VJP reads are stacked.  Values as the interpreter's."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    W, b = 0.3 * rng.standard_normal((5, 5)), rng.standard_normal(5)
+    g = gradc.grad(lambda W, b: np.sum(fixed_point(W, b) ** 2), argnums=(0, 1),
+                   target="cuda")
+    want = gradc.grad(lambda W, b: np.sum(fixed_point(W, b) ** 2), argnums=(0, 1),
+                      target="numpy")
+    src = g.source(W, b)
+    assert src.count(ONE_BLOCK_TAPE) == src.count(ONE_BLOCK_SWEEP) == 1
+    assert "_n" in src and src.count("for _s in range(_n):") == 2
+    # (the tape: the iterate z alone; not its previous value nor the counter)
+    assert len(re.findall(r"_d\.empty\(\(\w+_host, 1, 5,\), np\.float64\)", src)) == 1
+    compiled = g.compile(W, b)
+    counts = set()
+    for scale in (1.0, 0.05, 2.0):           # (few trips, many, the limit of 200)
+        args = (scale * W, b)
+        assert g.compile(*args) is compiled
+        counts.add(int(gradc.jit(_fixed_point_count, target="numpy")(*args)))
+        for x, y in zip(g(*args), want(*args)):
+            np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-11)
+    assert len(counts) == 3, counts
+    a = rng.uniform(1, 3, 5)
+    g = gradc.grad(_newton_to, target="cuda")
+    for lim in (0, 1, 4, 9):                 # (no trip: zeros and the cotangent itself)
+        np.testing.assert_allclose(g(a, lim), gradc.grad(_newton_to, target="numpy")(a, lim),
+                                   rtol=1e-12, atol=1e-12)
+    g = gradc.grad(_counted_carries, argnums=(0, 1), target="cuda")
+    assert ONE_BLOCK_SWEEP in g.source(rng.standard_normal(3), 0.7)
+    for a, c in ((rng.standard_normal(3), 0.7), (10 * rng.standard_normal(3) + 50, 0.9)):
+        for x, y in zip(g(a, c), gradc.grad(_counted_carries, argnums=(0, 1),
+                                            target="numpy")(a, c)):
+            np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-11)
+
+
+def _fixed_point_count(W, b, tol=1e-10):
+    def body(c):
+        z, zp, k = c
+        return np.tanh(W @ z + b), z, k + 1
+    return gradc.while_loop(lambda c: (np.max(np.abs(c[0] - c[1])) > tol) & (c[2] < 200),
+                            body, (np.zeros(b.shape), np.ones(b.shape), 0))[2]
+
+
+def test_reverse_mode_through_a_while_loop_where_not_one_block(monkeypatch):
+    """The host loop where the one-block kernels do not apply: a checkpointed loop (the
+    tape would hold every trip), a step larger than ``GRADC_CUDA_ONE_ROW_WORK``.  Else
+    two kernels, also for float32 weights and float64 carries (the weights' conversion
+    runs before the loops: ``licm.hoist_invariants``).  Values as the interpreter's
+    either way."""
+    a, W = rng.uniform(1, 3, 3), rng.standard_normal((3, 3))
+    g = gradc.grad(newton_checkpointed, argnums=(0, 1), target="cuda")
+    # (the primal loop, which counts the trips, is one kernel all the same)
+    assert ONE_BLOCK_TAPE not in g.source(a, W) and ONE_BLOCK_WHILE in g.source(a, W)
+    for x, y in zip(g(a, W), gradc.grad(newton_checkpointed, argnums=(0, 1),
+                                        target="numpy")(a, W)):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    W, b = 0.3 * rng.standard_normal((5, 5)), rng.standard_normal(5)
+    f = lambda W, b: np.sum(fixed_point(W, b, tol=1e-5))        # noqa: E731
+    for limit, one in (("0", False), ("", True)):
+        monkeypatch.setenv("GRADC_CUDA_ONE_ROW_WORK", limit)
+        for dt, tol in ((np.float64, 1e-11), (np.float32, 1e-5)):
+            args = (W.astype(dt), b.astype(dt))
+            g = gradc.grad(f, argnums=(0, 1), target="cuda")
+            assert (ONE_BLOCK_SWEEP in g.source(*args)) == one
+            for x, y in zip(g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)):
+                assert x.dtype == dt
+                np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
 
 
 ONE_RUN = "equations as one kernel of one block"

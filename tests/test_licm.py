@@ -194,6 +194,73 @@ def test_a_step_on_a_transposed_const_is_one_kernel_on_the_gpu():
     assert res.stdout.strip().splitlines()[-1] == "2"
 
 
+def _while_transposed(W, b, n):
+    """A while_loop whose body reads W's transpose, and a float64 copy of W (float32)."""
+    def body(c):
+        h, k = c
+        return np.tanh(W.T @ h + 0.5 * W.astype(np.float64)[0]), k + 1
+    h, _ = gradc.while_loop(lambda c: c[1] < n, body, (b, 0))
+    return np.sum(h ** 2)
+
+
+def _while_unsafe(W, b, i, n):
+    """A while_loop whose body reads W's rows at indices ``i`` and divides by W: work
+    on consts alone that could fail (or that NumPy warns about) if it ran before a loop
+    of no trip."""
+    def body(c):
+        h, k = c
+        return np.tanh(W[i] @ h / W[0, 0]), k + 1
+    h, _ = gradc.while_loop(lambda c: c[1] < n, body, (b, 0))
+    return np.sum(h ** 2)
+
+
+def test_while_loops_and_their_reverse_mode_hoist_work_that_cannot_fail():
+    """``hoist_invariants`` on the compiled targets' graphs: a while_loop's transpose
+    and conversion of a const run before it, and in reverse mode (``while_adjoint``)
+    before the tape's loop and the backward sweep too, as consts that are not
+    differentiated (their cotangents still reach W through the step's own
+    equations).  An index or a division stays in the body: it runs before the loop
+    even where the loop makes no trip.  Values and gradients as the interpreter's."""
+    from gradc.codegen.compile import optimise
+
+    def of(graph, name):
+        return [e for e in graph.eqns if e.prim.name == name]
+    W32, b = rng.standard_normal((K, K)).astype(np.float32), rng.standard_normal(K)
+    f = gradc.grad(_while_transposed, argnums=(0, 1))
+    traced = gradc.make_graph(f)(W32, b, 4)
+    for target in ("cpu", "cuda"):
+        got = optimise(traced, target)
+        verify(got)
+        loop, = of(got, "while_loop")
+        adjoint, = of(got, "while_adjoint")
+        assert not {"transpose", "convert_element_type"} & set(names(loop.params["branches"][1]))
+        assert not {"transpose", "convert_element_type"} & set(
+            names(adjoint.params["branches"][0]))
+        before = of(traced, "while_adjoint")[0].params
+        after = adjoint.params
+        assert after["n_body"] > before["n_body"] and \
+            after["lin"][:before["n_body"]] == before["lin"] and \
+            not any(after["lin"][before["n_body"]:])
+        assert names(after["branches"][1]).count("transpose") < \
+            names(before["branches"][1]).count("transpose")
+    for n in (0, 1, 4):
+        for x, y in zip(gradc.grad(_while_transposed, argnums=(0, 1), target="cpu")(W32, b, n),
+                        gradc.grad(_while_transposed, argnums=(0, 1), target="numpy")(
+                            W32, b, n)):
+            assert x.dtype == y.dtype
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+    W0, i = rng.standard_normal((K, K)), np.array([1, 0, 3, 2])
+    traced = gradc.make_graph(_while_unsafe)(W0, b, i, 3)
+    body = of(hoist_invariants(traced), "while_loop")[0].params["branches"][1]
+    assert {"gather", "div"} <= set(names(body))
+    for target in ("cpu", "cuda"):        # (nothing of them before the loop)
+        assert not {"gather", "div"} & set(names(optimise(traced, target)))
+    for n in (0, 3):
+        np.testing.assert_allclose(gradc.grad(_while_unsafe, target="cpu")(W0, b, i, n),
+                                   gradc.grad(_while_unsafe, target="numpy")(W0, b, i, n),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def accumulated(W, U):
     """A carry that only adds a function of each step's operand (``d + g(x_t)``):
     reverse mode's scan hands ``d``'s cotangent to every step unchanged."""

@@ -1275,6 +1275,9 @@ def _while_adjoint(ctx, eqn):
     backwards along it; with ``checkpoint=k``, every k-th carry and the segments
     recomputed from it.  The same algorithm as ``codegen.control._adjoint``."""
     from ..ir import is_float
+    from .cudarows import one_row_while_adjoint
+    if one_row_while_adjoint(ctx, eqn):          # two kernels of one block
+        return
     p = eqn.params
     body, step = p["branches"]
     n_body, lin, every = p["n_body"], p["lin"], p["checkpoint"]

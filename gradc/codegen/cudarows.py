@@ -367,7 +367,7 @@ def one_row_while(ctx, eqn) -> bool:
     cond_g, body_g = p["branches"]
     nc = n_cond + n_body
     nk = len(eqn.inputs) - nc
-    if not nk or p.get("checkpoint") is not None or not _small_step(cond_g) or \
+    if not nk or not _small_step(cond_g) or \
             not _small_step(body_g):
         return False
     try:
@@ -397,16 +397,126 @@ def one_row_while(ctx, eqn) -> bool:
     return _lower_lifted(ctx, eqn, lifted, nc, nk, graph)
 
 
+ONE_BLOCK_TAPE = ("# the while_loop's tape as one kernel of one block: the trips again, "
+                  "each one's carries stacked (its body batched over a row of one)")
+ONE_BLOCK_SWEEP = ("# reverse mode through the while_loop as one kernel of one block: "
+                   "its body's VJP from the last trip to the first, along the tape")
+TAPE_STEPS = 2            # the stand-in for a tape's count in its Vars' shapes (one of
+#                           two or more: the kernels' prefetch is written as for a loop)
+
+
+def one_row_while_adjoint(ctx, eqn) -> bool:
+    """Reverse mode through a ``while_loop`` (``while_adjoint``: the count of trips, the
+    body, the body's VJP) as two kernels of one block each, if both steps are small (as
+    ``one_row``'s): the loop again from its first carries for that many trips, each
+    trip's carries (those the VJP reads) stacked on a tape, an ``(n, 1, ...)`` array
+    each; then the VJP from the last trip to the first along the tape, the consts'
+    cotangents summed as accumulators.  The count is known on the host before the first
+    kernel (the host loop's ``range`` needs it too) and is each kernel's argument
+    ``_n``, so the kernels are compiled once for every count.  The host loop launches
+    the body's kernels at each trip forward, and the VJP's and two adds at each trip
+    back: a fixed point's two hundred trips are about eight hundred launches.  Not with
+    ``checkpoint`` (the tape would hold every trip, which the user asked not to).
+    False (``ctx`` unchanged) if it does not qualify."""
+    from ..passes.batching import batch_graph
+    from ..prims.elementwise import add_p
+    from ..prims.loops import _float_carries
+    from ..prims.shape import broadcast_p
+    from .compile import optimise
+    p = eqn.params
+    body, step = p["branches"]
+    nb, lin = p["n_body"], p["lin"]
+    nk = len(body.inputs) - nb
+    if p["checkpoint"] is not None or not nk or not eqn.outputs:
+        return False
+    floats, n_lin = _float_carries(body, nb), sum(lin)
+    consts, carries, cts = step.inputs[:nb], step.inputs[nb:nb + nk], step.inputs[nb + nk:]
+    # the backward step: (consts, cotangents of the float carries, the carries before
+    # the trip) -> (each accumulator plus the trip's term, the float carries' cotangents
+    # before it); the other carries' cotangents zeros, the new carries left out
+    zero = {v: Lit(np.zeros(tuple(v.shape), v.dtype)) for v, f in zip(cts, floats) if not f}
+
+    def sub(v):
+        return zero.get(v, v) if isinstance(v, Var) else v
+    terms = [sub(v) for v in step.outputs[len(body.outputs):]]
+    live, eqns = {v for v in terms if isinstance(v, Var)}, []
+    for e in reversed(step.eqns):
+        if e.prim.effect or any(o in live for o in e.outputs):
+            eqns.append(e.replace(inputs=tuple(sub(v) for v in e.inputs)))
+            live.update(v for v in e.inputs if isinstance(v, Var))
+    eqns.reverse()
+    taped = [j for j in range(nk) if carries[j] in live]
+    accs = [Var(tuple(v.shape), v.dtype) for v, w in zip(consts, lin) if w]
+    summed = []
+    for a, t in zip(accs, terms[:n_lin]):
+        summed.append(Var(tuple(a.shape), a.dtype))
+        eqns.append(make_eqn(add_p, (a, t), (summed[-1],), {}))
+    ct_in = [v for v, f in zip(cts, floats) if f]
+    back = Graph(tuple(consts) + tuple(accs) + tuple(ct_in) + tuple(carries[j] for j in taped),
+                 tuple(eqns), tuple(summed) + tuple(terms[n_lin:]))
+    forward = Graph(body.inputs, body.eqns,
+                    tuple(body.outputs) + tuple(body.inputs[nb + j] for j in taped))
+    if not _small_step(forward) or not _small_step(back):
+        return False
+    nr = len(accs) + len(ct_in)
+    try:
+        lifted = [batch_graph(forward, [False] * nb + [True] * nk, 1),
+                  batch_graph(back, [False] * nb + [True] * (len(back.inputs) - nb), 1)]
+    except GradcError:
+        return False
+    optimised = [optimise(g, "cuda") for g in lifted]
+    if any(e.prim.name in ("scan", "while_loop", "cond") for g in optimised for e in g.eqns):
+        return False
+    snapshot = _snapshot(ctx)
+    steps = ctx.on_host_value(eqn.inputs[nb + nk])
+    finals = [Var(tuple(v.shape), v.dtype) for v in body.inputs[nb:]]
+    tape = [Var((TAPE_STEPS, 1) + tuple(carries[j].shape), carries[j].dtype) for j in taped]
+    for v in finals + tape:
+        ctx.names[v] = ctx.temp()
+    scan = SimpleNamespace(inputs=tuple(eqn.inputs[:nb + nk]), outputs=tuple(finals + tape),
+                           params={"n_consts": nb, "n_carry": nk, "length": TAPE_STEPS,
+                                   "reverse": False, "steps": steps, "body": lifted[0],
+                                   "comment": ONE_BLOCK_TAPE})
+    if not _lower_lifted(ctx, scan, scan, nb, nk, optimised[0]):
+        _restore(ctx, snapshot)
+        return False
+    zeros = []                # (the accumulators' first values: zeros, never filled)
+    for a in accs:
+        zeros.append(Var(tuple(a.shape), a.dtype))
+        ctx.names[zeros[-1]] = ctx.temp()
+        fill = make_eqn(broadcast_p, (Lit.of(0, a.dtype),), (zeros[-1],),
+                        {"shape": tuple(a.shape), "dims": ()})
+        ctx.deferred[zeros[-1]] = (fill, [f"let {ctx.names[zeros[-1]]} = zeros "
+                                          f"{tuple(a.shape)!r} (a cotangent's sum)"])
+    scan = SimpleNamespace(
+        inputs=tuple(eqn.inputs[:nb]) + tuple(zeros) + tuple(eqn.inputs[nb + nk + 1:])
+        + tuple(tape), outputs=tuple(eqn.outputs),
+        params={"n_consts": nb, "n_carry": nr, "length": TAPE_STEPS, "reverse": True,
+                "steps": steps, "body": lifted[1], "comment": ONE_BLOCK_SWEEP})
+    if not _lower_lifted(ctx, scan, scan, nb, nr, optimised[1]):
+        _restore(ctx, snapshot)
+        return False
+    for z in zeros:                          # (a fill no kernel read: not made at all)
+        ctx.deferred.pop(z, None)
+    return True
+
+
 def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
     """``one_row``'s and ``one_row_while``'s lowering of ``lifted`` (``eqn`` with its
     body batched over a row of one; ``optimised``: that body for the target): the
     carries and stacked operands reshaped to a row of one, the loop's kernel, its
-    results reshaped back."""
+    results reshaped back.  (With a count known when the program runs,
+    ``lifted.params["steps"]``, the stacked operands and results are a row's already:
+    ``one_row_while_adjoint``'s tape.)"""
     snapshot = _snapshot(ctx)
+    steps = lifted.params.get("steps")
     ins = []
     for k, v in enumerate(eqn.inputs):
         if k < nc:
             ins.append(ctx.fill_literal(v) or v)
+            continue
+        if k >= nc + nk and steps is not None:
+            ins.append(v)
             continue
         shape = (1,) + tuple(v.shape) if k < nc + nk else \
             (int(v.shape[0]), 1) + tuple(v.shape[1:])
@@ -441,8 +551,8 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
         if v in ctx.dying:                # (the same storage: nothing reads it after)
             ctx.dying = ctx.dying | {w}
         ins.append(w)
-    outs = [Var((1,) + tuple(v.shape) if k < nk else
-                (int(v.shape[0]), 1) + tuple(v.shape[1:]), v.dtype)
+    outs = [Var((1,) + tuple(v.shape), v.dtype) if k < nk else v if steps is not None else
+            Var((int(v.shape[0]), 1) + tuple(v.shape[1:]), v.dtype)
             for k, v in enumerate(eqn.outputs)]
     for w in outs:
         ctx.names[w] = ctx.temp()
@@ -451,7 +561,7 @@ def _lower_lifted(ctx, eqn, lifted, nc, nk, optimised) -> bool:
     if not rows(ctx, lifted, optimised, printed, one=True):
         _restore(ctx, snapshot)
         return False
-    _bind_reshaped(ctx, eqn.outputs, outs)
+    _bind_reshaped(ctx, eqn.outputs[:nk] if steps is not None else eqn.outputs, outs)
     return True
 
 
@@ -682,6 +792,12 @@ class _Rows:
         p = eqn.params
         self.n_consts, self.n_carry, self.length = p["n_consts"], p["n_carry"], p["length"]
         self.test = p.get("test")          # (a while_loop's condition: one_row_while)
+        # (a count known when the program runs: the host's expression for it, the
+        # kernel's parameter ``_n``; ``self.length`` only stands in for it in the Vars'
+        # shapes: one_row_while_adjoint)
+        self.steps = p.get("steps")
+        if self.steps is not None:
+            self.places = False            # (no view's shape to compute: own arrays)
         self.reverse = p["reverse"]
         self.producer = {v: e for e in body.eqns for v in e.outputs}
         self.uses: dict = {}
@@ -878,6 +994,8 @@ class _Rows:
         equations that leave the kernel."""
         body, nc, nk, B = self.body, self.n_consts, self.n_carry, self.B
         self.after, self.hidden, self.epilogue = {}, {}, None
+        if self.steps is not None:          # (its (T, ...) arrays' T unknown here)
+            return {}, set()
         carries = body.inputs[nc:nc + nk]
         shared = set(body.inputs[:nc]) | {carries[j] for j in self.fixed} | \
             set(body.inputs[nc + nk:])
@@ -989,10 +1107,11 @@ class _Rows:
         carries = body.inputs[nc:nc + nk]
         updates = {u for u, _ in self.acc.values()}
         ctx.lines.append(
+            self.eqn.params["comment"] if "comment" in self.eqn.params else
             "# the while_loop as one kernel of one block, its trips inside it (its "
             "condition and body batched over a row of one)" if self.test is not None else
-            f"# the scan as one kernel of one block, the {T} steps inside it (its step "
-            "batched over a row of one)" if self.one and self.batch is None else
+            f"# the scan as one kernel of one block, the {self.steps or T} steps inside it "
+            "(its step batched over a row of one)" if self.one and self.batch is None else
             f"# the scan as one kernel: a block per row of {B}, the {T} steps inside it "
             "(its rows are independent)" if self.batch is None else
             f"# these {len(body.eqns)} equations as one kernel of one block (batched over a "
@@ -1111,14 +1230,16 @@ class _Rows:
                 ys.append(ctx.on_device(xs[y]))
                 continue
             arr = self._view(places[nk + j]) if nk + j in places else \
-                self._host(f"_d.empty({tuple(oy.shape)!r}, {dtype_expr(oy.dtype)})")
+                self._host(f"_d.empty({self._dims(oy.shape, True)}, "
+                           f"{dtype_expr(oy.dtype)})")
             ys.append(arr)
             src = self._source(y)
             if y in self.uniform:            # (written once a step: see below)
                 uniform_ys.append((j, y, arr))
             elif src in self.producer and src not in into:
                 shape = (T,) + tuple(src.shape)
-                into[src] = arr if shape == tuple(oy.shape) else self._reshaped(arr, shape)
+                into[src] = arr if shape == tuple(oy.shape) else \
+                    self._reshaped(arr, shape, stepped=True)
             else:
                 (copies_late if src in self.producer else copies_early).append((j, y, arr))
         hidden = {}                          # the epilogue's sums: per-row partials
@@ -1244,7 +1365,8 @@ class _Rows:
                         continue
                     stepped = self.names[src] in self.stepped
                     shape = ((T,) if stepped else ()) + tuple(v.shape)
-                    self.buffers[v] = self._host(self._reshaped(self.buffers[src], shape))
+                    self.buffers[v] = self._host(self._reshaped(self.buffers[src], shape,
+                                                                stepped=stepped))
                     param(v, self.buffers[v], len(shape), stepped=stepped)
                     if self.names[src] in self.mirrors:
                         self.mirrors[self.names[v]] = (self.mirrors[self.names[src]][0],
@@ -1282,14 +1404,18 @@ class _Rows:
                 part_names[v] = (f"_p{j}", None)
                 self._extra(f"_p{j}", part, v.dtype, v.ndim + 1, (B,) + tuple(v.shape))
         for j, y, arr in copies_early + copies_late + uniform_ys:
-            self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1, (T,) + tuple(y.shape))
+            self._extra(f"_y{j}", arr, y.dtype, y.ndim + 1,
+                        None if self.steps else (T,) + tuple(y.shape))
+        if self.steps is not None:          # (the count, when the program runs)
+            self._extra("_n", self.steps, np.int64, 0)
 
         prefetch, stored = self._prefetch(body.inputs[nc + nk:], T)
 
         # the kernel: a block per row, the steps inside
         # (a while_loop: no step index)
+        last = "_n - 1" if self.steps else T - 1
         step = ["_t = 0" if self.test is not None else
-                f"_t = {T - 1} - _s" if self.reverse else "_t = _s"] + prefetch
+                f"_t = {last} - _s" if self.reverse else "_t = _s"] + prefetch
         for j, y, _ in copies_early:         # (from the step's operands: before anything)
             step += self._copy(f"_y{j}", y, stepped=True)
         # (a barrier between those copies and a stage writing a carry in place, unless
@@ -1422,7 +1548,8 @@ class _Rows:
                              f"for i0 in range(cuda.blockIdx.x, {B}, cuda.gridDim.x):"]
         if self.row_start:
             lines += ["    " + s for s in self.row_start + ["cuda.syncthreads()"]]
-        lines.append(f"    for _s in range({T}):" if self.test is None else "    while True:")
+        lines.append(f"    for _s in range({'_n' if self.steps else T}):" if self.test is None
+                     else "    while True:")
         lines += ["        " + s for s in step]
         lines += ["    " + s for s in flush + (["cuda.syncthreads()"] if flush else [])]
         lines = _unread_shared(_share_loops(lines))
@@ -1531,13 +1658,14 @@ class _Rows:
         self.strided[name] = (array, offset, shape, strides)
         return name
 
-    def _reshaped(self, array, shape) -> str:
-        """A host expression for ``array`` reshaped to ``shape``: a view of a view
-        (``_view``) where the strides allow it (else the scan is lowered again without
-        views), ``_d.reshape`` of anything else."""
+    def _reshaped(self, array, shape, stepped=False) -> str:
+        """A host expression for ``array`` reshaped to ``shape`` (``stepped``: stacked,
+        its first axis the steps): a view of a view (``_view``) where the strides allow
+        it (else the scan is lowered again without views), ``_d.reshape`` of anything
+        else."""
         shape = tuple(int(d) for d in shape)
         if array not in self.strided:
-            return f"_d.reshape({array}, {shape!r})"
+            return f"_d.reshape({array}, {self._dims(shape, stepped)})"
         base, offset, old, strides = self.strided[array]
         new = cg._reshaped_strides(old, strides, shape)
         if new is None:
@@ -1595,9 +1723,13 @@ class _Rows:
         Returns the lines a step starts and ends with; ``self.prefetched`` says how
         stages read the buffers."""
         self.prefetched = {}
-        if T < 2:
+        if T < 2 and self.steps is None:
             return [], []
-        first, nxt = (T - 1, "_t - 1") if self.reverse else (0, "_t + 1")
+        if self.steps is not None:          # (a count known when the kernel runs: none
+            T = "_n"                        # to read before the first step if it is 0)
+        first, nxt = (f"{T} - 1" if self.steps else T - 1, "_t - 1") if self.reverse else \
+            (0, "_t + 1")
+        elements = f"{{size}} if {T} > 0 else 0" if self.steps else "{size}"
         start, end = [], []
         for bv in xs:
             name = self.names.get(bv)
@@ -1617,7 +1749,7 @@ class _Rows:
                                                       size)
             jvars = [f"_j{d}" for d in range(1, bv.ndim)]
             sub = ", ".join(["i0"] + jvars)
-            self.row_start += [f"for _e in range(_tid, {size}, _nt):",
+            self.row_start += [f"for _e in range(_tid, {elements.format(size=size)}, _nt):",
                                *cg._decode("_e", tuple(bv.shape[1:]), jvars, "    "),
                                f"    {buf}[_e] = {name}[{first}, {sub}]"]
             start += [f"{reg} = {scalar_literal(0, bv.dtype)}",
@@ -1722,7 +1854,7 @@ class _Rows:
         """A kernel parameter for body value ``v`` (passed ``arg`` by the host: of
         ``v``'s shape, or stacked, of ``(T,) + v.shape``)."""
         name = self.ctx.names[v]
-        self._extra(name, arg, v.dtype, ndim,
+        self._extra(name, arg, v.dtype, ndim, None if stepped and self.steps else
                     ((self.length,) if stepped else ()) + tuple(v.shape))
         self.names[v] = name
         if stepped:
@@ -1737,6 +1869,13 @@ class _Rows:
         self.kinds.append((name, dtype, ndim))
         if shape is not None and len(shape) == ndim:
             self.shapes[name] = tuple(int(d) for d in shape)
+
+    def _dims(self, shape, stepped=False) -> str:
+        """The host's text for ``shape``; ``stepped``: a stacked one, its first axis the
+        steps (the count when the program runs, ``self.steps``, where there is one)."""
+        if not (stepped and self.steps):
+            return repr(tuple(int(d) for d in shape))
+        return f"({', '.join([self.steps] + [str(int(d)) for d in shape[1:]])},)"
 
     def _host(self, expr) -> str:
         name = self.ctx.temp()

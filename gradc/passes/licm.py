@@ -10,6 +10,9 @@ bit for bit); what changes is how often they run, and what a step's kernel sees:
 CUDA target lowers a scan as one kernel only when every value of the step has the
 batch axis (``cudarows``), which a transpose or ``tanh`` of a const does not.
 
+``while_loop``s and reverse mode through them (``while_adjoint``) too, but only work
+that cannot fail (``SAFE``): it runs before the loop even where the loop makes no trip.
+
 What stays in the body:
 * views of consts (``reshape``, ``broadcast_in_dim``, ``stop_gradient``), which cost
   nothing where they are;
@@ -29,6 +32,7 @@ import os
 import numpy as np
 
 from ..ir import Graph, Lit, Var, make_eqn, map_subgraphs, producers_and_readers, subgraphs
+from .fuse import ELEMENTWISE
 from .remat import _hoist
 from .simplify import dce
 
@@ -42,6 +46,12 @@ MAP_ELEMENTS = 1 << 20
 # of T = 1000, B = 32, K = 64, 131072 products a step: 78 ms as a loop, 109 ms as a
 # map), where for small steps the map won (T = 10000, B = 3, K = 4: 0.51 against 27 ms)
 CPU_PRODUCT = 1 << 12
+
+
+# what may run before a while_loop that might make no trip: no index read, no integer
+# division, no reduction that an empty array refuses, no solver
+SAFE = (ELEMENTWISE - {"div", "rem", "fmod", "floordiv", "pow", "shl", "shr"}) | \
+    VIEWS | {"transpose", "einsum", "reduce_sum", "slice", "pad"}
 
 
 def enabled() -> bool:
@@ -60,8 +70,8 @@ def hoist_invariants(graph: Graph) -> Graph:
             if any(params[k] is not eqn.params[k] for k in params):
                 eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
                 changed = True
-        if eqn.prim.name == "scan":
-            moved = _hoisted(eqn)
+        if eqn.prim.name in ("scan", "while_loop", "while_adjoint"):
+            moved = (_hoisted if eqn.prim.name == "scan" else _hoisted_while)(eqn)
             if moved is not None:
                 eqns += moved
                 changed = True
@@ -94,18 +104,74 @@ def _hoisted(eqn):
     return before + [scan]
 
 
-def split_invariants(body: Graph, nc: int):
+def _hoisted_while(eqn):
+    """The equations before ``while_loop`` or ``while_adjoint`` equation ``eqn`` and
+    ``eqn`` rewritten, or None.  A while_loop's condition and body each have consts of
+    their own; a while_adjoint's body and its VJP share theirs, whose cotangents it
+    returns (``lin``): both graphs read every const as before, then both graphs'
+    hoisted values, which are not differentiated (the VJP's cotangents never flow
+    through a primal value it reads)."""
+    p = eqn.params
+    adjoint = eqn.prim.name == "while_adjoint"
+    counts = (p["n_body"],) * 2 if adjoint else (p["n_cond"], p["n_body"])
+    starts = (0, 0) if adjoint else (0, p["n_cond"])
+    splits = [split_invariants(g, n, SAFE) for g, n in zip(p["branches"], counts)]
+    if all(s is None for s in splits):
+        return None
+    before, made = [], []
+    for (pre, _, _), start, n in [(s, a, n) for s, a, n in zip(splits, starts, counts)
+                                  if s is not None]:
+        outer = dict(zip(pre.inputs, eqn.inputs[start:start + n]))
+        for v in pre.outputs:
+            before += _hoist(pre, n, v, outer)
+        made.append([outer[v] for v in pre.outputs])
+    made = iter(made)
+    extra = [[] if s is None else next(made) for s in splits]
+    if not adjoint:
+        ins, graphs = [], []
+        for s, g, start, n, new in zip(splits, p["branches"], starts, counts, extra):
+            if s is None:
+                ins += eqn.inputs[start:start + n]
+                graphs.append(g)
+                continue
+            ins += [eqn.inputs[start + k] for k in s[2]] + new
+            graphs.append(s[1])
+        nc_new = len(graphs[0].inputs) - (len(p["branches"][0].inputs) - p["n_cond"])
+        nb_new = len(graphs[1].inputs) - (len(p["branches"][1].inputs) - p["n_body"])
+        params = dict(p, branches=tuple(graphs), n_cond=nc_new, n_body=nb_new)
+        return before + [make_eqn(eqn.prim, tuple(ins) + tuple(
+            eqn.inputs[p["n_cond"] + p["n_body"]:]), eqn.outputs, params, eqn.source)]
+    nb = p["n_body"]
+    graphs = []
+    for k, (s, g) in enumerate(zip(splits, p["branches"])):
+        mine = [] if s is None else list(s[0].outputs)    # (the new graph's inputs)
+        theirs = [Var(tuple(v.shape), v.dtype) for v in extra[1 - k]]   # (unread)
+        parts = [mine, theirs] if k == 0 else [theirs, mine]
+        new = g if s is None else s[1]
+        graphs.append(Graph(tuple(g.inputs[:nb]) + tuple(parts[0]) + tuple(parts[1])
+                            + tuple(g.inputs[nb:]), new.eqns, new.outputs))
+    added = len(extra[0]) + len(extra[1])
+    params = dict(p, branches=tuple(graphs), n_body=nb + added,
+                  lin=tuple(p["lin"]) + (False,) * added)
+    return before + [make_eqn(eqn.prim, tuple(eqn.inputs[:nb]) + tuple(extra[0])
+                              + tuple(extra[1]) + tuple(eqn.inputs[nb:]), eqn.outputs,
+                              params, eqn.source)]
+
+
+def split_invariants(body: Graph, nc: int, allowed=None):
     """``(pre, new_body, keep)`` for a loop body whose first ``nc`` inputs are its
     consts, or None when no work is invariant: ``pre`` computes, from those consts, the
     values the new body reads as consts of its own (its outputs); ``new_body``'s inputs
     are the consts it still reads (``keep``: their positions among the old ones), then
-    ``pre``'s outputs, then the other inputs as before."""
+    ``pre``'s outputs, then the other inputs as before.  ``allowed``: the primitives'
+    names that may be hoisted (None: any)."""
     invariant = set(body.inputs[:nc])
     source = {v: _size(v) for v in body.inputs[:nc]}    # the largest const it comes from
     candidates = []
     for e in body.eqns:
         if e.prim.effect or subgraphs(e) or not e.outputs or not all(
-                isinstance(a, Lit) or a in invariant for a in e.inputs):
+                isinstance(a, Lit) or a in invariant for a in e.inputs) or \
+                allowed is not None and e.prim.name not in allowed:
             continue
         came = max([source[a] for a in e.inputs if isinstance(a, Var)] + [1])
         invariant.update(e.outputs)
