@@ -12,6 +12,11 @@ of ``lax.while_loop``) in the same run.
   K = 64, T = 128, float32;
 * DEQ: a deep equilibrium layer's forward solve, ``z = tanh(W z + b)`` until two
   iterates agree to 1e-5 (about 60 trips), K = 256, float32;
+* DEQ-grad: the gradient of ``sum(z ** 2)`` through those trips (reverse mode through
+  the while_loop: ``cudarows.one_row_while_adjoint``'s tape and backward sweep, two
+  kernels; ``GRADC_CUDA_WHILE_TAPE=0``: the host loop over the trips, the forward loop
+  still one kernel), beside JAX's ``jit(grad)`` of a ``lax.scan`` of as many trips
+  (``lax.while_loop`` has no reverse mode);
 * VIT: Viterbi decoding of one sentence, K = 64, T = 128, float32: the max-product
   scan with its backpointers (``argmax``), then the backtracking scan, which gathers
   the next state by its carry (``y = bp[t][y]``).
@@ -36,12 +41,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu          # noqa: E402  (gradc, numba.cuda after its shim, timing helpers)
 
 gradc = gpu.gradc
-SIZES = {"RNN": (256, 1000), "CRF": (64, 128), "DEQ": (256, 0), "VIT": (64, 128)}
-QUICK = {"RNN": (6, 5), "CRF": (4, 4), "DEQ": (6, 0), "VIT": (4, 5)}
+SIZES = {"RNN": (256, 1000), "CRF": (64, 128), "DEQ": (256, 0), "DEQ-grad": (256, 0),
+         "VIT": (64, 128)}
+QUICK = {"RNN": (6, 5), "CRF": (4, 4), "DEQ": (6, 0), "DEQ-grad": (6, 0), "VIT": (4, 5)}
 VARIANTS = (("one block", {}),
             ("one block, 1024 threads", {"GRADC_CUDA_ROW_THREADS": "1024"}),
             ("one block, runs apart", {"GRADC_CUDA_ONE_RUN_WORK": "0"}),
             ("host loop", {"GRADC_CUDA_ONE_ROW_WORK": "0"}))
+# (DEQ-grad: the backward trips as the host loop, the rest as above)
+TAPE_ON_HOST = ("tape: host loop", {"GRADC_CUDA_WHILE_TAPE": "0"})
 
 
 def rnn(xp, scan):
@@ -77,6 +85,28 @@ def deq(xp, while_loop):
     return f
 
 
+def deq_loss(xp, while_loop):
+    solve = deq(xp, while_loop)
+    return lambda W, b: xp.sum(solve(W, b) ** 2)
+
+
+def trips(W, b) -> int:
+    """How many trips ``deq``'s loop makes (NumPy, as gradc's CPU target runs it)."""
+    z, zp, n = np.zeros_like(b), np.ones_like(b), 0
+    while np.max(np.abs(z - zp)) > 1e-5:
+        z, zp, n = np.tanh(W @ z + b), z, n + 1
+    return n
+
+
+def unrolled_loss(xp, scan, n):
+    """``deq_loss`` as a scan of ``n`` trips (what JAX can differentiate)."""
+    def f(W, b):
+        z, _ = scan(lambda c, _: ((xp.tanh(W @ c[0] + b), c[0]), None),
+                    (xp.zeros_like(b), xp.ones_like(b)), None, n)
+        return xp.sum(z[0] ** 2)
+    return f
+
+
 def viterbi(xp, scan):
     def f(A, U):
         def step(delta, u):
@@ -95,9 +125,13 @@ def viterbi(xp, scan):
 def workload(name, size, rng):
     """(inputs, gradc's function, the peer's maker, whether it is differentiated)."""
     K, T = size
-    if name == "DEQ":
+    if name in ("DEQ", "DEQ-grad"):
         args = [(0.8 * rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32),
                 rng.standard_normal(K).astype(np.float32)]
+        if name == "DEQ-grad":
+            n = trips(*args)
+            return args, deq_loss(np, gradc.while_loop), lambda jax: unrolled_loss(
+                jax.numpy, lambda s, c, x, n: jax.lax.scan(s, c, x, length=n), n), True
         return args, deq(np, gradc.while_loop), lambda jax: deq(
             jax.numpy, lambda c, b, x: jax.lax.while_loop(c, b, x)), False
     if name == "VIT":
@@ -131,13 +165,14 @@ def main():
                 else gradc.jit(f, target=target)
         ref = gpu.listed(make("cpu")(*host))
         dev = [gpu.cuda.to_device(v) for v in host]
-        for variant, env in VARIANTS:
+        for variant, env in VARIANTS + ((TAPE_ON_HOST,) if name == "DEQ-grad" else ()):
             bad |= not gpu.gradc_row(label, variant, env, lambda: make("cuda"), dev, host,
                                      ref, args.repeats)
         if "jax" in found:
             jax = found["jax"]
             jg = jax.jit(jax.grad(peer(jax), argnums=(0, 1)) if differentiated else peer(jax))
-            what = "jit(grad) lax.scan" if differentiated else \
+            what = "jit(grad) lax.scan, as many trips" if name == "DEQ-grad" else \
+                "jit(grad) lax.scan" if differentiated else \
                 "jit lax.scan" if name == "VIT" else "jit lax.while_loop"
             gpu.jax_row(label, what, jax, jg, host, ref, args.repeats)
     return 1 if bad else 0

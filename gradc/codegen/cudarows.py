@@ -427,7 +427,9 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     body, step = p["branches"]
     nb, lin = p["n_body"], p["lin"]
     nk = len(body.inputs) - nb
-    if p["checkpoint"] is not None or not nk or not eqn.outputs:
+    # (GRADC_CUDA_WHILE_TAPE=0: the host loop, for a GPU session's A/B)
+    if p["checkpoint"] is not None or not nk or not eqn.outputs or \
+            os.environ.get("GRADC_CUDA_WHILE_TAPE", "1").strip() == "0":
         return False
     floats, n_lin = _float_carries(body, nb), sum(lin)
     consts, carries, cts = step.inputs[:nb], step.inputs[nb:nb + nk], step.inputs[nb + nk:]
