@@ -86,9 +86,10 @@ for v in GRADC_REMAT=0 GRADC_CUDA_UNSIGNED=0 GRADC_CUDA_SHUFFLE=0 GRADC_CUDA_ROW
 done
 
 # scans over one sequence: one block, one block of 1024 threads, the runs outside the
-# loops apart, the host loop, JAX; then a run of small equations as one block or a
+# loops apart, the host loop, JAX (a fixed point's gradient also with its backward
+# trips as the host loop, GRADC_CUDA_WHILE_TAPE=0); then a run of small equations as one block or a
 # kernel each, n = 256 ... 262144 (where the default limit of 2^14 should be)
-timeout 60 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
+timeout 75 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
 echo "rc $?" >> "$OUT/one_sequence.md"
 timeout 25 "$PY" benchmarks/one_run.py --repeats 30 >> "$OUT/one_sequence.md" 2>&1
 echo "one_run rc $?" >> "$OUT/one_sequence.md"

@@ -195,32 +195,33 @@ def test_a_step_on_a_transposed_const_is_one_kernel_on_the_gpu():
 
 
 def _while_transposed(W, b, n):
-    """A while_loop whose body reads W's transpose, and a float64 copy of W (float32)."""
+    """A while_loop whose body reads W's transpose halved, and a float64 copy of W
+    (float32)."""
     def body(c):
         h, k = c
-        return np.tanh(W.T @ h + 0.5 * W.astype(np.float64)[0]), k + 1
+        return np.tanh((W.T / 2.0) @ h + 0.5 * W.astype(np.float64)[0]), k + 1
     h, _ = gradc.while_loop(lambda c: c[1] < n, body, (b, 0))
     return np.sum(h ** 2)
 
 
 def _while_unsafe(W, b, i, n):
-    """A while_loop whose body reads W's rows at indices ``i`` and divides by W: work
-    on consts alone that could fail (or that NumPy warns about) if it ran before a loop
-    of no trip."""
+    """A while_loop whose body reads W's rows at indices ``i``: work on consts alone
+    that could fail if it ran before a loop of no trip (and the division of what it
+    reads)."""
     def body(c):
         h, k = c
-        return np.tanh(W[i] @ h / W[0, 0]), k + 1
+        return np.tanh((W[i] / 3.0) @ h), k + 1
     h, _ = gradc.while_loop(lambda c: c[1] < n, body, (b, 0))
     return np.sum(h ** 2)
 
 
 def test_while_loops_and_their_reverse_mode_hoist_work_that_cannot_fail():
-    """``hoist_invariants`` on the compiled targets' graphs: a while_loop's transpose
-    and conversion of a const run before it, and in reverse mode (``while_adjoint``)
+    """``hoist_invariants`` on the compiled targets' graphs: a while_loop's transpose,
+    float division and conversion of a const run before it, and in reverse mode (``while_adjoint``)
     before the tape's loop and the backward sweep too, as consts that are not
     differentiated (their cotangents still reach W through the step's own
-    equations).  An index or a division stays in the body: it runs before the loop
-    even where the loop makes no trip.  Values and gradients as the interpreter's."""
+    equations).  An index stays in the body (and what reads it): it would run before
+    the loop even where the loop makes no trip.  Values and gradients as the interpreter's."""
     from gradc.codegen.compile import optimise
 
     def of(graph, name):
@@ -233,7 +234,8 @@ def test_while_loops_and_their_reverse_mode_hoist_work_that_cannot_fail():
         verify(got)
         loop, = of(got, "while_loop")
         adjoint, = of(got, "while_adjoint")
-        assert not {"transpose", "convert_element_type"} & set(names(loop.params["branches"][1]))
+        assert not {"transpose", "convert_element_type", "div"} & set(
+            names(loop.params["branches"][1]))
         assert not {"transpose", "convert_element_type"} & set(
             names(adjoint.params["branches"][0]))
         before = of(traced, "while_adjoint")[0].params
@@ -259,6 +261,25 @@ def test_while_loops_and_their_reverse_mode_hoist_work_that_cannot_fail():
         np.testing.assert_allclose(gradc.grad(_while_unsafe, target="cpu")(W0, b, i, n),
                                    gradc.grad(_while_unsafe, target="numpy")(W0, b, i, n),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_what_may_run_before_a_while_loop():
+    """``licm.safe``: arithmetic and transposes of any dtype; division and powers of
+    floats (inf or nan, never an error), not of integers; no index."""
+    from gradc.passes.licm import safe
+    from gradc.prims.elementwise import div_p, pow_p
+    from gradc.prims.index import gather_p
+
+    def eqn(prim, dtype, params=None):
+        a, b, out = (Var((3,), np.dtype(dtype)) for _ in range(3))
+        return make_eqn(prim, (a, b), (out,), params or {})
+    assert safe(eqn(add_p, np.int64)) and safe(eqn(add_p, np.float32))
+    assert safe(make_eqn(transpose_p, (Var((2, 3), np.dtype(np.int32)),),
+                         (Var((3, 2), np.dtype(np.int32)),), {"perm": (1, 0)}))
+    for prim in (div_p, pow_p):
+        assert safe(eqn(prim, np.float64)) and safe(eqn(prim, np.complex128))
+        assert not safe(eqn(prim, np.int64))
+    assert not safe(eqn(gather_p, np.float64, {"spec": (("a", 0),)}))
 
 
 def accumulated(W, U):

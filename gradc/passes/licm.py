@@ -11,7 +11,7 @@ CUDA target lowers a scan as one kernel only when every value of the step has th
 batch axis (``cudarows``), which a transpose or ``tanh`` of a const does not.
 
 ``while_loop``s and reverse mode through them (``while_adjoint``) too, but only work
-that cannot fail (``SAFE``): it runs before the loop even where the loop makes no trip.
+that cannot fail (``safe``): it runs before the loop even where the loop makes no trip.
 
 What stays in the body:
 * views of consts (``reshape``, ``broadcast_in_dim``, ``stop_gradient``), which cost
@@ -49,9 +49,19 @@ CPU_PRODUCT = 1 << 12
 
 
 # what may run before a while_loop that might make no trip: no index read, no integer
-# division, no reduction that an empty array refuses, no solver
+# division, no reduction that an empty array refuses, no solver (``safe``)
 SAFE = (ELEMENTWISE - {"div", "rem", "fmod", "floordiv", "pow", "shl", "shr"}) | \
     VIEWS | {"transpose", "einsum", "reduce_sum", "slice", "pad"}
+# ... and these where every operand and result is a float (inf or nan, never an error)
+SAFE_ON_FLOATS = {"div", "rem", "fmod", "pow"}
+
+
+def safe(e) -> bool:
+    """Whether equation ``e`` may run before a while_loop that makes no trip."""
+    if e.prim.name in SAFE:
+        return True
+    return e.prim.name in SAFE_ON_FLOATS and all(
+        np.dtype(v.dtype).kind in "fc" for v in tuple(e.inputs) + tuple(e.outputs))
 
 
 def enabled() -> bool:
@@ -115,7 +125,7 @@ def _hoisted_while(eqn):
     adjoint = eqn.prim.name == "while_adjoint"
     counts = (p["n_body"],) * 2 if adjoint else (p["n_cond"], p["n_body"])
     starts = (0, 0) if adjoint else (0, p["n_cond"])
-    splits = [split_invariants(g, n, SAFE) for g, n in zip(p["branches"], counts)]
+    splits = [split_invariants(g, n, safe) for g, n in zip(p["branches"], counts)]
     if all(s is None for s in splits):
         return None
     before, made = [], []
@@ -163,15 +173,15 @@ def split_invariants(body: Graph, nc: int, allowed=None):
     consts, or None when no work is invariant: ``pre`` computes, from those consts, the
     values the new body reads as consts of its own (its outputs); ``new_body``'s inputs
     are the consts it still reads (``keep``: their positions among the old ones), then
-    ``pre``'s outputs, then the other inputs as before.  ``allowed``: the primitives'
-    names that may be hoisted (None: any)."""
+    ``pre``'s outputs, then the other inputs as before.  ``allowed``: whether an
+    equation may be hoisted (None: any may)."""
     invariant = set(body.inputs[:nc])
     source = {v: _size(v) for v in body.inputs[:nc]}    # the largest const it comes from
     candidates = []
     for e in body.eqns:
         if e.prim.effect or subgraphs(e) or not e.outputs or not all(
                 isinstance(a, Lit) or a in invariant for a in e.inputs) or \
-                allowed is not None and e.prim.name not in allowed:
+                allowed is not None and not allowed(e):
             continue
         came = max([source[a] for a in e.inputs if isinstance(a, Var)] + [1])
         invariant.update(e.outputs)
