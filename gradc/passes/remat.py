@@ -29,7 +29,9 @@ compiled recomputation may round a last bit differently.  The choice is a minimu
 * the step's inputs hang from the source, the residuals from the sink.
 
 The cut's edges are the values to keep.  A cut is applied only when it shrinks the tape
-at least ``SAVING`` times: recomputing costs time, which a small saving does not repay.
+at least ``SAVING`` times: recomputing costs time, which a small saving does not repay;
+or when it recomputes arithmetic alone (``CHEAP``) and shrinks the tape at all: an RNN's
+``1 - h * h`` for tanh's derivative, from the ``h`` that the tape keeps anyway.
 
 Whether recomputing beats the memory traffic depends on the machine
 (``codegen.compile.optimise`` says which cut each target gets). On the GPU an ``exp``
@@ -123,9 +125,10 @@ def tape_cut(primal: Graph, n_out: int, n_free: int, length: int = 1, cheap=Fals
 
 def remat_scans(graph: Graph, cheap: bool = False) -> Graph:
     """``graph`` with each forward loop's tape cut where ``tape_cut`` finds it at least
-    ``SAVING`` times smaller: a scan whose stacked results a later scan of the same
-    length alone reads, as xs, stacks the cut's values instead, and the later scan
-    recomputes the old ones from them at each step.  Values of the loop's consts alone
+    ``SAVING`` times smaller (or smaller at all, recomputing arithmetic alone): a scan
+    whose stacked results a later scan of the same length alone reads, as xs, stacks
+    the cut's values instead, and the later scan recomputes the old ones from them at
+    each step.  Values of the loop's consts alone
     that the recomputation reads are computed once, before the later scan, and passed
     to it as consts.  With ``cheap`` (the CPU targets), only arithmetic without a
     transcendental, a power or a division is recomputed (``CHEAP``)."""
@@ -191,7 +194,10 @@ def _cut_tape(graph: Graph, i: int, cheap: bool = False):
     reads += [v for v in taped if v not in defined and v not in reads]
     before = sum(_nbytes(v) for v in taped)
     after = sum(_nbytes(v) for v in reads if v not in free)
-    if after * SAVING > before:
+    # (recomputing arithmetic alone repays any saving: a tanh's derivative 1 - h * h
+    # from h, which the tape keeps anyway)
+    if after * SAVING > before and not (
+            after < before and all(e.prim.name in CHEAP for e in recompute)):
         return None
 
     # the values the later scan now reads: consts (the loop's, or computed from them
