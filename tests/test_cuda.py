@@ -2593,6 +2593,78 @@ def test_reverse_mode_through_a_while_loop_is_two_kernels(env, monkeypatch):
             np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-11)
 
 
+def _carried_limit(a, n):
+    """A trip limit carried (read by the condition alone: the tape's loop reads it
+    nowhere)."""
+    x, _, _ = gradc.while_loop(lambda c: c[2] < c[1],
+                               lambda c: (np.tanh(c[0] * a + 0.1), c[1], c[2] + 1), (a, n, 0))
+    return np.sum(x ** 2)
+
+
+def _carried_tolerance(a, t):
+    x, _, _ = gradc.while_loop(
+        lambda c: (np.max(np.abs(c[0] * c[0] - a)) > c[1]) & (c[2] < 50),
+        lambda c: (0.5 * (c[0] + a / c[0]), c[1], c[2] + 1), (np.ones_like(a), t, 0))
+    return np.sum(x)
+
+
+def _residual_carry(a, n):
+    """A rank-0 residual the body overwrites (its cotangent before the trip: zeros, a
+    constant carry of the backward sweep) and the condition reads."""
+    def body(c):
+        x, e, k = c
+        new = np.tanh(x * a)
+        return new, np.sum((new - x) ** 2), k + 1
+    return np.sum(gradc.while_loop(lambda c: (c[2] < n) & (c[1] > 1e-20), body,
+                                   (a, 1.0, 0))[0])
+
+
+def _step_size(a, lr):
+    """A carry handed back unchanged that the body reads (the sweep reads it as a
+    const), and one whose first value is a literal."""
+    def body(c):
+        x, s, m, k = c
+        return x - s * m * (x - a) ** 3, s, m, k + 1
+    return np.sum(gradc.while_loop(lambda c: c[3] < 6, body,
+                                   (np.zeros_like(a), lr, 0.5, 0))[0] ** 2)
+
+
+def _rolled_outer(a, u, n):
+    """``np.roll`` and an outer product of consts in the body (``passes.steps``
+    rewrites while_adjoint's graphs too)."""
+    def body(c):
+        X, k = c
+        return np.tanh(np.roll(X, 1, axis=1) * 0.5 + np.outer(a, u) * 0.1), k + 1
+    return np.sum(gradc.while_loop(lambda c: c[1] < n, body,
+                                   (np.zeros((3, 2)), 0))[0] ** 2)
+
+
+def test_reverse_mode_through_while_loops_of_every_kind_of_carry():
+    """(Review.)  Two kernels, and the interpreter's values, for a carried trip limit or
+    tolerance that only the condition reads (the tape's kernel read it nowhere, and
+    the host code bound its final value to a name it never defined: a NameError), a
+    residual the body overwrites, a carry handed back unchanged that the body reads,
+    ``np.roll`` and outer products in the body."""
+    a = np.array([0.5, -0.25, 0.75])
+    cases = [(_carried_limit, (a, np.array(4)), (0,)),
+             (_carried_tolerance, (np.array([1.5, 2.0, 2.5]), 1e-6), (0,)),
+             (_residual_carry, (a, np.array(5)), (0,)),
+             (_residual_carry, (a, np.array(0)), (0,)),
+             (_step_size, (a, 0.3), (0, 1)),
+             (_rolled_outer, (a, np.array([0.2, -0.4]), np.array(3)), (0, 1))]
+    for f, args, wrt in cases:
+        g = gradc.grad(f, argnums=wrt, target="cuda")
+        src = g.source(*args)
+        assert src.count(ONE_BLOCK_TAPE) == src.count(ONE_BLOCK_SWEEP) == 1, f.__name__
+        for x, y in zip(g(*args), gradc.grad(f, argnums=wrt, target="numpy")(*args)):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    f = lambda a, lim: np.sum(gradc.while_loop(         # noqa: E731
+        lambda c: c[2] < 5, lambda c: (np.tanh(c[0] * a), c[1], c[2] + 1), (a, lim, 0))[1])
+    for make in (gradc.jit, gradc.grad):  # (a carry nothing reads, forward: the same)
+        np.testing.assert_allclose(make(f, target="cuda")(a, np.ones(3)),
+                                   make(f, target="numpy")(a, np.ones(3)), rtol=1e-12)
+
+
 def _fixed_point_count(W, b, tol=1e-10):
     def body(c):
         z, zp, k = c

@@ -447,15 +447,21 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
             eqns.append(e.replace(inputs=tuple(sub(v) for v in e.inputs)))
             live.update(v for v in e.inputs if isinstance(v, Var))
     eqns.reverse()
-    taped = [j for j in range(nk) if carries[j] in live]
+    # (a carry the body hands back unchanged is its first value at every trip: read by
+    # the sweep as a const, not stacked)
+    fixed = {j for j in range(nk) if body.outputs[j] is body.inputs[nb + j]}
+    taped = [j for j in range(nk) if carries[j] in live and j not in fixed]
+    held = [j for j in range(nk) if carries[j] in live and j in fixed]
     accs = [Var(tuple(v.shape), v.dtype) for v, w in zip(consts, lin) if w]
     summed = []
     for a, t in zip(accs, terms[:n_lin]):
         summed.append(Var(tuple(a.shape), a.dtype))
         eqns.append(make_eqn(add_p, (a, t), (summed[-1],), {}))
     ct_in = [v for v, f in zip(cts, floats) if f]
-    back = Graph(tuple(consts) + tuple(accs) + tuple(ct_in) + tuple(carries[j] for j in taped),
-                 tuple(eqns), tuple(summed) + tuple(terms[n_lin:]))
+    back = Graph(tuple(consts) + tuple(carries[j] for j in held) + tuple(accs) + tuple(ct_in)
+                 + tuple(carries[j] for j in taped), tuple(eqns),
+                 tuple(summed) + tuple(terms[n_lin:]))
+    nbr = nb + len(held)                     # (the sweep's consts)
     forward = Graph(body.inputs, body.eqns,
                     tuple(body.outputs) + tuple(body.inputs[nb + j] for j in taped))
     if not _small_step(forward) or not _small_step(back):
@@ -463,7 +469,7 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     nr = len(accs) + len(ct_in)
     try:
         lifted = [batch_graph(forward, [False] * nb + [True] * nk, 1),
-                  batch_graph(back, [False] * nb + [True] * (len(back.inputs) - nb), 1)]
+                  batch_graph(back, [False] * nbr + [True] * (len(back.inputs) - nbr), 1)]
     except GradcError:
         return False
     optimised = [optimise(g, "cuda") for g in lifted]
@@ -491,11 +497,11 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
         ctx.deferred[zeros[-1]] = (fill, [f"let {ctx.names[zeros[-1]]} = zeros "
                                           f"{tuple(a.shape)!r} (a cotangent's sum)"])
     scan = SimpleNamespace(
-        inputs=tuple(eqn.inputs[:nb]) + tuple(zeros) + tuple(eqn.inputs[nb + nk + 1:])
-        + tuple(tape), outputs=tuple(eqn.outputs),
-        params={"n_consts": nb, "n_carry": nr, "length": TAPE_STEPS, "reverse": True,
+        inputs=tuple(eqn.inputs[:nb]) + tuple(eqn.inputs[nb + j] for j in held) + tuple(zeros)
+        + tuple(eqn.inputs[nb + nk + 1:]) + tuple(tape), outputs=tuple(eqn.outputs),
+        params={"n_consts": nbr, "n_carry": nr, "length": TAPE_STEPS, "reverse": True,
                 "steps": steps, "body": lifted[1], "comment": ONE_BLOCK_SWEEP})
-    if not _lower_lifted(ctx, scan, scan, nb, nr, optimised[1]):
+    if not _lower_lifted(ctx, scan, scan, nbr, nr, optimised[1]):
         _restore(ctx, snapshot)
         return False
     for z in zeros:                          # (a fill no kernel read: not made at all)
@@ -786,6 +792,17 @@ class _Rows:
                        "as another's new one)" if o in carries else \
                     f"{ctx.names[outputs[j]]} = {ctx.names[o]}   (a view of a carry's " \
                     "old value as a carry's new one)"
+                text_of.append([line])
+                self.comments_of[eqns[-1]] = {copy: [line]}
+            elif isinstance(o, Lit) and o.shape == carries[j].shape:
+                # (a constant new value: reverse mode's cotangent of a carry the step
+                # overwrites, a residual the condition reads; a stage filling it)
+                outputs[j] = Var(tuple(o.shape), o.dtype)
+                ctx.names[outputs[j]] = f"{ctx.names[carries[j]]}_c{j}"
+                stage, copy = _copy_stage(o, outputs[j])
+                eqns.append(stage)
+                line = f"{ctx.names[outputs[j]]} = {o!r}   (a constant as a " \
+                       "carry's new value)"
                 text_of.append([line])
                 self.comments_of[eqns[-1]] = {copy: [line]}
         eqns, text_of = _merge_into_reductions(eqns, text_of, self.comments_of)
@@ -1563,9 +1580,14 @@ class _Rows:
         self.params = [self.params[k] for k in used]
         self.args = [self.args[k] for k in used]
         self.kinds = [self.kinds[k] for k in used]
+        # (a carry handed back unchanged is its first value after the kernel, even where
+        # no stage reads it: a trip limit only a while_loop's condition reads, which the
+        # tape's loop does not have)
+        results = {ctx.names.get(v) for j in self.fixed for v in [ins[nc + j]]
+                   if isinstance(v, Var)}
         for arg in reversed(dropped):        # (and the host's views made for them alone)
             mine = [j for j, line in enumerate(ctx.lines) if line.startswith(f"{arg} = ")]
-            if len(mine) == 1 and arg.startswith("_t") and not any(
+            if len(mine) == 1 and arg.startswith("_t") and arg not in results and not any(
                     re.search(rf"\b{arg}\b", line) for j, line in enumerate(ctx.lines)
                     if j != mine[0]) and not any(re.search(rf"\b{arg}\b", a)
                                                  for a in self.args):

@@ -27,7 +27,7 @@ from ..ir import Graph, map_subgraphs, subgraphs
 from ..prims.linalg import parse_spec
 from .argreduce import decomposable, first_index
 
-LOOPS = ("scan", "while_loop")     # (whose bodies the one-kernel loops lower)
+LOOPS = ("scan", "while_loop", "while_adjoint")    # (whose bodies the one-kernel loops lower)
 
 
 def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
