@@ -488,7 +488,9 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     if not _lower_lifted(ctx, scan, scan, nb, nk, optimised[0]):
         _restore(ctx, snapshot)
         return False
-    zeros = []                # (the accumulators' first values: zeros, never filled)
+    # (the accumulators' first values: zeros, a deferred fill that _lower_lifted makes
+    # the kernel's literal, or, too large for one, leaves unfilled at the row's shape)
+    zeros = []
     for a in accs:
         zeros.append(Var(tuple(a.shape), a.dtype))
         ctx.names[zeros[-1]] = ctx.temp()
@@ -504,7 +506,7 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     if not _lower_lifted(ctx, scan, scan, nbr, nr, optimised[1]):
         _restore(ctx, snapshot)
         return False
-    for z in zeros:                          # (a fill no kernel read: not made at all)
+    for z in zeros:                          # (lowered in their place, if at all)
         ctx.deferred.pop(z, None)
     return True
 
