@@ -2665,6 +2665,40 @@ def test_reverse_mode_through_while_loops_of_every_kind_of_carry():
                                    make(f, target="numpy")(a, np.ones(3)), rtol=1e-12)
 
 
+def test_a_stacked_operand_handed_back_as_a_stacked_result():
+    """(Review.)  A one-block scan that hands one of its stacked operands back as a
+    stacked result and reads it nowhere else (a second derivative of an RNN over one
+    sequence makes one): the kernel has no parameter for it, and the host line that
+    made its row view was dropped with the parameter while the result still named it
+    (a NameError).  One sequence and a batch, and the second derivative; values as the
+    interpreter's."""
+    r = np.random.default_rng(5)
+    W = 0.5 * r.standard_normal((4, 4))
+
+    def one(v0, xs, zs):
+        return gradc.scan(lambda h, x: (np.tanh(W @ h + x[0]), x[1]), v0, (xs, zs))
+
+    def rows(h0, xs, zs):
+        return gradc.scan(lambda h, x: (np.tanh(h @ W + x[0]), x[1]), h0, (xs, zs))
+
+    def rnn(W, v0, xs):
+        return np.sum(gradc.scan(lambda h, x: (np.tanh(W @ h + x), None), v0, xs)[0] ** 2)
+
+    V = r.standard_normal((4, 4))
+    second = lambda W, v0, xs: np.sum(gradc.grad(rnn)(W, v0, xs) * V)    # noqa: E731
+    for f, args in ((one, (r.standard_normal(4), r.standard_normal((5, 4)),
+                           r.standard_normal((5, 4)))),
+                    (rows, (r.standard_normal((3, 4)), r.standard_normal((5, 3, 4)),
+                            r.standard_normal((5, 3, 4)))),
+                    (gradc.grad(second), (W, r.standard_normal(4),
+                                          r.standard_normal((5, 4))))):
+        j = gradc.jit(f, target="cuda")
+        assert "# the scan as one kernel" in j.source(*args)
+        for x, y in zip(gradc.pytree.flatten(j(*args))[0],
+                        gradc.pytree.flatten(gradc.jit(f, target="numpy")(*args))[0]):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
 def _fixed_point_count(W, b, tol=1e-10):
     def body(c):
         z, zp, k = c

@@ -1585,8 +1585,9 @@ class _Rows:
         # (a carry handed back unchanged is its first value after the kernel, even where
         # no stage reads it: a trip limit only a while_loop's condition reads, which the
         # tape's loop does not have)
+        # (and a stacked operand handed back as a stacked result, read by no stage)
         results = {ctx.names.get(v) for j in self.fixed for v in [ins[nc + j]]
-                   if isinstance(v, Var)}
+                   if isinstance(v, Var)} | {arr for arr in ys if arr is not None}
         for arg in reversed(dropped):        # (and the host's views made for them alone)
             mine = [j for j, line in enumerate(ctx.lines) if line.startswith(f"{arg} = ")]
             if len(mine) == 1 and arg.startswith("_t") and arg not in results and not any(
