@@ -421,6 +421,7 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     from ..passes.batching import batch_graph
     from ..prims.elementwise import add_p
     from ..prims.loops import _float_carries
+    from ..passes.simplify import dce
     from ..prims.shape import broadcast_p
     from .compile import optimise
     p = eqn.params
@@ -441,12 +442,10 @@ def one_row_while_adjoint(ctx, eqn) -> bool:
     def sub(v):
         return zero.get(v, v) if isinstance(v, Var) else v
     terms = [sub(v) for v in step.outputs[len(body.outputs):]]
-    live, eqns = {v for v in terms if isinstance(v, Var)}, []
-    for e in reversed(step.eqns):
-        if e.prim.effect or any(o in live for o in e.outputs):
-            eqns.append(e.replace(inputs=tuple(sub(v) for v in e.inputs)))
-            live.update(v for v in e.inputs if isinstance(v, Var))
-    eqns.reverse()
+    eqns = list(dce(Graph(step.inputs, tuple(e.replace(inputs=tuple(sub(v) for v in e.inputs))
+                                             for e in step.eqns), tuple(terms))).eqns)
+    live = {v for e in eqns for v in e.inputs if isinstance(v, Var)} | \
+        {v for v in terms if isinstance(v, Var)}
     # (a carry the body hands back unchanged is its first value at every trip: read by
     # the sweep as a const, not stacked)
     fixed = {j for j in range(nk) if body.outputs[j] is body.inputs[nb + j]}

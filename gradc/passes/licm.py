@@ -104,14 +104,21 @@ def _hoisted(eqn):
         return None
     pre, body, keep = split
     nc = p["n_consts"]
-    outer = dict(zip(pre.inputs, eqn.inputs[:nc]))
-    before = []
-    for v in pre.outputs:           # (copies of pre's equations, on the outer values)
-        before += _hoist(pre, nc, v, outer)
-    ins = [eqn.inputs[k] for k in keep] + [outer[o] for o in pre.outputs]
+    before, made = _before(pre, eqn.inputs[:nc])
+    ins = [eqn.inputs[k] for k in keep] + made
     scan = make_eqn(eqn.prim, tuple(ins) + tuple(eqn.inputs[nc:]), eqn.outputs,
                     dict(p, body=body, n_consts=len(ins)), eqn.source)
     return before + [scan]
+
+
+def _before(pre, consts):
+    """Copies of ``pre``'s equations (``split_invariants``') on the loop's consts
+    ``consts`` (outer values), and the outer values of ``pre``'s outputs."""
+    outer = dict(zip(pre.inputs, consts))
+    before = []
+    for v in pre.outputs:
+        before += _hoist(pre, len(consts), v, outer)
+    return before, [outer[v] for v in pre.outputs]
 
 
 def _hoisted_while(eqn):
@@ -128,15 +135,11 @@ def _hoisted_while(eqn):
     splits = [split_invariants(g, n, safe) for g, n in zip(p["branches"], counts)]
     if all(s is None for s in splits):
         return None
-    before, made = [], []
-    for (pre, _, _), start, n in [(s, a, n) for s, a, n in zip(splits, starts, counts)
-                                  if s is not None]:
-        outer = dict(zip(pre.inputs, eqn.inputs[start:start + n]))
-        for v in pre.outputs:
-            before += _hoist(pre, n, v, outer)
-        made.append([outer[v] for v in pre.outputs])
-    made = iter(made)
-    extra = [[] if s is None else next(made) for s in splits]
+    before, extra = [], []                # (extra: each graph's hoisted values, outer)
+    for s, start, n in zip(splits, starts, counts):
+        eqns, made = _before(s[0], eqn.inputs[start:start + n]) if s else ([], [])
+        before += eqns
+        extra.append(made)
     if not adjoint:
         ins, graphs = [], []
         for s, g, start, n, new in zip(splits, p["branches"], starts, counts, extra):
