@@ -2,8 +2,13 @@
 """Loop-invariant code motion (``passes.licm``), A/B on the CPU: the gradient of an RNN
 whose step squashes its weight matrix (``np.tanh(W.T) * 0.5``), with the pass
 (default) and without it (``GRADC_LICM=0``), each in a process of its own, alternating.
+``--switch GRADC_SCAN_SUMS`` compares the accumulated weight gradient summed after the
+loop (``licm.sums_after_scans``, default) with the loop's carry; ``--size 0 K T`` is
+an RNN over one sequence (``h = tanh(W @ h + x_t)``, no batch axis, loss
+``sum_t |h_t|^2``).
 
-    python benchmarks/licm.py [--size B K T] [--rounds 2] [--target cpu]
+    python benchmarks/licm.py [--size B K T] [--rounds 2] [--target cpu] [--switch NAME]
+    python benchmarks/licm.py --size 0 256 1000 --switch GRADC_SCAN_SUMS --dtype float32
 """
 from __future__ import annotations
 
@@ -16,18 +21,25 @@ import time
 import numpy as np
 
 
-def run(B, K, T, target, calls):
+def run(B, K, T, target, calls, dtype):
     import gradc
     rng = np.random.default_rng(0)
-    W = rng.standard_normal((K, K)) / 8
-    U = rng.standard_normal((T, B, K))
+    W = (rng.standard_normal((K, K)) / (8 if B else 2 * np.sqrt(K))).astype(dtype)
+    U = rng.standard_normal((T, B, K) if B else (T, K)).astype(dtype)
 
     def rnn(W, U):
         def step(h, u):
             V = np.tanh(np.transpose(W)) * 0.5
             return np.tanh(h @ V + u), None
-        h, _ = gradc.scan(step, np.zeros((B, K)), U)
+        h, _ = gradc.scan(step, np.zeros((B, K), W.dtype), U)
         return np.sum(h)
+
+    def sequence(W, xs):
+        def step(h, x):
+            h = np.tanh(W @ h + x)
+            return h, np.sum(h * h)
+        return np.sum(gradc.scan(step, np.zeros(K, W.dtype), xs)[1])
+    rnn = rnn if B else sequence
     g = gradc.grad(rnn, argnums=(0, 1), target=target)
     first = g(W, U)
     times = []
@@ -44,20 +56,23 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--calls", type=int, default=15)
     ap.add_argument("--target", default="cpu")
+    ap.add_argument("--switch", default="GRADC_LICM",
+                    help="the variable set to 1 and 0 in turn (GRADC_LICM, GRADC_SCAN_SUMS)")
+    ap.add_argument("--dtype", default="float64")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        t, check = run(*args.size, args.target, args.calls)
+        t, check = run(*args.size, args.target, args.calls, np.dtype(args.dtype))
         print(f"{t} {check!r}")
         return
-    print(f"| round | LICM | median of {args.calls} calls | sum of dW |")
+    print(f"| round | {args.switch} | median of {args.calls} calls | sum of dW |")
     print("| --- | --- | --- | --- |")
     for r in range(args.rounds):
         for on in ("1", "0"):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--size", *map(str, args.size),
-                 "--calls", str(args.calls), "--target", args.target],
-                env=dict(os.environ, GRADC_LICM=on), capture_output=True, text=True,
+                 "--calls", str(args.calls), "--target", args.target, "--dtype",
+                 args.dtype], env={**os.environ, args.switch: on}, capture_output=True, text=True,
                 check=True).stdout.split()
             print(f"| {r + 1} | {'on' if on == '1' else 'off'} | "
                   f"{float(out[0]) * 1e3:.2f} ms | {out[1]} |")

@@ -19,6 +19,8 @@ becomes a Python ``for``/``while``/``if`` in the calling function that calls it.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import Graph
 
 # primitives whose results may be one of their inputs (a carry passed through): the
@@ -141,6 +143,79 @@ def _while_tangent(ctx, eqn, a, outs):
             + [f"{o} = {kk}" for o, kk in zip(outs, tk)])
 
 
+def _shape(shape) -> str:
+    return "(" + "".join(f"{int(d)}, " for d in shape) + ")"
+
+
+def _summed_after(step, n_body, n_carry, n_out, n_lin):
+    """The accumulators of reverse mode through a ``while_loop`` summed after the
+    backward sweep, not at each trip, and what the sweep stacks for them:
+    ``({accumulator: (operands, rows, widths, swap, shape)}, [values stacked])``.
+
+    An RNN-like body ``z = tanh(W @ z + b)`` makes W's cotangent ``outer(d_t, z_t)`` at
+    every trip: a K×K product, then a K×K add.  Summed after the sweep it is one matrix
+    product of the stacked ``d`` (a vector a trip) with the tape of ``z`` (the carries
+    before each trip, kept anyway): ``D.T @ Z``.  A term qualifies when it is such a
+    contraction of two values that change at every trip (a carry, read from the tape;
+    or a value of the backward step no larger than the term or the largest carry,
+    stacked): its operands' shared letters contracted and leading both, the output one
+    operand's other letters then the other's (``i,j->ij``; ``bi,bj->ij`` for a batch),
+    or a transpose of such a product (``W.T @ z``).
+    ``operands``: ``("tape", carry)`` or ``("stack", position in the values stacked)``;
+    ``rows``: the contracted letters' extent; ``widths``: each operand's other extent;
+    ``swap``: the output starts with the second operand's letters."""
+    from ..ir import Var, producers_and_readers
+    from ..prims.linalg import einsum_p, parse_spec
+
+    def size(v):
+        return int(np.prod(v.shape, dtype=np.int64))
+    producer, readers = producers_and_readers(step.eqns)
+    outs = list(step.outputs)
+    consts = set(step.inputs[:n_body])
+    carries = list(step.inputs[n_body:n_body + n_carry])
+    largest = max([size(v) for v in carries] + [1])
+    folded, stacked = {}, []
+    for m, t in enumerate(outs[n_out:n_out + n_lin]):
+        e = producer.get(t) if isinstance(t, Var) else None
+        perm = None                 # (a transposed contraction: its output's letters moved)
+        if e is not None and e.prim.name == "transpose" and \
+                isinstance(e.inputs[0], Var) and len(readers.get(e.inputs[0], ())) == 1:
+            perm, e = tuple(e.params["perm"]), producer.get(e.inputs[0])
+        if e is None or e.prim is not einsum_p or t in readers or \
+                sum(o is t for o in outs) != 1 or np.dtype(t.dtype).kind not in "fc":
+            continue
+        la, lb, lo = parse_spec(e.params["spec"])
+        lo = lo if perm is None else "".join(lo[q] for q in perm)
+        shared = "".join(c for c in la if c in lb)
+        a_only, b_only = la[len(shared):], lb[len(shared):]
+        if any(c in lo for c in shared) or not la.startswith(shared) or \
+                not lb.startswith(shared) or lo not in (a_only + b_only, b_only + a_only):
+            continue
+        extent = dict(zip(la, e.inputs[0].shape))
+        extent.update(zip(lb, e.inputs[1].shape))
+        operands, new = [], []
+        for v in e.inputs:
+            if not isinstance(v, Var) or v in consts:
+                break
+            if any(v is c for c in carries):
+                operands.append(("tape", next(j for j, c in enumerate(carries) if c is v)))
+            elif any(v is x for x in stacked + new):
+                operands.append(("stack", next(j for j, x in enumerate(stacked + new)
+                                               if x is v)))
+            elif size(v) <= min(size(t), largest):
+                operands.append(("stack", len(stacked) + len(new)))
+                new.append(v)
+            else:
+                break
+        else:
+            stacked += new
+            rows = int(np.prod([extent[c] for c in shared], dtype=np.int64))
+            widths = [int(np.prod([extent[c] for c in x], dtype=np.int64))
+                      for x in (a_only, b_only)]
+            folded[m] = (operands, rows, widths, lo != a_only + b_only, tuple(t.shape))
+    return folded, stacked
+
+
 def _while_adjoint(ctx, eqn, a, outs):
     p = eqn.params
     lines, results = _adjoint(ctx, *p["branches"], p["n_body"], p["lin"], p["checkpoint"], a)
@@ -173,8 +248,16 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
     n_out = len(body.outputs)
     floats = _floats(body, n_body)
     b_fn, b_extra = _fn(ctx, body, "while_adjoint: a step of the loop (to fill the tape)")
-    # the VJP of a step, without the step's own results
-    back = Graph(step.inputs, step.eqns, step.outputs[n_out:])
+    # the VJP of a step, without the step's own results (nor the terms of the
+    # accumulators summed after the sweep: the values they contract instead)
+    n_lin = sum(lin)
+    from ..passes import licm
+    folded, stacked = ({}, []) if every is not None or not licm.sums_enabled() else \
+        _summed_after(step, n_body, n_carry, n_out, n_lin)
+    back = Graph(step.inputs, step.eqns,
+                 tuple(v for m, v in enumerate(step.outputs[n_out:n_out + n_lin])
+                       if m not in folded) + tuple(step.outputs[n_out + n_lin:])
+                 + tuple(stacked))
     v_fn, v_extra = _fn(ctx, back, "while_adjoint: a step of the backward sweep")
     bc, carry, n = a[:n_body], a[n_body:n_body + n_carry], a[n_body + n_carry]
     ct_in = iter(a[n_body + n_carry + 1:])
@@ -197,19 +280,33 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
     i, r = ctx.temp(), ctx.temp()
     step_k = f"    {_unpack(k)} = {_call(b_fn, bc + k, b_extra)}"
 
+    summed = [m for j, m in enumerate(acc) if j not in folded]
+    stacks = [ctx.temp() for _ in stacked]
+    floats_ct = [c for c, f in zip(ct, floats) if f]
+
     def backward(at, pad):
         cur = [f"{t}[{at}]" for t in tape]
         body_lines = [f"{r} = {_call(v_fn, bc + cur + ct, v_extra)}"]
-        body_lines += [f"{m} += {r}[{j}]" for j, m in enumerate(acc)]
-        floats_ct = [c for c, f in zip(ct, floats) if f]
-        body_lines += [f"{c} = {r}[{len(acc) + j}]" for j, c in enumerate(floats_ct)]
+        body_lines += [f"{m} += {r}[{j}]" for j, m in enumerate(summed)]
+        body_lines += [f"{c} = {r}[{len(summed) + j}]" for j, c in enumerate(floats_ct)]
+        body_lines += [f"{sk}[{at}] = {r}[{len(summed) + len(floats_ct) + j}]"
+                       for j, sk in enumerate(stacks)]
         return [pad + x for x in body_lines]
 
     if every is None:
         lines += [f"{t} = {_empty(v.shape, v.dtype, n)}" for t, v in zip(tape, carries)]
+        lines += [f"{sk} = {_empty(v.shape, v.dtype, n)}" for sk, v in zip(stacks, stacked)]
         lines += [f"for {i} in range({n}):"]
         lines += [f"    {t}[{i}] = {kk}" for t, kk in zip(tape, k)]
         lines += [step_k, f"for {i} in range({n} - 1, -1, -1):"] + backward(i, "    ")
+        for j, (operands, rows, cols, swap, shape) in folded.items():
+            mats = []
+            for (kind, at), width in zip(operands, cols):
+                arr = tape[at] if kind == "tape" else stacks[at]
+                mats.append(f"{arr}.reshape(({n} * {rows}, {width}))")
+            lhs, rhs = (mats[1], mats[0]) if swap else (mats[0], mats[1])
+            lines += [f"if {n} > 0:",
+                      f"    {acc[j]} = np.dot({lhs}.T, {rhs}).reshape({_shape(shape)})"]
     else:
         snaps = [ctx.temp() for _ in carry]
         count, s, lo, hi, j = (ctx.temp() for _ in range(5))

@@ -317,6 +317,29 @@ def _products(eqn) -> int:
     return int(np.prod(list(extent.values()), dtype=np.int64))
 
 
+def accumulating(body: Graph, nc: int, nk: int) -> dict:
+    """The carries of a loop body (consts first, ``nk`` carries after them) that only
+    accumulate: ``j -> (e, add)`` where the body's new carry ``j`` is ``add``'s
+    ``c + e``, ``c`` the carry read by nothing else, the sum read by nothing in the
+    body and handed back once, ``e`` a float Var of ``c``'s shape and dtype."""
+    carries, outs = body.inputs[nc:nc + nk], list(body.outputs)
+    producer, users = producers_and_readers(body.eqns)
+    found = {}
+    for j, (c, out) in enumerate(zip(carries, outs)):
+        add = producer.get(out) if isinstance(out, Var) else None
+        readers = users.get(c, [])
+        if out is c or add is None or add.prim.name != "add" or len(readers) != 1 or \
+                readers[0] is not add or out in users or sum(o is out for o in outs) != 1:
+            continue
+        others = [a for a in add.inputs if a is not c]
+        if len(others) == 1 and isinstance(others[0], Var) and \
+                tuple(others[0].shape) == tuple(c.shape) and \
+                np.dtype(others[0].dtype) == np.dtype(c.dtype) and \
+                np.dtype(c.dtype).kind in "fc":
+            found[j] = (others[0], add)
+    return found
+
+
 def _as_map(eqn):
     """``(equations, {eqn's result: the value it is})`` computing scan ``eqn`` as a
     map over its steps, or None (see ``maps_of_scans``)."""
@@ -327,24 +350,11 @@ def _as_map(eqn):
     if T < 1 or any(e.prim.effect or subgraphs(e) for e in body.eqns):
         return None
     carries, outs = body.inputs[nc:nc + nk], list(body.outputs)
-    producer, users = producers_and_readers(body.eqns)
-    terms, adds = {}, set()               # accumulating carry -> its term e_t
-    for j, (c, out) in enumerate(zip(carries, outs)):
-        if out is c:
-            continue
-        add = producer.get(out) if isinstance(out, Var) else None
-        readers = users.get(c, [])
-        if add is None or add.prim.name != "add" or len(readers) != 1 or \
-                readers[0] is not add or out in users or sum(o is out for o in outs) != 1:
-            return None
-        others = [a for a in add.inputs if a is not c]
-        if len(others) != 1 or not isinstance(others[0], Var) or \
-                tuple(others[0].shape) != tuple(c.shape) or \
-                np.dtype(others[0].dtype) != np.dtype(c.dtype) or \
-                np.dtype(c.dtype).kind not in "fc":
-            return None
-        terms[j] = others[0]
-        adds.add(add)
+    found = accumulating(body, nc, nk)
+    if any(out is not c and j not in found for j, (c, out) in enumerate(zip(carries, outs))):
+        return None
+    terms = {j: t for j, (t, _) in found.items()}
+    adds = {a for _, a in found.values()}
     # (what the terms and the stacked results compute reads no accumulating carry)
     tainted = {carries[j] for j in terms}
     for e in body.eqns:
@@ -448,3 +458,147 @@ def _summed_over_steps(mapped: Graph, ny: int, carries) -> dict:
         out[e] = make_eqn(einsum_p, e.inputs, (total,),
                           {**e.params, "spec": f"{ins}->{result[1:]}"}, e.source)
     return out
+
+
+def sums_enabled() -> bool:
+    """Whether ``sums_after_scans`` runs (``GRADC_SCAN_SUMS=0`` in the environment: not,
+    for A/B timings; read when a function is compiled)."""
+    return os.environ.get("GRADC_SCAN_SUMS", "1").strip() != "0"
+
+
+def sums_after_scans(graph: Graph) -> Graph:
+    """``graph`` with each scan's accumulating carries whose term is a contraction
+    summed after the loop, as one contraction over every step (the other carries may
+    change as they like).  Reverse mode through an RNN ``h = tanh(W @ h + x_t)`` makes
+    ``dW = dW + outer(d_t, h_t)``: a K×K product written and added to the carry at every
+    step.  Summed after the loop, ``dW = dW0 + einsum('ti,tj->ij', D, H)`` is one
+    matrix product (BLAS on the CPU) over the stacked operands, which the loop hands
+    back as ys (or already has: an ``xs``, a stacked result).  Only where each stacked
+    operand's step is no larger than the carry, so the loop writes fewer bytes a step
+    than it did, and the stack no larger than the loop's own arrays (or
+    ``MAP_ELEMENTS``).  An operand that the step does not change (a const, a literal)
+    is read as it is; where only one operand changes, it is summed over the steps
+    first (``sum_t W v_t = W sum_t v_t``).  A reassociated sum, as ``maps_of_scans``'
+    contractions are."""
+    eqns, changed, rename = [], False, {}
+    for eqn in graph.eqns:
+        if rename:
+            eqn = eqn.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
+                                           for v in eqn.inputs))
+        if subgraphs(eqn):
+            params = map_subgraphs(eqn, sums_after_scans)
+            if any(params[k] is not eqn.params[k] for k in params):
+                eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
+                changed = True
+        split = _sums_after(eqn) if eqn.prim.name == "scan" else None
+        if split is None:
+            eqns.append(eqn)
+            continue
+        made, bound = split
+        eqns += made
+        rename.update(bound)
+        changed = True
+    if not changed:
+        return graph
+    outputs = tuple(rename.get(v, v) if isinstance(v, Var) else v for v in graph.outputs)
+    return graph.replace(eqns=tuple(eqns), outputs=outputs)
+
+
+def _sums_after(eqn):
+    """``(equations, {eqn's result: the value it is})``: scan ``eqn`` without the
+    accumulating carries ``sums_after_scans`` sums after it, then those sums; or None."""
+    from ..prims.elementwise import add_p
+    from ..prims.linalg import einsum_p, parse_spec
+    from ..prims.reduce import reduce_sum_p
+    p = eqn.params
+    body, nc, nk, T = p["body"], p["n_consts"], p["n_carry"], p["length"]
+    if T < 1:
+        return None
+    found = accumulating(body, nc, nk)
+    if not found:
+        return None
+    carries, outs, ny = body.inputs[nc:nc + nk], list(body.outputs), len(body.outputs) - nk
+    producer, users = producers_and_readers(body.eqns)
+    # (an accumulating carry is read by its add alone, so no term reads one: a carry
+    # that a term reads changes otherwise, and is stacked like any value of the step)
+    xs_at = {v: nc + nk + i for i, v in enumerate(body.inputs[nc + nk:])}
+    ys_at = {}
+    for i, v in enumerate(outs[nk:]):
+        ys_at.setdefault(v, i)
+    limit = max([MAP_ELEMENTS] + [_size(v) for v in tuple(eqn.inputs) + tuple(eqn.outputs)
+                                  if isinstance(v, Var)])
+    consts = {v: eqn.inputs[i] for i, v in enumerate(body.inputs[:nc])}
+    # (folded: j -> (the contraction, each operand: a value the loop does not change,
+    # "same"; an xs, "xs", or a ys of the body, "ys", stacked over the steps)
+    new_ys, folded = [], {}
+    for j in sorted(found):
+        term, add = found[j]
+        e = producer.get(term)
+        if e is None or e.prim is not einsum_p or users.get(term) != [add] or \
+                term in outs or "." in e.params["spec"]:
+            continue
+        how, stack = [], []
+        for a in e.inputs:
+            if isinstance(a, Lit) or a in consts:
+                how.append(("same", a if isinstance(a, Lit) else consts[a]))
+            elif a in xs_at:
+                how.append(("xs", eqn.inputs[xs_at[a]]))
+            elif a in ys_at or a in stack:
+                how.append(("ys", a))
+            elif _size(a) <= _size(carries[j]) and T * _size(a) <= limit:
+                stack.append(a)
+                how.append(("ys", a))
+            else:
+                break
+        else:
+            if any(k != "same" for k, _ in how):
+                for a in stack:
+                    ys_at[a] = ny + len(new_ys)
+                    new_ys.append(a)
+                folded[j] = (e, how)
+    if not folded:
+        return None
+    # the loop without the folded carries, handing back the new ys
+    keep = [j for j in range(nk) if j not in folded]
+    new_body = Graph(tuple(body.inputs[:nc]) + tuple(carries[j] for j in keep)
+                     + tuple(body.inputs[nc + nk:]),
+                     tuple(e for e in body.eqns if e not in {found[j][1] for j in folded}),
+                     tuple(outs[j] for j in keep) + tuple(outs[nk:]) + tuple(new_ys))
+    from .simplify import dce
+    new_body = dce(new_body)
+    stacked = [Var((T,) + tuple(v.shape), v.dtype) for v in new_ys]
+    ys_outer = list(eqn.outputs[nk:]) + stacked
+    scan = make_eqn(eqn.prim, tuple(eqn.inputs[:nc]) + tuple(eqn.inputs[nc + j] for j in keep)
+                    + tuple(eqn.inputs[nc + nk:]),
+                    tuple(eqn.outputs[j] for j in keep) + tuple(ys_outer),
+                    dict(p, body=new_body, n_carry=len(keep)), eqn.source)
+    made, bound = [scan], {}
+    for j, (e, how) in folded.items():
+        letters = parse_spec(e.params["spec"])
+        used = set(e.params["spec"])
+        z = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
+                 if c not in used)
+        both = all(k != "same" for k, _ in how)
+        ops, terms = [], []
+        for (k, v), term in zip(how, letters[:2]):
+            if k == "same":
+                ops.append(v)
+                terms.append(term)
+                continue
+            v = ys_outer[ys_at[v]] if k == "ys" else v
+            if not both:            # (the one changing operand, summed over the steps)
+                total = Var(tuple(v.shape[1:]), v.dtype)
+                made.append(make_eqn(reduce_sum_p, (v,), (total,), {"axes": (0,)},
+                                     eqn.source))
+                v = total
+            ops.append(v)
+            terms.append(z + term if both else term)
+        c = carries[j]
+        total = Var(tuple(c.shape), c.dtype)
+        made.append(make_eqn(einsum_p, tuple(ops), (total,),
+                             {**e.params, "spec": f"{terms[0]},{terms[1]}->{letters[2]}"},
+                             e.source or eqn.source))
+        final = Var(tuple(c.shape), c.dtype)
+        made.append(make_eqn(add_p, (eqn.inputs[nc + j], total), (final,), {}, eqn.source))
+        bound[eqn.outputs[j]] = final
+    return made, bound
