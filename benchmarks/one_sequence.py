@@ -22,7 +22,10 @@ of ``lax.while_loop``) in the same run.
   the next state by its carry (``y = bp[t][y]``).
 
 A fourth gradc variant keeps the runs of small equations outside the loops apart
-(``GRADC_CUDA_ONE_RUN_WORK=0``: a kernel each, as before ``cudarows.one_run``).
+(``GRADC_CUDA_ONE_RUN_WORK=0``: a kernel each, as before ``cudarows.one_run``). The
+RNN has a fifth: W's cotangent made after the backward scan as one product of the
+stacked cotangents with the stacked states (``GRADC_CUDA_SCAN_SUMS=1``,
+``licm.sums_after_scans``, the CPU's default), not accumulated in the block.
 
 Inputs live on the device; each time is the median of ``--repeats`` calls with a
 device synchronisation; every gradient is checked against gradc's CPU target first.
@@ -50,6 +53,8 @@ VARIANTS = (("one block", {}),
             ("host loop", {"GRADC_CUDA_ONE_ROW_WORK": "0"}))
 # (DEQ-grad: the backward trips as the host loop, the rest as above)
 TAPE_ON_HOST = ("tape: host loop", {"GRADC_CUDA_WHILE_TAPE": "0"})
+# (RNN: W's cotangent as one product after the backward scan, licm.sums_after_scans)
+SUMS_AFTER = ("one block, dW after the loop", {"GRADC_CUDA_SCAN_SUMS": "1"})
 
 
 def rnn(xp, scan):
@@ -165,7 +170,9 @@ def main():
                 else gradc.jit(f, target=target)
         ref = gpu.listed(make("cpu")(*host))
         dev = [gpu.cuda.to_device(v) for v in host]
-        for variant, env in VARIANTS + ((TAPE_ON_HOST,) if name == "DEQ-grad" else ()):
+        extra = (TAPE_ON_HOST,) if name == "DEQ-grad" else (SUMS_AFTER,) if name == "RNN" \
+            else ()
+        for variant, env in VARIANTS + extra:
             bad |= not gpu.gradc_row(label, variant, env, lambda: make("cuda"), dev, host,
                                      ref, args.repeats)
         if "jax" in found:

@@ -560,6 +560,22 @@ def test_row_scans_with_their_rows_in_global_memory(name, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+def test_an_rnns_weight_gradient_after_the_loop_when_asked(monkeypatch):
+    """``GRADC_CUDA_SCAN_SUMS=1`` (the GPU session's A/B; the CPU's default): W's
+    cotangent is no carry of the one-block backward scan but one product after it (a
+    third kernel or a library call), with the values the loop gave."""
+    f, args = PROGRAMS["rnn-one"]
+    want = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")(*args)
+    monkeypatch.setenv("GRADC_CUDA_SCAN_SUMS", "1")
+    g = gradc.grad(_summed(f), argnums=(0, 1), target="cuda")
+    scans = [e for e in g.graph(*args).eqns if e.prim.name == "scan"]
+    assert [tuple(v.shape) for e in scans for v in e.outputs[:e.params["n_carry"]]] == \
+        [(6,), (6,)]
+    assert g.source(*args).count(ONE_KERNEL) == 2
+    for a, b in zip(g(*args), want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_a_large_step_of_one_sequence_keeps_the_host_loop():
     """One block runs a scan over one sequence only while its step is small
     (``ONE_ROW_WORK`` elements in any value or product: a 600 x 600 matrix-vector

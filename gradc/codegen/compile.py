@@ -48,8 +48,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     elementwise is recomputed rather than stacked, on the CPU arithmetic and views
     only), a scan's invariant work before the loop and a scan whose carries never
     change or only accumulate as a map over its steps (``passes.licm``; on the CPU not
-    where its step's contractions are large), on the CPU a scan's accumulated
-    contractions as one contraction after it (``licm.sums_after_scans``), on the GPU a
+    where its step's contractions are large), a scan's accumulated contractions as one
+    contraction after it (``licm.sums_after_scans``; on the GPU only if asked), on the GPU a
     loop's ``argmax`` as reductions, its outer products as broadcast products and its
     concatenations as selections (``passes.steps``), and loop fusion."""
     from ..passes import simplify
@@ -70,7 +70,7 @@ def optimise(graph: Graph, target: str) -> Graph:
         mapped = licm.maps_of_scans(graph, None if target == "cuda" else licm.CPU_PRODUCT) \
             if licm.enabled() and licm.maps_enabled() else graph
         graph = graph if mapped is graph else simplify(mapped)
-        if target != "cuda" and licm.enabled() and licm.sums_enabled():
+        if licm.enabled() and licm.sums_enabled(target):
             summed = licm.sums_after_scans(graph)
             graph = graph if summed is graph else simplify(summed)
         if target == "cuda":

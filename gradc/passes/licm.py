@@ -460,9 +460,12 @@ def _summed_over_steps(mapped: Graph, ny: int, carries) -> dict:
     return out
 
 
-def sums_enabled() -> bool:
-    """Whether ``sums_after_scans`` runs (``GRADC_SCAN_SUMS=0`` in the environment: not,
-    for A/B timings; read when a function is compiled)."""
+def sums_enabled(target: str = "cpu") -> bool:
+    """Whether ``sums_after_scans`` runs for ``target`` (``GRADC_SCAN_SUMS=0`` in the
+    environment: not, for A/B timings; on the GPU only with ``GRADC_CUDA_SCAN_SUMS=1``,
+    until a GPU session has timed it; read when a function is compiled)."""
+    if target == "cuda" and os.environ.get("GRADC_CUDA_SCAN_SUMS", "0").strip() != "1":
+        return False
     return os.environ.get("GRADC_SCAN_SUMS", "1").strip() != "0"
 
 
