@@ -5,10 +5,13 @@ whose step squashes its weight matrix (``np.tanh(W.T) * 0.5``), with the pass
 ``--switch GRADC_SCAN_SUMS`` compares the accumulated weight gradient summed after the
 loop (``licm.sums_after_scans``, default) with the loop's carry; ``--size 0 K T`` is
 an RNN over one sequence (``h = tanh(W @ h + x_t)``, no batch axis, loss
-``sum_t |h_t|^2``).
+``sum_t |h_t|^2``); ``--size -1 K 0`` a fixed point ``z = tanh(W z + b)`` iterated by
+a ``while_loop`` until two iterates agree to 1e-5 (``benchmarks/one_sequence.py``'s
+DEQ; reverse mode sums W's outer products after the sweep, ``codegen.control``).
 
     python benchmarks/licm.py [--size B K T] [--rounds 2] [--target cpu] [--switch NAME]
     python benchmarks/licm.py --size 0 256 1000 --switch GRADC_SCAN_SUMS --dtype float32
+    python benchmarks/licm.py --size -1 256 0 --switch GRADC_SCAN_SUMS
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ import numpy as np
 def run(B, K, T, target, calls, dtype):
     import gradc
     rng = np.random.default_rng(0)
-    W = (rng.standard_normal((K, K)) / (8 if B else 2 * np.sqrt(K))).astype(dtype)
-    U = rng.standard_normal((T, B, K) if B else (T, K)).astype(dtype)
+    W = (rng.standard_normal((K, K)) / (8 if B > 0 else 2 * np.sqrt(K) if B == 0 else
+                                         1.25 * np.sqrt(K))).astype(dtype)
+    U = rng.standard_normal((T, B, K) if B > 0 else (T, K) if B == 0 else K).astype(dtype)
 
     def rnn(W, U):
         def step(h, u):
@@ -39,7 +43,14 @@ def run(B, K, T, target, calls, dtype):
             h = np.tanh(W @ h + x)
             return h, np.sum(h * h)
         return np.sum(gradc.scan(step, np.zeros(K, W.dtype), xs)[1])
-    rnn = rnn if B else sequence
+
+    def fixed_point(W, b):
+        def body(c):
+            return np.tanh(W @ c[0] + b), c[0]
+        z, _ = gradc.while_loop(lambda c: np.max(np.abs(c[0] - c[1])) > 1e-5, body,
+                                (np.zeros_like(b), np.ones_like(b)))
+        return np.sum(z ** 2)
+    rnn = rnn if B > 0 else sequence if B == 0 else fixed_point
     g = gradc.grad(rnn, argnums=(0, 1), target=target)
     first = g(W, U)
     times = []

@@ -1049,6 +1049,12 @@ class Batched(Transformed):
         info = spec.info
         outs = [_to_user(r) for r in results[:info["n_out"]]]
         if self.out_axes != 0:
+            for i, o in enumerate(outs):
+                shape = tuple(o.shape) if isinstance(o, Tracer) else np.shape(o)
+                if not -len(shape) <= self.out_axes < len(shape):
+                    raise ArgumentError(with_location(
+                        f"vmap: out_axes={self.out_axes}, but result {i} has shape "
+                        f"{shape} (the mapped axis first): no such axis"))
             outs = [np.moveaxis(o, 0, self.out_axes) if not isinstance(o, Tracer) else
                     ops.transpose(o, _moved_perm(len(o.shape), self.out_axes)) for o in outs]
         return pytree.unflatten(info["treedef"], outs)
@@ -1065,7 +1071,11 @@ def vmap(fun=None, in_axes=0, out_axes=0, *, target=None, fastmath=False):
     (every argument), or one int or None (not mapped) per argument; results get the
     example axis at ``out_axes``.  Not a Python loop: the function is traced once, for one
     example, and the batching pass rewrites its Graph for the whole batch."""
+    if isinstance(out_axes, bool) or not isinstance(out_axes, (int, np.integer)):
+        raise ArgumentError(with_location(
+            f"vmap: out_axes must be an int (the results' axis for the examples), got "
+            f"{out_axes!r}"))
     if fun is None:
-        return functools.partial(vmap, in_axes=in_axes, out_axes=out_axes, target=target,
-                                 fastmath=fastmath)
-    return Batched(fun, in_axes, out_axes, target=target, fastmath=fastmath)
+        return functools.partial(vmap, in_axes=in_axes, out_axes=int(out_axes),
+                                 target=target, fastmath=fastmath)
+    return Batched(fun, in_axes, int(out_axes), target=target, fastmath=fastmath)

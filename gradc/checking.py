@@ -215,11 +215,13 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     syms = conv.symbols(*args)
     exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
     flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
-    values = [v for a in args for v in np.asarray(a, np.float64).reshape(-1)]
+    # (Python ints and bools are static: no symbols, their values in the expression)
+    dynamic = [i for i, a in enumerate(args) if not isinstance(a, (bool, int))]
+    values = [v for i in dynamic for v in np.asarray(args[i], np.float64).reshape(-1)]
     subs_syms = list(flat_syms)
     out = []
     for i in wrt:
-        group = np.asarray(syms[i], object).reshape(-1)
+        group = np.asarray(syms[dynamic.index(i)], object).reshape(-1)
         J = np.empty(exprs.shape + (group.size,))
         with mpmath.workdps(30):
             point = [mpmath.mpf(float(v)) for v in values]

@@ -77,21 +77,37 @@ def jacfwd(fun, argnums=0, *, target=None):
 
 
 def _forward(g, x):
-    """The Jacobian of ``g`` at ``x`` (out shape + in shape): vmap of jvp."""
+    """The Jacobian of ``g`` at ``x`` (out shape + in shape; a pytree of them for a
+    pytree of outputs): vmap of jvp."""
     from .api import jvp, vmap
+    from .pytree import flatten, unflatten
     in_shape = tuple(shape_of(x))
     stacked = vmap(lambda t: jvp(g, (x,), (t,))[1])(_basis(in_shape, np.dtype(dtype_of(x))))
-    return _columns_last(stacked, tuple(shape_of(stacked))[1:], in_shape)
+    leaves, tree = flatten(stacked)
+    return unflatten(tree, [_columns_last(s, tuple(shape_of(s))[1:], in_shape)
+                            for s in leaves])
 
 
 def _reverse(g, x):
-    """The Jacobian of ``g`` at ``x`` (out shape + in shape): vmap of the VJP."""
+    """The Jacobian of ``g`` at ``x`` (out shape + in shape; a pytree of them for a
+    pytree of outputs): vmap of the VJP, over the rows of each output in turn (the
+    other outputs' cotangents zeros)."""
     from .api import vjp, vmap
+    from .pytree import flatten, unflatten
     y, pull = vjp(g, x)
-    out_shape = tuple(shape_of(y))
-    stacked = vmap(lambda u: pull(u)[0])(_basis(out_shape, np.dtype(dtype_of(y))))
-    # (m, *in): row i is the gradient of output component i
-    return np.reshape(stacked, out_shape + tuple(shape_of(x)))
+    leaves, tree = flatten(y)
+    jacobians = []
+    for j, leaf in enumerate(leaves):
+        out_shape = tuple(shape_of(leaf))
+
+        def row(u, j=j):
+            cts = [u if i == j else np.zeros(shape_of(v), dtype_of(v))
+                   for i, v in enumerate(leaves)]
+            return pull(unflatten(tree, cts))[0]
+        stacked = vmap(row)(_basis(out_shape, np.dtype(dtype_of(leaf))))
+        # (m, *in): row i is the gradient of output component i
+        jacobians.append(np.reshape(stacked, out_shape + tuple(shape_of(x))))
+    return unflatten(tree, jacobians)
 
 
 def jacrev(fun, argnums=0, *, target=None):

@@ -821,21 +821,31 @@ def triu(x, k=0):
     return _triangle(x, k, False)
 
 
+def _like_shape(x, args, kwargs) -> tuple:
+    """The shape of ``np.zeros_like(x, dtype, order, subok, shape)``: ``shape`` if given
+    (positionally or by name), else ``x``'s."""
+    shape = kwargs.get("shape", args[2] if len(args) > 2 else None)
+    if shape is None:
+        return tuple(shape_of(x))
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+
+
 @implements(np.zeros_like, np.empty_like)
 def zeros_like(x, dtype=None, *args, **kwargs):
-    return full_traced(shape_of(x), 0, dtype or dtype_of(x), x)
+    return full_traced(_like_shape(x, args, kwargs), 0, dtype or dtype_of(x), x)
 
 
 @implements(np.ones_like)
 def ones_like(x, dtype=None, *args, **kwargs):
-    return full_traced(shape_of(x), 1, dtype or dtype_of(x), x)
+    return full_traced(_like_shape(x, args, kwargs), 1, dtype or dtype_of(x), x)
 
 
 @implements(np.full_like)
 def full_like(x, fill_value, dtype=None, *args, **kwargs):
+    shape = _like_shape(x, args, kwargs)
     if isinstance(fill_value, Tracer):
-        return ops.broadcast_to(astype(fill_value, dtype or dtype_of(x)), shape_of(x))
-    return full_traced(shape_of(x), fill_value, dtype or dtype_of(x), x)
+        return ops.broadcast_to(astype(fill_value, dtype or dtype_of(x)), shape)
+    return full_traced(shape, fill_value, dtype or dtype_of(x), x)
 
 
 @implements(np.copy)

@@ -103,11 +103,14 @@ def tensordot(a, b, axes=2):
         lb[j] = la[i]
     out = [c for i, c in enumerate(la) if i not in ax_a] + \
           [c for j, c in enumerate(lb) if j not in ax_b]
-    return einsum(f"{''.join(la)},{''.join(lb)}->{''.join(out)}", a, b)
+    return einsum(f"{''.join(la)},{''.join(lb)}->{''.join(out)}", a, b, _strict=True)
 
 
 @implements(np.einsum)
-def einsum(subscripts, *operands, optimize=None, **kwargs):
+def einsum(subscripts, *operands, optimize=None, _strict=False, **kwargs):
+    """NumPy's ``einsum`` (an index of extent 1 broadcasts against the others', as
+    NumPy's does; not with ``_strict``, for ``dot`` and ``tensordot``, which NumPy
+    refuses on such shapes)."""
     if not isinstance(subscripts, str):
         raise UnsupportedError(with_location("np.einsum: only the string form is supported"))
     operands = promote(*operands)
@@ -117,8 +120,16 @@ def einsum(subscripts, *operands, optimize=None, **kwargs):
             raise ShapeError(with_location(
                 f"einsum {subscripts!r}: term {t!r} does not match an operand of shape "
                 f"{shape_of(x)}"))
-    pairs = [(_diagonal_of(x, t), "".join(dict.fromkeys(t))) for t, x in zip(terms, operands)]
-    pairs = [(x, t) for x, t in pairs]
+    pairs = [_diagonal_of(x, t) for t, x in zip(terms, operands)]
+    # (an index of extent 1 in one operand broadcasts against the others', as NumPy's)
+    extent = {}
+    for x, t in pairs:
+        for c, d in zip(t, shape_of(x)):
+            extent[c] = d if extent.get(c, 1) == 1 else extent[c]
+    pairs = [(x if _strict or all(extent[c] == d for c, d in zip(t, shape_of(x))) else
+              ops.broadcast_to(x, tuple(extent[c] if d == 1 else d
+                                        for c, d in zip(t, shape_of(x)))), t)
+             for x, t in pairs]
     while True:
         # sum out indices that occur in one operand only and not in the output
         reduced = []
@@ -178,14 +189,15 @@ def _parse_einsum(spec, ndims):
 
 
 def _diagonal_of(x, term):
-    """Take the diagonal over repeated indices within one operand (``'ii->i'``)."""
+    """``(x, term)`` with the diagonal taken over indices repeated within one operand
+    (``'ii->i'``): each such index once, last (where ``diagonal`` puts it)."""
     while len(set(term)) != len(term):
         c = next(c for c in term if term.count(c) > 1)
         i = term.index(c)
         j = term.index(c, i + 1)
         x = diagonal(x, 0, i, j)
         term = "".join(t for k, t in enumerate(term) if k not in (i, j)) + c
-    return x
+    return x, term
 
 
 # ---------------------------------------------------------------- linalg

@@ -259,9 +259,9 @@ def _apply(eqn, ins):
         return list(ins[:p["n"]])
     if name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
         return evaluate(p["fun"], ins)      # the function itself (its rule is a derivative's)
-    raise UnsupportedError(with_location(
+    raise UnsupportedError(with_location(      # (the line that made it, else the call's)
         f"to_sympy: primitive {name!r} has no SymPy form (a decomposition, a solver or a "
-        f"data-dependent loop)" + (f"\n  at {eqn.source}" if eqn.source else "")))
+        f"data-dependent loop)", eqn.source or None))
 
 
 def _scan(eqn, ins):

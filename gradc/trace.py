@@ -108,6 +108,15 @@ class no_trace:
         _TRACES[:] = self.saved
 
 
+# what a ConcretizationError says of ``table[i] = traced`` into a NumPy array
+STORE_HINT = ("storing a traced value into a NumPy array (an array made by np.zeros, "
+              "np.empty, ... is a constant, not a traced array) would cut its derivative. "
+              "Start from a traced array whose items can be assigned: "
+              "z = np.zeros_like(x, shape=shape) (x any traced value; shape= is optional), "
+              "or z = x.copy(); or collect the values in a list and combine them with "
+              "np.stack/np.concatenate")
+
+
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
@@ -181,6 +190,9 @@ class Tracer:
                 "gradc see that. Put the traced array first, e.g. a one-hot as "
                 "(idx[:, None] == np.arange(K)), or pass the table as an argument and index "
                 "it (table[idx])"))
+        frame = errors.user_frame()
+        if frame is not None and errors.user_instruction(frame) == "STORE_SUBSCR":
+            raise ConcretizationError(with_location(STORE_HINT))
         raise ConcretizationError(with_location(
             "a traced array was converted to a NumPy array (np.asarray/np.array, or "
             "storing it into a NumPy array), which would cut its derivative. Build arrays "
@@ -194,12 +206,7 @@ class Tracer:
         if frame is not None:
             line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
             if errors.user_instruction(frame) == "STORE_SUBSCR":
-                raise ConcretizationError(with_location(
-                    "storing a traced value into a NumPy array (an array made by np.zeros, "
-                    "np.empty, ... is a constant, not a traced array) would cut its "
-                    "derivative. Collect the values in a list and combine them with "
-                    "np.stack/np.concatenate, or start from a traced array whose items can "
-                    "be assigned (z = np.zeros_like(x), or z = x.copy())"))
+                raise ConcretizationError(with_location(STORE_HINT))
         math_call = re.search(r"\bmath\.(\w+)\s*\(", line)
         if math_call and what.startswith("float()"):
             name = math_call.group(1)

@@ -133,6 +133,20 @@ def test_check_passes_in_both_modes_and_backends():
     assert "all checks passed" in text and "x: float64[3]" in text and "cpu" in text
 
 
+def test_check_with_a_static_int_argument_runs_sympy_too():
+    """A Python int is a static argument (no symbols): SymPy's rows run and pass with
+    it before, after or between the arrays (they were skipped: the int's value was
+    passed to SymPy's function as if it were a symbol's)."""
+    x = np.array([0.5, 1.0, 2.0])
+    for f, args in ((lambda x, n: np.sum(x ** n), (x, 3)),
+                    (lambda n, x: np.sum(np.sin(x) * n), (2, x)),
+                    (lambda x, n, y: np.sum(x ** n * y), (x, 2, x + 1))):
+        report = gradc.check(f, *args, targets=("numpy",), modes=("rev",))
+        rows = [r for r in report.rows if r.reference == "sympy"]
+        assert rows and all(r.ok for r in rows), report
+        assert max(r.rel_err for r in rows) < 1e-12
+
+
 def test_check_of_a_vector_valued_function_uses_jacobians_and_richardson():
     def f(x):
         return np.abs(x) * np.tanh(x[::-1])      # |x|: no complex step

@@ -170,8 +170,19 @@ def test_storing_traced_value_into_numpy_array():
         z[0] = x[1]
         return np.sum(z)
 
-    expect(gradc.ConcretizationError, ["NumPy array", "np.stack"], "z[0] = x[1]",
+    expect(gradc.ConcretizationError, ["NumPy array", "np.stack",
+                                       "np.zeros_like(x, shape=shape)"], "z[0] = x[1]",
            lambda: gradc.grad(f)(X))
+
+    def g(x):                   # (what the message says to write: a traced table)
+        z = np.zeros_like(x, shape=(3,))
+        z[0] = x[1]
+        return np.sum(z * 2.0) + z.size
+    np.testing.assert_array_equal(gradc.grad(g)(np.arange(5.0)), [0, 2, 0, 0, 0])
+    for like, args in ((np.ones_like, {"shape": (2, 2)}), (np.zeros_like, {"shape": 4}),
+                       (np.empty_like, {"shape": (1, 3)})):
+        got = gradc.jit(lambda x: like(x, **args) + 0 * np.sum(x))(np.arange(5.0))
+        assert got.shape == like(np.arange(5.0), **args).shape
 
 
 def test_np_array_of_traced_values():

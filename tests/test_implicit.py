@@ -64,6 +64,31 @@ def test_bicgstab_solved_in_a_half_step(rng, target):
                                rtol=1e-14)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_bicgstab_restarts_where_it_breaks_down(target):
+    """A symmetric indefinite (KKT) system whose first step leaves the residual
+    orthogonal to its image (omega = 0, then rho = 0: 0/0 everywhere after): BiCGSTAB
+    restarts with a new shadow residual and solves it; as argmin's adjoint solve (a QP
+    with one scalar equality constraint), the gradient is the closed form's."""
+    y = np.array([0.38333333, 0.33333333, 0.28333333])
+    K = np.zeros((4, 4))
+    K[:3, :3], K[:3, 3], K[3, :3] = 2 * np.eye(3), 1.0, 1.0
+    b = np.concatenate([2 * y, [0.0]])
+    x = gradc.jit(lambda b: gradc.linear_solve(lambda v: K @ v, b, solve="bicgstab"),
+                  target=target)(b)
+    np.testing.assert_allclose(x, np.linalg.solve(K, b), rtol=1e-9, atol=1e-12)
+    Q = 2.0 * np.eye(3)
+
+    def loss(q):
+        y = gradc.argmin(lambda x, q: 0.5 * x @ Q @ x + q @ x, np.zeros(3), q,
+                         constraints=dict(eq=lambda x, q: np.sum(x) - 1.0))
+        return np.sum(y ** 2)
+    q = np.array([0.1, 0.2, 0.3])
+    y = -q / 2 + (1 + np.sum(q) / 2) / 3            # (the solution; its gradient below)
+    np.testing.assert_allclose(gradc.grad(loss, target=target)(q), -y + np.sum(y) / 3,
+                               rtol=1e-8, atol=1e-10)
+
+
 def test_linear_solve_unsymmetric_forward_equals_reverse(rng):
     n = 5
     A = rng.standard_normal((n, n)) + 4 * np.eye(n)

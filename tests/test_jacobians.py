@@ -107,3 +107,25 @@ def test_a_tuple_of_argnums_gives_a_tuple_of_jacobians():
         np.testing.assert_allclose(ja, gradc.jacfwd(f, argnums=0)(a, b), rtol=1e-12)
         np.testing.assert_allclose(jb, _fd_jacobian(lambda b: f(a, b), b), rtol=1e-6,
                                    atol=1e-8)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_pytree_of_outputs_gives_the_same_pytree_of_jacobians(target):
+    """``jacfwd``/``jacrev`` of a function returning a dict of a tuple (JAX's
+    convention: each output's Jacobian, shaped output + input, where the output was);
+    both modes agree with each other and with finite differences."""
+    x = np.array([0.5, 2.0, -3.0])
+
+    def f(x):
+        return {"s": np.sin(x), "q": (np.sum(x ** 2), x[:2] * x[1:])}
+
+    def flat(x):
+        return np.concatenate([np.sin(x), [np.sum(x ** 2)], x[:2] * x[1:]])
+    want = _fd_jacobian(flat, x)
+    for jac in (gradc.jacfwd, gradc.jacrev):
+        J = jac(f, target=target)(x)
+        assert set(J) == {"s", "q"} and isinstance(J["q"], tuple)
+        assert [np.shape(J["s"]), np.shape(J["q"][0]), np.shape(J["q"][1])] == \
+            [(3, 3), (3,), (2, 3)]
+        got = np.concatenate([J["s"], J["q"][0][None], J["q"][1]])
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)

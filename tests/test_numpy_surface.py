@@ -14,6 +14,8 @@ import os
 import warnings
 import zlib
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -219,6 +221,81 @@ def test_integer_division_bits_and_shifts_as_numpy(target):
         g = g.copy_to_host() if hasattr(g, "copy_to_host") else g
         assert np.asarray(g).dtype == w.dtype, k
         np.testing.assert_array_equal(g, w, err_msg=f"output {k}")
+
+
+def test_random_einsums_with_repeated_and_broadcast_indices_as_numpy():
+    """200 random one- and two-operand specs over i, j, k (indices repeated within an
+    operand anywhere, ``'iij->j'``, ``'k,kik->'``; an index of extent 1 in one operand
+    broadcasting, ``'ij,j->ij'``): values as NumPy's, gradients against the spec's
+    own transpose by NumPy (``einsum`` is linear in each operand)."""
+    r = np.random.default_rng(12)
+    sizes = dict(zip("ijk", [2, 3, 4]))
+    for trial in range(200):
+        terms = ["".join(r.choice(list("ijk"), int(r.integers(1, 4))))
+                 for _ in range(int(r.integers(1, 3)))]
+        letters = sorted(set("".join(terms)))
+        out = "".join(r.permutation(letters)[:int(r.integers(0, len(letters) + 1))])
+        spec = ",".join(terms) + "->" + out
+        xs = [r.uniform(-1, 1, tuple(sizes[c] for c in t)) for t in terms]
+        if len(xs) == 2 and trial % 4 == 0:        # (one index of extent 1 in operand 2)
+            shape = list(xs[1].shape)
+            shape[int(r.integers(len(shape)))] = 1
+            xs[1] = r.uniform(-1, 1, tuple(shape))
+        try:
+            want = np.einsum(spec, *xs)
+        except ValueError:                  # (NumPy refuses it too: a repeated index)
+            continue
+        got = gradc.jit(lambda *a: np.einsum(spec, *a), target="numpy")(*xs)
+        assert np.shape(got) == want.shape, spec
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=spec)
+        w = r.uniform(-1, 1, want.shape)
+        g = gradc.grad(lambda a: np.sum(np.einsum(spec, a, *xs[1:]) * w),
+                       target="numpy")(xs[0])
+        eye = np.eye(xs[0].size).reshape((xs[0].size,) + xs[0].shape)
+        ref = np.array([np.sum(np.einsum(spec, e, *xs[1:]) * w) for e in eye])
+        np.testing.assert_allclose(g.ravel(), ref, rtol=1e-12, atol=1e-12, err_msg=spec)
+
+
+def test_every_basic_slice_as_numpy():
+    """Every slice of an axis of 4 with starts and stops from -7 to 6 (and None), steps
+    +-1..3: read, assigned and differentiated as NumPy does.  A negative step with a
+    start before the first element is empty (``[-5::-2]``), which the canonical form
+    once read as starting at the last element."""
+    x = np.arange(1.0, 5.0)
+    bounds = [None] + list(range(-7, 7))
+    for start, stop, step in itertools.product(bounds, bounds, (1, 2, 3, -1, -2, -3)):
+        s = slice(start, stop, step)
+        ref = x[s]
+        np.testing.assert_array_equal(gradc.jit(lambda a: a[s] * 2.0, target="numpy")(x),
+                                      ref * 2.0, err_msg=str(s))
+
+        def put(a):
+            b = a.copy()
+            b[s] = b[s] * 10.0
+            return b
+        np.testing.assert_array_equal(gradc.jit(put, target="numpy")(x), put(x),
+                                      err_msg=str(s))
+        w = np.arange(1.0, 1.0 + ref.size)
+        want = np.zeros(4)
+        want[s] = w
+        np.testing.assert_array_equal(
+            gradc.grad(lambda a: np.sum(a[s] * w), target="numpy")(x), want, err_msg=str(s))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_empty_slices_with_negative_steps_on_every_target(target):
+    slices = (slice(-5, None, -2), slice(-5, None, -1), slice(-7, 2, -1), slice(-5, -9, -1),
+              slice(None, -6, -2), slice(10, None, -1))
+
+    def f(a):
+        b = a.copy()
+        b[slices[1]] = 7.0
+        return [a[s] * 2.0 for s in slices] + [b]
+    x = np.arange(1.0, 5.0)
+    for g, w in zip(gradc.jit(f, target=target)(x), f(x)):
+        g = g.copy_to_host() if hasattr(g, "copy_to_host") else g
+        assert np.shape(g) == w.shape
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])

@@ -755,6 +755,25 @@ def test_conv2d_transposes_follow_the_seed_formulas(shapes, padding):
     np.testing.assert_allclose(d_kernel, want_kernel, rtol=1e-12, atol=1e-12)
 
 
+def test_conv2d_padding_as_an_int_or_pytorchs_pair():
+    """``padding=p`` and PyTorch's ``(ph, pw)`` are the explicit pads they stand for
+    (values and both gradients); anything else is an ArgumentError naming the line."""
+    rng = np.random.default_rng(8)
+    image, kernel = normal(rng, (2, 2, 6, 5)), normal(rng, (3, 2, 3, 2))
+    for short, pads in ((1, ((1, 1), (1, 1))), ((2, 0), ((2, 2), (0, 0))),
+                        ([0, 1], ((0, 0), (1, 1))), (np.int64(1), ((1, 1), (1, 1)))):
+        f = lambda i, k, short=short: np.sum(np.tanh(gradc.conv2d(i, k, padding=short)))  # noqa: E731
+        g = lambda i, k, pads=pads: np.sum(np.tanh(gradc.conv2d(i, k, padding=pads)))  # noqa: E731
+        np.testing.assert_array_equal(f(image, kernel), g(image, kernel))
+        for a, b in zip(gradc.grad(f, argnums=(0, 1))(image, kernel),
+                        gradc.grad(g, argnums=(0, 1))(image, kernel)):
+            np.testing.assert_array_equal(a, b)
+    for bad in (-1, (1, -1), True, (1, 2, 3), ((1, 1), 2), "full", 1.5):
+        with pytest.raises(gradc.ArgumentError, match=r"conv2d: padding must be(.|\n)*"
+                                                      r"test_prims.py"):
+            gradc.conv2d(image, kernel, padding=bad)
+
+
 def test_guard_rejects_the_other_branch():
     x = np.array([0.5, 0.25])
     graph = gradc.make_graph(guarded)(x).verify()

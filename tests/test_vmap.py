@@ -106,6 +106,14 @@ def test_vmap_errors_are_named():
         gradc.vmap(np.sin, in_axes=2)(np.ones((2, 2)))
     with pytest.raises(gradc.ArgumentError, match="in_axes has 1 entries for 2"):
         gradc.vmap(lambda a, b: a, in_axes=(0,))(np.ones(2), np.ones(2))
+    # (out_axes past the result's rank, in a call and inside grad; not an int)
+    with pytest.raises(gradc.ArgumentError, match=r"out_axes=3, but result 0 has shape "
+                                                  r"\(2, 3\)[^\n]*\n +at .*test_vmap.py"):
+        gradc.vmap(lambda a: a * 2.0, out_axes=3)(np.ones((2, 3)))
+    with pytest.raises(gradc.ArgumentError, match="out_axes=-4"):
+        gradc.grad(lambda x: np.sum(gradc.vmap(np.sin, out_axes=-4)(x)))(np.ones((2, 3)))
+    with pytest.raises(gradc.ArgumentError, match="out_axes must be an int"):
+        gradc.vmap(np.sin, out_axes=None)
     # (the examples' counts differ here; equal ones would not be a reason to batch)
     for f in (lambda x: np.sum(x[x > 1]), lambda x: np.unique(x)):
         with pytest.raises(gradc.ArgumentError, match="np.where.mask, x, 0."):
@@ -293,3 +301,19 @@ def test_vmap_over_a_batch_of_none(target):
     assert gradc.vmap(lambda x: np.sum(x[1] * 2), target=target)(np.ones((0, 4))).shape == (0,)
     g = gradc.vmap(gradc.grad(lambda x: np.sum(np.sin(x))), target=target)
     assert g(np.ones((0, 4))).shape == (0, 4)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_while_loop_over_no_examples(target):
+    """``vmap`` of a while loop over a batch of 0 (and ``jacfwd`` of one at an empty
+    input, which batches over its 0 tangents): no trip, the empty results (the
+    condition's "any example" had no example to reduce over)."""
+    f = gradc.vmap(lambda c: gradc.while_loop(lambda s: np.sum(s) < 1.0,
+                                              lambda s: s + 0.3, c), target=target)
+    out = f(np.zeros((0, 3)))
+    assert out.shape == (0, 3)
+    np.testing.assert_allclose(f(np.zeros((2, 3))), np.full((2, 3), 0.6), rtol=1e-15)
+    g = gradc.jacfwd(lambda x: gradc.fori_loop(0, (np.sum(x) > 0) * 2 + 1,
+                                               lambda i, c: c * 0.5, x), target=target)
+    assert g(np.zeros(0)).shape == (0, 0)
+    np.testing.assert_allclose(g(np.ones(2)), np.eye(2) * 0.125, rtol=1e-15)

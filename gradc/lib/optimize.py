@@ -4,7 +4,8 @@ Unconstrained: ``y = argmin f(y, θ)`` satisfies ``∇_y f(y, θ) = 0``; its der
 solves with the Hessian ``∇²_yy f`` (matrix-free Hessian-vector products, CG by default).
 
 Constrained (``constraints={"eq": h, "ineq": g}`` with ``h(y, *params) = 0`` and
-``g(y, *params) <= 0``, each returning a vector): the KKT point ``z = (y, ν, λ)`` solves
+``g(y, *params) <= 0``, each returning a vector, a scalar (one constraint) or an array
+(raveled)): the KKT point ``z = (y, ν, λ)`` solves
 
     ∇_y f + J_hᵀ ν + J_gᵀ λ = 0,    h(y) = 0,    λ ⊙ g(y) = 0,
 
@@ -107,9 +108,10 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
     n, dtype = aval[0][0], aval[1]
 
     def user(fn):
+        # (a scalar constraint is a vector of one; an array's constraints, raveled)
         if fn is None:
             return None
-        return lambda y, ps: fn(y, *unflatten(tree, list(ps)))
+        return lambda y, ps: np.reshape(fn(y, *unflatten(tree, list(ps))), (-1,))
 
     h, g = user(eq), user(ineq)
     values = [np.asarray(getattr(p, "val", p)) for p in leaves]

@@ -136,19 +136,30 @@ def _bicgstab(method, mv, b, n, maxiter):
     goal = method.tol ** 2 * bb
     r0 = b                                      # (x0 = 0: the residual is b)
     one = np.ones((), b.dtype)
+    # (a fixed vector of b's size, mixed into the shadow residual at a restart)
+    pattern = np.cos(2.399963 * np.cumsum(np.ones_like(b)))
     state = (np.zeros_like(b), r0, np.zeros_like(b), np.zeros_like(b), one, one, one, bb,
-             np.int64(0))
+             np.int64(0), r0)
 
     def go(s):
         return (s[8] < maxiter) & (s[7] > goal)
 
     def step(s):
-        x, r, p, v, rho, alpha, omega, _, k = s
-        rho_new = np.dot(r0, r)
+        x, r, p, v, rho, alpha, omega, rr, k, shadow = s
+        rho_new = np.dot(shadow, r)
+        # breakdown: omega = 0 (the half step's residual orthogonal to its image, as a
+        # symmetric indefinite system such as a KKT matrix makes of r0 = b) or rho = 0
+        # (the residual orthogonal to the shadow).  Restart from x, the shadow residual
+        # r mixed with the pattern (r alone would break down again: rᵀ A r = 0)
+        restart = (omega == 0) | (rho_new == 0)
+        shadow = np.where(restart, r + np.sqrt(rr / n) * pattern, shadow)
+        rho_new = np.where(restart, np.dot(shadow, r), rho_new)
+        rho, alpha, omega = (np.where(restart, one, q) for q in (rho, alpha, omega))
+        p, v = (np.where(restart, np.zeros_like(b), q) for q in (p, v))
         beta = (rho_new / rho) * (alpha / omega)
         p = r + beta * (p - omega * v)
         v = mv(p)
-        alpha = rho_new / np.dot(r0, v)
+        alpha = rho_new / np.dot(shadow, v)
         h = x + alpha * p
         s_ = r - alpha * v
         t = mv(s_)
@@ -158,7 +169,7 @@ def _bicgstab(method, mv, b, n, maxiter):
         omega = np.dot(t, s_) / np.where(tt > 0, tt, one)
         x = h + omega * s_
         r = s_ - omega * t
-        return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2
+        return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2, shadow
 
     x = while_loop(go, step, state)[0]
     _check(method, _norm2(b - mv(x)), bb, maxiter)

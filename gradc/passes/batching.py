@@ -363,6 +363,8 @@ def _while_rule(prim, args, batched, count, branches, n_cond, n_body, checkpoint
     cc, bc, carry = args[:n_cond], args[n_cond:n_cond + n_body], args[n_cond + n_body:]
     fc, fb, fk = batched[:n_cond], batched[n_cond:n_cond + n_body], batched[n_cond + n_body:]
     carry = [c if b else _batched(c, shape_of(c), count) for c, b in zip(carry, fk)]
+    if count == 0:           # (no example: no trip, and no condition to take the any of)
+        return carry
     n_carry = len(carry)
     bcond = batch_graph(cond_graph, list(fc) + [True] * n_carry, count)
     bbody = batch_graph(body_graph, list(fb) + [True] * n_carry, count)

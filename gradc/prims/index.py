@@ -87,7 +87,13 @@ def pad(x, shape, index):
 
 
 def normalise_slice(s: slice, n: int) -> tuple:
+    """``(start, stop, step)`` selecting what ``s`` selects of an axis of ``n``, as
+    indices that mean the same when used again (``slice(*result)``).  ``s.indices``
+    gives -1 for "before the first element" (``[-5::-2]`` of 4: empty), which as an
+    index is the last element; an empty selection is ``(0, 0, step)``."""
     start, stop, step = s.indices(n)
+    if not len(range(start, stop, step)):
+        return (0, 0, step)
     if step < 0 and stop < 0:
         stop = None
     return (start, stop, step)
