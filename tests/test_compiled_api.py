@@ -498,6 +498,27 @@ def test_large_matrix_products_use_numpys_blas(rng):
     _close(got[1], want[1])
 
 
+@pytest.mark.parametrize("spec, shapes", [
+    ("zbi,zbj->ij", ((5, 3, 4), (5, 3, 6))),          # steps and batch contracted
+    ("zbi,zbj->ji", ((5, 3, 4), (5, 3, 6))),          # the output the other way round
+    ("izb,zbj->ij", ((4, 5, 3), (5, 3, 6))),          # contracted last in one operand
+    ("abk,kc->abc", ((2, 3, 5), (5, 4))),             # own letters two axes: out rank 3
+    ("zbi,zbj->ij", ((300, 40, 8), (300, 40, 9))),    # past OBJMODE_FLOPS: NumPy's BLAS
+])
+def test_a_contraction_over_runs_of_axes_is_one_matrix_product(rng, spec, shapes):
+    """An einsum whose operands are each a run of own letters and a run of contracted
+    ones (a sum after a scan: ``zbi,zbj->ij``) is one BLAS product of matrix views
+    (``_k.as_matrix``), no regrouping copy; values as NumPy's, from contiguous
+    arguments and from Fortran-ordered and reversed ones."""
+    a, b = (rng.standard_normal(s) for s in shapes)
+    f = gradc.jit(lambda a, b: np.einsum(spec, a, b))
+    src = f.source(a, b)
+    assert "_k.as_matrix(" in src and "_k.regroup(" not in src
+    np.testing.assert_allclose(f(a, b), np.einsum(spec, a, b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f(np.asfortranarray(a), b[..., ::-1][..., ::-1]),
+                               np.einsum(spec, a, b), rtol=1e-12, atol=1e-12)
+
+
 def test_large_results_reuse_blocks_but_never_ones_still_in_use(rng):
     from gradc.codegen import buffers
     buffers.clear()

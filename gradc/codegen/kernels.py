@@ -191,6 +191,19 @@ def _blas_operand(x):
     return lambda x: np.ascontiguousarray(x)
 
 
+def as_matrix(x, rows, cols):
+    """``x`` (C-contiguous, or made so) as a ``rows`` x ``cols`` matrix: a view of a
+    contiguous array, no copy (a contraction over leading axes as one BLAS product)."""
+    return np.ascontiguousarray(x).reshape((rows, cols))
+
+
+@numba.extending.overload(as_matrix)
+def _as_matrix(x, rows, cols):
+    if isinstance(x, numba.types.Array) and x.layout == "C":
+        return lambda x, rows, cols: x.reshape((rows, cols))
+    return lambda x, rows, cols: np.ascontiguousarray(x).reshape((rows, cols))
+
+
 @njit
 def broadcast(x, expanded, shape):
     """``x`` reshaped to ``expanded`` (size-1 axes where it has none), then broadcast to

@@ -371,14 +371,22 @@ def _einsum(ctx, eqn, a, outs):
         perm = [letters.index(c) for g in groups for c in g]
         return f"_k.regroup({operand}, {_tuple(perm)}, {_tuple(shape)})"
 
-    if (not batch and len(a_only) == len(b_only) == len(contracted) == 1 and x.ndim == 2
-            and y.ndim == 2 and np.dtype(x.dtype).kind in "fc" and np.dtype(x.dtype) ==
-            np.dtype(y.dtype)):
+    if _matrix_product(sa, sb, so, a_only, b_only, contracted, batch) and \
+            np.dtype(x.dtype).kind in "fc" and np.dtype(x.dtype) == np.dtype(y.dtype):
         # a plain matrix product: one BLAS call on (possibly transposed) views; an
         # operand that is itself a view is made contiguous first unless BLAS takes it as
-        # it is (``_k.blas_operand``: a transposed matrix is F-contiguous)
-        ops = [f"_k.blas_operand({t})" if ctx.producer.get(v) in _VIEWS else t
-               for t, v in zip(a, (x, y))]
+        # it is (``_k.blas_operand``: a transposed matrix is F-contiguous).  Operands of
+        # more axes, each a run of its own letters and a run of the contracted ones (in
+        # the same order in both: ``zbi,zbj->ij``), are such matrices too, as views
+        # (``_k.as_matrix``)
+        ops = []
+        for t, v, letters, own in zip(a, (x, y), (sa, sb), (a_only, b_only)):
+            if v.ndim == 2:
+                ops.append(f"_k.blas_operand({t})" if ctx.producer.get(v) in _VIEWS else t)
+                continue
+            first, second = (own, contracted) if letters[0] in own else (contracted, own)
+            ops.append(f"_k.as_matrix({t}, {_prod([size[c] for c in first])}, "
+                       f"{_prod([size[c] for c in second])})")
         if list(so) == a_only + b_only:         # A (a, k) @ B (k, b)
             lhs = ops[0] if list(sa) == a_only + contracted else f"{ops[0]}.T"
             rhs = ops[1] if list(sb) == contracted + b_only else f"{ops[1]}.T"
@@ -387,17 +395,23 @@ def _einsum(ctx, eqn, a, outs):
             rhs = ops[0] if list(sa) == contracted + a_only else f"{ops[0]}.T"
         # (the product is written in the output's order: a C-contiguous result, no copy)
         call = f"np.dot({lhs}, {rhs})"
-        if _prod(x.shape) * size[b_only[0]] < OBJMODE_FLOPS:
+        out = eqn.outputs[0]
+        if out.ndim != 2:
+            call += f".reshape({_tuple(out.shape)})"
+        if _prod(x.shape) * _prod([size[c] for c in b_only]) < OBJMODE_FLOPS:
             return call
         # a large product goes to NumPy's own BLAS (see OBJMODE_FLOPS), through matmul:
         # np.dot took 0.52-0.66 ms for 1000x10 @ 10x1000 where matmul took 0.40-0.53
         # written into a buffer the caller allocates (from the pool of dropped results:
         # a fresh 8 MB result costs its page faults at every call)
         # (named first: in a loop's body the buffer is an expression, np.empty(...))
-        out = eqn.outputs[0]
         dest = ctx.out_buffer(out.shape, out.dtype, out)
+        rows, cols = (a_only, b_only) if list(so) == a_only + b_only else (b_only, a_only)
+        matrix = outs[0] if out.ndim == 2 else \
+            f"{outs[0]}.reshape(({_prod([size[c] for c in rows])}, " \
+            f"{_prod([size[c] for c in cols])}))"
         return [f"{outs[0]} = {dest}", "with numba.objmode():",
-                f"    np.matmul({lhs}, {rhs}, out={outs[0]})"]
+                f"    np.matmul({lhs}, {rhs}, out={matrix})"]
     if (not batch and len(contracted) == 1 and sorted((x.ndim, y.ndim)) == [1, 2]
             and np.dtype(x.dtype).kind == "f" and np.dtype(x.dtype) == np.dtype(y.dtype)):
         # a matrix-vector product, either way round: one BLAS gemv on the matrix as it
@@ -419,6 +433,19 @@ def _einsum(ctx, eqn, a, outs):
     call += f".reshape({_tuple(size[c] for c in order)})"
     perm = tuple(order.index(c) for c in so)
     return call if perm == tuple(range(len(so))) else f"{call}.transpose({_tuple(perm)})"
+
+
+def _matrix_product(sa, sb, so, a_only, b_only, contracted, batch) -> bool:
+    """Whether einsum ``sa,sb->so`` is one matrix product: no batch letter; each
+    operand its own letters and the contracted ones, each a run (``ik,kj``, ``zbi,zbj``),
+    the contracted ones in the same order in both; the output one operand's letters
+    then the other's."""
+    if batch or not (a_only and b_only and contracted):
+        return False
+    runs_a = (a_only + contracted, contracted + a_only)
+    runs_b = ([c for c in contracted] + b_only, b_only + [c for c in contracted])
+    return list(sa) in runs_a and list(sb) in runs_b and \
+        list(so) in (a_only + b_only, b_only + a_only)
 
 
 def _batched(operand, var, core):
