@@ -10,7 +10,7 @@ a ``while_loop`` until two iterates agree to 1e-5 (``benchmarks/one_sequence.py`
 DEQ; reverse mode sums W's outer products after the sweep, ``codegen.control``).
 
     python benchmarks/licm.py [--size B K T] [--rounds 2] [--target cpu] [--switch NAME]
-    python benchmarks/licm.py --size 0 256 1000 --switch GRADC_SCAN_SUMS --dtype float32
+    python benchmarks/licm.py --size 0 256 1000 --switch GRADC_SCAN_SUMS --dtype float32 --hand
     python benchmarks/licm.py --size -1 256 0 --switch GRADC_SCAN_SUMS
 """
 from __future__ import annotations
@@ -51,12 +51,29 @@ def run(B, K, T, target, calls, dtype):
                                 (np.zeros_like(b), np.ones_like(b)))
         return np.sum(z ** 2)
     rnn = rnn if B > 0 else sequence if B == 0 else fixed_point
+    if os.environ.get("HAND") == "1" and B == 0:      # (--hand: NumPy by hand instead)
+        def hand(W, xs):
+            hs = [np.zeros(K, W.dtype)]
+            for x in xs:
+                hs.append(np.tanh(W @ hs[-1] + x))
+            dW, dxs, d = np.zeros_like(W), np.zeros_like(xs), np.zeros(K, W.dtype)
+            for t in range(len(xs) - 1, -1, -1):
+                dz = (d + 2 * hs[t + 1]) * (1 - hs[t + 1] ** 2)
+                dxs[t] = dz
+                dW += np.outer(dz, hs[t])
+                d = W.T @ dz
+            return dW, dxs
+        return _timed(hand, (W, U), calls)
     g = gradc.grad(rnn, argnums=(0, 1), target=target)
-    first = g(W, U)
+    return _timed(g, (W, U), calls)
+
+
+def _timed(g, args, calls):
+    first = g(*args)
     times = []
     for _ in range(calls):
         t = time.perf_counter()
-        g(W, U)
+        g(*args)
         times.append(time.perf_counter() - t)
     return float(np.median(times)), float(np.sum(first[0]))
 
@@ -70,6 +87,8 @@ def main():
     ap.add_argument("--switch", default="GRADC_LICM",
                     help="the variable set to 1 and 0 in turn (GRADC_LICM, GRADC_SCAN_SUMS)")
     ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--hand", action="store_true",
+                    help="one sequence (--size 0 K T): also time NumPy by hand")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -87,6 +106,13 @@ def main():
                 check=True).stdout.split()
             print(f"| {r + 1} | {'on' if on == '1' else 'off'} | "
                   f"{float(out[0]) * 1e3:.2f} ms | {out[1]} |")
+        if args.hand and args.size[0] == 0:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "--size", *map(str, args.size),
+                 "--calls", str(args.calls), "--dtype", args.dtype],
+                env={**os.environ, "HAND": "1"}, capture_output=True, text=True,
+                check=True).stdout.split()
+            print(f"| {r + 1} | NumPy by hand | {float(out[0]) * 1e3:.2f} ms | {out[1]} |")
 
 
 if __name__ == "__main__":
