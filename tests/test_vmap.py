@@ -317,3 +317,22 @@ def test_a_while_loop_over_no_examples(target):
                                                lambda i, c: c * 0.5, x), target=target)
     assert g(np.zeros(0)).shape == (0, 0)
     np.testing.assert_allclose(g(np.ones(2)), np.eye(2) * 0.125, rtol=1e-15)
+
+
+def _piecewise(a):
+    if a > 0:                                   # (the line the error names)
+        return a ** 3
+    return -a
+
+
+def test_a_batched_branch_names_the_if_not_the_call():
+    """vmap of Python control flow on a batched value: the error names the ``if`` in
+    the user's function (the guard's line), not the line calling vmap; also under
+    grad, and for a result whose length depends on the values."""
+    for f in (gradc.vmap(_piecewise), gradc.vmap(gradc.grad(_piecewise))):
+        with pytest.raises(gradc.ArgumentError, match=r"control flow(.|\n)*  at .*"
+                                                      r"test_vmap.py:\d+: if a > 0:"):
+            f(np.array([2.0, -1.0]))
+    with pytest.raises(gradc.ArgumentError, match=r"np.where(.|\n)*  at .*test_vmap.py:"
+                                                  r"\d+: .*x\[x > 1\]"):
+        gradc.vmap(lambda x: np.sum(x[x > 1]))(np.array([[1.0, 2.0, 2.0], [3.0, 4.0, 4.5]]))

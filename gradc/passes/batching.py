@@ -447,17 +447,23 @@ def _barrier_rule(prim, args, batched, count, n):
     return _Partly(prim.bind(*args, n=n), batched[:n])
 
 
+def _here():
+    """The user's line of the equation being batched (the ``if``, not the vmap call)."""
+    from ..trace import _SOURCE
+    return _SOURCE[-1] if _SOURCE else None
+
+
 def _guard_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: Python control flow (if, while, bool()) on a value that differs between "
-        "the examples; use np.where or gradc.cond, which batch"))
+        "the examples; use np.where or gradc.cond, which batch", _here()))
 
 
 def _nonzero_rule(prim, args, batched, count, **params):
     raise ArgumentError(with_location(
         "vmap: a result whose length depends on values that differ between the examples "
         "(boolean-mask indexing, np.nonzero, np.unique); use np.where(mask, x, 0), which "
-        "keeps the shape"))
+        "keeps the shape", _here()))
 
 
 def _by_scan(prim, args, batched, count, **params):
