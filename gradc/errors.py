@@ -95,11 +95,13 @@ def _in_library(filename: str) -> bool:
 
 
 def user_frame():
-    """The innermost stack frame that belongs to user code (not gradc, NumPy or SciPy)."""
+    """The innermost stack frame that belongs to user code (not gradc, NumPy or SciPy,
+    nor Python's frozen modules: ``python -m gradc`` starts in ``<frozen runpy>``)."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _in_gradc(filename) and not _in_library(filename):
+        if not _in_gradc(filename) and not _in_library(filename) and \
+                not filename.startswith("<frozen "):
             return frame
         frame = frame.f_back
     return None
