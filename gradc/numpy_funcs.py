@@ -188,14 +188,29 @@ def cumsum(x, axis=None, dtype=None, out=None):
 
 @implements(np.average)
 def average(x, axis=None, weights=None, returned=False, keepdims=False):
-    if returned:
-        raise UnsupportedError(with_location("np.average(..., returned=True) on traced arrays"))
     if weights is None:
-        return mean(x, axis, keepdims=keepdims)
+        avg = mean(x, axis, keepdims=keepdims)
+        if not returned:
+            return avg
+        size = int(np.prod(shape_of(operand(x)), dtype=np.int64))
+        kept = int(np.prod(shape_of(avg), dtype=np.int64))
+        count = np.full(shape_of(avg), size // builtins.max(1, kept), dtype_of(avg))
+        return avg, count
     x, w = promote(x, weights, float_result=True)
     if shape_of(w) != shape_of(x):
-        raise UnsupportedError(with_location("np.average: weights must have the shape of a"))
-    return ops.div(sum(ops.mul(x, w), axis, keepdims=keepdims), sum(w, axis, keepdims=keepdims))
+        # (NumPy's: 1-D weights along one axis)
+        if not isinstance(axis, (int, np.integer)) or len(shape_of(w)) != 1 or \
+                shape_of(w)[0] != shape_of(x)[_axis(axis, len(shape_of(x)))]:
+            raise ShapeError(with_location(
+                f"np.average: weights of shape {shape_of(w)} fit neither a of shape "
+                f"{shape_of(x)} nor its axis {axis!r} (1-D weights need an int axis)"))
+        ax = _axis(axis, len(shape_of(x)))
+        w = ops.broadcast_to(reshape(w, tuple(-1 if i == ax else 1
+                                              for i in range(len(shape_of(x))))),
+                             shape_of(x))
+    total = sum(w, axis, keepdims=keepdims)
+    avg = ops.div(sum(ops.mul(x, w), axis, keepdims=keepdims), total)
+    return (avg, ops.broadcast_to(total, shape_of(avg))) if returned else avg
 
 
 # ---------------------------------------------------------------- selection, clipping

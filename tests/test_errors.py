@@ -447,3 +447,9 @@ def test_python_internals_are_never_the_users_line():
     with pytest.raises(gradc.ArgumentError) as info:
         exec(code, {})
     assert "<frozen" not in str(info.value) and "test_errors.py" in str(info.value)
+
+
+def test_average_weights_that_fit_no_axis():
+    with pytest.raises(gradc.ShapeError, match=r"weights of shape \(4,\) fit neither a of "
+                                               r"shape \(3, 4\) nor its axis 0"):
+        gradc.jit(lambda x: np.average(x, axis=0, weights=np.ones(4)))(np.ones((3, 4)))
