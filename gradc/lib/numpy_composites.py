@@ -60,7 +60,9 @@ def ediff1d(ary, to_end=None, to_begin=None):
 
 @implements(np.pad)
 def pad(array, pad_width, mode="constant", **kwargs):
-    """Constant, edge, reflect and wrap padding (the modes made of slices)."""
+    """Constant, edge, reflect, symmetric and wrap padding (the modes that copy
+    elements: slices, or, where the padding is wider than the axis or mirrors it with
+    its edge, a gather of the positions NumPy's own ``pad`` gives ``arange(n)``)."""
     x = operand(array)
     nd = len(shape_of(x))
     widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (nd, 2))
@@ -82,20 +84,24 @@ def pad(array, pad_width, mode="constant", **kwargs):
     for axis, (lo, hi) in enumerate(widths):
         lo, hi = int(lo), int(hi)
         n = shape_of(x)[axis]
+        if mode == "symmetric" and (lo or hi) or mode == "wrap" and (lo > n or hi > n) or \
+                mode == "reflect" and (lo >= n or hi >= n):
+            if n == 0:
+                raise ShapeError(with_location(f"np.pad(mode={mode!r}) of an empty axis"))
+            x = npf.take(x, np.pad(np.arange(n), (lo, hi), mode=mode), axis=axis)
+            continue
         if mode == "edge":
             before = [_slice_along(x, axis, 0, 1)] * lo
             after = [_slice_along(x, axis, n - 1, n)] * hi
         elif mode == "wrap":
             before = [_slice_along(x, axis, n - lo, n)] if lo else []
             after = [_slice_along(x, axis, 0, hi)] if hi else []
-            if lo > n or hi > n:
-                raise UnsupportedError(with_location("np.pad(mode='wrap') wider than the axis"))
         elif mode == "reflect":
-            if lo >= n or hi >= n:
-                raise UnsupportedError(with_location("np.pad(mode='reflect') wider than the axis"))
             before = [_slice_along(x, axis, lo, 0, -1)] if lo else []
             stop = n - 2 - hi if n - 2 - hi >= 0 else None
             after = [_slice_along(x, axis, n - 2, stop, -1)] if hi else []
+        elif mode == "symmetric":
+            continue                                    # (no padding on this axis)
         else:
             raise UnsupportedError(with_location(f"np.pad(mode={mode!r}) on traced arrays"))
         x = npf.concatenate(before + [x] + after, axis=axis)
