@@ -13,6 +13,7 @@ import pytest
 
 import gradc
 from gradc.interpret import eval_graph
+from gradc.testing import numerical_grad
 from gradc.ir import Graph, Var, make_eqn, verify
 from gradc.passes import simplify
 from gradc.passes.licm import hoist_invariants, maps_of_scans, split_invariants
@@ -582,19 +583,6 @@ def rnn_sequence(W, xs):
     return np.sum(gradc.scan(step, np.zeros(W.shape[0]), xs)[1])
 
 
-def rnn_sequence_grad_numpy(W, xs):
-    hs = [np.zeros(W.shape[0])]
-    for x in xs:
-        hs.append(np.tanh(W @ hs[-1] + x))
-    dW, dxs, d = np.zeros_like(W), np.zeros_like(xs), np.zeros(W.shape[0])
-    for t in range(len(xs) - 1, -1, -1):
-        dz = (d + 2 * hs[t + 1]) * (1 - hs[t + 1] ** 2)
-        dxs[t] = dz
-        dW += np.outer(dz, hs[t])
-        d = W.T @ dz
-    return dW, dxs
-
-
 def _carries(graph):
     return [tuple(v.shape) for e in scans(graph)
             for v in e.outputs[:e.params["n_carry"]]]
@@ -604,8 +592,9 @@ def test_an_accumulated_outer_product_is_one_product_after_the_loop(monkeypatch)
     """The backward loop of an RNN over one sequence carries W's cotangent, adding a
     K×K outer product at every step; the CPU target carries only the K-vector and
     makes W's cotangent as one product over the steps after the loop (the loop's
-    stacked cotangents with the stacked states).  Same values as the hand-written
-    gradient, on both float widths; ``GRADC_SCAN_SUMS=0`` keeps the carry."""
+    stacked cotangents with the stacked states).  Same values as the interpreter's
+    (itself checked against finite differences), on both float widths;
+    ``GRADC_SCAN_SUMS=0`` keeps the carry."""
     from gradc.codegen.compile import optimise
     k, t = 5, 7
     Wk = 0.5 * rng.standard_normal((k, k))
@@ -618,7 +607,9 @@ def test_an_accumulated_outer_product_is_one_product_after_the_loop(monkeypatch)
     after = [e for e in cpu.eqns if e.prim.name == "einsum"]
     assert [e.params["spec"] for e in after] == ["zi,zj->ij"], cpu
     assert (k, k) in _carries(optimise(traced, "cuda"))   # (the GPU's scans sum rows)
-    want = rnn_sequence_grad_numpy(Wk, xs)
+    want = gradc.grad(rnn_sequence, argnums=(0, 1), target="numpy")(Wk, xs)
+    dW = numerical_grad(lambda w: rnn_sequence(w, xs), Wk)   # (the interpreter's, checked)
+    np.testing.assert_allclose(want[0], dW, rtol=1e-6, atol=1e-8)
     g = gradc.grad(rnn_sequence, argnums=(0, 1), target="cpu")
     for got, ref in zip(g(Wk, xs), want):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
@@ -647,13 +638,8 @@ def test_a_batched_rnns_weight_gradient_sums_the_batch_and_the_steps_at_once():
     want = gradc.grad(rnn, argnums=(0, 1), target="numpy")(W, U)
     for got, ref in zip(gradc.grad(rnn, argnums=(0, 1), target="cpu")(W, U), want):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-    eps, dW = 1e-6, np.zeros_like(W)
-    for i in range(K):
-        for j in range(K):
-            E = np.zeros_like(W)
-            E[i, j] = eps
-            dW[i, j] = (rnn_numpy(W + E, U) - rnn_numpy(W - E, U)) / (2 * eps)
-    np.testing.assert_allclose(want[0], dW, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(want[0], numerical_grad(lambda w: rnn_numpy(w, U), W),
+                               rtol=1e-6, atol=1e-7)
 
 
 def _hand_scan(body, consts, carries, xs, T, reverse=False):
@@ -788,13 +774,7 @@ def test_reverse_mode_through_a_while_loop_sums_its_outer_products_after_the_swe
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
         if n == 0:
             assert not np.any(got[0])
-    eps, dW = 1e-6, np.zeros_like(Wk)
-    for i in range(k):
-        for j in range(k):
-            E = np.zeros_like(Wk)
-            E[i, j] = eps
-            dW[i, j] = (solve_tanh_numpy(Wk + E, b, 9, kind)
-                        - solve_tanh_numpy(Wk - E, b, 9, kind)) / (2 * eps)
+    dW = numerical_grad(lambda w: solve_tanh_numpy(w, b, 9, kind), Wk)
     np.testing.assert_allclose(g(Wk, b, np.int64(9), None, kind)[0], dW, rtol=1e-6,
                                atol=1e-8)
     if kind != "vector":

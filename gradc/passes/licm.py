@@ -252,23 +252,32 @@ def maps_of_scans(graph: Graph, largest_product=None) -> Graph:
     branches, or have effects, stay scans; so does a scan of no steps, and, with
     ``largest_product``, one whose step has a contraction of more products than that
     (the CPU's: see ``CPU_PRODUCT``)."""
+    def rewrite(eqn):
+        return _as_map(eqn) if eqn.prim.name == "scan" and (
+            largest_product is None or all(_products(e) <= largest_product
+                                           for e in eqn.params["body"].eqns)) else None
+    return _scans_rewritten(graph, lambda g: maps_of_scans(g, largest_product), rewrite)
+
+
+def _scans_rewritten(graph: Graph, inner, rewrite) -> Graph:
+    """``graph`` with its bodies rewritten by ``inner`` and each equation by ``rewrite``
+    (``(equations, {its result: the value it is})``, or None to keep it); ``graph``
+    itself when nothing changed."""
     eqns, changed, rename = [], False, {}
     for eqn in graph.eqns:
         if rename:
             eqn = eqn.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
                                            for v in eqn.inputs))
         if subgraphs(eqn):
-            params = map_subgraphs(eqn, lambda g: maps_of_scans(g, largest_product))
+            params = map_subgraphs(eqn, inner)
             if any(params[k] is not eqn.params[k] for k in params):
                 eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
                 changed = True
-        mapped = _as_map(eqn) if eqn.prim.name == "scan" and (
-            largest_product is None or all(_products(e) <= largest_product
-                                           for e in eqn.params["body"].eqns)) else None
-        if mapped is None:
+        rewritten = rewrite(eqn)
+        if rewritten is None:
             eqns.append(eqn)
             continue
-        made, bound = mapped
+        made, bound = rewritten
         eqns += made
         rename.update(bound)
         changed = True
@@ -483,28 +492,8 @@ def sums_after_scans(graph: Graph) -> Graph:
     is read as it is; where only one operand changes, it is summed over the steps
     first (``sum_t W v_t = W sum_t v_t``).  A reassociated sum, as ``maps_of_scans``'
     contractions are."""
-    eqns, changed, rename = [], False, {}
-    for eqn in graph.eqns:
-        if rename:
-            eqn = eqn.replace(inputs=tuple(rename.get(v, v) if isinstance(v, Var) else v
-                                           for v in eqn.inputs))
-        if subgraphs(eqn):
-            params = map_subgraphs(eqn, sums_after_scans)
-            if any(params[k] is not eqn.params[k] for k in params):
-                eqn = make_eqn(eqn.prim, eqn.inputs, eqn.outputs, params, eqn.source)
-                changed = True
-        split = _sums_after(eqn) if eqn.prim.name == "scan" else None
-        if split is None:
-            eqns.append(eqn)
-            continue
-        made, bound = split
-        eqns += made
-        rename.update(bound)
-        changed = True
-    if not changed:
-        return graph
-    outputs = tuple(rename.get(v, v) if isinstance(v, Var) else v for v in graph.outputs)
-    return graph.replace(eqns=tuple(eqns), outputs=outputs)
+    return _scans_rewritten(graph, sums_after_scans,
+                            lambda e: _sums_after(e) if e.prim.name == "scan" else None)
 
 
 def _sums_after(eqn):
