@@ -89,7 +89,7 @@ done
 # loops apart, the host loop, JAX (a fixed point's gradient also with its backward
 # trips as the host loop, GRADC_CUDA_WHILE_TAPE=0); then a run of small equations as one block or a
 # kernel each, n = 256 ... 262144 (where the default limit of 2^14 should be)
-timeout 75 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
+timeout 85 "$PY" benchmarks/one_sequence.py --repeats 10 > "$OUT/one_sequence.md" 2>&1
 echo "rc $?" >> "$OUT/one_sequence.md"
 timeout 25 "$PY" benchmarks/one_run.py --repeats 30 >> "$OUT/one_sequence.md" 2>&1
 echo "one_run rc $?" >> "$OUT/one_sequence.md"
