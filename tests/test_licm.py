@@ -804,3 +804,25 @@ def test_a_hessian_through_a_while_loop_with_its_sums_after_the_sweep():
     np.testing.assert_allclose(H, gradc.hessian(f, target="numpy")(Wk.ravel()),
                                rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(H, H.T, rtol=1e-10, atol=1e-12)
+
+
+def test_a_maps_contraction_with_an_operand_the_steps_share():
+    """A scan that is a map, accumulating ``einsum('i,j->ij', w_t, x)`` with ``x`` the
+    same at every step (here an outer scan's value): the steps' letter is on one
+    operand only, which no einsum of the primitive sums (``zi,j->ij``): the term stays
+    stacked and summed.  It compiled to an invalid einsum, and the CPU target fell back
+    to the interpreter with a warning."""
+    import warnings
+    r = np.random.default_rng(9)
+    X, Wm = r.standard_normal((5, 4)), r.standard_normal((4, 4))
+
+    def f(X, W):
+        def outer(C, x):
+            def inner(D, w):
+                return D + np.einsum("i,j->ij", w, x), None
+            return C + gradc.scan(inner, np.zeros((4, 4)), W)[0], None
+        return gradc.scan(outer, np.zeros((4, 4)), X)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = gradc.jit(f, target="cpu")(X, Wm)
+    np.testing.assert_allclose(got, np.einsum("ti,sj->ij", Wm, X), rtol=1e-12, atol=1e-12)

@@ -460,8 +460,10 @@ def _summed_over_steps(mapped: Graph, ny: int, carries) -> dict:
         if e.prim is not einsum_p:
             continue
         ins, result = e.params["spec"].split("->")
-        if not result or result[0] in result[1:] or result[0] not in ins or \
-                "." in e.params["spec"]:
+        # (the steps' letter on both operands: on one only, ``zi,j->ij`` is no einsum of
+        # the primitive's, which sums such a letter first; the term then stays stacked)
+        if not result or result[0] in result[1:] or "." in e.params["spec"] or \
+                any(result[0] not in term for term in ins.split(",")):
             continue
         total = Var(tuple(c.shape), c.dtype)
         out[e] = make_eqn(einsum_p, e.inputs, (total,),
