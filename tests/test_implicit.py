@@ -89,6 +89,18 @@ def test_bicgstab_restarts_where_it_breaks_down(target):
                                rtol=1e-8, atol=1e-10)
 
 
+def test_bicgstab_says_when_it_diverges():
+    """A skew-symmetric system (eigenvalues on the imaginary axis), where BiCGSTAB
+    diverges: the warning says so and names the methods that solve it; GMRES does."""
+    A, b = np.array([[0.0, -1.0], [1.0, 0.0]]), np.array([0.3, -1.2])
+    with pytest.warns(gradc.ConvergenceWarning, match="diverged(.|\n)*solve='gmres'"):
+        gradc.jit(lambda b: gradc.linear_solve(lambda x: A @ x, b, solve="bicgstab",
+                                               maxiter=20), target="numpy")(b)
+    x = gradc.jit(lambda b: gradc.linear_solve(lambda x: A @ x, b, solve="gmres"),
+                  target="numpy")(b)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-9, atol=1e-12)
+
+
 def test_linear_solve_unsymmetric_forward_equals_reverse(rng):
     n = 5
     A = rng.standard_normal((n, n)) + 4 * np.eye(n)

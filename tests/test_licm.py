@@ -810,8 +810,8 @@ def test_a_maps_contraction_with_an_operand_the_steps_share():
     """A scan that is a map, accumulating ``einsum('i,j->ij', w_t, x)`` with ``x`` the
     same at every step (here an outer scan's value): the steps' letter is on one
     operand only, which no einsum of the primitive sums (``zi,j->ij``): the term stays
-    stacked and summed.  It compiled to an invalid einsum, and the CPU target fell back
-    to the interpreter with a warning."""
+    stacked and summed.  It compiled to an invalid einsum: the CPU target fell back to
+    the interpreter with a warning, or (``c + W @ x_t``) returned a wrong shape."""
     import warnings
     r = np.random.default_rng(9)
     X, Wm = r.standard_normal((5, 4)), r.standard_normal((4, 4))
@@ -826,3 +826,12 @@ def test_a_maps_contraction_with_an_operand_the_steps_share():
         warnings.simplefilter("error")
         got = gradc.jit(f, target="cpu")(X, Wm)
     np.testing.assert_allclose(got, np.einsum("ti,sj->ij", Wm, X), rtol=1e-12, atol=1e-12)
+    # c + W @ x_t: the map's contraction ij,zj->i came back (4, 5)-shaped on the CPU
+    A = r.standard_normal((4, 3))
+
+    def g(A, X):
+        return gradc.scan(lambda c, x: (c + A @ x, None), np.zeros(4), X)[0]
+    for target in ("cpu", "numpy"):
+        got = gradc.jit(g, target=target)(A, X[:, :3])
+        assert got.shape == (4,)
+        np.testing.assert_allclose(got, A @ X[:, :3].sum(0), rtol=1e-12, atol=1e-12)

@@ -220,6 +220,10 @@ def warn_unconverged(what: str, where, residual) -> None:
             "positive definite for CG; regularise it with ridge=..., or use "
             "solve='dense' or 'gmres'", where))
     message = f"gradc: {what} did not converge (relative residual {residual:.3g})"
+    if residual > 1:
+        message += (": it diverged, its result worse than zeros (BiCGSTAB does on systems "
+                    "with eigenvalues on or near the imaginary axis, e.g. skew-symmetric "
+                    "ones); use solve='gmres' or 'dense'")
     warnings.warn(ConvergenceWarning(with_location(message, where)), stacklevel=2)
 
 
