@@ -143,10 +143,6 @@ def _while_tangent(ctx, eqn, a, outs):
             + [f"{o} = {kk}" for o, kk in zip(outs, tk)])
 
 
-def _shape(shape) -> str:
-    return "(" + "".join(f"{int(d)}, " for d in shape) + ")"
-
-
 def _summed_after(step, n_body, n_carry, n_out, n_lin):
     """The accumulators of reverse mode through a ``while_loop`` summed after the
     backward sweep, not at each trip, and what the sweep stacks for them:
@@ -299,6 +295,7 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
         lines += [f"for {i} in range({n}):"]
         lines += [f"    {t}[{i}] = {kk}" for t, kk in zip(tape, k)]
         lines += [step_k, f"for {i} in range({n} - 1, -1, -1):"] + backward(i, "    ")
+        from .pysource import _tuple
         for j, (operands, rows, cols, swap, shape) in folded.items():
             mats = []
             for (kind, at), width in zip(operands, cols):
@@ -306,7 +303,7 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
                 mats.append(f"{arr}.reshape(({n} * {rows}, {width}))")
             lhs, rhs = (mats[1], mats[0]) if swap else (mats[0], mats[1])
             lines += [f"if {n} > 0:",
-                      f"    {acc[j]} = np.dot({lhs}.T, {rhs}).reshape({_shape(shape)})"]
+                      f"    {acc[j]} = np.dot({lhs}.T, {rhs}).reshape({_tuple(shape)})"]
     else:
         snaps = [ctx.temp() for _ in carry]
         count, s, lo, hi, j = (ctx.temp() for _ in range(5))

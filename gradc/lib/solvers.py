@@ -146,14 +146,13 @@ def _bicgstab(method, mv, b, n, maxiter):
 
     def step(s):
         x, r, p, v, rho, alpha, omega, rr, k, shadow = s
-        rho_new = np.dot(shadow, r)
         # breakdown: omega = 0 (the half step's residual orthogonal to its image, as a
         # symmetric indefinite system such as a KKT matrix makes of r0 = b) or rho = 0
         # (the residual orthogonal to the shadow).  Restart from x, the shadow residual
         # r mixed with the pattern (r alone would break down again: rᵀ A r = 0)
-        restart = (omega == 0) | (rho_new == 0)
+        restart = (omega == 0) | (np.dot(shadow, r) == 0)
         shadow = np.where(restart, r + np.sqrt(rr / n) * pattern, shadow)
-        rho_new = np.where(restart, np.dot(shadow, r), rho_new)
+        rho_new = np.dot(shadow, r)
         rho, alpha, omega = (np.where(restart, one, q) for q in (rho, alpha, omega))
         p, v = (np.where(restart, np.zeros_like(b), q) for q in (p, v))
         beta = (rho_new / rho) * (alpha / omega)
