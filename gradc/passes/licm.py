@@ -558,7 +558,6 @@ def _sums_after(eqn):
                      + tuple(body.inputs[nc + nk:]),
                      tuple(e for e in body.eqns if e not in {found[j][1] for j in folded}),
                      tuple(outs[j] for j in keep) + tuple(outs[nk:]) + tuple(new_ys))
-    from .simplify import dce
     new_body = dce(new_body)
     stacked = [Var((T,) + tuple(v.shape), v.dtype) for v in new_ys]
     ys_outer = list(eqn.outputs[nk:]) + stacked
