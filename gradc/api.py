@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import numbers
+import types
 import weakref
 
 import numpy as np
@@ -154,10 +155,18 @@ def _output_leaf(x, fun):
 
 
 class _Cache:
-    """Derived graphs per argument signature, several per signature (one per path)."""
+    """Derived graphs per argument signature, several per signature (one per path).  A
+    key ends with the fingerprint of what ``fun`` reads (``_fingerprint``); a function
+    that changes what it reads while it is traced (appends to a list it closes over) is
+    found under the fingerprint after its trace too, not traced again at every call."""
 
-    def __init__(self):
+    def __init__(self, fun=None):
         self.entries: dict = {}
+        try:                            # (weakly: jvp's table of caches is keyed by fun)
+            self.fun = weakref.ref(fun) if fun is not None else lambda: None
+        except TypeError:
+            self.fun = lambda: fun
+        self.volatile: set = set()      # (id(holder), name) of reads the trace changes
 
     def run(self, key, build, dynamic, extra=()):
         """Evaluate the first specialisation whose guards hold; build a new one if none.
@@ -168,7 +177,7 @@ class _Cache:
                 return spec, spec.evaluate(dynamic, extra)
             except GuardFailure:
                 continue
-        spec = self._built(specs, build)
+        spec = self._built(key, specs, build)
         return spec, spec.evaluate(dynamic, extra)
 
     def find(self, key, build):
@@ -179,7 +188,7 @@ class _Cache:
         the cache when the signature had none, else not: it repeats a cached path)."""
         specs = self._specs(key)
         if not specs:
-            return self._built(specs, build)
+            return self._built(key, specs, build)
         if len(specs) == 1 and not _checks_values(specs[0].graph):
             return specs[0]
         return build()
@@ -194,13 +203,29 @@ class _Cache:
             del self.entries[next(iter(self.entries))]
         return specs
 
-    @staticmethod
-    def _built(specs, build):
-        spec = build()
+    def _built(self, key, specs, build):
+        spec, grew = self.noting_changes(build)
         if spec.cacheable:
             specs.append(spec)
             del specs[:-MAX_SPECIALISATIONS]
+            if grew:            # (found under the key without what the trace changed)
+                from .trace import tracing_one_example
+                after = key[:-1] + (_fingerprint(self.fun(), self),)
+                self.entries[(after, tracing_one_example())] = specs
         return spec
+
+    def noting_changes(self, build):
+        """``(build(), whether it changed more of what fun reads)``: what the trace
+        changes (a list of calls the function appends to) is left out of keys from
+        then on (``volatile``, read by ``_fingerprint``)."""
+        fun = self.fun()
+        before = _reads(fun) if fun is not None else []
+        out = build()
+        changed = {(id(h), _ANY if n is _LENGTH else n) for h, n, v in before
+                   if not _read_unchanged(h, n, v)}
+        grew = bool(changed - self.volatile)
+        self.volatile |= changed
+        return out, grew
 
 
 def _checks_values(graph: Graph) -> bool:
@@ -355,7 +380,8 @@ class _FastPath:
         fkey = _fast_key(args)
         if fkey is None or not spec.cacheable or spec.target == "numpy":
             return None
-        reads = _reads(self.fun)
+        skip = self._cache.volatile
+        reads = [r for r in _reads(self.fun) if not skip or not _skipped(r[0], r[1], skip)]
         if any(isinstance(v, np.ndarray) for _, _, v in reads):
             return None
         exe = spec.executable
@@ -441,7 +467,7 @@ class ValueAndGrad(_FastPath, Transformed):
         call, all_args, names = _positional(fun, args, kwargs)
         flat = _Args(all_args)
         wrt = _check_wrt(flat, self.nums, fun, n_positional=len(args))
-        key = (flat.key(), names, _fingerprint(fun))
+        key = (flat.key(), names, _fingerprint(fun, self._cache))
 
         def build():
             return _build_grad(call, flat, {}, wrt, self.has_aux, self.target,
@@ -521,7 +547,7 @@ class Evaluate(_FastPath, Transformed):
     def _prepare(self, args, kwargs):
         call, all_args, names = _positional(self.fun, args, kwargs)
         flat = _Args(all_args)
-        key = (flat.key(), names, _fingerprint(self.fun))
+        key = (flat.key(), names, _fingerprint(self.fun, self._cache))
 
         def build():
             graph, info, captured = _trace(call, flat, {})
@@ -603,26 +629,101 @@ def _positional(fun, args, kwargs):
 
 
 _MISSING = object()
+_LENGTH = object()          # (a read's name: the holder's length, compared by value)
+_ANY = object()             # (in _Cache.volatile: every read of a holder)
+MAX_ITEMS = 256             # a container's items read one by one, up to this many
 
 
-def _reads(fun, depth=3, seen=None) -> list:
+def _reads(fun, depth=4, seen=None) -> list:
     """What ``fun`` reads besides its arguments: ``(holder, name, value)`` for each of its
-    closure cells (``name`` None) and each module global its code names (``holder`` the
-    globals dict; ``value`` ``_MISSING`` if not defined yet), following functions found
-    there ``depth`` levels deep."""
+    closure cells (``name`` None), each module global its code names (``holder`` the
+    globals dict; ``value`` ``_MISSING`` if not defined yet) and each of its defaults;
+    for a bound method, a callable object or a ``functools.partial``, the object's
+    attributes and arguments too.  What those values read is followed ``depth`` levels
+    deep: functions' reads, and containers' and objects' items (``_contents``), so that
+    a model's ``self.w``, a global ``params["w"]`` or a default array changed between
+    calls re-traces too."""
     seen = set() if seen is None else seen
-    code = getattr(fun, "__code__", None)
-    if code is None or id(fun) in seen or depth == 0:
+    if id(fun) in seen or depth == 0:
         return []
     seen.add(id(fun))
-    out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
-    glob = getattr(fun, "__globals__", {})
-    if not _is_gradc(glob):     # gradc's own globals are code, not user state
-        out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(code)]
-    for _, _, v in list(out):
+    if isinstance(fun, Transformed):             # (gradc.grad(f) inside another)
+        return _reads(fun.fun, depth, seen)
+    if isinstance(fun, functools.partial):
+        out = [(fun.args, i, v) for i, v in enumerate(fun.args)]
+        out += [(fun.keywords, k, v) for k, v in fun.keywords.items()]
+        out += _reads(fun.func, depth, seen)
+    elif getattr(fun, "__code__", None) is None:     # (an object with a __call__ method)
+        call = getattr(type(fun), "__call__", None)
+        if not isinstance(call, types.FunctionType):
+            return []
+        out = _contents(fun) + _reads(call, depth, seen)
+    else:
+        out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
+        glob = getattr(fun, "__globals__", {})
+        if _is_gradc(glob):     # gradc's own globals are code, not user state
+            return _within(out, depth, seen)
+        out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(fun.__code__)]
+        defaults = fun.__defaults__ or ()
+        out += [(defaults, i, v) for i, v in enumerate(defaults)]
+        out += [(kw, k, v) for kw in [fun.__kwdefaults__ or {}] for k, v in kw.items()]
+        if getattr(fun, "__self__", None) is not None:   # (a bound method)
+            out += _contents(fun.__self__)
+    return _within(out, depth, seen)
+
+
+def _within(reads, depth, seen) -> list:
+    """``reads`` and what their values read (``_reads``: functions; ``_contents``:
+    containers and objects), ``depth`` levels deep."""
+    out = list(reads)
+    for _, _, v in reads:
+        if id(v) in seen or depth <= 1:
+            continue
         if callable(v) and hasattr(v, "__code__"):
             out += _reads(v, depth - 1, seen)
+        elif items := _contents(v):
+            seen.add(id(v))
+            out += _within(items, depth - 1, seen)
     return out
+
+
+def _contents(v) -> list:
+    """The items of a list, tuple or dict, or the attributes of an instance of a user's
+    class, as reads (``(holder, name, value)``; a list's length as ``(list, _LENGTH,
+    n)``), if there are at most ``MAX_ITEMS``; else none (the object is keyed by
+    identity alone)."""
+    t = type(v)
+    if t in (list, tuple, dict):
+        if len(v) > MAX_ITEMS:
+            return []
+        items = v.items() if t is dict else enumerate(v)
+        return [(v, k, x) for k, x in items] + ([(v, _LENGTH, len(v))] if t is not tuple
+                                                  else [])
+    if isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType,
+                      types.MethodType, functools.partial)) \
+            or not isinstance(getattr(v, "__dict__", None), dict) or _is_library(t):
+        return []
+    attrs = vars(v)
+    return [] if len(attrs) > MAX_ITEMS else [(attrs, k, x) for k, x in attrs.items()]
+
+
+def _is_library(t) -> bool:
+    """Whether ``t`` is NumPy's, gradc's, Numba's or the standard library's (objects
+    whose state is not the user's model)."""
+    root = (getattr(t, "__module__", None) or "").split(".")[0]
+    return root in ("numpy", "gradc", "numba", "builtins", "functools", "collections",
+                    "cupy", "torch", "jax", "sympy", "networkx")
+
+
+def _read_now(holder, name):
+    """What ``holder`` holds at ``name`` now (see ``_reads``)."""
+    if name is None:
+        return holder.cell_contents
+    if name is _LENGTH:
+        return len(holder)
+    if type(holder) is dict:
+        return holder.get(name, _MISSING)
+    return holder[name] if name < len(holder) else _MISSING
 
 
 def _is_gradc(glob) -> bool:
@@ -643,21 +744,33 @@ def _global_names(code) -> tuple:
     return tuple(sorted(names))
 
 
-def _fingerprint(fun):
+def _fingerprint(fun, cache=None):
     """The part of the cache key for what ``fun`` reads (``_reads``): arrays by content
     (a hash of their bytes), scalars by value, other objects by identity, so rebinding
-    or mutating a closed-over array re-traces instead of reusing a stale derivative."""
+    or mutating a closed-over array re-traces instead of reusing a stale derivative.
+    Reads that tracing ``fun`` changed (``cache.volatile``) are left out."""
+    skip = cache.volatile if cache is not None else ()
     return tuple(("fn", id(v)) if callable(v) and hasattr(v, "__code__") else
                  ("missing",) if v is _MISSING else _value_key(v)
-                 for _, _, v in _reads(fun))
+                 for h, n, v in _reads(fun) if not skip or not _skipped(h, n, skip))
+
+
+def _skipped(holder, name, skip) -> bool:
+    return (id(holder), _ANY) in skip or (id(holder), name) in skip
+
+
+def _read_unchanged(holder, name, value) -> bool:
+    now = _read_now(holder, name)
+    return now is value or name is _LENGTH and now == value
 
 
 def _reads_unchanged(reads) -> bool:
     """Whether everything in ``reads`` is still the same object (the fast path's check;
     only used when no array is among them, arrays being keyed by content)."""
-    for holder, name, value in reads:
-        now = holder.cell_contents if name is None else holder.get(name, _MISSING)
-        if now is not value:
+    for holder, name, value in reads:       # (cells and dicts inline: this is per call)
+        now = holder.cell_contents if name is None else holder.get(name, _MISSING) \
+            if type(holder) is dict else _read_now(holder, name)
+        if now is not value and (name is not _LENGTH or now != value):
             return False
     return True
 
@@ -755,9 +868,9 @@ def _cache_for(table, fun) -> _Cache:
     """The cache of ``fun`` in ``table`` (a WeakKeyDictionary); a fresh one, not kept,
     for a function that cannot be weakly referenced."""
     try:
-        return table.setdefault(fun, _Cache())
+        return table.setdefault(fun, _Cache(fun))
     except TypeError:
-        return _Cache()
+        return _Cache(fun)
 
 
 def _tangent_leaves(flat: "_Args", tangents, what) -> list:
@@ -797,8 +910,8 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     flat = _Args(primals)
     tdyn = _tangent_leaves(flat, tangents, "jvp")
     wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
     cache = _cache_for(_JVP_CACHE, fun)
+    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun, cache))
 
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
@@ -906,8 +1019,8 @@ def _forward_pass(fun, primals, has_aux, target, fastmath):
     target = check_target(target)
     flat = _Args(primals)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
-    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun))
     cache = _cache_for(_VJP_CACHE, fun)
+    key = (flat.key(), has_aux, target, bool(fastmath), _fingerprint(fun, cache))
 
     def build():
         graph, info, captured = _trace(fun, flat, {}, has_aux)
@@ -1033,7 +1146,7 @@ class Batched(Transformed):
         example.dynamic = [x if not b else x[0] if size or isinstance(x, Tracer) else
                            np.zeros(np.shape(x)[1:], np.asarray(x).dtype)
                            for x, b in zip(moved, batched)]
-        key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun))
+        key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun, self._cache))
 
         def build():
             from .trace import one_example

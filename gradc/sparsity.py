@@ -301,6 +301,8 @@ class SparseJacobian:
         self.fun, self.argnums, self.hessian, self.target = fun, argnums, hessian, target
         self._colorings: dict = {}
         self._compressed = None
+        from .api import _Cache
+        self._reads = _Cache(fun)       # (what tracing fun changes: left out of keys)
 
     def _key(self, args, k):
         from .api import _fingerprint, _value_key
@@ -308,7 +310,7 @@ class SparseJacobian:
         for i, a in enumerate(args):
             a = np.asarray(a) if not isinstance(a, (int, float, complex, bool)) else a
             parts.append((np.shape(a), str(np.asarray(a).dtype)) if i == k else _value_key(a))
-        return (k, tuple(parts), _fingerprint(self.fun))
+        return (k, tuple(parts), _fingerprint(self.fun, self._reads))
 
     def coloring(self, *args) -> Coloring:
         from .jacobians import _checked, _graph_of
@@ -318,10 +320,13 @@ class SparseJacobian:
             return self._colorings[key]
         from .api import grad
         fun = grad(self.fun, argnums=k) if self.hessian else self.fun
-        graph, _ = _graph_of(fun, args, k, x, "sparse jacobian")
+        (graph, _), grew = self._reads.noting_changes(
+            lambda: _graph_of(fun, args, k, x, "sparse jacobian"))
         coloring = color_columns(jacobian_pattern(graph, 0))
         if not graph.guards:    # with Python control flow on x the pattern may change
             self._colorings[key] = coloring
+            if grew:            # (and under the key without what the trace changed)
+                self._colorings[self._key(args, k)] = coloring
         return coloring
 
     def _products(self):

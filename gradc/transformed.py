@@ -32,7 +32,7 @@ class Transformed:
         self.fun = fun
         self.target = check_target(target)
         self.fastmath = bool(fastmath)
-        self._cache = _Cache()
+        self._cache = _Cache(fun)
 
     # -------------------------------------------------------- subclass interface
 

@@ -1,5 +1,7 @@
 """Regression tests for defects found in review: stale caches, aliasing of results,
 keyword arguments, big literals, and error types."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,73 @@ def test_traced_labels_indexing_a_constant_explains_the_fix():
 
     assert np.allclose(gradc.grad(fixed)(np.ones((2, 3)), np.array([0, 2])),
                        [[1, 0, 0], [0, 0, 1]])
+
+
+class _Model:
+    def __init__(self):
+        self.w, self.layers = np.ones(2), [np.ones(2)]
+
+    def loss(self, x):
+        return np.sum(x * self.w) + np.sum(x * self.layers[0])
+
+    def __call__(self, x):
+        return 2.0 * np.sum(x * self.w)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_cache_sees_objects_containers_defaults_and_partials(target):
+    """(QA: a model's attributes, a global dict's items, a default array and a partial's
+    arguments were keyed by identity alone: changing them gave the old derivative.)"""
+    m = _Model()
+    g = gradc.grad(m.loss, target=target)
+    np.testing.assert_allclose(g(X), [2.0, 2.0])
+    m.w = np.full(2, 3.0)                                   # an attribute rebound
+    np.testing.assert_allclose(g(X), [4.0, 4.0])
+    m.layers[0][:] = 5.0                                    # an array in a list mutated
+    np.testing.assert_allclose(g(X), [8.0, 8.0])
+    c = gradc.grad(m, target=target)                        # a callable object
+    np.testing.assert_allclose(c(X), [6.0, 6.0])
+    m.w = np.full(2, 7.0)
+    np.testing.assert_allclose(c(X), [14.0, 14.0])
+
+    params = {"a": {"w": 1.0}}
+    d = gradc.grad(lambda x: np.sum(x * params["a"]["w"]), target=target)
+    np.testing.assert_allclose(d(X), [1.0, 1.0])
+    np.testing.assert_allclose(d(X), [1.0, 1.0])            # (the fast path, if any)
+    params["a"]["w"] = 6.0                                   # a nested dict's item
+    np.testing.assert_allclose(d(X), [6.0, 6.0])
+
+    def h(x, w=np.ones(2)):
+        return np.sum(x * w)
+    e = gradc.grad(h, target=target)
+    np.testing.assert_allclose(e(X), [1.0, 1.0])
+    h.__defaults__[0][:] = 2.0                              # a default array mutated
+    np.testing.assert_allclose(e(X), [2.0, 2.0])
+
+    p = functools.partial(lambda w, x: np.sum(w * x), np.ones(2))
+    q = gradc.grad(p, target=target)
+    np.testing.assert_allclose(q(X), [1.0, 1.0])
+    p.args[0][:] = 9.0                                       # a partial's argument
+    np.testing.assert_allclose(q(X), [9.0, 9.0])
+
+    scales = [1.0, 2.0]
+    s = gradc.grad(lambda x: sum(np.sum(x * c) for c in scales), target=target)
+    np.testing.assert_allclose(s(X), [3.0, 3.0])
+    np.testing.assert_allclose(s(X), [3.0, 3.0])
+    scales.append(3.0)                                       # a list iterated grew
+    np.testing.assert_allclose(s(X), [6.0, 6.0])
+
+
+def test_a_list_the_function_appends_to_does_not_retrace_it():
+    """What tracing changes (a log of calls) is left out of the key: traced once per
+    signature still, on the general path and the fast one."""
+    calls, log = [], {}
+
+    def f(x):
+        calls.append(1)
+        log["last"] = len(calls)
+        return np.sum(x ** 2)
+    g = gradc.grad(f, target="cpu")
+    for _ in range(4):
+        np.testing.assert_allclose(g(X), 2 * X)
+    assert len(calls) == 1
