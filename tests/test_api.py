@@ -345,3 +345,24 @@ def test_python_float_and_array_do_not_share_cache_entry_wrongly():
     g = df(np.float64(3.0))
     assert g == 6.0 and not isinstance(g, float) or type(g) is np.float64
     assert np.asarray(df(np.array(3.0))).shape == ()
+
+
+def test_complex_values_are_evaluated_but_not_differentiated():
+    """(QA: a product with a complex constant went through grad and jacrev, which dropped
+    the imaginary parts: |x (1 + 2j)|² gave -6 for 10.)  jit evaluates complex
+    arithmetic, ``np.abs`` of it real as NumPy's; the derivatives name the line."""
+    x = np.array([1.0, 2.0])
+
+    def f(x):
+        return np.sum(np.abs(x * (1 + 2j)) ** 2)
+    value = gradc.jit(f)(x)
+    assert value.dtype == np.float64 and value == pytest.approx(25.0)
+    line = f.__code__.co_firstlineno + 1
+    for derivative in (lambda: gradc.grad(f)(x), lambda: gradc.jvp(f, (x,), (x,)),
+                       lambda: gradc.jacrev(lambda x: x * 1j)(x),
+                       lambda: gradc.vjp(lambda x: x * 1j, x)):
+        with pytest.raises(gradc.UnsupportedError, match="real-valued") as e:
+            derivative()
+        assert "test_api.py:" in str(e.value)
+    with pytest.raises(gradc.UnsupportedError, match=f"test_api.py:{line}"):
+        gradc.grad(f)(x)

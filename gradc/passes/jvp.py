@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextvars
 
-from ..errors import GradcError
-from ..ir import Graph, Lit, is_float
+from ..errors import GradcError, UnsupportedError
+from ..ir import Graph, Lit, is_float, type_str
 from ..trace import bind, source_line, trace_graph
 
 
@@ -37,6 +37,13 @@ def jvp_eval(graph: Graph, primals, tangents):
                 outs = bind(eqn.prim, *xs, **eqn.params)
                 touts = None
             else:
+                if any(v.dtype.kind == "c" for v in eqn.outputs):
+                    v = eqn.outputs[0]
+                    raise UnsupportedError(
+                        "gradc differentiates real-valued programs only: this makes a "
+                        f"complex value ({type_str(v.shape, v.dtype)}) from one that is "
+                        "differentiated (jit evaluates complex arithmetic; grad, jvp and "
+                        "vjp do not)" + (f"\n  at {eqn.source}" if eqn.source else ""))
                 if eqn.prim.jvp is None:
                     raise GradcError(f"primitive {eqn.prim.name} has no JVP rule"
                                      + (f"\n  at {eqn.source}" if eqn.source else ""))

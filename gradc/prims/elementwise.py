@@ -295,6 +295,8 @@ acosh_p = _def_unary("acosh", np.arccosh,
                      lambda t, ans, x: div(t, mul(sqrt(sub(x, 1.0)), sqrt(add(x, 1.0)))))
 atanh_p = _def_unary("atanh", np.arctanh, lambda t, ans, x: div(t, sub(1.0, mul(x, x))))
 abs_p = _unary("abs", np.abs, float_only=False)
+# (|z| of a complex z is real, as NumPy's)
+abs_p.abstract = lambda x: [(tuple(x.shape), np.abs(np.zeros((), x.dtype)).dtype)]
 defjvp(abs_p, lambda t, ans, x: mul(t, sign(x)))
 
 
