@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UnsupportedError, with_location
-from ..ir import Graph, Var, pretty, pretty_parts
+from ..ir import Graph, Lit, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
 from . import control, convgen, inplace, memplan
 from .indexing import index_function
@@ -97,6 +97,17 @@ def element_template(name: str, dtype) -> str:
     if np.dtype(dtype).kind == "f" and name == "sign":     # (Numba's sign(-0.0) is -0.0)
         return f"(np.sign({{0}}) + np.{np.dtype(dtype).name}(0.0))"
     return TEMPLATES[name]
+
+
+def eqn_template(eqn) -> str:
+    """``element_template`` of ``eqn``'s primitive and result; ``x ** 0.5`` as a square
+    root, as NumPy's ``power`` computes a scalar exponent of 0.5 (``sqrt(-inf)`` is NaN
+    and ``sqrt(-0.0)`` is -0.0, where ``pow`` gives inf and 0.0)."""
+    name, dtype = eqn.prim.name, eqn.outputs[0].dtype
+    if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0 \
+            and np.dtype(dtype).kind == "f" and float(eqn.inputs[1].value) == 0.5:
+        name = "sqrt"
+    return element_template(name, dtype)
 
 
 _RESERVED = {"np", "numba", "GuardFailure"} | set(dir(builtins))
@@ -736,7 +747,7 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
         if prim in TEMPLATES and numpy_ufunc_call(eqn):
             code = _ufunc_objmode(ctx, eqn, args, outs)
         elif prim in TEMPLATES:
-            code = element_template(prim, eqn.outputs[0].dtype).format(*args)
+            code = eqn_template(eqn).format(*args)
             if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
                 code = narrow(code, eqn.outputs[0].dtype)
         elif prim == "fused":
