@@ -121,8 +121,13 @@ def _fun_name(fun) -> str:
 
 
 def _fun_location(fun) -> str:
+    where = _defined_at(fun)
+    return f" (defined at {where})" if where else ""
+
+
+def _defined_at(fun) -> str | None:
     code = getattr(fun, "__code__", None)
-    return f" (defined at {code.co_filename}:{code.co_firstlineno})" if code else ""
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else None
 
 
 def _trace(fun, args: _Args, kwargs, has_aux=False):
@@ -130,7 +135,10 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
     box = {}
 
     def flat_fun(*dynamic):
+        before = [t.ir_var for t in dynamic]
+        randomness = _random_states(fun)
         out = fun(*args.rebuild(dynamic), **kwargs)
+        _warn_of_side_effects(fun, dynamic, before, randomness)
         aux = None
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -144,6 +152,62 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
 
     graph, _, captured = trace_graph(flat_fun, args.avals(), args.values())
     return graph, box, captured
+
+
+def _random_states(fun) -> list:
+    """NumPy's global random state and that of each ``Generator`` ``fun`` reads."""
+    states = [np.random.get_state()[1:3]]
+    return states + [v.bit_generator.state for _, _, v in _reads(fun)
+                     if isinstance(v, np.random.Generator)]
+
+
+def _warn_of_side_effects(fun, dynamic, before, randomness) -> None:
+    """Warn of what tracing ``fun`` did that its compiled form will not do again: draw
+    random numbers (they are fixed in the traced program, the same at every call), and
+    write into an argument array (the caller's array is not changed, as NumPy's would
+    be: the write is seen inside ``fun`` only)."""
+    from .trace import current_trace
+    after = _random_states(fun)
+    drew = len(after) != len(randomness) or any(
+        not _same_state(a, b) for a, b in zip(after, randomness))
+    if drew:
+        _warn_user(with_location(
+            f"{_fun_name(fun)} drew random numbers (np.random) while gradc traced it: "
+            "they are constants of the traced program, the same at every call.  Pass "
+            "random arrays as arguments instead", _defined_at(fun)))
+    trace = current_trace()
+    for t, v in zip(dynamic, before):
+        if t.ir_var is not v:
+            where = next((e.source for e in reversed(trace.eqns) if t.ir_var in e.outputs
+                          and e.source), None) if trace is not None else None
+            _warn_user(with_location(
+                f"{_fun_name(fun)} writes into an argument array: gradc does not change "
+                "the caller's array (NumPy would), the write is seen inside the function "
+                "only.  Return the new value, or write into a copy (x = x.copy())", where))
+            break
+
+
+def _warn_user(message: str) -> None:
+    """A ``GradcWarning`` attributed to the user's line that called gradc."""
+    import warnings
+    from .codegen.compile import GradcWarning
+    from .errors import user_frame
+    frame = user_frame()
+    if frame is None:
+        warnings.warn(GradcWarning(message), stacklevel=2)
+        return
+    g = frame.f_globals
+    warnings.warn_explicit(GradcWarning(message), GradcWarning, frame.f_code.co_filename,
+                           frame.f_lineno, module=g.get("__name__"),
+                           registry=g.setdefault("__warningregistry__", {}))
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray) else a == b
 
 
 def _output_leaf(x, fun):

@@ -1,5 +1,7 @@
 """The public API: grad, value_and_grad, jvp, vjp, stop_gradient, make_graph, pytrees,
 higher order, nesting with closures, and caching."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -366,3 +368,37 @@ def test_complex_values_are_evaluated_but_not_differentiated():
         assert "test_api.py:" in str(e.value)
     with pytest.raises(gradc.UnsupportedError, match=f"test_api.py:{line}"):
         gradc.grad(f)(x)
+
+
+def test_random_draws_and_writes_into_arguments_while_tracing_warn():
+    """(QA: both were silent.)  Random numbers drawn during the trace are constants of
+    the traced program; a write into an argument array does not reach the caller's."""
+    rng = np.random.default_rng(0)
+
+    def noisy(x):
+        return np.sum(x * np.random.normal(size=3))
+
+    def noisy_generator(x):
+        return np.sum(x * rng.normal(size=3))
+
+    def fill(x, out):
+        out[:] = x * 2
+
+    def copied(x):
+        y = x.copy()
+        y[0] = 5.0
+        return np.sum(y ** 2)
+    x = np.ones(3)
+    for f in (noisy, noisy_generator):
+        j = gradc.jit(f)
+        with pytest.warns(gradc.GradcWarning, match="random numbers") as w:
+            first = j(x)
+        assert j(x) == first
+        assert f"test_api.py:{f.__code__.co_firstlineno}" in str(w[0].message)
+        assert w[0].filename == __file__
+    with pytest.warns(gradc.GradcWarning, match="writes into an argument") as w:
+        assert gradc.jit(fill)(x, np.zeros(3)) is None
+    assert f"test_api.py:{fill.__code__.co_firstlineno + 1}" in str(w[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(gradc.grad(copied)(x), [0.0, 2.0, 2.0])
