@@ -399,9 +399,16 @@ def _as_float_hint(x):
 
 
 def _normalise_argnums(argnums):
-    if isinstance(argnums, int):
-        return (argnums,), True
-    return tuple(argnums), False
+    def position(i):
+        return isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+    if position(argnums):
+        return (int(argnums),), True
+    if isinstance(argnums, (tuple, list)) and argnums and all(map(position, argnums)):
+        return tuple(int(i) for i in argnums), False
+    raise ArgumentError(with_location(
+        f"argnums must be an argument's position or a non-empty tuple of them, got "
+        f"{argnums!r} (an argument passed by keyword is differentiated when passed by "
+        "position)"))
 
 
 # ---------------------------------------------------------------- grad, value_and_grad

@@ -402,3 +402,17 @@ def test_random_draws_and_writes_into_arguments_while_tracing_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(gradc.grad(copied)(x), [0.0, 2.0, 2.0])
+
+
+def test_argnums_that_are_not_positions_are_argument_errors():
+    """(QA: ``argnums="y"`` failed with a TypeError from inside gradc at the call.)"""
+    x = np.ones(2)
+
+    def f(x, y):
+        return np.sum(x * y)
+    for bad in ("y", (), 1.0, True, (0, "x")):
+        with pytest.raises(gradc.ArgumentError, match="argnums") as e:
+            gradc.grad(f, argnums=bad)
+        assert "test_api.py:" in str(e.value)
+    np.testing.assert_allclose(gradc.grad(f, argnums=np.int64(1))(x, 2 * x), x)
+    np.testing.assert_allclose(gradc.grad(f, argnums=[0, 1])(x, 2 * x)[0], 2 * x)
