@@ -126,7 +126,7 @@ def _fun_location(fun) -> str:
 
 
 def _defined_at(fun) -> str | None:
-    code = getattr(fun, "__code__", None)
+    code = getattr(getattr(fun, "__wrapped__", fun), "__code__", None)
     return f"{code.co_filename}:{code.co_firstlineno}" if code else None
 
 
@@ -137,7 +137,17 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
     def flat_fun(*dynamic):
         before = [t.ir_var for t in dynamic]
         randomness = _random_states(fun)
-        out = fun(*args.rebuild(dynamic), **kwargs)
+        try:
+            out = fun(*args.rebuild(dynamic), **kwargs)
+        except TypeError as e:
+            last = e.__traceback__
+            while last.tb_next is not None:
+                last = last.tb_next
+            if last.tb_frame.f_code.co_filename != __file__:     # (raised inside fun)
+                raise
+            # (by the call itself, here or in _positional's: arguments that do not
+            # match fun's parameters)
+            raise ArgumentError(with_location(f"{e}{_fun_location(fun)}")) from None
         _warn_of_side_effects(fun, dynamic, before, randomness)
         aux = None
         if has_aux:
@@ -696,6 +706,7 @@ def _positional(fun, args, kwargs):
     def call(*all_args):
         return fun(*all_args[:n], **dict(zip(names, all_args[n:])))
     call.__qualname__ = _fun_name(fun)
+    call.__wrapped__ = fun                       # (for _defined_at)
     return call, tuple(args) + tuple(kwargs[k] for k in names), names
 
 

@@ -416,3 +416,21 @@ def test_argnums_that_are_not_positions_are_argument_errors():
         assert "test_api.py:" in str(e.value)
     np.testing.assert_allclose(gradc.grad(f, argnums=np.int64(1))(x, 2 * x), x)
     np.testing.assert_allclose(gradc.grad(f, argnums=[0, 1])(x, 2 * x)[0], 2 * x)
+
+
+def test_arguments_that_do_not_match_the_parameters_are_argument_errors():
+    """(QA: Python's TypeError, raised inside gradc, named neither gradc nor the line.)"""
+    x = np.ones(2)
+
+    def f(x, y):
+        return np.sum(x * y)
+
+    def g(x):
+        return np.sum(len(3) * x)       # (a TypeError inside the function stays one)
+    for call in (lambda: gradc.grad(f)(x), lambda: gradc.jit(f)(x, x, x),
+                 lambda: gradc.grad(f)(x, x, z=1.0)):
+        with pytest.raises(gradc.ArgumentError, match=r"f\(\) .*argument") as e:
+            call()
+        assert f"test_api.py:{f.__code__.co_firstlineno}" in str(e.value)
+    with pytest.raises(TypeError, match="len"):
+        gradc.grad(g)(x)
