@@ -87,7 +87,15 @@ class _Args:
 
     @staticmethod
     def _as_array(x):
-        return x if isinstance(x, Tracer) or is_device_array(x) else np.asarray(x)
+        if isinstance(x, Tracer) or is_device_array(x):
+            return x
+        x = np.asarray(x)
+        if x.dtype.kind not in "biufc":
+            raise ArgumentError(with_location(
+                f"an argument of dtype {x.dtype} (gradc traces arrays of booleans, "
+                "integers and floats; pass other values as Python objects the function "
+                "closes over, or convert them)"))
+        return x
 
     def key(self):
         parts = []

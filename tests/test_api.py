@@ -1,5 +1,6 @@
 """The public API: grad, value_and_grad, jvp, vjp, stop_gradient, make_graph, pytrees,
 higher order, nesting with closures, and caching."""
+import re
 import warnings
 
 import numpy as np
@@ -434,3 +435,12 @@ def test_arguments_that_do_not_match_the_parameters_are_argument_errors():
         assert f"test_api.py:{f.__code__.co_firstlineno}" in str(e.value)
     with pytest.raises(TypeError, match="len"):
         gradc.grad(g)(x)
+
+
+def test_arguments_of_other_dtypes_are_argument_errors():
+    """(QA: a datetime64 argument failed inside NumPy's type promotion.)"""
+    for a in (np.array(["2020-01-01"], dtype="datetime64[D]"), np.array(["a", "b"]),
+              np.array([1.0, None], dtype=object)):
+        with pytest.raises(gradc.ArgumentError, match=re.escape(f"dtype {a.dtype}")) as e:
+            gradc.jit(lambda d: d)(a)
+        assert "test_api.py:" in str(e.value)
