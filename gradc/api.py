@@ -783,12 +783,12 @@ def _contents(v) -> list:
     n)``), if there are at most ``MAX_ITEMS``; else none (the object is keyed by
     identity alone)."""
     t = type(v)
-    if t in (list, tuple, dict):
+    if isinstance(v, (list, tuple, dict)):        # (namedtuples, OrderedDicts too)
         if len(v) > MAX_ITEMS:
             return []
-        items = v.items() if t is dict else enumerate(v)
-        return [(v, k, x) for k, x in items] + ([(v, _LENGTH, len(v))] if t is not tuple
-                                                  else [])
+        items = v.items() if isinstance(v, dict) else enumerate(v)
+        return [(v, k, x) for k, x in items] + ([(v, _LENGTH, len(v))]
+                                                  if not isinstance(v, tuple) else [])
     if isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType,
                       types.MethodType, functools.partial)) \
             or not isinstance(getattr(v, "__dict__", None), dict) or _is_library(t):
@@ -811,7 +811,7 @@ def _read_now(holder, name):
         return holder.cell_contents
     if name is _LENGTH:
         return len(holder)
-    if type(holder) is dict:
+    if isinstance(holder, dict):
         return holder.get(name, _MISSING)
     return holder[name] if name < len(holder) else _MISSING
 

@@ -1,5 +1,6 @@
 """Regression tests for defects found in review: stale caches, aliasing of results,
 keyword arguments, big literals, and error types."""
+import collections
 import functools
 
 import numpy as np
@@ -196,6 +197,13 @@ def test_cache_sees_objects_containers_defaults_and_partials(target):
     np.testing.assert_allclose(q(X), [1.0, 1.0])
     p.args[0][:] = 9.0                                       # a partial's argument
     np.testing.assert_allclose(q(X), [9.0, 9.0])
+
+    pair = collections.namedtuple("Pair", "w b")(np.ones(2), collections.OrderedDict(b=1.0))
+    t = gradc.grad(lambda x: np.sum(x * pair.w) * pair.b["b"], target=target)
+    np.testing.assert_allclose(t(X), [1.0, 1.0])
+    pair.w[:] = 2.0                                          # a namedtuple's array
+    pair.b["b"] = 3.0                                        # an OrderedDict's item
+    np.testing.assert_allclose(t(X), [6.0, 6.0])
 
     scales = [1.0, 2.0]
     s = gradc.grad(lambda x: sum(np.sum(x * c) for c in scales), target=target)
