@@ -93,8 +93,9 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     axes = _axes(axis, _ndim(x))
     count = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
     centred = ops.sub(x, ops.broadcast_to(mean(x, axes, keepdims=True), shape_of(x)))
+    # (NumPy divides by max(n - ddof, 0): inf, or NaN for a constant line, when ddof >= n)
     return ops.div(sum(ops.mul(centred, centred), axes, keepdims=keepdims),
-                   float(count - ddof))
+                   float(builtins.max(count - ddof, 0)))
 
 
 @implements(np.std)

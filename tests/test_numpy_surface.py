@@ -1383,3 +1383,35 @@ def test_sign_of_negative_zero_is_positive_zero(target, dtype):
     got = gradc.jit(np.sign, target=target)(x)
     np.testing.assert_array_equal(got, np.sign(x))
     assert got.dtype == dtype and np.signbit(got).tolist() == np.signbit(np.sign(x)).tolist()
+
+
+def _exactly_as_numpy(f, args, target):
+    """``f`` compiled for ``target`` gives NumPy's values (NaN, infinities and signed zeros
+    included), dtypes and shapes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want, got = _leaves(f(*args)), _leaves(gradc.jit(f, target=target)(*args))
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), (k, g.dtype, g.shape, w.dtype, w.shape)
+        np.testing.assert_array_equal(g, w, err_msg=str(k))
+        np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=str(k))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_var_and_std_with_ddof_at_least_n_as_numpy(target):
+    """NumPy divides by ``max(n - ddof, 0)``: inf (NaN for a constant line) when
+    ``ddof >= n``, not a negative variance; ``nanvar``/``nanstd`` give NaN where the count
+    of numbers is at most ``ddof``."""
+    x = np.array([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]])
+    y = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan], [np.nan, 2.0, np.nan]])
+    _exactly_as_numpy(lambda x, y: (np.var(x, axis=1, ddof=4), np.std(x, axis=1, ddof=3),
+                                    np.var(x, ddof=6), np.nanvar(y, axis=1, ddof=1),
+                                    np.nanstd(y, axis=1, ddof=2), np.nanvar(y, ddof=3)),
+                      (x, y), target)
+    # the lines with too few numbers do not put NaN into the others' derivatives
+    with np.errstate(invalid="ignore"):          # (the all-NaN line's mean is 0 / 0)
+        g = gradc.grad(lambda y: np.nansum(np.nanvar(y, axis=1, ddof=1)[:1]),
+                       target=target)(y)
+    np.testing.assert_array_equal(g, [[-2.0, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])

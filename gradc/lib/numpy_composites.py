@@ -377,7 +377,12 @@ def nanvar(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     mean = nanmean(a, axis, keepdims=True)
     centred = npf.where(missing, np.zeros((), dtype_of(a)), filled - mean)
     count = astype(_count(a, missing, axis, keepdims), dtype_of(a))
-    return npf.sum(centred * centred, axis, keepdims=keepdims) / (count - ddof)
+    # NumPy gives NaN where count <= ddof; the division there is by 1, so that its
+    # derivative (0 / 0 otherwise) does not put NaN in the gradient of the other entries
+    bad = count <= ddof
+    dof = npf.where(bad, np.ones((), dtype_of(a)), count - ddof)
+    return npf.where(bad, np.full((), np.nan, dtype_of(a)),
+                     npf.sum(centred * centred, axis, keepdims=keepdims) / dof)
 
 
 @implements(np.nanstd)
