@@ -273,14 +273,22 @@ def sinc(x):
 
 @implements(np.isclose)
 def isclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
+    """NumPy's test: ``|a - b| <= atol + rtol |b|`` where ``b`` is finite (else an
+    infinite tolerance would call anything close to ``inf``), or ``a == b`` (so an
+    infinity is close to itself), or both NaN under ``equal_nan``."""
     a, b = broadcast(*promote(a, b, float_result=True))
     diff = ops.abs(ops.sub(a, b))
-    return ops.le(diff, ops.add(ops.mul(ops.abs(b), rtol), atol))
+    within = ops.logical_and(ops.le(diff, ops.add(ops.mul(ops.abs(b), rtol), atol)),
+                             ops.isfinite(b))
+    close = ops.logical_or(within, ops.eq(a, b))
+    if equal_nan:
+        close = ops.logical_or(close, ops.logical_and(ops.isnan(a), ops.isnan(b)))
+    return close
 
 
 @implements(np.allclose)
 def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
-    return all(isclose(a, b, rtol, atol))
+    return all(isclose(a, b, rtol, atol, equal_nan))
 
 
 # ---------------------------------------------------------------- shapes

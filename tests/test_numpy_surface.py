@@ -1415,3 +1415,15 @@ def test_var_and_std_with_ddof_at_least_n_as_numpy(target):
         g = gradc.grad(lambda y: np.nansum(np.nanvar(y, axis=1, ddof=1)[:1]),
                        target=target)(y)
     np.testing.assert_array_equal(g, [[-2.0, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_isclose_of_infinities_and_nans_as_numpy(target):
+    """An infinity is close to itself (not to a number, nor to the other infinity); NaN
+    is close to NaN only under ``equal_nan``, which ``allclose`` passes on."""
+    x = np.array([1.0, np.nan, np.inf, -np.inf, 1.0, np.inf])
+    y = np.array([1.0, np.nan, np.inf, -np.inf, np.inf, -np.inf])
+    _exactly_as_numpy(lambda x, y: (np.isclose(x, y), np.isclose(x, y, equal_nan=True),
+                                    np.isclose(y, x), np.allclose(x[:4], y[:4]),
+                                    np.allclose(x[:4], y[:4], equal_nan=True)),
+                      (x, y), target)
