@@ -254,11 +254,23 @@ def clip(x, a_min=None, a_max=None, out=None, **kwargs):
 
 @implements(np.round, np.around)
 def round(x, decimals=0, out=None):
+    """NumPy's way: integers stay integers (unchanged for ``decimals >= 0``, else rounded
+    to tens, hundreds, ... in float64); floats are scaled by ``10**decimals``, rounded half
+    to even and scaled back, dividing by ``10**-decimals`` when it is negative (a factor
+    0.1 is inexact, and would round some halves the other way)."""
+    x = operand(x)
+    if dtype_of(x).kind in "iu":
+        if decimals >= 0:
+            return copy(x)
+        return astype(round(astype(x, np.float64), decimals), dtype_of(x))
     (x,) = promote(x, float_result=True)
     if decimals == 0:
         return ops.round(x)
-    scale = 10.0 ** decimals
-    return ops.div(ops.round(ops.mul(x, scale)), scale)
+    if decimals > 0:
+        scale = 10.0 ** decimals
+        return ops.div(ops.round(ops.mul(x, scale)), scale)
+    scale = 10.0 ** -decimals
+    return ops.mul(ops.round(ops.div(x, scale)), scale)
 
 
 @implements(np.sinc)

@@ -1427,3 +1427,18 @@ def test_isclose_of_infinities_and_nans_as_numpy(target):
                                     np.isclose(y, x), np.allclose(x[:4], y[:4]),
                                     np.allclose(x[:4], y[:4], equal_nan=True)),
                       (x, y), target)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_integer_reciprocal_and_round_and_float64_results_as_numpy(target):
+    """``reciprocal`` and ``round`` of integers stay integers (1/x truncated toward zero;
+    rounding to tens, half to even, for negative ``decimals``), ``reciprocal`` of bool is
+    int8; ``float_power``, ``cov`` and ``corrcoef`` compute float32 in float64."""
+    i = np.array([1, 2, -1, 15, 25, -35, 149])
+    u, b = np.array([1, 2, 15, 149], np.uint8), np.array([True, True])
+    f = np.float32([[1.0, 2.0, 4.0], [3.0, 1.0, 0.5]])
+    _exactly_as_numpy(lambda i, u, b, f: (
+        np.reciprocal(i[:4]), np.reciprocal(u), np.reciprocal(b), np.round(i, -1),
+        np.round(i, -2), np.round(i, 2), np.round(u, -1), np.round(i * 1.0, -1),
+        np.float_power(f, 2), np.float_power(f, f), np.cov(f), np.corrcoef(f),
+        np.cov(f, dtype=np.float32)), (i, u, b, f), target)

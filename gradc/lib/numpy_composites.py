@@ -587,12 +587,12 @@ def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=N
         if not rowvar and len(shape_of(y)) == 2:
             y = y.T
         x = npf.concatenate(promote(x, y), axis=0)
-    if dtype is not None:
-        x = astype(x, dtype)
+    # (NumPy computes in float64 at least unless told the dtype: float32 in, float64 out)
+    x = astype(x, np.result_type(dtype_of(x), np.float64) if dtype is None else dtype)
     ddof = (0 if bias else 1) if ddof is None else ddof
     n = shape_of(x)[1]
     centred = x - npf.mean(x, axis=1, keepdims=True)
-    c = npl.matmul(centred, centred.T) / float(n - ddof)
+    c = npl.matmul(centred, centred.T) / float(builtins.max(n - ddof, 0))   # (as NumPy)
     return npf.reshape(c, ()) if shape_of(c) == (1, 1) else c
 
 
