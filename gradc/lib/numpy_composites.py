@@ -46,7 +46,9 @@ def diff(a, n=1, axis=-1, prepend=None, append=None):
     if len(pieces) > 1:
         a = npf.concatenate(pieces, axis=axis)
     for _ in range(n):
-        a = _slice_along(a, axis, 1, None) - _slice_along(a, axis, None, -1)
+        later, earlier = _slice_along(a, axis, 1, None), _slice_along(a, axis, None, -1)
+        # (of booleans NumPy takes !=, as it refuses to subtract them)
+        a = later != earlier if dtype_of(a) == np.dtype(bool) else later - earlier
     return a
 
 
