@@ -23,6 +23,7 @@ from .errors import (DTypeError, ScalarOverflowError, ShapeError, UnsupportedErr
                      with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
+from .prims.reduce import axis_index
 from .trace import Tracer, dtype_of, shape_of
 
 UFUNCS: dict = {}
@@ -437,7 +438,7 @@ def stack(arrays, axis=0):
 
 
 def _axis(axis, ndim):
-    axis = int(axis)
+    axis = axis_index(axis)
     if not -ndim <= axis < ndim:
         raise ShapeError(with_location(f"axis {axis} is out of bounds for array of dimension "
                                        f"{ndim}"))

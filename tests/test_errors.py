@@ -185,6 +185,21 @@ def test_storing_traced_value_into_numpy_array():
         assert got.shape == like(np.arange(5.0), **args).shape
 
 
+def test_axis_that_is_not_an_integer():
+    """NumPy takes an axis by ``operator.index``: a string, a float or an array where the
+    axis goes is a TypeError, not ``int()`` of it."""
+    ones = np.ones((2, 3))
+    expect(gradc.ArgumentError, ["axis must be an integer", "'1' of type str"],
+           'np.sum(x, axis="1")', lambda: gradc.jit(lambda x: np.sum(x, axis="1"))(ones))
+    expect(gradc.ArgumentError, ["axis must be an integer", "1.0 of type float"],
+           "np.max(x, axis=(0, 1.0))",
+           lambda: gradc.jit(lambda x: np.max(x, axis=(0, 1.0)))(ones))
+    expect(gradc.ArgumentError, ["axis must be an integer", "a traced array"],
+           "np.concatenate(x, x)", lambda: gradc.grad(lambda x: np.sum(np.concatenate(x, x)))(X))
+    np.testing.assert_array_equal(
+        gradc.jit(lambda x: np.sum(x, axis=(np.int64(1), np.array(0))))(ones), 6.0)
+
+
 def test_np_array_of_traced_values():
     def f(x):
         return np.sum(np.array([x[0], x[1]]))
