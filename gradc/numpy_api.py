@@ -23,6 +23,7 @@ from .errors import (DTypeError, ScalarOverflowError, ShapeError, UnsupportedErr
                      with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
+from .prims.reduce import axis_index
 from .trace import Tracer, dtype_of, shape_of
 
 UFUNCS: dict = {}
@@ -223,7 +224,7 @@ for _uf, _op in _FLOAT_UNARY.items():
 UFUNCS.update({
     np.add: elementwise(ops.add), np.subtract: elementwise(ops.sub),
     np.multiply: elementwise(ops.mul), np.true_divide: elementwise(ops.div, float_result=True),
-    np.power: elementwise(ops.pow), np.float_power: elementwise(ops.pow, float_result=True),
+    np.power: elementwise(ops.pow),
     np.maximum: elementwise(ops.maximum), np.minimum: elementwise(ops.minimum),
     np.arctan2: elementwise(ops.atan2, float_result=True),
     np.remainder: elementwise(ops.rem),
@@ -331,8 +332,27 @@ def square(x):
 
 @implements(np.reciprocal)
 def reciprocal(x):
+    """Of integers NumPy keeps the dtype (bool becomes int8): 1/x truncated toward zero,
+    that is x itself at 1 and -1 and 0 elsewhere (at 0 NumPy's value is its machine's,
+    not defined; gradc gives 0)."""
+    (x,) = promote(x)
+    if dtype_of(x) == np.dtype(bool):
+        x = astype(x, np.int8)
+    if dtype_of(x).kind in "iu":
+        unit = ops.eq(x, 1)
+        if dtype_of(x).kind == "i":
+            unit = ops.logical_or(unit, ops.eq(x, -1))
+        return ops.select(unit, x, np.zeros((), dtype_of(x)))
     (x,) = promote(x, float_result=True)
     return ops.div(np.ones((), x.dtype), x)
+
+
+@implements(np.float_power)
+def float_power(x, y):
+    """NumPy's float_power computes in float64 at least: float32 in, float64 out."""
+    x, y = (operand(v) for v in (x, y))
+    dtype = np.result_type(result_dtype(x, y), np.float64)
+    return ops.pow(*broadcast(astype(x, dtype), astype(y, dtype)))
 
 
 @implements(np.deg2rad, np.radians)
@@ -418,7 +438,7 @@ def stack(arrays, axis=0):
 
 
 def _axis(axis, ndim):
-    axis = int(axis)
+    axis = axis_index(axis)
     if not -ndim <= axis < ndim:
         raise ShapeError(with_location(f"axis {axis} is out of bounds for array of dimension "
                                        f"{ndim}"))

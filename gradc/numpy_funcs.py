@@ -93,8 +93,9 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     axes = _axes(axis, _ndim(x))
     count = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
     centred = ops.sub(x, ops.broadcast_to(mean(x, axes, keepdims=True), shape_of(x)))
+    # (NumPy divides by max(n - ddof, 0): inf, or NaN for a constant line, when ddof >= n)
     return ops.div(sum(ops.mul(centred, centred), axes, keepdims=keepdims),
-                   float(count - ddof))
+                   float(builtins.max(count - ddof, 0)))
 
 
 @implements(np.std)
@@ -112,6 +113,10 @@ def _extremum(op, name):
                     f"np.{name}(..., where=...) needs initial=... (as in NumPy)"))
             x = _masked(x, where, initial)
         axes = _axes(axis, _ndim(x))
+        if initial is not None and builtins.any(shape_of(x)[a] == 0 for a in axes):
+            # over no elements NumPy's result is initial (there is no max to compare with)
+            kept = tuple(d for a, d in enumerate(shape_of(x)) if a not in axes)
+            return _keep(full_traced(kept, initial, dtype_of(x), x), shape_of(x), axes, keepdims)
         y = op(x, axes)
         if initial is not None:
             y = (ops.maximum if name == "max" else ops.minimum)(y, initial)
@@ -253,11 +258,23 @@ def clip(x, a_min=None, a_max=None, out=None, **kwargs):
 
 @implements(np.round, np.around)
 def round(x, decimals=0, out=None):
+    """NumPy's way: integers stay integers (unchanged for ``decimals >= 0``, else rounded
+    to tens, hundreds, ... in float64); floats are scaled by ``10**decimals``, rounded half
+    to even and scaled back, dividing by ``10**-decimals`` when it is negative (a factor
+    0.1 is inexact, and would round some halves the other way)."""
+    x = operand(x)
+    if dtype_of(x).kind in "iu":
+        if decimals >= 0:
+            return copy(x)
+        return astype(round(astype(x, np.float64), decimals), dtype_of(x))
     (x,) = promote(x, float_result=True)
     if decimals == 0:
         return ops.round(x)
-    scale = 10.0 ** decimals
-    return ops.div(ops.round(ops.mul(x, scale)), scale)
+    if decimals > 0:
+        scale = 10.0 ** decimals
+        return ops.div(ops.round(ops.mul(x, scale)), scale)
+    scale = 10.0 ** -decimals
+    return ops.mul(ops.round(ops.div(x, scale)), scale)
 
 
 @implements(np.sinc)
@@ -272,14 +289,22 @@ def sinc(x):
 
 @implements(np.isclose)
 def isclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
+    """NumPy's test: ``|a - b| <= atol + rtol |b|`` where ``b`` is finite (else an
+    infinite tolerance would call anything close to ``inf``), or ``a == b`` (so an
+    infinity is close to itself), or both NaN under ``equal_nan``."""
     a, b = broadcast(*promote(a, b, float_result=True))
     diff = ops.abs(ops.sub(a, b))
-    return ops.le(diff, ops.add(ops.mul(ops.abs(b), rtol), atol))
+    within = ops.logical_and(ops.le(diff, ops.add(ops.mul(ops.abs(b), rtol), atol)),
+                             ops.isfinite(b))
+    close = ops.logical_or(within, ops.eq(a, b))
+    if equal_nan:
+        close = ops.logical_or(close, ops.logical_and(ops.isnan(a), ops.isnan(b)))
+    return close
 
 
 @implements(np.allclose)
 def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
-    return all(isclose(a, b, rtol, atol))
+    return all(isclose(a, b, rtol, atol, equal_nan))
 
 
 # ---------------------------------------------------------------- shapes
@@ -729,7 +754,11 @@ def _quantile(a, q, axis, method, keepdims, name):
         q, q_dtype = _check_q(q, method, name)
     s, kept, axes, n = _sorted_lines(a, axis, q_dtype, to_float=method not in _PICKING)
     if n == 0:
-        raise ShapeError(with_location(f"np.{name} of an empty array"))
+        if method != "median":      # (NumPy's quantiles fail with an IndexError)
+            raise ShapeError(with_location(f"np.{name} of an empty array"))
+        # NumPy's median of no elements is their mean, NaN (with a RuntimeWarning)
+        value = full_traced(kept, np.nan, dtype_of(s), s)
+        return quantile_layout(value, a, kept, axes, q, keepdims)
     from .numpy_api import getitem
 
     def at(index):
@@ -820,10 +849,16 @@ def trace(x, offset=0, axis1=0, axis2=1, dtype=None, out=None):
 
 
 def _triangle(x, k, lower):
+    """NumPy's ``where(tri(*x.shape[-2:], k), x, 0)``: a 1-d ``x`` of length n meets an
+    (n, n) mask, so its copies fill the rows of an (n, n) triangle."""
     x = operand(x)
-    n, m = shape_of(x)[-2:]
-    mask = np.tri(n, m, k, dtype=bool) if lower else ~np.tri(n, m, k - 1, dtype=bool)
-    return ops.select(np.broadcast_to(mask, shape_of(x)), x, np.zeros((), dtype_of(x)))
+    if _ndim(x) == 0:
+        raise ShapeError(with_location(
+            f"np.{'tril' if lower else 'triu'} of a 0-d array: it needs at least 1 dimension"))
+    dims = shape_of(x)[-2:]
+    mask = np.tri(*dims, k=k, dtype=bool) if lower else ~np.tri(*dims, k=k - 1, dtype=bool)
+    mask, x = broadcast(mask, x)
+    return ops.select(mask, x, np.zeros((), dtype_of(x)))
 
 
 @implements(np.tril)

@@ -26,7 +26,8 @@ import re
 import numpy as np
 
 from . import errors
-from .errors import ConcretizationError, GradcError, TracerLeakError, with_location
+from .errors import (ArgumentError, ConcretizationError, GradcError, TracerLeakError,
+                     with_location)
 from .ir import Graph, Lit, Primitive, Var, make_eqn, type_str
 
 _MATH_TO_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
@@ -152,14 +153,19 @@ class Tracer:
     ndim = property(lambda self: len(self.ir_var.shape))
     size = property(lambda self: int(np.prod(self.ir_var.shape, dtype=np.int64)))
 
+    # (the errors of a 0-d array are TypeErrors, as NumPy's: ``try: iter(x)`` idioms
+    # test for them)
     def __len__(self) -> int:
         if not self.shape:
-            raise TypeError("len() of unsized object (a 0-d traced array)")
+            raise ArgumentError(with_location(
+                "len() of unsized object: a 0-d traced array has no length (as in NumPy)"))
         return self.shape[0]
 
     def __iter__(self):
         if not self.shape:
-            raise TypeError("iteration over a 0-d traced array")
+            raise ArgumentError(with_location(
+                "iteration over a 0-d traced array (as in NumPy, a 0-d array is not a "
+                "sequence)"))
         return (self[i] for i in range(self.shape[0]))
 
     def __repr__(self) -> str:
@@ -234,6 +240,12 @@ class Tracer:
     def __complex__(self):
         self._concretize("complex()", "NumPy operations")
 
+    def __format__(self, spec: str) -> str:
+        if not spec:                # f"{x}" reads as print(x) does: the Tracer's repr
+            return str(self)
+        self._concretize(f"formatting (format spec {spec!r}, as in f\"{{x:{spec}}}\")",
+                         "the value outside the traced function (return it, then format it)")
+
     def item(self, *args):
         self._concretize("x.item()", "the 0-d array itself")
 
@@ -256,7 +268,10 @@ class Tracer:
         return outcome
 
     def __hash__(self):
-        raise TypeError("traced arrays are unhashable")
+        # (a TypeError, as NumPy's: callers that try hash(x) fall back to id(x))
+        raise ArgumentError(with_location(
+            "a traced array is unhashable (as NumPy arrays are), so it cannot be a dict key "
+            "or a set member; key by a static value (an int or a string), or by id(x)"))
 
     def __getattr__(self, name):
         # only called for attributes Tracer lacks: name the ndarray ones plainly

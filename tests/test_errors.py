@@ -185,6 +185,69 @@ def test_storing_traced_value_into_numpy_array():
         assert got.shape == like(np.arange(5.0), **args).shape
 
 
+def test_formatting_a_traced_value():
+    def f(x):
+        label = f"{np.sum(x):.3f}"
+        return np.sum(x) * len(label)
+
+    expect(gradc.ConcretizationError, ["formatting", "'.3f'", "cut"],
+           'label = f"{np.sum(x):.3f}"', lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return np.sum(x) * len(format(x[0], "e"))
+
+    expect(gradc.ConcretizationError, ["formatting", "'e'"],
+           'return np.sum(x) * len(format(x[0], "e"))', lambda: gradc.grad(g)(X))
+
+
+def test_len_iteration_and_hash_of_traced_values():
+    """As NumPy's: a 0-d array has no length and is no sequence, an array is no dict
+    key; gradc's errors are TypeErrors too (``try: iter(x)`` idioms catch them)."""
+    def f(x):
+        return np.sum(x) * len(np.sum(x))
+
+    message = expect(gradc.ArgumentError, ["len() of unsized object", "0-d"],
+                     "return np.sum(x) * len(np.sum(x))", lambda: gradc.grad(f)(X))
+    assert "Tracer" not in message.splitlines()[0]
+
+    def g(x):
+        return sum(v for v in np.sum(x))
+
+    expect(gradc.ArgumentError, ["iteration over a 0-d traced array"],
+           "return sum(v for v in np.sum(x))", lambda: gradc.grad(g)(X))
+
+    def h(x):
+        weights = {x: 1.0}
+        return np.sum(x) * len(weights)
+
+    expect(gradc.ArgumentError, ["unhashable", "dict key", "id(x)"], "weights = {x: 1.0}",
+           lambda: gradc.grad(h)(X))
+
+    def hashable(v):
+        try:
+            return hash(v) is not None
+        except TypeError:
+            return False
+    seen = []
+    gradc.jit(lambda x: seen.append((np.iterable(np.sum(x)), hashable(x))) or x)(X)
+    assert seen == [(False, False)]
+
+
+def test_axis_that_is_not_an_integer():
+    """NumPy takes an axis by ``operator.index``: a string, a float or an array where the
+    axis goes is a TypeError, not ``int()`` of it."""
+    ones = np.ones((2, 3))
+    expect(gradc.ArgumentError, ["axis must be an integer", "'1' of type str"],
+           'np.sum(x, axis="1")', lambda: gradc.jit(lambda x: np.sum(x, axis="1"))(ones))
+    expect(gradc.ArgumentError, ["axis must be an integer", "1.0 of type float"],
+           "np.max(x, axis=(0, 1.0))",
+           lambda: gradc.jit(lambda x: np.max(x, axis=(0, 1.0)))(ones))
+    expect(gradc.ArgumentError, ["axis must be an integer", "a traced array"],
+           "np.concatenate(x, x)", lambda: gradc.grad(lambda x: np.sum(np.concatenate(x, x)))(X))
+    np.testing.assert_array_equal(
+        gradc.jit(lambda x: np.sum(x, axis=(np.int64(1), np.array(0))))(ones), 6.0)
+
+
 def test_np_array_of_traced_values():
     def f(x):
         return np.sum(np.array([x[0], x[1]]))

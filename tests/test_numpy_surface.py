@@ -1383,3 +1383,85 @@ def test_sign_of_negative_zero_is_positive_zero(target, dtype):
     got = gradc.jit(np.sign, target=target)(x)
     np.testing.assert_array_equal(got, np.sign(x))
     assert got.dtype == dtype and np.signbit(got).tolist() == np.signbit(np.sign(x)).tolist()
+
+
+def _exactly_as_numpy(f, args, target):
+    """``f`` compiled for ``target`` gives NumPy's values (NaN, infinities and signed zeros
+    included; not the sign of NaN), dtypes and shapes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want, got = _leaves(f(*args)), _leaves(gradc.jit(f, target=target)(*args))
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), (k, g.dtype, g.shape, w.dtype, w.shape)
+        np.testing.assert_array_equal(g, w, err_msg=str(k))
+        numbers = ~np.isnan(w) if w.dtype.kind == "f" else np.ones(w.shape, bool)
+        np.testing.assert_array_equal(np.signbit(g[numbers]), np.signbit(w[numbers]),
+                                      err_msg=str(k))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_var_and_std_with_ddof_at_least_n_as_numpy(target):
+    """NumPy divides by ``max(n - ddof, 0)``: inf (NaN for a constant line) when
+    ``ddof >= n``, not a negative variance; ``nanvar``/``nanstd`` give NaN where the count
+    of numbers is at most ``ddof``."""
+    x = np.array([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]])
+    y = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan], [np.nan, 2.0, np.nan]])
+    _exactly_as_numpy(lambda x, y: (np.var(x, axis=1, ddof=4), np.std(x, axis=1, ddof=3),
+                                    np.var(x, ddof=6), np.nanvar(y, axis=1, ddof=1),
+                                    np.nanstd(y, axis=1, ddof=2), np.nanvar(y, ddof=3)),
+                      (x, y), target)
+    # the lines with too few numbers do not put NaN into the others' derivatives
+    with np.errstate(invalid="ignore"):          # (the all-NaN line's mean is 0 / 0)
+        g = gradc.grad(lambda y: np.nansum(np.nanvar(y, axis=1, ddof=1)[:1]),
+                       target=target)(y)
+    np.testing.assert_array_equal(g, [[-2.0, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_isclose_of_infinities_and_nans_as_numpy(target):
+    """An infinity is close to itself (not to a number, nor to the other infinity); NaN
+    is close to NaN only under ``equal_nan``, which ``allclose`` passes on."""
+    x = np.array([1.0, np.nan, np.inf, -np.inf, 1.0, np.inf])
+    y = np.array([1.0, np.nan, np.inf, -np.inf, np.inf, -np.inf])
+    _exactly_as_numpy(lambda x, y: (np.isclose(x, y), np.isclose(x, y, equal_nan=True),
+                                    np.isclose(y, x), np.allclose(x[:4], y[:4]),
+                                    np.allclose(x[:4], y[:4], equal_nan=True)),
+                      (x, y), target)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_integer_reciprocal_and_round_and_float64_results_as_numpy(target):
+    """``reciprocal`` and ``round`` of integers stay integers (1/x truncated toward zero;
+    rounding to tens, half to even, for negative ``decimals``), ``reciprocal`` of bool is
+    int8; ``float_power``, ``cov`` and ``corrcoef`` compute float32 in float64."""
+    i = np.array([1, 2, -1, 15, 25, -35, 149])
+    u, b = np.array([1, 2, 15, 149], np.uint8), np.array([True, True])
+    f = np.float32([[1.0, 2.0, 4.0], [3.0, 1.0, 0.5]])
+    _exactly_as_numpy(lambda i, u, b, f: (
+        np.reciprocal(i[:4]), np.reciprocal(u), np.reciprocal(b), np.round(i, -1),
+        np.round(i, -2), np.round(i, 2), np.round(u, -1), np.round(i * 1.0, -1),
+        np.float_power(f, 2), np.float_power(f, f), np.cov(f), np.corrcoef(f),
+        np.cov(f, dtype=np.float32)), (i, u, b, f), target)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_empty_reductions_bool_diff_and_1d_triangles_as_numpy(target):
+    """``max``/``min`` over an empty axis give ``initial``; ``median`` over one NaN;
+    ``diff`` of booleans is ``!=``; ``tril``/``triu`` of a 1-d array fill an (n, n)
+    triangle with its copies."""
+    e, b, v = np.zeros((0, 3)), np.array([[True, False, False], [True, True, False]]), \
+        np.arange(1.0, 4.0)
+    _exactly_as_numpy(lambda e, b, v: (
+        np.max(e, axis=0, initial=0.5), np.min(e, axis=0, initial=-2, keepdims=True),
+        np.max(e.astype(np.int64), axis=(0, 1), initial=3), np.median(e, axis=0),
+        np.median(e), np.median(e, axis=0, keepdims=True), np.diff(b), np.diff(b, axis=0),
+        np.diff(b, n=2), np.tril(v), np.triu(v, 1), np.tril(v, -1), np.tril(v * b)),
+        (e, b, v), target)
+
+
+def test_triangle_of_a_0d_array_is_a_gradc_error():
+    where = r"(?s)np\.tril of a 0-d array.*test_numpy_surface.py:\d+: +gradc.jit"
+    with pytest.raises(gradc.ShapeError, match=where):
+        gradc.jit(lambda x: np.tril(np.sum(x)))(np.ones(3))

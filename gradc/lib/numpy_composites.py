@@ -46,7 +46,9 @@ def diff(a, n=1, axis=-1, prepend=None, append=None):
     if len(pieces) > 1:
         a = npf.concatenate(pieces, axis=axis)
     for _ in range(n):
-        a = _slice_along(a, axis, 1, None) - _slice_along(a, axis, None, -1)
+        later, earlier = _slice_along(a, axis, 1, None), _slice_along(a, axis, None, -1)
+        # (of booleans NumPy takes !=, as it refuses to subtract them)
+        a = later != earlier if dtype_of(a) == np.dtype(bool) else later - earlier
     return a
 
 
@@ -377,7 +379,12 @@ def nanvar(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     mean = nanmean(a, axis, keepdims=True)
     centred = npf.where(missing, np.zeros((), dtype_of(a)), filled - mean)
     count = astype(_count(a, missing, axis, keepdims), dtype_of(a))
-    return npf.sum(centred * centred, axis, keepdims=keepdims) / (count - ddof)
+    # NumPy gives NaN where count <= ddof; the division there is by 1, so that its
+    # derivative (0 / 0 otherwise) does not put NaN in the gradient of the other entries
+    bad = count <= ddof
+    dof = npf.where(bad, np.ones((), dtype_of(a)), count - ddof)
+    return npf.where(bad, np.full((), np.nan, dtype_of(a)),
+                     npf.sum(centred * centred, axis, keepdims=keepdims) / dof)
 
 
 @implements(np.nanstd)
@@ -582,12 +589,12 @@ def cov(m, y=None, rowvar=True, bias=False, ddof=None, fweights=None, aweights=N
         if not rowvar and len(shape_of(y)) == 2:
             y = y.T
         x = npf.concatenate(promote(x, y), axis=0)
-    if dtype is not None:
-        x = astype(x, dtype)
+    # (NumPy computes in float64 at least unless told the dtype: float32 in, float64 out)
+    x = astype(x, np.result_type(dtype_of(x), np.float64) if dtype is None else dtype)
     ddof = (0 if bias else 1) if ddof is None else ddof
     n = shape_of(x)[1]
     centred = x - npf.mean(x, axis=1, keepdims=True)
-    c = npl.matmul(centred, centred.T) / float(n - ddof)
+    c = npl.matmul(centred, centred.T) / float(builtins.max(n - ddof, 0))   # (as NumPy)
     return npf.reshape(c, ()) if shape_of(c) == (1, 1) else c
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+import operator
+
+from ..errors import ArgumentError, DTypeError, ShapeError, with_location
 from ..ir import Primitive
-from ..trace import bind
+from ..trace import Tracer, bind
 from .rules import deflinear, defzero
 
 
@@ -30,14 +32,28 @@ def _expand(y, x_shape, axes):
     return broadcast_in_dim(y, tuple(x_shape), _kept_dims(len(x_shape), axes))
 
 
+def axis_index(axis) -> int:
+    """``axis`` as NumPy takes one (``operator.index``: a Python or NumPy integer, not a
+    bool, float, string or traced array, which ``int()`` would quietly convert)."""
+    if not isinstance(axis, (bool, np.bool_, Tracer)):
+        try:
+            return operator.index(axis)
+        except TypeError:
+            pass
+    got = (f"a traced array, {axis!r} (an axis is a static integer)"
+           if isinstance(axis, Tracer) else f"{axis!r} of type {type(axis).__name__}")
+    raise ArgumentError(with_location(
+        f"axis must be an integer or a tuple of integers (as in NumPy), got {got}"))
+
+
 def _normalise_axes(axes, ndim):
     if axes is None:
         return tuple(range(ndim))
-    if isinstance(axes, (int, np.integer)):
+    if not isinstance(axes, (tuple, list)) and np.ndim(axes) == 0:
         axes = (axes,)
     out = []
     for a in axes:
-        a = int(a)
+        a = axis_index(a)
         if not -ndim <= a < ndim:
             raise ShapeError(f"axis {a} is out of bounds for an array of dimension {ndim}")
         out.append(a % ndim)
