@@ -12,7 +12,8 @@ import numpy as np
 from . import numpy_api as npa
 from . import numpy_funcs as npf
 from . import numpy_linalg as npl
-from .trace import Tracer
+from .errors import DTypeError, with_location
+from .trace import Tracer, dtype_of
 
 
 def _binary(ufunc):
@@ -25,6 +26,14 @@ def _inplace(ufunc):
 
     def op(self, other):
         result = impl(self, other)
+        # NumPy writes the result back under its same_kind rule: float into an integer
+        # array, or anything into a bool one, is refused, not truncated
+        if not np.can_cast(dtype_of(result), self.dtype, "same_kind"):
+            raise DTypeError(with_location(
+                f"{npa._ufunc_name(ufunc)} in place: cannot cast the result from "
+                f"{dtype_of(result)} to the array's {self.dtype} (NumPy refuses it under "
+                "its same_kind casting rule); make a new array (y = y + v), or convert "
+                "on purpose (y = (y + v).astype(y.dtype))"))
         self.assign(npa.astype(result, self.dtype))
         return self
     return op

@@ -516,3 +516,31 @@ def test_average_weights_that_fit_no_axis():
     with pytest.raises(gradc.ShapeError, match=r"weights of shape \(4,\) fit neither a of "
                                                r"shape \(3, 4\) nor its axis 0"):
         gradc.jit(lambda x: np.average(x, axis=0, weights=np.ones(4)))(np.ones((3, 4)))
+
+
+def test_in_place_operator_that_numpy_refuses_to_cast():
+    """``int_array += 1.5`` (or ``/= 2``, or through ``y[...]``) is NumPy's UFuncTypeError,
+    not a silent truncation; within a kind (float64 into float32) it is allowed."""
+    def f(i):
+        y = i.copy()
+        y += 1.5
+        return y
+
+    def g(i):
+        y = i.copy()
+        y[...] /= 2
+        return y
+
+    ints = np.array([1, 2])
+    expect(gradc.DTypeError, ["np.add in place", "float64", "int64", "same_kind"],
+           "y += 1.5", lambda: gradc.jit(f)(ints))
+    expect(gradc.DTypeError, ["np.divide in place", "same_kind"], "y[...] /= 2",
+           lambda: gradc.jit(g)(ints))
+
+    def h(x):
+        y = x.astype(np.float32)
+        y += np.float64(1.5)
+        y *= 2
+        return y
+    got = gradc.jit(h)(ints)
+    assert got.dtype == np.float32 and got.tolist() == h(ints).tolist()
