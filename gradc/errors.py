@@ -87,11 +87,27 @@ def _in_gradc(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep)
 
 
-_LIBRARIES = ("numpy" + os.sep, "scipy" + os.sep)
+def _package_dirs(*names) -> tuple:
+    """The directories of the installed packages ``names`` (not imported for this)."""
+    import importlib.util
+    dirs = []
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            dirs.append(os.path.dirname(os.path.abspath(spec.origin)) + os.sep)
+    return tuple(dirs)
+
+
+_LIBRARIES = _package_dirs("numpy", "scipy")
 
 
 def _in_library(filename: str) -> bool:
-    return any(lib in filename for lib in _LIBRARIES)
+    """Whether ``filename`` is NumPy's or SciPy's (their package directories: a user's
+    folder named ``.../numpy/...`` is the user's)."""
+    return os.path.abspath(filename).startswith(_LIBRARIES)
 
 
 def user_frame():

@@ -544,3 +544,19 @@ def test_in_place_operator_that_numpy_refuses_to_cast():
         return y
     got = gradc.jit(h)(ints)
     assert got.dtype == np.float32 and got.tolist() == h(ints).tolist()
+
+
+def test_a_users_folder_named_numpy_is_the_users(tmp_path):
+    """(QA: any path containing ``numpy/`` was taken for NumPy's code, so errors from a
+    checkout at ``/tmp/wt_numpy/`` named no line.)"""
+    import importlib.util
+    folder = tmp_path / "numpy"
+    folder.mkdir()
+    (folder / "user_code.py").write_text(
+        "import numpy as np\n\ndef f(x):\n    return float(np.sum(x))\n")
+    spec = importlib.util.spec_from_file_location("user_code", folder / "user_code.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(gradc.ConcretizationError) as e:
+        gradc.grad(module.f)(np.ones(2))
+    assert f"{folder / 'user_code.py'}:4" in str(e.value)
