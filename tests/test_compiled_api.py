@@ -677,6 +677,11 @@ def test_float32_sums_are_as_accurate_as_numpys():
     assert abs(got[0] - 10 ** 6 * exact) <= abs(want[0] - 10 ** 6 * exact) + 0.01
     assert got[1] == want[1] == 0.0
     np.testing.assert_allclose(got[2], 250000 * exact, rtol=1e-7)
+    y = x.reshape(4, 500, 500)               # (summed over outer loops: a float64 array)
+    for axes in ((0, 2), (0, 1), (1,)):
+        got = gradc.jit(lambda y: np.sum(y.transpose(2, 1, 0), axis=axes), target="cpu")(y)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, 10 ** 6 / got.size * exact, rtol=1e-7)
 
 
 def test_a_square_root_by_power_is_numpys():

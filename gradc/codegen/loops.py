@@ -260,7 +260,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     producer = {v: e for e in body.eqns for v in e.outputs}
     lines = []
     roots = list(body.outputs)
-    reductions = {}
+    reductions, totals = {}, {}
     for r in roots:
         e = producer[r]
         kind = _reduction_kind(e)
@@ -273,7 +273,13 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
             lines.append(f"{names[r]} = {_init(kind, r, wide=True)}")
         else:
             lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r)}")
-            lines.append(f"{names[r]}.fill({init})")
+            if _widened(kind, r) and tuple(e.params["axes"]) != (len(domain) - 1,):
+                # (summed over outer loops too: into a float64 array, copied at the end)
+                totals[r] = f"{names[r]}_w"
+                lines.append(f"{totals[r]} = np.zeros({tuple(r.shape)!r}, "
+                             f"{dtype_expr(WIDER[np.dtype(r.dtype)])})")
+            else:
+                lines.append(f"{names[r]}.fill({init})")
     loop_vars = [f"i{k}" for k in range(len(domain))]
     can_prange = parallel and len(domain) > 0 and all(
         r.ndim == 0 and k in ("sum", "prod") or 0 not in e.params["axes"]
@@ -282,7 +288,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     # domain is then split there, so that every nest's body is free of window tests
     probe = _Emitter(ctx, names, producer, comments)
     _emit_body(probe, roots, reductions, names, comments,
-               tuple((0, n) for n in domain), loop_vars, {})
+               tuple((0, n) for n in domain), loop_vars, {}, totals)
     pieces = _split(domain, loop_vars, probe.breakpoints)
     if len(pieces) * len(probe.lines) > MAX_SPLIT_LINES:      # too much code: keep tests
         pieces = [tuple((0, n) for n in domain)]
@@ -317,13 +323,14 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
                 lines.extend(pad + f"{acc} = {_init(*reductions[r][:1], r, wide=True)}"
                              for r, acc in accs.items())
             lines.append(pad + f"for {v} in range({bounds}):")
-        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs)
+        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs,
+                          totals)
         lines.extend(("    " + line) if chunked else line for line in body)
         idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
         for r, acc in accs.items():
             kind, e = reductions[r]
             kept = [c for k, c in enumerate(idx) if k not in e.params["axes"]]
-            target = f"{names[r]}[{em.subscript(kept)}]"
+            target = f"{totals.get(r, names[r])}[{em.subscript(kept)}]"
             lines.append("    " * (last + chunked) + f"{target} = {_combine(kind, target, acc)}")
     # a rank-0 sum or product of narrow integers accumulates as int64 (a prange
     # reduction must be a plain ``+=``); wrapped once at the end, it is NumPy's value
@@ -331,6 +338,7 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
                  if r.ndim == 0 and narrow("", r.dtype))
     lines.extend(f"{names[r]} = {dtype_expr(r.dtype)}({names[r]})"
                  for r, (kind, _) in reductions.items() if r.ndim == 0 and _widened(kind, r))
+    lines.extend(f"{names[r]}[...] = {total}" for r, total in totals.items())
     return lines
 
 
@@ -348,11 +356,11 @@ WIDER = {np.dtype(np.float32): np.dtype(np.float64),
 
 
 def _widened(kind, r) -> bool:
-    """Whether a sum accumulates in a wider dtype than its result's: a float32 sum in a
-    local (a rank-0 result, or a row's sum along the innermost loop) adds float32
-    values to a float64 total, rounded once at the end.  A float32 total of 10⁶ values
-    of 0.1 is off by 2e-4 (NumPy's pairwise sum by 1e-7); vectorised, the float64 lanes
-    are half as many, which a sum streaming from memory does not notice."""
+    """Whether a sum accumulates in a wider dtype than its result's: a float32 sum adds
+    float32 values to a float64 total (a local, or for a sum over outer loops too a
+    float64 array), rounded once at the end.  A float32 total of 10⁶ values of 0.1 is
+    off by 2e-4 (NumPy's pairwise sum by 1e-7); vectorised, the float64 lanes are half
+    as many, which a sum streaming from memory does not notice."""
     return kind == "sum" and np.dtype(r.dtype) in WIDER
 
 
@@ -416,7 +424,8 @@ def _split(domain, loop_vars, breakpoints) -> list:
     return list(itertools.product(*per_dim))
 
 
-def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs) -> list:
+def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs,
+               totals) -> list:
     depth = len(ranges)
     idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
     for r in roots:
@@ -426,7 +435,7 @@ def _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs) 
             axes = e.params["axes"]
             kept = [c for k, c in enumerate(idx) if k not in axes]
             target = (accs[r] if r in accs else names[r] if r.ndim == 0
-                      else f"{names[r]}[{em.subscript(kept)}]")
+                      else f"{totals.get(r, names[r])}[{em.subscript(kept)}]")
             if e not in em.commented:
                 em.commented.add(e)
                 em.emit(depth, f"# {comments[e][0]}")
