@@ -184,15 +184,16 @@ def _warn_of_side_effects(fun, dynamic, before, randomness) -> None:
     random numbers (they are fixed in the traced program, the same at every call), and
     write into an argument array (the caller's array is not changed, as NumPy's would
     be: the write is seen inside ``fun`` only)."""
-    from .trace import current_trace
+    from .trace import _TRACES, current_trace
     after = _random_states(fun)
     drew = len(after) != len(randomness) or any(
         not _same_state(a, b) for a, b in zip(after, randomness))
-    if drew:
+    if drew and len(_TRACES) == 1:          # (once: by the outermost trace)
+        user = _users_function(fun)
         _warn_user(with_location(
-            f"{_fun_name(fun)} drew random numbers (np.random) while gradc traced it: "
+            f"{_fun_name(user)} drew random numbers (np.random) while gradc traced it: "
             "they are constants of the traced program, the same at every call.  Pass "
-            "random arrays as arguments instead", _defined_at(fun)))
+            "random arrays as arguments instead", _defined_at(user)))
     trace = current_trace()
     for t, v in zip(dynamic, before):
         if t.ir_var is not v:
@@ -203,6 +204,17 @@ def _warn_of_side_effects(fun, dynamic, before, randomness) -> None:
                 "the caller's array (NumPy would), the write is seen inside the function "
                 "only.  Return the new value, or write into a copy (x = x.copy())", where))
             break
+
+
+def _users_function(fun):
+    """``fun``, or where ``fun`` is gradc's own wrapper (``jacfwd``'s), the first user
+    function it reads (``_reads``)."""
+    from .errors import _in_gradc
+    for f in [fun] + [v for _, _, v in _reads(fun)]:
+        code = getattr(getattr(f, "__wrapped__", f), "__code__", None)
+        if code is not None and not _in_gradc(code.co_filename):
+            return f
+    return fun
 
 
 def _warn_user(message: str) -> None:

@@ -113,11 +113,13 @@ def test_remat_off_by_the_environment(monkeypatch):
 def test_a_product_is_kept_not_recomputed():
     """The step's (B, K, K) outer product comes from a matmul: not recomputed, so the
     tape keeps what the tangent rules read."""
+    xs = rng.standard_normal((4, 3, 12))
+
     def f(h0, w):
         def step(h, x):
             m = np.matmul(h[:, :, None], h[:, None, :])         # (B, K, K)
             return np.tanh(np.sum(np.sin(m) * w, axis=2)) + x, None
-        h, _ = gradc.scan(step, h0, rng.standard_normal((4, 3, 12)))
+        h, _ = gradc.scan(step, h0, xs)
         return np.sum(h)
     h0, w = rng.standard_normal((3, 12)), rng.standard_normal((12, 12))
     graph = grad_graph(f, h0, w)
