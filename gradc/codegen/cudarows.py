@@ -623,7 +623,11 @@ def one_run(ctx, eqns, outputs) -> bool:
         ctx.lines.append(f"{ctx.names[w]} = _d.reshape({ctx.on_device(v)}, {w.shape!r})")
         ins.append(w)
     printed = cg._register_names(ctx, optimised)
-    if not _one_step(ctx, ins, optimised, outputs, printed, batch=1, one=True):
+    # (not if it launches more kernels than the run's equations would, one each: an
+    # epilogue of rows the kernel leaves to kernels of its own)
+    if not _one_step(ctx, ins, optimised, outputs, printed, batch=1, one=True) or \
+            len(ctx.kernels) - snapshot[0] > sum(e.prim.name in ("fused", "einsum")
+                                                 for e in eqns):
         _restore(ctx, snapshot)
         return False
     return True
@@ -725,14 +729,15 @@ def _copy_stage(src, dst):
 def _snapshot(ctx) -> tuple:
     return (len(ctx.kernels), len(ctx.lines), dict(ctx.consts), ctx.temps, set(ctx.fresh),
             dict(ctx.place), dict(ctx.copies), dict(ctx.host_globals), dict(ctx.deferred),
-            dict(ctx.views), dict(ctx.placed))
+            dict(ctx.views), dict(ctx.placed), len(ctx.functions))
 
 
 def _restore(ctx, snapshot) -> None:
     n_kernels, n_lines, consts, temps, fresh, place, copies, globs, deferred, views, \
-        placed = snapshot
+        placed, n_functions = snapshot
     del ctx.kernels[n_kernels:]
     del ctx.lines[n_lines:]
+    del ctx.functions[n_functions:]
     ctx.temps = temps
     for mine, saved in ((ctx.consts, consts), (ctx.fresh, fresh), (ctx.place, place),
                         (ctx.copies, copies), (ctx.host_globals, globs),
@@ -1587,6 +1592,9 @@ class _Rows:
         # (and a stacked operand handed back as a stacked result, read by no stage)
         results = {ctx.names.get(v) for j in self.fixed for v in [ins[nc + j]]
                    if isinstance(v, Var)} | {arr for arr in ys if arr is not None}
+        if self.epilogue is not None:       # (the epilogue's kernels, lowered after this,
+            results |= {ctx.names.get(x) for x in self.epilogue[2]   # read operands too)
+                        if isinstance(x, Var)}
         for arg in reversed(dropped):        # (and the host's views made for them alone)
             mine = [j for j, line in enumerate(ctx.lines) if line.startswith(f"{arg} = ")]
             if len(mine) == 1 and arg.startswith("_t") and arg not in results and not any(
@@ -1701,7 +1709,7 @@ class _Rows:
     def _run_epilogue(self, hidden):
         """The epilogue (``_find_epilogue``) for all steps at once: each batch sum is its
         partials summed over the batch, a ``(T, ...)`` array; the epilogue's Graph,
-        batched over the steps by the vmap pass, is lowered equation by equation."""
+        batched over the steps by the vmap pass, is a host function of its own."""
         from ..passes.batching import batch_graph
         ctx, T, nk = self.ctx, self.length, self.n_carry
         graph, batched, outer = self.epilogue
@@ -1712,19 +1720,16 @@ class _Rows:
                 self._sum_rows(hidden[v], (T, self.B) + tuple(v.shape), 1, bv)
             else:
                 ctx.names[bv], ctx.place[bv] = ctx.names[x], ctx.place[x]
-        for q in bg.eqns:
-            for v in q.outputs:
-                ctx.names[v] = ctx.temp()
-            cg._lower_eqn(ctx, q, [f"{', '.join(ctx.names[v] for v in q.outputs)} = "
-                                   f"{q.prim.name} ...   (after the scan, every step at once)"])
-        seen = set()
-        for j, r in zip(self.after, bg.outputs):
+        # (a host function of the module, optimised: fused again, where the batching
+        # pass writes the epilogue's regions out equation by equation, a kernel each)
+        args = ", ".join(cg._canonical(ctx, v) for v in bg.inputs)   # (before _nested
+        fn = cg._nested(ctx, bg, "the epilogue of rows (after the scan, every step at once)")
+        outs = [ctx.temp() for _ in bg.outputs]              # names them for its own body)
+        ctx.lines.append(f"{''.join(o + ', ' for o in outs)}= {fn}({args})")
+        for j, r in zip(self.after, outs):
             o = self.eqn.outputs[nk + j]
-            ctx.lines.append(f"{ctx.names[o]} = {cg._canonical(ctx, r)}")
+            ctx.lines.append(f"{ctx.names[o]} = {r}")
             ctx.place[o] = "dev"
-            if r in ctx.fresh and r not in seen:    # (a kernel's new array, once)
-                ctx.fresh.add(o)
-            seen.add(r)
 
     def _fits(self, v) -> bool:
         """Whether the block's row of body value ``v`` fits in the shared memory left
