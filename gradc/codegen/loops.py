@@ -299,14 +299,21 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     last = len(domain) - 1
     accs = {r: f"{names[r]}_acc" for r, (kind, e) in reductions.items()
             if r.ndim > 0 and last in e.params["axes"]}
+    # a widened sum along the innermost loop (``_widened``) adds blocks of it in its own
+    # dtype (vectorised as before) and each block's total to the wide one
+    blocks = {r: f"{names[r]}_blk" for r, (kind, e) in reductions.items()
+              if _widened(kind, r) and last in e.params["axes"]}
     shared = set()
     for ranges in pieces:
         em = _Emitter(ctx, names, producer, comments)
         em.used_consts = used
         em.commented = shared
         chunked = can_prange and _worth_threads(ranges)
+        blocked = blocks if not chunked and not pooled else {}
         if chunked or pooled:
             em.unsigned = {loop_vars[0]}
+        if blocked:                 # (a block's bounds are not known to be >= 0 either)
+            em.unsigned = em.unsigned | {loop_vars[last]}
         if len(pieces) > 1:
             lines.append("# " + ", ".join(f"{v} in [{a}, {b})"
                                           for v, (a, b) in zip(loop_vars, ranges)))
@@ -322,10 +329,20 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
             if depth == last:
                 lines.extend(pad + f"{acc} = {_init(*reductions[r][:1], r, wide=True)}"
                              for r, acc in accs.items())
-            lines.append(pad + f"for {v} in range({bounds}):")
-        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars, accs,
-                          totals)
-        lines.extend(("    " + line) if chunked else line for line in body)
+            if depth == last and blocked:
+                lines.append(pad + f"for {v}_b in range({a}, {b}, {WIDE_BLOCK}):")
+                lines.extend(pad + f"    {blk} = {_init(reductions[r][0], r)}"
+                             for r, blk in blocked.items())
+                lines.append(pad + f"    for {v} in range({v}_b, min({v}_b + {WIDE_BLOCK}, "
+                             f"{b})):")
+            else:
+                lines.append(pad + f"for {v} in range({bounds}):")
+        body = _emit_body(em, roots, reductions, names, comments, ranges, loop_vars,
+                          {**accs, **blocked}, totals)
+        lines.extend(("    " + line) if chunked or blocked else line for line in body)
+        for r, blk in blocked.items():
+            total = accs.get(r, names[r])
+            lines.append("    " * (last + 1) + f"{total} = {total} + {blk}")
         idx = tuple(_Affine(v, 1, 0, a, max(b - 1, a)) for v, (a, b) in zip(loop_vars, ranges))
         for r, acc in accs.items():
             kind, e = reductions[r]
@@ -351,16 +368,21 @@ def _init(kind, r, wide=False) -> str:
     return _int_extreme(kind, r.dtype)
 
 
+WIDE_BLOCK = 128           # elements of a widened sum added in its own dtype at a time
 WIDER = {np.dtype(np.float32): np.dtype(np.float64),
          np.dtype(np.complex64): np.dtype(np.complex128)}
 
 
 def _widened(kind, r) -> bool:
     """Whether a sum accumulates in a wider dtype than its result's: a float32 sum adds
-    float32 values to a float64 total (a local, or for a sum over outer loops too a
-    float64 array), rounded once at the end.  A float32 total of 10⁶ values of 0.1 is
-    off by 2e-4 (NumPy's pairwise sum by 1e-7); vectorised, the float64 lanes are half
-    as many, which a sum streaming from memory does not notice."""
+    float32 values in blocks of ``WIDE_BLOCK`` along the innermost loop (vectorised:
+    several partial sums in each vector register) and each block's total to a float64
+    total (a local, or for a sum over outer loops too a float64 array), rounded once at
+    the end.  A float32 total of 10⁶ values of 0.1 was off by 2e-4 (NumPy's pairwise
+    sum, whose blocks are 128 long too, by 1e-7).  Adding each float32 value to a
+    float64 total took 2.6 times as long as a float32 total (10⁷ values: 3.9 ms against
+    1.5 ms); blocks cost nothing measurable.  (Blocks of 1024, 32 partial sums of 32
+    values each, were off by 3e-7 relative, and by more for large values.)"""
     return kind == "sum" and np.dtype(r.dtype) in WIDER
 
 
