@@ -200,9 +200,10 @@ def _warn_of_side_effects(fun, dynamic, before, randomness) -> None:
             where = next((e.source for e in reversed(trace.eqns) if t.ir_var in e.outputs
                           and e.source), None) if trace is not None else None
             _warn_user(with_location(
-                f"{_fun_name(fun)} writes into an argument array: gradc does not change "
-                "the caller's array (NumPy would), the write is seen inside the function "
-                "only.  Return the new value, or write into a copy (x = x.copy())", where))
+                f"{_fun_name(_users_function(fun))} writes into an argument array: gradc "
+                "does not change the caller's array (NumPy would), the write is seen "
+                "inside the function only.  Return the new value, or write into a copy "
+                "(x = x.copy())", where))
             break
 
 
