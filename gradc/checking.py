@@ -137,7 +137,7 @@ def _directional(f, args, i, d, complex_step, h=None):
         y = _call(f, args, i, x + 1j * 1e-30 * d)
         return None if not np.iscomplexobj(y) else np.imag(y) / 1e-30
     if h is None:
-        h = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x))))
+        h = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x), initial=0.0)))
 
     def central(step):
         return (_call(f, args, i, x + step * d).astype(np.float64)
@@ -216,23 +216,29 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
     flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
     # (Python ints and bools are static: no symbols, their values in the expression)
-    dynamic = [i for i, a in enumerate(args) if not isinstance(a, (bool, int))]
+    dynamic = [i for i, a in enumerate(args) if not isinstance(a, (bool, int, np.bool_,
+                                                                    np.integer))]
     values = [v for i in dynamic for v in np.asarray(args[i], np.float64).reshape(-1)]
     subs_syms = list(flat_syms)
     out = []
     for i in wrt:
         group = np.asarray(syms[dynamic.index(i)], object).reshape(-1)
-        J = np.empty(exprs.shape + (group.size,))
+        # (every entry's derivative in one function, common subexpressions once: a
+        # function per entry printed and compiled the whole expression again each time,
+        # minutes for a few layers of tanh)
+        derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape) for s in group]
+        fn = sp.lambdify(subs_syms, derivatives, modules=[{"DiracDelta": _zero}, "mpmath"],
+                         cse=True)
         with mpmath.workdps(30):
             point = [mpmath.mpf(float(v)) for v in values]
-            for o in np.ndindex(exprs.shape):
-                e = exprs[o]
-                for k, s in enumerate(group):
-                    d = sp.diff(e, s)
-                    fn = sp.lambdify(subs_syms, d, modules="mpmath")
-                    J[o + (k,)] = float(mpmath.re(fn(*point)))
+            J = np.array([float(mpmath.re(d)) for d in fn(*point)], np.float64)
         out.append(J.reshape(tuple(out_shape) + np.shape(args[i])))
     return out
+
+
+def _zero(*_):
+    """SymPy's derivative of a step (``sign``, ``floor``: a ``DiracDelta``) away from it."""
+    return 0
 
 
 # ---------------------------------------------------------------- the entry

@@ -361,7 +361,16 @@ def _graph_and_names(f, args):
     else:
         raise ArgumentError(with_location(
             f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
-    return graph, _names(f, len(graph.inputs))
+    return graph, _dynamic_names(f, args, len(graph.inputs))
+
+
+def _dynamic_names(f, args, count):
+    """The parameter names of the traced arguments among ``args`` (static ints are no
+    inputs of the Graph: ``f(n, x)`` names its inputs ``x``, not ``n``)."""
+    from .api import _is_static
+    names = _names(f, len(args))
+    traced = [n for n, a in zip(names, args) if not _is_static(a)]
+    return traced if len(traced) == count and len(names) == len(args) else _names(f, count)
 
 
 def _dynamic_leaves(args):

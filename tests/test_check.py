@@ -212,3 +212,19 @@ def test_complex_step_is_refused_when_one_element_is_not_analytic():
                          targets=("numpy",), modes=("rev",))
     assert report.ok, report
     assert "fd: central + Richardson" in {r.reference for r in report.rows}
+
+
+def test_check_at_steps_numpy_ints_and_empty_arrays():
+    """(QA: SymPy's derivative of sign was a DiracDelta mpmath did not know; a NumPy int
+    argument counted as traced broke the SymPy rows; an empty array crashed the finite
+    differences.)"""
+    x, y = np.array([0.5, 2.0]), np.array([1.5, 0.3])
+    r = gradc.check(lambda x, y: np.sum(np.sign(x - 1.0) * y ** 2), x, y,
+                    targets=("numpy",))
+    assert r.ok and sum(row.reference == "sympy" for row in r.rows) == 4
+    r = gradc.check(lambda x, k: np.sum(x * k), np.ones(3), np.int64(3), against=("sympy",),
+                    targets=("numpy",))
+    assert r.ok and r.rows
+    assert gradc.check(lambda a, x: np.sum(np.sin(x)) * a, 2.5, np.zeros(0),
+                       targets=("numpy",)).ok
+

@@ -109,3 +109,14 @@ def test_second_derivatives(name):
 
 def test_there_are_enough_expressions():
     assert len(EXPRESSIONS) >= 15
+
+
+def test_symbols_are_named_after_the_traced_parameters():
+    """(QA: a static int before an array took the array's name: ``f(n, x)`` gave n_0.)"""
+    def f(n, x):
+        return np.sum(x ** n)
+
+    def h(x, n, y):
+        return np.sum(x ** n) * y
+    assert str(gradc.to_sympy(f)(3, np.array([0.5, 2.0]))) == "x_0**3 + x_1**3"
+    assert str(gradc.to_sympy(h)(np.ones(2), 2, 0.5)) == "y*(x_0**2 + x_1**2)"
