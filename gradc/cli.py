@@ -149,7 +149,9 @@ def cmd_show(ns, out):
     from .drawing import derivative_of
     fn = load_function(ns.function)
     args = parse_args_spec(ns.args, ns.seed, *ns.range)
-    emits = [e.strip() for e in ns.emit.split(",") if e.strip()]
+    emit = ns.emit if ns.emit is not None else \
+        "ir,grad" if ns.target == "numpy" else "ir,grad,source"   # (the interpreter: no code)
+    emits = [e.strip() for e in emit.split(",") if e.strip()]
     bad = [e for e in emits if e not in EMITS]
     if bad:
         raise CliError(f"--emit: unknown stage {bad[0]!r} (choose from {', '.join(EMITS)})")
@@ -235,8 +237,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print the IR, the derivative IR, the generated code")
     with_function(s)
-    s.add_argument("--emit", default="ir,grad,source",
-                   help=f"stages to print, comma-separated: {','.join(EMITS)}")
+    s.add_argument("--emit", default=None,
+                   help=f"stages to print, comma-separated: {','.join(EMITS)} (default "
+                        "ir,grad,source; ir,grad with --target numpy)")
     s.add_argument("--target", default="cpu", choices=("cpu", "parallel", "cuda", "numpy"),
                    help="backend of the derivative (numpy: the interpreter, no code)")
     s.set_defaults(run=cmd_show)

@@ -61,6 +61,10 @@ def test_show_on_the_interpreter_and_args_from_a_file(user_file):
               "--emit", "ir,grad", "--target", "numpy")
     assert r.returncode == 0, r.stderr
     assert "a:f64[4] b:f64[]" in r.stdout
+    # (QA: the default --emit asked the interpreter for source and failed)
+    r = gradc("show", ROSEN, "--args", "f64[5]", "--target", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert "derivative" in r.stdout and "generated" not in r.stdout.lower()
 
 
 def test_check_passes_and_exits_zero(user_file):

@@ -4303,3 +4303,12 @@ def test_device_array_calls_take_the_fast_path():
         np.testing.assert_allclose(s.copy_to_host(), np.sin(x) * 2.0, rtol=1e-13)
         assert t == pytest.approx(np.sum(x), rel=1e-13)
     assert g._fast and j._fast
+
+
+def test_no_gpu_and_no_simulator_is_a_gradc_error(monkeypatch):
+    """(QA: numba.cuda's CudaSupportError came from inside the first launch.)"""
+    import gradc.codegen.cuda as gcuda
+    monkeypatch.setattr(gcuda, "_DEVICE_OK", False)
+    with pytest.raises(gradc.UnsupportedError, match="found no CUDA GPU") as e:
+        gradc.grad(rosen, target="cuda")(np.linspace(0.1, 0.9, 7))
+    assert "test_cuda.py:" in str(e.value)

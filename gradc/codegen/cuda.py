@@ -83,6 +83,27 @@ def import_cuda():
     return _CUDA
 
 
+_DEVICE_OK = None
+
+
+def _require_a_device(cuda) -> None:
+    """A gradc error, once checked, where there is neither a GPU with a CUDA driver nor
+    the simulator (numba.cuda's own error comes from deep inside a launch)."""
+    global _DEVICE_OK
+    if _DEVICE_OK is None:
+        try:
+            _DEVICE_OK = simulator() or bool(cuda.is_available())
+        except Exception:
+            _DEVICE_OK = False
+    if not _DEVICE_OK:
+        from ..errors import UnsupportedError
+        raise UnsupportedError(with_location(
+            "target='cuda' found no CUDA GPU (numba.cuda.is_available() is False: no "
+            "NVIDIA driver or device).  Run on a machine with one, or in numba.cuda's "
+            "simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported); "
+            ".source(), .ptx() and .compile() work without a GPU"))
+
+
 def _quiet_occupancy_warnings() -> None:
     """numba.cuda warns at every launch of fewer than 128 blocks; gradc sizes its grids
     itself (a block per row of a small batch, one block for a short reduction), and the
@@ -1173,6 +1194,7 @@ class Compiled:
         if len(args) != len(self.graph.inputs):
             raise TypeError(f"compiled graph takes {len(self.graph.inputs)} inputs, "
                             f"got {len(args)}")
+        _require_a_device(cuda)
         device = [is_device_array(a) for a in args]
         on_device = any(device)
         converted = []
