@@ -247,8 +247,8 @@ def _apply(eqn, ins):
         if name == "det":
             return [_obj(det)]
         return [_obj(sp.sign(det)), _obj(sp.log(sp.Abs(det)))]
-    if name == "report":
-        return []
+    if name in ("report", "guard"):     # (a guard: the branch the trace took, which
+        return []                        # holds at the values it was traced at)
     if name == "scan":
         return _scan(eqn, ins)
     if name == "while_loop":
@@ -260,8 +260,7 @@ def _apply(eqn, ins):
     if name in ("custom_jvp_call", "custom_vjp_call", "checkpoint"):
         return evaluate(p["fun"], ins)      # the function itself (its rule is a derivative's)
     raise UnsupportedError(with_location(      # (the line that made it, else the call's)
-        f"to_sympy: primitive {name!r} has no SymPy form (a decomposition, a solver or a "
-        f"data-dependent loop)", eqn.source or None))
+        f"to_sympy: primitive {name!r} has no SymPy form", eqn.source or None))
 
 
 def _scan(eqn, ins):

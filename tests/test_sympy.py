@@ -120,3 +120,14 @@ def test_symbols_are_named_after_the_traced_parameters():
         return np.sum(x ** n) * y
     assert str(gradc.to_sympy(f)(3, np.array([0.5, 2.0]))) == "x_0**3 + x_1**3"
     assert str(gradc.to_sympy(h)(np.ones(2), 2, 0.5)) == "y*(x_0**2 + x_1**2)"
+
+
+def test_a_python_if_gives_the_branch_taken():
+    """(QA: a guard had no SymPy form, so a Python ``if`` dropped the SymPy rows of
+    ``gradc.check`` with a reason about decompositions and solvers.)"""
+    def f(x):
+        return x[0] ** 2 if x[0] > 0 else -x[0]
+    assert str(gradc.to_sympy(f)(np.array([0.5, 2.0]))) == "x_0**2"
+    assert str(gradc.to_sympy(f)(np.array([-0.5, 2.0]))) == "-x_0"
+    report = gradc.check(f, np.array([0.5, 2.0]), targets=("numpy",))
+    assert report.ok and "sympy" in [row.reference for row in report.rows]
