@@ -54,6 +54,8 @@ def load_function(target: str):
     sys.modules.setdefault(path.stem, module)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:         # (sys.exit() while it is imported)
+        raise CliError(f"{file} called sys.exit({e.code!r}) while it was imported") from e
     except Exception as e:          # noqa: BLE001  (the user's module failed to import)
         raise CliError(f"{file} failed to import: {type(e).__name__}: {e}") from e
     obj = module
@@ -62,7 +64,9 @@ def load_function(target: str):
             raise CliError(f"{file} has no function {name!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise CliError(f"{file}:{name} is a {type(obj).__name__}, not a function")
+        kind = type(obj).__name__
+        raise CliError(f"{file}:{name} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                       "not a function")
     return obj
 
 

@@ -129,6 +129,9 @@ def test_user_file_errors(user_file):
                   ("--debug", "show", f"{user_file / 'broken.py'}:f", "--args", "f64[3]")):
         r = gradc(*debug)
         assert r.returncode != 0 and "Traceback" in r.stderr
+    (user_file / "exits.py").write_text("import sys\nsys.exit(3)\n")   # (QA: exited 3)
+    r = gradc("show", f"{user_file / 'exits.py'}:f", "--args", "f64[3]")
+    assert r.returncode == 2 and "called sys.exit(3)" in r.stderr, r.stderr
 
 
 def test_demo_runs_quick():
