@@ -350,34 +350,41 @@ def symbols_for(name, shape):
     return out
 
 
-def _graph_and_names(f, args):
+def _graph_and_names(f, args, kwargs=None):
     from . import api
     from .transformed import Transformed
+    kwargs = kwargs or {}
     if isinstance(f, Transformed):
-        graph = f.specialise(*args).graph
+        graph = f.specialise(*args, **kwargs).graph
     elif callable(f):
-        graph = api.make_graph(f)(*args)
+        graph = api.make_graph(f)(*args, **kwargs)
     else:
         raise ArgumentError(with_location(
             f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
-    return graph, _dynamic_names(f, args, len(graph.inputs))
+    return graph, _dynamic_names(f, args, kwargs, len(graph.inputs))
 
 
-def _dynamic_names(f, args, count):
-    """The parameter names of the traced arguments among ``args`` (static ints are no
-    inputs of the Graph: ``f(n, x)`` names its inputs ``x``, not ``n``)."""
+def _dynamic_names(f, args, kwargs, count):
+    """The parameter names of the traced arguments among ``args`` and ``kwargs`` (after
+    the positional ones, by name, as gradc traces them; static ints are no inputs of the
+    Graph: ``f(n, x)`` names its inputs ``x``, not ``n``)."""
     from .api import _is_static
     names = _names(f, len(args))
-    traced = [n for n, a in zip(names, args) if not _is_static(a)]
-    return traced if len(traced) == count and len(names) == len(args) else _names(f, count)
+    if len(names) != len(args):
+        return _names(f, count)
+    names += sorted(kwargs)
+    values = list(args) + [kwargs[k] for k in sorted(kwargs)]
+    traced = [n for n, a in zip(names, values) if not _is_static(a)]
+    return traced if len(traced) == count else _names(f, count)
 
 
 def _dynamic_leaves(args):
     """The argument leaves that are graph inputs (arrays and floats; Python ints and
     bools are static)."""
     from . import pytree
+    from .api import _is_static
     leaves, _ = pytree.flatten(list(args))
-    return [x for x in leaves if not isinstance(x, (bool, int))]
+    return [x for x in leaves if not _is_static(x)]
 
 
 def _as_user(x):
@@ -392,23 +399,23 @@ def to_sympy(f):
     """``to_sympy(f)(*args)``: the SymPy expressions of ``f``'s results at ``args``'
     shapes (see the module docstring); ``to_sympy(f).symbols(*args)`` the symbols used
     for each input."""
-    def convert(*args):
-        graph, names = _graph_and_names(f, args)
+    def convert(*args, **kwargs):
+        graph, names = _graph_and_names(f, args, kwargs)
         size = sum(int(np.prod(v.shape)) for v in graph.inputs)
         if size > MAX_ELEMENTS:
             raise ArgumentError(with_location(
                 f"gradc.to_sympy: the inputs have {size} elements; SymPy is practical up to "
                 f"{MAX_ELEMENTS} (one symbol per element)"))
         syms = [symbols_for(n, tuple(v.shape)) for n, v in zip(names, graph.inputs)]
-        values = _dynamic_leaves(args)
+        values = _dynamic_leaves(list(args) + [kwargs[k] for k in sorted(kwargs)])
         if len(values) == len(graph.inputs):      # integer inputs (indices) keep their values
             syms = [s if np.dtype(v.dtype).kind in "fc" else np.asarray(x)
                     for s, v, x in zip(syms, graph.inputs, values)]
         out = [_as_user(r) for r in evaluate(graph, syms)]
         return out[0] if len(out) == 1 else tuple(out)
 
-    def symbols(*args):
-        graph, names = _graph_and_names(f, args)
+    def symbols(*args, **kwargs):
+        graph, names = _graph_and_names(f, args, kwargs)
         return tuple(symbols_for(n, tuple(v.shape)) for n, v in zip(names, graph.inputs))
 
     convert.symbols = symbols

@@ -131,3 +131,10 @@ def test_a_python_if_gives_the_branch_taken():
     assert str(gradc.to_sympy(f)(np.array([-0.5, 2.0]))) == "-x_0"
     report = gradc.check(f, np.array([0.5, 2.0]), targets=("numpy",))
     assert report.ok and "sympy" in [row.reference for row in report.rows]
+
+
+def test_keyword_arguments_are_symbols_by_their_names():
+    """(QA: to_sympy took no keyword arguments, where .graph and make_graph do.)"""
+    assert str(gradc.to_sympy(lambda x, s=1.0: x * s)(1.5, s=2.0)) == "s*x"
+    grad = gradc.grad(lambda x, s=1.0: np.sum(x ** 2) * s)
+    assert str(gradc.to_sympy(grad)(np.ones(2), s=2.0)) == "[2*s*x_0, 2*s*x_1]"
