@@ -209,15 +209,16 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     import mpmath
     import sympy as sp
 
+    from .api import _is_static
     from .symbolic import to_sympy
     conv = to_sympy(f)
     expr = conv(*args)
     syms = conv.symbols(*args)
     exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
     flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
-    # (Python ints and bools are static: no symbols, their values in the expression)
-    dynamic = [i for i, a in enumerate(args) if not isinstance(a, (bool, int, np.bool_,
-                                                                    np.integer))]
+    # (ints and bools, Python's or NumPy's, are static: no symbols; their values are in
+    # the expression)
+    dynamic = [i for i, a in enumerate(args) if not _is_static(a)]
     values = [v for i in dynamic for v in np.asarray(args[i], np.float64).reshape(-1)]
     subs_syms = list(flat_syms)
     out = []

@@ -1023,7 +1023,7 @@ def _one_run(eqns, k, placed, deferrable, last_use) -> int:
     a scan's kernel did (``placed``) and at those lowered where they are read
     (``deferrable``)."""
     from ..passes.fuse import ELEMENTWISE
-    from .cudarows import one_run_work, work_of
+    from .cudarows import kernel_count, one_run_work, work_of
     limit, end, made, host = one_run_work(), k, set(), []
     while end < len(eqns):
         e = eqns[end]
@@ -1051,7 +1051,7 @@ def _one_run(eqns, k, placed, deferrable, last_use) -> int:
             break
     while end > k and (eqns[end - 1].prim.name == "reshape" or end - 1 in host):
         end -= 1
-    kernels = sum(e.prim.name in ("fused", "einsum") for e in eqns[k:end])
+    kernels = kernel_count(eqns[k:end])
     return end if kernels >= 2 and limit else k
 
 

@@ -626,11 +626,15 @@ def one_run(ctx, eqns, outputs) -> bool:
     # (not if it launches more kernels than the run's equations would, one each: an
     # epilogue of rows the kernel leaves to kernels of its own)
     if not _one_step(ctx, ins, optimised, outputs, printed, batch=1, one=True) or \
-            len(ctx.kernels) - snapshot[0] > sum(e.prim.name in ("fused", "einsum")
-                                                 for e in eqns):
+            len(ctx.kernels) - snapshot[0] > kernel_count(eqns):
         _restore(ctx, snapshot)
         return False
     return True
+
+
+def kernel_count(eqns) -> int:
+    """The kernels ``eqns`` launch when lowered one by one (``one_run``'s runs)."""
+    return sum(e.prim.name in ("fused", "einsum") for e in eqns)
 
 
 def _lifted_view(ctx, v, shape, carry, eqn, lifted, k):

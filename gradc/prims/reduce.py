@@ -4,9 +4,9 @@ output (``keepdims`` is a reshape in the NumPy layer).
 """
 from __future__ import annotations
 
-import numpy as np
-
 import operator
+
+import numpy as np
 
 from ..errors import ArgumentError, DTypeError, ShapeError, with_location
 from ..ir import Primitive
