@@ -137,8 +137,13 @@ def library_call() -> str | None:
     if outer is None:
         return None
     module = outer.f_globals.get("__name__", "")
+    name = outer.f_code.co_name
+    if module.split(".")[0] == "numpy":
+        import numpy as np
+        if getattr(getattr(np, name, None), "__code__", None) is outer.f_code:
+            return f"np.{name}"          # as the user spelled it: np.full, not numpy.numeric
     public = ".".join(p for p in module.split(".") if not p.startswith("_"))
-    return f"{public}.{outer.f_code.co_name}"
+    return f"{public}.{name}"
 
 
 def user_instruction(frame) -> str | None:

@@ -450,6 +450,7 @@ def dtype_of(x) -> np.dtype:
 _GRADC_FOR = {
     "scipy.special.logsumexp": "gradc.logsumexp", "scipy.special.softmax": "gradc.softmax",
     "scipy.special.log_softmax": "gradc.log_softmax",
+    "np.full": "np.full_like(x, value) or np.broadcast_to(value, shape)",
     "scipy.special.polygamma": "gradc.ops.polygamma(n, x) (or scipy.special.psi for n = 0)",
 }
 

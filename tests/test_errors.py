@@ -49,6 +49,21 @@ def test_library_functions_that_convert_with_asarray_are_named():
            "np.sum(sc.i0e(x))", lambda: gradc.grad(lambda x: np.sum(sc.i0e(x)))(X))
 
 
+def test_np_full_of_a_traced_value_names_np_full_and_its_replacements():
+    """np.full calls np.asarray on its fill value: the error says np.full (NumPy's own
+    module path, numpy._core.numeric, is not what the user wrote) and what works, and
+    what it names does work."""
+    def f(x):
+        return np.sum(np.full(3, x[0]) * x)
+
+    expect(gradc.ConcretizationError, ["np.full converts", "np.full_like(x, value)",
+                                       "np.broadcast_to(value, shape)"],
+           "return np.sum(np.full(3, x[0]) * x)", lambda: gradc.grad(f)(X))
+    for instead in (lambda x: np.sum(np.full_like(x, x[0]) * x),
+                    lambda x: np.sum(np.broadcast_to(x[0], (3,)) * x)):
+        np.testing.assert_allclose(gradc.grad(instead)(X), X[0] + np.array([np.sum(X), 0, 0]))
+
+
 def _logsumexp(sc, x):
     return sc.logsumexp(x)
 
