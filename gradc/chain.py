@@ -65,7 +65,7 @@ def tangent_cost(eqn, active) -> float:
     if name == "solve":
         n = eqn.inputs[0].shape[-1]
         return float(2 * n * ins[1] + (n * ins[1] if active[0] else 0))
-    if name in ("det", "slogdet"):
+    if name in ("det", "slogdet", "cofactor"):
         return float(ins[0])
     if name.startswith("reduce_") or name in ("cumsum", "argmax", "argmin"):
         return float(ins[0])

@@ -242,6 +242,8 @@ def _apply(eqn, ins):
         A = sp.Matrix(a.tolist())
         B = sp.Matrix(b.reshape(b.shape[0], -1).tolist())
         return [_obj(np.array(A.LUsolve(B).tolist(), object).reshape(b.shape))]
+    if name == "cofactor":
+        return [_obj(np.array(sp.Matrix(ins[0].tolist()).adjugate().T.tolist(), object))]
     if name in ("det", "slogdet"):
         det = sp.Matrix(ins[0].tolist()).det()
         if name == "det":

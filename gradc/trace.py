@@ -425,7 +425,7 @@ def _run_impl(prim, args, params):
     except Exception as e:
         where = _SOURCE[-1] if _SOURCE else None
         raise errors.EvaluationError(with_location(
-            f"{prim.name} failed on the traced values: {type(e).__name__}: {e}", where)) from e
+            f"{prim.name} failed on these values: {type(e).__name__}: {e}", where)) from e
 
 
 def _normalise(prim, result):

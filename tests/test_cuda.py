@@ -2396,18 +2396,21 @@ def _walk(k, x):
 
 def test_a_singular_matrix_is_a_gradc_error_on_the_gpu():
     """The solve kernel flags a zero pivot (LAPACK's ``info > 0``, where NumPy raises
-    ``LinAlgError``): the gradient of ``det`` at a singular matrix, which goes through a
-    solve, and a stack of systems with one singular raise gradc's error naming the line
-    (the CPU target's, and the interpreter's own), where the kernel gave NaNs; a valid
-    call after it runs."""
+    ``LinAlgError``): the second derivatives of ``det`` at a singular matrix, which go
+    through a solve, and a stack of systems with one singular raise gradc's error naming
+    the line (the CPU target's, and the interpreter's own), where the kernel gave NaNs;
+    a valid call after it runs.  The gradient of ``det`` there is the cofactor matrix."""
     B = np.array([[1.0, 2.0], [3.0, 4.0]])
     S = np.array([[1.0, 2.0], [2.0, 4.0]])
     g = gradc.grad(_det_of, target="cuda")
     np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
-    with pytest.raises(gradc.EvaluationError, match=r"solve: the matrix is singular"
+    np.testing.assert_allclose(g(S), [[4.0, -2.0], [-2.0, 1.0]], rtol=1e-12)
+    h = gradc.hessian(_det_of, target="cuda")
+    h(B)
+    with pytest.raises(gradc.EvaluationError, match=r"solve.*(singular|Singular)"
                        r"(.|\n)*test_cuda.py:\d+: return np.linalg.det"):
-        g(S)
-    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+        h(S)
+    np.testing.assert_allclose(h(B)[0, 0], [[0.0, 0.0], [0.0, 1.0]], atol=1e-12)
     solve = gradc.jit(_solve_of, target="cuda")
     b = np.ones((3, 2))
     assert "compare_and_swap(_chk, 0, 1)" in solve.source(np.stack([B, B, B]), b)
@@ -3702,6 +3705,10 @@ DECOMPOSITIONS = {
            rng.standard_normal((5, 3))),
     "det": (lambda a: np.sum(np.linalg.det(a) ** 2), rng.standard_normal((2, 3, 3))),
     "det-one": (lambda a: np.linalg.det(a) * np.sum(a), rng.standard_normal((3, 3))),
+    # a stack with a singular matrix: the cofactor of that one from its SVD
+    "det-singular": (lambda a: np.sum(np.linalg.det(a) ** 2 + np.linalg.det(a)),
+                     np.stack([[[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]],
+                               rng.standard_normal((3, 3))])),
     "slogdet": (lambda a: np.linalg.slogdet(a)[1] * 2.0, _spd(3)),
     # (not a decomposition: the other primitive CuPy computes, with a sort's derivative)
     "argsort": (lambda a: np.sum(np.sort(a, axis=0)[-2:] ** 2) + np.median(a),
@@ -3733,7 +3740,7 @@ def test_decompositions_through_cupy_stay_on_the_device(monkeypatch, name):
     g = gradc.value_and_grad(f, target="cuda")
     assert g.compile(a).on_host == [] and "_d.cupy_library(" in g.source(a)
     (v, d), (vw, dw) = g(a), gradc.value_and_grad(f, target="numpy")(a)
-    assert calls and set(calls) <= {name.split("-")[0], "det"}
+    assert calls and set(calls) <= {name.split("-")[0], "det", "cofactor"}
     np.testing.assert_allclose(v, vw, rtol=1e-12)
     np.testing.assert_allclose(d, dw, rtol=1e-10, atol=1e-12)
     if name == "cholesky":      # (the library's failure: gradc's error, naming the line)

@@ -476,11 +476,12 @@ def test_an_index_out_of_bounds_on_a_later_call_is_a_gradc_error():
 
 @pytest.mark.parametrize("target", ["numpy", "cpu", "parallel"])
 def test_a_linalg_failure_on_a_later_call_is_a_gradc_error(target):
-    """A singular matrix in a solve (the gradient of ``det`` goes through one; a stack
-    of systems with one singular) and a matrix that is not positive definite in a
+    """A singular matrix in a solve (the second derivatives of ``det`` go through one; a
+    stack of systems with one singular) and a matrix that is not positive definite in a
     Cholesky factorization raise gradc's error naming the line on every target, where
     the CPU target let NumPy's ``LinAlgError`` through from inside the compiled code;
-    a valid call after it runs."""
+    a valid call after it runs.  ``det``'s gradient at the singular matrix is its
+    cofactor matrix (adj(S)ᵀ), as JAX's and PyTorch's."""
     B = np.array([[1.0, 2.0], [3.0, 4.0]])
     S = np.array([[1.0, 2.0], [2.0, 4.0]])
 
@@ -494,10 +495,13 @@ def test_a_linalg_failure_on_a_later_call_is_a_gradc_error(target):
         return np.sum(np.linalg.cholesky(a))
     g = gradc.grad(det, target=target)
     np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+    np.testing.assert_allclose(g(S), [[4.0, -2.0], [-2.0, 1.0]], rtol=1e-12)
+    h = gradc.hessian(det, target=target)
+    h(B)
     with pytest.raises(gradc.EvaluationError, match=r"(?i)solve.*singular"
                        r"(.|\n)*test_errors.py:\d+: return np.linalg.det"):
-        g(S)
-    np.testing.assert_allclose(g(B), [[4.0, -3.0], [-2.0, 1.0]], rtol=1e-12)
+        h(S)
+    np.testing.assert_allclose(h(2 * B)[0, 0], [[0.0, 0.0], [0.0, 1.0]], atol=1e-12)
     s = gradc.jit(solve, target=target)
     np.testing.assert_allclose(s(np.stack([B, B]), np.ones((2, 2))), [[-1.0, 1.0]] * 2)
     with pytest.raises(gradc.EvaluationError, match=r"(?i)singular(.|\n)*return np.linalg"):

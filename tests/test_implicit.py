@@ -392,6 +392,37 @@ def test_decompositions_against_fd_and_forward_mode(rng, name):
     assert abs(jv - np.sum(g * u)) < 1e-10 * max(1.0, abs(jv))
 
 
+def _cofactors_by_minors(m):
+    n = len(m)
+    if n == 1:
+        return np.ones((1, 1))
+    return np.array([[(-1) ** (i + j) * np.linalg.det(np.delete(np.delete(m, i, 0), j, 1))
+                      for j in range(n)] for i in range(n)])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu", "parallel"])
+def test_det_gradient_at_singular_matrices_is_the_cofactor_matrix(rng, target):
+    """d det A = Σ cof(A) ∘ dA holds at singular A too (JAX's and PyTorch's gradients):
+    rank n − 1 gives the adjugate's rank-one matrix (from the SVD where det A is exactly
+    0), lower ranks zero; near-singular matrices (det A · A⁻ᵀ) agree with the minors, and
+    so does a stack with one singular matrix, jvp as well as grad."""
+    cases = [np.array([[1.0, 2.0], [2.0, 4.0]]),
+             np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]]),    # rank 2
+             np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 2.0]),                       # rank 1
+             np.zeros((3, 3)), np.zeros((1, 1)),
+             rng.standard_normal((4, 3)) @ rng.standard_normal((3, 4))]         # ≈ rank 3
+    g = gradc.grad(lambda a: np.linalg.det(a), target=target)
+    for a in cases:
+        want = _cofactors_by_minors(a)
+        np.testing.assert_allclose(g(a), want, rtol=0, atol=1e-13 * max(1, np.abs(a).max()) ** 3)
+        u = rng.standard_normal(a.shape)
+        _, jv = gradc.jvp(lambda a: np.linalg.det(a), (a,), (u,), target=target)
+        assert abs(jv - np.sum(want * u)) < 1e-12 * max(1.0, np.abs(want).max()) * a.size
+    stack = np.stack([cases[1], rng.standard_normal((3, 3)), cases[2]])
+    got = gradc.grad(lambda a: np.sum(np.linalg.det(a)), target=target)(stack)
+    np.testing.assert_allclose(got, [_cofactors_by_minors(m) for m in stack], atol=1e-12)
+
+
 def test_decompositions_compiled(rng):
     cases = _decomp_cases(rng)
     for name in ("cholesky", "eigh", "svd tall", "qr tall", "qr wide"):

@@ -476,6 +476,8 @@ ROWS = [
         ref=lambda a, b: np.linalg.solve(a, b[..., None])[..., 0] if b.ndim == 1
         else np.linalg.solve(a, b)),
     Row("det", ops.det, unary(spd_or_not), [(1, 1), (3, 3), (2, 2, 2)], ref=np.linalg.det),
+    Row("cofactor", ops.cofactor, unary(spd_or_not), [(1, 1), (3, 3), (2, 2, 2)],
+        ref=lambda a: np.linalg.det(a)[..., None, None] * np.linalg.inv(a).swapaxes(-1, -2)),
     Row("slogdet", lambda a: ops.slogdet(a)[1], unary(spd_or_not), [(1, 1), (3, 3), (2, 2, 2)],
         ref=lambda a: np.linalg.slogdet(a)[1]),
     Row("slogdet", lambda a: ops.slogdet(a)[0], unary(spd_or_not), [(3, 3), (2, 2, 2)],

@@ -837,8 +837,26 @@ LIBRARY = {
     "qr": lambda xp, a: list(xp.linalg.qr(a)),
     "det": lambda xp, a: [xp.linalg.det(a)],
     "slogdet": lambda xp, a: list(xp.linalg.slogdet(a)),
+    "cofactor": lambda xp, a: [_cofactor(xp, a)],
     "argsort": lambda xp, a, axis: [xp.argsort(a, axis=axis, kind="stable").astype(np.int64)],
 }
+
+
+def _cofactor(xp, a):
+    """``prims.linalg.cofactor_matrix`` by array module ``xp``, batched: det A · A⁻ᵀ, and
+    for the matrices with det A = 0, det U det V · U diag(Π_{j≠i} s_j) Vᵀ (their SVD)."""
+    eye = xp.eye(a.shape[-1], dtype=a.dtype)
+    d = xp.linalg.det(a)
+    singular = d == 0
+    inv = xp.linalg.inv(xp.where(singular[..., None, None], eye, a))
+    cof = d[..., None, None] * xp.swapaxes(inv, -1, -2)
+    if bool(xp.any(singular)):
+        u, s, vt = xp.linalg.svd(a)
+        others = xp.prod(xp.where(eye.astype(bool), 1, s[..., None, :]), axis=-1)
+        sign = xp.linalg.det(u) * xp.linalg.det(vt)
+        by_svd = sign[..., None, None] * ((u * others[..., None, :]) @ vt)
+        cof = xp.where(singular[..., None, None], by_svd, cof)
+    return cof
 
 
 def library_call(xp, name, a, **params) -> list:

@@ -2568,10 +2568,10 @@ def _on_cupy(eqn) -> bool:
 
 
 def _library(ctx, eqn):
-    """``cholesky``, ``eigh``, ``svd``, ``qr``, ``det``, ``slogdet`` by CuPy (cuSOLVER), and
-    ``argsort`` (its stable sort), on the device: arrays stay there, rank-0 results (one matrix's
-    determinant) come back as host scalars.  Without CuPy these run on the host
-    (``_host``)."""
+    """``cholesky``, ``eigh``, ``svd``, ``qr``, ``det``, ``slogdet``, ``cofactor`` (det's
+    gradient) by CuPy (cuSOLVER), and ``argsort`` (its stable sort), on the device: arrays
+    stay there, rank-0 results (one matrix's determinant) come back as host scalars.
+    Without CuPy these run on the host (``_host``)."""
     from .pysource import LINALG_FAILURES, linalg_failure
     a = eqn.inputs[0]
     outs = [ctx.names[v] for v in eqn.outputs]

@@ -392,6 +392,31 @@ def det_batched(a):
 
 
 @njit
+def cofactor_batched(a):
+    """``prims.linalg.cofactor_matrix`` of each matrix: det A · A⁻ᵀ, or at det A = 0
+    det U det V · U diag(Π_{j≠i} s_j) Vᵀ from the SVD."""
+    out = np.empty_like(a)
+    n = a.shape[1]
+    for i in range(a.shape[0]):
+        m = np.ascontiguousarray(a[i])
+        d = np.linalg.det(m)
+        if d != 0.0:
+            out[i] = (d * np.linalg.inv(m)).T
+            continue
+        u, s, vt = np.linalg.svd(m)
+        sign = np.linalg.det(u) * np.linalg.det(vt)
+        for k in range(n):
+            p = sign
+            for j in range(n):
+                if j != k:
+                    p *= s[j]
+            for r in range(n):
+                u[r, k] *= p
+        out[i] = u @ vt
+    return out
+
+
+@njit
 def slogdet_batched(a):
     sign = np.empty(a.shape[0], a.dtype)
     logabs = np.empty(a.shape[0], a.dtype)

@@ -491,6 +491,11 @@ def _det(ctx, eqn, a, outs):
     return f"_k.det_batched({_batched(a[0], m, 2)}).reshape({_tuple(m.shape[:-2])})"
 
 
+def _cofactor(ctx, eqn, a, outs):
+    m = eqn.inputs[0]
+    return f"_k.cofactor_batched({_batched(a[0], m, 2)}).reshape({_tuple(m.shape)})"
+
+
 def _slogdet(ctx, eqn, a, outs):
     m = eqn.inputs[0]
     t1, t2 = ctx.temp(), ctx.temp()
@@ -694,7 +699,7 @@ HANDLERS = {
     "argsort": _argsort, "searchsorted": _searchsorted,
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
-    "slogdet": _slogdet, "conv2d": _conv2d,
+    "slogdet": _slogdet, "cofactor": _cofactor, "conv2d": _conv2d,
     "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
     "root": _root_callback, "report": _report, "barrier": _barrier,
     "cholesky": _decomposition("np.linalg.cholesky({})"),
@@ -780,7 +785,7 @@ LINALG_FAILURES = {"solve": "the matrix is singular",
                    "svd": "the SVD did not converge"}
 # Numba's LAPACK calls, which also refuse infinities and NaNs (where NumPy's return NaNs
 # or values)
-LINALG_CALLS = {"det", "slogdet", "qr", *LINALG_FAILURES}
+LINALG_CALLS = {"det", "slogdet", "cofactor", "qr", *LINALG_FAILURES}
 
 
 def linalg_failure(eqn, finite: bool = True) -> str:

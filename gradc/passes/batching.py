@@ -501,7 +501,7 @@ def _rules() -> dict:
         "transpose": _transpose_rule, "slice": _slice_rule, "pad": _pad_rule,
         "concatenate": _concatenate_rule, "einsum": _einsum_rule, "guard": _guard_rule,
         "nonzero": _nonzero_rule, "solve": _solve_rule, "det": _leading_batch,
-        "slogdet": _leading_batch,
+        "slogdet": _leading_batch, "cofactor": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
         "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
         "while_loop": _while_rule, "custom_jvp_call": _custom_jvp_rule,

@@ -1,5 +1,5 @@
 """Linear-algebra primitives: einsum (two operands, the one contraction primitive),
-solve, det, slogdet.
+solve, det, slogdet, cofactor (det's gradient).
 
 ``einsum`` is bilinear.  Its operands never repeat an index and every index of an
 operand appears in the other operand or in the output (the NumPy layer sums such
@@ -155,11 +155,13 @@ def _square_abstract(a):
 
 
 def _det_jvp(primals, tangents):
-    # d det A = det A · tr(A⁻¹ dA)
+    # d det A = tr(adj(A) dA) = Σ cof(A) ∘ dA: defined at singular A too (rank n − 1
+    # gives the adjugate's rank-one matrix; det A · A⁻¹ would divide by zero)
     from . import elementwise as ew
+    from .reduce import reduce_sum
     (a,), (t,) = primals, tangents
     d = det(a)
-    return d, None if t is None else ew.mul(d, _trace_last(solve(a, t)))
+    return d, None if t is None else reduce_sum(ew.mul(cofactor(a), t), (-2, -1))
 
 
 det_p.abstract = _square_abstract
@@ -168,6 +170,61 @@ det_p.jvp = _det_jvp
 
 def det(a):
     return bind(det_p, a)
+
+
+# ---------------------------------------------------------------- cofactor
+
+cofactor_p = Primitive("cofactor")
+
+
+def cofactor_matrix(a):
+    """The cofactor matrix adj(A)ᵀ of each matrix of ``a`` (..., n, n), the gradient of
+    ``det``: det A · A⁻ᵀ where det A ≠ 0, else from the SVD A = U S Vᵀ,
+    adj(A) = det U det V · V diag(Π_{j≠i} s_j) Uᵀ (NumPy; the CPU kernel computes the
+    same, ``kernels.cofactor_batched``)."""
+    a = np.asarray(a)
+    out = np.empty(a.shape, a.dtype)
+    flat, cof = a.reshape((-1,) + a.shape[-2:]), out.reshape((-1,) + a.shape[-2:])
+    for i, m in enumerate(flat):
+        d = np.linalg.det(m)
+        if d != 0 and np.isfinite(d):
+            cof[i] = d * np.linalg.inv(m).T
+        elif not np.all(np.isfinite(m)):
+            cof[i] = np.nan
+        else:
+            u, s, vt = np.linalg.svd(m)
+            others = np.array([np.prod(np.delete(s, k)) for k in range(len(s))], s.dtype)
+            cof[i] = (np.linalg.det(u) * np.linalg.det(vt)) * (u * others) @ vt
+    return out
+
+
+def _cofactor_abstract(a):
+    if len(a.shape) < 2 or a.shape[-1] != a.shape[-2]:
+        raise ShapeError(f"expected square matrices (..., n, n), got {tuple(a.shape)}")
+    return [(tuple(a.shape), a.dtype)]
+
+
+def _cofactor_jvp(primals, tangents):
+    # C = det A · A⁻ᵀ:  dC = C tr(A⁻¹ dA) − A⁻ᵀ dAᵀ C   (A invertible: second derivatives
+    # of det at a singular matrix raise solve's error)
+    from . import elementwise as ew
+    from .shape import broadcast_in_dim
+    (a,), (t,) = primals, tangents
+    c = cofactor(a)
+    if t is None:
+        return c, None
+    n = len(np.shape(a))
+    tr = broadcast_in_dim(_trace_last(solve(a, t)), tuple(np.shape(a)), tuple(range(n - 2)))
+    return c, ew.sub(ew.mul(c, tr), solve(_swap_last(a), matmul2(_swap_last(t), c)))
+
+
+cofactor_p.impl = cofactor_matrix
+cofactor_p.abstract = _cofactor_abstract
+cofactor_p.jvp = _cofactor_jvp
+
+
+def cofactor(a):
+    return bind(cofactor_p, a)
 
 
 slogdet_p = Primitive("slogdet", multiple_results=True)
