@@ -3,9 +3,10 @@
 ``gradc.to_sympy(f)(*args)`` traces ``f`` at ``args`` (for their shapes) and runs the
 Graph with SymPy expressions in place of numbers: a scalar argument becomes one real
 symbol named after its parameter (``a``), an array argument one symbol per element
-(``x_0, x_1, ...``; ``W_0_1`` for ``W[0, 1]``).  The result has the structure of the
-function's flat results: one expression for a scalar, a ``sympy.Array`` for an array, a
-tuple for several.  ``f`` may be a gradc transformation (``gradc.grad(g)``): its
+(``x_0, x_1, ...``; ``W_0_1`` for ``W[0, 1]``).  The result has the structure ``f``
+returns, with one expression per scalar and a ``sympy.Array`` per array: a tuple, list
+or dict of them as ``f`` gives them, ``(grad, aux)`` for ``gradc.grad(g,
+has_aux=True)``.  ``f`` may be a gradc transformation (``gradc.grad(g)``): its
 derivative Graph is evaluated, so its expressions can be compared with ``sympy.diff``.
 
 How each primitive maps: the elementwise ones to SymPy functions (``expm1(x)`` is
@@ -350,18 +351,33 @@ def symbols_for(name, shape):
     return out
 
 
-def _graph_and_names(f, args, kwargs=None):
+def _transformation(f):
+    """``f`` as a gradc transformation: itself, or ``jit(f)`` on the interpreter for a
+    plain function (its Graph is the traced one; ``_finish`` gives the output's
+    structure)."""
     from . import api
     from .transformed import Transformed
-    kwargs = kwargs or {}
     if isinstance(f, Transformed):
-        graph = f.specialise(*args, **kwargs).graph
-    elif callable(f):
-        graph = api.make_graph(f)(*args, **kwargs)
-    else:
-        raise ArgumentError(with_location(
-            f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
-    return graph, _dynamic_names(f, args, kwargs, len(graph.inputs))
+        return f
+    if callable(f):
+        return api.Evaluate(f, target="numpy")
+    raise ArgumentError(with_location(
+        f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
+
+
+def _specialised(f, args, kwargs=None):
+    """(transformation, its specialisation at ``args``, the state ``_finish`` needs,
+    the Graph's input names)."""
+    kwargs = kwargs or {}
+    tf = _transformation(f)
+    key, build, _, state = tf._prepare(args, kwargs)
+    spec = tf._cache.find(key, build)
+    return tf, spec, state, _dynamic_names(f, args, kwargs, len(spec.graph.inputs))
+
+
+def _graph_and_names(f, args, kwargs=None):
+    _, spec, _, names = _specialised(f, args, kwargs)
+    return spec.graph, names
 
 
 def _dynamic_names(f, args, kwargs, count):
@@ -395,12 +411,24 @@ def _as_user(x):
     return sp.Array(x.tolist())
 
 
+def _as_result(x):
+    """A result leaf as the user sees it: an expression, or a ``sympy.Array``."""
+    sp = _sympy()
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return _as_user(x)
+    if isinstance(x, np.ndarray):
+        return _as_user(_obj(x))
+    return x if isinstance(x, sp.Basic) else number(x)
+
+
 def to_sympy(f):
     """``to_sympy(f)(*args)``: the SymPy expressions of ``f``'s results at ``args``'
-    shapes (see the module docstring); ``to_sympy(f).symbols(*args)`` the symbols used
-    for each input."""
+    shapes, in the structure ``f`` returns them (see the module docstring);
+    ``to_sympy(f).symbols(*args)`` the symbols used for each input."""
     def convert(*args, **kwargs):
-        graph, names = _graph_and_names(f, args, kwargs)
+        from . import pytree
+        tf, spec, state, names = _specialised(f, args, kwargs)
+        graph = spec.graph
         size = sum(int(np.prod(v.shape)) for v in graph.inputs)
         if size > MAX_ELEMENTS:
             raise ArgumentError(with_location(
@@ -411,8 +439,10 @@ def to_sympy(f):
         if len(values) == len(graph.inputs):      # integer inputs (indices) keep their values
             syms = [s if np.dtype(v.dtype).kind in "fc" else np.asarray(x)
                     for s, v, x in zip(syms, graph.inputs, values)]
-        out = [_as_user(r) for r in evaluate(graph, syms)]
-        return out[0] if len(out) == 1 else tuple(out)
+        # (the transformation's own _finish puts the results in the structure it
+        # returns: has_aux's pair, a dict, a tuple of gradients, vmap's axes)
+        out = tf._finish(spec, evaluate(graph, syms), state)
+        return pytree.tree_map(_as_result, out)
 
     def symbols(*args, **kwargs):
         graph, names = _graph_and_names(f, args, kwargs)
