@@ -329,9 +329,46 @@ def evaluate(graph: Graph, args) -> list:
 
 # ---------------------------------------------------------------- the user's entry
 
+def _only_star_args(fun) -> bool:
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return [q.kind for q in params] == [inspect.Parameter.VAR_POSITIONAL]
+
+
+def users_function(fun):
+    """The user's function under gradc's wrappers, whose parameters the arguments fill:
+    a transformation's ``fun`` (``grad``, ``jit``, ``vmap``, a sparse Jacobian), and the
+    function that ``jacfwd``/``jacrev``/``hessian``/``jacobian`` wrap in a ``jac(*args)``
+    of their own."""
+    from .api import _reads
+    from .errors import _in_gradc
+    seen = set()
+    while id(fun) not in seen:
+        seen.add(id(fun))
+        inner = getattr(fun, "fun", None)
+        if callable(inner):
+            fun = inner
+            continue
+        code = getattr(fun, "__code__", None)
+        if code is not None and _in_gradc(code.co_filename) and _only_star_args(fun):
+            # (the function it wraps: its closure's ``fun``, else the first function it
+            # reads, as ``jacfwd(f, argnums=(0, 1))`` reads its parts)
+            cells = dict(zip(code.co_freevars, fun.__closure__ or ()))
+            found = cells["fun"].cell_contents if "fun" in cells else next(
+                (v for _, _, v in _reads(fun) if callable(v) and not isinstance(v, type)),
+                None)
+            if found is not None:
+                fun = found
+                continue
+        break
+    return fun
+
+
 def _names(fun, count):
     """Parameter names for ``count`` inputs (``x0, x1, ...`` when they do not fit)."""
-    target = getattr(fun, "fun", fun)
+    target = users_function(fun)
     try:
         params = [q.name for q in inspect.signature(target).parameters.values()
                   if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
