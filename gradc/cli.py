@@ -10,10 +10,11 @@
 ``--args`` is a comma-separated list of specs, one per positional argument: a dtype and
 a shape (``f64[5]``, ``f32[2,3]``, ``f64[]`` for a scalar: random numbers, uniform in
 ``--range`` (default 0.5..1.5), seeded by ``--seed``), or a Python number (``2``,
-``0.5``).  ``--args @FILE.py`` reads the arguments from a file instead: a Python
-expression (a tuple of them), or code that defines ``args``; ``np`` is available in
-it.  Errors print one line (``gradc: error: ...``) and exit with status 2; ``check``
-exits with 1 when a comparison fails.  ``--debug`` shows the traceback instead.
+``0.5``, ``nan``, ``inf``, ``-inf``).  ``--args @FILE.py`` reads the arguments from a
+file instead: a Python expression (a tuple of them), or code that defines ``args``;
+``np`` is available in it.  Errors print one line (``gradc: error: ...``) and exit with
+status 2; ``check`` exits with 1 when a comparison fails.  ``--debug`` shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -114,15 +115,24 @@ def parse_args_spec(text: str, seed: int = 0, lo: float = 0.5, hi: float = 1.5) 
                 value = rng.integers(0, 10, shape).astype(dt)
             out.append(value if shape else (float(value) if dt == np.float64 else value[()]))
             continue
-        try:
-            number = float(part) if any(c in part for c in ".eE") else int(part)
-        except ValueError:
-            raise CliError(f"bad argument spec {part!r}: expected a dtype and shape like "
-                           f"f64[5] or f32[2,3] or f64[], or a number") from None
-        out.append(number)
+        out.append(_number(part))
     if not out:
         raise CliError("--args is empty")
     return tuple(out)
+
+
+def _number(part: str):
+    """An int (a static argument), else a float: ``0.5``, ``1e-3``, ``nan``, ``inf``,
+    ``-inf``, as Python's ``float`` reads them."""
+    try:
+        return int(part)
+    except ValueError:
+        pass
+    try:
+        return float(part)
+    except ValueError:
+        raise CliError(f"bad argument spec {part!r}: expected a dtype and shape like "
+                       f"f64[5] or f32[2,3] or f64[], or a number") from None
 
 
 def _args_from_file(path: Path) -> tuple:

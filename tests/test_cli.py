@@ -158,3 +158,20 @@ def test_show_cuda_source_and_ptx_errors():
     assert "Traceback" not in r.stderr
     r = gradc("show", ROSEN, "--args", "f64[5]", "--target", "cuda", "--emit", "llvm")
     assert r.returncode != 0 and "use --emit ptx" in r.stderr
+
+
+def test_args_take_nan_and_infinities(user_file):
+    """(QA: ``--args "nan"`` was a bad spec: only numbers with ``.``/``e`` were floats.)"""
+    import math
+
+    from gradc.cli import CliError, parse_args_spec
+    got = parse_args_spec("nan, inf, -inf, 2, 0.5, 1e-3, -Infinity, f64[2]")
+    assert math.isnan(got[0]) and got[1] == math.inf and got[2] == -math.inf
+    assert [type(v) for v in got[:6]] == [float, float, float, int, float, float]
+    assert got[3:7] == (2, 0.5, 1e-3, -math.inf) and got[7].shape == (2,)
+    with pytest.raises(CliError, match="bad argument spec 'nano'"):
+        parse_args_spec("nano")
+    r = gradc("show", f"{user_file / 'funcs.py'}:energy", "--args", "f64[3], -inf",
+              "--emit", "ir")
+    assert r.returncode == 0, r.stderr
+    assert "{ lambda a:f64[3] b:f64[] ." in r.stdout
