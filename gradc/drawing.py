@@ -264,8 +264,8 @@ def _graph_of(f, args, kwargs, grad):
 def draw(f, *args, path="graph.svg", grad=False, **kwargs) -> Path:
     """Draw the Graph of ``f`` at ``args`` (its derivative with ``grad=True``; ``f`` may
     also be a gradc transformation or a Graph) to ``path`` (``.svg``, ``.png`` or
-    ``.dot``); the Graphviz text is written beside a picture as ``<path>.dot``.  Returns
-    the path of the picture."""
+    ``.dot``; missing folders are created); the Graphviz text is written beside a
+    picture as ``<path>.dot``.  Returns the path of the picture."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".svg", ".png", ".dot"):
@@ -274,6 +274,7 @@ def draw(f, *args, path="graph.svg", grad=False, **kwargs) -> Path:
     graph, title = _graph_of(f, args, kwargs, grad)
     g = drawing_graph(graph)
     dot_text = to_dot(g, title)
+    path.parent.mkdir(parents=True, exist_ok=True)      # (as the user would expect)
     dot_path = path if suffix == ".dot" else path.with_name(path.name + ".dot")
     dot_path.write_text(dot_text)
     if suffix == ".dot":

@@ -68,3 +68,14 @@ def test_draw_of_a_transformation_and_bad_paths(tmp_path):
     assert "pad" in dot and "result 0" in dot
     with pytest.raises(ArgumentError, match=".svg, .png or .dot"):
         gradc.draw(rosen, x, path=tmp_path / "g.gif")
+
+
+def test_draw_creates_missing_folders(tmp_path):
+    """(QA: a path in a folder that does not exist was a FileNotFoundError.)"""
+    x = np.array([0.5, -1.0, 2.0])
+    for name in ("g.svg", "g.dot"):
+        path = gradc.draw(rosen, x, path=tmp_path / "new" / "deeper" / name)
+        assert path == tmp_path / "new" / "deeper" / name
+        text = (path if name.endswith(".dot") else path.with_name(name + ".dot")).read_text()
+        assert text.startswith("digraph gradc {") and "reduce_sum" in text
+    assert "<svg" in (tmp_path / "new" / "deeper" / "g.svg").read_text()[:500]
