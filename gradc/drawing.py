@@ -242,6 +242,38 @@ def derivative_of(f, args, target="cpu"):
     return api.grad(f, argnums=argnums, target=target), "gradient"
 
 
+def describe(f, derivative=False) -> str:
+    """What a title calls ``f``: the user's function by its name, under the
+    transformations gradc wraps it in (``grad of loss``, ``vmap of f``, ``jacfwd of
+    f``, ``jacfwd of jacrev of f`` for ``hessian``); ``jit`` is left out of what a
+    derivative is taken of (it compiles, it does not change the function)."""
+    from .symbolic import _only_star_args, users_function
+    from .transformed import Transformed
+    if isinstance(f, Transformed):
+        inner = describe(f.fun)
+        internal = _gradc_wrapper(f.fun)
+        if f.kind == "jit" and (derivative or internal):
+            return inner
+        return f"{f.kind} of {inner}"
+    if _gradc_wrapper(f) and _only_star_args(f):
+        user = users_function(f)
+        name = getattr(f, "__name__", "")
+        base = getattr(user, "__name__", "f")
+        kinds = name[:-len(base) - 1] if name.endswith("_" + base) else name
+        return " of ".join(kinds.split("_") + [describe(user)])
+    if hasattr(f, "fun") and callable(f.fun):        # (a sparse Jacobian)
+        return describe(f.fun)
+    name = getattr(f, "__qualname__", getattr(f, "__name__", type(f).__name__))
+    return name.rsplit("<locals>.", 1)[-1]         # (a function defined in another)
+
+
+def _gradc_wrapper(f) -> bool:
+    """A function gradc defined around the user's (``jacfwd``'s ``jac``)."""
+    from .errors import _in_gradc
+    code = getattr(f, "__code__", None)
+    return code is not None and _in_gradc(code.co_filename)
+
+
 def _graph_of(f, args, kwargs, grad):
     from . import api
     from .transformed import Transformed
@@ -250,20 +282,20 @@ def _graph_of(f, args, kwargs, grad):
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.draw expects a function or a Graph, got a {type(f).__name__}"))
-    name = getattr(f, "__qualname__", getattr(f, "__name__", "f"))
     if grad:
-        if not isinstance(f, Transformed):
-            f, what = derivative_of(f, args, target="numpy")
-            return f.specialise(*args, **kwargs).graph, f"{what} of {name}"
-        return f.specialise(*args, **kwargs).graph, f"derivative ({f.kind}) of {name}"
+        # (the derivative of f, whatever f is: a plain function, jit(f), or a
+        # transformation, whose derivative is the next order)
+        d, what = derivative_of(f, args, target="numpy")
+        return d.specialise(*args, **kwargs).graph, f"{what} of {describe(f, True)}"
     if isinstance(f, Transformed):
-        return f.specialise(*args, **kwargs).graph, f"{f.kind} of {name}"
-    return api.make_graph(f)(*args, **kwargs), name
+        return f.specialise(*args, **kwargs).graph, describe(f)
+    return api.make_graph(f)(*args, **kwargs), describe(f)
 
 
 def draw(f, *args, path="graph.svg", grad=False, **kwargs) -> Path:
-    """Draw the Graph of ``f`` at ``args`` (its derivative with ``grad=True``; ``f`` may
-    also be a gradc transformation or a Graph) to ``path`` (``.svg``, ``.png`` or
+    """Draw the Graph of ``f`` at ``args`` (its derivative with ``grad=True``: of
+    ``jit(f)``, ``f``'s; of a transformation, the next order; ``f`` may also be a
+    Graph) to ``path`` (``.svg``, ``.png`` or
     ``.dot``; missing folders are created); the Graphviz text is written beside a
     picture as ``<path>.dot``.  Returns the path of the picture."""
     path = Path(path)

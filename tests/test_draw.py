@@ -79,3 +79,25 @@ def test_draw_creates_missing_folders(tmp_path):
         text = (path if name.endswith(".dot") else path.with_name(name + ".dot")).read_text()
         assert text.startswith("digraph gradc {") and "reduce_sum" in text
     assert "<svg" in (tmp_path / "new" / "deeper" / "g.svg").read_text()[:500]
+
+
+def test_titles_name_the_users_function(tmp_path):
+    """(QA: ``draw(gradc.jit(f), grad=True)`` drew f's primal Graph titled "derivative
+    (jit) of f"; jacfwd's title was "jit of jacfwd_f".)"""
+    def energy(x):
+        return np.sum(np.sin(x))
+
+    def title(f, grad=False):
+        text = gradc.draw(f, np.array([0.5, 1.0]), path=tmp_path / "t.dot", grad=grad
+                          ).read_text()
+        return text.split('label="', 1)[1].split('"', 1)[0], text
+    got, text = title(gradc.jit(energy), grad=True)
+    assert got == "gradient of energy"
+    assert "cos" in text                    # the derivative's Graph, not the primal's
+    assert title(energy, grad=True)[0] == "gradient of energy"
+    assert title(gradc.jit(energy))[0] == "jit of energy"
+    assert title(gradc.grad(energy))[0] == "grad of energy"
+    got, text = title(gradc.grad(energy), grad=True)     # the derivative of grad(f)
+    assert got == "Jacobian of grad of energy" and "cos" in text and "sin" in text
+    assert title(gradc.jacfwd(np.sin))[0] == "jacfwd of sin"
+    assert title(gradc.hessian(energy))[0] == "jacfwd of jacrev of energy"
