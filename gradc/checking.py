@@ -242,6 +242,54 @@ def _zero(*_):
     return 0
 
 
+# ---------------------------------------------------------------- pytrees, keywords
+
+def _is_leaf(a) -> bool:
+    return not isinstance(a, (tuple, list, dict)) and a is not None
+
+
+def flat_call(f, args, kwargs):
+    """``(g, leaves, labels)``: ``g(*leaves)`` is ``f(*args, **kwargs)`` with the traced
+    leaves of the arguments (arrays and floats, in gradc's order: the positional
+    arguments', then the keyword arguments' by name) as positional arguments, and the
+    static ones (ints, bools, other objects) kept as they are.  ``labels`` name each
+    leaf by its place: ``x``, ``params['W']``, ``pair[1]``, ``point.x``."""
+    from . import pytree
+    from .api import _is_static
+    from .symbolic import _names
+    names = _names(f, len(args))
+    keys = sorted(kwargs)
+    labels = []
+
+    def walk(x, label):
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            for field, c in zip(x._fields, x):
+                walk(c, f"{label}.{field}")
+        elif isinstance(x, (tuple, list)):
+            for i, c in enumerate(x):
+                walk(c, f"{label}[{i}]")
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                walk(x[k], f"{label}[{k!r}]")
+        elif x is not None:
+            labels.append(label)
+    for name, a in zip(names, args):
+        walk(a, name)
+    for k in keys:
+        walk(kwargs[k], k)
+    leaves, tree = pytree.flatten((list(args), [kwargs[k] for k in keys]))
+    dynamic = [i for i, x in enumerate(leaves) if not _is_static(x)]
+
+    def g(*xs):
+        full = list(leaves)
+        for i, x in zip(dynamic, xs):
+            full[i] = x
+        positional, by_name = pytree.unflatten(tree, full)
+        return f(*positional, **dict(zip(keys, by_name)))
+    g.__name__ = g.__qualname__ = getattr(f, "__name__", "f")
+    return g, [leaves[i] for i in dynamic], [labels[i] for i in dynamic]
+
+
 # ---------------------------------------------------------------- the entry
 
 def _describe(name, a):
@@ -250,11 +298,12 @@ def _describe(name, a):
 
 
 def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("numpy", "cpu"),
-          rtol=None, atol=None) -> CheckReport:
-    """Compare gradc's derivatives of ``f`` at ``args`` with SymPy's and with finite
-    differences (see the module docstring).  ``f`` takes NumPy arrays or floats and
-    returns one floating-point array or scalar.  ``rtol``/``atol`` override the
-    per-reference tolerances."""
+          rtol=None, atol=None, **kwargs) -> CheckReport:
+    """Compare gradc's derivatives of ``f`` at ``args`` (and keyword arguments
+    ``kwargs``) with SymPy's and with finite differences (see the module docstring).
+    ``f`` takes NumPy arrays, numbers or pytrees of them (tuples, lists, dicts) and
+    returns one floating-point array or scalar; each floating-point leaf is checked on
+    its own rows.  ``rtol``/``atol`` override the per-reference tolerances."""
     from .symbolic import _names
     against, modes, targets = tuple(against), tuple(modes), tuple(targets)
     for name, given, allowed in (("against", against, ("sympy", "fd")),
@@ -267,11 +316,17 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.check expects a function, got a {type(f).__name__}"))
-    for a in args:
+    from . import pytree
+    for a in pytree.flatten((list(args), kwargs))[0]:
         if not isinstance(a, (float, int, np.ndarray, np.generic)):
             raise ArgumentError(with_location(
-                f"gradc.check takes NumPy arrays and numbers as arguments, got a "
-                f"{type(a).__name__}"))
+                f"gradc.check takes NumPy arrays and numbers (or tuples, lists and dicts "
+                f"of them) as arguments, got a {type(a).__name__}"))
+    name = getattr(f, "__qualname__", repr(f))
+    if kwargs or not all(_is_leaf(a) for a in args):
+        f, args, names = flat_call(f, args, kwargs)     # (a function of the leaves)
+    else:
+        names = _names(f, len(args))
     out = np.asarray(f(*args))
     if out.dtype.kind != "f":
         raise ArgumentError(with_location(
@@ -281,8 +336,7 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     if not wrt:
         raise ArgumentError(with_location(
             "gradc.check: no floating-point argument to differentiate with respect to"))
-    names = _names(f, len(args))
-    report = CheckReport(getattr(f, "__qualname__", repr(f)))
+    report = CheckReport(name)
 
     refs = {}                          # (reference, i) -> (name, J, mask) or a reason
     if "sympy" in against:

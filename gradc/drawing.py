@@ -226,20 +226,30 @@ def _matplotlib_png(g: nx.DiGraph, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def derivative_of(f, args, target="cpu"):
-    """``(transformation, "gradient" | "Jacobian")``: the gradient of ``f`` for a scalar
-    result, else its Jacobian by reverse mode, w.r.t. every floating-point argument."""
+def derivative_of(f, args, target="cpu", kwargs=None):
+    """``(transformation, "gradient" | "Jacobian", its arguments)``: the gradient of
+    ``f`` for a scalar result, else its Jacobian by reverse mode, w.r.t. every
+    floating-point argument.  With keyword arguments, or pytrees among the arguments,
+    it is taken of ``f`` as a function of their leaves (``checking.flat_call``), whose
+    values are the arguments to call it with (the same Graph inputs as ``f``'s)."""
     import numpy as np
 
-    from . import api, jacobians
-    wrt = tuple(i for i, a in enumerate(args) if np.asarray(a).dtype.kind == "f")
+    from . import api, jacobians, pytree
+    from .checking import _is_leaf, flat_call
+    kwargs = kwargs or {}
+    if kwargs or not all(_is_leaf(a) for a in args):
+        f, args, _ = flat_call(f, args, kwargs)
+    args = tuple(args)
+    wrt = tuple(i for i, a in enumerate(args)
+                if not api._is_static(a) and np.asarray(a).dtype.kind == "f")
     if not wrt:
         raise ArgumentError(with_location(
             "no floating-point argument to differentiate with respect to"))
     argnums = wrt if len(wrt) > 1 else wrt[0]
-    if np.ndim(api.jit(f, target="numpy")(*args)):
-        return jacobians.jacrev(f, argnums=argnums, target=target), "Jacobian"
-    return api.grad(f, argnums=argnums, target=target), "gradient"
+    out = pytree.flatten(api.jit(f, target="numpy")(*args))[0]
+    if len(out) == 1 and not np.ndim(out[0]):
+        return api.grad(f, argnums=argnums, target=target), "gradient", args
+    return jacobians.jacrev(f, argnums=argnums, target=target), "Jacobian", args
 
 
 def describe(f, derivative=False) -> str:
@@ -285,8 +295,8 @@ def _graph_of(f, args, kwargs, grad):
     if grad:
         # (the derivative of f, whatever f is: a plain function, jit(f), or a
         # transformation, whose derivative is the next order)
-        d, what = derivative_of(f, args, target="numpy")
-        return d.specialise(*args, **kwargs).graph, f"{what} of {describe(f, True)}"
+        d, what, d_args = derivative_of(f, args, "numpy", kwargs)
+        return d.specialise(*d_args).graph, f"{what} of {describe(f, True)}"
     if isinstance(f, Transformed):
         return f.specialise(*args, **kwargs).graph, describe(f)
     return api.make_graph(f)(*args, **kwargs), describe(f)

@@ -101,3 +101,21 @@ def test_titles_name_the_users_function(tmp_path):
     assert got == "Jacobian of grad of energy" and "cos" in text and "sin" in text
     assert title(gradc.jacfwd(np.sin))[0] == "jacfwd of sin"
     assert title(gradc.hessian(energy))[0] == "jacfwd of jacrev of energy"
+
+
+def test_draw_the_derivative_with_pytree_and_keyword_arguments(tmp_path):
+    """(QA: ``grad=True`` with a dict argument found "no floating-point argument", and a
+    keyword argument was dropped: "missing 1 required positional argument".)"""
+    def loss(p, *, scale):
+        return scale * np.sum(np.sin(p["a"]) * p["b"])
+    x = np.array([0.5, 1.0])
+    text = gradc.draw(loss, {"a": x, "b": x + 1}, scale=2.0, path=tmp_path / "g.dot",
+                      grad=True).read_text()
+    assert 'label="gradient of loss"' in text and "cos" in text
+    # three inputs (p['a'], p['b'], scale) and the gradient's three results
+    assert text.count("shape=invhouse") == 3 and text.count("shape=house") == 3
+
+    def vec(x, *, s):
+        return np.tanh(x) * s
+    text = gradc.draw(vec, x, s=3.0, path=tmp_path / "j.dot", grad=True).read_text()
+    assert 'label="Jacobian of vec"' in text and text.count("shape=house") == 2
