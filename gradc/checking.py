@@ -84,7 +84,7 @@ class CheckReport:
                 continue
             lines.append((r.input, r.mode, r.target, r.reference, f"{r.abs_err:.2e}",
                           f"{r.rel_err:.2e}", f"rtol {r.rtol:.0e}, atol {r.atol:.0e}",
-                          "pass" if r.ok else "FAIL"))
+                          "pass" if r.ok else f"FAIL: {r.note}" if r.note else "FAIL"))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
 
         def fmt(cells):
@@ -292,6 +292,31 @@ def flat_call(f, args, kwargs):
 
 # ---------------------------------------------------------------- the entry
 
+def _one_output(result) -> np.ndarray:
+    """``f``'s result as an array, or an error saying why it cannot be checked (never a
+    check that compares nothing and passes)."""
+    must = "gradc.check: f must return one floating-point array or number"
+    if result is None:
+        raise ArgumentError(with_location(f"{must}, it returned None: nothing to check"))
+    if isinstance(result, (tuple, list, dict)):
+        raise ArgumentError(with_location(
+            f"{must}, it returned a {type(result).__name__}: check one output at a time "
+            "(gradc.check(lambda *a: f(*a)[0], *args)), or use "
+            "gradc.testing.check_grads, which takes pytrees of outputs"))
+    if type(result).__module__.startswith("scipy.sparse"):
+        raise ArgumentError(with_location(
+            f"{must}, it returned a {type(result).__name__} (a sparse Jacobian or "
+            "Hessian, gradc.jacobian/hessian(..., sparse=True), which gradc does not "
+            "differentiate): check the function itself, or its dense gradc.jacobian"))
+    out = np.asarray(result)
+    if out.dtype.kind != "f":
+        raise ArgumentError(with_location(
+            f"{must}, got {type(result).__name__} of dtype {out.dtype} and shape "
+            f"{out.shape}"))
+    return out
+
+
+
 def _describe(name, a):
     a = np.asarray(a)
     return f"{name}: {a.dtype.name}{list(a.shape)}" if a.ndim else f"{name}: {a.dtype.name}"
@@ -327,11 +352,7 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
         f, args, names = flat_call(f, args, kwargs)     # (a function of the leaves)
     else:
         names = _names(f, len(args))
-    out = np.asarray(f(*args))
-    if out.dtype.kind != "f":
-        raise ArgumentError(with_location(
-            f"gradc.check: f must return one floating-point array or number, got "
-            f"{out.dtype} {out.shape}"))
+    out = _one_output(f(*args))
     wrt = [i for i, a in enumerate(args) if np.asarray(a).dtype.kind == "f"]
     if not wrt:
         raise ArgumentError(with_location(
@@ -380,13 +401,22 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
                     rname, R, mask = r
                     rt, at = FLOAT32 if f32 else TOLERANCES[rname]
                     rt, at = rtol if rtol is not None else rt, atol if atol is not None else at
-                    G = np.broadcast_to(J, R.shape)
+                    shown = "fd: " + rname if ref == "fd" else rname
+                    if J.shape != R.shape:          # (never broadcast: that hides a bug)
+                        report.rows.append(Row(label, mode, target, shown, rtol=rt, atol=at,
+                                               ok=False, note=f"gradc's Jacobian has shape "
+                                               f"{J.shape}, the reference {R.shape}"))
+                        continue
+                    G = J
                     if mask is not None and not mask.all():
                         G, R = G[..., mask], R[..., mask]
-                    err = float(np.max(np.abs(G - R))) if R.size else 0.0
-                    scale = float(np.max(np.abs(R))) if R.size else 0.0
+                    if not R.size:                  # (nothing to compare is no pass)
+                        report.rows.append(Row(label, mode, target, shown, note=(
+                            f"nothing to compare: the Jacobian {R.shape} is empty")))
+                        continue
+                    err = float(np.max(np.abs(G - R)))
+                    scale = float(np.max(np.abs(R)))
                     ok = bool(np.isfinite(err) and err <= at + rt * scale)
-                    report.rows.append(Row(label, mode, target,
-                                           "fd: " + rname if ref == "fd" else rname, err,
+                    report.rows.append(Row(label, mode, target, shown, err,
                                            err / scale if scale > 0 else err, rt, at, ok))
     return report

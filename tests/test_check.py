@@ -254,3 +254,48 @@ def test_check_of_pytree_and_keyword_arguments():
     assert {r.input for r in report.failures} == {"p['a']: float64[2]"}
     b_rows = [r for r in report.rows if r.input.startswith("p['b']") and r.ok is not None]
     assert b_rows and all(r.ok and r.abs_err < 1e-12 for r in b_rows)
+
+
+def test_check_grads_refuses_to_check_nothing():
+    """(QA: ``check_grads`` of a function returning None passed: no output, nothing
+    compared.)  Every way of checking nothing is an error, a GradcError and a
+    ValueError, and a real check still runs."""
+    from gradc.testing import check_grads
+    x = np.array([0.5, 1.0])
+    cases = [((lambda x: None, (x,)), "returned None"),
+             ((lambda x: (), (x,)), r"returned tuple \(\)"),
+             ((lambda x: {}, (x,)), "returned dict"),
+             ((lambda x: (x > 0, np.argmax(x)), (x,)), "no floating-point output"),
+             ((lambda x: np.sin(x)[:0], (x,)), "output of f is empty"),
+             ((lambda x: np.sin(x), (np.zeros(0),)), "argument is empty"),
+             ((lambda n: np.ones(2) * n, (2,)), "no floating-point argument")]
+    for (f, args), message in cases:
+        with pytest.raises(gradc.InvalidValueError, match=message):
+            check_grads(f, args)
+    with pytest.raises(ValueError, match="modes is empty"):
+        check_grads(np.sin, (x,), modes=())
+    check_grads(lambda x: (np.sin(x), x > 0), (x,), order=2)    # (a float output: runs)
+    with pytest.raises(AssertionError, match="fwd mode"):
+        check_grads(lambda x: bind(_bad_sin_p, x), (x,), modes=("fwd",))
+
+
+def test_check_never_passes_having_compared_nothing():
+    """(QA: ``gradc.check`` passed with an empty argument or an empty result, and a
+    tuple of results was stacked into one array and checked as that.)"""
+    def empty_rows(report):
+        return [r for r in report.rows if "nothing to compare" in r.note]
+    for f, x in ((np.sin, np.zeros(0)), (lambda x: np.sin(x)[:0], np.ones(3))):
+        report = gradc.check(f, x, targets=("numpy",))
+        assert not report.ok and len(empty_rows(report)) == len(report.rows) == 4
+        assert "nothing was checked" in str(report)
+    for result, message in ((None, "returned None"), ((1.0, 2.0), "returned a tuple"),
+                            ({"a": 1.0}, "returned a dict")):
+        with pytest.raises(ArgumentError, match=message):
+            gradc.check(lambda x, result=result: result, np.ones(2))
+    with pytest.raises(ArgumentError, match="csr_matrix"):
+        gradc.check(gradc.jacobian(np.sin, sparse=True), np.ones(2))
+    # (one empty argument beside a real one: the real one is checked, and passes)
+    report = gradc.check(lambda a, x: a * np.sum(np.sin(x)) + a ** 2, 2.5, np.zeros(0),
+                         targets=("numpy",))
+    assert report.ok and len(empty_rows(report)) == 4
+    assert all(r.ok and r.abs_err < 1e-12 for r in report.rows if r.input.startswith("a"))
