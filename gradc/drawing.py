@@ -287,11 +287,26 @@ def _gradc_wrapper(f) -> bool:
 def _graph_of(f, args, kwargs, grad):
     from . import api
     from .transformed import Transformed
+    from .sparsity import SparseJacobian
     if isinstance(f, Graph):
         return f, "graph"
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.draw expects a function or a Graph, got a {type(f).__name__}"))
+    if isinstance(f, SparseJacobian):       # (what it runs: its compressed products)
+        what = "hessian" if f.hessian else "jacobian"
+        if grad:
+            raise UnsupportedError(with_location(
+                f"gradc.draw: gradc does not differentiate a sparse {what} (a scipy.sparse "
+                f"matrix of numbers); draw it without grad=True, or the dense "
+                f"gradc.{what}(f) with it"))
+        if kwargs:
+            raise ArgumentError(with_location(
+                f"gradc.draw: a sparse {what} takes its arguments positionally"))
+        col = f.coloring(*args)
+        fn, f_args = f.compressed(*args)
+        return fn.specialise(*f_args).graph, (
+            f"sparse {what} of {describe(f.fun)}: {col.ncolors} compressed products")
     if grad:
         # (the derivative of f, whatever f is: a plain function, jit(f), or a
         # transformation, whose derivative is the next order)

@@ -462,6 +462,10 @@ def to_sympy(f):
     """``to_sympy(f)(*args)``: the SymPy expressions of ``f``'s results at ``args``'
     shapes, in the structure ``f`` returns them (see the module docstring);
     ``to_sympy(f).symbols(*args)`` the symbols used for each input."""
+    from .sparsity import SparseJacobian
+    if isinstance(f, SparseJacobian):
+        return _sparse_to_sympy(f)
+
     def convert(*args, **kwargs):
         from . import pytree
         tf, spec, state, names = _specialised(f, args, kwargs)
@@ -487,4 +491,38 @@ def to_sympy(f):
 
     convert.symbols = symbols
     convert.__name__ = f"to_sympy({getattr(f, '__name__', 'f')})"
+    return convert
+
+
+def _sparse_to_sympy(sj):
+    """``to_sympy`` of ``gradc.jacobian(f, sparse=True)`` (or ``hessian``): a
+    ``sympy.SparseMatrix`` shaped like the scipy matrix it returns, (outputs, inputs)
+    flattened, whose entries are the expressions of the compressed products it runs
+    (one JVP or HVP per colour of the pattern's columns), at the pattern's places."""
+    sp = _sympy()
+
+    def products(args, kwargs):
+        if kwargs:
+            raise ArgumentError(with_location(
+                "gradc.to_sympy: a sparse Jacobian takes its arguments positionally"))
+        fn, (seeds, *rest) = sj.compressed(*args)
+
+        def compressed(*xs):            # (the seeds are constants, not symbols)
+            return fn(seeds, *xs)
+        compressed.__wrapped__ = users_function(sj)         # (its parameters' names)
+        return compressed
+
+    def convert(*args, **kwargs):
+        col = sj.coloring(*args)
+        values = to_sympy(products(args, kwargs))(*args)    # (colours, outputs)
+        coo = col.pattern.tocoo()
+        m, n = col.pattern.shape
+        return sp.SparseMatrix(m, n, {(int(r), int(c)): values[int(col.colors[c]), int(r)]
+                                      for r, c in zip(coo.row, coo.col)})
+
+    def symbols(*args, **kwargs):
+        return to_sympy(products(args, kwargs)).symbols(*args)
+
+    convert.symbols = symbols
+    convert.__name__ = f"to_sympy({getattr(sj.fun, '__name__', 'f')})"
     return convert

@@ -119,3 +119,45 @@ def test_draw_the_derivative_with_pytree_and_keyword_arguments(tmp_path):
         return np.tanh(x) * s
     text = gradc.draw(vec, x, s=3.0, path=tmp_path / "j.dot", grad=True).read_text()
     assert 'label="Jacobian of vec"' in text and text.count("shape=house") == 2
+
+
+def test_inspecting_a_sparse_jacobian(tmp_path):
+    """(QA: show, draw, make_graph and to_sympy of ``gradc.jacobian(f, sparse=True)``
+    failed with a ConcretizationError advising stop_gradient.)  The inspectors show its
+    compressed products, to_sympy gives the sparse matrix's expressions, and tracing it
+    says why it cannot be traced."""
+    import io
+
+    import sympy as sp
+
+    def f(x):
+        return np.sin(x) * x[::-1]
+    x = np.array([0.5, 1.0, 2.0])
+    sj = gradc.jacobian(f, sparse=True)
+    M = gradc.to_sympy(sj)(x)
+    x0, x1, x2 = gradc.to_sympy(sj).symbols(x)[0]
+    assert isinstance(M, sp.SparseMatrix) and M.shape == (3, 3)
+    assert M == sp.Matrix([[x2 * sp.cos(x0), 0, sp.sin(x0)],
+                           [0, x1 * sp.cos(x1) + sp.sin(x1), 0],
+                           [sp.sin(x2), 0, x0 * sp.cos(x2)]])
+    at_x = np.array(M.subs({x0: x[0], x1: x[1], x2: x[2]}).evalf(), float)
+    np.testing.assert_allclose(at_x, sj(x).toarray(), rtol=1e-14)
+
+    rosen_h = gradc.hessian(rosen, sparse=True)
+    H = gradc.to_sympy(rosen_h)(np.ones(4))
+    a = gradc.to_sympy(rosen_h).symbols(np.ones(4))[0]
+    assert H[1, 1] == 1200 * a[1] ** 2 - 400 * a[2] + 202 and H[0, 2] == 0
+    assert H == sp.hessian(sp.Add(*[100 * (a[i + 1] - a[i] ** 2) ** 2 + (1 - a[i]) ** 2
+                                    for i in range(3)]), list(a))
+    text = gradc.draw(rosen_h, np.ones(5), path=tmp_path / "h.dot").read_text()
+    assert 'label="sparse hessian of rosen: 3 compressed products"' in text
+    assert 'label="a\\nf64[3,5]"' in text         # the seeds: 3 colours of 5 columns
+    out = io.StringIO()
+    gradc.show(rosen_h, np.ones(5), file=out)
+    assert "3 colours for 5 columns" in out.getvalue()
+    assert "{ lambda a:f64[3,5] b:f64[5] ." in out.getvalue()
+    for trace in (lambda: gradc.make_graph(sj)(x), lambda: gradc.jit(lambda x: sj(x))(x)):
+        with pytest.raises(gradc.UnsupportedError, match="returns a scipy.sparse matrix"):
+            trace()
+    with pytest.raises(gradc.UnsupportedError, match="does not differentiate a sparse"):
+        gradc.draw(sj, x, path=tmp_path / "j.dot", grad=True)
