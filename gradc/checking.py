@@ -9,7 +9,8 @@ and compares each with each reference (``against``):
   ``sympy.diff`` and evaluated at ``args`` with mpmath at 30 significant digits: exact
   up to the float64 rounding of the inputs.  Skipped (with the reason in the table) for
   programs SymPy cannot express (a data-dependent loop, a decomposition) or too large
-  (``SYMPY_MAX`` derivative entries).
+  (``SYMPY_MAX`` derivative entries), and for one argument alone when SymPy cannot
+  differentiate or evaluate with respect to it.
 * ``"fd"``: the complex step ``Im f(x + ih e_k) / h`` where the function allows it
   (evaluated in NumPy with a complex input, it must give a complex result and agree
   with the next method along a random direction), else central differences with a step
@@ -204,8 +205,18 @@ def _fd(f, args, i, out_shape):
     return name, J.reshape(tuple(out_shape) + np.shape(args[i])), mask.reshape(np.shape(args[i]))
 
 
+def _failure(e) -> str:
+    """Why SymPy could not, in one line (a skipped row's note)."""
+    if isinstance(e, GradcError):
+        return str(e).splitlines()[0].removeprefix("to_sympy: ")
+    return f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+
+
 def _sympy_jacobians(f, args, wrt, out_shape):
-    """Jacobians from SymPy, one per argument in ``wrt`` (float64 arrays)."""
+    """Jacobians from SymPy, one per argument in ``wrt`` (float64 arrays), or for an
+    argument whose derivative SymPy cannot give or evaluate, the reason (a string): one
+    argument's failure skips its rows only.  Raises when there is no expression at all
+    (``to_sympy`` cannot express ``f``): every argument's rows are skipped then."""
     import mpmath
     import sympy as sp
 
@@ -224,15 +235,24 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     out = []
     for i in wrt:
         group = np.asarray(syms[dynamic.index(i)], object).reshape(-1)
-        # (every entry's derivative in one function, common subexpressions once: a
-        # function per entry printed and compiled the whole expression again each time,
-        # minutes for a few layers of tanh)
-        derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape) for s in group]
-        fn = sp.lambdify(subs_syms, derivatives, modules=[{"DiracDelta": _zero}, "mpmath"],
-                         cse=True)
-        with mpmath.workdps(30):
-            point = [mpmath.mpf(float(v)) for v in values]
-            J = np.array([float(mpmath.re(d)) for d in fn(*point)], np.float64)
+        try:
+            # (every entry's derivative in one function, common subexpressions once: a
+            # function per entry printed and compiled the whole expression again each
+            # time, minutes for a few layers of tanh)
+            derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape)
+                           for s in group]
+            left = [d for e in derivatives for d in e.atoms(sp.Derivative)]
+            if left:
+                out.append(f"SymPy leaves {left[0]} unevaluated")
+                continue
+            fn = sp.lambdify(subs_syms, derivatives,
+                             modules=[{"DiracDelta": _zero}, "mpmath"], cse=True)
+            with mpmath.workdps(30):
+                point = [mpmath.mpf(float(v)) for v in values]
+                J = np.array([float(mpmath.re(d)) for d in fn(*point)], np.float64)
+        except Exception as e:      # noqa: BLE001  (SymPy or mpmath could not: a skip)
+            out.append(_failure(e))
+            continue
         out.append(J.reshape(tuple(out_shape) + np.shape(args[i])))
     return out
 
@@ -368,13 +388,10 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
         else:
             try:
                 Js = _sympy_jacobians(f, args, wrt, out.shape)
-                for i, J in zip(wrt, Js):
-                    refs[("sympy", i)] = ("sympy", J, None)
-            except GradcError as e:
-                reason = str(e).splitlines()[0].removeprefix("to_sympy: ")
-                refs.update({("sympy", i): reason for i in wrt})
-            except Exception as e:      # noqa: BLE001  (SymPy or mpmath could not: a skip)
-                reason = f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                for i, J in zip(wrt, Js):       # (a reason skips that argument's rows)
+                    refs[("sympy", i)] = J if isinstance(J, str) else ("sympy", J, None)
+            except Exception as e:      # noqa: BLE001  (no expression: every row skipped)
+                reason = _failure(e)
                 refs.update({("sympy", i): reason for i in wrt})
     if "fd" in against:
         for i in wrt:

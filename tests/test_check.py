@@ -299,3 +299,18 @@ def test_check_never_passes_having_compared_nothing():
                          targets=("numpy",))
     assert report.ok and len(empty_rows(report)) == 4
     assert all(r.ok and r.abs_err < 1e-12 for r in report.rows if r.input.startswith("a"))
+
+
+def test_a_sympy_failure_for_one_argument_skips_its_rows_only():
+    """(QA: SymPy's unevaluated d floor(x)/dx made every argument's SymPy rows skip,
+    with an opaque PrintMethodNotImplementedError.)"""
+    def f(x, y):
+        return np.sum(np.floor(x) * y + np.sin(y))
+    report = gradc.check(f, np.array([0.3, 1.7]), np.array([0.5, 1.0]), targets=("numpy",))
+    assert report.ok, report
+    sympy_rows = {(r.input[0], r.mode): r for r in report.rows if r.reference == "sympy"}
+    for mode in ("rev", "fwd"):
+        x_row, y_row = sympy_rows[("x", mode)], sympy_rows[("y", mode)]
+        assert x_row.ok is None
+        assert x_row.note == "SymPy leaves Derivative(floor(x_0), x_0) unevaluated"
+        assert y_row.ok and y_row.abs_err < 1e-12      # (d/dy = floor(x) + cos(y))
