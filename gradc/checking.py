@@ -9,8 +9,10 @@ and compares each with each reference (``against``):
   ``sympy.diff`` and evaluated at ``args`` with mpmath at 30 significant digits: exact
   up to the float64 rounding of the inputs.  Skipped (with the reason in the table) for
   programs SymPy cannot express (a data-dependent loop, a decomposition) or too large
-  (``SYMPY_MAX`` derivative entries), and for one argument alone when SymPy cannot
-  differentiate or evaluate with respect to it.
+  (``SYMPY_MAX`` derivative entries, or ``SYMPY_MAX_OPS`` operations in the
+  expression: SymPy's time grows with it, a minute for seven dense tanh layers), and
+  for one argument alone when SymPy cannot differentiate or evaluate with respect to
+  it.  The finite-difference rows run regardless.
 * ``"fd"``: the complex step ``Im f(x + ih e_k) / h`` where the function allows it
   (evaluated in NumPy with a complex input, it must give a complex result and agree
   with the next method along a random direction), else central differences with a step
@@ -33,6 +35,12 @@ import numpy as np
 from .errors import ArgumentError, GradcError, with_location
 
 SYMPY_MAX = 2000        # derivative entries SymPy is asked for, at most
+# operations in the function's SymPy expressions, at most (their trees' size, a shared
+# subexpression counted each time it occurs): SymPy's derivative and its printing work
+# on the trees, ~0.4 ms per operation (4 tanh layers of 4x4: 2,043 operations, 1 s;
+# 5: 8,187, 3 s; 6: 32,761, 15 s; 7: 131k, a minute). Raise it to compare larger
+# functions with SymPy anyway.
+SYMPY_MAX_OPS = 10_000
 FD_MAX = 4000           # input elements finite differences perturb, at most
 
 # reference -> (rtol, atol) for float64; float32 inputs use FLOAT32
@@ -207,9 +215,38 @@ def _fd(f, args, i, out_shape):
 
 def _failure(e) -> str:
     """Why SymPy could not, in one line (a skipped row's note)."""
-    if isinstance(e, GradcError):
+    if isinstance(e, (GradcError, _TooLarge)):
         return str(e).splitlines()[0].removeprefix("to_sympy: ")
     return f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+
+
+def operations(exprs) -> int:
+    """The size of SymPy expressions as trees: their operations, a subexpression shared
+    by several counted each time it occurs (as ``sympy.count_ops`` counts, and as
+    ``sympy.diff`` and the printers walk them); computed once per distinct
+    subexpression, so a tree of billions costs no more than its DAG."""
+    size: dict = {}
+    total = 0
+    for root in exprs:
+        stack = [(root, False)]
+        while stack:
+            e, ready = stack.pop()
+            if e in size:
+                continue
+            children = getattr(e, "args", ())
+            if not children:
+                size[e] = 0
+            elif ready:
+                size[e] = 1 + sum(size[c] for c in children)
+            else:
+                stack.append((e, True))
+                stack.extend((c, False) for c in children if c not in size)
+        total += size[root]
+    return total
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _sympy_jacobians(f, args, wrt, out_shape):
@@ -226,6 +263,11 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     expr = conv(*args)
     syms = conv.symbols(*args)
     exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
+    ops = operations(exprs.reshape(-1))
+    if ops > SYMPY_MAX_OPS:
+        raise _TooLarge(f"SymPy's expression has {ops:,} operations (more than "
+                        f"gradc.checking.SYMPY_MAX_OPS = {SYMPY_MAX_OPS:,}; raise it to "
+                        "compare anyway)")
     flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
     # (ints and bools, Python's or NumPy's, are static: no symbols; their values are in
     # the expression)

@@ -314,3 +314,44 @@ def test_a_sympy_failure_for_one_argument_skips_its_rows_only():
         assert x_row.ok is None
         assert x_row.note == "SymPy leaves Derivative(floor(x_0), x_0) unevaluated"
         assert y_row.ok and y_row.abs_err < 1e-12      # (d/dy = floor(x) + cos(y))
+
+
+def test_sympy_rows_are_skipped_above_a_size_budget(monkeypatch):
+    """(QA: SymPy's derivative of a few dense tanh layers took ~13 s of a check, and
+    grows fourfold per layer.)  Above ``SYMPY_MAX_OPS`` operations the SymPy rows are
+    skipped with the count and the setting to raise; finite differences still run."""
+    import time
+
+    from gradc import checking
+    x_, y_ = sp.symbols("x y")
+    assert checking.operations([x_ * y_ + sp.sin(x_ * y_)]) == 4     # (x*y counted twice)
+
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((4, 4)) * 0.5 for _ in range(6)]
+
+    def mlp(x):
+        for W in Ws:
+            x = np.tanh(W @ x)
+        return np.sum(x)
+    start = time.perf_counter()
+    report = gradc.check(mlp, rng.standard_normal(4), targets=("numpy",))
+    assert time.perf_counter() - start < 60            # (SymPy's rows: minutes here)
+    assert report.ok, report
+    sympy_rows = [r for r in report.rows if r.reference == "sympy"]
+    assert len(sympy_rows) == 2 and all(r.ok is None for r in sympy_rows)
+    note = sympy_rows[0].note
+    assert "operations (more than gradc.checking.SYMPY_MAX_OPS = 10,000" in note
+    assert int(note.split(" has ")[1].split(" operations")[0].replace(",", "")) > 10_000
+    fd = [r for r in report.rows if r.reference.startswith("fd")]
+    assert len(fd) == 2 and all(r.ok and r.rel_err < 1e-9 for r in fd)
+
+    # the budget is a setting: a small function checks against SymPy below it only
+    small = (lambda x: np.sum(np.tanh(x) * x), np.array([0.5, 1.5]))
+    monkeypatch.setattr(checking, "SYMPY_MAX_OPS", 3)
+    rows = [r for r in gradc.check(*small, targets=("numpy",)).rows
+            if r.reference == "sympy"]
+    assert rows and all(r.ok is None and "SYMPY_MAX_OPS = 3;" in r.note for r in rows)
+    monkeypatch.setattr(checking, "SYMPY_MAX_OPS", 10_000)
+    rows = [r for r in gradc.check(*small, targets=("numpy",)).rows
+            if r.reference == "sympy"]
+    assert rows and all(r.ok and r.abs_err < 1e-12 for r in rows)
