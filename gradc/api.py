@@ -371,6 +371,8 @@ def _to_user(x, like=None, pyfloat=False):
     if isinstance(x, Tracer) or is_device_array(x):
         return x
     x = np.asarray(x)
+    if x.dtype == object:           # (SymPy's expressions: gradc.to_sympy)
+        return x[()] if x.ndim == 0 else x
     if pyfloat:
         return float(x) if not np.iscomplexobj(x) else complex(x)
     if x.ndim == 0:

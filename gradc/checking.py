@@ -9,7 +9,10 @@ and compares each with each reference (``against``):
   ``sympy.diff`` and evaluated at ``args`` with mpmath at 30 significant digits: exact
   up to the float64 rounding of the inputs.  Skipped (with the reason in the table) for
   programs SymPy cannot express (a data-dependent loop, a decomposition) or too large
-  (``SYMPY_MAX`` derivative entries).
+  (``SYMPY_MAX`` derivative entries, or ``SYMPY_MAX_OPS`` operations in the
+  expression: SymPy's time grows with it, a minute for seven dense tanh layers), and
+  for one argument alone when SymPy cannot differentiate or evaluate with respect to
+  it.  The finite-difference rows run regardless.
 * ``"fd"``: the complex step ``Im f(x + ih e_k) / h`` where the function allows it
   (evaluated in NumPy with a complex input, it must give a complex result and agree
   with the next method along a random direction), else central differences with a step
@@ -32,6 +35,12 @@ import numpy as np
 from .errors import ArgumentError, GradcError, with_location
 
 SYMPY_MAX = 2000        # derivative entries SymPy is asked for, at most
+# operations in the function's SymPy expressions, at most (their trees' size, a shared
+# subexpression counted each time it occurs): SymPy's derivative and its printing work
+# on the trees, ~0.4 ms per operation (4 tanh layers of 4x4: 2,043 operations, 1 s;
+# 5: 8,187, 3 s; 6: 32,761, 15 s; 7: 131k, a minute). Raise it to compare larger
+# functions with SymPy anyway.
+SYMPY_MAX_OPS = 10_000
 FD_MAX = 4000           # input elements finite differences perturb, at most
 
 # reference -> (rtol, atol) for float64; float32 inputs use FLOAT32
@@ -84,7 +93,7 @@ class CheckReport:
                 continue
             lines.append((r.input, r.mode, r.target, r.reference, f"{r.abs_err:.2e}",
                           f"{r.rel_err:.2e}", f"rtol {r.rtol:.0e}, atol {r.atol:.0e}",
-                          "pass" if r.ok else "FAIL"))
+                          "pass" if r.ok else f"FAIL: {r.note}" if r.note else "FAIL"))
         widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
 
         def fmt(cells):
@@ -204,8 +213,47 @@ def _fd(f, args, i, out_shape):
     return name, J.reshape(tuple(out_shape) + np.shape(args[i])), mask.reshape(np.shape(args[i]))
 
 
+def _failure(e) -> str:
+    """Why SymPy could not, in one line (a skipped row's note)."""
+    if isinstance(e, (GradcError, _TooLarge)):
+        return str(e).splitlines()[0].removeprefix("to_sympy: ")
+    return f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+
+
+def operations(exprs) -> int:
+    """The size of SymPy expressions as trees: their operations, a subexpression shared
+    by several counted each time it occurs (as ``sympy.count_ops`` counts, and as
+    ``sympy.diff`` and the printers walk them); computed once per distinct
+    subexpression, so a tree of billions costs no more than its DAG."""
+    size: dict = {}
+    total = 0
+    for root in exprs:
+        stack = [(root, False)]
+        while stack:
+            e, ready = stack.pop()
+            if e in size:
+                continue
+            children = getattr(e, "args", ())
+            if not children:
+                size[e] = 0
+            elif ready:
+                size[e] = 1 + sum(size[c] for c in children)
+            else:
+                stack.append((e, True))
+                stack.extend((c, False) for c in children if c not in size)
+        total += size[root]
+    return total
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def _sympy_jacobians(f, args, wrt, out_shape):
-    """Jacobians from SymPy, one per argument in ``wrt`` (float64 arrays)."""
+    """Jacobians from SymPy, one per argument in ``wrt`` (float64 arrays), or for an
+    argument whose derivative SymPy cannot give or evaluate, the reason (a string): one
+    argument's failure skips its rows only.  Raises when there is no expression at all
+    (``to_sympy`` cannot express ``f``): every argument's rows are skipped then."""
     import mpmath
     import sympy as sp
 
@@ -215,6 +263,11 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     expr = conv(*args)
     syms = conv.symbols(*args)
     exprs = np.asarray(expr.tolist() if isinstance(expr, sp.Array) else expr, object)
+    ops = operations(exprs.reshape(-1))
+    if ops > SYMPY_MAX_OPS:
+        raise _TooLarge(f"SymPy's expression has {ops:,} operations (more than "
+                        f"gradc.checking.SYMPY_MAX_OPS = {SYMPY_MAX_OPS:,}; raise it to "
+                        "compare anyway)")
     flat_syms = [s for group in syms for s in np.asarray(group, object).reshape(-1)]
     # (ints and bools, Python's or NumPy's, are static: no symbols; their values are in
     # the expression)
@@ -224,15 +277,24 @@ def _sympy_jacobians(f, args, wrt, out_shape):
     out = []
     for i in wrt:
         group = np.asarray(syms[dynamic.index(i)], object).reshape(-1)
-        # (every entry's derivative in one function, common subexpressions once: a
-        # function per entry printed and compiled the whole expression again each time,
-        # minutes for a few layers of tanh)
-        derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape) for s in group]
-        fn = sp.lambdify(subs_syms, derivatives, modules=[{"DiracDelta": _zero}, "mpmath"],
-                         cse=True)
-        with mpmath.workdps(30):
-            point = [mpmath.mpf(float(v)) for v in values]
-            J = np.array([float(mpmath.re(d)) for d in fn(*point)], np.float64)
+        try:
+            # (every entry's derivative in one function, common subexpressions once: a
+            # function per entry printed and compiled the whole expression again each
+            # time, minutes for a few layers of tanh)
+            derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape)
+                           for s in group]
+            left = [d for e in derivatives for d in e.atoms(sp.Derivative)]
+            if left:
+                out.append(f"SymPy leaves {left[0]} unevaluated")
+                continue
+            fn = sp.lambdify(subs_syms, derivatives,
+                             modules=[{"DiracDelta": _zero}, "mpmath"], cse=True)
+            with mpmath.workdps(30):
+                point = [mpmath.mpf(float(v)) for v in values]
+                J = np.array([float(mpmath.re(d)) for d in fn(*point)], np.float64)
+        except Exception as e:      # noqa: BLE001  (SymPy or mpmath could not: a skip)
+            out.append(_failure(e))
+            continue
         out.append(J.reshape(tuple(out_shape) + np.shape(args[i])))
     return out
 
@@ -242,7 +304,80 @@ def _zero(*_):
     return 0
 
 
+# ---------------------------------------------------------------- pytrees, keywords
+
+def _is_leaf(a) -> bool:
+    return not isinstance(a, (tuple, list, dict)) and a is not None
+
+
+def flat_call(f, args, kwargs):
+    """``(g, leaves, labels)``: ``g(*leaves)`` is ``f(*args, **kwargs)`` with the traced
+    leaves of the arguments (arrays and floats, in gradc's order: the positional
+    arguments', then the keyword arguments' by name) as positional arguments, and the
+    static ones (ints, bools, other objects) kept as they are.  ``labels`` name each
+    leaf by its place: ``x``, ``params['W']``, ``pair[1]``, ``point.x``."""
+    from . import pytree
+    from .api import _is_static
+    from .symbolic import _names
+    names = _names(f, len(args))
+    keys = sorted(kwargs)
+    labels = []
+
+    def walk(x, label):
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            for field, c in zip(x._fields, x):
+                walk(c, f"{label}.{field}")
+        elif isinstance(x, (tuple, list)):
+            for i, c in enumerate(x):
+                walk(c, f"{label}[{i}]")
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                walk(x[k], f"{label}[{k!r}]")
+        elif x is not None:
+            labels.append(label)
+    for name, a in zip(names, args):
+        walk(a, name)
+    for k in keys:
+        walk(kwargs[k], k)
+    leaves, tree = pytree.flatten((list(args), [kwargs[k] for k in keys]))
+    dynamic = [i for i, x in enumerate(leaves) if not _is_static(x)]
+
+    def g(*xs):
+        full = list(leaves)
+        for i, x in zip(dynamic, xs):
+            full[i] = x
+        positional, by_name = pytree.unflatten(tree, full)
+        return f(*positional, **dict(zip(keys, by_name)))
+    g.__name__ = g.__qualname__ = getattr(f, "__name__", "f")
+    return g, [leaves[i] for i in dynamic], [labels[i] for i in dynamic]
+
+
 # ---------------------------------------------------------------- the entry
+
+def _one_output(result) -> np.ndarray:
+    """``f``'s result as an array, or an error saying why it cannot be checked (never a
+    check that compares nothing and passes)."""
+    must = "gradc.check: f must return one floating-point array or number"
+    if result is None:
+        raise ArgumentError(with_location(f"{must}, it returned None: nothing to check"))
+    if isinstance(result, (tuple, list, dict)):
+        raise ArgumentError(with_location(
+            f"{must}, it returned a {type(result).__name__}: check one output at a time "
+            "(gradc.check(lambda *a: f(*a)[0], *args)), or use "
+            "gradc.testing.check_grads, which takes pytrees of outputs"))
+    if type(result).__module__.startswith("scipy.sparse"):
+        raise ArgumentError(with_location(
+            f"{must}, it returned a {type(result).__name__} (a sparse Jacobian or "
+            "Hessian, gradc.jacobian/hessian(..., sparse=True), which gradc does not "
+            "differentiate): check the function itself, or its dense gradc.jacobian"))
+    out = np.asarray(result)
+    if out.dtype.kind != "f":
+        raise ArgumentError(with_location(
+            f"{must}, got {type(result).__name__} of dtype {out.dtype} and shape "
+            f"{out.shape}"))
+    return out
+
+
 
 def _describe(name, a):
     a = np.asarray(a)
@@ -250,11 +385,12 @@ def _describe(name, a):
 
 
 def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("numpy", "cpu"),
-          rtol=None, atol=None) -> CheckReport:
-    """Compare gradc's derivatives of ``f`` at ``args`` with SymPy's and with finite
-    differences (see the module docstring).  ``f`` takes NumPy arrays or floats and
-    returns one floating-point array or scalar.  ``rtol``/``atol`` override the
-    per-reference tolerances."""
+          rtol=None, atol=None, **kwargs) -> CheckReport:
+    """Compare gradc's derivatives of ``f`` at ``args`` (and keyword arguments
+    ``kwargs``) with SymPy's and with finite differences (see the module docstring).
+    ``f`` takes NumPy arrays, numbers or pytrees of them (tuples, lists, dicts) and
+    returns one floating-point array or scalar; each floating-point leaf is checked on
+    its own rows.  ``rtol``/``atol`` override the per-reference tolerances."""
     from .symbolic import _names
     against, modes, targets = tuple(against), tuple(modes), tuple(targets)
     for name, given, allowed in (("against", against, ("sympy", "fd")),
@@ -267,22 +403,23 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.check expects a function, got a {type(f).__name__}"))
-    for a in args:
+    from . import pytree
+    for a in pytree.flatten((list(args), kwargs))[0]:
         if not isinstance(a, (float, int, np.ndarray, np.generic)):
             raise ArgumentError(with_location(
-                f"gradc.check takes NumPy arrays and numbers as arguments, got a "
-                f"{type(a).__name__}"))
-    out = np.asarray(f(*args))
-    if out.dtype.kind != "f":
-        raise ArgumentError(with_location(
-            f"gradc.check: f must return one floating-point array or number, got "
-            f"{out.dtype} {out.shape}"))
+                f"gradc.check takes NumPy arrays and numbers (or tuples, lists and dicts "
+                f"of them) as arguments, got a {type(a).__name__}"))
+    name = getattr(f, "__qualname__", repr(f))
+    if kwargs or not all(_is_leaf(a) for a in args):
+        f, args, names = flat_call(f, args, kwargs)     # (a function of the leaves)
+    else:
+        names = _names(f, len(args))
+    out = _one_output(f(*args))
     wrt = [i for i, a in enumerate(args) if np.asarray(a).dtype.kind == "f"]
     if not wrt:
         raise ArgumentError(with_location(
             "gradc.check: no floating-point argument to differentiate with respect to"))
-    names = _names(f, len(args))
-    report = CheckReport(getattr(f, "__qualname__", repr(f)))
+    report = CheckReport(name)
 
     refs = {}                          # (reference, i) -> (name, J, mask) or a reason
     if "sympy" in against:
@@ -293,13 +430,10 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
         else:
             try:
                 Js = _sympy_jacobians(f, args, wrt, out.shape)
-                for i, J in zip(wrt, Js):
-                    refs[("sympy", i)] = ("sympy", J, None)
-            except GradcError as e:
-                reason = str(e).splitlines()[0].removeprefix("to_sympy: ")
-                refs.update({("sympy", i): reason for i in wrt})
-            except Exception as e:      # noqa: BLE001  (SymPy or mpmath could not: a skip)
-                reason = f"SymPy failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                for i, J in zip(wrt, Js):       # (a reason skips that argument's rows)
+                    refs[("sympy", i)] = J if isinstance(J, str) else ("sympy", J, None)
+            except Exception as e:      # noqa: BLE001  (no expression: every row skipped)
+                reason = _failure(e)
                 refs.update({("sympy", i): reason for i in wrt})
     if "fd" in against:
         for i in wrt:
@@ -326,13 +460,22 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
                     rname, R, mask = r
                     rt, at = FLOAT32 if f32 else TOLERANCES[rname]
                     rt, at = rtol if rtol is not None else rt, atol if atol is not None else at
-                    G = np.broadcast_to(J, R.shape)
+                    shown = "fd: " + rname if ref == "fd" else rname
+                    if J.shape != R.shape:          # (never broadcast: that hides a bug)
+                        report.rows.append(Row(label, mode, target, shown, rtol=rt, atol=at,
+                                               ok=False, note=f"gradc's Jacobian has shape "
+                                               f"{J.shape}, the reference {R.shape}"))
+                        continue
+                    G = J
                     if mask is not None and not mask.all():
                         G, R = G[..., mask], R[..., mask]
-                    err = float(np.max(np.abs(G - R))) if R.size else 0.0
-                    scale = float(np.max(np.abs(R))) if R.size else 0.0
+                    if not R.size:                  # (nothing to compare is no pass)
+                        report.rows.append(Row(label, mode, target, shown, note=(
+                            f"nothing to compare: the Jacobian {R.shape} is empty")))
+                        continue
+                    err = float(np.max(np.abs(G - R)))
+                    scale = float(np.max(np.abs(R)))
                     ok = bool(np.isfinite(err) and err <= at + rt * scale)
-                    report.rows.append(Row(label, mode, target,
-                                           "fd: " + rname if ref == "fd" else rname, err,
+                    report.rows.append(Row(label, mode, target, shown, err,
                                            err / scale if scale > 0 else err, rt, at, ok))
     return report

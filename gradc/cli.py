@@ -10,10 +10,12 @@
 ``--args`` is a comma-separated list of specs, one per positional argument: a dtype and
 a shape (``f64[5]``, ``f32[2,3]``, ``f64[]`` for a scalar: random numbers, uniform in
 ``--range`` (default 0.5..1.5), seeded by ``--seed``), or a Python number (``2``,
-``0.5``).  ``--args @FILE.py`` reads the arguments from a file instead: a Python
-expression (a tuple of them), or code that defines ``args``; ``np`` is available in
-it.  Errors print one line (``gradc: error: ...``) and exit with status 2; ``check``
-exits with 1 when a comparison fails.  ``--debug`` shows the traceback instead.
+``0.5``, ``nan``, ``inf``, ``-inf``); ``NAME=SPEC`` passes a keyword argument.
+``--args @FILE.py`` reads the arguments from a file instead: a Python expression (a
+tuple of them; tuples, lists and dicts are pytree arguments), or code that defines
+``args`` and/or ``kwargs``; ``np`` is available in it.  Errors print one line
+(``gradc: error: ...``) and exit with status 2; ``check`` exits with 1 when a
+comparison fails.  ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -88,61 +90,107 @@ def _split_specs(text: str) -> list:
     return [p.strip() for p in parts]
 
 
+_KEYWORD = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(?!=)\s*(.*)$")
+
+
 def parse_args_spec(text: str, seed: int = 0, lo: float = 0.5, hi: float = 1.5) -> tuple:
-    """The arguments a spec string describes (see the module docstring)."""
+    """The positional arguments a spec string describes (see the module docstring);
+    ``parse_call_spec`` also gives the keyword arguments."""
+    args, kwargs = parse_call_spec(text, seed, lo, hi)
+    if kwargs:
+        raise CliError(f"keyword arguments in --args ({', '.join(kwargs)}): use "
+                       "parse_call_spec")
+    return args
+
+
+def parse_call_spec(text: str, seed: int = 0, lo: float = 0.5, hi: float = 1.5):
+    """``(args, kwargs)`` a spec string describes: ``NAME=SPEC`` is a keyword argument
+    (after the positional ones, as in Python), ``@FILE.py`` reads them from a file."""
     if text.startswith("@"):
         return _args_from_file(Path(text[1:]))
     rng = np.random.default_rng(seed)
-    out = []
+    out, kwargs = [], {}
     for part in _split_specs(text):
-        m = _SPEC.match(part)
-        if m:
-            kind, dims = m.groups()
-            if kind not in _DTYPES:
-                raise CliError(f"unknown dtype {kind!r} in argument spec {part!r} "
-                               f"(use one of f64, f32, i64, i32, bool)")
-            try:
-                shape = tuple(int(d) for d in dims.split(",") if d.strip())
-            except ValueError:
-                raise CliError(f"bad shape in argument spec {part!r}") from None
-            dt = np.dtype(_DTYPES[kind])
-            if dt.kind == "f":
-                value = rng.uniform(lo, hi, shape).astype(dt)
-            elif dt.kind == "b":
-                value = rng.integers(0, 2, shape).astype(bool)
-            else:
-                value = rng.integers(0, 10, shape).astype(dt)
-            out.append(value if shape else (float(value) if dt == np.float64 else value[()]))
-            continue
-        try:
-            number = float(part) if any(c in part for c in ".eE") else int(part)
-        except ValueError:
-            raise CliError(f"bad argument spec {part!r}: expected a dtype and shape like "
-                           f"f64[5] or f32[2,3] or f64[], or a number") from None
-        out.append(number)
-    if not out:
+        keyword = _KEYWORD.match(part)
+        if keyword:
+            name, part = keyword.groups()
+            if name in kwargs:
+                raise CliError(f"keyword argument {name!r} given twice in --args")
+        elif kwargs:
+            raise CliError(f"positional argument spec {part!r} after a keyword one in "
+                           "--args (as in Python, keywords come last)")
+        value = _value(part, rng, lo, hi)
+        if keyword:
+            kwargs[name] = value
+        else:
+            out.append(value)
+    if not out and not kwargs:
         raise CliError("--args is empty")
-    return tuple(out)
+    return tuple(out), kwargs
 
 
-def _args_from_file(path: Path) -> tuple:
+def _value(part: str, rng, lo, hi):
+    """One spec's value: random numbers of a dtype and shape, or a number."""
+    m = _SPEC.match(part)
+    if not m:
+        return _number(part)
+    kind, dims = m.groups()
+    if kind not in _DTYPES:
+        raise CliError(f"unknown dtype {kind!r} in argument spec {part!r} "
+                       f"(use one of f64, f32, i64, i32, bool)")
+    try:
+        shape = tuple(int(d) for d in dims.split(",") if d.strip())
+    except ValueError:
+        raise CliError(f"bad shape in argument spec {part!r}") from None
+    dt = np.dtype(_DTYPES[kind])
+    if dt.kind == "f":
+        value = rng.uniform(lo, hi, shape).astype(dt)
+    elif dt.kind == "b":
+        value = rng.integers(0, 2, shape).astype(bool)
+    else:
+        value = rng.integers(0, 10, shape).astype(dt)
+    return value if shape else (float(value) if dt == np.float64 else value[()])
+
+
+def _number(part: str):
+    """An int (a static argument), else a float: ``0.5``, ``1e-3``, ``nan``, ``inf``,
+    ``-inf``, as Python's ``float`` reads them."""
+    try:
+        return int(part)
+    except ValueError:
+        pass
+    try:
+        return float(part)
+    except ValueError:
+        raise CliError(f"bad argument spec {part!r}: expected a dtype and shape like "
+                       f"f64[5] or f32[2,3] or f64[], or a number") from None
+
+
+def _args_from_file(path: Path):
+    """``(args, kwargs)`` from a file: one Python expression (a tuple for several
+    positional arguments), or code that sets ``args`` and/or ``kwargs`` (a dict)."""
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     text = path.read_text()
     scope = {"np": np, "numpy": np}
+    kwargs = {}
     try:
         try:
             value = eval(compile(text, str(path), "eval"), scope)    # noqa: S307
         except SyntaxError:
             exec(compile(text, str(path), "exec"), scope)              # noqa: S102
-            if "args" not in scope:
-                raise CliError(f"{path} must be a Python expression or define `args`")
-            value = scope["args"]
+            if "args" not in scope and "kwargs" not in scope:
+                raise CliError(f"{path} must be a Python expression or define `args` "
+                               "and/or `kwargs`")
+            value = scope.get("args", ())
+            kwargs = scope.get("kwargs", {})
+            if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise CliError(f"{path}: `kwargs` must be a dict of names to values")
     except CliError:
         raise
     except Exception as e:          # noqa: BLE001
         raise CliError(f"{path} failed: {type(e).__name__}: {e}") from e
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return (tuple(value) if isinstance(value, (tuple, list)) else (value,)), dict(kwargs)
 
 
 # ---------------------------------------------------------------- subcommands
@@ -152,7 +200,7 @@ def cmd_show(ns, out):
 
     from .drawing import derivative_of
     fn = load_function(ns.function)
-    args = parse_args_spec(ns.args, ns.seed, *ns.range)
+    args, kwargs = parse_call_spec(ns.args, ns.seed, *ns.range)
     emit = ns.emit if ns.emit is not None else \
         "ir,grad" if ns.target == "numpy" else "ir,grad,source"   # (the interpreter: no code)
     emits = [e.strip() for e in emit.split(",") if e.strip()]
@@ -167,36 +215,36 @@ def cmd_show(ns, out):
         raise CliError("--emit ptx needs --target cuda")
     if ns.target == "cuda" and set(emits) & {"llvm", "asm"}:
         raise CliError("--target cuda compiles to PTX: use --emit ptx, not llvm/asm")
-    derived = (derivative_of(fn, args, ns.target)[0]
-               if set(emits) & {"grad", "source", "llvm", "asm", "ptx"} else None)
+    derived, d_args = (derivative_of(fn, args, ns.target, kwargs)[::2]
+                       if set(emits) & {"grad", "source", "llvm", "asm", "ptx"} else (None, ()))
     for what in emits:
         if what == "ir":
             print(f"{rule}\n# traced IR of {ns.function}\n{rule}", file=out)
-            print(gradc.make_graph(fn)(*args), file=out)
+            print(gradc.make_graph(fn)(*args, **kwargs), file=out)
         elif what == "grad":
             print(f"{rule}\n# derivative IR after the passes\n{rule}", file=out)
-            print(derived.graph(*args), file=out)
+            print(derived.graph(*d_args), file=out)
         elif what == "source":
             print(f"{rule}\n# generated source of the derivative\n{rule}", file=out)
-            print(derived.source(*args), file=out)
+            print(derived.source(*d_args), file=out)
         elif what == "ptx":
             print(f"{rule}\n# PTX of the derivative's kernels\n{rule}", file=out)
-            print(derived.ptx(*args), file=out)
+            print(derived.ptx(*d_args), file=out)
         elif what == "llvm":
             print(f"{rule}\n# LLVM IR of the derivative's main function\n{rule}", file=out)
-            print(derived.llvm(*args), file=out)
+            print(derived.llvm(*d_args), file=out)
         else:
             print(f"{rule}\n# assembly of the derivative's main function\n{rule}", file=out)
-            print(derived.asm(*args), file=out)
+            print(derived.asm(*d_args), file=out)
     return 0
 
 
 def cmd_check(ns, out):
     import gradc
     fn = load_function(ns.function)
-    args = parse_args_spec(ns.args, ns.seed, *ns.range)
+    args, kwargs = parse_call_spec(ns.args, ns.seed, *ns.range)
     report = gradc.check(fn, *args, against=_list(ns.against), modes=_list(ns.modes),
-                         targets=_list(ns.targets))
+                         targets=_list(ns.targets), **kwargs)
     print(report, file=out)
     return 0 if report.ok else 1
 
@@ -204,8 +252,8 @@ def cmd_check(ns, out):
 def cmd_draw(ns, out):
     import gradc
     fn = load_function(ns.function)
-    args = parse_args_spec(ns.args, ns.seed, *ns.range)
-    path = gradc.draw(fn, *args, path=ns.output, grad=ns.grad)
+    args, kwargs = parse_call_spec(ns.args, ns.seed, *ns.range)
+    path = gradc.draw(fn, *args, path=ns.output, grad=ns.grad, **kwargs)
     extra = "" if path.suffix == ".dot" else f" (Graphviz text: {path}.dot)"
     print(f"wrote {path}{extra}", file=out)
     return 0
@@ -232,7 +280,8 @@ def parser() -> argparse.ArgumentParser:
     def with_function(sp):
         sp.add_argument("function", help="FILE.py:FUNCTION")
         sp.add_argument("--args", required=True,
-                        help='argument specs, e.g. "f64[5], f64[]" or "2.5", or @FILE.py')
+                        help='argument specs, e.g. "f64[5], f64[]", "2.5", "f64[3], s=0.5" '
+                             '(a keyword argument), or @FILE.py')
         sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
         sp.add_argument("--range", type=float, nargs=2, default=(0.5, 1.5),
                         metavar=("LO", "HI"), help="interval of the random inputs")

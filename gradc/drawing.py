@@ -226,46 +226,103 @@ def _matplotlib_png(g: nx.DiGraph, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def derivative_of(f, args, target="cpu"):
-    """``(transformation, "gradient" | "Jacobian")``: the gradient of ``f`` for a scalar
-    result, else its Jacobian by reverse mode, w.r.t. every floating-point argument."""
+def derivative_of(f, args, target="cpu", kwargs=None):
+    """``(transformation, "gradient" | "Jacobian", its arguments)``: the gradient of
+    ``f`` for a scalar result, else its Jacobian by reverse mode, w.r.t. every
+    floating-point argument.  With keyword arguments, or pytrees among the arguments,
+    it is taken of ``f`` as a function of their leaves (``checking.flat_call``), whose
+    values are the arguments to call it with (the same Graph inputs as ``f``'s)."""
     import numpy as np
 
-    from . import api, jacobians
-    wrt = tuple(i for i, a in enumerate(args) if np.asarray(a).dtype.kind == "f")
+    from . import api, jacobians, pytree
+    from .checking import _is_leaf, flat_call
+    kwargs = kwargs or {}
+    if kwargs or not all(_is_leaf(a) for a in args):
+        f, args, _ = flat_call(f, args, kwargs)
+    args = tuple(args)
+    wrt = tuple(i for i, a in enumerate(args)
+                if not api._is_static(a) and np.asarray(a).dtype.kind == "f")
     if not wrt:
         raise ArgumentError(with_location(
             "no floating-point argument to differentiate with respect to"))
     argnums = wrt if len(wrt) > 1 else wrt[0]
-    if np.ndim(api.jit(f, target="numpy")(*args)):
-        return jacobians.jacrev(f, argnums=argnums, target=target), "Jacobian"
-    return api.grad(f, argnums=argnums, target=target), "gradient"
+    out = pytree.flatten(api.jit(f, target="numpy")(*args))[0]
+    if len(out) == 1 and not np.ndim(out[0]):
+        return api.grad(f, argnums=argnums, target=target), "gradient", args
+    return jacobians.jacrev(f, argnums=argnums, target=target), "Jacobian", args
+
+
+def describe(f, derivative=False) -> str:
+    """What a title calls ``f``: the user's function by its name, under the
+    transformations gradc wraps it in (``grad of loss``, ``vmap of f``, ``jacfwd of
+    f``, ``jacfwd of jacrev of f`` for ``hessian``); ``jit`` is left out of what a
+    derivative is taken of (it compiles, it does not change the function)."""
+    from .symbolic import _only_star_args, users_function
+    from .transformed import Transformed
+    if isinstance(f, Transformed):
+        inner = describe(f.fun)
+        internal = _gradc_wrapper(f.fun)
+        if f.kind == "jit" and (derivative or internal):
+            return inner
+        return f"{f.kind} of {inner}"
+    if _gradc_wrapper(f) and _only_star_args(f):
+        user = users_function(f)
+        name = getattr(f, "__name__", "")
+        base = getattr(user, "__name__", "f")
+        kinds = name[:-len(base) - 1] if name.endswith("_" + base) else name
+        return " of ".join(kinds.split("_") + [describe(user)])
+    if hasattr(f, "fun") and callable(f.fun):        # (a sparse Jacobian)
+        return describe(f.fun)
+    name = getattr(f, "__qualname__", getattr(f, "__name__", type(f).__name__))
+    return name.rsplit("<locals>.", 1)[-1]         # (a function defined in another)
+
+
+def _gradc_wrapper(f) -> bool:
+    """A function gradc defined around the user's (``jacfwd``'s ``jac``)."""
+    from .errors import _in_gradc
+    code = getattr(f, "__code__", None)
+    return code is not None and _in_gradc(code.co_filename)
 
 
 def _graph_of(f, args, kwargs, grad):
     from . import api
     from .transformed import Transformed
+    from .sparsity import SparseJacobian
     if isinstance(f, Graph):
         return f, "graph"
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.draw expects a function or a Graph, got a {type(f).__name__}"))
-    name = getattr(f, "__qualname__", getattr(f, "__name__", "f"))
+    if isinstance(f, SparseJacobian):       # (what it runs: its compressed products)
+        what = "hessian" if f.hessian else "jacobian"
+        if grad:
+            raise UnsupportedError(with_location(
+                f"gradc.draw: gradc does not differentiate a sparse {what} (a scipy.sparse "
+                f"matrix of numbers); draw it without grad=True, or the dense "
+                f"gradc.{what}(f) with it"))
+        if kwargs:
+            raise ArgumentError(with_location(
+                f"gradc.draw: a sparse {what} takes its arguments positionally"))
+        col = f.coloring(*args)
+        fn, f_args = f.compressed(*args)
+        return fn.specialise(*f_args).graph, (
+            f"sparse {what} of {describe(f.fun)}: {col.ncolors} compressed products")
     if grad:
-        if not isinstance(f, Transformed):
-            f, what = derivative_of(f, args, target="numpy")
-            return f.specialise(*args, **kwargs).graph, f"{what} of {name}"
-        return f.specialise(*args, **kwargs).graph, f"derivative ({f.kind}) of {name}"
+        # (the derivative of f, whatever f is: a plain function, jit(f), or a
+        # transformation, whose derivative is the next order)
+        d, what, d_args = derivative_of(f, args, "numpy", kwargs)
+        return d.specialise(*d_args).graph, f"{what} of {describe(f, True)}"
     if isinstance(f, Transformed):
-        return f.specialise(*args, **kwargs).graph, f"{f.kind} of {name}"
-    return api.make_graph(f)(*args, **kwargs), name
+        return f.specialise(*args, **kwargs).graph, describe(f)
+    return api.make_graph(f)(*args, **kwargs), describe(f)
 
 
 def draw(f, *args, path="graph.svg", grad=False, **kwargs) -> Path:
-    """Draw the Graph of ``f`` at ``args`` (its derivative with ``grad=True``; ``f`` may
-    also be a gradc transformation or a Graph) to ``path`` (``.svg``, ``.png`` or
-    ``.dot``); the Graphviz text is written beside a picture as ``<path>.dot``.  Returns
-    the path of the picture."""
+    """Draw the Graph of ``f`` at ``args`` (its derivative with ``grad=True``: of
+    ``jit(f)``, ``f``'s; of a transformation, the next order; ``f`` may also be a
+    Graph) to ``path`` (``.svg``, ``.png`` or
+    ``.dot``; missing folders are created); the Graphviz text is written beside a
+    picture as ``<path>.dot``.  Returns the path of the picture."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".svg", ".png", ".dot"):
@@ -274,6 +331,7 @@ def draw(f, *args, path="graph.svg", grad=False, **kwargs) -> Path:
     graph, title = _graph_of(f, args, kwargs, grad)
     g = drawing_graph(graph)
     dot_text = to_dot(g, title)
+    path.parent.mkdir(parents=True, exist_ok=True)      # (as the user would expect)
     dot_path = path if suffix == ".dot" else path.with_name(path.name + ".dot")
     dot_path.write_text(dot_text)
     if suffix == ".dot":

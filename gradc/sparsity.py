@@ -312,8 +312,30 @@ class SparseJacobian:
             parts.append((np.shape(a), str(np.asarray(a).dtype)) if i == k else _value_key(a))
         return (k, tuple(parts), _fingerprint(self.fun, self._reads))
 
+    def _untraced(self, args):
+        """A sparse matrix holds numbers: refuse traced arguments with the reason (not a
+        ConcretizationError about np.asarray deep inside)."""
+        from .trace import Tracer
+        if any(isinstance(a, Tracer) for a in args):
+            what = "hessian" if self.hessian else "jacobian"
+            raise UnsupportedError(with_location(
+                f"gradc.{what}(f, sparse=True) returns a scipy.sparse matrix of numbers, "
+                "so gradc cannot trace it (inside jit, grad, vmap or make_graph); use the "
+                f"dense gradc.{what}(f) there. gradc.show, gradc.draw and gradc.to_sympy "
+                "take it directly (they show its compressed products), and "
+                ".coloring(x) gives its pattern"))
+
+    def compressed(self, *args):
+        """``(transformation, its arguments)``: the compressed products that a call at
+        ``args`` evaluates (one JVP or HVP per colour; ``jit`` of ``(seeds, *args)``),
+        for inspection (``gradc.show``, ``gradc.draw``, ``gradc.to_sympy``)."""
+        col = self.coloring(*args)
+        dtype = np.asarray(args[self.argnums % len(args)]).dtype
+        return self._products(), (col.seeds(dtype),) + tuple(args)
+
     def coloring(self, *args) -> Coloring:
         from .jacobians import _checked, _graph_of
+        self._untraced(args)
         k, x = _checked(args, self.argnums, "hessian" if self.hessian else "jacobian")
         key = self._key(args, k)
         if key in self._colorings:
@@ -343,12 +365,13 @@ class SparseJacobian:
                 shape = shape_of(x)
                 out = vmap(lambda t: jvp(inner, (x,), (np.reshape(t, shape),))[1])(seeds)
                 return np.reshape(out, (seeds.shape[0], -1))
-            compressed.__name__ = f"sparse_{'hessian' if hess else 'jacobian'}_" \
-                                  f"{getattr(fun, '__name__', 'f')}"
+            compressed.__name__ = compressed.__qualname__ = \
+                f"sparse_{'hessian' if hess else 'jacobian'}_{getattr(fun, '__name__', 'f')}"
             self._compressed = jit(compressed, target=self.target)
         return self._compressed
 
     def __call__(self, *args):
+        self._untraced(args)
         col = self.coloring(*args)
         k = self.argnums % len(args)
         dtype = np.asarray(args[k]).dtype

@@ -3,9 +3,10 @@
 ``gradc.to_sympy(f)(*args)`` traces ``f`` at ``args`` (for their shapes) and runs the
 Graph with SymPy expressions in place of numbers: a scalar argument becomes one real
 symbol named after its parameter (``a``), an array argument one symbol per element
-(``x_0, x_1, ...``; ``W_0_1`` for ``W[0, 1]``).  The result has the structure of the
-function's flat results: one expression for a scalar, a ``sympy.Array`` for an array, a
-tuple for several.  ``f`` may be a gradc transformation (``gradc.grad(g)``): its
+(``x_0, x_1, ...``; ``W_0_1`` for ``W[0, 1]``).  The result has the structure ``f``
+returns, with one expression per scalar and a ``sympy.Array`` per array: a tuple, list
+or dict of them as ``f`` gives them, ``(grad, aux)`` for ``gradc.grad(g,
+has_aux=True)``.  ``f`` may be a gradc transformation (``gradc.grad(g)``): its
 derivative Graph is evaluated, so its expressions can be compared with ``sympy.diff``.
 
 How each primitive maps: the elementwise ones to SymPy functions (``expm1(x)`` is
@@ -330,9 +331,46 @@ def evaluate(graph: Graph, args) -> list:
 
 # ---------------------------------------------------------------- the user's entry
 
+def _only_star_args(fun) -> bool:
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return [q.kind for q in params] == [inspect.Parameter.VAR_POSITIONAL]
+
+
+def users_function(fun):
+    """The user's function under gradc's wrappers, whose parameters the arguments fill:
+    a transformation's ``fun`` (``grad``, ``jit``, ``vmap``, a sparse Jacobian), and the
+    function that ``jacfwd``/``jacrev``/``hessian``/``jacobian`` wrap in a ``jac(*args)``
+    of their own."""
+    from .api import _reads
+    from .errors import _in_gradc
+    seen = set()
+    while id(fun) not in seen:
+        seen.add(id(fun))
+        inner = getattr(fun, "fun", None)
+        if callable(inner):
+            fun = inner
+            continue
+        code = getattr(fun, "__code__", None)
+        if code is not None and _in_gradc(code.co_filename) and _only_star_args(fun):
+            # (the function it wraps: its closure's ``fun``, else the first function it
+            # reads, as ``jacfwd(f, argnums=(0, 1))`` reads its parts)
+            cells = dict(zip(code.co_freevars, fun.__closure__ or ()))
+            found = cells["fun"].cell_contents if "fun" in cells else next(
+                (v for _, _, v in _reads(fun) if callable(v) and not isinstance(v, type)),
+                None)
+            if found is not None:
+                fun = found
+                continue
+        break
+    return fun
+
+
 def _names(fun, count):
     """Parameter names for ``count`` inputs (``x0, x1, ...`` when they do not fit)."""
-    target = getattr(fun, "fun", fun)
+    target = users_function(fun)
     try:
         params = [q.name for q in inspect.signature(target).parameters.values()
                   if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
@@ -352,18 +390,33 @@ def symbols_for(name, shape):
     return out
 
 
-def _graph_and_names(f, args, kwargs=None):
+def _transformation(f):
+    """``f`` as a gradc transformation: itself, or ``jit(f)`` on the interpreter for a
+    plain function (its Graph is the traced one; ``_finish`` gives the output's
+    structure)."""
     from . import api
     from .transformed import Transformed
-    kwargs = kwargs or {}
     if isinstance(f, Transformed):
-        graph = f.specialise(*args, **kwargs).graph
-    elif callable(f):
-        graph = api.make_graph(f)(*args, **kwargs)
-    else:
-        raise ArgumentError(with_location(
-            f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
-    return graph, _dynamic_names(f, args, kwargs, len(graph.inputs))
+        return f
+    if callable(f):
+        return api.Evaluate(f, target="numpy")
+    raise ArgumentError(with_location(
+        f"gradc.to_sympy expects a function, got a {type(f).__name__}"))
+
+
+def _specialised(f, args, kwargs=None):
+    """(transformation, its specialisation at ``args``, the state ``_finish`` needs,
+    the Graph's input names)."""
+    kwargs = kwargs or {}
+    tf = _transformation(f)
+    key, build, _, state = tf._prepare(args, kwargs)
+    spec = tf._cache.find(key, build)
+    return tf, spec, state, _dynamic_names(f, args, kwargs, len(spec.graph.inputs))
+
+
+def _graph_and_names(f, args, kwargs=None):
+    _, spec, _, names = _specialised(f, args, kwargs)
+    return spec.graph, names
 
 
 def _dynamic_names(f, args, kwargs, count):
@@ -397,12 +450,28 @@ def _as_user(x):
     return sp.Array(x.tolist())
 
 
+def _as_result(x):
+    """A result leaf as the user sees it: an expression, or a ``sympy.Array``."""
+    sp = _sympy()
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return _as_user(x)
+    if isinstance(x, np.ndarray):
+        return _as_user(_obj(x))
+    return x if isinstance(x, sp.Basic) else number(x)
+
+
 def to_sympy(f):
     """``to_sympy(f)(*args)``: the SymPy expressions of ``f``'s results at ``args``'
-    shapes (see the module docstring); ``to_sympy(f).symbols(*args)`` the symbols used
-    for each input."""
+    shapes, in the structure ``f`` returns them (see the module docstring);
+    ``to_sympy(f).symbols(*args)`` the symbols used for each input."""
+    from .sparsity import SparseJacobian
+    if isinstance(f, SparseJacobian):
+        return _sparse_to_sympy(f)
+
     def convert(*args, **kwargs):
-        graph, names = _graph_and_names(f, args, kwargs)
+        from . import pytree
+        tf, spec, state, names = _specialised(f, args, kwargs)
+        graph = spec.graph
         size = sum(int(np.prod(v.shape)) for v in graph.inputs)
         if size > MAX_ELEMENTS:
             raise ArgumentError(with_location(
@@ -413,8 +482,10 @@ def to_sympy(f):
         if len(values) == len(graph.inputs):      # integer inputs (indices) keep their values
             syms = [s if np.dtype(v.dtype).kind in "fc" else np.asarray(x)
                     for s, v, x in zip(syms, graph.inputs, values)]
-        out = [_as_user(r) for r in evaluate(graph, syms)]
-        return out[0] if len(out) == 1 else tuple(out)
+        # (the transformation's own _finish puts the results in the structure it
+        # returns: has_aux's pair, a dict, a tuple of gradients, vmap's axes)
+        out = tf._finish(spec, evaluate(graph, syms), state)
+        return pytree.tree_map(_as_result, out)
 
     def symbols(*args, **kwargs):
         graph, names = _graph_and_names(f, args, kwargs)
@@ -422,4 +493,38 @@ def to_sympy(f):
 
     convert.symbols = symbols
     convert.__name__ = f"to_sympy({getattr(f, '__name__', 'f')})"
+    return convert
+
+
+def _sparse_to_sympy(sj):
+    """``to_sympy`` of ``gradc.jacobian(f, sparse=True)`` (or ``hessian``): a
+    ``sympy.SparseMatrix`` shaped like the scipy matrix it returns, (outputs, inputs)
+    flattened, whose entries are the expressions of the compressed products it runs
+    (one JVP or HVP per colour of the pattern's columns), at the pattern's places."""
+    sp = _sympy()
+
+    def products(args, kwargs):
+        if kwargs:
+            raise ArgumentError(with_location(
+                "gradc.to_sympy: a sparse Jacobian takes its arguments positionally"))
+        fn, (seeds, *rest) = sj.compressed(*args)
+
+        def compressed(*xs):            # (the seeds are constants, not symbols)
+            return fn(seeds, *xs)
+        compressed.__wrapped__ = users_function(sj)         # (its parameters' names)
+        return compressed
+
+    def convert(*args, **kwargs):
+        col = sj.coloring(*args)
+        values = to_sympy(products(args, kwargs))(*args)    # (colours, outputs)
+        coo = col.pattern.tocoo()
+        m, n = col.pattern.shape
+        return sp.SparseMatrix(m, n, {(int(r), int(c)): values[int(col.colors[c]), int(r)]
+                                      for r, c in zip(coo.row, coo.col)})
+
+    def symbols(*args, **kwargs):
+        return to_sympy(products(args, kwargs)).symbols(*args)
+
+    convert.symbols = symbols
+    convert.__name__ = f"to_sympy({getattr(sj.fun, '__name__', 'f')})"
     return convert

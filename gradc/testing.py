@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pytree
+from .errors import InvalidValueError
 from .ir import is_float
 
 __all__ = ["check_grads", "numerical_grad", "numerical_jvp"]
@@ -230,24 +231,55 @@ def check_grads(f, args, order=1, modes=("fwd", "rev"), eps=None, atol=None, rto
     precision among the arguments (float64: 1e-6 and 1e-5).  Random directions come
     from ``np.random.default_rng(seed)``.
 
-    Raises ``AssertionError`` naming the mode, the order and the two disagreeing numbers.
+    Raises ``AssertionError`` naming the mode, the order and the two disagreeing numbers,
+    and ``gradc.InvalidValueError`` (a ``ValueError``) when there is nothing to check:
+    no mode, no floating-point argument or output (``f`` returned ``None``, an empty
+    tuple, only integers) or only empty ones.
     """
     modes = tuple(modes)
+    if not modes:
+        raise InvalidValueError("check_grads: modes is empty, so nothing would be checked "
+                                "(use 'fwd' and/or 'rev')")
     for m in modes:
         if m not in ("fwd", "rev"):
-            raise ValueError(f"check_grads: unknown mode {m!r} (use 'fwd' and/or 'rev')")
+            raise InvalidValueError(
+                f"check_grads: unknown mode {m!r} (use 'fwd' and/or 'rev')")
     if order not in (1, 2):
-        raise ValueError(f"check_grads: order must be 1 or 2, got {order!r}")
+        raise InvalidValueError(f"check_grads: order must be 1 or 2, got {order!r}")
     args = tuple(args)
+    _something_to_check(f, args)
     rng = np.random.default_rng(seed)
     _check_grads(f, args, order, modes, eps, atol, rtol, rng, level=1, name="f")
+
+
+def _something_to_check(f, args):
+    """Refuse, loudly, a check that would compare nothing and pass."""
+    arg_l, _ = pytree.flatten(list(args))
+    floats = [x for x in arg_l if _float_leaf(x)]
+    if not floats:
+        raise InvalidValueError("check_grads: no floating-point argument to differentiate")
+    if not any(np.size(x) for x in floats):
+        raise InvalidValueError("check_grads: every floating-point argument is empty "
+                                "(size 0): nothing to check")
+    out = f(*args)
+    out_l, _ = pytree.flatten(out)
+    what = "None" if out is None else f"{type(out).__name__} {pytree.flatten(out)[1]}"
+    if not out_l:
+        raise InvalidValueError(f"check_grads: f returned {what}, no output to "
+                                "differentiate: nothing to check")
+    float_out = [o for o in out_l if _float_leaf(o)]
+    if not float_out:
+        raise InvalidValueError(
+            f"check_grads: f returned no floating-point output (dtypes "
+            f"{', '.join(str(_leaf_dtype(o)) for o in out_l)}): nothing to check")
+    if not any(np.size(o) for o in float_out):
+        raise InvalidValueError("check_grads: every floating-point output of f is empty "
+                                "(size 0): nothing to check")
 
 
 def _check_grads(f, args, order, modes, eps, atol, rtol, rng, level, name):
     import gradc
     arg_l, arg_tree = pytree.flatten(list(args))
-    if not any(_float_leaf(x) for x in arg_l):
-        raise ValueError("check_grads: no floating-point argument to differentiate")
     eps_, rtol_, atol_ = _tolerances(arg_l, eps, rtol, atol)
     # at order 2 the finite differences of a derivative carry more rounding error
     if level > 1 and eps is None:

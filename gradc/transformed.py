@@ -130,12 +130,17 @@ def show(f, *args, file=None, **kwargs) -> None:
     import sys
 
     from . import api
+    from .sparsity import SparseJacobian
     out = file or sys.stdout
+    rule = "=" * 72
+    if isinstance(f, SparseJacobian):       # (its compressed products: what it runs)
+        print(f"{rule}\n# {f.coloring(*args, **kwargs)}: one product per colour\n{rule}",
+              file=out)
+        f, args = f.compressed(*args, **kwargs)
     if not isinstance(f, Transformed):
         f = api.Evaluate(f)
     spec = f.specialise(*args, **kwargs)
     exe = spec.executable
-    rule = "=" * 72
     print(f"{rule}\n# traced IR of {getattr(f.fun, '__qualname__', f.fun)}\n{rule}",
           file=out)
     print(spec.info["primal"], file=out)

@@ -188,7 +188,9 @@ def test_check_rejects_bad_arguments():
     with pytest.raises(ArgumentError, match="floating-point"):
         gradc.check(lambda n: np.arange(3) * n, 2)
     with pytest.raises(ArgumentError, match="arrays and numbers"):
-        gradc.check(_f, [1.0, 2.0], np.ones(2))
+        gradc.check(_f, "1.0, 2.0", np.ones(2))
+    with pytest.raises(ArgumentError, match="arrays and numbers"):
+        gradc.check(lambda p: np.sum(p["x"]), {"x": np.ones(2), "name": "a string"})
 
 
 def test_to_sympy_of_masks_and_tables_filled_in_a_loop():
@@ -228,3 +230,128 @@ def test_check_at_steps_numpy_ints_and_empty_arrays():
     assert gradc.check(lambda a, x: np.sum(np.sin(x)) * a, 2.5, np.zeros(0),
                        targets=("numpy",)).ok
 
+
+
+def test_check_of_pytree_and_keyword_arguments():
+    """(QA: a dict, a tuple or a keyword argument was refused: "gradc.check takes NumPy
+    arrays and numbers".)  Each floating-point leaf has rows of its own, named by its
+    place; static ints in a pytree stay static."""
+    def loss(params, pair, *, scale, power=2):
+        return scale * np.sum(np.sin(params["W"] @ pair[0]) ** power) + pair[1] ** 2
+
+    W, v = np.array([[0.5, -1.0], [2.0, 0.3]]), np.array([0.7, -0.2])
+    report = gradc.check(loss, {"W": W}, (v, 1.5), scale=0.5, power=3, targets=("numpy",))
+    assert report.ok, report
+    labels = [r.input for r in report.rows if r.mode == "rev" and r.reference == "sympy"]
+    assert labels == ["params['W']: float64[2, 2]", "pair[0]: float64[2]",
+                      "pair[1]: float64", "scale: float64"]
+    assert all(r.ok and r.abs_err < 1e-12 for r in report.rows if r.reference == "sympy")
+    assert len(report.rows) == 4 * 2 * 2            # 4 leaves x 2 modes x 2 references
+    # a wrong derivative shows in the row of the leaf it belongs to
+    report = gradc.check(lambda p: np.sum(bind(_bad_sin_p, p["a"]) + p["b"] ** 2),
+                         {"a": np.array([0.3, 1.1]), "b": np.array([0.5, 2.0])},
+                         targets=("numpy",), modes=("rev",))
+    assert {r.input for r in report.failures} == {"p['a']: float64[2]"}
+    b_rows = [r for r in report.rows if r.input.startswith("p['b']") and r.ok is not None]
+    assert b_rows and all(r.ok and r.abs_err < 1e-12 for r in b_rows)
+
+
+def test_check_grads_refuses_to_check_nothing():
+    """(QA: ``check_grads`` of a function returning None passed: no output, nothing
+    compared.)  Every way of checking nothing is an error, a GradcError and a
+    ValueError, and a real check still runs."""
+    from gradc.testing import check_grads
+    x = np.array([0.5, 1.0])
+    cases = [((lambda x: None, (x,)), "returned None"),
+             ((lambda x: (), (x,)), r"returned tuple \(\)"),
+             ((lambda x: {}, (x,)), "returned dict"),
+             ((lambda x: (x > 0, np.argmax(x)), (x,)), "no floating-point output"),
+             ((lambda x: np.sin(x)[:0], (x,)), "output of f is empty"),
+             ((lambda x: np.sin(x), (np.zeros(0),)), "argument is empty"),
+             ((lambda n: np.ones(2) * n, (2,)), "no floating-point argument")]
+    for (f, args), message in cases:
+        with pytest.raises(gradc.InvalidValueError, match=message):
+            check_grads(f, args)
+    with pytest.raises(ValueError, match="modes is empty"):
+        check_grads(np.sin, (x,), modes=())
+    check_grads(lambda x: (np.sin(x), x > 0), (x,), order=2)    # (a float output: runs)
+    with pytest.raises(AssertionError, match="fwd mode"):
+        check_grads(lambda x: bind(_bad_sin_p, x), (x,), modes=("fwd",))
+
+
+def test_check_never_passes_having_compared_nothing():
+    """(QA: ``gradc.check`` passed with an empty argument or an empty result, and a
+    tuple of results was stacked into one array and checked as that.)"""
+    def empty_rows(report):
+        return [r for r in report.rows if "nothing to compare" in r.note]
+    for f, x in ((np.sin, np.zeros(0)), (lambda x: np.sin(x)[:0], np.ones(3))):
+        report = gradc.check(f, x, targets=("numpy",))
+        assert not report.ok and len(empty_rows(report)) == len(report.rows) == 4
+        assert "nothing was checked" in str(report)
+    for result, message in ((None, "returned None"), ((1.0, 2.0), "returned a tuple"),
+                            ({"a": 1.0}, "returned a dict")):
+        with pytest.raises(ArgumentError, match=message):
+            gradc.check(lambda x, result=result: result, np.ones(2))
+    with pytest.raises(ArgumentError, match="csr_matrix"):
+        gradc.check(gradc.jacobian(np.sin, sparse=True), np.ones(2))
+    # (one empty argument beside a real one: the real one is checked, and passes)
+    report = gradc.check(lambda a, x: a * np.sum(np.sin(x)) + a ** 2, 2.5, np.zeros(0),
+                         targets=("numpy",))
+    assert report.ok and len(empty_rows(report)) == 4
+    assert all(r.ok and r.abs_err < 1e-12 for r in report.rows if r.input.startswith("a"))
+
+
+def test_a_sympy_failure_for_one_argument_skips_its_rows_only():
+    """(QA: SymPy's unevaluated d floor(x)/dx made every argument's SymPy rows skip,
+    with an opaque PrintMethodNotImplementedError.)"""
+    def f(x, y):
+        return np.sum(np.floor(x) * y + np.sin(y))
+    report = gradc.check(f, np.array([0.3, 1.7]), np.array([0.5, 1.0]), targets=("numpy",))
+    assert report.ok, report
+    sympy_rows = {(r.input[0], r.mode): r for r in report.rows if r.reference == "sympy"}
+    for mode in ("rev", "fwd"):
+        x_row, y_row = sympy_rows[("x", mode)], sympy_rows[("y", mode)]
+        assert x_row.ok is None
+        assert x_row.note == "SymPy leaves Derivative(floor(x_0), x_0) unevaluated"
+        assert y_row.ok and y_row.abs_err < 1e-12      # (d/dy = floor(x) + cos(y))
+
+
+def test_sympy_rows_are_skipped_above_a_size_budget(monkeypatch):
+    """(QA: SymPy's derivative of a few dense tanh layers took ~13 s of a check, and
+    grows fourfold per layer.)  Above ``SYMPY_MAX_OPS`` operations the SymPy rows are
+    skipped with the count and the setting to raise; finite differences still run."""
+    import time
+
+    from gradc import checking
+    x_, y_ = sp.symbols("x y")
+    assert checking.operations([x_ * y_ + sp.sin(x_ * y_)]) == 4     # (x*y counted twice)
+
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((4, 4)) * 0.5 for _ in range(6)]
+
+    def mlp(x):
+        for W in Ws:
+            x = np.tanh(W @ x)
+        return np.sum(x)
+    start = time.perf_counter()
+    report = gradc.check(mlp, rng.standard_normal(4), targets=("numpy",))
+    assert time.perf_counter() - start < 60            # (SymPy's rows: minutes here)
+    assert report.ok, report
+    sympy_rows = [r for r in report.rows if r.reference == "sympy"]
+    assert len(sympy_rows) == 2 and all(r.ok is None for r in sympy_rows)
+    note = sympy_rows[0].note
+    assert "operations (more than gradc.checking.SYMPY_MAX_OPS = 10,000" in note
+    assert int(note.split(" has ")[1].split(" operations")[0].replace(",", "")) > 10_000
+    fd = [r for r in report.rows if r.reference.startswith("fd")]
+    assert len(fd) == 2 and all(r.ok and r.rel_err < 1e-9 for r in fd)
+
+    # the budget is a setting: a small function checks against SymPy below it only
+    small = (lambda x: np.sum(np.tanh(x) * x), np.array([0.5, 1.5]))
+    monkeypatch.setattr(checking, "SYMPY_MAX_OPS", 3)
+    rows = [r for r in gradc.check(*small, targets=("numpy",)).rows
+            if r.reference == "sympy"]
+    assert rows and all(r.ok is None and "SYMPY_MAX_OPS = 3;" in r.note for r in rows)
+    monkeypatch.setattr(checking, "SYMPY_MAX_OPS", 10_000)
+    rows = [r for r in gradc.check(*small, targets=("numpy",)).rows
+            if r.reference == "sympy"]
+    assert rows and all(r.ok and r.abs_err < 1e-12 for r in rows)

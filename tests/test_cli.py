@@ -158,3 +158,59 @@ def test_show_cuda_source_and_ptx_errors():
     assert "Traceback" not in r.stderr
     r = gradc("show", ROSEN, "--args", "f64[5]", "--target", "cuda", "--emit", "llvm")
     assert r.returncode != 0 and "use --emit ptx" in r.stderr
+
+
+def test_args_take_nan_and_infinities(user_file):
+    """(QA: ``--args "nan"`` was a bad spec: only numbers with ``.``/``e`` were floats.)"""
+    import math
+
+    from gradc.cli import CliError, parse_args_spec
+    got = parse_args_spec("nan, inf, -inf, 2, 0.5, 1e-3, -Infinity, f64[2]")
+    assert math.isnan(got[0]) and got[1] == math.inf and got[2] == -math.inf
+    assert [type(v) for v in got[:6]] == [float, float, float, int, float, float]
+    assert got[3:7] == (2, 0.5, 1e-3, -math.inf) and got[7].shape == (2,)
+    with pytest.raises(CliError, match="bad argument spec 'nano'"):
+        parse_args_spec("nano")
+    r = gradc("show", f"{user_file / 'funcs.py'}:energy", "--args", "f64[3], -inf",
+              "--emit", "ir")
+    assert r.returncode == 0, r.stderr
+    assert "{ lambda a:f64[3] b:f64[] ." in r.stdout
+
+
+def test_keyword_and_pytree_arguments(user_file, tmp_path):
+    """(QA: show/draw/check refused dicts and tuples from @FILE, and --args had no way
+    to pass a keyword argument.)"""
+    from gradc.cli import CliError, parse_call_spec
+    args, kwargs = parse_call_spec("f64[2], s=2.5, w=f64[3], n=3")
+    assert len(args) == 1 and args[0].shape == (2,)
+    assert kwargs["s"] == 2.5 and kwargs["w"].shape == (3,) and kwargs["n"] == 3
+    with pytest.raises(CliError, match="after a keyword"):
+        parse_call_spec("s=1.0, f64[2]")
+    (user_file / "trees.py").write_text(
+        "import numpy as np\n"
+        "def scaled(x, *, s):\n"
+        "    return s * np.sum(np.sin(x) ** 2)\n"
+        "def tree(p, pair):\n"
+        "    return np.sum(p['W'] @ pair[0]) * pair[1]\n")
+    (user_file / "tree_args.py").write_text(
+        "args = ({'W': np.ones((2, 3)) * 0.5}, (np.linspace(0.1, 0.9, 3), 2.0))\n")
+    (user_file / "kw_args.py").write_text("args = (np.ones(3),)\nkwargs = dict(s=1.5)\n")
+    trees = user_file / "trees.py"
+    r = gradc("check", f"{trees}:scaled", "--args", "f64[3], s=2.5", "--targets", "numpy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all checks passed" in r.stdout and "s: float64" in r.stdout
+    r = gradc("check", f"{trees}:tree", "--args", f"@{user_file / 'tree_args.py'}",
+              "--targets", "numpy", "--modes", "rev")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for label in ("p['W']: float64[2, 3]", "pair[0]: float64[3]", "pair[1]: float64"):
+        assert label in r.stdout
+    r = gradc("show", f"{trees}:tree", "--args", f"@{user_file / 'tree_args.py'}",
+              "--emit", "ir,grad", "--target", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert "{ lambda a:f64[2,3] b:f64[3] c:f64[] ." in r.stdout
+    assert "in (h, g, e) }" in r.stdout or r.stdout.count("einsum") >= 3
+    out = tmp_path / "new_folder" / "kw.dot"
+    r = gradc("draw", f"{trees}:scaled", "--args", f"@{user_file / 'kw_args.py'}",
+              "--grad", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert 'label="gradient of scaled"' in out.read_text()

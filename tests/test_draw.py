@@ -68,3 +68,96 @@ def test_draw_of_a_transformation_and_bad_paths(tmp_path):
     assert "pad" in dot and "result 0" in dot
     with pytest.raises(ArgumentError, match=".svg, .png or .dot"):
         gradc.draw(rosen, x, path=tmp_path / "g.gif")
+
+
+def test_draw_creates_missing_folders(tmp_path):
+    """(QA: a path in a folder that does not exist was a FileNotFoundError.)"""
+    x = np.array([0.5, -1.0, 2.0])
+    for name in ("g.svg", "g.dot"):
+        path = gradc.draw(rosen, x, path=tmp_path / "new" / "deeper" / name)
+        assert path == tmp_path / "new" / "deeper" / name
+        text = (path if name.endswith(".dot") else path.with_name(name + ".dot")).read_text()
+        assert text.startswith("digraph gradc {") and "reduce_sum" in text
+    assert "<svg" in (tmp_path / "new" / "deeper" / "g.svg").read_text()[:500]
+
+
+def test_titles_name_the_users_function(tmp_path):
+    """(QA: ``draw(gradc.jit(f), grad=True)`` drew f's primal Graph titled "derivative
+    (jit) of f"; jacfwd's title was "jit of jacfwd_f".)"""
+    def energy(x):
+        return np.sum(np.sin(x))
+
+    def title(f, grad=False):
+        text = gradc.draw(f, np.array([0.5, 1.0]), path=tmp_path / "t.dot", grad=grad
+                          ).read_text()
+        return text.split('label="', 1)[1].split('"', 1)[0], text
+    got, text = title(gradc.jit(energy), grad=True)
+    assert got == "gradient of energy"
+    assert "cos" in text                    # the derivative's Graph, not the primal's
+    assert title(energy, grad=True)[0] == "gradient of energy"
+    assert title(gradc.jit(energy))[0] == "jit of energy"
+    assert title(gradc.grad(energy))[0] == "grad of energy"
+    got, text = title(gradc.grad(energy), grad=True)     # the derivative of grad(f)
+    assert got == "Jacobian of grad of energy" and "cos" in text and "sin" in text
+    assert title(gradc.jacfwd(np.sin))[0] == "jacfwd of sin"
+    assert title(gradc.hessian(energy))[0] == "jacfwd of jacrev of energy"
+
+
+def test_draw_the_derivative_with_pytree_and_keyword_arguments(tmp_path):
+    """(QA: ``grad=True`` with a dict argument found "no floating-point argument", and a
+    keyword argument was dropped: "missing 1 required positional argument".)"""
+    def loss(p, *, scale):
+        return scale * np.sum(np.sin(p["a"]) * p["b"])
+    x = np.array([0.5, 1.0])
+    text = gradc.draw(loss, {"a": x, "b": x + 1}, scale=2.0, path=tmp_path / "g.dot",
+                      grad=True).read_text()
+    assert 'label="gradient of loss"' in text and "cos" in text
+    # three inputs (p['a'], p['b'], scale) and the gradient's three results
+    assert text.count("shape=invhouse") == 3 and text.count("shape=house") == 3
+
+    def vec(x, *, s):
+        return np.tanh(x) * s
+    text = gradc.draw(vec, x, s=3.0, path=tmp_path / "j.dot", grad=True).read_text()
+    assert 'label="Jacobian of vec"' in text and text.count("shape=house") == 2
+
+
+def test_inspecting_a_sparse_jacobian(tmp_path):
+    """(QA: show, draw, make_graph and to_sympy of ``gradc.jacobian(f, sparse=True)``
+    failed with a ConcretizationError advising stop_gradient.)  The inspectors show its
+    compressed products, to_sympy gives the sparse matrix's expressions, and tracing it
+    says why it cannot be traced."""
+    import io
+
+    import sympy as sp
+
+    def f(x):
+        return np.sin(x) * x[::-1]
+    x = np.array([0.5, 1.0, 2.0])
+    sj = gradc.jacobian(f, sparse=True)
+    M = gradc.to_sympy(sj)(x)
+    x0, x1, x2 = gradc.to_sympy(sj).symbols(x)[0]
+    assert isinstance(M, sp.SparseMatrix) and M.shape == (3, 3)
+    assert M == sp.Matrix([[x2 * sp.cos(x0), 0, sp.sin(x0)],
+                           [0, x1 * sp.cos(x1) + sp.sin(x1), 0],
+                           [sp.sin(x2), 0, x0 * sp.cos(x2)]])
+    at_x = np.array(M.subs({x0: x[0], x1: x[1], x2: x[2]}).evalf(), float)
+    np.testing.assert_allclose(at_x, sj(x).toarray(), rtol=1e-14)
+
+    rosen_h = gradc.hessian(rosen, sparse=True)
+    H = gradc.to_sympy(rosen_h)(np.ones(4))
+    a = gradc.to_sympy(rosen_h).symbols(np.ones(4))[0]
+    assert H[1, 1] == 1200 * a[1] ** 2 - 400 * a[2] + 202 and H[0, 2] == 0
+    assert H == sp.hessian(sp.Add(*[100 * (a[i + 1] - a[i] ** 2) ** 2 + (1 - a[i]) ** 2
+                                    for i in range(3)]), list(a))
+    text = gradc.draw(rosen_h, np.ones(5), path=tmp_path / "h.dot").read_text()
+    assert 'label="sparse hessian of rosen: 3 compressed products"' in text
+    assert 'label="a\\nf64[3,5]"' in text         # the seeds: 3 colours of 5 columns
+    out = io.StringIO()
+    gradc.show(rosen_h, np.ones(5), file=out)
+    assert "3 colours for 5 columns" in out.getvalue()
+    assert "{ lambda a:f64[3,5] b:f64[5] ." in out.getvalue()
+    for trace in (lambda: gradc.make_graph(sj)(x), lambda: gradc.jit(lambda x: sj(x))(x)):
+        with pytest.raises(gradc.UnsupportedError, match="returns a scipy.sparse matrix"):
+            trace()
+    with pytest.raises(gradc.UnsupportedError, match="does not differentiate a sparse"):
+        gradc.draw(sj, x, path=tmp_path / "j.dot", grad=True)

@@ -138,3 +138,51 @@ def test_keyword_arguments_are_symbols_by_their_names():
     assert str(gradc.to_sympy(lambda x, s=1.0: x * s)(1.5, s=2.0)) == "s*x"
     grad = gradc.grad(lambda x, s=1.0: np.sum(x ** 2) * s)
     assert str(gradc.to_sympy(grad)(np.ones(2), s=2.0)) == "[2*s*x_0, 2*s*x_1]"
+
+
+def test_to_sympy_keeps_the_structure_of_the_results():
+    """(QA: the results came back flat, in the Graph's order: grad with has_aux gave
+    (aux, grad), a dict of results a tuple, a 1-tuple its element.)"""
+    x0, x1 = sp.symbols("x_0 x_1", real=True)
+
+    def loss(x):
+        return np.sum(x ** 2), {"first": 2.0 * x[0]}
+    g, aux = gradc.to_sympy(gradc.grad(loss, has_aux=True))(np.array([1.0, 2.0]))
+    assert g == sp.Array([2 * x0, 2 * x1])
+    assert aux == {"first": 2 * x0}
+    (value, aux2), g2 = gradc.to_sympy(gradc.value_and_grad(loss, has_aux=True))(
+        np.array([1.0, 2.0]))
+    assert value == x0 ** 2 + x1 ** 2 and aux2 == {"first": 2 * x0} and g2 == g
+
+    x, y = sp.symbols("x y", real=True)
+    out = gradc.to_sympy(lambda x, y: {"s": x * y, "t": (x + y, [x - y])})(1.0, 2.0)
+    assert out == {"s": x * y, "t": (x + y, [x - y])}
+    assert gradc.to_sympy(lambda x: (np.sin(x),))(1.0) == (sp.sin(x),)
+    assert gradc.to_sympy(gradc.jit(lambda x: [x, 2.0 * x]))(1.0) == [x, 2 * x]
+    # vmap's out_axes move the expressions too
+    out = gradc.to_sympy(gradc.vmap(lambda x: {"a": np.sin(x)}, out_axes=1))(np.ones((2, 3)))
+    assert out["a"].shape == (3, 2)
+    assert out["a"][2, 1] == sp.sin(sp.Symbol("x_1_2", real=True))
+
+
+def test_symbols_under_jacobians_are_named_after_the_parameters():
+    """(QA: jacfwd, jacrev with a tuple of argnums and hessian wrap the function in a
+    ``jac(*args)`` of their own, so their symbols were x0_0, x1_0, ... where grad's
+    are x_0, w_0.)"""
+    def f(x, w):
+        return np.sin(x) * w
+
+    def s(x, w):
+        return np.sum(np.sin(x) * w)
+    x = np.array([1.0, 2.0])
+    x0, x1, w0, w1 = sp.symbols("x_0 x_1 w_0 w_1", real=True)
+    for jac in (gradc.jacfwd(f), gradc.jacrev(f), gradc.jacobian(f),
+                gradc.jit(gradc.jacfwd(f))):
+        assert gradc.to_sympy(jac)(x, x) == sp.Array([[w0 * sp.cos(x0), 0],
+                                                      [0, w1 * sp.cos(x1)]])
+    jx, jw = gradc.to_sympy(gradc.jacfwd(f, argnums=(0, 1)))(x, x)
+    assert jw == sp.Array([[sp.sin(x0), 0], [0, sp.sin(x1)]])
+    assert gradc.to_sympy(gradc.hessian(s))(x, x) == sp.Array(
+        [[-w0 * sp.sin(x0), 0], [0, -w1 * sp.sin(x1)]])
+    assert [str(v) for v in gradc.to_sympy(gradc.hessian(s)).symbols(x, x)[1]] == \
+        ["w_0", "w_1"]
