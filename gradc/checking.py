@@ -281,8 +281,8 @@ def _sympy_jacobians(f, args, wrt, out_shape):
             # (every entry's derivative in one function, common subexpressions once: a
             # function per entry printed and compiled the whole expression again each
             # time, minutes for a few layers of tanh)
-            derivatives = [sp.diff(exprs[o], s) for o in np.ndindex(exprs.shape)
-                           for s in group]
+            derivatives = [_steps_flat(sp.diff(_mod_by_floor(exprs[o]), s))
+                           for o in np.ndindex(exprs.shape) for s in group]
             left = [d for e in derivatives for d in e.atoms(sp.Derivative)]
             if left:
                 out.append(f"SymPy leaves {left[0]} unevaluated")
@@ -297,6 +297,27 @@ def _sympy_jacobians(f, args, wrt, out_shape):
             continue
         out.append(J.reshape(tuple(out_shape) + np.shape(args[i])))
     return out
+
+
+def _mod_by_floor(e):
+    """``Mod(p, q)`` as ``p − q floor(p/q)`` (the same values: both take the divisor's
+    sign), whose derivative SymPy evaluates once floor's is 0 (``_steps_flat``)."""
+    import sympy as sp
+    return e.replace(sp.Mod, lambda p, q: p - q * sp.floor(p / q)) if e.has(sp.Mod) else e
+
+
+def _steps_flat(d):
+    """``d`` with the derivatives SymPy leaves unevaluated of piecewise-constant functions
+    (``floor``, ``ceiling``, ``sign``; also as ``Subs(Derivative(floor(ξ), ξ), ξ, g)``
+    under the chain rule) set to 0, their value away from the steps (finite differences
+    and gradc agree there)."""
+    import sympy as sp
+    steps = (sp.floor, sp.ceiling, sp.sign)
+
+    def flat(e):
+        inner = e.expr if isinstance(e, sp.Subs) else e
+        return isinstance(inner, sp.Derivative) and isinstance(inner.expr, steps)
+    return d.replace(flat, lambda e: sp.S.Zero) if d.has(sp.Derivative) else d
 
 
 def _zero(*_):
@@ -384,6 +405,30 @@ def _describe(name, a):
     return f"{name}: {a.dtype.name}{list(a.shape)}" if a.ndim else f"{name}: {a.dtype.name}"
 
 
+_OPTIONS = ("against", "modes", "targets", "rtol", "atol")
+
+
+def _check_keywords(f, kwargs):
+    """Keyword arguments that are not ``check``'s options go to ``f``: one that ``f``
+    does not take is most likely a misspelled option (``target=``, ``mode=``)."""
+    import difflib
+    import inspect
+    try:
+        params = inspect.signature(f).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            close = difflib.get_close_matches(key, _OPTIONS, n=1)
+            hint = f"; did you mean gradc.check's option {close[0]}=?" if close else ""
+            raise ArgumentError(with_location(
+                f"gradc.check: {getattr(f, '__name__', 'the function')} has no parameter "
+                f"{key!r} (keyword arguments other than {', '.join(_OPTIONS)} are passed "
+                f"to the function){hint}"))
+
+
 def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("numpy", "cpu"),
           rtol=None, atol=None, **kwargs) -> CheckReport:
     """Compare gradc's derivatives of ``f`` at ``args`` (and keyword arguments
@@ -403,6 +448,7 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     if not callable(f):
         raise ArgumentError(with_location(
             f"gradc.check expects a function, got a {type(f).__name__}"))
+    _check_keywords(f, kwargs)
     from . import pytree
     for a in pytree.flatten((list(args), kwargs))[0]:
         if not isinstance(a, (float, int, np.ndarray, np.generic)):

@@ -256,6 +256,23 @@ def test_check_of_pytree_and_keyword_arguments():
     assert b_rows and all(r.ok and r.abs_err < 1e-12 for r in b_rows)
 
 
+def test_check_names_a_misspelled_option():
+    """Keyword arguments go to the function, so ``target="cpu"`` (for ``targets=``) gave
+    Python's "unexpected keyword argument" from inside the user's function; now the
+    error names the parameter the function lacks and the option meant."""
+    def f(x, *, scale=1.0):
+        return np.sum(np.sin(x)) * scale
+
+    with pytest.raises(gradc.ArgumentError, match=r"f has no parameter 'target'"
+                       r"(.|\n)*option targets=\?"):
+        gradc.check(f, np.ones(2), target="cpu")
+    with pytest.raises(gradc.ArgumentError, match=r"'mode'(.|\n)*option modes="):
+        gradc.check(f, np.ones(2), mode="rev")
+    assert gradc.check(f, np.ones(2), scale=2.0, targets=("numpy",)).ok
+    assert gradc.check(lambda x, **kw: np.sum(x) * kw["s"], np.ones(2), s=2.0,
+                       targets=("numpy",)).ok
+
+
 def test_check_grads_refuses_to_check_nothing():
     """(QA: ``check_grads`` of a function returning None passed: no output, nothing
     compared.)  Every way of checking nothing is an error, a GradcError and a
@@ -301,9 +318,13 @@ def test_check_never_passes_having_compared_nothing():
     assert all(r.ok and r.abs_err < 1e-12 for r in report.rows if r.input.startswith("a"))
 
 
-def test_a_sympy_failure_for_one_argument_skips_its_rows_only():
+def test_a_sympy_failure_for_one_argument_skips_its_rows_only(monkeypatch):
     """(QA: SymPy's unevaluated d floor(x)/dx made every argument's SymPy rows skip,
-    with an opaque PrintMethodNotImplementedError.)"""
+    with an opaque PrintMethodNotImplementedError.)  (d floor/dx is now set to 0:
+    switched off here to make SymPy fail for x.)"""
+    from gradc import checking
+    monkeypatch.setattr(checking, "_steps_flat", lambda d: d)
+
     def f(x, y):
         return np.sum(np.floor(x) * y + np.sin(y))
     report = gradc.check(f, np.array([0.3, 1.7]), np.array([0.5, 1.0]), targets=("numpy",))
@@ -355,3 +376,17 @@ def test_sympy_rows_are_skipped_above_a_size_budget(monkeypatch):
     rows = [r for r in gradc.check(*small, targets=("numpy",)).rows
             if r.reference == "sympy"]
     assert rows and all(r.ok and r.abs_err < 1e-12 for r in rows)
+
+
+def test_sympy_rows_of_steps_and_mod():
+    """SymPy leaves d floor(g)/dx, d ceiling/dx, d sign/dx unevaluated (under the chain
+    rule as a ``Subs``), and ``Mod``'s with them: such rows were skipped.  They are 0 away
+    from the steps (Mod(p, q) = p − q floor(p/q)), so the SymPy rows now run and agree."""
+    x = np.array([0.3, 1.7, -2.2])
+    for f in (lambda x: np.sum(np.floor(x ** 2) * x), lambda x: np.sum(np.ceil(x) * np.sin(x)),
+              lambda x: np.sum(np.mod(x ** 2, 1.5) * x), lambda x: np.sum(np.sign(x) * x ** 3),
+              lambda x: np.sum(np.round(3 * x) * x), lambda x: np.sum(np.mod(x, -1.3) * x)):
+        report = gradc.check(f, x, targets=("numpy",))
+        rows = [r for r in report.rows if r.reference == "sympy"]
+        assert report.ok and len(rows) == 2, report
+        assert all(r.ok and r.abs_err < 1e-12 for r in rows), report
