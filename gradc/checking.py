@@ -342,24 +342,10 @@ def flat_call(f, args, kwargs):
     from .symbolic import _names
     names = _names(f, len(args))
     keys = sorted(kwargs)
-    labels = []
-
-    def walk(x, label):
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            for field, c in zip(x._fields, x):
-                walk(c, f"{label}.{field}")
-        elif isinstance(x, (tuple, list)):
-            for i, c in enumerate(x):
-                walk(c, f"{label}[{i}]")
-        elif isinstance(x, dict):
-            for k in sorted(x):
-                walk(x[k], f"{label}[{k!r}]")
-        elif x is not None:
-            labels.append(label)
-    for name, a in zip(names, args):
-        walk(a, name)
-    for k in keys:
-        walk(kwargs[k], k)
+    step = {"field": ".{}".format, "index": "[{}]".format, "key": lambda k: f"[{k!r}]"}
+    labels = [name + "".join(step[kind](k) for kind, k in path)
+              for name, a in list(zip(names, args)) + [(k, kwargs[k]) for k in keys]
+              for path in pytree.leaf_paths(a)]
     leaves, tree = pytree.flatten((list(args), [kwargs[k] for k in keys]))
     dynamic = [i for i, x in enumerate(leaves) if not _is_static(x)]
 

@@ -61,6 +61,21 @@ def _flatten(tree, leaves) -> TreeDef:
     return LEAF
 
 
+def leaf_paths(tree, path: tuple = ()) -> list[tuple]:
+    """Where each leaf of ``tree`` is, in ``flatten``'s order: a tuple of steps, each
+    ``("field", name)`` (a namedtuple's), ``("index", i)`` or ``("key", k)``."""
+    if tree is None:
+        return []
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return [p for f, c in zip(tree._fields, tree)
+                for p in leaf_paths(c, path + (("field", f),))]
+    if isinstance(tree, (tuple, list)):
+        return [p for i, c in enumerate(tree) for p in leaf_paths(c, path + (("index", i),))]
+    if isinstance(tree, dict):
+        return [p for k in sorted(tree) for p in leaf_paths(tree[k], path + (("key", k),))]
+    return [path]
+
+
 def unflatten(treedef: TreeDef, leaves) -> Any:
     it = iter(leaves)
     out = _unflatten(treedef, it)

@@ -427,9 +427,16 @@ def _dynamic_names(f, args, kwargs, count):
     names = _names(f, len(args))
     if len(names) != len(args):
         return _names(f, count)
+    import re
+
+    from . import pytree
     names += sorted(kwargs)
     values = list(args) + [kwargs[k] for k in sorted(kwargs)]
-    traced = [n for n, a in zip(names, values) if not _is_static(a)]
+    # (a pytree's leaves after their place: params["W"] -> params_W, pair[1] -> pair_1)
+    traced = [n + "".join("_" + re.sub(r"\W", "_", str(k)) for _, k in path)
+              for n, a in zip(names, values)
+              for leaf, path in zip(pytree.flatten(a)[0], pytree.leaf_paths(a))
+              if not _is_static(leaf)]
     return traced if len(traced) == count else _names(f, count)
 
 

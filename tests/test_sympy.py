@@ -186,3 +186,26 @@ def test_symbols_under_jacobians_are_named_after_the_parameters():
         [[-w0 * sp.sin(x0), 0], [0, -w1 * sp.sin(x1)]])
     assert [str(v) for v in gradc.to_sympy(gradc.hessian(s)).symbols(x, x)[1]] == \
         ["w_0", "w_1"]
+
+
+def test_symbols_of_pytree_leaves_are_named_after_their_place():
+    """(Symbols of pytree arguments were x0, x1, ...: every leaf was named by its
+    position among all leaves.)  A leaf's symbols carry its place: params["W"] ->
+    params_W_i_j, pair[1] -> pair_1, a namedtuple's field -> pt_x, a keyword by name."""
+    from collections import namedtuple
+    P = namedtuple("P", "x y")
+
+    def loss(params, pair, pt, *, scale):
+        return scale * np.sum(params["W"] @ pair[0]) + pair[1] ** 2 + pt.x * pt.y
+
+    args = ({"W": np.ones((2, 2))}, (np.ones(2), 1.5), P(2.0, 3.0))
+    conv = gradc.to_sympy(loss)
+    names = [str(np.asarray(s, object).reshape(-1)[0])
+             for s in conv.symbols(*args, scale=0.5)]
+    assert names == ["params_W_0_0", "pair_0_0", "pair_1", "pt_x", "pt_y", "scale"]
+    s = {str(v): v for v in conv(*args, scale=0.5).free_symbols}
+    expr = conv(*args, scale=0.5)
+    assert sp.simplify(sp.diff(expr, s["pt_x"]) - s["pt_y"]) == 0
+    assert sp.diff(expr, s["params_W_1_0"]) == s["scale"] * s["pair_0_0"]
+    grads = gradc.to_sympy(gradc.grad(loss))(*args, scale=0.5)
+    assert grads["W"][1][1] == s["pair_0_1"] * s["scale"]
