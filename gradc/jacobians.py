@@ -52,7 +52,8 @@ def _columns_last(stacked, out_shape, in_shape):
 
 
 def _each(make, fun, argnums, target):
-    """``argnums`` a tuple: a tuple of Jacobians, one per argument (JAX's convention)."""
+    """``argnums`` a tuple, ``fun`` returning one array: a tuple of Jacobians, one per
+    argument (``jacobian``'s modes, each its own chain)."""
     from .api import jit
     parts = [make(fun, k, target=target) for k in argnums]
 
@@ -62,77 +63,187 @@ def _each(make, fun, argnums, target):
     return jit(jac, target=target)
 
 
-def jacfwd(fun, argnums=0, *, target=None):
-    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by forward mode, batched (a
-    tuple of them for a tuple of argnums)."""
-    from .api import jit
-    if isinstance(argnums, (tuple, list)):
-        return _each(jacfwd, fun, argnums, target)
+# ---------------------------------------------------------------- jacfwd, jacrev
 
-    def jac(*args):
-        k, x = _checked(args, argnums, "jacfwd")
-        return _forward(lambda xx: fun(*_with(args, k, xx)), x)
-    jac.__name__ = jac.__qualname__ = f"jacfwd_{getattr(fun, '__name__', 'f')}"
-    return jit(jac, target=target)
+def _wrt(args, argnums, what):
+    """The differentiated arguments: ``(positions, many, leaves, tree)``.  ``argnums`` is
+    a position or a tuple of them (``many``); each argument is a float array or a pytree
+    of them, whose leaves (in ``tree``'s order: the distinct positions' arguments, a
+    tuple of them when ``many``) are the inputs of the Jacobian."""
+    from .pytree import flatten
+    many = isinstance(argnums, (tuple, list))
+    asked = tuple(argnums) if many else (argnums,)
+    if not asked:
+        raise ArgumentError(with_location(f"{what}: argnums is empty"))
+    positions = []
+    for k in asked:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or \
+                not -len(args) <= k < len(args):
+            raise ArgumentError(with_location(
+                f"{what}: argnums must be the position of an argument (or a tuple of "
+                f"them), got {argnums!r} for {len(args)} arguments"))
+        positions.append(int(k) % len(args))
+    unique = tuple(dict.fromkeys(positions))
+    for k in unique:
+        for leaf in flatten(args[k])[0]:
+            x = leaf if isinstance(leaf, Tracer) else np.asarray(leaf)
+            if np.dtype(dtype_of(x)).kind != "f":
+                raise ArgumentError(with_location(
+                    f"{what}: argument {k} must be a float array (or a pytree of them), "
+                    f"got {'a leaf of ' if not _is_array(args[k]) else ''}dtype "
+                    f"{dtype_of(x)}"))
+    leaves, tree = flatten(tuple(args[k] for k in unique) if many else args[unique[0]])
+    xs = [leaf if isinstance(leaf, Tracer) else np.asarray(leaf) for leaf in leaves]
+    if not xs:
+        raise ArgumentError(with_location(
+            f"{what}: argument{'s' if many else ''} {argnums!r} hold{'' if many else 's'} "
+            "no arrays to differentiate"))
+    return (tuple(positions), unique), many, xs, tree
 
 
-def _forward(g, x):
-    """The Jacobian of ``g`` at ``x`` (out shape + in shape; a pytree of them for a
-    pytree of outputs): vmap of jvp."""
+def _is_array(x) -> bool:
+    return isinstance(x, (Tracer, np.ndarray, np.generic, float, int, complex))
+
+
+def _restricted(fun, args, where, many, tree, has_aux, what):
+    """``fun`` as a function of the differentiated leaves (the other arguments fixed),
+    returning its output (and, ``has_aux``, the pair ``(output, aux)``)."""
+    from .pytree import unflatten
+    _, unique = where
+
+    def g(*xs):
+        dyn = unflatten(tree, list(xs))
+        new = list(args)
+        for k, d in zip(unique, dyn if many else (dyn,)):
+            new[k] = d
+        out = fun(*new)
+        if has_aux and not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ArgumentError(with_location(
+                f"{what}: has_aux=True requires {getattr(fun, '__name__', 'f')} to return "
+                f"a pair (output, aux), got {type(out).__name__}"))
+        return tuple(out) if has_aux else out
+    return g
+
+
+def _assemble(out_tree, per_out, where, many, tree):
+    """JAX's nesting: the output's structure outside, the arguments' inside (a tuple
+    over ``argnums`` when it is a tuple); ``per_out[j][i]`` is output leaf j's Jacobian
+    w.r.t. input leaf i."""
+    from .pytree import unflatten
+    positions, unique = where
+
+    def inner(blocks):
+        dyn = unflatten(tree, blocks)
+        return tuple(dyn[unique.index(k)] for k in positions) if many else dyn
+    return unflatten(out_tree, [inner(blocks) for blocks in per_out])
+
+
+def _forward_leaves(g, xs):
+    """``(out tree, per_out)``: the Jacobian of ``g(*xs)`` by one vmap of jvp over the
+    columns of the identity of all the inputs together; ``per_out[j][i]`` has shape
+    (output leaf j's shape + input i's shape)."""
     from .api import jvp, vmap
-    from .pytree import flatten, unflatten
-    in_shape = tuple(shape_of(x))
-    stacked = vmap(lambda t: jvp(g, (x,), (t,))[1])(_basis(in_shape, np.dtype(dtype_of(x))))
-    leaves, tree = flatten(stacked)
-    return unflatten(tree, [_columns_last(s, tuple(shape_of(s))[1:], in_shape)
-                            for s in leaves])
+    from .pytree import flatten
+    shapes = [tuple(shape_of(x)) for x in xs]
+    sizes = [int(np.prod(sh, dtype=np.int64)) for sh in shapes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    total = int(offsets[-1])
+    bases = []
+    for x, sh, size, off in zip(xs, shapes, sizes, offsets):
+        b = np.zeros((total, size), np.dtype(dtype_of(x)))
+        b[off:off + size] = np.eye(size, dtype=b.dtype)
+        bases.append(b.reshape((total,) + sh))
+    stacked = vmap(lambda *ts: jvp(g, tuple(xs), ts)[1])(*bases)
+    leaves, out_tree = flatten(stacked)
+    per_out = [[_columns_last(s[off:off + size], tuple(shape_of(s))[1:], sh)
+                for sh, size, off in zip(shapes, sizes, offsets)] for s in leaves]
+    return out_tree, per_out
 
 
-def _reverse(g, x):
-    """The Jacobian of ``g`` at ``x`` (out shape + in shape; a pytree of them for a
-    pytree of outputs): vmap of the VJP, over the rows of each output in turn (the
-    other outputs' cotangents zeros)."""
+def _reverse_leaves(g, xs, has_aux=False):
+    """``(out tree, per_out, aux)``: the Jacobian of ``g(*xs)`` by one forward pass and a
+    vmap of the VJP over the rows of each output in turn (the other outputs' cotangents
+    zeros)."""
     from .api import vjp, vmap
     from .pytree import flatten, unflatten
-    y, pull = vjp(g, x)
-    leaves, tree = flatten(y)
-    jacobians = []
+    result = vjp(g, *xs, has_aux=has_aux)
+    y, pull = result[0], result[1]
+    leaves, out_tree = flatten(y)
+    per_out = []
     for j, leaf in enumerate(leaves):
         out_shape = tuple(shape_of(leaf))
 
         def row(u, j=j):
             cts = [u if i == j else np.zeros(shape_of(v), dtype_of(v))
                    for i, v in enumerate(leaves)]
-            return pull(unflatten(tree, cts))[0]
+            return tuple(pull(unflatten(out_tree, cts)))
         stacked = vmap(row)(_basis(out_shape, np.dtype(dtype_of(leaf))))
-        # (m, *in): row i is the gradient of output component i
-        jacobians.append(np.reshape(stacked, out_shape + tuple(shape_of(x))))
-    return unflatten(tree, jacobians)
+        # (m, *in_i): row r is the gradient of output component r
+        per_out.append([np.reshape(st, out_shape + tuple(shape_of(x)))
+                        for st, x in zip(stacked, xs)])
+    return out_tree, per_out, (result[2] if has_aux else None)
 
 
-def jacrev(fun, argnums=0, *, target=None):
-    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` by reverse mode, batched (a
-    tuple of them for a tuple of argnums)."""
+def _forward(g, x):
+    """The Jacobian of ``g`` at one array ``x`` (out shape + in shape; a pytree of them
+    for a pytree of outputs)."""
+    from .pytree import unflatten
+    out_tree, per_out = _forward_leaves(g, [x])
+    return unflatten(out_tree, [blocks[0] for blocks in per_out])
+
+
+def _reverse(g, x):
+    from .pytree import unflatten
+    out_tree, per_out, _ = _reverse_leaves(g, [x])
+    return unflatten(out_tree, [blocks[0] for blocks in per_out])
+
+
+def _jacobian_function(kind, fun, argnums, has_aux, target):
     from .api import jit
-    if isinstance(argnums, (tuple, list)):
-        return _each(jacrev, fun, argnums, target)
+    what = "jacfwd" if kind == "fwd" else "jacrev"
 
     def jac(*args):
-        k, x = _checked(args, argnums, "jacrev")
-        return _reverse(lambda xx: fun(*_with(args, k, xx)), x)
-    jac.__name__ = jac.__qualname__ = f"jacrev_{getattr(fun, '__name__', 'f')}"
+        where, many, xs, tree = _wrt(args, argnums, what)
+        g = _restricted(fun, args, where, many, tree, has_aux, what)
+        if kind == "fwd":
+            out_tree, per_out = _forward_leaves((lambda *v: g(*v)[0]) if has_aux else g, xs)
+            aux = g(*xs)[1] if has_aux else None     # (the same equations: CSE'd)
+        else:
+            out_tree, per_out, aux = _reverse_leaves(g, xs, has_aux)
+        jacobian = _assemble(out_tree, per_out, where, many, tree)
+        return (jacobian, aux) if has_aux else jacobian
+    jac.__name__ = jac.__qualname__ = f"{what}_{getattr(fun, '__name__', 'f')}"
     return jit(jac, target=target)
 
 
-def hessian(fun, argnums=0, *, sparse=False, target=None):
-    """``jacfwd(jacrev(fun))``: the dense Hessian of a scalar function.  With
-    ``sparse=True`` the pattern is found from the gradient's Graph and the Hessian is
-    recovered from one HVP per colour of its columns, as a ``scipy.sparse`` matrix
+def jacfwd(fun, argnums=0, *, has_aux=False, target=None):
+    """The Jacobian of ``fun`` w.r.t. argument ``argnums`` (a position, or a tuple of
+    them; each argument an array or a pytree of arrays) by forward mode: one vmap of jvp
+    over the columns of the identity.  JAX's nesting: output structure outside, the
+    arguments' inside; each block has shape (output shape + input shape).  With
+    ``has_aux``, ``fun`` returns ``(output, aux)`` and the result is ``(jacobian, aux)``."""
+    return _jacobian_function("fwd", fun, argnums, has_aux, target)
+
+
+def jacrev(fun, argnums=0, *, has_aux=False, target=None):
+    """``jacfwd``'s Jacobian by reverse mode: one forward pass and a vmap of the VJP over
+    the rows of each output."""
+    return _jacobian_function("rev", fun, argnums, has_aux, target)
+
+
+def hessian(fun, argnums=0, *, has_aux=False, sparse=False, target=None):
+    """``jacfwd(jacrev(fun))``: the dense Hessian of a scalar function (with a tuple of
+    argnums, ``H[i][j]`` is the block ∂²f/∂x_i∂x_j of shape x_i's + x_j's, as JAX's).
+    With ``sparse=True`` the pattern is found from the gradient's Graph and the Hessian
+    is recovered from one HVP per colour of its columns, as a ``scipy.sparse`` matrix
     (``gradc.sparsity``)."""
     if sparse:
+        if has_aux:
+            raise ArgumentError(with_location("hessian: sparse=True takes no has_aux"))
         from .sparsity import sparse_hessian
         return sparse_hessian(fun, argnums, target=target)
-    return jacfwd(jacrev(fun, argnums, target=target), argnums, target=target)
+    return jacfwd(jacrev(fun, argnums, has_aux=has_aux, target=target), argnums,
+                  has_aux=has_aux, target=target)
 
 
 def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
