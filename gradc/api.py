@@ -518,8 +518,9 @@ class ValueAndGrad(_FastPath, Transformed):
         return dict(super()._options(), argnums=self.argnums, has_aux=self.has_aux)
 
     def _remember(self, args, spec, state):
-        if self.has_aux or (found := self._fast_entry(args, spec)) is None:
-            return
+        if self.has_aux or len({i % len(args) for i in self.nums}) < len(self.nums) or \
+                (found := self._fast_entry(args, spec)) is None:
+            return                          # (repeated argnums: _finish copies repeats)
         fkey, reads, exe = found
         flat, wrt = state
         if len(flat.leaves) != len(args):
@@ -596,7 +597,14 @@ class ValueAndGrad(_FastPath, Transformed):
             pyf, w = next(dyn_iter)
             leaves.append(_to_user(next(grads), pyfloat=pyf) if w else None)
         rebuilt = pytree.unflatten(flat.treedef, leaves)
-        g = rebuilt[self.nums[0]] if self.single else tuple(rebuilt[i] for i in self.nums)
+        if self.single:
+            g = rebuilt[self.nums[0]]
+        else:          # (argnums=(0, 0): two gradients, not one array twice)
+            at = [i % len(rebuilt) for i in self.nums]
+            g = tuple(rebuilt[i] if at.index(i) == k else
+                      pytree.tree_map(lambda x: x.copy() if isinstance(x, np.ndarray) else x,
+                                      rebuilt[i])
+                      for k, i in enumerate(at))
         if self.has_aux:
             return (value, aux), g
         return value, g

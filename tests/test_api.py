@@ -444,3 +444,34 @@ def test_arguments_of_other_dtypes_are_argument_errors():
         with pytest.raises(gradc.ArgumentError, match=re.escape(f"dtype {a.dtype}")) as e:
             gradc.jit(lambda d: d)(a)
         assert "test_api.py:" in str(e.value)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_results_never_share_memory_with_arguments(target):
+    """(QA: on the numpy target, results were the caller's arrays or views of them:
+    writing into ``jit(lambda a: a)(x)`` changed x, and a ``vjp`` whose residual is its
+    argument saw the caller's later writes into it.)  Every result is the caller's to
+    keep, as on the compiled targets; and repeated argnums give two arrays."""
+    x, w = np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.0, 5.0, 6.0, 7.0])
+    keep = x.copy()
+    results = [gradc.jit(lambda a: a, target=target)(x),
+               gradc.jit(lambda a: (a.reshape(2, 2), a[1:], a.reshape(2, 2).T),
+                         target=target)(x),
+               gradc.grad(lambda a, b: np.sum(a * b), argnums=1, target=target)(x, w),
+               gradc.jvp(lambda a: a, (w,), (x,), target=target),
+               gradc.vjp(lambda a: a * 1.0, x, target=target)[0],
+               gradc.vmap(lambda a: a, target=target)(x.reshape(2, 2))]
+    for r in gradc.pytree.flatten(results)[0]:
+        if isinstance(r, np.ndarray):
+            assert not np.shares_memory(r, x), r
+            r[...] = -1.0
+    np.testing.assert_array_equal(x, keep)
+    out, pull = gradc.vjp(lambda a: np.sin(a) * a, x, target=target)
+    x[:] = 7.0
+    np.testing.assert_allclose(pull(np.ones(4))[0],
+                               np.cos(keep) * keep + np.sin(keep), rtol=1e-12)
+    g = gradc.grad(lambda a: np.sum(a * a), argnums=(0, -1), target=target)
+    for _ in range(2):             # (the first call, then the fast path's)
+        g0, g1 = g(keep)
+        assert not np.shares_memory(g0, g1)
+        np.testing.assert_array_equal(g0, 2 * keep) and np.testing.assert_array_equal(g1, g0)

@@ -135,7 +135,7 @@ class Executable:
 
     def __call__(self, values) -> list:
         if self._fallback:
-            return eval_graph(self.graph, values)
+            return _interpreted(self.graph, values)
         if self.target == "cuda":          # (device arrays pass as they are)
             return self.compiled(*values)
         from .cuda import is_device_array
@@ -169,4 +169,19 @@ class Executable:
             f"gradc: the {self.target!r} target {why}; running it with the interpreter "
             "(target='numpy') instead"), stacklevel=4)
         self._fallback = True
-        return eval_graph(self.graph, values)
+        return _interpreted(self.graph, values)
+
+
+def _interpreted(graph, values) -> list:
+    """The interpreter's results, none sharing memory with an argument or with another
+    result (NumPy's own results are often views: ``x.T``, ``x[1:]``, ``x`` itself; the
+    compiled targets copy such outputs, and so does this: a caller writing into a
+    result, or into an argument after a ``vjp``, must not change the other)."""
+    out = eval_graph(graph, values)
+    held = [v for v in values if isinstance(v, np.ndarray)]
+    for i, o in enumerate(out):
+        if isinstance(o, np.ndarray) and any(np.may_share_memory(o, h) for h in held):
+            out[i] = o = np.array(o)
+        if isinstance(o, np.ndarray):
+            held.append(o)
+    return out
