@@ -373,9 +373,15 @@ def hypot(x, y):
     x, y = broadcast(*promote(x, y, float_result=True))
     ax, ay = ops.abs(x), ops.abs(y)
     big, small = ops.maximum(ax, ay), ops.minimum(ax, ay)
-    safe = ops.select(ops.eq(big, 0.0), ops.add(big, 1.0), big)
+    # an infinite side makes it inf, even beside a NaN (NumPy's, C's hypot), where the
+    # ratio would be inf/inf and maximum(inf, NaN) NaN
+    inf = np.array(np.inf, dtype_of(x))
+    either = ops.logical_or(ops.eq(ax, inf), ops.eq(ay, inf))
+    safe = ops.select(ops.logical_or(ops.eq(big, 0.0), ops.eq(big, inf)),
+                      np.broadcast_to(np.array(1, dtype_of(x)), shape_of(big)), big)
     ratio = ops.div(small, safe)
-    return ops.mul(big, ops.sqrt(ops.add(ops.mul(ratio, ratio), 1.0)))
+    scaled = ops.mul(big, ops.sqrt(ops.add(ops.mul(ratio, ratio), 1.0)))
+    return ops.select(either, np.broadcast_to(inf, shape_of(scaled)), scaled)
 
 
 @implements(np.logaddexp)

@@ -17,7 +17,17 @@ from .numpy_api import (_axis, astype, broadcast, elementwise, fits, implements,
 from .prims.reduce import _normalise_axes
 from .trace import Tracer, dtype_of, full_traced, shape_of
 
-implements(np.stack)(stack)
+
+
+@implements(np.stack)
+def _stack(arrays, axis=0, out=None, dtype=None):
+    """NumPy converts each item with ``asarray``: a Python float is a float64 array, not
+    a scalar of the others' dtype (``np.stack([x32, 1.5])`` is float64)."""
+    _no_out(out, "stack")
+    arrays = [np.asarray(a) if isinstance(a, (bool, int, float, complex)) else a
+              for a in arrays]
+    result = stack(arrays, axis)
+    return result if dtype is None else astype(result, dtype)
 
 
 def _ndim(x):

@@ -1465,3 +1465,23 @@ def test_triangle_of_a_0d_array_is_a_gradc_error():
     where = r"(?s)np\.tril of a 0-d array.*test_numpy_surface.py:\d+: +gradc.jit"
     with pytest.raises(gradc.ShapeError, match=where):
         gradc.jit(lambda x: np.tril(np.sum(x)))(np.ones(3))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_hypot_of_an_infinity_is_inf_and_stack_converts_python_scalars(target):
+    """(QA fuzzing: ``hypot(inf, ±inf)`` and ``hypot(inf, nan)`` were NaN, the scaled
+    ratio inf/inf; ``np.stack([x32, 1.5])`` was float32, where NumPy converts 1.5 to a
+    float64 array.)"""
+    a = np.array([np.inf, np.inf, np.inf, -np.inf, 3.0, np.nan, 0.0, 1e308])
+    b = np.array([-np.inf, np.inf, np.nan, 2.0, 4.0, 1.0, 0.0, 1e308])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = gradc.jit(lambda x, y: np.hypot(x, y), target=target)(a, b)
+    np.testing.assert_array_equal(got, np.hypot(a, b))
+    np.testing.assert_allclose(gradc.grad(lambda x: np.hypot(x, 4.0), target=target)(3.0), 0.6)
+    x32 = np.array(0.25, np.float32)
+    got = gradc.jit(lambda x: np.stack([x, 1.5]), target=target)(x32)
+    assert got.dtype == np.float64 and got.tolist() == [0.25, 1.5]
+    got = gradc.jit(lambda x: np.stack([x, x], axis=-1, dtype=np.float64),
+                    target=target)(np.ones(2, np.float32))
+    assert got.dtype == np.float64 and got.shape == (2, 2)
