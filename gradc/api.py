@@ -1202,37 +1202,84 @@ __all__ = ["grad", "value_and_grad", "jvp", "vjp", "linearize", "jit", "make_gra
 
 # ---------------------------------------------------------------- vmap
 
+def _is_axis(a) -> bool:
+    return a is None or isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+
+
+def _prefix_axes(tree, spec, where: str, what: str) -> list:
+    """One axis (an int or None) per leaf of ``tree`` from ``spec``, a pytree prefix of
+    it (JAX's ``in_axes``/``out_axes``): an int or None covers a whole subtree; a tuple,
+    list or dict follows the tree's own containers."""
+    if _is_axis(spec):
+        return [None if spec is None else int(spec)] * len(pytree.flatten(tree)[0])
+    if isinstance(spec, dict) and isinstance(tree, dict) and set(spec) == set(tree):
+        return [a for k in sorted(tree)
+                for a in _prefix_axes(tree[k], spec[k], f"{where}[{k!r}]", what)]
+    if isinstance(spec, (tuple, list)) and isinstance(tree, (tuple, list)) and \
+            not isinstance(spec, dict) and len(spec) == len(tree):
+        return [a for i, (t, sp) in enumerate(zip(tree, spec))
+                for a in _prefix_axes(t, sp, f"{where}[{i}]", what)]
+    kind = type(tree).__name__ if isinstance(tree, (tuple, list, dict)) else "an array"
+    raise ArgumentError(with_location(
+        f"vmap: {what} for {where} is {spec!r}, which does not fit it ({kind}"
+        + (f" of {len(tree)} items" if isinstance(tree, (tuple, list, dict)) else "")
+        + "): give an int, None, or the same structure with an int or None at each leaf"))
+
+
+def _frozen(spec):
+    """A hashable copy of an axes spec (for the cache key)."""
+    if isinstance(spec, dict):
+        return ("dict",) + tuple((k, _frozen(spec[k])) for k in sorted(spec))
+    if isinstance(spec, (tuple, list)):
+        return (type(spec).__name__,) + tuple(_frozen(a) for a in spec)
+    return None if spec is None else int(spec)
+
+
 class Batched(Transformed):
     """What ``vmap(f)`` returns: ``f`` over a batch of examples, as one Graph (the
     batching pass, ``passes.batching``), compiled like any other."""
 
     kind = "vmap"
 
-    def __init__(self, fun, in_axes=0, out_axes=0, **options):
+    def __init__(self, fun, in_axes=0, out_axes=0, axis_size=None, **options):
         super().__init__(fun, **options)
-        self.in_axes, self.out_axes = in_axes, out_axes
+        self.in_axes, self.out_axes, self.axis_size = in_axes, out_axes, axis_size
 
-    def _axes(self, args) -> list:
-        """The example axis of each argument (an int or None)."""
+    def _leaf_axes(self, args, n_positional) -> list:
+        """The example axis of each leaf of ``args`` (an int or None): ``in_axes`` for
+        the positional arguments, 0 for those passed by keyword (JAX's rule)."""
         axes = self.in_axes
-        if not isinstance(axes, (tuple, list)):
-            return [axes] * len(args)
-        if len(axes) != len(args):
-            raise ArgumentError(with_location(
-                f"vmap: in_axes has {len(axes)} entries for {len(args)} arguments"))
-        for a in axes:
-            if a is not None and not isinstance(a, int):
+        if _is_axis(axes):
+            per_arg = [axes] * n_positional
+        elif isinstance(axes, (tuple, list)):
+            if len(axes) != n_positional:
                 raise ArgumentError(with_location(
-                    f"vmap: in_axes entries are ints or None (one per argument), got {a!r}"))
-        return list(axes)
+                    f"vmap: in_axes has {len(axes)} entries for {n_positional} arguments"))
+            per_arg = list(axes)
+        else:
+            raise ArgumentError(with_location(
+                f"vmap: in_axes is an int, None, or a tuple with one entry per argument "
+                f"(each an int, None, or a pytree of them shaped like the argument), got "
+                f"{axes!r}"))
+        per_arg += [0] * (len(args) - n_positional)
+        out = []
+        for i, (a, spec) in enumerate(zip(args, per_arg)):
+            leaf_axes = _prefix_axes(a, spec, f"argument {i}", "in_axes")
+            if not _is_axis(axes):      # (an int named for a Python int: no axis there)
+                for leaf, ax in zip(pytree.flatten(a)[0], leaf_axes):
+                    if ax is not None and _is_static(leaf):
+                        raise ArgumentError(with_location(
+                            f"vmap: in_axes maps argument {i} ({leaf!r}, a Python "
+                            f"{type(leaf).__name__}) over axis {ax}, but it has no axes; "
+                            "give None for it, or pass an array"))
+            out += leaf_axes
+        return out
 
     def _prepare(self, args, kwargs):
-        if kwargs:
-            raise ArgumentError(with_location(
-                "vmap: pass the arguments positionally (in_axes names them by position)"))
-        axes = self._axes(args)
-        flat = _Args(args)
-        leaf_axes = [axes[o] for o in flat.owner]
+        call, all_args, names = _positional(self.fun, args, kwargs)
+        flat = _Args(all_args)
+        leaf_axes = [ax for ax, st in zip(self._leaf_axes(all_args, len(args)), flat.static)
+                     if not st]
         moved, sizes = [], {}
         for i, (x, ax) in enumerate(zip(flat.dynamic, leaf_axes)):
             if ax is None:
@@ -1246,43 +1293,52 @@ class Batched(Transformed):
             ax %= ndim
             sizes.setdefault(np.shape(x)[ax], []).append(flat.owner[i])
             moved.append(x if ax == 0 else np.moveaxis(x, ax, 0))
-        if len(sizes) != 1:
+        if self.axis_size is not None and (len(sizes) > 1 or sizes and
+                                           self.axis_size not in sizes):
+            sizes.setdefault(self.axis_size, []).append("axis_size")
+        if len(sizes) > 1 or not sizes and self.axis_size is None:
             raise ArgumentError(with_location(
                 "vmap: the mapped axes must have one size; got " + (", ".join(
-                    f"{n} (arguments {sorted(set(o))})" for n, o in sizes.items())
-                    or "no mapped argument")))
-        size = next(iter(sizes))
+                    f"{n} ({'axis_size' if o == ['axis_size'] else f'arguments {sorted(set(o))}'})"
+                    for n, o in sizes.items())
+                    or "no mapped argument (give axis_size)")))
+        size = next(iter(sizes)) if sizes else int(self.axis_size)
         batched = [ax is not None for ax in leaf_axes]
-        example = _Args(args)           # one example's leaves, for tracing
+        example = _Args(all_args)       # one example's leaves, for tracing
         # (a batch of none: traced at zeros of an example's shape, which no example
         # computes with)
         example.dynamic = [x if not b else x[0] if size or isinstance(x, Tracer) else
                            np.zeros(np.shape(x)[1:], np.asarray(x).dtype)
                            for x, b in zip(moved, batched)]
-        key = (flat.key(), tuple(axes), self.out_axes, _fingerprint(self.fun, self._cache))
+        key = (flat.key(), names, tuple(leaf_axes), _frozen(self.out_axes), size,
+               _fingerprint(self.fun, self._cache))
 
         def build():
             from .trace import one_example
             with one_example():
-                graph, info, captured = _trace(self.fun, example, {})
+                graph, info, captured = _trace(call, example, {})
+            outs = pytree.unflatten(info["treedef"], list(graph.outputs[:info["n_out"]]))
+            out_axes = _prefix_axes(outs, self.out_axes, "the result", "out_axes")
             from .passes.batching import batch_graph
-            bg = simplify(batch_graph(graph, batched + [False] * len(captured), size))
-            return _Spec(bg, dict(info, primal=graph), captured, self.target, self.fastmath,
-                         _code_name(self.fun, "vmap"))
+            bg = simplify(batch_graph(graph, batched + [False] * len(captured), size,
+                                      unbatched=[a is None for a in out_axes]))
+            return _Spec(bg, dict(info, primal=graph, out_axes=out_axes), captured,
+                         self.target, self.fastmath, _code_name(self.fun, "vmap"))
         return key, build, moved, None
 
     def _finish(self, spec, results, state):
         info = spec.info
         outs = [_to_user(r) for r in results[:info["n_out"]]]
-        if self.out_axes != 0:
-            for i, o in enumerate(outs):
-                shape = tuple(o.shape) if isinstance(o, Tracer) else np.shape(o)
-                if not -len(shape) <= self.out_axes < len(shape):
-                    raise ArgumentError(with_location(
-                        f"vmap: out_axes={self.out_axes}, but result {i} has shape "
-                        f"{shape} (the mapped axis first): no such axis"))
-            outs = [np.moveaxis(o, 0, self.out_axes) if not isinstance(o, Tracer) else
-                    ops.transpose(o, _moved_perm(len(o.shape), self.out_axes)) for o in outs]
+        for i, (o, axis) in enumerate(zip(outs, info["out_axes"])):
+            if not axis:                # (0, or None: the result of one example)
+                continue
+            shape = tuple(o.shape) if isinstance(o, Tracer) else np.shape(o)
+            if not -len(shape) <= axis < len(shape):
+                raise ArgumentError(with_location(
+                    f"vmap: out_axes={axis}, but result {i} has shape "
+                    f"{shape} (the mapped axis first): no such axis"))
+            outs[i] = np.moveaxis(o, 0, axis) if not isinstance(o, Tracer) else \
+                ops.transpose(o, _moved_perm(len(o.shape), axis))
         return pytree.unflatten(info["treedef"], outs)
 
 
@@ -1292,16 +1348,31 @@ def _moved_perm(ndim, axis) -> tuple:
     return tuple(rest[:axis] + [0] + rest[axis:])
 
 
-def vmap(fun=None, in_axes=0, out_axes=0, *, target=None, fastmath=False):
-    """``f`` mapped over an axis of its arguments (JAX's ``vmap``): ``in_axes`` is an int
-    (every argument), or one int or None (not mapped) per argument; results get the
-    example axis at ``out_axes``.  Not a Python loop: the function is traced once, for one
-    example, and the batching pass rewrites its Graph for the whole batch."""
-    if isinstance(out_axes, bool) or not isinstance(out_axes, (int, np.integer)):
+def vmap(fun=None, in_axes=0, out_axes=0, *, axis_size=None, target=None, fastmath=False):
+    """``f`` mapped over an axis of its arguments (JAX's ``vmap``).  ``in_axes`` is an int
+    or None (every argument), or a tuple with one entry per positional argument, each an
+    int, None (not mapped) or a pytree of them shaped like that argument (a prefix of
+    it); arguments passed by keyword are mapped over axis 0.  ``out_axes`` (an int, None
+    or a pytree prefix of the result) puts the example axis of each result; None returns
+    a result that does not depend on the mapped arguments once.  ``axis_size`` is the
+    number of examples when no argument is mapped.  Not a Python loop: the function is
+    traced once, for one example, and the batching pass rewrites its Graph for the whole
+    batch."""
+    def check(spec):
+        if _is_axis(spec):
+            return
+        if isinstance(spec, dict):
+            return [check(a) for a in spec.values()]
+        if isinstance(spec, (tuple, list)):
+            return [check(a) for a in spec]
         raise ArgumentError(with_location(
-            f"vmap: out_axes must be an int (the results' axis for the examples), got "
-            f"{out_axes!r}"))
+            f"vmap: out_axes is an int, None, or a pytree of them shaped like the result, "
+            f"got {out_axes!r}"))
+    check(out_axes)
+    if axis_size is not None and (not _is_axis(axis_size) or axis_size < 0):
+        raise ArgumentError(with_location(
+            f"vmap: axis_size is a number of examples (an int >= 0), got {axis_size!r}"))
     if fun is None:
-        return functools.partial(vmap, in_axes=in_axes, out_axes=int(out_axes),
-                                 target=target, fastmath=fastmath)
-    return Batched(fun, in_axes, int(out_axes), target=target, fastmath=fastmath)
+        return functools.partial(vmap, in_axes=in_axes, out_axes=out_axes,
+                                 axis_size=axis_size, target=target, fastmath=fastmath)
+    return Batched(fun, in_axes, out_axes, axis_size, target=target, fastmath=fastmath)

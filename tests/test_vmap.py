@@ -112,8 +112,8 @@ def test_vmap_errors_are_named():
         gradc.vmap(lambda a: a * 2.0, out_axes=3)(np.ones((2, 3)))
     with pytest.raises(gradc.ArgumentError, match="out_axes=-4"):
         gradc.grad(lambda x: np.sum(gradc.vmap(np.sin, out_axes=-4)(x)))(np.ones((2, 3)))
-    with pytest.raises(gradc.ArgumentError, match="out_axes must be an int"):
-        gradc.vmap(np.sin, out_axes=None)
+    with pytest.raises(gradc.ArgumentError, match="out_axes is an int, None, or a pytree"):
+        gradc.vmap(np.sin, out_axes="0")
     # (the examples' counts differ here; equal ones would not be a reason to batch)
     for f in (lambda x: np.sum(x[x > 1]), lambda x: np.unique(x)):
         with pytest.raises(gradc.ArgumentError, match="np.where.mask, x, 0."):
@@ -336,3 +336,49 @@ def test_a_batched_branch_names_the_if_not_the_call():
     with pytest.raises(gradc.ArgumentError, match=r"np.where(.|\n)*  at .*test_vmap.py:"
                                                   r"\d+: .*x\[x > 1\]"):
         gradc.vmap(lambda x: np.sum(x[x > 1]))(np.array([[1.0, 2.0, 2.0], [3.0, 4.0, 4.5]]))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_per_leaf_axes_out_axes_none_axis_size_and_keywords(target):
+    """(QA: JAX's per-leaf in_axes, out_axes=None or a pytree, axis_size and keyword
+    arguments were refused.)  Each against a Python loop over the examples."""
+    X = np.arange(6.0).reshape(3, 2)
+    W = np.array([[1.0, 2.0], [-1.0, 0.5]])
+    B = np.arange(6.0).reshape(3, 2) * 0.1
+
+    def f(p, x):
+        return np.tanh(p["W"] @ x + p["b"])
+
+    got = gradc.vmap(f, in_axes=({"W": None, "b": 0}, 0), target=target)({"W": W, "b": B}, X)
+    np.testing.assert_allclose(got, [f({"W": W, "b": B[i]}, X[i]) for i in range(3)])
+    g = gradc.vmap(lambda x, w: (x * 2, np.sum(w * w)), in_axes=(0, None),
+                   out_axes=(1, None), target=target)
+    a, b = g(X, W)
+    np.testing.assert_allclose(a, 2 * X.T) and np.testing.assert_allclose(b, np.sum(W * W))
+    assert np.shape(b) == ()
+    with pytest.raises(gradc.ArgumentError, match="out_axes is None for result 0, but it "
+                                                  "depends on the mapped arguments"):
+        gradc.vmap(lambda x: x * 2, out_axes=None, target=target)(X)
+    r = gradc.vmap(lambda x: {"a": x, "s": np.sum(x)}, out_axes={"a": 1, "s": 0},
+                   target=target)(X)
+    np.testing.assert_allclose(r["a"], X.T) and np.testing.assert_allclose(r["s"], X.sum(1))
+    np.testing.assert_allclose(
+        gradc.vmap(lambda w: w * 2, in_axes=None, axis_size=4, target=target)(W),
+        np.broadcast_to(2 * W, (4, 2, 2)))
+    with pytest.raises(gradc.ArgumentError, match=r"no mapped argument \(give axis_size\)"):
+        gradc.vmap(lambda w: w * 2, in_axes=None)(W)
+    with pytest.raises(gradc.ArgumentError, match=r"got 3 \(arguments \[0\]\), 4 \(axis_size"):
+        gradc.vmap(lambda x: x * 2, axis_size=4)(X)
+    np.testing.assert_allclose(                      # keywords: mapped over axis 0
+        gradc.vmap(lambda x, *, s: x * s, target=target)(X, s=np.arange(3.0)),
+        X * np.arange(3.0)[:, None])
+    with pytest.raises(gradc.ArgumentError, match="argument 1 .2, a Python int. over axis 0"):
+        gradc.vmap(lambda x, n: x * n, in_axes=(0, 0))(X, 2)
+    with pytest.raises(gradc.ArgumentError, match=r"in_axes for argument 0 is \{'W': None\}"):
+        gradc.vmap(f, in_axes=({"W": None}, 0))({"W": W, "b": B}, X)
+    grads = gradc.vmap(gradc.grad(lambda p, x: np.sum(f(p, x))),
+                       in_axes=({"W": None, "b": 0}, 0), target=target)({"W": W, "b": B}, X)
+    for i in range(3):
+        gi = gradc.grad(lambda p, x: np.sum(f(p, x)))({"W": W, "b": B[i]}, X[i])
+        np.testing.assert_allclose(grads["W"][i], gi["W"], rtol=1e-12)
+        np.testing.assert_allclose(grads["b"][i], gi["b"], rtol=1e-12)

@@ -24,8 +24,12 @@ from ..ir import Graph, Lit
 from ..trace import bind, shape_of, source_line, trace_graph
 
 
-def batch_graph(graph: Graph, batched, size: int) -> Graph:
+def batch_graph(graph: Graph, batched, size: int, unbatched=None) -> Graph:
+    """``graph`` over a batch of ``size`` examples: the inputs marked ``batched`` get a
+    leading example axis, and so does every output, except those marked ``unbatched``
+    (``vmap``'s ``out_axes=None``), which must not depend on a batched input."""
     batched = [bool(b) for b in batched]
+    unbatched = list(unbatched or []) + [False] * len(graph.outputs)
     avals = [(((size,) if b else ()) + tuple(v.shape), v.dtype)
              for v, b in zip(graph.inputs, batched)]
 
@@ -49,8 +53,14 @@ def batch_graph(graph: Graph, batched, size: int) -> Graph:
                     flags = getattr(outs, "batched", [True] * len(eqn.outputs))
                     marked.update(v for v, b in zip(eqn.outputs, flags) if b)
             env.update(zip(eqn.outputs, outs))
-        return [read(o) if not isinstance(o, Lit) and o in marked
-                else _batched(read(o), o.shape, size) for o in graph.outputs]
+        for i, o in enumerate(graph.outputs):
+            if unbatched[i] and not isinstance(o, Lit) and o in marked:
+                raise ArgumentError(with_location(
+                    f"vmap: out_axes is None for result {i}, but it depends on the mapped "
+                    "arguments (only a result that is the same for every example can be "
+                    "returned once)"))
+        return [read(o) if unbatched[i] or not isinstance(o, Lit) and o in marked
+                else _batched(read(o), o.shape, size) for i, o in enumerate(graph.outputs)]
 
     new, _, captured = trace_graph(fn, avals)
     assert not captured, "batch_graph of a closed graph captured a value"
