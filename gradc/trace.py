@@ -182,6 +182,11 @@ class Tracer:
         return numpy_api.dispatch_function(func, args, kwargs)
 
     def __array__(self, dtype=None, copy=None):
+        if not getattr(self.owner, "active", True):
+            raise TracerLeakError(with_location(
+                "a traced value was converted to a NumPy array after the function that "
+                "made it returned (it escaped its trace: stored in a global, a list or a "
+                "closure); return it from the function instead"))
         library = errors.library_call()
         if library is not None:
             instead = _GRADC_FOR.get(library, "NumPy functions gradc traces")
