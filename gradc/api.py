@@ -633,8 +633,54 @@ class Evaluate(_FastPath, Transformed):
 
     kind = "jit"
 
+    def __init__(self, fun, static_argnums=(), static_argnames=(), **options):
+        super().__init__(fun, **options)
+        nums = (static_argnums,) if _is_axis(static_argnums) else tuple(static_argnums)
+        names = (static_argnames,) if isinstance(static_argnames, str) else \
+            tuple(static_argnames)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                   for n in nums) or not all(isinstance(n, str) for n in names):
+            raise ArgumentError(with_location(
+                f"jit: static_argnums are argument positions and static_argnames "
+                f"parameter names, got {static_argnums!r} and {static_argnames!r}"))
+        self.static_argnums, self.static_argnames = tuple(int(n) for n in nums), names
+
+    def _options(self):
+        return dict(super()._options(), static_argnums=self.static_argnums,
+                    static_argnames=self.static_argnames)
+
+    def _split_static(self, args, kwargs):
+        """``(call, args, kwargs, key)``: the static arguments (``static_argnums``,
+        ``static_argnames``) taken out and bound into ``call`` as constants of the trace
+        (any Python value; a new value, by ``==``, traces again, as JAX's)."""
+        n = len(args)
+        at = sorted({i % n for i in self.static_argnums if -n <= i < n})
+        named = sorted(k for k in self.static_argnames if k in kwargs)
+        fixed = tuple(args[i] for i in at) + tuple(kwargs[k] for k in named)
+        try:
+            hash(fixed)
+        except TypeError:
+            raise ArgumentError(with_location(
+                "jit: a static argument must be hashable (it is part of the cache key), "
+                f"got {', '.join(type(v).__name__ for v in fixed)}; pass arrays as "
+                "ordinary (traced) arguments, or a tuple for a list")) from None
+        rest = [a for i, a in enumerate(args) if i not in at]
+        fun = self.fun
+
+        def call(*dynamic, **kw):
+            full, it = [], iter(dynamic)
+            for i in range(n):
+                full.append(args[i] if i in at else next(it))
+            return fun(*full, *it, **kw, **{k: kwargs[k] for k in named})
+        call.__qualname__ = _fun_name(fun)
+        call.__wrapped__ = fun
+        key = (tuple(at), tuple(named),
+               tuple((type(v), v) for v in fixed))
+        return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
+
     def _remember(self, args, spec, state):
-        if (found := self._fast_entry(args, spec)) is None:
+        if self.static_argnums or self.static_argnames or \
+                (found := self._fast_entry(args, spec)) is None:
             return
         fkey, reads, exe = found
         dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
@@ -657,9 +703,12 @@ class Evaluate(_FastPath, Transformed):
         self._store(fkey, reads, run, exe)
 
     def _prepare(self, args, kwargs):
-        call, all_args, names = _positional(self.fun, args, kwargs)
+        fun, static = self.fun, None
+        if self.static_argnums or self.static_argnames:
+            fun, args, kwargs, static = self._split_static(args, kwargs)
+        call, all_args, names = _positional(fun, args, kwargs)
         flat = _Args(all_args)
-        key = (flat.key(), names, _fingerprint(self.fun, self._cache))
+        key = (flat.key(), names, static, _fingerprint(self.fun, self._cache))
 
         def build():
             graph, info, captured = _trace(call, flat, {})
@@ -702,12 +751,17 @@ def _code_name(fun, suffix) -> str:
     return f"{base}_{suffix}"
 
 
-def jit(fun=None, *, target=None, fastmath=False):
+def jit(fun=None, *, static_argnums=(), static_argnames=(), target=None, fastmath=False):
     """Compile ``fun`` itself (no derivative): traced once per argument signature, run as
-    generated code on ``target`` ("cpu", "parallel", "cuda" or "numpy")."""
+    generated code on ``target`` ("cpu", "parallel", "cuda" or "numpy").  Python ints,
+    bools, strings and functions are static already (a new value traces again);
+    ``static_argnums``/``static_argnames`` make any hashable argument so, a float or a
+    tuple included (JAX's)."""
     if fun is None:
-        return functools.partial(jit, target=target, fastmath=fastmath)
-    return Evaluate(fun, target=target, fastmath=fastmath)
+        return functools.partial(jit, static_argnums=static_argnums,
+                                 static_argnames=static_argnames, target=target,
+                                 fastmath=fastmath)
+    return Evaluate(fun, static_argnums, static_argnames, target=target, fastmath=fastmath)
 
 
 def value_and_grad(fun=None, argnums=0, has_aux=False, *, target=None, fastmath=False):

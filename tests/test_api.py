@@ -475,3 +475,30 @@ def test_results_never_share_memory_with_arguments(target):
         g0, g1 = g(keep)
         assert not np.shares_memory(g0, g1)
         np.testing.assert_array_equal(g0, 2 * keep) and np.testing.assert_array_equal(g1, g0)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_jit_static_argnums_and_argnames(target):
+    """(QA: JAX's static_argnums/static_argnames were refused.)  A static float is a
+    constant of the trace (a new value traces again, the same one does not); a tuple
+    can carry a slice length; an unhashable static argument is a clear error."""
+    traces = []
+
+    def f(x, scale, mode="mul"):
+        traces.append(scale)
+        return x * scale if mode == "mul" else x + scale
+
+    j = gradc.jit(f, static_argnums=1, static_argnames="mode", target=target)
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(j(x, 2.0), 2 * x)
+    np.testing.assert_array_equal(j(x + 1, 2.0), 2 * (x + 1))
+    np.testing.assert_array_equal(j(x, 3.0), 3 * x)
+    np.testing.assert_array_equal(j(x, 3.0, mode="add"), x + 3)
+    assert traces == [2.0, 3.0, 3.0]
+    assert "2.5" in str(j.graph(x, 2.5))            # (a literal of the Graph)
+    with pytest.raises(gradc.ArgumentError, match="static argument must be hashable"):
+        j(x, [1.0])
+    take = gradc.jit(lambda v, s: v[:s[0]] * s[1], static_argnums=(1,), target=target)
+    np.testing.assert_array_equal(take(np.arange(5.0), (3, 2.0)), [0.0, 2.0, 4.0])
+    with pytest.raises(gradc.ArgumentError, match="static_argnums are argument positions"):
+        gradc.jit(f, static_argnums="scale")
