@@ -660,3 +660,18 @@ def test_large_products_in_loop_bodies(rng):
         want = flatten(make("numpy")(x, W))[0]
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_scan_takes_jaxs_unroll_hint():
+    """(QA: scan(unroll=) was a TypeError.)  JAX's hint is accepted and changes nothing;
+    a bad value is named."""
+    def f(xs, unroll):
+        return gradc.scan(lambda c, x: (c * x + 1.0, c), 1.0, xs, unroll=unroll)[0]
+    xs = np.array([0.5, 2.0, -1.0, 3.0])
+    want = gradc.jit(lambda xs: f(xs, 1))(xs)
+    for unroll in (2, 8, True):
+        assert gradc.jit(lambda xs: f(xs, unroll))(xs) == want
+    np.testing.assert_allclose(gradc.grad(lambda xs: f(xs, 4))(xs),
+                               gradc.grad(lambda xs: f(xs, 1))(xs))
+    with pytest.raises(gradc.ArgumentError, match="unroll is a positive int"):
+        gradc.jit(lambda xs: f(xs, 0))(xs)

@@ -73,3 +73,42 @@ def test_exact_gelu_float32_and_one_hot():
     np.testing.assert_array_equal(nn.one_hot(labels, 4), want)
     np.testing.assert_array_equal(gradc.jit(lambda i: nn.one_hot(i, 4))(labels), want)
     assert nn.swish is nn.silu and nn.soft_sign is nn.softsign
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_logsumexp_weights_sign_and_where_as_scipy(target):
+    """(QA: JAX's/SciPy's b=, return_sign= and where= were refused.)  Values against
+    SciPy's, gradients against central differences, and masked-out terms get a zero
+    (finite) gradient; softmax/log_softmax with where are 0 / -inf outside the mask."""
+    from scipy.special import logsumexp as scipy_lse
+    rng = np.random.default_rng(5)
+    x, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    mask = x > -0.5
+    lse, sign = gradc.jit(lambda x, b: gradc.logsumexp(x, axis=1, b=b, return_sign=True),
+                          target=target)(x, b)
+    want, want_sign = scipy_lse(x, axis=1, b=b, return_sign=True)
+    np.testing.assert_allclose(lse, want, rtol=1e-13) and np.testing.assert_array_equal(
+        sign, want_sign)
+    masked = [scipy_lse(x[i][mask[i]]) for i in range(3)]
+    np.testing.assert_allclose(
+        gradc.jit(lambda x: gradc.logsumexp(x, axis=1, where=mask), target=target)(x),
+        masked, rtol=1e-13)
+    sm = gradc.jit(lambda x: gradc.softmax(x, where=mask), target=target)(x)
+    np.testing.assert_allclose(sm, np.where(mask, np.exp(x - np.array(masked)[:, None]), 0),
+                               rtol=1e-13)
+    assert np.all(gradc.jit(lambda x: gradc.log_softmax(x, where=mask))(x)[~mask] == -np.inf)
+    w = np.abs(b)
+
+    def loss(x):
+        return np.sum(gradc.logsumexp(x, axis=0, b=w) ** 2)
+    g = gradc.grad(loss, target=target)(x)
+    h = 1e-6
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+        e = np.zeros_like(x)
+        e[i, j] = h
+        fd = (np.sum(scipy_lse(x + e, axis=0, b=w) ** 2)
+              - np.sum(scipy_lse(x - e, axis=0, b=w) ** 2)) / (2 * h)
+        assert abs(g[i, j] - fd) < 1e-7
+    g = gradc.grad(lambda x: np.sum(gradc.logsumexp(x, axis=1, where=mask)), target=target)(x)
+    assert np.all(g[~mask] == 0) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(g.sum(axis=1), np.ones(3), rtol=1e-12)

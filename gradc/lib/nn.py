@@ -16,27 +16,44 @@ __all__ = ["logsumexp", "softmax", "log_softmax", "sigmoid", "log_sigmoid", "rel
            "softsign", "soft_sign", "hard_tanh", "one_hot"]
 
 
-def logsumexp(x, axis=None, keepdims=False):
-    """``log Σ exp(x)`` along ``axis``, shifted by the maximum for stability.  The shift
-    is held constant: the result does not depend on it.  It is the maximum of
-    ``stop_gradient(x)``, so that derivatives do not even compute the maximum's (the tie
-    mask, a residual as large as x that reverse mode through a loop would store)."""
+def logsumexp(x, axis=None, keepdims=False, *, b=None, return_sign=False, where=None):
+    """``log Σ b·exp(x)`` along ``axis`` (SciPy's and JAX's ``logsumexp``: weights ``b``,
+    ``return_sign`` for a negative sum, returning ``(log |Σ|, sign)``; ``where`` a mask of
+    the terms taken), shifted by the maximum for stability.  The shift is held constant:
+    the result does not depend on it.  It is the maximum of ``stop_gradient(x)``, so that
+    derivatives do not even compute the maximum's (the tie mask, a residual as large as x
+    that reverse mode through a loop would store)."""
     x = np.asarray(x) if not hasattr(x, "shape") else x
+    if where is not None:
+        x = np.where(where, x, -np.inf)
     shift = np.max(stop_gradient(x), axis=axis, keepdims=True)
     shift = np.where(np.isfinite(shift), shift, 0.0)
-    out = np.log(np.sum(np.exp(x - shift), axis=axis, keepdims=True)) + shift
+    terms = np.exp(x - shift)
+    if b is not None:
+        terms = terms * b
+    total = np.sum(terms, axis=axis, keepdims=True)
+    sign = None
+    if return_sign:
+        sign, total = np.sign(total), np.abs(total)
+    out = np.log(total) + shift
     if not keepdims:
-        out = np.squeeze(out, axis=axis) if axis is not None else np.reshape(out, ())
-    return out
+        def drop(v):
+            return np.squeeze(v, axis=axis) if axis is not None else np.reshape(v, ())
+        out = drop(out)
+        sign = None if sign is None else drop(sign)
+    return (out, sign) if return_sign else out
 
 
-def softmax(x, axis=-1):
-    """``exp(x) / Σ exp(x)`` along ``axis``."""
-    return np.exp(x - logsumexp(x, axis=axis, keepdims=True))
+def softmax(x, axis=-1, *, where=None):
+    """``exp(x) / Σ exp(x)`` along ``axis`` (with ``where``: over the terms it marks, 0
+    elsewhere, as JAX's)."""
+    out = np.exp(x - logsumexp(x, axis=axis, keepdims=True, where=where))
+    return out if where is None else np.where(where, out, 0.0)
 
 
-def log_softmax(x, axis=-1):
-    return x - logsumexp(x, axis=axis, keepdims=True)
+def log_softmax(x, axis=-1, *, where=None):
+    out = x - logsumexp(x, axis=axis, keepdims=True, where=where)
+    return out if where is None else np.where(where, out, -np.inf)
 
 
 def sigmoid(x):

@@ -264,13 +264,18 @@ scan_p.transpose = _scan_transpose
 
 # ---------------------------------------------------------------- the user's functions
 
-def scan(f, init, xs=None, length=None, reverse=False):
+def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     """Loop ``carry, y = f(carry, x)`` over the leading axis of ``xs`` (JAX's
     ``lax.scan``): returns the final carry and the ys stacked along a new leading axis.
     ``init``, ``xs`` and the results may be pytrees; with ``xs=None``, ``length`` says
     how many steps.  The loop stays one equation of the Graph, however many steps.
     ``f`` is traced once, without concrete values: Python branches on the carry are an
-    error inside it."""
+    error inside it.  ``unroll`` (JAX's hint for XLA) is accepted and has no effect: the
+    loop is compiled as a loop, whose body LLVM unrolls where it pays."""
+    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
+        if unroll is not True:
+            raise ArgumentError(with_location(
+                f"scan: unroll is a positive int or True, got {unroll!r}"))
     carry_leaves, carry_def = flatten(init)
     x_leaves, x_def = flatten(xs)
     sizes = set()
