@@ -228,19 +228,30 @@ def inv(a):
     return ops.solve(a, eye)
 
 
+def _swap_last(a):
+    n = _ndim(a)
+    return ops.transpose(a, tuple(range(n - 2)) + (n - 1, n - 2))
+
+
 @implements(np.linalg.cholesky)
 def cholesky(a, upper=False):
-    (a,) = promote(a, float_result=True)
-    low = ops.cholesky(a)
-    return low.T if upper else low
+    """The lower factor of each matrix from its lower triangle; ``upper=True``, the
+    upper factor from its upper triangle (NumPy reads that one: the lower factor of the
+    transpose, transposed)."""
+    a = _matrices(a, "cholesky")
+    if upper:
+        a = _swap_last(a)
+    low = _per_matrix(lambda m: (ops.cholesky(m),), a)[0] if _ndim(a) != 2 else \
+        ops.cholesky(a)
+    return _swap_last(low) if upper else low
 
 
 @implements(np.linalg.eigh)
 def eigh(a, UPLO="L"):
-    (a,) = promote(a, float_result=True)
+    a = _matrices(a, "eigh")
     if UPLO not in ("L", "l"):
-        a = a.T            # the upper triangle, read as the lower one of the transpose
-    w, v = ops.eigh(a)
+        a = _swap_last(a)  # the upper triangle, read as the lower one of the transpose
+    w, v = _per_matrix(ops.eigh, a) if _ndim(a) != 2 else ops.eigh(a)
     return _EIGH(w, v)
 
 

@@ -592,3 +592,29 @@ def test_vmap_of_solver_regions_and_decompositions(rng):
 
     per_example = np.stack([gradc.grad(g)(b) for b in B])
     assert np.abs(gradc.vmap(gradc.grad(g))(B) - per_example).max() < 1e-12
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_cholesky_upper_reads_the_upper_triangle_and_stacks_factor(rng, target):
+    """(QA: cholesky(a, upper=True) factored the lower triangle and transposed it: wrong
+    where the triangles differ, with the gradient in the lower triangle; stacks of
+    matrices were refused by cholesky and eigh.)"""
+    S = spd(rng, 3)
+    N = S.copy()
+    N[2, 0] = 9.0                          # (the lower triangle is not positive definite)
+    up = gradc.jit(lambda a: np.linalg.cholesky(a, upper=True), target=target)
+    np.testing.assert_allclose(up(N), np.linalg.cholesky(N, upper=True), rtol=1e-12)
+
+    def f(a):
+        return np.sum(np.sin(np.linalg.cholesky(a, upper=True)))
+    g = gradc.grad(f, target=target)(S)
+    np.testing.assert_allclose(g, fd(f, S, 1e-6), rtol=1e-6, atol=1e-9)
+    assert not np.tril(g, -1).any()
+    B = np.stack([S, 2 * S + np.eye(3)])
+    np.testing.assert_allclose(gradc.jit(np.linalg.cholesky, target=target)(B),
+                               np.linalg.cholesky(B), rtol=1e-12)
+    np.testing.assert_allclose(gradc.jit(np.linalg.eigvalsh, target=target)(B),
+                               np.linalg.eigvalsh(B), rtol=1e-12)
+    np.testing.assert_allclose(
+        gradc.jit(lambda a: np.linalg.eigvalsh(a, UPLO="U"), target=target)(N),
+        np.linalg.eigvalsh(N, UPLO="U"), rtol=1e-12)
