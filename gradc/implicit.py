@@ -15,13 +15,16 @@ are the implicit function theorem; the solver's iterations are never differentia
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 
 from .errors import ArgumentError, with_location
 from .interpret import eval_graph
 from .ir import Graph
 from .lib.solvers import UserSolve, as_method
-from .prims.implicit import PyCallback, linear_solve_p, report, root_p
+from .prims.implicit import ConvergenceWarning, PyCallback, linear_solve_p, report, root_p
 from .prims.loops import while_loop
 from .pytree import flatten, unflatten
 from .trace import dtype_of, is_tracer, shape_of, trace_graph
@@ -151,11 +154,26 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
     method = as_method(solve, tol, maxiter, ridge)
 
     def decorate(solver):
-        def wrapped(init, *params):
-            aval = _aval(init, f"{getattr(solver, '__name__', 'solver')}: init")
+        name = getattr(solver, "__name__", "solver")
+
+        def run(y0, *ps, tree):
+            user = unflatten(tree, list(ps))
+            y = solver(y0, *user)
+            _check_root(optimality_fn, y, y0, user, name)
+            return y
+
+        def wrapped(init, *params, **kwargs):
+            if kwargs:        # (keywords become trailing positional parameters)
+                import inspect
+                try:
+                    params = tuple(inspect.signature(solver).bind(
+                        init, *params, **kwargs).args[1:])
+                except TypeError as e:
+                    raise ArgumentError(with_location(f"{name}: {e}")) from None
+            aval = _aval(init, f"{name}: init")
             leaves, tree = flatten(list(params))
             leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
-            callback = PyCallback(lambda y0, *ps: solver(y0, *unflatten(tree, list(ps))),
+            callback = PyCallback(functools.partial(run, tree=tree),
                                   aval[0], aval[1], getattr(solver, "__qualname__", None))
             return _root("implicit_diff", callback,
                          lambda y, *ps: optimality_fn(y, *unflatten(tree, list(ps))),
@@ -165,6 +183,23 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
         wrapped.__wrapped__ = solver
         return wrapped
     return decorate
+
+
+def _check_root(optimality_fn, y, y0, params, name):
+    """Warn when the solver's ``y`` leaves the optimality function well away from 0 (an
+    unconverged or wrong solver: the implicit derivative assumes a root)."""
+    try:
+        r = np.linalg.norm(np.asarray(optimality_fn(np.asarray(y), *params), np.float64))
+        r0 = np.linalg.norm(np.asarray(optimality_fn(np.asarray(y0), *params), np.float64))
+    except Exception:       # noqa: BLE001  (not computable on NumPy arrays: not checked)
+        return
+    dtype = np.asarray(y).dtype
+    eps = np.finfo(dtype if dtype.kind == "f" else np.float64).eps
+    if not r <= np.sqrt(eps) * max(1.0, r0):
+        warnings.warn(ConvergenceWarning(with_location(
+            f"gradc: implicit_diff: {name} returned a point where the optimality function "
+            f"is not 0 (|F(y)| = {r:.3g}; {r0:.3g} at init): derivatives are taken there "
+            "as if it were a root")), stacklevel=2)
 
 
 def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", implicit=True,
@@ -177,6 +212,8 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
     aval = _aval(x0, "fixed_point: x0")
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+    from .lib.solvers import reachable
+    tol = reachable(tol, aval[1])         # (the default 1e-10 is below float32's)
     goal = float(tol) ** 2
 
     def iterate(x0, *ps):

@@ -618,3 +618,65 @@ def test_cholesky_upper_reads_the_upper_triangle_and_stacks_factor(rng, target):
     np.testing.assert_allclose(
         gradc.jit(lambda a: np.linalg.eigvalsh(a, UPLO="U"), target=target)(N),
         np.linalg.eigvalsh(N, UPLO="U"), rtol=1e-12)
+
+
+def test_solver_diagnostics_from_the_qa_sweep():
+    """(QA) GMRES in float32 crashed (a float64 term promoted its small solve); the
+    default tol 1e-10, below float32's precision, warned at every float32 call; an
+    unbounded argmin returned -8e12 without a warning (converged relative to |x|); an
+    implicit_diff solver returning a non-root gave its derivative silently; keyword
+    arguments of an implicit_diff solver were a TypeError."""
+    A = np.array([[3.0, 1.0], [0.5, 2.0]], np.float32)
+    b = np.array([1.0, 2.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.ConvergenceWarning)
+        for solve in ("gmres", "bicgstab"):
+            x = gradc.jit(lambda b: gradc.linear_solve(lambda v: A @ v, b, solve=solve))(b)
+            assert x.dtype == np.float32
+            np.testing.assert_allclose(x, np.linalg.solve(A.astype(float), b), atol=1e-6)
+        x = gradc.fixed_point(lambda x, b: 0.5 * x + b, np.zeros(2, np.float32), b)
+        np.testing.assert_allclose(x, 2 * b, rtol=1e-6)
+    with pytest.warns(gradc.ConvergenceWarning, match="may be unbounded below"):
+        gradc.argmin(lambda x: np.sum(x), np.zeros(2))
+
+    @gradc.implicit_diff(lambda y, a: y ** 3 + y - a)
+    def halves(y0, a):
+        return a / 2                     # not a root of y³ + y − a
+
+    @gradc.implicit_diff(lambda y, a: y ** 3 + y - a)
+    def newton(y0, a):
+        y = np.array(y0, float)
+        for _ in range(50):
+            y = y - (y ** 3 + y - a) / (3 * y ** 2 + 1)
+        return y
+    a = np.array([1.0, 2.0])
+    with pytest.warns(gradc.ConvergenceWarning, match="optimality function is not 0"):
+        gradc.grad(lambda a: np.sum(halves(np.zeros(2), a)))(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.ConvergenceWarning)
+        g = gradc.grad(lambda a: np.sum(newton(np.zeros(2), a=a)))(a)
+    y = newton(np.zeros(2), a)
+    np.testing.assert_allclose(g, 1 / (3 * y ** 2 + 1), rtol=1e-10)
+
+
+def test_constrained_argmin_inside_a_scan():
+    """(QA: an OptNet QP inside gradc.scan was "argmin with constraints needs concrete
+    values": the number of constraints is now found from shapes.)  Values and gradient
+    through the loop against the per-step calls and central differences."""
+    Q = np.array([[2.0, 0.5], [0.5, 1.0]])
+
+    def qp(p):
+        return gradc.argmin(lambda x, p: 0.5 * x @ Q @ x + p @ x, np.zeros(2), p,
+                            constraints={"eq": lambda x, p: np.sum(x) - 1.0,
+                                         "ineq": lambda x, p: -x})
+
+    def loop(ps):
+        return gradc.scan(lambda c, p: (c + np.sum(qp(p) ** 2), None), 0.0, ps)[0]
+    ps = np.array([[1.0, -1.0], [0.2, 0.3]])
+    f = gradc.jit(loop)
+    np.testing.assert_allclose(f(ps), sum(np.sum(qp(q) ** 2) for q in ps), rtol=1e-10)
+    g = gradc.grad(loop)(ps)
+    for i, j in [(0, 0), (1, 0), (1, 1)]:
+        e = np.zeros_like(ps)
+        e[i, j] = 1e-6
+        assert abs((f(ps + e) - f(ps - e)) / 2e-6 - g[i, j]) < 1e-7

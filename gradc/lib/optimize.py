@@ -41,6 +41,11 @@ def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, roo
     def f(y, ps):
         return objective(y, *unflatten(tree, list(ps)))
 
+    out = _shape_of_result(f, aval, leaves, x0)
+    if out != ():
+        raise ArgumentError(with_location(
+            f"argmin: the objective must return a scalar, got shape {out} (sum it, or "
+            "give the constraints as constraints={'eq': ..., 'ineq': ...})"))
     constraints = dict(constraints or {})
     unknown = set(constraints) - {"eq", "ineq"}
     if unknown:
@@ -52,6 +57,21 @@ def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, roo
         return _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root)
     return _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge,
                         root)
+
+
+def _shape_of_result(fn, aval, leaves, x0) -> tuple:
+    """The shape of ``fn(y, params)``, by a trace: at the values of ``x0`` and the
+    parameters where they have them (Python branches on them work), by shapes alone
+    where not (inside a scan)."""
+    from ..trace import dtype_of, shape_of, trace_graph
+    avals = [aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in leaves]
+    values = [getattr(v, "val", v) for v in [x0] + list(leaves)]
+    if any(v is None for v in values):
+        values = None
+    else:
+        values = [np.asarray(v, dtype=a[1]) for v, a in zip(values, avals)]
+    graph, _, _ = trace_graph(lambda y, *ps: [fn(y, tuple(ps))], avals, values)
+    return tuple(graph.outputs[0].shape)
 
 
 def _grad_y(f):
@@ -77,24 +97,36 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
             v, g = vg(y.astype(dtype), ps)
             return float(v), np.asarray(g, np.float64)
 
-        res = scipy.optimize.minimize(fun, np.asarray(y0, np.float64), jac=True,
-                                      method="L-BFGS-B",
+        start = np.asarray(y0, np.float64)
+        # (the gradient's scale: its size at the start; relative to |y| instead, a run
+        # off to infinity on an unbounded objective passed for converged)
+        scale = max(1.0, float(np.linalg.norm(fun(start)[1])))
+        res = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
                                       options=dict(maxiter=maxiter, gtol=tol, ftol=0.0))
         y = res.x
         for _ in range(3):         # Newton polish: H d = -g by CG on Hessian-vector products
             g = fun(y)[1]
-            if np.linalg.norm(g) <= tol * max(1.0, np.linalg.norm(y)):
+            if np.linalg.norm(g) <= tol * scale or not np.all(np.isfinite(y)):
                 break
             import scipy.sparse.linalg as sla
             op = sla.LinearOperator((y.size, y.size), dtype=np.float64, matvec=lambda v: np.asarray(
                 hvp(y.astype(dtype), v.astype(dtype), ps), np.float64))
-            d, _ = sla.cg(op, -g, rtol=1e-12, maxiter=10 * y.size)
-            y = y + d
+            with np.errstate(all="ignore"):
+                d, _ = sla.cg(op, -g, rtol=1e-12, maxiter=10 * y.size)
+            trial = y + d
+            if not (np.all(np.isfinite(trial))
+                    and np.linalg.norm(fun(trial)[1]) < np.linalg.norm(g)):
+                break               # (a flat or unbounded direction: keep L-BFGS-B's)
+            y = trial
         g = fun(y)[1]
-        if not np.linalg.norm(g) <= max(tol, 1e-8) * max(1.0, np.linalg.norm(y)):
+        if not np.linalg.norm(g) <= max(tol, 1e-8) * scale:
+            hint = ("; the objective may be unbounded below (|x| grew to "
+                    f"{np.linalg.norm(y):.3g})" if not np.linalg.norm(y) < 1e6 * max(
+                        1.0, np.linalg.norm(start)) else "")
             warnings.warn(ConvergenceWarning(with_location(
-                f"gradc: argmin did not converge (|gradient| {np.linalg.norm(g):.3g}; "
-                f"{res.message})")), stacklevel=2)
+                f"gradc: argmin did not converge (|gradient| {np.linalg.norm(g):.3g}, "
+                f"{np.linalg.norm(fun(start)[1]):.3g} at the start; {res.message}){hint}")),
+                stacklevel=2)
         return y.astype(dtype)
 
     return root("argmin", PyCallback(solver, aval[0], dtype, "argmin(L-BFGS-B)"),
@@ -114,12 +146,9 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         return lambda y, ps: np.reshape(fn(y, *unflatten(tree, list(ps))), (-1,))
 
     h, g = user(eq), user(ineq)
-    values = [np.asarray(getattr(p, "val", p)) for p in leaves]
-    y_val = np.asarray(getattr(x0, "val", x0), dtype)
-    if any(v is None or v.dtype == object for v in values) or y_val.dtype == object:
-        raise ArgumentError(with_location("argmin with constraints needs concrete values"))
-    m_eq = 0 if h is None else int(np.size(jit(h)(y_val, tuple(values))))
-    m_in = 0 if g is None else int(np.size(jit(g)(y_val, tuple(values))))
+    # (how many constraints: from shapes alone, so inside a scan too)
+    m_eq = 0 if h is None else int(np.prod(_shape_of_result(h, aval, leaves, x0)))
+    m_in = 0 if g is None else int(np.prod(_shape_of_result(g, aval, leaves, x0)))
 
     def split(z):
         return z[:n], z[n:n + m_eq], z[n + m_eq:]

@@ -103,14 +103,23 @@ def _norm2(v):
     return np.dot(v, v)
 
 
+def reachable(tol, dtype) -> float:
+    """``tol``, or the smallest relative residual ``dtype``'s arithmetic reaches where it
+    is below that (the default 1e-10 in float32: about 1e-6), so that a float32 solve
+    is not reported unconverged at every call."""
+    dtype = np.dtype(dtype)
+    return max(float(tol), 10 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else tol
+
+
 def _check(method, residual2, bb, maxiter):
     rel = np.sqrt(residual2 / np.maximum(bb, np.finfo(np.float64).tiny))
-    report(rel <= method.tol, rel, what=f"{method} after at most {maxiter} matvecs")
+    report(rel <= reachable(method.tol, getattr(bb, "dtype", np.float64)), rel,
+           what=f"{method} after at most {maxiter} matvecs")
 
 
 def _cg(method, mv, b, n, maxiter):
     bb = _norm2(b)
-    goal = method.tol ** 2 * bb
+    goal = reachable(method.tol, b.dtype) ** 2 * bb
     x0 = np.zeros_like(b)
     state = (x0, b, b, bb, np.int64(0))         # (x0 = 0: the residual is b)
 
@@ -133,7 +142,7 @@ def _cg(method, mv, b, n, maxiter):
 
 def _bicgstab(method, mv, b, n, maxiter):
     bb = _norm2(b)
-    goal = method.tol ** 2 * bb
+    goal = reachable(method.tol, b.dtype) ** 2 * bb
     r0 = b                                      # (x0 = 0: the residual is b)
     one = np.ones((), b.dtype)
     # (a fixed vector of b's size, mixed into the shadow residual at a restart)
@@ -185,7 +194,7 @@ def _gmres(method, mv, b, n, maxiter):
     m = max(1, min(method.restart, n, max(10, (1 << 24) // n)))   # basis <= 128 MiB f64
     dt = b.dtype
     bb = _norm2(b)
-    goal = method.tol * np.sqrt(bb)
+    goal = reachable(method.tol, dt) * np.sqrt(bb)
     rows, cols = np.arange(m + 1), np.arange(m)
 
     def cycle(s):
@@ -240,7 +249,7 @@ def _gmres(method, mv, b, n, maxiter):
                 beta)
         V, R, g, _, _, j, _ = while_loop(more, step, init)
         used = cols < j                        # solve the leading j x j triangle
-        T = R[:m] * used[None, :] * used[:, None] + np.diag(1.0 - used)
+        T = R[:m] * used[None, :] * used[:, None] + np.diag((1.0 - used).astype(dt))
         y = np.linalg.solve(T, g[:m] * used)
         x = x + V[:m].T @ y
         r = b - mv(x)

@@ -220,10 +220,16 @@ def warn_unconverged(what: str, where, residual) -> None:
             "positive definite for CG; regularise it with ridge=..., or use "
             "solve='dense' or 'gmres'", where))
     message = f"gradc: {what} did not converge (relative residual {residual:.3g})"
-    if residual > 1:
+    if what.startswith("cg"):
+        message += ("; CG needs a symmetric positive definite system: for another, use "
+                    "solve='bicgstab', 'gmres' or 'dense'")
+    elif residual > 1 and what.startswith("bicgstab"):
         message += (": it diverged, its result worse than zeros (BiCGSTAB does on systems "
                     "with eigenvalues on or near the imaginary axis, e.g. skew-symmetric "
                     "ones); use solve='gmres' or 'dense'")
+    elif what.startswith("gmres"):
+        message += ("; GMRES stalls on singular or nearly singular systems: regularise "
+                    "with ridge=..., or raise maxiter")
     warnings.warn(ConvergenceWarning(with_location(message, where)), stacklevel=2)
 
 
