@@ -360,6 +360,15 @@ def _is_large(prim, args, params) -> bool:
     return any(int(np.prod(shape, dtype=np.int64)) > FOLD_LIMIT for shape, _ in avals)
 
 
+# True while a primitive runs on a trace's values (to give its Tracers values), not
+# for a result: effects (a convergence warning) wait for the program's own run
+_FOR_A_TRACE = contextvars.ContextVar("gradc_for_a_trace", default=False)
+
+
+def evaluating_for_a_trace() -> bool:
+    return _FOR_A_TRACE.get()
+
+
 def _record(trace, prim, args, params):
     """Record ``prim`` applied to ``args`` in ``trace``; return Tracers for its outputs
     (with values when the trace is concrete and every traced operand has one)."""
@@ -375,7 +384,11 @@ def _record(trace, prim, args, params):
     tracers_in = [a for a in args if isinstance(a, Tracer)]
     if all(a.val is not None for a in tracers_in) and (tracers_in or trace.concrete):
         concrete = [a.val if isinstance(a, Tracer) else a for a in args]
-        result = _normalise(prim, _run_impl(prim, concrete, params))
+        token = _FOR_A_TRACE.set(True)
+        try:
+            result = _normalise(prim, _run_impl(prim, concrete, params))
+        finally:
+            _FOR_A_TRACE.reset(token)
         values = list(result) if prim.multiple_results else [result]
     source = _SOURCE[-1] if _SOURCE else errors.user_location()
     trace.eqns.append(make_eqn(prim, atoms, outs, params, source))

@@ -680,3 +680,23 @@ def test_constrained_argmin_inside_a_scan():
         e = np.zeros_like(ps)
         e[i, j] = 1e-6
         assert abs((f(ps + e) - f(ps - e)) / 2e-6 - g[i, j]) < 1e-7
+
+
+def test_a_convergence_warning_is_given_once_per_call():
+    """(QA: the first call of a jit warned twice: once while tracing, when the trace's
+    values are computed, and once when the program ran.)"""
+    A = np.array([[3.0, 1.0], [0.5, 2.0]])
+    b = np.ones(2)
+    for target in ("cpu", "numpy"):
+        f = gradc.jit(lambda b: gradc.linear_solve(lambda v: A @ v, b, maxiter=1),
+                      target=target)
+        for _ in range(2):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                f(b)
+            assert len([w for w in caught if issubclass(w.category,
+                                                        gradc.ConvergenceWarning)]) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradc.jit(lambda: gradc.argmin(lambda x: np.sum(x), np.zeros(2)))()
+    assert len(caught) == 1 and "unbounded" in str(caught[0].message)

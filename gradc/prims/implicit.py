@@ -51,7 +51,10 @@ class PyCallback:
         self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
 
     def __call__(self, *args):
-        with no_trace():
+        from ..trace import evaluating_for_a_trace
+        with no_trace(), warnings.catch_warnings():
+            if evaluating_for_a_trace():   # (its run in the program warns: not twice)
+                warnings.simplefilter("ignore", ConvergenceWarning)
             y = np.asarray(self.fn(*args), dtype=self.dtype)
         if y.shape != self.shape:
             raise ArgumentError(with_location(
@@ -234,7 +237,10 @@ def warn_unconverged(what: str, where, residual) -> None:
 
 
 def _report_impl(ok, residual, what, where):
-    if not bool(ok):
+    from ..trace import evaluating_for_a_trace
+    # (not while tracing: the trace's values are evaluated only to build the program,
+    # which then runs and reports; the first call warned twice)
+    if not bool(ok) and not evaluating_for_a_trace():
         warn_unconverged(what, where, residual)
     return []
 
