@@ -22,11 +22,16 @@ derivatives follow.
 
 Repeated eigenvalues / singular values: the vector derivatives are not defined there
 (the basis of the repeated subspace is arbitrary).  gradc drops the coupling terms of
-pairs closer than ``1e-9`` relative to the largest (``F_ij = K_ij = 0``), which gives the
-exact derivative of any function that does not depend on the choice of basis inside a
-repeated subspace (eigenvalues, projectors, ``U diag(s) Vᵀ``), and finite values —
-never NaN or inf — otherwise.  Zero singular values of a non-square matrix are
-treated the same way (their ``1/σ`` terms dropped).
+pairs closer than ``1e-9`` relative to the largest (``F_ij = K_ij = 0``): finite values,
+never NaN or inf (JAX's and PyTorch's are), and the exact derivative of symmetric
+functions of a repeated group's eigenvalues (``Σ g(w_i)``, the trace of a matrix
+function) and of projectors onto a whole repeated subspace (checked against finite
+differences).  Not of a matrix function written ``V diag(g(w)) Vᵀ``: inside a repeated
+group its derivative is ``g'(w)`` times the tangent's whole block (the limit of the
+divided differences), of which the dropped terms leave the diagonal only; write such a
+function so that it does not go through the eigenvectors at a repeated eigenvalue.
+Zero singular values of a non-square matrix are treated the same way (their ``1/σ``
+terms dropped).
 """
 from __future__ import annotations
 
