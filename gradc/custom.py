@@ -42,7 +42,7 @@ import inspect
 
 import numpy as np
 
-from .errors import ArgumentError, TracerLeakError, user_location, with_location
+from .errors import ArgumentError, TracerLeakError, UnsupportedError, user_location, with_location
 from .ir import is_float, type_str
 from .prims.custom import (Deferred, avals_of, checkpoint_p, custom_jvp_call_p,
                            custom_vjp_call_p)
@@ -442,7 +442,15 @@ class checkpoint(_Custom):
     kind = "checkpoint"
     _static_word = "static_argnums"
 
-    def __init__(self, fun, static_argnums=()):
+    def __init__(self, fun, prevent_cse=True, policy=None, static_argnums=()):
+        # (JAX's signature: prevent_cse is accepted, see above; a policy that saves
+        # some intermediates is not what this does)
+        if policy is not None:
+            raise UnsupportedError(with_location(
+                "gradc.checkpoint(policy=...): gradc's checkpoint saves the function's "
+                "inputs only and recomputes everything else (JAX's default, "
+                "nothing_saveable); to keep some values, checkpoint the parts between "
+                "them separately"))
         super().__init__(fun, static_argnums)
 
     @property

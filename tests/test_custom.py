@@ -761,3 +761,15 @@ def test_inside_a_trace_the_rule_holds_even_for_constant_arguments():
     # a ufunc (keyword-only parameters with defaults) checkpointed
     np.testing.assert_allclose(gradc.grad(lambda x: np.sum(gradc.checkpoint(np.sin)(x)))(
         np.ones(2)), np.cos(np.ones(2)), rtol=1e-15)
+
+
+def test_checkpoint_takes_jaxs_signature():
+    """(QA: checkpoint(f, prevent_cse=..., policy=...) was a TypeError.)  JAX's
+    arguments are taken; a saving policy, which gradc's checkpoint does not have, is a
+    clear error."""
+    f = gradc.checkpoint(lambda x: np.sin(x) * x, prevent_cse=False)
+    np.testing.assert_allclose(gradc.grad(f)(1.0), np.cos(1.0) + np.sin(1.0))
+    g = gradc.checkpoint(lambda x, n: np.sin(x) * n, True, None, (1,))
+    np.testing.assert_allclose(gradc.grad(lambda x: g(x, 3))(1.0), 3 * np.cos(1.0))
+    with pytest.raises(gradc.UnsupportedError, match="policy=.*inputs only"):
+        gradc.checkpoint(np.sin, policy=lambda *a, **k: True)
