@@ -644,6 +644,27 @@ class Evaluate(_FastPath, Transformed):
                 f"jit: static_argnums are argument positions and static_argnames "
                 f"parameter names, got {static_argnums!r} and {static_argnames!r}"))
         self.static_argnums, self.static_argnames = tuple(int(n) for n in nums), names
+        # (JAX's rule: a static parameter is static however it is passed; the signature
+        # maps positions to names and back)
+        self._static_positions, self._static_names = set(self.static_argnums), set(names)
+        import inspect
+        try:
+            params = list(inspect.signature(fun).parameters.values())
+        except (TypeError, ValueError):
+            return
+        positional = [q.name for q in params
+                      if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+        varargs = any(q.kind is q.VAR_POSITIONAL for q in params)
+        for i in self.static_argnums:
+            if -len(positional) <= i < len(positional):
+                self._static_names.add(positional[i])
+            elif not varargs:
+                raise ArgumentError(with_location(
+                    f"jit: static_argnums={static_argnums!r}, but "
+                    f"{_fun_name(fun)} takes {len(positional)} positional arguments"))
+        for k in names:
+            if k in positional:
+                self._static_positions.add(positional.index(k))
 
     def _options(self):
         return dict(super()._options(), static_argnums=self.static_argnums,
@@ -654,8 +675,8 @@ class Evaluate(_FastPath, Transformed):
         ``static_argnames``) taken out and bound into ``call`` as constants of the trace
         (any Python value; a new value, by ``==``, traces again, as JAX's)."""
         n = len(args)
-        at = sorted({i % n for i in self.static_argnums if -n <= i < n})
-        named = sorted(k for k in self.static_argnames if k in kwargs)
+        at = sorted({i % n for i in self._static_positions if -n <= i < n})
+        named = sorted(k for k in self._static_names if k in kwargs)
         fixed = tuple(args[i] for i in at) + tuple(kwargs[k] for k in named)
         try:
             hash(fixed)
@@ -679,7 +700,7 @@ class Evaluate(_FastPath, Transformed):
         return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
 
     def _remember(self, args, spec, state):
-        if self.static_argnums or self.static_argnames or \
+        if self._static_positions or self._static_names or \
                 (found := self._fast_entry(args, spec)) is None:
             return
         fkey, reads, exe = found
@@ -692,7 +713,9 @@ class Evaluate(_FastPath, Transformed):
         def run(args):           # (the general path's conversions: a float as a 0-d array)
             return finish(spec, exe([args[i] if type(args[i]) is not float
                                      else np.asarray(args[i]) for i in dyn]), None)
-        if flat and len(dyn) == len(args) and float not in fkey:
+        outs = spec.graph.outputs[:n_out]
+        if flat and len(dyn) == len(args) and float not in fkey and \
+                len(set(outs)) == len(outs):
             # (arrays in, a result or a tuple of them out: the same, with less on the way)
             if td.kind == "leaf":
                 def run(args):      # noqa: F811
@@ -704,7 +727,7 @@ class Evaluate(_FastPath, Transformed):
 
     def _prepare(self, args, kwargs):
         fun, static = self.fun, None
-        if self.static_argnums or self.static_argnames:
+        if self._static_positions or self._static_names:
             fun, args, kwargs, static = self._split_static(args, kwargs)
         call, all_args, names = _positional(fun, args, kwargs)
         flat = _Args(all_args)
@@ -719,7 +742,20 @@ class Evaluate(_FastPath, Transformed):
     def _finish(self, spec, results, state):
         info = spec.info
         n_out = info["n_out"]
-        return pytree.unflatten(info["treedef"], [_to_user(r) for r in results[:n_out]])
+        return pytree.unflatten(info["treedef"],
+                                [_to_user(r) for r in _distinct(results[:n_out])])
+
+
+def _distinct(results) -> list:
+    """``results`` with an array that appears again (one value returned twice: a
+    Jacobian for repeated argnums) copied, so that each result is the caller's own."""
+    seen, out = set(), list(results)
+    for i, r in enumerate(out):
+        if isinstance(r, np.ndarray):
+            if id(r) in seen:
+                out[i] = r = r.copy()
+            seen.add(id(r))
+    return out
 
 
 def _fast_key(args):
@@ -1319,7 +1355,8 @@ class Batched(Transformed):
         out = []
         for i, (a, spec) in enumerate(zip(args, per_arg)):
             leaf_axes = _prefix_axes(a, spec, f"argument {i}", "in_axes")
-            if not _is_axis(axes):      # (an int named for a Python int: no axis there)
+            if not _is_axis(axes) and i < n_positional:   # (an axis named for a Python
+                # int has no axis there; keywords, mapped by JAX's rule, are not named)
                 for leaf, ax in zip(pytree.flatten(a)[0], leaf_axes):
                     if ax is not None and _is_static(leaf):
                         raise ArgumentError(with_location(

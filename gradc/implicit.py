@@ -157,27 +157,30 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
         name = getattr(solver, "__name__", "solver")
 
         def run(y0, *ps, tree):
-            user = unflatten(tree, list(ps))
-            y = solver(y0, *user)
-            _check_root(optimality_fn, y, y0, user, name)
+            args, kwargs = unflatten(tree, list(ps))
+            y = solver(y0, *args, **kwargs)
+            _check_root(optimality_fn, y, args, kwargs, name)
             return y
 
         def wrapped(init, *params, **kwargs):
-            if kwargs:        # (keywords become trailing positional parameters)
-                import inspect
+            if kwargs:  # (bound as the solver's signature binds them, defaults filled in:
+                import inspect     # keyword-only ones stay keywords)
                 try:
-                    params = tuple(inspect.signature(solver).bind(
-                        init, *params, **kwargs).args[1:])
+                    bound = inspect.signature(solver).bind(init, *params, **kwargs)
                 except TypeError as e:
                     raise ArgumentError(with_location(f"{name}: {e}")) from None
+                bound.apply_defaults()
+                params, kwargs = tuple(bound.args[1:]), dict(bound.kwargs)
             aval = _aval(init, f"{name}: init")
-            leaves, tree = flatten(list(params))
+            leaves, tree = flatten([list(params), kwargs])
             leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
             callback = PyCallback(functools.partial(run, tree=tree),
                                   aval[0], aval[1], getattr(solver, "__qualname__", None))
-            return _root("implicit_diff", callback,
-                         lambda y, *ps: optimality_fn(y, *unflatten(tree, list(ps))),
-                         init, leaves, method, aval)
+
+            def optimality(y, *ps):
+                args, kw = unflatten(tree, list(ps))
+                return optimality_fn(y, *args, **kw)
+            return _root("implicit_diff", callback, optimality, init, leaves, method, aval)
         wrapped.__name__ = getattr(solver, "__name__", "solver")
         wrapped.__doc__ = getattr(solver, "__doc__", None)
         wrapped.__wrapped__ = solver
@@ -185,21 +188,36 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
     return decorate
 
 
-def _check_root(optimality_fn, y, y0, params, name):
-    """Warn when the solver's ``y`` leaves the optimality function well away from 0 (an
-    unconverged or wrong solver: the implicit derivative assumes a root)."""
+def _check_root(optimality_fn, y, args, kwargs, name):
+    """Warn when the solver's ``y`` leaves the optimality function ``F`` well away from
+    0 (an unconverged or wrong solver: the implicit derivative assumes a root).  "Well
+    away" is against ``F``'s own scale there: ``|F(y)|`` above √eps times ``|∂F/∂y · d|``
+    (``d`` = ``y``, or 1 where ``y`` is 0; by a central difference), where a root
+    rounded correctly leaves ``|F(y)|`` near eps times it."""
+    from .trace import evaluating_for_a_trace
+    if evaluating_for_a_trace():     # (checked when the program runs: not twice)
+        return
+    y = np.asarray(y)
+    dtype = y.dtype if y.dtype.kind == "f" else np.dtype(np.float64)
+    d = np.where(y != 0, y, 1.0).astype(dtype)
+    h = np.finfo(dtype).eps ** (1 / 3)
+
+    def norm_f(v):
+        return np.linalg.norm(np.asarray(optimality_fn(v, *args, **kwargs), np.float64))
     try:
-        r = np.linalg.norm(np.asarray(optimality_fn(np.asarray(y), *params), np.float64))
-        r0 = np.linalg.norm(np.asarray(optimality_fn(np.asarray(y0), *params), np.float64))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = norm_f(y)
+            scale = np.linalg.norm(
+                np.asarray(optimality_fn(y + h * d, *args, **kwargs), np.float64)
+                - np.asarray(optimality_fn(y - h * d, *args, **kwargs), np.float64)) / (2 * h)
     except Exception:       # noqa: BLE001  (not computable on NumPy arrays: not checked)
         return
-    dtype = np.asarray(y).dtype
-    eps = np.finfo(dtype if dtype.kind == "f" else np.float64).eps
-    if not r <= np.sqrt(eps) * max(1.0, r0):
+    if np.isfinite(scale) and not r <= np.sqrt(np.finfo(dtype).eps) * scale:
         warnings.warn(ConvergenceWarning(with_location(
             f"gradc: implicit_diff: {name} returned a point where the optimality function "
-            f"is not 0 (|F(y)| = {r:.3g}; {r0:.3g} at init): derivatives are taken there "
-            "as if it were a root")), stacklevel=2)
+            f"is not 0 (|F(y)| = {r:.3g}, against |dF/dy·y| = {scale:.3g}): derivatives "
+            "are taken there as if it were a root")), stacklevel=2)
 
 
 def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", implicit=True,

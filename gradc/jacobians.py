@@ -139,24 +139,24 @@ def _assemble(out_tree, per_out, where, many, tree):
 
 
 def _forward_leaves(g, xs):
-    """``(out tree, per_out)``: the Jacobian of ``g(*xs)`` by one vmap of jvp over the
-    columns of the identity of all the inputs together; ``per_out[j][i]`` has shape
-    (output leaf j's shape + input i's shape)."""
+    """``(out tree, per_out)``: the Jacobian of ``g(*xs)`` by a vmap of jvp over the
+    columns of the identity, one per input (the other inputs' tangents are no tangents,
+    not zeros: a basis of all the inputs together would push dense zero blocks through
+    every term); ``per_out[j][i]`` has shape (output leaf j's shape + input i's)."""
     from .api import jvp, vmap
     from .pytree import flatten
-    shapes = [tuple(shape_of(x)) for x in xs]
-    sizes = [int(np.prod(sh, dtype=np.int64)) for sh in shapes]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    total = int(offsets[-1])
-    bases = []
-    for x, sh, size, off in zip(xs, shapes, sizes, offsets):
-        b = np.zeros((total, size), np.dtype(dtype_of(x)))
-        b[off:off + size] = np.eye(size, dtype=b.dtype)
-        bases.append(b.reshape((total,) + sh))
-    stacked = vmap(lambda *ts: jvp(g, tuple(xs), ts)[1])(*bases)
-    leaves, out_tree = flatten(stacked)
-    per_out = [[_columns_last(s[off:off + size], tuple(shape_of(s))[1:], sh)
-                for sh, size, off in zip(shapes, sizes, offsets)] for s in leaves]
+    per_out, out_tree = None, None
+    for i, x in enumerate(xs):
+        shape = tuple(shape_of(x))
+
+        def g_i(xi, i=i):
+            return g(*xs[:i], xi, *xs[i + 1:])
+        stacked = vmap(lambda t, g_i=g_i, x=x: jvp(g_i, (x,), (t,))[1])(
+            _basis(shape, np.dtype(dtype_of(x))))
+        leaves, out_tree = flatten(stacked)
+        blocks = [_columns_last(s, tuple(shape_of(s))[1:], shape) for s in leaves]
+        per_out = [[b] for b in blocks] if per_out is None else \
+            [row + [b] for row, b in zip(per_out, blocks)]
     return out_tree, per_out
 
 

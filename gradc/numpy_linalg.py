@@ -380,6 +380,10 @@ def _per_matrix(fn, a):
     (one call per matrix; ``gradc.vmap`` of the caller batches instead)."""
     lead = shape_of(a)[:-2]
     flat = reshape(a, (-1,) + shape_of(a)[-2:])
+    if shape_of(flat)[0] == 0:          # (no matrix: the shapes of one, for none)
+        m, n = shape_of(a)[-2:]
+        one = fn(np.eye(m, n, dtype=dtype_of(a)))
+        return tuple(np.zeros(lead + shape_of(o), dtype_of(o)) for o in one)
     outs = [fn(flat[k]) for k in range(shape_of(flat)[0])]
     return tuple(reshape(np.stack([o[j] for o in outs]), lead + shape_of(outs[0][j]))
                  for j in range(len(outs[0])))

@@ -433,11 +433,19 @@ def _dynamic_names(f, args, kwargs, count):
     names += sorted(kwargs)
     values = list(args) + [kwargs[k] for k in sorted(kwargs)]
     # (a pytree's leaves after their place: params["W"] -> params_W, pair[1] -> pair_1)
-    traced = [n + "".join("_" + re.sub(r"\W", "_", str(k)) for _, k in path)
-              for n, a in zip(names, values)
-              for leaf, path in zip(pytree.flatten(a)[0], pytree.leaf_paths(a))
-              if not _is_static(leaf)]
-    return traced if len(traced) == count else _names(f, count)
+    traced, shapes = [], []
+    for n, a in zip(names, values):
+        for leaf, path in zip(pytree.flatten(a)[0], pytree.leaf_paths(a)):
+            if not _is_static(leaf):
+                traced.append(n + "".join("_" + re.sub(r"\W", "_", str(k)) for _, k in path))
+                shapes.append(np.shape(leaf))
+    # (every symbol a name of its own: p["a"][0] and p["a_0"] would both be p_a_0, an
+    # array x's x_0 a parameter x_0; then x0, x1, ..., which cannot meet)
+    symbols = [n + "".join(f"_{i}" for i in index) for n, shape in zip(traced, shapes)
+               for index in np.ndindex(*shape)]
+    if len(traced) != count or len(set(symbols)) != len(symbols):
+        return _names(f, count) if len(traced) != count else [f"x{i}" for i in range(count)]
+    return traced
 
 
 def _dynamic_leaves(args):

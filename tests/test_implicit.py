@@ -700,3 +700,34 @@ def test_a_convergence_warning_is_given_once_per_call():
         warnings.simplefilter("always")
         gradc.jit(lambda: gradc.argmin(lambda x: np.sum(x), np.zeros(2)))()
     assert len(caught) == 1 and "unbounded" in str(caught[0].message)
+
+
+def test_implicit_diff_keywords_bind_as_the_solvers_signature():
+    """(Review: keywords were bound by position up to the first one not given, so
+    solver(y0, a, c=1.0) dropped c: wrong value, zero gradient; keyword-only ones were
+    a TypeError.)"""
+    opt = lambda y, a, b=1.0, c=0.0: b * (y - a) + c          # noqa: E731
+
+    @gradc.implicit_diff(opt)
+    def solver(y0, a, b=1.0, c=0.0):
+        return a - c / b
+
+    @gradc.implicit_diff(lambda y, a, *, s: s * y - a)
+    def scaled(y0, a, *, s):
+        return a / s
+    a = np.array([1.0, 2.0])
+    np.testing.assert_allclose(solver(np.zeros(2), a, c=1.0), a - 1.0)
+    assert gradc.grad(lambda c: np.sum(solver(np.zeros(2), a, c=c)))(1.0) == -2.0
+    np.testing.assert_allclose(scaled(np.zeros(2), a, s=4.0), a / 4)
+    np.testing.assert_allclose(gradc.grad(lambda s: np.sum(scaled(np.zeros(2), a, s=s)))(4.0),
+                               -np.sum(a) / 16)
+    with pytest.raises(gradc.ArgumentError, match="solver: .*unexpected keyword"):
+        solver(np.zeros(2), a, d=1.0)
+    # (a root rounded correctly, far from 1, is not reported: the check's scale is F's)
+    @gradc.implicit_diff(lambda y, p: y * y - p)
+    def root2(y0, p):
+        return np.sqrt(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = np.array([2e8, 3e8, 5e8, 7e8])
+        np.testing.assert_allclose(root2(np.sqrt(p), p), np.sqrt(p))

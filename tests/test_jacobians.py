@@ -195,8 +195,8 @@ def test_pytree_arguments_and_has_aux(jac):
                                atol=1e-8)
     np.testing.assert_allclose(Jp["W"], J["W"])
     Jl = jac(lambda xs: xs[0] * xs[1])([x, 2 * x])
-    np.testing.assert_allclose(Jl[0], np.diag(2 * x)) and np.testing.assert_allclose(
-        Jl[1], np.diag(x))
+    np.testing.assert_allclose(Jl[0], np.diag(2 * x))
+    np.testing.assert_allclose(Jl[1], np.diag(x))
     Ja, aux = jac(lambda x: (np.sin(x), {"n": np.sum(x), "k": 3}), has_aux=True)(x)
     np.testing.assert_allclose(Ja, np.diag(np.cos(x)))
     assert aux["k"] == 3 and np.isclose(aux["n"], np.sum(x))
@@ -212,4 +212,6 @@ def test_hessian_has_aux_and_repeated_argnums():
     np.testing.assert_allclose(H, np.diag(6 * x))
     np.testing.assert_allclose(aux, 2 * x)
     J0, J1 = gradc.jacfwd(lambda x: x ** 2, argnums=(0, 0))(x)
-    np.testing.assert_allclose(J0, np.diag(2 * x)) and np.testing.assert_allclose(J1, J0)
+    np.testing.assert_allclose(J0, np.diag(2 * x))
+    np.testing.assert_allclose(J1, J0)
+    assert not np.shares_memory(J0, J1)

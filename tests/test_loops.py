@@ -669,9 +669,9 @@ def test_scan_takes_jaxs_unroll_hint():
         return gradc.scan(lambda c, x: (c * x + 1.0, c), 1.0, xs, unroll=unroll)[0]
     xs = np.array([0.5, 2.0, -1.0, 3.0])
     want = gradc.jit(lambda xs: f(xs, 1))(xs)
-    for unroll in (2, 8, True):
+    for unroll in (2, 8, True, False):
         assert gradc.jit(lambda xs: f(xs, unroll))(xs) == want
     np.testing.assert_allclose(gradc.grad(lambda xs: f(xs, 4))(xs),
                                gradc.grad(lambda xs: f(xs, 1))(xs))
-    with pytest.raises(gradc.ArgumentError, match="unroll is a positive int"):
+    with pytest.raises(gradc.ArgumentError, match="unroll is a positive int or a bool"):
         gradc.jit(lambda xs: f(xs, 0))(xs)

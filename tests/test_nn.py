@@ -87,8 +87,8 @@ def test_logsumexp_weights_sign_and_where_as_scipy(target):
     lse, sign = gradc.jit(lambda x, b: gradc.logsumexp(x, axis=1, b=b, return_sign=True),
                           target=target)(x, b)
     want, want_sign = scipy_lse(x, axis=1, b=b, return_sign=True)
-    np.testing.assert_allclose(lse, want, rtol=1e-13) and np.testing.assert_array_equal(
-        sign, want_sign)
+    np.testing.assert_allclose(lse, want, rtol=1e-13)
+    np.testing.assert_array_equal(sign, want_sign)
     masked = [scipy_lse(x[i][mask[i]]) for i in range(3)]
     np.testing.assert_allclose(
         gradc.jit(lambda x: gradc.logsumexp(x, axis=1, where=mask), target=target)(x),
@@ -112,3 +112,14 @@ def test_logsumexp_weights_sign_and_where_as_scipy(target):
     g = gradc.grad(lambda x: np.sum(gradc.logsumexp(x, axis=1, where=mask)), target=target)(x)
     assert np.all(g[~mask] == 0) and np.all(np.isfinite(g))
     np.testing.assert_allclose(g.sum(axis=1), np.ones(3), rtol=1e-12)
+
+
+def test_logsumexp_weight_zero_is_no_term():
+    """(Review: a term of weight 0 still set the shift: logsumexp([1000, 0], b=[0, 1])
+    was -inf (SciPy: 0) and its gradient NaN.)"""
+    from scipy.special import logsumexp as scipy_lse
+    x, b = np.array([1000.0, 0.0]), np.array([0.0, 1.0])
+    assert gradc.logsumexp(x, b=b) == scipy_lse(x, b=b) == 0.0
+    assert gradc.jit(lambda x: gradc.logsumexp(x, b=b))(x) == 0.0
+    np.testing.assert_array_equal(gradc.grad(lambda x: gradc.logsumexp(x, b=b))(x), [0.0, 1.0])
+    assert gradc.logsumexp(np.array([np.inf, 0.0]), b=b) == 0.0

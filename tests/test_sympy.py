@@ -209,3 +209,15 @@ def test_symbols_of_pytree_leaves_are_named_after_their_place():
     assert sp.diff(expr, s["params_W_1_0"]) == s["scale"] * s["pair_0_0"]
     grads = gradc.to_sympy(gradc.grad(loss))(*args, scale=0.5)
     assert grads["W"][1][1] == s["pair_0_1"] * s["scale"]
+
+
+def test_symbol_names_never_merge_two_inputs():
+    """(Review: p["a"][0] and p["a_0"] were both named p_a_0, one symbol for two
+    inputs, a wrong expression.)  Names that would meet fall back to x0, x1, ..."""
+    expr = gradc.to_sympy(lambda p: p["a"][0] * 2 + p["a_0"] ** 2)({"a": np.ones(1),
+                                                                    "a_0": 3.0})
+    assert len(expr.free_symbols) == 2
+    expr = gradc.to_sympy(lambda x, x_0: x[0] * 2 + x_0)(np.ones(2), 3.0)
+    assert len(expr.free_symbols) == 2
+    assert {str(s) for s in gradc.to_sympy(lambda x, y: x[0] + y)(np.ones(2), 3.0)
+            .free_symbols} == {"x_0", "y"}

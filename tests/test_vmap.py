@@ -354,14 +354,16 @@ def test_per_leaf_axes_out_axes_none_axis_size_and_keywords(target):
     g = gradc.vmap(lambda x, w: (x * 2, np.sum(w * w)), in_axes=(0, None),
                    out_axes=(1, None), target=target)
     a, b = g(X, W)
-    np.testing.assert_allclose(a, 2 * X.T) and np.testing.assert_allclose(b, np.sum(W * W))
+    np.testing.assert_allclose(a, 2 * X.T)
+    np.testing.assert_allclose(b, np.sum(W * W))
     assert np.shape(b) == ()
     with pytest.raises(gradc.ArgumentError, match="out_axes is None for result 0, but it "
                                                   "depends on the mapped arguments"):
         gradc.vmap(lambda x: x * 2, out_axes=None, target=target)(X)
     r = gradc.vmap(lambda x: {"a": x, "s": np.sum(x)}, out_axes={"a": 1, "s": 0},
                    target=target)(X)
-    np.testing.assert_allclose(r["a"], X.T) and np.testing.assert_allclose(r["s"], X.sum(1))
+    np.testing.assert_allclose(r["a"], X.T)
+    np.testing.assert_allclose(r["s"], X.sum(1))
     np.testing.assert_allclose(
         gradc.vmap(lambda w: w * 2, in_axes=None, axis_size=4, target=target)(W),
         np.broadcast_to(2 * W, (4, 2, 2)))

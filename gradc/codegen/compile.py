@@ -178,10 +178,15 @@ def _interpreted(graph, values) -> list:
     compiled targets copy such outputs, and so does this: a caller writing into a
     result, or into an argument after a ``vjp``, must not change the other)."""
     out = eval_graph(graph, values)
-    held = [v for v in values if isinstance(v, np.ndarray)]
+    args = [v for v in values if isinstance(v, np.ndarray)]
+    seen = {id(v) for v in args}
     for i, o in enumerate(out):
-        if isinstance(o, np.ndarray) and any(np.may_share_memory(o, h) for h in held):
+        if not isinstance(o, np.ndarray):
+            continue
+        # (an argument itself or another result, by identity; a view (a base) compared
+        # by memory: fresh arrays, most results, cost nothing)
+        if id(o) in seen or o.base is not None and any(np.may_share_memory(o, a)
+                                                       for a in args + out[:i]):
             out[i] = o = np.array(o)
-        if isinstance(o, np.ndarray):
-            held.append(o)
+        seen.add(id(o))
     return out

@@ -26,6 +26,8 @@ def logsumexp(x, axis=None, keepdims=False, *, b=None, return_sign=False, where=
     x = np.asarray(x) if not hasattr(x, "shape") else x
     if where is not None:
         x = np.where(where, x, -np.inf)
+    if b is not None:       # (a term of weight 0 is no term: not in the maximum either)
+        x = np.where(np.asarray(b) != 0 if not hasattr(b, "shape") else b != 0, x, -np.inf)
     shift = np.max(stop_gradient(x), axis=axis, keepdims=True)
     shift = np.where(np.isfinite(shift), shift, 0.0)
     terms = np.exp(x - shift)

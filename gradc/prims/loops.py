@@ -272,10 +272,10 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     ``f`` is traced once, without concrete values: Python branches on the carry are an
     error inside it.  ``unroll`` (JAX's hint for XLA) is accepted and has no effect: the
     loop is compiled as a loop, whose body LLVM unrolls where it pays."""
-    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        if unroll is not True:
-            raise ArgumentError(with_location(
-                f"scan: unroll is a positive int or True, got {unroll!r}"))
+    if not isinstance(unroll, (bool, np.bool_)) and (
+            not isinstance(unroll, (int, np.integer)) or unroll < 1):
+        raise ArgumentError(with_location(
+            f"scan: unroll is a positive int or a bool, got {unroll!r}"))
     carry_leaves, carry_def = flatten(init)
     x_leaves, x_def = flatten(xs)
     sizes = set()
