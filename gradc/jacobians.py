@@ -278,7 +278,12 @@ def _hvp_function(fun, method, target):
                 return jvp(grad(fun), (x,), (v,))[1]
         else:
             def product(x, v):
-                return grad(lambda x: np.sum(grad(fun)(x) * v))(x)
+                from .pytree import flatten
+
+                def inner(x):      # <∇f(x), v>, over the leaves of a pytree x
+                    gs, vs = flatten(grad(fun)(x))[0], flatten(v)[0]
+                    return sum(np.sum(g * w) for g, w in zip(gs, vs))
+                return grad(inner)(x)
         product.__name__ = product.__qualname__ = f"hvp_{getattr(fun, '__name__', 'f')}"
         table[key] = jit(product, target=target)
     return table[key]

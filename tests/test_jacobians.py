@@ -215,3 +215,15 @@ def test_hessian_has_aux_and_repeated_argnums():
     np.testing.assert_allclose(J0, np.diag(2 * x))
     np.testing.assert_allclose(J1, J0)
     assert not np.shares_memory(J0, J1)
+
+
+def test_hvp_rev_rev_of_a_pytree():
+    """(QA: method="rev-rev" multiplied the gradient's tuple by v's: a TypeError from
+    inside gradc.)"""
+    def f(p):
+        return np.sum(p[0] ** 2 * p[1])
+    x, v = (np.array([1.0, 2.0]), np.array([3.0, 4.0])), (np.ones(2), np.zeros(2))
+    for method in ("fwd-rev", "rev-rev"):
+        hv = gradc.hvp(f, (x,), (v,), method=method)
+        np.testing.assert_allclose(hv[0], [6.0, 8.0])
+        np.testing.assert_allclose(hv[1], [2.0, 4.0])

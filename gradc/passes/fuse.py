@@ -262,33 +262,38 @@ def _body_size(plan, grp, limit=None):
     total = 0
     scopes: list = [set()]
 
-    def visit(v, idx):
+    def visit(reads):
+        """Depth first through the inlined producers, by an explicit stack (a chain of
+        a thousand inlined steps, an unrolled loop's, overflowed Python's recursion);
+        a tested pad's reads get a scope of their own, popped after them."""
         nonlocal total
-        if v not in plan.inline or total > limit:
-            return
-        key = (v, tuple(c.key() for c in idx))
-        if any(key in scope for scope in scopes):
-            return
-        scopes[-1].add(key)
-        total += 1
-        counts[v] = counts.get(v, 0) + 1
-        eqn = graph.eqns[plan.producer[v]]
-        tested = eqn.prim.name == "pad" and _window_tested(eqn, idx)
-        if tested:
-            scopes.append(set())
-        for a, sub in indexmap.reads(eqn, idx):
-            if isinstance(a, Var):
-                visit(a, sub)
-        if tested:
-            scopes.pop()
+        stack = [("visit", a, sub) for a, sub in reversed(reads) if isinstance(a, Var)]
+        while stack:
+            item = stack.pop()
+            if item[0] == "pop":
+                scopes.pop()
+                continue
+            _, v, idx = item
+            if v not in plan.inline or total > limit:
+                continue
+            key = (v, tuple(c.key() for c in idx))
+            if any(key in scope for scope in scopes):
+                continue
+            scopes[-1].add(key)
+            total += 1
+            counts[v] = counts.get(v, 0) + 1
+            eqn = graph.eqns[plan.producer[v]]
+            if eqn.prim.name == "pad" and _window_tested(eqn, idx):
+                scopes.append(set())
+                stack.append(("pop",))
+            stack.extend(("visit", a, sub) for a, sub in reversed(indexmap.reads(eqn, idx))
+                         if isinstance(a, Var))
 
     for r in grp["roots"]:
         eqn = graph.eqns[r]
         idx = tuple(Affine(f"i{k}", 1, 0, 0, max(n - 1, 0))
                     for k, n in enumerate(grp["domain"]))
-        for a, sub in indexmap.reads(eqn, idx):
-            if isinstance(a, Var):
-                visit(a, sub)
+        visit(list(indexmap.reads(eqn, idx)))
     return total, counts
 
 
