@@ -37,10 +37,7 @@ def logsumexp(x, axis=None, keepdims=False, *, b=None, return_sign=False, where=
     sign = None
     if return_sign:
         sign, total = np.sign(total), np.abs(total)
-    # (a sum of no terms, all -inf: -inf, with a zero gradient; log's 1/0 times the
-    # terms' zeros was NaN, e.g. for a CRF's unreachable state)
-    empty = total == 0
-    out = np.where(empty, -np.inf, np.log(np.where(empty, 1.0, total))) + shift
+    out = np.log(total) + shift
     if not keepdims:
         def drop(v):
             return np.squeeze(v, axis=axis) if axis is not None else np.reshape(v, ())
