@@ -16,6 +16,7 @@ from . import ops
 from .errors import ShapeError, UnsupportedError, with_location
 from .numpy_api import _axis, elementwise, implements, promote
 from .numpy_funcs import (_axes, _ndim, _no_out, diagonal, max, min, ravel, reshape, sum)
+from .prims.linalg import _swap_last
 from .trace import checkable, dtype_of, shape_of
 
 
@@ -226,11 +227,6 @@ def inv(a):
     n = shape_of(a)[-1]
     eye = np.broadcast_to(np.eye(n, dtype=dtype_of(a)), shape_of(a))
     return ops.solve(a, eye)
-
-
-def _swap_last(a):
-    n = _ndim(a)
-    return ops.transpose(a, tuple(range(n - 2)) + (n - 1, n - 2))
 
 
 @implements(np.linalg.cholesky)

@@ -148,9 +148,13 @@ det_p = Primitive("det")
 det_p.impl = lambda a: np.linalg.det(a)
 
 
-def _square_abstract(a):
+def _check_square(a):
     if len(a.shape) < 2 or a.shape[-1] != a.shape[-2]:
         raise ShapeError(f"expected square matrices (..., n, n), got {tuple(a.shape)}")
+
+
+def _square_abstract(a):
+    _check_square(a)
     return [(tuple(a.shape[:-2]), a.dtype)]
 
 
@@ -199,8 +203,7 @@ def cofactor_matrix(a):
 
 
 def _cofactor_abstract(a):
-    if len(a.shape) < 2 or a.shape[-1] != a.shape[-2]:
-        raise ShapeError(f"expected square matrices (..., n, n), got {tuple(a.shape)}")
+    _check_square(a)
     return [(tuple(a.shape), a.dtype)]
 
 
