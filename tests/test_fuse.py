@@ -147,3 +147,43 @@ def test_strided_slice_transpose_is_a_strided_window():
 def test_ops_table_is_covered_by_fixed_programs():
     used = {op for steps in FIXED.values() for op, _, _ in steps}
     assert len(used) >= len(OPS) // 2
+
+
+def _tanh_chain(steps):
+    def f(x, w):
+        h = x
+        for i in range(steps):
+            h = np.tanh(h * w[i % 4] + 0.1)
+        return np.sum(h ** 2)
+    return f
+
+
+def test_a_long_unrolled_chain_lowers_without_deep_recursion():
+    # a Python loop of 1500 steps is one chain of 4500 inlined equations in one loop
+    # nest: the loop lowering emitted it by recursion (RecursionError from 200 steps)
+    x, w = np.linspace(-1.0, 1.0, 8), np.array([0.9, 1.1, 0.7, 1.3])
+    source = gradc.jit(_tanh_chain(1500), target="cpu").source(x, w)
+    assert source.count("np.tanh(") >= 1500
+
+
+def test_operands_emitted_without_recursion_give_the_same_source(monkeypatch):
+    import gradc.codegen.loops as loops
+
+    def smooth(u, w):
+        for _ in range(3):
+            u = 0.25 * u[:-2] + 0.5 * u[1:-1] + 0.25 * np.pad(u, 1)[2:-2]
+        return np.sum(np.tanh(u * w[0]) ** 2 + u[::-1] * w[1])
+
+    rng = np.random.default_rng(5)
+    cases = [(smooth, (rng.standard_normal(40), rng.standard_normal(4))),
+             (_tanh_chain(30), (rng.standard_normal(8), rng.standard_normal(4)))]
+    for fun, args in cases:
+        grad = gradc.grad(fun, argnums=(0, 1))
+        recursive = gradc.jit(grad, target="cpu").source(*args)
+        monkeypatch.setattr(loops, "_DEEP", 0)     # every value by the explicit stack
+        iterative = gradc.jit(grad, target="cpu")
+        assert iterative.source(*args) == recursive
+        for got, want in zip(iterative(*args), gradc.grad(fun, argnums=(0, 1),
+                                                           target="numpy")(*args)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        monkeypatch.setattr(loops, "_DEEP", 64)

@@ -27,6 +27,7 @@ from ..passes.indexmap import operand_indices, pad_window
 from .pysource import TEMPLATES as ELEMENT_TEMPLATES   # NumPy's ufuncs work on scalars too
 from .pysource import dtype_expr, eqn_template, narrow, scalar_literal
 
+_DEEP = 64        # value() nesting past which operands are emitted iteratively first
 _IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
 
 
@@ -43,6 +44,7 @@ class _Emitter:
         self.breakpoints: dict = {}   # loop variable -> where a pad's window starts/ends
         self.used_consts: list = []   # array constants read (parameters of the helper)
         self.unsigned: set = set()    # loop variables whose indices are cast to uint64
+        self.nesting = 0              # compute() calls in progress (see operands_first)
 
     # -------------------------------------------------------- bookkeeping
 
@@ -83,7 +85,13 @@ class _Emitter:
         if found is not None:
             return found
         eqn = self.producer[atom]
-        expr = self.compute(eqn, idx, depth)
+        if self.nesting >= _DEEP:
+            self.operands_first(atom, idx, depth)
+        self.nesting += 1
+        try:
+            expr = self.compute(eqn, idx, depth)
+        finally:
+            self.nesting -= 1
         if eqn.prim.name in ELEMENT_TEMPLATES and eqn.prim.name != "convert_element_type":
             expr = narrow(expr, atom.dtype)
         if eqn not in self.commented:
@@ -94,6 +102,27 @@ class _Emitter:
         self.emit(depth, f"{name} = {expr}")
         self.memo[-1][key] = name
         return name
+
+    def operands_first(self, atom, idx, depth):
+        """Emit the values ``atom`` at ``idx`` depends on, deepest first, without
+        recursion: a chain of thousands of inlined equations (a Python loop unrolled by
+        the trace) would exceed Python's recursion limit in ``value``.  The order is the
+        recursive one's (operands left to right, each before its user), so the source is
+        the same; each value is then a local that ``compute`` finds in ``memo``."""
+        stack = [(atom, idx, False)]
+        while stack:
+            a, ix, ready = stack.pop()
+            if isinstance(a, Lit) or a not in self.producer or \
+                    self.lookup((a, tuple(c.key() for c in ix))) is not None:
+                continue
+            eqn = self.producer[a]
+            if ready or eqn.prim.name == "pad":
+                if a is not atom:
+                    self.value(a, ix, depth)
+                continue
+            stack.append((a, ix, True))
+            pairs = list(zip(eqn.inputs, operand_indices(eqn, ix)))
+            stack.extend((b, sub, False) for b, sub in reversed(pairs))
 
     def read(self, array, idx) -> str:
         return f"{array}[{self.subscript(idx)}]"
@@ -214,9 +243,8 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     nest = _loop_nest(ctx, eqn, names, comments, parallel, used, pooled)
     body = eqn.params["body"]
     params = [names[v] for v in body.inputs] + [c for c in dict.fromkeys(used)]
-    outs = [line.split(" = ") for line in nest
-            if line.startswith(tuple(names[r] + f" = {b}" for r in body.outputs
-                                     for b in ("_o", "_y")))]
+    starts = tuple(names[r] + f" = {b}" for r in body.outputs for b in ("_o", "_y"))
+    outs = [line.split(" = ") for line in nest if line.startswith(starts)]
     params += [buffer for _, buffer in outs]
     results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)

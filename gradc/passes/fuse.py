@@ -172,20 +172,12 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
 
     inline = {v for v in producer if inlined(v)}
 
-    def cluster(i) -> list:
-        """The equation indices a root equation reads through inlined values."""
-        seen, stack = {i}, [i]
-        while stack:
-            for a in graph.eqns[stack.pop()].inputs:
-                if a in inline and producer[a] not in seen:
-                    seen.add(producer[a])
-                    stack.append(producer[a])
-        return sorted(seen)
-
     # group roots by domain; a root joins a group it does not depend on, even through
     # other groups (gdeps[g]: every group g depends on, transitively).  Sets of groups
     # are bit masks (Python ints): with a group per step of an unrolled loop, unions of
-    # Python sets made this cubic (a 1000-step loop's gradient: a minute)
+    # Python sets made this cubic (a 1000-step loop's gradient: a minute).  An inlined
+    # value depends on what its operands depend on: a root's dependencies are its
+    # operands', without walking the (possibly long) chain of inlined values it reads
     depends: dict = {}          # var -> mask of the groups it depends on (directly)
     group_of: dict = {}         # root eqn index -> group id
     groups: list = []           # group id -> dict(domain, roots, eqns)
@@ -200,12 +192,14 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
         return out
 
     for i, eqn in enumerate(graph.eqns):
-        if _all_inlined(graph, inline, i):
-            continue
-        ids = cluster(i) if fusible[i] else [i]
         direct = 0
-        for a in _external_inputs(graph, ids):
-            direct |= depends.get(a, 0)
+        for a in eqn.inputs:
+            if isinstance(a, Var):
+                direct |= depends.get(a, 0)
+        if _all_inlined(graph, inline, i):
+            for v in eqn.outputs:
+                depends[v] = direct
+            continue
         deps = closure(direct)
         if fusible[i]:
             dom = _domain(eqn)
@@ -216,7 +210,6 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
                 groups.append({"domain": dom, "roots": [], "eqns": set()})
                 gdeps.append(0)
             groups[gid]["roots"].append(i)
-            groups[gid]["eqns"].update(ids)
             group_of[i] = gid
             gdeps[gid] |= deps
             for h in range(len(groups)):
@@ -225,6 +218,14 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
             deps = 1 << gid
         for v in eqn.outputs:
             depends[v] = deps
+    for grp in groups:          # each group's equations: its roots and what they inline
+        seen, stack = set(grp["roots"]), list(grp["roots"])
+        while stack:
+            for a in graph.eqns[stack.pop()].inputs:
+                if a in inline and producer[a] not in seen:
+                    seen.add(producer[a])
+                    stack.append(producer[a])
+        grp["eqns"] = seen
     return types.SimpleNamespace(graph=graph, inline=inline, groups=groups,
                                  group_of=group_of, producer=producer)
 
@@ -237,12 +238,12 @@ def _all_inlined(graph, inline, i) -> bool:
 
 def _external_inputs(graph, eqn_ids) -> list:
     inside = {v for i in eqn_ids for v in graph.eqns[i].outputs}
-    found = []
+    found: dict = {}        # (a dict: ordered, and a constant-time membership test)
     for i in eqn_ids:
         for a in graph.eqns[i].inputs:
-            if isinstance(a, Var) and a not in inside and a not in found:
-                found.append(a)
-    return found
+            if isinstance(a, Var) and a not in inside:
+                found[a] = None
+    return list(found)
 
 
 def _oversized(plan) -> set:
