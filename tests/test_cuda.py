@@ -382,6 +382,12 @@ PROGRAMS.update({
     "conv-long-kernel-sum": (lambda i, k: gradc.conv2d(i, k, ((0, 0), (0, 0))) ** 2,
                              (rng.standard_normal((2, 1, 17, 17)),
                               rng.standard_normal((1, 1, 2, 2)))),
+    # strides, dilation and groups: the taps at y·sh + u·dh - top, the group's channels;
+    # the image gradient reads a zero-inserted cotangent, the kernel gradient is a conv2d
+    # with stride and dilation exchanged
+    "conv-options": (lambda i, k: np.tanh(gradc.conv2d(i, k, ((1, 0), (0, 1)), stride=(2, 1),
+                                                       dilation=(1, 2), groups=2)),
+                     (rng.standard_normal((1, 4, 5, 4)), rng.standard_normal((2, 2, 2, 2)))),
     "rows-step-losses": (rows_step_losses, (rng.standard_normal((3, 4)),
                                             rng.standard_normal(5), rng.standard_normal(4))),
     # a per-step vector all rows read: its gradient a batch sum, then reshapes
@@ -481,7 +487,8 @@ ON_DEVICE = ("gather-repeated", "gather-2d", "setitem", "setitem-repeated-indice
              "rows-reverse",
              "rows-loss", "rows-long", "rnn-rows", "rows-step-losses",
              "rows-shared-vector", "rows-euler-dt", "rows-step-mean", "solve",
-             "solve-batched", "conv", "conv-long-kernel-sum", "rnn-one", "rnn-one-float32",
+             "solve-batched", "conv", "conv-long-kernel-sum", "conv-options", "rnn-one",
+             "rnn-one-float32",
              "euler-scalars", "crf-one-row", "rows-concatenate", "roll-one")
 
 

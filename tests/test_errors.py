@@ -406,6 +406,41 @@ def test_solve_shape_mismatch():
            lambda: gradc.grad(f)(X))
 
 
+def test_conv2d_options_that_do_not_fit():
+    """Bad strides, dilations and groups (ArgumentError), and shapes they do not fit
+    (ShapeError, as a kernel that does not fit the image's channels always was): each
+    named, with the user's line."""
+    image = np.ones((1, 4, 6, 6))
+
+    def check(error, fragments, *args, kernel=np.ones((2, 2, 3, 3)), **options):
+        def conv(i, k):
+            return np.sum(gradc.conv2d(i, k, *args, **options))
+        return expect(error, fragments, "return np.sum(gradc.conv2d(i, k, *args, **options))",
+                      lambda: gradc.grad(conv)(image, kernel))
+
+    for name, value in (("stride", 0), ("stride", (1, -2)), ("stride", (1,)), ("stride", 1.5),
+                        ("dilation", True), ("dilation", (2, 0)), ("dilation", "2")):
+        check(gradc.ArgumentError, [f"conv2d: {name} must be an int >= 1", repr(value)],
+              groups=2, **{name: value})
+    for value in (0, -1, 2.0, None):
+        check(gradc.ArgumentError, ["conv2d: groups must be an int >= 1", repr(value)],
+              groups=value)
+    message = check(gradc.ArgumentError, ["padding='same' needs stride 1", "stride=2"],
+                    "same", stride=2, groups=2)
+    assert "PyTorch" in message
+    check(gradc.ShapeError, ["groups=3 must divide", "4 channels", "3 output channels"],
+          kernel=np.ones((3, 1, 3, 3)), groups=3)
+    check(gradc.ShapeError, ["groups=4 must divide", "2 output channels"],
+          kernel=np.ones((2, 1, 3, 3)), groups=4)
+    check(gradc.ShapeError, ["4 channels, 2 per group of 2", "expects 1",
+                             "(O, C/groups, KH, KW)"], kernel=np.ones((2, 1, 3, 3)), groups=2)
+    check(gradc.ShapeError, ["image has 4 channels but the kernel expects 2"])
+    check(gradc.ShapeError, ["kernel 3x3 with dilation (3, 1) spans 7x3",
+                             "larger than the padded image 6x6"], dilation=(3, 1), groups=2)
+    check(gradc.ShapeError, ["kernel 3x3 is larger than the padded image"],
+          ((-2, -2), (0, 0)), stride=2, groups=2)
+
+
 def test_jvp_tangent_mismatch():
     expect(gradc.ArgumentError, ["tangent"], "gradc.jvp(np.sin, (X,), (np.ones(2),))",
            lambda: gradc.jvp(np.sin, (X,), (np.ones(2),)))

@@ -700,6 +700,10 @@ FUNCTION_CASES = {
                   lambda x: np.convolve(x[0], x[1, :2], "valid")],
     np.correlate: [lambda x: np.correlate(x[0], x[1, :3]),
                    lambda x: np.correlate(x[0, :3], x[1], "full")],
+    np.lib.stride_tricks.sliding_window_view: [
+        lambda x: np.lib.stride_tricks.sliding_window_view(x, (2, 3)),
+        lambda x: np.lib.stride_tricks.sliding_window_view(x, 2, axis=-1),
+        lambda x: np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 1))],
     # (derivatives in x, in the sample points and in the values)
     np.interp: [lambda x: np.interp(x, np.linspace(-1, 1, 5), np.sin(np.linspace(-1, 1, 5))),
                 lambda x: np.interp(x[0], np.sort(x[1]) * 2, x[2]),

@@ -13,7 +13,8 @@ against NumPy and their tangents and cotangents must be zero.
 
 conv2d is also checked against a direct six-nested-loop cross-correlation, and its two
 transposes against the formulas of ``shared/seeds/003`` (dL/dI = CC(dL/dO padded,
-rot180(K) with O and C swapped), dL/dK = CC(I, dL/dO)).
+rot180(K) with O and C swapped), dL/dK = CC(I, dL/dO)); its options (stride, dilation,
+groups) against loops written from their definition (``conv_ref_definition``).
 """
 from __future__ import annotations
 
@@ -190,6 +191,42 @@ def conv_ref_loops(image, kernel, padding):
                                 acc += padded[n, c, y + u, x + v] * kernel[o, c, u, v]
                     out[n, o, y, x] = acc
     return out
+
+
+def conv_ref_definition(image, kernel, padding, stride=(1, 1), dilation=(1, 1), groups=1):
+    """Straight from the definition: O[n, g·O/G+o, y, x] = Σ_{c,u,v} I[n, g·C/G + c,
+    y·sh + u·dh - top, x·sw + v·dw - left] K[g·O/G+o, c, u, v], reads outside I zero."""
+    (top, bottom), (left, right) = padding
+    (sh, sw), (dh, dw) = stride, dilation
+    n_, c_, h, w = image.shape
+    o_, cg, kh, kw = kernel.shape
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n_, o_, ho, wo))
+    for n in range(n_):
+        for o in range(o_):
+            g = o // (o_ // groups)
+            for y in range(ho):
+                for x in range(wo):
+                    for c in range(cg):
+                        for u in range(kh):
+                            for v in range(kw):
+                                iy, ix = y * sh + u * dh - top, x * sw + v * dw - left
+                                if 0 <= iy < h and 0 <= ix < w:
+                                    out[n, o, y, x] += (image[n, g * cg + c, iy, ix]
+                                                        * kernel[o, c, u, v])
+    return out
+
+
+def conv_options_row(id, padding, shapes, pads=None, **options):
+    """A conv2d row with stride/dilation/groups (``pads``: the explicit padding that
+    ``padding`` stands for, for the reference)."""
+    pads = padding if pads is None else pads
+    return Row("conv2d", lambda i, k: gradc.conv2d(i, k, padding, **options),
+               lambda r, s: (normal(r, s[0]), normal(r, s[1])), shapes,
+               ref=lambda i, k: conv_ref_definition(i, k, pads, **{
+                   k_: (v, v) if k_ != "groups" and isinstance(v, int) else v
+                   for k_, v in options.items()}), id=id)
 
 
 def conv_gen(padding):
@@ -508,6 +545,17 @@ ROWS = [
     Row("conv2d", lambda i, k: gradc.conv2d(i, k, padding="same"),
         lambda r, s: (normal(r, s[0]), normal(r, s[1])), CONV_SHAPES,
         ref=lambda i, k: conv_ref_loops(i, k, _same_padding(k)), id="conv2d-same"),
+    # options (small: these rows run in the CUDA simulator too)
+    conv_options_row("conv2d-stride", ((1, 0), (0, 2)), [((1, 2, 5, 4), (2, 2, 2, 2)),
+                                                         ((2, 1, 4, 5), (1, 1, 3, 2))],
+                     stride=(2, 3)),
+    conv_options_row("conv2d-dilation-same", "same", [((1, 2, 5, 4), (2, 2, 2, 3))],
+                     pads=((1, 1), (1, 1)), dilation=(2, 1)),
+    conv_options_row("conv2d-groups", ((0, 1), (1, 0)), [((1, 4, 3, 3), (2, 2, 2, 2)),
+                                                         ((2, 2, 3, 2), (4, 1, 1, 2))],
+                     groups=2),
+    conv_options_row("conv2d-stride-dilation-groups-crop", ((1, -1), (2, 0)),
+                     [((1, 4, 6, 5), (4, 2, 2, 2))], stride=2, dilation=(1, 2), groups=2),
     # control
     Row("guard", guarded, unary(lambda r, s: r.uniform(0.2, 1.0, s) * r.choice([-1, 1])),
         [(3,), (2, 2)], ref=lambda x: np.sin(x) * 2.0 if np.sum(x) > 0 else np.cos(x)),

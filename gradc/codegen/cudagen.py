@@ -63,6 +63,8 @@ import numpy as np
 from ..ir import Graph, Lit, Var, make_eqn
 from ..passes.fuse import REDUCTIONS
 from ..passes.indexmap import Affine, operand_indices
+from ..prims.conv import is_plain
+from ..prims.conv import options as conv_options
 from ..prims.linalg import parse_spec
 from . import loops, special
 from .pysource import FLOAT_REM, Symbols, dtype_expr, scalar_literal
@@ -2450,6 +2452,16 @@ def _conv(ctx, eqn):
         term = f"_a += {i}[_n, _c, _ih, _iw] * {k}[_n, _f, _y, _x]"
     terms = [f"_ih = _y + _u - {top}", f"_iw = _x + _v - {left}",
              f"if 0 <= _ih < {H} and 0 <= _iw < {W}:", "    " + term]
+    if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
+        # strides, dilation, groups: the taps at y·sh + u·dh - top, the input channels of
+        # the output channel's group
+        (sh, sw), (dh, dw), groups = conv_options(eqn.params)
+        cg, og = other.shape[1], other.shape[0] // groups
+        group = "_f" if og == 1 else f"(_f // {og})"
+        channel = "_c" if groups == 1 else f"{group} * {cg} + _c"
+        terms = [f"_ih = _y * {sh} + _u * {dh} - {top}", f"_iw = _x * {sw} + _v * {dw} - {left}",
+                 f"if 0 <= _ih < {H} and 0 <= _iw < {W}:",
+                 f"    _a += {i}[_n, {channel}, _ih, _iw] * {k}[_f, _c, _u, _v]"]
     ctx.place[out] = "dev"
     ctx.fresh.add(out)
     ctx.lines.append(f"{oname} = _d.empty({tuple(out.shape)!r}, {dtype_expr(out.dtype)})")

@@ -735,6 +735,76 @@ def conv2d_loops(image, kernel, top, bottom, left, right):
     return out
 
 
+@njit_gil
+def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, groups):
+    """``conv2d`` with strides (sh, sw), dilation (dh, dw) and ``groups`` (floats):
+    O[n, g·Og+o, y, x] = Σ_{c<Cg,u,v} Î[n, g·Cg+c, y·sh+u·dh, x·sw+v·dw] K[g·Og+o, c, u, v],
+    Î zero-padded (negative entries crop).  Per group one BLAS product: the group's
+    kernel as an (Og, Cg·kh·kw) matrix times the patches of its channels
+    (Cg·kh·kw, N·ho·wo), read from the padded images at the strided, dilated taps."""
+    nn, cc = image.shape[0], image.shape[1]
+    oo, cg, kh, kw = kernel.shape
+    og = oo // groups
+    padded = padded_image(image, top, bottom, left, right)
+    hp, wp = padded.shape[2], padded.shape[3]
+    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    m = ho * wo
+    cols = np.empty((cg * kh * kw, nn * m), image.dtype)
+    prod = np.empty((og, nn * m), image.dtype)
+    out = np.empty((nn, oo, ho, wo), image.dtype)
+    flat, src, dst = cols.ravel(), padded.ravel(), out.ravel()
+    flat_kernel = np.ascontiguousarray(kernel).reshape(oo, cg * kh * kw)
+    for g in range(groups):
+        for c in range(cg):
+            for u in range(kh):
+                for v in range(kw):
+                    r = (c * kh + u) * kw + v
+                    for n in range(nn):
+                        plane = (n * cc + g * cg + c) * hp * wp
+                        for y in range(ho):
+                            s0 = plane + (y * sh + u * dh) * wp + v * dw
+                            d0 = r * nn * m + (n * ho + y) * wo
+                            if sw == 1:
+                                _copy_run(flat, d0, src, s0, wo)
+                            else:
+                                for x in range(wo):
+                                    flat[d0 + x] = src[s0 + x * sw]
+        dot(flat_kernel[g * og:(g + 1) * og], cols, prod)
+        products = prod.ravel()
+        for n in range(nn):
+            for o in range(og):
+                _copy_run(dst, (n * oo + g * og + o) * m, products, (o * nn + n) * m, m)
+    return out
+
+
+@njit
+def conv2d_general_loops(image, kernel, top, bottom, left, right, sh, sw, dh, dw, groups):
+    """The same by direct loops (integer operands: no BLAS)."""
+    nn, cc, h, w = image.shape
+    oo, cg, kh, kw = kernel.shape
+    og = oo // groups
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((nn, oo, ho, wo), image.dtype)
+    for n in range(nn):
+        for o in range(oo):
+            first = (o // og) * cg
+            for y in range(ho):
+                for x in range(wo):
+                    acc = out[n, o, y, x]
+                    for c in range(cg):
+                        for u in range(kh):
+                            iy = y * sh + u * dh - top
+                            if iy < 0 or iy >= h:
+                                continue
+                            for v in range(kw):
+                                ix = x * sw + v * dw - left
+                                if 0 <= ix < w:
+                                    acc += image[n, first + c, iy, ix] * kernel[o, c, u, v]
+                    out[n, o, y, x] = acc
+    return out
+
+
 # ---------------------------------------------------------------- nonzero
 
 @njit

@@ -34,6 +34,8 @@ import numpy as np
 from ..errors import UnsupportedError, with_location
 from ..ir import Graph, Lit, Var, pretty, pretty_parts
 from ..passes.fuse import numpy_ufunc_call
+from ..prims.conv import is_plain
+from ..prims.conv import options as conv_options
 from . import control, convgen, inplace, memplan
 from .indexing import index_function
 
@@ -513,6 +515,8 @@ def _conv_direct(eqn) -> bool:
     """Whether a conv2d or conv2d_over_batch equation runs as a direct loop nest."""
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
     nn, cc = image.shape[:2]
+    if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
+        return False            # (strides, dilation, groups: conv2d_general)
     if eqn.prim.name == "conv2d":
         oo, _, kh, kw = other.shape
         ho, wo = out.shape[2:]
@@ -539,6 +543,12 @@ def _direct(fn, items, padded, other, result, out) -> list:
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
+        (sh, sw), (dh, dw), groups = conv_options(eqn.params)
+        kind = "conv2d_general" if np.dtype(image.dtype).kind in "fc" \
+            else "conv2d_general_loops"
+        return (f"_k.{kind}(_k.contiguous({a[0]}), _k.contiguous({a[1]}), {top}, {bottom}, "
+                f"{left}, {right}, {sh}, {sw}, {dh}, {dw}, {groups})")
     nn, cc, h, w = image.shape
     oo, _, kh, kw = kernel.shape
     ho, wo = out.shape[2:]
@@ -598,7 +608,7 @@ def _conv_plan(ctx, graph) -> dict:
     forward, plan = {}, {}
     for e in graph.eqns:
         if e.prim.name == "conv2d" and isinstance(e.inputs[0], Var) \
-                and np.dtype(e.inputs[0].dtype).kind in "fc":
+                and np.dtype(e.inputs[0].dtype).kind in "fc" and is_plain(e.params):
             key = (e.inputs[0], e.params["padding"], tuple(e.inputs[1].shape[2:]))
             forward.setdefault(key, e)
         elif e.prim.name == "conv2d_over_batch":

@@ -1,4 +1,5 @@
-"""``gradc.conv2d``: 2-D cross-correlation with 'same' or 'valid' zero padding."""
+"""``gradc.conv2d``: 2-D cross-correlation with zero padding, strides, dilation and groups
+(PyTorch's ``conv2d`` options)."""
 from __future__ import annotations
 
 from .. import ops
@@ -6,7 +7,7 @@ from ..errors import ArgumentError, with_location
 from ..numpy_api import operand, promote
 
 
-def conv2d(image, kernel, padding="valid"):
+def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
     """Cross-correlation ``O[n,o,y,x] = Σ_{c,u,v} Î[n,c,y+u,x+v] K[o,c,u,v]``.
 
     ``image`` has layout (N, C, H, W), ``kernel`` (O, C, KH, KW).  ``padding`` is
@@ -15,14 +16,39 @@ def conv2d(image, kernel, padding="valid"):
     zeros on every side), ``(ph, pw)`` (PyTorch's: ph rows at the top and bottom, pw
     columns left and right), or explicit ``((top, bottom), (left, right))`` (a negative
     count crops).
+
+    The keyword options are PyTorch's (``torch.nn.functional.conv2d``), each an int or
+    an ``(h, w)`` pair of ints >= 1:
+
+    * ``stride=(sh, sw)``: the window moves sh rows (sw columns) between outputs;
+    * ``dilation=(dh, dw)``: the kernel's taps are dh rows (dw columns) apart;
+    * ``groups=G``: the channels split into G groups convolved separately; G divides C
+      and O, and the kernel has shape (O, C/G, KH, KW) (``groups=C``: a depthwise
+      convolution).
+
+    With them ``O[n, g·O/G+o, y, x] = Σ_{c<C/G,u,v} Î[n, g·C/G+c, y·sh+u·dh, x·sw+v·dw]
+    K[g·O/G+o, c, u, v]``, and the output has ``(H + top + bottom - dh·(KH-1) - 1) // sh
+    + 1`` rows (columns alike).  ``"same"`` pads dh·(KH-1) rows in all (the odd one at
+    the bottom) and, as in PyTorch, is refused with a stride other than 1.
     Differentiable in both arguments (a bilinear primitive).
     """
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    if not _count(groups) or groups < 1:
+        raise ArgumentError(with_location(
+            f"conv2d: groups must be an int >= 1; got {groups!r}"))
     image, kernel = promote(operand(image), operand(kernel), float_result=True)
     kh, kw = kernel.shape[2], kernel.shape[3]
     if isinstance(padding, str) and padding == "valid":
         pads = ((0, 0), (0, 0))
     elif isinstance(padding, str) and padding == "same":
-        pads = (((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2))
+        if (sh, sw) != (1, 1):
+            raise ArgumentError(with_location(
+                f"conv2d: padding='same' needs stride 1 (as in PyTorch: with a stride the "
+                f"output cannot keep the input's size); got stride={stride!r}. Give the "
+                f"padding as numbers instead"))
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
     elif _count(padding):
         pads = ((int(padding),) * 2,) * 2
     elif isinstance(padding, (tuple, list)) and len(padding) == 2 and \
@@ -36,7 +62,19 @@ def conv2d(image, kernel, padding="valid"):
         raise ArgumentError(with_location(
             f"conv2d: padding must be 'same', 'valid', an int >= 0, (rows, columns) >= 0 or "
             f"((top, bottom), (left, right)) (negative: cropped); got {padding!r}"))
-    return ops.conv2d(image, kernel, pads)
+    return ops.conv2d(image, kernel, pads, stride=(sh, sw), dilation=(dh, dw),
+                      groups=int(groups))
+
+
+def _pair(value, name) -> tuple:
+    """An int or an (h, w) pair of ints, each >= 1, as a pair."""
+    if _count(value) and value >= 1:
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and \
+            all(_count(v) and v >= 1 for v in value):
+        return int(value[0]), int(value[1])
+    raise ArgumentError(with_location(
+        f"conv2d: {name} must be an int >= 1 or an (h, w) pair of them; got {value!r}"))
 
 
 def _count(p, signed=False) -> bool:

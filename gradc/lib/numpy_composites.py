@@ -693,6 +693,74 @@ def correlate(a, v, mode="valid"):
     return _convolution(a, operand(v)[::-1], mode, "correlate")
 
 
+# ---------------------------------------------------------------- sliding windows
+
+@implements(np.lib.stride_tricks.sliding_window_view)
+def sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=False):
+    """NumPy's windows, ``out[i..., w...] = x[j...]`` with ``j[a] = i[a] + Σ w[k]`` over
+    the k whose ``axis[k]`` is a (an axis may be windowed more than once, as in NumPy);
+    shape ``x.shape`` with each windowed axis n cut to n - w + 1, then ``window_shape``.
+    One gather, every axis indexed by a small broadcast array (its transpose a
+    scatter_add: differentiable).  A copy, not a view: ``writeable=True`` (writing
+    through the windows into x) is refused."""
+    if writeable:
+        raise UnsupportedError(with_location(
+            "np.lib.stride_tricks.sliding_window_view(writeable=True): gradc's windows are "
+            "a copy, so writes to them would not reach x; build the new array instead"))
+    x = operand(x)
+    shape = tuple(shape_of(x))
+    ndim = len(shape)
+    windows = tuple(window_shape) if np.iterable(window_shape) else (window_shape,)
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool)
+               for w in windows):
+        raise ArgumentError(with_location(
+            f"sliding_window_view: window_shape must be ints; got {window_shape!r}"))
+    if any(w < 0 for w in windows):
+        raise ShapeError(with_location(
+            f"sliding_window_view: window_shape cannot contain negative values; got "
+            f"{window_shape!r}"))
+    if axis is None:
+        if len(windows) != ndim:
+            raise ShapeError(with_location(
+                f"sliding_window_view: since axis is None, window_shape needs a size for "
+                f"every axis of x; got {len(windows)} sizes and x.ndim is {ndim}"))
+        axes = tuple(range(ndim))
+    else:
+        axes = tuple(axis) if np.iterable(axis) else (axis,)
+        for a in axes:
+            if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or \
+                    not -ndim <= a < ndim:
+                raise ShapeError(with_location(
+                    f"sliding_window_view: axis {a!r} is out of bounds for x of dimension "
+                    f"{ndim}"))
+        axes = tuple(int(a) % ndim for a in axes)
+        if len(axes) != len(windows):
+            raise ShapeError(with_location(
+                f"sliding_window_view: window_shape and axis must have the same length; got "
+                f"{len(windows)} sizes and {len(axes)} axes"))
+    trimmed = list(shape)
+    for a, w in zip(axes, windows):
+        if trimmed[a] < w:
+            raise ShapeError(with_location(
+                f"sliding_window_view: window shape {tuple(windows)} is larger than the input "
+                f"array's shape {shape} (axis {a})"))
+        trimmed[a] -= w - 1
+    rank = ndim + len(windows)
+
+    def along(values, dim):
+        index = [1] * rank
+        index[dim] = len(values)
+        return values.reshape(index)
+    index = []
+    for a in range(ndim):
+        i = along(np.arange(trimmed[a]), a)
+        for k, (b, w) in enumerate(zip(axes, windows)):
+            if b == a:
+                i = i + along(np.arange(w), ndim + k)
+        index.append(i)
+    return x[tuple(index)]
+
+
 # ---------------------------------------------------------------- accumulations
 
 def accumulate(ufunc, a, axis=0, dtype=None):

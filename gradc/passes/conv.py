@@ -17,14 +17,16 @@ so that the lowering can compute it from the forward convolution's patch matrix 
 the graph has one (``codegen.pysource._conv_plan``), as one product Ȳ · im2col(I)ᵀ.
 The transposes it no longer reads are dropped.  Runs after differentiation (like
 fusion), so the primitive needs no derivative rules; floating-point convolutions only
-(integer ones run as direct loops, with no patch matrix to share).
+(integer ones run as direct loops, with no patch matrix to share), and only those with
+stride, dilation and groups 1 (the kernel gradient of a strided, dilated or grouped
+convolution is a conv2d with options, lowered as such).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir import Graph, Primitive, Var, make_eqn
-from ..prims.conv import _conv2d_abstract, _conv2d_impl
+from ..prims.conv import _conv2d_abstract, _conv2d_impl, is_plain
 from .simplify import dce
 
 SWAP = (1, 0, 2, 3)
@@ -58,7 +60,8 @@ def over_batch(graph: Graph) -> Graph:
 
     eqns, changed = [], False
     for eqn in graph.eqns:
-        if eqn.prim.name == "conv2d" and np.dtype(eqn.outputs[0].dtype).kind in "fc":
+        if eqn.prim.name == "conv2d" and np.dtype(eqn.outputs[0].dtype).kind in "fc" \
+                and is_plain(eqn.params):
             image, other = (swapped(a) for a in eqn.inputs)
             if image is not None and other is not None:
                 eqn = make_eqn(conv2d_over_batch_p, (image, other), eqn.outputs,

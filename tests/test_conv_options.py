@@ -1,0 +1,202 @@
+"""``gradc.conv2d``'s PyTorch options: ``stride``, ``dilation``, ``groups``.
+
+Values against loops written from the definition (``test_prims.conv_ref_definition``:
+O[n, g·O/G+o, y, x] = Σ_{c,u,v} I[n, g·C/G + c, y·sh + u·dh − top, x·sw + v·dw − left]
+K[g·O/G+o, c, u, v]), gradients in both arguments against central differences of that
+reference (not of gradc), jvp against vjp (⟨u, J v⟩ = ⟨Jᵀ u, v⟩), vmap, the CPU
+target's code for them (``kernels.conv2d_general``), and the plain convolution's IR,
+which the options must leave as it was.  (The CUDA target: the option rows of
+``test_prims.ROWS`` run in ``test_cuda.py``, with a program in its ``PROGRAMS``.  Bad
+options: ``test_errors.py``.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradc
+from test_prims import conv_ref_definition
+
+# (image shape, kernel shape, padding as given, explicit pads, stride, dilation, groups)
+CASES = {
+    "stride": ((2, 3, 7, 6), (4, 3, 3, 2), ((1, 0), (2, 1)), None, (2, 1), (1, 1), 1),
+    "stride-3-valid": ((1, 2, 8, 9), (2, 2, 2, 3), "valid", ((0, 0), (0, 0)), (3, 2),
+                       (1, 1), 1),
+    "dilation-same": ((1, 2, 6, 7), (3, 2, 3, 2), "same", ((2, 2), (1, 2)), (1, 1), (2, 3),
+                      1),
+    "dilation-same-even": ((1, 1, 6, 5), (2, 1, 2, 4), "same", ((1, 1), (1, 2)), (1, 1),
+                           (2, 1), 1),
+    "groups": ((2, 4, 5, 5), (6, 2, 3, 3), 1, ((1, 1), (1, 1)), (1, 1), (1, 1), 2),
+    "depthwise": ((1, 3, 5, 4), (3, 1, 2, 2), (1, 0), ((1, 1), (0, 0)), (1, 1), (1, 1), 3),
+    "all": ((2, 4, 9, 8), (6, 2, 2, 3), ((1, -1), (0, 2)), None, (2, 3), (3, 1), 2),
+    "stride-pair-pytorch-padding": ((1, 2, 7, 7), (2, 2, 3, 3), (1, 2), ((1, 1), (2, 2)),
+                                    (2, 2), (1, 1), 1),
+}
+
+
+def _case(name, rng):
+    image_shape, kernel_shape, padding, pads, stride, dilation, groups = CASES[name]
+    pads = padding if pads is None else pads
+    image, kernel = rng.standard_normal(image_shape), rng.standard_normal(kernel_shape)
+
+    def f(i, k):
+        return gradc.conv2d(i, k, padding, stride=stride, dilation=dilation, groups=groups)
+
+    def ref(i, k):
+        return conv_ref_definition(i, k, pads, stride, dilation, groups)
+    return f, ref, image, kernel
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_values_against_the_definition(name):
+    rng = np.random.default_rng(1)
+    f, ref, image, kernel = _case(name, rng)
+    want = ref(image, kernel)
+    np.testing.assert_allclose(f(image, kernel), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gradc.jit(f, target="cpu")(image, kernel), want,
+                               rtol=1e-12, atol=1e-12)
+
+
+def _central_differences(fn, x, eps=1e-6):
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        g[idx] = (fn(up) - fn(down)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradients_against_central_differences(name):
+    rng = np.random.default_rng(2)
+    f, ref, image, kernel = _case(name, rng)
+    weights = rng.standard_normal(ref(image, kernel).shape)
+
+    def loss(i, k):
+        return np.sum(np.tanh(f(i, k)) * weights)
+
+    def loss_ref(i, k):
+        return np.sum(np.tanh(ref(i, k)) * weights)
+    want_image = _central_differences(lambda i: loss_ref(i, kernel), image)
+    want_kernel = _central_differences(lambda k: loss_ref(image, k), kernel)
+    for target in ("numpy", "cpu"):
+        d_image, d_kernel = gradc.grad(loss, argnums=(0, 1), target=target)(image, kernel)
+        np.testing.assert_allclose(d_image, want_image, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(d_kernel, want_kernel, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["stride", "dilation-same", "groups", "all"])
+def test_jvp_agrees_with_vjp(name):
+    """⟨u, J v⟩ = ⟨Jᵀ u, v⟩ for random directions v in (image, kernel) and u in the
+    output, to rounding."""
+    rng = np.random.default_rng(3)
+    f, _, image, kernel = _case(name, rng)
+    vi, vk = rng.standard_normal(image.shape), rng.standard_normal(kernel.shape)
+    out, jv = gradc.jvp(f, (image, kernel), (vi, vk))
+    u = rng.standard_normal(np.shape(out))
+    _, vjp_fn = gradc.vjp(f, image, kernel)
+    ui, uk = vjp_fn(u)
+    lhs = np.sum(u * jv)
+    rhs = np.sum(ui * vi) + np.sum(uk * vk)
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs)), (lhs, rhs)
+
+
+def test_vmap_over_images_and_over_kernels():
+    """Images batched: one larger batch (the options carried along); kernels batched:
+    a loop.  Both against the examples one by one."""
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((3, 2, 4, 7, 6))
+    kernels = rng.standard_normal((3, 6, 2, 2, 3))
+
+    def conv(i, k):
+        return gradc.conv2d(i, k, ((1, 0), (0, 2)), stride=(2, 1), dilation=(1, 2), groups=2)
+    want = np.stack([conv_ref_definition(i, kernels[0], ((1, 0), (0, 2)), (2, 1), (1, 2), 2)
+                     for i in images])
+    np.testing.assert_allclose(gradc.vmap(conv, in_axes=(0, None))(images, kernels[0]), want,
+                               rtol=1e-12, atol=1e-12)
+    want = np.stack([conv_ref_definition(images[0], k, ((1, 0), (0, 2)), (2, 1), (1, 2), 2)
+                     for k in kernels])
+    np.testing.assert_allclose(gradc.vmap(conv, in_axes=(None, 0))(images[0], kernels), want,
+                               rtol=1e-12, atol=1e-12)
+    # per-example kernel gradients (vmap of grad)
+    loss = lambda k, i: np.sum(np.tanh(conv(i, k)))  # noqa: E731
+    got = gradc.vmap(gradc.grad(loss), in_axes=(None, 0))(kernels[0], images)
+    for g, i in zip(got, images):
+        np.testing.assert_allclose(g, gradc.grad(loss)(kernels[0], i), rtol=1e-12, atol=1e-12)
+
+
+def test_integer_convolutions_with_options_on_the_cpu_target():
+    """(``gradc.conv2d`` computes in floats; the primitive keeps integers: direct loops.)"""
+    rng = np.random.default_rng(5)
+    image = rng.integers(-4, 5, (2, 4, 7, 6))
+    kernel = rng.integers(-4, 5, (2, 2, 2, 3))
+    f = lambda i, k: gradc.ops.conv2d(i, k, ((1, 0), (0, 1)), stride=(1, 2),  # noqa: E731
+                                      dilation=(2, 2), groups=2)
+    want = conv_ref_definition(image, kernel, ((1, 0), (0, 1)), (1, 2), (2, 2), 2)
+    got = gradc.jit(f, target="cpu")(image, kernel)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    assert "_k.conv2d_general_loops(" in gradc.jit(f, target="cpu").source(image, kernel)
+
+
+def test_same_padding_keeps_the_size_with_dilation():
+    """PyTorch's 'same': dh·(KH-1) rows of zeros, the odd one at the bottom."""
+    rng = np.random.default_rng(6)
+    for kh, kw, dh, dw in ((3, 3, 2, 2), (2, 4, 3, 1), (1, 2, 1, 5)):
+        image, kernel = rng.standard_normal((1, 1, 9, 8)), rng.standard_normal((1, 1, kh, kw))
+        out = gradc.conv2d(image, kernel, "same", dilation=(dh, dw))
+        assert out.shape == image.shape
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        want = conv_ref_definition(image, kernel, ((th // 2, th - th // 2),
+                                                   (tw // 2, tw - tw // 2)), (1, 1), (dh, dw))
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+
+
+def test_options_of_one_leave_the_plain_convolution_as_it_was():
+    """stride=1, dilation=(1, 1), groups=1 given explicitly trace to the equation of a
+    plain convolution (no option params), and so do its derivatives' convolutions:
+    their graphs and generated code are those of before the options existed."""
+    rng = np.random.default_rng(7)
+    image, kernel = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3))
+
+    def loss(i, k, **options):
+        return np.sum(np.tanh(gradc.conv2d(i, k, "same", **options)))
+    plain = gradc.grad(loss, argnums=(0, 1), target="cpu")
+    explicit = gradc.grad(lambda i, k: loss(i, k, stride=1, dilation=(1, 1), groups=1),
+                          argnums=(0, 1), target="cpu")
+    graph = explicit.graph(image, kernel)
+    convs = [e for e in graph.eqns if e.prim.name.startswith("conv2d")]
+    assert len(convs) == 3 and all(set(e.params) == {"padding"} for e in convs)
+    assert str(graph) == str(plain.graph(image, kernel))
+    assert "conv2d_over_batch" in str(graph)      # (the kernel gradient's rewrite)
+
+
+def test_kernel_gradients_with_options_are_not_rewritten_over_the_batch():
+    """``passes.conv.over_batch`` knows plain convolutions only: the kernel gradient of
+    a strided one stays a conv2d with options (and is right: the FD tests)."""
+    rng = np.random.default_rng(8)
+    image, kernel = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 2, 3, 3))
+    g = gradc.grad(lambda i, k: np.sum(np.tanh(gradc.conv2d(i, k, 1, stride=2))),
+                   argnums=1, target="cpu")
+    text = str(g.graph(image, kernel))
+    assert "conv2d_over_batch" not in text and "stride=(2,2)" in text
+    assert "_k.conv2d_general(" in g.source(image, kernel)
+
+
+def test_against_torch_when_installed():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    image, kernel = rng.standard_normal((2, 4, 9, 8)), rng.standard_normal((6, 2, 2, 3))
+    options = dict(stride=(2, 3), dilation=(3, 1), groups=2)
+    ti = torch.from_numpy(image).requires_grad_(True)
+    tk = torch.from_numpy(kernel).requires_grad_(True)
+    tout = torch.nn.functional.conv2d(ti, tk, padding=(1, 2), **options)
+    weights = rng.standard_normal(tuple(tout.shape))
+    torch.sum(torch.tanh(tout) * torch.from_numpy(weights)).backward()
+    np.testing.assert_allclose(gradc.conv2d(image, kernel, (1, 2), **options),
+                               tout.detach().numpy(), rtol=1e-12, atol=1e-12)
+    grads = gradc.grad(lambda i, k: np.sum(np.tanh(gradc.conv2d(i, k, (1, 2), **options))
+                                           * weights), argnums=(0, 1))(image, kernel)
+    np.testing.assert_allclose(grads[0], ti.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads[1], tk.grad.numpy(), rtol=1e-10, atol=1e-12)
