@@ -479,9 +479,10 @@ class _FastPath:
     def _remember(self, args, spec, state):
         raise NotImplementedError
 
-    def _fast_entry(self, args, spec):
-        """(key, reads, executable) when calls like ``args`` may take the fast path."""
-        fkey = _fast_key(args)
+    def _fast_entry(self, args, spec, fkey=None):
+        """(key, reads, executable) when calls like ``args`` may take the fast path
+        (``fkey``: their key, where it is not ``_fast_key(args)``)."""
+        fkey = _fast_key(args) if fkey is None else fkey
         if fkey is None or not spec.cacheable or spec.target == "numpy":
             return None
         skip = self._cache.volatile
@@ -647,6 +648,7 @@ class Evaluate(_FastPath, Transformed):
         # (JAX's rule: a static parameter is static however it is passed; the signature
         # maps positions to names and back)
         self._static_positions, self._static_names = set(self.static_argnums), set(names)
+        self._layouts: dict = {}        # number of positional arguments -> (static, rest)
         import inspect
         try:
             params = list(inspect.signature(fun).parameters.values())
@@ -699,12 +701,57 @@ class Evaluate(_FastPath, Transformed):
                tuple((type(v), v) for v in fixed))
         return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
 
-    def _remember(self, args, spec, state):
-        if self._static_positions or self._static_names or \
-                (found := self._fast_entry(args, spec)) is None:
+    def __call__(self, *args, **kwargs):
+        if not (self._static_positions or self._static_names):
+            return super().__call__(*args, **kwargs)
+        # With static arguments: the fast key is theirs (type and value, compared by
+        # hash and ``==`` as the general path's key and JAX's) beside the dynamic
+        # arguments' ``_fast_key``; static keyword arguments are keyed by name.
+        fkey, at = self._static_fast_key(args, kwargs)
+        if fkey is not None and self._fast:
+            try:
+                entry = self._fast.get(fkey)
+            except TypeError:           # (an unhashable static value: the general
+                entry = fkey = None     # path says so)
+            if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+                try:
+                    return entry[1](args)
+                except GuardFailure:
+                    pass
+        key, build, dynamic, state = self._prepare(args, kwargs)
+        spec, results = self._cache.run(key, build, dynamic)
+        out = self._finish(spec, results, state)
+        if fkey is not None:
+            self._remember(args, spec, state, fkey, at)
+        return out
+
+    def _static_fast_key(self, args, kwargs):
+        """``(fast key, static positions)`` of a call with static arguments, or
+        ``(None, None)`` where it cannot take the fast path (a dynamic argument passed by
+        keyword, or one ``_fast_key`` does not take)."""
+        n = len(args)
+        layout = self._layouts.get(n)
+        if layout is None:
+            at = tuple(sorted({i % n for i in self._static_positions if -n <= i < n}))
+            layout = self._layouts[n] = (at, tuple(i for i in range(n) if i not in at))
+        at, rest = layout
+        kw = ()
+        if kwargs:
+            names = self._static_names
+            if any(k not in names for k in kwargs):
+                return None, None
+            kw = tuple(sorted((k, type(v), v) for k, v in kwargs.items()))
+        dyn = _fast_key([args[i] for i in rest])
+        if dyn is None:
+            return None, None
+        return (n, dyn, tuple([(type(args[i]), args[i]) for i in at]), kw), at
+
+    def _remember(self, args, spec, state, fkey=None, at=()):
+        if (self._static_positions or self._static_names) and fkey is None or \
+                (found := self._fast_entry(args, spec, fkey)) is None:
             return
         fkey, reads, exe = found
-        dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
+        dyn = [i for i, a in enumerate(args) if i not in at and type(a) not in (int, bool)]
         finish = self._finish
         td, n_out = spec.info["treedef"], spec.info["n_out"]
         flat = td.kind == "leaf" or td.kind == "tuple" and all(
@@ -714,15 +761,22 @@ class Evaluate(_FastPath, Transformed):
             return finish(spec, exe([args[i] if type(args[i]) is not float
                                      else np.asarray(args[i]) for i in dyn]), None)
         outs = spec.graph.outputs[:n_out]
-        if flat and len(dyn) == len(args) and float not in fkey and \
+        if flat and all(type(args[i]) is not float for i in dyn) and \
                 len(set(outs)) == len(outs):
             # (arrays in, a result or a tuple of them out: the same, with less on the way)
-            if td.kind == "leaf":
+            everything = len(dyn) == len(args)
+            if td.kind == "leaf" and everything:
                 def run(args):      # noqa: F811
                     return _to_user(exe(args)[0])
-            else:
+            elif td.kind == "leaf":
+                def run(args):      # noqa: F811
+                    return _to_user(exe([args[i] for i in dyn])[0])
+            elif everything:
                 def run(args):      # noqa: F811
                     return tuple([_to_user(r) for r in exe(args)[:n_out]])
+            else:
+                def run(args):      # noqa: F811
+                    return tuple([_to_user(r) for r in exe([args[i] for i in dyn])[:n_out]])
         self._store(fkey, reads, run, exe)
 
     def _prepare(self, args, kwargs):
