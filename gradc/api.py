@@ -28,7 +28,7 @@ import numpy as np
 
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
-                     with_location)
+                     TangentDTypeError, with_location)
 from .codegen.compile import Executable, check_target, optimise
 from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
@@ -148,6 +148,8 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
         try:
             out = fun(*args.rebuild(dynamic), **kwargs)
         except TypeError as e:
+            if isinstance(e, GradcError):       # (a nested transformation's, as it is)
+                raise
             last = e.__traceback__
             while last.tb_next is not None:
                 last = last.tb_next
@@ -1132,33 +1134,61 @@ def _cache_for(table, fun) -> _Cache:
 
 def _tangent_leaves(flat: "_Args", tangents, what) -> list:
     """The tangents of ``flat``'s dynamic leaves, checked against their primals (same
-    structure and shapes; floating-point ones cast to the primal's dtype)."""
+    structure, shapes and floating-point dtypes, ``_tangent_like``)."""
     tflat, ttree = pytree.flatten(list(tangents))
     if ttree != flat.treedef:
         raise ArgumentError(with_location(
             f"{what}: tangents have structure {ttree}, primals have {flat.treedef}"))
     tdyn = []
+    owners = iter(flat.owner)
     for p, t, s in zip(flat.leaves, tflat, flat.static):
         if s:
             continue
-        t = t if isinstance(t, Tracer) else np.asarray(t)
+        i = next(owners)
+        where = f"{'' if flat.treedef.children[i].kind == 'leaf' else 'a leaf of '}" \
+            f"argument {i}"
         if tuple(np.shape(t)) != tuple(np.shape(p)):
             raise ArgumentError(with_location(
                 f"{what}: a tangent of shape {np.shape(t)} for a primal of shape "
-                f"{np.shape(p)}"))
-        pd = _leaf_dtype(p)
-        if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
-            t = t.astype(pd)
-        tdyn.append(t)
+                f"{np.shape(p)} ({where})"))
+        tdyn.append(_tangent_like(t, _leaf_dtype(p), what, f"the tangent of {where}",
+                                  "its primal"))
     return tdyn
+
+
+def _tangent_like(t, dtype, what, name, of="its primal"):
+    """``t`` as the tangent (or cotangent) of a value of ``dtype``: a Python float or int
+    (weakly typed, as JAX's) or an integer array is converted to ``dtype``; an array of
+    another floating-point dtype, or of bools, is an error, not cast (float64 to float32
+    loses precision by mistake; float32 to float64 hides a float32 computation).  The
+    tangent of a non-float value is not read, and is taken as it is."""
+    if not is_float(dtype):
+        return t if isinstance(t, Tracer) else np.asarray(t)
+    if isinstance(t, numbers.Number) and not isinstance(t, (np.generic, bool)) and \
+            not isinstance(t, complex):
+        return np.asarray(t, dtype=dtype)
+    td = np.dtype(t.dtype) if isinstance(t, Tracer) else _leaf_dtype(t)
+    if td == dtype:
+        return t if isinstance(t, Tracer) else np.asarray(t)
+    if td.kind in "iu":
+        return t.astype(dtype) if isinstance(t, Tracer) else np.asarray(t, dtype=dtype)
+    raise TangentDTypeError(with_location(
+        f"{what}: {name} has dtype {td}, {of} {np.dtype(dtype)}: gradc does not cast "
+        f"{'tangents' if 'cotangent' not in name else 'cotangents'} between "
+        f"floating-point dtypes (JAX refuses them too). Pass "
+        f"{'it' if td.kind != 'b' else 'a float array'} as "
+        f"{np.dtype(dtype)} (x.astype(np.{np.dtype(dtype).name}))"))
 
 
 def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
     ``primals`` and ``tangents`` are tuples of arguments with the same structure,
-    shapes and dtypes; tangents of static (integer) arguments are ignored.  The forward
-    graph is cached per function and argument signature and runs on ``target``.
+    shapes and dtypes; tangents of static (integer) arguments are ignored.  A Python
+    number or an integer array is taken as the tangent of a float primal (converted to
+    its dtype); a float tangent of another dtype is a ``TangentDTypeError``, not cast.
+    The forward graph is cached per function and argument signature and runs on
+    ``target``.
     """
     target = check_target(target)
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
@@ -1249,13 +1279,17 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
         if tree != info["treedef"]:
             raise ArgumentError(with_location(
                 f"vjp_fn: cotangent has structure {tree}, the output has {info['treedef']}"))
-        for c, o in zip(cts, graph.outputs):
+        many = len(cts) > 1
+        for j, (c, o) in enumerate(zip(cts, graph.outputs)):
             if tuple(np.shape(c)) != tuple(o.shape):
                 raise ArgumentError(with_location(
                     f"vjp_fn: a cotangent of shape {np.shape(c)} for an output of type "
                     f"{type_str(o.shape, o.dtype)}"))
-        cts = [c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
-               for c, o in zip(cts, graph.outputs)]
+        cts = [_tangent_like(c, o.dtype, "vjp_fn", f"the cotangent of output "
+                             f"{'leaf ' if many else ''}{j}", "the output")
+               if is_float(o.dtype) else
+               c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
+               for j, (c, o) in enumerate(zip(cts, graph.outputs))]
         in_cts = iter(spec.backward.evaluate(list(res) + cts))
         leaves = []
         dyn = iter(zip(flat.pyfloat, wrt))

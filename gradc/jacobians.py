@@ -256,6 +256,8 @@ def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
     if method not in ("fwd-rev", "rev-rev"):
         raise ArgumentError(with_location(
             f"hvp: method is 'fwd-rev' or 'rev-rev', got {method!r}"))
+    from .api import _Args, _tangent_leaves
+    _tangent_leaves(_Args(primals), tangents, "hvp")    # (structure, shapes, dtypes)
     (x,), (v,) = primals, tangents
     return _hvp_function(fun, method, target)(x, v)
 
