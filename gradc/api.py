@@ -703,12 +703,17 @@ class Evaluate(_FastPath, Transformed):
                tuple((type(v), v) for v in fixed))
         return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
 
-    def __call__(self, *args, **kwargs):
-        if not (self._static_positions or self._static_names):
-            return super().__call__(*args, **kwargs)
-        # With static arguments: the fast key is theirs (type and value, compared by
-        # hash and ``==`` as the general path's key and JAX's) beside the dynamic
-        # arguments' ``_fast_key``; static keyword arguments are keyed by name.
+    def __new__(cls, fun=None, static_argnums=(), static_argnames=(), **options):
+        # (with static arguments, the subclass whose __call__ keys them: a jit without
+        # any keeps _FastPath's, with no call in between)
+        if cls is Evaluate and not (_empty(static_argnums) and _empty(static_argnames)):
+            cls = _StaticEvaluate
+        return super().__new__(cls)
+
+    def _call_with_static(self, *args, **kwargs):
+        """``__call__`` with static arguments: the fast key is theirs (type and value,
+        compared by hash and ``==`` as the general path's key and JAX's) beside the
+        dynamic arguments' ``_fast_key``; static keyword arguments are keyed by name."""
         fkey, at = self._static_fast_key(args, kwargs)
         if fkey is not None and self._fast:
             try:
@@ -800,6 +805,16 @@ class Evaluate(_FastPath, Transformed):
         n_out = info["n_out"]
         return pytree.unflatten(info["treedef"],
                                 [_to_user(r) for r in _distinct(results[:n_out])])
+
+
+class _StaticEvaluate(Evaluate):
+    """What ``jit(f, static_argnums=..., static_argnames=...)`` returns."""
+
+    __call__ = Evaluate._call_with_static
+
+
+def _empty(v) -> bool:
+    return isinstance(v, (tuple, list)) and not v
 
 
 def _distinct(results) -> list:
