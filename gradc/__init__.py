@@ -15,7 +15,7 @@ from .codegen.compile import GradcWarning
 from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_precision
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
                      GradcError, InvalidValueError, NonScalarOutputError, ScalarOverflowError,
-                     ShapeError, TracerLeakError, UnsupportedError)
+                     ShapeError, TangentDTypeError, TracerLeakError, UnsupportedError)
 from .interpret import eval_graph
 from .implicit import argmin, custom_root, fixed_point, implicit_diff, linear_solve
 from .jacobians import hessian, hvp, jacfwd, jacobian, jacobian_plan, jacrev
@@ -47,5 +47,5 @@ __all__ = [
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",
-    "ScalarOverflowError", "InvalidValueError",
+    "ScalarOverflowError", "InvalidValueError", "TangentDTypeError",
 ]

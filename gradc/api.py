@@ -28,7 +28,7 @@ import numpy as np
 
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
-                     with_location)
+                     TangentDTypeError, with_location)
 from .codegen.compile import Executable, check_target, optimise
 from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
@@ -148,6 +148,8 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
         try:
             out = fun(*args.rebuild(dynamic), **kwargs)
         except TypeError as e:
+            if isinstance(e, GradcError):       # (a nested transformation's, as it is)
+                raise
             last = e.__traceback__
             while last.tb_next is not None:
                 last = last.tb_next
@@ -479,9 +481,10 @@ class _FastPath:
     def _remember(self, args, spec, state):
         raise NotImplementedError
 
-    def _fast_entry(self, args, spec):
-        """(key, reads, executable) when calls like ``args`` may take the fast path."""
-        fkey = _fast_key(args)
+    def _fast_entry(self, args, spec, fkey=None):
+        """(key, reads, executable) when calls like ``args`` may take the fast path
+        (``fkey``: their key, where it is not ``_fast_key(args)``)."""
+        fkey = _fast_key(args) if fkey is None else fkey
         if fkey is None or not spec.cacheable or spec.target == "numpy":
             return None
         skip = self._cache.volatile
@@ -647,6 +650,7 @@ class Evaluate(_FastPath, Transformed):
         # (JAX's rule: a static parameter is static however it is passed; the signature
         # maps positions to names and back)
         self._static_positions, self._static_names = set(self.static_argnums), set(names)
+        self._layouts: dict = {}        # number of positional arguments -> (static, rest)
         import inspect
         try:
             params = list(inspect.signature(fun).parameters.values())
@@ -699,12 +703,62 @@ class Evaluate(_FastPath, Transformed):
                tuple((type(v), v) for v in fixed))
         return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
 
-    def _remember(self, args, spec, state):
-        if self._static_positions or self._static_names or \
-                (found := self._fast_entry(args, spec)) is None:
+    def __new__(cls, fun=None, static_argnums=(), static_argnames=(), **options):
+        # (with static arguments, the subclass whose __call__ keys them: a jit without
+        # any keeps _FastPath's, with no call in between)
+        if cls is Evaluate and not (_empty(static_argnums) and _empty(static_argnames)):
+            cls = _StaticEvaluate
+        return super().__new__(cls)
+
+    def _call_with_static(self, *args, **kwargs):
+        """``__call__`` with static arguments: the fast key is theirs (type and value,
+        compared by hash and ``==`` as the general path's key and JAX's) beside the
+        dynamic arguments' ``_fast_key``; static keyword arguments are keyed by name."""
+        fkey, at = self._static_fast_key(args, kwargs)
+        if fkey is not None and self._fast:
+            try:
+                entry = self._fast.get(fkey)
+            except TypeError:           # (an unhashable static value: the general
+                entry = fkey = None     # path says so)
+            if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+                try:
+                    return entry[1](args)
+                except GuardFailure:
+                    pass
+        key, build, dynamic, state = self._prepare(args, kwargs)
+        spec, results = self._cache.run(key, build, dynamic)
+        out = self._finish(spec, results, state)
+        if fkey is not None:
+            self._remember(args, spec, state, fkey, at)
+        return out
+
+    def _static_fast_key(self, args, kwargs):
+        """``(fast key, static positions)`` of a call with static arguments, or
+        ``(None, None)`` where it cannot take the fast path (a dynamic argument passed by
+        keyword, or one ``_fast_key`` does not take)."""
+        n = len(args)
+        layout = self._layouts.get(n)
+        if layout is None:
+            at = tuple(sorted({i % n for i in self._static_positions if -n <= i < n}))
+            layout = self._layouts[n] = (at, tuple(i for i in range(n) if i not in at))
+        at, rest = layout
+        kw = ()
+        if kwargs:
+            names = self._static_names
+            if any(k not in names for k in kwargs):
+                return None, None
+            kw = tuple(sorted((k, type(v), v) for k, v in kwargs.items()))
+        dyn = _fast_key([args[i] for i in rest])
+        if dyn is None:
+            return None, None
+        return (n, dyn, tuple([(type(args[i]), args[i]) for i in at]), kw), at
+
+    def _remember(self, args, spec, state, fkey=None, at=()):
+        if (self._static_positions or self._static_names) and fkey is None or \
+                (found := self._fast_entry(args, spec, fkey)) is None:
             return
         fkey, reads, exe = found
-        dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
+        dyn = [i for i, a in enumerate(args) if i not in at and type(a) not in (int, bool)]
         finish = self._finish
         td, n_out = spec.info["treedef"], spec.info["n_out"]
         flat = td.kind == "leaf" or td.kind == "tuple" and all(
@@ -714,15 +768,22 @@ class Evaluate(_FastPath, Transformed):
             return finish(spec, exe([args[i] if type(args[i]) is not float
                                      else np.asarray(args[i]) for i in dyn]), None)
         outs = spec.graph.outputs[:n_out]
-        if flat and len(dyn) == len(args) and float not in fkey and \
+        if flat and all(type(args[i]) is not float for i in dyn) and \
                 len(set(outs)) == len(outs):
             # (arrays in, a result or a tuple of them out: the same, with less on the way)
-            if td.kind == "leaf":
+            everything = len(dyn) == len(args)
+            if td.kind == "leaf" and everything:
                 def run(args):      # noqa: F811
                     return _to_user(exe(args)[0])
-            else:
+            elif td.kind == "leaf":
+                def run(args):      # noqa: F811
+                    return _to_user(exe([args[i] for i in dyn])[0])
+            elif everything:
                 def run(args):      # noqa: F811
                     return tuple([_to_user(r) for r in exe(args)[:n_out]])
+            else:
+                def run(args):      # noqa: F811
+                    return tuple([_to_user(r) for r in exe([args[i] for i in dyn])[:n_out]])
         self._store(fkey, reads, run, exe)
 
     def _prepare(self, args, kwargs):
@@ -744,6 +805,16 @@ class Evaluate(_FastPath, Transformed):
         n_out = info["n_out"]
         return pytree.unflatten(info["treedef"],
                                 [_to_user(r) for r in _distinct(results[:n_out])])
+
+
+class _StaticEvaluate(Evaluate):
+    """What ``jit(f, static_argnums=..., static_argnames=...)`` returns."""
+
+    __call__ = Evaluate._call_with_static
+
+
+def _empty(v) -> bool:
+    return isinstance(v, (tuple, list)) and not v
 
 
 def _distinct(results) -> list:
@@ -1078,33 +1149,61 @@ def _cache_for(table, fun) -> _Cache:
 
 def _tangent_leaves(flat: "_Args", tangents, what) -> list:
     """The tangents of ``flat``'s dynamic leaves, checked against their primals (same
-    structure and shapes; floating-point ones cast to the primal's dtype)."""
+    structure, shapes and floating-point dtypes, ``_tangent_like``)."""
     tflat, ttree = pytree.flatten(list(tangents))
     if ttree != flat.treedef:
         raise ArgumentError(with_location(
             f"{what}: tangents have structure {ttree}, primals have {flat.treedef}"))
     tdyn = []
+    owners = iter(flat.owner)
     for p, t, s in zip(flat.leaves, tflat, flat.static):
         if s:
             continue
-        t = t if isinstance(t, Tracer) else np.asarray(t)
+        i = next(owners)
+        where = f"{'' if flat.treedef.children[i].kind == 'leaf' else 'a leaf of '}" \
+            f"argument {i}"
         if tuple(np.shape(t)) != tuple(np.shape(p)):
             raise ArgumentError(with_location(
                 f"{what}: a tangent of shape {np.shape(t)} for a primal of shape "
-                f"{np.shape(p)}"))
-        pd = _leaf_dtype(p)
-        if is_float(pd) and np.dtype(t.dtype) != np.dtype(pd):
-            t = t.astype(pd)
-        tdyn.append(t)
+                f"{np.shape(p)} ({where})"))
+        tdyn.append(_tangent_like(t, _leaf_dtype(p), what, f"the tangent of {where}",
+                                  "its primal"))
     return tdyn
+
+
+def _tangent_like(t, dtype, what, name, of="its primal"):
+    """``t`` as the tangent (or cotangent) of a value of ``dtype``: a Python float or int
+    (weakly typed, as JAX's) or an integer array is converted to ``dtype``; an array of
+    another floating-point dtype, or of bools, is an error, not cast (float64 to float32
+    loses precision by mistake; float32 to float64 hides a float32 computation).  The
+    tangent of a non-float value is not read, and is taken as it is."""
+    if not is_float(dtype):
+        return t if isinstance(t, Tracer) else np.asarray(t)
+    if isinstance(t, numbers.Number) and not isinstance(t, (np.generic, bool)) and \
+            not isinstance(t, complex):
+        return np.asarray(t, dtype=dtype)
+    td = np.dtype(t.dtype) if isinstance(t, Tracer) else _leaf_dtype(t)
+    if td == dtype:
+        return t if isinstance(t, Tracer) else np.asarray(t)
+    if td.kind in "iu":
+        return t.astype(dtype) if isinstance(t, Tracer) else np.asarray(t, dtype=dtype)
+    raise TangentDTypeError(with_location(
+        f"{what}: {name} has dtype {td}, {of} {np.dtype(dtype)}: gradc does not cast "
+        f"{'tangents' if 'cotangent' not in name else 'cotangents'} between "
+        f"floating-point dtypes (JAX refuses them too). Pass "
+        f"{'it' if td.kind != 'b' else 'a float array'} as "
+        f"{np.dtype(dtype)} (x.astype(np.{np.dtype(dtype).name}))"))
 
 
 def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
     ``primals`` and ``tangents`` are tuples of arguments with the same structure,
-    shapes and dtypes; tangents of static (integer) arguments are ignored.  The forward
-    graph is cached per function and argument signature and runs on ``target``.
+    shapes and dtypes; tangents of static (integer) arguments are ignored.  A Python
+    number or an integer array is taken as the tangent of a float primal (converted to
+    its dtype); a float tangent of another dtype is a ``TangentDTypeError``, not cast.
+    The forward graph is cached per function and argument signature and runs on
+    ``target``.
     """
     target = check_target(target)
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
@@ -1195,13 +1294,17 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
         if tree != info["treedef"]:
             raise ArgumentError(with_location(
                 f"vjp_fn: cotangent has structure {tree}, the output has {info['treedef']}"))
-        for c, o in zip(cts, graph.outputs):
+        many = len(cts) > 1
+        for j, (c, o) in enumerate(zip(cts, graph.outputs)):
             if tuple(np.shape(c)) != tuple(o.shape):
                 raise ArgumentError(with_location(
                     f"vjp_fn: a cotangent of shape {np.shape(c)} for an output of type "
                     f"{type_str(o.shape, o.dtype)}"))
-        cts = [c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
-               for c, o in zip(cts, graph.outputs)]
+        cts = [_tangent_like(c, o.dtype, "vjp_fn", f"the cotangent of output "
+                             f"{'leaf ' if many else ''}{j}", "the output")
+               if is_float(o.dtype) else
+               c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
+               for j, (c, o) in enumerate(zip(cts, graph.outputs))]
         in_cts = iter(spec.backward.evaluate(list(res) + cts))
         leaves = []
         dyn = iter(zip(flat.pyfloat, wrt))

@@ -41,6 +41,12 @@ class ArgumentError(GradcError, TypeError):
     """Bad arguments to a gradc transformation (e.g. differentiating an integer)."""
 
 
+class TangentDTypeError(ArgumentError):
+    """A tangent (``jvp``, ``linearize``'s function, ``hvp``) or cotangent (``vjp``'s
+    function) whose floating-point dtype is not its primal's or output's: gradc does not
+    cast it (JAX refuses it too), since either way a precision is lost by mistake."""
+
+
 class ShapeError(GradcError, ValueError):
     """Operand shapes that do not fit together."""
 

@@ -154,7 +154,8 @@ def _forward_leaves(g, xs):
         stacked = vmap(lambda t, g_i=g_i, x=x: jvp(g_i, (x,), (t,))[1])(
             _basis(shape, np.dtype(dtype_of(x))))
         leaves, out_tree = flatten(stacked)
-        blocks = [_columns_last(s, tuple(shape_of(s))[1:], shape) for s in leaves]
+        blocks = [_columns_last(s, tuple(shape_of(s))[1:], shape) if _inexact(s) else
+                  _zero_block(tuple(shape_of(s))[1:], x) for s in leaves]
         per_out = [[b] for b in blocks] if per_out is None else \
             [row + [b] for row, b in zip(per_out, blocks)]
     return out_tree, per_out
@@ -172,6 +173,9 @@ def _reverse_leaves(g, xs, has_aux=False):
     per_out = []
     for j, leaf in enumerate(leaves):
         out_shape = tuple(shape_of(leaf))
+        if not _inexact(leaf):
+            per_out.append([_zero_block(out_shape, x) for x in xs])
+            continue
 
         def row(u, j=j):
             cts = [u if i == j else np.zeros(shape_of(v), dtype_of(v))
@@ -182,6 +186,20 @@ def _reverse_leaves(g, xs, has_aux=False):
         per_out.append([np.reshape(st, out_shape + tuple(shape_of(x)))
                         for st, x in zip(stacked, xs)])
     return out_tree, per_out, (result[2] if has_aux else None)
+
+
+def _inexact(y) -> bool:
+    return np.issubdtype(np.dtype(dtype_of(y)), np.inexact)
+
+
+def _zero_block(out_shape, x):
+    """The Jacobian block of an integer or bool output (``argmax``, a comparison) with
+    respect to ``x``: zeros of shape (output shape + x's), in x's dtype.  A piecewise
+    constant output's derivative is zero wherever it has one; JAX's ``jacfwd`` gives
+    zeros of its dtype ``float0`` there, which NumPy lacks, and float zeros keep
+    ``jacfwd``, ``jacrev`` and ``jacobian`` in agreement (``jvp`` of such an output gives
+    zeros of the output's own dtype, ``vjp`` float zeros in the inputs' dtypes)."""
+    return np.zeros(tuple(out_shape) + tuple(shape_of(x)), np.dtype(dtype_of(x)))
 
 
 def _forward(g, x):
@@ -221,7 +239,10 @@ def jacfwd(fun, argnums=0, *, has_aux=False, target=None):
     them; each argument an array or a pytree of arrays) by forward mode: one vmap of jvp
     over the columns of the identity.  JAX's nesting: output structure outside, the
     arguments' inside; each block has shape (output shape + input shape).  With
-    ``has_aux``, ``fun`` returns ``(output, aux)`` and the result is ``(jacobian, aux)``."""
+    ``has_aux``, ``fun`` returns ``(output, aux)`` and the result is ``(jacobian, aux)``.
+    The block of an integer or bool output (``argmax``, a comparison) is zeros in the
+    input's dtype (JAX's are of dtype ``float0``), from every mode; an integer argument
+    cannot be differentiated (an ``ArgumentError``)."""
     return _jacobian_function("fwd", fun, argnums, has_aux, target)
 
 
@@ -256,6 +277,8 @@ def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
     if method not in ("fwd-rev", "rev-rev"):
         raise ArgumentError(with_location(
             f"hvp: method is 'fwd-rev' or 'rev-rev', got {method!r}"))
+    from .api import _Args, _tangent_leaves
+    _tangent_leaves(_Args(primals), tangents, "hvp")    # (structure, shapes, dtypes)
     (x,), (v,) = primals, tangents
     return _hvp_function(fun, method, target)(x, v)
 
@@ -364,6 +387,9 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
         from .prims.custom import NoForwardMode
         k, x = _checked(args, argnums, "jacobian")
         graph, inputs = _graph_of(fun, args, k, x, "jacobian")
+        y = graph.outputs[0]
+        if not np.issubdtype(np.dtype(y.dtype), np.inexact):   # (an integer or bool output)
+            return _zero_block(y.shape, x)
         plan = plan_graph(graph, 0, "optimal", getattr(fun, "__name__", "f"))
         g = lambda xx: fun(*_with(args, k, xx))                # noqa: E731
         try:

@@ -190,6 +190,31 @@ def test_jvp_with_python_floats_and_static_ints():
     assert t == pytest.approx(3 * 4.0 * 2.0 + 8.0 * 1.0)
 
 
+def test_tangents_that_are_taken_and_converted():
+    """A Python float or int, or an integer array, as the tangent of a float primal is
+    converted to the primal's dtype (weakly typed, as JAX's Python scalars); a tangent of
+    an integer primal is not read, whatever its dtype; cotangents likewise."""
+    x32 = np.array([0.5, 1.0, 2.0], np.float32)
+    _, t = gradc.jvp(lambda x: np.sin(x) * 2, (x32,), (np.array([1, 0, 2]),))
+    assert t.dtype == np.float32
+    np.testing.assert_allclose(t, 2 * np.cos(x32) * [1, 0, 2], rtol=1e-6)
+    _, t = gradc.jvp(lambda a: a * 3.0, (np.float32(2.0),), (1.0,))
+    assert t == 3.0 and t.dtype == np.float32
+    _, t = gradc.jvp(lambda a: a * 3.0, (2.0,), (1,))
+    assert t == 3.0
+    _, t = gradc.jvp(lambda x, n: x * np.sum(n), (x32, np.arange(3)),
+                     (np.ones(3, np.float32), np.ones(3, np.float64)))
+    np.testing.assert_array_equal(t, [3.0, 3.0, 3.0])
+    _, f_jvp = gradc.linearize(lambda x: x * 2.0, x32)
+    assert f_jvp(np.ones(3, np.int64)).dtype == np.float32
+    _, pull = gradc.vjp(lambda x: np.sum(x * 2.0), x32)
+    assert pull(1.0)[0].dtype == np.float32
+    with pytest.raises(gradc.TangentDTypeError, match="bool"):
+        gradc.jvp(np.sin, (x32,), (np.ones(3, bool),))
+    with pytest.raises(gradc.TangentDTypeError, match="complex128"):
+        gradc.jvp(np.sin, (np.ones(3),), (np.ones(3) * 1j,))
+
+
 def test_stop_gradient():
     def f(x):
         return np.sum(x * gradc.stop_gradient(x ** 2))

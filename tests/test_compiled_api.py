@@ -478,6 +478,78 @@ def test_jit_fast_path_gives_the_general_paths_results(monkeypatch):
     np.testing.assert_array_equal(w(np.ones(2)), [1.0, 5.0])
 
 
+def _general_path_refused(monkeypatch, f):
+    """Make ``f``'s general path (``_prepare``) an error: a call that still succeeds took
+    the fast path."""
+    def refuse(args, kwargs):
+        raise AssertionError("took the general path")
+    monkeypatch.setattr(f, "_prepare", refuse)
+
+
+def test_jit_with_static_arguments_takes_the_fast_path(monkeypatch):
+    """(A jit with static_argnums/static_argnames took the general path at every call,
+    four times the cost of one without.)  The fast key holds the static values (by hash
+    and ==, as JAX's): the same value, or an equal one, takes the fast path; a new value
+    traces again; static keywords are keyed by name; results are the general path's."""
+    traces = []
+
+    def f(x, scale, shift=(0.0,), mode="mul"):
+        traces.append((scale, shift, mode))
+        y = x * scale if mode == "mul" else x + scale
+        return y + shift[0]
+
+    j = gradc.jit(f, static_argnums=(1, 2), static_argnames="mode")
+    x = np.array([0.25, 0.5, 0.75])
+    first = j(x, 2.0)
+    np.testing.assert_array_equal(first, x * 2.0)
+    assert j._fast
+    np.testing.assert_array_equal(j(x, 3.0), x * 3.0)             # a new value: traced
+    np.testing.assert_array_equal(j(x, 2.0, (1.0,)), x * 2.0 + 1.0)
+    np.testing.assert_array_equal(j(x, 2.0, mode="add"), x + 2.0)
+    np.testing.assert_array_equal(j(x, scale=2.0, mode="add"), x + 2.0)  # (by keyword)
+    n_traces = len(traces)
+    assert n_traces == 5          # (by keyword: a signature of its own, as in JAX)
+    with monkeypatch.context() as m:
+        _general_path_refused(m, j)
+        again = j(x, 2.0)
+        assert type(again) is type(first)
+        np.testing.assert_array_equal(again, first)
+        np.testing.assert_array_equal(j(x, 3.0), x * 3.0)
+        np.testing.assert_array_equal(j(x, 2.0, (1.0,)), x * 2.0 + 1.0)   # (an equal tuple)
+        np.testing.assert_array_equal(j(x, 2.0, mode="add"), x + 2.0)
+        np.testing.assert_array_equal(j(x + 1.0, 2.0, mode="add"), x + 3.0)  # new values
+        np.testing.assert_array_equal(j(x, scale=2.0, mode="add"), x + 2.0)
+    assert len(traces) == n_traces
+    np.testing.assert_array_equal(j(x, 4.0), x * 4.0)
+    assert len(traces) == n_traces + 1
+    # an unhashable static value is the general path's clear error, table filled or not
+    with pytest.raises(ArgumentError, match="static argument must be hashable"):
+        j(x, 2.0, [1.0])
+    # a dynamic argument by keyword, a float or a 0-d array: the general path, same results
+    np.testing.assert_array_equal(j(x=x, scale=2.0), x * 2.0)
+    k = gradc.jit(lambda a, n, b: a * n + b, static_argnums=1)
+    assert k(x, 2.0, 0.5) == pytest.approx(x * 2.0 + 0.5) and k._fast
+    with monkeypatch.context() as m:
+        _general_path_refused(m, k)
+        np.testing.assert_array_equal(k(x, 2.0, 0.5), x * 2.0 + 0.5)
+    np.testing.assert_array_equal(k(x, 2.0, np.asarray(0.5)), x * 2.0 + 0.5)
+
+
+def test_jit_static_fast_path_keeps_its_guards_and_its_limit(monkeypatch):
+    """A failed guard behind a static fast-path entry takes the general path; the table
+    holds at most MAX_SIGNATURES entries however many static values come."""
+    j = gradc.jit(lambda v, c: piecewise(v) * c, static_argnums=1)
+    up, down = np.array([0.5, 0.25]), np.array([-0.5, -0.25])
+    j(up, 2.0)
+    j(up, 2.0)
+    assert j(down, 2.0) == pytest.approx(2 * np.sum(down ** 3), rel=1e-15)
+    monkeypatch.setattr(gradc.api, "MAX_SIGNATURES", 4)
+    s = gradc.jit(lambda v, c: v * c, static_argnums=1)
+    for c in range(1, 11):
+        np.testing.assert_array_equal(s(up, float(c)), up * c)
+        assert 0 < len(s._fast) <= 5
+
+
 def test_fastmath_reaches_the_loop_helpers(rng):
     g = gradc.grad(rosen, fastmath=True)
     x = rng.uniform(-1, 1, 30)

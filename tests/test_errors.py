@@ -446,6 +446,34 @@ def test_jvp_tangent_mismatch():
            lambda: gradc.jvp(np.sin, (X,), (np.ones(2),)))
 
 
+def test_tangent_and_cotangent_dtype_mismatches():
+    """(jvp cast a float32 tangent to its float64 primal, and a float64 one to float32,
+    silently; JAX refuses both.)  The message names the argument, both dtypes and the
+    line; linearize's function, hvp and vjp's function check the same."""
+    x32 = X.astype(np.float32)
+    expect(gradc.TangentDTypeError, ["jvp", "argument 1", "float32", "float64"],
+           "gradc.jvp(np.multiply, (X, X), (X, x32))",
+           lambda: gradc.jvp(np.multiply, (X, X), (X, x32)))
+    expect(gradc.TangentDTypeError, ["jvp", "argument 0", "float64", "float32"],
+           "gradc.jvp(np.sin, (x32,), (X,))", lambda: gradc.jvp(np.sin, (x32,), (X,)))
+    _, f_jvp = gradc.linearize(np.sin, x32)
+    expect(gradc.TangentDTypeError, ["f_jvp", "argument 0", "float64", "float32"],
+           "f_jvp(X)", lambda: f_jvp(X))
+    _, vjp_fn = gradc.vjp(np.sin, x32)
+    expect(gradc.TangentDTypeError, ["vjp_fn", "cotangent of output 0", "float64",
+                                     "float32"], "vjp_fn(X)", lambda: vjp_fn(X))
+    for method in ("fwd-rev", "rev-rev"):
+        expect(gradc.TangentDTypeError, ["hvp", "float64", "float32"],
+               "gradc.hvp(lambda x: np.sum(x ** 3), (x32,), (X,), method=method)",
+               lambda: gradc.hvp(lambda x: np.sum(x ** 3), (x32,), (X,), method=method))
+    # inside a transformation: the tangent a Tracer, the same error (not re-wrapped)
+    expect(gradc.TangentDTypeError, ["jvp", "float32", "float64"],
+           "gradc.jit(lambda x, t: gradc.jvp(np.sin, (x,), (t,))[1])(X, x32)",
+           lambda: gradc.jit(lambda x, t: gradc.jvp(np.sin, (x,), (t,))[1])(X, x32))
+    assert issubclass(gradc.TangentDTypeError, gradc.ArgumentError)
+    assert issubclass(gradc.TangentDTypeError, TypeError)
+
+
 def test_ambiguous_truth_value():
     def f(x):
         if x > 0:

@@ -86,6 +86,47 @@ def test_errors_are_named():
         gradc.hvp(scalar, (np.ones(2),), (np.ones(2),), method="fwd-fwd")
 
 
+def test_integer_inputs_are_refused_by_name():
+    """grad, jacfwd, jacrev and hessian with respect to an integer (or bool) argument:
+    an ArgumentError naming the argument, its dtype and the user's line (JAX: a
+    TypeError, "grad requires real- or complex-valued inputs")."""
+    n = np.arange(3, dtype=np.int32)
+    for transform, fragment in [(gradc.grad, r"i32\[3\]"), (gradc.jacfwd, "int32"),
+                                (gradc.jacrev, "int32"), (gradc.hessian, "int32")]:
+        with pytest.raises(gradc.ArgumentError, match=fragment) as info:
+            transform(lambda x: np.sum(x * 2.0))(n)
+        assert "argument 0" in str(info.value) and "test_jacobians.py" in str(info.value)
+    with pytest.raises(gradc.ArgumentError, match="the int 3"):
+        gradc.grad(lambda x: x * 2.0)(3)
+    with pytest.raises(gradc.ArgumentError, match="bool"):
+        gradc.jacfwd(lambda x: x * 2.0)(np.ones(3, bool))
+
+
+@pytest.mark.parametrize("jac", [gradc.jacfwd, gradc.jacrev, gradc.jacobian,
+                                 lambda f: gradc.jacobian(f, mode="fwd"),
+                                 lambda f: gradc.jacobian(f, mode="rev")],
+                         ids=["jacfwd", "jacrev", "optimal", "fwd", "rev"])
+def test_integer_valued_outputs_have_float_zero_jacobians(jac):
+    """(jacfwd gave int64 zeros for an integer output, bool False for a comparison,
+    where jacrev gave float zeros.)  The Jacobian of an integer- or bool-valued output
+    is zeros of shape (output shape + input shape) in the input's dtype, from every
+    mode (JAX's jacfwd gives float0 zeros, which NumPy lacks)."""
+    x = np.array([0.5, 1.5, 2.5], np.float32)
+    for f, out_shape in [(lambda x: np.floor(x).astype(np.int64), (3,)),
+                         (lambda x: x > 1.0, (3,)),
+                         (lambda x: np.argmax(x), ()),
+                         (lambda x: np.sum(x > 1.0), ())]:
+        J = jac(f)(x)
+        assert J.dtype == np.float32 and J.shape == out_shape + (3,)
+        assert not np.any(J)
+    if jac in (gradc.jacfwd, gradc.jacrev):
+        J, K = jac(lambda x: (x * 2.0, np.argmax(x)))(x)
+        np.testing.assert_array_equal(J, 2.0 * np.eye(3))
+        assert K.dtype == np.float32 and K.shape == (3,) and not np.any(K)
+        H = gradc.hessian(lambda x: np.argmax(x))(x)
+        assert H.shape == (3, 3) and not np.any(H)
+
+
 def test_repeated_calls_reuse_one_compiled_function():
     """hvp keeps one jit per function and method (a call would otherwise trace anew), and
     a jacfwd object traces once per signature."""
