@@ -41,20 +41,22 @@ def check_target(target) -> str:
 
 
 def optimise(graph: Graph, target: str) -> Graph:
-    """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for
-    the compiled targets, solver regions expanded into their algorithms
-    (``passes.implicit``), kernel gradients of convolutions as ``conv2d_over_batch``
-    (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU anything
-    elementwise is recomputed rather than stacked, on the CPU arithmetic and views
-    only), a scan's invariant work before the loop and a scan whose carries never
-    change or only accumulate as a map over its steps (``passes.licm``; on the CPU not
-    where its step's contractions are large), a scan's accumulated contractions as one
-    contraction after it (``licm.sums_after_scans``; on the GPU only if asked), on the GPU a
-    loop's ``argmax`` as reductions, its outer products as broadcast products and its
-    concatenations as selections (``passes.steps``), and loop fusion."""
+    """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for the
+    compiled targets, sums of pads of one window as one pad (``passes.pads``), solver regions
+    expanded into their algorithms (``passes.implicit``), kernel gradients of convolutions as
+    ``conv2d_over_batch`` (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU
+    anything elementwise is recomputed rather than stacked, on the CPU arithmetic and views
+    only), a scan's invariant work before the loop and a scan whose carries never change or only
+    accumulate as a map over its steps (``passes.licm``; on the CPU not where its step's
+    contractions are large), a scan's accumulated contractions as one contraction after it
+    (``licm.sums_after_scans``; on the GPU only if asked), on the GPU a loop's ``argmax`` as
+    reductions, its outer products as broadcast products and its concatenations as selections
+    (``passes.steps``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
+        from ..passes.pads import merge_pads
+        graph = merge_pads(graph)
         from ..passes.implicit import expand
         expanded = expand(graph)
         graph = graph if expanded is graph else simplify(expanded)
