@@ -559,8 +559,8 @@ def getitem(x, key):
 def setitem(x, key, value):
     """``x[key] = value`` on a Tracer: rebinds the Tracer to the updated array."""
     spec, arrays, _ = _index_spec(x, key)
-    if isinstance(value, Tracer) and value.view is not None and value.view[0] is x \
-            and value.view[2] == spec and not arrays:
+    if isinstance(value, Tracer) and value.view_of is not None and value.view_of[0] is x \
+            and value.view_of[2] == spec and not arrays:
         return      # x[k] op= v: the update of the view x[k] already reached x
     (value,) = [astype(operand(value), x.dtype)]
     from .prims.index import _indexed_shape

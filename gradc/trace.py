@@ -121,22 +121,24 @@ STORE_HINT = ("storing a traced value into a NumPy array (an array made by np.ze
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
-    __slots__ = ("ir_var", "val", "owner", "view")
+    __slots__ = ("ir_var", "val", "owner", "view_of")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
         self.ir_var = var
         self.val = val
         self.owner = trace
-        self.view = None     # (base Tracer, write_back, key) when this is a view of base
+        # (base Tracer, write_back, key) when this is a view of base (not named ``view``:
+        # that is ndarray's method, x.view())
+        self.view_of = None
 
     def assign(self, new: "Tracer") -> None:
         """An in-place update: this Tracer now stands for ``new``.  If it is a view of
         another Tracer (a basic slice, reshape or transpose of it, as in NumPy), the write
         goes through to the base.  (Writes to the base do not reach views made earlier.)"""
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
-        if self.view is not None:
-            base, write_back, _ = self.view
+        if self.view_of is not None:
+            base, write_back, _ = self.view_of
             base.assign(write_back(self))
 
     def as_view_of(self, base: "Tracer", write_back, key=None) -> "Tracer":
@@ -144,7 +146,7 @@ class Tracer:
         with the view's current contents written into it (``key``: the index spec of a
         sliced view)."""
         if self is not base:
-            self.view = (base, write_back, key)
+            self.view_of = (base, write_back, key)
         return self
 
     # -- array attributes

@@ -582,3 +582,24 @@ def test_a_users_folder_named_numpy_is_the_users(tmp_path):
     with pytest.raises(gradc.ConcretizationError) as e:
         gradc.grad(module.f)(np.ones(2))
     assert f"{folder / 'user_code.py'}:4" in str(e.value)
+
+
+def test_the_view_method_of_a_traced_array():
+    """(QA: the Tracer's record of what it is a view of was an attribute named ``view``,
+    which hid ndarray's method: ``x.view(...)`` raised "'NoneType' object is not
+    callable".)  ``x.view()`` is a view, as NumPy's: writes reach x; a view as another
+    dtype reinterprets bytes, which is named as unsupported."""
+    def f(x):
+        y = x * 1.0
+        v = y.view()
+        v[0] = 5.0
+        return np.sum(y ** 2)
+
+    np.testing.assert_array_equal(gradc.grad(f)(X), [0.0, -2.0, 4.0])
+    np.testing.assert_array_equal(gradc.jit(lambda x: x.view(np.float64) * 2)(X), 2 * X)
+
+    def g(x):
+        return np.sum(x[1:].view(np.int64) * 1.0)
+
+    expect(gradc.UnsupportedError, ["x.view(int64)", "x.astype(np.int64)"],
+           "return np.sum(x[1:].view(np.int64) * 1.0)", lambda: gradc.grad(g)(X))
