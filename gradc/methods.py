@@ -2,8 +2,9 @@
 
 In-place operators (``x += y``) and item assignment (``x[i] = v``) are functionalised:
 the Tracer object is rebound to the updated value (an ``index_set`` equation), which
-is what NumPy code that mutates its own arrays expects.  Writes through *views* are
-not propagated (a slice of a traced array is a new value, not a view).
+is what NumPy code that mutates its own arrays expects.  Basic slices, reshapes and
+transposes are views, as in NumPy: a write through one reaches its base, and a write to
+the base reaches the views made of it earlier (``Tracer.assign``).
 """
 from __future__ import annotations
 

@@ -549,10 +549,12 @@ def getitem(x, key):
             window.append((entry[1], entry[1] + 1, 1))
         else:
             shape.append(1)
-    view = ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
+    window, shape = tuple(window), tuple(shape)
+    view = ops.reshape(ops.slice_(x, window), shape)
     if isinstance(view, Tracer) and isinstance(x, Tracer):
-        # basic indexing makes a view: writes to it reach x
-        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec)
+        # basic indexing makes a view: writes to it reach x, and writes to x reach it
+        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec,
+                        lambda b: ops.reshape(ops.slice_(b, window), shape))
     return view
 
 

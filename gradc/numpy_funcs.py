@@ -320,20 +320,25 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
 # ---------------------------------------------------------------- shapes
 
 def _reshape_view(x, shape):
-    """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x."""
+    """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x (and
+    writes to x reach them)."""
     x = operand(x)
     y = ops.reshape(x, shape)
     if isinstance(x, Tracer) and isinstance(y, Tracer):
-        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)))
+        out = tuple(shape_of(y))
+        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)), None,
+                     lambda b: ops.reshape(b, out))
     return y
 
 
 def _transpose_view(x, perm):
-    """transpose, swapaxes, moveaxis return views in NumPy: writes reach x."""
+    """transpose, swapaxes, moveaxis return views in NumPy: writes reach x (and writes
+    to x reach them)."""
     x = operand(x)
     y = ops.transpose(x, perm)
     if isinstance(x, Tracer) and isinstance(y, Tracer):
-        y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))))
+        y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))), None,
+                     lambda b: ops.transpose(b, perm))
     return y
 
 

@@ -603,3 +603,46 @@ def test_the_view_method_of_a_traced_array():
 
     expect(gradc.UnsupportedError, ["x.view(int64)", "x.astype(np.int64)"],
            "return np.sum(x[1:].view(np.int64) * 1.0)", lambda: gradc.grad(g)(X))
+
+
+def _view_then_write_to_base(x):
+    y = x * 1.0
+    v = y[:2]
+    y[0] = 9.0
+    return np.sum(v ** 2)
+
+
+def _sibling_views(x):
+    y = x * 1.0
+    a, b = y[:2], y[1:]
+    a[1] = 7.0
+    return np.sum(b ** 2)
+
+
+def _transposed_view_then_scaled_base(x):
+    y = np.outer(x, x[:2])
+    t = y.T
+    y *= 2.0
+    return np.sum(t[0] ** 3)
+
+
+def _rows_kept_while_the_table_is_updated(x):
+    y = np.outer(x[:2], x)
+    rows = [y[i] for i in range(2)]
+    for i in range(2):
+        y[i] = y[i] * (i + 2)
+    return np.sum(rows[0] * rows[1])
+
+
+@pytest.mark.parametrize("f", [_view_then_write_to_base, _sibling_views,
+                               _transposed_view_then_scaled_base,
+                               _rows_kept_while_the_table_is_updated])
+def test_a_write_to_an_array_reaches_the_views_made_of_it_earlier(f):
+    """(QA: a silent wrong derivative.)  As in NumPy, a view made before a write to its
+    base (or to a sibling view) sees the write; it kept the old values, so value and
+    gradient were those of another program."""
+    from gradc.testing import numerical_grad
+    expected = f(X.copy())                      # NumPy's own semantics
+    assert np.isclose(gradc.jit(f)(X), expected)
+    np.testing.assert_allclose(gradc.grad(f)(X), numerical_grad(lambda z: f(z.copy()), X),
+                               rtol=1e-6, atol=1e-8)
