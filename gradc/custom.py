@@ -288,8 +288,16 @@ class custom_jvp(_Custom):
     def defjvps(self, *jvps):
         """One rule per argument, ``rule_i(t_i, out, *primals) -> its part of the output
         tangent``, the parts summed (``None`` for an argument without derivative)."""
+        where = user_location()
+
         def jvp(*args):
             *static, primals, tangents = args
+            if len(jvps) != len(primals):       # (zip would drop a derivative silently)
+                raise ArgumentError(with_location(
+                    f"{self.name}: defjvps got {len(jvps)} rule"
+                    f"{'s' if len(jvps) != 1 else ''} for {len(primals)} differentiated "
+                    f"argument{'s' if len(primals) != 1 else ''}; give one rule per "
+                    "argument, None for an argument without derivative", where))
             fixed = {i % (len(primals) + len(static)) for i in self.nondiff_argnums}
             s, d = iter(static), iter(primals)
             out = self(*[next(s) if i in fixed else next(d)

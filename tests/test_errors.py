@@ -646,3 +646,24 @@ def test_a_write_to_an_array_reaches_the_views_made_of_it_earlier(f):
     assert np.isclose(gradc.jit(f)(X), expected)
     np.testing.assert_allclose(gradc.grad(f)(X), numerical_grad(lambda z: f(z.copy()), X),
                                rtol=1e-6, atol=1e-8)
+
+
+def test_defjvps_with_a_rule_per_argument_missing_or_extra():
+    """(QA: a silent wrong derivative: the rules were zipped with the arguments, so a
+    missing rule dropped its argument's part of the derivative.)  JAX's defjvps wants
+    one rule per argument, None for one without derivative: the count is checked."""
+    @gradc.custom_jvp
+    def scaled_sin(x, y):
+        return np.sin(x) * y
+
+    scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t)
+
+    def f(x):
+        return np.sum(scaled_sin(x, x))
+
+    expect(gradc.ArgumentError, ["defjvps got 1 rule for 2 differentiated arguments",
+                                 "None for an argument without derivative"],
+           "scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t)",
+           lambda: gradc.grad(f)(X))
+    scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t, None)
+    np.testing.assert_allclose(gradc.grad(f)(X), np.cos(X) * X)
