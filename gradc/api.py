@@ -89,6 +89,18 @@ class _Args:
     def _as_array(x):
         if isinstance(x, Tracer) or is_device_array(x):
             return x
+        if isinstance(x, np.matrix):
+            raise ArgumentError(with_location(
+                "an argument of type np.matrix: gradc traces it as a plain ndarray, whose * "
+                "and ** are elementwise (np.matrix's are matrix products), so the function "
+                "would compute something else; pass np.asarray(m) and write @ for matrix "
+                "products"))
+        if isinstance(x, np.ma.MaskedArray):
+            raise ArgumentError(with_location(
+                "an argument that is a masked array (np.ma): gradc traces its data as a "
+                "plain ndarray and would ignore the mask (NumPy's np.ma operations skip "
+                "masked entries); pass the data and the mask as two arrays and use "
+                "np.where(mask, ...), or np.ma.filled(x, value)"))
         x = np.asarray(x)
         if x.dtype.kind not in "biufc":
             raise ArgumentError(with_location(

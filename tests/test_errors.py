@@ -667,3 +667,17 @@ def test_defjvps_with_a_rule_per_argument_missing_or_extra():
            lambda: gradc.grad(f)(X))
     scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t, None)
     np.testing.assert_allclose(gradc.grad(f)(X), np.cos(X) * X)
+
+
+def test_matrix_and_masked_array_arguments():
+    """(QA: silent wrong derivatives.)  gradc traced an np.matrix argument as an ndarray,
+    where m * m is elementwise (np.matrix's is a matrix product), and a masked array's
+    data with its mask ignored (np.ma's sum skips masked entries)."""
+    S = np.matrix([[2.0, 1.0], [1.0, 3.0]])
+    expect(gradc.ArgumentError, ["np.matrix", "np.asarray(m)", "@"],
+           "gradc.grad(lambda m: np.sum(m * m))(S)",
+           lambda: gradc.grad(lambda m: np.sum(m * m))(S))
+    masked = np.ma.masked_array(X, mask=[0, 1, 0])
+    expect(gradc.ArgumentError, ["masked array", "ignore the mask", "np.where(mask"],
+           "gradc.jit(lambda p: p[0] * 2)((masked,))",
+           lambda: gradc.jit(lambda p: p[0] * 2)((masked,)))
