@@ -239,7 +239,9 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
 
         def go(s):
             x, dx2, k = s
-            return (k < maxiter) & (dx2 > goal * (1.0 + np.dot(np.ravel(x), np.ravel(x))))
+            xx = np.dot(np.ravel(x), np.ravel(x))
+            # (iterates that overflow are no fixed point: a step below goal * inf is)
+            return (k < maxiter) & ~((dx2 <= goal * (1.0 + xx)) & np.isfinite(xx))
 
         def step(s):
             x, _, k = s

@@ -681,3 +681,22 @@ def test_matrix_and_masked_array_arguments():
     expect(gradc.ArgumentError, ["masked array", "ignore the mask", "np.where(mask"],
            "gradc.jit(lambda p: p[0] * 2)((masked,))",
            lambda: gradc.jit(lambda p: p[0] * 2)((masked,)))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_fixed_point_iteration_that_diverges(target):
+    """(QA: x = 2x + t overflowed to ~1e154, where a step below tol * |x|² (inf) passed
+    for convergence: the value came back with no warning.)  Iterates that overflow are
+    not a fixed point: an error naming the line."""
+    def f(t):
+        return np.sum(gradc.fixed_point(lambda x, t: 2.0 * x + t, np.zeros(3), t))
+
+    with np.errstate(all="ignore"):
+        for call in (gradc.value_and_grad(f, target=target), gradc.jit(f, target=target)):
+            expect(gradc.EvaluationError, ["fixed_point diverged", "overflowed",
+                                           "contraction"],
+                   "return np.sum(gradc.fixed_point(lambda x, t: 2.0 * x + t",
+                   lambda: call(X))
+    value, _ = gradc.value_and_grad(lambda t: np.sum(gradc.fixed_point(
+        lambda x, t: 0.5 * x + t, np.zeros(3), t)), target=target)(X)
+    assert np.isclose(value, 2 * np.sum(X))
