@@ -87,6 +87,17 @@ def _in_gradc(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep)
 
 
+def _gradc_frame(frame) -> bool:
+    """Whether ``frame`` runs gradc's code: a file of the package, or code gradc's
+    modules generated at run time (a dataclass's ``__init__``, compiled from ``<string>``
+    with the module's globals)."""
+    filename = frame.f_code.co_filename
+    if _in_gradc(filename):
+        return True
+    return filename.startswith("<") and \
+        str(frame.f_globals.get("__name__", "")).split(".")[0] == "gradc"
+
+
 def _package_dirs(*names) -> tuple:
     """The directories of the installed packages ``names`` (not imported for this)."""
     import importlib.util
@@ -116,7 +127,7 @@ def user_frame():
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _in_gradc(filename) and not _in_library(filename) and \
+        if not _gradc_frame(frame) and not _in_library(filename) and \
                 not filename.startswith("<frozen "):
             return frame
         frame = frame.f_back
@@ -131,7 +142,7 @@ def library_call() -> str | None:
         filename = frame.f_code.co_filename
         if _in_library(filename):
             outer = frame
-        elif not _in_gradc(filename):
+        elif not _gradc_frame(frame):
             break
         frame = frame.f_back
     if outer is None:

@@ -700,3 +700,21 @@ def test_a_fixed_point_iteration_that_diverges(target):
     value, _ = gradc.value_and_grad(lambda t: np.sum(gradc.fixed_point(
         lambda x, t: 0.5 * x + t, np.zeros(3), t)), target=target)(X)
     assert np.isclose(value, 2 * np.sum(X))
+
+
+def test_code_gradc_generates_is_not_the_users_line():
+    """(QA: an error raised in a dataclass's generated ``__init__`` (a linear solve's
+    settings) named ``<string>:8`` as the user's line.)"""
+    def f(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, solve="bogus"))
+
+    expect(gradc.ArgumentError, ["solve='bogus'"],
+           'return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, solve="bogus"))',
+           lambda: gradc.grad(f)(X))
+    def g(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, tol=-1.0))
+
+    message = expect(gradc.ArgumentError, ["tol must be > 0"],
+                     "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, tol=-1.0))",
+                     lambda: gradc.grad(g)(X))
+    assert "<string>" not in message
