@@ -186,3 +186,36 @@ def with_location(message: str, location: str | None = None) -> str:
     if location:
         return f"{message}\n  at {location}"
     return message
+
+
+def check_function(fun, what: str, args=None, kwargs=None, where=None) -> None:
+    """An ``ArgumentError`` at the user's line unless ``fun`` is callable and, where its
+    signature is known, accepts ``args`` (a tuple of the positional arguments gradc will
+    pass, or their count) and ``kwargs``: checked where the function is handed to gradc,
+    not as a TypeError from deep inside it when gradc calls it.  ``where``: the user's
+    line, if not the current one."""
+    if not callable(fun):
+        kind = type(fun).__name__
+        kind = "a traced array" if kind == "Tracer" else \
+            f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        raise ArgumentError(with_location(f"{what} must be a function, got {kind}", where))
+    if args is None:
+        return
+    import inspect
+    if isinstance(args, int):
+        args = tuple(range(args))
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):         # (a builtin without a signature)
+        return
+    try:
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as e:
+        code = getattr(getattr(fun, "__wrapped__", fun), "__code__", None)
+        defined = f" (defined at {code.co_filename}:{code.co_firstlineno})" if code else ""
+        name = getattr(fun, "__name__", type(fun).__name__)
+        n = len(args)
+        raise ArgumentError(with_location(
+            f"{what} is called with {n} positional argument{'s' if n != 1 else ''}"
+            f"{' and keywords ' + ', '.join(kwargs) if kwargs else ''}, but {name}"
+            f"{defined} does not take them: {e}", where)) from None

@@ -718,3 +718,97 @@ def test_code_gradc_generates_is_not_the_users_line():
                      "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, tol=-1.0))",
                      lambda: gradc.grad(g)(X))
     assert "<string>" not in message
+
+
+def _plain_sum(x):
+    return np.sum(x)
+
+
+def test_functions_handed_to_gradc_are_checked_where_they_are_handed_over():
+    """(QA: a value where a function goes, or a function of the wrong arity, was a
+    TypeError from deep inside gradc ("'Tracer' object is not callable", "takes 1
+    positional argument but 2 were given") naming no line of the user's.)"""
+    def f(x):
+        c, _ = gradc.scan(np.sum(x), 0.0, x)
+        return c
+
+    expect(gradc.ArgumentError, ["scan: the body f(carry, x) must be a function",
+                                 "a traced array"], "c, _ = gradc.scan(np.sum(x), 0.0, x)",
+           lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return gradc.fori_loop(0, 3, lambda acc: acc * 2, x[0])
+
+    expect(gradc.ArgumentError, ["fori_loop: body_fun(i, val) is called with 2 positional",
+                                 "<lambda> (defined at", "too many positional arguments"],
+           "return gradc.fori_loop(0, 3, lambda acc: acc * 2, x[0])",
+           lambda: gradc.grad(g)(X))
+
+    def h(x):       # (JAX's old cond took the operands as one tuple)
+        return np.sum(gradc.cond(x[0] > 0, lambda a, b: a * b, lambda a, b: a + b, (x, x)))
+
+    expect(gradc.ArgumentError, ["cond: true_fun takes 2 arguments and is given one tuple",
+                                 "cond(pred, true_fun, false_fun, *operands)"],
+           "gradc.cond(x[0] > 0, lambda a, b: a * b, lambda a, b: a + b, (x, x))",
+           lambda: gradc.grad(h)(X))
+    expect(gradc.ArgumentError, ["while_loop: body_fun(val) must be a function"],
+           "gradc.while_loop(lambda v: v[0] > 9, 2.0, v)",
+           lambda: gradc.jit(lambda v: gradc.while_loop(lambda v: v[0] > 9, 2.0, v))(X))
+    expect(gradc.ArgumentError, ["gradc.jacfwd: the function must be a function, got",
+                                 "ndarray"], "gradc.jacfwd(X)", lambda: gradc.jacfwd(X))
+    expect(gradc.ArgumentError, ["gradc.hessian: the function must be a function"],
+           'gradc.hessian("loss")', lambda: gradc.hessian("loss"))
+
+    @gradc.custom_vjp
+    def sin(x):
+        return np.sin(x)
+
+    sin.defvjp(lambda x: (np.sin(x), np.cos(x)), lambda g: (g,))
+    expect(gradc.ArgumentError, ["bwd(*nondiff, residuals, ct) is called with 2",
+                                 "<lambda> (defined at", "too many positional arguments"],
+           "lambda: gradc.grad(lambda v: np.sum(sin(v)))(X))",
+           lambda: gradc.grad(lambda v: np.sum(sin(v)))(X))
+    expect(gradc.ArgumentError, ["defvjp: bwd must be a function, got a NoneType"],
+           "lambda: sin.defvjp(np.sin, None))", lambda: sin.defvjp(np.sin, None))
+    expect(gradc.ArgumentError, ["gradc.checkpoint: the function must be a function"],
+           "gradc.checkpoint(X)", lambda: gradc.checkpoint(X))
+    expect(gradc.ArgumentError, ["linear_solve: matvec must be a function v -> A @ v",
+                                 "lambda v: A @ v"], "gradc.linear_solve(np.eye(3), X)",
+           lambda: gradc.linear_solve(np.eye(3), X))
+    expect(gradc.ArgumentError, ["argmin: objective(x, *params) is called with 2"],
+           "gradc.argmin(_plain_sum, np.zeros(3), X)",
+           lambda: gradc.argmin(_plain_sum, np.zeros(3), X))
+
+
+def test_implicit_diff_without_its_optimality_function():
+    """(QA: ``@gradc.implicit_diff`` without ``(optimality_fn)`` made the solver the
+    optimality function; calling the solver was "decorate() takes 1 positional argument
+    but 2 were given".)"""
+    @gradc.implicit_diff
+    def solver(init, theta):
+        return theta * 1.0
+
+    expect(gradc.ArgumentError, ["@gradc.implicit_diff(optimality_fn) above the solver"],
+           "@gradc.implicit_diff", lambda: solver(X, X))
+
+    def opt(y):
+        return y - 1.0
+
+    @gradc.implicit_diff(opt)
+    def solver2(init, theta):
+        return init * 0 + theta
+
+    expect(gradc.ArgumentError, ["the optimality function of solver2 is called with 2",
+                                 "opt (defined at"],
+           "lambda: gradc.grad(lambda t: np.sum(solver2(X, t)))(X)",
+           lambda: gradc.grad(lambda t: np.sum(solver2(X, t)))(X))
+
+
+def test_checkpoint_with_settings_as_a_decorator():
+    """``@gradc.checkpoint(static_argnums=...)`` (as ``@gradc.grad(argnums=...)``) was
+    "missing 1 required positional argument: 'fun'"."""
+    @gradc.checkpoint(static_argnums=(1,))
+    def scaled(x, n):
+        return np.sin(x) * n
+
+    np.testing.assert_allclose(gradc.grad(lambda v: np.sum(scaled(v, 2)))(X), 2 * np.cos(X))

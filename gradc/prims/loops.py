@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ArgumentError, GradcError, with_location
+from ..errors import ArgumentError, GradcError, check_function, with_location
 from ..interpret import eval_graph
 from ..ir import Graph, Primitive, Var, computed_from, is_float, type_str
 from ..pytree import flatten, unflatten
@@ -272,6 +272,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     ``f`` is traced once, without concrete values: Python branches on the carry are an
     error inside it.  ``unroll`` (JAX's hint for XLA) is accepted and has no effect: the
     loop is compiled as a loop, whose body LLVM unrolls where it pays."""
+    check_function(f, "scan: the body f(carry, x)", 2)
     if not isinstance(unroll, (bool, np.bool_)) and (
             not isinstance(unroll, (int, np.integer)) or unroll < 1):
         raise ArgumentError(with_location(
@@ -333,6 +334,7 @@ def fori_loop(lower, upper, body_fun, init_val):
     ``lax.fori_loop``): one ``scan`` over the indices when the bounds are Python ints, a
     ``while_loop`` over ``(i, val)`` when one is traced (the trip count then depends on
     data; both modes of differentiation still go through it)."""
+    check_function(body_fun, "fori_loop: body_fun(i, val)", 2)
     traced = [b for b in (lower, upper) if isinstance(b, Tracer)]
     if traced:
         for b in traced:
@@ -444,6 +446,21 @@ def cond(pred, true_fun, false_fun, *operands):
     ``lax.cond``), as one equation holding both branches: the branch is chosen when
     the function runs, not when it is traced, and both are differentiated.  The
     branches must return the same structure of the same shapes and dtypes."""
+    for fun, name in ((true_fun, "true_fun"), (false_fun, "false_fun")):
+        if callable(fun) and len(operands) == 1 and isinstance(operands[0], tuple):
+            try:                # JAX's old cond(pred, f, g, (a, b)): f takes a and b
+                check_function(fun, "", operands)
+            except ArgumentError:
+                try:
+                    check_function(fun, "", operands[0])
+                except ArgumentError:
+                    pass
+                else:
+                    raise ArgumentError(with_location(
+                        f"cond: {name} takes {len(operands[0])} arguments and is given one "
+                        "tuple: pass the operands one by one, cond(pred, true_fun, "
+                        "false_fun, *operands)")) from None
+        check_function(fun, f"cond: {name}", len(operands))
     if tuple(shape_of(pred)) != ():
         raise ArgumentError(with_location(f"cond: the predicate must be a scalar, got shape "
                                           f"{tuple(shape_of(pred))}"))
@@ -872,6 +889,8 @@ def while_loop(cond_fun, body_fun, init_val, checkpoint=None):
     after one when the backward sweep reaches them: (steps / k + k) values stored, for
     one more forward pass.  The primal loop runs once more than without reverse mode
     (the backward sweep replays it to fill the tape)."""
+    check_function(cond_fun, "while_loop: cond_fun(val)", 1)
+    check_function(body_fun, "while_loop: body_fun(val)", 1)
     if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(
             checkpoint, (int, np.integer)) or checkpoint < 1):
         raise ArgumentError(with_location(
