@@ -116,14 +116,36 @@ def dispatch_function(func, args, kwargs):
 # ---------------------------------------------------------------- operands
 
 def operand(x):
-    """A Tracer stays; Python scalars stay (weakly typed); anything else becomes an array."""
-    if isinstance(x, (Tracer, np.ndarray, bool, int, float, complex)):
+    """A Tracer stays; Python scalars stay (weakly typed); anything else becomes an array
+    (of numbers: a string, an object or a date is named as not one)."""
+    if isinstance(x, (Tracer, bool, int, float, complex)):
         return x
+    if isinstance(x, np.ndarray):
+        return _numeric(x, x)
     if isinstance(x, np.generic):
-        return np.asarray(x)
+        return _numeric(np.asarray(x), x)
     if isinstance(x, (list, tuple)) and any(isinstance(e, Tracer) for e in _iter_nested(x)):
         return stack([operand(e) for e in x])
-    return np.asarray(x)
+    if x is None:
+        return np.asarray(x)
+    try:
+        array = np.asarray(x)
+    except ValueError as e:         # (a ragged list)
+        raise ShapeError(with_location(
+            f"a {type(x).__name__} operand that is not an array of numbers: {e}")) from None
+    return _numeric(array, x)
+
+
+def _numeric(array, x):
+    if array.dtype.kind in "biufc":
+        return array
+    what = {"U": "a string", "S": "a bytes string", "O": "a Python object",
+            "M": "a date", "m": "a time delta", "V": "a structured record"}.get(
+                array.dtype.kind, f"a value of dtype {array.dtype}")
+    shown = repr(x) if len(repr(x)) <= 40 else f"{type(x).__name__} of dtype {array.dtype}"
+    raise DTypeError(with_location(
+        f"{what} ({shown}) where gradc traces numbers: an operand of a traced array "
+        f"must be an array of booleans, integers or floats, not dtype {array.dtype}"))
 
 
 def _iter_nested(x):

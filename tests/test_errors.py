@@ -812,3 +812,23 @@ def test_checkpoint_with_settings_as_a_decorator():
         return np.sin(x) * n
 
     np.testing.assert_allclose(gradc.grad(lambda v: np.sum(scaled(v, 2)))(X), 2 * np.cos(X))
+
+
+def test_operands_that_are_not_numbers():
+    """(QA: ``x + "1"`` made a traced string array, which failed later, inside np.sum,
+    with NumPy's "the resolved dtypes are not compatible with add.reduce"; a ragged list
+    was NumPy's ValueError from inside gradc.)"""
+    expect(gradc.DTypeError, ["a string ('1') where gradc traces numbers"],
+           'gradc.grad(lambda x: np.sum(x + "1"))(X)',
+           lambda: gradc.grad(lambda x: np.sum(x + "1"))(X))
+    expect(gradc.DTypeError, ["a date", "datetime64"],
+           'gradc.jit(lambda x: x + np.datetime64("2020-01-01"))(X)',
+           lambda: gradc.jit(lambda x: x + np.datetime64("2020-01-01"))(X))
+    image = np.full((1, 1, 2, 2), None)
+    expect(gradc.DTypeError, ["a Python object", "dtype object"],
+           "gradc.jit(lambda k: gradc.conv2d(image, k))(np.ones((1, 1, 1, 1)))",
+           lambda: gradc.jit(lambda k: gradc.conv2d(image, k))(np.ones((1, 1, 1, 1))))
+    expect(gradc.ShapeError, ["a list operand that is not an array of numbers",
+                              "inhomogeneous"], "gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))",
+           lambda: gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))(X))
+
