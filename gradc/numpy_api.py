@@ -19,8 +19,8 @@ import inspect
 import numpy as np
 
 from . import ops
-from .errors import (DTypeError, ScalarOverflowError, ShapeError, UnsupportedError,
-                     with_location)
+from .errors import (ArgumentError, DTypeError, GradcError, ScalarOverflowError, ShapeError,
+                     UnsupportedError, with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .prims.reduce import axis_index
@@ -501,7 +501,14 @@ def _index_spec(x, key):
         if k is None:
             spec.append(("n",))
         elif isinstance(k, slice):
-            spec.append(("s",) + normalise_slice(k, x.shape[dim]))
+            try:
+                spec.append(("s",) + normalise_slice(k, x.shape[dim]))
+            except GradcError:
+                raise
+            except ValueError as e:         # (a step of 0: NumPy's ValueError)
+                raise ShapeError(with_location(f"slice {_slice_text(k)}: {e}")) from None
+            except TypeError as e:          # (a float bound: NumPy's TypeError)
+                raise ArgumentError(with_location(f"slice {_slice_text(k)}: {e}")) from None
             dim += 1
         elif isinstance(k, (int, np.integer)):
             n = x.shape[dim]
@@ -531,6 +538,12 @@ def _index_spec(x, key):
             arrays.append(k)
             dim += 1
     return tuple(spec), arrays, basic
+
+
+def _slice_text(s: slice) -> str:
+    """``1:5:0`` for ``slice(1, 5, 0)``, as it was written."""
+    parts = ["" if p is None else repr(p) for p in (s.start, s.stop, s.step)]
+    return ":".join(parts if s.step is not None else parts[:2])
 
 
 def _coerce_index(k):

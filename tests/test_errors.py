@@ -832,3 +832,11 @@ def test_operands_that_are_not_numbers():
                               "inhomogeneous"], "gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))",
            lambda: gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))(X))
 
+
+def test_a_slice_with_a_zero_step_or_a_float_bound():
+    """(QA: NumPy's ValueError "slice step cannot be zero" came from inside gradc with no
+    line of the user's; a float bound was its TypeError.)"""
+    expect(gradc.ShapeError, ["slice ::0", "step cannot be zero"], "np.sum(x[::0])",
+           lambda: gradc.grad(lambda x: np.sum(x[::0]))(X))
+    expect(gradc.ArgumentError, ["slice 0.5:2", "integers"], "np.sum(x[0.5:2])",
+           lambda: gradc.grad(lambda x: np.sum(x[0.5:2]))(X))
