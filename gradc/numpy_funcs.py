@@ -11,7 +11,8 @@ import builtins
 import numpy as np
 
 from . import ops
-from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
+from .errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, UnsupportedError,
+                     with_location)
 from .numpy_api import (_axis, astype, broadcast, elementwise, fits, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
@@ -527,13 +528,21 @@ def repeat(x, repeats, axis=None):
         x, axis = ravel(x), 0
     axis = _axis(axis, _ndim(x))
     shape = shape_of(x)
+    if np.any(np.asarray(repeats) < 0):
+        raise InvalidValueError(with_location(
+            f"np.repeat: repeats may not contain negative values, got {repeats!r}"))
     if np.ndim(repeats) == 0:
         r = int(repeats)
         big = shape[:axis + 1] + (r,) + shape[axis + 1:]
         dims = tuple(range(axis + 1)) + tuple(range(axis + 2, len(big)))
         out = ops.broadcast_in_dim(x, big, dims)
         return ops.reshape(out, shape[:axis] + (shape[axis] * r,) + shape[axis + 1:])
-    index = np.repeat(np.arange(shape[axis]), np.asarray(repeats))
+    try:
+        index = np.repeat(np.arange(shape[axis]), np.asarray(repeats))
+    except ValueError:
+        raise ShapeError(with_location(
+            f"np.repeat: repeats of shape {np.shape(repeats)} for an axis of size "
+            f"{shape[axis]}: give one count, or one per element of the axis")) from None
     return take(x, index, axis)
 
 

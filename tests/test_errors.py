@@ -840,3 +840,17 @@ def test_a_slice_with_a_zero_step_or_a_float_bound():
            lambda: gradc.grad(lambda x: np.sum(x[::0]))(X))
     expect(gradc.ArgumentError, ["slice 0.5:2", "integers"], "np.sum(x[0.5:2])",
            lambda: gradc.grad(lambda x: np.sum(x[0.5:2]))(X))
+
+
+def test_pad_repeat_and_diff_arguments_numpy_refuses():
+    """(QA: np.pad's pad_width for another dimension and np.repeat's repeats of the wrong
+    length were NumPy's ValueError from inside gradc, naming no line; np.diff(x, n=-1)
+    returned x where NumPy refuses it.)"""
+    expect(gradc.ShapeError, ["np.pad: pad_width ((1, 1), (1, 1))", "dimension 1"],
+           "np.sum(np.pad(x, ((1, 1), (1, 1))))",
+           lambda: gradc.grad(lambda x: np.sum(np.pad(x, ((1, 1), (1, 1)))))(X))
+    expect(gradc.ShapeError, ["np.repeat: repeats of shape (2,)", "axis of size 3"],
+           "np.sum(np.repeat(x, [1, 2]))",
+           lambda: gradc.grad(lambda x: np.sum(np.repeat(x, [1, 2])))(X))
+    expect(gradc.InvalidValueError, ["np.diff: order must be non-negative"],
+           "np.sum(np.diff(x, n=-1))", lambda: gradc.grad(lambda x: np.sum(np.diff(x, n=-1)))(X))
