@@ -175,6 +175,12 @@ class Tracer:
 
     # -- array attributes
     shape = property(lambda self: self.ir_var.shape)
+
+    @shape.setter
+    def shape(self, value):
+        raise errors.UnsupportedAttributeError(with_location(
+            f"x.shape = {value!r} reshapes the array in place, which gradc does not trace; "
+            f"write x = x.reshape({value!r})"))
     dtype = property(lambda self: self.ir_var.dtype)
     ndim = property(lambda self: len(self.ir_var.shape))
     size = property(lambda self: int(np.prod(self.ir_var.shape, dtype=np.int64)))

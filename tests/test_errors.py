@@ -854,3 +854,15 @@ def test_pad_repeat_and_diff_arguments_numpy_refuses():
            lambda: gradc.grad(lambda x: np.sum(np.repeat(x, [1, 2])))(X))
     expect(gradc.InvalidValueError, ["np.diff: order must be non-negative"],
            "np.sum(np.diff(x, n=-1))", lambda: gradc.grad(lambda x: np.sum(np.diff(x, n=-1)))(X))
+
+
+def test_assigning_to_the_shape_of_a_traced_array():
+    """(QA: Python's AttributeError "property 'shape' of 'Tracer' object has no setter",
+    naming neither the problem nor the line.)"""
+    def f(x):
+        y = x * 1.0
+        y.shape = (3, 1)
+        return np.sum(y @ y.T)
+
+    expect(gradc.UnsupportedError, ["x.shape = (3, 1)", "x = x.reshape((3, 1))"],
+           "y.shape = (3, 1)", lambda: gradc.grad(f)(X))
