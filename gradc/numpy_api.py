@@ -63,7 +63,14 @@ def _ufunc_name(ufunc) -> str:
 def dispatch_ufunc(ufunc, method, inputs, kwargs):
     name = _ufunc_name(ufunc)
     if method == "__call__":
-        if kwargs.get("out") is not None:
+        out = kwargs.get("out")
+        if out is not None and any(isinstance(o, np.ndarray) for o in (
+                out if isinstance(out, tuple) else (out,))):
+            raise UnsupportedError(with_location(
+                f"{name}(..., out=a NumPy array) with a traced operand, as z += x does where z "
+                "is a NumPy array: a NumPy array cannot hold traced values; write z = z + x, "
+                "or make z a traced array (z = np.zeros_like(x, shape=shape))"))
+        if out is not None:
             raise UnsupportedError(with_location(
                 f"{name}(..., out=...) on a traced array: gradc traces pure functions; "
                 "write the result to a new variable instead"))

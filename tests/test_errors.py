@@ -866,3 +866,16 @@ def test_assigning_to_the_shape_of_a_traced_array():
 
     expect(gradc.UnsupportedError, ["x.shape = (3, 1)", "x = x.reshape((3, 1))"],
            "y.shape = (3, 1)", lambda: gradc.grad(f)(X))
+
+
+def test_in_place_operator_on_a_numpy_array_with_a_traced_operand():
+    """(QA: ``z += x`` with z a NumPy array said "np.add(..., out=...) on a traced array:
+    ... write the result to a new variable", though z is not traced.)"""
+    def f(x):
+        z = np.zeros(3)
+        z += x
+        return np.sum(z ** 2)
+
+    expect(gradc.UnsupportedError, ["np.add(..., out=a NumPy array)", "z = z + x",
+                                    "np.zeros_like(x, shape=shape)"], "z += x",
+           lambda: gradc.grad(f)(X))
