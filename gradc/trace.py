@@ -244,6 +244,11 @@ class Tracer:
 
     # -- concretisation is an error, not a silent constant
     def _concretize(self, what: str, spelling: str):
+        if not getattr(self.owner, "active", True):
+            raise TracerLeakError(with_location(
+                f"{what.split(' (')[0]} on a traced value after the function that made it "
+                "returned (it escaped its trace: stored in a global, a list or a closure); "
+                "return it from the function instead"))
         frame = errors.user_frame()
         line = ""
         if frame is not None:

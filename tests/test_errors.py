@@ -879,3 +879,19 @@ def test_in_place_operator_on_a_numpy_array_with_a_traced_operand():
     expect(gradc.UnsupportedError, ["np.add(..., out=a NumPy array)", "z = z + x",
                                     "np.zeros_like(x, shape=shape)"], "z += x",
            lambda: gradc.grad(f)(X))
+
+
+def test_a_leaked_tracer_turned_into_a_number():
+    """(QA: float() of a traced value kept after its trace said it "would cut its
+    derivative", where np.asarray of it says it escaped.)"""
+    saved = []
+
+    def f(x):
+        saved.append(x[0])
+        return np.sum(x)
+
+    gradc.grad(f)(X)
+    expect(gradc.TracerLeakError, ["float() on a traced value after the function",
+                                   "escaped"], "lambda: float(saved[0])",
+           lambda: float(saved[0]))
+    expect(gradc.TracerLeakError, ["int()"], "lambda: int(saved[0])", lambda: int(saved[0]))
