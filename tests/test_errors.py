@@ -895,3 +895,17 @@ def test_a_leaked_tracer_turned_into_a_number():
                                    "escaped"], "lambda: float(saved[0])",
            lambda: float(saved[0]))
     expect(gradc.TracerLeakError, ["int()"], "lambda: int(saved[0])", lambda: int(saved[0]))
+
+
+def test_eval_graph_with_arguments_the_graph_was_not_traced_for():
+    """(QA: the wrong number of arguments was a bare TypeError from inside gradc; an
+    argument of another shape was evaluated silently, the Graph's sum over 3 elements
+    summing 4.)"""
+    graph = gradc.make_graph(lambda x: np.sum(np.sin(x) ** 2))(X)
+    expect(gradc.ArgumentError, ["the Graph takes 1 input (f64[3]), got 2"],
+           "gradc.eval_graph(graph, [X, X])", lambda: gradc.eval_graph(graph, [X, X]))
+    expect(gradc.ShapeError, ["input 0 has shape (4,)", "traced for f64[3]"],
+           "gradc.eval_graph(graph, [np.ones(4)])",
+           lambda: gradc.eval_graph(graph, [np.ones(4)]))
+    assert np.isclose(gradc.eval_graph(graph, [X])[0], np.sum(np.sin(X) ** 2))
+
