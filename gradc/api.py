@@ -674,7 +674,13 @@ class Evaluate(_FastPath, Transformed):
                 raise ArgumentError(with_location(
                     f"jit: static_argnums={static_argnums!r}, but "
                     f"{_fun_name(fun)} takes {len(positional)} positional arguments"))
+        takes_keywords = any(q.kind is q.VAR_KEYWORD for q in params)
+        known = {q.name for q in params if q.kind is not q.VAR_POSITIONAL}
         for k in names:
+            if k not in known and not takes_keywords:
+                raise ArgumentError(with_location(
+                    f"jit: static_argnames has {k!r}, but {_fun_name(fun)} has no parameter "
+                    f"of that name (it takes {', '.join(sorted(known)) or 'none'})"))
             if k in positional:
                 self._static_positions.add(positional.index(k))
 

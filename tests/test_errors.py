@@ -909,3 +909,13 @@ def test_eval_graph_with_arguments_the_graph_was_not_traced_for():
            lambda: gradc.eval_graph(graph, [np.ones(4)]))
     assert np.isclose(gradc.eval_graph(graph, [X])[0], np.sum(np.sin(X) ** 2))
 
+
+def test_static_argnames_that_name_no_parameter():
+    """(QA: a misspelt static_argnames was ignored: the argument it meant was traced.)"""
+    def f(x, scale=1.0):
+        return x * scale
+
+    expect(gradc.ArgumentError, ["static_argnames has 'scal'", "no parameter of that name",
+                                 "scale, x"], 'gradc.jit(f, static_argnames="scal")',
+           lambda: gradc.jit(f, static_argnames="scal"))
+    np.testing.assert_array_equal(gradc.jit(f, static_argnames="scale")(X, scale=2.0), 2 * X)
