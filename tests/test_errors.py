@@ -919,3 +919,32 @@ def test_static_argnames_that_name_no_parameter():
                                  "scale, x"], 'gradc.jit(f, static_argnames="scal")',
            lambda: gradc.jit(f, static_argnames="scal"))
     np.testing.assert_array_equal(gradc.jit(f, static_argnames="scale")(X, scale=2.0), 2 * X)
+
+
+def test_loop_lengths_and_bounds_that_are_not_counts():
+    """(QA: scan(length=2.5) ran 2 steps and length=-2 none, fori_loop(0, 2.5, ...) ran 2:
+    int() truncated them silently; a fori_loop body changing its value's shape was
+    reported as scan's.)"""
+    def steps(n):
+        return lambda x: gradc.scan(lambda c, _: (c * 2, None), np.sum(x), length=n)[0]
+
+    for n in (2.5, -2):
+        expect(gradc.ArgumentError, ["scan: length is a count of steps", repr(n)],
+               "return lambda x: gradc.scan(lambda c, _: (c * 2, None), np.sum(x), length=n)",
+               lambda: gradc.grad(steps(n))(X))
+    def truncated(x):
+        return gradc.fori_loop(0, 2.5, lambda i, acc: acc + x[i], 0.0)
+
+    expect(gradc.ArgumentError, ["fori_loop: the bounds are integers, got 2.5"],
+           "return gradc.fori_loop(0, 2.5, lambda i, acc: acc + x[i], 0.0)",
+           lambda: gradc.grad(truncated)(X))
+
+    def grows(x):
+        return np.sum(gradc.fori_loop(0, 3, lambda i, acc: acc + x, 0.0))
+
+    expect(gradc.ArgumentError, ["fori_loop: the body changes carry leaf 0 from f64[] to "
+                                 "f64[3]"], "gradc.fori_loop(0, 3, lambda i, acc: acc + x, 0.0)",
+           lambda: gradc.grad(grows)(X))
+    np.testing.assert_array_equal(
+        gradc.grad(lambda x: gradc.fori_loop(0, np.array(2), lambda i, acc: acc + x[i], 0.0))(X),
+        [1.0, 1.0, 0.0])
