@@ -948,3 +948,11 @@ def test_loop_lengths_and_bounds_that_are_not_counts():
     np.testing.assert_array_equal(
         gradc.grad(lambda x: gradc.fori_loop(0, np.array(2), lambda i, acc: acc + x[i], 0.0))(X),
         [1.0, 1.0, 0.0])
+
+
+def test_conv2d_with_a_kernel_that_is_not_4_d():
+    """(QA: ``IndexError: tuple index out of range`` from inside gradc.conv2d.)"""
+    image = np.ones((1, 2, 5, 5))
+    expect(gradc.ShapeError, ["conv2d: expected image (N, C, H, W) and kernel (O, C, KH, KW)",
+                              "(3, 3)"], "np.sum(gradc.conv2d(i, np.ones((3, 3))))",
+           lambda: gradc.grad(lambda i: np.sum(gradc.conv2d(i, np.ones((3, 3)))))(image))
