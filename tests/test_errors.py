@@ -956,3 +956,26 @@ def test_conv2d_with_a_kernel_that_is_not_4_d():
     expect(gradc.ShapeError, ["conv2d: expected image (N, C, H, W) and kernel (O, C, KH, KW)",
                               "(3, 3)"], "np.sum(gradc.conv2d(i, np.ones((3, 3))))",
            lambda: gradc.grad(lambda i: np.sum(gradc.conv2d(i, np.ones((3, 3)))))(image))
+
+
+def test_check_and_check_grads_arguments():
+    """(QA: gradc.check(f) without arguments was the function's own TypeError from inside
+    gradc, rtol="tight" a TypeError in its arithmetic, modes="rev" read as ('r', 'e',
+    'v'); check_grads' refusals named no line, and check_grads(f, x) spread x's rows as
+    arguments.)"""
+    from gradc.testing import check_grads
+
+    def loss(x):
+        return np.sum(np.sin(x) ** 2)
+
+    expect(gradc.ArgumentError, ["gradc.check: the function is called with 0 positional",
+                                 "missing a required argument: 'x'"], "gradc.check(loss)",
+           lambda: gradc.check(loss))
+    expect(gradc.ArgumentError, ["rtol is a number >= 0", "'tight'"],
+           'gradc.check(loss, X, rtol="tight")', lambda: gradc.check(loss, X, rtol="tight"))
+    assert gradc.check(loss, X, modes="rev", against="fd", targets="numpy").ok
+    expect(gradc.ArgumentError, ["args is the tuple of f's positional arguments", "(x,)"],
+           "check_grads(loss, X)", lambda: check_grads(loss, X))
+    expect(gradc.InvalidValueError, ["check_grads: order must be 1 or 2, got 3"],
+           "check_grads(loss, (X,), order=3)", lambda: check_grads(loss, (X,), order=3))
+    check_grads(loss, (X,), modes="rev")
