@@ -979,3 +979,21 @@ def test_check_and_check_grads_arguments():
     expect(gradc.InvalidValueError, ["check_grads: order must be 1 or 2, got 3"],
            "check_grads(loss, (X,), order=3)", lambda: check_grads(loss, (X,), order=3))
     check_grads(loss, (X,), modes="rev")
+
+
+def test_linear_solve_settings_that_are_not_numbers():
+    """(QA: ridge="small" was float()'s ValueError from inside gradc; maxiter=0 ran the
+    default number of iterations.)"""
+    def f(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, ridge="small"))
+
+    expect(gradc.ArgumentError, ["tol and ridge are numbers", "ridge='small'"],
+           'return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, ridge="small"))',
+           lambda: gradc.grad(f)(X))
+
+    def g(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, maxiter=0))
+
+    expect(gradc.ArgumentError, ["maxiter is a count of matrix-vector products, >= 1"],
+           "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, maxiter=0))",
+           lambda: gradc.grad(g)(X))
