@@ -149,10 +149,15 @@ def library_call() -> str | None:
         return None
     module = outer.f_globals.get("__name__", "")
     name = outer.f_code.co_name
+    qualname = getattr(outer.f_code, "co_qualname", name)
     if module.split(".")[0] == "numpy":
         import numpy as np
         if getattr(getattr(np, name, None), "__code__", None) is outer.f_code:
             return f"np.{name}"          # as the user spelled it: np.full, not numpy.numeric
+        owner, _, method = qualname.rpartition(".")
+        if owner and "<" not in owner and isinstance(getattr(np, owner, None), type):
+            # a method of a NumPy class: calling np.vectorize(f) runs its __call__
+            return f"np.{owner}" if method == "__call__" else f"np.{owner}.{method}"
     public = ".".join(p for p in module.split(".") if not p.startswith("_"))
     return f"{public}.{name}"
 

@@ -507,6 +507,7 @@ _GRADC_FOR = {
     "scipy.special.log_softmax": "gradc.log_softmax",
     "np.full": "np.full_like(x, value) or np.broadcast_to(value, shape)",
     "scipy.special.polygamma": "gradc.ops.polygamma(n, x) (or scipy.special.psi for n = 0)",
+    "np.vectorize": "NumPy operations on the whole array (np.where for a branch)",
 }
 
 _ONE_EXAMPLE = contextvars.ContextVar("gradc_one_example", default=False)

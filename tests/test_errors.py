@@ -997,3 +997,15 @@ def test_linear_solve_settings_that_are_not_numbers():
     expect(gradc.ArgumentError, ["maxiter is a count of matrix-vector products, >= 1"],
            "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, maxiter=0))",
            lambda: gradc.grad(g)(X))
+
+
+def test_np_vectorize_is_named_as_the_user_wrote_it():
+    """(QA: the error named "numpy.lib.__call__", the method np.vectorize runs.)"""
+    def step(v):
+        return v * 2.0 if v > 0 else v
+
+    doubled = np.vectorize(step)
+    expect(gradc.ConcretizationError, ["np.vectorize converts its arguments",
+                                       "np.where for a branch"],
+           "gradc.grad(lambda x: np.sum(doubled(x)))(X)",
+           lambda: gradc.grad(lambda x: np.sum(doubled(x)))(X))
