@@ -1009,3 +1009,20 @@ def test_np_vectorize_is_named_as_the_user_wrote_it():
                                        "np.where for a branch"],
            "gradc.grad(lambda x: np.sum(doubled(x)))(X)",
            lambda: gradc.grad(lambda x: np.sum(doubled(x)))(X))
+
+
+def test_the_command_line_names_the_line_of_an_error_in_the_users_function(tmp_path, capsys):
+    """(QA: ``gradc check`` of a function NumPy itself fails on (the reference run) printed
+    "ValueError: operands could not be broadcast ..." with no line; so did the
+    function's own exceptions.)"""
+    from gradc import cli
+    path = tmp_path / "funcs.py"
+    path.write_text("import numpy as np\n\n\ndef two(x, y):\n    return np.sum(x * y)\n\n\n"
+                    "def broken(x):\n    raise RuntimeError('user bug')\n")
+    assert cli.main(["check", f"{path}:two", "--args", "f64[3], f64[4]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradc: error: ValueError: operands could not be broadcast"), err
+    assert err.endswith(f"(at {path}:5: return np.sum(x * y))"), err
+    assert cli.main(["show", f"{path}:broken", "--args", "f64[3]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"user bug (at {path}:9: raise RuntimeError('user bug'))"), err
