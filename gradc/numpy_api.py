@@ -554,6 +554,19 @@ def _slice_text(s: slice) -> str:
 
 
 def _coerce_index(k):
+    if isinstance(k, (bool, np.bool_)) or (
+            isinstance(k, np.ndarray) and k.ndim == 0 and k.dtype == np.dtype(bool)):
+        # NumPy's 0-d boolean index: a new axis of length 1 (True) or 0 (False); True
+        # is x[None] (bool is an int: it read as the index 1)
+        if bool(k):
+            return None
+        raise UnsupportedError(with_location(
+            "indexing a traced array with False (an empty selection along a new axis) is "
+            "not supported; use x[None][:0], or leave the value out"))
+    if isinstance(k, Tracer) and k.ndim == 0 and k.dtype == np.dtype(bool):
+        raise UnsupportedError(with_location(
+            "x[cond] with a traced boolean scalar selects all of x or nothing, a shape "
+            "that depends on the value; use np.where(cond, x, 0), or gradc.cond"))
     if isinstance(k, (list, tuple)):
         return np.asarray(k)
     if isinstance(k, np.ndarray) and k.ndim == 0 and np.issubdtype(k.dtype, np.integer):

@@ -1026,3 +1026,15 @@ def test_the_command_line_names_the_line_of_an_error_in_the_users_function(tmp_p
     assert cli.main(["show", f"{path}:broken", "--args", "f64[3]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"user bug (at {path}:9: raise RuntimeError('user bug'))"), err
+
+
+def test_a_boolean_scalar_as_an_index():
+    """(QA: a silent wrong value: x[True], a Python bool being an int, read as x[1]; NumPy
+    gives x[None].  A traced boolean scalar was "nonzero failed ... Calling nonzero on 0d
+    arrays", np.True_ "arrays used as indices must be of integer or boolean type, got
+    bool".)"""
+    for true in (True, np.True_):
+        np.testing.assert_array_equal(gradc.jit(lambda x: x[true] * 2)(X), X[None] * 2)
+    expect(gradc.UnsupportedError, ["x[cond] with a traced boolean scalar", "np.where"],
+           "gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X)",
+           lambda: gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X))
