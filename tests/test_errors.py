@@ -1038,3 +1038,10 @@ def test_a_boolean_scalar_as_an_index():
     expect(gradc.UnsupportedError, ["x[cond] with a traced boolean scalar", "np.where"],
            "gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X)",
            lambda: gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X))
+
+
+def test_one_hot_with_a_number_of_classes_that_is_not_an_int():
+    """(QA: num_classes=2.5 gave 3 classes, np.arange(2.5)'s, silently.)"""
+    expect(gradc.ArgumentError, ["one_hot: num_classes is an int, got 2.5"],
+           "gradc.nn.one_hot(k, 2.5)",
+           lambda: gradc.jit(lambda k: gradc.nn.one_hot(k, 2.5))(np.array([0, 1])))
