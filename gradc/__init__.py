@@ -16,7 +16,7 @@ from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_preci
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
                      GradcError, InvalidValueError, NonScalarOutputError, ScalarOverflowError,
                      ShapeError, TangentDTypeError, TracerLeakError, UnsupportedError)
-from .interpret import eval_graph
+from .interpret import eval_graph_checked as eval_graph
 from .implicit import argmin, custom_root, fixed_point, implicit_diff, linear_solve
 from .jacobians import hessian, hvp, jacfwd, jacobian, jacobian_plan, jacrev
 from .prims.implicit import ConvergenceWarning

@@ -89,6 +89,18 @@ class _Args:
     def _as_array(x):
         if isinstance(x, Tracer) or is_device_array(x):
             return x
+        if isinstance(x, np.matrix):
+            raise ArgumentError(with_location(
+                "an argument of type np.matrix: gradc traces it as a plain ndarray, whose * "
+                "and ** are elementwise (np.matrix's are matrix products), so the function "
+                "would compute something else; pass np.asarray(m) and write @ for matrix "
+                "products"))
+        if isinstance(x, np.ma.MaskedArray):
+            raise ArgumentError(with_location(
+                "an argument that is a masked array (np.ma): gradc traces its data as a "
+                "plain ndarray and would ignore the mask (NumPy's np.ma operations skip "
+                "masked entries); pass the data and the mask as two arrays and use "
+                "np.where(mask, ...), or np.ma.filled(x, value)"))
         x = np.asarray(x)
         if x.dtype.kind not in "biufc":
             raise ArgumentError(with_location(
@@ -666,7 +678,13 @@ class Evaluate(_FastPath, Transformed):
                 raise ArgumentError(with_location(
                     f"jit: static_argnums={static_argnums!r}, but "
                     f"{_fun_name(fun)} takes {len(positional)} positional arguments"))
+        takes_keywords = any(q.kind is q.VAR_KEYWORD for q in params)
+        known = {q.name for q in params if q.kind is not q.VAR_POSITIONAL}
         for k in names:
+            if k not in known and not takes_keywords:
+                raise ArgumentError(with_location(
+                    f"jit: static_argnames has {k!r}, but {_fun_name(fun)} has no parameter "
+                    f"of that name (it takes {', '.join(sorted(known)) or 'none'})"))
             if k in positional:
                 self._static_positions.add(positional.index(k))
 

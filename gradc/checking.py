@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ArgumentError, GradcError, with_location
+from .errors import ArgumentError, GradcError, check_function, with_location
 
 SYMPY_MAX = 2000        # derivative entries SymPy is asked for, at most
 # operations in the function's SymPy expressions, at most (their trees' size, a shared
@@ -423,7 +423,9 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
     returns one floating-point array or scalar; each floating-point leaf is checked on
     its own rows.  ``rtol``/``atol`` override the per-reference tolerances."""
     from .symbolic import _names
-    against, modes, targets = tuple(against), tuple(modes), tuple(targets)
+    # (one name alone is a tuple of one: tuple("rev") would be ('r', 'e', 'v'))
+    against, modes, targets = ((x,) if isinstance(x, str) else tuple(x)
+                               for x in (against, modes, targets))
     for name, given, allowed in (("against", against, ("sympy", "fd")),
                                  ("modes", modes, ("rev", "fwd")),
                                  ("targets", targets, ("numpy", "cpu", "parallel", "cuda"))):
@@ -435,6 +437,13 @@ def check(f, *args, against=("sympy", "fd"), modes=("rev", "fwd"), targets=("num
         raise ArgumentError(with_location(
             f"gradc.check expects a function, got a {type(f).__name__}"))
     _check_keywords(f, kwargs)
+    check_function(f, "gradc.check: the function", tuple(args), kwargs)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and (isinstance(tol, bool) or not isinstance(
+                tol, (int, float, np.integer, np.floating)) or not tol >= 0):
+            raise ArgumentError(with_location(
+                f"gradc.check: {name} is a number >= 0 (or None for the per-reference "
+                f"default), got {tol!r}"))
     from . import pytree
     for a in pytree.flatten((list(args), kwargs))[0]:
         if not isinstance(a, (float, int, np.ndarray, np.generic)):

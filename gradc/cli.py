@@ -332,9 +332,27 @@ def main(argv=None) -> int:
         kind = "" if isinstance(e, (CliError, GradcError)) else f"{type(e).__name__}: "
         message = " ".join(str(e).split("\n")[0:1]) or type(e).__name__
         where = [line.strip() for line in str(e).split("\n")[1:] if line.strip().startswith("at ")]
+        if not where and not isinstance(e, CliError):
+            where = _users_line(e)
         print(f"gradc: error: {kind}{message}" + (f" ({where[0]})" if where else ""),
               file=sys.stderr)
         return 2
+
+
+def _users_line(e) -> list:
+    """``["at FILE:LINE: text"]`` for the innermost frame of the user's code (not gradc's,
+    NumPy's, SciPy's or Python's own) in ``e``'s traceback, where an exception that is
+    not gradc's (a NumPy error in the function, or the function's own) came from."""
+    import sysconfig
+    import traceback
+    from .errors import _in_gradc, _in_library, format_location
+    python = tuple(str(Path(p).resolve()) + "/" for p in
+                   {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not (_in_gradc(f.filename) or _in_library(f.filename)
+                      or f.filename.startswith("<")
+                      or str(Path(f.filename).resolve()).startswith(python))]
+    return [f"at {format_location(frames[-1].filename, frames[-1].lineno)}"] if frames else []
 
 
 if __name__ == "__main__":      # pragma: no cover

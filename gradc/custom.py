@@ -42,7 +42,8 @@ import inspect
 
 import numpy as np
 
-from .errors import ArgumentError, TracerLeakError, UnsupportedError, user_location, with_location
+from .errors import (ArgumentError, TracerLeakError, UnsupportedError, check_function,
+                     user_location, with_location)
 from .ir import is_float, type_str
 from .prims.custom import (Deferred, avals_of, checkpoint_p, custom_jvp_call_p,
                            custom_vjp_call_p)
@@ -127,6 +128,7 @@ class _Custom:
     _static_word = "nondiff_argnums"
 
     def __init__(self, fun, nondiff_argnums=()):
+        check_function(fun, f"gradc.{self.kind}: the function")
         functools.update_wrapper(self, fun)
         self.fun = fun
         self.nondiff_argnums = tuple(sorted(int(i) for i in nondiff_argnums))
@@ -204,8 +206,9 @@ class _Custom:
         box = {}
 
         def flat(*xs):
+            from .api import _output_leaf
             parts, box["out"] = flatten(self.fun(*call.full(xs)))
-            return parts
+            return [_output_leaf(x, self.fun) for x in parts]
 
         fun, _, consts = trace_graph(flat, call.avals)
         # a call inside a rule being traced reads the user's values through stand-ins:
@@ -282,14 +285,23 @@ class custom_jvp(_Custom):
         self.jvp = None
 
     def defjvp(self, jvp):
+        check_function(jvp, f"{self.name}.defjvp: the JVP rule")
         self.jvp = jvp
         return jvp
 
     def defjvps(self, *jvps):
         """One rule per argument, ``rule_i(t_i, out, *primals) -> its part of the output
         tangent``, the parts summed (``None`` for an argument without derivative)."""
+        where = user_location()
+
         def jvp(*args):
             *static, primals, tangents = args
+            if len(jvps) != len(primals):       # (zip would drop a derivative silently)
+                raise ArgumentError(with_location(
+                    f"{self.name}: defjvps got {len(jvps)} rule"
+                    f"{'s' if len(jvps) != 1 else ''} for {len(primals)} differentiated "
+                    f"argument{'s' if len(primals) != 1 else ''}; give one rule per "
+                    "argument, None for an argument without derivative", where))
             fixed = {i % (len(primals) + len(static)) for i in self.nondiff_argnums}
             s, d = iter(static), iter(primals)
             out = self(*[next(s) if i in fixed else next(d)
@@ -317,6 +329,8 @@ class custom_jvp(_Custom):
         def flat_rule(*xs):
             primals = call.tree(xs[:n])
             tangents = call.tree(xs[n:], _zero_like_scalar)
+            check_function(self.jvp, f"{self.name}: its JVP rule rule(*nondiff, primals, "
+                           "tangents)", len(call.static) + 2, where=where)
             out = self.jvp(*call.static, primals, tangents)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise ArgumentError(with_location(
@@ -358,6 +372,9 @@ class custom_vjp(_Custom):
         self.fwd = self.bwd = None
 
     def defvjp(self, fwd, bwd):
+        # (their arities are checked at a call: nondiff_argnums may be set after this)
+        check_function(fwd, f"{self.name}.defvjp: fwd")
+        check_function(bwd, f"{self.name}.defvjp: bwd")
         self.fwd, self.bwd = fwd, bwd
         return self
 
@@ -371,7 +388,9 @@ class custom_vjp(_Custom):
         m, box = len(out_avals), {}
 
         def flat_fwd(*xs):
-            out = self.fwd(*call.full(xs))
+            args = call.full(xs)
+            check_function(self.fwd, f"{self.name}: fwd", tuple(args), where=where)
+            out = self.fwd(*args)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise ArgumentError(with_location(
                     f"{self.name}: fwd {_name(self.fwd)} must return a pair "
@@ -391,6 +410,8 @@ class custom_vjp(_Custom):
         def flat_bwd(*xs):
             n_res = len(xs) - m
             res = unflatten(box["res"], list(xs[:n_res]))
+            check_function(self.bwd, f"{self.name}: bwd(*nondiff, residuals, ct)",
+                           len(call.static) + 2, where=where)
             out = self.bwd(*call.static, res, unflatten(out_tree, list(xs[n_res:])))
             if not isinstance(out, (tuple, list)) or len(out) != len(call.args):
                 raise ArgumentError(with_location(
@@ -441,6 +462,11 @@ class checkpoint(_Custom):
 
     kind = "checkpoint"
     _static_word = "static_argnums"
+
+    def __new__(cls, fun=None, *settings, **named):
+        if fun is None:     # @gradc.checkpoint(static_argnums=...), as gradc.grad's
+            return functools.partial(cls, *settings, **named)
+        return super().__new__(cls)
 
     def __init__(self, fun, prevent_cse=True, policy=None, static_argnums=()):
         # (JAX's signature: prevent_cse is accepted, see above; a policy that saves

@@ -93,6 +93,17 @@ def _in_gradc(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep)
 
 
+def _gradc_frame(frame) -> bool:
+    """Whether ``frame`` runs gradc's code: a file of the package, or code gradc's
+    modules generated at run time (a dataclass's ``__init__``, compiled from ``<string>``
+    with the module's globals)."""
+    filename = frame.f_code.co_filename
+    if _in_gradc(filename):
+        return True
+    return filename.startswith("<") and \
+        str(frame.f_globals.get("__name__", "")).split(".")[0] == "gradc"
+
+
 def _package_dirs(*names) -> tuple:
     """The directories of the installed packages ``names`` (not imported for this)."""
     import importlib.util
@@ -122,7 +133,7 @@ def user_frame():
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _in_gradc(filename) and not _in_library(filename) and \
+        if not _gradc_frame(frame) and not _in_library(filename) and \
                 not filename.startswith("<frozen "):
             return frame
         frame = frame.f_back
@@ -137,17 +148,22 @@ def library_call() -> str | None:
         filename = frame.f_code.co_filename
         if _in_library(filename):
             outer = frame
-        elif not _in_gradc(filename):
+        elif not _gradc_frame(frame):
             break
         frame = frame.f_back
     if outer is None:
         return None
     module = outer.f_globals.get("__name__", "")
     name = outer.f_code.co_name
+    qualname = getattr(outer.f_code, "co_qualname", name)
     if module.split(".")[0] == "numpy":
         import numpy as np
         if getattr(getattr(np, name, None), "__code__", None) is outer.f_code:
             return f"np.{name}"          # as the user spelled it: np.full, not numpy.numeric
+        owner, _, method = qualname.rpartition(".")
+        if owner and "<" not in owner and isinstance(getattr(np, owner, None), type):
+            # a method of a NumPy class: calling np.vectorize(f) runs its __call__
+            return f"np.{owner}" if method == "__call__" else f"np.{owner}.{method}"
     public = ".".join(p for p in module.split(".") if not p.startswith("_"))
     return f"{public}.{name}"
 
@@ -181,3 +197,36 @@ def with_location(message: str, location: str | None = None) -> str:
     if location:
         return f"{message}\n  at {location}"
     return message
+
+
+def check_function(fun, what: str, args=None, kwargs=None, where=None) -> None:
+    """An ``ArgumentError`` at the user's line unless ``fun`` is callable and, where its
+    signature is known, accepts ``args`` (a tuple of the positional arguments gradc will
+    pass, or their count) and ``kwargs``: checked where the function is handed to gradc,
+    not as a TypeError from deep inside it when gradc calls it.  ``where``: the user's
+    line, if not the current one."""
+    if not callable(fun):
+        kind = type(fun).__name__
+        kind = "a traced array" if kind == "Tracer" else \
+            f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        raise ArgumentError(with_location(f"{what} must be a function, got {kind}", where))
+    if args is None:
+        return
+    import inspect
+    if isinstance(args, int):
+        args = tuple(range(args))
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):         # (a builtin without a signature)
+        return
+    try:
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as e:
+        code = getattr(getattr(fun, "__wrapped__", fun), "__code__", None)
+        defined = f" (defined at {code.co_filename}:{code.co_firstlineno})" if code else ""
+        name = getattr(fun, "__name__", type(fun).__name__)
+        n = len(args)
+        raise ArgumentError(with_location(
+            f"{what} is called with {n} positional argument{'s' if n != 1 else ''}"
+            f"{' and keywords ' + ', '.join(kwargs) if kwargs else ''}, but {name}"
+            f"{defined} does not take them: {e}", where)) from None

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .errors import ArgumentError, with_location
+from .errors import ArgumentError, check_function, user_location, with_location
 from .interpret import eval_graph
 from .ir import Graph
 from .lib.solvers import UserSolve, as_method
@@ -101,6 +101,11 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
     ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to ``solve``
     (the same algorithm on the transposed matrix) and is not needed when ``symmetric``.
     ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
+    if isinstance(matvec, np.ndarray) or hasattr(matvec, "shape"):
+        raise ArgumentError(with_location(
+            "linear_solve: matvec must be a function v -> A @ v, got an array; for a "
+            "matrix A, pass lambda v: A @ v (or np.linalg.solve(A, b))"))
+    check_function(matvec, "linear_solve: matvec(v)", 1)
     aval = _aval(b, "linear_solve: b")
     method = as_method(solve or ("cg" if symmetric else "bicgstab"), tol, maxiter, ridge,
                        symmetric)
@@ -137,9 +142,9 @@ def custom_root(f, initial_guess, solve, tangent_solve):
     the linear ``g(x) = v`` (``g`` is ``∂f/∂y``); ``f`` may read traced values, and the
     derivative with respect to them is ``−(∂f/∂y)⁻¹ ∂f/∂θ``."""
     aval = _aval(initial_guess, "custom_root: initial_guess")
-    if not callable(tangent_solve):
-        raise ArgumentError(with_location(
-            "custom_root: tangent_solve must be a function tangent_solve(g, y)"))
+    check_function(f, "custom_root: f(y)", 1)
+    check_function(solve, "custom_root: solve(f, initial_guess)", 2)
+    check_function(tangent_solve, "custom_root: tangent_solve(g, y)", 2)
     return _root("custom_root", lambda y0: solve(f, y0), lambda y: f(y),
                  initial_guess, [], UserSolve(tangent_solve), aval)
 
@@ -151,9 +156,18 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
     its result must have ``init``'s shape.  ``solve``: how the derivative's linear
     systems ``∂F/∂y`` are solved (``"cg"`` when ``∂F/∂y`` is symmetric positive
     definite, ``"gmres"``, ``"bicgstab"``, ``"dense"``), matrix-free except ``"dense"``."""
+    check_function(optimality_fn, "implicit_diff: optimality_fn(y, *params)")
     method = as_method(solve, tol, maxiter, ridge)
+    where = user_location()
 
-    def decorate(solver):
+    def decorate(solver=None, *more, **kwargs):
+        if more or kwargs or not callable(solver):
+            # (@implicit_diff without (optimality_fn): the solver became optimality_fn,
+            # and calling the solver called this)
+            raise ArgumentError(with_location(
+                "implicit_diff(optimality_fn) makes a decorator: write "
+                "@gradc.implicit_diff(optimality_fn) above the solver, where "
+                "optimality_fn(y, *params) is 0 at the solution", where))
         name = getattr(solver, "__name__", "solver")
 
         def run(y0, *ps, tree):
@@ -172,6 +186,8 @@ def implicit_diff(optimality_fn, solve="bicgstab", *, tol=1e-10, maxiter=None, r
                 bound.apply_defaults()
                 params, kwargs = tuple(bound.args[1:]), dict(bound.kwargs)
             aval = _aval(init, f"{name}: init")
+            check_function(optimality_fn, f"implicit_diff: the optimality function of {name}",
+                           (init,) + tuple(params), kwargs)
             leaves, tree = flatten([list(params), kwargs])
             leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
             callback = PyCallback(functools.partial(run, tree=tree),
@@ -228,6 +244,7 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
     (``solve`` for its linear systems), or, with ``implicit=False``, through the
     iterations themselves (reverse mode stores every step: for comparison)."""
     aval = _aval(x0, "fixed_point: x0")
+    check_function(f, "fixed_point: f(x, *params)", (x0,) + tuple(params))
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
     from .lib.solvers import reachable
@@ -239,7 +256,9 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
 
         def go(s):
             x, dx2, k = s
-            return (k < maxiter) & (dx2 > goal * (1.0 + np.dot(np.ravel(x), np.ravel(x))))
+            xx = np.dot(np.ravel(x), np.ravel(x))
+            # (iterates that overflow are no fixed point: a step below goal * inf is)
+            return (k < maxiter) & ~((dx2 <= goal * (1.0 + xx)) & np.isfinite(xx))
 
         def step(s):
             x, _, k = s
@@ -265,5 +284,6 @@ def argmin(objective, x0, *params, constraints=None, tol=1e-10, maxiter=1000, so
     optimality conditions.  See ``gradc.lib.optimize`` for the solvers and the
     constraint format."""
     from .lib.optimize import minimize
+    check_function(objective, "argmin: objective(x, *params)", (x0,) + tuple(params))
     return minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, _root)
 

@@ -41,6 +41,37 @@ def eval_graph(graph: Graph, args, rewrite=None) -> list:
             for a in graph.outputs]
 
 
+def eval_graph_checked(graph: Graph, args, rewrite=None) -> list:
+    """``gradc.eval_graph``: ``eval_graph`` for the user, its arguments checked against
+    the Graph's inputs (their number, shapes and kinds of dtype) with an error at the
+    user's line; inside gradc, ``eval_graph`` runs unchecked."""
+    from .errors import ArgumentError, DTypeError, ShapeError, with_location
+    from .ir import type_str
+    from .trace import dtype_of, shape_of
+    if not isinstance(graph, Graph):
+        raise ArgumentError(with_location(
+            f"gradc.eval_graph takes a Graph (from gradc.make_graph(f)(*args)), got a "
+            f"{type(graph).__name__}"))
+    args = list(args)
+    if len(args) != len(graph.inputs):
+        raise ArgumentError(with_location(
+            f"gradc.eval_graph: the Graph takes {len(graph.inputs)} input"
+            f"{'s' if len(graph.inputs) != 1 else ''} "
+            f"({', '.join(type_str(v.shape, v.dtype) for v in graph.inputs)}), got "
+            f"{len(args)}"))
+    for k, (a, v) in enumerate(zip(args, graph.inputs)):
+        shape, dtype = tuple(shape_of(a)), np.dtype(dtype_of(a))
+        if shape != tuple(v.shape):
+            raise ShapeError(with_location(
+                f"gradc.eval_graph: input {k} has shape {shape}; the Graph was traced for "
+                f"{type_str(v.shape, v.dtype)}: trace it again for these shapes"))
+        if dtype.kind != np.dtype(v.dtype).kind:
+            raise DTypeError(with_location(
+                f"gradc.eval_graph: input {k} has dtype {dtype}; the Graph was traced for "
+                f"{type_str(v.shape, v.dtype)}"))
+    return eval_graph(graph, args, rewrite)
+
+
 def _writable(x):
     return np.array(x) if isinstance(x, np.ndarray) and not x.flags.writeable else x
 

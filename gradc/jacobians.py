@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from .errors import ArgumentError, with_location
+from .errors import ArgumentError, check_function, with_location
 from .trace import Tracer, dtype_of, shape_of
 
 
@@ -219,6 +219,7 @@ def _reverse(g, x):
 def _jacobian_function(kind, fun, argnums, has_aux, target):
     from .api import jit
     what = "jacfwd" if kind == "fwd" else "jacrev"
+    check_function(fun, f"gradc.{what}: the function")
 
     def jac(*args):
         where, many, xs, tree = _wrt(args, argnums, what)
@@ -258,6 +259,7 @@ def hessian(fun, argnums=0, *, has_aux=False, sparse=False, target=None):
     With ``sparse=True`` the pattern is found from the gradient's Graph and the Hessian
     is recovered from one HVP per colour of its columns, as a ``scipy.sparse`` matrix
     (``gradc.sparsity``)."""
+    check_function(fun, "gradc.hessian: the function")
     if sparse:
         if has_aux:
             raise ArgumentError(with_location("hessian: sparse=True takes no has_aux"))
@@ -271,6 +273,7 @@ def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
     """``∇²f(x) v`` for a scalar ``f`` of one array ``x`` (``primals = (x,)``,
     ``tangents = (v,)``).  ``method="fwd-rev"``: the JVP of the gradient (one forward
     pass over the reverse pass); ``"rev-rev"``: the gradient of ``<v, ∇f(x)>``."""
+    check_function(fun, "gradc.hvp: the function")
     if len(primals) != 1 or len(tangents) != 1:
         raise ArgumentError(with_location(
             "hvp(f, (x,), (v,)): one primal and one tangent (differentiate w.r.t. x)"))
@@ -350,6 +353,7 @@ def jacobian_plan(fun, argnums=0, *, mode="optimal"):
     every product, its estimated cost and those of all-forward and all-reverse.  The
     plan prints as a table and ``plan.draw(path)`` draws it."""
     from .chain import plan_graph
+    check_function(fun, "gradc.jacobian_plan: the function")
     _check_mode(mode, "jacobian_plan")
 
     def planner(*args):
@@ -367,6 +371,7 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
     estimated cost (``gradc.chain``; see ``jacobian_plan``).  ``sparse=True``: the
     sparsity pattern is detected from the Graph and the matrix recovered from one JVP per
     colour of its columns (``gradc.sparsity``)."""
+    check_function(fun, "gradc.jacobian: the function")
     _check_mode(mode, "jacobian")
     if isinstance(argnums, (tuple, list)) and not sparse:
         def one(f, k, target=None):

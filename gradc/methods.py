@@ -2,17 +2,20 @@
 
 In-place operators (``x += y``) and item assignment (``x[i] = v``) are functionalised:
 the Tracer object is rebound to the updated value (an ``index_set`` equation), which
-is what NumPy code that mutates its own arrays expects.  Writes through *views* are
-not propagated (a slice of a traced array is a new value, not a view).
+is what NumPy code that mutates its own arrays expects.  Basic slices, reshapes and
+transposes are views, as in NumPy: a write through one reaches its base, and a write to
+the base reaches the views made of it earlier (``Tracer.assign``).
 """
 from __future__ import annotations
+
+import builtins
 
 import numpy as np
 
 from . import numpy_api as npa
 from . import numpy_funcs as npf
 from . import numpy_linalg as npl
-from .errors import DTypeError, with_location
+from .errors import DTypeError, UnsupportedError, with_location
 from .trace import Tracer, dtype_of
 
 
@@ -122,6 +125,24 @@ def _astype(self, dtype, *args, **kwargs):
     return npf.copy(npa.astype(self, dtype))
 
 
+def _view(self, dtype=None, type=None):
+    """``x.view()``: the same values, a view (writes reach x); ``x.view(dtype)`` of
+    another dtype reinterprets the bytes, which a derivative cannot follow."""
+    if dtype is not None and isinstance(dtype, builtins.type) and issubclass(dtype, np.ndarray):
+        dtype, type = None, dtype
+    if type is not None and type is not np.ndarray:
+        raise UnsupportedError(with_location(
+            f"x.view(type={type.__name__}) on a traced array: gradc traces plain ndarrays; "
+            "use x itself"))
+    if dtype is not None and np.dtype(dtype) != self.dtype:
+        raise UnsupportedError(with_location(
+            f"x.view({np.dtype(dtype)}) on a traced {self.dtype} array reinterprets its "
+            "bytes, which gradc cannot trace or differentiate; convert the values with "
+            f"x.astype(np.{np.dtype(dtype)}) instead"))
+    return npf._reshape_view(self, self.shape)
+
+
+Tracer.view = _view
 Tracer.dot = _method(npl.dot)
 Tracer.reshape = _reshape
 Tracer.transpose = _transpose

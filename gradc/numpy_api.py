@@ -19,8 +19,8 @@ import inspect
 import numpy as np
 
 from . import ops
-from .errors import (DTypeError, ScalarOverflowError, ShapeError, UnsupportedError,
-                     with_location)
+from .errors import (ArgumentError, DTypeError, GradcError, ScalarOverflowError, ShapeError,
+                     UnsupportedError, with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .prims.reduce import axis_index
@@ -63,7 +63,14 @@ def _ufunc_name(ufunc) -> str:
 def dispatch_ufunc(ufunc, method, inputs, kwargs):
     name = _ufunc_name(ufunc)
     if method == "__call__":
-        if kwargs.get("out") is not None:
+        out = kwargs.get("out")
+        if out is not None and any(isinstance(o, np.ndarray) for o in (
+                out if isinstance(out, tuple) else (out,))):
+            raise UnsupportedError(with_location(
+                f"{name}(..., out=a NumPy array) with a traced operand, as z += x does where z "
+                "is a NumPy array: a NumPy array cannot hold traced values; write z = z + x, "
+                "or make z a traced array (z = np.zeros_like(x, shape=shape))"))
+        if out is not None:
             raise UnsupportedError(with_location(
                 f"{name}(..., out=...) on a traced array: gradc traces pure functions; "
                 "write the result to a new variable instead"))
@@ -116,14 +123,36 @@ def dispatch_function(func, args, kwargs):
 # ---------------------------------------------------------------- operands
 
 def operand(x):
-    """A Tracer stays; Python scalars stay (weakly typed); anything else becomes an array."""
-    if isinstance(x, (Tracer, np.ndarray, bool, int, float, complex)):
+    """A Tracer stays; Python scalars stay (weakly typed); anything else becomes an array
+    (of numbers: a string, an object or a date is named as not one)."""
+    if isinstance(x, (Tracer, bool, int, float, complex)):
         return x
+    if isinstance(x, np.ndarray):
+        return _numeric(x, x)
     if isinstance(x, np.generic):
-        return np.asarray(x)
+        return _numeric(np.asarray(x), x)
     if isinstance(x, (list, tuple)) and any(isinstance(e, Tracer) for e in _iter_nested(x)):
         return stack([operand(e) for e in x])
-    return np.asarray(x)
+    if x is None:
+        return np.asarray(x)
+    try:
+        array = np.asarray(x)
+    except ValueError as e:         # (a ragged list)
+        raise ShapeError(with_location(
+            f"a {type(x).__name__} operand that is not an array of numbers: {e}")) from None
+    return _numeric(array, x)
+
+
+def _numeric(array, x):
+    if array.dtype.kind in "biufc":
+        return array
+    what = {"U": "a string", "S": "a bytes string", "O": "a Python object",
+            "M": "a date", "m": "a time delta", "V": "a structured record"}.get(
+                array.dtype.kind, f"a value of dtype {array.dtype}")
+    shown = repr(x) if len(repr(x)) <= 40 else f"{type(x).__name__} of dtype {array.dtype}"
+    raise DTypeError(with_location(
+        f"{what} ({shown}) where gradc traces numbers: an operand of a traced array "
+        f"must be an array of booleans, integers or floats, not dtype {array.dtype}"))
 
 
 def _iter_nested(x):
@@ -479,7 +508,14 @@ def _index_spec(x, key):
         if k is None:
             spec.append(("n",))
         elif isinstance(k, slice):
-            spec.append(("s",) + normalise_slice(k, x.shape[dim]))
+            try:
+                spec.append(("s",) + normalise_slice(k, x.shape[dim]))
+            except GradcError:
+                raise
+            except ValueError as e:         # (a step of 0: NumPy's ValueError)
+                raise ShapeError(with_location(f"slice {_slice_text(k)}: {e}")) from None
+            except TypeError as e:          # (a float bound: NumPy's TypeError)
+                raise ArgumentError(with_location(f"slice {_slice_text(k)}: {e}")) from None
             dim += 1
         elif isinstance(k, (int, np.integer)):
             n = x.shape[dim]
@@ -511,7 +547,26 @@ def _index_spec(x, key):
     return tuple(spec), arrays, basic
 
 
+def _slice_text(s: slice) -> str:
+    """``1:5:0`` for ``slice(1, 5, 0)``, as it was written."""
+    parts = ["" if p is None else repr(p) for p in (s.start, s.stop, s.step)]
+    return ":".join(parts if s.step is not None else parts[:2])
+
+
 def _coerce_index(k):
+    if isinstance(k, (bool, np.bool_)) or (
+            isinstance(k, np.ndarray) and k.ndim == 0 and k.dtype == np.dtype(bool)):
+        # NumPy's 0-d boolean index: a new axis of length 1 (True) or 0 (False); True
+        # is x[None] (bool is an int: it read as the index 1)
+        if bool(k):
+            return None
+        raise UnsupportedError(with_location(
+            "indexing a traced array with False (an empty selection along a new axis) is "
+            "not supported; use x[None][:0], or leave the value out"))
+    if isinstance(k, Tracer) and k.ndim == 0 and k.dtype == np.dtype(bool):
+        raise UnsupportedError(with_location(
+            "x[cond] with a traced boolean scalar selects all of x or nothing, a shape "
+            "that depends on the value; use np.where(cond, x, 0), or gradc.cond"))
     if isinstance(k, (list, tuple)):
         return np.asarray(k)
     if isinstance(k, np.ndarray) and k.ndim == 0 and np.issubdtype(k.dtype, np.integer):
@@ -549,18 +604,20 @@ def getitem(x, key):
             window.append((entry[1], entry[1] + 1, 1))
         else:
             shape.append(1)
-    view = ops.reshape(ops.slice_(x, tuple(window)), tuple(shape))
+    window, shape = tuple(window), tuple(shape)
+    view = ops.reshape(ops.slice_(x, window), shape)
     if isinstance(view, Tracer) and isinstance(x, Tracer):
-        # basic indexing makes a view: writes to it reach x
-        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec)
+        # basic indexing makes a view: writes to it reach x, and writes to x reach it
+        view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec,
+                        lambda b: ops.reshape(ops.slice_(b, window), shape))
     return view
 
 
 def setitem(x, key, value):
     """``x[key] = value`` on a Tracer: rebinds the Tracer to the updated array."""
     spec, arrays, _ = _index_spec(x, key)
-    if isinstance(value, Tracer) and value.view is not None and value.view[0] is x \
-            and value.view[2] == spec and not arrays:
+    if isinstance(value, Tracer) and value.view_of is not None and value.view_of[0] is x \
+            and value.view_of[2] == spec and not arrays:
         return      # x[k] op= v: the update of the view x[k] already reached x
     (value,) = [astype(operand(value), x.dtype)]
     from .prims.index import _indexed_shape

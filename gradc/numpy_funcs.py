@@ -11,7 +11,8 @@ import builtins
 import numpy as np
 
 from . import ops
-from .errors import ArgumentError, DTypeError, ShapeError, UnsupportedError, with_location
+from .errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, UnsupportedError,
+                     with_location)
 from .numpy_api import (_axis, astype, broadcast, elementwise, fits, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
@@ -320,20 +321,25 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
 # ---------------------------------------------------------------- shapes
 
 def _reshape_view(x, shape):
-    """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x."""
+    """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x (and
+    writes to x reach them)."""
     x = operand(x)
     y = ops.reshape(x, shape)
     if isinstance(x, Tracer) and isinstance(y, Tracer):
-        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)))
+        out = tuple(shape_of(y))
+        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)), None,
+                     lambda b: ops.reshape(b, out))
     return y
 
 
 def _transpose_view(x, perm):
-    """transpose, swapaxes, moveaxis return views in NumPy: writes reach x."""
+    """transpose, swapaxes, moveaxis return views in NumPy: writes reach x (and writes
+    to x reach them)."""
     x = operand(x)
     y = ops.transpose(x, perm)
     if isinstance(x, Tracer) and isinstance(y, Tracer):
-        y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))))
+        y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))), None,
+                     lambda b: ops.transpose(b, perm))
     return y
 
 
@@ -522,13 +528,21 @@ def repeat(x, repeats, axis=None):
         x, axis = ravel(x), 0
     axis = _axis(axis, _ndim(x))
     shape = shape_of(x)
+    if np.any(np.asarray(repeats) < 0):
+        raise InvalidValueError(with_location(
+            f"np.repeat: repeats may not contain negative values, got {repeats!r}"))
     if np.ndim(repeats) == 0:
         r = int(repeats)
         big = shape[:axis + 1] + (r,) + shape[axis + 1:]
         dims = tuple(range(axis + 1)) + tuple(range(axis + 2, len(big)))
         out = ops.broadcast_in_dim(x, big, dims)
         return ops.reshape(out, shape[:axis] + (shape[axis] * r,) + shape[axis + 1:])
-    index = np.repeat(np.arange(shape[axis]), np.asarray(repeats))
+    try:
+        index = np.repeat(np.arange(shape[axis]), np.asarray(repeats))
+    except ValueError:
+        raise ShapeError(with_location(
+            f"np.repeat: repeats of shape {np.shape(repeats)} for an axis of size "
+            f"{shape[axis]}: give one count, or one per element of the axis")) from None
     return take(x, index, axis)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pytree
-from .errors import InvalidValueError
+from .errors import ArgumentError, InvalidValueError, check_function, with_location
 from .ir import is_float
 
 __all__ = ["check_grads", "numerical_grad", "numerical_jvp"]
@@ -236,20 +236,31 @@ def check_grads(f, args, order=1, modes=("fwd", "rev"), eps=None, atol=None, rto
     no mode, no floating-point argument or output (``f`` returned ``None``, an empty
     tuple, only integers) or only empty ones.
     """
-    modes = tuple(modes)
+    if not isinstance(args, (tuple, list)):
+        raise ArgumentError(with_location(
+            f"check_grads(f, args): args is the tuple of f's positional arguments, got "
+            f"{'an' if type(args).__name__[0] in 'aeiou' else 'a'} {type(args).__name__}; "
+            "write (x,) for one argument"))
+    check_function(f, "check_grads: f", tuple(args))
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
     if not modes:
-        raise InvalidValueError("check_grads: modes is empty, so nothing would be checked "
+        raise _invalid("check_grads: modes is empty, so nothing would be checked "
                                 "(use 'fwd' and/or 'rev')")
     for m in modes:
         if m not in ("fwd", "rev"):
-            raise InvalidValueError(
+            raise _invalid(
                 f"check_grads: unknown mode {m!r} (use 'fwd' and/or 'rev')")
     if order not in (1, 2):
-        raise InvalidValueError(f"check_grads: order must be 1 or 2, got {order!r}")
+        raise _invalid(f"check_grads: order must be 1 or 2, got {order!r}")
     args = tuple(args)
     _something_to_check(f, args)
     rng = np.random.default_rng(seed)
     _check_grads(f, args, order, modes, eps, atol, rtol, rng, level=1, name="f")
+
+
+def _invalid(message: str) -> InvalidValueError:
+    """A check that would compare nothing, named at the user's line."""
+    return InvalidValueError(with_location(message))
 
 
 def _something_to_check(f, args):
@@ -257,23 +268,23 @@ def _something_to_check(f, args):
     arg_l, _ = pytree.flatten(list(args))
     floats = [x for x in arg_l if _float_leaf(x)]
     if not floats:
-        raise InvalidValueError("check_grads: no floating-point argument to differentiate")
+        raise _invalid("check_grads: no floating-point argument to differentiate")
     if not any(np.size(x) for x in floats):
-        raise InvalidValueError("check_grads: every floating-point argument is empty "
+        raise _invalid("check_grads: every floating-point argument is empty "
                                 "(size 0): nothing to check")
     out = f(*args)
     out_l, _ = pytree.flatten(out)
     what = "None" if out is None else f"{type(out).__name__} {pytree.flatten(out)[1]}"
     if not out_l:
-        raise InvalidValueError(f"check_grads: f returned {what}, no output to "
+        raise _invalid(f"check_grads: f returned {what}, no output to "
                                 "differentiate: nothing to check")
     float_out = [o for o in out_l if _float_leaf(o)]
     if not float_out:
-        raise InvalidValueError(
+        raise _invalid(
             f"check_grads: f returned no floating-point output (dtypes "
             f"{', '.join(str(_leaf_dtype(o)) for o in out_l)}): nothing to check")
     if not any(np.size(o) for o in float_out):
-        raise InvalidValueError("check_grads: every floating-point output of f is empty "
+        raise _invalid("check_grads: every floating-point output of f is empty "
                                 "(size 0): nothing to check")
 
 

@@ -22,6 +22,7 @@ import contextvars
 import itertools
 import linecache
 import re
+import weakref
 
 import numpy as np
 
@@ -121,34 +122,65 @@ STORE_HINT = ("storing a traced value into a NumPy array (an array made by np.ze
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
-    __slots__ = ("ir_var", "val", "owner", "view")
+    __slots__ = ("ir_var", "val", "owner", "view_of", "views", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
         self.ir_var = var
         self.val = val
         self.owner = trace
-        self.view = None     # (base Tracer, write_back, key) when this is a view of base
+        # (base Tracer, write_back, key, read) when this is a view of base (not named
+        # ``view``: that is ndarray's method, x.view())
+        self.view_of = None
+        self.views = None    # weak references to the views made of this Tracer
 
-    def assign(self, new: "Tracer") -> None:
-        """An in-place update: this Tracer now stands for ``new``.  If it is a view of
-        another Tracer (a basic slice, reshape or transpose of it, as in NumPy), the write
-        goes through to the base.  (Writes to the base do not reach views made earlier.)"""
+    def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
-        if self.view is not None:
-            base, write_back, _ = self.view
-            base.assign(write_back(self))
 
-    def as_view_of(self, base: "Tracer", write_back, key=None) -> "Tracer":
-        """Mark this Tracer as a view of ``base``; ``write_back(view)`` gives base's value
+    def assign(self, new: "Tracer", _written_by=None) -> None:
+        """An in-place update: this Tracer now stands for ``new``.  As in NumPy, if it is a
+        view of another Tracer (a basic slice, reshape or transpose of it), the write goes
+        through to the base; and the views made of this Tracer earlier (still alive) see
+        the write: each is read again from the new value (``_written_by``: the view the
+        write came through, which holds it already)."""
+        self._rebind(new)
+        if self.view_of is not None:
+            base, write_back = self.view_of[:2]
+            base.assign(write_back(self), _written_by=self)
+        self._refresh_views(_written_by)
+
+    def _refresh_views(self, skip=None) -> None:
+        if not self.views:
+            return
+        live = []
+        for ref in self.views:
+            view = ref()
+            if view is None or view.view_of is None or view.view_of[0] is not self:
+                continue
+            live.append(ref)
+            if view is not skip:
+                view._rebind(view.view_of[3](self))
+                view._refresh_views()
+        self.views = live
+
+    def as_view_of(self, base: "Tracer", write_back, key=None, read=None) -> "Tracer":
+        """Mark this Tracer as a view of ``base``: ``write_back(view)`` gives base's value
         with the view's current contents written into it (``key``: the index spec of a
-        sliced view)."""
+        sliced view), ``read(base)`` the view's value from base's (after a write to
+        base)."""
         if self is not base:
-            self.view = (base, write_back, key)
+            self.view_of = (base, write_back, key, read)
+            base.views = (base.views or []) + [weakref.ref(self)]
         return self
 
     # -- array attributes
     shape = property(lambda self: self.ir_var.shape)
+
+    @shape.setter
+    def shape(self, value):
+        raise errors.UnsupportedAttributeError(with_location(
+            f"x.shape = {value!r} reshapes the array in place, which gradc does not trace; "
+            f"write x = x.reshape({value!r})"))
     dtype = property(lambda self: self.ir_var.dtype)
     ndim = property(lambda self: len(self.ir_var.shape))
     size = property(lambda self: int(np.prod(self.ir_var.shape, dtype=np.int64)))
@@ -212,6 +244,11 @@ class Tracer:
 
     # -- concretisation is an error, not a silent constant
     def _concretize(self, what: str, spelling: str):
+        if not getattr(self.owner, "active", True):
+            raise TracerLeakError(with_location(
+                f"{what.split(' (')[0]} on a traced value after the function that made it "
+                "returned (it escaped its trace: stored in a global, a list or a closure); "
+                "return it from the function instead"))
         frame = errors.user_frame()
         line = ""
         if frame is not None:
@@ -470,6 +507,7 @@ _GRADC_FOR = {
     "scipy.special.log_softmax": "gradc.log_softmax",
     "np.full": "np.full_like(x, value) or np.broadcast_to(value, shape)",
     "scipy.special.polygamma": "gradc.ops.polygamma(n, x) (or scipy.special.psi for n = 0)",
+    "np.vectorize": "NumPy operations on the whole array (np.where for a branch)",
 }
 
 _ONE_EXAMPLE = contextvars.ContextVar("gradc_one_example", default=False)

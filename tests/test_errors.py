@@ -645,3 +645,466 @@ def test_a_users_folder_named_numpy_is_the_users(tmp_path):
     with pytest.raises(gradc.ConcretizationError) as e:
         gradc.grad(module.f)(np.ones(2))
     assert f"{folder / 'user_code.py'}:4" in str(e.value)
+
+
+def test_the_view_method_of_a_traced_array():
+    """(QA: the Tracer's record of what it is a view of was an attribute named ``view``,
+    which hid ndarray's method: ``x.view(...)`` raised "'NoneType' object is not
+    callable".)  ``x.view()`` is a view, as NumPy's: writes reach x; a view as another
+    dtype reinterprets bytes, which is named as unsupported."""
+    def f(x):
+        y = x * 1.0
+        v = y.view()
+        v[0] = 5.0
+        return np.sum(y ** 2)
+
+    np.testing.assert_array_equal(gradc.grad(f)(X), [0.0, -2.0, 4.0])
+    np.testing.assert_array_equal(gradc.jit(lambda x: x.view(np.float64) * 2)(X), 2 * X)
+
+    def g(x):
+        return np.sum(x[1:].view(np.int64) * 1.0)
+
+    expect(gradc.UnsupportedError, ["x.view(int64)", "x.astype(np.int64)"],
+           "return np.sum(x[1:].view(np.int64) * 1.0)", lambda: gradc.grad(g)(X))
+
+
+def _view_then_write_to_base(x):
+    y = x * 1.0
+    v = y[:2]
+    y[0] = 9.0
+    return np.sum(v ** 2)
+
+
+def _sibling_views(x):
+    y = x * 1.0
+    a, b = y[:2], y[1:]
+    a[1] = 7.0
+    return np.sum(b ** 2)
+
+
+def _transposed_view_then_scaled_base(x):
+    y = np.outer(x, x[:2])
+    t = y.T
+    y *= 2.0
+    return np.sum(t[0] ** 3)
+
+
+def _rows_kept_while_the_table_is_updated(x):
+    y = np.outer(x[:2], x)
+    rows = [y[i] for i in range(2)]
+    for i in range(2):
+        y[i] = y[i] * (i + 2)
+    return np.sum(rows[0] * rows[1])
+
+
+@pytest.mark.parametrize("f", [_view_then_write_to_base, _sibling_views,
+                               _transposed_view_then_scaled_base,
+                               _rows_kept_while_the_table_is_updated])
+def test_a_write_to_an_array_reaches_the_views_made_of_it_earlier(f):
+    """(QA: a silent wrong derivative.)  As in NumPy, a view made before a write to its
+    base (or to a sibling view) sees the write; it kept the old values, so value and
+    gradient were those of another program."""
+    from gradc.testing import numerical_grad
+    expected = f(X.copy())                      # NumPy's own semantics
+    assert np.isclose(gradc.jit(f)(X), expected)
+    np.testing.assert_allclose(gradc.grad(f)(X), numerical_grad(lambda z: f(z.copy()), X),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_defjvps_with_a_rule_per_argument_missing_or_extra():
+    """(QA: a silent wrong derivative: the rules were zipped with the arguments, so a
+    missing rule dropped its argument's part of the derivative.)  JAX's defjvps wants
+    one rule per argument, None for one without derivative: the count is checked."""
+    @gradc.custom_jvp
+    def scaled_sin(x, y):
+        return np.sin(x) * y
+
+    scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t)
+
+    def f(x):
+        return np.sum(scaled_sin(x, x))
+
+    expect(gradc.ArgumentError, ["defjvps got 1 rule for 2 differentiated arguments",
+                                 "None for an argument without derivative"],
+           "scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t)",
+           lambda: gradc.grad(f)(X))
+    scaled_sin.defjvps(lambda t, out, x, y: np.cos(x) * y * t, None)
+    np.testing.assert_allclose(gradc.grad(f)(X), np.cos(X) * X)
+
+
+def test_matrix_and_masked_array_arguments():
+    """(QA: silent wrong derivatives.)  gradc traced an np.matrix argument as an ndarray,
+    where m * m is elementwise (np.matrix's is a matrix product), and a masked array's
+    data with its mask ignored (np.ma's sum skips masked entries)."""
+    S = np.matrix([[2.0, 1.0], [1.0, 3.0]])
+    expect(gradc.ArgumentError, ["np.matrix", "np.asarray(m)", "@"],
+           "gradc.grad(lambda m: np.sum(m * m))(S)",
+           lambda: gradc.grad(lambda m: np.sum(m * m))(S))
+    masked = np.ma.masked_array(X, mask=[0, 1, 0])
+    expect(gradc.ArgumentError, ["masked array", "ignore the mask", "np.where(mask"],
+           "gradc.jit(lambda p: p[0] * 2)((masked,))",
+           lambda: gradc.jit(lambda p: p[0] * 2)((masked,)))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_fixed_point_iteration_that_diverges(target):
+    """(QA: x = 2x + t overflowed to ~1e154, where a step below tol * |x|² (inf) passed
+    for convergence: the value came back with no warning.)  Iterates that overflow are
+    not a fixed point: an error naming the line."""
+    def f(t):
+        return np.sum(gradc.fixed_point(lambda x, t: 2.0 * x + t, np.zeros(3), t))
+
+    with np.errstate(all="ignore"):
+        for call in (gradc.value_and_grad(f, target=target), gradc.jit(f, target=target)):
+            expect(gradc.EvaluationError, ["fixed_point diverged", "overflowed",
+                                           "contraction"],
+                   "return np.sum(gradc.fixed_point(lambda x, t: 2.0 * x + t",
+                   lambda: call(X))
+    value, _ = gradc.value_and_grad(lambda t: np.sum(gradc.fixed_point(
+        lambda x, t: 0.5 * x + t, np.zeros(3), t)), target=target)(X)
+    assert np.isclose(value, 2 * np.sum(X))
+
+
+def test_code_gradc_generates_is_not_the_users_line():
+    """(QA: an error raised in a dataclass's generated ``__init__`` (a linear solve's
+    settings) named ``<string>:8`` as the user's line.)"""
+    def f(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, solve="bogus"))
+
+    expect(gradc.ArgumentError, ["solve='bogus'"],
+           'return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, solve="bogus"))',
+           lambda: gradc.grad(f)(X))
+    def g(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, tol=-1.0))
+
+    message = expect(gradc.ArgumentError, ["tol must be > 0"],
+                     "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, tol=-1.0))",
+                     lambda: gradc.grad(g)(X))
+    assert "<string>" not in message
+
+
+def _plain_sum(x):
+    return np.sum(x)
+
+
+def test_functions_handed_to_gradc_are_checked_where_they_are_handed_over():
+    """(QA: a value where a function goes, or a function of the wrong arity, was a
+    TypeError from deep inside gradc ("'Tracer' object is not callable", "takes 1
+    positional argument but 2 were given") naming no line of the user's.)"""
+    def f(x):
+        c, _ = gradc.scan(np.sum(x), 0.0, x)
+        return c
+
+    expect(gradc.ArgumentError, ["scan: the body f(carry, x) must be a function",
+                                 "a traced array"], "c, _ = gradc.scan(np.sum(x), 0.0, x)",
+           lambda: gradc.grad(f)(X))
+
+    def g(x):
+        return gradc.fori_loop(0, 3, lambda acc: acc * 2, x[0])
+
+    expect(gradc.ArgumentError, ["fori_loop: body_fun(i, val) is called with 2 positional",
+                                 "<lambda> (defined at", "too many positional arguments"],
+           "return gradc.fori_loop(0, 3, lambda acc: acc * 2, x[0])",
+           lambda: gradc.grad(g)(X))
+
+    def h(x):       # (JAX's old cond took the operands as one tuple)
+        return np.sum(gradc.cond(x[0] > 0, lambda a, b: a * b, lambda a, b: a + b, (x, x)))
+
+    expect(gradc.ArgumentError, ["cond: true_fun takes 2 arguments and is given one tuple",
+                                 "cond(pred, true_fun, false_fun, *operands)"],
+           "gradc.cond(x[0] > 0, lambda a, b: a * b, lambda a, b: a + b, (x, x))",
+           lambda: gradc.grad(h)(X))
+    expect(gradc.ArgumentError, ["while_loop: body_fun(val) must be a function"],
+           "gradc.while_loop(lambda v: v[0] > 9, 2.0, v)",
+           lambda: gradc.jit(lambda v: gradc.while_loop(lambda v: v[0] > 9, 2.0, v))(X))
+    expect(gradc.ArgumentError, ["gradc.jacfwd: the function must be a function, got",
+                                 "ndarray"], "gradc.jacfwd(X)", lambda: gradc.jacfwd(X))
+    expect(gradc.ArgumentError, ["gradc.hessian: the function must be a function"],
+           'gradc.hessian("loss")', lambda: gradc.hessian("loss"))
+
+    @gradc.custom_vjp
+    def sin(x):
+        return np.sin(x)
+
+    sin.defvjp(lambda x: (np.sin(x), np.cos(x)), lambda g: (g,))
+    expect(gradc.ArgumentError, ["bwd(*nondiff, residuals, ct) is called with 2",
+                                 "<lambda> (defined at", "too many positional arguments"],
+           "lambda: gradc.grad(lambda v: np.sum(sin(v)))(X))",
+           lambda: gradc.grad(lambda v: np.sum(sin(v)))(X))
+    expect(gradc.ArgumentError, ["defvjp: bwd must be a function, got a NoneType"],
+           "lambda: sin.defvjp(np.sin, None))", lambda: sin.defvjp(np.sin, None))
+    expect(gradc.ArgumentError, ["gradc.checkpoint: the function must be a function"],
+           "gradc.checkpoint(X)", lambda: gradc.checkpoint(X))
+    expect(gradc.ArgumentError, ["linear_solve: matvec must be a function v -> A @ v",
+                                 "lambda v: A @ v"], "gradc.linear_solve(np.eye(3), X)",
+           lambda: gradc.linear_solve(np.eye(3), X))
+    expect(gradc.ArgumentError, ["argmin: objective(x, *params) is called with 2"],
+           "gradc.argmin(_plain_sum, np.zeros(3), X)",
+           lambda: gradc.argmin(_plain_sum, np.zeros(3), X))
+
+
+def test_implicit_diff_without_its_optimality_function():
+    """(QA: ``@gradc.implicit_diff`` without ``(optimality_fn)`` made the solver the
+    optimality function; calling the solver was "decorate() takes 1 positional argument
+    but 2 were given".)"""
+    @gradc.implicit_diff
+    def solver(init, theta):
+        return theta * 1.0
+
+    expect(gradc.ArgumentError, ["@gradc.implicit_diff(optimality_fn) above the solver"],
+           "@gradc.implicit_diff", lambda: solver(X, X))
+
+    def opt(y):
+        return y - 1.0
+
+    @gradc.implicit_diff(opt)
+    def solver2(init, theta):
+        return init * 0 + theta
+
+    expect(gradc.ArgumentError, ["the optimality function of solver2 is called with 2",
+                                 "opt (defined at"],
+           "lambda: gradc.grad(lambda t: np.sum(solver2(X, t)))(X)",
+           lambda: gradc.grad(lambda t: np.sum(solver2(X, t)))(X))
+
+
+def test_checkpoint_with_settings_as_a_decorator():
+    """``@gradc.checkpoint(static_argnums=...)`` (as ``@gradc.grad(argnums=...)``) was
+    "missing 1 required positional argument: 'fun'"."""
+    @gradc.checkpoint(static_argnums=(1,))
+    def scaled(x, n):
+        return np.sin(x) * n
+
+    np.testing.assert_allclose(gradc.grad(lambda v: np.sum(scaled(v, 2)))(X), 2 * np.cos(X))
+
+
+def test_operands_that_are_not_numbers():
+    """(QA: ``x + "1"`` made a traced string array, which failed later, inside np.sum,
+    with NumPy's "the resolved dtypes are not compatible with add.reduce"; a ragged list
+    was NumPy's ValueError from inside gradc.)"""
+    expect(gradc.DTypeError, ["a string ('1') where gradc traces numbers"],
+           'gradc.grad(lambda x: np.sum(x + "1"))(X)',
+           lambda: gradc.grad(lambda x: np.sum(x + "1"))(X))
+    expect(gradc.DTypeError, ["a date", "datetime64"],
+           'gradc.jit(lambda x: x + np.datetime64("2020-01-01"))(X)',
+           lambda: gradc.jit(lambda x: x + np.datetime64("2020-01-01"))(X))
+    image = np.full((1, 1, 2, 2), None)
+    expect(gradc.DTypeError, ["a Python object", "dtype object"],
+           "gradc.jit(lambda k: gradc.conv2d(image, k))(np.ones((1, 1, 1, 1)))",
+           lambda: gradc.jit(lambda k: gradc.conv2d(image, k))(np.ones((1, 1, 1, 1))))
+    expect(gradc.ShapeError, ["a list operand that is not an array of numbers",
+                              "inhomogeneous"], "gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))",
+           lambda: gradc.grad(lambda x: np.sum(x + [1.0, [2.0]]))(X))
+
+
+def test_a_slice_with_a_zero_step_or_a_float_bound():
+    """(QA: NumPy's ValueError "slice step cannot be zero" came from inside gradc with no
+    line of the user's; a float bound was its TypeError.)"""
+    expect(gradc.ShapeError, ["slice ::0", "step cannot be zero"], "np.sum(x[::0])",
+           lambda: gradc.grad(lambda x: np.sum(x[::0]))(X))
+    expect(gradc.ArgumentError, ["slice 0.5:2", "integers"], "np.sum(x[0.5:2])",
+           lambda: gradc.grad(lambda x: np.sum(x[0.5:2]))(X))
+
+
+def test_pad_repeat_and_diff_arguments_numpy_refuses():
+    """(QA: np.pad's pad_width for another dimension and np.repeat's repeats of the wrong
+    length were NumPy's ValueError from inside gradc, naming no line; np.diff(x, n=-1)
+    returned x where NumPy refuses it.)"""
+    expect(gradc.ShapeError, ["np.pad: pad_width ((1, 1), (1, 1))", "dimension 1"],
+           "np.sum(np.pad(x, ((1, 1), (1, 1))))",
+           lambda: gradc.grad(lambda x: np.sum(np.pad(x, ((1, 1), (1, 1)))))(X))
+    expect(gradc.ShapeError, ["np.repeat: repeats of shape (2,)", "axis of size 3"],
+           "np.sum(np.repeat(x, [1, 2]))",
+           lambda: gradc.grad(lambda x: np.sum(np.repeat(x, [1, 2])))(X))
+    expect(gradc.InvalidValueError, ["np.diff: order must be non-negative"],
+           "np.sum(np.diff(x, n=-1))", lambda: gradc.grad(lambda x: np.sum(np.diff(x, n=-1)))(X))
+
+
+def test_assigning_to_the_shape_of_a_traced_array():
+    """(QA: Python's AttributeError "property 'shape' of 'Tracer' object has no setter",
+    naming neither the problem nor the line.)"""
+    def f(x):
+        y = x * 1.0
+        y.shape = (3, 1)
+        return np.sum(y @ y.T)
+
+    expect(gradc.UnsupportedError, ["x.shape = (3, 1)", "x = x.reshape((3, 1))"],
+           "y.shape = (3, 1)", lambda: gradc.grad(f)(X))
+
+
+def test_in_place_operator_on_a_numpy_array_with_a_traced_operand():
+    """(QA: ``z += x`` with z a NumPy array said "np.add(..., out=...) on a traced array:
+    ... write the result to a new variable", though z is not traced.)"""
+    def f(x):
+        z = np.zeros(3)
+        z += x
+        return np.sum(z ** 2)
+
+    expect(gradc.UnsupportedError, ["np.add(..., out=a NumPy array)", "z = z + x",
+                                    "np.zeros_like(x, shape=shape)"], "z += x",
+           lambda: gradc.grad(f)(X))
+
+
+def test_a_leaked_tracer_turned_into_a_number():
+    """(QA: float() of a traced value kept after its trace said it "would cut its
+    derivative", where np.asarray of it says it escaped.)"""
+    saved = []
+
+    def f(x):
+        saved.append(x[0])
+        return np.sum(x)
+
+    gradc.grad(f)(X)
+    expect(gradc.TracerLeakError, ["float() on a traced value after the function",
+                                   "escaped"], "lambda: float(saved[0])",
+           lambda: float(saved[0]))
+    expect(gradc.TracerLeakError, ["int()"], "lambda: int(saved[0])", lambda: int(saved[0]))
+
+
+def test_eval_graph_with_arguments_the_graph_was_not_traced_for():
+    """(QA: the wrong number of arguments was a bare TypeError from inside gradc; an
+    argument of another shape was evaluated silently, the Graph's sum over 3 elements
+    summing 4.)"""
+    graph = gradc.make_graph(lambda x: np.sum(np.sin(x) ** 2))(X)
+    expect(gradc.ArgumentError, ["the Graph takes 1 input (f64[3]), got 2"],
+           "gradc.eval_graph(graph, [X, X])", lambda: gradc.eval_graph(graph, [X, X]))
+    expect(gradc.ShapeError, ["input 0 has shape (4,)", "traced for f64[3]"],
+           "gradc.eval_graph(graph, [np.ones(4)])",
+           lambda: gradc.eval_graph(graph, [np.ones(4)]))
+    assert np.isclose(gradc.eval_graph(graph, [X])[0], np.sum(np.sin(X) ** 2))
+
+
+def test_static_argnames_that_name_no_parameter():
+    """(QA: a misspelt static_argnames was ignored: the argument it meant was traced.)"""
+    def f(x, scale=1.0):
+        return x * scale
+
+    expect(gradc.ArgumentError, ["static_argnames has 'scal'", "no parameter of that name",
+                                 "scale, x"], 'gradc.jit(f, static_argnames="scal")',
+           lambda: gradc.jit(f, static_argnames="scal"))
+    np.testing.assert_array_equal(gradc.jit(f, static_argnames="scale")(X, scale=2.0), 2 * X)
+
+
+def test_loop_lengths_and_bounds_that_are_not_counts():
+    """(QA: scan(length=2.5) ran 2 steps and length=-2 none, fori_loop(0, 2.5, ...) ran 2:
+    int() truncated them silently; a fori_loop body changing its value's shape was
+    reported as scan's.)"""
+    def steps(n):
+        return lambda x: gradc.scan(lambda c, _: (c * 2, None), np.sum(x), length=n)[0]
+
+    for n in (2.5, -2):
+        expect(gradc.ArgumentError, ["scan: length is a count of steps", repr(n)],
+               "return lambda x: gradc.scan(lambda c, _: (c * 2, None), np.sum(x), length=n)",
+               lambda: gradc.grad(steps(n))(X))
+    def truncated(x):
+        return gradc.fori_loop(0, 2.5, lambda i, acc: acc + x[i], 0.0)
+
+    expect(gradc.ArgumentError, ["fori_loop: the bounds are integers, got 2.5"],
+           "return gradc.fori_loop(0, 2.5, lambda i, acc: acc + x[i], 0.0)",
+           lambda: gradc.grad(truncated)(X))
+
+    def grows(x):
+        return np.sum(gradc.fori_loop(0, 3, lambda i, acc: acc + x, 0.0))
+
+    expect(gradc.ArgumentError, ["fori_loop: the body changes carry leaf 0 from f64[] to "
+                                 "f64[3]"], "gradc.fori_loop(0, 3, lambda i, acc: acc + x, 0.0)",
+           lambda: gradc.grad(grows)(X))
+    np.testing.assert_array_equal(
+        gradc.grad(lambda x: gradc.fori_loop(0, np.array(2), lambda i, acc: acc + x[i], 0.0))(X),
+        [1.0, 1.0, 0.0])
+
+
+def test_conv2d_with_a_kernel_that_is_not_4_d():
+    """(QA: ``IndexError: tuple index out of range`` from inside gradc.conv2d.)"""
+    image = np.ones((1, 2, 5, 5))
+    expect(gradc.ShapeError, ["conv2d: expected image (N, C, H, W) and kernel (O, C, KH, KW)",
+                              "(3, 3)"], "np.sum(gradc.conv2d(i, np.ones((3, 3))))",
+           lambda: gradc.grad(lambda i: np.sum(gradc.conv2d(i, np.ones((3, 3)))))(image))
+
+
+def test_check_and_check_grads_arguments():
+    """(QA: gradc.check(f) without arguments was the function's own TypeError from inside
+    gradc, rtol="tight" a TypeError in its arithmetic, modes="rev" read as ('r', 'e',
+    'v'); check_grads' refusals named no line, and check_grads(f, x) spread x's rows as
+    arguments.)"""
+    from gradc.testing import check_grads
+
+    def loss(x):
+        return np.sum(np.sin(x) ** 2)
+
+    expect(gradc.ArgumentError, ["gradc.check: the function is called with 0 positional",
+                                 "missing a required argument: 'x'"], "gradc.check(loss)",
+           lambda: gradc.check(loss))
+    expect(gradc.ArgumentError, ["rtol is a number >= 0", "'tight'"],
+           'gradc.check(loss, X, rtol="tight")', lambda: gradc.check(loss, X, rtol="tight"))
+    assert gradc.check(loss, X, modes="rev", against="fd", targets="numpy").ok
+    expect(gradc.ArgumentError, ["args is the tuple of f's positional arguments", "(x,)"],
+           "check_grads(loss, X)", lambda: check_grads(loss, X))
+    expect(gradc.InvalidValueError, ["check_grads: order must be 1 or 2, got 3"],
+           "check_grads(loss, (X,), order=3)", lambda: check_grads(loss, (X,), order=3))
+    check_grads(loss, (X,), modes="rev")
+
+
+def test_linear_solve_settings_that_are_not_numbers():
+    """(QA: ridge="small" was float()'s ValueError from inside gradc; maxiter=0 ran the
+    default number of iterations.)"""
+    def f(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, ridge="small"))
+
+    expect(gradc.ArgumentError, ["tol and ridge are numbers", "ridge='small'"],
+           'return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, ridge="small"))',
+           lambda: gradc.grad(f)(X))
+
+    def g(b):
+        return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, maxiter=0))
+
+    expect(gradc.ArgumentError, ["maxiter is a count of matrix-vector products, >= 1"],
+           "return np.sum(gradc.linear_solve(lambda v: 2.0 * v, b, maxiter=0))",
+           lambda: gradc.grad(g)(X))
+
+
+def test_np_vectorize_is_named_as_the_user_wrote_it():
+    """(QA: the error named "numpy.lib.__call__", the method np.vectorize runs.)"""
+    def step(v):
+        return v * 2.0 if v > 0 else v
+
+    doubled = np.vectorize(step)
+    expect(gradc.ConcretizationError, ["np.vectorize converts its arguments",
+                                       "np.where for a branch"],
+           "gradc.grad(lambda x: np.sum(doubled(x)))(X)",
+           lambda: gradc.grad(lambda x: np.sum(doubled(x)))(X))
+
+
+def test_the_command_line_names_the_line_of_an_error_in_the_users_function(tmp_path, capsys):
+    """(QA: ``gradc check`` of a function NumPy itself fails on (the reference run) printed
+    "ValueError: operands could not be broadcast ..." with no line; so did the
+    function's own exceptions.)"""
+    from gradc import cli
+    path = tmp_path / "funcs.py"
+    path.write_text("import numpy as np\n\n\ndef two(x, y):\n    return np.sum(x * y)\n\n\n"
+                    "def broken(x):\n    raise RuntimeError('user bug')\n")
+    assert cli.main(["check", f"{path}:two", "--args", "f64[3], f64[4]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradc: error: ValueError: operands could not be broadcast"), err
+    assert err.endswith(f"(at {path}:5: return np.sum(x * y))"), err
+    assert cli.main(["show", f"{path}:broken", "--args", "f64[3]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"user bug (at {path}:9: raise RuntimeError('user bug'))"), err
+
+
+def test_a_boolean_scalar_as_an_index():
+    """(QA: a silent wrong value: x[True], a Python bool being an int, read as x[1]; NumPy
+    gives x[None].  A traced boolean scalar was "nonzero failed ... Calling nonzero on 0d
+    arrays", np.True_ "arrays used as indices must be of integer or boolean type, got
+    bool".)"""
+    for true in (True, np.True_):
+        np.testing.assert_array_equal(gradc.jit(lambda x: x[true] * 2)(X), X[None] * 2)
+    expect(gradc.UnsupportedError, ["x[cond] with a traced boolean scalar", "np.where"],
+           "gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X)",
+           lambda: gradc.grad(lambda x: np.sum(x[x[0] > 0]))(X))
+
+
+def test_one_hot_with_a_number_of_classes_that_is_not_an_int():
+    """(QA: num_classes=2.5 gave 3 classes, np.arange(2.5)'s, silently.)"""
+    expect(gradc.ArgumentError, ["one_hot: num_classes is an int, got 2.5"],
+           "gradc.nn.one_hot(k, 2.5)",
+           lambda: gradc.jit(lambda k: gradc.nn.one_hot(k, 2.5))(np.array([0, 1])))

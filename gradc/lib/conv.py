@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .. import ops
-from ..errors import ArgumentError, with_location
+from ..errors import ArgumentError, ShapeError, with_location
 from ..numpy_api import operand, promote
+from ..trace import shape_of
 
 
 def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
@@ -38,7 +39,11 @@ def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
         raise ArgumentError(with_location(
             f"conv2d: groups must be an int >= 1; got {groups!r}"))
     image, kernel = promote(operand(image), operand(kernel), float_result=True)
-    kh, kw = kernel.shape[2], kernel.shape[3]
+    if len(shape_of(image)) != 4 or len(shape_of(kernel)) != 4:
+        raise ShapeError(with_location(
+            f"conv2d: expected image (N, C, H, W) and kernel (O, C, KH, KW), got "
+            f"{tuple(shape_of(image))} and {tuple(shape_of(kernel))}"))
+    kh, kw = shape_of(kernel)[2], shape_of(kernel)[3]
     if isinstance(padding, str) and padding == "valid":
         pads = ((0, 0), (0, 0))
     elif isinstance(padding, str) and padding == "same":

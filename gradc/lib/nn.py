@@ -155,6 +155,14 @@ def hard_tanh(x):
 
 def one_hot(x, num_classes, dtype=np.float64):
     """``x[..., None] == arange(num_classes)`` as ``dtype`` (zeros for out-of-range)."""
+    import operator
+
+    from ..errors import ArgumentError, with_location
     from ..trace import is_tracer
+    try:
+        num_classes = operator.index(num_classes)
+    except TypeError:
+        raise ArgumentError(with_location(
+            f"one_hot: num_classes is an int, got {num_classes!r}")) from None
     x = x if is_tracer(x) else np.asarray(x)
     return (x[..., None] == np.arange(num_classes)).astype(dtype)

@@ -29,6 +29,9 @@ def _slice_along(x, axis, start, stop, step=1):
 
 @implements(np.diff)
 def diff(a, n=1, axis=-1, prepend=None, append=None):
+    if n < 0:
+        raise InvalidValueError(with_location(
+            f"np.diff: order must be non-negative but got {n} (NumPy's ValueError)"))
     a = operand(a)
     axis = _axis(axis, len(shape_of(a)))
     parts = []
@@ -67,7 +70,12 @@ def pad(array, pad_width, mode="constant", **kwargs):
     its edge, a gather of the positions NumPy's own ``pad`` gives ``arange(n)``)."""
     x = operand(array)
     nd = len(shape_of(x))
-    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (nd, 2))
+    try:
+        widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (nd, 2))
+    except (TypeError, ValueError):
+        raise ShapeError(with_location(
+            f"np.pad: pad_width {pad_width!r} does not fit an array of dimension {nd}: give "
+            "one (before, after) pair per axis, one pair for all, or one number")) from None
     if mode == "constant":
         value = kwargs.pop("constant_values", 0)
         if kwargs or np.ndim(value) != 0:

@@ -15,6 +15,7 @@ batched matvec over the identity and calls LAPACK (a singular ``A`` is a clear e
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,8 +91,18 @@ def as_method(solve, tol=1e-10, maxiter=None, ridge=0.0, symmetric=False):
     if isinstance(solve, (Method, UserSolve)):
         return solve
     if isinstance(solve, str):
-        return Method(solve, float(tol), None if maxiter is None else int(maxiter),
-                      float(ridge))
+        try:
+            tol, ridge = float(tol), float(ridge)
+            maxiter = None if maxiter is None else operator.index(maxiter)
+        except (TypeError, ValueError):
+            raise ArgumentError(with_location(
+                f"solve={solve!r}: tol and ridge are numbers and maxiter an int (or None), "
+                f"got tol={tol!r}, ridge={ridge!r}, maxiter={maxiter!r}")) from None
+        if maxiter is not None and maxiter < 1:     # (0 read as "the default")
+            raise ArgumentError(with_location(
+                f"solve={solve!r}: maxiter is a count of matrix-vector products, >= 1 (or "
+                f"None for the default), got {maxiter}"))
+        return Method(solve, tol, maxiter, ridge)
     if callable(solve):
         return UserSolve(solve, symmetric)
     raise ArgumentError(with_location(

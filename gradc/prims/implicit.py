@@ -217,6 +217,12 @@ def warn_unconverged(what: str, where, residual) -> None:
     """A warning for a solver that stopped at its limit; an error for one that broke
     down (a NaN or infinite residual: nothing it returns can be trusted)."""
     residual = float(residual)
+    if not np.isfinite(residual) and what.startswith("fixed_point"):
+        raise EvaluationError(with_location(
+            f"{what.split(' after ')[0]} diverged: the iterates x = f(x, ...) overflowed "
+            f"(residual {residual}); the iteration converges where f is a contraction "
+            "near the fixed point: start closer, or solve f(x) - x = 0 another way "
+            "(gradc.custom_root, @gradc.implicit_diff)", where))
     if not np.isfinite(residual):
         raise EvaluationError(with_location(
             f"{what} broke down (residual {residual}): the system is singular, or not "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ArgumentError, GradcError, with_location
+from ..errors import ArgumentError, GradcError, check_function, with_location
 from ..interpret import eval_graph
 from ..ir import Graph, Primitive, Var, computed_from, is_float, type_str
 from ..pytree import flatten, unflatten
@@ -264,6 +264,13 @@ scan_p.transpose = _scan_transpose
 
 # ---------------------------------------------------------------- the user's functions
 
+def _an_int(v) -> bool:
+    """Whether ``v`` is an integer (a Python or NumPy int, or a 0-d integer array), not
+    a bool or a float that ``int()`` would truncate."""
+    return not isinstance(v, (bool, np.bool_)) and np.ndim(v) == 0 and \
+        np.asarray(v).dtype.kind in "iu"
+
+
 def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     """Loop ``carry, y = f(carry, x)`` over the leading axis of ``xs`` (JAX's
     ``lax.scan``): returns the final carry and the ys stacked along a new leading axis.
@@ -272,6 +279,13 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     ``f`` is traced once, without concrete values: Python branches on the carry are an
     error inside it.  ``unroll`` (JAX's hint for XLA) is accepted and has no effect: the
     loop is compiled as a loop, whose body LLVM unrolls where it pays."""
+    return _scan(f, init, xs, length, reverse, unroll, "scan")
+
+
+def _scan(f, init, xs, length, reverse, unroll, what):
+    """``scan``; ``what`` names the function the user called in errors (scan, or
+    fori_loop, which is a scan)."""
+    check_function(f, "scan: the body f(carry, x)", 2)
     if not isinstance(unroll, (bool, np.bool_)) and (
             not isinstance(unroll, (int, np.integer)) or unroll < 1):
         raise ArgumentError(with_location(
@@ -290,6 +304,9 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
                 "scan: give xs with one leading length, or length= when xs is None; "
                 f"got leading lengths {sorted(sizes)}"))
         length = sizes.pop()
+    elif not isinstance(length, Tracer) and (not _an_int(length) or length < 0):
+        raise ArgumentError(with_location(
+            f"scan: length is a count of steps, an int >= 0; got {length!r}"))
     elif sizes and sizes != {int(length)}:
         raise ArgumentError(with_location(
             f"scan: length={length} but xs have leading lengths {sorted(sizes)}"))
@@ -301,19 +318,19 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
     def body(*leaves):
         result = f(unflatten(carry_def, leaves[:n_carry]), unflatten(x_def, leaves[n_carry:]))
         if not isinstance(result, tuple) or len(result) != 2:
-            raise ArgumentError(with_location("scan: the body must return a pair "
+            raise ArgumentError(with_location(f"{what}: the body must return a pair "
                                               "(new carry, y)"))
         new_leaves, new_def = flatten(result[0])
         if new_def != carry_def:
             raise ArgumentError(with_location(
-                f"scan: the body returns a carry of structure {new_def}, but the "
+                f"{what}: the body returns a carry of structure {new_def}, but the "
                 f"initial carry has structure {carry_def}"))
         y_leaves, y_tree = flatten(result[1])
         y_def.append(y_tree)
         return list(new_leaves) + list(y_leaves)
 
     graph, _, captured = trace_graph(body, carry_avals + x_avals)
-    _check_kept("scan: the body changes carry leaf", graph.outputs[:n_carry], carry_avals,
+    _check_kept(f"{what}: the body changes carry leaf", graph.outputs[:n_carry], carry_avals,
                 "a carry keeps its shape and dtype (convert it explicitly, e.g. with .astype)")
     body_graph = _consts_first(graph, n_carry + len(x_leaves))
     from ..passes import licm
@@ -333,6 +350,7 @@ def fori_loop(lower, upper, body_fun, init_val):
     ``lax.fori_loop``): one ``scan`` over the indices when the bounds are Python ints, a
     ``while_loop`` over ``(i, val)`` when one is traced (the trip count then depends on
     data; both modes of differentiation still go through it)."""
+    check_function(body_fun, "fori_loop: body_fun(i, val)", 2)
     traced = [b for b in (lower, upper) if isinstance(b, Tracer)]
     if traced:
         for b in traced:
@@ -344,10 +362,15 @@ def fori_loop(lower, upper, body_fun, init_val):
         _, val = while_loop(lambda s: s[0] < upper,
                             lambda s: (s[0] + 1, body_fun(s[0], s[1])), (start, init_val))
         return val
+    for bound in (lower, upper):
+        if not _an_int(bound):
+            raise ArgumentError(with_location(
+                f"fori_loop: the bounds are integers, got {bound!r} "
+                f"({type(bound).__name__})"))
     lower, upper = int(lower), int(upper)
     steps = np.arange(lower, max(lower, upper), dtype=np.int64)
-    carry, _ = scan(lambda val, i: (body_fun(i, val), None), init_val, steps,
-                    length=len(steps))
+    carry, _ = _scan(lambda val, i: (body_fun(i, val), None), init_val, steps, len(steps),
+                     False, 1, "fori_loop")
     return carry
 
 
@@ -444,6 +467,21 @@ def cond(pred, true_fun, false_fun, *operands):
     ``lax.cond``), as one equation holding both branches: the branch is chosen when
     the function runs, not when it is traced, and both are differentiated.  The
     branches must return the same structure of the same shapes and dtypes."""
+    for fun, name in ((true_fun, "true_fun"), (false_fun, "false_fun")):
+        if callable(fun) and len(operands) == 1 and isinstance(operands[0], tuple):
+            try:                # JAX's old cond(pred, f, g, (a, b)): f takes a and b
+                check_function(fun, "", operands)
+            except ArgumentError:
+                try:
+                    check_function(fun, "", operands[0])
+                except ArgumentError:
+                    pass
+                else:
+                    raise ArgumentError(with_location(
+                        f"cond: {name} takes {len(operands[0])} arguments and is given one "
+                        "tuple: pass the operands one by one, cond(pred, true_fun, "
+                        "false_fun, *operands)")) from None
+        check_function(fun, f"cond: {name}", len(operands))
     if tuple(shape_of(pred)) != ():
         raise ArgumentError(with_location(f"cond: the predicate must be a scalar, got shape "
                                           f"{tuple(shape_of(pred))}"))
@@ -872,6 +910,8 @@ def while_loop(cond_fun, body_fun, init_val, checkpoint=None):
     after one when the backward sweep reaches them: (steps / k + k) values stored, for
     one more forward pass.  The primal loop runs once more than without reverse mode
     (the backward sweep replays it to fill the tape)."""
+    check_function(cond_fun, "while_loop: cond_fun(val)", 1)
+    check_function(body_fun, "while_loop: body_fun(val)", 1)
     if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(
             checkpoint, (int, np.integer)) or checkpoint < 1):
         raise ArgumentError(with_location(
