@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import numbers
 import types
 import weakref
@@ -813,6 +814,9 @@ class _StaticEvaluate(Evaluate):
     __call__ = Evaluate._call_with_static
 
 
+_PLAIN_STATIC = frozenset({int, bool, str, bytes, type(None)})
+
+
 def _static_key(v):
     """A static argument's part of a cache key: its type and value, compared by hash and
     ``==`` (JAX's rule), and what ``==`` does not tell apart but a trace may read: the
@@ -820,12 +824,14 @@ def _static_key(v):
     ``np.full(2, s[0])`` has three dtypes, as for 1, 1.0 and True), and the sign of a
     float zero (0.0 == -0.0, but ``np.copysign(1.0, s)`` is not)."""
     t = type(v)
+    if t in _PLAIN_STATIC or t is float and v:     # (the common cases first: per call)
+        return (t, v)
     if isinstance(v, tuple):
         return (t, tuple([_static_key(e) for e in v]))
     if isinstance(v, frozenset):
         return (t, frozenset([_static_key(e) for e in v]))
     if isinstance(v, (float, np.floating)) and v == 0:
-        return (t, v, bool(np.signbit(v)))
+        return (t, v, math.copysign(1.0, v) < 0)
     return (t, v)
 
 
