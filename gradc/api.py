@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import numbers
 import types
 import weakref
@@ -695,7 +696,8 @@ class Evaluate(_FastPath, Transformed):
     def _split_static(self, args, kwargs):
         """``(call, args, kwargs, key)``: the static arguments (``static_argnums``,
         ``static_argnames``) taken out and bound into ``call`` as constants of the trace
-        (any Python value; a new value, by ``==``, traces again, as JAX's)."""
+        (any Python value; a new value, by type and ``==``, traces again, as JAX's;
+        ``_static_key``)."""
         n = len(args)
         at = sorted({i % n for i in self._static_positions if -n <= i < n})
         named = sorted(k for k in self._static_names if k in kwargs)
@@ -717,8 +719,7 @@ class Evaluate(_FastPath, Transformed):
             return fun(*full, *it, **kw, **{k: kwargs[k] for k in named})
         call.__qualname__ = _fun_name(fun)
         call.__wrapped__ = fun
-        key = (tuple(at), tuple(named),
-               tuple((type(v), v) for v in fixed))
+        key = (tuple(at), tuple(named), tuple(_static_key(v) for v in fixed))
         return call, rest, {k: v for k, v in kwargs.items() if k not in named}, key
 
     def __new__(cls, fun=None, static_argnums=(), static_argnames=(), **options):
@@ -729,8 +730,8 @@ class Evaluate(_FastPath, Transformed):
         return super().__new__(cls)
 
     def _call_with_static(self, *args, **kwargs):
-        """``__call__`` with static arguments: the fast key is theirs (type and value,
-        compared by hash and ``==`` as the general path's key and JAX's) beside the
+        """``__call__`` with static arguments: the fast key is theirs (``_static_key``, as
+        in the general path's key) beside the
         dynamic arguments' ``_fast_key``; static keyword arguments are keyed by name."""
         fkey, at = self._static_fast_key(args, kwargs)
         if fkey is not None and self._fast:
@@ -765,11 +766,11 @@ class Evaluate(_FastPath, Transformed):
             names = self._static_names
             if any(k not in names for k in kwargs):
                 return None, None
-            kw = tuple(sorted((k, type(v), v) for k, v in kwargs.items()))
+            kw = tuple(sorted((k, _static_key(v)) for k, v in kwargs.items()))
         dyn = _fast_key([args[i] for i in rest])
         if dyn is None:
             return None, None
-        return (n, dyn, tuple([(type(args[i]), args[i]) for i in at]), kw), at
+        return (n, dyn, tuple([_static_key(args[i]) for i in at]), kw), at
 
     def _remember(self, args, spec, state, fkey=None, at=()):
         if (self._static_positions or self._static_names) and fkey is None or \
@@ -829,6 +830,27 @@ class _StaticEvaluate(Evaluate):
     """What ``jit(f, static_argnums=..., static_argnames=...)`` returns."""
 
     __call__ = Evaluate._call_with_static
+
+
+_PLAIN_STATIC = frozenset({int, bool, str, bytes, type(None)})
+
+
+def _static_key(v):
+    """A static argument's part of a cache key: its type and value, compared by hash and
+    ``==`` (JAX's rule), and what ``==`` does not tell apart but a trace may read: the
+    items' types of a tuple or frozenset ((1,), (1.0,) and (True,) are equal, but
+    ``np.full(2, s[0])`` has three dtypes, as for 1, 1.0 and True), and the sign of a
+    float zero (0.0 == -0.0, but ``np.copysign(1.0, s)`` is not)."""
+    t = type(v)
+    if t in _PLAIN_STATIC or t is float and v:     # (the common cases first: per call)
+        return (t, v)
+    if isinstance(v, tuple):
+        return (t, tuple([_static_key(e) for e in v]))
+    if isinstance(v, frozenset):
+        return (t, frozenset([_static_key(e) for e in v]))
+    if isinstance(v, (float, np.floating)) and v == 0:
+        return (t, v, math.copysign(1.0, v) < 0)
+    return (t, v)
 
 
 def _empty(v) -> bool:

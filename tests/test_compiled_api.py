@@ -550,6 +550,28 @@ def test_jit_static_fast_path_keeps_its_guards_and_its_limit(monkeypatch):
         assert 0 < len(s._fast) <= 5
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_jit_static_values_equal_by_eq_but_not_alike_trace_apart(target):
+    """(The static key was (type, value) at the top level: (1, 0.0), (1.0, -0.0) and
+    (True, 0.0) are equal tuples, so the second and third calls returned the first's
+    cached int result with a + sign, by the general path (numpy) and the fast path
+    (cpu).)  A tuple's items are keyed by type too, a float zero by its sign."""
+    j = gradc.jit(lambda x, s: (x, np.full(2, s[0]), np.copysign(1.0, s[1])),
+                  static_argnums=1, target=target)
+    x = np.array([1.0, 2.0])
+    for _ in range(2):          # (again: from the fast path's table)
+        for s in [(1, 0.0), (1.0, -0.0), (True, 0.0), (1, -0.0)]:
+            _, full, sign = j(x, s)
+            want = np.full(2, s[0])
+            assert full.dtype == want.dtype and np.array_equal(full, want), s
+            assert sign == np.copysign(1.0, s[1]), s
+    k = gradc.jit(lambda x, *, s: x * np.copysign(1.0, s), static_argnames="s",
+                  target=target)
+    for _ in range(2):          # (static keywords alike)
+        np.testing.assert_array_equal(k(x, s=0.0), x)
+        np.testing.assert_array_equal(k(x, s=-0.0), -x)
+
+
 def test_fastmath_reaches_the_loop_helpers(rng):
     g = gradc.grad(rosen, fastmath=True)
     x = rng.uniform(-1, 1, 30)
