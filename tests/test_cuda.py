@@ -1217,8 +1217,8 @@ def test_the_crf_transition_gradient_starts_from_zeros_without_a_fill():
     src = g.source(U, A)
     host = src[src.rindex("\ndef "):]
     assert host.count(ONE_KERNEL) == 2
-    assert "(from bw, zeros: neither filled nor added)" in host
-    assert re.search(r"\n +bw = ", host) is None and "bw)" not in host
+    zeros = re.search(r"\(from (\w+), zeros: neither filled nor added\)", host).group(1)
+    assert re.search(rf"\n +{zeros} = ", host) is None and f"{zeros})" not in host
     # (12 with the fill, the add, and copies of xs[0] and xs[1:]: views now; and the
     # gradient of U transposed back: the backward scan writes into views of it)
     assert len(g.compile(U, A).kernels) == 7
@@ -2191,8 +2191,15 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     # registers now, are gone)
     assert re.findall(r"(\w+) = cuda\.shared\.array\((\d+), numba\.float64\)",
                       forward) == [("b_2", "8"), ("c_pf", "8")]
-    assert "\n                q[_t, i0, i2] = _a1_0_0\n" in forward
-    assert "_d.log(_a1_0_0)" in forward
+    # (what reverse mode reads, written from the registers: the sum, or 1 where the
+    # maximum is -inf, a sum of no terms, whose derivative is 0, not 0/0; and the log
+    # of the same register)
+    sum_ = r"\n +(\w+)_ = _a1_0_0\n"
+    assert re.search(r"\n +(\w+)_ = _a0_0_0\n +# .*\n +(\w+)_ = \(\1_ == \(-np\.inf\)\)\n +# .*"
+                     r"\n +(\w+)_ = _a1_0_0\n +# .* = select \2 1\.0:f64 \3\n"
+                     r" +(\w+)_ = \(1\.0 if \2_ else \3_\)\n +\4\[_t, i0, _pi1, _pi2\] = \4_\n",
+                     forward)
+    assert re.search(sum_ + r" +# .* = log \1\n +\w+_ = _d\.log\(\1_\)\n", forward)
     steps = forward[forward.index("for _s in range"):]
     # (the maximum, the sum and the new carry in one loop, each thread's maximum and
     # sum read from its registers: one barrier a step, + one after the write-back)
@@ -2204,6 +2211,31 @@ def test_a_row_kernel_keeps_its_rows_in_shared_memory_and_sums_what_it_computes(
     assert "k[_t, i0, i1, i2] = k_" in summed
     for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, dtype", [((6, 5, 4), np.float64), ((6, 5, 4), np.float32),
+                                          ((3, 4, 16), np.float64)])
+def test_a_crf_state_reachable_only_at_the_start_has_a_gradient_on_the_gpu(shape, dtype):
+    """A column of −inf transitions: the state's forward sums have no terms after the
+    first step, and logsumexp's derivative there is 0 (``gradc.nn``), not 0/0.  The
+    row kernels give the CPU's finite gradient: K = 4, the forward kernel writing the
+    sum or 1 for the backward one; K = 16, the tape cut (``passes.remat``), the
+    backward kernel computing it again from the sum and the maximum."""
+    B, T, K = shape
+    U = rng.standard_normal(shape).astype(dtype)
+    A = rng.standard_normal((K, K)).astype(dtype)
+    A[:, 1] = -np.inf
+    g = gradc.grad(crf_batched, argnums=(0, 1), target="cuda")
+    src = g.source(U, A)
+    assert src.count(ROW_BLOCKS) == 2
+    kind = "f64" if dtype == np.float64 else "f32"           # (the tape: cut or not)
+    assert (f"{kind}[{T - 1},{B},{K},{K}]" in src) == (K == 4)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(g(U, A), gradc.grad(crf_batched, argnums=(0, 1), target="numpy")(U, A)):
+        assert a.dtype == dtype and np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    dU, dA = g(U, A)
+    assert np.all(dU[:, 1:, 1] == 0) and np.all(dA[:, 1] == 0)
 
 
 def test_a_batch_sum_the_step_reads_is_one_block():

@@ -22,14 +22,15 @@ def logsumexp(x, axis=None, keepdims=False, *, b=None, return_sign=False, where=
     the terms taken), shifted by the maximum for stability.  The shift is held constant:
     the result does not depend on it.  It is the maximum of ``stop_gradient(x)``, so that
     derivatives do not even compute the maximum's (the tie mask, a residual as large as x
-    that reverse mode through a loop would store)."""
+    that reverse mode through a loop would store).  A sum of no terms (a slice all −inf,
+    masked out or of weight 0) is −inf with a zero derivative (``_log_of_sum``)."""
     x = np.asarray(x) if not hasattr(x, "shape") else x
     if where is not None:
         x = np.where(where, x, -np.inf)
     if b is not None:       # (a term of weight 0 is no term: not in the maximum either)
         x = np.where(np.asarray(b) != 0 if not hasattr(b, "shape") else b != 0, x, -np.inf)
-    shift = np.max(stop_gradient(x), axis=axis, keepdims=True)
-    shift = np.where(np.isfinite(shift), shift, 0.0)
+    peak = np.max(stop_gradient(x), axis=axis, keepdims=True)
+    shift = np.where(np.isfinite(peak), peak, 0.0)
     terms = np.exp(x - shift)
     if b is not None:
         terms = terms * b
@@ -37,13 +38,36 @@ def logsumexp(x, axis=None, keepdims=False, *, b=None, return_sign=False, where=
     sign = None
     if return_sign:
         sign, total = np.sign(total), np.abs(total)
-    out = np.log(total) + shift
+    out = _log_of_sum(total, peak) + shift
     if not keepdims:
         def drop(v):
             return np.squeeze(v, axis=axis) if axis is not None else np.reshape(v, ())
         out = drop(out)
         sign = None if sign is None else drop(sign)
     return (out, sign) if return_sign else out
+
+
+@custom_jvp
+def _log_of_sum(total, peak):
+    """``log(total)``, ``total`` a sum of exponentials whose largest exponent is ``peak``.
+    Where ``peak`` is −inf, every term is (masked out, of weight 0, or −inf): a sum of no
+    terms, whose value is −inf and whose derivative is 0, its terms' weights (softmax's)
+    being 0.  Plain ``log``'s derivative ``t / total`` was 0/0 there (as JAX's
+    logsumexp gives), and NaN reached every gradient through it: a CRF with a state
+    reachable only at the first step (a column of −inf transitions) had NaN gradients
+    for all its parameters, its log Z finite."""
+    return np.log(total)
+
+
+@_log_of_sum.defjvp
+def _log_of_sum_jvp(primals, tangents):
+    # t = Σ terms·(their tangents) is 0 for a sum of no terms (each term's tangent is
+    # exp(−inf)·t): divided by 1 there rather than by total = 0.  Elsewhere it is log's
+    # derivative as it was (a NaN, an inf, or a sum of weights that cancel to 0 keep
+    # theirs).  A compare and a select per result, not per term; their derivatives
+    # are plain code (hessians, hvp), and log's is this rule again.
+    (total, peak), (t, _) = primals, tangents
+    return _log_of_sum(total, peak), t / np.where(peak == -np.inf, 1.0, total)
 
 
 def softmax(x, axis=-1, *, where=None):

@@ -48,7 +48,7 @@ import types
 import numpy as np
 
 from ..errors import ArgumentError, UnsupportedError, with_location
-from ..ir import Graph, Primitive, is_float, map_subgraphs, subgraphs
+from ..ir import Graph, Primitive, Var, free_vars, is_float, map_subgraphs, subgraphs
 from ..trace import no_trace
 
 
@@ -130,7 +130,14 @@ def _cj_jvp(primals, tangents, fun, rule, n_args, name, where):
     from ..interpret import eval_graph
     xs, consts = list(primals[:n_args]), list(primals[n_args:])
     _closure_check(f"gradc.custom_jvp function {name}", where, tangents[n_args:])
-    out = eval_graph(rule.graph, xs + _zeros_for(xs, tangents[:n_args]) + consts)
+    # (a zero tangent only where the rule reads it: one it ignores, as a mask's, was a
+    # dead equation, in a loop's body left there and run at every step)
+    from ..passes.jvp import zero_tangent
+    graph = rule.graph
+    read = set(free_vars(graph.eqns)).union(o for o in graph.outputs if isinstance(o, Var))
+    ts = [zero_tangent(x) if t is None and v in read else t     # (None: never read)
+          for x, t, v in zip(xs, tangents[:n_args], graph.inputs[n_args:2 * n_args])]
+    out = eval_graph(graph, xs + ts + consts)
     m = len(fun.outputs)
     return out[:m], _tangents_or_none(out[:m], out[m:])
 
