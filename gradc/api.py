@@ -484,12 +484,17 @@ class _FastPath:
                     return entry[1](args)
                 except GuardFailure:
                     pass
-        key, build, dynamic, state = self._prepare(args, kwargs)
-        spec, results = self._cache.run(key, build, dynamic)
-        out = self._finish(spec, results, state)
+        out, spec, state = self._general(args, kwargs)
         if not kwargs:
             self._remember(args, spec, state)
         return out
+
+    def _general(self, args, kwargs):
+        """The call by the general path (``_prepare``, the signature cache): ``(the
+        result, its spec, the call's state)``, what ``_remember`` keeps."""
+        key, build, dynamic, state = self._prepare(args, kwargs)
+        spec, results = self._cache.run(key, build, dynamic)
+        return self._finish(spec, results, state), spec, state
 
     def _remember(self, args, spec, state):
         raise NotImplementedError
@@ -744,9 +749,7 @@ class Evaluate(_FastPath, Transformed):
                     return entry[1](args)
                 except GuardFailure:
                     pass
-        key, build, dynamic, state = self._prepare(args, kwargs)
-        spec, results = self._cache.run(key, build, dynamic)
-        out = self._finish(spec, results, state)
+        out, spec, state = self._general(args, kwargs)
         if fkey is not None:
             self._remember(args, spec, state, fkey, at)
         return out

@@ -9,18 +9,11 @@ from gradc.interpret import run
 from gradc.passes import simplify
 from gradc.passes.pads import merge_pads
 
+from test_fuse import _tanh_chain as _chain
+
 
 def _pads(graph):
     return sum(e.prim.name == "pad" for e in graph.eqns)
-
-
-def _chain(steps):
-    def f(x, w):
-        h = x
-        for i in range(steps):
-            h = np.tanh(h * w[i % 4] + 0.1)
-        return np.sum(h ** 2)
-    return f
 
 
 def test_one_pad_per_window_in_an_unrolled_loops_gradient():
