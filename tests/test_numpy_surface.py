@@ -81,8 +81,9 @@ def check_grads(f, *args, rtol=1e-5, atol=1e-6):
     # reverse mode: <u, J t> computed as <J^T u, t>
     out, vjp_fn = gradc.vjp(f, *args)
     outs, treedef = gradc.pytree.flatten(out)
-    cts = [rand(*np.shape(o)) if fl else np.zeros(np.shape(o), np.asarray(o).dtype)
-           for o, fl in zip(outs, float_out)]
+    # (a cotangent has its output's dtype: a float32 result takes a float32 one)
+    cts = [rand(*np.shape(o)).astype(np.asarray(o).dtype) if fl
+           else np.zeros(np.shape(o), np.asarray(o).dtype) for o, fl in zip(outs, float_out)]
     in_cts = vjp_fn(gradc.pytree.unflatten(treedef, cts))
     lhs = sum(float(np.sum(c * n)) for c, n, fl in zip(cts, numeric, float_out) if fl)
     rhs = sum(float(np.sum(np.asarray(c) * t)) for c, t, w in zip(in_cts, tangents, wrt) if w)
