@@ -744,6 +744,8 @@ class Evaluate(_FastPath, Transformed):
                 entry = self._fast.get(fkey)
             except TypeError:           # (an unhashable static value: the general
                 entry = fkey = None     # path says so)
+            # (the entry's check and run as in _FastPath.__call__, written out rather
+            # than a shared method: a call more per call is ~5% of W2's 900 ns)
             if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
                 try:
                     return entry[1](args)
