@@ -1383,7 +1383,12 @@ class Batched(Transformed):
                     f"axis {ax} to map over"))
             ax %= ndim
             sizes.setdefault(np.shape(x)[ax], []).append(flat.owner[i])
-            moved.append(x if ax == 0 else np.moveaxis(x, ax, 0))
+            if ax and is_device_array(x) and self.target == "cuda":
+                from .codegen.cuda import moveaxis     # (a contiguous copy on the device:
+                x = moveaxis(x, ax, 0)                 # its own transpose is a strided view)
+            elif ax:
+                x = np.moveaxis(_host_copy(x) if is_device_array(x) else x, ax, 0)
+            moved.append(x)
         if self.axis_size is not None and (len(sizes) > 1 or sizes and
                                            self.axis_size not in sizes):
             sizes.setdefault(self.axis_size, []).append("axis_size")
@@ -1428,8 +1433,13 @@ class Batched(Transformed):
                 raise ArgumentError(with_location(
                     f"vmap: out_axes={axis}, but result {i} has shape "
                     f"{shape} (the mapped axis first): no such axis"))
-            outs[i] = np.moveaxis(o, 0, axis) if not isinstance(o, Tracer) else \
-                ops.transpose(o, _moved_perm(len(o.shape), axis))
+            if isinstance(o, Tracer):
+                outs[i] = ops.transpose(o, _moved_perm(len(o.shape), axis))
+            elif is_device_array(o):
+                from .codegen.cuda import moveaxis
+                outs[i] = moveaxis(o, 0, axis)
+            else:
+                outs[i] = np.moveaxis(o, 0, axis)
         return pytree.unflatten(info["treedef"], outs)
 
 

@@ -3353,6 +3353,28 @@ def test_device_arrays_stay_on_the_device():
     np.testing.assert_allclose(gradc.grad(rosen, target="cpu")(dx), g(x), rtol=1e-14)
 
 
+def test_vmap_over_another_axis_of_device_arrays():
+    """(CUDA QA.)  ``vmap`` with ``in_axes``/``out_axes`` other than 0 on device arrays:
+    the mapped axis is moved by a kernel's copy (``cuda.moveaxis``).  It was the array's
+    own ``transpose``: a strided view in the simulator (then refused as not
+    C-contiguous) and numba's ``NotImplementedError`` past two axes on a GPU."""
+    from gradc.codegen.cuda import import_cuda, is_device_array
+    cuda = import_cuda()
+    x, w = rng.standard_normal((3, 2, 4)), rng.standard_normal(3)
+
+    def f(v, w):
+        return np.tanh(w @ v) * v[0]
+    want = gradc.vmap(f, in_axes=(2, None), out_axes=1, target="numpy")(x, w)
+    for target in ("cuda", "cpu"):
+        got = gradc.vmap(f, in_axes=(2, None), out_axes=1, target=target)(
+            cuda.to_device(x), w)
+        assert is_device_array(got) == (target == "cuda")
+        if target == "cuda":
+            assert got.is_c_contiguous()
+            got = got.copy_to_host()
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_a_strided_device_array_is_refused_at_the_users_line():
     """A device array that is not C-contiguous (every other element) gets a gradc
     error naming the argument, its strides and the calling line; the compiled function

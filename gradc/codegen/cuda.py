@@ -798,6 +798,23 @@ def copy(x):
     return out
 
 
+_MOVES: dict = {}     # (source, destination) -> gradc.jit of that np.moveaxis on the GPU
+
+
+def moveaxis(x, source: int, destination: int):
+    """``np.moveaxis`` of device array ``x`` as a C-contiguous device array, copied by a
+    kernel (``vmap``'s ``in_axes`` and ``out_axes`` on device arrays).  ``np.moveaxis``
+    of the array itself is its ``transpose``: numba's copies 2-D arrays only (and raises
+    ``NotImplementedError`` for more axes), the simulator's and CuPy's are strided views,
+    and a compiled program takes no strided device array."""
+    fn = _MOVES.get((source, destination))
+    if fn is None:
+        from ..api import jit
+        fn = _MOVES[source, destination] = jit(
+            lambda a: np.moveaxis(a, source, destination), target="cuda")
+    return fn(x)
+
+
 NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
 
 
