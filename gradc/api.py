@@ -64,9 +64,17 @@ def _device_dtype(x):
 def _host_copy(x):
     """A device array's values on the host (for tracing: Python control flow may read
     them; the compiled code reads the device array itself)."""
-    from .codegen.cuda import host, import_cuda
-    cuda = import_cuda()
-    return host(x if hasattr(x, "copy_to_host") else cuda.as_cuda_array(x))
+    from .codegen.cuda import as_numba, host, import_cuda
+    import_cuda()
+    return host(as_numba(x))
+
+
+def _numba_view(x):
+    """An object exposing ``__cuda_array_interface__`` and nothing else (no ``shape``,
+    which NumPy would then take to be ``()``) as numba's view of its memory."""
+    from .codegen.cuda import as_numba, import_cuda
+    import_cuda()
+    return as_numba(x)
 
 
 class _Args:
@@ -74,6 +82,8 @@ class _Args:
 
     def __init__(self, args):
         self.leaves, self.treedef = pytree.flatten(list(args))
+        self.leaves = [_numba_view(x) if is_device_array(x) and not hasattr(x, "shape")
+                       else x for x in self.leaves]
         self.static = [_is_static(x) for x in self.leaves]
         self.dynamic = [self._as_array(x) for x, s in zip(self.leaves, self.static) if not s]
         self.pyfloat = [isinstance(x, (float, complex)) and not isinstance(x, np.generic)

@@ -3353,6 +3353,44 @@ def test_device_arrays_stay_on_the_device():
     np.testing.assert_allclose(gradc.grad(rosen, target="cpu")(dx), g(x), rtol=1e-14)
 
 
+class _Interface:
+    """Only a device array's ``__cuda_array_interface__``, as CuPy's and PyTorch's
+    arrays are seen: numba's own on a GPU; under the simulator, whose device memory is
+    the host's, the interface of the array it simulates the device's with."""
+
+    def __init__(self, d):
+        self.d = d
+
+    @property
+    def __cuda_array_interface__(self):
+        if not SIMULATOR:
+            return self.d.__cuda_array_interface__
+        a = self.d._ary
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3, "strides": None,
+                "data": (a.__array_interface__["data"][0], False)}
+
+
+def test_arrays_exposing_the_cuda_array_interface():
+    """(CUDA QA.)  An argument exposing ``__cuda_array_interface__`` (CuPy's, PyTorch's)
+    gives device results as numba's arrays do, ``vmap`` over another axis of it too.  In
+    the simulator it raised AttributeError (numba's simulator has no
+    ``cuda.as_cuda_array``: ``cuda.as_numba``), and one without a ``shape`` (the
+    interface is all the protocol asks for) was traced as a rank-0 value."""
+    from gradc.codegen.cuda import import_cuda, is_device_array
+    cuda = import_cuda()
+    x = rng.standard_normal(40)
+    g = gradc.grad(rosen, target="cuda")
+    out = g(_Interface(cuda.to_device(x)))
+    assert is_device_array(out)
+    np.testing.assert_allclose(out.copy_to_host(), g(x), rtol=1e-14)
+    s = gradc.jit(lambda a, s: a * s, target="cuda")(x, _Interface(cuda.to_device(np.ones(1))
+                                                                   [0:1].reshape(())))
+    np.testing.assert_array_equal(s.copy_to_host(), x)
+    m = x.reshape(5, 8)
+    v = gradc.vmap(rosen, in_axes=1, target="cuda")(_Interface(cuda.to_device(m)))
+    np.testing.assert_allclose(v.copy_to_host(), [rosen(c) for c in m.T], rtol=1e-14)
+
+
 def test_vmap_over_another_axis_of_device_arrays():
     """(CUDA QA.)  ``vmap`` with ``in_axes``/``out_axes`` other than 0 on device arrays:
     the mapped axis is moved by a kernel's copy (``cuda.moveaxis``).  It was the array's

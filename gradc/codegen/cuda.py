@@ -818,6 +818,29 @@ def moveaxis(x, source: int, destination: int):
 NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
 
 
+def as_numba(x):
+    """Device array ``x`` as numba's: its own as it is, anything else exposing
+    ``__cuda_array_interface__`` (CuPy, PyTorch) as a view of its memory
+    (``cuda.as_cuda_array``).  The simulator has no ``as_cuda_array``: its device
+    memory is the host's, so there the interface's pointer is a host array's."""
+    if hasattr(x, "copy_to_host"):
+        return x
+    if not simulator():
+        return _CUDA.as_cuda_array(x)
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    desc = x.__cuda_array_interface__
+    shape, dtype = tuple(desc["shape"]), np.dtype(desc["typestr"])
+    if not int(np.prod(shape)):
+        return FakeCUDAArray(np.empty(shape, dtype))
+
+    class View:                          # (keeps x alive as the array's base)
+        owner = x
+        __array_interface__ = {"shape": shape, "typestr": dtype.str, "version": 3,
+                               "data": (desc["data"][0], False),
+                               "strides": desc.get("strides")}
+    return FakeCUDAArray(np.asarray(View()))
+
+
 def is_device_array(x) -> bool:
     """A device array: numba.cuda's, or one exposing ``__cuda_array_interface__``.
     (numba's own are known by their class first: their interface is a property that
@@ -1237,14 +1260,14 @@ class Compiled:
             dtype = np.dtype(v.dtype)
             if v.ndim == 0:
                 if device[i]:
-                    x = host(a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a))
+                    x = host(as_numba(a))
                 else:
                     x = a
                 converted.append(np.asarray(x, dtype).reshape(())[()])
                 continue
             if device[i]:
                 d = a if type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray") \
-                    else cuda.as_cuda_array(a)
+                    else as_numba(a)
                 if tuple(d.shape) != tuple(v.shape) or np.dtype(d.dtype) != dtype:
                     raise ArgumentError(with_location(
                         f"gradc: argument {i} is a device array of shape {tuple(d.shape)} "
