@@ -827,6 +827,24 @@ def test_sign_of_infinities_zeros_and_nan_as_numpy(dtype):
     np.testing.assert_allclose(g, [0.5, 1.0, 1.0 / (1.0 + np.exp(3.0))], rtol=1e-12)
 
 
+def test_float_literals_compute_as_the_gpus_doubles():
+    """(CUDA QA.)  A kernel's float literal is a double on the GPU; the simulator ran it
+    as a Python float (``cuda.simulated`` makes it a NumPy float64 there): the ``0.0``
+    a ``maximum`` selects, divided into ``1.0``, raised ZeroDivisionError instead of
+    giving inf, ``(-8.0) ** 1.5`` was a complex number (TypeError), and arctan2's
+    gradient at the origin raised too.  The source keeps its literals."""
+    x = np.array([-1.0, 2.0, 0.0, 3.0, -0.0])
+    progs = [lambda x: 1.0 / np.maximum(x, 0.0), lambda x: 1.0 / np.clip(x, -0.0, 1.0),
+             lambda x: np.minimum(x, -8.0) ** 1.5 + x,
+             gradc.grad(lambda x: np.sum(np.arctan2(np.maximum(x, 0.0), np.minimum(x, 0.0))))]
+    with np.errstate(all="ignore"):
+        for f in progs:
+            want = gradc.jit(f, target="numpy")(x)
+            np.testing.assert_array_equal(gradc.jit(f, target="cuda")(x), want)
+            assert np.signbit(want).any() or not np.isfinite(want).all()
+    assert "else 0.0)" in gradc.jit(progs[0], target="cuda").source(x)
+
+
 def _merged_steps(case):
     """Steps whose elementwise stage after a reduction may run in the reduction's loop
     (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of
@@ -2794,6 +2812,26 @@ def test_an_empty_result_of_a_run_returned_twice(monkeypatch):
     j = gradc.jit(f, target="cuda")
     assert ONE_RUN in j.source(np.zeros((0, 3)))
     assert [np.asarray(r).shape for r in j(np.zeros((0, 3)))] == [(0, 3), (0, 3)]
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 40)])
+def test_a_mean_over_an_empty_axis_is_nan(shape, monkeypatch):
+    """(CUDA QA.)  ``np.mean`` and ``np.var`` over an axis of length 0 are NaN, as
+    NumPy's, and ``1 / np.sum`` of no elements is inf: in a one-block run the sum's
+    accumulator never leaves its start, the literal ``0.0``, which the simulator divided
+    as a Python float (ZeroDivisionError; see
+    ``test_float_literals_compute_as_the_gpus_doubles``)."""
+    _one_runs(monkeypatch)
+    x = np.zeros(shape)
+    f = lambda a: (np.mean(a, axis=0), np.var(a, axis=0), 1.0 / np.sum(a, axis=0),  # noqa
+                   np.prod(a, axis=0) ** -1.0)
+    with np.errstate(all="ignore"):
+        want = gradc.jit(f, target="numpy")(x)
+        got = gradc.jit(f, target="cuda")(x)
+    assert ONE_RUN in gradc.jit(f, target="cuda").source(x)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
+    assert np.all(np.isnan(want[0])) and np.all(np.isinf(want[2]))
 
 
 def _arg_extremes(x):

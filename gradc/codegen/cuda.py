@@ -1191,6 +1191,42 @@ def raising(failure, errstate=contextlib.nullcontext):
 
 # ---------------------------------------------------------------- the compiled program
 
+def simulated(source: str, path: str):
+    """The code of a generated module for the simulator, and the globals it reads: in
+    each kernel (a function decorated ``cuda.jit``, and its inner functions) every
+    float literal, ``np.inf`` and ``np.nan``, is a NumPy float64 (a global of the
+    module), as the GPU computes with it.  The simulator runs a kernel as Python, where
+    a literal is a Python float: a select's ``0.0`` divided into ``1.0`` (``1 /
+    np.maximum(x, 0)``, arctan2's gradient at the origin) raised ZeroDivisionError,
+    and ``(-8.0) ** 1.5`` made a complex number, where numba's kernels (NumPy's error
+    model) give inf and NaN.  The source, the GPU's code and ``.ptx()`` are
+    unchanged."""
+    import ast
+    tree = ast.parse(source, path)
+    typed: dict = {}
+
+    def constant(value, node):
+        key = repr(float(value))                      # (-0.0 apart from 0.0; nan)
+        name = typed.setdefault(key, (f"_sim_f64_{len(typed)}", np.float64(value)))[0]
+        return ast.copy_location(ast.Name(name, ast.Load()), node)
+
+    class Typed(ast.NodeTransformer):
+        def visit_Constant(self, node):
+            return constant(node.value, node) if type(node.value) is float else node
+
+        def visit_Attribute(self, node):
+            if isinstance(node.value, ast.Name) and node.value.id == "np" and \
+                    node.attr in ("inf", "nan") and isinstance(node.ctx, ast.Load):
+                return constant(getattr(np, node.attr), node)
+            return self.generic_visit(node)
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any(
+                ast.unparse(d).startswith("cuda.jit") for d in node.decorator_list):
+            Typed().visit(node)
+    return compile(tree, path, "exec"), dict(typed.values())
+
+
 class Compiled:
     """A Graph lowered for the GPU: call it with the graph's inputs."""
 
@@ -1211,7 +1247,12 @@ class Compiled:
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
         module = types.ModuleType(f"gradc_cuda_{self.key}")
         module.__file__ = self.path
-        exec(compile(self.source, self.path, "exec"), module.__dict__)
+        if self.simulator:
+            code, typed = simulated(self.source, self.path)
+            module.__dict__.update(typed)
+        else:
+            code = compile(self.source, self.path, "exec")
+        exec(code, module.__dict__)
         sys.modules[module.__name__] = module
         self.module = module
         self._uploaded = not lowered.consts     # (constants go to the device at the first
