@@ -845,6 +845,16 @@ def test_float_literals_compute_as_the_gpus_doubles():
     assert "else 0.0)" in gradc.jit(progs[0], target="cuda").source(x)
 
 
+def test_complex_numbers_to_a_constant_power():
+    """(CUDA QA.)  ``z ** 2`` and ``z ** 2.5`` of complex ``z`` (which ``jit``
+    evaluates): the exponent is a complex literal, which the lowering of small whole
+    powers as products converted with ``float`` (TypeError, in the simulator too)."""
+    x = np.linspace(-1, 1, 7)
+    f = lambda x: ((x + 1j) ** 2, (x - 0.5j) ** 2.5, (x + 1j) ** (0.5 + 1j))  # noqa: E731
+    for got, want in zip(gradc.jit(f, target="cuda")(x), gradc.jit(f, target="numpy")(x)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def _merged_steps(case):
     """Steps whose elementwise stage after a reduction may run in the reduction's loop
     (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of

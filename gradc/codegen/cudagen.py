@@ -267,8 +267,9 @@ class _Emitter(loops._Emitter):
         dtype = eqn.outputs[0].dtype
         if name == "mul" and eqn.outputs[0] in self.ctx.exact:    # (see exact_values)
             return template("mul_rn", dtype).format(*args)
-        if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
-            power = float(eqn.inputs[1].value)       # small whole powers as products
+        if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0 \
+                and np.isreal(eqn.inputs[1].value):   # (a complex power's is complex)
+            power = float(np.real(eqn.inputs[1].value))   # small whole powers as products
             if power in (1.0, 2.0, 3.0, 4.0):
                 if eqn.outputs[0] in self.ctx.exact and power > 1:   # (see exact_values)
                     text = args[0]
