@@ -855,6 +855,36 @@ def test_complex_numbers_to_a_constant_power():
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def _complex_functions(x):
+    """(Those whose GPU code compiles without a CUDA driver: numba's cmath.sin, cos,
+    tan, sinh, cosh, tanh and acosh need one even for ``.ptx()``.)"""
+    z = x + 1j
+    return (np.exp(z), np.log(z), np.sqrt(z), np.arcsin(z / 4), np.arctan(z), np.arcsinh(z),
+            np.arctanh(z / 4), np.log2(z), np.log10(z), np.exp2(z), np.expm1(z), np.log1p(z),
+            z ** 0.5)
+
+
+def test_complex_functions_as_numpys():
+    """(CUDA QA.)  Complex exp, log, sqrt, trigonometric and hyperbolic functions
+    (which ``jit`` evaluates) run as NumPy's under the simulator and as cmath's on the
+    GPU (``cudagen._COMPLEX``); log2, log10, exp2, expm1 and log1p from their parts as
+    NumPy computes them.  They ran in the simulator (``_d.exp`` is NumPy's there) but were
+    libdevice's real functions on the GPU, which numba refused for complex arguments
+    (TypingError; ``test_kernels_compile_to_ptx`` compiles them)."""
+    x = np.linspace(-2, 2, 7)
+    extra = lambda x: (np.sin(x + 1j), np.cos(x - 1j), np.tan(x + 0.5j),    # noqa: E731
+                       np.sinh(x + 1j), np.cosh(x + 1j), np.tanh(x - 1j), np.arccosh(x + 2j),
+                       np.arccos((x + 1j) / 4))
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        for f in (_complex_functions, extra):
+            got = gradc.jit(f, target="cuda")(x.astype(dt))
+            for g, w in zip(got, f(x.astype(dt))):
+                assert np.asarray(g).dtype == w.dtype
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    src = gradc.jit(_complex_functions, target="cuda").source(x)
+    assert "_d.cexp(" in src and "_d.csqrt(" in src and "_d.clog(" in src
+
+
 def _merged_steps(case):
     """Steps whose elementwise stage after a reduction may run in the reduction's loop
     (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of
@@ -3531,8 +3561,8 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import (PROGRAMS, _batched_embedding, _embedded_rnn, _placing, _summed, rosen,
-                           viterbi_decode, viterbi_scan, w2)
+    from test_cuda import (PROGRAMS, _batched_embedding, _complex_functions, _embedded_rnn,
+                           _placing, _summed, rosen, viterbi_decode, viterbi_scan, w2)
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -3556,6 +3586,8 @@ PTX_SCRIPT = textwrap.dedent("""
             done["log10-log2-exp2-" + np.dtype(dt).name] = gradc.jit(
                 lambda x: (np.log10(x), np.log2(x), np.exp2(x)), target="cuda").ptx(
                     np.abs(x) + 1).count(".entry")
+            done["complex-functions-" + np.dtype(dt).name] = gradc.jit(     # (cmath's;
+                _complex_functions, target="cuda").ptx(x).count(".entry")  # see below)
             import scipy.special as sc      # (libdevice's erf/lgamma/normcdfinv/erfinv,
             #                                  digamma as an inner function)
             done["special-" + np.dtype(dt).name] = gradc.grad(

@@ -323,9 +323,13 @@ def _define_device_functions(cuda) -> None:
              "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh",
              "tanh": "tanh", "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh",
              "atan2": "arctan2", "log2": "log2", "log10": "log10"}
+    complex_names = ("exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan",
+                     "sinh", "cosh", "tanh", "asinh", "acosh", "atanh")
     if simulator():
         for ours, numpys in names.items():
             g[ours] = getattr(np, numpys)
+        for ours in complex_names:          # (cudagen._COMPLEX: complex arguments)
+            g["c" + ours] = getattr(np, names[ours])
         for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
@@ -344,6 +348,9 @@ def _define_device_functions(cuda) -> None:
     from numba.cuda import libdevice
     for ours in names:
         g[ours] = getattr(math, ours)
+    import cmath
+    for ours in complex_names:
+        g["c" + ours] = getattr(cmath, ours)
     for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")

@@ -133,8 +133,30 @@ TEMPLATES = {
 _PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2", "ndtri", "erfinv", "mul_rn"}
 
 
+# complex functions: cmath's on the GPU (libdevice's ``math`` functions take real
+# numbers only: a complex ``np.exp`` ran in the simulator, whose ``_d.exp`` is NumPy's,
+# and failed numba's typing on the GPU), NumPy's under the simulator; log2, log10 and
+# exp2 from log and exp as NumPy computes them, expm1 and log1p from the real and
+# imaginary parts as NumPy does (to the last bit or so)
+_COMPLEX = {"exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
+            "cosh", "tanh", "asinh", "acosh", "atanh"}
+_COMPLEX_TEMPLATES = {
+    "log2": "(_d.clog({0}) * 1.4426950408889634)",
+    "log10": "(_d.clog({0}) * 0.4342944819032518)",
+    "exp2": "_d.cexp({0} * 0.6931471805599453)",
+    "expm1": "(_d.expm1({0}.real) * _d.cos({0}.imag) - 2.0 * _d.sin({0}.imag * 0.5) ** 2"
+             " + 1j * (_d.exp({0}.real) * _d.sin({0}.imag)))",
+    "log1p": "(_d.log(math.hypot({0}.real + 1.0, {0}.imag))"
+             " + 1j * _d.atan2({0}.imag, {0}.real + 1.0))"}
+
+
 def template(name: str, dtype) -> str:
     text = TEMPLATES[name]
+    if np.dtype(dtype).kind == "c":
+        if name in _COMPLEX_TEMPLATES:
+            return _COMPLEX_TEMPLATES[name]
+        for f in _COMPLEX:
+            text = text.replace(f"_d.{f}(", f"_d.c{f}(")
     if np.dtype(dtype) == np.float32:
         for f in _PER_DTYPE:
             text = text.replace(f"_d.{f}(", f"_d.{f}_f32(")
