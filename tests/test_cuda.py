@@ -861,7 +861,7 @@ def _complex_functions(x):
     z = x + 1j
     return (np.exp(z), np.log(z), np.sqrt(z), np.arcsin(z / 4), np.arctan(z), np.arcsinh(z),
             np.arctanh(z / 4), np.log2(z), np.log10(z), np.exp2(z), np.expm1(z), np.log1p(z),
-            z ** 0.5)
+            z ** 0.5, np.maximum(z, 0.5 - z[::-1]), np.minimum(z, 1j), np.clip(z, -1, 0.5 + 2j))
 
 
 def test_complex_functions_as_numpys():
@@ -870,11 +870,18 @@ def test_complex_functions_as_numpys():
     GPU (``cudagen._COMPLEX``); log2, log10, exp2, expm1 and log1p from their parts as
     NumPy computes them.  They ran in the simulator (``_d.exp`` is NumPy's there) but were
     libdevice's real functions on the GPU, which numba refused for complex arguments
-    (TypingError; ``test_kernels_compile_to_ptx`` compiles them)."""
+    (TypingError; ``test_kernels_compile_to_ptx`` compiles them).  So were ``maximum``,
+    ``minimum`` and ``clip`` of complex numbers (``>``, which the GPU has not for them):
+    now ``np.maximum``'s order, NaNs first."""
     x = np.linspace(-2, 2, 7)
     extra = lambda x: (np.sin(x + 1j), np.cos(x - 1j), np.tan(x + 0.5j),    # noqa: E731
                        np.sinh(x + 1j), np.cosh(x + 1j), np.tanh(x - 1j), np.arccosh(x + 2j),
                        np.arccos((x + 1j) / 4))
+    with np.errstate(invalid="ignore"):                 # (NaNs win, as NumPy's)
+        z = np.array([np.nan + 1j, 1 + 1j, 2 + np.nan * 1j, 1 - 1j])
+        m = lambda z: (np.maximum(z, z[::-1]), np.minimum(z, z[::-1]))   # noqa: E731
+        for g, w in zip(gradc.jit(m, target="cuda")(z), m(z)):
+            np.testing.assert_array_equal(g, w)
     for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         for f in (_complex_functions, extra):
             got = gradc.jit(f, target="cuda")(x.astype(dt))

@@ -147,7 +147,10 @@ _COMPLEX_TEMPLATES = {
     "expm1": "(_d.expm1({0}.real) * _d.cos({0}.imag) - 2.0 * _d.sin({0}.imag * 0.5) ** 2"
              " + 1j * (_d.exp({0}.real) * _d.sin({0}.imag)))",
     "log1p": "(_d.log(math.hypot({0}.real + 1.0, {0}.imag))"
-             " + 1j * _d.atan2({0}.imag, {0}.real + 1.0))"}
+             " + 1j * _d.atan2({0}.imag, {0}.real + 1.0))",
+    # (NumPy's order of complex numbers, as numba implements it: the GPU has no `>`
+    # between complex numbers, which the simulator's NumPy scalars have)
+    "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})"}
 
 
 def template(name: str, dtype) -> str:
