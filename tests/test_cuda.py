@@ -855,6 +855,16 @@ def test_complex_numbers_to_a_constant_power():
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16])
+def test_sign_of_integers(dtype):
+    """(CUDA QA.)  ``np.sign`` of integers, ``(x > 0) - (x < 0)`` in the kernel: the
+    simulator's comparisons are NumPy bools, which do not subtract (TypeError)."""
+    x = np.array([-3, 0, 2, 7, -1, 0]).astype(dtype)
+    got = gradc.jit(lambda x: np.sign(x) * x, target="cuda")(x)
+    np.testing.assert_array_equal(got, np.sign(x) * x)
+    assert got.dtype == dtype
+
+
 def _complex_functions(x):
     """(Those whose GPU code compiles without a CUDA driver: numba's cmath.sin, cos,
     tan, sinh, cosh, tanh and acosh need one even for ``.ptx()``.)"""

@@ -314,8 +314,8 @@ class _Emitter(loops._Emitter):
             r = f"({a} % {b})"
             return (f"(({r} - {b} if ({r} != 0 and (({r} < 0) != ({a} < 0))) else {r}) "
                     f"if {b} != 0 and {b} != -1 else ({a} - {a}))")
-        if np.dtype(dtype).kind in "iu" and name == "sign":
-            return f"(({args[0]} > 0) - ({args[0]} < 0))"
+        if np.dtype(dtype).kind in "iu" and name == "sign":    # (the simulator's NumPy
+            return f"(({args[0]} > 0) * 1 - ({args[0]} < 0) * 1)"    # bools don't subtract)
         if np.dtype(dtype).kind == "f" and name == "sign":    # (±1 at ±inf, +0 at ±0, NaN)
             x, one = args[0], scalar_literal(1, dtype)
             return (f"({one} if {x} > 0 else (-{one} if {x} < 0 else "
