@@ -65,9 +65,17 @@ def _device_dtype(x):
 def _host_copy(x):
     """A device array's values on the host (for tracing: Python control flow may read
     them; the compiled code reads the device array itself)."""
-    from .codegen.cuda import host, import_cuda
-    cuda = import_cuda()
-    return host(x if hasattr(x, "copy_to_host") else cuda.as_cuda_array(x))
+    from .codegen.cuda import as_numba, host, import_cuda
+    import_cuda()
+    return host(as_numba(x))
+
+
+def _numba_view(x):
+    """An object exposing ``__cuda_array_interface__`` and nothing else (no ``shape``,
+    which NumPy would then take to be ``()``) as numba's view of its memory."""
+    from .codegen.cuda import as_numba, import_cuda
+    import_cuda()
+    return as_numba(x)
 
 
 class _Args:
@@ -75,6 +83,8 @@ class _Args:
 
     def __init__(self, args):
         self.leaves, self.treedef = pytree.flatten(list(args))
+        self.leaves = [_numba_view(x) if is_device_array(x) and not hasattr(x, "shape")
+                       else x for x in self.leaves]
         self.static = [_is_static(x) for x in self.leaves]
         self.dynamic = [self._as_array(x) for x, s in zip(self.leaves, self.static) if not s]
         self.pyfloat = [isinstance(x, (float, complex)) and not isinstance(x, np.generic)
@@ -1531,7 +1541,12 @@ class Batched(Transformed):
                     f"axis {ax} to map over"))
             ax %= ndim
             sizes.setdefault(np.shape(x)[ax], []).append(flat.owner[i])
-            moved.append(x if ax == 0 else np.moveaxis(x, ax, 0))
+            if ax and is_device_array(x) and self.target == "cuda":
+                from .codegen.cuda import moveaxis     # (a contiguous copy on the device:
+                x = moveaxis(x, ax, 0)                 # its own transpose is a strided view)
+            elif ax:
+                x = np.moveaxis(_host_copy(x) if is_device_array(x) else x, ax, 0)
+            moved.append(x)
         if self.axis_size is not None and (len(sizes) > 1 or sizes and
                                            self.axis_size not in sizes):
             sizes.setdefault(self.axis_size, []).append("axis_size")
@@ -1576,8 +1591,13 @@ class Batched(Transformed):
                 raise ArgumentError(with_location(
                     f"vmap: out_axes={axis}, but result {i} has shape "
                     f"{shape} (the mapped axis first): no such axis"))
-            outs[i] = np.moveaxis(o, 0, axis) if not isinstance(o, Tracer) else \
-                ops.transpose(o, _moved_perm(len(o.shape), axis))
+            if isinstance(o, Tracer):
+                outs[i] = ops.transpose(o, _moved_perm(len(o.shape), axis))
+            elif is_device_array(o):
+                from .codegen.cuda import moveaxis
+                outs[i] = moveaxis(o, 0, axis)
+            else:
+                outs[i] = np.moveaxis(o, 0, axis)
         return pytree.unflatten(info["treedef"], outs)
 
 

@@ -834,6 +834,81 @@ def test_sign_of_infinities_zeros_and_nan_as_numpy(dtype):
     np.testing.assert_allclose(g, [0.5, 1.0, 1.0 / (1.0 + np.exp(3.0))], rtol=1e-12)
 
 
+def test_float_literals_compute_as_the_gpus_doubles():
+    """(CUDA QA.)  A kernel's float literal is a double on the GPU; the simulator ran it
+    as a Python float (``cuda.simulated`` makes it a NumPy float64 there): the ``0.0``
+    a ``maximum`` selects, divided into ``1.0``, raised ZeroDivisionError instead of
+    giving inf, ``(-8.0) ** 1.5`` was a complex number (TypeError), and arctan2's
+    gradient at the origin raised too.  The source keeps its literals."""
+    x = np.array([-1.0, 2.0, 0.0, 3.0, -0.0])
+    progs = [lambda x: 1.0 / np.maximum(x, 0.0), lambda x: 1.0 / np.clip(x, -0.0, 1.0),
+             lambda x: np.minimum(x, -8.0) ** 1.5 + x,
+             gradc.grad(lambda x: np.sum(np.arctan2(np.maximum(x, 0.0), np.minimum(x, 0.0))))]
+    with np.errstate(all="ignore"):
+        for f in progs:
+            want = gradc.jit(f, target="numpy")(x)
+            np.testing.assert_array_equal(gradc.jit(f, target="cuda")(x), want)
+            assert np.signbit(want).any() or not np.isfinite(want).all()
+    assert "else 0.0)" in gradc.jit(progs[0], target="cuda").source(x)
+
+
+def test_complex_numbers_to_a_constant_power():
+    """(CUDA QA.)  ``z ** 2`` and ``z ** 2.5`` of complex ``z`` (which ``jit``
+    evaluates): the exponent is a complex literal, which the lowering of small whole
+    powers as products converted with ``float`` (TypeError, in the simulator too)."""
+    x = np.linspace(-1, 1, 7)
+    f = lambda x: ((x + 1j) ** 2, (x - 0.5j) ** 2.5, (x + 1j) ** (0.5 + 1j))  # noqa: E731
+    for got, want in zip(gradc.jit(f, target="cuda")(x), gradc.jit(f, target="numpy")(x)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16])
+def test_sign_of_integers(dtype):
+    """(CUDA QA.)  ``np.sign`` of integers, ``(x > 0) - (x < 0)`` in the kernel: the
+    simulator's comparisons are NumPy bools, which do not subtract (TypeError)."""
+    x = np.array([-3, 0, 2, 7, -1, 0]).astype(dtype)
+    got = gradc.jit(lambda x: np.sign(x) * x, target="cuda")(x)
+    np.testing.assert_array_equal(got, np.sign(x) * x)
+    assert got.dtype == dtype
+
+
+def _complex_functions(x):
+    """(Those whose GPU code compiles without a CUDA driver: numba's cmath.sin, cos,
+    tan, sinh, cosh, tanh and acosh need one even for ``.ptx()``.)"""
+    z = x + 1j
+    return (np.exp(z), np.log(z), np.sqrt(z), np.arcsin(z / 4), np.arctan(z), np.arcsinh(z),
+            np.arctanh(z / 4), np.log2(z), np.log10(z), np.exp2(z), np.expm1(z), np.log1p(z),
+            z ** 0.5, np.maximum(z, 0.5 - z[::-1]), np.minimum(z, 1j), np.clip(z, -1, 0.5 + 2j))
+
+
+def test_complex_functions_as_numpys():
+    """(CUDA QA.)  Complex exp, log, sqrt, trigonometric and hyperbolic functions
+    (which ``jit`` evaluates) run as NumPy's under the simulator and as cmath's on the
+    GPU (``cudagen._COMPLEX``); log2, log10, exp2, expm1 and log1p from their parts as
+    NumPy computes them.  They ran in the simulator (``_d.exp`` is NumPy's there) but were
+    libdevice's real functions on the GPU, which numba refused for complex arguments
+    (TypingError; ``test_kernels_compile_to_ptx`` compiles them).  So were ``maximum``,
+    ``minimum`` and ``clip`` of complex numbers (``>``, which the GPU has not for them):
+    now ``np.maximum``'s order, NaNs first."""
+    x = np.linspace(-2, 2, 7)
+    extra = lambda x: (np.sin(x + 1j), np.cos(x - 1j), np.tan(x + 0.5j),    # noqa: E731
+                       np.sinh(x + 1j), np.cosh(x + 1j), np.tanh(x - 1j), np.arccosh(x + 2j),
+                       np.arccos((x + 1j) / 4))
+    with np.errstate(invalid="ignore"):                 # (NaNs win, as NumPy's)
+        z = np.array([np.nan + 1j, 1 + 1j, 2 + np.nan * 1j, 1 - 1j])
+        m = lambda z: (np.maximum(z, z[::-1]), np.minimum(z, z[::-1]))   # noqa: E731
+        for g, w in zip(gradc.jit(m, target="cuda")(z), m(z)):
+            np.testing.assert_array_equal(g, w)
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        for f in (_complex_functions, extra):
+            got = gradc.jit(f, target="cuda")(x.astype(dt))
+            for g, w in zip(got, f(x.astype(dt))):
+                assert np.asarray(g).dtype == w.dtype
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    src = gradc.jit(_complex_functions, target="cuda").source(x)
+    assert "_d.cexp(" in src and "_d.csqrt(" in src and "_d.clog(" in src
+
+
 def _merged_steps(case):
     """Steps whose elementwise stage after a reduction may run in the reduction's loop
     (``cudarows._Rows._merge_pointwise``), the new carry written into the other half of
@@ -2835,6 +2910,26 @@ def test_an_empty_result_of_a_run_returned_twice(monkeypatch):
     assert [np.asarray(r).shape for r in j(np.zeros((0, 3)))] == [(0, 3), (0, 3)]
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (0, 40)])
+def test_a_mean_over_an_empty_axis_is_nan(shape, monkeypatch):
+    """(CUDA QA.)  ``np.mean`` and ``np.var`` over an axis of length 0 are NaN, as
+    NumPy's, and ``1 / np.sum`` of no elements is inf: in a one-block run the sum's
+    accumulator never leaves its start, the literal ``0.0``, which the simulator divided
+    as a Python float (ZeroDivisionError; see
+    ``test_float_literals_compute_as_the_gpus_doubles``)."""
+    _one_runs(monkeypatch)
+    x = np.zeros(shape)
+    f = lambda a: (np.mean(a, axis=0), np.var(a, axis=0), 1.0 / np.sum(a, axis=0),  # noqa
+                   np.prod(a, axis=0) ** -1.0)
+    with np.errstate(all="ignore"):
+        want = gradc.jit(f, target="numpy")(x)
+        got = gradc.jit(f, target="cuda")(x)
+    assert ONE_RUN in gradc.jit(f, target="cuda").source(x)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
+    assert np.all(np.isnan(want[0])) and np.all(np.isinf(want[2]))
+
+
 def _arg_extremes(x):
     return np.argmax(x, axis=1), np.argmin(x * 2.0, axis=0), np.argmax(x), np.max(x)
 
@@ -3392,6 +3487,66 @@ def test_device_arrays_stay_on_the_device():
     np.testing.assert_allclose(gradc.grad(rosen, target="cpu")(dx), g(x), rtol=1e-14)
 
 
+class _Interface:
+    """Only a device array's ``__cuda_array_interface__``, as CuPy's and PyTorch's
+    arrays are seen: numba's own on a GPU; under the simulator, whose device memory is
+    the host's, the interface of the array it simulates the device's with."""
+
+    def __init__(self, d):
+        self.d = d
+
+    @property
+    def __cuda_array_interface__(self):
+        if not SIMULATOR:
+            return self.d.__cuda_array_interface__
+        a = self.d._ary
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3, "strides": None,
+                "data": (a.__array_interface__["data"][0], False)}
+
+
+def test_arrays_exposing_the_cuda_array_interface():
+    """(CUDA QA.)  An argument exposing ``__cuda_array_interface__`` (CuPy's, PyTorch's)
+    gives device results as numba's arrays do, ``vmap`` over another axis of it too.  In
+    the simulator it raised AttributeError (numba's simulator has no
+    ``cuda.as_cuda_array``: ``cuda.as_numba``), and one without a ``shape`` (the
+    interface is all the protocol asks for) was traced as a rank-0 value."""
+    from gradc.codegen.cuda import import_cuda, is_device_array
+    cuda = import_cuda()
+    x = rng.standard_normal(40)
+    g = gradc.grad(rosen, target="cuda")
+    out = g(_Interface(cuda.to_device(x)))
+    assert is_device_array(out)
+    np.testing.assert_allclose(out.copy_to_host(), g(x), rtol=1e-14)
+    s = gradc.jit(lambda a, s: a * s, target="cuda")(x, _Interface(cuda.to_device(np.ones(1))
+                                                                   [0:1].reshape(())))
+    np.testing.assert_array_equal(s.copy_to_host(), x)
+    m = x.reshape(5, 8)
+    v = gradc.vmap(rosen, in_axes=1, target="cuda")(_Interface(cuda.to_device(m)))
+    np.testing.assert_allclose(v.copy_to_host(), [rosen(c) for c in m.T], rtol=1e-14)
+
+
+def test_vmap_over_another_axis_of_device_arrays():
+    """(CUDA QA.)  ``vmap`` with ``in_axes``/``out_axes`` other than 0 on device arrays:
+    the mapped axis is moved by a kernel's copy (``cuda.moveaxis``).  It was the array's
+    own ``transpose``: a strided view in the simulator (then refused as not
+    C-contiguous) and numba's ``NotImplementedError`` past two axes on a GPU."""
+    from gradc.codegen.cuda import import_cuda, is_device_array
+    cuda = import_cuda()
+    x, w = rng.standard_normal((3, 2, 4)), rng.standard_normal(3)
+
+    def f(v, w):
+        return np.tanh(w @ v) * v[0]
+    want = gradc.vmap(f, in_axes=(2, None), out_axes=1, target="numpy")(x, w)
+    for target in ("cuda", "cpu"):
+        got = gradc.vmap(f, in_axes=(2, None), out_axes=1, target=target)(
+            cuda.to_device(x), w)
+        assert is_device_array(got) == (target == "cuda")
+        if target == "cuda":
+            assert got.is_c_contiguous()
+            got = got.copy_to_host()
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_a_strided_device_array_is_refused_at_the_users_line():
     """A device array that is not C-contiguous (every other element) gets a gradc
     error naming the argument, its strides and the calling line; the compiled function
@@ -3462,8 +3617,8 @@ PTX_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import gradc
-    from test_cuda import (PROGRAMS, _batched_embedding, _embedded_rnn, _placing, _summed, rosen,
-                           viterbi_decode, viterbi_scan, w2)
+    from test_cuda import (PROGRAMS, _batched_embedding, _complex_functions, _embedded_rnn,
+                           _placing, _summed, rosen, viterbi_decode, viterbi_scan, w2)
     try:
         from numba.cuda.cudadrv import nvvm
         nvvm.NVVM()
@@ -3487,6 +3642,8 @@ PTX_SCRIPT = textwrap.dedent("""
             done["log10-log2-exp2-" + np.dtype(dt).name] = gradc.jit(
                 lambda x: (np.log10(x), np.log2(x), np.exp2(x)), target="cuda").ptx(
                     np.abs(x) + 1).count(".entry")
+            done["complex-functions-" + np.dtype(dt).name] = gradc.jit(     # (cmath's;
+                _complex_functions, target="cuda").ptx(x).count(".entry")  # see below)
             import scipy.special as sc      # (libdevice's erf/lgamma/normcdfinv/erfinv,
             #                                  digamma as an inner function)
             done["special-" + np.dtype(dt).name] = gradc.grad(

@@ -323,9 +323,13 @@ def _define_device_functions(cuda) -> None:
              "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh",
              "tanh": "tanh", "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh",
              "atan2": "arctan2", "log2": "log2", "log10": "log10"}
+    complex_names = ("exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan",
+                     "sinh", "cosh", "tanh", "asinh", "acosh", "atanh")
     if simulator():
         for ours, numpys in names.items():
             g[ours] = getattr(np, numpys)
+        for ours in complex_names:          # (cudagen._COMPLEX: complex arguments)
+            g["c" + ours] = getattr(np, names[ours])
         for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
             g[ours] = g[ours + "_f32"] = getattr(np, ours)
         g["fmod"], g["copysign"] = np.fmod, np.copysign
@@ -344,6 +348,9 @@ def _define_device_functions(cuda) -> None:
     from numba.cuda import libdevice
     for ours in names:
         g[ours] = getattr(math, ours)
+    import cmath
+    for ours in complex_names:
+        g["c" + ours] = getattr(cmath, ours)
     for ours in ("floor", "ceil", "rint", "trunc", "cbrt", "exp2"):
         g[ours] = getattr(libdevice, ours)
         g[ours + "_f32"] = getattr(libdevice, ours + "f")
@@ -798,7 +805,47 @@ def copy(x):
     return out
 
 
+_MOVES: dict = {}     # (source, destination) -> gradc.jit of that np.moveaxis on the GPU
+
+
+def moveaxis(x, source: int, destination: int):
+    """``np.moveaxis`` of device array ``x`` as a C-contiguous device array, copied by a
+    kernel (``vmap``'s ``in_axes`` and ``out_axes`` on device arrays).  ``np.moveaxis``
+    of the array itself is its ``transpose``: numba's copies 2-D arrays only (and raises
+    ``NotImplementedError`` for more axes), the simulator's and CuPy's are strided views,
+    and a compiled program takes no strided device array."""
+    fn = _MOVES.get((source, destination))
+    if fn is None:
+        from ..api import jit
+        fn = _MOVES[source, destination] = jit(
+            lambda a: np.moveaxis(a, source, destination), target="cuda")
+    return fn(x)
+
+
 NUMBA_ARRAYS = frozenset(("DeviceNDArray", "FakeCUDAArray", "MappedNDArray"))
+
+
+def as_numba(x):
+    """Device array ``x`` as numba's: its own as it is, anything else exposing
+    ``__cuda_array_interface__`` (CuPy, PyTorch) as a view of its memory
+    (``cuda.as_cuda_array``).  The simulator has no ``as_cuda_array``: its device
+    memory is the host's, so there the interface's pointer is a host array's."""
+    if hasattr(x, "copy_to_host"):
+        return x
+    if not simulator():
+        return _CUDA.as_cuda_array(x)
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    desc = x.__cuda_array_interface__
+    shape, dtype = tuple(desc["shape"]), np.dtype(desc["typestr"])
+    if not int(np.prod(shape)):
+        return FakeCUDAArray(np.empty(shape, dtype))
+
+    class View:                          # (keeps x alive as the array's base)
+        owner = x
+        __array_interface__ = {"shape": shape, "typestr": dtype.str, "version": 3,
+                               "data": (desc["data"][0], False),
+                               "strides": desc.get("strides")}
+    return FakeCUDAArray(np.asarray(View()))
 
 
 def is_device_array(x) -> bool:
@@ -1151,6 +1198,42 @@ def raising(failure, errstate=contextlib.nullcontext):
 
 # ---------------------------------------------------------------- the compiled program
 
+def simulated(source: str, path: str):
+    """The code of a generated module for the simulator, and the globals it reads: in
+    each kernel (a function decorated ``cuda.jit``, and its inner functions) every
+    float literal, ``np.inf`` and ``np.nan``, is a NumPy float64 (a global of the
+    module), as the GPU computes with it.  The simulator runs a kernel as Python, where
+    a literal is a Python float: a select's ``0.0`` divided into ``1.0`` (``1 /
+    np.maximum(x, 0)``, arctan2's gradient at the origin) raised ZeroDivisionError,
+    and ``(-8.0) ** 1.5`` made a complex number, where numba's kernels (NumPy's error
+    model) give inf and NaN.  The source, the GPU's code and ``.ptx()`` are
+    unchanged."""
+    import ast
+    tree = ast.parse(source, path)
+    typed: dict = {}
+
+    def constant(value, node):
+        key = repr(float(value))                      # (-0.0 apart from 0.0; nan)
+        name = typed.setdefault(key, (f"_sim_f64_{len(typed)}", np.float64(value)))[0]
+        return ast.copy_location(ast.Name(name, ast.Load()), node)
+
+    class Typed(ast.NodeTransformer):
+        def visit_Constant(self, node):
+            return constant(node.value, node) if type(node.value) is float else node
+
+        def visit_Attribute(self, node):
+            if isinstance(node.value, ast.Name) and node.value.id == "np" and \
+                    node.attr in ("inf", "nan") and isinstance(node.ctx, ast.Load):
+                return constant(getattr(np, node.attr), node)
+            return self.generic_visit(node)
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any(
+                ast.unparse(d).startswith("cuda.jit") for d in node.decorator_list):
+            Typed().visit(node)
+    return compile(tree, path, "exec"), dict(typed.values())
+
+
 class Compiled:
     """A Graph lowered for the GPU: call it with the graph's inputs."""
 
@@ -1171,7 +1254,12 @@ class Compiled:
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
         module = types.ModuleType(f"gradc_cuda_{self.key}")
         module.__file__ = self.path
-        exec(compile(self.source, self.path, "exec"), module.__dict__)
+        if self.simulator:
+            code, typed = simulated(self.source, self.path)
+            module.__dict__.update(typed)
+        else:
+            code = compile(self.source, self.path, "exec")
+        exec(code, module.__dict__)
         sys.modules[module.__name__] = module
         self.module = module
         self._uploaded = not lowered.consts     # (constants go to the device at the first
@@ -1220,14 +1308,14 @@ class Compiled:
             dtype = np.dtype(v.dtype)
             if v.ndim == 0:
                 if device[i]:
-                    x = host(a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a))
+                    x = host(as_numba(a))
                 else:
                     x = a
                 converted.append(np.asarray(x, dtype).reshape(())[()])
                 continue
             if device[i]:
                 d = a if type(a).__name__ in ("DeviceNDArray", "FakeCUDAArray") \
-                    else cuda.as_cuda_array(a)
+                    else as_numba(a)
                 if tuple(d.shape) != tuple(v.shape) or np.dtype(d.dtype) != dtype:
                     raise ArgumentError(with_location(
                         f"gradc: argument {i} is a device array of shape {tuple(d.shape)} "

@@ -135,8 +135,33 @@ TEMPLATES = {
 _PER_DTYPE = {"floor", "ceil", "rint", "trunc", "cbrt", "exp2", "ndtri", "erfinv", "mul_rn"}
 
 
+# complex functions: cmath's on the GPU (libdevice's ``math`` functions take real
+# numbers only: a complex ``np.exp`` ran in the simulator, whose ``_d.exp`` is NumPy's,
+# and failed numba's typing on the GPU), NumPy's under the simulator; log2, log10 and
+# exp2 from log and exp as NumPy computes them, expm1 and log1p from the real and
+# imaginary parts as NumPy does (to the last bit or so)
+_COMPLEX = {"exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh",
+            "cosh", "tanh", "asinh", "acosh", "atanh"}
+_COMPLEX_TEMPLATES = {
+    "log2": "(_d.clog({0}) * 1.4426950408889634)",
+    "log10": "(_d.clog({0}) * 0.4342944819032518)",
+    "exp2": "_d.cexp({0} * 0.6931471805599453)",
+    "expm1": "(_d.expm1({0}.real) * _d.cos({0}.imag) - 2.0 * _d.sin({0}.imag * 0.5) ** 2"
+             " + 1j * (_d.exp({0}.real) * _d.sin({0}.imag)))",
+    "log1p": "(_d.log(math.hypot({0}.real + 1.0, {0}.imag))"
+             " + 1j * _d.atan2({0}.imag, {0}.real + 1.0))",
+    # (NumPy's order of complex numbers, as numba implements it: the GPU has no `>`
+    # between complex numbers, which the simulator's NumPy scalars have)
+    "max": "np.maximum({0}, {1})", "min": "np.minimum({0}, {1})"}
+
+
 def template(name: str, dtype) -> str:
     text = TEMPLATES[name]
+    if np.dtype(dtype).kind == "c":
+        if name in _COMPLEX_TEMPLATES:
+            return _COMPLEX_TEMPLATES[name]
+        for f in _COMPLEX:
+            text = text.replace(f"_d.{f}(", f"_d.c{f}(")
     if np.dtype(dtype) == np.float32:
         for f in _PER_DTYPE:
             text = text.replace(f"_d.{f}(", f"_d.{f}_f32(")
@@ -269,8 +294,9 @@ class _Emitter(loops._Emitter):
         dtype = eqn.outputs[0].dtype
         if name == "mul" and eqn.outputs[0] in self.ctx.exact:    # (see exact_values)
             return template("mul_rn", dtype).format(*args)
-        if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0:
-            power = float(eqn.inputs[1].value)       # small whole powers as products
+        if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0 \
+                and np.isreal(eqn.inputs[1].value):   # (a complex power's is complex)
+            power = float(np.real(eqn.inputs[1].value))   # small whole powers as products
             if power in (1.0, 2.0, 3.0, 4.0):
                 if eqn.outputs[0] in self.ctx.exact and power > 1:   # (see exact_values)
                     text = args[0]
@@ -290,8 +316,8 @@ class _Emitter(loops._Emitter):
             r = f"({a} % {b})"
             return (f"(({r} - {b} if ({r} != 0 and (({r} < 0) != ({a} < 0))) else {r}) "
                     f"if {b} != 0 and {b} != -1 else ({a} - {a}))")
-        if np.dtype(dtype).kind in "iu" and name == "sign":
-            return f"(({args[0]} > 0) - ({args[0]} < 0))"
+        if np.dtype(dtype).kind in "iu" and name == "sign":    # (the simulator's NumPy
+            return f"(({args[0]} > 0) * 1 - ({args[0]} < 0) * 1)"    # bools don't subtract)
         if np.dtype(dtype).kind == "f" and name == "sign":    # (±1 at ±inf, +0 at ±0, NaN)
             x, one = args[0], scalar_literal(1, dtype)
             return (f"({one} if {x} > 0 else (-{one} if {x} < 0 else "
