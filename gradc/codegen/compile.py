@@ -42,7 +42,8 @@ def check_target(target) -> str:
 
 def optimise(graph: Graph, target: str) -> Graph:
     """The pass pipeline that runs before lowering: simplify (fold, CSE, DCE), then, for the
-    compiled targets, sums of pads of one window as one pad (``passes.pads``), solver regions
+    compiled targets, sums of one linear map's terms as the map of one sum (``passes.sums``:
+    reverse mode's pads, reductions and reshapes, one per use of a value), solver regions
     expanded into their algorithms (``passes.implicit``), kernel gradients of convolutions as
     ``conv2d_over_batch`` (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU
     anything elementwise is recomputed rather than stacked, on the CPU arithmetic and views
@@ -55,8 +56,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
-        from ..passes.pads import merge_pads
-        graph = merge_pads(graph)
+        from ..passes.sums import factor_sums
+        graph = factor_sums(graph)
         from ..passes.implicit import expand
         expanded = expand(graph)
         graph = graph if expanded is graph else simplify(expanded)

@@ -1,30 +1,53 @@
-"""Sums of zero-padded values, merged: ``pad(a, w) + pad(b, w) -> pad(a + b, w)``.
+"""Sums of one linear map, factored: ``L(a) + L(b) -> L(a + b)``.
 
-Reverse mode through an index or slice of an array, ``w[i % 4]`` in an unrolled loop,
-gives the array's cotangent as a sum of one ``pad`` per use (the transpose of a slice
-is a pad), each placing its piece in a window of zeros.  A sum of N such pads into an
-array of n elements computes N windows' tests per element (N·n work), and the fused
-loop that evaluates it has N branches: a 300-step loop's gradient with respect to four
-weights compiled in minutes.  Padding is linear, so pads of one window are summed
-first, at the size of their window, and padded once: four pads, whatever the number of
-steps.
+Reverse mode accumulates a value's cotangent as a sum with one term per use, and each
+term is the transpose of what the use did: a slice's is a ``pad``, a broadcast's a
+``reduce_sum``, a reshape's a ``reshape``.  An unrolled loop of N steps that reads
+``w[i % 4]`` gives ``w``'s cotangent as N pads, each placing its piece in a window of
+zeros (N·n work, and N branches in the fused loop), and each piece is the reshape of a
+reduction: N accumulators in one loop nest, whose compile time in Numba grows with the
+product of accumulators and statements (a 300-step loop's gradient with respect to four
+weights compiled in minutes).  These maps are linear, so the terms of one map (the same
+primitive and parameters, operands of one type) are summed first, at the operand's size,
+and mapped once; the merged sum is again a sum of one map's terms (pads of reshapes of
+reductions), so the rewrite runs until nothing is left to merge: four pads, four
+reductions, whatever the number of steps.
 
-The rewrite takes maximal trees of ``add`` (each inner sum used once, by the next one,
-all of one shape and dtype) and, within each, the pads of one window (``shape``,
-``index``, operand type), used once.  The merged pad takes the place of the window's
-first one; the others' pieces are added into it in their order.  Where windows overlap
-or other terms share an element, the order of additions at that element changes (a
-rounding difference, as any reassociation), so the pass runs for the compiled targets
-only (``codegen.compile.optimise``), not in ``simplify``, whose rewrites are exact.
+The maps: ``pad`` (one window: ``shape`` and ``index``), ``reduce_sum`` (one set of
+axes), ``reshape``, ``transpose`` and ``broadcast_in_dim``.  The rewrite takes maximal
+trees of ``add`` (each inner sum used once, by the next one, all of one shape and dtype)
+and, within each, the terms of one map used once.  The merged map takes the place of the
+first such term; the others' operands are added into its operand in their order.  The
+order of additions changes where the maps overlap (windows, reductions: a rounding
+difference, as any reassociation), so the pass runs for the compiled targets only
+(``codegen.compile.optimise``), not in ``simplify``, whose rewrites are exact.
 """
+
 from __future__ import annotations
 
 from ..ir import Graph, Var
 
 
-def merge_pads(graph: Graph) -> Graph:
-    """``graph`` with the sums of same-window pads merged; ``graph`` itself when it has
-    none (nested graphs are left as they are)."""
+LINEAR_MAPS = frozenset(("pad", "reduce_sum", "reshape", "transpose", "broadcast_in_dim"))
+ROUNDS = 16                     # (a bound on the layers of maps peeled, pad of reshape of ...)
+
+
+def factor_sums(graph: Graph) -> Graph:
+    """``graph`` with its sums of one linear map's terms factored, until none is left;
+    ``graph`` itself when it has none (nested graphs are left as they are)."""
+    for _ in range(ROUNDS):
+        factored = _factor_once(graph)
+        if factored is graph:
+            break
+        graph = factored
+    return graph
+
+
+def _key(params) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def _factor_once(graph: Graph) -> Graph:
     uses: dict = {}
     producer: dict = {}
     for eqn in graph.eqns:
@@ -49,12 +72,13 @@ def merge_pads(graph: Graph) -> Graph:
         e = producer.get(a)
         return e is not None and uses.get(a) == 1 and summable(e)
 
-    def window(a):
+    def window(a):               # (the map of a term that may merge, as a key)
         e = producer.get(a)
-        if e is None or e.prim.name != "pad" or uses.get(a) != 1:
+        if e is None or e.prim.name not in LINEAR_MAPS or uses.get(a) != 1 or \
+                len(e.inputs) != 1 or not isinstance(e.inputs[0], Var):
             return None
         x = e.inputs[0]
-        return (e.params["shape"], e.params["index"], tuple(x.shape), str(x.dtype))
+        return (e.prim.name, _key(e.params), tuple(x.shape), str(x.dtype))
 
     inner_sums = {a for e in graph.eqns if summable(e) for a in e.inputs if inner(a)}
     trees: dict = {}                  # root sum's output -> its terms, in order
@@ -80,15 +104,14 @@ def merge_pads(graph: Graph) -> Graph:
         return graph
     from ..interpret import eval_graph
     from ..prims.elementwise import add
-    from ..prims.index import pad
-    from ..trace import trace_graph
+    from ..trace import bind, trace_graph
     from .simplify import dce
 
-    pieces: dict = {}                 # a merged pad's output -> its operand (traced)
+    pieces: dict = {}                 # a merged map's output -> its operand (traced)
     merged = {t for terms in trees.values() for t in terms if window(t) is not None}
 
     def rewrite(eqn, xs):
-        if eqn.prim.name == "pad" and eqn.outputs[0] in merged:
+        if eqn.prim.name in LINEAR_MAPS and eqn.outputs[0] in merged:
             pieces[eqn.outputs[0]] = xs[0]
         for a, x in zip(eqn.inputs, xs):
             if isinstance(a, Var):
@@ -105,14 +128,15 @@ def merge_pads(graph: Graph) -> Graph:
             elif key in sums:
                 sums[key][0] = add(sums[key][0], pieces[t])
             else:
-                sums[key] = [pieces[t], producer[t].params]
+                sums[key] = [pieces[t], producer[t]]
                 order.append(("window", key))
         total = None
         for kind, item in order:
             if kind == "term":
                 value = values[item]
             else:
-                value = pad(sums[item][0], sums[item][1]["shape"], sums[item][1]["index"])
+                piece, e = sums[item]
+                value = bind(e.prim, piece, **e.params)
             total = value if total is None else add(total, value)
         return [total]
 
