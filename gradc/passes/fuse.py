@@ -27,6 +27,13 @@ How equations are grouped
 4. A body that would evaluate more than ``MAX_BODY`` (value, index) pairs per element
    (recomputation through many shifted reads) materialises its most-read inlined
    values instead and tries again.
+5. A value inlined into several groups is recomputed by each, and so is everything it
+   inlines: in a chain of steps whose every state is read by a materialised consumer
+   as well as by the next step (``np.roll`` in an unrolled loop), step k's group
+   recomputed all k steps before it (quadratic work and code, and then rule 4 split
+   the steps into a loop per equation).  A value whose inlined cone (itself and what
+   it inlines, up to the materialised values) times the groups beyond the first that
+   recompute it exceeds ``DUPLICATE_MAX`` is materialised instead (``_duplicated``).
 
 The ``fused`` primitive holds its equations as a Graph (``body``) whose inputs are
 the operands read from outside; the interpreter runs it by evaluating the body, so a
@@ -46,6 +53,7 @@ from . import indexmap
 from .indexmap import Affine
 
 MAX_BODY = 400
+DUPLICATE_MAX = 32     # equations recomputed for a value by groups beyond the first
 
 ELEMENTWISE = {
     "neg", "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "fmod", "exp",
@@ -130,7 +138,7 @@ def fuse(graph: Graph, vector_ufuncs: bool = True) -> Graph:
     materialise: set = set()
     while True:
         plan = _plan(graph, materialise, vector_ufuncs)
-        extra = _oversized(plan)
+        extra = _oversized(plan) or _duplicated(plan)
         if not extra:
             return _rebuild(graph, plan)
         materialise |= extra
@@ -191,20 +199,38 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
             rest ^= low
         return out
 
+    # aligned[v]: the groups v reads only element for element, at its own index, through
+    # elementwise equations of one shape (a root that reads a group so may join it: the
+    # value is computed in the same iteration, before it is read; see rule 3)
+    aligned: dict = {}
     for i, eqn in enumerate(graph.eqns):
-        direct = 0
+        direct = apart = near = 0
         for a in eqn.inputs:
             if isinstance(a, Var):
                 direct |= depends.get(a, 0)
+                near |= aligned.get(a, 0)
+                apart |= depends.get(a, 0) & ~aligned.get(a, 0)
+        pointwise = fusible[i] and _pointwise(eqn)
         if _all_inlined(graph, inline, i):
             for v in eqn.outputs:
                 depends[v] = direct
+                aligned[v] = near & ~apart if pointwise else 0
             continue
         deps = closure(direct)
         if fusible[i]:
             dom = _domain(eqn)
             gid = next((g for g, grp in enumerate(groups)
                         if grp["domain"] == dom and not deps >> g & 1), None)
+            if gid is None and pointwise:       # a group it reads at its own index only
+                joinable = near & ~apart
+                while joinable and gid is None:
+                    low = joinable & -joinable
+                    g = low.bit_length() - 1
+                    if groups[g]["domain"] == dom and not closure(direct & ~low) & low:
+                        gid = g
+                    joinable ^= low
+                if gid is not None:
+                    deps = closure(direct & ~(1 << gid))
             if gid is None:
                 gid = len(groups)
                 groups.append({"domain": dom, "roots": [], "eqns": set()})
@@ -218,6 +244,7 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
             deps = 1 << gid
         for v in eqn.outputs:
             depends[v] = deps
+            aligned[v] = deps if fusible[i] and eqn.prim.name not in REDUCTIONS else 0
     for grp in groups:          # each group's equations: its roots and what they inline
         seen, stack = set(grp["roots"]), list(grp["roots"])
         while stack:
@@ -228,6 +255,17 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
         grp["eqns"] = seen
     return types.SimpleNamespace(graph=graph, inline=inline, groups=groups,
                                  group_of=group_of, producer=producer)
+
+
+def _pointwise(eqn) -> bool:
+    """Whether ``eqn`` reads each operand of rank >= 1 at its own element index: an
+    elementwise equation whose operands have its shape, or a reduction (over its domain)."""
+    if eqn.prim.name in REDUCTIONS:
+        return True
+    if eqn.prim.name not in ELEMENTWISE or len(eqn.outputs) != 1:
+        return False
+    shape = eqn.outputs[0].shape
+    return all(a.shape == shape or a.ndim == 0 for a in eqn.inputs if isinstance(a, Var))
 
 
 def _all_inlined(graph, inline, i) -> bool:
@@ -247,14 +285,54 @@ def _external_inputs(graph, eqn_ids) -> list:
 
 
 def _oversized(plan) -> set:
-    """Inlined values to materialise because a body reads too many (value, index) pairs."""
+    """Inlined values to materialise because a body reads too many (value, index) pairs:
+    of the values read at more indices than any of their consumers in the body is
+    evaluated at (where the reads multiply: the operand of a shifted read, ``np.roll``'s
+    transpose in a chain of steps; a value computed along a chain of elementwise
+    consumers is read as often as they are, and storing it would cut nothing), the half
+    read most.  (Materialising the most-read values of all stored every equation of such
+    a chain, each in a loop of its own.)"""
+    graph = plan.graph
     extra = set()
     for grp in plan.groups:
         count, reads = _body_size(plan, grp)
         if count > MAX_BODY:
-            ranked = sorted(((n, id(v), v) for v, n in reads.items() if n > 1),
+            most: dict = {}          # value -> the most indices a consumer reads it at
+            for i in grp["eqns"]:
+                eqn = graph.eqns[i]
+                n = max(reads.get(v, 1) for v in eqn.outputs)
+                for a in eqn.inputs:
+                    if isinstance(a, Var) and a in reads:
+                        most[a] = max(most.get(a, 0), n)
+            points = [(n, v) for v, n in reads.items() if n > 1 and n > most.get(v, 0)]
+            ranked = sorted(points or [(n, v) for v, n in reads.items() if n > 1],
                             key=lambda t: -t[0])
-            extra.update(v for _, _, v in ranked[:max(1, len(ranked) // 2)])
+            extra.update(v for _, v in ranked[:max(1, len(ranked) // 2)])
+    return extra
+
+
+def _duplicated(plan) -> set:
+    """Inlined values whose recomputation by several groups costs more than
+    ``DUPLICATE_MAX`` equations (see rule 5): in the graph's order, each value's cone is
+    one plus its inlined operands' cones (an over-count where the cones share values;
+    capped), and a value taken resets its cone for the values after it."""
+    graph = plan.graph
+    shared: dict = {}              # eqn index -> the number of groups that compute it
+    for grp in plan.groups:
+        for i in grp["eqns"]:
+            shared[i] = shared.get(i, 0) + 1
+    cone: dict = {}
+    extra = set()
+    for i, eqn in enumerate(graph.eqns):
+        if shared.get(i, 0) == 0 or not _all_inlined(graph, plan.inline, i):
+            continue
+        size = 1 + sum(cone.get(a, 0) for a in eqn.inputs if isinstance(a, Var))
+        size = min(size, 1 << 20)
+        for v in eqn.outputs:
+            if size * (shared[i] - 1) > DUPLICATE_MAX:
+                extra.add(v)
+            else:
+                cone[v] = size
     return extra
 
 
