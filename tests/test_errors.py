@@ -1108,3 +1108,108 @@ def test_one_hot_with_a_number_of_classes_that_is_not_an_int():
     expect(gradc.ArgumentError, ["one_hot: num_classes is an int, got 2.5"],
            "gradc.nn.one_hot(k, 2.5)",
            lambda: gradc.jit(lambda k: gradc.nn.one_hot(k, 2.5))(np.array([0, 1])))
+
+
+def _write_into_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3))
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+def _add_into_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3))
+    v += 1.0
+    return np.sum(v)
+
+
+def _write_into_same_shape_broadcast_to(x):
+    v = np.broadcast_to(x, (3,))
+    v[0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_a_row_of_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3)).T
+    v[0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_windows(x):
+    v = np.lib.stride_tricks.sliding_window_view(x, 2)
+    v[0, 1] = 1.0
+    return np.sum(v)
+
+
+def _write_into_broadcast_arrays(x):
+    v, _ = np.broadcast_arrays(x, np.ones((2, 1)))
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_meshgrid_views(x):
+    v, _ = np.meshgrid(x, x[:2], copy=False)
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+@pytest.mark.parametrize("f, made_by, line", [
+    (_write_into_broadcast_to, "np.broadcast_to", "v[0, 0] = 1.0"),
+    (_add_into_broadcast_to, "np.broadcast_to", "v += 1.0"),
+    (_write_into_same_shape_broadcast_to, "np.broadcast_to", "v[0] = 1.0"),
+    (_write_into_a_row_of_broadcast_to, "np.broadcast_to", "v[0] = 1.0"),
+    (_write_into_windows, "np.lib.stride_tricks.sliding_window_view", "v[0, 1] = 1.0"),
+    (_write_into_broadcast_arrays, "np.broadcast_arrays", "v[0, 0] = 1.0"),
+    (_write_into_meshgrid_views, "np.meshgrid(copy=False)", "v[0, 0] = 1.0")])
+def test_a_write_into_a_read_only_view_is_refused_as_numpy(f, made_by, line):
+    """(QA: broadcast_to's and sliding_window_view's views took writes, which NumPy
+    refuses; broadcast_arrays's, which NumPy deprecates, wrote one element where NumPy
+    writes every element the broadcast repeats: a silent other value.)"""
+    if made_by in ("np.broadcast_arrays", "np.meshgrid(copy=False)"):
+        with pytest.warns(DeprecationWarning):      # NumPy: a write it will refuse
+            f(X.copy())
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            f(X.copy())
+    for call in (lambda: gradc.jit(f)(X), lambda: gradc.grad(f)(X)):
+        message = expect(gradc.ReadOnlyError, ["assignment destination is read-only",
+                                               f"made by {made_by}", ".copy()"], line, call)
+        assert message.splitlines()[-1].strip().endswith(line)
+    assert issubclass(gradc.ReadOnlyError, ValueError)      # (NumPy's is a ValueError)
+
+
+def _read_only_views_then_write_to_base(x):
+    y = x * 1.0
+    b = np.broadcast_to(y, (2, 3))
+    w = np.lib.stride_tricks.sliding_window_view(y, 2)
+    y[1] = y[0] * y[2]
+    return np.sum(b[1] * np.arange(3.0)) + np.sum(w ** 2)
+
+
+def _written_copies_of_read_only_views(x):
+    b = np.broadcast_to(x, (2, 3)).copy()
+    b[0, 0] = 5.0 * x[1]
+    w = np.lib.stride_tricks.sliding_window_view(x, 2).copy()
+    w[0] *= x[2]
+    g, _ = np.meshgrid(x, x[:2])                 # (copy=True: arrays of its own)
+    g[1, 1] = 0.0
+    return np.sum(b ** 2) + np.sum(w ** 3) + np.sum(g * x)
+
+
+@pytest.mark.parametrize("f", [_read_only_views_then_write_to_base,
+                               _written_copies_of_read_only_views])
+def test_read_only_views_see_writes_to_their_base_and_copies_of_them_take_writes(f):
+    from gradc.testing import numerical_grad
+    expected = f(X.copy())
+    assert np.isclose(gradc.jit(f)(X), expected)
+    np.testing.assert_allclose(gradc.grad(f)(X), numerical_grad(lambda z: f(z.copy()), X),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_as_strided_names_what_to_use_instead():
+    def f(x):
+        return np.sum(np.lib.stride_tricks.as_strided(x, (2, 2), (8, 8)))
+
+    expect(gradc.ConcretizationError, ["as_strided", "sliding_window_view",
+                                       "np.broadcast_to"],
+           "return np.sum(np.lib.stride_tricks.as_strided(x, (2, 2), (8, 8)))",
+           lambda: gradc.grad(f)(X))
