@@ -18,6 +18,7 @@ from .. import ops
 from ..errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, UnsupportedError,
                       with_location)
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
+from ..prims.reduce import axis_index
 from ..trace import Tracer, checkable, dtype_of, shape_of
 
 
@@ -748,14 +749,19 @@ def _windows(x, window_shape, axis):
                 f"every axis of x; got {len(windows)} sizes and x.ndim is {ndim}"))
         axes = tuple(range(ndim))
     else:
-        axes = tuple(axis) if np.iterable(axis) else (axis,)
+        # (an int as operator.index takes it: a bool, float or string is an
+        # ArgumentError, as for every axis in gradc, not "out of bounds")
+        try:
+            axes = tuple(axis_index(a)
+                         for a in (tuple(axis) if np.iterable(axis) else (axis,)))
+        except ArgumentError as e:
+            raise ArgumentError(f"sliding_window_view: {e}") from None
         for a in axes:
-            if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or \
-                    not -ndim <= a < ndim:
+            if not -ndim <= a < ndim:
                 raise ShapeError(with_location(
                     f"sliding_window_view: axis {a!r} is out of bounds for x of dimension "
                     f"{ndim}"))
-        axes = tuple(int(a) % ndim for a in axes)
+        axes = tuple(a % ndim for a in axes)
         if len(axes) != len(windows):
             raise ShapeError(with_location(
                 f"sliding_window_view: window_shape and axis must have the same length; got "
