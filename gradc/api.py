@@ -29,7 +29,7 @@ import numpy as np
 
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
-                     TangentDTypeError, with_location)
+                     TangentDTypeError, check_function, with_location)
 from .codegen.compile import Executable, check_target, optimise
 from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
@@ -1261,6 +1261,7 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     ``target``.
     """
     target = check_target(target)
+    check_function(fun, "gradc.jvp: the function")
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise ArgumentError(with_location(
             "jvp(f, primals, tangents): primals and tangents must be tuples of arguments"))
@@ -1341,11 +1342,15 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     one cotangent per primal argument (JAX's ``vjp``).  Both halves are cached per
     function and argument signature and run on ``target``."""
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
-                                                        fastmath)
+                                                        fastmath, "vjp")
     graph, info = spec.graph, spec.info
 
-    def vjp_fn(ct):
-        cts, tree = pytree.flatten(ct)
+    def vjp_fn(*ct):
+        if len(ct) != 1:
+            raise ArgumentError(with_location(
+                f"vjp_fn takes one cotangent, shaped like the output ({info['treedef']}; a "
+                f"tuple for several outputs), got {len(ct)} arguments"))
+        cts, tree = pytree.flatten(ct[0])
         if tree != info["treedef"]:
             raise ArgumentError(with_location(
                 f"vjp_fn: cotangent has structure {tree}, the output has {info['treedef']}"))
@@ -1374,10 +1379,11 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     return (out_tree, vjp_fn, aux) if has_aux else (out_tree, vjp_fn)
 
 
-def _forward_pass(fun, primals, has_aux, target, fastmath):
+def _forward_pass(fun, primals, has_aux, target, fastmath, what):
     """Reverse mode's first half, shared by ``vjp`` and ``linearize`` (one cache entry):
     ``(flat args, wrt, spec, residuals, output tree, aux tree or None)``."""
     target = check_target(target)
+    check_function(fun, f"gradc.{what}: the function")
     flat = _Args(primals)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
     cache = _cache_for(_VJP_CACHE, fun)
@@ -1405,7 +1411,7 @@ def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
     ``f_jvp`` runs only the linear part, compiled for ``target``.  It shares its trace and
     forward pass with ``vjp``."""
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
-                                                        fastmath)
+                                                        fastmath, "linearize")
     info = spec.info
 
     def f_jvp(*tangents):

@@ -1213,3 +1213,37 @@ def test_as_strided_names_what_to_use_instead():
                                        "np.broadcast_to"],
            "return np.sum(np.lib.stride_tricks.as_strided(x, (2, 2), (8, 8)))",
            lambda: gradc.grad(f)(X))
+
+
+def test_transformations_check_their_primals_tangents_cotangents_and_functions():
+    """(QA: hvp of a float or 0-d array was a bare TypeError from len(), and a 1-element
+    array x was taken as the tuple (x[0],): a silently different result; vjp_fn(a, b) a
+    bare TypeError; jvp/vjp/linearize of an array "'numpy.ndarray' object is not
+    callable"; hessian(f)(x, y) of a one-argument f a bare TypeError.)"""
+    def f(x):
+        return np.sum(x ** 3)
+
+    one = np.array([2.0])
+    for primals, got in ((1.0, "got float and float"), (one, "got ndarray and ndarray"),
+                         (None, "got NoneType and NoneType")):
+        expect(gradc.ArgumentError, ["hvp(f, primals, tangents): primals and tangents must "
+                                     "be tuples of one argument each", got],
+               "lambda: gradc.hvp(f, primals, primals))",
+               lambda: gradc.hvp(f, primals, primals))
+    np.testing.assert_allclose(gradc.hvp(f, (one,), (np.ones(1),)), [12.0])
+    expect(gradc.ArgumentError, ["hvp(f, (x,), (v,)): one primal and one tangent"],
+           "gradc.hvp(f, (X,), (X, X))", lambda: gradc.hvp(f, (X,), (X, X)))
+    out, vjp_fn = gradc.vjp(f, X)
+    expect(gradc.ArgumentError, ["vjp_fn takes one cotangent", "got 2 arguments"],
+           "lambda: vjp_fn(1.0, 2.0))", lambda: vjp_fn(1.0, 2.0))
+    expect(gradc.ArgumentError, ["vjp_fn takes one cotangent", "got 0 arguments"],
+           "lambda: vjp_fn())", lambda: vjp_fn())
+    np.testing.assert_allclose(vjp_fn(1.0)[0], 3 * X ** 2)
+    for name, call in (("jvp", lambda: gradc.jvp(X, (X,), (X,))),
+                       ("vjp", lambda: gradc.vjp(X, X)),
+                       ("linearize", lambda: gradc.linearize(X, X))):
+        expect(gradc.ArgumentError, [f"gradc.{name}: the function must be a function, got",
+                                     "ndarray"], f"gradc.{name}(X, ", call)
+    expect(gradc.ArgumentError, ["gradc.jacrev: the function is called with 2 positional",
+                                 "f (defined at", "too many positional arguments"],
+           "gradc.hessian(f)(X, X)", lambda: gradc.hessian(f)(X, X))
