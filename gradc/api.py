@@ -1340,7 +1340,8 @@ class _VjpSpec:
 def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     """Reverse mode: ``(f(*primals), vjp_fn)`` where ``vjp_fn(ct)`` returns a tuple with
     one cotangent per primal argument (JAX's ``vjp``).  Both halves are cached per
-    function and argument signature and run on ``target``."""
+    function and argument signature and run on ``target``.  The cotangent of an integer
+    or bool output must be zeros, of any dtype (JAX's are of dtype ``float0``)."""
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
                                                         fastmath, "vjp")
     graph, info = spec.graph, spec.info
@@ -1363,7 +1364,7 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
         cts = [_tangent_like(c, o.dtype, "vjp_fn", f"the cotangent of output "
                              f"{'leaf ' if many else ''}{j}", "the output")
                if is_float(o.dtype) else
-               c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
+               _zero_cotangent(c, o, f"the cotangent of output {'leaf ' if many else ''}{j}")
                for j, (c, o) in enumerate(zip(cts, graph.outputs))]
         in_cts = iter(spec.backward.evaluate(list(res) + cts))
         leaves = []
@@ -1377,6 +1378,24 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
         return tuple(pytree.unflatten(flat.treedef, leaves))
 
     return (out_tree, vjp_fn, aux) if has_aux else (out_tree, vjp_fn)
+
+
+def _zero_cotangent(c, out, name):
+    """The cotangent of an integer or bool output (no derivative): zeros, of any dtype
+    (JAX wants zeros of its dtype float0; NumPy has none: a structured ``V`` array such
+    as JAX's float0 is taken too), as zeros of the output's dtype.  Anything else is a
+    ``TangentDTypeError``, not cast (``2.5`` was silently 2; NaN a bare ValueError).  A
+    traced cotangent (vjp_fn inside a transformation) is not read."""
+    if isinstance(c, Tracer):
+        return c
+    a = np.asarray(c) if not isinstance(c, np.ndarray) else c
+    if a.dtype.kind == "V" or a.dtype.kind in "biufc" and not np.any(a):
+        return np.zeros(tuple(out.shape), out.dtype)
+    kind = f"a nonzero {a.dtype}" if a.dtype.kind in "biufc" else f"a {a.dtype}"
+    raise TangentDTypeError(with_location(
+        f"vjp_fn: {name} is {kind} cotangent, for an output of type "
+        f"{type_str(out.shape, out.dtype)}, which has no derivative: its cotangent must "
+        f"be zeros (np.zeros_like of the output; JAX wants zeros of dtype float0)"))
 
 
 def _forward_pass(fun, primals, has_aux, target, fastmath, what):

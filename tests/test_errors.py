@@ -474,6 +474,35 @@ def test_tangent_and_cotangent_dtype_mismatches():
     assert issubclass(gradc.TangentDTypeError, TypeError)
 
 
+def _sum_and_argmax(x):
+    return np.sum(x ** 2), np.argmax(x), x > 0
+
+
+def test_the_cotangent_of_an_integer_or_bool_output_is_zeros():
+    """(QA: vjp_fn cast any cotangent of an integer output to its dtype: 2.5 silently
+    became 2, NaN or 1e30 a bare ValueError/OverflowError.)  Such an output has no
+    derivative; JAX wants float0 zeros there.  gradc takes zeros of any dtype (and a
+    float0-like structured array), and refuses anything else, naming the output."""
+    _, vjp_fn = gradc.vjp(_sum_and_argmax, X)
+    float0 = [("float0", "V")]
+    for ct in ((1.0, 0, np.zeros(3, bool)), (1.0, 0.0, np.zeros(3)),
+               (1.0, np.zeros((), float0), np.zeros(3, float0))):
+        np.testing.assert_allclose(vjp_fn(ct)[0], 2 * X)
+    for ct, fragments in (
+            ((1.0, 2.5, np.zeros(3)), ["output leaf 1 is a nonzero float64 cotangent",
+                                       "output of type i64[]", "must be zeros", "float0"]),
+            ((1.0, np.nan, np.zeros(3)), ["output leaf 1 is a nonzero float64"]),
+            ((1.0, "a", np.zeros(3)), ["output leaf 1 is a <U1 cotangent"]),
+            ((1.0, 0, np.ones(3, bool)), ["output leaf 2 is a nonzero bool cotangent",
+                                          "bool[3]"])):
+        expect(gradc.TangentDTypeError, ["vjp_fn: the cotangent of "] + fragments,
+               "lambda: vjp_fn(ct))", lambda: vjp_fn(ct))
+    # jacrev's rows pass zeros for its integer outputs: unchanged
+    jac = gradc.jacrev(_sum_and_argmax)(X)
+    np.testing.assert_allclose(jac[0], 2 * X)
+    assert not np.any(jac[1]) and not np.any(jac[2])
+
+
 def test_ambiguous_truth_value():
     def f(x):
         if x > 0:
