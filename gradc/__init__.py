@@ -14,8 +14,9 @@ from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.dire
 from .codegen.compile import GradcWarning
 from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_precision
 from .errors import (ArgumentError, ConcretizationError, DTypeError, EvaluationError,
-                     GradcError, InvalidValueError, NonScalarOutputError, ScalarOverflowError,
-                     ShapeError, TangentDTypeError, TracerLeakError, UnsupportedError)
+                     GradcError, InvalidValueError, NonScalarOutputError, ReadOnlyError,
+                     ScalarOverflowError, ShapeError, TangentDTypeError, TracerLeakError,
+                     UnsupportedError)
 from .interpret import eval_graph_checked as eval_graph
 from .implicit import argmin, custom_root, fixed_point, implicit_diff, linear_solve
 from .jacobians import hessian, hvp, jacfwd, jacobian, jacobian_plan, jacrev
@@ -47,5 +48,5 @@ __all__ = [
     "Graph", "Var", "Lit", "Eqn", "Primitive", "ops",
     "GradcError", "UnsupportedError", "ConcretizationError", "ArgumentError", "ShapeError",
     "NonScalarOutputError", "TracerLeakError", "DTypeError", "EvaluationError",
-    "ScalarOverflowError", "InvalidValueError", "TangentDTypeError",
+    "ScalarOverflowError", "InvalidValueError", "TangentDTypeError", "ReadOnlyError",
 ]

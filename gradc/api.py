@@ -29,7 +29,7 @@ import numpy as np
 
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
-                     TangentDTypeError, with_location)
+                     TangentDTypeError, check_function, with_location)
 from .codegen.compile import Executable, check_target, optimise
 from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
@@ -1261,6 +1261,7 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     ``target``.
     """
     target = check_target(target)
+    check_function(fun, "gradc.jvp: the function")
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise ArgumentError(with_location(
             "jvp(f, primals, tangents): primals and tangents must be tuples of arguments"))
@@ -1339,13 +1340,18 @@ class _VjpSpec:
 def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     """Reverse mode: ``(f(*primals), vjp_fn)`` where ``vjp_fn(ct)`` returns a tuple with
     one cotangent per primal argument (JAX's ``vjp``).  Both halves are cached per
-    function and argument signature and run on ``target``."""
+    function and argument signature and run on ``target``.  The cotangent of an integer
+    or bool output must be zeros, of any dtype (JAX's are of dtype ``float0``)."""
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
-                                                        fastmath)
+                                                        fastmath, "vjp")
     graph, info = spec.graph, spec.info
 
-    def vjp_fn(ct):
-        cts, tree = pytree.flatten(ct)
+    def vjp_fn(*ct):
+        if len(ct) != 1:
+            raise ArgumentError(with_location(
+                f"vjp_fn takes one cotangent, shaped like the output ({info['treedef']}; a "
+                f"tuple for several outputs), got {len(ct)} arguments"))
+        cts, tree = pytree.flatten(ct[0])
         if tree != info["treedef"]:
             raise ArgumentError(with_location(
                 f"vjp_fn: cotangent has structure {tree}, the output has {info['treedef']}"))
@@ -1358,7 +1364,7 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
         cts = [_tangent_like(c, o.dtype, "vjp_fn", f"the cotangent of output "
                              f"{'leaf ' if many else ''}{j}", "the output")
                if is_float(o.dtype) else
-               c if isinstance(c, Tracer) else np.asarray(c, dtype=o.dtype)
+               _zero_cotangent(c, o, f"the cotangent of output {'leaf ' if many else ''}{j}")
                for j, (c, o) in enumerate(zip(cts, graph.outputs))]
         in_cts = iter(spec.backward.evaluate(list(res) + cts))
         leaves = []
@@ -1374,10 +1380,29 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     return (out_tree, vjp_fn, aux) if has_aux else (out_tree, vjp_fn)
 
 
-def _forward_pass(fun, primals, has_aux, target, fastmath):
+def _zero_cotangent(c, out, name):
+    """The cotangent of an integer or bool output (no derivative): zeros, of any dtype
+    (JAX wants zeros of its dtype float0; NumPy has none: a structured ``V`` array such
+    as JAX's float0 is taken too), as zeros of the output's dtype.  Anything else is a
+    ``TangentDTypeError``, not cast (``2.5`` was silently 2; NaN a bare ValueError).  A
+    traced cotangent (vjp_fn inside a transformation) is not read."""
+    if isinstance(c, Tracer):
+        return c
+    a = np.asarray(c) if not isinstance(c, np.ndarray) else c
+    if a.dtype.kind == "V" or a.dtype.kind in "biufc" and not np.any(a):
+        return np.zeros(tuple(out.shape), out.dtype)
+    kind = f"a nonzero {a.dtype}" if a.dtype.kind in "biufc" else f"a {a.dtype}"
+    raise TangentDTypeError(with_location(
+        f"vjp_fn: {name} is {kind} cotangent, for an output of type "
+        f"{type_str(out.shape, out.dtype)}, which has no derivative: its cotangent must "
+        f"be zeros (np.zeros_like of the output; JAX wants zeros of dtype float0)"))
+
+
+def _forward_pass(fun, primals, has_aux, target, fastmath, what):
     """Reverse mode's first half, shared by ``vjp`` and ``linearize`` (one cache entry):
     ``(flat args, wrt, spec, residuals, output tree, aux tree or None)``."""
     target = check_target(target)
+    check_function(fun, f"gradc.{what}: the function")
     flat = _Args(primals)
     wrt = [is_float(x.dtype) for x in flat.dynamic]
     cache = _cache_for(_VJP_CACHE, fun)
@@ -1405,7 +1430,7 @@ def linearize(fun, *primals, has_aux=False, target=None, fastmath=False):
     ``f_jvp`` runs only the linear part, compiled for ``target``.  It shares its trace and
     forward pass with ``vjp``."""
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
-                                                        fastmath)
+                                                        fastmath, "linearize")
     info = spec.info
 
     def f_jvp(*tangents):

@@ -51,6 +51,12 @@ class ShapeError(GradcError, ValueError):
     """Operand shapes that do not fit together."""
 
 
+class ReadOnlyError(GradcError, ValueError):
+    """A write into an array NumPy makes read-only (``np.broadcast_to``'s view,
+    ``sliding_window_view``'s windows): NumPy raises "assignment destination is
+    read-only"."""
+
+
 class InvalidValueError(GradcError, ValueError):
     """Values NumPy refuses with a ValueError (an all-NaN line for ``nanargmax``, a
     negative count for ``bincount``): checked on every call, through a guard."""

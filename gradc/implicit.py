@@ -100,7 +100,9 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
     derivative is another solve: ``dx = A⁻¹ (db − dA x)``; reverse mode solves with
     ``Aᵀ`` (the transposed matvec) by ``transpose_solve``, which defaults to ``solve``
     (the same algorithm on the transposed matrix) and is not needed when ``symmetric``.
-    ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods)."""
+    ``ridge`` solves ``(A + ridge·I) x = b`` instead (named methods).  A matvec that is
+    not linear as traced (``v ** 2``, ``A @ v + c``, a branch on v) is an ArgumentError:
+    its derivative would silently be that of another system."""
     if isinstance(matvec, np.ndarray) or hasattr(matvec, "shape"):
         raise ArgumentError(with_location(
             "linear_solve: matvec must be a function v -> A @ v, got an array; for a "
@@ -112,9 +114,28 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
     back = None if transpose_solve is None else as_method(transpose_solve, tol, maxiter,
                                                           ridge)
     graph, captured = _traced(matvec, [aval], "linear_solve: matvec")
+    _check_linear(graph)
     mv = Graph(tuple(graph.inputs[1:]) + (graph.inputs[0],), graph.eqns, graph.outputs)
     return linear_solve_p.bind(*captured, _as_array(b, aval[1]), matvec=mv, solve=method,
                                transpose_solve=back, symmetric=bool(symmetric))
+
+
+def _check_linear(graph: Graph) -> None:
+    """An ``ArgumentError`` naming the matvec's line and the user's call unless the
+    traced ``matvec`` is linear in its argument: its derivative (``A⁻¹ (db − dA x)``)
+    and transpose assume ``matvec(v) = A v``; an affine or nonlinear one would be
+    silently linearised, a wrong derivative."""
+    from .passes.implicit import nonlinearity
+    found = nonlinearity(graph)
+    if found is None:
+        return
+    eqn, why = found
+    inside = f"\n  in matvec at {eqn.source}" if eqn is not None and eqn.source else ""
+    raise ArgumentError(with_location(
+        f"linear_solve: matvec must be linear in its argument v (matvec(v) = A v), but "
+        f"{why}; its derivative would be that of another system, silently wrong. Move a "
+        "constant term c into b (solve matvec(x) = b - c); for a nonlinear equation use "
+        f"gradc.custom_root or gradc.fixed_point{inside}"))
 
 
 # ---------------------------------------------------------------- roots

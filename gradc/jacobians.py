@@ -222,6 +222,7 @@ def _jacobian_function(kind, fun, argnums, has_aux, target):
     check_function(fun, f"gradc.{what}: the function")
 
     def jac(*args):
+        check_function(fun, f"gradc.{what}: the function", args)
         where, many, xs, tree = _wrt(args, argnums, what)
         g = _restricted(fun, args, where, many, tree, has_aux, what)
         if kind == "fwd":
@@ -274,6 +275,12 @@ def hvp(fun, primals, tangents, method="fwd-rev", *, target=None):
     ``tangents = (v,)``).  ``method="fwd-rev"``: the JVP of the gradient (one forward
     pass over the reverse pass); ``"rev-rev"``: the gradient of ``<v, ∇f(x)>``."""
     check_function(fun, "gradc.hvp: the function")
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        # (an array has a len too: a 1-element x was taken as the primal x[0])
+        raise ArgumentError(with_location(
+            f"hvp(f, primals, tangents): primals and tangents must be tuples of one "
+            f"argument each, (x,) and (v,); got {type(primals).__name__} and "
+            f"{type(tangents).__name__}"))
     if len(primals) != 1 or len(tangents) != 1:
         raise ArgumentError(with_location(
             "hvp(f, (x,), (v,)): one primal and one tangent (differentiate w.r.t. x)"))

@@ -433,11 +433,21 @@ def atleast_2d(*xs):
     return out[0] if len(out) == 1 else out
 
 
-@implements(np.broadcast_to)
 def broadcast_to(x, shape):
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
     return broadcast(operand(x), np.zeros(shape, bool))[0] if shape_of(x) != () else \
         ops.broadcast_to(operand(x), shape)
+
+
+@implements(np.broadcast_to)
+def broadcast_to_view(x, shape, subok=False):
+    """``np.broadcast_to``: a read-only view of x, as NumPy's (writes to it are refused,
+    writes to x reach it).  gradc's own code broadcasts with ``broadcast_to``."""
+    y = broadcast_to(x, shape)
+    if isinstance(x, Tracer) and isinstance(y, Tracer):
+        out = tuple(shape_of(y))
+        y = y.read_only_view_of(x, "np.broadcast_to", lambda b: broadcast_to(b, out))
+    return y
 
 
 @implements(np.concatenate)

@@ -122,7 +122,7 @@ STORE_HINT = ("storing a traced value into a NumPy array (an array made by np.ze
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
-    __slots__ = ("ir_var", "val", "owner", "view_of", "views", "__weakref__")
+    __slots__ = ("ir_var", "val", "owner", "view_of", "views", "read_only", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
@@ -133,6 +133,8 @@ class Tracer:
         # ``view``: that is ndarray's method, x.view())
         self.view_of = None
         self.views = None    # weak references to the views made of this Tracer
+        # (the NumPy function that made this a read-only view, why) or None
+        self.read_only = None
 
     def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
@@ -142,7 +144,13 @@ class Tracer:
         view of another Tracer (a basic slice, reshape or transpose of it), the write goes
         through to the base; and the views made of this Tracer earlier (still alive) see
         the write: each is read again from the new value (``_written_by``: the view the
-        write came through, which holds it already)."""
+        write came through, which holds it already).  A read-only view (``read_only``) is
+        refused, as NumPy refuses it."""
+        if self.read_only is not None:
+            made_by, why = self.read_only
+            raise errors.ReadOnlyError(with_location(
+                f"assignment destination is read-only: the array is a view made by "
+                f"{made_by}, {why}. Write into a copy instead: v = {made_by}(...).copy()"))
         self._rebind(new)
         if self.view_of is not None:
             base, write_back = self.view_of[:2]
@@ -171,7 +179,19 @@ class Tracer:
         if self is not base:
             self.view_of = (base, write_back, key, read)
             base.views = (base.views or []) + [weakref.ref(self)]
+            self.read_only = base.read_only     # (a view of a read-only array is one too)
         return self
+
+    def read_only_view_of(self, base: "Tracer", made_by: str, read,
+                          why="which NumPy makes read-only") -> "Tracer":
+        """A read-only view of ``base`` made by the NumPy function ``made_by`` (e.g.
+        ``'np.broadcast_to'``), ``read(base)`` its value from base's: writes to it are
+        refused (as NumPy's; ``why`` says so), writes to base reach it.  A new Tracer when
+        this is base."""
+        view = Tracer(self.ir_var, self.val, self.owner) if self is base else self
+        view.as_view_of(base, None, None, read)
+        view.read_only = (made_by, why)
+        return view
 
     # -- array attributes
     shape = property(lambda self: self.ir_var.shape)
@@ -508,6 +528,8 @@ _GRADC_FOR = {
     "np.full": "np.full_like(x, value) or np.broadcast_to(value, shape)",
     "scipy.special.polygamma": "gradc.ops.polygamma(n, x) (or scipy.special.psi for n = 0)",
     "np.vectorize": "NumPy operations on the whole array (np.where for a branch)",
+    "numpy.lib.as_strided": "np.lib.stride_tricks.sliding_window_view (windows) or "
+                            "np.broadcast_to (repeated elements)",
 }
 
 _ONE_EXAMPLE = contextvars.ContextVar("gradc_one_example", default=False)

@@ -474,6 +474,35 @@ def test_tangent_and_cotangent_dtype_mismatches():
     assert issubclass(gradc.TangentDTypeError, TypeError)
 
 
+def _sum_and_argmax(x):
+    return np.sum(x ** 2), np.argmax(x), x > 0
+
+
+def test_the_cotangent_of_an_integer_or_bool_output_is_zeros():
+    """(QA: vjp_fn cast any cotangent of an integer output to its dtype: 2.5 silently
+    became 2, NaN or 1e30 a bare ValueError/OverflowError.)  Such an output has no
+    derivative; JAX wants float0 zeros there.  gradc takes zeros of any dtype (and a
+    float0-like structured array), and refuses anything else, naming the output."""
+    _, vjp_fn = gradc.vjp(_sum_and_argmax, X)
+    float0 = [("float0", "V")]
+    for ct in ((1.0, 0, np.zeros(3, bool)), (1.0, 0.0, np.zeros(3)),
+               (1.0, np.zeros((), float0), np.zeros(3, float0))):
+        np.testing.assert_allclose(vjp_fn(ct)[0], 2 * X)
+    for ct, fragments in (
+            ((1.0, 2.5, np.zeros(3)), ["output leaf 1 is a nonzero float64 cotangent",
+                                       "output of type i64[]", "must be zeros", "float0"]),
+            ((1.0, np.nan, np.zeros(3)), ["output leaf 1 is a nonzero float64"]),
+            ((1.0, "a", np.zeros(3)), ["output leaf 1 is a <U1 cotangent"]),
+            ((1.0, 0, np.ones(3, bool)), ["output leaf 2 is a nonzero bool cotangent",
+                                          "bool[3]"])):
+        expect(gradc.TangentDTypeError, ["vjp_fn: the cotangent of "] + fragments,
+               "lambda: vjp_fn(ct))", lambda: vjp_fn(ct))
+    # jacrev's rows pass zeros for its integer outputs: unchanged
+    jac = gradc.jacrev(_sum_and_argmax)(X)
+    np.testing.assert_allclose(jac[0], 2 * X)
+    assert not np.any(jac[1]) and not np.any(jac[2])
+
+
 def test_ambiguous_truth_value():
     def f(x):
         if x > 0:
@@ -1108,3 +1137,142 @@ def test_one_hot_with_a_number_of_classes_that_is_not_an_int():
     expect(gradc.ArgumentError, ["one_hot: num_classes is an int, got 2.5"],
            "gradc.nn.one_hot(k, 2.5)",
            lambda: gradc.jit(lambda k: gradc.nn.one_hot(k, 2.5))(np.array([0, 1])))
+
+
+def _write_into_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3))
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+def _add_into_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3))
+    v += 1.0
+    return np.sum(v)
+
+
+def _write_into_same_shape_broadcast_to(x):
+    v = np.broadcast_to(x, (3,))
+    v[0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_a_row_of_broadcast_to(x):
+    v = np.broadcast_to(x, (2, 3)).T
+    v[0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_windows(x):
+    v = np.lib.stride_tricks.sliding_window_view(x, 2)
+    v[0, 1] = 1.0
+    return np.sum(v)
+
+
+def _write_into_broadcast_arrays(x):
+    v, _ = np.broadcast_arrays(x, np.ones((2, 1)))
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+def _write_into_meshgrid_views(x):
+    v, _ = np.meshgrid(x, x[:2], copy=False)
+    v[0, 0] = 1.0
+    return np.sum(v)
+
+
+@pytest.mark.parametrize("f, made_by, line", [
+    (_write_into_broadcast_to, "np.broadcast_to", "v[0, 0] = 1.0"),
+    (_add_into_broadcast_to, "np.broadcast_to", "v += 1.0"),
+    (_write_into_same_shape_broadcast_to, "np.broadcast_to", "v[0] = 1.0"),
+    (_write_into_a_row_of_broadcast_to, "np.broadcast_to", "v[0] = 1.0"),
+    (_write_into_windows, "np.lib.stride_tricks.sliding_window_view", "v[0, 1] = 1.0"),
+    (_write_into_broadcast_arrays, "np.broadcast_arrays", "v[0, 0] = 1.0"),
+    (_write_into_meshgrid_views, "np.meshgrid(copy=False)", "v[0, 0] = 1.0")])
+def test_a_write_into_a_read_only_view_is_refused_as_numpy(f, made_by, line):
+    """(QA: broadcast_to's and sliding_window_view's views took writes, which NumPy
+    refuses; broadcast_arrays's, which NumPy deprecates, wrote one element where NumPy
+    writes every element the broadcast repeats: a silent other value.)"""
+    if made_by in ("np.broadcast_arrays", "np.meshgrid(copy=False)"):
+        with pytest.warns(DeprecationWarning):      # NumPy: a write it will refuse
+            f(X.copy())
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            f(X.copy())
+    for call in (lambda: gradc.jit(f)(X), lambda: gradc.grad(f)(X)):
+        message = expect(gradc.ReadOnlyError, ["assignment destination is read-only",
+                                               f"made by {made_by}", ".copy()"], line, call)
+        assert message.splitlines()[-1].strip().endswith(line)
+    assert issubclass(gradc.ReadOnlyError, ValueError)      # (NumPy's is a ValueError)
+
+
+def _read_only_views_then_write_to_base(x):
+    y = x * 1.0
+    b = np.broadcast_to(y, (2, 3))
+    w = np.lib.stride_tricks.sliding_window_view(y, 2)
+    y[1] = y[0] * y[2]
+    return np.sum(b[1] * np.arange(3.0)) + np.sum(w ** 2)
+
+
+def _written_copies_of_read_only_views(x):
+    b = np.broadcast_to(x, (2, 3)).copy()
+    b[0, 0] = 5.0 * x[1]
+    w = np.lib.stride_tricks.sliding_window_view(x, 2).copy()
+    w[0] *= x[2]
+    g, _ = np.meshgrid(x, x[:2])                 # (copy=True: arrays of its own)
+    g[1, 1] = 0.0
+    return np.sum(b ** 2) + np.sum(w ** 3) + np.sum(g * x)
+
+
+@pytest.mark.parametrize("f", [_read_only_views_then_write_to_base,
+                               _written_copies_of_read_only_views])
+def test_read_only_views_see_writes_to_their_base_and_copies_of_them_take_writes(f):
+    from gradc.testing import numerical_grad
+    expected = f(X.copy())
+    assert np.isclose(gradc.jit(f)(X), expected)
+    np.testing.assert_allclose(gradc.grad(f)(X), numerical_grad(lambda z: f(z.copy()), X),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_as_strided_names_what_to_use_instead():
+    def f(x):
+        return np.sum(np.lib.stride_tricks.as_strided(x, (2, 2), (8, 8)))
+
+    expect(gradc.ConcretizationError, ["as_strided", "sliding_window_view",
+                                       "np.broadcast_to"],
+           "return np.sum(np.lib.stride_tricks.as_strided(x, (2, 2), (8, 8)))",
+           lambda: gradc.grad(f)(X))
+
+
+def test_transformations_check_their_primals_tangents_cotangents_and_functions():
+    """(QA: hvp of a float or 0-d array was a bare TypeError from len(), and a 1-element
+    array x was taken as the tuple (x[0],): a silently different result; vjp_fn(a, b) a
+    bare TypeError; jvp/vjp/linearize of an array "'numpy.ndarray' object is not
+    callable"; hessian(f)(x, y) of a one-argument f a bare TypeError.)"""
+    def f(x):
+        return np.sum(x ** 3)
+
+    one = np.array([2.0])
+    for primals, got in ((1.0, "got float and float"), (one, "got ndarray and ndarray"),
+                         (None, "got NoneType and NoneType")):
+        expect(gradc.ArgumentError, ["hvp(f, primals, tangents): primals and tangents must "
+                                     "be tuples of one argument each", got],
+               "lambda: gradc.hvp(f, primals, primals))",
+               lambda: gradc.hvp(f, primals, primals))
+    np.testing.assert_allclose(gradc.hvp(f, (one,), (np.ones(1),)), [12.0])
+    expect(gradc.ArgumentError, ["hvp(f, (x,), (v,)): one primal and one tangent"],
+           "gradc.hvp(f, (X,), (X, X))", lambda: gradc.hvp(f, (X,), (X, X)))
+    out, vjp_fn = gradc.vjp(f, X)
+    expect(gradc.ArgumentError, ["vjp_fn takes one cotangent", "got 2 arguments"],
+           "lambda: vjp_fn(1.0, 2.0))", lambda: vjp_fn(1.0, 2.0))
+    expect(gradc.ArgumentError, ["vjp_fn takes one cotangent", "got 0 arguments"],
+           "lambda: vjp_fn())", lambda: vjp_fn())
+    np.testing.assert_allclose(vjp_fn(1.0)[0], 3 * X ** 2)
+    for name, call in (("jvp", lambda: gradc.jvp(X, (X,), (X,))),
+                       ("vjp", lambda: gradc.vjp(X, X)),
+                       ("linearize", lambda: gradc.linearize(X, X))):
+        expect(gradc.ArgumentError, [f"gradc.{name}: the function must be a function, got",
+                                     "ndarray"], f"gradc.{name}(X, ", call)
+    expect(gradc.ArgumentError, ["gradc.jacrev: the function is called with 2 positional",
+                                 "f (defined at", "too many positional arguments"],
+           "gradc.hessian(f)(X, X)", lambda: gradc.hessian(f)(X, X))

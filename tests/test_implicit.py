@@ -195,6 +195,87 @@ def test_unconverged_solver_warns(rng):
 
 # ---------------------------------------------------------------- roots
 
+_A3 = np.array([[3.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 5.0]])
+_B3 = np.array([1.0, -2.0, 0.5])
+
+
+def _with_first(w, value):
+    w[0] = value
+    return w
+
+
+# (matvec, what the error says, the matvec's source text)
+NOT_LINEAR = {
+    "square": (lambda v: _A3 @ v + v ** 2, "applies pow to a value that depends on v",
+               "lambda v: _A3 @ v + v ** 2"),
+    "constant": (lambda v: _A3 @ v + 1.0, "adds a term that does not depend on v (add)",
+                 "lambda v: _A3 @ v + 1.0"),
+    "closure-constant": (lambda v: _A3 @ v - _B3, "does not depend on v (sub)",
+                         "lambda v: _A3 @ v - _B3"),
+    "product": (lambda v: v * (_A3 @ v), "multiplies two values that both depend on v",
+                "lambda v: v * (_A3 @ v)"),
+    "divide": (lambda v: _A3 @ v / np.sum(v), "divides by a value that depends on v",
+               "lambda v: _A3 @ v / np.sum(v)"),
+    "branch-on-v": (lambda v: np.where(v > 0, _A3 @ v, 2 * v), "applies gt",
+                    "lambda v: np.where(v > 0, _A3 @ v, 2 * v)"),
+    "relu": (lambda v: np.maximum(_A3 @ v, 0.0), "applies max", "np.maximum(_A3 @ v, 0.0)"),
+    "to-integers": (lambda v: _A3 @ v.astype(int) * 1.0, "into int64",
+                    "lambda v: _A3 @ v.astype(int) * 1.0"),
+    "constant-entry": (lambda v: _with_first(_A3 @ v, 1.0), "(index_set)", "w[0] = value"),
+    "constant-padding": (lambda v: np.concatenate([np.ones(1), (_A3 @ v)[1:]]),
+                         "(concatenate)", "np.concatenate([np.ones(1), (_A3 @ v)[1:]])"),
+}
+
+
+@pytest.mark.parametrize("name", NOT_LINEAR)
+def test_a_matvec_that_is_not_linear_is_refused(name):
+    """(QA: linear_solve linearised such a matvec silently: its derivative, A⁻¹ (db − dA
+    x) with the transposed matvec, was that of another system.)  The error says why and
+    names the matvec's line and the user's call."""
+    matvec, why, source = NOT_LINEAR[name]
+    calls = [(lambda: gradc.linear_solve(matvec, _B3, solve="dense"),
+              "gradc.linear_solve(matvec, _B3, solve=\"dense\")"),
+             (lambda: gradc.grad(lambda b: np.sum(gradc.linear_solve(matvec, b)))(_B3),
+              "np.sum(gradc.linear_solve(matvec, b))")]
+    for call, line in calls:
+        with pytest.raises(ArgumentError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith("linear_solve: matvec must be linear in its argument v"), \
+            message
+        assert why in message and "gradc.custom_root" in message, message
+        assert "in matvec at " in message and source in message, message
+        assert "test_implicit.py" in message and line in message.splitlines()[-1], message
+    with pytest.raises(ArgumentError, match="result does not depend on v"):
+        gradc.linear_solve(lambda v: _B3, _B3)
+
+
+LINEAR = {
+    "scaled": lambda v: 2.0 * v - v / 3.0,
+    "times-one": lambda v: _A3 @ v + 0.5 * v ** 1,
+    "shifts": lambda v: 4 * v - np.concatenate([np.zeros(1), v[:-1]])
+                        - np.concatenate([v[1:], np.zeros(1)]),
+    "padded": lambda v: 3 * v - np.pad(v, 1)[:-2] - np.pad(v, 1)[2:],
+    "filled-zeros": lambda v: _with_first(np.zeros_like(v) + _A3 @ v, 2 * v[0] + v[1]),
+    "constant-mask": lambda v: np.where(_B3 > 0, _A3 @ v, 0.0) + 3 * v,
+    "transposed": lambda v: _A3.T @ v + np.einsum("ij,j->i", _A3, v),
+    "cumsums": lambda v: np.cumsum(v) + np.cumsum(v[::-1])[::-1] + v,
+    "reductions": lambda v: 5 * v + np.sum(v) - np.mean(v) * _B3,
+    "solves": lambda v: np.linalg.solve(_A3, v) + gradc.linear_solve(lambda u: _A3 @ u, v),
+    "reshaped-float32": lambda v: (_A3 @ v.reshape(3, 1).astype(np.float32)).ravel() + v,
+    "times-zero": lambda v: _A3 @ v + 0.0 * _B3,
+    "gathered": lambda v: _A3 @ v + v[[2, 1, 0]],
+}
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_linear_matvecs_are_accepted(name):
+    matvec = LINEAR[name]
+    A = np.stack([matvec(e) for e in np.eye(3)], axis=1)         # (NumPy's own)
+    x = gradc.jit(lambda b: gradc.linear_solve(matvec, b, solve="dense"))(_B3)
+    np.testing.assert_allclose(x, np.linalg.solve(A, _B3), rtol=1e-6)
+
+
 def test_custom_root_newton_sqrt():
     def sqrt(a):
         def f(x):

@@ -726,7 +726,11 @@ def _check_zero_derivative(row, args):
     for t in _leaves(t_out):
         assert not np.any(np.asarray(t)), f"row {row.id}: nonzero tangent {t!r}"
     out, vjp_fn = gradc.vjp(row.fn, *args)
-    cts = vjp_fn(gradc.pytree.tree_map(np.ones_like, out))
+    # (ones for a float output; an integer or bool output's cotangent must be zeros,
+    # as JAX's float0)
+    cts = vjp_fn(gradc.pytree.tree_map(
+        lambda o: np.ones_like(o) if np.asarray(o).dtype.kind == "f" else np.zeros_like(o),
+        out))
     for c in _leaves(cts):
         assert not np.any(np.asarray(c)), f"row {row.id}: nonzero cotangent {c!r}"
     # and finite differences agree that the function is locally constant

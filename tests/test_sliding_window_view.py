@@ -105,7 +105,8 @@ def test_bad_windows_are_named_with_the_users_line():
             (dict(window_shape=-1, axis=0), gradc.ShapeError, "negative"),
             (dict(window_shape=2, axis=2), gradc.ShapeError, "out of bounds"),
             (dict(window_shape=1.5, axis=0), gradc.ArgumentError, "must be ints"),
-            (dict(window_shape=2, axis=0, writeable=True), gradc.UnsupportedError, "a copy")):
+            (dict(window_shape=2, axis=0, writeable=True), gradc.UnsupportedError,
+             "several windows")):
         with pytest.raises(error) as info:
             gradc.grad(lambda a: np.sum(swv(a, **kwargs)))(x)
         message = str(info.value)
@@ -116,3 +117,25 @@ def test_bad_windows_are_named_with_the_users_line():
         if error is not gradc.ArgumentError and error is not gradc.UnsupportedError:
             with pytest.raises(ValueError):    # (what NumPy raises too)
                 swv(x, **kwargs)
+
+
+def test_an_axis_that_is_not_an_integer_is_an_argument_error():
+    """(QA: axis=True, 1.0 or 'a' were "out of bounds" ShapeErrors, and a 0-d integer
+    array, which NumPy takes, was refused.)  As every axis in gradc (operator.index, no
+    bool): an ArgumentError naming sliding_window_view and the user's line."""
+    x = np.arange(12.0).reshape(3, 4)
+    for axis, got in ((True, "True of type bool"), (np.True_, "of type bool"),
+                      (1.0, "1.0 of type float"), ("a", "'a' of type str"),
+                      ([[0]], "[0] of type list"), ((0, False), "False of type bool")):
+        window = (2, 2) if isinstance(axis, tuple) else 2
+        with pytest.raises(gradc.ArgumentError) as info:
+            gradc.jit(lambda a: swv(a, window, axis=axis))(x)
+        message = str(info.value)
+        assert message.startswith("sliding_window_view: axis must be an integer"), message
+        assert got in message, message
+        assert "gradc.jit(lambda a: swv(a, window, axis=axis))(x)" in message, message
+    for axis in (np.array(1), np.int64(-1)):
+        np.testing.assert_array_equal(gradc.jit(lambda a: swv(a, 2, axis=axis))(x),
+                                      swv(x, 2, axis=axis))
+    with pytest.raises(gradc.ShapeError, match="axis -3 is out of bounds"):
+        gradc.jit(lambda a: swv(a, 2, axis=-3))(x)

@@ -18,6 +18,7 @@ from .. import ops
 from ..errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, UnsupportedError,
                       with_location)
 from ..numpy_api import _axis, astype, broadcast, implements, operand, promote
+from ..prims.reduce import axis_index
 from ..trace import Tracer, checkable, dtype_of, shape_of
 
 
@@ -575,6 +576,8 @@ def meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
     if sparse:
         return tuple(out)
     full = np.broadcast_shapes(*[tuple(s) for s in shapes])
+    if not copy:            # (NumPy's broadcast_arrays: views of the inputs)
+        return tuple(_broadcast_view(x, full, "np.meshgrid(copy=False)") for x in out)
     return tuple(npf.broadcast_to(x, full) for x in out)
 
 
@@ -709,13 +712,25 @@ def sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=Fa
     the k whose ``axis[k]`` is a (an axis may be windowed more than once, as in NumPy);
     shape ``x.shape`` with each windowed axis n cut to n - w + 1, then ``window_shape``.
     One gather, every axis indexed by a small broadcast array (its transpose a
-    scatter_add: differentiable).  A copy, not a view: ``writeable=True`` (writing
-    through the windows into x) is refused."""
+    scatter_add: differentiable).  A read-only view, as NumPy's: writes to x reach the
+    windows, writes to the windows are refused; ``writeable=True`` (writing through the
+    windows into x, each element held by several windows) is refused too."""
     if writeable:
         raise UnsupportedError(with_location(
-            "np.lib.stride_tricks.sliding_window_view(writeable=True): gradc's windows are "
-            "a copy, so writes to them would not reach x; build the new array instead"))
+            "np.lib.stride_tricks.sliding_window_view(writeable=True): gradc does not trace "
+            "writes through the windows into x (each element is in several windows); build "
+            "the new array instead"))
     x = operand(x)
+    windows = _windows(x, window_shape, axis)
+    if isinstance(x, Tracer) and isinstance(windows, Tracer):
+        windows = windows.read_only_view_of(
+            x, "np.lib.stride_tricks.sliding_window_view",
+            lambda b: _windows(b, window_shape, axis))
+    return windows
+
+
+def _windows(x, window_shape, axis):
+    """sliding_window_view's windows of x, a new array."""
     shape = tuple(shape_of(x))
     ndim = len(shape)
     windows = tuple(window_shape) if np.iterable(window_shape) else (window_shape,)
@@ -734,14 +749,19 @@ def sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=Fa
                 f"every axis of x; got {len(windows)} sizes and x.ndim is {ndim}"))
         axes = tuple(range(ndim))
     else:
-        axes = tuple(axis) if np.iterable(axis) else (axis,)
+        # (an int as operator.index takes it: a bool, float or string is an
+        # ArgumentError, as for every axis in gradc, not "out of bounds")
+        try:
+            axes = tuple(axis_index(a)
+                         for a in (tuple(axis) if np.iterable(axis) else (axis,)))
+        except ArgumentError as e:
+            raise ArgumentError(f"sliding_window_view: {e}") from None
         for a in axes:
-            if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or \
-                    not -ndim <= a < ndim:
+            if not -ndim <= a < ndim:
                 raise ShapeError(with_location(
                     f"sliding_window_view: axis {a!r} is out of bounds for x of dimension "
                     f"{ndim}"))
-        axes = tuple(int(a) % ndim for a in axes)
+        axes = tuple(a % ndim for a in axes)
         if len(axes) != len(windows):
             raise ShapeError(with_location(
                 f"sliding_window_view: window_shape and axis must have the same length; got "
@@ -1167,7 +1187,21 @@ def broadcast_arrays(*args, subok=False):
         raise ShapeError(with_location(
             "np.broadcast_arrays: shapes " + ", ".join(str(shape_of(a)) for a in args)
             + " do not broadcast")) from None
-    return tuple(a if shape_of(a) == shape else npf.broadcast_to(a, shape) for a in args)
+    return tuple(a if shape_of(a) == shape else _broadcast_view(a, shape, "np.broadcast_arrays")
+                 for a in args)
+
+
+def _broadcast_view(a, shape, made_by):
+    """np.broadcast_arrays's (and np.meshgrid(copy=False)'s) broadcast of ``a``: a view
+    whose elements share memory; NumPy deprecates writing into it (a DeprecationWarning,
+    and the write reaches every element it repeats): refused, as a future NumPy will."""
+    y = npf.broadcast_to(a, shape)
+    if isinstance(a, Tracer) and isinstance(y, Tracer):
+        y = y.read_only_view_of(
+            a, made_by, lambda b: npf.broadcast_to(b, shape),
+            "whose elements share memory (NumPy deprecates writing into it: the write "
+            "would reach every element the broadcast repeats)")
+    return y
 
 
 @implements(np.unstack)
