@@ -187,3 +187,60 @@ def test_operands_emitted_without_recursion_give_the_same_source(monkeypatch):
                                                            target="numpy")(*args)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
         monkeypatch.setattr(loops, "_DEEP", 64)
+
+
+def _roll_chain(steps):
+    def f(x, w):
+        for i in range(steps):
+            x = np.tanh(np.roll(x, 1) * w[i % 3] + 0.5 * x)
+        return np.sum(x ** 2)
+    return f
+
+
+def _fused_eqns(graph):
+    return [e for e in graph.eqns if e.prim.name == "fused"]
+
+
+def test_a_chain_of_rolls_is_not_recomputed_from_its_start_by_every_step():
+    # each step's state is read by np.roll's slices (materialised by the concatenate)
+    # and by the next step: inlined into every later group, step k's groups recomputed
+    # all k steps before it, and then MAX_BODY split the gradient's steps into a loop per
+    # equation (67 loops for 10 steps)
+    x, w = np.linspace(-1.0, 1.0, 16), np.array([0.9, 1.1, 0.7])
+    for steps in (10, 20):
+        graph = _fused(gradc.make_graph(_roll_chain(steps))(x, w))
+        bodies = [len(e.params["body"].eqns) for e in _fused_eqns(graph)]
+        # (before: the largest body 42 and 82 equations, all bodies 424 and 1644)
+        assert max(bodies) <= 24 and sum(bodies) <= 12 * steps
+        grad = _fused(gradc.make_graph(gradc.grad(_roll_chain(steps), argnums=(0, 1)))(x, w))
+        assert len(_fused_eqns(grad)) <= 4 * steps       # (before: 67 and 145 loops)
+    fun = _roll_chain(10)
+    got = gradc.grad(fun, argnums=(0, 1))(x, w)
+    want = gradc.grad(fun, argnums=(0, 1), target="numpy")(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    eps = 1e-6
+    fd = [(fun(x, w + eps * e) - fun(x, w - eps * e)) / (2 * eps) for e in np.eye(3)]
+    np.testing.assert_allclose(got[1], fd, rtol=1e-6)
+
+
+def test_a_root_joins_the_group_it_reads_at_its_own_index_only():
+    def f(x):
+        y = np.exp(x)                  # an output, read by z element for element
+        z = np.sin(y) * 2.0 + y        # ... a root of the same domain: the same loop
+        return y, z, np.sum(z)
+
+    def g(x):
+        s = np.sum(np.exp(x))          # a reduction's result is known after the loop
+        y = np.exp(x) * s              # so y has a loop of its own
+        return y, y[1:] * 2.0          # and a shifted read does not join
+
+    x = np.linspace(-1.0, 1.0, 7)
+    fused = _fused(gradc.make_graph(f)(x))
+    assert len(_fused_eqns(fused)) == 1
+    assert {len(e.outputs) for e in _fused_eqns(fused)} == {3}
+    fused_g = _fused(gradc.make_graph(g)(x))
+    assert len(_fused_eqns(fused_g)) == 3
+    for fun in (f, g):
+        for a, b in zip(gradc.jit(fun, target="cpu")(x), fun(x)):
+            np.testing.assert_allclose(a, b, rtol=1e-14)
