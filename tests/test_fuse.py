@@ -213,7 +213,7 @@ def test_a_chain_of_rolls_is_not_recomputed_from_its_start_by_every_step():
         # (before: the largest body 42 and 82 equations, all bodies 424 and 1644)
         assert max(bodies) <= 24 and sum(bodies) <= 12 * steps
         grad = _fused(gradc.make_graph(gradc.grad(_roll_chain(steps), argnums=(0, 1)))(x, w))
-        assert len(_fused_eqns(grad)) <= 4 * steps       # (before: 67 and 145 loops)
+        assert len(_fused_eqns(grad)) <= 5 * steps       # (before: 67 and 145 loops)
     fun = _roll_chain(10)
     got = gradc.grad(fun, argnums=(0, 1))(x, w)
     want = gradc.grad(fun, argnums=(0, 1), target="numpy")(x, w)
@@ -228,7 +228,7 @@ def test_a_root_joins_the_group_it_reads_at_its_own_index_only():
     def f(x):
         y = np.exp(x)                  # an output, read by z element for element
         z = np.sin(y) * 2.0 + y        # ... a root of the same domain: the same loop
-        return y, z, np.sum(z)
+        return y, z, np.sum(z)         # (a sum keeps a loop of its own: reassoc)
 
     def g(x):
         s = np.sum(np.exp(x))          # a reduction's result is known after the loop
@@ -237,8 +237,7 @@ def test_a_root_joins_the_group_it_reads_at_its_own_index_only():
 
     x = np.linspace(-1.0, 1.0, 7)
     fused = _fused(gradc.make_graph(f)(x))
-    assert len(_fused_eqns(fused)) == 1
-    assert {len(e.outputs) for e in _fused_eqns(fused)} == {3}
+    assert sorted(len(e.outputs) for e in _fused_eqns(fused)) == [1, 2]
     fused_g = _fused(gradc.make_graph(g)(x))
     assert len(_fused_eqns(fused_g)) == 3
     for fun in (f, g):

@@ -23,7 +23,11 @@ How equations are grouped
    materialised.  A root's loop *domain* is its shape, or for a reduction the shape
    of the reduced operand.
 3. Roots with the same domain share one loop nest (one ``fused`` equation) unless one
-   depends on another; equations are then re-ordered topologically.
+   depends on another; equations are then re-ordered topologically.  A root that reads
+   a group of its domain only element for element, at its own index, through
+   elementwise equations of one shape (not a reduction's result, not a shifted read,
+   not through another group), and is itself elementwise, joins it: the value is
+   computed earlier in the same iteration.
 4. A body that would evaluate more than ``MAX_BODY`` (value, index) pairs per element
    (recomputation through many shifted reads) materialises its most-read inlined
    values instead and tries again.
@@ -259,9 +263,10 @@ def _plan(graph: Graph, materialise: set, vector_ufuncs: bool = True):
 
 def _pointwise(eqn) -> bool:
     """Whether ``eqn`` reads each operand of rank >= 1 at its own element index: an
-    elementwise equation whose operands have its shape, or a reduction (over its domain)."""
-    if eqn.prim.name in REDUCTIONS:
-        return True
+    elementwise equation whose operands have its shape.  (Not a reduction, though it
+    reads its domain so: a nest of sums alone is compiled to keep partial sums in vector
+    registers, ``loops._reassociates``, which a nest writing elementwise results too
+    does without.)"""
     if eqn.prim.name not in ELEMENTWISE or len(eqn.outputs) != 1:
         return False
     shape = eqn.outputs[0].shape
