@@ -778,6 +778,66 @@ def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, grou
 
 
 @njit
+def _add_strided(dst, d, step, src, s, length):
+    """``dst[d + j*step] += src[s + j]`` for j < length (flat arrays, non-negative
+    offsets)."""
+    d, s, step = np.uint64(d), np.uint64(s), np.uint64(step)
+    for j in range(np.uint64(length)):
+        dst[d + j * step] += src[s + j]
+
+
+@njit_gil
+def conv2d_dilated_input(x, kernel, top, bottom, left, right, sh, sw, dh, dw, groups):
+    """``conv2d`` of ``x`` with sh-1 (sw-1) zeros between its rows (columns), the zeros
+    never formed (``passes.conv.dilated_inputs``: the image gradient of a strided
+    convolution, a transposed convolution): with x (N, G·Og, ho, wo) and the kernel
+    (C, Og, kh, kw), Cg = C/G,
+
+        out[n, g·Cg+c, Y, X] = Σ x[n, g·Og+o, y, x] K[g·Cg+c, o, u, v]
+            over o < Og and the taps with Y = y·sh + top - u·dh, X = x·sw + left - v·dw.
+
+    Per group one BLAS product: the kernel as a (Cg·kh·kw, Og) matrix times x's channels
+    as (Og, N·ho·wo); each entry of the product is then added at its output position
+    (col2im), (C·kh·kw)·(N·ho·wo) additions.  The multiply-adds are the forward
+    convolution's, where the convolution of the dilated x does sh·sw times as many."""
+    nn, _, ho, wo = x.shape
+    cc, og, kh, kw = kernel.shape
+    cg = cc // groups
+    hout = (ho - 1) * sh + 1 + top + bottom - dh * (kh - 1)
+    wout = (wo - 1) * sw + 1 + left + right - dw * (kw - 1)
+    m = ho * wo
+    rows = cg * kh * kw
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(groups * og, nn * m)
+    flat_kernel = np.ascontiguousarray(kernel.transpose(0, 2, 3, 1)).reshape(cc * kh * kw, og)
+    z = np.empty((rows, nn * m), x.dtype)
+    out = np.zeros((nn, cc, hout, wout), x.dtype)
+    src, dst = z.ravel(), out.ravel()
+    for g in range(groups):
+        dot(flat_kernel[g * rows:(g + 1) * rows], xt[g * og:(g + 1) * og], z)
+        for c in range(cg):
+            for n in range(nn):
+                plane = (n * cc + g * cg + c) * hout * wout
+                for u in range(kh):
+                    shift = top - u * dh            # Y = y·sh + shift
+                    y0 = max(0, -(shift // sh))     # the first y with Y >= 0
+                    y1 = min(ho, -((shift - hout) // sh))
+                    for v in range(kw):
+                        offset = left - v * dw      # X = x·sw + offset
+                        x0 = max(0, -(offset // sw))
+                        x1 = min(wo, -((offset - wout) // sw))
+                        if x0 >= x1:
+                            continue
+                        r = ((c * kh + u) * kw + v) * nn + n
+                        for y in range(y0, y1):
+                            d = plane + (y * sh + shift) * wout + x0 * sw + offset
+                            if sw == 1:
+                                _add_run(dst, d, src, r * m + y * wo + x0, x1 - x0)
+                            else:
+                                _add_strided(dst, d, sw, src, r * m + y * wo + x0, x1 - x0)
+    return out
+
+
+@njit
 def conv2d_general_loops(image, kernel, top, bottom, left, right, sh, sw, dh, dw, groups):
     """The same by direct loops (integer operands: no BLAS)."""
     nn, cc, h, w = image.shape

@@ -571,6 +571,15 @@ def _conv2d(ctx, eqn, a, outs):
             f"{top}, {bottom}, {left}, {right})")
 
 
+def _conv2d_dilated_input(ctx, eqn, a, outs):
+    """The image gradient of a strided convolution (``passes.conv.dilated_inputs``)."""
+    (top, bottom), (left, right) = eqn.params["padding"]
+    sh, sw = eqn.params["input_dilation"]
+    _, (dh, dw), groups = conv_options(eqn.params)
+    return (f"_k.conv2d_dilated_input(_k.contiguous({a[0]}), _k.contiguous({a[1]}), {top}, "
+            f"{bottom}, {left}, {right}, {sh}, {sw}, {dh}, {dw}, {groups})")
+
+
 def _conv2d_over_batch(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
@@ -627,7 +636,8 @@ def _calls_blas(graph) -> bool:
     one thread (``loops.POOL_MIN``)."""
     from ..prims.linalg import parse_spec
     for e in graph.eqns:
-        if e.prim.name in ("conv2d", "conv2d_over_batch") and not _conv_direct(e):
+        if e.prim.name in ("conv2d", "conv2d_over_batch") and not _conv_direct(e) \
+                or e.prim.name == "conv2d_dilated_input":
             return True
         if e.prim.name == "einsum":
             sa, sb, _ = parse_spec(e.params["spec"])
@@ -710,7 +720,8 @@ HANDLERS = {
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "cofactor": _cofactor, "conv2d": _conv2d,
-    "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
+    "conv2d_over_batch": _conv2d_over_batch,
+    "conv2d_dilated_input": _conv2d_dilated_input, "nonzero": _nonzero, "guard": _guard,
     "root": _root_callback, "report": _report, "barrier": _barrier,
     "cholesky": _decomposition("np.linalg.cholesky({})"),
     "eigh": _decomposition("np.linalg.eigh({})"),

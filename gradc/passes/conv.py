@@ -1,4 +1,5 @@
-"""Kernel gradients of convolutions as one primitive, for the compiled targets.
+"""Kernel gradients of convolutions, and image gradients of strided ones, as primitives
+of their own, for the compiled targets.
 
 The transpose rule of ``conv2d`` with respect to the kernel (``prims/conv.py``) writes
 the kernel gradient as a convolution of the transposed image with the transposed
@@ -20,6 +21,19 @@ fusion), so the primitive needs no derivative rules; floating-point convolutions
 (integer ones run as direct loops, with no patch matrix to share), and only those with
 stride, dilation and groups 1 (the kernel gradient of a strided, dilated or grouped
 convolution is a conv2d with options, lowered as such).
+
+The image gradient of a strided convolution is, by its transpose rule, a ``conv2d`` of
+the cotangent with sh-1 (sw-1) zeros inserted between its rows (columns), a ``pad``
+with a step: sh·sw times the multiply-adds it needs, all but one in sh·sw by zeros.
+``dilated_inputs`` replaces such an equation by ``conv2d_dilated_input(Ȳ, K', padding,
+input_dilation=(sh, sw), ...)``, the same value (XLA's ``lhs_dilation``)::
+
+    out[n, g·Cg+c, Y, X] = Σ_{o<Og,u,v} Ȳ[n, g·Og+o, y, x] K'[g·Cg+c, o, u, v]
+        over Y = y·sh + top - u·dh, X = x·sw + left - v·dw
+
+with the pad's own offset and trailing zeros folded into ``padding``: the lowering
+computes only the products of the cotangent's entries (``kernels.conv2d_dilated_input``
+on the CPU, a tap test per thread on the GPU).
 """
 from __future__ import annotations
 
@@ -27,6 +41,7 @@ import numpy as np
 
 from ..ir import Graph, Primitive, Var, make_eqn
 from ..prims.conv import _conv2d_abstract, _conv2d_impl, is_plain
+from ..prims.conv import options as conv_options
 from .simplify import dce
 
 SWAP = (1, 0, 2, 3)
@@ -66,6 +81,84 @@ def over_batch(graph: Graph) -> Graph:
             if image is not None and other is not None:
                 eqn = make_eqn(conv2d_over_batch_p, (image, other), eqn.outputs,
                                dict(eqn.params), eqn.source)
+                changed = True
+        eqns.append(eqn)
+    return dce(graph.replace(eqns=tuple(eqns))) if changed else graph
+
+
+# ---------------------------------------------------------------- strided image gradients
+
+conv2d_dilated_input_p = Primitive("conv2d_dilated_input")
+
+
+def dilate(x, input_dilation):
+    """``x`` (N, C, h, w) with sh-1 (sw-1) zeros between its rows (columns)."""
+    sh, sw = input_dilation
+    x = np.asarray(x)
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), x.dtype)
+    out[:, :, ::sh, ::sw] = x
+    return out
+
+
+conv2d_dilated_input_p.impl = lambda x, kernel, padding, input_dilation, **opts: \
+    _conv2d_impl(dilate(x, input_dilation), kernel, padding, **opts)
+
+
+def _dilated_abstract(x, kernel, padding, input_dilation, **opts):
+    class _D:       # the shape of the dilated operand
+        def __init__(self, a):
+            n, c, h, w = a.shape
+            self.shape = (n, c, (h - 1) * input_dilation[0] + 1,
+                          (w - 1) * input_dilation[1] + 1)
+            self.dtype = a.dtype
+    return _conv2d_abstract(_D(x), kernel, padding, **opts)
+
+
+conv2d_dilated_input_p.abstract = _dilated_abstract
+
+
+def _spread(eqn):
+    """``(x, ((before, after) per spatial axis), (sh, sw))`` when ``eqn`` is a ``pad``
+    that places ``x`` (N, C, h, w) with steps in its last two axes and whole in the
+    first two, a step > 1 among them; else None."""
+    if eqn.prim.name != "pad" or len(eqn.params["shape"]) != 4:
+        return None
+    x, shape, index = eqn.inputs[0], eqn.params["shape"], eqn.params["index"]
+    if any(tuple(index[i]) != (0, shape[i], 1) for i in (0, 1)):
+        return None
+    pads, steps = [], []
+    for axis in (2, 3):
+        start, _, step = index[axis]
+        if start is None or start < 0 or step is None or step < 1:
+            return None
+        last = start + (x.shape[axis] - 1) * step
+        pads.append((start, shape[axis] - last - 1))
+        steps.append(step)
+    if steps == [1, 1] or min(p for pair in pads for p in pair) < 0:
+        return None
+    return x, tuple(pads), tuple(steps)
+
+
+def dilated_inputs(graph: Graph) -> Graph:
+    """Replace ``conv2d(pad(x, steps), K)`` (stride 1, float) by
+    ``conv2d_dilated_input(x, K)``, the pad's offsets added to the padding."""
+    producer = {v: e for e in graph.eqns for v in e.outputs}
+    eqns, changed = [], False
+    for eqn in graph.eqns:
+        source = producer.get(eqn.inputs[0]) if isinstance(eqn.inputs[0], Var) else None
+        if eqn.prim.name == "conv2d" and source is not None \
+                and np.dtype(eqn.outputs[0].dtype).kind in "fc" \
+                and conv_options(eqn.params)[0] == (1, 1):
+            spread = _spread(source)
+            if spread is not None:
+                x, pads, steps = spread
+                padding = tuple((a + p, b + q) for (a, b), (p, q)
+                                in zip(eqn.params["padding"], pads))
+                params = {k: v for k, v in eqn.params.items() if k != "padding"}
+                eqn = make_eqn(conv2d_dilated_input_p, (x, eqn.inputs[1]), eqn.outputs,
+                               dict(padding=padding, input_dilation=steps, **params),
+                               eqn.source)
                 changed = True
         eqns.append(eqn)
     return dce(graph.replace(eqns=tuple(eqns))) if changed else graph
