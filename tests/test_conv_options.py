@@ -338,3 +338,51 @@ def test_a_dilated_input_with_offsets_is_folded_into_the_padding():
     compiled = gradc.jit(f, target="cpu")
     np.testing.assert_allclose(compiled(x, kernel), want, rtol=1e-12, atol=1e-12)
     assert "_k.conv2d_dilated_input(" in compiled.source(x, kernel)
+
+
+# ------------------------------------------------------ grouped convolutions as loop nests
+
+# (image shape, kernel shape, pads, dilation, groups): large enough for the direct form
+# (``convgen.direct_options``); an odd number of output channels per group (a block of
+# one after the pairs), dilation, cropping
+GROUPED = {
+    "groups-4": ((8, 8, 24, 26), (8, 2, 3, 3), ((1, 1), (1, 1)), (1, 1), 4),
+    "odd-per-group-dilated": ((8, 6, 30, 33), (9, 2, 3, 2), ((2, 0), (1, 3)), (2, 3), 3),
+    "depthwise-cropped": ((10, 8, 30, 32), (8, 1, 3, 3), ((-1, 2), (2, -1)), (1, 1), 8),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", GROUPED)
+def test_grouped_convolutions_as_direct_loop_nests(name, dtype):
+    """Forward and both gradients on the CPU target against the interpreter, the forward
+    convolution and the image gradient (a grouped convolution too) as direct loop nests
+    (``convgen.forward_function`` with groups and dilation)."""
+    from gradc.codegen import convgen
+    rng = np.random.default_rng(15)
+    image_shape, kernel_shape, pads, dilation, groups = GROUPED[name]
+    image = rng.standard_normal(image_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+
+    def f(i, k):
+        return gradc.conv2d(i, k, pads, dilation=dilation, groups=groups)
+    weights = rng.standard_normal(np.shape(f(image, kernel))).astype(dtype)
+
+    def loss(i, k):
+        return np.sum(np.tanh(f(i, k)) * weights)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    want = conv_ref_definition(image, kernel, pads, (1, 1), dilation, groups)
+    compiled = gradc.jit(f, target="cpu")
+    np.testing.assert_allclose(compiled(image, kernel), want, rtol=tol, atol=tol)
+    assert "direct convolution:" in compiled.source(image, kernel)
+    grad = gradc.grad(loss, argnums=(0, 1), target="cpu")
+    for got, ref in zip(grad(image, kernel),
+                        gradc.grad(loss, argnums=(0, 1), target="numpy")(image, kernel)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    assert grad.source(image, kernel).count("direct convolution:") == 2
+    # the plain convolution's loop nest is what it was before the options
+    plain = convgen.forward_function("f", 2, 3, 30, 34, 5, 3, 3, dtype)
+    assert plain == convgen.forward_function("f", 2, 3, 30, 34, 5, 3, 3, dtype, (1, 1),
+                                             (1, 1), 1)
+    assert "g * " not in plain and "x * " not in plain

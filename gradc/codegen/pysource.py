@@ -516,7 +516,10 @@ def _conv_direct(eqn) -> bool:
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
     nn, cc = image.shape[:2]
     if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
-        return False            # (strides, dilation, groups: conv2d_general)
+        stride, _, groups = conv_options(eqn.params)   # (else conv2d_general)
+        oo, cg, kh, kw = other.shape
+        return convgen.direct_options(nn, cg, oo, *out.shape[2:], kh, kw, out.dtype,
+                                      stride, groups)
     if eqn.prim.name == "conv2d":
         oo, _, kh, kw = other.shape
         ho, wo = out.shape[2:]
@@ -543,6 +546,17 @@ def _direct(fn, items, padded, other, result, out) -> list:
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    if not is_plain(eqn.params) and _conv_direct(eqn):     # grouped, stride 1
+        stride, dilation, groups = conv_options(eqn.params)
+        oo, _, kh, kw = kernel.shape
+        padded, flat_kernel = ctx.temp(), ctx.temp()
+        fn = ctx.helper(lambda name: convgen.forward_function(
+            name, image.shape[0], image.shape[1], image.shape[2] + top + bottom,
+            image.shape[3] + left + right, oo, kh, kw, out.dtype, stride, dilation, groups))
+        return ([_padded_image(padded, a[0], eqn),
+                 f"{flat_kernel} = _k.channels_last({a[1]})"]
+                + _direct(fn, convgen.rows(image.shape[0], out.shape[2]), padded,
+                          flat_kernel, outs[0], out))
     if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
         (sh, sw), (dh, dw), groups = conv_options(eqn.params)
         kind = "conv2d_general" if np.dtype(image.dtype).kind in "fc" \
