@@ -172,16 +172,35 @@ def test_options_of_one_leave_the_plain_convolution_as_it_was():
     assert "conv2d_over_batch" in str(graph)      # (the kernel gradient's rewrite)
 
 
-def test_kernel_gradients_with_options_are_not_rewritten_over_the_batch():
-    """``passes.conv.over_batch`` knows plain convolutions only: the kernel gradient of
-    a strided one stays a conv2d with options (and is right: the FD tests)."""
+@pytest.mark.parametrize("groups", [1, 2])
+def test_kernel_gradients_with_options_are_rewritten_over_the_batch(groups):
+    """``passes.conv.over_batch`` on the kernel gradient of a strided, dilated (grouped)
+    convolution: a ``conv2d_over_batch`` with the forward convolution's options (the
+    transpose rule's conv2d has stride and dilation exchanged), computed by
+    ``kernels.conv2d_general_kernel_grad``; the primitive's own implementation (what
+    the interpreter would run) gives the same."""
+    from gradc.passes.conv import conv2d_over_batch_p
     rng = np.random.default_rng(8)
-    image, kernel = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 2, 3, 3))
-    g = gradc.grad(lambda i, k: np.sum(np.tanh(gradc.conv2d(i, k, 1, stride=2))),
+    image = rng.standard_normal((2, 4, 7, 8))
+    kernel = rng.standard_normal((4, 4 // groups, 3, 2))
+    options = dict(stride=(2, 3), dilation=(1, 2), groups=groups)
+    g = gradc.grad(lambda i, k: np.sum(np.tanh(gradc.conv2d(i, k, 1, **options))),
                    argnums=1, target="cpu")
-    text = str(g.graph(image, kernel))
-    assert "conv2d_over_batch" not in text and "stride=(2,2)" in text
-    assert "_k.conv2d_general(" in g.source(image, kernel)
+    graph = g.graph(image, kernel)
+    (eqn,) = [e for e in graph.eqns if e.prim.name == "conv2d_over_batch"]
+    assert eqn.params == {"padding": ((1, 1), (1, 0)), "stride": (2, 3),
+                          "dilation": (1, 2)} | ({"groups": 2} if groups == 2 else {})
+    assert [e.prim.name for e in graph.eqns].count("conv2d") == 1     # (the forward one)
+    assert "_k.conv2d_general_kernel_grad(" in g.source(image, kernel)
+    want = gradc.grad(lambda i, k: np.sum(np.tanh(gradc.conv2d(i, k, 1, **options))),
+                      argnums=1, target="numpy")(image, kernel)
+    np.testing.assert_allclose(g(image, kernel), want, rtol=1e-12, atol=1e-12)
+    cot = rng.standard_normal((2, 4, 4, 3))
+    direct = conv2d_over_batch_p.impl(image, cot, **eqn.params)
+    _, vjp_fn = gradc.vjp(lambda k: gradc.conv2d(image, k, 1, **options), kernel,
+                          target="numpy")
+    np.testing.assert_allclose(np.transpose(direct, (1, 0, 2, 3)), vjp_fn(cot)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_against_torch_when_installed():

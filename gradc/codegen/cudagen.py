@@ -2478,16 +2478,21 @@ def _conv(ctx, eqn):
         term = f"_a += {i}[_n, _c, _ih, _iw] * {k}[_n, _f, _y, _x]"
     terms = [f"_ih = _y + _u - {top}", f"_iw = _x + _v - {left}",
              f"if 0 <= _ih < {H} and 0 <= _iw < {W}:", "    " + term]
-    if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
+    if eqn.prim.name in ("conv2d", "conv2d_over_batch") and not is_plain(eqn.params):
         # strides, dilation, groups: the taps at y·sh + u·dh - top, the input channels of
         # the output channel's group
         (sh, sw), (dh, dw), groups = conv_options(eqn.params)
-        cg, og = other.shape[1], other.shape[0] // groups
+        if eqn.prim.name == "conv2d":
+            cg, og = other.shape[1], other.shape[0] // groups
+            term = f"{k}[_f, _c, _u, _v]"
+        else:
+            cg, og = out.shape[0], other.shape[1] // groups
+            term = f"{k}[_n, _f, _y, _x]"
         group = "_f" if og == 1 else f"(_f // {og})"
         channel = "_c" if groups == 1 else f"{group} * {cg} + _c"
         terms = [f"_ih = _y * {sh} + _u * {dh} - {top}", f"_iw = _x * {sw} + _v * {dw} - {left}",
                  f"if 0 <= _ih < {H} and 0 <= _iw < {W}:",
-                 f"    _a += {i}[_n, {channel}, _ih, _iw] * {k}[_f, _c, _u, _v]"]
+                 f"    _a += {i}[_n, {channel}, _ih, _iw] * {term}"]
     if eqn.prim.name == "conv2d_dilated_input":
         # the image gradient of a strided convolution (passes.conv.dilated_inputs): the
         # taps that meet an entry of I, I[.., (y+u·dh-top)/sh, (x+v·dw-left)/sw], only

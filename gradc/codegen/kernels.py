@@ -735,6 +735,30 @@ def conv2d_loops(image, kernel, top, bottom, left, right):
     return out
 
 
+@njit
+def _general_cols(cols, padded, first, cg, kh, kw, ho, wo, sh, sw, dh, dw):
+    """The patch matrix of channels ``first`` to ``first + cg`` of the padded images for
+    a strided, dilated kernel: rows (c, u, v), columns (n, y, x), entries
+    padded[n, first+c, y·sh+u·dh, x·sw+v·dw]."""
+    nn, cc, hp, wp = padded.shape
+    m = ho * wo
+    flat, src = cols.ravel(), padded.ravel()
+    for c in range(cg):
+        for u in range(kh):
+            for v in range(kw):
+                r = (c * kh + u) * kw + v
+                for n in range(nn):
+                    plane = (n * cc + first + c) * hp * wp
+                    for y in range(ho):
+                        s0 = plane + (y * sh + u * dh) * wp + v * dw
+                        d0 = r * nn * m + (n * ho + y) * wo
+                        if sw == 1:
+                            _copy_run(flat, d0, src, s0, wo)
+                        else:
+                            for x in range(wo):
+                                flat[d0 + x] = src[s0 + x * sw]
+
+
 @njit_gil
 def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, groups):
     """``conv2d`` with strides (sh, sw), dilation (dh, dw) and ``groups`` (floats):
@@ -742,7 +766,7 @@ def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, grou
     Î zero-padded (negative entries crop).  Per group one BLAS product: the group's
     kernel as an (Og, Cg·kh·kw) matrix times the patches of its channels
     (Cg·kh·kw, N·ho·wo), read from the padded images at the strided, dilated taps."""
-    nn, cc = image.shape[0], image.shape[1]
+    nn = image.shape[0]
     oo, cg, kh, kw = kernel.shape
     og = oo // groups
     padded = padded_image(image, top, bottom, left, right)
@@ -752,28 +776,38 @@ def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, grou
     cols = np.empty((cg * kh * kw, nn * m), image.dtype)
     prod = np.empty((og, nn * m), image.dtype)
     out = np.empty((nn, oo, ho, wo), image.dtype)
-    flat, src, dst = cols.ravel(), padded.ravel(), out.ravel()
+    dst = out.ravel()
     flat_kernel = np.ascontiguousarray(kernel).reshape(oo, cg * kh * kw)
     for g in range(groups):
-        for c in range(cg):
-            for u in range(kh):
-                for v in range(kw):
-                    r = (c * kh + u) * kw + v
-                    for n in range(nn):
-                        plane = (n * cc + g * cg + c) * hp * wp
-                        for y in range(ho):
-                            s0 = plane + (y * sh + u * dh) * wp + v * dw
-                            d0 = r * nn * m + (n * ho + y) * wo
-                            if sw == 1:
-                                _copy_run(flat, d0, src, s0, wo)
-                            else:
-                                for x in range(wo):
-                                    flat[d0 + x] = src[s0 + x * sw]
+        _general_cols(cols, padded, g * cg, cg, kh, kw, ho, wo, sh, sw, dh, dw)
         dot(flat_kernel[g * og:(g + 1) * og], cols, prod)
         products = prod.ravel()
         for n in range(nn):
             for o in range(og):
                 _copy_run(dst, (n * oo + g * og + o) * m, products, (o * nn + n) * m, m)
+    return out
+
+
+@njit_gil
+def conv2d_general_kernel_grad(image, cot, top, bottom, left, right, sh, sw, dh, dw,
+                               groups, kh, kw):
+    """The kernel gradient of ``conv2d_general`` as (Cg, O, kh, kw)
+    (``passes.conv.over_batch``): G[c, g·Og+o, u, v] = Σ_{n,y,x} Î[n, g·Cg+c, y·sh+u·dh,
+    x·sw+v·dw] cot[n, g·Og+o, y, x].  Per group the forward form's patch matrix
+    (Cg·kh·kw, N·ho·wo) and one BLAS product with the group's cotangent, cot · colsᵀ."""
+    nn, cc = image.shape[0], image.shape[1]
+    oo, ho, wo = cot.shape[1], cot.shape[2], cot.shape[3]
+    og, cg = oo // groups, cc // groups
+    padded = padded_image(image, top, bottom, left, right)
+    m = ho * wo
+    cols = np.empty((cg * kh * kw, nn * m), image.dtype)
+    prod = np.empty((og, cg * kh * kw), image.dtype)
+    out = np.empty((cg, oo, kh, kw), image.dtype)
+    flat_cot = np.ascontiguousarray(cot.transpose(1, 0, 2, 3)).reshape(oo, nn * m)
+    for g in range(groups):
+        _general_cols(cols, padded, g * cg, cg, kh, kw, ho, wo, sh, sw, dh, dw)
+        dot(flat_cot[g * og:(g + 1) * og], cols.T, prod)
+        out[:, g * og:(g + 1) * og] = prod.reshape(og, cg, kh, kw).transpose(1, 0, 2, 3)
     return out
 
 

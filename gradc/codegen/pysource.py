@@ -515,6 +515,8 @@ def _conv_direct(eqn) -> bool:
     """Whether a conv2d or conv2d_over_batch equation runs as a direct loop nest."""
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
     nn, cc = image.shape[:2]
+    if eqn.prim.name == "conv2d_over_batch" and not is_plain(eqn.params):
+        return False            # (conv2d_general_kernel_grad)
     if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
         stride, _, groups = conv_options(eqn.params)   # (else conv2d_general)
         oo, cg, kh, kw = other.shape
@@ -600,6 +602,11 @@ def _conv2d_over_batch(ctx, eqn, a, outs):
     nn, cc, h, w = image.shape
     _, oo, ho, wo = other.shape
     kh, kw = out.shape[2:]
+    if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
+        (sh, sw), (dh, dw), groups = conv_options(eqn.params)
+        return (f"_k.conv2d_general_kernel_grad(_k.contiguous({a[0]}), "
+                f"_k.contiguous({a[1]}), {top}, {bottom}, {left}, {right}, {sh}, {sw}, "
+                f"{dh}, {dw}, {groups}, {kh}, {kw})")
     shared = ctx.conv_plan.get(id(eqn))
     lines = []
     if _conv_direct(eqn):
@@ -634,7 +641,7 @@ def _conv_plan(ctx, graph) -> dict:
                 and np.dtype(e.inputs[0].dtype).kind in "fc" and is_plain(e.params):
             key = (e.inputs[0], e.params["padding"], tuple(e.inputs[1].shape[2:]))
             forward.setdefault(key, e)
-        elif e.prim.name == "conv2d_over_batch":
+        elif e.prim.name == "conv2d_over_batch" and is_plain(e.params):
             image, other = e.inputs
             f = forward.get((image, e.params["padding"], tuple(e.outputs[0].shape[2:])))
             if f is not None and tuple(other.shape) == tuple(f.outputs[0].shape):

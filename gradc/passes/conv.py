@@ -18,9 +18,11 @@ so that the lowering can compute it from the forward convolution's patch matrix 
 the graph has one (``codegen.pysource._conv_plan``), as one product Ȳ · im2col(I)ᵀ.
 The transposes it no longer reads are dropped.  Runs after differentiation (like
 fusion), so the primitive needs no derivative rules; floating-point convolutions only
-(integer ones run as direct loops, with no patch matrix to share), and only those with
-stride, dilation and groups 1 (the kernel gradient of a strided, dilated or grouped
-convolution is a conv2d with options, lowered as such).
+(integer ones run as direct loops, with no patch matrix to share).  The kernel gradient
+of a convolution with options is a conv2d of the (regrouped) transposed image with
+stride and dilation exchanged (``_transpose_kernel``); it becomes a
+``conv2d_over_batch`` with the forward convolution's options, which the CPU computes
+from the forward form's strided patch matrix (``kernels.conv2d_general_kernel_grad``).
 
 The image gradient of a strided convolution is, by its transpose rule, a ``conv2d`` of
 the cotangent with sh-1 (sw-1) zeros inserted between its rows (columns), a ``pad``
@@ -40,23 +42,49 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Primitive, Var, make_eqn
-from ..prims.conv import _conv2d_abstract, _conv2d_impl, is_plain
+from ..prims.conv import _conv2d_abstract, _conv2d_impl
 from ..prims.conv import options as conv_options
 from .simplify import dce
 
 SWAP = (1, 0, 2, 3)
 
 conv2d_over_batch_p = Primitive("conv2d_over_batch")
-conv2d_over_batch_p.impl = lambda image, other, padding: _conv2d_impl(
-    image.transpose(SWAP), other.transpose(SWAP), padding)
 
 
-def _abstract(image, other, padding):
-    class _T:       # the shapes of the transposed operands
-        def __init__(self, a):
-            self.shape = tuple(a.shape[i] for i in SWAP)
-            self.dtype = a.dtype
-    return _conv2d_abstract(_T(image), _T(other), padding)
+def _over_batch_operands(image, other, opts):
+    """The operands and options of the ``conv2d`` that a ``conv2d_over_batch`` of
+    ``image`` and ``other`` with options ``opts`` stands for (as the transpose rule
+    writes it: ``prims.conv._transpose_kernel``), as functions of their shapes:
+    stride and dilation exchanged, with groups (group, example) as the channels."""
+    (sh, sw), (dh, dw), groups = conv_options(opts)
+    n, c, h, w = image.shape
+    lhs = (c // groups, groups * n, h, w)
+    rhs = tuple(other.shape[i] for i in SWAP)
+    swapped = {k: v for k, v in (("stride", (dh, dw)), ("dilation", (sh, sw)),
+                                 ("groups", groups)) if v not in ((1, 1), 1)}
+    return lhs, rhs, swapped
+
+
+def _over_batch_impl(image, other, padding, **opts):
+    image, other = np.asarray(image), np.asarray(other)
+    if not opts:
+        return _conv2d_impl(image.transpose(SWAP), other.transpose(SWAP), padding)
+    lhs, _, swapped = _over_batch_operands(image, other, opts)
+    groups = conv_options(opts)[2]
+    n, c, h, w = image.shape
+    lhs = image.reshape(n, groups, c // groups, h, w).transpose(2, 1, 0, 3, 4).reshape(lhs)
+    return _conv2d_impl(lhs, other.transpose(SWAP), padding, **swapped)
+
+
+conv2d_over_batch_p.impl = _over_batch_impl
+
+
+def _abstract(image, other, padding, **opts):
+    class _S:       # the shapes of the operands of the conv2d it stands for
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype = shape, dtype
+    lhs, rhs, swapped = _over_batch_operands(image, other, opts)
+    return _conv2d_abstract(_S(lhs, image.dtype), _S(rhs, other.dtype), padding, **swapped)
 
 
 conv2d_over_batch_p.abstract = _abstract
@@ -64,23 +92,48 @@ conv2d_over_batch_p.abstract = _abstract
 
 def over_batch(graph: Graph) -> Graph:
     """Replace ``conv2d(transpose(I), transpose(Ȳ))`` (batch and channel axes swapped in
-    both) by ``conv2d_over_batch(I, Ȳ)``."""
+    both) by ``conv2d_over_batch(I, Ȳ)``; with options, stride and dilation exchanged
+    back, and with groups the images' transpose the one of ``_transpose_kernel``."""
     producer = {v: e for e in graph.eqns for v in e.outputs}
 
-    def swapped(atom):
+    def made(atom, name):
         e = producer.get(atom) if isinstance(atom, Var) else None
-        if e is not None and e.prim.name == "transpose" and tuple(e.params["perm"]) == SWAP:
+        return e if e is not None and e.prim.name == name else None
+
+    def swapped(atom):
+        e = made(atom, "transpose")
+        if e is not None and tuple(e.params["perm"]) == SWAP:
             return e.inputs[0]
         return None
 
+    def regrouped(atom, groups):
+        """I when ``atom`` is I (N, G·Cg, H, W) as (Cg, G·N, H, W)."""
+        if groups == 1:
+            return swapped(atom)
+        outer = made(atom, "reshape")
+        middle = None if outer is None else made(outer.inputs[0], "transpose")
+        if middle is None or tuple(middle.params["perm"]) != (2, 1, 0, 3, 4):
+            return None
+        inner = made(middle.inputs[0], "reshape")
+        if inner is None:
+            return None
+        image = inner.inputs[0]
+        n, c, h, w = image.shape
+        if tuple(inner.outputs[0].shape) != (n, groups, c // groups, h, w):
+            return None
+        return image
+
     eqns, changed = [], False
     for eqn in graph.eqns:
-        if eqn.prim.name == "conv2d" and np.dtype(eqn.outputs[0].dtype).kind in "fc" \
-                and is_plain(eqn.params):
-            image, other = (swapped(a) for a in eqn.inputs)
+        if eqn.prim.name == "conv2d" and np.dtype(eqn.outputs[0].dtype).kind in "fc":
+            (sh, sw), (dh, dw), groups = conv_options(eqn.params)
+            image, other = regrouped(eqn.inputs[0], groups), swapped(eqn.inputs[1])
             if image is not None and other is not None:
-                eqn = make_eqn(conv2d_over_batch_p, (image, other), eqn.outputs,
-                               dict(eqn.params), eqn.source)
+                params = {"padding": eqn.params["padding"]} | {
+                    k: v for k, v in (("stride", (dh, dw)), ("dilation", (sh, sw)),
+                                      ("groups", groups)) if v not in ((1, 1), 1)}
+                eqn = make_eqn(conv2d_over_batch_p, (image, other), eqn.outputs, params,
+                               eqn.source)
                 changed = True
         eqns.append(eqn)
     return dce(graph.replace(eqns=tuple(eqns))) if changed else graph
