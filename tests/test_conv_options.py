@@ -405,3 +405,29 @@ def test_grouped_convolutions_as_direct_loop_nests(name, dtype):
     assert plain == convgen.forward_function("f", 2, 3, 30, 34, 5, 3, 3, dtype, (1, 1),
                                              (1, 1), 1)
     assert "g * " not in plain and "x * " not in plain
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_forms_of_kernels_conv2d_general(dtype):
+    """``kernels.conv2d_general`` against the interpreter's convolution: patch matrices
+    (more output than input channels, or strides) and, for stride 1 with fewer output
+    channels, a product with the images added at the taps (``conv2d_dilated_input``),
+    with cropping, uneven padding, dilation and groups."""
+    from gradc.codegen import kernels
+    from gradc.prims.conv import _conv2d_impl
+    rng = np.random.default_rng(16)
+    for image_shape, kernel_shape, pads, stride, dilation, groups in [
+            ((2, 6, 9, 11), (2, 6, 3, 2), ((2, 1), (0, 3)), (1, 1), (2, 3), 1),
+            ((2, 6, 9, 11), (3, 2, 3, 3), ((-1, 2), (2, -1)), (1, 1), (2, 1), 3),
+            ((1, 4, 7, 8), (2, 4, 2, 3), ((0, 0), (1, 1)), (1, 2), (2, 1), 1),
+            ((1, 2, 7, 8), (6, 2, 2, 3), ((1, 1), (1, 1)), (1, 1), (2, 2), 1)]:
+        image = rng.standard_normal(image_shape).astype(dtype)
+        kernel = rng.standard_normal(kernel_shape).astype(dtype)
+        (top, bottom), (left, right) = pads
+        got = kernels.conv2d_general(image, kernel, top, bottom, left, right, *stride,
+                                     *dilation, groups)
+        want = _conv2d_impl(image, kernel, pads, stride=stride, dilation=dilation,
+                            groups=groups)
+        assert got.dtype == dtype
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

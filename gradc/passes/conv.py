@@ -118,6 +118,8 @@ def over_batch(graph: Graph) -> Graph:
         if inner is None:
             return None
         image = inner.inputs[0]
+        if image.ndim != 4:
+            return None
         n, c, h, w = image.shape
         if tuple(inner.outputs[0].shape) != (n, groups, c // groups, h, w):
             return None
@@ -199,9 +201,9 @@ def dilated_inputs(graph: Graph) -> Graph:
     producer = {v: e for e in graph.eqns for v in e.outputs}
     eqns, changed = [], False
     for eqn in graph.eqns:
-        source = producer.get(eqn.inputs[0]) if isinstance(eqn.inputs[0], Var) else None
-        if eqn.prim.name == "conv2d" and source is not None \
-                and np.dtype(eqn.outputs[0].dtype).kind in "fc" \
+        source = producer.get(eqn.inputs[0]) if eqn.prim.name == "conv2d" and \
+            isinstance(eqn.inputs[0], Var) else None
+        if source is not None and np.dtype(eqn.outputs[0].dtype).kind in "fc" \
                 and conv_options(eqn.params)[0] == (1, 1):
             spread = _spread(source)
             if spread is not None:
