@@ -97,10 +97,11 @@ Atom = Union[Var, Lit]
 # ---------------------------------------------------------------- primitives
 
 def _primitive_named(name: str) -> "Primitive":
-    from .passes.conv import conv2d_over_batch_p
+    from .passes.conv import conv2d_dilated_input_p, conv2d_over_batch_p
     from .passes.fuse import fused_p
     from .prims import all_primitives
-    lowering = {p.name: p for p in (fused_p, conv2d_over_batch_p)}  # made by passes
+    lowering = {p.name: p for p in (fused_p, conv2d_over_batch_p,  # made by passes
+                                    conv2d_dilated_input_p)}
     return lowering[name] if name in lowering else all_primitives()[name]
 
 

@@ -45,7 +45,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     compiled targets, sums of one linear map's terms as the map of one sum (``passes.sums``:
     reverse mode's pads, reductions and reshapes, one per use of a value), solver regions
     expanded into their algorithms (``passes.implicit``), kernel gradients of convolutions as
-    ``conv2d_over_batch`` (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU
+    ``conv2d_over_batch`` and image gradients of strided ones as ``conv2d_dilated_input``
+    (``passes.conv``), smaller loop tapes (``passes.remat``: on the GPU
     anything elementwise is recomputed rather than stacked, on the CPU arithmetic and views
     only), a scan's invariant work before the loop and a scan whose carries never change or only
     accumulate as a map over its steps (``passes.licm``; on the CPU not where its step's
@@ -61,7 +62,7 @@ def optimise(graph: Graph, target: str) -> Graph:
         from ..passes.implicit import expand
         expanded = expand(graph)
         graph = graph if expanded is graph else simplify(expanded)
-        from ..passes.conv import over_batch
+        from ..passes.conv import dilated_inputs, over_batch
         from ..passes.fuse import fuse
         from ..passes.remat import remat_scans
         from ..passes import licm
@@ -79,7 +80,7 @@ def optimise(graph: Graph, target: str) -> Graph:
         if target == "cuda":
             from ..passes.steps import step_rewrites
             graph = step_rewrites(graph)
-        graph = fuse(over_batch(graph), vector_ufuncs=target != "cuda")
+        graph = fuse(over_batch(dilated_inputs(graph)), vector_ufuncs=target != "cuda")
     return graph
 
 

@@ -37,8 +37,8 @@ What becomes a kernel:
   over the window or the result;
 * ``argmax``, ``argmin``, ``cumsum``: a thread per line along the axis (a block per
   line for a few long lines);
-* ``conv2d``, ``conv2d_over_batch``: a thread per output element, or a segmented
-  reduction (few outputs, long sums);
+* ``conv2d``, ``conv2d_over_batch``, ``conv2d_dilated_input``: a thread per output
+  element, or a segmented reduction (few outputs, long sums);
 * ``solve``: CuPy's ``linalg.solve`` when installed, else a block per system (Gaussian
   elimination with partial pivoting, back substitution);
 * a batched ``scan`` (rows independent): one kernel for the whole loop
@@ -1131,7 +1131,7 @@ def _lower_eqn(ctx, eqn, text):
     elif name in ("argmax", "argmin", "cumsum") and eqn.inputs[0].ndim and \
             np.dtype(eqn.inputs[0].dtype).kind in ("biuf" if name != "cumsum" else "biufc"):
         _along_axis(ctx, eqn)
-    elif name in ("conv2d", "conv2d_over_batch") and \
+    elif name in ("conv2d", "conv2d_over_batch", "conv2d_dilated_input") and \
             all(isinstance(v, Var) for v in eqn.inputs):
         _conv(ctx, eqn)
     elif name == "solve" and np.dtype(eqn.outputs[0].dtype).kind == "f" and \
@@ -2466,7 +2466,7 @@ def _conv(ctx, eqn):
     params, args, kinds = _kernel_params(ctx, list(dict.fromkeys([image, other])))
     i, k = ctx.names[image], ctx.names[other]
     oname = ctx.names[out]
-    if eqn.prim.name == "conv2d":
+    if eqn.prim.name != "conv2d_over_batch":
         # out[n, o, y, x] = sum over c, u, v of I[n, c, y+u-top, x+v-left] K[o, c, u, v]
         out_vars, sum_vars = ["_n", "_f", "_y", "_x"], ["_c", "_u", "_v"]
         sum_dims = list(other.shape[1:])
@@ -2478,16 +2478,36 @@ def _conv(ctx, eqn):
         term = f"_a += {i}[_n, _c, _ih, _iw] * {k}[_n, _f, _y, _x]"
     terms = [f"_ih = _y + _u - {top}", f"_iw = _x + _v - {left}",
              f"if 0 <= _ih < {H} and 0 <= _iw < {W}:", "    " + term]
-    if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
+    if eqn.prim.name in ("conv2d", "conv2d_over_batch") and not is_plain(eqn.params):
         # strides, dilation, groups: the taps at y·sh + u·dh - top, the input channels of
         # the output channel's group
         (sh, sw), (dh, dw), groups = conv_options(eqn.params)
-        cg, og = other.shape[1], other.shape[0] // groups
+        if eqn.prim.name == "conv2d":
+            cg, og = other.shape[1], other.shape[0] // groups
+            term = f"{k}[_f, _c, _u, _v]"
+        else:
+            cg, og = out.shape[0], other.shape[1] // groups
+            term = f"{k}[_n, _f, _y, _x]"
         group = "_f" if og == 1 else f"(_f // {og})"
         channel = "_c" if groups == 1 else f"{group} * {cg} + _c"
         terms = [f"_ih = _y * {sh} + _u * {dh} - {top}", f"_iw = _x * {sw} + _v * {dw} - {left}",
                  f"if 0 <= _ih < {H} and 0 <= _iw < {W}:",
-                 f"    _a += {i}[_n, {channel}, _ih, _iw] * {k}[_f, _c, _u, _v]"]
+                 f"    _a += {i}[_n, {channel}, _ih, _iw] * {term}"]
+    if eqn.prim.name == "conv2d_dilated_input":
+        # the image gradient of a strided convolution (passes.conv.dilated_inputs): the
+        # taps that meet an entry of I, I[.., (y+u·dh-top)/sh, (x+v·dw-left)/sw], only
+        sh, sw = eqn.params["input_dilation"]
+        _, (dh, dw), groups = conv_options(eqn.params)
+        cg, og = out.shape[1] // groups, other.shape[1]
+        group = "_f" if cg == 1 else f"(_f // {cg})"
+        channel = "_c" if groups == 1 else f"{group} * {og} + _c"
+        on_grid = " and ".join([f"_ih * {sh} == _ty"] * (sh > 1) + [f"_iw * {sw} == _tx"] *
+                               (sw > 1) + [f"_ih < {H}", f"_iw < {W}"])
+        terms = [f"_ty = _y + _u * {dh} - {top}", f"_tx = _x + _v * {dw} - {left}",
+                 "if _ty >= 0 and _tx >= 0:",
+                 f"    _ih = {floordiv('_ty', sh)}", f"    _iw = {floordiv('_tx', sw)}",
+                 f"    if {on_grid}:",
+                 f"        _a += {i}[_n, {channel}, _ih, _iw] * {k}[_f, _c, _u, _v]"]
     ctx.place[out] = "dev"
     ctx.fresh.add(out)
     ctx.lines.append(f"{oname} = _d.empty({tuple(out.shape)!r}, {dtype_expr(out.dtype)})")

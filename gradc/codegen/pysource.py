@@ -515,8 +515,13 @@ def _conv_direct(eqn) -> bool:
     """Whether a conv2d or conv2d_over_batch equation runs as a direct loop nest."""
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
     nn, cc = image.shape[:2]
+    if eqn.prim.name == "conv2d_over_batch" and not is_plain(eqn.params):
+        return False            # (conv2d_general_kernel_grad)
     if eqn.prim.name == "conv2d" and not is_plain(eqn.params):
-        return False            # (strides, dilation, groups: conv2d_general)
+        stride, _, groups = conv_options(eqn.params)   # (else conv2d_general)
+        oo, cg, kh, kw = other.shape
+        return convgen.direct_options(nn, cg, oo, *out.shape[2:], kh, kw, out.dtype,
+                                      stride, groups)
     if eqn.prim.name == "conv2d":
         oo, _, kh, kw = other.shape
         ho, wo = out.shape[2:]
@@ -543,6 +548,17 @@ def _direct(fn, items, padded, other, result, out) -> list:
 def _conv2d(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, kernel, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
+    if not is_plain(eqn.params) and _conv_direct(eqn):     # grouped, stride 1
+        stride, dilation, groups = conv_options(eqn.params)
+        oo, _, kh, kw = kernel.shape
+        padded, flat_kernel = ctx.temp(), ctx.temp()
+        fn = ctx.helper(lambda name: convgen.forward_function(
+            name, image.shape[0], image.shape[1], image.shape[2] + top + bottom,
+            image.shape[3] + left + right, oo, kh, kw, out.dtype, stride, dilation, groups))
+        return ([_padded_image(padded, a[0], eqn),
+                 f"{flat_kernel} = _k.channels_last({a[1]})"]
+                + _direct(fn, convgen.rows(image.shape[0], out.shape[2]), padded,
+                          flat_kernel, outs[0], out))
     if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
         (sh, sw), (dh, dw), groups = conv_options(eqn.params)
         kind = "conv2d_general" if np.dtype(image.dtype).kind in "fc" \
@@ -571,12 +587,26 @@ def _conv2d(ctx, eqn, a, outs):
             f"{top}, {bottom}, {left}, {right})")
 
 
+def _conv2d_dilated_input(ctx, eqn, a, outs):
+    """The image gradient of a strided convolution (``passes.conv.dilated_inputs``)."""
+    (top, bottom), (left, right) = eqn.params["padding"]
+    sh, sw = eqn.params["input_dilation"]
+    _, (dh, dw), groups = conv_options(eqn.params)
+    return (f"_k.conv2d_dilated_input(_k.contiguous({a[0]}), _k.contiguous({a[1]}), {top}, "
+            f"{bottom}, {left}, {right}, {sh}, {sw}, {dh}, {dw}, {groups})")
+
+
 def _conv2d_over_batch(ctx, eqn, a, outs):
     (top, bottom), (left, right) = eqn.params["padding"]
     image, other, out = eqn.inputs[0], eqn.inputs[1], eqn.outputs[0]
     nn, cc, h, w = image.shape
     _, oo, ho, wo = other.shape
     kh, kw = out.shape[2:]
+    if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
+        (sh, sw), (dh, dw), groups = conv_options(eqn.params)
+        return (f"_k.conv2d_general_kernel_grad(_k.contiguous({a[0]}), "
+                f"_k.contiguous({a[1]}), {top}, {bottom}, {left}, {right}, {sh}, {sw}, "
+                f"{dh}, {dw}, {groups}, {kh}, {kw})")
     shared = ctx.conv_plan.get(id(eqn))
     lines = []
     if _conv_direct(eqn):
@@ -611,7 +641,7 @@ def _conv_plan(ctx, graph) -> dict:
                 and np.dtype(e.inputs[0].dtype).kind in "fc" and is_plain(e.params):
             key = (e.inputs[0], e.params["padding"], tuple(e.inputs[1].shape[2:]))
             forward.setdefault(key, e)
-        elif e.prim.name == "conv2d_over_batch":
+        elif e.prim.name == "conv2d_over_batch" and is_plain(e.params):
             image, other = e.inputs
             f = forward.get((image, e.params["padding"], tuple(e.outputs[0].shape[2:])))
             if f is not None and tuple(other.shape) == tuple(f.outputs[0].shape):
@@ -627,7 +657,8 @@ def _calls_blas(graph) -> bool:
     one thread (``loops.POOL_MIN``)."""
     from ..prims.linalg import parse_spec
     for e in graph.eqns:
-        if e.prim.name in ("conv2d", "conv2d_over_batch") and not _conv_direct(e):
+        if e.prim.name in ("conv2d", "conv2d_over_batch") and not _conv_direct(e) \
+                or e.prim.name == "conv2d_dilated_input":
             return True
         if e.prim.name == "einsum":
             sa, sb, _ = parse_spec(e.params["spec"])
@@ -710,7 +741,8 @@ HANDLERS = {
     "argmin": _over_rows("argmin_rows", lambda p: (p["axis"],)),
     "cumsum": _cumsum, "einsum": _einsum, "solve": _solve, "det": _det,
     "slogdet": _slogdet, "cofactor": _cofactor, "conv2d": _conv2d,
-    "conv2d_over_batch": _conv2d_over_batch, "nonzero": _nonzero, "guard": _guard,
+    "conv2d_over_batch": _conv2d_over_batch,
+    "conv2d_dilated_input": _conv2d_dilated_input, "nonzero": _nonzero, "guard": _guard,
     "root": _root_callback, "report": _report, "barrier": _barrier,
     "cholesky": _decomposition("np.linalg.cholesky({})"),
     "eigh": _decomposition("np.linalg.eigh({})"),

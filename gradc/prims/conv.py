@@ -27,7 +27,8 @@ The transposes stay conv2d (as JAX's ``conv_general_dilated`` rules):
 * dL/dI: dL/dO with sh-1 (sw-1) zeros between its rows (columns) (a ``pad`` with a
   step), correlated with K rotated by 180° (O and C swapped within each group: shape
   (C, Og, KH, KW)), dilation (dh, dw), G groups, padded by dh·(KH-1)-top on top and
-  H + top - (Ho-1)·sh - 1 at the bottom (the rows no output reads get zeros).
+  H + top - (Ho-1)·sh - 1 at the bottom (the rows no output reads get zeros).  The
+  compiled targets never form the zeros (``passes.conv.dilated_inputs``).
 * dL/dK: Î with its channels of a group as the batch and (group, n) as the channels,
   (Cg, G·N, H, W), correlated with (dL/dO)ᵀ (O, N, Ho, Wo) as the kernel, G groups,
   stride (dh, dw) and dilation (sh, sw), the bottom padding cut so that the result is
