@@ -78,6 +78,19 @@ def _with_inputs(graph: Graph, own, everything) -> Graph:
     return new
 
 
+def _given_params(callback: PyCallback, params, everything) -> PyCallback:
+    """A ``PyCallback`` solver, which the root calls with ``everything`` (its parameters
+    without repeats, then the values the optimality function reads from outside), given
+    its own parameters in their order (``solver(init, a, a)``: ``a`` twice)."""
+    position = {id(x): i for i, x in enumerate(everything)}
+    picks = [position[id(p)] for p in params]
+    if picks == list(range(len(everything))):
+        return callback
+    fn = callback.fn
+    return PyCallback(lambda y0, *values: fn(y0, *(values[i] for i in picks)),
+                      callback.shape, callback.dtype, callback.name)
+
+
 def _union(*groups) -> list:
     seen, out = set(), []
     for group in groups:
@@ -132,6 +145,8 @@ def _root(kind, solver, optimality, init, params, method, init_aval):
     opt = _with_inputs(opt, params + opt_caps, everything)
     if sol is not None:
         solver = _with_inputs(sol, params + sol_caps, everything)
+    else:
+        solver = _given_params(solver, params, everything)
     return root_p.bind(_as_array(init, init_aval[1]), *everything, solver=solver,
                        optimality=opt, solve=method, kind=kind)
 

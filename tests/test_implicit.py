@@ -731,3 +731,20 @@ def test_implicit_diff_keywords_bind_as_the_solvers_signature():
         warnings.simplefilter("error")
         p = np.array([2e8, 3e8, 5e8, 7e8])
         np.testing.assert_allclose(root2(np.sqrt(p), p), np.sqrt(p))
+
+
+def test_implicit_diff_solver_given_the_same_array_twice():
+    """(Seed QA: the root's inputs are its parameters without repeats, so a solver called
+    as solver(y0, a, a) was given one a: "root failed on these values: StopIteration".)"""
+    @gradc.implicit_diff(lambda y, a, b: y - np.tanh(a * y + b))
+    def solve(y0, a, b):
+        y = np.array(y0, float)
+        for _ in range(200):
+            y = np.tanh(a * y + b)
+        return y
+
+    def loss(a):
+        return np.sum(solve(np.zeros(2), a, a))
+    a = np.array([0.3, 0.5])
+    np.testing.assert_allclose(gradc.grad(loss)(a), fd(loss, a), rtol=1e-7)
+
