@@ -53,10 +53,52 @@ def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, roo
             f"argmin: constraints takes 'eq' (h(x, *params) = 0) and 'ineq' "
             f"(g(x, *params) <= 0), not {sorted(unknown)}"))
     eq, ineq = constraints.get("eq"), constraints.get("ineq")
+    leaves, tree, objective, eq, ineq = _reads_as_params(aval, leaves, tree, objective, eq,
+                                                         ineq)
+
+    def f(y, ps):
+        return objective(y, *unflatten(tree, list(ps)))
+
     if eq is None and ineq is None:
         return _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root)
     return _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge,
                         root)
+
+
+def _reads_as_params(aval, leaves, tree, *fns):
+    """``leaves, tree, *fns`` where the functions ``fn(y, *params)`` read no traced value
+    from outside: the solver runs them on NumPy values, so what they read (a closure over
+    an argument being differentiated, ``lambda x: x @ Q @ x`` in ``grad`` w.r.t. ``Q``)
+    becomes more parameters, each function a Graph of ``y`` and all of them.  Unchanged
+    when none reads any."""
+    from ..interpret import eval_graph
+    from ..trace import dtype_of, shape_of, trace_graph
+    avals = [aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in leaves]
+    traced = []
+    for fn in fns:
+        if fn is not None:
+            graph, _, captured = trace_graph(
+                lambda y, *ps, fn=fn: [fn(y, *unflatten(tree, list(ps)))], avals)
+            fn = (graph, list(captured))
+        traced.append(fn)
+    seen, everything = {id(p) for p in leaves}, list(leaves)
+    for fn in traced:
+        for x in fn[1] if fn else ():
+            if id(x) not in seen:
+                seen.add(id(x))
+                everything.append(x)
+    if len(everything) == len(leaves):
+        return (leaves, tree) + fns
+    position = {id(x): i for i, x in enumerate(everything)}
+
+    def closed(graph, captured):
+        n, picks = len(leaves), [position[id(x)] for x in captured]
+
+        def fn(y, *ps):
+            return eval_graph(graph, [y, *ps[:n], *(ps[i] for i in picks)])[0]
+        return fn
+    return (everything, flatten(everything)[1]) + tuple(
+        None if fn is None else closed(*fn) for fn in traced)
 
 
 def _shape_of_result(fn, aval, leaves, x0) -> tuple:
