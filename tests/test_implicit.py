@@ -89,6 +89,27 @@ def test_bicgstab_restarts_where_it_breaks_down(target):
                                rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_bicgstab_restarts_where_the_shadow_is_orthogonal_to_a_p(target):
+    """(Seed QA: a KKT system with b in its constraint rows alone has bᵀ A b = 0, so the
+    first step's alpha = rho / (r̂ᵀ A p) was inf: "broke down ... the system is singular"
+    on a regular system.  That is the forward-mode derivative of a QP w.r.t. the
+    right-hand side of its constraints.)"""
+    K = np.zeros((4, 4))
+    K[:3, :3], K[:3, 3], K[3, :3] = 2 * np.eye(3), 1.0, 1.0
+    b = np.array([0.0, 0.0, 0.0, 1.0])
+    x = gradc.jit(lambda b: gradc.linear_solve(lambda v: K @ v, b, solve="bicgstab"),
+                  target=target)(b)
+    np.testing.assert_allclose(x, np.linalg.solve(K, b), rtol=1e-9, atol=1e-12)
+    Q, q = 2.0 * np.eye(3), np.array([0.1, 0.2, 0.3])
+
+    def qp(c):
+        return gradc.argmin(lambda x, c: 0.5 * x @ Q @ x + q @ x, np.zeros(3), c,
+                            constraints=dict(eq=lambda x, c: np.sum(x) - c))
+    _, dx = gradc.jvp(qp, (1.0,), (1.0,), target=target)
+    np.testing.assert_allclose(dx, np.full(3, 1 / 3), rtol=1e-8)
+
+
 def test_bicgstab_says_when_it_diverges():
     """A skew-symmetric system (eigenvalues on the imaginary axis), where BiCGSTAB
     diverges: the warning says so and names the methods that solve it; GMRES does."""
