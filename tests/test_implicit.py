@@ -365,6 +365,31 @@ def test_argmin_qp_equals_kkt_of_the_active_set():
     assert np.abs(ref.x - x).max() < 1e-5
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_qp_with_a_constraint_at_its_boundary_and_no_force(target):
+    """(Seed QA: an inequality active with multiplier 0, x* on its boundary exactly where
+    the unconstrained minimum is, made the KKT row λ ∇g dy + g dλ zero: a singular system,
+    BiCGSTAB unconverged, a gradient that was neither one-sided derivative.)  Such a
+    constraint counts as inactive: the derivative of the directions that keep it so."""
+    Q, q = 2.0 * np.eye(3), np.array([-1.0, 0.5, 0.2])     # unconstrained x = -q / 2
+    c = np.array([0.3, -1.0, 0.7])
+
+    def loss(q, h):
+        x = gradc.argmin(lambda x, q: 0.5 * x @ Q @ x + q @ x, np.zeros(3), q,
+                         constraints=dict(ineq=lambda x, q: x[:2] - h))
+        return x @ c
+    h = np.array([0.5, 1.0])            # x0 <= 0.5: on the boundary, no force; x1 inactive
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.ConvergenceWarning)
+        g = gradc.grad(loss, target=target)(q, h)
+        _, t = gradc.jvp(lambda q: loss(q, h), (q,), (c,), target=target)
+    np.testing.assert_allclose(g, -c / 2, rtol=1e-8)
+    np.testing.assert_allclose(t, -c @ c / 2, rtol=1e-8)
+    # one-sided: the direction that moves the unconstrained minimum inside the constraint
+    e = np.array([1e-6, 0.0, 0.0])
+    assert abs((loss(q + e, h) - loss(q, h)) / 1e-6 - g[0]) < 1e-6
+
+
 def test_argmin_bad_constraints():
     with pytest.raises(ArgumentError, match="'eq'.*'ineq'"):
         gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints=dict(le=None))

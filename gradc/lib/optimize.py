@@ -10,7 +10,10 @@ Constrained (``constraints={"eq": h, "ineq": g}`` with ``h(y, *params) = 0`` and
     ∇_y f + J_hᵀ ν + J_gᵀ λ = 0,    h(y) = 0,    λ ⊙ g(y) = 0,
 
 and those conditions are the optimality function (OptNet's differentiation of a QP;
-BiCGSTAB by default, the KKT matrix being unsymmetric).  The forward solve runs SciPy on
+BiCGSTAB by default, the KKT matrix being unsymmetric).  A constraint whose multiplier
+is 0 counts as inactive (``dλ = 0``), also one exactly at its boundary with no force
+(``g = λ = 0``, where the derivative is one-sided and the KKT matrix singular): its
+derivative is that of the directions that keep it inactive.  The forward solve runs SciPy on
 NumPy values (L-BFGS-B, or SLSQP with constraints, each with gradc's compiled gradients),
 estimates the multipliers from the active constraints, and polishes ``z`` with Newton
 steps on the KKT conditions, so the point the derivative is taken at solves them to
@@ -211,7 +214,10 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         if m_eq:
             parts.append(h(y, tuple(ps)))
         if m_in:
-            parts.append(lam * g(y, tuple(ps)))
+            # λ ⊙ g = 0; a multiplier of exactly 0 (the solver's for an inactive
+            # constraint, or one active with no force, g = λ = 0, whose row λ ∇g dy + g dλ
+            # would be 0: a singular system) counts as inactive, dλ = 0, with the same value
+            parts.append(lam * (g(y, tuple(ps)) - (lam == 0)))
         return np.concatenate(parts)
 
     vg = value_and_grad(lambda y, ps: f(y, ps))
@@ -270,6 +276,12 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
             warnings.warn(ConvergenceWarning(with_location(
                 f"gradc: argmin with constraints did not converge (KKT residual "
                 f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
+        # multipliers 0 to the solver's accuracy are 0 (a constraint at its boundary with
+        # no force, then differentiated as inactive: the one-sided derivative of the
+        # directions that leave it inactive)
+        lam = z[n + m_eq:]
+        small = max(tol, 1e-8) * max(1.0, float(np.linalg.norm(fun(z[:n])[1])))
+        z[n + m_eq:] = np.where(np.abs(lam) <= small, 0.0, lam)
         return z
 
     zaval = ((n + m_eq + m_in,), dtype)
