@@ -33,6 +33,11 @@ def _checked(args, argnums, what):
             f"{len(args)} arguments"))
     argnums %= len(args)
     x = args[argnums]
+    if not _is_array(x):      # (only sparse=True gets here with a pytree)
+        raise ArgumentError(with_location(
+            f"{what}: argument {argnums} is a {type(x).__name__} (a pytree); with "
+            "sparse=True the argument is one array (the result is one scipy.sparse "
+            "matrix): concatenate its raveled leaves, or use sparse=False"))
     x = x if isinstance(x, Tracer) else np.asarray(x)
     if np.dtype(dtype_of(x)).kind != "f":
         raise ArgumentError(with_location(
