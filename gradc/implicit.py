@@ -296,8 +296,9 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
 def argmin(objective, x0, *params, constraints=None, tol=1e-10, maxiter=1000, solve=None,
            ridge=0.0):
     """``argmin_x objective(x, *params)`` from ``x0``, differentiated through its
-    optimality conditions.  See ``gradc.lib.optimize`` for the solvers and the
-    constraint format."""
+    optimality conditions.  ``x0`` is an array of any shape (a scalar, a matrix), which
+    the result has.  See ``gradc.lib.optimize`` for the solvers and the constraint
+    format."""
     from .lib.optimize import minimize
     check_function(objective, "argmin: objective(x, *params)", (x0,) + tuple(params))
     return minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, _root)

@@ -821,3 +821,21 @@ def test_argmin_objective_and_constraints_may_read_traced_values(rng):
     dx_dh = np.linalg.inv(C)[:n, n:]                 # both constraints active
     np.testing.assert_allclose(gradc.jit(qp)(h)[:2], h, atol=1e-9)
     np.testing.assert_allclose(gradc.jacrev(qp)(h), dx_dh, rtol=1e-6, atol=1e-9)
+
+
+def test_argmin_of_a_scalar_or_a_matrix():
+    """(Seed QA: x0 of any shape but a vector was refused, "argmin: x0 must be a
+    vector": a scalar threshold, a matrix of weights.)  Solved as a vector, returned in
+    x0's shape; the derivative is the implicit one."""
+    def g(a):
+        return gradc.argmin(lambda x, a: (x - a) ** 2 + x ** 4, 0.0, a)
+    x = g(0.5)
+    assert np.shape(x) == () and abs(2 * (x - 0.5) + 4 * x ** 3) < 1e-8
+    assert abs(gradc.grad(g)(0.5) - 2 / (2 + 12 * x ** 2)) < 1e-8
+
+    def h(A):
+        X = gradc.argmin(lambda X, A: np.sum((X - A) ** 2) + np.sum(X ** 4), np.zeros((2, 2)),
+                         A, constraints=dict(ineq=lambda X, A: X[0] - 0.1))
+        return np.sum(X * np.arange(4.0).reshape(2, 2))
+    A = np.array([[1.0, 0.05], [0.3, -0.2]])        # X[0, 0] held at 0.1, the rest free
+    np.testing.assert_allclose(gradc.grad(h)(A), fd(h, A), rtol=1e-6, atol=1e-6)

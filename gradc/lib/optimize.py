@@ -35,9 +35,16 @@ from .solvers import as_method
 def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, root):
     from ..implicit import _aval
     aval = _aval(x0, "argmin: x0")
-    if aval[0] != (int(np.prod(aval[0], dtype=np.int64)),):
-        raise ArgumentError(with_location(
-            f"argmin: x0 must be a vector, got shape {aval[0]}"))
+    shape, size = aval[0], int(np.prod(aval[0], dtype=np.int64))
+    if shape != (size,):    # (a scalar, a matrix: solved as a vector, given back its shape)
+        def shaped(fn):
+            return fn if not callable(fn) else (
+                lambda y, *ps: fn(np.reshape(y, shape), *ps))
+        constraints = constraints if not isinstance(constraints, dict) else {
+            k: shaped(v) for k, v in constraints.items()}
+        x0 = np.reshape(x0 if is_tracer(x0) else np.asarray(x0, aval[1]), (size,))
+        return np.reshape(minimize(shaped(objective), x0, params, constraints, tol, maxiter,
+                                   solve, ridge, root), shape)
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
 
