@@ -262,6 +262,10 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
     check_function(f, "fixed_point: f(x, *params)", (x0,) + tuple(params))
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+    # (f keeps x's shape and dtype: said of f, not of the loop or x - f(x) made of it)
+    _traced(lambda x, *ps: f(x, *unflatten(tree, list(ps))),
+            [aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in leaves],
+            "fixed_point: f(x, *params)")
     from .lib.solvers import reachable
     tol = reachable(tol, aval[1])         # (the default 1e-10 is below float32's)
     goal = float(tol) ** 2

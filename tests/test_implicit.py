@@ -705,6 +705,25 @@ def test_solver_diagnostics_from_the_qa_sweep():
     np.testing.assert_allclose(g, 1 / (3 * y ** 2 + 1), rtol=1e-10)
 
 
+def test_fixed_point_says_when_f_changes_the_shape_or_dtype():
+    """(Seed QA: the error named gradc's inside, "while_loop: the body changes leaf 0 from
+    f64[2] to f32[2]" or "the optimality function returns shape (1, 2)", not f; a
+    float32 x0 with float64 weights in f is the common case.)"""
+    x = np.ones(2)
+    with pytest.raises(ArgumentError, match=r"fixed_point: f\(x, \*params\) returns shape "
+                       r"\(2,\) float32; it must return \(2,\) float64"):
+        gradc.fixed_point(lambda z, x: np.tanh(0.5 * z + x).astype(np.float32), np.zeros(2), x)
+    with pytest.raises(ArgumentError, match=r"fixed_point: f\(x, \*params\) returns shape "
+                       r"\(1, 2\) float64"):
+        gradc.grad(lambda x: np.sum(gradc.fixed_point(lambda z, x: np.tanh(0.5 * z + x)[None],
+                                                      np.zeros(2), x)))(x)
+    W = np.eye(2) * 0.5
+    with pytest.raises(ArgumentError, match=r"returns shape \(2,\) float64; it must return "
+                       r"\(2,\) float32"):
+        gradc.fixed_point(lambda z: np.tanh(W @ z + 1.0), np.zeros(2, np.float32),
+                          implicit=False)
+
+
 def test_constrained_argmin_inside_a_scan():
     """(QA: an OptNet QP inside gradc.scan was "argmin with constraints needs concrete
     values": the number of constraints is now found from shapes.)  Values and gradient
