@@ -78,6 +78,19 @@ def _with_inputs(graph: Graph, own, everything) -> Graph:
     return new
 
 
+def _given_params(callback: PyCallback, params, everything) -> PyCallback:
+    """A ``PyCallback`` solver, which the root calls with ``everything`` (its parameters
+    without repeats, then the values the optimality function reads from outside), given
+    its own parameters in their order (``solver(init, a, a)``: ``a`` twice)."""
+    position = {id(x): i for i, x in enumerate(everything)}
+    picks = [position[id(p)] for p in params]
+    if picks == list(range(len(everything))):
+        return callback
+    fn = callback.fn
+    return PyCallback(lambda y0, *values: fn(y0, *(values[i] for i in picks)),
+                      callback.shape, callback.dtype, callback.name)
+
+
 def _union(*groups) -> list:
     seen, out = set(), []
     for group in groups:
@@ -153,6 +166,8 @@ def _root(kind, solver, optimality, init, params, method, init_aval):
     opt = _with_inputs(opt, params + opt_caps, everything)
     if sol is not None:
         solver = _with_inputs(sol, params + sol_caps, everything)
+    else:
+        solver = _given_params(solver, params, everything)
     return root_p.bind(_as_array(init, init_aval[1]), *everything, solver=solver,
                        optimality=opt, solve=method, kind=kind)
 
@@ -268,6 +283,10 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
     check_function(f, "fixed_point: f(x, *params)", (x0,) + tuple(params))
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
+    # (f keeps x's shape and dtype: said of f, not of the loop or x - f(x) made of it)
+    _traced(lambda x, *ps: f(x, *unflatten(tree, list(ps))),
+            [aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in leaves],
+            "fixed_point: f(x, *params)")
     from .lib.solvers import reachable
     tol = reachable(tol, aval[1])         # (the default 1e-10 is below float32's)
     goal = float(tol) ** 2
@@ -302,8 +321,9 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
 def argmin(objective, x0, *params, constraints=None, tol=1e-10, maxiter=1000, solve=None,
            ridge=0.0):
     """``argmin_x objective(x, *params)`` from ``x0``, differentiated through its
-    optimality conditions.  See ``gradc.lib.optimize`` for the solvers and the
-    constraint format."""
+    optimality conditions.  ``x0`` is an array of any shape (a scalar, a matrix), which
+    the result has.  See ``gradc.lib.optimize`` for the solvers and the constraint
+    format."""
     from .lib.optimize import minimize
     check_function(objective, "argmin: objective(x, *params)", (x0,) + tuple(params))
     return minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, _root)

@@ -33,6 +33,11 @@ def _checked(args, argnums, what):
             f"{len(args)} arguments"))
     argnums %= len(args)
     x = args[argnums]
+    if not _is_array(x):      # (only sparse=True gets here with a pytree)
+        raise ArgumentError(with_location(
+            f"{what}: argument {argnums} is a {type(x).__name__} (a pytree); with "
+            "sparse=True the argument is one array (the result is one scipy.sparse "
+            "matrix): concatenate its raveled leaves, or use sparse=False"))
     x = x if isinstance(x, Tracer) else np.asarray(x)
     if np.dtype(dtype_of(x)).kind != "f":
         raise ArgumentError(with_location(
@@ -364,10 +369,48 @@ def jacobian_plan(fun, argnums=0, *, mode="optimal"):
     _check_mode(mode, "jacobian_plan")
 
     def planner(*args):
+        if _pytree_at(args, argnums):
+            k = argnums % len(args)
+            flat, vec, _ = _raveled(fun, args, k)
+            return jacobian_plan(flat, k, mode=mode)(*_with(args, k, vec))
         k, x = _checked(args, argnums, "jacobian_plan")
         graph, _ = _graph_of(fun, args, k, x, "jacobian_plan")
         return plan_graph(graph, 0, mode, getattr(fun, "__name__", "f"))
     return planner
+
+
+def _raveled(fun, args, k):
+    """A pytree argument (a dict of parameters) as one vector, for the chain planner:
+    ``(flat, vec, split)``, where ``flat`` is ``fun`` with the argument's float leaves
+    raveled into ``vec`` and ``split`` turns a Jacobian w.r.t. ``vec`` into one block
+    per leaf (out shape + the leaf's shape) in the argument's structure, as ``jacfwd``
+    nests them."""
+    from .pytree import flatten, unflatten
+    tree = flatten(args[k])[1]
+    xs = _wrt(args, k, "jacobian")[2]                   # (float leaves, checked)
+    shapes = [tuple(shape_of(x)) for x in xs]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    dtypes = [np.dtype(dtype_of(x)) for x in xs]
+    vec = np.concatenate([np.reshape(x, (-1,)).astype(np.result_type(*dtypes)) for x in xs])
+    ends = np.cumsum(sizes)
+
+    def flat(*a):
+        v = a[k]
+        return fun(*_with(a, k, unflatten(tree, [
+            np.reshape(v[e - n:e], s).astype(d) for e, n, s, d in zip(ends, sizes, shapes,
+                                                                     dtypes)])))
+    flat.__name__ = getattr(fun, "__name__", "f")
+
+    def split(J):
+        out = tuple(shape_of(J))[:-1]
+        return unflatten(tree, [np.reshape(J[..., e - n:e], out + s)
+                                for e, n, s in zip(ends, sizes, shapes)])
+    return flat, vec, split
+
+
+def _pytree_at(args, argnums) -> bool:
+    return isinstance(argnums, int) and -len(args) <= argnums < len(args) and \
+        not _is_array(args[argnums])
 
 
 def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
@@ -375,7 +418,9 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
 
     ``mode="fwd"`` is ``jacfwd``, ``"rev"`` is ``jacrev``; ``"optimal"`` cuts the Graph
     into a chain of stages and evaluates the chain product in the order of least
-    estimated cost (``gradc.chain``; see ``jacobian_plan``).  ``sparse=True``: the
+    estimated cost (``gradc.chain``; see ``jacobian_plan``); a pytree argument's leaves
+    are raveled into one vector for the chain, and the result has one block per leaf in
+    the argument's structure, as ``jacfwd``'s.  ``sparse=True``: the
     sparsity pattern is detected from the Graph and the matrix recovered from one JVP per
     colour of its columns (``gradc.sparsity``)."""
     check_function(fun, "gradc.jacobian: the function")
@@ -397,6 +442,10 @@ def jacobian(fun, argnums=0, *, mode="optimal", sparse=False, target=None):
 
     def jac(*args):
         from .prims.custom import NoForwardMode
+        if _pytree_at(args, argnums):
+            k = argnums % len(args)
+            flat, vec, split = _raveled(fun, args, k)
+            return split(jacobian(flat, k, mode=mode)(*_with(args, k, vec)))
         k, x = _checked(args, argnums, "jacobian")
         graph, inputs = _graph_of(fun, args, k, x, "jacobian")
         y = graph.outputs[0]

@@ -89,6 +89,27 @@ def test_bicgstab_restarts_where_it_breaks_down(target):
                                rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_bicgstab_restarts_where_the_shadow_is_orthogonal_to_a_p(target):
+    """(Seed QA: a KKT system with b in its constraint rows alone has bᵀ A b = 0, so the
+    first step's alpha = rho / (r̂ᵀ A p) was inf: "broke down ... the system is singular"
+    on a regular system.  That is the forward-mode derivative of a QP w.r.t. the
+    right-hand side of its constraints.)"""
+    K = np.zeros((4, 4))
+    K[:3, :3], K[:3, 3], K[3, :3] = 2 * np.eye(3), 1.0, 1.0
+    b = np.array([0.0, 0.0, 0.0, 1.0])
+    x = gradc.jit(lambda b: gradc.linear_solve(lambda v: K @ v, b, solve="bicgstab"),
+                  target=target)(b)
+    np.testing.assert_allclose(x, np.linalg.solve(K, b), rtol=1e-9, atol=1e-12)
+    Q, q = 2.0 * np.eye(3), np.array([0.1, 0.2, 0.3])
+
+    def qp(c):
+        return gradc.argmin(lambda x, c: 0.5 * x @ Q @ x + q @ x, np.zeros(3), c,
+                            constraints=dict(eq=lambda x, c: np.sum(x) - c))
+    _, dx = gradc.jvp(qp, (1.0,), (1.0,), target=target)
+    np.testing.assert_allclose(dx, np.full(3, 1 / 3), rtol=1e-8)
+
+
 def test_bicgstab_says_when_it_diverges():
     """A skew-symmetric system (eigenvalues on the imaginary axis), where BiCGSTAB
     diverges: the warning says so and names the methods that solve it; GMRES does."""
@@ -425,6 +446,31 @@ def test_argmin_qp_equals_kkt_of_the_active_set():
     assert np.abs(ref.x - x).max() < 1e-5
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_qp_with_a_constraint_at_its_boundary_and_no_force(target):
+    """(Seed QA: an inequality active with multiplier 0, x* on its boundary exactly where
+    the unconstrained minimum is, made the KKT row λ ∇g dy + g dλ zero: a singular system,
+    BiCGSTAB unconverged, a gradient that was neither one-sided derivative.)  Such a
+    constraint counts as inactive: the derivative of the directions that keep it so."""
+    Q, q = 2.0 * np.eye(3), np.array([-1.0, 0.5, 0.2])     # unconstrained x = -q / 2
+    c = np.array([0.3, -1.0, 0.7])
+
+    def loss(q, h):
+        x = gradc.argmin(lambda x, q: 0.5 * x @ Q @ x + q @ x, np.zeros(3), q,
+                         constraints=dict(ineq=lambda x, q: x[:2] - h))
+        return x @ c
+    h = np.array([0.5, 1.0])            # x0 <= 0.5: on the boundary, no force; x1 inactive
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.ConvergenceWarning)
+        g = gradc.grad(loss, target=target)(q, h)
+        _, t = gradc.jvp(lambda q: loss(q, h), (q,), (c,), target=target)
+    np.testing.assert_allclose(g, -c / 2, rtol=1e-8)
+    np.testing.assert_allclose(t, -c @ c / 2, rtol=1e-8)
+    # one-sided: the direction that moves the unconstrained minimum inside the constraint
+    e = np.array([1e-6, 0.0, 0.0])
+    assert abs((loss(q + e, h) - loss(q, h)) / 1e-6 - g[0]) < 1e-6
+
+
 def test_argmin_bad_constraints():
     with pytest.raises(ArgumentError, match="'eq'.*'ineq'"):
         gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints=dict(le=None))
@@ -740,6 +786,25 @@ def test_solver_diagnostics_from_the_qa_sweep():
     np.testing.assert_allclose(g, 1 / (3 * y ** 2 + 1), rtol=1e-10)
 
 
+def test_fixed_point_says_when_f_changes_the_shape_or_dtype():
+    """(Seed QA: the error named gradc's inside, "while_loop: the body changes leaf 0 from
+    f64[2] to f32[2]" or "the optimality function returns shape (1, 2)", not f; a
+    float32 x0 with float64 weights in f is the common case.)"""
+    x = np.ones(2)
+    with pytest.raises(ArgumentError, match=r"fixed_point: f\(x, \*params\) returns shape "
+                       r"\(2,\) float32; it must return \(2,\) float64"):
+        gradc.fixed_point(lambda z, x: np.tanh(0.5 * z + x).astype(np.float32), np.zeros(2), x)
+    with pytest.raises(ArgumentError, match=r"fixed_point: f\(x, \*params\) returns shape "
+                       r"\(1, 2\) float64"):
+        gradc.grad(lambda x: np.sum(gradc.fixed_point(lambda z, x: np.tanh(0.5 * z + x)[None],
+                                                      np.zeros(2), x)))(x)
+    W = np.eye(2) * 0.5
+    with pytest.raises(ArgumentError, match=r"returns shape \(2,\) float64; it must return "
+                       r"\(2,\) float32"):
+        gradc.fixed_point(lambda z: np.tanh(W @ z + 1.0), np.zeros(2, np.float32),
+                          implicit=False)
+
+
 def test_constrained_argmin_inside_a_scan():
     """(QA: an OptNet QP inside gradc.scan was "argmin with constraints needs concrete
     values": the number of constraints is now found from shapes.)  Values and gradient
@@ -812,3 +877,65 @@ def test_implicit_diff_keywords_bind_as_the_solvers_signature():
         warnings.simplefilter("error")
         p = np.array([2e8, 3e8, 5e8, 7e8])
         np.testing.assert_allclose(root2(np.sqrt(p), p), np.sqrt(p))
+
+
+def test_implicit_diff_solver_given_the_same_array_twice():
+    """(Seed QA: the root's inputs are its parameters without repeats, so a solver called
+    as solver(y0, a, a) was given one a: "root failed on these values: StopIteration".)"""
+    @gradc.implicit_diff(lambda y, a, b: y - np.tanh(a * y + b))
+    def solve(y0, a, b):
+        y = np.array(y0, float)
+        for _ in range(200):
+            y = np.tanh(a * y + b)
+        return y
+
+    def loss(a):
+        return np.sum(solve(np.zeros(2), a, a))
+    a = np.array([0.3, 0.5])
+    np.testing.assert_allclose(gradc.grad(loss)(a), fd(loss, a), rtol=1e-7)
+
+
+def test_argmin_objective_and_constraints_may_read_traced_values(rng):
+    """(Seed QA: an objective or constraint closing over a value being differentiated,
+    lambda x: 0.5 * x @ Q @ x + q @ x in grad w.r.t. Q, was given to the SciPy solver
+    with the traced values appended to its parameters: "root failed on these values:
+    unflatten: 1 leaves left over".)  They become parameters of the solver region."""
+    n = 3
+    Q, q = spd(rng, n), rng.standard_normal(n)
+
+    def loss(Q):
+        return np.sum(gradc.argmin(lambda x: 0.5 * x @ Q @ x + q @ x, np.zeros(n)))
+    x = -np.linalg.solve(Q, q)
+    w = np.linalg.solve(Q, np.ones(n))
+    # (only Q's symmetric part enters the objective)
+    np.testing.assert_allclose(gradc.grad(loss)(Q), -0.5 * (np.outer(w, x) + np.outer(x, w)),
+                               rtol=1e-7, atol=1e-9)
+    # the right-hand side of active inequalities, read by the constraint: x* moves with it
+    G = np.eye(n)[:2]
+    h = x[:2] - 1.0
+
+    def qp(h):
+        return gradc.argmin(lambda x: 0.5 * x @ Q @ x + q @ x, np.zeros(n),
+                            constraints=dict(ineq=lambda x: G @ x - h))
+    C = np.block([[Q, G.T], [G, np.zeros((2, 2))]])
+    dx_dh = np.linalg.inv(C)[:n, n:]                 # both constraints active
+    np.testing.assert_allclose(gradc.jit(qp)(h)[:2], h, atol=1e-9)
+    np.testing.assert_allclose(gradc.jacrev(qp)(h), dx_dh, rtol=1e-6, atol=1e-9)
+
+
+def test_argmin_of_a_scalar_or_a_matrix():
+    """(Seed QA: x0 of any shape but a vector was refused, "argmin: x0 must be a
+    vector": a scalar threshold, a matrix of weights.)  Solved as a vector, returned in
+    x0's shape; the derivative is the implicit one."""
+    def g(a):
+        return gradc.argmin(lambda x, a: (x - a) ** 2 + x ** 4, 0.0, a)
+    x = g(0.5)
+    assert np.shape(x) == () and abs(2 * (x - 0.5) + 4 * x ** 3) < 1e-8
+    assert abs(gradc.grad(g)(0.5) - 2 / (2 + 12 * x ** 2)) < 1e-8
+
+    def h(A):
+        X = gradc.argmin(lambda X, A: np.sum((X - A) ** 2) + np.sum(X ** 4), np.zeros((2, 2)),
+                         A, constraints=dict(ineq=lambda X, A: X[0] - 0.1))
+        return np.sum(X * np.arange(4.0).reshape(2, 2))
+    A = np.array([[1.0, 0.05], [0.3, -0.2]])        # X[0, 0] held at 0.1, the rest free
+    np.testing.assert_allclose(gradc.grad(h)(A), fd(h, A), rtol=1e-6, atol=1e-6)

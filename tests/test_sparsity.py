@@ -142,3 +142,13 @@ def test_a_checkpointed_function_keeps_its_pattern():
     np.testing.assert_allclose(hess(x).toarray(), gradc.hessian(f)(x), rtol=1e-12, atol=1e-12)
     col = hess.coloring(x)
     assert col.nnz == 3 * 30 - 2 and col.ncolors == 3
+
+
+def test_a_pytree_argument_is_refused_clearly():
+    """(Seed QA: a dict argument gave "argument 0 must be a float array, got dtype
+    object"; the sparse result is one matrix, so the argument is one array.)"""
+    p = {"W": RNG.standard_normal((3, 2)), "x": RNG.standard_normal(2)}
+    with pytest.raises(gradc.ArgumentError, match="argument 0 is a dict .*concatenate"):
+        gradc.jacobian(lambda p: np.tanh(p["W"] @ p["x"]), sparse=True)(p)
+    with pytest.raises(gradc.ArgumentError, match="argument 0 is a dict"):
+        gradc.hessian(lambda p: np.sum(p["x"] ** 4), sparse=True)(p)

@@ -10,7 +10,10 @@ Constrained (``constraints={"eq": h, "ineq": g}`` with ``h(y, *params) = 0`` and
     ∇_y f + J_hᵀ ν + J_gᵀ λ = 0,    h(y) = 0,    λ ⊙ g(y) = 0,
 
 and those conditions are the optimality function (OptNet's differentiation of a QP;
-BiCGSTAB by default, the KKT matrix being unsymmetric).  The forward solve runs SciPy on
+BiCGSTAB by default, the KKT matrix being unsymmetric).  A constraint whose multiplier
+is 0 counts as inactive (``dλ = 0``), also one exactly at its boundary with no force
+(``g = λ = 0``, where the derivative is one-sided and the KKT matrix singular): its
+derivative is that of the directions that keep it inactive.  The forward solve runs SciPy on
 NumPy values (L-BFGS-B, or SLSQP with constraints, each with gradc's compiled gradients),
 estimates the multipliers from the active constraints, and polishes ``z`` with Newton
 steps on the KKT conditions, so the point the derivative is taken at solves them to
@@ -32,9 +35,16 @@ from .solvers import as_method
 def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, root):
     from ..implicit import _aval
     aval = _aval(x0, "argmin: x0")
-    if aval[0] != (int(np.prod(aval[0], dtype=np.int64)),):
-        raise ArgumentError(with_location(
-            f"argmin: x0 must be a vector, got shape {aval[0]}"))
+    shape, size = aval[0], int(np.prod(aval[0], dtype=np.int64))
+    if shape != (size,):    # (a scalar, a matrix: solved as a vector, given back its shape)
+        def shaped(fn):
+            return fn if not callable(fn) else (
+                lambda y, *ps: fn(np.reshape(y, shape), *ps))
+        constraints = constraints if not isinstance(constraints, dict) else {
+            k: shaped(v) for k, v in constraints.items()}
+        x0 = np.reshape(x0 if is_tracer(x0) else np.asarray(x0, aval[1]), (size,))
+        return np.reshape(minimize(shaped(objective), x0, params, constraints, tol, maxiter,
+                                   solve, ridge, root), shape)
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
 
@@ -53,10 +63,52 @@ def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, roo
             f"argmin: constraints takes 'eq' (h(x, *params) = 0) and 'ineq' "
             f"(g(x, *params) <= 0), not {sorted(unknown)}"))
     eq, ineq = constraints.get("eq"), constraints.get("ineq")
+    leaves, tree, objective, eq, ineq = _reads_as_params(aval, leaves, tree, objective, eq,
+                                                         ineq)
+
+    def f(y, ps):
+        return objective(y, *unflatten(tree, list(ps)))
+
     if eq is None and ineq is None:
         return _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root)
     return _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge,
                         root)
+
+
+def _reads_as_params(aval, leaves, tree, *fns):
+    """``leaves, tree, *fns`` where the functions ``fn(y, *params)`` read no traced value
+    from outside: the solver runs them on NumPy values, so what they read (a closure over
+    an argument being differentiated, ``lambda x: x @ Q @ x`` in ``grad`` w.r.t. ``Q``)
+    becomes more parameters, each function a Graph of ``y`` and all of them.  Unchanged
+    when none reads any."""
+    from ..interpret import eval_graph
+    from ..trace import dtype_of, shape_of, trace_graph
+    avals = [aval] + [(tuple(shape_of(p)), np.dtype(dtype_of(p))) for p in leaves]
+    traced = []
+    for fn in fns:
+        if fn is not None:
+            graph, _, captured = trace_graph(
+                lambda y, *ps, fn=fn: [fn(y, *unflatten(tree, list(ps)))], avals)
+            fn = (graph, list(captured))
+        traced.append(fn)
+    seen, everything = {id(p) for p in leaves}, list(leaves)
+    for fn in traced:
+        for x in fn[1] if fn else ():
+            if id(x) not in seen:
+                seen.add(id(x))
+                everything.append(x)
+    if len(everything) == len(leaves):
+        return (leaves, tree) + fns
+    position = {id(x): i for i, x in enumerate(everything)}
+
+    def closed(graph, captured):
+        n, picks = len(leaves), [position[id(x)] for x in captured]
+
+        def fn(y, *ps):
+            return eval_graph(graph, [y, *ps[:n], *(ps[i] for i in picks)])[0]
+        return fn
+    return (everything, flatten(everything)[1]) + tuple(
+        None if fn is None else closed(*fn) for fn in traced)
 
 
 def _shape_of_result(fn, aval, leaves, x0) -> tuple:
@@ -169,7 +221,10 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         if m_eq:
             parts.append(h(y, tuple(ps)))
         if m_in:
-            parts.append(lam * g(y, tuple(ps)))
+            # λ ⊙ g = 0; a multiplier of exactly 0 (the solver's for an inactive
+            # constraint, or one active with no force, g = λ = 0, whose row λ ∇g dy + g dλ
+            # would be 0: a singular system) counts as inactive, dλ = 0, with the same value
+            parts.append(lam * (g(y, tuple(ps)) - (lam == 0)))
         return np.concatenate(parts)
 
     vg = value_and_grad(lambda y, ps: f(y, ps))
@@ -228,6 +283,12 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
             warnings.warn(ConvergenceWarning(with_location(
                 f"gradc: argmin with constraints did not converge (KKT residual "
                 f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
+        # multipliers 0 to the solver's accuracy are 0 (a constraint at its boundary with
+        # no force, then differentiated as inactive: the one-sided derivative of the
+        # directions that leave it inactive)
+        lam = z[n + m_eq:]
+        small = max(tol, 1e-8) * max(1.0, float(np.linalg.norm(fun(z[:n])[1])))
+        z[n + m_eq:] = np.where(np.abs(lam) <= small, 0.0, lam)
         return z
 
     zaval = ((n + m_eq + m_in,), dtype)

@@ -155,7 +155,8 @@ def _bicgstab(method, mv, b, n, maxiter):
     bb = _norm2(b)
     goal = reachable(method.tol, b.dtype) ** 2 * bb
     r0 = b                                      # (x0 = 0: the residual is b)
-    one = np.ones((), b.dtype)
+    one, zero = np.ones((), b.dtype), np.zeros((), b.dtype)
+    eps = float(np.finfo(b.dtype).eps)
     # (a fixed vector of b's size, mixed into the shadow residual at a restart)
     pattern = np.cos(2.399963 * np.cumsum(np.ones_like(b)))
     state = (np.zeros_like(b), r0, np.zeros_like(b), np.zeros_like(b), one, one, one, bb,
@@ -178,14 +179,19 @@ def _bicgstab(method, mv, b, n, maxiter):
         beta = (rho_new / rho) * (alpha / omega)
         p = r + beta * (p - omega * v)
         v = mv(p)
-        alpha = rho_new / np.dot(shadow, v)
+        # breakdown: the shadow orthogonal to A p, to rounding (a saddle-point system such
+        # as a KKT matrix, with b in its constraint rows alone: bᵀ A b = 0).  No step:
+        # alpha = omega = 0 keep x and r, and omega = 0 restarts at the next step
+        sv = np.dot(shadow, v)
+        lost = np.abs(sv) <= n * eps * np.sqrt(_norm2(shadow) * _norm2(v))
+        alpha = np.where(lost, zero, rho_new / np.where(lost, one, sv))
         h = x + alpha * p
         s_ = r - alpha * v
         t = mv(s_)
         # s_ = 0 when the half step solved the system exactly (a small system, or a lucky
         # rounding): then t = 0 too, and omega = 0 keeps x = h and r = 0 instead of 0/0
         tt = np.dot(t, t)
-        omega = np.dot(t, s_) / np.where(tt > 0, tt, one)
+        omega = np.where(lost, zero, np.dot(t, s_) / np.where(tt > 0, tt, one))
         x = h + omega * s_
         r = s_ - omega * t
         return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2, shadow
