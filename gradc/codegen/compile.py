@@ -52,8 +52,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     accumulate as a map over its steps (``passes.licm``; on the CPU not where its step's
     contractions are large), a scan's accumulated contractions as one contraction after it
     (``licm.sums_after_scans``; on the GPU only if asked), on the GPU a loop's ``argmax`` as
-    reductions, its outer products as broadcast products and its concatenations as selections
-    (``passes.steps``), and loop fusion."""
+    reductions and its outer products as broadcast products (``passes.steps``), concatenations
+    of a few operands as selections of pads (``passes.steps.selections``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -80,6 +80,8 @@ def optimise(graph: Graph, target: str) -> Graph:
         if target == "cuda":
             from ..passes.steps import step_rewrites
             graph = step_rewrites(graph)
+        from ..passes.steps import selections
+        graph = selections(graph)
         graph = fuse(over_batch(dilated_inputs(graph)), vector_ufuncs=target != "cuda")
     return graph
 

@@ -13,6 +13,10 @@ of their own, written with primitives the fusion pass joins to their neighbours.
   pads and selections fuse (with the slices that feed them), a concatenation has no
   stage in the one-kernel scan.
 
+The last rewrite also runs outside scans, on every compiled target (``selections``): a
+concatenation of a few operands is the select of pads that fusion joins to its neighbours,
+where it was a copy of its own (``np.roll`` in an unrolled loop: three loops a step).
+
 The graph is traced again with the rewrites (``interpret.eval_graph``'s ``rewrite``);
 outside the bodies of scans and while_loops (``cudarows.one_row_while``) only a small
 ``argmax`` changes (of at most ``cudarows.one_run_work()`` elements: its reductions join
@@ -55,6 +59,58 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
                                    [(v.shape, v.dtype) for v in graph.inputs])
     assert not captured
     return new
+
+
+SELECT_MAX = 4    # operands of a concatenation rewritten as a selection outside loops
+
+
+def selections(graph: Graph) -> Graph:
+    """``graph`` with each concatenation of 2 to ``SELECT_MAX`` operands (``np.roll``, a
+    shift register, ``np.concatenate([x, f(x[:1])])``), at any depth, rewritten as a
+    ``selection``, on every compiled target: pads and selects fuse with the loops that
+    compute the operands and with those that read the result, where a concatenation
+    materialises its result and usually each operand.  One of more operands (``np.stack``
+    of a list) stays a copy: each element of a selection tests every operand's window.
+    So does a concatenation of loops' results (``np.concatenate([h[None], ys])`` of a
+    scan's): the GPU's one-kernel scan writes them into views of it, no copy at all
+    (``codegen.cudagen._destinations``).  ``graph`` itself when there is nothing to
+    rewrite."""
+    if not _has_selection(graph):
+        return graph
+    from ..interpret import eval_graph
+    from ..trace import bind, trace_graph
+    producer = {v: e for e in graph.eqns for v in e.outputs}
+
+    def rewrite(eqn, xs):
+        if _selectable(eqn, producer):
+            return [selection(xs, eqn.params["axis"], eqn.outputs[0].shape)]
+        if not any(_has_selection(g) for g in subgraphs(eqn)):
+            return None
+        out = bind(eqn.prim, *xs, **map_subgraphs(eqn, selections))
+        return out if eqn.prim.multiple_results else [out]
+
+    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
+                                   [(v.shape, v.dtype) for v in graph.inputs])
+    assert not captured
+    return new
+
+
+def _selectable(eqn, producer: dict) -> bool:
+    if not _concatenation(eqn) or len(eqn.inputs) > SELECT_MAX:
+        return False
+
+    def looped(v) -> bool:              # (a loop's result, or a reshape of one)
+        e = producer.get(v)
+        if e is not None and e.prim.name == "reshape":
+            e = producer.get(e.inputs[0])
+        return e is not None and e.prim.name in LOOPS
+    return not all(looped(v) for v in eqn.inputs)
+
+
+def _has_selection(graph: Graph) -> bool:
+    producer = {v: e for e in graph.eqns for v in e.outputs}
+    return any(_selectable(e, producer) or any(_has_selection(g) for g in subgraphs(e))
+               for e in graph.eqns)
 
 
 def _outer(eqn) -> bool:
