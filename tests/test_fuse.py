@@ -224,6 +224,117 @@ def test_a_chain_of_rolls_is_not_recomputed_from_its_start_by_every_step():
     np.testing.assert_allclose(got[1], fd, rtol=1e-6)
 
 
+def _optimised(fun, *args, target="cpu"):
+    from gradc.codegen.compile import optimise
+    return optimise(gradc.make_graph(fun)(*args), target).verify()
+
+
+def test_a_concatenation_fuses_as_a_selection_of_pads():
+    # np.roll is a concatenate of two slices: a copy of its own, whose operands (the
+    # slices of a computed value) were each a loop, three loops a step (24 for 10 steps,
+    # 36 for the gradient); as a select of pads it joins the loops around it
+    x, w = np.linspace(-1.0, 1.0, 16), np.array([0.9, 1.1, 0.7])
+    fun = _roll_chain(10)
+    for f, most in ((fun, 10), (gradc.grad(fun, argnums=(0, 1)), 20)):
+        graph = _optimised(f, x, w)
+        assert "concatenate" not in _names(graph)
+        assert len(_fused_eqns(graph)) <= most
+    got = gradc.grad(fun, argnums=(0, 1))(x, w)
+    for a, b in zip(got, gradc.grad(fun, argnums=(0, 1), target="numpy")(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(gradc.jit(fun)(x, w), fun(x, w), rtol=1e-13)
+
+
+def test_a_selection_keeps_signed_zeros_and_its_loops_test_no_window():
+    def f(x, y):                      # (a sum of the pads would give -0.0 + 0.0 = +0.0)
+        return np.concatenate([np.sin(x), y * 2.0, np.roll(x, 2)])
+
+    x, y = np.array([-0.0, 0.5, -1.0]), np.array([-0.0, 2.0])
+    got = gradc.jit(f)(x, y)
+    np.testing.assert_array_equal(got, f(x, y))
+    assert np.signbit(got[[0, 3]]).all() and np.signbit(got[-2])
+    assert "concatenate" not in _names(_optimised(f, x, y))
+    code = [line for line in gradc.jit(f).source(x, y).split('"""')[-1].splitlines()
+            if not line.lstrip().startswith("#")]
+    # one loop per window (the loop is split where each operand's window starts): a
+    # window's test is known in its loop, and the other operands are not computed there
+    assert sum(line.lstrip().startswith("for i0 in range(") for line in code) == 4
+    assert not any(" if " in line for line in code)
+    assert sum("np.sin(" in line for line in code) == 1
+
+
+def test_a_concatenation_of_many_operands_stays_a_copy():
+    # each element of a selection tests every operand's window: np.stack of a list
+    # (six operands here) keeps its one copy
+    def f(x):
+        return np.sum(np.stack([x * k for k in range(6)]) ** 2)
+
+    x = np.linspace(-1.0, 1.0, 5)
+    graph = _optimised(gradc.grad(f), x)
+    assert "concatenate" in _names(graph) or "concatenate" in _names(
+        _optimised(f, x))
+    np.testing.assert_allclose(gradc.grad(f)(x), 2 * x * sum(k * k for k in range(6)),
+                               rtol=1e-13)
+
+
+def test_a_concatenation_along_a_later_axis_fuses():
+    def f(m):                         # a shift register along axis 1
+        h = m
+        for _ in range(3):
+            h = np.tanh(np.concatenate([h[:, 1:], h[:, :1] * 0.5], axis=1) + m)
+        return np.sum(h ** 2)
+
+    m = np.random.default_rng(3).uniform(-1.0, 1.0, (4, 5))
+    graph = _optimised(gradc.grad(f), m)
+    assert "concatenate" not in _names(graph)
+    got = gradc.grad(f)(m)
+    np.testing.assert_allclose(got, gradc.grad(f, target="numpy")(m), rtol=1e-12)
+    eps, e = 1e-6, np.zeros_like(m)
+    e[2, 3] = 1.0
+    np.testing.assert_allclose(got[2, 3], (f(m + eps * e) - f(m - eps * e)) / (2 * eps),
+                               rtol=1e-6)
+
+
+def _helpers(source):
+    """The generated helper functions' texts, each as its list of nests' comments."""
+    code = source.split('"""')[-1]
+    code = code[:code.rindex("\ndef ")]             # (the main function, last)
+    return [[line.strip() for line in part.splitlines()
+             if line.startswith("    # ") and "= fused[" in line]
+            for part in code.split("@_k.jit")[1:]]
+
+
+def test_consecutive_small_nests_share_a_helper_function():
+    # Numba spends about 0.1 s on each function besides its code: consecutive nests
+    # (nothing between their calls) are one function, at most MERGE_NESTS of them
+    from gradc.codegen.loops import MERGE_NESTS
+    x, w = np.linspace(-1.0, 1.0, 16), np.array([0.9, 1.1, 0.7])
+    fun = gradc.grad(_roll_chain(10), argnums=(0, 1))
+    graph = _optimised(fun, x, w)
+    helpers = _helpers(gradc.jit(fun).source(x, w))
+    assert sum(map(len, helpers)) == len(_fused_eqns(graph))
+    assert len(helpers) <= len(_fused_eqns(graph)) // 2
+    assert max(map(len, helpers)) <= MERGE_NESTS
+    for a, b in zip(gradc.jit(fun)(x, w), gradc.grad(_roll_chain(10), argnums=(0, 1),
+                                                     target="numpy")(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_a_nest_whose_buffer_may_share_memory_keeps_its_own_function():
+    # the memory plan may put two large buffers in one memory, and the helpers are
+    # compiled noalias: a nest writing one (1 MiB and more) is never merged
+    def f(x):
+        y = x * x + 1.0                    # a nest writing y (8 n bytes)
+        return y, y[::2] * 3.0             # and one over half the domain (4 n bytes)
+
+    for n, alone in ((64, False), (1 << 17, True)):
+        x = np.linspace(-1.0, 1.0, n)
+        helpers = _helpers(gradc.jit(f).source(x))
+        assert sorted(map(len, helpers)) == ([1, 1] if alone else [2])
+        for a, b in zip(gradc.jit(f)(x), f(x)):
+            np.testing.assert_allclose(a, b, rtol=1e-14)
+
+
 def test_a_root_joins_the_group_it_reads_at_its_own_index_only():
     def f(x):
         y = np.exp(x)                  # an output, read by z element for element

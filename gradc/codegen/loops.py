@@ -139,6 +139,11 @@ class _Emitter:
         if name == "pad":
             return self.pad(eqn, idx, depth)
         subs = operand_indices(eqn, idx)
+        if name == "select":                      # (a known condition: one side only)
+            cond = self.value(eqn.inputs[0], subs[0], depth)
+            if cond in ("True", "False"):
+                k = 1 if cond == "True" else 2
+                return self.value(eqn.inputs[k], subs[k], depth)
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         if name in ("broadcast_in_dim", "slice", "transpose", "reshape"):
             return args[0]
@@ -224,7 +229,11 @@ def const_element(value: np.ndarray, idx):
     if len(axes) == 1 and value.dtype.kind == "b":     # (a window: True, then False)
         m = int(np.argmin(flat) if flat[0] else np.argmax(flat))
         if (flat[:m] == flat[0]).all() and (flat[m:] != flat[0]).all():
-            return f"({idx[axes[0]]} {'<' if flat[0] else '>='} {m})"
+            i = idx[axes[0]]
+            lo, hi = getattr(i, "lo", None), getattr(i, "hi", None)
+            if lo is not None and (hi < m or lo >= m):   # (one side in this loop's range)
+                return str(bool(flat[0]) == (hi < m))
+            return f"({i} {'<' if flat[0] else '>='} {m})"
         return None
     if len(axes) != 1 or value.dtype.kind == "b" or flat[0] != 0 or \
             value.dtype.kind == "f" and np.signbit(flat[0]) or \
@@ -233,11 +242,26 @@ def const_element(value: np.ndarray, idx):
     return f"{dtype_expr(value.dtype)}({idx[axes[0]]})"
 
 
-def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
-                fastmath: bool = False) -> list:
-    """One ``fused`` equation as a jitted helper function holding its loop nest (kept
-    out of the main function: Numba's analyses grow quadratically with a function's
-    blocks), and the line of the main function that calls it."""
+class Nest:
+    """One ``fused`` equation's loop nest, before it is placed in a helper function: its
+    decorator, parameters (operands, array constants, output buffers), results, lines
+    and the comment that names the equation."""
+
+    __slots__ = ("decorator", "params", "results", "lines", "comment", "outs", "pooled",
+                 "domain", "shareable", "scalars")
+
+    def __init__(self, decorator, params, results, lines, comment, outs, pooled, domain,
+                 shareable, scalars):
+        self.decorator, self.params, self.results = decorator, params, results
+        self.lines, self.comment, self.outs = lines, comment, outs
+        self.pooled, self.domain, self.shareable = pooled, domain, shareable
+        self.scalars = scalars      # rank-0 operands: name -> dtype expression
+
+
+def fused_nest(ctx, eqn, names: dict, comments: dict, parallel: bool,
+               fastmath: bool = False) -> Nest:
+    """The loop nest of one ``fused`` equation (``lower_fused`` places it)."""
+    from .buffers import MIN_BYTES
     used: list = []
     pooled = not parallel and ctx.pool_loops and _on_pool(eqn)
     nest = _loop_nest(ctx, eqn, names, comments, parallel, used, pooled)
@@ -246,28 +270,80 @@ def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
     starts = tuple(names[r] + f" = {b}" for r in body.outputs for b in ("_o", "_y"))
     outs = [line.split(" = ") for line in nest if line.startswith(starts)]
     params += [buffer for _, buffer in outs]
-    results = ", ".join(names[r] for r in body.outputs)
     uses_prange = any("numba.prange" in line for line in nest)
     decorator = ("@_k.jit_pooled" if pooled else "@_k.jit_loops"
                  + ("_parallel" if uses_prange else "")) + (
         "_fastmath" if fastmath else "_reassoc" if _reassociates(eqn) else "")
+    # (a buffer the memory plan may give another's memory, or a loop's destination:
+    # such a nest keeps a function of its own, see ``mergeable``)
+    buffers = dict(outs)
+    shareable = any(b.startswith("_y") for b in buffers.values()) or any(
+        names[r] in buffers and int(np.prod(r.shape)) * np.dtype(r.dtype).itemsize
+        >= MIN_BYTES for r in body.outputs)
+    scalars = {names[v]: dtype_expr(v.dtype) for v in body.inputs if v.ndim == 0}
+    return Nest(decorator, params, [names[r] for r in body.outputs], nest,
+                comments[eqn][0], outs, pooled, eqn.params["domain"], shareable, scalars)
+
+
+def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
+                fastmath: bool = False) -> list:
+    """One ``fused`` equation as a jitted helper function holding its loop nest (kept
+    out of the main function: Numba's analyses grow quadratically with a function's
+    blocks), and the line of the main function that calls it."""
+    return lower_nests(ctx, [fused_nest(ctx, eqn, names, comments, parallel, fastmath)])
+
+
+MERGE_NESTS = 8          # loop nests one helper function may hold (``mergeable``)
+MERGE_LINES = 400        # ... and the lines they may take together
+
+
+def mergeable(nests: list, nest: Nest) -> bool:
+    """Whether ``nest`` may join the helper function of ``nests`` (the nests of the
+    equations just before it, nothing between them): Numba spends about 0.1 s on each
+    function it compiles besides the work its code takes, so an unrolled loop's
+    gradient of dozens of small nests compiled mostly that (ten functions of one loop
+    each: 1.75 s; one function of ten loops: 0.75 s).  Not a nest run on threads, nor
+    one writing a buffer that may share memory with another (``memplan``: the helpers
+    are compiled ``noalias``, which two arguments of one function in one memory would
+    break) or a loop's destination; at most ``MERGE_NESTS`` nests and ``MERGE_LINES``
+    lines a function (Numba's analyses grow faster than its blocks), all of one
+    decorator (fast-math flags cover a whole function)."""
+    def alone(n):
+        return n.pooled or n.shareable or "parallel" in n.decorator
+    if alone(nest) or not nests:
+        return not alone(nest) and not nests
+    return (not alone(nests[0]) and nest.decorator == nests[0].decorator
+            and len(nests) < MERGE_NESTS
+            and sum(len(n.lines) for n in nests) + len(nest.lines) <= MERGE_LINES)
+
+
+def lower_nests(ctx, nests: list) -> list:
+    """``nests`` (consecutive, ``mergeable``) as one jitted helper function, in order,
+    and the lines of the main function that call it: the operands a nest takes from an
+    earlier one are that nest's locals."""
+    params, made = [], set()
+    for n in nests:
+        params.extend(p for p in n.params if p not in made and p not in params)
+        made.update(n.results)
+    results = ", ".join(r for n in nests for r in n.results)
+    first = nests[0]
 
     def make(name):
         # (bounds named with an underscore: graph values are named with letters only)
-        head = [decorator, f"def {name}({', '.join(params + ['_lo', '_hi'] * pooled)}):",
-                f"    # {comments[eqn][0]}"]
-        return "\n".join(head + ["    " + line for line in nest]
-                         + [f"    return ({results},)"])
+        head = [first.decorator,
+                f"def {name}({', '.join(params + ['_lo', '_hi'] * first.pooled)}):"]
+        for n in nests:
+            head.append(f"    # {n.comment}")
+            head.extend("    " + line for line in n.lines)
+        return "\n".join(head + [f"    return ({results},)"])
     helper = ctx.helper(make)
-    if pooled:         # the outer loop shared out among threads (kernels.on_threads)
+    if first.pooled:   # the outer loop shared out among threads (kernels.on_threads)
         # scalars leave compiled code as Python floats: typed again, or a float32
         # scalar would make the helper compute in float64
-        scalars = {names[v]: dtype_expr(v.dtype) for v in body.inputs if v.ndim == 0}
-        args = [f"{scalars[p]}({p})" if p in scalars else p for p in params]
+        args = [f"{first.scalars[p]}({p})" if p in first.scalars else p for p in params]
         return (["with numba.objmode():",
-                 f"    _k.on_threads({helper}, {eqn.params['domain'][0]}, "
-                 f"{', '.join(args)})"]
-                + [f"{result} = {buffer}" for result, buffer in outs])
+                 f"    _k.on_threads({helper}, {first.domain[0]}, {', '.join(args)})"]
+                + [f"{result} = {buffer}" for result, buffer in first.outs])
     return [f"{results}, = {helper}({', '.join(params)})"]
 
 

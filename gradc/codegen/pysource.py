@@ -775,12 +775,26 @@ def _atom(ctx, names, x) -> str:
 
 def _statements(ctx, graph: Graph, names: dict, printed) -> list:
     """The lines of a function body computing ``graph``'s equations (indented once)."""
-    body, last_source = [], None
+    from .loops import fused_nest, lower_nests, mergeable
+    body, last_source, nests = [], None, []     # (nests: consecutive ones, one helper)
+
+    def place_nests():
+        body.extend("    " + c for c in (lower_nests(ctx, nests) if nests else ()))
+        nests.clear()
+
     for k, (eqn, text) in enumerate(zip(graph.eqns, printed)):
         if not ctx.inner:
             ctx.at = k
         line = text[0]
         prim = eqn.prim.name
+        nest = None
+        if prim == "fused":
+            inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}
+            inner[eqn] = [line]
+            nest = fused_nest(ctx, eqn, names, inner, ctx.parallel and not ctx.inner,
+                              ctx.fastmath)
+        if nest is None or not mergeable(nests, nest):
+            place_nests()
         if prim not in TEMPLATES and prim not in HANDLERS and prim != "fused":
             where = f"\n  at {eqn.source}" if eqn.source else ""
             raise UnsupportedError(f"the numba backend has no lowering for primitive "
@@ -798,11 +812,8 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             if eqn.outputs[0].ndim == 0 and prim != "convert_element_type":
                 code = narrow(code, eqn.outputs[0].dtype)
         elif prim == "fused":
-            from .loops import lower_fused
-            inner = {e: t for e, t in zip(eqn.params["body"].eqns, text_of_body(eqn, text))}
-            inner[eqn] = [line]
-            code = lower_fused(ctx, eqn, names, inner, ctx.parallel and not ctx.inner,
-                               ctx.fastmath)
+            nests.append(nest)          # (placed with those after it, ``place_nests``)
+            continue
         else:
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
@@ -817,6 +828,7 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
                 f"        raise _k.EvaluationError({linalg_failure(eqn)!r})",
                 f"    raise _k.EvaluationError({linalg_failure(eqn, finite=False)!r})"]
         body.extend("    " + c for c in code)
+    place_nests()
     return body
 
 
