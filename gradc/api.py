@@ -1469,8 +1469,25 @@ def stop_gradient(x):
     return pytree.tree_map(_sg, x)
 
 
+def asarray(a, dtype=None):
+    """``a`` as an array that traced integers can index (JAX's ``jnp.asarray``).
+
+    A NumPy constant indexed by a traced integer, ``table[i]`` in a ``fori_loop``'s body,
+    never reaches gradc: NumPy converts the index with ``np.asarray`` (a
+    ``ConcretizationError``).  ``gradc.asarray(table)[i]`` first makes the constant a
+    traced value of the function being traced, which gathers from it.  A traced ``a``
+    is returned as it is (converted to ``dtype``), a list of traced values stacked;
+    outside any trace the result is ``np.asarray(a, dtype)``."""
+    from .numpy_api import operand
+    from .trace import constant_traced
+    x = operand(a)
+    if isinstance(x, Tracer):
+        return x if dtype is None or np.dtype(dtype) == x.dtype else x.astype(dtype)
+    return constant_traced(np.asarray(x, dtype))
+
+
 __all__ = ["grad", "value_and_grad", "jvp", "vjp", "linearize", "jit", "make_graph",
-           "stop_gradient", "GradcError", "dtype_name"]
+           "stop_gradient", "asarray", "GradcError", "dtype_name"]
 
 
 # ---------------------------------------------------------------- vmap
