@@ -98,7 +98,17 @@ def element_template(name: str, dtype) -> str:
         return f"np.float32({TEMPLATES[name]})"
     if np.dtype(dtype).kind == "f" and name == "sign":     # (Numba's sign(-0.0) is -0.0)
         return f"(np.sign({{0}}) + np.{np.dtype(dtype).name}(0.0))"
+    if np.dtype(dtype).kind == "f" and name in _FLOAT_CHOICE:
+        return _FLOAT_CHOICE[name]
     return TEMPLATES[name]
+
+
+# NumPy's maximum and minimum of floats: a NaN operand wins, and of equal values the
+# second (np.maximum(-0.0, 0.0) is 0.0, np.maximum(0.0, -0.0) is -0.0); Numba's
+# np.maximum gives the first, so the compiled code and the interpreter disagreed on
+# the sign of a zero (as cudagen.TEMPLATES says it)
+_FLOAT_CHOICE = {"max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
+                 "min": "({0} if ({0} < {1} or {0} != {0}) else {1})"}
 
 
 def eqn_template(eqn) -> str:
