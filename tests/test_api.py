@@ -215,6 +215,30 @@ def test_tangents_that_are_taken_and_converted():
         gradc.jvp(np.sin, (np.ones(3),), (np.ones(3) * 1j,))
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_numpy_scalars_as_arguments_and_constants_keep_numpy_dtypes(target):
+    """np.float32/np.float64/np.int64 scalars work as 0-d arrays do, with NumPy's
+    (NEP 50) dtypes: a float32 scalar's value and derivatives stay float32; a captured
+    np.float64 is not weak (float32 * np.float64 is float64, as in NumPy)."""
+    def f(x):
+        return x * x + np.sin(x)
+
+    for x in (np.float64(0.7), np.float32(0.7), np.array(0.7, np.float32)):
+        want, dwant = f(x), 2 * x + np.cos(x)
+        for got in (gradc.jit(f, target=target)(x), gradc.grad(f, target=target)(x),
+                    *gradc.jvp(f, (x,), (np.ones_like(x),), target=target),
+                    gradc.vjp(f, x, target=target)[1](np.ones_like(want))[0]):
+            assert np.asarray(got).dtype == x.dtype
+        assert gradc.jit(f, target=target)(x) == pytest.approx(want, rel=1e-6)
+        assert gradc.grad(f, target=target)(x) == pytest.approx(dwant, rel=1e-6)
+    assert gradc.jit(f, target=target)(np.int64(2)) == pytest.approx(f(2.0))
+    c64, x32 = np.float64(3.0), np.ones(2, np.float32)
+    assert gradc.jit(lambda x: x * c64, target=target)(x32).dtype == (x32 * c64).dtype
+    assert gradc.jit(lambda x: x * np.float32(3.0), target=target)(x32).dtype == np.float32
+    g = gradc.grad(lambda x: np.sum(x * c64), target=target)(x32)
+    assert g.dtype == np.float32 and np.all(g == 3.0)
+
+
 def test_a_nonzero_tangent_of_an_integer_primal_is_an_error():
     """(Sharp edge: the tangent of an integer primal was dropped whatever its value, so
     jvp(f, (np.arange(3),), (v,)), an integer x by mistake, gave a zero derivative.)
