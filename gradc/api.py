@@ -89,12 +89,12 @@ class _Args:
         self.dynamic = [self._as_array(x) for x, s in zip(self.leaves, self.static) if not s]
         self.pyfloat = [isinstance(x, (float, complex)) and not isinstance(x, np.generic)
                         for x, s in zip(self.leaves, self.static) if not s]
-        # which argument each dynamic leaf came from
-        self.owner = []
+        # which argument each leaf came from (``owner``: each dynamic leaf)
+        self.leaf_owner = []
         for i, arg in enumerate(args):
             n = pytree.flatten(arg)[0]
-            self.owner += [i] * len(n)
-        self.owner = [o for o, s in zip(self.owner, self.static) if not s]
+            self.leaf_owner += [i] * len(n)
+        self.owner = [o for o, s in zip(self.leaf_owner, self.static) if not s]
 
     @staticmethod
     def _as_array(x):
@@ -1210,20 +1210,55 @@ def _tangent_leaves(flat: "_Args", tangents, what) -> list:
         raise ArgumentError(with_location(
             f"{what}: tangents have structure {ttree}, primals have {flat.treedef}"))
     tdyn = []
-    owners = iter(flat.owner)
-    for p, t, s in zip(flat.leaves, tflat, flat.static):
-        if s:
-            continue
-        i = next(owners)
-        where = f"{'' if flat.treedef.children[i].kind == 'leaf' else 'a leaf of '}" \
-            f"argument {i}"
-        if tuple(np.shape(t)) != tuple(np.shape(p)):
+    for k, (p, t, s) in enumerate(zip(flat.leaves, tflat, flat.static)):
+        where = _leaf_place(flat, k)
+        if not s and tuple(np.shape(t)) != tuple(np.shape(p)):
             raise ArgumentError(with_location(
                 f"{what}: a tangent of shape {np.shape(t)} for a primal of shape "
                 f"{np.shape(p)} ({where})"))
+        _check_integer_tangent(p, t, what, where)
+        if s:
+            continue
         tdyn.append(_tangent_like(t, _leaf_dtype(p), what, f"the tangent of {where}",
                                   "its primal"))
     return tdyn
+
+
+def _leaf_place(flat: "_Args", k) -> str:
+    """'argument 1' or 'a leaf of argument 1' for ``flat``'s leaf ``k``."""
+    i = flat.leaf_owner[k]
+    return f"{'' if flat.treedef.children[i].kind == 'leaf' else 'a leaf of '}argument {i}"
+
+
+def _check_integer_tangent(p, t, what, where):
+    """An integer or bool primal has no derivative; its tangent is not read, so it must
+    be zeros (JAX asks for its ``float0`` zeros).  A nonzero one is an error: silently
+    dropped, it made ``jvp(f, (np.arange(3),), (v,))`` (an integer ``x`` by mistake)
+    return a zero derivative."""
+    if isinstance(p, Tracer) or isinstance(t, Tracer) or t is None:
+        return
+    kind = p.dtype.kind if isinstance(p, (np.ndarray, np.generic)) else \
+        "b" if isinstance(p, bool) else "i" if isinstance(p, numbers.Integral) else None
+    if kind not in ("b", "i", "u"):
+        return
+    try:
+        tangent = np.asarray(t)
+    except Exception:
+        return
+    if tangent.dtype.kind in "biufc" and bool(np.any(tangent != 0)):
+        raise TangentDTypeError(with_location(
+            f"{what}: the tangent of {where} is nonzero, but its primal is "
+            f"{'a bool' if kind == 'b' else 'an integer'} ({_dtype_or_type(p)}), which has no "
+            "derivative: its tangent is not read (JAX asks for float0 zeros). Pass zeros "
+            "as its tangent, or make the primal a float (np.asarray(x, dtype=float)) to "
+            "differentiate with respect to it"))
+
+
+def _dtype_or_type(x) -> str:
+    """'int64' for an array or NumPy scalar, 'Python int' for a Python number."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return str(x.dtype)
+    return f"Python {type(x).__name__}"
 
 
 def _tangent_like(t, dtype, what, name, of="its primal"):
@@ -1254,9 +1289,11 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     """Forward mode: ``(f(*primals), J·tangents)`` (JAX's ``jvp``).
 
     ``primals`` and ``tangents`` are tuples of arguments with the same structure,
-    shapes and dtypes; tangents of static (integer) arguments are ignored.  A Python
-    number or an integer array is taken as the tangent of a float primal (converted to
-    its dtype); a float tangent of another dtype is a ``TangentDTypeError``, not cast.
+    shapes and dtypes.  Integer and bool arguments have no derivative: their tangents
+    are not read and must be zeros, of any dtype (JAX asks for ``float0``); a nonzero
+    one is a ``TangentDTypeError``.  A Python number or an integer array is taken as the
+    tangent of a float primal (converted to its dtype); a float tangent of another
+    dtype is a ``TangentDTypeError``, not cast.
     The forward graph is cached per function and argument signature and runs on
     ``target``.
     """
@@ -1469,8 +1506,25 @@ def stop_gradient(x):
     return pytree.tree_map(_sg, x)
 
 
+def asarray(a, dtype=None):
+    """``a`` as an array that traced integers can index (JAX's ``jnp.asarray``).
+
+    A NumPy constant indexed by a traced integer, ``table[i]`` in a ``fori_loop``'s body,
+    never reaches gradc: NumPy converts the index with ``np.asarray`` (a
+    ``ConcretizationError``).  ``gradc.asarray(table)[i]`` first makes the constant a
+    traced value of the function being traced, which gathers from it.  A traced ``a``
+    is returned as it is (converted to ``dtype``), a list of traced values stacked;
+    outside any trace the result is ``np.asarray(a, dtype)``."""
+    from .numpy_api import operand
+    from .trace import constant_traced
+    x = operand(a)
+    if isinstance(x, Tracer):
+        return x if dtype is None or np.dtype(dtype) == x.dtype else x.astype(dtype)
+    return constant_traced(np.asarray(x, dtype))
+
+
 __all__ = ["grad", "value_and_grad", "jvp", "vjp", "linearize", "jit", "make_graph",
-           "stop_gradient", "GradcError", "dtype_name"]
+           "stop_gradient", "asarray", "GradcError", "dtype_name"]
 
 
 # ---------------------------------------------------------------- vmap

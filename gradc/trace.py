@@ -249,10 +249,10 @@ class Tracer:
         if not np.issubdtype(self.dtype, np.inexact):
             raise ConcretizationError(with_location(
                 "a traced integer or boolean array was converted to a NumPy array, e.g. to "
-                "index a NumPy constant (table[idx], np.take(table, idx)); NumPy does not let "
-                "gradc see that. Put the traced array first, e.g. a one-hot as "
-                "(idx[:, None] == np.arange(K)), or pass the table as an argument and index "
-                "it (table[idx])"))
+                "index a NumPy constant (table[i], np.take(table, i)): NumPy converts the "
+                "index with np.asarray, which gradc cannot trace. Make the constant a traced "
+                "array first: gradc.asarray(table)[i] (as jnp.asarray(table)[i] in JAX), "
+                "or compare instead, e.g. a one-hot (i[:, None] == np.arange(K))"))
         frame = errors.user_frame()
         if frame is not None and errors.user_instruction(frame) == "STORE_SUBSCR":
             raise ConcretizationError(with_location(STORE_HINT))
@@ -488,6 +488,25 @@ def full_traced(shape, fill, dtype, like):
     trace.eqns.append(make_eqn(broadcast_p, [Lit(np.asarray(fill, dtype))], [var],
                                {"shape": shape, "dims": ()}, source))
     return Tracer(var, None if like.val is None else np.full(shape, fill, dtype), trace)
+
+
+def constant_traced(value):
+    """The NumPy constant ``value`` as a traced value of the innermost trace (outside
+    any trace: ``value`` itself).  NumPy converts an index with ``np.asarray``, so a
+    traced integer cannot index a NumPy array (``table[i]`` in a loop's body); it can
+    index this Tracer, whose equation (a ``broadcast_in_dim`` of the literal onto its
+    own shape) simplification folds back into the literal."""
+    value = np.asarray(value)
+    trace = current_trace()
+    if trace is None:
+        return value
+    from .prims.shape import broadcast_p
+    var = Var(value.shape, value.dtype)
+    source = _SOURCE[-1] if _SOURCE else errors.user_location()
+    trace.eqns.append(make_eqn(broadcast_p, [Lit(value)], [var],
+                               {"shape": value.shape, "dims": tuple(range(value.ndim))},
+                               source))
+    return Tracer(var, value if trace.concrete else None, trace)
 
 
 def _run_impl(prim, args, params):

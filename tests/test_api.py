@@ -203,7 +203,7 @@ def test_tangents_that_are_taken_and_converted():
     _, t = gradc.jvp(lambda a: a * 3.0, (2.0,), (1,))
     assert t == 3.0
     _, t = gradc.jvp(lambda x, n: x * np.sum(n), (x32, np.arange(3)),
-                     (np.ones(3, np.float32), np.ones(3, np.float64)))
+                     (np.ones(3, np.float32), np.zeros(3, np.float64)))
     np.testing.assert_array_equal(t, [3.0, 3.0, 3.0])
     _, f_jvp = gradc.linearize(lambda x: x * 2.0, x32)
     assert f_jvp(np.ones(3, np.int64)).dtype == np.float32
@@ -213,6 +213,56 @@ def test_tangents_that_are_taken_and_converted():
         gradc.jvp(np.sin, (x32,), (np.ones(3, bool),))
     with pytest.raises(gradc.TangentDTypeError, match="complex128"):
         gradc.jvp(np.sin, (np.ones(3),), (np.ones(3) * 1j,))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_numpy_scalars_as_arguments_and_constants_keep_numpy_dtypes(target):
+    """np.float32/np.float64/np.int64 scalars work as 0-d arrays do, with NumPy's
+    (NEP 50) dtypes: a float32 scalar's value and derivatives stay float32; a captured
+    np.float64 is not weak (float32 * np.float64 is float64, as in NumPy)."""
+    def f(x):
+        return x * x + np.sin(x)
+
+    for x in (np.float64(0.7), np.float32(0.7), np.array(0.7, np.float32)):
+        want, dwant = f(x), 2 * x + np.cos(x)
+        for got in (gradc.jit(f, target=target)(x), gradc.grad(f, target=target)(x),
+                    *gradc.jvp(f, (x,), (np.ones_like(x),), target=target),
+                    gradc.vjp(f, x, target=target)[1](np.ones_like(want))[0]):
+            assert np.asarray(got).dtype == x.dtype
+        assert gradc.jit(f, target=target)(x) == pytest.approx(want, rel=1e-6)
+        assert gradc.grad(f, target=target)(x) == pytest.approx(dwant, rel=1e-6)
+    assert gradc.jit(f, target=target)(np.int64(2)) == pytest.approx(f(2.0))
+    c64, x32 = np.float64(3.0), np.ones(2, np.float32)
+    assert gradc.jit(lambda x: x * c64, target=target)(x32).dtype == (x32 * c64).dtype
+    assert gradc.jit(lambda x: x * np.float32(3.0), target=target)(x32).dtype == np.float32
+    g = gradc.grad(lambda x: np.sum(x * c64), target=target)(x32)
+    assert g.dtype == np.float32 and np.all(g == 3.0)
+
+
+def test_a_nonzero_tangent_of_an_integer_primal_is_an_error():
+    """(Sharp edge: the tangent of an integer primal was dropped whatever its value, so
+    jvp(f, (np.arange(3),), (v,)), an integer x by mistake, gave a zero derivative.)
+    Zeros of any dtype are its tangent (JAX asks for float0 zeros); a nonzero one is a
+    TangentDTypeError that says so, for arrays, NumPy and Python ints, and bools."""
+    def f(x, n):
+        return np.sin(x) * n
+
+    x = np.array([0.5, 1.0, 2.0])
+    for n, zero, one in [(np.arange(3), np.zeros(3, np.int64), np.ones(3)),
+                         (np.int64(2), np.int64(0), np.float64(1.0)), (2, 0, 1),
+                         (np.array([True, False, True]), np.zeros(3, bool), np.ones(3, bool))]:
+        out, t = gradc.jvp(f, (x, n), (np.ones(3), zero))
+        np.testing.assert_allclose(out, np.sin(x) * n, rtol=1e-15)
+        np.testing.assert_allclose(t, np.cos(x) * n, rtol=1e-15)
+        with pytest.raises(gradc.TangentDTypeError,
+                           match=r"tangent of argument 1 is nonzero, but its primal is an? "
+                                 r"(integer|bool)(.|\n)*Pass zeros"):
+            gradc.jvp(f, (x, n), (np.ones(3), one))
+    with pytest.raises(gradc.TangentDTypeError, match=r"argument 0 is nonzero(.|\n)*float"):
+        gradc.jvp(lambda n: np.sum(n * 2.5), (np.arange(3),), (np.ones(3),))
+    _, f_jvp = gradc.linearize(f, x, np.arange(3))
+    with pytest.raises(gradc.TangentDTypeError, match="linearize's f_jvp"):
+        f_jvp(np.ones(3), np.ones(3))
 
 
 def test_stop_gradient():

@@ -228,6 +228,29 @@ def test_constants_of_one_value_or_of_an_index_are_not_read(target):
             np.ones(4)), [-np.inf, 1.0, 0.5, 1 / 3])
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu", "cuda"])
+def test_maximum_and_minimum_of_equal_zeros_and_their_ties_as_numpy(target):
+    """Of equal values NumPy's maximum and minimum give the second (np.maximum(-0.0,
+    0.0) is 0.0, np.maximum(0.0, -0.0) is -0.0), a NaN operand wins; the compiled CPU
+    code gave the first (Numba's np.maximum: -0.0), unlike the interpreter and CUDA.
+    Their derivative at a tie is 1/2 to each operand (JAX's), 0 beside a NaN."""
+    a = np.array([-0.0, 0.0, -0.0, 1.0, 2.0, np.nan, 1.0])
+    b = np.array([0.0, -0.0, -0.0, 1.0, 1.0, 1.0, np.nan])
+    for op in (np.maximum, np.minimum):
+        for dt in (np.float64, np.float32):
+            x, y = a.astype(dt), b.astype(dt)
+            got = gradc.jit(lambda x, y: op(x, y) * 2.0, target=target)(x, y)
+            np.testing.assert_array_equal(got, op(x, y) * 2.0)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(op(x, y)))
+        got = gradc.jit(lambda x, y: op(x, y), target=target)(-0.0, 0.0)
+        assert got == 0.0 and not np.signbit(got)
+        gx, gy = gradc.grad(lambda x, y: np.sum(op(x, y)), argnums=(0, 1),
+                            target=target)(a, b)
+        first = op is np.maximum
+        np.testing.assert_array_equal(gx, [0.5, 0.5, 0.5, 0.5, first, 0, 0])
+        np.testing.assert_array_equal(gy, [0.5, 0.5, 0.5, 0.5, not first, 0, 0])
+
+
 def test_guard_failure_raises_from_compiled_code():
     x = np.array([0.5, 0.25])
     compiled = compile_graph(gradc.make_graph(guarded)(x))

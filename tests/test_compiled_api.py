@@ -787,3 +787,28 @@ def test_a_square_root_by_power_is_numpys():
             got = gradc.jit(lambda x: x ** 0.5, target=target)(x)
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_strided_operands_of_a_product_give_no_numba_warning():
+    # A strided argument (A[::2], v[::2]) reaches the compiled function as a Numba
+    # array of layout 'A', on which np.dot warned at compile time
+    # (NumbaPerformanceWarning: "np.dot() is faster on contiguous arrays"), a warning
+    # about gradc's generated code that its user cannot act on.
+    import warnings
+
+    rng = np.random.default_rng(7)
+    a, b, v = rng.normal(size=(14, 5)), rng.normal(size=(5, 6)), rng.normal(size=(28,))
+
+    def product(a, b):
+        return np.tanh(a @ b)
+
+    def matvec(a, v):
+        return np.sin(a.T @ v)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gradc.jit(product, target="cpu")(a[::2], b[:, ::2])
+        got_v = gradc.jit(matvec, target="cpu")(a[:, ::2], v[::2])
+    assert [str(w.message) for w in caught] == []
+    np.testing.assert_allclose(got, np.tanh(a[::2] @ b[:, ::2]), rtol=1e-12)
+    np.testing.assert_allclose(got_v, np.sin(a[:, ::2].T @ v[::2]), rtol=1e-12)

@@ -317,6 +317,41 @@ def test_fori_loop_with_a_traced_bound_is_a_while_loop_both_modes_go_through(tar
         assert t == pytest.approx(g, rel=1e-13, abs=1e-15)
 
 
+TABLE = np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5], [1.0, 3.0]])
+
+
+def _table_loop(x):
+    # a NumPy constant indexed by the loop's traced counter: NumPy converts the index
+    # with np.asarray (a ConcretizationError); gradc.asarray makes the table traced
+    return gradc.fori_loop(
+        0, 4, lambda i, c: c + np.sin(gradc.asarray(TABLE)[i] * x), np.zeros(2))
+
+
+def test_fori_loop_body_gathers_from_a_numpy_constant_with_gradc_asarray():
+    from gradc.testing import numerical_grad
+
+    def f_np(x):
+        return sum(np.sin(row * x) for row in TABLE)
+    x = np.array([0.3, -1.2])
+    expected_jac = np.diag(np.sum(TABLE * np.cos(TABLE * x), axis=0))
+    for k in range(2):
+        assert np.allclose(numerical_grad(lambda z: f_np(z)[k], x), expected_jac[k],
+                           atol=1e-7)
+    for target in ("numpy", "cpu"):
+        assert np.allclose(gradc.jit(_table_loop, target=target)(x), f_np(x), rtol=1e-14)
+        assert np.allclose(gradc.jacrev(_table_loop, target=target)(x), expected_jac,
+                           rtol=1e-13)
+        assert np.allclose(gradc.jacfwd(_table_loop, target=target)(x), expected_jac,
+                           rtol=1e-13)
+
+    def unwrapped(x):
+        return gradc.fori_loop(0, 4, lambda i, c: c + TABLE[i] * x, np.zeros(2))
+    with pytest.raises(gradc.ConcretizationError,
+                       match=r"gradc\.asarray\(table\)\[i\](.|\n)*c \+ TABLE\[i\] \* x"):
+        gradc.grad(lambda x: np.sum(unwrapped(x)))(x)
+    assert type(gradc.asarray(TABLE)) is np.ndarray       # outside a trace: NumPy's
+
+
 # ---------------------------------------------------------------- cond
 
 W3 = np.array([1.0, 2.0, -0.5])

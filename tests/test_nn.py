@@ -114,6 +114,48 @@ def test_logsumexp_weights_sign_and_where_as_scipy(target):
     np.testing.assert_allclose(g.sum(axis=1), np.ones(3), rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # (log(0) of the empty row warned)
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_softmax_where_masked_padding_and_empty_rows_give_no_nan(target):
+    """(Sharp edge: softmax(x, where=mask) selected exp(x - lse) away at the masked
+    terms, but its derivative was 0 · exp(x - lse): NaN where masked padding was large,
+    inf or NaN, and in every term of a row with nothing unmasked.)  As jax.nn.softmax:
+    0 at masked terms, the unmasked ones' softmax, finite gradients; log_softmax -inf."""
+    x = np.array([[1.0, 2.0, 1000.0, 0.5], [np.inf, 0.5, np.nan, -1.0],
+                  [3.0, np.nan, np.inf, -2.0]])
+    mask = np.array([[True, True, False, True], [False, True, False, True],
+                     [False, False, False, False]])
+    w = np.array([[1.0, -2.0, 3.0, 0.5], [0.5, 1.0, 2.0, -1.0], [1.0, 1.0, 1.0, 1.0]])
+
+    def softmax_np(x):        # each row's unmasked terms only (a row of none: zeros)
+        out = np.zeros_like(x)
+        for r in range(len(x)):
+            e = np.exp(x[r, mask[r]] - np.max(x[r, mask[r]], initial=0.0))
+            out[r, mask[r]] = e / np.sum(e)
+        return out
+    want = softmax_np(x)
+    # d/dx Σ w·s = s · (w - Σ w·s) on the unmasked terms, 0 elsewhere
+    want_grad = want * (w - np.sum(w * want, axis=1, keepdims=True))
+    sm = gradc.jit(lambda x: gradc.softmax(x, where=mask), target=target)(x)
+    np.testing.assert_allclose(sm, want, rtol=1e-14)
+    g = gradc.grad(lambda x: np.sum(w * gradc.softmax(x, where=mask)), target=target)(x)
+    np.testing.assert_allclose(g, want_grad, rtol=1e-13, atol=1e-15)
+    t = np.where(mask, 0.1 * w, 0.0)
+    _, jt = gradc.jvp(lambda x: gradc.softmax(x, where=mask), (x,), (t,), target=target)
+    np.testing.assert_allclose(jt, want * (t - np.sum(want * t, axis=1, keepdims=True)),
+                               rtol=1e-13, atol=1e-15)
+
+    ls = gradc.jit(lambda x: gradc.log_softmax(x, where=mask), target=target)(x)
+    np.testing.assert_allclose(ls[mask], np.log(want[mask]), rtol=1e-14)
+    assert np.all(ls[~mask] == -np.inf)
+    g = gradc.grad(lambda x: np.sum(np.where(mask, w * gradc.log_softmax(x, where=mask), 0)),
+                   target=target)(x)
+    # d/dx Σ_unmasked w·log s = w - s·Σ_unmasked w, 0 at masked terms
+    np.testing.assert_allclose(
+        g, np.where(mask, w - want * np.sum(np.where(mask, w, 0), axis=1, keepdims=True), 0),
+        rtol=1e-13, atol=1e-15)
+
+
 def test_logsumexp_weight_zero_is_no_term():
     """(Review: a term of weight 0 still set the shift: logsumexp([1000, 0], b=[0, 1])
     was -inf (SciPy: 0) and its gradient NaN.)"""

@@ -98,7 +98,17 @@ def element_template(name: str, dtype) -> str:
         return f"np.float32({TEMPLATES[name]})"
     if np.dtype(dtype).kind == "f" and name == "sign":     # (Numba's sign(-0.0) is -0.0)
         return f"(np.sign({{0}}) + np.{np.dtype(dtype).name}(0.0))"
+    if np.dtype(dtype).kind == "f" and name in _FLOAT_CHOICE:
+        return _FLOAT_CHOICE[name]
     return TEMPLATES[name]
+
+
+# NumPy's maximum and minimum of floats: a NaN operand wins, and of equal values the
+# second (np.maximum(-0.0, 0.0) is 0.0, np.maximum(0.0, -0.0) is -0.0); Numba's
+# np.maximum gives the first, so the compiled code and the interpreter disagreed on
+# the sign of a zero (as cudagen.TEMPLATES says it)
+_FLOAT_CHOICE = {"max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
+                 "min": "({0} if ({0} < {1} or {0} != {0}) else {1})"}
 
 
 def eqn_template(eqn) -> str:
@@ -387,15 +397,17 @@ def _einsum(ctx, eqn, a, outs):
     if _matrix_product(sa, sb, so, a_only, b_only, contracted, batch) and \
             np.dtype(x.dtype).kind in "fc" and np.dtype(x.dtype) == np.dtype(y.dtype):
         # a plain matrix product: one BLAS call on (possibly transposed) views; an
-        # operand that is itself a view is made contiguous first unless BLAS takes it as
-        # it is (``_k.blas_operand``: a transposed matrix is F-contiguous).  Operands of
+        # operand that may be strided (a view, or an input: the caller's ``A[::2]``) is
+        # made contiguous first unless BLAS takes it as it is (``_k.blas_operand``: a
+        # transposed matrix is F-contiguous; decided by Numba's type, so free for a
+        # contiguous one).  Operands of
         # more axes, each a run of its own letters and a run of the contracted ones (in
         # the same order in both: ``zbi,zbj->ij``), are such matrices too, as views
         # (``_k.as_matrix``)
         ops = []
         for t, v, letters, own in zip(a, (x, y), (sa, sb), (a_only, b_only)):
             if v.ndim == 2:
-                ops.append(f"_k.blas_operand({t})" if ctx.producer.get(v) in _VIEWS else t)
+                ops.append(f"_k.blas_operand({t})" if _may_be_strided(ctx, v) else t)
                 continue
             first, second = (own, contracted) if letters[0] in own else (contracted, own)
             ops.append(f"_k.as_matrix({t}, {_prod([size[c] for c in first])}, "
@@ -432,11 +444,11 @@ def _einsum(ctx, eqn, a, outs):
         # call (a transposed matvec in a solver's loop: n² bytes per iteration)
         mat, vec = (0, 1) if x.ndim == 2 else (1, 0)
         letters = (sa, sb)[mat]
-        m_op = (f"_k.blas_operand({a[mat]})" if ctx.producer.get((x, y)[mat]) in _VIEWS
-                else a[mat])
+        m_op, v_op = (f"_k.blas_operand({a[k]})" if _may_be_strided(ctx, (x, y)[k])
+                      else a[k] for k in (mat, vec))
         if letters.index(contracted[0]) == 1:
-            return f"np.dot({m_op}, {a[vec]})"
-        return f"np.dot({m_op}.T, {a[vec]})"
+            return f"np.dot({m_op}, {v_op})"
+        return f"np.dot({m_op}.T, {v_op})"
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
@@ -446,6 +458,14 @@ def _einsum(ctx, eqn, a, outs):
     call += f".reshape({_tuple(size[c] for c in order)})"
     perm = tuple(order.index(c) for c in so)
     return call if perm == tuple(range(len(so))) else f"{call}.transpose({_tuple(perm)})"
+
+
+def _may_be_strided(ctx, v) -> bool:
+    """Whether operand ``v`` of a BLAS call may reach Numba as a strided array (layout
+    'A'): a view, or what the function is handed (an input, a constant).  Numba's
+    np.dot copies such an operand anyway, and warns at compile time
+    (NumbaPerformanceWarning) where the user cannot act on it."""
+    return not isinstance(v, Var) or ctx.producer.get(v, "input") in _VIEWS | {"input"}
 
 
 def _matrix_product(sa, sb, so, a_only, b_only, contracted, batch) -> bool:

@@ -55,8 +55,10 @@ def _log_of_sum(total, peak):
     being 0.  Plain ``log``'s derivative ``t / total`` was 0/0 there (as JAX's
     logsumexp gives), and NaN reached every gradient through it: a CRF with a state
     reachable only at the first step (a column of −inf transitions) had NaN gradients
-    for all its parameters, its log Z finite."""
-    return np.log(total)
+    for all its parameters, its log Z finite.  The log is taken of 1 there, the −inf
+    selected: ``log(0)`` warned (divide by zero) for a row masked out entirely."""
+    empty = peak == -np.inf
+    return np.where(empty, -np.inf, np.log(np.where(empty, 1.0, total)))
 
 
 @_log_of_sum.defjvp
@@ -72,14 +74,35 @@ def _log_of_sum_jvp(primals, tangents):
 
 def softmax(x, axis=-1, *, where=None):
     """``exp(x) / Σ exp(x)`` along ``axis`` (with ``where``: over the terms it marks, 0
-    elsewhere, as JAX's)."""
-    out = np.exp(x - logsumexp(x, axis=axis, keepdims=True, where=where))
-    return out if where is None else np.where(where, out, 0.0)
+    elsewhere, as JAX's).
+
+    With ``where``, the exponent is ``x`` masked to −inf minus a log-sum that is 0 for a
+    slice with no terms: ``exp(-inf) = 0`` at every masked term then, with a zero
+    derivative.  ``exp(x - lse)`` of the unmasked ``x`` was selected away, but its
+    derivative was ``0 · exp(x - lse)``: NaN where a masked ``x`` was large, inf or NaN
+    (padding), and everywhere in a slice with no terms (``lse = −inf``)."""
+    if where is None:
+        return np.exp(x - logsumexp(x, axis=axis, keepdims=True))
+    x, lse = _masked_logsumexp(x, axis, where)
+    return np.exp(x - lse)
 
 
 def log_softmax(x, axis=-1, *, where=None):
-    out = x - logsumexp(x, axis=axis, keepdims=True, where=where)
-    return out if where is None else np.where(where, out, -np.inf)
+    """``x - log Σ exp(x)`` along ``axis`` (with ``where``: over the terms it marks,
+    −inf elsewhere, as JAX's; see ``softmax``)."""
+    if where is None:
+        return x - logsumexp(x, axis=axis, keepdims=True)
+    x, lse = _masked_logsumexp(x, axis, where)
+    return x - lse
+
+
+def _masked_logsumexp(x, axis, where):
+    """``x`` with the terms ``where`` leaves out at −inf, and its logsumexp along
+    ``axis`` (kept), 0 rather than −inf for a slice with no terms (so that ``x - lse`` is
+    −inf there, not −inf + inf = NaN)."""
+    x = np.where(where, x, -np.inf)
+    lse = logsumexp(x, axis=axis, keepdims=True)
+    return x, np.where(lse == -np.inf, 0.0, lse)
 
 
 def sigmoid(x):
