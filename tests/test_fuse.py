@@ -261,6 +261,11 @@ def test_a_selection_keeps_signed_zeros_and_its_loops_test_no_window():
     assert sum(line.lstrip().startswith("for i0 in range(") for line in code) == 4
     assert not any(" if " in line for line in code)
     assert sum("np.sin(" in line for line in code) == 1
+    # (of a matrix: the window's constant is broadcast along the rows)
+    m, n = np.linspace(-1.0, 1.0, 12).reshape(3, 4), np.ones((3, 2))
+    source = gradc.jit(lambda m, n: np.concatenate([np.exp(m), n * 3.0], axis=1)).source(m, n)
+    assert not any(" if " in line for line in source.split('"""')[-1].splitlines()
+                   if not line.lstrip().startswith("#"))
 
 
 def test_a_concatenation_of_many_operands_stays_a_copy():

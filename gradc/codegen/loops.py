@@ -94,6 +94,9 @@ class _Emitter:
             self.nesting -= 1
         if eqn.prim.name in ELEMENT_TEMPLATES and eqn.prim.name != "convert_element_type":
             expr = narrow(expr, atom.dtype)
+        if expr in ("True", "False"):     # (a window's known test, through a broadcast:
+            self.memo[-1][key] = expr     # kept a literal for the select that reads it)
+            return expr
         if eqn not in self.commented:
             self.commented.add(eqn)
             for line in self.comments[eqn]:
