@@ -89,6 +89,10 @@ class _Args:
         self.dynamic = [self._as_array(x) for x, s in zip(self.leaves, self.static) if not s]
         self.pyfloat = [isinstance(x, (float, complex)) and not isinstance(x, np.generic)
                         for x, s in zip(self.leaves, self.static) if not s]
+        # weakly typed leaves (``Tracer.weak``): Python floats, and weak Tracers of an
+        # enclosing trace (``jit(grad(f))(x, 3.0)``)
+        self.weak = [p or isinstance(x, Tracer) and x.weak
+                     for x, p in zip(self.dynamic, self.pyfloat)]
         # which argument each leaf came from (``owner``: each dynamic leaf)
         self.leaf_owner = []
         for i, arg in enumerate(args):
@@ -130,8 +134,11 @@ class _Args:
                 except TypeError:
                     parts.append(("static-id", id(x)))
             else:
+                # (weakly typed or not: a Python float, or a weak Tracer, is traced
+                # otherwise than an np.float64, which is a float too)
                 parts.append(("dyn", tuple(np.shape(x)), _leaf_dtype(x).str,
-                              isinstance(x, float)))
+                              isinstance(x, float) and not isinstance(x, np.generic),
+                              isinstance(x, Tracer) and x.weak))
         return (self.treedef, tuple(parts))
 
     def rebuild(self, dynamic):
@@ -166,6 +173,8 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
     box = {}
 
     def flat_fun(*dynamic):
+        for t, weak in zip(dynamic, args.weak):
+            t.weak = weak           # (a Python float takes an array operand's dtype)
         before = [t.ir_var for t in dynamic]
         randomness = _random_states(fun)
         try:

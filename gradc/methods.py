@@ -20,7 +20,7 @@ from .trace import Tracer, dtype_of
 
 
 def _binary(ufunc):
-    impl = npa.UFUNCS[ufunc]
+    impl = npa.weakly(npa.UFUNCS[ufunc])
     return (lambda self, other: impl(self, other)), (lambda self, other: impl(other, self))
 
 
@@ -58,9 +58,9 @@ for _name, _uf in {"lt": np.less, "le": np.less_equal, "gt": np.greater,
                    "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal}.items():
     setattr(Tracer, f"__{_name}__", _binary(_uf)[0])
 
-Tracer.__neg__ = lambda self: npa.UFUNCS[np.negative](self)
+Tracer.__neg__ = npa.weakly(lambda self: npa.UFUNCS[np.negative](self))
 Tracer.__pos__ = lambda self: self
-Tracer.__abs__ = lambda self: npa.UFUNCS[np.absolute](self)
+Tracer.__abs__ = npa.weakly(lambda self: npa.UFUNCS[np.absolute](self))
 Tracer.__invert__ = lambda self: npa.UFUNCS[np.invert](self)
 Tracer.__round__ = lambda self, ndigits=None: npf.round(self, ndigits or 0)
 Tracer.__divmod__ = lambda self, other: (self // other, self % other)

@@ -164,8 +164,31 @@ def _iter_nested(x):
 
 
 def result_dtype(*xs):
-    return np.result_type(*[x if isinstance(x, (bool, int, float, complex)) else dtype_of(x)
-                            for x in xs])
+    return np.result_type(*[x if isinstance(x, (bool, int, float, complex)) else
+                            _weak_example(x) if _is_weak(x) else dtype_of(x) for x in xs])
+
+
+def _is_weak(x) -> bool:
+    return isinstance(x, Tracer) and x.weak
+
+
+def weakly(fn):
+    """A Python operator ``fn`` whose result is weak (``Tracer.weak``) where its operands
+    are weak values and Python numbers only: Python's arithmetic on Python floats gives
+    a Python float (``y * 2.0``), NumPy's functions an ``np.float64`` (``np.sin(y)``),
+    which is not weak (NEP 50)."""
+    def apply(*xs):
+        out = fn(*xs)
+        if isinstance(out, Tracer) and out.dtype.kind in "fc" and any(map(_is_weak, xs)) \
+                and all(_is_weak(x) or isinstance(x, (int, float, complex)) for x in xs):
+            out.weak = True
+        return out
+    return apply
+
+
+def _weak_example(x):
+    """The Python number standing for weak Tracer ``x`` in NumPy's promotion."""
+    return {"f": 0.0, "c": 0j}.get(np.dtype(x.dtype).kind, 0)
 
 
 def astype(x, dtype):

@@ -122,7 +122,8 @@ STORE_HINT = ("storing a traced value into a NumPy array (an array made by np.ze
 class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
-    __slots__ = ("ir_var", "val", "owner", "view_of", "views", "read_only", "__weakref__")
+    __slots__ = ("ir_var", "val", "owner", "view_of", "views", "read_only", "weak",
+                 "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
@@ -135,6 +136,10 @@ class Tracer:
         self.views = None    # weak references to the views made of this Tracer
         # (the NumPy function that made this a read-only view, why) or None
         self.read_only = None
+        # weakly typed (NEP 50, JAX's weak types): a Python float argument, or arithmetic
+        # of such values and Python numbers; it takes an array operand's dtype
+        # (numpy_api.result_dtype), as the Python float would
+        self.weak = False
 
     def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner

@@ -239,6 +239,48 @@ def test_numpy_scalars_as_arguments_and_constants_keep_numpy_dtypes(target):
     assert g.dtype == np.float32 and np.all(g == 3.0)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_python_float_argument_is_weakly_typed_as_numpy_s(target):
+    """A Python float argument takes a float32 array's dtype, as the same float does in
+    NumPy (NEP 50) and JAX (its weak types): ``x * y`` of a float32 ``x`` and ``y = 3.0``
+    is float32 (it was float64: the argument was traced as a float64 array).  Python's
+    arithmetic of such values stays weak (``y * 2.0``); NumPy's functions of them
+    (``np.sin(y)``) and NumPy scalars (``np.float64(3.0)``) do not, as in NumPy."""
+    x = np.linspace(0.1, 1.0, 4, dtype=np.float32)
+    cases = [lambda x, y: x * y, lambda x, y: x * (y * 2.0 - abs(-y)),
+             lambda x, y: x * np.sin(y), lambda x, y: y * y]
+    for f in cases:
+        for y in (3.0, np.float64(3.0), np.float32(3.0)):
+            want = np.asarray(f(x, y))
+            got = gradc.jit(f, target=target)(x, y)
+            assert got.dtype == want.dtype, (f, y)
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    def loss(x, y):
+        return np.sum(np.tanh(x * y) + y * 2.0 * x)
+
+    for g in (gradc.grad(loss, target=target), gradc.jit(gradc.grad(loss), target=target)):
+        got = g(x, 0.5)
+        assert got.dtype == np.float32
+        want = (1 - np.tanh(0.5 * x.astype(np.float64)) ** 2) * 0.5 + 1.0
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    dy = gradc.grad(loss, argnums=1, target=target)(x, 0.5)
+    assert isinstance(dy, float)
+    eps = 1e-4
+    fd = (loss(x.astype(np.float64), 0.5 + eps) - loss(x.astype(np.float64), 0.5 - eps)) / (2 * eps)
+    assert dy == pytest.approx(fd, rel=1e-5)
+    primal, tangent = gradc.jvp(lambda x, y: x * y, (x, 3.0), (np.ones_like(x), 1.0),
+                                target=target)
+    assert primal.dtype == tangent.dtype == np.float32
+    np.testing.assert_allclose(tangent, 3.0 + x, rtol=1e-6)
+    batched = gradc.vmap(lambda x, y: x * y, in_axes=(0, None), target=target)(x, 3.0)
+    assert batched.dtype == np.float32
+    # the signature tells a Python float from a NumPy one: each has its own trace
+    f = gradc.jit(cases[0], target=target)
+    assert [f(x, y).dtype for y in (3.0, np.float64(3.0), 3.0)] == \
+        [np.float32, np.float64, np.float32]
+
+
 def test_a_nonzero_tangent_of_an_integer_primal_is_an_error():
     """(Sharp edge: the tangent of an integer primal was dropped whatever its value, so
     jvp(f, (np.arange(3),), (v,)), an integer x by mistake, gave a zero derivative.)
