@@ -4,10 +4,11 @@
     python benchmarks/compile_time.py --loop roll --steps 25
 
 Each run times ``.source()`` (tracing, passes, code generation) and the first call (all
-Numba) of ``gradc.jit(gradc.grad(f, argnums=(0, 1)), target="cpu")`` in a fresh process
-with a fresh ``GRADC_CACHE_DIR`` (gradc's on-disk cache would otherwise serve it), and
-checks the gradient against the interpreter's.  See docs/benchmarks.md (thirtieth
-session).
+Numba; wall-clock, and the process's CPU time, which a busy machine inflates less) of
+``gradc.jit(gradc.grad(f, argnums=(0, 1)), target="cpu")`` in a fresh process with a
+fresh ``GRADC_CACHE_DIR`` (gradc's on-disk cache would otherwise serve it), and checks
+the gradient against the interpreter's.  See docs/benchmarks.md (thirtieth and
+thirty-first sessions).
 """
 from __future__ import annotations
 
@@ -44,12 +45,12 @@ def one(kind: str, steps: int) -> str:
     t = time.perf_counter()
     source = g.source(*args)
     t_source = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     got = g(*args)
-    t_first = time.perf_counter() - t
+    t_first, c_first = time.perf_counter() - t, time.process_time() - c
     want = gradc.grad(f, argnums=(0, 1), target="numpy")(*args)
     err = max(float(np.max(np.abs(a - b))) for a, b in zip(got, want))
-    return (f"| {kind} | {steps} | {t_source:.2f} s | {t_first:.2f} s | "
+    return (f"| {kind} | {steps} | {t_source:.2f} s | {t_first:.2f} s | {c_first:.2f} s | "
             f"{source.count('@_k.jit')} | {err:.1e} |")
 
 
@@ -62,8 +63,8 @@ def main():
     if a.one:
         print(one(a.loop, a.steps[0]))
         return
-    print("| loop | steps | source | first call | loop nests | error |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| loop | steps | source | first call | its CPU time | helper functions | error |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n in a.steps:
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, GRADC_CACHE_DIR=cache)
