@@ -720,8 +720,10 @@ def test_rows(row, data):
 
 def _check_zero_derivative(row, args):
     """jvp tangents and vjp cotangents of a piecewise-constant row are exactly zero."""
-    v = tuple(np.ones_like(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
-              for a in args)
+    # (an integer or bool argument's tangent is zeros: JAX's float0, a TangentDTypeError
+    # otherwise)
+    v = tuple(np.ones_like(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+              else np.zeros_like(a)[()] for a in args)
     out, t_out = gradc.jvp(row.fn, args, v)
     for t in _leaves(t_out):
         assert not np.any(np.asarray(t)), f"row {row.id}: nonzero tangent {t!r}"
