@@ -263,7 +263,9 @@ class Nest:
 
 def fused_nest(ctx, eqn, names: dict, comments: dict, parallel: bool,
                fastmath: bool = False) -> Nest:
-    """The loop nest of one ``fused`` equation (``lower_fused`` places it)."""
+    """The loop nest of one ``fused`` equation (``lower_nests`` places it in a helper
+    function, kept out of the main function: Numba's analyses grow quadratically with a
+    function's blocks)."""
     from .buffers import MIN_BYTES
     used: list = []
     pooled = not parallel and ctx.pool_loops and _on_pool(eqn)
@@ -288,14 +290,6 @@ def fused_nest(ctx, eqn, names: dict, comments: dict, parallel: bool,
                 comments[eqn][0], outs, pooled, eqn.params["domain"], shareable, scalars)
 
 
-def lower_fused(ctx, eqn, names: dict, comments: dict, parallel: bool,
-                fastmath: bool = False) -> list:
-    """One ``fused`` equation as a jitted helper function holding its loop nest (kept
-    out of the main function: Numba's analyses grow quadratically with a function's
-    blocks), and the line of the main function that calls it."""
-    return lower_nests(ctx, [fused_nest(ctx, eqn, names, comments, parallel, fastmath)])
-
-
 MERGE_NESTS = 8          # loop nests one helper function may hold (``mergeable``)
 MERGE_LINES = 400        # ... and the lines they may take together
 
@@ -313,11 +307,10 @@ def mergeable(nests: list, nest: Nest) -> bool:
     decorator (fast-math flags cover a whole function)."""
     def alone(n):
         return n.pooled or n.shareable or "parallel" in n.decorator
-    if alone(nest) or not nests:
-        return not alone(nest) and not nests
-    return (not alone(nests[0]) and nest.decorator == nests[0].decorator
-            and len(nests) < MERGE_NESTS
-            and sum(len(n.lines) for n in nests) + len(nest.lines) <= MERGE_LINES)
+    if alone(nest) or nests and alone(nests[0]):
+        return False
+    return not nests or (nest.decorator == nests[0].decorator and len(nests) < MERGE_NESTS
+                         and sum(len(n.lines) for n in nests) + len(nest.lines) <= MERGE_LINES)
 
 
 def lower_nests(ctx, nests: list) -> list:
