@@ -41,6 +41,17 @@ def eval_graph(graph: Graph, args, rewrite=None) -> list:
             for a in graph.outputs]
 
 
+def rewrite_graph(graph: Graph, rewrite) -> Graph:
+    """``graph`` traced again with ``rewrite`` (``eval_graph``'s): the passes that write
+    some equations another way (``passes.sums``, ``passes.steps``, ``passes.implicit``)
+    run the graph on fresh inputs and keep what binds."""
+    from .trace import trace_graph
+    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
+                                   [(v.shape, v.dtype) for v in graph.inputs])
+    assert not captured
+    return new
+
+
 def eval_graph_checked(graph: Graph, args, rewrite=None) -> list:
     """``gradc.eval_graph``: ``eval_graph`` for the user, its arguments checked against
     the Graph's inputs (their number, shapes and kinds of dtype) with an error at the

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..interpret import eval_graph
+from ..interpret import eval_graph, rewrite_graph
 from ..ir import Graph, Lit, Var, is_float, map_subgraphs, subgraphs
 from ..prims.custom import forward_of
 from ..prims.implicit import PyCallback, solve_graph
-from ..trace import trace_graph
 
 SOLVER_PRIMS = ("root", "linear_solve")
 # user rules (``prims.custom``): the function itself is what runs
@@ -67,12 +66,7 @@ def expand(graph: Graph) -> Graph:
         out = bind(eqn.prim, *xs, **_expanded_params(eqn))
         return out if eqn.prim.multiple_results else [out]
 
-    def fn(*args):
-        return eval_graph(graph, list(args), rewrite)
-
-    new, _, captured = trace_graph(fn, [(v.shape, v.dtype) for v in graph.inputs])
-    assert not captured
-    return new
+    return rewrite_graph(graph, rewrite)
 
 
 def regions(graph: Graph) -> list:

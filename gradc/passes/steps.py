@@ -39,8 +39,8 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
     depth); ``graph`` itself when there is nothing to rewrite."""
     if not _needs(graph, in_loop):
         return graph
-    from ..interpret import eval_graph
-    from ..trace import bind, trace_graph
+    from ..interpret import rewrite_graph
+    from ..trace import bind
 
     def rewrite(eqn, xs):
         if (in_loop or _small(eqn)) and decomposable(eqn):
@@ -55,10 +55,7 @@ def step_rewrites(graph: Graph, in_loop: bool = False) -> Graph:
         out = bind(eqn.prim, *xs, **map_subgraphs(eqn, lambda g: step_rewrites(g, inner)))
         return out if eqn.prim.multiple_results else [out]
 
-    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
-                                   [(v.shape, v.dtype) for v in graph.inputs])
-    assert not captured
-    return new
+    return rewrite_graph(graph, rewrite)
 
 
 SELECT_MAX = 4    # operands of a concatenation rewritten as a selection outside loops
@@ -77,8 +74,8 @@ def selections(graph: Graph) -> Graph:
     rewrite."""
     if not _has_selection(graph):
         return graph
-    from ..interpret import eval_graph
-    from ..trace import bind, trace_graph
+    from ..interpret import rewrite_graph
+    from ..trace import bind
     producer = {v: e for e in graph.eqns for v in e.outputs}
 
     def rewrite(eqn, xs):
@@ -89,10 +86,7 @@ def selections(graph: Graph) -> Graph:
         out = bind(eqn.prim, *xs, **map_subgraphs(eqn, selections))
         return out if eqn.prim.multiple_results else [out]
 
-    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
-                                   [(v.shape, v.dtype) for v in graph.inputs])
-    assert not captured
-    return new
+    return rewrite_graph(graph, rewrite)
 
 
 def _selectable(eqn, producer: dict) -> bool:

@@ -102,9 +102,9 @@ def _factor_once(graph: Graph) -> Graph:
             trees[out] = terms
     if not trees:
         return graph
-    from ..interpret import eval_graph
+    from ..interpret import rewrite_graph
     from ..prims.elementwise import add
-    from ..trace import bind, trace_graph
+    from ..trace import bind
     from .simplify import dce
 
     pieces: dict = {}                 # a merged map's output -> its operand (traced)
@@ -141,7 +141,4 @@ def _factor_once(graph: Graph) -> Graph:
         return [total]
 
     values: dict = {}                 # Var -> its traced value, as read by a sum
-    new, _, captured = trace_graph(lambda *args: eval_graph(graph, list(args), rewrite),
-                                   [(v.shape, v.dtype) for v in graph.inputs])
-    assert not captured
-    return dce(new)
+    return dce(rewrite_graph(graph, rewrite))
