@@ -87,9 +87,16 @@ def _scan(ctx, eqn, a, outs):
     lines += [f"for {t} in {steps}:", f"    {r} = {_call(fn, step_args, dests + extra)}"]
     lines += [f"    {kk} = {r}[{j}]" for j, kk in enumerate(k)]
     # (the ys the body wrote in place are not copied)
-    lines += [f"    {o}[{t}] = {r}[{n_carry + j}]" for j, o in enumerate(outs[n_carry:])
+    lines += ["    " + _store(f"{o}[{t}]", f"{r}[{n_carry + j}]", v.ndim - 1)
+              for j, (o, v) in enumerate(zip(outs[n_carry:], eqn.outputs[n_carry:]))
               if n_carry + j not in written]
     return lines + [f"{o} = {kk}" for o, kk in zip(outs, k)]
+
+
+def _store(target: str, value: str, ndim: int) -> str:
+    """``target = value``, an element or (``ndim`` > 0) an array's entries: see
+    ``kernels.copy_into`` for why not ``target = value`` then."""
+    return f"_k.copy_into({target}, {value})" if ndim else f"{target} = {value}"
 
 
 def _cond(ctx, eqn, a, outs):
@@ -285,15 +292,15 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
         body_lines = [f"{r} = {_call(v_fn, bc + cur + ct, v_extra)}"]
         body_lines += [f"{m} += {r}[{j}]" for j, m in enumerate(summed)]
         body_lines += [f"{c} = {r}[{len(summed) + j}]" for j, c in enumerate(floats_ct)]
-        body_lines += [f"{sk}[{at}] = {r}[{len(summed) + len(floats_ct) + j}]"
-                       for j, sk in enumerate(stacks)]
+        body_lines += [_store(f"{sk}[{at}]", f"{r}[{len(summed) + len(floats_ct) + j}]", v.ndim)
+                       for j, (sk, v) in enumerate(zip(stacks, stacked))]
         return [pad + x for x in body_lines]
 
     if every is None:
         lines += [f"{t} = {_empty(v.shape, v.dtype, n)}" for t, v in zip(tape, carries)]
         lines += [f"{sk} = {_empty(v.shape, v.dtype, n)}" for sk, v in zip(stacks, stacked)]
         lines += [f"for {i} in range({n}):"]
-        lines += [f"    {t}[{i}] = {kk}" for t, kk in zip(tape, k)]
+        lines += ["    " + _store(f"{t}[{i}]", kk, v.ndim) for t, kk, v in zip(tape, k, carries)]
         lines += [step_k, f"for {i} in range({n} - 1, -1, -1):"] + backward(i, "    ")
         from .pysource import _tuple
         for j, (operands, rows, cols, swap, shape) in folded.items():
@@ -314,15 +321,18 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
         # (the snapshots' loop stops where the last segment starts)
         lines += [f"for {i} in range(({count} - 1) * {every}):",
                   f"    if {i} % {every} == 0:"]
-        lines += [f"        {sn}[{i} // {every}] = {kk}" for sn, kk in zip(snaps, k)]
+        lines += ["        " + _store(f"{sn}[{i} // {every}]", kk, v.ndim)
+                  for sn, kk, v in zip(snaps, k, carries)]
         lines += [step_k, f"if {count} > 0:"]
-        lines += [f"    {sn}[{count} - 1] = {kk}" for sn, kk in zip(snaps, k)]
+        lines += ["    " + _store(f"{sn}[{count} - 1]", kk, v.ndim)
+                  for sn, kk, v in zip(snaps, k, carries)]
         lines += [f"for {s} in range({count} - 1, -1, -1):",
                   f"    {lo} = {s} * {every}",
                   f"    {hi} = min({n}, {lo} + {every})"]
         lines += [f"    {kk} = {sn}[{s}]" for kk, sn in zip(k, snaps)]
         lines += [f"    for {j} in range({hi} - {lo}):"]
-        lines += [f"        {t}[{j}] = {kk}" for t, kk in zip(tape, k)]
+        lines += ["        " + _store(f"{t}[{j}]", kk, v.ndim)
+                  for t, kk, v in zip(tape, k, carries)]
         lines += ["    " + step_k]
         lines += [f"    for {j} in range({hi} - {lo} - 1, -1, -1):"] + backward(j, "        ")
     return lines, acc + [c for c, f in zip(ct, floats) if f]

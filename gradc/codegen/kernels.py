@@ -15,6 +15,7 @@ from __future__ import annotations
 import numba
 import numba.extending
 import numpy as np
+from numba.cpython.unsafe.tuple import tuple_setitem as _tuple_setitem
 
 from ..errors import EvaluationError, GuardFailure  # noqa: F401  (_k.EvaluationError)
 from .pysource import OBJMODE_FLOPS
@@ -169,12 +170,66 @@ def on_threads(fn, count, *args):
 def regroup(x, perm, shape):
     """``x`` with its axes permuted by ``perm``, C-contiguous, reshaped to ``shape``
     (e.g. ``(kept, reduced)`` for a reduction, ``(batch, m, k)`` for a contraction)."""
-    return np.ascontiguousarray(x.transpose(perm)).reshape(shape)
+    return np.ascontiguousarray(transposed(x, perm)).reshape(shape)
 
 
 @njit
 def contiguous(x):
     return np.ascontiguousarray(x)
+
+
+# Two of Numba's own lowerings cost seconds of compile time the first time a process
+# uses them, which a generated function (not cached on disk) pays at every cold start:
+# an array assigned into an array (``y[t] = x``, ``out[1:4] = x``) compiles the
+# formatting of its shape-mismatch message (str, join: 2.5-3 s), and
+# ``x.transpose(perm)`` with explicit axes does that too (it writes its shape with
+# ``shape[:] = shape[perm]``) and hashes a set besides (2.2 s against 0.5 s below).
+# Generated code calls these instead.
+
+def _transposed(x, perm):
+    """``x.transpose(perm)``: a view with its shape and strides permuted (``perm`` is
+    gradc's, already checked)."""
+    shape, strides = x.shape, x.strides
+    for i in range(len(perm)):
+        shape = _tuple_setitem(shape, i, x.shape[perm[i]])
+        strides = _tuple_setitem(strides, i, x.strides[perm[i]])
+    return np.lib.stride_tricks.as_strided(x, shape, strides)
+
+
+def _transposed_py(x, perm):
+    return x.transpose(perm)
+
+
+# (run as Python, NUMBA_DISABLE_JIT=1, the tuple intrinsic above does not exist)
+transposed = _transposed_py if numba.config.DISABLE_JIT else njit(_transposed)
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` for two arrays of one shape that do not partly overlap (a
+    fresh buffer and a value, a tape's step and the carry it records)."""
+    dst[...] = src
+
+
+_COPY_LOOPS: dict = {}
+
+
+@numba.extending.overload(copy_into, jit_options={"nogil": True})
+def _copy_into(dst, src):
+    # (a loop nest per rank, compiled into its caller: 0.2-0.5 s the first time, and
+    # 3x faster than Numba's general assignment on a 32x32 step)
+    if not (isinstance(dst, numba.types.Array) and isinstance(src, numba.types.Array)
+            and dst.ndim == src.ndim):
+        return None
+    n = dst.ndim
+    if n not in _COPY_LOOPS:
+        at = ", ".join(f"i{k}" for k in range(n)) or "()"
+        lines = ["def impl(dst, src):"]
+        lines += ["    " * (k + 1) + f"for i{k} in range(src.shape[{k}]):" for k in range(n)]
+        lines.append("    " * (n + 1) + f"dst[{at}] = src[{at}]")
+        scope: dict = {}
+        exec("\n".join(lines), scope)
+        _COPY_LOOPS[n] = scope["impl"]
+    return _COPY_LOOPS[n]
 
 
 def blas_operand(x):
@@ -638,7 +693,7 @@ def conv2d(image, kernel, top, bottom, left, right):
     ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
     if oo * h * w < cc * ho * wo and left >= 0 and right >= 0:
         wp = w + left + right
-        flat_kernel = np.ascontiguousarray(kernel.transpose(0, 2, 3, 1)).reshape(
+        flat_kernel = np.ascontiguousarray(transposed(kernel, (0, 2, 3, 1))).reshape(
             oo * kh * kw, cc)
         z = np.empty((oo * kh * kw, nn * h * wp), image.dtype)
         dot(flat_kernel, _columns_padded(image, left, wp), z)
@@ -678,7 +733,7 @@ def padded_image(image, top, bottom, left, right):
 @njit
 def channels_last(kernel):
     """A (O, C, kh, kw) kernel as a flat (C, kh, kw, O) array."""
-    return np.ascontiguousarray(kernel.transpose(1, 2, 3, 0)).ravel()
+    return np.ascontiguousarray(transposed(kernel, (1, 2, 3, 0))).ravel()
 
 
 @njit
@@ -704,10 +759,10 @@ def conv2d_kernel_grad_from_cols(cols, cot, cc, kh, kw):
     im2col matrix ``cols`` (rows (c,u,v), columns (n,y,x)): ``conv2d`` of the images and
     the cotangent with batch and channel axes swapped, as one product cot · colsᵀ."""
     nn, oo, ho, wo = cot.shape
-    flat = np.ascontiguousarray(cot.transpose(1, 0, 2, 3)).reshape(oo, nn * ho * wo)
+    flat = np.ascontiguousarray(transposed(cot, (1, 0, 2, 3))).reshape(oo, nn * ho * wo)
     out = np.empty((oo, cols.shape[0]), cot.dtype)
     dot(flat, cols.T, out)
-    return np.ascontiguousarray(out.reshape(oo, cc, kh, kw).transpose(1, 0, 2, 3))
+    return np.ascontiguousarray(transposed(out.reshape(oo, cc, kh, kw), (1, 0, 2, 3)))
 
 
 @njit
@@ -811,11 +866,11 @@ def conv2d_general_kernel_grad(image, cot, top, bottom, left, right, sh, sw, dh,
     cols = np.empty((cg * kh * kw, nn * m), image.dtype)
     prod = np.empty((og, cg * kh * kw), image.dtype)
     out = np.empty((cg, oo, kh, kw), image.dtype)
-    flat_cot = np.ascontiguousarray(cot.transpose(1, 0, 2, 3)).reshape(oo, nn * m)
+    flat_cot = np.ascontiguousarray(transposed(cot, (1, 0, 2, 3))).reshape(oo, nn * m)
     for g in range(groups):
         _general_cols(cols, padded, g * cg, cg, kh, kw, ho, wo, sh, sw, dh, dw)
         dot(flat_cot[g * og:(g + 1) * og], cols.T, prod)
-        out[:, g * og:(g + 1) * og] = prod.reshape(og, cg, kh, kw).transpose(1, 0, 2, 3)
+        out[:, g * og:(g + 1) * og] = transposed(prod.reshape(og, cg, kh, kw), (1, 0, 2, 3))
     return out
 
 
@@ -849,8 +904,8 @@ def conv2d_dilated_input(x, kernel, top, bottom, left, right, sh, sw, dh, dw, gr
     wout = (wo - 1) * sw + 1 + left + right - dw * (kw - 1)
     m = ho * wo
     rows = cg * kh * kw
-    xt = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(groups * og, nn * m)
-    flat_kernel = np.ascontiguousarray(kernel.transpose(0, 2, 3, 1)).reshape(cc * kh * kw, og)
+    xt = np.ascontiguousarray(transposed(x, (1, 0, 2, 3))).reshape(groups * og, nn * m)
+    flat_kernel = np.ascontiguousarray(transposed(kernel, (0, 2, 3, 1))).reshape(cc * kh * kw, og)
     z = np.empty((rows, nn * m), x.dtype)
     out = np.zeros((nn, cc, hout, wout), x.dtype)
     src, dst = z.ravel(), out.ravel()

@@ -311,7 +311,7 @@ def _transpose(ctx, eqn, a, outs):
         # (``.T`` keeps the layout known to Numba: a C array's is an F array, which BLAS
         # calls take as it is; ``.transpose(perm)`` gives an 'A' array they must copy)
         return f"{a[0]}.T"
-    return f"{a[0]}.transpose({_tuple(perm)})"
+    return f"_k.transposed({a[0]}, {_tuple(perm)})"       # (see kernels.transposed)
 
 
 def _concatenate(ctx, eqn, a, outs):
@@ -325,8 +325,9 @@ def _slice(ctx, eqn, a, outs):
 
 def _pad(ctx, eqn, a, outs):
     out = eqn.outputs[0]
+    window = f"{outs[0]}[{_slices(eqn.params['index'])}]"
     return [f"{outs[0]} = np.zeros({_tuple(eqn.params['shape'])}, {dtype_expr(out.dtype)})",
-            f"{outs[0]}[{_slices(eqn.params['index'])}] = {a[0]}"]
+            f"_k.copy_into({window}, {a[0]})" if eqn.inputs[0].ndim else f"{window} = {a[0]}"]
 
 
 def _rows(x: Var, axes, operand: str) -> str:
@@ -356,7 +357,7 @@ def _cumsum(ctx, eqn, a, outs):
     call = f"_k.cumsum_rows({rows}, {reverse}).reshape({_tuple(moved)})"
     if perm == tuple(range(x.ndim)):
         return call
-    return f"{call}.transpose({_tuple(np.argsort(perm))})"
+    return f"_k.transposed({call}, {_tuple(np.argsort(perm))})"
 
 
 def _argsort(ctx, eqn, a, outs):
@@ -367,7 +368,7 @@ def _argsort(ctx, eqn, a, outs):
             f".reshape({_tuple(x.shape[i] for i in perm)})")
     if perm == tuple(range(x.ndim)):
         return call
-    return f"{call}.transpose({_tuple(np.argsort(perm))})"
+    return f"_k.transposed({call}, {_tuple(np.argsort(perm))})"
 
 
 def _searchsorted(ctx, eqn, a, outs):
@@ -457,7 +458,7 @@ def _einsum(ctx, eqn, a, outs):
     order = batch + a_only + b_only
     call += f".reshape({_tuple(size[c] for c in order)})"
     perm = tuple(order.index(c) for c in so)
-    return call if perm == tuple(range(len(so))) else f"{call}.transpose({_tuple(perm)})"
+    return call if perm == tuple(range(len(so))) else f"_k.transposed({call}, {_tuple(perm)})"
 
 
 def _may_be_strided(ctx, v) -> bool:
@@ -852,6 +853,61 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
     return body
 
 
+_OBJMODE = re.compile(r"    with numba\.objmode\((.*)\):$")
+_ALIAS = re.compile(r"    \w+ = _[ocy]\d+$")    # a name for a buffer or constant parameter
+_DECLARED = re.compile(r"(\w+)='([^']*)'")
+_STRINGS = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
+def merge_objmode(body: list, tail: str) -> list:
+    """``body``'s consecutive object-mode blocks (at the function's top level) as one.
+
+    Numba compiles each block as a function of its own, ~0.15 s each at a first call
+    (W3's gradient has seven: BLAS products, NumPy's ufuncs), and each costs ~2 µs to
+    enter.  Blocks merge across comments and lines naming a parameter (``c = _o0``, a
+    product's destination), which move above the merged block; any other line ends a
+    run.  The merged block declares the outputs of its blocks that a later line or
+    ``tail`` (the function's results) reads: Numba refuses a declared output that nothing
+    after the block reads."""
+    out, k = [], 0
+    while k < len(body):
+        m = _OBJMODE.match(body[k])
+        if m is None:
+            out.append(body[k])
+            k += 1
+            continue
+        blocks, hoisted, pending, j = [], [], [], k
+        while j < len(body):
+            m = _OBJMODE.match(body[j])
+            if m is not None:
+                end = j + 1
+                while end < len(body) and body[end].startswith("        "):
+                    end += 1
+                comments = [line for line in pending if line.startswith("    #")]
+                hoisted += [line for line in pending if not line.startswith("    #")]
+                blocks.append((m.group(1), ["    " + c for c in comments] + body[j + 1:end]))
+                pending, j = [], end
+            elif body[j].startswith("    #") or _ALIAS.match(body[j]):
+                pending.append(body[j])
+                j += 1
+            else:
+                break
+        if len(blocks) == 1:
+            out.extend(body[k:j - len(pending)])
+        else:
+            after = _STRINGS.sub("", "\n".join(
+                line for line in body[j - len(pending):] + [tail]
+                if not line.lstrip().startswith("#")))
+            declared = ", ".join(
+                f"{name}={kind!r}" for d, _ in blocks for name, kind in _DECLARED.findall(d)
+                if re.search(rf"\b{name}\b", after))
+            out += hoisted + [f"    with numba.objmode({declared}):"]
+            for _, lines in blocks:
+                out += lines
+        k = j - len(pending)
+    return out
+
+
 # What NumPy's LinAlgError of each primitive means (LAPACK's ``info > 0``)
 LINALG_FAILURES = {"solve": "the matrix is singular",
                    "cholesky": "the matrix is not positive definite",
@@ -909,6 +965,7 @@ def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
         names = {v: _identifier(n) for v, n in namer.names.items()}
         body = _statements(ctx, graph, names, printed)
         results = [_atom(ctx, names, x) for x in graph.outputs]
+        body = merge_objmode(body, " ".join(results))
         written = {k for k, name in dest_of.items()
                    if graph.outputs[k] in wanted and graph.outputs[k] not in ctx.dest}
     finally:
@@ -953,6 +1010,7 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
         aliased = x.ndim > 0 and (not isinstance(x, Var) or x not in producer
                                   or producer[x] in _VIEWS or x in passing)
         results.append(f"np.ascontiguousarray({text}).copy()" if aliased else text)
+    body = merge_objmode(body, " ".join(results))
     body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
     params = [names[v] for v in graph.inputs] + list(ctx.consts) + list(ctx.outs)
     header = [
