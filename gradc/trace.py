@@ -17,6 +17,8 @@ time); otherwise it records an equation in the innermost trace.
 """
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import contextvars
 import itertools
@@ -46,7 +48,8 @@ class Trace:
         self.id = next(_trace_ids)
         self.inputs: list[Var] = []
         self.eqns: list = []
-        self.captures: dict = {}      # id(outer Tracer) -> (outer Tracer, inner Var)
+        # id(outer Tracer) -> (outer Tracer, inner Var, the outer Tracer as captured)
+        self.captures: dict = {}
         self.active = False
         self.concrete = False         # its inputs carry values (concrete tracing)
 
@@ -80,7 +83,7 @@ class Trace:
                     "ended; pass it as an argument instead"))
             key = id(x)
             if key not in self.captures:
-                self.captures[key] = (x, Var(x.ir_var.shape, x.ir_var.dtype))
+                self.captures[key] = (x, Var(x.ir_var.shape, x.ir_var.dtype), copy.copy(x))
             return self.captures[key][1]
         return Lit(np.asarray(x))
 
@@ -88,8 +91,11 @@ class Trace:
         """Close the recording.  Returns the Graph and the captured outer Tracers,
         which are the Graph's trailing inputs."""
         outs = [self.to_atom(o) for o in outputs]
-        captured = [t for t, _ in self.captures.values()]
-        cap_vars = [v for _, v in self.captures.values()]
+        # an outer Tracer written to after its capture (x = y.copy(); x[k] = v, y outer)
+        # stands for a value of this trace now: the graph reads the value it captured
+        captured = [t if t.ir_var is was.ir_var and t.owner is was.owner else was
+                    for t, _, was in self.captures.values()]
+        cap_vars = [v for _, v, _ in self.captures.values()]
         graph = Graph(tuple(self.inputs) + tuple(cap_vars), tuple(self.eqns), tuple(outs))
         return graph, captured
 

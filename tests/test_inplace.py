@@ -185,3 +185,25 @@ def test_a_branch_returning_a_constant_is_not_updated_in_place():
     np.testing.assert_array_equal(C, [10.0, 20.0, 30.0])
     got = gradc.jit(f, target="cpu")(x, -1.0)     # and again, from the compiled code
     np.testing.assert_array_equal(C, [10.0, 20.0, 30.0])
+
+
+def test_a_copy_of_an_outer_value_written_in_an_inner_trace_does_not_leak():
+    """x0.copy() of the enclosing trace's value, written to inside jvp's trace: the
+    capture is the value before the write (it was the rebound Tracer, of the inner
+    trace, which leaked: TracerLeakError when jacfwd's vmap evaluated the cached jvp)."""
+    def g(x0, x1):
+        v0 = x0.copy()
+        v0[[1]] = np.cos(v0[[1]])
+        return v0 * x1
+
+    x0, x1 = np.linspace(-1.0, 1.0, 3), 2.0
+    want = np.array([-1.0, np.cos(0.0), 1.0])
+    np.testing.assert_allclose(gradc.jacfwd(g, argnums=1)(x0, x1), want)
+    jx, j1 = gradc.jacfwd(g, argnums=(0, 1))(x0, x1)
+    np.testing.assert_allclose(j1, want)
+    np.testing.assert_allclose(jx, np.diag([2.0, 0.0, 2.0]), atol=1e-15)
+
+    def outer(x0, a):
+        return gradc.grad(lambda a: np.sum(g(x0, a)))(a)
+    for _ in range(2):
+        assert gradc.jit(outer)(x0, x1) == pytest.approx(np.sum(want))
