@@ -688,11 +688,7 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
     if impl is None or ufunc.nout != 1 or ufunc.nin > 2:
         raise UnsupportedError(with_location(
             f"{name}.at is not supported by gradc ({name} has no derivative rule)"))
-    if ufunc.nin == 2 and b is None:
-        raise ArgumentError(with_location(f"{name}.at: second operand needed for ufunc"))
-    if ufunc.nin == 1 and b is not None:
-        raise ArgumentError(with_location(
-            f"{name}.at: second operand provided when ufunc is unary"))
+    # (a missing or extra second operand: NumPy's ValueError, before it dispatches here)
     spec, arrays, _ = _index_spec(a, indices)
     from .prims.index import _indexed_shape
     try:
