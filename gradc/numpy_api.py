@@ -722,30 +722,77 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
         return None
     if builtins.any(isinstance(k, Tracer) for k in arrays):
         raise UnsupportedError(with_location(
-            f"{name}.at with a traced index array: gradc applies {name} to a repeated "
-            "index once per occurrence, which needs the indices known when tracing; make "
-            "them a NumPy array (a constant of the function, not an argument)"
+            f"{name}.at with a traced index array: gradc combines the updates of a "
+            "repeated index by the positions it reads, which need the indices known when "
+            "tracing; make them a NumPy array (a constant of the function, not an argument)"
             + (", or convert the values to the array's dtype first (v.astype(y.dtype))"
                if ufunc in (np.add, np.subtract) else "")))
-    _at_in_rounds(impl, a, spec, arrays, b)
-    return None
-
-
-def _at_in_rounds(impl, a, spec, arrays, b):
-    """``a[spec] = impl(a[spec], b)`` one occurrence of each position at a time."""
     from .prims.index import numpy_index
     positions = np.arange(a.size, dtype=np.int64).reshape(a.shape)[
         numpy_index(spec, arrays)].reshape(-1)
+    if ufunc in _ASSOCIATIVE and (kind == "f" or loop == a.dtype):
+        _at_by_segments(impl, a, positions, astype(b, loop))
+    else:
+        _at_in_rounds(impl, a, positions, b, name)
+    return None
+
+
+# ufuncs whose repeated updates may be combined first, in any order: op(op(y, v1), v2)
+# is op(y, op(v1, v2)) (for floats, up to rounding; the casts to a float array are
+# monotone, so maximum and minimum are exact)
+_ASSOCIATIVE = (np.maximum, np.minimum, np.fmax, np.fmin, np.multiply)
+MAX_ROUNDS = 64     # repeats of one index that ``_at_in_rounds`` applies one at a time
+
+
+def _segments(positions):
+    """``(order, segment, starts)``: the stable order sorting ``positions``, the segment
+    (run of one position) of each sorted element, and where each segment starts."""
     order = np.argsort(positions, kind="stable")
     ranked = positions[order]
     first = np.r_[True, ranked[1:] != ranked[:-1]]
-    starts = np.maximum.accumulate(np.where(first, np.arange(ranked.size), 0))
+    return order, np.cumsum(first) - 1, np.flatnonzero(first)
+
+
+def _at_by_segments(impl, a, positions, values):
+    """``a[positions] = impl(a[positions], values)`` for an associative, commutative
+    ``impl``: the values sorted by position, each run of one position combined by
+    doubling steps (step j combines each value with the one 2**j after it in its run:
+    log2 of the longest run of gathers, selects and ``impl``s), then one ``impl`` and
+    one ``index_set`` per position."""
+    order, segment, starts = _segments(positions)
+    one = (("a", 0),)
+    combined = ops.gather(ops.reshape(values, (positions.size,)), [order], one)
+    longest = int(np.max(np.diff(np.r_[starts, positions.size])))
+    shift, here = 1, np.arange(positions.size)
+    while shift < longest:
+        partner = np.minimum(here + shift, positions.size - 1)
+        same = (here + shift < positions.size) & (segment[partner] == segment)
+        combined = ops.select(same, impl(combined, ops.gather(combined, [partner], one)),
+                              combined)
+        shift *= 2
+    where = positions[order[starts]]
+    flat = ops.reshape(a, (a.size,))
+    new = impl(ops.gather(flat, [where], one), ops.gather(combined, [starts], one))
+    a.assign(ops.reshape(ops.index_set(flat, astype(new, a.dtype), [where], one), a.shape))
+
+
+def _at_in_rounds(impl, a, positions, b, name):
+    """``a[positions] = impl(a[positions], b)`` one occurrence of each position at a time
+    (round k applies the k-th occurrence of each), in NumPy's order and with its cast
+    to ``a``'s dtype after each."""
+    order, segment, starts = _segments(positions)
     rank = np.empty_like(positions)
-    rank[order] = np.arange(ranked.size) - starts
+    rank[order] = np.arange(positions.size) - starts[segment]
+    rounds = int(rank.max()) + 1
+    if rounds > MAX_ROUNDS:
+        raise UnsupportedError(with_location(
+            f"{name}.at: an index repeats {rounds} times, and gradc applies {name} (here) "
+            f"once per repeat, a gather and a write each (at most {MAX_ROUNDS}); combine "
+            f"each index's values first, then apply {name} once per index"))
     flat = ops.reshape(a, (a.size,))
     values = None if b is None else ops.reshape(b, (positions.size,))
     one = (("a", 0),)
-    for r in range(int(rank.max()) + 1):
+    for r in range(rounds):
         chosen = np.flatnonzero(rank == r)
         where = positions[chosen]
         old = ops.gather(flat, [where], one)

@@ -31,7 +31,7 @@ CASES = {
     "mask": ((5,), np.array([True, False, True, True, False]), (3,)),
 }
 UFUNCS = {"add": np.add, "subtract": np.subtract, "maximum": np.maximum,
-          "minimum": np.minimum, "multiply": np.multiply}
+          "minimum": np.minimum, "multiply": np.multiply, "divide": np.divide}
 
 
 def _inputs(case, dtype=np.float64):
@@ -169,6 +169,26 @@ def test_compiled_cpu(case, name):
     for k in range(2):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(got[k], _fd_grad(lambda *b: _numpy(loss, *b), (y, v), k),
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum", "multiply", "divide"])
+def test_many_repeats(name):
+    """The longest run of one index combined by doubling steps (maximum, minimum,
+    multiply), or one round per repeat (divide)."""
+    ufunc = UFUNCS[name]
+    idx = np.r_[np.zeros(37, np.int64), [3, 1, 3, 2], np.full(20, 2), [1]]
+    v = RNG.uniform(0.9, 1.1, idx.size)
+    y = RNG.uniform(0.5, 2.0, 5)
+    f = _updated(ufunc, idx)
+    np.testing.assert_allclose(gradc.jit(f)(y, v), _numpy(f, y, v), rtol=1e-13)
+    w = _weights(f, (y, v))
+
+    def loss(y, v):
+        return np.sum(w * f(y, v))
+    got = gradc.grad(loss, argnums=(0, 1))(y, v)
+    for k in range(2):
+        np.testing.assert_allclose(got[k], _fd_grad(lambda *a: _numpy(loss, *a), (y, v), k),
                                    rtol=1e-6, atol=1e-7)
 
 
@@ -427,6 +447,18 @@ def test_bad_arguments():
 
     with pytest.raises(UnsupportedError, match="np.gcd.at is not supported"):
         gradc.jit(no_rule)(np.zeros(3, np.int64))
+
+
+def test_too_many_rounds():
+    def f(y, v):
+        z = y.copy()
+        np.divide.at(z, np.zeros(65, np.int64), v)  # the line the error names
+        return z
+
+    with pytest.raises(UnsupportedError) as info:
+        gradc.jit(f)(np.ones(2), np.ones(65))
+    assert "np.divide.at: an index repeats 65 times" in str(info.value)
+    assert "# the line the error names" in str(info.value)
 
 
 def test_unary_ufunc_at():
