@@ -671,10 +671,11 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
     weak here) and casts back to ``a``'s dtype unsafely (float into an integer array
     truncates).  ``np.add``/``np.subtract`` are one ``scatter_add`` (its transpose is
     ``gather``): any index, traced index arrays included, repeats summed first (floats
-    may round differently from NumPy's one-by-one sums).  Every other ufunc, and an
-    integer or boolean array updated with floats (truncated at every step), is applied
-    in rounds: the k-th occurrence of each position in round k, a gather, the ufunc and
-    an ``index_set`` each, in NumPy's order; the positions must be known when tracing."""
+    may round differently from NumPy's one-by-one sums).  The other ufuncs need the
+    positions known when tracing: maximum, minimum and multiply combine each position's
+    updates first (``_at_by_segments``), the rest, and an integer or boolean array
+    updated with another dtype (cast at every step), go one repeat at a time
+    (``_at_in_rounds``), in NumPy's order."""
     if kwargs:
         raise UnsupportedError(with_location(
             f"{name}.at: argument(s) {', '.join(kwargs)} are not supported"))
