@@ -19,8 +19,8 @@ import inspect
 import numpy as np
 
 from . import ops
-from .errors import (ArgumentError, DTypeError, GradcError, ScalarOverflowError, ShapeError,
-                     UnsupportedError, with_location)
+from .errors import (ArgumentError, ConcretizationError, DTypeError, GradcError,
+                     ScalarOverflowError, ShapeError, UnsupportedError, with_location)
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .prims.reduce import axis_index
@@ -101,6 +101,8 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
             return FUNCTIONS[np.cumsum](x, axis=kwargs.get("axis", 0),
                                         dtype=kwargs.get("dtype"))
         return accumulate(ufunc, x, kwargs.get("axis", 0), kwargs.get("dtype"))
+    if method == "at":
+        return ufunc_at(ufunc, name, *inputs, **kwargs)
     raise UnsupportedError(with_location(
         f"{name}.{method} is not supported on traced arrays"))
 
@@ -654,3 +656,147 @@ def setitem(x, key, value):
                 f"shape {tuple(window)}")) from None
     updated = ops.index_set(x, value, arrays, spec)
     x.assign(updated)
+
+
+
+# ---------------------------------------------------------------- ufunc.at
+
+def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
+    """NumPy's unbuffered in place ``ufunc.at(a, indices, b)`` (``np.add.at``): ``a[indices]
+    = ufunc(a[indices], b)`` once per index, so that a repeated index takes each of its
+    updates.  Functionalised as ``x[key] = v`` is: the Tracer ``a`` is rebound to the
+    updated array (writes reach the array it is a view of), and the result is None.
+
+    NumPy computes in the dtype of ``ufunc(a, np.asarray(b))`` (a Python scalar is not
+    weak here) and casts back to ``a``'s dtype unsafely (float into an integer array
+    truncates).  ``np.add``/``np.subtract`` are one ``scatter_add`` (its transpose is
+    ``gather``): any index, traced index arrays included, repeats summed first (floats
+    may round differently from NumPy's one-by-one sums).  The other ufuncs need the
+    positions known when tracing: maximum, minimum and multiply combine each position's
+    updates first (``_at_by_segments``), the rest, and an integer or boolean array
+    updated with another dtype (cast at every step), go one repeat at a time
+    (``_at_in_rounds``), in NumPy's order."""
+    if kwargs:
+        raise UnsupportedError(with_location(
+            f"{name}.at: argument(s) {', '.join(kwargs)} are not supported"))
+    if not isinstance(a, Tracer):
+        raise ConcretizationError(with_location(
+            f"{name}.at(y, indices, v) where y is a NumPy array and the indices or values "
+            "are traced: a NumPy array cannot hold traced values (as with y[i] = x). Make y "
+            "a traced array first: y = gradc.asarray(y) (its values, traced), or start "
+            "from y = np.zeros_like(x, shape=shape) (x any traced value)"))
+    impl = UFUNCS.get(ufunc)
+    if impl is None or ufunc.nout != 1 or ufunc.nin > 2:
+        raise UnsupportedError(with_location(
+            f"{name}.at is not supported by gradc ({name} has no derivative rule)"))
+    # (a missing or extra second operand: NumPy's ValueError, before it dispatches here)
+    spec, arrays, _ = _index_spec(a, indices)
+    from .prims.index import _indexed_shape
+    try:
+        window = tuple(_indexed_shape(a.shape, spec, arrays))
+    except ShapeError as e:
+        raise ShapeError(with_location(f"{name}.at: {e}")) from None
+    if b is not None:
+        b = operand(b)
+        if isinstance(b, (bool, int, float, complex)):
+            b = np.asarray(b)                   # (NumPy's ufunc.at: not weak)
+        if shape_of(b) != window:
+            try:
+                fits_window = np.broadcast_shapes(shape_of(b), window) == window
+            except ValueError:
+                fits_window = False
+            if not fits_window:
+                raise ShapeError(with_location(
+                    f"{name}.at: values of shape {shape_of(b)} do not broadcast to the "
+                    f"indexed shape {window}"))
+            b = ops.broadcast_to(b, window)
+    if 0 in window:
+        return None                             # (nothing indexed)
+    kind = np.dtype(a.dtype).kind
+    loop = np.result_type(a.dtype, dtype_of(b)) if b is not None else a.dtype
+    if ufunc in (np.add, np.subtract) and (kind == "f" or kind in "iu" and loop.kind in "iu"):
+        # (integers wrap: summing in a's dtype is NumPy's sum modulo 2**bits)
+        work = loop if kind == "f" else a.dtype
+        total = ops.scatter_add(astype(b, work), arrays, a.shape, spec)
+        combine = ops.add if ufunc is np.add else ops.sub
+        a.assign(astype(combine(astype(a, work), total), a.dtype))
+        return None
+    if builtins.any(isinstance(k, Tracer) for k in arrays):
+        raise UnsupportedError(with_location(
+            f"{name}.at with a traced index array: gradc combines the updates of a "
+            "repeated index by the positions it reads, which need the indices known when "
+            "tracing; make them a NumPy array (a constant of the function, not an argument)"
+            + (", or convert the values to the array's dtype first (v.astype(y.dtype))"
+               if ufunc in (np.add, np.subtract) else "")))
+    from .prims.index import numpy_index
+    positions = np.arange(a.size, dtype=np.int64).reshape(a.shape)[
+        numpy_index(spec, arrays)].reshape(-1)
+    if ufunc in _ASSOCIATIVE and (kind == "f" or loop == a.dtype):
+        _at_by_segments(impl, a, positions, astype(b, loop))
+    else:
+        _at_in_rounds(impl, a, positions, b, name)
+    return None
+
+
+# ufuncs whose repeated updates may be combined first, in any order: op(op(y, v1), v2)
+# is op(y, op(v1, v2)) (for floats, up to rounding; the casts to a float array are
+# monotone, so maximum and minimum are exact)
+_ASSOCIATIVE = (np.maximum, np.minimum, np.fmax, np.fmin, np.multiply)
+MAX_ROUNDS = 64     # repeats of one index that ``_at_in_rounds`` applies one at a time
+
+
+def _segments(positions):
+    """``(order, segment, starts)``: the stable order sorting ``positions``, the segment
+    (run of one position) of each sorted element, and where each segment starts."""
+    order = np.argsort(positions, kind="stable")
+    ranked = positions[order]
+    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    return order, np.cumsum(first) - 1, np.flatnonzero(first)
+
+
+def _at_by_segments(impl, a, positions, values):
+    """``a[positions] = impl(a[positions], values)`` for an associative, commutative
+    ``impl``: the values sorted by position, each run of one position combined by
+    doubling steps (step j combines each value with the one 2**j after it in its run:
+    log2 of the longest run of gathers, selects and ``impl``s), then one ``impl`` and
+    one ``index_set`` per position."""
+    order, segment, starts = _segments(positions)
+    one = (("a", 0),)
+    combined = ops.gather(ops.reshape(values, (positions.size,)), [order], one)
+    longest = int(np.max(np.diff(np.r_[starts, positions.size])))
+    shift, here = 1, np.arange(positions.size)
+    while shift < longest:
+        partner = np.minimum(here + shift, positions.size - 1)
+        same = (here + shift < positions.size) & (segment[partner] == segment)
+        combined = ops.select(same, impl(combined, ops.gather(combined, [partner], one)),
+                              combined)
+        shift *= 2
+    where = positions[order[starts]]
+    flat = ops.reshape(a, (a.size,))
+    new = impl(ops.gather(flat, [where], one), ops.gather(combined, [starts], one))
+    a.assign(ops.reshape(ops.index_set(flat, astype(new, a.dtype), [where], one), a.shape))
+
+
+def _at_in_rounds(impl, a, positions, b, name):
+    """``a[positions] = impl(a[positions], b)`` one occurrence of each position at a time
+    (round k applies the k-th occurrence of each), in NumPy's order and with its cast
+    to ``a``'s dtype after each."""
+    order, segment, starts = _segments(positions)
+    rank = np.empty_like(positions)
+    rank[order] = np.arange(positions.size) - starts[segment]
+    rounds = int(rank.max()) + 1
+    if rounds > MAX_ROUNDS:
+        raise UnsupportedError(with_location(
+            f"{name}.at: an index repeats {rounds} times, and gradc applies {name} (here) "
+            f"once per repeat, a gather and a write each (at most {MAX_ROUNDS}); combine "
+            f"each index's values first, then apply {name} once per index"))
+    flat = ops.reshape(a, (a.size,))
+    values = None if b is None else ops.reshape(b, (positions.size,))
+    one = (("a", 0),)
+    for r in range(rounds):
+        chosen = np.flatnonzero(rank == r)
+        where = positions[chosen]
+        old = ops.gather(flat, [where], one)
+        new = impl(old) if values is None else impl(old, ops.gather(values, [chosen], one))
+        flat = ops.index_set(flat, astype(new, a.dtype), [where], one)
+    a.assign(ops.reshape(flat, a.shape))
