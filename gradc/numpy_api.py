@@ -631,6 +631,11 @@ def getitem(x, key):
             shape.append(1)
     window, shape = tuple(window), tuple(shape)
     view = ops.reshape(ops.slice_(x, window), shape)
+    keys = key if isinstance(key, tuple) else (key,)
+    if not shape and not builtins.any(k is Ellipsis for k in keys):
+        # an element, which NumPy returns as a scalar: a copy, not a view (of x itself,
+        # x[()] of a 0-d x: another Tracer, which a write to x does not rebind)
+        return Tracer(x.ir_var, x.val, x.owner) if view is x else view
     if isinstance(view, Tracer) and isinstance(x, Tracer):
         # basic indexing makes a view: writes to it reach x, and writes to x reach it
         view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec,

@@ -207,3 +207,29 @@ def test_a_copy_of_an_outer_value_written_in_an_inner_trace_does_not_leak():
         return gradc.grad(lambda a: np.sum(g(x0, a)))(a)
     for _ in range(2):
         assert gradc.jit(outer)(x0, x1) == pytest.approx(np.sum(want))
+
+
+def test_an_element_read_before_a_write_keeps_its_value():
+    """``b = z[0]`` is a scalar in NumPy (a copy): a later ``z[0] = v`` or ``z += 1``
+    leaves it as it was.  ``z[1, ...]`` and ``z[...]`` on a 0-d array stay views, as in
+    NumPy.  (gradc made every basic index a view: b followed the write.)"""
+    def f(x, s):
+        z = x * 1.0
+        b = z[0]
+        z[0] = 5.0 * x[2]
+        c = z[1, ...]
+        z += 1.0
+        w = s.copy()
+        e, v = w[()], w[...]
+        w[...] = 3.0 * s
+        return np.stack([b, c, z[0], z[1], e, v])
+
+    x, s = np.array([1.0, 2.0, 3.0]), np.array(0.5)
+    want = f(x, s)
+    np.testing.assert_array_equal(want, [1.0, 3.0, 16.0, 3.0, 0.5, 1.5])
+    for target in ("numpy", "cpu"):
+        np.testing.assert_array_equal(gradc.jit(f, target=target)(x, s), want)
+    jac = gradc.jacfwd(f, argnums=(0, 1), target="numpy")(x, s)
+    np.testing.assert_array_equal(jac[0], [[1, 0, 0], [0, 1, 0], [0, 0, 5], [0, 1, 0],
+                                           [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(jac[1], [0, 0, 0, 0, 1, 3])
