@@ -8,8 +8,8 @@ from . import methods as _methods  # noqa: F401  (installs Tracer operators and 
 from . import numpy_funcs as _numpy_funcs  # noqa: F401  (registers NumPy functions)
 from . import numpy_linalg as _numpy_linalg  # noqa: F401
 from . import ops  # noqa: F401
-from .api import (asarray, grad, jit, jvp, linearize, make_graph, stop_gradient, value_and_grad,
-                  vjp, vmap)
+from .api import (RetraceWarning, asarray, grad, jit, jvp, linearize, make_graph,
+                  stop_gradient, value_and_grad, vjp, vmap)
 from .codegen import cache  # noqa: F401  (gradc.cache.clear(), gradc.cache.directory())
 from .codegen.compile import GradcWarning
 from .codegen.cuda import get_float32_matmul_precision, set_float32_matmul_precision
@@ -40,6 +40,7 @@ __all__ = [
     "stop_gradient", "asarray",
     "eval_graph", "jacfwd", "jacrev", "jacobian", "jacobian_plan", "hessian", "hvp",
     "show", "to_sympy", "check", "draw", "cache", "GradcWarning", "ConvergenceWarning",
+    "RetraceWarning",
     "set_float32_matmul_precision", "get_float32_matmul_precision",
     "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",

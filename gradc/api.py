@@ -30,7 +30,7 @@ import numpy as np
 from . import ops, pytree
 from .errors import (ArgumentError, GradcError, GuardFailure, NonScalarOutputError,
                      TangentDTypeError, check_function, with_location)
-from .codegen.compile import Executable, check_target, optimise
+from .codegen.compile import Executable, GradcWarning, check_target, optimise
 from .codegen.cuda import NUMBA_ARRAYS, is_device_array
 from .interpret import eval_graph
 from .ir import Graph, dtype_name, is_float, type_str
@@ -41,6 +41,7 @@ from .transformed import Transformed
 
 MAX_SPECIALISATIONS = 32   # paths kept per argument signature
 MAX_SIGNATURES = 256       # argument signatures kept per transformed function
+RETRACE_WARN = 8           # traces of one transformed function before RetraceWarning
 
 
 # ---------------------------------------------------------------- argument handling
@@ -252,17 +253,17 @@ def _users_function(fun):
     return fun
 
 
-def _warn_user(message: str) -> None:
-    """A ``GradcWarning`` attributed to the user's line that called gradc."""
+def _warn_user(message: str, category=GradcWarning) -> None:
+    """A ``GradcWarning`` (or ``category``) attributed to the user's line that called
+    gradc."""
     import warnings
-    from .codegen.compile import GradcWarning
     from .errors import user_frame
     frame = user_frame()
     if frame is None:
-        warnings.warn(GradcWarning(message), stacklevel=2)
+        warnings.warn(category(message), stacklevel=2)
         return
     g = frame.f_globals
-    warnings.warn_explicit(GradcWarning(message), GradcWarning, frame.f_code.co_filename,
+    warnings.warn_explicit(category(message), category, frame.f_code.co_filename,
                            frame.f_lineno, module=g.get("__name__"),
                            registry=g.setdefault("__warningregistry__", {}))
 
@@ -296,6 +297,7 @@ class _Cache:
         except TypeError:
             self.fun = lambda: fun
         self.volatile: set = set()      # (id(holder), name) of reads the trace changes
+        self.traces, self.last_key = 0, None
 
     def run(self, key, build, dynamic, extra=()):
         """Evaluate the first specialisation whose guards hold; build a new one if none.
@@ -335,6 +337,11 @@ class _Cache:
     def _built(self, key, specs, build):
         spec, grew = self.noting_changes(build)
         if spec.cacheable:
+            # (not one made inside another trace, of its tracers: inlined, not compiled)
+            self.traces += 1
+            if self.traces == RETRACE_WARN + 1:
+                _warn_retraces(self.fun(), self.traces, self.last_key, key)
+            self.last_key = key
             specs.append(spec)
             del specs[:-MAX_SPECIALISATIONS]
             if grew:            # (found under the key without what the trace changed)
@@ -355,6 +362,57 @@ class _Cache:
         grew = bool(changed - self.volatile)
         self.volatile |= changed
         return out, grew
+
+
+class RetraceWarning(GradcWarning):
+    """A transformed function traced (and compiled) again and again: each new argument
+    signature (a Python int's value, an array's shape or dtype) or new path through
+    Python control flow on traced values costs a trace and a compile.  Shown once per
+    function, at its ``RETRACE_WARN + 1``-th trace, saying what changed last."""
+
+
+def _warn_retraces(fun, traces, before, after) -> None:
+    _warn_user(f"gradc: {_fun_name(fun) if fun is not None else 'a function'} was traced "
+               f"{traces} times (a trace and a compile each); the last time because "
+               f"{_key_change(before, after)}", RetraceWarning)
+
+
+def _key_change(before, after) -> str:
+    """What differs between two cache keys (``_Args.key`` first), in words, with what to
+    do about it."""
+    def leaves(key):
+        try:
+            treedef, parts = key[0]
+            if all(isinstance(p, tuple) and p[0] in ("static", "static-id", "dyn")
+                   for p in parts):
+                return treedef, parts
+        except (TypeError, ValueError, IndexError):
+            pass
+        return None
+    if before == after:
+        return ("Python control flow on traced values (an if, a while, a mask's count) took "
+                "a path not traced before; gradc.cond, gradc.while_loop or np.where keep "
+                "one program for all paths")
+    old, new = leaves(before) if before is not None else None, leaves(after)
+    if old is None or new is None or old[0] != new[0] or len(old[1]) != len(new[1]):
+        return ("the arguments' structure (pytree, static arguments) or the function's "
+                "closure changed")
+    for k, (a, b) in enumerate(zip(old[1], new[1])):
+        if a == b:
+            continue
+        if a[0] == "static" and b[0] == "static" and a[1] is b[1] is int:
+            return (f"argument leaf {k}, a Python int, changed from {a[2]} to {b[2]}: Python "
+                    "ints are static (a value each); pass np.asarray(n) to trace it, "
+                    "unless it sets a shape or a loop count")
+        if a[0] == "dyn" and b[0] == "dyn":
+            if a[1] != b[1]:
+                return (f"argument leaf {k}'s shape changed from {a[1]} to {b[1]}: shapes "
+                        "are static (a trace each); pad to a few sizes, or batch with "
+                        "gradc.vmap")
+            return (f"argument leaf {k}'s dtype or kind changed ({np.dtype(a[2])} to "
+                    f"{np.dtype(b[2])}{', Python float' if b[3] else ''})")
+        return f"argument leaf {k} changed ({a[0]} to {b[0]})"
+    return "the function's closure or globals changed"
 
 
 def _checks_values(graph: Graph) -> bool:

@@ -653,3 +653,44 @@ def test_decompositions_of_an_empty_stack(f):
     got, want = gradc.jit(f)(z), f(z)
     got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
     assert [np.shape(g) for g in got] == [np.shape(w) for w in want]
+
+
+def test_retrace_warning_says_what_changed_once_per_function():
+    """The ninth trace of one transformed function warns once (``RetraceWarning``, at
+    the user's line) with what changed the last time: a Python int's value, an array's
+    shape, a new path through Python control flow.  Traced ints (np.asarray(n)) and
+    repeated calls do not trace again, so do not warn."""
+    import warnings
+    x = np.linspace(0.1, 1.0, 4)
+
+    def power(x, n):
+        return np.sum(x ** n)
+
+    def signs(x):
+        s = 0.0
+        for v in x:
+            s = s + v if v > 0.5 else s - v
+        return s
+
+    g, h, q = (gradc.grad(power, target="numpy"), gradc.jit(np.sum, target="numpy"),
+               gradc.grad(signs, target="numpy"))
+    traced = gradc.grad(power, target="numpy")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for n in range(12):
+            g(x, n)
+            traced(x, np.asarray(n))
+        for k in range(1, 12):
+            h(np.ones(k))
+        for bits in range(16):              # the 16 paths of 4 comparisons
+            q(np.array([0.9 if bits >> i & 1 else 0.1 for i in range(4)]))
+            q(np.array([0.8 if bits >> i & 1 else 0.2 for i in range(4)]))   # (same path)
+    retraces = [w for w in seen if issubclass(w.category, gradc.RetraceWarning)]
+    assert len(retraces) == 3, [str(w.message) for w in retraces]
+    texts = [str(w.message) for w in retraces]
+    assert "power was traced 9 times" in texts[0] and "changed from 7 to 8" in texts[0]
+    assert "np.asarray(n)" in texts[0]
+    assert "shape changed from (8,) to (9,)" in texts[1]
+    assert "signs was traced 9 times" in texts[2] and "took a path" in texts[2]
+    assert all(w.filename == __file__ for w in retraces)
+    assert issubclass(gradc.RetraceWarning, gradc.GradcWarning)
