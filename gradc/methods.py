@@ -29,6 +29,10 @@ def _inplace(ufunc):
 
     def op(self, other):
         result = impl(self, other)
+        if self.ndim == 0 and not self.array0d and self.view_of is None and not self.views:
+            # a NumPy scalar (an element, a sum, s = 0.0; s += x[i]): immutable, so
+            # ``s += v`` is ``s = s + v`` (its other names keep the old value; no cast)
+            return result
         # NumPy writes the result back under its same_kind rule: float into an integer
         # array, or anything into a bool one, is refused, not truncated
         if not np.can_cast(dtype_of(result), self.dtype, "same_kind"):
@@ -147,7 +151,13 @@ Tracer.dot = _method(npl.dot)
 Tracer.reshape = _reshape
 Tracer.transpose = _transpose
 Tracer.astype = _astype
-Tracer.copy = lambda self, order="C": npf.copy(self)
+def _copy_method(self, order="C"):
+    out = npf.copy(self)
+    out.array0d = self.ndim > 0 or self.array0d   # (a NumPy scalar's copy is a scalar)
+    return out
+
+
+Tracer.copy = _copy_method
 Tracer.flatten = lambda self, order="C": npf.copy(npf.ravel(self, order))
 Tracer.real = property(lambda self: npa.UFUNCS[np.conjugate](self))
 Tracer.imag = property(lambda self: np.zeros(self.shape, self.dtype))

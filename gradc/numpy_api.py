@@ -632,9 +632,12 @@ def getitem(x, key):
     window, shape = tuple(window), tuple(shape)
     view = ops.reshape(ops.slice_(x, window), shape)
     keys = key if isinstance(key, tuple) else (key,)
-    if not shape and not builtins.any(k is Ellipsis for k in keys):
-        # an element, which NumPy returns as a scalar: a copy, not a view (of x itself,
-        # x[()] of a 0-d x: another Tracer, which a write to x does not rebind)
+    if not shape and not builtins.any(k is Ellipsis for k in keys) or builtins.any(
+            isinstance(k, (bool, np.bool_)) or isinstance(k, np.ndarray) and k.ndim == 0
+            and k.dtype == np.dtype(bool) for k in keys):
+        # an element, which NumPy returns as a scalar, or a boolean scalar's selection
+        # (advanced indexing): a copy, not a view (of x itself, x[()] of a 0-d x:
+        # another Tracer, which a write to x does not rebind)
         return Tracer(x.ir_var, x.val, x.owner) if view is x else view
     if isinstance(view, Tracer) and isinstance(x, Tracer):
         # basic indexing makes a view: writes to it reach x, and writes to x reach it

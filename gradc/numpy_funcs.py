@@ -935,7 +935,11 @@ def full_like(x, fill_value, dtype=None, *args, **kwargs):
 @implements(np.copy)
 def copy(x, *args, **kwargs):
     x = operand(x)
-    return Tracer(x.ir_var, x.val, x.owner) if isinstance(x, Tracer) else np.array(x)
+    if not isinstance(x, Tracer):
+        return np.array(x)
+    out = Tracer(x.ir_var, x.val, x.owner)
+    out.array0d = True          # (a copy is an array, even of a 0-d one: see Tracer)
+    return out
 
 
 @implements(np.shape)

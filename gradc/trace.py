@@ -129,7 +129,7 @@ class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
     __slots__ = ("ir_var", "val", "owner", "view_of", "views", "read_only", "weak",
-                 "__weakref__")
+                 "array0d", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
@@ -146,6 +146,11 @@ class Tracer:
         # of such values and Python numbers; it takes an array operand's dtype
         # (numpy_api.result_dtype), as the Python float would
         self.weak = False
+        # a 0-d array made as one (np.copy, np.zeros_like, gradc.asarray), whose in-place
+        # operators write into it; other 0-d values are NumPy's scalars (an element, a
+        # sum, arithmetic of scalars), which ``s += v`` rebinds to a new value, leaving
+        # the other names of the old one as they were (methods._inplace)
+        self.array0d = False
 
     def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
@@ -498,7 +503,9 @@ def full_traced(shape, fill, dtype, like):
     source = _SOURCE[-1] if _SOURCE else errors.user_location()
     trace.eqns.append(make_eqn(broadcast_p, [Lit(np.asarray(fill, dtype))], [var],
                                {"shape": shape, "dims": ()}, source))
-    return Tracer(var, None if like.val is None else np.full(shape, fill, dtype), trace)
+    out = Tracer(var, None if like.val is None else np.full(shape, fill, dtype), trace)
+    out.array0d = True
+    return out
 
 
 def constant_traced(value):
@@ -517,7 +524,9 @@ def constant_traced(value):
     trace.eqns.append(make_eqn(broadcast_p, [Lit(value)], [var],
                                {"shape": value.shape, "dims": tuple(range(value.ndim))},
                                source))
-    return Tracer(var, value if trace.concrete else None, trace)
+    out = Tracer(var, value if trace.concrete else None, trace)
+    out.array0d = True
+    return out
 
 
 def _run_impl(prim, args, params):

@@ -939,3 +939,25 @@ def test_argmin_of_a_scalar_or_a_matrix():
         return np.sum(X * np.arange(4.0).reshape(2, 2))
     A = np.array([[1.0, 0.05], [0.3, -0.2]])        # X[0, 0] held at 0.1, the rest free
     np.testing.assert_allclose(gradc.grad(h)(A), fd(h, A), rtol=1e-6, atol=1e-6)
+
+
+def test_a_zero_d_python_solver_result_compiles():
+    """``implicit_diff`` with a 0-d result on the CPU target: the callback's result is a
+    scalar for its object-mode block (``np.ascontiguousarray`` made it shape (1,), which
+    the block's declared float refused: a fallback to the interpreter, or a TypeError)."""
+    def opt(y, a):
+        return y * y - a
+
+    @gradc.implicit_diff(opt, solve="dense")
+    def sqrt_solver(init, a):
+        return np.sqrt(a)
+
+    def f(a):
+        return np.tanh(sqrt_solver(np.ones(()), a) * 3.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.GradcWarning)
+        value = gradc.jit(f, target="cpu")(np.array(4.0))
+        slope = gradc.grad(f, target="cpu")(np.array(4.0))
+    assert value == pytest.approx(np.tanh(6.0), rel=1e-14)
+    assert slope == pytest.approx(3.0 / (2.0 * 2.0) / np.cosh(6.0) ** 2, rel=1e-10)

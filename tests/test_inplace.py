@@ -233,3 +233,63 @@ def test_an_element_read_before_a_write_keeps_its_value():
     np.testing.assert_array_equal(jac[0], [[1, 0, 0], [0, 1, 0], [0, 0, 5], [0, 1, 0],
                                            [0, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(jac[1], [0, 0, 0, 0, 1, 3])
+
+
+def test_in_place_operators_on_numpy_scalars_rebind():
+    """An element, a sum and arithmetic of 0-d values are NumPy scalars, immutable:
+    ``s *= v`` makes a new value, so a list that recorded ``s`` keeps the old one (gradc
+    updated the shared Tracer: [6, 6, 6] for [1, 2, 6], and the gradient [18, 9, 6] for
+    [9, 4, 2]); no same_kind refusal (an int scalar += 0.5 is a float).  0-d arrays
+    (np.zeros_like, np.copy, a view x[...]) are still written in place, and a NumPy
+    scalar's .copy() is a scalar."""
+    def history(x):
+        s, hist = x[0], []
+        for i in range(1, 3):
+            hist.append(s)
+            s *= x[i]
+        t = np.sum(x)
+        also = [t]
+        t += x[0]
+        b = np.arange(3)[0]
+        b += 0.5
+        return np.stack(hist + [s] + also + [t, b * x[0]])
+
+    def arrays(x):
+        t = np.zeros_like(x, shape=())
+        a = t
+        a += x[0]
+        c = np.copy(x[1])
+        d = c
+        d *= 3.0
+        u = x[2].copy()
+        v = u
+        v *= 5.0
+        w = x.copy()
+        e = w[0, ...]
+        e += 1.0
+        return np.stack([t, a, c, d, u, v, w[0]])
+
+    x = np.array([1.0, 2.0, 3.0])
+    for f, want in ((history, [1, 2, 6, 6, 7, 0.5]), (arrays, [1, 1, 6, 6, 3, 15, 2])):
+        np.testing.assert_array_equal(f(x), want)
+        for target in ("numpy", "cpu"):
+            np.testing.assert_array_equal(gradc.jit(f, target=target)(x), want)
+    g = gradc.grad(lambda x: np.sum(history(x)[:3]), target="numpy")(x)
+    np.testing.assert_array_equal(g, [9, 4, 2])
+
+
+def test_a_boolean_scalar_index_is_a_copy():
+    """``z[True]`` is advanced indexing in NumPy (a copy, shape (1, 3)): a write to it
+    does not reach z (gradc made it a view, x[None])."""
+    def f(x):
+        z = x.copy()
+        b = z[True]
+        b += 1.0
+        c = z[True, 0]
+        c *= 3.0
+        return np.concatenate([z, b[0], c])
+
+    x = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(f(x), [1, 2, 3, 2, 3, 4, 3])
+    for target in ("numpy", "cpu"):
+        np.testing.assert_array_equal(gradc.jit(f, target=target)(x), f(x))

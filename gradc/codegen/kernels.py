@@ -205,8 +205,8 @@ transposed = _transposed_py if numba.config.DISABLE_JIT else njit(_transposed)
 
 
 def copy_into(dst, src):
-    """``dst[...] = src`` for two arrays of one shape that do not partly overlap (a
-    fresh buffer and a value, a tape's step and the carry it records)."""
+    """``dst[...] = src`` for two arrays of one shape (checked) that do not partly
+    overlap (a fresh buffer and a value, a tape's step and the carry it records)."""
     dst[...] = src
 
 
@@ -223,7 +223,9 @@ def _copy_into(dst, src):
     n = dst.ndim
     if n not in _COPY_LOOPS:
         at = ", ".join(f"i{k}" for k in range(n)) or "()"
-        lines = ["def impl(dst, src):"]
+        lines = ["def impl(dst, src):",
+                 "    if dst.shape != src.shape:",
+                 "        raise ValueError('copy_into: the shapes differ')"]
         lines += ["    " * (k + 1) + f"for i{k} in range(src.shape[{k}]):" for k in range(n)]
         lines.append("    " * (n + 1) + f"dst[{at}] = src[{at}]")
         scope: dict = {}
@@ -1033,7 +1035,10 @@ def register_callback(callback) -> str:
 
 
 def run_callback(key, *args):
-    return np.ascontiguousarray(_CALLBACKS[key](*args))
+    # (a 0-d result as a scalar: np.ascontiguousarray makes it shape (1,), which the
+    # object-mode block's declared float refuses)
+    result = np.asarray(_CALLBACKS[key](*args))
+    return np.ascontiguousarray(result) if result.ndim else result[()]
 
 
 def warn_unconverged(what, where, residual):
