@@ -2,6 +2,7 @@
 
     python benchmarks/compile_time.py --loop tanh --steps 100 300
     python benchmarks/compile_time.py --loop roll --steps 25
+    python benchmarks/compile_time.py --loop W4      # a workload's gradient, cold
 
 Each run times ``.source()`` (tracing, passes, code generation) and the first call (all
 Numba; wall-clock, and the process's CPU time, which a busy machine inflates less) of
@@ -22,7 +23,34 @@ import time
 import numpy as np
 
 
+def workload(kind: str):
+    """W3, W4, W5 of shared/BENCHMARKS.md at their sizes (as benchmarks/cpu.py)."""
+    import gradc
+    rng = np.random.default_rng(0)
+    if kind == "W3":
+        def mlp(W1, W2, X, onehot):
+            z = np.tanh(X @ W1) @ W2
+            return np.mean(gradc.logsumexp(z, axis=1) - np.sum(z * onehot, axis=1))
+        return mlp, (rng.standard_normal((784, 256)) / 28, rng.standard_normal((256, 10)) / 16,
+                     rng.standard_normal((512, 784)), np.eye(10)[rng.integers(0, 10, 512)])
+    if kind == "W4":
+        def crf(U, A):
+            def step(alpha, u):
+                return gradc.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
+            xs = np.transpose(U, (1, 0, 2))
+            alpha, _ = gradc.scan(step, xs[0], xs[1:])
+            return np.sum(gradc.logsumexp(alpha, axis=1))
+        return crf, (rng.standard_normal((32, 64, 32)), 0.5 * rng.standard_normal((32, 32)))
+
+    def conv(img, K):
+        return np.sum(np.tanh(gradc.conv2d(img, K, padding="same")))
+    return conv, (rng.standard_normal((8, 16, 32, 32)),
+                  rng.standard_normal((32, 16, 3, 3)) / 12)
+
+
 def loop(kind: str, steps: int):
+    if kind in ("W3", "W4", "W5"):
+        return workload(kind)
     if kind == "tanh":               # (tests/test_fuse.py: _tanh_chain)
         def f(x, w):
             h = x
@@ -56,7 +84,8 @@ def one(kind: str, steps: int) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--loop", choices=("tanh", "roll"), default="tanh")
+    ap.add_argument("--loop", choices=("tanh", "roll", "W3", "W4", "W5"), default="tanh",
+                    help="an unrolled loop, or a workload (W3-W5: --steps is ignored)")
     ap.add_argument("--steps", type=int, nargs="+", default=[100])
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
