@@ -431,3 +431,59 @@ def test_the_forms_of_kernels_conv2d_general(dtype):
         assert got.dtype == dtype
         tol = 1e-12 if dtype == np.float64 else 1e-5
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------ bias and padding modes (PyTorch's)
+
+_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@pytest.mark.parametrize("mode", ["zeros", *_MODES])
+def test_bias_and_padding_modes_against_the_definition(mode):
+    """``padding_mode`` pads the image as ``np.pad``'s reflect / edge / wrap (PyTorch's
+    reflect / replicate / circular) before a convolution without padding, cropping
+    kept; ``bias`` adds one value per output channel.  Values (interpreter and CPU),
+    gradients in the image, kernel and bias against central differences."""
+    rng = np.random.default_rng(11)
+    image, kernel = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2))
+    bias = rng.standard_normal(6)
+    padding, stride, dilation = ((2, -1), (1, 1)), (2, 1), (1, 2)
+
+    def f(i, k, b):
+        return gradc.conv2d(i, k, padding, stride=stride, dilation=dilation, groups=2,
+                            bias=b, padding_mode=mode)
+
+    def ref(i, k, b):
+        grown = np.pad(i, ((0, 0), (0, 0), (2, 0), (1, 1)),
+                       mode=_MODES.get(mode, "constant"))
+        out = conv_ref_definition(grown, k, ((0, -1), (0, 0)), stride, dilation, 2)
+        return out + b[None, :, None, None]
+
+    want = ref(image, kernel, bias)
+    target = "cpu" if mode == "reflect" else "numpy"    # (one mode compiled: CI's time)
+    np.testing.assert_allclose(gradc.jit(f, target=target)(image, kernel, bias), want,
+                               rtol=1e-12, atol=1e-12)
+    weights = rng.standard_normal(want.shape)
+
+    def loss(i, k, b):
+        return np.sum(np.tanh(f(i, k, b)) * weights)
+
+    grads = gradc.grad(loss, argnums=(0, 1, 2), target=target)(image, kernel, bias)
+    args = [image, kernel, bias]
+    for j, g in enumerate(grads):
+        def partial(v, j=j):
+            a = list(args)
+            a[j] = v
+            return np.sum(np.tanh(ref(*a)) * weights)
+        np.testing.assert_allclose(g, _central_differences(partial, args[j]),
+                                   rtol=1e-6, atol=1e-8)
+
+
+def test_bias_and_padding_mode_errors():
+    image, kernel = np.ones((1, 2, 4, 4)), np.ones((3, 2, 3, 3))
+    with pytest.raises(gradc.ShapeError, match=r"bias must have shape \(3,\)"):
+        gradc.conv2d(image, kernel, 1, bias=np.ones(2))
+    with pytest.raises(gradc.ArgumentError, match="padding_mode must be one of"):
+        gradc.conv2d(image, kernel, 1, padding_mode="mirror")
+    with pytest.raises(gradc.ArgumentError, match="reflection pads fewer rows"):
+        gradc.conv2d(image, kernel, 4, padding_mode="reflect")

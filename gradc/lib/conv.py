@@ -8,7 +8,8 @@ from ..numpy_api import operand, promote
 from ..trace import shape_of
 
 
-def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
+def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1, bias=None,
+           padding_mode="zeros"):
     """Cross-correlation ``O[n,o,y,x] = Σ_{c,u,v} Î[n,c,y+u,x+v] K[o,c,u,v]``.
 
     ``image`` has layout (N, C, H, W), ``kernel`` (O, C, KH, KW).  ``padding`` is
@@ -32,6 +33,12 @@ def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
     + 1`` rows (columns alike).  ``"same"`` pads dh·(KH-1) rows in all (the odd one at
     the bottom) and, as in PyTorch, is refused with a stride other than 1.
     Differentiable in both arguments (a bilinear primitive).
+
+    Also PyTorch's (``torch.nn.Conv2d``): ``bias`` (shape (O,), added to each output
+    channel) and ``padding_mode``: ``"zeros"``, or the padded rows and columns copied
+    from the image, ``"reflect"`` (mirrored without the edge, ``np.pad``'s
+    ``"reflect"``), ``"replicate"`` (the edge repeated, ``"edge"``) or ``"circular"``
+    (wrapped around, ``"wrap"``); these pad with ``np.pad`` and convolve without padding.
     """
     sh, sw = _pair(stride, "stride")
     dh, dw = _pair(dilation, "dilation")
@@ -67,8 +74,37 @@ def conv2d(image, kernel, padding="valid", *, stride=1, dilation=1, groups=1):
         raise ArgumentError(with_location(
             f"conv2d: padding must be 'same', 'valid', an int >= 0, (rows, columns) >= 0 or "
             f"((top, bottom), (left, right)) (negative: cropped); got {padding!r}"))
-    return ops.conv2d(image, kernel, pads, stride=(sh, sw), dilation=(dh, dw),
-                      groups=int(groups))
+    mode = _PADDING_MODES.get(padding_mode) if isinstance(padding_mode, str) else None
+    if mode is None:
+        raise ArgumentError(with_location(
+            f"conv2d: padding_mode must be one of {', '.join(map(repr, _PADDING_MODES))}; "
+            f"got {padding_mode!r}"))
+    if mode != "constant" and any(p > 0 for side in pads for p in side):
+        import numpy as np
+        grown = tuple((max(a, 0), max(b, 0)) for a, b in pads)
+        h, w = shape_of(image)[2], shape_of(image)[3]
+        if mode == "reflect" and any(p >= n for (a, b), n in zip(grown, (h, w))
+                                     for p in (a, b)):
+            raise ArgumentError(with_location(
+                f"conv2d: padding_mode='reflect' pads {grown} but the image is {h}x{w}: a "
+                f"reflection pads fewer rows (columns) than the image has (as in PyTorch)"))
+        image = np.pad(image, ((0, 0), (0, 0)) + grown, mode=mode)
+        pads = tuple((min(a, 0), min(b, 0)) for a, b in pads)   # (cropping stays)
+    out = ops.conv2d(image, kernel, pads, stride=(sh, sw), dilation=(dh, dw),
+                     groups=int(groups))
+    if bias is None:
+        return out
+    bias = operand(bias)
+    if tuple(shape_of(bias)) != (shape_of(kernel)[0],):
+        raise ShapeError(with_location(
+            f"conv2d: bias must have shape ({shape_of(kernel)[0]},), one value per output "
+            f"channel; got {tuple(shape_of(bias))}"))
+    return out + ops.reshape(bias, (1, shape_of(kernel)[0], 1, 1))
+
+
+# PyTorch's padding modes and np.pad's names for them
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                  "circular": "wrap"}
 
 
 def _pair(value, name) -> tuple:
