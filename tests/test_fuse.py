@@ -359,3 +359,30 @@ def test_a_root_joins_the_group_it_reads_at_its_own_index_only():
     for fun in (f, g):
         for a, b in zip(gradc.jit(fun, target="cpu")(x), fun(x)):
             np.testing.assert_allclose(a, b, rtol=1e-14)
+
+
+def test_views_of_earlier_values_do_not_split_merged_nests():
+    """A view between two nests' calls (``f = c[0]``) that does not read the first
+    nest's results is written before it, so the nests around it share a helper: the
+    10-step roll chain's gradient, 7 helpers before, 5 after; every view left between
+    two helper calls reads the first one's results."""
+    import re
+    x, w = np.linspace(-1.0, 1.0, 16), np.array([0.9, 1.1, 0.7])
+    fun = gradc.grad(_roll_chain(10), argnums=(0, 1))
+    source = gradc.jit(fun).source(x, w)
+    main = [line.strip() for line in source[source.rindex("\ndef "):].splitlines()[1:]
+            if line.strip() and not line.strip().startswith("#")]
+    made, between = set(), []
+    for line in main:
+        call = re.match(r"(.*) = _h\d+\(", line)
+        if call:
+            for view in between:
+                assert re.search(r"= (\w+)", view).group(1) in made, (view, main)
+            made = {n.strip() for n in call.group(1).split(",") if n.strip()}
+            between = []
+        elif re.match(r"\w+ = \w+\[", line):
+            between.append(line)
+    assert len(_helpers(source)) <= 5
+    for a, b in zip(gradc.jit(fun)(x, w), gradc.grad(_roll_chain(10), argnums=(0, 1),
+                                                     target="numpy")(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)

@@ -776,6 +776,9 @@ HANDLERS = {
 
 
 _VIEWS = {"slice", "transpose", "reshape", "broadcast_in_dim", "stop_gradient", "barrier"}
+# views that may run before the loop nests just above them (which do not make their
+# operand), so that those nests and the ones after the view share one helper
+_HOISTED = _VIEWS - {"barrier"}
 
 
 def lowerable() -> set:
@@ -803,6 +806,10 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
         body.extend("    " + c for c in (lower_nests(ctx, nests) if nests else ()))
         nests.clear()
 
+    def pending_reads(eqn) -> bool:
+        made = {r for n in nests for r in n.results}
+        return any(isinstance(x, Var) and names[x] in made for x in eqn.inputs)
+
     for k, (eqn, text) in enumerate(zip(graph.eqns, printed)):
         if not ctx.inner:
             ctx.at = k
@@ -814,7 +821,9 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             inner[eqn] = [line]
             nest = fused_nest(ctx, eqn, names, inner, ctx.parallel and not ctx.inner,
                               ctx.fastmath)
-        if nest is None or not mergeable(nests, nest):
+        if nest is None and nests and prim in _HOISTED and not pending_reads(eqn):
+            pass        # (a view of a value made before the nests: written before them)
+        elif nest is None or not mergeable(nests, nest):
             place_nests()
         if prim not in TEMPLATES and prim not in HANDLERS and prim != "fused":
             where = f"\n  at {eqn.source}" if eqn.source else ""
