@@ -94,6 +94,10 @@ class _Args:
         # enclosing trace (``jit(grad(f))(x, 3.0)``)
         self.weak = [p or isinstance(x, Tracer) and x.weak
                      for x, p in zip(self.dynamic, self.pyfloat)]
+        # 0-d arrays (not NumPy scalars nor Python numbers): written in place by y += v
+        # (``Tracer.array0d``), so the function's other names of the array see it
+        self.array0d = [isinstance(x, Tracer) and x.array0d or isinstance(x, np.ndarray)
+                        and x.ndim == 0 for x, s in zip(self.leaves, self.static) if not s]
         # which argument each leaf came from (``owner``: each dynamic leaf)
         self.leaf_owner = []
         for i, arg in enumerate(args):
@@ -139,7 +143,9 @@ class _Args:
                 # otherwise than an np.float64, which is a float too)
                 parts.append(("dyn", tuple(np.shape(x)), _leaf_dtype(x).str,
                               isinstance(x, float) and not isinstance(x, np.generic),
-                              isinstance(x, Tracer) and x.weak))
+                              isinstance(x, Tracer) and x.weak,
+                              isinstance(x, np.ndarray) and x.ndim == 0
+                              or isinstance(x, Tracer) and x.array0d))
         return (self.treedef, tuple(parts))
 
     def rebuild(self, dynamic):
@@ -174,8 +180,9 @@ def _trace(fun, args: _Args, kwargs, has_aux=False):
     box = {}
 
     def flat_fun(*dynamic):
-        for t, weak in zip(dynamic, args.weak):
+        for t, weak, array0d in zip(dynamic, args.weak, args.array0d):
             t.weak = weak           # (a Python float takes an array operand's dtype)
+            t.array0d = array0d
         before = [t.ir_var for t in dynamic]
         randomness = _random_states(fun)
         try:

@@ -29,19 +29,14 @@ def _inplace(ufunc):
 
     def op(self, other):
         result = impl(self, other)
-        if self.ndim == 0 and not self.array0d and self.view_of is None and not self.views:
+        if self.numpy_scalar():
             # a NumPy scalar (an element, a sum, s = 0.0; s += x[i]): immutable, so
             # ``s += v`` is ``s = s + v`` (its other names keep the old value; no cast)
             return result
-        # NumPy writes the result back under its same_kind rule: float into an integer
-        # array, or anything into a bool one, is refused, not truncated
-        if not np.can_cast(dtype_of(result), self.dtype, "same_kind"):
-            raise DTypeError(with_location(
-                f"{npa._ufunc_name(ufunc)} in place: cannot cast the result from "
-                f"{dtype_of(result)} to the array's {self.dtype} (NumPy refuses it under "
-                "its same_kind casting rule); make a new array (y = y + v), or convert "
-                "on purpose (y = (y + v).astype(y.dtype))"))
-        self.assign(npa.astype(result, self.dtype))
+        # NumPy writes the result back under its same_kind rule (float into an integer
+        # array, or anything into a bool one, is refused, not truncated), and does not
+        # grow the array: y += v with v of a bigger broadcast shape is refused
+        npa.write_result(self, result, npa._ufunc_name(ufunc), "in place")
         return self
     return op
 

@@ -24,7 +24,7 @@ from .errors import (ArgumentError, ConcretizationError, DTypeError, GradcError,
 from .ir import dtype_name, is_float
 from .prims.index import normalise_slice
 from .prims.reduce import axis_index
-from .trace import Tracer, dtype_of, shape_of
+from .trace import Tracer, dtype_of, shape_of, strides_of
 
 UFUNCS: dict = {}
 FUNCTIONS: dict = {}
@@ -70,11 +70,17 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
                 f"{name}(..., out=a NumPy array) with a traced operand, as z += x does where z "
                 "is a NumPy array: a NumPy array cannot hold traced values; write z = z + x, "
                 "or make z a traced array (z = np.zeros_like(x, shape=shape))"))
-        if out is not None:
+        if isinstance(out, tuple):
+            if len(out) != ufunc.nout:
+                raise ArgumentError(with_location(
+                    f"{name}: out= must hold {ufunc.nout} array(s), got {len(out)}"))
+            out = out[0] if ufunc.nout == 1 else out
+        if out is not None and not isinstance(out, Tracer):
             raise UnsupportedError(with_location(
-                f"{name}(..., out=...) on a traced array: gradc traces pure functions; "
-                "write the result to a new variable instead"))
-        extra = {k: v for k, v in kwargs.items() if k not in ("dtype", "casting")}
+                f"{name}(..., out=...) with {len(out)} outputs on a traced array: write "
+                "the results to new variables instead" if isinstance(out, tuple) else
+                f"{name}(..., out={type(out).__name__}): out must be an array"))
+        extra = {k: v for k, v in kwargs.items() if k not in ("dtype", "casting", "out")}
         if extra:
             raise UnsupportedError(with_location(
                 f"{name}: argument(s) {', '.join(extra)} are not supported on traced arrays"))
@@ -86,6 +92,16 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
         result = impl(*inputs)
         if kwargs.get("dtype") is not None:
             result = astype(result, kwargs["dtype"])
+        if out is not None:
+            # np.add(a, b, out=y): y is written in place, as y += b is (functionalised:
+            # the Tracer y is rebound, writes reach what it is a view of)
+            if out.numpy_scalar():
+                raise ArgumentError(with_location(
+                    f"{name}(..., out=s): s is a NumPy scalar (an element, a sum, ...), "
+                    "not an array (NumPy: return arrays must be of ArrayType); write "
+                    f"s = {name}(...)"))
+            write_result(out, result, name, "out=", broadcast=True)
+            return out
         return result
     reducers = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min",
                 np.logical_and: "all", np.logical_or: "any"}
@@ -105,6 +121,33 @@ def dispatch_ufunc(ufunc, method, inputs, kwargs):
         return ufunc_at(ufunc, name, *inputs, **kwargs)
     raise UnsupportedError(with_location(
         f"{name}.{method} is not supported on traced arrays"))
+
+
+def write_result(target, result, name, how, broadcast=False):
+    """Write ``result`` into the Tracer ``target`` in place (``y += v``, ``np.add(a, b,
+    out=y)``): as NumPy's, refused when its dtype does not cast to y's under the
+    same_kind rule or its shape is not y's (``broadcast``: broadcasts to y's, as an
+    ``out=`` operand takes part in broadcasting)."""
+    if not np.can_cast(dtype_of(result), target.dtype, "same_kind"):
+        raise DTypeError(with_location(
+            f"{name} {how}: cannot cast the result from {dtype_of(result)} to the array's "
+            f"{target.dtype} (NumPy refuses it under its same_kind casting rule); make a "
+            "new array (y = y + v), or convert on purpose (y = (y + v).astype(y.dtype))"))
+    shape = tuple(shape_of(result))
+    if shape != tuple(target.shape):
+        fits = False
+        if broadcast:
+            try:
+                fits = np.broadcast_shapes(shape, target.shape) == tuple(target.shape)
+            except ValueError:
+                pass
+        if not fits:
+            raise ShapeError(with_location(
+                f"{name} {how}: non-broadcastable output operand: the array has shape "
+                f"{tuple(target.shape)}, the result {shape} (NumPy refuses to grow an array "
+                "in place); write y = y + v for a new array of the broadcast shape"))
+        result = ops.broadcast_to(result, tuple(target.shape))
+    target.assign(astype(result, target.dtype))
 
 
 def dispatch_function(func, args, kwargs):
@@ -618,6 +661,14 @@ def _mask_indices(mask):
 
 def getitem(x, key):
     spec, arrays, basic = _index_spec(x, key)
+    if isinstance(x, Tracer) and x.numpy_scalar():
+        # a NumPy scalar's s[()] is itself (immutable), s[...] a new 0-d array, s[None]
+        # a new 1-d one: copies, which writes do not carry back to s
+        out = ops.reshape(x, tuple(1 for e in spec if e[0] == "n"))
+        out = Tracer(out.ir_var, out.val, out.owner) if out is x else out
+        out.array0d = builtins.any(k is Ellipsis or k is None for k in (
+            key if isinstance(key, tuple) else (key,)))
+        return out
     if not basic:
         return ops.gather(x, arrays, spec)
     window, shape = [], []
@@ -643,11 +694,27 @@ def getitem(x, key):
         # basic indexing makes a view: writes to it reach x, and writes to x reach it
         view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec,
                         lambda b: ops.reshape(ops.slice_(b, window), shape))
+        if view is not x:
+            strides, dim = strides_of(x), 0
+            layout = []
+            for entry in spec:
+                if entry[0] == "s":
+                    layout.append(strides[dim] * entry[3])
+                elif entry[0] == "n":
+                    layout.append(0)
+                dim += entry[0] != "n"
+            view.layout = tuple(layout)
     return view
 
 
 def setitem(x, key, value):
     """``x[key] = value`` on a Tracer: rebinds the Tracer to the updated array."""
+    if isinstance(x, Tracer) and x.numpy_scalar():
+        raise ArgumentError(with_location(
+            f"'numpy.{x.dtype}' object does not support item assignment: the value is a "
+            "NumPy scalar (an element x[i, j], a sum, arithmetic of 0-d values), not an "
+            "array, as in NumPy; rebind it (s = v), or make a 0-d array to write into "
+            "(s = np.array(s) ... in traced code: s = np.copy(s))"))
     spec, arrays, _ = _index_spec(x, key)
     if isinstance(value, Tracer) and value.view_of is not None and value.view_of[0] is x \
             and value.view_of[2] == spec and not arrays:
@@ -693,6 +760,11 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
             "are traced: a NumPy array cannot hold traced values (as with y[i] = x). Make y "
             "a traced array first: y = gradc.asarray(y) (its values, traced), or start "
             "from y = np.zeros_like(x, shape=shape) (x any traced value)"))
+    if a.numpy_scalar():
+        raise ArgumentError(with_location(
+            f"{name}.at(s, ...): s is a NumPy scalar (an element, a sum, ...), not an "
+            "array (NumPy: first operand must be array); write s = s + v, or make a 0-d "
+            "array first (s = np.copy(s))"))
     impl = UFUNCS.get(ufunc)
     if impl is None or ufunc.nout != 1 or ufunc.nin > 2:
         raise UnsupportedError(with_location(

@@ -16,7 +16,8 @@ from .errors import (ArgumentError, DTypeError, InvalidValueError, ShapeError, U
 from .numpy_api import (_axis, astype, broadcast, elementwise, fits, implements, operand, promote,
                         stack)
 from .prims.reduce import _normalise_axes
-from .trace import Tracer, dtype_of, full_traced, shape_of
+from .trace import (Tracer, c_contiguous, dtype_of, full_traced, reshape_strides, shape_of,
+                    strides_of)
 
 
 
@@ -320,15 +321,26 @@ def allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=False):
 
 # ---------------------------------------------------------------- shapes
 
-def _reshape_view(x, shape):
+def _reshape_view(x, shape, view=True):
     """reshape, ravel, squeeze, expand_dims return views in NumPy: writes reach x (and
-    writes to x reach them)."""
+    writes to x reach them), where x's strides allow one (else a copy, as NumPy's;
+    ``view=False``: a copy)."""
     x = operand(x)
     y = ops.reshape(x, shape)
     if isinstance(x, Tracer) and isinstance(y, Tracer):
         out = tuple(shape_of(y))
-        y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)), None,
-                     lambda b: ops.reshape(b, out))
+        # (a NumPy scalar's s.ravel(), s.reshape(1), np.expand_dims(s, 0): new arrays)
+        view = view and not x.numpy_scalar()
+        layout = reshape_strides(shape_of(x), strides_of(x), out) if view else None
+        if layout is None:
+            # NumPy copies where the strides do not allow a view (x.T.reshape(-1))
+            copied = Tracer(y.ir_var, y.val, y.owner)
+            copied.array0d = True
+            return copied
+        if y is not x:
+            y.as_view_of(x, lambda v: ops.reshape(v, shape_of(x)), None,
+                         lambda b: ops.reshape(b, out))
+            y.layout = layout
     return y
 
 
@@ -340,6 +352,9 @@ def _transpose_view(x, perm):
     if isinstance(x, Tracer) and isinstance(y, Tracer):
         y.as_view_of(x, lambda v: ops.transpose(v, tuple(np.argsort(perm))), None,
                      lambda b: ops.transpose(b, perm))
+        if y is not x:
+            strides = strides_of(x)
+            y.layout = tuple(strides[p] for p in perm)
     return y
 
 
@@ -368,7 +383,12 @@ def reshape(x, *args, **kwargs):
 
 @implements(np.ravel)
 def ravel(x, order="C"):
-    return reshape(x, (-1,), order=order)
+    """A view of a C-contiguous x, else a copy (NumPy's rule: x[::2].ravel() is a copy
+    although x[::2].reshape(-1) is a view)."""
+    if order != "C":
+        raise UnsupportedError(with_location("ravel with order other than 'C'"))
+    size = int(np.prod(shape_of(x), dtype=np.int64))
+    return _reshape_view(x, (size,), view=c_contiguous(shape_of(x), strides_of(x)))
 
 
 @implements(np.transpose)
@@ -444,9 +464,17 @@ def broadcast_to_view(x, shape, subok=False):
     """``np.broadcast_to``: a read-only view of x, as NumPy's (writes to it are refused,
     writes to x reach it).  gradc's own code broadcasts with ``broadcast_to``."""
     y = broadcast_to(x, shape)
-    if isinstance(x, Tracer) and isinstance(y, Tracer):
+    if isinstance(x, Tracer) and isinstance(y, Tracer) and x.numpy_scalar():
+        # (a NumPy scalar's: a view of a new array, which s += v, a rebinding, leaves)
+        y = Tracer(y.ir_var, y.val, y.owner) if y is x else y
+        y.read_only = ("np.broadcast_to", "which NumPy makes read-only")
+        y.array0d = True
+    elif isinstance(x, Tracer) and isinstance(y, Tracer):
         out = tuple(shape_of(y))
         y = y.read_only_view_of(x, "np.broadcast_to", lambda b: broadcast_to(b, out))
+        strides, lead = strides_of(x), len(out) - len(shape_of(x))
+        y.layout = (0,) * lead + tuple(0 if d == 1 and o != 1 else s for d, o, s in
+                                       zip(shape_of(x), out[lead:], strides))
     return y
 
 
@@ -855,13 +883,36 @@ def median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
     return _quantile(a, 0.5, axis, "median", keepdims, "median")
 
 
-@implements(np.diagonal)
-def diagonal(x, offset=0, axis1=0, axis2=1):
-    x = moveaxis(operand(x), (axis1, axis2), (-2, -1))
+def _diagonal_values(x, offset, axis1, axis2):
+    n = _ndim(x)
+    if n < 2:
+        raise ShapeError(with_location("diag requires an array of at least two dimensions"))
+    a, b = _axis(axis1, n), _axis(axis2, n)
+    if a == b:
+        raise ShapeError(with_location("axis1 and axis2 cannot be the same"))
+    perm = tuple(i for i in range(n) if i not in (a, b)) + (a, b)
+    x = ops.transpose(operand(x), perm)
     n, m = shape_of(x)[-2:]
     rows = np.arange(builtins.max(0, -offset), builtins.min(n, m - offset))
-    from .numpy_api import getitem
-    return getitem(x, (Ellipsis, rows, rows + offset))
+    if isinstance(x, Tracer):
+        from .numpy_api import getitem
+        return getitem(x, (Ellipsis, rows, rows + offset))      # (a gather: no view)
+    return np.diagonal(x, offset, -2, -1)
+
+
+@implements(np.diagonal)
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    """A read-only view of x, as NumPy's (since 1.9): writes to it are refused, writes to
+    x reach it."""
+    y = _diagonal_values(x, offset, axis1, axis2)
+    if isinstance(x, Tracer) and isinstance(y, Tracer):
+        y = y.read_only_view_of(x, "x.diagonal",
+                                lambda b: _diagonal_values(b, offset, axis1, axis2))
+        strides = strides_of(x)
+        a, b = _axis(axis1, _ndim(x)), _axis(axis2, _ndim(x))
+        y.layout = tuple(s for i, s in enumerate(strides) if i not in (a, b)) + (
+            strides[a] + strides[b],)
+    return y
 
 
 @implements(np.diag)

@@ -129,7 +129,7 @@ class Tracer:
     """Stands in for an array during tracing; reaches gradc through NumPy's protocols."""
 
     __slots__ = ("ir_var", "val", "owner", "view_of", "views", "read_only", "weak",
-                 "array0d", "__weakref__")
+                 "array0d", "layout", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, var: Var, val, trace: Trace):
@@ -151,6 +151,18 @@ class Tracer:
         # sum, arithmetic of scalars), which ``s += v`` rebinds to a new value, leaving
         # the other names of the old one as they were (methods._inplace)
         self.array0d = False
+        # a view's strides (in elements) in the buffer of the array it views, as NumPy's
+        # (a negative step, a transpose, a broadcast's 0): whether a reshape or ravel of
+        # it can be a view too, or NumPy copies (``reshape_strides``); None: C order
+        self.layout = None
+
+    def numpy_scalar(self) -> bool:
+        """Whether this stands for a NumPy scalar (``np.float64``: an element, a sum,
+        arithmetic of 0-d values), which is immutable: ``s += v`` rebinds, ``s[...] = v``
+        is refused, ``s[...]`` is a new 0-d array.  Not a 0-d array (``array0d``, a 0-d
+        argument, a view)."""
+        return (len(self.ir_var.shape) == 0 and not self.array0d and self.view_of is None
+                and not self.views)
 
     def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
@@ -359,6 +371,71 @@ class Tracer:
                 "differentiable NumPy code); use an equivalent NumPy function or "
                 "gradc.stop_gradient"))
         raise AttributeError(f"'Tracer' object has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------- memory layout of views
+# NumPy makes x.reshape(s) and x.ravel() views when the strides allow it, else copies
+# (x.T.ravel(), x[::-1].reshape(-1) of a 2-d x): a write to the copy does not reach x.
+
+
+def c_strides(shape) -> tuple:
+    out, step = [], 1
+    for d in reversed(tuple(shape)):
+        out.append(step)
+        step *= d
+    return tuple(reversed(out))
+
+
+def strides_of(x) -> tuple:
+    """The strides of ``x``'s elements in its buffer (a fresh array's: C order)."""
+    layout = getattr(x, "layout", None)
+    return layout if layout is not None else c_strides(shape_of(x))
+
+
+def c_contiguous(shape, strides) -> bool:
+    """NumPy's C_CONTIGUOUS flag (axes of length 1 do not count; empty arrays are)."""
+    if 0 in shape:
+        return True
+    step = 1
+    for d, s in zip(reversed(shape), reversed(strides)):
+        if d != 1:
+            if s != step:
+                return False
+            step *= d
+    return True
+
+
+def reshape_strides(shape, strides, new_shape):
+    """The strides of ``reshape(new_shape)`` as a view, or None where NumPy copies
+    (NumPy's ``_attempt_nocopy_reshape``, C order)."""
+    shape, new_shape = tuple(shape), tuple(new_shape)
+    if c_contiguous(shape, strides):
+        return c_strides(new_shape)
+    old = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    olddims, oldstrides = [d for d, _ in old], [s for _, s in old]
+    new = [0] * len(new_shape)
+    oi, oj, ni, nj = 0, 1, 0, 1
+    while ni < len(new_shape) and oi < len(olddims):
+        np_, op = new_shape[ni], olddims[oi]
+        while np_ != op:
+            if np_ < op:
+                np_ *= new_shape[nj]
+                nj += 1
+            else:
+                op *= olddims[oj]
+                oj += 1
+        for ok in range(oi, oj - 1):
+            if oldstrides[ok] != olddims[ok + 1] * oldstrides[ok + 1]:
+                return None
+        new[nj - 1] = oldstrides[oj - 1]
+        for nk in range(nj - 1, ni, -1):
+            new[nk - 1] = new[nk] * new_shape[nk]
+        ni, nj = nj, nj + 1
+        oi, oj = oj, oj + 1
+    last = new[ni - 1] if ni >= 1 else 1
+    for nk in range(ni, len(new_shape)):
+        new[nk] = last
+    return tuple(new)
 
 
 # operators, methods, indexing and in-place updates are installed by numpy_api

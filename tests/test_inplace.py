@@ -293,3 +293,138 @@ def test_a_boolean_scalar_index_is_a_copy():
     np.testing.assert_array_equal(f(x), [1, 2, 3, 2, 3, 4, 3])
     for target in ("numpy", "cpu"):
         np.testing.assert_array_equal(gradc.jit(f, target=target)(x), f(x))
+
+
+# ---------------------------------------------------------------- found by benchmarks/fuzz_views.py
+
+def _numpy_and_gradc(f, *args):
+    want = f(*[np.array(a, copy=True) for a in args])
+    got = gradc.jit(f, target="numpy")(*args)
+    return np.asarray(want), np.asarray(got)
+
+
+def test_ufunc_out_writes_into_a_traced_array_and_its_base():
+    def f(x, v):
+        y = x.copy()
+        row = y[1]
+        np.add(row, v, out=row)           # through a view: reaches y
+        np.multiply(y, 2.0, out=y)
+        return np.concatenate([y.ravel(), row])
+    x, v = np.arange(12.).reshape(3, 4), np.linspace(0, 1, 4)
+    want, got = _numpy_and_gradc(f, x, v)
+    np.testing.assert_array_equal(got, want)
+    g = gradc.grad(lambda x, v: np.sum(np.sin(f(x, v))), argnums=1)(x, v)
+    np.testing.assert_allclose(g, 4 * np.cos(want[4:8]), rtol=1e-12)   # (row is y[1])
+
+
+def test_in_place_operator_does_not_grow_the_array():
+    def f(x, v):
+        y = v.copy()
+        y += x                             # (4,) += (3, 4): NumPy refuses
+        return y
+    with pytest.raises(gradc.ShapeError, match="non-broadcastable output"):
+        gradc.jit(f, target="numpy")(np.ones((3, 4)), np.ones(4))
+
+
+def test_diagonal_is_a_read_only_view():
+    def follows(x):
+        y = x.copy()
+        d = y.diagonal()
+        y[0, 0] = 7.0                      # reaches d
+        return d
+
+    x = np.arange(12.).reshape(3, 4)
+    want, got = _numpy_and_gradc(follows, x)
+    np.testing.assert_array_equal(got, want)
+
+    def writes(x):
+        d = x.copy().diagonal()
+        d[0] = 5.0
+        return d
+    with pytest.raises(gradc.errors.ReadOnlyError):
+        gradc.jit(writes, target="numpy")(x)
+
+
+def test_reshape_and_ravel_copy_where_numpy_copies():
+    def f(x):
+        y = x.copy()
+        a = y.T.ravel()                    # a copy (not contiguous)
+        b = y[::-1].reshape(-1)            # a copy (negative stride across the merge)
+        c = y[:, ::2].reshape(-1)          # a view (the strides merge)
+        d = y[:, 0].ravel()                # a copy (ravel: not C-contiguous)
+        e = y.reshape(2, 6)                # a view
+        a[0] = 100.0
+        b[1] = 200.0
+        c[2] = 300.0
+        d[0] = 400.0
+        e[1, 1] = 500.0
+        return np.concatenate([y.ravel(), a, b, c, d, e.ravel()])
+    want, got = _numpy_and_gradc(f, np.arange(12.).reshape(3, 4))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_element_of_a_numpy_scalar_is_not_writable_and_its_0d_copy_is_separate():
+    def writes(x):
+        s = x[0, 0]
+        s[...] = 3.0                       # NumPy: TypeError (a np.float64)
+        return s
+    with pytest.raises(gradc.GradcError, match="does not support item assignment"):
+        gradc.jit(writes, target="numpy")(np.ones((2, 2)))
+
+    def copies(x):
+        s = np.sum(x)
+        a = s[...]                         # a new 0-d array
+        a += 1.0
+        return np.stack([s, a])
+    want, got = _numpy_and_gradc(copies, np.ones((2, 2)))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_0d_array_argument_is_written_in_place():
+    def f(x):
+        a = x
+        x += 1.0                           # a 0-d array: a sees the write
+        return a
+    np.testing.assert_array_equal(gradc.jit(f, target="numpy")(np.array(2.0)), 3.0)
+    # a NumPy scalar argument is immutable: x += 1 rebinds x only
+    np.testing.assert_array_equal(gradc.jit(f, target="numpy")(np.float64(2.0)), 2.0)
+
+
+def test_assigning_a_value_with_extra_leading_unit_axes_differentiates():
+    def f(x):
+        y = x[:2, :]
+        y[-1, :] = x                       # (1, 3) into a (3,) window
+        return np.sum(np.sin(x[::-1].reshape(-1)))
+    x = np.array([[0.978, -1.149, -0.368]])
+    np.testing.assert_allclose(gradc.grad(f)(x), np.cos(x), rtol=1e-12)
+
+
+def test_reshape_of_a_numpy_scalar_is_a_new_array():
+    def f(x):
+        s = np.copy(x)[-1, 1]              # an element: a NumPy scalar
+        r = s.ravel()
+        r -= 0.5                           # does not reach s
+        e = np.expand_dims(s, 0)
+        e *= 3.0
+        return np.stack([s, r[0], e[0]])
+    want, got = _numpy_and_gradc(f, np.array([[-0.513, -0.47, -0.07]]))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_broadcast_of_a_numpy_scalar_does_not_follow_its_rebinding():
+    def f(x):
+        s = np.sin(x[..., 0]) * 0.5 + x[..., 0]   # arithmetic of 0-d views: a scalar
+        b = np.broadcast_to(s, (3,))
+        s += 1.0                                   # rebinds s; b keeps the old value
+        return np.concatenate([b, np.ravel(s)])
+    want, got = _numpy_and_gradc(f, np.array([0.446, -1.178, 0.228]))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ufunc_at_refuses_a_numpy_scalar():
+    def f(x):
+        s = x[1, 0]
+        np.add.at(s, ..., 1.0)             # NumPy: TypeError, first operand must be array
+        return s
+    with pytest.raises(gradc.GradcError, match="not an array"):
+        gradc.jit(f, target="numpy")(np.ones((2, 2)))

@@ -48,7 +48,8 @@ def _broadcast_impl(x, shape, dims):
 
 
 def _broadcast_abstract(x, shape, dims):
-    if len(dims) != len(x.shape) or len(set(dims)) != len(dims) or list(dims) != sorted(dims):
+    if len(dims) != len(x.shape) or len(set(dims)) != len(dims) or list(dims) != sorted(dims) \
+            or any(not 0 <= d < len(shape) for d in dims):
         raise ShapeError(f"broadcast_in_dim: bad dims {dims} for an operand of shape "
                          f"{tuple(x.shape)}")
     for i, d in enumerate(dims):
@@ -83,6 +84,14 @@ def broadcast_to(x, shape):
     """NumPy-style broadcast (trailing alignment)."""
     shape = tuple(shape)
     r = len(np.shape(x))
+    if r > len(shape):
+        # (an assignment's value may have more leading axes of length 1 than the window:
+        # y[0] = x of shape (1, n); they go, rather than becoming negative dims)
+        lead = tuple(np.shape(x))[:r - len(shape)]
+        if any(d != 1 for d in lead):
+            raise ShapeError(f"cannot broadcast shape {tuple(np.shape(x))} to {shape}")
+        x = reshape(x, tuple(np.shape(x))[r - len(shape):])
+        r = len(shape)
     return broadcast_in_dim(x, shape, tuple(range(len(shape) - r, len(shape))))
 
 
