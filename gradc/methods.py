@@ -15,8 +15,8 @@ import numpy as np
 from . import numpy_api as npa
 from . import numpy_funcs as npf
 from . import numpy_linalg as npl
-from .errors import DTypeError, UnsupportedError, with_location
-from .trace import Tracer, dtype_of
+from .errors import UnsupportedError, with_location
+from .trace import Tracer
 
 
 def _binary(ufunc):
