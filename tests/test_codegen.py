@@ -404,6 +404,32 @@ def test_consecutive_object_mode_blocks_merge():
         "    with numba.objmode(d='float64[:, ::1]', f='float64[:, ::1]'):"
 
 
+def test_merged_object_mode_block_does_not_declare_a_name_only_an_attribute_reads():
+    """Variables are named a, b, ..., so a large program has ``cos``, ``dot``, ``exp``:
+    a merged block's value named ``cos`` that nothing after it reads is not an output
+    because a later line calls ``np.cos`` (nor for ``out=``, or a comment): Numba
+    refuses a declared output that nothing reads, and the function ran on the
+    interpreter (a jit of 576 unrolled ``np.sin`` steps before an MLP layer)."""
+    from gradc.codegen.pysource import merge_objmode
+    body = ["    cox = _o0",
+            "    with numba.objmode():",
+            "        np.matmul(a, b, out=cox)",
+            "    with numba.objmode(cos='float64[:, ::1]'):",
+            "        cos = np.ascontiguousarray(np.exp(cox))",
+            "    with numba.objmode(out='float64[:, ::1]'):",
+            "        out = np.ascontiguousarray(np.tanh(cos))",
+            "    with numba.objmode(dot='float64[:, ::1]'):",
+            "        dot = np.ascontiguousarray(np.sin(out))",
+            "    cga, = _h2(dot, x.out, cox)    # (cos, not out)",
+            "    with numba.objmode(cgc='float64[:, ::1]'):",
+            "        cgc = np.ascontiguousarray(np.cos(cga))",
+            "        np.matmul(cgc, b, out=cga)"]
+    got = merge_objmode(body, "cgc")
+    assert got[1] == "    with numba.objmode(dot='float64[:, ::1]'):", got
+    assert merge_objmode(body[:-4] + ["    y = cos + out"], "y")[1] == \
+        "    with numba.objmode(cos='float64[:, ::1]', out='float64[:, ::1]'):"
+
+
 @pytest.mark.filterwarnings("error::gradc.GradcWarning")
 def test_mlp_and_conv_gradients_with_merged_object_mode_blocks():
     """W3's gradient (BLAS products and ufuncs: seven blocks, four after merging) and a

@@ -866,6 +866,14 @@ _OBJMODE = re.compile(r"    with numba\.objmode\((.*)\):$")
 _ALIAS = re.compile(r"    \w+ = _[ocy]\d+$")    # a name for a buffer or constant parameter
 _DECLARED = re.compile(r"(\w+)='([^']*)'")
 _STRINGS = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_COMMENT = re.compile(r"#[^\n]*")
+
+
+def _reads(name: str, text: str) -> bool:
+    """Whether ``text`` (code, its strings and comments taken out) reads the variable
+    ``name``: an identifier of its own, not an attribute (``np.cos``, ``x.T``) nor a
+    keyword argument's name (``out=``)."""
+    return re.search(rf"(?<![\w.]){name}\b(?!\s*=(?!=))", text) is not None
 
 
 def merge_objmode(body: list, tail: str) -> list:
@@ -904,12 +912,11 @@ def merge_objmode(body: list, tail: str) -> list:
         if len(blocks) == 1:
             out.extend(body[k:j - len(pending)])
         else:
-            after = _STRINGS.sub("", "\n".join(
-                line for line in body[j - len(pending):] + [tail]
-                if not line.lstrip().startswith("#")))
+            after = _COMMENT.sub("", _STRINGS.sub("", "\n".join(
+                body[j - len(pending):] + [tail])))
             declared = ", ".join(
                 f"{name}={kind!r}" for d, _ in blocks for name, kind in _DECLARED.findall(d)
-                if re.search(rf"\b{name}\b", after))
+                if _reads(name, after))
             out += hoisted + [f"    with numba.objmode({declared}):"]
             for _, lines in blocks:
                 out += lines
