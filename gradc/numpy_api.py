@@ -665,7 +665,7 @@ def getitem(x, key):
         # a NumPy scalar's s[()] is itself (immutable), s[...] a new 0-d array, s[None]
         # a new 1-d one: copies, which writes do not carry back to s
         out = ops.reshape(x, tuple(1 for e in spec if e[0] == "n"))
-        out = Tracer(out.ir_var, out.val, out.owner) if out is x else out
+        out = out.fresh() if out is x else out
         out.array0d = builtins.any(k is Ellipsis or k is None for k in (
             key if isinstance(key, tuple) else (key,)))
         return out
@@ -689,7 +689,7 @@ def getitem(x, key):
         # an element, which NumPy returns as a scalar, or a boolean scalar's selection
         # (advanced indexing): a copy, not a view (of x itself, x[()] of a 0-d x:
         # another Tracer, which a write to x does not rebind)
-        return Tracer(x.ir_var, x.val, x.owner) if view is x else view
+        return x.fresh() if view is x else view
     if isinstance(view, Tracer) and isinstance(x, Tracer):
         # basic indexing makes a view: writes to it reach x, and writes to x reach it
         view.as_view_of(x, lambda v: ops.index_set(x, v, [], spec), spec,

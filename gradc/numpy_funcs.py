@@ -334,7 +334,7 @@ def _reshape_view(x, shape, view=True):
         layout = reshape_strides(shape_of(x), strides_of(x), out) if view else None
         if layout is None:
             # NumPy copies where the strides do not allow a view (x.T.reshape(-1))
-            copied = Tracer(y.ir_var, y.val, y.owner)
+            copied = y.fresh()
             copied.array0d = True
             return copied
         if y is not x:
@@ -466,7 +466,7 @@ def broadcast_to_view(x, shape, subok=False):
     y = broadcast_to(x, shape)
     if isinstance(x, Tracer) and isinstance(y, Tracer) and x.numpy_scalar():
         # (a NumPy scalar's: a view of a new array, which s += v, a rebinding, leaves)
-        y = Tracer(y.ir_var, y.val, y.owner) if y is x else y
+        y = y.fresh() if y is x else y
         y.read_only = ("np.broadcast_to", "which NumPy makes read-only")
         y.array0d = True
     elif isinstance(x, Tracer) and isinstance(y, Tracer):
@@ -988,7 +988,7 @@ def copy(x, *args, **kwargs):
     x = operand(x)
     if not isinstance(x, Tracer):
         return np.array(x)
-    out = Tracer(x.ir_var, x.val, x.owner)
+    out = x.fresh()
     out.array0d = True          # (a copy is an array, even of a 0-d one: see Tracer)
     return out
 

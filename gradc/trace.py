@@ -164,6 +164,11 @@ class Tracer:
         return (len(self.ir_var.shape) == 0 and not self.array0d and self.view_of is None
                 and not self.views)
 
+    def fresh(self) -> "Tracer":
+        """Another Tracer of this value, with none of this one's view relations or flags:
+        a copy (NumPy returns a new array or scalar where this one would alias)."""
+        return Tracer(self.ir_var, self.val, self.owner)
+
     def _rebind(self, new: "Tracer") -> None:
         self.ir_var, self.val, self.owner = new.ir_var, new.val, new.owner
 
@@ -216,7 +221,7 @@ class Tracer:
         ``'np.broadcast_to'``), ``read(base)`` its value from base's: writes to it are
         refused (as NumPy's; ``why`` says so), writes to base reach it.  A new Tracer when
         this is base."""
-        view = Tracer(self.ir_var, self.val, self.owner) if self is base else self
+        view = self.fresh() if self is base else self
         view.as_view_of(base, None, None, read)
         view.read_only = (made_by, why)
         return view
@@ -379,10 +384,12 @@ class Tracer:
 
 
 def c_strides(shape) -> tuple:
+    """A C-ordered array's strides, in elements (an axis of length 0 counts as 1, as
+    NumPy's)."""
     out, step = [], 1
     for d in reversed(tuple(shape)):
         out.append(step)
-        step *= d
+        step *= max(int(d), 1)
     return tuple(reversed(out))
 
 

@@ -66,6 +66,7 @@ from ..passes.indexmap import Affine, operand_indices
 from ..prims.conv import is_plain
 from ..prims.conv import options as conv_options
 from ..prims.linalg import parse_spec
+from ..trace import c_strides
 from . import loops, special
 from .pysource import FLOAT_REM, Symbols, dtype_expr, scalar_literal
 
@@ -784,7 +785,7 @@ def _view_layout(eqn):
     body = eqn.params["body"]
     x = body.inputs[0]
     shape = tuple(int(d) for d in x.shape)
-    layout = {x: (0, shape, _c_strides(shape))}
+    layout = {x: (0, shape, c_strides(shape))}
     for q in body.eqns:
         if len(q.inputs) != 1 or q.inputs[0] not in layout or len(q.outputs) != 1:
             return None
@@ -879,7 +880,7 @@ def _placements(eqn):
             any(not isinstance(v, Var) or not v.ndim or v.dtype != out.dtype for v in ins):
         return None
     shape = tuple(int(d) for d in out.shape)
-    top = (0, shape, _c_strides(shape))
+    top = (0, shape, c_strides(shape))
     if eqn.prim.name == "concatenate":
         return _concatenated(top, ins, eqn.params["axis"])
     if eqn.prim.name != "fused" or len(eqn.params["body"].outputs) != 1:
@@ -967,22 +968,14 @@ def _concatenated(layout, parts, axis):
     return out if at == shape[axis] else None
 
 
-def _c_strides(shape) -> tuple:
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= max(int(d), 1)
-    return tuple(reversed(strides))
-
-
 def _reshaped_strides(shape, strides, new):
     """The strides of a reshape of a view to ``new``, if it stays a view (NumPy's rule
     for a reshape without a copy): the view is C-contiguous, or the reshape adds or
     drops axes of length 1 (stride 0), or it merges axes that are contiguous among
     themselves and splits axes."""
     shape, new = tuple(int(d) for d in shape), tuple(int(d) for d in new)
-    if tuple(strides) == _c_strides(shape) or 0 in shape:
-        return _c_strides(new)
+    if tuple(strides) == c_strides(shape) or 0 in shape:
+        return c_strides(new)
     kept = [(d, s) for d, s in zip(shape, strides) if d != 1]
     dims, steps = [d for d, _ in kept], [s for _, s in kept]
     wanted = [d for d in new if d != 1]
@@ -1474,7 +1467,7 @@ def flat_subscripts(lines: list, shapes: dict) -> list:
             if parts is None:
                 continue
             name = node.value.id
-            strides = _c_strides(shapes[name])
+            strides = c_strides(shapes[name])
             terms = [f"({ast.get_source_segment(text, p)})" + (f" * {st}" if st != 1 else "")
                      for p, st in zip(parts, strides)]
             edits.setdefault(node.lineno - 1, []).append(
