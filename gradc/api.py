@@ -36,7 +36,7 @@ from .interpret import eval_graph
 from .ir import Graph, dtype_name, is_float, type_str
 from .passes import jvp_graph, linearize_graph, simplify
 from .passes.transpose import backward_pass, transpose_graph
-from .trace import Tracer, trace_graph
+from .trace import Tracer, is_array0d, trace_graph
 from .transformed import Transformed
 
 MAX_SPECIALISATIONS = 32   # paths kept per argument signature
@@ -96,8 +96,7 @@ class _Args:
                      for x, p in zip(self.dynamic, self.pyfloat)]
         # 0-d arrays (not NumPy scalars nor Python numbers): written in place by y += v
         # (``Tracer.array0d``), so the function's other names of the array see it
-        self.array0d = [isinstance(x, Tracer) and x.array0d or isinstance(x, np.ndarray)
-                        and x.ndim == 0 for x, s in zip(self.leaves, self.static) if not s]
+        self.array0d = [is_array0d(x) for x, s in zip(self.leaves, self.static) if not s]
         # which argument each leaf came from (``owner``: each dynamic leaf)
         self.leaf_owner = []
         for i, arg in enumerate(args):

@@ -592,6 +592,22 @@ def full_traced(shape, fill, dtype, like):
     return out
 
 
+def is_array0d(x) -> bool:
+    """Whether ``x`` is a 0-d array (a 0-d ``np.ndarray``, or a Tracer of one:
+    ``Tracer.array0d``), not a NumPy scalar or a Python number."""
+    return (isinstance(x, Tracer) and x.array0d
+            or isinstance(x, np.ndarray) and x.ndim == 0)
+
+
+def mark_array0d(tracers, like) -> None:
+    """Each Tracer of ``tracers`` a 0-d array where its counterpart in ``like`` is one:
+    the inputs of a loop's body or a branch, and the loop's results, are arrays or
+    scalars as the initial values are (in NumPy, the loop written out keeps them so)."""
+    for t, x in zip(tracers, like):
+        if isinstance(t, Tracer) and is_array0d(x):
+            t.array0d = True
+
+
 def constant_traced(value):
     """The NumPy constant ``value`` as a traced value of the innermost trace (outside
     any trace: ``value`` itself).  NumPy converts an index with ``np.asarray``, so a

@@ -428,3 +428,47 @@ def test_ufunc_at_refuses_a_numpy_scalar():
         return s
     with pytest.raises(gradc.GradcError, match="not an array"):
         gradc.jit(f, target="numpy")(np.ones((2, 2)))
+
+
+def test_a_0d_array_carried_by_a_loop_stays_an_array():
+    """A loop's value starting as a 0-d array is one in the body and after the loop, as
+    in the loop written out in Python: ``c[()] = v`` writes into it, ``r += v`` reaches
+    its other names.  (A NumPy scalar carry refuses the item assignment.)"""
+    def body(i, c):
+        c = c.copy()
+        c[()] = c * 1.5 + i
+        return c
+
+    def written_out(x):
+        c = np.copy(x)
+        for i in range(3):
+            c = body(i, c)
+        return c
+
+    def by_fori(x):
+        r = gradc.fori_loop(0, 3, body, np.copy(x))
+        alias = r
+        alias += 1.0                       # r is a 0-d array: r sees it
+        return np.stack([r, alias])
+
+    def by_scan_and_while(x):
+        c, _ = gradc.scan(lambda c, i: (body(i, c), None), np.copy(x),
+                          np.arange(3))
+        n, w = gradc.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, body(s[0], s[1])),
+                                (0, np.copy(x)))
+        w += 0.0
+        return np.stack([c, w])
+
+    x = np.array(0.7)
+    want = written_out(x)
+    np.testing.assert_allclose(gradc.jit(by_fori, target="numpy")(x), [want + 1] * 2)
+    np.testing.assert_allclose(gradc.jit(by_scan_and_while, target="numpy")(x), [want] * 2)
+    # d/dx of 1.5 (1.5 (1.5 x + 0) + 1) + 2 = 1.5**3
+    np.testing.assert_allclose(gradc.grad(lambda x: by_fori(x)[0])(0.7), 1.5 ** 3)
+    np.testing.assert_allclose(gradc.grad(lambda x: np.sum(by_scan_and_while(x)))(0.7),
+                               2 * 1.5 ** 3)
+
+    def scalar_carry(x):
+        return gradc.fori_loop(0, 2, body, np.sum(x))   # a sum: a NumPy scalar
+    with pytest.raises(gradc.GradcError, match="does not support item assignment"):
+        gradc.jit(scalar_carry, target="numpy")(np.ones(2))

@@ -22,7 +22,7 @@ from ..errors import ArgumentError, GradcError, check_function, with_location
 from ..interpret import eval_graph
 from ..ir import Graph, Primitive, Var, computed_from, is_float, type_str
 from ..pytree import flatten, unflatten
-from ..trace import Tracer, dtype_of, no_trace, shape_of, trace_graph
+from ..trace import Tracer, dtype_of, mark_array0d, no_trace, shape_of, trace_graph
 from .rules import UndefinedPrimal
 
 scan_p = Primitive("scan", multiple_results=True)
@@ -316,6 +316,7 @@ def _scan(f, init, xs, length, reverse, unroll, what):
     y_def = []
 
     def body(*leaves):
+        mark_array0d(leaves, carry_leaves)
         result = f(unflatten(carry_def, leaves[:n_carry]), unflatten(x_def, leaves[n_carry:]))
         if not isinstance(result, tuple) or len(result) != 2:
             raise ArgumentError(with_location(f"{what}: the body must return a pair "
@@ -342,6 +343,7 @@ def _scan(f, init, xs, length, reverse, unroll, what):
     result = scan_p.bind(*captured, *carry_leaves, *x_leaves, body=body_graph,
                          n_consts=len(captured), n_carry=n_carry, length=length,
                          reverse=bool(reverse))
+    mark_array0d(result, carry_leaves)
     return (unflatten(carry_def, result[:n_carry]), unflatten(y_def[0], result[n_carry:]))
 
 
@@ -490,6 +492,7 @@ def cond(pred, true_fun, false_fun, *operands):
     traced, trees = [], []
     for fun in (false_fun, true_fun):
         def fn(*xs, fun=fun):
+            mark_array0d(xs, leaves)
             out_leaves, out_tree = flatten(fun(*unflatten(tree, xs)))
             trees.append(out_tree)
             return list(out_leaves)
@@ -921,9 +924,11 @@ def while_loop(cond_fun, body_fun, init_val, checkpoint=None):
     n = len(leaves)
 
     def cond_fn(*xs):
+        mark_array0d(xs, leaves)
         return [cond_fun(unflatten(tree, xs))]
 
     def body_fn(*xs):
+        mark_array0d(xs, leaves)
         new, new_tree = flatten(body_fun(unflatten(tree, xs)))
         if new_tree != tree:
             raise ArgumentError(with_location(
@@ -944,4 +949,5 @@ def while_loop(cond_fun, body_fun, init_val, checkpoint=None):
     out = while_p.bind(*cond_caps, *body_caps, *leaves, branches=(cond_graph, body_graph),
                        n_cond=len(cond_caps), n_body=len(body_caps),
                        checkpoint=None if checkpoint is None else int(checkpoint))
+    mark_array0d(out, leaves)
     return unflatten(tree, out)
