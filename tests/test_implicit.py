@@ -961,3 +961,25 @@ def test_a_zero_d_python_solver_result_compiles():
         slope = gradc.grad(f, target="cpu")(np.array(4.0))
     assert value == pytest.approx(np.tanh(6.0), rel=1e-14)
     assert slope == pytest.approx(3.0 / (2.0 * 2.0) / np.cosh(6.0) ** 2, rel=1e-10)
+
+
+def test_float32_argmin_converges_without_a_warning():
+    """(Composition sweep) argmin in float32 warned "did not converge" at the default tol:
+    the gradient it stopped at (6e-8 of 2.2 at the start) was float32's rounding, below
+    its 1e-8 relative floor.  The floor is now what the dtype reaches, as the linear
+    solvers' (``solvers.reachable``); the derivative matches float64's."""
+    p = np.linspace(0.2, 0.8, 4)
+
+    def f(p, constrained):
+        kw = dict(constraints=dict(eq=lambda z, p: np.sum(z) - 1.0)) if constrained else {}
+        z = gradc.argmin(lambda z, p: np.sum((z - p) ** 2) + 0.1 * np.sum(z ** 4),
+                         np.zeros_like(p), p, **kw)
+        return np.sum(np.sin(z))
+
+    for constrained in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", gradc.ConvergenceWarning)
+            g32 = gradc.grad(f)(p.astype(np.float32), constrained)
+        g64 = gradc.grad(f)(p, constrained)
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(g32, g64, atol=1e-5)

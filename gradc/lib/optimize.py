@@ -29,7 +29,7 @@ from ..errors import ArgumentError, with_location
 from ..prims.implicit import ConvergenceWarning, PyCallback
 from ..pytree import flatten, unflatten
 from ..trace import is_tracer
-from .solvers import as_method
+from .solvers import as_method, reachable
 
 
 def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, root):
@@ -171,7 +171,7 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
                 break               # (a flat or unbounded direction: keep L-BFGS-B's)
             y = trial
         g = fun(y)[1]
-        if not np.linalg.norm(g) <= max(tol, 1e-8) * scale:
+        if not np.linalg.norm(g) <= reachable(max(tol, 1e-8), dtype) * scale:
             hint = ("; the objective may be unbounded below (|x| grew to "
                     f"{np.linalg.norm(y):.3g})" if not np.linalg.norm(y) < 1e6 * max(
                         1.0, np.linalg.norm(start)) else "")
@@ -279,7 +279,8 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
                     m_in and trial[n + m_eq:].min() < -1e-10):
                 break
             z, r = trial, r_new
-        if not np.linalg.norm(r) <= max(tol, 1e-8) * max(1.0, np.linalg.norm(z)):
+        if not np.linalg.norm(r) <= reachable(max(tol, 1e-8), dtype) * max(
+                1.0, np.linalg.norm(z)):
             warnings.warn(ConvergenceWarning(with_location(
                 f"gradc: argmin with constraints did not converge (KKT residual "
                 f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
@@ -287,7 +288,8 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
         # no force, then differentiated as inactive: the one-sided derivative of the
         # directions that leave it inactive)
         lam = z[n + m_eq:]
-        small = max(tol, 1e-8) * max(1.0, float(np.linalg.norm(fun(z[:n])[1])))
+        small = reachable(max(tol, 1e-8), dtype) * max(
+            1.0, float(np.linalg.norm(fun(z[:n])[1])))
         z[n + m_eq:] = np.where(np.abs(lam) <= small, 0.0, lam)
         return z
 
