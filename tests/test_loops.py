@@ -317,6 +317,29 @@ def test_fori_loop_with_a_traced_bound_is_a_while_loop_both_modes_go_through(tar
         assert t == pytest.approx(g, rel=1e-13, abs=1e-15)
 
 
+
+def test_fori_loop_index_is_weakly_typed_as_a_python_int():
+    """(Composition sweep) ``v = sin(v) * x + 0.1 * i`` on a float32 carry failed: the
+    index was an ``np.int64``, so ``0.1 * i`` was float64 and the body changed the
+    carry's dtype.  In the loop written out ``i`` is a Python int (and JAX's index is
+    weakly typed): the carry stays float32, with static and traced bounds."""
+    x = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
+
+    def f(x, n):
+        return np.sum(gradc.fori_loop(0, n, lambda i, v: np.sin(v) * x + 0.1 * i, x))
+
+    def f_np(x, n):
+        v = x
+        for i in range(n):
+            v = np.sin(v) * x + 0.1 * i
+        return np.sum(v)
+    assert f_np(x, 4).dtype == np.float32
+    for n in (4, np.asarray(4)):
+        value, g = gradc.value_and_grad(f)(x, n)
+        assert value.dtype == g.dtype == np.float32
+        assert value == pytest.approx(f_np(x, 4), rel=1e-6)
+        np.testing.assert_allclose(g, gradc.grad(f)(x.astype(np.float64), n), rtol=1e-5)
+
 TABLE = np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5], [1.0, 3.0]])
 
 

@@ -347,6 +347,15 @@ def _scan(f, init, xs, length, reverse, unroll, what):
     return (unflatten(carry_def, result[:n_carry]), unflatten(y_def[0], result[n_carry:]))
 
 
+def _index(i):
+    """fori_loop's index, weakly typed (``Tracer.weak``) as the Python int of the loop
+    written out (``for i in range(...)``) and JAX's index are: ``x + 0.1 * i`` keeps a
+    float32 ``x`` float32 (an ``np.int64`` index would promote it to float64)."""
+    if isinstance(i, Tracer):
+        i.weak = True
+    return i
+
+
 def fori_loop(lower, upper, body_fun, init_val):
     """``val = body_fun(i, val)`` for i from ``lower`` to ``upper - 1`` (JAX's
     ``lax.fori_loop``): one ``scan`` over the indices when the bounds are Python ints, a
@@ -362,7 +371,8 @@ def fori_loop(lower, upper, body_fun, init_val):
                     f"{type_str(tuple(shape_of(b)), dtype_of(b))}"))
         start = lower if isinstance(lower, Tracer) else np.int64(lower)
         _, val = while_loop(lambda s: s[0] < upper,
-                            lambda s: (s[0] + 1, body_fun(s[0], s[1])), (start, init_val))
+                            lambda s: (s[0] + 1, body_fun(_index(s[0]), s[1])),
+                            (start, init_val))
         return val
     for bound in (lower, upper):
         if not _an_int(bound):
@@ -371,8 +381,8 @@ def fori_loop(lower, upper, body_fun, init_val):
                 f"({type(bound).__name__})"))
     lower, upper = int(lower), int(upper)
     steps = np.arange(lower, max(lower, upper), dtype=np.int64)
-    carry, _ = _scan(lambda val, i: (body_fun(i, val), None), init_val, steps, len(steps),
-                     False, 1, "fori_loop")
+    carry, _ = _scan(lambda val, i: (body_fun(_index(i), val), None), init_val, steps,
+                     len(steps), False, 1, "fori_loop")
     return carry
 
 
