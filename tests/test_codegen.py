@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import linecache
+import warnings
 
 import numpy as np
 import pytest
@@ -367,6 +368,25 @@ def test_generated_code_avoids_numbas_slow_first_compiles(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
+
+
+def test_numbas_performance_warnings_on_generated_code_are_silenced(tmp_path, monkeypatch):
+    """(Composition sweep) eigh's gradient compiled with a NumbaPerformanceWarning on a
+    generated line ("np.dot() is faster on contiguous arrays"): the user cannot act on
+    it, and a test suite run with warnings as errors failed.  Compiles of generated code
+    silence that category (fresh cache: Numba compiles)."""
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path))
+    A = np.array([[2.0, 0.5], [0.5, 3.0]])
+
+    def f(A):
+        return np.sum(np.linalg.eigh(A)[1] ** 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = gradc.grad(f, target="cpu")(A)
+        h = gradc.hessian(f, target="cpu")(A)
+    np.testing.assert_allclose(g, gradc.grad(f, target="numpy")(A), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h, gradc.hessian(f, target="numpy")(A), rtol=1e-8,
+                               atol=1e-10)
 
 def test_consecutive_object_mode_blocks_merge():
     """``pysource.merge_objmode``: blocks separated by comments and parameter aliases

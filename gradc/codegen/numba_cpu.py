@@ -20,11 +20,13 @@ same text, so the same cache key) and loads the machine code from its disk cache
 """
 from __future__ import annotations
 
+import contextlib
 import linecache
 import os
 import sys
 import time
 import types
+import warnings
 
 import numpy as np
 
@@ -49,6 +51,18 @@ def _openmp_yields_to_blas() -> None:
     reads them when Numba loads it, at the first parallel call)."""
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
+
+
+@contextlib.contextmanager
+def quiet_compile():
+    """Numba's performance warnings silenced while it compiles gradc's generated code:
+    they point at generated lines the user cannot change (``np.dot() is faster on
+    contiguous arrays``: Numba copies such an operand itself), and a test suite run with
+    warnings as errors would fail on them."""
+    from numba.core.errors import NumbaPerformanceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        yield
 
 
 class Compiled:
@@ -164,13 +178,15 @@ class Compiled:
                 if results is not None:
                     return results
                 self._switch()      # the code raised: Numba's code raises it, with its message
-        results = self.dispatcher(*args, *self._consts, *outs)
-        if not self._sealed:
-            self._sealed = True
-            cache.seal(self.key)
-            if not self._native_known:
-                self._native_known = True
-                native.build_soon(self)
+        if self._sealed:
+            return self.dispatcher(*args, *self._consts, *outs)
+        with quiet_compile():       # (the first call compiles)
+            results = self.dispatcher(*args, *self._consts, *outs)
+        self._sealed = True
+        cache.seal(self.key)
+        if not self._native_known:
+            self._native_known = True
+            native.build_soon(self)
         return results
 
     def _switch(self):
@@ -207,7 +223,8 @@ class Compiled:
             options = {k: v for k, v in self.dispatcher.targetoptions.items()
                        if k not in ("cache", "nopython")}
             self._inspector = numba.njit(self.py_func, **options)
-            self._inspector.compile(self.signature())
+            with quiet_compile():
+                self._inspector.compile(self.signature())
         return self._inspector
 
     def llvm(self) -> str:
