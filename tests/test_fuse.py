@@ -130,11 +130,43 @@ def test_shifted_reads_of_shifted_values_stay_bounded(monkeypatch):
         if eqn.prim.name == "fused":   # each body is under the cap or recomputes nothing
             plan = _plan(eqn.params["body"], set())
             for grp in plan.groups:
-                size, counts = _body_size(plan, grp)
+                size, counts, _ = _body_size(plan, grp)
                 assert size <= fuse_module.MAX_BODY or max(counts.values()) == 1
     assert np.array_equal(run(fused, u)[0], run(simplify(graph), u)[0])
     np.testing.assert_allclose(gradc.grad(smooth)(u), run(graph, u)[0], rtol=1e-12)
 
+
+
+def test_a_body_whose_count_stops_before_any_repeat_is_cut_at_its_windows(monkeypatch):
+    """(CUDA fuzzer, seed 3063 with --small-limits) the gradient of a chain of two-sided
+    rolls fused 842 equations into one body: counting its (value, index) pairs stopped at
+    the limit (10 x MAX_BODY) before any value was read twice, so nothing was
+    materialised, and the lowering, whose pads' windows each compute their operand in a
+    scope of their own, emitted code doubling per level of windows (no end in 10
+    minutes).  Such a body is now cut at the operands of the deeper half of its windows,
+    until every count ends below the limit."""
+    import gradc.passes.fuse as fuse_module
+    monkeypatch.setattr(fuse_module, "MAX_BODY", 30)
+
+    def chain(x):
+        for _ in range(30):
+            x = 0.9 * x + 0.05 * (np.roll(x, 1) + np.roll(x, -1))
+        return np.sum(np.sin(x) * np.arange(6.0))
+
+    from gradc.codegen.compile import optimise
+    x = np.linspace(-1.0, 1.0, 6)
+    graph = gradc.make_graph(gradc.grad(chain, target="numpy"))(x)
+    fused = optimise(graph, "cpu")     # (its sums pass and selections make the windows)
+    bodies = [e.params["body"] for e in fused.eqns if e.prim.name == "fused"]
+    for body in bodies:
+        plan = _plan(body, set())
+        for grp in plan.groups:
+            size, _, _ = _body_size(plan, grp)
+            assert size <= 10 * fuse_module.MAX_BODY
+    assert max(len(b.eqns) for b in bodies) < 300          # (842 before)
+    np.testing.assert_allclose(run(fused, x)[0], run(simplify(graph), x)[0], rtol=1e-13)
+    source = gradc.grad(chain).source(x)
+    assert len(source.splitlines()) < 20000
 
 def test_strided_slice_transpose_is_a_strided_window():
     f = gradc.grad(lambda x: np.sum(np.sin(x[1::3]) * x[::2][:4]))

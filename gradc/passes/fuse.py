@@ -30,7 +30,9 @@ How equations are grouped
    computed earlier in the same iteration.
 4. A body that would evaluate more than ``MAX_BODY`` (value, index) pairs per element
    (recomputation through many shifted reads) materialises its most-read inlined
-   values instead and tries again.
+   values instead and tries again; where the count stops at its limit before any value
+   is read twice (a long chain of pads' windows, each a scope of its own in the
+   lowering), it materialises the operands of the deeper half of the windows reached.
 5. A value inlined into several groups is recomputed by each, and so is everything it
    inlines: in a chain of steps whose every state is read by a materialised consumer
    as well as by the next step (``np.roll`` in an unrolled loop), step k's group
@@ -300,7 +302,7 @@ def _oversized(plan) -> set:
     graph = plan.graph
     extra = set()
     for grp in plan.groups:
-        count, reads = _body_size(plan, grp)
+        count, reads, windows = _body_size(plan, grp)
         if count > MAX_BODY:
             most: dict = {}          # value -> the most indices a consumer reads it at
             for i in grp["eqns"]:
@@ -312,7 +314,15 @@ def _oversized(plan) -> set:
             points = [(n, v) for v, n in reads.items() if n > 1 and n > most.get(v, 0)]
             ranked = sorted(points or [(n, v) for v, n in reads.items() if n > 1],
                             key=lambda t: -t[0])
-            extra.update(v for _, v in ranked[:max(1, len(ranked) // 2)])
+            if ranked:
+                extra.update(v for _, v in ranked[:max(1, len(ranked) // 2)])
+            elif count > 10 * MAX_BODY:
+                # the count stopped at its limit before any value was read twice: a
+                # long chain of steps, each opening pads' windows (a window computes
+                # its operand in a scope of its own, so the code doubles per level of
+                # windows, and the repeats lie past the limit): the operands of the
+                # deeper half of the windows seen
+                extra.update(windows[len(windows) // 2:])
     return extra
 
 
@@ -345,12 +355,14 @@ def _body_size(plan, grp, limit=None):
     """How many values one element of the group computes, counted as the loop lowering
     emits them (CSE per index, but a value first needed inside a pad's window is local
     to that window), stopping past ``limit`` (10 x ``MAX_BODY``: far enough to see which
-    values are recomputed); and how often each inlined value is computed."""
+    values are recomputed); how often each inlined value is computed; and the inlined
+    operands of the tested pads' windows reached."""
     graph = plan.graph
     limit = 10 * MAX_BODY if limit is None else limit
     counts: dict = {}
     total = 0
     scopes: list = [set()]
+    windows: list = []      # the operands of tested pads' windows, as first reached
 
     def visit(reads):
         """Depth first through the inlined producers, by an explicit stack (a chain of
@@ -376,6 +388,8 @@ def _body_size(plan, grp, limit=None):
             if eqn.prim.name == "pad" and _window_tested(eqn, idx):
                 scopes.append(set())
                 stack.append(("pop",))
+                if isinstance(eqn.inputs[0], Var) and eqn.inputs[0] in plan.inline:
+                    windows.append(eqn.inputs[0])
             stack.extend(("visit", a, sub) for a, sub in reversed(indexmap.reads(eqn, idx))
                          if isinstance(a, Var))
 
@@ -384,7 +398,7 @@ def _body_size(plan, grp, limit=None):
         idx = tuple(Affine(f"i{k}", 1, 0, 0, max(n - 1, 0))
                     for k, n in enumerate(grp["domain"]))
         visit(list(indexmap.reads(eqn, idx)))
-    return total, counts
+    return total, counts, list(dict.fromkeys(windows))
 
 
 def _window_tested(eqn, idx) -> bool:
