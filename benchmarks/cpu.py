@@ -647,11 +647,11 @@ def bench_w3(cfg, rng):
         return np.mean(gradc.logsumexp(z, axis=1) - np.sum(z * onehot, axis=1))
 
     args = (W1, W2, X, onehot)
-    impls = [("gradc", lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target=cfg.target),
+    impls = [("gradc", lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target=cfg.target),
                                 args, to_np_list), True, "gradc")]
     if cfg.parallel:
         impls.append(("gradc (parallel)",
-                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
+                      lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target="parallel"),
                                args, to_np_list), True, "gradc-parallel"))
     if "jax" in PEERS:
         def b_jax():
@@ -709,6 +709,18 @@ def crf_logz_np(U, A):
     for t in range(1, U.shape[1]):
         alpha = _lse_np(alpha[:, :, None] + A[None], 1) + U[:, t]
     return np.sum(_lse_np(alpha, 1))
+
+
+def crf_gradc(U, A):
+    """``crf_logz_np`` for gradc: the recursion as one ``gradc.scan`` over the time axis
+    (also the W4 of ``benchmarks/compile_time.py``)."""
+    import gradc
+
+    def step(alpha, u):
+        return gradc.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
+    xs = np.transpose(U, (1, 0, 2))                           # (T, B, K): loop axis first
+    alpha, _ = gradc.scan(step, xs[0], xs[1:])
+    return np.sum(gradc.logsumexp(alpha, axis=1))
 
 
 def crf_grad_np(U, A):
@@ -775,20 +787,13 @@ def bench_w4(cfg, rng):
     fd = fd_check(crf_logz_np, [U, A], ref, rng)
     label = f"B={B} T={T} K={K}"
 
-    def loss_gradc(U, A):
-        def step(alpha, u):
-            return gradc.logsumexp(alpha[:, :, None] + A[None], axis=1) + u, None
-        xs = np.transpose(U, (1, 0, 2))                           # (T, B, K): loop axis first
-        alpha, _ = gradc.scan(step, xs[0], xs[1:])
-        return np.sum(gradc.logsumexp(alpha, axis=1))
-
     args = (U, A)
-    impls = [("gradc (scan)", lambda: (gradc.grad(loss_gradc, argnums=(0, 1),
+    impls = [("gradc (scan)", lambda: (gradc.grad(crf_gradc, argnums=(0, 1),
                                                   target=cfg.target), args, to_np_list),
               True, "gradc")]
     if cfg.parallel:
         impls.append(("gradc (scan, parallel)",
-                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
+                      lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target="parallel"),
                                args, to_np_list), True, "gradc-parallel"))
     if "jax" in PEERS:
         def b_jax():
@@ -896,11 +901,11 @@ def bench_w5(cfg, rng):
     def loss_gradc(img, K):
         return np.sum(np.tanh(gradc.conv2d(img, K, padding="same")))
 
-    impls = [("gradc", lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target=cfg.target),
+    impls = [("gradc", lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target=cfg.target),
                                 (img, K), to_np_list), True, "gradc")]
     if cfg.parallel:
         impls.append(("gradc (parallel)",
-                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
+                      lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target="parallel"),
                                (img, K), to_np_list), True, "gradc-parallel"))
     if "jax" in PEERS:
         def b_jax():
