@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import traceback
 
 os.environ.setdefault("GRADC_NATIVE", "0")
@@ -1136,6 +1137,9 @@ def main():
     p.add_argument("--index", action="store_true",
                    help="gathers, take, take_along_axis, masks, argmax, sort, cumsum, "
                         "bincount, multi-axis reductions, shape functions, index writes")
+    p.add_argument("--verbose", action="store_true",
+                   help="one line per program (seed, seconds, ok/FAIL), so a run cut off by "
+                        "a time limit still says how far it got and which seed was slow")
     a = p.parse_args()
     global BIG, CPU_TARGETS, DTYPE, MODES
     BIG = a.big
@@ -1157,12 +1161,16 @@ def main():
         if a.show:
             print(make(seed)[0])
             continue
+        start = time.perf_counter()
         try:
             msg = check(seed, a.tier, loops=not a.no_loops)
         except Exception as e:    # noqa: BLE001
             msg = (make(seed)[0] + f"\ncheck crashed: {type(e).__name__}: {e}\n"
                    + traceback.format_exc())
-        if (seed - a.seed) % 50 == 49:
+        if a.verbose:
+            print(f"seed {seed}: {time.perf_counter() - start:.1f} s, "
+                  f"{'FAIL' if msg else 'ok'}", flush=True)
+        elif (seed - a.seed) % 50 == 49:
             print(f"progress: {seed - a.seed + 1} programs, {bad} failing", flush=True)
         if msg:
             bad += 1
