@@ -418,3 +418,67 @@ def test_views_of_earlier_values_do_not_split_merged_nests():
     for a, b in zip(gradc.jit(fun)(x, w), gradc.grad(_roll_chain(10), argnums=(0, 1),
                                                      target="numpy")(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def _roll_average(steps):
+    def f(x):
+        v = x
+        for _ in range(steps):
+            v = 0.9 * v + 0.05 * (np.roll(v, 1) + np.roll(v, -1))
+        return np.sum(np.pad(v, 2, mode="reflect") ** 2)
+    return f
+
+
+def test_identical_loop_nests_share_one_helper_function():
+    """A Python loop the trace unrolled lowers to the same loop nest once per step;
+    helper functions equal but for their names are generated once and called again
+    (``pysource.canonical``), so Numba compiles that code once.  The forward steps of a
+    24-step roll chain: 16 of them in two calls of one helper function of 8."""
+    import re
+    x = np.linspace(0.1, 1.0, 6)
+    fun = gradc.grad(_roll_average(24))
+    source = fun.source(x)
+    calls = re.findall(r"= (_h\d+)\(", source)
+    helpers = _helpers(source)
+    assert len(helpers) == len(set(calls)) < len(calls)
+    shared = [h for h in set(calls) if calls.count(h) > 1]
+    assert shared and all(len(helpers[int(h[2:])]) >= 4 for h in shared)
+    want = gradc.grad(_roll_average(24), target="numpy")(x)
+    np.testing.assert_allclose(fun(x), want, rtol=1e-13)
+
+
+def test_canonical_source_ignores_local_names_but_not_globals():
+    from gradc.codegen.pysource import canonical
+    one = "@d\ndef _h0(a, b):\n    c = a + b * k  # note\n    return (c,)\n"
+    two = "@d\ndef _h7(x, y):\n    z = x + y * k\n    return (z,)\n"
+    assert canonical(one) == canonical(two)
+    assert canonical(one) != canonical(two.replace("* k", "* m"))       # a global
+    assert canonical(one) != canonical(two.replace("x + y", "y + x"))   # argument order
+    assert canonical(one) != canonical(two.replace("@d", "@e"))         # decorator
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_selection_in_a_tested_nest_narrows_its_sides(monkeypatch, reverse):
+    """In a nest that keeps its tests (too many pieces), a select on a concatenation's
+    window (``np.roll``'s) is an ``if``/``else`` whose sides know the loop variable's
+    range: the pads under them need no window tests.  Read forwards and reversed (an
+    index of step -1)."""
+    import gradc.codegen.loops as loops
+    monkeypatch.setattr(loops, "MAX_PIECES", 1)
+
+    def f(x, w):
+        r = np.roll(x, 2) + np.concatenate([x[3:], np.sin(x[:3])])
+        if reverse:
+            r = r[::-1]
+        return np.sum(r * w)
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(9), rng.standard_normal(9)
+    source = gradc.jit(f, target="cpu").source(x, w)
+    assert source.count("for i0 in range(") == 1
+    assert source.count("if (") == 2 and source.count("else:") == 2
+    assert ">= 0" not in source and "< 9:" not in source      # (no pad window tests)
+    got = gradc.jit(f, target="cpu")(x, w)
+    assert got == pytest.approx(f(x, w), rel=1e-14)
+    g = gradc.grad(f, argnums=(0, 1))
+    for a, b in zip(g(x, w), gradc.grad(f, argnums=(0, 1), target="numpy")(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)

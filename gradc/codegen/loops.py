@@ -101,6 +101,9 @@ class _Emitter:
             self.commented.add(eqn)
             for line in self.comments[eqn]:
                 self.emit(depth, "# " + line)
+        if expr.isidentifier():     # (a pad inside its window, a select known, a slice of
+            self.memo[-1][key] = expr   # a scalar: another name for a value, not a copy;
+            return expr                 # Numba's compile time grows with its statements)
         name = self.local(atom)
         self.emit(depth, f"{name} = {expr}")
         self.memo[-1][key] = name
@@ -147,6 +150,9 @@ class _Emitter:
             if cond in ("True", "False"):
                 k = 1 if cond == "True" else 2
                 return self.value(eqn.inputs[k], subs[k], depth)
+            sides = self.sides(eqn.inputs[0], subs[0])
+            if sides is not None:
+                return self.branches(eqn, subs, cond, sides, depth)
         args = [self.value(a, sub, depth) for a, sub in zip(eqn.inputs, subs)]
         if name in ("broadcast_in_dim", "slice", "transpose", "reshape"):
             return args[0]
@@ -156,6 +162,49 @@ class _Emitter:
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
         return eqn_template(eqn).format(*args)
+
+    def sides(self, cond, idx):
+        """Where ``cond`` at ``idx`` is a window test (a selection's: ``i0 < m``, see
+        ``_bool_window``) of a loop variable ``v``, stepping by one: ``(v, true, false)``,
+        the ranges ``v`` takes on either side, and the boundary is a breakpoint (the
+        domain is split there, as at a pad's window).  Else None."""
+        while not isinstance(cond, Lit):           # (through a broadcast of the test)
+            eqn = self.producer.get(cond)
+            if eqn is None or eqn.prim.name not in ("broadcast_in_dim", "reshape"):
+                return None
+            cond, idx = eqn.inputs[0], operand_indices(eqn, idx)[0]
+        found = _bool_window(cond.value)
+        if found is None or not idx:
+            return None
+        axis, m, first = found
+        c = idx[axis]
+        if getattr(c, "sym", None) is None or abs(c.mult) != 1:
+            return None
+        lo, hi = (c.lo - c.offset) * c.mult, (c.hi - c.offset) * c.mult   # v's range
+        lo, hi = min(lo, hi), max(lo, hi)
+        edge = (m - c.offset) * c.mult          # c < m  <=>  v < edge  (mult 1)
+        below, above = (lo, edge - 1), (edge, hi)   # ... v > edge - ... (mult -1)
+        if c.mult == -1:
+            below, above = (edge + 1, hi), (lo, edge)
+            self.breakpoints.setdefault(c.sym, set()).add(edge + 1)
+        else:
+            self.breakpoints.setdefault(c.sym, set()).add(edge)
+        return (c.sym,) + ((below, above) if first else (above, below))
+
+    def branches(self, eqn, subs, cond, sides, depth) -> str:
+        """A select on a window test as ``if``/``else``, each side computed with the loop
+        variable's range narrowed to where it is taken: the windows of the pads under
+        it (a concatenation's, ``np.roll``'s) hold there, and need no tests of their
+        own."""
+        sym, true, false = sides
+        result = self.ctx.temp()
+        self.emit(depth, f"if {cond}:")
+        for k, (lo, hi) in ((1, true), (2, false)):
+            if k == 2:
+                self.emit(depth, "else:")
+            sub = tuple(_narrowed(c, sym, lo, hi) for c in subs[k])
+            self.emit(depth + 1, f"{result} = {self.window_body(eqn.inputs[k], sub, depth)}")
+        return result
 
     def pad(self, eqn, idx, depth):
         x, out = eqn.inputs[0], eqn.outputs[0]
@@ -214,6 +263,28 @@ class _Emitter:
         return result
 
 
+def _narrowed(c, sym, lo, hi):
+    """Index component ``c`` where loop variable ``sym`` lies in [lo, hi]."""
+    if getattr(c, "sym", None) != sym:
+        return c
+    a, b = c.mult * lo + c.offset, c.mult * hi + c.offset
+    return c.clamp(min(a, b), max(a, b))
+
+
+def _bool_window(value: np.ndarray):
+    """``(axis, m, first)`` where boolean array ``value`` changes once along one axis,
+    from ``first`` (before index ``m``) to its negation, its other axes of length 1:
+    the window of a concatenation's operand (``passes.steps.selection``).  Else None."""
+    flat = value.reshape(-1)
+    axes = [d for d, n in enumerate(value.shape) if n != 1]
+    if value.dtype.kind != "b" or len(axes) != 1:
+        return None
+    m = int(np.argmin(flat) if flat[0] else np.argmax(flat))
+    if m == 0 or not (flat[:m] == flat[0]).all() or not (flat[m:] != flat[0]).all():
+        return None
+    return axes[0], m, bool(flat[0])
+
+
 def const_element(value: np.ndarray, idx):
     """An expression for constant array ``value`` at ``idx`` that reads no array, or
     None: its one value where all its elements are equal (and of one sign), the index
@@ -230,13 +301,14 @@ def const_element(value: np.ndarray, idx):
         return scalar_literal(flat[0], value.dtype)
     axes = [d for d, n in enumerate(value.shape) if n != 1]
     if len(axes) == 1 and value.dtype.kind == "b":     # (a window: True, then False)
-        m = int(np.argmin(flat) if flat[0] else np.argmax(flat))
-        if (flat[:m] == flat[0]).all() and (flat[m:] != flat[0]).all():
+        found = _bool_window(value)
+        if found is not None:
+            _, m, first = found
             i = idx[axes[0]]
             lo, hi = getattr(i, "lo", None), getattr(i, "hi", None)
             if lo is not None and (hi < m or lo >= m):   # (one side in this loop's range)
-                return str(bool(flat[0]) == (hi < m))
-            return f"({i} {'<' if flat[0] else '>='} {m})"
+                return str(first == (hi < m))
+            return f"({i} {'<' if first else '>='} {m})"
         return None
     if len(axes) != 1 or value.dtype.kind == "b" or flat[0] != 0 or \
             value.dtype.kind == "f" and np.signbit(flat[0]) or \
@@ -332,7 +404,7 @@ def lower_nests(ctx, nests: list) -> list:
             head.append(f"    # {n.comment}")
             head.extend("    " + line for line in n.lines)
         return "\n".join(head + [f"    return ({results},)"])
-    helper = ctx.helper(make)
+    helper = ctx.helper(make, share=True)
     if first.pooled:   # the outer loop shared out among threads (kernels.on_threads)
         # scalars leave compiled code as Python floats: typed again, or a float32
         # scalar would make the helper compute in float64

@@ -24,6 +24,7 @@ Conventions of the generated code
 """
 from __future__ import annotations
 
+import ast
 import builtins
 import keyword
 import re
@@ -234,6 +235,7 @@ class _Context(Symbols):
     def __init__(self):
         super().__init__()
         self.helpers: list[str] = []   # source of generated helper functions
+        self.shared: dict = {}         # canonical source -> the helper of that code
         self.producer: dict = {}  # Var -> the name of the primitive that defines it
         self.outs: dict = {}      # output buffers the caller allocates (with NumPy)
         self.made: dict = {}      # out name -> (index of its equation, Var) (``memplan``)
@@ -259,10 +261,43 @@ class _Context(Symbols):
         self.made[name] = (self.at, var)
         return name
 
-    def helper(self, make) -> str:
+    def helper(self, make, share=False) -> str:
+        """The name of a new helper function, ``make(name)`` its source.  ``share``:
+        an earlier helper whose source is the same but for the names of its locals and
+        parameters is returned instead, so Numba compiles that code once (a Python loop
+        the trace unrolled makes the same loop nests again and again: ``canonical``)."""
         name = f"_h{len(self.helpers)}"
-        self.helpers.append(make(name))
+        source = make(name)
+        if share:
+            key = canonical(source)
+            if key in self.shared:
+                return self.shared[key]
+            self.shared[key] = name
+        self.helpers.append(source)
         return name
+
+
+def canonical(source: str) -> str:
+    """A function's source with its name, comments and formatting dropped and the names
+    it binds (parameters, locals) renamed in order of appearance: equal for two
+    functions that compute the same from arguments in the same places."""
+    tree = ast.parse(source)
+    fn = tree.body[0]
+    bound = {a.arg for a in fn.args.args} | {
+        n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    renamed: dict = {}
+
+    class Rename(ast.NodeTransformer):
+        def visit_Name(self, node):
+            if node.id in bound:
+                node.id = renamed.setdefault(node.id, f"v{len(renamed)}")
+            return node
+
+        def visit_arg(self, node):
+            node.arg = renamed.setdefault(node.arg, f"v{len(renamed)}")
+            return node
+    fn.name = "_"
+    return ast.unparse(Rename().visit(tree))
 
 
 def _identifier(name: str) -> str:
