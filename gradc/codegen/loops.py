@@ -45,6 +45,7 @@ class _Emitter:
         self.used_consts: list = []   # array constants read (parameters of the helper)
         self.unsigned: set = set()    # loop variables whose indices are cast to uint64
         self.nesting = 0              # compute() calls in progress (see operands_first)
+        self.fixed: set = set()       # locals this emitter sets once (not accumulators)
 
     # -------------------------------------------------------- bookkeeping
 
@@ -101,10 +102,11 @@ class _Emitter:
             self.commented.add(eqn)
             for line in self.comments[eqn]:
                 self.emit(depth, "# " + line)
-        if expr.isidentifier():     # (a pad inside its window, a select known, a slice of
-            self.memo[-1][key] = expr   # a scalar: another name for a value, not a copy;
-            return expr                 # Numba's compile time grows with its statements)
+        if expr in self.fixed:      # (a pad inside its window, a select known: another
+            self.memo[-1][key] = expr   # name for a local set once, not a copy; Numba's
+            return expr                 # compile time grows with its statements)
         name = self.local(atom)
+        self.fixed.add(name)
         self.emit(depth, f"{name} = {expr}")
         self.memo[-1][key] = name
         return name
@@ -198,6 +200,7 @@ class _Emitter:
         own."""
         sym, true, false = sides
         result = self.ctx.temp()
+        self.fixed.add(result)
         self.emit(depth, f"if {cond}:")
         for k, (lo, hi) in ((1, true), (2, false)):
             if k == 2:
@@ -260,6 +263,7 @@ class _Emitter:
         self.emit(depth + 1, f"{result} = {inner}")
         self.emit(depth, "else:")
         self.emit(depth + 1, f"{result} = {zero}")
+        self.fixed.add(result)
         return result
 
 
