@@ -388,6 +388,47 @@ def test_numbas_performance_warnings_on_generated_code_are_silenced(tmp_path, mo
     np.testing.assert_allclose(h, gradc.hessian(f, target="numpy")(A), rtol=1e-8,
                                atol=1e-10)
 
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_lapack_and_small_products_are_cached_kernels_with_a_status(target):
+    """Generated code calls LAPACK and small products through kernels Numba caches on
+    disk (``kernels.lapack_*``, ``small_dot``), not np.linalg and np.dot, which it
+    compiled into every new module; a failure is a status the code tests, not a
+    try/except (0.45 s of compile time each).  Values and every failure's error as
+    before, on each decomposition."""
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((4, 4))
+    P = M @ M.T + 4 * np.eye(4)
+
+    def f(A, b):
+        x = np.linalg.solve(A, b)
+        L = np.linalg.cholesky(A)
+        w, V = np.linalg.eigh(A)
+        Q, R = np.linalg.qr(A[:, :3])
+        s = np.linalg.svd(A[:3], compute_uv=False)
+        sign, logdet = np.linalg.slogdet(A)
+        return (np.sum(x ** 2) + np.sum(np.diag(L)) + np.sum(w * V[0] ** 2) +
+                np.sum(np.abs(np.diag(R))) + np.sum(s) + logdet + np.linalg.det(A) +
+                np.sum((A[:2] @ A[:, :2]) ** 2))
+    g = gradc.value_and_grad(f, argnums=(0, 1), target=target)
+    b = rng.standard_normal(4)
+    source = g.source(P, b)
+    code = "\n".join(line for line in source.split('"""')[-1].splitlines()
+                     if not line.strip().startswith("#") and "Error(" not in line)
+    assert "np.linalg." not in code and "np.dot(" not in code and "try:" not in code
+    for kernel in ("lapack_solve", "lapack_cholesky", "lapack_eigh", "lapack_qr",
+                   "lapack_svd", "lapack_slogdet", "lapack_det", "small_dot"):
+        assert f"_k.{kernel}(" in code, kernel
+    (value, got), want = g(P, b), gradc.grad(f, argnums=(0, 1), target="numpy")(P, b)
+    assert value == pytest.approx(f(P, b), rel=1e-12)
+    for a, c in zip(got, want):
+        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-11)
+    with pytest.raises(gradc.EvaluationError, match=r"cholesky: the matrix is not positive"):
+        g(-P, b)
+    with pytest.raises(gradc.EvaluationError, match=r"infinities or NaNs"):
+        g(np.full((4, 4), np.nan), b)
+
+
 def test_consecutive_object_mode_blocks_merge():
     """``pysource.merge_objmode``: blocks separated by comments and parameter aliases
     become one (aliases above it); another line ends the run; the merged block declares

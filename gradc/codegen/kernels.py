@@ -392,6 +392,14 @@ def argsort_rows(x):
 
 # ---------------------------------------------------------------- linear algebra
 
+@njit
+def small_dot(a, b):
+    """``np.dot(a, b)`` of a product below ``OBJMODE_FLOPS`` (generated code calls this
+    rather than np.dot itself: Numba compiled its implementation, 0.2 s for each pair of
+    layouts, into every new module; from here, once, then from its cache on disk)."""
+    return np.dot(a, b)
+
+
 @njit_gil
 def dot(a, b, out):
     """``out[...] = a @ b`` for 2-D float operands (``out`` C-contiguous, of their dtype);
@@ -432,20 +440,124 @@ def matmul_batched_loops(a, b):
     return out
 
 
+# LAPACK's calls, as cached kernels that return a status beside their results: 0, 1
+# (LAPACK failed: NumPy's LinAlgError, ``pysource.LINALG_FAILURES``), 2 (an operand holds
+# infinities or NaNs, which Numba's wrappers refuse).  Generated code that called
+# np.linalg itself compiled Numba's implementation into every new module, and the
+# try/except around it (0.45 s each): a solve's gradient took 8.2 s on its first call,
+# 3.4 s with the call here, 1.7 s without the try/except too.  Numba compiles these once
+# per signature and then loads them from its cache on disk.
+
+@njit
+def _failure(failed, finite):
+    return 0 if not failed else (1 if finite else 2)
+
+
+@njit
+def lapack_solve(a, b):
+    failed = False
+    try:
+        x = np.ascontiguousarray(np.linalg.solve(a, b))
+    except Exception:
+        failed = True
+        x = np.empty_like(b)
+    return x, _failure(failed, failed and np.isfinite(a).all() and np.isfinite(b).all())
+
+
+@njit
+def lapack_det(a):
+    failed = False
+    try:
+        d = np.linalg.det(a)
+    except Exception:
+        failed = True
+        d = 0.0
+    return d, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def lapack_slogdet(a):
+    failed = False
+    try:
+        s, v = np.linalg.slogdet(a)
+    except Exception:
+        failed = True
+        s, v = 0.0, 0.0
+    return s, v, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def lapack_cholesky(a):
+    failed = False
+    try:
+        c = np.ascontiguousarray(np.linalg.cholesky(a))
+    except Exception:
+        failed = True
+        c = np.empty_like(a)
+    return c, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def lapack_eigh(a):
+    failed = False
+    try:
+        w, v = np.linalg.eigh(a)
+        v = np.ascontiguousarray(v)
+    except Exception:
+        failed = True
+        w, v = np.empty(a.shape[0], a.dtype), np.empty_like(a)
+    return w, v, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def lapack_svd(a):
+    failed = False
+    k = min(a.shape[0], a.shape[1])
+    try:
+        u, s, vt = np.linalg.svd(a, full_matrices=False)
+        u, vt = np.ascontiguousarray(u), np.ascontiguousarray(vt)
+    except Exception:
+        failed = True
+        u, s = np.empty((a.shape[0], k), a.dtype), np.empty(k, a.dtype)
+        vt = np.empty((k, a.shape[1]), a.dtype)
+    return u, s, vt, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def lapack_qr(a):
+    failed = False
+    k = min(a.shape[0], a.shape[1])
+    try:
+        q, r = np.linalg.qr(a)
+        q, r = np.ascontiguousarray(q), np.ascontiguousarray(r)
+    except Exception:
+        failed = True
+        q, r = np.empty((a.shape[0], k), a.dtype), np.empty((k, a.shape[1]), a.dtype)
+    return q, r, _failure(failed, failed and np.isfinite(a).all())
+
+
 @njit
 def solve_batched(a, b):
     out = np.empty_like(b)
-    for i in range(a.shape[0]):
-        out[i] = np.linalg.solve(a[i], b[i])
-    return out
+    failed = False
+    try:
+        for i in range(a.shape[0]):
+            out[i] = np.linalg.solve(a[i], b[i])
+    except Exception:
+        failed = True
+    return out, _failure(failed, failed and np.isfinite(a).all() and np.isfinite(b).all())
 
 
 @njit
 def det_batched(a):
     out = np.empty(a.shape[0], a.dtype)
-    for i in range(a.shape[0]):
-        out[i] = np.linalg.det(a[i])
-    return out
+    failed = False
+    try:
+        for i in range(a.shape[0]):
+            out[i] = np.linalg.det(a[i])
+    except Exception:
+        failed = True
+    return out, _failure(failed, failed and np.isfinite(a).all())
 
 
 @njit
@@ -453,6 +565,16 @@ def cofactor_batched(a):
     """``prims.linalg.cofactor_matrix`` of each matrix: det A · A⁻ᵀ, or at det A = 0
     det U det V · U diag(Π_{j≠i} s_j) Vᵀ from the SVD."""
     out = np.empty_like(a)
+    failed = False
+    try:
+        _cofactors(a, out)
+    except Exception:
+        failed = True
+    return out, _failure(failed, failed and np.isfinite(a).all())
+
+
+@njit
+def _cofactors(a, out):
     n = a.shape[1]
     for i in range(a.shape[0]):
         m = np.ascontiguousarray(a[i])
@@ -470,18 +592,21 @@ def cofactor_batched(a):
             for r in range(n):
                 u[r, k] *= p
         out[i] = u @ vt
-    return out
 
 
 @njit
 def slogdet_batched(a):
     sign = np.empty(a.shape[0], a.dtype)
     logabs = np.empty(a.shape[0], a.dtype)
-    for i in range(a.shape[0]):
-        s, v = np.linalg.slogdet(a[i])
-        sign[i] = s
-        logabs[i] = v
-    return sign, logabs
+    failed = False
+    try:
+        for i in range(a.shape[0]):
+            s, v = np.linalg.slogdet(a[i])
+            sign[i] = s
+            logabs[i] = v
+    except Exception:
+        failed = True
+    return sign, logabs, _failure(failed, failed and np.isfinite(a).all())
 
 
 # ---------------------------------------------------------------- conv2d

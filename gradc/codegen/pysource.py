@@ -246,6 +246,7 @@ class _Context(Symbols):
         self.inner = False         # lowering a loop's body (a function called per step)
         self.dest = {}             # body output Var -> parameter it is written into
         self.parallel = self.fastmath = False
+        self.status = None         # a LAPACK call's status (``kernels.lapack_solve``)
         self.inplace = inplace.Plan()  # the updates that write into their operand
 
     def out_buffer(self, shape, dtype, var=None) -> str:
@@ -455,7 +456,7 @@ def _einsum(ctx, eqn, a, outs):
             lhs = ops[1] if list(sb) == b_only + contracted else f"{ops[1]}.T"
             rhs = ops[0] if list(sa) == contracted + a_only else f"{ops[0]}.T"
         # (the product is written in the output's order: a C-contiguous result, no copy)
-        call = f"np.dot({lhs}, {rhs})"
+        call = f"_k.small_dot({lhs}, {rhs})"
         out = eqn.outputs[0]
         if out.ndim != 2:
             call += f".reshape({_tuple(out.shape)})"
@@ -483,8 +484,8 @@ def _einsum(ctx, eqn, a, outs):
         m_op, v_op = (f"_k.blas_operand({a[k]})" if _may_be_strided(ctx, (x, y)[k])
                       else a[k] for k in (mat, vec))
         if letters.index(contracted[0]) == 1:
-            return f"np.dot({m_op}, {v_op})"
-        return f"np.dot({m_op}.T, {v_op})"
+            return f"_k.small_dot({m_op}, {v_op})"
+        return f"_k.small_dot({m_op}.T, {v_op})"
     kernel = "matmul_batched" if np.dtype(x.dtype).kind in "fc" else "matmul_batched_loops"
     call = (f"_k.{kernel}({grouped(sa, a[0], x, (batch, a_only, contracted))}, "
             f"{grouped(sb, a[1], y, (batch, contracted, b_only))})")
@@ -537,32 +538,38 @@ def _as(var, expr):
 def _solve(ctx, eqn, a, outs):
     m, b = eqn.inputs
     if m.ndim == 2:
-        return f"np.linalg.solve(_k.contiguous({a[0]}), _k.contiguous({a[1]}))"
-    call = f"_k.solve_batched({_batched(a[0], m, 2)}, {_batched(a[1], b, 2)})"
-    return f"{call}.reshape({_tuple(b.shape)})"
+        return [f"{outs[0]}, {ctx.status} = _k.lapack_solve(_k.contiguous({a[0]}), "
+                f"_k.contiguous({a[1]}))"]
+    t = ctx.temp()
+    return [f"{t}, {ctx.status} = _k.solve_batched({_batched(a[0], m, 2)}, "
+            f"{_batched(a[1], b, 2)})",
+            f"{outs[0]} = {t}.reshape({_tuple(b.shape)})"]
 
 
 def _det(ctx, eqn, a, outs):
-    m = eqn.inputs[0]
+    m, t = eqn.inputs[0], ctx.temp()
     if m.ndim == 2:
-        return _as(eqn.outputs[0], f"np.linalg.det(_k.contiguous({a[0]}))")
-    return f"_k.det_batched({_batched(a[0], m, 2)}).reshape({_tuple(m.shape[:-2])})"
+        return [f"{t}, {ctx.status} = _k.lapack_det(_k.contiguous({a[0]}))",
+                f"{outs[0]} = {_as(eqn.outputs[0], t)}"]
+    return [f"{t}, {ctx.status} = _k.det_batched({_batched(a[0], m, 2)})",
+            f"{outs[0]} = {t}.reshape({_tuple(m.shape[:-2])})"]
 
 
 def _cofactor(ctx, eqn, a, outs):
-    m = eqn.inputs[0]
-    return f"_k.cofactor_batched({_batched(a[0], m, 2)}).reshape({_tuple(m.shape)})"
+    m, t = eqn.inputs[0], ctx.temp()
+    return [f"{t}, {ctx.status} = _k.cofactor_batched({_batched(a[0], m, 2)})",
+            f"{outs[0]} = {t}.reshape({_tuple(m.shape)})"]
 
 
 def _slogdet(ctx, eqn, a, outs):
     m = eqn.inputs[0]
     t1, t2 = ctx.temp(), ctx.temp()
     if m.ndim == 2:
-        return [f"{t1}, {t2} = np.linalg.slogdet(_k.contiguous({a[0]}))",
+        return [f"{t1}, {t2}, {ctx.status} = _k.lapack_slogdet(_k.contiguous({a[0]}))",
                 f"{outs[0]} = {_as(eqn.outputs[0], t1)}",
                 f"{outs[1]} = {_as(eqn.outputs[1], t2)}"]
     batch = _tuple(m.shape[:-2])
-    return [f"{t1}, {t2} = _k.slogdet_batched({_batched(a[0], m, 2)})",
+    return [f"{t1}, {t2}, {ctx.status} = _k.slogdet_batched({_batched(a[0], m, 2)})",
             f"{outs[0]} = {t1}.reshape({batch})",
             f"{outs[1]} = {t2}.reshape({batch})"]
 
@@ -744,13 +751,11 @@ def _guard(ctx, eqn, a, outs):
             f"traced with {expected}\")"]
 
 
-def _decomposition(call):
+def _decomposition(kernel):
+    """A decomposition of one matrix (``kernels.lapack_*``: C-ordered results and a
+    status)."""
     def handler(ctx, eqn, a, outs):
-        text = call.format(f"_k.contiguous({a[0]})")
-        if len(outs) == 1:
-            return text
-        return [f"{', '.join(outs)} = {text}"] + [
-            f"{o} = np.ascontiguousarray({o})" for o in outs]
+        return [f"{', '.join(outs)}, {ctx.status} = {kernel}(_k.contiguous({a[0]}))"]
     return handler
 
 
@@ -800,10 +805,10 @@ HANDLERS = {
     "conv2d_over_batch": _conv2d_over_batch,
     "conv2d_dilated_input": _conv2d_dilated_input, "nonzero": _nonzero, "guard": _guard,
     "root": _root_callback, "report": _report, "barrier": _barrier,
-    "cholesky": _decomposition("np.linalg.cholesky({})"),
-    "eigh": _decomposition("np.linalg.eigh({})"),
-    "svd": _decomposition("np.linalg.svd({}, full_matrices=False)"),
-    "qr": _decomposition("np.linalg.qr({})"),
+    "cholesky": _decomposition("_k.lapack_cholesky"),
+    "eigh": _decomposition("_k.lapack_eigh"),
+    "svd": _decomposition("_k.lapack_svd"),
+    "qr": _decomposition("_k.lapack_qr"),
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
     **control.HANDLERS,
@@ -880,18 +885,16 @@ def _statements(ctx, graph: Graph, names: dict, printed) -> list:
             nests.append(nest)          # (placed with those after it, ``place_nests``)
             continue
         else:
+            ctx.status = ctx.temp() if prim in LINALG_CALLS else None
             code = HANDLERS[prim](ctx, eqn, args, outs)
         if isinstance(code, str):
             code = [f"{', '.join(outs)} = {code}" if outs else code]
-        if prim in LINALG_CALLS:        # (Numba raises NumPy's LinAlgError, no line;
-            # and fails to compile a raise inside ``except`` on Python 3.11+)
-            failed = ctx.temp()
-            finite = " and ".join(f"np.isfinite({x}).all()" for x in args)
-            code = [f"{failed} = False", "try:"] + ["    " + c for c in code] + [
-                "except Exception:", f"    {failed} = True", f"if {failed}:",
-                f"    if {finite}:",
-                f"        raise _k.EvaluationError({linalg_failure(eqn)!r})",
-                f"    raise _k.EvaluationError({linalg_failure(eqn, finite=False)!r})"]
+        if prim in LINALG_CALLS:        # (Numba raises NumPy's LinAlgError, no line: the
+            # kernels catch it, and say what failed; ``kernels.lapack_solve``)
+            code += [f"if {ctx.status} == 1:",
+                     f"    raise _k.EvaluationError({linalg_failure(eqn)!r})",
+                     f"if {ctx.status} == 2:",
+                     f"    raise _k.EvaluationError({linalg_failure(eqn, finite=False)!r})"]
         body.extend("    " + c for c in code)
     place_nests()
     return body
