@@ -757,12 +757,14 @@ def compile_src(src):
 
 def close(a, b, rtol=1e-6, atol=1e-9):
     """Equal within the tolerance, float32 programs' looser (2e-3, relative to the
-    largest value of b)."""
+    largest finite value of b); NaN where b is NaN (``np.std`` of a constant: 0 · inf in
+    its derivative, as JAX's, on every target alike)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if DTYPE == np.float32:
         rtol = max(rtol, 2e-3)
-        atol = max(atol, 2e-4 * max(1.0, float(np.max(np.abs(b), initial=0.0))))
-    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=atol)
+        top = np.max(np.abs(b[np.isfinite(b)]), initial=0.0)
+        atol = max(atol, 2e-4 * max(1.0, float(top)))
+    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
 
 
 def all_close(xs, ys, **tol):
