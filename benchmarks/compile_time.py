@@ -3,6 +3,7 @@
     python benchmarks/compile_time.py --loop tanh --steps 100 300
     python benchmarks/compile_time.py --loop roll --steps 25
     python benchmarks/compile_time.py --loop W4      # a workload's gradient, cold
+    python benchmarks/compile_time.py --loop gp      # also linalg, rk4 and average
 
 Each run times ``.source()`` (tracing, passes, code generation) and the first call (all
 Numba; wall-clock, and the process's CPU time, which a busy machine inflates less) of
@@ -43,9 +44,55 @@ def workload(kind: str):
                   rng.standard_normal((32, 16, 3, 3)) / 12)
 
 
+def program(kind: str, steps: int):
+    """Programs of linear algebra and stencils (thirty-fourth session): a Gaussian
+    process's likelihood (Cholesky, solves), a matrix's determinants and decompositions,
+    an unrolled RK4 of a stencil (``steps`` steps), a roll average (``steps`` steps)."""
+    rng = np.random.default_rng(0)
+    if kind == "gp":
+        y = rng.standard_normal(8)
+
+        def gp(p, X):
+            d2 = np.sum((X[:, None, :] - X[None, :, :]) ** 2, axis=-1)
+            K = np.exp(-d2 / (2 * np.exp(p[0]) ** 2)) + np.exp(p[1]) * np.eye(len(y))
+            L = np.linalg.cholesky(K)
+            return 0.5 * y @ np.linalg.solve(K, y) + np.sum(np.log(np.diag(L)))
+        return gp, (np.array([0.5, 0.3]), rng.standard_normal((8, 2)))
+    if kind == "linalg":
+        def decompositions(A, B):
+            S = A @ A.T + 4 * np.eye(4)
+            Q, R = np.linalg.qr(B)
+            return (np.linalg.slogdet(S)[1] + np.trace(np.linalg.inv(S)) +
+                    np.sum(np.linalg.eigh(S)[0] ** 2) + np.sum(np.abs(np.diag(R))) +
+                    np.sum(np.linalg.svd(B, compute_uv=False)))
+        return decompositions, (rng.standard_normal((4, 4)), rng.standard_normal((6, 3)))
+    if kind == "rk4":
+        def rk4(y0, w):
+            def f(y):
+                return np.tanh(np.roll(y, 1) * w) - 0.5 * y
+            y, h = y0, 0.1
+            for _ in range(steps):
+                k1 = f(y)
+                k2 = f(y + h / 2 * k1)
+                k3 = f(y + h / 2 * k2)
+                k4 = f(y + h * k3)
+                y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            return np.sum(y ** 2)
+        return rk4, (rng.standard_normal(4), np.array(0.9))
+
+    def average(x, c):          # (tests/test_fuse.py: _roll_average)
+        v = x
+        for _ in range(steps):
+            v = c * v + 0.05 * (np.roll(v, 1) + np.roll(v, -1))
+        return np.sum(np.pad(v, 2, mode="reflect") ** 2)
+    return average, (np.linspace(0.1, 1.0, 6), np.array(0.9))
+
+
 def loop(kind: str, steps: int):
     if kind in ("W3", "W4", "W5"):
         return workload(kind)
+    if kind in ("gp", "linalg", "rk4", "average"):
+        return program(kind, steps)
     if kind == "tanh":               # (tests/test_fuse.py: _tanh_chain)
         def f(x, w):
             h = x
@@ -79,8 +126,10 @@ def one(kind: str, steps: int) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--loop", choices=("tanh", "roll", "W3", "W4", "W5"), default="tanh",
-                    help="an unrolled loop, or a workload (W3-W5: --steps is ignored)")
+    ap.add_argument("--loop", choices=("tanh", "roll", "average", "rk4", "gp", "linalg",
+                                       "W3", "W4", "W5"), default="tanh",
+                    help="an unrolled loop, or a program (gp, linalg, W3-W5: --steps is "
+                         "ignored)")
     ap.add_argument("--steps", type=int, nargs="+", default=[100])
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
