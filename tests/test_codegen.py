@@ -429,6 +429,27 @@ def test_lapack_and_small_products_are_cached_kernels_with_a_status(target):
         g(np.full((4, 4), np.nan), b)
 
 
+def test_small_output_buffers_are_allocated_by_the_compiled_code():
+    """Buffers under ``SMALL_OUT_BYTES`` are allocated by the generated code, larger
+    ones by the caller (from its pool): a parameter costs an np.empty and its unboxing
+    at every call (an unrolled RK4's gradient of 4 elements: 169 parameters, 42 µs a
+    call; 11 µs without them)."""
+    from gradc.codegen.pysource import SMALL_OUT_BYTES
+
+    def rosen(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    small = np.linspace(-1.0, 1.0, 8)
+    large = np.linspace(-1.0, 1.0, SMALL_OUT_BYTES // 8)
+    for x, head in ((small, "def rosen_grad(a):"), (large, "def rosen_grad(a, _o0):")):
+        g = gradc.grad(rosen, target="cpu")
+        assert head in g.source(x)
+        got = g(x)
+        np.testing.assert_allclose(got, gradc.grad(rosen, target="numpy")(x), rtol=1e-13)
+        assert got.flags.c_contiguous and got.flags.writeable
+    assert len(gradc.grad(rosen, target="cpu").compile(small).signature()) == 1
+    assert len(gradc.grad(rosen, target="cpu").compile(large).signature()) == 2
+
+
 def test_consecutive_object_mode_blocks_merge():
     """``pysource.merge_objmode``: blocks separated by comments and parameter aliases
     become one (aliases above it); another line ends the run; the merged block declares

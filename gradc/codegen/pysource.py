@@ -190,6 +190,10 @@ def _ufunc_objmode(ctx, eqn, a, outs) -> list:
             f"    {outs[0]} = np.ascontiguousarray({call})"]
 
 
+# Output buffers smaller than this are allocated by the generated code (Numba's
+# allocator), not passed in by the caller (``_Context.out_buffer``)
+SMALL_OUT_BYTES = 1 << 16
+
 # From this many multiply-adds on, a matrix product runs on NumPy's BLAS in an
 # object-mode block (~2 µs to enter): Numba's np.dot calls SciPy's OpenBLAS, a second
 # thread pool that spins against NumPy's when both are used in one process (measured:
@@ -257,6 +261,11 @@ class _Context(Symbols):
         result of the equation may be in it)."""
         if self.inner:      # a loop body's: its destination, or allocated here
             return self.dest.pop(var, None) or f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
+        if int(np.prod(shape)) * np.dtype(dtype).itemsize < SMALL_OUT_BYTES:
+            # (a small one is allocated here: each parameter costs its np.empty and its
+            # unboxing at every call, and Numba compiles a wrapper of every one; an
+            # unrolled RK4's gradient had 169 of 32 bytes)
+            return f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
         name = f"_o{len(self.outs)}"
         self.outs[name] = (tuple(int(n) for n in shape), np.dtype(dtype))
         self.made[name] = (self.at, var)
