@@ -2,7 +2,8 @@
 
 The compiled CPU code writes every array a fused loop nest, a large matrix product or a
 scan's stacked ys makes into a buffer its caller allocates (``pysource.out_buffer``:
-destination passing).  Without a plan each such value has memory of its own for the
+destination passing; buffers under ``SMALL_OUT_BYTES``, far below ``MIN_BYTES``, are
+allocated by the code itself).  Without a plan each such value has memory of its own for the
 whole call, so a gradient's peak is the sum of all its intermediates.  This module lets
 a buffer take the memory of one whose value is dead by then, the static plan of XLA's
 buffer assignment and of TVM's storage rewrite, on one Graph:

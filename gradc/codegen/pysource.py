@@ -256,7 +256,8 @@ class _Context(Symbols):
     def out_buffer(self, shape, dtype, var=None) -> str:
         """A parameter for an array the caller allocates with NumPy and the code fills:
         NumPy's allocator asks the kernel for huge pages, Numba's does not, and a fresh
-        80 MB array costs 4x less to fault in that way.  ``var``: the value it will
+        80 MB array costs 4x less to fault in that way (under ``SMALL_OUT_BYTES``: an
+        ``np.empty`` expression, allocated by the code itself).  ``var``: the value it will
         hold (the memory plan, ``memplan``, reads when it is dead; without it, any
         result of the equation may be in it)."""
         if self.inner:      # a loop body's: its destination, or allocated here
