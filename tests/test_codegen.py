@@ -450,6 +450,26 @@ def test_small_output_buffers_are_allocated_by_the_compiled_code():
     assert len(gradc.grad(rosen, target="cpu").compile(large).signature()) == 2
 
 
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_small_buffers_of_threaded_nests_are_still_handed_in(monkeypatch, target):
+    """(Program fuzzer, ``--small-limits``) A nest run on the thread pool, or by Numba's
+    parallel loops, writes into a buffer it is handed, however small: allocated inside
+    the pooled helper, the result never reached the main function, which failed to
+    compile (a silent fall-back to the interpreter with a warning)."""
+    import gradc.codegen.loops as loops
+    monkeypatch.setattr(loops, "POOL_MIN", 16)
+    monkeypatch.setattr(loops, "PRANGE_MIN", 4)
+    x = np.linspace(0.1, 1.0, 64).reshape(8, 8)
+
+    def f(x):
+        return np.sum(np.sin(x) * x + 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = gradc.grad(f, target=target)
+        assert "_o0" in g.source(x)
+        np.testing.assert_allclose(g(x), np.cos(x) * x + np.sin(x), rtol=1e-14)
+
+
 def test_consecutive_object_mode_blocks_merge():
     """``pysource.merge_objmode``: blocks separated by comments and parameter aliases
     become one (aliases above it); another line ends the run; the merged block declares

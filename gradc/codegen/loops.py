@@ -437,18 +437,19 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     lines = []
     roots = list(body.outputs)
     reductions, totals = {}, {}
+    passed = parallel or pooled     # (buffers handed in: see ``out_buffer``)
     for r in roots:
         e = producer[r]
         kind = _reduction_kind(e)
         if kind is None:
-            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r)}")
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r, passed)}")
             continue
         init = _init(kind, r)
         reductions[r] = (kind, e)
         if r.ndim == 0:
             lines.append(f"{names[r]} = {_init(kind, r, wide=True)}")
         else:
-            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r)}")
+            lines.append(f"{names[r]} = {ctx.out_buffer(r.shape, r.dtype, r, passed)}")
             if _widened(kind, r) and tuple(e.params["axes"]) != (len(domain) - 1,):
                 # (summed over outer loops too: into a float64 array, copied at the end)
                 totals[r] = f"{names[r]}_w"

@@ -253,16 +253,18 @@ class _Context(Symbols):
         self.status = None         # a LAPACK call's status (``kernels.lapack_solve``)
         self.inplace = inplace.Plan()  # the updates that write into their operand
 
-    def out_buffer(self, shape, dtype, var=None) -> str:
+    def out_buffer(self, shape, dtype, var=None, passed=False) -> str:
         """A parameter for an array the caller allocates with NumPy and the code fills:
         NumPy's allocator asks the kernel for huge pages, Numba's does not, and a fresh
         80 MB array costs 4x less to fault in that way (under ``SMALL_OUT_BYTES``: an
-        ``np.empty`` expression, allocated by the code itself).  ``var``: the value it will
+        ``np.empty`` expression, allocated by the code itself, unless ``passed``: a
+        nest run on threads, or by Numba's parallel loops, and an object-mode block
+        write into a buffer they are handed).  ``var``: the value it will
         hold (the memory plan, ``memplan``, reads when it is dead; without it, any
         result of the equation may be in it)."""
         if self.inner:      # a loop body's: its destination, or allocated here
             return self.dest.pop(var, None) or f"np.empty({_tuple(shape)}, {dtype_expr(dtype)})"
-        if int(np.prod(shape)) * np.dtype(dtype).itemsize < SMALL_OUT_BYTES:
+        if not passed and int(np.prod(shape)) * np.dtype(dtype).itemsize < SMALL_OUT_BYTES:
             # (a small one is allocated here: each parameter costs its np.empty and its
             # unboxing at every call, and Numba compiles a wrapper of every one; an
             # unrolled RK4's gradient had 169 of 32 bytes)
@@ -477,7 +479,7 @@ def _einsum(ctx, eqn, a, outs):
         # written into a buffer the caller allocates (from the pool of dropped results:
         # a fresh 8 MB result costs its page faults at every call)
         # (named first: in a loop's body the buffer is an expression, np.empty(...))
-        dest = ctx.out_buffer(out.shape, out.dtype, out)
+        dest = ctx.out_buffer(out.shape, out.dtype, out, passed=True)
         rows, cols = (a_only, b_only) if list(so) == a_only + b_only else (b_only, a_only)
         matrix = outs[0] if out.ndim == 2 else \
             f"{outs[0]}.reshape(({_prod([size[c] for c in rows])}, " \
