@@ -746,7 +746,9 @@ FLOAT32_ROWS = ["neg", "mul", "div", "pow", "max", "atan2", "rem", "sin", "log",
                 "select", "convert-f32-to-f64", "reduce_sum", "reduce_max", "reduce_prod",
                 "cumsum", "broadcast_in_dim", "concatenate", "slice", "pad", "gather",
                 "scatter_add", "index_set-repeated-index", "einsum-batched", "solve", "det",
-                "slogdet", "conv2d-same"]
+                "slogdet", "conv2d-same", "eigh-values", "eigh-vectors", "svd-values"]
+# (svd's vectors and qr: their second derivatives in float32 are beyond central
+# differences at float32's step; their first derivatives' dtypes are checked below)
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.id in FLOAT32_ROWS], ids=lambda r: r.id)
@@ -760,6 +762,23 @@ def test_float32_rows(row):
     for x in _leaves(row.fn(*args)):
         assert np.asarray(x).dtype in (np.float32, np.float64), np.asarray(x).dtype
     check_grads(row.fn, args, order=2)
+
+
+@pytest.mark.parametrize("which", ["eigh-vectors", "svd-u", "svd-vt", "qr-q", "qr-r"])
+def test_float32_decompositions_differentiate_in_float32(which):
+    """(Fuzzing helper) eigh's eigenvector tangent was float64 in a float32 program (its
+    coupling matrix multiplied by a float64 ``1 - eye``): a gradient through it failed
+    to trace with "mul: operands have different dtypes f32, f64".  Every decomposition's
+    first derivatives stay float32 and agree with float64's."""
+    row = next(r for r in ROWS if r.id == which)
+    a = row.gen(np.random.default_rng(7), row.shapes[0])[0]
+    u = np.random.default_rng(8).standard_normal(np.shape(row.fn(a)))
+
+    def f(a):
+        return np.sum(row.fn(a) * u.astype(a.dtype))
+    g32 = gradc.grad(f)(a.astype(np.float32))
+    assert g32.dtype == np.float32
+    np.testing.assert_allclose(g32, gradc.grad(f)(a), rtol=2e-3, atol=2e-3)
 
 
 def test_pow_derivatives_at_zero_base():

@@ -69,12 +69,13 @@ def _lower_sym(t):
 def _coupling(vals, squared: bool):
     """``1/(v_j − v_i)`` (or of the squares) off the diagonal, 0 on it and for
     repeated values (see the module docstring)."""
-    n = np.shape(vals)[0]
+    n, dtype = np.shape(vals)[0], np.dtype(vals.dtype)
     v = vals * vals if squared else vals
     diff = v[None, :] - v[:, None]
-    scale = np.max(np.abs(v)) + np.finfo(np.float64).tiny
+    scale = np.max(np.abs(v)) + float(np.finfo(dtype).tiny)   # (weak: vals' dtype)
     close = np.abs(diff) <= GAP * scale
-    return np.where(close, 0.0, 1.0 / np.where(close, 1.0, diff)) * (1.0 - np.eye(n))
+    off = 1.0 - np.eye(n, dtype=dtype)          # (float64's would make a float32 dV so)
+    return np.where(close, 0.0, 1.0 / np.where(close, 1.0, diff)) * off
 
 
 # ---------------------------------------------------------------- cholesky
