@@ -182,15 +182,15 @@ class _Emitter:
         c = idx[axis]
         if getattr(c, "sym", None) is None or abs(c.mult) != 1:
             return None
-        lo, hi = (c.lo - c.offset) * c.mult, (c.hi - c.offset) * c.mult   # v's range
-        lo, hi = min(lo, hi), max(lo, hi)
-        edge = (m - c.offset) * c.mult          # c < m  <=>  v < edge  (mult 1)
-        below, above = (lo, edge - 1), (edge, hi)   # ... v > edge - ... (mult -1)
-        if c.mult == -1:
-            below, above = (edge + 1, hi), (lo, edge)
-            self.breakpoints.setdefault(c.sym, set()).add(edge + 1)
-        else:
-            self.breakpoints.setdefault(c.sym, set()).add(edge)
+        # v's range, and the two sides of c < m as ranges of v (c = ±v + offset)
+        lo, hi = sorted(((c.lo - c.offset) * c.mult, (c.hi - c.offset) * c.mult))
+        if c.mult == 1:                 # c < m  <=>  v < m - offset
+            cut = m - c.offset
+            below, above = (lo, cut - 1), (cut, hi)
+        else:                           # c < m  <=>  v > offset - m
+            cut = c.offset - m + 1
+            below, above = (cut, hi), (lo, cut - 1)
+        self.breakpoints.setdefault(c.sym, set()).add(cut)
         return (c.sym,) + ((below, above) if first else (above, below))
 
     def branches(self, eqn, subs, cond, sides, depth) -> str:
