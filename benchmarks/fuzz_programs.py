@@ -32,7 +32,8 @@ families; the gradient is checked against the same program unrolled (Python loop
 ifs, traced with guards).
 ``--index``: gathers, np.take, take_along_axis (argsort, argmax, static), static masks,
 sort, cumsum/cumprod/diff, bincount(weights=), multi-axis reductions, broadcast_to,
-repeat, tile, moveaxis, tril, index writes into copies.
+repeat, tile, moveaxis, tril, index writes into copies, ``ufunc.at`` (add, subtract,
+maximum, minimum, fmax, fmin, multiply) by static indices with repeats.
 """
 from __future__ import annotations
 
@@ -628,6 +629,20 @@ class Gen:
             self.lines.append(f"{name}[np.array({mask}).reshape({tuple(s)})] *= -1.5")
         return name, s
 
+    def i_ufunc_at(self):
+        """``np.<ufunc>.at`` into a copy, by a static index list with repeats along the
+        first axis, the updates another window of the same array."""
+        a, s = self.pick()
+        if not s:
+            return None
+        name, _ = self.new(f"{a}.copy()", s)
+        m = int(self.rng.integers(1, 7))
+        idx, other = self._idx(s[0], m), self._idx(s[0], m)
+        ufunc = self.choice(["add", "subtract", "maximum", "minimum", "fmax", "fmin",
+                             "multiply"])
+        self.lines.append(f"np.{ufunc}.at({name}, {idx}, np.cos({a}[{other}]))")
+        return name, s
+
     # -- NEP 50 (--dtype float32): weak Python scalars keep float32, NumPy scalars and
     # arrays of other dtypes promote
     def d_scalar(self):
@@ -689,7 +704,8 @@ EXTRA = {
     "control": [("c_fori", 2), ("c_scan", 2), ("c_while", 2), ("c_cond", 2), ("c_pyif", 1),
                 ("c_mask", 1)],
     "index": [("i_gather", 2), ("i_take_along", 2), ("i_mask", 1), ("i_sortcum", 2),
-              ("i_bincount", 1), ("i_reduce", 2), ("i_shape", 2), ("i_setitem", 1)],
+              ("i_bincount", 1), ("i_reduce", 2), ("i_shape", 2), ("i_setitem", 1),
+              ("i_ufunc_at", 1)],
     "dtype": [("d_scalar", 3)],
 }
 FAMILIES = set()

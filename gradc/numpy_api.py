@@ -22,7 +22,7 @@ from . import ops
 from .errors import (ArgumentError, ConcretizationError, DTypeError, GradcError,
                      ScalarOverflowError, ShapeError, UnsupportedError, with_location)
 from .ir import dtype_name, is_float
-from .prims.index import normalise_slice
+from .prims.index import EXTREMA, normalise_slice
 from .prims.reduce import axis_index
 from .trace import Tracer, dtype_of, shape_of, strides_of
 
@@ -746,11 +746,12 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
     weak here) and casts back to ``a``'s dtype unsafely (float into an integer array
     truncates).  ``np.add``/``np.subtract`` are one ``scatter_add`` (its transpose is
     ``gather``): any index, traced index arrays included, repeats summed first (floats
-    may round differently from NumPy's one-by-one sums).  The other ufuncs need the
-    positions known when tracing: maximum, minimum and multiply combine each position's
-    updates first (``_at_by_segments``), the rest, and an integer or boolean array
-    updated with another dtype (cast at every step), go one repeat at a time
-    (``_at_in_rounds``), in NumPy's order."""
+    may round differently from NumPy's one-by-one sums).  maximum, minimum, fmax and
+    fmin are one ``scatter_extremum`` (any index, traced index arrays included).  The
+    other ufuncs need the positions known when tracing: multiply (and the extrema of a
+    boolean array) combine each position's updates first (``_at_by_segments``), the
+    rest, and an integer or boolean array updated with another dtype (cast at every
+    step), go one repeat at a time (``_at_in_rounds``), in NumPy's order."""
     if kwargs:
         raise UnsupportedError(with_location(
             f"{name}.at: argument(s) {', '.join(kwargs)} are not supported"))
@@ -801,7 +802,13 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
         combine = ops.add if ufunc is np.add else ops.sub
         a.assign(astype(combine(astype(a, work), total), a.dtype))
         return None
-    if builtins.any(isinstance(k, Tracer) for k in arrays):
+    traced = builtins.any(isinstance(k, Tracer) for k in arrays)
+    if ufunc.__name__ in EXTREMA and kind in "fiu" and (kind == "f" or loop == a.dtype):
+        # (a float cast to a's dtype first: rounding is monotone, so the extremum is the
+        # same.  Known indices too: one rule for the derivative at ties)
+        a.assign(ops.scatter_extremum(a, astype(b, a.dtype), arrays, spec, ufunc.__name__))
+        return None
+    if traced:
         raise UnsupportedError(with_location(
             f"{name}.at with a traced index array: gradc combines the updates of a "
             "repeated index by the positions it reads, which need the indices known when "

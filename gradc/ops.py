@@ -23,7 +23,8 @@ from .prims.elementwise import (  # noqa: F401
     logical_not, logical_or, logical_xor, lt, maximum, minimum, mul, ne, neg, pow, rem,
     right_shift, round, select, sign, sin, sinh, sqrt, sub, tan, tanh, trunc,
 )
-from .prims.index import gather, index_set, nonzero, pad, scatter_add, slice_  # noqa: F401
+from .prims.index import (gather, index_set, nonzero, pad, scatter_add,  # noqa: F401
+                          scatter_extremum, slice_)
 from .prims.linalg import cofactor, det, einsum2, matmul2, slogdet, solve  # noqa: F401
 from .prims.reduce import (  # noqa: F401
     argmax, argmin, argsort, cumsum, reduce_max, reduce_min, reduce_prod, reduce_sum,

@@ -14,10 +14,17 @@
   ``tests/test_cuda.py`` checks the CUDA target on any machine; with a GPU it runs there.
 * No shared libraries are built for the disk cache (``GRADC_NATIVE=0``): each costs
   ~0.2 s of CPU after a compile; ``test_native.py`` turns them on where it tests them.
+* Random draws do not depend on the order tests run in: a module's generator (``RNG``,
+  ``rng``, ``_RNG``) is reseeded before each test from the test's id.  With one generator
+  per module, what a test drew depended on which tests pytest-xdist had given the same
+  worker before it, so a tolerance could fail on one run in many.
 """
 import os
 import tempfile
+import zlib
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("GRADC_TARGET", "numpy")
@@ -32,3 +39,15 @@ settings.register_profile(
 settings.register_profile("gradc-thorough", deadline=None, max_examples=200,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("GRADC_HYPOTHESIS_PROFILE", "gradc"))
+
+
+_GENERATOR_NAMES = ("RNG", "rng", "_RNG")
+
+
+@pytest.fixture(autouse=True)
+def _draws_independent_of_test_order(request):
+    module = request.module
+    for name in _GENERATOR_NAMES:
+        if isinstance(getattr(module, name, None), np.random.Generator):
+            seed = zlib.crc32(f"{request.node.nodeid}::{name}".encode())
+            setattr(module, name, np.random.default_rng(seed))

@@ -3713,6 +3713,23 @@ PTX_SCRIPT = textwrap.dedent("""
             where = "shared" if V == 7 else "global"
             done[f"atom-{{where}}-{{dt.__name__}}"] = len(re.findall(
                 rf"(?:atom|red)\\.{{where}}(?:\\.\\w+)*\\.add\\.f{{8 * dt().itemsize}}", ptx))
+        # (np.maximum.at / np.fmin.at by traced indices: atomic max and min, and the
+        # atomic or of the NaN flags of floats)
+        def extrema_at(y, i, v):
+            z = y.copy()
+            np.maximum.at(z, i, v)
+            np.fmin.at(z, i[::-1], v)
+            return np.sum(np.sin(z) * z)
+        for dt in (np.float32, np.float64, np.int32, np.int64):
+            y, v = np.ones(5, dt), np.ones(7, dt)
+            i = np.array([0, 1, 1, 3, 0, -1, 1])
+            ptx = gradc.jit(extrema_at, target="cuda").ptx(y, i, v)
+            done["extrema-at-" + np.dtype(dt).name] = [
+                len(re.findall(r"atom\\.global(?:\\.\\w+)*\\.(?:max|min)", ptx)),
+                len(re.findall(r"atom\\.global(?:\\.\\w+)*\\.or", ptx)) +
+                len(re.findall(r"red\\.global(?:\\.\\w+)*\\.or", ptx))]
+        done["extrema-at-grad"] = gradc.grad(extrema_at, argnums=(0, 2), target="cuda").ptx(
+            np.ones(5), np.array([0, 1, 1, 3, 0, -1, 1]), np.ones(7)).count(".entry")
         cudarows.ONE_RUN_WORK = 0
         f, args = PROGRAMS["crf-batched-wide"]
         ptx = gradc.grad(_summed(f), argnums=(0, 1), target="cuda").ptx(*args)
@@ -3784,6 +3801,14 @@ def test_kernels_compile_to_ptx():
     for v in ("v4.f32", "v2.f64"):
         loads, stores = out.pop("vector-" + v)
         assert loads >= 1 and stores >= 1, (v, loads, stores)
+    for dt in ("float32", "float64", "int32", "int64"):
+        extrema, ors = out.pop("extrema-at-" + dt)
+        # (float atomic max/min are compare-and-swap loops in numba.cuda: counted in the
+        # integers only; the floats' NaN flags are atomic ors, two per update)
+        if dt.startswith("int"):
+            assert extrema >= 2 and ors == 0, (dt, extrema, ors)
+        else:
+            assert ors == 4, (dt, extrema, ors)
     assert all(n >= 1 for n in out.values()), out
 
 

@@ -485,6 +485,18 @@ ROWS = [
     Row("index_set", lambda x, v: _setitem(x, v),
         lambda r, s: (normal(r, (4,)), normal(r, (2,))), [()],
         ref=lambda x, v: _setitem(x.copy(), v), id="index_set-numpy"),
+    Row("scatter_extremum", lambda x, v, i: ops.scatter_extremum(x, v, [i], (("a", 0),),
+                                                                  "maximum"),
+        lambda r, s: (normal(r, (3, 3)), normal(r, (4, 3)), IDX), [()],
+        ref=lambda x, v, i: _np_extremum_at(np.maximum, x, v, i)),
+    Row("scatter_extremum", lambda x, v, i: ops.scatter_extremum(
+            ops.mul(x, x), ops.sin(v), [i], (("s", None, None, None), ("a", 0)), "fmin"),
+        lambda r, s: (normal(r, (2, 3)), normal(r, (2, 4)), IDX), [()],
+        ref=lambda x, v, i: _np_extremum_at(np.fmin, x * x, np.sin(v), (slice(None), i)),
+        id="scatter_extremum-fmin-columns"),
+    Row("scatter_extremum", lambda x, v: _minimum_at(x, v),
+        lambda r, s: (normal(r, (3, 2)), normal(r, (4, 2))), [()],
+        ref=lambda x, v: _minimum_at(x, v), id="scatter_extremum-numpy"),
     Row("nonzero", lambda x: ops.nonzero(ops.gt(x, 0.0), int(np.sum(_value(x) > 0))),
         unary(away_from_zero), [(4,), (2, 3)], ref=lambda x: list(np.nonzero(x > 0)),
         zero=True),
@@ -603,6 +615,19 @@ def _np_set(x, v):
 def _np_set_rows(x, v, i=np.array([2, 0])):
     out = x.copy()
     out[i] = v
+    return out
+
+
+def _np_extremum_at(ufunc, x, v, i):
+    out = x.copy()
+    ufunc.at(out, i, v)
+    return out
+
+
+def _minimum_at(x, v):
+    """np.minimum.at by a NumPy index array with repeats, on a copy of a traced array."""
+    out = x.copy()
+    np.minimum.at(out, IDX, v)
     return out
 
 

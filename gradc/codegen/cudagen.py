@@ -32,9 +32,9 @@ What becomes a kernel:
   tiles staged in shared memory) that reads the operands where they are, through
   their index maps (no transposed copies); a contraction with a small result and a long
   sum runs as a segmented reduction instead;
-* ``gather``, ``scatter_add`` (atomic adds), ``index_set`` (through index arrays: the
-  last write wins, found with an atomic max) and ``concatenate``: a grid-stride loop
-  over the window or the result;
+* ``gather``, ``scatter_add`` (atomic adds), ``scatter_extremum`` (atomic max, min),
+  ``index_set`` (through index arrays: the last write wins, found with an atomic max)
+  and ``concatenate``: a grid-stride loop over the window or the result;
 * ``argmax``, ``argmin``, ``cumsum``: a thread per line along the axis (a block per
   line for a few long lines);
 * ``conv2d``, ``conv2d_over_batch``, ``conv2d_dilated_input``: a thread per output
@@ -1134,7 +1134,8 @@ def _lower_eqn(ctx, eqn, text):
         _library(ctx, eqn)
     elif name == "searchsorted" and np.dtype(eqn.inputs[0].dtype).kind in "biuf":
         _search(ctx, eqn)
-    elif name in ("gather", "scatter_add", "index_set") and _indexable(eqn):
+    elif name in ("gather", "scatter_add", "index_set", "scatter_extremum") and \
+            _indexable(eqn):
         _indexing(ctx, eqn)
     elif name == "concatenate" and all(v.ndim for v in eqn.inputs):
         _concatenate(ctx, eqn)
@@ -2649,6 +2650,9 @@ def _indexable(eqn) -> bool:
         return eqn.inputs[0].ndim > 0
     if name == "scatter_add":
         return np.dtype(eqn.inputs[0].dtype) in (np.float32, np.float64)
+    if name == "scatter_extremum":            # (the dtypes of CUDA's atomic max and min)
+        return eqn.inputs[0].ndim > 0 and np.dtype(eqn.inputs[0].dtype) in (
+            np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64)
     return eqn.inputs[0].ndim > 0
 
 
@@ -2658,7 +2662,12 @@ def _indexing(ctx, eqn):
     ``index_set`` through index arrays may write one element several times, and NumPy
     keeps the last write (in the window's C order): a first kernel takes, per element,
     the largest window position writing it (an atomic max), a second writes only
-    from that position."""
+    from that position.  ``scatter_extremum`` combines with CUDA's atomic max or min
+    into a copy of ``x``; for floats the atomics only ever see numbers (their NaN rules
+    have changed between versions): a first kernel puts the identity (-inf for a
+    maximum) where ``x`` is NaN, the window's kernel records in flags which positions
+    saw a NaN update or a number, and a last kernel writes NumPy's NaNs
+    (``maximum``/``minimum``: any NaN; ``fmax``/``fmin``: NaN and no number)."""
     from ..prims.index import _indexed_shape
     from .indexing import _index_plan, bounds_message
     name, spec = eqn.prim.name, tuple(eqn.params["spec"])
@@ -2672,6 +2681,7 @@ def _indexing(ctx, eqn):
     else:
         x, v, *idx = eqn.inputs
         x_shape = tuple(x.shape)
+    after = None                        # a kernel after the window's (scatter_extremum)
     loops, position = _index_plan(x_shape, spec, [tuple(i.shape) for i in idx])
     window = tuple(n for _, n in loops)
     assert window == tuple(_indexed_shape(x_shape, spec, idx))
@@ -2729,6 +2739,12 @@ def _indexing(ctx, eqn):
             ctx.lines.append(f"{oname} = _d.zeros({shape!r}, {dtype_expr(out.dtype)})")
             where = pos if len(shape) == 1 else f"({pos})"     # (a 1-tuple does not lower)
             lines.append(f"    cuda.atomic.add({oname}, {where}, {value})")
+        elif name == "scatter_extremum":
+            after = _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds)
+            if after is not None:
+                flags = f"{oname}_flags"
+                params, args = params + [flags], args + [flags]
+                kinds = kinds + [(flags, np.int32, len(shape))]
         elif any(e[0] == "a" for e in spec):
             ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
             last = f"{oname}_last"                # 1 + the last position writing there
@@ -2749,6 +2765,52 @@ def _indexing(ctx, eqn):
     kinds.append((oname, out.dtype, len(shape)))
     consts = _finish_kernel(ctx, kname, params + [oname], lines, kinds)
     ctx.lines.append(_launch(ctx, kname, blocks, T, args + [oname] + consts))
+    if after is not None:
+        after()
+
+
+def _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds):
+    """``scatter_extremum``'s copy of ``x`` and the window kernel's ``lines`` (extended
+    here); for floats, also the kernel before (NaNs of ``x`` set aside) and a function
+    recording the kernel after (NaN results), which takes ``params + [flags, out]``."""
+    x, out = eqn.inputs[0], eqn.outputs[0]
+    oname, op = ctx.names[out], eqn.params["op"]
+    shape = tuple(out.shape)
+    largest = op in ("maximum", "fmax")
+    atomic = "cuda.atomic.max" if largest else "cuda.atomic.min"
+    where = pos if len(shape) == 1 else f"({pos})"
+    ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
+    if np.dtype(out.dtype).kind != "f":
+        lines.append(f"    {atomic}({oname}, {where}, {value})")
+        return None
+    # flags: 1 x is NaN there, 2 an update is NaN, 4 an update is a number
+    flags = f"{oname}_flags"
+    ctx.lines.append(f"{flags} = _d.zeros({shape!r}, np.int32)")
+    size = int(np.prod(shape))
+    blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
+    names = [f"_q{d}" for d in range(len(shape))]
+    sub = ", ".join(names)
+    over_x = [f"for _j in range(cuda.grid(1), {size}, cuda.gridsize(1)):"] + \
+        _decode("_j", list(shape), names, "    ")
+    head = params + [flags, oname]
+    head_kinds = kinds + [(flags, np.int32, len(shape)), (oname, out.dtype, len(shape))]
+
+    def launch(body):
+        kname = ctx.kernel_name()
+        consts = _finish_kernel(ctx, kname, head, over_x + body, head_kinds)
+        ctx.lines.append(_launch(ctx, kname, blocks, ctx.threads,
+                                 args + [flags, oname] + consts))
+
+    fill = "-math.inf" if largest else "math.inf"
+    launch([f"    if {oname}[{sub}] != {oname}[{sub}]:",
+            f"        {oname}[{sub}] = {fill}", f"        {flags}[{sub}] = 1"])
+    lines += [f"    _e = {value}", "    if _e != _e:",
+              f"        cuda.atomic.or_({flags}, {where}, 2)", "    else:",
+              f"        cuda.atomic.or_({flags}, {where}, 4)",
+              f"        {atomic}({oname}, {where}, _e)"]
+    nan = f"({flags}[{sub}] & 3) != 0" if op in ("maximum", "minimum") else \
+        f"({flags}[{sub}] & 5) == 1"
+    return lambda: launch([f"    if {nan}:", f"        {oname}[{sub}] = math.nan"])
 
 
 def _concatenate(ctx, eqn):

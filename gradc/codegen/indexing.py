@@ -14,7 +14,9 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     together; their axes go where the first one stood if they are adjacent, else first).
     ``index_set`` writes in C order, so with repeated indices the last write wins, into
     a copy of ``x`` or, ``inplace`` (``codegen.inplace``: nothing reads ``x`` after it),
-    into ``x`` itself."""
+    into ``x`` itself.  ``scatter_extremum`` combines each update into its element in
+    the same order (``np.maximum(out[p], v)``: NumPy's NaN rules), into a copy of ``x``
+    or, ``inplace``, into ``x``."""
     from ..prims.index import _indexed_shape
     if kind == "gather":
         x, *idx = eqn.inputs
@@ -37,8 +39,9 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     here = f"[{', '.join(o for o, _ in loops)}]" if window else ""
     dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
 
+    op = f" op={eqn.params['op']}" if kind == "scatter_extremum" else ""
     lines = ["@_k.jit_helper", f"def {name}({', '.join(params)}):",
-             f"    # {kind}[spec={spec!r}]" + (", in place" if inplace else "")]
+             f"    # {kind}[spec={spec!r}{op}]" + (", in place" if inplace else "")]
     # (index arrays' values are checked as NumPy checks them: the graph was traced with
     # valid ones, and a later call's out-of-bounds value would read or write outside x)
     for k, n in _index_axes(x_shape, spec).items():
@@ -56,6 +59,9 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     elif kind == "scatter_add":
         lines.append(f"    out = np.zeros({x_shape!r}, {dt})")
         inner = f"out{element} += v{here if v.ndim else ''}"
+    elif kind == "scatter_extremum":
+        lines.append("    out = x" if inplace else "    out = x.copy()")
+        inner = f"out{element} = np.{eqn.params['op']}(out{element}, v{here if v.ndim else ''})"
     else:
         if not x_shape:
             return "\n".join(lines + ["    return v"])

@@ -21,7 +21,7 @@ of Futhark's uniqueness types, done on one Graph at a time:
 * ``y = index_set(x, v, ...)`` writes in place when ``x`` is an owned root (or an
   in-place update of one), ``v`` and the indices do not share its buffer, and no value
   sharing that buffer and defined before the update is used after it (nor is a result).
-  ``y`` then has ``x``'s root.
+  ``y`` then has ``x``'s root.  ``scatter_extremum(x, v, ...)`` likewise.
 * A ``while_loop``'s body may mutate a carry in place when the value it returns for that
   carry is owned and shares its buffer with no other result (so each step hands the
   next an unaliased buffer): ``body_slots`` finds the largest such set of carries by
@@ -36,14 +36,15 @@ from dataclasses import dataclass, field
 
 from ..ir import Graph, Var
 
-FRESH = {"fused", "index_set", "scatter_add", "gather"}
+FRESH = {"fused", "index_set", "scatter_extremum", "scatter_add", "gather"}
+UPDATES = {"index_set", "scatter_extremum"}    # functional updates of their first operand
 LOOPS = {"while_loop"}
 FOREIGN = object()      # the root of memory the function does not see (a body's constants)
 
 
 @dataclass
 class Plan:
-    inplace: set = field(default_factory=set)       # ids of index_set eqns writing in place
+    inplace: set = field(default_factory=set)       # ids of UPDATES eqns writing in place
     free_inits: dict = field(default_factory=dict)  # id(while eqn) -> carry positions not copied
     roots: dict = field(default_factory=dict)       # Var -> frozenset of root Vars
 
@@ -96,7 +97,7 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
 
     for k, e in enumerate(eqns):
         name = e.prim.name
-        if name == "index_set":
+        if name in UPDATES:
             x, v, *idx = e.inputs
             rs = roots_of(x)
             r = next(iter(rs)) if len(rs) == 1 else None

@@ -823,6 +823,7 @@ HANDLERS = {
     "qr": _decomposition("_k.lapack_qr"),
     "gather": _indexing("gather"), "scatter_add": _indexing("scatter_add"),
     "index_set": _indexing("index_set"),
+    "scatter_extremum": _indexing("scatter_extremum"),
     **control.HANDLERS,
 }
 

@@ -306,12 +306,13 @@ def _scatter_add_rule(prim, args, batched, count, shape, spec):
                    dict(shape=(count,) + tuple(shape), spec=(_FULL,) + tuple(spec)))
 
 
-def _index_set_rule(prim, args, batched, count, spec):
+def _index_set_rule(prim, args, batched, count, spec, **params):
+    """``index_set`` and ``scatter_extremum`` (``params``: its ``op``): updates of x."""
     from ..prims.index import _indexed_shape
     x, v, idx = args[0], args[1], args[2:]
     where = _example_axis(spec, idx)
     if any(batched[2:]) or where is None:
-        return _by_scan(prim, args, batched, count, spec=spec)
+        return _by_scan(prim, args, batched, count, spec=spec, **params)
     if not batched[0]:
         x = _batched(x, shape_of(x), count)
     window = tuple(_indexed_shape(tuple(shape_of(x))[1:], spec, idx))
@@ -322,7 +323,7 @@ def _index_set_rule(prim, args, batched, count, spec):
         if tuple(shape_of(v))[1:] != window:          # a scalar per example
             v = broadcast_in_dim(v, (count,) + window, (0,))
         v = _moved(v, 0, where)
-    return _single(prim, [x, v] + list(idx), dict(spec=(_FULL,) + tuple(spec)))
+    return _single(prim, [x, v] + list(idx), dict(spec=(_FULL,) + tuple(spec), **params))
 
 
 def _scan_rule(prim, args, batched, count, body, n_consts, n_carry, length, reverse):
@@ -513,7 +514,8 @@ def _rules() -> dict:
         "nonzero": _nonzero_rule, "solve": _solve_rule, "det": _leading_batch,
         "slogdet": _leading_batch, "cofactor": _leading_batch,
         "conv2d": _conv2d_rule, "gather": _gather_rule, "scatter_add": _scatter_add_rule,
-        "index_set": _index_set_rule, "scan": _scan_rule, "cond": _cond_rule,
+        "index_set": _index_set_rule, "scatter_extremum": _index_set_rule,
+        "scan": _scan_rule, "cond": _cond_rule,
         "while_loop": _while_rule, "custom_jvp_call": _custom_jvp_rule,
         "custom_vjp_call": _custom_vjp_rule, "custom_lin": _custom_lin_rule,
         "checkpoint": _checkpoint_rule, "barrier": _barrier_rule,

@@ -11,6 +11,11 @@
   of ``gather``.
 * ``index_set``: ``x[spec] = v`` as a value (functionalised in-place write); linear in
   ``(x, v)`` jointly.
+* ``scatter_extremum``: ``np.maximum.at(x, spec, v)`` as a value (``op`` one of
+  ``maximum``, ``minimum``, ``fmax``, ``fmin``), for index arrays known only when the
+  program runs.  Its tangent at a position is the mean of the tangents of the values
+  equal to the result there (``x``'s and each update's), the rule of JAX's
+  ``x.at[i].max(v)`` and PyTorch's ``scatter_reduce(..., "amax")`` for ties.
 * ``nonzero``: the indices of the True entries of a mask, with a static count (the count
   is checked by a guard when traced).
 """
@@ -247,6 +252,61 @@ def index_set(x, v, idx, spec):
     return bind(index_set_p, x, v, *idx, spec=tuple(spec))
 
 
+# ---------------------------------------------------------------- scatter_extremum
+
+scatter_extremum_p = Primitive("scatter_extremum")
+EXTREMA = ("maximum", "minimum", "fmax", "fmin")
+
+
+def _scatter_extremum_impl(x, v, *idx, spec, op):
+    out = np.array(x, copy=True)
+    getattr(np, op).at(out, numpy_index(spec, idx), v)
+    return out
+
+
+def _scatter_extremum_abstract(x, v, *idx, spec, op):
+    if op not in EXTREMA:
+        raise ValueError(f"scatter_extremum: op {op!r} is not one of {EXTREMA}")
+    window = _indexed_shape(x.shape, spec, idx)
+    if tuple(v.shape) != tuple(window):
+        raise ShapeError(f"scatter_extremum: updates of shape {tuple(v.shape)} for a "
+                         f"window of shape {tuple(window)}")
+    if np.dtype(v.dtype) != np.dtype(x.dtype):
+        raise DTypeError("scatter_extremum: value and array dtypes differ")
+    return [(tuple(x.shape), x.dtype)]
+
+
+def _scatter_extremum_jvp(primals, tangents, spec, op):
+    from .. import ops
+    x, v, *idx = primals
+    tx, tv = tangents[0], tangents[1]
+    ans = scatter_extremum(x, v, idx, spec, op)
+    if tx is None and tv is None:
+        return ans, None
+    dtype = np.dtype(x.dtype)
+    kept = eq(x, ans)                           # x's own value is the result there
+    won = eq(v, gather(ans, idx, spec))         # an update equal to the result
+    count = ops.add(ops.convert_element_type(kept, dtype),
+                    scatter_add(ops.convert_element_type(won, dtype), idx, x.shape, spec))
+    count = ops.maximum(count, np.ones((), dtype))     # (nothing equals a NaN: 0)
+    total = None
+    if tx is not None:
+        total = select(kept, tx, ops.zeros_like(tx))
+    if tv is not None:
+        winners = scatter_add(select(won, tv, ops.zeros_like(tv)), idx, x.shape, spec)
+        total = winners if total is None else ops.add(total, winners)
+    return ans, ops.div(total, count)
+
+
+scatter_extremum_p.impl = _scatter_extremum_impl
+scatter_extremum_p.abstract = _scatter_extremum_abstract
+scatter_extremum_p.jvp = _scatter_extremum_jvp
+
+
+def scatter_extremum(x, v, idx, spec, op):
+    return bind(scatter_extremum_p, x, v, *idx, spec=tuple(spec), op=str(op))
+
+
 # ---------------------------------------------------------------- nonzero
 
 nonzero_p = Primitive("nonzero", multiple_results=True, checks_values=True)
@@ -269,5 +329,6 @@ def nonzero(mask, size):
     return bind(nonzero_p, mask, size=int(size))
 
 
-__all__ = ["slice_", "pad", "gather", "scatter_add", "index_set", "nonzero", "numpy_index",
+__all__ = ["slice_", "pad", "gather", "scatter_add", "index_set", "scatter_extremum",
+           "nonzero", "numpy_index",
            "normalise_slice", "add_tangents"]
