@@ -585,6 +585,9 @@ class Gen:
         fn = self.choice(["np.sum", "np.mean", "np.max", "np.min", "np.prod", "np.var",
                           "np.std"])
         arg = f"{a}" if fn not in ("np.std", "np.prod") else f"(1.2 + {a})"
+        if fn == "np.std":      # (std of a constant has no derivative: sqrt at 0, NaN
+            #                     as in JAX; a ramp keeps the lines from being constant)
+            arg = f"(1.2 + {a} + 0.1 * np.arange({int(np.prod(s))}).reshape({tuple(s)}))"
         t = tuple(1 if i in axes else d for i, d in enumerate(s)) if keep else \
             tuple(d for i, d in enumerate(s) if i not in axes)
         return self.new(f"{fn}({arg}, axis={axes}, keepdims={keep})", t)
