@@ -647,11 +647,11 @@ def bench_w3(cfg, rng):
         return np.mean(gradc.logsumexp(z, axis=1) - np.sum(z * onehot, axis=1))
 
     args = (W1, W2, X, onehot)
-    impls = [("gradc", lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target=cfg.target),
+    impls = [("gradc", lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target=cfg.target),
                                 args, to_np_list), True, "gradc")]
     if cfg.parallel:
         impls.append(("gradc (parallel)",
-                      lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target="parallel"),
+                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
                                args, to_np_list), True, "gradc-parallel"))
     if "jax" in PEERS:
         def b_jax():
@@ -901,11 +901,11 @@ def bench_w5(cfg, rng):
     def loss_gradc(img, K):
         return np.sum(np.tanh(gradc.conv2d(img, K, padding="same")))
 
-    impls = [("gradc", lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target=cfg.target),
+    impls = [("gradc", lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target=cfg.target),
                                 (img, K), to_np_list), True, "gradc")]
     if cfg.parallel:
         impls.append(("gradc (parallel)",
-                      lambda: (gradc.grad(crf_gradc, argnums=(0, 1), target="parallel"),
+                      lambda: (gradc.grad(loss_gradc, argnums=(0, 1), target="parallel"),
                                (img, K), to_np_list), True, "gradc-parallel"))
     if "jax" in PEERS:
         def b_jax():
