@@ -7,7 +7,8 @@ import numpy as np
 from ..errors import with_location
 
 
-def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
+def index_function(name: str, kind: str, eqn, inplace: bool = False,
+                   dest: bool = False) -> str:
     """Source of a jitted function for one ``gather``, ``scatter_add`` or ``index_set``
     equation: explicit loops over the window ``x[spec]``, each window element mapped to
     its position in ``x`` by NumPy's indexing rules (advanced indices broadcast
@@ -16,7 +17,9 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     a copy of ``x`` or, ``inplace`` (``codegen.inplace``: nothing reads ``x`` after it),
     into ``x`` itself.  ``scatter_extremum`` combines each update into its element in
     the same order (``np.maximum(out[p], v)``: NumPy's NaN rules), into a copy of ``x``
-    or, ``inplace``, into ``x``."""
+    or, ``inplace``, into ``x``.  ``dest``: the result goes into an array the caller
+    passes as the last parameter ``out`` (destination passing, ``pysource.out_buffer``:
+    a large one comes from the pool of reused blocks, not from Numba's allocator)."""
     from ..prims.index import _indexed_shape
     if kind == "gather":
         x, *idx = eqn.inputs
@@ -35,6 +38,9 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     loops, position = _index_plan(x_shape, spec, [tuple(i.shape) for i in idx])
     assert tuple(n for _, n in loops) == window, (loops, window)
     params += [f"i{k}" for k in range(len(idx))]
+    assert not (dest and (inplace or not (window if kind == "gather" else x_shape)))
+    if dest:
+        params.append("out")
     element = f"[{', '.join(position)}]" if x_shape else ""
     here = f"[{', '.join(o for o, _ in loops)}]" if window else ""
     dt = "np.bool_" if np.dtype(dtype) == np.bool_ else f"np.{np.dtype(dtype).name}"
@@ -54,18 +60,19 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     if kind == "gather":
         if not window:
             return "\n".join(lines + [f"    return x{element}"])
-        lines.append(f"    out = np.empty({window!r}, {dt})")
+        if not dest:
+            lines.append(f"    out = np.empty({window!r}, {dt})")
         inner = f"out{here} = x{element}"
     elif kind == "scatter_add":
-        lines.append(f"    out = np.zeros({x_shape!r}, {dt})")
+        lines.append("    out[:] = 0" if dest else f"    out = np.zeros({x_shape!r}, {dt})")
         inner = f"out{element} += v{here if v.ndim else ''}"
     elif kind == "scatter_extremum":
-        lines.append("    out = x" if inplace else "    out = x.copy()")
+        lines.append(_copied(inplace, dest))
         inner = f"out{element} = np.{eqn.params['op']}(out{element}, v{here if v.ndim else ''})"
     else:
         if not x_shape:
             return "\n".join(lines + ["    return v"])
-        lines.append("    out = x" if inplace else "    out = x.copy()")
+        lines.append(_copied(inplace, dest))
         inner = f"out{element} = v{here if v.ndim else ''}"
     pad = "    "
     for o, n in loops:
@@ -74,6 +81,12 @@ def index_function(name: str, kind: str, eqn, inplace: bool = False) -> str:
     lines.append(pad + inner)
     lines.append("    return out")
     return "\n".join(lines)
+
+
+def _copied(inplace: bool, dest: bool) -> str:
+    """The line starting an update of ``x``: in place, into the caller's ``out``, or
+    into a copy."""
+    return "    out = x" if inplace else "    out[:] = x" if dest else "    out = x.copy()"
 
 
 def bounds_message(eqn, n: int) -> str:

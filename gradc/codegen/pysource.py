@@ -796,7 +796,14 @@ def _report(ctx, eqn, a, outs):
 def _indexing(kind):
     def handler(ctx, eqn, a, outs):
         inplace = id(eqn) in ctx.inplace.inplace
-        name = ctx.helper(lambda name: index_function(name, kind, eqn, inplace))
+        out = eqn.outputs[0]
+        # (a large result into a buffer the caller allocates: NumPy's huge pages or the
+        # pool's reused blocks, not Numba's allocator faulting its pages in at each call)
+        dest = not inplace and not ctx.inner and out.ndim > 0 and \
+            int(np.prod(out.shape)) * np.dtype(out.dtype).itemsize >= SMALL_OUT_BYTES
+        name = ctx.helper(lambda name: index_function(name, kind, eqn, inplace, dest))
+        if dest:
+            a = list(a) + [ctx.out_buffer(out.shape, out.dtype, var=out)]
         return f"{name}({', '.join(a)})"
     return handler
 

@@ -13,9 +13,9 @@
   ``(x, v)`` jointly.
 * ``scatter_extremum``: ``np.maximum.at(x, spec, v)`` as a value (``op`` one of
   ``maximum``, ``minimum``, ``fmax``, ``fmin``), by any index, index arrays known only
-  when the program runs included.  Its tangent at a position is the mean of the tangents of the values
-  equal to the result there (``x``'s and each update's), the rule of JAX's
-  ``x.at[i].max(v)`` and PyTorch's ``scatter_reduce(..., "amax")`` for ties.
+  when the program runs included.  Its tangent at a position is the mean of the
+  tangents of the values equal to the result there (``x``'s and each update's), the
+  rule of JAX's ``x.at[i].max(v)`` and PyTorch's ``scatter_reduce(..., "amax")``.
 * ``nonzero``: the indices of the True entries of a mask, with a static count (the count
   is checked by a guard when traced).
 """
