@@ -493,6 +493,26 @@ def test_large_indexing_results_go_into_the_callers_buffers(target):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_direct_convolutions_write_into_the_callers_buffers():
+    """A direct convolution (``convgen``, on the thread pool) writes its result into a
+    buffer the caller passes, like a fused nest's: the memory plan may give it a dead
+    buffer's memory, and it is not allocated by Numba at every call."""
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((8, 16, 32, 32))           # (W5's sizes: direct)
+    K = rng.standard_normal((32, 16, 3, 3)) / 12
+
+    def f(img, K):
+        return np.sum(np.tanh(gradc.conv2d(img, K, padding="same")))
+    g = gradc.grad(f, argnums=(0, 1), target="cpu")
+    source = g.source(img, K)
+    main = source[source.index("def f_grad("):]
+    assert "on_threads" in main and "np.empty((8, 32, 32, 32)" not in main and \
+        "np.empty((8, 16, 32, 32)" not in main, main
+    want = gradc.grad(f, argnums=(0, 1), target="numpy")(img, K)
+    for a, b in zip(g(img, K), want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("target", ["cpu", "parallel"])
 def test_small_buffers_of_threaded_nests_are_still_handed_in(monkeypatch, target):
     """(Program fuzzer, ``--small-limits``) A nest run on the thread pool, or by Numba's

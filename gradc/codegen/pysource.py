@@ -612,10 +612,11 @@ def _padded_image(name, image, eqn) -> str:
             f"{right})")
 
 
-def _direct(fn, items, padded, other, result, out) -> list:
+def _direct(ctx, fn, items, padded, other, result, out) -> list:
     """A direct-convolution function (``convgen``) over its work items on the thread
-    pool, writing into a fresh result array."""
-    return [f"{result} = np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})",
+    pool, writing into a result array the caller passes (``out_buffer``: NumPy's
+    huge pages or the pool's reused blocks, not Numba's allocator)."""
+    return [f"{result} = {ctx.out_buffer(out.shape, out.dtype, out, passed=True)}",
             "with numba.objmode():",
             f"    _k.on_threads({fn}, {items}, {padded}.ravel(), {other}, {result}.ravel())"]
 
@@ -632,7 +633,7 @@ def _conv2d(ctx, eqn, a, outs):
             image.shape[3] + left + right, oo, kh, kw, out.dtype, stride, dilation, groups))
         return ([_padded_image(padded, a[0], eqn),
                  f"{flat_kernel} = _k.channels_last({a[1]})"]
-                + _direct(fn, convgen.rows(image.shape[0], out.shape[2]), padded,
+                + _direct(ctx, fn, convgen.rows(image.shape[0], out.shape[2]), padded,
                           flat_kernel, outs[0], out))
     if not is_plain(eqn.params):    # strides, dilation, groups: patch matrices per group
         (sh, sw), (dh, dw), groups = conv_options(eqn.params)
@@ -651,7 +652,7 @@ def _conv2d(ctx, eqn, a, outs):
         flat_kernel = ctx.temp()
         return ([_padded_image(padded, a[0], eqn),
                  f"{flat_kernel} = _k.channels_last({a[1]})"]
-                + _direct(fn, convgen.rows(nn, ho), padded, flat_kernel, outs[0], out))
+                + _direct(ctx, fn, convgen.rows(nn, ho), padded, flat_kernel, outs[0], out))
     if shared is not None:          # the patch matrix is kept for a kernel gradient
         return [f"{shared} = _k.conv2d_cols(_k.contiguous({a[0]}), {kh}, {kw}, {top}, "
                 f"{bottom}, {left}, {right})",
@@ -693,7 +694,7 @@ def _conv2d_over_batch(ctx, eqn, a, outs):
             name, nn, cc, h + top + bottom, w + left + right, oo, kh, kw, out.dtype))
         flat_other = ctx.temp()
         return (lines + [f"{flat_other} = _k.contiguous({a[1]}).ravel()"]
-                + _direct(fn, convgen.items(nn, cc, oo, kh), padded, flat_other, outs[0],
+                + _direct(ctx, fn, convgen.items(nn, cc, oo, kh), padded, flat_other, outs[0],
                           out))
     cols = shared
     if cols is None:
