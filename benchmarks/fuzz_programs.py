@@ -13,7 +13,9 @@ compiled for CUDA).  Each failing program is printed as Python source with its s
 compiled target falling back to the interpreter (Numba could not compile) is a failure.
 ``--small-limits`` makes fusion's bounds (MAX_BODY, DUPLICATE_MAX, UFUNC_ELEMENTS), the
 threading thresholds and CUDA's one-block runs small enough for small programs to reach
-them (and tries target="parallel" too); ``--big``: 10 to 30 operations.
+them (and tries target="parallel" too); ``--big``: 10 to 30 operations;
+``--small-buffers``: every array result in a buffer the caller passes, shared by the
+memory plan and reused from the pool however small (destination passing at any size).
 ``NUMBA_DISABLE_JIT=1`` runs the generated CPU code as Python: the lowering's logic,
 without Numba's compile time (a few times more programs a minute), not its typing.
 
@@ -1143,6 +1145,9 @@ def main():
     p.add_argument("--tier", default="graph", choices=["graph", "cpu", "cuda"])
     p.add_argument("--no-loops", action="store_true")
     p.add_argument("--show", action="store_true")
+    p.add_argument("--small-buffers", action="store_true",
+                   help="every array result in a buffer the caller passes, every buffer "
+                        "in the memory plan and the pool (SMALL_OUT_BYTES, MIN_BYTES 0)")
     p.add_argument("--small-limits", action="store_true",
                    help="fusion's bounds made small, so small programs reach them")
     p.add_argument("--big", action="store_true")
@@ -1177,6 +1182,11 @@ def main():
         loops.PRANGE_MIN, loops.POOL_MIN = 4, 16
         cudarows.ONE_RUN_WORK = 0       # (kernels of their own, as large programs get)
         CPU_TARGETS = ("cpu", "parallel")
+    if a.small_buffers:
+        import gradc.codegen.buffers as buffers
+        import gradc.codegen.memplan as memplan
+        import gradc.codegen.pysource as pysource
+        pysource.SMALL_OUT_BYTES = buffers.MIN_BYTES = memplan.MIN_BYTES = 0
     bad = 0
     for seed in range(a.seed, a.seed + a.n):
         if a.show:
