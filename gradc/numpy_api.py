@@ -804,9 +804,11 @@ def ufunc_at(ufunc, name, a, indices, b=None, **kwargs):
         return None
     traced = builtins.any(isinstance(k, Tracer) for k in arrays)
     if ufunc.__name__ in EXTREMA and kind in "fiu" and (kind == "f" or loop == a.dtype):
-        # (a float cast to a's dtype first: rounding is monotone, so the extremum is the
-        # same.  Known indices too: one rule for the derivative at ties)
-        a.assign(ops.scatter_extremum(a, astype(b, a.dtype), arrays, spec, ufunc.__name__))
+        # (the values cast to NumPy's loop dtype, then to a's: rounding is monotone, so
+        # the extremum is the same as NumPy's, computed in the loop dtype and cast back.
+        # Known indices too: one rule for the derivative at ties)
+        v = astype(astype(b, loop), a.dtype)
+        a.assign(ops.scatter_extremum(a, v, arrays, spec, ufunc.__name__))
         return None
     if traced:
         raise UnsupportedError(with_location(

@@ -618,3 +618,35 @@ def test_extrema_at_ties_as_jax_and_pytorch():
         pass
     if not peers:
         pytest.skip("neither JAX nor PyTorch is installed")
+
+
+def test_extrema_at_one_element_batched_and_integer_updates_of_floats():
+    """(Review) A window of one element (v 0-d) under vmap with v not batched: the
+    values broadcast over the examples; integer updates of a float32 array go through
+    NumPy's loop dtype (float64) first, as NumPy computes them (a direct cast rounds
+    2**55 + 2**31 + 1 up where NumPy's two casts round it down)."""
+    def f(y, v):
+        z = y.copy()
+        np.maximum.at(z, 2, v)
+        return z
+
+    ys = np.random.default_rng(0).standard_normal((3, 5))
+    for axes, v in (((0, None), np.float64(0.3)), ((0, 0), np.array([0.3, -5.0, 9.0]))):
+        want = np.stack([_numpy(f, y, v if axes[1] is None else v[k])
+                         for k, y in enumerate(ys)])
+        for target in ("numpy", "cpu"):
+            got = gradc.jit(gradc.vmap(f, in_axes=axes), target=target)(ys, v)
+            np.testing.assert_array_equal(got, want)
+
+    def g(y, v, i):
+        z = y.copy()
+        np.maximum.at(z, i, v)
+        return z
+
+    y = np.zeros(2, np.float32)
+    v, i = np.array([2 ** 55 + 2 ** 31 + 1, 0], np.int64), np.array([0, 1])
+    for target in ("numpy", "cpu"):
+        for h in (g, lambda y, v, i: g(y, v, np.array([0, 1]))):
+            got = gradc.jit(h, target=target)(y, v, i)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, _numpy(g, y, v, i))

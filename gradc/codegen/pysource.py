@@ -615,8 +615,11 @@ def _padded_image(name, image, eqn) -> str:
 def _direct(ctx, fn, items, padded, other, result, out) -> list:
     """A direct-convolution function (``convgen``) over its work items on the thread
     pool, writing into a result array the caller passes (``out_buffer``: NumPy's
-    huge pages or the pool's reused blocks, not Numba's allocator)."""
-    return [f"{result} = {ctx.out_buffer(out.shape, out.dtype, out, passed=True)}",
+    huge pages or the pool's reused blocks, not Numba's allocator).  Not in a loop
+    body: there it would be the loop's destination, which ``ravel`` must not copy."""
+    buffer = f"np.empty({_tuple(out.shape)}, {dtype_expr(out.dtype)})" if ctx.inner else \
+        ctx.out_buffer(out.shape, out.dtype, out, passed=True)
+    return [f"{result} = {buffer}",
             "with numba.objmode():",
             f"    _k.on_threads({fn}, {items}, {padded}.ravel(), {other}, {result}.ravel())"]
 

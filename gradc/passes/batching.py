@@ -316,7 +316,8 @@ def _index_set_rule(prim, args, batched, count, spec, **params):
     if not batched[0]:
         x = _batched(x, shape_of(x), count)
     window = tuple(_indexed_shape(tuple(shape_of(x))[1:], spec, idx))
-    if batched[1] or len(shape_of(v)) > 0:
+    # (scatter_extremum takes values of the window's shape only, index_set also one)
+    if batched[1] or len(shape_of(v)) > 0 or prim.name == "scatter_extremum":
         from ..prims.shape import broadcast_in_dim
         if not batched[1]:
             v = _batched(v, shape_of(v), count)
