@@ -2740,11 +2740,10 @@ def _indexing(ctx, eqn):
             where = pos if len(shape) == 1 else f"({pos})"     # (a 1-tuple does not lower)
             lines.append(f"    cuda.atomic.add({oname}, {where}, {value})")
         elif name == "scatter_extremum":
-            after = _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds)
-            if after is not None:
-                flags = f"{oname}_flags"
-                params, args = params + [flags], args + [flags]
-                kinds = kinds + [(flags, np.int32, len(shape))]
+            after, extra = _extremum_kernels(ctx, eqn, lines, value, pos, params, args,
+                                             kinds)
+            params = params + [k[0] for k in extra]
+            args, kinds = args + [k[0] for k in extra], kinds + extra
         elif any(e[0] == "a" for e in spec):
             ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
             last = f"{oname}_last"                # 1 + the last position writing there
@@ -2771,8 +2770,9 @@ def _indexing(ctx, eqn):
 
 def _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds):
     """``scatter_extremum``'s copy of ``x`` and the window kernel's ``lines`` (extended
-    here); for floats, also the kernel before (NaNs of ``x`` set aside) and a function
-    recording the kernel after (NaN results), which takes ``params + [flags, out]``."""
+    here); for floats, also the kernel before (NaNs of ``x`` set aside).  Returns a
+    function recording the kernel after (NaN results; None for integers) and the
+    window kernel's extra parameters, ``(name, dtype, ndim)`` (the flags)."""
     x, out = eqn.inputs[0], eqn.outputs[0]
     oname, op = ctx.names[out], eqn.params["op"]
     shape = tuple(out.shape)
@@ -2782,9 +2782,10 @@ def _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds):
     ctx.lines.append(f"{oname} = _d.copy({ctx.on_device(x)})")
     if np.dtype(out.dtype).kind != "f":
         lines.append(f"    {atomic}({oname}, {where}, {value})")
-        return None
+        return None, []
     # flags: 1 x is NaN there, 2 an update is NaN, 4 an update is a number
     flags = f"{oname}_flags"
+    flag_kind = (flags, np.int32, len(shape))
     ctx.lines.append(f"{flags} = _d.zeros({shape!r}, np.int32)")
     size = int(np.prod(shape))
     blocks = max(1, min(-(-size // ctx.threads), MAX_BLOCKS))
@@ -2793,7 +2794,7 @@ def _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds):
     over_x = [f"for _j in range(cuda.grid(1), {size}, cuda.gridsize(1)):"] + \
         _decode("_j", list(shape), names, "    ")
     head = params + [flags, oname]
-    head_kinds = kinds + [(flags, np.int32, len(shape)), (oname, out.dtype, len(shape))]
+    head_kinds = kinds + [flag_kind, (oname, out.dtype, len(shape))]
 
     def launch(body):
         kname = ctx.kernel_name()
@@ -2810,7 +2811,7 @@ def _extremum_kernels(ctx, eqn, lines, value, pos, params, args, kinds):
               f"        {atomic}({oname}, {where}, _e)"]
     nan = f"({flags}[{sub}] & 3) != 0" if op in ("maximum", "minimum") else \
         f"({flags}[{sub}] & 5) == 1"
-    return lambda: launch([f"    if {nan}:", f"        {oname}[{sub}] = math.nan"])
+    return lambda: launch([f"    if {nan}:", f"        {oname}[{sub}] = math.nan"]), [flag_kind]
 
 
 def _concatenate(ctx, eqn):
