@@ -24,6 +24,7 @@ from .prims.implicit import ConvergenceWarning
 from .ir import Eqn, Graph, Lit, Primitive, Var
 from .lib import numpy_composites as _numpy_composites  # noqa: F401  (more NumPy functions)
 from .lib.conv import conv2d
+from .lib.ode import odeint
 from .prims.loops import cond, fori_loop, scan, while_loop
 from .lib import nn  # noqa: F401  (gradc.nn: jax.nn's activations)
 from .lib.nn import log_softmax, logsumexp, relu, sigmoid, softmax, softplus
@@ -42,7 +43,7 @@ __all__ = [
     "show", "to_sympy", "check", "draw", "cache", "GradcWarning", "ConvergenceWarning",
     "RetraceWarning",
     "set_float32_matmul_precision", "get_float32_matmul_precision",
-    "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin",
+    "linear_solve", "custom_root", "implicit_diff", "fixed_point", "argmin", "odeint",
     "conv2d", "logsumexp", "softmax", "log_softmax", "sigmoid", "relu", "softplus",
     "scan", "fori_loop", "cond", "while_loop", "custom_jvp", "custom_vjp",
     "checkpoint", "remat", "nn",

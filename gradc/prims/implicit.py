@@ -217,6 +217,14 @@ def warn_unconverged(what: str, where, residual) -> None:
     """A warning for a solver that stopped at its limit; an error for one that broke
     down (a NaN or infinite residual: nothing it returns can be trusted)."""
     residual = float(residual)
+    if what.startswith("odeint"):           # (residual: the time where it stopped)
+        warnings.warn(ConvergenceWarning(with_location(
+            f"gradc: {what} stopped at t = {residual:.6g}, short of an output time: it "
+            "took mxstep steps in one interval, or its step size fell to zero or NaN (a "
+            "stiff system, a solution that blows up, or NaN from func); the values from "
+            "there on are not the solution. Raise mxstep, loosen rtol and atol, or "
+            "check func near that time", where)), stacklevel=2)
+        return
     if not np.isfinite(residual) and what.startswith("fixed_point"):
         raise EvaluationError(with_location(
             f"{what.split(' after ')[0]} diverged: the iterates x = f(x, ...) overflowed "
