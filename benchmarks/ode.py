@@ -20,15 +20,7 @@ import time
 
 import numpy as np
 
-
-def best(f, repeats):
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from segment_max import best        # (benchmarks/: this script's directory)
 
 
 def main():

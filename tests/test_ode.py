@@ -12,6 +12,7 @@ from scipy.linalg import expm
 
 import gradc
 from gradc.errors import ArgumentError, GradcError
+from gradc.testing import numerical_grad
 
 RNG = np.random.default_rng(7)
 
@@ -38,13 +39,7 @@ def _scipy(fun, y0, ts, *args):
 
 
 def _central(fn, x, eps=1e-5):
-    x = np.asarray(x, float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (fn(x + e) - fn(x - e)) / (2 * eps)
-    return g
+    return numerical_grad(fn, x, eps)
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
