@@ -66,24 +66,27 @@ def _rms(v):
 
 
 def _step(fn, y, f, t, h):
-    """One Dormand-Prince step of size ``h`` from ``(t, y)``, ``f = fn(y, t)``: the new
-    ``y``, its derivative (the next step's first stage), the error estimate and the
-    dense output's five coefficient vectors.  The six new stages are one loop, so
-    ``fn`` appears once in the program (a neural ODE's network is compiled once)."""
+    """One Dormand-Prince step of size ``h`` from ``(t, y)``, ``f = fn(y, t)`` (or
+    ``None``: the first stage computed in the loop too, one more evaluation a step): the
+    new ``y``, its derivative (the next step's first stage), the error estimate and the
+    dense output's five coefficient vectors.  The stages are one loop, so ``fn``
+    appears once in the program (a neural ODE's network is compiled once)."""
     from ..api import asarray
     from ..prims.loops import fori_loop
     dtype = y.dtype
     a, c = asarray(_A.astype(dtype)), asarray(_C.astype(dtype))
     rows = np.arange(7)[:, None]
-    ks = np.where(rows == 0, f[None], np.zeros((7,) + tuple(shape_of(y)), dtype))
+    ks = np.zeros((7,) + tuple(shape_of(y)), dtype)
+    if f is not None:
+        ks = np.where(rows == 0, f[None], ks)
 
     def stage(s, ks):
         k = fn(y + h * (a[s] @ ks), t + c[s] * h)
         return np.where(rows == s, k[None], ks)
 
-    ks = fori_loop(1, 7, stage, ks)
+    ks = fori_loop(0 if f is None else 1, 7, stage, ks)
     y1 = y + h * (a[6] @ ks)           # (the seventh stage's input)
-    f1 = ks[6]
+    f, f1 = ks[0], ks[6]
     dy = y1 - y
     r3 = h * f - dy
     dense = np.stack([y, dy, r3, dy - h * f1 - r3, h * (_D.astype(dtype) @ ks)])
@@ -111,10 +114,11 @@ def _first_step(fn, y0, f0, t0, rtol, atol, hmax):
     return np.minimum(np.minimum(100 * h0, h1), hmax)
 
 
-def _advance(fn, state, target, rtol, atol, mxstep, hmax):
+def _advance(fn, state, target, rtol, atol, mxstep, hmax, fsal=True):
     """Steps from ``state`` until its time passes ``target`` (or ``mxstep`` steps, or a
     step size that no longer moves the time); returns the new state and ``y`` at
-    ``target`` from the last step's dense output."""
+    ``target`` from the last step's dense output.  ``fsal=False``: the state's ``f`` is
+    not used, each step evaluates its first stage."""
     from ..prims.loops import while_loop
 
     def go(s):
@@ -123,7 +127,7 @@ def _advance(fn, state, target, rtol, atol, mxstep, hmax):
 
     def step(s):
         y, f, t, h, t_last, coeffs, i = s
-        y1, f1, err, dense = _step(fn, y, f, t, h)
+        y1, f1, err, dense = _step(fn, y, f if fsal else None, t, h)
         ratio = _rms(err / (atol + rtol * np.maximum(np.abs(y), np.abs(y1))))
         accept = ratio <= 1.0
         factor = np.clip(_SAFETY * np.maximum(ratio, 1e-10) ** -0.2, _SHRINK, _GROW)
@@ -141,8 +145,9 @@ def _advance(fn, state, target, rtol, atol, mxstep, hmax):
 
 
 def _solve(fn, y0, ts, rtol, atol, mxstep, hmax):
-    """``y`` at each time of ``ts`` (``(len(ts), n)``), ``y0`` at ``ts[0]``; and whether
-    every interval was reached, with the first time at which one was not."""
+    """``y`` at each time of ``ts`` (``(len(ts), n)``), ``y0`` at ``ts[0]``; whether
+    every interval was reached, with the first time at which one was not; and the last
+    step size."""
     from ..prims.elementwise import convert_element_type  # noqa: F401  (traced casts)
     from ..prims.loops import scan
     t0 = ts[0]
@@ -158,8 +163,8 @@ def _solve(fn, y0, ts, rtol, atol, mxstep, hmax):
         stopped = np.where(ok & ~reached, state[2], stopped)
         return (state, ok & reached, stopped), y
 
-    (_, ok, stopped), ys = scan(interval, (state, np.asarray(True), t0), ts[1:])
-    return np.concatenate([y0[None], ys]), ok, stopped
+    (state, ok, stopped), ys = scan(interval, (state, np.asarray(True), t0), ts[1:])
+    return np.concatenate([y0[None], ys]), ok, stopped, state[3]
 
 
 def _check_times(t, dtype):
@@ -292,19 +297,22 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
 
     where = "odeint" if unlimited else f"odeint (mxstep={mxstep})"
 
-    def forward(y0v, ts, *ps):
-        ys, ok, stopped = _solve(lambda y, t: dynamics(y, t, ps), y0v, ts, rtol, atol,
-                                 mxstep, hmax)
+    def solution(y0v, ts, ps):
+        ys, ok, stopped, h = _solve(lambda y, t: dynamics(y, t, ps), y0v, ts, rtol, atol,
+                                    mxstep, hmax)
         report(ok, stopped, what=where)
-        return ys
+        return ys, h
+
+    def forward(y0v, ts, *ps):
+        return solution(y0v, ts, ps)[0]
 
     def odeint_fwd(y0v, ts, *ps):
-        ys = forward(y0v, ts, *ps)
-        return ys, (ys, ts, ps)
+        ys, h = solution(y0v, ts, ps)
+        return ys, (ys, ts, ps, h)
 
     def odeint_adjoint(res, g):
-        ys, ts, ps = res
-        return _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, rtol, atol, mxstep,
+        ys, ts, ps, h = res
+        return _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep,
                         hmax, where)
 
     forward.__name__ = forward.__qualname__ = "odeint"     # (how errors name it)
@@ -316,9 +324,13 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     return unflatten(y_tree, ys_ravel.unravel(ys, batch=n))
 
 
-def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, rtol, atol, mxstep, hmax, where):
+def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep, hmax,
+             where):
     """The cotangents of ``(y0, ts, *ps)`` given ``g``, the cotangent of ``ys``: the
-    adjoint ODE backwards over each interval (see the module's docstring)."""
+    adjoint ODE backwards over each interval (see the module's docstring).  Its first
+    step is the forward solve's last (``h``), then each interval starts with the step
+    size the last ended with; each step evaluates its first stage, so that the
+    augmented dynamics (a VJP of ``func``) appear once in the program, in the loop."""
     from ..api import vjp
     from ..prims.implicit import report
     from ..prims.loops import scan
@@ -345,25 +357,23 @@ def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, rtol, atol, mxstep, hmax
         return np.concatenate(parts)
 
     def interval(carry, x):
-        a, th, ok, stopped = carry
+        a, th, h, ok, stopped = carry
         y_i, t_i, t_prev, g_i = x
         a = a + g_i
         t_bar = np.dot(dynamics(y_i, t_i, ps), g_i)
         z0 = np.concatenate([y_i, a, th])
         s0, s1 = -t_i, -t_prev
-        f0 = augmented(z0, s0)
-        h0 = _first_step(augmented, z0, f0, s0, rtol, atol, hmax)
         coeffs = np.stack([z0] + [np.zeros_like(z0)] * 4)
-        state = (z0, f0, s0, h0, s0, coeffs, np.int64(0))
-        state, z1 = _advance(augmented, state, s1, rtol, atol, mxstep, hmax)
+        state = (z0, np.zeros_like(z0), s0, h, s0, coeffs, np.int64(0))
+        state, z1 = _advance(augmented, state, s1, rtol, atol, mxstep, hmax, fsal=False)
         reached = state[2] >= s1
         stopped = np.where(ok & ~reached, -state[2], stopped)
-        return (z1[n_y:2 * n_y], z1[2 * n_y:], ok & reached, stopped), t_bar
+        return (z1[n_y:2 * n_y], z1[2 * n_y:], state[3], ok & reached, stopped), t_bar
 
     a0 = np.zeros(n_y, dtype)
     th0 = np.zeros(n_th, dtype)
-    (a, th, ok, stopped), t_bars = scan(
-        interval, (a0, th0, np.asarray(True), ts[-1]),
+    (a, th, _, ok, stopped), t_bars = scan(
+        interval, (a0, th0, h, np.asarray(True), ts[-1]),
         (ys[1:], ts[1:], ts[:-1], g[1:]), reverse=True)
     report(ok, stopped, what=where.replace("odeint", "odeint's adjoint", 1))
     t0_bar = -np.dot(dynamics(ys[0], ts[0], ps), a)
