@@ -75,14 +75,13 @@ def _step(fn, y, f, t, h):
     from ..prims.loops import fori_loop
     dtype = y.dtype
     a, c = asarray(_A.astype(dtype)), asarray(_C.astype(dtype))
-    rows = np.arange(7)[:, None]
     ks = np.zeros((7,) + tuple(shape_of(y)), dtype)
     if f is not None:
-        ks = np.where(rows == 0, f[None], ks)
+        ks = np.concatenate([f[None], ks[1:]])
 
     def stage(s, ks):
-        k = fn(y + h * (a[s] @ ks), t + c[s] * h)
-        return np.where(rows == s, k[None], ks)
+        ks[s] = fn(y + h * (a[s] @ ks), t + c[s] * h)   # (in place, compiled)
+        return ks
 
     ks = fori_loop(0 if f is None else 1, 7, stage, ks)
     y1 = y + h * (a[6] @ ks)           # (the seventh stage's input)
