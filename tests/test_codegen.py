@@ -533,6 +533,38 @@ def test_small_buffers_of_threaded_nests_are_still_handed_in(monkeypatch, target
         np.testing.assert_allclose(g(x), np.cos(x) * x + np.sin(x), rtol=1e-14)
 
 
+def test_a_solvers_report_before_an_object_mode_product_compiles():
+    """A convergence report (a warning from object mode when the solver stopped at its
+    limit) followed by a product large enough for BLAS in object mode: the report was
+    an ``if`` around an object-mode block in the generated function, and Numba 0.68's
+    LLVM refused the pair ("Instruction does not dominate all uses!"); a deep
+    equilibrium model's gradient failed from 100 hidden units on.  It is a call of
+    ``kernels.report`` now."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 5))
+    a = a @ a.T + 5 * np.eye(5)
+    b, m = rng.standard_normal(5), rng.standard_normal((60, 60))
+
+    def f(a, b, m):
+        x = gradc.linear_solve(lambda v: a @ v, b, solve="cg")
+        return (m @ m) * np.sum(x)
+
+    jf = gradc.jit(f, target="cpu")
+    src = jf.source(a, b, m)
+    assert "_k.report(" in src and "np.matmul(" in src
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # (no fallback to the interpreter)
+        got = jf(a, b, m)
+    np.testing.assert_allclose(got, (m @ m) * np.sum(np.linalg.solve(a, b)), rtol=1e-12)
+
+    def stopped(a, b, m):           # (one matvec: the report's warning, from there)
+        x = gradc.linear_solve(lambda v: a @ v, b, solve="cg", maxiter=1)
+        return (m @ m) * np.sum(x)
+
+    with pytest.warns(gradc.ConvergenceWarning, match="cg.*did not converge"):
+        gradc.jit(stopped, target="cpu")(a, b, m)
+
+
 def test_consecutive_object_mode_blocks_merge():
     """``pysource.merge_objmode``: blocks separated by comments and parameter aliases
     become one (aliases above it); another line ends the run; the merged block declares

@@ -1169,3 +1169,16 @@ def run_callback(key, *args):
 def warn_unconverged(what, where, residual):
     from ..prims.implicit import warn_unconverged
     warn_unconverged(what, where, residual)
+
+
+@njit_gil
+def report(ok, residual, what, where):
+    """A solver's convergence report (``prims.implicit.report``): the warning from an
+    object-mode block in a function of its own.  Written in the generated function
+    itself, an ``if`` around an object-mode block followed by another object-mode
+    block (a large product's) made LLVM refuse the function ("Instruction does not
+    dominate all uses!", Numba 0.68): a deep equilibrium model's gradient from 200
+    hidden units on."""
+    if not ok:
+        with numba.objmode():
+            warn_unconverged(what, where, residual)

@@ -792,9 +792,8 @@ def _root_callback(ctx, eqn, a, outs):
 
 def _report(ctx, eqn, a, outs):
     what, where = eqn.params["what"], eqn.params["where"]
-    return [f"if not {a[0]}:",
-            "    with numba.objmode():",
-            f"        _k.warn_unconverged({what!r}, {where!r}, {a[1]})"]
+    # (a call: see kernels.report for why the object-mode block is not written here)
+    return [f"_k.report({a[0]}, {a[1]}, {what!r}, {where!r})"]
 
 
 def _indexing(kind):

@@ -8,10 +8,12 @@ its settings and prints as, e.g., ``gmres(tol=1e-10)``.
 
 The iterative methods work on ``b`` flattened to a vector, stop when the residual is
 below ``tol`` relative to ``|b|`` or after ``maxiter`` matrix-vector products, and then
-*report*: a warning (``gradc.ConvergenceWarning``) when they stopped at the limit, an
-error when the iteration broke down (a NaN or infinite residual: a singular or, for CG,
-an indefinite system), suggesting ``ridge=``.  ``dense`` materialises ``A`` with one
-batched matvec over the identity and calls LAPACK (a singular ``A`` is a clear error).
+*report*: a warning (``gradc.ConvergenceWarning``) when they stopped at the limit above
+both ``tol`` and what the precision allows (ten times eps (|A| |x| + |b|), see
+``_goal2``), an error when the iteration broke down (a NaN or infinite residual: a
+singular or, for CG, an indefinite system), suggesting ``ridge=``.  ``dense``
+materialises ``A`` with one batched matvec over the identity and calls LAPACK (a
+singular ``A`` is a clear error).
 """
 from __future__ import annotations
 
@@ -122,32 +124,56 @@ def reachable(tol, dtype) -> float:
     return max(float(tol), 10 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else tol
 
 
-def _check(method, residual2, bb, maxiter):
+def _goal2(method, dtype, bb, an2, xx):
+    """The squared residual below which a solve is reported converged: ``tol`` relative
+    to ``|b|``, or ten times what ``dtype``'s arithmetic can reach, whichever is larger.
+    Rounding leaves a residual of about eps (|A| |x| + |b|) however many steps are taken
+    (the normwise backward error: Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 7.1), which in float32 is above 1e-10 |b| for any system and above
+    10 eps |b| for an ill-conditioned one: a BiCGSTAB solve of a system of condition 100
+    stalled at 3e-6 relative and warned at every call.  ``an2`` is |A|² estimated from
+    below: the largest |A p|² / |p|² of the iteration's products.  (The iterations
+    still stop at ``reachable``: stopping at this floor cost float32 gradients up to
+    40x their accuracy at condition 1000.)"""
+    eps = 10 * float(np.finfo(dtype).eps)
+    floor = eps * (np.sqrt(an2 * xx) + np.sqrt(bb))
+    return np.maximum(float(method.tol) ** 2 * bb, floor * floor)
+
+
+def _gain2(av, v):
+    """|A v|² / |v|² (0 for v = 0): a lower bound of |A|²."""
+    vv = _norm2(v)
+    return _norm2(av) / np.where(vv > 0, vv, 1.0)
+
+
+def _check(method, residual2, goal2, bb, maxiter):
+    """The report: a warning when the residual is above ``goal2``."""
     rel = np.sqrt(residual2 / np.maximum(bb, np.finfo(np.float64).tiny))
-    report(rel <= reachable(method.tol, getattr(bb, "dtype", np.float64)), rel,
-           what=f"{method} after at most {maxiter} matvecs")
+    report(residual2 <= goal2, rel, what=f"{method} after at most {maxiter} matvecs")
 
 
 def _cg(method, mv, b, n, maxiter):
     bb = _norm2(b)
     goal = reachable(method.tol, b.dtype) ** 2 * bb
     x0 = np.zeros_like(b)
-    state = (x0, b, b, bb, np.int64(0))         # (x0 = 0: the residual is b)
+    zero = np.zeros((), b.dtype)
+    state = (x0, b, b, bb, np.int64(0), zero)         # (x0 = 0: the residual is b)
 
     def go(s):
         return (s[4] < maxiter) & (s[3] > goal)
 
     def step(s):
-        x, r, p, rr, k = s
+        x, r, p, rr, k, an2 = s
         ap = mv(p)
         alpha = rr / np.dot(p, ap)
         x = x + alpha * p
         r = r - alpha * ap
         rr_new = _norm2(r)
-        return x, r, r + (rr_new / rr) * p, rr_new, k + 1
+        an2 = np.maximum(an2, _gain2(ap, p))
+        return x, r, r + (rr_new / rr) * p, rr_new, k + 1, an2
 
-    x, _, _, rr, _ = while_loop(go, step, state)
-    _check(method, rr, bb, maxiter)
+    x, _, _, rr, _, an2 = while_loop(go, step, state)
+    _check(method, rr, _goal2(method, b.dtype, bb, an2, _norm2(x)), bb, maxiter)
     return x
 
 
@@ -160,13 +186,13 @@ def _bicgstab(method, mv, b, n, maxiter):
     # (a fixed vector of b's size, mixed into the shadow residual at a restart)
     pattern = np.cos(2.399963 * np.cumsum(np.ones_like(b)))
     state = (np.zeros_like(b), r0, np.zeros_like(b), np.zeros_like(b), one, one, one, bb,
-             np.int64(0), r0)
+             np.int64(0), r0, zero)
 
     def go(s):
         return (s[8] < maxiter) & (s[7] > goal)
 
     def step(s):
-        x, r, p, v, rho, alpha, omega, rr, k, shadow = s
+        x, r, p, v, rho, alpha, omega, rr, k, shadow, an2 = s
         # breakdown: omega = 0 (the half step's residual orthogonal to its image, as a
         # symmetric indefinite system such as a KKT matrix makes of r0 = b) or rho = 0
         # (the residual orthogonal to the shadow).  Restart from x, the shadow residual
@@ -194,10 +220,13 @@ def _bicgstab(method, mv, b, n, maxiter):
         omega = np.where(lost, zero, np.dot(t, s_) / np.where(tt > 0, tt, one))
         x = h + omega * s_
         r = s_ - omega * t
-        return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2, shadow
+        an2 = np.maximum(an2, np.maximum(_gain2(v, p), _gain2(t, s_)))
+        return x, r, p, v, rho_new, alpha, omega, _norm2(r), k + 2, shadow, an2
 
-    x = while_loop(go, step, state)[0]
-    _check(method, _norm2(b - mv(x)), bb, maxiter)
+    out = while_loop(go, step, state)
+    x, an2 = out[0], out[10]
+    _check(method, _norm2(b - mv(x)), _goal2(method, b.dtype, bb, an2, _norm2(x)),
+           bb, maxiter)
     return x
 
 
@@ -215,15 +244,15 @@ def _gmres(method, mv, b, n, maxiter):
     rows, cols = np.arange(m + 1), np.arange(m)
 
     def cycle(s):
-        x, r, rr, k = s
+        x, r, rr, k, an2 = s
         beta = np.sqrt(rr)
         V = np.concatenate([np.reshape(r / beta, (1, n)), np.zeros((m, n), dt)])
         g = np.concatenate([np.reshape(beta, (1,)), np.zeros(m, dt)])
 
         def step(t):
-            V, R, g, cs, sn, j, res = t
+            V, R, g, cs, sn, j, res, an2 = t
             w = mv(V[j])
-            before = _norm2(w)
+            before = _norm2(w)                 # (|A v|², |v| = 1)
             h = V @ w
             w = w - V.T @ h
 
@@ -257,26 +286,27 @@ def _gmres(method, mv, b, n, maxiter):
             R[:, j] = h
             cs[j] = cj
             sn[j] = sj
-            return V, R, g, cs, sn, j + 1, np.abs(sj * gj)
+            return V, R, g, cs, sn, j + 1, np.abs(sj * gj), np.maximum(an2, before)
 
         def more(t):
             return (t[5] < m) & (t[6] > goal) & (k + t[5] < maxiter)
 
         init = (V, np.zeros((m + 1, m), dt), g, np.ones(m, dt), np.zeros(m, dt), np.int64(0),
-                beta)
-        V, R, g, _, _, j, _ = while_loop(more, step, init)
+                beta, an2)
+        V, R, g, _, _, j, _, an2 = while_loop(more, step, init)
         used = cols < j                        # solve the leading j x j triangle
         T = R[:m] * used[None, :] * used[:, None] + np.diag((1.0 - used).astype(dt))
         y = np.linalg.solve(T, g[:m] * used)
         x = x + V[:m].T @ y
         r = b - mv(x)
-        return x, r, _norm2(r), k + j + 1
+        return x, r, _norm2(r), k + j + 1, an2
 
     def go(s):
         return (s[3] < maxiter) & (s[2] > goal * goal)
 
-    x, _, rr, _ = while_loop(go, cycle, (np.zeros_like(b), b, bb, np.int64(0)))
-    _check(method, rr, bb, maxiter)
+    x, _, rr, _, an2 = while_loop(go, cycle, (np.zeros_like(b), b, bb, np.int64(0),
+                                              np.zeros((), dt)))
+    _check(method, rr, _goal2(method, dt, bb, an2, _norm2(x)), bb, maxiter)
     return x
 
 
