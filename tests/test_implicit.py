@@ -771,6 +771,23 @@ def test_float32_solves_of_moderate_condition_do_not_warn(solve):
         gradc.linear_solve(lambda v: a @ v, b, solve=solve, symmetric=True, maxiter=3)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_gmres_on_an_inconsistent_singular_system_names_gmres(target):
+    """(QA) GMRES on a singular, inconsistent system (a Gaussian CRF from a bare graph
+    Laplacian) failed inside its small triangular solve with LAPACK's "Singular
+    matrix", naming neither GMRES nor ridge=; now it stalls and warns, and an enormous
+    x (a small backward error on a singular system) does not pass as converged."""
+    s = np.array([[1.0, 2.0], [2.0, 4.0]])
+    b = np.array([1.0, 1.0])
+    with pytest.warns(gradc.ConvergenceWarning, match="gmres(.|\n)*ridge="):
+        gradc.jit(lambda b: gradc.linear_solve(lambda v: s @ v, b, solve="gmres"),
+                  target=target)(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gradc.ConvergenceWarning)
+        x = gradc.linear_solve(lambda v: s @ v + 0.1 * v, b, solve="gmres")
+    np.testing.assert_allclose(x, np.linalg.solve(s + 0.1 * np.eye(2), b), rtol=1e-9)
+
+
 def test_solver_diagnostics_from_the_qa_sweep():
     """(QA) GMRES in float32 crashed (a float64 term promoted its small solve); the
     default tol 1e-10, below float32's precision, warned at every float32 call; an

@@ -132,11 +132,13 @@ def _goal2(method, dtype, bb, an2, xx):
     Algorithms*, 7.1), which in float32 is above 1e-10 |b| for any system and above
     10 eps |b| for an ill-conditioned one: a BiCGSTAB solve of a system of condition 100
     stalled at 3e-6 relative and warned at every call.  ``an2`` is |A|² estimated from
-    below: the largest |A p|² / |p|² of the iteration's products.  (The iterations
-    still stop at ``reachable``: stopping at this floor cost float32 gradients up to
-    40x their accuracy at condition 1000.)"""
-    eps = 10 * float(np.finfo(dtype).eps)
-    floor = eps * (np.sqrt(an2 * xx) + np.sqrt(bb))
+    below: the largest |A p|² / |p|² of the iteration's products.  The floor is at
+    most sqrt(eps) |b|: on a singular system an enormous ``x`` has a small backward
+    error and would pass (GMRES returned 4e15 for an inconsistent 2 x 2 system).  (The
+    iterations still stop at ``reachable``: stopping at this floor cost float32
+    gradients up to 40x their accuracy at condition 1000.)"""
+    eps = float(np.finfo(dtype).eps)
+    floor = np.minimum(10 * eps * (np.sqrt(an2 * xx) + np.sqrt(bb)), np.sqrt(eps * bb))
     return np.maximum(float(method.tol) ** 2 * bb, floor * floor)
 
 
@@ -295,7 +297,11 @@ def _gmres(method, mv, b, n, maxiter):
                 beta, an2)
         V, R, g, _, _, j, _, an2 = while_loop(more, step, init)
         used = cols < j                        # solve the leading j x j triangle
-        T = R[:m] * used[None, :] * used[:, None] + np.diag((1.0 - used).astype(dt))
+        # (a zero on its diagonal: A singular on the Krylov space, an inconsistent
+        # singular system: that direction is left out, and the cycles stall until the
+        # report names it, rather than LAPACK's "singular matrix" from inside GMRES)
+        T = R[:m] * used[None, :] * used[:, None]
+        T = T + np.diag((np.diagonal(T) == 0).astype(dt))
         y = np.linalg.solve(T, g[:m] * used)
         x = x + V[:m].T @ y
         r = b - mv(x)
