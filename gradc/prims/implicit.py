@@ -243,7 +243,8 @@ def warn_unconverged(what: str, where, residual) -> None:
     elif residual > 1 and what.startswith("bicgstab"):
         message += (": it diverged, its result worse than zeros (BiCGSTAB does on systems "
                     "with eigenvalues on or near the imaginary axis, e.g. skew-symmetric "
-                    "ones); use solve='gmres' or 'dense'")
+                    "ones, and on very ill-conditioned ones); use solve='gmres' or "
+                    "'dense', or regularise with ridge=...")
     elif what.startswith("gmres"):
         message += ("; GMRES stalls on singular or nearly singular systems: regularise "
                     "with ridge=..., or raise maxiter")
