@@ -3,6 +3,7 @@ fixed_point, argmin (with and without constraints), the decompositions, and the 
 for singular, indefinite and unconverged systems.  References: closed forms, NumPy's
 dense solves, finite differences of the full solve, and the unrolled iterations."""
 import io
+import inspect
 import warnings
 
 import numpy as np
@@ -769,6 +770,23 @@ def test_float32_solves_of_moderate_condition_do_not_warn(solve):
         assert np.abs(x - exact).max() <= 30 * cond * 1.2e-7 * np.abs(exact).max()
     with pytest.warns(gradc.ConvergenceWarning, match="did not converge"):
         gradc.linear_solve(lambda v: a @ v, b, solve=solve, symmetric=True, maxiter=3)
+
+
+def test_convergence_warnings_point_at_the_users_line():
+    """(QA) A ConvergenceWarning was attributed to gradc's own file (prims/implicit.py,
+    or kernels.py from compiled code), so Python showed gradc's line under it and
+    ``filterwarnings(module=...)`` could not select the user's module."""
+    a = np.array([[3.0, 1.0], [1.0, 2.0]])
+    for target in ("numpy", "cpu"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1
+            gradc.jit(lambda b: gradc.linear_solve(lambda v: a @ v, b, maxiter=1),
+                      target=target)(np.ones(2))
+        found = [w for w in caught if issubclass(w.category, gradc.ConvergenceWarning)]
+        assert len(found) == 1
+        assert found[0].filename == __file__ and found[0].lineno == line, (
+            target, found[0].filename, found[0].lineno)
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])

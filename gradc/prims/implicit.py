@@ -26,6 +26,7 @@ Compiled targets lower ``linear_solve`` and Graph solvers by inlining their Grap
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import numpy as np
@@ -218,12 +219,12 @@ def warn_unconverged(what: str, where, residual) -> None:
     down (a NaN or infinite residual: nothing it returns can be trusted)."""
     residual = float(residual)
     if what.startswith("odeint"):           # (residual: the time where it stopped)
-        warnings.warn(ConvergenceWarning(with_location(
+        _warn_at(ConvergenceWarning(with_location(
             f"gradc: {what} stopped at t = {residual:.6g}, short of an output time: it "
             "took mxstep steps in one interval, or its step size fell to zero or NaN (a "
             "stiff system, a solution that blows up, or NaN from func); the values from "
             "there on are not the solution. Raise mxstep, loosen rtol and atol, or "
-            "check func near that time", where)), stacklevel=2)
+            "check func near that time", where)), where)
         return
     if not np.isfinite(residual) and what.startswith("fixed_point"):
         raise EvaluationError(with_location(
@@ -248,7 +249,23 @@ def warn_unconverged(what: str, where, residual) -> None:
     elif what.startswith("gmres"):
         message += ("; GMRES stalls on singular or nearly singular systems: regularise "
                     "with ridge=..., or raise maxiter")
-    warnings.warn(ConvergenceWarning(with_location(message, where)), stacklevel=2)
+    _warn_at(ConvergenceWarning(with_location(message, where)), where)
+
+
+def _warn_at(warning, where) -> None:
+    """``warning`` attributed to the user's line ``where`` (``'file.py:12: code'``, where
+    the solver was called), not to this file: Python's display then shows the user's
+    line, and ``warnings.filterwarnings(module=...)`` sees the user's module.  (At run
+    time the stack may be a compiled function's object-mode block.)"""
+    import re
+    found = re.match(r"(.+?):(\d+)(?::|$)", where or "")
+    if found is None:
+        warnings.warn(warning, stacklevel=3)
+        return
+    filename = found.group(1)
+    module = os.path.splitext(os.path.basename(filename))[0] or "<unknown>"
+    warnings.warn_explicit(warning, type(warning), filename, int(found.group(2)),
+                           module=module)
 
 
 def _report_impl(ok, residual, what, where):
