@@ -228,3 +228,28 @@ def test_as_jax_odeint():
     want = jax.grad(loss_jax, argnums=(0, 1, 2))(y0, a, 1.2)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, np.asarray(w), rtol=1e-6, atol=1e-9)
+
+
+def test_edge_cases_from_review():
+    """(Review) decreasing times passed traced took no steps and read the last step's
+    polynomial backwards; traced integer times were refused; a float32 leaf beside a
+    float64 one came back float64; a float32 zero state divided by 1e-300 (0 in
+    float32); an empty state warned falsely; 0-d array tolerances were refused."""
+    f = lambda y, t: -y                                       # noqa: E731
+    for target in ("numpy", "cpu"):
+        with pytest.raises(gradc.EvaluationError, match=r"non-decreasing; t\[2\]"):
+            gradc.jit(lambda t: gradc.odeint(f, np.ones(1), t), target=target)(
+                np.array([0.0, 1.0, 0.5]))
+    got = gradc.jit(lambda t: gradc.odeint(f, np.ones(1), t), target="numpy")(
+        np.array([0, 1, 1]))
+    np.testing.assert_allclose(got[:, 0], np.exp(-np.array([0.0, 1.0, 1.0])), rtol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixed = gradc.odeint(lambda y, t: {"a": -y["a"], "b": -y["b"]},
+                             {"a": np.ones(2, np.float32), "b": np.ones(1)}, [0.0, 1.0])
+        assert mixed["a"].dtype == np.float32 and mixed["b"].dtype == np.float64
+        zero = gradc.odeint(f, np.zeros(2, np.float32), np.array([0.0, 1.0], np.float32))
+        assert zero.dtype == np.float32 and not zero.any()
+        assert gradc.odeint(f, np.zeros(0), np.array([0.0, 1.0])).shape == (2, 0)
+        one = gradc.odeint(f, np.ones(1), [0.0, 1.0], rtol=np.float64(1e-9), atol=np.array(1e-9))
+        np.testing.assert_allclose(one[-1], np.exp(-1.0), rtol=1e-8)

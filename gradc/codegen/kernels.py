@@ -1177,7 +1177,7 @@ def report(ok, residual, what, where):
     object-mode block in a function of its own.  Written in the generated function
     itself, an ``if`` around an object-mode block followed by another object-mode
     block (a large product's) made LLVM refuse the function ("Instruction does not
-    dominate all uses!", Numba 0.68): a deep equilibrium model's gradient from 200
+    dominate all uses!", Numba 0.68): a deep equilibrium model's gradient from 100
     hidden units on."""
     if not ok:
         with numba.objmode():

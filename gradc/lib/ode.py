@@ -102,14 +102,15 @@ def _dense(coeffs, theta):
 def _first_step(fn, y0, f0, t0, rtol, atol, hmax):
     """Hairer's starting step size: from the sizes of ``y0``, ``f0`` and an estimate of
     the second derivative (one more evaluation of ``fn``)."""
+    tiny = float(np.finfo(y0.dtype).tiny)     # (1e-300 is 0 in float32)
     scale = atol + rtol * np.abs(y0)
     d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = np.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / np.maximum(d1, 1e-300))
+    h0 = np.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / np.maximum(d1, tiny))
     f1 = fn(y0 + h0 * f0, t0 + h0)
     d2 = _rms((f1 - f0) / scale) / h0
     big = np.maximum(d1, d2)
     h1 = np.where(big <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
-                  (0.01 / np.maximum(big, 1e-300)) ** (1 / 5))
+                  (0.01 / np.maximum(big, tiny)) ** (1 / 5))
     return np.minimum(np.minimum(100 * h0, h1), hmax)
 
 
@@ -147,7 +148,6 @@ def _solve(fn, y0, ts, rtol, atol, mxstep, hmax):
     """``y`` at each time of ``ts`` (``(len(ts), n)``), ``y0`` at ``ts[0]``; whether
     every interval was reached, with the first time at which one was not; and the last
     step size."""
-    from ..prims.elementwise import convert_element_type  # noqa: F401  (traced casts)
     from ..prims.loops import scan
     t0 = ts[0]
     f0 = fn(y0, t0)
@@ -167,14 +167,22 @@ def _solve(fn, y0, ts, rtol, atol, mxstep, hmax):
 
 
 def _check_times(t, dtype):
+    """``t`` as a 1-D array of ``dtype``, checked non-decreasing: now if it is known, at
+    run time if it is traced (an ``EvaluationError``: a time below the one before it
+    would take no steps and read the last step's polynomial backwards)."""
     if is_tracer(t):
-        if len(shape_of(t)) != 1 or not is_float(dtype_of(t)):
+        if len(shape_of(t)) != 1 or shape_of(t)[0] == 0 or \
+                np.dtype(dtype_of(t)).kind not in "iuf":
             raise ArgumentError(with_location(
-                f"odeint: t must be a 1-D floating-point array of times, got shape "
+                f"odeint: t must be a non-empty 1-D array of times, got shape "
                 f"{tuple(shape_of(t))} {np.dtype(dtype_of(t))}"))
-        return t.astype(dtype) if np.dtype(dtype_of(t)) != dtype else t
+        from ..prims.implicit import report
+        t = t.astype(dtype) if np.dtype(dtype_of(t)) != dtype else t
+        rising = t[1:] >= t[:-1]
+        report(np.all(rising), np.argmin(rising) + 1, what="odeint: times")
+        return t
     ts = np.asarray(t)
-    if ts.ndim != 1 or ts.size == 0 or ts.dtype.kind not in "biuf":
+    if ts.ndim != 1 or ts.size == 0 or ts.dtype.kind not in "iuf":
         raise ArgumentError(with_location(
             f"odeint: t must be a non-empty 1-D array of times, got {ts!r}"))
     if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) < 0):
@@ -237,7 +245,8 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     from ..prims.implicit import report
     check_function(func, "odeint: func(y, t, *args)", 2 + len(args))
     for name, v in (("rtol", rtol), ("atol", atol), ("hmax", hmax)):
-        if is_tracer(v) or not np.isscalar(v) or not float(v) > 0:
+        if is_tracer(v) or np.ndim(v) != 0 or np.asarray(v).dtype.kind not in "iuf" or \
+                not float(v) > 0:
             raise ArgumentError(with_location(
                 f"odeint: {name} must be a positive number, got {v!r}"))
     unlimited = mxstep is None or mxstep == np.inf
@@ -251,7 +260,9 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     y_leaves, y_tree = flatten(y0)
     y_leaves = [x if is_tracer(x) else np.asarray(x) for x in y_leaves]
     dtype = _state_dtype(y_leaves)
-    y_avals = [(tuple(shape_of(x)), dtype) for x in y_leaves]
+    # (each leaf in its own floating-point dtype, as func sees it and odeint returns it)
+    y_avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x)) if is_float(dtype_of(x))
+                else dtype) for x in y_leaves]
     ys_ravel = _Ravel(y_tree, y_avals, dtype)
     ts = _check_times(t, dtype)
     a_leaves, a_tree = flatten(list(args))
@@ -270,10 +281,15 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
         leaves, tree = flatten(out)
         if tree != y_tree or any(tuple(shape_of(o)) != shape
                                  for o, (shape, _) in zip(leaves, y_avals)):
+            want = [s for s, _ in y_avals]
+            got = [tuple(shape_of(o)) for o in leaves]
+            if len(want) == len(got) == 1 and tree == y_tree:
+                detail = f"shape {want[0]}, got {got[0]}"
+            else:
+                detail = f"{y_tree} with shapes {want}, got {tree} with shapes {got}"
             raise ArgumentError(with_location(
-                f"odeint: func(y, t, *args) must return the structure and shapes of y0 "
-                f"({y_tree}: {[s for s, _ in y_avals]}), got {tree}: "
-                f"{[tuple(shape_of(o)) for o in leaves]}"))
+                f"odeint: func(y, t, *args) must return the structure and shapes of y0: "
+                f"{detail}"))
         return [o if is_tracer(o) else np.asarray(o, dtype) for o in leaves]
 
     graph, _, captured = trace_graph(flat_func, y_avals + [((), dtype)] + a_avals)
@@ -291,15 +307,15 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
 
     def dynamics(y, t, ps):
         """func on the state vector: f(y, t) as a vector of ``dtype``."""
-        outs = eval_graph(graph, ys_ravel.unravel(y, cast=False) + [t] + list(ps))
+        outs = eval_graph(graph, ys_ravel.unravel(y) + [t] + list(ps))
         return ys_ravel.ravel(outs)
 
-    where = "odeint" if unlimited else f"odeint (mxstep={mxstep})"
+    label = "odeint" if unlimited else f"odeint (mxstep={mxstep})"
 
     def solution(y0v, ts, ps):
         ys, ok, stopped, h = _solve(lambda y, t: dynamics(y, t, ps), y0v, ts, rtol, atol,
                                     mxstep, hmax)
-        report(ok, stopped, what=where)
+        report(ok, stopped, what=label)
         return ys, h
 
     def forward(y0v, ts, *ps):
@@ -312,19 +328,21 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     def odeint_adjoint(res, g):
         ys, ts, ps, h = res
         return _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep,
-                        hmax, where)
+                        hmax, label)
 
     forward.__name__ = forward.__qualname__ = "odeint"     # (how errors name it)
     solve = custom_vjp(forward)
     solve.defvjp(odeint_fwd, odeint_adjoint)
+    n = int(shape_of(ts)[0])
+    if ys_ravel.size == 0:                    # (nothing to solve: y0's empty leaves)
+        return unflatten(y_tree, [np.zeros((n,) + shape, d) for shape, d in y_avals])
     ps = [p if is_tracer(p) or isinstance(p, np.ndarray) else np.asarray(p) for p in params]
     ys = solve(ys_ravel.ravel(y_leaves), ts, *ps)
-    n = int(shape_of(ts)[0])
     return unflatten(y_tree, ys_ravel.unravel(ys, batch=n))
 
 
 def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep, hmax,
-             where):
+             label):
     """The cotangents of ``(y0, ts, *ps)`` given ``g``, the cotangent of ``ys``: the
     adjoint ODE backwards over each interval (see the module's docstring).  Its first
     step is the forward solve's last (``h``), then each interval starts with the step
@@ -374,7 +392,7 @@ def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep, h
     (a, th, _, ok, stopped), t_bars = scan(
         interval, (a0, th0, h, np.asarray(True), ts[-1]),
         (ys[1:], ts[1:], ts[:-1], g[1:]), reverse=True)
-    report(ok, stopped, what=where.replace("odeint", "odeint's adjoint", 1))
+    report(ok, stopped, what=label.replace("odeint", "odeint's adjoint", 1))
     t0_bar = -np.dot(dynamics(ys[0], ts[0], ps), a)
     y0_bar = a + g[0]
     ts_bar = np.concatenate([t0_bar[None], t_bars])

@@ -174,8 +174,10 @@ def _cg(method, mv, b, n, maxiter):
         an2 = np.maximum(an2, _gain2(ap, p))
         return x, r, r + (rr_new / rr) * p, rr_new, k + 1, an2
 
-    x, _, _, rr, _, an2 = while_loop(go, step, state)
-    _check(method, rr, _goal2(method, b.dtype, bb, an2, _norm2(x)), bb, maxiter)
+    x, _, _, _, _, an2 = while_loop(go, step, state)
+    # (the true residual: the recursion's drifts below it in float32)
+    _check(method, _norm2(b - mv(x)), _goal2(method, b.dtype, bb, an2, _norm2(x)), bb,
+           maxiter)
     return x
 
 
@@ -301,8 +303,9 @@ def _gmres(method, mv, b, n, maxiter):
         # singular system: that direction is left out, and the cycles stall until the
         # report names it, rather than LAPACK's "singular matrix" from inside GMRES)
         T = R[:m] * used[None, :] * used[:, None]
-        T = T + np.diag((np.diagonal(T) == 0).astype(dt))
-        y = np.linalg.solve(T, g[:m] * used)
+        zero = np.diagonal(T) == 0
+        T = T + np.diag(zero.astype(dt))
+        y = np.linalg.solve(T, g[:m] * used * ~zero)
         x = x + V[:m].T @ y
         r = b - mv(x)
         return x, r, _norm2(r), k + j + 1, an2

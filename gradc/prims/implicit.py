@@ -218,6 +218,10 @@ def warn_unconverged(what: str, where, residual) -> None:
     """A warning for a solver that stopped at its limit; an error for one that broke
     down (a NaN or infinite residual: nothing it returns can be trusted)."""
     residual = float(residual)
+    if what == "odeint: times":             # (residual: the first index out of order)
+        raise EvaluationError(with_location(
+            f"odeint: the times t must be non-decreasing; t[{int(residual)}] is below the "
+            "time before it", where))
     if what.startswith("odeint"):           # (residual: the time where it stopped)
         _warn_at(ConvergenceWarning(with_location(
             f"gradc: {what} stopped at t = {residual:.6g}, short of an output time: it "
