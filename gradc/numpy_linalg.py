@@ -362,7 +362,15 @@ def _vector_norm(x, ord, axes, keepdims):
         raise ShapeError(with_location(f"np.linalg.norm: invalid norm order {ord!r} for "
                                        "vectors"))
     p = float(ord)
-    return ops.pow(sum(ops.pow(absx, p), axes, keepdims=keepdims), 1.0 / p)
+    powers = ops.pow(absx, p)
+    if 0 < p < 1:
+        # (|x|^p has a vertical tangent at 0: its derivative there is 0, as the central
+        # difference and PyTorch have it, not inf * sign(0) = NaN)
+        zero = np.zeros((), dtype_of(x))
+        nonzero = ops.gt(absx, zero)
+        powers = ops.select(nonzero, ops.pow(ops.select(nonzero, absx, zero + 1), p),
+                            zero)
+    return ops.pow(sum(powers, axes, keepdims=keepdims), 1.0 / p)
 
 
 def _singular_values(x, axes=(-2, -1)):

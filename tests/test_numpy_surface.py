@@ -1490,3 +1490,19 @@ def test_hypot_of_an_infinity_is_inf_and_stack_converts_python_scalars(target):
     got = gradc.jit(lambda x: np.stack([x, x], axis=-1, dtype=np.float64),
                     target=target)(np.ones(2, np.float32))
     assert got.dtype == np.float64 and got.shape == (2, 2)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_norm_of_order_below_one_at_a_zero_component(target):
+    """(QA sweep) ``norm(x, 0.5)`` had a NaN derivative where a component is 0 (|x|^p's
+    derivative there is inf, times sign(0) = 0); the central difference and PyTorch give
+    0 there, and the other components are unchanged."""
+    from gradc.testing import numerical_grad
+    x = np.array([0.0, 1.5, -2.0, 0.3])
+    for p in (0.5, 0.25):
+        def f(x):
+            return np.linalg.norm(x, p)
+        g = gradc.grad(f, target=target)(x)
+        assert g[0] == 0.0
+        np.testing.assert_allclose(g, numerical_grad(f, x, 1e-7), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(gradc.jit(f, target=target)(x), f(x), rtol=1e-14)
