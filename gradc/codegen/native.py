@@ -259,7 +259,10 @@ def build(compiled) -> bool:
 
 def _build(compiled) -> str:
     """Build; the reason why not, or ''."""
-    if "numba.objmode(" in compiled.source:      # known without compiling the entry
+    # (known without compiling the entry: an object-mode block, or a call of a kernel
+    # that has one, kernels.report; building to find it out took a background thread's
+    # seconds, during the first calls of every solver's program)
+    if "numba.objmode(" in compiled.source or "_k.report(" in compiled.source:
         return "runs Python code (an object-mode block)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
