@@ -1171,6 +1171,11 @@ def warn_unconverged(what, where, residual):
     warn_unconverged(what, where, residual)
 
 
+# calls in generated source of kernels that run Python (an object-mode block inside):
+# such a program is not built as a native library (codegen.native)
+OBJECT_MODE_CALLS = ("_k.report(",)
+
+
 @njit_gil
 def report(ok, residual, what, where):
     """A solver's convergence report (``prims.implicit.report``): the warning from an

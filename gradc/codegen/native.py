@@ -260,9 +260,10 @@ def build(compiled) -> bool:
 def _build(compiled) -> str:
     """Build; the reason why not, or ''."""
     # (known without compiling the entry: an object-mode block, or a call of a kernel
-    # that has one, kernels.report; building to find it out took a background thread's
-    # seconds, during the first calls of every solver's program)
-    if "numba.objmode(" in compiled.source or "_k.report(" in compiled.source:
+    # that has one, kernels.OBJECT_MODE_CALLS; building to find it out took a background
+    # thread's seconds, during the first calls of every solver's program)
+    from .kernels import OBJECT_MODE_CALLS
+    if any(c in compiled.source for c in ("numba.objmode(",) + OBJECT_MODE_CALLS):
         return "runs Python code (an object-mode block)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:

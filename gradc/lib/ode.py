@@ -204,8 +204,8 @@ def _state_dtype(leaves):
 class _Ravel:
     """A pytree of arrays as one vector (in ``dtype``) and back."""
 
-    def __init__(self, tree, avals, dtype):
-        self.tree, self.avals, self.dtype = tree, avals, dtype
+    def __init__(self, avals, dtype):
+        self.avals, self.dtype = avals, dtype
         self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape, _ in avals]
         self.size = sum(self.sizes)
 
@@ -263,7 +263,7 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     # (each leaf in its own floating-point dtype, as func sees it and odeint returns it)
     y_avals = [(tuple(shape_of(x)), np.dtype(dtype_of(x)) if is_float(dtype_of(x))
                 else dtype) for x in y_leaves]
-    ys_ravel = _Ravel(y_tree, y_avals, dtype)
+    ys_ravel = _Ravel(y_avals, dtype)
     ts = _check_times(t, dtype)
     a_leaves, a_tree = flatten(list(args))
     a_leaves = [x if is_tracer(x) else np.asarray(x) for x in a_leaves]
@@ -302,7 +302,7 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     # every parameter of the dynamics, as one flat list: func's args, then its closure
     params = a_leaves + captured
     floats = [is_float(dtype_of(p)) for p in params]
-    th_ravel = _Ravel(None, [(tuple(shape_of(p)), np.dtype(dtype_of(p)))
+    th_ravel = _Ravel([(tuple(shape_of(p)), np.dtype(dtype_of(p)))
                              for p, f in zip(params, floats) if f], dtype)
 
     def dynamics(y, t, ps):
