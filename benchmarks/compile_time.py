@@ -4,6 +4,7 @@
     python benchmarks/compile_time.py --loop roll --steps 25
     python benchmarks/compile_time.py --loop W4      # a workload's gradient, cold
     python benchmarks/compile_time.py --loop gp      # also linalg, rk4 and average
+    python benchmarks/compile_time.py --loop ode     # a neural ODE's adjoint gradient
 
 Each run times ``.source()`` (tracing, passes, code generation) and the first call (all
 Numba; wall-clock, and the process's CPU time, which a busy machine inflates less) of
@@ -88,9 +89,30 @@ def program(kind: str, steps: int):
     return average, (np.linspace(0.1, 1.0, 6), np.array(0.9))
 
 
+def neural_ode():
+    """benchmarks/ode.py's neural ODE (state 16, hidden 64, 5 times), its gradient with
+    respect to the initial state and the first layer: nested structured loops (a scan
+    over the times, the adaptive steps' while loop, the stages' fori_loop) forward and
+    in the adjoint."""
+    import gradc
+    rng = np.random.default_rng(0)
+    n, H = 16, 64
+    b, W2 = 0.1 * rng.standard_normal(H), rng.standard_normal((H, n)) / np.sqrt(H)
+    ts = np.linspace(0.0, 1.0, 5)
+
+    def dynamics(y, t, W1):
+        return np.tanh(y @ W1 + b) @ W2
+
+    def loss(y0, W1):
+        return np.sum(gradc.odeint(dynamics, y0, ts, W1, rtol=1e-7, atol=1e-7) ** 2)
+    return loss, (rng.standard_normal(n), rng.standard_normal((n, H)) / np.sqrt(n))
+
+
 def loop(kind: str, steps: int):
     if kind in ("W3", "W4", "W5"):
         return workload(kind)
+    if kind == "ode":
+        return neural_ode()
     if kind in ("gp", "linalg", "rk4", "average"):
         return program(kind, steps)
     if kind == "tanh":               # (tests/test_fuse.py: _tanh_chain)
@@ -127,9 +149,9 @@ def one(kind: str, steps: int) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loop", choices=("tanh", "roll", "average", "rk4", "gp", "linalg",
-                                       "W3", "W4", "W5"), default="tanh",
-                    help="an unrolled loop, or a program (gp, linalg, W3-W5: --steps is "
-                         "ignored)")
+                                       "W3", "W4", "W5", "ode"), default="tanh",
+                    help="an unrolled loop, or a program (gp, linalg, W3-W5, ode: --steps "
+                         "is ignored)")
     ap.add_argument("--steps", type=int, nargs="+", default=[100])
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()

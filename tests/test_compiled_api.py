@@ -144,17 +144,23 @@ def _count_calls(out, lo, hi):
         out[i] += 1
 
 
+def _nogil(fn):
+    """A kernel like those ``on_threads`` runs (``jit_pooled``'s options, no disk cache)."""
+    import numba
+    return numba.njit(nogil=True, error_model="numpy")(fn)
+
+
 def _pool_in_child():
     from gradc.codegen import kernels
     out = np.zeros(100)
-    kernels.on_threads(kernels.jit_helper(_count_calls), 100, out)
+    kernels.on_threads(_nogil(_count_calls), 100, out)
     return float(out.sum())
 
 
 def test_thread_pool_runs_every_item_once_and_survives_fork(monkeypatch):
     from gradc.codegen import kernels
     monkeypatch.setattr(kernels, "threads", lambda: 4)   # a pool even on one CPU
-    mark = kernels.jit_helper(_count_calls)
+    mark = _nogil(_count_calls)
     for count in (1, 2, 7, 100):
         out = np.zeros(count)
         kernels.on_threads(mark, count, out)

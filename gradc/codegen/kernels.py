@@ -18,6 +18,7 @@ import numpy as np
 from numba.cpython.unsafe.tuple import tuple_setitem as _tuple_setitem
 
 from ..errors import EvaluationError, GuardFailure  # noqa: F401  (_k.EvaluationError)
+from .linking import link_only
 from .pysource import OBJMODE_FLOPS
 from .special import (digamma, erf, erfc, erfinv, gamma, lgamma,  # noqa: F401  (_k.erf ...)
                       ndtri, polygamma)
@@ -57,8 +58,10 @@ njit_gil = numba.njit(cache=True, error_model="numpy")
 
 # ---------------------------------------------------------------- layout
 
-# for functions generated per equation (no on-disk cache: they live in generated modules)
-jit_helper = numba.njit(nogil=True, error_model="numpy")
+# for functions generated per equation (no on-disk cache: they live in generated modules;
+# link-only: compiled into the machine code of the function that calls them, see
+# codegen.linking)
+jit_helper = link_only(nogil=True, error_model="numpy")
 
 
 def _noalias(decorator):
@@ -80,20 +83,20 @@ def _noalias(decorator):
 
 
 # the loop nests of fused equations (codegen.loops), one thread or several
-jit_loops = _noalias(numba.njit(nogil=True, error_model="numpy"))
-jit_loops_parallel = numba.njit(nogil=True, error_model="numpy", parallel=True)
-jit_loops_fastmath = _noalias(numba.njit(nogil=True, error_model="numpy", fastmath=True))
-jit_loops_parallel_fastmath = numba.njit(nogil=True, error_model="numpy", parallel=True,
-                                         fastmath=True)
+jit_loops = _noalias(link_only(nogil=True, error_model="numpy"))
+jit_loops_parallel = link_only(nogil=True, error_model="numpy", parallel=True)
+jit_loops_fastmath = _noalias(link_only(nogil=True, error_model="numpy", fastmath=True))
+jit_loops_parallel_fastmath = link_only(nogil=True, error_model="numpy", parallel=True,
+                                        fastmath=True)
 # nests whose results are all float sums: LLVM may reassociate their arithmetic (several
 # partial sums), nothing more (see codegen.loops._reassociates)
-jit_loops_reassoc = _noalias(numba.njit(nogil=True, error_model="numpy",
-                                        fastmath={"reassoc"}))
-jit_loops_parallel_reassoc = numba.njit(nogil=True, error_model="numpy", parallel=True,
-                                        fastmath={"reassoc"})
+jit_loops_reassoc = _noalias(link_only(nogil=True, error_model="numpy",
+                                       fastmath={"reassoc"}))
+jit_loops_parallel_reassoc = link_only(nogil=True, error_model="numpy", parallel=True,
+                                       fastmath={"reassoc"})
 # the body of a structured loop (codegen.control): it calls the nests (an object-mode
 # block in it holds the GIL anyway)
-jit_body = numba.njit(error_model="numpy")
+jit_body = link_only(error_model="numpy")
 # loop nests run from object-mode blocks (on_threads) are compiled on their own, not into
 # the main function's machine code: they get disk-cache entries of their own, beside it
 # (named after the generated module, so cache.seal covers them)

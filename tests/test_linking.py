@@ -1,0 +1,90 @@
+"""codegen.linking: a generated module's helpers are compiled into the machine code of
+the function that calls them, once, instead of once per level of the call tree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.codegen import linking
+from gradc.codegen.numba_cpu import compile_graph
+
+pytestmark = pytest.mark.skipif(not linking._SUPPORTED,
+                                reason="this Numba's internals are not those linking expects")
+
+
+def _libraries(compiled):
+    """{helper name: [its code libraries, one per signature]} of a compiled program."""
+    names = compiled.py_func.__globals__
+    return {k: [cres.library for cres in v.overloads.values()]
+            for k, v in names.items() if k.startswith("_h") and hasattr(v, "overloads")}
+
+
+def _loop(x, w):
+    def body(i, carry):
+        return np.tanh(carry * w + np.sin(carry[::-1]))
+    return np.sum(gradc.fori_loop(0, 4, body, x) ** 2)
+
+
+def test_nested_helpers_are_linked_into_the_main_function_only(monkeypatch):
+    emitted = []                    # the libraries that get machine code of their own
+    real = linking._LIBRARY._finalize_specific
+
+    def finalize_specific(self):
+        emitted.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(linking._LIBRARY, "_finalize_specific", finalize_specific)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(8), rng.standard_normal(8)
+    graph = gradc.make_graph(gradc.grad(_loop, argnums=(0, 1)))(x, w)
+    compiled = compile_graph(graph, name="loop_grad")
+    got = compiled(x, w)
+    want = gradc.grad(_loop, argnums=(0, 1))(x, w)           # (the interpreter)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-13)
+    libraries = _libraries(compiled)
+    assert any("@_k.jit_body\ndef " + k + "(" in compiled.source for k in libraries)
+    assert sum(len(v) for v in libraries.values()) >= 3
+    for name, libs in libraries.items():
+        for lib in libs:
+            assert isinstance(lib, linking.LinkOnlyLibrary) and lib._link_only, name
+    assert "loop_grad" in emitted
+    assert not set(emitted) & set(libraries), emitted
+
+
+def test_a_helper_has_no_python_entry():
+    x, w = np.arange(4.0), np.ones(4)
+    compiled = compile_graph(gradc.make_graph(_loop)(x, w), name="loop")
+    np.testing.assert_allclose(compiled(x, w)[0], _loop(x, w), rtol=1e-14)
+    name, helper = next((k, v) for k, v in compiled.py_func.__globals__.items()
+                        if k.startswith("_h") and hasattr(v, "overloads") and v.overloads)
+    sig = next(iter(helper.overloads))
+    args = [np.zeros(4) if getattr(t, "ndim", 0) else 0 for t in sig]
+    with pytest.raises(TypeError):
+        helper(*args)
+
+
+def test_a_body_with_an_object_mode_block_is_compiled_on_its_own():
+    """A product large enough for NumPy's BLAS runs in an object-mode block, which reads
+    the function's Numba environment: that helper is finalised the usual way (its
+    environment installed) and the program still runs."""
+    rng = np.random.default_rng(1)
+    m, x = rng.standard_normal((70, 70)) / 9, rng.standard_normal((70, 70))
+
+    def f(m, x):
+        def body(i, c):
+            return np.tanh(m @ c)
+        return np.sum(gradc.fori_loop(0, 3, body, x))
+
+    compiled = compile_graph(gradc.make_graph(f)(m, x), name="products")
+    assert "numba.objmode" in compiled.source
+    np.testing.assert_allclose(compiled(m, x)[0], f(m, x), rtol=1e-12)
+    kinds = {lib._link_only for libs in _libraries(compiled).values() for lib in libs}
+    assert False in kinds, compiled.source
+
+
+def test_link_only_without_support_is_plain_njit(monkeypatch):
+    monkeypatch.setattr(linking, "_SUPPORTED", False)
+    jitted = linking.link_only(nogil=True)(lambda a: a + 1)
+    assert jitted(1) == 2                     # (a Python entry: compiled the usual way)
