@@ -31,9 +31,13 @@ FUNCTIONS: dict = {}
 
 
 def implements(*funcs, table=None):
-    """Register a gradc implementation of NumPy functions (or ufuncs)."""
+    """Register a gradc implementation of NumPy functions (or ufuncs).  ``None`` stands
+    for a function this NumPy lacks (``getattr(np, "unstack", None)`` before 2.1): it is
+    not registered."""
     def register(impl):
         for f in funcs:
+            if f is None:
+                continue
             (table if table is not None else
              (UFUNCS if isinstance(f, np.ufunc) else FUNCTIONS))[f] = impl
         return impl

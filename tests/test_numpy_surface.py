@@ -1506,3 +1506,19 @@ def test_norm_of_order_below_one_at_a_zero_component(target):
         assert g[0] == 0.0
         np.testing.assert_allclose(g, numerical_grad(f, x, 1e-7), rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(gradc.jit(f, target=target)(x), f(x), rtol=1e-14)
+
+
+def test_a_function_this_numpy_lacks_is_not_registered():
+    """``implements(getattr(np, name, None))``: on a NumPy without the function (np.unstack
+    before 2.1) gradc still imports, and nothing is registered under ``None``."""
+    from gradc.numpy_api import FUNCTIONS, UFUNCS, implements
+
+    def impl(x):
+        return x
+    before = (dict(FUNCTIONS), dict(UFUNCS))
+    assert implements(None, np.sin)(impl) is impl
+    assert None not in FUNCTIONS and None not in UFUNCS
+    assert UFUNCS[np.sin] is impl
+    FUNCTIONS.clear(), FUNCTIONS.update(before[0])
+    UFUNCS.clear(), UFUNCS.update(before[1])
+    assert UFUNCS[np.sin] is not impl

@@ -106,7 +106,8 @@ if _SUPPORTED:
             for library in self._linking_libraries:
                 if library not in seen:
                     seen.add(library)
-                    self._reload_init.update(getattr(library, "_reload_init", ()))
+                    if hasattr(self, "_reload_init"):      # (Numba >= 0.61)
+                        self._reload_init.update(library._reload_init)
                     self._final_module.link_in(library._get_module_for_linking(),
                                                preserve=True)
             self._finalized = True

@@ -1204,7 +1204,7 @@ def _broadcast_view(a, shape, made_by):
     return y
 
 
-@implements(np.unstack)
+@implements(getattr(np, "unstack", None))
 def unstack(x, /, *, axis=0):
     x = operand(x)
     moved = np.moveaxis(x, _axis(axis, len(shape_of(x))), 0)
@@ -1261,9 +1261,9 @@ def _cumulative_of(name, running, initial):
     return impl
 
 
-implements(np.cumulative_sum)(_cumulative_of("cumulative_sum", npf.cumsum, 0))
-implements(np.cumulative_prod)(_cumulative_of("cumulative_prod",
-                                              lambda x, axis, dtype: cumprod(x, axis, dtype), 1))
+implements(getattr(np, "cumulative_sum", None))(_cumulative_of("cumulative_sum", npf.cumsum, 0))
+implements(getattr(np, "cumulative_prod", None))(
+    _cumulative_of("cumulative_prod", lambda x, axis, dtype: cumprod(x, axis, dtype), 1))
 
 
 @implements(np.fix)
@@ -1302,12 +1302,12 @@ def vecdot(x1, x2):
     return np.sum(x1 * x2, axis=-1)
 
 
-@implements(np.matvec)
+@implements(getattr(np, "matvec", None))
 def matvec(x1, x2):
     return np.matmul(x1, npf.expand_dims(operand(x2), -1))[..., 0]
 
 
-@implements(np.vecmat)
+@implements(getattr(np, "vecmat", None))
 def vecmat(x1, x2):
     return np.matmul(npf.expand_dims(operand(x1), -2), x2)[..., 0, :]
 
