@@ -88,3 +88,55 @@ def test_link_only_without_support_is_plain_njit(monkeypatch):
     monkeypatch.setattr(linking, "_SUPPORTED", False)
     jitted = linking.link_only(nogil=True)(lambda a: a + 1)
     assert jitted(1) == 2                     # (a Python entry: compiled the usual way)
+
+
+# (from the review: link-only functions used the ways Numba allows beyond gradc's own)
+
+def test_a_helper_passed_as_a_first_class_function_is_refused_not_a_crash():
+    import numba
+    from numba import types
+
+    @linking.link_only(error_model="numpy")
+    def twice(x):
+        return 2.0 * x
+
+    sig = types.float64(types.float64)
+
+    @numba.njit(types.float64(types.FunctionType(sig), types.float64))
+    def apply(f, x):
+        return f(x)
+
+    with pytest.raises(ValueError):          # (a segmentation fault before)
+        apply(twice, 1.5)
+
+    @numba.njit
+    def caller(x):
+        return twice(x) + 1.0
+    assert caller(1.5) == 4.0
+
+
+def test_mutually_recursive_helpers_are_compiled_the_usual_way():
+    import numba
+
+    @linking.link_only(error_model="numpy")
+    def is_even(n):
+        return True if n == 0 else is_odd(n - 1)
+
+    @linking.link_only(error_model="numpy")
+    def is_odd(n):
+        return False if n == 0 else is_even(n - 1)
+
+    @numba.njit
+    def main(n):
+        return is_even(n)
+    assert main(10) and not main(7)          # (an unresolved-symbol abort before)
+
+
+def test_a_disk_cached_function_is_compiled_the_usual_way():
+    jitted = linking.link_only(cache=True)(_plus_one)
+    assert jitted._compiler.pipeline_class is not linking.LinkOnlyCompiler
+    assert jitted(1) == 2                     # (no machine code to cache: it failed)
+
+
+def _plus_one(a):
+    return a + 1

@@ -60,6 +60,12 @@ def _entry_address() -> int:
     return _ENTRY[0]
 
 
+def _unresolved(module) -> bool:
+    """Whether an LLVM module calls a function through Numba's pointer for symbols not
+    compiled yet (recursion), which only a library with machine code gets resolved."""
+    return any(gv.name.startswith(".numba.unresolved$") for gv in module.global_variables)
+
+
 if _SUPPORTED:
     class _EnvironmentKept:
         """The codegen as a link-only library shows it: ``set_env`` is a no-op (its code
@@ -83,10 +89,11 @@ if _SUPPORTED:
             if self._link_only is None:
                 # (Numba declares the environment's global in every function's module;
                 # code that reads it names it a second time)
-                names = [gv.name for gv in self._final_module.global_variables
-                         if "NumbaEnv" in gv.name]
-                text = str(self._final_module) if names else ""
-                self._link_only = all(text.count(name) == 1 for name in names)
+                env = [gv.name for gv in self._final_module.global_variables
+                       if "NumbaEnv" in gv.name]
+                text = str(self._final_module) if env else ""
+                self._link_only = (all(text.count(n) == 1 for n in env) and
+                                   not _unresolved(self._final_module))
             return self._link_only
 
         @property
@@ -94,22 +101,35 @@ if _SUPPORTED:
             return _EnvironmentKept(self._codegen) if self._decide() else self._codegen
 
         def get_pointer_to_function(self, name):
+            # only the Python entry is replaced (Numba asks for other symbols: a helper
+            # passed as a first-class function has no C or JIT address here, 0)
+            entry = name.startswith("_ZN7cpython")
             if self._decide():
-                return _entry_address()
-            return super().get_pointer_to_function(name) or _entry_address()
+                return _entry_address() if entry else 0
+            return super().get_pointer_to_function(name) or (_entry_address() if entry else 0)
+
+        def get_llvm_str(self):
+            self._ensure_finalized()        # (with its callees, not optimised as a module)
+            return super().get_llvm_str()
+
+        def get_asm_str(self):
+            self._ensure_finalized()
+            return super().get_asm_str()
 
         def finalize(self):
             if not self._decide():
                 return super().finalize()
             self._raise_if_finalized()
-            seen = set()
-            for library in self._linking_libraries:
-                if library not in seen:
-                    seen.add(library)
-                    if hasattr(self, "_reload_init"):      # (Numba >= 0.61)
-                        self._reload_init.update(library._reload_init)
-                    self._final_module.link_in(library._get_module_for_linking(),
-                                               preserve=True)
+            libraries = list(dict.fromkeys(self._linking_libraries))
+            modules = [library._get_module_for_linking() for library in libraries]
+            if any(_unresolved(m) for m in modules):
+                # (a callee calls back into a function compiled after it: recursion)
+                self._link_only = False
+                return super().finalize()
+            for library, module in zip(libraries, modules):
+                if hasattr(self, "_reload_init"):      # (Numba >= 0.61)
+                    self._reload_init.update(library._reload_init)
+                self._final_module.link_in(module, preserve=True)
             self._finalized = True
 
     @register_pass(mutates_CFG=False, analysis_only=False)
@@ -142,7 +162,9 @@ if _SUPPORTED:
 
 def link_only(**options):
     """``numba.njit(**options)`` whose functions are compiled link-only (see the module's
-    docstring), or plain ``numba.njit(**options)`` where this Numba is not supported."""
-    if _SUPPORTED:
+    docstring), or plain ``numba.njit(**options)`` where this Numba is not supported or
+    ``cache=True`` is asked for (a disk cache stores machine code, which a link-only
+    function has none of)."""
+    if _SUPPORTED and not options.get("cache"):
         options["pipeline_class"] = LinkOnlyCompiler
     return numba.njit(**options)
