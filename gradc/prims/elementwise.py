@@ -161,7 +161,17 @@ def div(x, y):
     return bind(div_p, _lift(x, y), _lift(y, x))
 
 
-pow_p = _binary("pow", np.power)
+def _power(x, y):
+    """``np.power``, with a scalar float exponent of 0.5 as ``np.sqrt`` (at -inf and -0.0:
+    NaN and -0.0), as NumPy's ``x ** 0.5`` computes it and the compiled targets do
+    (``codegen.pysource.eqn_template``); ``np.power`` itself gives inf and 0.0 there in
+    NumPy 2.1, NaN and -0.0 in 2.4."""
+    if (np.ndim(y) == 0 and np.result_type(x).kind == "f" and float(y) == 0.5):
+        return np.sqrt(x)
+    return np.power(x, y)
+
+
+pow_p = _binary("pow", _power)
 
 
 def _pow_dy(t, ans, x, y):
