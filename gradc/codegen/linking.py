@@ -8,21 +8,24 @@ structured loops, a body calls the loop nests of its fused equations (and the bo
 loops nested in it).  Each nest was therefore optimised and turned into machine code once
 for every level above it, although only the main function is ever called from Python.
 The gradient of a neural ODE (``benchmarks/ode.py``: 35 helpers, bodies three levels
-deep) spent 9 of its 15 s of first-call compilation in LLVM, two thirds of that on such
-repeated copies.
+deep) spent 9 of its 15 s of first-call compilation in LLVM, about half of that on
+such repeated copies.
 
 ``link_only`` gives a helper's compilations a library that stops after lowering: the
 function gets Numba's per-function optimisation as usual, but no module passes and no
 machine code of its own.  Finalising it only links in the libraries it calls, so that
 its caller links one module holding the whole subtree and optimises and emits it once.
 The code that runs is the same LLVM IR, optimised by the same passes (the results are
-bit-identical); the ODE gradient's first call takes about 60 % of the time
-(``docs/benchmarks.md``).
+bit-identical); the ODE gradient's first call takes 6.9 s instead of 15.1 s
+(``docs/benchmarks.md``, thirty-seventh session).
 
 Such a helper has no Python entry point: called from Python it raises ``TypeError`` (the
-generated code calls it only from compiled code).  A helper whose code reads its Numba
-environment (an object-mode block finds its Python objects through it) is finalised the
-usual way, since its environment must be installed in the engine before any caller runs.
+generated code calls it only from compiled code), and it has no C or JIT address as a
+first-class function.  A helper whose code reads its Numba environment (an object-mode
+block finds its Python objects through it) is finalised the usual way, since its
+environment must be installed in the engine before any caller runs; so is one reached
+through recursion (Numba resolves such calls only in libraries with machine code), and
+one asked to be cached on disk.
 On a Numba whose internals differ from those this relies on, ``link_only`` leaves the
 decorator as it is: the same code, compiled the slow way.
 """
