@@ -11,6 +11,9 @@ from gradc.codegen.numba_cpu import compile_graph
 
 pytestmark = pytest.mark.skipif(not linking._SUPPORTED,
                                 reason="this Numba's internals are not those linking expects")
+# (the generated helpers are link-only only where GRADC_LINK_ONLY=1 was set at import:
+# these run in a process of their own with it, test_programs_with_link_only_helpers)
+programs = pytest.mark.skipif(not linking.ENABLED, reason="GRADC_LINK_ONLY is not 1")
 
 
 def _libraries(compiled):
@@ -26,6 +29,7 @@ def _loop(x, w):
     return np.sum(gradc.fori_loop(0, 4, body, x) ** 2)
 
 
+@programs
 def test_nested_helpers_are_linked_into_the_main_function_only(monkeypatch):
     emitted = []                    # the libraries that get machine code of their own
     real = linking._LIBRARY._finalize_specific
@@ -53,6 +57,7 @@ def test_nested_helpers_are_linked_into_the_main_function_only(monkeypatch):
     assert not set(emitted) & set(libraries), emitted
 
 
+@programs
 def test_a_helper_has_no_python_entry():
     x, w = np.arange(4.0), np.ones(4)
     compiled = compile_graph(gradc.make_graph(_loop)(x, w), name="loop")
@@ -65,6 +70,7 @@ def test_a_helper_has_no_python_entry():
         helper(*args)
 
 
+@programs
 def test_a_body_with_an_object_mode_block_is_compiled_on_its_own():
     """A product large enough for NumPy's BLAS runs in an object-mode block, which reads
     the function's Numba environment: that helper is finalised the usual way (its
@@ -84,9 +90,24 @@ def test_a_body_with_an_object_mode_block_is_compiled_on_its_own():
     assert False in kinds, compiled.source
 
 
+def test_programs_with_link_only_helpers():
+    """The program-level tests above, in a process with GRADC_LINK_ONLY=1."""
+    import os
+    import subprocess
+    import sys
+    if linking.ENABLED:
+        pytest.skip("run in this process")
+    env = dict(os.environ, GRADC_LINK_ONLY="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", __file__, "-k", "not programs_with"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " 3 skipped" not in done.stdout and "passed" in done.stdout
+
+
 def test_link_only_without_support_is_plain_njit(monkeypatch):
     monkeypatch.setattr(linking, "_SUPPORTED", False)
-    jitted = linking.link_only(nogil=True)(lambda a: a + 1)
+    jitted = linking.link_only(enabled=True, nogil=True)(lambda a: a + 1)
     assert jitted(1) == 2                     # (a Python entry: compiled the usual way)
 
 
@@ -96,7 +117,7 @@ def test_a_helper_passed_as_a_first_class_function_is_refused_not_a_crash():
     import numba
     from numba import types
 
-    @linking.link_only(error_model="numpy")
+    @linking.link_only(enabled=True, error_model="numpy")
     def twice(x):
         return 2.0 * x
 
@@ -118,11 +139,11 @@ def test_a_helper_passed_as_a_first_class_function_is_refused_not_a_crash():
 def test_mutually_recursive_helpers_are_compiled_the_usual_way():
     import numba
 
-    @linking.link_only(error_model="numpy")
+    @linking.link_only(enabled=True, error_model="numpy")
     def is_even(n):
         return True if n == 0 else is_odd(n - 1)
 
-    @linking.link_only(error_model="numpy")
+    @linking.link_only(enabled=True, error_model="numpy")
     def is_odd(n):
         return False if n == 0 else is_even(n - 1)
 
@@ -133,7 +154,7 @@ def test_mutually_recursive_helpers_are_compiled_the_usual_way():
 
 
 def test_a_disk_cached_function_is_compiled_the_usual_way():
-    jitted = linking.link_only(cache=True)(_plus_one)
+    jitted = linking.link_only(enabled=True, cache=True)(_plus_one)
     assert jitted._compiler.pipeline_class is not linking.LinkOnlyCompiler
     assert jitted(1) == 2                     # (no machine code to cache: it failed)
 

@@ -17,7 +17,8 @@ machine code of its own.  Finalising it only links in the libraries it calls, so
 its caller links one module holding the whole subtree and optimises and emits it once.
 The code that runs is the same LLVM IR, optimised by the same passes (the results are
 bit-identical); the ODE gradient's first call takes 6.9 s instead of 15.1 s
-(``docs/benchmarks.md``, thirty-seventh session).
+(``docs/benchmarks.md``, thirty-seventh session).  It is off by default (``ENABLED``,
+``GRADC_LINK_ONLY=1`` turns it on): one program's run time regressed (see ``ENABLED``).
 
 Such a helper has no Python entry point: called from Python it raises ``TypeError`` (the
 generated code calls it only from compiled code), and it has no C or JIT address as a
@@ -31,7 +32,14 @@ decorator as it is: the same code, compiled the slow way.
 """
 from __future__ import annotations
 
+import os
+
 import numba
+
+# Off unless GRADC_LINK_ONLY=1 (read at import): with it, a large neural ODE's gradient
+# (state 64, hidden 256) ran 2.7x slower (22 ms against 8.2 ms), its time in the kernel's
+# page faults, a cause not found yet (docs/benchmarks.md, thirty-seventh session)
+ENABLED = os.environ.get("GRADC_LINK_ONLY", "0") == "1"
 
 try:
     from numba.core import codegen as _codegen
@@ -163,11 +171,13 @@ if _SUPPORTED:
             return [pm]
 
 
-def link_only(**options):
+def link_only(enabled=None, **options):
     """``numba.njit(**options)`` whose functions are compiled link-only (see the module's
-    docstring), or plain ``numba.njit(**options)`` where this Numba is not supported or
+    docstring), or plain ``numba.njit(**options)`` where this Numba is not supported,
     ``cache=True`` is asked for (a disk cache stores machine code, which a link-only
-    function has none of)."""
-    if _SUPPORTED and not options.get("cache"):
+    function has none of), or ``enabled`` (default ``ENABLED``) is false."""
+    if enabled is None:
+        enabled = ENABLED
+    if enabled and _SUPPORTED and not options.get("cache"):
         options["pipeline_class"] = LinkOnlyCompiler
     return numba.njit(**options)
