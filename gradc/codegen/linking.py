@@ -32,6 +32,7 @@ decorator as it is: the same code, compiled the slow way.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numba
@@ -58,17 +59,13 @@ def _no_python_entry():
     raise TypeError("a gradc helper runs only from the compiled function that calls it")
 
 
-_ENTRY = []         # the address of _no_python_entry's CPython wrapper, once compiled
-
-
+@functools.cache
 def _entry_address() -> int:
-    if not _ENTRY:
-        fn = numba.njit(_no_python_entry)
-        fn.compile(())
-        cres = fn.overloads[()]
-        _ENTRY.append(cres.library.get_pointer_to_function(
-            cres.fndesc.llvm_cpython_wrapper_name))
-    return _ENTRY[0]
+    """The address of ``_no_python_entry``'s CPython wrapper (compiled once)."""
+    fn = numba.njit(_no_python_entry)
+    fn.compile(())
+    cres = fn.overloads[()]
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_cpython_wrapper_name)
 
 
 def _unresolved(module) -> bool:
