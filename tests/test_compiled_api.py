@@ -6,6 +6,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import platform
 import subprocess
 import sys
 import textwrap
@@ -641,6 +642,57 @@ def test_large_results_reuse_blocks_but_never_ones_still_in_use(rng):
     assert buffers.held() == 3 * n * 8
     buffers.clear()
     assert buffers.held() == 0
+
+
+_HEAP_CHILD = textwrap.dedent("""
+    import ctypes, numpy as np, gradc
+    from gradc.codegen import buffers
+
+    class Info(ctypes.Structure):       # glibc's struct mallinfo2
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    gradc.grad(lambda x: np.sum(x ** 2))(np.ones(3))     # a compiled CPU function
+    before = libc.mallinfo2()
+    block = libc.malloc(8 << 20)
+    during = libc.mallinfo2()
+    libc.free(block)
+    after = libc.mallinfo2()
+    print(buffers.keep_heap(), during.hblkhd - before.hblkhd, after.arena - before.arena)
+""")
+
+
+def _heap_child(**env):
+    env = {k: v for k, v in dict(os.environ, GRADC_TARGET="cpu", **env).items()
+           if not k.startswith("MALLOC_") and k not in ("GRADC_MALLOPT", "GLIBC_TUNABLES")
+           or k in env}
+    out = subprocess.run([sys.executable, "-c", _HEAP_CHILD], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    kept, mapped, kept_bytes = out.stdout.split()
+    return kept == "True", int(mapped), int(kept_bytes)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or sys.maxsize < 2 ** 32,
+                    reason="glibc's malloc on a 64-bit machine")
+def test_the_heap_keeps_blocks_below_glibcs_adaptive_ceilings():
+    """After the first compiled CPU function, an 8 MB block comes from glibc's heap and
+    stays there when freed (as glibc itself does once a block that large was freed), so
+    a loop body's arrays are not faulted in again at each call; not when the user set
+    glibc's variables or ``GRADC_MALLOPT=0``: then the block is an ``mmap`` of its own,
+    as at glibc's start."""
+    from gradc.codegen import buffers
+    assert (buffers.MMAP_THRESHOLD, buffers.TRIM_THRESHOLD) == (32 << 20, 64 << 20)
+    kept, mapped, kept_bytes = _heap_child()
+    assert kept and mapped == 0 and kept_bytes >= 8 << 20
+    for env in ({"GRADC_MALLOPT": "0"}, {"MALLOC_TRIM_THRESHOLD_": str(128 << 10)}):
+        kept, mapped, kept_bytes = _heap_child(**env)
+        assert not kept and mapped >= 8 << 20 and kept_bytes < 8 << 20
 
 
 @pytest.mark.parametrize("image_shape, kernel_shape, padding", [

@@ -11,9 +11,8 @@ from gradc.codegen.numba_cpu import compile_graph
 
 pytestmark = pytest.mark.skipif(not linking._SUPPORTED,
                                 reason="this Numba's internals are not those linking expects")
-# (the generated helpers are link-only only where GRADC_LINK_ONLY=1 was set at import:
-# these run in a process of their own with it, test_programs_with_link_only_helpers)
-programs = pytest.mark.skipif(not linking.ENABLED, reason="GRADC_LINK_ONLY is not 1")
+# (the generated helpers are link-only unless GRADC_LINK_ONLY=0 was set at import)
+programs = pytest.mark.skipif(not linking.ENABLED, reason="GRADC_LINK_ONLY=0")
 
 
 def _libraries(compiled):
@@ -90,19 +89,32 @@ def test_a_body_with_an_object_mode_block_is_compiled_on_its_own():
     assert False in kinds, compiled.source
 
 
-def test_programs_with_link_only_helpers():
-    """The program-level tests above, in a process with GRADC_LINK_ONLY=1."""
+def test_link_only_is_off_with_gradc_link_only_0(tmp_path):
+    """``GRADC_LINK_ONLY=0``: the helpers are plain ``njit``, each library finalised
+    the usual way, with the same results."""
     import os
     import subprocess
     import sys
-    if linking.ENABLED:
-        pytest.skip("run in this process")
-    env = dict(os.environ, GRADC_LINK_ONLY="1")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-o", "addopts=", __file__, "-k", "not programs_with"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert " 3 skipped" not in done.stdout and "passed" in done.stdout
+    code = ("import numpy as np, gradc\n"
+            "from gradc.codegen import linking\n"
+            "from gradc.codegen.numba_cpu import compile_graph\n"
+            "from tests.test_linking import _loop, _libraries\n"
+            "x, w = np.arange(8.0) / 8, np.ones(8)\n"
+            "c = compile_graph(gradc.make_graph(_loop)(x, w), name='loop')\n"
+            "print(linking.ENABLED, repr(float(c(x, w)[0])), sorted({type(l).__name__"
+            " for v in _libraries(c).values() for l in v}))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for flag, kind in (("0", "JITCodeLibrary"), ("1", "LinkOnlyLibrary")):
+        # (an empty cache: code loaded from the disk compiles no helper)
+        env = dict(os.environ, GRADC_LINK_ONLY=flag, GRADC_NATIVE="0",
+                   GRADC_CACHE_DIR=str(tmp_path / flag))
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        enabled, value, kinds = done.stdout.split(" ", 2)
+        assert enabled == str(flag == "1") and kinds.strip() == repr([kind])
+        x, w = np.arange(8.0) / 8, np.ones(8)
+        assert float(value) == pytest.approx(_loop(x, w), rel=1e-14)
 
 
 def test_link_only_without_support_is_plain_njit(monkeypatch):

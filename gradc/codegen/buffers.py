@@ -13,10 +13,15 @@ Compiled gradc functions write their results into buffers they allocate in Pytho
   returns the block.  A block still reachable from user code is never handed out again.
 * The pool keeps at most ``GRADC_POOL_BYTES`` bytes of idle blocks (default 256 MiB);
   ``clear()`` drops them all.
+
+Memory the compiled code allocates itself (Numba's runtime: a loop body's arrays, each
+iteration) comes from the C library's ``malloc``; ``keep_heap`` is about that.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import threading
 import weakref
 
@@ -69,3 +74,52 @@ def clear() -> None:
     with _lock:
         _idle.clear()
         _held[0] = 0
+
+
+# glibc's mallopt parameters, and the values its own adaptive rule ends at on a 64-bit
+# machine (DEFAULT_MMAP_THRESHOLD_MAX, and twice that)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                  "MALLOC_MMAP_MAX_")
+_kept: list = []        # [whether the thresholds were set], once per process
+
+
+def keep_heap() -> bool:
+    """Hold glibc's heap at the thresholds its adaptive rule reaches by itself.
+
+    glibc starts with blocks of 128 KiB and more in ``mmap``s of their own, and gives the
+    top of its heap back to the system whenever 256 KiB or more of it is free; each
+    block freed from an ``mmap`` raises both (to its size, and twice its size).  Where
+    they stand depends on what the process did before: the gradient of a neural ODE
+    (64 states, 256 hidden units) allocates and frees ~1,700 arrays of 128 KiB to 1.8 MB
+    a call in its adjoint loop, and took 8-9 ms in a process that had compiled it but
+    35-37 ms in one that loaded it from the disk cache, where the heap grew and shrank
+    91 times a call and every page was faulted in again (docs/benchmarks.md,
+    thirty-eighth session).  Setting the thresholds to the ceilings of that rule (blocks
+    under 32 MiB from the heap; the top given back from 64 MiB free) makes a call's time
+    independent of the process's history.
+
+    Once per process, from the first compiled CPU function; only with glibc, and not
+    when the user set any of its ``MALLOC_*_`` variables or a ``glibc.malloc`` tunable,
+    or set ``GRADC_MALLOPT=0``.  Returns whether the thresholds are set."""
+    if not _kept:
+        _kept.append(_set_thresholds())
+    return _kept[0]
+
+
+def _set_thresholds() -> bool:
+    if (os.environ.get("GRADC_MALLOPT", "1") == "0"
+            or any(v in os.environ for v in _USER_SETTINGS)
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+            or platform.libc_ver()[0] != "glibc"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # (the mmap threshold first: setting either stops glibc's rule from moving both)
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -59,8 +59,8 @@ njit_gil = numba.njit(cache=True, error_model="numpy")
 # ---------------------------------------------------------------- layout
 
 # for functions generated per equation (no on-disk cache: they live in generated modules;
-# with GRADC_LINK_ONLY=1, link-only: compiled into the machine code of the function that
-# calls them, see codegen.linking)
+# link-only, unless GRADC_LINK_ONLY=0: compiled into the machine code of the function
+# that calls them, see codegen.linking)
 jit_helper = link_only(nogil=True, error_model="numpy")
 
 

@@ -17,8 +17,8 @@ machine code of its own.  Finalising it only links in the libraries it calls, so
 its caller links one module holding the whole subtree and optimises and emits it once.
 The code that runs is the same LLVM IR, optimised by the same passes (the results are
 bit-identical); the ODE gradient's first call takes 6.9 s instead of 15.1 s
-(``docs/benchmarks.md``, thirty-seventh session).  It is off by default (``ENABLED``,
-``GRADC_LINK_ONLY=1`` turns it on): one program's run time regressed (see ``ENABLED``).
+(``docs/benchmarks.md``, thirty-seventh session).  ``GRADC_LINK_ONLY=0`` (read at
+import, ``ENABLED``) turns it off.
 
 Such a helper has no Python entry point: called from Python it raises ``TypeError`` (the
 generated code calls it only from compiled code), and it has no C or JIT address as a
@@ -37,10 +37,10 @@ import os
 
 import numba
 
-# Off unless GRADC_LINK_ONLY=1 (read at import): with it, a large neural ODE's gradient
-# (state 64, hidden 256) ran 2.7x slower (22 ms against 8.2 ms), its time in the kernel's
-# page faults, a cause not found yet (docs/benchmarks.md, thirty-seventh session)
-ENABLED = os.environ.get("GRADC_LINK_ONLY", "0") == "1"
+# On unless GRADC_LINK_ONLY=0 (read at import).  (For one session it was opt-in: a large
+# neural ODE's gradient ran 2.7x slower with it, in page faults; the cause was glibc's
+# heap, not linking: buffers.keep_heap, docs/benchmarks.md, thirty-eighth session.)
+ENABLED = os.environ.get("GRADC_LINK_ONLY", "1") != "0"
 
 try:
     from numba.core import codegen as _codegen

@@ -77,6 +77,7 @@ class Compiled:
         self.source = lowered.source
         if "numba.prange(" in self.source:
             _openmp_yields_to_blas()
+        buffers.keep_heap()
         self.key = cache.key_of(self.source + repr(sorted(self.options.items())))
         self.path = str(cache.write_source(self.key, self.source))
         lines = self.source.splitlines(keepends=True)
