@@ -472,3 +472,99 @@ def test_a_0d_array_carried_by_a_loop_stays_an_array():
         return gradc.fori_loop(0, 2, body, np.sum(x))   # a sum: a NumPy scalar
     with pytest.raises(gradc.GradcError, match="does not support item assignment"):
         gradc.jit(scalar_carry, target="numpy")(np.ones(2))
+
+
+# ---------------------------------------------------------------- scan carries
+
+
+def _scan_table(x, T0):
+    """Row i of a table carried by a scan, from row i - 1 and the step's x."""
+    def body(s, xt):
+        T, i = s
+        T[i] = np.tanh(T[i - 1] * xt + 0.5)
+        return (T, i + 1), T[i - 1] * 2.0
+    (T, _), ys = gradc.scan(body, (T0, np.int64(1)), x)
+    return T, ys
+
+
+def _scan_table_reference(x, T0):
+    T, ys = np.array(T0, copy=True), []
+    for i, xt in enumerate(x, start=1):
+        ys.append(T[i - 1] * 2.0)
+        T[i] = np.tanh(T[i - 1] * xt + 0.5)
+    return T, np.array(ys)
+
+
+def test_a_scan_carry_is_updated_in_place_and_the_callers_init_copied_once():
+    rng = np.random.default_rng(0)
+    x, T0 = rng.standard_normal(5), rng.standard_normal((6, 3))
+    got, want = _both(_scan_table, x, T0)        # (_both checks that T0 is unchanged)
+    for g, w, r in zip(got, want, _scan_table_reference(x, T0)):
+        np.testing.assert_allclose(g, r, rtol=1e-14)
+        np.testing.assert_allclose(g, w, rtol=1e-14)
+    src = gradc.jit(_scan_table, target="cpu").source(x, T0)
+    assert ", in place" in src
+    assert src.count(".copy()") >= 1                # T0, once, before the loop
+    # a fresh initial table is neither copied nor written anywhere else
+    f = gradc.jit(lambda x, T0: _scan_table(x, np.exp(T0)), target="cpu")
+    for g, r in zip(f(x, T0), _scan_table_reference(x, np.exp(T0))):
+        np.testing.assert_allclose(g, r, rtol=1e-14)
+
+
+def test_a_scan_carry_whose_old_value_is_a_y_is_copied():
+    def f(x, T0):
+        def body(T, xt):
+            old = T.copy()                          # returned as this step's y
+            T[0] = T[0] + xt
+            return T, old
+        return gradc.scan(body, T0, x)
+    x, T0 = np.arange(1.0, 4.0), np.zeros(2)
+    got, want = _both(f, x, T0)
+    np.testing.assert_array_equal(got[0], [6.0, 0.0])
+    np.testing.assert_array_equal(got[1], [[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_scan_carry_also_returned_as_its_y_or_swapped_stays_correct():
+    def f(x, A0, B0):
+        def body(s, xt):
+            A, B = s
+            A[0] = A[0] + xt
+            B[1] = B[1] - xt
+            return (B, A), A                    # the buffers change slots; A is a y too
+        return gradc.scan(body, (A0 * 1.0, B0 * 1.0), x)
+    x, A0, B0 = np.arange(1.0, 5.0), np.zeros(2), np.ones(2)
+    (A, B), ys = gradc.jit(f, target="cpu")(x, A0, B0)
+    (wA, wB), wys = gradc.jit(f, target="numpy")(x, A0, B0)
+    np.testing.assert_array_equal(A, wA)
+    np.testing.assert_array_equal(B, wB)
+    np.testing.assert_array_equal(ys, wys)
+
+
+def test_a_slice_of_a_scans_xs_is_never_written_in_place():
+    def f(X):
+        def body(c, xt):
+            xt[0] = 0.0                              # a step's row of X: a view
+            return c + xt, xt
+        return gradc.scan(body, np.zeros(3), X)
+    X = np.arange(12.0).reshape(4, 3) + 1.0
+    got, want = _both(f, X)                          # (_both checks that X is unchanged)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_gradient_through_a_scan_table_is_unchanged():
+    rng = np.random.default_rng(1)
+    x, T0 = rng.standard_normal(4), rng.standard_normal((5, 2))
+
+    def loss(x, T0):
+        T, ys = _scan_table(x, T0)
+        return np.sum(T ** 2) + np.sum(np.sin(ys))
+    g = gradc.grad(loss, argnums=(0, 1), target="cpu")(x, T0)
+    want = gradc.grad(loss, argnums=(0, 1), target="numpy")(x, T0)
+    for a, b in zip(g, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    h = 1e-6
+    fd = np.array([(loss(x + h * e, T0) - loss(x - h * e, T0)) / (2 * h) for e in np.eye(4)])
+    np.testing.assert_allclose(g[0], fd, rtol=1e-6, atol=1e-9)

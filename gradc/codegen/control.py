@@ -69,12 +69,17 @@ def _scan(ctx, eqn, a, outs):
     p = eqn.params
     n_consts, n_carry, length = p["n_consts"], p["n_carry"], p["length"]
     n_ys = len(eqn.outputs) - n_carry
-    fn, extra, written = _fn(ctx, p["body"], f"scan body, {length} steps",
-                             dests=range(n_carry, n_carry + n_ys))
+    from .pysource import body_function
+    fn, extra, written, mutated = body_function(
+        ctx, p["body"], f"scan body, {length} steps", range(n_carry, n_carry + n_ys),
+        n_body=n_consts, n_carry=n_carry)
     consts, carry, xs = a[:n_consts], a[n_consts:n_consts + n_carry], a[n_consts + n_carry:]
     k = [ctx.temp() for _ in carry]
     t = ctx.temp()
-    lines = [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    # the carries the body updates in place start in buffers of their own
+    free = ctx.inplace.free_inits.get(id(eqn), ())
+    lines = [f"{kk} = {c}.copy()" if j in mutated and j not in free else f"{kk} = {c}"
+             for j, (kk, c) in enumerate(zip(k, carry))]
     # (the stacked ys, a tape in reverse mode, come from the caller's pool of large
     # buffers: a fresh 16 MB array costs ~1 ms of page faults at each call)
     # (in a body, not its caller's destination: the body returns the ys as a value)

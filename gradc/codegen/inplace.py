@@ -22,13 +22,14 @@ of Futhark's uniqueness types, done on one Graph at a time:
   in-place update of one), ``v`` and the indices do not share its buffer, and no value
   sharing that buffer and defined before the update is used after it (nor is a result).
   ``y`` then has ``x``'s root.  ``scatter_extremum(x, v, ...)`` likewise.
-* A ``while_loop``'s body may mutate a carry in place when the value it returns for that
-  carry is owned and shares its buffer with no other result (so each step hands the
-  next an unaliased buffer): ``body_slots`` finds the largest such set of carries by
-  fixed point.  The driver copies once, before the loop, the initial value of every carry
-  whose buffer may be written (``written_carries``: buffers move between carries, and
-  an inner loop may take a carry's buffer without copying it),
-  unless that value is itself owned and dead after the loop (``Plan.free_inits``).
+* A ``while_loop``'s or ``scan``'s body may mutate a carry in place when the value it
+  returns for that carry is owned and shares its buffer with no other result (so each
+  step hands the next an unaliased buffer; a scan's slices of its ``xs`` are never
+  owned): ``body_slots`` finds the largest such set of carries by fixed point.  The
+  driver copies once, before the loop, the initial value of every carry whose buffer
+  may be written (``written_carries``: buffers move between carries, and an inner loop
+  may take a carry's buffer without copying it), unless that value is itself owned
+  and dead after the loop (``Plan.free_inits``).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ..ir import Graph, Var
 
 FRESH = {"fused", "index_set", "scatter_extremum", "scatter_add", "gather"}
 UPDATES = {"index_set", "scatter_extremum"}    # functional updates of their first operand
-LOOPS = {"while_loop"}
+LOOPS = {"while_loop", "scan"}
 FOREIGN = object()      # the root of memory the function does not see (a body's constants)
 
 
@@ -56,6 +57,17 @@ def _fresh(eqn, exclude) -> bool:
     if name == "gather":                  # a scalar window returns the element itself
         return all(v.ndim > 0 for v in eqn.outputs)
     return not any(v in exclude for v in eqn.outputs)
+
+
+def carry_inputs(eqn) -> tuple:
+    """``(first, count)``: where a loop equation's initial carries are among its inputs
+    (a ``while_loop``'s after its condition's and body's constants, a ``scan``'s after
+    its constants and before its ``xs``)."""
+    p = eqn.params
+    if eqn.prim.name == "scan":
+        return p["n_consts"], p["n_carry"]
+    first = p.get("n_cond", 0) + p.get("n_body", 0)
+    return first, len(eqn.inputs) - first
 
 
 def allocates(eqn, p: Plan) -> bool:
@@ -110,8 +122,8 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
                 sharing[r].append((k, y))
                 continue
         if name in LOOPS:
-            n_skip = e.params["n_cond"] + e.params["n_body"]
-            inits = e.inputs[n_skip:]
+            n_skip, n_carry = carry_inputs(e)
+            inits = e.inputs[n_skip:n_skip + n_carry]
             free = set()
             for j, x in enumerate(inits):
                 rs = roots_of(x)
@@ -145,11 +157,12 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
     return out
 
 
-def body_slots(graph: Graph, n_body: int, exclude=frozenset()):
-    """``(slots, plan)`` for a ``while_loop`` body ``(consts..., carries...) ->
-    carries``: the carry positions it may update in place (with the driver's promise
-    that each arrives in a buffer of its own), and the plan that does."""
-    carries = graph.inputs[n_body:]
+def body_slots(graph: Graph, n_body: int, exclude=frozenset(), n_carry=None):
+    """``(slots, plan)`` for a loop body ``(consts..., carries..., xs...) -> (carries...,
+    ys...)`` (``n_body`` constants; ``n_carry`` carries, default all the other inputs:
+    a ``while_loop``'s): the carry positions it may update in place (with the driver's
+    promise that each arrives in a buffer of its own), and the plan that does."""
+    carries = _carries(graph, n_body, n_carry)
     slots = {j for j, v in enumerate(carries) if v.ndim > 0}
     while True:
         p = plan(graph, {carries[j] for j in slots}, exclude)
@@ -171,21 +184,27 @@ def body_slots(graph: Graph, n_body: int, exclude=frozenset()):
         slots = keep
 
 
-def written_carries(graph: Graph, p: Plan, n_body: int) -> set:
+def _carries(graph: Graph, n_body: int, n_carry) -> list:
+    inputs = list(graph.inputs[n_body:])
+    return inputs if n_carry is None else inputs[:n_carry]
+
+
+def written_carries(graph: Graph, p: Plan, n_body: int, n_carry=None) -> set:
     """The carry positions whose initial buffers the loop may write: those an in-place
     update of ``p`` writes, and those whose buffer the body passes on (as the value of
     another carry) towards one of them."""
-    carries = list(graph.inputs[n_body:])
+    carries = _carries(graph, n_body, n_carry)
     written = set()
     for e in graph.eqns:
         if id(e) in p.inplace:
             written |= p.roots[e.inputs[0]]
         # an inner loop that takes a carry's buffer without copying it may write it
-        n_skip = e.params.get("n_cond", 0) + e.params.get("n_body", 0)
-        for j in p.free_inits.get(id(e), ()):
-            written |= p.roots[e.inputs[n_skip + j]]
+        if e.prim.name in LOOPS:
+            n_skip = carry_inputs(e)[0]
+            for j in p.free_inits.get(id(e), ()):
+                written |= p.roots[e.inputs[n_skip + j]]
     flows = {}                          # carry i -> the carries its buffer moves to
-    for j, y in enumerate(graph.outputs):
+    for j, y in enumerate(graph.outputs[:len(carries)]):
         for r in p.roots.get(y, ()) if isinstance(y, Var) else ():
             if r in carries:
                 flows.setdefault(carries.index(r), set()).add(j)

@@ -1010,7 +1010,7 @@ def linalg_failure(eqn, finite: bool = True) -> str:
     return with_location(f"gradc: {eqn.prim.name}: {what}", eqn.source or "")
 
 
-def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
+def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None, n_carry=None):
     """A loop's body (or a branch) as a jitted function of the module, optimised like a
     whole graph (``compile.optimise``: simplified, fused) and lowered like one.
 
@@ -1018,9 +1018,10 @@ def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
     the function takes a destination for each (after its inputs), and a loop nest or
     NumPy call computing such an output writes it there, sparing the copy.  Returns the
     function's name, the array constants it reads (parameters of the main function,
-    passed last), the positions written in place, and, for a ``while_loop``'s body
-    (``n_body``: its leading constant inputs), the carries it updates in place
-    (``inplace.body_slots``: the driver must hand it buffers of their own)."""
+    passed last), the positions written in place, and, for a loop's body (``n_body``:
+    its leading constant inputs; ``n_carry``: its carries after them, for a scan), the
+    carries it updates in place (``inplace.body_slots``: the driver must hand it buffers
+    of their own)."""
     from .compile import optimise
     graph = optimise(graph, "cpu")
     saved = ctx.producer, ctx.conv_plan, ctx.pool_loops, ctx.inner, ctx.dest, ctx.inplace
@@ -1035,8 +1036,8 @@ def body_function(ctx, graph: Graph, what: str, dests=(), n_body=None):
     if n_body is None:
         ctx.inplace, mutated = inplace.plan(graph, exclude=set(wanted)), set()
     else:
-        _, ctx.inplace = inplace.body_slots(graph, n_body, exclude=set(wanted))
-        mutated = inplace.written_carries(graph, ctx.inplace, n_body)
+        _, ctx.inplace = inplace.body_slots(graph, n_body, set(wanted), n_carry)
+        mutated = inplace.written_carries(graph, ctx.inplace, n_body, n_carry)
     try:
         namer, printed = pretty_parts(graph)
         names = {v: _identifier(n) for v, n in namer.names.items()}
