@@ -568,3 +568,24 @@ def test_gradient_through_a_scan_table_is_unchanged():
     h = 1e-6
     fd = np.array([(loss(x + h * e, T0) - loss(x - h * e, T0)) / (2 * h) for e in np.eye(4)])
     np.testing.assert_allclose(g[0], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_a_scan_y_written_into_the_stacked_array_lets_the_carry_update_in_place():
+    """A y a loop nest writes straight into its row of the stacked ys is memory of its
+    own, so the carry it was computed from may still be updated in place (it was
+    assumed to share the carry's buffer: a copy of the table at every step)."""
+    def f(x, T0):
+        def body(T, xt):
+            T[0] = T[0] + xt
+            return T, np.tanh(T[1] * 2.0 + T[0])
+        return gradc.scan(body, T0, x)
+    x, T0 = np.linspace(-1.0, 1.0, 5), np.arange(8.0).reshape(2, 4) / 8
+    got, want = _both(f, x, T0)
+    T, ys = T0.copy(), []
+    for xt in x:
+        T[0] = T[0] + xt
+        ys.append(np.tanh(T[1] * 2.0 + T[0]))
+    for g, w, r in zip(got, want, (T, np.array(ys))):
+        np.testing.assert_allclose(g, r, rtol=1e-14)
+        np.testing.assert_allclose(g, w, rtol=1e-14)
+    assert _in_place(f, x, T0) >= 1

@@ -50,13 +50,14 @@ class Plan:
     roots: dict = field(default_factory=dict)       # Var -> frozenset of root Vars
 
 
-def _fresh(eqn, exclude) -> bool:
+def _fresh(eqn) -> bool:
+    """Whether ``eqn``'s array results are buffers it makes (or its caller's arrays it
+    writes into: see ``plan``'s ``exclude``), none of them a view of an operand."""
     name = eqn.prim.name
     if name not in FRESH:
         return False
-    if name == "gather":                  # a scalar window returns the element itself
-        return all(v.ndim > 0 for v in eqn.outputs)
-    return not any(v in exclude for v in eqn.outputs)
+    # (a gather of a scalar window returns the element itself)
+    return name != "gather" or all(v.ndim > 0 for v in eqn.outputs)
 
 
 def carry_inputs(eqn) -> tuple:
@@ -73,7 +74,7 @@ def carry_inputs(eqn) -> tuple:
 def allocates(eqn, p: Plan) -> bool:
     """Whether ``eqn``'s array results are memory of their own under plan ``p`` (a
     fresh-allocating primitive, not an update written into its operand)."""
-    return _fresh(eqn, ()) and id(eqn) not in p.inplace
+    return _fresh(eqn) and id(eqn) not in p.inplace
 
 
 def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
@@ -138,12 +139,16 @@ def plan(graph: Graph, mutable=frozenset(), exclude=frozenset()) -> Plan:
                 out.free_inits[id(e)] = free
         nested = any(isinstance(v, Graph) or isinstance(v, (tuple, list)) and
                      any(isinstance(w, Graph) for w in v) for v in e.params.values())
+        fresh = _fresh(e)
         for y in e.outputs:
             if y.ndim == 0:
                 roots[y] = frozenset()
-            elif _fresh(e, exclude):
+            elif fresh:
+                # (one written into its caller's array, a scan's row of ys, is memory of
+                # its own too, but not this function's to write)
                 roots[y] = frozenset([y])
-                owned.add(y)
+                if y not in exclude:
+                    owned.add(y)
                 sharing[y] = [(k, y)]
             else:
                 rs = frozenset().union(*(roots_of(a) for a in e.inputs))
