@@ -36,12 +36,11 @@ def passing(eqn) -> tuple:
     return eqn.outputs if eqn.prim.name in PASSING else ()
 
 
-def _fn(ctx, graph, what, dests=None):
-    """``pysource.body_function``: its name and constants (and, given ``dests``, the
-    outputs it writes in place)."""
+def _fn(ctx, graph, what):
+    """``pysource.body_function``: its name and constants."""
     from .pysource import body_function
-    name, consts, written, _ = body_function(ctx, graph, what, dests or ())
-    return (name, consts) if dests is None else (name, consts, written)
+    name, consts, _, _ = body_function(ctx, graph, what)
+    return name, consts
 
 
 def _empty(shape, dtype, lead: str) -> str:
