@@ -208,6 +208,13 @@ def subgraphs(eqn: Eqn) -> list:
     return found
 
 
+def has_effect(eqn: Eqn) -> bool:
+    """Whether ``eqn`` has an effect or holds a Graph with one (a loop whose body
+    reports, a solver's custom rule whose forward pass does): dead-code elimination keeps
+    such equations, as JAX keeps those whose jaxprs have effects."""
+    return eqn.prim.effect or any(has_effect(e) for g in subgraphs(eqn) for e in g.eqns)
+
+
 def map_subgraphs(eqn: Eqn, fn) -> dict:
     """``eqn``'s params with each Graph among them replaced by ``fn(graph)``."""
     def one(value):
@@ -452,7 +459,7 @@ def computed_from(graph: Graph, n_inputs: int):
     known = set(graph.inputs[:n_inputs])
     eqns = []
     for eqn in graph.eqns:
-        if eqn.prim.effect or not eqn.outputs:
+        if has_effect(eqn) or not eqn.outputs:
             continue
         if all(not isinstance(a, Var) or a in known for a in eqn.inputs):
             known.update(eqn.outputs)

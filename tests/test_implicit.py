@@ -389,6 +389,23 @@ def test_fixed_point_that_does_not_converge_warns():
                           np.float64(2.0), maxiter=50)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_grad_of_a_diverging_affine_fixed_point_warns(target):
+    """An affine map's implicit derivative does not read the solution, so ``grad``
+    needed none of the forward iteration, and dead-code elimination dropped it with its
+    report: the derivative at the true fixed point, without the warning that
+    ``value_and_grad`` gives.  A loop holding an effect is kept now (as JAX keeps
+    equations whose jaxprs have effects)."""
+    A = np.diag([1.5, 0.2])
+
+    def loss(b):
+        x = gradc.fixed_point(lambda x, b: A @ x + b, np.zeros(2), b, maxiter=50)
+        return np.sum(x)
+    with pytest.warns(gradc.ConvergenceWarning, match="fixed_point after 50 steps"):
+        g = gradc.grad(loss, target=target)(np.ones(2))
+    np.testing.assert_allclose(g, 1.0 / (1.0 - np.diag(A)), rtol=1e-12)   # (I - A)^-T 1
+
+
 # ---------------------------------------------------------------- argmin
 
 def test_argmin_unconstrained_matches_closed_form_derivative():

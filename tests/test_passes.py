@@ -162,6 +162,27 @@ def test_dce_keeps_guards():
     assert [e.prim.name for e in simplify(graph).eqns].count("guard") == 1
 
 
+def test_dce_keeps_a_loop_whose_body_has_an_effect():
+    """A while loop whose results nobody reads is dropped, unless its body (or a branch
+    inside it) has an effect: then the loop is kept, the effect with it."""
+    from gradc.prims.implicit import report
+
+    def f(x, with_effect):
+        def body(s):
+            y, k = s
+            if with_effect:
+                report(k < 100, y[0], what="a test")
+            return y * 0.5, k + 1
+        gradc.while_loop(lambda s: s[1] < 3, body, (x, 0))
+        return x * 2.0
+
+    x = np.ones(2)
+    for with_effect, kept in ((False, 0), (True, 1)):
+        graph = gradc.make_graph(lambda x: f(x, with_effect))(x)
+        names = [e.prim.name for e in dce(graph).eqns]
+        assert names.count("while_loop") == kept, names
+
+
 def test_folding_uses_exact_arithmetic():
     # x * 0 is not folded to 0 (it is NaN for x = inf)
     with np.errstate(invalid="ignore"):

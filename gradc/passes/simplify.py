@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Lit, Var, atoms_key, make_eqn, params_key
+from ..ir import Graph, Lit, Var, atoms_key, has_effect, make_eqn, params_key
 from ..trace import FOLD_LIMIT  # fold constants of at most this many elements
 
 
@@ -94,7 +94,7 @@ def fold_cse(graph: Graph) -> Graph:
             subst[eqn.outputs[0]] = ins[0]
             continue
         # (a broadcast of a constant stays symbolic: folding it would only grow the graph)
-        if not prim.effect and all(isinstance(a, Lit) for a in ins) \
+        if not has_effect(eqn) and all(isinstance(a, Lit) for a in ins) \
                 and prim.name != "broadcast_in_dim" \
                 and all(int(np.prod(v.shape)) <= FOLD_LIMIT for v in eqn.outputs):
             result = prim.impl(*[a.value for a in ins], **eqn.params)
@@ -141,7 +141,7 @@ def dce(graph: Graph) -> Graph:
     live = {a for a in graph.outputs if isinstance(a, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
-        if eqn.prim.effect or any(v in live for v in eqn.outputs):
+        if has_effect(eqn) or any(v in live for v in eqn.outputs):
             if eqn.prim.name == "scan":
                 eqn = _prune_scan(eqn, live)
             kept.append(eqn)
@@ -154,7 +154,7 @@ def _reached(graph: Graph, outputs) -> set:
     (a guard, which ``dce`` keeps) read."""
     live = {a for a in outputs if isinstance(a, Var)}
     for eqn in reversed(graph.eqns):
-        if eqn.prim.effect or any(v in live for v in eqn.outputs):
+        if has_effect(eqn) or any(v in live for v in eqn.outputs):
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     return live.intersection(graph.inputs)
 
