@@ -20,6 +20,7 @@ iteration) comes from the C library's ``malloc``; ``keep_heap`` is about that.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 import weakref
@@ -82,9 +83,9 @@ MMAP_THRESHOLD = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
                   "MALLOC_MMAP_MAX_")
-_kept: list = []        # [whether the thresholds were set], once per process
 
 
+@functools.cache
 def keep_heap() -> bool:
     """Hold glibc's heap at the thresholds its adaptive rule reaches by itself.
 
@@ -103,21 +104,6 @@ def keep_heap() -> bool:
     Once per process, from the first compiled CPU function; only with glibc, and not
     when the user set any of its ``MALLOC_*_`` variables or a ``glibc.malloc`` tunable,
     or set ``GRADC_MALLOPT=0``.  Returns whether the thresholds are set."""
-    if not _kept:
-        _kept.append(_set_thresholds())
-    return _kept[0]
-
-
-def _glibc() -> bool:
-    """Whether the C library is glibc (``os.confstr``: no scan of the executable, as
-    ``platform.libc_ver`` makes, ~2 ms)."""
-    try:
-        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
-def _set_thresholds() -> bool:
     if (os.environ.get("GRADC_MALLOPT", "1") == "0"
             or any(v in os.environ for v in _USER_SETTINGS)
             or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
@@ -131,3 +117,13 @@ def _set_thresholds() -> bool:
     # (the mmap threshold first: setting either stops glibc's rule from moving both)
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _glibc() -> bool:
+    """Whether the C library is glibc (``os.confstr``: no scan of the executable, as
+    ``platform.libc_ver`` makes, ~2 ms)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):
+        return False
+
