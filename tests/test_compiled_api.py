@@ -667,10 +667,12 @@ _HEAP_CHILD = textwrap.dedent("""
 """)
 
 
-def _heap_child(**env):
-    env = {k: v for k, v in dict(os.environ, GRADC_TARGET="cpu", **env).items()
-           if not k.startswith("MALLOC_") and k not in ("GRADC_MALLOPT", "GLIBC_TUNABLES")
-           or k in env}
+def _heap_child(**settings):
+    """The child's report, in an environment without the caller's malloc settings
+    (glibc's variables, ``GRADC_MALLOPT``) but with ``settings``."""
+    mine = ("GRADC_MALLOPT", "GLIBC_TUNABLES")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in mine}
+    env.update(GRADC_TARGET="cpu", **settings)
     out = subprocess.run([sys.executable, "-c", _HEAP_CHILD], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

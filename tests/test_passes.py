@@ -163,8 +163,8 @@ def test_dce_keeps_guards():
 
 
 def test_dce_keeps_a_loop_whose_body_has_an_effect():
-    """A while loop whose results nobody reads is dropped, unless its body (or a branch
-    inside it) has an effect: then the loop is kept, the effect with it."""
+    """A while loop whose results nobody reads is dropped, unless its body has an
+    effect: then the loop is kept, the effect with it."""
     from gradc.prims.implicit import report
 
     def f(x, with_effect):
