@@ -449,14 +449,33 @@ def test_fast_path_falls_back_on_a_failed_guard():
     np.testing.assert_allclose(d, 3 * down ** 2, rtol=1e-15)
 
 
-def test_fast_path_is_skipped_when_the_function_reads_an_array():
+def test_fast_path_checks_what_a_read_array_holds(monkeypatch):
+    """A function that reads an array takes the fast path while the array holds what it
+    held (its content is the key, as on the general path); written in place, reshaped
+    in place or rebound, the next call sees it.  (A closed-over array sent every call to
+    the general path: a neural ODE's solve over closed-over output times, 108 µs
+    against 71 µs with the times passed as an argument.)"""
     weights = np.array([1.0, 2.0])
-    g = gradc.grad(lambda x: np.sum(weights * x ** 2))
+    big = np.ones(4096)                              # 32 KiB: digested, not copied
+    g = gradc.grad(lambda x: np.sum(weights * x ** 2) + np.sum(big[:2] * x))
     x = np.array([1.0, 1.0])
-    np.testing.assert_allclose(g(x), [2.0, 4.0])
-    assert not g._fast
+    np.testing.assert_allclose(g(x), [3.0, 5.0])
+    assert g._fast
+    general = g._prepare
+    _general_path_refused(monkeypatch, g)
+    np.testing.assert_allclose(g(x), [3.0, 5.0])     # (unchanged: the fast path)
+    monkeypatch.setattr(g, "_prepare", general)
     weights[1] = 5.0                                 # mutated in place: re-traced
-    np.testing.assert_allclose(g(x), [2.0, 10.0])
+    np.testing.assert_allclose(g(x), [3.0, 11.0])
+    big[0] = -1.0                                    # (the large one too)
+    np.testing.assert_allclose(g(x), [1.0, 11.0])
+    _general_path_refused(monkeypatch, g)
+    np.testing.assert_allclose(g(x), [1.0, 11.0])
+    monkeypatch.setattr(g, "_prepare", general)
+    weights.shape = (2, 1)            # reshaped in place: a (2, 2) sum, 2 x (1 + 5)
+    np.testing.assert_allclose(g(x), [11.0, 13.0])
+    weights = np.array([3.0, 3.0])                   # rebound (the cell): re-traced
+    np.testing.assert_allclose(g(x), [5.0, 7.0])
 
 
 def test_jit_fast_path_gives_the_general_paths_results(monkeypatch):
@@ -481,7 +500,7 @@ def test_jit_fast_path_gives_the_general_paths_results(monkeypatch):
     weights = np.array([1.0, 2.0])
     w = gradc.jit(lambda v: weights * v)
     np.testing.assert_array_equal(w(np.ones(2)), [1.0, 2.0])
-    assert not w._fast
+    assert w._fast                                   # (its content checked per call)
     weights[1] = 5.0
     np.testing.assert_array_equal(w(np.ones(2)), [1.0, 5.0])
 
