@@ -403,6 +403,29 @@ def small_dot(a, b):
     return np.dot(a, b)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def matvec(m, v):
+    """``m @ v`` of a small matrix (``pysource.SMALL_MATVEC``) as a loop: without
+    BLAS's ~0.1 µs per call and Numba's checks around it (18 reference-count updates a
+    call).  A column-major ``m`` (``a.T``: the product ``v @ a``) is run by columns, the
+    inner loop over contiguous entries; each row's sum of a row-major one may be
+    reassociated into vector lanes, as BLAS's is."""
+    rows, cols = m.shape
+    out = np.zeros(rows, m.dtype)
+    if m.strides[0] < m.strides[1]:
+        for j in range(cols):
+            vj = v[j]
+            for i in range(rows):
+                out[i] += m[i, j] * vj
+    else:
+        for i in range(rows):
+            s = out[i]
+            for j in range(cols):
+                s += m[i, j] * v[j]
+            out[i] = s
+    return out
+
+
 @njit_gil
 def dot(a, b, out):
     """``out[...] = a @ b`` for 2-D float operands (``out`` C-contiguous, of their dtype);
