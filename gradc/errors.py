@@ -133,14 +133,32 @@ def _in_library(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_LIBRARIES)
 
 
+def _stdlib_dirs() -> tuple:
+    import sysconfig
+    paths = sysconfig.get_paths()
+    return tuple({os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib")
+                  if k in paths})
+
+
+_STDLIB = _stdlib_dirs()
+
+
+def _in_stdlib(filename: str) -> bool:
+    """Whether ``filename`` is a module of Python's standard library (not a package
+    installed beside it, in its ``site-packages``)."""
+    path = os.path.abspath(filename)
+    return path.startswith(_STDLIB) and "-packages" + os.sep not in path
+
+
 def user_frame():
     """The innermost stack frame that belongs to user code (not gradc, NumPy or SciPy,
-    nor Python's frozen modules: ``python -m gradc`` starts in ``<frozen runpy>``)."""
+    nor the standard library: ``functools.cached_property`` inside gradc, or
+    ``<frozen runpy>`` where ``python -m gradc`` starts)."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not _gradc_frame(frame) and not _in_library(filename) and \
-                not filename.startswith("<frozen "):
+                not filename.startswith("<frozen ") and not _in_stdlib(filename):
             return frame
         frame = frame.f_back
     return None

@@ -190,6 +190,26 @@ def test_too_few_steps_warn_with_the_time_and_the_line():
     assert "test_ode.py" in messages[0]
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_gradients_warnings_name_the_line_of_the_odeint_call(target):
+    """Both solves of a gradient (the forward one and the adjoint), stopped by mxstep,
+    warn with the line that called odeint.  (The adjoint's report is made while the
+    gradient is derived: it named ``functools.py``, a frame of gradc's machinery.)"""
+    def loss(y0):
+        ys = gradc.odeint(lambda y, t: -50 * y, y0, np.array([0.0, 10.0]), mxstep=5)
+        return np.sum(ys ** 2)
+    line = f"test_ode.py:{loss.__code__.co_firstlineno + 1}: ys = gradc.odeint("
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradc.grad(loss, target=target)(np.ones(2))
+    messages = [str(w.message) for w in caught
+                if isinstance(w.message, gradc.ConvergenceWarning)]
+    assert len(messages) == 2, messages
+    assert any("odeint (mxstep=5) stopped" in m for m in messages)
+    assert any("odeint's adjoint (mxstep=5) stopped" in m for m in messages)
+    assert all(line in m and "functools" not in m for m in messages), messages
+
+
 def test_bad_input_is_a_clear_error():
     f = _linear
     a, y0 = _system()

@@ -242,8 +242,12 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     ODE (see ``gradc.lib.ode``); forward mode is refused, as in JAX."""
     from ..custom import custom_vjp
     from ..interpret import eval_graph
+    from ..errors import user_location
     from ..prims.implicit import report
     check_function(func, "odeint: func(y, t, *args)", 2 + len(args))
+    # (the user's line, for the reports: the adjoint's is made while the gradient is
+    # derived, and the forward solve's again there, where no user frame is on the stack)
+    where = user_location()
     for name, v in (("rtol", rtol), ("atol", atol), ("hmax", hmax)):
         if is_tracer(v) or np.ndim(v) != 0 or np.asarray(v).dtype.kind not in "iuf" or \
                 not float(v) > 0:
@@ -315,7 +319,7 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     def solution(y0v, ts, ps):
         ys, ok, stopped, h = _solve(lambda y, t: dynamics(y, t, ps), y0v, ts, rtol, atol,
                                     mxstep, hmax)
-        report(ok, stopped, what=label)
+        report(ok, stopped, what=label, where=where)
         return ys, h
 
     def forward(y0v, ts, *ps):
@@ -328,7 +332,7 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     def odeint_adjoint(res, g):
         ys, ts, ps, h = res
         return _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep,
-                        hmax, label)
+                        hmax, label, where)
 
     forward.__name__ = forward.__qualname__ = "odeint"     # (how errors name it)
     solve = custom_vjp(forward)
@@ -342,7 +346,7 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
 
 
 def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep, hmax,
-             label):
+             label, where):
     """The cotangents of ``(y0, ts, *ps)`` given ``g``, the cotangent of ``ys``: the
     adjoint ODE backwards over each interval (see the module's docstring).  Its first
     step is the forward solve's last (``h``), then each interval starts with the step
@@ -392,7 +396,7 @@ def _adjoint(dynamics, ys, ts, ps, floats, th_ravel, g, h, rtol, atol, mxstep, h
     (a, th, _, ok, stopped), t_bars = scan(
         interval, (a0, th0, h, np.asarray(True), ts[-1]),
         (ys[1:], ts[1:], ts[:-1], g[1:]), reverse=True)
-    report(ok, stopped, what=label.replace("odeint", "odeint's adjoint", 1))
+    report(ok, stopped, what=label.replace("odeint", "odeint's adjoint", 1), where=where)
     t0_bar = -np.dot(dynamics(ys[0], ts[0], ps), a)
     y0_bar = a + g[0]
     ts_bar = np.concatenate([t0_bar[None], t_bars])

@@ -287,7 +287,9 @@ report_p.jvp = lambda primals, tangents, what, where: (
     report_p.bind(*primals, what=what, where=where), [])
 
 
-def report(ok, residual, what: str):
-    """Warn when ``ok`` is false (at run time, compiled or not)."""
+def report(ok, residual, what: str, where: str | None = None):
+    """Warn when ``ok`` is false (at run time, compiled or not), naming ``where`` (by
+    default the user's line now)."""
     from ..errors import user_location
-    report_p.bind(ok, residual, what=what, where=user_location())
+    report_p.bind(ok, residual, what=what, where=where if where is not None else
+                  user_location())
