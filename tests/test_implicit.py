@@ -807,6 +807,24 @@ def test_convergence_warnings_point_at_the_users_line():
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_the_transposed_solves_warning_points_at_the_users_solve(target):
+    """A gradient's transposed solve is made while the gradient is derived: its warning
+    named the line that asked for the gradient (or a frame of ``functools`` inside
+    gradc), not the user's ``linear_solve``, as the forward solve's does."""
+    a = np.array([[3.0, 1.0], [1.0, 2.0]])
+
+    def loss(b):
+        return np.sum(gradc.linear_solve(lambda v: a @ v, b, maxiter=1) ** 2)
+    line = loss.__code__.co_firstlineno + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradc.grad(loss, target=target)(np.ones(2))
+    found = [w for w in caught if issubclass(w.category, gradc.ConvergenceWarning)]
+    assert len(found) == 2
+    assert [(w.filename, w.lineno) for w in found] == [(__file__, line)] * 2
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
 def test_gmres_on_an_inconsistent_singular_system_names_gmres(target):
     """(QA) GMRES on a singular, inconsistent system (a Gaussian CRF from a bare graph
     Laplacian) failed inside its small triangular solve with LAPACK's "Singular

@@ -288,8 +288,12 @@ report_p.jvp = lambda primals, tangents, what, where: (
 
 
 def report(ok, residual, what: str, where: str | None = None):
-    """Warn when ``ok`` is false (at run time, compiled or not), naming ``where`` (by
-    default the user's line now)."""
+    """Warn when ``ok`` is false (at run time, compiled or not), naming ``where``: by
+    default the line of the equation a transformation is rewriting (a solve's transpose
+    in a gradient: the user's solve, not the line that asked for the gradient), else the
+    user's line now."""
     from ..errors import user_location
-    report_p.bind(ok, residual, what=what, where=where if where is not None else
-                  user_location())
+    from ..trace import _SOURCE
+    if where is None:
+        where = _SOURCE[-1] if _SOURCE else user_location()
+    report_p.bind(ok, residual, what=what, where=where)
