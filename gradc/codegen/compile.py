@@ -53,7 +53,8 @@ def optimise(graph: Graph, target: str) -> Graph:
     contractions are large), a scan's accumulated contractions as one contraction after it
     (``licm.sums_after_scans``; on the GPU only if asked), on the GPU a loop's ``argmax`` as
     reductions and its outer products as broadcast products (``passes.steps``), concatenations
-    of a few operands as selections of pads (``passes.steps.selections``), and loop fusion."""
+    of a few operands as selections of pads and, on the CPU, products that sum nothing as
+    broadcast products (``passes.steps.selections``), and loop fusion."""
     from ..passes import simplify
     graph = simplify(graph)
     if target != "numpy":
@@ -81,7 +82,7 @@ def optimise(graph: Graph, target: str) -> Graph:
             from ..passes.steps import step_rewrites
             graph = step_rewrites(graph)
         from ..passes.steps import selections
-        graph = selections(graph)
+        graph = selections(graph, products=target != "cuda")
         graph = fuse(over_batch(dilated_inputs(graph)), vector_ufuncs=target != "cuda")
     return graph
 
