@@ -1651,7 +1651,7 @@ def _frozen(spec):
     return None if spec is None else int(spec)
 
 
-class Batched(Transformed):
+class Batched(_FastPath, Transformed):
     """What ``vmap(f)`` returns: ``f`` over a batch of examples, as one Graph (the
     batching pass, ``passes.batching``), compiled like any other."""
 
@@ -1660,6 +1660,30 @@ class Batched(Transformed):
     def __init__(self, fun, in_axes=0, out_axes=0, axis_size=None, **options):
         super().__init__(fun, **options)
         self.in_axes, self.out_axes, self.axis_size = in_axes, out_axes, axis_size
+
+    def _remember(self, args, spec, state):
+        """The fast path of calls whose arguments are mapped over their first axis or
+        not at all (the arrays go to the compiled code as they are; ``_finish`` puts
+        the results' axes): the general path's keying, tracing and axis checks cost
+        ~0.1 ms a call, 20 times the compiled per-example gradient of 64 examples."""
+        if (found := self._fast_entry(args, spec)) is None:
+            return
+        fkey, reads, exe = found
+        try:
+            axes = self._leaf_axes(args, len(args))
+        except GradcError:
+            return
+        if len(axes) != len(args) or any(
+                ax is not None and (type(a) is not np.ndarray or ax % a.ndim)
+                for a, ax in zip(args, axes)):
+            return                          # (pytrees, a moved axis: the general path)
+        dyn = [i for i, a in enumerate(args) if type(a) not in (int, bool)]
+        finish = self._finish
+
+        def run(args):           # (the general path's conversions: a float as a 0-d array)
+            return finish(spec, exe([args[i] if type(args[i]) is not float
+                                     else np.asarray(args[i]) for i in dyn]), None)
+        self._store(fkey, reads, run, exe)
 
     def _leaf_axes(self, args, n_positional) -> list:
         """The example axis of each leaf of ``args`` (an int or None): ``in_axes`` for
