@@ -156,12 +156,17 @@ def user_frame():
     ``<frozen runpy>`` where ``python -m gradc`` starts)."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not _gradc_frame(frame) and not _in_library(filename) and \
-                not filename.startswith("<frozen ") and not _in_stdlib(filename):
+        if is_user_frame(frame):
             return frame
         frame = frame.f_back
     return None
+
+
+def is_user_frame(frame) -> bool:
+    """Whether ``frame`` runs user code (``user_frame``'s test)."""
+    filename = frame.f_code.co_filename
+    return not _gradc_frame(frame) and not _in_library(filename) and \
+        not filename.startswith("<frozen ") and not _in_stdlib(filename)
 
 
 def library_call() -> str | None:

@@ -24,6 +24,7 @@ import contextvars
 import itertools
 import linecache
 import re
+import sys
 import weakref
 
 import numpy as np
@@ -556,6 +557,7 @@ def _record(trace, prim, args, params):
 
 
 _SOURCE: list = []   # while re-tracing a graph: the source line of the equation being rewritten
+_SOURCE_FRAMES: list = []    # ... and the frame that entered its ``source_line``
 
 
 class source_line:
@@ -568,10 +570,26 @@ class source_line:
     def __enter__(self):
         if self.source is not None:
             _SOURCE.append(self.source)
+            _SOURCE_FRAMES.append(sys._getframe(1))
 
     def __exit__(self, *exc):
         if self.source is not None:
             _SOURCE.pop()
+            _SOURCE_FRAMES.pop()
+
+
+def rewritten_source():
+    """The line of the equation a transformation is rewriting now (``source_line``),
+    unless user code runs inside that rewrite (a ``custom_vjp``'s backward function,
+    whose own line is the better one: None then, as outside any rewrite)."""
+    if not _SOURCE:
+        return None
+    entry, frame = _SOURCE_FRAMES[-1], sys._getframe(1)
+    while frame is not None and frame is not entry:
+        if errors.is_user_frame(frame):
+            return None
+        frame = frame.f_back
+    return _SOURCE[-1]
 
 
 def full_traced(shape, fill, dtype, like):

@@ -478,6 +478,42 @@ def test_fast_path_checks_what_a_read_array_holds(monkeypatch):
     np.testing.assert_allclose(g(x), [5.0, 7.0])
 
 
+@pytest.mark.parametrize("target", ["cpu", "numpy"])
+def test_what_a_function_reads_is_seen_at_every_call(target):
+    """(QA) A function that writes into an array it reads (a count) is traced at every
+    call, as before the fast path read arrays (it kept the first trace: 1, 1, 1); data
+    under a masked array's mask, the mask itself, an object array's items and an array
+    held by a ``functools.partial`` in a closure are part of the key (they were not, on
+    either path)."""
+    import functools
+    count = np.zeros(1)
+
+    def counted(x):
+        count[0] += 1
+        return x * count[0]
+    x = np.ones(2)
+    for make in (gradc.jit, lambda f, target: gradc.grad(lambda x: np.sum(f(x)),
+                                                          target=target)):
+        count[:] = 0
+        f = make(counted, target=target)
+        assert [float(f(x)[0]) for _ in range(4)] == [1.0, 2.0, 3.0, 4.0]
+    masked = np.ma.array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+    items = np.array([1.0, 2.0, 3.0], dtype=object)
+    held = np.array([1.0, 2.0, 3.0])
+    scaled = functools.partial(np.multiply, held)
+    cases = [(lambda v: v * masked.data.copy(), lambda: masked.data.__setitem__(1, 10.0)),
+             (lambda v: v * masked.filled(0.0), lambda: setattr(masked, "mask", [1, 0, 0])),
+             (lambda v: v * items.astype(float), lambda: items.__setitem__(0, 5.0)),
+             (lambda v: scaled(v), lambda: held.__setitem__(0, 5.0))]
+    for fun, change in cases:
+        f = gradc.jit(fun, target=target)
+        v = np.ones(3)
+        np.testing.assert_array_equal(f(v), fun(v))
+        np.testing.assert_array_equal(f(v), fun(v))
+        change()
+        np.testing.assert_array_equal(f(v), fun(v))
+
+
 def test_jit_fast_path_gives_the_general_paths_results(monkeypatch):
     """``jit``'s table: the same results of the same types (rank-0 results as NumPy
     scalars, ints static), a rebound global seen, a failed guard taking the general

@@ -825,6 +825,23 @@ def test_the_transposed_solves_warning_points_at_the_users_solve(target):
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_argmins_warning_points_at_the_users_argmin(target):
+    """(QA) argmin's ConvergenceWarning comes at run time from its callback: it was
+    attributed to gradc's prims/implicit.py and named the jit or grad call's line."""
+    def loss(p):
+        return np.sum(gradc.argmin(lambda x, p: np.sum((x - p) ** 4), np.zeros(2), p,
+                                   maxiter=2) ** 2)
+    line = loss.__code__.co_firstlineno + 1
+    for make in (gradc.jit, gradc.grad):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make(loss, target=target)(np.ones(2))
+        found = [w for w in caught if issubclass(w.category, gradc.ConvergenceWarning)]
+        assert found and all((w.filename, w.lineno) == (__file__, line) for w in found)
+        assert all(f"test_implicit.py:{line}:" in str(w.message) for w in found)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
 def test_gmres_on_an_inconsistent_singular_system_names_gmres(target):
     """(QA) GMRES on a singular, inconsistent system (a Gaussian CRF from a bare graph
     Laplacian) failed inside its small triangular solve with LAPACK's "Singular

@@ -21,14 +21,12 @@ rounding.  The solver is a ``PyCallback``: it is never traced.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from ..errors import ArgumentError, with_location
-from ..prims.implicit import ConvergenceWarning, PyCallback
+from ..errors import ArgumentError, user_location, with_location
+from ..prims.implicit import ConvergenceWarning, PyCallback, _warn_at
 from ..pytree import flatten, unflatten
-from ..trace import is_tracer
+from ..trace import is_tracer, rewritten_source
 from .solvers import as_method, reachable
 
 
@@ -131,8 +129,14 @@ def _grad_y(f):
     return grad(lambda y, ps: f(y, ps))
 
 
+def _where():
+    """The user's argmin line (its warnings come at run time, from a callback)."""
+    return rewritten_source() or user_location()
+
+
 def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
     from ..api import jvp, value_and_grad
+    where = _where()
     vg = value_and_grad(lambda y, ps: f(y, ps))
     grad_y = _grad_y(f)
     dtype = aval[1]
@@ -175,10 +179,10 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
             hint = ("; the objective may be unbounded below (|x| grew to "
                     f"{np.linalg.norm(y):.3g})" if not np.linalg.norm(y) < 1e6 * max(
                         1.0, np.linalg.norm(start)) else "")
-            warnings.warn(ConvergenceWarning(with_location(
+            _warn_at(ConvergenceWarning(with_location(
                 f"gradc: argmin did not converge (|gradient| {np.linalg.norm(g):.3g}, "
-                f"{np.linalg.norm(fun(start)[1]):.3g} at the start; {res.message}){hint}")),
-                stacklevel=2)
+                f"{np.linalg.norm(fun(start)[1]):.3g} at the start; {res.message}){hint}",
+                where)), where)
         return y.astype(dtype)
 
     return root("argmin", PyCallback(solver, aval[0], dtype, "argmin(L-BFGS-B)"),
@@ -188,6 +192,7 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
 
 def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge, root):
     from ..api import grad, jit, value_and_grad
+    where = _where()
     from ..jacobians import jacfwd
     n, dtype = aval[0][0], aval[1]
 
@@ -281,9 +286,9 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
             z, r = trial, r_new
         if not np.linalg.norm(r) <= reachable(max(tol, 1e-8), dtype) * max(
                 1.0, np.linalg.norm(z)):
-            warnings.warn(ConvergenceWarning(with_location(
+            _warn_at(ConvergenceWarning(with_location(
                 f"gradc: argmin with constraints did not converge (KKT residual "
-                f"{np.linalg.norm(r):.3g}; {res.message})")), stacklevel=2)
+                f"{np.linalg.norm(r):.3g}; {res.message})", where)), where)
         # multipliers 0 to the solver's accuracy are 0 (a constraint at its boundary with
         # no force, then differentiated as inactive: the one-sided derivative of the
         # directions that leave it inactive)

@@ -290,10 +290,10 @@ report_p.jvp = lambda primals, tangents, what, where: (
 def report(ok, residual, what: str, where: str | None = None):
     """Warn when ``ok`` is false (at run time, compiled or not), naming ``where``: by
     default the line of the equation a transformation is rewriting (a solve's transpose
-    in a gradient: the user's solve, not the line that asked for the gradient), else the
-    user's line now."""
+    in a gradient: the user's solve, not the line that asked for the gradient) unless
+    user code runs inside it, else the user's line now."""
     from ..errors import user_location
-    from ..trace import _SOURCE
+    from ..trace import rewritten_source
     if where is None:
-        where = _SOURCE[-1] if _SOURCE else user_location()
+        where = rewritten_source() or user_location()
     report_p.bind(ok, residual, what=what, where=where)
