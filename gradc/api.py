@@ -544,6 +544,29 @@ def _normalise_argnums(argnums):
 
 # ---------------------------------------------------------------- grad, value_and_grad
 
+def _fast_reads(fun, cache, spec):
+    """``(reads, executable)`` for a fast-path entry of ``spec`` (what ``fun`` reads, each
+    array's content after it, ``_reads_unchanged`` checks them per call), or None where
+    ``spec`` cannot be run that way (it captured traced values; the interpreter)."""
+    if not spec.cacheable or spec.target == "numpy":
+        return None
+    skip = cache.volatile
+    reads = [r for r in _reads(fun) if not skip or not _skipped(r[0], r[1], skip)]
+    # (an array is keyed by content, as in _fingerprint: after the read of the array
+    # object, a read of what it holds now)
+    reads += [(v, _CONTENT, _content(v)) for _, _, v in reads if isinstance(v, np.ndarray)]
+    exe = spec.executable
+    if exe.compiled is None or exe._fallback:
+        return None
+    return tuple(reads), exe
+
+
+def _arrays_read(fun) -> list:
+    """The arrays ``fun`` reads, with their content: a call that changes one (a count it
+    keeps there) must not fill a fast-path entry, whose check holds the state after it."""
+    return [(v, _content(v)) for _, _, v in _reads(fun) if isinstance(v, np.ndarray)]
+
+
 class _FastPath:
     """The per-call fast path of a transformation: a call whose arguments are plain
     floats, ints, non-scalar ndarrays and numba.cuda device arrays is looked up by a
@@ -568,7 +591,7 @@ class _FastPath:
                 except GuardFailure:
                     pass
         out, spec, state = self._general(args, kwargs, checked=not kwargs)
-        if spec is not None:
+        if spec is not None and not kwargs:     # (keyed by the positional arguments)
             self._remember(args, spec, state)
         return out
 
@@ -579,8 +602,7 @@ class _FastPath:
         keeps there): the next call's key differs (arrays are keyed by content; a rebound
         name is left out of keys instead, ``_Cache.volatile``), and the fast path, whose
         check holds the state after this call, must not take it."""
-        arrays = [(v, _content(v)) for _, _, v in _reads(self.fun)
-                  if isinstance(v, np.ndarray)] if checked else ()
+        arrays = _arrays_read(self.fun) if checked else ()
         key, build, dynamic, state = self._prepare(args, kwargs)
         spec, results = self._cache.run(key, build, dynamic)
         out = self._finish(spec, results, state)
@@ -595,18 +617,10 @@ class _FastPath:
         """(key, reads, executable) when calls like ``args`` may take the fast path
         (``fkey``: their key, where it is not ``_fast_key(args)``)."""
         fkey = _fast_key(args) if fkey is None else fkey
-        if fkey is None or not spec.cacheable or spec.target == "numpy":
+        if fkey is None:
             return None
-        skip = self._cache.volatile
-        reads = [r for r in _reads(self.fun) if not skip or not _skipped(r[0], r[1], skip)]
-        # (an array is keyed by content, as in _fingerprint: after the read of the array
-        # object, a read of what it holds now)
-        reads += [(v, _CONTENT, _content(v)) for _, _, v in reads
-                  if isinstance(v, np.ndarray)]
-        exe = spec.executable
-        if exe.compiled is None or exe._fallback:
-            return None
-        return fkey, tuple(reads), exe
+        found = _fast_reads(self.fun, self._cache, spec)
+        return None if found is None else (fkey,) + found
 
     def _store(self, fkey, reads, runner, exe):
         if len(fast := self._fast) > MAX_SIGNATURES:
@@ -1418,6 +1432,18 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     ``target``.
     """
     target = check_target(target)
+    fkey = None
+    if type(primals) is tuple and type(tangents) is tuple:
+        fkey = (_fast_key(primals), _fast_key(tangents), has_aux, target, bool(fastmath))
+        try:
+            entry = _JVP_FAST.get(fun, {}).get(fkey)
+        except TypeError:                   # (a function that cannot be weakly referenced)
+            entry = fkey = None
+        if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+            try:
+                return entry[1](primals, tangents)
+            except GuardFailure:
+                pass
     check_function(fun, "gradc.jvp: the function")
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise ArgumentError(with_location(
@@ -1436,7 +1462,33 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
 
     # the jvp graph takes (primals..., captured..., tangents...)
     tangent_args = [t for t, w in zip(tdyn, wrt) if w]
+    # (arguments the fast path takes: float arrays and Python floats, each tangent of
+    # its primal's type, dtype and shape, so that no conversion or check is left to do)
+    fast = fkey is not None and None not in fkey[:2] and all(
+        type(t) is type(p) and (type(p) is float or type(p) is np.ndarray and
+                                p.dtype.kind == "f" and t.dtype == p.dtype)
+        for p, t in zip(primals, tangents))
+    arrays = _arrays_read(fun) if fast else ()
     spec, results = cache.run(key, build, flat.dynamic, tangent_args)
+    out = _jvp_results(spec, results, has_aux)
+    if fast and not any(_content(v) != c for v, c in arrays) and \
+            (found := _fast_reads(fun, cache, spec)) is not None:
+        reads, exe = found
+
+        def run(primals, tangents):
+            return _jvp_results(spec, exe(list(primals) + list(tangents)), has_aux)
+        table = _JVP_FAST.setdefault(fun, {})
+        if len(table) > MAX_SIGNATURES:
+            table.clear()
+        table[fkey] = (reads, run)
+    return out
+
+
+_JVP_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # jvp's fast path
+
+
+def _jvp_results(spec, results, has_aux):
+    """jvp's ``(primal out, tangent out[, aux])`` from its graph's results."""
     n = len(spec.graph.outputs) // 2
     outs, touts = results[:n], results[n:]
     info = spec.info

@@ -1084,14 +1084,18 @@ def lower(graph: Graph, name: str = "gradc_fn", parallel: bool = False,
         return _atom(ctx, names, x)
 
     # results never alias the caller's inputs, the constants or each other's storage
-    # through a view: those are copied (a caller may mutate what it gets back)
+    # through a view, nor each other (one value returned twice: ``(a * 2, a * 2)`` after
+    # CSE, which Numba returns as two arrays of one buffer): those are copied (a caller
+    # may mutate what it gets back)
     producer = {v: e.prim.name for e in graph.eqns for v in e.outputs}
     passing = {v for e in graph.eqns for v in control.passing(e)}
-    results = []
+    results, returned = [], set()
     for x in graph.outputs:
         text = atom(x)
         aliased = x.ndim > 0 and (not isinstance(x, Var) or x not in producer
-                                  or producer[x] in _VIEWS or x in passing)
+                                  or producer[x] in _VIEWS or x in passing or x in returned)
+        if isinstance(x, Var):
+            returned.add(x)
         results.append(f"np.ascontiguousarray({text}).copy()" if aliased else text)
     body = merge_objmode(body, " ".join(results))
     body.append(f"    return ({''.join(r + ', ' for r in results).rstrip()})")
