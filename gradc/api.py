@@ -564,8 +564,41 @@ def _fast_reads(fun, cache, spec):
 
 def _arrays_read(fun) -> list:
     """The arrays ``fun`` reads, with their content: a call that changes one (a count it
-    keeps there) must not fill a fast-path entry, whose check holds the state after it."""
+    keeps there) must not fill a fast-path entry, whose check holds the state after it
+    (``_changed``)."""
     return [(v, _content(v)) for _, _, v in _reads(fun) if isinstance(v, np.ndarray)]
+
+
+def _changed(arrays) -> bool:
+    """Whether an array of ``_arrays_read`` holds something else now."""
+    return any(_content(v) != c for v, c in arrays)
+
+
+class _FastTable:
+    """The fast-path entries of a transformation that is a plain function (``jvp``; the
+    forward pass of ``vjp`` and ``linearize``), per user function (weakly) and fast key:
+    ``get`` gives an entry's value while what the function reads is unchanged."""
+
+    def __init__(self):
+        self.tables: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def get(self, fun, fkey):
+        try:
+            entry = self.tables.get(fun, {}).get(fkey)
+        except TypeError:                   # (a function that cannot be weakly referenced)
+            return None
+        if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+            return entry[1]
+        return None
+
+    def put(self, fun, fkey, reads, value) -> None:
+        try:
+            table = self.tables.setdefault(fun, {})
+        except TypeError:
+            return
+        if len(table) > MAX_SIGNATURES:
+            table.clear()
+        table[fkey] = (reads, value)
 
 
 class _FastPath:
@@ -607,7 +640,7 @@ class _FastPath:
         key, build, dynamic, state = self._prepare(args, kwargs)
         spec, results = self._cache.run(key, build, dynamic)
         out = self._finish(spec, results, state)
-        if any(_content(v) != c for v, c in arrays):
+        if _changed(arrays):
             spec = None
         return out, spec, state
 
@@ -1436,13 +1469,10 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     fkey = None
     if type(primals) is tuple and type(tangents) is tuple:
         fkey = (_fast_key(primals), _fast_key(tangents), has_aux, target, bool(fastmath))
-        try:
-            entry = _JVP_FAST.get(fun, {}).get(fkey)
-        except TypeError:                   # (a function that cannot be weakly referenced)
-            entry = fkey = None
-        if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
+        run = _JVP_FAST.get(fun, fkey)
+        if run is not None:
             try:
-                return entry[1](primals, tangents)
+                return run(primals, tangents)
             except GuardFailure:
                 pass
     check_function(fun, "gradc.jvp: the function")
@@ -1472,20 +1502,17 @@ def jvp(fun, primals, tangents, has_aux=False, *, target=None, fastmath=False):
     arrays = _arrays_read(fun) if fast else ()
     spec, results = cache.run(key, build, flat.dynamic, tangent_args)
     out = _jvp_results(spec, results, has_aux)
-    if fast and not any(_content(v) != c for v, c in arrays) and \
+    if fast and not _changed(arrays) and \
             (found := _fast_reads(fun, cache, spec)) is not None:
         reads, exe = found
 
         def run(primals, tangents):
             return _jvp_results(spec, exe(list(primals) + list(tangents)), has_aux)
-        table = _JVP_FAST.setdefault(fun, {})
-        if len(table) > MAX_SIGNATURES:
-            table.clear()
-        table[fkey] = (reads, run)
+        _JVP_FAST.put(fun, fkey, reads, run)
     return out
 
 
-_JVP_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # jvp's fast path
+_JVP_FAST = _FastTable()
 
 
 def _jvp_results(spec, results, has_aux):
@@ -1613,12 +1640,9 @@ def _forward_pass(fun, primals, has_aux, target, fastmath, what):
     ``(flat args, wrt, spec, residuals, output tree, aux tree or None)``."""
     target = check_target(target)
     fkey = (_fast_key(primals), has_aux, target, bool(fastmath))
-    try:
-        entry = _FORWARD_FAST.get(fun, {}).get(fkey) if fkey[0] is not None else None
-    except TypeError:                       # (a function that cannot be weakly referenced)
-        entry = fkey = None
-    if entry is not None and (not entry[0] or _reads_unchanged(entry[0])):
-        _, flat, wrt, spec, exe, dyn = entry          # (flat: the arguments' structure)
+    entry = _FORWARD_FAST.get(fun, fkey) if fkey[0] is not None else None
+    if entry is not None:
+        flat, wrt, spec, exe, dyn = entry             # (flat: the arguments' structure)
         try:
             return (flat, wrt, spec) + _forward_results(
                 spec, exe([primals[i] for i in dyn]), has_aux)
@@ -1635,23 +1659,20 @@ def _forward_pass(fun, primals, has_aux, target, fastmath, what):
         return _VjpSpec(graph, dict(info, wrt=wrt, primal=graph), captured, target,
                         fastmath, _code_name(fun, "vjp"))
 
-    fast = fkey is not None and fkey[0] is not None and type(primals) is tuple
+    fast = fkey[0] is not None and type(primals) is tuple
     arrays = _arrays_read(fun) if fast else ()
     spec, outs_res = cache.run(key, build, flat.dynamic)
     out = (flat, wrt, spec) + _forward_results(spec, outs_res, has_aux)
-    if fast and spec.cacheable and not any(_content(v) != c for v, c in arrays) and \
+    if fast and spec.cacheable and not _changed(arrays) and \
             (found := _fast_reads(fun, cache, spec.forward)) is not None:
-        # (the fast path: what ``vjp_fn`` and ``f_jvp`` read of ``flat`` is its structure,
-        # the same for every call of this key)
-        table = _FORWARD_FAST.setdefault(fun, {})
-        if len(table) > MAX_SIGNATURES:
-            table.clear()
+        # (what ``vjp_fn`` and ``f_jvp`` read of ``flat`` is its structure, the same for
+        # every call of this key)
         dyn = [i for i, a in enumerate(primals) if type(a) not in (int, bool)]
-        table[fkey] = (found[0], _structure(flat), wrt, spec, found[1], dyn)
+        _FORWARD_FAST.put(fun, fkey, found[0], (_structure(flat), wrt, spec, found[1], dyn))
     return out
 
 
-_FORWARD_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # (its fast path)
+_FORWARD_FAST = _FastTable()
 
 
 def _structure(flat: _Args) -> _Args:

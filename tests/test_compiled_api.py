@@ -946,7 +946,7 @@ def test_jvp_takes_a_fast_path_with_the_general_paths_results(monkeypatch):
     first = gradc.jvp(f, (x, 2.0), (v, 0.5), target="cpu")
     for got, ref in zip(first, want):
         np.testing.assert_allclose(got, ref, rtol=1e-14)
-    assert api._JVP_FAST.get(f)
+    assert api._JVP_FAST.tables.get(f)
     monkeypatch.setattr(api, "_trace", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("traced again")))
     again = gradc.jvp(f, (x, 2.0), (v, 0.5), target="cpu")       # (the fast path)
@@ -1008,7 +1008,7 @@ def test_vjp_and_linearize_take_a_fast_path_with_the_general_paths_results(monke
     x = np.array([0.1, 0.2, 0.3])
     ct = np.array([1.0, -1.0, 0.5])
     out, back = gradc.vjp(f, x, 2.0, target="cpu")
-    assert api._FORWARD_FAST.get(f)
+    assert api._FORWARD_FAST.tables.get(f)
     monkeypatch.setattr(api, "_trace", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("traced again")))
     out2, back2 = gradc.vjp(f, x, 2.0, target="cpu")                  # (the fast path)
@@ -1030,7 +1030,7 @@ def test_vjp_and_linearize_take_a_fast_path_with_the_general_paths_results(monke
     def kept(v):
         return np.sin(v) * 2.0
     gradc.vjp(kept, big, target="cpu")
-    assert api._FORWARD_FAST.get(kept)
+    assert api._FORWARD_FAST.tables.get(kept)
     gone = weakref.ref(big)
     del big
     gc.collect()
