@@ -592,6 +592,13 @@ def rewritten_source():
     return _SOURCE[-1]
 
 
+def report_location():
+    """The line a report made now names (``prims.implicit.report``, and the solvers'
+    run-time warnings): the equation being rewritten (``rewritten_source``), else the
+    user's line now."""
+    return rewritten_source() or errors.user_location()
+
+
 def full_traced(shape, fill, dtype, like):
     """An array of ``fill`` as a traced value of ``like``'s trace, so that it can be
     updated in place (``z = np.zeros_like(x); z[0] = x[1]``).  It is recorded as a

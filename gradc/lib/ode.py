@@ -242,12 +242,12 @@ def odeint(func, y0, t, *args, rtol=1.4e-8, atol=1.4e-8, mxstep=None, hmax=np.in
     ODE (see ``gradc.lib.ode``); forward mode is refused, as in JAX."""
     from ..custom import custom_vjp
     from ..interpret import eval_graph
-    from ..errors import user_location
     from ..prims.implicit import report
+    from ..trace import report_location
     check_function(func, "odeint: func(y, t, *args)", 2 + len(args))
     # (the user's line, for the reports: the adjoint's is made while the gradient is
     # derived, and the forward solve's again there, where no user frame is on the stack)
-    where = user_location()
+    where = report_location()
     for name, v in (("rtol", rtol), ("atol", atol), ("hmax", hmax)):
         if is_tracer(v) or np.ndim(v) != 0 or np.asarray(v).dtype.kind not in "iuf" or \
                 not float(v) > 0:

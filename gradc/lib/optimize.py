@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ArgumentError, user_location, with_location
-from ..prims.implicit import ConvergenceWarning, PyCallback, _warn_at
+from ..errors import ArgumentError, with_location
+from ..prims.implicit import ConvergenceWarning, PyCallback, warn_at
 from ..pytree import flatten, unflatten
-from ..trace import is_tracer, rewritten_source
+from ..trace import is_tracer, report_location
 from .solvers import as_method, reachable
 
 
@@ -129,14 +129,9 @@ def _grad_y(f):
     return grad(lambda y, ps: f(y, ps))
 
 
-def _where():
-    """The user's argmin line (its warnings come at run time, from a callback)."""
-    return rewritten_source() or user_location()
-
-
 def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
     from ..api import jvp, value_and_grad
-    where = _where()
+    where = report_location()      # (its warnings come at run time, from a callback)
     vg = value_and_grad(lambda y, ps: f(y, ps))
     grad_y = _grad_y(f)
     dtype = aval[1]
@@ -179,7 +174,7 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
             hint = ("; the objective may be unbounded below (|x| grew to "
                     f"{np.linalg.norm(y):.3g})" if not np.linalg.norm(y) < 1e6 * max(
                         1.0, np.linalg.norm(start)) else "")
-            _warn_at(ConvergenceWarning(with_location(
+            warn_at(ConvergenceWarning(with_location(
                 f"gradc: argmin did not converge (|gradient| {np.linalg.norm(g):.3g}, "
                 f"{np.linalg.norm(fun(start)[1]):.3g} at the start; {res.message}){hint}",
                 where)), where)
@@ -192,8 +187,8 @@ def _unconstrained(f, x0, leaves, aval, tol, maxiter, solve, ridge, root):
 
 def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge, root):
     from ..api import grad, jit, value_and_grad
-    where = _where()
     from ..jacobians import jacfwd
+    where = report_location()
     n, dtype = aval[0][0], aval[1]
 
     def user(fn):
@@ -286,7 +281,7 @@ def _constrained(f, eq, ineq, tree, x0, leaves, aval, tol, maxiter, solve, ridge
             z, r = trial, r_new
         if not np.linalg.norm(r) <= reachable(max(tol, 1e-8), dtype) * max(
                 1.0, np.linalg.norm(z)):
-            _warn_at(ConvergenceWarning(with_location(
+            warn_at(ConvergenceWarning(with_location(
                 f"gradc: argmin with constraints did not converge (KKT residual "
                 f"{np.linalg.norm(r):.3g}; {res.message})", where)), where)
         # multipliers 0 to the solver's accuracy are 0 (a constraint at its boundary with

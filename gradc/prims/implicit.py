@@ -223,7 +223,7 @@ def warn_unconverged(what: str, where, residual) -> None:
             f"odeint: the times t must be non-decreasing; t[{int(residual)}] is below the "
             "time before it", where))
     if what.startswith("odeint"):           # (residual: the time where it stopped)
-        _warn_at(ConvergenceWarning(with_location(
+        warn_at(ConvergenceWarning(with_location(
             f"gradc: {what} stopped at t = {residual:.6g}, short of an output time: it "
             "took mxstep steps in one interval, or its step size fell to zero or NaN (a "
             "stiff system, a solution that blows up, or NaN from func); the values from "
@@ -253,10 +253,10 @@ def warn_unconverged(what: str, where, residual) -> None:
     elif what.startswith("gmres"):
         message += ("; GMRES stalls on singular or nearly singular systems: regularise "
                     "with ridge=..., or raise maxiter")
-    _warn_at(ConvergenceWarning(with_location(message, where)), where)
+    warn_at(ConvergenceWarning(with_location(message, where)), where)
 
 
-def _warn_at(warning, where) -> None:
+def warn_at(warning, where) -> None:
     """``warning`` attributed to the user's line ``where`` (``'file.py:12: code'``, where
     the solver was called), not to this file: Python's display then shows the user's
     line, and ``warnings.filterwarnings(module=...)`` sees the user's module.  (At run
@@ -292,8 +292,7 @@ def report(ok, residual, what: str, where: str | None = None):
     default the line of the equation a transformation is rewriting (a solve's transpose
     in a gradient: the user's solve, not the line that asked for the gradient) unless
     user code runs inside it, else the user's line now."""
-    from ..errors import user_location
-    from ..trace import rewritten_source
+    from ..trace import report_location
     if where is None:
-        where = rewritten_source() or user_location()
+        where = report_location()
     report_p.bind(ok, residual, what=what, where=where)
