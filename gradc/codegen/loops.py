@@ -163,7 +163,7 @@ class _Emitter:
         if name == "convert_element_type":
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
-        return eqn_template(eqn).format(*args)
+        return eqn_template(eqn, scalar=True).format(*args)
 
     def sides(self, cond, idx):
         """Where ``cond`` at ``idx`` is a window test (a selection's: ``i0 < m``, see

@@ -1,0 +1,104 @@
+"""The CPU target's vectorisable ``exp`` and ``tanh`` (``gradc.codegen.vecmath``): their
+error against NumPy's, their edges, and that a fused loop calls them and vectorises."""
+import numba
+import numpy as np
+import pytest
+
+import gradc
+from gradc.codegen import vecmath
+
+
+@numba.njit(error_model="numpy")
+def _exp_loop(a, out):
+    for i in range(a.size):
+        out[i] = vecmath.exp(a[i])
+
+
+@numba.njit(error_model="numpy")
+def _tanh_loop(a, out):
+    for i in range(a.size):
+        out[i] = vecmath.tanh(a[i])
+
+
+_LOOPS = {"exp": (_exp_loop, np.exp), "tanh": (_tanh_loop, np.tanh)}
+
+
+def _ulps(got, want):
+    """|got - want| in units of ``want``'s last place (where ``want`` is finite)."""
+    finite = np.isfinite(want)
+    return (np.abs(got[finite].astype(np.float64) - want[finite])
+            / np.spacing(np.abs(want[finite]).astype(want.dtype)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name, lo, hi, bound", [
+    ("exp", -1.0, 1.0, 1), ("exp", -40.0, 40.0, 1), ("exp", -745.0, 709.7, 1),
+    ("exp", -760.0, -700.0, 1), ("exp", 700.0, 712.0, 1),
+    ("tanh", -0.625, 0.625, 2), ("tanh", 0.6, 1.0, 2), ("tanh", -3.0, 3.0, 2),
+    ("tanh", 3.0, 30.0, 2), ("tanh", 1e-9, 1e-3, 2)])
+def test_within_a_few_ulps_of_numpy(name, lo, hi, bound, dtype):
+    loop, ref = _LOOPS[name]
+    x = np.random.default_rng(7).uniform(lo, hi, 200_000).astype(dtype)
+    got = np.empty_like(x)
+    loop(x, got)
+    with np.errstate(over="ignore", under="ignore"):   # (float32: the float64 value,
+        want = ref(x.astype(np.float64)).astype(dtype)   # rounded: NumPy's float32 exp
+    assert got.dtype == dtype                            # is itself 1 ulp off it)
+    if dtype == np.float64 or np.all(np.abs(x) < 80):   # (float32 exp overflows at 88.7)
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        assert _ulps(got, want).max() <= bound
+    else:
+        assert _ulps(got, want).max(initial=0.0) <= bound
+
+
+def test_edges_as_numpy():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, -5e-324, 1e-310, 0.625,
+                  -0.625, 19.0, 20.0, 1000.0, -1000.0, 709.78, 709.79, 709.8, 710.0,
+                  -745.13, -745.14, -708.4, -1e-300])
+    for name, (loop, ref) in _LOOPS.items():
+        got = np.empty_like(x)
+        loop(x, got)
+        with np.errstate(over="ignore", under="ignore"):
+            want = ref(x)
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        with np.errstate(invalid="ignore"):
+            near = np.abs(got - want) <= np.spacing(np.abs(want))       # (1 ulp)
+        assert np.all(same | near), (name, x[~(same | near)])
+        exact = ~np.isfinite(x) | (x == 0) | (np.abs(x) >= 709.8) | (np.abs(x) < 1e-300)
+        assert np.array_equal(got[exact], want[exact], equal_nan=True), name
+        assert np.array_equal(np.signbit(got), np.signbit(want)), name   # (tanh(-0.0))
+    with np.errstate(under="ignore"):
+        assert np.exp(-745.13) == 5e-324      # (the subnormals: rounded once, as NumPy's)
+    got = np.empty(1)
+    _exp_loop(np.array([-745.13]), got)
+    assert got[0] == 5e-324
+
+
+def test_a_fused_loop_calls_them_and_is_vectorised():
+    x = np.linspace(-3.0, 3.0, 256)
+
+    def f(x):
+        return np.tanh(x * 0.7 + 0.1) + np.exp(-x * x)
+    fn = gradc.jit(f, target="cpu")
+    source = fn.source(x)
+    assert "_k.vtanh(" in source and "_k.vexp(" in source
+    code = [line for line in source.split('"""')[-1].splitlines()
+            if not line.lstrip().startswith("#")]
+    assert not any("np.tanh(" in line or "np.exp(" in line for line in code)
+    np.testing.assert_allclose(fn(x), f(x), rtol=1e-15, atol=1e-15)
+    llvm = fn.llvm(x)
+    assert "x double>" in llvm         # (packed: <2 x double> or wider)
+    assert "@tanh" not in llvm and "@llvm.exp." not in llvm
+
+
+def test_gradient_through_them_matches_the_interpreter():
+    rng = np.random.default_rng(3)
+    W, b, y = rng.standard_normal((16, 64)) / 4, rng.standard_normal(64), rng.standard_normal(16)
+
+    def loss(W, b, y):
+        h = np.tanh(y @ W + b)
+        return np.sum(np.exp(-h * h) * h)
+    want = gradc.grad(loss, argnums=(0, 1), target="numpy")(W, b, y)
+    got = gradc.jit(gradc.grad(loss, argnums=(0, 1)), target="cpu")(W, b, y)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
