@@ -321,6 +321,8 @@ def norm(x, ord=None, axis=None, keepdims=False):
     else:
         axes = _axes(axis, nd)
         vector = len(axes) == 1
+        if len(axes) == 2 and axis is not None:   # (rows, then columns: as given)
+            axes = tuple(int(a) % nd for a in axis)
     if ord is None or ord == "fro" or (vector and ord == 2):
         y = ops.sqrt(sum(ops.mul(x, x), axes, keepdims=keepdims))
         return y

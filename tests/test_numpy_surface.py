@@ -563,7 +563,13 @@ FUNCTION_CASES = {
                      lambda x: np.linalg.norm(x, "nuc"), lambda x: np.linalg.norm(x, -2),
                      lambda x: np.linalg.norm(x, -1), lambda x: np.linalg.norm(x, -np.inf),
                      lambda x: np.linalg.norm(x[None], 2, axis=(2, 1), keepdims=True),
-                     lambda x: np.linalg.norm(np.round(x[0]), 0)],
+                     lambda x: np.linalg.norm(np.round(x[0]), 0),
+                     # (axes out of order: rows, then columns, as given; QA found
+                     # ord 1 and inf swapped)
+                     lambda x: np.linalg.norm(x, 1, axis=(1, 0)),
+                     lambda x: np.linalg.norm(x, -1, axis=(-1, -2)),
+                     lambda x: np.linalg.norm(x[None], np.inf, axis=(2, 1), keepdims=True),
+                     lambda x: np.linalg.norm(x, -np.inf, axis=(1, 0))],
     np.linalg.vector_norm: [lambda x: np.linalg.vector_norm(x),
                             lambda x: np.linalg.vector_norm(x, axis=(0, 1), ord=3),
                             lambda x: np.linalg.vector_norm(x, axis=1, keepdims=True, ord=1)],
