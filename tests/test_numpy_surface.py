@@ -1020,6 +1020,27 @@ def test_float_edges_of_copysign_fmod_modf_as_numpy():
             np.testing.assert_array_equal(np.signbit(g), np.signbit(w))
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_integer_fmod_as_numpy(target):
+    """(QA) ``np.fmod`` of signed integers on the cpu target returned the dividend:
+    Numba's own np.fmod of integers is wrong (fmod(-7, 3) gave 0).  Truncated, of the
+    dividend's sign, 0 for a divisor 0 and for INT_MIN fmod -1, as NumPy."""
+    import itertools
+    import warnings
+    for dt in (np.int8, np.int64, np.uint8):
+        info = np.iinfo(dt)
+        vals = {0, 1, 2, 3, 7, info.max, info.max - 1}
+        if info.min < 0:
+            vals |= {-1, -2, -3, -7, info.min, info.min + 1}
+        a, b = (np.array(v, dt) for v in zip(*itertools.product(sorted(vals), repeat=2)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = gradc.jit(lambda x, y: np.fmod(x, y), target=target)(a, b)
+            want = np.fmod(a, b)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want, err_msg=str(dt))
+
+
 def test_accumulate_of_ufuncs_and_cumprod_through_zeros():
     """ufunc.accumulate as a scan, in NumPy's dtype (sums and products of int8 widen, a
     running maximum stays int8), and a product's derivative through zeros is exact."""

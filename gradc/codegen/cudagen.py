@@ -68,7 +68,7 @@ from ..prims.conv import options as conv_options
 from ..prims.linalg import parse_spec
 from ..trace import c_strides
 from . import loops, special
-from .pysource import FLOAT_REM, Symbols, dtype_expr, scalar_literal
+from .pysource import FLOAT_REM, INT_FMOD, Symbols, dtype_expr, scalar_literal
 
 THREADS = 256          # threads per block (one dimension)
 THREADS_SIM = 16       # ... under the simulator (each thread a Python thread: a barrier costs ms)
@@ -313,10 +313,7 @@ class _Emitter(loops._Emitter):
             return (f"({args[0]} % {args[1]} if {args[1]} != 0 and {args[1]} != -1 "
                     f"else ({args[0]} - {args[0]}))")
         if np.dtype(dtype).kind in "iu" and name == "fmod":   # (truncated; x % 0 is 0)
-            a, b = args
-            r = f"({a} % {b})"
-            return (f"(({r} - {b} if ({r} != 0 and (({r} < 0) != ({a} < 0))) else {r}) "
-                    f"if {b} != 0 and {b} != -1 else ({a} - {a}))")
+            return INT_FMOD.format(*args)
         if np.dtype(dtype).kind in "iu" and name == "sign":    # (the simulator's NumPy
             return f"(({args[0]} > 0) * 1 - ({args[0]} < 0) * 1)"    # bools don't subtract)
         if np.dtype(dtype).kind == "f" and name == "sign":    # (±1 at ±inf, +0 at ±0, NaN)

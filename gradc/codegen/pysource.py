@@ -87,8 +87,13 @@ TEMPLATES = {
 # integer forms: x86's division traps on INT_MIN % -1, whose NumPy value is 0
 SPECIAL = {"erf", "erfc", "gamma", "lgamma", "digamma", "polygamma", "ndtri",   # (in float64)
            "erfinv"}
+# NumPy's fmod of integers: truncated, the sign of the dividend, x fmod 0 and INT_MIN
+# fmod -1 are 0 (Numba's np.fmod of signed integers is not: fmod(-7, 3) gave 0), from
+# Python's floored %
+INT_FMOD = ("(((({0} % {1}) - {1}) if (({0} % {1}) != 0 and ((({0} % {1}) < 0) != ({0} < 0)))"
+            " else ({0} % {1})) if {1} != 0 and {1} != -1 else ({0} - {0}))")
 _INTEGER_TEMPLATES = {"rem": "({0} % {1} if {1} != -1 else ({0} - {0}))",
-                      "fmod": "(np.fmod({0}, {1}) if {1} != -1 else ({0} - {0}))"}
+                      "fmod": INT_FMOD}
 
 
 def element_template(name: str, dtype) -> str:
