@@ -311,6 +311,30 @@ def _comparison(op):
 
 # ---------------------------------------------------------------- ufuncs
 
+# From NumPy 2.3 on, floor, ceil and trunc of integers and booleans are the values
+# themselves in their own dtype; before, they were computed in float64
+_WHOLE_KEEPS_DTYPE = np.floor(np.int8(1)).dtype == np.int8
+
+
+def _whole(op, ufunc):
+    """floor, ceil or trunc, in the installed NumPy's dtype (``_WHOLE_KEEPS_DTYPE``)."""
+    as_float = elementwise(op, float_result=True)
+
+    def apply(x):
+        x = operand(x)
+        if _WHOLE_KEEPS_DTYPE and np.dtype(dtype_of(x)).kind in "iub":
+            return _new(x, ufunc)
+        return as_float(x)
+    apply.__name__ = ufunc.__name__
+    return apply
+
+
+def _new(x, ufunc):
+    """A ufunc whose value is its operand's: a new Tracer of it (a write into the result
+    must not reach ``x``, as NumPy's result is a new array), or ``ufunc`` of a constant."""
+    return x.fresh() if isinstance(x, Tracer) else ufunc(x)
+
+
 _FLOAT_UNARY = {
     np.sin: ops.sin, np.cos: ops.cos, np.tan: ops.tan, np.arcsin: ops.asin,
     np.arccos: ops.acos, np.arctan: ops.atan, np.sinh: ops.sinh, np.cosh: ops.cosh,
@@ -329,12 +353,12 @@ UFUNCS.update({
     np.maximum: elementwise(ops.maximum), np.minimum: elementwise(ops.minimum),
     np.arctan2: elementwise(ops.atan2, float_result=True),
     np.remainder: elementwise(ops.rem),
-    np.negative: elementwise(ops.neg), np.positive: lambda x: x,
+    np.negative: elementwise(ops.neg), np.positive: lambda x: _new(operand(x), np.positive),
     np.absolute: elementwise(ops.abs), np.fabs: elementwise(ops.abs, float_result=True),
-    np.sign: elementwise(ops.sign), np.floor: elementwise(ops.floor, float_result=True),
-    np.ceil: elementwise(ops.ceil, float_result=True),
+    np.sign: elementwise(ops.sign), np.floor: _whole(ops.floor, np.floor),
+    np.ceil: _whole(ops.ceil, np.ceil),
     np.rint: elementwise(ops.round, float_result=True),
-    np.trunc: elementwise(ops.trunc, float_result=True),
+    np.trunc: _whole(ops.trunc, np.trunc),
     np.less: _comparison(ops.lt), np.less_equal: _comparison(ops.le),
     np.greater: _comparison(ops.gt), np.greater_equal: _comparison(ops.ge),
     np.equal: _comparison(ops.eq), np.not_equal: _comparison(ops.ne),
@@ -393,7 +417,9 @@ def conjugate(x):
     (x,) = promote(x)
     if np.issubdtype(dtype_of(x), np.complexfloating):
         raise UnsupportedError(with_location("complex arrays are not supported by gradc"))
-    return x
+    if dtype_of(x) == np.bool_:                   # (NumPy's conjugate of booleans: int8)
+        return ops.convert_element_type(x, np.int8)
+    return _new(x, np.conjugate)
 
 
 @implements(np.floor_divide)

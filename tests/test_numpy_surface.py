@@ -1041,6 +1041,34 @@ def test_integer_fmod_as_numpy(target):
         np.testing.assert_array_equal(got, want, err_msg=str(dt))
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_whole_functions_of_integers_in_numpy_dtype_and_new_arrays(target):
+    """(QA) floor, ceil and trunc of integers and booleans in the installed NumPy's dtype
+    (their own from NumPy 2.3; gradc gave float64), and the functions whose value is
+    their operand's (fix, positive, conjugate, and those three of integers) return a new
+    array: a write into the result reached the operand."""
+    import warnings
+    cases = [np.array([7, -7, 5]), np.array([True, False]), np.array([3, 250], np.uint8),
+             np.int64(5), np.array(4, np.int16), np.array([1.5, -2.5])]
+    for f in (np.floor, np.ceil, np.trunc, np.fix, np.positive, np.conjugate):
+        for x in cases:
+            if f is np.positive and x.dtype == np.bool_:
+                continue            # (NumPy has no positive of booleans)
+            got, want = gradc.jit(lambda a: f(a), target=target)(x), f(x)
+            assert np.asarray(got).dtype == np.asarray(want).dtype, (f, x)
+            np.testing.assert_array_equal(got, want)
+
+        def write(a):
+            b = f(a)
+            b[0] = 100
+            return a, b
+        for x in (np.array([1, 2]), np.array([1.0, 2.0])):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a, b = gradc.jit(write, target=target)(x)
+            assert a[0] == 1 and b[0] == 100, f
+
+
 def test_accumulate_of_ufuncs_and_cumprod_through_zeros():
     """ufunc.accumulate as a scan, in NumPy's dtype (sums and products of int8 widen, a
     running maximum stays int8), and a product's derivative through zeros is exact."""

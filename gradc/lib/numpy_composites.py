@@ -1269,8 +1269,7 @@ implements(getattr(np, "cumulative_prod", None))(
 @implements(np.fix)
 def fix(x, out=None):
     npf._no_out(out, "fix")
-    x = operand(x)
-    return np.trunc(x) if np.issubdtype(dtype_of(x), np.floating) else x
+    return np.trunc(operand(x))       # (as NumPy's: a new array, in trunc's dtype)
 
 
 @implements(np.isposinf)
