@@ -1133,18 +1133,24 @@ def _reads(fun, depth=4, seen=None) -> list:
         call = getattr(type(fun), "__call__", None)
         if not isinstance(call, types.FunctionType):
             return []
-        out = _contents(fun) + _reads(call, depth, seen)
+        out = _contents(fun) + _class_reads(fun) + _reads(call, depth, seen)
     else:
         out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
         glob = getattr(fun, "__globals__", {})
         if _is_gradc(glob):     # gradc's own globals are code, not user state
             return _within(out, depth, seen)
-        out += [(glob, n, glob.get(n, _MISSING)) for n in _global_names(fun.__code__)]
+        attributes = _module_attributes(fun.__code__)
+        for n in _global_names(fun.__code__):
+            v = glob.get(n, _MISSING)
+            out.append((glob, n, v))
+            if isinstance(v, types.ModuleType) and not _is_library_module(v):
+                attrs = vars(v)           # (``config.SCALE``: the attributes the code loads)
+                out += [(attrs, a, attrs.get(a, _MISSING)) for a in attributes.get(n, ())]
         defaults = fun.__defaults__ or ()
         out += [(defaults, i, v) for i, v in enumerate(defaults)]
         out += [(kw, k, v) for kw in [fun.__kwdefaults__ or {}] for k, v in kw.items()]
         if getattr(fun, "__self__", None) is not None:   # (a bound method)
-            out += _contents(fun.__self__)
+            out += _contents(fun.__self__) + _class_reads(fun.__self__)
     return _within(out, depth, seen)
 
 
@@ -1157,6 +1163,9 @@ def _within(reads, depth, seen) -> list:
             continue
         if callable(v) and hasattr(v, "__code__") or isinstance(v, functools.partial):
             out += _reads(v, depth - 1, seen)
+        elif isinstance(v, (staticmethod, classmethod, property)):    # (a class's)
+            for f in (v.fget,) if isinstance(v, property) else (v.__func__,):
+                out += _reads(f, depth - 1, seen) if hasattr(f, "__code__") else []
         elif items := _contents(v):
             seen.add(id(v))
             out += _within(items, depth - 1, seen)
@@ -1183,12 +1192,40 @@ def _contents(v) -> list:
     return [] if len(attrs) > MAX_ITEMS else [(attrs, k, x) for k, x in attrs.items()]
 
 
+def _class_reads(obj) -> list:
+    """The attributes of the user's classes of ``obj`` (not a library's, nor ``object``),
+    as reads: methods, which ``_within`` follows to what they read (``self.act`` reading
+    a global), and class-level values (``Model.scale``); names of the form ``__x__``
+    are Python's."""
+    out = []
+    for cls in type(obj).__mro__:
+        if cls is object or _is_library(cls):
+            continue
+        attrs = vars(cls)
+        if len(attrs) <= MAX_ITEMS:
+            out += [(attrs, k, v) for k, v in attrs.items()
+                    if not (k.startswith("__") and k.endswith("__"))]
+    return out
+
+
+def _is_library_module(module) -> bool:
+    """Whether ``module`` is a library's (NumPy's, the standard library's, an installed
+    package's), whose attributes are not the user's state."""
+    import sys
+    root = (getattr(module, "__name__", None) or "").split(".")[0]
+    return (_is_library(module) or root in _LIBRARIES or root in sys.stdlib_module_names
+            or "site-packages" in (getattr(module, "__file__", None) or ""))
+
+
+_LIBRARIES = ("numpy", "gradc", "numba", "builtins", "functools", "collections", "cupy",
+              "torch", "jax", "sympy", "networkx", "scipy")
+
+
 def _is_library(t) -> bool:
     """Whether ``t`` is NumPy's, gradc's, Numba's or the standard library's (objects
     whose state is not the user's model)."""
     root = (getattr(t, "__module__", None) or "").split(".")[0]
-    return root in ("numpy", "gradc", "numba", "builtins", "functools", "collections",
-                    "cupy", "torch", "jax", "sympy", "networkx")
+    return root in _LIBRARIES[:-1]
 
 
 def _read_now(holder, name):
@@ -1200,7 +1237,7 @@ def _read_now(holder, name):
         return len(holder)
     if name is _CONTENT:
         return _content(holder)
-    if isinstance(holder, dict):
+    if isinstance(holder, (dict, types.MappingProxyType)):    # (a class's attributes)
         return holder.get(name, _MISSING)
     return holder[name] if name < len(holder) else _MISSING
 
@@ -1221,6 +1258,25 @@ def _global_names(code) -> tuple:
         if hasattr(const, "co_code"):
             names.update(_global_names(const))
     return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _module_attributes(code) -> dict:
+    """The attribute names ``code`` loads from each global name (``config.SCALE``:
+    ``{"config": ("SCALE",)}``), with those of the lambdas and comprehensions defined
+    inside; ``_reads`` reads them where the global is a user's module."""
+    import dis
+    found: dict = {}
+    last = None
+    for i in dis.get_instructions(code):
+        if last is not None and i.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            found.setdefault(last, set()).add(i.argval)
+        last = i.argval if i.opname in ("LOAD_GLOBAL", "LOAD_NAME") else None
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            for k, v in _module_attributes(const).items():
+                found.setdefault(k, set()).update(v)
+    return {k: tuple(sorted(v)) for k, v in found.items()}
 
 
 def _fingerprint(fun, cache=None):

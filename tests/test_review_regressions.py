@@ -217,6 +217,67 @@ def test_cache_sees_objects_containers_defaults_and_partials(target):
     np.testing.assert_allclose(s(X), [6.0, 6.0])
 
 
+TEMPERATURE = 1.0
+
+
+class _Tempered:
+    scale = 1.0                                   # (a class attribute)
+
+    def __init__(self):
+        self.w = np.ones(2)
+
+    def act(self, z):
+        return np.tanh(z / TEMPERATURE)           # (a method reading a global)
+
+    @staticmethod
+    def shift():
+        return 2.0 * TEMPERATURE
+
+    def loss(self, x):
+        return np.sum(self.act(self.w * x)) * self.scale + self.shift() * np.sum(x)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_cache_sees_class_attributes_methods_globals_and_module_attributes(target):
+    """(QA) what a method reads through its class (a class attribute, another method
+    reading a global, a static method) and the attributes of a user's module
+    (``config.SCALE``) were not in the key: changing them gave the old derivative."""
+    import sys
+    import types
+    global TEMPERATURE
+    m = _Tempered()
+    g = gradc.grad(m.loss, target=target)
+
+    def want():
+        return (1 - np.tanh(X / TEMPERATURE) ** 2) / TEMPERATURE * _Tempered.scale \
+            + 2.0 * TEMPERATURE
+    try:
+        np.testing.assert_allclose(g(X), want())
+        np.testing.assert_allclose(g(X), want())            # (the fast path, if any)
+        TEMPERATURE = 0.5
+        np.testing.assert_allclose(g(X), want())
+        _Tempered.scale = 3.0
+        np.testing.assert_allclose(g(X), want())
+    finally:
+        TEMPERATURE, _Tempered.scale = 1.0, 1.0
+
+    config = types.ModuleType("gradc_test_config")
+    config.SCALE, config.W = 1.0, np.ones(2)
+    sys.modules["gradc_test_config"] = config
+    try:
+        exec("import gradc_test_config as cfg", globals())
+        h = gradc.grad(lambda x: np.sum(x * cfg.W) * cfg.SCALE, target=target)  # noqa: F821
+        np.testing.assert_allclose(h(X), [1.0, 1.0])
+        np.testing.assert_allclose(h(X), [1.0, 1.0])
+        config.SCALE = 3.0                                   # a module attribute rebound
+        np.testing.assert_allclose(h(X), [3.0, 3.0])
+        config.W[0] = 9.0                                    # ... and one mutated
+        np.testing.assert_allclose(h(X), [27.0, 3.0])
+    finally:
+        del sys.modules["gradc_test_config"]
+        globals().pop("cfg", None)
+
+
 def test_a_list_the_function_appends_to_does_not_retrace_it():
     """What tracing changes (a log of calls) is left out of the key: traced once per
     signature still, on the general path and the fast one."""
