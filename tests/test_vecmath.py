@@ -1,4 +1,4 @@
-"""The CPU target's vectorisable ``exp`` and ``tanh`` (``gradc.codegen.vecmath``): their
+"""The CPU target's vectorisable ``exp``, ``log`` and ``tanh`` (``gradc.codegen.vecmath``): their
 error against NumPy's, their edges, and that a fused loop calls them and vectorises."""
 import numba
 import numpy as np
@@ -20,7 +20,14 @@ def _tanh_loop(a, out):
         out[i] = vecmath.tanh(a[i])
 
 
-_LOOPS = {"exp": (_exp_loop, np.exp), "tanh": (_tanh_loop, np.tanh)}
+@numba.njit(error_model="numpy")
+def _log_loop(a, out):
+    for i in range(a.size):
+        out[i] = vecmath.log(a[i])
+
+
+_LOOPS = {"exp": (_exp_loop, np.exp), "tanh": (_tanh_loop, np.tanh),
+          "log": (_log_loop, np.log)}
 
 
 def _ulps(got, want):
@@ -35,10 +42,18 @@ def _ulps(got, want):
     ("exp", -1.0, 1.0, 1), ("exp", -40.0, 40.0, 1), ("exp", -745.0, 709.7, 1),
     ("exp", -760.0, -700.0, 1), ("exp", 700.0, 712.0, 1),
     ("tanh", -0.625, 0.625, 2), ("tanh", 0.6, 1.0, 2), ("tanh", -3.0, 3.0, 2),
-    ("tanh", 3.0, 30.0, 2), ("tanh", 1e-9, 1e-3, 2)])
+    ("tanh", 3.0, 30.0, 2), ("tanh", 1e-9, 1e-3, 2),
+    ("log", 0.5, 2.0, 1), ("log", 0.999, 1.001, 1), ("log", 1e-30, 1e30, 1),
+    ("log", 1e-300, 1e-290, 1), ("log", 1e290, 1e308, 1)])
 def test_within_a_few_ulps_of_numpy(name, lo, hi, bound, dtype):
     loop, ref = _LOOPS[name]
-    x = np.random.default_rng(7).uniform(lo, hi, 200_000).astype(dtype)
+    rng = np.random.default_rng(7)
+    if name == "log":                 # (uniform in the exponent)
+        if dtype == np.float32 and (lo < 1e-37 or hi > 1e38):
+            return
+        x = np.exp(rng.uniform(np.log(lo), np.log(hi), 200_000)).astype(dtype)
+    else:
+        x = rng.uniform(lo, hi, 200_000).astype(dtype)
     got = np.empty_like(x)
     loop(x, got)
     with np.errstate(over="ignore", under="ignore"):   # (float32: the float64 value,
@@ -54,19 +69,25 @@ def test_within_a_few_ulps_of_numpy(name, lo, hi, bound, dtype):
 def test_edges_as_numpy():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, -5e-324, 1e-310, 0.625,
                   -0.625, 19.0, 20.0, 1000.0, -1000.0, 709.78, 709.79, 709.8, 710.0,
-                  -745.13, -745.14, -708.4, -1e-300])
+                  -745.13, -745.14, -708.4, -1e-300, 1.0, 2.0, 0.5, 2.2250738585072014e-308,
+                  2.225073858507201e-308, 1.7976931348623157e308])
     for name, (loop, ref) in _LOOPS.items():
         got = np.empty_like(x)
         loop(x, got)
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
             want = ref(x)
         same = (got == want) | (np.isnan(got) & np.isnan(want))
         with np.errstate(invalid="ignore"):
             near = np.abs(got - want) <= np.spacing(np.abs(want))       # (1 ulp)
         assert np.all(same | near), (name, x[~(same | near)])
-        exact = ~np.isfinite(x) | (x == 0) | (np.abs(x) >= 709.8) | (np.abs(x) < 1e-300)
+        exact = ~np.isfinite(x) | (x == 0)
+        if name != "log":
+            exact |= (np.abs(x) >= 709.8) | (np.abs(x) < 1e-300)
+        else:
+            exact |= (x < 0) | (x == 1)
         assert np.array_equal(got[exact], want[exact], equal_nan=True), name
-        assert np.array_equal(np.signbit(got), np.signbit(want)), name   # (tanh(-0.0))
+        numbers = ~np.isnan(want)                                   # (tanh(-0.0))
+        assert np.array_equal(np.signbit(got[numbers]), np.signbit(want[numbers])), name
     with np.errstate(under="ignore"):
         assert np.exp(-745.13) == 5e-324      # (the subnormals: rounded once, as NumPy's)
     got = np.empty(1)
@@ -78,17 +99,17 @@ def test_a_fused_loop_calls_them_and_is_vectorised():
     x = np.linspace(-3.0, 3.0, 256)
 
     def f(x):
-        return np.tanh(x * 0.7 + 0.1) + np.exp(-x * x)
+        return np.tanh(x * 0.7 + 0.1) + np.exp(-x * x) + np.log(x * x + 1.0)
     fn = gradc.jit(f, target="cpu")
     source = fn.source(x)
-    assert "_k.vtanh(" in source and "_k.vexp(" in source
+    assert "_k.vtanh(" in source and "_k.vexp(" in source and "_k.vlog(" in source
     code = [line for line in source.split('"""')[-1].splitlines()
             if not line.lstrip().startswith("#")]
-    assert not any("np.tanh(" in line or "np.exp(" in line for line in code)
+    assert not any(f"np.{name}(" in line for line in code for name in ("tanh", "exp", "log"))
     np.testing.assert_allclose(fn(x), f(x), rtol=1e-15, atol=1e-15)
     llvm = fn.llvm(x)
     assert "x double>" in llvm         # (packed: <2 x double> or wider)
-    assert "@tanh" not in llvm and "@llvm.exp." not in llvm
+    assert "@tanh" not in llvm and "@llvm.exp." not in llvm and "@llvm.log." not in llvm
 
 
 def test_gradient_through_them_matches_the_interpreter():
@@ -97,7 +118,7 @@ def test_gradient_through_them_matches_the_interpreter():
 
     def loss(W, b, y):
         h = np.tanh(y @ W + b)
-        return np.sum(np.exp(-h * h) * h)
+        return np.sum(np.exp(-h * h) * h + np.log(h * h + 0.5))
     want = gradc.grad(loss, argnums=(0, 1), target="numpy")(W, b, y)
     got = gradc.jit(gradc.grad(loss, argnums=(0, 1)), target="cpu")(W, b, y)
     for g, w in zip(got, want):

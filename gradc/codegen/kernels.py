@@ -22,7 +22,8 @@ from .linking import link_only
 from .pysource import OBJMODE_FLOPS
 from .special import (digamma, erf, erfc, erfinv, gamma, lgamma,  # noqa: F401  (_k.erf ...)
                       ndtri, polygamma)
-from .vecmath import exp as vexp  # noqa: F401  (_k.vexp, _k.vtanh: vecmath.SCALAR_TEMPLATES)
+from .vecmath import exp as vexp  # noqa: F401  (_k.vexp ...: pysource.SCALAR_TEMPLATES)
+from .vecmath import log as vlog  # noqa: F401
 from .vecmath import tanh as vtanh  # noqa: F401
 
 
