@@ -26,8 +26,14 @@ def _log_loop(a, out):
         out[i] = vecmath.log(a[i])
 
 
+@numba.njit(error_model="numpy")
+def _log1p_loop(a, out):
+    for i in range(a.size):
+        out[i] = vecmath.log1p(a[i])
+
+
 _LOOPS = {"exp": (_exp_loop, np.exp), "tanh": (_tanh_loop, np.tanh),
-          "log": (_log_loop, np.log)}
+          "log": (_log_loop, np.log), "log1p": (_log1p_loop, np.log1p)}
 
 
 def _ulps(got, want):
@@ -44,7 +50,9 @@ def _ulps(got, want):
     ("tanh", -0.625, 0.625, 2), ("tanh", 0.6, 1.0, 2), ("tanh", -3.0, 3.0, 2),
     ("tanh", 3.0, 30.0, 2), ("tanh", 1e-9, 1e-3, 2),
     ("log", 0.5, 2.0, 1), ("log", 0.999, 1.001, 1), ("log", 1e-30, 1e30, 1),
-    ("log", 1e-300, 1e-290, 1), ("log", 1e290, 1e308, 1)])
+    ("log", 1e-300, 1e-290, 1), ("log", 1e290, 1e308, 1),
+    ("log1p", -0.5, 0.5, 2), ("log1p", -1e-9, 1e-9, 2), ("log1p", -1.0, -0.9, 2),
+    ("log1p", 0.0, 1e6, 2)])
 def test_within_a_few_ulps_of_numpy(name, lo, hi, bound, dtype):
     loop, ref = _LOOPS[name]
     rng = np.random.default_rng(7)
@@ -81,10 +89,12 @@ def test_edges_as_numpy():
             near = np.abs(got - want) <= np.spacing(np.abs(want))       # (1 ulp)
         assert np.all(same | near), (name, x[~(same | near)])
         exact = ~np.isfinite(x) | (x == 0)
-        if name != "log":
-            exact |= (np.abs(x) >= 709.8) | (np.abs(x) < 1e-300)
-        else:
+        if name == "log":
             exact |= (x < 0) | (x == 1)
+        elif name == "log1p":
+            exact |= (x <= -1) | (np.abs(x) < 1e-300)
+        else:
+            exact |= (np.abs(x) >= 709.8) | (np.abs(x) < 1e-300)
         assert np.array_equal(got[exact], want[exact], equal_nan=True), name
         numbers = ~np.isnan(want)                                   # (tanh(-0.0))
         assert np.array_equal(np.signbit(got[numbers]), np.signbit(want[numbers])), name
@@ -99,17 +109,19 @@ def test_a_fused_loop_calls_them_and_is_vectorised():
     x = np.linspace(-3.0, 3.0, 256)
 
     def f(x):
-        return np.tanh(x * 0.7 + 0.1) + np.exp(-x * x) + np.log(x * x + 1.0)
+        return (np.tanh(x * 0.7 + 0.1) + np.exp(-x * x) + np.log(x * x + 1.0)
+                + np.log1p(x * x))
     fn = gradc.jit(f, target="cpu")
     source = fn.source(x)
-    assert "_k.vtanh(" in source and "_k.vexp(" in source and "_k.vlog(" in source
+    names = ("tanh", "exp", "log", "log1p")
+    assert all(f"_k.v{name}(" in source for name in names)
     code = [line for line in source.split('"""')[-1].splitlines()
             if not line.lstrip().startswith("#")]
-    assert not any(f"np.{name}(" in line for line in code for name in ("tanh", "exp", "log"))
+    assert not any(f"np.{name}(" in line for line in code for name in names)
     np.testing.assert_allclose(fn(x), f(x), rtol=1e-15, atol=1e-15)
     llvm = fn.llvm(x)
     assert "x double>" in llvm         # (packed: <2 x double> or wider)
-    assert "@tanh" not in llvm and "@llvm.exp." not in llvm and "@llvm.log." not in llvm
+    assert not any(f"@{name}" in llvm for name in ("tanh", "llvm.exp.", "llvm.log.", "log1p"))
 
 
 def test_gradient_through_them_matches_the_interpreter():
@@ -118,7 +130,7 @@ def test_gradient_through_them_matches_the_interpreter():
 
     def loss(W, b, y):
         h = np.tanh(y @ W + b)
-        return np.sum(np.exp(-h * h) * h + np.log(h * h + 0.5))
+        return np.sum(np.exp(-h * h) * h + np.log(h * h + 0.5) + np.logaddexp(h, 0.3))
     want = gradc.grad(loss, argnums=(0, 1), target="numpy")(W, b, y)
     got = gradc.jit(gradc.grad(loss, argnums=(0, 1)), target="cpu")(W, b, y)
     for g, w in zip(got, want):

@@ -24,6 +24,7 @@ from .special import (digamma, erf, erfc, erfinv, gamma, lgamma,  # noqa: F401  
                       ndtri, polygamma)
 from .vecmath import exp as vexp  # noqa: F401  (_k.vexp ...: pysource.SCALAR_TEMPLATES)
 from .vecmath import log as vlog  # noqa: F401
+from .vecmath import log1p as vlog1p  # noqa: F401
 from .vecmath import tanh as vtanh  # noqa: F401
 
 

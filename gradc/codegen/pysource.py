@@ -117,15 +117,17 @@ _FLOAT_CHOICE = {"max": "({0} if ({0} > {1} or {0} != {0}) else {1})",
                  "min": "({0} if ({0} < {1} or {0} != {0}) else {1})"}
 
 
-# a float scalar's exp, log and tanh inside a loop: ``codegen.vecmath``'s, which vectorise
-SCALAR_TEMPLATES = {"exp": "_k.vexp({0})", "log": "_k.vlog({0})", "tanh": "_k.vtanh({0})"}
+# a float scalar's exp, log, log1p and tanh inside a loop: ``codegen.vecmath``'s, which
+# vectorise
+SCALAR_TEMPLATES = {"exp": "_k.vexp({0})", "log": "_k.vlog({0})", "log1p": "_k.vlog1p({0})",
+                    "tanh": "_k.vtanh({0})"}
 
 
 def eqn_template(eqn, scalar: bool = False) -> str:
     """``element_template`` of ``eqn``'s primitive and result; ``x ** 0.5`` as a square
     root, as NumPy's ``power`` computes a scalar exponent of 0.5 (``sqrt(-inf)`` is NaN
     and ``sqrt(-0.0)`` is -0.0, where ``pow`` gives inf and 0.0).  ``scalar``: the
-    operands are scalars (a loop's elements), where ``exp``, ``log`` and ``tanh`` of floats are
+    operands are scalars (a loop's elements), where ``SCALAR_TEMPLATES``' functions of floats are
     ``vecmath``'s, which vectorise, rather than libm's."""
     name, dtype = eqn.prim.name, eqn.outputs[0].dtype
     if name == "pow" and isinstance(eqn.inputs[1], Lit) and eqn.inputs[1].ndim == 0 \
