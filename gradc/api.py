@@ -1638,8 +1638,13 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
     flat, wrt, spec, res, out_tree, aux = _forward_pass(fun, primals, has_aux, target,
                                                         fastmath, "vjp")
     graph, info = spec.graph, spec.info
+    fast = []               # (the direct call, once the general path has compiled it)
 
     def vjp_fn(*ct):
+        if fast and len(ct) == 1:
+            c = ct[0]
+            if type(c) is np.ndarray and c.dtype == fast[1] and c.shape == fast[2]:
+                return fast[0](c)
         if len(ct) != 1:
             raise ArgumentError(with_location(
                 f"vjp_fn takes one cotangent, shaped like the output ({info['treedef']}; a "
@@ -1668,9 +1673,33 @@ def vjp(fun, *primals, has_aux=False, target=None, fastmath=False):
                 continue
             pyf, w = next(dyn)
             leaves.append(_to_user(next(in_cts), pyfloat=pyf) if w else None)
+        if not fast:
+            fast.extend(_vjp_direct(spec, flat, wrt, res, info))
         return tuple(pytree.unflatten(flat.treedef, leaves))
 
     return (out_tree, vjp_fn, aux) if has_aux else (out_tree, vjp_fn)
+
+
+def _vjp_direct(spec, flat, wrt, res, info) -> tuple:
+    """``(call, dtype, shape)``: ``vjp_fn``'s path for a NumPy array of the output's
+    dtype and shape, where the function has one floating-point output, every argument
+    is an array differentiated (``wrt``), the residuals are NumPy arrays and the
+    backward pass is compiled for the CPU with no scalar operands or results: the
+    compiled function called directly (8-10 µs a call less than the checks, the
+    Executable and the output conversions on the way); else ``()``."""
+    out = spec.graph.outputs[0]
+    exe = spec.backward.executable
+    td = flat.treedef
+    if (info["treedef"].kind != "leaf" or not is_float(out.dtype) or not all(wrt)
+            or any(flat.static) or any(flat.pyfloat)
+            or not all(type(r) is np.ndarray for r in res)
+            or not all(type(v) is np.ndarray for v in spec.backward.captured)
+            or exe.target not in ("cpu", "parallel") or exe._fallback
+            or any(exe._scalar) or exe._scalar_out
+            or td.kind != "list" or not all(c.kind == "leaf" for c in td.children)):
+        return ()
+    call, head, tail = exe.compiled.fast_callable(), list(res), list(spec.backward.captured)
+    return (lambda c: tuple(call(*head, c, *tail)), np.dtype(out.dtype), tuple(out.shape))
 
 
 def _zero_cotangent(c, out, name):
