@@ -1067,3 +1067,32 @@ def test_vjp_fn_takes_a_direct_path_with_the_general_paths_results(monkeypatch):
             back(np.ones(4))
         np.testing.assert_allclose(back(np.ones(5, np.int64))[1], gradc.vjp(   # (general:
             f, x, y, target="numpy")[1](np.ones(5))[1], rtol=1e-15)    # an int cotangent)
+
+
+def test_f_jvp_takes_a_direct_path_with_the_general_paths_results(monkeypatch):
+    """``linearize``'s ``f_jvp`` of NumPy tangents of the primals' dtypes and shapes calls
+    the compiled tangent map directly after its first call (10.9 against 1.5 µs a call
+    here), with fresh results, and the general path's errors otherwise."""
+    from gradc import api
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal(4), rng.standard_normal(4)
+    for f in (lambda x, y: np.tanh(x) * y, lambda x, y: x, lambda x, y: x * 0.0 + 3.0):
+        _, f_jvp = gradc.linearize(f, x, y, target="cpu")
+        tx, ty = rng.standard_normal(4), rng.standard_normal(4)
+        first = f_jvp(tx, ty)
+        monkeypatch.setattr(api.pytree, "flatten", lambda *a: (_ for _ in ()).throw(
+            AssertionError("the general path")))
+        second = f_jvp(tx, ty)
+        monkeypatch.undo()
+        want = gradc.linearize(f, x, y, target="numpy")[1](tx, ty)
+        np.testing.assert_allclose(second, want, rtol=1e-15, atol=0)
+        np.testing.assert_array_equal(first, second)
+        assert not any(np.shares_memory(second, a) for a in (tx, ty, first))
+        second[...] = 7.0
+        np.testing.assert_allclose(f_jvp(tx, ty), want, rtol=1e-15, atol=0)
+        with pytest.raises(gradc.TangentDTypeError):
+            f_jvp(tx.astype(np.float32), ty)
+        with pytest.raises(gradc.ArgumentError, match="shape"):
+            f_jvp(np.ones(3), ty)
+        with pytest.raises(gradc.ArgumentError):
+            f_jvp(tx)
