@@ -1133,7 +1133,7 @@ def _reads(fun, depth=4, seen=None) -> list:
         call = getattr(type(fun), "__call__", None)
         if not isinstance(call, types.FunctionType):
             return []
-        out = _contents(fun) + _class_reads(fun) + _reads(call, depth, seen)
+        out = _contents(fun) + _class_reads(fun, call.__code__) + _reads(call, depth, seen)
     else:
         out = [(c, None, c.cell_contents) for c in (fun.__closure__ or ()) if _cell_filled(c)]
         glob = getattr(fun, "__globals__", {})
@@ -1150,7 +1150,7 @@ def _reads(fun, depth=4, seen=None) -> list:
         out += [(defaults, i, v) for i, v in enumerate(defaults)]
         out += [(kw, k, v) for kw in [fun.__kwdefaults__ or {}] for k, v in kw.items()]
         if getattr(fun, "__self__", None) is not None:   # (a bound method)
-            out += _contents(fun.__self__) + _class_reads(fun.__self__)
+            out += _contents(fun.__self__) + _class_reads(fun.__self__, fun.__code__)
     return _within(out, depth, seen)
 
 
@@ -1192,19 +1192,25 @@ def _contents(v) -> list:
     return [] if len(attrs) > MAX_ITEMS else [(attrs, k, x) for k, x in attrs.items()]
 
 
-def _class_reads(obj) -> list:
-    """The attributes of the user's classes of ``obj`` (not a library's, nor ``object``),
-    as reads: methods, which ``_within`` follows to what they read (``self.act`` reading
-    a global), and class-level values (``Model.scale``); names of the form ``__x__``
-    are Python's."""
-    out = []
-    for cls in type(obj).__mro__:
-        if cls is object or _is_library(cls):
+def _class_reads(obj, code) -> list:
+    """The attributes of the user's classes of ``obj`` (not a library's, nor ``object``)
+    that ``code`` (a method's) names, and those that the methods among them name, as
+    reads: methods, which ``_within`` follows to what they read (``self.act`` reading a
+    global), and class-level values (``Model.scale``)."""
+    classes = [vars(c) for c in type(obj).__mro__ if c is not object and not _is_library(c)]
+    out, names, done = [], list(code.co_names), set()
+    while names:
+        name = names.pop()
+        if name in done:
             continue
-        attrs = vars(cls)
-        if len(attrs) <= MAX_ITEMS:
-            out += [(attrs, k, v) for k, v in attrs.items()
-                    if not (k.startswith("__") and k.endswith("__"))]
+        done.add(name)
+        for attrs in classes:
+            if name in attrs:
+                v = attrs[name]
+                out.append((attrs, name, v))
+                f = v.fget if isinstance(v, property) else getattr(v, "__func__", v)
+                names.extend(getattr(getattr(f, "__code__", None), "co_names", ()))
+                break
     return out
 
 
