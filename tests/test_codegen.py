@@ -692,3 +692,35 @@ def test_mlp_and_conv_gradients_with_merged_object_mode_blocks():
         got, want = g(*args), gradc.grad(f, argnums=(0, 1), target="numpy")(*args)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_loop_helpers_are_compiled_once_for_integer_and_bool_carries():
+    """A loop's counter starting at 0, or a flag starting True, was passed to its body and
+    condition as a literal first and as a variable after: Numba compiled those helpers
+    twice each (six of the neural ODE gradient's, ~1 s of a 5 s first call).  Integer and
+    bool constants passed to helpers are typed values now (``control._typed``)."""
+    import sys
+
+    def f(x):
+        def cond(c):
+            return (c[1] < 5) & c[2]
+
+        def body(c):
+            y, i, go = c
+            y = np.tanh(y) + 0.1 * x
+            return y, i + 1, np.sum(y) < 100.0
+        y, _, _ = gradc.while_loop(cond, body, (x, 0, True))
+
+        def step(carry, t):
+            z, k = carry
+            return (z * 0.9 + t, k + 1), z
+        (z, _), _ = gradc.scan(step, (y, 0), np.linspace(0.0, 1.0, 3))
+        return np.sum(z ** 2)
+    x = np.linspace(-1.0, 1.0, 4)
+    g = gradc.jit(f, target="cpu")
+    np.testing.assert_allclose(g(x), gradc.jit(f, target="numpy")(x), rtol=1e-14)
+    module = sys.modules[f"gradc_generated_{g.compile(x).key}"]
+    helpers = [v for k, v in vars(module).items() if k.startswith("_h")
+               and hasattr(v, "signatures")]
+    assert helpers and all(len(h.signatures) == 1 for h in helpers), \
+        [(h.py_func.__name__, h.signatures) for h in helpers if len(h.signatures) != 1]

@@ -19,6 +19,8 @@ becomes a Python ``for``/``while``/``if`` in the calling function that calls it.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..ir import Graph
@@ -57,7 +59,20 @@ def _zero(v) -> str:
 
 
 def _call(fn, args, consts) -> str:
-    return f"{fn}({', '.join(list(args) + list(consts))})"
+    return f"{fn}({', '.join([_typed(x) for x in args] + list(consts))})"
+
+
+_INT_LITERAL = re.compile(r"^\(?-?\d+\)?$")
+
+
+def _typed(value: str) -> str:
+    """An integer or bool constant (``0``, ``True``) as ``np.int64(0)``, ``np.bool_(True)``:
+    Numba types a bare one as a literal, and a helper called with a literal and then
+    with a variable (a loop's counter starting at 0) is compiled twice (six of the ODE
+    gradient's helpers were: ~1 s of its 5 s first call)."""
+    if _INT_LITERAL.match(value):
+        return f"np.int64({value})"
+    return f"np.bool_({value})" if value in ("True", "False") else value
 
 
 def _unpack(names) -> str:
@@ -77,7 +92,7 @@ def _scan(ctx, eqn, a, outs):
     t = ctx.temp()
     # the carries the body updates in place start in buffers of their own
     free = ctx.inplace.free_inits.get(id(eqn), ())
-    lines = [f"{kk} = {c}.copy()" if j in mutated and j not in free else f"{kk} = {c}"
+    lines = [f"{kk} = {c}.copy()" if j in mutated and j not in free else f"{kk} = {_typed(c)}"
              for j, (kk, c) in enumerate(zip(k, carry))]
     # (the stacked ys, a tape in reverse mode, come from the caller's pool of large
     # buffers: a fresh 16 MB array costs ~1 ms of page faults at each call)
@@ -125,7 +140,7 @@ def _while(ctx, eqn, a, outs):
     k = [ctx.temp() for _ in carry]
     # the carries the body updates in place start in buffers of their own
     free = ctx.inplace.free_inits.get(id(eqn), ())
-    init = [f"{c}.copy()" if j in mutated and j not in free else c
+    init = [f"{c}.copy()" if j in mutated and j not in free else _typed(c)
             for j, c in enumerate(carry)]
     return ([f"{kk} = {c}" for kk, c in zip(k, init)]
             + [f"while {_call(c_fn, cc + k, c_extra)}[0]:",
@@ -148,7 +163,7 @@ def _while_tangent(ctx, eqn, a, outs):
     tbc, tcarry = a[n_body + n_carry + 1:][:sum(lin)], a[n_body + n_carry + 1 + sum(lin):]
     k = [ctx.temp() for _ in carry]
     tk = [ctx.temp() for _ in tcarry]
-    return ([f"{kk} = {c}" for kk, c in zip(k + tk, carry + tcarry)]
+    return ([f"{kk} = {_typed(c)}" for kk, c in zip(k + tk, carry + tcarry)]
             + [f"for _ in range({steps}):",
                f"    {_unpack(k + tk)} = {_call(fn, bc + tbc + k + tk, extra)}"]
             + [f"{o} = {kk}" for o, kk in zip(outs, tk)])
@@ -283,7 +298,7 @@ def _adjoint(ctx, body, step, n_body, lin, every, a):
             lines.append(f"{acc[-1]} = {_zero(v)}")
     k = [ctx.temp() for _ in carry]
     tape = [ctx.temp() for _ in carry]
-    lines += [f"{kk} = {c}" for kk, c in zip(k, carry)]
+    lines += [f"{kk} = {_typed(c)}" for kk, c in zip(k, carry)]
     i, r = ctx.temp(), ctx.temp()
     step_k = f"    {_unpack(k)} = {_call(b_fn, bc + k, b_extra)}"
 
