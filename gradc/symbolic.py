@@ -13,8 +13,9 @@ How each primitive maps: the elementwise ones to SymPy functions (``expm1(x)`` i
 ``exp(x) - 1``, ``max`` is ``Max``, ``select`` a ``Piecewise``); structural ones
 (reshape, transpose, slices, pads, concatenation, broadcasts, static indexing, sums,
 ``einsum``) run their NumPy implementation on object arrays of expressions; ``solve``
-and ``det`` use SymPy's matrices; a ``scan`` is unrolled, and so is a ``while_loop`` or
-``cond`` whose condition is decided by the numbers alone.  A primitive with no closed
+and ``det`` use SymPy's matrices; a ``scan`` is unrolled, and so is a ``while_loop``
+whose condition reads no value of the inputs' symbols, or a ``cond`` whose condition
+is decided.  A primitive with no closed
 form (a decomposition, a solver's iterations whose count depends on the inputs) raises
 ``UnsupportedError`` naming it.  Literal floats become exact rationals of their decimal
 form (``0.1`` is ``1/10``), except the floats of a few constants (``π``, ``e``,
@@ -204,6 +205,15 @@ def _truth(v):
     return None
 
 
+def _has_symbols(values) -> bool:
+    """Whether any of ``values`` (expressions, or object arrays of them) has a symbol."""
+    for v in values:
+        for e in (v.flat if isinstance(v, np.ndarray) else (v,)):
+            if getattr(e, "free_symbols", None):
+                return True
+    return False
+
+
 def _apply(eqn, ins):
     name = eqn.prim.name
     p = eqn.params
@@ -290,8 +300,13 @@ def _while(eqn, ins):
     n_cond, n_body = p["n_cond"], p["n_body"]
     cond, body = p["branches"]
     cc, bc, carry = ins[:n_cond], ins[n_cond:n_cond + n_body], list(ins[n_cond + n_body:])
+    read = {id(x) for e in cond.eqns for x in e.inputs} | {id(x) for x in cond.outputs}
     for _ in range(MAX_STEPS):
-        go = _truth(evaluate(cond, cc + carry)[0])
+        # (a condition reading a value of the inputs' symbols: even where SymPy decides
+        # it, under the symbols' assumptions, the trip count is theirs: an adaptive
+        # solver's steps unrolled symbolically grew without end)
+        go = None if _has_symbols([v for x, v in zip(cond.inputs, cc + carry)
+                                   if id(x) in read]) else _truth(evaluate(cond, cc + carry)[0])
         if go is None:
             raise UnsupportedError(with_location(
                 "to_sympy: a while_loop whose condition depends on the inputs has no closed "

@@ -113,6 +113,20 @@ def test_to_sympy_unrolls_static_loops_and_refuses_data_dependent_ones():
                                 lambda s: 0.5 * (s + x / s), x)
     with pytest.raises(UnsupportedError, match="while_loop whose condition depends"):
         gradc.to_sympy(newton)(2.0)
+
+    # (QA: a condition SymPy decides under the symbols' assumptions, x**2 + 1 > 0 for a
+    # real x, unrolled the loop symbolically without end; odeint's steps hung to_sympy
+    # and check)
+    def decided(x):
+        return gradc.while_loop(lambda s: (s[0] * s[0] + 1.0 > 0.0) & (s[1] < 50),
+                                lambda s: (s[0] * 0.5 + x, s[1] + 1), (x, 0))[0]
+    with pytest.raises(UnsupportedError, match="while_loop whose condition depends"):
+        gradc.to_sympy(decided)(2.0)
+
+    def ode(x):
+        return np.sum(gradc.odeint(lambda y, t: -y * x, np.ones(2), np.array([0.0, 1.0]))[-1])
+    with pytest.raises(UnsupportedError, match="while_loop whose condition depends"):
+        gradc.to_sympy(ode)(np.array([0.1, 1.0]))
     with pytest.raises(ArgumentError, match="to_sympy"):
         gradc.to_sympy(lambda x: np.sum(x))(np.ones(5000))
 
