@@ -23,7 +23,7 @@ import numpy as np
 from .errors import ArgumentError, check_function, user_location, with_location
 from .interpret import eval_graph
 from .ir import Graph
-from .lib.solvers import UserSolve, as_method
+from .lib.solvers import UserSolve, as_method, solved_check
 from .prims.implicit import ConvergenceWarning, PyCallback, linear_solve_p, report, root_p
 from .prims.loops import while_loop
 from .pytree import flatten, unflatten
@@ -181,7 +181,16 @@ def custom_root(f, initial_guess, solve, tangent_solve):
     check_function(f, "custom_root: f(y)", 1)
     check_function(solve, "custom_root: solve(f, initial_guess)", 2)
     check_function(tangent_solve, "custom_root: tangent_solve(g, y)", 2)
-    return _root("custom_root", lambda y0: solve(f, y0), lambda y: f(y),
+    def solved(y0):
+        y = solve(f, y0)
+        # (a root is where |f(y)| is within √eps of f's own scale there, |f'(y)·d| with
+        # d = y, or 1 where y is 0, by a central difference: as implicit_diff checks)
+        d = np.where(y != 0, y, np.ones_like(y))
+        h = np.finfo(dtype_of(y)).eps ** (1 / 3)
+        solved_check(f(y), (f(y + h * d) - f(y - h * d)) / (2 * h),
+                     "custom_root: solve(f, initial_guess)")
+        return y
+    return _root("custom_root", solved, lambda y: f(y),
                  initial_guess, [], UserSolve(tangent_solve), aval)
 
 

@@ -314,6 +314,43 @@ def test_custom_root_newton_sqrt():
         assert abs(gradc.grad(gradc.grad(sqrt))(np.float64(a)) + 0.25 * a ** -1.5) < 1e-10
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_a_user_solve_that_does_not_solve_is_warned_of(target):
+    """(QA) custom_root's solve stopping after one Newton step gave y = 5 for sqrt(9) and
+    dy/da = 0.1, and a linear_solve solve function returning b / 2 gave its x, silently;
+    a wrong tangent_solve gave a wrong derivative.  Each is now a ConvergenceWarning at
+    run time naming the user's line; a solve that converges gives none."""
+    import warnings
+
+    def sqrt(a, steps, tangent=lambda g, v: v / g(np.ones_like(v))):
+        def newton(f, y0):
+            return gradc.fori_loop(0, steps, lambda i, y: y - f(y) / (2 * y), y0)
+        return gradc.custom_root(lambda y: y * y - a, np.ones_like(a), newton, tangent)
+    a = np.array([9.0, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(gradc.jit(lambda a: sqrt(a, 40), target=target)(a),
+                                   np.sqrt(a), rtol=1e-14)
+        np.testing.assert_allclose(gradc.grad(lambda a: np.sum(sqrt(a, 40)), target=target)(a),
+                                   0.5 / np.sqrt(a), rtol=1e-12)
+    with pytest.warns(gradc.ConvergenceWarning, match="custom_root: solve.*does not solve"
+                      ) as caught:
+        gradc.jit(lambda a: sqrt(a, 1), target=target)(a)
+    assert all(w.filename == __file__ for w in caught)
+    with pytest.warns(gradc.ConvergenceWarning, match="does not solve matvec"):
+        gradc.grad(lambda a: np.sum(sqrt(a, 40, lambda g, v: v)), target=target)(a)
+
+    A, b = np.array([[4.0, 1.0], [0.5, 3.0]]), np.array([1.0, 2.0])
+    with pytest.warns(gradc.ConvergenceWarning, match="solve function.*does not solve"):
+        gradc.jit(lambda b: gradc.linear_solve(lambda v: A @ v, b, solve=lambda mv, c: c / 2),
+                  target=target)(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = gradc.jit(lambda b: gradc.linear_solve(
+            lambda v: A @ v, b, solve=lambda mv, c: np.linalg.solve(A, c)), target=target)(b)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-14)
+
+
 def ridge_problem(rng, n=5, m=20):
     X, y = rng.standard_normal((m, n)), rng.standard_normal(m)
     return X, y

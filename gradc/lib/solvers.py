@@ -82,10 +82,22 @@ class UserSolve:
         self.fn, self.symmetric = fn, bool(symmetric)
 
     def __call__(self, matvec, b):
-        return self.fn(matvec, b)
+        x = self.fn(matvec, b)
+        solved_check(matvec(x) - b, b, f"linear_solve: the solve function {self}")
+        return x
 
     def __str__(self):
         return f"python:{getattr(self.fn, '__qualname__', type(self.fn).__name__)}"
+
+
+def solved_check(residual, scale, what: str) -> None:
+    """A warning at run time (``report``) unless ``|residual|`` is within √eps of
+    ``|scale|``: a user's solve whose result does not solve its equation (one Newton step,
+    a wrong formula) would otherwise give derivatives silently taken as if it did."""
+    r, s = np.ravel(residual), np.ravel(scale)
+    eps = np.finfo(r.dtype if r.dtype.kind == "f" else np.float64).eps
+    rn, sn = np.sqrt(np.dot(r, r)), np.sqrt(np.dot(s, s))
+    report(rn <= np.sqrt(eps) * sn, rn / np.maximum(sn, np.finfo(rn.dtype).tiny), what=what)
 
 
 def as_method(solve, tol=1e-10, maxiter=None, ridge=0.0, symmetric=False):

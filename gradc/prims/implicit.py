@@ -230,6 +230,14 @@ def warn_unconverged(what: str, where, residual) -> None:
             "there on are not the solution. Raise mxstep, loosen rtol and atol, or "
             "check func near that time", where)), where)
         return
+    if what.startswith(("custom_root", "linear_solve: the solve function")):
+        equation = "f(y) = 0" if what.startswith("custom_root") else "matvec(x) = b"
+        warn_at(ConvergenceWarning(with_location(
+            f"gradc: {what} returned a point that does not solve {equation} (residual "
+            f"{residual:.3g} relative to its scale, above sqrt(eps)): derivatives are "
+            "taken there as if it did, so they are those of another point. Check that "
+            "the solve converges", where)), where)
+        return
     if not np.isfinite(residual) and what.startswith("fixed_point"):
         raise EvaluationError(with_location(
             f"{what.split(' after ')[0]} diverged: the iterates x = f(x, ...) overflowed "
