@@ -128,9 +128,27 @@ def linear_solve(matvec, b, solve=None, transpose_solve=None, symmetric=False, *
                                                           ridge)
     graph, captured = _traced(matvec, [aval], "linear_solve: matvec")
     _check_linear(graph)
+    if symmetric:
+        _check_symmetric(matvec, aval)
     mv = Graph(tuple(graph.inputs[1:]) + (graph.inputs[0],), graph.eqns, graph.outputs)
     return linear_solve_p.bind(*captured, _as_array(b, aval[1]), matvec=mv, solve=method,
                                transpose_solve=back, symmetric=bool(symmetric))
+
+
+def _check_symmetric(matvec, aval) -> None:
+    """A warning at run time (``report``) unless ``uᵀ A v = vᵀ A u`` to √eps for two fixed
+    random vectors: with ``symmetric=True`` the derivative's transposed solve is a solve
+    with ``A`` itself, so a matvec that is not symmetric would give that of ``Aᵀ``'s
+    system, silently (two matvecs more a solve)."""
+    rng = np.random.default_rng(20261207)
+    u, v = (rng.standard_normal(aval[0]).astype(aval[1]) for _ in range(2))
+    au, av = np.ravel(matvec(u)), np.ravel(matvec(v))
+    u, v = np.ravel(u), np.ravel(v)
+    gap = np.abs(np.dot(u, av) - np.dot(v, au))
+    scale = np.linalg.norm(u) * np.linalg.norm(av) + np.linalg.norm(v) * np.linalg.norm(au)
+    eps = np.finfo(aval[1]).eps
+    report(gap <= np.sqrt(eps) * scale, gap / np.maximum(scale, np.finfo(aval[1]).tiny),
+           what="linear_solve(symmetric=True): matvec")
 
 
 def _check_linear(graph: Graph) -> None:

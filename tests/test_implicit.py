@@ -351,6 +351,27 @@ def test_a_user_solve_that_does_not_solve_is_warned_of(target):
     np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-14)
 
 
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_symmetric_true_with_a_matvec_that_is_not_is_warned_of(target):
+    """(QA) symmetric=True with a non-symmetric matvec solved right and gave the gradient
+    of Aᵀ's system, silently: a ConvergenceWarning now; a symmetric one gives none."""
+    import warnings
+    A = np.array([[4.0, 1.5, 0.0], [0.2, 3.0, 0.7], [0.0, 0.1, 5.0]])
+    b = np.array([1.0, 2.0, 3.0])
+
+    def loss(A, b):
+        return np.sum(np.sin(gradc.linear_solve(lambda v: A @ v, b, symmetric=True,
+                                                solve="gmres")))
+    with pytest.warns(gradc.ConvergenceWarning, match="matvec is not symmetric"):
+        gradc.grad(loss, argnums=1, target=target)(A, b)
+    S = A + A.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = gradc.grad(loss, argnums=1, target=target)(S, b)
+    want = gradc.grad(lambda b: np.sum(np.sin(np.linalg.solve(S, b))), target="numpy")(b)
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
 def ridge_problem(rng, n=5, m=20):
     X, y = rng.standard_normal((m, n)), rng.standard_normal(m)
     return X, y

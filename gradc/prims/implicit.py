@@ -230,6 +230,13 @@ def warn_unconverged(what: str, where, residual) -> None:
             "there on are not the solution. Raise mxstep, loosen rtol and atol, or "
             "check func near that time", where)), where)
         return
+    if what.startswith("linear_solve(symmetric=True)"):
+        warn_at(ConvergenceWarning(with_location(
+            f"gradc: {what} is not symmetric (|u'Av - v'Au| is {residual:.3g} of its "
+            "scale for random u, v): with symmetric=True the derivative solves with A "
+            "where it needs A transposed, so it would be that of another system; pass "
+            "symmetric=False", where)), where)
+        return
     if what.startswith(("custom_root", "linear_solve: the solve function")):
         equation = "f(y) = 0" if what.startswith("custom_root") else "matvec(x) = b"
         warn_at(ConvergenceWarning(with_location(
