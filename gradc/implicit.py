@@ -51,7 +51,15 @@ def _as_array(x, dtype):
 def _traced(fn, avals, what):
     """``fn`` traced as a Graph of its own inputs then the outer values it reads
     (``captured``); its single output checked against ``avals[0]``."""
-    graph, _, captured = trace_graph(lambda *xs: [fn(*xs)], avals)
+    def one(*xs):
+        y = fn(*xs)
+        if isinstance(y, (tuple, list, dict)):    # (else a TracerLeakError, from NumPy's
+            shape, dtype = avals[0]               # conversion of the container)
+            raise ArgumentError(with_location(
+                f"{what} returns a {type(y).__name__}; it must return one array of "
+                f"{shape} {dtype}, like its argument"))
+        return [y]
+    graph, _, captured = trace_graph(one, avals)
     out = graph.outputs[0]
     if (tuple(out.shape), np.dtype(out.dtype)) != tuple(avals[0]):
         shape, dtype = avals[0]
@@ -308,6 +316,9 @@ def fixed_point(f, x0, *params, tol=1e-10, maxiter=1000, solve="bicgstab", impli
     iterations themselves (reverse mode stores every step: for comparison)."""
     aval = _aval(x0, "fixed_point: x0")
     check_function(f, "fixed_point: f(x, *params)", (x0,) + tuple(params))
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ArgumentError(with_location(
+            f"fixed_point: maxiter is the most iterations, an int >= 1; got {maxiter!r}"))
     leaves, tree = flatten(list(params))
     leaves = [p if is_tracer(p) else np.asarray(p) for p in leaves]
     # (f keeps x's shape and dtype: said of f, not of the loop or x - f(x) made of it)

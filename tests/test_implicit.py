@@ -550,6 +550,22 @@ def test_qp_with_a_constraint_at_its_boundary_and_no_force(target):
 def test_argmin_bad_constraints():
     with pytest.raises(ArgumentError, match="'eq'.*'ineq'"):
         gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints=dict(le=None))
+    # (QA: Python's TypeErrors from inside the solver, no line)
+    with pytest.raises(ArgumentError, match=r"constraints\['eq'\] must be a function") as e:
+        gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints={"eq": 3})
+    assert __file__ in str(e.value)
+    with pytest.raises(ArgumentError, match="constraints must be a dict.*got a list"):
+        gradc.argmin(lambda x: np.sum(x ** 2), np.ones(2), constraints=[lambda x: x])
+
+
+def test_fixed_point_bad_function_and_maxiter():
+    """(QA) f returning a tuple was a TracerLeakError ("escaped its trace"); maxiter=0
+    said the iteration diverged."""
+    with pytest.raises(ArgumentError, match="returns a tuple; it must return one array"):
+        gradc.fixed_point(lambda x: (x, x), np.zeros(2))
+    for bad in (0, -1, 2.5, None):
+        with pytest.raises(ArgumentError, match="maxiter is the most iterations"):
+            gradc.fixed_point(np.cos, np.zeros(2), maxiter=bad)
 
 
 # ---------------------------------------------------------------- decompositions

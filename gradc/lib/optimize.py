@@ -30,9 +30,33 @@ from ..trace import is_tracer, report_location
 from .solvers import as_method, reachable
 
 
+def _check_constraints(constraints) -> None:
+    """An ``ArgumentError`` naming the user's line unless ``constraints`` is None or a
+    dict of 'eq' and 'ineq' functions (a list, or a number in place of a function, gave
+    Python's TypeError from inside the solver)."""
+    form = ("constraints={'eq': h, 'ineq': g}, functions with h(x, *params) = 0 and "
+            "g(x, *params) <= 0 at the solution (either may be left out)")
+    if constraints is None:
+        return
+    if not isinstance(constraints, dict):
+        raise ArgumentError(with_location(
+            f"argmin: constraints must be a dict, {form}; got a {type(constraints).__name__}"))
+    unknown = set(constraints) - {"eq", "ineq"}
+    if unknown:
+        raise ArgumentError(with_location(
+            f"argmin: constraints takes 'eq' (h(x, *params) = 0) and 'ineq' "
+            f"(g(x, *params) <= 0), not {sorted(unknown)}"))
+    for key, fn in constraints.items():
+        if fn is not None and not callable(fn):
+            raise ArgumentError(with_location(
+                f"argmin: constraints[{key!r}] must be a function of (x, *params), {form}; "
+                f"got {type(fn).__name__} {fn!r}"[:400]))
+
+
 def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, root):
     from ..implicit import _aval
     aval = _aval(x0, "argmin: x0")
+    _check_constraints(constraints)
     shape, size = aval[0], int(np.prod(aval[0], dtype=np.int64))
     if shape != (size,):    # (a scalar, a matrix: solved as a vector, given back its shape)
         def shaped(fn):
@@ -55,11 +79,6 @@ def minimize(objective, x0, params, constraints, tol, maxiter, solve, ridge, roo
             f"argmin: the objective must return a scalar, got shape {out} (sum it, or "
             "give the constraints as constraints={'eq': ..., 'ineq': ...})"))
     constraints = dict(constraints or {})
-    unknown = set(constraints) - {"eq", "ineq"}
-    if unknown:
-        raise ArgumentError(with_location(
-            f"argmin: constraints takes 'eq' (h(x, *params) = 0) and 'ineq' "
-            f"(g(x, *params) <= 0), not {sorted(unknown)}"))
     eq, ineq = constraints.get("eq"), constraints.get("ineq")
     leaves, tree, objective, eq, ineq = _reads_as_params(aval, leaves, tree, objective, eq,
                                                          ineq)
