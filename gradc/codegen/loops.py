@@ -25,7 +25,7 @@ from ..ir import Lit
 from ..passes.indexmap import Affine as _Affine
 from ..passes.indexmap import operand_indices, pad_window
 from .pysource import TEMPLATES as ELEMENT_TEMPLATES   # NumPy's ufuncs work on scalars too
-from .pysource import dtype_expr, eqn_template, narrow, scalar_literal
+from .pysource import SCALAR_TEMPLATES, dtype_expr, eqn_template, narrow, scalar_literal
 
 _DEEP = 64        # value() nesting past which operands are emitted iteratively first
 _IDENTITY = {"sum": 0, "prod": 1, "max": -np.inf, "min": np.inf}
@@ -46,6 +46,7 @@ class _Emitter:
         self.unsigned: set = set()    # loop variables whose indices are cast to uint64
         self.nesting = 0              # compute() calls in progress (see operands_first)
         self.fixed: set = set()       # locals this emitter sets once (not accumulators)
+        self.vector_math = True       # exp, log, ... as vecmath's (``VECMATH_CALLS``)
 
     # -------------------------------------------------------- bookkeeping
 
@@ -163,7 +164,7 @@ class _Emitter:
         if name == "convert_element_type":
             dtype = np.dtype(p["dtype"])
             return f"({args[0]} != 0)" if dtype == np.bool_ else f"{dtype_expr(dtype)}({args[0]})"
-        return eqn_template(eqn, scalar=True).format(*args)
+        return eqn_template(eqn, scalar=self.vector_math).format(*args)
 
     def sides(self, cond, idx):
         """Where ``cond`` at ``idx`` is a window test (a selection's: ``i0 < m``, see
@@ -430,6 +431,12 @@ def _on_pool(eqn) -> bool:
             and not any(_reduction_kind(e) for e in eqn.params["body"].eqns))
 
 
+# vecmath's functions a nest's code may hold: each is ~50 LLVM instructions where libm's
+# is one call, and an unrolled chain of 100 tanh (8 elements) took 1.8 s to compile
+# against 1.3 s; beyond this many a nest calls libm's
+VECMATH_CALLS = 32
+
+
 def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     body = eqn.params["body"]
     domain = tuple(eqn.params["domain"])
@@ -481,8 +488,10 @@ def _loop_nest(ctx, eqn, names, comments, parallel, used, pooled=False) -> list:
     blocks = {r: f"{names[r]}_blk" for r, (kind, e) in reductions.items()
               if _widened(kind, r) and last in e.params["axes"]}
     shared = set()
+    calls = len(pieces) * sum(e.prim.name in SCALAR_TEMPLATES for e in body.eqns)
     for ranges in pieces:
         em = _Emitter(ctx, names, producer, comments)
+        em.vector_math = calls <= VECMATH_CALLS
         em.used_consts = used
         em.commented = shared
         chunked = can_prange and _worth_threads(ranges)
