@@ -282,8 +282,14 @@ class JacobianPlan:
 
     def draw(self, path=None, ax=None):
         """A picture of the chain (one box per stage, sized by its cost) with the chosen
-        bracketing drawn as nested spans below it (matplotlib)."""
-        import matplotlib
+        bracketing drawn as nested spans below it (matplotlib: the ``draw`` extra)."""
+        try:
+            import matplotlib
+        except ImportError:
+            from .errors import UnsupportedError, with_location
+            raise UnsupportedError(with_location(
+                "JacobianPlan.draw needs matplotlib (pip install 'gradc[draw]'); "
+                "print(plan) shows the same plan as text")) from None
         if ax is None and path is not None:
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt

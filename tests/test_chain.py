@@ -212,6 +212,21 @@ def test_plan_draws_a_picture(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plan_draw_without_matplotlib_names_what_it_needs(monkeypatch):
+    """(QA) a bare ModuleNotFoundError from inside gradc before."""
+    import builtins
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args, **kwargs)
+    plan = gradc.jacobian_plan(hourglass)(RNG.standard_normal(9))
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(gradc.UnsupportedError, match=r"needs matplotlib.*gradc\[draw\]"):
+        plan.draw("plan.svg")
+
+
 def test_the_example_runs():
     import runpy
     module = runpy.run_path(str(__import__("pathlib").Path(__file__).parent.parent

@@ -258,6 +258,23 @@ def test_random_einsums_with_repeated_and_broadcast_indices_as_numpy():
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_pad_with_a_traced_constant(target):
+    """(QA) a learned padding value, ``constant_values=x[3]``, was a ConcretizationError
+    blaming the user's code; it is a select, differentiated in the value too."""
+    def f(x):
+        return np.sum(np.pad(x[:3], 2, constant_values=x[3]) ** 2)
+    x = np.arange(1.0, 5.0)
+    assert gradc.jit(f, target=target)(x) == f(x) == 78.0
+    np.testing.assert_allclose(gradc.grad(f, target=target)(x), [2.0, 4.0, 6.0, 32.0])
+
+    def g(x):                       # (a float64 value into a float32 array: cast, as NumPy)
+        return np.pad(x[:3].astype(np.float32), (1, 2), constant_values=x[3] / 3)
+    got = gradc.jit(g, target=target)(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, g(x))
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
 def test_pad_modes_of_any_width_as_numpy(target):
     """``np.pad``'s copying modes at widths up to three times the axis (wider than the
     axis was refused for wrap and reflect, and symmetric was missing): values as

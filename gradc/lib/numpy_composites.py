@@ -86,9 +86,11 @@ def pad(array, pad_width, mode="constant", **kwargs):
         window = tuple((int(lo), int(lo + d), 1) for d, (lo, _) in zip(shape_of(x), widths))
         (x,) = promote(x)
         padded = ops.pad(x, shape, window)
-        if value != 0:
+        traced = isinstance(value, Tracer)      # (a learned padding value: a select)
+        if traced or value != 0:
             inside = ops.pad(np.ones(shape_of(x), bool), shape, window)
-            padded = ops.select(inside, padded, np.asarray(value, dtype_of(x)))
+            fill = astype(value, dtype_of(x)) if traced else np.asarray(value, dtype_of(x))
+            padded = ops.select(inside, padded, fill)
         return padded
     if kwargs:
         raise UnsupportedError(with_location(f"np.pad: arguments {sorted(kwargs)}"))
