@@ -1219,19 +1219,22 @@ def _is_library_module(module) -> bool:
     package's), whose attributes are not the user's state."""
     import sys
     root = (getattr(module, "__name__", None) or "").split(".")[0]
-    return (_is_library(module) or root in _LIBRARIES or root in sys.stdlib_module_names
+    return (root in _LIBRARY_MODULES or root in sys.stdlib_module_names
             or "site-packages" in (getattr(module, "__file__", None) or ""))
 
 
-_LIBRARIES = ("numpy", "gradc", "numba", "builtins", "functools", "collections", "cupy",
-              "torch", "jax", "sympy", "networkx", "scipy")
+# packages whose objects' state is not the user's model (SciPy's objects, an
+# interpolator's data, are read), and those whose modules' attributes are not either
+_LIBRARY_TYPES = ("numpy", "gradc", "numba", "builtins", "functools", "collections",
+                  "cupy", "torch", "jax", "sympy", "networkx")
+_LIBRARY_MODULES = _LIBRARY_TYPES + ("scipy",)
 
 
 def _is_library(t) -> bool:
     """Whether ``t`` is NumPy's, gradc's, Numba's or the standard library's (objects
     whose state is not the user's model)."""
     root = (getattr(t, "__module__", None) or "").split(".")[0]
-    return root in _LIBRARIES[:-1]
+    return root in _LIBRARY_TYPES
 
 
 def _read_now(holder, name):
