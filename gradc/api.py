@@ -1139,13 +1139,12 @@ def _reads(fun, depth=4, seen=None) -> list:
         glob = getattr(fun, "__globals__", {})
         if _is_gradc(glob):     # gradc's own globals are code, not user state
             return _within(out, depth, seen)
-        attributes = _module_attributes(fun.__code__)
-        for n in _global_names(fun.__code__):
+        for n, loaded in _global_names(fun.__code__):
             v = glob.get(n, _MISSING)
             out.append((glob, n, v))
             if isinstance(v, types.ModuleType) and not _is_library_module(v):
                 attrs = vars(v)           # (``config.SCALE``: the attributes the code loads)
-                out += [(attrs, a, attrs.get(a, _MISSING)) for a in attributes.get(n, ())]
+                out += [(attrs, a, attrs.get(a, _MISSING)) for a in loaded]
         defaults = fun.__defaults__ or ()
         out += [(defaults, i, v) for i, v in enumerate(defaults)]
         out += [(kw, k, v) for kw in [fun.__kwdefaults__ or {}] for k, v in kw.items()]
@@ -1259,33 +1258,23 @@ def _is_gradc(glob) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _global_names(code) -> tuple:
     """The global names ``code`` loads (``LOAD_GLOBAL``: not attribute names such as the
-    ``sin`` of ``np.sin``), with those of the lambdas and comprehensions defined inside."""
-    import dis
-    names = {i.argval for i in dis.get_instructions(code)
-             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-    for const in code.co_consts:
-        if hasattr(const, "co_code"):
-            names.update(_global_names(const))
-    return tuple(sorted(names))
-
-
-@functools.lru_cache(maxsize=1024)
-def _module_attributes(code) -> dict:
-    """The attribute names ``code`` loads from each global name (``config.SCALE``:
-    ``{"config": ("SCALE",)}``), with those of the lambdas and comprehensions defined
-    inside; ``_reads`` reads them where the global is a user's module."""
+    ``sin`` of ``np.sin``), each with the attribute names loaded right after it
+    (``config.SCALE``: ``("config", ("SCALE",))``; ``_reads`` reads those where the
+    global is a user's module), with those of the lambdas and comprehensions inside."""
     import dis
     found: dict = {}
     last = None
     for i in dis.get_instructions(code):
         if last is not None and i.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-            found.setdefault(last, set()).add(i.argval)
+            found[last].add(i.argval)
         last = i.argval if i.opname in ("LOAD_GLOBAL", "LOAD_NAME") else None
+        if last is not None:
+            found.setdefault(last, set())
     for const in code.co_consts:
         if hasattr(const, "co_code"):
-            for k, v in _module_attributes(const).items():
-                found.setdefault(k, set()).update(v)
-    return {k: tuple(sorted(v)) for k, v in found.items()}
+            for k, attrs in _global_names(const):
+                found.setdefault(k, set()).update(attrs)
+    return tuple((k, tuple(sorted(found[k]))) for k in sorted(found))
 
 
 def _fingerprint(fun, cache=None):
